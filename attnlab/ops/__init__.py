@@ -1,0 +1,1 @@
+"""Attention ops: each kernel lives beside a plain PyTorch reference it is tested against."""

@@ -1,0 +1,55 @@
+"""Softmax attention over a causal (optionally windowed) prefix, through SDPA.
+
+Queries are the last T of S positions (``q_start = S - T`` when a cache holds earlier tokens).
+The fast fused kernels of ``F.scaled_dot_product_attention`` are used where the mask allows
+(``is_causal`` for a fresh sequence, no mask for a single decoded token); otherwise an explicit
+boolean mask is built.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def causal_mask(t: int, s: int, q_start: int, window: int | None, device) -> torch.Tensor:
+    """Boolean [t, s]: True where query q_start+i may attend key j."""
+    qi = torch.arange(q_start, q_start + t, device=device)[:, None]
+    kj = torch.arange(s, device=device)[None, :]
+    allowed = kj <= qi
+    if window is not None:
+        allowed = allowed & (kj > qi - window)
+    return allowed
+
+
+def causal_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    q_start: int = 0,
+    window: int | None = None,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """q [B, Hq, T, D], k [B, Hk, S, D], v [B, Hk, S, Dv] with Hk | Hq -> [B, Hq, T, Dv]."""
+    t, s = q.shape[-2], k.shape[-2]
+    gqa = q.shape[1] != k.shape[1]
+    if window is None and q_start == 0 and s == t:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
+    if window is None and t == 1:
+        return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=gqa)
+    mask = causal_mask(t, s, q_start, window, q.device)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
+
+
+def attention_reference(q, k, v, *, q_start=0, window=None, scale=None) -> torch.Tensor:
+    """Explicit softmax(QK^T)V with the same masking; for tests."""
+    hq, hk = q.shape[1], k.shape[1]
+    if hq != hk:
+        k = k.repeat_interleave(hq // hk, dim=1)
+        v = v.repeat_interleave(hq // hk, dim=1)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    scores = (q.float() @ k.float().transpose(-1, -2)) * scale
+    mask = causal_mask(q.shape[-2], k.shape[-2], q_start, window, q.device)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    return (scores.softmax(-1) @ v.float()).to(q.dtype)
