@@ -178,30 +178,39 @@ class SpectralCache(LayerCache):
             self._gen.manual_seed(self._seed)
         return self._gen
 
-    def _compress_oldest_block(self) -> None:
-        """Compress hot[:bs] into block n_blocks and shift the remaining hot tokens down."""
-        bs, n = self.block_size, self.n_blocks
-        if n == self.block_capacity:
+    def _compress_blocks(self, k: torch.Tensor, v: torch.Tensor, max_batch: int = 1024) -> None:
+        """Compress k [B, H, n*bs, d], v into blocks n_blocks..n_blocks+n-1 (batched SVDs)."""
+        bs, b, h = self.block_size, self.batch_size, self.n_kv_heads
+        n = k.shape[2] // bs
+        while self.n_blocks + n > self.block_capacity:
             self._grow()
-        b, h = self.batch_size, self.n_kv_heads
+        n0 = self.n_blocks
         gen = self._generator() if self.svd == "randomized" else None
-        for src, rank, c_buf, s_buf, b_buf in ((self.hot_k, self.key_rank, self.ck, self.sk, self.bk),
-                                               (self.hot_v, self.value_rank, self.cv, self.sv, self.bv)):
-            x = src[:, :, :bs].reshape(b * h, bs, src.shape[-1])
-            coef, basis = truncated_svd(x, rank, self.svd, self.oversample, self.power_iters, gen)
+        for src, rank, c_buf, s_buf, b_buf in ((k, self.key_rank, self.ck, self.sk, self.bk),
+                                               (v, self.value_rank, self.cv, self.sv, self.bv)):
+            x = src.reshape(b * h * n, bs, src.shape[-1])
+            parts = [truncated_svd(x[i:i + max_batch], rank, self.svd, self.oversample, self.power_iters, gen)
+                     for i in range(0, x.shape[0], max_batch)]
+            coef = torch.cat([p[0] for p in parts]).view(b, h, n, bs, rank)
+            basis = torch.cat([p[1] for p in parts]).view(b, h, n, rank, -1)
             if self.quantize:
                 cq, scale = quantize_rows(coef)
-                c_buf[:, :, n] = cq.view(b, h, bs, rank)
-                s_buf[:, :, n] = scale.view(b, h, bs)
+                c_buf[:, :, n0:n0 + n] = cq
+                s_buf[:, :, n0:n0 + n] = scale
             else:
-                c_buf[:, :, n] = coef.view(b, h, bs, rank).to(c_buf.dtype)
-            b_buf[:, :, n] = basis.view(b, h, rank, -1).to(b_buf.dtype)
+                c_buf[:, :, n0:n0 + n] = coef.to(c_buf.dtype)
+            b_buf[:, :, n0:n0 + n] = basis.to(b_buf.dtype)
+        self.n_blocks = n0 + n
+
+    def _compress_oldest_block(self) -> None:
+        """Compress hot[:bs] into the next block and shift the remaining hot tokens down."""
+        bs = self.block_size
+        self._compress_blocks(self.hot_k[:, :, :bs], self.hot_v[:, :, :bs])
         rest = self.hot_len - bs
         if rest > 0:
             self.hot_k[:, :, :rest] = self.hot_k[:, :, bs:self.hot_len].clone()
             self.hot_v[:, :, :rest] = self.hot_v[:, :, bs:self.hot_len].clone()
         self.hot_len = rest
-        self.n_blocks = n + 1
 
     def _write(self, k: torch.Tensor, v: torch.Tensor) -> None:
         t = k.shape[-2]
@@ -228,9 +237,17 @@ class SpectralCache(LayerCache):
     def append(self, k: torch.Tensor, v: torch.Tensor) -> None:
         """Write k [B, Hk, T, d], v [B, Hk, T, dv] (post-RoPE) without computing attention."""
         self._check_kv(k, v)
-        self.check_room(k.shape[-2])
-        for a, e in self._segments(k.shape[-2]):
-            self._write(k[:, :, a:e], v[:, :, a:e])
+        t = k.shape[-2]
+        self.check_room(t)
+        start = 0
+        if self.hot_len == 0 and t >= self.hot_cap and self.hot_cap >= self.block_size:
+            # whole blocks straight from the input, all at once (same result as one by one)
+            n = (t - self.hot_window) // self.block_size
+            self._compress_blocks(k[:, :, :n * self.block_size], v[:, :, :n * self.block_size])
+            self.seen += n * self.block_size
+            start = n * self.block_size
+        for a, e in self._segments(t - start):
+            self._write(k[:, :, start + a:start + e], v[:, :, start + a:start + e])
             self._maybe_compress()
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale=None, window=None) -> torch.Tensor:

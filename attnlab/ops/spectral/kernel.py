@@ -184,6 +184,8 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
     if bs % KERNEL_TILE:
         raise ValueError(f"block_size {bs} must be a multiple of the kernel tile {KERNEL_TILE}")
     bt = block_tile or next(c for c in (64, 32, 16) if bs % c == 0)
+    if bs % bt or bt % KERNEL_TILE:
+        raise ValueError(f"block_tile {bt} must divide block_size {bs} and be a multiple of {KERNEL_TILE}")
     scale = d**-0.5 if scale is None else scale
     qc = q.reshape(b, hq, d).contiguous()
     gp, dp, dvp = _p2(g), _p2(d), _p2(dv)
