@@ -311,3 +311,16 @@ def test_hf_forward_compressed_and_errors():
         SpectralHFCache(GPT2Config())
     with pytest.raises(ConfigError, match="key_rank"):
         SpectralHFCache(model, key_rank=32, block_size=16)
+
+
+def test_bulk_append_equals_incremental():
+    b, hk, d, t = 2, 2, 16, 90
+    k, v = torch.randn(b, hk, t, d), torch.randn(b, hk, t, d)
+    bulk = make_cache(b, t, hk, d, key_rank=4, value_rank=6, block_size=16, hot_window=7)
+    bulk.append(k, v)
+    inc = make_cache(b, t, hk, d, key_rank=4, value_rank=6, block_size=16, hot_window=7)
+    for i in range(0, t, 11):
+        inc.append(k[:, :, i:i + 11], v[:, :, i:i + 11])
+    assert (bulk.n_blocks, bulk.hot_len, bulk.seen) == (inc.n_blocks, inc.hot_len, inc.seen) == (5, 10, 90)
+    for a, c in zip(bulk.reconstruct(), inc.reconstruct()):
+        assert rel_err(a, c) <= 1e-6
