@@ -177,7 +177,11 @@ def spectral_attention_forward(module, query, key, value, attention_mask, dropou
                     sliding_window=sliding_window, **kwargs)
     _handoff.layer = None
     q_len = query.shape[-2]
-    _check_no_padding(attention_mask, q_len, layer.get_seq_length(), sliding_window)
+    try:
+        _check_no_padding(attention_mask, q_len, layer.get_seq_length(), sliding_window)
+    except InputError:
+        layer.pending = None  # leave the cache usable
+        raise
     out = layer.attend(query, scaling, sliding_window)
     return out.transpose(1, 2).contiguous(), None
 
