@@ -263,13 +263,17 @@ def hf_model(kind="llama", **kw):
     return cls[1](cfg).eval()
 
 
-@pytest.mark.parametrize("kind", ["llama", "mistral", "qwen2"])
-def test_hf_generate_full_rank_equals_dynamic_cache(kind):
+@pytest.mark.parametrize("kind,kw", [
+    ("llama", {}),
+    ("mistral", {"sliding_window": 8}),  # window shorter than the text: windowed compressed attention
+    ("qwen2", {"sliding_window": 8, "use_sliding_window": True, "max_window_layers": 1}),  # full + sliding layers
+])
+def test_hf_generate_full_rank_equals_dynamic_cache(kind, kw):
     from transformers import DynamicCache
 
     from attnlab.integrations.hf_spectral import SpectralHFCache, enable_spectral_attention
 
-    model = hf_model(kind)
+    model = hf_model(kind, **kw)
     ids = torch.randint(1, 96, (2, 21))
     mask = torch.ones_like(ids)
     ref = model.generate(ids, attention_mask=mask, max_new_tokens=14, do_sample=False,
