@@ -16,6 +16,7 @@ of two >= 16 (masked loads), so any rank <= head dim works.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -151,9 +152,14 @@ if HAS_TRITON:
         tl.store(O + rows[:, None] * DV + offs_dv[None, :], o.to(O.dtype.element_ty), mask=mask)
 
 
+@functools.lru_cache(maxsize=None)
+def _num_sms_cuda(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
 def _num_sms(device: torch.device) -> int:
     if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
+        return _num_sms_cuda(device.index if device.index is not None else torch.cuda.current_device())
     return 2
 
 
@@ -198,9 +204,9 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
     n_splits = max(1, n_comp + n_hot)
 
     dev = q.device
-    pm = torch.empty(n_bh * n_splits * gp, device=dev, dtype=torch.float32)
-    pl = torch.empty_like(pm)
-    pacc = torch.empty(n_bh * n_splits * gp * dvp, device=dev, dtype=torch.float32)
+    n_part = n_bh * n_splits * gp
+    work = torch.empty(n_part * (2 + dvp), device=dev, dtype=torch.float32)  # one allocation
+    pm, pl, pacc = work[:n_part], work[n_part:2 * n_part], work[2 * n_part:]
     dummy = pm  # placeholder pointer when unquantized
     prec = "ieee" if q.dtype == torch.float32 else "tf32"
     _spectral_decode_split[(n_bh, n_splits)](
