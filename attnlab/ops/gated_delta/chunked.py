@@ -142,7 +142,7 @@ def chunk_gated_delta_rule_torch(q: Tensor, k: Tensor, v: Tensor, g: Tensor, bet
     kd = kc * torch.exp(grev)[..., None]
     s0 = (torch.zeros(bh, dk, dv, device=q.device, dtype=f32) if initial_state is None
           else initial_state.reshape(bh, dk, dv).to(f32))
-    states, un = chunk_scan(w.contiguous(), u.contiguous(), kd, gcum[..., -1].exp().contiguous(), s0)
+    states, un = chunk_scan(w, u, kd, gcum[..., -1].exp().contiguous(), s0)
     qs = qc * scale
     p = (qs @ kc.transpose(-1, -2)) * decay
     o = (qs * gam[..., None]) @ states[:n] + p @ un                       # [N, BH, C, V]
