@@ -14,9 +14,11 @@ U' = (I+A)^-1 diag(beta) V, which do not depend on S_0: they are computed for al
     O     = diag(Gamma) Q S_0 + (Q K^T * D) U              D_ij = exp(gamma_i - gamma_j), j <= i
     S_C   = Gamma_C S_0 + (K * exp(gamma_C - gamma))^T U
 
-Only the last two lines depend on the previous chunk: ``chunk_scan`` runs that recurrence, a loop
-over chunks of two batched matmuls, as an opaque custom op (torch.compile traces around it, it
-never unrolls the loop) with a hand-written backward loop of the same size. Everything else is
+Only the state depends on the previous chunk: S_C = M S_0 + B with M = Gamma_C I - K_d^T W and
+B = K_d^T U' (K_d = K * exp(gamma_C - gamma)), both built for all chunks at once.
+``chunk_scan`` runs that recurrence, one batched matmul per chunk, as an opaque custom op
+(torch.compile traces around it and never unrolls the loop) with a hand-written backward loop of
+one batched matmul per chunk. Everything else is
 batched over chunks and differentiated by autograd. All math is float32 whatever the input dtype
 (bf16 inputs are upcast; the output is cast back). Decay ratios exp(gamma_i - gamma_j) come
 from segment sums, not differences of cumulative sums, which keeps the gate gradients accurate
@@ -30,66 +32,55 @@ from torch import Tensor
 
 
 # --------------------------------------------------------------------------------------------
-# The cross-chunk recurrence. Layout: chunk-major, w/kd [N, BH, C, K], u [N, BH, C, V],
-# gc [N, BH] (exp of the chunk's total log decay), s0 [BH, K, V].
-#   states[0] = s0;  un[n] = u[n] - w[n] @ states[n];
-#   states[n+1] = gc[n] * states[n] + kd[n]^T @ un[n]
+# The cross-chunk recurrence, folded into one affine map per chunk:
+#   S_{n+1} = gc_n S_n + kd_n^T (u_n - w_n S_n) = M_n S_n + B_n,
+#   M_n = gc_n I - kd_n^T w_n  [K, K],   B_n = kd_n^T u_n  [K, V]
+# (M and B are built for all chunks at once). Layout chunk-major: m [N, BH, K, K],
+# b [N, BH, K, V], s0 [BH, K, V] -> states [N+1, BH, K, V] (states[0] = s0). One batched matmul
+# per chunk forward, one per chunk backward.
 # --------------------------------------------------------------------------------------------
 @torch.library.custom_op("attnlab::gdn_chunk_scan", mutates_args=())
-def chunk_scan(w: Tensor, u: Tensor, kd: Tensor, gc: Tensor, s0: Tensor) -> tuple[Tensor, Tensor]:
-    n = w.shape[0]
+def chunk_scan(m: Tensor, b: Tensor, s0: Tensor) -> Tensor:
+    n = m.shape[0]
     states = s0.new_empty((n + 1,) + tuple(s0.shape))
-    un = torch.empty_like(u)
     states[0].copy_(s0)
-    gcs = gc[..., None, None]
+    ms, bs, ss = m.unbind(0), b.unbind(0), states.unbind(0)
     for i in range(n):
-        torch.baddbmm(u[i], w[i], states[i], alpha=-1.0, out=un[i])
-        torch.baddbmm(states[i] * gcs[i], kd[i].transpose(1, 2), un[i], out=states[i + 1])
-    return states, un
+        torch.baddbmm(bs[i], ms[i], ss[i], out=ss[i + 1])
+    return states
 
 
 @chunk_scan.register_fake
-def _(w, u, kd, gc, s0):
-    n = w.shape[0]
-    return s0.new_empty((n + 1,) + tuple(s0.shape)), torch.empty_like(u)
+def _(m, b, s0):
+    return s0.new_empty((m.shape[0] + 1,) + tuple(s0.shape))
 
 
 @torch.library.custom_op("attnlab::gdn_chunk_scan_bwd", mutates_args=())
-def chunk_scan_bwd(w: Tensor, kd: Tensor, gc: Tensor, states: Tensor, un: Tensor,
-                   d_states: Tensor, d_un: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    n = w.shape[0]
-    ds = torch.empty_like(states)  # ds[i] = dL/d states[i] (total)
-    du = torch.empty_like(un)      # du[i] = dL/d un[i] (total)
+def chunk_scan_bwd(m: Tensor, states: Tensor, d_states: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    n = m.shape[0]
+    ds = torch.empty_like(states)  # ds[i] = dL/d states[i], through every later state
     ds[n].copy_(d_states[n])
-    gcs = gc[..., None, None]
+    mts, dsi, dsl = m.transpose(-1, -2).unbind(0), d_states.unbind(0), ds.unbind(0)
     for i in range(n - 1, -1, -1):
-        torch.baddbmm(d_un[i], kd[i], ds[i + 1], out=du[i])
-        torch.baddbmm(d_states[i], w[i].transpose(1, 2), du[i], alpha=-1.0, out=ds[i])
-        ds[i].addcmul_(gcs[i], ds[i + 1])
-    s_prev, ds_next = states[:n], ds[1:]
-    dw = -(du @ s_prev.transpose(-1, -2))
-    dkd = un @ ds_next.transpose(-1, -2)
-    dgc = (s_prev * ds_next).sum((-2, -1))
-    return dw, du, dkd, dgc, ds[0].clone()
+        torch.baddbmm(dsi[i], mts[i], dsl[i + 1], out=dsl[i])
+    dm = ds[1:] @ states[:n].transpose(-1, -2)
+    return dm, ds[1:].clone(), ds[0].clone()
 
 
 @chunk_scan_bwd.register_fake
-def _(w, kd, gc, states, un, d_states, d_un):
-    return (torch.empty_like(w), torch.empty_like(un), torch.empty_like(kd), torch.empty_like(gc),
+def _(m, states, d_states):
+    return (torch.empty_like(m), states.new_empty((m.shape[0],) + tuple(states.shape[1:])),
             states.new_empty(states.shape[1:]))
 
 
 def _setup(ctx, inputs, output):
-    w, u, kd, gc, s0 = inputs
-    states, un = output
-    ctx.save_for_backward(w, kd, gc, states, un)
+    m, b, s0 = inputs
+    ctx.save_for_backward(m, output)
 
 
-def _backward(ctx, d_states, d_un):
-    w, kd, gc, states, un = ctx.saved_tensors
-    d_states = torch.zeros_like(states) if d_states is None else d_states.contiguous()
-    d_un = torch.zeros_like(un) if d_un is None else d_un.contiguous()
-    return chunk_scan_bwd(w, kd, gc, states, un, d_states, d_un)
+def _backward(ctx, d_states):
+    m, states = ctx.saved_tensors
+    return chunk_scan_bwd(m, states, d_states.contiguous())
 
 
 chunk_scan.register_autograd(_backward, setup_context=_setup)
@@ -142,7 +133,11 @@ def chunk_gated_delta_rule_torch(q: Tensor, k: Tensor, v: Tensor, g: Tensor, bet
     kd = kc * torch.exp(grev)[..., None]
     s0 = (torch.zeros(bh, dk, dv, device=q.device, dtype=f32) if initial_state is None
           else initial_state.reshape(bh, dk, dv).to(f32))
-    states, un = chunk_scan(w, u, kd, gcum[..., -1].exp().contiguous(), s0)
+    kdt = kd.transpose(-1, -2)
+    eye = torch.eye(dk, device=q.device, dtype=f32)
+    m = gcum[..., -1, None, None].exp() * eye - kdt @ w                  # [N, BH, K, K]
+    states = chunk_scan(m, kdt @ u, s0)                                   # [N+1, BH, K, V]
+    un = u - w @ states[:n]                                               # corrections U
     qs = qc * scale
     p = (qs @ kc.transpose(-1, -2)) * decay
     o = (qs * gam[..., None]) @ states[:n] + p @ un                       # [N, BH, C, V]
