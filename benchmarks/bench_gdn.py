@@ -60,6 +60,17 @@ def measure(step, device, warmup, repeats):
     return ms, mem
 
 
+def save_partial(args, rows):
+    """Rows so far, in case the run is cut short (the final JSON is written at the end)."""
+    import json
+    import os
+    from pathlib import Path
+
+    out = Path(args.out_dir or os.environ.get("ATTNLAB_BENCH_DIR", "benchmarks/results"))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gdn_op.partial.json").write_text(json.dumps(rows, indent=1))
+
+
 def bench_op(args, device, dtype):
     rows = []
     chunk = lambda q, k, v, g, b: chunk_gated_delta_rule_torch(q, k, v, g, b, chunk_size=args.chunk_size)[0]  # noqa: E731
@@ -89,10 +100,12 @@ def bench_op(args, device, dtype):
             row["fla_ms"], _ = measure(fwd_bwd(fla, x), device, *reps)
         rows.append(row)
         print(row, flush=True)
+        save_partial(args, rows)
         del x
     # compiled variant second: compilation is slow, so it runs while the time budget lasts
     if compiled_fn is not None:
-        for row in rows:
+        # B=2 first (the published comparison point), long sequences first
+        for row in sorted(rows, key=lambda r: (r["B"] != 2, -r["T"], r["B"])):
             if time.perf_counter() - t_start > args.time_budget:
                 print(f"time budget {args.time_budget}s spent: compiled variant skipped from B={row['B']} T={row['T']}")
                 break
@@ -103,6 +116,8 @@ def bench_op(args, device, dtype):
             except Exception as e:  # a compile failure must not lose the rest of the results
                 row["compiled_ms"] = None
                 print(f"compiled variant failed at B={row['B']} T={row['T']}: {type(e).__name__}: {e}")
+            print({k: row[k] for k in ("B", "T", "compiled_ms", "compiled_GiB") if k in row}, flush=True)
+            save_partial(args, rows)
             del x
     for row in rows:
         for v in ("chunked", "compiled", "fla"):

@@ -95,13 +95,12 @@ class ShortConv(nn.Module):
         else:
             xp = torch.cat([state, xt], dim=-1)
             state.copy_(xp[..., xp.shape[-1] - (self.width - 1):])
-        if xp.is_cuda:
-            y = F.conv1d(xp, self.weight, groups=self.weight.shape[0])
-        else:  # W shifted multiply-adds: oneDNN's depthwise conv1d is very slow for small inputs
-            t, w = xt.shape[-1], self.weight[:, 0]
-            y = xp[..., :t] * w[:, :1]
-            for i in range(1, self.width):
-                y = y + xp[..., i:i + t] * w[:, i:i + 1]
+        # W shifted multiply-adds rather than F.conv1d: oneDNN's depthwise conv1d is very slow on
+        # small CPU inputs, and cuDNN may use TF32; this form is exact and compiles to one kernel.
+        t, w = xt.shape[-1], self.weight[:, 0]
+        y = xp[..., :t] * w[:, :1]
+        for i in range(1, self.width):
+            y = y + xp[..., i:i + t] * w[:, i:i + 1]
         return F.silu(y).transpose(1, 2)
 
 
