@@ -156,7 +156,7 @@ def _patch_device(monkeypatch, capability, triton_version):
 
 def test_fla_used_when_usable(fake_fla, monkeypatch):
     _patch_device(monkeypatch, (9, 0), "3.7.1")
-    q, k, v, g, beta, s0 = make_inputs(2, 2, 19, 8, 8, "weak")
+    q, k, v, g, beta, s0 = make_inputs(2, 2, 19, 8, 8, "weak", dtype=torch.bfloat16)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         o, s = gated_delta_rule(q, k, v, g, beta, initial_state=s0, output_final_state=True)
@@ -165,11 +165,14 @@ def test_fla_used_when_usable(fake_fla, monkeypatch):
     assert fake_fla == ["chunk", "recurrent"]
     o_ref, s_ref = naive_gated_delta_rule(q, k, v, g, beta, None, s0, True)
     assert rel_err(o, o_ref) <= 1e-6 and rel_err(s, s_ref) <= 1e-6
+    with pytest.warns(RuntimeWarning, match="bf16/fp16"):  # fp32 inputs: portable path
+        gated_delta_rule(*(x.float() for x in (q, k, v, g, beta)), impl="fla")
+    assert fake_fla == ["chunk", "recurrent"]
 
 
 def test_fla_on_old_triton_hopper_warns_once_and_falls_back(fake_fla, monkeypatch):
     _patch_device(monkeypatch, (9, 0), "3.6.0")
-    q, k, v, g, beta, _ = make_inputs(1, 2, 30, 8, 8, "weak", h0=False)
+    q, k, v, g, beta, _ = make_inputs(1, 2, 30, 8, 8, "weak", h0=False, dtype=torch.float16)
     with pytest.warns(RuntimeWarning, match="refuses Hopper") as rec:
         o, _ = gated_delta_rule(q, k, v, g, beta, impl="fla")
         gated_delta_rule(q, k, v, g, beta, impl="fla")
@@ -189,7 +192,7 @@ def test_fla_runtime_failure_falls_back(fake_fla, monkeypatch):
         raise RuntimeError("no kernel for this GPU")
 
     monkeypatch.setattr(mod, "chunk_gated_delta_rule", broken)
-    q, k, v, g, beta, _ = make_inputs(1, 2, 12, 8, 8, "weak", h0=False)
+    q, k, v, g, beta, _ = make_inputs(1, 2, 12, 8, 8, "weak", h0=False, dtype=torch.bfloat16)
     with pytest.warns(RuntimeWarning, match="no kernel"):
         o, _ = gated_delta_rule(q, k, v, g, beta)
     assert rel_err(o, naive_gated_delta_rule(q, k, v, g, beta)[0]) <= 1e-5

@@ -50,7 +50,10 @@ def resolve_impl(impl: str, q: torch.Tensor, v: torch.Tensor) -> str:
     check_impl(impl)
     if impl in ("naive", "chunked"):
         return impl
-    ok, reason = fla_status(q.device.type, q.device.index, (q.shape[-1], v.shape[-1]))
+    if q.dtype not in (torch.bfloat16, torch.float16):
+        ok, reason = False, f"fla's chunk kernels take bf16/fp16 inputs (got {q.dtype})"
+    else:
+        ok, reason = fla_status(q.device.type, q.device.index, (q.shape[-1], v.shape[-1]))
     if ok:
         return "fla"
     if impl == "fla":
