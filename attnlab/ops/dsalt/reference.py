@@ -37,7 +37,8 @@ _POS_MASK = (1 << _POS_BITS) - 1
 def window_ramp(d: torch.Tensor, w: torch.Tensor, n_max: int, edge: float) -> torch.Tensor:
     """r(d, w) before the log (float32); keys count where 0 <= d < n_max and r > 0."""
     dt = torch.promote_types(w.dtype, torch.float32)
-    r = ((w.to(dt) - d.to(dt) - 0.5) / edge + 0.5).clamp(max=1.0)
+    r = (w.to(dt) - d.to(dt) - 0.5) / edge + 0.5
+    r = torch.where(r < 1.0, r, torch.ones_like(r))  # at r == 1 exactly: zero gradient (as the kernels)
     ok = (d >= 0) & (d < n_max) & (r > 0)
     return torch.where(ok, r, torch.zeros_like(r))
 

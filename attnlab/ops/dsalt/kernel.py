@@ -1,0 +1,414 @@
+"""DSALT Triton kernels: forward and backward with one online softmax over window + landmarks.
+
+Forward (grid: query tiles x batch*heads). A query tile of BLOCK_M rows lies in one landmark
+selection block, so all its rows share one landmark set. The tile
+
+1. scans the window's K/V blocks: from the earliest key any row of the tile can reach (the reach
+   is computed from the tile's largest predicted window, so short windows skip blocks) up to the
+   diagonal. Blocks where every (row, key) pair is inside every row's full-weight window run
+   without any mask or bias; only the outer edge and the diagonal compute the soft-edge bias;
+2. makes one pass over the gathered landmark K/V of its block ([K, D], padded to a power of two):
+   bias logsigmoid(e_j) (the gate), -inf where the landmark is inside the row's soft window.
+
+Both passes feed the same running max / sum (exp2 domain); the tile stores O and the log-sum-exp.
+Scattered landmarks therefore never turn window blocks into partial blocks.
+
+Backward: ``_dq_kernel`` (per query tile) recomputes P and accumulates dQ, the window-size
+gradient dW (the soft edge's bias derivative 1/(edge*r) on the ramp) and, for the tile's
+landmark set, dK_lm, dV_lm and the gate gradient; ``_dkdv_kernel`` (per key tile, looping over
+the heads of its kv group) accumulates the window part of dK and dV. The gathered landmark K/V
+and gates come from differentiable gathers in ``dsalt_triton``, so autograd scatters their
+gradients back to K, V and the energies (and so to alpha).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import torch.nn.functional as F
+
+from .reference import INVALID_KEY, check_args, key_positions, select_landmarks
+
+try:
+    import triton
+    import triton.language as tl
+
+    HAVE_TRITON = True
+except ImportError:  # pragma: no cover
+    HAVE_TRITON = False
+
+LOG2E = 1.4426950408889634
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+if HAVE_TRITON:
+
+    @triton.jit
+    def _win_bias(offs_m, offs_n, w, T, n_max, edge):
+        """Soft-window bias (natural log units), -inf outside; and d bias / d w."""
+        dd = offs_m[:, None] - offs_n[None, :]
+        r = (w[:, None] - dd.to(tl.float32) - 0.5) / edge + 0.5
+        r = tl.minimum(r, 1.0)
+        ok = (dd >= 0) & (dd < n_max) & (r > 0) & (offs_n[None, :] < T) & (offs_m[:, None] < T)
+        rs = tl.where(ok, r, 1.0)
+        bias = tl.where(ok, tl.log(rs), float("-inf"))
+        dbias = tl.where(ok & (r < 1.0), 1.0 / (edge * rs), 0.0)
+        return bias, dbias
+
+    @triton.jit
+    def _lm_bias(offs_m, lpos, gate, w, T, n_max, edge):
+        """Landmark bias: the gate, -inf where the landmark is inside the row's soft window."""
+        dd = offs_m[:, None] - lpos[None, :]
+        r = (w[:, None] - dd.to(tl.float32) - 0.5) / edge + 0.5
+        inwin = (dd >= 0) & (dd < n_max) & (r > 0)
+        bias = tl.where(inwin | (offs_m[:, None] >= T), float("-inf"), gate[None, :])
+        return bias
+
+    @triton.jit
+    def _tile_ranges(m0, w, T, n_max, edge, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        """Key block starts: [lo, full_lo) edge (masked), [full_lo, m0) full, [m0, hi) diagonal."""
+        wmax = tl.max(w, 0)
+        wmin = tl.min(w, 0)
+        reach = tl.minimum((wmax - 0.5 + edge * 0.5).to(tl.int32) + 1, n_max)
+        lo = tl.maximum(m0 - reach + 1, 0)
+        lo = (lo // BLOCK_N) * BLOCK_N
+        full = tl.minimum(tl.floor(wmin - 0.5 - edge * 0.5).to(tl.int32), n_max - 1)
+        full_lo = m0 + BLOCK_M - 1 - full
+        full_lo = ((full_lo + BLOCK_N - 1) // BLOCK_N) * BLOCK_N
+        full_lo = tl.minimum(tl.maximum(full_lo, lo), m0)
+        hi = tl.minimum(m0 + BLOCK_M, T)
+        return lo, full_lo, hi
+
+    @triton.jit
+    def _fwd_kernel(Q, K, V, W, LK, LV, GATE, LPOS, O, LSE,
+                    sq_b, sq_h, sq_t, sk_b, sk_h, sk_t, so_b, so_h, so_t,
+                    slk_b, slk_h, slk_n, slk_k, sg_b, sg_h, sg_n,
+                    H, G, T, n_max, edge, qk_scale, SEL_BLOCK,
+                    D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                    KP: tl.constexpr, HAS_LM: tl.constexpr):
+        pid_m = tl.program_id(0)
+        pid_bh = tl.program_id(1)
+        b = pid_bh // H
+        h = pid_bh % H
+        hk = h // G
+        m0 = pid_m * BLOCK_M
+        offs_m = m0 + tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, D)
+        offs_n0 = tl.arange(0, BLOCK_N)
+        mrow = offs_m < T
+        q = tl.load(Q + b * sq_b + h * sq_h + offs_m[:, None] * sq_t + offs_d[None, :], mask=mrow[:, None], other=0.0)
+        w = tl.load(W + pid_bh * T + offs_m, mask=mrow, other=1.0)
+        kbase = K + b * sk_b + hk * sk_h
+        vbase = V + b * sk_b + hk * sk_h
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, D], tl.float32)
+        lo, full_lo, hi = _tile_ranges(m0, w, T, n_max, edge, BLOCK_M, BLOCK_N)
+        for phase in tl.static_range(3):
+            if phase == 0:
+                s_lo = lo
+                s_hi = full_lo
+            elif phase == 1:
+                s_lo = full_lo
+                s_hi = m0
+            else:
+                s_lo = m0
+                s_hi = hi
+            for start_n in range(s_lo, s_hi, BLOCK_N):
+                offs_n = start_n + offs_n0
+                nmask = offs_n < T
+                kt = tl.load(kbase + offs_n[:, None] * sk_t + offs_d[None, :], mask=nmask[:, None], other=0.0)
+                s = tl.dot(q, tl.trans(kt)) * qk_scale
+                if phase != 1:
+                    bias, _db = _win_bias(offs_m, offs_n, w, T, n_max, edge)
+                    s = s + bias * 1.4426950408889634
+                m_new = tl.maximum(m_i, tl.max(s, 1))
+                m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+                p = tl.exp2(s - m_safe[:, None])
+                alpha = tl.exp2(m_i - m_safe)
+                l_i = l_i * alpha + tl.sum(p, 1)
+                vt = tl.load(vbase + offs_n[:, None] * sk_t + offs_d[None, :], mask=nmask[:, None], other=0.0)
+                acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt)
+                m_i = m_new
+        if HAS_LM:
+            nb = m0 // SEL_BLOCK
+            offs_k = tl.arange(0, KP)
+            lbase = b * slk_b + hk * slk_h + nb * slk_n
+            lk = tl.load(LK + lbase + offs_k[:, None] * slk_k + offs_d[None, :])
+            gbase = b * sg_b + hk * sg_h + nb * sg_n
+            gate = tl.load(GATE + gbase + offs_k)
+            lpos = tl.load(LPOS + gbase + offs_k)
+            s = tl.dot(q, tl.trans(lk)) * qk_scale
+            s = s + _lm_bias(offs_m, lpos, gate, w, T, n_max, edge) * 1.4426950408889634
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            p = tl.exp2(s - m_safe[:, None])
+            alpha = tl.exp2(m_i - m_safe)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            lv = tl.load(LV + lbase + offs_k[:, None] * slk_k + offs_d[None, :])
+            acc = acc * alpha[:, None] + tl.dot(p.to(lv.dtype), lv)
+            m_i = m_new
+        l_safe = tl.where(l_i > 0, l_i, 1.0)
+        o = acc / l_safe[:, None]
+        tl.store(O + b * so_b + h * so_h + offs_m[:, None] * so_t + offs_d[None, :], o.to(O.dtype.element_ty),
+                 mask=mrow[:, None])
+        tl.store(LSE + pid_bh * T + offs_m, m_i + tl.log2(l_safe), mask=mrow)
+
+    @triton.jit
+    def _dq_kernel(Q, K, V, W, LK, LV, GATE, LPOS, DO, LSE, DELTA, DQ, DW, DLK, DLV, DGATE,
+                   sq_b, sq_h, sq_t, sk_b, sk_h, sk_t,
+                   slk_b, slk_h, slk_n, slk_k, sg_b, sg_h, sg_n,
+                   H, G, T, NT, n_max, edge, qk_scale, sm_scale, SEL_BLOCK,
+                   D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                   KP: tl.constexpr, HAS_LM: tl.constexpr):
+        pid_m = tl.program_id(0)
+        pid_bh = tl.program_id(1)
+        b = pid_bh // H
+        h = pid_bh % H
+        hk = h // G
+        m0 = pid_m * BLOCK_M
+        offs_m = m0 + tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, D)
+        offs_n0 = tl.arange(0, BLOCK_N)
+        mrow = offs_m < T
+        qoff = b * sq_b + h * sq_h + offs_m[:, None] * sq_t + offs_d[None, :]
+        q = tl.load(Q + qoff, mask=mrow[:, None], other=0.0)
+        do = tl.load(DO + qoff, mask=mrow[:, None], other=0.0)
+        w = tl.load(W + pid_bh * T + offs_m, mask=mrow, other=1.0)
+        lse = tl.load(LSE + pid_bh * T + offs_m, mask=mrow, other=0.0)
+        delta = tl.load(DELTA + pid_bh * T + offs_m, mask=mrow, other=0.0)
+        kbase = K + b * sk_b + hk * sk_h
+        vbase = V + b * sk_b + hk * sk_h
+        dq = tl.zeros([BLOCK_M, D], tl.float32)
+        dw = tl.zeros([BLOCK_M], tl.float32)
+        lo, full_lo, hi = _tile_ranges(m0, w, T, n_max, edge, BLOCK_M, BLOCK_N)
+        for phase in tl.static_range(3):
+            if phase == 0:
+                s_lo = lo
+                s_hi = full_lo
+            elif phase == 1:
+                s_lo = full_lo
+                s_hi = m0
+            else:
+                s_lo = m0
+                s_hi = hi
+            for start_n in range(s_lo, s_hi, BLOCK_N):
+                offs_n = start_n + offs_n0
+                nmask = offs_n < T
+                kt = tl.load(kbase + offs_n[:, None] * sk_t + offs_d[None, :], mask=nmask[:, None], other=0.0)
+                vt = tl.load(vbase + offs_n[:, None] * sk_t + offs_d[None, :], mask=nmask[:, None], other=0.0)
+                s = tl.dot(q, tl.trans(kt)) * qk_scale
+                if phase != 1:
+                    bias, dbias = _win_bias(offs_m, offs_n, w, T, n_max, edge)
+                    s = s + bias * 1.4426950408889634
+                p = tl.exp2(s - lse[:, None])
+                dp = tl.dot(do, tl.trans(vt))
+                ds = p * (dp - delta[:, None])
+                if phase != 1:
+                    dw += tl.sum(ds * dbias, 1)
+                dq += tl.dot(ds.to(kt.dtype), kt)
+        if HAS_LM:
+            nb = m0 // SEL_BLOCK
+            offs_k = tl.arange(0, KP)
+            lbase = b * slk_b + hk * slk_h + nb * slk_n
+            lk = tl.load(LK + lbase + offs_k[:, None] * slk_k + offs_d[None, :])
+            lv = tl.load(LV + lbase + offs_k[:, None] * slk_k + offs_d[None, :])
+            gbase = b * sg_b + hk * sg_h + nb * sg_n
+            gate = tl.load(GATE + gbase + offs_k)
+            lpos = tl.load(LPOS + gbase + offs_k)
+            s = tl.dot(q, tl.trans(lk)) * qk_scale
+            s = s + _lm_bias(offs_m, lpos, gate, w, T, n_max, edge) * 1.4426950408889634
+            p = tl.exp2(s - lse[:, None])
+            dp = tl.dot(do, tl.trans(lv))
+            ds = p * (dp - delta[:, None])
+            dq += tl.dot(ds.to(lk.dtype), lk)
+            # per-tile partial landmark gradients [KP, D], [KP]
+            toff = (pid_bh * NT + pid_m) * KP
+            dlk = tl.dot(tl.trans(ds.to(q.dtype)), q) * sm_scale
+            dlv = tl.dot(tl.trans(p.to(do.dtype)), do)
+            tl.store(DLK + (toff + offs_k[:, None]) * D + offs_d[None, :], dlk.to(DLK.dtype.element_ty))
+            tl.store(DLV + (toff + offs_k[:, None]) * D + offs_d[None, :], dlv.to(DLV.dtype.element_ty))
+            tl.store(DGATE + toff + offs_k, tl.sum(ds, 0))
+        tl.store(DQ + qoff, (dq * sm_scale).to(DQ.dtype.element_ty), mask=mrow[:, None])
+        tl.store(DW + pid_bh * T + offs_m, dw, mask=mrow)
+
+    @triton.jit
+    def _dkdv_kernel(Q, K, V, W, DO, LSE, DELTA, DK, DV,
+                     sq_b, sq_h, sq_t, sk_b, sk_h, sk_t,
+                     H, G, T, n_max, edge, qk_scale, sm_scale,
+                     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        pid_n = tl.program_id(0)
+        pid_bh = tl.program_id(1)  # over batch * kv heads
+        hkv = H // G
+        b = pid_bh // hkv
+        hk = pid_bh % hkv
+        n0 = pid_n * BLOCK_N
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, D)
+        offs_m0 = tl.arange(0, BLOCK_M)
+        nmask = offs_n < T
+        koff = b * sk_b + hk * sk_h + offs_n[:, None] * sk_t + offs_d[None, :]
+        kt = tl.load(K + koff, mask=nmask[:, None], other=0.0)
+        vt = tl.load(V + koff, mask=nmask[:, None], other=0.0)
+        dk = tl.zeros([BLOCK_N, D], tl.float32)
+        dv = tl.zeros([BLOCK_N, D], tl.float32)
+        m_lo = (n0 // BLOCK_M) * BLOCK_M
+        m_hi = tl.minimum(n0 + BLOCK_N - 1 + n_max, T)
+        for g in range(0, G):
+            h = hk * G + g
+            bh = b * H + h
+            for start_m in range(m_lo, m_hi, BLOCK_M):
+                offs_m = start_m + offs_m0
+                mrow = offs_m < T
+                qoff = b * sq_b + h * sq_h + offs_m[:, None] * sq_t + offs_d[None, :]
+                q = tl.load(Q + qoff, mask=mrow[:, None], other=0.0)
+                do = tl.load(DO + qoff, mask=mrow[:, None], other=0.0)
+                w = tl.load(W + bh * T + offs_m, mask=mrow, other=1.0)
+                lse = tl.load(LSE + bh * T + offs_m, mask=mrow, other=0.0)
+                delta = tl.load(DELTA + bh * T + offs_m, mask=mrow, other=0.0)
+                s = tl.dot(q, tl.trans(kt)) * qk_scale
+                bias, _db = _win_bias(offs_m, offs_n, w, T, n_max, edge)
+                s = s + bias * 1.4426950408889634
+                p = tl.exp2(s - lse[:, None])  # [BM, BN]
+                dv += tl.dot(tl.trans(p.to(do.dtype)), do)
+                dp = tl.dot(do, tl.trans(vt))
+                ds = p * (dp - delta[:, None])
+                dk += tl.dot(tl.trans(ds.to(q.dtype)), q)
+        tl.store(DK + koff, (dk * sm_scale).to(DK.dtype.element_ty), mask=nmask[:, None])
+        tl.store(DV + koff, dv.to(DV.dtype.element_ty), mask=nmask[:, None])
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def _blocks(block: int, d: int, dtype) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps) for this device."""
+    if _interpreting() or not torch.cuda.is_available():
+        return 16, 16, 4
+    bm = 64 if block % 64 == 0 else (32 if block % 32 == 0 else 16)
+    return bm, min(bm, 64), 4 if d <= 64 else 8
+
+
+class _DSALTFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, win, lk, lv, gate, lpos, meta):
+        n_max, edge, block, scale, has_lm, kp = meta
+        b, h, t, d = q.shape
+        g = h // k.shape[1]
+        bm, bn, warps = _blocks(block, d, q.dtype)
+        o = torch.empty_like(q)
+        lse = torch.empty(b, h, t, device=q.device, dtype=torch.float32)
+        grid = (triton.cdiv(t, bm), b * h)
+        _fwd_kernel[grid](q, k, v, win, lk, lv, gate, lpos, o, lse,
+                          q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+                          o.stride(0), o.stride(1), o.stride(2),
+                          lk.stride(0), lk.stride(1), lk.stride(2), lk.stride(3),
+                          gate.stride(0), gate.stride(1), gate.stride(2),
+                          h, g, t, n_max, float(edge), scale * LOG2E, block,
+                          D=d, BLOCK_M=bm, BLOCK_N=bn, KP=kp, HAS_LM=has_lm, num_warps=warps)
+        ctx.save_for_backward(q, k, v, win, lk, lv, gate, lpos, o, lse)
+        ctx.meta = meta
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, win, lk, lv, gate, lpos, o, lse = ctx.saved_tensors
+        n_max, edge, block, scale, has_lm, kp = ctx.meta
+        b, h, t, d = q.shape
+        hk = k.shape[1]
+        g = h // hk
+        bm, bn, warps = _blocks(block, d, q.dtype)
+        do = do.contiguous()
+        delta = (do.float() * o.float()).sum(-1)
+        nt = triton.cdiv(t, bm)
+        dq = torch.empty_like(q)
+        dw = torch.empty(b, h, t, device=q.device, dtype=torch.float32)
+        if has_lm:
+            dlk_t = torch.empty(b, h, nt, kp, d, device=q.device, dtype=q.dtype)
+            dlv_t = torch.empty(b, h, nt, kp, d, device=q.device, dtype=q.dtype)
+            dgate_t = torch.empty(b, h, nt, kp, device=q.device, dtype=torch.float32)
+        else:
+            dlk_t = dlv_t = dgate_t = dq  # unused
+        _dq_kernel[(nt, b * h)](q, k, v, win, lk, lv, gate, lpos, do, lse, delta, dq, dw, dlk_t, dlv_t, dgate_t,
+                                q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+                                lk.stride(0), lk.stride(1), lk.stride(2), lk.stride(3),
+                                gate.stride(0), gate.stride(1), gate.stride(2),
+                                h, g, t, nt, n_max, float(edge), scale * LOG2E, scale, block,
+                                D=d, BLOCK_M=bm, BLOCK_N=bn, KP=kp, HAS_LM=has_lm, num_warps=warps)
+        dk = torch.empty_like(k)
+        dv = torch.empty_like(v)
+        _dkdv_kernel[(triton.cdiv(t, bn), b * hk)](q, k, v, win, do, lse, delta, dk, dv,
+                                                   q.stride(0), q.stride(1), q.stride(2),
+                                                   k.stride(0), k.stride(1), k.stride(2),
+                                                   h, g, t, n_max, float(edge), scale * LOG2E, scale,
+                                                   D=d, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps)
+        dlk = dlv = dgate = None
+        if has_lm:
+            nb = lk.shape[2]
+            tpb = block // bm
+
+            def per_block(x):  # [B, H, NT, ...] -> [B, Hk, NB, ...] summed over group heads and tiles
+                pad = nb * tpb - nt
+                if pad:
+                    x = torch.cat([x, x.new_zeros(x.shape[:2] + (pad,) + x.shape[3:])], 2)
+                x = x.float().view(b, hk, g, nb, tpb, *x.shape[3:])
+                return x.sum((2, 4))
+
+            dlk = per_block(dlk_t).to(lk.dtype)
+            dlv = per_block(dlv_t).to(lv.dtype)
+            dgate = per_block(dgate_t)
+        return dq, dk, dv, dw, dlk, dlv, dgate, None, None
+
+
+def dsalt_triton(q, k, v, win, energy, *, n_max: int, edge: float, n_landmarks: int, block: int,
+                 scale: float | None = None):
+    """DSALT attention through the Triton kernels (same function as ``dsalt_reference``)."""
+    from ...errors import InputError
+
+    if not HAVE_TRITON:
+        raise InputError("dsalt: impl='triton' needs the triton package")
+    check_args(q, k, v, win, energy, n_max, edge, n_landmarks, block)
+    b, h, t, d = q.shape
+    hk = k.shape[1]
+    if d < 16 or d & (d - 1):
+        raise InputError(f"dsalt triton kernel: head_dim must be a power of two >= 16; got {d}")
+    bm, _, _ = _blocks(block, d, q.dtype)
+    if block % bm:
+        raise InputError(f"dsalt triton kernel: block must be a multiple of {bm}; got {block}")
+    if not (q.is_cuda or _interpreting()):
+        raise InputError("dsalt triton kernel: needs CUDA tensors (or TRITON_INTERPRET=1)")
+    scale = d**-0.5 if scale is None else scale
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    win = win.float().contiguous()
+    has_lm = n_landmarks > 0
+    if has_lm:
+        kk = n_landmarks
+        kp = max(16, _pow2(kk))
+        keys = select_landmarks(energy, kk, block)  # [B, Hk, NB, K]
+        nb = keys.shape[2]
+        valid = keys != INVALID_KEY
+        lpos = torch.where(valid, key_positions(keys), torch.zeros_like(keys))
+        idx = lpos.view(b, hk, nb * kk)
+        lk = k.gather(2, idx[..., None].expand(-1, -1, -1, d)).view(b, hk, nb, kk, d)
+        lv = v.gather(2, idx[..., None].expand(-1, -1, -1, d)).view(b, hk, nb, kk, d)
+        gate = F.logsigmoid(energy.float()).gather(2, idx).view(b, hk, nb, kk)
+        gate = torch.where(valid, gate, torch.full_like(gate, -math.inf))
+        if kp > kk:
+            lk = F.pad(lk, (0, 0, 0, kp - kk))
+            lv = F.pad(lv, (0, 0, 0, kp - kk))
+            gate = F.pad(gate, (0, kp - kk), value=-math.inf)
+            lpos = F.pad(lpos, (0, kp - kk))
+        lpos = lpos.to(torch.int32).contiguous()
+        lk, lv, gate = lk.contiguous(), lv.contiguous(), gate.contiguous()
+    else:
+        kp = 16
+        lk = lv = q.new_zeros(1, 1, 1, kp, d)
+        gate = torch.full((1, 1, 1, kp), -math.inf, device=q.device)
+        lpos = torch.zeros(1, 1, 1, kp, dtype=torch.int32, device=q.device)
+    return _DSALTFn.apply(q, k, v, win, lk, lv, gate, lpos, (n_max, float(edge), block, float(scale), has_lm, kp))
