@@ -90,7 +90,7 @@ if HAVE_TRITON:
                     slk_b, slk_h, slk_n, slk_k, sg_b, sg_h, sg_n,
                     H, G, T, n_max, edge, qk_scale, SEL_BLOCK,
                     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                    KP: tl.constexpr, HAS_LM: tl.constexpr):
+                    KP: tl.constexpr, HAS_LM: tl.constexpr, PREC: tl.constexpr):
         pid_m = tl.program_id(0)
         pid_bh = tl.program_id(1)
         b = pid_bh // H
@@ -123,7 +123,7 @@ if HAVE_TRITON:
                 offs_n = start_n + offs_n0
                 nmask = offs_n < T
                 kt = tl.load(kbase + offs_n[:, None] * sk_t + offs_d[None, :], mask=nmask[:, None], other=0.0)
-                s = tl.dot(q, tl.trans(kt)) * qk_scale
+                s = tl.dot(q, tl.trans(kt), input_precision=PREC) * qk_scale
                 if phase != 1:
                     bias, _db = _win_bias(offs_m, offs_n, w, T, n_max, edge)
                     s = s + bias * 1.4426950408889634
@@ -133,7 +133,7 @@ if HAVE_TRITON:
                 alpha = tl.exp2(m_i - m_safe)
                 l_i = l_i * alpha + tl.sum(p, 1)
                 vt = tl.load(vbase + offs_n[:, None] * sk_t + offs_d[None, :], mask=nmask[:, None], other=0.0)
-                acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt)
+                acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt, input_precision=PREC)
                 m_i = m_new
         if HAS_LM:
             nb = m0 // SEL_BLOCK
@@ -143,7 +143,7 @@ if HAVE_TRITON:
             gbase = b * sg_b + hk * sg_h + nb * sg_n
             gate = tl.load(GATE + gbase + offs_k)
             lpos = tl.load(LPOS + gbase + offs_k)
-            s = tl.dot(q, tl.trans(lk)) * qk_scale
+            s = tl.dot(q, tl.trans(lk), input_precision=PREC) * qk_scale
             s = s + _lm_bias(offs_m, lpos, gate, w, T, n_max, edge) * 1.4426950408889634
             m_new = tl.maximum(m_i, tl.max(s, 1))
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -151,7 +151,7 @@ if HAVE_TRITON:
             alpha = tl.exp2(m_i - m_safe)
             l_i = l_i * alpha + tl.sum(p, 1)
             lv = tl.load(LV + lbase + offs_k[:, None] * slk_k + offs_d[None, :])
-            acc = acc * alpha[:, None] + tl.dot(p.to(lv.dtype), lv)
+            acc = acc * alpha[:, None] + tl.dot(p.to(lv.dtype), lv, input_precision=PREC)
             m_i = m_new
         l_safe = tl.where(l_i > 0, l_i, 1.0)
         o = acc / l_safe[:, None]
@@ -165,7 +165,7 @@ if HAVE_TRITON:
                    slk_b, slk_h, slk_n, slk_k, sg_b, sg_h, sg_n,
                    H, G, T, NT, n_max, edge, qk_scale, sm_scale, SEL_BLOCK,
                    D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                   KP: tl.constexpr, HAS_LM: tl.constexpr):
+                   KP: tl.constexpr, HAS_LM: tl.constexpr, PREC: tl.constexpr):
         pid_m = tl.program_id(0)
         pid_bh = tl.program_id(1)
         b = pid_bh // H
@@ -202,16 +202,16 @@ if HAVE_TRITON:
                 nmask = offs_n < T
                 kt = tl.load(kbase + offs_n[:, None] * sk_t + offs_d[None, :], mask=nmask[:, None], other=0.0)
                 vt = tl.load(vbase + offs_n[:, None] * sk_t + offs_d[None, :], mask=nmask[:, None], other=0.0)
-                s = tl.dot(q, tl.trans(kt)) * qk_scale
+                s = tl.dot(q, tl.trans(kt), input_precision=PREC) * qk_scale
                 if phase != 1:
                     bias, dbias = _win_bias(offs_m, offs_n, w, T, n_max, edge)
                     s = s + bias * 1.4426950408889634
                 p = tl.exp2(s - lse[:, None])
-                dp = tl.dot(do, tl.trans(vt))
+                dp = tl.dot(do, tl.trans(vt), input_precision=PREC)
                 ds = p * (dp - delta[:, None])
                 if phase != 1:
                     dw += tl.sum(ds * dbias, 1)
-                dq += tl.dot(ds.to(kt.dtype), kt)
+                dq += tl.dot(ds.to(kt.dtype), kt, input_precision=PREC)
         if HAS_LM:
             nb = m0 // SEL_BLOCK
             offs_k = tl.arange(0, KP)
@@ -221,16 +221,16 @@ if HAVE_TRITON:
             gbase = b * sg_b + hk * sg_h + nb * sg_n
             gate = tl.load(GATE + gbase + offs_k)
             lpos = tl.load(LPOS + gbase + offs_k)
-            s = tl.dot(q, tl.trans(lk)) * qk_scale
+            s = tl.dot(q, tl.trans(lk), input_precision=PREC) * qk_scale
             s = s + _lm_bias(offs_m, lpos, gate, w, T, n_max, edge) * 1.4426950408889634
             p = tl.exp2(s - lse[:, None])
-            dp = tl.dot(do, tl.trans(lv))
+            dp = tl.dot(do, tl.trans(lv), input_precision=PREC)
             ds = p * (dp - delta[:, None])
-            dq += tl.dot(ds.to(lk.dtype), lk)
+            dq += tl.dot(ds.to(lk.dtype), lk, input_precision=PREC)
             # per-tile partial landmark gradients [KP, D], [KP]
             toff = (pid_bh * NT + pid_m) * KP
-            dlk = tl.dot(tl.trans(ds.to(q.dtype)), q) * sm_scale
-            dlv = tl.dot(tl.trans(p.to(do.dtype)), do)
+            dlk = tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC) * sm_scale
+            dlv = tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
             tl.store(DLK + (toff + offs_k[:, None]) * D + offs_d[None, :], dlk.to(DLK.dtype.element_ty))
             tl.store(DLV + (toff + offs_k[:, None]) * D + offs_d[None, :], dlv.to(DLV.dtype.element_ty))
             tl.store(DGATE + toff + offs_k, tl.sum(ds, 0))
@@ -241,7 +241,7 @@ if HAVE_TRITON:
     def _dkdv_kernel(Q, K, V, W, DO, LSE, DELTA, DK, DV,
                      sq_b, sq_h, sq_t, sk_b, sk_h, sk_t,
                      H, G, T, n_max, edge, qk_scale, sm_scale,
-                     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr):
         pid_n = tl.program_id(0)
         pid_bh = tl.program_id(1)  # over batch * kv heads
         hkv = H // G
@@ -271,61 +271,127 @@ if HAVE_TRITON:
                 w = tl.load(W + bh * T + offs_m, mask=mrow, other=1.0)
                 lse = tl.load(LSE + bh * T + offs_m, mask=mrow, other=0.0)
                 delta = tl.load(DELTA + bh * T + offs_m, mask=mrow, other=0.0)
-                s = tl.dot(q, tl.trans(kt)) * qk_scale
-                bias, _db = _win_bias(offs_m, offs_n, w, T, n_max, edge)
-                s = s + bias * 1.4426950408889634
+                s = tl.dot(q, tl.trans(kt), input_precision=PREC) * qk_scale
+                # full block: every (row, key) is causal, inside n_max and at full weight
+                fr = tl.minimum(tl.floor(tl.min(w, 0) - 0.5 - edge * 0.5).to(tl.int32), n_max - 1)
+                partial = (start_m < n0 + BLOCK_N - 1) | (start_m + BLOCK_M - 1 - n0 > fr) | (start_m + BLOCK_M > T)
+                if partial:
+                    bias, _db = _win_bias(offs_m, offs_n, w, T, n_max, edge)
+                    s = s + bias * 1.4426950408889634
                 p = tl.exp2(s - lse[:, None])  # [BM, BN]
-                dv += tl.dot(tl.trans(p.to(do.dtype)), do)
-                dp = tl.dot(do, tl.trans(vt))
+                dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
+                dp = tl.dot(do, tl.trans(vt), input_precision=PREC)
                 ds = p * (dp - delta[:, None])
-                dk += tl.dot(tl.trans(ds.to(q.dtype)), q)
+                dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC)
         tl.store(DK + koff, (dk * sm_scale).to(DK.dtype.element_ty), mask=nmask[:, None])
         tl.store(DV + koff, dv.to(DV.dtype.element_ty), mask=nmask[:, None])
+
+
+if HAVE_TRITON:
+
+    @triton.jit
+    def _delta_kernel(O, DO, DELTA, N, D: tl.constexpr, BLOCK: tl.constexpr):
+        rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        cols = tl.arange(0, D)
+        m = rows < N
+        o = tl.load(O + rows[:, None] * D + cols[None, :], mask=m[:, None], other=0.0).to(tl.float32)
+        do = tl.load(DO + rows[:, None] * D + cols[None, :], mask=m[:, None], other=0.0).to(tl.float32)
+        tl.store(DELTA + rows, tl.sum(o * do, 1), mask=m)
+
+
+def _prec(q) -> str:
+    """fp32 inputs: exact fp32 dots (matching the reference); fp16/bf16: tensor-core dots."""
+    return "ieee" if q.dtype == torch.float32 else "tf32"
 
 
 def _pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def _blocks(block: int, d: int, dtype) -> tuple[int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps) for this device."""
-    if _interpreting() or not torch.cuda.is_available():
+def _blocks(block: int, d: int, device) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps) of the untuned launch; BLOCK_M divides the selection block."""
+    if _interpreting() or device.type != "cuda":
         return 16, 16, 4
     bm = 64 if block % 64 == 0 else (32 if block % 32 == 0 else 16)
-    return bm, min(bm, 64), 4 if d <= 64 else 8
+    return bm, bm, 4 if d <= 64 else 8
+
+
+_TUNED: dict = {}
+
+
+def _tuned(name: str):
+    """Autotuned launchers (CUDA, BLOCK_M = 64 only): BLOCK_N, warps and stages."""
+    if name not in _TUNED:
+        key = ["T", "n_max", "D"]
+        if name == "dkdv":
+            cfgs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st)
+                    for m, n, w, st in [(64, 64, 4, 2), (64, 64, 8, 2), (32, 64, 4, 3), (64, 32, 4, 2), (64, 128, 8, 2)]]
+            _TUNED[name] = triton.autotune(cfgs, key=key)(_dkdv_kernel)
+        else:
+            cfgs = [triton.Config({"BLOCK_N": n}, num_warps=w, num_stages=st)
+                    for n, w, st in [(64, 4, 2), (64, 4, 3), (64, 8, 2), (32, 4, 3)]]
+            _TUNED[name] = triton.autotune(cfgs, key=key + ["KP"])(_fwd_kernel if name == "fwd" else _dq_kernel)
+    return _TUNED[name]
+
+
+def _launch(name, kernel, grid_m, rows, bm, bn, warps, *args, **meta):
+    """Launch plain (interpreter, small blocks) or autotuned (CUDA, BLOCK_M = 64)."""
+    if bm == 64 and not _interpreting():
+        if name == "dkdv":
+            grid = lambda m: (triton.cdiv(grid_m, m["BLOCK_N"]), rows)  # noqa: E731
+            return _tuned(name)[grid](*args, **meta)
+        return _tuned(name)[(triton.cdiv(grid_m, bm), rows)](*args, BLOCK_M=bm, **meta)
+    if name == "dkdv":
+        return kernel[(triton.cdiv(grid_m, bn), rows)](*args, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, **meta)
+    return kernel[(triton.cdiv(grid_m, bm), rows)](*args, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, **meta)
 
 
 class _DSALTFn(torch.autograd.Function):
+    """Inputs: q [B,H,T,D], k, v [B,Hk,T,D], win [B,H,T] fp32, gate [B,Hk,NB,KP] fp32 (-inf in empty
+    slots), idx [B,Hk,NB,KP] int64 landmark positions. Landmark K/V are gathered here and their
+    gradients scattered back into dK/dV in fp32."""
+
     @staticmethod
-    def forward(ctx, q, k, v, win, lk, lv, gate, lpos, meta):
+    def forward(ctx, q, k, v, win, gate, idx, meta):
         n_max, edge, block, scale, has_lm, kp = meta
         b, h, t, d = q.shape
-        g = h // k.shape[1]
-        bm, bn, warps = _blocks(block, d, q.dtype)
+        hk = k.shape[1]
+        g = h // hk
+        bm, bn, warps = _blocks(block, d, q.device)
+        if has_lm:
+            nb = idx.shape[2]
+            flat = idx.view(b, hk, nb * kp, 1).expand(-1, -1, -1, d)
+            lk = k.gather(2, flat).view(b, hk, nb, kp, d)
+            lv = v.gather(2, flat).view(b, hk, nb, kp, d)
+            lpos = idx.to(torch.int32)
+        else:
+            lk = lv = q.new_zeros(1, 1, 1, kp, d)
+            lpos = torch.zeros(1, 1, 1, kp, dtype=torch.int32, device=q.device)
         o = torch.empty_like(q)
         lse = torch.empty(b, h, t, device=q.device, dtype=torch.float32)
-        grid = (triton.cdiv(t, bm), b * h)
-        _fwd_kernel[grid](q, k, v, win, lk, lv, gate, lpos, o, lse,
-                          q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-                          o.stride(0), o.stride(1), o.stride(2),
-                          lk.stride(0), lk.stride(1), lk.stride(2), lk.stride(3),
-                          gate.stride(0), gate.stride(1), gate.stride(2),
-                          h, g, t, n_max, float(edge), scale * LOG2E, block,
-                          D=d, BLOCK_M=bm, BLOCK_N=bn, KP=kp, HAS_LM=has_lm, num_warps=warps)
-        ctx.save_for_backward(q, k, v, win, lk, lv, gate, lpos, o, lse)
+        _launch("fwd", _fwd_kernel, t, b * h, bm, bn, warps,
+                q, k, v, win, lk, lv, gate, lpos, o, lse,
+                q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+                o.stride(0), o.stride(1), o.stride(2),
+                lk.stride(0), lk.stride(1), lk.stride(2), lk.stride(3),
+                gate.stride(0), gate.stride(1), gate.stride(2),
+                h, g, t, n_max, float(edge), scale * LOG2E, block,
+                D=d, KP=kp, HAS_LM=has_lm, PREC=_prec(q))
+        ctx.save_for_backward(q, k, v, win, lk, lv, gate, lpos, idx, o, lse)
         ctx.meta = meta
         return o
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, win, lk, lv, gate, lpos, o, lse = ctx.saved_tensors
+        q, k, v, win, lk, lv, gate, lpos, idx, o, lse = ctx.saved_tensors
         n_max, edge, block, scale, has_lm, kp = ctx.meta
         b, h, t, d = q.shape
         hk = k.shape[1]
         g = h // hk
-        bm, bn, warps = _blocks(block, d, q.dtype)
+        bm, bn, warps = _blocks(block, d, q.device)
         do = do.contiguous()
-        delta = (do.float() * o.float()).sum(-1)
+        delta = torch.empty(b, h, t, device=q.device, dtype=torch.float32)
+        _delta_kernel[(triton.cdiv(b * h * t, 64),)](o, do, delta, b * h * t, D=d, BLOCK=64)
         nt = triton.cdiv(t, bm)
         dq = torch.empty_like(q)
         dw = torch.empty(b, h, t, device=q.device, dtype=torch.float32)
@@ -335,35 +401,38 @@ class _DSALTFn(torch.autograd.Function):
             dgate_t = torch.empty(b, h, nt, kp, device=q.device, dtype=torch.float32)
         else:
             dlk_t = dlv_t = dgate_t = dq  # unused
-        _dq_kernel[(nt, b * h)](q, k, v, win, lk, lv, gate, lpos, do, lse, delta, dq, dw, dlk_t, dlv_t, dgate_t,
-                                q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-                                lk.stride(0), lk.stride(1), lk.stride(2), lk.stride(3),
-                                gate.stride(0), gate.stride(1), gate.stride(2),
-                                h, g, t, nt, n_max, float(edge), scale * LOG2E, scale, block,
-                                D=d, BLOCK_M=bm, BLOCK_N=bn, KP=kp, HAS_LM=has_lm, num_warps=warps)
-        dk = torch.empty_like(k)
-        dv = torch.empty_like(v)
-        _dkdv_kernel[(triton.cdiv(t, bn), b * hk)](q, k, v, win, do, lse, delta, dk, dv,
-                                                   q.stride(0), q.stride(1), q.stride(2),
-                                                   k.stride(0), k.stride(1), k.stride(2),
-                                                   h, g, t, n_max, float(edge), scale * LOG2E, scale,
-                                                   D=d, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps)
-        dlk = dlv = dgate = None
+        _launch("dq", _dq_kernel, t, b * h, bm, bn, warps,
+                q, k, v, win, lk, lv, gate, lpos, do, lse, delta, dq, dw, dlk_t, dlv_t, dgate_t,
+                q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+                lk.stride(0), lk.stride(1), lk.stride(2), lk.stride(3),
+                gate.stride(0), gate.stride(1), gate.stride(2),
+                h, g, t, nt, n_max, float(edge), scale * LOG2E, scale, block,
+                D=d, KP=kp, HAS_LM=has_lm, PREC=_prec(q))
+        acc_dtype = torch.float32 if has_lm else k.dtype
+        dk = torch.empty(k.shape, device=k.device, dtype=acc_dtype)
+        dv = torch.empty(v.shape, device=v.device, dtype=acc_dtype)
+        _launch("dkdv", _dkdv_kernel, t, b * hk, bm, bn, warps,
+                q, k, v, win, do, lse, delta, dk, dv,
+                q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+                h, g, t, n_max, float(edge), scale * LOG2E, scale, D=d, PREC=_prec(q))
+        dgate = None
         if has_lm:
-            nb = lk.shape[2]
+            nb = idx.shape[2]
             tpb = block // bm
 
-            def per_block(x):  # [B, H, NT, ...] -> [B, Hk, NB, ...] summed over group heads and tiles
+            def per_block(x):  # [B, H, NT, ...] -> [B, Hk, NB, ...] fp32, summed over group heads and tiles
                 pad = nb * tpb - nt
                 if pad:
                     x = torch.cat([x, x.new_zeros(x.shape[:2] + (pad,) + x.shape[3:])], 2)
                 x = x.float().view(b, hk, g, nb, tpb, *x.shape[3:])
-                return x.sum((2, 4))
+                return x.sum((2, 4)) if g * tpb > 1 else x.view(b, hk, nb, *x.shape[5:])
 
-            dlk = per_block(dlk_t).to(lk.dtype)
-            dlv = per_block(dlv_t).to(lv.dtype)
+            flat = idx.view(b, hk, nb * kp, 1).expand(-1, -1, -1, d)
+            dk.scatter_add_(2, flat, per_block(dlk_t).view(b, hk, nb * kp, d))
+            dv.scatter_add_(2, flat, per_block(dlv_t).view(b, hk, nb * kp, d))
             dgate = per_block(dgate_t)
-        return dq, dk, dv, dw, dlk, dlv, dgate, None, None
+            dk, dv = dk.to(k.dtype), dv.to(v.dtype)
+        return dq, dk, dv, dw, dgate, None, None
 
 
 def dsalt_triton(q, k, v, win, energy, *, n_max: int, edge: float, n_landmarks: int, block: int,
@@ -378,11 +447,11 @@ def dsalt_triton(q, k, v, win, energy, *, n_max: int, edge: float, n_landmarks: 
     hk = k.shape[1]
     if d < 16 or d & (d - 1):
         raise InputError(f"dsalt triton kernel: head_dim must be a power of two >= 16; got {d}")
-    bm, _, _ = _blocks(block, d, q.dtype)
-    if block % bm:
-        raise InputError(f"dsalt triton kernel: block must be a multiple of {bm}; got {block}")
     if not (q.is_cuda or _interpreting()):
         raise InputError("dsalt triton kernel: needs CUDA tensors (or TRITON_INTERPRET=1)")
+    bm, _, _ = _blocks(block, d, q.device)
+    if block % bm:
+        raise InputError(f"dsalt triton kernel: block must be a multiple of {bm}; got {block}")
     scale = d**-0.5 if scale is None else scale
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     win = win.float().contiguous()
@@ -393,22 +462,15 @@ def dsalt_triton(q, k, v, win, energy, *, n_max: int, edge: float, n_landmarks: 
         keys = select_landmarks(energy, kk, block)  # [B, Hk, NB, K]
         nb = keys.shape[2]
         valid = keys != INVALID_KEY
-        lpos = torch.where(valid, key_positions(keys), torch.zeros_like(keys))
-        idx = lpos.view(b, hk, nb * kk)
-        lk = k.gather(2, idx[..., None].expand(-1, -1, -1, d)).view(b, hk, nb, kk, d)
-        lv = v.gather(2, idx[..., None].expand(-1, -1, -1, d)).view(b, hk, nb, kk, d)
-        gate = F.logsigmoid(energy.float()).gather(2, idx).view(b, hk, nb, kk)
+        idx = torch.where(valid, key_positions(keys), torch.zeros_like(keys))
+        gate = F.logsigmoid(energy.float()).gather(2, idx.view(b, hk, nb * kk)).view(b, hk, nb, kk)
         gate = torch.where(valid, gate, torch.full_like(gate, -math.inf))
         if kp > kk:
-            lk = F.pad(lk, (0, 0, 0, kp - kk))
-            lv = F.pad(lv, (0, 0, 0, kp - kk))
             gate = F.pad(gate, (0, kp - kk), value=-math.inf)
-            lpos = F.pad(lpos, (0, kp - kk))
-        lpos = lpos.to(torch.int32).contiguous()
-        lk, lv, gate = lk.contiguous(), lv.contiguous(), gate.contiguous()
+            idx = F.pad(idx, (0, kp - kk))
+        gate, idx = gate.contiguous(), idx.contiguous()
     else:
         kp = 16
-        lk = lv = q.new_zeros(1, 1, 1, kp, d)
         gate = torch.full((1, 1, 1, kp), -math.inf, device=q.device)
-        lpos = torch.zeros(1, 1, 1, kp, dtype=torch.int32, device=q.device)
-    return _DSALTFn.apply(q, k, v, win, lk, lv, gate, lpos, (n_max, float(edge), block, float(scale), has_lm, kp))
+        idx = torch.zeros(1, 1, 1, kp, dtype=torch.int64, device=q.device)
+    return _DSALTFn.apply(q, k, v, win, gate, idx, (n_max, float(edge), block, float(scale), has_lm, kp))
