@@ -39,7 +39,7 @@ def dsalt_mods(win, energy, *, n_max: int, edge: float, n_landmarks: int, block:
 
     def in_window(b, h, q, kv):
         d = q - kv
-        r = (win[b, h, q] - d - 0.5) / edge + 0.5
+        r = (win[b, h, q] - d - 0.5) * (1.0 / edge) + 0.5
         return (d >= 0) & (d < n_max) & (r > 0), r
 
     def member(b, h, q, kv):

@@ -49,35 +49,36 @@ def _interpreting() -> bool:
 if HAVE_TRITON:
 
     @triton.jit
-    def _win_bias(offs_m, offs_n, w, T, n_max, edge):
-        """Soft-window bias (natural log units), -inf outside; and d bias / d w."""
+    def _win_bias(offs_m, offs_n, w, T, n_max, edge, inv_edge):
+        """Soft-window bias in log2 units (log2 r), -inf outside; and d(ln r)/dw (natural units)."""
         dd = offs_m[:, None] - offs_n[None, :]
-        r = (w[:, None] - dd.to(tl.float32) - 0.5) / edge + 0.5
+        r = (w[:, None] - dd.to(tl.float32) - 0.5) * inv_edge + 0.5
         r = tl.minimum(r, 1.0)
         ok = (dd >= 0) & (dd < n_max) & (r > 0) & (offs_n[None, :] < T) & (offs_m[:, None] < T)
         rs = tl.where(ok, r, 1.0)
-        bias = tl.where(ok, tl.log(rs), float("-inf"))
+        bias = tl.where(ok, tl.log2(rs), float("-inf"))
         dbias = tl.where(ok & (r < 1.0), 1.0 / (edge * rs), 0.0)
         return bias, dbias
 
     @triton.jit
-    def _lm_bias(offs_m, lpos, gate, w, T, n_max, edge):
+    def _lm_bias(offs_m, lpos, gate, w, T, n_max, edge, inv_edge):
         """Landmark bias: the gate, -inf where the landmark is inside the row's soft window."""
         dd = offs_m[:, None] - lpos[None, :]
-        r = (w[:, None] - dd.to(tl.float32) - 0.5) / edge + 0.5
+        r = (w[:, None] - dd.to(tl.float32) - 0.5) * inv_edge + 0.5
         inwin = (dd >= 0) & (dd < n_max) & (r > 0)
-        bias = tl.where(inwin | (offs_m[:, None] >= T), float("-inf"), gate[None, :])
-        return bias
+        bias = tl.where(inwin | (offs_m[:, None] >= T), float("-inf"), gate[None, :] * 1.4426950408889634)
+        return bias  # log2 units
 
     @triton.jit
     def _tile_ranges(m0, w, T, n_max, edge, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
         """Key block starts: [lo, full_lo) edge (masked), [full_lo, m0) full, [m0, hi) diagonal."""
         wmax = tl.max(w, 0)
         wmin = tl.min(w, 0)
-        reach = tl.minimum((wmax - 0.5 + edge * 0.5).to(tl.int32) + 1, n_max)
+        # one key of slack on both sides: boundary keys always go through the exact masked path
+        reach = tl.minimum((wmax - 0.5 + edge * 0.5).to(tl.int32) + 2, n_max)
         lo = tl.maximum(m0 - reach + 1, 0)
         lo = (lo // BLOCK_N) * BLOCK_N
-        full = tl.minimum(tl.floor(wmin - 0.5 - edge * 0.5).to(tl.int32), n_max - 1)
+        full = tl.minimum(tl.floor(wmin - 0.5 - edge * 0.5).to(tl.int32) - 1, n_max - 1)
         full_lo = m0 + BLOCK_M - 1 - full
         full_lo = ((full_lo + BLOCK_N - 1) // BLOCK_N) * BLOCK_N
         full_lo = tl.minimum(tl.maximum(full_lo, lo), m0)
@@ -88,7 +89,7 @@ if HAVE_TRITON:
     def _fwd_kernel(Q, K, V, W, LK, LV, GATE, LPOS, O, LSE,
                     sq_b, sq_h, sq_t, sk_b, sk_h, sk_t, so_b, so_h, so_t,
                     slk_b, slk_h, slk_n, slk_k, sg_b, sg_h, sg_n,
-                    H, G, T, n_max, edge, qk_scale, SEL_BLOCK,
+                    H, G, T, n_max, edge, inv_edge, qk_scale, SEL_BLOCK,
                     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                     KP: tl.constexpr, HAS_LM: tl.constexpr, PREC: tl.constexpr):
         pid_m = tl.program_id(0)
@@ -125,8 +126,8 @@ if HAVE_TRITON:
                 kt = tl.load(kbase + offs_n[:, None] * sk_t + offs_d[None, :], mask=nmask[:, None], other=0.0)
                 s = tl.dot(q, tl.trans(kt), input_precision=PREC) * qk_scale
                 if phase != 1:
-                    bias, _db = _win_bias(offs_m, offs_n, w, T, n_max, edge)
-                    s = s + bias * 1.4426950408889634
+                    bias, _db = _win_bias(offs_m, offs_n, w, T, n_max, edge, inv_edge)
+                    s = s + bias
                 m_new = tl.maximum(m_i, tl.max(s, 1))
                 m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
                 p = tl.exp2(s - m_safe[:, None])
@@ -144,7 +145,7 @@ if HAVE_TRITON:
             gate = tl.load(GATE + gbase + offs_k)
             lpos = tl.load(LPOS + gbase + offs_k)
             s = tl.dot(q, tl.trans(lk), input_precision=PREC) * qk_scale
-            s = s + _lm_bias(offs_m, lpos, gate, w, T, n_max, edge) * 1.4426950408889634
+            s = s + _lm_bias(offs_m, lpos, gate, w, T, n_max, edge, inv_edge)
             m_new = tl.maximum(m_i, tl.max(s, 1))
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
             p = tl.exp2(s - m_safe[:, None])
@@ -163,7 +164,7 @@ if HAVE_TRITON:
     def _dq_kernel(Q, K, V, W, LK, LV, GATE, LPOS, DO, LSE, DELTA, DQ, DW, DLK, DLV, DGATE,
                    sq_b, sq_h, sq_t, sk_b, sk_h, sk_t,
                    slk_b, slk_h, slk_n, slk_k, sg_b, sg_h, sg_n,
-                   H, G, T, NT, n_max, edge, qk_scale, sm_scale, SEL_BLOCK,
+                   H, G, T, NT, n_max, edge, inv_edge, qk_scale, sm_scale, SEL_BLOCK,
                    D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    KP: tl.constexpr, HAS_LM: tl.constexpr, PREC: tl.constexpr):
         pid_m = tl.program_id(0)
@@ -204,8 +205,8 @@ if HAVE_TRITON:
                 vt = tl.load(vbase + offs_n[:, None] * sk_t + offs_d[None, :], mask=nmask[:, None], other=0.0)
                 s = tl.dot(q, tl.trans(kt), input_precision=PREC) * qk_scale
                 if phase != 1:
-                    bias, dbias = _win_bias(offs_m, offs_n, w, T, n_max, edge)
-                    s = s + bias * 1.4426950408889634
+                    bias, dbias = _win_bias(offs_m, offs_n, w, T, n_max, edge, inv_edge)
+                    s = s + bias
                 p = tl.exp2(s - lse[:, None])
                 dp = tl.dot(do, tl.trans(vt), input_precision=PREC)
                 ds = p * (dp - delta[:, None])
@@ -222,7 +223,7 @@ if HAVE_TRITON:
             gate = tl.load(GATE + gbase + offs_k)
             lpos = tl.load(LPOS + gbase + offs_k)
             s = tl.dot(q, tl.trans(lk), input_precision=PREC) * qk_scale
-            s = s + _lm_bias(offs_m, lpos, gate, w, T, n_max, edge) * 1.4426950408889634
+            s = s + _lm_bias(offs_m, lpos, gate, w, T, n_max, edge, inv_edge)
             p = tl.exp2(s - lse[:, None])
             dp = tl.dot(do, tl.trans(lv), input_precision=PREC)
             ds = p * (dp - delta[:, None])
@@ -240,7 +241,7 @@ if HAVE_TRITON:
     @triton.jit
     def _dkdv_kernel(Q, K, V, W, DO, LSE, DELTA, DK, DV,
                      sq_b, sq_h, sq_t, sk_b, sk_h, sk_t,
-                     H, G, T, n_max, edge, qk_scale, sm_scale,
+                     H, G, T, n_max, edge, inv_edge, qk_scale, sm_scale,
                      D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr):
         pid_n = tl.program_id(0)
         pid_bh = tl.program_id(1)  # over batch * kv heads
@@ -273,11 +274,11 @@ if HAVE_TRITON:
                 delta = tl.load(DELTA + bh * T + offs_m, mask=mrow, other=0.0)
                 s = tl.dot(q, tl.trans(kt), input_precision=PREC) * qk_scale
                 # full block: every (row, key) is causal, inside n_max and at full weight
-                fr = tl.minimum(tl.floor(tl.min(w, 0) - 0.5 - edge * 0.5).to(tl.int32), n_max - 1)
+                fr = tl.minimum(tl.floor(tl.min(w, 0) - 0.5 - edge * 0.5).to(tl.int32) - 1, n_max - 1)
                 partial = (start_m < n0 + BLOCK_N - 1) | (start_m + BLOCK_M - 1 - n0 > fr) | (start_m + BLOCK_M > T)
                 if partial:
-                    bias, _db = _win_bias(offs_m, offs_n, w, T, n_max, edge)
-                    s = s + bias * 1.4426950408889634
+                    bias, _db = _win_bias(offs_m, offs_n, w, T, n_max, edge, inv_edge)
+                    s = s + bias
                 p = tl.exp2(s - lse[:, None])  # [BM, BN]
                 dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
                 dp = tl.dot(do, tl.trans(vt), input_precision=PREC)
@@ -375,7 +376,7 @@ class _DSALTFn(torch.autograd.Function):
                 o.stride(0), o.stride(1), o.stride(2),
                 lk.stride(0), lk.stride(1), lk.stride(2), lk.stride(3),
                 gate.stride(0), gate.stride(1), gate.stride(2),
-                h, g, t, n_max, float(edge), scale * LOG2E, block,
+                h, g, t, n_max, float(edge), 1.0 / float(edge), scale * LOG2E, block,
                 D=d, KP=kp, HAS_LM=has_lm, PREC=_prec(q))
         ctx.save_for_backward(q, k, v, win, lk, lv, gate, lpos, idx, o, lse)
         ctx.meta = meta
@@ -406,32 +407,33 @@ class _DSALTFn(torch.autograd.Function):
                 q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                 lk.stride(0), lk.stride(1), lk.stride(2), lk.stride(3),
                 gate.stride(0), gate.stride(1), gate.stride(2),
-                h, g, t, nt, n_max, float(edge), scale * LOG2E, scale, block,
+                h, g, t, nt, n_max, float(edge), 1.0 / float(edge), scale * LOG2E, scale, block,
                 D=d, KP=kp, HAS_LM=has_lm, PREC=_prec(q))
-        acc_dtype = torch.float32 if has_lm else k.dtype
-        dk = torch.empty(k.shape, device=k.device, dtype=acc_dtype)
-        dv = torch.empty(v.shape, device=v.device, dtype=acc_dtype)
+        dk = torch.empty_like(k)
+        dv = torch.empty_like(v)
         _launch("dkdv", _dkdv_kernel, t, b * hk, bm, bn, warps,
                 q, k, v, win, do, lse, delta, dk, dv,
                 q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-                h, g, t, n_max, float(edge), scale * LOG2E, scale, D=d, PREC=_prec(q))
+                h, g, t, n_max, float(edge), 1.0 / float(edge), scale * LOG2E, scale, D=d, PREC=_prec(q))
         dgate = None
         if has_lm:
             nb = idx.shape[2]
             tpb = block // bm
 
-            def per_block(x):  # [B, H, NT, ...] -> [B, Hk, NB, ...] fp32, summed over group heads and tiles
+            def per_block(x):  # [B, H, NT, ...] -> [B, Hk, NB, ...], summed over group heads and tiles
                 pad = nb * tpb - nt
                 if pad:
                     x = torch.cat([x, x.new_zeros(x.shape[:2] + (pad,) + x.shape[3:])], 2)
-                x = x.float().view(b, hk, g, nb, tpb, *x.shape[3:])
-                return x.sum((2, 4)) if g * tpb > 1 else x.view(b, hk, nb, *x.shape[5:])
+                if g * tpb == 1:
+                    return x
+                return x.float().view(b, hk, g, nb, tpb, *x.shape[3:]).sum((2, 4)).to(x.dtype)
 
-            flat = idx.view(b, hk, nb * kp, 1).expand(-1, -1, -1, d)
-            dk.scatter_add_(2, flat, per_block(dlk_t).view(b, hk, nb * kp, d))
-            dv.scatter_add_(2, flat, per_block(dlv_t).view(b, hk, nb * kp, d))
+            # a landmark token sits in many blocks' sets: add its per-block gradients with the
+            # sort-based accumulating index_put_ (fp32 accumulation, no contended atomics)
+            rows = (idx + torch.arange(b * hk, device=idx.device).view(b, hk, 1, 1) * t).view(-1)
+            dk.view(-1, d).index_put_((rows,), per_block(dlk_t).reshape(-1, d).to(dk.dtype), accumulate=True)
+            dv.view(-1, d).index_put_((rows,), per_block(dlv_t).reshape(-1, d).to(dv.dtype), accumulate=True)
             dgate = per_block(dgate_t)
-            dk, dv = dk.to(k.dtype), dv.to(v.dtype)
         return dq, dk, dv, dw, dgate, None, None
 
 
@@ -463,7 +465,9 @@ def dsalt_triton(q, k, v, win, energy, *, n_max: int, edge: float, n_landmarks: 
         nb = keys.shape[2]
         valid = keys != INVALID_KEY
         idx = torch.where(valid, key_positions(keys), torch.zeros_like(keys))
-        gate = F.logsigmoid(energy.float()).gather(2, idx.view(b, hk, nb * kk)).view(b, hk, nb, kk)
+        # advanced indexing (backward: sort-based accumulate) rather than gather (atomics)
+        rows = (idx + torch.arange(b * hk, device=idx.device).view(b, hk, 1, 1) * t).view(-1)
+        gate = F.logsigmoid(energy.float()).reshape(-1)[rows].view(b, hk, nb, kk)
         gate = torch.where(valid, gate, torch.full_like(gate, -math.inf))
         if kp > kk:
             gate = F.pad(gate, (0, kp - kk), value=-math.inf)

@@ -37,7 +37,7 @@ _POS_MASK = (1 << _POS_BITS) - 1
 def window_ramp(d: torch.Tensor, w: torch.Tensor, n_max: int, edge: float) -> torch.Tensor:
     """r(d, w) before the log (float32); keys count where 0 <= d < n_max and r > 0."""
     dt = torch.promote_types(w.dtype, torch.float32)
-    r = (w.to(dt) - d.to(dt) - 0.5) / edge + 0.5
+    r = (w.to(dt) - d.to(dt) - 0.5) * (1.0 / edge) + 0.5  # as the kernels: times 1/edge
     r = torch.where(r < 1.0, r, torch.ones_like(r))  # at r == 1 exactly: zero gradient (as the kernels)
     ok = (d >= 0) & (d < n_max) & (r > 0)
     return torch.where(ok, r, torch.zeros_like(r))
@@ -75,13 +75,15 @@ def key_positions(keys: torch.Tensor) -> torch.Tensor:
     return _POS_MASK - (keys & _POS_MASK)
 
 
-def _topk_keys(keys: torch.Tensor, k: int) -> torch.Tensor:
-    """The k largest keys along the last dim, descending, padded with INVALID_KEY."""
+def _topk_keys(keys: torch.Tensor, k: int, sorted: bool = True) -> torch.Tensor:
+    """The k largest keys along the last dim (descending if sorted), padded with INVALID_KEY."""
     n = keys.shape[-1]
     if n < k:
         pad = keys.new_full(keys.shape[:-1] + (k - n,), INVALID_KEY)
         keys = torch.cat([keys, pad], -1)
-    return keys.topk(k, dim=-1, sorted=True).values
+    if n == k and not sorted:
+        return keys
+    return keys.topk(k, dim=-1, sorted=sorted).values
 
 
 def select_landmarks(energy: torch.Tensor, n_landmarks: int, block: int) -> torch.Tensor:
@@ -95,17 +97,17 @@ def select_landmarks(energy: torch.Tensor, n_landmarks: int, block: int) -> torc
     if nb * block != t:
         keys = torch.cat([keys, keys.new_full(keys.shape[:-1] + (nb * block - t,), INVALID_KEY)], -1)
     k = n_landmarks
-    local = _topk_keys(keys.view(*keys.shape[:-1], nb, block), min(k, block))
-    local = _topk_keys(local, k) if local.shape[-1] < k else local  # pad to k
+    local = _topk_keys(keys.view(*keys.shape[:-1], nb, block), min(k, block), sorted=False)
+    local = _topk_keys(local, k, sorted=False)  # pad to k
     # inclusive scan over blocks: P[b] = top-k of blocks 0..b (ranges merged are disjoint)
     p, s = local, 1
     while s < nb:
-        merged = _topk_keys(torch.cat([p[..., s:, :], p[..., :-s, :]], -1), k)
+        merged = _topk_keys(torch.cat([p[..., s:, :], p[..., :-s, :]], -1), k, sorted=False)
         p = torch.cat([p[..., :s, :], merged], -2)
         s *= 2
     # exclusive: block b sees blocks < b
     empty = p.new_full(p.shape[:-2] + (1, k), INVALID_KEY)
-    return torch.cat([empty, p[..., :-1, :]], -2)
+    return torch.cat([empty, p[..., :-1, :]], -2).sort(-1, descending=True).values
 
 
 def landmark_thresholds(lm_keys: torch.Tensor) -> torch.Tensor:
