@@ -36,8 +36,9 @@ def dsalt_mods(win, energy, *, n_max: int, edge: float, n_landmarks: int, block:
         keys = rank_keys(energy)
         thr = landmark_thresholds(select_landmarks(energy, n_landmarks, block))
     win = win.float()
+    win_nograd = win.detach()  # flex refuses mask_mod captures that require grad
 
-    def in_window(b, h, q, kv):
+    def in_window(b, h, q, kv, win=win):
         d = q - kv
         r = (win[b, h, q] - d - 0.5) * (1.0 / edge) + 0.5
         return (d >= 0) & (d < n_max) & (r > 0), r
@@ -57,7 +58,7 @@ def dsalt_mods(win, energy, *, n_max: int, edge: float, n_landmarks: int, block:
         return score + torch.where(ok, wb, other)
 
     def mask_mod(b, h, q, kv):
-        ok, _ = in_window(b, h, q, kv)
+        ok, _ = in_window(b, h, q, kv, win_nograd)
         if n_landmarks:
             ok = ok | member(b, h, q, kv)
         return ok
