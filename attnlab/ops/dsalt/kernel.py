@@ -7,8 +7,9 @@ selection block, so all its rows share one landmark set. The tile
    is computed from the tile's largest predicted window, so short windows skip blocks) up to the
    diagonal. Blocks where every (row, key) pair is inside every row's full-weight window run
    without any mask or bias; only the outer edge and the diagonal compute the soft-edge bias;
-2. makes one pass over the gathered landmark K/V of its block ([K, D], padded to a power of two):
-   bias logsigmoid(e_j) (the gate), -inf where the landmark is inside the row's soft window.
+2. makes one pass over its block's landmark K/V ([K, D], padded to a power of two, rows loaded
+   by position straight from K/V): bias logsigmoid(e_j) (the gate), -inf where the landmark is
+   inside the row's soft window.
 
 Both passes feed the same running max / sum (exp2 domain); the tile stores O and the log-sum-exp.
 Scattered landmarks therefore never turn window blocks into partial blocks.
@@ -16,9 +17,10 @@ Scattered landmarks therefore never turn window blocks into partial blocks.
 Backward: ``_dq_kernel`` (per query tile) recomputes P and accumulates dQ, the window-size
 gradient dW (the soft edge's bias derivative 1/(edge*r) on the ramp) and, for the tile's
 landmark set, dK_lm, dV_lm and the gate gradient; ``_dkdv_kernel`` (per key tile, looping over
-the heads of its kv group) accumulates the window part of dK and dV. The gathered landmark K/V
-and gates come from differentiable gathers in ``dsalt_triton``, so autograd scatters their
-gradients back to K, V and the energies (and so to alpha).
+the heads of its kv group) accumulates the window part of dK and dV. The per-block landmark
+dK/dV partials are then added at the landmark tokens' rows (a sort-based accumulating
+``index_put_``), and the gate gradient flows through autograd (an indexing op) to the energies
+and so to alpha.
 """
 
 from __future__ import annotations
@@ -86,9 +88,9 @@ if HAVE_TRITON:
         return lo, full_lo, hi
 
     @triton.jit
-    def _fwd_kernel(Q, K, V, W, LK, LV, GATE, LPOS, O, LSE,
+    def _fwd_kernel(Q, K, V, W, GATE, LPOS, O, LSE,
                     sq_b, sq_h, sq_t, sk_b, sk_h, sk_t, so_b, so_h, so_t,
-                    slk_b, slk_h, slk_n, slk_k, sg_b, sg_h, sg_n,
+                    sg_b, sg_h, sg_n,
                     H, G, T, n_max, edge, inv_edge, qk_scale, SEL_BLOCK,
                     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                     KP: tl.constexpr, HAS_LM: tl.constexpr, PREC: tl.constexpr):
@@ -139,11 +141,11 @@ if HAVE_TRITON:
         if HAS_LM:
             nb = m0 // SEL_BLOCK
             offs_k = tl.arange(0, KP)
-            lbase = b * slk_b + hk * slk_h + nb * slk_n
-            lk = tl.load(LK + lbase + offs_k[:, None] * slk_k + offs_d[None, :])
             gbase = b * sg_b + hk * sg_h + nb * sg_n
             gate = tl.load(GATE + gbase + offs_k)
             lpos = tl.load(LPOS + gbase + offs_k)
+            # landmark K/V rows loaded by position (no gathered copy)
+            lk = tl.load(kbase + lpos[:, None] * sk_t + offs_d[None, :])
             s = tl.dot(q, tl.trans(lk), input_precision=PREC) * qk_scale
             s = s + _lm_bias(offs_m, lpos, gate, w, T, n_max, edge, inv_edge)
             m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -151,7 +153,7 @@ if HAVE_TRITON:
             p = tl.exp2(s - m_safe[:, None])
             alpha = tl.exp2(m_i - m_safe)
             l_i = l_i * alpha + tl.sum(p, 1)
-            lv = tl.load(LV + lbase + offs_k[:, None] * slk_k + offs_d[None, :])
+            lv = tl.load(vbase + lpos[:, None] * sk_t + offs_d[None, :])
             acc = acc * alpha[:, None] + tl.dot(p.to(lv.dtype), lv, input_precision=PREC)
             m_i = m_new
         l_safe = tl.where(l_i > 0, l_i, 1.0)
@@ -161,9 +163,9 @@ if HAVE_TRITON:
         tl.store(LSE + pid_bh * T + offs_m, m_i + tl.log2(l_safe), mask=mrow)
 
     @triton.jit
-    def _dq_kernel(Q, K, V, W, LK, LV, GATE, LPOS, DO, LSE, DELTA, DQ, DW, DLK, DLV, DGATE,
+    def _dq_kernel(Q, K, V, W, GATE, LPOS, DO, LSE, DELTA, DQ, DW, DLK, DLV, DGATE,
                    sq_b, sq_h, sq_t, sk_b, sk_h, sk_t,
-                   slk_b, slk_h, slk_n, slk_k, sg_b, sg_h, sg_n,
+                   sg_b, sg_h, sg_n,
                    H, G, T, NT, n_max, edge, inv_edge, qk_scale, sm_scale, SEL_BLOCK,
                    D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    KP: tl.constexpr, HAS_LM: tl.constexpr, PREC: tl.constexpr):
@@ -216,12 +218,11 @@ if HAVE_TRITON:
         if HAS_LM:
             nb = m0 // SEL_BLOCK
             offs_k = tl.arange(0, KP)
-            lbase = b * slk_b + hk * slk_h + nb * slk_n
-            lk = tl.load(LK + lbase + offs_k[:, None] * slk_k + offs_d[None, :])
-            lv = tl.load(LV + lbase + offs_k[:, None] * slk_k + offs_d[None, :])
             gbase = b * sg_b + hk * sg_h + nb * sg_n
             gate = tl.load(GATE + gbase + offs_k)
             lpos = tl.load(LPOS + gbase + offs_k)
+            lk = tl.load(kbase + lpos[:, None] * sk_t + offs_d[None, :])
+            lv = tl.load(vbase + lpos[:, None] * sk_t + offs_d[None, :])
             s = tl.dot(q, tl.trans(lk), input_precision=PREC) * qk_scale
             s = s + _lm_bias(offs_m, lpos, gate, w, T, n_max, edge, inv_edge)
             p = tl.exp2(s - lse[:, None])
@@ -349,8 +350,8 @@ def _launch(name, kernel, grid_m, rows, bm, bn, warps, *args, **meta):
 
 class _DSALTFn(torch.autograd.Function):
     """Inputs: q [B,H,T,D], k, v [B,Hk,T,D], win [B,H,T] fp32, gate [B,Hk,NB,KP] fp32 (-inf in empty
-    slots), idx [B,Hk,NB,KP] int64 landmark positions. Landmark K/V are gathered here and their
-    gradients scattered back into dK/dV in fp32."""
+    slots), idx [B,Hk,NB,KP] int64 landmark positions. The kernels read landmark K/V rows by
+    position; their per-block gradients are accumulated into dK/dV here."""
 
     @staticmethod
     def forward(ctx, q, k, v, win, gate, idx, meta):
@@ -360,31 +361,25 @@ class _DSALTFn(torch.autograd.Function):
         g = h // hk
         bm, bn, warps = _blocks(block, d, q.device)
         if has_lm:
-            nb = idx.shape[2]
-            flat = idx.view(b, hk, nb * kp, 1).expand(-1, -1, -1, d)
-            lk = k.gather(2, flat).view(b, hk, nb, kp, d)
-            lv = v.gather(2, flat).view(b, hk, nb, kp, d)
             lpos = idx.to(torch.int32)
         else:
-            lk = lv = q.new_zeros(1, 1, 1, kp, d)
             lpos = torch.zeros(1, 1, 1, kp, dtype=torch.int32, device=q.device)
         o = torch.empty_like(q)
         lse = torch.empty(b, h, t, device=q.device, dtype=torch.float32)
         _launch("fwd", _fwd_kernel, t, b * h, bm, bn, warps,
-                q, k, v, win, lk, lv, gate, lpos, o, lse,
+                q, k, v, win, gate, lpos, o, lse,
                 q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                 o.stride(0), o.stride(1), o.stride(2),
-                lk.stride(0), lk.stride(1), lk.stride(2), lk.stride(3),
                 gate.stride(0), gate.stride(1), gate.stride(2),
                 h, g, t, n_max, float(edge), 1.0 / float(edge), scale * LOG2E, block,
                 D=d, KP=kp, HAS_LM=has_lm, PREC=_prec(q))
-        ctx.save_for_backward(q, k, v, win, lk, lv, gate, lpos, idx, o, lse)
+        ctx.save_for_backward(q, k, v, win, gate, lpos, idx, o, lse)
         ctx.meta = meta
         return o
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, win, lk, lv, gate, lpos, idx, o, lse = ctx.saved_tensors
+        q, k, v, win, gate, lpos, idx, o, lse = ctx.saved_tensors
         n_max, edge, block, scale, has_lm, kp = ctx.meta
         b, h, t, d = q.shape
         hk = k.shape[1]
@@ -403,9 +398,8 @@ class _DSALTFn(torch.autograd.Function):
         else:
             dlk_t = dlv_t = dgate_t = dq  # unused
         _launch("dq", _dq_kernel, t, b * h, bm, bn, warps,
-                q, k, v, win, lk, lv, gate, lpos, do, lse, delta, dq, dw, dlk_t, dlv_t, dgate_t,
+                q, k, v, win, gate, lpos, do, lse, delta, dq, dw, dlk_t, dlv_t, dgate_t,
                 q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-                lk.stride(0), lk.stride(1), lk.stride(2), lk.stride(3),
                 gate.stride(0), gate.stride(1), gate.stride(2),
                 h, g, t, nt, n_max, float(edge), 1.0 / float(edge), scale * LOG2E, scale, block,
                 D=d, KP=kp, HAS_LM=has_lm, PREC=_prec(q))
