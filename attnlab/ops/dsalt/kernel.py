@@ -301,6 +301,76 @@ if HAVE_TRITON:
         tl.store(DELTA + rows, tl.sum(o * do, 1), mask=m)
 
 
+if HAVE_TRITON:
+
+    @triton.jit
+    def _select_kernel(KEYS, OUT, T, NB, S, K: tl.constexpr, KP: tl.constexpr, BS: tl.constexpr):
+        """Causal landmark sets with *stable slots*, one program per (batch, kv head).
+
+        Streams the blocks in order: set(b + 1) = top-k(set(b) + tokens of block b), inserting a
+        block's candidates best first, each replacing the current minimum. A token keeps its slot
+        from insertion to eviction and never comes back (the set is a prefix top-k), so each
+        landmark token is one contiguous run of blocks in one slot column."""
+        pid = tl.program_id(0)
+        offs_k = tl.arange(0, KP)
+        offs_s = tl.arange(0, BS)
+        inv = tl.full([KP], -9223372036854775808, tl.int64)
+        cur = tl.where(offs_k < K, inv, tl.full([KP], 9223372036854775807, tl.int64))
+        tl.store(OUT + pid * NB * KP + offs_k, inv)
+        for blk in range(0, NB - 1):
+            pos = blk * S + offs_s
+            ck = tl.load(KEYS + pid * T + pos, mask=(offs_s < S) & (pos < T), other=-9223372036854775808)
+            m = tl.min(cur, 0)
+            cand = tl.where(ck > m, ck, -9223372036854775808)
+            best = tl.max(cand, 0)
+            while best > m:
+                am = tl.argmin(cur, 0)
+                cur = tl.where(offs_k == am, best, cur)
+                cand = tl.where(cand == best, -9223372036854775808, cand)
+                m = tl.min(cur, 0)
+                best = tl.max(cand, 0)
+            tl.store(OUT + (pid * NB + blk + 1) * KP + offs_k, tl.where(offs_k < K, cur, inv))
+
+    @triton.jit
+    def _lm_reduce_kernel(DLK, DLV, LPOS, DK, DV, NB, T, KP: tl.constexpr, D: tl.constexpr, BD: tl.constexpr):
+        """Add per-block landmark gradients [B*Hk, NB, KP, D] into dK/dV rows: one program per
+        (batch*kv head, slot, D chunk) walks its slot column; each run (one token) is flushed
+        once, so no two programs touch the same row (no atomics)."""
+        pid = tl.program_id(0)
+        sl = tl.program_id(1)
+        offs = tl.program_id(2) * BD + tl.arange(0, BD)
+        acc_k = tl.zeros([BD], tl.float32)
+        acc_v = tl.zeros([BD], tl.float32)
+        for blk in range(0, NB):
+            src = ((pid * NB + blk) * KP + sl) * D + offs
+            acc_k += tl.load(DLK + src).to(tl.float32)
+            acc_v += tl.load(DLV + src).to(tl.float32)
+            tok = tl.load(LPOS + (pid * NB + blk) * KP + sl)
+            nxt = tl.load(LPOS + (pid * NB + blk + 1) * KP + sl, mask=blk + 1 < NB, other=-1)
+            if nxt != tok:
+                if tok >= 0:
+                    row = (pid * T + tok) * D + offs
+                    tl.store(DK + row, (tl.load(DK + row).to(tl.float32) + acc_k).to(DK.dtype.element_ty))
+                    tl.store(DV + row, (tl.load(DV + row).to(tl.float32) + acc_v).to(DV.dtype.element_ty))
+                acc_k = tl.zeros([BD], tl.float32)
+                acc_v = tl.zeros([BD], tl.float32)
+
+
+_FAST_LM = {"on": True}
+
+
+def _select_stable(energy, k: int, kp: int, block: int):
+    """Stable-slot landmark sets [B, Hk, NB, KP] of rank keys (INVALID_KEY: empty or padding)."""
+    from .reference import rank_keys
+
+    b, hk, t = energy.shape
+    nb = -(-t // block)
+    keys = rank_keys(energy).contiguous()
+    out = torch.empty(b, hk, nb, kp, dtype=torch.int64, device=energy.device)
+    _select_kernel[(b * hk,)](keys, out, t, nb, block, K=k, KP=kp, BS=_pow2(block))
+    return out
+
+
 def _prec(q) -> str:
     """fp32 inputs: exact fp32 dots (matching the reference); fp16/bf16: tensor-core dots."""
     return "ieee" if q.dtype == torch.float32 else "tf32"
@@ -355,7 +425,7 @@ class _DSALTFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, win, gate, idx, meta):
-        n_max, edge, block, scale, has_lm, kp = meta
+        n_max, edge, block, scale, has_lm, kp, stable = meta
         b, h, t, d = q.shape
         hk = k.shape[1]
         g = h // hk
@@ -380,7 +450,7 @@ class _DSALTFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do):
         q, k, v, win, gate, lpos, idx, o, lse = ctx.saved_tensors
-        n_max, edge, block, scale, has_lm, kp = ctx.meta
+        n_max, edge, block, scale, has_lm, kp, stable = ctx.meta
         b, h, t, d = q.shape
         hk = k.shape[1]
         g = h // hk
@@ -410,7 +480,34 @@ class _DSALTFn(torch.autograd.Function):
                 q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                 h, g, t, n_max, float(edge), 1.0 / float(edge), scale * LOG2E, scale, D=d, PREC=_prec(q))
         dgate = None
-        if has_lm:
+        stable_done = False
+        if has_lm and stable:
+            nb = idx.shape[2]
+            tpb = block // bm
+
+            def per_block(x):  # [B, H, NT, ...] -> [B, Hk, NB, ...] contiguous
+                pad = nb * tpb - nt
+                if pad:
+                    x = torch.cat([x, x.new_zeros(x.shape[:2] + (pad,) + x.shape[3:])], 2)
+                if g * tpb == 1:
+                    return x.contiguous()
+                return x.float().view(b, hk, g, nb, tpb, *x.shape[3:]).sum((2, 4)).contiguous()
+
+            lposn = torch.where(gate > -math.inf, idx, torch.full_like(idx, -1)).to(torch.int32).contiguous()
+            bd = min(d, 64)
+            try:
+                _lm_reduce_kernel[(b * hk, kp, d // bd)](per_block(dlk_t), per_block(dlv_t), lposn, dk, dv, nb, t,
+                                                         KP=kp, D=d, BD=bd)
+                stable_done = True
+            except Exception as e:  # pragma: no cover - compiler trouble: the sort-based path below
+                import warnings
+
+                warnings.warn(f"dsalt: landmark-gradient reduction kernel unavailable ({type(e).__name__}: {e})")
+                _FAST_LM["on"] = False
+                stable_done = False
+            if stable_done:
+                dgate = per_block(dgate_t)
+        if has_lm and not (stable and stable_done):
             nb = idx.shape[2]
             tpb = block // bm
 
@@ -455,20 +552,32 @@ def dsalt_triton(q, k, v, win, energy, *, n_max: int, edge: float, n_landmarks: 
     if has_lm:
         kk = n_landmarks
         kp = max(16, _pow2(kk))
-        keys = select_landmarks(energy, kk, block)  # [B, Hk, NB, K]
+        keys = None
+        if _FAST_LM["on"]:
+            try:  # stable slots: the landmark gradients then reduce without atomics or sorting
+                keys = _select_stable(energy, kk, kp, block)  # [B, Hk, NB, KP]
+                stable = True
+            except Exception as e:  # pragma: no cover - compiler trouble: fall back, once
+                import warnings
+
+                warnings.warn(f"dsalt: stable-slot selection kernel unavailable ({type(e).__name__}: {e}); "
+                              "using the torch scan")
+                _FAST_LM["on"] = False
+        if keys is None:
+            keys = select_landmarks(energy, kk, block)  # [B, Hk, NB, K], descending
+            if kp > kk:
+                keys = F.pad(keys, (0, kp - kk), value=INVALID_KEY)
+            stable = False
         nb = keys.shape[2]
         valid = keys != INVALID_KEY
         idx = torch.where(valid, key_positions(keys), torch.zeros_like(keys))
         # advanced indexing (backward: sort-based accumulate) rather than gather (atomics)
         rows = (idx + torch.arange(b * hk, device=idx.device).view(b, hk, 1, 1) * t).view(-1)
-        gate = F.logsigmoid(energy.float()).reshape(-1)[rows].view(b, hk, nb, kk)
+        gate = F.logsigmoid(energy.float()).reshape(-1)[rows].view(b, hk, nb, kp)
         gate = torch.where(valid, gate, torch.full_like(gate, -math.inf))
-        if kp > kk:
-            gate = F.pad(gate, (0, kp - kk), value=-math.inf)
-            idx = F.pad(idx, (0, kp - kk))
         gate, idx = gate.contiguous(), idx.contiguous()
     else:
-        kp = 16
+        kp, stable = 16, False
         gate = torch.full((1, 1, 1, kp), -math.inf, device=q.device)
         idx = torch.zeros(1, 1, 1, kp, dtype=torch.int64, device=q.device)
-    return _DSALTFn.apply(q, k, v, win, gate, idx, (n_max, float(edge), block, float(scale), has_lm, kp))
+    return _DSALTFn.apply(q, k, v, win, gate, idx, (n_max, float(edge), block, float(scale), has_lm, kp, stable))
