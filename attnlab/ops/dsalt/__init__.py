@@ -44,7 +44,12 @@ def dsalt_attention(q, k, v, win, energy, *, n_max: int, edge: float, n_landmark
     if impl not in IMPLS:
         raise InputError(f"dsalt: impl must be one of {', '.join(IMPLS)}; got {impl!r}")
     if impl == "auto":
-        impl = "triton" if q.is_cuda and triton_available() else "reference"
+        d = q.shape[-1]
+        kernel_ok = d >= 16 and not d & (d - 1) and block % 16 == 0
+        if q.is_cuda:
+            impl = "triton" if kernel_ok and triton_available() else "flex"
+        else:
+            impl = "reference"
     if impl == "reference":
         return dsalt_reference(q, k, v, win, energy, n_max=n_max, edge=edge, n_landmarks=n_landmarks,
                                block=block, scale=scale)
