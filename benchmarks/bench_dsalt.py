@@ -45,6 +45,8 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="tiny sizes (CPU smoke test)")
     ap.add_argument("--lengths", type=str, default=None, help="comma-separated T values")
     ap.add_argument("--variants", type=str, default=None, help="comma-separated subset of variants")
+    ap.add_argument("--block", type=int, default=None, help="landmark selection block (default 64)")
+    ap.add_argument("--name", type=str, default="dsalt", help="results file name (JSON/PNG)")
     args = ap.parse_args(argv)
     cuda = torch.cuda.is_available()
     dev = "cuda" if cuda else "cpu"
@@ -56,6 +58,8 @@ def main(argv=None):
         heads, d, window, n_lm, block, dtype = 16, 128, 512, 64, 64, torch.bfloat16
         lengths = [4096, 16384, 32768]
         warmup, reps = 5, 20
+    if args.block:
+        block = args.block
     if args.lengths:
         lengths = [int(x) for x in args.lengths.split(",")]
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
@@ -156,8 +160,8 @@ def main(argv=None):
         if "attnlab_dsalt_ms" in row and "sdpa_causal_ms" in row:
             row["sdpa_vs_dsalt"] = row["sdpa_causal_ms"] / row["attnlab_dsalt_ms"]
         rows.append(row)
-        write_results("dsalt", rows, _extra(heads, d, window, n_lm, block, dtype, cuda))  # partial results
-    path = write_results("dsalt", rows, _extra(heads, d, window, n_lm, block, dtype, cuda))
+        write_results(args.name, rows, _extra(heads, d, window, n_lm, block, dtype, cuda))  # partial results
+    path = write_results(args.name, rows, _extra(heads, d, window, n_lm, block, dtype, cuda))
     try:
         import matplotlib
 
@@ -177,7 +181,7 @@ def main(argv=None):
         axes[0].legend(fontsize=7)
         fig.suptitle(f"DSALT: B=1, H={heads}, D={d}, window {window}, {n_lm} landmarks, {dtype}")
         fig.tight_layout()
-        png = Path(path).with_name("dsalt.png")
+        png = Path(path).with_suffix(".png")
         fig.savefig(png, dpi=120)
         print(f"wrote {png}")
     except ImportError:

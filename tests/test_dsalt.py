@@ -188,3 +188,43 @@ def test_registered():
     from attnlab.layers.registry import get_mixer
 
     assert get_mixer("dsalt") is DSALT
+
+
+def test_landmark_membership_is_one_block_range():
+    """The property flex's mods and the stable-slot kernel rely on: a token is in the sets of one
+    contiguous range of query blocks."""
+    from attnlab.ops.dsalt import key_positions
+    from attnlab.ops.dsalt.flex import landmark_intervals
+
+    e = torch.randn(2, 3, 200)
+    sets = select_landmarks(e, 7, 8)
+    first, last = landmark_intervals(e, 7, 8)
+    for b in range(2):
+        for h in range(3):
+            members = {}
+            for blk in range(sets.shape[2]):
+                for key in sets[b, h, blk].tolist():
+                    if key != torch.iinfo(torch.int64).min:
+                        members.setdefault(int(key_positions(torch.tensor(key))), []).append(blk)
+            for j in range(200):
+                blks = members.get(j, [])
+                if blks:
+                    assert blks == list(range(blks[0], blks[-1] + 1))
+                    assert (first[b, h, j].item(), last[b, h, j].item()) == (blks[0], blks[-1])
+                else:
+                    assert first[b, h, j] > last[b, h, j]
+
+
+def test_mixer_flex_prefill_decodes():
+    """impl='flex' (CPU: eager forward) for the training path and the prefill, then decode."""
+    import warnings
+
+    model = small(dict(impl="flex"))
+    ids = torch.randint(0, 61, (2, 29))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = small(dict(impl="reference"))
+        ref.load_state_dict(model.state_dict())
+        with torch.no_grad():
+            assert rel_err(model(ids), ref(ids)) <= 1e-5
+        assert decode_vs_forward(model, ids, 11, 3) <= 1e-5

@@ -3,8 +3,9 @@
 The score modification adds the soft-window log-weight (captured per-query window sizes, so
 flex's autograd returns their gradient) or, outside the window, the landmark gate (captured
 per-token gates, gradient to the energies). Landmark membership is a comparison, not a table:
-token j belongs to block b's set iff j < b * block and rank_key_j >= threshold_b (the set's
-smallest key), so the captured state is O(T) + O(T / block). The block mask is built from the
+the sets are prefix top-k's, so a token belongs to one contiguous range of query blocks
+[first_j, last_j] (once evicted it never returns), and the mods compare the query's block with
+that range (two int32 loads per element, O(T) captured state). The block mask is built from the
 same predicate (windows + landmarks), so blocks holding a scattered landmark become partial.
 
 On CPU, PyTorch runs flex_attention eagerly (an unfused reference, forward only: torch 2.13 CPU
@@ -19,7 +20,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .reference import check_args, landmark_thresholds, rank_keys, select_landmarks
+from .reference import INVALID_KEY, check_args, key_positions, select_landmarks
 
 
 @functools.lru_cache(maxsize=1)
@@ -29,12 +30,28 @@ def _compiled_flex():
     return torch.compile(flex_attention, dynamic=False)
 
 
+def landmark_intervals(energy, n_landmarks: int, block: int):
+    """Per token, the first and last query block whose landmark set holds it ([B, Hk, T] int32;
+    first > last for tokens never selected). Membership is one contiguous range of blocks: the
+    sets are prefix top-k's, so a token, once evicted, never returns."""
+    sets = select_landmarks(energy, n_landmarks, block)  # [B, Hk, NB, K]
+    b, hk, nb, k = sets.shape
+    t = energy.shape[-1]
+    valid = sets != INVALID_KEY
+    pos = torch.where(valid, key_positions(sets), torch.full_like(sets, t))  # invalid -> dump slot t
+    blk = torch.arange(nb, device=energy.device).view(1, 1, nb, 1).expand_as(sets)
+    first = torch.full((b, hk, t + 1), nb, dtype=torch.int64, device=energy.device)
+    last = torch.full((b, hk, t + 1), -1, dtype=torch.int64, device=energy.device)
+    first.scatter_reduce_(2, pos.reshape(b, hk, -1), blk.reshape(b, hk, -1), "amin")
+    last.scatter_reduce_(2, pos.reshape(b, hk, -1), blk.reshape(b, hk, -1), "amax")
+    return first[..., :t].to(torch.int32), last[..., :t].to(torch.int32)
+
+
 def dsalt_mods(win, energy, *, n_max: int, edge: float, n_landmarks: int, block: int, groups: int):
     """(score_mod, mask_mod) implementing DSALT for flex_attention."""
     gate = F.logsigmoid(energy.float())
     if n_landmarks:
-        keys = rank_keys(energy)
-        thr = landmark_thresholds(select_landmarks(energy, n_landmarks, block))
+        first, last = landmark_intervals(energy, n_landmarks, block)
     win = win.float()
     win_nograd = win.detach()  # flex refuses mask_mod captures that require grad
 
@@ -46,7 +63,7 @@ def dsalt_mods(win, energy, *, n_max: int, edge: float, n_landmarks: int, block:
     def member(b, h, q, kv):
         nb = q // block
         hk = h // groups
-        return (kv < nb * block) & (keys[b, hk, kv] >= thr[b, hk, nb])
+        return (first[b, hk, kv] <= nb) & (nb <= last[b, hk, kv])
 
     def score_mod(score, b, h, q, kv):
         ok, r = in_window(b, h, q, kv)
