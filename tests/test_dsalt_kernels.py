@@ -1,7 +1,6 @@
 """DSALT paths: Triton kernel (interpreter on CPU) and FlexAttention vs the dense reference,
 outputs and gradients (q, k, v, window sizes -> predictor, energies -> alpha), causality."""
 
-import os
 import warnings
 
 import pytest
