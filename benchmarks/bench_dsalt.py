@@ -1,0 +1,193 @@
+"""DSALT kernel vs SDPA causal vs FlexAttention (window-only, window + landmarks): fwd+bwd time
+and peak memory vs sequence length.
+
+    python benchmarks/bench_dsalt.py            # B=1, 16 heads, head dim 128, bf16, T = 4K/16K/32K
+    python benchmarks/bench_dsalt.py --quick    # tiny CPU smoke run (interpreter, flex forward only)
+
+Variants (same q, k, v; window 512 = n_min = n_max, 64 landmarks per head, selection block 64):
+  sdpa_causal        F.scaled_dot_product_attention(is_causal=True)  (dense reference point)
+  flex_window        compiled flex_attention, sliding window 512, no score_mod
+  flex_dsalt         compiled flex_attention with the DSALT score_mod + block mask (window + landmarks)
+  attnlab_dsalt      the attnlab Triton kernel, including landmark selection and gathers
+  attnlab_window     the attnlab kernel with 0 landmarks
+  attnlab_dsalt_var  the kernel with learned-size windows in [128, 512] (random), 64 landmarks
+Flex block masks are built outside the timed region (their build time is reported separately);
+the attnlab rows include everything (selection, gathers, scatter of landmark gradients).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # CPU smoke run: kernels in the interpreter
+
+from attnlab.bench import time_ms, write_results  # noqa: E402
+from attnlab.ops.dsalt import dsalt_attention  # noqa: E402
+
+
+def _extra(heads, d, window, n_lm, block, dtype, cuda):
+    return {"config": dict(batch=1, heads=heads, head_dim=d, window=window, n_landmarks=n_lm, block=block,
+                           edge=4.0, dtype=str(dtype), timed="fwd+bwd" if cuda else "cpu smoke (flex: fwd only)")}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="tiny sizes (CPU smoke test)")
+    ap.add_argument("--lengths", type=str, default=None, help="comma-separated T values")
+    ap.add_argument("--variants", type=str, default=None, help="comma-separated subset of variants")
+    ap.add_argument("--block", type=int, default=None, help="landmark selection block (default 64)")
+    ap.add_argument("--name", type=str, default="dsalt", help="results file name (JSON/PNG)")
+    args = ap.parse_args(argv)
+    cuda = torch.cuda.is_available()
+    dev = "cuda" if cuda else "cpu"
+    if args.quick or not cuda:
+        heads, d, window, n_lm, block, dtype = 2, 16, 16, 4, 16, torch.float32
+        lengths = [64]
+        warmup, reps = 0, 1
+    else:
+        heads, d, window, n_lm, block, dtype = 16, 128, 512, 64, 64, torch.bfloat16
+        lengths = [4096, 16384, 32768]
+        warmup, reps = 5, 20
+    if args.block:
+        block = args.block
+    if args.lengths:
+        lengths = [int(x) for x in args.lengths.split(",")]
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    from attnlab.ops.dsalt.flex import dsalt_block_mask, dsalt_mods
+
+    flex = torch.compile(flex_attention, dynamic=False) if cuda else flex_attention
+    names = ["attnlab_dsalt", "attnlab_window", "attnlab_dsalt_var", "sdpa_causal", "flex_window", "flex_dsalt"]
+    if args.variants:
+        names = [n for n in names if n in args.variants.split(",")]
+    rows = []
+    for t in lengths:
+        torch.manual_seed(0)
+        q, k, v = (torch.randn(1, heads, t, d, device=dev, dtype=dtype, requires_grad=True) for _ in range(3))
+        win_fixed = torch.full((1, heads, t), float(window), device=dev, requires_grad=True)
+        win_var = (window / 4 + torch.rand(1, heads, t, device=dev) * (window * 3 / 4)).requires_grad_()
+        energy = torch.randn(1, heads, t, device=dev, requires_grad=True)
+        do = torch.randn(1, heads, t, d, device=dev, dtype=dtype)
+        kw = dict(edge=4.0, block=block)
+        row = {"T": t}
+        for name in names:
+            extra_ms = None
+            fwd_only = False
+            if name == "sdpa_causal":
+                def f():
+                    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            elif name == "flex_window":
+                def wmask(b, h, qi, kv):
+                    return (kv <= qi) & (qi - kv < window)
+                t0 = time.perf_counter()
+                bm = create_block_mask(wmask, 1, 1, t, t, device=dev, BLOCK_SIZE=128 if cuda else 16)
+                extra_ms = (time.perf_counter() - t0) * 1e3
+
+                def f(bm=bm):
+                    if not cuda:  # CPU: forward only, and flex refuses inputs that require grad
+                        return flex(q.detach(), k.detach(), v.detach(), block_mask=bm)
+                    return flex(q, k, v, block_mask=bm)
+                fwd_only = not cuda
+            elif name == "flex_dsalt":
+                t0 = time.perf_counter()
+                # captured windows/energies without grad: the timing compares masks (as the anchors)
+                smod, mmod = dsalt_mods(win_fixed.detach(), energy.detach(), n_max=window, n_landmarks=n_lm, groups=1, **kw)
+                bm = dsalt_block_mask(mmod, 1, heads, t, dev, 128 if cuda else 16)
+                if cuda:
+                    torch.cuda.synchronize()
+                extra_ms = (time.perf_counter() - t0) * 1e3
+
+                def f(bm=bm, smod=smod):
+                    if not cuda:
+                        return flex(q.detach(), k.detach(), v.detach(), score_mod=smod, block_mask=bm)
+                    return flex(q, k, v, score_mod=smod, block_mask=bm)
+                fwd_only = not cuda
+            else:
+                n = 0 if name == "attnlab_window" else n_lm
+                w = win_var if name == "attnlab_dsalt_var" else win_fixed
+
+                def f(n=n, w=w):
+                    return dsalt_attention(q, k, v, w, energy, n_max=window, n_landmarks=n, impl="triton", **kw)
+
+            def step(f=f, fwd_only=fwd_only):
+                if fwd_only:  # CPU: flex has no backward there
+                    with torch.no_grad():
+                        f()
+                    return
+                out = f()
+                out.backward(do)
+                for x in (q, k, v, win_fixed, win_var, energy):
+                    x.grad = None
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                try:
+                    step()  # compile / warm
+                    if cuda:
+                        torch.cuda.synchronize()
+                        torch.cuda.reset_peak_memory_stats()
+                        base = torch.cuda.memory_allocated()
+                        step()
+                        torch.cuda.synchronize()
+                        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+                    else:
+                        peak = float("nan")
+                    ms = time_ms(step, warmup=warmup, repeats=reps)
+                except Exception as e:  # report, keep going
+                    print(f"{name} T={t}: failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
+                    ms, peak = float("nan"), float("nan")
+            row[f"{name}_ms"] = ms
+            row[f"{name}_peak_MiB"] = peak
+            if extra_ms is not None:
+                row[f"{name}_mask_build_ms"] = extra_ms
+            if fwd_only:
+                row[f"{name}_note"] = "forward only (no flex backward on CPU)"
+            print(f"T={t} {name}: {ms:.3f} ms, peak {peak:.1f} MiB", flush=True)
+        if "attnlab_dsalt_ms" in row and "flex_window_ms" in row:
+            row["dsalt_vs_flex_window"] = row["attnlab_dsalt_ms"] / row["flex_window_ms"]
+        if "attnlab_dsalt_ms" in row and "flex_dsalt_ms" in row:
+            row["dsalt_vs_flex_dsalt"] = row["attnlab_dsalt_ms"] / row["flex_dsalt_ms"]
+        if "attnlab_dsalt_ms" in row and "sdpa_causal_ms" in row:
+            row["sdpa_vs_dsalt"] = row["sdpa_causal_ms"] / row["attnlab_dsalt_ms"]
+        rows.append(row)
+        write_results(args.name, rows, _extra(heads, d, window, n_lm, block, dtype, cuda))  # partial results
+    path = write_results(args.name, rows, _extra(heads, d, window, n_lm, block, dtype, cuda))
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for name in names:
+            ts = [r["T"] for r in rows]
+            axes[0].plot(ts, [r[f"{name}_ms"] for r in rows], marker="o", label=name)
+            axes[1].plot(ts, [r[f"{name}_peak_MiB"] for r in rows], marker="o", label=name)
+        for ax, lab in zip(axes, ["fwd+bwd time (ms)", "peak memory above inputs (MiB)"]):
+            ax.set_xlabel("sequence length T")
+            ax.set_ylabel(lab)
+            ax.set_xscale("log", base=2)
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=7)
+        fig.suptitle(f"DSALT: B=1, H={heads}, D={d}, window {window}, {n_lm} landmarks, {dtype}")
+        fig.tight_layout()
+        png = Path(path).with_suffix(".png")
+        fig.savefig(png, dpi=120)
+        print(f"wrote {png}")
+    except ImportError:
+        print("matplotlib missing: no plot")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""DSALT paths: Triton kernel (interpreter on CPU) and FlexAttention vs the dense reference,
+outputs and gradients (q, k, v, window sizes -> predictor, energies -> alpha), causality."""
+
+import warnings
+
+import pytest
+import torch
+
+from attnlab import ModelConfig, build_model
+from attnlab.ops.dsalt import dsalt_attention, dsalt_reference, triton_available
+from attnlab.testing import decode_vs_forward, rel_err
+
+needs_triton = pytest.mark.skipif(not triton_available(), reason="triton not installed")
+ON_GPU = torch.cuda.is_available()
+DEV = "cuda" if ON_GPU else "cpu"  # the kernel tests run on the GPU there, in the interpreter here
+
+
+def make(b, h, hk, t, d, n_min, n_max, dtype, device="cpu"):
+    q = torch.randn(b, h, t, d, dtype=dtype, device=device)
+    k = torch.randn(b, hk, t, d, dtype=dtype, device=device)
+    v = torch.randn(b, hk, t, d, dtype=dtype, device=device)
+    win = n_min + torch.rand(b, h, t, device=device) * (n_max - n_min)
+    e = torch.randn(b, hk, t, device=device)
+    return [x.requires_grad_() for x in (q, k, v, win, e)]
+
+
+def grads(out, ins, do):
+    return torch.autograd.grad(out, ins, do, allow_unused=True, materialize_grads=True)
+
+
+CASES = [  # b, h, hk, t, d, n_min, n_max, edge, k, block
+    (1, 2, 1, 37, 16, 2.0, 20, 3.0, 5, 16),      # odd length, GQA
+    (2, 2, 2, 29, 16, 1.0, 1, 0.5, 40, 16),      # window 1 (extreme), more landmarks than tokens
+    (1, 2, 1, 33, 32, 33.0, 33, 4.0, 3, 32),     # window = whole sequence (no landmark ever counts)
+    (1, 2, 1, 40, 16, 1.0, 12, 2.0, 0, 16),      # window only
+    (1, 1, 1, 90, 16, 40.0, 60, 2.0, 6, 32),     # long windows: unmasked full blocks in fwd/dq/dkdv
+]
+
+
+@needs_triton
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_triton_matches_reference(case, dtype):
+    if dtype == torch.float16 and case[3] != 37:
+        pytest.skip("fp16: one case is enough in the (slow) interpreter")
+    b, h, hk, t, d, n_min, n_max, edge, k, block = case
+    ins = make(b, h, hk, t, d, n_min, n_max, dtype, DEV)
+    kw = dict(n_max=n_max, edge=edge, n_landmarks=k, block=block, scale=d**-0.5)
+    out = dsalt_attention(*ins, impl="triton", **kw)
+    ref = dsalt_reference(*ins, **kw)
+    do = torch.randn_like(out)
+    tol = 1e-5 if dtype == torch.float32 else 3e-3
+    assert rel_err(out, ref) <= tol
+    ga = grads(out, ins, do)
+    for name, a, r in zip("q k v win energy".split(), ga, grads(ref, ins, do)):
+        if r.abs().sum() == 0:
+            assert a.abs().sum() == 0, name
+        else:
+            assert rel_err(a, r) <= tol * 3, name
+    if n_min < n_max:  # the window predictor's input really gets a gradient through the kernel
+        assert ga[3].abs().sum() > 0
+
+
+def _causal_check(fn, t=37, device="cpu"):
+    ins = [x.detach() for x in make(1, 2, 1, t, 16, 1.0, 9.0, torch.float32, device)]
+    out = fn(*ins)
+    for i in (4, 16, 30):
+        alt = [x.clone() for x in ins]
+        for x in alt:
+            x[:, :, i + 1:] = torch.randn_like(x[:, :, i + 1:]) * 3
+        assert torch.equal(fn(*alt)[:, :, : i + 1], out[:, :, : i + 1]), i
+
+
+@needs_triton
+def test_triton_causal():
+    _causal_check(lambda *a: dsalt_attention(*a, impl="triton", n_max=9, edge=2.0, n_landmarks=4, block=16), device=DEV)
+
+
+def test_flex_causal_and_matches_reference():
+    kw = dict(n_max=9, edge=2.0, n_landmarks=4, block=8)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        _causal_check(lambda *a: dsalt_attention(*a, impl="flex", **kw))
+        for b, h, hk, t, n_min, n_max, k, block in [(2, 4, 2, 37, 2.0, 9, 5, 4), (1, 2, 1, 41, 1.0, 1, 50, 8),
+                                                   (1, 2, 2, 30, 30.0, 30, 3, 16)]:
+            ins = [x.detach() for x in make(b, h, hk, t, 16, n_min, n_max, torch.float32)]
+            kw = dict(n_max=n_max, edge=3.0, n_landmarks=k, block=block, scale=0.3)
+            assert rel_err(dsalt_attention(*ins, impl="flex", **kw), dsalt_reference(*ins, **kw)) <= 1e-5
+
+
+@needs_triton
+def test_mixer_triton_impl_equals_reference_and_decodes():
+    cfg = dict(vocab_size=61, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=64, mixer="dsalt")
+    opts = dict(n_min=2, n_max=12, edge=3.0, n_landmarks=4, block=16)
+    a = build_model(ModelConfig(**cfg, mixer_options={"dsalt": {**opts, "impl": "triton"}}))
+    r = build_model(ModelConfig(**cfg, mixer_options={"dsalt": {**opts, "impl": "reference"}}))
+    r.load_state_dict(a.state_dict())
+    a, r = a.to(DEV), r.to(DEV)
+    ids = torch.randint(0, 61, (1, 35), device=DEV)
+    la, lr = (m.loss(ids[:, :-1], ids[:, 1:]) + m.aux_loss for m in (a, r))
+    la.backward()
+    lr.backward()
+    assert abs(la.item() - lr.item()) <= 1e-5
+    pa, pr = dict(a.named_parameters()), dict(r.named_parameters())
+    for n in ("blocks.0.mixer.win_proj.weight", "blocks.1.mixer.alpha_logit", "blocks.0.mixer.qkv_proj.weight"):
+        assert pa[n].grad.abs().sum() > 0
+        assert rel_err(pa[n].grad, pr[n].grad) <= 1e-4, n
+    assert decode_vs_forward(a.eval(), ids, 20, 4) <= 1e-5
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("impl", ["triton", "flex"])
+def test_gpu_bf16_paths_match_reference(impl):
+    torch.manual_seed(0)
+    b, h, hk, t, d = 2, 4, 2, 1000, 64
+    ins = make(b, h, hk, t, d, 16.0, 200, torch.bfloat16, "cuda")
+    kw = dict(n_max=200, edge=4.0, n_landmarks=24, block=64, scale=d**-0.5)
+    out = dsalt_attention(*ins, impl=impl, **kw)
+    ref = dsalt_reference(*[x.float() if i < 3 else x for i, x in enumerate(ins)], **kw)
+    do = torch.randn_like(out)
+    assert rel_err(out, ref) <= 2e-2
+    for name, a, r in zip("q k v win energy".split(), grads(out, ins, do), grads(ref, ins, do.float())):
+        assert rel_err(a, r) <= 5e-2, (impl, name, rel_err(a, r))
+
+
+@pytest.mark.gpu
+def test_gpu_fp32_triton_matches_reference_tightly():
+    torch.manual_seed(0)
+    ins = make(1, 2, 1, 777, 128, 8.0, 300, torch.float32, "cuda")
+    kw = dict(n_max=300, edge=4.0, n_landmarks=64, block=64)
+    out = dsalt_attention(*ins, impl="triton", **kw)
+    ref = dsalt_reference(*ins, **kw)
+    do = torch.randn_like(out)
+    assert rel_err(out, ref) <= 1e-5  # fp32 inputs: ieee dots in the kernel
+    for name, a, r in zip("q k v win energy".split(), grads(out, ins, do), grads(ref, ins, do)):
+        assert rel_err(a, r) <= 1e-4, name
+
+
+@needs_triton
+@pytest.mark.parametrize("t,k,block", [(50, 6, 16), (37, 40, 16), (64, 3, 32)])
+def test_stable_slot_selection_kernel(t, k, block):
+    """The kernel's stable-slot sets equal the prefix top-k scan; each token is one run of one slot."""
+    from attnlab.ops.dsalt import INVALID_KEY, select_landmarks
+    from attnlab.ops.dsalt.kernel import _FAST_LM, _pow2, _select_stable
+
+    e = torch.randn(2, 3, t, device=DEV)
+    e[:, :, 5:9] = e[:, :, 4:5]  # ties in the float16-rounded energy
+    kp = max(16, _pow2(k))
+    got = _select_stable(e, k, kp, block)
+    want = select_landmarks(e, k, block)
+    assert torch.equal(got.sort(-1, descending=True).values[..., :k], want)
+    assert (got[..., k:] == INVALID_KEY).all()
+    for b in range(2):
+        for h in range(3):
+            seen = {}
+            for blk in range(got.shape[2]):
+                for s in range(kp):
+                    key = got[b, h, blk, s].item()
+                    if key == INVALID_KEY:
+                        continue
+                    first, slot, last = seen.get(key, (blk, s, blk - 1))
+                    assert slot == s and last == blk - 1  # same slot, contiguous blocks
+                    seen[key] = (first, s, blk)
+    assert _FAST_LM["on"]
+
+
+@needs_triton
+def test_triton_fallback_selection_path(monkeypatch):
+    """Without the stable-slot kernel (torch scan + sort-based accumulation): same results."""
+    from attnlab.ops.dsalt import kernel
+
+    monkeypatch.setitem(kernel._FAST_LM, "on", False)
+    ins = make(1, 2, 1, 37, 16, 2.0, 20, torch.float32, DEV)
+    kw = dict(n_max=20, edge=3.0, n_landmarks=5, block=16, scale=0.25)
+    out = dsalt_attention(*ins, impl="triton", **kw)
+    ref = dsalt_reference(*ins, **kw)
+    do = torch.randn_like(out)
+    assert rel_err(out, ref) <= 1e-5
+    for name, a, r in zip("q k v win energy".split(), grads(out, ins, do), grads(ref, ins, do)):
+        assert rel_err(a, r) <= 3e-5, name
