@@ -20,6 +20,8 @@ import math
 import torch
 from torch import nn
 
+from .ops.rope import apply_rope  # noqa: F401  (re-exported: mixers import it from here)
+
 
 def rope_inv_freq(dim: int, theta: float) -> torch.Tensor:
     return 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
@@ -78,12 +80,3 @@ class RotaryEmbedding(nn.Module):
         pos = torch.arange(start, start + length, device=self.inv_freq.device, dtype=torch.float32)
         angles = pos[:, None] * self.inv_freq[None, :]
         return angles.cos(), angles.sin()
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x [..., T, D] by cos/sin [T, D/2]; computed in float32, returned in x's dtype."""
-    half = x.shape[-1] // 2
-    xf = x.float()
-    x1, x2 = xf[..., :half], xf[..., half:]
-    out = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
-    return out.to(x.dtype)

@@ -208,3 +208,14 @@ def test_cli_info(capsys):
     out = capsys.readouterr().out
     assert "mla" in out and "LatentCache" in out
     assert main(["info", "--model.n_heads", "5"]) == 2
+
+
+def test_cache_reuse_after_reset_matches_fresh():
+    m = small("mha,mla", n_layers=2)
+    ids = torch.randint(0, 97, (2, 13))
+    cache = m.new_cache(2, 13)
+    with torch.no_grad():
+        m(torch.randint(0, 97, (2, 13)), cache=cache)  # stale values left in the buffers
+        cache.reset()
+        a = torch.cat([m(ids[:, :6], cache=cache)] + [m(ids[:, i:i + 1], cache=cache) for i in range(6, 13)], 1)
+    assert rel_err(a, m(ids).detach()) <= 1e-5

@@ -70,11 +70,24 @@ class KVCache(LayerCache):
 
 
 class LatentCache(LayerCache):
-    """One buffer [B, L, D] of per-token vectors shared by all heads (MLA: latent | rope key)."""
+    """One buffer [B, L, D] of per-token vectors shared by all heads (MLA: latent | rope key).
+
+    Capacity is rounded up to a multiple of 8 tokens so that attention can run over an aligned
+    prefix (``aligned_view``): matmuls whose token dimension is odd fall off cuBLAS's fast
+    kernels (2x slower decode seen on an H100). The padding is held, so nbytes() counts it.
+    """
+
+    ALIGN = 8
 
     def __init__(self, batch_size, max_len, width, device=None, dtype=None):
         super().__init__(batch_size, max_len)
-        self.buf = torch.zeros(batch_size, max_len, width, device=device, dtype=dtype)
+        capacity = -(-max_len // self.ALIGN) * self.ALIGN
+        self.buf = torch.zeros(batch_size, capacity, width, device=device, dtype=dtype)
+
+    def aligned_view(self) -> torch.Tensor:
+        """The cached rows plus zero/stale padding up to the next multiple of ALIGN; rows at
+        index >= seen must be masked by the caller."""
+        return self.buf[:, : -(-self.seen // self.ALIGN) * self.ALIGN]
 
     def tensors(self):
         return [self.buf]

@@ -90,16 +90,20 @@ class LatentProjections(nn.Module):
         return q_nope, apply_rope(q_rope, cos, sin), latent
 
 
-def absorbed_attention(q_lat, q_rope, latent, rank: int, scale: float, q_start: int):
+def absorbed_attention(q_lat, q_rope, latent, rank: int, scale: float, q_start: int,
+                       n_valid: int | None = None):
     """Attention of q = [q_lat | q_rope] [B, H, T, rank+dr] over latent [B, S, rank+dr] as a single
     shared K/V head: keys are the whole latent row, values its first ``rank`` columns.
-    Returns [B, H, T, rank]. Batched matmuls over (H*T) rows never copy the cache per head."""
+    Rows at index >= n_valid (alignment padding) are masked. Returns [B, H, T, rank].
+    Batched matmuls over (H*T) rows never copy the cache per head."""
     b, h, t, _ = q_lat.shape
     s = latent.shape[1]
     q = torch.cat([q_lat, q_rope], dim=-1).reshape(b, h * t, -1)
     scores = torch.bmm(q, latent.transpose(1, 2)).view(b, h, t, s).float() * scale
-    if t > 1:
+    if t > 1:  # causal mask also hides padding rows: they lie after the last query position
         scores = scores.masked_fill(~causal_mask(t, s, q_start, None, q.device), float("-inf"))
+    elif n_valid is not None and n_valid < s:
+        scores[..., n_valid:] = float("-inf")
     p = scores.softmax(-1).to(latent.dtype)
     return torch.bmm(p.view(b, h * t, s), latent[:, :, :rank]).view(b, h, t, rank)
 
@@ -134,11 +138,12 @@ class MultiHeadLatentAttention(Mixer):
         k = torch.cat([k_nope, k_rope[:, None].expand(b, self.n_heads, s, p.dr)], dim=-1)
         return k, v
 
-    def absorbed(self, q_nope, q_rope, latent, q_start):
+    def absorbed(self, q_nope, q_rope, cache, q_start):
         p = self.proj
         w = self.kv_up.weight.view(self.n_heads, p.dn + p.dv, p.rank)
         q_lat = torch.einsum("bhtd,hdr->bhtr", q_nope, w[:, : p.dn])
-        o_lat = absorbed_attention(q_lat, q_rope, latent, p.rank, self.scale, q_start)
+        o_lat = absorbed_attention(q_lat, q_rope, cache.aligned_view(), p.rank, self.scale, q_start,
+                                   n_valid=cache.seen)
         return torch.einsum("bhtr,hvr->bhtv", o_lat, w[:, p.dn:])
 
     def forward(self, x, cache=None):
@@ -148,7 +153,7 @@ class MultiHeadLatentAttention(Mixer):
         if cache is not None:
             latent = cache.append(latent)
         if cache is not None and self.opts.decode == "absorbed":
-            o = self.absorbed(q_nope, q_rope, latent, start)
+            o = self.absorbed(q_nope, q_rope, cache, start)
         else:
             k, v = self.expand_kv(latent)
             q = torch.cat([q_nope, q_rope], dim=-1)

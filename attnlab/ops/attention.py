@@ -33,6 +33,12 @@ def causal_attention(
 ) -> torch.Tensor:
     """q [B, Hq, T, D], k [B, Hk, S, D], v [B, Hk, S, Dv] with Hk | Hq -> [B, Hq, T, Dv]."""
     t, s = q.shape[-2], k.shape[-2]
+    dv = v.shape[-1]
+    if q.is_cuda and dv < q.shape[-1]:
+        # Flash kernels need equal q/k/v head dims (MLA: dn+dr vs dv); zero-padding V costs
+        # less than falling back to the memory-efficient kernel.
+        v = F.pad(v, (0, q.shape[-1] - dv))
+        return causal_attention(q, k, v, q_start=q_start, window=window, scale=scale)[..., :dv]
     gqa = q.shape[1] != k.shape[1]
     if window is None and q_start == 0 and s == t:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)

@@ -1,0 +1,90 @@
+"""Training-step throughput and peak memory for a list of mixers at one preset, in one run.
+
+    python benchmarks/bench_train_step.py --preset shakespeare-384 --mixers mha,mla
+    python benchmarks/bench_train_step.py --quick          # CPU smoke test (tiny sizes)
+
+Each step: bf16 autocast forward (fp32 on CPU), cross-entropy, backward, AdamW (fused on CUDA).
+Inputs are random token ids (throughput does not depend on the text). Reports ms/step (median
+of repeats after warm-up, CUDA events), tokens/s, peak allocated memory, and tokens/s relative to
+the first mixer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+
+import torch
+import torch.nn.functional as F
+
+from attnlab import ModelConfig, build_model
+from attnlab.bench import time_ms, write_results
+from attnlab.cli.common import merge, parse_overrides
+from attnlab.presets import preset
+
+
+def bench_mixer(name: str, args, device) -> dict:
+    cfg_dict = merge(preset(args.preset), parse_overrides(args.overrides).get("model", {}))
+    cfg_dict["mixer"] = name
+    cfg_dict["max_seq_len"] = max(cfg_dict.get("max_seq_len", 0), args.seq)
+    cfg = ModelConfig.from_dict(cfg_dict)
+    torch.manual_seed(0)
+    model = build_model(cfg, device=device)
+    fused = device.type == "cuda"
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused)
+    step_model = torch.compile(model) if args.compile else model
+    ids = torch.randint(0, cfg.vocab_size, (args.batch, args.seq + 1), device=device)
+    x, y = ids[:, :-1], ids[:, 1:]
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+
+    def step():
+        with amp:
+            logits = step_model(x)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        aux = model.aux_loss
+        if aux is not None:
+            loss = loss + aux
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    ms = time_ms(step, warmup=args.warmup, repeats=args.repeats)
+    peak = torch.cuda.max_memory_allocated() / 1e9 if device.type == "cuda" else float("nan")
+    row = {"mixer": name, "params_M": model.num_parameters() / 1e6, "ms/step": ms,
+           "tok/s": args.batch * args.seq / (ms / 1e3), "peak_GB": peak}
+    del model, opt, step_model
+    gc.collect()
+    return row
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="shakespeare-384")
+    p.add_argument("--mixers", default="mha,mla")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--seq", type=int, default=1024)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--quick", action="store_true", help="tiny CPU-sized run (smoke test)")
+    p.add_argument("--name", default=None, help="results file name (default train_step_<preset>)")
+    args, args.overrides = p.parse_known_args()
+    if args.quick:
+        args.preset, args.batch, args.seq, args.warmup, args.repeats = "tiny", 2, 32, 1, 2
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    rows = [bench_mixer(m.strip(), args, device) for m in args.mixers.split(",")]
+    for r in rows:
+        r["tok/s vs first"] = r["tok/s"] / rows[0]["tok/s"]
+        if rows[0]["peak_GB"] == rows[0]["peak_GB"]:
+            r["mem vs first"] = r["peak_GB"] / rows[0]["peak_GB"]
+    name = args.name or f"train_step_{args.preset}{'_compiled' if args.compile else ''}"
+    write_results(name, rows, {"config": {"preset": args.preset, "batch": args.batch, "seq": args.seq,
+                                          "compile": args.compile, "overrides": args.overrides}})
+
+
+if __name__ == "__main__":
+    main()
