@@ -14,6 +14,8 @@ from attnlab.ops.diff_attention import kernel as K  # noqa: E402
 from attnlab.testing import rel_err  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
+# fp32 tl.dot runs in TF32 on the GPU; the interpreter computes in full fp32.
+TOL32 = 3e-3 if DEV == "cuda" else 1e-5
 
 # (B, H, Hk, H2, Hk2, T, D1, D2, DV)
 CASES = {
@@ -49,7 +51,7 @@ def _check(case, dtype, tol_out, tol_grad, **kw):
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_kernel_fp32(case):
-    _check(CASES[case], torch.float32, 1e-5, 1e-5)
+    _check(CASES[case], torch.float32, TOL32, TOL32)
 
 
 @pytest.mark.parametrize("case", ["diff", "cmd-pair"])
@@ -60,8 +62,8 @@ def test_kernel_fp16(case):
 def test_kernel_generic_cmd_and_separate_dq(monkeypatch):
     monkeypatch.setattr(K, "CMD_MODE", "generic")
     monkeypatch.setattr(K, "DQ_MODE", "separate")
-    _check(CASES["cmd-pair"], torch.float32, 1e-5, 1e-5)
-    _check(CASES["diff"], torch.float32, 1e-5, 1e-5)
+    _check(CASES["cmd-pair"], torch.float32, TOL32, TOL32)
+    _check(CASES["diff"], torch.float32, TOL32, TOL32)
 
 
 def test_kernel_scalar_lambda_grad():
@@ -70,7 +72,7 @@ def test_kernel_scalar_lambda_grad():
     out = diff_attention(*ins[:5], lam, impl="triton")
     ref = diff_attention_reference(*ins[:5], lam)
     g = torch.randn_like(out)
-    assert rel_err(torch.autograd.grad(out, lam, g)[0], torch.autograd.grad(ref, lam, g)[0]) <= 1e-5
+    assert rel_err(torch.autograd.grad(out, lam, g)[0], torch.autograd.grad(ref, lam, g)[0]) <= TOL32
 
 
 @pytest.mark.parametrize("name", ["diff-mha", "diff-mla", "cmd-mla"])
@@ -90,10 +92,10 @@ def test_mixer_triton_equals_sdpa(name):
         g = torch.autograd.grad(y.square().sum(), [x] + list(m.parameters()), allow_unused=True)
         outs.append(y)
         grads.append(g)
-    assert rel_err(outs[1], outs[0]) <= 1e-5
+    assert rel_err(outs[1], outs[0]) <= TOL32
     for a, b in zip(grads[1], grads[0]):
         if b is not None:
-            assert rel_err(a, b) <= 1e-4
+            assert rel_err(a, b) <= 10 * TOL32
 
 
 # ---------------------------------------------------------------------------------- GPU (bf16)

@@ -136,7 +136,7 @@ class _DiffBase(Mixer):
         """o [B, H, T, DV] -> [B, T, H * DV]: headwise RMSNorm * (1 - lam_init)."""
         b, h, t, dv = o.shape
         if self.head_norm is not None:
-            o = F.rms_norm(o, (dv,), self.head_norm, self.cfg.norm_eps) * (1.0 - self.lambda_init)
+            o = F.rms_norm(o, (dv,), self.head_norm.to(o.dtype), self.cfg.norm_eps) * (1.0 - self.lambda_init)
         return o.transpose(1, 2).reshape(b, t, h * dv)
 
 
@@ -264,7 +264,7 @@ class _LatentDiffBase(_DiffBase):
             k2 = torch.cat([k2, k_rope.expand(b, self.noise_heads, s, p.dr)], dim=-1)
         return q1, k1, q2, k2, v
 
-    def absorbed(self, q_nope, q_rope, q2, latent, lam, q_start):
+    def absorbed(self, q_nope, q_rope, q2, cache, lam, q_start):
         """Both streams absorbed into latent space and run as ONE call over the latent cache
         (the noise heads are extra query heads); W_UV is applied after the subtraction."""
         p = self.proj
@@ -278,7 +278,7 @@ class _LatentDiffBase(_DiffBase):
         else:
             q2_rope = q2_lat.new_zeros(*q2_lat.shape[:-1], p.dr)
         o_lat = absorbed_attention(torch.cat([q1_lat, q2_lat], 1), torch.cat([q_rope, q2_rope], 1),
-                                   latent, p.rank, self.scale, q_start)
+                                   cache.aligned_view(), p.rank, self.scale, q_start, n_valid=cache.seen)
         h = self.n_heads
         o_lat = o_lat[:, :h] - lam.to(o_lat.dtype).view(1, h, 1, 1) * o_lat[:, h:]
         return torch.einsum("bhtr,hvr->bhtv", o_lat, w[:, p.dn:])
@@ -293,7 +293,7 @@ class _LatentDiffBase(_DiffBase):
         else:
             latent = cache.append(latent)
             if self.opts.decode == "absorbed":
-                o = self.absorbed(q_nope, q_rope, q2, latent, lam, start)
+                o = self.absorbed(q_nope, q_rope, q2, cache, lam, start)
             else:
                 q1, k1, q2, k2, v = self.expand(latent, q_nope, q_rope, q2)
                 o = diff_attention_sdpa(q1, k1, q2, k2, v, lam, self.scale, self.scale2, q_start=start)
