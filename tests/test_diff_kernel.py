@@ -59,9 +59,10 @@ def test_kernel_fp16(case):
     _check(CASES[case], torch.float16, 2e-3, 5e-3)
 
 
-def test_kernel_generic_cmd_and_separate_dq(monkeypatch):
-    monkeypatch.setattr(K, "CMD_MODE", "generic")
-    monkeypatch.setattr(K, "DQ_MODE", "separate")
+def test_kernel_pair_cmd_and_atomic_dq(monkeypatch):
+    """The non-default strategies: CMD head-pair kernels, dQ by float32 atomics."""
+    monkeypatch.setattr(K, "CMD_MODE", "pair")
+    monkeypatch.setattr(K, "DQ_MODE", "atomic")
     _check(CASES["cmd-pair"], torch.float32, TOL32, TOL32)
     _check(CASES["diff"], torch.float32, TOL32, TOL32)
 
@@ -75,16 +76,15 @@ def test_kernel_scalar_lambda_grad():
     assert rel_err(torch.autograd.grad(out, lam, g)[0], torch.autograd.grad(ref, lam, g)[0]) <= TOL32
 
 
-@pytest.mark.parametrize("name", ["diff-mha", "diff-mla", "cmd-mla"])
-def test_mixer_triton_equals_sdpa(name):
+def _mixer_grads(name, dtype):
     from attnlab import ModelConfig, build_model
 
     opts = {"kv_lora_rank": 16, "q_lora_rank": 24, "qk_rope_head_dim": 8, "qk_nope_head_dim": 8, "v_head_dim": 16}
     cfg = ModelConfig(vocab_size=50, dim=32, n_layers=1, n_heads=4, mixer=name, max_seq_len=32,
                       mixer_options={name: {} if name == "diff-mha" else opts})
-    model = build_model(cfg).to(DEV)
+    model = build_model(cfg).to(DEV, dtype)
     m = model.blocks[0].mixer
-    x = torch.randn(1, 19, 32, device=DEV, requires_grad=True)
+    x = torch.randn(1, 19, 32, device=DEV, dtype=dtype, requires_grad=True)
     outs, grads = [], []
     for impl in ("sdpa", "triton"):
         m.opts.impl = impl
@@ -92,10 +92,26 @@ def test_mixer_triton_equals_sdpa(name):
         g = torch.autograd.grad(y.square().sum(), [x] + list(m.parameters()), allow_unused=True)
         outs.append(y)
         grads.append(g)
-    assert rel_err(outs[1], outs[0]) <= TOL32
+    return outs, grads
+
+
+@pytest.mark.skipif(DEV == "cuda", reason="fp32 tl.dot is TF32 on the GPU; see the bf16 test")
+@pytest.mark.parametrize("name", ["diff-mha", "diff-mla", "cmd-mla"])
+def test_mixer_triton_equals_sdpa(name):
+    outs, grads = _mixer_grads(name, torch.float32)
+    assert rel_err(outs[1], outs[0]) <= 1e-5
     for a, b in zip(grads[1], grads[0]):
         if b is not None:
-            assert rel_err(a, b) <= 10 * TOL32
+            assert rel_err(a, b) <= 1e-4
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["diff-mha", "diff-mla", "cmd-mla"])
+def test_mixer_triton_equals_sdpa_bf16_gpu(name):
+    outs, grads = _mixer_grads(name, torch.bfloat16)
+    assert rel_err(outs[1], outs[0]) <= 2e-2
+    x_grad = (grads[1][0], grads[0][0])
+    assert rel_err(*x_grad) <= 5e-2
 
 
 # ---------------------------------------------------------------------------------- GPU (bf16)

@@ -24,7 +24,8 @@ second ("noise") softmax map from the first, cancelling attention noise common t
 
 Training never materialises a T x T map: ``impl="sdpa"`` runs two SDPA calls sharing V,
 ``impl="triton"`` the fused kernel of ``attnlab.ops.diff_attention`` (K/V streamed once, two
-online-softmax states sharing each V tile); ``"auto"`` picks triton on CUDA.
+online-softmax states sharing each V tile); ``"auto"`` currently means sdpa (the fused kernel
+measured slower than two FlashAttention SDPA calls on an H100; see docs/differential.md).
 With ``head_norm=False`` neither the headwise RMSNorm nor the (1 - lam_init) factor is applied.
 """
 
@@ -136,7 +137,9 @@ class _DiffBase(Mixer):
         """o [B, H, T, DV] -> [B, T, H * DV]: headwise RMSNorm * (1 - lam_init)."""
         b, h, t, dv = o.shape
         if self.head_norm is not None:
-            o = F.rms_norm(o, (dv,), self.head_norm.to(o.dtype), self.cfg.norm_eps) * (1.0 - self.lambda_init)
+            # RMSNorm(o) * (1 - lam_init) with the factor folded into the (small) weight
+            w = (self.head_norm * (1.0 - self.lambda_init)).to(o.dtype)
+            o = F.rms_norm(o, (dv,), w, self.cfg.norm_eps)
         return o.transpose(1, 2).reshape(b, t, h * dv)
 
 

@@ -6,7 +6,9 @@
   sharing each V tile, forward and backward; the CMD case (one noise head) reads the shared noise
   head directly instead of an expanded copy;
 - ``"reference"``: explicit float32 softmax maps (tests);
-- ``"auto"``: triton on CUDA when triton is importable and the shapes are supported, else sdpa.
+- ``"auto"``: sdpa. On an H100 the fused kernel is correct and uses less memory but is slower
+  than two FlashAttention-2 SDPA calls (benchmarks/RESULTS.md, issue 3), so auto does not pick
+  it; set ``AUTO_TRITON = True`` (or ``impl="triton"``) to use it where it measures faster.
 
 Triton is optional: without it, importing attnlab works and ``impl="triton"`` raises.
 """
@@ -18,6 +20,7 @@ import torch
 from .reference import diff_attention_reference, diff_attention_sdpa, lam_per_head
 
 IMPLS = ("auto", "sdpa", "triton", "reference")
+AUTO_TRITON = False  # measured: fused 1.37-1.45x the time of two SDPA calls (H100, bf16)
 
 
 def triton_available() -> bool:
@@ -39,7 +42,7 @@ def resolve_impl(impl: str, q1, k1, q2, k2, v) -> str:
         raise ValueError(f"impl must be one of {', '.join(IMPLS)}; got {impl!r}")
     if impl != "auto":
         return impl
-    if q1.is_cuda and triton_available() and triton_supported(q1, k1, q2, k2, v):
+    if AUTO_TRITON and q1.is_cuda and triton_available() and triton_supported(q1, k1, q2, k2, v):
         return "triton"
     return "sdpa"
 

@@ -491,6 +491,22 @@ def _cmd_bwd_kernel(Q1, K1, Q2, K2, V, LAM, DO, LSE1, LSE2, DL1, DL2, DK1, DK2, 
     _cmd_store_rows(DK2, bp * T, offs_n, T, dk2 * scale2, D2, BD2)  # per pair, summed outside
 
 
+@triton.jit
+def _diff_bwd_pre_kernel(DO, O, O2, LAM, DL1, DL2, H, T, DV: tl.constexpr, BDV: tl.constexpr, BM: tl.constexpr):
+    """Delta2 = rowsum(dO * o2), Delta1 = rowsum(dO * o1) = rowsum(dO * out) + lam Delta2."""
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    offs_m = pid_m * BM + tl.arange(0, BM)
+    base = bh * T * DV
+    do = _load_rows(DO + base, offs_m, DV, tl.arange(0, BDV), T, DV, BDV).to(tl.float32)
+    o = _load_rows(O + base, offs_m, DV, tl.arange(0, BDV), T, DV, BDV).to(tl.float32)
+    o2 = _load_rows(O2 + base, offs_m, DV, tl.arange(0, BDV), T, DV, BDV).to(tl.float32)
+    dl2 = tl.sum(do * o2, 1)
+    dl1 = tl.sum(do * o, 1) + tl.load(LAM + bh % H) * dl2
+    tl.store(DL1 + bh * T + offs_m, dl1, mask=offs_m < T)
+    tl.store(DL2 + bh * T + offs_m, dl2, mask=offs_m < T)
+
+
 # ------------------------------------------------------------------------------------------
 def _interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -501,19 +517,21 @@ def _pow2(d: int) -> int:
 
 
 # Launch configs: (BM, BN, num_warps, num_stages). Overridable for sweeps.
+# Defaults: the best of a sweep on an H100 (bf16, 16 heads, head dim 128, T=4096; see
+# benchmarks/results/bench_diff_kernel_run1.json).
 CONFIGS = {
-    "fwd": (128, 64, 8, 3),
-    "bwd_kv": (32, 64, 4, 2),
+    "fwd": (128, 64, 8, 2),
+    "bwd_kv": (32, 128, 8, 2),
     "bwd_q": (64, 32, 4, 2),
     "cmd_fwd": (64, 64, 8, 2),
     "cmd_bwd": (32, 32, 8, 1),
 }
 # CMD with an even number of heads: "pair" runs the head-pair kernels (noise computed once per
 # pair); "generic" runs the per-head kernels reading the shared noise head in place.
-CMD_MODE = os.environ.get("ATTNLAB_DIFF_CMD", "pair")
+CMD_MODE = os.environ.get("ATTNLAB_DIFF_CMD", "generic")  # "pair" spills registers on an H100
 # dQ: "atomic" accumulates dS K inside the key-block kernel (float32 atomics, no recompute);
 # "separate" runs a second kernel per query block that recomputes both maps.
-DQ_MODE = os.environ.get("ATTNLAB_DIFF_DQ", "atomic")
+DQ_MODE = os.environ.get("ATTNLAB_DIFF_DQ", "separate")  # measured faster on an H100
 
 
 def _config(name: str, width: int):
@@ -577,8 +595,10 @@ class DiffAttentionFunction(torch.autograd.Function):
         dout = dout.contiguous()
         b, h, t, d1 = q1.shape
         hk, h2, hk2, d2, dv_ = k1.shape[1], q2.shape[1], k2.shape[1], q2.shape[-1], v.shape[-1]
-        dl2 = (dout.float() * o2.float()).sum(-1)
-        dl1 = (dout.float() * out.float()).sum(-1) + lam.view(1, h, 1) * dl2
+        dl1 = torch.empty_like(lse1)
+        dl2 = torch.empty_like(lse1)
+        bm = 16 if _interpret() else 64
+        _diff_bwd_pre_kernel[(triton.cdiv(t, bm), b * h)](dout, out, o2, lam, dl1, dl2, h, t, dv_, _pow2(dv_), bm)
         dlam = -dl2.sum((0, 2))
         group1, group2 = h // hk, h // hk2
         f32 = torch.float32

@@ -19,6 +19,7 @@ the noise head is expanded (a stride-0 view) to every head, which is what SDPA n
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from ..attention import causal_attention, causal_mask
 
@@ -51,12 +52,18 @@ def diff_attention_reference(q1, k1, q2, k2, v, lam, scale1=None, scale2=None, q
 
 def diff_attention_sdpa(q1, k1, q2, k2, v, lam, scale1=None, scale2=None, q_start: int = 0):
     """Two flash-style SDPA calls sharing V; no T x T map is materialised."""
-    h = q1.shape[1]
-    o1 = causal_attention(q1, k1, v, q_start=q_start, scale=scale1)
+    h, dv = q1.shape[1], v.shape[-1]
+    # SDPA's flash kernels want V as wide as Q/K (MLA: dn+dr vs dv): pad V once and share it.
+    def padded(q):
+        return F.pad(v, (0, q.shape[-1] - dv)) if q.is_cuda and dv < q.shape[-1] else v
+
+    v1 = padded(q1)
+    v2 = v1 if q2.shape[-1] == q1.shape[-1] else padded(q2)
+    o1 = causal_attention(q1, k1, v1, q_start=q_start, scale=scale1)[..., :dv]
     if q2.shape[1] != h:  # CMD: one noise query head for all heads (stride-0 view)
         q2 = q2.expand(-1, h, -1, -1)
     if k2.shape[1] != v.shape[1]:
         k2 = k2.expand(-1, v.shape[1], -1, -1)
-    o2 = causal_attention(q2, k2, v, q_start=q_start, scale=scale2)
+    o2 = causal_attention(q2, k2, v2, q_start=q_start, scale=scale2)[..., :dv]
     lam = lam_per_head(lam, h, q1.device).to(device=q1.device, dtype=o1.dtype).view(1, h, 1, 1)
-    return o1 - lam * o2
+    return torch.addcmul(o1, lam, o2, value=-1.0)
