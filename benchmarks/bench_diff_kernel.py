@@ -65,17 +65,20 @@ def measure(fn, ins, dout, warmup, repeats):
 SWEEP = {
     "fwd": [(128, 64, 8, 3), (64, 64, 4, 3), (128, 32, 8, 3), (128, 64, 8, 2)],
     "bwd_kv": [(32, 64, 4, 2), (64, 64, 8, 2), (32, 128, 8, 2), (16, 64, 4, 2)],
+    "bwd_q": [(64, 32, 4, 2), (128, 32, 8, 2), (64, 64, 4, 2), (128, 64, 8, 2)],
     "cmd_fwd": [(64, 64, 8, 2), (64, 32, 8, 2), (128, 64, 8, 2), (64, 64, 4, 3)],
     "cmd_bwd": [(32, 32, 8, 1), (32, 64, 8, 1), (16, 32, 4, 1), (32, 32, 4, 2)],
 }
 
 
-def sweep(K, b, h, t, d, dtype, device, warmup, repeats):
+def sweep(K, b, h, t, d, dtype, device, warmup, repeats, only=None):
     """Try launch configs one kernel family at a time (others at their current setting)."""
     from attnlab.ops.diff_attention.kernel import diff_attention_triton
 
     log = []
     for name, cands in SWEEP.items():
+        if only is not None and name not in only:
+            continue
         cmd = name.startswith("cmd")
         ins = make(b, h, t, d, dtype, device, cmd)
         dout = torch.randn(b, h, t, d, device=device, dtype=dtype)
@@ -98,6 +101,8 @@ def sweep(K, b, h, t, d, dtype, device, warmup, repeats):
         if best:
             K.CONFIGS[name] = best[0]
     # dQ strategy and CMD strategy
+    if only is not None and "modes" not in only:
+        return log
     for attr, opts, cmd in (("DQ_MODE", ("atomic", "separate"), False), ("CMD_MODE", ("pair", "generic"), True)):
         ins = make(b, h, t, d, dtype, device, cmd)
         dout = torch.randn(b, h, t, d, device=device, dtype=dtype)
@@ -119,6 +124,7 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--sweep", action="store_true", help="try launch configs first, keep the best")
+    ap.add_argument("--sweep-kernels", help="comma list of families to sweep (fwd,bwd_kv,bwd_q,cmd_fwd,cmd_bwd,modes)")
     ap.add_argument("--configs", help="JSON of launch configs to use (from a --sweep run)")
     ap.add_argument("--quick", action="store_true", help="tiny CPU smoke run")
     ap.add_argument("--name", default="bench_diff_kernel")
@@ -145,7 +151,8 @@ def main(argv=None):
         K.DQ_MODE, K.CMD_MODE = saved["dq_mode"], saved["cmd_mode"]
     sweep_log = []
     if K is not None and args.sweep and device == "cuda":
-        sweep_log = sweep(K, b, h, min(args.T), d, dtype, device, warmup, repeats)
+        only = set(args.sweep_kernels.split(",")) if args.sweep_kernels else None
+        sweep_log = sweep(K, b, h, min(args.T), d, dtype, device, warmup, repeats, only)
 
     def one_sdpa(q1, k1, q2, k2, v, lam):
         return F.scaled_dot_product_attention(q1, k1, v, is_causal=True)
