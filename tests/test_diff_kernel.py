@@ -125,10 +125,34 @@ GPU_CASES = {
 }
 
 
+def _compare_with_sdpa(case, dtype, tol):
+    """The fused kernel's error (vs the fp32 explicit reference) must be small, or no worse than
+    twice that of PyTorch's own path (two SDPA calls) in the same dtype on the same inputs. The
+    lam gradient is a sum over every token of cancelling terms, so its low-precision error varies
+    with the draw; the comparison with the SDPA path makes the bound independent of that."""
+    ins = _inputs(case, dtype)
+    s1, s2 = 0.7 * case[6] ** -0.5, 1.3 * case[7] ** -0.5
+    ref = diff_attention_reference(*[x.float() for x in ins], s1, s2)
+    g = torch.randn_like(ref)
+    want = torch.autograd.grad(ref, ins, g)
+    errs = {}
+    for impl in ("triton", "sdpa"):
+        out = diff_attention(*ins, s1, s2, impl=impl)
+        got = torch.autograd.grad(out, ins, g.to(dtype))
+        errs[impl] = [rel_err(out, ref)] + [rel_err(x, y) for x, y in zip(got, want)]
+    names = ("out", "q1", "k1", "q2", "k2", "v", "lam")
+    for name, e, e_sdpa in zip(names, errs["triton"], errs["sdpa"]):
+        assert e <= max(tol, 2 * e_sdpa), (name, e, e_sdpa)
+
+
+def test_kernel_fp16_no_worse_than_sdpa():
+    _compare_with_sdpa(CASES["diff-gqa-odd-dims"], torch.float16, 2e-3)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("case", list(GPU_CASES))
 def test_kernel_bf16_gpu(case):
-    _check(GPU_CASES[case], torch.bfloat16, 2e-2, 3e-2)
+    _compare_with_sdpa(GPU_CASES[case], torch.bfloat16, 2e-2)
 
 
 @pytest.mark.gpu
