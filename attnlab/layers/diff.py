@@ -66,28 +66,30 @@ class DiffLambda(nn.Module):
                  layer_scale: bool, kind: str = "diff"):
         super().__init__()
         self.n_heads, self.lambda_init, self.kind = n_heads, float(lambda_init), kind
-        shape = (n_heads if per_head else 1, dim)
-        self.q1 = nn.Parameter(torch.zeros(shape))
-        self.k1 = nn.Parameter(torch.zeros(shape))
-        if kind == "diff":
-            self.q2 = nn.Parameter(torch.zeros(shape))
-            self.k2 = nn.Parameter(torch.zeros(shape))
+        # q[i], k[i]: the vectors of exponential i (diff: two, cmd: one), stacked so that lam
+        # costs one mul/sum/exp (eager training is launch-bound at small widths).
+        shape = (2 if kind == "diff" else 1, n_heads if per_head else 1, dim)
+        self.q = nn.Parameter(torch.zeros(shape))
+        self.k = nn.Parameter(torch.zeros(shape))
         self.scale = nn.Parameter(torch.ones(())) if layer_scale else None
         self.reset_parameters()
 
+    # the paper's names, as views
+    q1 = property(lambda self: self.q[0])
+    k1 = property(lambda self: self.k[0])
+    q2 = property(lambda self: self.q[1] if self.kind == "diff" else None)
+    k2 = property(lambda self: self.k[1] if self.kind == "diff" else None)
+
     def reset_parameters(self) -> None:
         with torch.no_grad():
-            for p in (self.q1, self.k1, getattr(self, "q2", None), getattr(self, "k2", None)):
-                if p is not None:
-                    p.normal_(0.0, 0.1)
+            self.q.normal_(0.0, 0.1)
+            self.k.normal_(0.0, 0.1)
             if self.scale is not None:
                 self.scale.fill_(1.0)
 
     def forward(self) -> torch.Tensor:
-        lam = torch.exp((self.q1.float() * self.k1.float()).sum(-1))
-        if self.kind == "diff":
-            lam = lam - torch.exp((self.q2.float() * self.k2.float()).sum(-1))
-        lam = lam + self.lambda_init
+        e = torch.exp((self.q.float() * self.k.float()).sum(-1))  # [1 or 2, heads or 1]
+        lam = (e[0] - e[1] if self.kind == "diff" else e[0]) + self.lambda_init
         if self.scale is not None:
             lam = lam * self.scale.float()
         return lam.expand(self.n_heads)
@@ -206,8 +208,10 @@ class DiffMultiHeadAttention(_DiffBase):
 
 # ------------------------------------------------------------------------------------------
 class _LatentDiffBase(_DiffBase):
-    """Shared by diff-mla and cmd-mla: the MLA projections (same parameter names as ``mla``:
-    proj.*, kv_up, out_proj) plus the noise stream's own query/key up-projections.
+    """Shared by diff-mla and cmd-mla: the MLA projections (``mla``'s parameter names: proj.*,
+    kv_up, out_proj), with the query and KV up-projections widened so that the same matmul also
+    produces the noise stream's queries and keys: proj.q_up (or proj.q_proj) = [W_UQ; W_UQ2],
+    kv_up = [W_UKV; W_UK2]. The first rows are exactly ``mla``'s weights.
 
     ``noise_rope``: None (noise q/k have no rope part), "own" (the noise query has its own rope
     part, the key is the shared rope key) or "shared" (the noise stream reuses the signal
@@ -222,11 +226,15 @@ class _LatentDiffBase(_DiffBase):
         self.kv_up = nn.Linear(p.rank, self.n_heads * (p.dn + p.dv), bias=False)
         self.out_proj = nn.Linear(self.n_heads * p.dv, cfg.dim, bias=False)
         self.scale = (p.dn + p.dr) ** -0.5 * p.rope.attention_scale
-        q_in = opts.q_lora_rank or cfg.dim
         self.noise_heads, self.noise_qk, self.noise_rope = noise_heads, noise_qk, noise_rope
         own = p.dr if noise_rope == "own" else 0
-        self.q2_up = nn.Linear(q_in, noise_heads * (noise_qk + own), bias=False)
-        self.k2_up = nn.Linear(p.rank, noise_heads * noise_qk, bias=False)
+        self.q_split = [self.n_heads * (p.dn + p.dr), noise_heads * (noise_qk + own)]
+        self.kv_split = [self.n_heads * (p.dn + p.dv), noise_heads * noise_qk]
+        if opts.q_lora_rank:
+            p.q_up = nn.Linear(opts.q_lora_rank, sum(self.q_split), bias=False)
+        else:
+            p.q_proj = nn.Linear(cfg.dim, sum(self.q_split), bias=False)
+        self.kv_up = nn.Linear(p.rank, sum(self.kv_split), bias=False)
         self.scale2 = (noise_qk + (p.dr if noise_rope else 0)) ** -0.5 * p.rope.attention_scale
 
     def latents(self, x, start: int):
@@ -234,14 +242,11 @@ class _LatentDiffBase(_DiffBase):
         roped part last, if any), latent rows [B, T, rank+dr] = [normed c | roped k]."""
         p = self.proj
         b, t, _ = x.shape
-        if hasattr(p, "q_proj"):
-            cq, q = x, p.q_proj(x)
-        else:
-            cq = p.q_norm(p.q_down(x))
-            q = p.q_up(cq)
+        q = p.q_proj(x) if hasattr(p, "q_proj") else p.q_up(p.q_norm(p.q_down(x)))
+        q, q2 = q.split(self.q_split, dim=-1)
         q = q.view(b, t, self.n_heads, p.dn + p.dr).transpose(1, 2)
         q_nope, q_rope = q.split([p.dn, p.dr], dim=-1)
-        q2 = self.q2_up(cq).view(b, t, self.noise_heads, -1).transpose(1, 2)
+        q2 = q2.view(b, t, self.noise_heads, -1).transpose(1, 2)
         c, k_rope = p.kv_down(x).split([p.rank, p.dr], dim=-1)
         cos, sin = p.rope.cos_sin(start, t)
         q_rope = apply_rope(q_rope, cos, sin)
@@ -257,12 +262,13 @@ class _LatentDiffBase(_DiffBase):
         p = self.proj
         b, s, _ = latent.shape
         c, k_rope = latent.split([p.rank, p.dr], dim=-1)
-        kv = self.kv_up(c).view(b, s, self.n_heads, p.dn + p.dv).transpose(1, 2)
+        kv, k2 = self.kv_up(c).split(self.kv_split, dim=-1)
+        kv = kv.view(b, s, self.n_heads, p.dn + p.dv).transpose(1, 2)
         k1_nope, v = kv.split([p.dn, p.dv], dim=-1)
         k_rope = k_rope[:, None]
         k1 = torch.cat([k1_nope, k_rope.expand(b, self.n_heads, s, p.dr)], dim=-1)
         q1 = torch.cat([q_nope, q_rope], dim=-1)
-        k2 = self.k2_up(c).view(b, s, self.noise_heads, self.noise_qk).transpose(1, 2)
+        k2 = k2.view(b, s, self.noise_heads, self.noise_qk).transpose(1, 2)
         if self.noise_rope:
             k2 = torch.cat([k2, k_rope.expand(b, self.noise_heads, s, p.dr)], dim=-1)
         return q1, k1, q2, k2, v
@@ -271,8 +277,9 @@ class _LatentDiffBase(_DiffBase):
         """Both streams absorbed into latent space and run as ONE call over the latent cache
         (the noise heads are extra query heads); W_UV is applied after the subtraction."""
         p = self.proj
-        w = self.kv_up.weight.view(self.n_heads, p.dn + p.dv, p.rank)
-        w2 = self.k2_up.weight.view(self.noise_heads, self.noise_qk, p.rank)
+        w, w2 = self.kv_up.weight.split(self.kv_split, dim=0)
+        w = w.view(self.n_heads, p.dn + p.dv, p.rank)
+        w2 = w2.view(self.noise_heads, self.noise_qk, p.rank)
         q1_lat = torch.einsum("bhtd,hdr->bhtr", q_nope, w[:, : p.dn])
         r = self.scale2 / self.scale  # the call uses one scale: fold the noise scale into q2
         q2_lat = torch.einsum("bhtd,hdr->bhtr", q2[..., : self.noise_qk], w2) * r
