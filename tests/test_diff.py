@@ -255,3 +255,16 @@ def test_bad_impl_and_cache_kind():
         diff_attention(q1, k1, q2, k2, v, lam, impl="fast")
     with pytest.raises(ConfigError, match="cache kind"):
         small("diff-mla", LAT).new_cache(1, 8, kind="dense")
+
+
+def test_latent_family_inherits_mla_options():
+    cfg = dict(vocab_size=97, dim=64, n_layers=2, n_heads=4, mixer="diff-mla,cmd-mla",
+               mixer_options={"mla": LAT, "cmd-mla": {"kv_lora_rank": 8}})
+    model = build_model(ModelConfig(**cfg))
+    d, c = model.blocks[0].mixer, model.blocks[1].mixer
+    assert (d.proj.rank, d.proj.dr, d.proj.dn, d.proj.dv) == (24, 8, 12, 20)
+    assert hasattr(d.proj, "q_down") and d.proj.q_down.out_features == 40
+    assert (c.proj.rank, c.proj.dr) == (8, 8)  # its own option wins
+    with pytest.raises(ConfigError) as e:  # inherited values are validated under the mixer's name
+        build_model(ModelConfig(**dict(cfg, mixer="diff-mla", mixer_options={"mla": {"q_lora_rank": 100}})))
+    assert e.value.field == "mixer_options.diff-mla.q_lora_rank"

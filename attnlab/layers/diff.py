@@ -31,6 +31,7 @@ With ``head_norm=False`` neither the headwise RMSNorm nor the (1 - lam_init) fac
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -207,6 +208,18 @@ class DiffMultiHeadAttention(_DiffBase):
 
 
 # ------------------------------------------------------------------------------------------
+def inherit_mla_options(cfg, opts, name: str):
+    """The latent family takes ``mixer_options["mla"]`` as defaults for the MLA fields it was not
+    given itself (so a preset that sizes ``mla`` sizes diff-mla/cmd-mla the same way)."""
+    own = cfg.mixer_options.get(name, {})
+    base = cfg.mixer_options.get("mla", {})
+    if not isinstance(own, dict) or not isinstance(base, dict) or not base:
+        return opts
+    fields = {f.name for f in dataclasses.fields(MLAOptions)}
+    inherit = {k: v for k, v in base.items() if k in fields and k not in own}
+    return dataclasses.replace(opts, **inherit) if inherit else opts
+
+
 class _LatentDiffBase(_DiffBase):
     """Shared by diff-mla and cmd-mla: the MLA projections (``mla``'s parameter names: proj.*,
     kv_up, out_proj), with the query and KV up-projections widened so that the same matmul also
@@ -328,10 +341,12 @@ class DiffMultiHeadLatentAttention(_LatentDiffBase):
 
     @classmethod
     def validate(cls, cfg, opts) -> None:
+        opts = inherit_mla_options(cfg, opts, "diff-mla")
         validate_mla_options(cfg, opts, "mixer_options.diff-mla")
         validate_diff_options(opts, "mixer_options.diff-mla")
 
     def __init__(self, cfg, opts, layer_idx):
+        opts = inherit_mla_options(cfg, opts, "diff-mla")
         super().__init__(cfg, opts, layer_idx)
         dn = opts.qk_nope_head_dim or cfg.attn_head_dim
         self._init_latent(cfg, opts, cfg.n_heads, dn, noise_rope="shared")
@@ -355,6 +370,7 @@ class CommonModeDiffMLA(_LatentDiffBase):
     @classmethod
     def validate(cls, cfg, opts) -> None:
         where = "mixer_options.cmd-mla"
+        opts = inherit_mla_options(cfg, opts, "cmd-mla")
         validate_mla_options(cfg, opts, where)
         validate_diff_options(opts, where)
         nd = opts.noise_head_dim
@@ -369,6 +385,7 @@ class CommonModeDiffMLA(_LatentDiffBase):
                               f" must be <= 256; got {width}")
 
     def __init__(self, cfg, opts, layer_idx):
+        opts = inherit_mla_options(cfg, opts, "cmd-mla")
         super().__init__(cfg, opts, layer_idx)
         dn = opts.qk_nope_head_dim or cfg.attn_head_dim
         self._init_latent(cfg, opts, 1, opts.noise_head_dim or dn, "own" if opts.noise_rope else None)
