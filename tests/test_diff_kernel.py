@@ -67,6 +67,22 @@ def test_kernel_pair_cmd_and_atomic_dq(monkeypatch):
     _check(CASES["diff"], torch.float32, TOL32, TOL32)
 
 
+def test_kernel_strided_inputs():
+    """Dense but permuted inputs ([B, T, H, D] transposed, as the mixers produce) and slices."""
+    b, h, t, d = 2, 3, 23, 16
+    mk = lambda *s: torch.randn(*s, device=DEV)  # noqa: E731
+    q1, k1, v = (mk(b, t, h, d).transpose(1, 2) for _ in range(3))
+    qk2 = mk(b, t, 2 * h, d).transpose(1, 2)
+    q2, k2 = qk2[:, :h], qk2[:, h:]
+    ins = [x.requires_grad_() for x in (q1, k1, q2, k2, v)] + [(0.2 + torch.rand(h, device=DEV)).requires_grad_()]
+    out = diff_attention(*ins, impl="triton")
+    ref = diff_attention_reference(*ins)
+    assert rel_err(out, ref) <= TOL32
+    g = torch.randn_like(ref)
+    for x, y in zip(torch.autograd.grad(out, ins, g), torch.autograd.grad(ref, ins, g)):
+        assert x.shape == y.shape and rel_err(x, y) <= TOL32
+
+
 def test_kernel_scalar_lambda_grad():
     ins = _inputs((1, 2, 2, 2, 2, 17, 16, 16, 16), torch.float32)
     lam = torch.tensor(0.4, requires_grad=True)

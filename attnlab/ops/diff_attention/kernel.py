@@ -625,7 +625,7 @@ class DiffAttentionFunction(torch.autograd.Function):
             dq1 = torch.zeros(b, h, t, d1, device=q1.device, dtype=f32)
             dq2 = torch.zeros(b, h, t, d2, device=q1.device, dtype=f32)
         else:
-            dq1 = torch.empty_like(q1)
+            dq1 = torch.empty(b, h, t, d1, device=q1.device, dtype=q1.dtype)  # layout the kernel writes
             dq2 = torch.empty(b, h, t, d2, device=q1.device, dtype=q1.dtype if h2 == h else f32)
         sq2 = (q2.stride(0), 0 if h2 == 1 else q2.stride(1), q2.stride(2))
         common = (*_strides(q1), *_strides(k1), *sq2, *_strides(k2), *_strides(v), *_strides(dout),
