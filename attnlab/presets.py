@@ -25,6 +25,14 @@ PRESETS: dict[str, dict[str, Any]] = {
                   mixer_options={"mla": {"kv_lora_rank": 512, "q_lora_rank": 1024, "qk_rope_head_dim": 64}}),
 }
 
+# DeltaNet-MLA hybrids: the small/base/large sizes with 2 GatedDeltaNet layers per MLA layer
+# ("gdn,gdn,mla" cycled over the layers). Derived from the dense presets, not copied.
+for _size in ("small", "base", "large"):
+    PRESETS[f"hybrid-{_size}"] = dict(
+        PRESETS[_size], mixer="gdn,gdn,mla",
+        mixer_options={**PRESETS[_size]["mixer_options"], "gdn": {"conv_size": 4, "chunk_size": 64}})
+del _size
+
 
 def preset(name: str) -> dict[str, Any]:
     if name not in PRESETS:

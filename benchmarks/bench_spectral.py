@@ -1,0 +1,181 @@
+"""Decode-step attention for one layer: spectral KV cache (Triton kernel, and its plain PyTorch
+reference) vs dense SDPA decode, with compression ratio and fidelity beside the speed.
+
+GPU default: B = 1 and 8, 8 KV heads, 32 query heads, head dim 128, T = 4K/8K/16K/32K, block 512,
+(key_rank, value_rank) in {(16, 16), (32, 32)}, bf16. Times are medians of CUDA events
+after warm-up (attnlab.bench.time_ms), eagerly launched and (--graphs, default on GPU) replayed
+from a CUDA graph, for every variant alike. The K/V are synthetic, with a decaying spectrum over
+time (rank-structured like trained models' caches, plus noise); fidelity on real models is in
+benchmarks/spectral_fidelity.py.
+
+    python benchmarks/bench_spectral.py            # GPU
+    python benchmarks/bench_spectral.py --quick    # CPU smoke test (Triton interpreter)
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch.nn.functional as F  # noqa: E402
+
+from attnlab.bench import time_ms, write_results  # noqa: E402
+from attnlab.caches.spectral import SpectralCache  # noqa: E402
+from attnlab.ops.spectral import HAS_TRITON, spectral_attention, spectral_decode  # noqa: E402
+from attnlab.testing import rel_err  # noqa: E402
+
+
+def synthetic_kv(b, h, t, d, device, dtype, rank=24, decay=1.0, noise=0.05, seed=0):
+    """[b, h, t, d]: a few slowly varying directions per head with a decaying spectrum, plus noise."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    basis = torch.linalg.qr(torch.randn(b * h, d, d, device=device, generator=g)).Q[..., :rank].transpose(-1, -2)
+    w = torch.arange(1, rank + 1, device=device).float() ** -decay * 2.0
+    out = torch.empty(b, h, t, d, device=device, dtype=dtype)
+    step = 4096
+    for a in range(0, t, step):
+        n = min(step, t - a)
+        coef = torch.randn(b * h, n, rank, device=device, generator=g) * w
+        x = coef @ basis + noise * torch.randn(b * h, n, d, device=device, generator=g)
+        out[:, :, a:a + n] = x.view(b, h, n, d).to(dtype)
+    return out
+
+
+def corr(a, b):
+    a, b = a.double().flatten(), b.double().flatten()
+    a, b = a - a.mean(), b - b.mean()
+    return (a @ b / (a.norm() * b.norm())).item()
+
+
+def graphed(fn):
+    """Capture fn in a CUDA graph; return a replay closure (fn must be warm)."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    return g.replay
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="tiny CPU sizes (smoke test)")
+    p.add_argument("--batch", type=int, nargs="*", default=None)
+    p.add_argument("--lengths", type=int, nargs="*", default=None)
+    p.add_argument("--ranks", default=None, help="comma list of key:value ranks, e.g. 16:16,32:32")
+    p.add_argument("--block-size", type=int, default=None)
+    p.add_argument("--no-graphs", action="store_true", help="eager timings only")
+    p.add_argument("--repeats", type=int, default=50)
+    p.add_argument("--name", default="bench_spectral")
+    args = p.parse_args(argv)
+
+    cuda = torch.cuda.is_available()
+    dev = torch.device("cuda" if cuda else "cpu")
+    if args.quick:
+        hk, hq, d, dtype = 2, 4, 32, torch.float32
+        batches, lengths, bs = args.batch or [2], args.lengths or [96], args.block_size or 32
+        ranks = args.ranks or "8:16"
+        repeats, warmup = 2, 1
+    else:
+        hk, hq, d, dtype = 8, 32, 128, torch.bfloat16
+        batches, lengths, bs = args.batch or [1, 8], args.lengths or [4096, 8192, 16384, 32768], args.block_size or 512
+        ranks = args.ranks or "16:16,32:32"
+        repeats, warmup = args.repeats, 10
+    rank_pairs = [tuple(int(x) for x in r.split(":")) for r in ranks.split(",")]
+    use_graphs = cuda and not args.no_graphs
+    kernel_configs = [(64, 2), (128, 2), (64, 4), (128, 4)] if cuda else [(None, 2)]
+    scale = d**-0.5
+    rows = []
+    for b in batches:
+        for t in lengths:
+            k = synthetic_kv(b, hk, t + 1, d, dev, dtype, seed=1)
+            v = synthetic_kv(b, hk, t + 1, d, dev, dtype, seed=2)
+            q = torch.randn(b, hq, 1, d, device=dev, dtype=dtype) * 2.0
+            dense = lambda: F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=True)
+            exact = dense().float()
+            t_dense = time_ms(dense, warmup, repeats)
+            t_dense_g = time_ms(graphed(dense), warmup, repeats) if use_graphs else None
+            dense_bytes = 2 * k.numel() * k.element_size()
+            for rk, rv in rank_pairs:
+                cache = SpectralCache(b, t + 1, hk, d, device=dev, dtype=dtype, key_rank=rk, value_rank=rv,
+                                      block_size=bs)
+                if cuda:
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                cache.append(k[:, :, :t], v[:, :, :t])
+                if cuda:
+                    torch.cuda.synchronize()
+                fill_s = time.perf_counter() - t0
+                cache.append(k[:, :, t:], v[:, :, t:])  # the decoded token: in the hot part
+                st = cache.stats()
+                blocks = cache.blocks()
+                hot_k, hot_v = cache.hot_k[:, :, :cache.hot_len], cache.hot_v[:, :, :cache.hot_len]
+                ref = lambda: spectral_attention(q, blocks, hot_k, hot_v, t, scale)
+                out_ref = ref().float()
+                row = {"B": b, "T": t, "key_rank": rk, "value_rank": rv, "block": bs,
+                       "dense_ms": t_dense}
+                if t_dense_g is not None:
+                    row["dense_graph_ms"] = t_dense_g
+                if HAS_TRITON:
+                    best = None
+                    for tile, spsm in kernel_configs:
+                      try:
+                        kern = functools.partial(
+                            spectral_decode, q, cache.ck, cache.sk, cache.bk, cache.cv, cache.sv, cache.bv,
+                            cache.n_blocks, cache.hot_k, cache.hot_v, cache.hot_len, scale, block_tile=tile,
+                            splits_per_sm=spsm)
+                        out_k = kern().float()
+                        ms = time_ms(kern, warmup, repeats)
+                        ms_g = time_ms(graphed(kern), warmup, repeats) if use_graphs else None
+                        key = ms_g if use_graphs else ms
+                        if best is None or key < best[0]:
+                            best = (key, ms, ms_g, tile, spsm, rel_err(out_k, out_ref))
+                      except Exception as e:  # keep measuring the other variants
+                        print(f"kernel config tile={tile} splits/SM={spsm} failed: {e!r}", flush=True)
+                    if best is None:
+                        best = (None, float("nan"), float("nan"), None, None, float("nan"))
+                    _, ms, ms_g, tile, spsm, kerr = best
+                    row["kernel_ms"] = ms
+                    row["speedup_eager"] = t_dense / ms
+                    if use_graphs:
+                        row["kernel_graph_ms"] = ms_g
+                        row["speedup_graph"] = t_dense_g / ms_g
+                    row["tile"], row["splits/SM"] = tile or "auto", spsm
+                    row["kernel_vs_ref_err"] = kerr
+                row["torch_ref_ms"] = time_ms(ref, warmup, max(3, repeats // 5))
+                row["compression"] = st["compression_ratio"]
+                row["bytes_ratio"] = dense_bytes / (st["bytes_used"])
+                row["out_rel_err"] = rel_err(out_ref, exact)
+                row["out_corr"] = corr(out_ref, exact)
+                row["fill_s"] = fill_s
+                rows.append(row)
+                print(row, flush=True)
+                partial = Path(os.environ.get("ATTNLAB_BENCH_DIR", "benchmarks/results")) / f"{args.name}.partial.json"
+                partial.parent.mkdir(parents=True, exist_ok=True)
+                partial.write_text(json.dumps(rows, indent=1))
+                del cache
+            del k, v
+            if cuda:
+                torch.cuda.empty_cache()
+    extra = {"config": {"kv_heads": hk, "q_heads": hq, "head_dim": d, "dtype": str(dtype), "block_size": bs,
+                        "graphs": use_graphs, "data": "synthetic rank-structured K/V (see docstring)"}}
+    write_results(args.name, rows, extra)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

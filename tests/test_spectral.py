@@ -1,0 +1,330 @@
+"""Spectral KV cache: exactness at full rank, truncation/quantization behaviour, compressed-space
+attention vs the reconstructed cache, attnlab models, the Triton decode kernel (interpreter on
+CPU), and stock Hugging Face models."""
+
+import pytest
+import torch
+
+from attnlab import ConfigError, InputError, ModelConfig, build_model
+from attnlab.caches.spectral import SpectralCache, cache_stats
+from attnlab.caches.base import held_bytes
+from attnlab.ops.attention import attention_reference
+from attnlab.ops.spectral import HAS_TRITON, spectral_attention, spectral_decode, truncated_svd
+from attnlab.testing import decode_vs_forward, rel_err
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # tiny matmuls: OpenMP threads only add contention on shared 2-core CI machines
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def structured_kv(b, h, t, d, decay=0.5, dtype=torch.float32):
+    """Keys/values with a decaying spectrum over time (like trained models'), plus noise."""
+    r = min(t, d)
+    basis = torch.linalg.qr(torch.randn(b, h, d, d)).Q[..., :r].transpose(-1, -2)  # [b,h,r,d]
+    coef = torch.randn(b, h, t, r) * (torch.arange(1, r + 1).float() ** -decay * 3)
+    return (coef @ basis).to(dtype)
+
+
+def make_cache(b, t, hk, d, **kw):
+    kw.setdefault("dtype", torch.float32)
+    return SpectralCache(b, t, hk, d, **kw)
+
+
+# -- exactness and truncation ---------------------------------------------------------------
+@pytest.mark.parametrize("t,hot_window", [(15, 0), (16, 0), (17, 0), (70, 0), (70, 5)])
+def test_full_rank_unquantized_is_exact(t, hot_window):
+    b, hq, hk, d = 2, 6, 2, 16
+    q, k, v = torch.randn(b, hq, t, d), torch.randn(b, hk, t, d), torch.randn(b, hk, t, d)
+    ref = attention_reference(q, k, v, scale=0.3)
+    cache = make_cache(b, t, hk, d, key_rank=16, value_rank=16, block_size=16, quantize=False,
+                       hot_window=hot_window)
+    out = cache.attend(q, k, v, scale=0.3)  # one prefill across block boundaries
+    assert rel_err(out, ref) <= 1e-5
+    assert cache.seen == t and cache.n_blocks == max(0, t - hot_window) // 16
+    cache.reset()  # token by token
+    steps = [cache.attend(q[:, :, i:i + 1], k[:, :, i:i + 1], v[:, :, i:i + 1], scale=0.3) for i in range(t)]
+    assert rel_err(torch.cat(steps, 2), ref) <= 1e-5
+
+
+def test_error_decreases_with_rank():
+    b, hq, hk, d, t = 1, 4, 2, 32, 96
+    k, v = structured_kv(b, hk, t, d), structured_kv(b, hk, t, d)
+    q = torch.randn(b, hq, 1, d)
+    kf, vf = torch.cat([k, torch.randn(b, hk, 1, d)], 2), torch.cat([v, torch.randn(b, hk, 1, d)], 2)
+    ref = attention_reference(q, kf, vf, q_start=t)
+    errs, recon = [], []
+    for r in (1, 2, 4, 8, 16, 32):
+        c = make_cache(b, t + 1, hk, d, key_rank=r, value_rank=r, block_size=32, quantize=False)
+        c.append(k, v)
+        out = c.attend(q, kf[:, :, t:], vf[:, :, t:])
+        errs.append(rel_err(out, ref))
+        recon.append(rel_err(c.reconstruct()[0], kf))
+    assert all(a > b_ for a, b_ in zip(errs, errs[1:])), errs
+    assert all(a > b_ for a, b_ in zip(recon, recon[1:])), recon
+    assert errs[-1] < 1e-5
+    # int8 coefficients: error stays at the quantization floor, small
+    c = make_cache(b, t + 1, hk, d, key_rank=32, value_rank=32, block_size=32)
+    c.append(k, v)
+    assert rel_err(c.attend(q, kf[:, :, t:], vf[:, :, t:]), ref) < 2e-2
+
+
+@pytest.mark.parametrize("svd", ["exact", "randomized"])
+@pytest.mark.parametrize("quantize", [True, False])
+def test_compressed_space_equals_reconstructed(svd, quantize):
+    b, hq, hk, d, t = 2, 6, 2, 24, 83
+    k, v = structured_kv(b, hk, t, d), structured_kv(b, hk, t, d)
+    c = make_cache(b, t + 12, hk, d, key_rank=5, value_rank=7, block_size=16, hot_window=3,
+                   quantize=quantize, svd=svd)
+    c.append(k, v)
+    kr, vr = c.reconstruct()
+    assert kr.shape == (b, hk, t, d)
+    # a decode step and a 4-token chunk (no block boundary inside)
+    for n in (1, 4):
+        q, kn, vn = torch.randn(b, hq, n, d), torch.randn(b, hk, n, d), torch.randn(b, hk, n, d)
+        blocks_before = c.n_blocks
+        out = c.attend(q, kn, vn, scale=0.25)
+        assert c.n_blocks == blocks_before
+        ref = attention_reference(q, torch.cat([kr, kn], 2), torch.cat([vr, vn], 2), q_start=kr.shape[2], scale=0.25)
+        assert rel_err(out, ref) <= 1e-5
+        kr, vr = c.reconstruct()
+
+
+def test_randomized_svd_close_to_exact():
+    x = structured_kv(1, 4, 64, 32, decay=1.0)[0]
+    ce, be = truncated_svd(x, 8, "exact")
+    cr, br = truncated_svd(x, 8, "randomized", generator=torch.Generator().manual_seed(0))
+    e_exact, e_rand = rel_err(ce @ be, x), rel_err(cr @ br, x)
+    assert e_rand <= e_exact * 1.05 + 1e-6
+
+
+def test_windowed_attention_and_batch():
+    b, hq, hk, d, t = 3, 4, 4, 16, 60
+    q, k, v = torch.randn(b, hq, t, d), torch.randn(b, hk, t, d), torch.randn(b, hk, t, d)
+    ref = attention_reference(q, k, v, window=21)
+    c = make_cache(b, t, hk, d, key_rank=16, value_rank=16, block_size=16, quantize=False)
+    assert rel_err(c.attend(q, k, v, window=21), ref) <= 1e-5
+
+
+# -- attnlab models ---------------------------------------------------------------------------
+def tiny_model(**kw):
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=64, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=128, **kw)
+    return build_model(cfg).eval()
+
+
+@pytest.mark.parametrize("prompt_len,chunk", [(37, 1), (16, 5), (5, 7)])
+def test_decode_equals_forward_full_rank(prompt_len, chunk):
+    model = tiny_model()
+    ids = torch.randint(0, 64, (2, 59))
+    err = decode_vs_forward(model, ids, prompt_len, chunk=chunk, kind="spectral", key_rank=16,
+                            value_rank=16, block_size=16, quantize=False, hot_window=2)
+    assert err <= 1e-5
+
+
+def test_prefill_equals_decode_when_truncated():
+    """Compression happens at the same points whatever the chunking: identical outputs."""
+    model = tiny_model()
+    ids = torch.randint(0, 64, (2, 50))
+    opts = dict(kind="spectral", key_rank=[3, 6], value_rank=lambda i: 4 + i, block_size=16)
+    with torch.no_grad():
+        full = model(ids, cache=model.new_cache(2, 50, **opts))
+        cache = model.new_cache(2, 50, **opts)
+        steps = torch.cat([model(ids[:, i:i + 1], cache=cache) for i in range(50)], 1)
+    assert rel_err(steps, full) <= 1e-5
+    st = cache_stats(cache)
+    assert st["key_ranks"] == [3, 6] and st["value_ranks"] == [4, 5]
+    assert cache.nbytes() == sum(held_bytes(c.tensors()) for c in cache)
+
+
+def test_sliding_window_model():
+    model = tiny_model(mixer_options={"mha": {"sliding_window": 20}})
+    ids = torch.randint(0, 64, (1, 50))
+    err = decode_vs_forward(model, ids, 18, kind="spectral", key_rank=16, value_rank=16, block_size=16,
+                            quantize=False)
+    assert err <= 1e-5
+
+
+def test_stats_and_compression():
+    c = SpectralCache(2, 512, 2, 64, dtype=torch.bfloat16, key_rank=8, value_rank=16, block_size=128)
+    c.append(torch.randn(2, 2, 300, 64, dtype=torch.bfloat16), torch.randn(2, 2, 300, 64, dtype=torch.bfloat16))
+    s = c.stats()
+    assert s["compressed_blocks"] == 2 and s["hot_tokens"] == 44 and s["seen"] == 300
+    # int8 C [128, r] + fp32 scale per token + bf16 basis [r, 64], keys and values, vs 2*128*64 bf16
+    per_head = (128 * 8 + 128 * 4 + 8 * 64 * 2) + (128 * 16 + 128 * 4 + 16 * 64 * 2)
+    assert c.bytes_per_block() == 2 * 2 * per_head
+    assert s["block_compression_ratio"] == pytest.approx(2 * 128 * 64 * 2 / per_head)
+    assert s["compression_ratio"] > 2
+    assert c.bk.dtype == torch.bfloat16 and c.ck.dtype == torch.int8
+    assert c.nbytes() == held_bytes(c.tensors())
+
+
+def test_unbounded_storage_grows():
+    c = SpectralCache(1, None, 1, 16, key_rank=4, value_rank=4, block_size=16)
+    k = torch.randn(1, 1, 200, 16)
+    c.append(k, k)
+    assert c.n_blocks == 12 and c.block_capacity >= 12 and c.seen == 200
+
+
+def test_bad_options():
+    model = tiny_model()
+    with pytest.raises(ConfigError, match="key_rank"):
+        model.new_cache(1, 64, kind="spectral", key_rank=17, block_size=32)  # > head_dim 16
+    with pytest.raises(ConfigError, match="value_rank"):
+        SpectralCache(1, 64, 1, 64, value_rank=32, block_size=16)  # > block_size
+    with pytest.raises(ConfigError, match="block_size.*kernel tile"):
+        model.new_cache(1, 64, kind="spectral", key_rank=4, value_rank=4, block_size=24)
+    with pytest.raises(ConfigError, match="key_rank"):
+        model.new_cache(1, 64, kind="spectral", key_rank=[4], value_rank=4, block_size=16)  # no layer 1
+    with pytest.raises(ConfigError, match="svd"):
+        SpectralCache(1, 64, 1, 16, key_rank=4, value_rank=4, block_size=16, svd="qr")
+    with pytest.raises(ConfigError, match="allowed: key_rank"):
+        SpectralCache(1, 64, 1, 16, key_rank=4, value_rank=4, block_size=16, rank=3)
+    c = SpectralCache(1, 20, 1, 16, key_rank=4, value_rank=4, block_size=16)
+    with pytest.raises(InputError):
+        c.append(torch.randn(1, 1, 21, 16), torch.randn(1, 1, 21, 16))
+    with pytest.raises(InputError):
+        c.append(torch.randn(1, 2, 3, 16), torch.randn(1, 2, 3, 16))
+
+
+# -- Triton decode kernel (interpreter on CPU) ------------------------------------------------
+@pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
+@pytest.mark.parametrize("dtype,quantize,shape", [
+    (torch.float32, False, dict(b=2, hq=4, hk=2, d=32, rk=32, rv=32, bs=32, t=70, hw=0)),
+    (torch.float32, True, dict(b=1, hq=6, hk=2, d=24, rk=5, rv=7, bs=16, t=75, hw=9)),
+    (torch.float16, True, dict(b=2, hq=4, hk=1, d=64, rk=16, rv=32, bs=32, t=100, hw=0)),
+])
+def test_kernel_matches_reference(dtype, quantize, shape):
+    s = shape
+    k = structured_kv(s["b"], s["hk"], s["t"], s["d"], dtype=dtype)
+    v = structured_kv(s["b"], s["hk"], s["t"], s["d"], dtype=dtype)
+    c = make_cache(s["b"], s["t"] + 1, s["hk"], s["d"], dtype=dtype, key_rank=s["rk"], value_rank=s["rv"],
+                   block_size=s["bs"], hot_window=s["hw"], quantize=quantize)
+    c.append(k, v)
+    q = torch.randn(s["b"], s["hq"], 1, s["d"], dtype=dtype)
+    kn, vn = torch.randn(s["b"], s["hk"], 1, s["d"], dtype=dtype), torch.randn(s["b"], s["hk"], 1, s["d"], dtype=dtype)
+    c.append(kn, vn)
+    assert c.n_blocks >= 2 and c.hot_len >= 1
+    ref = spectral_attention(q.float(), c.blocks(), c.hot_k[:, :, :c.hot_len].float(),
+                             c.hot_v[:, :, :c.hot_len].float(), c.seen - 1, 0.2)
+    out = spectral_decode(q, c.ck, c.sk, c.bk, c.cv, c.sv, c.bv, c.n_blocks, c.hot_k, c.hot_v, c.hot_len, 0.2,
+                          hot_per_split=32)
+    assert out.dtype == dtype
+    assert rel_err(out, ref) <= (1e-5 if dtype == torch.float32 else 2e-3)
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
+def test_cache_uses_kernel_backend():
+    b, hq, hk, d, t = 1, 4, 2, 16, 40
+    k, v = torch.randn(b, hk, t, d), torch.randn(b, hk, t, d)
+    outs = []
+    for backend in ("torch", "triton"):
+        c = make_cache(b, t + 1, hk, d, key_rank=4, value_rank=8, block_size=16, backend=backend)
+        assert c.use_kernel(torch.zeros(b, hq, 1, d), None) == (backend == "triton")
+        c.append(k, v)
+        torch.manual_seed(1)
+        outs.append(c.attend(torch.randn(b, hq, 1, d), torch.randn(b, hk, 1, d), torch.randn(b, hk, 1, d)))
+    assert rel_err(outs[1], outs[0]) <= 1e-5
+
+
+@pytest.mark.gpu
+def test_kernel_bf16_gpu():
+    dev = torch.device("cuda")
+    b, hq, hk, d, t = 2, 32, 8, 128, 2100
+    k = structured_kv(b, hk, t, d).to(dev, torch.bfloat16)
+    v = structured_kv(b, hk, t, d).to(dev, torch.bfloat16)
+    c = SpectralCache(b, t + 1, hk, d, device=dev, dtype=torch.bfloat16, key_rank=16, value_rank=32, block_size=512)
+    c.append(k, v)
+    q = torch.randn(b, hq, 1, d, device=dev, dtype=torch.bfloat16)
+    kn, vn = torch.randn(b, hk, 1, d, device=dev, dtype=torch.bfloat16), torch.randn(b, hk, 1, d, device=dev, dtype=torch.bfloat16)
+    c.append(kn, vn)
+    ref = spectral_attention(q.float(), c.blocks(), c.hot_k[:, :, :c.hot_len].float(),
+                             c.hot_v[:, :, :c.hot_len].float(), c.seen - 1, d**-0.5)
+    out = spectral_decode(q, c.ck, c.sk, c.bk, c.cv, c.sv, c.bv, c.n_blocks, c.hot_k, c.hot_v, c.hot_len, d**-0.5)
+    assert rel_err(out, ref) <= 1e-2
+
+
+# -- Hugging Face -----------------------------------------------------------------------------
+transformers = pytest.importorskip("transformers")
+
+
+def hf_model(kind="llama", **kw):
+    from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    cls = {"llama": (LlamaConfig, LlamaForCausalLM), "mistral": (MistralConfig, MistralForCausalLM),
+           "qwen2": (Qwen2Config, Qwen2ForCausalLM)}[kind]
+    torch.manual_seed(0)
+    cfg = cls[0](vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0, **kw)
+    return cls[1](cfg).eval()
+
+
+@pytest.mark.parametrize("kind,kw", [
+    ("llama", {}),
+    ("mistral", {"sliding_window": 8}),  # window shorter than the text: windowed compressed attention
+    ("qwen2", {"sliding_window": 8, "use_sliding_window": True, "max_window_layers": 1}),  # full + sliding layers
+])
+def test_hf_generate_full_rank_equals_dynamic_cache(kind, kw):
+    from transformers import DynamicCache
+
+    from attnlab.integrations.hf_spectral import SpectralHFCache, enable_spectral_attention
+
+    model = hf_model(kind, **kw)
+    ids = torch.randint(1, 96, (2, 21))
+    mask = torch.ones_like(ids)
+    ref = model.generate(ids, attention_mask=mask, max_new_tokens=14, do_sample=False,
+                         past_key_values=DynamicCache(config=model.config))
+    enable_spectral_attention(model)
+    cache = SpectralHFCache(model, key_rank=16, value_rank=16, block_size=16, quantize=False)
+    out = model.generate(ids, attention_mask=mask, max_new_tokens=14, do_sample=False, past_key_values=cache)
+    assert torch.equal(out, ref)
+    assert cache.get_seq_length() == 21 + 13  # the last token is produced, not fed back
+    assert cache.spectral_caches()[0].n_blocks == 2
+
+
+def test_hf_forward_compressed_and_errors():
+    from transformers import GPT2Config
+
+    from attnlab.integrations.hf_spectral import SpectralHFCache, enable_spectral_attention
+
+    model = hf_model("llama")
+    ids = torch.randint(1, 96, (2, 40))
+    with torch.no_grad():
+        exact = model(ids).logits
+        with pytest.raises(RuntimeError, match="enable_spectral_attention"):
+            c = SpectralHFCache(model, key_rank=4, value_rank=8, block_size=16)
+            model(ids[:, :3], past_key_values=c)
+            model(ids[:, 3:4], past_key_values=c)
+        enable_spectral_attention(model)
+        assert rel_err(model(ids).logits, exact) <= 1e-5  # "spectral" without the cache = SDPA
+        c = SpectralHFCache(model, key_rank=[4, 8], value_rank=8, block_size=16)
+        approx = model(ids, past_key_values=c).logits
+        assert 0 < rel_err(approx, exact) < 0.5
+        st = c.stats()
+        assert st["key_ranks"] == [4, 8] and st["compression_ratio"] > 1
+        assert c.get_seq_length() == 40
+        pad = torch.ones_like(ids)
+        pad[0, :3] = 0
+        with pytest.raises(InputError, match="padded"):
+            model(ids, attention_mask=pad, past_key_values=SpectralHFCache(model, key_rank=4, value_rank=8, block_size=16))
+    with pytest.raises(ConfigError, match="llama, mistral, qwen2"):
+        SpectralHFCache(GPT2Config())
+    with pytest.raises(ConfigError, match="key_rank"):
+        SpectralHFCache(model, key_rank=32, block_size=16)
+
+
+def test_bulk_append_equals_incremental():
+    b, hk, d, t = 2, 2, 16, 90
+    k, v = torch.randn(b, hk, t, d), torch.randn(b, hk, t, d)
+    bulk = make_cache(b, t, hk, d, key_rank=4, value_rank=6, block_size=16, hot_window=7)
+    bulk.append(k, v)
+    inc = make_cache(b, t, hk, d, key_rank=4, value_rank=6, block_size=16, hot_window=7)
+    for i in range(0, t, 11):
+        inc.append(k[:, :, i:i + 11], v[:, :, i:i + 11])
+    assert (bulk.n_blocks, bulk.hot_len, bulk.seen) == (inc.n_blocks, inc.hot_len, inc.seen) == (5, 10, 90)
+    for a, c in zip(bulk.reconstruct(), inc.reconstruct()):
+        assert rel_err(a, c) <= 1e-6
