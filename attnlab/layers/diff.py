@@ -41,7 +41,6 @@ from torch import nn
 
 from ..caches.kv import LatentCache, new_kv_cache
 from ..errors import ConfigError
-from ..ops.attention import causal_attention
 from ..ops.diff_attention import IMPLS, diff_attention, diff_attention_sdpa
 from ..positions import RotaryEmbedding, apply_rope
 from .base import Mixer

@@ -21,7 +21,6 @@ shared heads (GQA key/value heads, the CMD noise head) are written per query hea
 
 from __future__ import annotations
 
-import math
 import os
 
 import torch
