@@ -1,0 +1,194 @@
+"""Fused differential attention kernel vs SDPA calls: forward + backward, causal.
+
+    python benchmarks/bench_diff_kernel.py                 # B=1, 16 heads, head dim 128, T=4K,16K, bf16
+    python benchmarks/bench_diff_kernel.py --sweep         # also try launch configs first (picks the best)
+    python benchmarks/bench_diff_kernel.py --quick         # tiny CPU smoke run (CI)
+
+Variants, one run, ratios against the baseline of their group:
+- diff: fused kernel (two full streams, K/V streamed once) vs two SDPA calls sharing V;
+- cmd:  fused kernel with ONE noise head (computed once per head pair, never expanded) vs the
+        research notebook's version: two SDPA calls with the noise head expanded to every head;
+- mha:  one SDPA call (the cost of plain attention, for scale).
+Writes benchmarks/results/bench_diff_kernel.json (or $ATTNLAB_BENCH_DIR).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+if not torch.cuda.is_available():  # CPU smoke runs: Triton kernels through the interpreter
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from attnlab.bench import time_ms, write_results  # noqa: E402
+from attnlab.ops.diff_attention import diff_attention_sdpa  # noqa: E402
+from attnlab.testing import rel_err  # noqa: E402
+
+
+def make(b, h, t, d, dtype, device, cmd):
+    g = lambda hh: torch.randn(b, hh, t, d, device=device, dtype=dtype, requires_grad=True)  # noqa: E731
+    q1, k1, v = g(h), g(h), g(h)
+    q2, k2 = (g(1), g(1)) if cmd else (g(h), g(h))
+    lam = (0.2 + 0.5 * torch.rand(h, device=device)).requires_grad_()
+    return [q1, k1, q2, k2, v, lam]
+
+
+def fwd_bwd(fn, ins, dout):
+    def run():
+        out = fn(*ins)
+        torch.autograd.grad(out, ins, dout, allow_unused=True)
+    return run
+
+
+def measure(fn, ins, dout, warmup, repeats):
+    fb = time_ms(fwd_bwd(fn, ins, dout), warmup, repeats)
+    with torch.no_grad():
+        fw = time_ms(lambda: fn(*ins), warmup, repeats)
+    peak = None
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fwd_bwd(fn, ins, dout)()
+        torch.cuda.synchronize()
+        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+    return fb, fw, peak
+
+
+SWEEP = {
+    "fwd": [(128, 64, 8, 3), (64, 64, 4, 3), (128, 32, 8, 3), (128, 64, 8, 2)],
+    "bwd_kv": [(32, 64, 4, 2), (64, 64, 8, 2), (32, 128, 8, 2), (16, 64, 4, 2)],
+    "bwd_q": [(64, 32, 4, 2), (128, 32, 8, 2), (64, 64, 4, 2), (128, 64, 8, 2)],
+    "cmd_fwd": [(64, 64, 8, 2), (64, 32, 8, 2), (128, 64, 8, 2), (64, 64, 4, 3)],
+    "cmd_bwd": [(32, 32, 8, 1), (32, 64, 8, 1), (16, 32, 4, 1), (32, 32, 4, 2)],
+}
+
+
+def sweep(K, b, h, t, d, dtype, device, warmup, repeats, only=None):
+    """Try launch configs one kernel family at a time (others at their current setting)."""
+    from attnlab.ops.diff_attention.kernel import diff_attention_triton
+
+    log = []
+    for name, cands in SWEEP.items():
+        if only is not None and name not in only:
+            continue
+        cmd = name.startswith("cmd")
+        ins = make(b, h, t, d, dtype, device, cmd)
+        dout = torch.randn(b, h, t, d, device=device, dtype=dtype)
+        best = None
+        for cfg in cands:
+            K.CONFIGS[name] = cfg
+            try:
+                if name.endswith("fwd"):
+                    with torch.no_grad():
+                        ms = time_ms(lambda: diff_attention_triton(*ins), warmup, repeats)
+                else:
+                    ms = time_ms(fwd_bwd(diff_attention_triton, ins, dout), warmup, repeats)
+            except Exception as e:  # out of resources etc.
+                print(f"sweep {name} {cfg}: failed ({type(e).__name__}: {str(e)[:100]})")
+                continue
+            print(f"sweep {name} {cfg}: {ms:.3f} ms", flush=True)
+            log.append({"kernel": name, "config": list(cfg), "ms": ms})
+            if best is None or ms < best[1]:
+                best = (cfg, ms)
+        if best:
+            K.CONFIGS[name] = best[0]
+    # dQ strategy and CMD strategy
+    if only is not None and "modes" not in only:
+        return log
+    for attr, opts, cmd in (("DQ_MODE", ("atomic", "separate"), False), ("CMD_MODE", ("pair", "generic"), True)):
+        ins = make(b, h, t, d, dtype, device, cmd)
+        dout = torch.randn(b, h, t, d, device=device, dtype=dtype)
+        res = {}
+        for o in opts:
+            setattr(K, attr, o)
+            res[o] = time_ms(fwd_bwd(diff_attention_triton, ins, dout), warmup, repeats)
+            print(f"sweep {attr}={o}: {res[o]:.3f} ms", flush=True)
+            log.append({"kernel": attr, "config": o, "ms": res[o]})
+        setattr(K, attr, min(res, key=res.get))
+    return log
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--T", type=int, nargs="+", default=[4096, 16384])
+    ap.add_argument("--heads", type=int, default=16)
+    ap.add_argument("--head-dim", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--sweep", action="store_true", help="try launch configs first, keep the best")
+    ap.add_argument("--sweep-kernels", help="comma list of families to sweep (fwd,bwd_kv,bwd_q,cmd_fwd,cmd_bwd,modes)")
+    ap.add_argument("--configs", help="JSON of launch configs to use (from a --sweep run)")
+    ap.add_argument("--quick", action="store_true", help="tiny CPU smoke run")
+    ap.add_argument("--name", default="bench_diff_kernel")
+    args = ap.parse_args(argv)
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = getattr(torch, args.dtype)
+    warmup, repeats = 5, 20
+    if args.quick:
+        args.T, args.heads, args.head_dim, warmup, repeats = [32], 2, 16, 1, 2
+        if device == "cpu":
+            dtype = torch.float32
+    b, h, d = args.batch, args.heads, args.head_dim
+
+    from attnlab.ops.diff_attention import triton_available
+
+    K = None
+    if triton_available():
+        from attnlab.ops.diff_attention import kernel as K
+        from attnlab.ops.diff_attention.kernel import diff_attention_triton
+    if K is not None and args.configs:
+        saved = json.load(open(args.configs))
+        K.CONFIGS.update({k: tuple(v) for k, v in saved["configs"].items()})
+        K.DQ_MODE, K.CMD_MODE = saved["dq_mode"], saved["cmd_mode"]
+    sweep_log = []
+    if K is not None and args.sweep and device == "cuda":
+        only = set(args.sweep_kernels.split(",")) if args.sweep_kernels else None
+        sweep_log = sweep(K, b, h, min(args.T), d, dtype, device, warmup, repeats, only)
+
+    def one_sdpa(q1, k1, q2, k2, v, lam):
+        return F.scaled_dot_product_attention(q1, k1, v, is_causal=True)
+
+    rows = []
+    for t, group in itertools.product(args.T, ("diff", "cmd")):
+        cmd = group == "cmd"
+        ins = make(b, h, t, d, dtype, device, cmd)
+        dout = torch.randn(b, h, t, d, device=device, dtype=dtype)
+        variants = [("sdpa x2 (noise expanded, notebook)" if cmd else "sdpa x2", diff_attention_sdpa)]
+        if K is not None:
+            variants.append(("fused triton", diff_attention_triton))
+        if not cmd:
+            variants.append(("sdpa x1 (plain attention)", one_sdpa))
+        base = None
+        with torch.no_grad():
+            ref = diff_attention_sdpa(*ins)
+        for label, fn in variants:
+            fb, fw, peak = measure(fn, ins, dout, warmup, repeats)
+            base = base or (fb, fw)
+            row = {"T": t, "group": group, "variant": label, "fwd_bwd_ms": fb, "fwd_ms": fw,
+                   "ratio_fwd_bwd": fb / base[0], "ratio_fwd": fw / base[1]}
+            if peak is not None:
+                row["peak_MiB"] = peak
+            if label == "fused triton":
+                with torch.no_grad():
+                    row["rel_err_vs_sdpa"] = rel_err(fn(*ins), ref)
+            rows.append(row)
+            print(row, flush=True)
+    extra = {"shape": {"B": b, "H": h, "head_dim": d, "dtype": str(dtype)}}
+    if K is not None:
+        extra["configs"] = {k: list(v) for k, v in K.CONFIGS.items()}
+        extra["dq_mode"], extra["cmd_mode"] = K.DQ_MODE, K.CMD_MODE
+        extra["sweep"] = sweep_log
+    write_results(args.name, rows, extra)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""The differential attention benchmarks run end to end at tiny sizes (CPU) and write their JSON."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_diff_kernel_quick(tmp_path):
+    env = {**os.environ, "ATTNLAB_BENCH_DIR": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_diff_kernel.py"), "--quick"],
+                   check=True, env=env, cwd=ROOT, capture_output=True, timeout=600)
+    data = json.loads((tmp_path / "bench_diff_kernel.json").read_text())
+    variants = {r["variant"] for r in data["rows"]}
+    assert "fused triton" in variants and data["env"]["torch"]
+    assert all(r.get("rel_err_vs_sdpa", 0) < 1e-4 for r in data["rows"])
+
+
+def test_bench_train_step_diff_mixers_quick(tmp_path):
+    env = {**os.environ, "ATTNLAB_BENCH_DIR": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_train_step.py"), "--quick",
+                    "--mixers", "mla,diff-mla,cmd-mla,diff-mha", "--name", "ts"],
+                   check=True, env=env, cwd=ROOT, capture_output=True, timeout=600)
+    rows = json.loads((tmp_path / "ts.json").read_text())["rows"]
+    assert [r["mixer"] for r in rows] == ["mla", "diff-mla", "cmd-mla", "diff-mha"]
