@@ -39,6 +39,8 @@ def causal_attention(
         # less than falling back to the memory-efficient kernel.
         v = F.pad(v, (0, q.shape[-1] - dv))
         return causal_attention(q, k, v, q_start=q_start, window=window, scale=scale)[..., :dv]
+    if q.is_cuda:  # cuDNN's SDPA sizes its output like q and rejects stride-0 (expanded) heads
+        q, k, v = (x.contiguous() if x.stride(-1) != 1 or 0 in x.stride() else x for x in (q, k, v))
     gqa = q.shape[1] != k.shape[1]
     if window is None and q_start == 0 and s == t:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
