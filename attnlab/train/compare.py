@@ -157,7 +157,7 @@ def run_compare(exp, mixers: list[str], seeds: list[int], out_dir: str | Path,
               f"(grad_accum {t.grad_accum}), optimizer {t.optimizer}, lr {t.lr}, seeds {seeds}; device {dev} "
               f"({env['device']}), torch {env['torch']}. Val loss / accuracy: final eval, mean ± std over seeds"
               f"{' (accuracy = exact-match passkey at the training length)' if exp.data.task == 'passkey' else ''}"
-              f"{' (accuracy at the answer positions)' if exp.data.task == 'mqar' else ''}. "
+              f"{f' (accuracy at the answer positions; chance {2 / exp.data.mqar.vocab_size:.3f})' if exp.data.task == 'mqar' else ''}. "
               f"Decode: batch 1, {'bf16' if dev.startswith('cuda') else 'fp32'}, median of 32 steps after "
               f"{ctx} context tokens. Peak memory: CUDA only.")
     table = format_table(rows)
@@ -168,11 +168,12 @@ def run_compare(exp, mixers: list[str], seeds: list[int], out_dir: str | Path,
     (out / "compare.md").write_text(f"# attnlab compare\n\n{header}\n\n{table}\n\nCommand: `{env['command']}`\n")
     files = [out / "compare.json", out / "compare.md"]
     if plots:
-        files += write_plots(results, cfgs, out, exp.data.task)
+        chance = 2 / exp.data.mqar.vocab_size if exp.data.task == "mqar" else None
+        files += write_plots(results, cfgs, out, exp.data.task, chance)
     return {"table": table, "header": header, "results": results, "files": [str(f) for f in files]}
 
 
-def write_plots(results: dict, cfgs: dict, out: Path, task: str) -> list[Path]:
+def write_plots(results: dict, cfgs: dict, out: Path, task: str, chance: float | None = None) -> list[Path]:
     try:
         import matplotlib
 
@@ -193,6 +194,8 @@ def write_plots(results: dict, cfgs: dict, out: Path, task: str) -> list[Path]:
             std = [s for _, s in stats]
             ax.plot(steps, mean, label=spec, marker="o", ms=3)
             ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2)
+        if key == "accuracy" and chance is not None:
+            ax.axhline(chance, color="gray", ls="--", lw=1, label=f"chance ({chance:.3g})")
         ax.set_xlabel("step")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)

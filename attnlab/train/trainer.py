@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -246,6 +247,10 @@ class Trainer:
         if resume:
             ckpt = self.resume(None if resume is True else resume)
             self.log(f"resumed from {ckpt} at step {self.step}")
+        elif self.step == 0 and (self.run_dir / "checkpoints").is_dir():
+            self.log(f"starting afresh in {self.run_dir}: its previous checkpoints are replaced "
+                     "(use --resume to continue a run)")
+            shutil.rmtree(self.run_dir / "checkpoints")
         metrics = MetricsLog(self.run_dir, self.step if resume else None, t.tensorboard)
         (self.run_dir / "config.json").write_text(json.dumps(self.config_record(), indent=1))
         if self.device.type == "cuda":
