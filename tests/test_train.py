@@ -30,7 +30,8 @@ TINY_MODEL = {"dim": 32, "n_layers": 2, "n_heads": 2, "max_seq_len": 128,
 def exp_dict(tmp_path, task="mqar", mixer="mha", **train):
     d = {"preset": "tiny", "model": dict(TINY_MODEL, mixer=mixer), "data": {"task": task},
          "train": {"steps": 6, "batch_size": 8, "seq_len": 32, "warmup_steps": 2, "eval_every": 3,
-                   "eval_batches": 2, "progress": False, "out_dir": str(tmp_path / "run"), **train}}
+                   "eval_batches": 2, "progress": False, "out_dir": str(tmp_path / "run"), "device": "cpu",
+                   **train}}
     if task == "mqar":
         d["data"]["mqar"] = {"vocab_size": 32, "num_kv_pairs": 4, "val_examples": 16}
     return d
@@ -324,7 +325,7 @@ def test_toml_config_and_overrides(tmp_path):
     exp = experiment_config(str(f), parse_overrides(["--train.steps", "9", "--data.mqar.num_kv_pairs=5",
                                                      "--model.dim", "48"]))
     assert exp.train.steps == 9 and exp.train.lr == 1e-3 and exp.data.mqar.num_kv_pairs == 5
-    assert exp.train.seq_len == 64  # the mqar task default
+    assert exp.train.seq_len == 32  # the mqar task default
     cfg = exp.model_config(256)
     assert cfg.dim == 48 and cfg.mixer == "mla" and cfg.options_for("mla").kv_lora_rank == 8
     with pytest.raises(ConfigError, match="unknown override section"):
@@ -338,7 +339,7 @@ def test_toml_config_and_overrides(tmp_path):
 CLI_SMALL = ["--model.dim", "32", "--model.n_heads", "2", "--train.batch_size", "8", "--train.seq_len", "32",
              "--data.mqar.vocab_size", "32", "--data.mqar.num_kv_pairs", "4", "--data.mqar.val_examples", "16",
              "--train.eval_every", "1", "--train.progress", "false", "--model.mixer_options.mla.kv_lora_rank", "16",
-             "--model.mixer_options.mla.qk_rope_head_dim", "8"]
+             "--model.mixer_options.mla.qk_rope_head_dim", "8", "--train.device", "cpu"]
 
 
 def test_cli_compare_writes_outputs(tmp_path, capsys):

@@ -125,22 +125,28 @@ def run_compare(exp, mixers: list[str], seeds: list[int], out_dir: str | Path,
                 + f" ({s['train_seconds']:.0f}s, {s['tokens_per_s']:,.0f} tok/s)")
             runs.append({"seed": seed, "final": final, "evals": s["evals"], "tokens_per_s": s["tokens_per_s"],
                          "peak_memory_bytes": s["peak_memory_bytes"], "train_seconds": s["train_seconds"]})
+        dev = str(next(trainer.model.parameters()).device)
+        n_params = trainer.model.num_parameters()
         model = trainer.model
-        if next(model.parameters()).is_cuda:  # time decode as it would be served: bf16
-            model = copy.deepcopy(model).to(torch.bfloat16)
+        del trainer  # free the optimizer state before timing and before the next mixer
+        if dev.startswith("cuda"):  # time decode as it would be served: bf16 weights and cache
+            model = model.to(torch.bfloat16)
         cfg = cfgs[spec]
         loss = _mean_std([r["final"].get("val_loss") for r in runs])
         acc = _mean_std([r["final"].get("accuracy") for r in runs])
         tps = _mean_std([r["tokens_per_s"] for r in runs])
         peaks = [r["peak_memory_bytes"] for r in runs if r["peak_memory_bytes"] is not None]
         res = {
-            "mixer": spec, "pattern": cfg.mixer, "params": trainer.model.num_parameters(),
+            "mixer": spec, "pattern": cfg.mixer, "params": n_params,
             "val_loss_mean": loss[0], "val_loss_std": loss[1], "accuracy_mean": acc[0], "accuracy_std": acc[1],
             "tokens_per_s": tps[0], "peak_memory_bytes": max(peaks) if peaks else None,
             "kv_bytes_per_token_fp32": cache_bytes_per_token(cfg),
             "decode_ms_per_token": decode_ms_per_token(model, ctx),
             "runs": runs,
         }
+        del model
+        if dev.startswith("cuda"):
+            torch.cuda.empty_cache()
         results[spec] = res
         rows.append({
             "mixer": spec, "params": f"{res['params']:,}", "val loss": _pm(*loss),
@@ -151,7 +157,6 @@ def run_compare(exp, mixers: list[str], seeds: list[int], out_dir: str | Path,
         })
 
     env = env_info()
-    dev = str(next(trainer.model.parameters()).device)
     t = exp.train
     header = (f"task {exp.data.task}, preset {exp.preset}, {t.steps} steps x {t.batch_size} x {t.seq_len} tokens "
               f"(grad_accum {t.grad_accum}), optimizer {t.optimizer}, lr {t.lr}, seeds {seeds}; device {dev} "

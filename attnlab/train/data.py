@@ -78,16 +78,23 @@ def shakespeare_path(cfg) -> Path:
 
 
 def download_shakespeare(dest: Path, url: str = SHAKESPEARE_URL) -> Path:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_suffix(".part")
+    """Download into a temporary file, verify the sha256, then move it to ``dest``."""
+    import shutil
+    import tempfile
+
     print(f"downloading TinyShakespeare from {url} to {dest}")
-    try:
-        urllib.request.urlretrieve(url, tmp)
-    except OSError as e:
-        raise ConfigError("data.download", f"could not download {url}: {e}; put input.txt at {dest} "
-                          "or pass --data.path FILE") from None
-    _check_sha(tmp, "data.download")
-    os.replace(tmp, dest)
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir) / "input.txt"
+        try:
+            urllib.request.urlretrieve(url, tmp)
+        except OSError as e:
+            raise ConfigError("data.download", f"could not download {url}: {e}; put input.txt at {dest} "
+                              "or pass --data.path FILE") from None
+        _check_sha(tmp, "data.download")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        part = dest.with_suffix(".part")
+        shutil.copyfile(tmp, part)
+        os.replace(part, dest)
     return dest
 
 
