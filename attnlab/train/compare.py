@@ -57,8 +57,11 @@ def cache_bytes_at(cfg, contexts: list[int]) -> list[float]:
     return out
 
 
+DECODE_WARMUP, DECODE_REPEATS = 10, 50
+
+
 @torch.inference_mode()
-def decode_ms_per_token(model, context: int, n_tokens: int = 32, warmup: int = 5) -> float:
+def decode_ms_per_token(model, context: int, n_tokens: int = DECODE_REPEATS, warmup: int = DECODE_WARMUP) -> float:
     """Median ms of one decode step with ``context`` tokens already in the cache (batch 1)."""
     total = context + warmup + n_tokens
     if total > model.config.max_seq_len:
@@ -106,9 +109,10 @@ def run_compare(exp, mixers: list[str], seeds: list[int], out_dir: str | Path,
     cfgs = {spec: e.model_config(vocab) for spec, e in exps.items()}
     ctx = decode_context or cfgs[mixers[0]].max_seq_len // 2
     for spec, cfg in cfgs.items():
-        if ctx + 37 > cfg.max_seq_len:
-            raise ConfigError("decode_context", f"{ctx} (+37 timed tokens) exceeds max_seq_len={cfg.max_seq_len} "
-                              f"of {spec}")
+        extra = DECODE_WARMUP + DECODE_REPEATS
+        if ctx + extra > cfg.max_seq_len:
+            raise ConfigError("decode_context", f"{ctx} (+{extra} timed tokens) exceeds max_seq_len="
+                              f"{cfg.max_seq_len} of {spec}")
 
     rows, results = [], {}
     for spec in mixers:
@@ -163,8 +167,8 @@ def run_compare(exp, mixers: list[str], seeds: list[int], out_dir: str | Path,
               f"({env['device']}), torch {env['torch']}. Val loss / accuracy: final eval, mean ± std over seeds"
               f"{' (accuracy = exact-match passkey at the training length)' if exp.data.task == 'passkey' else ''}"
               f"{f' (accuracy at the answer positions; chance {2 / exp.data.mqar.vocab_size:.3f})' if exp.data.task == 'mqar' else ''}. "
-              f"Decode: batch 1, {'bf16' if dev.startswith('cuda') else 'fp32'}, median of 32 steps after "
-              f"{ctx} context tokens. Peak memory: CUDA only.")
+              f"Decode: batch 1, {'bf16' if dev.startswith('cuda') else 'fp32'}, median of {DECODE_REPEATS} steps "
+              f"({DECODE_WARMUP} warm-up) after {ctx} context tokens. Peak memory: CUDA only.")
     table = format_table(rows)
     out.mkdir(parents=True, exist_ok=True)
     payload = {"env": env, "header": header, "mixers": mixers, "seeds": seeds, "decode_context": ctx,

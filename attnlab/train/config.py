@@ -27,6 +27,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..cli.common import merge as _merge
 from ..config import ModelConfig
 from ..errors import ConfigError
 from ..presets import preset as model_preset
@@ -223,15 +224,6 @@ class ExperimentConfig:
 
 
 # -- building dataclasses from nested dicts -------------------------------------------------
-
-def _merge(base: dict, extra: dict) -> dict:
-    for k, v in extra.items():
-        if isinstance(v, dict) and isinstance(base.get(k), dict):
-            _merge(base[k], v)
-        else:
-            base[k] = v
-    return base
-
 
 def _check_type(value: Any, tp: Any, where: str) -> Any:
     """Accept value if it fits the annotation (int for float, list for list, None for Optional)."""

@@ -198,15 +198,14 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> dict:
         self.model.eval()
-        total, count, correct = 0.0, 0, 0
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss * n, n, correct
         for x, y in self.val:
             x, y = x.to(self.device), y.to(self.device)
             loss, logits = self.loss(x, y, model=self.model)
             mask = y != IGNORE
-            n = int(mask.sum())
-            total += loss.item() * n
-            count += n
-            correct += int((logits.argmax(-1) == y)[mask].sum())
+            n = mask.sum()
+            sums += torch.stack([loss.double() * n, n.double(), (logits.argmax(-1) == y)[mask].sum().double()])
+        total, count, correct = sums.tolist()
         val_loss = total / max(count, 1)
         out = {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))}
         if self.task.has_accuracy:
@@ -275,9 +274,8 @@ class Trainer:
                     loss, _ = self.loss(x, y)
                     (loss / t.grad_accum).backward()
                     loss_sum += loss.detach()
-                loss_val = loss_sum.item() / t.grad_accum
                 gnorm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip if t.grad_clip > 0 else float("inf"))
-                gnorm_val = gnorm.item()
+                loss_val, gnorm_val = torch.stack([loss_sum / t.grad_accum, gnorm.float()]).tolist()  # one sync
                 if not (math.isfinite(loss_val) and math.isfinite(gnorm_val)):
                     where = last_ckpt or find_checkpoint_or_none(self.run_dir)
                     raise TrainingDiverged(
