@@ -152,9 +152,14 @@ def run_compare(exp, mixers: list[str], seeds: list[int], out_dir: str | Path,
         if dev.startswith("cuda"):
             torch.cuda.empty_cache()
         results[spec] = res
+        extra_keys = sorted({k for r in runs for k in r["final"] if k.startswith("passkey@")},
+                            key=lambda k: int(k.split("@")[1]))
+        extra = {k: _mean_std([r["final"].get(k) for r in runs]) for k in extra_keys}
+        res.update({f"{k}_mean": v[0] for k, v in extra.items()})
         rows.append({
             "mixer": spec, "params": f"{res['params']:,}", "val loss": _pm(*loss),
-            "task acc": _pm(*acc, fmt="{:.3f}"), "train tok/s": f"{tps[0]:,.0f}",
+            "task acc": _pm(*acc, fmt="{:.3f}"), **{k: _pm(*v, fmt="{:.2f}") for k, v in extra.items()},
+            "train tok/s": f"{tps[0]:,.0f}",
             "peak mem (MiB)": "—" if res["peak_memory_bytes"] is None else f"{res['peak_memory_bytes'] / 2**20:,.0f}",
             "KV B/token (fp32)": f"{res['kv_bytes_per_token_fp32']:,.0f}",
             f"decode ms/token @{ctx}": f"{res['decode_ms_per_token']:.3f}",

@@ -256,7 +256,7 @@ class Trainer:
             torch.cuda.reset_peak_memory_stats(self.device)
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=t.steps, initial=self.step, disable=not t.progress, dynamic_ncols=True,
+        bar = tqdm(total=t.steps, initial=self.step, disable=None if t.progress else True, dynamic_ncols=True,
                    desc=self.run_dir.name, leave=False)
         last_ckpt = None
         params = [p for p in self.model.parameters() if p.requires_grad]
