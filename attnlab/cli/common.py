@@ -67,8 +67,12 @@ EXPERIMENT_SECTIONS = ("preset", "model", "data", "train")
 
 
 def load_toml(path: str) -> dict[str, Any]:
-    import tomllib
     from pathlib import Path
+
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
 
     p = Path(path)
     if not p.is_file():

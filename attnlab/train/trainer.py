@@ -226,7 +226,9 @@ class Trainer:
     def resume(self, path: str | Path | None = None) -> Path:
         ckpt = find_checkpoint(path or self.run_dir)
         saved = read_config(ckpt)
-        check_same(saved["experiment"]["data"], self.exp.to_dict()["data"], "data config", ckpt)
+        where = ("cache_dir", "download")  # where the data is found does not change it (sha256 checked)
+        check_same({k: v for k, v in saved["experiment"]["data"].items() if k not in where},
+                   {k: v for k, v in self.exp.to_dict()["data"].items() if k not in where}, "data config", ckpt)
         check_same({k: saved["experiment"]["train"][k] for k in RESUME_KEYS},
                    {k: getattr(self.t, k) for k in RESUME_KEYS}, "training setup", ckpt)
         load_weights(ckpt, self.model, self.cfg.to_dict())
