@@ -241,9 +241,10 @@ def test_nan_stops_with_last_checkpoint_intact(tmp_path):
         tr.model.head.weight.fill_(float("nan"))
     with pytest.raises(TrainingDiverged, match=r"step 3: the loss is nan.*step_00000002"):
         tr.train()
-    fresh = Trainer(make_exp(tmp_path))
+    fresh = Trainer(make_exp(tmp_path, lr=1e-4))  # resume with a lower lr: the new lr applies
     fresh.resume()
     assert all(torch.isfinite(v).all() for v in fresh.model.state_dict().values())
+    assert all(g["initial_lr"] == 1e-4 for g in fresh.optimizers[0].param_groups)
 
 
 def test_activation_checkpointing_same_result(tmp_path):

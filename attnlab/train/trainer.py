@@ -232,7 +232,11 @@ class Trainer:
         check_same({k: saved["experiment"]["train"][k] for k in RESUME_KEYS},
                    {k: getattr(self.t, k) for k in RESUME_KEYS}, "training setup", ckpt)
         load_weights(ckpt, self.model, self.cfg.to_dict())
+        lrs = [[g["initial_lr"] for g in opt.param_groups] for opt in self.optimizers]
         state = load_training_state(ckpt, self.optimizers)
+        for opt, group_lrs in zip(self.optimizers, lrs):  # this run's --train.lr applies (e.g. lowered after a NaN)
+            for g, lr in zip(opt.param_groups, group_lrs):
+                g["initial_lr"] = lr
         self.step, self.evals = state["step"], state["evals"]
         return ckpt
 
