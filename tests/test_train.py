@@ -356,6 +356,12 @@ def test_cli_compare_writes_outputs(tmp_path, capsys):
         assert r["kv_bytes_per_token_fp32"] > 0 and r["decode_ms_per_token"] > 0
     assert res["mla"]["kv_bytes_per_token_fp32"] < res["mha"]["kv_bytes_per_token_fp32"]
     assert "decode ms/token @16" in capsys.readouterr().out
+    # --resume reuses the finished runs of the same config (no retraining)
+    before = json.loads((out / "compare.json").read_text())["results"]["mla"]["val_loss_mean"]
+    rc = main(["compare", "--steps", "2", "--seeds", "2", "--out", str(out), "--decode-context", "16", "--resume",
+               "--no-plots"] + CLI_SMALL)
+    assert rc == 0 and capsys.readouterr().out.count("reusing the finished run") == 4
+    assert json.loads((out / "compare.json").read_text())["results"]["mla"]["val_loss_mean"] == before
 
 
 @pytest.mark.parametrize("argv,match", [

@@ -30,6 +30,9 @@ def register(sub) -> None:
     p.add_argument("--out", default="runs/compare", help="output directory (default runs/compare)")
     p.add_argument("--decode-context", type=int, default=None,
                    help="context length for decode ms/token (default: max_seq_len // 2)")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse finished runs of the same config in --out and continue interrupted ones "
+                   "from their checkpoints (e.g. across calls with a time limit)")
     p.add_argument("--no-plots", action="store_true")
     p.set_defaults(func=run)
 
@@ -59,7 +62,8 @@ def run(args) -> int:
         merge(overrides, {"train": {"steps": args.steps}})
     exp = experiment_config(args.config, overrides, args.preset, base=base)
     mixers = [m.strip() for m in args.mixers.split(",") if m.strip()]
-    res = run_compare(exp, mixers, list(range(args.seeds)), args.out, args.decode_context, plots=not args.no_plots)
+    res = run_compare(exp, mixers, list(range(args.seeds)), args.out, args.decode_context, plots=not args.no_plots,
+                      resume=args.resume)
     print()
     print(res["header"])
     print(res["table"])

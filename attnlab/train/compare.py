@@ -21,7 +21,7 @@ from ..bench import env_info, format_table, time_ms
 from ..errors import ConfigError
 from ..layers.registry import mixer_names
 from .data import TextCorpus, build_task
-from .trainer import Trainer
+from .trainer import Trainer, find_checkpoint_or_none
 
 
 def mixer_pattern(spec: str) -> str:
@@ -87,8 +87,24 @@ def _pm(mean, std, fmt="{:.4f}") -> str:
     return "—" if mean is None else f"{fmt.format(mean)} ± {fmt.format(std)}"
 
 
+def _train_or_reuse(trainer, resume: bool, log) -> dict:
+    """Train; with ``resume``, reuse a finished run of the same config, or continue its checkpoint."""
+    if resume:
+        done = trainer.run_dir / "summary.json"
+        if done.is_file():
+            prev = json.loads(done.read_text())
+            same = prev["config"] == json.loads(json.dumps(trainer.config_record()))
+            if same and prev["step"] == trainer.t.steps:
+                log(f"reusing the finished run in {trainer.run_dir}")
+                return prev
+        if find_checkpoint_or_none(trainer.run_dir) is not None:
+            return trainer.train(resume=True)
+    return trainer.train()
+
+
 def run_compare(exp, mixers: list[str], seeds: list[int], out_dir: str | Path,
-                decode_context: int | None = None, plots: bool = True, log=print) -> dict:
+                decode_context: int | None = None, plots: bool = True, resume: bool = False,
+                log=print) -> dict:
     out = Path(out_dir)
     patterns = {spec: mixer_pattern(spec) for spec in mixers}
     if len(set(patterns.values())) != len(patterns):
@@ -122,7 +138,7 @@ def run_compare(exp, mixers: list[str], seeds: list[int], out_dir: str | Path,
             e.train.seed = seed
             run_dir = out / "runs" / f"{spec}-seed{seed}"
             trainer = Trainer(e, run_dir, task=build_task(e, out / "data", corpus), log=log)
-            s = trainer.train()
+            s = _train_or_reuse(trainer, resume, log)
             final = s["final"] or {}
             log(f"{spec} seed {seed}: val_loss {final.get('val_loss', float('nan')):.4f}"
                 + (f" accuracy {final['accuracy']:.3f}" if "accuracy" in final else "")
