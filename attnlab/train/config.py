@@ -122,8 +122,8 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "passkey": {
         "preset": "tiny",
         "data": {"tokenizer": "byte"},
-        "train": {"seq_len": 128, "batch_size": 32, "steps": 300, "lr": 3e-3, "warmup_steps": 30,
-                  "eval_every": 100, "eval_batches": 4, "weight_decay": 0.0},
+        "train": {"seq_len": 128, "batch_size": 32, "steps": 800, "lr": 1e-3, "warmup_steps": 30,
+                  "eval_every": 200, "eval_batches": 4, "weight_decay": 0.0},
     },
     "shakespeare": {"preset": "shakespeare-384"},
     "text": {"preset": "tiny"},
