@@ -421,3 +421,16 @@ def test_shipped_configs_parse(name):
         assert cfg.options_for("mla").kv_lora_rank == 64
     if name == "shakespeare-512":
         assert (cfg.dim, cfg.n_heads, cfg.options_for("mla").kv_lora_rank) == (512, 8, 128)
+
+
+def test_mixer_aux_loss_is_added(tmp_path, monkeypatch):
+    from attnlab.model import LanguageModel
+
+    tr = Trainer(make_exp(tmp_path))
+    x, y = tr.task.train_batch(0, 4)
+    base, _ = tr.loss(x, y)
+    monkeypatch.setattr(LanguageModel, "aux_loss", property(lambda self: torch.tensor(0.25)))
+    with_aux, _ = tr.loss(x, y)
+    assert torch.allclose(with_aux, base + 0.25)
+    with torch.no_grad():  # not in the validation loss
+        assert torch.allclose(tr.loss(x, y)[0], base)
