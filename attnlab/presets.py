@@ -10,6 +10,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     # CPU tests and quick demos.
     "tiny": dict(vocab_size=256, dim=64, n_layers=2, n_heads=4, max_seq_len=256,
                  mixer_options={"mla": {"kv_lora_rank": 16, "q_lora_rank": 32, "qk_rope_head_dim": 8}}),
+    # The embedded MQAR demo (`attnlab compare`'s default): tiny, with MLA ranks that can learn
+    # recall in a few hundred CPU steps (kv_lora_rank 16 with q_lora_rank 32 stays at the 1/pairs
+    # plateau at that budget; 32 with a full-rank query and 16 rope dims reaches ~1.0).
+    "mqar-tiny": dict(vocab_size=32, dim=64, n_layers=2, n_heads=4, max_seq_len=256,
+                      mixer_options={"mla": {"kv_lora_rank": 32, "q_lora_rank": 0, "qk_rope_head_dim": 16}}),
     # The Diff-MLA research notebook's TinyShakespeare config (char vocab 65, seq 1024).
     "shakespeare-384": dict(vocab_size=65, dim=384, n_layers=6, n_heads=6, max_seq_len=1024,
                             mixer_options={"mla": {"kv_lora_rank": 64, "q_lora_rank": 128, "qk_rope_head_dim": 32}}),

@@ -1,4 +1,5 @@
-"""Shared CLI helpers: model config from a preset plus ``--model.<field> value`` overrides."""
+"""Shared CLI helpers: model config from a preset plus ``--model.<field> value`` overrides, and
+experiment configs (a TOML file plus ``--model.*``, ``--data.*``, ``--train.*`` overrides)."""
 
 from __future__ import annotations
 
@@ -60,3 +61,38 @@ def model_config(preset_name: str, overrides: dict[str, Any]) -> ModelConfig:
     if unknown:
         raise ConfigError(unknown[0], "unknown override section; this command takes --model.<field>")
     return ModelConfig.from_dict(merge(preset(preset_name), overrides.get("model", {})))
+
+
+EXPERIMENT_SECTIONS = ("preset", "model", "data", "train")
+
+
+def load_toml(path: str) -> dict[str, Any]:
+    from pathlib import Path
+
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError("config", f"config file not found: {path}")
+    try:
+        return tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError("config", f"{path} is not valid TOML: {e}") from None
+
+
+def experiment_config(config_file: str | None, overrides: dict[str, Any], preset_name: str | None = None,
+                      base: dict[str, Any] | None = None):
+    """ExperimentConfig from (task defaults <) ``base`` < the TOML file < ``--preset`` < overrides."""
+    from ..train.config import ExperimentConfig
+
+    unknown = [k for k in overrides if k not in EXPERIMENT_SECTIONS]
+    if unknown:
+        raise ConfigError(unknown[0], "unknown override section; use --model.<field>, --data.<field>, "
+                          "--train.<field> or --preset NAME")
+    d = merge(base or {}, load_toml(config_file) if config_file else {})
+    if preset_name is not None:
+        d["preset"] = preset_name
+    return ExperimentConfig.from_dict(merge(d, overrides))
