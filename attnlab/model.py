@@ -29,8 +29,9 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.ffn = SwiGLU(cfg.dim, cfg.ffn_dim)
 
-    def forward(self, x, cache=None):
-        x = x + self.mixer(self.attn_norm(x), cache)
+    def forward(self, x, cache=None, segments=None):
+        h = self.attn_norm(x)
+        x = x + (self.mixer(h, cache) if segments is None else self.mixer(h, cache, segments=segments))
         return x + self.ffn(self.ffn_norm(x))
 
 
@@ -89,14 +90,32 @@ class LanguageModel(nn.Module):
                 raise InputError(f"batch size {input_ids.shape[0]} != cache batch_size {cache.batch_size}")
             cache.check_room(t)
 
+    @property
+    def supports_segments(self) -> bool:
+        """Whether every layer can keep packed documents apart (``forward(..., segments=)``)."""
+        return all(b.mixer.supports_segments for b in self.blocks)
+
+    def _check_segments(self, input_ids, segments, cache) -> None:
+        if cache is not None:
+            raise InputError("segments are for training on packed sequences; not supported with a cache")
+        if not isinstance(segments, torch.Tensor) or segments.shape != input_ids.shape or segments.is_floating_point():
+            raise InputError(f"segments must be an integer tensor shaped like input_ids {tuple(input_ids.shape)}")
+        unsupported = sorted({b.mixer_name for b in self.blocks if not b.mixer.supports_segments})
+        if unsupported:
+            raise InputError(f"mixers {', '.join(unsupported)} cannot keep documents apart (segments); "
+                             "mask the loss at separators instead")
+
     def forward(self, input_ids: torch.Tensor, cache: ModelCache | None = None,
-                last_only: bool = False) -> torch.Tensor:
+                last_only: bool = False, segments: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B, T, vocab] (or [B, 1, vocab] with last_only). With a cache, the tokens are
-        appended after those it has seen (prefill or decode)."""
+        appended after those it has seen (prefill or decode). ``segments`` [B, T]: document ids of
+        packed training sequences; no token attends across documents."""
         self._check_input(input_ids, cache)
+        if segments is not None:
+            self._check_segments(input_ids, segments, cache)
         x = self.embed(input_ids)
         for i, block in enumerate(self.blocks):
-            x = block(x, cache[i] if cache is not None else None)
+            x = block(x, cache[i] if cache is not None else None, segments)
         if last_only:
             x = x[:, -1:]
         return self.head(self.norm(x))

@@ -8,6 +8,10 @@ options dataclass (``Options``, filled from ``ModelConfig.mixer_options[name]``)
 - runs prefill and decode against that cache: ``forward(x, cache)`` appends the T new tokens.
   Positions come from ``cache.seen``, never from the caller.
 
+Packed training sequences: a mixer with ``supports_segments = True`` takes
+``forward(x, segments=...)`` (document ids [B, T]) and lets no token attend across documents;
+the model refuses ``segments`` for a pattern with any mixer that does not.
+
 ``validate(cfg, opts)`` raises ``ConfigError`` for bad options before any tensor exists.
 A mixer may set ``self.aux_loss`` (a scalar tensor) in ``forward``; the model sums them.
 """
@@ -27,6 +31,8 @@ class Mixer(nn.Module):
     name: ClassVar[str] = ""
     # Cache kinds this mixer can create; the first is its default.
     cache_kinds: ClassVar[tuple[str, ...]] = ()
+    # forward(x, cache=None, segments=None) keeps packed documents apart (training only).
+    supports_segments: ClassVar[bool] = False
 
     @dataclass
     class Options:

@@ -39,6 +39,8 @@ class MultiHeadAttention(Mixer):
         self.rope = RotaryEmbedding.from_config(cfg, self.head_dim)
         self.scale = self.head_dim**-0.5 * self.rope.attention_scale
 
+    supports_segments = True
+
     @property
     def cache_kinds(self):
         return tuple(["dense"] + [k for k in kv_cache_kinds() if k != "dense"])
@@ -55,12 +57,12 @@ class MultiHeadAttention(Mixer):
         cos, sin = self.rope.cos_sin(start, t)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
-    def forward(self, x, cache=None):
+    def forward(self, x, cache=None, segments=None):
         b, t, _ = x.shape
         q, k, v = self.project(x, cache.seen if cache is not None else 0)
         window = self.opts.sliding_window
         if cache is None:
-            o = causal_attention(q, k, v, window=window, scale=self.scale)
+            o = causal_attention(q, k, v, window=window, scale=self.scale, segments=segments)
         else:
             o = cache.attend(q, k, v, scale=self.scale, window=window)
         return self.out_proj(o.transpose(1, 2).reshape(b, t, -1))

@@ -113,6 +113,7 @@ class MultiHeadLatentAttention(Mixer):
     """DeepSeek multi-head latent attention: low-rank KV latent cache, decoupled RoPE, absorbed decode."""
 
     cache_kinds = ("latent",)
+    supports_segments = True
     Options = MLAOptions
 
     @classmethod
@@ -146,7 +147,7 @@ class MultiHeadLatentAttention(Mixer):
                                    n_valid=cache.seen)
         return torch.einsum("bhtr,hvr->bhtv", o_lat, w[:, p.dn:])
 
-    def forward(self, x, cache=None):
+    def forward(self, x, cache=None, segments=None):
         b, t, _ = x.shape
         start = cache.seen if cache is not None else 0
         q_nope, q_rope, latent = self.proj(x, start)
@@ -157,7 +158,7 @@ class MultiHeadLatentAttention(Mixer):
         else:
             k, v = self.expand_kv(latent)
             q = torch.cat([q_nope, q_rope], dim=-1)
-            o = causal_attention(q, k, v, q_start=start, scale=self.scale)
+            o = causal_attention(q, k, v, q_start=start, scale=self.scale, segments=segments)
         return self.out_proj(o.transpose(1, 2).reshape(b, t, -1))
 
     def new_cache(self, batch_size, max_len, device=None, dtype=None, kind=None, **kwargs):

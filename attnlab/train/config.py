@@ -100,6 +100,9 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32
     compile: bool = False  # torch.compile the model for training
     activation_checkpointing: bool = False
+    # Packed documents: no attention across a separator where every mixer supports it
+    # (Mixer.supports_segments); otherwise (and always) no loss across one.
+    document_mask: bool = True
     eval_every: int = 100
     eval_batches: int = 8
     checkpoint_every: int = 0  # 0: only at the end

@@ -204,6 +204,10 @@ class TextTask(Task):
             y[x == self.sep] = IGNORE  # no loss across a document boundary
         return x.contiguous(), y
 
+    def segments(self, x):
+        # A separator opens the next document, so it takes that document's id.
+        return None if self.sep is None else (x == self.sep).cumsum(dim=1)
+
     def train_batch(self, index, batch_size):
         hi = len(self.corpus.train) - self.seq_len - 1
         offs = torch.randint(0, hi + 1, (batch_size,), generator=generator(self.seed, 0, index))

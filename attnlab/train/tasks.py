@@ -43,6 +43,10 @@ class Task:
     def val_batches(self, batch_size: int, n_batches: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         raise NotImplementedError
 
+    def segments(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Document ids [B, T] of packed windows (None: one document per row)."""
+        return None
+
     def extra_metrics(self, model, device, autocast) -> dict:
         """Metrics needing generation (passkey exact match); the model is in eval mode."""
         return {}

@@ -102,10 +102,10 @@ def apply_activation_checkpointing(model) -> None:
     for block in model.blocks:
         inner = block.forward
 
-        def forward(x, cache=None, _inner=inner):
+        def forward(x, cache=None, segments=None, _inner=inner):
             if cache is None and torch.is_grad_enabled():
-                return checkpoint(_inner, x, use_reentrant=False)
-            return _inner(x, cache)
+                return checkpoint(_inner, x, None, segments, use_reentrant=False)
+            return _inner(x, cache, segments)
 
         block.forward = forward
 
@@ -164,6 +164,7 @@ class Trainer:
         if t.activation_checkpointing:
             apply_activation_checkpointing(self.model)
         self.forward_model = torch.compile(self.model) if t.compile else self.model
+        self.document_mask = t.document_mask and self.model.supports_segments
         self.val = self.task.val_batches(t.batch_size, t.eval_batches)
         self.step = 0
         self.evals: list[dict] = []
@@ -179,8 +180,10 @@ class Trainer:
 
     def loss(self, x: torch.Tensor, y: torch.Tensor, model=None) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean cross-entropy over labelled positions + mixer aux losses, logits)."""
+        segments = self.task.segments(x) if self.document_mask else None
         with self.autocast():
-            logits = (model or self.forward_model)(x)
+            m = model or self.forward_model
+            logits = m(x) if segments is None else m(x, segments=segments)
         n = (y != IGNORE).sum().clamp_min(1)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE, reduction="sum") / n
         aux = self.model.aux_loss
