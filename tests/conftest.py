@@ -22,3 +22,13 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(1234)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules of many tiny ops: one intra-op thread avoids OpenMP contention (much faster
+    on a small, shared CI machine). Use with pytestmark = pytest.mark.usefixtures("one_thread")."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

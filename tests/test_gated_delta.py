@@ -16,14 +16,8 @@ from attnlab.ops.gated_delta import (chunk_gated_delta_rule_torch, fla_verdict, 
 from attnlab.testing import rel_err
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tests run many tiny ops: one intra-op thread avoids OpenMP contention (much faster
-    on a small, shared CI machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# many tiny ops: one intra-op thread (fixture in conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 

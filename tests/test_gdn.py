@@ -19,14 +19,8 @@ from attnlab.testing import decode_vs_forward, mixer_decode_vs_forward, rel_err
 MLA = {"kv_lora_rank": 16, "q_lora_rank": 24, "qk_rope_head_dim": 8}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tests run many tiny ops: one intra-op thread avoids OpenMP contention (much faster
-    on a small, shared CI machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# many tiny ops: one intra-op thread (fixture in conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 
