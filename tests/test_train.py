@@ -2,6 +2,7 @@
 resume, atomic checkpoints, NaN stop), configs and their errors, and the train/compare/generate CLI."""
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -397,16 +398,93 @@ def test_muon_missing_is_a_clear_error(tmp_path, monkeypatch):
         Trainer(make_exp(tmp_path, optimizer="muon"))
 
 
-def test_hf_without_datasets_is_a_clear_error(tmp_path):
-    try:
-        import datasets  # noqa: F401
-        pytest.skip("datasets is installed")
-    except ImportError:
-        pass
+def test_hf_without_datasets_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "datasets", None)  # as if not installed
     d = exp_dict(tmp_path, task="hf")
     d["data"]["hf_name"] = "tiny_shakespeare"
     with pytest.raises(ConfigError, match="needs the `datasets` package"):
         Trainer(ExperimentConfig.from_dict(d))
+
+
+# -- Hugging Face datasets, offline ------------------------------------------------------------
+
+@pytest.fixture
+def hf_offline(monkeypatch):
+    """`datasets`, with every Hub access switched off (the env for a fresh import, the config
+    attributes for an already imported one)."""
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    datasets = pytest.importorskip("datasets")
+    import huggingface_hub.constants
+
+    for mod, name in ((datasets.config, "HF_HUB_OFFLINE"), (datasets.config, "HF_DATASETS_OFFLINE"),
+                      (huggingface_hub.constants, "HF_HUB_OFFLINE")):
+        if hasattr(mod, name):
+            monkeypatch.setattr(mod, name, True)
+    return datasets
+
+
+HF_DOCS = [f"document {i}: " + "the quick brown fox jumps over the lazy dog. " * (3 + i) for i in range(12)]
+
+
+def hf_exp(tmp_path, **data):
+    d = exp_dict(tmp_path, task="hf", mixer="mla", steps=12, seq_len=32, batch_size=4, eval_every=12,
+                 warmup_steps=2, lr=3e-3)
+    d["data"].update({"val_fraction": 0.25, **data})
+    return ExperimentConfig.from_dict(d)
+
+
+def test_hf_json_data_files_offline(tmp_path, hf_offline):
+    f = tmp_path / "corpus.jsonl"
+    f.write_text("".join(json.dumps({"id": i, "body": t}) + "\n" for i, t in enumerate(HF_DOCS)))
+    exp = hf_exp(tmp_path, hf_name="json", hf_data_files=str(f), hf_text_field="body", hf_max_docs=10)
+    tr = Trainer(exp)
+    tok = tr.task.tokenizer
+    tokens = np.concatenate([tr.task.corpus.train, tr.task.corpus.val]).tolist()
+    expect = []
+    for i, t in enumerate(HF_DOCS[:10]):  # hf_max_docs, joined by the separator
+        expect += ([tok.sep_id] if i else []) + tok.encode(t)
+    assert tokens == expect
+    s = tr.train()
+    assert s["evals"][-1]["val_loss"] < math.log(tok.vocab_size)  # learnt something
+    # the same data files again: the tokenized corpus is reused; edited files are tokenized again
+    key = json.loads((tr.run_dir / "data" / "meta.json").read_text())["key"]
+    f.write_text("".join(json.dumps({"body": t}) + "\n" for t in HF_DOCS[:5]))
+    tr2 = Trainer(exp)
+    assert json.loads((tr2.run_dir / "data" / "meta.json").read_text())["key"] != key
+    assert len(tr2.task.corpus.train) + len(tr2.task.corpus.val) < len(tokens)
+
+
+def test_hf_saved_to_disk_offline(tmp_path, hf_offline):
+    ds = hf_offline.DatasetDict({"train": hf_offline.Dataset.from_dict({"text": HF_DOCS}),
+                                 "test": hf_offline.Dataset.from_dict({"text": HF_DOCS[:2]})})
+    ds.save_to_disk(str(tmp_path / "saved"))
+    tr = Trainer(hf_exp(tmp_path, hf_name=str(tmp_path / "saved"), hf_split="train"))
+    n = len(tr.task.corpus.train) + len(tr.task.corpus.val)
+    assert n == sum(len(tr.task.tokenizer.encode(t)) for t in HF_DOCS) + len(HF_DOCS) - 1
+    with pytest.raises(ConfigError, match=r"data.hf_split: no split 'validation' in .*splits: train, test"):
+        Trainer(hf_exp(tmp_path, hf_name=str(tmp_path / "saved"), hf_split="validation"))
+    # a single saved Dataset (no splits)
+    ds["test"].save_to_disk(str(tmp_path / "one"))
+    tr = Trainer(hf_exp(tmp_path, hf_name=str(tmp_path / "one"), val_fraction=0.4))
+    assert tr.task.corpus.meta["n_tokens"] == sum(len(tr.task.tokenizer.encode(t)) for t in HF_DOCS[:2]) + 1
+
+
+def test_hf_bad_input_errors(tmp_path, hf_offline):
+    f = tmp_path / "c.jsonl"
+    f.write_text("".join(json.dumps({"body": t, "n": i}) + "\n" for i, t in enumerate(HF_DOCS)))
+    cases = [
+        (dict(hf_name="json", hf_data_files=str(f)), r"data.hf_text_field: no column 'text' .*columns: body, n"),
+        (dict(hf_name="json", hf_data_files=str(f), hf_text_field="n"), r"data.hf_text_field: column 'n' .* int"),
+        (dict(hf_name="json", hf_data_files=str(tmp_path / "missing.jsonl")), r"data.hf_data_files: file not found"),
+        (dict(hf_name="json", hf_data_files=str(f), hf_split="validation"), r"data.hf_split: .*validation"),
+        (dict(hf_name="nosuch-user/nosuch-dataset"), r"data.hf_name: could not load dataset 'nosuch-user/nosuch-dataset'"),
+    ]
+    for data, match in cases:
+        with pytest.raises(ConfigError, match=match):
+            Trainer(hf_exp(tmp_path, **data))
+    with pytest.raises(ConfigError, match="data.hf_name: task 'hf' needs a dataset name"):
+        hf_exp(tmp_path)
 
 
 @pytest.mark.parametrize("name", ["mqar", "shakespeare-384", "shakespeare-512"])
@@ -434,3 +512,56 @@ def test_mixer_aux_loss_is_added(tmp_path, monkeypatch):
     assert torch.allclose(with_aux, base + 0.25)
     with torch.no_grad():  # not in the validation loss
         assert torch.allclose(tr.loss(x, y)[0], base)
+
+
+# -- TensorBoard -------------------------------------------------------------------------------
+
+def _tb_scalars(run_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_tensorboard_scalars_written(tmp_path):
+    pytest.importorskip("tensorboard")
+    tr = Trainer(make_exp(tmp_path, steps=4, eval_every=2, log_every=1))
+    tr.train()
+    sc = _tb_scalars(tr.run_dir)
+    for tag in ("train/loss", "train/lr", "train/grad_norm", "train/tok_s"):
+        assert [s for s, _ in sc[tag]] == [1, 2, 3, 4], tag
+    for tag in ("eval/val_loss", "eval/val_ppl", "eval/accuracy"):
+        assert [s for s, _ in sc[tag]] == [2, 4], tag
+    # the same numbers as the jsonl log
+    recs = [json.loads(ln) for ln in (tr.run_dir / "metrics.jsonl").read_text().splitlines()]
+    train_loss = [r["loss"] for r in recs if r["kind"] == "train"]
+    assert [v for _, v in sc["train/loss"]] == pytest.approx(train_loss, rel=1e-6)
+    val = [r["val_loss"] for r in recs if r["kind"] == "eval"]
+    assert [v for _, v in sc["eval/val_loss"]] == pytest.approx(val, rel=1e-6)
+
+
+def test_tensorboard_resume_purges_steps_past_checkpoint(tmp_path):
+    pytest.importorskip("tensorboard")
+    # the first process checkpoints at step 2 and logs up to step 3, then "dies"
+    tr = Trainer(make_exp(tmp_path, steps=4, eval_every=2, log_every=1, checkpoint_every=2))
+    tr.train(until=3)
+    tr2 = Trainer(make_exp(tmp_path, steps=4, eval_every=2, log_every=1, checkpoint_every=2))
+    tr2.train(resume=True)
+    sc = _tb_scalars(tr2.run_dir)
+    assert [s for s, _ in sc["train/loss"]] == [1, 2, 3, 4]  # step 3 once, from the resumed run
+    recs = [json.loads(ln) for ln in (tr2.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [v for _, v in sc["train/loss"]] == pytest.approx([r["loss"] for r in recs if r["kind"] == "train"])
+    # a fresh run in the same directory replaces the old curves
+    Trainer(make_exp(tmp_path, steps=2, eval_every=2, log_every=1)).train()
+    assert [s for s, _ in _tb_scalars(tr2.run_dir)["train/loss"]] == [1, 2]
+
+
+def test_tensorboard_off_or_missing_writes_no_events(tmp_path, monkeypatch):
+    tr = Trainer(make_exp(tmp_path, steps=2, tensorboard=False))
+    tr.train()
+    assert not (tr.run_dir / "tensorboard").exists()
+    monkeypatch.setitem(__import__("sys").modules, "torch.utils.tensorboard", None)  # as if not installed
+    tr = Trainer(make_exp(tmp_path, steps=2, out_dir=str(tmp_path / "run2")))
+    tr.train()
+    assert not (tr.run_dir / "tensorboard").exists() and (tr.run_dir / "metrics.jsonl").is_file()
