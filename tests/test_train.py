@@ -176,6 +176,29 @@ def test_shakespeare_missing_and_checksum(tmp_path, monkeypatch):
     assert not (tmp_path / "dl" / "tinyshakespeare" / "input.txt").exists()
 
 
+@pytest.mark.skipif(not HAS_SHAKESPEARE, reason="needs ../shared/data/tinyshakespeare/input.txt")
+def test_shakespeare_download_once(tmp_path, monkeypatch):
+    """No network: the "download" copies the shared file. It lands in the cache with its sha256
+    checked, and the next lookup uses the cached file without downloading again."""
+    import shutil
+
+    from attnlab.train import data as data_mod
+    from attnlab.train.config import DataConfig
+
+    calls = []
+
+    def fake_urlretrieve(url, dest):
+        calls.append(url)
+        shutil.copyfile(SHARED / "tinyshakespeare" / "input.txt", dest)
+
+    monkeypatch.setattr(data_mod.urllib.request, "urlretrieve", fake_urlretrieve)
+    p = shakespeare_path(DataConfig(cache_dir=str(tmp_path / "dl")))
+    assert p == tmp_path / "dl" / "tinyshakespeare" / "input.txt" and p.stat().st_size == 1_115_394
+    assert calls == [data_mod.SHAKESPEARE_URL]
+    assert shakespeare_path(DataConfig(cache_dir=str(tmp_path / "dl"))) == p and len(calls) == 1
+    assert not list(p.parent.glob("*.part"))
+
+
 # -- trainer -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("mixer", ["mha", "mla"])
@@ -255,6 +278,31 @@ def test_activation_checkpointing_same_result(tmp_path):
     b.train()
     for (k, x), (_, y) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
         assert torch.allclose(x, y, atol=1e-6), k
+
+
+def test_compile_same_result_and_plain_checkpoint(tmp_path, monkeypatch):
+    """--train.compile wraps the model for training only: the same updates as eager, and
+    checkpoints with the plain state-dict keys (no _orig_mod.) that an eager run resumes from.
+    Inductor's C++ build takes a minute on CPU, so the test traces with the aot_eager backend."""
+    import functools
+
+    a = Trainer(make_exp(tmp_path / "a", steps=3, mixer="mla", checkpoint_every=2))
+    a.train()
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    b = Trainer(make_exp(tmp_path / "b", steps=3, mixer="mla", checkpoint_every=2, compile=True))
+    assert b.forward_model is not b.model
+    b.train()
+    for (k, x), (_, y) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        assert torch.allclose(x, y, atol=1e-5), k
+    from safetensors import safe_open
+
+    ckpt = ckpt_mod.find_checkpoint(b.run_dir)
+    with safe_open(str(ckpt / "model.safetensors"), "pt") as f:
+        assert not any("_orig_mod" in k for k in f.keys())
+    monkeypatch.undo()
+    c = Trainer(make_exp(tmp_path / "b", steps=4, mixer="mla"))  # eager, resumes the compiled run
+    c.train(resume=True)
+    assert c.step == 4
 
 
 def test_checkpoint_from_other_config_refused(tmp_path):
