@@ -518,6 +518,17 @@ def test_hf_saved_to_disk_offline(tmp_path, hf_offline):
     assert tr.task.corpus.meta["n_tokens"] == sum(len(tr.task.tokenizer.encode(t)) for t in HF_DOCS[:2]) + 1
 
 
+def test_cli_train_hf_json(tmp_path, hf_offline, capsys):
+    f = tmp_path / "c.jsonl"
+    f.write_text("".join(json.dumps({"body": t}) + "\n" for t in HF_DOCS))
+    run = tmp_path / "run"
+    rc = main(["train", "--data.task", "hf", "--data.hf_name", "json", "--data.hf_data_files", str(f),
+               "--data.hf_text_field", "body", "--data.val_fraction", "0.25", "--train.steps", "2",
+               "--train.out_dir", str(run), "--train.device", "cpu"] + CLI_SMALL[:8] + ["--train.progress", "false"])
+    assert rc == 0 and (run / "summary.json").is_file()
+    assert json.loads((run / "config.json").read_text())["experiment"]["data"]["hf_data_files"] == str(f)
+
+
 def test_hf_bad_input_errors(tmp_path, hf_offline):
     f = tmp_path / "c.jsonl"
     f.write_text("".join(json.dumps({"body": t, "n": i}) + "\n" for i, t in enumerate(HF_DOCS)))
@@ -526,7 +537,8 @@ def test_hf_bad_input_errors(tmp_path, hf_offline):
         (dict(hf_name="json", hf_data_files=str(f), hf_text_field="n"), r"data.hf_text_field: column 'n' .* int"),
         (dict(hf_name="json", hf_data_files=str(tmp_path / "missing.jsonl")), r"data.hf_data_files: file not found"),
         (dict(hf_name="json", hf_data_files=str(f), hf_split="validation"), r"data.hf_split: .*validation"),
-        (dict(hf_name="nosuch-user/nosuch-dataset"), r"data.hf_name: could not load dataset 'nosuch-user/nosuch-dataset'"),
+        (dict(hf_name="nosuch-user/nosuch-dataset"),
+         r"data.hf_name: could not load dataset 'nosuch-user/nosuch-dataset'"),
     ]
     for data, match in cases:
         with pytest.raises(ConfigError, match=match):

@@ -145,6 +145,15 @@ def _data_file_list(data_files) -> list[str]:
     return [str(f) for f in data_files]
 
 
+def _expand_user(data_files):
+    """``~`` in local data file names (``datasets`` does not expand it)."""
+    if isinstance(data_files, str):
+        return os.path.expanduser(data_files)
+    if isinstance(data_files, dict):
+        return {k: _expand_user(v) for k, v in data_files.items()}
+    return None if data_files is None else [_expand_user(str(f)) for f in data_files]
+
+
 def _local_fingerprint(paths: list[str]) -> list:
     """Name, size and mtime of every local file (a glob is expanded), so that edited data is
     tokenized again; anything else (a hub name, a URL) stands for itself."""
@@ -194,8 +203,8 @@ def hf_document_source(cfg):
                 ds = ds[split]
             return ds
         try:
-            return datasets.load_dataset(name, cfg.hf_config, data_files=cfg.hf_data_files, split=split,
-                                         streaming=True)
+            return datasets.load_dataset(name, cfg.hf_config, data_files=_expand_user(cfg.hf_data_files),
+                                         split=split, streaming=True)
         except ValueError as e:
             if "split" in str(e).lower():
                 raise ConfigError("data.hf_split", f"{e}") from None
@@ -221,7 +230,8 @@ def hf_document_source(cfg):
             yield text
 
     fp = [name, cfg.hf_config, split, field, cfg.hf_max_docs,
-          _local_fingerprint([name] if saved else []) + _local_fingerprint(_data_file_list(cfg.hf_data_files))]
+          _local_fingerprint([name] if Path(name).expanduser().exists() else [])
+          + _local_fingerprint(_data_file_list(cfg.hf_data_files))]
     return docs, fp
 
 
