@@ -305,6 +305,34 @@ def test_compile_same_result_and_plain_checkpoint(tmp_path, monkeypatch):
     assert c.step == 4
 
 
+def test_loading_never_unpickles(tmp_path, monkeypatch, capsys):
+    """Resume and generate read safetensors and JSON only: with every unpickling entry point
+    patched to fail, both still work."""
+    import pickle
+
+    docs = write_docs(tmp_path)
+    d = exp_dict(tmp_path, task="text", steps=4, checkpoint_every=2, seq_len=32)
+    d["data"]["path"] = str(docs)
+    exp = ExperimentConfig.from_dict(d)
+    Trainer(exp).train(until=2)
+
+    def refuse(*a, **k):
+        raise AssertionError("unpickling attempted")
+
+    class NoUnpickler:
+        def __init__(self, *a, **k):
+            refuse()
+
+    for name in ("load", "loads"):
+        monkeypatch.setattr(pickle, name, refuse)
+    monkeypatch.setattr(pickle, "Unpickler", NoUnpickler)
+    monkeypatch.setattr(torch, "load", refuse)
+    tr = Trainer(exp)
+    tr.train(resume=True)
+    assert tr.step == 4
+    assert main(["generate", "--checkpoint", str(tr.run_dir), "--prompt", "the", "--max-new-tokens", "3"]) == 0
+
+
 def test_checkpoint_from_other_config_refused(tmp_path):
     Trainer(make_exp(tmp_path, steps=2)).train()
     d = exp_dict(tmp_path, steps=4)
