@@ -431,6 +431,7 @@ def test_cli_compare_writes_outputs(tmp_path, capsys):
     for r in res.values():
         assert len(r["runs"]) == 2 and r["val_loss_std"] is not None and r["accuracy_mean"] is not None
         assert r["kv_bytes_per_token_fp32"] > 0 and r["decode_ms_per_token"] > 0
+        assert r["best_val_loss_mean"] <= r["val_loss_mean"] + 1e-12 and len(r["best_val_steps"]) == 2
     assert res["mla"]["kv_bytes_per_token_fp32"] < res["mha"]["kv_bytes_per_token_fp32"]
     assert "decode ms/token @16" in capsys.readouterr().out
     # --resume reuses the finished runs of the same config (no retraining)
