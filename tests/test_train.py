@@ -561,11 +561,14 @@ def test_cli_train_hf_json(tmp_path, hf_offline, capsys):
 def test_hf_bad_input_errors(tmp_path, hf_offline):
     f = tmp_path / "c.jsonl"
     f.write_text("".join(json.dumps({"body": t, "n": i}) + "\n" for i, t in enumerate(HF_DOCS)))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"text": broken\n')
     cases = [
         (dict(hf_name="json", hf_data_files=str(f)), r"data.hf_text_field: no column 'text' .*columns: body, n"),
         (dict(hf_name="json", hf_data_files=str(f), hf_text_field="n"), r"data.hf_text_field: column 'n' .* int"),
         (dict(hf_name="json", hf_data_files=str(tmp_path / "missing.jsonl")), r"data.hf_data_files: file not found"),
         (dict(hf_name="json", hf_data_files=str(f), hf_split="validation"), r"data.hf_split: .*validation"),
+        (dict(hf_name="json", hf_data_files=str(bad)), r"data.hf_data_files: could not read the rows of 'json'"),
         (dict(hf_name="nosuch-user/nosuch-dataset"),
          r"data.hf_name: could not load dataset 'nosuch-user/nosuch-dataset'"),
     ]

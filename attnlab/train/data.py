@@ -217,8 +217,21 @@ def hf_document_source(cfg):
             raise ConfigError("data.hf_name", f"could not load dataset {name!r}: {type(e).__name__}: "
                               f"{e}{hint}") from None
 
+    def rows():
+        """The rows; a read error while streaming (a malformed file, a broken connection) is a
+        ConfigError naming the source."""
+        it = iter(open_rows())
+        while True:
+            try:
+                yield next(it)
+            except StopIteration:
+                return
+            except Exception as e:  # noqa: BLE001
+                where = "data.hf_data_files" if cfg.hf_data_files else "data.hf_name"
+                raise ConfigError(where, f"could not read the rows of {name!r}: {type(e).__name__}: {e}") from None
+
     def docs():
-        for i, row in enumerate(open_rows()):
+        for i, row in enumerate(rows()):
             if cfg.hf_max_docs is not None and i >= cfg.hf_max_docs:
                 break
             if field not in row:
