@@ -2,6 +2,7 @@
 resume, atomic checkpoints, NaN stop), configs and their errors, and the train/compare/generate CLI."""
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -175,6 +176,29 @@ def test_shakespeare_missing_and_checksum(tmp_path, monkeypatch):
     assert not (tmp_path / "dl" / "tinyshakespeare" / "input.txt").exists()
 
 
+@pytest.mark.skipif(not HAS_SHAKESPEARE, reason="needs ../shared/data/tinyshakespeare/input.txt")
+def test_shakespeare_download_once(tmp_path, monkeypatch):
+    """No network: the "download" copies the shared file. It lands in the cache with its sha256
+    checked, and the next lookup uses the cached file without downloading again."""
+    import shutil
+
+    from attnlab.train import data as data_mod
+    from attnlab.train.config import DataConfig
+
+    calls = []
+
+    def fake_urlretrieve(url, dest):
+        calls.append(url)
+        shutil.copyfile(SHARED / "tinyshakespeare" / "input.txt", dest)
+
+    monkeypatch.setattr(data_mod.urllib.request, "urlretrieve", fake_urlretrieve)
+    p = shakespeare_path(DataConfig(cache_dir=str(tmp_path / "dl")))
+    assert p == tmp_path / "dl" / "tinyshakespeare" / "input.txt" and p.stat().st_size == 1_115_394
+    assert calls == [data_mod.SHAKESPEARE_URL]
+    assert shakespeare_path(DataConfig(cache_dir=str(tmp_path / "dl"))) == p and len(calls) == 1
+    assert not list(p.parent.glob("*.part"))
+
+
 # -- trainer -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("mixer", ["mha", "mla"])
@@ -254,6 +278,59 @@ def test_activation_checkpointing_same_result(tmp_path):
     b.train()
     for (k, x), (_, y) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
         assert torch.allclose(x, y, atol=1e-6), k
+
+
+def test_compile_same_result_and_plain_checkpoint(tmp_path, monkeypatch):
+    """--train.compile wraps the model for training only: the same updates as eager, and
+    checkpoints with the plain state-dict keys (no _orig_mod.) that an eager run resumes from.
+    Inductor's C++ build takes a minute on CPU, so the test traces with the aot_eager backend."""
+    import functools
+
+    a = Trainer(make_exp(tmp_path / "a", steps=3, mixer="mla", checkpoint_every=2))
+    a.train()
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    b = Trainer(make_exp(tmp_path / "b", steps=3, mixer="mla", checkpoint_every=2, compile=True))
+    assert b.forward_model is not b.model
+    b.train()
+    for (k, x), (_, y) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        assert torch.allclose(x, y, atol=1e-5), k
+    from safetensors import safe_open
+
+    ckpt = ckpt_mod.find_checkpoint(b.run_dir)
+    with safe_open(str(ckpt / "model.safetensors"), "pt") as f:
+        assert not any("_orig_mod" in k for k in f.keys())
+    monkeypatch.undo()
+    c = Trainer(make_exp(tmp_path / "b", steps=4, mixer="mla"))  # eager, resumes the compiled run
+    c.train(resume=True)
+    assert c.step == 4
+
+
+def test_loading_never_unpickles(tmp_path, monkeypatch, capsys):
+    """Resume and generate read safetensors and JSON only: with every unpickling entry point
+    patched to fail, both still work."""
+    import pickle
+
+    docs = write_docs(tmp_path)
+    d = exp_dict(tmp_path, task="text", steps=4, checkpoint_every=2, seq_len=32)
+    d["data"]["path"] = str(docs)
+    exp = ExperimentConfig.from_dict(d)
+    Trainer(exp).train(until=2)
+
+    def refuse(*a, **k):
+        raise AssertionError("unpickling attempted")
+
+    class NoUnpickler:
+        def __init__(self, *a, **k):
+            refuse()
+
+    for name in ("load", "loads"):
+        monkeypatch.setattr(pickle, name, refuse)
+    monkeypatch.setattr(pickle, "Unpickler", NoUnpickler)
+    monkeypatch.setattr(torch, "load", refuse)
+    tr = Trainer(exp)
+    tr.train(resume=True)
+    assert tr.step == 4
+    assert main(["generate", "--checkpoint", str(tr.run_dir), "--prompt", "the", "--max-new-tokens", "3"]) == 0
 
 
 def test_checkpoint_from_other_config_refused(tmp_path):
@@ -354,6 +431,7 @@ def test_cli_compare_writes_outputs(tmp_path, capsys):
     for r in res.values():
         assert len(r["runs"]) == 2 and r["val_loss_std"] is not None and r["accuracy_mean"] is not None
         assert r["kv_bytes_per_token_fp32"] > 0 and r["decode_ms_per_token"] > 0
+        assert r["best_val_loss_mean"] <= r["val_loss_mean"] + 1e-12 and len(r["best_val_steps"]) == 2
     assert res["mla"]["kv_bytes_per_token_fp32"] < res["mha"]["kv_bytes_per_token_fp32"]
     assert "decode ms/token @16" in capsys.readouterr().out
     # --resume reuses the finished runs of the same config (no retraining)
@@ -397,16 +475,108 @@ def test_muon_missing_is_a_clear_error(tmp_path, monkeypatch):
         Trainer(make_exp(tmp_path, optimizer="muon"))
 
 
-def test_hf_without_datasets_is_a_clear_error(tmp_path):
-    try:
-        import datasets  # noqa: F401
-        pytest.skip("datasets is installed")
-    except ImportError:
-        pass
+def test_hf_without_datasets_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "datasets", None)  # as if not installed
     d = exp_dict(tmp_path, task="hf")
     d["data"]["hf_name"] = "tiny_shakespeare"
     with pytest.raises(ConfigError, match="needs the `datasets` package"):
         Trainer(ExperimentConfig.from_dict(d))
+
+
+# -- Hugging Face datasets, offline ------------------------------------------------------------
+
+@pytest.fixture
+def hf_offline(monkeypatch):
+    """`datasets`, with every Hub access switched off (the env for a fresh import, the config
+    attributes for an already imported one)."""
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    datasets = pytest.importorskip("datasets")
+    import huggingface_hub.constants
+
+    for mod, name in ((datasets.config, "HF_HUB_OFFLINE"), (datasets.config, "HF_DATASETS_OFFLINE"),
+                      (huggingface_hub.constants, "HF_HUB_OFFLINE")):
+        if hasattr(mod, name):
+            monkeypatch.setattr(mod, name, True)
+    return datasets
+
+
+HF_DOCS = [f"document {i}: " + "the quick brown fox jumps over the lazy dog. " * (3 + i) for i in range(12)]
+
+
+def hf_exp(tmp_path, **data):
+    d = exp_dict(tmp_path, task="hf", mixer="mla", steps=12, seq_len=32, batch_size=4, eval_every=12,
+                 warmup_steps=2, lr=3e-3)
+    d["data"].update({"val_fraction": 0.25, **data})
+    return ExperimentConfig.from_dict(d)
+
+
+def test_hf_json_data_files_offline(tmp_path, hf_offline):
+    f = tmp_path / "corpus.jsonl"
+    f.write_text("".join(json.dumps({"id": i, "body": t}) + "\n" for i, t in enumerate(HF_DOCS)))
+    exp = hf_exp(tmp_path, hf_name="json", hf_data_files=str(f), hf_text_field="body", hf_max_docs=10)
+    tr = Trainer(exp)
+    tok = tr.task.tokenizer
+    tokens = np.concatenate([tr.task.corpus.train, tr.task.corpus.val]).tolist()
+    expect = []
+    for i, t in enumerate(HF_DOCS[:10]):  # hf_max_docs, joined by the separator
+        expect += ([tok.sep_id] if i else []) + tok.encode(t)
+    assert tokens == expect
+    s = tr.train()
+    assert s["evals"][-1]["val_loss"] < math.log(tok.vocab_size)  # learnt something
+    # the same data files again: the tokenized corpus is reused; edited files are tokenized again
+    key = json.loads((tr.run_dir / "data" / "meta.json").read_text())["key"]
+    f.write_text("".join(json.dumps({"body": t}) + "\n" for t in HF_DOCS[:5]))
+    tr2 = Trainer(exp)
+    assert json.loads((tr2.run_dir / "data" / "meta.json").read_text())["key"] != key
+    assert len(tr2.task.corpus.train) + len(tr2.task.corpus.val) < len(tokens)
+
+
+def test_hf_saved_to_disk_offline(tmp_path, hf_offline):
+    ds = hf_offline.DatasetDict({"train": hf_offline.Dataset.from_dict({"text": HF_DOCS}),
+                                 "test": hf_offline.Dataset.from_dict({"text": HF_DOCS[:2]})})
+    ds.save_to_disk(str(tmp_path / "saved"))
+    tr = Trainer(hf_exp(tmp_path, hf_name=str(tmp_path / "saved"), hf_split="train"))
+    n = len(tr.task.corpus.train) + len(tr.task.corpus.val)
+    assert n == sum(len(tr.task.tokenizer.encode(t)) for t in HF_DOCS) + len(HF_DOCS) - 1
+    with pytest.raises(ConfigError, match=r"data.hf_split: no split 'validation' in .*splits: train, test"):
+        Trainer(hf_exp(tmp_path, hf_name=str(tmp_path / "saved"), hf_split="validation"))
+    # a single saved Dataset (no splits)
+    ds["test"].save_to_disk(str(tmp_path / "one"))
+    tr = Trainer(hf_exp(tmp_path, hf_name=str(tmp_path / "one"), val_fraction=0.4))
+    assert tr.task.corpus.meta["n_tokens"] == sum(len(tr.task.tokenizer.encode(t)) for t in HF_DOCS[:2]) + 1
+
+
+def test_cli_train_hf_json(tmp_path, hf_offline, capsys):
+    f = tmp_path / "c.jsonl"
+    f.write_text("".join(json.dumps({"body": t}) + "\n" for t in HF_DOCS))
+    run = tmp_path / "run"
+    rc = main(["train", "--data.task", "hf", "--data.hf_name", "json", "--data.hf_data_files", str(f),
+               "--data.hf_text_field", "body", "--data.val_fraction", "0.25", "--train.steps", "2",
+               "--train.out_dir", str(run), "--train.device", "cpu"] + CLI_SMALL[:8] + ["--train.progress", "false"])
+    assert rc == 0 and (run / "summary.json").is_file()
+    assert json.loads((run / "config.json").read_text())["experiment"]["data"]["hf_data_files"] == str(f)
+
+
+def test_hf_bad_input_errors(tmp_path, hf_offline):
+    f = tmp_path / "c.jsonl"
+    f.write_text("".join(json.dumps({"body": t, "n": i}) + "\n" for i, t in enumerate(HF_DOCS)))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"text": broken\n')
+    cases = [
+        (dict(hf_name="json", hf_data_files=str(f)), r"data.hf_text_field: no column 'text' .*columns: body, n"),
+        (dict(hf_name="json", hf_data_files=str(f), hf_text_field="n"), r"data.hf_text_field: column 'n' .* int"),
+        (dict(hf_name="json", hf_data_files=str(tmp_path / "missing.jsonl")), r"data.hf_data_files: file not found"),
+        (dict(hf_name="json", hf_data_files=str(f), hf_split="validation"), r"data.hf_split: .*validation"),
+        (dict(hf_name="json", hf_data_files=str(bad)), r"data.hf_data_files: could not read the rows of 'json'"),
+        (dict(hf_name="nosuch-user/nosuch-dataset"),
+         r"data.hf_name: could not load dataset 'nosuch-user/nosuch-dataset'"),
+    ]
+    for data, match in cases:
+        with pytest.raises(ConfigError, match=match):
+            Trainer(hf_exp(tmp_path, **data))
+    with pytest.raises(ConfigError, match="data.hf_name: task 'hf' needs a dataset name"):
+        hf_exp(tmp_path)
 
 
 @pytest.mark.parametrize("name", ["mqar", "shakespeare-384", "shakespeare-512"])
@@ -434,3 +604,56 @@ def test_mixer_aux_loss_is_added(tmp_path, monkeypatch):
     assert torch.allclose(with_aux, base + 0.25)
     with torch.no_grad():  # not in the validation loss
         assert torch.allclose(tr.loss(x, y)[0], base)
+
+
+# -- TensorBoard -------------------------------------------------------------------------------
+
+def _tb_scalars(run_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_tensorboard_scalars_written(tmp_path):
+    pytest.importorskip("tensorboard")
+    tr = Trainer(make_exp(tmp_path, steps=4, eval_every=2, log_every=1))
+    tr.train()
+    sc = _tb_scalars(tr.run_dir)
+    for tag in ("train/loss", "train/lr", "train/grad_norm", "train/tok_s"):
+        assert [s for s, _ in sc[tag]] == [1, 2, 3, 4], tag
+    for tag in ("eval/val_loss", "eval/val_ppl", "eval/accuracy"):
+        assert [s for s, _ in sc[tag]] == [2, 4], tag
+    # the same numbers as the jsonl log
+    recs = [json.loads(ln) for ln in (tr.run_dir / "metrics.jsonl").read_text().splitlines()]
+    train_loss = [r["loss"] for r in recs if r["kind"] == "train"]
+    assert [v for _, v in sc["train/loss"]] == pytest.approx(train_loss, rel=1e-6)
+    val = [r["val_loss"] for r in recs if r["kind"] == "eval"]
+    assert [v for _, v in sc["eval/val_loss"]] == pytest.approx(val, rel=1e-6)
+
+
+def test_tensorboard_resume_purges_steps_past_checkpoint(tmp_path):
+    pytest.importorskip("tensorboard")
+    # the first process checkpoints at step 2 and logs up to step 3, then "dies"
+    tr = Trainer(make_exp(tmp_path, steps=4, eval_every=2, log_every=1, checkpoint_every=2))
+    tr.train(until=3)
+    tr2 = Trainer(make_exp(tmp_path, steps=4, eval_every=2, log_every=1, checkpoint_every=2))
+    tr2.train(resume=True)
+    sc = _tb_scalars(tr2.run_dir)
+    assert [s for s, _ in sc["train/loss"]] == [1, 2, 3, 4]  # step 3 once, from the resumed run
+    recs = [json.loads(ln) for ln in (tr2.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [v for _, v in sc["train/loss"]] == pytest.approx([r["loss"] for r in recs if r["kind"] == "train"])
+    # a fresh run in the same directory replaces the old curves
+    Trainer(make_exp(tmp_path, steps=2, eval_every=2, log_every=1)).train()
+    assert [s for s, _ in _tb_scalars(tr2.run_dir)["train/loss"]] == [1, 2]
+
+
+def test_tensorboard_off_or_missing_writes_no_events(tmp_path, monkeypatch):
+    tr = Trainer(make_exp(tmp_path, steps=2, tensorboard=False))
+    tr.train()
+    assert not (tr.run_dir / "tensorboard").exists()
+    monkeypatch.setitem(__import__("sys").modules, "torch.utils.tensorboard", None)  # as if not installed
+    tr = Trainer(make_exp(tmp_path, steps=2, out_dir=str(tmp_path / "run2")))
+    tr.train()
+    assert not (tr.run_dir / "tensorboard").exists() and (tr.run_dir / "metrics.jsonl").is_file()

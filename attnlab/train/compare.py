@@ -153,12 +153,19 @@ def run_compare(exp, mixers: list[str], seeds: list[int], out_dir: str | Path,
             model = model.to(torch.bfloat16)
         cfg = cfgs[spec]
         loss = _mean_std([r["final"].get("val_loss") for r in runs])
+        # The lowest validation loss of each run's evals: a run that overfits (a small corpus over
+        # many epochs) ends above it, and the final value alone would rank overfitting speed.
+        bests = [min((e for e in r["evals"] if e.get("val_loss") is not None), key=lambda e: e["val_loss"],
+                     default=None) for r in runs]
+        best = _mean_std([b["val_loss"] if b else None for b in bests])
         acc = _mean_std([r["final"].get("accuracy") for r in runs])
         tps = _mean_std([r["tokens_per_s"] for r in runs])
         peaks = [r["peak_memory_bytes"] for r in runs if r["peak_memory_bytes"] is not None]
         res = {
             "mixer": spec, "pattern": cfg.mixer, "params": n_params,
             "val_loss_mean": loss[0], "val_loss_std": loss[1], "accuracy_mean": acc[0], "accuracy_std": acc[1],
+            "best_val_loss_mean": best[0], "best_val_loss_std": best[1],
+            "best_val_steps": [b["step"] if b else None for b in bests],
             "tokens_per_s": tps[0], "peak_memory_bytes": max(peaks) if peaks else None,
             "kv_bytes_per_token_fp32": cache_bytes_per_token(cfg),
             "decode_ms_per_token": decode_ms_per_token(model, ctx),
@@ -174,6 +181,8 @@ def run_compare(exp, mixers: list[str], seeds: list[int], out_dir: str | Path,
         res.update({f"{k}_mean": v[0] for k, v in extra.items()})
         rows.append({
             "mixer": spec, "params": f"{res['params']:,}", "val loss": _pm(*loss),
+            "best val loss (step)": _pm(*best) + (f" ({'/'.join(str(b['step']) for b in bests if b)})"
+                                                  if any(bests) else ""),
             "task acc": _pm(*acc, fmt="{:.3f}"), **{k: _pm(*v, fmt="{:.2f}") for k, v in extra.items()},
             "train tok/s": f"{tps[0]:,.0f}",
             "peak mem (MiB)": "—" if res["peak_memory_bytes"] is None else f"{res['peak_memory_bytes'] / 2**20:,.0f}",
@@ -185,7 +194,8 @@ def run_compare(exp, mixers: list[str], seeds: list[int], out_dir: str | Path,
     t = exp.train
     header = (f"task {exp.data.task}, preset {exp.preset}, {t.steps} steps x {t.batch_size} x {t.seq_len} tokens "
               f"(grad_accum {t.grad_accum}), optimizer {t.optimizer}, lr {t.lr}, seeds {seeds}; device {dev} "
-              f"({env['device']}), torch {env['torch']}. Val loss / accuracy: final eval, mean ± std over seeds"
+              f"({env['device']}), torch {env['torch']}. Val loss / accuracy: final eval, mean ± std over seeds; best val loss: the lowest periodic "
+              f"eval of each seed (its step)"
               f"{' (accuracy = exact-match passkey at the training length)' if exp.data.task == 'passkey' else ''}"
               f"{f' (accuracy at the answer positions; chance {2 / exp.data.mqar.vocab_size:.3f})' if exp.data.task == 'mqar' else ''}. "
               f"Decode: batch 1, {'bf16' if dev.startswith('cuda') else 'fp32'}, median of {DECODE_REPEATS} steps "

@@ -73,8 +73,11 @@ class DataConfig:
     tokenizer: str = "char"  # char | byte | bpe
     bpe_vocab_size: int = 2048
     val_fraction: float = 0.1
-    hf_name: str | None = None  # Hugging Face dataset (task "hf"; needs `datasets`)
+    # Task "hf" (needs `datasets`): a Hub dataset name (streamed), a directory saved with
+    # save_to_disk, or a builder (json, csv, parquet, text) with local hf_data_files.
+    hf_name: str | None = None
     hf_config: str | None = None
+    hf_data_files: str | list | dict | None = None  # a file, glob, list of them, or {split: files}
     hf_split: str = "train"
     hf_text_field: str = "text"
     hf_max_docs: int | None = None

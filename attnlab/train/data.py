@@ -124,22 +124,128 @@ def document_source(cfg):
 
         return docs, fp
     if cfg.task == "hf":
-        try:
-            import datasets
-        except ImportError:
-            raise ConfigError("data.task", "task 'hf' needs the `datasets` package (pip install datasets)") from None
-
-        def docs():
-            ds = datasets.load_dataset(cfg.hf_name, cfg.hf_config, split=cfg.hf_split, streaming=True)
-            for i, row in enumerate(ds):
-                if cfg.hf_max_docs is not None and i >= cfg.hf_max_docs:
-                    break
-                if cfg.hf_text_field not in row:
-                    raise ConfigError("data.hf_text_field", f"no field {cfg.hf_text_field!r}; fields: {', '.join(row)}")
-                yield row[cfg.hf_text_field]
-
-        return docs, [cfg.hf_name, cfg.hf_config, cfg.hf_split, cfg.hf_text_field, cfg.hf_max_docs]
+        return hf_document_source(cfg)
     raise ConfigError("data.task", f"{cfg.task!r} is not a text task")
+
+
+# -- Hugging Face datasets ---------------------------------------------------------------------
+
+def _is_saved_dataset(p: Path) -> bool:
+    """A directory written by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``."""
+    return p.is_dir() and any((p / f).is_file() for f in ("state.json", "dataset_dict.json"))
+
+
+def _data_file_list(data_files) -> list[str]:
+    if data_files is None:
+        return []
+    if isinstance(data_files, str):
+        return [data_files]
+    if isinstance(data_files, dict):
+        return [f for v in data_files.values() for f in _data_file_list(v)]
+    return [str(f) for f in data_files]
+
+
+def _expand_user(data_files):
+    """``~`` in local data file names (``datasets`` does not expand it)."""
+    if isinstance(data_files, str):
+        return os.path.expanduser(data_files)
+    if isinstance(data_files, dict):
+        return {k: _expand_user(v) for k, v in data_files.items()}
+    return None if data_files is None else [_expand_user(str(f)) for f in data_files]
+
+
+def _local_fingerprint(paths: list[str]) -> list:
+    """Name, size and mtime of every local file (a glob is expanded), so that edited data is
+    tokenized again; anything else (a hub name, a URL) stands for itself."""
+    out = []
+    for s in paths:
+        p = Path(s).expanduser()
+        files = [p] if p.is_file() else sorted(p.rglob("*")) if p.is_dir() else sorted(Path().glob(s)) if any(
+            c in s for c in "*?[") else []
+        out += [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.is_file()] or [s]
+    return out
+
+
+def hf_document_source(cfg):
+    """Documents from a Hugging Face dataset, three ways (``data.hf_name``):
+
+    - a directory saved with ``save_to_disk`` (read with ``load_from_disk``, no network);
+    - a packaged builder (``json``, ``csv``, ``parquet``, ``text``, ...) with local
+      ``data.hf_data_files`` (no network);
+    - a dataset on the Hub, streamed (``load_dataset(..., streaming=True)``); offline
+      (``HF_DATASETS_OFFLINE=1``) only what is in the local cache loads.
+    """
+    try:
+        import datasets
+    except ImportError:
+        raise ConfigError("data.task", "task 'hf' needs the `datasets` package "
+                          "(pip install 'attnlab[datasets]' or pip install datasets)") from None
+    name, split, field = cfg.hf_name, cfg.hf_split, cfg.hf_text_field
+    saved = _is_saved_dataset(Path(name).expanduser())
+    for f in _data_file_list(cfg.hf_data_files):
+        local = not f.startswith(("hf://", "http://", "https://", "s3://", "gs://"))
+        if local and not any(c in f for c in "*?[") and not Path(f).expanduser().exists():
+            raise ConfigError("data.hf_data_files", f"file not found: {f}")
+    if saved and cfg.hf_data_files:
+        raise ConfigError("data.hf_data_files", f"{name} is a dataset saved with save_to_disk; "
+                          "data files go with a builder name (json, csv, parquet, text)")
+
+    def open_rows():
+        if saved:
+            try:
+                ds = datasets.load_from_disk(str(Path(name).expanduser()))
+            except Exception as e:  # noqa: BLE001 - a corrupt directory: name it
+                raise ConfigError("data.hf_name", f"could not load the saved dataset {name}: "
+                                  f"{type(e).__name__}: {e}") from None
+            if isinstance(ds, datasets.DatasetDict):
+                if split not in ds:
+                    raise ConfigError("data.hf_split", f"no split {split!r} in {name}; splits: {', '.join(ds)}")
+                ds = ds[split]
+            return ds
+        try:
+            return datasets.load_dataset(name, cfg.hf_config, data_files=_expand_user(cfg.hf_data_files),
+                                         split=split, streaming=True)
+        except ValueError as e:
+            if "split" in str(e).lower():
+                raise ConfigError("data.hf_split", f"{e}") from None
+            raise ConfigError("data.hf_name", f"could not load dataset {name!r}: {e}") from None
+        except Exception as e:  # noqa: BLE001 - not found, offline, no access: one clear message
+            hint = (" (offline: HF_DATASETS_OFFLINE is set and it is not in the local cache; for local data "
+                    "pass a save_to_disk directory, or a builder name such as json with --data.hf_data_files)"
+                    if getattr(datasets.config, "HF_HUB_OFFLINE", False)
+                    or getattr(datasets.config, "HF_DATASETS_OFFLINE", False) else "")
+            raise ConfigError("data.hf_name", f"could not load dataset {name!r}: {type(e).__name__}: "
+                              f"{e}{hint}") from None
+
+    def rows():
+        """The rows; a read error while streaming (a malformed file, a broken connection) is a
+        ConfigError naming the source."""
+        it = iter(open_rows())
+        while True:
+            try:
+                yield next(it)
+            except StopIteration:
+                return
+            except Exception as e:  # noqa: BLE001
+                where = "data.hf_data_files" if cfg.hf_data_files else "data.hf_name"
+                raise ConfigError(where, f"could not read the rows of {name!r}: {type(e).__name__}: {e}") from None
+
+    def docs():
+        for i, row in enumerate(rows()):
+            if cfg.hf_max_docs is not None and i >= cfg.hf_max_docs:
+                break
+            if field not in row:
+                raise ConfigError("data.hf_text_field", f"no column {field!r} in {name}; columns: {', '.join(row)}")
+            text = row[field]
+            if not isinstance(text, str):
+                raise ConfigError("data.hf_text_field", f"column {field!r} of {name} holds "
+                                  f"{type(text).__name__} values, not text")
+            yield text
+
+    fp = [name, cfg.hf_config, split, field, cfg.hf_max_docs,
+          _local_fingerprint([name] if Path(name).expanduser().exists() else [])
+          + _local_fingerprint(_data_file_list(cfg.hf_data_files))]
+    return docs, fp
 
 
 class TextCorpus:

@@ -124,10 +124,15 @@ class MetricsLog:
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
-            except ImportError:
-                pass
+            except ImportError:  # the tensorboard package is not installed (pip install 'attnlab[tensorboard]')
+                SummaryWriter = None
+            if SummaryWriter is not None:
+                tb_dir = run_dir / "tensorboard"
+                if resume_step is None and tb_dir.is_dir():  # a fresh run replaces the old curves too
+                    shutil.rmtree(tb_dir)
+                # On resume, purge_step drops the events a previous process wrote past the checkpoint.
+                purge = None if resume_step is None else resume_step + 1
+                self.tb = SummaryWriter(str(tb_dir), purge_step=purge)
 
     def write(self, record: dict) -> None:
         with open(self.path, "a") as f:
@@ -233,7 +238,13 @@ class Trainer:
         ckpt = find_checkpoint(path or self.run_dir)
         saved = read_config(ckpt)
         where = ("cache_dir", "download")  # where the data is found does not change it (sha256 checked)
-        check_same({k: v for k, v in saved["experiment"]["data"].items() if k not in where},
+        # A data option added after the checkpoint was written counts as its default.
+        from dataclasses import asdict
+
+        from .config import DataConfig
+
+        saved_data = {**asdict(DataConfig()), **saved["experiment"]["data"]}
+        check_same({k: v for k, v in saved_data.items() if k not in where},
                    {k: v for k, v in self.exp.to_dict()["data"].items() if k not in where}, "data config", ckpt)
         check_same({k: saved["experiment"]["train"][k] for k in RESUME_KEYS},
                    {k: getattr(self.t, k) for k in RESUME_KEYS}, "training setup", ckpt)
