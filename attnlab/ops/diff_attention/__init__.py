@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import torch
 
+from .latent_reference import LatentGeometry, latent_diff_reference
 from .reference import diff_attention_reference, diff_attention_sdpa, lam_per_head
 
 IMPLS = ("auto", "sdpa", "triton", "reference")
 AUTO_TRITON = False  # measured: fused 1.37-1.45x the time of two SDPA calls (H100, bf16)
+AUTO_LATENT = False  # diff-mla / cmd-mla training through latent.py's kernel under impl="auto"
 
 
 def triton_available() -> bool:
@@ -47,6 +49,23 @@ def resolve_impl(impl: str, q1, k1, q2, k2, v) -> str:
     return "sdpa"
 
 
+def use_fused_latent(impl: str, x: torch.Tensor) -> bool:
+    """Whether the latent mixers (diff-mla, cmd-mla) train through ``latent_diff_attention``:
+    always for impl="triton"; for "auto" on CUDA where AUTO_LATENT is set (not under
+    torch.compile, where the SDPA path lets inductor fuse the projections around it)."""
+    if impl == "triton":
+        return True
+    return (impl == "auto" and AUTO_LATENT and x.is_cuda and triton_available()
+            and not torch.compiler.is_compiling())
+
+
+def latent_diff_attention(q_all, kvu, kr_pre, lam, cos, sin, geometry):
+    """The latent family's fused training kernel, from its projection outputs (latent.py)."""
+    from .latent import latent_diff_attention as fused
+
+    return fused(q_all, kvu, kr_pre, lam, cos, sin, geometry)
+
+
 def diff_attention(q1, k1, q2, k2, v, lam, scale1=None, scale2=None, impl: str = "auto"):
     """Causal differential attention over a fresh sequence (training path). See reference.py
     for the shapes. Returns [B, H, T, DV] in q1's dtype."""
@@ -61,4 +80,5 @@ def diff_attention(q1, k1, q2, k2, v, lam, scale1=None, scale2=None, impl: str =
 
 
 __all__ = ["diff_attention", "diff_attention_reference", "diff_attention_sdpa", "lam_per_head",
-           "triton_available", "resolve_impl", "IMPLS"]
+           "triton_available", "resolve_impl", "IMPLS", "LatentGeometry", "latent_diff_attention",
+           "latent_diff_reference", "use_fused_latent"]
