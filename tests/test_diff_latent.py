@@ -99,3 +99,17 @@ def test_latent_kernel_bf16_gpu(geom):
     sdpa = [rel_err(out, ref)] + [rel_err(x, y) for x, y in zip(got, want)]
     for name, e, e_sdpa in zip(("out", "q_all", "kvu", "k_rope", "lam"), errs, sdpa):
         assert e <= max(2e-2, 2 * e_sdpa), (name, e, e_sdpa)
+
+
+@pytest.mark.skipif(DEV == "cuda", reason="interpreter block shapes")
+@pytest.mark.parametrize("blocks", [(16, 32), (32, 16)])
+def test_latent_kernel_block_shapes(blocks, monkeypatch):
+    """Query and key blocks of different sizes (the masked/unmasked loop split of every kernel)."""
+    from attnlab.ops.diff_attention import latent as K
+
+    bm, bn = blocks
+    monkeypatch.setattr(K, "INTERPRET_CONFIGS", {k: (bm, bn, 1, 1) for k in ("fwd", "bwd_kv", "bwd_q")})
+    errs, _ = _errors(GEOMS["diff-mla"], 1, 45, torch.float32)
+    assert max(errs) <= 1e-5, errs
+    errs, _ = _errors(GEOMS["cmd-mla-noise-rope"], 1, 37, torch.float32)
+    assert max(errs) <= 1e-5, errs

@@ -71,6 +71,37 @@ def _scores(q1, qr, q2, qr2, k1, kr, k2, ROPE2: tl.constexpr):
 
 
 @triton.jit
+def _fwd_step(q1, qr, q2, qr2, k1_base, kr_base, k2_base, v_base, sk1t, skrt, sk2t, svt, start_n, offs_m, T,
+              m1, l1, acc1, m2, l2, acc2, qk1, qk2,
+              D1: tl.constexpr, DR: tl.constexpr, D2: tl.constexpr, DV: tl.constexpr,
+              BD1: tl.constexpr, BDR: tl.constexpr, BD2: tl.constexpr, BDV: tl.constexpr,
+              ROPE2: tl.constexpr, BN: tl.constexpr, MASK: tl.constexpr):
+    offs_n = start_n + tl.arange(0, BN)
+    k1 = _rows(k1_base, offs_n, sk1t, T, D1, BD1)
+    kr = _rows(kr_base, offs_n, skrt, T, DR, BDR)
+    k2 = _rows(k2_base, offs_n, sk2t, T, D2, BD2)
+    v = _rows(v_base, offs_n, svt, T, DV, BDV)
+    s1, s2 = _scores(q1, qr, q2, qr2, k1, kr, k2, ROPE2)
+    s1 = s1 * qk1
+    s2 = s2 * qk2
+    if MASK:
+        causal = offs_m[:, None] >= offs_n[None, :]
+        s1 = tl.where(causal, s1, float("-inf"))
+        s2 = tl.where(causal, s2, float("-inf"))
+    m1n = tl.maximum(m1, tl.max(s1, 1))
+    p1 = tl.math.exp2(s1 - m1n[:, None])
+    a1 = tl.math.exp2(m1 - m1n)
+    l1 = l1 * a1 + tl.sum(p1, 1)
+    m2n = tl.maximum(m2, tl.max(s2, 1))
+    p2 = tl.math.exp2(s2 - m2n[:, None])
+    a2 = tl.math.exp2(m2 - m2n)
+    l2 = l2 * a2 + tl.sum(p2, 1)
+    acc1 = tl.dot(p1.to(v.dtype), v, acc1 * a1[:, None])
+    acc2 = tl.dot(p2.to(v.dtype), v, acc2 * a2[:, None])
+    return m1n, l1, acc1, m2n, l2, acc2
+
+
+@triton.jit
 def _lat_fwd_kernel(Q1, QR, Q2, QR2, K1, KR, K2, V, LAM, O, O2, LSE1, LSE2,
                     sq1b, sq1h, sq1t, sqrb, sqrh, sqrt_, sq2b, sq2h, sq2t, sqr2b, sqr2h, sqr2t,
                     sk1b, sk1h, sk1t, skrb, skrt, sk2b, sk2h, sk2t, svb, svh, svt, sob, soh, sot,
@@ -100,32 +131,16 @@ def _lat_fwd_kernel(Q1, QR, Q2, QR2, K1, KR, K2, V, LAM, O, O2, LSE1, LSE2,
     l2 = tl.zeros([BM], tl.float32)
     acc1 = tl.zeros([BM, BDV], tl.float32)
     acc2 = tl.zeros([BM, BDV], tl.float32)
-    hi = tl.minimum((pid_m + 1) * BM, T)
-    for start_n in range(0, hi, BN):
-        offs_n = start_n + tl.arange(0, BN)
-        k1 = _rows(k1_base, offs_n, sk1t, T, D1, BD1)
-        kr = _rows(kr_base, offs_n, skrt, T, DR, BDR)
-        k2 = _rows(k2_base, offs_n, sk2t, T, D2, BD2)
-        v = _rows(v_base, offs_n, svt, T, DV, BDV)
-        s1, s2 = _scores(q1, qr, q2, qr2, k1, kr, k2, ROPE2)
-        s1 = s1 * qk1
-        s2 = s2 * qk2
-        if start_n + BN > pid_m * BM:  # blocks touching the diagonal: causal mask
-            causal = offs_m[:, None] >= offs_n[None, :]
-            s1 = tl.where(causal, s1, float("-inf"))
-            s2 = tl.where(causal, s2, float("-inf"))
-        m1n = tl.maximum(m1, tl.max(s1, 1))
-        p1 = tl.math.exp2(s1 - m1n[:, None])
-        a1 = tl.math.exp2(m1 - m1n)
-        l1 = l1 * a1 + tl.sum(p1, 1)
-        m2n = tl.maximum(m2, tl.max(s2, 1))
-        p2 = tl.math.exp2(s2 - m2n[:, None])
-        a2 = tl.math.exp2(m2 - m2n)
-        l2 = l2 * a2 + tl.sum(p2, 1)
-        acc1 = tl.dot(p1.to(v.dtype), v, acc1 * a1[:, None])
-        acc2 = tl.dot(p2.to(v.dtype), v, acc2 * a2[:, None])
-        m1 = m1n
-        m2 = m2n
+    lo = pid_m * BM
+    mid = (lo // BN) * BN  # key blocks before mid lie entirely in the past: no mask
+    for start_n in range(0, mid, BN):
+        m1, l1, acc1, m2, l2, acc2 = _fwd_step(
+            q1, qr, q2, qr2, k1_base, kr_base, k2_base, v_base, sk1t, skrt, sk2t, svt, start_n, offs_m, T,
+            m1, l1, acc1, m2, l2, acc2, qk1, qk2, D1, DR, D2, DV, BD1, BDR, BD2, BDV, ROPE2, BN, False)
+    for start_n in range(mid, tl.minimum(lo + BM, T), BN):
+        m1, l1, acc1, m2, l2, acc2 = _fwd_step(
+            q1, qr, q2, qr2, k1_base, kr_base, k2_base, v_base, sk1t, skrt, sk2t, svt, start_n, offs_m, T,
+            m1, l1, acc1, m2, l2, acc2, qk1, qk2, D1, DR, D2, DV, BD1, BDR, BD2, BDV, ROPE2, BN, True)
     lam = tl.load(LAM + h)
     o2 = acc2 / l2[:, None]
     out = acc1 / l1[:, None] - lam * o2
@@ -152,6 +167,62 @@ def _lat_pre_kernel(DO, O, O2, LAM, DL1, DL2, sob, soh, sot, H, T,
     dl1 = tl.sum(do * o, 1) + tl.load(LAM + h) * dl2
     tl.store(DL1 + bh * T + offs_m, dl1, mask=offs_m < T)
     tl.store(DL2 + bh * T + offs_m, dl2, mask=offs_m < T)
+
+
+@triton.jit
+def _kv_step(k1, kr, k2, v, dk1, dk2, dkr, dv, q1_base, qr_base, q2_base, qr2_base, do_base,
+             sq1t, sqrt_, sq2t, sqr2t, sot, LSE1, LSE2, DL1, DL2, row0, start_m, offs_n, T, lam,
+             qk1, qk2, scale1, scale2,
+             D1: tl.constexpr, DR: tl.constexpr, D2: tl.constexpr, DV_: tl.constexpr,
+             BD1: tl.constexpr, BDR: tl.constexpr, BD2: tl.constexpr, BDV: tl.constexpr,
+             ROPE2: tl.constexpr, BM: tl.constexpr, MASK: tl.constexpr):
+    offs_m = start_m + tl.arange(0, BM)
+    rmask = offs_m < T
+    q1 = _rows(q1_base, offs_m, sq1t, T, D1, BD1)
+    qr = _rows(qr_base, offs_m, sqrt_, T, DR, BDR)
+    q2 = _rows(q2_base, offs_m, sq2t, T, D2, BD2)
+    if ROPE2 == 2:
+        qr2 = _rows(qr2_base, offs_m, sqr2t, T, DR, BDR)
+    else:
+        qr2 = qr
+    do = _rows(do_base, offs_m, sot, T, DV_, BDV)
+    lse1 = tl.load(LSE1 + row0 + offs_m, mask=rmask, other=float("inf"))
+    lse2 = tl.load(LSE2 + row0 + offs_m, mask=rmask, other=float("inf"))
+    dl1 = tl.load(DL1 + row0 + offs_m, mask=rmask, other=0.0)
+    dl2 = tl.load(DL2 + row0 + offs_m, mask=rmask, other=0.0)
+    # transposed scores [BN, BM]: s^T = k q^T
+    qrt = tl.trans(qr)
+    if ROPE2 == 1:
+        r = tl.dot(kr, qrt)
+        s1t = tl.dot(k1, tl.trans(q1), r)
+        s2t = tl.dot(k2, tl.trans(q2), r)
+    elif ROPE2 == 2:
+        s1t = tl.dot(kr, qrt, tl.dot(k1, tl.trans(q1)))
+        s2t = tl.dot(kr, tl.trans(qr2), tl.dot(k2, tl.trans(q2)))
+    else:
+        s1t = tl.dot(kr, qrt, tl.dot(k1, tl.trans(q1)))
+        s2t = tl.dot(k2, tl.trans(q2))
+    p1t = tl.math.exp2(s1t * qk1 - lse1[None, :])
+    p2t = tl.math.exp2(s2t * qk2 - lse2[None, :])
+    if MASK:
+        causal = offs_m[None, :] >= offs_n[:, None]
+        p1t = tl.where(causal, p1t, 0.0)
+        p2t = tl.where(causal, p2t, 0.0)
+    dv = tl.dot((p1t - lam * p2t).to(do.dtype), do, dv)
+    dpt = tl.dot(v, tl.trans(do))
+    ds1 = p1t * (dpt - dl1[None, :]) * scale1
+    ds2 = p2t * (dpt - dl2[None, :]) * (-lam * scale2)
+    ds1t = ds1.to(q1.dtype)
+    ds2t = ds2.to(q2.dtype)
+    dk1 = tl.dot(ds1t, q1, dk1)
+    dk2 = tl.dot(ds2t, q2, dk2)
+    if ROPE2 == 1:
+        dkr = tl.dot((ds1 + ds2).to(qr.dtype), qr, dkr)
+    elif ROPE2 == 2:
+        dkr = tl.dot(ds2t, qr2, tl.dot(ds1t, qr, dkr))
+    else:
+        dkr = tl.dot(ds1t, qr, dkr)
+    return dk1, dk2, dkr, dv
 
 
 @triton.jit
@@ -186,57 +257,56 @@ def _lat_bwd_kv_kernel(Q1, QR, Q2, QR2, K1, KR, K2, V, LAM, DO, LSE1, LSE2, DL1,
     do_base = DO + b * sob + h * soh
     row0 = bh * T
     lo = (start_n // BM) * BM
-    for start_m in range(lo, T, BM):
-        offs_m = start_m + tl.arange(0, BM)
-        rmask = offs_m < T
-        q1 = _rows(q1_base, offs_m, sq1t, T, D1, BD1)
-        qr = _rows(qr_base, offs_m, sqrt_, T, DR, BDR)
-        q2 = _rows(q2_base, offs_m, sq2t, T, D2, BD2)
-        if ROPE2 == 2:
-            qr2 = _rows(qr2_base, offs_m, sqr2t, T, DR, BDR)
-        else:
-            qr2 = qr
-        do = _rows(do_base, offs_m, sot, T, DV_, BDV)
-        lse1 = tl.load(LSE1 + row0 + offs_m, mask=rmask, other=float("inf"))
-        lse2 = tl.load(LSE2 + row0 + offs_m, mask=rmask, other=float("inf"))
-        dl1 = tl.load(DL1 + row0 + offs_m, mask=rmask, other=0.0)
-        dl2 = tl.load(DL2 + row0 + offs_m, mask=rmask, other=0.0)
-        # transposed scores [BN, BM]: s^T = k q^T
-        qrt = tl.trans(qr)
-        if ROPE2 == 1:
-            r = tl.dot(kr, qrt)
-            s1t = tl.dot(k1, tl.trans(q1), r)
-            s2t = tl.dot(k2, tl.trans(q2), r)
-        elif ROPE2 == 2:
-            s1t = tl.dot(kr, qrt, tl.dot(k1, tl.trans(q1)))
-            s2t = tl.dot(kr, tl.trans(qr2), tl.dot(k2, tl.trans(q2)))
-        else:
-            s1t = tl.dot(kr, qrt, tl.dot(k1, tl.trans(q1)))
-            s2t = tl.dot(k2, tl.trans(q2))
-        p1t = tl.math.exp2(s1t * qk1 - lse1[None, :])
-        p2t = tl.math.exp2(s2t * qk2 - lse2[None, :])
-        if start_m < start_n + BN:  # query blocks touching the diagonal
-            causal = offs_m[None, :] >= offs_n[:, None]
-            p1t = tl.where(causal, p1t, 0.0)
-            p2t = tl.where(causal, p2t, 0.0)
-        dv = tl.dot((p1t - lam * p2t).to(do.dtype), do, dv)
-        dpt = tl.dot(v, tl.trans(do))
-        ds1 = p1t * (dpt - dl1[None, :]) * scale1
-        ds2 = p2t * (dpt - dl2[None, :]) * (-lam * scale2)
-        ds1t = ds1.to(q1.dtype)
-        ds2t = ds2.to(q2.dtype)
-        dk1 = tl.dot(ds1t, q1, dk1)
-        dk2 = tl.dot(ds2t, q2, dk2)
-        if ROPE2 == 1:
-            dkr = tl.dot((ds1 + ds2).to(qr.dtype), qr, dkr)
-        elif ROPE2 == 2:
-            dkr = tl.dot(ds2t, qr2, tl.dot(ds1t, qr, dkr))
-        else:
-            dkr = tl.dot(ds1t, qr, dkr)
+    mid = lo + tl.cdiv(start_n + BN - lo, BM) * BM  # query blocks from mid on: no mask
+    for start_m in range(lo, mid, BM):
+        dk1, dk2, dkr, dv = _kv_step(k1, kr, k2, v, dk1, dk2, dkr, dv, q1_base, qr_base, q2_base, qr2_base,
+                                     do_base, sq1t, sqrt_, sq2t, sqr2t, sot, LSE1, LSE2, DL1, DL2, row0,
+                                     start_m, offs_n, T, lam, qk1, qk2, scale1, scale2,
+                                     D1, DR, D2, DV_, BD1, BDR, BD2, BDV, ROPE2, BM, True)
+    for start_m in range(mid, T, BM):
+        dk1, dk2, dkr, dv = _kv_step(k1, kr, k2, v, dk1, dk2, dkr, dv, q1_base, qr_base, q2_base, qr2_base,
+                                     do_base, sq1t, sqrt_, sq2t, sqr2t, sot, LSE1, LSE2, DL1, DL2, row0,
+                                     start_m, offs_n, T, lam, qk1, qk2, scale1, scale2,
+                                     D1, DR, D2, DV_, BD1, BDR, BD2, BDV, ROPE2, BM, False)
     _store(DK1 + b * sdk1b + h * sdk1h, offs_n, sdk1t, T, dk1, D1, BD1)
     _store(DK2 + b * sdk2b + h * sdk2h, offs_n, sdk2t, T, dk2, D2, BD2)
     _store(DV + b * sdvb + h * sdvh, offs_n, sdvt, T, dv, DV_, BDV)
     _store(DKR + bh * T * DR, offs_n, DR, T, dkr, DR, BDR)  # per query head, float32, summed outside
+
+
+@triton.jit
+def _q_step(q1, qr, q2, qr2, do, dq1, dq2, dqr, dqr2, lse1, lse2, dl1, dl2, k1_base, kr_base, k2_base,
+            v_base, sk1t, skrt, sk2t, svt, start_n, offs_m, T, lam, qk1, qk2, scale1, scale2,
+            D1: tl.constexpr, DR: tl.constexpr, D2: tl.constexpr, DV: tl.constexpr,
+            BD1: tl.constexpr, BDR: tl.constexpr, BD2: tl.constexpr, BDV: tl.constexpr,
+            ROPE2: tl.constexpr, BN: tl.constexpr, MASK: tl.constexpr):
+    offs_n = start_n + tl.arange(0, BN)
+    k1 = _rows(k1_base, offs_n, sk1t, T, D1, BD1)
+    kr = _rows(kr_base, offs_n, skrt, T, DR, BDR)
+    k2 = _rows(k2_base, offs_n, sk2t, T, D2, BD2)
+    v = _rows(v_base, offs_n, svt, T, DV, BDV)
+    s1, s2 = _scores(q1, qr, q2, qr2, k1, kr, k2, ROPE2)
+    p1 = tl.math.exp2(s1 * qk1 - lse1[:, None])
+    p2 = tl.math.exp2(s2 * qk2 - lse2[:, None])
+    if MASK:
+        causal = offs_m[:, None] >= offs_n[None, :]
+        p1 = tl.where(causal, p1, 0.0)
+        p2 = tl.where(causal, p2, 0.0)
+    dp = tl.dot(do, tl.trans(v))
+    ds1 = p1 * (dp - dl1[:, None]) * scale1
+    ds2 = p2 * (dp - dl2[:, None]) * (-lam * scale2)
+    ds1c = ds1.to(k1.dtype)
+    ds2c = ds2.to(k2.dtype)
+    dq1 = tl.dot(ds1c, k1, dq1)
+    dq2 = tl.dot(ds2c, k2, dq2)
+    if ROPE2 == 1:
+        dqr = tl.dot((ds1 + ds2).to(kr.dtype), kr, dqr)
+    elif ROPE2 == 2:
+        dqr = tl.dot(ds1c, kr, dqr)
+        dqr2 = tl.dot(ds2c, kr, dqr2)
+    else:
+        dqr = tl.dot(ds1c, kr, dqr)
+    return dq1, dq2, dqr, dqr2
 
 
 @triton.jit
@@ -276,34 +346,18 @@ def _lat_bwd_q_kernel(Q1, QR, Q2, QR2, K1, KR, K2, V, LAM, DO, LSE1, LSE2, DL1, 
     dq2 = tl.zeros([BM, BD2], tl.float32)
     dqr = tl.zeros([BM, BDR], tl.float32)
     dqr2 = tl.zeros([BM, BDR], tl.float32)
-    hi = tl.minimum((pid_m + 1) * BM, T)
-    for start_n in range(0, hi, BN):
-        offs_n = start_n + tl.arange(0, BN)
-        k1 = _rows(k1_base, offs_n, sk1t, T, D1, BD1)
-        kr = _rows(kr_base, offs_n, skrt, T, DR, BDR)
-        k2 = _rows(k2_base, offs_n, sk2t, T, D2, BD2)
-        v = _rows(v_base, offs_n, svt, T, DV, BDV)
-        s1, s2 = _scores(q1, qr, q2, qr2, k1, kr, k2, ROPE2)
-        p1 = tl.math.exp2(s1 * qk1 - lse1[:, None])
-        p2 = tl.math.exp2(s2 * qk2 - lse2[:, None])
-        if start_n + BN > pid_m * BM:
-            causal = offs_m[:, None] >= offs_n[None, :]
-            p1 = tl.where(causal, p1, 0.0)
-            p2 = tl.where(causal, p2, 0.0)
-        dp = tl.dot(do, tl.trans(v))
-        ds1 = p1 * (dp - dl1[:, None]) * scale1
-        ds2 = p2 * (dp - dl2[:, None]) * (-lam * scale2)
-        ds1c = ds1.to(k1.dtype)
-        ds2c = ds2.to(k2.dtype)
-        dq1 = tl.dot(ds1c, k1, dq1)
-        dq2 = tl.dot(ds2c, k2, dq2)
-        if ROPE2 == 1:
-            dqr = tl.dot((ds1 + ds2).to(kr.dtype), kr, dqr)
-        elif ROPE2 == 2:
-            dqr = tl.dot(ds1c, kr, dqr)
-            dqr2 = tl.dot(ds2c, kr, dqr2)
-        else:
-            dqr = tl.dot(ds1c, kr, dqr)
+    lo = pid_m * BM
+    mid = (lo // BN) * BN
+    for start_n in range(0, mid, BN):
+        dq1, dq2, dqr, dqr2 = _q_step(q1, qr, q2, qr2, do, dq1, dq2, dqr, dqr2, lse1, lse2, dl1, dl2,
+                                      k1_base, kr_base, k2_base, v_base, sk1t, skrt, sk2t, svt, start_n,
+                                      offs_m, T, lam, qk1, qk2, scale1, scale2,
+                                      D1, DR, D2, DV, BD1, BDR, BD2, BDV, ROPE2, BN, False)
+    for start_n in range(mid, tl.minimum(lo + BM, T), BN):
+        dq1, dq2, dqr, dqr2 = _q_step(q1, qr, q2, qr2, do, dq1, dq2, dqr, dqr2, lse1, lse2, dl1, dl2,
+                                      k1_base, kr_base, k2_base, v_base, sk1t, skrt, sk2t, svt, start_n,
+                                      offs_m, T, lam, qk1, qk2, scale1, scale2,
+                                      D1, DR, D2, DV, BD1, BDR, BD2, BDV, ROPE2, BN, True)
     _store(DQ1 + b * sdq1b + h * sdq1h, offs_m, sdq1t, T, dq1, D1, BD1)
     _store(DQ2 + b * sdq2b + h * sdq2h, offs_m, sdq2t, T, dq2, D2, BD2)
     _store(DQR + bh * T * DR, offs_m, DR, T, dqr, DR, BDR)  # float32 [B, H, T, dr], roped back outside
@@ -320,10 +374,14 @@ CONFIGS = {
 }
 
 
+INTERPRET_CONFIGS = {"fwd": (16, 16, 1, 1), "bwd_kv": (16, 16, 1, 1), "bwd_q": (16, 16, 1, 1)}
+
+
 def _config(name):
-    if _interpret():
-        return 16, 16, 1, 1
-    return CONFIGS[name]
+    bm, bn, w, s = (INTERPRET_CONFIGS if _interpret() else CONFIGS)[name]
+    if name != "bwd_kv" and bm % bn and bn % bm:  # the loops split blocks at multiples of both
+        raise ValueError(f"{name}: BM and BN must divide one another; got {bm}, {bn}")
+    return bm, bn, w, s
 
 
 def _s3(x):
