@@ -22,7 +22,10 @@ from .reference import diff_attention_reference, diff_attention_sdpa, lam_per_he
 
 IMPLS = ("auto", "sdpa", "triton", "reference")
 AUTO_TRITON = False  # measured: fused 1.37-1.45x the time of two SDPA calls (H100, bf16)
-AUTO_LATENT = False  # diff-mla / cmd-mla training through latent.py's kernel under impl="auto"
+# diff-mla / cmd-mla training through latent.py's kernel under impl="auto" (CUDA): measured on an
+# H100 at shakespeare-384, 0.68x / 0.58x the time of the SDPA path (op level, fwd+bwd) and a
+# 1.5x faster training step (benchmarks/RESULTS.md, issue 3, session 2).
+AUTO_LATENT = True
 
 
 def triton_available() -> bool:
