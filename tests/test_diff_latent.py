@@ -113,3 +113,45 @@ def test_latent_kernel_block_shapes(blocks, monkeypatch):
     assert max(errs) <= 1e-5, errs
     errs, _ = _errors(GEOMS["cmd-mla-noise-rope"], 1, 37, torch.float32)
     assert max(errs) <= 1e-5, errs
+
+
+def test_auto_picks_the_fused_latent_kernel_by_width():
+    from types import SimpleNamespace
+
+    from attnlab.ops.diff_attention import use_fused_latent
+
+    cuda, cpu = SimpleNamespace(is_cuda=True), SimpleNamespace(is_cuda=False)
+    narrow = LatentGeometry(6, 6, 64, 32, 64, 64, 1, 0.1, 0.1)
+    wide = LatentGeometry(16, 1, 128, 64, 128, 128, 0, 0.1, 0.1)
+    assert use_fused_latent("auto", cuda, narrow) and not use_fused_latent("auto", cuda, wide)
+    assert not use_fused_latent("auto", cpu, narrow) and not use_fused_latent("sdpa", cuda, narrow)
+    assert use_fused_latent("triton", cpu, wide)
+
+
+@pytest.mark.skipif(DEV == "cuda", reason="fp32 tl.dot is TF32 on the GPU")
+@pytest.mark.parametrize("mixer,opts", [
+    ("cmd-mla", {"noise_rope": True, "noise_head_dim": 12, "lambda_scale": True}),
+    ("diff-mla", {"q_lora_rank": 0, "lambda_mode": "head"}),
+])
+def test_mixer_fused_latent_equals_sdpa(mixer, opts):
+    """The mixers' fused training path (every parameter's gradient) equals their SDPA path."""
+    from attnlab import ModelConfig, build_model
+
+    lat = {"kv_lora_rank": 16, "q_lora_rank": 24, "qk_rope_head_dim": 8, "qk_nope_head_dim": 8, "v_head_dim": 16}
+    cfg = ModelConfig(vocab_size=50, dim=36, n_layers=1, n_heads=3, mixer=mixer, max_seq_len=32,
+                      mixer_options={mixer: {**lat, **opts}})
+    m = build_model(cfg).blocks[0].mixer
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if ".lam." in n or n.startswith("lam.") or n.endswith("head_norm"):
+                p.add_(0.3 * torch.randn_like(p))
+    x = torch.randn(2, 17, 36, requires_grad=True)
+    res = []
+    for impl in ("sdpa", "triton"):
+        m.opts.impl = impl
+        y = m(x)
+        res.append((y, torch.autograd.grad(y.square().sum(), [x] + list(m.parameters()))))
+    (ya, ga), (yb, gb) = res
+    assert rel_err(yb, ya) <= 1e-5
+    for (name, _), a, b in zip([("x", None)] + list(m.named_parameters()), ga, gb):
+        assert rel_err(b, a) <= 1e-4, name

@@ -23,9 +23,13 @@ second ("noise") softmax map from the first, cancelling attention noise common t
   map is subtracted from every head with a per-head lam_h = exp(lq_h . lk_h) + lam_init.
 
 Training never materialises a T x T map: ``impl="sdpa"`` runs two SDPA calls sharing V,
-``impl="triton"`` the fused kernel of ``attnlab.ops.diff_attention`` (K/V streamed once, two
-online-softmax states sharing each V tile); ``"auto"`` currently means sdpa (the fused kernel
-measured slower than two FlashAttention SDPA calls on an H100; see docs/differential.md).
+``impl="triton"`` a fused kernel of ``attnlab.ops.diff_attention`` (K/V streamed once, two
+online-softmax states sharing each V tile). For diff-mla and cmd-mla that kernel is
+``latent_diff_attention``: it reads the up-projection outputs in place (no q/k concatenation, no
+V padding, no expanded noise head, output already in the out-projection's layout), and
+``"auto"`` picks it on CUDA for heads up to 64 wide (measured faster there; see
+docs/differential.md). For diff-mha ``"auto"`` means sdpa (the generic kernel measured slower
+than two SDPA calls on an H100).
 With ``head_norm=False`` neither the headwise RMSNorm nor the (1 - lam_init) factor is applied.
 """
 
@@ -345,7 +349,7 @@ class _LatentDiffBase(_DiffBase):
         return torch.einsum("bhtr,hvr->bhtv", o_lat, w[:, p.dn:])
 
     def forward(self, x, cache=None):
-        if cache is None and use_fused_latent(self.opts.impl, x):
+        if cache is None and use_fused_latent(self.opts.impl, x, self.geometry):
             return self._forward_fused(x)
         start = cache.seen if cache is not None else 0
         q_nope, q_rope, q2, latent = self.latents(x, start)
