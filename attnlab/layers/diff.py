@@ -278,6 +278,8 @@ class _LatentDiffBase(_DiffBase):
         key = (t, str(device))
         cs = self._cos_sin.get(key)
         if cs is None or cs[0].device != self.proj.rope.inv_freq.device:
+            if len(self._cos_sin) >= 8:  # a few training lengths; never grows without bound
+                self._cos_sin.clear()
             cs = self._cos_sin[key] = self.proj.rope.cos_sin(0, t)
         return cs
 

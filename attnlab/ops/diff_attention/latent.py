@@ -446,7 +446,7 @@ class LatentDiffAttention(torch.autograd.Function):
         dev, f32 = q_all.device, torch.float32
         if dout.stride() != out.stride():
             dout = dout.contiguous()
-        do4, o4 = dout.transpose(1, 2), out.transpose(1, 2)
+        o4 = out.transpose(1, 2)  # dout shares its layout
         dl1 = torch.empty_like(lse1)
         dl2 = torch.empty_like(lse1)
         bm = 16 if _interpret() else 64
