@@ -66,6 +66,7 @@ SWEEP = {
     "fwd": [(128, 64, 8, 3), (64, 64, 4, 3), (128, 32, 8, 3), (128, 64, 8, 2)],
     "bwd_kv": [(32, 64, 4, 2), (64, 64, 8, 2), (32, 128, 8, 2), (16, 64, 4, 2)],
     "bwd_q": [(64, 32, 4, 2), (128, 32, 8, 2), (64, 64, 4, 2), (128, 64, 8, 2)],
+    "bwd_kv_atomic": [(32, 128, 8, 2), (64, 64, 8, 2), (64, 128, 8, 2), (64, 64, 4, 3)],
     "cmd_fwd": [(64, 64, 8, 2), (64, 32, 8, 2), (128, 64, 8, 2), (64, 64, 4, 3)],
     "cmd_bwd": [(32, 32, 8, 1), (32, 64, 8, 1), (16, 32, 4, 1), (32, 32, 4, 2)],
 }
@@ -80,6 +81,9 @@ def sweep(K, b, h, t, d, dtype, device, warmup, repeats, only=None):
         if only is not None and name not in only:
             continue
         cmd = name.startswith("cmd")
+        # the dQ-by-atomics key-block kernel (8 matmuls per tile, no dQ pass) has its own config
+        saved_dq = K.DQ_MODE
+        K.DQ_MODE = "atomic" if name == "bwd_kv_atomic" else saved_dq
         ins = make(b, h, t, d, dtype, device, cmd)
         dout = torch.randn(b, h, t, d, device=device, dtype=dtype)
         best = None
@@ -98,6 +102,7 @@ def sweep(K, b, h, t, d, dtype, device, warmup, repeats, only=None):
             log.append({"kernel": name, "config": list(cfg), "ms": ms})
             if best is None or ms < best[1]:
                 best = (cfg, ms)
+        K.DQ_MODE = saved_dq
         if best:
             K.CONFIGS[name] = best[0]
     # dQ strategy and CMD strategy
@@ -124,7 +129,8 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--sweep", action="store_true", help="try launch configs first, keep the best")
-    ap.add_argument("--sweep-kernels", help="comma list of families to sweep (fwd,bwd_kv,bwd_q,cmd_fwd,cmd_bwd,modes)")
+    ap.add_argument("--sweep-kernels",
+                    help="comma list of families to sweep (fwd,bwd_kv,bwd_kv_atomic,bwd_q,cmd_fwd,cmd_bwd,modes)")
     ap.add_argument("--configs", help="JSON of launch configs to use (from a --sweep run)")
     ap.add_argument("--quick", action="store_true", help="tiny CPU smoke run")
     ap.add_argument("--name", default="bench_diff_kernel")

@@ -26,3 +26,12 @@ def test_bench_train_step_diff_mixers_quick(tmp_path):
                    check=True, env=env, cwd=ROOT, capture_output=True, timeout=600)
     rows = json.loads((tmp_path / "ts.json").read_text())["rows"]
     assert [r["mixer"] for r in rows] == ["mla", "diff-mla", "cmd-mla", "diff-mha"]
+
+
+def test_bench_diff_latent_quick(tmp_path):
+    env = {**os.environ, "ATTNLAB_BENCH_DIR": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_diff_latent.py"), "--quick"],
+                   check=True, env=env, cwd=ROOT, capture_output=True, timeout=600)
+    rows = json.loads((tmp_path / "bench_diff_latent.json").read_text())["rows"]
+    assert {r["variant"] for r in rows} == {"sdpa path", "fused latent"}
+    assert all(r["rel_err_vs_sdpa"] < 1e-4 for r in rows)

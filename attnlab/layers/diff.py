@@ -23,9 +23,13 @@ second ("noise") softmax map from the first, cancelling attention noise common t
   map is subtracted from every head with a per-head lam_h = exp(lq_h . lk_h) + lam_init.
 
 Training never materialises a T x T map: ``impl="sdpa"`` runs two SDPA calls sharing V,
-``impl="triton"`` the fused kernel of ``attnlab.ops.diff_attention`` (K/V streamed once, two
-online-softmax states sharing each V tile); ``"auto"`` currently means sdpa (the fused kernel
-measured slower than two FlashAttention SDPA calls on an H100; see docs/differential.md).
+``impl="triton"`` a fused kernel of ``attnlab.ops.diff_attention`` (K/V streamed once, two
+online-softmax states sharing each V tile). For diff-mla and cmd-mla that kernel is
+``latent_diff_attention``: it reads the up-projection outputs in place (no q/k concatenation, no
+V padding, no expanded noise head, output already in the out-projection's layout), and
+``"auto"`` picks it on CUDA for heads up to 64 wide (measured faster there; see
+docs/differential.md). For diff-mha ``"auto"`` means sdpa (the generic kernel measured slower
+than two SDPA calls on an H100).
 With ``head_norm=False`` neither the headwise RMSNorm nor the (1 - lam_init) factor is applied.
 """
 
@@ -41,7 +45,8 @@ from torch import nn
 
 from ..caches.kv import LatentCache, new_kv_cache
 from ..errors import ConfigError
-from ..ops.diff_attention import IMPLS, diff_attention, diff_attention_sdpa
+from ..ops.diff_attention import IMPLS, LatentGeometry, diff_attention, diff_attention_sdpa
+from ..ops.diff_attention import latent_diff_attention, use_fused_latent
 from ..positions import RotaryEmbedding, apply_rope
 from .base import Mixer
 from .mla import LatentProjections, MLAOptions, absorbed_attention, validate_mla_options
@@ -135,14 +140,17 @@ class _DiffBase(Mixer):
             with torch.no_grad():
                 self.head_norm.fill_(1.0)
 
-    def finish(self, o: torch.Tensor) -> torch.Tensor:
-        """o [B, H, T, DV] -> [B, T, H * DV]: headwise RMSNorm * (1 - lam_init)."""
-        b, h, t, dv = o.shape
+    def finish(self, o: torch.Tensor, time_major: bool = False) -> torch.Tensor:
+        """o [B, H, T, DV] (or [B, T, H, DV] with ``time_major``) -> [B, T, H * DV]:
+        headwise RMSNorm * (1 - lam_init)."""
+        dv = o.shape[-1]
         if self.head_norm is not None:
             # RMSNorm(o) * (1 - lam_init) with the factor folded into the (small) weight
             w = (self.head_norm * (1.0 - self.lambda_init)).to(o.dtype)
             o = F.rms_norm(o, (dv,), w, self.cfg.norm_eps)
-        return o.transpose(1, 2).reshape(b, t, h * dv)
+        if not time_major:
+            o = o.transpose(1, 2)
+        return o.reshape(o.shape[0], o.shape[1], -1)
 
 
 # ------------------------------------------------------------------------------------------
@@ -248,18 +256,55 @@ class _LatentDiffBase(_DiffBase):
             p.q_proj = nn.Linear(cfg.dim, sum(self.q_split), bias=False)
         self.kv_up = nn.Linear(p.rank, sum(self.kv_split), bias=False)
         self.scale2 = (noise_qk + (p.dr if noise_rope else 0)) ** -0.5 * p.rope.attention_scale
+        self.geometry = LatentGeometry(self.n_heads, noise_heads, p.dn, p.dr, p.dv, noise_qk,
+                                       {None: 0, "shared": 1, "own": 2}[noise_rope], self.scale, self.scale2)
+        self._cos_sin = {}
+
+    # The only places that touch MLA's LatentProjections internals (q_down/q_norm/q_up or q_proj,
+    # kv_down, kv_norm, rope): keep them here so a change of LatentProjections is one edit.
+    def _queries(self, x):
+        """All query columns [B, T, sum(q_split)]: every signal head's [q_nope | q_rope] (rope not
+        yet applied), then the noise head(s)' [q2_nope | own rope part]."""
+        p = self.proj
+        return p.q_proj(x) if hasattr(p, "q_proj") else p.q_up(p.q_norm(p.q_down(x)))
+
+    def _kv_latent(self, x):
+        """(c [B, T, rank] before its norm, k_rope [B, T, dr] before RoPE)."""
+        p = self.proj
+        return p.kv_down(x).split([p.rank, p.dr], dim=-1)
+
+    def _rope_table(self, t: int, device):
+        """cos/sin for positions [0, t) (training), cached per length and device."""
+        key = (t, str(device))
+        cs = self._cos_sin.get(key)
+        if cs is None or cs[0].device != self.proj.rope.inv_freq.device:
+            if len(self._cos_sin) >= 8:  # a few training lengths; never grows without bound
+                self._cos_sin.clear()
+            cs = self._cos_sin[key] = self.proj.rope.cos_sin(0, t)
+        return cs
+
+    def _forward_fused(self, x):
+        """Training: the fused kernel reads the projection outputs in place (no q/k concatenation,
+        no V padding, no expanded noise head) and writes [B, T, H, dv] for the output projection."""
+        p = self.proj
+        q_all = self._queries(x)
+        c, k_rope = self._kv_latent(x)
+        kvu = self.kv_up(p.kv_norm(c))
+        cos, sin = self._rope_table(x.shape[1], x.device)
+        o = latent_diff_attention(q_all, kvu, k_rope, self.lam(), cos, sin, self.geometry)
+        return self.out_proj(self.finish(o, time_major=True))
 
     def latents(self, x, start: int):
         """Signal q_nope [B,H,T,dn], q_rope [B,H,T,dr] (roped), noise q2 [B,H2,T,dq2] (with its
         roped part last, if any), latent rows [B, T, rank+dr] = [normed c | roped k]."""
         p = self.proj
         b, t, _ = x.shape
-        q = p.q_proj(x) if hasattr(p, "q_proj") else p.q_up(p.q_norm(p.q_down(x)))
+        q = self._queries(x)
         q, q2 = q.split(self.q_split, dim=-1)
         q = q.view(b, t, self.n_heads, p.dn + p.dr).transpose(1, 2)
         q_nope, q_rope = q.split([p.dn, p.dr], dim=-1)
         q2 = q2.view(b, t, self.noise_heads, -1).transpose(1, 2)
-        c, k_rope = p.kv_down(x).split([p.rank, p.dr], dim=-1)
+        c, k_rope = self._kv_latent(x)
         cos, sin = p.rope.cos_sin(start, t)
         q_rope = apply_rope(q_rope, cos, sin)
         if self.noise_rope == "own":
@@ -306,6 +351,8 @@ class _LatentDiffBase(_DiffBase):
         return torch.einsum("bhtr,hvr->bhtv", o_lat, w[:, p.dn:])
 
     def forward(self, x, cache=None):
+        if cache is None and use_fused_latent(self.opts.impl, x, self.geometry):
+            return self._forward_fused(x)
         start = cache.seen if cache is not None else 0
         q_nope, q_rope, q2, latent = self.latents(x, start)
         lam = self.lam()

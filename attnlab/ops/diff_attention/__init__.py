@@ -10,6 +10,10 @@
   than two FlashAttention-2 SDPA calls (benchmarks/RESULTS.md, issue 3), so auto does not pick
   it; set ``AUTO_TRITON = True`` (or ``impl="triton"``) to use it where it measures faster.
 
+``latent_diff_attention`` (``latent.py``) is the training path of diff-mla and cmd-mla: it reads
+their projection outputs in place (no concatenation, padding or expanded noise head) and is what
+their ``impl="triton"`` means; ``impl="auto"`` picks it on CUDA (``use_fused_latent``).
+
 Triton is optional: without it, importing attnlab works and ``impl="triton"`` raises.
 """
 
@@ -17,10 +21,18 @@ from __future__ import annotations
 
 import torch
 
+from .latent_reference import LatentGeometry, latent_diff_reference
 from .reference import diff_attention_reference, diff_attention_sdpa, lam_per_head
 
 IMPLS = ("auto", "sdpa", "triton", "reference")
 AUTO_TRITON = False  # measured: fused 1.37-1.45x the time of two SDPA calls (H100, bf16)
+# diff-mla / cmd-mla training through latent.py's kernel under impl="auto" (CUDA), for heads up to
+# AUTO_LATENT_MAX_WIDTH wide (dn, dv and the noise width). Measured on an H100 (benchmarks/RESULTS.md,
+# issue 3, session 2): at dn = dv = 64, dr = 32 (shakespeare-384) the fused path takes 0.68x (diff)
+# and 0.58x (cmd) the time of the SDPA path and the eager training step runs 1.2-1.4x faster; at
+# dn = dv = 128, dr = 64, T = 4096 it takes 1.00x / 1.20x, so wider heads keep SDPA.
+AUTO_LATENT = True
+AUTO_LATENT_MAX_WIDTH = 64
 
 
 def triton_available() -> bool:
@@ -47,6 +59,26 @@ def resolve_impl(impl: str, q1, k1, q2, k2, v) -> str:
     return "sdpa"
 
 
+def use_fused_latent(impl: str, x: torch.Tensor, geometry: LatentGeometry) -> bool:
+    """Whether the latent mixers (diff-mla, cmd-mla) train through ``latent_diff_attention``:
+    always for impl="triton"; for "auto" on CUDA where AUTO_LATENT is set and the heads are at most
+    AUTO_LATENT_MAX_WIDTH wide (not under torch.compile, where the SDPA path lets inductor fuse
+    the projections around it)."""
+    if impl == "triton":
+        return True
+    g = geometry
+    return (impl == "auto" and AUTO_LATENT and x.is_cuda
+            and max(g.dn, g.dv, g.dn2) <= AUTO_LATENT_MAX_WIDTH and triton_available()
+            and not torch.compiler.is_compiling())
+
+
+def latent_diff_attention(q_all, kvu, kr_pre, lam, cos, sin, geometry):
+    """The latent family's fused training kernel, from its projection outputs (latent.py)."""
+    from .latent import latent_diff_attention as fused
+
+    return fused(q_all, kvu, kr_pre, lam, cos, sin, geometry)
+
+
 def diff_attention(q1, k1, q2, k2, v, lam, scale1=None, scale2=None, impl: str = "auto"):
     """Causal differential attention over a fresh sequence (training path). See reference.py
     for the shapes. Returns [B, H, T, DV] in q1's dtype."""
@@ -61,4 +93,5 @@ def diff_attention(q1, k1, q2, k2, v, lam, scale1=None, scale2=None, impl: str =
 
 
 __all__ = ["diff_attention", "diff_attention_reference", "diff_attention_sdpa", "lam_per_head",
-           "triton_available", "resolve_impl", "IMPLS"]
+           "triton_available", "resolve_impl", "IMPLS", "LatentGeometry", "latent_diff_attention",
+           "latent_diff_reference", "use_fused_latent"]

@@ -521,6 +521,7 @@ def _pow2(d: int) -> int:
 CONFIGS = {
     "fwd": (128, 64, 8, 2),
     "bwd_kv": (32, 128, 8, 2),
+    "bwd_kv_atomic": (32, 128, 8, 2),  # the key-block kernel when it also accumulates dQ (DQ_MODE)
     "bwd_q": (64, 32, 4, 2),
     "cmd_fwd": (64, 64, 8, 2),
     "cmd_bwd": (32, 32, 8, 1),
@@ -630,7 +631,7 @@ class DiffAttentionFunction(torch.autograd.Function):
         common = (*_strides(q1), *_strides(k1), *sq2, *_strides(k2), *_strides(v), *_strides(dout),
                   h, t, group1, group2, scale1 * LOG2E, scale2 * LOG2E, scale1, scale2,
                   d1, d2, dv_, _pow2(d1), _pow2(d2), _pow2(dv_))
-        bm, bn, w, s = _config("bwd_kv", max(d1, d2, dv_))
+        bm, bn, w, s = _config("bwd_kv_atomic" if atomic else "bwd_kv", max(d1, d2, dv_))
         _diff_bwd_kv_kernel[(triton.cdiv(t, bn), b * h)](
             q1, k1, q2, k2, v, lam, dout, lse1, lse2, dl1, dl2, dk1, dk2, dv, dq1, dq2, *common, bm, bn,
             atomic, num_warps=w, num_stages=s)
