@@ -1,20 +1,22 @@
 """Chunked gated delta rule with attnlab's Triton kernels (``impl="triton"``).
 
-Same contract and chunk algebra as ``chunked.py`` (see its docstring), split differently:
+Same contract and chunk algebra as ``chunked.py`` (see its docstring), every step in Triton
+(``triton_kernels.py``), as ONE custom op ``attnlab::gdn_triton`` with a hand-written backward
+``attnlab::gdn_triton_bwd`` (so ``torch.compile`` traces around it):
 
-- chunk-local part in batched PyTorch (autograd): gam = local cumulative log decay, the UT
-  transform (I + A)^-1 with A_ij = beta_i e^(gam_i - gam_j) k_i.k_j (j < i) by one batched
-  triangular solve, w = (I + A)^-1 diag(beta e^gam) K, u = (I + A)^-1 diag(beta) V;
-- the rest in Triton (``triton_kernels.py``), as the custom op ``attnlab::gdn_triton_fwd`` with a
-  hand-written backward ``attnlab::gdn_triton_bwd``: the sequential state recurrence over chunks
-  (state in registers, one program per (batch*head, value tile)), the outputs, and in the
-  backward the reverse recurrence of dS plus the parallel dq/dk/dw/d gam kernel.
+forward  ``_wy_fwd``    per (chunk, batch*head): gam = cumsum g, L, Ti = (I + L)^-1 by forward
+                        substitution (float32), w = Ti diag(beta e^gam) K, u = Ti diag(beta) V;
+         ``_fwd_h``     the sequential recurrence over chunks, one program per (batch*head, value
+                        tile), state in registers; stores each chunk's start state and vn = u - w S;
+         ``_fwd_o``     outputs, per (value tile, chunk, batch*head);
+backward ``_bwd_dv_local``, ``_bwd_dh`` (reverse recurrence of dS, chunks in reverse),
+         ``_bwd_dqkw`` (dq, dk, dw, d gam per chunk) and ``_wy_bwd`` (the UT transform's backward,
+         dk, dv, dbeta and dg).
 
-So a forward is 2 Triton launches plus ~25 batched PyTorch ops whatever T (the PyTorch chunked
-path launches two small matmuls per chunk). Inputs of any float dtype: the solve is float32,
-w and u are cast to the input dtype, the kernels multiply in that dtype with float32
-accumulation; the state is float32 (``final``), the per-chunk states are kept in the input dtype
-for the backward.
+So fwd+bwd is 7 kernel launches whatever T (the PyTorch chunked path launches two small matmuls
+per chunk plus ~120 batched ops). Matmuls run in the input dtype with float32 accumulation (bf16
+on GPU), the UT transform in float32 (TF32 matmuls for half inputs); the state is float32
+(``final``); per-chunk states are kept in the input dtype for the backward.
 """
 
 from __future__ import annotations
@@ -50,12 +52,8 @@ def _bv_seq(bh: int, dv: int, bk: int, device) -> int:
     return max(bv, 16)
 
 
-@torch.library.custom_op("attnlab::gdn_triton_fwd", mutates_args=())
-def gdn_triton_fwd(q: Tensor, k: Tensor, w: Tensor, u: Tensor, g: Tensor, gam: Tensor, gk: Tensor,
-                   h0: Tensor | None, scale: float, chunk: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """q, k, w [BH, T, K], u [BH, T, V], g (raw log decay), gam (its cumulative sum inside each
-    chunk), gk (sum of g over the later tokens of the chunk) [BH, T] f32, h0 [BH, K, V] f32 or None ->
-    (o [BH, T, V], final [BH, K, V] f32, states [BH, N, K, V], vn [BH, T, V])."""
+def _core_fwd(q, k, w, u, g, gam, gk, h0, scale, chunk):
+    """Sequential recurrence + outputs -> (o, final f32, states, vn)."""
     bh, t, dk, dv, n = _dims(q, u, chunk)
     bk = max(_pow2(dk), 16)
     states = q.new_empty(bh, n, dk, dv)
@@ -74,22 +72,11 @@ def gdn_triton_fwd(q: Tensor, k: Tensor, w: Tensor, u: Tensor, g: Tensor, gam: T
     return o, final, states, vn
 
 
-@gdn_triton_fwd.register_fake
-def _(q, k, w, u, g, gam, gk, h0, scale, chunk):
-    bh, t, dk, dv, n = _dims(q, u, chunk)
-    return (torch.empty_like(u, dtype=q.dtype), q.new_empty(bh, dk, dv, dtype=torch.float32),
-            q.new_empty(bh, n, dk, dv), torch.empty_like(u))
-
-
-@torch.library.custom_op("attnlab::gdn_triton_bwd", mutates_args=())
-def gdn_triton_bwd(q: Tensor, k: Tensor, w: Tensor, g: Tensor, gam: Tensor, gk: Tensor, states: Tensor, vn: Tensor, do: Tensor,
-                   dfinal: Tensor | None, scale: float, chunk: int
-                   ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """-> (dq, dk, dw, du, dgam, dgk, dh0)."""
+def _core_bwd(q, k, w, g, gam, gk, states, vn, do, dfinal, scale, chunk):
+    """-> (dq, dk_core f32, dw f32, du f32, dgam, dgk, dh0)."""
     bh, t, dk, dv, n = _dims(q, vn, chunk)
     bk = max(_pow2(dk), 16)
     prec = _prec(q)
-    do = do.contiguous()
     bvl = min(_pow2(dv), 64)
     dvl = torch.empty(bh, t, dv, device=q.device, dtype=torch.float32)
     tk._bwd_dv_local[(triton.cdiv(dv, bvl), n, bh)](q, k, g, do, dvl, scale, t, K=dk, V=dv, C=chunk,
@@ -104,41 +91,88 @@ def gdn_triton_bwd(q: Tensor, k: Tensor, w: Tensor, g: Tensor, gam: Tensor, gk: 
                                           PREC=prec, num_warps=4 if bk * bv <= 4096 else 8)
     bk2 = min(bk, 64)
     nk = triton.cdiv(dk, bk2)
-    dq, dkk, dw = torch.empty_like(q), torch.empty_like(k), torch.empty_like(w)
-    dg = torch.empty(nk, bh, t, device=q.device, dtype=torch.float32)
+    f32 = torch.float32
+    dq = torch.empty_like(q)
+    dkc, dw = torch.empty_like(k, dtype=f32), torch.empty_like(w, dtype=f32)
+    dg = torch.empty(nk, bh, t, device=q.device, dtype=f32)
     dgk = torch.empty_like(dg)
-    tk._bwd_dqkw[(nk, n, bh)](q, k, gam, g, gk, states, gs, vn, do, dvn, dq, dkk, dw, dg, dgk, scale, t, n, bh * t,
+    tk._bwd_dqkw[(nk, n, bh)](q, k, gam, g, gk, states, gs, vn, do, dvn, dq, dkc, dw, dg, dgk, scale, t, n, bh * t,
                               K=dk, V=dv, C=chunk, BK=bk2, BV=min(_pow2(dv), 64), PREC=prec, num_warps=4)
-    dg, dgk = dg.sum(0), dgk.sum(0)  # over K tiles (fresh tensors: op outputs must not be views)
-    return dq, dkk, dw, dvn.to(vn.dtype), dg, dgk, dh0
+    if nk > 1:
+        dg, dgk = dg.sum(0), dgk.sum(0)
+    return dq, dkc, dw, dvn, dg.view(bh, t), dgk.view(bh, t), dh0
+
+
+@torch.library.custom_op("attnlab::gdn_triton", mutates_args=())
+def gdn_triton(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, h0: Tensor | None, scale: float,
+               chunk: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """q, k [BH, T, K], v [BH, T, V] (T a multiple of chunk), g, beta [BH, T] float32,
+    h0 [BH, K, V] float32 or None -> (o [BH, T, V], final [BH, K, V] float32, and for the backward:
+    w, Ti [BH, T, C] f32, gam, gk [BH, T] f32, states [BH, N, K, V], vn [BH, T, V])."""
+    bh, t, dk, dv, n = _dims(q, v, chunk)
+    bk = max(_pow2(dk), 16)
+    w = torch.empty_like(k)
+    u = torch.empty_like(v, dtype=q.dtype)
+    ti = q.new_empty(bh, t, chunk, dtype=torch.float32)
+    gam = torch.empty_like(g)
+    gk = torch.empty_like(g)
+    tk._wy_fwd[(n, bh)](k, v, beta, g, w, u, ti, gam, gk, t, K=dk, V=dv, C=chunk, BK=bk,
+                        BV=min(_pow2(dv), 64), PREC=_prec(q), num_warps=4 if bk <= 64 else 8)
+    o, final, states, vn = _core_fwd(q, k, w, u, g, gam, gk, h0, scale, chunk)
+    return o, final, w, ti, gam, gk, states, vn
+
+
+@gdn_triton.register_fake
+def _(q, k, v, g, beta, h0, scale, chunk):
+    bh, t, dk, dv, n = _dims(q, v, chunk)
+    f32 = torch.float32
+    return (q.new_empty(bh, t, dv), q.new_empty(bh, dk, dv, dtype=f32), torch.empty_like(k),
+            q.new_empty(bh, t, chunk, dtype=f32), torch.empty_like(g), torch.empty_like(g),
+            q.new_empty(bh, n, dk, dv), q.new_empty(bh, t, dv))
+
+
+@torch.library.custom_op("attnlab::gdn_triton_bwd", mutates_args=())
+def gdn_triton_bwd(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, w: Tensor, ti: Tensor, gam: Tensor,
+                   gk: Tensor, states: Tensor, vn: Tensor, do: Tensor, dfinal: Tensor | None, scale: float,
+                   chunk: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """-> (dq, dk, dv, dg, dbeta, dh0)."""
+    bh, t, dk, dv, n = _dims(q, v, chunk)
+    bk = max(_pow2(dk), 16)
+    do = do.contiguous()
+    dq, dkc, dw, du, dgam, dgk, dh0 = _core_bwd(q, k, w, g, gam, gk, states, vn, do, dfinal, scale, chunk)
+    dkk = torch.empty_like(k)
+    dvv = torch.empty_like(v)
+    dg = torch.empty_like(g)
+    db = torch.empty_like(g)
+    tk._wy_bwd[(n, bh)](k, v, beta, g, ti, dw, du, dkc, dgam, dgk, dkk, dvv, db, dg, t, K=dk, V=dv, C=chunk,
+                        BK=bk, BV=min(_pow2(dv), 64), PREC=_prec(q), num_warps=4 if bk <= 64 else 8)
+    return dq, dkk, dvv, dg, db, dh0
 
 
 @gdn_triton_bwd.register_fake
-def _(q, k, w, g, gam, gk, states, vn, do, dfinal, scale, chunk):
-    bh, t, dk, dv, n = _dims(q, vn, chunk)
-    return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(w), torch.empty_like(vn),
-            gam.new_empty(bh, t), gam.new_empty(bh, t), q.new_empty(bh, dk, dv, dtype=torch.float32))
+def _(q, k, v, g, beta, w, ti, gam, gk, states, vn, do, dfinal, scale, chunk):
+    bh, t, dk, dv, n = _dims(q, v, chunk)
+    return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(g),
+            torch.empty_like(g), q.new_empty(bh, dk, dv, dtype=torch.float32))
 
 
 def _setup(ctx, inputs, output):
-    q, k, w, u, g, gam, gk, h0, scale, chunk = inputs
-    o, final, states, vn = output
-    ctx.save_for_backward(q, k, w, g, gam, gk, states, vn)
+    q, k, v, g, beta, h0, scale, chunk = inputs
+    o, final, w, ti, gam, gk, states, vn = output
+    ctx.save_for_backward(q, k, v, g, beta, w, ti, gam, gk, states, vn)
     ctx.scale, ctx.chunk, ctx.has_h0 = scale, chunk, h0 is not None
 
 
-def _backward(ctx, do, dfinal, _dstates, _dvn):
-    q, k, w, g, gam, gk, states, vn = ctx.saved_tensors
+def _backward(ctx, do, dfinal, *_unused):
+    q, k, v, g, beta, w, ti, gam, gk, states, vn = ctx.saved_tensors
     if do is None:
         do = torch.zeros(vn.shape, device=vn.device, dtype=q.dtype)
-    dq, dk, dw, du, dgam, dgk, dh0 = gdn_triton_bwd(q, k, w, g, gam, gk, states, vn, do.to(q.dtype), dfinal,
-                                                    ctx.scale, ctx.chunk)
-    # g itself only feeds the in-kernel segment sums of D = e^(gam_i - gam_j): its gradient
-    # flows through gam (and gk), of which it is the cumulative sum
-    return dq, dk, dw, du, None, dgam, dgk, (dh0 if ctx.has_h0 else None), None, None
+    dq, dk, dv, dg, db, dh0 = gdn_triton_bwd(q, k, v, g, beta, w, ti, gam, gk, states, vn, do.to(q.dtype),
+                                             dfinal, ctx.scale, ctx.chunk)
+    return dq, dk, dv, dg, db, (dh0 if ctx.has_h0 else None), None, None
 
 
-gdn_triton_fwd.register_autograd(_backward, setup_context=_setup)
+gdn_triton.register_autograd(_backward, setup_context=_setup)
 
 
 def chunk_gated_delta_rule_triton(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor,
@@ -156,32 +190,12 @@ def chunk_gated_delta_rule_triton(q: Tensor, k: Tensor, v: Tensor, g: Tensor, be
         q, k, v = (torch.nn.functional.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
         g, beta = (torch.nn.functional.pad(x, (0, pad)) for x in (g, beta))
     tp = t + pad
-    n, bh, f32 = tp // c, b * h, torch.float32
-    dt = q.dtype
-    qf = q.reshape(bh, tp, dk)
-    kf = k.reshape(bh, tp, dk)
-    kc = kf.view(bh, n, c, dk).to(f32)
-    vc = v.reshape(bh, n, c, dv).to(f32)
-    gc = g.reshape(bh, n, c).to(f32)
-    bc = beta.reshape(bh, n, c).to(f32)
-    gam = gc.cumsum(-1)
-    # sum_{m>i} g_m inside the chunk (decay from token i to the chunk end), a cumulative sum of
-    # the shifted gates from the end: no cancellation
-    gk = torch.nn.functional.pad(gc[..., 1:], (0, 1)).flip(-1).cumsum(-1).flip(-1)
-    idx = torch.arange(c, device=q.device)
-    strict = idx[:, None] > idx[None, :]
-    # gam_i - gam_j as segment sums (accurate gate gradients under strong decay, see chunked.py)
-    seg = gc[..., :, None].expand(bh, n, c, c).masked_fill(~strict, 0.0).cumsum(-2)
-    a = (kc @ kc.transpose(-1, -2)) * seg.exp() * bc[..., :, None]
-    a = a.masked_fill(~strict, 0.0)
-    rhs = torch.cat([kc * (bc * gam.exp())[..., None], vc * bc[..., None]], dim=-1)
-    sol = torch.linalg.solve_triangular(a, rhs, upper=False, unitriangular=True)
-    w, u = sol.split([dk, dv], dim=-1)
-    w = w.reshape(bh, tp, dk).to(dt).contiguous()
-    u = u.reshape(bh, tp, dv).to(dt).contiguous()
-    h0 = None if initial_state is None else initial_state.reshape(bh, dk, dv).to(f32)
-    flat = lambda x: x.reshape(bh, tp).contiguous()  # noqa: E731
-    o, final, _, _ = gdn_triton_fwd(qf.contiguous(), kf.contiguous(), w, u, flat(gc.detach()), flat(gam), flat(gk),
-                                    h0, float(scale), c)
+    bh, f32 = b * h, torch.float32
+    v = v.to(q.dtype)
+    flat = lambda x, d: x.reshape(bh, tp, d).contiguous()  # noqa: E731
+    h0 = None if initial_state is None else initial_state.reshape(bh, dk, dv).to(f32).contiguous()
+    o, final, *_ = gdn_triton(flat(q, dk), flat(k.to(q.dtype), dk), flat(v, dv),
+                              g.reshape(bh, tp).to(f32).contiguous(), beta.reshape(bh, tp).to(f32).contiguous(),
+                              h0, float(scale), c)
     o = o.reshape(b, h, tp, dv)[:, :, :t]
     return o, (final.reshape(b, h, dk, dv) if output_final_state else None)

@@ -225,3 +225,109 @@ def _bwd_dqkw(q_ptr, k_ptr, gam_ptr, g_ptr, gk_ptr, st_ptr, gs_ptr, vn_ptr, do_p
     tl.store(dw_ptr + rk, (-dw).to(dw_ptr.dtype.element_ty), mask=mk[None, :])
     tl.store(dg_ptr + ik * BHT + bh * T + rows, dgam)
     tl.store(dgk_ptr + ik * BHT + bh * T + rows, tl.sum(dk3 * kf, 1))
+
+
+# ---------------------------------------------------------------------------------------------
+# The chunk-local UT transform, forward and backward, one program per (chunk, BH):
+#   gam = cumsum(g), gk_i = sum_{m>i} g_m, L_ij = beta_i (k_i.k_j) e^(gam_i - gam_j) (j < i),
+#   Ti = (I + L)^-1 (forward substitution, float32), w = Ti diag(beta e^gam) K, u = Ti diag(beta) V
+# ---------------------------------------------------------------------------------------------
+@triton.jit
+def _wy_fwd(k_ptr, v_ptr, b_ptr, g_ptr, w_ptr, u_ptr, ti_ptr, gam_ptr, gk_ptr, T,
+            K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+            PREC: tl.constexpr):
+    n = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    ok = tl.arange(0, BK)
+    oc = tl.arange(0, C)
+    mk = ok < K
+    rows = n * C + oc
+    g = tl.load(g_ptr + bh * T + rows).to(tl.float32)
+    beta = tl.load(b_ptr + bh * T + rows).to(tl.float32)
+    gam = tl.cumsum(g, 0)
+    seg = tl.cumsum(tl.where(oc[:, None] > oc[None, :], g[:, None], 0.0), 0)  # sum_{j<m<=i} g_m
+    gk = tl.sum(tl.where(oc[:, None] == C - 1, seg, 0.0), 0)                  # sum_{m>j} g_m
+    tl.store(gam_ptr + bh * T + rows, gam)
+    tl.store(gk_ptr + bh * T + rows, gk)
+    strict = oc[:, None] > oc[None, :]
+    k = tl.load(k_ptr + bh * T * K + rows[:, None] * K + ok[None, :], mask=mk[None, :], other=0.0)
+    kk = tl.dot(k, tl.trans(k), input_precision=PREC)
+    lm = tl.where(strict, beta[:, None] * kk * tl.exp(seg), 0.0)
+    ti = tl.where(oc[:, None] == oc[None, :], 1.0, 0.0)
+    for i in range(1, C):  # row i of Ti: e_i - sum_{j<i} L_ij Ti_j (rows j < i are final)
+        li = tl.sum(tl.where(oc[:, None] == i, lm, 0.0), 0)
+        ti = tl.where(oc[:, None] == i, ti - tl.sum(li[:, None] * ti, 0)[None, :], ti)
+    tl.store(ti_ptr + (bh * T + rows[:, None]) * C + oc[None, :], ti)
+    kb = k.to(tl.float32) * (beta * tl.exp(gam))[:, None]
+    w = tl.dot(ti, kb, input_precision=PREC)
+    tl.store(w_ptr + bh * T * K + rows[:, None] * K + ok[None, :], w.to(w_ptr.dtype.element_ty), mask=mk[None, :])
+    for v0 in range(0, V, BV):
+        ov = v0 + tl.arange(0, BV)
+        mv = ov < V
+        rv = bh * T * V + rows[:, None] * V + ov[None, :]
+        v = tl.load(v_ptr + rv, mask=mv[None, :], other=0.0).to(tl.float32)
+        u = tl.dot(ti, v * beta[:, None], input_precision=PREC)
+        tl.store(u_ptr + rv, u.to(u_ptr.dtype.element_ty), mask=mv[None, :])
+
+
+@triton.jit
+def _wy_bwd(k_ptr, v_ptr, b_ptr, g_ptr, ti_ptr, dw_ptr, du_ptr, dkc_ptr, dgam_ptr, dgk_ptr,
+            dk_ptr, dv_ptr, db_ptr, dg_ptr, T,
+            K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+            PREC: tl.constexpr):
+    """Backward of the UT transform, plus the core's gradients: dk = dk_core + this part; dg from
+    d gam (the core's and this part's, through gam = cumsum g) and d gk (through gk)."""
+    n = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    ok = tl.arange(0, BK)
+    oc = tl.arange(0, C)
+    mk = ok < K
+    rows = n * C + oc
+    rk = bh * T * K + rows[:, None] * K + ok[None, :]
+    g = tl.load(g_ptr + bh * T + rows).to(tl.float32)
+    beta = tl.load(b_ptr + bh * T + rows).to(tl.float32)
+    gam = tl.cumsum(g, 0)
+    strict = oc[:, None] > oc[None, :]
+    seg = tl.cumsum(tl.where(strict, g[:, None], 0.0), 0)
+    k = tl.load(k_ptr + rk, mask=mk[None, :], other=0.0)
+    kf = k.to(tl.float32)
+    kk = tl.dot(k, tl.trans(k), input_precision=PREC)
+    dec = tl.where(strict, tl.exp(seg), 0.0)
+    ti = tl.load(ti_ptr + (bh * T + rows[:, None]) * C + oc[None, :])
+    # w = Ti Kb: dTi += dw Kb^T, dKb = Ti^T dw
+    bg = beta * tl.exp(gam)
+    kb = kf * bg[:, None]
+    dw = tl.load(dw_ptr + rk, mask=mk[None, :], other=0.0).to(tl.float32)
+    dti = tl.dot(dw, tl.trans(kb), input_precision=PREC)
+    dkb = tl.dot(tl.trans(ti), dw, input_precision=PREC)
+    dk = dkb * bg[:, None]
+    dbeta = tl.sum(dkb * kf, 1) * tl.exp(gam)
+    dgam = tl.sum(dkb * kb, 1)
+    for v0 in range(0, V, BV):
+        ov = v0 + tl.arange(0, BV)
+        mv = ov < V
+        rv = bh * T * V + rows[:, None] * V + ov[None, :]
+        v = tl.load(v_ptr + rv, mask=mv[None, :], other=0.0).to(tl.float32)
+        du = tl.load(du_ptr + rv, mask=mv[None, :], other=0.0).to(tl.float32)
+        dti += tl.dot(du, tl.trans(v * beta[:, None]), input_precision=PREC)
+        dvb = tl.dot(tl.trans(ti), du, input_precision=PREC)
+        tl.store(dv_ptr + rv, (dvb * beta[:, None]).to(dv_ptr.dtype.element_ty), mask=mv[None, :])
+        dbeta += tl.sum(dvb * v, 1)
+    # Ti = (I + L)^-1: dL = -Ti^T dTi Ti^T (strictly lower part)
+    dl = -tl.dot(tl.dot(tl.trans(ti), dti, input_precision=PREC), tl.trans(ti), input_precision=PREC)
+    dl = tl.where(strict, dl, 0.0)
+    # L = beta_i kk_ij D_ij
+    dkk = dl * beta[:, None] * dec
+    dk += tl.dot(dkk, kf, input_precision=PREC) + tl.dot(tl.trans(dkk), kf, input_precision=PREC)
+    m = dkk * kk  # = dL * L: d gam_i += rowsum, d gam_j -= colsum
+    dbeta += tl.sum(dl * kk * dec, 1)
+    dgam += tl.sum(m, 1) - tl.sum(m, 0)
+    dk += tl.load(dkc_ptr + rk, mask=mk[None, :], other=0.0).to(tl.float32)
+    tl.store(dk_ptr + rk, dk.to(dk_ptr.dtype.element_ty), mask=mk[None, :])
+    tl.store(db_ptr + bh * T + rows, dbeta)
+    dgam += tl.load(dgam_ptr + bh * T + rows)
+    dgk = tl.load(dgk_ptr + bh * T + rows)
+    # gam_i = sum_{m<=i} g_m -> dg_m += sum_{i>=m} dgam_i; gk_i = sum_{m>i} g_m -> dg_m += sum_{i<m} dgk_i
+    dg = tl.sum(tl.where(oc[:, None] >= oc[None, :], dgam[:, None], 0.0), 0) \
+        + tl.sum(tl.where(oc[:, None] < oc[None, :], dgk[:, None], 0.0), 0)
+    tl.store(dg_ptr + bh * T + rows, dg)
