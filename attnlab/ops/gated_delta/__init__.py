@@ -50,7 +50,7 @@ def _warn_once(reason: str) -> None:
     if reason not in _warned:
         _warned.add(reason)
         warnings.warn(f"gated_delta_rule: fla path unavailable ({reason}); using the portable "
-                      "path (attnlab triton kernels on CUDA, else chunked PyTorch)", RuntimeWarning, stacklevel=3)
+                      "chunked path (attnlab's Triton kernels on CUDA, else PyTorch)", RuntimeWarning, stacklevel=3)
 
 
 def triton_available() -> bool:
