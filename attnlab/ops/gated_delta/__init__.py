@@ -12,7 +12,7 @@
 - ``impl="fla"``: flash-linear-attention's kernels (``fla_backend.py``) when installed and usable
   on this device; otherwise one warning and the chunked path;
 - ``impl="auto"`` (default): fla when usable, else triton on CUDA when triton is installed and
-  the head dim is <= 256, else chunked, silently.
+  the key head dim is <= 128, else chunked, silently.
 
 q and k are used as given (the mixers L2-normalise them). The state is float32.
 """
@@ -31,7 +31,7 @@ from .fla_backend import fla_gated_delta_rule, fla_status, fla_verdict
 from .naive import naive_gated_delta_rule
 
 IMPLS = ("auto", "chunked", "naive", "fla", "triton")
-TRITON_MAX_HEAD_DIM = 256
+TRITON_MAX_HEAD_DIM = 128  # key head dim: tiles of [64, K] in registers / shared memory
 _warned: set[str] = set()
 
 

@@ -42,6 +42,13 @@ def _dims(q, u, chunk):
     return bh, t, dk, dv, t // chunk
 
 
+def _stages(t: Tensor, bk: int) -> int:
+    """Software-pipelining depth of the sequential kernels: 3 fits shared memory for 16-bit
+    inputs up to head dim 128; float32 (or larger tiles) needs fewer (H100: 232 KB per block)."""
+    row_bytes = t.element_size() * bk
+    return 3 if row_bytes <= 256 else 2 if row_bytes <= 512 else 1
+
+
 def _bv_seq(bh: int, dv: int, bk: int, device) -> int:
     """Value tile of the sequential kernels: small enough to fill the GPU at small batch*heads."""
     bv = min(_pow2(dv), 64 if bk <= 64 else 32)
@@ -64,7 +71,7 @@ def _core_fwd(q, k, w, u, g, gam, gk, h0, scale, chunk):
     h0_ = h0.contiguous() if h0 is not None else final
     tk._fwd_h[(triton.cdiv(dv, bv), bh)](k, w, u, gam, gk, h0_, states, vn, final, t, n, K=dk, V=dv, C=chunk,
                                          BK=bk, BV=bv, HAS_H0=h0 is not None, PREC=prec,
-                                         num_warps=4 if bk * bv <= 4096 else 8)
+                                         num_warps=4 if bk * bv <= 4096 else 8, num_stages=_stages(q, bk))
     o = torch.empty_like(u, dtype=q.dtype)
     bvo = min(_pow2(dv), 64)
     tk._fwd_o[(triton.cdiv(dv, bvo), n, bh)](q, k, gam, g, states, vn, o, scale, t, n, K=dk, V=dv, C=chunk,
@@ -88,7 +95,7 @@ def _core_bwd(q, k, w, g, gam, gk, states, vn, do, dfinal, scale, chunk):
     dfin = dfinal.contiguous() if dfinal is not None else dh0
     tk._bwd_dh[(triton.cdiv(dv, bv), bh)](q, k, w, gam, gk, do, dvl, dfin, gs, dvn, dh0, scale, t, n,
                                           K=dk, V=dv, C=chunk, BK=bk, BV=bv, HAS_DFIN=dfinal is not None,
-                                          PREC=prec, num_warps=4 if bk * bv <= 4096 else 8)
+                                          PREC=prec, num_warps=4 if bk * bv <= 4096 else 8, num_stages=_stages(q, bk))
     bk2 = min(bk, 64)
     nk = triton.cdiv(dk, bk2)
     f32 = torch.float32
