@@ -87,6 +87,16 @@ def test_triton_state_continues_across_calls():
     assert rel_err(torch.cat([o1, o2], 2), o) <= 1e-5 and rel_err(s2, s) <= 1e-5
 
 
+@pytest.mark.parametrize("t", [0, 1])
+def test_triton_empty_and_single_token(t):
+    q, k, v, g, beta, s0 = make_inputs(1, 2, t, 16, 16, "weak")
+    o, s = triton_rule(q, k, v, g, beta, initial_state=s0, output_final_state=True)
+    o_ref, s_ref = naive_gated_delta_rule(q, k, v, g, beta, None, s0, True)
+    assert o.shape == o_ref.shape and rel_err(s, s_ref) <= 1e-6
+    if t:
+        assert rel_err(o, o_ref) <= 1e-6
+
+
 def test_triton_fp16_inputs():
     """Half-precision inputs: matmuls in fp16 with fp32 accumulation; fp32 state; usable accuracy."""
     q, k, v, g, beta, s0 = make_inputs(1, 2, 40, 16, 16, "weak")

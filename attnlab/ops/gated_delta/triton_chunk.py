@@ -191,6 +191,10 @@ def chunk_gated_delta_rule_triton(q: Tensor, k: Tensor, v: Tensor, g: Tensor, be
     b, h, t, dk = q.shape
     dv = v.shape[-1]
     scale = dk ** -0.5 if scale is None else scale
+    if t == 0:  # nothing to launch: no output, the state passes through
+        s = (torch.zeros(b, h, dk, dv, device=q.device, dtype=torch.float32) if initial_state is None
+             else initial_state.to(torch.float32))
+        return q.new_zeros(b, h, 0, dv), (s if output_final_state else None)
     c = max(chunk_size, 16)  # tl.dot needs tiles of >= 16 rows; any power of two >= 16 is exact
     pad = (-t) % c
     if pad:  # padded tokens have k = 0, beta = 0, g = 0: they leave the state unchanged
