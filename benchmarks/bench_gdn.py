@@ -1,10 +1,12 @@
 """GatedDeltaNet benchmarks: the op's fwd+bwd time vs causal softmax attention, and decode memory.
 
 1. Op (``gdn_op.json``): gated delta rule forward+backward, B x T grid, H heads of head dim D, bf16:
-   the portable chunked PyTorch path (eager, and torch.compile'd where the time budget allows),
-   fla's kernel if it is usable on this machine, and SDPA causal attention (flash backend on
-   CUDA) on q/k/v of the same shape. Ratios are sdpa_ms / variant_ms (> 1: gdn faster); the
-   crossover is the shortest T at which the chunked path beats SDPA, per batch size.
+   the portable chunked PyTorch path (``chunked``; ``compiled`` = torch.compile'd, where the
+   time budget allows), attnlab's Triton path (``triton``; ``triton_compiled`` = torch.compile
+   around it, the PyTorch UT-transform part fused, where the budget allows), fla's kernel if it
+   is usable on this machine, and SDPA causal attention (flash backend on CUDA) on q/k/v of the
+   same shape. Ratios are sdpa_ms / variant_ms (> 1: gdn faster); the crossover is the shortest
+   T at which a variant beats SDPA, per batch size and variant.
 2. Decode memory (``decode_memory.json`` + ``decode_memory.png``): bytes held by one sequence's
    cache, measured with ``nbytes()`` from real caches of whole models (preset dims), vs context
    length, for mha, mla, gdn, sdla and the 2:1 gdn/mla hybrid.
@@ -16,6 +18,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import torch
@@ -23,7 +26,7 @@ import torch.nn.functional as F
 
 from attnlab import ModelConfig
 from attnlab.bench import time_ms, write_results
-from attnlab.ops.gated_delta import chunk_gated_delta_rule_torch, gated_delta_rule, resolve_impl
+from attnlab.ops.gated_delta import chunk_gated_delta_rule_torch, gated_delta_rule, resolve_impl, triton_available
 from attnlab.presets import preset
 
 
@@ -77,6 +80,12 @@ def bench_op(args, device, dtype):
     compiled_fn = torch.compile(chunk_gated_delta_rule_torch) if args.compile else None
     compiled = (lambda q, k, v, g, b: compiled_fn(q, k, v, g, b, chunk_size=args.chunk_size)[0])  # noqa: E731
     fla = lambda q, k, v, g, b: gated_delta_rule(q, k, v, g, b, impl="fla")[0]  # noqa: E731
+    tri_ok = args.triton and triton_available() and (device == "cuda" or os.environ.get("TRITON_INTERPRET") == "1")
+    if tri_ok:
+        from attnlab.ops.gated_delta.triton_chunk import chunk_gated_delta_rule_triton
+    tri = lambda q, k, v, g, b: chunk_gated_delta_rule_triton(q, k, v, g, b, chunk_size=args.chunk_size)[0]  # noqa: E731
+    tri_compiled_fn = torch.compile(chunk_gated_delta_rule_triton) if tri_ok and args.compile else None
+    tri_compiled = (lambda q, k, v, g, b: tri_compiled_fn(q, k, v, g, b, chunk_size=args.chunk_size)[0])  # noqa: E731
 
     def sdpa(q, k, v, g, b):
         if device == "cuda":
@@ -95,40 +104,53 @@ def bench_op(args, device, dtype):
         reps = (2, 5) if b * t >= 65536 else (args.warmup, args.repeats)
         row = {"B": b, "T": t, "H": args.heads, "D": args.head_dim}
         row["sdpa_ms"], row["sdpa_GiB"] = measure(fwd_bwd(sdpa, x), device, *reps)
-        row["chunked_ms"], row["chunked_GiB"] = measure(fwd_bwd(chunk, x), device, *reps)
+        if not args.skip_chunked:
+            row["chunked_ms"], row["chunked_GiB"] = measure(fwd_bwd(chunk, x), device, *reps)
+        if tri_ok and (device == "cuda" or (b, t) == grid[0]):  # the interpreter (CPU) is slow
+            row["triton_ms"], row["triton_GiB"] = measure(fwd_bwd(tri, x), device, *reps)
         if fla_ok:
             row["fla_ms"], _ = measure(fwd_bwd(fla, x), device, *reps)
         rows.append(row)
         print(row, flush=True)
         save_partial(args, rows)
         del x
-    # compiled variant second: compilation is slow, so it runs while the time budget lasts
-    if compiled_fn is not None:
+    # compiled variants second: compilation is slow, so they run while the time budget lasts
+    # (the Triton path first: it is the fast one; then the PyTorch chunked path)
+    compiled_variants = [(name, fn) for name, fn, on in (
+        ("triton_compiled", tri_compiled, tri_compiled_fn is not None),
+        ("compiled", compiled, compiled_fn is not None and not args.skip_chunked)) if on]
+    for name, fn in compiled_variants:
         # B=2 first (the published comparison point), long sequences first
         for row in sorted(rows, key=lambda r: (r["B"] != 2, -r["T"], r["B"])):
             if time.perf_counter() - t_start > args.time_budget:
-                print(f"time budget {args.time_budget}s spent: compiled variant skipped from B={row['B']} T={row['T']}")
+                print(f"time budget {args.time_budget}s spent: {name} skipped from B={row['B']} T={row['T']}")
                 break
             x = op_inputs(row["B"], args.heads, row["T"], args.head_dim, dtype, device)
             reps = (3, 5) if row["B"] * row["T"] >= 65536 else (max(args.warmup, 3), args.repeats)
             try:
-                row["compiled_ms"], row["compiled_GiB"] = measure(fwd_bwd(compiled, x), device, *reps)
+                row[f"{name}_ms"], row[f"{name}_GiB"] = measure(fwd_bwd(fn, x), device, *reps)
             except Exception as e:  # a compile failure must not lose the rest of the results
-                row["compiled_ms"] = None
-                print(f"compiled variant failed at B={row['B']} T={row['T']}: {type(e).__name__}: {e}")
-            print({k: row[k] for k in ("B", "T", "compiled_ms", "compiled_GiB") if k in row}, flush=True)
+                row[f"{name}_ms"] = None
+                print(f"{name} failed at B={row['B']} T={row['T']}: {type(e).__name__}: {e}")
+            print({k: row[k] for k in ("B", "T", f"{name}_ms", f"{name}_GiB") if k in row}, flush=True)
             save_partial(args, rows)
             del x
+    variants = ("chunked", "compiled", "triton", "triton_compiled", "fla")
     for row in rows:
-        for v in ("chunked", "compiled", "fla"):
+        for v in variants:
             if row.get(f"{v}_ms") and row.get("sdpa_ms"):
                 row[f"sdpa/{v}"] = row["sdpa_ms"] / row[f"{v}_ms"]
     crossover = {}
-    for b in args.batch:
-        faster = [r["T"] for r in rows if r["B"] == b and any(
-            r.get(f"sdpa/{v}", 0) > 1 for v in ("chunked", "compiled"))]
-        crossover[str(b)] = min(faster) if faster else None
-    print("crossover T (portable chunked path faster than SDPA), per batch size:", crossover)
+    for v in variants:
+        per_b = {}
+        for b in args.batch:
+            measured = [r for r in rows if r["B"] == b and r.get(f"sdpa/{v}")]
+            if measured:
+                faster = [r["T"] for r in measured if r[f"sdpa/{v}"] > 1]
+                per_b[str(b)] = min(faster) if faster else None
+        if per_b:
+            crossover[v] = per_b
+    print("crossover T (variant faster than SDPA), per variant and batch size:", crossover)
     write_results("gdn_op", rows, extra={"dtype": str(dtype), "chunk_size": args.chunk_size,
                                          "fla_usable": fla_ok, "crossover_T": crossover},
                   out_dir=args.out_dir)
@@ -191,6 +213,8 @@ def main():
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--no-compile", dest="compile", action="store_false")
+    p.add_argument("--no-triton", dest="triton", action="store_false", help="skip attnlab's Triton path")
+    p.add_argument("--skip-chunked", action="store_true", help="skip the PyTorch chunked path (eager and compiled)")
     p.add_argument("--time-budget", type=float, default=150.0, help="seconds after which the compiled variant stops")
     p.add_argument("--skip-op", action="store_true")
     p.add_argument("--skip-memory", action="store_true")

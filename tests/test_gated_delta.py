@@ -91,8 +91,8 @@ def test_bad_arguments():
     q, k, v, g, beta, _ = make_inputs(1, 1, 8, 4, 4, "weak", h0=False)
     with pytest.raises(ConfigError, match="power of two"):
         gated_delta_rule(q, k, v, g, beta, chunk_size=48)
-    with pytest.raises(ConfigError, match="auto, chunked, naive, fla"):
-        gated_delta_rule(q, k, v, g, beta, impl="triton")
+    with pytest.raises(ConfigError, match="auto, chunked, naive, fla, triton"):
+        gated_delta_rule(q, k, v, g, beta, impl="cuda")
     with pytest.raises(ValueError, match="expected q,k"):
         gated_delta_rule(q, k[..., :2], v, g, beta)
 

@@ -190,7 +190,7 @@ class GDNOptions:
     o_lora_rank: int = 0            # latent bottleneck for the output projection
     shared_qk: bool = False         # K = normalised Q (no key projection)
     output_gate: bool = True        # RMSNorm(o) * SiLU(x W_g); False: RMSNorm(o)
-    impl: str = "auto"              # auto | chunked | naive | fla
+    impl: str = "auto"              # auto | chunked | naive | fla | triton
     chunk_size: int = 64            # chunk length of the chunked path (power of two)
 
 

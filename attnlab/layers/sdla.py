@@ -43,7 +43,7 @@ class SDLAOptions:
     lambda_init: float | None = None  # None: 0.8 - 0.6 exp(-0.3 * layer_idx) (Diff Transformer)
     layer_scale_init: float = 1.0   # learnable scale s on lambda_h
     output_gate: bool = True
-    impl: str = "auto"              # auto | chunked | naive | fla
+    impl: str = "auto"              # auto | chunked | naive | fla | triton
     chunk_size: int = 64
 
 

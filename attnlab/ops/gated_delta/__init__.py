@@ -4,16 +4,23 @@
 (<= 0) and beta (write strength in (0, 1)) [B, H, T], optional initial state [B, H, K, V]:
 
 - ``impl="naive"``: the token recurrence (``naive.py``), the reference;
-- ``impl="chunked"``: WY/UT chunked form in plain PyTorch (``chunked.py``), the portable path;
+- ``impl="chunked"``: WY/UT chunked form in plain PyTorch (``chunked.py``), the portable path
+  (and the reference of the Triton path);
+- ``impl="triton"``: the same chunked algorithm with attnlab's Triton kernels for the cross-chunk
+  recurrence and the outputs, forward and backward (``triton_chunk.py``, ``triton_kernels.py``);
+  CUDA tensors, or CPU under ``TRITON_INTERPRET=1`` (tests); triton is optional;
 - ``impl="fla"``: flash-linear-attention's kernels (``fla_backend.py``) when installed and usable
   on this device; otherwise one warning and the chunked path;
-- ``impl="auto"`` (default): fla when usable, else chunked, silently.
+- ``impl="auto"`` (default): fla when usable, else triton on CUDA when triton is installed and
+  the key head dim is <= 128, else chunked, silently.
 
 q and k are used as given (the mixers L2-normalise them). The state is float32.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import warnings
 
 import torch
@@ -23,7 +30,8 @@ from .chunked import chunk_gated_delta_rule_torch
 from .fla_backend import fla_gated_delta_rule, fla_status, fla_verdict
 from .naive import naive_gated_delta_rule
 
-IMPLS = ("auto", "chunked", "naive", "fla")
+IMPLS = ("auto", "chunked", "naive", "fla", "triton")
+TRITON_MAX_HEAD_DIM = 128  # key head dim: tiles of [64, K] in registers / shared memory
 _warned: set[str] = set()
 
 
@@ -42,13 +50,41 @@ def _warn_once(reason: str) -> None:
     if reason not in _warned:
         _warned.add(reason)
         warnings.warn(f"gated_delta_rule: fla path unavailable ({reason}); using the portable "
-                      "chunked PyTorch path", RuntimeWarning, stacklevel=3)
+                      "chunked path (attnlab's Triton kernels on CUDA, else PyTorch)", RuntimeWarning, stacklevel=3)
+
+
+def triton_available() -> bool:
+    """True when triton is installed and attnlab's gated-delta kernels import."""
+    if importlib.util.find_spec("triton") is None:
+        return False
+    try:
+        from . import triton_chunk  # noqa: F401
+    except Exception:  # pragma: no cover - a broken triton install
+        return False
+    return True
+
+
+def _check_triton(q: torch.Tensor) -> None:
+    from ...errors import InputError
+
+    if not triton_available():
+        raise InputError("gated_delta_rule: impl='triton' needs triton (pip install triton); "
+                         "use impl='chunked' or 'auto'")
+    if q.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise InputError(f"gated_delta_rule: impl='triton' needs CUDA tensors (got {q.device.type}; "
+                         "TRITON_INTERPRET=1 runs the kernels on CPU, slowly); use impl='chunked' or 'auto'")
+    if q.shape[-1] > TRITON_MAX_HEAD_DIM:
+        raise InputError(f"gated_delta_rule: impl='triton' supports key head dims <= {TRITON_MAX_HEAD_DIM}; "
+                         f"got {q.shape[-1]}")
 
 
 def resolve_impl(impl: str, q: torch.Tensor, v: torch.Tensor) -> str:
-    """The implementation that will run: 'fla', 'chunked' or 'naive'."""
+    """The implementation that will run: 'fla', 'triton', 'chunked' or 'naive'."""
     check_impl(impl)
     if impl in ("naive", "chunked"):
+        return impl
+    if impl == "triton":
+        _check_triton(q)
         return impl
     if q.dtype not in (torch.bfloat16, torch.float16):
         ok, reason = False, f"fla's chunk kernels take bf16/fp16 inputs (got {q.dtype})"
@@ -58,6 +94,8 @@ def resolve_impl(impl: str, q: torch.Tensor, v: torch.Tensor) -> str:
         return "fla"
     if impl == "fla":
         _warn_once(reason)
+    if q.is_cuda and q.shape[-1] <= TRITON_MAX_HEAD_DIM and triton_available():
+        return "triton"
     return "chunked"
 
 
@@ -82,8 +120,13 @@ def gated_delta_rule(q, k, v, g, beta, scale: float | None = None, initial_state
             _warn_once(f"fla raised {type(e).__name__}: {e}")
     if which == "naive" or recurrent:
         return naive_gated_delta_rule(q, k, v, g, beta, scale, initial_state, output_final_state)
+    if which == "triton":
+        from .triton_chunk import chunk_gated_delta_rule_triton
+
+        return chunk_gated_delta_rule_triton(q, k, v, g, beta, scale, initial_state, output_final_state,
+                                             chunk_size)
     return chunk_gated_delta_rule_torch(q, k, v, g, beta, scale, initial_state, output_final_state, chunk_size)
 
 
 __all__ = ["gated_delta_rule", "naive_gated_delta_rule", "chunk_gated_delta_rule_torch", "fla_status",
-           "fla_verdict", "resolve_impl", "check_chunk_size", "check_impl", "IMPLS"]
+           "fla_verdict", "resolve_impl", "check_chunk_size", "check_impl", "triton_available", "IMPLS"]
