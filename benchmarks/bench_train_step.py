@@ -2,6 +2,7 @@
 
     python benchmarks/bench_train_step.py --preset shakespeare-384 --mixers mha,mla
     python benchmarks/bench_train_step.py --quick          # CPU smoke test (tiny sizes)
+    python benchmarks/bench_train_step.py --kernels "all;-rmsnorm;-rmsnorm,-swiglu"   # A/B of fused kernels
 
 Each step: bf16 autocast forward (fp32 on CPU), cross-entropy, backward, AdamW (fused on CUDA).
 Inputs are random token ids (throughput does not depend on the text). Reports ms/step (median
@@ -21,6 +22,22 @@ from attnlab import ModelConfig, build_model
 from attnlab.bench import time_ms, write_results
 from attnlab.cli.common import merge, parse_overrides
 from attnlab.presets import preset
+
+
+KERNEL_SWITCHES = ("rmsnorm", "swiglu")
+
+
+def set_kernels(variant: str) -> None:
+    """'all' or a comma list like '-rmsnorm,-swiglu': which optional fused kernels stay on."""
+    import attnlab.ops.rmsnorm as rmsnorm
+    import attnlab.ops.swiglu as swiglu
+
+    off = {v.strip().lstrip("-") for v in variant.split(",") if v.strip().startswith("-")}
+    unknown = off - set(KERNEL_SWITCHES)
+    if unknown:
+        raise SystemExit(f"--kernels: unknown {sorted(unknown)}; switches: {', '.join(KERNEL_SWITCHES)}")
+    rmsnorm.ENABLED = "rmsnorm" not in off
+    swiglu.ENABLED = "swiglu" not in off
 
 
 def bench_mixer(name: str, args, device) -> dict:
@@ -54,7 +71,7 @@ def bench_mixer(name: str, args, device) -> dict:
         torch.cuda.reset_peak_memory_stats()
     ms = time_ms(step, warmup=args.warmup, repeats=args.repeats)
     peak = torch.cuda.max_memory_allocated() / 1e9 if device.type == "cuda" else float("nan")
-    row = {"mixer": name, "params_M": model.num_parameters() / 1e6, "ms/step": ms,
+    row = {"mixer": name, "kernels": args.variant, "params_M": model.num_parameters() / 1e6, "ms/step": ms,
            "tok/s": args.batch * args.seq / (ms / 1e3), "peak_GB": peak}
     del model, opt, step_model
     gc.collect()
@@ -72,18 +89,27 @@ def main():
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--quick", action="store_true", help="tiny CPU-sized run (smoke test)")
     p.add_argument("--name", default=None, help="results file name (default train_step_<preset>)")
+    p.add_argument("--kernels", default="all",
+                   help="';'-separated variants of the optional fused kernels, e.g. 'all;-rmsnorm' (A/B)")
     args, args.overrides = p.parse_known_args()
     if args.quick:
         args.preset, args.batch, args.seq, args.warmup, args.repeats = "tiny", 2, 32, 1, 2
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    rows = [bench_mixer(m.strip(), args, device) for m in args.mixers.split(",")]
+    rows = []
+    for m in args.mixers.split(","):
+        for variant in args.kernels.split(";"):
+            args.variant = variant.strip()
+            set_kernels(args.variant)
+            rows.append(bench_mixer(m.strip(), args, device))
+    set_kernels("all")
     for r in rows:
         r["tok/s vs first"] = r["tok/s"] / rows[0]["tok/s"]
         if rows[0]["peak_GB"] == rows[0]["peak_GB"]:
             r["mem vs first"] = r["peak_GB"] / rows[0]["peak_GB"]
     name = args.name or f"train_step_{args.preset}{'_compiled' if args.compile else ''}"
     write_results(name, rows, {"config": {"preset": args.preset, "batch": args.batch, "seq": args.seq,
-                                          "compile": args.compile, "overrides": args.overrides}})
+                                          "compile": args.compile, "kernels": args.kernels,
+                                          "overrides": args.overrides}})
 
 
 if __name__ == "__main__":

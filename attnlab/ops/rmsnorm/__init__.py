@@ -1,0 +1,24 @@
+"""RMSNorm: a plain PyTorch reference and a fused Triton kernel that reads the weight in its own
+dtype and writes its output in the dtype asked for (the autocast dtype when the consumer is a
+linear layer), so eager training launches no casts around it."""
+
+import torch
+
+from .reference import rms_norm_reference
+
+try:
+    from .kernel import rms_norm_triton
+except ImportError:  # triton is optional
+    rms_norm_triton = None
+
+
+ENABLED = True  # set False to use F.rms_norm everywhere (A/B timing)
+
+
+def use_rms_kernel(x: torch.Tensor) -> bool:
+    """CUDA, eager, a row that fits one block (<= 8192) and a non-empty input."""
+    return (ENABLED and x.is_cuda and rms_norm_triton is not None and 0 < x.shape[-1] <= 8192
+            and x.numel() > 0 and not torch.compiler.is_compiling())
+
+
+__all__ = ["rms_norm_reference", "rms_norm_triton", "use_rms_kernel"]
