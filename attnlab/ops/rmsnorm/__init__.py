@@ -16,9 +16,9 @@ ENABLED = True  # set False to use F.rms_norm everywhere (A/B timing)
 
 
 def use_rms_kernel(x: torch.Tensor) -> bool:
-    """CUDA, eager, a row that fits one block (<= 8192) and a non-empty input."""
+    """CUDA, eager, a row that fits one block (<= 8192), a non-empty input within 32-bit offsets."""
     return (ENABLED and x.is_cuda and rms_norm_triton is not None and 0 < x.shape[-1] <= 8192
-            and x.numel() > 0 and not torch.compiler.is_compiling())
+            and 0 < x.numel() < 2**30 and not torch.compiler.is_compiling())
 
 
 __all__ = ["rms_norm_reference", "rms_norm_triton", "use_rms_kernel"]

@@ -78,12 +78,12 @@ def _rope_heads_kernel(x_ptr, cos_ptr, sin_ptr, out_ptr, T, N, N_ROT,
     tm = t < T
     xb = x_ptr + b * sxb + n * sxn + t * sxt
     ob = out_ptr + b * sob + n * son + t * sot
+    HALF: tl.constexpr = R // 2
     if n < N_ROT:
         if D > R:  # pass-through columns [0, D - R)
             p = tl.arange(0, BLOCK_P)[None, :]
             pm = tm & (p < D - R)
             tl.store(ob + p, tl.load(xb + p, mask=pm, other=0.0), mask=pm)
-        HALF: tl.constexpr = R // 2
         h = tl.arange(0, BLOCK_H)[None, :]
         hm = tm & (h < HALF)
         x1 = tl.load(xb + (D - R) + h, mask=hm, other=0.0).to(tl.float32)

@@ -17,7 +17,8 @@ ENABLED = True  # set False to use the reference everywhere (A/B timing)
 
 def swiglu(gate_up: torch.Tensor) -> torch.Tensor:
     """[..., 2H] -> [..., H]: silu(gate_up[..., :H]) * gate_up[..., H:]."""
-    if ENABLED and gate_up.is_cuda and swiglu_triton is not None and not torch.compiler.is_compiling():
+    if (ENABLED and gate_up.is_cuda and swiglu_triton is not None and 0 < gate_up.numel() < 2**30
+            and not torch.compiler.is_compiling()):
         return swiglu_triton(gate_up)
     return swiglu_reference(gate_up)
 
