@@ -1,8 +1,9 @@
 """Building blocks shared by the model and the mixers.
 
-On CUDA in eager mode RMSNorm and SwiGLU run fused Triton kernels (attnlab.ops.rmsnorm,
-attnlab.ops.swiglu): training at small widths is launch-bound, and each saves launches forward
-and backward. Elsewhere (CPU, torch.compile) they run the plain PyTorch code.
+RMSNorm and SwiGLU can run fused Triton kernels on CUDA in eager mode (attnlab.ops.rmsnorm,
+attnlab.ops.swiglu); both are opt-in (``ENABLED``): at dim 384 they measured slower than the
+PyTorch ops (benchmarks/RESULTS.md). Otherwise, and on CPU and under torch.compile, they run the
+plain PyTorch code.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_train_step.py --preset shakespeare-384 --mixers mha,mla
     python benchmarks/bench_train_step.py --quick          # CPU smoke test (tiny sizes)
-    python benchmarks/bench_train_step.py --kernels "all;-rmsnorm;-rmsnorm,-swiglu"   # A/B of fused kernels
+    python benchmarks/bench_train_step.py --kernels "default;+rmsnorm;+swiglu"   # A/B of opt-in kernels
 
 Each step: bf16 autocast forward (fp32 on CPU), cross-entropy, backward, AdamW (fused on CUDA).
 Inputs are random token ids (throughput does not depend on the text). Reports ms/step (median
@@ -27,17 +27,22 @@ from attnlab.presets import preset
 KERNEL_SWITCHES = ("rmsnorm", "swiglu")
 
 
-def set_kernels(variant: str) -> None:
-    """'all' or a comma list like '-rmsnorm,-swiglu': which optional fused kernels stay on."""
+def set_kernels(variant: str, defaults: dict) -> None:
+    """'default' (the library's settings) or a comma list like '+rmsnorm,-swiglu' of switches
+    of the optional fused kernels to turn on (+) or off (-)."""
     import attnlab.ops.rmsnorm as rmsnorm
     import attnlab.ops.swiglu as swiglu
 
-    off = {v.strip().lstrip("-") for v in variant.split(",") if v.strip().startswith("-")}
-    unknown = off - set(KERNEL_SWITCHES)
-    if unknown:
-        raise SystemExit(f"--kernels: unknown {sorted(unknown)}; switches: {', '.join(KERNEL_SWITCHES)}")
-    rmsnorm.ENABLED = "rmsnorm" not in off
-    swiglu.ENABLED = "swiglu" not in off
+    mods = {"rmsnorm": rmsnorm, "swiglu": swiglu}
+    for name, on in defaults.items():
+        mods[name].ENABLED = on
+    for item in (v.strip() for v in variant.split(",")):
+        if item in ("", "default"):
+            continue
+        name = item.lstrip("+-")
+        if item[0] not in "+-" or name not in mods:
+            raise SystemExit(f"--kernels: {item!r}; use 'default' or +/- one of {', '.join(KERNEL_SWITCHES)}")
+        mods[name].ENABLED = item[0] == "+"
 
 
 def bench_mixer(name: str, args, device) -> dict:
@@ -89,19 +94,23 @@ def main():
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--quick", action="store_true", help="tiny CPU-sized run (smoke test)")
     p.add_argument("--name", default=None, help="results file name (default train_step_<preset>)")
-    p.add_argument("--kernels", default="all",
-                   help="';'-separated variants of the optional fused kernels, e.g. 'all;-rmsnorm' (A/B)")
+    p.add_argument("--kernels", default="default",
+                   help="';'-separated variants of the optional fused kernels, e.g. 'default;+rmsnorm' (A/B)")
     args, args.overrides = p.parse_known_args()
     if args.quick:
         args.preset, args.batch, args.seq, args.warmup, args.repeats = "tiny", 2, 32, 1, 2
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    import attnlab.ops.rmsnorm as rmsnorm
+    import attnlab.ops.swiglu as swiglu
+
+    defaults = {"rmsnorm": rmsnorm.ENABLED, "swiglu": swiglu.ENABLED}
     rows = []
     for m in args.mixers.split(","):
         for variant in args.kernels.split(";"):
             args.variant = variant.strip()
-            set_kernels(args.variant)
+            set_kernels(args.variant, defaults)
             rows.append(bench_mixer(m.strip(), args, device))
-    set_kernels("all")
+    set_kernels("default", defaults)
     for r in rows:
         r["tok/s vs first"] = r["tok/s"] / rows[0]["tok/s"]
         if rows[0]["peak_GB"] == rows[0]["peak_GB"]:

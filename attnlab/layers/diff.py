@@ -224,8 +224,8 @@ def inherit_mla_options(cfg, opts, name: str):
 class _LatentDiffBase(_DiffBase):
     """Shared by diff-mla and cmd-mla: the MLA projections (``mla``'s parameter names: proj.*,
     kv_up, out_proj), with the query and KV up-projections widened so that the same matmul also
-    produces the noise stream's queries and keys: proj.q_up = [W_UQ; W_UQ2] (with q_lora_rank = 0
-    the query rows, last in proj.down), kv_up = [W_UKV; W_UK2]. The first rows are exactly
+    produces the noise stream's queries and keys: proj.q_up = [W_UQ; W_UQ2] (with q_lora_rank = 0:
+    the query rows at the end of proj.down), kv_up = [W_UKV; W_UK2]. The first rows are exactly
     ``mla``'s weights.
 
     ``noise_rope``: None (noise q/k have no rope part), "own" (the noise query has its own rope
@@ -241,11 +241,11 @@ class _LatentDiffBase(_DiffBase):
         self.q_split = [self.n_heads * (dn + dr), noise_heads * (noise_qk + own)]
         self.proj = LatentProjections(cfg, opts, cfg.n_heads, q_out=sum(self.q_split))
         p = self.proj
+        self.kv_split = [self.n_heads * (p.dn + p.dv), noise_heads * noise_qk]
+        self.kv_up = nn.Linear(p.rank, sum(self.kv_split), bias=False)
         self.out_proj = nn.Linear(self.n_heads * p.dv, cfg.dim, bias=False)
         self.scale = (p.dn + p.dr) ** -0.5 * p.rope.attention_scale
         self.noise_heads, self.noise_qk, self.noise_rope = noise_heads, noise_qk, noise_rope
-        self.kv_split = [self.n_heads * (p.dn + p.dv), noise_heads * noise_qk]
-        self.kv_up = nn.Linear(p.rank, sum(self.kv_split), bias=False)
         self.scale2 = (noise_qk + (p.dr if noise_rope else 0)) ** -0.5 * p.rope.attention_scale
 
     def latents(self, x, start: int):

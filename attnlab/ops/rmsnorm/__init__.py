@@ -1,6 +1,6 @@
 """RMSNorm: a plain PyTorch reference and a fused Triton kernel that reads the weight in its own
 dtype and writes its output in the dtype asked for (the autocast dtype when the consumer is a
-linear layer), so eager training launches no casts around it."""
+linear layer), so eager training launches no casts around it. The kernel is opt-in (``ENABLED``)."""
 
 import torch
 
@@ -12,7 +12,11 @@ except ImportError:  # triton is optional
     rms_norm_triton = None
 
 
-ENABLED = True  # set False to use F.rms_norm everywhere (A/B timing)
+# Off by default: measured SLOWER on an H100 in eager training at dim 384 (MLA 22.3 -> 30.7 ms per
+# step, MHA 16.3 -> 17.4 ms; benchmarks/RESULTS.md): the step is launch-bound and a Python-side
+# Triton launch costs more than the cast launches it saves. Set True to use it (A/B:
+# ``bench_train_step.py --kernels "default;+rmsnorm"``).
+ENABLED = False
 
 
 def use_rms_kernel(x: torch.Tensor) -> bool:

@@ -1,6 +1,6 @@
 """SwiGLU activation silu(gate) * up on a fused [gate | up] projection: a plain PyTorch reference
-and a Triton kernel (one launch forward, one backward; used on CUDA in eager mode, where training
-at small widths is launch-bound; under torch.compile inductor fuses the reference itself)."""
+and a Triton kernel (one launch forward, one backward; opt-in through ``ENABLED``, CUDA and eager
+only; under torch.compile inductor fuses the reference itself)."""
 
 import torch
 
@@ -12,7 +12,11 @@ except ImportError:  # triton is optional
     swiglu_triton = None
 
 
-ENABLED = True  # set False to use the reference everywhere (A/B timing)
+# Off by default: measured slower on an H100 in eager training at dim 384 (MHA 14.0 -> 16.3 ms
+# per step, MLA 20.6 -> 22.3 ms; it saves ~10% peak memory): the step is launch-bound and a
+# Python-side Triton launch costs more than the launches it saves. Set True to use it (A/B:
+# ``bench_train_step.py --kernels "default;+swiglu"``).
+ENABLED = False
 
 
 def swiglu(gate_up: torch.Tensor) -> torch.Tensor:
