@@ -26,7 +26,8 @@ class Block(nn.Module):
         self.mixer_name = name
         self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.mixer = get_mixer(name)(cfg, cfg.options_for(name), layer_idx)
-        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.attn_norm.lowp_out = self.mixer.lowp_input  # under autocast: bf16 out if only projections read it
+        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps, lowp_out=True)
         self.ffn = SwiGLU(cfg.dim, cfg.ffn_dim)
 
     def forward(self, x, cache=None, segments=None):
@@ -41,7 +42,7 @@ class LanguageModel(nn.Module):
         self.config = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
-        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps, lowp_out=True)
         self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.head.weight = self.embed.weight

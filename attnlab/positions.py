@@ -76,7 +76,24 @@ class RotaryEmbedding(nn.Module):
             cfg.yarn_beta_slow,
         )
 
-    def cos_sin(self, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _compute(self, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         pos = torch.arange(start, start + length, device=self.inv_freq.device, dtype=torch.float32)
-        angles = pos[:, None] * self.inv_freq[None, :]
+        angles = pos[:, None] * self.inv_freq[None, :].float()
         return angles.cos(), angles.sin()
+
+    def cos_sin(self, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """float32 [length, dim/2] each. Eager calls slice a cached table (no launches per step;
+        the table grows by doubling and follows inv_freq's device); under torch.compile the
+        formula is traced instead, so inductor can fuse it."""
+        if torch.compiler.is_compiling():
+            return self._compute(start, length)
+        end = start + length
+        table = self.__dict__.get("_table")
+        if table is None or table[0] is not self.inv_freq or table[1].shape[0] < end:
+            n = max(end, 2 * table[1].shape[0] if table is not None and table[0] is self.inv_freq else 0, 64)
+            # normal tensors even when first called under inference_mode (generation), so that
+            # training can save them for backward later
+            with torch.inference_mode(False), torch.no_grad():
+                cos, sin = self._compute(0, n)
+            table = self.__dict__["_table"] = (self.inv_freq, cos, sin)
+        return table[1][start:end], table[2][start:end]

@@ -2,6 +2,7 @@
 
     python benchmarks/bench_train_step.py --preset shakespeare-384 --mixers mha,mla
     python benchmarks/bench_train_step.py --quick          # CPU smoke test (tiny sizes)
+    python benchmarks/bench_train_step.py --kernels "default;+rmsnorm;+swiglu"   # A/B of opt-in kernels
 
 Each step: bf16 autocast forward (fp32 on CPU), cross-entropy, backward, AdamW (fused on CUDA).
 Inputs are random token ids (throughput does not depend on the text). Reports ms/step (median
@@ -21,6 +22,27 @@ from attnlab import ModelConfig, build_model
 from attnlab.bench import time_ms, write_results
 from attnlab.cli.common import merge, parse_overrides
 from attnlab.presets import preset
+
+
+KERNEL_SWITCHES = ("rmsnorm", "swiglu")
+
+
+def set_kernels(variant: str, defaults: dict) -> None:
+    """'default' (the library's settings) or a comma list like '+rmsnorm,-swiglu' of switches
+    of the optional fused kernels to turn on (+) or off (-)."""
+    import attnlab.ops.rmsnorm as rmsnorm
+    import attnlab.ops.swiglu as swiglu
+
+    mods = {"rmsnorm": rmsnorm, "swiglu": swiglu}
+    for name, on in defaults.items():
+        mods[name].ENABLED = on
+    for item in (v.strip() for v in variant.split(",")):
+        if item in ("", "default"):
+            continue
+        name = item.lstrip("+-")
+        if item[0] not in "+-" or name not in mods:
+            raise SystemExit(f"--kernels: {item!r}; use 'default' or +/- one of {', '.join(KERNEL_SWITCHES)}")
+        mods[name].ENABLED = item[0] == "+"
 
 
 def bench_mixer(name: str, args, device) -> dict:
@@ -54,7 +76,7 @@ def bench_mixer(name: str, args, device) -> dict:
         torch.cuda.reset_peak_memory_stats()
     ms = time_ms(step, warmup=args.warmup, repeats=args.repeats)
     peak = torch.cuda.max_memory_allocated() / 1e9 if device.type == "cuda" else float("nan")
-    row = {"mixer": name, "params_M": model.num_parameters() / 1e6, "ms/step": ms,
+    row = {"mixer": name, "kernels": args.variant, "params_M": model.num_parameters() / 1e6, "ms/step": ms,
            "tok/s": args.batch * args.seq / (ms / 1e3), "peak_GB": peak}
     del model, opt, step_model
     gc.collect()
@@ -72,18 +94,31 @@ def main():
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--quick", action="store_true", help="tiny CPU-sized run (smoke test)")
     p.add_argument("--name", default=None, help="results file name (default train_step_<preset>)")
+    p.add_argument("--kernels", default="default",
+                   help="';'-separated variants of the optional fused kernels, e.g. 'default;+rmsnorm' (A/B)")
     args, args.overrides = p.parse_known_args()
     if args.quick:
         args.preset, args.batch, args.seq, args.warmup, args.repeats = "tiny", 2, 32, 1, 2
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    rows = [bench_mixer(m.strip(), args, device) for m in args.mixers.split(",")]
+    import attnlab.ops.rmsnorm as rmsnorm
+    import attnlab.ops.swiglu as swiglu
+
+    defaults = {"rmsnorm": rmsnorm.ENABLED, "swiglu": swiglu.ENABLED}
+    rows = []
+    for m in args.mixers.split(","):
+        for variant in args.kernels.split(";"):
+            args.variant = variant.strip()
+            set_kernels(args.variant, defaults)
+            rows.append(bench_mixer(m.strip(), args, device))
+    set_kernels("default", defaults)
     for r in rows:
         r["tok/s vs first"] = r["tok/s"] / rows[0]["tok/s"]
         if rows[0]["peak_GB"] == rows[0]["peak_GB"]:
             r["mem vs first"] = r["peak_GB"] / rows[0]["peak_GB"]
     name = args.name or f"train_step_{args.preset}{'_compiled' if args.compile else ''}"
     write_results(name, rows, {"config": {"preset": args.preset, "batch": args.batch, "seq": args.seq,
-                                          "compile": args.compile, "overrides": args.overrides}})
+                                          "compile": args.compile, "kernels": args.kernels,
+                                          "overrides": args.overrides}})
 
 
 if __name__ == "__main__":

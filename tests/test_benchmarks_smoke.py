@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("script,args,name", [
     ("bench_train_step.py", ["--quick", "--mixers", "mha,mla"], "train_step_tiny"),
     ("bench_mla_decode.py", ["--quick"], "mla_decode"),
+    ("count_train_ops.py", ["--quick", "--mixers", "mha,mla"], "train_ops_tiny"),
 ])
 def test_benchmark_quick(tmp_path, script, args, name):
     env = {"ATTNLAB_BENCH_DIR": str(tmp_path), "PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}

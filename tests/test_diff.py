@@ -215,8 +215,9 @@ def test_training_grads_flow_to_lambda_and_noise():
             assert p.grad is not None and p.grad.abs().sum() > 0
         if hasattr(m, "kv_up"):  # the noise rows of the widened up-projections
             assert m.kv_up.weight.grad[m.kv_split[0]:].abs().sum() > 0
-            wq = m.proj.q_up.weight if hasattr(m.proj, "q_up") else m.proj.q_proj.weight
-            assert wq.grad[m.q_split[0]:].abs().sum() > 0
+            # the query rows: q_up's, or (q_lora_rank = 0) the last rows of the fused down-projection
+            gq = m.proj.q_up.weight.grad if m.proj.q_rank else m.proj.down.weight.grad[m.proj.rank + m.proj.dr:]
+            assert gq[m.q_split[0]:].abs().sum() > 0
         else:
             assert m.qkv_proj.weight.grad.abs().sum() > 0
 
@@ -263,7 +264,7 @@ def test_latent_family_inherits_mla_options():
     model = build_model(ModelConfig(**cfg))
     d, c = model.blocks[0].mixer, model.blocks[1].mixer
     assert (d.proj.rank, d.proj.dr, d.proj.dn, d.proj.dv) == (24, 8, 12, 20)
-    assert hasattr(d.proj, "q_down") and d.proj.q_down.out_features == 40
+    assert d.proj.q_rank == 40 and d.proj.down.out_features == 24 + 8 + 40
     assert (c.proj.rank, c.proj.dr) == (8, 8)  # its own option wins
     with pytest.raises(ConfigError) as e:  # inherited values are validated under the mixer's name
         build_model(ModelConfig(**dict(cfg, mixer="diff-mla", mixer_options={"mla": {"q_lora_rank": 100}})))

@@ -33,6 +33,9 @@ class Mixer(nn.Module):
     cache_kinds: ClassVar[tuple[str, ...]] = ()
     # forward(x, cache=None, segments=None) keeps packed documents apart (training only).
     supports_segments: ClassVar[bool] = False
+    # The input reaches only linear layers (projections): under autocast the block's pre-norm may
+    # hand it over in the autocast dtype (the projection would cast it anyway; saves launches).
+    lowp_input: ClassVar[bool] = False
 
     @dataclass
     class Options:

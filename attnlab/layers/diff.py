@@ -125,6 +125,8 @@ def validate_diff_options(opts, where: str) -> None:
 class _DiffBase(Mixer):
     """lam, the headwise norm and the (1 - lam_init) factor shared by the family."""
 
+    lowp_input = True  # x only feeds the q/kv projections
+
     lambda_kind = "diff"
 
     def _init_diff(self, n_heads: int, lam_dim: int, v_dim: int) -> None:
@@ -230,8 +232,9 @@ def inherit_mla_options(cfg, opts, name: str):
 class _LatentDiffBase(_DiffBase):
     """Shared by diff-mla and cmd-mla: the MLA projections (``mla``'s parameter names: proj.*,
     kv_up, out_proj), with the query and KV up-projections widened so that the same matmul also
-    produces the noise stream's queries and keys: proj.q_up (or proj.q_proj) = [W_UQ; W_UQ2],
-    kv_up = [W_UKV; W_UK2]. The first rows are exactly ``mla``'s weights.
+    produces the noise stream's queries and keys: proj.q_up = [W_UQ; W_UQ2] (with q_lora_rank = 0:
+    the query rows at the end of proj.down), kv_up = [W_UKV; W_UK2]. The first rows are exactly
+    ``mla``'s weights.
 
     ``noise_rope``: None (noise q/k have no rope part), "own" (the noise query has its own rope
     part, the key is the shared rope key) or "shared" (the noise stream reuses the signal
@@ -241,37 +244,20 @@ class _LatentDiffBase(_DiffBase):
 
     def _init_latent(self, cfg, opts, noise_heads: int, noise_qk: int, noise_rope: str | None):
         self.n_heads = cfg.n_heads
-        self.proj = LatentProjections(cfg, opts, cfg.n_heads)
+        dn, dr = opts.qk_nope_head_dim or cfg.attn_head_dim, opts.qk_rope_head_dim
+        own = dr if noise_rope == "own" else 0
+        self.q_split = [self.n_heads * (dn + dr), noise_heads * (noise_qk + own)]
+        self.proj = LatentProjections(cfg, opts, cfg.n_heads, q_out=sum(self.q_split))
         p = self.proj
-        self.kv_up = nn.Linear(p.rank, self.n_heads * (p.dn + p.dv), bias=False)
+        self.kv_split = [self.n_heads * (p.dn + p.dv), noise_heads * noise_qk]
+        self.kv_up = nn.Linear(p.rank, sum(self.kv_split), bias=False)
         self.out_proj = nn.Linear(self.n_heads * p.dv, cfg.dim, bias=False)
         self.scale = (p.dn + p.dr) ** -0.5 * p.rope.attention_scale
         self.noise_heads, self.noise_qk, self.noise_rope = noise_heads, noise_qk, noise_rope
-        own = p.dr if noise_rope == "own" else 0
-        self.q_split = [self.n_heads * (p.dn + p.dr), noise_heads * (noise_qk + own)]
-        self.kv_split = [self.n_heads * (p.dn + p.dv), noise_heads * noise_qk]
-        if opts.q_lora_rank:
-            p.q_up = nn.Linear(opts.q_lora_rank, sum(self.q_split), bias=False)
-        else:
-            p.q_proj = nn.Linear(cfg.dim, sum(self.q_split), bias=False)
-        self.kv_up = nn.Linear(p.rank, sum(self.kv_split), bias=False)
         self.scale2 = (noise_qk + (p.dr if noise_rope else 0)) ** -0.5 * p.rope.attention_scale
         self.geometry = LatentGeometry(self.n_heads, noise_heads, p.dn, p.dr, p.dv, noise_qk,
                                        {None: 0, "shared": 1, "own": 2}[noise_rope], self.scale, self.scale2)
         self._cos_sin = {}
-
-    # The only places that touch MLA's LatentProjections internals (q_down/q_norm/q_up or q_proj,
-    # kv_down, kv_norm, rope): keep them here so a change of LatentProjections is one edit.
-    def _queries(self, x):
-        """All query columns [B, T, sum(q_split)]: every signal head's [q_nope | q_rope] (rope not
-        yet applied), then the noise head(s)' [q2_nope | own rope part]."""
-        p = self.proj
-        return p.q_proj(x) if hasattr(p, "q_proj") else p.q_up(p.q_norm(p.q_down(x)))
-
-    def _kv_latent(self, x):
-        """(c [B, T, rank] before its norm, k_rope [B, T, dr] before RoPE)."""
-        p = self.proj
-        return p.kv_down(x).split([p.rank, p.dr], dim=-1)
 
     def _rope_table(self, t: int, device):
         """cos/sin for positions [0, t) (training), cached per length and device."""
@@ -287,9 +273,8 @@ class _LatentDiffBase(_DiffBase):
         """Training: the fused kernel reads the projection outputs in place (no q/k concatenation,
         no V padding, no expanded noise head) and writes [B, T, H, dv] for the output projection."""
         p = self.proj
-        q_all = self._queries(x)
-        c, k_rope = self._kv_latent(x)
-        kvu = self.kv_up(p.kv_norm(c))
+        q_all, c, k_rope = p.project(x)
+        kvu = self.kv_up(c)
         cos, sin = self._rope_table(x.shape[1], x.device)
         o = latent_diff_attention(q_all, kvu, k_rope, self.lam(), cos, sin, self.geometry)
         return self.out_proj(self.finish(o, time_major=True))
@@ -299,19 +284,18 @@ class _LatentDiffBase(_DiffBase):
         roped part last, if any), latent rows [B, T, rank+dr] = [normed c | roped k]."""
         p = self.proj
         b, t, _ = x.shape
-        q = self._queries(x)
+        q, c, k_rope = p.project(x)
         q, q2 = q.split(self.q_split, dim=-1)
         q = q.view(b, t, self.n_heads, p.dn + p.dr).transpose(1, 2)
         q_nope, q_rope = q.split([p.dn, p.dr], dim=-1)
         q2 = q2.view(b, t, self.noise_heads, -1).transpose(1, 2)
-        c, k_rope = self._kv_latent(x)
         cos, sin = p.rope.cos_sin(start, t)
         q_rope = apply_rope(q_rope, cos, sin)
         if self.noise_rope == "own":
             q2 = torch.cat([q2[..., : self.noise_qk], apply_rope(q2[..., self.noise_qk:], cos, sin)], -1)
         elif self.noise_rope == "shared":
             q2 = torch.cat([q2, q_rope], -1)
-        latent = torch.cat([p.kv_norm(c), apply_rope(k_rope, cos, sin)], dim=-1)
+        latent = torch.cat([c, apply_rope(k_rope, cos, sin)], dim=-1)
         return q_nope, q_rope, q2, latent
 
     def expand(self, latent, q_nope, q_rope, q2):

@@ -10,7 +10,8 @@ from torch import nn
 from ..caches.kv import kv_cache_kinds, new_kv_cache
 from ..errors import ConfigError
 from ..ops.attention import causal_attention
-from ..positions import RotaryEmbedding, apply_rope
+from ..ops.rope import rope_heads
+from ..positions import RotaryEmbedding
 from .base import Mixer
 from .registry import register_mixer
 
@@ -40,6 +41,7 @@ class MultiHeadAttention(Mixer):
         self.scale = self.head_dim**-0.5 * self.rope.attention_scale
 
     supports_segments = True
+    lowp_input = True
 
     @property
     def cache_kinds(self):
@@ -48,14 +50,13 @@ class MultiHeadAttention(Mixer):
     def project(self, x: torch.Tensor, start: int):
         """q [B, H, T, D] and k, v [B, Hk, T, D], RoPE applied at positions start..start+T-1."""
         b, t, _ = x.shape
-        d = self.head_dim
-        q, k, v = self.qkv_proj(x).split(
-            [self.n_heads * d, self.n_kv_heads * d, self.n_kv_heads * d], dim=-1)
-        q = q.view(b, t, self.n_heads, d).transpose(1, 2)
-        k = k.view(b, t, self.n_kv_heads, d).transpose(1, 2)
-        v = v.view(b, t, self.n_kv_heads, d).transpose(1, 2)
+        h, hk = self.n_heads, self.n_kv_heads
+        qkv = self.qkv_proj(x).view(b, t, h + 2 * hk, self.head_dim)
         cos, sin = self.rope.cos_sin(start, t)
-        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+        # one launch ropes the q and k heads and passes v through (token-major, as flash prefers)
+        qkv = rope_heads(qkv, cos, sin, n_rot=h + hk)
+        q, k, v = qkv.split([h, hk, hk], dim=2)
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
     def forward(self, x, cache=None, segments=None):
         b, t, _ = x.shape

@@ -21,7 +21,9 @@ from torch import nn
 from ..caches.kv import LatentCache
 from ..errors import ConfigError
 from ..modules import RMSNorm
+from ..ops import attention
 from ..ops.attention import causal_attention, causal_mask
+from ..ops.rope import expand_latent_kv, rope_heads
 from ..positions import RotaryEmbedding, apply_rope
 from .base import Mixer
 from .registry import register_mixer
@@ -54,39 +56,44 @@ def validate_mla_options(cfg, opts, where: str = "mixer_options.mla") -> None:
 
 
 class LatentProjections(nn.Module):
-    """The MLA projections shared by the latent family (MLA, Diff-MLA, CMD-MLA)."""
+    """The MLA projections shared by the latent family (MLA, Diff-MLA, CMD-MLA).
 
-    def __init__(self, cfg, opts, q_heads: int):
+    Everything computed from x is ONE matmul, ``down`` = [W_dkv; W_kr; W_dq] (the KV latent, the
+    rope key, then the query latent, or the full query when q_lora_rank = 0): eager training at
+    small widths is launch-bound, and this also casts x once under autocast. ``q_out`` widens the
+    query (the differential mixers append their noise-stream rows after the signal rows)."""
+
+    def __init__(self, cfg, opts, q_heads: int, q_out: int | None = None):
         super().__init__()
         self.dn = opts.qk_nope_head_dim or cfg.attn_head_dim
         self.dr = opts.qk_rope_head_dim
         self.dv = opts.v_head_dim or cfg.attn_head_dim
         self.rank = opts.kv_lora_rank
         self.q_heads = q_heads
-        qd = q_heads * (self.dn + self.dr)
-        if opts.q_lora_rank:
-            self.q_down = nn.Linear(cfg.dim, opts.q_lora_rank, bias=False)
-            self.q_norm = RMSNorm(opts.q_lora_rank, cfg.norm_eps)
-            self.q_up = nn.Linear(opts.q_lora_rank, qd, bias=False)
-        else:
-            self.q_proj = nn.Linear(cfg.dim, qd, bias=False)
-        self.kv_down = nn.Linear(cfg.dim, self.rank + self.dr, bias=False)
+        self.q_rank = opts.q_lora_rank
+        self.q_out = q_heads * (self.dn + self.dr) if q_out is None else q_out
+        self.down = nn.Linear(cfg.dim, self.rank + self.dr + (self.q_rank or self.q_out), bias=False)
+        if self.q_rank:
+            self.q_norm = RMSNorm(self.q_rank, cfg.norm_eps)
+            self.q_up = nn.Linear(self.q_rank, self.q_out, bias=False)
         self.kv_norm = RMSNorm(self.rank, cfg.norm_eps)
         self.rope = RotaryEmbedding.from_config(cfg, self.dr)
 
-    def query(self, x):
-        if hasattr(self, "q_proj"):
-            return self.q_proj(x)
-        return self.q_up(self.q_norm(self.q_down(x)))
+    def project(self, x):
+        """Before RoPE: q [B, T, q_out], the normed latent c [B, T, rank], the rope key [B, T, dr]."""
+        c, k_rope, q = self.down(x).split([self.rank, self.dr, self.down.out_features - self.rank - self.dr], -1)
+        if self.q_rank:
+            q = self.q_up(self.q_norm(q))
+        return q, self.kv_norm(c), k_rope
 
     def forward(self, x, start: int):
         """q_nope [B, H, T, dn], q_rope [B, H, T, dr], latent [B, T, rank + dr] (normed c | roped k)."""
         b, t, _ = x.shape
-        q = self.query(x).view(b, t, self.q_heads, self.dn + self.dr).transpose(1, 2)
+        q, c, k_rope = self.project(x)
+        q = q.view(b, t, self.q_heads, self.dn + self.dr).transpose(1, 2)
         q_nope, q_rope = q.split([self.dn, self.dr], dim=-1)
-        c, k_rope = self.kv_down(x).split([self.rank, self.dr], dim=-1)
         cos, sin = self.rope.cos_sin(start, t)
-        latent = torch.cat([self.kv_norm(c), apply_rope(k_rope, cos, sin)], dim=-1)
+        latent = torch.cat([c, apply_rope(k_rope, cos, sin)], dim=-1)
         return q_nope, apply_rope(q_rope, cos, sin), latent
 
 
@@ -114,6 +121,7 @@ class MultiHeadLatentAttention(Mixer):
 
     cache_kinds = ("latent",)
     supports_segments = True
+    lowp_input = True
     Options = MLAOptions
 
     @classmethod
@@ -148,17 +156,36 @@ class MultiHeadLatentAttention(Mixer):
         return torch.einsum("bhtr,hvr->bhtv", o_lat, w[:, p.dn:])
 
     def forward(self, x, cache=None, segments=None):
+        if cache is None:
+            return self.forward_train(x, segments)
         b, t, _ = x.shape
-        start = cache.seen if cache is not None else 0
+        start = cache.seen
         q_nope, q_rope, latent = self.proj(x, start)
-        if cache is not None:
-            latent = cache.append(latent)
-        if cache is not None and self.opts.decode == "absorbed":
+        latent = cache.append(latent)
+        if self.opts.decode == "absorbed":
             o = self.absorbed(q_nope, q_rope, cache, start)
         else:
             k, v = self.expand_kv(latent)
             q = torch.cat([q_nope, q_rope], dim=-1)
-            o = causal_attention(q, k, v, q_start=start, scale=self.scale, segments=segments)
+            o = causal_attention(q, k, v, q_start=start, scale=self.scale)
+        return self.out_proj(o.transpose(1, 2).reshape(b, t, -1))
+
+    def forward_train(self, x, segments=None):
+        """The full sequence without a cache: no latent row is built; q = [q_nope | rope(q_rope)]
+        and k = [k_nope | rope(k_rope)], v come from one fused launch each (``rope_heads``,
+        ``expand_latent_kv``), in the token-major layout SDPA's flash kernels prefer."""
+        p = self.proj
+        b, t, _ = x.shape
+        q, c, k_rope = p.project(x)
+        cos, sin = p.rope.cos_sin(0, t)
+        q = rope_heads(q.view(b, t, self.n_heads, p.dn + p.dr), cos, sin, rope_dim=p.dr)
+        kv = self.kv_up(c).view(b, t, self.n_heads, p.dn + p.dv)
+        # v padded to q's width in the same launch where SDPA wants it (causal_attention would pad)
+        k, v = expand_latent_kv(kv, k_rope, cos, sin, p.dn, p.dn + p.dr if attention.pads_v(q, p.dv) else None)
+        o = causal_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=self.scale,
+                             segments=segments)
+        if o.shape[-1] != p.dv:
+            o = o[..., : p.dv]
         return self.out_proj(o.transpose(1, 2).reshape(b, t, -1))
 
     def new_cache(self, batch_size, max_len, device=None, dtype=None, kind=None, **kwargs):

@@ -27,6 +27,12 @@ def same_segment(segments: torch.Tensor) -> torch.Tensor:
     return (segments[:, :, None] == segments[:, None, :])[:, None]
 
 
+def pads_v(q: torch.Tensor, v_dim: int) -> bool:
+    """Whether SDPA on q's device wants V zero-padded to q's head dim (CUDA flash kernels need
+    equal q/k/v head dims, e.g. MLA's dn+dr vs dv; padding costs less than the fallback kernel)."""
+    return q.is_cuda and v_dim < q.shape[-1]
+
+
 def causal_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -42,9 +48,7 @@ def causal_attention(
     attends only to keys of its own document."""
     t, s = q.shape[-2], k.shape[-2]
     dv = v.shape[-1]
-    if q.is_cuda and dv < q.shape[-1]:
-        # Flash kernels need equal q/k/v head dims (MLA: dn+dr vs dv); zero-padding V costs
-        # less than falling back to the memory-efficient kernel.
+    if pads_v(q, dv):
         v = F.pad(v, (0, q.shape[-1] - dv))
         return causal_attention(q, k, v, q_start=q_start, window=window, scale=scale,
                                 segments=segments)[..., :dv]
