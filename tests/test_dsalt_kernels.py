@@ -63,15 +63,21 @@ def test_triton_matches_reference(case, dtype):
 
 @needs_triton
 def test_triton_forward_tile_spanning_two_selection_blocks(monkeypatch):
-    """A forward tile of 2 selection blocks (CUDA: BLOCK_M 128, block 64) masks each row to its set."""
+    """A forward tile of 2 selection blocks (CUDA: BLOCK_M 128, block 64) masks each row to its set;
+    the transposed dK/dV formulation (TRANS=1) gives the same gradients."""
     from attnlab.ops.dsalt import kernel
 
     if ON_GPU:
         pytest.skip("the GPU tests cover it through the autotuned forward")
     monkeypatch.setitem(kernel._FWD_BM_OVERRIDE, "bm", 32)
-    ins = [x.detach() for x in make(1, 2, 1, 75, 16, 2.0, 30, torch.float32)]
+    monkeypatch.setitem(kernel._FWD_BM_OVERRIDE, "dkdv_trans", 1)  # and the transposed dK/dV kernel
+    ins = make(1, 2, 1, 75, 16, 2.0, 30, torch.float32)
     kw = dict(n_max=30, edge=2.0, n_landmarks=6, block=16, scale=0.3)
-    assert rel_err(dsalt_attention(*ins, impl="triton", **kw), dsalt_reference(*ins, **kw)) <= 1e-5
+    out, ref = dsalt_attention(*ins, impl="triton", **kw), dsalt_reference(*ins, **kw)
+    assert rel_err(out, ref) <= 1e-5
+    do = torch.randn_like(out)
+    for name, a, r in zip("q k v win energy".split(), grads(out, ins, do), grads(ref, ins, do)):
+        assert rel_err(a, r) <= 3e-5, name
 
 
 def _causal_check(fn, t=37, device="cpu"):
@@ -161,7 +167,7 @@ def test_gpu_bf16_every_launch_config_matches_reference(i, monkeypatch):
 def test_gpu_fp32_triton_matches_reference_tightly(monkeypatch):
     from attnlab.ops.dsalt import kernel
 
-    monkeypatch.setattr(kernel, "FORCE_CONFIG", {"fwd": (64, 64, 4, 2), "dq": (64, 4, 2), "dkdv": (64, 64, 4, 2)})
+    monkeypatch.setattr(kernel, "FORCE_CONFIG", {"fwd": (64, 64, 4, 2), "dq": (64, 4, 2), "dkdv": (64, 64, 4, 2, 1)})
     torch.manual_seed(0)
     ins = make(1, 2, 1, 777, 128, 8.0, 300, torch.float32, "cuda")
     kw = dict(n_max=300, edge=4.0, n_landmarks=64, block=64)

@@ -97,7 +97,8 @@ if HAVE_TRITON:
                     sq_b, sq_h, sq_t, sk_b, sk_h, sk_t, so_b, so_h, so_t,
                     H, G, T, NB, n_max, edge, inv_edge, qk_scale, SEL_BLOCK,
                     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                    KP: tl.constexpr, HAS_LM: tl.constexpr, PREC: tl.constexpr, NSET: tl.constexpr = 1):
+                    KP: tl.constexpr, HAS_LM: tl.constexpr, PREC: tl.constexpr, NSET: tl.constexpr = 1,
+                    LC: tl.constexpr = 16):
         pid_m = tl.program_id(0)
         pid_bh = tl.program_id(1)
         b = pid_bh // H
@@ -146,27 +147,28 @@ if HAVE_TRITON:
                 acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt, input_precision=PREC)
                 m_i = m_new
         if HAS_LM:
-            # NSET > 1: the tile spans NSET selection blocks; their sets side by side, each row
-            # masked to its own block's set
-            offs_c = tl.arange(0, NSET * KP)
-            nbc = m0 // SEL_BLOCK + offs_c // KP
-            lpos = tl.load(LPOS + (bhk * NB + nbc) * KP + offs_c % KP, mask=nbc < NB, other=-1)
-            lp0 = tl.maximum(lpos, 0)
-            gate = tl.load(GT + bhk * T + lp0)
-            # landmark K/V rows loaded by position (no gathered copy)
-            lk = tl.load(kbase + lp0[:, None] * sk_t + offs_d[None, :])
-            s = tl.dot(q, tl.trans(lk), input_precision=PREC) * qk_scale
-            s = s + _lm_bias(offs_m, lpos, gate, w, T, n_max, inv_edge)
-            if NSET > 1:
-                s = tl.where((offs_m // SEL_BLOCK)[:, None] == nbc[None, :], s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            p = tl.exp2(s - m_safe[:, None])
-            alpha = tl.exp2(m_i - m_safe)
-            l_i = l_i * alpha + tl.sum(p, 1)
-            lv = tl.load(vbase + lp0[:, None] * sk_t + offs_d[None, :])
-            acc = acc * alpha[:, None] + tl.dot(p.to(lv.dtype), lv, input_precision=PREC)
-            m_i = m_new
+            # the landmark columns in chunks of LC (register pressure); NSET > 1: the tile spans
+            # NSET selection blocks, their sets side by side, each row masked to its own block's set
+            for c0 in range(0, NSET * KP, LC):
+                offs_c = c0 + tl.arange(0, LC)
+                nbc = m0 // SEL_BLOCK + offs_c // KP
+                lpos = tl.load(LPOS + (bhk * NB + nbc) * KP + offs_c % KP, mask=nbc < NB, other=-1)
+                lp0 = tl.maximum(lpos, 0)
+                gate = tl.load(GT + bhk * T + lp0)
+                # landmark K/V rows loaded by position (no gathered copy)
+                lk = tl.load(kbase + lp0[:, None] * sk_t + offs_d[None, :])
+                s = tl.dot(q, tl.trans(lk), input_precision=PREC) * qk_scale
+                s = s + _lm_bias(offs_m, lpos, gate, w, T, n_max, inv_edge)
+                if NSET > 1:
+                    s = tl.where((offs_m // SEL_BLOCK)[:, None] == nbc[None, :], s, float("-inf"))
+                m_new = tl.maximum(m_i, tl.max(s, 1))
+                m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+                p = tl.exp2(s - m_safe[:, None])
+                alpha = tl.exp2(m_i - m_safe)
+                l_i = l_i * alpha + tl.sum(p, 1)
+                lv = tl.load(vbase + lp0[:, None] * sk_t + offs_d[None, :])
+                acc = acc * alpha[:, None] + tl.dot(p.to(lv.dtype), lv, input_precision=PREC)
+                m_i = m_new
         l_safe = tl.where(l_i > 0, l_i, 1.0)
         o = acc / l_safe[:, None]
         tl.store(O + b * so_b + h * so_h + offs_m[:, None] * so_t + offs_d[None, :], o.to(O.dtype.element_ty),
@@ -178,7 +180,7 @@ if HAVE_TRITON:
                    sq_b, sq_h, sq_t, sk_b, sk_h, sk_t,
                    H, G, T, NB, NT, n_max, edge, inv_edge, qk_scale, sm_scale, SEL_BLOCK,
                    D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                   KP: tl.constexpr, HAS_LM: tl.constexpr, PREC: tl.constexpr):
+                   KP: tl.constexpr, HAS_LM: tl.constexpr, PREC: tl.constexpr, LC: tl.constexpr = 16):
         pid_m = tl.program_id(0)
         pid_bh = tl.program_id(1)
         b = pid_bh // H
@@ -230,33 +232,49 @@ if HAVE_TRITON:
                     ds = p * (dp - delta[:, None])
                 dq += tl.dot(ds.to(kt.dtype), kt, input_precision=PREC)
         if HAS_LM:
-            offs_k = tl.arange(0, KP)
-            lpos = tl.load(LPOS + (bhk * NB + m0 // SEL_BLOCK) * KP + offs_k)
-            lp0 = tl.maximum(lpos, 0)
-            gate = tl.load(GT + bhk * T + lp0)
-            lk = tl.load(kbase + lp0[:, None] * sk_t + offs_d[None, :])
-            lv = tl.load(vbase + lp0[:, None] * sk_t + offs_d[None, :])
-            s = tl.dot(q, tl.trans(lk), input_precision=PREC) * qk_scale
-            s = s + _lm_bias(offs_m, lpos, gate, w, T, n_max, inv_edge)
-            p = tl.exp2(s - lse[:, None])
-            dp = tl.dot(do, tl.trans(lv), input_precision=PREC)
-            ds = p * (dp - delta[:, None])
-            dq += tl.dot(ds.to(lk.dtype), lk, input_precision=PREC)
-            # per-tile partial landmark gradients [KP, D], [KP]
+            nb = m0 // SEL_BLOCK
             toff = (pid_bh * NT + pid_m) * KP
-            dlk = tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC) * sm_scale
-            dlv = tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
-            tl.store(DLK + (toff + offs_k[:, None]) * D + offs_d[None, :], dlk.to(DLK.dtype.element_ty))
-            tl.store(DLV + (toff + offs_k[:, None]) * D + offs_d[None, :], dlv.to(DLV.dtype.element_ty))
-            tl.store(DGATE + toff + offs_k, tl.sum(ds, 0))
+            for c0 in range(0, KP, LC):  # chunks of LC landmarks (register pressure)
+                offs_k = c0 + tl.arange(0, LC)
+                lpos = tl.load(LPOS + (bhk * NB + nb) * KP + offs_k)
+                lp0 = tl.maximum(lpos, 0)
+                gate = tl.load(GT + bhk * T + lp0)
+                lk = tl.load(kbase + lp0[:, None] * sk_t + offs_d[None, :])
+                lv = tl.load(vbase + lp0[:, None] * sk_t + offs_d[None, :])
+                s = tl.dot(q, tl.trans(lk), input_precision=PREC) * qk_scale
+                s = s + _lm_bias(offs_m, lpos, gate, w, T, n_max, inv_edge)
+                p = tl.exp2(s - lse[:, None])
+                dp = tl.dot(do, tl.trans(lv), input_precision=PREC)
+                ds = p * (dp - delta[:, None])
+                dq += tl.dot(ds.to(lk.dtype), lk, input_precision=PREC)
+                # per-tile partial landmark gradients [LC, D], [LC]
+                dlk = tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC) * sm_scale
+                dlv = tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
+                tl.store(DLK + (toff + offs_k[:, None]) * D + offs_d[None, :], dlk.to(DLK.dtype.element_ty))
+                tl.store(DLV + (toff + offs_k[:, None]) * D + offs_d[None, :], dlv.to(DLV.dtype.element_ty))
+                tl.store(DGATE + toff + offs_k, tl.sum(ds, 0))
         tl.store(DQ + qoff, (dq * sm_scale).to(DQ.dtype.element_ty), mask=mrow[:, None])
         tl.store(DW + pid_bh * T + offs_m, dw * inv_edge, mask=mrow)
+
+    @triton.jit
+    def _win_rT(offs_n, offs_m, w, T, n_max, inv_edge):
+        """_win_r transposed: [keys, queries]."""
+        dd = offs_m[None, :] - offs_n[:, None]
+        r = (w[None, :] - dd.to(tl.float32) - 0.5) * inv_edge + 0.5
+        r = tl.minimum(r, 1.0)
+        ok = (dd >= 0) & (dd < n_max) & (r > 0) & (offs_n[:, None] < T) & (offs_m[None, :] < T)
+        return tl.where(ok, r, 0.0), ok
 
     @triton.jit
     def _dkdv_kernel(Q, K, V, W, DO, LSE, DELTA, DK, DV,
                      sq_b, sq_h, sq_t, sk_b, sk_h, sk_t,
                      H, G, T, n_max, edge, inv_edge, qk_scale, sm_scale,
-                     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr):
+                     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr,
+                     TRANS: tl.constexpr = 0):
+        """Window dK, dV of one key tile (BLOCK_N keys), over the query tiles that can see it.
+        TRANS=1: scores computed transposed ([keys, queries]: keys are the dots' M dimension), so
+        P^T and dS^T feed the dV and dK products straight from the accumulator layout; TRANS=0:
+        [queries, keys] scores, transposed for those products (the autotuner picks)."""
         pid_n = tl.program_id(0)
         pid_bh = tl.program_id(1)  # over batch * kv heads
         hkv = H // G
@@ -286,19 +304,31 @@ if HAVE_TRITON:
                 w = tl.load(W + bh * T + offs_m, mask=mrow, other=1.0)
                 lse = tl.load(LSE + bh * T + offs_m, mask=mrow, other=0.0)
                 delta = tl.load(DELTA + bh * T + offs_m, mask=mrow, other=0.0)
-                s = tl.dot(q, tl.trans(kt), input_precision=PREC) * qk_scale
-                # full block: every (row, key) is causal, inside n_max and at full weight
+                # full block: every (key, row) is causal, inside n_max and at full weight
                 fr = tl.minimum(tl.floor(tl.min(w, 0) - 0.5 - edge * 0.5).to(tl.int32) - 1, n_max - 1)
                 partial = (start_m < n0 + BLOCK_N - 1) | (start_m + BLOCK_M - 1 - n0 > fr) | (start_m + BLOCK_M > T)
-                if partial:
-                    r, ok = _win_r(offs_m, offs_n, w, T, n_max, inv_edge)
-                    p = tl.exp2(tl.where(ok, s, float("-inf")) - lse[:, None]) * r
+                if TRANS:
+                    sT = tl.dot(kt, tl.trans(q), input_precision=PREC) * qk_scale  # [BN, BM]
+                    if partial:
+                        rT, okT = _win_rT(offs_n, offs_m, w, T, n_max, inv_edge)
+                        pT = tl.exp2(tl.where(okT, sT, float("-inf")) - lse[None, :]) * rT
+                    else:
+                        pT = tl.exp2(sT - lse[None, :])
+                    dv += tl.dot(pT.to(do.dtype), do, input_precision=PREC)
+                    dpT = tl.dot(vt, tl.trans(do), input_precision=PREC)
+                    dsT = pT * (dpT - delta[None, :])
+                    dk += tl.dot(dsT.to(q.dtype), q, input_precision=PREC)
                 else:
-                    p = tl.exp2(s - lse[:, None])  # [BM, BN]
-                dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
-                dp = tl.dot(do, tl.trans(vt), input_precision=PREC)
-                ds = p * (dp - delta[:, None])
-                dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC)
+                    s = tl.dot(q, tl.trans(kt), input_precision=PREC) * qk_scale  # [BM, BN]
+                    if partial:
+                        r, ok = _win_r(offs_m, offs_n, w, T, n_max, inv_edge)
+                        p = tl.exp2(tl.where(ok, s, float("-inf")) - lse[:, None]) * r
+                    else:
+                        p = tl.exp2(s - lse[:, None])
+                    dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
+                    dp = tl.dot(do, tl.trans(vt), input_precision=PREC)
+                    ds = p * (dp - delta[:, None])
+                    dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC)
         tl.store(DK + koff, (dk * sm_scale).to(DK.dtype.element_ty), mask=nmask[:, None])
         tl.store(DV + koff, dv.to(DV.dtype.element_ty), mask=nmask[:, None])
 
@@ -339,7 +369,7 @@ if HAVE_TRITON:
             bmax = tl.max(ck, 1)  # [CB] best key of each candidate block
             out_rows = (c0 + rows + 1) * KP  # [CB] output set offsets (block c0 + r + 1)
             m = tl.min(cur, 0)
-            r0 = 0
+            r0 = tl.zeros([], tl.int32)
             nxt = tl.min(tl.where((bmax > m) & (rows >= r0), rows, CB), 0)
             while nxt < CB:
                 # rows r0 .. nxt-1 inserted nothing: their sets are the current one
@@ -400,8 +430,8 @@ if HAVE_TRITON:
             xk = xk + tl.where(first, carry_k[None, :], 0.0)
             xv = xv + tl.where(first, carry_v[None, :], 0.0)
             f2 = tl.broadcast_to(start[:, None], (CB, BD))
-            sk, _f = tl.associative_scan((xk, f2), 0, _seg_add)
-            sv, _f = tl.associative_scan((xv, f2), 0, _seg_add)
+            sk, _fk = tl.associative_scan((xk, f2), 0, _seg_add)
+            sv, _fv = tl.associative_scan((xv, f2), 0, _seg_add)
             row = (pid * T + tl.maximum(tok, 0))[:, None] * D + offs[None, :]
             wm = end[:, None]
             tl.store(DK + row, (tl.load(DK + row, mask=wm, other=0.0).to(tl.float32) + sk).to(DK.dtype.element_ty),
@@ -414,7 +444,7 @@ if HAVE_TRITON:
             if dchunk == 0:
                 xg = tl.load(DG + (base + blk) * KP + sl, mask=valid, other=0.0)
                 xg = xg + tl.where((rows == 0) & (start == 0), carry_g, 0.0)
-                sg, _f = tl.associative_scan((xg, start), 0, _seg_add)
+                sg, _fg = tl.associative_scan((xg, start), 0, _seg_add)
                 tl.store(DGT + pid * T + tl.maximum(tok, 0), sg, mask=end)
                 carry_g = tl.broadcast_to(tl.sum(tl.where(rows == CB - 1, sg, 0.0), 0), (CB,))
 
@@ -476,10 +506,11 @@ _TUNED: dict = {}
 _FWD_BM_OVERRIDE: dict = {}
 # launch configs tried by the autotuner on CUDA: fwd (BLOCK_M, BLOCK_N, warps, stages) (BLOCK_M 128
 # only where it and the selection block divide one another); dq (BLOCK_N, warps, stages) at
-# BLOCK_M = 64; dkdv (BLOCK_M, BLOCK_N, warps, stages)
-FWD_CONFIGS = [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (128, 64, 8, 3), (128, 128, 8, 2)]
-DQ_CONFIGS = [(64, 4, 2), (64, 4, 3), (64, 8, 2), (32, 4, 3)]
-DKDV_CONFIGS = [(64, 64, 4, 2), (64, 64, 8, 2), (32, 64, 4, 3), (64, 128, 8, 2), (64, 32, 4, 2)]
+# BLOCK_M = 64; dkdv (BLOCK_M, BLOCK_N, warps, stages, TRANS). First entries: the forced defaults
+# (ATTNLAB_DSALT_AUTOTUNE=0). Register use checked offline (ptxas via triton.compile for sm_90).
+FWD_CONFIGS = [(64, 64, 8, 2), (64, 64, 4, 2), (64, 64, 8, 3), (128, 64, 8, 2), (64, 32, 4, 3)]
+DQ_CONFIGS = [(32, 8, 2), (64, 8, 2), (32, 4, 2), (64, 8, 3)]
+DKDV_CONFIGS = [(64, 32, 8, 2, 0), (64, 64, 8, 2, 0), (64, 64, 8, 2, 1), (32, 32, 4, 2, 0), (64, 32, 8, 3, 0)]
 
 
 def _tuned(name: str, block: int):
@@ -488,8 +519,8 @@ def _tuned(name: str, block: int):
     if tag not in _TUNED:
         key = ["T", "n_max", "D"]
         if name == "dkdv":
-            cfgs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st)
-                    for m, n, w, st in DKDV_CONFIGS]
+            cfgs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "TRANS": tr}, num_warps=w, num_stages=st)
+                    for m, n, w, st, tr in DKDV_CONFIGS]
             _TUNED[tag] = triton.autotune(cfgs, key=key)(_dkdv_kernel)
         elif name == "fwd":
             cfgs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "NSET": max(1, m // block)}, num_warps=w, num_stages=st)
@@ -530,6 +561,8 @@ def _launch(name, kernel, grid_m, rows, bm, bn, warps, block, *args, **meta):
         if name == "dq":
             n, w, st = cfg
             m = 64
+        elif name == "dkdv":
+            m, n, w, st, meta["TRANS"] = cfg
         else:
             m, n, w, st = cfg
         if name == "fwd":
@@ -546,6 +579,7 @@ def _launch(name, kernel, grid_m, rows, bm, bn, warps, block, *args, **meta):
             return _tuned(name, block)[grid](*args, **meta)
         return _tuned(name, block)[(triton.cdiv(grid_m, bm), rows)](*args, BLOCK_M=bm, **meta)
     if name == "dkdv":
+        meta["TRANS"] = _FWD_BM_OVERRIDE.get("dkdv_trans", 0)  # tests: the transposed formulation
         return kernel[(triton.cdiv(grid_m, bn), rows)](*args, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, **meta)
     if name == "fwd":
         bm = _FWD_BM_OVERRIDE.get("bm") or bm  # tests: a forward tile spanning several selection blocks
