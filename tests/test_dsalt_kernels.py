@@ -144,12 +144,14 @@ def test_gpu_bf16_flex_matches_reference():
 @pytest.mark.gpu
 @pytest.mark.parametrize("i", range(5))
 def test_gpu_bf16_every_launch_config_matches_reference(i, monkeypatch):
-    """Each CUDA launch config the autotuner may pick (fwd, dq, dkdv; BLOCK_M 128 forward tiles
-    spanning two selection blocks included), bf16, head dim 128, 64 landmarks, GQA."""
+    """Each CUDA launch config the autotuner may pick (fwd, dq, dkdv, landmark-gradient reduction;
+    BLOCK_M 128 forward tiles spanning two selection blocks included), bf16, head dim 128, 64
+    landmarks, GQA."""
     from attnlab.ops.dsalt import kernel
 
     cfg = {name: lst[i % len(lst)] for name, lst in
-           (("fwd", kernel.FWD_CONFIGS), ("dq", kernel.DQ_CONFIGS), ("dkdv", kernel.DKDV_CONFIGS))}
+           (("fwd", kernel.FWD_CONFIGS), ("dq", kernel.DQ_CONFIGS), ("dkdv", kernel.DKDV_CONFIGS),
+            ("reduce", kernel.REDUCE_CONFIGS))}
     monkeypatch.setattr(kernel, "FORCE_CONFIG", cfg)
     torch.manual_seed(i)
     b, h, hk, t, d = 1, 4, 2 if i % 2 else 4, 1000 + 37 * i, 128
@@ -167,7 +169,8 @@ def test_gpu_bf16_every_launch_config_matches_reference(i, monkeypatch):
 def test_gpu_fp32_triton_matches_reference_tightly(monkeypatch):
     from attnlab.ops.dsalt import kernel
 
-    monkeypatch.setattr(kernel, "FORCE_CONFIG", {"fwd": (64, 64, 4, 2), "dq": (64, 4, 2), "dkdv": (64, 64, 4, 2, 1)})
+    monkeypatch.setattr(kernel, "FORCE_CONFIG", {"fwd": (64, 64, 4, 2), "dq": (64, 4, 2), "dkdv": (64, 64, 4, 2, 1),
+                                                 "reduce": (16, 64, 4)})
     torch.manual_seed(0)
     ins = make(1, 2, 1, 777, 128, 8.0, 300, torch.float32, "cuda")
     kw = dict(n_max=300, edge=4.0, n_landmarks=64, block=64)
@@ -180,17 +183,19 @@ def test_gpu_fp32_triton_matches_reference_tightly(monkeypatch):
 
 
 @needs_triton
-@pytest.mark.parametrize("t,k,block", [(50, 6, 16), (37, 40, 16), (64, 3, 32), (700, 5, 16)])
-def test_stable_slot_selection_kernel(t, k, block):
+@pytest.mark.parametrize("t,k,block,key32", [(50, 6, 16, True), (37, 40, 16, False), (64, 3, 32, True),
+                                             (700, 5, 16, True), (700, 5, 16, False)])
+def test_stable_slot_selection_kernel(t, k, block, key32):
     """The kernel's stable-slot sets equal the prefix top-k scan; each token is one run of one slot
-    (t=700: several chunks of blocks, most blocks skipped)."""
+    (t=700: several chunks of blocks, most blocks skipped; int32 and int64 rank keys)."""
     from attnlab.ops.dsalt import INVALID_KEY, key_positions, select_landmarks
     from attnlab.ops.dsalt.kernel import _FAST_LM, _pow2, _select_stable
 
     e = torch.randn(2, 3, t, device=DEV)
     e[:, :, 5:9] = e[:, :, 4:5]  # ties in the float16-rounded energy
+    e[:, :, 10:14] = torch.tensor([-0.0, -1e-9, 0.0, 1e6])  # signed zeros (one after rounding), clamping
     kp = max(16, _pow2(k))
-    got = _select_stable(e, k, kp, block).long()  # positions, -1 empty
+    got = _select_stable(e, k, kp, block, key32).long()  # positions, -1 empty
     want = select_landmarks(e, k, block)
     want = torch.where(want != INVALID_KEY, key_positions(want), torch.full_like(want, -1))
     assert torch.equal(got[..., :k].sort(-1).values, want.sort(-1).values)

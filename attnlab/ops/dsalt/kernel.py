@@ -38,7 +38,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from .reference import INVALID_KEY, check_args, key_positions, rank_keys, select_landmarks
+from .reference import INVALID_KEY, check_args, key_positions, select_landmarks
 
 try:
     import triton
@@ -342,30 +342,54 @@ if HAVE_TRITON:
         tl.store(DELTA + rows, tl.sum(o * do, 1), mask=m)
 
     @triton.jit
-    def _select_kernel(KEYS, LPOS, T, NB, S, K: tl.constexpr, KP: tl.constexpr, BS: tl.constexpr,
-                       CB: tl.constexpr):
+    def _keys_tile(E, pos, ok, KEY32: tl.constexpr):
+        """Rank keys (reference.rank_keys) of the energies at ``pos``; the smallest key where not ok.
+        KEY32 (T <= 65536): the float16 bits and 16 position bits in an int32, else an int64."""
+        e = tl.load(E + pos, mask=ok, other=0.0).to(tl.float32)
+        e16 = tl.minimum(tl.maximum(e, -6e4), 6e4).to(tl.float16)
+        if KEY32:
+            bits = e16.to(tl.int16, bitcast=True).to(tl.int32)
+            bits = tl.where(bits == -32768, 0, bits)  # -0 -> +0
+            mono = tl.where(bits >= 0, bits, bits ^ 32767)
+            key = mono * 65536 + (65535 - pos)
+            key = tl.where(ok, key, -2147483648)
+        else:
+            bits = (e16.to(tl.float32) + 0.0).to(tl.int32, bitcast=True)
+            mono = tl.where(bits >= 0, bits, bits ^ 2147483647).to(tl.int64)
+            key = mono * 4294967296 + (4294967295 - pos.to(tl.int64))
+            key = tl.where(ok, key, -9223372036854775808)
+        return key
+
+    @triton.jit
+    def _select_kernel(E, LPOS, T, NB, S, K: tl.constexpr, KP: tl.constexpr, BS: tl.constexpr,
+                       CB: tl.constexpr, KEY32: tl.constexpr):
         """Causal landmark sets with stable slots, one program per (batch, kv head); see the
         module docstring. Chunk c holds the candidate blocks c*CB .. c*CB+CB-1; row r's output is
-        the set of block c*CB + r + 1 (the set after that block's tokens were offered)."""
+        the set of block c*CB + r + 1 (the set after that block's tokens were offered). The rank
+        keys are computed here from the energies (int32 keys when T <= 65536: cheaper reductions)."""
         pid = tl.program_id(0)
         offs_k = tl.arange(0, KP)
         offs_s = tl.arange(0, BS)
         rows = tl.arange(0, CB)
-        kmin = tl.full([KP], -9223372036854775808, tl.int64)
-        cur = tl.where(offs_k < K, kmin, tl.full([KP], 9223372036854775807, tl.int64))  # padding: never the min
-        pm = tl.full([KP], 4294967295, tl.int64)
-        none = tl.full([KP], -1, tl.int64)
+        if KEY32:
+            kmin = tl.full([KP], -2147483648, tl.int32)
+            cur = tl.where(offs_k < K, kmin, tl.full([KP], 2147483647, tl.int32))  # padding: never the min
+            pm = tl.full([KP], 65535, tl.int32)
+            none = tl.full([KP], -1, tl.int32)
+        else:
+            kmin = tl.full([KP], -9223372036854775808, tl.int64)
+            cur = tl.where(offs_k < K, kmin, tl.full([KP], 9223372036854775807, tl.int64))
+            pm = tl.full([KP], 4294967295, tl.int64)
+            none = tl.full([KP], -1, tl.int64)
         tl.store(LPOS + pid * NB * KP + offs_k, tl.full([KP], -1, tl.int32))  # block 0: empty set
+        ebase = E + pid * T
         # prefetched chunk of candidate keys [CB, BS]
-        blk = rows
-        pos = blk[:, None] * S + offs_s[None, :]
-        ok = (offs_s[None, :] < S) & (pos < T) & (blk[:, None] < NB - 1)
-        ck = tl.load(KEYS + pid * T + pos, mask=ok, other=-9223372036854775808)
+        pos = rows[:, None] * S + offs_s[None, :]
+        ck = _keys_tile(ebase, pos, (offs_s[None, :] < S) & (pos < T) & (rows[:, None] < NB - 1), KEY32)
         for c0 in range(0, NB - 1, CB):
             blk_n = c0 + CB + rows
             pos_n = blk_n[:, None] * S + offs_s[None, :]
-            ok_n = (offs_s[None, :] < S) & (pos_n < T) & (blk_n[:, None] < NB - 1)
-            ck_n = tl.load(KEYS + pid * T + pos_n, mask=ok_n, other=-9223372036854775808)
+            ck_n = _keys_tile(ebase, pos_n, (offs_s[None, :] < S) & (pos_n < T) & (blk_n[:, None] < NB - 1), KEY32)
             bmax = tl.max(ck, 1)  # [CB] best key of each candidate block
             out_rows = (c0 + rows + 1) * KP  # [CB] output set offsets (block c0 + r + 1)
             m = tl.min(cur, 0)
@@ -377,13 +401,13 @@ if HAVE_TRITON:
                 smask = (rows[:, None] >= r0) & (rows[:, None] < nxt) & (c0 + rows[:, None] + 1 < NB)
                 tl.store(LPOS + pid * NB * KP + out_rows[:, None] + offs_k[None, :],
                          tl.broadcast_to(lp[None, :], (CB, KP)), mask=smask)
-                cand = tl.max(tl.where(rows[:, None] == nxt, ck, -9223372036854775808), 0)  # [BS] block nxt's keys
-                cand = tl.where(cand > m, cand, -9223372036854775808)
+                cand = tl.max(tl.where(rows[:, None] == nxt, ck, tl.min(kmin, 0)), 0)  # [BS] block nxt's keys
+                cand = tl.where(cand > m, cand, tl.min(kmin, 0))
                 best = tl.max(cand, 0)
                 while best > m:
                     am = tl.argmin(cur, 0)
                     cur = tl.where(offs_k == am, best, cur)
-                    cand = tl.where(cand == best, -9223372036854775808, cand)
+                    cand = tl.where(cand == best, tl.min(kmin, 0), cand)
                     m = tl.min(cur, 0)
                     best = tl.max(cand, 0)
                 r0 = nxt
@@ -456,14 +480,16 @@ def _pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def _select_stable(energy, k: int, kp: int, block: int):
-    """Stable-slot landmark positions [B, Hk, NB, KP] int32 (-1: empty slot or padding)."""
+def _select_stable(energy, k: int, kp: int, block: int, key32: bool | None = None):
+    """Stable-slot landmark positions [B, Hk, NB, KP] int32 (-1: empty slot or padding); key32:
+    int32 rank keys (default where T <= 65536), else int64."""
     b, hk, t = energy.shape
     nb = -(-t // block)
-    keys = rank_keys(energy).contiguous()
+    e = energy.detach().float().contiguous()
     out = torch.empty(b, hk, nb, kp, dtype=torch.int32, device=energy.device)
     cb = 16 if block <= 128 else 4
-    _select_kernel[(b * hk,)](keys, out, t, nb, block, K=k, KP=kp, BS=_pow2(block), CB=cb, num_warps=1)
+    _select_kernel[(b * hk,)](e, out, t, nb, block, K=k, KP=kp, BS=_pow2(block), CB=cb, KEY32=(t <= 65536) if key32 is None else key32,
+                              num_warps=1)
     return out
 
 
@@ -508,9 +534,9 @@ _FWD_BM_OVERRIDE: dict = {}
 # only where it and the selection block divide one another); dq (BLOCK_N, warps, stages) at
 # BLOCK_M = 64; dkdv (BLOCK_M, BLOCK_N, warps, stages, TRANS). First entries: the forced defaults
 # (ATTNLAB_DSALT_AUTOTUNE=0). Register use checked offline (ptxas via triton.compile for sm_90).
-FWD_CONFIGS = [(64, 64, 8, 2), (64, 64, 4, 2), (64, 64, 8, 3), (128, 64, 8, 2), (64, 32, 4, 3)]
-DQ_CONFIGS = [(32, 8, 2), (64, 8, 2), (32, 4, 2), (64, 8, 3)]
-DKDV_CONFIGS = [(64, 32, 8, 2, 0), (64, 64, 8, 2, 0), (64, 64, 8, 2, 1), (32, 32, 4, 2, 0), (64, 32, 8, 3, 0)]
+FWD_CONFIGS = [(64, 64, 4, 2), (64, 64, 8, 2), (64, 64, 4, 3), (128, 64, 8, 2), (64, 32, 4, 3)]
+DQ_CONFIGS = [(32, 4, 2), (32, 8, 2), (64, 8, 2), (32, 4, 3)]
+DKDV_CONFIGS = [(32, 32, 4, 2, 0), (32, 64, 8, 2, 1), (64, 32, 8, 2, 0), (32, 32, 4, 3, 0), (64, 64, 8, 2, 0)]
 
 
 def _tuned(name: str, block: int):
@@ -550,7 +576,7 @@ def _forced(name):
     if name in FORCE_CONFIG:
         return FORCE_CONFIG[name]
     if os.environ.get("ATTNLAB_DSALT_AUTOTUNE", "1") == "0":
-        return {"fwd": FWD_CONFIGS, "dq": DQ_CONFIGS, "dkdv": DKDV_CONFIGS}[name][0]
+        return {"fwd": FWD_CONFIGS, "dq": DQ_CONFIGS, "dkdv": DKDV_CONFIGS, "reduce": REDUCE_CONFIGS}[name][0]
     return None
 
 
@@ -585,6 +611,33 @@ def _launch(name, kernel, grid_m, rows, bm, bn, warps, block, *args, **meta):
         bm = _FWD_BM_OVERRIDE.get("bm") or bm  # tests: a forward tile spanning several selection blocks
         meta["NSET"] = max(1, bm // block)
     return kernel[(triton.cdiv(grid_m, bm), rows)](*args, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, **meta)
+
+
+# landmark-gradient reduction launch configs (CB blocks per step, BD columns, warps)
+REDUCE_CONFIGS = [(32, 64, 4), (16, 64, 4), (64, 32, 4), (32, 32, 2), (64, 64, 8)]
+
+
+def _reduce_landmark_grads(plk, plv, pg, lpos, dk, dv, dgt, nb, t, kp, d):
+    """Per-run sums of the per-block landmark partials into dK, dV (added) and dgt (written)."""
+    bhk = lpos.shape[0] * lpos.shape[1]
+    if _interpreting() or not plk.is_cuda:
+        bd = min(d, 64)
+        return _lm_reduce_kernel[(bhk, kp, d // bd)](plk, plv, pg, lpos, dk, dv, dgt, nb, t,
+                                                      KP=kp, D=d, BD=bd, CB=16, num_warps=4)
+    cfg = _forced("reduce")
+    if cfg is not None:
+        cb, bd, w = cfg
+        bd = min(bd, d)
+        return _lm_reduce_kernel[(bhk, kp, d // bd)](plk, plv, pg, lpos, dk, dv, dgt, nb, t,
+                                                      KP=kp, D=d, BD=bd, CB=cb, num_warps=w)
+    tag = ("reduce", d)
+    if tag not in _TUNED:
+        lst = list(dict.fromkeys((cb, min(bd, d), w) for cb, bd, w in REDUCE_CONFIGS))
+        cfgs = [triton.Config({"CB": cb, "BD": bd}, num_warps=w) for cb, bd, w in lst]
+        # the kernel adds into dK/dV: the autotuner restores them between its trial runs
+        _TUNED[tag] = triton.autotune(cfgs, key=["NB", "KP", "D"], restore_value=["DK", "DV"])(_lm_reduce_kernel)
+    grid = lambda m: (bhk, kp, d // m["BD"])  # noqa: E731
+    return _TUNED[tag][grid](plk, plv, pg, lpos, dk, dv, dgt, nb, t, KP=kp, D=d)
 
 
 class _DSALTFn(torch.autograd.Function):
@@ -633,6 +686,7 @@ class _DSALTFn(torch.autograd.Function):
         bm, bn, warps = _blocks(block, d, q.device)
         do = do.contiguous()
         delta = torch.empty(b, h, t, device=q.device, dtype=torch.float32)
+        # a separate pass: fused into the dQ kernel it made that kernel spill registers (ptxas)
         _delta_kernel[(triton.cdiv(b * h * t, 64),)](o, do, delta, b * h * t, D=d, BLOCK=64)
         nt = triton.cdiv(t, bm)
         dq = torch.empty_like(q)
@@ -670,10 +724,8 @@ class _DSALTFn(torch.autograd.Function):
             dgt = torch.zeros(b, hk, t, device=q.device, dtype=torch.float32)
             done = False
             if ctx.stable:
-                bd = min(d, 64)
                 try:
-                    _lm_reduce_kernel[(b * hk, kp, d // bd)](plk, plv, pg, lpos, dk, dv, dgt, nb, t,
-                                                             KP=kp, D=d, BD=bd, CB=16, num_warps=4)
+                    _reduce_landmark_grads(plk, plv, pg, lpos, dk, dv, dgt, nb, t, kp, d)
                     done = True
                 except Exception as e:  # pragma: no cover - compiler trouble: the sort-based path below
                     import warnings
