@@ -536,7 +536,7 @@ _FWD_BM_OVERRIDE: dict = {}
 # (ATTNLAB_DSALT_AUTOTUNE=0). Register use checked offline (ptxas via triton.compile for sm_90).
 FWD_CONFIGS = [(64, 64, 4, 2), (64, 64, 8, 2), (64, 64, 4, 3), (128, 64, 8, 2), (64, 32, 4, 3)]
 DQ_CONFIGS = [(32, 4, 2), (32, 8, 2), (64, 8, 2), (32, 4, 3)]
-DKDV_CONFIGS = [(32, 32, 4, 2, 0), (32, 64, 8, 2, 1), (64, 32, 8, 2, 0), (32, 32, 4, 3, 0), (64, 64, 8, 2, 0)]
+DKDV_CONFIGS = [(32, 32, 4, 2, 0), (32, 64, 8, 2, 1), (64, 32, 8, 2, 0), (32, 128, 8, 2, 1), (64, 64, 8, 2, 0)]
 
 
 def _tuned(name: str, block: int):
