@@ -6,16 +6,19 @@ Pipeline (``dsalt_triton``):
    (block b: top-k rank keys among tokens before b * block) with *stable slots*: blocks are
    streamed in order, a block's candidates inserted best first, each replacing the current
    minimum, so a token keeps its slot from insertion to eviction and never returns (the sets are
-   prefix top-k's). The keys are read a chunk of blocks at a time and blocks whose best key
+   prefix top-k's). The rank keys are computed in the kernel from the energies (int32 when
+   T <= 65536); they are read a chunk of blocks at a time (prefetched) and blocks whose best key
    cannot enter the set are skipped with one vector test, so the serial part costs per
    *inserting* block, not per block. Output: landmark positions [B, Hk, NB, KP] int32 (-1 empty).
 1. **Forward** (grid: query tiles x batch*heads). A query tile of BLOCK_M rows lies in one
-   selection block, so all its rows share one landmark set. The tile scans the window's K/V
+   selection block, so all its rows share one landmark set (a 128-row tile over two 64-token
+   blocks, NSET = 2, reads both sets and masks each row to its own). The tile scans the window's K/V
    blocks (from the earliest key any row can reach, from the tile's largest window, to the
    diagonal). Blocks where every (row, key) pair is inside every row's full-weight window run
    with no mask at all; only the outer edge and the diagonal compute the soft-edge weight r,
    which multiplies the probabilities (p = 2^(s - m) * r: no logarithm per element). Then one
-   pass over the tile's landmark K/V ([KP, D], rows loaded by position straight from K/V): bias
+   pass over the tile's landmark K/V (rows loaded by position straight from K/V, in chunks of
+   LC = 16 columns: one 64-column pass made the kernel spill registers): bias
    logsigmoid(e_j) (the gate), -inf where the landmark is inside the row's soft window. Both
    passes feed one running max / sum (exp2 domain); the tile stores O and the log-sum-exp.
    Scattered landmarks therefore never turn window blocks into partial blocks.
