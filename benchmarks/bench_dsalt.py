@@ -3,6 +3,9 @@ and peak memory vs sequence length.
 
     python benchmarks/bench_dsalt.py            # B=1, 16 heads, head dim 128, bf16, T = 4K/16K/32K
     python benchmarks/bench_dsalt.py --quick    # tiny CPU smoke run (interpreter, flex forward only)
+    python benchmarks/bench_dsalt.py --phases --profile --variants attnlab_dsalt,attnlab_window
+        # also: per-phase times of the attnlab rows (landmark selection, forward, backward =
+        # fwd+bwd - forward) and a torch.profiler kernel table of one fwd+bwd at the largest T
 
 Variants (same q, k, v; window 512 = n_min = n_max, 64 landmarks per head, selection block 64):
   sdpa_causal        F.scaled_dot_product_attention(is_causal=True)  (dense reference point)
@@ -40,6 +43,41 @@ def _extra(heads, d, window, n_lm, block, dtype, cuda):
                            edge=4.0, dtype=str(dtype), timed="fwd+bwd" if cuda else "cpu smoke (flex: fwd only)")}
 
 
+def _phases(name, q, k, v, w, energy, n, window, kw, warmup, reps):
+    """Times of the parts of one attnlab call: landmark selection alone, the forward alone."""
+    from attnlab.ops.dsalt.kernel import landmark_slots
+
+    out = {}
+    if n:
+        out["select"] = time_ms(lambda: landmark_slots(energy.detach(), n, kw["block"]), warmup=warmup, repeats=reps)
+
+    def fwd():
+        with torch.no_grad():
+            dsalt_attention(q, k, v, w, energy, n_max=window, n_landmarks=n, impl="triton", **kw)
+
+    out["fwd"] = time_ms(fwd, warmup=warmup, repeats=reps)
+    return out
+
+
+def _profile(q, k, v, w, energy, do, n, window, kw, cuda):
+    """torch.profiler table (kernels by device time) of 3 fwd+bwd of the attnlab kernel."""
+    from torch.profiler import ProfilerActivity, profile
+
+    def step():
+        dsalt_attention(q, k, v, w, energy, n_max=window, n_landmarks=n, impl="triton", **kw).backward(do)
+
+    step()
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=acts) as prof:
+        for _ in range(3):
+            step()
+        if cuda:
+            torch.cuda.synchronize()
+    key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    print(f"profile: 3 x fwd+bwd attnlab_dsalt at T={q.shape[2]}", flush=True)
+    print(prof.key_averages().table(sort_by=key, row_limit=18, max_name_column_width=60), flush=True)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny sizes (CPU smoke test)")
@@ -47,6 +85,8 @@ def main(argv=None):
     ap.add_argument("--variants", type=str, default=None, help="comma-separated subset of variants")
     ap.add_argument("--block", type=int, default=None, help="landmark selection block (default 64)")
     ap.add_argument("--name", type=str, default="dsalt", help="results file name (JSON/PNG)")
+    ap.add_argument("--phases", action="store_true", help="attnlab rows: also time selection and forward alone")
+    ap.add_argument("--profile", action="store_true", help="kernel table of attnlab_dsalt at the largest T")
     args = ap.parse_args(argv)
     cuda = torch.cuda.is_available()
     dev = "cuda" if cuda else "cpu"
@@ -148,6 +188,13 @@ def main(argv=None):
                     ms, peak = float("nan"), float("nan")
             row[f"{name}_ms"] = ms
             row[f"{name}_peak_MiB"] = peak
+            if args.phases and name.startswith("attnlab") and ms == ms:
+                ph = _phases(name, q, k, v, win_var if name == "attnlab_dsalt_var" else win_fixed, energy,
+                             0 if name == "attnlab_window" else n_lm, window, kw, warmup, reps)
+                for key, val in ph.items():
+                    row[f"{name}_{key}_ms"] = val
+                print(f"T={t} {name} phases: " + ", ".join(f"{a} {b:.3f} ms" for a, b in ph.items())
+                      + f", bwd {ms - ph['fwd']:.3f} ms", flush=True)
             if extra_ms is not None:
                 row[f"{name}_mask_build_ms"] = extra_ms
             if fwd_only:
@@ -161,6 +208,12 @@ def main(argv=None):
             row["sdpa_vs_dsalt"] = row["sdpa_causal_ms"] / row["attnlab_dsalt_ms"]
         rows.append(row)
         write_results(args.name, rows, _extra(heads, d, window, n_lm, block, dtype, cuda))  # partial results
+    if args.profile:
+        _profile(q, k, v, win_fixed, energy, do, n_lm, window, kw, cuda)
+    if cuda:
+        from attnlab.ops.dsalt.kernel import tuned_configs
+
+        print("autotuned launch configs:", tuned_configs(), flush=True)
     path = write_results(args.name, rows, _extra(heads, d, window, n_lm, block, dtype, cuda))
     try:
         import matplotlib

@@ -1,26 +1,36 @@
 """DSALT Triton kernels: forward and backward with one online softmax over window + landmarks.
 
-Forward (grid: query tiles x batch*heads). A query tile of BLOCK_M rows lies in one landmark
-selection block, so all its rows share one landmark set. The tile
+Pipeline (``dsalt_triton``):
 
-1. scans the window's K/V blocks: from the earliest key any row of the tile can reach (the reach
-   is computed from the tile's largest predicted window, so short windows skip blocks) up to the
-   diagonal. Blocks where every (row, key) pair is inside every row's full-weight window run
-   without any mask or bias; only the outer edge and the diagonal compute the soft-edge bias;
-2. makes one pass over its block's landmark K/V ([K, D], padded to a power of two, rows loaded
-   by position straight from K/V): bias logsigmoid(e_j) (the gate), -inf where the landmark is
-   inside the row's soft window.
-
-Both passes feed the same running max / sum (exp2 domain); the tile stores O and the log-sum-exp.
-Scattered landmarks therefore never turn window blocks into partial blocks.
-
-Backward: ``_dq_kernel`` (per query tile) recomputes P and accumulates dQ, the window-size
-gradient dW (the soft edge's bias derivative 1/(edge*r) on the ramp) and, for the tile's
-landmark set, dK_lm, dV_lm and the gate gradient; ``_dkdv_kernel`` (per key tile, looping over
-the heads of its kv group) accumulates the window part of dK and dV. The per-block landmark
-dK/dV partials are then added at the landmark tokens' rows (a sort-based accumulating
-``index_put_``), and the gate gradient flows through autograd (an indexing op) to the energies
-and so to alpha.
+0. **Landmark sets** (``_select_kernel``, one program per (batch, kv head)): the causal sets
+   (block b: top-k rank keys among tokens before b * block) with *stable slots*: blocks are
+   streamed in order, a block's candidates inserted best first, each replacing the current
+   minimum, so a token keeps its slot from insertion to eviction and never returns (the sets are
+   prefix top-k's). The rank keys are computed in the kernel from the energies (int32 when
+   T <= 65536); they are read a chunk of blocks at a time (prefetched) and blocks whose best key
+   cannot enter the set are skipped with one vector test, so the serial part costs per
+   *inserting* block, not per block. Output: landmark positions [B, Hk, NB, KP] int32 (-1 empty).
+1. **Forward** (grid: query tiles x batch*heads). A query tile of BLOCK_M rows lies in one
+   selection block, so all its rows share one landmark set (a 128-row tile over two 64-token
+   blocks, NSET = 2, reads both sets and masks each row to its own). The tile scans the window's K/V
+   blocks (from the earliest key any row can reach, from the tile's largest window, to the
+   diagonal). Blocks where every (row, key) pair is inside every row's full-weight window run
+   with no mask at all; only the outer edge and the diagonal compute the soft-edge weight r,
+   which multiplies the probabilities (p = 2^(s - m) * r: no logarithm per element). Then one
+   pass over the tile's landmark K/V (rows loaded by position straight from K/V, in chunks of
+   LC = 16 columns: one 64-column pass made the kernel spill registers): bias
+   logsigmoid(e_j) (the gate), -inf where the landmark is inside the row's soft window. Both
+   passes feed one running max / sum (exp2 domain); the tile stores O and the log-sum-exp.
+   Scattered landmarks therefore never turn window blocks into partial blocks.
+2. **Backward**: ``_dq_kernel`` (per query tile) recomputes P and accumulates dQ, the window-size
+   gradient dW (d ln r / dw = 1 / (edge r) on the ramp, so the term is p / r / edge = 2^(s-lse) /
+   edge: no division) and, for the tile's landmark set, per-tile partial dK_lm, dV_lm and gate
+   gradients; ``_dkdv_kernel`` (per key tile, looping over the heads of its kv group)
+   accumulates the window part of dK and dV (no atomics). ``_lm_reduce_kernel`` then adds the
+   landmark partials into dK/dV and the per-token gate gradient: one program per (batch*kv head,
+   slot, D chunk) walks its slot column a chunk of blocks at a time; with stable slots each
+   landmark token is one contiguous run of one column, summed by a segmented scan and written
+   once (no atomics, no sort). The energy gradient is gate' = sigmoid(-e) times that sum.
 """
 
 from __future__ import annotations
@@ -51,25 +61,23 @@ def _interpreting() -> bool:
 if HAVE_TRITON:
 
     @triton.jit
-    def _win_bias(offs_m, offs_n, w, T, n_max, edge, inv_edge):
-        """Soft-window bias in log2 units (log2 r), -inf outside; and d(ln r)/dw (natural units)."""
+    def _win_r(offs_m, offs_n, w, T, n_max, inv_edge):
+        """Soft-window weight r in (0, 1] inside the window (0 outside) and the in-window mask."""
         dd = offs_m[:, None] - offs_n[None, :]
         r = (w[:, None] - dd.to(tl.float32) - 0.5) * inv_edge + 0.5
         r = tl.minimum(r, 1.0)
         ok = (dd >= 0) & (dd < n_max) & (r > 0) & (offs_n[None, :] < T) & (offs_m[:, None] < T)
-        rs = tl.where(ok, r, 1.0)
-        bias = tl.where(ok, tl.log2(rs), float("-inf"))
-        dbias = tl.where(ok & (r < 1.0), 1.0 / (edge * rs), 0.0)
-        return bias, dbias
+        return tl.where(ok, r, 0.0), ok
 
     @triton.jit
-    def _lm_bias(offs_m, lpos, gate, w, T, n_max, edge, inv_edge):
-        """Landmark bias: the gate, -inf where the landmark is inside the row's soft window."""
+    def _lm_bias(offs_m, lpos, gate, w, T, n_max, inv_edge):
+        """Landmark bias (log2 units): the gate; -inf for empty slots and where the landmark is
+        inside the row's soft window."""
         dd = offs_m[:, None] - lpos[None, :]
         r = (w[:, None] - dd.to(tl.float32) - 0.5) * inv_edge + 0.5
         inwin = (dd >= 0) & (dd < n_max) & (r > 0)
-        bias = tl.where(inwin | (offs_m[:, None] >= T), float("-inf"), gate[None, :] * 1.4426950408889634)
-        return bias  # log2 units
+        out = inwin | (offs_m[:, None] >= T) | (lpos[None, :] < 0)
+        return tl.where(out, float("-inf"), gate[None, :] * 1.4426950408889634)
 
     @triton.jit
     def _tile_ranges(m0, w, T, n_max, edge, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -88,17 +96,18 @@ if HAVE_TRITON:
         return lo, full_lo, hi
 
     @triton.jit
-    def _fwd_kernel(Q, K, V, W, GATE, LPOS, O, LSE,
+    def _fwd_kernel(Q, K, V, W, GT, LPOS, O, LSE,
                     sq_b, sq_h, sq_t, sk_b, sk_h, sk_t, so_b, so_h, so_t,
-                    sg_b, sg_h, sg_n,
-                    H, G, T, n_max, edge, inv_edge, qk_scale, SEL_BLOCK,
+                    H, G, T, NB, n_max, edge, inv_edge, qk_scale, SEL_BLOCK,
                     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                    KP: tl.constexpr, HAS_LM: tl.constexpr, PREC: tl.constexpr):
+                    KP: tl.constexpr, HAS_LM: tl.constexpr, PREC: tl.constexpr, NSET: tl.constexpr = 1,
+                    LC: tl.constexpr = 16):
         pid_m = tl.program_id(0)
         pid_bh = tl.program_id(1)
         b = pid_bh // H
         h = pid_bh % H
         hk = h // G
+        bhk = b * (H // G) + hk
         m0 = pid_m * BLOCK_M
         offs_m = m0 + tl.arange(0, BLOCK_M)
         offs_d = tl.arange(0, D)
@@ -128,34 +137,41 @@ if HAVE_TRITON:
                 kt = tl.load(kbase + offs_n[:, None] * sk_t + offs_d[None, :], mask=nmask[:, None], other=0.0)
                 s = tl.dot(q, tl.trans(kt), input_precision=PREC) * qk_scale
                 if phase != 1:
-                    bias, _db = _win_bias(offs_m, offs_n, w, T, n_max, edge, inv_edge)
-                    s = s + bias
+                    r, ok = _win_r(offs_m, offs_n, w, T, n_max, inv_edge)
+                    s = tl.where(ok, s, float("-inf"))
                 m_new = tl.maximum(m_i, tl.max(s, 1))
                 m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
                 p = tl.exp2(s - m_safe[:, None])
+                if phase != 1:
+                    p = p * r
                 alpha = tl.exp2(m_i - m_safe)
                 l_i = l_i * alpha + tl.sum(p, 1)
                 vt = tl.load(vbase + offs_n[:, None] * sk_t + offs_d[None, :], mask=nmask[:, None], other=0.0)
                 acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt, input_precision=PREC)
                 m_i = m_new
         if HAS_LM:
-            nb = m0 // SEL_BLOCK
-            offs_k = tl.arange(0, KP)
-            gbase = b * sg_b + hk * sg_h + nb * sg_n
-            gate = tl.load(GATE + gbase + offs_k)
-            lpos = tl.load(LPOS + gbase + offs_k)
-            # landmark K/V rows loaded by position (no gathered copy)
-            lk = tl.load(kbase + lpos[:, None] * sk_t + offs_d[None, :])
-            s = tl.dot(q, tl.trans(lk), input_precision=PREC) * qk_scale
-            s = s + _lm_bias(offs_m, lpos, gate, w, T, n_max, edge, inv_edge)
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            p = tl.exp2(s - m_safe[:, None])
-            alpha = tl.exp2(m_i - m_safe)
-            l_i = l_i * alpha + tl.sum(p, 1)
-            lv = tl.load(vbase + lpos[:, None] * sk_t + offs_d[None, :])
-            acc = acc * alpha[:, None] + tl.dot(p.to(lv.dtype), lv, input_precision=PREC)
-            m_i = m_new
+            # the landmark columns in chunks of LC (register pressure); NSET > 1: the tile spans
+            # NSET selection blocks, their sets side by side, each row masked to its own block's set
+            for c0 in range(0, NSET * KP, LC):
+                offs_c = c0 + tl.arange(0, LC)
+                nbc = m0 // SEL_BLOCK + offs_c // KP
+                lpos = tl.load(LPOS + (bhk * NB + nbc) * KP + offs_c % KP, mask=nbc < NB, other=-1)
+                lp0 = tl.maximum(lpos, 0)
+                gate = tl.load(GT + bhk * T + lp0)
+                # landmark K/V rows loaded by position (no gathered copy)
+                lk = tl.load(kbase + lp0[:, None] * sk_t + offs_d[None, :])
+                s = tl.dot(q, tl.trans(lk), input_precision=PREC) * qk_scale
+                s = s + _lm_bias(offs_m, lpos, gate, w, T, n_max, inv_edge)
+                if NSET > 1:
+                    s = tl.where((offs_m // SEL_BLOCK)[:, None] == nbc[None, :], s, float("-inf"))
+                m_new = tl.maximum(m_i, tl.max(s, 1))
+                m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+                p = tl.exp2(s - m_safe[:, None])
+                alpha = tl.exp2(m_i - m_safe)
+                l_i = l_i * alpha + tl.sum(p, 1)
+                lv = tl.load(vbase + lp0[:, None] * sk_t + offs_d[None, :])
+                acc = acc * alpha[:, None] + tl.dot(p.to(lv.dtype), lv, input_precision=PREC)
+                m_i = m_new
         l_safe = tl.where(l_i > 0, l_i, 1.0)
         o = acc / l_safe[:, None]
         tl.store(O + b * so_b + h * so_h + offs_m[:, None] * so_t + offs_d[None, :], o.to(O.dtype.element_ty),
@@ -163,17 +179,17 @@ if HAVE_TRITON:
         tl.store(LSE + pid_bh * T + offs_m, m_i + tl.log2(l_safe), mask=mrow)
 
     @triton.jit
-    def _dq_kernel(Q, K, V, W, GATE, LPOS, DO, LSE, DELTA, DQ, DW, DLK, DLV, DGATE,
+    def _dq_kernel(Q, K, V, W, GT, LPOS, DO, LSE, DELTA, DQ, DW, DLK, DLV, DGATE,
                    sq_b, sq_h, sq_t, sk_b, sk_h, sk_t,
-                   sg_b, sg_h, sg_n,
-                   H, G, T, NT, n_max, edge, inv_edge, qk_scale, sm_scale, SEL_BLOCK,
+                   H, G, T, NB, NT, n_max, edge, inv_edge, qk_scale, sm_scale, SEL_BLOCK,
                    D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                   KP: tl.constexpr, HAS_LM: tl.constexpr, PREC: tl.constexpr):
+                   KP: tl.constexpr, HAS_LM: tl.constexpr, PREC: tl.constexpr, LC: tl.constexpr = 16):
         pid_m = tl.program_id(0)
         pid_bh = tl.program_id(1)
         b = pid_bh // H
         h = pid_bh % H
         hk = h // G
+        bhk = b * (H // G) + hk
         m0 = pid_m * BLOCK_M
         offs_m = m0 + tl.arange(0, BLOCK_M)
         offs_d = tl.arange(0, D)
@@ -206,44 +222,62 @@ if HAVE_TRITON:
                 kt = tl.load(kbase + offs_n[:, None] * sk_t + offs_d[None, :], mask=nmask[:, None], other=0.0)
                 vt = tl.load(vbase + offs_n[:, None] * sk_t + offs_d[None, :], mask=nmask[:, None], other=0.0)
                 s = tl.dot(q, tl.trans(kt), input_precision=PREC) * qk_scale
-                if phase != 1:
-                    bias, dbias = _win_bias(offs_m, offs_n, w, T, n_max, edge, inv_edge)
-                    s = s + bias
-                p = tl.exp2(s - lse[:, None])
                 dp = tl.dot(do, tl.trans(vt), input_precision=PREC)
-                ds = p * (dp - delta[:, None])
                 if phase != 1:
-                    dw += tl.sum(ds * dbias, 1)
+                    r, ok = _win_r(offs_m, offs_n, w, T, n_max, inv_edge)
+                    p0 = tl.exp2(tl.where(ok, s, float("-inf")) - lse[:, None])
+                    g0 = p0 * (dp - delta[:, None])
+                    ds = g0 * r
+                    # d ln r / dw = 1 / (edge r) on the ramp: p r / (edge r) = p0 / edge
+                    dw += tl.sum(tl.where(r < 1.0, g0, 0.0), 1)
+                else:
+                    p = tl.exp2(s - lse[:, None])
+                    ds = p * (dp - delta[:, None])
                 dq += tl.dot(ds.to(kt.dtype), kt, input_precision=PREC)
         if HAS_LM:
             nb = m0 // SEL_BLOCK
-            offs_k = tl.arange(0, KP)
-            gbase = b * sg_b + hk * sg_h + nb * sg_n
-            gate = tl.load(GATE + gbase + offs_k)
-            lpos = tl.load(LPOS + gbase + offs_k)
-            lk = tl.load(kbase + lpos[:, None] * sk_t + offs_d[None, :])
-            lv = tl.load(vbase + lpos[:, None] * sk_t + offs_d[None, :])
-            s = tl.dot(q, tl.trans(lk), input_precision=PREC) * qk_scale
-            s = s + _lm_bias(offs_m, lpos, gate, w, T, n_max, edge, inv_edge)
-            p = tl.exp2(s - lse[:, None])
-            dp = tl.dot(do, tl.trans(lv), input_precision=PREC)
-            ds = p * (dp - delta[:, None])
-            dq += tl.dot(ds.to(lk.dtype), lk, input_precision=PREC)
-            # per-tile partial landmark gradients [KP, D], [KP]
             toff = (pid_bh * NT + pid_m) * KP
-            dlk = tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC) * sm_scale
-            dlv = tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
-            tl.store(DLK + (toff + offs_k[:, None]) * D + offs_d[None, :], dlk.to(DLK.dtype.element_ty))
-            tl.store(DLV + (toff + offs_k[:, None]) * D + offs_d[None, :], dlv.to(DLV.dtype.element_ty))
-            tl.store(DGATE + toff + offs_k, tl.sum(ds, 0))
+            for c0 in range(0, KP, LC):  # chunks of LC landmarks (register pressure)
+                offs_k = c0 + tl.arange(0, LC)
+                lpos = tl.load(LPOS + (bhk * NB + nb) * KP + offs_k)
+                lp0 = tl.maximum(lpos, 0)
+                gate = tl.load(GT + bhk * T + lp0)
+                lk = tl.load(kbase + lp0[:, None] * sk_t + offs_d[None, :])
+                lv = tl.load(vbase + lp0[:, None] * sk_t + offs_d[None, :])
+                s = tl.dot(q, tl.trans(lk), input_precision=PREC) * qk_scale
+                s = s + _lm_bias(offs_m, lpos, gate, w, T, n_max, inv_edge)
+                p = tl.exp2(s - lse[:, None])
+                dp = tl.dot(do, tl.trans(lv), input_precision=PREC)
+                ds = p * (dp - delta[:, None])
+                dq += tl.dot(ds.to(lk.dtype), lk, input_precision=PREC)
+                # per-tile partial landmark gradients [LC, D], [LC]
+                dlk = tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC) * sm_scale
+                dlv = tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
+                tl.store(DLK + (toff + offs_k[:, None]) * D + offs_d[None, :], dlk.to(DLK.dtype.element_ty))
+                tl.store(DLV + (toff + offs_k[:, None]) * D + offs_d[None, :], dlv.to(DLV.dtype.element_ty))
+                tl.store(DGATE + toff + offs_k, tl.sum(ds, 0))
         tl.store(DQ + qoff, (dq * sm_scale).to(DQ.dtype.element_ty), mask=mrow[:, None])
-        tl.store(DW + pid_bh * T + offs_m, dw, mask=mrow)
+        tl.store(DW + pid_bh * T + offs_m, dw * inv_edge, mask=mrow)
+
+    @triton.jit
+    def _win_rT(offs_n, offs_m, w, T, n_max, inv_edge):
+        """_win_r transposed: [keys, queries]."""
+        dd = offs_m[None, :] - offs_n[:, None]
+        r = (w[None, :] - dd.to(tl.float32) - 0.5) * inv_edge + 0.5
+        r = tl.minimum(r, 1.0)
+        ok = (dd >= 0) & (dd < n_max) & (r > 0) & (offs_n[:, None] < T) & (offs_m[None, :] < T)
+        return tl.where(ok, r, 0.0), ok
 
     @triton.jit
     def _dkdv_kernel(Q, K, V, W, DO, LSE, DELTA, DK, DV,
                      sq_b, sq_h, sq_t, sk_b, sk_h, sk_t,
                      H, G, T, n_max, edge, inv_edge, qk_scale, sm_scale,
-                     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr):
+                     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr,
+                     TRANS: tl.constexpr = 0):
+        """Window dK, dV of one key tile (BLOCK_N keys), over the query tiles that can see it.
+        TRANS=1: scores computed transposed ([keys, queries]: keys are the dots' M dimension), so
+        P^T and dS^T feed the dV and dK products straight from the accumulator layout; TRANS=0:
+        [queries, keys] scores, transposed for those products (the autotuner picks)."""
         pid_n = tl.program_id(0)
         pid_bh = tl.program_id(1)  # over batch * kv heads
         hkv = H // G
@@ -273,23 +307,33 @@ if HAVE_TRITON:
                 w = tl.load(W + bh * T + offs_m, mask=mrow, other=1.0)
                 lse = tl.load(LSE + bh * T + offs_m, mask=mrow, other=0.0)
                 delta = tl.load(DELTA + bh * T + offs_m, mask=mrow, other=0.0)
-                s = tl.dot(q, tl.trans(kt), input_precision=PREC) * qk_scale
-                # full block: every (row, key) is causal, inside n_max and at full weight
+                # full block: every (key, row) is causal, inside n_max and at full weight
                 fr = tl.minimum(tl.floor(tl.min(w, 0) - 0.5 - edge * 0.5).to(tl.int32) - 1, n_max - 1)
                 partial = (start_m < n0 + BLOCK_N - 1) | (start_m + BLOCK_M - 1 - n0 > fr) | (start_m + BLOCK_M > T)
-                if partial:
-                    bias, _db = _win_bias(offs_m, offs_n, w, T, n_max, edge, inv_edge)
-                    s = s + bias
-                p = tl.exp2(s - lse[:, None])  # [BM, BN]
-                dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
-                dp = tl.dot(do, tl.trans(vt), input_precision=PREC)
-                ds = p * (dp - delta[:, None])
-                dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC)
+                if TRANS:
+                    sT = tl.dot(kt, tl.trans(q), input_precision=PREC) * qk_scale  # [BN, BM]
+                    if partial:
+                        rT, okT = _win_rT(offs_n, offs_m, w, T, n_max, inv_edge)
+                        pT = tl.exp2(tl.where(okT, sT, float("-inf")) - lse[None, :]) * rT
+                    else:
+                        pT = tl.exp2(sT - lse[None, :])
+                    dv += tl.dot(pT.to(do.dtype), do, input_precision=PREC)
+                    dpT = tl.dot(vt, tl.trans(do), input_precision=PREC)
+                    dsT = pT * (dpT - delta[None, :])
+                    dk += tl.dot(dsT.to(q.dtype), q, input_precision=PREC)
+                else:
+                    s = tl.dot(q, tl.trans(kt), input_precision=PREC) * qk_scale  # [BM, BN]
+                    if partial:
+                        r, ok = _win_r(offs_m, offs_n, w, T, n_max, inv_edge)
+                        p = tl.exp2(tl.where(ok, s, float("-inf")) - lse[:, None]) * r
+                    else:
+                        p = tl.exp2(s - lse[:, None])
+                    dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
+                    dp = tl.dot(do, tl.trans(vt), input_precision=PREC)
+                    ds = p * (dp - delta[:, None])
+                    dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC)
         tl.store(DK + koff, (dk * sm_scale).to(DK.dtype.element_ty), mask=nmask[:, None])
         tl.store(DV + koff, dv.to(DV.dtype.element_ty), mask=nmask[:, None])
-
-
-if HAVE_TRITON:
 
     @triton.jit
     def _delta_kernel(O, DO, DELTA, N, D: tl.constexpr, BLOCK: tl.constexpr):
@@ -300,84 +344,183 @@ if HAVE_TRITON:
         do = tl.load(DO + rows[:, None] * D + cols[None, :], mask=m[:, None], other=0.0).to(tl.float32)
         tl.store(DELTA + rows, tl.sum(o * do, 1), mask=m)
 
-
-if HAVE_TRITON:
+    @triton.jit
+    def _keys_tile(E, pos, ok, KEY32: tl.constexpr):
+        """Rank keys (reference.rank_keys) of the energies at ``pos``; the smallest key where not ok.
+        KEY32 (T <= 65536): the float16 bits and 16 position bits in an int32, else an int64."""
+        e = tl.load(E + pos, mask=ok, other=0.0).to(tl.float32)
+        e16 = tl.minimum(tl.maximum(e, -6e4), 6e4).to(tl.float16)
+        if KEY32:
+            bits = e16.to(tl.int16, bitcast=True).to(tl.int32)
+            bits = tl.where(bits == -32768, 0, bits)  # -0 -> +0
+            mono = tl.where(bits >= 0, bits, bits ^ 32767)
+            key = mono * 65536 + (65535 - pos)
+            key = tl.where(ok, key, -2147483648)
+        else:
+            bits = (e16.to(tl.float32) + 0.0).to(tl.int32, bitcast=True)
+            mono = tl.where(bits >= 0, bits, bits ^ 2147483647).to(tl.int64)
+            key = mono * 4294967296 + (4294967295 - pos.to(tl.int64))
+            key = tl.where(ok, key, -9223372036854775808)
+        return key
 
     @triton.jit
-    def _select_kernel(KEYS, OUT, T, NB, S, K: tl.constexpr, KP: tl.constexpr, BS: tl.constexpr):
-        """Causal landmark sets with *stable slots*, one program per (batch, kv head).
-
-        Streams the blocks in order: set(b + 1) = top-k(set(b) + tokens of block b), inserting a
-        block's candidates best first, each replacing the current minimum. A token keeps its slot
-        from insertion to eviction and never comes back (the set is a prefix top-k), so each
-        landmark token is one contiguous run of blocks in one slot column."""
+    def _select_kernel(E, LPOS, T, NB, S, K: tl.constexpr, KP: tl.constexpr, BS: tl.constexpr,
+                       CB: tl.constexpr, KEY32: tl.constexpr):
+        """Causal landmark sets with stable slots, one program per (batch, kv head); see the
+        module docstring. Chunk c holds the candidate blocks c*CB .. c*CB+CB-1; row r's output is
+        the set of block c*CB + r + 1 (the set after that block's tokens were offered). The rank
+        keys are computed here from the energies (int32 keys when T <= 65536: cheaper reductions)."""
         pid = tl.program_id(0)
         offs_k = tl.arange(0, KP)
         offs_s = tl.arange(0, BS)
-        inv = tl.full([KP], -9223372036854775808, tl.int64)
-        cur = tl.where(offs_k < K, inv, tl.full([KP], 9223372036854775807, tl.int64))
-        tl.store(OUT + pid * NB * KP + offs_k, inv)
-        for blk in range(0, NB - 1):
-            pos = blk * S + offs_s
-            ck = tl.load(KEYS + pid * T + pos, mask=(offs_s < S) & (pos < T), other=-9223372036854775808)
+        rows = tl.arange(0, CB)
+        if KEY32:
+            kmin = tl.full([KP], -2147483648, tl.int32)
+            cur = tl.where(offs_k < K, kmin, tl.full([KP], 2147483647, tl.int32))  # padding: never the min
+            pm = tl.full([KP], 65535, tl.int32)
+            none = tl.full([KP], -1, tl.int32)
+        else:
+            kmin = tl.full([KP], -9223372036854775808, tl.int64)
+            cur = tl.where(offs_k < K, kmin, tl.full([KP], 9223372036854775807, tl.int64))
+            pm = tl.full([KP], 4294967295, tl.int64)
+            none = tl.full([KP], -1, tl.int64)
+        tl.store(LPOS + pid * NB * KP + offs_k, tl.full([KP], -1, tl.int32))  # block 0: empty set
+        ebase = E + pid * T
+        # prefetched chunk of candidate keys [CB, BS]
+        pos = rows[:, None] * S + offs_s[None, :]
+        ck = _keys_tile(ebase, pos, (offs_s[None, :] < S) & (pos < T) & (rows[:, None] < NB - 1), KEY32)
+        for c0 in range(0, NB - 1, CB):
+            blk_n = c0 + CB + rows
+            pos_n = blk_n[:, None] * S + offs_s[None, :]
+            ck_n = _keys_tile(ebase, pos_n, (offs_s[None, :] < S) & (pos_n < T) & (blk_n[:, None] < NB - 1), KEY32)
+            bmax = tl.max(ck, 1)  # [CB] best key of each candidate block
+            out_rows = (c0 + rows + 1) * KP  # [CB] output set offsets (block c0 + r + 1)
             m = tl.min(cur, 0)
-            cand = tl.where(ck > m, ck, -9223372036854775808)
-            best = tl.max(cand, 0)
-            while best > m:
-                am = tl.argmin(cur, 0)
-                cur = tl.where(offs_k == am, best, cur)
-                cand = tl.where(cand == best, -9223372036854775808, cand)
-                m = tl.min(cur, 0)
+            r0 = tl.zeros([], tl.int32)
+            nxt = tl.min(tl.where((bmax > m) & (rows >= r0), rows, CB), 0)
+            while nxt < CB:
+                # rows r0 .. nxt-1 inserted nothing: their sets are the current one
+                lp = tl.where((offs_k < K) & (cur != kmin), pm - (cur & pm), none).to(tl.int32)
+                smask = (rows[:, None] >= r0) & (rows[:, None] < nxt) & (c0 + rows[:, None] + 1 < NB)
+                tl.store(LPOS + pid * NB * KP + out_rows[:, None] + offs_k[None, :],
+                         tl.broadcast_to(lp[None, :], (CB, KP)), mask=smask)
+                cand = tl.max(tl.where(rows[:, None] == nxt, ck, tl.min(kmin, 0)), 0)  # [BS] block nxt's keys
+                cand = tl.where(cand > m, cand, tl.min(kmin, 0))
                 best = tl.max(cand, 0)
-            tl.store(OUT + (pid * NB + blk + 1) * KP + offs_k, tl.where(offs_k < K, cur, inv))
+                while best > m:
+                    am = tl.argmin(cur, 0)
+                    cur = tl.where(offs_k == am, best, cur)
+                    cand = tl.where(cand == best, tl.min(kmin, 0), cand)
+                    m = tl.min(cur, 0)
+                    best = tl.max(cand, 0)
+                r0 = nxt
+                nxt = tl.min(tl.where((bmax > m) & (rows > r0), rows, CB), 0)
+            lp = tl.where((offs_k < K) & (cur != kmin), pm - (cur & pm), none).to(tl.int32)
+            smask = (rows[:, None] >= r0) & (c0 + rows[:, None] + 1 < NB)
+            tl.store(LPOS + pid * NB * KP + out_rows[:, None] + offs_k[None, :],
+                     tl.broadcast_to(lp[None, :], (CB, KP)), mask=smask)
+            ck = ck_n
 
     @triton.jit
-    def _lm_reduce_kernel(DLK, DLV, LPOS, DK, DV, NB, T, KP: tl.constexpr, D: tl.constexpr, BD: tl.constexpr):
-        """Add per-block landmark gradients [B*Hk, NB, KP, D] into dK/dV rows: one program per
-        (batch*kv head, slot, D chunk) walks its slot column; each run (one token) is flushed
-        once, so no two programs touch the same row (no atomics)."""
+    def _seg_add(v1, f1, v2, f2):
+        return tl.where(f2 != 0, v2, v1 + v2), f1 | f2
+
+    @triton.jit
+    def _lm_reduce_kernel(DLK, DLV, DG, LPOS, DK, DV, DGT, NB, T,
+                          KP: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, CB: tl.constexpr):
+        """Add per-block landmark gradients [B*Hk, NB, KP, D] (and gate gradients [.., KP]) into
+        dK/dV rows (and the per-token gate gradient): one program per (batch*kv head, slot,
+        D chunk) walks its slot column CB blocks at a time; each run of one token is summed by a
+        segmented scan and written once, so no two programs touch the same row (no atomics)."""
         pid = tl.program_id(0)
         sl = tl.program_id(1)
-        offs = tl.program_id(2) * BD + tl.arange(0, BD)
-        acc_k = tl.zeros([BD], tl.float32)
-        acc_v = tl.zeros([BD], tl.float32)
-        for blk in range(0, NB):
-            src = ((pid * NB + blk) * KP + sl) * D + offs
-            acc_k += tl.load(DLK + src).to(tl.float32)
-            acc_v += tl.load(DLV + src).to(tl.float32)
-            tok = tl.load(LPOS + (pid * NB + blk) * KP + sl)
-            nxt = tl.load(LPOS + (pid * NB + blk + 1) * KP + sl, mask=blk + 1 < NB, other=-1)
-            if nxt != tok:
-                if tok >= 0:
-                    row = (pid * T + tok) * D + offs
-                    tl.store(DK + row, (tl.load(DK + row).to(tl.float32) + acc_k).to(DK.dtype.element_ty))
-                    tl.store(DV + row, (tl.load(DV + row).to(tl.float32) + acc_v).to(DV.dtype.element_ty))
-                acc_k = tl.zeros([BD], tl.float32)
-                acc_v = tl.zeros([BD], tl.float32)
+        dchunk = tl.program_id(2)
+        offs = dchunk * BD + tl.arange(0, BD)
+        rows = tl.arange(0, CB)
+        carry_k = tl.zeros([BD], tl.float32)
+        carry_v = tl.zeros([BD], tl.float32)
+        carry_g = tl.zeros([CB], tl.float32)  # only row 0 is used
+        base = pid * NB
+        for c0 in range(0, NB, CB):
+            blk = c0 + rows
+            valid = blk < NB
+            tok = tl.load(LPOS + (base + blk) * KP + sl, mask=valid, other=-1)
+            prv = tl.load(LPOS + (base + blk - 1) * KP + sl, mask=valid & (blk >= 1), other=-1)
+            nxt = tl.load(LPOS + (base + blk + 1) * KP + sl, mask=blk + 1 < NB, other=-1)
+            start = (tok != prv).to(tl.int32)
+            end = valid & (nxt != tok) & (tok >= 0)
+            src = ((base + blk)[:, None] * KP + sl) * D + offs[None, :]
+            xk = tl.load(DLK + src, mask=valid[:, None], other=0.0).to(tl.float32)
+            xv = tl.load(DLV + src, mask=valid[:, None], other=0.0).to(tl.float32)
+            # the run open at the end of the previous chunk continues in row 0 unless row 0 starts one
+            first = (rows[:, None] == 0) & (start[:, None] == 0)
+            xk = xk + tl.where(first, carry_k[None, :], 0.0)
+            xv = xv + tl.where(first, carry_v[None, :], 0.0)
+            f2 = tl.broadcast_to(start[:, None], (CB, BD))
+            sk, _fk = tl.associative_scan((xk, f2), 0, _seg_add)
+            sv, _fv = tl.associative_scan((xv, f2), 0, _seg_add)
+            row = (pid * T + tl.maximum(tok, 0))[:, None] * D + offs[None, :]
+            wm = end[:, None]
+            tl.store(DK + row, (tl.load(DK + row, mask=wm, other=0.0).to(tl.float32) + sk).to(DK.dtype.element_ty),
+                     mask=wm)
+            tl.store(DV + row, (tl.load(DV + row, mask=wm, other=0.0).to(tl.float32) + sv).to(DV.dtype.element_ty),
+                     mask=wm)
+            last = rows[:, None] == CB - 1
+            carry_k = tl.sum(tl.where(last, sk, 0.0), 0)
+            carry_v = tl.sum(tl.where(last, sv, 0.0), 0)
+            if dchunk == 0:
+                xg = tl.load(DG + (base + blk) * KP + sl, mask=valid, other=0.0)
+                xg = xg + tl.where((rows == 0) & (start == 0), carry_g, 0.0)
+                sg, _fg = tl.associative_scan((xg, start), 0, _seg_add)
+                tl.store(DGT + pid * T + tl.maximum(tok, 0), sg, mask=end)
+                carry_g = tl.broadcast_to(tl.sum(tl.where(rows == CB - 1, sg, 0.0), 0), (CB,))
 
 
 _FAST_LM = {"on": True}
 
 
-def _select_stable(energy, k: int, kp: int, block: int):
-    """Stable-slot landmark sets [B, Hk, NB, KP] of rank keys (INVALID_KEY: empty or padding)."""
-    from .reference import rank_keys
+def _pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
 
+
+def _select_stable(energy, k: int, kp: int, block: int, key32: bool | None = None):
+    """Stable-slot landmark positions [B, Hk, NB, KP] int32 (-1: empty slot or padding); key32:
+    int32 rank keys (default where T <= 65536), else int64."""
     b, hk, t = energy.shape
     nb = -(-t // block)
-    keys = rank_keys(energy).contiguous()
-    out = torch.empty(b, hk, nb, kp, dtype=torch.int64, device=energy.device)
-    _select_kernel[(b * hk,)](keys, out, t, nb, block, K=k, KP=kp, BS=_pow2(block))
+    e = energy.detach().float().contiguous()
+    out = torch.empty(b, hk, nb, kp, dtype=torch.int32, device=energy.device)
+    cb = 16 if block <= 128 else 4
+    _select_kernel[(b * hk,)](e, out, t, nb, block, K=k, KP=kp, BS=_pow2(block), CB=cb, KEY32=(t <= 65536) if key32 is None else key32,
+                              num_warps=1)
     return out
+
+
+def landmark_slots(energy, n_landmarks: int, block: int):
+    """(positions [B, Hk, NB, KP] int32 with -1 in empty slots, stable): the causal landmark sets.
+
+    stable=True: the selection kernel's stable slots (each token one run of one slot column);
+    False (the kernel failed to compile here): the torch prefix scan, slots in key order."""
+    kp = max(16, _pow2(n_landmarks))
+    if _FAST_LM["on"]:
+        try:
+            return _select_stable(energy, n_landmarks, kp, block), True
+        except Exception as e:  # pragma: no cover - compiler trouble: fall back, once
+            import warnings
+
+            warnings.warn(f"dsalt: stable-slot selection kernel unavailable ({type(e).__name__}: {e}); "
+                          "using the torch scan")
+            _FAST_LM["on"] = False
+    keys = select_landmarks(energy, n_landmarks, block)  # [B, Hk, NB, K], descending
+    if kp > n_landmarks:
+        keys = F.pad(keys, (0, kp - n_landmarks), value=INVALID_KEY)
+    pos = torch.where(keys != INVALID_KEY, key_positions(keys), torch.full_like(keys, -1))
+    return pos.to(torch.int32).contiguous(), False
 
 
 def _prec(q) -> str:
     """fp32 inputs: exact fp32 dots (matching the reference); fp16/bf16: tensor-core dots."""
     return "ieee" if q.dtype == torch.float32 else "tf32"
-
-
-def _pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
 
 
 def _blocks(block: int, d: int, device) -> tuple[int, int, int]:
@@ -389,74 +532,164 @@ def _blocks(block: int, d: int, device) -> tuple[int, int, int]:
 
 
 _TUNED: dict = {}
+_FWD_BM_OVERRIDE: dict = {}
+# launch configs tried by the autotuner on CUDA: fwd (BLOCK_M, BLOCK_N, warps, stages) (BLOCK_M 128
+# only where it and the selection block divide one another); dq (BLOCK_N, warps, stages) at
+# BLOCK_M = 64; dkdv (BLOCK_M, BLOCK_N, warps, stages, TRANS). First entries: the forced defaults
+# (ATTNLAB_DSALT_AUTOTUNE=0). Register use checked offline (ptxas via triton.compile for sm_90).
+FWD_CONFIGS = [(64, 64, 4, 2), (64, 64, 8, 2), (64, 64, 4, 3), (128, 64, 8, 2), (64, 32, 4, 3)]
+DQ_CONFIGS = [(32, 4, 2), (32, 8, 2), (64, 8, 2), (32, 4, 3)]
+DKDV_CONFIGS = [(32, 32, 4, 2, 0), (32, 64, 8, 2, 1), (64, 32, 8, 2, 0), (32, 128, 8, 2, 1), (64, 64, 8, 2, 0)]
 
 
-def _tuned(name: str):
-    """Autotuned launchers (CUDA, BLOCK_M = 64 only): BLOCK_N, warps and stages."""
-    if name not in _TUNED:
+def _tuned(name: str, block: int):
+    """Autotuned launchers (CUDA; dq at BLOCK_M = 64): tile sizes, warps and stages."""
+    tag = (name, block if name == "fwd" else 0)
+    if tag not in _TUNED:
         key = ["T", "n_max", "D"]
         if name == "dkdv":
-            cfgs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st)
-                    for m, n, w, st in [(64, 64, 4, 2), (64, 64, 8, 2), (32, 64, 4, 3), (64, 32, 4, 2), (64, 128, 8, 2)]]
-            _TUNED[name] = triton.autotune(cfgs, key=key)(_dkdv_kernel)
+            cfgs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "TRANS": tr}, num_warps=w, num_stages=st)
+                    for m, n, w, st, tr in DKDV_CONFIGS]
+            _TUNED[tag] = triton.autotune(cfgs, key=key)(_dkdv_kernel)
+        elif name == "fwd":
+            cfgs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "NSET": max(1, m // block)}, num_warps=w, num_stages=st)
+                    for m, n, w, st in FWD_CONFIGS if m % block == 0 or block % m == 0]
+            _TUNED[tag] = triton.autotune(cfgs, key=key + ["KP", "HAS_LM"])(_fwd_kernel)
         else:
-            cfgs = [triton.Config({"BLOCK_N": n}, num_warps=w, num_stages=st)
-                    for n, w, st in [(64, 4, 2), (64, 4, 3), (64, 8, 2), (32, 4, 3)]]
-            _TUNED[name] = triton.autotune(cfgs, key=key + ["KP"])(_fwd_kernel if name == "fwd" else _dq_kernel)
-    return _TUNED[name]
+            cfgs = [triton.Config({"BLOCK_N": n}, num_warps=w, num_stages=st) for n, w, st in DQ_CONFIGS]
+            _TUNED[tag] = triton.autotune(cfgs, key=key + ["KP", "HAS_LM"])(_dq_kernel)
+    return _TUNED[tag]
 
 
-def _launch(name, kernel, grid_m, rows, bm, bn, warps, *args, **meta):
-    """Launch plain (interpreter, small blocks) or autotuned (CUDA, BLOCK_M = 64)."""
+def tuned_configs() -> dict:
+    """The launch configs the autotuner picked so far (for benchmark logs)."""
+    out = {}
+    for tag, fn in _TUNED.items():
+        out[str(tag)] = {str(k): str(v) for k, v in getattr(fn, "cache", {}).items()}
+    return out
+
+
+# CUDA launch configs forced instead of autotuning: {"fwd": (BM, BN, warps, stages), "dq": (BN, warps,
+# stages), "dkdv": (BM, BN, warps, stages)} (tests of every config; ATTNLAB_DSALT_AUTOTUNE=0 forces
+# each list's first entry, which skips the autotuner's compile-and-time of every config)
+FORCE_CONFIG: dict = {}
+
+
+def _forced(name):
+    if name in FORCE_CONFIG:
+        return FORCE_CONFIG[name]
+    if os.environ.get("ATTNLAB_DSALT_AUTOTUNE", "1") == "0":
+        return {"fwd": FWD_CONFIGS, "dq": DQ_CONFIGS, "dkdv": DKDV_CONFIGS, "reduce": REDUCE_CONFIGS}[name][0]
+    return None
+
+
+def _launch(name, kernel, grid_m, rows, bm, bn, warps, block, *args, **meta):
+    """Launch plain (interpreter, small blocks), forced or autotuned (CUDA, block a multiple of 64)."""
+    cfg = _forced(name) if bm == 64 and not _interpreting() else None
+    if cfg is not None:
+        if name == "dq":
+            n, w, st = cfg
+            m = 64
+        elif name == "dkdv":
+            m, n, w, st, meta["TRANS"] = cfg
+        else:
+            m, n, w, st = cfg
+        if name == "fwd":
+            meta["NSET"] = max(1, m // block)
+        grid_n = n if name == "dkdv" else m
+        return kernel[(triton.cdiv(grid_m, grid_n), rows)](*args, BLOCK_M=m, BLOCK_N=n, num_warps=w,
+                                                          num_stages=st, **meta)
     if bm == 64 and not _interpreting():
         if name == "dkdv":
             grid = lambda m: (triton.cdiv(grid_m, m["BLOCK_N"]), rows)  # noqa: E731
-            return _tuned(name)[grid](*args, **meta)
-        return _tuned(name)[(triton.cdiv(grid_m, bm), rows)](*args, BLOCK_M=bm, **meta)
+            return _tuned(name, block)[grid](*args, **meta)
+        if name == "fwd":
+            grid = lambda m: (triton.cdiv(grid_m, m["BLOCK_M"]), rows)  # noqa: E731
+            return _tuned(name, block)[grid](*args, **meta)
+        return _tuned(name, block)[(triton.cdiv(grid_m, bm), rows)](*args, BLOCK_M=bm, **meta)
     if name == "dkdv":
+        meta["TRANS"] = _FWD_BM_OVERRIDE.get("dkdv_trans", 0)  # tests: the transposed formulation
         return kernel[(triton.cdiv(grid_m, bn), rows)](*args, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, **meta)
+    if name == "fwd":
+        bm = _FWD_BM_OVERRIDE.get("bm") or bm  # tests: a forward tile spanning several selection blocks
+        meta["NSET"] = max(1, bm // block)
     return kernel[(triton.cdiv(grid_m, bm), rows)](*args, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, **meta)
 
 
+# landmark-gradient reduction launch configs (CB blocks per step, BD columns, warps)
+REDUCE_CONFIGS = [(32, 64, 4), (16, 64, 4), (64, 32, 4), (32, 32, 2), (64, 64, 8)]
+
+
+def _reduce_landmark_grads(plk, plv, pg, lpos, dk, dv, dgt, nb, t, kp, d):
+    """Per-run sums of the per-block landmark partials into dK, dV (added) and dgt (written)."""
+    bhk = lpos.shape[0] * lpos.shape[1]
+    if _interpreting() or not plk.is_cuda:
+        bd = min(d, 64)
+        return _lm_reduce_kernel[(bhk, kp, d // bd)](plk, plv, pg, lpos, dk, dv, dgt, nb, t,
+                                                      KP=kp, D=d, BD=bd, CB=16, num_warps=4)
+    cfg = _forced("reduce")
+    if cfg is not None:
+        cb, bd, w = cfg
+        bd = min(bd, d)
+        return _lm_reduce_kernel[(bhk, kp, d // bd)](plk, plv, pg, lpos, dk, dv, dgt, nb, t,
+                                                      KP=kp, D=d, BD=bd, CB=cb, num_warps=w)
+    tag = ("reduce", d)
+    if tag not in _TUNED:
+        lst = list(dict.fromkeys((cb, min(bd, d), w) for cb, bd, w in REDUCE_CONFIGS))
+        cfgs = [triton.Config({"CB": cb, "BD": bd}, num_warps=w) for cb, bd, w in lst]
+        # the kernel adds into dK/dV: the autotuner restores them between its trial runs
+        _TUNED[tag] = triton.autotune(cfgs, key=["NB", "KP", "D"], restore_value=["DK", "DV"])(_lm_reduce_kernel)
+    grid = lambda m: (bhk, kp, d // m["BD"])  # noqa: E731
+    return _TUNED[tag][grid](plk, plv, pg, lpos, dk, dv, dgt, nb, t, KP=kp, D=d)
+
+
 class _DSALTFn(torch.autograd.Function):
-    """Inputs: q [B,H,T,D], k, v [B,Hk,T,D], win [B,H,T] fp32, gate [B,Hk,NB,KP] fp32 (-inf in empty
-    slots), idx [B,Hk,NB,KP] int64 landmark positions. The kernels read landmark K/V rows by
-    position; their per-block gradients are accumulated into dK/dV here."""
+    """Inputs: q [B,H,T,D], k, v [B,Hk,T,D], win [B,H,T] fp32, energy [B,Hk,T]. The landmark sets
+    are selected inside (no gradient through the discrete choice); the gate logsigmoid(e_j) gets
+    its gradient from the kernels' per-tile sums, reduced per token."""
 
     @staticmethod
-    def forward(ctx, q, k, v, win, gate, idx, meta):
-        n_max, edge, block, scale, has_lm, kp, stable = meta
+    def forward(ctx, q, k, v, win, energy, meta):
+        n_max, edge, block, scale, n_lm = meta
         b, h, t, d = q.shape
         hk = k.shape[1]
         g = h // hk
         bm, bn, warps = _blocks(block, d, q.device)
+        has_lm = n_lm > 0
         if has_lm:
-            lpos = idx.to(torch.int32)
+            lpos, stable = landmark_slots(energy.detach(), n_lm, block)
+            kp, nb = lpos.shape[-1], lpos.shape[2]
+            gt = F.logsigmoid(energy.detach().float()).contiguous()
         else:
-            lpos = torch.zeros(1, 1, 1, kp, dtype=torch.int32, device=q.device)
+            kp, nb, stable = 16, 1, False
+            lpos = torch.full((1, 1, 1, kp), -1, dtype=torch.int32, device=q.device)
+            gt = torch.zeros(1, device=q.device)
         o = torch.empty_like(q)
         lse = torch.empty(b, h, t, device=q.device, dtype=torch.float32)
-        _launch("fwd", _fwd_kernel, t, b * h, bm, bn, warps,
-                q, k, v, win, gate, lpos, o, lse,
+        _launch("fwd", _fwd_kernel, t, b * h, bm, bn, warps, block,
+                q, k, v, win, gt, lpos, o, lse,
                 q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                 o.stride(0), o.stride(1), o.stride(2),
-                gate.stride(0), gate.stride(1), gate.stride(2),
-                h, g, t, n_max, float(edge), 1.0 / float(edge), scale * LOG2E, block,
+                h, g, t, nb, n_max, float(edge), 1.0 / float(edge), scale * LOG2E, block,
                 D=d, KP=kp, HAS_LM=has_lm, PREC=_prec(q))
-        ctx.save_for_backward(q, k, v, win, gate, lpos, idx, o, lse)
+        ctx.save_for_backward(q, k, v, win, energy, gt, lpos, o, lse)
         ctx.meta = meta
+        ctx.stable = stable
         return o
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, win, gate, lpos, idx, o, lse = ctx.saved_tensors
-        n_max, edge, block, scale, has_lm, kp, stable = ctx.meta
+        q, k, v, win, energy, gt, lpos, o, lse = ctx.saved_tensors
+        n_max, edge, block, scale, n_lm = ctx.meta
+        has_lm = n_lm > 0
         b, h, t, d = q.shape
         hk = k.shape[1]
         g = h // hk
+        kp, nb = lpos.shape[-1], lpos.shape[2]
         bm, bn, warps = _blocks(block, d, q.device)
         do = do.contiguous()
         delta = torch.empty(b, h, t, device=q.device, dtype=torch.float32)
+        # a separate pass: fused into the dQ kernel it made that kernel spill registers (ptxas)
         _delta_kernel[(triton.cdiv(b * h * t, 64),)](o, do, delta, b * h * t, D=d, BLOCK=64)
         nt = triton.cdiv(t, bm)
         dq = torch.empty_like(q)
@@ -467,25 +700,22 @@ class _DSALTFn(torch.autograd.Function):
             dgate_t = torch.empty(b, h, nt, kp, device=q.device, dtype=torch.float32)
         else:
             dlk_t = dlv_t = dgate_t = dq  # unused
-        _launch("dq", _dq_kernel, t, b * h, bm, bn, warps,
-                q, k, v, win, gate, lpos, do, lse, delta, dq, dw, dlk_t, dlv_t, dgate_t,
+        _launch("dq", _dq_kernel, t, b * h, bm, bn, warps, block,
+                q, k, v, win, gt, lpos, do, lse, delta, dq, dw, dlk_t, dlv_t, dgate_t,
                 q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-                gate.stride(0), gate.stride(1), gate.stride(2),
-                h, g, t, nt, n_max, float(edge), 1.0 / float(edge), scale * LOG2E, scale, block,
+                h, g, t, nb, nt, n_max, float(edge), 1.0 / float(edge), scale * LOG2E, scale, block,
                 D=d, KP=kp, HAS_LM=has_lm, PREC=_prec(q))
         dk = torch.empty_like(k)
         dv = torch.empty_like(v)
-        _launch("dkdv", _dkdv_kernel, t, b * hk, bm, bn, warps,
+        _launch("dkdv", _dkdv_kernel, t, b * hk, bm, bn, warps, block,
                 q, k, v, win, do, lse, delta, dk, dv,
                 q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                 h, g, t, n_max, float(edge), 1.0 / float(edge), scale * LOG2E, scale, D=d, PREC=_prec(q))
-        dgate = None
-        stable_done = False
-        if has_lm and stable:
-            nb = idx.shape[2]
+        denergy = None
+        if has_lm:
             tpb = block // bm
 
-            def per_block(x):  # [B, H, NT, ...] -> [B, Hk, NB, ...] contiguous
+            def per_block(x):  # [B, H, NT, ...] -> [B, Hk, NB, ...] contiguous, summed over group heads and tiles
                 pad = nb * tpb - nt
                 if pad:
                     x = torch.cat([x, x.new_zeros(x.shape[:2] + (pad,) + x.shape[3:])], 2)
@@ -493,39 +723,28 @@ class _DSALTFn(torch.autograd.Function):
                     return x.contiguous()
                 return x.float().view(b, hk, g, nb, tpb, *x.shape[3:]).sum((2, 4)).contiguous()
 
-            lposn = torch.where(gate > -math.inf, idx, torch.full_like(idx, -1)).to(torch.int32).contiguous()
-            bd = min(d, 64)
-            try:
-                _lm_reduce_kernel[(b * hk, kp, d // bd)](per_block(dlk_t), per_block(dlv_t), lposn, dk, dv, nb, t,
-                                                         KP=kp, D=d, BD=bd)
-                stable_done = True
-            except Exception as e:  # pragma: no cover - compiler trouble: the sort-based path below
-                import warnings
+            plk, plv, pg = per_block(dlk_t), per_block(dlv_t), per_block(dgate_t)
+            dgt = torch.zeros(b, hk, t, device=q.device, dtype=torch.float32)
+            done = False
+            if ctx.stable:
+                try:
+                    _reduce_landmark_grads(plk, plv, pg, lpos, dk, dv, dgt, nb, t, kp, d)
+                    done = True
+                except Exception as e:  # pragma: no cover - compiler trouble: the sort-based path below
+                    import warnings
 
-                warnings.warn(f"dsalt: landmark-gradient reduction kernel unavailable ({type(e).__name__}: {e})")
-                _FAST_LM["on"] = False
-                stable_done = False
-            if stable_done:
-                dgate = per_block(dgate_t)
-        if has_lm and not (stable and stable_done):
-            nb = idx.shape[2]
-            tpb = block // bm
-
-            def per_block(x):  # [B, H, NT, ...] -> [B, Hk, NB, ...], summed over group heads and tiles
-                pad = nb * tpb - nt
-                if pad:
-                    x = torch.cat([x, x.new_zeros(x.shape[:2] + (pad,) + x.shape[3:])], 2)
-                if g * tpb == 1:
-                    return x
-                return x.float().view(b, hk, g, nb, tpb, *x.shape[3:]).sum((2, 4)).to(x.dtype)
-
-            # a landmark token sits in many blocks' sets: add its per-block gradients with the
-            # sort-based accumulating index_put_ (fp32 accumulation, no contended atomics)
-            rows = (idx + torch.arange(b * hk, device=idx.device).view(b, hk, 1, 1) * t).view(-1)
-            dk.view(-1, d).index_put_((rows,), per_block(dlk_t).reshape(-1, d).to(dk.dtype), accumulate=True)
-            dv.view(-1, d).index_put_((rows,), per_block(dlv_t).reshape(-1, d).to(dv.dtype), accumulate=True)
-            dgate = per_block(dgate_t)
-        return dq, dk, dv, dw, dgate, None, None
+                    warnings.warn(f"dsalt: landmark-gradient reduction kernel unavailable ({type(e).__name__}: {e})")
+            if not done:
+                # a landmark token sits in many blocks' sets: the sort-based accumulating index_put_
+                valid = (lpos >= 0).view(-1)
+                rows = (lpos.long().clamp_min(0) + torch.arange(b * hk, device=q.device).view(b, hk, 1, 1) * t)
+                rows = rows.view(-1)[valid]
+                dk.view(-1, d).index_put_((rows,), plk.reshape(-1, d)[valid].to(dk.dtype), accumulate=True)
+                dv.view(-1, d).index_put_((rows,), plv.reshape(-1, d)[valid].to(dv.dtype), accumulate=True)
+                dgt.view(-1).index_put_((rows,), pg.reshape(-1)[valid].float(), accumulate=True)
+            # d logsigmoid(e) / de = sigmoid(-e)
+            denergy = (dgt * torch.sigmoid(-energy.detach().float())).to(energy.dtype)
+        return dq, dk, dv, dw, denergy, None
 
 
 def dsalt_triton(q, k, v, win, energy, *, n_max: int, edge: float, n_landmarks: int, block: int,
@@ -537,7 +756,6 @@ def dsalt_triton(q, k, v, win, energy, *, n_max: int, edge: float, n_landmarks: 
         raise InputError("dsalt: impl='triton' needs the triton package")
     check_args(q, k, v, win, energy, n_max, edge, n_landmarks, block)
     b, h, t, d = q.shape
-    hk = k.shape[1]
     if d < 16 or d & (d - 1):
         raise InputError(f"dsalt triton kernel: head_dim must be a power of two >= 16; got {d}")
     if not (q.is_cuda or _interpreting()):
@@ -548,36 +766,5 @@ def dsalt_triton(q, k, v, win, energy, *, n_max: int, edge: float, n_landmarks: 
     scale = d**-0.5 if scale is None else scale
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     win = win.float().contiguous()
-    has_lm = n_landmarks > 0
-    if has_lm:
-        kk = n_landmarks
-        kp = max(16, _pow2(kk))
-        keys = None
-        if _FAST_LM["on"]:
-            try:  # stable slots: the landmark gradients then reduce without atomics or sorting
-                keys = _select_stable(energy, kk, kp, block)  # [B, Hk, NB, KP]
-                stable = True
-            except Exception as e:  # pragma: no cover - compiler trouble: fall back, once
-                import warnings
-
-                warnings.warn(f"dsalt: stable-slot selection kernel unavailable ({type(e).__name__}: {e}); "
-                              "using the torch scan")
-                _FAST_LM["on"] = False
-        if keys is None:
-            keys = select_landmarks(energy, kk, block)  # [B, Hk, NB, K], descending
-            if kp > kk:
-                keys = F.pad(keys, (0, kp - kk), value=INVALID_KEY)
-            stable = False
-        nb = keys.shape[2]
-        valid = keys != INVALID_KEY
-        idx = torch.where(valid, key_positions(keys), torch.zeros_like(keys))
-        # advanced indexing (backward: sort-based accumulate) rather than gather (atomics)
-        rows = (idx + torch.arange(b * hk, device=idx.device).view(b, hk, 1, 1) * t).view(-1)
-        gate = F.logsigmoid(energy.float()).reshape(-1)[rows].view(b, hk, nb, kp)
-        gate = torch.where(valid, gate, torch.full_like(gate, -math.inf))
-        gate, idx = gate.contiguous(), idx.contiguous()
-    else:
-        kp, stable = 16, False
-        gate = torch.full((1, 1, 1, kp), -math.inf, device=q.device)
-        idx = torch.zeros(1, 1, 1, kp, dtype=torch.int64, device=q.device)
-    return _DSALTFn.apply(q, k, v, win, gate, idx, (n_max, float(edge), block, float(scale), has_lm, kp, stable))
+    energy = energy.contiguous()
+    return _DSALTFn.apply(q, k, v, win, energy, (n_max, float(edge), block, float(scale), n_landmarks))
