@@ -94,16 +94,18 @@ def time_cold_ms(fn, flush: torch.Tensor, warmup: int, repeats: int) -> float:
 
 
 def parse_configs(spec: str):
-    """"default" or a comma list of tile:blocks_per_program:fused[:warps[:stages[:maxnreg]]]
-    (0 or absent = the launcher's default)."""
+    """"default" or a comma list of tile:blocks_per_program:fused[:warps[:stages[:maxnreg[:vmerge]]]]
+    (0 or absent = the launcher's default; vmerge 1 = value_proj "merge")."""
     out = []
     for item in spec.split(","):
         if item == "default":
             out.append({})
             continue
-        vals = [int(x) for x in item.split(":")] + [0] * 6
-        tile, bpp, fused, warps, stages, maxnreg = vals[:6]
+        vals = [int(x) for x in item.split(":")] + [0] * 7
+        tile, bpp, fused, warps, stages, maxnreg, vmerge = vals[:7]
         kw = {"fused_merge": bool(fused)}
+        if vmerge:
+            kw["value_proj"] = "merge"
         for key, val in (("block_tile", tile), ("blocks_per_program", bpp), ("num_warps", warps),
                          ("num_stages", stages), ("maxnreg", maxnreg)):
             if val:
@@ -116,8 +118,8 @@ def config_name(kw: dict) -> str:
     if not kw:
         return "default"
     return ":".join(str(int(kw.get(key, dflt))) for key, dflt in (
-        ("block_tile", 0), ("blocks_per_program", 0), ("fused_merge", True), ("num_warps", 0),
-        ("num_stages", 0), ("maxnreg", 0)))
+        ("block_tile", 0), ("blocks_per_program", 0), ("fused_merge", False), ("num_warps", 0),
+        ("num_stages", 0), ("maxnreg", 0))) + (":1" if kw.get("value_proj") == "merge" else "")
 
 
 SWEEP = ("default,0:0:0,128:1:1:4,64:1:1:4,512:1:1:8,128:1:1:4:0:128,256:2:1:8:2,256:4:1:8:2,256:4:1:8:3,"
@@ -132,7 +134,7 @@ def main(argv=None) -> int:
     p.add_argument("--ranks", default=None, help="comma list of key:value ranks, e.g. 16:16,32:32")
     p.add_argument("--block-size", type=int, default=None)
     p.add_argument("--configs", default="default",
-                   help=f"kernel configs: 'default' and/or tile:blocks_per_program:fused[:warps[:stages[:maxnreg]]], "
+                   help=f"kernel configs: 'default' and/or tile:blocks_per_program:fused[:warps[:stages[:maxnreg[:vmerge]]]], "
                         f"comma separated (0 = launcher default); 'sweep' = {SWEEP}")
     p.add_argument("--no-graphs", action="store_true", help="eager timings only")
     p.add_argument("--no-cold", action="store_true", help="skip the L2-flushed timings")

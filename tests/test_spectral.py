@@ -238,7 +238,10 @@ def test_cache_uses_kernel_backend():
 @pytest.mark.gpu
 @pytest.mark.parametrize("kw", [{}, {"fused_merge": True}, {"block_tile": 64, "num_warps": 4},
                                 {"blocks_per_program": 3, "num_stages": 2},
-                                {"blocks_per_program": 4, "block_tile": 128, "num_warps": 4, "num_stages": 2}])
+                                {"blocks_per_program": 4, "block_tile": 128, "num_warps": 4, "num_stages": 2},
+                                {"value_proj": "merge"}, {"value_proj": "merge", "block_tile": 128, "num_warps": 4},
+                                {"value_proj": "merge", "blocks_per_program": 4, "block_tile": 128, "num_warps": 4,
+                                 "num_stages": 2}])
 @pytest.mark.parametrize("ranks", [(16, 32), (32, 32)])
 def test_kernel_bf16_gpu(kw, ranks):
     dev = torch.device("cuda")
@@ -258,6 +261,25 @@ def test_kernel_bf16_gpu(kw, ranks):
                               d**-0.5, **kw)
         assert torch.isfinite(out).all()
         assert rel_err(out, ref) <= 1e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("quantize", [True, False])
+@pytest.mark.parametrize("value_proj", ["block", "merge"])
+def test_kernel_fp32_gpu(quantize, value_proj):
+    """fp32 caches on the GPU (IEEE dots; launch parameters that fit in shared memory)."""
+    dev = torch.device("cuda")
+    b, hq, hk, d, t = 2, 8, 2, 128, 1100
+    k, v = structured_kv(b, hk, t, d).to(dev), structured_kv(b, hk, t, d).to(dev)
+    c = SpectralCache(b, t + 1, hk, d, device=dev, dtype=torch.float32, key_rank=16, value_rank=32, block_size=256,
+                      quantize=quantize)
+    c.append(k, v)
+    c.append(torch.randn(b, hk, 1, d, device=dev), torch.randn(b, hk, 1, d, device=dev))
+    q = torch.randn(b, hq, 1, d, device=dev)
+    ref = spectral_attention(q, c.blocks(), c.hot_k[:, :, :c.hot_len], c.hot_v[:, :, :c.hot_len], c.seen - 1, d**-0.5)
+    out = spectral_decode(q, c.ck, c.sk, c.bk, c.cv, c.sv, c.bv, c.n_blocks, c.hot_k, c.hot_v, c.hot_len, d**-0.5,
+                          value_proj=value_proj)
+    assert rel_err(out, ref) <= 1e-4
 
 
 @pytest.mark.gpu

@@ -54,7 +54,7 @@ if HAS_TRITON:
 
     @triton.jit(do_not_specialize=["n_blocks", "hot_len"])
     def _spectral_split(
-        Q, CK, SK, BK, CV, SV, BV, HKP, HVP, PM, PL, PACC, CNT, O,
+        Q, CK, SK, BK, CV, SV, BV, HKP, HVP, PM, PL, PACC, CNT, O, MB, LB, PCB,
         n_blocks, nb_cap, hot_len, hot_cap, n_comp, n_splits, qk_scale,
         HKV: tl.constexpr, G: tl.constexpr, GP: tl.constexpr,
         D: tl.constexpr, DP: tl.constexpr, DV: tl.constexpr, DVP: tl.constexpr,
@@ -62,7 +62,7 @@ if HAS_TRITON:
         BS: tl.constexpr, BT: tl.constexpr, BPP: tl.constexpr,
         HOT_PER_SPLIT: tl.constexpr, HT: tl.constexpr,
         QUANT: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr,
-        FUSED: tl.constexpr, SCH: tl.constexpr,
+        FUSED: tl.constexpr, SCH: tl.constexpr, VMERGE: tl.constexpr,
     ):
         EXACT_K: tl.constexpr = (RK == RKP) and (D == DP)
         EXACT_V: tl.constexpr = (RV == RVP) and (DV == DVP)
@@ -108,10 +108,14 @@ if HAS_TRITON:
                     bk = tl.load(bk_ptr)
                 else:
                     bk = tl.load(bk_ptr, mask=rkmask[:, None] & dmask[None, :], other=0.0)
-                if EXACT_V:
-                    bv = tl.load(bv_ptr)
-                else:
-                    bv = tl.load(bv_ptr, mask=rvmask[:, None] & dvmask[None, :], other=0.0)
+                if not VMERGE:
+                    if EXACT_V:
+                        bv = tl.load(bv_ptr)
+                    else:
+                        bv = tl.load(bv_ptr, mask=rvmask[:, None] & dvmask[None, :], other=0.0)
+                else:  # one partial per block, in coefficient space: its own softmax statistics
+                    m_i = tl.full([GP], -1.0e30, tl.float32)
+                    l_i = tl.zeros([GP], tl.float32)
                 if LOWP:
                     qb = (tl.dot(q, tl.trans(bk.to(q.dtype))) * qk_scale).to(tl.float16)  # [GP, RKP]
                 else:
@@ -149,8 +153,15 @@ if HAS_TRITON:
                     else:
                         pc = pc * alpha[:, None] + tl.dot(p, cvf, input_precision=PREC)
                     m_i = m_new
-                # the block's value basis; acc was kept relative to the max before this block
-                acc = acc * tl.exp2(m_blk - m_i)[:, None] + tl.dot(pc, bv.to(tl.float32), input_precision=PREC)
+                if VMERGE:
+                    # (m, l, pc [G, rv]) of this block; the merge applies B_V
+                    prow = (pid_bh * n_blocks + n) * G + offs_g
+                    tl.store(MB + prow, m_i, mask=gmask)
+                    tl.store(LB + prow, l_i, mask=gmask)
+                    tl.store(PCB + prow[:, None] * RV + offs_rv[None, :], pc, mask=gmask[:, None] & rvmask[None, :])
+                else:
+                    # the block's value basis; acc was kept relative to the max before this block
+                    acc = acc * tl.exp2(m_blk - m_i)[:, None] + tl.dot(pc, bv.to(tl.float32), input_precision=PREC)
         else:
             offs_h = tl.arange(0, HT)
             j0 = (pid_s - n_comp) * HOT_PER_SPLIT
@@ -182,10 +193,17 @@ if HAS_TRITON:
                     acc = acc * ah[:, None] + tl.dot(ph, v.to(tl.float32), input_precision=PREC)
                 m_i = mh_new
 
-        part = (pid_bh * n_splits + pid_s) * G + offs_g  # partial rows [B*Hk, n_splits, G]
-        tl.store(PM + part, m_i, mask=gmask)
-        tl.store(PL + part, l_i, mask=gmask)
-        tl.store(PACC + part[:, None] * DV + offs_dv[None, :], acc, mask=gmask[:, None] & dvmask[None, :])
+        if VMERGE:  # hot partials only: [B*Hk, n_hot, G]
+            if pid_s >= n_comp:
+                part = (pid_bh * (n_splits - n_comp) + pid_s - n_comp) * G + offs_g
+                tl.store(PM + part, m_i, mask=gmask)
+                tl.store(PL + part, l_i, mask=gmask)
+                tl.store(PACC + part[:, None] * DV + offs_dv[None, :], acc, mask=gmask[:, None] & dvmask[None, :])
+        else:
+            part = (pid_bh * n_splits + pid_s) * G + offs_g  # partial rows [B*Hk, n_splits, G]
+            tl.store(PM + part, m_i, mask=gmask)
+            tl.store(PL + part, l_i, mask=gmask)
+            tl.store(PACC + part[:, None] * DV + offs_dv[None, :], acc, mask=gmask[:, None] & dvmask[None, :])
         if FUSED:
             # the last program of this (b, h) to finish merges all its partials: one launch
             tl.debug_barrier()  # every thread's partial stores precede the release below
@@ -254,6 +272,67 @@ if HAS_TRITON:
         tl.store(O + orow[:, None] * DV + offs_dv[None, :], o.to(O.dtype.element_ty),
                  mask=gmask[:, None] & dvmask[None, :])
 
+    @triton.jit(do_not_specialize=["n_blocks", "n_hot"])
+    def _spectral_merge_proj(
+        MB, LB, PCB, BV, PM, PL, PACC, O, n_blocks, nb_cap, n_hot,
+        G: tl.constexpr, GP: tl.constexpr, RV: tl.constexpr, RVP: tl.constexpr,
+        DV: tl.constexpr, DVB: tl.constexpr, NBK: tl.constexpr, NBC: tl.constexpr, PREC: tl.constexpr,
+    ):
+        """Merge for value_projection="merge": per-block partials (m, l, pc [G, rv]) in coefficient
+        space and hot partials (m, l, o [G, dv]). Program (b*Hk + h, dv chunk):
+
+            M   = max over all partials;  w_n = exp2(m_n - M)
+            out = sum_n (w_n * pc_n) @ B_V[n]  +  sum_j w_j * o_j      (one K-loop over NBK blocks
+            L   = sum_n w_n * l_n + sum_j w_j * l_j                      at a time: K = NBK * rv)
+        """
+        pid_bh = tl.program_id(0)
+        pid_n = tl.program_id(1)
+        offs_g = tl.arange(0, GP)
+        gmask = offs_g < G
+        offs_dv = pid_n * DVB + tl.arange(0, DVB)
+        dvmask = offs_dv < DV
+        # pass 1: the maximum
+        m_run = tl.full([GP], -1.0e30, tl.float32)
+        offs_c = tl.arange(0, NBC)
+        for n0 in range(0, n_blocks, NBC):
+            nn = n0 + offs_c
+            msk = (nn < n_blocks)[:, None] & gmask[None, :]
+            mb = tl.load(MB + (pid_bh * n_blocks + nn)[:, None] * G + offs_g[None, :], mask=msk, other=-1.0e30)
+            m_run = tl.maximum(m_run, tl.max(mb, 0))
+        for j in range(0, n_hot):
+            mh = tl.load(PM + (pid_bh * n_hot + j) * G + offs_g, mask=gmask, other=-1.0e30)
+            m_run = tl.maximum(m_run, mh)
+        # pass 2: weighted sums; the value bases of NBK blocks per dot
+        offs_k = tl.arange(0, NBK * RVP)
+        kn = offs_k // RVP
+        kr = offs_k % RVP
+        l_run = tl.zeros([GP], tl.float32)
+        acc = tl.zeros([GP, DVB], tl.float32)
+        for n0 in range(0, n_blocks, NBK):
+            nb = n0 + kn
+            kmask = (nb < n_blocks) & (kr < RV)
+            rows = (pid_bh * n_blocks + nb)[None, :] * G + offs_g[:, None]  # [GP, K]
+            amask = gmask[:, None] & kmask[None, :]
+            pcv = tl.load(PCB + rows * RV + kr[None, :], mask=amask, other=0.0)
+            mw = tl.load(MB + rows, mask=amask, other=-1.0e30)
+            w = tl.exp2(mw - m_run[:, None])
+            lw = tl.load(LB + rows, mask=amask & (kr == 0)[None, :], other=0.0)
+            l_run += tl.sum(lw * w, 1)
+            bvt = tl.load(BV + ((pid_bh * nb_cap + nb) * RV + kr)[:, None] * DV + offs_dv[None, :],
+                          mask=kmask[:, None] & dvmask[None, :], other=0.0)
+            acc += tl.dot(pcv * w, bvt.to(tl.float32), input_precision=PREC)
+        for j in range(0, n_hot):
+            hrow = (pid_bh * n_hot + j) * G + offs_g
+            mh = tl.load(PM + hrow, mask=gmask, other=-1.0e30)
+            wh = tl.exp2(mh - m_run)
+            l_run += wh * tl.load(PL + hrow, mask=gmask, other=0.0)
+            acc += wh[:, None] * tl.load(PACC + hrow[:, None] * DV + offs_dv[None, :],
+                                         mask=gmask[:, None] & dvmask[None, :], other=0.0)
+        o = acc / l_run[:, None]
+        orow = pid_bh * G + offs_g
+        tl.store(O + orow[:, None] * DV + offs_dv[None, :], o.to(O.dtype.element_ty),
+                 mask=gmask[:, None] & dvmask[None, :])
+
     @triton.jit(do_not_specialize=["n_splits"])
     def _spectral_merge(
         PM, PL, PACC, O, n_splits,
@@ -293,13 +372,15 @@ def _scratch(device: torch.device, n_work: int, n_cnt: int):
     return ent
 
 
-def default_config(n_bh: int, n_blocks: int, block_size: int, n_sms: int) -> dict:
+def default_config(n_bh: int, n_blocks: int, block_size: int, n_sms: int, elem_size: int = 2) -> dict:
     """Launch parameters from the H100 sweep (benchmarks/RESULTS.md, bf16, d = 128, block 512):
     few blocks in all (B = 1): one block per program, 256-token dots, 8 warps (most programs in
     flight); many blocks (>= 8 per SM, B = 8 at 16K+): 4 consecutive blocks per program,
     software-pipelined (num_stages 2: the next block's loads overlap this block's math),
-    128-token dots, 4 warps."""
-    if n_bh * max(n_blocks, 1) >= 8 * n_sms:
+    128-token dots, 4 warps. fp32 caches: 64-token dots, no pipelining (shared memory)."""
+    if elem_size >= 4:
+        cfg = dict(block_tile=min(block_size, 64), blocks_per_program=1, num_warps=4, num_stages=1)
+    elif n_bh * max(n_blocks, 1) >= 8 * n_sms:
         bt = min(block_size, 128)
         cfg = dict(block_tile=bt, blocks_per_program=4, num_warps=4, num_stages=2)
     else:
@@ -313,7 +394,7 @@ def default_config(n_bh: int, n_blocks: int, block_size: int, n_sms: int) -> dic
 def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_k: torch.Tensor,
                     hot_v: torch.Tensor, hot_len: int, scale: float | None = None, *,
                     block_tile: int | None = None, blocks_per_program: int | None = None,
-                    hot_per_split: int = 256, fused_merge: bool = False,
+                    hot_per_split: int = 256, fused_merge: bool = False, value_proj: str = "block",
                     num_warps: int | None = None, num_stages: int | None = None,
                     maxnreg: int | None = None) -> torch.Tensor:
     """Decode attention of q [B, Hq, 1, d] over a spectral cache's buffers.
@@ -325,6 +406,9 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
     a block), blocks_per_program (consecutive blocks per program), num_warps, num_stages.
     fused_merge: the last program of each (b, h) merges the partials (one launch instead of two;
     correct, but slower on an H100 in our sweep, so off by default).
+    value_proj: "block" (each program applies its blocks' value bases, partials [G, dv]) or
+    "merge" (one partial per block in coefficient space [G, rv]; the merge kernel applies all
+    value bases in one K-loop: less work and fewer registers in the block programs).
     Returns [B, Hq, 1, dv] in q's dtype.
     """
     if not HAS_TRITON:
@@ -344,7 +428,7 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
         raise ValueError(f"block_size {bs} must be a multiple of the kernel tile {KERNEL_TILE}")
     dev = q.device
     n_bh = b * hk
-    cfg = default_config(n_bh, n_blocks, bs, _num_sms(dev))
+    cfg = default_config(n_bh, n_blocks, bs, _num_sms(dev), q.element_size())
     bt = block_tile or cfg["block_tile"]
     bpp = blocks_per_program or cfg["blocks_per_program"]
     if num_warps is None:
@@ -356,12 +440,20 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
     scale = d**-0.5 if scale is None else scale
     if not q.is_contiguous():
         q = q.contiguous()
+    if value_proj not in ("block", "merge"):
+        raise ValueError(f"value_proj must be 'block' or 'merge'; got {value_proj!r}")
+    vmerge = value_proj == "merge"
+    if vmerge and fused_merge:
+        raise ValueError("fused_merge needs value_proj='block'")
     n_comp = -(-n_blocks // bpp) if n_blocks > 0 else 0
     n_hot = -(-hot_len // hot_per_split)
     n_splits = max(1, n_comp + n_hot)
-    n_part = n_bh * n_splits * g
-    work, cnt = _scratch(dev, n_part * (2 + dv), n_bh)
+    n_part = n_bh * (n_hot if vmerge else n_splits) * g
+    n_bpart = n_bh * n_blocks * g if vmerge else 0
+    work, cnt = _scratch(dev, n_part * (2 + dv) + n_bpart * (2 + rv), n_bh)
     pm, pl, pacc = work[:n_part], work[n_part:2 * n_part], work[2 * n_part:n_part * (2 + dv)]
+    o2 = n_part * (2 + dv)
+    mb, lb, pcb = work[o2:o2 + n_bpart], work[o2 + n_bpart:o2 + 2 * n_bpart], work[o2 + 2 * n_bpart:]
     lowp = q.dtype != torch.float32
     sch = min(64, max(16, next_pow2(n_splits)))
     opts = {}
@@ -372,13 +464,20 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
     dvp = _p2(dv)
     out = torch.empty(b, hq, 1, dv, device=dev, dtype=q.dtype)
     _spectral_split[(n_bh, n_splits)](
-        q, ck, sk if quant else pm, bk, cv, sv if quant else pm, bv, hot_k, hot_v, pm, pl, pacc, cnt, out,
+        q, ck, sk if quant else pm, bk, cv, sv if quant else pm, bv, hot_k, hot_v, pm, pl, pacc, cnt, out, mb, lb, pcb,
         n_blocks, nb_cap, hot_len, hot_cap, n_comp, n_splits, scale * 1.4426950408889634,
         HKV=hk, G=g, GP=_p2(g), D=d, DP=_p2(d), DV=dv, DVP=dvp, RK=rk, RKP=_p2(rk), RV=rv, RVP=_p2(rv),
         BS=bs, BT=bt, BPP=bpp, HOT_PER_SPLIT=hot_per_split, HT=64, QUANT=quant,
         LOWP=lowp and (quant or ck.dtype == torch.float16), PREC="ieee" if not lowp else "tf32",
-        FUSED=fused_merge, SCH=16 if fused_merge else sch, num_warps=num_warps, **opts,
+        FUSED=fused_merge, SCH=16 if fused_merge else sch, VMERGE=vmerge, num_warps=num_warps, **opts,
     )
-    if not fused_merge:
+    if vmerge:
+        rvp = _p2(rv)
+        dvb = min(32, dvp)
+        _spectral_merge_proj[(n_bh, triton.cdiv(dv, dvb))](
+            mb, lb, pcb, bv, pm, pl, pacc, out, n_blocks, nb_cap, n_hot,
+            G=g, GP=_p2(g), RV=rv, RVP=rvp, DV=dv, DVB=dvb, NBK=max(1, 128 // rvp), NBC=64,
+            PREC="ieee" if not lowp else "tf32", num_warps=4)
+    elif not fused_merge:
         _spectral_merge[(b * hq,)](pm, pl, pacc, out, n_splits, G=g, DV=dv, DVP=dvp, SCH=sch, num_warps=4)
     return out
