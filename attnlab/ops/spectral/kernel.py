@@ -373,19 +373,24 @@ def _scratch(device: torch.device, n_work: int, n_cnt: int):
 
 
 def default_config(n_bh: int, n_blocks: int, block_size: int, n_sms: int, elem_size: int = 2) -> dict:
-    """Launch parameters from the H100 sweep (benchmarks/RESULTS.md, bf16, d = 128, block 512):
-    few blocks in all (B = 1): one block per program, 256-token dots, 8 warps (most programs in
-    flight); many blocks (>= 8 per SM, B = 8 at 16K+): 4 consecutive blocks per program,
-    software-pipelined (num_stages 2: the next block's loads overlap this block's math),
-    128-token dots, 4 warps. fp32 caches: 64-token dots, no pipelining (shared memory)."""
+    """Launch parameters: the fastest configurations of the H100 sweep at T = 32K
+    (benchmarks/RESULTS.md, bf16, d = 128, block 512, ranks 16 and 32).
+
+    Few blocks in all (B = 1: 8 (b, h) x 64 blocks): one block per program, 256-token dots,
+    8 warps, separate merge kernel. Many blocks (>= 8 per SM; B = 8 at 16K+): 4 consecutive
+    blocks per program, software-pipelined (num_stages 2: the next block's loads overlap this
+    block's math), 128-token dots, 4 warps, fused merge (the only configuration of this shape
+    measured). fp32 caches: 64-token dots, no pipelining (fits in shared memory; not timed)."""
     if elem_size >= 4:
-        cfg = dict(block_tile=min(block_size, 64), blocks_per_program=1, num_warps=4, num_stages=1)
+        cfg = dict(block_tile=min(block_size, 64), blocks_per_program=1, num_warps=4, num_stages=1,
+                   fused_merge=False)
     elif n_bh * max(n_blocks, 1) >= 8 * n_sms:
         bt = min(block_size, 128)
-        cfg = dict(block_tile=bt, blocks_per_program=4, num_warps=4, num_stages=2)
+        cfg = dict(block_tile=bt, blocks_per_program=4, num_warps=4, num_stages=2, fused_merge=True)
     else:
         bt = min(block_size, 256)
-        cfg = dict(block_tile=bt, blocks_per_program=1, num_warps=8 if bt >= 256 else 4, num_stages=None)
+        cfg = dict(block_tile=bt, blocks_per_program=1, num_warps=8 if bt >= 256 else 4, num_stages=None,
+                   fused_merge=False)
     while block_size % cfg["block_tile"]:
         cfg["block_tile"] //= 2
     return cfg
@@ -394,7 +399,7 @@ def default_config(n_bh: int, n_blocks: int, block_size: int, n_sms: int, elem_s
 def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_k: torch.Tensor,
                     hot_v: torch.Tensor, hot_len: int, scale: float | None = None, *,
                     block_tile: int | None = None, blocks_per_program: int | None = None,
-                    hot_per_split: int = 256, fused_merge: bool = False, value_proj: str = "block",
+                    hot_per_split: int = 256, fused_merge: bool | None = None, value_proj: str = "block",
                     num_warps: int | None = None, num_stages: int | None = None,
                     maxnreg: int | None = None) -> torch.Tensor:
     """Decode attention of q [B, Hq, 1, d] over a spectral cache's buffers.
@@ -404,11 +409,13 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
     hot_k/hot_v [B, Hk, hot_cap, d] hold hot_len exact tokens after the blocks.
     Launch parameters left None come from ``default_config``: block_tile (tokens per dot inside
     a block), blocks_per_program (consecutive blocks per program), num_warps, num_stages.
-    fused_merge: the last program of each (b, h) merges the partials (one launch instead of two;
-    correct, but slower on an H100 in our sweep, so off by default).
+    fused_merge: the last program of each (b, h) merges the partials (one launch instead of two).
+    On an H100 it cost ~0.1 ms with one block per program (65 partials per (b, h)), so the
+    default uses it only with 4 blocks per program (None: from ``default_config``).
     value_proj: "block" (each program applies its blocks' value bases, partials [G, dv]) or
     "merge" (one partial per block in coefficient space [G, rv]; the merge kernel applies all
-    value bases in one K-loop: less work and fewer registers in the block programs).
+    value bases in one K-loop: less work and fewer registers in the block programs; tested
+    under the interpreter and compiled for sm_90, not yet timed on a GPU).
     Returns [B, Hq, 1, dv] in q's dtype.
     """
     if not HAS_TRITON:
@@ -443,6 +450,8 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
     if value_proj not in ("block", "merge"):
         raise ValueError(f"value_proj must be 'block' or 'merge'; got {value_proj!r}")
     vmerge = value_proj == "merge"
+    if fused_merge is None:
+        fused_merge = cfg["fused_merge"] and not vmerge and bpp == cfg["blocks_per_program"]
     if vmerge and fused_merge:
         raise ValueError("fused_merge needs value_proj='block'")
     n_comp = -(-n_blocks // bpp) if n_blocks > 0 else 0
