@@ -3,13 +3,16 @@ reference) vs dense SDPA decode, with compression ratio and fidelity beside the 
 
 GPU default: B = 1 and 8, 8 KV heads, 32 query heads, head dim 128, T = 4K/8K/16K/32K, block 512,
 (key_rank, value_rank) in {(16, 16), (32, 32)}, bf16. Times are medians of CUDA events
-after warm-up (attnlab.bench.time_ms), eagerly launched and (--graphs, default on GPU) replayed
-from a CUDA graph, for every variant alike. The K/V are synthetic, with a decaying spectrum over
+after warm-up (attnlab.bench.time_ms), for every variant alike: launched eagerly, replayed from a
+CUDA graph, and replayed after flushing the L2 cache ("cold": a compressed B = 1 cache fits in
+L2 and would otherwise be re-read from it). The K/V are synthetic, with a decaying spectrum over
 time (rank-structured like trained models' caches, plus noise); fidelity on real models is in
-benchmarks/spectral_fidelity.py.
+benchmarks/spectral_fidelity.py. --configs times several kernel launch configurations per row
+(the row reports the launcher's default; the JSON's "sweep" holds every configuration).
 
-    python benchmarks/bench_spectral.py            # GPU
-    python benchmarks/bench_spectral.py --quick    # CPU smoke test (Triton interpreter)
+    python benchmarks/bench_spectral.py                                   # GPU, default launch
+    python benchmarks/bench_spectral.py --lengths 32768 --configs sweep   # GPU, config sweep
+    python benchmarks/bench_spectral.py --quick                           # CPU smoke test (interpreter)
 """
 
 from __future__ import annotations
