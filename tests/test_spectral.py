@@ -222,6 +222,38 @@ def test_kernel_matches_reference(dtype, quantize, shape, kw):
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
+def test_kernel_falls_back_when_out_of_shared_memory(monkeypatch):
+    """A launch configuration the GPU cannot fit (large ranks) falls back to smaller ones, and the
+    choice is remembered (simulated: the interpreter never runs out of shared memory)."""
+    from attnlab.ops.spectral import kernel as K
+
+    real, tried = K._launch, []
+
+    def launch(*args):
+        bt, stages = args[-5], args[-2]
+        tried.append((bt, stages))
+        if bt > 16:
+            raise K.OutOfResources(300000, 232448, "shared memory")
+        return real(*args)
+
+    monkeypatch.setattr(K, "_launch", launch)
+    monkeypatch.setattr(K, "_FALLBACK", {})
+    b, hq, hk, d, t = 1, 4, 2, 32, 150
+    c = make_cache(b, t + 1, hk, d, key_rank=8, value_rank=16, block_size=64)
+    c.append(torch.randn(b, hk, t + 1, d), torch.randn(b, hk, t + 1, d))
+    q = torch.randn(b, hq, 1, d)
+    ref = spectral_attention(q, c.blocks(), c.hot_k[:, :, :c.hot_len], c.hot_v[:, :, :c.hot_len], c.seen - 1, 0.3)
+    args = (q, c.ck, c.sk, c.bk, c.cv, c.sv, c.bv, c.n_blocks, c.hot_k, c.hot_v, c.hot_len, 0.3)
+    out = spectral_decode(*args)
+    assert rel_err(out, ref) <= 1e-5
+    assert tried[-1][0] == 16 and len(tried) >= 2
+    n = len(tried)
+    out = spectral_decode(*args)  # remembered: straight to the configuration that fitted
+    assert len(tried) == n + 1 and tried[-1][0] == 16
+    assert rel_err(out, ref) <= 1e-5
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
 def test_cache_uses_kernel_backend():
     b, hq, hk, d, t = 1, 4, 2, 16, 40
     k, v = torch.randn(b, hk, t, d), torch.randn(b, hk, t, d)
@@ -280,6 +312,26 @@ def test_kernel_fp32_gpu(quantize, value_proj):
     out = spectral_decode(q, c.ck, c.sk, c.bk, c.cv, c.sv, c.bv, c.n_blocks, c.hot_k, c.hot_v, c.hot_len, d**-0.5,
                           value_proj=value_proj)
     assert rel_err(out, ref) <= 1e-4
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("quantize", [True, False])
+def test_kernel_full_rank_bf16_gpu(quantize):
+    """Ranks = head dim: the default launch needs more shared memory than an H100 has and must
+    fall back to a smaller configuration."""
+    dev = torch.device("cuda")
+    b, hq, hk, d, t = 8, 32, 8, 128, 4200
+    k = structured_kv(b, hk, t, d).to(dev, torch.bfloat16)
+    v = structured_kv(b, hk, t, d).to(dev, torch.bfloat16)
+    c = SpectralCache(b, t + 1, hk, d, device=dev, dtype=torch.bfloat16, key_rank=128, value_rank=128,
+                      block_size=512, quantize=quantize)
+    c.append(k, v)
+    c.append(torch.randn(b, hk, 1, d, device=dev, dtype=torch.bfloat16), torch.randn(b, hk, 1, d, device=dev, dtype=torch.bfloat16))
+    q = torch.randn(b, hq, 1, d, device=dev, dtype=torch.bfloat16)
+    ref = spectral_attention(q.float(), c.blocks(), c.hot_k[:, :, :c.hot_len].float(),
+                             c.hot_v[:, :, :c.hot_len].float(), c.seen - 1, d**-0.5)
+    out = spectral_decode(q, c.ck, c.sk, c.bk, c.cv, c.sv, c.bv, c.n_blocks, c.hot_k, c.hot_v, c.hot_len, d**-0.5)
+    assert rel_err(out, ref) <= 1e-2
 
 
 @pytest.mark.gpu

@@ -39,6 +39,11 @@ try:
     import triton
     import triton.language as tl
 
+    try:
+        from triton.runtime.errors import OutOfResources
+    except ImportError:  # pragma: no cover - other triton layouts
+        from triton.runtime import OutOfResources
+
     HAS_TRITON = True
 except ImportError:  # pragma: no cover - CPU users without triton
     HAS_TRITON = False
@@ -354,6 +359,7 @@ def _num_sms(device: torch.device) -> int:
 
 
 _SCRATCH: dict = {}
+_FALLBACK: dict = {}  # launch key -> index of the first candidate configuration that fitted
 
 
 def _scratch(device: torch.device, n_work: int, n_cnt: int):
@@ -454,6 +460,42 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
         fused_merge = cfg["fused_merge"] and not vmerge and bpp == cfg["blocks_per_program"]
     if vmerge and fused_merge:
         raise ValueError("fused_merge needs value_proj='block'")
+    lowp = q.dtype != torch.float32
+    out = torch.empty(b, hq, 1, dv, device=dev, dtype=q.dtype)
+    first = (bt, bpp, num_warps, num_stages, fused_merge)
+    cands = [first]
+    # fallbacks when a configuration needs more shared memory than the GPU has (large ranks)
+    bt2 = min(bt, 64)
+    while bs % bt2:
+        bt2 //= 2
+    for c in ((bt, bpp, num_warps, 1, fused_merge), (bt2, 1, 4, 1, False), (16, 1, 4, 1, False)):
+        if c not in cands:
+            cands.append(c)
+    key = (dev, q.dtype, ck.dtype, bk.dtype, hot_k.dtype, bs, rk, rv, d, dv, g, vmerge, maxnreg, first)
+    for i in range(_FALLBACK.get(key, 0), len(cands)):
+        try:
+            _launch(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale, out, hot_per_split,
+                    vmerge, lowp, maxnreg, *cands[i])
+        except OutOfResources:
+            if i == len(cands) - 1:
+                raise
+            continue
+        if i:
+            _FALLBACK[key] = i
+        return out
+    return out
+
+
+def _launch(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale, out, hot_per_split, vmerge,
+            lowp, maxnreg, bt, bpp, num_warps, num_stages, fused_merge):
+    b, hq, _, d = q.shape
+    _, hk, nb_cap, bs, rk = ck.shape
+    rv, dv = cv.shape[-1], bv.shape[-1]
+    hot_cap = hot_k.shape[2]
+    g = hq // hk
+    n_bh = b * hk
+    quant = sk is not None
+    dev = q.device
     n_comp = -(-n_blocks // bpp) if n_blocks > 0 else 0
     n_hot = -(-hot_len // hot_per_split)
     n_splits = max(1, n_comp + n_hot)
@@ -463,7 +505,6 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
     pm, pl, pacc = work[:n_part], work[n_part:2 * n_part], work[2 * n_part:n_part * (2 + dv)]
     o2 = n_part * (2 + dv)
     mb, lb, pcb = work[o2:o2 + n_bpart], work[o2 + n_bpart:o2 + 2 * n_bpart], work[o2 + 2 * n_bpart:]
-    lowp = q.dtype != torch.float32
     sch = min(64, max(16, next_pow2(n_splits)))
     opts = {}
     if num_stages is not None:
@@ -471,7 +512,6 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
     if maxnreg is not None:
         opts["maxnreg"] = maxnreg
     dvp = _p2(dv)
-    out = torch.empty(b, hq, 1, dv, device=dev, dtype=q.dtype)
     _spectral_split[(n_bh, n_splits)](
         q, ck, sk if quant else pm, bk, cv, sv if quant else pm, bv, hot_k, hot_v, pm, pl, pacc, cnt, out, mb, lb, pcb,
         n_blocks, nb_cap, hot_len, hot_cap, n_comp, n_splits, scale * 1.4426950408889634,
@@ -489,4 +529,3 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
             PREC="ieee" if not lowp else "tf32", num_warps=4)
     elif not fused_merge:
         _spectral_merge[(b * hq,)](pm, pl, pacc, out, n_splits, G=g, DV=dv, DVP=dvp, SCH=sch, num_warps=4)
-    return out
