@@ -422,6 +422,8 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
     "merge" (one partial per block in coefficient space [G, rv]; the merge kernel applies all
     value bases in one K-loop: less work and fewer registers in the block programs; tested
     under the interpreter and compiled for sm_90, not yet timed on a GPU).
+    If the configuration needs more shared memory than the GPU has (large ranks), smaller ones
+    are tried (no pipelining, then 64- and 16-token tiles) and the one that fits is remembered.
     Returns [B, Hq, 1, dv] in q's dtype.
     """
     if not HAS_TRITON:
