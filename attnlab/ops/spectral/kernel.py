@@ -375,6 +375,7 @@ def _scratch(device: torch.device, n_work: int, n_cnt: int):
                            dtype=torch.float32)
         cnt = torch.zeros(max(n_cnt, 256, 0 if old is None else old[1].numel()), device=device, dtype=torch.int32)
         ent = _SCRATCH[key] = (work, cnt)
+        _PLANS.clear()  # plans hold views of the old buffers
     return ent
 
 
@@ -465,8 +466,16 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
     lowp = q.dtype != torch.float32
     out = torch.empty(b, hq, 1, dv, device=dev, dtype=q.dtype)
     first = (bt, bpp, num_warps, num_stages, fused_merge)
-    cands = [first]
+    args = (q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale, out, hot_per_split, vmerge, lowp,
+            maxnreg)
+    if not _FALLBACK:  # fast path: nothing has needed a fallback yet
+        try:
+            _launch(*args, *first)
+            return out
+        except OutOfResources:
+            pass
     # fallbacks when a configuration needs more shared memory than the GPU has (large ranks)
+    cands = [first]
     bt2 = min(bt, 64)
     while bs % bt2:
         bt2 //= 2
@@ -476,27 +485,50 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
     key = (dev, q.dtype, ck.dtype, bk.dtype, hot_k.dtype, bs, rk, rv, d, dv, g, vmerge, maxnreg, first)
     for i in range(_FALLBACK.get(key, 0), len(cands)):
         try:
-            _launch(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale, out, hot_per_split,
-                    vmerge, lowp, maxnreg, *cands[i])
+            _launch(*args, *cands[i])
         except OutOfResources:
             if i == len(cands) - 1:
                 raise
             continue
-        if i:
-            _FALLBACK[key] = i
+        _FALLBACK[key] = i
         return out
     return out
 
 
+_PLANS: dict = {}  # everything a launch needs besides the tensors, per shape and configuration
+
+
 def _launch(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale, out, hot_per_split, vmerge,
             lowp, maxnreg, bt, bpp, num_warps, num_stages, fused_merge):
+    dev = q.device
+    skey = (dev, torch.cuda.current_stream(dev).cuda_stream) if dev.type == "cuda" else dev
+    quant = sk is not None
+    key = (skey, tuple(q.shape), q.dtype, tuple(ck.shape), ck.dtype, bk.dtype, cv.shape[-1], bv.shape[-1],
+           bv.dtype, hot_k.shape[2], hot_k.dtype, quant, n_blocks, hot_len, hot_per_split, vmerge, lowp, maxnreg,
+           bt, bpp, num_warps, num_stages, fused_merge)
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = _make_plan(skey, q, ck, cv, bv, hot_k, n_blocks, hot_len, hot_per_split, vmerge, lowp, maxnreg,
+                          bt, bpp, num_warps, num_stages, fused_merge, quant)
+        if len(_PLANS) > 4096:
+            _PLANS.clear()
+        _PLANS[key] = plan
+    grid, (pm, pl, pacc, cnt, mb, lb, pcb), (nb_cap, hot_cap, n_comp, n_splits), consts, merge = plan
+    _spectral_split[grid](
+        q, ck, sk if quant else pm, bk, cv, sv if quant else pm, bv, hot_k, hot_v, pm, pl, pacc, cnt, out, mb, lb, pcb,
+        n_blocks, nb_cap, hot_len, hot_cap, n_comp, n_splits, scale * 1.4426950408889634, **consts)
+    if merge is not None:
+        merge(out, bv)
+
+
+def _make_plan(skey, q, ck, cv, bv, hot_k, n_blocks, hot_len, hot_per_split, vmerge, lowp, maxnreg, bt, bpp,
+               num_warps, num_stages, fused_merge, quant):
     b, hq, _, d = q.shape
     _, hk, nb_cap, bs, rk = ck.shape
     rv, dv = cv.shape[-1], bv.shape[-1]
     hot_cap = hot_k.shape[2]
     g = hq // hk
     n_bh = b * hk
-    quant = sk is not None
     dev = q.device
     n_comp = -(-n_blocks // bpp) if n_blocks > 0 else 0
     n_hot = -(-hot_len // hot_per_split)
@@ -508,26 +540,31 @@ def _launch(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale, o
     o2 = n_part * (2 + dv)
     mb, lb, pcb = work[o2:o2 + n_bpart], work[o2 + n_bpart:o2 + 2 * n_bpart], work[o2 + 2 * n_bpart:]
     sch = min(64, max(16, next_pow2(n_splits)))
-    opts = {}
-    if num_stages is not None:
-        opts["num_stages"] = num_stages
-    if maxnreg is not None:
-        opts["maxnreg"] = maxnreg
     dvp = _p2(dv)
-    _spectral_split[(n_bh, n_splits)](
-        q, ck, sk if quant else pm, bk, cv, sv if quant else pm, bv, hot_k, hot_v, pm, pl, pacc, cnt, out, mb, lb, pcb,
-        n_blocks, nb_cap, hot_len, hot_cap, n_comp, n_splits, scale * 1.4426950408889634,
+    consts = dict(
         HKV=hk, G=g, GP=_p2(g), D=d, DP=_p2(d), DV=dv, DVP=dvp, RK=rk, RKP=_p2(rk), RV=rv, RVP=_p2(rv),
         BS=bs, BT=bt, BPP=bpp, HOT_PER_SPLIT=hot_per_split, HT=64, QUANT=quant,
         LOWP=lowp and (quant or ck.dtype == torch.float16), PREC="ieee" if not lowp else "tf32",
-        FUSED=fused_merge, SCH=16 if fused_merge else sch, VMERGE=vmerge, num_warps=num_warps, **opts,
-    )
+        FUSED=fused_merge, SCH=16 if fused_merge else sch, VMERGE=vmerge, num_warps=num_warps)
+    if num_stages is not None:
+        consts["num_stages"] = num_stages
+    if maxnreg is not None:
+        consts["maxnreg"] = maxnreg
+    prec = "ieee" if not lowp else "tf32"
     if vmerge:
         rvp = _p2(rv)
         dvb = min(32, dvp)
-        _spectral_merge_proj[(n_bh, triton.cdiv(dv, dvb))](
-            mb, lb, pcb, bv, pm, pl, pacc, out, n_blocks, nb_cap, n_hot,
-            G=g, GP=_p2(g), RV=rv, RVP=rvp, DV=dv, DVB=dvb, NBK=max(1, 128 // rvp), NBC=64,
-            PREC="ieee" if not lowp else "tf32", num_warps=4)
+        mgrid = (n_bh, triton.cdiv(dv, dvb))
+        mconsts = dict(G=g, GP=_p2(g), RV=rv, RVP=rvp, DV=dv, DVB=dvb, NBK=max(1, 128 // rvp), NBC=64, PREC=prec,
+                       num_warps=4)
+
+        def merge(out, bv):
+            _spectral_merge_proj[mgrid](mb, lb, pcb, bv, pm, pl, pacc, out, n_blocks, nb_cap, n_hot, **mconsts)
     elif not fused_merge:
-        _spectral_merge[(b * hq,)](pm, pl, pacc, out, n_splits, G=g, DV=dv, DVP=dvp, SCH=sch, num_warps=4)
+        mgrid = (b * hq,)
+
+        def merge(out, bv):
+            _spectral_merge[mgrid](pm, pl, pacc, out, n_splits, G=g, DV=dv, DVP=dvp, SCH=sch, num_warps=4)
+    else:
+        merge = None
+    return (n_bh, n_splits), (pm, pl, pacc, cnt, mb, lb, pcb), (nb_cap, hot_cap, n_comp, n_splits), consts, merge
