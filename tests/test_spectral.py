@@ -267,14 +267,15 @@ def test_cache_uses_kernel_backend():
     assert rel_err(outs[1], outs[0]) <= 1e-5
 
 
+_GPU_KW = [{}, {"fused_merge": True}, {"block_tile": 64, "num_warps": 4},
+           {"blocks_per_program": 3, "num_stages": 2},
+           {"blocks_per_program": 4, "block_tile": 128, "num_warps": 4, "num_stages": 2},
+           {"value_proj": "merge"}, {"value_proj": "merge", "block_tile": 128, "num_warps": 4},
+           {"value_proj": "merge", "blocks_per_program": 4, "block_tile": 128, "num_warps": 4, "num_stages": 2}]
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("kw", [{}, {"fused_merge": True}, {"block_tile": 64, "num_warps": 4},
-                                {"blocks_per_program": 3, "num_stages": 2},
-                                {"blocks_per_program": 4, "block_tile": 128, "num_warps": 4, "num_stages": 2},
-                                {"value_proj": "merge"}, {"value_proj": "merge", "block_tile": 128, "num_warps": 4},
-                                {"value_proj": "merge", "blocks_per_program": 4, "block_tile": 128, "num_warps": 4,
-                                 "num_stages": 2}])
-@pytest.mark.parametrize("ranks", [(16, 32), (32, 32)])
+@pytest.mark.parametrize("kw,ranks", [(kw, (16, 32)) for kw in _GPU_KW] + [({}, (32, 32))])
 def test_kernel_bf16_gpu(kw, ranks):
     dev = torch.device("cuda")
     b, hq, hk, d, t = 2, 32, 8, 128, 2100
