@@ -193,12 +193,16 @@ def test_bad_options():
 
 # -- Triton decode kernel (interpreter on CPU) ------------------------------------------------
 @pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
-@pytest.mark.parametrize("dtype,quantize,shape", [
-    (torch.float32, False, dict(b=2, hq=4, hk=2, d=32, rk=32, rv=32, bs=32, t=70, hw=0)),
-    (torch.float32, True, dict(b=1, hq=6, hk=2, d=24, rk=5, rv=7, bs=16, t=75, hw=9)),
-    (torch.float16, True, dict(b=2, hq=4, hk=1, d=64, rk=16, rv=32, bs=32, t=100, hw=0)),
+@pytest.mark.parametrize("dtype,quantize,shape,kw", [
+    (torch.float32, False, dict(b=2, hq=4, hk=2, d=32, rk=32, rv=32, bs=32, t=70, hw=0), {}),
+    (torch.float32, True, dict(b=1, hq=6, hk=2, d=24, rk=5, rv=7, bs=16, t=75, hw=9), {"fused_merge": True}),
+    (torch.float16, True, dict(b=2, hq=4, hk=1, d=64, rk=16, rv=32, bs=32, t=100, hw=0), {}),
+    (torch.float32, True, dict(b=2, hq=8, hk=2, d=32, rk=8, rv=16, bs=64, t=300, hw=20),
+     {"block_tile": 16, "blocks_per_program": 2}),
+    (torch.float16, False, dict(b=1, hq=4, hk=1, d=32, rk=8, rv=16, bs=32, t=170, hw=0),
+     {"blocks_per_program": 3, "fused_merge": True}),
 ])
-def test_kernel_matches_reference(dtype, quantize, shape):
+def test_kernel_matches_reference(dtype, quantize, shape, kw):
     s = shape
     k = structured_kv(s["b"], s["hk"], s["t"], s["d"], dtype=dtype)
     v = structured_kv(s["b"], s["hk"], s["t"], s["d"], dtype=dtype)
@@ -212,9 +216,41 @@ def test_kernel_matches_reference(dtype, quantize, shape):
     ref = spectral_attention(q.float(), c.blocks(), c.hot_k[:, :, :c.hot_len].float(),
                              c.hot_v[:, :, :c.hot_len].float(), c.seen - 1, 0.2)
     out = spectral_decode(q, c.ck, c.sk, c.bk, c.cv, c.sv, c.bv, c.n_blocks, c.hot_k, c.hot_v, c.hot_len, 0.2,
-                          hot_per_split=32)
+                          hot_per_split=32, **kw)
     assert out.dtype == dtype
     assert rel_err(out, ref) <= (1e-5 if dtype == torch.float32 else 2e-3)
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
+def test_kernel_falls_back_when_out_of_shared_memory(monkeypatch):
+    """A launch configuration the GPU cannot fit (large ranks) falls back to smaller ones, and the
+    choice is remembered (simulated: the interpreter never runs out of shared memory)."""
+    from attnlab.ops.spectral import kernel as K
+
+    real, tried = K._launch, []
+
+    def launch(*args):
+        bt, stages = args[-5], args[-2]
+        tried.append((bt, stages))
+        if bt > 16:
+            raise K.OutOfResources(300000, 232448, "shared memory")
+        return real(*args)
+
+    monkeypatch.setattr(K, "_launch", launch)
+    monkeypatch.setattr(K, "_FALLBACK", {})
+    b, hq, hk, d, t = 1, 4, 2, 32, 150
+    c = make_cache(b, t + 1, hk, d, key_rank=8, value_rank=16, block_size=64)
+    c.append(torch.randn(b, hk, t + 1, d), torch.randn(b, hk, t + 1, d))
+    q = torch.randn(b, hq, 1, d)
+    ref = spectral_attention(q, c.blocks(), c.hot_k[:, :, :c.hot_len], c.hot_v[:, :, :c.hot_len], c.seen - 1, 0.3)
+    args = (q, c.ck, c.sk, c.bk, c.cv, c.sv, c.bv, c.n_blocks, c.hot_k, c.hot_v, c.hot_len, 0.3)
+    out = spectral_decode(*args)
+    assert rel_err(out, ref) <= 1e-5
+    assert tried[-1][0] == 16 and len(tried) >= 2
+    n = len(tried)
+    out = spectral_decode(*args)  # remembered: straight to the configuration that fitted
+    assert len(tried) == n + 1 and tried[-1][0] == 16
+    assert rel_err(out, ref) <= 1e-5
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
@@ -231,21 +267,91 @@ def test_cache_uses_kernel_backend():
     assert rel_err(outs[1], outs[0]) <= 1e-5
 
 
+_GPU_KW = [{}, {"fused_merge": True}, {"block_tile": 64, "num_warps": 4},
+           {"blocks_per_program": 3, "num_stages": 2},
+           {"blocks_per_program": 4, "block_tile": 128, "num_warps": 4, "num_stages": 2},
+           {"value_proj": "merge"}, {"value_proj": "merge", "block_tile": 128, "num_warps": 4},
+           {"value_proj": "merge", "blocks_per_program": 4, "block_tile": 128, "num_warps": 4, "num_stages": 2}]
+
+
 @pytest.mark.gpu
-def test_kernel_bf16_gpu():
+@pytest.mark.parametrize("kw,ranks", [(kw, (16, 32)) for kw in _GPU_KW] + [({}, (32, 32))])
+def test_kernel_bf16_gpu(kw, ranks):
     dev = torch.device("cuda")
     b, hq, hk, d, t = 2, 32, 8, 128, 2100
     k = structured_kv(b, hk, t, d).to(dev, torch.bfloat16)
     v = structured_kv(b, hk, t, d).to(dev, torch.bfloat16)
-    c = SpectralCache(b, t + 1, hk, d, device=dev, dtype=torch.bfloat16, key_rank=16, value_rank=32, block_size=512)
+    c = SpectralCache(b, t + 1, hk, d, device=dev, dtype=torch.bfloat16, key_rank=ranks[0], value_rank=ranks[1],
+                      block_size=512)
     c.append(k, v)
-    q = torch.randn(b, hq, 1, d, device=dev, dtype=torch.bfloat16)
     kn, vn = torch.randn(b, hk, 1, d, device=dev, dtype=torch.bfloat16), torch.randn(b, hk, 1, d, device=dev, dtype=torch.bfloat16)
     c.append(kn, vn)
+    for _ in range(3):  # fresh queries each call: the fused merge's counters and scratch are reused
+        q = torch.randn(b, hq, 1, d, device=dev, dtype=torch.bfloat16)
+        ref = spectral_attention(q.float(), c.blocks(), c.hot_k[:, :, :c.hot_len].float(),
+                                 c.hot_v[:, :, :c.hot_len].float(), c.seen - 1, d**-0.5)
+        out = spectral_decode(q, c.ck, c.sk, c.bk, c.cv, c.sv, c.bv, c.n_blocks, c.hot_k, c.hot_v, c.hot_len,
+                              d**-0.5, **kw)
+        assert torch.isfinite(out).all()
+        assert rel_err(out, ref) <= 1e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("quantize", [True, False])
+@pytest.mark.parametrize("value_proj", ["block", "merge"])
+def test_kernel_fp32_gpu(quantize, value_proj):
+    """fp32 caches on the GPU (IEEE dots; launch parameters that fit in shared memory)."""
+    dev = torch.device("cuda")
+    b, hq, hk, d, t = 2, 8, 2, 128, 1100
+    k, v = structured_kv(b, hk, t, d).to(dev), structured_kv(b, hk, t, d).to(dev)
+    c = SpectralCache(b, t + 1, hk, d, device=dev, dtype=torch.float32, key_rank=16, value_rank=32, block_size=256,
+                      quantize=quantize)
+    c.append(k, v)
+    c.append(torch.randn(b, hk, 1, d, device=dev), torch.randn(b, hk, 1, d, device=dev))
+    q = torch.randn(b, hq, 1, d, device=dev)
+    ref = spectral_attention(q, c.blocks(), c.hot_k[:, :, :c.hot_len], c.hot_v[:, :, :c.hot_len], c.seen - 1, d**-0.5)
+    out = spectral_decode(q, c.ck, c.sk, c.bk, c.cv, c.sv, c.bv, c.n_blocks, c.hot_k, c.hot_v, c.hot_len, d**-0.5,
+                          value_proj=value_proj)
+    assert rel_err(out, ref) <= 1e-4
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("quantize", [True, False])
+def test_kernel_full_rank_bf16_gpu(quantize):
+    """Ranks = head dim: the default launch needs more shared memory than an H100 has and must
+    fall back to a smaller configuration."""
+    dev = torch.device("cuda")
+    b, hq, hk, d, t = 8, 32, 8, 128, 4200
+    k = structured_kv(b, hk, t, d).to(dev, torch.bfloat16)
+    v = structured_kv(b, hk, t, d).to(dev, torch.bfloat16)
+    c = SpectralCache(b, t + 1, hk, d, device=dev, dtype=torch.bfloat16, key_rank=128, value_rank=128,
+                      block_size=512, quantize=quantize)
+    c.append(k, v)
+    c.append(torch.randn(b, hk, 1, d, device=dev, dtype=torch.bfloat16), torch.randn(b, hk, 1, d, device=dev, dtype=torch.bfloat16))
+    q = torch.randn(b, hq, 1, d, device=dev, dtype=torch.bfloat16)
     ref = spectral_attention(q.float(), c.blocks(), c.hot_k[:, :, :c.hot_len].float(),
                              c.hot_v[:, :, :c.hot_len].float(), c.seen - 1, d**-0.5)
     out = spectral_decode(q, c.ck, c.sk, c.bk, c.cv, c.sv, c.bv, c.n_blocks, c.hot_k, c.hot_v, c.hot_len, d**-0.5)
     assert rel_err(out, ref) <= 1e-2
+
+
+@pytest.mark.gpu
+def test_cache_decode_steps_gpu():
+    """Token-by-token decode on the GPU through the cache (kernel) vs the PyTorch path, across a
+    block boundary (a block is compressed mid-way)."""
+    dev = torch.device("cuda")
+    b, hq, hk, d, t = 3, 8, 2, 64, 1000
+    k = structured_kv(b, hk, t + 40, d).to(dev, torch.bfloat16)
+    v = structured_kv(b, hk, t + 40, d).to(dev, torch.bfloat16)
+    caches = [SpectralCache(b, t + 40, hk, d, device=dev, dtype=torch.bfloat16, key_rank=16, value_rank=16,
+                            block_size=256, hot_window=10, backend=be) for be in ("triton", "torch")]
+    for c in caches:
+        c.append(k[:, :, :t], v[:, :, :t])
+    for i in range(t, t + 40):
+        q = torch.randn(b, hq, 1, d, device=dev, dtype=torch.bfloat16)
+        o1, o2 = (c.attend(q, k[:, :, i:i + 1], v[:, :, i:i + 1]) for c in caches)
+        assert rel_err(o1, o2) <= 1e-2, i
+    assert caches[0].n_blocks == caches[1].n_blocks == 4
 
 
 # -- Hugging Face -----------------------------------------------------------------------------

@@ -1,17 +1,31 @@
 """Triton decode kernel for the spectral KV cache (one query token per sequence).
 
-Split-K ("flash-decoding") layout: program (b*Hk + h, s) handles either a range of compressed
-blocks of kv head h, or a chunk of the exact hot tokens, for all G query heads of that kv head at
-once (GQA folded into the rows of the tile, K/V never repeated). Per compressed block:
+Two launches per decode step:
 
-    qb  = q @ B_K^T                      [G, rk]   query projected into the block's key basis
-    s   = (qb @ C_K^T) * scale_K         [G, tile] scores over int8 coefficients, per-row scales
-    online softmax (running max m, sum l)
-    pc += (p * scale_V) @ C_V            [G, rv]   aggregation in coefficient space
-    acc += pc @ B_V                      [G, dv]   once per block
+1. ``_spectral_split``, grid ``(B*Hk, n_block_programs + n_hot_programs)``. A block program owns
+   ``blocks_per_program`` (default 1) consecutive compressed blocks of kv head h, for all G query
+   heads of that kv head at once (GQA folded into the rows, K/V never repeated). A 32K context
+   with blocks of 512 gives 64 programs per (b, h): 512 programs at B = 1, enough for 132 SMs.
+   Per block, every load (basis, int8 coefficients, scales) is issued up front and the block is
+   handled as a few wide dots instead of a chain of small dependent ones:
 
-A second small kernel merges the splits by log-sum-exp. Ranks and head dims are padded to powers
-of two >= 16 (masked loads), so any rank <= head dim works.
+       qb  = q @ B_K^T                          [G, rk]   query in the block's key basis
+       s   = (qb @ C_K^T) * s_K                 [G, bs]   one dot over all tokens of the block
+       p   = exp2(s - m);  l = sum p            block-local softmax statistics
+       pc  = p @ (C_V * s_V)                    [G, rv]   aggregation in coefficient space
+       o   = pc @ B_V                           [G, dv]   projected by the block's own value basis
+
+   (``block_tile`` < block size splits the token dimension into an unrolled online-softmax loop,
+   to bound registers.) Hot programs do plain flash-decoding over a chunk of the exact tokens.
+   Each program writes one partial (m, l, o) per query head, G rows only.
+2. ``_spectral_merge``, grid ``(B*Hq,)``: log-sum-exp merge of a query head's partials, read in
+   vector chunks (no scalar loop over splits).
+
+Dots: fp32 inputs use IEEE fp32 dots (the interpreter tests compare with the reference to 1e-5).
+For fp16/bf16 caches the score and aggregation dots run in fp16 (int8 coefficients are exact in
+fp16; fp16 has the same 10-bit mantissa as tf32), the final basis projection in tf32 (its left
+operand can exceed the fp16 range), the hot part in the cache dtype (as flash attention does).
+Ranks and head dims are padded to powers of two >= 16 (masked loads), so any rank <= head dim works.
 """
 
 from __future__ import annotations
@@ -24,6 +38,11 @@ import torch
 try:
     import triton
     import triton.language as tl
+
+    try:
+        from triton.runtime.errors import OutOfResources
+    except ImportError:  # pragma: no cover - other triton layouts
+        from triton.runtime import OutOfResources
 
     HAS_TRITON = True
 except ImportError:  # pragma: no cover - CPU users without triton
@@ -38,118 +57,294 @@ def _p2(x: int) -> int:
 
 if HAS_TRITON:
 
-    @triton.jit
-    def _spectral_decode_split(
-        Q, CK, SK, BK, CV, SV, BV, HKP, HVP, PM, PL, PACC,
-        n_blocks, nb_cap, hot_len, hot_cap, blocks_per_split, n_comp_splits, n_splits, qk_scale,
+    @triton.jit(do_not_specialize=["n_blocks", "hot_len"])
+    def _spectral_split(
+        Q, CK, SK, BK, CV, SV, BV, HKP, HVP, PM, PL, PACC, CNT, O, MB, LB, PCB,
+        n_blocks, nb_cap, hot_len, hot_cap, n_comp, n_splits, qk_scale,
         HKV: tl.constexpr, G: tl.constexpr, GP: tl.constexpr,
         D: tl.constexpr, DP: tl.constexpr, DV: tl.constexpr, DVP: tl.constexpr,
         RK: tl.constexpr, RKP: tl.constexpr, RV: tl.constexpr, RVP: tl.constexpr,
-        BS: tl.constexpr, BT: tl.constexpr, HOT_PER_SPLIT: tl.constexpr,
-        QUANT: tl.constexpr, PREC: tl.constexpr,
+        BS: tl.constexpr, BT: tl.constexpr, BPP: tl.constexpr,
+        HOT_PER_SPLIT: tl.constexpr, HT: tl.constexpr,
+        QUANT: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr,
+        FUSED: tl.constexpr, SCH: tl.constexpr, VMERGE: tl.constexpr,
     ):
+        EXACT_K: tl.constexpr = (RK == RKP) and (D == DP)
+        EXACT_V: tl.constexpr = (RV == RVP) and (DV == DVP)
         pid_bh = tl.program_id(0)
         pid_s = tl.program_id(1)
-        b = pid_bh // HKV
-        h = pid_bh % HKV
 
         offs_g = tl.arange(0, GP)
         offs_d = tl.arange(0, DP)
         offs_dv = tl.arange(0, DVP)
-        offs_t = tl.arange(0, BT)
         gmask = offs_g < G
         dmask = offs_d < D
         dvmask = offs_dv < DV
 
-        q_rows = (b * HKV + h) * G + offs_g
-        q = tl.load(Q + q_rows[:, None] * D + offs_d[None, :], mask=gmask[:, None] & dmask[None, :], other=0.0)
-        q = q.to(tl.float32) * qk_scale  # qk_scale includes log2(e): exp2 below
+        q_rows = pid_bh * G + offs_g
+        q_ptr = Q + q_rows[:, None] * D + offs_d[None, :]
+        if D == DP:
+            q = tl.load(q_ptr, mask=gmask[:, None], other=0.0)
+        else:
+            q = tl.load(q_ptr, mask=gmask[:, None] & dmask[None, :], other=0.0)
+        if not LOWP:
+            q = q.to(tl.float32)
+        # fp16/bf16: q stays in its dtype (exact dot operand); scores are scaled after the dot.
+        # qk_scale includes log2(e): exp2 below
 
         m_i = tl.full([GP], -1.0e30, tl.float32)
         l_i = tl.zeros([GP], tl.float32)
         acc = tl.zeros([GP, DVP], tl.float32)
 
-        if pid_s < n_comp_splits:
+        if pid_s < n_comp:
             offs_rk = tl.arange(0, RKP)
             offs_rv = tl.arange(0, RVP)
+            offs_t = tl.arange(0, BT)
             rkmask = offs_rk < RK
             rvmask = offs_rv < RV
-            n0 = pid_s * blocks_per_split
-            n1 = tl.minimum(n0 + blocks_per_split, n_blocks)
+            n0 = pid_s * BPP
+            n1 = tl.minimum(n0 + BPP, n_blocks)
             for n in range(n0, n1):
-                blk = (b * HKV + h) * nb_cap + n
-                bk = tl.load(BK + blk * (RK * D) + offs_rk[:, None] * D + offs_d[None, :],
-                             mask=rkmask[:, None] & dmask[None, :], other=0.0).to(tl.float32)
-                qb = tl.dot(q, tl.trans(bk), input_precision=PREC)  # [GP, RKP]
+                blk = pid_bh * nb_cap + n
+                # every load of the block first: they are all in flight together
+                bk_ptr = BK + blk * (RK * D) + offs_rk[:, None] * D + offs_d[None, :]
+                bv_ptr = BV + blk * (RV * DV) + offs_rv[:, None] * DV + offs_dv[None, :]
+                if EXACT_K:  # no padding: unmasked (vector) loads
+                    bk = tl.load(bk_ptr)
+                else:
+                    bk = tl.load(bk_ptr, mask=rkmask[:, None] & dmask[None, :], other=0.0)
+                if not VMERGE:
+                    if EXACT_V:
+                        bv = tl.load(bv_ptr)
+                    else:
+                        bv = tl.load(bv_ptr, mask=rvmask[:, None] & dvmask[None, :], other=0.0)
+                else:  # one partial per block, in coefficient space: its own softmax statistics
+                    m_i = tl.full([GP], -1.0e30, tl.float32)
+                    l_i = tl.zeros([GP], tl.float32)
+                if LOWP:
+                    qb = (tl.dot(q, tl.trans(bk.to(q.dtype))) * qk_scale).to(tl.float16)  # [GP, RKP]
+                else:
+                    qb = tl.dot(q, tl.trans(bk.to(tl.float32)), input_precision=PREC) * qk_scale
+                m_blk = m_i
                 pc = tl.zeros([GP, RVP], tl.float32)
-                for t0 in range(0, BS, BT):
+                for t0 in tl.static_range(0, BS, BT):
                     tok = blk * BS + t0 + offs_t
-                    ck = tl.load(CK + tok[:, None] * RK + offs_rk[None, :], mask=rkmask[None, :], other=0)
-                    s = tl.dot(qb, tl.trans(ck.to(tl.float32)), input_precision=PREC)  # [GP, BT]
+                    if RK == RKP:
+                        ck = tl.load(CK + tok[:, None] * RK + offs_rk[None, :])
+                    else:
+                        ck = tl.load(CK + tok[:, None] * RK + offs_rk[None, :], mask=rkmask[None, :], other=0)
+                    if RV == RVP:
+                        cv = tl.load(CV + tok[:, None] * RV + offs_rv[None, :])
+                    else:
+                        cv = tl.load(CV + tok[:, None] * RV + offs_rv[None, :], mask=rvmask[None, :], other=0)
                     if QUANT:
-                        s = s * tl.load(SK + tok)[None, :]
+                        sk = tl.load(SK + tok)
+                        sv = tl.load(SV + tok)
+                    if LOWP:
+                        s = tl.dot(qb, tl.trans(ck.to(tl.float16)))  # int8 is exact in fp16
+                    else:
+                        s = tl.dot(qb, tl.trans(ck.to(tl.float32)), input_precision=PREC)  # [GP, BT]
+                    if QUANT:
+                        s = s * sk[None, :]
                     m_new = tl.maximum(m_i, tl.max(s, 1))
                     alpha = tl.exp2(m_i - m_new)
                     p = tl.exp2(s - m_new[:, None])
                     l_i = l_i * alpha + tl.sum(p, 1)
+                    cvf = cv.to(tl.float32)
                     if QUANT:
-                        p = p * tl.load(SV + tok)[None, :]
-                    cv = tl.load(CV + tok[:, None] * RV + offs_rv[None, :], mask=rvmask[None, :], other=0)
-                    pc = pc * alpha[:, None] + tl.dot(p, cv.to(tl.float32), input_precision=PREC)
-                    acc = acc * alpha[:, None]
+                        cvf = cvf * sv[:, None]
+                    if LOWP:
+                        pc = pc * alpha[:, None] + tl.dot(p.to(tl.float16), cvf.to(tl.float16))
+                    else:
+                        pc = pc * alpha[:, None] + tl.dot(p, cvf, input_precision=PREC)
                     m_i = m_new
-                bv = tl.load(BV + blk * (RV * DV) + offs_rv[:, None] * DV + offs_dv[None, :],
-                             mask=rvmask[:, None] & dvmask[None, :], other=0.0).to(tl.float32)
-                acc += tl.dot(pc, bv, input_precision=PREC)
+                if VMERGE:
+                    # (m, l, pc [G, rv]) of this block; the merge applies B_V
+                    prow = (pid_bh * n_blocks + n) * G + offs_g
+                    tl.store(MB + prow, m_i, mask=gmask)
+                    tl.store(LB + prow, l_i, mask=gmask)
+                    tl.store(PCB + prow[:, None] * RV + offs_rv[None, :], pc, mask=gmask[:, None] & rvmask[None, :])
+                else:
+                    # the block's value basis; acc was kept relative to the max before this block
+                    acc = acc * tl.exp2(m_blk - m_i)[:, None] + tl.dot(pc, bv.to(tl.float32), input_precision=PREC)
         else:
-            j0 = (pid_s - n_comp_splits) * HOT_PER_SPLIT
+            offs_h = tl.arange(0, HT)
+            j0 = (pid_s - n_comp) * HOT_PER_SPLIT
             j1 = tl.minimum(j0 + HOT_PER_SPLIT, hot_len)
-            row0 = (b * HKV + h) * hot_cap
-            for j in range(j0, j1, BT):
-                tok = j + offs_t
-                tmask = tok < j1
-                k = tl.load(HKP + (row0 + tok)[:, None] * D + offs_d[None, :],
-                            mask=tmask[:, None] & dmask[None, :], other=0.0).to(tl.float32)
-                s = tl.dot(q, tl.trans(k), input_precision=PREC)
-                s = tl.where(tmask[None, :], s, float("-inf"))
-                m_new = tl.maximum(m_i, tl.max(s, 1))
-                alpha = tl.exp2(m_i - m_new)
-                p = tl.exp2(s - m_new[:, None])
-                l_i = l_i * alpha + tl.sum(p, 1)
-                v = tl.load(HVP + (row0 + tok)[:, None] * DV + offs_dv[None, :],
-                            mask=tmask[:, None] & dvmask[None, :], other=0.0).to(tl.float32)
-                acc = acc * alpha[:, None] + tl.dot(p, v, input_precision=PREC)
-                m_i = m_new
+            row0 = pid_bh * hot_cap
+            if LOWP:
+                qh = q.to(HKP.dtype.element_ty)
+            else:
+                qh = q
+            for j in range(j0, j1, HT):
+                tokh = j + offs_h
+                tmask = tokh < j1
+                k = tl.load(HKP + (row0 + tokh)[:, None] * D + offs_d[None, :],
+                            mask=tmask[:, None] & dmask[None, :], other=0.0)
+                v = tl.load(HVP + (row0 + tokh)[:, None] * DV + offs_dv[None, :],
+                            mask=tmask[:, None] & dvmask[None, :], other=0.0)
+                if LOWP:
+                    sh = tl.dot(qh, tl.trans(k)) * qk_scale
+                else:
+                    sh = tl.dot(qh, tl.trans(k.to(tl.float32)), input_precision=PREC) * qk_scale
+                sh = tl.where(tmask[None, :], sh, float("-inf"))
+                mh_new = tl.maximum(m_i, tl.max(sh, 1))
+                ah = tl.exp2(m_i - mh_new)
+                ph = tl.exp2(sh - mh_new[:, None])
+                l_i = l_i * ah + tl.sum(ph, 1)
+                if LOWP:
+                    acc = acc * ah[:, None] + tl.dot(ph.to(v.dtype), v)
+                else:
+                    acc = acc * ah[:, None] + tl.dot(ph, v.to(tl.float32), input_precision=PREC)
+                m_i = mh_new
 
-        part = pid_bh * n_splits + pid_s
-        tl.store(PM + part * GP + offs_g, m_i)
-        tl.store(PL + part * GP + offs_g, l_i)
-        tl.store(PACC + (part * GP + offs_g)[:, None] * DVP + offs_dv[None, :], acc)
+        if VMERGE:  # hot partials only: [B*Hk, n_hot, G]
+            if pid_s >= n_comp:
+                part = (pid_bh * (n_splits - n_comp) + pid_s - n_comp) * G + offs_g
+                tl.store(PM + part, m_i, mask=gmask)
+                tl.store(PL + part, l_i, mask=gmask)
+                tl.store(PACC + part[:, None] * DV + offs_dv[None, :], acc, mask=gmask[:, None] & dvmask[None, :])
+        else:
+            part = (pid_bh * n_splits + pid_s) * G + offs_g  # partial rows [B*Hk, n_splits, G]
+            tl.store(PM + part, m_i, mask=gmask)
+            tl.store(PL + part, l_i, mask=gmask)
+            tl.store(PACC + part[:, None] * DV + offs_dv[None, :], acc, mask=gmask[:, None] & dvmask[None, :])
+        if FUSED:
+            # the last program of this (b, h) to finish merges all its partials: one launch
+            tl.debug_barrier()  # every thread's partial stores precede the release below
+            done = tl.atomic_add(CNT + pid_bh, 1, sem="acq_rel", scope="gpu")
+            if done == n_splits - 1:
+                _merge_group(PM, PL, PACC, O, pid_bh, n_splits, G, GP, DV, DVP, SCH)
+                tl.atomic_xchg(CNT + pid_bh, 0, sem="relaxed", scope="gpu")  # ready for the next call
 
     @triton.jit
-    def _spectral_decode_merge(
-        PM, PL, PACC, O, n_splits,
-        HKV: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, DV: tl.constexpr, DVP: tl.constexpr,
-    ):
-        pid_bh = tl.program_id(0)
-        b = pid_bh // HKV
-        h = pid_bh % HKV
+    def _merge_row(PM, PL, PACC, O, bh, g, out_row, n_splits,
+                   G: tl.constexpr, DV: tl.constexpr, DVP: tl.constexpr, SCH: tl.constexpr):
+        """Log-sum-exp merge of the n_splits partials of query head g of (b, h) into O[out_row]."""
+        offs_s = tl.arange(0, SCH)
+        offs_dv = tl.arange(0, DVP)
+        dvmask = offs_dv < DV
+        m_run = tl.max(tl.full([SCH], -1.0e30, tl.float32), 0)
+        l_run = tl.sum(tl.zeros([SCH], tl.float32), 0)
+        acc = tl.zeros([DVP], tl.float32)
+        for s0 in range(0, n_splits, SCH):
+            sp = s0 + offs_s
+            smask = sp < n_splits
+            rows = (bh * n_splits + sp) * G + g
+            # .cg: read from L2, never a stale L1 line (other programs wrote these)
+            mc = tl.load(PM + rows, mask=smask, other=-1.0e30, cache_modifier=".cg")
+            lc = tl.load(PL + rows, mask=smask, other=0.0, cache_modifier=".cg")
+            ac = tl.load(PACC + rows[:, None] * DV + offs_dv[None, :], mask=smask[:, None] & dvmask[None, :],
+                         other=0.0, cache_modifier=".cg")
+            m_new = tl.maximum(m_run, tl.max(mc, 0))
+            w = tl.exp2(mc - m_new)
+            alpha = tl.exp2(m_run - m_new)
+            l_run = l_run * alpha + tl.sum(w * lc, 0)
+            acc = acc * alpha + tl.sum(w[:, None] * ac, 0)
+            m_run = m_new
+        o = acc / l_run
+        tl.store(O + out_row * DV + offs_dv, o.to(O.dtype.element_ty), mask=dvmask)
+
+    @triton.jit
+    def _merge_group(PM, PL, PACC, O, bh, n_splits, G: tl.constexpr, GP: tl.constexpr,
+                     DV: tl.constexpr, DVP: tl.constexpr, SCH: tl.constexpr):
+        """Log-sum-exp merge of the n_splits partials of all G query heads of (b, h) at once
+        (a chunk of splits is one contiguous [SCH*G, DV] tile) into O rows bh*G .. bh*G+G-1."""
+        offs_s = tl.arange(0, SCH)
         offs_g = tl.arange(0, GP)
         offs_dv = tl.arange(0, DVP)
-        m = tl.full([GP], -1.0e30, tl.float32)
-        for s in range(0, n_splits):
-            m = tl.maximum(m, tl.load(PM + (pid_bh * n_splits + s) * GP + offs_g))
-        l = tl.zeros([GP], tl.float32)
+        gmask = offs_g < G
+        dvmask = offs_dv < DV
+        m_run = tl.full([GP], -1.0e30, tl.float32)
+        l_run = tl.zeros([GP], tl.float32)
         acc = tl.zeros([GP, DVP], tl.float32)
-        for s in range(0, n_splits):
-            part = pid_bh * n_splits + s
-            w = tl.exp2(tl.load(PM + part * GP + offs_g) - m)
-            l += w * tl.load(PL + part * GP + offs_g)
-            acc += w[:, None] * tl.load(PACC + (part * GP + offs_g)[:, None] * DVP + offs_dv[None, :])
-        o = acc / l[:, None]
-        rows = (b * HKV + h) * G + offs_g
-        mask = (offs_g < G)[:, None] & (offs_dv < DV)[None, :]
-        tl.store(O + rows[:, None] * DV + offs_dv[None, :], o.to(O.dtype.element_ty), mask=mask)
+        for s0 in range(0, n_splits, SCH):
+            sp = s0 + offs_s
+            m2 = (sp < n_splits)[:, None] & gmask[None, :]
+            rows = (bh * n_splits + sp)[:, None] * G + offs_g[None, :]  # [SCH, GP]
+            mc = tl.load(PM + rows, mask=m2, other=-1.0e30, cache_modifier=".cg")
+            lc = tl.load(PL + rows, mask=m2, other=0.0, cache_modifier=".cg")
+            ac = tl.load(PACC + rows[:, :, None] * DV + offs_dv[None, None, :],
+                         mask=m2[:, :, None] & dvmask[None, None, :], other=0.0, cache_modifier=".cg")
+            m_new = tl.maximum(m_run, tl.max(mc, 0))
+            w = tl.exp2(mc - m_new[None, :])
+            alpha = tl.exp2(m_run - m_new)
+            l_run = l_run * alpha + tl.sum(w * lc, 0)
+            acc = acc * alpha[:, None] + tl.sum(w[:, :, None] * ac, 0)
+            m_run = m_new
+        o = acc / l_run[:, None]
+        orow = bh * G + offs_g
+        tl.store(O + orow[:, None] * DV + offs_dv[None, :], o.to(O.dtype.element_ty),
+                 mask=gmask[:, None] & dvmask[None, :])
+
+    @triton.jit(do_not_specialize=["n_blocks", "n_hot"])
+    def _spectral_merge_proj(
+        MB, LB, PCB, BV, PM, PL, PACC, O, n_blocks, nb_cap, n_hot,
+        G: tl.constexpr, GP: tl.constexpr, RV: tl.constexpr, RVP: tl.constexpr,
+        DV: tl.constexpr, DVB: tl.constexpr, NBK: tl.constexpr, NBC: tl.constexpr, PREC: tl.constexpr,
+    ):
+        """Merge for value_projection="merge": per-block partials (m, l, pc [G, rv]) in coefficient
+        space and hot partials (m, l, o [G, dv]). Program (b*Hk + h, dv chunk):
+
+            M   = max over all partials;  w_n = exp2(m_n - M)
+            out = sum_n (w_n * pc_n) @ B_V[n]  +  sum_j w_j * o_j      (one K-loop over NBK blocks
+            L   = sum_n w_n * l_n + sum_j w_j * l_j                      at a time: K = NBK * rv)
+        """
+        pid_bh = tl.program_id(0)
+        pid_n = tl.program_id(1)
+        offs_g = tl.arange(0, GP)
+        gmask = offs_g < G
+        offs_dv = pid_n * DVB + tl.arange(0, DVB)
+        dvmask = offs_dv < DV
+        # pass 1: the maximum
+        m_run = tl.full([GP], -1.0e30, tl.float32)
+        offs_c = tl.arange(0, NBC)
+        for n0 in range(0, n_blocks, NBC):
+            nn = n0 + offs_c
+            msk = (nn < n_blocks)[:, None] & gmask[None, :]
+            mb = tl.load(MB + (pid_bh * n_blocks + nn)[:, None] * G + offs_g[None, :], mask=msk, other=-1.0e30)
+            m_run = tl.maximum(m_run, tl.max(mb, 0))
+        for j in range(0, n_hot):
+            mh = tl.load(PM + (pid_bh * n_hot + j) * G + offs_g, mask=gmask, other=-1.0e30)
+            m_run = tl.maximum(m_run, mh)
+        # pass 2: weighted sums; the value bases of NBK blocks per dot
+        offs_k = tl.arange(0, NBK * RVP)
+        kn = offs_k // RVP
+        kr = offs_k % RVP
+        l_run = tl.zeros([GP], tl.float32)
+        acc = tl.zeros([GP, DVB], tl.float32)
+        for n0 in range(0, n_blocks, NBK):
+            nb = n0 + kn
+            kmask = (nb < n_blocks) & (kr < RV)
+            rows = (pid_bh * n_blocks + nb)[None, :] * G + offs_g[:, None]  # [GP, K]
+            amask = gmask[:, None] & kmask[None, :]
+            pcv = tl.load(PCB + rows * RV + kr[None, :], mask=amask, other=0.0)
+            mw = tl.load(MB + rows, mask=amask, other=-1.0e30)
+            w = tl.exp2(mw - m_run[:, None])
+            lw = tl.load(LB + rows, mask=amask & (kr == 0)[None, :], other=0.0)
+            l_run += tl.sum(lw * w, 1)
+            bvt = tl.load(BV + ((pid_bh * nb_cap + nb) * RV + kr)[:, None] * DV + offs_dv[None, :],
+                          mask=kmask[:, None] & dvmask[None, :], other=0.0)
+            acc += tl.dot(pcv * w, bvt.to(tl.float32), input_precision=PREC)
+        for j in range(0, n_hot):
+            hrow = (pid_bh * n_hot + j) * G + offs_g
+            mh = tl.load(PM + hrow, mask=gmask, other=-1.0e30)
+            wh = tl.exp2(mh - m_run)
+            l_run += wh * tl.load(PL + hrow, mask=gmask, other=0.0)
+            acc += wh[:, None] * tl.load(PACC + hrow[:, None] * DV + offs_dv[None, :],
+                                         mask=gmask[:, None] & dvmask[None, :], other=0.0)
+        o = acc / l_run[:, None]
+        orow = pid_bh * G + offs_g
+        tl.store(O + orow[:, None] * DV + offs_dv[None, :], o.to(O.dtype.element_ty),
+                 mask=gmask[:, None] & dvmask[None, :])
+
+    @triton.jit(do_not_specialize=["n_splits"])
+    def _spectral_merge(
+        PM, PL, PACC, O, n_splits,
+        G: tl.constexpr, DV: tl.constexpr, DVP: tl.constexpr, SCH: tl.constexpr,
+    ):
+        pid = tl.program_id(0)  # one query head: row (b*Hk + h)*G + g of the output
+        _merge_row(PM, PL, PACC, O, pid // G, pid % G, pid, n_splits, G, DV, DVP, SCH)
 
 
 @functools.lru_cache(maxsize=None)
@@ -163,15 +358,73 @@ def _num_sms(device: torch.device) -> int:
     return 2
 
 
+_SCRATCH: dict = {}
+_FALLBACK: dict = {}  # launch key -> index of the first candidate configuration that fitted
+
+
+def _scratch(device: torch.device, n_work: int, n_cnt: int):
+    """Per (device, stream): a float32 workspace for the partials, grown on demand, and an int32
+    counter per (b, h) for the fused merge, kept at zero between calls (the merging program
+    resets it). Reused across calls: the partials are written and merged within one call,
+    ordered on the stream."""
+    key = (device, torch.cuda.current_stream(device).cuda_stream) if device.type == "cuda" else device
+    ent = _SCRATCH.get(key)
+    if ent is None or ent[0].numel() < n_work or ent[1].numel() < n_cnt:
+        old = ent
+        work = torch.empty(max(n_work, 1 << 16, 0 if old is None else old[0].numel()), device=device,
+                           dtype=torch.float32)
+        cnt = torch.zeros(max(n_cnt, 256, 0 if old is None else old[1].numel()), device=device, dtype=torch.int32)
+        ent = _SCRATCH[key] = (work, cnt)
+        _PLANS.clear()  # plans hold views of the old buffers
+    return ent
+
+
+def default_config(n_bh: int, n_blocks: int, block_size: int, n_sms: int, elem_size: int = 2) -> dict:
+    """Launch parameters: the fastest configurations of the H100 sweep at T = 32K
+    (benchmarks/RESULTS.md, bf16, d = 128, block 512, ranks 16 and 32).
+
+    Few blocks in all (B = 1: 8 (b, h) x 64 blocks): one block per program, 256-token dots,
+    8 warps, separate merge kernel. Many blocks (>= 8 per SM; B = 8 at 16K+): 4 consecutive
+    blocks per program, software-pipelined (num_stages 2: the next block's loads overlap this
+    block's math), 128-token dots, 4 warps, fused merge (the only configuration of this shape
+    measured). fp32 caches: 64-token dots, no pipelining (fits in shared memory; not timed)."""
+    if elem_size >= 4:
+        cfg = dict(block_tile=min(block_size, 64), blocks_per_program=1, num_warps=4, num_stages=1,
+                   fused_merge=False)
+    elif n_bh * max(n_blocks, 1) >= 8 * n_sms:
+        bt = min(block_size, 128)
+        cfg = dict(block_tile=bt, blocks_per_program=4, num_warps=4, num_stages=2, fused_merge=True)
+    else:
+        bt = min(block_size, 256)
+        cfg = dict(block_tile=bt, blocks_per_program=1, num_warps=8 if bt >= 256 else 4, num_stages=None,
+                   fused_merge=False)
+    while block_size % cfg["block_tile"]:
+        cfg["block_tile"] //= 2
+    return cfg
+
+
 def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_k: torch.Tensor,
                     hot_v: torch.Tensor, hot_len: int, scale: float | None = None, *,
-                    block_tile: int | None = None, hot_per_split: int = 256,
-                    splits_per_sm: int = 2, num_warps: int = 4) -> torch.Tensor:
+                    block_tile: int | None = None, blocks_per_program: int | None = None,
+                    hot_per_split: int = 256, fused_merge: bool | None = None, value_proj: str = "block",
+                    num_warps: int | None = None, num_stages: int | None = None,
+                    maxnreg: int | None = None) -> torch.Tensor:
     """Decode attention of q [B, Hq, 1, d] over a spectral cache's buffers.
 
     ck [B, Hk, NBcap, bs, rk] int8 (or float when sk is None), sk [B, Hk, NBcap, bs] float32,
     bk [B, Hk, NBcap, rk, d]; cv/sv/bv likewise for values; the first n_blocks blocks are used.
     hot_k/hot_v [B, Hk, hot_cap, d] hold hot_len exact tokens after the blocks.
+    Launch parameters left None come from ``default_config``: block_tile (tokens per dot inside
+    a block), blocks_per_program (consecutive blocks per program), num_warps, num_stages.
+    fused_merge: the last program of each (b, h) merges the partials (one launch instead of two).
+    On an H100 it cost ~0.1 ms with one block per program (65 partials per (b, h)), so the
+    default uses it only with 4 blocks per program (None: from ``default_config``).
+    value_proj: "block" (each program applies its blocks' value bases, partials [G, dv]) or
+    "merge" (one partial per block in coefficient space [G, rv]; the merge kernel applies all
+    value bases in one K-loop: less work and fewer registers in the block programs; tested
+    under the interpreter and compiled for sm_90, not yet timed on a GPU).
+    If the configuration needs more shared memory than the GPU has (large ranks), smaller ones
+    are tried (no pipelining, then 64- and 16-token tiles) and the one that fits is remembered.
     Returns [B, Hq, 1, dv] in q's dtype.
     """
     if not HAS_TRITON:
@@ -184,38 +437,134 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
     hot_cap = hot_k.shape[2]
     g = hq // hk
     quant = sk is not None
-    for name, x in (("ck", ck), ("bk", bk), ("cv", cv), ("bv", bv), ("hot_k", hot_k), ("hot_v", hot_v)):
-        if not x.is_contiguous():
-            raise ValueError(f"spectral_decode: {name} must be contiguous")
+    if not (ck.is_contiguous() and bk.is_contiguous() and cv.is_contiguous() and bv.is_contiguous()
+            and hot_k.is_contiguous() and hot_v.is_contiguous()):
+        raise ValueError("spectral_decode: ck, bk, cv, bv, hot_k and hot_v must be contiguous")
     if bs % KERNEL_TILE:
         raise ValueError(f"block_size {bs} must be a multiple of the kernel tile {KERNEL_TILE}")
-    bt = block_tile or next(c for c in (64, 32, 16) if bs % c == 0)
+    dev = q.device
+    n_bh = b * hk
+    cfg = default_config(n_bh, n_blocks, bs, _num_sms(dev), q.element_size())
+    bt = block_tile or cfg["block_tile"]
+    bpp = blocks_per_program or cfg["blocks_per_program"]
+    if num_warps is None:
+        num_warps = cfg["num_warps"] if bt == cfg["block_tile"] else (8 if bt >= 256 else 4)
+    if num_stages is None and bpp == cfg["blocks_per_program"]:
+        num_stages = cfg["num_stages"]
     if bs % bt or bt % KERNEL_TILE:
         raise ValueError(f"block_tile {bt} must divide block_size {bs} and be a multiple of {KERNEL_TILE}")
     scale = d**-0.5 if scale is None else scale
-    qc = q.reshape(b, hq, d).contiguous()
-    gp, dp, dvp = _p2(g), _p2(d), _p2(dv)
-
-    n_bh = b * hk
-    want = max(1, math.ceil(splits_per_sm * _num_sms(q.device) / n_bh))
-    bps = max(1, math.ceil(n_blocks / want)) if n_blocks else 1
-    n_comp = math.ceil(n_blocks / bps) if n_blocks else 0
-    n_hot = math.ceil(hot_len / hot_per_split)
-    n_splits = max(1, n_comp + n_hot)
-
-    dev = q.device
-    n_part = n_bh * n_splits * gp
-    work = torch.empty(n_part * (2 + dvp), device=dev, dtype=torch.float32)  # one allocation
-    pm, pl, pacc = work[:n_part], work[n_part:2 * n_part], work[2 * n_part:]
-    dummy = pm  # placeholder pointer when unquantized
-    prec = "ieee" if q.dtype == torch.float32 else "tf32"
-    _spectral_decode_split[(n_bh, n_splits)](
-        qc, ck, sk if quant else dummy, bk, cv, sv if quant else dummy, bv, hot_k, hot_v, pm, pl, pacc,
-        n_blocks, nb_cap, hot_len, hot_cap, bps, n_comp, n_splits, scale * 1.4426950408889634,
-        HKV=hk, G=g, GP=gp, D=d, DP=dp, DV=dv, DVP=dvp, RK=rk, RKP=_p2(rk), RV=rv, RVP=_p2(rv),
-        BS=bs, BT=bt, HOT_PER_SPLIT=hot_per_split, QUANT=quant, PREC=prec, num_warps=num_warps,
-    )
+    if not q.is_contiguous():
+        q = q.contiguous()
+    if value_proj not in ("block", "merge"):
+        raise ValueError(f"value_proj must be 'block' or 'merge'; got {value_proj!r}")
+    vmerge = value_proj == "merge"
+    if fused_merge is None:
+        fused_merge = cfg["fused_merge"] and not vmerge and bpp == cfg["blocks_per_program"]
+    if vmerge and fused_merge:
+        raise ValueError("fused_merge needs value_proj='block'")
+    lowp = q.dtype != torch.float32
     out = torch.empty(b, hq, 1, dv, device=dev, dtype=q.dtype)
-    _spectral_decode_merge[(n_bh,)](pm, pl, pacc, out, n_splits, HKV=hk, G=g, GP=gp, DV=dv, DVP=dvp,
-                                    num_warps=num_warps)
+    first = (bt, bpp, num_warps, num_stages, fused_merge)
+    args = (q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale, out, hot_per_split, vmerge, lowp,
+            maxnreg)
+    if not _FALLBACK:  # fast path: nothing has needed a fallback yet
+        try:
+            _launch(*args, *first)
+            return out
+        except OutOfResources:
+            pass
+    # fallbacks when a configuration needs more shared memory than the GPU has (large ranks)
+    cands = [first]
+    bt2 = min(bt, 64)
+    while bs % bt2:
+        bt2 //= 2
+    for c in ((bt, bpp, num_warps, 1, fused_merge), (bt2, 1, 4, 1, False), (16, 1, 4, 1, False)):
+        if c not in cands:
+            cands.append(c)
+    key = (dev, q.dtype, ck.dtype, bk.dtype, hot_k.dtype, bs, rk, rv, d, dv, g, vmerge, maxnreg, first)
+    for i in range(_FALLBACK.get(key, 0), len(cands)):
+        try:
+            _launch(*args, *cands[i])
+        except OutOfResources:
+            if i == len(cands) - 1:
+                raise
+            continue
+        _FALLBACK[key] = i
+        return out
     return out
+
+
+_PLANS: dict = {}  # everything a launch needs besides the tensors, per shape and configuration
+
+
+def _launch(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale, out, hot_per_split, vmerge,
+            lowp, maxnreg, bt, bpp, num_warps, num_stages, fused_merge):
+    dev = q.device
+    skey = (dev, torch.cuda.current_stream(dev).cuda_stream) if dev.type == "cuda" else dev
+    quant = sk is not None
+    key = (skey, tuple(q.shape), q.dtype, tuple(ck.shape), ck.dtype, bk.dtype, cv.shape[-1], bv.shape[-1],
+           bv.dtype, hot_k.shape[2], hot_k.dtype, quant, n_blocks, hot_len, hot_per_split, vmerge, lowp, maxnreg,
+           bt, bpp, num_warps, num_stages, fused_merge)
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = _make_plan(skey, q, ck, cv, bv, hot_k, n_blocks, hot_len, hot_per_split, vmerge, lowp, maxnreg,
+                          bt, bpp, num_warps, num_stages, fused_merge, quant)
+        if len(_PLANS) > 4096:
+            _PLANS.clear()
+        _PLANS[key] = plan
+    grid, (pm, pl, pacc, cnt, mb, lb, pcb), (nb_cap, hot_cap, n_comp, n_splits), consts, merge = plan
+    _spectral_split[grid](
+        q, ck, sk if quant else pm, bk, cv, sv if quant else pm, bv, hot_k, hot_v, pm, pl, pacc, cnt, out, mb, lb, pcb,
+        n_blocks, nb_cap, hot_len, hot_cap, n_comp, n_splits, scale * 1.4426950408889634, **consts)
+    if merge is not None:
+        merge(out, bv)
+
+
+def _make_plan(skey, q, ck, cv, bv, hot_k, n_blocks, hot_len, hot_per_split, vmerge, lowp, maxnreg, bt, bpp,
+               num_warps, num_stages, fused_merge, quant):
+    b, hq, _, d = q.shape
+    _, hk, nb_cap, bs, rk = ck.shape
+    rv, dv = cv.shape[-1], bv.shape[-1]
+    hot_cap = hot_k.shape[2]
+    g = hq // hk
+    n_bh = b * hk
+    dev = q.device
+    n_comp = -(-n_blocks // bpp) if n_blocks > 0 else 0
+    n_hot = -(-hot_len // hot_per_split)
+    n_splits = max(1, n_comp + n_hot)
+    n_part = n_bh * (n_hot if vmerge else n_splits) * g
+    n_bpart = n_bh * n_blocks * g if vmerge else 0
+    work, cnt = _scratch(dev, n_part * (2 + dv) + n_bpart * (2 + rv), n_bh)
+    pm, pl, pacc = work[:n_part], work[n_part:2 * n_part], work[2 * n_part:n_part * (2 + dv)]
+    o2 = n_part * (2 + dv)
+    mb, lb, pcb = work[o2:o2 + n_bpart], work[o2 + n_bpart:o2 + 2 * n_bpart], work[o2 + 2 * n_bpart:]
+    sch = min(64, max(16, next_pow2(n_splits)))
+    dvp = _p2(dv)
+    consts = dict(
+        HKV=hk, G=g, GP=_p2(g), D=d, DP=_p2(d), DV=dv, DVP=dvp, RK=rk, RKP=_p2(rk), RV=rv, RVP=_p2(rv),
+        BS=bs, BT=bt, BPP=bpp, HOT_PER_SPLIT=hot_per_split, HT=64, QUANT=quant,
+        LOWP=lowp and (quant or ck.dtype == torch.float16), PREC="ieee" if not lowp else "tf32",
+        FUSED=fused_merge, SCH=16 if fused_merge else sch, VMERGE=vmerge, num_warps=num_warps)
+    if num_stages is not None:
+        consts["num_stages"] = num_stages
+    if maxnreg is not None:
+        consts["maxnreg"] = maxnreg
+    prec = "ieee" if not lowp else "tf32"
+    if vmerge:
+        rvp = _p2(rv)
+        dvb = min(32, dvp)
+        mgrid = (n_bh, triton.cdiv(dv, dvb))
+        mconsts = dict(G=g, GP=_p2(g), RV=rv, RVP=rvp, DV=dv, DVB=dvb, NBK=max(1, 128 // rvp), NBC=64, PREC=prec,
+                       num_warps=4)
+
+        def merge(out, bv):
+            _spectral_merge_proj[mgrid](mb, lb, pcb, bv, pm, pl, pacc, out, n_blocks, nb_cap, n_hot, **mconsts)
+    elif not fused_merge:
+        mgrid = (b * hq,)
+
+        def merge(out, bv):
+            _spectral_merge[mgrid](pm, pl, pacc, out, n_splits, G=g, DV=dv, DVP=dvp, SCH=sch, num_warps=4)
+    else:
+        merge = None
+    return (n_bh, n_splits), (pm, pl, pacc, cnt, mb, lb, pcb), (nb_cap, hot_cap, n_comp, n_splits), consts, merge
