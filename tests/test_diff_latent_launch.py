@@ -118,19 +118,33 @@ def test_shapes_get_their_own_plans(fake):
     assert log and all(e[0] == "replay" for e in log)
 
 
-def test_no_replay_when_roots_share_storage(fake):
-    """Inputs that are views of one tensor: a tensor argument's root is ambiguous, so that shape
-    is never replayed (the slow path always runs)."""
-    log, _ = fake
+def test_replay_with_inputs_sharing_storage(fake):
+    """Inputs that are views of one tensor (one matmul's output split in columns): replayed
+    relative to the first root of that storage (the sharing pattern is part of the key)."""
+    log, roots = fake
     g = GEOMS["diff-mla"]
-    b, t = 1, 9
-    for _ in range(2):
-        both = torch.randn(b, t, g.q_width + g.kv_width)
-        q_all, kvu = both.split([g.q_width, g.kv_width], -1)
+    b, t = 2, 9
+
+    def call():
+        both = torch.randn(b, t, g.q_width + g.dr + g.kv_width, requires_grad=True)
+        q_all, kr, kvu = both.split([g.q_width, g.dr, g.kv_width], -1)
         cos, sin = RotaryEmbedding(g.dr).cos_sin(0, t)
-        latent_diff_attention(q_all, kvu, torch.randn(b, t, g.dr), torch.rand(g.heads), cos, sin, g)
+        out = latent_diff_attention(q_all, kvu, kr, torch.rand(g.heads), cos, sin, g)
+        torch.autograd.grad(out, both, torch.ones_like(out))
+    call()
     assert log and all(e[0] == "jit" for e in log)
-    assert list(K._PLANS.values()) == [None]
+    log.clear()
+    call()
+    assert log and all(e[0] == "replay" for e in log)
+    replayed = list(log)
+    log.clear()
+    K._fwd_body(K._Recorder(False), *roots[0], g)
+    K._bwd_body(K._Recorder(False), *roots[1], g)
+    assert [(n, gr, a) for _, n, gr, a in log] == [(n, gr, tuple(a)) for _, n, gr, a in replayed]
+    # a different sharing pattern (separate tensors) is another key: the slow path again
+    log.clear()
+    _call(g, b=b, t=t)
+    assert log and all(e[0] == "jit" for e in log)
 
 
 def test_launch_hook_disables_replay(fake, monkeypatch):

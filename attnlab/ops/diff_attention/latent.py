@@ -28,6 +28,7 @@ Delta1 = rowsum(dO out) + lam Delta2, dlam_h = -sum Delta2.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 
@@ -460,14 +461,24 @@ class _Recorder:
             self.launches.append((compiled, grid, args))
 
 
+def _sharing(roots):
+    """None if the roots have distinct storages, else per root (index of the first root with its
+    storage, pointer difference to it): part of a plan's key, so that an argument found in a
+    shared storage is replayed relative to the same root with the same offset."""
+    sp = [r.untyped_storage().data_ptr() for r in roots]
+    if len(set(sp)) == len(sp):
+        return None
+    first = [sp.index(x) for x in sp]
+    return tuple((j, r.data_ptr() - roots[j].data_ptr()) for j, r in zip(first, roots))
+
+
 def _make_plan(launches, roots):
     """Replayable launches: per launch (launcher, function, metadata, grid, argument template,
-    slots), where each slot (index, root, byte offset) is a tensor argument that views root.
-    None if something is not replayable (then that shape always takes the slow path)."""
+    slots), where each slot (index, root, byte offset) is a tensor argument inside root's storage
+    (the first such root). None if something is not replayable (then that key takes the slow
+    path)."""
     try:
         sp = [r.untyped_storage().data_ptr() for r in roots]
-        if len(set(sp)) != len(sp):
-            return None  # two roots share storage: a tensor argument's root would be ambiguous
         plan = []
         for compiled, grid, args in launches:
             if hasattr(compiled, "result"):
@@ -482,7 +493,7 @@ def _make_plan(launches, roots):
             grid = tuple(grid) + (1, 1)
             plan.append((run, fn, meta, grid[0], grid[1], grid[2], tpl, tuple(slots)))
         return plan
-    except Exception:  # noqa: BLE001 - any surprise: never replay this shape
+    except Exception:  # noqa: BLE001 - any surprise: never replay this key
         return None
 
 
@@ -555,6 +566,12 @@ def _carve(ws, parts):
         views.append(ws[off:off + n].view(dt).view(shape))
         off += -(-n // _ALIGN) * _ALIGN
     return views
+
+
+@functools.lru_cache(maxsize=256)
+def _ws_bytes(b, t, g, dt, which):
+    """Bytes of the forward ("fwd") or backward ("bwd") workspace."""
+    return _nbytes(_fwd_parts(b, t, g, dt) if which == "fwd" else _bwd_parts(b, t, g))
 
 
 def _nbytes(parts):
@@ -656,9 +673,9 @@ class LatentDiffAttention(torch.autograd.Function):
         dev, dt = q_all.device, q_all.dtype
         key = (q_all.shape, q_all.stride(), kvu.shape, kvu.stride(), kr_pre.stride(), dt, dev, g, lam.stride(0),
                cos.shape, _align(q_all), _align(kvu), _align(kr_pre), _align(lam), _align(cos), _align(sin),
-               CONFIGS["fwd"])
+               CONFIGS["fwd"], _sharing((q_all, kvu, kr_pre, lam, cos, sin)))
         out = torch.empty(b, t, g.heads, g.dv, device=dev, dtype=dt)
-        ws = torch.empty(_nbytes(_fwd_parts(b, t, g, dt)), device=dev, dtype=torch.uint8)
+        ws = torch.empty(_ws_bytes(b, t, g, dt, "fwd"), device=dev, dtype=torch.uint8)
         _launch(key, (q_all, kvu, kr_pre, lam, cos, sin, out, ws), _fwd_body, g)
         ctx.g, ctx.key, ctx.kr = g, key, (kr_pre.shape, kr_pre.dtype)
         ctx.save_for_backward(q_all, kvu, lam, cos, sin, out, ws)
@@ -672,12 +689,13 @@ class LatentDiffAttention(torch.autograd.Function):
         dev = q_all.device
         if dout.stride() != out.stride():
             dout = dout.contiguous()
-        key = (ctx.key, _align(dout), CONFIGS["bwd_kv"], CONFIGS["bwd_q"])
+        key = (ctx.key, dout.stride(), _align(dout), CONFIGS["bwd_kv"], CONFIGS["bwd_q"],
+               _sharing((q_all, kvu, lam, cos, sin, out, ws, dout)))
         dq_all = torch.empty_like(q_all)
         dkvu = torch.empty_like(kvu)
         dkr_pre = torch.empty(ctx.kr[0], device=dev, dtype=ctx.kr[1])
         dl2 = torch.empty(b, g.heads, t, device=dev, dtype=torch.float32)
-        bws = torch.empty(_nbytes(_bwd_parts(b, t, g)), device=dev, dtype=torch.uint8)
+        bws = torch.empty(_ws_bytes(b, t, g, None, "bwd"), device=dev, dtype=torch.uint8)
         _launch(key, (q_all, kvu, lam, cos, sin, out, ws, dout, dq_all, dkvu, dkr_pre, dl2, bws), _bwd_body, g)
         dlam = dl2.sum((0, 2))  # dl2 holds -Delta2: dlam_h = -sum Delta2
         return dq_all, dkvu, dkr_pre, dlam, None, None, None
@@ -703,7 +721,7 @@ def latent_diff_attention(q_all, kvu, kr_pre, lam, cos, sin, g: LatentGeometry) 
         kr_pre = kr_pre.to(dtype)
     if kr_pre.stride(-1) != 1:
         kr_pre = kr_pre.contiguous()
-    if not (isinstance(lam, torch.Tensor) and lam.dtype == torch.float32 and lam.shape == (g.heads,)
+    if not (isinstance(lam, torch.Tensor) and lam.dtype == torch.float32 and lam.dim() == 1 and lam.shape[0] == g.heads
             and lam.device == q_all.device):
         lam = torch.as_tensor(lam, dtype=torch.float32, device=q_all.device).reshape(-1).expand(g.heads)
     if cos.dtype != torch.float32 or not cos.is_contiguous():
