@@ -187,3 +187,19 @@ def test_replay_equals_slow_path_gpu(geom, monkeypatch):
     monkeypatch.setattr(K, "_FAST", False)
     for x, y in zip(first, run()):
         assert torch.equal(x, y)
+
+
+def test_failed_replay_falls_back_to_the_slow_path(fake, monkeypatch):
+    """If the launcher rejects a replayed call, that key runs the slow path from then on."""
+    log, _ = fake
+    g = GEOMS["diff-mla"]
+    _call(g)
+
+    def boom(plan, roots):
+        raise TypeError("launcher rejected the arguments")
+    monkeypatch.setattr(K, "_replay", boom)
+    log.clear()
+    with pytest.warns(UserWarning, match="replay failed"):
+        _call(g)
+    assert log and all(e[0] == "jit" for e in log)
+    assert None in K._PLANS.values()

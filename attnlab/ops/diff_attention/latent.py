@@ -31,6 +31,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import warnings
 
 import torch
 import triton
@@ -515,8 +516,13 @@ def _launch(key, roots, body, *extra):
     """Run ``body(recorder, *roots, *extra)`` (the slow path) or replay its plan for ``key``."""
     if _fast_ok():
         plan = _PLANS.get(key, False)
-        if plan and _replay(plan, roots):
-            return
+        if plan:
+            try:
+                if _replay(plan, roots):
+                    return
+            except Exception as e:  # noqa: BLE001 - the launcher rejected the replay: slow path from now on
+                warnings.warn(f"latent_diff_attention: launch replay failed ({e!r}); using the normal launch path")
+                _PLANS[key] = plan = None
         rec = _Recorder(plan is False)
         body(rec, *roots, *extra)
         if rec.on:
