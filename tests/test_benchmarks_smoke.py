@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
     ("bench_train_step.py", ["--quick", "--mixers", "mha,mla"], "train_step_tiny"),
     ("bench_mla_decode.py", ["--quick"], "mla_decode"),
     ("count_train_ops.py", ["--quick", "--mixers", "mha,mla"], "train_ops_tiny"),
+    ("diff_launch_overhead.py", ["--quick"], "diff_launch_overhead_quick"),
 ])
 def test_benchmark_quick(tmp_path, script, args, name):
     env = {"ATTNLAB_BENCH_DIR": str(tmp_path), "PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}

@@ -269,3 +269,24 @@ def test_latent_family_inherits_mla_options():
     with pytest.raises(ConfigError) as e:  # inherited values are validated under the mixer's name
         build_model(ModelConfig(**dict(cfg, mixer="diff-mla", mixer_options={"mla": {"q_lora_rank": 100}})))
     assert e.value.field == "mixer_options.diff-mla.q_lora_rank"
+
+
+@pytest.mark.parametrize("kind", ["diff", "cmd"])
+@pytest.mark.parametrize("per_head,layer_scale", [(False, False), (True, False), (False, True), (True, True)])
+def test_lambda_backward_equals_autograd(kind, per_head, layer_scale):
+    """DiffLambda's hand-written backward gives autograd's values bit for bit."""
+    from attnlab.layers.diff import DiffLambda
+
+    m = DiffLambda(5, 24, 0.35, per_head, layer_scale, kind)
+    if layer_scale:
+        with torch.no_grad():
+            m.scale.fill_(1.3)
+    e = torch.exp((m.q * m.k).sum(-1))
+    want = (e[0] - e[1] if kind == "diff" else e[0]) + m.lambda_init
+    want = (want * m.scale if layer_scale else want).expand(5)
+    g = torch.randn(5)
+    got = m()
+    assert torch.equal(got, want)
+    for x, y in zip(torch.autograd.grad(got, list(m.parameters()), g),
+                    torch.autograd.grad(want, list(m.parameters()), g)):
+        assert torch.equal(x, y)

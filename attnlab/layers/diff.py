@@ -58,6 +58,28 @@ def lambda_init_schedule(layer_idx: int) -> float:
     return 0.8 - 0.6 * math.exp(-0.3 * layer_idx)
 
 
+class _LambdaFn(torch.autograd.Function):
+    """lam = exp(q[0].k[0]) - exp(q[1].k[1]) + init (``diff``) or exp(q[0].k[0]) + init, with a
+    hand-written backward: the same values as autograd's, in four ops instead of about nine
+    (eager training at small widths pays per op)."""
+
+    @staticmethod
+    def forward(ctx, q, k, init: float, diff: bool):
+        e = torch.exp((q * k).sum(-1))  # [1 or 2, heads or 1]
+        ctx.save_for_backward(q, k, e)
+        ctx.diff = diff
+        return torch.sub(e[0], e[1]).add_(init) if diff else e[0] + init
+
+    @staticmethod
+    def backward(ctx, g):
+        q, k, e = ctx.saved_tensors
+        ge = e * g  # d lam / d s_i = +-e_i
+        if ctx.diff:
+            ge[1].neg_()
+        ge = ge.unsqueeze(-1)
+        return ge * k, ge * q, None, None
+
+
 class DiffLambda(nn.Module):
     """The re-parameterised lam of differential attention, one value per head ([H] float32).
 
@@ -93,8 +115,7 @@ class DiffLambda(nn.Module):
                 self.scale.fill_(1.0)
 
     def forward(self) -> torch.Tensor:
-        e = torch.exp((self.q.float() * self.k.float()).sum(-1))  # [1 or 2, heads or 1]
-        lam = (e[0] - e[1] if self.kind == "diff" else e[0]) + self.lambda_init
+        lam = _LambdaFn.apply(self.q.float(), self.k.float(), self.lambda_init, self.kind == "diff")
         if self.scale is not None:
             lam = lam * self.scale.float()
         return lam.expand(self.n_heads)

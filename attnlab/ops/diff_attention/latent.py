@@ -28,6 +28,11 @@ Delta1 = rowsum(dO out) + lam Delta2, dlam_h = -sum Delta2.
 
 from __future__ import annotations
 
+import functools
+import math
+import os
+import warnings
+
 import torch
 import triton
 import triton.language as tl
@@ -105,7 +110,7 @@ def _fwd_step(q1, qr, q2, qr2, k1_base, kr_base, k2_base, v_base, sk1t, skrt, sk
 def _lat_fwd_kernel(Q1, QR, Q2, QR2, K1, KR, K2, V, LAM, O, O2, LSE1, LSE2,
                     sq1b, sq1h, sq1t, sqrb, sqrh, sqrt_, sq2b, sq2h, sq2t, sqr2b, sqr2h, sqr2t,
                     sk1b, sk1h, sk1t, skrb, skrt, sk2b, sk2h, sk2t, svb, svh, svt, sob, soh, sot,
-                    H, T, qk1, qk2,
+                    H, T, slam, qk1, qk2,
                     D1: tl.constexpr, DR: tl.constexpr, D2: tl.constexpr, DV: tl.constexpr,
                     BD1: tl.constexpr, BDR: tl.constexpr, BD2: tl.constexpr, BDV: tl.constexpr,
                     ROPE2: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
@@ -141,7 +146,7 @@ def _lat_fwd_kernel(Q1, QR, Q2, QR2, K1, KR, K2, V, LAM, O, O2, LSE1, LSE2,
         m1, l1, acc1, m2, l2, acc2 = _fwd_step(
             q1, qr, q2, qr2, k1_base, kr_base, k2_base, v_base, sk1t, skrt, sk2t, svt, start_n, offs_m, T,
             m1, l1, acc1, m2, l2, acc2, qk1, qk2, D1, DR, D2, DV, BD1, BDR, BD2, BDV, ROPE2, BN, True)
-    lam = tl.load(LAM + h)
+    lam = tl.load(LAM + h * slam)
     o2 = acc2 / l2[:, None]
     out = acc1 / l1[:, None] - lam * o2
     _store(O + b * sob + h * soh, offs_m, sot, T, out, DV, BDV)
@@ -151,9 +156,10 @@ def _lat_fwd_kernel(Q1, QR, Q2, QR2, K1, KR, K2, V, LAM, O, O2, LSE1, LSE2,
 
 
 @triton.jit
-def _lat_pre_kernel(DO, O, O2, LAM, DL1, DL2, sob, soh, sot, H, T,
+def _lat_pre_kernel(DO, O, O2, LAM, DL1, DL2, sob, soh, sot, H, T, slam,
                     DV: tl.constexpr, BDV: tl.constexpr, BM: tl.constexpr):
-    """Delta2 = rowsum(dO o2), Delta1 = rowsum(dO out) + lam Delta2 (dO, out, o2 share a layout)."""
+    """Delta1 = rowsum(dO out) + lam Delta2 into DL1 and MINUS Delta2 = -rowsum(dO o2) into DL2
+    (dO, out, o2 share a layout; dlam_h is then the plain sum of DL2)."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // H
@@ -164,9 +170,9 @@ def _lat_pre_kernel(DO, O, O2, LAM, DL1, DL2, sob, soh, sot, H, T,
     o = _rows(O + base, offs_m, sot, T, DV, BDV).to(tl.float32)
     o2 = _rows(O2 + base, offs_m, sot, T, DV, BDV).to(tl.float32)
     dl2 = tl.sum(do * o2, 1)
-    dl1 = tl.sum(do * o, 1) + tl.load(LAM + h) * dl2
+    dl1 = tl.sum(do * o, 1) + tl.load(LAM + h * slam) * dl2
     tl.store(DL1 + bh * T + offs_m, dl1, mask=offs_m < T)
-    tl.store(DL2 + bh * T + offs_m, dl2, mask=offs_m < T)
+    tl.store(DL2 + bh * T + offs_m, -dl2, mask=offs_m < T)
 
 
 @triton.jit
@@ -211,7 +217,7 @@ def _kv_step(k1, kr, k2, v, dk1, dk2, dkr, dv, q1_base, qr_base, q2_base, qr2_ba
     dv = tl.dot((p1t - lam * p2t).to(do.dtype), do, dv)
     dpt = tl.dot(v, tl.trans(do))
     ds1 = p1t * (dpt - dl1[None, :]) * scale1
-    ds2 = p2t * (dpt - dl2[None, :]) * (-lam * scale2)
+    ds2 = p2t * (dpt + dl2[None, :]) * (-lam * scale2)  # dl2 holds -Delta2
     ds1t = ds1.to(q1.dtype)
     ds2t = ds2.to(q2.dtype)
     dk1 = tl.dot(ds1t, q1, dk1)
@@ -231,7 +237,7 @@ def _lat_bwd_kv_kernel(Q1, QR, Q2, QR2, K1, KR, K2, V, LAM, DO, LSE1, LSE2, DL1,
                        sq1b, sq1h, sq1t, sqrb, sqrh, sqrt_, sq2b, sq2h, sq2t, sqr2b, sqr2h, sqr2t,
                        sk1b, sk1h, sk1t, skrb, skrt, sk2b, sk2h, sk2t, svb, svh, svt, sob, soh, sot,
                        sdk1b, sdk1h, sdk1t, sdk2b, sdk2h, sdk2t, sdvb, sdvh, sdvt,
-                       H, T, qk1, qk2, scale1, scale2,
+                       H, T, slam, qk1, qk2, scale1, scale2,
                        D1: tl.constexpr, DR: tl.constexpr, D2: tl.constexpr, DV_: tl.constexpr,
                        BD1: tl.constexpr, BDR: tl.constexpr, BD2: tl.constexpr, BDV: tl.constexpr,
                        ROPE2: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
@@ -249,7 +255,7 @@ def _lat_bwd_kv_kernel(Q1, QR, Q2, QR2, K1, KR, K2, V, LAM, DO, LSE1, LSE2, DL1,
     dk2 = tl.zeros([BN, BD2], tl.float32)
     dkr = tl.zeros([BN, BDR], tl.float32)
     dv = tl.zeros([BN, BDV], tl.float32)
-    lam = tl.load(LAM + h)
+    lam = tl.load(LAM + h * slam)
     q1_base = Q1 + b * sq1b + h * sq1h
     qr_base = QR + b * sqrb + h * sqrh
     q2_base = Q2 + b * sq2b + h * sq2h
@@ -294,7 +300,7 @@ def _q_step(q1, qr, q2, qr2, do, dq1, dq2, dqr, dqr2, lse1, lse2, dl1, dl2, k1_b
         p2 = tl.where(causal, p2, 0.0)
     dp = tl.dot(do, tl.trans(v))
     ds1 = p1 * (dp - dl1[:, None]) * scale1
-    ds2 = p2 * (dp - dl2[:, None]) * (-lam * scale2)
+    ds2 = p2 * (dp + dl2[:, None]) * (-lam * scale2)  # dl2 holds -Delta2
     ds1c = ds1.to(k1.dtype)
     ds2c = ds2.to(k2.dtype)
     dq1 = tl.dot(ds1c, k1, dq1)
@@ -315,7 +321,7 @@ def _lat_bwd_q_kernel(Q1, QR, Q2, QR2, K1, KR, K2, V, LAM, DO, LSE1, LSE2, DL1, 
                       sq1b, sq1h, sq1t, sqrb, sqrh, sqrt_, sq2b, sq2h, sq2t, sqr2b, sqr2h, sqr2t,
                       sk1b, sk1h, sk1t, skrb, skrt, sk2b, sk2h, sk2t, svb, svh, svt, sob, soh, sot,
                       sdq1b, sdq1h, sdq1t, sdq2b, sdq2h, sdq2t,
-                      H, T, qk1, qk2, scale1, scale2,
+                      H, T, slam, qk1, qk2, scale1, scale2,
                       D1: tl.constexpr, DR: tl.constexpr, D2: tl.constexpr, DV: tl.constexpr,
                       BD1: tl.constexpr, BDR: tl.constexpr, BD2: tl.constexpr, BDV: tl.constexpr,
                       ROPE2: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
@@ -337,7 +343,7 @@ def _lat_bwd_q_kernel(Q1, QR, Q2, QR2, K1, KR, K2, V, LAM, DO, LSE1, LSE2, DL1, 
     lse2 = tl.load(LSE2 + bh * T + offs_m, mask=rmask, other=float("inf"))
     dl1 = tl.load(DL1 + bh * T + offs_m, mask=rmask, other=0.0)
     dl2 = tl.load(DL2 + bh * T + offs_m, mask=rmask, other=0.0)
-    lam = tl.load(LAM + h)
+    lam = tl.load(LAM + h * slam)
     k1_base = K1 + b * sk1b + h * sk1h
     kr_base = KR + b * skrb
     k2_base = K2 + b * sk2b + h * sk2h
@@ -365,6 +371,36 @@ def _lat_bwd_q_kernel(Q1, QR, Q2, QR2, K1, KR, K2, V, LAM, DO, LSE1, LSE2, DL1, 
         _store(DQR2 + bh * T * DR, offs_m, DR, T, dqr2, DR, BDR)
 
 
+@triton.jit
+def _head_sum_kernel(X, COS, SIN, OUT, HX, T, sob, sot, sign,
+                     D: tl.constexpr, BD: tl.constexpr, ROPE: tl.constexpr, BLOCK_T: tl.constexpr):
+    """OUT[b, t] = sum over the HX heads of X[b, h, t] (X float32 [B, HX, T, D] contiguous), then
+    (ROPE) rotated by sign * theta_t as the RoPE kernel does; OUT any (batch, time) strides."""
+    b = tl.program_id(0)
+    t = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)[:, None]
+    d = tl.arange(0, BD)[None, :]
+    ob = OUT + b * sob + t * sot
+    if ROPE:
+        HALF = D // 2
+        mask = (t < T) & (d < HALF)
+        x1 = tl.zeros([BLOCK_T, BD], tl.float32)
+        x2 = tl.zeros([BLOCK_T, BD], tl.float32)
+        for h in range(HX):
+            xb = X + ((b * HX + h) * T + t) * D
+            x1 += tl.load(xb + d, mask=mask, other=0.0)
+            x2 += tl.load(xb + HALF + d, mask=mask, other=0.0)
+        c = tl.load(COS + t * HALF + d, mask=mask, other=0.0)
+        sn = tl.load(SIN + t * HALF + d, mask=mask, other=0.0) * sign
+        tl.store(ob + d, (x1 * c - x2 * sn).to(OUT.dtype.element_ty), mask=mask)
+        tl.store(ob + HALF + d, (x2 * c + x1 * sn).to(OUT.dtype.element_ty), mask=mask)
+    else:
+        mask = (t < T) & (d < D)
+        acc = tl.zeros([BLOCK_T, BD], tl.float32)
+        for h in range(HX):
+            acc += tl.load(X + ((b * HX + h) * T + t) * D + d, mask=mask, other=0.0)
+        tl.store(ob + d, acc.to(OUT.dtype.element_ty), mask=mask)
+
+
 # ------------------------------------------------------------------------------------------
 # Launch configs (BM, BN, num_warps, num_stages); overridable for sweeps. Defaults: the best of
 # a sweep on an H100 at the shakespeare-384 shapes (B=16, T=1024, 6 heads, dn 64, dr 32, dv 64;
@@ -386,20 +422,140 @@ def _config(name):
     return bm, bn, w, s
 
 
+
+# ------------------------------------------------------------------------------------------
+# Launching. Eager training at the shakespeare-384 size is bound by host time, and each launch
+# through ``kernel[grid](...)`` binds and specialises ~60 arguments in Python. So the first call
+# of each shape (the "slow path" below: views, strides, ``kernel[grid]``) records its launches;
+# later calls of that shape REPLAY them: the compiled kernel's launcher is called directly with
+# the recorded scalar arguments and, for the tensor arguments, the new data pointers (root
+# tensor's pointer + the recorded byte offset); no views are made. The plan's key holds every
+# input shape, stride, dtype and pointer alignment that the specialisation depends on, and the
+# buffers the function allocates itself are laid out from that key alone. Replaying is skipped
+# under the interpreter, when a launch hook (profiler) is set, with ATTNLAB_FAST_LAUNCH=0, or
+# where the installed triton does not expose the launcher pieces used (then the slow path runs).
+
+try:
+    from triton import knobs as _knobs
+    from triton.runtime.driver import driver as _driver
+except ImportError:  # older triton: no replay
+    _knobs = _driver = None
+
+_FAST = os.environ.get("ATTNLAB_FAST_LAUNCH", "1") != "0" and _knobs is not None
+_PLANS: dict = {}  # key -> list of recorded launches, or None (this shape is not replayable)
+_ALIGN = 256  # byte alignment of the blocks carved out of one workspace
+
+
+def _fast_ok() -> bool:
+    return _FAST and not _interpret()
+
+
+class _Recorder:
+    """Launches ``kernel[grid](*args)`` and, when ``on``, keeps (compiled kernel, grid, args)."""
+
+    def __init__(self, on: bool):
+        self.on, self.launches = on, []
+
+    def __call__(self, kernel, grid, args, **opts):
+        compiled = kernel[grid](*args, **opts)
+        if self.on:
+            self.launches.append((compiled, grid, args))
+
+
+def _sharing(roots):
+    """None if the roots have distinct storages, else per root (index of the first root with its
+    storage, pointer difference to it): part of a plan's key, so that an argument found in a
+    shared storage is replayed relative to the same root with the same offset."""
+    sp = [r.untyped_storage().data_ptr() for r in roots]
+    if len(set(sp)) == len(sp):
+        return None
+    first = [sp.index(x) for x in sp]
+    return tuple((j, r.data_ptr() - roots[j].data_ptr()) for j, r in zip(first, roots))
+
+
+def _make_plan(launches, roots):
+    """Replayable launches: per launch (launcher, function, metadata, grid, argument template,
+    slots), where each slot (index, root, byte offset) is a tensor argument inside root's storage
+    (the first such root). None if something is not replayable (then that key takes the slow
+    path)."""
+    try:
+        sp = [r.untyped_storage().data_ptr() for r in roots]
+        plan = []
+        for compiled, grid, args in launches:
+            if hasattr(compiled, "result"):
+                compiled = compiled.result()
+            run, fn, meta = compiled.run, compiled.function, compiled.packed_metadata
+            tpl, slots = list(args), []
+            for i, a in enumerate(args):
+                if isinstance(a, torch.Tensor):
+                    j = sp.index(a.untyped_storage().data_ptr())
+                    slots.append((i, j, a.data_ptr() - roots[j].data_ptr()))
+                    tpl[i] = None
+            grid = tuple(grid) + (1, 1)
+            plan.append((run, fn, meta, grid[0], grid[1], grid[2], tpl, tuple(slots)))
+        return plan
+    except Exception:  # noqa: BLE001 - any surprise: never replay this key
+        return None
+
+
+def _replay(plan, roots) -> bool:
+    if _knobs.runtime.launch_enter_hook is not None or _knobs.runtime.launch_exit_hook is not None:
+        return False
+    ptrs = [r.data_ptr() for r in roots]
+    dev = _driver.active.get_current_device()
+    stream = _driver.active.get_current_stream(dev)
+    for run, fn, meta, g0, g1, g2, tpl, slots in plan:
+        args = tpl.copy()
+        for i, j, off in slots:
+            args[i] = ptrs[j] + off
+        run(g0, g1, g2, stream, fn, meta, None, None, None, *args)
+    return True
+
+
+def _launch(key, roots, body, *extra):
+    """Run ``body(recorder, *roots, *extra)`` (the slow path) or replay its plan for ``key``."""
+    if _fast_ok():
+        plan = _PLANS.get(key, False)
+        if plan:
+            try:
+                if _replay(plan, roots):
+                    return
+            except Exception as e:  # noqa: BLE001 - the launcher rejected the replay: slow path from now on
+                warnings.warn(f"latent_diff_attention: launch replay failed ({e!r}); using the normal launch path")
+                _PLANS[key] = plan = None
+        rec = _Recorder(plan is False)
+        body(rec, *roots, *extra)
+        if rec.on:
+            if len(_PLANS) > 256:
+                _PLANS.clear()
+            _PLANS[key] = _make_plan(rec.launches, roots)
+        return
+    body(_Recorder(False), *roots, *extra)
+
+
 def _s3(x):
     """(batch, head, time) strides of a [B, H, T, D] view."""
     return x.stride(0), x.stride(1), x.stride(2)
 
 
-def _rope(x4, cos, sin, sign, out4):
+def _rope(go, x4, cos, sin, sign, out4):
     """RoPE (sign=1) or its inverse (sign=-1) of x4 [B, H, T, D] into out4 (any strides, last 1)."""
     b, h, t, d = x4.shape
     half = d // 2
     block_d = triton.next_power_of_2(half)
     block_t = max(1, min(64, 4096 // block_d, triton.next_power_of_2(t)))
-    _rope_kernel[(b * h, triton.cdiv(t, block_t))](
-        x4, cos, sin, out4, h, t, *_s3(x4), *_s3(out4), sign, HALF=half, BLOCK_T=block_t, BLOCK_D=block_d)
-    return out4
+    go(_rope_kernel, (b * h, triton.cdiv(t, block_t)),
+       (x4, cos, sin, out4, h, t, *_s3(x4), *_s3(out4), sign, half, block_t, block_d))
+
+
+def _head_sum(go, x, cos, sin, out, rope: bool):
+    """out [B, T, D] view (any batch/time strides) = sum over heads of x [B, HX, T, D] float32
+    contiguous, then (rope) rotated back (inverse RoPE)."""
+    b, hx, t, d = x.shape
+    bd = triton.next_power_of_2(d // 2 if rope else d)
+    block_t = max(1, min(64, 4096 // bd, triton.next_power_of_2(t)))
+    go(_head_sum_kernel, (b, triton.cdiv(t, block_t)),
+       (x, cos, sin, out, hx, t, out.stride(0), out.stride(-2), -1.0, d, bd, rope, block_t))
 
 
 def _hs(x, heads):
@@ -408,82 +564,147 @@ def _hs(x, heads):
     return sb, (0 if x.shape[1] == 1 and heads > 1 else sh), st
 
 
+def _carve(ws, parts):
+    """Views of one byte workspace: parts = [(shape, dtype)], each block aligned to _ALIGN."""
+    views, off = [], 0
+    for shape, dt in parts:
+        n = math.prod(shape) * _ESIZE[dt]
+        views.append(ws[off:off + n].view(dt).view(shape))
+        off += -(-n // _ALIGN) * _ALIGN
+    return views
+
+
+@functools.lru_cache(maxsize=256)
+def _ws_bytes(b, t, g, dt, which):
+    """Bytes of the forward ("fwd") or backward ("bwd") workspace."""
+    return _nbytes(_fwd_parts(b, t, g, dt) if which == "fwd" else _bwd_parts(b, t, g))
+
+
+def _nbytes(parts):
+    return sum(-(-math.prod(shape) * _ESIZE[dt] // _ALIGN) * _ALIGN for shape, dt in parts)
+
+
+_ESIZE = {torch.float32: 4, torch.float16: 2, torch.bfloat16: 2, torch.float64: 8}
+
+
+def _fwd_parts(b, t, g, dt):
+    """The forward's workspace: qr, kr, qr2 (roped queries/key), o2, lse1, lse2."""
+    h, dr = g.heads, g.dr
+    f32 = torch.float32
+    return [((b, h, t, dr), dt), ((b, 1, t, dr), dt), ((b, g.noise_heads if g.rope2 == 2 else 0, t, dr), dt),
+            ((b, t, h, g.dv), dt), ((b, h, t), f32), ((b, h, t), f32)]
+
+
+def _bwd_parts(b, t, g):
+    """The backward's float32 workspace: dl1, dkr, dqr, dqr2, dk2w, dq2w (per query head)."""
+    h, dr = g.heads, g.dr
+    shared = g.noise_heads == 1 and h > 1
+    return [((b, h, t), torch.float32), ((b, h, t, dr), torch.float32), ((b, h, t, dr), torch.float32),
+            ((b, h if g.rope2 == 2 else 0, t, dr), torch.float32),
+            ((b, h if shared else 0, t, g.dn2), torch.float32), ((b, h if shared else 0, t, g.dn2), torch.float32)]
+
+
+def _fwd_body(go, q_all, kvu, kr_pre, lam, cos, sin, out, ws, g):
+    """The forward's launches (slow path: views and strides from the tensors)."""
+    b, t, _ = q_all.shape
+    h, dr, dv = g.heads, g.dr, g.dv
+    q1, qr_pre, q2, qr2_pre, k1, v, k2 = _views(q_all, kvu, g)
+    qr, kr, qr2, o2, lse1, lse2 = _carve(ws, _fwd_parts(b, t, g, q_all.dtype))
+    _rope(go, qr_pre, cos, sin, 1.0, qr)
+    _rope(go, kr_pre.unsqueeze(1), cos, sin, 1.0, kr)
+    if g.rope2 == 2:
+        _rope(go, qr2_pre, cos, sin, 1.0, qr2)
+    else:
+        qr2 = qr
+    o4 = out.transpose(1, 2)
+    bm, bn, w, s = _config("fwd")
+    go(_lat_fwd_kernel, (triton.cdiv(t, bm), b * h),
+       (q1, qr, q2, qr2, k1, kr, k2, v, lam, out, o2, lse1, lse2,
+        *_s3(q1), *_s3(qr), *_hs(q2, h), *_hs(qr2, h), *_s3(k1), kr.stride(0), kr.stride(2),
+        *_hs(k2, h), *_s3(v), *_s3(o4), h, t, lam.stride(0), g.scale1 * LOG2E, g.scale2 * LOG2E,
+        g.dn, dr, g.dn2, dv, _pow2(g.dn), _pow2(dr), _pow2(g.dn2), _pow2(dv), g.rope2, bm, bn),
+       num_warps=w, num_stages=s)
+
+
+def _bwd_body(go, q_all, kvu, lam, cos, sin, out, ws, dout, dq_all, dkvu, dkr_pre, dl2, bws, g):
+    """The backward's launches (slow path)."""
+    b, t, _ = q_all.shape
+    h, h2, dr, dv = g.heads, g.noise_heads, g.dr, g.dv
+    qr, kr, qr2, o2, lse1, lse2 = _carve(ws, _fwd_parts(b, t, g, q_all.dtype))
+    if g.rope2 != 2:
+        qr2 = qr
+    dl1, dkr, dqr, dqr2, dk2w, dq2w = _carve(bws, _bwd_parts(b, t, g))
+    o4 = out.transpose(1, 2)  # dout shares its layout
+    bm = 16 if _interpret() else 64
+    go(_lat_pre_kernel, (triton.cdiv(t, bm), b * h),
+       (dout, out, o2, lam, dl1, dl2, *_s3(o4), h, t, lam.stride(0), dv, _pow2(dv), bm))
+    q1, _, q2, _, k1, v, k2 = _views(q_all, kvu, g)
+    dq1, dqr_pre, dq2, dqr2_pre, dk1, dv_, dk2 = _views(dq_all, dkvu, g)
+    shared = h2 == 1 and h > 1  # the CMD noise head: per-query-head partial grads, summed
+    dk2w = dk2w if shared else dk2
+    dq2w = dq2w if shared else dq2
+    dqr2 = dqr2 if g.rope2 == 2 else dqr
+    common = (*_s3(q1), *_s3(qr), *_hs(q2, h), *_hs(qr2, h), *_s3(k1), kr.stride(0), kr.stride(2),
+              *_hs(k2, h), *_s3(v), *_s3(o4))
+    consts = (g.dn, dr, g.dn2, dv, _pow2(g.dn), _pow2(dr), _pow2(g.dn2), _pow2(dv), g.rope2)
+    scales = (h, t, lam.stride(0), g.scale1 * LOG2E, g.scale2 * LOG2E, g.scale1, g.scale2)
+    bm, bn, w, s = _config("bwd_kv")
+    go(_lat_bwd_kv_kernel, (triton.cdiv(t, bn), b * h),
+       (q1, qr, q2, qr2, k1, kr, k2, v, lam, dout, lse1, lse2, dl1, dl2, dk1, dkr, dk2w, dv_,
+        *common, *_s3(dk1), *_s3(dk2w), *_s3(dv_), *scales, *consts, bm, bn), num_warps=w, num_stages=s)
+    bm, bn, w, s = _config("bwd_q")
+    go(_lat_bwd_q_kernel, (triton.cdiv(t, bm), b * h),
+       (q1, qr, q2, qr2, k1, kr, k2, v, lam, dout, lse1, lse2, dl1, dl2, dq1, dqr, dq2w, dqr2,
+        *common, *_s3(dq1), *_s3(dq2w), *scales, *consts, bm, bn), num_warps=w, num_stages=s)
+    _rope(go, dqr, cos, sin, -1.0, dqr_pre)
+    if g.rope2 == 2:
+        if shared:
+            _head_sum(go, dqr2, cos, sin, dqr2_pre[:, 0], True)
+        else:
+            _rope(go, dqr2, cos, sin, -1.0, dqr2_pre)
+    _head_sum(go, dkr, cos, sin, dkr_pre, True)
+    if shared:
+        _head_sum(go, dk2w, cos, sin, dk2[:, 0], False)
+        _head_sum(go, dq2w, cos, sin, dq2[:, 0], False)
+
+
+def _align(x):
+    return x.data_ptr() % 16
+
+
 class LatentDiffAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q_all, kvu, kr_pre, lam, cos, sin, g: LatentGeometry):
         b, t, _ = q_all.shape
-        h, dr, dv = g.heads, g.dr, g.dv
-        q1, qr_pre, q2, qr2_pre, k1, v, k2 = _views(q_all, kvu, g)
-        cos, sin = cos.float().contiguous(), sin.float().contiguous()
-        qr = _rope(qr_pre, cos, sin, 1.0, torch.empty(b, h, t, dr, device=q_all.device, dtype=q_all.dtype))
-        kr = _rope(kr_pre.unsqueeze(1), cos, sin, 1.0, torch.empty(b, 1, t, dr, device=q_all.device, dtype=q_all.dtype))
-        qr2 = (_rope(qr2_pre, cos, sin, 1.0, torch.empty(b, g.noise_heads, t, dr, device=q_all.device, dtype=q_all.dtype))
-               if g.rope2 == 2 else qr)
-        lam = lam.detach().float().reshape(-1).expand(h).contiguous()
-        out = torch.empty(b, t, h, dv, device=q_all.device, dtype=q_all.dtype)
-        o2 = torch.empty_like(out)
-        o4 = out.transpose(1, 2)
-        lse1 = torch.empty(b, h, t, device=q_all.device, dtype=torch.float32)
-        lse2 = torch.empty_like(lse1)
-        bm, bn, w, s = _config("fwd")
-        _lat_fwd_kernel[(triton.cdiv(t, bm), b * h)](
-            q1, qr, q2, qr2, k1, kr, k2, v, lam, out, o2, lse1, lse2,
-            *_s3(q1), *_s3(qr), *_hs(q2, h), *_hs(qr2, h), *_s3(k1), kr.stride(0), kr.stride(2),
-            *_hs(k2, h), *_s3(v), *_s3(o4), h, t, g.scale1 * LOG2E, g.scale2 * LOG2E,
-            g.dn, dr, g.dn2, dv, _pow2(g.dn), _pow2(dr), _pow2(g.dn2), _pow2(dv), g.rope2, bm, bn,
-            num_warps=w, num_stages=s)
-        ctx.g = g
-        ctx.kr_shape = kr_pre.shape
-        ctx.save_for_backward(q_all, kvu, qr, qr2, kr, lam, out, o2, lse1, lse2, cos, sin)
+        dev, dt = q_all.device, q_all.dtype
+        key = (q_all.shape, q_all.stride(), kvu.shape, kvu.stride(), kr_pre.stride(), dt, dev, g, lam.stride(0),
+               cos.shape, _align(q_all), _align(kvu), _align(kr_pre), _align(lam), _align(cos), _align(sin),
+               CONFIGS["fwd"], _sharing((q_all, kvu, kr_pre, lam, cos, sin)))
+        out = torch.empty(b, t, g.heads, g.dv, device=dev, dtype=dt)
+        ws = torch.empty(_ws_bytes(b, t, g, dt, "fwd"), device=dev, dtype=torch.uint8)
+        _launch(key, (q_all, kvu, kr_pre, lam, cos, sin, out, ws), _fwd_body, g)
+        ctx.g, ctx.key, ctx.kr = g, key, (kr_pre.shape, kr_pre.dtype)
+        ctx.save_for_backward(q_all, kvu, lam, cos, sin, out, ws)
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        q_all, kvu, qr, qr2, kr, lam, out, o2, lse1, lse2, cos, sin = ctx.saved_tensors
+        q_all, kvu, lam, cos, sin, out, ws = ctx.saved_tensors
         g = ctx.g
         b, t, _ = q_all.shape
-        h, h2, dr, dv = g.heads, g.noise_heads, g.dr, g.dv
-        dev, f32 = q_all.device, torch.float32
+        dev = q_all.device
         if dout.stride() != out.stride():
             dout = dout.contiguous()
-        o4 = out.transpose(1, 2)  # dout shares its layout
-        dl1 = torch.empty_like(lse1)
-        dl2 = torch.empty_like(lse1)
-        bm = 16 if _interpret() else 64
-        _lat_pre_kernel[(triton.cdiv(t, bm), b * h)](dout, out, o2, lam, dl1, dl2, *_s3(o4), h, t,
-                                                      dv, _pow2(dv), bm)
-        dlam = -dl2.sum((0, 2))
-        q1, _, q2, _, k1, v, k2 = _views(q_all, kvu, g)
+        key = (ctx.key, dout.stride(), _align(dout), CONFIGS["bwd_kv"], CONFIGS["bwd_q"],
+               _sharing((q_all, kvu, lam, cos, sin, out, ws, dout)))
         dq_all = torch.empty_like(q_all)
         dkvu = torch.empty_like(kvu)
-        dq1, dqr_pre, dq2, dqr2_pre, dk1, dv_, dk2 = _views(dq_all, dkvu, g)
-        shared = h2 == 1 and h > 1  # the CMD noise head: per-query-head partial grads, summed
-        dk2w = torch.empty(b, h, t, g.dn2, device=dev, dtype=f32) if shared else dk2
-        dq2w = torch.empty(b, h, t, g.dn2, device=dev, dtype=f32) if shared else dq2
-        dkr = torch.empty(b, h, t, dr, device=dev, dtype=f32)
-        dqr = torch.empty(b, h, t, dr, device=dev, dtype=f32)
-        dqr2 = torch.empty(b, h, t, dr, device=dev, dtype=f32) if g.rope2 == 2 else dqr
-        common = (*_s3(q1), *_s3(qr), *_hs(q2, h), *_hs(qr2, h), *_s3(k1), kr.stride(0), kr.stride(2),
-                  *_hs(k2, h), *_s3(v), *_s3(o4))
-        consts = (g.dn, dr, g.dn2, dv, _pow2(g.dn), _pow2(dr), _pow2(g.dn2), _pow2(dv), g.rope2)
-        scales = (h, t, g.scale1 * LOG2E, g.scale2 * LOG2E, g.scale1, g.scale2)
-        bm, bn, w, s = _config("bwd_kv")
-        _lat_bwd_kv_kernel[(triton.cdiv(t, bn), b * h)](
-            q1, qr, q2, qr2, k1, kr, k2, v, lam, dout, lse1, lse2, dl1, dl2, dk1, dkr, dk2w, dv_,
-            *common, *_s3(dk1), *_s3(dk2w), *_s3(dv_), *scales, *consts, bm, bn, num_warps=w, num_stages=s)
-        bm, bn, w, s = _config("bwd_q")
-        _lat_bwd_q_kernel[(triton.cdiv(t, bm), b * h)](
-            q1, qr, q2, qr2, k1, kr, k2, v, lam, dout, lse1, lse2, dl1, dl2, dq1, dqr, dq2w, dqr2,
-            *common, *_s3(dq1), *_s3(dq2w), *scales, *consts, bm, bn, num_warps=w, num_stages=s)
-        if shared:
-            dk2.copy_(dk2w.sum(1, keepdim=True))
-            dq2.copy_(dq2w.sum(1, keepdim=True))
-        _rope(dqr, cos, sin, -1.0, dqr_pre)
-        if g.rope2 == 2:
-            _rope(dqr2.sum(1, keepdim=True) if shared else dqr2, cos, sin, -1.0, dqr2_pre)
-        dkr_pre = torch.empty(b, 1, t, dr, device=dev, dtype=kr.dtype)
-        _rope(dkr.sum(1, keepdim=True), cos, sin, -1.0, dkr_pre)
-        return dq_all, dkvu, dkr_pre.view(ctx.kr_shape), dlam, None, None, None
+        dkr_pre = torch.empty(ctx.kr[0], device=dev, dtype=ctx.kr[1])
+        dl2 = torch.empty(b, g.heads, t, device=dev, dtype=torch.float32)
+        bws = torch.empty(_ws_bytes(b, t, g, None, "bwd"), device=dev, dtype=torch.uint8)
+        _launch(key, (q_all, kvu, lam, cos, sin, out, ws, dout, dq_all, dkvu, dkr_pre, dl2, bws), _bwd_body, g)
+        dlam = dl2.sum((0, 2))  # dl2 holds -Delta2: dlam_h = -sum Delta2
+        return dq_all, dkvu, dkr_pre, dlam, None, None, None
 
 
 def latent_diff_attention(q_all, kvu, kr_pre, lam, cos, sin, g: LatentGeometry) -> torch.Tensor:
@@ -498,7 +719,19 @@ def latent_diff_attention(q_all, kvu, kr_pre, lam, cos, sin, g: LatentGeometry) 
     dtype = q_all.dtype
     if q_all.stride(-1) != 1:
         q_all = q_all.contiguous()
-    kvu = kvu.to(dtype) if kvu.stride(-1) == 1 else kvu.to(dtype).contiguous()
-    kr_pre = kr_pre.to(dtype)
-    lam = torch.as_tensor(lam, dtype=torch.float32, device=q_all.device).reshape(-1).expand(g.heads)
+    if kvu.dtype != dtype:
+        kvu = kvu.to(dtype)
+    if kvu.stride(-1) != 1:
+        kvu = kvu.contiguous()
+    if kr_pre.dtype != dtype:
+        kr_pre = kr_pre.to(dtype)
+    if kr_pre.stride(-1) != 1:
+        kr_pre = kr_pre.contiguous()
+    if not (isinstance(lam, torch.Tensor) and lam.dtype == torch.float32 and lam.dim() == 1 and lam.shape[0] == g.heads
+            and lam.device == q_all.device):
+        lam = torch.as_tensor(lam, dtype=torch.float32, device=q_all.device).reshape(-1).expand(g.heads)
+    if cos.dtype != torch.float32 or not cos.is_contiguous():
+        cos = cos.float().contiguous()
+    if sin.dtype != torch.float32 or not sin.is_contiguous():
+        sin = sin.float().contiguous()
     return LatentDiffAttention.apply(q_all, kvu, kr_pre, lam, cos, sin, g)
