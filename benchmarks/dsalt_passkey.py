@@ -45,7 +45,7 @@ from attnlab.cli.common import experiment_config  # noqa: E402
 
 # dsalt for 128-token training: the window (<= 32) never reaches the needle from the question
 # (>= 55 tokens back), so retrieval must go through the landmarks even at the training length.
-DSALT_OPTS = {"n_min": 8, "n_max": 32, "edge": 2.0, "n_landmarks": 16, "block": 16}
+DSALT_OPTS = {"n_min": 8, "n_max": 32, "edge": 2.0, "n_landmarks": 32, "block": 16}
 
 
 def base_overrides(a) -> dict:
@@ -75,13 +75,6 @@ def run_phase(name, fn, log):
         traceback.print_exc()
         log(f"== {name} FAILED after {time.perf_counter() - t:.0f}s: {type(e).__name__}: {e}")
         return None, f"{type(e).__name__}: {e}"
-
-
-def seed_seconds(res: dict, mixer: str) -> float:
-    """Wall seconds of one more seed of ``mixer``: the last run's training time (the first one
-    carries the compiles), plus the evals it ran, with 15% margin."""
-    runs = res["results"][mixer]["runs"]
-    return 1.15 * runs[-1]["train_seconds"] + 2.0
 
 
 @torch.no_grad()
@@ -128,16 +121,98 @@ def pm(xs, fmt="{:.2f}"):
     return "—" if m is None else f"{fmt.format(m)} ± {fmt.format(s)}"
 
 
+def summaries(cmp_dir: Path, mixer: str) -> list[dict]:
+    """The finished runs of ``mixer`` under a compare directory (read back from disk, so a phase
+    that failed or was cut still reports the seeds it finished)."""
+    out = []
+    for f in sorted((cmp_dir / "runs").glob(f"{mixer}-seed*/summary.json")):
+        s = json.loads(f.read_text())
+        s["seed"] = int(f.parent.name.rsplit("-seed", 1)[1])
+        out.append(s)
+    return sorted(out, key=lambda s: s["seed"])
+
+
+def next_seed_seconds(cmp_dir: Path, mixer: str) -> float:
+    """Wall seconds of one more seed of ``mixer``: the last run's training time (the first one
+    carries the compiles; it includes the periodic evals), with 15% margin."""
+    runs = summaries(cmp_dir, mixer)
+    return 1.15 * runs[-1]["train_seconds"] + 2.0 if runs else float("inf")
+
+
+def report(a, exp, out: Path, mixers, yev, notes, errors, quiet=False) -> list[dict]:
+    """Table of every arm from what is on disk now; writes the JSON, markdown and plot."""
+    lengths = [a.seq_len, 2 * a.seq_len, 4 * a.seq_len]
+    rows = []
+
+    def add(arm, mixer, rope, finals, runs=None):
+        row = {"arm": arm, "mixer": mixer, "RoPE": rope, "seeds": len(finals)}
+        for L in lengths:
+            vals = [f.get(f"passkey@{L}") for f in finals]
+            row[f"exact@{L}"] = pm(vals)
+            row[f"exact@{L}_seeds"] = vals
+        if runs:
+            row["val loss"] = pm([f.get("val_loss") for f in finals], "{:.3f}")
+            row["digit acc"] = pm([f.get("token_accuracy") for f in finals], "{:.3f}")
+            row["train s/seed"] = f"{statistics.fmean(r['train_seconds'] for r in runs):.0f}"
+            row["tok/s"] = f"{statistics.median(r['tokens_per_s'] for r in runs):,.0f}"
+        rows.append(row)
+
+    for m in mixers:
+        runs = summaries(out / "passkey", m)
+        if runs:
+            add(m, m, "plain", [r["final"] or {} for r in runs], runs)
+    for m in mixers:
+        got = [v for k, v in (yev or {}).items() if k.rsplit("-seed", 1)[0] == m]
+        if got:
+            add(f"{m} +YaRN@eval", m, f"plain, YaRN x{a.yarn_factor:g} at eval", got)
+    runs = summaries(out / "passkey_yarn", "mha")
+    if runs:
+        add("mha-yarn", "mha", f"YaRN x{a.yarn_factor:g} (trained)", [r["final"] or {} for r in runs], runs)
+    shown = [{k: v for k, v in r.items() if not k.endswith("_seeds")} for r in rows]
+    seeds = sorted({r["seed"] for m in mixers for r in summaries(out / "passkey", m)})
+    setup = {"steps": a.steps, "batch": a.batch, "seq_len": a.seq_len, "lengths": lengths, "dim": a.dim,
+             "layers": a.layers, "heads": a.heads, "lr": a.lr, "eval_examples_per_depth": a.eval_examples,
+             "depths": exp.data.passkey.depths, "dsalt": exp.model["mixer_options"]["dsalt"],
+             "yarn_factor": a.yarn_factor, "seeds": seeds, "budget_s": a.budget_s}
+    header = (f"Passkey exact match (greedy; {a.eval_examples} prompts x depths {exp.data.passkey.depths} per "
+              f"length), trained at {a.seq_len} tokens for {a.steps} steps x {a.batch}, dim {a.dim}, {a.layers} "
+              f"layers, {a.heads} heads, lr {a.lr}; mean ± std over the seeds finished ({seeds}). dsalt options "
+              f"{json.dumps(exp.model['mixer_options']['dsalt'])}. val loss / digit acc: answer digits, "
+              f"teacher-forced, at {a.seq_len}.")
+    extra = {"setup": setup, "notes": notes, "errors": errors, "wall_s": elapsed(), "yarn_eval": yev,
+             "header": header}
+    out.mkdir(parents=True, exist_ok=True)
+    if quiet:
+        (out / "dsalt_passkey.json").write_text(json.dumps({"name": "dsalt_passkey", **extra, "rows": rows},
+                                                           indent=2))
+    else:
+        write_results("dsalt_passkey", rows, extra, out_dir=str(out))
+    (out / "dsalt_passkey.md").write_text(f"# dsalt vs mha: passkey at 1x/2x/4x\n\n{header}\n\n"
+                                          f"{format_table(shown)}\n\n" + "".join(f"- {n}\n" for n in notes)
+                                          + "".join(f"- {k} failed: {v}\n" for k, v in errors.items()))
+    if not quiet:
+        plot(rows, lengths, out / "passkey_vs_length.png")
+        print()
+        print(header)
+        print(format_table(shown))
+        for n in notes:
+            print("note:", n)
+        for k, v in errors.items():
+            print(f"FAILED {k}: {v}")
+        print(f"total wall {elapsed():.0f}s; wrote {out}")
+    return rows
+
+
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=None, help="output directory (default $ATTNLAB_BENCH_DIR or benchmarks/results)")
     p.add_argument("--budget-s", type=float, default=None,
                    help="wall seconds from process start that the phases may use (default 210; --quick: none)")
     p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--seeds", type=int, default=3, help="seeds wanted (2 first, the rest if time allows)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds wanted (seed 0 first, the rest while they fit)")
     p.add_argument("--seq-len", type=int, default=128, help="training length; scored at 1x, 2x, 4x")
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--layers", type=int, default=2)
@@ -152,6 +227,8 @@ def main(argv=None) -> list[dict]:
     if a.quick:
         a.steps, a.batch, a.dim, a.layers, a.heads, a.eval_every, a.eval_examples = 2, 2, 32, 2, 2, 2, 1
         a.dsalt = json.dumps({"n_max": 16, "n_landmarks": 4, **json.loads(a.dsalt)})
+    if a.budget_s is None:
+        a.budget_s = float("inf") if a.quick else 210.0
     out = Path(a.out or os.environ.get("ATTNLAB_BENCH_DIR", "benchmarks/results"))
     out.mkdir(parents=True, exist_ok=True)
     skip = {s.strip() for s in a.skip.split(",") if s.strip()}
@@ -161,20 +238,20 @@ def main(argv=None) -> list[dict]:
     exp = experiment_config(None, base_overrides(a), None)
     mixers = ["mha", "dsalt"]
     main_dir, yarn_dir = out / "passkey", out / "passkey_yarn"
-    notes, errors = [], {}
-    deadline = a.budget_s if a.budget_s is not None else (float("inf") if a.quick else 210.0)
+    notes, errors, yev = [], {}, None
+    deadline = a.budget_s
     log(f"dsalt vs mha passkey: {a.steps} steps x {a.batch} x {a.seq_len} tokens, dim {a.dim}, {a.layers} layers, "
         f"{a.heads} heads, lr {a.lr}; dsalt {json.dumps(exp.model['mixer_options']['dsalt'])}; budget {deadline:.0f}s "
         f"(start-up took {elapsed():.1f}s)")
 
-    # 1-2. mha and dsalt, one seed at a time (seed 0 for both first, so that a cut run still
+    # 1-2. mha and dsalt, one seed at a time (seed 0 of both first, so that a cut run still
     # compares them), each further seed only if its measured time fits
-    res, seeds = None, []
+    seeds = []
     for s in range(a.seeds):
-        if res is not None:
-            need = sum(seed_seconds(res, m) for m in mixers) + 10
-            if "seed3" in skip and s >= 2 or elapsed() + need > deadline:
-                notes.append(f"seed {s} skipped: needs ~{need:.0f}s, {deadline - elapsed():.0f}s left")
+        if s:
+            need = sum(next_seed_seconds(main_dir, m) for m in mixers) + 10
+            if ("seed3" in skip and s >= 2) or elapsed() + need > deadline:
+                notes.append(f"seed {s} skipped: needs ~{need:.0f}s, {deadline - elapsed():.0f}s of the budget left")
                 log(notes[-1])
                 break
         r, err = run_phase(f"compare mha,dsalt seeds 0..{s}", lambda: run_compare(
@@ -182,24 +259,25 @@ def main(argv=None) -> list[dict]:
         if err:
             errors[f"compare seed {s}"] = err
             break
-        res, seeds = r, list(range(s + 1))
-    if res is not None:  # the final table of the compare, with its plots (finished runs are reused)
+        seeds = list(range(s + 1))
+        report(a, exp, out, mixers, yev, notes, errors, quiet=True)
+    if seeds:  # the compare's own table, with its plots (finished runs are reused)
         r, err = run_phase("compare table + plots", lambda: run_compare(
             exp, mixers, seeds, main_dir, plots=True, resume=True, log=log), log)
-        res = r or res
-    # 3. YaRN at evaluation only, on the checkpoints of phase 1-2 (cheap: generation only)
-    yev = None
-    if res is not None and "yarn_eval" not in skip:
+        if err:
+            errors["compare table"] = err
+    # 3. YaRN at evaluation only, on the plain-RoPE checkpoints (generation only, no training)
+    if seeds and "yarn_eval" not in skip:
         if elapsed() + 15 > deadline:
             notes.append("YaRN-at-eval skipped: no time left")
         else:
             yev, err = run_phase("YaRN at eval", lambda: yarn_eval(exp, main_dir, mixers, seeds, a.yarn_factor, log), log)
             if err:
                 errors["yarn_eval"] = err
-    # 4. mha trained with YaRN
-    yres = None
-    if res is not None and "yarn_train" not in skip:
-        per = seed_seconds(res, "mha")
+        report(a, exp, out, mixers, yev, notes, errors, quiet=True)
+    # 4. mha trained with YaRN, as many seeds as the plain runs where they fit
+    if seeds and "yarn_train" not in skip:
+        per = next_seed_seconds(main_dir, "mha")
         ny = len(seeds)
         while ny > 1 and elapsed() + ny * per + 5 > deadline:
             ny -= 1
@@ -210,69 +288,14 @@ def main(argv=None) -> list[dict]:
             ey = copy.deepcopy(exp)
             ey.model["yarn_factor"] = a.yarn_factor
             ey.model["yarn_original_max_len"] = a.seq_len
-            yres, err = run_phase(f"compare mha trained with YaRN x{a.yarn_factor:g}, {ny} seeds", lambda: run_compare(
+            _, err = run_phase(f"compare mha trained with YaRN x{a.yarn_factor:g}, {ny} seeds", lambda: run_compare(
                 ey, ["mha"], list(range(ny)), yarn_dir, plots=False, resume=True, log=log), log)
             if err:
                 errors["yarn_train"] = err
-
-    # the table
-    lengths = [a.seq_len, 2 * a.seq_len, 4 * a.seq_len]
-    rows = []
-
-    def add(arm, mixer, rope, runs_final, extra=None):
-        row = {"arm": arm, "mixer": mixer, "RoPE": rope, "seeds": len(runs_final)}
-        for L in lengths:
-            vals = [f.get(f"passkey@{L}") for f in runs_final]
-            row[f"exact@{L}"] = pm(vals)
-            row[f"exact@{L}_seeds"] = vals
-        row.update(extra or {})
-        rows.append(row)
-
-    if res is not None:
-        for m in mixers:
-            r = res["results"][m]
-            add(m, m, "plain", [run["final"] for run in r["runs"]],
-                {"val loss": pm([run["final"].get("val_loss") for run in r["runs"]], "{:.3f}"),
-                 "digit acc": pm([run["final"].get("token_accuracy") for run in r["runs"]], "{:.3f}"),
-                 "train s/seed": f"{statistics.fmean(run['train_seconds'] for run in r['runs']):.0f}",
-                 "tok/s": f"{r['tokens_per_s']:,.0f}"})
-    if yev:
-        for m in mixers:
-            add(f"{m} +YaRN@eval", m, f"plain, YaRN x{a.yarn_factor:g} at eval",
-                [v for k, v in yev.items() if k.rsplit("-seed", 1)[0] == m])
-    if yres is not None:
-        r = yres["results"]["mha"]
-        add("mha-yarn", "mha", f"YaRN x{a.yarn_factor:g} (trained)", [run["final"] for run in r["runs"]],
-            {"val loss": pm([run["final"].get("val_loss") for run in r["runs"]], "{:.3f}"),
-             "digit acc": pm([run["final"].get("token_accuracy") for run in r["runs"]], "{:.3f}"),
-             "train s/seed": f"{statistics.fmean(run['train_seconds'] for run in r['runs']):.0f}",
-             "tok/s": f"{r['tokens_per_s']:,.0f}"})
-    shown = [{k: v for k, v in r.items() if not k.endswith("_seeds")} for r in rows]
-    setup = {"steps": a.steps, "batch": a.batch, "seq_len": a.seq_len, "lengths": lengths, "dim": a.dim,
-             "layers": a.layers, "heads": a.heads, "lr": a.lr, "eval_examples_per_depth": a.eval_examples,
-             "depths": exp.data.passkey.depths, "dsalt": exp.model["mixer_options"]["dsalt"],
-             "yarn_factor": a.yarn_factor, "seeds": seeds}
-    write_results("dsalt_passkey", rows, {"setup": setup, "notes": notes, "errors": errors,
-                                          "wall_s": elapsed(), "yarn_eval": yev}, out_dir=str(out))
-    header = (f"Passkey exact match (greedy, {a.eval_examples} examples x depths {exp.data.passkey.depths} per "
-              f"length), trained at {a.seq_len} tokens for {a.steps} steps x {a.batch}; mean ± std over seeds "
-              f"{seeds}. dsalt options {json.dumps(exp.model['mixer_options']['dsalt'])}.")
-    (out / "dsalt_passkey.md").write_text(f"# dsalt vs mha: passkey at 1x/2x/4x\n\n{header}\n\n"
-                                          f"{format_table(shown)}\n\n" + "".join(f"- {n}\n" for n in notes)
-                                          + "".join(f"- {k} failed: {v}\n" for k, v in errors.items()))
-    plot(rows, lengths, out / "passkey_vs_length.png", header)
-    print()
-    print(header)
-    print(format_table(shown))
-    for n in notes:
-        print("note:", n)
-    for k, v in errors.items():
-        print(f"FAILED {k}: {v}")
-    print(f"total wall {elapsed():.0f}s; wrote {out}")
-    return rows
+    return report(a, exp, out, mixers, yev, notes, errors)
 
 
-def plot(rows, lengths, path: Path, title: str) -> None:
+def plot(rows, lengths, path: Path) -> None:
     try:
         import matplotlib
 
