@@ -5,15 +5,16 @@ Phases (each skipped, and said so, when the time left cannot hold it, judged fro
 already timed):
 
 1. ``attnlab compare`` (``run_compare``) of mha and dsalt, plain RoPE, same data, budget and
-   seeds: ``OUT/passkey/`` (compare.json, compare.md, loss_curves.png, cache_bytes.png; each
-   run's checkpoint, config and metrics under runs/).
-2. The seeds are added one at a time (seed 0 of both first; then the compare is rerun with
-   ``resume``, which reuses the finished runs), each only if its measured time still fits.
-3. YaRN at evaluation only: every plain-RoPE checkpoint reloaded with ``yarn_factor`` =
-   4 and ``yarn_original_max_len`` = the training length (inv_freq is a non-persistent buffer,
-   so the weights load unchanged), passkey scored again at 1x/2x/4x. No training.
-4. mha trained with YaRN (factor 4, original length = the training length; the setup of
+   seeds 0 and 1: ``OUT/passkey/`` (compare.json, compare.md, loss_curves.png, cache_bytes.png;
+   each run's config, metrics and summary under runs/). The seeds are added one at a time (seed 0
+   of both first; then the compare is rerun with ``resume``, which reuses the finished runs).
+2. YaRN at evaluation only: every plain-RoPE checkpoint reloaded with ``yarn_factor`` = 4 and
+   ``yarn_original_max_len`` = the training length (inv_freq is a non-persistent buffer, so the
+   weights load unchanged), passkey scored again at 1x/2x/4x. No training.
+3. mha trained with YaRN (factor 4, original length = the training length; the setup of
    docs/training.md): ``OUT/passkey_yarn/``.
+4. seed 2 (up to ``--seeds``) of mha and dsalt, if its measured time still fits; then the
+   compare's table and plots over all its seeds.
 
 Writes ``OUT/dsalt_passkey.json`` (via attnlab.bench.write_results), ``OUT/dsalt_passkey.md`` and
 ``OUT/passkey_vs_length.png`` and prints the table. OUT: ``--out``, else $ATTNLAB_BENCH_DIR, else
@@ -221,7 +222,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--eval-examples", type=int, default=16, help="per (length, depth); 3 depths")
     p.add_argument("--dsalt", default="{}", help="JSON overrides of the dsalt options " + json.dumps(DSALT_OPTS))
     p.add_argument("--yarn-factor", type=float, default=4.0)
-    p.add_argument("--skip", default="", help="comma-separated phases to skip: seed3,yarn_eval,yarn_train")
+    p.add_argument("--skip", default="", help="comma-separated phases to skip: seed3 (seeds beyond 2), yarn_eval, yarn_train")
     p.add_argument("--quick", action="store_true", help="CPU smoke test: tiny model, a few steps")
     a = p.parse_args(argv)
     if a.quick:
@@ -244,38 +245,47 @@ def main(argv=None) -> list[dict]:
         f"{a.heads} heads, lr {a.lr}; dsalt {json.dumps(exp.model['mixer_options']['dsalt'])}; budget {deadline:.0f}s "
         f"(start-up took {elapsed():.1f}s)")
 
-    # 1-2. mha and dsalt, one seed at a time (seed 0 of both first, so that a cut run still
-    # compares them), each further seed only if its measured time fits
-    seeds = []
-    for s in range(a.seeds):
-        if s:
-            need = sum(next_seed_seconds(main_dir, m) for m in mixers) + 10
-            if ("seed3" in skip and s >= 2) or elapsed() + need > deadline:
-                notes.append(f"seed {s} skipped: needs ~{need:.0f}s, {deadline - elapsed():.0f}s of the budget left")
-                log(notes[-1])
-                break
-        r, err = run_phase(f"compare mha,dsalt seeds 0..{s}", lambda: run_compare(
-            exp, mixers, list(range(s + 1)), main_dir, plots=False, resume=True, log=log), log)
-        if err:
-            errors[f"compare seed {s}"] = err
-            break
-        seeds = list(range(s + 1))
-        report(a, exp, out, mixers, yev, notes, errors, quiet=True)
-    if seeds:  # the compare's own table, with its plots (finished runs are reused)
-        r, err = run_phase("compare table + plots", lambda: run_compare(
-            exp, mixers, seeds, main_dir, plots=True, resume=True, log=log), log)
-        if err:
-            errors["compare table"] = err
-    # 3. YaRN at evaluation only, on the plain-RoPE checkpoints (generation only, no training)
-    if seeds and "yarn_eval" not in skip:
-        if elapsed() + 15 > deadline:
-            notes.append("YaRN-at-eval skipped: no time left")
-        else:
-            yev, err = run_phase("YaRN at eval", lambda: yarn_eval(exp, main_dir, mixers, seeds, a.yarn_factor, log), log)
+    def more_seeds(upto: int) -> None:
+        """Seeds len(seeds)..upto-1 of mha and dsalt, one at a time, each only if it fits."""
+        nonlocal seeds
+        for s in range(len(seeds), upto):
+            if s:
+                need = sum(next_seed_seconds(main_dir, m) for m in mixers) + 10
+                if elapsed() + need > deadline:
+                    if not any(n.startswith(f"seed {s} skipped") for n in notes):
+                        notes.append(f"seed {s} skipped: needs ~{need:.0f}s, {deadline - elapsed():.0f}s of the "
+                                     "budget left")
+                        log(notes[-1])
+                    return
+            r, err = run_phase(f"compare mha,dsalt seeds 0..{s}", lambda: run_compare(
+                exp, mixers, list(range(s + 1)), main_dir, plots=False, resume=True, log=log), log)
             if err:
-                errors["yarn_eval"] = err
+                errors[f"compare seed {s}"] = err
+                return
+            seeds = list(range(s + 1))
+            report(a, exp, out, mixers, yev, notes, errors, quiet=True)
+
+    def yarn_at_eval(todo) -> None:
+        nonlocal yev
+        if not todo or "yarn_eval" in skip:
+            return
+        if elapsed() + 10 > deadline:
+            notes.append(f"YaRN-at-eval of seeds {todo} skipped: no time left")
+            return
+        r, err = run_phase(f"YaRN at eval, seeds {todo}",
+                           lambda: yarn_eval(exp, main_dir, mixers, todo, a.yarn_factor, log), log)
+        if err:
+            errors[f"yarn_eval {todo}"] = err
+        else:
+            yev = {**(yev or {}), **r}
         report(a, exp, out, mixers, yev, notes, errors, quiet=True)
-    # 4. mha trained with YaRN, as many seeds as the plain runs where they fit
+
+    # 1. mha and dsalt, seeds 0 and 1 (seed 0 of both first, so that a cut run still compares them)
+    seeds = []
+    more_seeds(min(2, a.seeds))
+    # 2. YaRN at evaluation only, on those plain-RoPE checkpoints (generation only, no training)
+    yarn_at_eval(seeds)
+    # 3. mha trained with YaRN, as many seeds as the plain runs where they fit
     if seeds and "yarn_train" not in skip:
         per = next_seed_seconds(main_dir, "mha")
         ny = len(seeds)
@@ -292,6 +302,16 @@ def main(argv=None) -> list[dict]:
                 ey, ["mha"], list(range(ny)), yarn_dir, plots=False, resume=True, log=log), log)
             if err:
                 errors["yarn_train"] = err
+    # 4. further seeds of the main pair while they fit (and their YaRN-at-eval scores)
+    done = list(seeds)
+    if "seed3" not in skip:
+        more_seeds(a.seeds)
+    yarn_at_eval([s for s in seeds if s not in done])
+    if seeds:  # the compare's own table over all its seeds, with its plots (finished runs are reused)
+        _, err = run_phase("compare table + plots", lambda: run_compare(
+            exp, mixers, seeds, main_dir, plots=True, resume=True, log=log), log)
+        if err:
+            errors["compare table"] = err
     return report(a, exp, out, mixers, yev, notes, errors)
 
 
