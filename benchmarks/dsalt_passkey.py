@@ -11,9 +11,12 @@ already timed):
 2. YaRN at evaluation only: every plain-RoPE checkpoint reloaded with ``yarn_factor`` = 4 and
    ``yarn_original_max_len`` = the training length (inv_freq is a non-persistent buffer, so the
    weights load unchanged), passkey scored again at 1x/2x/4x. No training.
-3. mha trained with YaRN (factor 4, original length = the training length; the setup of
+3. dsalt with a window as long as the training length (``n_max`` = 128; ``--dsalt-wide``):
+   ``OUT/passkey_wide/``. CPU probes showed dsalt learning retrieval through its landmarks
+   far more slowly than mha, and through a window covering the needle about as fast.
+4. mha trained with YaRN (factor 4, original length = the training length; the setup of
    docs/training.md): ``OUT/passkey_yarn/``.
-4. seed 2 (up to ``--seeds``) of mha and dsalt, if its measured time still fits; then the
+5. seed 2 (up to ``--seeds``) of mha and dsalt, if its measured time still fits; then the
    compare's table and plots over all its seeds.
 
 Writes ``OUT/dsalt_passkey.json`` (via attnlab.bench.write_results), ``OUT/dsalt_passkey.md`` and
@@ -166,6 +169,10 @@ def report(a, exp, out: Path, mixers, yev, notes, errors, quiet=False) -> list[d
         got = [v for k, v in (yev or {}).items() if k.rsplit("-seed", 1)[0] == m]
         if got:
             add(f"{m} +YaRN@eval", m, f"plain, YaRN x{a.yarn_factor:g} at eval", got)
+    runs = summaries(out / "passkey_wide", "dsalt")
+    if runs:
+        wide = runs[0]["config"]["model"]["mixer_options"]["dsalt"]
+        add(f"dsalt n_max {wide['n_max']}", "dsalt", "plain", [r["final"] or {} for r in runs], runs)
     runs = summaries(out / "passkey_yarn", "mha")
     if runs:
         add("mha-yarn", "mha", f"YaRN x{a.yarn_factor:g} (trained)", [r["final"] or {} for r in runs], runs)
@@ -209,7 +216,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--out", default=None, help="output directory (default $ATTNLAB_BENCH_DIR or benchmarks/results)")
     p.add_argument("--budget-s", type=float, default=None,
                    help="wall seconds from process start that the phases may use (default 210; --quick: none)")
-    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--seeds", type=int, default=3, help="seeds wanted (seed 0 first, the rest while they fit)")
     p.add_argument("--seq-len", type=int, default=128, help="training length; scored at 1x, 2x, 4x")
     p.add_argument("--batch", type=int, default=64)
@@ -221,13 +228,17 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--eval-examples", type=int, default=16, help="per (length, depth); 3 depths")
     p.add_argument("--dsalt", default="{}", help="JSON overrides of the dsalt options " + json.dumps(DSALT_OPTS))
+    p.add_argument("--dsalt-wide", default=None,
+                   help='JSON overrides of the "wide" dsalt arm (default {"n_max": SEQ_LEN})')
     p.add_argument("--yarn-factor", type=float, default=4.0)
-    p.add_argument("--skip", default="", help="comma-separated phases to skip: seed3 (seeds beyond 2), yarn_eval, yarn_train")
+    p.add_argument("--skip", default="", help="comma-separated phases to skip: seed3 (seeds beyond 2), yarn_eval, wide, yarn_train")
     p.add_argument("--quick", action="store_true", help="CPU smoke test: tiny model, a few steps")
     a = p.parse_args(argv)
     if a.quick:
         a.steps, a.batch, a.dim, a.layers, a.heads, a.eval_every, a.eval_examples = 2, 2, 32, 2, 2, 2, 1
         a.dsalt = json.dumps({"n_max": 16, "n_landmarks": 4, **json.loads(a.dsalt)})
+    if a.dsalt_wide is None:
+        a.dsalt_wide = json.dumps({"n_max": a.seq_len})
     if a.budget_s is None:
         a.budget_s = float("inf") if a.quick else 210.0
     out = Path(a.out or os.environ.get("ATTNLAB_BENCH_DIR", "benchmarks/results"))
@@ -285,24 +296,35 @@ def main(argv=None) -> list[dict]:
     more_seeds(min(2, a.seeds))
     # 2. YaRN at evaluation only, on those plain-RoPE checkpoints (generation only, no training)
     yarn_at_eval(seeds)
-    # 3. mha trained with YaRN, as many seeds as the plain runs where they fit
-    if seeds and "yarn_train" not in skip:
-        per = next_seed_seconds(main_dir, "mha")
-        ny = len(seeds)
-        while ny > 1 and elapsed() + ny * per + 5 > deadline:
-            ny -= 1
-        if elapsed() + ny * per + 5 > deadline:
-            notes.append(f"mha+YaRN training skipped: needs ~{per:.0f}s a seed, {deadline - elapsed():.0f}s left")
+    def extra_arm(tag, e, mixer, where) -> None:
+        """An extra arm of one mixer (its own compare dir), as many seeds as the main pair where they fit."""
+        if not seeds or tag in skip:
+            return
+        per = next_seed_seconds(main_dir, mixer)
+        n = len(seeds)
+        while n > 1 and elapsed() + n * per + 5 > deadline:
+            n -= 1
+        if elapsed() + n * per + 5 > deadline:
+            notes.append(f"{tag} skipped: needs ~{per:.0f}s a seed, {deadline - elapsed():.0f}s left")
             log(notes[-1])
-        else:
-            ey = copy.deepcopy(exp)
-            ey.model["yarn_factor"] = a.yarn_factor
-            ey.model["yarn_original_max_len"] = a.seq_len
-            _, err = run_phase(f"compare mha trained with YaRN x{a.yarn_factor:g}, {ny} seeds", lambda: run_compare(
-                ey, ["mha"], list(range(ny)), yarn_dir, plots=False, resume=True, log=log), log)
-            if err:
-                errors["yarn_train"] = err
-    # 4. further seeds of the main pair while they fit (and their YaRN-at-eval scores)
+            return
+        _, err = run_phase(f"{tag}: {n} seeds", lambda: run_compare(
+            e, [mixer], list(range(n)), where, plots=False, resume=True, log=log), log)
+        if err:
+            errors[tag] = err
+        report(a, exp, out, mixers, yev, notes, errors, quiet=True)
+
+    # 3. dsalt with a window as long as the training length (n_max = seq_len): it learns retrieval
+    # through its window; beyond the training length the needle is out of the window unless near the end
+    ew = copy.deepcopy(exp)
+    ew.model["mixer_options"]["dsalt"].update(json.loads(a.dsalt_wide))
+    extra_arm("wide", ew, "dsalt", out / "passkey_wide")
+    # 4. mha trained with YaRN
+    ey = copy.deepcopy(exp)
+    ey.model["yarn_factor"] = a.yarn_factor
+    ey.model["yarn_original_max_len"] = a.seq_len
+    extra_arm("yarn_train", ey, "mha", yarn_dir)
+    # 5. further seeds of the main pair while they fit (and their YaRN-at-eval scores)
     done = list(seeds)
     if "seed3" not in skip:
         more_seeds(a.seeds)
