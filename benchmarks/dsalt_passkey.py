@@ -158,7 +158,8 @@ def report(a, exp, out: Path, mixers, yev, notes, errors, quiet=False) -> list[d
             row["val loss"] = pm([f.get("val_loss") for f in finals], "{:.3f}")
             row["digit acc"] = pm([f.get("token_accuracy") for f in finals], "{:.3f}")
             row["train s/seed"] = f"{statistics.fmean(r['train_seconds'] for r in runs):.0f}"
-            row["tok/s"] = f"{statistics.median(r['tokens_per_s'] for r in runs):,.0f}"
+            tps = [r["tokens_per_s"] for r in runs if r.get("tokens_per_s")]
+            row["tok/s"] = f"{statistics.median(tps):,.0f}" if tps else "—"
         rows.append(row)
 
     for m in mixers:
@@ -296,6 +297,7 @@ def main(argv=None) -> list[dict]:
     more_seeds(min(2, a.seeds))
     # 2. YaRN at evaluation only, on those plain-RoPE checkpoints (generation only, no training)
     yarn_at_eval(seeds)
+
     def extra_arm(tag, e, mixer, where) -> None:
         """An extra arm of one mixer (its own compare dir), as many seeds as the main pair where they fit."""
         if not seeds or tag in skip:
