@@ -23,7 +23,7 @@ Writes ``OUT/dsalt_passkey.json`` (via attnlab.bench.write_results), ``OUT/dsalt
 ``OUT/passkey_vs_length.png`` and prints the table. OUT: ``--out``, else $ATTNLAB_BENCH_DIR, else
 benchmarks/results.
 
-    ATTNLAB_DSALT_AUTOTUNE=0 python benchmarks/dsalt_passkey.py --out $OUT/pk --budget-s 210
+    ATTNLAB_DSALT_AUTOTUNE=0 python benchmarks/dsalt_passkey.py --out $OUT/pk --budget-s 200
     python benchmarks/dsalt_passkey.py --quick          # CPU smoke test (a few steps)
 """
 
@@ -216,7 +216,7 @@ def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=None, help="output directory (default $ATTNLAB_BENCH_DIR or benchmarks/results)")
     p.add_argument("--budget-s", type=float, default=None,
-                   help="wall seconds from process start that the phases may use (default 210; --quick: none)")
+                   help="wall seconds from process start that the phases may use (default 200; --quick: none)")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--seeds", type=int, default=3, help="seeds wanted (seed 0 first, the rest while they fit)")
     p.add_argument("--seq-len", type=int, default=128, help="training length; scored at 1x, 2x, 4x")
@@ -241,7 +241,7 @@ def main(argv=None) -> list[dict]:
     if a.dsalt_wide is None:
         a.dsalt_wide = json.dumps({"n_max": a.seq_len})
     if a.budget_s is None:
-        a.budget_s = float("inf") if a.quick else 210.0
+        a.budget_s = float("inf") if a.quick else 200.0
     out = Path(a.out or os.environ.get("ATTNLAB_BENCH_DIR", "benchmarks/results"))
     out.mkdir(parents=True, exist_ok=True)
     skip = {s.strip() for s in a.skip.split(",") if s.strip()}
