@@ -278,17 +278,6 @@ class _LatentDiffBase(_DiffBase):
         self.scale2 = (noise_qk + (p.dr if noise_rope else 0)) ** -0.5 * p.rope.attention_scale
         self.geometry = LatentGeometry(self.n_heads, noise_heads, p.dn, p.dr, p.dv, noise_qk,
                                        {None: 0, "shared": 1, "own": 2}[noise_rope], self.scale, self.scale2)
-        self._cos_sin = {}
-
-    def _rope_table(self, t: int, device):
-        """cos/sin for positions [0, t) (training), cached per length and device."""
-        key = (t, str(device))
-        cs = self._cos_sin.get(key)
-        if cs is None or cs[0].device != self.proj.rope.inv_freq.device:
-            if len(self._cos_sin) >= 8:  # a few training lengths; never grows without bound
-                self._cos_sin.clear()
-            cs = self._cos_sin[key] = self.proj.rope.cos_sin(0, t)
-        return cs
 
     def _forward_fused(self, x):
         """Training: the fused kernel reads the projection outputs in place (no q/k concatenation,
@@ -296,7 +285,7 @@ class _LatentDiffBase(_DiffBase):
         p = self.proj
         q_all, c, k_rope = p.project(x)
         kvu = self.kv_up(c)
-        cos, sin = self._rope_table(x.shape[1], x.device)
+        cos, sin = p.rope.cos_sin(0, x.shape[1])  # slices of the rope's cached table
         o = latent_diff_attention(q_all, kvu, k_rope, self.lam(), cos, sin, self.geometry)
         return self.out_proj(self.finish(o, time_major=True))
 

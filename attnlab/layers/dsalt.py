@@ -120,9 +120,8 @@ def cached_attention(cache: DSALTCache, q, k, v, win, energy, *, edge: float, sc
     if cache.n_landmarks:
         cb = (p0 // s) * s
         keys = rank_keys(ew, posw)  # [B, Hk, W]
-        blocks = torch.arange(p0 // s, (p0 + t - 1) // s + 1, device=q.device)
         thr = []
-        for blk in blocks.tolist():
+        for blk in range(p0 // s, (p0 + t - 1) // s + 1):  # plain ints: no device sync per step
             fresh = (posw >= cb) & (posw < blk * s)
             cand = torch.cat([cache.lm_key, torch.where(fresh, keys, torch.full_like(keys, INVALID_KEY))], -1)
             thr.append(_topk_keys(cand, cache.n_landmarks)[..., -1])

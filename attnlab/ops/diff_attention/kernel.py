@@ -39,17 +39,9 @@ def _load_rows(base, offs_t, stride_t, offs_d, T, D: tl.constexpr, BD: tl.conste
 
 
 @triton.jit
-def _fwd_step(q1, q2, k1_base, k2_base, v_base, sk1t, sk2t, svt, start_n, offs_m, T,
-              m1, l1, acc1, m2, l2, acc2, qk1, qk2,
-              D1: tl.constexpr, D2: tl.constexpr, DV: tl.constexpr,
-              BD1: tl.constexpr, BD2: tl.constexpr, BDV: tl.constexpr,
-              BN: tl.constexpr, MASK: tl.constexpr):
-    offs_n = start_n + tl.arange(0, BN)
-    k1 = _load_rows(k1_base, offs_n, sk1t, tl.arange(0, BD1), T, D1, BD1)
-    k2 = _load_rows(k2_base, offs_n, sk2t, tl.arange(0, BD2), T, D2, BD2)
-    v = _load_rows(v_base, offs_n, svt, tl.arange(0, BDV), T, DV, BDV)
-    s1 = tl.dot(q1, tl.trans(k1)) * qk1
-    s2 = tl.dot(q2, tl.trans(k2)) * qk2
+def _pair_online_softmax(s1, s2, v, offs_m, offs_n, m1, l1, acc1, m2, l2, acc2, MASK: tl.constexpr):
+    """One key tile of both streams' online softmax (scores already scaled to log2 units),
+    sharing the V tile: the step the generic and the latent forward kernels have in common."""
     if MASK:
         causal = offs_m[:, None] >= offs_n[None, :]
         s1 = tl.where(causal, s1, float("-inf"))
@@ -65,6 +57,21 @@ def _fwd_step(q1, q2, k1_base, k2_base, v_base, sk1t, sk2t, svt, start_n, offs_m
     acc1 = tl.dot(p1.to(v.dtype), v, acc1 * a1[:, None])
     acc2 = tl.dot(p2.to(v.dtype), v, acc2 * a2[:, None])
     return m1n, l1, acc1, m2n, l2, acc2
+
+
+@triton.jit
+def _fwd_step(q1, q2, k1_base, k2_base, v_base, sk1t, sk2t, svt, start_n, offs_m, T,
+              m1, l1, acc1, m2, l2, acc2, qk1, qk2,
+              D1: tl.constexpr, D2: tl.constexpr, DV: tl.constexpr,
+              BD1: tl.constexpr, BD2: tl.constexpr, BDV: tl.constexpr,
+              BN: tl.constexpr, MASK: tl.constexpr):
+    offs_n = start_n + tl.arange(0, BN)
+    k1 = _load_rows(k1_base, offs_n, sk1t, tl.arange(0, BD1), T, D1, BD1)
+    k2 = _load_rows(k2_base, offs_n, sk2t, tl.arange(0, BD2), T, D2, BD2)
+    v = _load_rows(v_base, offs_n, svt, tl.arange(0, BDV), T, DV, BDV)
+    s1 = tl.dot(q1, tl.trans(k1)) * qk1
+    s2 = tl.dot(q2, tl.trans(k2)) * qk2
+    return _pair_online_softmax(s1, s2, v, offs_m, offs_n, m1, l1, acc1, m2, l2, acc2, MASK)
 
 
 @triton.jit

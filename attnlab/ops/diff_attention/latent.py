@@ -38,7 +38,7 @@ import triton
 import triton.language as tl
 
 from ..rope.kernel import _rope_kernel
-from .kernel import LOG2E, _interpret, _pow2
+from .kernel import LOG2E, _interpret, _pair_online_softmax, _pow2
 from .latent_reference import LatentGeometry, _views
 
 
@@ -89,21 +89,7 @@ def _fwd_step(q1, qr, q2, qr2, k1_base, kr_base, k2_base, v_base, sk1t, skrt, sk
     s1, s2 = _scores(q1, qr, q2, qr2, k1, kr, k2, ROPE2)
     s1 = s1 * qk1
     s2 = s2 * qk2
-    if MASK:
-        causal = offs_m[:, None] >= offs_n[None, :]
-        s1 = tl.where(causal, s1, float("-inf"))
-        s2 = tl.where(causal, s2, float("-inf"))
-    m1n = tl.maximum(m1, tl.max(s1, 1))
-    p1 = tl.math.exp2(s1 - m1n[:, None])
-    a1 = tl.math.exp2(m1 - m1n)
-    l1 = l1 * a1 + tl.sum(p1, 1)
-    m2n = tl.maximum(m2, tl.max(s2, 1))
-    p2 = tl.math.exp2(s2 - m2n[:, None])
-    a2 = tl.math.exp2(m2 - m2n)
-    l2 = l2 * a2 + tl.sum(p2, 1)
-    acc1 = tl.dot(p1.to(v.dtype), v, acc1 * a1[:, None])
-    acc2 = tl.dot(p2.to(v.dtype), v, acc2 * a2[:, None])
-    return m1n, l1, acc1, m2n, l2, acc2
+    return _pair_online_softmax(s1, s2, v, offs_m, offs_n, m1, l1, acc1, m2, l2, acc2, MASK)
 
 
 @triton.jit
