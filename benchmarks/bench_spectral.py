@@ -98,11 +98,23 @@ def time_cold_ms(fn, flush: torch.Tensor, warmup: int, repeats: int) -> float:
     return statistics.median(times)
 
 
+def host_time_us(fn, n: int) -> float:
+    """Host (CPU) microseconds per call: n calls back to back without synchronizing (the GPU queue
+    absorbs them; for a launcher slower than its kernel this is the eager step's floor)."""
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    t = (time.perf_counter() - t0) / n * 1e6
+    torch.cuda.synchronize()
+    return t
+
+
 def parse_configs(spec: str):
     """Comma list of kernel configurations:
     "default"                                   the launcher's defaults (v2 kernel)
     "v1"                                        the session-2 kernel with its defaults (the baseline)
-    "v2:split:slices:tile[:warps[:stages[:fused[:fastcvt[:unroll[:group]]]]]]"   v2 launch parameters
+    "v2:split:slices:tile[:warps[:stages[:fused[:fastcvt[:group[:blocks[:maxnreg]]]]]]]"   v2 launch parameters
     "v1:tile:blocks_per_program:fused[:warps[:stages[:maxnreg[:vmerge]]]]"   v1 launch parameters
     (0 or absent = the launcher's default)."""
     out = []
@@ -115,14 +127,15 @@ def parse_configs(spec: str):
             continue
         head, _, rest = item.partition(":")
         if head == "v2":
-            vals = [int(x) for x in rest.split(":")] + [-1] * 9
-            sp, nw, tw, warps, stages, fused, fast, unroll, group = vals[:9]
+            vals = [int(x) for x in rest.split(":")] + [-1] * 10
+            sp, nw, tw, warps, stages, fused, fast, group, bpp, maxnreg = vals[:10]
             kw = {}
             for key, val in (("split", sp), ("warp_slices", nw), ("slice_tile", tw), ("num_warps", warps),
-                             ("num_stages", stages), ("merge_group", group)):
+                             ("num_stages", stages), ("merge_group", group), ("blocks_per_program", bpp),
+                             ("maxnreg", maxnreg)):
                 if val > 0:
                     kw[key] = val
-            for key, val in (("fused_merge", fused), ("fast_cvt", fast), ("unroll", unroll)):
+            for key, val in (("fused_merge", fused), ("fast_cvt", fast)):
                 if val >= 0:
                     kw[key] = bool(val)
             out.append(kw)
@@ -152,13 +165,15 @@ def config_name(kw: dict) -> str:
             ("block_tile", 0), ("blocks_per_program", 0), ("fused_merge", False), ("num_warps", 0),
             ("num_stages", 0), ("maxnreg", 0))) + (":1" if kw.get("value_proj") == "merge" else "")
     return "v2:" + ":".join(str(int(kw[key])) if key in kw else "-" for key in (
-        "split", "warp_slices", "slice_tile", "num_warps", "num_stages", "fused_merge", "fast_cvt", "unroll",
-        "merge_group"))
+        "split", "warp_slices", "slice_tile", "num_warps", "num_stages", "fused_merge", "fast_cvt", "merge_group",
+        "blocks_per_program", "maxnreg"))
 
 
 # v2 sweep around the default, plus the v1 baseline (its session-2 defaults)
-SWEEP = ("default,v1,v2:1:4:64,v2:2:4:64,v2:4:4:32,v2:2:4:32,v2:1:8:64:8,v2:2:8:32:8,v2:1:4:64:4:1:1:1:0,"
-         "v2:1:4:64:4:2:1:1:0,v2:2:4:64:4:1:0,v2:2:4:64:4:1:1:0,v2:2:4:64:4:1:1:1:16,v2:1:8:64:8:1:0")
+SWEEP = ("default,v1,"
+         "v2:2:4:64:4:2:1,v2:2:4:64:4:2:1:1:8:1:128,v2:2:4:64:4:1:1,v2:4:4:32:4:2:1,v2:2:4:64:4:2:0,"
+         "v2:1:8:64:8:2:0:1:8:4,v2:1:8:64:8:2:0:1:8:2,v2:1:8:64:8:2:0:1:8:4:128,v2:1:8:64:8:1:0,"
+         "v2:1:4:64:4:2:0:1:8:4")
 
 HBM_TBPS = 2.5  # the rate the roofline columns assume (an H100 SXM streams ~2.5-3 TB/s in practice)
 
@@ -207,6 +222,7 @@ def main(argv=None) -> int:
             dense = lambda: F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=True)
             exact = dense().float()
             t_dense = time_ms(dense, warmup, repeats)
+            dense_host = host_time_us(dense, 200) if cuda else None
             dense_g = graphed(dense) if use_graphs else None
             t_dense_g = time_ms(dense_g, warmup, repeats) if use_graphs else None
             t_dense_cold = time_cold_ms(dense_g or dense, flush, warmup, repeats) if cold else None
@@ -227,7 +243,8 @@ def main(argv=None) -> int:
                 hot_k, hot_v = cache.hot_k[:, :, :cache.hot_len], cache.hot_v[:, :, :cache.hot_len]
                 ref = lambda: spectral_attention(q, blocks, hot_k, hot_v, t, scale)
                 out_ref = ref().float()
-                row = {"B": b, "T": t, "key_rank": rk, "value_rank": rv, "block": bs, "dense_ms": t_dense}
+                row = {"B": b, "T": t, "key_rank": rk, "value_rank": rv, "block": bs, "dense_ms": t_dense,
+                       "dense_host_us": dense_host}
                 if use_graphs:
                     row["dense_graph_ms"] = t_dense_g
                 if cold:
@@ -241,6 +258,7 @@ def main(argv=None) -> int:
                                 cache.n_blocks, cache.hot_k, cache.hot_v, cache.hot_len, scale, **kw)
                             err = rel_err(kern().float(), out_ref)
                             ms = time_ms(kern, warmup, repeats)
+                            host_us = host_time_us(kern, 200) if cuda else None
                             kern_g = graphed(kern) if use_graphs else None
                             ms_g = time_ms(kern_g, warmup, repeats) if use_graphs else None
                             ms_c = time_cold_ms(kern_g or kern, flush, warmup, repeats) if cold else None
@@ -248,12 +266,13 @@ def main(argv=None) -> int:
                             print(f"kernel config {name} failed: {e!r}", flush=True)
                             continue
                         rec = {"B": b, "T": t, "key_rank": rk, "value_rank": rv, "config": name, "err": err,
-                               "eager_ms": ms, "graph_ms": ms_g, "cold_ms": ms_c}
+                               "eager_ms": ms, "graph_ms": ms_g, "cold_ms": ms_c, "host_us": host_us}
                         sweep.append(rec)
                         if len(configs) > 1:
                             print("  ", rec, flush=True)
                         if kw == {"impl": "v1"}:  # the baseline: session 2's kernel and launch defaults
                             row["v1_ms"] = ms
+                            row["v1_host_us"] = host_us
                             if use_graphs:
                                 row["v1_graph_ms"] = ms_g
                                 row["v1_speedup_graph"] = t_dense_g / ms_g
@@ -261,6 +280,7 @@ def main(argv=None) -> int:
                                 row["v1_cold_ms"] = ms_c
                         if not kw or "kernel_ms" not in row:  # the launcher's default config
                             row["kernel_ms"] = ms
+                            row["kernel_host_us"] = host_us
                             row["speedup_eager"] = t_dense / ms
                             if use_graphs:
                                 row["kernel_graph_ms"] = ms_g

@@ -203,6 +203,12 @@ def test_bad_options():
     (torch.float16, False, dict(b=1, hq=4, hk=1, d=32, rk=8, rv=16, bs=32, t=170, hw=0), {"fused_merge": False}),
     (torch.float16, True, dict(b=1, hq=2, hk=2, d=32, rk=8, rv=16, bs=64, t=170, hw=0),
      {"warp_slices": 4, "slice_tile": 16, "split": 1}),
+    (torch.float16, True, dict(b=1, hq=4, hk=2, d=32, rk=8, rv=16, bs=64, t=150, hw=3),  # 2 steps per slice
+     {"warp_slices": 2, "slice_tile": 16, "split": 1, "fused_merge": False}),
+    (torch.float32, True, dict(b=1, hq=2, hk=1, d=16, rk=4, rv=8, bs=64, t=140, hw=0),  # 4 steps per slice
+     {"warp_slices": 1, "slice_tile": 16, "split": 1}),
+    (torch.float16, True, dict(b=2, hq=4, hk=2, d=32, rk=8, rv=16, bs=32, t=170, hw=0),  # 3 blocks per program
+     {"split": 1, "blocks_per_program": 3, "warp_slices": 2, "slice_tile": 16}),
     # v1 (the session-2 kernel, kept as the baseline)
     (torch.float32, True, dict(b=1, hq=6, hk=2, d=24, rk=5, rv=7, bs=16, t=75, hw=9), {"impl": "v1", "fused_merge": True}),
     (torch.float16, True, dict(b=2, hq=4, hk=1, d=64, rk=16, rv=32, bs=32, t=100, hw=0), {"impl": "v1"}),
@@ -269,7 +275,7 @@ def test_kernel_v2_falls_back_when_out_of_shared_memory(monkeypatch):
     real, tried = K._launch_v2, []
 
     def launch(*args):
-        tw = args[-7]  # (..., split, warp_slices, slice_tile, num_warps, num_stages, fused, fast, unroll, group)
+        tw = args[-8]  # (..., split, slices, tile, warps, stages, fused, fast, group, blocks, maxnreg)
         tried.append(tw)
         if tw > 16:
             raise K.OutOfResources(300000, 232448, "shared memory")
@@ -316,8 +322,11 @@ def test_cache_uses_kernel_backend():
     assert rel_err(outs[1], outs[0]) <= 1e-5
 
 
-_GPU_KW = [{}, {"fused_merge": False}, {"split": 2}, {"split": 4, "slice_tile": 32}, {"slice_tile": 32},
-           {"slice_tile": 128}, {"warp_slices": 8, "num_warps": 8}, {"num_stages": 2}, {"fast_cvt": False},
+_GPU_KW = [{}, {"fused_merge": False}, {"split": 2, "num_stages": 1}, {"split": 4, "slice_tile": 32},
+           {"split": 1, "warp_slices": 8, "num_warps": 8, "blocks_per_program": 3, "num_stages": 2,
+            "fused_merge": False},
+           {"split": 1, "warp_slices": 4, "slice_tile": 32, "blocks_per_program": 2},  # 2 steps per slice
+           {"maxnreg": 128}, {"fast_cvt": False},
            {"impl": "v1"}, {"impl": "v1", "fused_merge": True},
            {"impl": "v1", "blocks_per_program": 4, "block_tile": 128, "num_warps": 4, "num_stages": 2},
            {"impl": "v1", "value_proj": "merge"}]

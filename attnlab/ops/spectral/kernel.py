@@ -414,11 +414,9 @@ if HAS_TRITON:
             tl.store(OACC + drow[:, None] * DV + offs_dv[None, :], acc, mask=gmask[:, None] & dvmask[None, :])
 
     @triton.jit
-    def _slices_step(t0, tok0, qb3, m3, l3, pc3, CK, SK, CV, SV, offs_rk, offs_rv, rkmask, rvmask,
-                     RK: tl.constexpr, RKP: tl.constexpr, RV: tl.constexpr, RVP: tl.constexpr,
-                     QUANT: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr, FASTCVT: tl.constexpr):
-        """One step of the token slices: TW tokens of each slice (online softmax per slice)."""
-        tok = tok0 + t0
+    def _slices_load(tok, CK, SK, CV, SV, offs_rk, offs_rv, rkmask, rvmask, RK: tl.constexpr, RKP: tl.constexpr,
+                     RV: tl.constexpr, RVP: tl.constexpr, QUANT: tl.constexpr):
+        """The coefficient tiles [NW, TW, r] (and scales [NW, TW]) of tokens tok [NW, TW]."""
         ck_ptr = CK + tok[:, :, None] * RK + offs_rk[None, None, :]
         cv_ptr = CV + tok[:, :, None] * RV + offs_rv[None, None, :]
         if RK == RKP:
@@ -432,6 +430,16 @@ if HAS_TRITON:
         if QUANT:
             sk = tl.load(SK + tok)
             sv = tl.load(SV + tok)
+        else:
+            sk = tl.zeros(tok.shape, tl.float32)
+            sv = sk
+        return ck, cv, sk, sv
+
+    @triton.jit
+    def _slices_compute(ck, cv, sk, sv, qb3, m3, l3, pc3, QUANT: tl.constexpr, LOWP: tl.constexpr,
+                        PREC: tl.constexpr, FASTCVT: tl.constexpr):
+        """One step of the token slices (TW tokens each, a warp each): scores, online softmax per
+        slice, aggregation in coefficient space."""
         if LOWP:
             if QUANT:
                 ckf = _i8_to_f16(ck, FASTCVT)
@@ -455,8 +463,7 @@ if HAS_TRITON:
             pc3 = pc3 * alpha[:, :, None] + tl.dot(p.to(tl.float16), cvf)
         else:
             pc3 = pc3 * alpha[:, :, None] + tl.dot(p, cvf, input_precision=PREC)
-        m3 = m_new
-        return m3, l3, pc3
+        return m_new, l3, pc3
 
     @triton.jit(do_not_specialize=["n_blocks", "hot_len"])
     def _spectral_v2(
@@ -465,11 +472,10 @@ if HAS_TRITON:
         G: tl.constexpr, GP: tl.constexpr, GQ: tl.constexpr,
         D: tl.constexpr, DP: tl.constexpr, DV: tl.constexpr, DVP: tl.constexpr,
         RK: tl.constexpr, RKP: tl.constexpr, RV: tl.constexpr, RVP: tl.constexpr,
-        BS: tl.constexpr, SPLIT: tl.constexpr, NW: tl.constexpr, TW: tl.constexpr,
+        BS: tl.constexpr, SPLIT: tl.constexpr, BPP: tl.constexpr, NW: tl.constexpr, TW: tl.constexpr,
         HOT_PER_SPLIT: tl.constexpr, HT: tl.constexpr,
         QUANT: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr,
-        FUSED: tl.constexpr, GRP: tl.constexpr, SCH: tl.constexpr, FASTCVT: tl.constexpr,
-        UNROLL: tl.constexpr, I64: tl.constexpr,
+        FUSED: tl.constexpr, GRP: tl.constexpr, SCH: tl.constexpr, FASTCVT: tl.constexpr, I64: tl.constexpr,
     ):
         pid_bh = tl.program_id(0)
         pid_s = tl.program_id(1)
@@ -488,9 +494,9 @@ if HAS_TRITON:
             q = q.to(tl.float32)
 
         if pid_s < n_comp:
-            # one compressed block n, token part `part` of SPLIT; the part's tokens are cut into NW
-            # slices (the batch dimension of the dots: a warp each) walked TW tokens at a time, each
-            # slice with its own online softmax; the slices are combined once at the end.
+            # BPP consecutive compressed blocks (or, SPLIT > 1, token part `part` of one block); the
+            # tokens are cut into NW slices (the batch dimension of the dots: a warp each) walked
+            # TW tokens at a time, each slice with its own online softmax, combined once per block.
             TPW: tl.constexpr = BS // SPLIT // NW
             offs_rk = tl.arange(0, RKP)
             offs_rv = tl.arange(0, RVP)
@@ -498,43 +504,61 @@ if HAS_TRITON:
             offs_t = tl.arange(0, TW)
             rkmask = offs_rk < RK
             rvmask = offs_rv < RV
-            n = pid_s // SPLIT
+            m_i = tl.full([GP], -1.0e30, tl.float32)
+            l_i = tl.zeros([GP], tl.float32)
+            acc = tl.zeros([GP, DVP], tl.float32)
+            n0 = (pid_s // SPLIT) * BPP
+            n1 = tl.minimum(n0 + BPP, n_blocks)
             part = pid_s % SPLIT
-            blk = pid_bh * nb_cap + n
-            if I64:  # buffers of 2**31 elements or more: 64-bit offsets
-                blk = blk.to(tl.int64)
-            bk_ptr = BK + blk * (RK * D) + offs_rk[:, None] * D + offs_d[None, :]
-            if RK == RKP and D == DP:
-                bk = tl.load(bk_ptr)
-            else:
-                bk = tl.load(bk_ptr, mask=rkmask[:, None] & dmask[None, :], other=0.0)
-            if LOWP:
-                qb = (tl.dot(q, tl.trans(bk.to(q.dtype))) * qk_scale).to(tl.float16)  # [GP, RKP]
-            else:
-                qb = tl.dot(q, tl.trans(bk.to(tl.float32)), input_precision=PREC) * qk_scale
-            qb3 = tl.broadcast_to(qb[None, :, :], (NW, GP, RKP))
-            m3 = tl.full([NW, GP], -1.0e30, tl.float32)
-            l3 = tl.zeros([NW, GP], tl.float32)
-            pc3 = tl.zeros([NW, GP, RVP], tl.float32)
-            tok0 = blk * BS + part * (BS // SPLIT) + offs_w[:, None] * TPW + offs_t[None, :]  # [NW, TW]
-            bv_ptr = BV + blk * (RV * DV) + offs_rv[:, None] * DV + offs_dv[None, :]
-            if RV == RVP and DV == DVP:  # issued early: used only after the token loop
-                bv = tl.load(bv_ptr)
-            else:
-                bv = tl.load(bv_ptr, mask=rvmask[:, None] & dvmask[None, :], other=0.0)
-            if UNROLL:  # unrolled: the loads of every step can be issued up front
-                for t0 in tl.static_range(0, TPW, TW):
-                    m3, l3, pc3 = _slices_step(t0, tok0, qb3, m3, l3, pc3, CK, SK, CV, SV, offs_rk, offs_rv, rkmask,
-                                               rvmask, RK, RKP, RV, RVP, QUANT, LOWP, PREC, FASTCVT)
-            else:
-                for t0 in range(0, TPW, TW):
-                    m3, l3, pc3 = _slices_step(t0, tok0, qb3, m3, l3, pc3, CK, SK, CV, SV, offs_rk, offs_rv, rkmask,
-                                               rvmask, RK, RKP, RV, RVP, QUANT, LOWP, PREC, FASTCVT)
-            m_i = tl.max(m3, 0)
-            wsl = tl.exp2(m3 - m_i[None, :])
-            l_i = tl.sum(l3 * wsl, 0)
-            pc = tl.sum(pc3 * wsl[:, :, None], 0)  # [GP, RVP]
-            acc = tl.dot(pc, bv.to(tl.float32), input_precision=PREC)  # [GP, DVP]
+            # a loop over the blocks even for one: Triton's pipeliner then issues all of a block's
+            # loads together (cp.async, num_stages >= 2) and the next block's during this one's math
+            for n in range(n0, n1):
+                blk = pid_bh * nb_cap + n
+                if I64:  # buffers of 2**31 elements or more: 64-bit offsets
+                    blk = blk.to(tl.int64)
+                tok0 = blk * BS + part * (BS // SPLIT) + offs_w[:, None] * TPW + offs_t[None, :]  # [NW, TW]
+                # every global load first (layout changes go through shared memory behind barriers,
+                # and loads after a barrier wait for it)
+                ck, cv, sk, sv = _slices_load(tok0, CK, SK, CV, SV, offs_rk, offs_rv, rkmask, rvmask, RK, RKP, RV,
+                                              RVP, QUANT)
+                bk_ptr = BK + blk * (RK * D) + offs_rk[:, None] * D + offs_d[None, :]
+                bv_ptr = BV + blk * (RV * DV) + offs_rv[:, None] * DV + offs_dv[None, :]
+                if RK == RKP and D == DP:
+                    bk = tl.load(bk_ptr)
+                else:
+                    bk = tl.load(bk_ptr, mask=rkmask[:, None] & dmask[None, :], other=0.0)
+                if RV == RVP and DV == DVP:
+                    bv = tl.load(bv_ptr)
+                else:
+                    bv = tl.load(bv_ptr, mask=rvmask[:, None] & dvmask[None, :], other=0.0)
+                if LOWP:
+                    qb = (tl.dot(q, tl.trans(bk.to(q.dtype))) * qk_scale).to(tl.float16)  # [GP, RKP]
+                else:
+                    qb = tl.dot(q, tl.trans(bk.to(tl.float32)), input_precision=PREC) * qk_scale
+                qb3 = tl.broadcast_to(qb[None, :, :], (NW, GP, RKP))
+                m3 = tl.full([NW, GP], -1.0e30, tl.float32)
+                l3 = tl.zeros([NW, GP], tl.float32)
+                pc3 = tl.zeros([NW, GP, RVP], tl.float32)
+                if TPW == TW:  # one step
+                    m3, l3, pc3 = _slices_compute(ck, cv, sk, sv, qb3, m3, l3, pc3, QUANT, LOWP, PREC, FASTCVT)
+                else:  # the next step's tiles are loaded before this step's math (registers, two deep)
+                    for t0 in range(TW, TPW + TW, TW):
+                        nt = tl.minimum(t0, TPW - TW)  # the last step reloads its own tiles (cached)
+                        ck2, cv2, sk2, sv2 = _slices_load(tok0 + nt, CK, SK, CV, SV, offs_rk, offs_rv, rkmask,
+                                                          rvmask, RK, RKP, RV, RVP, QUANT)
+                        m3, l3, pc3 = _slices_compute(ck, cv, sk, sv, qb3, m3, l3, pc3, QUANT, LOWP, PREC, FASTCVT)
+                        ck, cv, sk, sv = ck2, cv2, sk2, sv2
+                m_b = tl.max(m3, 0)
+                wsl = tl.exp2(m3 - m_b[None, :])
+                l_b = tl.sum(l3 * wsl, 0)
+                pc = tl.sum(pc3 * wsl[:, :, None], 0)  # [GP, RVP]
+                o_b = tl.dot(pc, bv.to(tl.float32), input_precision=PREC)  # [GP, DVP]
+                m_new = tl.maximum(m_i, m_b)
+                wa = tl.exp2(m_i - m_new)
+                wb = tl.exp2(m_b - m_new)
+                acc = acc * wa[:, None] + o_b * wb[:, None]
+                l_i = l_i * wa + l_b * wb
+                m_i = m_new
         else:
             m_i = tl.full([GP], -1.0e30, tl.float32)
             l_i = tl.zeros([GP], tl.float32)
@@ -828,7 +852,7 @@ def _make_plan(skey, q, ck, cv, bv, hot_k, n_blocks, hot_len, hot_per_split, vme
 # ---------------------------------------------------------------------------------------------
 # v2 launcher
 # ---------------------------------------------------------------------------------------------
-_V1_ONLY = ("block_tile", "blocks_per_program", "value_proj", "maxnreg")
+_V1_ONLY = ("block_tile", "value_proj")
 
 try:
     from triton import knobs as _knobs
@@ -849,7 +873,7 @@ def default_config_v2(n_bh: int, n_blocks: int, block_size: int, n_sms: int, ele
 
     split: programs per compressed block (each takes block_size / split tokens); warp_slices:
     token slices per program (the batch dimension of its dots, one warp each); slice_tile: tokens
-    per slice and step; unroll: the steps unrolled (their loads issued up front); fused_merge: the
+    per slice and step; fused_merge: the
     partials are merged in the same launch (two levels: groups of merge_group splits, then the
     groups), else by a second launch."""
     if elem_size >= 4:  # fp32 caches: IEEE fp32 dots, smaller tiles
@@ -858,11 +882,14 @@ def default_config_v2(n_bh: int, n_blocks: int, block_size: int, n_sms: int, ele
         # about 4 programs per SM: split the blocks while there are fewer
         units = max(1, n_bh * max(n_blocks, 1))
         split = min(next_pow2(-(-4 * n_sms // units)), max(1, block_size // 64))
-        if split == 1:  # many blocks: one program of 8 warps per block, one 64-token step each
-            cfg = dict(split=1, warp_slices=8, slice_tile=64, num_warps=8, num_stages=1, fused_merge=True)
-        else:
-            cfg = dict(split=split, warp_slices=4, slice_tile=64, num_warps=4, num_stages=1, fused_merge=True)
-    cfg.update(unroll=True, merge_group=8)
+        if split == 1:  # many blocks: 8 warps (a 64-token slice each) per block, 4 blocks per program,
+            # the next block's loads in flight during this one's math; separate merge launch
+            cfg = dict(split=1, warp_slices=8, slice_tile=64, num_warps=8, num_stages=2, fused_merge=False,
+                       blocks_per_program=4)
+        else:  # few blocks: parts of a block per program, all its loads in one round; merge in-kernel
+            cfg = dict(split=split, warp_slices=4, slice_tile=64, num_warps=4, num_stages=2, fused_merge=True)
+    cfg.setdefault("blocks_per_program", 1)
+    cfg.update(merge_group=8)
     return cfg
 
 
@@ -882,9 +909,10 @@ def _fit_v2(bs: int, split: int, nw: int, tw: int):
 def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_k: torch.Tensor,
                     hot_v: torch.Tensor, hot_len: int, scale: float | None = None, *, impl: str = "v2",
                     split: int | None = None, warp_slices: int | None = None, slice_tile: int | None = None,
-                    hot_per_split: int = 256, fused_merge: bool | None = None, fast_cvt: bool | None = None,
-                    unroll: bool | None = None, merge_group: int | None = None, num_warps: int | None = None,
-                    num_stages: int | None = None, **v1_options) -> torch.Tensor:
+                    blocks_per_program: int | None = None, hot_per_split: int = 256,
+                    fused_merge: bool | None = None, fast_cvt: bool | None = None,
+                    merge_group: int | None = None, num_warps: int | None = None,
+                    num_stages: int | None = None, maxnreg: int | None = None, **v1_options) -> torch.Tensor:
     """Decode attention of q [B, Hq, 1, d] over a spectral cache's buffers.
 
     ck [B, Hk, NBcap, bs, rk] int8 (or float when sk is None), sk [B, Hk, NBcap, bs] float32,
@@ -900,8 +928,9 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
     """
     if impl == "v1":
         return _spectral_decode_v1(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale,
-                                   hot_per_split=hot_per_split, fused_merge=fused_merge, num_warps=num_warps,
-                                   num_stages=num_stages, **v1_options)
+                                   blocks_per_program=blocks_per_program, hot_per_split=hot_per_split,
+                                   fused_merge=fused_merge, num_warps=num_warps, num_stages=num_stages,
+                                   maxnreg=maxnreg, **v1_options)
     if impl != "v2":
         raise ValueError(f"impl must be 'v1' or 'v2'; got {impl!r}")
     if v1_options:
@@ -929,7 +958,7 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
     first = (sp, nw, tw, num_warps or cfg["num_warps"], num_stages or cfg["num_stages"],
              cfg["fused_merge"] if fused_merge is None else bool(fused_merge),
              (dev.type == "cuda" and not _interpreting()) if fast_cvt is None else bool(fast_cvt),
-             cfg["unroll"] if unroll is None else bool(unroll), merge_group or cfg["merge_group"])
+             merge_group or cfg["merge_group"], 1 if sp > 1 else (blocks_per_program or cfg["blocks_per_program"]), maxnreg)
     scale = d**-0.5 if scale is None else scale
     out = torch.empty(b, hq, 1, bv.shape[-1], device=dev, dtype=q.dtype)
     args = (q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale, out, hot_per_split)
@@ -960,7 +989,7 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
 
 
 def _launch_v2(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale, out, hot_per_split,
-               sp, nw, tw, num_warps, num_stages, fused, fast, unroll, grp):
+               sp, nw, tw, num_warps, num_stages, fused, fast, grp, bpp, maxnreg):
     dev = q.device
     cuda = dev.type == "cuda"
     replay = _FAST_LAUNCH and cuda and not _interpreting()
@@ -974,7 +1003,7 @@ def _launch_v2(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale
     tensors = (q, ck, sk, bk, cv, sv, bv, hot_k, hot_v)
     key = (skey, q.shape, q.dtype, ck.shape, ck.dtype, bk.shape, bk.dtype, cv.shape, bv.shape, bv.dtype, hot_k.shape,
            hot_k.dtype, hot_v.shape, quant, n_blocks, n_hot, hot_per_split, sp, nw, tw, num_warps, num_stages, fused,
-           fast, unroll, grp, tuple(x is None or x.data_ptr() % 16 == 0 for x in tensors))
+           fast, grp, bpp, maxnreg, tuple(x is None or x.data_ptr() % 16 == 0 for x in tensors))
     plan = _V2_PLANS.get(key)
     if plan is not None and plan[0] is not None:  # replay: the compiled launchers, new pointers
         if _knobs.runtime.launch_enter_hook is None and _knobs.runtime.launch_exit_hook is None:
@@ -993,13 +1022,14 @@ def _launch_v2(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale
             return
     if plan is None:
         plan = (None, _make_plan_v2(q, ck, bk, cv, bv, hot_k, n_blocks, n_hot, hot_per_split, quant, sp, nw, tw, fused,
-                                    fast, unroll, grp))
+                                    fast, grp, bpp))
     grid, mgrid, work, cnt, consts, mconsts, (nb_cap, hot_cap, n_comp, n_splits, n_groups) = plan[1]
     pm, pl, pacc, pm2, pl2, pacc2 = work
     a = [q, ck, sk if quant else pm, bk, cv, sv if quant else pm, bv, hot_k, hot_v, pm, pl, pacc, cnt, out, pm2, pl2,
          pacc2, n_blocks, nb_cap, hot_len, hot_cap, n_comp, n_splits, n_groups, scale * 1.4426950408889634,
          *consts.values()]
-    k1 = _spectral_v2[grid](*a, num_warps=num_warps, num_stages=num_stages)
+    opts = {} if maxnreg is None else {"maxnreg": maxnreg}
+    k1 = _spectral_v2[grid](*a, num_warps=num_warps, num_stages=num_stages, **opts)
     launches = [(k1, grid, a)]
     if mgrid is not None:
         am = [pm, pl, pacc, out, n_splits, *mconsts.values()]
@@ -1020,8 +1050,8 @@ def _launch_v2(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale
     _V2_PLANS[key] = (rec, plan[1])
 
 
-def _make_plan_v2(q, ck, bk, cv, bv, hot_k, n_blocks, n_hot, hot_per_split, quant, sp, nw, tw, fused, fast,
-                  unroll, grp):
+def _make_plan_v2(q, ck, bk, cv, bv, hot_k, n_blocks, n_hot, hot_per_split, quant, sp, nw, tw, fused, fast, grp,
+                  bpp):
     b, hq, _, d = q.shape
     _, hk, nb_cap, bs, rk = ck.shape
     rv, dv = cv.shape[-1], bv.shape[-1]
@@ -1029,7 +1059,7 @@ def _make_plan_v2(q, ck, bk, cv, bv, hot_k, n_blocks, n_hot, hot_per_split, quan
     g = hq // hk
     gq = next_pow2(g)
     n_bh = b * hk
-    n_comp = n_blocks * sp
+    n_comp = n_blocks * sp if sp > 1 else -(-n_blocks // bpp)
     n_splits = max(1, n_comp + n_hot)
     n_groups = -(-n_splits // grp)
     n1, n2 = n_bh * n_splits * gq, n_bh * n_groups * gq  # partial rows of the two merge levels
@@ -1040,9 +1070,9 @@ def _make_plan_v2(q, ck, bk, cv, bv, hot_k, n_blocks, n_hot, hot_per_split, quan
     lowp = q.dtype != torch.float32
     dvp = _p2(dv)
     consts = dict(G=g, GP=_p2(g), GQ=gq, D=d, DP=_p2(d), DV=dv, DVP=dvp, RK=rk, RKP=_p2(rk), RV=rv, RVP=_p2(rv),
-                  BS=bs, SPLIT=sp, NW=nw, TW=tw, HOT_PER_SPLIT=hot_per_split, HT=64, QUANT=quant,
+                  BS=bs, SPLIT=sp, BPP=bpp, NW=nw, TW=tw, HOT_PER_SPLIT=hot_per_split, HT=64, QUANT=quant,
                   LOWP=lowp and (quant or ck.dtype == torch.float16), PREC="ieee" if not lowp else "tf32",
-                  FUSED=fused, GRP=grp, SCH=8, FASTCVT=fast and quant, UNROLL=unroll,
+                  FUSED=fused, GRP=grp, SCH=8, FASTCVT=fast and quant,
                   I64=max(ck.numel(), cv.numel(), bk.numel(), bv.numel()) >= 2**31)
     mgrid = mconsts = None
     if not fused:
