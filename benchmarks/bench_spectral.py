@@ -171,9 +171,9 @@ def config_name(kw: dict) -> str:
 
 # v2 sweep around the default, plus the v1 baseline (its session-2 defaults)
 SWEEP = ("default,v1,"
-         "v2:2:4:64:4:2:1,v2:2:4:64:4:2:1:1:8:1:128,v2:2:4:64:4:1:1,v2:4:4:32:4:2:1,v2:2:4:64:4:2:0,"
-         "v2:1:8:64:8:2:0:1:8:4,v2:1:8:64:8:2:0:1:8:2,v2:1:8:64:8:2:0:1:8:4:128,v2:1:8:64:8:1:0,"
-         "v2:1:4:64:4:2:0:1:8:4")
+         "v2:2:4:64:4:2:1,v2:2:4:64:8:2:1,v2:2:4:64:4:2:1:1:8:1:168,v2:4:4:32:4:2:1,v2:1:8:64:8:2:1,"
+         "v2:2:4:64:4:1:1,v2:2:4:64:4:2:0,v2:1:8:64:8:2:0:1:8:4,v2:1:8:64:8:2:0:1:8:2,"
+         "v2:1:8:64:8:2:0:1:8:4:128,v2:1:8:64:8:3:0:1:8:4")
 
 HBM_TBPS = 2.5  # the rate the roofline columns assume (an H100 SXM streams ~2.5-3 TB/s in practice)
 
@@ -320,6 +320,12 @@ def main(argv=None) -> int:
                         "graphs": use_graphs, "cold_l2": cold, "kernel_configs": [config_name(c) for c in configs],
                         "data": "synthetic rank-structured K/V (see docstring)"},
              "sweep": sweep}
+    try:
+        from attnlab.ops.spectral.kernel import LAUNCH_STATS
+        extra["launch_stats"] = dict(LAUNCH_STATS)
+        print("v2 launches:", LAUNCH_STATS, flush=True)
+    except ImportError:
+        pass
     write_results(args.name, rows, extra)
     partial = Path(os.environ.get("ATTNLAB_BENCH_DIR", "benchmarks/results")) / f"{args.name}.partial.json"
     partial.unlink(missing_ok=True)

@@ -417,10 +417,15 @@ def test_kernel_replay_and_cuda_graph_gpu():
         return spectral_attention(q.float(), c.blocks(), c.hot_k[:, :, :c.hot_len].float(),
                                   c.hot_v[:, :, :c.hot_len].float(), c.seen - 1, d**-0.5)
 
+    from attnlab.ops.spectral import kernel as K
+
+    n0 = K.LAUNCH_STATS["replayed"]
     for i in range(4):
         c = caches[i % 2]
         q = torch.randn(b, hq, 1, d, device=dev, dtype=torch.bfloat16)
         assert rel_err(call(c, q), ref(c, q)) <= 1e-2, i
+    assert K.LAUNCH_STATS["replay_unavailable"] == 0
+    assert K.LAUNCH_STATS["replayed"] >= n0 + 3  # every call after the first of its shape
     c = caches[0]
     q_static = torch.randn(b, hq, 1, d, device=dev, dtype=torch.bfloat16)
     s = torch.cuda.Stream()

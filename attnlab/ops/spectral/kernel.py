@@ -862,6 +862,7 @@ except ImportError:  # pragma: no cover - triton without knobs (older than 3.4) 
 
 _FAST_LAUNCH = os.environ.get("ATTNLAB_FAST_LAUNCH", "1") != "0" and _knobs is not None
 _V2_PLANS: dict = {}
+LAUNCH_STATS = {"replayed": 0, "jit": 0, "replay_unavailable": 0}  # v2 launches by path (diagnostics)
 
 
 def _interpreting() -> bool:
@@ -1019,6 +1020,7 @@ def _launch_v2(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale
                 a = list(tpl)
                 a[3] = out
                 run(g0, g1, 1, stream, fn, meta, None, None, None, *a)
+            LAUNCH_STATS["replayed"] += 1
             return
     if plan is None:
         plan = (None, _make_plan_v2(q, ck, bk, cv, bv, hot_k, n_blocks, n_hot, hot_per_split, quant, sp, nw, tw, fused,
@@ -1030,6 +1032,7 @@ def _launch_v2(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale
          *consts.values()]
     opts = {} if maxnreg is None else {"maxnreg": maxnreg}
     k1 = _spectral_v2[grid](*a, num_warps=num_warps, num_stages=num_stages, **opts)
+    LAUNCH_STATS["jit"] += 1
     launches = [(k1, grid, a)]
     if mgrid is not None:
         am = [pm, pl, pacc, out, n_splits, *mconsts.values()]
@@ -1045,6 +1048,7 @@ def _launch_v2(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale
             rec = (rec[0], rec[1] if len(rec) > 1 else None)
         except Exception:  # noqa: BLE001 - this triton does not expose the launcher pieces: no replay
             rec = None
+            LAUNCH_STATS["replay_unavailable"] += 1
     if len(_V2_PLANS) > 1024:
         _V2_PLANS.clear()
     _V2_PLANS[key] = (rec, plan[1])
