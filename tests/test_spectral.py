@@ -297,11 +297,94 @@ def test_kernel_v2_falls_back_when_out_of_shared_memory(monkeypatch):
     assert rel_err(out, ref) <= 1e-5
 
 
+@pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
+def test_launch_replay_patches_the_arguments(monkeypatch):
+    """The replayed launch (a shape's second call onwards) passes the compiled launcher exactly the
+    arguments Triton's JIT launch would get for that call (new tensors, hot_len, scale), checked
+    on CPU with stand-ins for the kernels and launcher (the GPU test checks the real launcher)."""
+    from attnlab.ops.spectral import kernel as K
+
+    calls = []
+
+    class Compiled:
+        function, packed_metadata = "fn", "meta"
+
+        def __init__(self, name):
+            self.name = name
+
+        def run(self, g0, g1, g2, stream, fn, meta, lm, enter, exit_, *args):
+            calls.append(("replay", self.name, (g0, g1), args))
+
+    class JIT:
+        def __init__(self, name):
+            self.name = name
+
+        def __getitem__(self, grid):
+            def launch(*args, **opts):
+                calls.append(("jit", self.name, tuple(grid), args))
+                return Compiled(self.name)
+            return launch
+
+    monkeypatch.setattr(K, "_spectral_v2", JIT("split"))
+    monkeypatch.setattr(K, "_merge_v2_kernel", JIT("merge"))
+    monkeypatch.setattr(K, "_replay_ok", lambda dev: True)
+    monkeypatch.setattr(K, "_current_stream", lambda dev: 7)
+    monkeypatch.setattr(K, "_hooks_active", lambda: False)
+    monkeypatch.setattr(K, "_FAST_LAUNCH", True)
+    monkeypatch.setattr(K, "_V2_PLANS", {})
+    b, hq, hk, d, t = 1, 4, 2, 32, 150
+    caches = []
+    for i in range(2):
+        c = make_cache(b, t + 1 + i, hk, d, key_rank=8, value_rank=16, block_size=64, hot_window=8)
+        c.append(torch.randn(b, hk, t + i, d), torch.randn(b, hk, t + i, d))
+        caches.append(c)
+    assert caches[0].n_blocks == caches[1].n_blocks and caches[0].hot_len != caches[1].hot_len
+
+    def call(c, q, scale, fused):
+        return spectral_decode(q, c.ck, c.sk, c.bk, c.cv, c.sv, c.bv, c.n_blocks, c.hot_k, c.hot_v, c.hot_len, scale,
+                               fused_merge=fused)
+
+    for fused in (True, False):
+        calls.clear()
+        call(caches[0], torch.randn(b, hq, 1, d), 0.3, fused)
+        q = torch.randn(b, hq, 1, d)
+        out = call(caches[1], q, 0.4, fused)
+        assert [x[0] for x in calls] == ["jit"] * (1 if fused else 2) + ["replay"] * (1 if fused else 2)
+        replayed = [x for x in calls if x[0] == "replay"]
+        monkeypatch.setattr(K, "_V2_PLANS", {})  # the JIT launch of the same call, for comparison
+        calls.clear()
+        out2 = call(caches[1], q, 0.4, fused)
+        for (_, name, grid, args), (_, name2, grid2, args2) in zip(replayed, calls):
+            assert name == name2 and grid == grid2 and len(args) == len(args2)
+            for x, y in zip(args, args2):
+                if isinstance(x, torch.Tensor):
+                    same = x is y or (x.data_ptr() == y.data_ptr() and x.shape == y.shape) or (x is out and y is out2)
+                    assert same
+                else:
+                    assert x == y
+
+
+def test_auto_picks_the_kernel(monkeypatch):
+    from attnlab.ops.spectral import kernel as K
+
+    picked = []
+    monkeypatch.setattr(K, "_spectral_decode_v1", lambda *a, **kw: picked.append("v1"))
+    monkeypatch.setattr(K, "_launch_v2", lambda *a: picked.append("v2"))
+    monkeypatch.setattr(K, "HAS_TRITON", True)
+    q = torch.zeros(1, 2, 1, 16)
+    z = torch.zeros(1, 1, 40, 32, 4)
+    h = torch.zeros(1, 1, 32, 16)
+    for n, kw, want in ((16, {}, "v2"), (17, {}, "v1"), (17, {"split": 2}, "v2"), (3, {"block_tile": 16}, "v1"),
+                        (3, {"fused_merge": True}, "v2")):
+        spectral_decode(q, z, None, z, z, None, z, n, h, h, 1, **kw)
+        assert picked[-1] == want, (n, kw)
+
+
 def test_kernel_options_are_checked():
     q = torch.zeros(1, 2, 1, 16)
     z = torch.zeros(1, 1, 1, 16, 4)
     with pytest.raises(ValueError, match="impl='v1'"):
-        spectral_decode(q, z, None, z, z, None, z, 1, z[..., 0, :], z[..., 0, :], 0, block_tile=16)
+        spectral_decode(q, z, None, z, z, None, z, 1, z[..., 0, :], z[..., 0, :], 0, block_tile=16, impl="v2")
     with pytest.raises(ValueError, match="impl must be"):
         spectral_decode(q, z, None, z, z, None, z, 1, z[..., 0, :], z[..., 0, :], 0, impl="v3")
     with pytest.raises(TypeError, match="unexpected"):

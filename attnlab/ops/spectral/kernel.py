@@ -853,6 +853,7 @@ def _make_plan(skey, q, ck, cv, bv, hot_k, n_blocks, hot_len, hot_per_split, vme
 # v2 launcher
 # ---------------------------------------------------------------------------------------------
 _V1_ONLY = ("block_tile", "value_proj")
+AUTO_V2_MAX_BLOCKS = 16  # impl="auto": v2 up to this many compressed blocks per (b, h), else v1
 
 try:
     from triton import knobs as _knobs
@@ -865,30 +866,43 @@ _V2_PLANS: dict = {}
 LAUNCH_STATS = {"replayed": 0, "jit": 0, "replay_unavailable": 0}  # v2 launches by path (diagnostics)
 
 
+def _replay_ok(dev) -> bool:
+    return dev.type == "cuda" and not _interpreting()
+
+
+def _current_stream(dev) -> int:
+    return _driver.active.get_current_stream(dev.index if dev.index is not None else torch.cuda.current_device())
+
+
+def _hooks_active() -> bool:
+    """A launch hook (profiler) is set: launch through Triton. Triton >= 3.5 keeps the hooks in
+    (never None) HookChain objects, empty unless something registered."""
+    for h in (_knobs.runtime.launch_enter_hook, _knobs.runtime.launch_exit_hook):
+        if h is not None and getattr(h, "calls", True):
+            return True
+    return False
+
+
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def default_config_v2(n_bh: int, n_blocks: int, block_size: int, n_sms: int, elem_size: int = 2) -> dict:
-    """v2 launch parameters (before the H100 sweep of this version: see benchmarks/RESULTS.md).
+    """v2 launch parameters (H100 sweep of session 4: see benchmarks/RESULTS.md).
 
     split: programs per compressed block (each takes block_size / split tokens); warp_slices:
     token slices per program (the batch dimension of its dots, one warp each); slice_tile: tokens
     per slice and step; fused_merge: the
     partials are merged in the same launch (two levels: groups of merge_group splits, then the
     groups), else by a second launch."""
-    if elem_size >= 4:  # fp32 caches: IEEE fp32 dots, smaller tiles
+    if elem_size >= 4:  # fp32 caches: IEEE fp32 dots, smaller tiles (GPU-tested, not timed)
         cfg = dict(split=1, warp_slices=4, slice_tile=32, num_warps=4, num_stages=1, fused_merge=True)
     else:
-        # about 4 programs per SM: split the blocks while there are fewer
-        units = max(1, n_bh * max(n_blocks, 1))
-        split = min(next_pow2(-(-4 * n_sms // units)), max(1, block_size // 64))
-        if split == 1:  # many blocks: 8 warps (a 64-token slice each) per block, 4 blocks per program,
-            # the next block's loads in flight during this one's math; separate merge launch
-            cfg = dict(split=1, warp_slices=8, slice_tile=64, num_warps=8, num_stages=2, fused_merge=False,
-                       blocks_per_program=4)
-        else:  # few blocks: parts of a block per program, all its loads in one round; merge in-kernel
-            cfg = dict(split=split, warp_slices=4, slice_tile=64, num_warps=4, num_stages=2, fused_merge=True)
+        # the best v2 configuration of the session-4 H100 sweep at 4K-32K, B = 1 and 8, ranks 16/32
+        # (benchmarks/RESULTS.md): half a block per program (4 warps, a 64-token slice each), all of
+        # a block's loads in one round (pipelined block loop), separate merge launch
+        cfg = dict(split=2 if block_size >= 128 else 1, warp_slices=4, slice_tile=64, num_warps=4, num_stages=2,
+                   fused_merge=False)
     cfg.setdefault("blocks_per_program", 1)
     cfg.update(merge_group=8)
     return cfg
@@ -908,7 +922,7 @@ def _fit_v2(bs: int, split: int, nw: int, tw: int):
 
 
 def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_k: torch.Tensor,
-                    hot_v: torch.Tensor, hot_len: int, scale: float | None = None, *, impl: str = "v2",
+                    hot_v: torch.Tensor, hot_len: int, scale: float | None = None, *, impl: str = "auto",
                     split: int | None = None, warp_slices: int | None = None, slice_tile: int | None = None,
                     blocks_per_program: int | None = None, hot_per_split: int = 256,
                     fused_merge: bool | None = None, fast_cvt: bool | None = None,
@@ -921,19 +935,31 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
     hot_k/hot_v [B, Hk, hot_cap, d] hold hot_len exact tokens after the blocks.
     Returns [B, Hq, 1, dv] in q's dtype.
 
-    impl="v2" (default): one launch; launch parameters left None come from ``default_config_v2``:
-    split (programs per block), warp_slices, slice_tile, num_warps, num_stages, fused_merge
-    (False: a separate merge launch), fast_cvt (int8 -> fp16 by bit manipulation; default on CUDA).
+    impl="auto" (default): v2 for up to AUTO_V2_MAX_BLOCKS blocks per (b, h), v1 above (the faster
+    one in the session-4 H100 measurements), unless options of one kernel are given.
+    impl="v2": launch parameters left None come from ``default_config_v2``: split (programs per
+    block), warp_slices, slice_tile, blocks_per_program (split 1 only), num_warps, num_stages,
+    fused_merge (True: the partials are merged in the same launch), merge_group, fast_cvt (int8 ->
+    fp16 by bit manipulation; default on CUDA), maxnreg.
     impl="v1": the session-2 kernel (``_spectral_decode_v1``), which takes block_tile,
     blocks_per_program, value_proj, maxnreg besides the shared options.
     """
+    if impl == "auto":
+        # the faster kernel of the session-4 H100 measurements (benchmarks/RESULTS.md): v2 up to 16
+        # blocks per (b, h) (T <= 8K at block 512), v1 above; options of one kernel select it
+        if v1_options:
+            impl = "v1"
+        elif split or warp_slices or slice_tile or fast_cvt is not None or merge_group or maxnreg:
+            impl = "v2"
+        else:
+            impl = "v2" if n_blocks <= AUTO_V2_MAX_BLOCKS else "v1"
     if impl == "v1":
         return _spectral_decode_v1(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale,
                                    blocks_per_program=blocks_per_program, hot_per_split=hot_per_split,
                                    fused_merge=fused_merge, num_warps=num_warps, num_stages=num_stages,
                                    maxnreg=maxnreg, **v1_options)
     if impl != "v2":
-        raise ValueError(f"impl must be 'v1' or 'v2'; got {impl!r}")
+        raise ValueError(f"impl must be 'auto', 'v1' or 'v2'; got {impl!r}")
     if v1_options:
         bad = sorted(set(v1_options) - set(_V1_ONLY))
         if bad:
@@ -991,11 +1017,12 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
 
 def _launch_v2(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale, out, hot_per_split,
                sp, nw, tw, num_warps, num_stages, fused, fast, grp, bpp, maxnreg):
+    global _FAST_LAUNCH
     dev = q.device
     cuda = dev.type == "cuda"
-    replay = _FAST_LAUNCH and cuda and not _interpreting()
+    replay = _FAST_LAUNCH and _replay_ok(dev)
     if replay:
-        stream = _driver.active.get_current_stream(dev.index if dev.index is not None else torch.cuda.current_device())
+        stream = _current_stream(dev)
         skey = (dev, stream)
     else:
         skey = (dev, torch.cuda.current_stream(dev).cuda_stream) if cuda else dev
@@ -1006,8 +1033,8 @@ def _launch_v2(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale
            hot_k.dtype, hot_v.shape, quant, n_blocks, n_hot, hot_per_split, sp, nw, tw, num_warps, num_stages, fused,
            fast, grp, bpp, maxnreg, tuple(x is None or x.data_ptr() % 16 == 0 for x in tensors))
     plan = _V2_PLANS.get(key)
-    if plan is not None and plan[0] is not None:  # replay: the compiled launchers, new pointers
-        if _knobs.runtime.launch_enter_hook is None and _knobs.runtime.launch_exit_hook is None:
+    if plan is not None and plan[0] is not None and not _hooks_active():  # replay: compiled launchers, new pointers
+        try:
             (run, fn, meta, g0, g1, tpl), merge = plan[0]
             a = list(tpl)
             a[0], a[1], a[3], a[4], a[6], a[7], a[8], a[13], a[19], a[24] = (
@@ -1022,6 +1049,10 @@ def _launch_v2(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale
                 run(g0, g1, 1, stream, fn, meta, None, None, None, *a)
             LAUNCH_STATS["replayed"] += 1
             return
+        except Exception as e:  # noqa: BLE001 - the launcher refused: JIT launches from now on
+            _FAST_LAUNCH = False
+            LAUNCH_STATS["replay_failed"] = repr(e)
+            replay = False
     if plan is None:
         plan = (None, _make_plan_v2(q, ck, bk, cv, bv, hot_k, n_blocks, n_hot, hot_per_split, quant, sp, nw, tw, fused,
                                     fast, grp, bpp))
