@@ -1,6 +1,18 @@
-"""Triton decode kernel for the spectral KV cache (one query token per sequence).
+"""Triton decode kernels for the spectral KV cache (one query token per sequence).
 
-Two launches per decode step:
+``spectral_decode(impl="auto")`` picks v2 for up to AUTO_V2_MAX_BLOCKS blocks per (b, h) and v1
+above (the faster one in the session-4 H100 measurements, benchmarks/RESULTS.md).
+
+v2 (``_spectral_v2``): a program takes half a block (``split`` 2) or ``blocks_per_program`` whole
+blocks; its tokens are cut into ``warp_slices`` slices that are the batch dimension of 3-D dots
+(a warp each: ``s = qB3 @ C_K3^T`` [slice, G->16, tile], ``pc3 = p3 @ C_V3``), each slice with its own
+online softmax (intra-warp reductions only), combined once per block, then ``o = pc @ B_V``. int8
+coefficients -> fp16 by inline asm (PRMT/HSUB2), value scales applied to p, every load of a block
+issued before its math inside a block loop Triton pipelines (one round of memory latency).
+Partials merged by ``_merge_v2_kernel`` or in the same launch (two levels, ``fused_merge``). The
+launcher replays the compiled launcher with new pointers from a shape's second call on.
+
+v1 (``_spectral_split``, the session-2 kernel), two launches per decode step:
 
 1. ``_spectral_split``, grid ``(B*Hk, n_block_programs + n_hot_programs)``. A block program owns
    ``blocks_per_program`` (default 1) consecutive compressed blocks of kv head h, for all G query
