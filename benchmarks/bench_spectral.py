@@ -8,7 +8,9 @@ CUDA graph, and replayed after flushing the L2 cache ("cold": a compressed B = 1
 L2 and would otherwise be re-read from it). The K/V are synthetic, with a decaying spectrum over
 time (rank-structured like trained models' caches, plus noise); fidelity on real models is in
 benchmarks/spectral_fidelity.py. --configs times several kernel launch configurations per row
-(the row reports the launcher's default; the JSON's "sweep" holds every configuration).
+(default: the launcher's default, v2, and the session-2 kernel "v1" as the baseline, both in the
+same run; the row reports both, the JSON's "sweep" holds every configuration). The roofline
+columns give the time each path needs to stream the bytes it must read at HBM_TBPS (2.5 TB/s).
 
     python benchmarks/bench_spectral.py                                   # GPU, default launch
     python benchmarks/bench_spectral.py --lengths 32768 --configs sweep   # GPU, config sweep
@@ -96,17 +98,53 @@ def time_cold_ms(fn, flush: torch.Tensor, warmup: int, repeats: int) -> float:
     return statistics.median(times)
 
 
+def host_time_us(fn, n: int) -> float:
+    """Host (CPU) microseconds per call: n calls back to back without synchronizing (the GPU queue
+    absorbs them; for a launcher slower than its kernel this is the eager step's floor)."""
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    t = (time.perf_counter() - t0) / n * 1e6
+    torch.cuda.synchronize()
+    return t
+
+
 def parse_configs(spec: str):
-    """"default" or a comma list of tile:blocks_per_program:fused[:warps[:stages[:maxnreg[:vmerge]]]]
-    (0 or absent = the launcher's default; vmerge 1 = value_proj "merge")."""
+    """Comma list of kernel configurations:
+    "default"                                   the launcher's defaults (v2 kernel)
+    "v1"                                        the session-2 kernel with its defaults (the baseline)
+    "v2:split:slices:tile[:warps[:stages[:fused[:fastcvt[:group[:blocks[:maxnreg]]]]]]]"   v2 launch parameters
+    "v1:tile:blocks_per_program:fused[:warps[:stages[:maxnreg[:vmerge]]]]"   v1 launch parameters
+    (0 or absent = the launcher's default)."""
     out = []
     for item in spec.split(","):
-        if item == "default":
+        if item in ("default", "v2"):
             out.append({})
             continue
-        vals = [int(x) for x in item.split(":")] + [0] * 7
+        if item == "v1":
+            out.append({"impl": "v1"})
+            continue
+        head, _, rest = item.partition(":")
+        if head == "v2":
+            vals = [int(x) for x in rest.split(":")] + [-1] * 10
+            sp, nw, tw, warps, stages, fused, fast, group, bpp, maxnreg = vals[:10]
+            kw = {}
+            for key, val in (("split", sp), ("warp_slices", nw), ("slice_tile", tw), ("num_warps", warps),
+                             ("num_stages", stages), ("merge_group", group), ("blocks_per_program", bpp),
+                             ("maxnreg", maxnreg)):
+                if val > 0:
+                    kw[key] = val
+            for key, val in (("fused_merge", fused), ("fast_cvt", fast)):
+                if val >= 0:
+                    kw[key] = bool(val)
+            out.append(kw)
+            continue
+        if head != "v1":
+            raise SystemExit(f"--configs: bad item {item!r} (see --help)")
+        vals = [int(x) for x in rest.split(":")] + [0] * 7
         tile, bpp, fused, warps, stages, maxnreg, vmerge = vals[:7]
-        kw = {"fused_merge": bool(fused)}
+        kw = {"impl": "v1", "fused_merge": bool(fused)}
         if vmerge:
             kw["value_proj"] = "merge"
         for key, val in (("block_tile", tile), ("blocks_per_program", bpp), ("num_warps", warps),
@@ -120,13 +158,24 @@ def parse_configs(spec: str):
 def config_name(kw: dict) -> str:
     if not kw:
         return "default"
-    return ":".join(str(int(kw.get(key, dflt))) for key, dflt in (
-        ("block_tile", 0), ("blocks_per_program", 0), ("fused_merge", False), ("num_warps", 0),
-        ("num_stages", 0), ("maxnreg", 0))) + (":1" if kw.get("value_proj") == "merge" else "")
+    if kw == {"impl": "v1"}:
+        return "v1"
+    if kw.get("impl") == "v1":
+        return "v1:" + ":".join(str(int(kw.get(key, dflt))) for key, dflt in (
+            ("block_tile", 0), ("blocks_per_program", 0), ("fused_merge", False), ("num_warps", 0),
+            ("num_stages", 0), ("maxnreg", 0))) + (":1" if kw.get("value_proj") == "merge" else "")
+    return "v2:" + ":".join(str(int(kw[key])) if key in kw else "-" for key in (
+        "split", "warp_slices", "slice_tile", "num_warps", "num_stages", "fused_merge", "fast_cvt", "merge_group",
+        "blocks_per_program", "maxnreg"))
 
 
-SWEEP = ("default,256:1:0:8,128:4:1:4:2,128:4:0:4:2,128:1:0:4:0:0:1,128:4:0:4:2:0:1,128:2:0:4:2:0:1,"
-         "64:1:0:4:1")
+# v2 sweep around the default, plus the v1 baseline (its session-2 defaults)
+SWEEP = ("default,v1,"
+         "v2:2:4:64:4:2:1,v2:2:4:64:8:2:1,v2:2:4:64:4:2:1:1:8:1:168,v2:4:4:32:4:2:1,v2:1:8:64:8:2:1,"
+         "v2:2:4:64:4:1:1,v2:2:4:64:4:2:0,v2:1:8:64:8:2:0:1:8:4,v2:1:8:64:8:2:0:1:8:2,"
+         "v2:1:8:64:8:2:0:1:8:4:128,v2:1:8:64:8:3:0:1:8:4")
+
+HBM_TBPS = 2.5  # the rate the roofline columns assume (an H100 SXM streams ~2.5-3 TB/s in practice)
 
 
 def main(argv=None) -> int:
@@ -136,9 +185,8 @@ def main(argv=None) -> int:
     p.add_argument("--lengths", type=int, nargs="*", default=None)
     p.add_argument("--ranks", default=None, help="comma list of key:value ranks, e.g. 16:16,32:32")
     p.add_argument("--block-size", type=int, default=None)
-    p.add_argument("--configs", default="default",
-                   help=f"kernel configs: 'default' and/or tile:blocks_per_program:fused[:warps[:stages[:maxnreg[:vmerge]]]], "
-                        f"comma separated (0 = launcher default); 'sweep' = {SWEEP}")
+    p.add_argument("--configs", default="default,v1",
+                   help=f"kernel configs, comma separated (see parse_configs); 'sweep' = {SWEEP}")
     p.add_argument("--no-graphs", action="store_true", help="eager timings only")
     p.add_argument("--no-cold", action="store_true", help="skip the L2-flushed timings")
     p.add_argument("--no-ref", action="store_true", help="skip timing the PyTorch reference")
@@ -153,7 +201,7 @@ def main(argv=None) -> int:
         batches, lengths, bs = args.batch or [2], args.lengths or [96], args.block_size or 32
         ranks = args.ranks or "8:16"
         repeats, warmup = 2, 1
-        configs = parse_configs("default,0:0:0:0")
+        configs = parse_configs("default,v1,v2:2:2:16:0:0:0")
     else:
         hk, hq, d, dtype = 8, 32, 128, torch.bfloat16
         batches, lengths, bs = args.batch or [1, 8], args.lengths or [4096, 8192, 16384, 32768], args.block_size or 512
@@ -174,6 +222,7 @@ def main(argv=None) -> int:
             dense = lambda: F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=True)
             exact = dense().float()
             t_dense = time_ms(dense, warmup, repeats)
+            dense_host = host_time_us(dense, 200) if cuda else None
             dense_g = graphed(dense) if use_graphs else None
             t_dense_g = time_ms(dense_g, warmup, repeats) if use_graphs else None
             t_dense_cold = time_cold_ms(dense_g or dense, flush, warmup, repeats) if cold else None
@@ -194,7 +243,8 @@ def main(argv=None) -> int:
                 hot_k, hot_v = cache.hot_k[:, :, :cache.hot_len], cache.hot_v[:, :, :cache.hot_len]
                 ref = lambda: spectral_attention(q, blocks, hot_k, hot_v, t, scale)
                 out_ref = ref().float()
-                row = {"B": b, "T": t, "key_rank": rk, "value_rank": rv, "block": bs, "dense_ms": t_dense}
+                row = {"B": b, "T": t, "key_rank": rk, "value_rank": rv, "block": bs, "dense_ms": t_dense,
+                       "dense_host_us": dense_host}
                 if use_graphs:
                     row["dense_graph_ms"] = t_dense_g
                 if cold:
@@ -208,6 +258,7 @@ def main(argv=None) -> int:
                                 cache.n_blocks, cache.hot_k, cache.hot_v, cache.hot_len, scale, **kw)
                             err = rel_err(kern().float(), out_ref)
                             ms = time_ms(kern, warmup, repeats)
+                            host_us = host_time_us(kern, 200) if cuda else None
                             kern_g = graphed(kern) if use_graphs else None
                             ms_g = time_ms(kern_g, warmup, repeats) if use_graphs else None
                             ms_c = time_cold_ms(kern_g or kern, flush, warmup, repeats) if cold else None
@@ -215,12 +266,21 @@ def main(argv=None) -> int:
                             print(f"kernel config {name} failed: {e!r}", flush=True)
                             continue
                         rec = {"B": b, "T": t, "key_rank": rk, "value_rank": rv, "config": name, "err": err,
-                               "eager_ms": ms, "graph_ms": ms_g, "cold_ms": ms_c}
+                               "eager_ms": ms, "graph_ms": ms_g, "cold_ms": ms_c, "host_us": host_us}
                         sweep.append(rec)
                         if len(configs) > 1:
                             print("  ", rec, flush=True)
+                        if kw == {"impl": "v1"}:  # the baseline: session 2's kernel and launch defaults
+                            row["v1_ms"] = ms
+                            row["v1_host_us"] = host_us
+                            if use_graphs:
+                                row["v1_graph_ms"] = ms_g
+                                row["v1_speedup_graph"] = t_dense_g / ms_g
+                            if cold:
+                                row["v1_cold_ms"] = ms_c
                         if not kw or "kernel_ms" not in row:  # the launcher's default config
                             row["kernel_ms"] = ms
+                            row["kernel_host_us"] = host_us
                             row["speedup_eager"] = t_dense / ms
                             if use_graphs:
                                 row["kernel_graph_ms"] = ms_g
@@ -239,6 +299,11 @@ def main(argv=None) -> int:
                     row["torch_ref_ms"] = time_ms(ref, warmup, max(3, repeats // 5))
                 row["compression"] = st["compression_ratio"]
                 row["bytes_ratio"] = dense_bytes / st["bytes_used"]
+                # roofline: the bytes each path must read, streamed at HBM_TBPS (partials and q ignored)
+                row["kernel_MB"] = st["bytes_used"] / 1e6
+                row["dense_MB"] = dense_bytes / 1e6
+                row["kernel_roof_ms"] = st["bytes_used"] / (HBM_TBPS * 1e12) * 1e3
+                row["dense_roof_ms"] = dense_bytes / (HBM_TBPS * 1e12) * 1e3
                 row["out_rel_err"] = rel_err(out_ref, exact)
                 row["out_corr"] = corr(out_ref, exact)
                 row["fill_s"] = fill_s
@@ -255,6 +320,12 @@ def main(argv=None) -> int:
                         "graphs": use_graphs, "cold_l2": cold, "kernel_configs": [config_name(c) for c in configs],
                         "data": "synthetic rank-structured K/V (see docstring)"},
              "sweep": sweep}
+    try:
+        from attnlab.ops.spectral.kernel import LAUNCH_STATS
+        extra["launch_stats"] = dict(LAUNCH_STATS)
+        print("v2 launches:", LAUNCH_STATS, flush=True)
+    except ImportError:
+        pass
     write_results(args.name, rows, extra)
     partial = Path(os.environ.get("ATTNLAB_BENCH_DIR", "benchmarks/results")) / f"{args.name}.partial.json"
     partial.unlink(missing_ok=True)

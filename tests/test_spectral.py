@@ -194,13 +194,28 @@ def test_bad_options():
 # -- Triton decode kernel (interpreter on CPU) ------------------------------------------------
 @pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
 @pytest.mark.parametrize("dtype,quantize,shape,kw", [
+    # v2 (default kernel)
     (torch.float32, False, dict(b=2, hq=4, hk=2, d=32, rk=32, rv=32, bs=32, t=70, hw=0), {}),
-    (torch.float32, True, dict(b=1, hq=6, hk=2, d=24, rk=5, rv=7, bs=16, t=75, hw=9), {"fused_merge": True}),
+    (torch.float32, True, dict(b=1, hq=6, hk=2, d=24, rk=5, rv=7, bs=16, t=75, hw=9), {"fused_merge": False}),
     (torch.float16, True, dict(b=2, hq=4, hk=1, d=64, rk=16, rv=32, bs=32, t=100, hw=0), {}),
     (torch.float32, True, dict(b=2, hq=8, hk=2, d=32, rk=8, rv=16, bs=64, t=300, hw=20),
-     {"block_tile": 16, "blocks_per_program": 2}),
+     {"split": 2, "warp_slices": 2, "slice_tile": 16}),
+    (torch.float16, False, dict(b=1, hq=4, hk=1, d=32, rk=8, rv=16, bs=32, t=170, hw=0), {"fused_merge": False}),
+    (torch.float16, True, dict(b=1, hq=2, hk=2, d=32, rk=8, rv=16, bs=64, t=170, hw=0),
+     {"warp_slices": 4, "slice_tile": 16, "split": 1}),
+    (torch.float16, True, dict(b=1, hq=4, hk=2, d=32, rk=8, rv=16, bs=64, t=150, hw=3),  # 2 steps per slice
+     {"warp_slices": 2, "slice_tile": 16, "split": 1, "fused_merge": False}),
+    (torch.float32, True, dict(b=1, hq=2, hk=1, d=16, rk=4, rv=8, bs=64, t=140, hw=0),  # 4 steps per slice
+     {"warp_slices": 1, "slice_tile": 16, "split": 1}),
+    (torch.float16, True, dict(b=2, hq=4, hk=2, d=32, rk=8, rv=16, bs=32, t=170, hw=0),  # 3 blocks per program
+     {"split": 1, "blocks_per_program": 3, "warp_slices": 2, "slice_tile": 16}),
+    # v1 (the session-2 kernel, kept as the baseline)
+    (torch.float32, True, dict(b=1, hq=6, hk=2, d=24, rk=5, rv=7, bs=16, t=75, hw=9), {"impl": "v1", "fused_merge": True}),
+    (torch.float16, True, dict(b=2, hq=4, hk=1, d=64, rk=16, rv=32, bs=32, t=100, hw=0), {"impl": "v1"}),
+    (torch.float32, True, dict(b=2, hq=8, hk=2, d=32, rk=8, rv=16, bs=64, t=300, hw=20),
+     {"impl": "v1", "block_tile": 16, "blocks_per_program": 2}),
     (torch.float16, False, dict(b=1, hq=4, hk=1, d=32, rk=8, rv=16, bs=32, t=170, hw=0),
-     {"blocks_per_program": 3, "fused_merge": True}),
+     {"impl": "v1", "blocks_per_program": 3, "fused_merge": True}),
 ])
 def test_kernel_matches_reference(dtype, quantize, shape, kw):
     s = shape
@@ -244,13 +259,136 @@ def test_kernel_falls_back_when_out_of_shared_memory(monkeypatch):
     q = torch.randn(b, hq, 1, d)
     ref = spectral_attention(q, c.blocks(), c.hot_k[:, :, :c.hot_len], c.hot_v[:, :, :c.hot_len], c.seen - 1, 0.3)
     args = (q, c.ck, c.sk, c.bk, c.cv, c.sv, c.bv, c.n_blocks, c.hot_k, c.hot_v, c.hot_len, 0.3)
-    out = spectral_decode(*args)
+    out = spectral_decode(*args, impl="v1")
     assert rel_err(out, ref) <= 1e-5
     assert tried[-1][0] == 16 and len(tried) >= 2
     n = len(tried)
-    out = spectral_decode(*args)  # remembered: straight to the configuration that fitted
+    out = spectral_decode(*args, impl="v1")  # remembered: straight to the configuration that fitted
     assert len(tried) == n + 1 and tried[-1][0] == 16
     assert rel_err(out, ref) <= 1e-5
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
+def test_kernel_v2_falls_back_when_out_of_shared_memory(monkeypatch):
+    from attnlab.ops.spectral import kernel as K
+
+    real, tried = K._launch_v2, []
+
+    def launch(*args):
+        tw = args[-8]  # (..., split, slices, tile, warps, stages, fused, fast, group, blocks, maxnreg)
+        tried.append(tw)
+        if tw > 16:
+            raise K.OutOfResources(300000, 232448, "shared memory")
+        return real(*args)
+
+    monkeypatch.setattr(K, "_launch_v2", launch)
+    monkeypatch.setattr(K, "_FALLBACK", {})
+    b, hq, hk, d, t = 1, 4, 2, 32, 150
+    c = make_cache(b, t + 1, hk, d, key_rank=8, value_rank=16, block_size=64)
+    c.append(torch.randn(b, hk, t + 1, d), torch.randn(b, hk, t + 1, d))
+    q = torch.randn(b, hq, 1, d)
+    ref = spectral_attention(q, c.blocks(), c.hot_k[:, :, :c.hot_len], c.hot_v[:, :, :c.hot_len], c.seen - 1, 0.3)
+    args = (q, c.ck, c.sk, c.bk, c.cv, c.sv, c.bv, c.n_blocks, c.hot_k, c.hot_v, c.hot_len, 0.3)
+    out = spectral_decode(*args, warp_slices=1, slice_tile=64)
+    assert rel_err(out, ref) <= 1e-5
+    assert tried == [64, 32, 16]
+    out = spectral_decode(*args, warp_slices=1, slice_tile=64)  # remembered
+    assert tried == [64, 32, 16, 16]
+    assert rel_err(out, ref) <= 1e-5
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
+def test_launch_replay_patches_the_arguments(monkeypatch):
+    """The replayed launch (a shape's second call onwards) passes the compiled launcher exactly the
+    arguments Triton's JIT launch would get for that call (new tensors, hot_len, scale), checked
+    on CPU with stand-ins for the kernels and launcher (the GPU test checks the real launcher)."""
+    from attnlab.ops.spectral import kernel as K
+
+    calls = []
+
+    class Compiled:
+        function, packed_metadata = "fn", "meta"
+
+        def __init__(self, name):
+            self.name = name
+
+        def run(self, g0, g1, g2, stream, fn, meta, lm, enter, exit_, *args):
+            calls.append(("replay", self.name, (g0, g1), args))
+
+    class JIT:
+        def __init__(self, name):
+            self.name = name
+
+        def __getitem__(self, grid):
+            def launch(*args, **opts):
+                calls.append(("jit", self.name, tuple(grid), args))
+                return Compiled(self.name)
+            return launch
+
+    monkeypatch.setattr(K, "_spectral_v2", JIT("split"))
+    monkeypatch.setattr(K, "_merge_v2_kernel", JIT("merge"))
+    monkeypatch.setattr(K, "_replay_ok", lambda dev: True)
+    monkeypatch.setattr(K, "_current_stream", lambda dev: 7)
+    monkeypatch.setattr(K, "_hooks_active", lambda: False)
+    monkeypatch.setattr(K, "_FAST_LAUNCH", True)
+    monkeypatch.setattr(K, "_V2_PLANS", {})
+    b, hq, hk, d, t = 1, 4, 2, 32, 150
+    caches = []
+    for i in range(2):
+        c = make_cache(b, t + 1 + i, hk, d, key_rank=8, value_rank=16, block_size=64, hot_window=8)
+        c.append(torch.randn(b, hk, t + i, d), torch.randn(b, hk, t + i, d))
+        caches.append(c)
+    assert caches[0].n_blocks == caches[1].n_blocks and caches[0].hot_len != caches[1].hot_len
+
+    def call(c, q, scale, fused):
+        return spectral_decode(q, c.ck, c.sk, c.bk, c.cv, c.sv, c.bv, c.n_blocks, c.hot_k, c.hot_v, c.hot_len, scale,
+                               fused_merge=fused)
+
+    for fused in (True, False):
+        calls.clear()
+        call(caches[0], torch.randn(b, hq, 1, d), 0.3, fused)
+        q = torch.randn(b, hq, 1, d)
+        out = call(caches[1], q, 0.4, fused)
+        assert [x[0] for x in calls] == ["jit"] * (1 if fused else 2) + ["replay"] * (1 if fused else 2)
+        replayed = [x for x in calls if x[0] == "replay"]
+        monkeypatch.setattr(K, "_V2_PLANS", {})  # the JIT launch of the same call, for comparison
+        calls.clear()
+        out2 = call(caches[1], q, 0.4, fused)
+        for (_, name, grid, args), (_, name2, grid2, args2) in zip(replayed, calls):
+            assert name == name2 and grid == grid2 and len(args) == len(args2)
+            for x, y in zip(args, args2):
+                if isinstance(x, torch.Tensor):
+                    same = x is y or (x.data_ptr() == y.data_ptr() and x.shape == y.shape) or (x is out and y is out2)
+                    assert same
+                else:
+                    assert x == y
+
+
+def test_auto_picks_the_kernel(monkeypatch):
+    from attnlab.ops.spectral import kernel as K
+
+    picked = []
+    monkeypatch.setattr(K, "_spectral_decode_v1", lambda *a, **kw: picked.append("v1"))
+    monkeypatch.setattr(K, "_launch_v2", lambda *a: picked.append("v2"))
+    monkeypatch.setattr(K, "HAS_TRITON", True)
+    q = torch.zeros(1, 2, 1, 16)
+    z = torch.zeros(1, 1, 40, 32, 4)
+    h = torch.zeros(1, 1, 32, 16)
+    for n, kw, want in ((16, {}, "v2"), (17, {}, "v1"), (17, {"split": 2}, "v2"), (3, {"block_tile": 16}, "v1"),
+                        (3, {"fused_merge": True}, "v2")):
+        spectral_decode(q, z, None, z, z, None, z, n, h, h, 1, **kw)
+        assert picked[-1] == want, (n, kw)
+
+
+def test_kernel_options_are_checked():
+    q = torch.zeros(1, 2, 1, 16)
+    z = torch.zeros(1, 1, 1, 16, 4)
+    with pytest.raises(ValueError, match="impl='v1'"):
+        spectral_decode(q, z, None, z, z, None, z, 1, z[..., 0, :], z[..., 0, :], 0, block_tile=16, impl="v2")
+    with pytest.raises(ValueError, match="impl must be"):
+        spectral_decode(q, z, None, z, z, None, z, 1, z[..., 0, :], z[..., 0, :], 0, impl="v3")
+    with pytest.raises(TypeError, match="unexpected"):
+        spectral_decode(q, z, None, z, z, None, z, 1, z[..., 0, :], z[..., 0, :], 0, tile=16)
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
@@ -267,11 +405,14 @@ def test_cache_uses_kernel_backend():
     assert rel_err(outs[1], outs[0]) <= 1e-5
 
 
-_GPU_KW = [{}, {"fused_merge": True}, {"block_tile": 64, "num_warps": 4},
-           {"blocks_per_program": 3, "num_stages": 2},
-           {"blocks_per_program": 4, "block_tile": 128, "num_warps": 4, "num_stages": 2},
-           {"value_proj": "merge"}, {"value_proj": "merge", "block_tile": 128, "num_warps": 4},
-           {"value_proj": "merge", "blocks_per_program": 4, "block_tile": 128, "num_warps": 4, "num_stages": 2}]
+_GPU_KW = [{}, {"fused_merge": False}, {"split": 2, "num_stages": 1}, {"split": 4, "slice_tile": 32},
+           {"split": 1, "warp_slices": 8, "num_warps": 8, "blocks_per_program": 3, "num_stages": 2,
+            "fused_merge": False},
+           {"split": 1, "warp_slices": 4, "slice_tile": 32, "blocks_per_program": 2},  # 2 steps per slice
+           {"maxnreg": 128}, {"fast_cvt": False},
+           {"impl": "v1"}, {"impl": "v1", "fused_merge": True},
+           {"impl": "v1", "blocks_per_program": 4, "block_tile": 128, "num_warps": 4, "num_stages": 2},
+           {"impl": "v1", "value_proj": "merge"}]
 
 
 @pytest.mark.gpu
@@ -298,7 +439,7 @@ def test_kernel_bf16_gpu(kw, ranks):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("quantize", [True, False])
-@pytest.mark.parametrize("value_proj", ["block", "merge"])
+@pytest.mark.parametrize("value_proj", ["v2", "block", "merge"])
 def test_kernel_fp32_gpu(quantize, value_proj):
     """fp32 caches on the GPU (IEEE dots; launch parameters that fit in shared memory)."""
     dev = torch.device("cuda")
@@ -310,8 +451,9 @@ def test_kernel_fp32_gpu(quantize, value_proj):
     c.append(torch.randn(b, hk, 1, d, device=dev), torch.randn(b, hk, 1, d, device=dev))
     q = torch.randn(b, hq, 1, d, device=dev)
     ref = spectral_attention(q, c.blocks(), c.hot_k[:, :, :c.hot_len], c.hot_v[:, :, :c.hot_len], c.seen - 1, d**-0.5)
+    kw = {} if value_proj == "v2" else {"impl": "v1", "value_proj": value_proj}
     out = spectral_decode(q, c.ck, c.sk, c.bk, c.cv, c.sv, c.bv, c.n_blocks, c.hot_k, c.hot_v, c.hot_len, d**-0.5,
-                          value_proj=value_proj)
+                          **kw)
     assert rel_err(out, ref) <= 1e-4
 
 
@@ -333,6 +475,55 @@ def test_kernel_full_rank_bf16_gpu(quantize):
                              c.hot_v[:, :, :c.hot_len].float(), c.seen - 1, d**-0.5)
     out = spectral_decode(q, c.ck, c.sk, c.bk, c.cv, c.sv, c.bv, c.n_blocks, c.hot_k, c.hot_v, c.hot_len, d**-0.5)
     assert rel_err(out, ref) <= 1e-2
+
+
+@pytest.mark.gpu
+def test_kernel_replay_and_cuda_graph_gpu():
+    """Replayed launches (second call of a shape onwards) take the new tensors' pointers: two
+    caches of one shape, called alternately; and a CUDA-graph capture replays with new queries."""
+    dev = torch.device("cuda")
+    b, hq, hk, d, t = 1, 32, 8, 128, 1600
+    caches = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        c = SpectralCache(b, t + 1, hk, d, device=dev, dtype=torch.bfloat16, key_rank=16, value_rank=16,
+                          block_size=512)
+        c.append(structured_kv(b, hk, t + 1, d).to(dev, torch.bfloat16),
+                 structured_kv(b, hk, t + 1, d).to(dev, torch.bfloat16))
+        caches.append(c)
+
+    def call(c, q):
+        return spectral_decode(q, c.ck, c.sk, c.bk, c.cv, c.sv, c.bv, c.n_blocks, c.hot_k, c.hot_v, c.hot_len,
+                               d**-0.5)
+
+    def ref(c, q):
+        return spectral_attention(q.float(), c.blocks(), c.hot_k[:, :, :c.hot_len].float(),
+                                  c.hot_v[:, :, :c.hot_len].float(), c.seen - 1, d**-0.5)
+
+    from attnlab.ops.spectral import kernel as K
+
+    n0 = K.LAUNCH_STATS["replayed"]
+    for i in range(4):
+        c = caches[i % 2]
+        q = torch.randn(b, hq, 1, d, device=dev, dtype=torch.bfloat16)
+        assert rel_err(call(c, q), ref(c, q)) <= 1e-2, i
+    assert K.LAUNCH_STATS["replay_unavailable"] == 0
+    assert K.LAUNCH_STATS["replayed"] >= n0 + 3  # every call after the first of its shape
+    c = caches[0]
+    q_static = torch.randn(b, hq, 1, d, device=dev, dtype=torch.bfloat16)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        call(c, q_static)
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out_static = call(c, q_static)
+    for _ in range(3):
+        q_static.copy_(torch.randn_like(q_static))
+        g.replay()
+        torch.cuda.synchronize()
+        assert rel_err(out_static, ref(c, q_static)) <= 1e-2
 
 
 @pytest.mark.gpu

@@ -1,6 +1,18 @@
-"""Triton decode kernel for the spectral KV cache (one query token per sequence).
+"""Triton decode kernels for the spectral KV cache (one query token per sequence).
 
-Two launches per decode step:
+``spectral_decode(impl="auto")`` picks v2 for up to AUTO_V2_MAX_BLOCKS blocks per (b, h) and v1
+above (the faster one in the session-4 H100 measurements, benchmarks/RESULTS.md).
+
+v2 (``_spectral_v2``): a program takes half a block (``split`` 2) or ``blocks_per_program`` whole
+blocks; its tokens are cut into ``warp_slices`` slices that are the batch dimension of 3-D dots
+(a warp each: ``s = qB3 @ C_K3^T`` [slice, G->16, tile], ``pc3 = p3 @ C_V3``), each slice with its own
+online softmax (intra-warp reductions only), combined once per block, then ``o = pc @ B_V``. int8
+coefficients -> fp16 by inline asm (PRMT/HSUB2), value scales applied to p, every load of a block
+issued before its math inside a block loop Triton pipelines (one round of memory latency).
+Partials merged by ``_merge_v2_kernel`` or in the same launch (two levels, ``fused_merge``). The
+launcher replays the compiled launcher with new pointers from a shape's second call on.
+
+v1 (``_spectral_split``, the session-2 kernel), two launches per decode step:
 
 1. ``_spectral_split``, grid ``(B*Hk, n_block_programs + n_hot_programs)``. A block program owns
    ``blocks_per_program`` (default 1) consecutive compressed blocks of kv head h, for all G query
@@ -32,6 +44,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 
 import torch
 
@@ -347,6 +360,283 @@ if HAS_TRITON:
         _merge_row(PM, PL, PACC, O, pid // G, pid % G, pid, n_splits, G, DV, DVP, SCH)
 
 
+
+# ---------------------------------------------------------------------------------------------
+# v2: warp-sliced block programs, fast int8 conversion, one launch (see the module docstring)
+# ---------------------------------------------------------------------------------------------
+if HAS_TRITON:
+
+    @triton.jit
+    def _i8_to_f16(x, FASTCVT: tl.constexpr):
+        """int8 -> fp16 (exact). FASTCVT: 4 values per 5 ALU instructions (bytes biased by 128 into
+        the mantissa of 1024.0, then 1152 subtracted) instead of one quarter-rate I2F per value."""
+        if FASTCVT:
+            return tl.inline_asm_elementwise(
+                asm="""{
+                .reg .b32 t, c;
+                xor.b32 t, $2, 0x80808080;
+                prmt.b32 $0, t, 0x64646464, 0x4140;
+                prmt.b32 $1, t, 0x64646464, 0x4342;
+                mov.b32 c, 0x64806480;
+                sub.f16x2 $0, $0, c;
+                sub.f16x2 $1, $1, c;
+                }""",
+                constraints="=r,=r,r", args=[x], dtype=tl.float16, is_pure=True, pack=4)
+        else:
+            return x.to(tl.float16)
+
+    @triton.jit
+    def _merge_rows(PM, PL, PACC, src0, count, OM, OL, OACC, dst0, dv0, FINAL: tl.constexpr, G: tl.constexpr,
+                    GQ: tl.constexpr, DV: tl.constexpr, DVB: tl.constexpr, SCH: tl.constexpr):
+        """Log-sum-exp merge of `count` partials (m, l, o [G, DV], o unnormalized) stored at rows
+        (src0 + i) * GQ + g, i < count, columns dv0 .. dv0+DVB. FINAL: o / l is written to OACC
+        rows dst0 + g (the output, its dtype); else the merged partial (m, l, o) goes to rows
+        dst0 * GQ + g of OM / OL / OACC. One pass, SCH partials ([SCH, GQ, DVB] tiles) per step:
+        count <= SCH is a single round of loads. .cg loads: other programs wrote the partials."""
+        offs_s = tl.arange(0, SCH)
+        offs_g = tl.arange(0, GQ)
+        offs_dv = dv0 + tl.arange(0, DVB)
+        gmask = offs_g < G
+        dvmask = offs_dv < DV
+        m_run = tl.full([GQ], -1.0e30, tl.float32)
+        l_run = tl.zeros([GQ], tl.float32)
+        acc = tl.zeros([GQ, DVB], tl.float32)
+        for s0 in range(0, count, SCH):
+            sp = s0 + offs_s
+            m2 = (sp < count)[:, None] & gmask[None, :]
+            rows = (src0 + sp)[:, None] * GQ + offs_g[None, :]
+            mc = tl.load(PM + rows, mask=m2, other=-1.0e30, cache_modifier=".cg")
+            lc = tl.load(PL + rows, mask=m2, other=0.0, cache_modifier=".cg")
+            oc = tl.load(PACC + rows[:, :, None] * DV + offs_dv[None, None, :],
+                         mask=m2[:, :, None] & dvmask[None, None, :], other=0.0, cache_modifier=".cg")
+            m_new = tl.maximum(m_run, tl.max(mc, 0))
+            alpha = tl.exp2(m_run - m_new)
+            w = tl.exp2(mc - m_new[None, :])
+            l_run = l_run * alpha + tl.sum(w * lc, 0)
+            acc = acc * alpha[:, None] + tl.sum(w[:, :, None] * oc, 0)
+            m_run = m_new
+        if FINAL:
+            o = acc / l_run[:, None]
+            tl.store(OACC + (dst0 + offs_g)[:, None] * DV + offs_dv[None, :], o.to(OACC.dtype.element_ty),
+                     mask=gmask[:, None] & dvmask[None, :])
+        else:
+            drow = dst0 * GQ + offs_g
+            tl.store(OM + drow, m_run, mask=gmask)
+            tl.store(OL + drow, l_run, mask=gmask)
+            tl.store(OACC + drow[:, None] * DV + offs_dv[None, :], acc, mask=gmask[:, None] & dvmask[None, :])
+
+    @triton.jit
+    def _slices_load(tok, CK, SK, CV, SV, offs_rk, offs_rv, rkmask, rvmask, RK: tl.constexpr, RKP: tl.constexpr,
+                     RV: tl.constexpr, RVP: tl.constexpr, QUANT: tl.constexpr):
+        """The coefficient tiles [NW, TW, r] (and scales [NW, TW]) of tokens tok [NW, TW]."""
+        ck_ptr = CK + tok[:, :, None] * RK + offs_rk[None, None, :]
+        cv_ptr = CV + tok[:, :, None] * RV + offs_rv[None, None, :]
+        if RK == RKP:
+            ck = tl.load(ck_ptr)
+        else:
+            ck = tl.load(ck_ptr, mask=rkmask[None, None, :], other=0)
+        if RV == RVP:
+            cv = tl.load(cv_ptr)
+        else:
+            cv = tl.load(cv_ptr, mask=rvmask[None, None, :], other=0)
+        if QUANT:
+            sk = tl.load(SK + tok)
+            sv = tl.load(SV + tok)
+        else:
+            sk = tl.zeros(tok.shape, tl.float32)
+            sv = sk
+        return ck, cv, sk, sv
+
+    @triton.jit
+    def _slices_compute(ck, cv, sk, sv, qb3, m3, l3, pc3, QUANT: tl.constexpr, LOWP: tl.constexpr,
+                        PREC: tl.constexpr, FASTCVT: tl.constexpr):
+        """One step of the token slices (TW tokens each, a warp each): scores, online softmax per
+        slice, aggregation in coefficient space."""
+        if LOWP:
+            if QUANT:
+                ckf = _i8_to_f16(ck, FASTCVT)
+                cvf = _i8_to_f16(cv, FASTCVT)
+            else:
+                ckf = ck.to(tl.float16)
+                cvf = cv.to(tl.float16)
+            s = tl.dot(qb3, tl.permute(ckf, (0, 2, 1)))  # [NW, GP, TW]
+        else:
+            cvf = cv.to(tl.float32)
+            s = tl.dot(qb3, tl.permute(ck.to(tl.float32), (0, 2, 1)), input_precision=PREC)
+        if QUANT:
+            s = s * sk[:, None, :]
+        m_new = tl.maximum(m3, tl.max(s, 2))
+        alpha = tl.exp2(m3 - m_new)
+        p = tl.exp2(s - m_new[:, :, None])
+        l3 = l3 * alpha + tl.sum(p, 2)
+        if QUANT:
+            p = p * sv[:, None, :]  # the value scales, on p: [G, TW] products instead of [TW, rv]
+        if LOWP:
+            pc3 = pc3 * alpha[:, :, None] + tl.dot(p.to(tl.float16), cvf)
+        else:
+            pc3 = pc3 * alpha[:, :, None] + tl.dot(p, cvf, input_precision=PREC)
+        return m_new, l3, pc3
+
+    @triton.jit(do_not_specialize=["n_blocks", "hot_len"])
+    def _spectral_v2(
+        Q, CK, SK, BK, CV, SV, BV, HKP, HVP, PM, PL, PACC, CNT, O, PM2, PL2, PACC2,
+        n_blocks, nb_cap, hot_len, hot_cap, n_comp, n_splits, n_groups, qk_scale,
+        G: tl.constexpr, GP: tl.constexpr, GQ: tl.constexpr,
+        D: tl.constexpr, DP: tl.constexpr, DV: tl.constexpr, DVP: tl.constexpr,
+        RK: tl.constexpr, RKP: tl.constexpr, RV: tl.constexpr, RVP: tl.constexpr,
+        BS: tl.constexpr, SPLIT: tl.constexpr, BPP: tl.constexpr, NW: tl.constexpr, TW: tl.constexpr,
+        HOT_PER_SPLIT: tl.constexpr, HT: tl.constexpr,
+        QUANT: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr,
+        FUSED: tl.constexpr, GRP: tl.constexpr, SCH: tl.constexpr, FASTCVT: tl.constexpr, I64: tl.constexpr,
+    ):
+        pid_bh = tl.program_id(0)
+        pid_s = tl.program_id(1)
+        offs_g = tl.arange(0, GP)
+        offs_d = tl.arange(0, DP)
+        offs_dv = tl.arange(0, DVP)
+        gmask = offs_g < G
+        dmask = offs_d < D
+        dvmask = offs_dv < DV
+        q_ptr = Q + (pid_bh * G + offs_g)[:, None] * D + offs_d[None, :]
+        if D == DP:
+            q = tl.load(q_ptr, mask=gmask[:, None], other=0.0)
+        else:
+            q = tl.load(q_ptr, mask=gmask[:, None] & dmask[None, :], other=0.0)
+        if not LOWP:
+            q = q.to(tl.float32)
+
+        if pid_s < n_comp:
+            # BPP consecutive compressed blocks (or, SPLIT > 1, token part `part` of one block); the
+            # tokens are cut into NW slices (the batch dimension of the dots: a warp each) walked
+            # TW tokens at a time, each slice with its own online softmax, combined once per block.
+            TPW: tl.constexpr = BS // SPLIT // NW
+            offs_rk = tl.arange(0, RKP)
+            offs_rv = tl.arange(0, RVP)
+            offs_w = tl.arange(0, NW)
+            offs_t = tl.arange(0, TW)
+            rkmask = offs_rk < RK
+            rvmask = offs_rv < RV
+            m_i = tl.full([GP], -1.0e30, tl.float32)
+            l_i = tl.zeros([GP], tl.float32)
+            acc = tl.zeros([GP, DVP], tl.float32)
+            n0 = (pid_s // SPLIT) * BPP
+            n1 = tl.minimum(n0 + BPP, n_blocks)
+            part = pid_s % SPLIT
+            # a loop over the blocks even for one: Triton's pipeliner then issues all of a block's
+            # loads together (cp.async, num_stages >= 2) and the next block's during this one's math
+            for n in range(n0, n1):
+                blk = pid_bh * nb_cap + n
+                if I64:  # buffers of 2**31 elements or more: 64-bit offsets
+                    blk = blk.to(tl.int64)
+                tok0 = blk * BS + part * (BS // SPLIT) + offs_w[:, None] * TPW + offs_t[None, :]  # [NW, TW]
+                # every global load first (layout changes go through shared memory behind barriers,
+                # and loads after a barrier wait for it)
+                ck, cv, sk, sv = _slices_load(tok0, CK, SK, CV, SV, offs_rk, offs_rv, rkmask, rvmask, RK, RKP, RV,
+                                              RVP, QUANT)
+                bk_ptr = BK + blk * (RK * D) + offs_rk[:, None] * D + offs_d[None, :]
+                bv_ptr = BV + blk * (RV * DV) + offs_rv[:, None] * DV + offs_dv[None, :]
+                if RK == RKP and D == DP:
+                    bk = tl.load(bk_ptr)
+                else:
+                    bk = tl.load(bk_ptr, mask=rkmask[:, None] & dmask[None, :], other=0.0)
+                if RV == RVP and DV == DVP:
+                    bv = tl.load(bv_ptr)
+                else:
+                    bv = tl.load(bv_ptr, mask=rvmask[:, None] & dvmask[None, :], other=0.0)
+                if LOWP:
+                    qb = (tl.dot(q, tl.trans(bk.to(q.dtype))) * qk_scale).to(tl.float16)  # [GP, RKP]
+                else:
+                    qb = tl.dot(q, tl.trans(bk.to(tl.float32)), input_precision=PREC) * qk_scale
+                qb3 = tl.broadcast_to(qb[None, :, :], (NW, GP, RKP))
+                m3 = tl.full([NW, GP], -1.0e30, tl.float32)
+                l3 = tl.zeros([NW, GP], tl.float32)
+                pc3 = tl.zeros([NW, GP, RVP], tl.float32)
+                if TPW == TW:  # one step
+                    m3, l3, pc3 = _slices_compute(ck, cv, sk, sv, qb3, m3, l3, pc3, QUANT, LOWP, PREC, FASTCVT)
+                else:  # the next step's tiles are loaded before this step's math (registers, two deep)
+                    for t0 in range(TW, TPW + TW, TW):
+                        nt = tl.minimum(t0, TPW - TW)  # the last step reloads its own tiles (cached)
+                        ck2, cv2, sk2, sv2 = _slices_load(tok0 + nt, CK, SK, CV, SV, offs_rk, offs_rv, rkmask,
+                                                          rvmask, RK, RKP, RV, RVP, QUANT)
+                        m3, l3, pc3 = _slices_compute(ck, cv, sk, sv, qb3, m3, l3, pc3, QUANT, LOWP, PREC, FASTCVT)
+                        ck, cv, sk, sv = ck2, cv2, sk2, sv2
+                m_b = tl.max(m3, 0)
+                wsl = tl.exp2(m3 - m_b[None, :])
+                l_b = tl.sum(l3 * wsl, 0)
+                pc = tl.sum(pc3 * wsl[:, :, None], 0)  # [GP, RVP]
+                o_b = tl.dot(pc, bv.to(tl.float32), input_precision=PREC)  # [GP, DVP]
+                m_new = tl.maximum(m_i, m_b)
+                wa = tl.exp2(m_i - m_new)
+                wb = tl.exp2(m_b - m_new)
+                acc = acc * wa[:, None] + o_b * wb[:, None]
+                l_i = l_i * wa + l_b * wb
+                m_i = m_new
+        else:
+            m_i = tl.full([GP], -1.0e30, tl.float32)
+            l_i = tl.zeros([GP], tl.float32)
+            acc = tl.zeros([GP, DVP], tl.float32)
+            offs_h = tl.arange(0, HT)
+            j0 = (pid_s - n_comp) * HOT_PER_SPLIT
+            j1 = tl.minimum(j0 + HOT_PER_SPLIT, hot_len)
+            row0 = pid_bh * hot_cap
+            if LOWP:
+                qh = q.to(HKP.dtype.element_ty)
+            else:
+                qh = q
+            for j in range(j0, j1, HT):
+                tokh = j + offs_h
+                tmask = tokh < j1
+                k = tl.load(HKP + (row0 + tokh)[:, None] * D + offs_d[None, :],
+                            mask=tmask[:, None] & dmask[None, :], other=0.0)
+                v = tl.load(HVP + (row0 + tokh)[:, None] * DV + offs_dv[None, :],
+                            mask=tmask[:, None] & dvmask[None, :], other=0.0)
+                if LOWP:
+                    sh = tl.dot(qh, tl.trans(k)) * qk_scale
+                else:
+                    sh = tl.dot(qh, tl.trans(k.to(tl.float32)), input_precision=PREC) * qk_scale
+                sh = tl.where(tmask[None, :], sh, float("-inf"))
+                mh_new = tl.maximum(m_i, tl.max(sh, 1))
+                ah = tl.exp2(m_i - mh_new)
+                ph = tl.exp2(sh - mh_new[:, None])
+                l_i = l_i * ah + tl.sum(ph, 1)
+                if LOWP:
+                    acc = acc * ah[:, None] + tl.dot(ph.to(v.dtype), v)
+                else:
+                    acc = acc * ah[:, None] + tl.dot(ph, v.to(tl.float32), input_precision=PREC)
+                m_i = mh_new
+
+        part_row = (pid_bh * n_splits + pid_s) * GQ + offs_g  # partial rows [B*Hk, n_splits, GQ]
+        tl.store(PM + part_row, m_i, mask=gmask)
+        tl.store(PL + part_row, l_i, mask=gmask)
+        tl.store(PACC + part_row[:, None] * DV + offs_dv[None, :], acc, mask=gmask[:, None] & dvmask[None, :])
+        if FUSED:
+            # one launch in all: the last program of each group of GRP splits to finish merges the
+            # group's partials into a group partial, the last group of this (b, h) merges those
+            # into the output (two short rounds of loads at the tail instead of n_splits / SCH)
+            grp = pid_s // GRP
+            gsize = tl.minimum(GRP, n_splits - grp * GRP)
+            cbase = CNT + pid_bh * (n_groups + 1)
+            tl.debug_barrier()  # every thread's partial stores precede the release below
+            done = tl.atomic_add(cbase + grp, 1, sem="acq_rel", scope="gpu")
+            if done == gsize - 1:
+                _merge_rows(PM, PL, PACC, pid_bh * n_splits + grp * GRP, gsize, PM2, PL2, PACC2,
+                            pid_bh * n_groups + grp, 0, False, G, GQ, DV, DVP, GRP)
+                tl.atomic_xchg(cbase + grp, 0, sem="relaxed", scope="gpu")  # ready for the next call
+                tl.debug_barrier()
+                done2 = tl.atomic_add(cbase + n_groups, 1, sem="acq_rel", scope="gpu")
+                if done2 == n_groups - 1:
+                    _merge_rows(PM2, PL2, PACC2, pid_bh * n_groups, n_groups, PM2, PL2, O, pid_bh * G, 0, True,
+                                G, GQ, DV, DVP, SCH)
+                    tl.atomic_xchg(cbase + n_groups, 0, sem="relaxed", scope="gpu")
+
+    @triton.jit(do_not_specialize=["n_splits"])
+    def _merge_v2_kernel(PM, PL, PACC, O, n_splits, G: tl.constexpr, GQ: tl.constexpr, DV: tl.constexpr,
+                         DVB: tl.constexpr, SCH: tl.constexpr):
+        bh = tl.program_id(0)
+        _merge_rows(PM, PL, PACC, bh * n_splits, n_splits, PM, PL, O, bh * G, tl.program_id(1) * DVB, True,
+                    G, GQ, DV, DVB, SCH)
+
+
 @functools.lru_cache(maxsize=None)
 def _num_sms_cuda(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
@@ -376,11 +666,12 @@ def _scratch(device: torch.device, n_work: int, n_cnt: int):
         cnt = torch.zeros(max(n_cnt, 256, 0 if old is None else old[1].numel()), device=device, dtype=torch.int32)
         ent = _SCRATCH[key] = (work, cnt)
         _PLANS.clear()  # plans hold views of the old buffers
+        _V2_PLANS.clear()
     return ent
 
 
 def default_config(n_bh: int, n_blocks: int, block_size: int, n_sms: int, elem_size: int = 2) -> dict:
-    """Launch parameters: the fastest configurations of the H100 sweep at T = 32K
+    """v1 launch parameters: the fastest configurations of the H100 sweep at T = 32K
     (benchmarks/RESULTS.md, bf16, d = 128, block 512, ranks 16 and 32).
 
     Few blocks in all (B = 1: 8 (b, h) x 64 blocks): one block per program, 256-token dots,
@@ -403,9 +694,9 @@ def default_config(n_bh: int, n_blocks: int, block_size: int, n_sms: int, elem_s
     return cfg
 
 
-def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_k: torch.Tensor,
-                    hot_v: torch.Tensor, hot_len: int, scale: float | None = None, *,
-                    block_tile: int | None = None, blocks_per_program: int | None = None,
+def _spectral_decode_v1(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_k: torch.Tensor,
+                        hot_v: torch.Tensor, hot_len: int, scale: float | None = None, *,
+                        block_tile: int | None = None, blocks_per_program: int | None = None,
                     hot_per_split: int = 256, fused_merge: bool | None = None, value_proj: str = "block",
                     num_warps: int | None = None, num_stages: int | None = None,
                     maxnreg: int | None = None) -> torch.Tensor:
@@ -568,3 +859,271 @@ def _make_plan(skey, q, ck, cv, bv, hot_k, n_blocks, hot_len, hot_per_split, vme
     else:
         merge = None
     return (n_bh, n_splits), (pm, pl, pacc, cnt, mb, lb, pcb), (nb_cap, hot_cap, n_comp, n_splits), consts, merge
+
+
+# ---------------------------------------------------------------------------------------------
+# v2 launcher
+# ---------------------------------------------------------------------------------------------
+_V1_ONLY = ("block_tile", "value_proj")
+AUTO_V2_MAX_BLOCKS = 16  # impl="auto": v2 up to this many compressed blocks per (b, h), else v1
+
+try:
+    from triton import knobs as _knobs
+    from triton.runtime.driver import driver as _driver
+except ImportError:  # pragma: no cover - triton without knobs (older than 3.4) or no triton: no replay
+    _knobs = _driver = None
+
+_FAST_LAUNCH = os.environ.get("ATTNLAB_FAST_LAUNCH", "1") != "0" and _knobs is not None
+_V2_PLANS: dict = {}
+LAUNCH_STATS = {"replayed": 0, "jit": 0, "replay_unavailable": 0}  # v2 launches by path (diagnostics)
+
+
+def _replay_ok(dev) -> bool:
+    return dev.type == "cuda" and not _interpreting()
+
+
+def _current_stream(dev) -> int:
+    return _driver.active.get_current_stream(dev.index if dev.index is not None else torch.cuda.current_device())
+
+
+def _hooks_active() -> bool:
+    """A launch hook (profiler) is set: launch through Triton. Triton >= 3.5 keeps the hooks in
+    (never None) HookChain objects, empty unless something registered."""
+    for h in (_knobs.runtime.launch_enter_hook, _knobs.runtime.launch_exit_hook):
+        if h is not None and getattr(h, "calls", True):
+            return True
+    return False
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def default_config_v2(n_bh: int, n_blocks: int, block_size: int, n_sms: int, elem_size: int = 2) -> dict:
+    """v2 launch parameters (H100 sweep of session 4: see benchmarks/RESULTS.md).
+
+    split: programs per compressed block (each takes block_size / split tokens); warp_slices:
+    token slices per program (the batch dimension of its dots, one warp each); slice_tile: tokens
+    per slice and step; fused_merge: the
+    partials are merged in the same launch (two levels: groups of merge_group splits, then the
+    groups), else by a second launch."""
+    if elem_size >= 4:  # fp32 caches: IEEE fp32 dots, smaller tiles (GPU-tested, not timed)
+        cfg = dict(split=1, warp_slices=4, slice_tile=32, num_warps=4, num_stages=1, fused_merge=True)
+    else:
+        # the best v2 configuration of the session-4 H100 sweep at 4K-32K, B = 1 and 8, ranks 16/32
+        # (benchmarks/RESULTS.md): half a block per program (4 warps, a 64-token slice each), all of
+        # a block's loads in one round (pipelined block loop), separate merge launch
+        cfg = dict(split=2 if block_size >= 128 else 1, warp_slices=4, slice_tile=64, num_warps=4, num_stages=2,
+                   fused_merge=False)
+    cfg.setdefault("blocks_per_program", 1)
+    cfg.update(merge_group=8)
+    return cfg
+
+
+def _fit_v2(bs: int, split: int, nw: int, tw: int):
+    """Shrink (split, warp_slices, slice_tile) to fit a block of bs tokens (bs a multiple of 16)."""
+    while split > 1 and (bs % split or (bs // split) % 16):
+        split //= 2
+    tpp = bs // split
+    while nw > 1 and tpp % (nw * 16):
+        nw //= 2
+    tw = min(tw, tpp // nw)
+    while (tpp // nw) % tw:
+        tw //= 2
+    return split, nw, max(tw, 16)
+
+
+def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_k: torch.Tensor,
+                    hot_v: torch.Tensor, hot_len: int, scale: float | None = None, *, impl: str = "auto",
+                    split: int | None = None, warp_slices: int | None = None, slice_tile: int | None = None,
+                    blocks_per_program: int | None = None, hot_per_split: int = 256,
+                    fused_merge: bool | None = None, fast_cvt: bool | None = None,
+                    merge_group: int | None = None, num_warps: int | None = None,
+                    num_stages: int | None = None, maxnreg: int | None = None, **v1_options) -> torch.Tensor:
+    """Decode attention of q [B, Hq, 1, d] over a spectral cache's buffers.
+
+    ck [B, Hk, NBcap, bs, rk] int8 (or float when sk is None), sk [B, Hk, NBcap, bs] float32,
+    bk [B, Hk, NBcap, rk, d]; cv/sv/bv likewise for values; the first n_blocks blocks are used.
+    hot_k/hot_v [B, Hk, hot_cap, d] hold hot_len exact tokens after the blocks.
+    Returns [B, Hq, 1, dv] in q's dtype.
+
+    impl="auto" (default): v2 for up to AUTO_V2_MAX_BLOCKS blocks per (b, h), v1 above (the faster
+    one in the session-4 H100 measurements), unless options of one kernel are given.
+    impl="v2": launch parameters left None come from ``default_config_v2``: split (programs per
+    block), warp_slices, slice_tile, blocks_per_program (split 1 only), num_warps, num_stages,
+    fused_merge (True: the partials are merged in the same launch), merge_group, fast_cvt (int8 ->
+    fp16 by bit manipulation; default on CUDA), maxnreg.
+    impl="v1": the session-2 kernel (``_spectral_decode_v1``), which takes block_tile,
+    blocks_per_program, value_proj, maxnreg besides the shared options.
+    """
+    if impl == "auto":
+        # the faster kernel of the session-4 H100 measurements (benchmarks/RESULTS.md): v2 up to 16
+        # blocks per (b, h) (T <= 8K at block 512), v1 above; options of one kernel select it
+        if v1_options:
+            impl = "v1"
+        elif split or warp_slices or slice_tile or fast_cvt is not None or merge_group or maxnreg:
+            impl = "v2"
+        else:
+            impl = "v2" if n_blocks <= AUTO_V2_MAX_BLOCKS else "v1"
+    if impl == "v1":
+        return _spectral_decode_v1(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale,
+                                   blocks_per_program=blocks_per_program, hot_per_split=hot_per_split,
+                                   fused_merge=fused_merge, num_warps=num_warps, num_stages=num_stages,
+                                   maxnreg=maxnreg, **v1_options)
+    if impl != "v2":
+        raise ValueError(f"impl must be 'auto', 'v1' or 'v2'; got {impl!r}")
+    if v1_options:
+        bad = sorted(set(v1_options) - set(_V1_ONLY))
+        if bad:
+            raise TypeError(f"spectral_decode: unexpected option(s) {', '.join(bad)}")
+        raise ValueError(f"option(s) {', '.join(sorted(v1_options))} belong to impl='v1'")
+    if not HAS_TRITON:
+        raise RuntimeError("the spectral decode kernel needs triton (pip install triton)")
+    b, hq, t, d = q.shape
+    if t != 1:
+        raise ValueError(f"spectral_decode takes one query token; got {t}")
+    bs = ck.shape[3]
+    if bs % KERNEL_TILE:
+        raise ValueError(f"block_size {bs} must be a multiple of the kernel tile {KERNEL_TILE}")
+    for name, x in (("ck", ck), ("sk", sk), ("bk", bk), ("cv", cv), ("sv", sv), ("bv", bv), ("hot_k", hot_k),
+                    ("hot_v", hot_v)):
+        if x is not None and not x.is_contiguous():
+            raise ValueError(f"spectral_decode: {name} must be contiguous")
+    if not q.is_contiguous():
+        q = q.contiguous()
+    dev = q.device
+    cfg = default_config_v2(b * ck.shape[1], n_blocks, bs, _num_sms(dev), q.element_size())
+    sp, nw, tw = _fit_v2(bs, split or cfg["split"], warp_slices or cfg["warp_slices"], slice_tile or cfg["slice_tile"])
+    first = (sp, nw, tw, num_warps or cfg["num_warps"], num_stages or cfg["num_stages"],
+             cfg["fused_merge"] if fused_merge is None else bool(fused_merge),
+             (dev.type == "cuda" and not _interpreting()) if fast_cvt is None else bool(fast_cvt),
+             merge_group or cfg["merge_group"], 1 if sp > 1 else (blocks_per_program or cfg["blocks_per_program"]), maxnreg)
+    scale = d**-0.5 if scale is None else scale
+    out = torch.empty(b, hq, 1, bv.shape[-1], device=dev, dtype=q.dtype)
+    args = (q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale, out, hot_per_split)
+    start = 0
+    if not _FALLBACK:  # fast path: nothing has needed a fallback yet
+        try:
+            _launch_v2(*args, *first)
+            return out
+        except OutOfResources:
+            start = 1
+    # fallbacks when a configuration needs more shared memory than the GPU has (large ranks)
+    cands = [first]
+    for c in ((sp, nw, min(tw, 32), first[3], 1, *first[5:]), (sp, nw, 16, first[3], 1, *first[5:])):
+        if c not in cands:
+            cands.append(c)
+    key = ("v2", dev, q.dtype, ck.dtype, bk.dtype, hot_k.dtype, bs, ck.shape[-1], cv.shape[-1], d, bv.shape[-1],
+           hq // ck.shape[1], first)
+    for i in range(min(max(start, _FALLBACK.get(key, 0)), len(cands) - 1), len(cands)):
+        try:
+            _launch_v2(*args, *cands[i])
+        except OutOfResources:
+            if i == len(cands) - 1:
+                raise
+            continue
+        _FALLBACK[key] = i
+        return out
+    return out
+
+
+def _launch_v2(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale, out, hot_per_split,
+               sp, nw, tw, num_warps, num_stages, fused, fast, grp, bpp, maxnreg):
+    global _FAST_LAUNCH
+    dev = q.device
+    cuda = dev.type == "cuda"
+    replay = _FAST_LAUNCH and _replay_ok(dev)
+    if replay:
+        stream = _current_stream(dev)
+        skey = (dev, stream)
+    else:
+        skey = (dev, torch.cuda.current_stream(dev).cuda_stream) if cuda else dev
+    n_hot = -(-hot_len // hot_per_split)
+    quant = sk is not None
+    tensors = (q, ck, sk, bk, cv, sv, bv, hot_k, hot_v)
+    key = (skey, q.shape, q.dtype, ck.shape, ck.dtype, bk.shape, bk.dtype, cv.shape, bv.shape, bv.dtype, hot_k.shape,
+           hot_k.dtype, hot_v.shape, quant, n_blocks, n_hot, hot_per_split, sp, nw, tw, num_warps, num_stages, fused,
+           fast, grp, bpp, maxnreg, tuple(x is None or x.data_ptr() % 16 == 0 for x in tensors))
+    plan = _V2_PLANS.get(key)
+    if plan is not None and plan[0] is not None and not _hooks_active():  # replay: compiled launchers, new pointers
+        try:
+            (run, fn, meta, g0, g1, tpl), merge = plan[0]
+            a = list(tpl)
+            a[0], a[1], a[3], a[4], a[6], a[7], a[8], a[13], a[19], a[24] = (
+                q, ck, bk, cv, bv, hot_k, hot_v, out, hot_len, scale * 1.4426950408889634)
+            if quant:
+                a[2], a[5] = sk, sv
+            run(g0, g1, 1, stream, fn, meta, None, None, None, *a)
+            if merge is not None:
+                run, fn, meta, g0, g1, tpl = merge
+                a = list(tpl)
+                a[3] = out
+                run(g0, g1, 1, stream, fn, meta, None, None, None, *a)
+            LAUNCH_STATS["replayed"] += 1
+            return
+        except Exception as e:  # noqa: BLE001 - the launcher refused: JIT launches from now on
+            _FAST_LAUNCH = False
+            LAUNCH_STATS["replay_failed"] = repr(e)
+            replay = False
+    if plan is None:
+        plan = (None, _make_plan_v2(q, ck, bk, cv, bv, hot_k, n_blocks, n_hot, hot_per_split, quant, sp, nw, tw, fused,
+                                    fast, grp, bpp))
+    grid, mgrid, work, cnt, consts, mconsts, (nb_cap, hot_cap, n_comp, n_splits, n_groups) = plan[1]
+    pm, pl, pacc, pm2, pl2, pacc2 = work
+    a = [q, ck, sk if quant else pm, bk, cv, sv if quant else pm, bv, hot_k, hot_v, pm, pl, pacc, cnt, out, pm2, pl2,
+         pacc2, n_blocks, nb_cap, hot_len, hot_cap, n_comp, n_splits, n_groups, scale * 1.4426950408889634,
+         *consts.values()]
+    opts = {} if maxnreg is None else {"maxnreg": maxnreg}
+    k1 = _spectral_v2[grid](*a, num_warps=num_warps, num_stages=num_stages, **opts)
+    LAUNCH_STATS["jit"] += 1
+    launches = [(k1, grid, a)]
+    if mgrid is not None:
+        am = [pm, pl, pacc, out, n_splits, *mconsts.values()]
+        launches.append((_merge_v2_kernel[mgrid](*am, num_warps=4), mgrid, am))
+    rec = None
+    if replay:
+        try:
+            rec = []
+            for k, g, args in launches:
+                if hasattr(k, "result"):
+                    k = k.result()
+                rec.append((k.run, k.function, k.packed_metadata, g[0], g[1], tuple(args)))
+            rec = (rec[0], rec[1] if len(rec) > 1 else None)
+        except Exception:  # noqa: BLE001 - this triton does not expose the launcher pieces: no replay
+            rec = None
+            LAUNCH_STATS["replay_unavailable"] += 1
+    if len(_V2_PLANS) > 1024:
+        _V2_PLANS.clear()
+    _V2_PLANS[key] = (rec, plan[1])
+
+
+def _make_plan_v2(q, ck, bk, cv, bv, hot_k, n_blocks, n_hot, hot_per_split, quant, sp, nw, tw, fused, fast, grp,
+                  bpp):
+    b, hq, _, d = q.shape
+    _, hk, nb_cap, bs, rk = ck.shape
+    rv, dv = cv.shape[-1], bv.shape[-1]
+    hot_cap = hot_k.shape[2]
+    g = hq // hk
+    gq = next_pow2(g)
+    n_bh = b * hk
+    n_comp = n_blocks * sp if sp > 1 else -(-n_blocks // bpp)
+    n_splits = max(1, n_comp + n_hot)
+    n_groups = -(-n_splits // grp)
+    n1, n2 = n_bh * n_splits * gq, n_bh * n_groups * gq  # partial rows of the two merge levels
+    work, cnt = _scratch(q.device, (n1 + n2) * (2 + dv), n_bh * (n_groups + 1))
+    o2 = n1 * (2 + dv)
+    work = (work[:n1], work[n1:2 * n1], work[2 * n1:o2],
+            work[o2:o2 + n2], work[o2 + n2:o2 + 2 * n2], work[o2 + 2 * n2:o2 + n2 * (2 + dv)])
+    lowp = q.dtype != torch.float32
+    dvp = _p2(dv)
+    consts = dict(G=g, GP=_p2(g), GQ=gq, D=d, DP=_p2(d), DV=dv, DVP=dvp, RK=rk, RKP=_p2(rk), RV=rv, RVP=_p2(rv),
+                  BS=bs, SPLIT=sp, BPP=bpp, NW=nw, TW=tw, HOT_PER_SPLIT=hot_per_split, HT=64, QUANT=quant,
+                  LOWP=lowp and (quant or ck.dtype == torch.float16), PREC="ieee" if not lowp else "tf32",
+                  FUSED=fused, GRP=grp, SCH=8, FASTCVT=fast and quant,
+                  I64=max(ck.numel(), cv.numel(), bk.numel(), bv.numel()) >= 2**31)
+    mgrid = mconsts = None
+    if not fused:
+        dvb = min(32, dvp)
+        mgrid = (n_bh, triton.cdiv(dv, dvb))
+        mconsts = dict(G=g, GQ=gq, DV=dv, DVB=dvb, SCH=32)
+    return (n_bh, n_splits), mgrid, work, cnt, consts, mconsts, (nb_cap, hot_cap, n_comp, n_splits, n_groups)
