@@ -1,0 +1,415 @@
+"""CMD attention with the shared noise stream computed ONCE for all heads (Triton, fwd + bwd).
+
+Common-mode differential attention has ONE noise query/key head shared by every signal head:
+
+    out_h = softmax(s1 Q1_h K1_h^T) V_h  -  lam_h * softmax(s2 Q2 K2^T) V_h          (causal)
+          = A_h - lam_h N_h
+
+The noise map P2 = softmax(s2 Q2 K2^T) is the same for every head, so the noise stream is ONE
+attention with a single query/key head whose value is every head's V side by side:
+
+    N = P2 [V_1 | V_2 | ... | V_H]                     (multi-value attention, "MVA")
+
+Here the signal stream A goes through SDPA (FlashAttention / cuDNN) and the noise stream through
+the kernels below; the combination ``out = A - lam N`` is fused into the noise forward's epilogue.
+
+Work in matmul units (one unit = one causal T x T x d product; the notebook expands the noise
+head to every head and calls SDPA twice: 4H forward + 10H backward):
+- forward: each program owns a query block and a GROUP of G heads' value columns ([BM, G*dv]
+  accumulator); the noise scores are computed once per group: H/G + H units (not 2H);
+- backward, with dN_h = -lam_h dO_h (the preprocess also gives Delta = sum_h rowsum(dN_h N_h)):
+  * dV kernel (key block x group of G heads): P2^T recomputed once per group, dV_h = P2^T dN_h:
+    H/G + H units;
+  * dK kernel (key block x split of heads): dP2 = sum_h dN_h V_h^T (ONE accumulator over the
+    split's heads: the noise map's gradient is shared), dS2 = P2 (dP2 - Delta), dK2 = dS2^T Q2 and
+    dQ2 = dS2 K2 by float32 atomics: 3 * SPLIT + H units (not 3H + 2H).
+  So noise fwd+bwd is about 3H + H/G*2 + 3*SPLIT + 1 units instead of 7H (H=16, G=2, SPLIT=2:
+  ~71 vs 112), on top of the signal's 7H through SDPA.
+
+``cmd_attention_noise_once(q1, k1, q2, k2, v, lam)`` is the op (signal by SDPA + this noise path);
+``shared_noise_attention`` is the noise stream alone (no combination, for tests and reuse);
+``noise_once_reference`` the plain PyTorch reference with explicit maps.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+
+
+# ------------------------------------------------------------------------------------------
+# kernels
+
+@triton.jit
+def _rows(base, offs_t, stride_t, T, D: tl.constexpr, BD: tl.constexpr):
+    offs_d = tl.arange(0, BD)
+    ptrs = base + offs_t[:, None] * stride_t + offs_d[None, :]
+    if D == BD:
+        return tl.load(ptrs, mask=(offs_t < T)[:, None], other=0.0)
+    return tl.load(ptrs, mask=(offs_t < T)[:, None] & (offs_d < D)[None, :], other=0.0)
+
+
+@triton.jit
+def _fwd_step(q, k_base, skt, v_base, svt, vcol, cmask, start_n, offs_m, T, m, l, acc, qk,
+              D: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, MASK: tl.constexpr):
+    offs_n = start_n + tl.arange(0, BN)
+    k = _rows(k_base, offs_n, skt, T, D, BD)
+    s = tl.dot(q, tl.trans(k)) * qk
+    if MASK:
+        s = tl.where(offs_m[:, None] >= offs_n[None, :], s, float("-inf"))
+    mn = tl.maximum(m, tl.max(s, 1))
+    p = tl.math.exp2(s - mn[:, None])
+    a = tl.math.exp2(m - mn)
+    l = l * a + tl.sum(p, 1)
+    v = tl.load(v_base + offs_n[:, None] * svt + vcol[None, :], mask=(offs_n < T)[:, None] & cmask[None, :],
+                other=0.0)
+    acc = tl.dot(p.to(v.dtype), v, acc * a[:, None])
+    return mn, l, acc
+
+
+@triton.jit
+def _noise_fwd_kernel(Q, K, V, A, LAM, O, N, LSE,
+                      sqb, sqt, skb, skt, svb, svh, svt, sab, sah, sat, sob, soh, sot, snb, snh, snt,
+                      H, NG, T, qk,
+                      D: tl.constexpr, BD: tl.constexpr, DV: tl.constexpr, BDV: tl.constexpr,
+                      G: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, COMBINE: tl.constexpr):
+    """Program = (query block, batch x group of G heads). acc [BM, G*BDV] holds the group's
+    value columns; the noise scores and softmax state are computed once for the group."""
+    pid_m = tl.program_id(0)
+    bg = tl.program_id(1)
+    b = bg // NG
+    h0 = (bg % NG) * G
+    offs_m = pid_m * BM + tl.arange(0, BM)
+    offs_c = tl.arange(0, G * BDV)
+    ch = h0 + offs_c // BDV
+    cd = offs_c % BDV
+    cmask = (ch < H) & (cd < DV)
+    q = _rows(Q + b * sqb, offs_m, sqt, T, D, BD)
+    k_base = K + b * skb
+    v_base = V + b * svb
+    vcol = ch * svh + cd
+    m = tl.full([BM], float("-inf"), tl.float32)
+    l = tl.zeros([BM], tl.float32)
+    acc = tl.zeros([BM, G * BDV], tl.float32)
+    lo = pid_m * BM
+    for start_n in range(0, lo, BN):  # key blocks entirely in the past
+        m, l, acc = _fwd_step(q, k_base, skt, v_base, svt, vcol, cmask, start_n, offs_m, T, m, l, acc, qk,
+                              D, BD, BN, False)
+    for start_n in range(lo, tl.minimum(lo + BM, T), BN):  # the diagonal
+        m, l, acc = _fwd_step(q, k_base, skt, v_base, svt, vcol, cmask, start_n, offs_m, T, m, l, acc, qk,
+                              D, BD, BN, True)
+    n = acc / l[:, None]
+    rmask = offs_m < T
+    omask = rmask[:, None] & cmask[None, :]
+    tl.store(N + b * snb + offs_m[:, None] * snt + (ch * snh + cd)[None, :], n.to(N.dtype.element_ty), mask=omask)
+    if COMBINE:  # out = A - lam_h N_h, A the signal stream's output
+        lam = tl.load(LAM + ch, mask=ch < H, other=0.0)
+        a = tl.load(A + b * sab + offs_m[:, None] * sat + (ch * sah + cd)[None, :], mask=omask, other=0.0)
+        out = a.to(tl.float32) - lam[None, :] * n
+        tl.store(O + b * sob + offs_m[:, None] * sot + (ch * soh + cd)[None, :], out.to(O.dtype.element_ty),
+                 mask=omask)
+    if h0 == 0:  # one log-sum-exp per (batch, row), log2 units
+        tl.store(LSE + b * T + offs_m, m + tl.math.log2(l), mask=rmask)
+
+
+@triton.jit
+def _noise_bwd_pre_kernel(DO, N, LAM, DN, DELTA, R,
+                          sdob, sdoh, sdot, snb, snh, snt, H, HS, SPLIT, T,
+                          DV: tl.constexpr, BDV: tl.constexpr, BM: tl.constexpr, COMBINE: tl.constexpr):
+    """dN_h = -lam_h dO_h (or dO_h itself without the combination), R[b, h, t] = rowsum(dO_h N_h)
+    and, per split of heads, Delta[b, s, t] = sum_{h in s} rowsum(dN_h N_h)."""
+    pid_m = tl.program_id(0)
+    b = tl.program_id(1)
+    offs_m = pid_m * BM + tl.arange(0, BM)
+    rmask = offs_m < T
+    offs_d = tl.arange(0, BDV)
+    dmask = rmask[:, None] & (offs_d < DV)[None, :]
+    for s in range(0, SPLIT):
+        delta = tl.zeros([BM], tl.float32)
+        for h in range(s * HS, tl.minimum(s * HS + HS, H)):
+            do = _rows(DO + b * sdob + h * sdoh, offs_m, sdot, T, DV, BDV).to(tl.float32)
+            n = _rows(N + b * snb + h * snh, offs_m, snt, T, DV, BDV).to(tl.float32)
+            r = tl.sum(do * n, 1)
+            if COMBINE:
+                lam = tl.load(LAM + h)
+                tl.store(R + (b * H + h) * T + offs_m, r, mask=rmask)
+                do = -lam * do
+                r = -lam * r
+            delta += r
+            tl.store(DN + ((b * H + h) * T + offs_m[:, None]) * DV + offs_d[None, :], do.to(DN.dtype.element_ty),
+                     mask=dmask)
+        tl.store(DELTA + (b * SPLIT + s) * T + offs_m, delta, mask=rmask)
+
+
+@triton.jit
+def _dv_step(k, acc, q_base, sqt, dn_base, col, cmask, LSE, start_m, offs_n, T, qk,
+             D: tl.constexpr, BD: tl.constexpr, DVG: tl.constexpr, BM: tl.constexpr, MASK: tl.constexpr):
+    offs_m = start_m + tl.arange(0, BM)
+    q = _rows(q_base, offs_m, sqt, T, D, BD)
+    lse = tl.load(LSE + offs_m, mask=offs_m < T, other=float("inf"))
+    pt = tl.math.exp2(tl.dot(k, tl.trans(q)) * qk - lse[None, :])  # [BN, BM]
+    if MASK:
+        pt = tl.where(offs_m[None, :] >= offs_n[:, None], pt, 0.0)
+    dn = tl.load(dn_base + offs_m[:, None] * DVG + col[None, :], mask=(offs_m < T)[:, None] & cmask[None, :],
+                 other=0.0)
+    return tl.dot(pt.to(dn.dtype), dn, acc)
+
+
+@triton.jit
+def _noise_bwd_dv_kernel(Q, K, DN, LSE, DVO,
+                         sqb, sqt, skb, skt, sdvb, sdvh, sdvt,
+                         H, NG, T, qk,
+                         D: tl.constexpr, BD: tl.constexpr, DV: tl.constexpr, BDV: tl.constexpr,
+                         G: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+    """Program = (key block, batch x group of G heads): dV_h = P2^T dN_h for the group's heads,
+    P2 recomputed once per group. dN is [B, H, T, DV] contiguous."""
+    pid_n = tl.program_id(0)
+    bg = tl.program_id(1)
+    b = bg // NG
+    h0 = (bg % NG) * G
+    start_n = pid_n * BN
+    offs_n = start_n + tl.arange(0, BN)
+    offs_c = tl.arange(0, G * BDV)
+    ch = h0 + offs_c // BDV
+    cd = offs_c % BDV
+    cmask = (ch < H) & (cd < DV)
+    k = _rows(K + b * skb, offs_n, skt, T, D, BD)
+    q_base = Q + b * sqb
+    dn_base = DN + b * H * T * DV
+    col = ch * (T * DV) + cd  # dN row stride is DV
+    lse_b = LSE + b * T
+    acc = tl.zeros([BN, G * BDV], tl.float32)
+    for start_m in range(start_n, start_n + BN, BM):  # query blocks on the diagonal
+        acc = _dv_step(k, acc, q_base, sqt, dn_base, col, cmask, lse_b, start_m, offs_n, T, qk, D, BD, DV, BM, True)
+    for start_m in range(start_n + BN, T, BM):
+        acc = _dv_step(k, acc, q_base, sqt, dn_base, col, cmask, lse_b, start_m, offs_n, T, qk, D, BD, DV, BM, False)
+    tl.store(DVO + b * sdvb + offs_n[:, None] * sdvt + (ch * sdvh + cd)[None, :], acc.to(DVO.dtype.element_ty),
+             mask=(offs_n < T)[:, None] & cmask[None, :])
+
+
+@triton.jit
+def _dk_step(k, v_base, svh, svt, dk, q_base, sqt, dn_base, LSE, DELTA, DQ, hs0, hs1,
+             start_m, offs_n, T, qk, scale,
+             D: tl.constexpr, BD: tl.constexpr, DV: tl.constexpr, BDV: tl.constexpr,
+             BM: tl.constexpr, MASK: tl.constexpr):
+    offs_m = start_m + tl.arange(0, BM)
+    rmask = offs_m < T
+    q = _rows(q_base, offs_m, sqt, T, D, BD)
+    lse = tl.load(LSE + offs_m, mask=rmask, other=float("inf"))
+    delta = tl.load(DELTA + offs_m, mask=rmask, other=0.0)
+    pt = tl.math.exp2(tl.dot(k, tl.trans(q)) * qk - lse[None, :])  # [BN, BM]
+    if MASK:
+        pt = tl.where(offs_m[None, :] >= offs_n[:, None], pt, 0.0)
+    # dP2^T = sum over the split's heads of V_h dN_h^T: one accumulator, the heads as its inner loop
+    dpt = tl.zeros_like(pt)
+    for h in range(hs0, hs1):
+        v = _rows(v_base + h * svh, offs_n, svt, T, DV, BDV)
+        dn = _rows(dn_base + h * T * DV, offs_m, DV, T, DV, BDV)
+        dpt = tl.dot(v, tl.trans(dn), dpt)
+    dst = (pt * (dpt - delta[None, :])).to(q.dtype)
+    dk = tl.dot(dst, q, dk)
+    offs_d = tl.arange(0, BD)
+    tl.atomic_add(DQ + offs_m[:, None] * D + offs_d[None, :], tl.dot(tl.trans(dst), k) * scale,
+                  mask=rmask[:, None] & (offs_d < D)[None, :], sem="relaxed")
+    return dk
+
+
+@triton.jit
+def _noise_bwd_dk_kernel(Q, K, V, DN, LSE, DELTA, DK, DQ,
+                         sqb, sqt, skb, skt, svb, svh, svt,
+                         H, HS, SPLIT, T, qk, scale,
+                         D: tl.constexpr, BD: tl.constexpr, DV: tl.constexpr, BDV: tl.constexpr,
+                         BM: tl.constexpr, BN: tl.constexpr):
+    """Program = (key block, batch x split of heads): dK2 (per split, float32, summed outside)
+    and dQ2 (float32 atomics) from dS2 = P2 (sum_h dN_h V_h^T - Delta)."""
+    pid_n = tl.program_id(0)
+    bs = tl.program_id(1)
+    b = bs // SPLIT
+    s = bs % SPLIT
+    hs0 = s * HS
+    hs1 = tl.minimum(hs0 + HS, H)
+    start_n = pid_n * BN
+    offs_n = start_n + tl.arange(0, BN)
+    k = _rows(K + b * skb, offs_n, skt, T, D, BD)
+    q_base = Q + b * sqb
+    v_base = V + b * svb
+    dn_base = DN + b * H * T * DV
+    lse_b = LSE + b * T
+    delta_b = DELTA + bs * T
+    dq_b = DQ + b * T * D
+    dk = tl.zeros([BN, BD], tl.float32)
+    for start_m in range(start_n, start_n + BN, BM):
+        dk = _dk_step(k, v_base, svh, svt, dk, q_base, sqt, dn_base, lse_b, delta_b, dq_b, hs0, hs1,
+                      start_m, offs_n, T, qk, scale, D, BD, DV, BDV, BM, True)
+    for start_m in range(start_n + BN, T, BM):
+        dk = _dk_step(k, v_base, svh, svt, dk, q_base, sqt, dn_base, lse_b, delta_b, dq_b, hs0, hs1,
+                      start_m, offs_n, T, qk, scale, D, BD, DV, BDV, BM, False)
+    offs_d = tl.arange(0, BD)
+    tl.store(DK + (bs * T + offs_n[:, None]) * D + offs_d[None, :], dk * scale,
+             mask=(offs_n < T)[:, None] & (offs_d < D)[None, :])
+
+
+# ------------------------------------------------------------------------------------------
+# launch
+
+def _interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _pow2(d: int) -> int:
+    return max(16, triton.next_power_of_2(d))
+
+
+# Launch configs. fwd / dv: (BM, BN, G heads per program, num_warps, num_stages);
+# dk: (BM, BN, SPLIT of heads, num_warps, num_stages). BN must be a multiple of BM for dv / dk.
+# Chosen for an H100 at B=1, 16 heads, d 128 (benchmarks/bench_diff_kernel.py --sweep-noise).
+CONFIGS = {
+    "fwd": (128, 64, 2, 8, 2),
+    "dv": (64, 64, 2, 8, 2),
+    "dk": (64, 128, 2, 8, 2),
+}
+_INTERP = {"fwd": (16, 16, 2, 1, 1), "dv": (16, 16, 2, 1, 1), "dk": (16, 16, 2, 1, 1)}
+
+
+def _config(name: str, h: int, dv: int):
+    bm, bn, g, w, s = (_INTERP if _interpret() else CONFIGS)[name]
+    g = max(1, min(g, h))
+    if name != "dk":
+        g = 1 << (g.bit_length() - 1)  # the group's columns are one power-of-two wide tile
+        while g > 1 and g * _pow2(dv) > 512:
+            g //= 2
+    return bm, bn, g, w, s
+
+
+def _vstr(x):  # (batch, head, time) strides of a [B, H, T, D] tensor
+    return x.stride(0), x.stride(1), x.stride(2)
+
+
+class _NoiseOnce(torch.autograd.Function):
+    """a (signal output or None), q2 [B, T, D], k2 [B, T, D], v [B, H, T, DV], lam [H] ->
+    a - lam N (combine) or N."""
+
+    @staticmethod
+    def forward(ctx, a, q2, k2, v, lam, scale):
+        combine = a is not None
+        b, t, d = q2.shape
+        h, dv = v.shape[1], v.shape[-1]
+        if q2.stride(-1) != 1:
+            q2 = q2.contiguous()
+        if k2.stride(-1) != 1:
+            k2 = k2.contiguous()
+        if v.stride(-1) != 1:
+            v = v.contiguous()
+        lam32 = lam.detach().float().contiguous() if combine else torch.zeros(1, device=v.device)
+        n = torch.empty(b, h, t, dv, device=v.device, dtype=v.dtype)
+        lse = torch.empty(b, t, device=v.device, dtype=torch.float32)
+        if combine:
+            if a.stride(-1) != 1:
+                a = a.contiguous()
+            out = torch.empty(b, h, t, dv, device=v.device, dtype=a.dtype)
+        else:
+            out = n
+        bm, bn, g, w, s = _config("fwd", h, dv)
+        ng = triton.cdiv(h, g)
+        aa = a if combine else n
+        _noise_fwd_kernel[(triton.cdiv(t, bm), b * ng)](
+            q2, k2, v, aa, lam32, out, n, lse,
+            q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), *_vstr(v), *_vstr(aa), *_vstr(out), *_vstr(n),
+            h, ng, t, scale * LOG2E, d, _pow2(d), dv, _pow2(dv), g, bm, bn, combine,
+            num_warps=w, num_stages=s)
+        ctx.save_for_backward(q2, k2, v, lam32, n, lse)
+        ctx.scale, ctx.combine = scale, combine
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q2, k2, v, lam32, n, lse = ctx.saved_tensors
+        scale, combine = ctx.scale, ctx.combine
+        b, t, d = q2.shape
+        h, dv = v.shape[1], v.shape[-1]
+        if dout.stride(-1) != 1:
+            dout = dout.contiguous()
+        dev = v.device
+        f32 = torch.float32
+        bm, bn, split, w, s = _config("dk", h, dv)
+        hs = triton.cdiv(h, split)
+        split = triton.cdiv(h, hs)
+        dn = torch.empty(b, h, t, dv, device=dev, dtype=v.dtype)
+        delta = torch.empty(b, split, t, device=dev, dtype=f32)
+        r = torch.empty(b, h, t, device=dev, dtype=f32) if combine else delta
+        pbm = 16 if _interpret() else 32
+        _noise_bwd_pre_kernel[(triton.cdiv(t, pbm), b)](
+            dout, n, lam32, dn, delta, r, *_vstr(dout), *_vstr(n), h, hs, split, t,
+            dv, _pow2(dv), pbm, combine)
+        dq = torch.zeros(b, t, d, device=dev, dtype=f32)
+        dk = torch.empty(b, split, t, d, device=dev, dtype=f32)
+        _noise_bwd_dk_kernel[(triton.cdiv(t, bn), b * split)](
+            q2, k2, v, dn, lse, delta, dk, dq,
+            q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), *_vstr(v),
+            h, hs, split, t, scale * LOG2E, scale, d, _pow2(d), dv, _pow2(dv), bm, bn,
+            num_warps=w, num_stages=s)
+        bm, bn, g, w, s = _config("dv", h, dv)
+        ng = triton.cdiv(h, g)
+        dvo = torch.empty(b, h, t, dv, device=dev, dtype=v.dtype)
+        _noise_bwd_dv_kernel[(triton.cdiv(t, bn), b * ng)](
+            q2, k2, dn, lse, dvo, q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), *_vstr(dvo),
+            h, ng, t, scale * LOG2E, d, _pow2(d), dv, _pow2(dv), g, bm, bn, num_warps=w, num_stages=s)
+        dk = dk[:, 0] if split == 1 else dk.sum(1)
+        dlam = -r.sum((0, 2)) if combine and ctx.needs_input_grad[4] else None
+        return (dout if combine else None, dq.to(q2.dtype), dk.to(k2.dtype), dvo, dlam, None)
+
+
+# ------------------------------------------------------------------------------------------
+# public functions
+
+def _squeeze_head(x, name):
+    if x.dim() == 4:
+        if x.shape[1] != 1:
+            raise ValueError(f"{name} must have ONE head (the shared noise head); got shape {tuple(x.shape)}")
+        return x[:, 0]
+    return x
+
+
+def shared_noise_attention(q2, k2, v, scale=None):
+    """N_h = softmax(scale Q2 K2^T) V_h for every value head h, causal, the map computed once.
+    q2, k2: [B, 1, T, D] (or [B, T, D]); v: [B, H, T, DV]. Returns [B, H, T, DV]."""
+    q2, k2 = _squeeze_head(q2, "q2"), _squeeze_head(k2, "k2")
+    scale = q2.shape[-1] ** -0.5 if scale is None else float(scale)
+    return _NoiseOnce.apply(None, q2, k2, v, None, scale)
+
+
+def cmd_attention_noise_once(q1, k1, q2, k2, v, lam, scale1=None, scale2=None):
+    """Causal CMD attention: softmax(s1 Q1 K1^T) V through SDPA, minus lam_h times the shared noise
+    stream computed once for all heads (this module's kernels). q1, k1, v [B, H, T, *];
+    q2, k2 [B, 1, T, D2]; lam broadcastable to [H]. Returns [B, H, T, DV]."""
+    from ..attention import causal_attention
+    from .reference import lam_per_head
+
+    b, h, t, _ = q1.shape
+    if k1.shape[1] != h or v.shape[1] != h or k1.shape[-2] != t:
+        raise ValueError("noise-once CMD needs one key/value head per query head over the query positions")
+    scale1 = q1.shape[-1] ** -0.5 if scale1 is None else float(scale1)
+    scale2 = q2.shape[-1] ** -0.5 if scale2 is None else float(scale2)
+    a = causal_attention(q1, k1, v, scale=scale1)
+    lam = lam_per_head(lam, h, q1.device)
+    return _NoiseOnce.apply(a, _squeeze_head(q2, "q2"), _squeeze_head(k2, "k2"), v, lam, scale2)
+
+
+def noise_once_reference(q2, k2, v, scale=None):
+    """Plain PyTorch: the explicit float32 noise map, applied to every value head."""
+    q2, k2 = _squeeze_head(q2, "q2").float(), _squeeze_head(k2, "k2").float()
+    t, s = q2.shape[-2], k2.shape[-2]
+    scale = q2.shape[-1] ** -0.5 if scale is None else scale
+    mask = torch.ones(t, s, dtype=torch.bool, device=q2.device).tril(s - t)
+    p = (q2 @ k2.transpose(-1, -2) * scale).masked_fill(~mask, float("-inf")).softmax(-1)
+    return (p[:, None] @ v.float()).to(v.dtype)
+
+
+__all__ = ["cmd_attention_noise_once", "shared_noise_attention", "noise_once_reference", "CONFIGS"]
+_ = math
