@@ -20,9 +20,10 @@ head to every head and calls SDPA twice: 4H forward + 10H backward):
 - backward, with dN_h = -lam_h dO_h (the preprocess also gives Delta = sum_h rowsum(dN_h N_h)):
   * dV kernel (key block x group of G heads): P2^T recomputed once per group, dV_h = P2^T dN_h:
     H/G + H units;
-  * dK kernel (key block x split of heads): dP2 = sum_h dN_h V_h^T (ONE accumulator over the
-    split's heads: the noise map's gradient is shared), dS2 = P2 (dP2 - Delta), dK2 = dS2^T Q2 and
-    dQ2 = dS2 K2 by float32 atomics: 3 * SPLIT + H units (not 3H + 2H).
+  * dK kernel (key block x chunk of query rows x split of heads): dP2 = sum_h dN_h V_h^T (ONE
+    accumulator over the split's heads: the noise map's gradient is shared), dS2 = P2 (dP2 - Delta),
+    dK2 = dS2^T Q2 and dQ2 = dS2 K2 by float32 atomics: 3 * SPLIT + H units (not 3H + 2H). The
+    query chunks spread the causal triangle of the ONE noise head over many programs.
   So noise fwd+bwd is about 3H + H/G*2 + 3*SPLIT + 1 units instead of 7H (H=16, G=2, SPLIT=2:
   ~71 vs 112), on top of the signal's 7H through SDPA.
 
@@ -225,34 +226,42 @@ def _noise_bwd_dk_kernel(Q, K, V, DN, LSE, DELTA, DK, DQ,
                          sqb, sqt, skb, skt, svb, svh, svt,
                          H, HS, SPLIT, T, qk, scale,
                          D: tl.constexpr, BD: tl.constexpr, DV: tl.constexpr, BDV: tl.constexpr,
-                         BM: tl.constexpr, BN: tl.constexpr):
-    """Program = (key block, batch x split of heads): dK2 (per split, float32, summed outside)
-    and dQ2 (float32 atomics) from dS2 = P2 (sum_h dN_h V_h^T - Delta)."""
+                         BM: tl.constexpr, BN: tl.constexpr, CHUNK: tl.constexpr):
+    """Program = (key block, chunk of CHUNK query rows, batch x split of heads): dK2 and dQ2 by
+    float32 atomics from dS2 = P2 (sum_h dN_h V_h^T - Delta). The query chunks balance the causal
+    triangle over many programs (one noise head: otherwise only T/BN programs, the first of them
+    T/BM tiles long)."""
     pid_n = tl.program_id(0)
-    bs = tl.program_id(1)
+    c = tl.program_id(1)
+    bs = tl.program_id(2)
     b = bs // SPLIT
     s = bs % SPLIT
     hs0 = s * HS
     hs1 = tl.minimum(hs0 + HS, H)
     start_n = pid_n * BN
-    offs_n = start_n + tl.arange(0, BN)
-    k = _rows(K + b * skb, offs_n, skt, T, D, BD)
-    q_base = Q + b * sqb
-    v_base = V + b * svb
-    dn_base = DN + b * H * T * DV
-    lse_b = LSE + b * T
-    delta_b = DELTA + bs * T
-    dq_b = DQ + b * T * D
-    dk = tl.zeros([BN, BD], tl.float32)
-    for start_m in range(start_n, start_n + BN, BM):
-        dk = _dk_step(k, v_base, svh, svt, dk, q_base, sqt, dn_base, lse_b, delta_b, dq_b, hs0, hs1,
-                      start_m, offs_n, T, qk, scale, D, BD, DV, BDV, BM, True)
-    for start_m in range(start_n + BN, T, BM):
-        dk = _dk_step(k, v_base, svh, svt, dk, q_base, sqt, dn_base, lse_b, delta_b, dq_b, hs0, hs1,
-                      start_m, offs_n, T, qk, scale, D, BD, DV, BDV, BM, False)
-    offs_d = tl.arange(0, BD)
-    tl.store(DK + (bs * T + offs_n[:, None]) * D + offs_d[None, :], dk * scale,
-             mask=(offs_n < T)[:, None] & (offs_d < D)[None, :])
+    lo = c * CHUNK
+    hi = tl.minimum(lo + CHUNK, T)
+    if hi > start_n:  # the chunk has rows at or after this key block
+        offs_n = start_n + tl.arange(0, BN)
+        k = _rows(K + b * skb, offs_n, skt, T, D, BD)
+        q_base = Q + b * sqb
+        v_base = V + b * svb
+        dn_base = DN + b * H * T * DV
+        lse_b = LSE + b * T
+        delta_b = DELTA + bs * T
+        dq_b = DQ + b * T * D
+        dk = tl.zeros([BN, BD], tl.float32)
+        # CHUNK is a multiple of BN: the diagonal block lies wholly inside one chunk
+        d_hi = tl.where(lo <= start_n, start_n + BN, start_n)
+        for start_m in range(start_n, d_hi, BM):
+            dk = _dk_step(k, v_base, svh, svt, dk, q_base, sqt, dn_base, lse_b, delta_b, dq_b, hs0, hs1,
+                          start_m, offs_n, T, qk, scale, D, BD, DV, BDV, BM, True)
+        for start_m in range(tl.maximum(lo, start_n + BN), hi, BM):
+            dk = _dk_step(k, v_base, svh, svt, dk, q_base, sqt, dn_base, lse_b, delta_b, dq_b, hs0, hs1,
+                          start_m, offs_n, T, qk, scale, D, BD, DV, BDV, BM, False)
+        offs_d = tl.arange(0, BD)
+        tl.atomic_add(DK + (b * T + offs_n[:, None]) * D + offs_d[None, :], dk * scale,
+                      mask=(offs_n < T)[:, None] & (offs_d < D)[None, :], sem="relaxed")
 
 
 # ------------------------------------------------------------------------------------------
@@ -267,24 +276,28 @@ def _pow2(d: int) -> int:
 
 
 # Launch configs. fwd / dv: (BM, BN, G heads per program, num_warps, num_stages);
-# dk: (BM, BN, SPLIT of heads, num_warps, num_stages). BN must be a multiple of BM for dv / dk.
+# dk: (BM, BN, SPLIT of heads, CHUNK query rows, num_warps, num_stages).
+# fwd needs BM % BN == 0; dv / dk need BN % BM == 0, and CHUNK % BN == 0.
 # Chosen for an H100 at B=1, 16 heads, d 128 (benchmarks/bench_diff_kernel.py --sweep-noise).
 CONFIGS = {
     "fwd": (128, 64, 2, 8, 2),
     "dv": (64, 64, 2, 8, 2),
-    "dk": (64, 128, 2, 8, 2),
+    "dk": (64, 64, 1, 512, 4, 2),
 }
-_INTERP = {"fwd": (16, 16, 2, 1, 1), "dv": (16, 16, 2, 1, 1), "dk": (16, 16, 2, 1, 1)}
+_INTERP = {"fwd": (16, 16, 2, 1, 1), "dv": (16, 16, 2, 1, 1), "dk": (16, 16, 2, 16, 1, 1)}
 
 
 def _config(name: str, h: int, dv: int):
-    bm, bn, g, w, s = (_INTERP if _interpret() else CONFIGS)[name]
+    cfg = (_INTERP if _interpret() else CONFIGS)[name]
+    bm, bn, g = cfg[:3]
+    if (bm % bn if name == "fwd" else bn % bm) or (name == "dk" and cfg[3] % bn):
+        raise ValueError(f"noise_once.CONFIGS[{name!r}] = {cfg}: block sizes do not nest")
     g = max(1, min(g, h))
     if name != "dk":
         g = 1 << (g.bit_length() - 1)  # the group's columns are one power-of-two wide tile
         while g > 1 and g * _pow2(dv) > 512:
             g //= 2
-    return bm, bn, g, w, s
+    return (bm, bn, g) + tuple(cfg[3:])
 
 
 def _vstr(x):  # (batch, head, time) strides of a [B, H, T, D] tensor
@@ -337,7 +350,7 @@ class _NoiseOnce(torch.autograd.Function):
             dout = dout.contiguous()
         dev = v.device
         f32 = torch.float32
-        bm, bn, split, w, s = _config("dk", h, dv)
+        bm, bn, split, chunk, w, s = _config("dk", h, dv)
         hs = triton.cdiv(h, split)
         split = triton.cdiv(h, hs)
         dn = torch.empty(b, h, t, dv, device=dev, dtype=v.dtype)
@@ -347,12 +360,11 @@ class _NoiseOnce(torch.autograd.Function):
         _noise_bwd_pre_kernel[(triton.cdiv(t, pbm), b)](
             dout, n, lam32, dn, delta, r, *_vstr(dout), *_vstr(n), h, hs, split, t,
             dv, _pow2(dv), pbm, combine)
-        dq = torch.zeros(b, t, d, device=dev, dtype=f32)
-        dk = torch.empty(b, split, t, d, device=dev, dtype=f32)
-        _noise_bwd_dk_kernel[(triton.cdiv(t, bn), b * split)](
-            q2, k2, v, dn, lse, delta, dk, dq,
+        dqk = torch.zeros(2, b, t, d, device=dev, dtype=f32)  # dQ2, dK2 (float32 atomics)
+        _noise_bwd_dk_kernel[(triton.cdiv(t, bn), triton.cdiv(t, chunk), b * split)](
+            q2, k2, v, dn, lse, delta, dqk[1], dqk[0],
             q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), *_vstr(v),
-            h, hs, split, t, scale * LOG2E, scale, d, _pow2(d), dv, _pow2(dv), bm, bn,
+            h, hs, split, t, scale * LOG2E, scale, d, _pow2(d), dv, _pow2(dv), bm, bn, chunk,
             num_warps=w, num_stages=s)
         bm, bn, g, w, s = _config("dv", h, dv)
         ng = triton.cdiv(h, g)
@@ -360,9 +372,9 @@ class _NoiseOnce(torch.autograd.Function):
         _noise_bwd_dv_kernel[(triton.cdiv(t, bn), b * ng)](
             q2, k2, dn, lse, dvo, q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), *_vstr(dvo),
             h, ng, t, scale * LOG2E, d, _pow2(d), dv, _pow2(dv), g, bm, bn, num_warps=w, num_stages=s)
-        dk = dk[:, 0] if split == 1 else dk.sum(1)
         dlam = -r.sum((0, 2)) if combine and ctx.needs_input_grad[4] else None
-        return (dout if combine else None, dq.to(q2.dtype), dk.to(k2.dtype), dvo, dlam, None)
+        dqk = dqk.to(q2.dtype)
+        return (dout if combine else None, dqk[0], dqk[1], dvo, dlam, None)
 
 
 # ------------------------------------------------------------------------------------------
