@@ -50,8 +50,9 @@ def test_noise_once_fp32(shape):
 
 @pytest.mark.skipif(DEV == "cuda", reason="interpreter launch configs")
 @pytest.mark.parametrize("cfg", [
-    {"fwd": (32, 16, 4, 1, 1), "dv": (16, 32, 4, 1, 1), "dk": (16, 32, 3, 64, 1, 1)},  # 4-head groups, 3 splits
-    {"fwd": (16, 16, 1, 1, 1), "dv": (16, 16, 1, 1, 1), "dk": (16, 16, 1, 32, 1, 1)},  # per head, one split
+    {"fwd": (32, 16, 4, 1, 1), "dv": (16, 32, 4, 1, 1), "dk": (16, 32, 3, 64, 1, 1, False)},  # 3 head-loop splits
+    {"fwd": (16, 16, 1, 1, 1), "dv": (16, 16, 1, 1, 1), "dk": (16, 16, 1, 32, 1, 1, False)},  # one split
+    {"fwd": (16, 16, 2, 1, 1), "dv": (16, 16, 2, 1, 1), "dk": (16, 32, 4, 32, 1, 1, True)},   # grouped dK, 4 heads
 ])
 def test_noise_once_configs(monkeypatch, cfg):
     monkeypatch.setattr(NO, "_INTERP", cfg)

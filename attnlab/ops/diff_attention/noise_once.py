@@ -222,15 +222,40 @@ def _dk_step(k, v_base, svh, svt, dk, q_base, sqt, dn_base, LSE, DELTA, DQ, hs0,
 
 
 @triton.jit
+def _dk_step_grouped(k, vg, dk, q_base, sqt, dn_base, dcol, cmask, LSE, DELTA, DQ, start_m, offs_n, T, qk, scale,
+                     D: tl.constexpr, BD: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, MASK: tl.constexpr):
+    """The grouped form: the program's G heads' V columns vg [BN, G*BDV] stay resident; per query
+    tile ONE dot over G*DV gives the group's share of dP2 (no per-head reload of V)."""
+    offs_m = start_m + tl.arange(0, BM)
+    rmask = offs_m < T
+    q = _rows(q_base, offs_m, sqt, T, D, BD)
+    lse = tl.load(LSE + offs_m, mask=rmask, other=float("inf"))
+    delta = tl.load(DELTA + offs_m, mask=rmask, other=0.0)
+    p = tl.math.exp2(tl.dot(q, tl.trans(k)) * qk - lse[:, None])  # [BM, BN]
+    if MASK:
+        p = tl.where(offs_m[:, None] >= offs_n[None, :], p, 0.0)
+    dn = tl.load(dn_base + offs_m[:, None] * DV + dcol[None, :], mask=rmask[:, None] & cmask[None, :], other=0.0)
+    dp = tl.dot(dn, tl.trans(vg))
+    ds = (p * (dp - delta[:, None])).to(q.dtype)
+    dk = tl.dot(tl.trans(ds), q, dk)
+    offs_d = tl.arange(0, BD)
+    tl.atomic_add(DQ + offs_m[:, None] * D + offs_d[None, :], tl.dot(ds, k) * scale,
+                  mask=rmask[:, None] & (offs_d < D)[None, :], sem="relaxed")
+    return dk
+
+
+@triton.jit
 def _noise_bwd_dk_kernel(Q, K, V, DN, LSE, DELTA, DK, DQ,
                          sqb, sqt, skb, skt, svb, svh, svt,
                          H, HS, SPLIT, T, qk, scale,
                          D: tl.constexpr, BD: tl.constexpr, DV: tl.constexpr, BDV: tl.constexpr,
-                         BM: tl.constexpr, BN: tl.constexpr, CHUNK: tl.constexpr):
+                         BM: tl.constexpr, BN: tl.constexpr, CHUNK: tl.constexpr,
+                         GROUPED: tl.constexpr, G: tl.constexpr):
     """Program = (key block, chunk of CHUNK query rows, batch x split of heads): dK2 and dQ2 by
     float32 atomics from dS2 = P2 (sum_h dN_h V_h^T - Delta). The query chunks balance the causal
     triangle over many programs (one noise head: otherwise only T/BN programs, the first of them
-    T/BM tiles long)."""
+    T/BM tiles long). GROUPED: the split is G heads whose V columns stay resident ([BN, G*BDV]),
+    one dot over G*DV per query tile; else the split's heads are an inner loop reloading V_h."""
     pid_n = tl.program_id(0)
     c = tl.program_id(1)
     bs = tl.program_id(2)
@@ -253,12 +278,27 @@ def _noise_bwd_dk_kernel(Q, K, V, DN, LSE, DELTA, DK, DQ,
         dk = tl.zeros([BN, BD], tl.float32)
         # CHUNK is a multiple of BN: the diagonal block lies wholly inside one chunk
         d_hi = tl.where(lo <= start_n, start_n + BN, start_n)
-        for start_m in range(start_n, d_hi, BM):
-            dk = _dk_step(k, v_base, svh, svt, dk, q_base, sqt, dn_base, lse_b, delta_b, dq_b, hs0, hs1,
-                          start_m, offs_n, T, qk, scale, D, BD, DV, BDV, BM, True)
-        for start_m in range(tl.maximum(lo, start_n + BN), hi, BM):
-            dk = _dk_step(k, v_base, svh, svt, dk, q_base, sqt, dn_base, lse_b, delta_b, dq_b, hs0, hs1,
-                          start_m, offs_n, T, qk, scale, D, BD, DV, BDV, BM, False)
+        if GROUPED:
+            offs_c = tl.arange(0, G * BDV)
+            ch = hs0 + offs_c // BDV
+            cd = offs_c % BDV
+            cmask = (ch < H) & (cd < DV)
+            vg = tl.load(v_base + offs_n[:, None] * svt + (ch * svh + cd)[None, :],
+                         mask=(offs_n < T)[:, None] & cmask[None, :], other=0.0)
+            dcol = ch * (T * DV) + cd
+            for start_m in range(start_n, d_hi, BM):
+                dk = _dk_step_grouped(k, vg, dk, q_base, sqt, dn_base, dcol, cmask, lse_b, delta_b, dq_b,
+                                      start_m, offs_n, T, qk, scale, D, BD, DV, BM, True)
+            for start_m in range(tl.maximum(lo, start_n + BN), hi, BM):
+                dk = _dk_step_grouped(k, vg, dk, q_base, sqt, dn_base, dcol, cmask, lse_b, delta_b, dq_b,
+                                      start_m, offs_n, T, qk, scale, D, BD, DV, BM, False)
+        else:
+            for start_m in range(start_n, d_hi, BM):
+                dk = _dk_step(k, v_base, svh, svt, dk, q_base, sqt, dn_base, lse_b, delta_b, dq_b, hs0, hs1,
+                              start_m, offs_n, T, qk, scale, D, BD, DV, BDV, BM, True)
+            for start_m in range(tl.maximum(lo, start_n + BN), hi, BM):
+                dk = _dk_step(k, v_base, svh, svt, dk, q_base, sqt, dn_base, lse_b, delta_b, dq_b, hs0, hs1,
+                              start_m, offs_n, T, qk, scale, D, BD, DV, BDV, BM, False)
         offs_d = tl.arange(0, BD)
         tl.atomic_add(DK + (b * T + offs_n[:, None]) * D + offs_d[None, :], dk * scale,
                       mask=(offs_n < T)[:, None] & (offs_d < D)[None, :], sem="relaxed")
@@ -276,15 +316,17 @@ def _pow2(d: int) -> int:
 
 
 # Launch configs. fwd / dv: (BM, BN, G heads per program, num_warps, num_stages);
-# dk: (BM, BN, SPLIT of heads, CHUNK query rows, num_warps, num_stages).
+# dk: (BM, BN, S, CHUNK query rows, num_warps, num_stages, grouped): grouped=False: S splits of
+# the heads, each an inner loop over its heads; grouped=True: groups of S heads (a power of two)
+# whose V columns stay resident.
 # fwd needs BM % BN == 0; dv / dk need BN % BM == 0, and CHUNK % BN == 0.
 # Chosen for an H100 at B=1, 16 heads, d 128 (benchmarks/bench_diff_kernel.py --sweep-noise).
 CONFIGS = {
     "fwd": (128, 64, 2, 8, 2),
     "dv": (64, 64, 2, 8, 2),
-    "dk": (64, 64, 1, 512, 4, 2),
+    "dk": (64, 64, 2, 512, 4, 2, False),
 }
-_INTERP = {"fwd": (16, 16, 2, 1, 1), "dv": (16, 16, 2, 1, 1), "dk": (16, 16, 2, 16, 1, 1)}
+_INTERP = {"fwd": (16, 16, 2, 1, 1), "dv": (16, 16, 2, 1, 1), "dk": (16, 16, 2, 16, 1, 1, True)}
 
 
 def _config(name: str, h: int, dv: int):
@@ -293,7 +335,7 @@ def _config(name: str, h: int, dv: int):
     if (bm % bn if name == "fwd" else bn % bm) or (name == "dk" and cfg[3] % bn):
         raise ValueError(f"noise_once.CONFIGS[{name!r}] = {cfg}: block sizes do not nest")
     g = max(1, min(g, h))
-    if name != "dk":
+    if name != "dk" or cfg[6]:
         g = 1 << (g.bit_length() - 1)  # the group's columns are one power-of-two wide tile
         while g > 1 and g * _pow2(dv) > 512:
             g //= 2
@@ -350,8 +392,8 @@ class _NoiseOnce(torch.autograd.Function):
             dout = dout.contiguous()
         dev = v.device
         f32 = torch.float32
-        bm, bn, split, chunk, w, s = _config("dk", h, dv)
-        hs = triton.cdiv(h, split)
+        bm, bn, split, chunk, w, s, grouped = _config("dk", h, dv)
+        hs = split if grouped else triton.cdiv(h, split)  # heads per split
         split = triton.cdiv(h, hs)
         dn = torch.empty(b, h, t, dv, device=dev, dtype=v.dtype)
         delta = torch.empty(b, split, t, device=dev, dtype=f32)
@@ -365,7 +407,7 @@ class _NoiseOnce(torch.autograd.Function):
             q2, k2, v, dn, lse, delta, dqk[1], dqk[0],
             q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), *_vstr(v),
             h, hs, split, t, scale * LOG2E, scale, d, _pow2(d), dv, _pow2(dv), bm, bn, chunk,
-            num_warps=w, num_stages=s)
+            grouped, hs if grouped else 1, num_warps=w, num_stages=s)
         bm, bn, g, w, s = _config("dv", h, dv)
         ng = triton.cdiv(h, g)
         dvo = torch.empty(b, h, t, dv, device=dev, dtype=v.dtype)
