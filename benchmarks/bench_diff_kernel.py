@@ -75,11 +75,15 @@ SWEEP = {
 }
 
 
-SWEEP_NOISE = {  # noise_once.py: fwd/dv (BM, BN, G, warps, stages), dk (BM, BN, SPLIT, CHUNK, warps, stages)
-    "fwd": [(128, 64, 2, 8, 2), (64, 64, 2, 4, 2), (64, 64, 4, 8, 2), (128, 32, 2, 8, 2), (128, 64, 1, 8, 2)],
-    "dk": [(64, 64, 1, 512, 4, 2), (64, 64, 2, 512, 4, 2), (64, 128, 1, 512, 8, 2), (32, 64, 1, 256, 4, 2),
-           (64, 64, 1, 1024, 4, 3)],
-    "dv": [(64, 64, 2, 8, 2), (32, 64, 2, 4, 2), (64, 64, 4, 8, 2), (32, 64, 4, 8, 2)],
+SWEEP_NOISE = {  # noise_once.py: fwd/dv (BM, BN, G, warps, stages), dk (BM, BN, S, CHUNK, warps, stages, grouped)
+    # (session 4, first H100 run: fwd (128, 64, 2, 8, 2) best of 5; dk head-loop (64, 64, 2, 512, 4, 2) best
+    # of 5; dv (32, 64, 4, 8, 2) best of 4)
+    "fwd": [(128, 64, 2, 8, 2), (128, 64, 2, 8, 3), (128, 32, 2, 4, 2)],
+    "dk": [(64, 64, 2, 512, 4, 2, False), (64, 128, 2, 512, 8, 2, False), (128, 128, 1, 1024, 8, 2, False),
+           (64, 64, 2, 512, 4, 2, True), (32, 64, 4, 256, 4, 2, True), (64, 128, 2, 512, 8, 2, True),
+           (32, 128, 2, 512, 8, 2, True)],
+    "dv": [(32, 64, 4, 8, 2), (32, 128, 2, 8, 2), (64, 128, 2, 8, 2), (32, 128, 1, 4, 2)],
+    "merged": [(32, 64, 2, 8, 2), (64, 64, 2, 8, 2), (32, 64, 4, 8, 1), (64, 64, 2, 4, 2)],  # BWD_MODE="merged"
 }
 
 
@@ -89,8 +93,10 @@ def sweep_noise(NO, b, h, t, d, dtype, device, warmup, repeats):
     ins = make(b, h, t, d, dtype, device, True)
     dout = torch.randn(b, h, t, d, device=device, dtype=dtype)
     fn = NO.cmd_attention_noise_once
+    best_split = None
     for name, cands in SWEEP_NOISE.items():
         best = None
+        NO.BWD_MODE = "merged" if name == "merged" else "split"
         for cfg in cands:
             NO.CONFIGS[name] = cfg
             try:
@@ -108,7 +114,35 @@ def sweep_noise(NO, b, h, t, d, dtype, device, warmup, repeats):
                 best = (cfg, ms)
         if best:
             NO.CONFIGS[name] = best[0]
+            if name == "dv":
+                best_split = best[1]
+            if name == "merged":  # the backward strategy: whichever measured faster
+                NO.BWD_MODE = "merged" if best_split is None or best[1] < best_split else "split"
+                print(f"sweep noise: BWD_MODE={NO.BWD_MODE} (split {best_split}, merged {best[1]:.3f} ms)", flush=True)
+        else:
+            NO.BWD_MODE = "split"
     return log
+
+
+def profile_noise(NO, b, h, t, d, dtype, device, n=5):
+    """GPU time per kernel of one noise-once fwd+bwd (torch.profiler, mean over n calls)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    ins = make(b, h, t, d, dtype, device, True)
+    dout = torch.randn(b, h, t, d, device=device, dtype=dtype)
+    run = fwd_bwd(NO.cmd_attention_noise_once, ins, dout)
+    run()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as p:
+        for _ in range(n):
+            run()
+        torch.cuda.synchronize()
+    rows = sorted(((e.key[:60], e.self_device_time_total / n / 1e3, e.count // n) for e in p.key_averages()),
+                  key=lambda r: -r[1])
+    print(f"noise-once kernels, T={t} (ms per fwd+bwd, total {sum(r[1] for r in rows):.3f}):")
+    for k, ms, c in rows[:12]:
+        print(f"   {ms:8.3f}  x{c}  {k}")
+    return [{"T": t, "kernel": k, "ms": ms, "count": c} for k, ms, c in rows]
 
 
 def sweep(K, b, h, t, d, dtype, device, warmup, repeats, only=None):
@@ -171,6 +205,7 @@ def main(argv=None):
     ap.add_argument("--sweep-kernels",
                     help="comma list of families to sweep (fwd,bwd_kv,bwd_kv_atomic,bwd_q,cmd_fwd,cmd_bwd,modes)")
     ap.add_argument("--sweep-noise", action="store_true", help="try noise-once launch configs first")
+    ap.add_argument("--profile-noise", action="store_true", help="print the noise-once kernels' GPU times")
     ap.add_argument("--groups", default="diff,cmd", help="comma list of groups to time (diff, cmd)")
     ap.add_argument("--configs", help="JSON of launch configs to use (from a --sweep run)")
     ap.add_argument("--quick", action="store_true", help="tiny CPU smoke run")
@@ -237,12 +272,15 @@ def main(argv=None):
             rows.append(row)
             print(row, flush=True)
     extra = {"shape": {"B": b, "H": h, "head_dim": d, "dtype": str(dtype)}}
+    if NO is not None and args.profile_noise and device == "cuda":
+        extra["noise_once_profile"] = [r for t in args.T for r in profile_noise(NO, b, h, t, d, dtype, device)]
     if K is not None:
         extra["configs"] = {k: list(v) for k, v in K.CONFIGS.items()}
         extra["dq_mode"], extra["cmd_mode"] = K.DQ_MODE, K.CMD_MODE
         extra["sweep"] = sweep_log
     if NO is not None:
         extra["noise_once_configs"] = {k: list(v) for k, v in NO.CONFIGS.items()}
+        extra["noise_once_bwd_mode"] = NO.BWD_MODE
     write_results(args.name, rows, extra)
 
 

@@ -3,6 +3,7 @@
     python benchmarks/bench_train_step.py --preset shakespeare-384 --mixers mha,mla
     python benchmarks/bench_train_step.py --quick          # CPU smoke test (tiny sizes)
     python benchmarks/bench_train_step.py --kernels "default;+rmsnorm;+swiglu"   # A/B of opt-in kernels
+    python benchmarks/bench_train_step.py --mixers mla,cmd-mla,cmd-mla@sdpa --interleave 3   # mixer@impl, round robin
 
 Each step: bf16 autocast forward (fp32 on CPU), cross-entropy, backward, AdamW (fused on CUDA).
 Inputs are random token ids (throughput does not depend on the text). Reports ms/step (median
@@ -46,7 +47,13 @@ def set_kernels(variant: str, defaults: dict) -> None:
 
 
 def make_step(name: str, args, device):
+    """``name``: a mixer, or ``mixer@impl`` (that mixer with ``mixer_options[mixer].impl = impl``)."""
     cfg_dict = merge(preset(args.preset), parse_overrides(args.overrides).get("model", {}))
+    name, _, impl = name.partition("@")
+    if impl:
+        opts = dict(cfg_dict.get("mixer_options", {}))
+        opts[name] = {**opts.get(name, {}), "impl": impl}
+        cfg_dict["mixer_options"] = opts
     cfg_dict["mixer"] = name
     cfg_dict["max_seq_len"] = max(cfg_dict.get("max_seq_len", 0), args.seq)
     cfg = ModelConfig.from_dict(cfg_dict)
@@ -75,6 +82,7 @@ def make_step(name: str, args, device):
 
 def bench_mixer(name: str, args, device) -> dict:
     cfg, model, opt, step_model, step = make_step(name, args, device)
+    name = name if "@" in name else cfg.mixer
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.empty_cache()

@@ -59,6 +59,16 @@ def test_noise_once_configs(monkeypatch, cfg):
     _check((1, 5, 45, 16, 16, 16), torch.float32, TOL32, TOL32)
 
 
+@pytest.mark.skipif(DEV == "cuda", reason="interpreter launch configs")
+@pytest.mark.parametrize("merged", [(16, 16, 2, 1, 1), (16, 32, 4, 1, 1)])
+def test_noise_once_merged_backward(monkeypatch, merged):
+    """BWD_MODE="merged": one backward kernel per key block and head group."""
+    monkeypatch.setattr(NO, "BWD_MODE", "merged")
+    monkeypatch.setitem(NO._INTERP, "merged", merged)
+    _check((2, 3, 37, 16, 24, 20), torch.float32, TOL32, TOL32)
+    _check((1, 5, 45, 16, 16, 16), torch.float32, TOL32, TOL32)
+
+
 def test_noise_once_fp16():
     _check((1, 4, 29, 16, 16, 32), torch.float16, 3e-3, 1e-2)
 
@@ -101,6 +111,23 @@ def test_noise_once_dispatch_and_errors():
         NO.shared_noise_attention(torch.randn(1, 2, 8, 16), torch.randn(1, 2, 8, 16), torch.randn(1, 2, 8, 16))
     with pytest.raises(ValueError, match="one key/value head"):
         NO.cmd_attention_noise_once(ins[0], ins[1][:, :1], *ins[2:])
+
+
+GPU_DK = {"default": None, "grouped": (64, 64, 2, 512, 4, 2, True), "head-loop-128": (128, 128, 1, 1024, 8, 2, False),
+          "dv-128": "dv", "merged": "merged"}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", list(GPU_DK))
+def test_noise_once_variants_bf16_gpu(monkeypatch, variant):
+    """The other launch configurations the benchmark sweeps (grouped dK, 128-blocks), bf16."""
+    if GPU_DK[variant] == "merged":
+        monkeypatch.setattr(NO, "BWD_MODE", "merged")
+    elif GPU_DK[variant] == "dv":
+        monkeypatch.setitem(NO.CONFIGS, "dv", (32, 128, 2, 8, 2))
+    elif GPU_DK[variant] is not None:
+        monkeypatch.setitem(NO.CONFIGS, "dk", GPU_DK[variant])
+    test_noise_once_bf16_gpu((1, 16, 1000, 128, 128, 128))
 
 
 @pytest.mark.gpu

@@ -304,6 +304,74 @@ def _noise_bwd_dk_kernel(Q, K, V, DN, LSE, DELTA, DK, DQ,
                       mask=(offs_n < T)[:, None] & (offs_d < D)[None, :], sem="relaxed")
 
 
+@triton.jit
+def _merged_step(k, vg, dv, dk, q_base, sqt, dn_base, dcol, cmask, LSE, DELTA, DQ, start_m, offs_n, T, qk, scale,
+                 D: tl.constexpr, BD: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, MASK: tl.constexpr):
+    offs_m = start_m + tl.arange(0, BM)
+    rmask = offs_m < T
+    q = _rows(q_base, offs_m, sqt, T, D, BD)
+    lse = tl.load(LSE + offs_m, mask=rmask, other=float("inf"))
+    delta = tl.load(DELTA + offs_m, mask=rmask, other=0.0)
+    pt = tl.math.exp2(tl.dot(k, tl.trans(q)) * qk - lse[None, :])  # [BN, BM]
+    if MASK:
+        pt = tl.where(offs_m[None, :] >= offs_n[:, None], pt, 0.0)
+    dn = tl.load(dn_base + offs_m[:, None] * DV + dcol[None, :], mask=rmask[:, None] & cmask[None, :], other=0.0)
+    dv = tl.dot(pt.to(dn.dtype), dn, dv)
+    dpt = tl.dot(vg, tl.trans(dn))  # [BN, BM]: the group's share of dP2^T
+    dst = (pt * (dpt - delta[None, :])).to(q.dtype)
+    dk = tl.dot(dst, q, dk)
+    offs_d = tl.arange(0, BD)
+    tl.atomic_add(DQ + offs_m[:, None] * D + offs_d[None, :], tl.dot(tl.trans(dst), k) * scale,
+                  mask=rmask[:, None] & (offs_d < D)[None, :], sem="relaxed")
+    return dv, dk
+
+
+@triton.jit
+def _noise_bwd_merged_kernel(Q, K, V, DN, LSE, DELTA, DK, DQ, DVO,
+                             sqb, sqt, skb, skt, svb, svh, svt, sdvb, sdvh, sdvt,
+                             H, NG, T, qk, scale,
+                             D: tl.constexpr, BD: tl.constexpr, DV: tl.constexpr, BDV: tl.constexpr,
+                             G: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+    """One backward kernel (BWD_MODE="merged"): program = (key block, batch x group of G heads).
+    The group's V columns stay resident; per query tile: P2^T once, dV_g += P2^T dN_g, the group's
+    share of dP2^T = V_g dN_g^T (one dot over G*DV), dS2, dK2 (the group's share, float32 atomics
+    at the end) and dQ2 (float32 atomics)."""
+    pid_n = tl.program_id(0)
+    bg = tl.program_id(1)
+    b = bg // NG
+    g = bg % NG
+    h0 = g * G
+    start_n = pid_n * BN
+    offs_n = start_n + tl.arange(0, BN)
+    offs_c = tl.arange(0, G * BDV)
+    ch = h0 + offs_c // BDV
+    cd = offs_c % BDV
+    cmask = (ch < H) & (cd < DV)
+    nmask = offs_n < T
+    k = _rows(K + b * skb, offs_n, skt, T, D, BD)
+    vg = tl.load(V + b * svb + offs_n[:, None] * svt + (ch * svh + cd)[None, :], mask=nmask[:, None] & cmask[None, :],
+                 other=0.0)
+    q_base = Q + b * sqb
+    dn_base = DN + b * H * T * DV
+    dcol = ch * (T * DV) + cd
+    lse_b = LSE + b * T
+    delta_b = DELTA + bg * T
+    dq_b = DQ + b * T * D
+    dv = tl.zeros([BN, G * BDV], tl.float32)
+    dk = tl.zeros([BN, BD], tl.float32)
+    for start_m in range(start_n, start_n + BN, BM):
+        dv, dk = _merged_step(k, vg, dv, dk, q_base, sqt, dn_base, dcol, cmask, lse_b, delta_b, dq_b, start_m,
+                              offs_n, T, qk, scale, D, BD, DV, BM, True)
+    for start_m in range(start_n + BN, T, BM):
+        dv, dk = _merged_step(k, vg, dv, dk, q_base, sqt, dn_base, dcol, cmask, lse_b, delta_b, dq_b, start_m,
+                              offs_n, T, qk, scale, D, BD, DV, BM, False)
+    tl.store(DVO + b * sdvb + offs_n[:, None] * sdvt + (ch * sdvh + cd)[None, :], dv.to(DVO.dtype.element_ty),
+             mask=nmask[:, None] & cmask[None, :])
+    offs_d = tl.arange(0, BD)
+    tl.atomic_add(DK + (b * T + offs_n[:, None]) * D + offs_d[None, :], dk * scale,
+                  mask=nmask[:, None] & (offs_d < D)[None, :], sem="relaxed")
+
+
 # ------------------------------------------------------------------------------------------
 # launch
 
@@ -323,10 +391,15 @@ def _pow2(d: int) -> int:
 # Chosen for an H100 at B=1, 16 heads, d 128 (benchmarks/bench_diff_kernel.py --sweep-noise).
 CONFIGS = {
     "fwd": (128, 64, 2, 8, 2),
-    "dv": (64, 64, 2, 8, 2),
+    "dv": (32, 64, 4, 8, 2),
     "dk": (64, 64, 2, 512, 4, 2, False),
 }
-_INTERP = {"fwd": (16, 16, 2, 1, 1), "dv": (16, 16, 2, 1, 1), "dk": (16, 16, 2, 16, 1, 1, True)}
+# merged: one backward kernel (dV, dK, dQ per key block and group of G heads): (BM, BN, G, warps, stages)
+CONFIGS["merged"] = (32, 64, 2, 8, 2)
+# "split": the dK kernel + the dV kernel; "merged": the one kernel above
+BWD_MODE = os.environ.get("ATTNLAB_NOISE_BWD", "split")
+_INTERP = {"fwd": (16, 16, 2, 1, 1), "dv": (16, 16, 2, 1, 1), "dk": (16, 16, 2, 16, 1, 1, True),
+           "merged": (16, 16, 2, 1, 1)}
 
 
 def _config(name: str, h: int, dv: int):
@@ -392,8 +465,12 @@ class _NoiseOnce(torch.autograd.Function):
             dout = dout.contiguous()
         dev = v.device
         f32 = torch.float32
-        bm, bn, split, chunk, w, s, grouped = _config("dk", h, dv)
-        hs = split if grouped else triton.cdiv(h, split)  # heads per split
+        merged = BWD_MODE == "merged"
+        if merged:
+            bm, bn, hs, w, s = _config("merged", h, dv)
+        else:
+            bm, bn, split, chunk, w, s, grouped = _config("dk", h, dv)
+            hs = split if grouped else triton.cdiv(h, split)  # heads per split
         split = triton.cdiv(h, hs)
         dn = torch.empty(b, h, t, dv, device=dev, dtype=v.dtype)
         delta = torch.empty(b, split, t, device=dev, dtype=f32)
@@ -403,6 +480,16 @@ class _NoiseOnce(torch.autograd.Function):
             dout, n, lam32, dn, delta, r, *_vstr(dout), *_vstr(n), h, hs, split, t,
             dv, _pow2(dv), pbm, combine)
         dqk = torch.zeros(2, b, t, d, device=dev, dtype=f32)  # dQ2, dK2 (float32 atomics)
+        dvo = torch.empty(b, h, t, dv, device=dev, dtype=v.dtype)
+        dlam = -r.sum((0, 2)) if combine and ctx.needs_input_grad[4] else None
+        if merged:
+            _noise_bwd_merged_kernel[(triton.cdiv(t, bn), b * split)](
+                q2, k2, v, dn, lse, delta, dqk[1], dqk[0], dvo,
+                q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), *_vstr(v), *_vstr(dvo),
+                h, split, t, scale * LOG2E, scale, d, _pow2(d), dv, _pow2(dv), hs, bm, bn,
+                num_warps=w, num_stages=s)
+            dqk = dqk.to(q2.dtype)
+            return (dout if combine else None, dqk[0], dqk[1], dvo, dlam, None)
         _noise_bwd_dk_kernel[(triton.cdiv(t, bn), triton.cdiv(t, chunk), b * split)](
             q2, k2, v, dn, lse, delta, dqk[1], dqk[0],
             q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), *_vstr(v),
@@ -410,11 +497,9 @@ class _NoiseOnce(torch.autograd.Function):
             grouped, hs if grouped else 1, num_warps=w, num_stages=s)
         bm, bn, g, w, s = _config("dv", h, dv)
         ng = triton.cdiv(h, g)
-        dvo = torch.empty(b, h, t, dv, device=dev, dtype=v.dtype)
         _noise_bwd_dv_kernel[(triton.cdiv(t, bn), b * ng)](
             q2, k2, dn, lse, dvo, q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), *_vstr(dvo),
             h, ng, t, scale * LOG2E, d, _pow2(d), dv, _pow2(dv), g, bm, bn, num_warps=w, num_stages=s)
-        dlam = -r.sum((0, 2)) if combine and ctx.needs_input_grad[4] else None
         dqk = dqk.to(q2.dtype)
         return (dout if combine else None, dqk[0], dqk[1], dvo, dlam, None)
 
