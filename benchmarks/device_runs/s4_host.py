@@ -1,6 +1,6 @@
 """Session 4: host-side diagnosis of the differential mixers' training step (GPU machine).
 
-    python benchmarks/device_runs/s4_host.py mla,diff-mla,cmd-mla
+    python benchmarks/device_runs/s4_host.py mla,diff-mla,cmd-mla,diff-mla!noreplay
 
 Per mixer at shakespeare-384 (B=16, T=1024, bf16 autocast, fused AdamW), after warm-up:
 - host ms/step: perf_counter around 10 step() calls without synchronising (the Python + launch
@@ -29,6 +29,9 @@ def main(mixers):
     from attnlab.ops.diff_attention import latent as L
 
     for name in mixers:
+        name, _, flag = name.partition("!")  # "diff-mla!noreplay": the latent launch replay off
+        L._FAST = flag != "noreplay"
+        L._PLANS.clear()
         d = preset("shakespeare-384")
         d["mixer"] = name
         torch.manual_seed(0)
@@ -59,7 +62,7 @@ def main(mixers):
             torch.cuda.set_sync_debug_mode(0)
         syncs = [str(x.message)[:120] for x in w if "synchroniz" in str(x.message).lower()]
         plans = list(L._PLANS.values())
-        print(f"{name:9s} host {host:6.2f} ms/step  wall {wall:6.2f} ms/step  syncs/step {len(syncs)}  "
+        print(f"{name + ('!' + flag if flag else ''):18s} host {host:6.2f} ms/step  wall {wall:6.2f} ms/step  syncs/step {len(syncs)}  "
               f"latent plans {len(plans)} (replayable {sum(p is not None and p is not False for p in plans)})",
               flush=True)
         for s in syncs[:3]:

@@ -34,6 +34,10 @@ AUTO_TRITON = False  # measured: fused 1.37-1.45x the time of two SDPA calls (H1
 # and 0.58x (cmd) the time of the SDPA path and the eager training step runs 1.2-1.4x faster; at
 # dn = dv = 128, dr = 64, T = 4096 it takes 1.00x / 1.20x, so wider heads keep SDPA.
 AUTO_LATENT = True
+# CMD (one noise head, cuda) under impl="auto" where the latent kernel is not used: the SDPA signal
+# stream plus the noise stream computed once (noise_once.py) instead of two SDPA calls with the noise
+# head expanded. See benchmarks/RESULTS.md, issue 3, session 4 for the measurements behind it.
+AUTO_NOISE_ONCE = False
 AUTO_LATENT_MAX_WIDTH = 64
 
 
@@ -58,6 +62,10 @@ def resolve_impl(impl: str, q1, k1, q2, k2, v) -> str:
         return impl
     if AUTO_TRITON and q1.is_cuda and triton_available() and triton_supported(q1, k1, q2, k2, v):
         return "triton"
+    if (AUTO_NOISE_ONCE and q1.is_cuda and q2.shape[1] == 1 and k2.shape[1] == 1 and k1.shape[1] == q1.shape[1]
+            and v.shape[1] == q1.shape[1] and k1.shape[-2] == q1.shape[-2] and triton_available()
+            and not torch.compiler.is_compiling()):
+        return "noise-once"
     return "sdpa"
 
 
