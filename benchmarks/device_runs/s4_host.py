@@ -29,11 +29,15 @@ def main(mixers):
     from attnlab.ops.diff_attention import latent as L
 
     for name in mixers:
+        label = name
         name, _, flag = name.partition("!")  # "diff-mla!noreplay": the latent launch replay off
+        name, _, impl = name.partition("@")  # "diff-mla@sdpa": that training path
         L._FAST = flag != "noreplay"
         L._PLANS.clear()
         d = preset("shakespeare-384")
         d["mixer"] = name
+        if impl:
+            d.setdefault("mixer_options", {}).setdefault(name, {})["impl"] = impl
         torch.manual_seed(0)
         m = build_model(ModelConfig.from_dict(d), device="cuda")
         opt = torch.optim.AdamW(m.parameters(), fused=True)
@@ -62,7 +66,7 @@ def main(mixers):
             torch.cuda.set_sync_debug_mode(0)
         syncs = [str(x.message)[:120] for x in w if "synchroniz" in str(x.message).lower()]
         plans = list(L._PLANS.values())
-        print(f"{name + ('!' + flag if flag else ''):18s} host {host:6.2f} ms/step  wall {wall:6.2f} ms/step  syncs/step {len(syncs)}  "
+        print(f"{label:18s} host {host:6.2f} ms/step  wall {wall:6.2f} ms/step  syncs/step {len(syncs)}  "
               f"latent plans {len(plans)} (replayable {sum(p is not None and p is not False for p in plans)})",
               flush=True)
         for s in syncs[:3]:
