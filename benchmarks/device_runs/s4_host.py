@@ -24,6 +24,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 from attnlab import ModelConfig, build_model  # noqa: E402
 from attnlab.presets import preset  # noqa: E402
 
+DEV = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: a smoke run of this script only
+B = 16 if DEV == "cuda" else 1
+if DEV == "cpu":
+    torch.cuda.synchronize = lambda: None
+    torch.cuda.set_sync_debug_mode = lambda mode: None
+
 
 def main(mixers):
     from attnlab.ops.diff_attention import latent as L
@@ -39,12 +45,12 @@ def main(mixers):
         if impl:
             d.setdefault("mixer_options", {}).setdefault(name, {})["impl"] = impl
         torch.manual_seed(0)
-        m = build_model(ModelConfig.from_dict(d), device="cuda")
-        opt = torch.optim.AdamW(m.parameters(), fused=True)
-        ids = torch.randint(0, 65, (16, 1025), device="cuda")
+        m = build_model(ModelConfig.from_dict(d), device=DEV)
+        opt = torch.optim.AdamW(m.parameters(), fused=DEV == "cuda")
+        ids = torch.randint(0, 65, (B, 1025 if DEV == "cuda" else 65), device=DEV)
 
         def step():
-            with torch.autocast("cuda", dtype=torch.bfloat16):
+            with torch.autocast(DEV, dtype=torch.bfloat16, enabled=DEV == "cuda"):
                 lg = m(ids[:, :-1])
             F.cross_entropy(lg.float().flatten(0, 1), ids[:, 1:].flatten()).backward()
             opt.step()
