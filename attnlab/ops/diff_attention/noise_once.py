@@ -388,14 +388,16 @@ def _pow2(d: int) -> int:
 # the heads, each an inner loop over its heads; grouped=True: groups of S heads (a power of two)
 # whose V columns stay resident.
 # fwd needs BM % BN == 0; dv / dk need BN % BM == 0, and CHUNK % BN == 0.
-# Chosen for an H100 at B=1, 16 heads, d 128 (benchmarks/bench_diff_kernel.py --sweep-noise).
+# The best of a sweep on an H100 at B=1, 16 heads, d 128, T=4096 (benchmarks/bench_diff_kernel.py
+# --sweep-noise; benchmarks/results/s4/diff_kernel_s4b.json): the grouped dK and the merged backward
+# measured slower than these.
 CONFIGS = {
     "fwd": (128, 64, 2, 8, 2),
-    "dv": (32, 64, 4, 8, 2),
-    "dk": (64, 64, 2, 512, 4, 2, False),
+    "dv": (64, 128, 2, 8, 2),
+    "dk": (128, 128, 1, 1024, 8, 2, False),
 }
 # merged: one backward kernel (dV, dK, dQ per key block and group of G heads): (BM, BN, G, warps, stages)
-CONFIGS["merged"] = (32, 64, 2, 8, 2)
+CONFIGS["merged"] = (64, 64, 2, 8, 2)
 # "split": the dK kernel + the dV kernel; "merged": the one kernel above
 BWD_MODE = os.environ.get("ATTNLAB_NOISE_BWD", "split")
 _INTERP = {"fwd": (16, 16, 2, 1, 1), "dv": (16, 16, 2, 1, 1), "dk": (16, 16, 2, 16, 1, 1, True),
