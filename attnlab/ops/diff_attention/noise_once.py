@@ -24,8 +24,15 @@ head to every head and calls SDPA twice: 4H forward + 10H backward):
     accumulator over the split's heads: the noise map's gradient is shared), dS2 = P2 (dP2 - Delta),
     dK2 = dS2^T Q2 and dQ2 = dS2 K2 by float32 atomics: 3 * SPLIT + H units (not 3H + 2H). The
     query chunks spread the causal triangle of the ONE noise head over many programs.
-  So noise fwd+bwd is about 3H + H/G*2 + 3*SPLIT + 1 units instead of 7H (H=16, G=2, SPLIT=2:
-  ~71 vs 112), on top of the signal's 7H through SDPA.
+  So noise fwd+bwd is 3H + 2H/G + 3 SPLIT units instead of the expanded call's 7H (H=16, G=2,
+  SPLIT=1: 67 vs 112), on top of the signal's 7H through SDPA: 0.80x the notebook's work in all.
+
+Measured on an H100 (benchmarks/RESULTS.md, issue 3, session 4): 1.04x (T=4K) and 0.94x (T=16K) the
+notebook's time, 26% less peak memory. The noise kernels do 40% less matmul work than cuDNN's
+expanded call but at about half its rate in the backward (the dK/dQ kernel reloads every head's V
+and dN tile per query tile: bound by memory traffic). Two alternatives are kept, tested and swept
+(slower there): ``grouped`` dK (the group's V columns resident, one dot over G*dv) and
+``BWD_MODE="merged"`` (dV, dK and dQ in one kernel per key block and head group).
 
 ``cmd_attention_noise_once(q1, k1, q2, k2, v, lam)`` is the op (signal by SDPA + this noise path);
 ``shared_noise_attention`` is the noise stream alone (no combination, for tests and reuse);
@@ -34,7 +41,6 @@ head to every head and calls SDPA twice: 4H forward + 10H backward):
 
 from __future__ import annotations
 
-import math
 import os
 
 import torch
@@ -553,4 +559,3 @@ def noise_once_reference(q2, k2, v, scale=None):
 
 
 __all__ = ["cmd_attention_noise_once", "shared_noise_attention", "noise_once_reference", "CONFIGS"]
-_ = math
