@@ -109,6 +109,8 @@ def test_noise_once_dispatch_and_errors():
     assert rel_err(out, diff_attention_reference(*ins)) <= TOL32
     with pytest.raises(ValueError, match="ONE head"):
         NO.shared_noise_attention(torch.randn(1, 2, 8, 16), torch.randn(1, 2, 8, 16), torch.randn(1, 2, 8, 16))
+    with pytest.raises(ValueError, match="up to 256"):
+        NO.shared_noise_attention(torch.randn(1, 1, 8, 16), torch.randn(1, 1, 8, 16), torch.randn(1, 2, 8, 320))
     with pytest.raises(ValueError, match="one key/value head"):
         NO.cmd_attention_noise_once(ins[0], ins[1][:, :1], *ins[2:])
 

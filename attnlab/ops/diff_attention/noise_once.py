@@ -515,6 +515,13 @@ class _NoiseOnce(torch.autograd.Function):
 # ------------------------------------------------------------------------------------------
 # public functions
 
+def _check_dims(q2, v):
+    if q2.shape[-1] > 256 or v.shape[-1] > 256:
+        raise ValueError(f"noise-once supports head dims up to 256; got q/k {q2.shape[-1]}, v {v.shape[-1]}")
+    if v.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise ValueError(f"noise-once supports float16, bfloat16 and float32; got {v.dtype}")
+
+
 def _squeeze_head(x, name):
     if x.dim() == 4:
         if x.shape[1] != 1:
@@ -527,6 +534,7 @@ def shared_noise_attention(q2, k2, v, scale=None):
     """N_h = softmax(scale Q2 K2^T) V_h for every value head h, causal, the map computed once.
     q2, k2: [B, 1, T, D] (or [B, T, D]); v: [B, H, T, DV]. Returns [B, H, T, DV]."""
     q2, k2 = _squeeze_head(q2, "q2"), _squeeze_head(k2, "k2")
+    _check_dims(q2, v)
     scale = q2.shape[-1] ** -0.5 if scale is None else float(scale)
     return _NoiseOnce.apply(None, q2, k2, v, None, scale)
 
@@ -541,6 +549,7 @@ def cmd_attention_noise_once(q1, k1, q2, k2, v, lam, scale1=None, scale2=None):
     b, h, t, _ = q1.shape
     if k1.shape[1] != h or v.shape[1] != h or k1.shape[-2] != t:
         raise ValueError("noise-once CMD needs one key/value head per query head over the query positions")
+    _check_dims(q2, v)
     scale1 = q1.shape[-1] ** -0.5 if scale1 is None else float(scale1)
     scale2 = q2.shape[-1] ** -0.5 if scale2 is None else float(scale2)
     a = causal_attention(q1, k1, v, scale=scale1)
