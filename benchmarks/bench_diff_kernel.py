@@ -3,11 +3,14 @@
     python benchmarks/bench_diff_kernel.py                 # B=1, 16 heads, head dim 128, T=4K,16K, bf16
     python benchmarks/bench_diff_kernel.py --sweep         # also try launch configs first (picks the best)
     python benchmarks/bench_diff_kernel.py --quick         # tiny CPU smoke run (CI)
+    python benchmarks/bench_diff_kernel.py --sweep-noise --groups cmd   # noise-once launch configs first
 
 Variants, one run, ratios against the baseline of their group:
 - diff: fused kernel (two full streams, K/V streamed once) vs two SDPA calls sharing V;
-- cmd:  fused kernel with ONE noise head (computed once per head pair, never expanded) vs the
-        research notebook's version: two SDPA calls with the noise head expanded to every head;
+- cmd:  the research notebook's version (two SDPA calls with the noise head expanded to every
+        head) vs attnlab's fused per-head kernel (noise head read in place, its map recomputed per
+        head) vs noise-once (noise_once.py: signal by SDPA, the shared noise stream computed ONCE
+        for all heads by its own kernels, out = A - lam N fused into its epilogue);
 - mha:  one SDPA call (the cost of plain attention, for scale).
 Writes benchmarks/results/bench_diff_kernel.json (or $ATTNLAB_BENCH_DIR).
 """
@@ -72,6 +75,76 @@ SWEEP = {
 }
 
 
+SWEEP_NOISE = {  # noise_once.py: fwd/dv (BM, BN, G, warps, stages), dk (BM, BN, S, CHUNK, warps, stages, grouped)
+    # (session 4, first H100 run: fwd (128, 64, 2, 8, 2) best of 5; dk head-loop (64, 64, 2, 512, 4, 2) best
+    # of 5; dv (32, 64, 4, 8, 2) best of 4)
+    "fwd": [(128, 64, 2, 8, 2), (128, 64, 2, 8, 3), (128, 32, 2, 4, 2)],
+    "dk": [(64, 64, 2, 512, 4, 2, False), (64, 128, 2, 512, 8, 2, False), (128, 128, 1, 1024, 8, 2, False),
+           (64, 64, 2, 512, 4, 2, True), (32, 64, 4, 256, 4, 2, True), (64, 128, 2, 512, 8, 2, True),
+           (32, 128, 2, 512, 8, 2, True)],
+    "dv": [(32, 64, 4, 8, 2), (32, 128, 2, 8, 2), (64, 128, 2, 8, 2), (32, 128, 1, 4, 2)],
+    "merged": [(32, 64, 2, 8, 2), (64, 64, 2, 8, 2), (32, 64, 4, 8, 1), (64, 64, 2, 4, 2)],  # BWD_MODE="merged"
+}
+
+
+def sweep_noise(NO, b, h, t, d, dtype, device, warmup, repeats):
+    """Try noise-once launch configs, one kernel family at a time (fwd timed alone, dk/dv by fwd+bwd)."""
+    log = []
+    ins = make(b, h, t, d, dtype, device, True)
+    dout = torch.randn(b, h, t, d, device=device, dtype=dtype)
+    fn = NO.cmd_attention_noise_once
+    best_split = None
+    for name, cands in SWEEP_NOISE.items():
+        best = None
+        NO.BWD_MODE = "merged" if name == "merged" else "split"
+        for cfg in cands:
+            NO.CONFIGS[name] = cfg
+            try:
+                if name == "fwd":
+                    with torch.no_grad():
+                        ms = time_ms(lambda: fn(*ins), warmup, repeats)
+                else:
+                    ms = time_ms(fwd_bwd(fn, ins, dout), warmup, repeats)
+            except Exception as e:  # out of resources etc.
+                print(f"sweep noise {name} {cfg}: failed ({type(e).__name__}: {str(e)[:100]})", flush=True)
+                continue
+            print(f"sweep noise {name} {cfg}: {ms:.3f} ms", flush=True)
+            log.append({"kernel": "noise_" + name, "config": list(cfg), "ms": ms})
+            if best is None or ms < best[1]:
+                best = (cfg, ms)
+        if best:
+            NO.CONFIGS[name] = best[0]
+            if name == "dv":
+                best_split = best[1]
+            if name == "merged":  # the backward strategy: whichever measured faster
+                NO.BWD_MODE = "merged" if best_split is None or best[1] < best_split else "split"
+                print(f"sweep noise: BWD_MODE={NO.BWD_MODE} (split {best_split}, merged {best[1]:.3f} ms)", flush=True)
+        else:
+            NO.BWD_MODE = "split"
+    return log
+
+
+def profile_noise(NO, b, h, t, d, dtype, device, n=5):
+    """GPU time per kernel of one noise-once fwd+bwd (torch.profiler, mean over n calls)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    ins = make(b, h, t, d, dtype, device, True)
+    dout = torch.randn(b, h, t, d, device=device, dtype=dtype)
+    run = fwd_bwd(NO.cmd_attention_noise_once, ins, dout)
+    run()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as p:
+        for _ in range(n):
+            run()
+        torch.cuda.synchronize()
+    rows = sorted(((e.key[:60], e.self_device_time_total / n / 1e3, e.count // n) for e in p.key_averages()),
+                  key=lambda r: -r[1])
+    print(f"noise-once kernels, T={t} (ms per fwd+bwd, total {sum(r[1] for r in rows):.3f}):")
+    for k, ms, c in rows[:12]:
+        print(f"   {ms:8.3f}  x{c}  {k}")
+    return [{"T": t, "kernel": k, "ms": ms, "count": c} for k, ms, c in rows]
+
+
 def sweep(K, b, h, t, d, dtype, device, warmup, repeats, only=None):
     """Try launch configs one kernel family at a time (others at their current setting)."""
     from attnlab.ops.diff_attention.kernel import diff_attention_triton
@@ -131,6 +204,9 @@ def main(argv=None):
     ap.add_argument("--sweep", action="store_true", help="try launch configs first, keep the best")
     ap.add_argument("--sweep-kernels",
                     help="comma list of families to sweep (fwd,bwd_kv,bwd_kv_atomic,bwd_q,cmd_fwd,cmd_bwd,modes)")
+    ap.add_argument("--sweep-noise", action="store_true", help="try noise-once launch configs first")
+    ap.add_argument("--profile-noise", action="store_true", help="print the noise-once kernels' GPU times")
+    ap.add_argument("--groups", default="diff,cmd", help="comma list of groups to time (diff, cmd)")
     ap.add_argument("--configs", help="JSON of launch configs to use (from a --sweep run)")
     ap.add_argument("--quick", action="store_true", help="tiny CPU smoke run")
     ap.add_argument("--name", default="bench_diff_kernel")
@@ -159,20 +235,27 @@ def main(argv=None):
     if K is not None and args.sweep and device == "cuda":
         only = set(args.sweep_kernels.split(",")) if args.sweep_kernels else None
         sweep_log = sweep(K, b, h, min(args.T), d, dtype, device, warmup, repeats, only)
+    NO = None
+    if K is not None:
+        from attnlab.ops.diff_attention import noise_once as NO
+    if NO is not None and args.sweep_noise and device == "cuda":
+        sweep_log += sweep_noise(NO, b, h, min(args.T), d, dtype, device, warmup, repeats)
 
     def one_sdpa(q1, k1, q2, k2, v, lam):
         return F.scaled_dot_product_attention(q1, k1, v, is_causal=True)
 
     rows = []
-    for t, group in itertools.product(args.T, ("diff", "cmd")):
+    groups = [g for g in ("diff", "cmd") if g in args.groups.split(",")]
+    for t, group in itertools.product(args.T, groups):
         cmd = group == "cmd"
         ins = make(b, h, t, d, dtype, device, cmd)
         dout = torch.randn(b, h, t, d, device=device, dtype=dtype)
         variants = [("sdpa x2 (noise expanded, notebook)" if cmd else "sdpa x2", diff_attention_sdpa)]
         if K is not None:
             variants.append(("fused triton", diff_attention_triton))
-        if not cmd:
-            variants.append(("sdpa x1 (plain attention)", one_sdpa))
+        if NO is not None and cmd:
+            variants.append(("noise-once (sdpa signal + shared noise kernel)", NO.cmd_attention_noise_once))
+        variants.append(("sdpa x1 (plain attention)", one_sdpa))
         base = None
         with torch.no_grad():
             ref = diff_attention_sdpa(*ins)
@@ -183,16 +266,21 @@ def main(argv=None):
                    "ratio_fwd_bwd": fb / base[0], "ratio_fwd": fw / base[1]}
             if peak is not None:
                 row["peak_MiB"] = peak
-            if label == "fused triton":
+            if label.startswith(("fused", "noise-once")):
                 with torch.no_grad():
                     row["rel_err_vs_sdpa"] = rel_err(fn(*ins), ref)
             rows.append(row)
             print(row, flush=True)
     extra = {"shape": {"B": b, "H": h, "head_dim": d, "dtype": str(dtype)}}
+    if NO is not None and args.profile_noise and device == "cuda":
+        extra["noise_once_profile"] = [r for t in args.T for r in profile_noise(NO, b, h, t, d, dtype, device)]
     if K is not None:
         extra["configs"] = {k: list(v) for k, v in K.CONFIGS.items()}
         extra["dq_mode"], extra["cmd_mode"] = K.DQ_MODE, K.CMD_MODE
         extra["sweep"] = sweep_log
+    if NO is not None:
+        extra["noise_once_configs"] = {k: list(v) for k, v in NO.CONFIGS.items()}
+        extra["noise_once_bwd_mode"] = NO.BWD_MODE
     write_results(args.name, rows, extra)
 
 

@@ -9,7 +9,9 @@ Both variants start from the projection outputs (q_all, kvu, the rope key) and e
 [B, T, H, dv] output, forward + backward:
 - "sdpa path": RoPE, the q/k concatenations, two SDPA calls sharing (padded) V, the subtraction
   and the transpose, as the mixers run with impl="sdpa";
-- "fused latent": ops/diff_attention/latent.py (one forward kernel, three backward kernels).
+- "fused latent": ops/diff_attention/latent.py (one forward kernel, three backward kernels);
+- "noise-once path" (cmd-mla): the SDPA path whose noise stream is computed once for all heads
+  (ops/diff_attention/noise_once.py), cmd-mla's impl="noise-once".
 Writes benchmarks/results/bench_diff_latent.json (or $ATTNLAB_BENCH_DIR).
 """
 
@@ -34,7 +36,7 @@ from attnlab.positions import RotaryEmbedding  # noqa: E402
 from attnlab.testing import rel_err  # noqa: E402
 
 
-def sdpa_path(q_all, kvu, kr_pre, lam, cos, sin, g):
+def sdpa_path(q_all, kvu, kr_pre, lam, cos, sin, g, attend=diff_attention_sdpa):
     q1, qr_pre, q2, qr2_pre, k1, v, k2 = _views(q_all, kvu, g)
     b, t, h = q_all.shape[0], q_all.shape[1], g.heads
     qr, kr = apply_rope(qr_pre, cos, sin), apply_rope(kr_pre.unsqueeze(1), cos, sin)
@@ -44,7 +46,14 @@ def sdpa_path(q_all, kvu, kr_pre, lam, cos, sin, g):
     else:
         q2f = torch.cat([q2, qr if g.rope2 == 1 else apply_rope(qr2_pre, cos, sin)], -1)
         k2f = torch.cat([k2, kr.expand(b, k2.shape[1], t, g.dr)], -1)
-    return diff_attention_sdpa(q1f, k1f, q2f, k2f, v, lam, g.scale1, g.scale2).transpose(1, 2)
+    return attend(q1f, k1f, q2f, k2f, v, lam, g.scale1, g.scale2).transpose(1, 2)
+
+
+def noise_once_path(q_all, kvu, kr_pre, lam, cos, sin, g):
+    """cmd-mla's impl="noise-once": the SDPA path with the noise stream computed once (noise_once.py)."""
+    from attnlab.ops.diff_attention.noise_once import cmd_attention_noise_once
+
+    return sdpa_path(q_all, kvu, kr_pre, lam, cos, sin, g, cmd_attention_noise_once)
 
 
 def geometries(h, dn, dr, dv):
@@ -129,7 +138,10 @@ def main(argv=None):
             with torch.no_grad():
                 ref = sdpa_path(*ins, cos, sin, g)
             base = None
-            for label, fn in (("sdpa path", sdpa_path), ("fused latent", latent_diff_attention)):
+            variants = [("sdpa path", sdpa_path), ("fused latent", latent_diff_attention)]
+            if group == "cmd-mla":
+                variants.append(("noise-once path", noise_once_path))
+            for label, fn in variants:
                 fb = time_ms(fwd_bwd(fn, ins, cos, sin, g, dout), warmup, repeats)
                 with torch.no_grad():
                     fw = time_ms(lambda: fn(*ins, cos, sin, g), warmup, repeats)

@@ -3,6 +3,7 @@
     python benchmarks/bench_train_step.py --preset shakespeare-384 --mixers mha,mla
     python benchmarks/bench_train_step.py --quick          # CPU smoke test (tiny sizes)
     python benchmarks/bench_train_step.py --kernels "default;+rmsnorm;+swiglu"   # A/B of opt-in kernels
+    python benchmarks/bench_train_step.py --mixers mla,cmd-mla,cmd-mla@sdpa --interleave 3   # mixer@impl, round robin
 
 Each step: bf16 autocast forward (fp32 on CPU), cross-entropy, backward, AdamW (fused on CUDA).
 Inputs are random token ids (throughput does not depend on the text). Reports ms/step (median
@@ -45,8 +46,14 @@ def set_kernels(variant: str, defaults: dict) -> None:
         mods[name].ENABLED = item[0] == "+"
 
 
-def bench_mixer(name: str, args, device) -> dict:
+def make_step(name: str, args, device):
+    """``name``: a mixer, or ``mixer@impl`` (that mixer with ``mixer_options[mixer].impl = impl``)."""
     cfg_dict = merge(preset(args.preset), parse_overrides(args.overrides).get("model", {}))
+    name, _, impl = name.partition("@")
+    if impl:
+        opts = dict(cfg_dict.get("mixer_options", {}))
+        opts[name] = {**opts.get(name, {}), "impl": impl}
+        cfg_dict["mixer_options"] = opts
     cfg_dict["mixer"] = name
     cfg_dict["max_seq_len"] = max(cfg_dict.get("max_seq_len", 0), args.seq)
     cfg = ModelConfig.from_dict(cfg_dict)
@@ -70,6 +77,12 @@ def bench_mixer(name: str, args, device) -> dict:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
+    return cfg, model, opt, step_model, step
+
+
+def bench_mixer(name: str, args, device) -> dict:
+    cfg, model, opt, step_model, step = make_step(name, args, device)
+    name = name if "@" in name else cfg.mixer
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
@@ -83,6 +96,31 @@ def bench_mixer(name: str, args, device) -> dict:
     return row
 
 
+def bench_interleaved(names, args, device) -> list[dict]:
+    """All models built first, then ``args.interleave`` rounds timing each in turn (A/B/C/A/B/C...):
+    a host-bound step's speed drifts within a process, so ratios from one round robin are fairer
+    than from consecutive blocks. Reports the median over rounds (and each round's ms)."""
+    import statistics
+
+    setups = []
+    for name in names:
+        _, model, _, _, step = make_step(name, args, device)
+        for _ in range(args.warmup):
+            step()
+        setups.append((name, model, step))
+    times = {n: [] for n in names}
+    for _ in range(args.interleave):
+        for name, _, step in setups:
+            times[name].append(time_ms(step, warmup=1, repeats=args.repeats))
+    rows = []
+    for name, model, _ in setups:
+        ms = statistics.median(times[name])
+        rows.append({"mixer": name, "kernels": "default", "params_M": model.num_parameters() / 1e6, "ms/step": ms,
+                     "tok/s": args.batch * args.seq / (ms / 1e3), "peak_GB": float("nan"),
+                     "rounds_ms": [round(x, 3) for x in times[name]]})
+    return rows
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="shakespeare-384")
@@ -92,6 +130,8 @@ def main():
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--interleave", type=int, default=0,
+                   help="N > 0: build every mixer first, then time them in N round-robin rounds (no peak memory)")
     p.add_argument("--quick", action="store_true", help="tiny CPU-sized run (smoke test)")
     p.add_argument("--name", default=None, help="results file name (default train_step_<preset>)")
     p.add_argument("--kernels", default="default",
@@ -105,7 +145,9 @@ def main():
 
     defaults = {"rmsnorm": rmsnorm.ENABLED, "swiglu": swiglu.ENABLED}
     rows = []
-    for m in args.mixers.split(","):
+    if args.interleave > 0:
+        rows = bench_interleaved([m.strip() for m in args.mixers.split(",")], args, device)
+    for m in ([] if args.interleave > 0 else args.mixers.split(",")):
         for variant in args.kernels.split(";"):
             args.variant = variant.strip()
             set_kernels(args.variant, defaults)
@@ -118,6 +160,7 @@ def main():
     name = args.name or f"train_step_{args.preset}{'_compiled' if args.compile else ''}"
     write_results(name, rows, {"config": {"preset": args.preset, "batch": args.batch, "seq": args.seq,
                                           "compile": args.compile, "kernels": args.kernels,
+                                          "interleave": args.interleave,
                                           "overrides": args.overrides}})
 
 

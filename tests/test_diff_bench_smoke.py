@@ -16,13 +16,14 @@ def test_bench_diff_kernel_quick(tmp_path):
     data = json.loads((tmp_path / "bench_diff_kernel.json").read_text())
     variants = {r["variant"] for r in data["rows"]}
     assert "fused triton" in variants and data["env"]["torch"]
+    assert "noise-once (sdpa signal + shared noise kernel)" in variants
     assert all(r.get("rel_err_vs_sdpa", 0) < 1e-4 for r in data["rows"])
 
 
 def test_bench_train_step_diff_mixers_quick(tmp_path):
     env = {**os.environ, "ATTNLAB_BENCH_DIR": str(tmp_path), "PYTHONPATH": str(ROOT)}
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_train_step.py"), "--quick",
-                    "--mixers", "mla,diff-mla,cmd-mla,diff-mha", "--name", "ts"],
+                    "--mixers", "mla,diff-mla,cmd-mla,diff-mha", "--name", "ts", "--interleave", "2"],
                    check=True, env=env, cwd=ROOT, capture_output=True, timeout=600)
     rows = json.loads((tmp_path / "ts.json").read_text())["rows"]
     assert [r["mixer"] for r in rows] == ["mla", "diff-mla", "cmd-mla", "diff-mha"]
@@ -33,5 +34,5 @@ def test_bench_diff_latent_quick(tmp_path):
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_diff_latent.py"), "--quick"],
                    check=True, env=env, cwd=ROOT, capture_output=True, timeout=600)
     rows = json.loads((tmp_path / "bench_diff_latent.json").read_text())["rows"]
-    assert {r["variant"] for r in rows} == {"sdpa path", "fused latent"}
+    assert {r["variant"] for r in rows} == {"sdpa path", "fused latent", "noise-once path"}
     assert all(r["rel_err_vs_sdpa"] < 1e-4 for r in rows)

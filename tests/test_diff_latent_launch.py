@@ -157,11 +157,31 @@ def test_launch_hook_disables_replay(fake, monkeypatch):
     assert log and all(e[0] == "jit" for e in log)
 
 
+def test_hook_chains_of_current_triton():
+    """Triton >= 3.4 keeps launch hooks in HookChain objects that are never None: an empty chain is
+    "no hook" (the bug that kept the replay off on every GPU run before session 4), a chain with a
+    call is a hook."""
+    knobs = pytest.importorskip("triton.knobs")
+    chain = getattr(knobs, "HookChain", None)
+    assert not K._hook_set(None) and K._hook_set(lambda *a: None)
+    if chain is not None:
+        c = chain()
+        assert not K._hook_set(c)
+        c.add(print)
+        assert K._hook_set(c)
+        assert not K._hook_set(knobs.runtime.launch_enter_hook), "a launch hook is installed by default?"
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("geom", ["diff-mla-384", "cmd-mla-384", "cmd-rope"])
 def test_replay_equals_slow_path_gpu(geom, monkeypatch):
     """On the GPU: the first call (slow path, recorded) and the replayed calls give bit-identical
-    outputs and gradients, and equal the path with replay switched off."""
+    outputs and gradients, and equal the path with replay switched off. Asserts that the replay
+    actually ran (before session 4 it silently never did: see latent.py)."""
+    monkeypatch.setattr(K, "_FAST", True)
+    replays = []
+    real = K._replay
+    monkeypatch.setattr(K, "_replay", lambda plan, roots: replays.append(real(plan, roots)) or replays[-1])
     g = {"diff-mla-384": LatentGeometry(6, 6, 64, 32, 64, 64, 1, 96**-0.5, 96**-0.5),
          "cmd-mla-384": LatentGeometry(6, 1, 64, 32, 64, 64, 0, 96**-0.5, 64**-0.5),
          "cmd-rope": LatentGeometry(4, 1, 32, 16, 32, 24, 2, 48**-0.5, 40**-0.5)}[geom]
@@ -184,6 +204,7 @@ def test_replay_equals_slow_path_gpu(geom, monkeypatch):
         again = run()
         for x, y in zip(first, again):
             assert torch.equal(x, y)
+    assert replays and all(replays), f"the replay did not run: {replays}"
     monkeypatch.setattr(K, "_FAST", False)
     for x, y in zip(first, run()):
         assert torch.equal(x, y)

@@ -127,10 +127,10 @@ class DiffOptions:
     lambda_mode: str = "layer"  # "layer": one lam per layer (paper) | "head": one per head
     lambda_scale: bool = False  # learnable layer-scale gamma on lam
     head_norm: bool = True  # headwise RMSNorm then * (1 - lam_init)
-    impl: str = "auto"  # training path: "auto" | "sdpa" | "triton" | "reference"
+    impl: str = "auto"  # training path: "auto" | "sdpa" | "triton" | "noise-once" (cmd-mla) | "reference"
 
 
-def validate_diff_options(opts, where: str) -> None:
+def validate_diff_options(opts, where: str, cmd: bool = False) -> None:
     li = opts.lambda_init
     if li is not None and (isinstance(li, bool) or not isinstance(li, (int, float)) or not 0.0 < li < 1.0):
         raise ConfigError(f"{where}.lambda_init", f"must be in (0, 1), or None for the depth schedule; got {li!r}")
@@ -141,6 +141,9 @@ def validate_diff_options(opts, where: str) -> None:
             raise ConfigError(f"{where}.{f}", f"must be true or false; got {getattr(opts, f)!r}")
     if opts.impl not in IMPLS:
         raise ConfigError(f"{where}.impl", f"must be one of {', '.join(IMPLS)}; got {opts.impl!r}")
+    if opts.impl == "noise-once" and not cmd:
+        raise ConfigError(f"{where}.impl", "'noise-once' needs the one shared noise head of cmd-mla; "
+                          f"use one of {', '.join(i for i in IMPLS if i != 'noise-once')}")
 
 
 class _DiffBase(Mixer):
@@ -412,7 +415,7 @@ class CommonModeDiffMLA(_LatentDiffBase):
         where = "mixer_options.cmd-mla"
         opts = inherit_mla_options(cfg, opts, "cmd-mla")
         validate_mla_options(cfg, opts, where)
-        validate_diff_options(opts, where)
+        validate_diff_options(opts, where, cmd=True)
         nd = opts.noise_head_dim
         if nd is not None and (isinstance(nd, bool) or not isinstance(nd, int) or not 1 <= nd <= 256):
             raise ConfigError(f"{where}.noise_head_dim", f"must be an integer in 1..256 or None; got {nd!r}")

@@ -5,6 +5,8 @@
 - ``"triton"``: the fused kernel (``kernel.py``): K/V streamed once, two online-softmax states
   sharing each V tile, forward and backward; the CMD case (one noise head) reads the shared noise
   head directly instead of an expanded copy;
+- ``"noise-once"`` (CMD only: one noise head): the signal stream through SDPA and the shared noise
+  stream computed ONCE for all heads by ``noise_once.py``'s kernels (out = A - lam N fused);
 - ``"reference"``: explicit float32 softmax maps (tests);
 - ``"auto"``: sdpa. On an H100 the fused kernel is correct and uses less memory but is slower
   than two FlashAttention-2 SDPA calls (benchmarks/RESULTS.md, issue 3), so auto does not pick
@@ -24,7 +26,7 @@ import torch
 from .latent_reference import LatentGeometry, latent_diff_reference
 from .reference import diff_attention_reference, diff_attention_sdpa, lam_per_head
 
-IMPLS = ("auto", "sdpa", "triton", "reference")
+IMPLS = ("auto", "sdpa", "triton", "noise-once", "reference")
 AUTO_TRITON = False  # measured: fused 1.37-1.45x the time of two SDPA calls (H100, bf16)
 # diff-mla / cmd-mla training through latent.py's kernel under impl="auto" (CUDA), for heads up to
 # AUTO_LATENT_MAX_WIDTH wide (dn, dv and the noise width). Measured on an H100 (benchmarks/RESULTS.md,
@@ -32,6 +34,10 @@ AUTO_TRITON = False  # measured: fused 1.37-1.45x the time of two SDPA calls (H1
 # and 0.58x (cmd) the time of the SDPA path and the eager training step runs 1.2-1.4x faster; at
 # dn = dv = 128, dr = 64, T = 4096 it takes 1.00x / 1.20x, so wider heads keep SDPA.
 AUTO_LATENT = True
+# CMD (one noise head, cuda) under impl="auto" where the latent kernel is not used: the SDPA signal
+# stream plus the noise stream computed once (noise_once.py) instead of two SDPA calls with the noise
+# head expanded. See benchmarks/RESULTS.md, issue 3, session 4 for the measurements behind it.
+AUTO_NOISE_ONCE = False
 AUTO_LATENT_MAX_WIDTH = 64
 
 
@@ -56,6 +62,10 @@ def resolve_impl(impl: str, q1, k1, q2, k2, v) -> str:
         return impl
     if AUTO_TRITON and q1.is_cuda and triton_available() and triton_supported(q1, k1, q2, k2, v):
         return "triton"
+    if (AUTO_NOISE_ONCE and q1.is_cuda and q2.shape[1] == 1 and k2.shape[1] == 1 and k1.shape[1] == q1.shape[1]
+            and v.shape[1] == q1.shape[1] and k1.shape[-2] == q1.shape[-2] and triton_available()
+            and not torch.compiler.is_compiling()):
+        return "noise-once"
     return "sdpa"
 
 
@@ -87,6 +97,12 @@ def diff_attention(q1, k1, q2, k2, v, lam, scale1=None, scale2=None, impl: str =
         return diff_attention_sdpa(q1, k1, q2, k2, v, lam, scale1, scale2)
     if impl == "reference":
         return diff_attention_reference(q1, k1, q2, k2, v, lam, scale1, scale2)
+    if impl == "noise-once":
+        if q2.shape[1] != 1 or k2.shape[1] != 1:
+            raise ValueError("impl='noise-once' needs ONE noise head (the CMD case): q2, k2 with 1 head")
+        from .noise_once import cmd_attention_noise_once
+
+        return cmd_attention_noise_once(q1, k1, q2, k2, v, lam, scale1, scale2)
     from .kernel import diff_attention_triton
 
     return diff_attention_triton(q1, k1, q2, k2, v, lam, scale1, scale2)

@@ -1,0 +1,570 @@
+"""CMD attention with the shared noise stream computed ONCE for all heads (Triton, fwd + bwd).
+
+Common-mode differential attention has ONE noise query/key head shared by every signal head:
+
+    out_h = softmax(s1 Q1_h K1_h^T) V_h  -  lam_h * softmax(s2 Q2 K2^T) V_h          (causal)
+          = A_h - lam_h N_h
+
+The noise map P2 = softmax(s2 Q2 K2^T) is the same for every head, so the noise stream is ONE
+attention with a single query/key head whose value is every head's V side by side:
+
+    N = P2 [V_1 | V_2 | ... | V_H]                     (multi-value attention, "MVA")
+
+Here the signal stream A goes through SDPA (FlashAttention / cuDNN) and the noise stream through
+the kernels below; the combination ``out = A - lam N`` is fused into the noise forward's epilogue.
+
+Work in matmul units (one unit = one causal T x T x d product; the notebook expands the noise
+head to every head and calls SDPA twice: 4H forward + 10H backward):
+- forward: each program owns a query block and a GROUP of G heads' value columns ([BM, G*dv]
+  accumulator); the noise scores are computed once per group: H/G + H units (not 2H);
+- backward, with dN_h = -lam_h dO_h (the preprocess also gives Delta = sum_h rowsum(dN_h N_h)):
+  * dV kernel (key block x group of G heads): P2^T recomputed once per group, dV_h = P2^T dN_h:
+    H/G + H units;
+  * dK kernel (key block x chunk of query rows x split of heads): dP2 = sum_h dN_h V_h^T (ONE
+    accumulator over the split's heads: the noise map's gradient is shared), dS2 = P2 (dP2 - Delta),
+    dK2 = dS2^T Q2 and dQ2 = dS2 K2 by float32 atomics: 3 * SPLIT + H units (not 3H + 2H). The
+    query chunks spread the causal triangle of the ONE noise head over many programs.
+  So noise fwd+bwd is 3H + 2H/G + 3 SPLIT units instead of the expanded call's 7H (H=16, G=2,
+  SPLIT=1: 67 vs 112), on top of the signal's 7H through SDPA: 0.80x the notebook's work in all.
+
+Measured on an H100 (benchmarks/RESULTS.md, issue 3, session 4): 1.04x (T=4K) and 0.94x (T=16K) the
+notebook's time, 26% less peak memory. The noise kernels do 40% less matmul work than cuDNN's
+expanded call but at about half its rate in the backward (the dK/dQ kernel reloads every head's V
+and dN tile per query tile: bound by memory traffic). Two alternatives are kept, tested and swept
+(slower there): ``grouped`` dK (the group's V columns resident, one dot over G*dv) and
+``BWD_MODE="merged"`` (dV, dK and dQ in one kernel per key block and head group).
+
+``cmd_attention_noise_once(q1, k1, q2, k2, v, lam)`` is the op (signal by SDPA + this noise path);
+``shared_noise_attention`` is the noise stream alone (no combination, for tests and reuse);
+``noise_once_reference`` the plain PyTorch reference with explicit maps.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+
+
+# ------------------------------------------------------------------------------------------
+# kernels
+
+@triton.jit
+def _rows(base, offs_t, stride_t, T, D: tl.constexpr, BD: tl.constexpr):
+    offs_d = tl.arange(0, BD)
+    ptrs = base + offs_t[:, None] * stride_t + offs_d[None, :]
+    if D == BD:
+        return tl.load(ptrs, mask=(offs_t < T)[:, None], other=0.0)
+    return tl.load(ptrs, mask=(offs_t < T)[:, None] & (offs_d < D)[None, :], other=0.0)
+
+
+@triton.jit
+def _fwd_step(q, k_base, skt, v_base, svt, vcol, cmask, start_n, offs_m, T, m, l, acc, qk,
+              D: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, MASK: tl.constexpr):
+    offs_n = start_n + tl.arange(0, BN)
+    k = _rows(k_base, offs_n, skt, T, D, BD)
+    s = tl.dot(q, tl.trans(k)) * qk
+    if MASK:
+        s = tl.where(offs_m[:, None] >= offs_n[None, :], s, float("-inf"))
+    mn = tl.maximum(m, tl.max(s, 1))
+    p = tl.math.exp2(s - mn[:, None])
+    a = tl.math.exp2(m - mn)
+    l = l * a + tl.sum(p, 1)
+    v = tl.load(v_base + offs_n[:, None] * svt + vcol[None, :], mask=(offs_n < T)[:, None] & cmask[None, :],
+                other=0.0)
+    acc = tl.dot(p.to(v.dtype), v, acc * a[:, None])
+    return mn, l, acc
+
+
+@triton.jit
+def _noise_fwd_kernel(Q, K, V, A, LAM, O, N, LSE,
+                      sqb, sqt, skb, skt, svb, svh, svt, sab, sah, sat, sob, soh, sot, snb, snh, snt,
+                      H, NG, T, qk,
+                      D: tl.constexpr, BD: tl.constexpr, DV: tl.constexpr, BDV: tl.constexpr,
+                      G: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, COMBINE: tl.constexpr):
+    """Program = (query block, batch x group of G heads). acc [BM, G*BDV] holds the group's
+    value columns; the noise scores and softmax state are computed once for the group."""
+    pid_m = tl.program_id(0)
+    bg = tl.program_id(1)
+    b = bg // NG
+    h0 = (bg % NG) * G
+    offs_m = pid_m * BM + tl.arange(0, BM)
+    offs_c = tl.arange(0, G * BDV)
+    ch = h0 + offs_c // BDV
+    cd = offs_c % BDV
+    cmask = (ch < H) & (cd < DV)
+    q = _rows(Q + b * sqb, offs_m, sqt, T, D, BD)
+    k_base = K + b * skb
+    v_base = V + b * svb
+    vcol = ch * svh + cd
+    m = tl.full([BM], float("-inf"), tl.float32)
+    l = tl.zeros([BM], tl.float32)
+    acc = tl.zeros([BM, G * BDV], tl.float32)
+    lo = pid_m * BM
+    for start_n in range(0, lo, BN):  # key blocks entirely in the past
+        m, l, acc = _fwd_step(q, k_base, skt, v_base, svt, vcol, cmask, start_n, offs_m, T, m, l, acc, qk,
+                              D, BD, BN, False)
+    for start_n in range(lo, tl.minimum(lo + BM, T), BN):  # the diagonal
+        m, l, acc = _fwd_step(q, k_base, skt, v_base, svt, vcol, cmask, start_n, offs_m, T, m, l, acc, qk,
+                              D, BD, BN, True)
+    n = acc / l[:, None]
+    rmask = offs_m < T
+    omask = rmask[:, None] & cmask[None, :]
+    tl.store(N + b * snb + offs_m[:, None] * snt + (ch * snh + cd)[None, :], n.to(N.dtype.element_ty), mask=omask)
+    if COMBINE:  # out = A - lam_h N_h, A the signal stream's output
+        lam = tl.load(LAM + ch, mask=ch < H, other=0.0)
+        a = tl.load(A + b * sab + offs_m[:, None] * sat + (ch * sah + cd)[None, :], mask=omask, other=0.0)
+        out = a.to(tl.float32) - lam[None, :] * n
+        tl.store(O + b * sob + offs_m[:, None] * sot + (ch * soh + cd)[None, :], out.to(O.dtype.element_ty),
+                 mask=omask)
+    if h0 == 0:  # one log-sum-exp per (batch, row), log2 units
+        tl.store(LSE + b * T + offs_m, m + tl.math.log2(l), mask=rmask)
+
+
+@triton.jit
+def _noise_bwd_pre_kernel(DO, N, LAM, DN, DELTA, R,
+                          sdob, sdoh, sdot, snb, snh, snt, H, HS, SPLIT, T,
+                          DV: tl.constexpr, BDV: tl.constexpr, BM: tl.constexpr, COMBINE: tl.constexpr):
+    """dN_h = -lam_h dO_h (or dO_h itself without the combination), R[b, h, t] = rowsum(dO_h N_h)
+    and, per split of heads, Delta[b, s, t] = sum_{h in s} rowsum(dN_h N_h)."""
+    pid_m = tl.program_id(0)
+    b = tl.program_id(1)
+    offs_m = pid_m * BM + tl.arange(0, BM)
+    rmask = offs_m < T
+    offs_d = tl.arange(0, BDV)
+    dmask = rmask[:, None] & (offs_d < DV)[None, :]
+    for s in range(0, SPLIT):
+        delta = tl.zeros([BM], tl.float32)
+        for h in range(s * HS, tl.minimum(s * HS + HS, H)):
+            do = _rows(DO + b * sdob + h * sdoh, offs_m, sdot, T, DV, BDV).to(tl.float32)
+            n = _rows(N + b * snb + h * snh, offs_m, snt, T, DV, BDV).to(tl.float32)
+            r = tl.sum(do * n, 1)
+            if COMBINE:
+                lam = tl.load(LAM + h)
+                tl.store(R + (b * H + h) * T + offs_m, r, mask=rmask)
+                do = -lam * do
+                r = -lam * r
+            delta += r
+            tl.store(DN + ((b * H + h) * T + offs_m[:, None]) * DV + offs_d[None, :], do.to(DN.dtype.element_ty),
+                     mask=dmask)
+        tl.store(DELTA + (b * SPLIT + s) * T + offs_m, delta, mask=rmask)
+
+
+@triton.jit
+def _dv_step(k, acc, q_base, sqt, dn_base, col, cmask, LSE, start_m, offs_n, T, qk,
+             D: tl.constexpr, BD: tl.constexpr, DVG: tl.constexpr, BM: tl.constexpr, MASK: tl.constexpr):
+    offs_m = start_m + tl.arange(0, BM)
+    q = _rows(q_base, offs_m, sqt, T, D, BD)
+    lse = tl.load(LSE + offs_m, mask=offs_m < T, other=float("inf"))
+    pt = tl.math.exp2(tl.dot(k, tl.trans(q)) * qk - lse[None, :])  # [BN, BM]
+    if MASK:
+        pt = tl.where(offs_m[None, :] >= offs_n[:, None], pt, 0.0)
+    dn = tl.load(dn_base + offs_m[:, None] * DVG + col[None, :], mask=(offs_m < T)[:, None] & cmask[None, :],
+                 other=0.0)
+    return tl.dot(pt.to(dn.dtype), dn, acc)
+
+
+@triton.jit
+def _noise_bwd_dv_kernel(Q, K, DN, LSE, DVO,
+                         sqb, sqt, skb, skt, sdvb, sdvh, sdvt,
+                         H, NG, T, qk,
+                         D: tl.constexpr, BD: tl.constexpr, DV: tl.constexpr, BDV: tl.constexpr,
+                         G: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+    """Program = (key block, batch x group of G heads): dV_h = P2^T dN_h for the group's heads,
+    P2 recomputed once per group. dN is [B, H, T, DV] contiguous."""
+    pid_n = tl.program_id(0)
+    bg = tl.program_id(1)
+    b = bg // NG
+    h0 = (bg % NG) * G
+    start_n = pid_n * BN
+    offs_n = start_n + tl.arange(0, BN)
+    offs_c = tl.arange(0, G * BDV)
+    ch = h0 + offs_c // BDV
+    cd = offs_c % BDV
+    cmask = (ch < H) & (cd < DV)
+    k = _rows(K + b * skb, offs_n, skt, T, D, BD)
+    q_base = Q + b * sqb
+    dn_base = DN + b * H * T * DV
+    col = ch * (T * DV) + cd  # dN row stride is DV
+    lse_b = LSE + b * T
+    acc = tl.zeros([BN, G * BDV], tl.float32)
+    for start_m in range(start_n, start_n + BN, BM):  # query blocks on the diagonal
+        acc = _dv_step(k, acc, q_base, sqt, dn_base, col, cmask, lse_b, start_m, offs_n, T, qk, D, BD, DV, BM, True)
+    for start_m in range(start_n + BN, T, BM):
+        acc = _dv_step(k, acc, q_base, sqt, dn_base, col, cmask, lse_b, start_m, offs_n, T, qk, D, BD, DV, BM, False)
+    tl.store(DVO + b * sdvb + offs_n[:, None] * sdvt + (ch * sdvh + cd)[None, :], acc.to(DVO.dtype.element_ty),
+             mask=(offs_n < T)[:, None] & cmask[None, :])
+
+
+@triton.jit
+def _dk_step(k, v_base, svh, svt, dk, q_base, sqt, dn_base, LSE, DELTA, DQ, hs0, hs1,
+             start_m, offs_n, T, qk, scale,
+             D: tl.constexpr, BD: tl.constexpr, DV: tl.constexpr, BDV: tl.constexpr,
+             BM: tl.constexpr, MASK: tl.constexpr):
+    offs_m = start_m + tl.arange(0, BM)
+    rmask = offs_m < T
+    q = _rows(q_base, offs_m, sqt, T, D, BD)
+    lse = tl.load(LSE + offs_m, mask=rmask, other=float("inf"))
+    delta = tl.load(DELTA + offs_m, mask=rmask, other=0.0)
+    pt = tl.math.exp2(tl.dot(k, tl.trans(q)) * qk - lse[None, :])  # [BN, BM]
+    if MASK:
+        pt = tl.where(offs_m[None, :] >= offs_n[:, None], pt, 0.0)
+    # dP2^T = sum over the split's heads of V_h dN_h^T: one accumulator, the heads as its inner loop
+    dpt = tl.zeros_like(pt)
+    for h in range(hs0, hs1):
+        v = _rows(v_base + h * svh, offs_n, svt, T, DV, BDV)
+        dn = _rows(dn_base + h * T * DV, offs_m, DV, T, DV, BDV)
+        dpt = tl.dot(v, tl.trans(dn), dpt)
+    dst = (pt * (dpt - delta[None, :])).to(q.dtype)
+    dk = tl.dot(dst, q, dk)
+    offs_d = tl.arange(0, BD)
+    tl.atomic_add(DQ + offs_m[:, None] * D + offs_d[None, :], tl.dot(tl.trans(dst), k) * scale,
+                  mask=rmask[:, None] & (offs_d < D)[None, :], sem="relaxed")
+    return dk
+
+
+@triton.jit
+def _dk_step_grouped(k, vg, dk, q_base, sqt, dn_base, dcol, cmask, LSE, DELTA, DQ, start_m, offs_n, T, qk, scale,
+                     D: tl.constexpr, BD: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, MASK: tl.constexpr):
+    """The grouped form: the program's G heads' V columns vg [BN, G*BDV] stay resident; per query
+    tile ONE dot over G*DV gives the group's share of dP2 (no per-head reload of V)."""
+    offs_m = start_m + tl.arange(0, BM)
+    rmask = offs_m < T
+    q = _rows(q_base, offs_m, sqt, T, D, BD)
+    lse = tl.load(LSE + offs_m, mask=rmask, other=float("inf"))
+    delta = tl.load(DELTA + offs_m, mask=rmask, other=0.0)
+    p = tl.math.exp2(tl.dot(q, tl.trans(k)) * qk - lse[:, None])  # [BM, BN]
+    if MASK:
+        p = tl.where(offs_m[:, None] >= offs_n[None, :], p, 0.0)
+    dn = tl.load(dn_base + offs_m[:, None] * DV + dcol[None, :], mask=rmask[:, None] & cmask[None, :], other=0.0)
+    dp = tl.dot(dn, tl.trans(vg))
+    ds = (p * (dp - delta[:, None])).to(q.dtype)
+    dk = tl.dot(tl.trans(ds), q, dk)
+    offs_d = tl.arange(0, BD)
+    tl.atomic_add(DQ + offs_m[:, None] * D + offs_d[None, :], tl.dot(ds, k) * scale,
+                  mask=rmask[:, None] & (offs_d < D)[None, :], sem="relaxed")
+    return dk
+
+
+@triton.jit
+def _noise_bwd_dk_kernel(Q, K, V, DN, LSE, DELTA, DK, DQ,
+                         sqb, sqt, skb, skt, svb, svh, svt,
+                         H, HS, SPLIT, T, qk, scale,
+                         D: tl.constexpr, BD: tl.constexpr, DV: tl.constexpr, BDV: tl.constexpr,
+                         BM: tl.constexpr, BN: tl.constexpr, CHUNK: tl.constexpr,
+                         GROUPED: tl.constexpr, G: tl.constexpr):
+    """Program = (key block, chunk of CHUNK query rows, batch x split of heads): dK2 and dQ2 by
+    float32 atomics from dS2 = P2 (sum_h dN_h V_h^T - Delta). The query chunks balance the causal
+    triangle over many programs (one noise head: otherwise only T/BN programs, the first of them
+    T/BM tiles long). GROUPED: the split is G heads whose V columns stay resident ([BN, G*BDV]),
+    one dot over G*DV per query tile; else the split's heads are an inner loop reloading V_h."""
+    pid_n = tl.program_id(0)
+    c = tl.program_id(1)
+    bs = tl.program_id(2)
+    b = bs // SPLIT
+    s = bs % SPLIT
+    hs0 = s * HS
+    hs1 = tl.minimum(hs0 + HS, H)
+    start_n = pid_n * BN
+    lo = c * CHUNK
+    hi = tl.minimum(lo + CHUNK, T)
+    if hi > start_n:  # the chunk has rows at or after this key block
+        offs_n = start_n + tl.arange(0, BN)
+        k = _rows(K + b * skb, offs_n, skt, T, D, BD)
+        q_base = Q + b * sqb
+        v_base = V + b * svb
+        dn_base = DN + b * H * T * DV
+        lse_b = LSE + b * T
+        delta_b = DELTA + bs * T
+        dq_b = DQ + b * T * D
+        dk = tl.zeros([BN, BD], tl.float32)
+        # CHUNK is a multiple of BN: the diagonal block lies wholly inside one chunk
+        d_hi = tl.where(lo <= start_n, start_n + BN, start_n)
+        if GROUPED:
+            offs_c = tl.arange(0, G * BDV)
+            ch = hs0 + offs_c // BDV
+            cd = offs_c % BDV
+            cmask = (ch < H) & (cd < DV)
+            vg = tl.load(v_base + offs_n[:, None] * svt + (ch * svh + cd)[None, :],
+                         mask=(offs_n < T)[:, None] & cmask[None, :], other=0.0)
+            dcol = ch * (T * DV) + cd
+            for start_m in range(start_n, d_hi, BM):
+                dk = _dk_step_grouped(k, vg, dk, q_base, sqt, dn_base, dcol, cmask, lse_b, delta_b, dq_b,
+                                      start_m, offs_n, T, qk, scale, D, BD, DV, BM, True)
+            for start_m in range(tl.maximum(lo, start_n + BN), hi, BM):
+                dk = _dk_step_grouped(k, vg, dk, q_base, sqt, dn_base, dcol, cmask, lse_b, delta_b, dq_b,
+                                      start_m, offs_n, T, qk, scale, D, BD, DV, BM, False)
+        else:
+            for start_m in range(start_n, d_hi, BM):
+                dk = _dk_step(k, v_base, svh, svt, dk, q_base, sqt, dn_base, lse_b, delta_b, dq_b, hs0, hs1,
+                              start_m, offs_n, T, qk, scale, D, BD, DV, BDV, BM, True)
+            for start_m in range(tl.maximum(lo, start_n + BN), hi, BM):
+                dk = _dk_step(k, v_base, svh, svt, dk, q_base, sqt, dn_base, lse_b, delta_b, dq_b, hs0, hs1,
+                              start_m, offs_n, T, qk, scale, D, BD, DV, BDV, BM, False)
+        offs_d = tl.arange(0, BD)
+        tl.atomic_add(DK + (b * T + offs_n[:, None]) * D + offs_d[None, :], dk * scale,
+                      mask=(offs_n < T)[:, None] & (offs_d < D)[None, :], sem="relaxed")
+
+
+@triton.jit
+def _merged_step(k, vg, dv, dk, q_base, sqt, dn_base, dcol, cmask, LSE, DELTA, DQ, start_m, offs_n, T, qk, scale,
+                 D: tl.constexpr, BD: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, MASK: tl.constexpr):
+    offs_m = start_m + tl.arange(0, BM)
+    rmask = offs_m < T
+    q = _rows(q_base, offs_m, sqt, T, D, BD)
+    lse = tl.load(LSE + offs_m, mask=rmask, other=float("inf"))
+    delta = tl.load(DELTA + offs_m, mask=rmask, other=0.0)
+    pt = tl.math.exp2(tl.dot(k, tl.trans(q)) * qk - lse[None, :])  # [BN, BM]
+    if MASK:
+        pt = tl.where(offs_m[None, :] >= offs_n[:, None], pt, 0.0)
+    dn = tl.load(dn_base + offs_m[:, None] * DV + dcol[None, :], mask=rmask[:, None] & cmask[None, :], other=0.0)
+    dv = tl.dot(pt.to(dn.dtype), dn, dv)
+    dpt = tl.dot(vg, tl.trans(dn))  # [BN, BM]: the group's share of dP2^T
+    dst = (pt * (dpt - delta[None, :])).to(q.dtype)
+    dk = tl.dot(dst, q, dk)
+    offs_d = tl.arange(0, BD)
+    tl.atomic_add(DQ + offs_m[:, None] * D + offs_d[None, :], tl.dot(tl.trans(dst), k) * scale,
+                  mask=rmask[:, None] & (offs_d < D)[None, :], sem="relaxed")
+    return dv, dk
+
+
+@triton.jit
+def _noise_bwd_merged_kernel(Q, K, V, DN, LSE, DELTA, DK, DQ, DVO,
+                             sqb, sqt, skb, skt, svb, svh, svt, sdvb, sdvh, sdvt,
+                             H, NG, T, qk, scale,
+                             D: tl.constexpr, BD: tl.constexpr, DV: tl.constexpr, BDV: tl.constexpr,
+                             G: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+    """One backward kernel (BWD_MODE="merged"): program = (key block, batch x group of G heads).
+    The group's V columns stay resident; per query tile: P2^T once, dV_g += P2^T dN_g, the group's
+    share of dP2^T = V_g dN_g^T (one dot over G*DV), dS2, dK2 (the group's share, float32 atomics
+    at the end) and dQ2 (float32 atomics)."""
+    pid_n = tl.program_id(0)
+    bg = tl.program_id(1)
+    b = bg // NG
+    g = bg % NG
+    h0 = g * G
+    start_n = pid_n * BN
+    offs_n = start_n + tl.arange(0, BN)
+    offs_c = tl.arange(0, G * BDV)
+    ch = h0 + offs_c // BDV
+    cd = offs_c % BDV
+    cmask = (ch < H) & (cd < DV)
+    nmask = offs_n < T
+    k = _rows(K + b * skb, offs_n, skt, T, D, BD)
+    vg = tl.load(V + b * svb + offs_n[:, None] * svt + (ch * svh + cd)[None, :], mask=nmask[:, None] & cmask[None, :],
+                 other=0.0)
+    q_base = Q + b * sqb
+    dn_base = DN + b * H * T * DV
+    dcol = ch * (T * DV) + cd
+    lse_b = LSE + b * T
+    delta_b = DELTA + bg * T
+    dq_b = DQ + b * T * D
+    dv = tl.zeros([BN, G * BDV], tl.float32)
+    dk = tl.zeros([BN, BD], tl.float32)
+    for start_m in range(start_n, start_n + BN, BM):
+        dv, dk = _merged_step(k, vg, dv, dk, q_base, sqt, dn_base, dcol, cmask, lse_b, delta_b, dq_b, start_m,
+                              offs_n, T, qk, scale, D, BD, DV, BM, True)
+    for start_m in range(start_n + BN, T, BM):
+        dv, dk = _merged_step(k, vg, dv, dk, q_base, sqt, dn_base, dcol, cmask, lse_b, delta_b, dq_b, start_m,
+                              offs_n, T, qk, scale, D, BD, DV, BM, False)
+    tl.store(DVO + b * sdvb + offs_n[:, None] * sdvt + (ch * sdvh + cd)[None, :], dv.to(DVO.dtype.element_ty),
+             mask=nmask[:, None] & cmask[None, :])
+    offs_d = tl.arange(0, BD)
+    tl.atomic_add(DK + (b * T + offs_n[:, None]) * D + offs_d[None, :], dk * scale,
+                  mask=nmask[:, None] & (offs_d < D)[None, :], sem="relaxed")
+
+
+# ------------------------------------------------------------------------------------------
+# launch
+
+def _interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _pow2(d: int) -> int:
+    return max(16, triton.next_power_of_2(d))
+
+
+# Launch configs. fwd / dv: (BM, BN, G heads per program, num_warps, num_stages);
+# dk: (BM, BN, S, CHUNK query rows, num_warps, num_stages, grouped): grouped=False: S splits of
+# the heads, each an inner loop over its heads; grouped=True: groups of S heads (a power of two)
+# whose V columns stay resident.
+# fwd needs BM % BN == 0; dv / dk need BN % BM == 0, and CHUNK % BN == 0.
+# The best of a sweep on an H100 at B=1, 16 heads, d 128, T=4096 (benchmarks/bench_diff_kernel.py
+# --sweep-noise; benchmarks/results/s4/diff_kernel_s4b.json): the grouped dK and the merged backward
+# measured slower than these.
+CONFIGS = {
+    "fwd": (128, 64, 2, 8, 2),
+    "dv": (64, 128, 2, 8, 2),
+    "dk": (128, 128, 1, 1024, 8, 2, False),
+}
+# merged: one backward kernel (dV, dK, dQ per key block and group of G heads): (BM, BN, G, warps, stages)
+CONFIGS["merged"] = (64, 64, 2, 8, 2)
+# "split": the dK kernel + the dV kernel; "merged": the one kernel above
+BWD_MODE = os.environ.get("ATTNLAB_NOISE_BWD", "split")
+_INTERP = {"fwd": (16, 16, 2, 1, 1), "dv": (16, 16, 2, 1, 1), "dk": (16, 16, 2, 16, 1, 1, True),
+           "merged": (16, 16, 2, 1, 1)}
+
+
+def _config(name: str, h: int, dv: int):
+    cfg = (_INTERP if _interpret() else CONFIGS)[name]
+    bm, bn, g = cfg[:3]
+    if (bm % bn if name == "fwd" else bn % bm) or (name == "dk" and cfg[3] % bn):
+        raise ValueError(f"noise_once.CONFIGS[{name!r}] = {cfg}: block sizes do not nest")
+    g = max(1, min(g, h))
+    if name != "dk" or cfg[6]:
+        g = 1 << (g.bit_length() - 1)  # the group's columns are one power-of-two wide tile
+        while g > 1 and g * _pow2(dv) > 512:
+            g //= 2
+    return (bm, bn, g) + tuple(cfg[3:])
+
+
+def _vstr(x):  # (batch, head, time) strides of a [B, H, T, D] tensor
+    return x.stride(0), x.stride(1), x.stride(2)
+
+
+class _NoiseOnce(torch.autograd.Function):
+    """a (signal output or None), q2 [B, T, D], k2 [B, T, D], v [B, H, T, DV], lam [H] ->
+    a - lam N (combine) or N."""
+
+    @staticmethod
+    def forward(ctx, a, q2, k2, v, lam, scale):
+        combine = a is not None
+        b, t, d = q2.shape
+        h, dv = v.shape[1], v.shape[-1]
+        if q2.stride(-1) != 1:
+            q2 = q2.contiguous()
+        if k2.stride(-1) != 1:
+            k2 = k2.contiguous()
+        if v.stride(-1) != 1:
+            v = v.contiguous()
+        lam32 = lam.detach().float().contiguous() if combine else torch.zeros(1, device=v.device)
+        n = torch.empty(b, h, t, dv, device=v.device, dtype=v.dtype)
+        lse = torch.empty(b, t, device=v.device, dtype=torch.float32)
+        if combine:
+            if a.stride(-1) != 1:
+                a = a.contiguous()
+            out = torch.empty(b, h, t, dv, device=v.device, dtype=a.dtype)
+        else:
+            out = n
+        bm, bn, g, w, s = _config("fwd", h, dv)
+        ng = triton.cdiv(h, g)
+        aa = a if combine else n
+        _noise_fwd_kernel[(triton.cdiv(t, bm), b * ng)](
+            q2, k2, v, aa, lam32, out, n, lse,
+            q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), *_vstr(v), *_vstr(aa), *_vstr(out), *_vstr(n),
+            h, ng, t, scale * LOG2E, d, _pow2(d), dv, _pow2(dv), g, bm, bn, combine,
+            num_warps=w, num_stages=s)
+        ctx.save_for_backward(q2, k2, v, lam32, n, lse)
+        ctx.scale, ctx.combine = scale, combine
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q2, k2, v, lam32, n, lse = ctx.saved_tensors
+        scale, combine = ctx.scale, ctx.combine
+        b, t, d = q2.shape
+        h, dv = v.shape[1], v.shape[-1]
+        if dout.stride(-1) != 1:
+            dout = dout.contiguous()
+        dev = v.device
+        f32 = torch.float32
+        merged = BWD_MODE == "merged"
+        if merged:
+            bm, bn, hs, w, s = _config("merged", h, dv)
+        else:
+            bm, bn, split, chunk, w, s, grouped = _config("dk", h, dv)
+            hs = split if grouped else triton.cdiv(h, split)  # heads per split
+        split = triton.cdiv(h, hs)
+        dn = torch.empty(b, h, t, dv, device=dev, dtype=v.dtype)
+        delta = torch.empty(b, split, t, device=dev, dtype=f32)
+        r = torch.empty(b, h, t, device=dev, dtype=f32) if combine else delta
+        pbm = 16 if _interpret() else 32
+        _noise_bwd_pre_kernel[(triton.cdiv(t, pbm), b)](
+            dout, n, lam32, dn, delta, r, *_vstr(dout), *_vstr(n), h, hs, split, t,
+            dv, _pow2(dv), pbm, combine)
+        dqk = torch.zeros(2, b, t, d, device=dev, dtype=f32)  # dQ2, dK2 (float32 atomics)
+        dvo = torch.empty(b, h, t, dv, device=dev, dtype=v.dtype)
+        dlam = -r.sum((0, 2)) if combine and ctx.needs_input_grad[4] else None
+        if merged:
+            _noise_bwd_merged_kernel[(triton.cdiv(t, bn), b * split)](
+                q2, k2, v, dn, lse, delta, dqk[1], dqk[0], dvo,
+                q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), *_vstr(v), *_vstr(dvo),
+                h, split, t, scale * LOG2E, scale, d, _pow2(d), dv, _pow2(dv), hs, bm, bn,
+                num_warps=w, num_stages=s)
+            dqk = dqk.to(q2.dtype)
+            return (dout if combine else None, dqk[0], dqk[1], dvo, dlam, None)
+        _noise_bwd_dk_kernel[(triton.cdiv(t, bn), triton.cdiv(t, chunk), b * split)](
+            q2, k2, v, dn, lse, delta, dqk[1], dqk[0],
+            q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), *_vstr(v),
+            h, hs, split, t, scale * LOG2E, scale, d, _pow2(d), dv, _pow2(dv), bm, bn, chunk,
+            grouped, hs if grouped else 1, num_warps=w, num_stages=s)
+        bm, bn, g, w, s = _config("dv", h, dv)
+        ng = triton.cdiv(h, g)
+        _noise_bwd_dv_kernel[(triton.cdiv(t, bn), b * ng)](
+            q2, k2, dn, lse, dvo, q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), *_vstr(dvo),
+            h, ng, t, scale * LOG2E, d, _pow2(d), dv, _pow2(dv), g, bm, bn, num_warps=w, num_stages=s)
+        dqk = dqk.to(q2.dtype)
+        return (dout if combine else None, dqk[0], dqk[1], dvo, dlam, None)
+
+
+# ------------------------------------------------------------------------------------------
+# public functions
+
+def _check_dims(q2, v):
+    if q2.shape[-1] > 256 or v.shape[-1] > 256:
+        raise ValueError(f"noise-once supports head dims up to 256; got q/k {q2.shape[-1]}, v {v.shape[-1]}")
+    if v.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise ValueError(f"noise-once supports float16, bfloat16 and float32; got {v.dtype}")
+
+
+def _squeeze_head(x, name):
+    if x.dim() == 4:
+        if x.shape[1] != 1:
+            raise ValueError(f"{name} must have ONE head (the shared noise head); got shape {tuple(x.shape)}")
+        return x[:, 0]
+    return x
+
+
+def shared_noise_attention(q2, k2, v, scale=None):
+    """N_h = softmax(scale Q2 K2^T) V_h for every value head h, causal, the map computed once.
+    q2, k2: [B, 1, T, D] (or [B, T, D]); v: [B, H, T, DV]. Returns [B, H, T, DV]."""
+    q2, k2 = _squeeze_head(q2, "q2"), _squeeze_head(k2, "k2")
+    _check_dims(q2, v)
+    scale = q2.shape[-1] ** -0.5 if scale is None else float(scale)
+    return _NoiseOnce.apply(None, q2, k2, v, None, scale)
+
+
+def cmd_attention_noise_once(q1, k1, q2, k2, v, lam, scale1=None, scale2=None):
+    """Causal CMD attention: softmax(s1 Q1 K1^T) V through SDPA, minus lam_h times the shared noise
+    stream computed once for all heads (this module's kernels). q1, k1, v [B, H, T, *];
+    q2, k2 [B, 1, T, D2]; lam broadcastable to [H]. Returns [B, H, T, DV]."""
+    from ..attention import causal_attention
+    from .reference import lam_per_head
+
+    b, h, t, _ = q1.shape
+    if k1.shape[1] != h or v.shape[1] != h or k1.shape[-2] != t:
+        raise ValueError("noise-once CMD needs one key/value head per query head over the query positions")
+    _check_dims(q2, v)
+    scale1 = q1.shape[-1] ** -0.5 if scale1 is None else float(scale1)
+    scale2 = q2.shape[-1] ** -0.5 if scale2 is None else float(scale2)
+    a = causal_attention(q1, k1, v, scale=scale1)
+    lam = lam_per_head(lam, h, q1.device)
+    return _NoiseOnce.apply(a, _squeeze_head(q2, "q2"), _squeeze_head(k2, "k2"), v, lam, scale2)
+
+
+def noise_once_reference(q2, k2, v, scale=None):
+    """Plain PyTorch: the explicit float32 noise map, applied to every value head."""
+    q2, k2 = _squeeze_head(q2, "q2").float(), _squeeze_head(k2, "k2").float()
+    t, s = q2.shape[-2], k2.shape[-2]
+    scale = q2.shape[-1] ** -0.5 if scale is None else scale
+    mask = torch.ones(t, s, dtype=torch.bool, device=q2.device).tril(s - t)
+    p = (q2 @ k2.transpose(-1, -2) * scale).masked_fill(~mask, float("-inf")).softmax(-1)
+    return (p[:, None] @ v.float()).to(v.dtype)
+
+
+__all__ = ["cmd_attention_noise_once", "shared_noise_attention", "noise_once_reference", "CONFIGS"]

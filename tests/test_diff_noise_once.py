@@ -1,0 +1,186 @@
+"""CMD attention with the shared noise stream computed once (noise_once.py) against the explicit
+PyTorch references: forward and every gradient (q1, k1, q2, k2, v, lam), odd lengths and head
+counts, several launch configs (head groups, splits, BM != BN). Interpreter on CPU (fp32/fp16),
+bf16 on the GPU."""
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from attnlab.ops.diff_attention import diff_attention, diff_attention_reference  # noqa: E402
+from attnlab.ops.diff_attention import noise_once as NO  # noqa: E402
+from attnlab.testing import rel_err  # noqa: E402
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+TOL32 = 3e-3 if DEV == "cuda" else 1e-5  # fp32 tl.dot is TF32 on the GPU
+NAMES = ("q1", "k1", "q2", "k2", "v", "lam")
+
+
+def _inputs(b, h, t, d1, d2, dv, dtype):
+    mk = lambda *s: torch.randn(*s, device=DEV, dtype=dtype)  # noqa: E731
+    ins = [mk(b, h, t, d1), mk(b, h, t, d1), mk(b, 1, t, d2), mk(b, 1, t, d2), mk(b, h, t, dv),
+           0.2 + torch.rand(h, device=DEV)]
+    return [x.requires_grad_() for x in ins]
+
+
+def _check(shape, dtype, tol_out, tol_grad):
+    ins = _inputs(*shape, dtype)
+    s1, s2 = 0.7 * shape[3] ** -0.5, 1.3 * shape[4] ** -0.5
+    out = NO.cmd_attention_noise_once(*ins, s1, s2)
+    ref = diff_attention_reference(*[x.float() for x in ins], s1, s2)
+    assert out.dtype == dtype and out.shape == ref.shape
+    assert rel_err(out, ref) <= tol_out
+    g = torch.randn_like(ref)
+    got = torch.autograd.grad(out, ins, g.to(dtype))
+    want = torch.autograd.grad(ref, ins, g)
+    for name, x, y in zip(NAMES, got, want):
+        assert x.shape == y.shape, name
+        assert rel_err(x, y) <= tol_grad, (name, rel_err(x, y))
+
+
+# (B, H, T, D1, D2, DV)
+SHAPES = {"odd": (2, 3, 37, 16, 24, 20), "four-heads": (1, 4, 33, 16, 16, 16)}
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_noise_once_fp32(shape):
+    _check(SHAPES[shape], torch.float32, TOL32, TOL32)
+
+
+@pytest.mark.skipif(DEV == "cuda", reason="interpreter launch configs")
+@pytest.mark.parametrize("cfg", [
+    {"fwd": (32, 16, 4, 1, 1), "dv": (16, 32, 4, 1, 1), "dk": (16, 32, 3, 64, 1, 1, False)},  # 3 head-loop splits
+    {"fwd": (16, 16, 1, 1, 1), "dv": (16, 16, 1, 1, 1), "dk": (16, 16, 1, 32, 1, 1, False)},  # one split
+    {"fwd": (16, 16, 2, 1, 1), "dv": (16, 16, 2, 1, 1), "dk": (16, 32, 4, 32, 1, 1, True)},   # grouped dK, 4 heads
+])
+def test_noise_once_configs(monkeypatch, cfg):
+    monkeypatch.setattr(NO, "_INTERP", cfg)
+    _check((1, 5, 45, 16, 16, 16), torch.float32, TOL32, TOL32)
+
+
+@pytest.mark.skipif(DEV == "cuda", reason="interpreter launch configs")
+@pytest.mark.parametrize("merged", [(16, 16, 2, 1, 1), (16, 32, 4, 1, 1)])
+def test_noise_once_merged_backward(monkeypatch, merged):
+    """BWD_MODE="merged": one backward kernel per key block and head group."""
+    monkeypatch.setattr(NO, "BWD_MODE", "merged")
+    monkeypatch.setitem(NO._INTERP, "merged", merged)
+    _check((2, 3, 37, 16, 24, 20), torch.float32, TOL32, TOL32)
+    _check((1, 5, 45, 16, 16, 16), torch.float32, TOL32, TOL32)
+
+
+def test_noise_once_fp16():
+    _check((1, 4, 29, 16, 16, 32), torch.float16, 3e-3, 1e-2)
+
+
+def test_shared_noise_attention_alone():
+    """The noise stream without the combination: N_h = softmax(Q2 K2^T) V_h for every head."""
+    b, h, t, d, dv = 2, 3, 26, 16, 24
+    q2, k2 = (torch.randn(b, 1, t, d, device=DEV, requires_grad=True) for _ in range(2))
+    v = torch.randn(b, h, t, dv, device=DEV, requires_grad=True)
+    out = NO.shared_noise_attention(q2, k2, v, 0.3)
+    ref = NO.noise_once_reference(q2, k2, v, 0.3)
+    assert rel_err(out, ref) <= TOL32
+    g = torch.randn_like(ref)
+    for x, y in zip(torch.autograd.grad(out, (q2, k2, v), g), torch.autograd.grad(ref, (q2, k2, v), g)):
+        assert rel_err(x, y) <= TOL32
+
+
+def test_noise_once_strided_and_scalar_lam():
+    """[B, T, H, D] inputs seen as [B, H, T, D] (what the mixers produce) and a per-layer lam."""
+    b, h, t, d = 1, 4, 21, 16
+    mk = lambda *s: torch.randn(*s, device=DEV)  # noqa: E731
+    q1, k1, v = (mk(b, t, h, d).transpose(1, 2).requires_grad_() for _ in range(3))
+    qk2 = mk(b, t, 2, d).transpose(1, 2)
+    q2, k2 = qk2[:, :1].detach().requires_grad_(), qk2[:, 1:].detach().requires_grad_()
+    lam = torch.tensor(0.4, device=DEV, requires_grad=True)
+    ins = [q1, k1, q2, k2, v, lam]
+    out = NO.cmd_attention_noise_once(*ins)
+    ref = diff_attention_reference(*ins)
+    assert rel_err(out, ref) <= TOL32
+    g = torch.randn_like(ref)
+    for name, x, y in zip(NAMES, torch.autograd.grad(out, ins, g), torch.autograd.grad(ref, ins, g)):
+        assert x.shape == y.shape and rel_err(x, y) <= TOL32, name
+
+
+def test_noise_once_dispatch_and_errors():
+    ins = _inputs(1, 2, 17, 16, 16, 16, torch.float32)
+    out = diff_attention(*ins, impl="noise-once")
+    assert rel_err(out, diff_attention_reference(*ins)) <= TOL32
+    with pytest.raises(ValueError, match="ONE head"):
+        NO.shared_noise_attention(torch.randn(1, 2, 8, 16), torch.randn(1, 2, 8, 16), torch.randn(1, 2, 8, 16))
+    with pytest.raises(ValueError, match="up to 256"):
+        NO.shared_noise_attention(torch.randn(1, 1, 8, 16), torch.randn(1, 1, 8, 16), torch.randn(1, 2, 8, 320))
+    with pytest.raises(ValueError, match="one key/value head"):
+        NO.cmd_attention_noise_once(ins[0], ins[1][:, :1], *ins[2:])
+
+
+GPU_DK = {"default": None, "grouped": (64, 64, 2, 512, 4, 2, True), "head-loop-128": (128, 128, 1, 1024, 8, 2, False),
+          "dv-128": "dv", "merged": "merged"}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", list(GPU_DK))
+def test_noise_once_variants_bf16_gpu(monkeypatch, variant):
+    """The other launch configurations the benchmark sweeps (grouped dK, 128-blocks), bf16."""
+    if GPU_DK[variant] == "merged":
+        monkeypatch.setattr(NO, "BWD_MODE", "merged")
+    elif GPU_DK[variant] == "dv":
+        monkeypatch.setitem(NO.CONFIGS, "dv", (32, 128, 2, 8, 2))
+    elif GPU_DK[variant] is not None:
+        monkeypatch.setitem(NO.CONFIGS, "dk", GPU_DK[variant])
+    test_noise_once_bf16_gpu((1, 16, 1000, 128, 128, 128))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", [(1, 16, 1000, 128, 128, 128), (2, 6, 777, 96, 64, 64), (1, 3, 300, 64, 64, 64)])
+def test_noise_once_bf16_gpu(shape):
+    """bf16: error (vs fp32 explicit maps) small, or no worse than twice that of the notebook's
+    path (two SDPA calls, noise head expanded) on the same inputs."""
+    ins = _inputs(*shape, torch.bfloat16)
+    s1, s2 = 0.7 * shape[3] ** -0.5, 1.3 * shape[4] ** -0.5
+    ref = diff_attention_reference(*[x.float() for x in ins], s1, s2)
+    g = torch.randn_like(ref)
+    want = torch.autograd.grad(ref, ins, g)
+    errs = {}
+    for impl in ("noise-once", "sdpa"):
+        out = diff_attention(*ins, s1, s2, impl=impl)
+        got = torch.autograd.grad(out, ins, g.to(torch.bfloat16))
+        errs[impl] = [rel_err(out, ref)] + [rel_err(x, y) for x, y in zip(got, want)]
+    for name, e, e_sdpa in zip(("out",) + NAMES, errs["noise-once"], errs["sdpa"]):
+        assert e <= max(2e-2, 2 * e_sdpa), (name, e, e_sdpa)
+
+
+def _cmd_mixer(impl, noise_rope=False):
+    from attnlab import ModelConfig, build_model
+
+    opts = {"kv_lora_rank": 16, "q_lora_rank": 24, "qk_rope_head_dim": 8, "qk_nope_head_dim": 16,
+            "v_head_dim": 16, "noise_rope": noise_rope, "impl": impl}
+    cfg = ModelConfig(vocab_size=50, dim=32, n_layers=1, n_heads=4, mixer="cmd-mla", max_seq_len=32,
+                      mixer_options={"cmd-mla": opts})
+    torch.manual_seed(3)
+    return build_model(cfg).to(DEV).blocks[0].mixer
+
+
+@pytest.mark.skipif(DEV == "cuda", reason="fp32 tl.dot is TF32 on the GPU")
+@pytest.mark.parametrize("noise_rope", [False, True])
+def test_cmd_mla_noise_once_equals_sdpa(noise_rope):
+    a, b = _cmd_mixer("sdpa", noise_rope), _cmd_mixer("noise-once", noise_rope)
+    x = torch.randn(2, 19, 32, device=DEV, requires_grad=True)
+    ya, yb = a(x), b(x)
+    assert rel_err(yb, ya) <= 1e-5
+    ga = torch.autograd.grad(ya.square().sum(), [x] + list(a.parameters()))
+    gb = torch.autograd.grad(yb.square().sum(), [x] + list(b.parameters()))
+    for u, w in zip(gb, ga):
+        assert rel_err(u, w) <= 1e-4
+
+
+def test_noise_once_only_for_cmd():
+    from attnlab import ModelConfig, build_model
+    from attnlab.config import ConfigError
+
+    lat = {"kv_lora_rank": 16, "q_lora_rank": 24, "qk_rope_head_dim": 8}
+    for name, opts in (("diff-mla", lat), ("diff-mha", {})):
+        with pytest.raises(ConfigError, match=f"{name}.impl"):
+            build_model(ModelConfig(vocab_size=50, dim=32, n_layers=1, n_heads=4, mixer=name, max_seq_len=32,
+                                    mixer_options={name: {**opts, "impl": "noise-once"}}))
