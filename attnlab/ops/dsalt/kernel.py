@@ -260,6 +260,130 @@ if HAVE_TRITON:
         tl.store(DW + pid_bh * T + offs_m, dw * inv_edge, mask=mrow)
 
     @triton.jit
+    def _lm_bwd_kernel(Q, K, V, W, GT, LPOS, DO, LSE, DELTA, DQ, DK, DV, DGT, PK, PV, PG,
+                       sq_b, sq_h, sq_t, sk_b, sk_h, sk_t,
+                       H, G, T, NB, SEG, n_max, inv_edge, qk_scale, sm_scale, SEL_BLOCK,
+                       D: tl.constexpr, BLOCK_M: tl.constexpr, KP: tl.constexpr, PREC: tl.constexpr):
+        """Landmark part of the backward, one program per (segment of SEG selection blocks,
+        batch * kv head): walks the segment's blocks in order with all KP slots' dK/dV/gate
+        gradients accumulated in registers (summed over the rows and the kv group's heads), adds
+        the landmark part of dQ into DQ (these rows belong to this program only), and writes a
+        slot's sum when its token's run ends (stable slots: a token is one run of one slot
+        column). Runs inside the segment go straight into DK/DV/DGT (read-add-write: each token
+        has one run, so one writer); a run open at the segment's start (started earlier) goes to
+        partial 0, one open at its end (started here) to partial 1; ``_lm_fix_kernel`` chains
+        those across segments."""
+        pid_s = tl.program_id(0)
+        bhk = tl.program_id(1)
+        hkv = H // G
+        b = bhk // hkv
+        hk = bhk % hkv
+        s0 = pid_s * SEG
+        s1 = tl.minimum(s0 + SEG, NB)
+        offs_k = tl.arange(0, KP)
+        offs_d = tl.arange(0, D)
+        offs_m0 = tl.arange(0, BLOCK_M)
+        kbase = K + b * sk_b + hk * sk_h
+        vbase = V + b * sk_b + hk * sk_h
+        lbase = LPOS + bhk * NB * KP
+        acc_k = tl.zeros([KP, D], tl.float32)
+        acc_v = tl.zeros([KP, D], tl.float32)
+        acc_g = tl.zeros([KP], tl.float32)
+        tok = tl.load(lbase + s0 * KP + offs_k)
+        prv = tl.load(lbase + (s0 - 1) * KP + offs_k, mask=offs_k + s0 * KP >= KP, other=-1)
+        first = (prv == tok) & (tok >= 0)  # the slot's open run started before the segment
+        pbase = (bhk * tl.num_programs(0) + pid_s) * 2 * KP
+        for nb in range(s0, s1):
+            tok = tl.load(lbase + nb * KP + offs_k)
+            lp0 = tl.maximum(tok, 0)
+            gate = tl.load(GT + bhk * T + lp0)
+            lk = tl.load(kbase + lp0[:, None] * sk_t + offs_d[None, :])
+            lv = tl.load(vbase + lp0[:, None] * sk_t + offs_d[None, :])
+            for g in range(0, G):
+                h = hk * G + g
+                bh = b * H + h
+                for r0 in range(nb * SEL_BLOCK, tl.minimum(nb * SEL_BLOCK + SEL_BLOCK, T), BLOCK_M):
+                    offs_m = r0 + offs_m0
+                    mrow = offs_m < T
+                    qoff = b * sq_b + h * sq_h + offs_m[:, None] * sq_t + offs_d[None, :]
+                    q = tl.load(Q + qoff, mask=mrow[:, None], other=0.0)
+                    do = tl.load(DO + qoff, mask=mrow[:, None], other=0.0)
+                    w = tl.load(W + bh * T + offs_m, mask=mrow, other=1.0)
+                    lse = tl.load(LSE + bh * T + offs_m, mask=mrow, other=0.0)
+                    delta = tl.load(DELTA + bh * T + offs_m, mask=mrow, other=0.0)
+                    s = tl.dot(q, tl.trans(lk), input_precision=PREC) * qk_scale
+                    s = s + _lm_bias(offs_m, tok, gate, w, T, n_max, inv_edge)
+                    p = tl.exp2(s - lse[:, None])
+                    dp = tl.dot(do, tl.trans(lv), input_precision=PREC)
+                    ds = p * (dp - delta[:, None])
+                    dql = tl.dot(ds.to(lk.dtype), lk, input_precision=PREC) * sm_scale
+                    dq0 = tl.load(DQ + qoff, mask=mrow[:, None], other=0.0).to(tl.float32)
+                    tl.store(DQ + qoff, (dq0 + dql).to(DQ.dtype.element_ty), mask=mrow[:, None])
+                    acc_k += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC)
+                    acc_v += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
+                    acc_g += tl.sum(ds, 0)
+            nxt = tl.load(lbase + (nb + 1) * KP + offs_k, mask=offs_k + (nb + 1) * KP < NB * KP, other=-1)
+            valid = tok >= 0
+            ends = nxt != tok  # the token's run ends with this block (last block: nxt = -1)
+            lend = valid & (ends | (offs_k * 0 + nb + 1 >= s1))
+            direct = valid & ends & (first.to(tl.int32) == 0)
+            row = (bhk * T + lp0)[:, None] * D + offs_d[None, :]
+            dm = direct[:, None]
+            tl.store(DK + row, (tl.load(DK + row, mask=dm, other=0.0).to(tl.float32) + acc_k * sm_scale)
+                     .to(DK.dtype.element_ty), mask=dm)
+            tl.store(DV + row, (tl.load(DV + row, mask=dm, other=0.0).to(tl.float32) + acc_v)
+                     .to(DV.dtype.element_ty), mask=dm)
+            tl.store(DGT + bhk * T + lp0, acc_g, mask=direct)
+            # partials: 0 = the run open at the start (started before), 1 = a run open at the end
+            part = lend & (direct.to(tl.int32) == 0)
+            which = tl.where(first, 0, 1)
+            prow = (pbase + which * KP + offs_k)[:, None] * D + offs_d[None, :]
+            tl.store(PK + prow, acc_k * sm_scale, mask=part[:, None])
+            tl.store(PV + prow, acc_v, mask=part[:, None])
+            tl.store(PG + pbase + which * KP + offs_k, acc_g, mask=part)
+            acc_k = tl.where(lend[:, None], 0.0, acc_k)
+            acc_v = tl.where(lend[:, None], 0.0, acc_v)
+            acc_g = tl.where(lend, 0.0, acc_g)
+            first = first & (lend.to(tl.int32) == 0)
+
+    @triton.jit
+    def _lm_fix_kernel(LPOS, PK, PV, PG, DK, DV, DGT, T, NB, SEG, NSEG, KP: tl.constexpr, D: tl.constexpr):
+        """Landmark runs that cross segment boundaries: one program per (slot, batch * kv head)
+        chains the segments' partials (0: continuing run, 1: run started there) and writes each
+        such run's sum once into DK/DV/DGT."""
+        sl = tl.program_id(0)
+        bhk = tl.program_id(1)
+        offs_d = tl.arange(0, D)
+        lbase = LPOS + bhk * NB * KP + sl
+        ck = tl.zeros([D], tl.float32)
+        cv = tl.zeros([D], tl.float32)
+        cg = tl.sum(tl.zeros([D], tl.float32), 0)
+        for seg in range(0, NSEG):
+            s0 = seg * SEG
+            s1 = tl.minimum(s0 + SEG, NB)
+            tok0 = tl.load(lbase + s0 * KP)
+            tokl = tl.load(lbase + (s1 - 1) * KP)
+            prv = tl.load(lbase + (s0 - 1) * KP, mask=s0 > 0, other=-1)
+            nxt = tl.load(lbase + s1 * KP, mask=s1 < NB, other=-1)
+            before = (prv == tok0) & (tok0 >= 0)
+            after = (nxt == tokl) & (tokl >= 0)
+            spans = before & (tok0 == tokl)
+            pb = ((bhk * NSEG + seg) * 2) * KP + sl
+            if before:
+                ck += tl.load(PK + pb * D + offs_d)
+                cv += tl.load(PV + pb * D + offs_d)
+                cg += tl.load(PG + pb)
+                if (spans & after) == 0:  # tok0's run ends inside this segment: write it
+                    row = (bhk * T + tok0) * D + offs_d
+                    tl.store(DK + row, (tl.load(DK + row).to(tl.float32) + ck).to(DK.dtype.element_ty))
+                    tl.store(DV + row, (tl.load(DV + row).to(tl.float32) + cv).to(DV.dtype.element_ty))
+                    tl.store(DGT + bhk * T + tok0, cg)
+            if after & (spans == 0):
+                ck = tl.load(PK + (pb + KP) * D + offs_d)
+                cv = tl.load(PV + (pb + KP) * D + offs_d)
+                cg = tl.load(PG + pb + KP)
+
+    @triton.jit
     def _win_rT(offs_n, offs_m, w, T, n_max, inv_edge):
         """_win_r transposed: [keys, queries]."""
         dd = offs_m[None, :] - offs_n[:, None]
@@ -421,60 +545,6 @@ if HAVE_TRITON:
                      tl.broadcast_to(lp[None, :], (CB, KP)), mask=smask)
             ck = ck_n
 
-    @triton.jit
-    def _seg_add(v1, f1, v2, f2):
-        return tl.where(f2 != 0, v2, v1 + v2), f1 | f2
-
-    @triton.jit
-    def _lm_reduce_kernel(DLK, DLV, DG, LPOS, DK, DV, DGT, NB, T,
-                          KP: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, CB: tl.constexpr):
-        """Add per-block landmark gradients [B*Hk, NB, KP, D] (and gate gradients [.., KP]) into
-        dK/dV rows (and the per-token gate gradient): one program per (batch*kv head, slot,
-        D chunk) walks its slot column CB blocks at a time; each run of one token is summed by a
-        segmented scan and written once, so no two programs touch the same row (no atomics)."""
-        pid = tl.program_id(0)
-        sl = tl.program_id(1)
-        dchunk = tl.program_id(2)
-        offs = dchunk * BD + tl.arange(0, BD)
-        rows = tl.arange(0, CB)
-        carry_k = tl.zeros([BD], tl.float32)
-        carry_v = tl.zeros([BD], tl.float32)
-        carry_g = tl.zeros([CB], tl.float32)  # only row 0 is used
-        base = pid * NB
-        for c0 in range(0, NB, CB):
-            blk = c0 + rows
-            valid = blk < NB
-            tok = tl.load(LPOS + (base + blk) * KP + sl, mask=valid, other=-1)
-            prv = tl.load(LPOS + (base + blk - 1) * KP + sl, mask=valid & (blk >= 1), other=-1)
-            nxt = tl.load(LPOS + (base + blk + 1) * KP + sl, mask=blk + 1 < NB, other=-1)
-            start = (tok != prv).to(tl.int32)
-            end = valid & (nxt != tok) & (tok >= 0)
-            src = ((base + blk)[:, None] * KP + sl) * D + offs[None, :]
-            xk = tl.load(DLK + src, mask=valid[:, None], other=0.0).to(tl.float32)
-            xv = tl.load(DLV + src, mask=valid[:, None], other=0.0).to(tl.float32)
-            # the run open at the end of the previous chunk continues in row 0 unless row 0 starts one
-            first = (rows[:, None] == 0) & (start[:, None] == 0)
-            xk = xk + tl.where(first, carry_k[None, :], 0.0)
-            xv = xv + tl.where(first, carry_v[None, :], 0.0)
-            f2 = tl.broadcast_to(start[:, None], (CB, BD))
-            sk, _fk = tl.associative_scan((xk, f2), 0, _seg_add)
-            sv, _fv = tl.associative_scan((xv, f2), 0, _seg_add)
-            row = (pid * T + tl.maximum(tok, 0))[:, None] * D + offs[None, :]
-            wm = end[:, None]
-            tl.store(DK + row, (tl.load(DK + row, mask=wm, other=0.0).to(tl.float32) + sk).to(DK.dtype.element_ty),
-                     mask=wm)
-            tl.store(DV + row, (tl.load(DV + row, mask=wm, other=0.0).to(tl.float32) + sv).to(DV.dtype.element_ty),
-                     mask=wm)
-            last = rows[:, None] == CB - 1
-            carry_k = tl.sum(tl.where(last, sk, 0.0), 0)
-            carry_v = tl.sum(tl.where(last, sv, 0.0), 0)
-            if dchunk == 0:
-                xg = tl.load(DG + (base + blk) * KP + sl, mask=valid, other=0.0)
-                xg = xg + tl.where((rows == 0) & (start == 0), carry_g, 0.0)
-                sg, _fg = tl.associative_scan((xg, start), 0, _seg_add)
-                tl.store(DGT + pid * T + tl.maximum(tok, 0), sg, mask=end)
-                carry_g = tl.broadcast_to(tl.sum(tl.where(rows == CB - 1, sg, 0.0), 0), (CB,))
-
 
 _FAST_LM = {"on": True}
 
@@ -534,17 +604,21 @@ def _blocks(block: int, d: int, device) -> tuple[int, int, int]:
 _TUNED: dict = {}
 _FWD_BM_OVERRIDE: dict = {}
 # launch configs tried by the autotuner on CUDA: fwd (BLOCK_M, BLOCK_N, warps, stages) (BLOCK_M 128
-# only where it and the selection block divide one another); dq (BLOCK_N, warps, stages) at
-# BLOCK_M = 64; dkdv (BLOCK_M, BLOCK_N, warps, stages, TRANS). First entries: the forced defaults
-# (ATTNLAB_DSALT_AUTOTUNE=0). Register use checked offline (ptxas via triton.compile for sm_90).
-FWD_CONFIGS = [(64, 64, 4, 2), (64, 64, 8, 2), (64, 64, 4, 3), (128, 64, 8, 2), (64, 32, 4, 3)]
-DQ_CONFIGS = [(32, 4, 2), (32, 8, 2), (64, 8, 2), (32, 4, 3)]
-DKDV_CONFIGS = [(32, 32, 4, 2, 0), (32, 64, 8, 2, 1), (64, 32, 8, 2, 0), (32, 128, 8, 2, 1), (64, 64, 8, 2, 0)]
+# only where it and the selection block divide one another); dq (BLOCK_M, BLOCK_N, warps, stages)
+# (window only: any BLOCK_M); dkdv (BLOCK_M, BLOCK_N, warps, stages, TRANS); lm: the landmark
+# backward (BLOCK_M rows per step, warps, stages; BLOCK_M divides the selection block). First
+# entries: the forced defaults (ATTNLAB_DSALT_AUTOTUNE=0). Register use checked offline (ptxas via
+# triton.compile for sm_90: benchmarks/dsalt_registers.py).
+FWD_CONFIGS = [(64, 64, 4, 3), (64, 64, 4, 2), (64, 64, 8, 2), (128, 64, 8, 2), (128, 64, 8, 3), (64, 32, 4, 3)]
+DQ_CONFIGS = [(64, 32, 4, 3), (64, 64, 4, 2), (128, 32, 4, 3), (128, 64, 8, 2), (128, 32, 8, 3), (64, 64, 8, 3)]
+DKDV_CONFIGS = [(32, 128, 8, 2, 1), (32, 128, 4, 3, 1), (64, 128, 8, 2, 1), (32, 64, 4, 3, 1), (64, 64, 8, 2, 0),
+                (32, 32, 4, 2, 0)]
+LM_CONFIGS = [(64, 8, 2), (64, 4, 2), (32, 4, 2), (64, 8, 1)]
 
 
 def _tuned(name: str, block: int):
-    """Autotuned launchers (CUDA; dq at BLOCK_M = 64): tile sizes, warps and stages."""
-    tag = (name, block if name == "fwd" else 0)
+    """Autotuned launchers (CUDA): tile sizes, warps and stages."""
+    tag = (name, block if name in ("fwd", "lm") else 0)
     if tag not in _TUNED:
         key = ["T", "n_max", "D"]
         if name == "dkdv":
@@ -555,8 +629,15 @@ def _tuned(name: str, block: int):
             cfgs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "NSET": max(1, m // block)}, num_warps=w, num_stages=st)
                     for m, n, w, st in FWD_CONFIGS if m % block == 0 or block % m == 0]
             _TUNED[tag] = triton.autotune(cfgs, key=key + ["KP", "HAS_LM"])(_fwd_kernel)
+        elif name == "lm":
+            cfgs = [triton.Config({"BLOCK_M": m}, num_warps=w, num_stages=st) for m, w, st in LM_CONFIGS
+                    if block % m == 0]
+            # the kernel adds into dQ/dK/dV: the autotuner restores them between its trial runs
+            _TUNED[tag] = triton.autotune(cfgs, key=["T", "NB", "KP", "D", "G"],
+                                          restore_value=["DQ", "DK", "DV"])(_lm_bwd_kernel)
         else:
-            cfgs = [triton.Config({"BLOCK_N": n}, num_warps=w, num_stages=st) for n, w, st in DQ_CONFIGS]
+            cfgs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st)
+                    for m, n, w, st in DQ_CONFIGS]
             _TUNED[tag] = triton.autotune(cfgs, key=key + ["KP", "HAS_LM"])(_dq_kernel)
     return _TUNED[tag]
 
@@ -569,28 +650,31 @@ def tuned_configs() -> dict:
     return out
 
 
-# CUDA launch configs forced instead of autotuning: {"fwd": (BM, BN, warps, stages), "dq": (BN, warps,
-# stages), "dkdv": (BM, BN, warps, stages)} (tests of every config; ATTNLAB_DSALT_AUTOTUNE=0 forces
-# each list's first entry, which skips the autotuner's compile-and-time of every config)
+# CUDA launch configs forced instead of autotuning: {"fwd": (BM, BN, warps, stages), "dq": (BM, BN,
+# warps, stages), "dkdv": (BM, BN, warps, stages, TRANS), "lm": (BM, warps, stages)} (tests of every
+# config; ATTNLAB_DSALT_AUTOTUNE=0 forces each list's first entry, which skips the autotuner's
+# compile-and-time of every config)
 FORCE_CONFIG: dict = {}
+# selection blocks per program of the landmark backward (None: chosen to fill the GPU; the
+# interpreter uses 2 so that the tests cross many segment boundaries)
+LM_SEG: dict = {"seg": None}
 
 
 def _forced(name):
     if name in FORCE_CONFIG:
         return FORCE_CONFIG[name]
     if os.environ.get("ATTNLAB_DSALT_AUTOTUNE", "1") == "0":
-        return {"fwd": FWD_CONFIGS, "dq": DQ_CONFIGS, "dkdv": DKDV_CONFIGS, "reduce": REDUCE_CONFIGS}[name][0]
+        return {"fwd": FWD_CONFIGS, "dq": DQ_CONFIGS, "dkdv": DKDV_CONFIGS, "lm": LM_CONFIGS}[name][0]
     return None
 
 
 def _launch(name, kernel, grid_m, rows, bm, bn, warps, block, *args, **meta):
-    """Launch plain (interpreter, small blocks), forced or autotuned (CUDA, block a multiple of 64)."""
-    cfg = _forced(name) if bm == 64 and not _interpreting() else None
+    """Launch plain (interpreter, small blocks; the dq kernel when it writes per-tile landmark
+    partials), forced or autotuned (CUDA, block a multiple of 64)."""
+    tuned = bm == 64 and not _interpreting() and not (name == "dq" and meta.get("HAS_LM"))
+    cfg = _forced(name) if tuned else None
     if cfg is not None:
-        if name == "dq":
-            n, w, st = cfg
-            m = 64
-        elif name == "dkdv":
+        if name == "dkdv":
             m, n, w, st, meta["TRANS"] = cfg
         else:
             m, n, w, st = cfg
@@ -599,14 +683,12 @@ def _launch(name, kernel, grid_m, rows, bm, bn, warps, block, *args, **meta):
         grid_n = n if name == "dkdv" else m
         return kernel[(triton.cdiv(grid_m, grid_n), rows)](*args, BLOCK_M=m, BLOCK_N=n, num_warps=w,
                                                           num_stages=st, **meta)
-    if bm == 64 and not _interpreting():
+    if tuned:
         if name == "dkdv":
             grid = lambda m: (triton.cdiv(grid_m, m["BLOCK_N"]), rows)  # noqa: E731
-            return _tuned(name, block)[grid](*args, **meta)
-        if name == "fwd":
+        else:
             grid = lambda m: (triton.cdiv(grid_m, m["BLOCK_M"]), rows)  # noqa: E731
-            return _tuned(name, block)[grid](*args, **meta)
-        return _tuned(name, block)[(triton.cdiv(grid_m, bm), rows)](*args, BLOCK_M=bm, **meta)
+        return _tuned(name, block)[grid](*args, **meta)
     if name == "dkdv":
         meta["TRANS"] = _FWD_BM_OVERRIDE.get("dkdv_trans", 0)  # tests: the transposed formulation
         return kernel[(triton.cdiv(grid_m, bn), rows)](*args, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, **meta)
@@ -616,31 +698,46 @@ def _launch(name, kernel, grid_m, rows, bm, bn, warps, block, *args, **meta):
     return kernel[(triton.cdiv(grid_m, bm), rows)](*args, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, **meta)
 
 
-# landmark-gradient reduction launch configs (CB blocks per step, BD columns, warps)
-REDUCE_CONFIGS = [(32, 64, 4), (16, 64, 4), (64, 32, 4), (32, 32, 2), (64, 64, 8)]
+def _lm_segment(nb: int, bhk: int, device) -> int:
+    """Selection blocks per landmark-backward program: enough programs to fill the GPU (about
+    4 per multiprocessor), at most 16 blocks each (fewer partials to chain)."""
+    if LM_SEG["seg"]:
+        return LM_SEG["seg"]
+    if _interpreting() or device.type != "cuda":
+        return 2
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return max(1, min(16, (nb * bhk) // (4 * sms)))
 
 
-def _reduce_landmark_grads(plk, plv, pg, lpos, dk, dv, dgt, nb, t, kp, d):
-    """Per-run sums of the per-block landmark partials into dK, dV (added) and dgt (written)."""
-    bhk = lpos.shape[0] * lpos.shape[1]
-    if _interpreting() or not plk.is_cuda:
-        bd = min(d, 64)
-        return _lm_reduce_kernel[(bhk, kp, d // bd)](plk, plv, pg, lpos, dk, dv, dgt, nb, t,
-                                                      KP=kp, D=d, BD=bd, CB=16, num_warps=4)
-    cfg = _forced("reduce")
+def _landmark_backward(q, k, v, win, gt, lpos, do, lse, delta, dq, dk, dv, meta, bm, warps):
+    """The landmark part of the backward (stable slots): adds into dq, dk, dv; returns the per-token
+    gate gradient [B, Hk, T] fp32."""
+    n_max, edge, block, scale, _ = meta
+    b, h, t, d = q.shape
+    hk = k.shape[1]
+    nb, kp = lpos.shape[2], lpos.shape[3]
+    seg = _lm_segment(nb, b * hk, q.device)
+    nseg = triton.cdiv(nb, seg)
+    dgt = torch.zeros(b, hk, t, device=q.device, dtype=torch.float32)
+    pk = torch.empty(b * hk, nseg, 2, kp, d, device=q.device, dtype=torch.float32)
+    pv = torch.empty_like(pk)
+    pg = torch.empty(b * hk, nseg, 2, kp, device=q.device, dtype=torch.float32)
+    args = (q, k, v, win, gt, lpos, do, lse, delta, dq, dk, dv, dgt, pk, pv, pg,
+            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+            h, h // hk, t, nb, seg, n_max, 1.0 / float(edge), scale * LOG2E, scale, block)
+    grid = (nseg, b * hk)
+    tuned = bm == 64 and not _interpreting()
+    cfg = _forced("lm") if tuned else None
     if cfg is not None:
-        cb, bd, w = cfg
-        bd = min(bd, d)
-        return _lm_reduce_kernel[(bhk, kp, d // bd)](plk, plv, pg, lpos, dk, dv, dgt, nb, t,
-                                                      KP=kp, D=d, BD=bd, CB=cb, num_warps=w)
-    tag = ("reduce", d)
-    if tag not in _TUNED:
-        lst = list(dict.fromkeys((cb, min(bd, d), w) for cb, bd, w in REDUCE_CONFIGS))
-        cfgs = [triton.Config({"CB": cb, "BD": bd}, num_warps=w) for cb, bd, w in lst]
-        # the kernel adds into dK/dV: the autotuner restores them between its trial runs
-        _TUNED[tag] = triton.autotune(cfgs, key=["NB", "KP", "D"], restore_value=["DK", "DV"])(_lm_reduce_kernel)
-    grid = lambda m: (bhk, kp, d // m["BD"])  # noqa: E731
-    return _TUNED[tag][grid](plk, plv, pg, lpos, dk, dv, dgt, nb, t, KP=kp, D=d)
+        m, w, st = cfg
+        _lm_bwd_kernel[grid](*args, D=d, KP=kp, PREC=_prec(q), BLOCK_M=m, num_warps=w, num_stages=st)
+    elif tuned:
+        _tuned("lm", block)[grid](*args, D=d, KP=kp, PREC=_prec(q))
+    else:
+        _lm_bwd_kernel[grid](*args, D=d, KP=kp, PREC=_prec(q), BLOCK_M=bm, num_warps=warps)
+    if nseg > 1:
+        _lm_fix_kernel[(kp, b * hk)](lpos, pk, pv, pg, dk, dv, dgt, t, nb, seg, nseg, KP=kp, D=d, num_warps=4)
+    return dgt
 
 
 class _DSALTFn(torch.autograd.Function):
@@ -691,10 +788,13 @@ class _DSALTFn(torch.autograd.Function):
         delta = torch.empty(b, h, t, device=q.device, dtype=torch.float32)
         # a separate pass: fused into the dQ kernel it made that kernel spill registers (ptxas)
         _delta_kernel[(triton.cdiv(b * h * t, 64),)](o, do, delta, b * h * t, D=d, BLOCK=64)
+        # stable slots: the landmark part runs in its own kernel after the window kernels; else
+        # (fallback) the dQ kernel writes per-tile landmark partials, accumulated by index_put_
+        partials = has_lm and not ctx.stable
         nt = triton.cdiv(t, bm)
         dq = torch.empty_like(q)
         dw = torch.empty(b, h, t, device=q.device, dtype=torch.float32)
-        if has_lm:
+        if partials:
             dlk_t = torch.empty(b, h, nt, kp, d, device=q.device, dtype=q.dtype)
             dlv_t = torch.empty(b, h, nt, kp, d, device=q.device, dtype=q.dtype)
             dgate_t = torch.empty(b, h, nt, kp, device=q.device, dtype=torch.float32)
@@ -704,7 +804,7 @@ class _DSALTFn(torch.autograd.Function):
                 q, k, v, win, gt, lpos, do, lse, delta, dq, dw, dlk_t, dlv_t, dgate_t,
                 q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                 h, g, t, nb, nt, n_max, float(edge), 1.0 / float(edge), scale * LOG2E, scale, block,
-                D=d, KP=kp, HAS_LM=has_lm, PREC=_prec(q))
+                D=d, KP=kp, HAS_LM=partials, PREC=_prec(q))
         dk = torch.empty_like(k)
         dv = torch.empty_like(v)
         _launch("dkdv", _dkdv_kernel, t, b * hk, bm, bn, warps, block,
@@ -712,36 +812,27 @@ class _DSALTFn(torch.autograd.Function):
                 q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                 h, g, t, n_max, float(edge), 1.0 / float(edge), scale * LOG2E, scale, D=d, PREC=_prec(q))
         denergy = None
-        if has_lm:
+        if has_lm and not partials:
+            dgt = _landmark_backward(q, k, v, win, gt, lpos, do, lse, delta, dq, dk, dv, ctx.meta, bm, warps)
+            denergy = (dgt * torch.sigmoid(-energy.detach().float())).to(energy.dtype)
+        elif partials:
             tpb = block // bm
 
-            def per_block(x):  # [B, H, NT, ...] -> [B, Hk, NB, ...] contiguous, summed over group heads and tiles
+            def per_block(x):  # [B, H, NT, ...] -> [B, Hk, NB, ...], summed over group heads and tiles
                 pad = nb * tpb - nt
                 if pad:
                     x = torch.cat([x, x.new_zeros(x.shape[:2] + (pad,) + x.shape[3:])], 2)
-                if g * tpb == 1:
-                    return x.contiguous()
-                return x.float().view(b, hk, g, nb, tpb, *x.shape[3:]).sum((2, 4)).contiguous()
+                return x.float().view(b, hk, g, nb, tpb, *x.shape[3:]).sum((2, 4))
 
             plk, plv, pg = per_block(dlk_t), per_block(dlv_t), per_block(dgate_t)
             dgt = torch.zeros(b, hk, t, device=q.device, dtype=torch.float32)
-            done = False
-            if ctx.stable:
-                try:
-                    _reduce_landmark_grads(plk, plv, pg, lpos, dk, dv, dgt, nb, t, kp, d)
-                    done = True
-                except Exception as e:  # pragma: no cover - compiler trouble: the sort-based path below
-                    import warnings
-
-                    warnings.warn(f"dsalt: landmark-gradient reduction kernel unavailable ({type(e).__name__}: {e})")
-            if not done:
-                # a landmark token sits in many blocks' sets: the sort-based accumulating index_put_
-                valid = (lpos >= 0).view(-1)
-                rows = (lpos.long().clamp_min(0) + torch.arange(b * hk, device=q.device).view(b, hk, 1, 1) * t)
-                rows = rows.view(-1)[valid]
-                dk.view(-1, d).index_put_((rows,), plk.reshape(-1, d)[valid].to(dk.dtype), accumulate=True)
-                dv.view(-1, d).index_put_((rows,), plv.reshape(-1, d)[valid].to(dv.dtype), accumulate=True)
-                dgt.view(-1).index_put_((rows,), pg.reshape(-1)[valid].float(), accumulate=True)
+            # a landmark token sits in many blocks' sets: the sort-based accumulating index_put_
+            valid = (lpos >= 0).view(-1)
+            rows = (lpos.long().clamp_min(0) + torch.arange(b * hk, device=q.device).view(b, hk, 1, 1) * t)
+            rows = rows.view(-1)[valid]
+            dk.view(-1, d).index_put_((rows,), plk.reshape(-1, d)[valid].to(dk.dtype), accumulate=True)
+            dv.view(-1, d).index_put_((rows,), plv.reshape(-1, d)[valid].to(dv.dtype), accumulate=True)
+            dgt.view(-1).index_put_((rows,), pg.reshape(-1)[valid].float(), accumulate=True)
             # d logsigmoid(e) / de = sigmoid(-e)
             denergy = (dgt * torch.sigmoid(-energy.detach().float())).to(energy.dtype)
         return dq, dk, dv, dw, denergy, None
