@@ -81,7 +81,8 @@ if HAVE_TRITON:
 
     @triton.jit
     def _tile_ranges(m0, w, T, n_max, edge, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-        """Key block starts: [lo, full_lo) edge (masked), [full_lo, m0) full, [m0, hi) diagonal."""
+        """Key block starts: [lo, full_lo) edge (masked), [full_lo, m0) full, [m0, hi) diagonal
+        (causal test only up to causal_hi, masked from there)."""
         wmax = tl.max(w, 0)
         wmin = tl.min(w, 0)
         # one key of slack on both sides: boundary keys always go through the exact masked path
@@ -93,7 +94,10 @@ if HAVE_TRITON:
         full_lo = ((full_lo + BLOCK_N - 1) // BLOCK_N) * BLOCK_N
         full_lo = tl.minimum(tl.maximum(full_lo, lo), m0)
         hi = tl.minimum(m0 + BLOCK_M, T)
-        return lo, full_lo, hi
+        # diagonal blocks need only the causal test when every pair there (distance <= BLOCK_M - 1)
+        # is at full weight for every row: then [m0, hi) is phase 2, else phase 3 (masked)
+        causal_hi = tl.where(full >= BLOCK_M - 1, hi, m0)
+        return lo, full_lo, causal_hi, hi
 
     @triton.jit
     def _fwd_kernel(Q, K, V, W, GT, LPOS, O, LSE,
@@ -120,29 +124,34 @@ if HAVE_TRITON:
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, D], tl.float32)
-        lo, full_lo, hi = _tile_ranges(m0, w, T, n_max, edge, BLOCK_M, BLOCK_N)
-        for phase in tl.static_range(3):
+        lo, full_lo, causal_hi, hi = _tile_ranges(m0, w, T, n_max, edge, BLOCK_M, BLOCK_N)
+        for phase in tl.static_range(4):
             if phase == 0:
                 s_lo = lo
                 s_hi = full_lo
             elif phase == 1:
                 s_lo = full_lo
                 s_hi = m0
-            else:
+            elif phase == 2:
                 s_lo = m0
+                s_hi = causal_hi
+            else:
+                s_lo = causal_hi
                 s_hi = hi
             for start_n in range(s_lo, s_hi, BLOCK_N):
                 offs_n = start_n + offs_n0
                 nmask = offs_n < T
                 kt = tl.load(kbase + offs_n[:, None] * sk_t + offs_d[None, :], mask=nmask[:, None], other=0.0)
                 s = tl.dot(q, tl.trans(kt), input_precision=PREC) * qk_scale
-                if phase != 1:
+                if phase == 0 or phase == 3:
                     r, ok = _win_r(offs_m, offs_n, w, T, n_max, inv_edge)
                     s = tl.where(ok, s, float("-inf"))
+                elif phase == 2:
+                    s = tl.where(offs_m[:, None] >= offs_n[None, :], s, float("-inf"))
                 m_new = tl.maximum(m_i, tl.max(s, 1))
                 m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
                 p = tl.exp2(s - m_safe[:, None])
-                if phase != 1:
+                if phase == 0 or phase == 3:
                     p = p * r
                 alpha = tl.exp2(m_i - m_safe)
                 l_i = l_i * alpha + tl.sum(p, 1)
@@ -205,16 +214,19 @@ if HAVE_TRITON:
         vbase = V + b * sk_b + hk * sk_h
         dq = tl.zeros([BLOCK_M, D], tl.float32)
         dw = tl.zeros([BLOCK_M], tl.float32)
-        lo, full_lo, hi = _tile_ranges(m0, w, T, n_max, edge, BLOCK_M, BLOCK_N)
-        for phase in tl.static_range(3):
+        lo, full_lo, causal_hi, hi = _tile_ranges(m0, w, T, n_max, edge, BLOCK_M, BLOCK_N)
+        for phase in tl.static_range(4):
             if phase == 0:
                 s_lo = lo
                 s_hi = full_lo
             elif phase == 1:
                 s_lo = full_lo
                 s_hi = m0
-            else:
+            elif phase == 2:
                 s_lo = m0
+                s_hi = causal_hi
+            else:
+                s_lo = causal_hi
                 s_hi = hi
             for start_n in range(s_lo, s_hi, BLOCK_N):
                 offs_n = start_n + offs_n0
@@ -223,13 +235,16 @@ if HAVE_TRITON:
                 vt = tl.load(vbase + offs_n[:, None] * sk_t + offs_d[None, :], mask=nmask[:, None], other=0.0)
                 s = tl.dot(q, tl.trans(kt), input_precision=PREC) * qk_scale
                 dp = tl.dot(do, tl.trans(vt), input_precision=PREC)
-                if phase != 1:
+                if phase == 0 or phase == 3:
                     r, ok = _win_r(offs_m, offs_n, w, T, n_max, inv_edge)
                     p0 = tl.exp2(tl.where(ok, s, float("-inf")) - lse[:, None])
                     g0 = p0 * (dp - delta[:, None])
                     ds = g0 * r
                     # d ln r / dw = 1 / (edge r) on the ramp: p r / (edge r) = p0 / edge
                     dw += tl.sum(tl.where(r < 1.0, g0, 0.0), 1)
+                elif phase == 2:
+                    p = tl.exp2(tl.where(offs_m[:, None] >= offs_n[None, :], s, float("-inf")) - lse[:, None])
+                    ds = p * (dp - delta[:, None])
                 else:
                     p = tl.exp2(s - lse[:, None])
                     ds = p * (dp - delta[:, None])
@@ -315,13 +330,15 @@ if HAVE_TRITON:
                     s = s + _lm_bias(offs_m, tok, gate, w, T, n_max, inv_edge)
                     p = tl.exp2(s - lse[:, None])
                     dp = tl.dot(do, tl.trans(lv), input_precision=PREC)
+                    acc_v += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
                     ds = p * (dp - delta[:, None])
-                    dql = tl.dot(ds.to(lk.dtype), lk, input_precision=PREC) * sm_scale
+                    acc_g += tl.sum(ds, 0)
+                    dsl = ds.to(q.dtype)
+                    acc_k += tl.dot(tl.trans(dsl), q, input_precision=PREC)
+                    # the landmark part of dQ, added to the window part (rows of this program only)
+                    dql = tl.dot(dsl, lk, input_precision=PREC) * sm_scale
                     dq0 = tl.load(DQ + qoff, mask=mrow[:, None], other=0.0).to(tl.float32)
                     tl.store(DQ + qoff, (dq0 + dql).to(DQ.dtype.element_ty), mask=mrow[:, None])
-                    acc_k += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC)
-                    acc_v += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
-                    acc_g += tl.sum(ds, 0)
             nxt = tl.load(lbase + (nb + 1) * KP + offs_k, mask=offs_k + (nb + 1) * KP < NB * KP, other=-1)
             valid = tok >= 0
             ends = nxt != tok  # the token's run ends with this block (last block: nxt = -1)
@@ -433,12 +450,17 @@ if HAVE_TRITON:
                 delta = tl.load(DELTA + bh * T + offs_m, mask=mrow, other=0.0)
                 # full block: every (key, row) is causal, inside n_max and at full weight
                 fr = tl.minimum(tl.floor(tl.min(w, 0) - 0.5 - edge * 0.5).to(tl.int32) - 1, n_max - 1)
-                partial = (start_m < n0 + BLOCK_N - 1) | (start_m + BLOCK_M - 1 - n0 > fr) | (start_m + BLOCK_M > T)
+                # edge: some pair beyond full weight (or rows past T): the soft-window weight;
+                # diag (else): some pair non-causal, the rest at full weight: the causal test only
+                on_edge = (start_m + BLOCK_M - 1 - n0 > fr) | (start_m + BLOCK_M > T)
+                on_diag = start_m < n0 + BLOCK_N - 1
                 if TRANS:
                     sT = tl.dot(kt, tl.trans(q), input_precision=PREC) * qk_scale  # [BN, BM]
-                    if partial:
+                    if on_edge:
                         rT, okT = _win_rT(offs_n, offs_m, w, T, n_max, inv_edge)
                         pT = tl.exp2(tl.where(okT, sT, float("-inf")) - lse[None, :]) * rT
+                    elif on_diag:
+                        pT = tl.exp2(tl.where(offs_m[None, :] >= offs_n[:, None], sT, float("-inf")) - lse[None, :])
                     else:
                         pT = tl.exp2(sT - lse[None, :])
                     dv += tl.dot(pT.to(do.dtype), do, input_precision=PREC)
@@ -447,9 +469,11 @@ if HAVE_TRITON:
                     dk += tl.dot(dsT.to(q.dtype), q, input_precision=PREC)
                 else:
                     s = tl.dot(q, tl.trans(kt), input_precision=PREC) * qk_scale  # [BM, BN]
-                    if partial:
+                    if on_edge:
                         r, ok = _win_r(offs_m, offs_n, w, T, n_max, inv_edge)
                         p = tl.exp2(tl.where(ok, s, float("-inf")) - lse[:, None]) * r
+                    elif on_diag:
+                        p = tl.exp2(tl.where(offs_m[:, None] >= offs_n[None, :], s, float("-inf")) - lse[:, None])
                     else:
                         p = tl.exp2(s - lse[:, None])
                     dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
@@ -609,11 +633,10 @@ _FWD_BM_OVERRIDE: dict = {}
 # backward (BLOCK_M rows per step, warps, stages; BLOCK_M divides the selection block). First
 # entries: the forced defaults (ATTNLAB_DSALT_AUTOTUNE=0). Register use checked offline (ptxas via
 # triton.compile for sm_90: benchmarks/dsalt_registers.py).
-FWD_CONFIGS = [(64, 64, 4, 3), (64, 64, 4, 2), (64, 64, 8, 2), (128, 64, 8, 2), (128, 64, 8, 3), (64, 32, 4, 3)]
-DQ_CONFIGS = [(64, 32, 4, 3), (64, 64, 4, 2), (128, 32, 4, 3), (128, 64, 8, 2), (128, 32, 8, 3), (64, 64, 8, 3)]
-DKDV_CONFIGS = [(32, 128, 8, 2, 1), (32, 128, 4, 3, 1), (64, 128, 8, 2, 1), (32, 64, 4, 3, 1), (64, 64, 8, 2, 0),
-                (32, 32, 4, 2, 0)]
-LM_CONFIGS = [(64, 8, 2), (64, 4, 2), (32, 4, 2), (64, 8, 1)]
+FWD_CONFIGS = [(64, 64, 4, 3), (64, 64, 8, 2), (128, 64, 8, 2)]
+DQ_CONFIGS = [(64, 32, 4, 3), (64, 64, 8, 3), (128, 64, 8, 2), (128, 32, 8, 3)]
+DKDV_CONFIGS = [(32, 128, 8, 2, 1), (64, 64, 8, 2, 0), (32, 32, 4, 2, 0), (64, 128, 8, 2, 1)]
+LM_CONFIGS = [(64, 8, 2), (32, 8, 2), (64, 4, 2)]
 
 
 def _tuned(name: str, block: int):
