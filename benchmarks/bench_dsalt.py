@@ -14,6 +14,10 @@ Variants (same q, k, v; window 512 = n_min = n_max, 64 landmarks per head, selec
   attnlab_dsalt      the attnlab Triton kernel, including landmark selection and gathers
   attnlab_window     the attnlab kernel with 0 landmarks
   attnlab_dsalt_var  the kernel with learned-size windows in [128, 512] (random), 64 landmarks
+  attnlab_dsalt_old, attnlab_window_old
+                     a previous version of the kernel module for a same-run comparison, if a copy
+                     is at attnlab/ops/dsalt/kernel_old.py (not in the repository: copied there by
+                     the device script; launched with the configs its autotuner picked on the H100)
 Flex block masks are built outside the timed region (their build time is reported separately);
 the attnlab rows include everything (selection, gathers, scatter of landmark gradients).
 """
@@ -41,6 +45,20 @@ from attnlab.ops.dsalt import dsalt_attention  # noqa: E402
 def _extra(heads, d, window, n_lm, block, dtype, cuda):
     return {"config": dict(batch=1, heads=heads, head_dim=d, window=window, n_landmarks=n_lm, block=block,
                            edge=4.0, dtype=str(dtype), timed="fwd+bwd" if cuda else "cpu smoke (flex: fwd only)")}
+
+
+# launch configs the session-2/3 kernel's autotuner picked on the H100 at every T (RESULTS.md)
+OLD_CONFIGS = {"fwd": (64, 64, 4, 3), "dq": (32, 4, 3), "dkdv": (32, 128, 8, 2, 1), "reduce": (32, 32, 2)}
+
+
+def _old_kernel():
+    """The previous kernel module (attnlab/ops/dsalt/kernel_old.py), if present."""
+    try:
+        from attnlab.ops.dsalt import kernel_old
+    except ImportError:
+        return None
+    kernel_old.FORCE_CONFIG.update(OLD_CONFIGS)
+    return kernel_old
 
 
 def _phases(name, q, k, v, w, energy, n, window, kw, warmup, reps):
@@ -107,7 +125,8 @@ def main(argv=None):
     from attnlab.ops.dsalt.flex import dsalt_block_mask, dsalt_mods
 
     flex = torch.compile(flex_attention, dynamic=False) if cuda else flex_attention
-    names = ["attnlab_dsalt", "attnlab_window", "attnlab_dsalt_var", "sdpa_causal", "flex_window", "flex_dsalt"]
+    names = ["attnlab_dsalt", "attnlab_window", "attnlab_dsalt_var", "sdpa_causal", "flex_window", "flex_dsalt",
+             "attnlab_dsalt_old", "attnlab_window_old"]
     if args.variants:
         names = [n for n in names if n in args.variants.split(",")]
     rows = []
@@ -152,6 +171,15 @@ def main(argv=None):
                         return flex(q.detach(), k.detach(), v.detach(), score_mod=smod, block_mask=bm)
                     return flex(q, k, v, score_mod=smod, block_mask=bm)
                 fwd_only = not cuda
+            elif name.endswith("_old"):
+                old = _old_kernel()
+                if old is None:
+                    print(f"{name}: no attnlab/ops/dsalt/kernel_old.py here: skipped", flush=True)
+                    continue
+                n = 0 if name == "attnlab_window_old" else n_lm
+
+                def f(n=n, old=old):
+                    return old.dsalt_triton(q, k, v, win_fixed, energy, n_max=window, n_landmarks=n, **kw)
             else:
                 n = 0 if name == "attnlab_window" else n_lm
                 w = win_var if name == "attnlab_dsalt_var" else win_fixed
@@ -188,7 +216,7 @@ def main(argv=None):
                     ms, peak = float("nan"), float("nan")
             row[f"{name}_ms"] = ms
             row[f"{name}_peak_MiB"] = peak
-            if args.phases and name.startswith("attnlab") and ms == ms:
+            if args.phases and name.startswith("attnlab") and not name.endswith("_old") and ms == ms:
                 ph = _phases(name, q, k, v, win_var if name == "attnlab_dsalt_var" else win_fixed, energy,
                              0 if name == "attnlab_window" else n_lm, window, kw, warmup, reps)
                 for key, val in ph.items():
@@ -202,6 +230,10 @@ def main(argv=None):
             print(f"T={t} {name}: {ms:.3f} ms, peak {peak:.1f} MiB", flush=True)
         if "attnlab_dsalt_ms" in row and "flex_window_ms" in row:
             row["dsalt_vs_flex_window"] = row["attnlab_dsalt_ms"] / row["flex_window_ms"]
+        if "attnlab_window_ms" in row and "flex_window_ms" in row:
+            row["window_vs_flex_window"] = row["attnlab_window_ms"] / row["flex_window_ms"]
+        if "attnlab_dsalt_old_ms" in row and "attnlab_dsalt_ms" in row:
+            row["dsalt_old_vs_new"] = row["attnlab_dsalt_old_ms"] / row["attnlab_dsalt_ms"]
         if "attnlab_dsalt_ms" in row and "flex_dsalt_ms" in row:
             row["dsalt_vs_flex_dsalt"] = row["attnlab_dsalt_ms"] / row["flex_dsalt_ms"]
         if "attnlab_dsalt_ms" in row and "sdpa_causal_ms" in row:
@@ -224,8 +256,10 @@ def main(argv=None):
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
         for name in names:
             ts = [r["T"] for r in rows]
-            axes[0].plot(ts, [r[f"{name}_ms"] for r in rows], marker="o", label=name)
-            axes[1].plot(ts, [r[f"{name}_peak_MiB"] for r in rows], marker="o", label=name)
+            if f"{name}_ms" not in rows[0]:
+                continue
+            axes[0].plot(ts, [r.get(f"{name}_ms", float("nan")) for r in rows], marker="o", label=name)
+            axes[1].plot(ts, [r.get(f"{name}_peak_MiB", float("nan")) for r in rows], marker="o", label=name)
         for ax, lab in zip(axes, ["fwd+bwd time (ms)", "peak memory above inputs (MiB)"]):
             ax.set_xlabel("sequence length T")
             ax.set_ylabel(lab)
