@@ -63,9 +63,13 @@ def main(argv=None):
     ptr = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "W": "*fp32", "GT": "*fp32", "LPOS": "*i32", "DO": "*bf16",
            "LSE": "*fp32", "DELTA": "*fp32", "DQ": "*bf16", "DK": "*bf16", "DV": "*bf16", "DGT": "*fp32",
            "PK": "*fp32", "PV": "*fp32", "PG": "*fp32"}
-    for bm, w, st in K.LM_CONFIGS if want("lm") else []:
-        report(K._lm_bwd_kernel, {"D": 128, "BLOCK_M": bm, "KP": 64, "PREC": "tf32"},
-               {**ptr, **fl}, {"num_warps": w, "num_stages": st}, f"BLOCK_M {bm}")
+    for bm, w, st, pf, ds in K.LM_CONFIGS if want("lm") else []:
+        report(K._lm_bwd_kernel, {"D": 128, "BLOCK_M": bm, "KP": 64, "PREC": "tf32", "PREFETCH": pf, "DSPLIT": ds},
+               {**ptr, **fl}, {"num_warps": w, "num_stages": st}, f"BLOCK_M {bm} PREFETCH {pf} DSPLIT {ds}")
+    if want("lm"):
+        report(K._lm_fix_kernel, {"KP": 64, "D": 128, "NSP": 32, "BD": 32},
+               {"LPOS": "*i32", "PK": "*fp32", "PV": "*fp32", "PG": "*fp32", "DK": "*bf16", "DV": "*bf16",
+                "DGT": "*fp32"}, {"num_warps": 4}, "NSP 32 BD 32")
     for bm, bn, w, st in K.FWD_CONFIGS if want("fwd") else []:
         report(K._fwd_kernel, {"D": 128, "BLOCK_M": bm, "BLOCK_N": bn, "KP": 64, "HAS_LM": True, "PREC": "tf32",
                                "NSET": max(1, bm // 64), "LC": 16},

@@ -222,10 +222,13 @@ def test_stable_slot_selection_kernel(t, k, block, key32):
 def test_triton_landmark_backward_segments(seg, monkeypatch):
     """The landmark backward walks segments of `seg` selection blocks: runs inside a segment are
     written by it, runs crossing segment boundaries (one landmark token spans all of them) are
-    chained by the fix-up kernel; GQA (two heads per kv head), odd length."""
+    chained by the fix-up kernel's segmented scan; GQA (two heads per kv head), odd length; with
+    and without prefetching the next block's landmark rows, columns split over 2 programs or not."""
     from attnlab.ops.dsalt import kernel
 
     monkeypatch.setitem(kernel.LM_SEG, "seg", seg)
+    monkeypatch.setitem(kernel.LM_SEG, "prefetch", int(seg == 3))  # next block's rows loaded early
+    monkeypatch.setitem(kernel.LM_SEG, "dsplit", 2 if seg == 1 else 1)  # dK/dV/dQ columns in 2 programs
     ins = make(1, 4, 2, 203, 16, 2.0, 10, torch.float32, DEV)
     with torch.no_grad():
         ins[4][:, :, 0] = 6.0  # a landmark from block 1 to the end

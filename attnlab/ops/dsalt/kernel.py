@@ -278,7 +278,8 @@ if HAVE_TRITON:
     def _lm_bwd_kernel(Q, K, V, W, GT, LPOS, DO, LSE, DELTA, DQ, DK, DV, DGT, PK, PV, PG,
                        sq_b, sq_h, sq_t, sk_b, sk_h, sk_t,
                        H, G, T, NB, SEG, n_max, inv_edge, qk_scale, sm_scale, SEL_BLOCK,
-                       D: tl.constexpr, BLOCK_M: tl.constexpr, KP: tl.constexpr, PREC: tl.constexpr):
+                       D: tl.constexpr, BLOCK_M: tl.constexpr, KP: tl.constexpr, PREC: tl.constexpr,
+                       PREFETCH: tl.constexpr = 0, DSPLIT: tl.constexpr = 1):
         """Landmark part of the backward, one program per (segment of SEG selection blocks,
         batch * kv head): walks the segment's blocks in order with all KP slots' dK/dV/gate
         gradients accumulated in registers (summed over the rows and the kv group's heads), adds
@@ -287,9 +288,13 @@ if HAVE_TRITON:
         column). Runs inside the segment go straight into DK/DV/DGT (read-add-write: each token
         has one run, so one writer); a run open at the segment's start (started earlier) goes to
         partial 0, one open at its end (started here) to partial 1; ``_lm_fix_kernel`` chains
-        those across segments."""
+        those across segments. DSPLIT > 1: program_id(2) takes one of DSPLIT column chunks of
+        dK/dV/dQ (the scores use all of D): smaller accumulators, fewer registers."""
         pid_s = tl.program_id(0)
         bhk = tl.program_id(1)
+        dh = tl.program_id(2)
+        BD: tl.constexpr = D // DSPLIT
+        offs_e = dh * BD + tl.arange(0, BD)
         hkv = H // G
         b = bhk // hkv
         hk = bhk % hkv
@@ -301,19 +306,30 @@ if HAVE_TRITON:
         kbase = K + b * sk_b + hk * sk_h
         vbase = V + b * sk_b + hk * sk_h
         lbase = LPOS + bhk * NB * KP
-        acc_k = tl.zeros([KP, D], tl.float32)
-        acc_v = tl.zeros([KP, D], tl.float32)
+        acc_k = tl.zeros([KP, BD], tl.float32)
+        acc_v = tl.zeros([KP, BD], tl.float32)
         acc_g = tl.zeros([KP], tl.float32)
         tok = tl.load(lbase + s0 * KP + offs_k)
         prv = tl.load(lbase + (s0 - 1) * KP + offs_k, mask=offs_k + s0 * KP >= KP, other=-1)
         first = (prv == tok) & (tok >= 0)  # the slot's open run started before the segment
         pbase = (bhk * tl.num_programs(0) + pid_s) * 2 * KP
+        g0 = (offs_k * 0 + dh) == 0  # the gate gradient: written by column chunk 0 only
+        lp0 = tl.maximum(tok, 0)
+        gate = tl.load(GT + bhk * T + lp0)
+        lk = tl.load(kbase + lp0[:, None] * sk_t + offs_d[None, :])
+        lv = tl.load(vbase + lp0[:, None] * sk_t + offs_d[None, :])
+        tok_l = tok
         for nb in range(s0, s1):
-            tok = tl.load(lbase + nb * KP + offs_k)
-            lp0 = tl.maximum(tok, 0)
-            gate = tl.load(GT + bhk * T + lp0)
-            lk = tl.load(kbase + lp0[:, None] * sk_t + offs_d[None, :])
-            lv = tl.load(vbase + lp0[:, None] * sk_t + offs_d[None, :])
+            nxt = tl.load(lbase + (nb + 1) * KP + offs_k, mask=offs_k + (nb + 1) * KP < NB * KP, other=-1)
+            lpn = tl.maximum(nxt, 0)
+            if PREFETCH:  # the next block's landmark rows, loaded before this block's dots
+                gate_n = tl.load(GT + bhk * T + lpn)
+                lk_n = tl.load(kbase + lpn[:, None] * sk_t + offs_d[None, :])
+                lv_n = tl.load(vbase + lpn[:, None] * sk_t + offs_d[None, :])
+            if DSPLIT == 1:
+                lke = lk
+            else:
+                lke = tl.load(kbase + lp0[:, None] * sk_t + offs_e[None, :])
             for g in range(0, G):
                 h = hk * G + g
                 bh = b * H + h
@@ -326,79 +342,136 @@ if HAVE_TRITON:
                     w = tl.load(W + bh * T + offs_m, mask=mrow, other=1.0)
                     lse = tl.load(LSE + bh * T + offs_m, mask=mrow, other=0.0)
                     delta = tl.load(DELTA + bh * T + offs_m, mask=mrow, other=0.0)
+                    if DSPLIT == 1:
+                        qoe = qoff
+                        qe = q
+                        doe = do
+                    else:
+                        qoe = b * sq_b + h * sq_h + offs_m[:, None] * sq_t + offs_e[None, :]
+                        qe = tl.load(Q + qoe, mask=mrow[:, None], other=0.0)
+                        doe = tl.load(DO + qoe, mask=mrow[:, None], other=0.0)
                     s = tl.dot(q, tl.trans(lk), input_precision=PREC) * qk_scale
                     s = s + _lm_bias(offs_m, tok, gate, w, T, n_max, inv_edge)
                     p = tl.exp2(s - lse[:, None])
                     dp = tl.dot(do, tl.trans(lv), input_precision=PREC)
-                    acc_v += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
+                    acc_v += tl.dot(tl.trans(p.to(do.dtype)), doe, input_precision=PREC)
                     ds = p * (dp - delta[:, None])
                     acc_g += tl.sum(ds, 0)
                     dsl = ds.to(q.dtype)
-                    acc_k += tl.dot(tl.trans(dsl), q, input_precision=PREC)
+                    acc_k += tl.dot(tl.trans(dsl), qe, input_precision=PREC)
                     # the landmark part of dQ, added to the window part (rows of this program only)
-                    dql = tl.dot(dsl, lk, input_precision=PREC) * sm_scale
-                    dq0 = tl.load(DQ + qoff, mask=mrow[:, None], other=0.0).to(tl.float32)
-                    tl.store(DQ + qoff, (dq0 + dql).to(DQ.dtype.element_ty), mask=mrow[:, None])
-            nxt = tl.load(lbase + (nb + 1) * KP + offs_k, mask=offs_k + (nb + 1) * KP < NB * KP, other=-1)
-            valid = tok >= 0
-            ends = nxt != tok  # the token's run ends with this block (last block: nxt = -1)
-            lend = valid & (ends | (offs_k * 0 + nb + 1 >= s1))
-            direct = valid & ends & (first.to(tl.int32) == 0)
-            row = (bhk * T + lp0)[:, None] * D + offs_d[None, :]
-            dm = direct[:, None]
-            tl.store(DK + row, (tl.load(DK + row, mask=dm, other=0.0).to(tl.float32) + acc_k * sm_scale)
-                     .to(DK.dtype.element_ty), mask=dm)
-            tl.store(DV + row, (tl.load(DV + row, mask=dm, other=0.0).to(tl.float32) + acc_v)
-                     .to(DV.dtype.element_ty), mask=dm)
-            tl.store(DGT + bhk * T + lp0, acc_g, mask=direct)
-            # partials: 0 = the run open at the start (started before), 1 = a run open at the end
-            part = lend & (direct.to(tl.int32) == 0)
-            which = tl.where(first, 0, 1)
-            prow = (pbase + which * KP + offs_k)[:, None] * D + offs_d[None, :]
-            tl.store(PK + prow, acc_k * sm_scale, mask=part[:, None])
-            tl.store(PV + prow, acc_v, mask=part[:, None])
-            tl.store(PG + pbase + which * KP + offs_k, acc_g, mask=part)
-            acc_k = tl.where(lend[:, None], 0.0, acc_k)
-            acc_v = tl.where(lend[:, None], 0.0, acc_v)
-            acc_g = tl.where(lend, 0.0, acc_g)
-            first = first & (lend.to(tl.int32) == 0)
+                    dql = tl.dot(dsl, lke, input_precision=PREC) * sm_scale
+                    dq0 = tl.load(DQ + qoe, mask=mrow[:, None], other=0.0).to(tl.float32)
+                    tl.store(DQ + qoe, (dq0 + dql).to(DQ.dtype.element_ty), mask=mrow[:, None])
+            # runs ending here (before the segment's last block): written one slot at a time (few
+            # per block; a [KP, BD] scatter inside the loop made the kernel spill registers)
+            lend = (tok >= 0) & (nxt != tok) & ((offs_k * 0 + nb + 1) < s1)
+            if tl.max(lend.to(tl.int32), 0) > 0:
+                j = tl.min(tl.where(lend, offs_k, KP), 0)
+                while j < KP:
+                    selk = offs_k == j
+                    rk = tl.sum(tl.where(selk[:, None], acc_k, 0.0), 0)
+                    rv = tl.sum(tl.where(selk[:, None], acc_v, 0.0), 0)
+                    rg = tl.sum(tl.where(selk, acc_g, 0.0), 0)
+                    tokj = tl.sum(tl.where(selk, lp0, 0), 0)
+                    if tl.sum(tl.where(selk, first.to(tl.int32), 0), 0) == 0:  # the whole run is here
+                        rowp = (bhk * T + tokj) * D + offs_e
+                        tl.store(DK + rowp, (tl.load(DK + rowp).to(tl.float32) + rk * sm_scale).to(DK.dtype.element_ty))
+                        tl.store(DV + rowp, (tl.load(DV + rowp).to(tl.float32) + rv).to(DV.dtype.element_ty))
+                        if dh == 0:
+                            tl.store(DGT + bhk * T + tokj, rg)
+                    else:  # the run began before the segment: partial 0
+                        prow = (pbase + j) * D + offs_e
+                        tl.store(PK + prow, rk * sm_scale)
+                        tl.store(PV + prow, rv)
+                        if dh == 0:
+                            tl.store(PG + pbase + j, rg)
+                    j = tl.min(tl.where(lend & (offs_k > j), offs_k, KP), 0)
+                acc_k = tl.where(lend[:, None], 0.0, acc_k)
+                acc_v = tl.where(lend[:, None], 0.0, acc_v)
+                acc_g = tl.where(lend, 0.0, acc_g)
+                first = first & (lend.to(tl.int32) == 0)
+            tok_l = tok
+            tok = nxt
+            lp0 = lpn
+            if PREFETCH:
+                gate = gate_n
+                lk = lk_n
+                lv = lv_n
+            else:
+                gate = tl.load(GT + bhk * T + lp0)
+                lk = tl.load(kbase + lp0[:, None] * sk_t + offs_d[None, :])
+                lv = tl.load(vbase + lp0[:, None] * sk_t + offs_d[None, :])
+        # the segment's last block: every open run is written (direct if it started here and ends
+        # here, else partial 0 (began before) or 1 (began here, continues))
+        valid = tok_l >= 0
+        ends = tok != tok_l  # tok: the set after the segment's last block
+        direct = valid & ends & (first.to(tl.int32) == 0)
+        lpl = tl.maximum(tok_l, 0)
+        row = (bhk * T + lpl)[:, None] * D + offs_e[None, :]
+        dm = direct[:, None]
+        tl.store(DK + row, (tl.load(DK + row, mask=dm, other=0.0).to(tl.float32) + acc_k * sm_scale)
+                 .to(DK.dtype.element_ty), mask=dm)
+        tl.store(DV + row, (tl.load(DV + row, mask=dm, other=0.0).to(tl.float32) + acc_v)
+                 .to(DV.dtype.element_ty), mask=dm)
+        tl.store(DGT + bhk * T + lpl, acc_g, mask=direct & g0)
+        part = valid & (direct.to(tl.int32) == 0)
+        which = tl.where(first, 0, 1)
+        prow = (pbase + which * KP + offs_k)[:, None] * D + offs_e[None, :]
+        tl.store(PK + prow, acc_k * sm_scale, mask=part[:, None])
+        tl.store(PV + prow, acc_v, mask=part[:, None])
+        tl.store(PG + pbase + which * KP + offs_k, acc_g, mask=part & g0)
 
     @triton.jit
-    def _lm_fix_kernel(LPOS, PK, PV, PG, DK, DV, DGT, T, NB, SEG, NSEG, KP: tl.constexpr, D: tl.constexpr):
-        """Landmark runs that cross segment boundaries: one program per (slot, batch * kv head)
-        chains the segments' partials (0: continuing run, 1: run started there) and writes each
-        such run's sum once into DK/DV/DGT."""
+    def _seg_add(v1, f1, v2, f2):
+        return tl.where(f2 != 0, v2, v1 + v2), f1 | f2
+
+    @triton.jit
+    def _lm_fix_kernel(LPOS, PK, PV, PG, DK, DV, DGT, T, NB, SEG, NSEG, KP: tl.constexpr, D: tl.constexpr,
+                       NSP: tl.constexpr, BD: tl.constexpr):
+        """Landmark runs that cross segment boundaries: one program per (slot, batch * kv head,
+        D chunk) chains the segments' partials and writes each such run's sum once into DK/DV/DGT.
+        The chain is a segmented sum over the entries (A_0, B_0, A_1, B_1, ...): A_s = partial 0 of
+        segment s (the run continuing from before), B_s = partial 1 (a run started in s and
+        continuing); a B entry starts a new sum unless segment s's continuing run spans it. The
+        sum at A_s is written when that run ends inside segment s."""
         sl = tl.program_id(0)
         bhk = tl.program_id(1)
-        offs_d = tl.arange(0, D)
+        dch = tl.program_id(2)
+        offs_d = dch * BD + tl.arange(0, BD)
+        r = tl.arange(0, 2 * NSP)
+        sg = r // 2
+        which = r % 2
+        ok = sg < NSEG
+        s0 = sg * SEG
+        s1 = tl.minimum(s0 + SEG, NB)
         lbase = LPOS + bhk * NB * KP + sl
-        ck = tl.zeros([D], tl.float32)
-        cv = tl.zeros([D], tl.float32)
-        cg = tl.sum(tl.zeros([D], tl.float32), 0)
-        for seg in range(0, NSEG):
-            s0 = seg * SEG
-            s1 = tl.minimum(s0 + SEG, NB)
-            tok0 = tl.load(lbase + s0 * KP)
-            tokl = tl.load(lbase + (s1 - 1) * KP)
-            prv = tl.load(lbase + (s0 - 1) * KP, mask=s0 > 0, other=-1)
-            nxt = tl.load(lbase + s1 * KP, mask=s1 < NB, other=-1)
-            before = (prv == tok0) & (tok0 >= 0)
-            after = (nxt == tokl) & (tokl >= 0)
-            spans = before & (tok0 == tokl)
-            pb = ((bhk * NSEG + seg) * 2) * KP + sl
-            if before:
-                ck += tl.load(PK + pb * D + offs_d)
-                cv += tl.load(PV + pb * D + offs_d)
-                cg += tl.load(PG + pb)
-                if (spans & after) == 0:  # tok0's run ends inside this segment: write it
-                    row = (bhk * T + tok0) * D + offs_d
-                    tl.store(DK + row, (tl.load(DK + row).to(tl.float32) + ck).to(DK.dtype.element_ty))
-                    tl.store(DV + row, (tl.load(DV + row).to(tl.float32) + cv).to(DV.dtype.element_ty))
-                    tl.store(DGT + bhk * T + tok0, cg)
-            if after & (spans == 0):
-                ck = tl.load(PK + (pb + KP) * D + offs_d)
-                cv = tl.load(PV + (pb + KP) * D + offs_d)
-                cg = tl.load(PG + pb + KP)
+        tok0 = tl.load(lbase + s0 * KP, mask=ok, other=-1)
+        tokl = tl.load(lbase + (s1 - 1) * KP, mask=ok, other=-1)
+        prv = tl.load(lbase + (s0 - 1) * KP, mask=ok & (s0 > 0), other=-1)
+        nxt = tl.load(lbase + s1 * KP, mask=ok & (s1 < NB), other=-1)
+        before = ok & (prv == tok0) & (tok0 >= 0)
+        after = ok & (nxt == tokl) & (tokl >= 0)
+        through = before & (tok0 == tokl) & after  # the continuing run spans the whole segment
+        use = tl.where(which == 0, before, after & (through == 0))
+        start = tl.where(which == 0, before == 0, through == 0).to(tl.int32)
+        pb = ((bhk * NSEG + sg) * 2 + which) * KP + sl
+        xk = tl.load(PK + pb[:, None] * D + offs_d[None, :], mask=use[:, None], other=0.0)
+        xv = tl.load(PV + pb[:, None] * D + offs_d[None, :], mask=use[:, None], other=0.0)
+        f2 = tl.broadcast_to(start[:, None], (2 * NSP, BD))
+        sk, _fk = tl.associative_scan((xk, f2), 0, _seg_add)
+        sv, _fv = tl.associative_scan((xv, f2), 0, _seg_add)
+        wr = (which == 0) & before & (through == 0)  # the continuing run ends in this segment
+        row = (bhk * T + tl.maximum(tok0, 0))[:, None] * D + offs_d[None, :]
+        wm = wr[:, None]
+        tl.store(DK + row, (tl.load(DK + row, mask=wm, other=0.0).to(tl.float32) + sk).to(DK.dtype.element_ty),
+                 mask=wm)
+        tl.store(DV + row, (tl.load(DV + row, mask=wm, other=0.0).to(tl.float32) + sv).to(DV.dtype.element_ty),
+                 mask=wm)
+        if dch == 0:
+            xg = tl.load(PG + pb, mask=use, other=0.0)
+            sgt, _fg = tl.associative_scan((xg, start), 0, _seg_add)
+            tl.store(DGT + bhk * T + tl.maximum(tok0, 0), sgt, mask=wr)
 
     @triton.jit
     def _win_rT(offs_n, offs_m, w, T, n_max, inv_edge):
@@ -636,7 +709,7 @@ _FWD_BM_OVERRIDE: dict = {}
 FWD_CONFIGS = [(64, 64, 4, 3), (64, 64, 8, 2), (128, 64, 8, 2)]
 DQ_CONFIGS = [(64, 32, 4, 3), (64, 64, 8, 3), (128, 64, 8, 2), (128, 32, 8, 3)]
 DKDV_CONFIGS = [(32, 128, 8, 2, 1), (64, 64, 8, 2, 0), (32, 32, 4, 2, 0), (64, 128, 8, 2, 1)]
-LM_CONFIGS = [(64, 8, 2), (32, 8, 2), (64, 4, 2)]
+LM_CONFIGS = [(32, 8, 2, 0, 1), (32, 8, 2, 0, 2), (32, 8, 2, 1, 1), (64, 8, 2, 0, 1)]
 
 
 def _tuned(name: str, block: int):
@@ -653,8 +726,8 @@ def _tuned(name: str, block: int):
                     for m, n, w, st in FWD_CONFIGS if m % block == 0 or block % m == 0]
             _TUNED[tag] = triton.autotune(cfgs, key=key + ["KP", "HAS_LM"])(_fwd_kernel)
         elif name == "lm":
-            cfgs = [triton.Config({"BLOCK_M": m}, num_warps=w, num_stages=st) for m, w, st in LM_CONFIGS
-                    if block % m == 0]
+            cfgs = [triton.Config({"BLOCK_M": m, "PREFETCH": pf, "DSPLIT": ds}, num_warps=w, num_stages=st)
+                    for m, w, st, pf, ds in LM_CONFIGS if block % m == 0]
             # the kernel adds into dQ/dK/dV: the autotuner restores them between its trial runs
             _TUNED[tag] = triton.autotune(cfgs, key=["T", "NB", "KP", "D", "G"],
                                           restore_value=["DQ", "DK", "DV"])(_lm_bwd_kernel)
@@ -679,8 +752,9 @@ def tuned_configs() -> dict:
 # compile-and-time of every config)
 FORCE_CONFIG: dict = {}
 # selection blocks per program of the landmark backward (None: chosen to fill the GPU; the
-# interpreter uses 2 so that the tests cross many segment boundaries)
-LM_SEG: dict = {"seg": None}
+# interpreter uses 2 so that the tests cross many segment boundaries); prefetch: the plain
+# (interpreter) launch's PREFETCH
+LM_SEG: dict = {"seg": None, "prefetch": 0, "dsplit": 1}
 
 
 def _forced(name):
@@ -721,15 +795,25 @@ def _launch(name, kernel, grid_m, rows, bm, bn, warps, block, *args, **meta):
     return kernel[(triton.cdiv(grid_m, bm), rows)](*args, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, **meta)
 
 
+_SMS: dict = {}
+
+
+def _sm_count(device) -> int:
+    if device.index not in _SMS:
+        _SMS[device.index] = torch.cuda.get_device_properties(device).multi_processor_count
+    return _SMS[device.index]
+
+
 def _lm_segment(nb: int, bhk: int, device) -> int:
     """Selection blocks per landmark-backward program: enough programs to fill the GPU (about
-    4 per multiprocessor), at most 16 blocks each (fewer partials to chain)."""
+    4 per multiprocessor), at most 16 blocks each, at most 32 segments."""
     if LM_SEG["seg"]:
         return LM_SEG["seg"]
     if _interpreting() or device.type != "cuda":
         return 2
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, min(16, (nb * bhk) // (4 * sms)))
+    sms = _sm_count(device)
+    seg = max(1, min(16, (nb * bhk) // (4 * sms)))
+    return max(seg, -(-nb // 32))  # at most 32 segments (the fix-up's scan length)
 
 
 def _landmark_backward(q, k, v, win, gt, lpos, do, lse, delta, dq, dk, dv, meta, bm, warps):
@@ -748,18 +832,22 @@ def _landmark_backward(q, k, v, win, gt, lpos, do, lse, delta, dq, dk, dv, meta,
     args = (q, k, v, win, gt, lpos, do, lse, delta, dq, dk, dv, dgt, pk, pv, pg,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             h, h // hk, t, nb, seg, n_max, 1.0 / float(edge), scale * LOG2E, scale, block)
-    grid = (nseg, b * hk)
     tuned = bm == 64 and not _interpreting()
     cfg = _forced("lm") if tuned else None
     if cfg is not None:
-        m, w, st = cfg
-        _lm_bwd_kernel[grid](*args, D=d, KP=kp, PREC=_prec(q), BLOCK_M=m, num_warps=w, num_stages=st)
+        m, w, st, pf, ds = cfg
+        _lm_bwd_kernel[(nseg, b * hk, ds)](*args, D=d, KP=kp, PREC=_prec(q), BLOCK_M=m, PREFETCH=pf, DSPLIT=ds,
+                                           num_warps=w, num_stages=st)
     elif tuned:
-        _tuned("lm", block)[grid](*args, D=d, KP=kp, PREC=_prec(q))
+        _tuned("lm", block)[lambda m: (nseg, b * hk, m["DSPLIT"])](*args, D=d, KP=kp, PREC=_prec(q))
     else:
-        _lm_bwd_kernel[grid](*args, D=d, KP=kp, PREC=_prec(q), BLOCK_M=bm, num_warps=warps)
+        ds = LM_SEG.get("dsplit", 1)
+        _lm_bwd_kernel[(nseg, b * hk, ds)](*args, D=d, KP=kp, PREC=_prec(q), BLOCK_M=bm,
+                                           PREFETCH=LM_SEG.get("prefetch", 0), DSPLIT=ds, num_warps=warps)
     if nseg > 1:
-        _lm_fix_kernel[(kp, b * hk)](lpos, pk, pv, pg, dk, dv, dgt, t, nb, seg, nseg, KP=kp, D=d, num_warps=4)
+        bd = min(d, 32)
+        _lm_fix_kernel[(kp, b * hk, d // bd)](lpos, pk, pv, pg, dk, dv, dgt, t, nb, seg, nseg, KP=kp, D=d,
+                                               NSP=_pow2(nseg), BD=bd, num_warps=4)
     return dgt
 
 
