@@ -1,6 +1,7 @@
 """DSALT paths: Triton kernel (interpreter on CPU) and FlexAttention vs the dense reference,
 outputs and gradients (q, k, v, window sizes -> predictor, energies -> alpha), causality."""
 
+import os
 import warnings
 
 import pytest
@@ -164,6 +165,28 @@ def test_gpu_bf16_every_launch_config_matches_reference(i, monkeypatch):
     assert rel_err(out, ref) <= 1e-2, cfg
     for name, a, r in zip("q k v win energy".split(), grads(out, ins, do), grads(ref, ins, do.float())):
         assert rel_err(a, r) <= 3e-2, (cfg, name, rel_err(a, r))
+
+
+@pytest.mark.gpu
+def test_gpu_bf16_autotuned_path_matches_reference():
+    """The launch path the benchmarks and training take: autotuned on the first call, the picked
+    configs launched directly on later calls (kernel._autotuned); both calls match the reference."""
+    from attnlab.ops.dsalt import kernel
+
+    if os.environ.get("ATTNLAB_DSALT_AUTOTUNE", "1") == "0":
+        pytest.skip("autotuning switched off")
+    torch.manual_seed(5)
+    ins = make(1, 4, 2, 1100, 128, 200.0, 256, torch.bfloat16, "cuda")
+    kw = dict(n_max=256, edge=4.0, n_landmarks=64, block=64, scale=128**-0.5)
+    ref = dsalt_reference(*[x.float() if j < 3 else x for j, x in enumerate(ins)], **kw)
+    do = torch.randn_like(ref).to(torch.bfloat16)
+    gr = grads(ref, ins, do.float())
+    for _ in range(2):
+        out = dsalt_attention(*ins, impl="triton", **kw)
+        assert rel_err(out, ref) <= 1e-2
+        for name, a, r in zip("q k v win energy".split(), grads(out, ins, do), gr):
+            assert rel_err(a, r) <= 3e-2, (name, rel_err(a, r))
+    assert any(key[0] == "lm" for key in kernel._BEST)
 
 
 @pytest.mark.gpu
