@@ -4,7 +4,7 @@ Compiles each kernel for sm_90 (``triton.compile`` with a CUDA target; no device
 reads registers / stack frame (spills) / shared memory from the cubin with the ``cuobjdump``
 that ships with triton (figures from the installed triton; the GPU machine may run another
 version). Used to choose ``FWD_CONFIGS``, ``DQ_CONFIGS``, ``DKDV_CONFIGS`` and
-``LM_CONFIGS`` in ``attnlab/ops/dsalt/kernel.py`` (a stack frame > 0 means spills).
+``REDUCE_CONFIGS`` in ``attnlab/ops/dsalt/kernel.py`` (a stack frame > 0 means spills).
 
     python benchmarks/dsalt_registers.py            # all kernels, head dim 128, bf16, 64 landmarks
     python benchmarks/dsalt_registers.py --quick    # the selection kernel only (CI smoke test)
@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="selection kernel only")
-    ap.add_argument("--only", type=str, default=None, help="comma-separated subset: lm,fwd,dq,dkdv")
+    ap.add_argument("--only", type=str, default=None, help="comma-separated subset: reduce,fwd,dq,dkdv")
     ap.add_argument("--arch", type=int, default=90, help="CUDA compute capability (default 90)")
     args = ap.parse_args(argv)
     import triton
@@ -63,20 +63,17 @@ def main(argv=None):
     ptr = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "W": "*fp32", "GT": "*fp32", "LPOS": "*i32", "DO": "*bf16",
            "LSE": "*fp32", "DELTA": "*fp32", "DQ": "*bf16", "DK": "*bf16", "DV": "*bf16", "DGT": "*fp32",
            "PK": "*fp32", "PV": "*fp32", "PG": "*fp32"}
-    for bm, w, st, pf, ds in K.LM_CONFIGS if want("lm") else []:
-        report(K._lm_bwd_kernel, {"D": 128, "BLOCK_M": bm, "KP": 64, "PREC": "tf32", "PREFETCH": pf, "DSPLIT": ds},
-               {**ptr, **fl}, {"num_warps": w, "num_stages": st}, f"BLOCK_M {bm} PREFETCH {pf} DSPLIT {ds}")
-    if want("lm"):
-        report(K._lm_fix_kernel, {"KP": 64, "D": 128, "NSP": 32, "BD": 32},
-               {"LPOS": "*i32", "PK": "*fp32", "PV": "*fp32", "PG": "*fp32", "DK": "*bf16", "DV": "*bf16",
-                "DGT": "*fp32"}, {"num_warps": 4}, "NSP 32 BD 32")
+    for cb, bd, w in K.REDUCE_CONFIGS if want("reduce") else []:
+        report(K._lm_reduce_kernel, {"KP": 64, "D": 128, "BD": bd, "CB": cb},
+               {"DLK": "*bf16", "DLV": "*bf16", "DG": "*fp32", "LPOS": "*i32", "DK": "*bf16", "DV": "*bf16",
+                "DGT": "*fp32"}, {"num_warps": w}, f"CB {cb} BD {bd}")
     for bm, bn, w, st in K.FWD_CONFIGS if want("fwd") else []:
         report(K._fwd_kernel, {"D": 128, "BLOCK_M": bm, "BLOCK_N": bn, "KP": 64, "HAS_LM": True, "PREC": "tf32",
                                "NSET": max(1, bm // 64), "LC": 16},
                {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "W": "*fp32", "GT": "*fp32", "LPOS": "*i32", "O": "*bf16",
                 "LSE": "*fp32", **fl}, {"num_warps": w, "num_stages": st}, f"BLOCK_M {bm} BLOCK_N {bn}")
     for bm, bn, w, st in K.DQ_CONFIGS if want("dq") else []:
-        report(K._dq_kernel, {"D": 128, "BLOCK_M": bm, "BLOCK_N": bn, "KP": 64, "HAS_LM": False, "PREC": "tf32", "LC": 16},
+        report(K._dq_kernel, {"D": 128, "BLOCK_M": bm, "BLOCK_N": bn, "KP": 64, "HAS_LM": True, "PREC": "tf32", "LC": 16},
                {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "W": "*fp32", "GT": "*fp32", "LPOS": "*i32", "DO": "*bf16",
                 "LSE": "*fp32", "DELTA": "*fp32", "DQ": "*bf16", "DW": "*fp32", "DLK": "*bf16", "DLV": "*bf16",
                 "DGATE": "*fp32", **fl}, {"num_warps": w, "num_stages": st}, f"BLOCK_M {bm} BLOCK_N {bn}")

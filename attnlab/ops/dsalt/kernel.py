@@ -16,7 +16,9 @@ Pipeline (``dsalt_triton``):
    blocks (from the earliest key any row can reach, from the tile's largest window, to the
    diagonal). Blocks where every (row, key) pair is inside every row's full-weight window run
    with no mask at all; only the outer edge and the diagonal compute the soft-edge weight r,
-   which multiplies the probabilities (p = 2^(s - m) * r: no logarithm per element). Then one
+   which multiplies the probabilities (p = 2^(s - m) * r: no logarithm per element); diagonal
+   blocks where every causal pair is at full weight (the usual case: windows longer than a tile)
+   take the causal test only (also in the dQ and dK/dV kernels). Then one
    pass over the tile's landmark K/V (rows loaded by position straight from K/V, in chunks of
    LC = 16 columns: one 64-column pass made the kernel spill registers): bias
    logsigmoid(e_j) (the gate), -inf where the landmark is inside the row's soft window. Both
@@ -275,205 +277,6 @@ if HAVE_TRITON:
         tl.store(DW + pid_bh * T + offs_m, dw * inv_edge, mask=mrow)
 
     @triton.jit
-    def _lm_bwd_kernel(Q, K, V, W, GT, LPOS, DO, LSE, DELTA, DQ, DK, DV, DGT, PK, PV, PG,
-                       sq_b, sq_h, sq_t, sk_b, sk_h, sk_t,
-                       H, G, T, NB, SEG, n_max, inv_edge, qk_scale, sm_scale, SEL_BLOCK,
-                       D: tl.constexpr, BLOCK_M: tl.constexpr, KP: tl.constexpr, PREC: tl.constexpr,
-                       PREFETCH: tl.constexpr = 0, DSPLIT: tl.constexpr = 1):
-        """Landmark part of the backward, one program per (segment of SEG selection blocks,
-        batch * kv head): walks the segment's blocks in order with all KP slots' dK/dV/gate
-        gradients accumulated in registers (summed over the rows and the kv group's heads), adds
-        the landmark part of dQ into DQ (these rows belong to this program only), and writes a
-        slot's sum when its token's run ends (stable slots: a token is one run of one slot
-        column). Runs inside the segment go straight into DK/DV/DGT (read-add-write: each token
-        has one run, so one writer); a run open at the segment's start (started earlier) goes to
-        partial 0, one open at its end (started here) to partial 1; ``_lm_fix_kernel`` chains
-        those across segments. DSPLIT > 1: program_id(2) takes one of DSPLIT column chunks of
-        dK/dV/dQ (the scores use all of D): smaller accumulators, fewer registers."""
-        pid_s = tl.program_id(0)
-        bhk = tl.program_id(1)
-        dh = tl.program_id(2)
-        BD: tl.constexpr = D // DSPLIT
-        offs_e = dh * BD + tl.arange(0, BD)
-        hkv = H // G
-        b = bhk // hkv
-        hk = bhk % hkv
-        s0 = pid_s * SEG
-        s1 = tl.minimum(s0 + SEG, NB)
-        offs_k = tl.arange(0, KP)
-        offs_d = tl.arange(0, D)
-        offs_m0 = tl.arange(0, BLOCK_M)
-        kbase = K + b * sk_b + hk * sk_h
-        vbase = V + b * sk_b + hk * sk_h
-        lbase = LPOS + bhk * NB * KP
-        acc_k = tl.zeros([KP, BD], tl.float32)
-        acc_v = tl.zeros([KP, BD], tl.float32)
-        acc_g = tl.zeros([KP], tl.float32)
-        tok = tl.load(lbase + s0 * KP + offs_k)
-        prv = tl.load(lbase + (s0 - 1) * KP + offs_k, mask=offs_k + s0 * KP >= KP, other=-1)
-        first = (prv == tok) & (tok >= 0)  # the slot's open run started before the segment
-        pbase = (bhk * tl.num_programs(0) + pid_s) * 2 * KP
-        g0 = (offs_k * 0 + dh) == 0  # the gate gradient: written by column chunk 0 only
-        lp0 = tl.maximum(tok, 0)
-        gate = tl.load(GT + bhk * T + lp0)
-        lk = tl.load(kbase + lp0[:, None] * sk_t + offs_d[None, :])
-        lv = tl.load(vbase + lp0[:, None] * sk_t + offs_d[None, :])
-        tok_l = tok
-        for nb in range(s0, s1):
-            nxt = tl.load(lbase + (nb + 1) * KP + offs_k, mask=offs_k + (nb + 1) * KP < NB * KP, other=-1)
-            lpn = tl.maximum(nxt, 0)
-            if PREFETCH:  # the next block's landmark rows, loaded before this block's dots
-                gate_n = tl.load(GT + bhk * T + lpn)
-                lk_n = tl.load(kbase + lpn[:, None] * sk_t + offs_d[None, :])
-                lv_n = tl.load(vbase + lpn[:, None] * sk_t + offs_d[None, :])
-            if DSPLIT == 1:
-                lke = lk
-            else:
-                lke = tl.load(kbase + lp0[:, None] * sk_t + offs_e[None, :])
-            for g in range(0, G):
-                h = hk * G + g
-                bh = b * H + h
-                for r0 in range(nb * SEL_BLOCK, tl.minimum(nb * SEL_BLOCK + SEL_BLOCK, T), BLOCK_M):
-                    offs_m = r0 + offs_m0
-                    mrow = offs_m < T
-                    qoff = b * sq_b + h * sq_h + offs_m[:, None] * sq_t + offs_d[None, :]
-                    q = tl.load(Q + qoff, mask=mrow[:, None], other=0.0)
-                    do = tl.load(DO + qoff, mask=mrow[:, None], other=0.0)
-                    w = tl.load(W + bh * T + offs_m, mask=mrow, other=1.0)
-                    lse = tl.load(LSE + bh * T + offs_m, mask=mrow, other=0.0)
-                    delta = tl.load(DELTA + bh * T + offs_m, mask=mrow, other=0.0)
-                    if DSPLIT == 1:
-                        qoe = qoff
-                        qe = q
-                        doe = do
-                    else:
-                        qoe = b * sq_b + h * sq_h + offs_m[:, None] * sq_t + offs_e[None, :]
-                        qe = tl.load(Q + qoe, mask=mrow[:, None], other=0.0)
-                        doe = tl.load(DO + qoe, mask=mrow[:, None], other=0.0)
-                    s = tl.dot(q, tl.trans(lk), input_precision=PREC) * qk_scale
-                    s = s + _lm_bias(offs_m, tok, gate, w, T, n_max, inv_edge)
-                    p = tl.exp2(s - lse[:, None])
-                    dp = tl.dot(do, tl.trans(lv), input_precision=PREC)
-                    acc_v += tl.dot(tl.trans(p.to(do.dtype)), doe, input_precision=PREC)
-                    ds = p * (dp - delta[:, None])
-                    acc_g += tl.sum(ds, 0)
-                    dsl = ds.to(q.dtype)
-                    acc_k += tl.dot(tl.trans(dsl), qe, input_precision=PREC)
-                    # the landmark part of dQ, added to the window part (rows of this program only)
-                    dql = tl.dot(dsl, lke, input_precision=PREC) * sm_scale
-                    dq0 = tl.load(DQ + qoe, mask=mrow[:, None], other=0.0).to(tl.float32)
-                    tl.store(DQ + qoe, (dq0 + dql).to(DQ.dtype.element_ty), mask=mrow[:, None])
-            # runs ending here (before the segment's last block): written one slot at a time (few
-            # per block; a [KP, BD] scatter inside the loop made the kernel spill registers)
-            lend = (tok >= 0) & (nxt != tok) & ((offs_k * 0 + nb + 1) < s1)
-            if tl.max(lend.to(tl.int32), 0) > 0:
-                j = tl.min(tl.where(lend, offs_k, KP), 0)
-                while j < KP:
-                    selk = offs_k == j
-                    rk = tl.sum(tl.where(selk[:, None], acc_k, 0.0), 0)
-                    rv = tl.sum(tl.where(selk[:, None], acc_v, 0.0), 0)
-                    rg = tl.sum(tl.where(selk, acc_g, 0.0), 0)
-                    tokj = tl.sum(tl.where(selk, lp0, 0), 0)
-                    if tl.sum(tl.where(selk, first.to(tl.int32), 0), 0) == 0:  # the whole run is here
-                        rowp = (bhk * T + tokj) * D + offs_e
-                        tl.store(DK + rowp, (tl.load(DK + rowp).to(tl.float32) + rk * sm_scale).to(DK.dtype.element_ty))
-                        tl.store(DV + rowp, (tl.load(DV + rowp).to(tl.float32) + rv).to(DV.dtype.element_ty))
-                        if dh == 0:
-                            tl.store(DGT + bhk * T + tokj, rg)
-                    else:  # the run began before the segment: partial 0
-                        prow = (pbase + j) * D + offs_e
-                        tl.store(PK + prow, rk * sm_scale)
-                        tl.store(PV + prow, rv)
-                        if dh == 0:
-                            tl.store(PG + pbase + j, rg)
-                    j = tl.min(tl.where(lend & (offs_k > j), offs_k, KP), 0)
-                acc_k = tl.where(lend[:, None], 0.0, acc_k)
-                acc_v = tl.where(lend[:, None], 0.0, acc_v)
-                acc_g = tl.where(lend, 0.0, acc_g)
-                first = first & (lend.to(tl.int32) == 0)
-            tok_l = tok
-            tok = nxt
-            lp0 = lpn
-            if PREFETCH:
-                gate = gate_n
-                lk = lk_n
-                lv = lv_n
-            else:
-                gate = tl.load(GT + bhk * T + lp0)
-                lk = tl.load(kbase + lp0[:, None] * sk_t + offs_d[None, :])
-                lv = tl.load(vbase + lp0[:, None] * sk_t + offs_d[None, :])
-        # the segment's last block: every open run is written (direct if it started here and ends
-        # here, else partial 0 (began before) or 1 (began here, continues))
-        valid = tok_l >= 0
-        ends = tok != tok_l  # tok: the set after the segment's last block
-        direct = valid & ends & (first.to(tl.int32) == 0)
-        lpl = tl.maximum(tok_l, 0)
-        row = (bhk * T + lpl)[:, None] * D + offs_e[None, :]
-        dm = direct[:, None]
-        tl.store(DK + row, (tl.load(DK + row, mask=dm, other=0.0).to(tl.float32) + acc_k * sm_scale)
-                 .to(DK.dtype.element_ty), mask=dm)
-        tl.store(DV + row, (tl.load(DV + row, mask=dm, other=0.0).to(tl.float32) + acc_v)
-                 .to(DV.dtype.element_ty), mask=dm)
-        tl.store(DGT + bhk * T + lpl, acc_g, mask=direct & g0)
-        part = valid & (direct.to(tl.int32) == 0)
-        which = tl.where(first, 0, 1)
-        prow = (pbase + which * KP + offs_k)[:, None] * D + offs_e[None, :]
-        tl.store(PK + prow, acc_k * sm_scale, mask=part[:, None])
-        tl.store(PV + prow, acc_v, mask=part[:, None])
-        tl.store(PG + pbase + which * KP + offs_k, acc_g, mask=part & g0)
-
-    @triton.jit
-    def _seg_add(v1, f1, v2, f2):
-        return tl.where(f2 != 0, v2, v1 + v2), f1 | f2
-
-    @triton.jit
-    def _lm_fix_kernel(LPOS, PK, PV, PG, DK, DV, DGT, T, NB, SEG, NSEG, KP: tl.constexpr, D: tl.constexpr,
-                       NSP: tl.constexpr, BD: tl.constexpr):
-        """Landmark runs that cross segment boundaries: one program per (slot, batch * kv head,
-        D chunk) chains the segments' partials and writes each such run's sum once into DK/DV/DGT.
-        The chain is a segmented sum over the entries (A_0, B_0, A_1, B_1, ...): A_s = partial 0 of
-        segment s (the run continuing from before), B_s = partial 1 (a run started in s and
-        continuing); a B entry starts a new sum unless segment s's continuing run spans it. The
-        sum at A_s is written when that run ends inside segment s."""
-        sl = tl.program_id(0)
-        bhk = tl.program_id(1)
-        dch = tl.program_id(2)
-        offs_d = dch * BD + tl.arange(0, BD)
-        r = tl.arange(0, 2 * NSP)
-        sg = r // 2
-        which = r % 2
-        ok = sg < NSEG
-        s0 = sg * SEG
-        s1 = tl.minimum(s0 + SEG, NB)
-        lbase = LPOS + bhk * NB * KP + sl
-        tok0 = tl.load(lbase + s0 * KP, mask=ok, other=-1)
-        tokl = tl.load(lbase + (s1 - 1) * KP, mask=ok, other=-1)
-        prv = tl.load(lbase + (s0 - 1) * KP, mask=ok & (s0 > 0), other=-1)
-        nxt = tl.load(lbase + s1 * KP, mask=ok & (s1 < NB), other=-1)
-        before = ok & (prv == tok0) & (tok0 >= 0)
-        after = ok & (nxt == tokl) & (tokl >= 0)
-        through = before & (tok0 == tokl) & after  # the continuing run spans the whole segment
-        use = tl.where(which == 0, before, after & (through == 0))
-        start = tl.where(which == 0, before == 0, through == 0).to(tl.int32)
-        pb = ((bhk * NSEG + sg) * 2 + which) * KP + sl
-        xk = tl.load(PK + pb[:, None] * D + offs_d[None, :], mask=use[:, None], other=0.0)
-        xv = tl.load(PV + pb[:, None] * D + offs_d[None, :], mask=use[:, None], other=0.0)
-        f2 = tl.broadcast_to(start[:, None], (2 * NSP, BD))
-        sk, _fk = tl.associative_scan((xk, f2), 0, _seg_add)
-        sv, _fv = tl.associative_scan((xv, f2), 0, _seg_add)
-        wr = (which == 0) & before & (through == 0)  # the continuing run ends in this segment
-        row = (bhk * T + tl.maximum(tok0, 0))[:, None] * D + offs_d[None, :]
-        wm = wr[:, None]
-        tl.store(DK + row, (tl.load(DK + row, mask=wm, other=0.0).to(tl.float32) + sk).to(DK.dtype.element_ty),
-                 mask=wm)
-        tl.store(DV + row, (tl.load(DV + row, mask=wm, other=0.0).to(tl.float32) + sv).to(DV.dtype.element_ty),
-                 mask=wm)
-        if dch == 0:
-            xg = tl.load(PG + pb, mask=use, other=0.0)
-            sgt, _fg = tl.associative_scan((xg, start), 0, _seg_add)
-            tl.store(DGT + bhk * T + tl.maximum(tok0, 0), sgt, mask=wr)
-
-    @triton.jit
     def _win_rT(offs_n, offs_m, w, T, n_max, inv_edge):
         """_win_r transposed: [keys, queries]."""
         dd = offs_m[None, :] - offs_n[:, None]
@@ -643,6 +446,61 @@ if HAVE_TRITON:
             ck = ck_n
 
 
+    @triton.jit
+    def _seg_add(v1, f1, v2, f2):
+        return tl.where(f2 != 0, v2, v1 + v2), f1 | f2
+
+    @triton.jit
+    def _lm_reduce_kernel(DLK, DLV, DG, LPOS, DK, DV, DGT, NB, T,
+                          KP: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, CB: tl.constexpr):
+        """Add per-block landmark gradients [B*Hk, NB, KP, D] (and gate gradients [.., KP]) into
+        dK/dV rows (and the per-token gate gradient): one program per (batch*kv head, slot,
+        D chunk) walks its slot column CB blocks at a time; each run of one token is summed by a
+        segmented scan and written once, so no two programs touch the same row (no atomics)."""
+        pid = tl.program_id(0)
+        sl = tl.program_id(1)
+        dchunk = tl.program_id(2)
+        offs = dchunk * BD + tl.arange(0, BD)
+        rows = tl.arange(0, CB)
+        carry_k = tl.zeros([BD], tl.float32)
+        carry_v = tl.zeros([BD], tl.float32)
+        carry_g = tl.zeros([CB], tl.float32)  # only row 0 is used
+        base = pid * NB
+        for c0 in range(0, NB, CB):
+            blk = c0 + rows
+            valid = blk < NB
+            tok = tl.load(LPOS + (base + blk) * KP + sl, mask=valid, other=-1)
+            prv = tl.load(LPOS + (base + blk - 1) * KP + sl, mask=valid & (blk >= 1), other=-1)
+            nxt = tl.load(LPOS + (base + blk + 1) * KP + sl, mask=blk + 1 < NB, other=-1)
+            start = (tok != prv).to(tl.int32)
+            end = valid & (nxt != tok) & (tok >= 0)
+            src = ((base + blk)[:, None] * KP + sl) * D + offs[None, :]
+            xk = tl.load(DLK + src, mask=valid[:, None], other=0.0).to(tl.float32)
+            xv = tl.load(DLV + src, mask=valid[:, None], other=0.0).to(tl.float32)
+            # the run open at the end of the previous chunk continues in row 0 unless row 0 starts one
+            first = (rows[:, None] == 0) & (start[:, None] == 0)
+            xk = xk + tl.where(first, carry_k[None, :], 0.0)
+            xv = xv + tl.where(first, carry_v[None, :], 0.0)
+            f2 = tl.broadcast_to(start[:, None], (CB, BD))
+            sk, _fk = tl.associative_scan((xk, f2), 0, _seg_add)
+            sv, _fv = tl.associative_scan((xv, f2), 0, _seg_add)
+            row = (pid * T + tl.maximum(tok, 0))[:, None] * D + offs[None, :]
+            wm = end[:, None]
+            tl.store(DK + row, (tl.load(DK + row, mask=wm, other=0.0).to(tl.float32) + sk).to(DK.dtype.element_ty),
+                     mask=wm)
+            tl.store(DV + row, (tl.load(DV + row, mask=wm, other=0.0).to(tl.float32) + sv).to(DV.dtype.element_ty),
+                     mask=wm)
+            last = rows[:, None] == CB - 1
+            carry_k = tl.sum(tl.where(last, sk, 0.0), 0)
+            carry_v = tl.sum(tl.where(last, sv, 0.0), 0)
+            if dchunk == 0:
+                xg = tl.load(DG + (base + blk) * KP + sl, mask=valid, other=0.0)
+                xg = xg + tl.where((rows == 0) & (start == 0), carry_g, 0.0)
+                sg, _fg = tl.associative_scan((xg, start), 0, _seg_add)
+                tl.store(DGT + pid * T + tl.maximum(tok, 0), sg, mask=end)
+                carry_g = tl.broadcast_to(tl.sum(tl.where(rows == CB - 1, sg, 0.0), 0), (CB,))
+
+
 _FAST_LM = {"on": True}
 
 
@@ -701,20 +559,19 @@ def _blocks(block: int, d: int, device) -> tuple[int, int, int]:
 _TUNED: dict = {}
 _FWD_BM_OVERRIDE: dict = {}
 # launch configs tried by the autotuner on CUDA: fwd (BLOCK_M, BLOCK_N, warps, stages) (BLOCK_M 128
-# only where it and the selection block divide one another); dq (BLOCK_M, BLOCK_N, warps, stages)
-# (window only: any BLOCK_M); dkdv (BLOCK_M, BLOCK_N, warps, stages, TRANS); lm: the landmark
-# backward (BLOCK_M rows per step, warps, stages; BLOCK_M divides the selection block). First
-# entries: the forced defaults (ATTNLAB_DSALT_AUTOTUNE=0). Register use checked offline (ptxas via
+# only where it and the selection block divide one another); dq (BLOCK_M, BLOCK_N, warps, stages),
+# BLOCK_M 64 (the landmark partials are per 64-row tile); dkdv (BLOCK_M, BLOCK_N, warps, stages,
+# TRANS). First entries: the forced defaults (ATTNLAB_DSALT_AUTOTUNE=0), the configs the H100
+# autotuner picked at T = 16K and 32K (session 4). Register use checked offline (ptxas via
 # triton.compile for sm_90: benchmarks/dsalt_registers.py).
-FWD_CONFIGS = [(64, 64, 4, 3), (64, 64, 8, 2), (128, 64, 8, 3), (64, 32, 4, 4)]
-DQ_CONFIGS = [(64, 32, 4, 3), (64, 64, 8, 3), (128, 64, 8, 3), (64, 32, 4, 4)]
+FWD_CONFIGS = [(64, 64, 4, 3), (128, 64, 8, 3), (64, 64, 8, 2), (64, 32, 4, 3)]
+DQ_CONFIGS = [(64, 32, 4, 3), (64, 64, 8, 2), (64, 32, 8, 2), (64, 32, 4, 2)]
 DKDV_CONFIGS = [(64, 128, 8, 2, 1), (32, 128, 8, 2, 1), (32, 128, 8, 3, 1), (64, 64, 8, 2, 0)]
-LM_CONFIGS = [(32, 8, 2, 0, 1), (32, 8, 2, 0, 2), (32, 8, 2, 1, 1), (64, 8, 2, 0, 1)]
 
 
 def _tuned(name: str, block: int):
     """Autotuned launchers (CUDA): tile sizes, warps and stages."""
-    tag = (name, block if name in ("fwd", "lm") else 0)
+    tag = (name, block if name == "fwd" else 0)
     if tag not in _TUNED:
         key = ["T", "n_max", "D"]
         if name == "dkdv":
@@ -725,12 +582,6 @@ def _tuned(name: str, block: int):
             cfgs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "NSET": max(1, m // block)}, num_warps=w, num_stages=st)
                     for m, n, w, st in FWD_CONFIGS if m % block == 0 or block % m == 0]
             _TUNED[tag] = triton.autotune(cfgs, key=key + ["KP", "HAS_LM"])(_fwd_kernel)
-        elif name == "lm":
-            cfgs = [triton.Config({"BLOCK_M": m, "PREFETCH": pf, "DSPLIT": ds}, num_warps=w, num_stages=st)
-                    for m, w, st, pf, ds in LM_CONFIGS if block % m == 0]
-            # the kernel adds into dQ/dK/dV: the autotuner restores them between its trial runs
-            _TUNED[tag] = triton.autotune(cfgs, key=["T", "NB", "KP", "D", "G"],
-                                          restore_value=["DQ", "DK", "DV"])(_lm_bwd_kernel)
         else:
             cfgs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st)
                     for m, n, w, st in DQ_CONFIGS]
@@ -747,28 +598,23 @@ def tuned_configs() -> dict:
 
 
 # CUDA launch configs forced instead of autotuning: {"fwd": (BM, BN, warps, stages), "dq": (BM, BN,
-# warps, stages), "dkdv": (BM, BN, warps, stages, TRANS), "lm": (BM, warps, stages)} (tests of every
+# warps, stages), "dkdv": (BM, BN, warps, stages, TRANS), "reduce": (CB, BD, warps)} (tests of every
 # config; ATTNLAB_DSALT_AUTOTUNE=0 forces each list's first entry, which skips the autotuner's
 # compile-and-time of every config)
 FORCE_CONFIG: dict = {}
-# selection blocks per program of the landmark backward (None: chosen to fill the GPU; the
-# interpreter uses 2 so that the tests cross many segment boundaries); prefetch: the plain
-# (interpreter) launch's PREFETCH
-LM_SEG: dict = {"seg": None, "prefetch": 0, "dsplit": 1}
 
 
 def _forced(name):
     if name in FORCE_CONFIG:
         return FORCE_CONFIG[name]
     if os.environ.get("ATTNLAB_DSALT_AUTOTUNE", "1") == "0":
-        return {"fwd": FWD_CONFIGS, "dq": DQ_CONFIGS, "dkdv": DKDV_CONFIGS, "lm": LM_CONFIGS}[name][0]
+        return {"fwd": FWD_CONFIGS, "dq": DQ_CONFIGS, "dkdv": DKDV_CONFIGS, "reduce": REDUCE_CONFIGS}[name][0]
     return None
 
 
 def _launch(name, kernel, grid_m, rows, bm, bn, warps, block, *args, **meta):
-    """Launch plain (interpreter, small blocks; the dq kernel when it writes per-tile landmark
-    partials), forced or autotuned (CUDA, block a multiple of 64)."""
-    tuned = bm == 64 and not _interpreting() and not (name == "dq" and meta.get("HAS_LM"))
+    """Launch plain (interpreter, small blocks), forced or autotuned (CUDA, block a multiple of 64)."""
+    tuned = bm == 64 and not _interpreting()
     cfg = _forced(name) if tuned else None
     if cfg is not None:
         if name == "dkdv":
@@ -816,61 +662,31 @@ def _autotuned(name, block, key, grid, kernel, args, meta):
     return kernel[grid(kw)](*args, **meta, **kw)
 
 
-_SMS: dict = {}
+# landmark-gradient reduction launch configs (CB blocks per step, BD columns, warps)
+REDUCE_CONFIGS = [(32, 64, 4), (16, 64, 4), (64, 32, 4), (32, 32, 2), (64, 64, 8)]
 
 
-def _sm_count(device) -> int:
-    if device.index not in _SMS:
-        _SMS[device.index] = torch.cuda.get_device_properties(device).multi_processor_count
-    return _SMS[device.index]
-
-
-def _lm_segment(nb: int, bhk: int, device) -> int:
-    """Selection blocks per landmark-backward program: enough programs to fill the GPU (about
-    4 per multiprocessor), at most 16 blocks each, at most 32 segments."""
-    if LM_SEG["seg"]:
-        return LM_SEG["seg"]
-    if _interpreting() or device.type != "cuda":
-        return 2
-    sms = _sm_count(device)
-    seg = max(1, min(16, (nb * bhk) // (4 * sms)))
-    return max(seg, -(-nb // 32))  # at most 32 segments (the fix-up's scan length)
-
-
-def _landmark_backward(q, k, v, win, gt, lpos, do, lse, delta, dq, dk, dv, meta, bm, warps):
-    """The landmark part of the backward (stable slots): adds into dq, dk, dv; returns the per-token
-    gate gradient [B, Hk, T] fp32."""
-    n_max, edge, block, scale, _ = meta
-    b, h, t, d = q.shape
-    hk = k.shape[1]
-    nb, kp = lpos.shape[2], lpos.shape[3]
-    seg = _lm_segment(nb, b * hk, q.device)
-    nseg = triton.cdiv(nb, seg)
-    dgt = torch.zeros(b, hk, t, device=q.device, dtype=torch.float32)
-    pk = torch.empty(b * hk, nseg, 2, kp, d, device=q.device, dtype=torch.float32)
-    pv = torch.empty_like(pk)
-    pg = torch.empty(b * hk, nseg, 2, kp, device=q.device, dtype=torch.float32)
-    args = (q, k, v, win, gt, lpos, do, lse, delta, dq, dk, dv, dgt, pk, pv, pg,
-            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-            h, h // hk, t, nb, seg, n_max, 1.0 / float(edge), scale * LOG2E, scale, block)
-    tuned = bm == 64 and not _interpreting()
-    cfg = _forced("lm") if tuned else None
+def _reduce_landmark_grads(plk, plv, pg, lpos, dk, dv, dgt, nb, t, kp, d):
+    """Per-run sums of the per-block landmark partials into dK, dV (added) and dgt (written)."""
+    bhk = lpos.shape[0] * lpos.shape[1]
+    if _interpreting() or not plk.is_cuda:
+        bd = min(d, 64)
+        return _lm_reduce_kernel[(bhk, kp, d // bd)](plk, plv, pg, lpos, dk, dv, dgt, nb, t,
+                                                      KP=kp, D=d, BD=bd, CB=16, num_warps=4)
+    cfg = _forced("reduce")
     if cfg is not None:
-        m, w, st, pf, ds = cfg
-        _lm_bwd_kernel[(nseg, b * hk, ds)](*args, D=d, KP=kp, PREC=_prec(q), BLOCK_M=m, PREFETCH=pf, DSPLIT=ds,
-                                           num_warps=w, num_stages=st)
-    elif tuned:
-        _autotuned("lm", block, (q.dtype, d, kp), lambda m: (nseg, b * hk, m["DSPLIT"]), _lm_bwd_kernel, args,
-                   dict(D=d, KP=kp, PREC=_prec(q)))
-    else:
-        ds = LM_SEG.get("dsplit", 1)
-        _lm_bwd_kernel[(nseg, b * hk, ds)](*args, D=d, KP=kp, PREC=_prec(q), BLOCK_M=bm,
-                                           PREFETCH=LM_SEG.get("prefetch", 0), DSPLIT=ds, num_warps=warps)
-    if nseg > 1:
-        bd = min(d, 32)
-        _lm_fix_kernel[(kp, b * hk, d // bd)](lpos, pk, pv, pg, dk, dv, dgt, t, nb, seg, nseg, KP=kp, D=d,
-                                               NSP=_pow2(nseg), BD=bd, num_warps=4)
-    return dgt
+        cb, bd, w = cfg
+        bd = min(bd, d)
+        return _lm_reduce_kernel[(bhk, kp, d // bd)](plk, plv, pg, lpos, dk, dv, dgt, nb, t,
+                                                      KP=kp, D=d, BD=bd, CB=cb, num_warps=w)
+    tag = ("reduce", d)
+    if tag not in _TUNED:
+        lst = list(dict.fromkeys((cb, min(bd, d), w) for cb, bd, w in REDUCE_CONFIGS))
+        cfgs = [triton.Config({"CB": cb, "BD": bd}, num_warps=w) for cb, bd, w in lst]
+        # the kernel adds into dK/dV: the autotuner restores them between its trial runs
+        _TUNED[tag] = triton.autotune(cfgs, key=["NB", "KP", "D"], restore_value=["DK", "DV"])(_lm_reduce_kernel)
+    grid = lambda m: (bhk, kp, d // m["BD"])  # noqa: E731
+    return _TUNED[tag][grid](plk, plv, pg, lpos, dk, dv, dgt, nb, t, KP=kp, D=d)
 
 
 class _DSALTFn(torch.autograd.Function):
@@ -921,13 +737,10 @@ class _DSALTFn(torch.autograd.Function):
         delta = torch.empty(b, h, t, device=q.device, dtype=torch.float32)
         # a separate pass: fused into the dQ kernel it made that kernel spill registers (ptxas)
         _delta_kernel[(triton.cdiv(b * h * t, 64),)](o, do, delta, b * h * t, D=d, BLOCK=64)
-        # stable slots: the landmark part runs in its own kernel after the window kernels; else
-        # (fallback) the dQ kernel writes per-tile landmark partials, accumulated by index_put_
-        partials = has_lm and not ctx.stable
         nt = triton.cdiv(t, bm)
         dq = torch.empty_like(q)
         dw = torch.empty(b, h, t, device=q.device, dtype=torch.float32)
-        if partials:
+        if has_lm:
             dlk_t = torch.empty(b, h, nt, kp, d, device=q.device, dtype=q.dtype)
             dlv_t = torch.empty(b, h, nt, kp, d, device=q.device, dtype=q.dtype)
             dgate_t = torch.empty(b, h, nt, kp, device=q.device, dtype=torch.float32)
@@ -937,7 +750,7 @@ class _DSALTFn(torch.autograd.Function):
                 q, k, v, win, gt, lpos, do, lse, delta, dq, dw, dlk_t, dlv_t, dgate_t,
                 q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                 h, g, t, nb, nt, n_max, float(edge), 1.0 / float(edge), scale * LOG2E, scale, block,
-                D=d, KP=kp, HAS_LM=partials, PREC=_prec(q))
+                D=d, KP=kp, HAS_LM=has_lm, PREC=_prec(q))
         dk = torch.empty_like(k)
         dv = torch.empty_like(v)
         _launch("dkdv", _dkdv_kernel, t, b * hk, bm, bn, warps, block,
@@ -945,27 +758,36 @@ class _DSALTFn(torch.autograd.Function):
                 q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                 h, g, t, n_max, float(edge), 1.0 / float(edge), scale * LOG2E, scale, D=d, PREC=_prec(q))
         denergy = None
-        if has_lm and not partials:
-            dgt = _landmark_backward(q, k, v, win, gt, lpos, do, lse, delta, dq, dk, dv, ctx.meta, bm, warps)
-            denergy = (dgt * torch.sigmoid(-energy.detach().float())).to(energy.dtype)
-        elif partials:
+        if has_lm:
             tpb = block // bm
 
-            def per_block(x):  # [B, H, NT, ...] -> [B, Hk, NB, ...], summed over group heads and tiles
+            def per_block(x):  # [B, H, NT, ...] -> [B, Hk, NB, ...] contiguous, summed over group heads and tiles
                 pad = nb * tpb - nt
                 if pad:
                     x = torch.cat([x, x.new_zeros(x.shape[:2] + (pad,) + x.shape[3:])], 2)
-                return x.float().view(b, hk, g, nb, tpb, *x.shape[3:]).sum((2, 4))
+                if g * tpb == 1:
+                    return x.contiguous()
+                return x.float().view(b, hk, g, nb, tpb, *x.shape[3:]).sum((2, 4)).contiguous()
 
             plk, plv, pg = per_block(dlk_t), per_block(dlv_t), per_block(dgate_t)
             dgt = torch.zeros(b, hk, t, device=q.device, dtype=torch.float32)
-            # a landmark token sits in many blocks' sets: the sort-based accumulating index_put_
-            valid = (lpos >= 0).view(-1)
-            rows = (lpos.long().clamp_min(0) + torch.arange(b * hk, device=q.device).view(b, hk, 1, 1) * t)
-            rows = rows.view(-1)[valid]
-            dk.view(-1, d).index_put_((rows,), plk.reshape(-1, d)[valid].to(dk.dtype), accumulate=True)
-            dv.view(-1, d).index_put_((rows,), plv.reshape(-1, d)[valid].to(dv.dtype), accumulate=True)
-            dgt.view(-1).index_put_((rows,), pg.reshape(-1)[valid].float(), accumulate=True)
+            done = False
+            if ctx.stable:
+                try:
+                    _reduce_landmark_grads(plk, plv, pg, lpos, dk, dv, dgt, nb, t, kp, d)
+                    done = True
+                except Exception as e:  # pragma: no cover - compiler trouble: the sort-based path below
+                    import warnings
+
+                    warnings.warn(f"dsalt: landmark-gradient reduction kernel unavailable ({type(e).__name__}: {e})")
+            if not done:
+                # a landmark token sits in many blocks' sets: the sort-based accumulating index_put_
+                valid = (lpos >= 0).view(-1)
+                rows = (lpos.long().clamp_min(0) + torch.arange(b * hk, device=q.device).view(b, hk, 1, 1) * t)
+                rows = rows.view(-1)[valid]
+                dk.view(-1, d).index_put_((rows,), plk.reshape(-1, d)[valid].to(dk.dtype), accumulate=True)
+                dv.view(-1, d).index_put_((rows,), plv.reshape(-1, d)[valid].to(dv.dtype), accumulate=True)
+                dgt.view(-1).index_put_((rows,), pg.reshape(-1)[valid].float(), accumulate=True)
             # d logsigmoid(e) / de = sigmoid(-e)
             denergy = (dgt * torch.sigmoid(-energy.detach().float())).to(energy.dtype)
         return dq, dk, dv, dw, denergy, None
