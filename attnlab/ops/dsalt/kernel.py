@@ -16,7 +16,9 @@ Pipeline (``dsalt_triton``):
    blocks (from the earliest key any row can reach, from the tile's largest window, to the
    diagonal). Blocks where every (row, key) pair is inside every row's full-weight window run
    with no mask at all; only the outer edge and the diagonal compute the soft-edge weight r,
-   which multiplies the probabilities (p = 2^(s - m) * r: no logarithm per element). Then one
+   which multiplies the probabilities (p = 2^(s - m) * r: no logarithm per element); diagonal
+   blocks where every causal pair is at full weight (the usual case: windows longer than a tile)
+   take the causal test only (also in the dQ and dK/dV kernels). Then one
    pass over the tile's landmark K/V (rows loaded by position straight from K/V, in chunks of
    LC = 16 columns: one 64-column pass made the kernel spill registers): bias
    logsigmoid(e_j) (the gate), -inf where the landmark is inside the row's soft window. Both
@@ -81,7 +83,8 @@ if HAVE_TRITON:
 
     @triton.jit
     def _tile_ranges(m0, w, T, n_max, edge, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-        """Key block starts: [lo, full_lo) edge (masked), [full_lo, m0) full, [m0, hi) diagonal."""
+        """Key block starts: [lo, full_lo) edge (masked), [full_lo, m0) full, [m0, hi) diagonal
+        (causal test only up to causal_hi, masked from there)."""
         wmax = tl.max(w, 0)
         wmin = tl.min(w, 0)
         # one key of slack on both sides: boundary keys always go through the exact masked path
@@ -93,7 +96,10 @@ if HAVE_TRITON:
         full_lo = ((full_lo + BLOCK_N - 1) // BLOCK_N) * BLOCK_N
         full_lo = tl.minimum(tl.maximum(full_lo, lo), m0)
         hi = tl.minimum(m0 + BLOCK_M, T)
-        return lo, full_lo, hi
+        # diagonal blocks need only the causal test when every pair there (distance <= BLOCK_M - 1)
+        # is at full weight for every row: then [m0, hi) is phase 2, else phase 3 (masked)
+        causal_hi = tl.where(full >= BLOCK_M - 1, hi, m0)
+        return lo, full_lo, causal_hi, hi
 
     @triton.jit
     def _fwd_kernel(Q, K, V, W, GT, LPOS, O, LSE,
@@ -120,29 +126,34 @@ if HAVE_TRITON:
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, D], tl.float32)
-        lo, full_lo, hi = _tile_ranges(m0, w, T, n_max, edge, BLOCK_M, BLOCK_N)
-        for phase in tl.static_range(3):
+        lo, full_lo, causal_hi, hi = _tile_ranges(m0, w, T, n_max, edge, BLOCK_M, BLOCK_N)
+        for phase in tl.static_range(4):
             if phase == 0:
                 s_lo = lo
                 s_hi = full_lo
             elif phase == 1:
                 s_lo = full_lo
                 s_hi = m0
-            else:
+            elif phase == 2:
                 s_lo = m0
+                s_hi = causal_hi
+            else:
+                s_lo = causal_hi
                 s_hi = hi
             for start_n in range(s_lo, s_hi, BLOCK_N):
                 offs_n = start_n + offs_n0
                 nmask = offs_n < T
                 kt = tl.load(kbase + offs_n[:, None] * sk_t + offs_d[None, :], mask=nmask[:, None], other=0.0)
                 s = tl.dot(q, tl.trans(kt), input_precision=PREC) * qk_scale
-                if phase != 1:
+                if phase == 0 or phase == 3:
                     r, ok = _win_r(offs_m, offs_n, w, T, n_max, inv_edge)
                     s = tl.where(ok, s, float("-inf"))
+                elif phase == 2:
+                    s = tl.where(offs_m[:, None] >= offs_n[None, :], s, float("-inf"))
                 m_new = tl.maximum(m_i, tl.max(s, 1))
                 m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
                 p = tl.exp2(s - m_safe[:, None])
-                if phase != 1:
+                if phase == 0 or phase == 3:
                     p = p * r
                 alpha = tl.exp2(m_i - m_safe)
                 l_i = l_i * alpha + tl.sum(p, 1)
@@ -205,16 +216,19 @@ if HAVE_TRITON:
         vbase = V + b * sk_b + hk * sk_h
         dq = tl.zeros([BLOCK_M, D], tl.float32)
         dw = tl.zeros([BLOCK_M], tl.float32)
-        lo, full_lo, hi = _tile_ranges(m0, w, T, n_max, edge, BLOCK_M, BLOCK_N)
-        for phase in tl.static_range(3):
+        lo, full_lo, causal_hi, hi = _tile_ranges(m0, w, T, n_max, edge, BLOCK_M, BLOCK_N)
+        for phase in tl.static_range(4):
             if phase == 0:
                 s_lo = lo
                 s_hi = full_lo
             elif phase == 1:
                 s_lo = full_lo
                 s_hi = m0
-            else:
+            elif phase == 2:
                 s_lo = m0
+                s_hi = causal_hi
+            else:
+                s_lo = causal_hi
                 s_hi = hi
             for start_n in range(s_lo, s_hi, BLOCK_N):
                 offs_n = start_n + offs_n0
@@ -223,13 +237,16 @@ if HAVE_TRITON:
                 vt = tl.load(vbase + offs_n[:, None] * sk_t + offs_d[None, :], mask=nmask[:, None], other=0.0)
                 s = tl.dot(q, tl.trans(kt), input_precision=PREC) * qk_scale
                 dp = tl.dot(do, tl.trans(vt), input_precision=PREC)
-                if phase != 1:
+                if phase == 0 or phase == 3:
                     r, ok = _win_r(offs_m, offs_n, w, T, n_max, inv_edge)
                     p0 = tl.exp2(tl.where(ok, s, float("-inf")) - lse[:, None])
                     g0 = p0 * (dp - delta[:, None])
                     ds = g0 * r
                     # d ln r / dw = 1 / (edge r) on the ramp: p r / (edge r) = p0 / edge
                     dw += tl.sum(tl.where(r < 1.0, g0, 0.0), 1)
+                elif phase == 2:
+                    p = tl.exp2(tl.where(offs_m[:, None] >= offs_n[None, :], s, float("-inf")) - lse[:, None])
+                    ds = p * (dp - delta[:, None])
                 else:
                     p = tl.exp2(s - lse[:, None])
                     ds = p * (dp - delta[:, None])
@@ -309,12 +326,17 @@ if HAVE_TRITON:
                 delta = tl.load(DELTA + bh * T + offs_m, mask=mrow, other=0.0)
                 # full block: every (key, row) is causal, inside n_max and at full weight
                 fr = tl.minimum(tl.floor(tl.min(w, 0) - 0.5 - edge * 0.5).to(tl.int32) - 1, n_max - 1)
-                partial = (start_m < n0 + BLOCK_N - 1) | (start_m + BLOCK_M - 1 - n0 > fr) | (start_m + BLOCK_M > T)
+                # edge: some pair beyond full weight (or rows past T): the soft-window weight;
+                # diag (else): some pair non-causal, the rest at full weight: the causal test only
+                on_edge = (start_m + BLOCK_M - 1 - n0 > fr) | (start_m + BLOCK_M > T)
+                on_diag = start_m < n0 + BLOCK_N - 1
                 if TRANS:
                     sT = tl.dot(kt, tl.trans(q), input_precision=PREC) * qk_scale  # [BN, BM]
-                    if partial:
+                    if on_edge:
                         rT, okT = _win_rT(offs_n, offs_m, w, T, n_max, inv_edge)
                         pT = tl.exp2(tl.where(okT, sT, float("-inf")) - lse[None, :]) * rT
+                    elif on_diag:
+                        pT = tl.exp2(tl.where(offs_m[None, :] >= offs_n[:, None], sT, float("-inf")) - lse[None, :])
                     else:
                         pT = tl.exp2(sT - lse[None, :])
                     dv += tl.dot(pT.to(do.dtype), do, input_precision=PREC)
@@ -323,9 +345,11 @@ if HAVE_TRITON:
                     dk += tl.dot(dsT.to(q.dtype), q, input_precision=PREC)
                 else:
                     s = tl.dot(q, tl.trans(kt), input_precision=PREC) * qk_scale  # [BM, BN]
-                    if partial:
+                    if on_edge:
                         r, ok = _win_r(offs_m, offs_n, w, T, n_max, inv_edge)
                         p = tl.exp2(tl.where(ok, s, float("-inf")) - lse[:, None]) * r
+                    elif on_diag:
+                        p = tl.exp2(tl.where(offs_m[:, None] >= offs_n[None, :], s, float("-inf")) - lse[:, None])
                     else:
                         p = tl.exp2(s - lse[:, None])
                     dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
@@ -420,6 +444,7 @@ if HAVE_TRITON:
             tl.store(LPOS + pid * NB * KP + out_rows[:, None] + offs_k[None, :],
                      tl.broadcast_to(lp[None, :], (CB, KP)), mask=smask)
             ck = ck_n
+
 
     @triton.jit
     def _seg_add(v1, f1, v2, f2):
@@ -534,16 +559,18 @@ def _blocks(block: int, d: int, device) -> tuple[int, int, int]:
 _TUNED: dict = {}
 _FWD_BM_OVERRIDE: dict = {}
 # launch configs tried by the autotuner on CUDA: fwd (BLOCK_M, BLOCK_N, warps, stages) (BLOCK_M 128
-# only where it and the selection block divide one another); dq (BLOCK_N, warps, stages) at
-# BLOCK_M = 64; dkdv (BLOCK_M, BLOCK_N, warps, stages, TRANS). First entries: the forced defaults
-# (ATTNLAB_DSALT_AUTOTUNE=0). Register use checked offline (ptxas via triton.compile for sm_90).
-FWD_CONFIGS = [(64, 64, 4, 2), (64, 64, 8, 2), (64, 64, 4, 3), (128, 64, 8, 2), (64, 32, 4, 3)]
-DQ_CONFIGS = [(32, 4, 2), (32, 8, 2), (64, 8, 2), (32, 4, 3)]
-DKDV_CONFIGS = [(32, 32, 4, 2, 0), (32, 64, 8, 2, 1), (64, 32, 8, 2, 0), (32, 128, 8, 2, 1), (64, 64, 8, 2, 0)]
+# only where it and the selection block divide one another); dq (BLOCK_M, BLOCK_N, warps, stages),
+# BLOCK_M 64 (the landmark partials are per 64-row tile); dkdv (BLOCK_M, BLOCK_N, warps, stages,
+# TRANS). First entries: the forced defaults (ATTNLAB_DSALT_AUTOTUNE=0), the configs the H100
+# autotuner picked at T = 16K and 32K (session 4). Register use checked offline (ptxas via
+# triton.compile for sm_90: benchmarks/dsalt_registers.py).
+FWD_CONFIGS = [(64, 64, 4, 3), (128, 64, 8, 3), (64, 64, 8, 2), (64, 32, 4, 3)]
+DQ_CONFIGS = [(64, 32, 4, 3), (64, 64, 8, 2), (64, 32, 8, 2), (64, 32, 4, 2)]
+DKDV_CONFIGS = [(64, 128, 8, 2, 1), (32, 128, 8, 2, 1), (32, 128, 8, 3, 1), (64, 64, 8, 2, 0)]
 
 
 def _tuned(name: str, block: int):
-    """Autotuned launchers (CUDA; dq at BLOCK_M = 64): tile sizes, warps and stages."""
+    """Autotuned launchers (CUDA): tile sizes, warps and stages."""
     tag = (name, block if name == "fwd" else 0)
     if tag not in _TUNED:
         key = ["T", "n_max", "D"]
@@ -556,7 +583,8 @@ def _tuned(name: str, block: int):
                     for m, n, w, st in FWD_CONFIGS if m % block == 0 or block % m == 0]
             _TUNED[tag] = triton.autotune(cfgs, key=key + ["KP", "HAS_LM"])(_fwd_kernel)
         else:
-            cfgs = [triton.Config({"BLOCK_N": n}, num_warps=w, num_stages=st) for n, w, st in DQ_CONFIGS]
+            cfgs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st)
+                    for m, n, w, st in DQ_CONFIGS]
             _TUNED[tag] = triton.autotune(cfgs, key=key + ["KP", "HAS_LM"])(_dq_kernel)
     return _TUNED[tag]
 
@@ -569,9 +597,10 @@ def tuned_configs() -> dict:
     return out
 
 
-# CUDA launch configs forced instead of autotuning: {"fwd": (BM, BN, warps, stages), "dq": (BN, warps,
-# stages), "dkdv": (BM, BN, warps, stages)} (tests of every config; ATTNLAB_DSALT_AUTOTUNE=0 forces
-# each list's first entry, which skips the autotuner's compile-and-time of every config)
+# CUDA launch configs forced instead of autotuning: {"fwd": (BM, BN, warps, stages), "dq": (BM, BN,
+# warps, stages), "dkdv": (BM, BN, warps, stages, TRANS), "reduce": (CB, BD, warps)} (tests of every
+# config; ATTNLAB_DSALT_AUTOTUNE=0 forces each list's first entry, which skips the autotuner's
+# compile-and-time of every config)
 FORCE_CONFIG: dict = {}
 
 
@@ -585,12 +614,10 @@ def _forced(name):
 
 def _launch(name, kernel, grid_m, rows, bm, bn, warps, block, *args, **meta):
     """Launch plain (interpreter, small blocks), forced or autotuned (CUDA, block a multiple of 64)."""
-    cfg = _forced(name) if bm == 64 and not _interpreting() else None
+    tuned = bm == 64 and not _interpreting()
+    cfg = _forced(name) if tuned else None
     if cfg is not None:
-        if name == "dq":
-            n, w, st = cfg
-            m = 64
-        elif name == "dkdv":
+        if name == "dkdv":
             m, n, w, st, meta["TRANS"] = cfg
         else:
             m, n, w, st = cfg
@@ -599,14 +626,13 @@ def _launch(name, kernel, grid_m, rows, bm, bn, warps, block, *args, **meta):
         grid_n = n if name == "dkdv" else m
         return kernel[(triton.cdiv(grid_m, grid_n), rows)](*args, BLOCK_M=m, BLOCK_N=n, num_warps=w,
                                                           num_stages=st, **meta)
-    if bm == 64 and not _interpreting():
+    if tuned:
         if name == "dkdv":
             grid = lambda m: (triton.cdiv(grid_m, m["BLOCK_N"]), rows)  # noqa: E731
-            return _tuned(name, block)[grid](*args, **meta)
-        if name == "fwd":
+        else:
             grid = lambda m: (triton.cdiv(grid_m, m["BLOCK_M"]), rows)  # noqa: E731
-            return _tuned(name, block)[grid](*args, **meta)
-        return _tuned(name, block)[(triton.cdiv(grid_m, bm), rows)](*args, BLOCK_M=bm, **meta)
+        key = (grid_m, args[0].dtype, args[0].shape[-1], meta.get("KP"), meta.get("HAS_LM"))
+        return _autotuned(name, block, key, grid, kernel, args, meta)
     if name == "dkdv":
         meta["TRANS"] = _FWD_BM_OVERRIDE.get("dkdv_trans", 0)  # tests: the transposed formulation
         return kernel[(triton.cdiv(grid_m, bn), rows)](*args, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, **meta)
@@ -614,6 +640,26 @@ def _launch(name, kernel, grid_m, rows, bm, bn, warps, block, *args, **meta):
         bm = _FWD_BM_OVERRIDE.get("bm") or bm  # tests: a forward tile spanning several selection blocks
         meta["NSET"] = max(1, bm // block)
     return kernel[(triton.cdiv(grid_m, bm), rows)](*args, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, **meta)
+
+
+_BEST: dict = {}
+# an autotuned kernel goes through triton's Autotuner once per shape (key); later calls launch the
+# config it picked directly: the Autotuner's per-call argument handling cost host time, which
+# counts where a step is launch-bound (B=1, T=4K)
+DIRECT = {"on": True}
+
+
+def _autotuned(name, block, key, grid, kernel, args, meta):
+    k = (name, block, key, tuple(a for a in args if isinstance(a, int)))
+    cfg = _BEST.get(k) if DIRECT["on"] else None
+    if cfg is None:
+        tuner = _tuned(name, block)
+        out = tuner[grid](*args, **meta)
+        if getattr(tuner, "best_config", None) is not None:
+            _BEST[k] = tuner.best_config
+        return out
+    kw = cfg.all_kwargs()
+    return kernel[grid(kw)](*args, **meta, **kw)
 
 
 # landmark-gradient reduction launch configs (CB blocks per step, BD columns, warps)
