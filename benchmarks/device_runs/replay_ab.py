@@ -63,7 +63,7 @@ def main():
     base = statistics.median(times[("mla", False)])
     for (name, fast), ts in times.items():
         ms = statistics.median(ts)
-        print(f"{name:9s} replay={'on ' if fast else 'off'}  {ms:7.2f} ms/step  {b * t / ms / 1e3:7.1f}k tok/s  "
+        print(f"{name:9s} replay={'on ' if fast else 'off'}  {ms:7.2f} ms/step  {b * t / ms:7.1f}k tok/s  "
               f"vs mla {base / ms:.3f}  rounds {[round(x, 2) for x in ts]}", flush=True)
     print("plans:", len(L._PLANS), "replayable:", sum(bool(p) for p in L._PLANS.values()))
 
