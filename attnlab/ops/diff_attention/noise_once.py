@@ -47,20 +47,13 @@ import torch
 import triton
 import triton.language as tl
 
+from .latent import _rows  # the masked [rows, D] tile load shared with the latent kernels
+
 LOG2E = 1.4426950408889634
 
 
 # ------------------------------------------------------------------------------------------
 # kernels
-
-@triton.jit
-def _rows(base, offs_t, stride_t, T, D: tl.constexpr, BD: tl.constexpr):
-    offs_d = tl.arange(0, BD)
-    ptrs = base + offs_t[:, None] * stride_t + offs_d[None, :]
-    if D == BD:
-        return tl.load(ptrs, mask=(offs_t < T)[:, None], other=0.0)
-    return tl.load(ptrs, mask=(offs_t < T)[:, None] & (offs_d < D)[None, :], other=0.0)
-
 
 @triton.jit
 def _fwd_step(q, k_base, skt, v_base, svt, vcol, cmask, start_n, offs_m, T, m, l, acc, qk,

@@ -70,6 +70,42 @@ def _p2(x: int) -> int:
 
 if HAS_TRITON:
 
+    @triton.jit
+    def _hot_window(q, HKP, HVP, j0, hot_len, row0, offs_d, offs_dv, dmask, dvmask, qk_scale, m_i, l_i, acc,
+                    HOT_PER_SPLIT: tl.constexpr, HT: tl.constexpr, D: tl.constexpr, DV: tl.constexpr,
+                    LOWP: tl.constexpr, PREC: tl.constexpr):
+        """One split of the exact hot window (tokens j0 .. j0 + HOT_PER_SPLIT of the (b, h) row that
+        starts at row0): online softmax of q [GP, D] over its keys, folded into (m_i, l_i, acc) in
+        the log2 domain. Shared by the v1 and v2 kernels."""
+        offs_h = tl.arange(0, HT)
+        j1 = tl.minimum(j0 + HOT_PER_SPLIT, hot_len)
+        if LOWP:
+            qh = q.to(HKP.dtype.element_ty)
+        else:
+            qh = q
+        for j in range(j0, j1, HT):
+            tokh = j + offs_h
+            tmask = tokh < j1
+            k = tl.load(HKP + (row0 + tokh)[:, None] * D + offs_d[None, :],
+                        mask=tmask[:, None] & dmask[None, :], other=0.0)
+            v = tl.load(HVP + (row0 + tokh)[:, None] * DV + offs_dv[None, :],
+                        mask=tmask[:, None] & dvmask[None, :], other=0.0)
+            if LOWP:
+                sh = tl.dot(qh, tl.trans(k)) * qk_scale
+            else:
+                sh = tl.dot(qh, tl.trans(k.to(tl.float32)), input_precision=PREC) * qk_scale
+            sh = tl.where(tmask[None, :], sh, float("-inf"))
+            mh_new = tl.maximum(m_i, tl.max(sh, 1))
+            ah = tl.exp2(m_i - mh_new)
+            ph = tl.exp2(sh - mh_new[:, None])
+            l_i = l_i * ah + tl.sum(ph, 1)
+            if LOWP:
+                acc = acc * ah[:, None] + tl.dot(ph.to(v.dtype), v)
+            else:
+                acc = acc * ah[:, None] + tl.dot(ph, v.to(tl.float32), input_precision=PREC)
+            m_i = mh_new
+        return m_i, l_i, acc
+
     @triton.jit(do_not_specialize=["n_blocks", "hot_len"])
     def _spectral_split(
         Q, CK, SK, BK, CV, SV, BV, HKP, HVP, PM, PL, PACC, CNT, O, MB, LB, PCB,
@@ -181,35 +217,9 @@ if HAS_TRITON:
                     # the block's value basis; acc was kept relative to the max before this block
                     acc = acc * tl.exp2(m_blk - m_i)[:, None] + tl.dot(pc, bv.to(tl.float32), input_precision=PREC)
         else:
-            offs_h = tl.arange(0, HT)
-            j0 = (pid_s - n_comp) * HOT_PER_SPLIT
-            j1 = tl.minimum(j0 + HOT_PER_SPLIT, hot_len)
-            row0 = pid_bh * hot_cap
-            if LOWP:
-                qh = q.to(HKP.dtype.element_ty)
-            else:
-                qh = q
-            for j in range(j0, j1, HT):
-                tokh = j + offs_h
-                tmask = tokh < j1
-                k = tl.load(HKP + (row0 + tokh)[:, None] * D + offs_d[None, :],
-                            mask=tmask[:, None] & dmask[None, :], other=0.0)
-                v = tl.load(HVP + (row0 + tokh)[:, None] * DV + offs_dv[None, :],
-                            mask=tmask[:, None] & dvmask[None, :], other=0.0)
-                if LOWP:
-                    sh = tl.dot(qh, tl.trans(k)) * qk_scale
-                else:
-                    sh = tl.dot(qh, tl.trans(k.to(tl.float32)), input_precision=PREC) * qk_scale
-                sh = tl.where(tmask[None, :], sh, float("-inf"))
-                mh_new = tl.maximum(m_i, tl.max(sh, 1))
-                ah = tl.exp2(m_i - mh_new)
-                ph = tl.exp2(sh - mh_new[:, None])
-                l_i = l_i * ah + tl.sum(ph, 1)
-                if LOWP:
-                    acc = acc * ah[:, None] + tl.dot(ph.to(v.dtype), v)
-                else:
-                    acc = acc * ah[:, None] + tl.dot(ph, v.to(tl.float32), input_precision=PREC)
-                m_i = mh_new
+            m_i, l_i, acc = _hot_window(q, HKP, HVP, (pid_s - n_comp) * HOT_PER_SPLIT, hot_len, pid_bh * hot_cap,
+                                        offs_d, offs_dv, dmask, dvmask, qk_scale, m_i, l_i, acc,
+                                        HOT_PER_SPLIT, HT, D, DV, LOWP, PREC)
 
         if VMERGE:  # hot partials only: [B*Hk, n_hot, G]
             if pid_s >= n_comp:
@@ -575,35 +585,9 @@ if HAS_TRITON:
             m_i = tl.full([GP], -1.0e30, tl.float32)
             l_i = tl.zeros([GP], tl.float32)
             acc = tl.zeros([GP, DVP], tl.float32)
-            offs_h = tl.arange(0, HT)
-            j0 = (pid_s - n_comp) * HOT_PER_SPLIT
-            j1 = tl.minimum(j0 + HOT_PER_SPLIT, hot_len)
-            row0 = pid_bh * hot_cap
-            if LOWP:
-                qh = q.to(HKP.dtype.element_ty)
-            else:
-                qh = q
-            for j in range(j0, j1, HT):
-                tokh = j + offs_h
-                tmask = tokh < j1
-                k = tl.load(HKP + (row0 + tokh)[:, None] * D + offs_d[None, :],
-                            mask=tmask[:, None] & dmask[None, :], other=0.0)
-                v = tl.load(HVP + (row0 + tokh)[:, None] * DV + offs_dv[None, :],
-                            mask=tmask[:, None] & dvmask[None, :], other=0.0)
-                if LOWP:
-                    sh = tl.dot(qh, tl.trans(k)) * qk_scale
-                else:
-                    sh = tl.dot(qh, tl.trans(k.to(tl.float32)), input_precision=PREC) * qk_scale
-                sh = tl.where(tmask[None, :], sh, float("-inf"))
-                mh_new = tl.maximum(m_i, tl.max(sh, 1))
-                ah = tl.exp2(m_i - mh_new)
-                ph = tl.exp2(sh - mh_new[:, None])
-                l_i = l_i * ah + tl.sum(ph, 1)
-                if LOWP:
-                    acc = acc * ah[:, None] + tl.dot(ph.to(v.dtype), v)
-                else:
-                    acc = acc * ah[:, None] + tl.dot(ph, v.to(tl.float32), input_precision=PREC)
-                m_i = mh_new
+            m_i, l_i, acc = _hot_window(q, HKP, HVP, (pid_s - n_comp) * HOT_PER_SPLIT, hot_len, pid_bh * hot_cap,
+                                        offs_d, offs_dv, dmask, dvmask, qk_scale, m_i, l_i, acc,
+                                        HOT_PER_SPLIT, HT, D, DV, LOWP, PREC)
 
         part_row = (pid_bh * n_splits + pid_s) * GQ + offs_g  # partial rows [B*Hk, n_splits, GQ]
         tl.store(PM + part_row, m_i, mask=gmask)
