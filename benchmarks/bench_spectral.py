@@ -112,18 +112,18 @@ def host_time_us(fn, n: int) -> float:
 
 def parse_configs(spec: str):
     """Comma list of kernel configurations:
-    "default"                                   the launcher's defaults (v2 kernel)
-    "v1"                                        the session-2 kernel with its defaults (the baseline)
+    "default"                                   the launcher's defaults (impl="auto": v2 or v1 by length)
+    "v1", "v2"                                  one kernel with its defaults (v1: the session-2 baseline)
     "v2:split:slices:tile[:warps[:stages[:fused[:fastcvt[:group[:blocks[:maxnreg]]]]]]]"   v2 launch parameters
     "v1:tile:blocks_per_program:fused[:warps[:stages[:maxnreg[:vmerge]]]]"   v1 launch parameters
     (0 or absent = the launcher's default)."""
     out = []
     for item in spec.split(","):
-        if item in ("default", "v2"):
+        if item == "default":
             out.append({})
             continue
-        if item == "v1":
-            out.append({"impl": "v1"})
+        if item in ("v1", "v2"):
+            out.append({"impl": item})
             continue
         head, _, rest = item.partition(":")
         if head == "v2":
@@ -158,8 +158,8 @@ def parse_configs(spec: str):
 def config_name(kw: dict) -> str:
     if not kw:
         return "default"
-    if kw == {"impl": "v1"}:
-        return "v1"
+    if kw in ({"impl": "v1"}, {"impl": "v2"}):
+        return kw["impl"]
     if kw.get("impl") == "v1":
         return "v1:" + ":".join(str(int(kw.get(key, dflt))) for key, dflt in (
             ("block_tile", 0), ("blocks_per_program", 0), ("fused_merge", False), ("num_warps", 0),
