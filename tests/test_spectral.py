@@ -378,6 +378,16 @@ def test_auto_picks_the_kernel(monkeypatch):
                         (3, {"fused_merge": True}, "v2")):
         spectral_decode(q, z, None, z, z, None, z, n, h, h, 1, **kw)
         assert picked[-1] == want, (n, kw)
+    # launched eagerly with the replayed launcher (host bound): v2 up to the total-block limit
+    monkeypatch.setattr(K, "_eager_replay", lambda dev: True)
+    monkeypatch.setattr(K, "AUTO_EAGER_V2_MAX_TOTAL_BLOCKS", 30)
+    for n, kw, want in ((17, {}, "v2"), (30, {}, "v2"), (31, {}, "v1"), (20, {"block_tile": 16}, "v1")):
+        spectral_decode(q, z, None, z, z, None, z, n, h, h, 1, **kw)
+        assert picked[-1] == want, ("eager", n, kw)
+    zb = torch.zeros(2, 1, 40, 32, 4)  # batch 2: twice the blocks in all
+    spectral_decode(torch.zeros(2, 2, 1, 16), zb, None, zb, zb, None, zb, 17, h.expand(2, -1, -1, -1).contiguous(),
+                    h.expand(2, -1, -1, -1).contiguous(), 1)
+    assert picked[-1] == "v1"
 
 
 def test_kernel_options_are_checked():

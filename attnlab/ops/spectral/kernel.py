@@ -1,7 +1,9 @@
 """Triton decode kernels for the spectral KV cache (one query token per sequence).
 
 ``spectral_decode(impl="auto")`` picks v2 for up to AUTO_V2_MAX_BLOCKS blocks per (b, h) and v1
-above (the faster one in the session-4 H100 measurements, benchmarks/RESULTS.md).
+above (the faster kernel in the session-4 H100 measurements, benchmarks/RESULTS.md), except when
+launched eagerly (no CUDA graph capture): then v2's replayed launch, ~35 us of host time against
+v1's 70-130, wins up to AUTO_EAGER_V2_MAX_TOTAL_BLOCKS blocks in all.
 
 v2 (``_spectral_v2``): a program takes half a block (``split`` 2) or ``blocks_per_program`` whole
 blocks; its tokens are cut into ``warp_slices`` slices that are the batch dimension of 3-D dots
@@ -850,6 +852,12 @@ def _make_plan(skey, q, ck, cv, bv, hot_k, n_blocks, hot_len, hot_per_split, vme
 # ---------------------------------------------------------------------------------------------
 _V1_ONLY = ("block_tile", "value_proj")
 AUTO_V2_MAX_BLOCKS = 16  # impl="auto": v2 up to this many compressed blocks per (b, h), else v1
+# impl="auto" launched eagerly (no CUDA graph being captured) with the replayed launcher: v2 up to this
+# many compressed blocks in all (b, h) rows. Eagerly, decode is host bound: v2's replay costs ~35 us of
+# host time per call against ~70-130 us for v1's Triton launch, which outweighs v1's faster kernel
+# below ~2K blocks (H100, session 4: B=1 32K ranks 16 57.6 vs 92.1 us per call; B=8 16K 129 vs 158;
+# B=8 32K, 4096 blocks: 178 vs 176, so v1 there).
+AUTO_EAGER_V2_MAX_TOTAL_BLOCKS = 2048
 
 try:
     from triton import knobs as _knobs
@@ -864,6 +872,12 @@ LAUNCH_STATS = {"replayed": 0, "jit": 0, "replay_unavailable": 0}  # v2 launches
 
 def _replay_ok(dev) -> bool:
     return dev.type == "cuda" and not _interpreting()
+
+
+def _eager_replay(dev) -> bool:
+    """v2's launches will be replayed and no CUDA graph is being captured (the host-bound case)."""
+    return (_FAST_LAUNCH and _replay_ok(dev) and not torch.cuda.is_current_stream_capturing()
+            and not _hooks_active())
 
 
 def _current_stream(dev) -> int:
@@ -932,7 +946,9 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
     Returns [B, Hq, 1, dv] in q's dtype.
 
     impl="auto" (default): v2 for up to AUTO_V2_MAX_BLOCKS blocks per (b, h), v1 above (the faster
-    one in the session-4 H100 measurements), unless options of one kernel are given.
+    kernel in the session-4 H100 measurements), except when launched eagerly on CUDA (no graph
+    capture), where v2's replayed launch wins up to AUTO_EAGER_V2_MAX_TOTAL_BLOCKS blocks in all;
+    options of one kernel select that kernel.
     impl="v2": launch parameters left None come from ``default_config_v2``: split (programs per
     block), warp_slices, slice_tile, blocks_per_program (split 1 only), num_warps, num_stages,
     fused_merge (True: the partials are merged in the same launch), merge_group, fast_cvt (int8 ->
@@ -947,8 +963,12 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
             impl = "v1"
         elif split or warp_slices or slice_tile or fast_cvt is not None or merge_group or maxnreg:
             impl = "v2"
+        elif n_blocks <= AUTO_V2_MAX_BLOCKS:
+            impl = "v2"
+        elif _eager_replay(q.device) and q.shape[0] * ck.shape[1] * n_blocks <= AUTO_EAGER_V2_MAX_TOTAL_BLOCKS:
+            impl = "v2"
         else:
-            impl = "v2" if n_blocks <= AUTO_V2_MAX_BLOCKS else "v1"
+            impl = "v1"
     if impl == "v1":
         return _spectral_decode_v1(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale,
                                    blocks_per_program=blocks_per_program, hot_per_split=hot_per_split,
