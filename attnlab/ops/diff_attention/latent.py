@@ -675,7 +675,8 @@ def _align(x):
 
 
 def _forward(q_all, kvu, kr_pre, lam, cos, sin, g: LatentGeometry):
-    """Forward launches; returns (out [B, T, H, dv], the workspace the backward reads)."""
+    """Forward launches; returns (out [B, T, H, dv], the workspace the backward reads, the launch
+    key, which the backward's key extends)."""
     b, t, _ = q_all.shape
     dev, dt = q_all.device, q_all.dtype
     key = (q_all.shape, q_all.stride(), kvu.shape, kvu.stride(), kr_pre.stride(), dt, dev, g, lam.stride(0),
@@ -684,7 +685,7 @@ def _forward(q_all, kvu, kr_pre, lam, cos, sin, g: LatentGeometry):
     out = torch.empty(b, t, g.heads, g.dv, device=dev, dtype=dt)
     ws = torch.empty(_ws_bytes(b, t, g, dt, "fwd"), device=dev, dtype=torch.uint8)
     _launch(key, (q_all, kvu, kr_pre, lam, cos, sin, out, ws), _fwd_body, g)
-    return out, ws
+    return out, ws, key
 
 
 def _backward(q_all, kvu, lam, cos, sin, out, ws, dout, kr_shape, g: LatentGeometry, fwd_key=None):
@@ -693,7 +694,7 @@ def _backward(q_all, kvu, lam, cos, sin, out, ws, dout, kr_shape, g: LatentGeome
     dev = q_all.device
     if dout.stride() != out.stride():
         dout = dout.contiguous()
-    if fwd_key is None:  # the forward's key minus what only the forward reads (kr_pre): same shapes
+    if fwd_key is None:  # (the torch.library op, whose outputs cannot carry it) rebuilt from the inputs
         fwd_key = (q_all.shape, q_all.stride(), kvu.shape, kvu.stride(), q_all.dtype, dev, g, lam.stride(0),
                    cos.shape, _align(q_all), _align(kvu), _align(lam), _align(cos), _align(sin), CONFIGS["fwd"])
     key = (fwd_key, dout.stride(), _align(dout), CONFIGS["bwd_kv"], CONFIGS["bwd_q"],
@@ -710,7 +711,7 @@ def _backward(q_all, kvu, lam, cos, sin, out, ws, dout, kr_shape, g: LatentGeome
 class LatentDiffAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q_all, kvu, kr_pre, lam, cos, sin, g: LatentGeometry):
-        out, ws = _forward(q_all, kvu, kr_pre, lam, cos, sin, g)
+        out, ws, ctx.key = _forward(q_all, kvu, kr_pre, lam, cos, sin, g)
         ctx.g, ctx.kr = g, kr_pre.shape
         ctx.save_for_backward(q_all, kvu, lam, cos, sin, out, ws)
         return out
@@ -718,7 +719,7 @@ class LatentDiffAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         q_all, kvu, lam, cos, sin, out, ws = ctx.saved_tensors
-        dq_all, dkvu, dkr_pre, dl2 = _backward(q_all, kvu, lam, cos, sin, out, ws, dout, ctx.kr, ctx.g)
+        dq_all, dkvu, dkr_pre, dl2 = _backward(q_all, kvu, lam, cos, sin, out, ws, dout, ctx.kr, ctx.g, ctx.key)
         return dq_all, dkvu, dkr_pre, dl2.sum((0, 2)), None, None, None  # dl2 = -Delta2: dlam_h = -sum Delta2
 
 

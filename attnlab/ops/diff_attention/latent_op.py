@@ -26,7 +26,7 @@ def _unpack(gi, gf) -> LatentGeometry:
 @torch.library.custom_op("attnlab::latent_diff_fwd", mutates_args=())
 def latent_diff_fwd(q_all: Tensor, kvu: Tensor, kr_pre: Tensor, lam: Tensor, cos: Tensor, sin: Tensor,
                     gi: list[int], gf: list[float]) -> tuple[Tensor, Tensor]:
-    return _L._forward(q_all, kvu, kr_pre, lam, cos, sin, _unpack(gi, gf))
+    return _L._forward(q_all, kvu, kr_pre, lam, cos, sin, _unpack(gi, gf))[:2]
 
 
 @latent_diff_fwd.register_fake

@@ -638,6 +638,30 @@ _SCRATCH: dict = {}
 _FALLBACK: dict = {}  # launch key -> index of the first candidate configuration that fitted
 
 
+def _launch_fitting(launch, args, first, fallbacks):
+    """``launch(*args, *config)`` with the first configuration that fits the GPU's shared memory.
+
+    While nothing has needed a fallback, ``first`` goes straight out (no host work on the decode
+    path); otherwise ``fallbacks()`` gives (candidates, starting with first; key) and the search
+    starts at the candidate that fitted last time for that key (large ranks on smaller GPUs)."""
+    start = 0
+    if not _FALLBACK:
+        try:
+            return launch(*args, *first)
+        except OutOfResources:
+            start = 1
+    cands, key = fallbacks()
+    for i in range(min(max(start, _FALLBACK.get(key, 0)), len(cands) - 1), len(cands)):
+        try:
+            launch(*args, *cands[i])
+        except OutOfResources:
+            if i == len(cands) - 1:
+                raise
+            continue
+        _FALLBACK[key] = i
+        return
+
+
 def _scratch(device: torch.device, n_work: int, n_cnt: int):
     """Per (device, stream): a float32 workspace for the partials, grown on demand, and an int32
     counter per (b, h) for the fused merge, kept at zero between calls (the merging program
@@ -745,30 +769,17 @@ def _spectral_decode_v1(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, 
     first = (bt, bpp, num_warps, num_stages, fused_merge)
     args = (q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale, out, hot_per_split, vmerge, lowp,
             maxnreg)
-    if not _FALLBACK:  # fast path: nothing has needed a fallback yet
-        try:
-            _launch(*args, *first)
-            return out
-        except OutOfResources:
-            pass
-    # fallbacks when a configuration needs more shared memory than the GPU has (large ranks)
-    cands = [first]
-    bt2 = min(bt, 64)
-    while bs % bt2:
-        bt2 //= 2
-    for c in ((bt, bpp, num_warps, 1, fused_merge), (bt2, 1, 4, 1, False), (16, 1, 4, 1, False)):
-        if c not in cands:
-            cands.append(c)
-    key = (dev, q.dtype, ck.dtype, bk.dtype, hot_k.dtype, bs, rk, rv, d, dv, g, vmerge, maxnreg, first)
-    for i in range(_FALLBACK.get(key, 0), len(cands)):
-        try:
-            _launch(*args, *cands[i])
-        except OutOfResources:
-            if i == len(cands) - 1:
-                raise
-            continue
-        _FALLBACK[key] = i
-        return out
+    def fallbacks():
+        cands = [first]
+        bt2 = min(bt, 64)
+        while bs % bt2:
+            bt2 //= 2
+        for c in ((bt, bpp, num_warps, 1, fused_merge), (bt2, 1, 4, 1, False), (16, 1, 4, 1, False)):
+            if c not in cands:
+                cands.append(c)
+        return cands, (dev, q.dtype, ck.dtype, bk.dtype, hot_k.dtype, bs, rk, rv, d, dv, g, vmerge, maxnreg, first)
+
+    _launch_fitting(_launch, args, first, fallbacks)
     return out
 
 
@@ -1005,29 +1016,15 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
     scale = d**-0.5 if scale is None else scale
     out = torch.empty(b, hq, 1, bv.shape[-1], device=dev, dtype=q.dtype)
     args = (q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale, out, hot_per_split)
-    start = 0
-    if not _FALLBACK:  # fast path: nothing has needed a fallback yet
-        try:
-            _launch_v2(*args, *first)
-            return out
-        except OutOfResources:
-            start = 1
-    # fallbacks when a configuration needs more shared memory than the GPU has (large ranks)
-    cands = [first]
-    for c in ((sp, nw, min(tw, 32), first[3], 1, *first[5:]), (sp, nw, 16, first[3], 1, *first[5:])):
-        if c not in cands:
-            cands.append(c)
-    key = ("v2", dev, q.dtype, ck.dtype, bk.dtype, hot_k.dtype, bs, ck.shape[-1], cv.shape[-1], d, bv.shape[-1],
-           hq // ck.shape[1], first)
-    for i in range(min(max(start, _FALLBACK.get(key, 0)), len(cands) - 1), len(cands)):
-        try:
-            _launch_v2(*args, *cands[i])
-        except OutOfResources:
-            if i == len(cands) - 1:
-                raise
-            continue
-        _FALLBACK[key] = i
-        return out
+    def fallbacks():
+        cands = [first]
+        for c in ((sp, nw, min(tw, 32), first[3], 1, *first[5:]), (sp, nw, 16, first[3], 1, *first[5:])):
+            if c not in cands:
+                cands.append(c)
+        return cands, ("v2", dev, q.dtype, ck.dtype, bk.dtype, hot_k.dtype, bs, ck.shape[-1], cv.shape[-1], d,
+                       bv.shape[-1], hq // ck.shape[1], first)
+
+    _launch_fitting(_launch_v2, args, first, fallbacks)
     return out
 
 
