@@ -53,6 +53,12 @@ def test_noise_once_fp32(shape):
     {"fwd": (32, 16, 4, 1, 1), "dv": (16, 32, 4, 1, 1), "dk": (16, 32, 3, 64, 1, 1, False)},  # 3 head-loop splits
     {"fwd": (16, 16, 1, 1, 1), "dv": (16, 16, 1, 1, 1), "dk": (16, 16, 1, 32, 1, 1, False)},  # one split
     {"fwd": (16, 16, 2, 1, 1), "dv": (16, 16, 2, 1, 1), "dk": (16, 32, 4, 32, 1, 1, True)},   # grouped dK, 4 heads
+    # session 5: scores after the head loop, pairs in tiles of 2 / 3 key blocks, one-tile chunks
+    {"fwd": (32, 16, 2, 1, 1), "dv": (16, 32, 2, 1, 1), "dk": (16, 32, 1, 32, 1, 1, False, True, 2)},
+    {"fwd": (16, 16, 4, 1, 1), "dv": (16, 16, 4, 1, 1), "dk": (16, 16, 2, 16, 1, 1, False, True, 3)},
+    {"fwd": (16, 16, 2, 1, 1), "dv": (16, 16, 2, 1, 1), "dk": (16, 16, 2, 48, 1, 1, False, False, 0)},
+    # the head loop's contraction in 16-column chunks (head dim 16 here: one chunk; see the next test)
+    {"fwd": (16, 16, 2, 1, 1), "dv": (16, 16, 2, 1, 1), "dk": (16, 32, 1, 32, 1, 1, False, True, 2, 16)},
 ])
 def test_noise_once_configs(monkeypatch, cfg):
     monkeypatch.setattr(NO, "_INTERP", cfg)
@@ -67,6 +73,44 @@ def test_noise_once_merged_backward(monkeypatch, merged):
     monkeypatch.setitem(NO._INTERP, "merged", merged)
     _check((2, 3, 37, 16, 24, 20), torch.float32, TOL32, TOL32)
     _check((1, 5, 45, 16, 16, 16), torch.float32, TOL32, TOL32)
+
+
+@pytest.mark.skipif(DEV == "cuda", reason="interpreter launch configs")
+@pytest.mark.parametrize("kc", [16, 32])
+def test_noise_once_contraction_chunks(monkeypatch, kc):
+    """dK kernel with the head loop's contraction in chunks of kc columns (dv 40 -> 64 padded:
+    4 or 2 chunks per head, the last partly masked)."""
+    monkeypatch.setitem(NO._INTERP, "dk", (16, 16, 2, 32, 1, 1, False, True, 3, kc))
+    _check((1, 3, 35, 16, 24, 40), torch.float32, TOL32, TOL32)
+
+
+def test_dk_table_covers_every_pair_once():
+    """The dK kernel's program table: each (key block, chunk) pair with work exactly once, any order."""
+    for t, bn, chunk in ((45, 16, 32), (4096, 128, 256), (1000, 64, 64)):
+        nb, nc = -(-t // bn), -(-t // chunk)
+        want = {(n, c) for n in range(nb) for c in range(nc) if min(c * chunk + chunk, t) > n * bn}
+        for order in (0, 1, 3, 8):
+            got = NO._dk_table(t, bn, chunk, order, "cpu").view(-1, 2).tolist()
+            assert len(got) == len(want) and {tuple(p) for p in got} == want
+
+
+def test_noise_once_backward_twice_and_lam_without_grad():
+    """The backward's float32 workspace (dQ2/dK2 atomics, dlam) is fresh per call: a second backward
+    through the same graph gives the same gradients; lam without grad works."""
+    ins = _inputs(1, 3, 23, 16, 16, 16, torch.float32)
+    out = NO.cmd_attention_noise_once(*ins)
+    g = torch.randn_like(out)
+    first = torch.autograd.grad(out, ins, g, retain_graph=True)
+    second = torch.autograd.grad(out, ins, g)
+    for x, y in zip(first, second):
+        assert torch.equal(x, y)
+    lam = ins[-1].detach()
+    out = NO.cmd_attention_noise_once(*ins[:-1], lam)
+    ref = diff_attention_reference(*ins[:-1], lam)
+    got = torch.autograd.grad(out, ins[:-1], g)
+    want = torch.autograd.grad(ref, ins[:-1], g)
+    for x, y in zip(got, want):
+        assert rel_err(x, y) <= TOL32
 
 
 def test_noise_once_fp16():
