@@ -50,7 +50,37 @@ def fwd_bwd(fn, ins, dout):
     return run
 
 
-def measure(fn, ins, dout, warmup, repeats):
+def host_ms(fn, repeats=20):
+    """Host time to issue one call of fn (no synchronisation inside the loop; the GPU queue is
+    deep enough for these sizes): what bounds a short op when the GPU would be faster."""
+    import time
+
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    t1 = time.perf_counter()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return (t1 - t0) * 1e3 / repeats
+
+
+def load_module(path, name="noise_once_compare"):
+    """A noise_once.py of another commit (e.g. `git show 9803b85:attnlab/ops/diff_attention/noise_once.py`),
+    loaded as a sibling module of attnlab.ops.diff_attention (its relative imports resolve there)."""
+    import importlib.util
+
+    full = "attnlab.ops.diff_attention." + name
+    spec = importlib.util.spec_from_file_location(full, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[full] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def measure(fn, ins, dout, warmup, repeats, host=False):
     fb = time_ms(fwd_bwd(fn, ins, dout), warmup, repeats)
     with torch.no_grad():
         fw = time_ms(lambda: fn(*ins), warmup, repeats)
@@ -62,6 +92,8 @@ def measure(fn, ins, dout, warmup, repeats):
         fwd_bwd(fn, ins, dout)()
         torch.cuda.synchronize()
         peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+    if host:
+        return fb, fw, peak, host_ms(fwd_bwd(fn, ins, dout))
     return fb, fw, peak
 
 
@@ -208,6 +240,9 @@ def main(argv=None):
     ap.add_argument("--profile-noise", action="store_true", help="print the noise-once kernels' GPU times")
     ap.add_argument("--groups", default="diff,cmd", help="comma list of groups to time (diff, cmd)")
     ap.add_argument("--configs", help="JSON of launch configs to use (from a --sweep run)")
+    ap.add_argument("--compare-module", help="path of another noise_once.py (e.g. session 4's) to time as a variant")
+    ap.add_argument("--compare-label", default="noise-once, compared module")
+    ap.add_argument("--host", action="store_true", help="also the host time to issue one fwd+bwd")
     ap.add_argument("--quick", action="store_true", help="tiny CPU smoke run")
     ap.add_argument("--name", default="bench_diff_kernel")
     args = ap.parse_args(argv)
@@ -238,6 +273,7 @@ def main(argv=None):
     NO = None
     if K is not None:
         from attnlab.ops.diff_attention import noise_once as NO
+    OLD = load_module(args.compare_module) if K is not None and args.compare_module else None
     if NO is not None and args.sweep_noise and device == "cuda":
         sweep_log += sweep_noise(NO, b, h, min(args.T), d, dtype, device, warmup, repeats)
 
@@ -253,6 +289,8 @@ def main(argv=None):
         variants = [("sdpa x2 (noise expanded, notebook)" if cmd else "sdpa x2", diff_attention_sdpa)]
         if K is not None:
             variants.append(("fused triton", diff_attention_triton))
+        if OLD is not None and cmd:
+            variants.append((args.compare_label, OLD.cmd_attention_noise_once))
         if NO is not None and cmd:
             variants.append(("noise-once (sdpa signal + shared noise kernel)", NO.cmd_attention_noise_once))
         variants.append(("sdpa x1 (plain attention)", one_sdpa))
@@ -260,13 +298,16 @@ def main(argv=None):
         with torch.no_grad():
             ref = diff_attention_sdpa(*ins)
         for label, fn in variants:
-            fb, fw, peak = measure(fn, ins, dout, warmup, repeats)
+            res = measure(fn, ins, dout, warmup, repeats, host=args.host)
+            fb, fw, peak = res[:3]
             base = base or (fb, fw)
             row = {"T": t, "group": group, "variant": label, "fwd_bwd_ms": fb, "fwd_ms": fw,
                    "ratio_fwd_bwd": fb / base[0], "ratio_fwd": fw / base[1]}
+            if args.host:
+                row["host_ms"] = res[3]
             if peak is not None:
                 row["peak_MiB"] = peak
-            if label.startswith(("fused", "noise-once")):
+            if label.startswith(("fused", "noise-once")) or fn is getattr(OLD, "cmd_attention_noise_once", 0):
                 with torch.no_grad():
                     row["rel_err_vs_sdpa"] = rel_err(fn(*ins), ref)
             rows.append(row)

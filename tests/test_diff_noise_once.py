@@ -228,3 +228,93 @@ def test_noise_once_only_for_cmd():
         with pytest.raises(ConfigError, match=f"{name}.impl"):
             build_model(ModelConfig(vocab_size=50, dim=32, n_layers=1, n_heads=4, mixer=name, max_seq_len=32,
                                     mixer_options={name: {**opts, "impl": "noise-once"}}))
+
+
+NO_KERNELS = ("_noise_fwd_kernel", "_noise_bwd_pre_kernel", "_noise_bwd_dk_kernel", "_noise_bwd_dv_kernel")
+
+
+@pytest.mark.parametrize("combine", [True, False])
+def test_noise_once_replay_passes_the_slow_paths_arguments(monkeypatch, combine):
+    """noise-once launches through latent.py's replay: on CPU with fake kernels, a replayed call
+    passes exactly the grid, scalars and data pointers that the slow path passes for its tensors."""
+    import types
+
+    from attnlab.ops.diff_attention import latent as K
+
+    from test_diff_latent_launch import _FakeKernel
+
+    log = []
+    for k in NO_KERNELS:
+        monkeypatch.setattr(NO, k, _FakeKernel(k, log))
+    monkeypatch.setattr(K, "_PLANS", {})
+    monkeypatch.setattr(K, "_fast_ok", lambda: True)
+    active = types.SimpleNamespace(get_current_device=lambda: 0, get_current_stream=lambda d: 0)
+    monkeypatch.setattr(K, "_driver", types.SimpleNamespace(active=active))
+    monkeypatch.setattr(K, "_knobs", types.SimpleNamespace(
+        runtime=types.SimpleNamespace(launch_enter_hook=None, launch_exit_hook=None)))
+    roots, replay = [], K._replay
+    monkeypatch.setattr(K, "_replay", lambda plan, rts: roots.append(rts) or replay(plan, rts))
+    b, h, t, d = 2, 3, 29, 16
+    scale = 0.3
+
+    def call():
+        mk = lambda *s: torch.randn(*s, requires_grad=True)  # noqa: E731
+        q2, k2, v = mk(b, 1, t, d), mk(b, 1, t, d), mk(b, h, t, d)
+        if combine:
+            q1, k1, lam = mk(b, h, t, d), mk(b, h, t, d), torch.rand(h, requires_grad=True)
+            ins = [q1, k1, q2, k2, v, lam]
+            out = NO.cmd_attention_noise_once(*ins, None, scale)
+        else:
+            ins = [q2, k2, v]
+            out = NO.shared_noise_attention(*ins, scale)
+        torch.autograd.grad(out, ins, torch.ones_like(out))
+
+    call()  # records
+    first = list(log)
+    assert len(first) == 4 and all(e[0] == "jit" for e in first)
+    log.clear()
+    call()  # replays, on new tensors
+    assert [e[0] for e in log] == ["replay"] * 4 and [e[1] for e in log] == [e[1] for e in first]
+    assert len(roots) == 2
+    replayed = list(log)
+    log.clear()
+    NO._fwd_body(K._Recorder(False), *roots[0], scale, combine)
+    bm, bn, split, chunk, w, s, grouped, late, order, kc = NO._config("dk", h, d)
+    hs = split if grouped else -(-h // split)
+    NO._bwd_body(K._Recorder(False), *roots[1], scale, combine, False, (hs, -(-h // hs)))
+    assert len(log) == len(replayed)
+    for (_, name, grid, args), (_, name2, grid2, args2) in zip(log, replayed):
+        assert (name, grid) == (name2, grid2)
+        assert args == tuple(args2), name
+
+
+@pytest.mark.gpu
+def test_noise_once_replay_equals_slow_path_gpu(monkeypatch):
+    """On the GPU: replayed launches give the slow path's results (the forward and the
+    deterministic gradients bit for bit; dQ2/dK2/dlam come from float32 atomics), and the replay
+    ran."""
+    from attnlab.ops.diff_attention import latent as K
+
+    monkeypatch.setattr(K, "_FAST", True)
+    monkeypatch.setattr(K, "_PLANS", {})
+    replays, real = [], K._replay
+    monkeypatch.setattr(K, "_replay", lambda plan, roots: replays.append(real(plan, roots)) or replays[-1])
+    ins = _inputs(2, 6, 333, 64, 64, 64, torch.bfloat16)
+    dout = torch.randn(2, 6, 333, 64, device=DEV, dtype=torch.bfloat16)
+
+    def run():
+        out = NO.cmd_attention_noise_once(*ins)
+        return [out, *torch.autograd.grad(out, ins, dout)]
+
+    first = run()
+    for _ in range(2):
+        again = run()
+        assert torch.equal(first[0], again[0])
+        for name, x, y in zip(NAMES, first[1:], again[1:]):
+            assert rel_err(x, y) <= 1e-2, name
+    assert replays and all(replays), f"the replay did not run: {replays}"
+    monkeypatch.setattr(K, "_FAST", False)
+    slow = run()
+    assert torch.equal(first[0], slow[0])
+    for name, x, y in zip(NAMES, first[1:], slow[1:]):
+        assert rel_err(x, y) <= 1e-2, name
