@@ -55,8 +55,9 @@ DK = [
     (64, 128, 1, 128, 8, 2, False, True, 8, 0),
     (128, 128, 2, 128, 8, 2, False, True, 8, 0),
 ]
-DV = [(64, 128, 2, 8, 2), (64, 64, 4, 8, 2), (64, 128, 2, 8, 3), (32, 128, 2, 8, 2)]
-FWD = [(128, 64, 2, 8, 2), (128, 64, 2, 8, 3)]
+# fwd / dv: (BM, BN, G, warps, stages, major)
+DV = [(64, 128, 2, 8, 2, 1), (64, 128, 2, 8, 2, 0), (64, 64, 4, 8, 2, 1), (64, 128, 2, 8, 3, 1), (32, 128, 2, 8, 2, 1)]
+FWD = [(128, 64, 2, 8, 2, 1), (128, 64, 2, 8, 2, 0), (128, 64, 2, 8, 3, 1)]
 
 QUICK = not torch.cuda.is_available()  # CPU dry run of this script (interpreter, tiny sizes)
 dev, dt = ("cpu", torch.float32) if QUICK else ("cuda", torch.bfloat16)
@@ -67,7 +68,7 @@ if QUICK:
     NO._interpret = lambda: False  # use CONFIGS (sized below for the tiny dry run)
     DK = [(16, 16) + c[2:3] + (32,) + c[4:] for c in DK]
     DK = [c[:9] + (min(c[9], 16),) for c in DK]
-    DV, FWD = [(16, 16, 2, 1, 1)], [(16, 16, 2, 1, 1)]
+    DV, FWD = [(16, 16, 2, 1, 1, 1)], [(16, 16, 2, 1, 1, 1)]
 data = {}
 for t in TS:
     torch.manual_seed(0)

@@ -78,11 +78,18 @@ def _noise_fwd_kernel(Q, K, V, A, LAM, O, N, LSE,
                       sqb, sqt, skb, skt, svb, svh, svt, sab, sah, sat, sob, soh, sot, snb, snh, snt,
                       H, NG, T, qk,
                       D: tl.constexpr, BD: tl.constexpr, DV: tl.constexpr, BDV: tl.constexpr,
-                      G: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, COMBINE: tl.constexpr):
+                      G: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, COMBINE: tl.constexpr,
+                      MAJOR: tl.constexpr):
     """Program = (query block, batch x group of G heads). acc [BM, G*BDV] holds the group's
     value columns; the noise scores and softmax state are computed once for the group."""
-    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # the longest (last) query blocks first
-    bg = tl.program_id(1)
+    # the longest (last) query blocks first; MAJOR: the grid is (groups, blocks), so the programs
+    # start in order of length over all groups (longest processing time first)
+    if MAJOR:
+        pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
+        bg = tl.program_id(0)
+    else:
+        pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
+        bg = tl.program_id(1)
     b = bg // NG
     h0 = (bg % NG) * G
     offs_m = pid_m * BM + tl.arange(0, BM)
@@ -167,7 +174,8 @@ def _noise_bwd_dv_kernel(Q, K, DN, LSE, DVO, DQK, DQK16,
                          sqb, sqt, skb, skt, sdvb, sdvh, sdvt,
                          H, NG, T, BTD, qk,
                          D: tl.constexpr, BD: tl.constexpr, DV: tl.constexpr, BDV: tl.constexpr,
-                         G: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, CAST: tl.constexpr):
+                         G: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, CAST: tl.constexpr,
+                         MAJOR: tl.constexpr):
     """Program = (key block, batch x group of G heads): dV_h = P2^T dN_h for the group's heads,
     P2 recomputed once per group. dN is [B, H, T, DV] contiguous. CAST: the first group's programs
     also convert their key block's rows of the float32 dQ2/dK2 (DQK [2, B, T, D], complete: the
@@ -416,7 +424,9 @@ def _pow2(d: int) -> int:
     return max(16, triton.next_power_of_2(d))
 
 
-# Launch configs. fwd / dv: (BM, BN, G heads per program, num_warps, num_stages);
+# Launch configs. fwd / dv: (BM, BN, G heads per program, num_warps, num_stages, major): major=1:
+# the grid's first axis is the head group, so programs start longest first over all groups (0 or
+# missing: session 4's order, blocks first);
 # dk: (BM, BN, S, CHUNK query rows, num_warps, num_stages, grouped, late, order): grouped=False:
 # S splits of the heads, each an inner loop over its heads; grouped=True: groups of S heads (a power
 # of two) whose V columns stay resident; late: the dK step computes the scores after its head loop;
@@ -429,8 +439,8 @@ def _pow2(d: int) -> int:
 # --sweep-noise; benchmarks/results/s4/diff_kernel_s4b.json): the grouped dK and the merged backward
 # measured slower than these.
 CONFIGS = {
-    "fwd": (128, 64, 2, 8, 2),
-    "dv": (64, 128, 2, 8, 2),
+    "fwd": (128, 64, 2, 8, 2, 1),
+    "dv": (64, 128, 2, 8, 2, 1),
     "dk": (128, 128, 1, 1024, 8, 2, False, False, 0, 0),
 }
 # merged: one backward kernel (dV, dK, dQ per key block and group of G heads): (BM, BN, G, warps, stages)
@@ -446,6 +456,8 @@ def _config(name: str, h: int, dv: int):
     cfg = tuple((_INTERP if _interpret() else CONFIGS)[name])
     if name == "dk":
         cfg = cfg + _DK_DEFAULTS[len(cfg) - 7:]
+    elif name in ("fwd", "dv") and len(cfg) == 5:
+        cfg = cfg + (0,)
     bm, bn, g = cfg[:3]
     if (bm % bn if name == "fwd" else bn % bm) or (name == "dk" and cfg[3] % bn):
         raise ValueError(f"noise_once.CONFIGS[{name!r}] = {cfg}: block sizes do not nest")
@@ -494,12 +506,13 @@ def _align(x):
 def _fwd_body(go, q2, k2, v, aa, lam32, out, n, lse, scale, combine):
     b, t, d = q2.shape
     h, dv = v.shape[1], v.shape[-1]
-    bm, bn, g, w, s = _config("fwd", h, dv)
+    bm, bn, g, w, s, major = _config("fwd", h, dv)
     ng = triton.cdiv(h, g)
-    go(_noise_fwd_kernel, (triton.cdiv(t, bm), b * ng),
+    grid = (b * ng, triton.cdiv(t, bm)) if major else (triton.cdiv(t, bm), b * ng)
+    go(_noise_fwd_kernel, grid,
        (q2, k2, v, aa, lam32, out, n, lse,
         q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), *_vstr(v), *_vstr(aa), *_vstr(out), *_vstr(n),
-        h, ng, t, scale * LOG2E, d, _pow2(d), dv, _pow2(dv), g, bm, bn, combine),
+        h, ng, t, scale * LOG2E, d, _pow2(d), dv, _pow2(dv), g, bm, bn, combine, bool(major)),
        num_warps=w, num_stages=s)
 
 
@@ -526,11 +539,13 @@ def _bwd_body(go, dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dqk16, dvo, t
         q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), *_vstr(v),
         h, hs, split, t, scale * LOG2E, scale, d, _pow2(d), dv, _pow2(dv), bm, bn, chunk,
         grouped, hs if grouped else 1, late, kc), num_warps=w, num_stages=s)
-    bm, bn, g, w, s = _config("dv", h, dv)
+    bm, bn, g, w, s, major = _config("dv", h, dv)
     ng = triton.cdiv(h, g)
-    go(_noise_bwd_dv_kernel, (triton.cdiv(t, bn), b * ng),
+    grid = (b * ng, triton.cdiv(t, bn)) if major else (triton.cdiv(t, bn), b * ng)
+    go(_noise_bwd_dv_kernel, grid,
        (q2, k2, dn, lse, dvo, ws32, dqk16, q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), *_vstr(dvo),
-        h, ng, t, btd, scale * LOG2E, d, _pow2(d), dv, _pow2(dv), g, bm, bn, True), num_warps=w, num_stages=s)
+        h, ng, t, btd, scale * LOG2E, d, _pow2(d), dv, _pow2(dv), g, bm, bn, True, bool(major)),
+       num_warps=w, num_stages=s)
 
 
 class _NoiseOnce(torch.autograd.Function):
