@@ -60,7 +60,7 @@ def test_noise_once_fp32(shape):
     # the head loop's contraction in 16-column chunks (head dim 16 here: one chunk; see the next test)
     {"fwd": (16, 16, 2, 1, 1), "dv": (16, 16, 2, 1, 1), "dk": (16, 32, 1, 32, 1, 1, False, True, 2, 16)},
     # groups-major grids (longest blocks of every group first)
-    {"fwd": (32, 16, 2, 1, 1, 1), "dv": (16, 32, 4, 1, 1, 1), "dk": (16, 32, 1, 32, 1, 1, False, True, 2)},
+    {"fwd": (32, 16, 2, 1, 1, 1), "dv": (16, 16, 4, 1, 1, 1), "dk": (16, 32, 1, 32, 1, 1, False, True, 2)},
 ])
 def test_noise_once_configs(monkeypatch, cfg):
     monkeypatch.setattr(NO, "_INTERP", cfg)

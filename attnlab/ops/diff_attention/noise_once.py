@@ -179,9 +179,14 @@ def _noise_bwd_dv_kernel(Q, K, DN, LSE, DVO, DQK, DQK16,
     """Program = (key block, batch x group of G heads): dV_h = P2^T dN_h for the group's heads,
     P2 recomputed once per group. dN is [B, H, T, DV] contiguous. CAST: the first group's programs
     also convert their key block's rows of the float32 dQ2/dK2 (DQK [2, B, T, D], complete: the
-    dK/dQ kernel ran before on the stream) to the output dtype (DQK16), instead of a torch cast."""
-    pid_n = tl.program_id(0)
-    bg = tl.program_id(1)
+    dK/dQ kernel ran before on the stream) to the output dtype (DQK16), instead of a torch cast.
+    MAJOR: the grid is (groups, key blocks): the first (longest) key block of every group first."""
+    if MAJOR:
+        pid_n = tl.program_id(1)
+        bg = tl.program_id(0)
+    else:
+        pid_n = tl.program_id(0)
+        bg = tl.program_id(1)
     b = bg // NG
     h0 = (bg % NG) * G
     start_n = pid_n * BN
