@@ -161,25 +161,31 @@ def test_noise_once_dispatch_and_errors():
         NO.cmd_attention_noise_once(ins[0], ins[1][:, :1], *ins[2:])
 
 
-GPU_DK = {"default": None, "grouped": (64, 64, 2, 512, 4, 2, True), "head-loop-128": (128, 128, 1, 1024, 8, 2, False),
-          "dv-128": "dv", "merged": "merged"}
+GPU_DK = {"default": None, "grouped": (64, 64, 2, 512, 4, 2, True), "session-4-dk": (128, 128, 1, 1024, 8, 2, False),
+          "dk-kc32-order16": (128, 128, 1, 256, 8, 4, False, True, 16, 32), "dv-128": "dv", "merged": "merged",
+          "g4-16-warps": "g4"}
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("variant", list(GPU_DK))
 def test_noise_once_variants_bf16_gpu(monkeypatch, variant):
-    """The other launch configurations the benchmark sweeps (grouped dK, 128-blocks), bf16."""
+    """The other launch configurations the benchmark sweeps (grouped dK, session 4's dK, contraction
+    chunks, groups of 4 heads over 16 warps, the merged backward), bf16."""
     if GPU_DK[variant] == "merged":
         monkeypatch.setattr(NO, "BWD_MODE", "merged")
     elif GPU_DK[variant] == "dv":
         monkeypatch.setitem(NO.CONFIGS, "dv", (32, 128, 2, 8, 2))
+    elif GPU_DK[variant] == "g4":
+        monkeypatch.setitem(NO.CONFIGS, "dv", (64, 64, 4, 16, 3, 1))
+        monkeypatch.setitem(NO.CONFIGS, "fwd", (64, 64, 4, 16, 3, 1))
     elif GPU_DK[variant] is not None:
         monkeypatch.setitem(NO.CONFIGS, "dk", GPU_DK[variant])
     test_noise_once_bf16_gpu((1, 16, 1000, 128, 128, 128))
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("shape", [(1, 16, 1000, 128, 128, 128), (2, 6, 777, 96, 64, 64), (1, 3, 300, 64, 64, 64)])
+@pytest.mark.parametrize("shape", [(1, 16, 1000, 128, 128, 128), (2, 6, 777, 96, 64, 64), (1, 3, 300, 64, 64, 64),
+                                   (1, 4, 300, 128, 256, 256)])  # the last: fewer stages where smem is short
 def test_noise_once_bf16_gpu(shape):
     """bf16: error (vs fp32 explicit maps) small, or no worse than twice that of the notebook's
     path (two SDPA calls, noise head expanded) on the same inputs."""
