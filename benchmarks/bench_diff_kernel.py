@@ -110,10 +110,11 @@ SWEEP = {
 SWEEP_NOISE = {  # noise_once.py: fwd/dv (BM, BN, G, warps, stages, major),
     # dk (BM, BN, S, CHUNK, warps, stages, grouped, late, order, kc); the first of each list is the default
     # (session 5, call 1, H100: benchmarks/results/s5/s5_run1.json)
-    "fwd": [(128, 64, 2, 8, 3, 1), (64, 64, 4, 16, 3, 1), (64, 64, 4, 16, 2, 1), (128, 64, 2, 8, 4, 1)],
-    "dk": [(128, 128, 1, 128, 8, 3, False, True, 8, 64), (128, 128, 1, 128, 8, 4, False, True, 8, 32),
-           (128, 128, 1, 256, 8, 3, False, True, 8, 64), (128, 128, 1, 128, 8, 3, False, True, 16, 64)],
-    "dv": [(64, 128, 2, 8, 3, 1), (64, 64, 4, 16, 3, 1), (64, 64, 4, 16, 2, 1), (64, 128, 2, 8, 4, 1)],
+    "fwd": [(128, 64, 2, 8, 3, 1), (64, 64, 4, 16, 3, 1), (128, 128, 2, 16, 2, 1), (128, 64, 2, 8, 4, 1)],
+    "dk": [(128, 128, 1, 128, 8, 3, False, True, 8, 64), (256, 128, 1, 256, 16, 2, False, True, 8, 64),
+           (256, 128, 1, 256, 16, 3, False, True, 8, 32), (256, 128, 1, 512, 16, 2, False, True, 8, 64),
+           (128, 128, 1, 128, 8, 4, False, True, 8, 32)],
+    "dv": [(64, 128, 2, 8, 3, 1), (64, 64, 4, 16, 3, 1), (128, 128, 2, 16, 2, 1), (64, 128, 2, 8, 4, 1)],
 }
 
 
@@ -237,6 +238,7 @@ def main(argv=None):
     ap.add_argument("--compare-module", help="path of another noise_once.py (e.g. session 4's) to time as a variant")
     ap.add_argument("--compare-label", default="noise-once, compared module")
     ap.add_argument("--host", action="store_true", help="also the host time to issue one fwd+bwd")
+    ap.add_argument("--skip-fused", action="store_true", help="leave out the generic fused kernel (sessions 1-3)")
     ap.add_argument("--quick", action="store_true", help="tiny CPU smoke run")
     ap.add_argument("--name", default="bench_diff_kernel")
     args = ap.parse_args(argv)
@@ -281,7 +283,7 @@ def main(argv=None):
         ins = make(b, h, t, d, dtype, device, cmd)
         dout = torch.randn(b, h, t, d, device=device, dtype=dtype)
         variants = [("sdpa x2 (noise expanded, notebook)" if cmd else "sdpa x2", diff_attention_sdpa)]
-        if K is not None:
+        if K is not None and not args.skip_fused:
             variants.append(("fused triton", diff_attention_triton))
         if OLD is not None and cmd:
             variants.append((args.compare_label, OLD.cmd_attention_noise_once))

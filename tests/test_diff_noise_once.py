@@ -59,6 +59,10 @@ def test_noise_once_fp32(shape):
     {"fwd": (16, 16, 2, 1, 1), "dv": (16, 16, 2, 1, 1), "dk": (16, 16, 2, 48, 1, 1, False, False, 0)},
     # the head loop's contraction in 16-column chunks (head dim 16 here: one chunk; see the next test)
     {"fwd": (16, 16, 2, 1, 1), "dv": (16, 16, 2, 1, 1), "dk": (16, 32, 1, 32, 1, 1, False, True, 2, 16)},
+    # query tiles larger than the key block, chunks not multiples of either (rows masked at the chunk end)
+    {"fwd": (16, 16, 2, 1, 1, 1), "dv": (16, 16, 2, 1, 1, 1), "dk": (32, 16, 1, 32, 1, 1, False, True, 2, 16)},
+    {"fwd": (16, 16, 2, 1, 1, 1), "dv": (16, 16, 2, 1, 1, 1), "dk": (32, 16, 1, 48, 1, 1, False, False, 3, 0)},
+    {"fwd": (16, 16, 2, 1, 1, 1), "dv": (16, 16, 2, 1, 1, 1), "dk": (16, 32, 2, 24, 1, 1, False, True, 0, 0)},
     # groups-major grids (longest blocks of every group first)
     {"fwd": (32, 16, 2, 1, 1, 1), "dv": (16, 16, 4, 1, 1, 1), "dk": (16, 32, 1, 32, 1, 1, False, True, 2)},
 ])
@@ -163,7 +167,7 @@ def test_noise_once_dispatch_and_errors():
 
 GPU_DK = {"default": None, "grouped": (64, 64, 2, 512, 4, 2, True), "session-4-dk": (128, 128, 1, 1024, 8, 2, False),
           "dk-kc32-order16": (128, 128, 1, 256, 8, 4, False, True, 16, 32), "dv-128": "dv", "merged": "merged",
-          "g4-16-warps": "g4"}
+          "g4-16-warps": "g4", "128x128-16-warps": "w16", "dk-256x128-16-warps": (256, 128, 1, 256, 16, 2, False, True, 8, 64)}
 
 
 @pytest.mark.gpu
@@ -178,6 +182,9 @@ def test_noise_once_variants_bf16_gpu(monkeypatch, variant):
     elif GPU_DK[variant] == "g4":
         monkeypatch.setitem(NO.CONFIGS, "dv", (64, 64, 4, 16, 3, 1))
         monkeypatch.setitem(NO.CONFIGS, "fwd", (64, 64, 4, 16, 3, 1))
+    elif GPU_DK[variant] == "w16":
+        monkeypatch.setitem(NO.CONFIGS, "dv", (128, 128, 2, 16, 2, 1))
+        monkeypatch.setitem(NO.CONFIGS, "fwd", (128, 128, 2, 16, 2, 1))
     elif GPU_DK[variant] is not None:
         monkeypatch.setitem(NO.CONFIGS, "dk", GPU_DK[variant])
     test_noise_once_bf16_gpu((1, 16, 1000, 128, 128, 128))

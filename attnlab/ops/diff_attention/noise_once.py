@@ -234,12 +234,14 @@ def _cols(base, offs_t, stride_t, T, c0, DV: tl.constexpr, BDV: tl.constexpr, KC
 
 @triton.jit
 def _dk_step(k, v_base, svh, svt, dk, q_base, sqt, dn_base, LSE, DELTA, DQ, hs0, hs1,
-             start_m, offs_n, T, qk, scale,
+             start_m, offs_n, T, TQ, qk, scale,
              D: tl.constexpr, BD: tl.constexpr, DV: tl.constexpr, BDV: tl.constexpr,
              BM: tl.constexpr, BN: tl.constexpr, MASK: tl.constexpr, LATE: tl.constexpr, KC: tl.constexpr):
+    """One query tile (rows start_m .. start_m + BM, those >= TQ masked: the end of the program's
+    chunk) against the key block; keys masked at T."""
     offs_m = start_m + tl.arange(0, BM)
-    rmask = offs_m < T
-    q = _rows(q_base, offs_m, sqt, T, D, BD)
+    rmask = offs_m < TQ
+    q = _rows(q_base, offs_m, sqt, TQ, D, BD)
     lse = tl.load(LSE + offs_m, mask=rmask, other=float("inf"))
     delta = tl.load(DELTA + offs_m, mask=rmask, other=0.0)
     if not LATE:
@@ -249,7 +251,7 @@ def _dk_step(k, v_base, svh, svt, dk, q_base, sqt, dn_base, LSE, DELTA, DQ, hs0,
     if KC == BDV:
         for h in range(hs0, hs1):
             v = _rows(v_base + h * svh, offs_n, svt, T, DV, BDV)
-            dn = _rows(dn_base + h * T * DV, offs_m, DV, T, DV, BDV)
+            dn = _rows(dn_base + h * T * DV, offs_m, DV, TQ, DV, BDV)
             dpt = tl.dot(v, tl.trans(dn), dpt)
     else:  # the contraction in chunks of KC columns (smaller pipeline stages)
         NKC: tl.constexpr = BDV // KC
@@ -257,7 +259,7 @@ def _dk_step(k, v_base, svh, svt, dk, q_base, sqt, dn_base, LSE, DELTA, DQ, hs0,
             h = j // NKC
             c0 = (j % NKC) * KC
             v = _cols(v_base + h * svh, offs_n, svt, T, c0, DV, BDV, KC)
-            dn = _cols(dn_base + h * T * DV, offs_m, DV, T, c0, DV, BDV, KC)
+            dn = _cols(dn_base + h * T * DV, offs_m, DV, TQ, c0, DV, BDV, KC)
             dpt = tl.dot(v, tl.trans(dn), dpt)
     if LATE:  # the scores after the head loop: fewer live registers while it runs
         pt = tl.math.exp2(tl.dot(k, tl.trans(q)) * qk - lse[None, :])
@@ -343,13 +345,15 @@ def _noise_bwd_dk_kernel(Q, K, V, DN, LSE, DELTA, DK, DQ, TBL,
         for start_m in range(tl.maximum(lo, start_n + BN), hi, BM):
             dk = _dk_step_grouped(k, vg, dk, q_base, sqt, dn_base, dcol, cmask, lse_b, delta_b, dq_b,
                                   start_m, offs_n, T, qk, scale, D, BD, DV, BM, False)
-    else:
-        for start_m in range(start_n, d_hi, BM):
+    else:  # query tiles from max(lo, start_n) in steps of BM (any BM, BN); rows >= hi masked
+        first = tl.maximum(lo, start_n)
+        d_end = first + tl.cdiv(tl.maximum(tl.minimum(hi, start_n + BN) - first, 0), BM) * BM
+        for start_m in range(first, tl.minimum(d_end, hi), BM):  # tiles reaching into the diagonal block
             dk = _dk_step(k, v_base, svh, svt, dk, q_base, sqt, dn_base, lse_b, delta_b, dq_b, hs0, hs1,
-                          start_m, offs_n, T, qk, scale, D, BD, DV, BDV, BM, BN, True, LATE, KC)
-        for start_m in range(tl.maximum(lo, start_n + BN), hi, BM):
+                          start_m, offs_n, T, hi, qk, scale, D, BD, DV, BDV, BM, BN, True, LATE, KC)
+        for start_m in range(d_end, hi, BM):
             dk = _dk_step(k, v_base, svh, svt, dk, q_base, sqt, dn_base, lse_b, delta_b, dq_b, hs0, hs1,
-                          start_m, offs_n, T, qk, scale, D, BD, DV, BDV, BM, BN, False, LATE, KC)
+                          start_m, offs_n, T, hi, qk, scale, D, BD, DV, BDV, BM, BN, False, LATE, KC)
     offs_d = tl.arange(0, BD)
     tl.atomic_add(DK + (b * T + offs_n[:, None]) * D + offs_d[None, :], dk * scale,
                   mask=(offs_n < T)[:, None] & (offs_d < D)[None, :], sem="relaxed")
@@ -444,7 +448,8 @@ def _pow2(d: int) -> int:
 # then chunk 1, ...), k > 0 tiles of k key blocks (for each tile: every chunk, its k key blocks).
 # kc: the head loop's contraction chunk (columns of V / dN per dot; 0: a whole head).
 # Missing trailing dk fields take (late=False, order=0, kc=0), session 4's kernel.
-# fwd needs BM % BN == 0; dv / dk need BN % BM == 0, and CHUNK % BN == 0.
+# fwd needs BM % BN == 0; dv and the grouped dk need BN % BM == 0, and CHUNK % BN == 0 (the
+# head-loop dk takes any; BM > BN with 16 warps: a larger dP2 tile, fewer bytes per product).
 # The best of a sweep on an H100 at B=1, 16 heads, d 128, T=4096 and 16384 (session 5:
 # benchmarks/device_runs/s5_run1.py, benchmarks/results/s5/; session 4's sweep of the grouped dK and
 # the merged backward: benchmarks/results/s4/diff_kernel_s4b.json, slower). Configs that do not fit
@@ -472,7 +477,9 @@ def _config(name: str, h: int, dv: int, d: int = 0):
     elif name in ("fwd", "dv") and len(cfg) == 5:
         cfg = cfg + (0,)
     bm, bn, g = cfg[:3]
-    if (bm % bn if name == "fwd" else bn % bm) or (name == "dk" and cfg[3] % bn):
+    if name == "dk" and not cfg[6]:  # the head-loop dK kernel takes any BM, BN and CHUNK
+        pass
+    elif (bm % bn if name == "fwd" else bn % bm) or (name == "dk" and cfg[3] % bn):
         raise ValueError(f"noise_once.CONFIGS[{name!r}] = {cfg}: block sizes do not nest")
     g = max(1, min(g, h))
     if name != "dk" or cfg[6]:
@@ -662,7 +669,7 @@ def _squeeze_head(x, name):
     if x.dim() == 4:
         if x.shape[1] != 1:
             raise ValueError(f"{name} must have ONE head (the shared noise head); got shape {tuple(x.shape)}")
-        return x[:, 0]
+        return x.squeeze(1)  # a view whose backward is a view too (x[:, 0] would allocate and copy)
     return x
 
 
