@@ -234,6 +234,25 @@ def test_cmd_mla_noise_once_equals_sdpa(noise_rope):
         assert rel_err(u, w) <= 1e-4
 
 
+def test_auto_routes_cmd_to_noise_once_on_cuda(monkeypatch):
+    """impl="auto": one noise head on CUDA -> noise-once (AUTO_NOISE_ONCE); per-head noise heads,
+    CPU tensors or the flag off -> sdpa."""
+    import types
+
+    import attnlab.ops.diff_attention as DA
+
+    cuda = lambda *s: types.SimpleNamespace(is_cuda=True, shape=s, dtype=torch.bfloat16)  # noqa: E731
+    cmd = (cuda(1, 4, 64, 16), cuda(1, 4, 64, 16), cuda(1, 1, 64, 16), cuda(1, 1, 64, 16), cuda(1, 4, 64, 16))
+    diff = (cuda(1, 4, 64, 16), cuda(1, 4, 64, 16), cuda(1, 4, 64, 16), cuda(1, 4, 64, 16), cuda(1, 4, 64, 16))
+    assert DA.resolve_impl("auto", *cmd) == "noise-once"
+    assert DA.resolve_impl("auto", *diff) == "sdpa"
+    assert DA.resolve_impl("auto", *cmd[:4], cuda(1, 4, 64, 320)) == "sdpa"  # beyond the kernels' head dims
+    cpu = [torch.randn(1, h, 8, 16) for h in (4, 4, 1, 1, 4)]
+    assert DA.resolve_impl("auto", *cpu) == "sdpa"
+    monkeypatch.setattr(DA, "AUTO_NOISE_ONCE", False)
+    assert DA.resolve_impl("auto", *cmd) == "sdpa"
+
+
 def test_noise_once_only_for_cmd():
     from attnlab import ModelConfig, build_model
     from attnlab.config import ConfigError

@@ -20,19 +20,22 @@ head to every head and calls SDPA twice: 4H forward + 10H backward):
 - backward, with dN_h = -lam_h dO_h (the preprocess also gives Delta = sum_h rowsum(dN_h N_h)):
   * dV kernel (key block x group of G heads): P2^T recomputed once per group, dV_h = P2^T dN_h:
     H/G + H units;
-  * dK kernel (key block x chunk of query rows x split of heads): dP2 = sum_h dN_h V_h^T (ONE
-    accumulator over the split's heads: the noise map's gradient is shared), dS2 = P2 (dP2 - Delta),
-    dK2 = dS2^T Q2 and dQ2 = dS2 K2 by float32 atomics: 3 * SPLIT + H units (not 3H + 2H). The
-    query chunks spread the causal triangle of the ONE noise head over many programs.
+  * dK kernel (one program per live (key block, query tile) pair of a host-built table, ordered in
+    tiles of 8 key blocks so that programs running together share V and dN tiles in L2; x split of
+    heads): dP2 = sum_h dN_h V_h^T (ONE accumulator over the split's heads, the 16 x dv columns in
+    64-column chunks: the noise map's gradient is shared), dS2 = P2 (dP2 - Delta), dK2 = dS2^T Q2
+    and dQ2 = dS2 K2 by float32 atomics: 3 * SPLIT + H units (not 3H + 2H).
   So noise fwd+bwd is 3H + 2H/G + 3 SPLIT units instead of the expanded call's 7H (H=16, G=2,
   SPLIT=1: 67 vs 112), on top of the signal's 7H through SDPA: 0.80x the notebook's work in all.
 
-Measured on an H100 (benchmarks/RESULTS.md, issue 3, session 4): 1.04x (T=4K) and 0.94x (T=16K) the
-notebook's time, 26% less peak memory. The noise kernels do 40% less matmul work than cuDNN's
-expanded call but at about half its rate in the backward (the dK/dQ kernel reloads every head's V
-and dN tile per query tile: bound by memory traffic). Two alternatives are kept, tested and swept
-(slower there): ``grouped`` dK (the group's V columns resident, one dot over G*dv) and
-``BWD_MODE="merged"`` (dV, dK and dQ in one kernel per key block and head group).
+Measured on an H100 (benchmarks/RESULTS.md, issue 3, session 5; B=1, 16 heads, d 128, fwd+bwd):
+0.77x (T=4K) and 0.86x (T=16K) the notebook's time (session 4's version: 1.04x / 0.94x), 0.76x its
+peak memory. At 16K the forward and dV kernels run at about cuDNN's rate per unit of work; the dK/dQ
+kernel at ~55% of it (it reads 1 MB of V and dN per 128 x 128 tile: L2-bandwidth bound). The four
+launches go through latent.py's launch replay. Alternatives kept, tested and swept (slower there):
+``grouped`` dK (the group's V columns resident, one dot over G*dv), ``BWD_MODE="merged"`` (dV, dK
+and dQ in one kernel per key block and head group), 4-head groups and 256 x 128 dK tiles over 16
+warps.
 
 ``cmd_attention_noise_once(q1, k1, q2, k2, v, lam)`` is the op (signal by SDPA + this noise path);
 ``shared_noise_attention`` is the noise stream alone (no combination, for tests and reuse);
@@ -450,13 +453,14 @@ def _pow2(d: int) -> int:
 # Missing trailing dk fields take (late=False, order=0, kc=0), session 4's kernel.
 # fwd needs BM % BN == 0; dv and the grouped dk need BN % BM == 0, and CHUNK % BN == 0 (the
 # head-loop dk takes any; BM > BN with 16 warps: a larger dP2 tile, fewer bytes per product).
-# The best of a sweep on an H100 at B=1, 16 heads, d 128, T=4096 and 16384 (session 5:
-# benchmarks/device_runs/s5_run1.py, benchmarks/results/s5/; session 4's sweep of the grouped dK and
-# the merged backward: benchmarks/results/s4/diff_kernel_s4b.json, slower). Configs that do not fit
+# The best of two sweeps on an H100 at B=1, 16 heads, d 128 (session 5: benchmarks/device_runs/
+# s5_run1.py at T=4096 and 16384, then bench_diff_kernel.py --sweep-noise --sweep-T 16384;
+# benchmarks/results/s5/; session 4's sweep of the grouped dK and the merged backward:
+# benchmarks/results/s4/diff_kernel_s4b.json, slower). Configs that do not fit
 # the shared memory (wider heads) drop pipeline stages (``_fit``).
 CONFIGS = {
-    "fwd": (128, 64, 2, 8, 3, 1),
-    "dv": (64, 128, 2, 8, 3, 1),
+    "fwd": (128, 64, 2, 8, 4, 1),
+    "dv": (64, 128, 2, 8, 4, 1),
     "dk": (128, 128, 1, 128, 8, 3, False, True, 8, 64),
 }
 # merged: one backward kernel (dV, dK, dQ per key block and group of G heads): (BM, BN, G, warps, stages)
