@@ -247,6 +247,8 @@ def test_auto_routes_cmd_to_noise_once_on_cuda(monkeypatch):
     assert DA.resolve_impl("auto", *cmd) == "noise-once"
     assert DA.resolve_impl("auto", *diff) == "sdpa"
     assert DA.resolve_impl("auto", *cmd[:4], cuda(1, 4, 64, 320)) == "sdpa"  # beyond the kernels' head dims
+    fp32 = [types.SimpleNamespace(**{**vars(x), "dtype": torch.float32}) for x in cmd]
+    assert DA.resolve_impl("auto", *fp32) == "sdpa"  # TF32 in the kernels: float32 keeps SDPA
     cpu = [torch.randn(1, h, 8, 16) for h in (4, 4, 1, 1, 4)]
     assert DA.resolve_impl("auto", *cpu) == "sdpa"
     monkeypatch.setattr(DA, "AUTO_NOISE_ONCE", False)

@@ -40,6 +40,7 @@ AUTO_LATENT = True
 # head expanded. Session 5 (benchmarks/RESULTS.md, issue 3, "Session 5: differential (CMD kernel)"),
 # H100, fwd+bwd: 0.77x the two-call time at B=1, 16 heads, d 128, T=4K, 0.86x at 16K, and 0.91x
 # the SDPA path of cmd-mla at 128-wide heads (B=2, T=4K), where auto does not take the latent kernel.
+# Half precision only (in float32 the kernels' tl.dot runs in TF32; SDPA keeps float32).
 AUTO_NOISE_ONCE = True
 AUTO_LATENT_MAX_WIDTH = 64
 
@@ -67,7 +68,7 @@ def resolve_impl(impl: str, q1, k1, q2, k2, v) -> str:
         return "triton"
     if (AUTO_NOISE_ONCE and q1.is_cuda and q2.shape[1] == 1 and k2.shape[1] == 1 and k1.shape[1] == q1.shape[1]
             and v.shape[1] == q1.shape[1] and k1.shape[-2] == q1.shape[-2] and max(q2.shape[-1], v.shape[-1]) <= 256
-            and v.dtype in (torch.float16, torch.bfloat16, torch.float32) and triton_available()
+            and v.dtype in (torch.float16, torch.bfloat16) and triton_available()  # fp32: tl.dot is TF32
             and not torch.compiler.is_compiling()):
         return "noise-once"
     return "sdpa"
