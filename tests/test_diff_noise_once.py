@@ -167,7 +167,8 @@ def test_noise_once_dispatch_and_errors():
 
 GPU_DK = {"default": None, "grouped": (64, 64, 2, 512, 4, 2, True), "session-4-dk": (128, 128, 1, 1024, 8, 2, False),
           "dk-kc32-order16": (128, 128, 1, 256, 8, 4, False, True, 16, 32), "dv-128": "dv", "merged": "merged",
-          "g4-16-warps": "g4", "128x128-16-warps": "w16", "dk-256x128-16-warps": (256, 128, 1, 256, 16, 2, False, True, 8, 64)}
+          "g4-16-warps": "g4", "128x128-16-warps": "w16",
+          "dk-256x128-16-warps": (256, 128, 1, 256, 16, 2, False, True, 8, 64)}
 
 
 @pytest.mark.gpu

@@ -616,8 +616,8 @@ class _NoiseOnce(torch.autograd.Function):
             a = out = n
         roots = (q2, k2, v, a, lam32, out, n, lse)
         key = (q2.shape, q2.stride(), k2.stride(), v.shape, v.stride(), a.stride(), q2.dtype, k2.dtype, v.dtype,
-               a.dtype, dev, _align(q2), _align(k2), _align(v), _align(a), scale, combine, CONFIGS["fwd"],
-               _sharing(roots))
+               a.dtype, dev, _align(q2), _align(k2), _align(v), _align(a), _align(lam32), scale, combine,
+               CONFIGS["fwd"], _sharing(roots))
         _launch(key, roots, _fwd_body, scale, combine)
         ctx.save_for_backward(q2, k2, v, lam32, n, lse)
         ctx.scale, ctx.combine, ctx.key = scale, combine, key
