@@ -116,6 +116,7 @@ def main(argv=None):
     ap.add_argument("--heads", type=int, default=6)
     ap.add_argument("--dims", type=int, nargs=3, default=[64, 32, 64], metavar=("DN", "DR", "DV"))
     ap.add_argument("--sweep", action="store_true")
+    ap.add_argument("--groups", default="diff-mla,cmd-mla", help="comma list of mixers to time")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--name", default="bench_diff_latent")
     args = ap.parse_args(argv)
@@ -133,6 +134,8 @@ def main(argv=None):
     rows = []
     for t in args.T:
         for group, g in geometries(args.heads, *args.dims).items():
+            if group not in args.groups.split(","):
+                continue
             ins, cos, sin = make(g, args.batch, t, dtype, device)
             dout = torch.randn(args.batch, t, g.heads, g.dv, device=device, dtype=dtype)
             with torch.no_grad():

@@ -11,12 +11,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_bench_diff_kernel_quick(tmp_path):
     env = {**os.environ, "ATTNLAB_BENCH_DIR": str(tmp_path), "PYTHONPATH": str(ROOT)}
-    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_diff_kernel.py"), "--quick"],
+    old = ROOT / "attnlab" / "ops" / "diff_attention" / "noise_once.py"  # stands in for another commit's file
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_diff_kernel.py"), "--quick", "--host",
+                    "--compare-module", str(old), "--compare-label", "noise-once, other"],
                    check=True, env=env, cwd=ROOT, capture_output=True, timeout=600)
     data = json.loads((tmp_path / "bench_diff_kernel.json").read_text())
     variants = {r["variant"] for r in data["rows"]}
     assert "fused triton" in variants and data["env"]["torch"]
-    assert "noise-once (sdpa signal + shared noise kernel)" in variants
+    assert {"noise-once (sdpa signal + shared noise kernel)", "noise-once, other"} <= variants
+    assert all(r["host_ms"] > 0 for r in data["rows"])
     assert all(r.get("rel_err_vs_sdpa", 0) < 1e-4 for r in data["rows"])
 
 

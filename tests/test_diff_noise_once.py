@@ -53,6 +53,18 @@ def test_noise_once_fp32(shape):
     {"fwd": (32, 16, 4, 1, 1), "dv": (16, 32, 4, 1, 1), "dk": (16, 32, 3, 64, 1, 1, False)},  # 3 head-loop splits
     {"fwd": (16, 16, 1, 1, 1), "dv": (16, 16, 1, 1, 1), "dk": (16, 16, 1, 32, 1, 1, False)},  # one split
     {"fwd": (16, 16, 2, 1, 1), "dv": (16, 16, 2, 1, 1), "dk": (16, 32, 4, 32, 1, 1, True)},   # grouped dK, 4 heads
+    # session 5: scores after the head loop, pairs in tiles of 2 / 3 key blocks, one-tile chunks
+    {"fwd": (32, 16, 2, 1, 1), "dv": (16, 32, 2, 1, 1), "dk": (16, 32, 1, 32, 1, 1, False, True, 2)},
+    {"fwd": (16, 16, 4, 1, 1), "dv": (16, 16, 4, 1, 1), "dk": (16, 16, 2, 16, 1, 1, False, True, 3)},
+    {"fwd": (16, 16, 2, 1, 1), "dv": (16, 16, 2, 1, 1), "dk": (16, 16, 2, 48, 1, 1, False, False, 0)},
+    # the head loop's contraction in 16-column chunks (head dim 16 here: one chunk; see the next test)
+    {"fwd": (16, 16, 2, 1, 1), "dv": (16, 16, 2, 1, 1), "dk": (16, 32, 1, 32, 1, 1, False, True, 2, 16)},
+    # query tiles larger than the key block, chunks not multiples of either (rows masked at the chunk end)
+    {"fwd": (16, 16, 2, 1, 1, 1), "dv": (16, 16, 2, 1, 1, 1), "dk": (32, 16, 1, 32, 1, 1, False, True, 2, 16)},
+    {"fwd": (16, 16, 2, 1, 1, 1), "dv": (16, 16, 2, 1, 1, 1), "dk": (32, 16, 1, 48, 1, 1, False, False, 3, 0)},
+    {"fwd": (16, 16, 2, 1, 1, 1), "dv": (16, 16, 2, 1, 1, 1), "dk": (16, 32, 2, 24, 1, 1, False, True, 0, 0)},
+    # groups-major grids (longest blocks of every group first)
+    {"fwd": (32, 16, 2, 1, 1, 1), "dv": (16, 16, 4, 1, 1, 1), "dk": (16, 32, 1, 32, 1, 1, False, True, 2)},
 ])
 def test_noise_once_configs(monkeypatch, cfg):
     monkeypatch.setattr(NO, "_INTERP", cfg)
@@ -67,6 +79,44 @@ def test_noise_once_merged_backward(monkeypatch, merged):
     monkeypatch.setitem(NO._INTERP, "merged", merged)
     _check((2, 3, 37, 16, 24, 20), torch.float32, TOL32, TOL32)
     _check((1, 5, 45, 16, 16, 16), torch.float32, TOL32, TOL32)
+
+
+@pytest.mark.skipif(DEV == "cuda", reason="interpreter launch configs")
+@pytest.mark.parametrize("kc", [16, 32])
+def test_noise_once_contraction_chunks(monkeypatch, kc):
+    """dK kernel with the head loop's contraction in chunks of kc columns (dv 40 -> 64 padded:
+    4 or 2 chunks per head, the last partly masked)."""
+    monkeypatch.setitem(NO._INTERP, "dk", (16, 16, 2, 32, 1, 1, False, True, 3, kc))
+    _check((1, 3, 35, 16, 24, 40), torch.float32, TOL32, TOL32)
+
+
+def test_dk_table_covers_every_pair_once():
+    """The dK kernel's program table: each (key block, chunk) pair with work exactly once, any order."""
+    for t, bn, chunk in ((45, 16, 32), (4096, 128, 256), (1000, 64, 64)):
+        nb, nc = -(-t // bn), -(-t // chunk)
+        want = {(n, c) for n in range(nb) for c in range(nc) if min(c * chunk + chunk, t) > n * bn}
+        for order in (0, 1, 3, 8):
+            got = NO._dk_table(t, bn, chunk, order, "cpu").view(-1, 2).tolist()
+            assert len(got) == len(want) and {tuple(p) for p in got} == want
+
+
+def test_noise_once_backward_twice_and_lam_without_grad():
+    """The backward's float32 workspace (dQ2/dK2 atomics, dlam) is fresh per call: a second backward
+    through the same graph gives the same gradients; lam without grad works."""
+    ins = _inputs(1, 3, 23, 16, 16, 16, torch.float32)
+    out = NO.cmd_attention_noise_once(*ins)
+    g = torch.randn_like(out)
+    first = torch.autograd.grad(out, ins, g, retain_graph=True)
+    second = torch.autograd.grad(out, ins, g)
+    for x, y in zip(first, second):
+        assert torch.equal(x, y)
+    lam = ins[-1].detach()
+    out = NO.cmd_attention_noise_once(*ins[:-1], lam)
+    ref = diff_attention_reference(*ins[:-1], lam)
+    got = torch.autograd.grad(out, ins[:-1], g)
+    want = torch.autograd.grad(ref, ins[:-1], g)
+    for x, y in zip(got, want):
+        assert rel_err(x, y) <= TOL32
 
 
 def test_noise_once_fp16():
@@ -115,25 +165,35 @@ def test_noise_once_dispatch_and_errors():
         NO.cmd_attention_noise_once(ins[0], ins[1][:, :1], *ins[2:])
 
 
-GPU_DK = {"default": None, "grouped": (64, 64, 2, 512, 4, 2, True), "head-loop-128": (128, 128, 1, 1024, 8, 2, False),
-          "dv-128": "dv", "merged": "merged"}
+GPU_DK = {"default": None, "grouped": (64, 64, 2, 512, 4, 2, True), "session-4-dk": (128, 128, 1, 1024, 8, 2, False),
+          "dk-kc32-order16": (128, 128, 1, 256, 8, 4, False, True, 16, 32), "dv-128": "dv", "merged": "merged",
+          "g4-16-warps": "g4", "128x128-16-warps": "w16",
+          "dk-256x128-16-warps": (256, 128, 1, 256, 16, 2, False, True, 8, 64)}
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("variant", list(GPU_DK))
 def test_noise_once_variants_bf16_gpu(monkeypatch, variant):
-    """The other launch configurations the benchmark sweeps (grouped dK, 128-blocks), bf16."""
+    """The other launch configurations the benchmark sweeps (grouped dK, session 4's dK, contraction
+    chunks, groups of 4 heads over 16 warps, the merged backward), bf16."""
     if GPU_DK[variant] == "merged":
         monkeypatch.setattr(NO, "BWD_MODE", "merged")
     elif GPU_DK[variant] == "dv":
         monkeypatch.setitem(NO.CONFIGS, "dv", (32, 128, 2, 8, 2))
+    elif GPU_DK[variant] == "g4":
+        monkeypatch.setitem(NO.CONFIGS, "dv", (64, 64, 4, 16, 3, 1))
+        monkeypatch.setitem(NO.CONFIGS, "fwd", (64, 64, 4, 16, 3, 1))
+    elif GPU_DK[variant] == "w16":
+        monkeypatch.setitem(NO.CONFIGS, "dv", (128, 128, 2, 16, 2, 1))
+        monkeypatch.setitem(NO.CONFIGS, "fwd", (128, 128, 2, 16, 2, 1))
     elif GPU_DK[variant] is not None:
         monkeypatch.setitem(NO.CONFIGS, "dk", GPU_DK[variant])
     test_noise_once_bf16_gpu((1, 16, 1000, 128, 128, 128))
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("shape", [(1, 16, 1000, 128, 128, 128), (2, 6, 777, 96, 64, 64), (1, 3, 300, 64, 64, 64)])
+@pytest.mark.parametrize("shape", [(1, 16, 1000, 128, 128, 128), (2, 6, 777, 96, 64, 64), (1, 3, 300, 64, 64, 64),
+                                   (1, 4, 300, 128, 256, 256)])  # the last: fewer stages where smem is short
 def test_noise_once_bf16_gpu(shape):
     """bf16: error (vs fp32 explicit maps) small, or no worse than twice that of the notebook's
     path (two SDPA calls, noise head expanded) on the same inputs."""
@@ -175,6 +235,27 @@ def test_cmd_mla_noise_once_equals_sdpa(noise_rope):
         assert rel_err(u, w) <= 1e-4
 
 
+def test_auto_routes_cmd_to_noise_once_on_cuda(monkeypatch):
+    """impl="auto": one noise head on CUDA -> noise-once (AUTO_NOISE_ONCE); per-head noise heads,
+    CPU tensors or the flag off -> sdpa."""
+    import types
+
+    import attnlab.ops.diff_attention as DA
+
+    cuda = lambda *s: types.SimpleNamespace(is_cuda=True, shape=s, dtype=torch.bfloat16)  # noqa: E731
+    cmd = (cuda(1, 4, 64, 16), cuda(1, 4, 64, 16), cuda(1, 1, 64, 16), cuda(1, 1, 64, 16), cuda(1, 4, 64, 16))
+    diff = (cuda(1, 4, 64, 16), cuda(1, 4, 64, 16), cuda(1, 4, 64, 16), cuda(1, 4, 64, 16), cuda(1, 4, 64, 16))
+    assert DA.resolve_impl("auto", *cmd) == "noise-once"
+    assert DA.resolve_impl("auto", *diff) == "sdpa"
+    assert DA.resolve_impl("auto", *cmd[:4], cuda(1, 4, 64, 320)) == "sdpa"  # beyond the kernels' head dims
+    fp32 = [types.SimpleNamespace(**{**vars(x), "dtype": torch.float32}) for x in cmd]
+    assert DA.resolve_impl("auto", *fp32) == "sdpa"  # TF32 in the kernels: float32 keeps SDPA
+    cpu = [torch.randn(1, h, 8, 16) for h in (4, 4, 1, 1, 4)]
+    assert DA.resolve_impl("auto", *cpu) == "sdpa"
+    monkeypatch.setattr(DA, "AUTO_NOISE_ONCE", False)
+    assert DA.resolve_impl("auto", *cmd) == "sdpa"
+
+
 def test_noise_once_only_for_cmd():
     from attnlab import ModelConfig, build_model
     from attnlab.config import ConfigError
@@ -184,3 +265,93 @@ def test_noise_once_only_for_cmd():
         with pytest.raises(ConfigError, match=f"{name}.impl"):
             build_model(ModelConfig(vocab_size=50, dim=32, n_layers=1, n_heads=4, mixer=name, max_seq_len=32,
                                     mixer_options={name: {**opts, "impl": "noise-once"}}))
+
+
+NO_KERNELS = ("_noise_fwd_kernel", "_noise_bwd_pre_kernel", "_noise_bwd_dk_kernel", "_noise_bwd_dv_kernel")
+
+
+@pytest.mark.parametrize("combine", [True, False])
+def test_noise_once_replay_passes_the_slow_paths_arguments(monkeypatch, combine):
+    """noise-once launches through latent.py's replay: on CPU with fake kernels, a replayed call
+    passes exactly the grid, scalars and data pointers that the slow path passes for its tensors."""
+    import types
+
+    from attnlab.ops.diff_attention import latent as K
+
+    from test_diff_latent_launch import _FakeKernel
+
+    log = []
+    for k in NO_KERNELS:
+        monkeypatch.setattr(NO, k, _FakeKernel(k, log))
+    monkeypatch.setattr(K, "_PLANS", {})
+    monkeypatch.setattr(K, "_fast_ok", lambda: True)
+    active = types.SimpleNamespace(get_current_device=lambda: 0, get_current_stream=lambda d: 0)
+    monkeypatch.setattr(K, "_driver", types.SimpleNamespace(active=active))
+    monkeypatch.setattr(K, "_knobs", types.SimpleNamespace(
+        runtime=types.SimpleNamespace(launch_enter_hook=None, launch_exit_hook=None)))
+    roots, replay = [], K._replay
+    monkeypatch.setattr(K, "_replay", lambda plan, rts: roots.append(rts) or replay(plan, rts))
+    b, h, t, d = 2, 3, 29, 16
+    scale = 0.3
+
+    def call():
+        mk = lambda *s: torch.randn(*s, requires_grad=True)  # noqa: E731
+        q2, k2, v = mk(b, 1, t, d), mk(b, 1, t, d), mk(b, h, t, d)
+        if combine:
+            q1, k1, lam = mk(b, h, t, d), mk(b, h, t, d), torch.rand(h, requires_grad=True)
+            ins = [q1, k1, q2, k2, v, lam]
+            out = NO.cmd_attention_noise_once(*ins, None, scale)
+        else:
+            ins = [q2, k2, v]
+            out = NO.shared_noise_attention(*ins, scale)
+        torch.autograd.grad(out, ins, torch.ones_like(out))
+
+    call()  # records
+    first = list(log)
+    assert len(first) == 4 and all(e[0] == "jit" for e in first)
+    log.clear()
+    call()  # replays, on new tensors
+    assert [e[0] for e in log] == ["replay"] * 4 and [e[1] for e in log] == [e[1] for e in first]
+    assert len(roots) == 2
+    replayed = list(log)
+    log.clear()
+    NO._fwd_body(K._Recorder(False), *roots[0], scale, combine)
+    bm, bn, split, chunk, w, s, grouped, late, order, kc = NO._config("dk", h, d)
+    hs = split if grouped else -(-h // split)
+    NO._bwd_body(K._Recorder(False), *roots[1], scale, combine, False, (hs, -(-h // hs)))
+    assert len(log) == len(replayed)
+    for (_, name, grid, args), (_, name2, grid2, args2) in zip(log, replayed):
+        assert (name, grid) == (name2, grid2)
+        assert args == tuple(args2), name
+
+
+@pytest.mark.gpu
+def test_noise_once_replay_equals_slow_path_gpu(monkeypatch):
+    """On the GPU: replayed launches give the slow path's results (the forward and the
+    deterministic gradients bit for bit; dQ2/dK2/dlam come from float32 atomics), and the replay
+    ran."""
+    from attnlab.ops.diff_attention import latent as K
+
+    monkeypatch.setattr(K, "_FAST", True)
+    monkeypatch.setattr(K, "_PLANS", {})
+    replays, real = [], K._replay
+    monkeypatch.setattr(K, "_replay", lambda plan, roots: replays.append(real(plan, roots)) or replays[-1])
+    ins = _inputs(2, 6, 333, 64, 64, 64, torch.bfloat16)
+    dout = torch.randn(2, 6, 333, 64, device=DEV, dtype=torch.bfloat16)
+
+    def run():
+        out = NO.cmd_attention_noise_once(*ins)
+        return [out, *torch.autograd.grad(out, ins, dout)]
+
+    first = run()
+    for _ in range(2):
+        again = run()
+        assert torch.equal(first[0], again[0])
+        for name, x, y in zip(NAMES, first[1:], again[1:]):
+            assert rel_err(x, y) <= 1e-2, name
+    assert replays and all(replays), f"the replay did not run: {replays}"
+    monkeypatch.setattr(K, "_FAST", False)
+    slow = run()
+    assert torch.equal(first[0], slow[0])
+    for name, x, y in zip(NAMES, first[1:], slow[1:]):
+        assert rel_err(x, y) <= 1e-2, name

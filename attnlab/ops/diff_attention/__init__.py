@@ -8,9 +8,10 @@
 - ``"noise-once"`` (CMD only: one noise head): the signal stream through SDPA and the shared noise
   stream computed ONCE for all heads by ``noise_once.py``'s kernels (out = A - lam N fused);
 - ``"reference"``: explicit float32 softmax maps (tests);
-- ``"auto"``: sdpa. On an H100 the fused kernel is correct and uses less memory but is slower
-  than two FlashAttention-2 SDPA calls (benchmarks/RESULTS.md, issue 3), so auto does not pick
-  it; set ``AUTO_TRITON = True`` (or ``impl="triton"``) to use it where it measures faster.
+- ``"auto"``: on CUDA with ONE noise head (CMD), ``"noise-once"`` (``AUTO_NOISE_ONCE``, measured
+  faster than two SDPA calls, session 5); otherwise sdpa. On an H100 the generic fused kernel is
+  correct and uses less memory but is slower than two SDPA calls (benchmarks/RESULTS.md, issue 3),
+  so auto does not pick it; set ``AUTO_TRITON = True`` (or ``impl="triton"``) to use it.
 
 ``latent_diff_attention`` (``latent.py``) is the training path of diff-mla and cmd-mla: it reads
 their projection outputs in place (no concatenation, padding or expanded noise head) and is what
@@ -36,8 +37,11 @@ AUTO_TRITON = False  # measured: fused 1.37-1.45x the time of two SDPA calls (H1
 AUTO_LATENT = True
 # CMD (one noise head, cuda) under impl="auto" where the latent kernel is not used: the SDPA signal
 # stream plus the noise stream computed once (noise_once.py) instead of two SDPA calls with the noise
-# head expanded. See benchmarks/RESULTS.md, issue 3, session 4 for the measurements behind it.
-AUTO_NOISE_ONCE = False
+# head expanded. Session 5 (benchmarks/RESULTS.md, issue 3, "Session 5: differential (CMD kernel)"),
+# H100, fwd+bwd: 0.77x the two-call time at B=1, 16 heads, d 128, T=4K, 0.86x at 16K, and 0.91x
+# the SDPA path of cmd-mla at 128-wide heads (B=2, T=4K), where auto does not take the latent kernel.
+# Half precision only (in float32 the kernels' tl.dot runs in TF32; SDPA keeps float32).
+AUTO_NOISE_ONCE = True
 AUTO_LATENT_MAX_WIDTH = 64
 
 
@@ -63,7 +67,8 @@ def resolve_impl(impl: str, q1, k1, q2, k2, v) -> str:
     if AUTO_TRITON and q1.is_cuda and triton_available() and triton_supported(q1, k1, q2, k2, v):
         return "triton"
     if (AUTO_NOISE_ONCE and q1.is_cuda and q2.shape[1] == 1 and k2.shape[1] == 1 and k1.shape[1] == q1.shape[1]
-            and v.shape[1] == q1.shape[1] and k1.shape[-2] == q1.shape[-2] and triton_available()
+            and v.shape[1] == q1.shape[1] and k1.shape[-2] == q1.shape[-2] and max(q2.shape[-1], v.shape[-1]) <= 256
+            and v.dtype in (torch.float16, torch.bfloat16) and triton_available()  # fp32: tl.dot is TF32
             and not torch.compiler.is_compiling()):
         return "noise-once"
     return "sdpa"

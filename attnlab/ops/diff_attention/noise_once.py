@@ -20,19 +20,22 @@ head to every head and calls SDPA twice: 4H forward + 10H backward):
 - backward, with dN_h = -lam_h dO_h (the preprocess also gives Delta = sum_h rowsum(dN_h N_h)):
   * dV kernel (key block x group of G heads): P2^T recomputed once per group, dV_h = P2^T dN_h:
     H/G + H units;
-  * dK kernel (key block x chunk of query rows x split of heads): dP2 = sum_h dN_h V_h^T (ONE
-    accumulator over the split's heads: the noise map's gradient is shared), dS2 = P2 (dP2 - Delta),
-    dK2 = dS2^T Q2 and dQ2 = dS2 K2 by float32 atomics: 3 * SPLIT + H units (not 3H + 2H). The
-    query chunks spread the causal triangle of the ONE noise head over many programs.
+  * dK kernel (one program per live (key block, query tile) pair of a host-built table, ordered in
+    tiles of 8 key blocks so that programs running together share V and dN tiles in L2; x split of
+    heads): dP2 = sum_h dN_h V_h^T (ONE accumulator over the split's heads, the 16 x dv columns in
+    64-column chunks: the noise map's gradient is shared), dS2 = P2 (dP2 - Delta), dK2 = dS2^T Q2
+    and dQ2 = dS2 K2 by float32 atomics: 3 * SPLIT + H units (not 3H + 2H).
   So noise fwd+bwd is 3H + 2H/G + 3 SPLIT units instead of the expanded call's 7H (H=16, G=2,
   SPLIT=1: 67 vs 112), on top of the signal's 7H through SDPA: 0.80x the notebook's work in all.
 
-Measured on an H100 (benchmarks/RESULTS.md, issue 3, session 4): 1.04x (T=4K) and 0.94x (T=16K) the
-notebook's time, 26% less peak memory. The noise kernels do 40% less matmul work than cuDNN's
-expanded call but at about half its rate in the backward (the dK/dQ kernel reloads every head's V
-and dN tile per query tile: bound by memory traffic). Two alternatives are kept, tested and swept
-(slower there): ``grouped`` dK (the group's V columns resident, one dot over G*dv) and
-``BWD_MODE="merged"`` (dV, dK and dQ in one kernel per key block and head group).
+Measured on an H100 (benchmarks/RESULTS.md, issue 3, session 5; B=1, 16 heads, d 128, fwd+bwd):
+0.77x (T=4K) and 0.86x (T=16K) the notebook's time (session 4's version: 1.04x / 0.94x), 0.76x its
+peak memory. At 16K the forward and dV kernels run at about cuDNN's rate per unit of work; the dK/dQ
+kernel at ~55% of it (it reads 1 MB of V and dN per 128 x 128 tile: L2-bandwidth bound). The four
+launches go through latent.py's launch replay. Alternatives kept, tested and swept (slower there):
+``grouped`` dK (the group's V columns resident, one dot over G*dv), ``BWD_MODE="merged"`` (dV, dK
+and dQ in one kernel per key block and head group), 4-head groups and 256 x 128 dK tiles over 16
+warps.
 
 ``cmd_attention_noise_once(q1, k1, q2, k2, v, lam)`` is the op (signal by SDPA + this noise path);
 ``shared_noise_attention`` is the noise stream alone (no combination, for tests and reuse);
@@ -46,6 +49,11 @@ import os
 import torch
 import triton
 import triton.language as tl
+
+try:
+    from triton.runtime.errors import OutOfResources
+except ImportError:  # pragma: no cover - other triton layouts
+    from triton.runtime import OutOfResources
 
 from .latent import _rows  # the masked [rows, D] tile load shared with the latent kernels
 
@@ -78,11 +86,18 @@ def _noise_fwd_kernel(Q, K, V, A, LAM, O, N, LSE,
                       sqb, sqt, skb, skt, svb, svh, svt, sab, sah, sat, sob, soh, sot, snb, snh, snt,
                       H, NG, T, qk,
                       D: tl.constexpr, BD: tl.constexpr, DV: tl.constexpr, BDV: tl.constexpr,
-                      G: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, COMBINE: tl.constexpr):
+                      G: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, COMBINE: tl.constexpr,
+                      MAJOR: tl.constexpr):
     """Program = (query block, batch x group of G heads). acc [BM, G*BDV] holds the group's
     value columns; the noise scores and softmax state are computed once for the group."""
-    pid_m = tl.program_id(0)
-    bg = tl.program_id(1)
+    # the longest (last) query blocks first; MAJOR: the grid is (groups, blocks), so the programs
+    # start in order of length over all groups (longest processing time first)
+    if MAJOR:
+        pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
+        bg = tl.program_id(0)
+    else:
+        pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
+        bg = tl.program_id(1)
     b = bg // NG
     h0 = (bg % NG) * G
     offs_m = pid_m * BM + tl.arange(0, BM)
@@ -119,11 +134,12 @@ def _noise_fwd_kernel(Q, K, V, A, LAM, O, N, LSE,
 
 
 @triton.jit
-def _noise_bwd_pre_kernel(DO, N, LAM, DN, DELTA, R,
+def _noise_bwd_pre_kernel(DO, N, LAM, DN, DELTA, DLAM,
                           sdob, sdoh, sdot, snb, snh, snt, H, HS, SPLIT, T,
                           DV: tl.constexpr, BDV: tl.constexpr, BM: tl.constexpr, COMBINE: tl.constexpr):
-    """dN_h = -lam_h dO_h (or dO_h itself without the combination), R[b, h, t] = rowsum(dO_h N_h)
-    and, per split of heads, Delta[b, s, t] = sum_{h in s} rowsum(dN_h N_h)."""
+    """dN_h = -lam_h dO_h (or dO_h itself without the combination), per split of heads
+    Delta[b, s, t] = sum_{h in s} rowsum(dN_h N_h), and (COMBINE) dlam_h = -sum_{b,t} rowsum(dO_h N_h)
+    by float32 atomics into DLAM (zeroed by the caller)."""
     pid_m = tl.program_id(0)
     b = tl.program_id(1)
     offs_m = pid_m * BM + tl.arange(0, BM)
@@ -138,7 +154,7 @@ def _noise_bwd_pre_kernel(DO, N, LAM, DN, DELTA, R,
             r = tl.sum(do * n, 1)
             if COMBINE:
                 lam = tl.load(LAM + h)
-                tl.store(R + (b * H + h) * T + offs_m, r, mask=rmask)
+                tl.atomic_add(DLAM + h, -tl.sum(r, 0), sem="relaxed")
                 do = -lam * do
                 r = -lam * r
             delta += r
@@ -162,15 +178,23 @@ def _dv_step(k, acc, q_base, sqt, dn_base, col, cmask, LSE, start_m, offs_n, T, 
 
 
 @triton.jit
-def _noise_bwd_dv_kernel(Q, K, DN, LSE, DVO,
+def _noise_bwd_dv_kernel(Q, K, DN, LSE, DVO, DQK, DQK16,
                          sqb, sqt, skb, skt, sdvb, sdvh, sdvt,
-                         H, NG, T, qk,
+                         H, NG, T, BTD, qk,
                          D: tl.constexpr, BD: tl.constexpr, DV: tl.constexpr, BDV: tl.constexpr,
-                         G: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+                         G: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, CAST: tl.constexpr,
+                         MAJOR: tl.constexpr):
     """Program = (key block, batch x group of G heads): dV_h = P2^T dN_h for the group's heads,
-    P2 recomputed once per group. dN is [B, H, T, DV] contiguous."""
-    pid_n = tl.program_id(0)
-    bg = tl.program_id(1)
+    P2 recomputed once per group. dN is [B, H, T, DV] contiguous. CAST: the first group's programs
+    also convert their key block's rows of the float32 dQ2/dK2 (DQK [2, B, T, D], complete: the
+    dK/dQ kernel ran before on the stream) to the output dtype (DQK16), instead of a torch cast.
+    MAJOR: the grid is (groups, key blocks): the first (longest) key block of every group first."""
+    if MAJOR:
+        pid_n = tl.program_id(1)
+        bg = tl.program_id(0)
+    else:
+        pid_n = tl.program_id(0)
+        bg = tl.program_id(1)
     b = bg // NG
     h0 = (bg % NG) * G
     start_n = pid_n * BN
@@ -191,27 +215,59 @@ def _noise_bwd_dv_kernel(Q, K, DN, LSE, DVO,
         acc = _dv_step(k, acc, q_base, sqt, dn_base, col, cmask, lse_b, start_m, offs_n, T, qk, D, BD, DV, BM, False)
     tl.store(DVO + b * sdvb + offs_n[:, None] * sdvt + (ch * sdvh + cd)[None, :], acc.to(DVO.dtype.element_ty),
              mask=(offs_n < T)[:, None] & cmask[None, :])
+    if CAST:
+        if h0 == 0:
+            offs_d = tl.arange(0, BD)
+            idx = (b * T + offs_n[:, None]) * D + offs_d[None, :]
+            m2 = (offs_n < T)[:, None] & (offs_d < D)[None, :]
+            tl.store(DQK16 + idx, tl.load(DQK + idx, mask=m2, other=0.0).to(DQK16.dtype.element_ty), mask=m2)
+            tl.store(DQK16 + BTD + idx, tl.load(DQK + BTD + idx, mask=m2, other=0.0).to(DQK16.dtype.element_ty),
+                     mask=m2)
+
+
+@triton.jit
+def _cols(base, offs_t, stride_t, T, c0, DV: tl.constexpr, BDV: tl.constexpr, KC: tl.constexpr):
+    """Rows offs_t, columns c0 .. c0 + KC of a [T, DV] matrix (masked)."""
+    offs_c = c0 + tl.arange(0, KC)
+    ptrs = base + offs_t[:, None] * stride_t + offs_c[None, :]
+    if DV == BDV:
+        return tl.load(ptrs, mask=(offs_t < T)[:, None], other=0.0)
+    return tl.load(ptrs, mask=(offs_t < T)[:, None] & (offs_c < DV)[None, :], other=0.0)
 
 
 @triton.jit
 def _dk_step(k, v_base, svh, svt, dk, q_base, sqt, dn_base, LSE, DELTA, DQ, hs0, hs1,
-             start_m, offs_n, T, qk, scale,
+             start_m, offs_n, T, TQ, qk, scale,
              D: tl.constexpr, BD: tl.constexpr, DV: tl.constexpr, BDV: tl.constexpr,
-             BM: tl.constexpr, MASK: tl.constexpr):
+             BM: tl.constexpr, BN: tl.constexpr, MASK: tl.constexpr, LATE: tl.constexpr, KC: tl.constexpr):
+    """One query tile (rows start_m .. start_m + BM, those >= TQ masked: the end of the program's
+    chunk) against the key block; keys masked at T."""
     offs_m = start_m + tl.arange(0, BM)
-    rmask = offs_m < T
-    q = _rows(q_base, offs_m, sqt, T, D, BD)
+    rmask = offs_m < TQ
+    q = _rows(q_base, offs_m, sqt, TQ, D, BD)
     lse = tl.load(LSE + offs_m, mask=rmask, other=float("inf"))
     delta = tl.load(DELTA + offs_m, mask=rmask, other=0.0)
-    pt = tl.math.exp2(tl.dot(k, tl.trans(q)) * qk - lse[None, :])  # [BN, BM]
+    if not LATE:
+        pt = tl.math.exp2(tl.dot(k, tl.trans(q)) * qk - lse[None, :])  # [BN, BM]
+    # dP2^T = sum over the split's heads of V_h dN_h^T: one accumulator, the heads as its inner loop
+    dpt = tl.zeros([BN, BM], dtype=tl.float32)
+    if KC == BDV:
+        for h in range(hs0, hs1):
+            v = _rows(v_base + h * svh, offs_n, svt, T, DV, BDV)
+            dn = _rows(dn_base + h * T * DV, offs_m, DV, TQ, DV, BDV)
+            dpt = tl.dot(v, tl.trans(dn), dpt)
+    else:  # the contraction in chunks of KC columns (smaller pipeline stages)
+        NKC: tl.constexpr = BDV // KC
+        for j in range(hs0 * NKC, hs1 * NKC):
+            h = j // NKC
+            c0 = (j % NKC) * KC
+            v = _cols(v_base + h * svh, offs_n, svt, T, c0, DV, BDV, KC)
+            dn = _cols(dn_base + h * T * DV, offs_m, DV, TQ, c0, DV, BDV, KC)
+            dpt = tl.dot(v, tl.trans(dn), dpt)
+    if LATE:  # the scores after the head loop: fewer live registers while it runs
+        pt = tl.math.exp2(tl.dot(k, tl.trans(q)) * qk - lse[None, :])
     if MASK:
         pt = tl.where(offs_m[None, :] >= offs_n[:, None], pt, 0.0)
-    # dP2^T = sum over the split's heads of V_h dN_h^T: one accumulator, the heads as its inner loop
-    dpt = tl.zeros_like(pt)
-    for h in range(hs0, hs1):
-        v = _rows(v_base + h * svh, offs_n, svt, T, DV, BDV)
-        dn = _rows(dn_base + h * T * DV, offs_m, DV, T, DV, BDV)
-        dpt = tl.dot(v, tl.trans(dn), dpt)
     dst = (pt * (dpt - delta[None, :])).to(q.dtype)
     dk = tl.dot(dst, q, dk)
     offs_d = tl.arange(0, BD)
@@ -244,20 +300,22 @@ def _dk_step_grouped(k, vg, dk, q_base, sqt, dn_base, dcol, cmask, LSE, DELTA, D
 
 
 @triton.jit
-def _noise_bwd_dk_kernel(Q, K, V, DN, LSE, DELTA, DK, DQ,
+def _noise_bwd_dk_kernel(Q, K, V, DN, LSE, DELTA, DK, DQ, TBL,
                          sqb, sqt, skb, skt, svb, svh, svt,
                          H, HS, SPLIT, T, qk, scale,
                          D: tl.constexpr, BD: tl.constexpr, DV: tl.constexpr, BDV: tl.constexpr,
                          BM: tl.constexpr, BN: tl.constexpr, CHUNK: tl.constexpr,
-                         GROUPED: tl.constexpr, G: tl.constexpr):
-    """Program = (key block, chunk of CHUNK query rows, batch x split of heads): dK2 and dQ2 by
-    float32 atomics from dS2 = P2 (sum_h dN_h V_h^T - Delta). The query chunks balance the causal
-    triangle over many programs (one noise head: otherwise only T/BN programs, the first of them
-    T/BM tiles long). GROUPED: the split is G heads whose V columns stay resident ([BN, G*BDV]),
-    one dot over G*DV per query tile; else the split's heads are an inner loop reloading V_h."""
-    pid_n = tl.program_id(0)
-    c = tl.program_id(1)
-    bs = tl.program_id(2)
+                         GROUPED: tl.constexpr, G: tl.constexpr, LATE: tl.constexpr, KC: tl.constexpr):
+    """Program = (one (key block, chunk of CHUNK query rows) pair of the table TBL, batch x split
+    of heads): dK2 and dQ2 by float32 atomics from dS2 = P2 (sum_h dN_h V_h^T - Delta). TBL lists
+    only the pairs with work (query rows at or after the key block), in the order the host chose
+    (tiles of key blocks x chunks, so that programs running together share V and dN tiles in L2).
+    GROUPED: the split is G heads whose V columns stay resident ([BN, G*BDV]), one dot over G*DV
+    per query tile; else the split's heads are an inner loop reloading V_h."""
+    pid = tl.program_id(0)
+    bs = tl.program_id(1)
+    pid_n = tl.load(TBL + 2 * pid)
+    c = tl.load(TBL + 2 * pid + 1)
     b = bs // SPLIT
     s = bs % SPLIT
     hs0 = s * HS
@@ -265,42 +323,43 @@ def _noise_bwd_dk_kernel(Q, K, V, DN, LSE, DELTA, DK, DQ,
     start_n = pid_n * BN
     lo = c * CHUNK
     hi = tl.minimum(lo + CHUNK, T)
-    if hi > start_n:  # the chunk has rows at or after this key block
-        offs_n = start_n + tl.arange(0, BN)
-        k = _rows(K + b * skb, offs_n, skt, T, D, BD)
-        q_base = Q + b * sqb
-        v_base = V + b * svb
-        dn_base = DN + b * H * T * DV
-        lse_b = LSE + b * T
-        delta_b = DELTA + bs * T
-        dq_b = DQ + b * T * D
-        dk = tl.zeros([BN, BD], tl.float32)
-        # CHUNK is a multiple of BN: the diagonal block lies wholly inside one chunk
-        d_hi = tl.where(lo <= start_n, start_n + BN, start_n)
-        if GROUPED:
-            offs_c = tl.arange(0, G * BDV)
-            ch = hs0 + offs_c // BDV
-            cd = offs_c % BDV
-            cmask = (ch < H) & (cd < DV)
-            vg = tl.load(v_base + offs_n[:, None] * svt + (ch * svh + cd)[None, :],
-                         mask=(offs_n < T)[:, None] & cmask[None, :], other=0.0)
-            dcol = ch * (T * DV) + cd
-            for start_m in range(start_n, d_hi, BM):
-                dk = _dk_step_grouped(k, vg, dk, q_base, sqt, dn_base, dcol, cmask, lse_b, delta_b, dq_b,
-                                      start_m, offs_n, T, qk, scale, D, BD, DV, BM, True)
-            for start_m in range(tl.maximum(lo, start_n + BN), hi, BM):
-                dk = _dk_step_grouped(k, vg, dk, q_base, sqt, dn_base, dcol, cmask, lse_b, delta_b, dq_b,
-                                      start_m, offs_n, T, qk, scale, D, BD, DV, BM, False)
-        else:
-            for start_m in range(start_n, d_hi, BM):
-                dk = _dk_step(k, v_base, svh, svt, dk, q_base, sqt, dn_base, lse_b, delta_b, dq_b, hs0, hs1,
-                              start_m, offs_n, T, qk, scale, D, BD, DV, BDV, BM, True)
-            for start_m in range(tl.maximum(lo, start_n + BN), hi, BM):
-                dk = _dk_step(k, v_base, svh, svt, dk, q_base, sqt, dn_base, lse_b, delta_b, dq_b, hs0, hs1,
-                              start_m, offs_n, T, qk, scale, D, BD, DV, BDV, BM, False)
-        offs_d = tl.arange(0, BD)
-        tl.atomic_add(DK + (b * T + offs_n[:, None]) * D + offs_d[None, :], dk * scale,
-                      mask=(offs_n < T)[:, None] & (offs_d < D)[None, :], sem="relaxed")
+    offs_n = start_n + tl.arange(0, BN)
+    k = _rows(K + b * skb, offs_n, skt, T, D, BD)
+    q_base = Q + b * sqb
+    v_base = V + b * svb
+    dn_base = DN + b * H * T * DV
+    lse_b = LSE + b * T
+    delta_b = DELTA + bs * T
+    dq_b = DQ + b * T * D
+    dk = tl.zeros([BN, BD], tl.float32)
+    # CHUNK is a multiple of BN: the diagonal block lies wholly inside one chunk
+    d_hi = tl.where(lo <= start_n, start_n + BN, start_n)
+    if GROUPED:
+        offs_c = tl.arange(0, G * BDV)
+        ch = hs0 + offs_c // BDV
+        cd = offs_c % BDV
+        cmask = (ch < H) & (cd < DV)
+        vg = tl.load(v_base + offs_n[:, None] * svt + (ch * svh + cd)[None, :],
+                     mask=(offs_n < T)[:, None] & cmask[None, :], other=0.0)
+        dcol = ch * (T * DV) + cd
+        for start_m in range(start_n, d_hi, BM):
+            dk = _dk_step_grouped(k, vg, dk, q_base, sqt, dn_base, dcol, cmask, lse_b, delta_b, dq_b,
+                                  start_m, offs_n, T, qk, scale, D, BD, DV, BM, True)
+        for start_m in range(tl.maximum(lo, start_n + BN), hi, BM):
+            dk = _dk_step_grouped(k, vg, dk, q_base, sqt, dn_base, dcol, cmask, lse_b, delta_b, dq_b,
+                                  start_m, offs_n, T, qk, scale, D, BD, DV, BM, False)
+    else:  # query tiles from max(lo, start_n) in steps of BM (any BM, BN); rows >= hi masked
+        first = tl.maximum(lo, start_n)
+        d_end = first + tl.cdiv(tl.maximum(tl.minimum(hi, start_n + BN) - first, 0), BM) * BM
+        for start_m in range(first, tl.minimum(d_end, hi), BM):  # tiles reaching into the diagonal block
+            dk = _dk_step(k, v_base, svh, svt, dk, q_base, sqt, dn_base, lse_b, delta_b, dq_b, hs0, hs1,
+                          start_m, offs_n, T, hi, qk, scale, D, BD, DV, BDV, BM, BN, True, LATE, KC)
+        for start_m in range(d_end, hi, BM):
+            dk = _dk_step(k, v_base, svh, svt, dk, q_base, sqt, dn_base, lse_b, delta_b, dq_b, hs0, hs1,
+                          start_m, offs_n, T, hi, qk, scale, D, BD, DV, BDV, BM, BN, False, LATE, KC)
+    offs_d = tl.arange(0, BD)
+    tl.atomic_add(DK + (b * T + offs_n[:, None]) * D + offs_d[None, :], dk * scale,
+                  mask=(offs_n < T)[:, None] & (offs_d < D)[None, :], sem="relaxed")
 
 
 @triton.jit
@@ -382,18 +441,27 @@ def _pow2(d: int) -> int:
     return max(16, triton.next_power_of_2(d))
 
 
-# Launch configs. fwd / dv: (BM, BN, G heads per program, num_warps, num_stages);
-# dk: (BM, BN, S, CHUNK query rows, num_warps, num_stages, grouped): grouped=False: S splits of
-# the heads, each an inner loop over its heads; grouped=True: groups of S heads (a power of two)
-# whose V columns stay resident.
-# fwd needs BM % BN == 0; dv / dk need BN % BM == 0, and CHUNK % BN == 0.
-# The best of a sweep on an H100 at B=1, 16 heads, d 128, T=4096 (benchmarks/bench_diff_kernel.py
-# --sweep-noise; benchmarks/results/s4/diff_kernel_s4b.json): the grouped dK and the merged backward
-# measured slower than these.
+# Launch configs. fwd / dv: (BM, BN, G heads per program, num_warps, num_stages, major): major=1:
+# the grid's first axis is the head group, so programs start longest first over all groups (0 or
+# missing: session 4's order, blocks first);
+# dk: (BM, BN, S, CHUNK query rows, num_warps, num_stages, grouped, late, order): grouped=False:
+# S splits of the heads, each an inner loop over its heads; grouped=True: groups of S heads (a power
+# of two) whose V columns stay resident; late: the dK step computes the scores after its head loop;
+# order: the program order of the (key block, chunk) pairs: 0 chunk-major (all key blocks of chunk 0,
+# then chunk 1, ...), k > 0 tiles of k key blocks (for each tile: every chunk, its k key blocks).
+# kc: the head loop's contraction chunk (columns of V / dN per dot; 0: a whole head).
+# Missing trailing dk fields take (late=False, order=0, kc=0), session 4's kernel.
+# fwd needs BM % BN == 0; dv and the grouped dk need BN % BM == 0, and CHUNK % BN == 0 (the
+# head-loop dk takes any; BM > BN with 16 warps: a larger dP2 tile, fewer bytes per product).
+# The best of two sweeps on an H100 at B=1, 16 heads, d 128 (session 5: benchmarks/device_runs/
+# s5_run1.py at T=4096 and 16384, then bench_diff_kernel.py --sweep-noise --sweep-T 16384;
+# benchmarks/results/s5/; session 4's sweep of the grouped dK and the merged backward:
+# benchmarks/results/s4/diff_kernel_s4b.json, slower). Configs that do not fit
+# the shared memory (wider heads) drop pipeline stages (``_fit``).
 CONFIGS = {
-    "fwd": (128, 64, 2, 8, 2),
-    "dv": (64, 128, 2, 8, 2),
-    "dk": (128, 128, 1, 1024, 8, 2, False),
+    "fwd": (128, 64, 2, 8, 4, 1),
+    "dv": (64, 128, 2, 8, 4, 1),
+    "dk": (128, 128, 1, 128, 8, 3, False, True, 8, 64),
 }
 # merged: one backward kernel (dV, dK, dQ per key block and group of G heads): (BM, BN, G, warps, stages)
 CONFIGS["merged"] = (64, 64, 2, 8, 2)
@@ -401,12 +469,21 @@ CONFIGS["merged"] = (64, 64, 2, 8, 2)
 BWD_MODE = os.environ.get("ATTNLAB_NOISE_BWD", "split")
 _INTERP = {"fwd": (16, 16, 2, 1, 1), "dv": (16, 16, 2, 1, 1), "dk": (16, 16, 2, 16, 1, 1, True),
            "merged": (16, 16, 2, 1, 1)}
+_DK_DEFAULTS = (False, 0, 0)  # late, order, kc
 
 
-def _config(name: str, h: int, dv: int):
-    cfg = (_INTERP if _interpret() else CONFIGS)[name]
+def _config(name: str, h: int, dv: int, d: int = 0):
+    cfg = tuple((_INTERP if _interpret() else CONFIGS)[name])
+    if name == "dk":
+        cfg = cfg + _DK_DEFAULTS[len(cfg) - 7:]
+        if max(d, dv) > 128 and cfg[0] > 64 and not _interpret():  # wide heads: 64-row query tiles
+            cfg = (64,) + cfg[1:]
+    elif name in ("fwd", "dv") and len(cfg) == 5:
+        cfg = cfg + (0,)
     bm, bn, g = cfg[:3]
-    if (bm % bn if name == "fwd" else bn % bm) or (name == "dk" and cfg[3] % bn):
+    if name == "dk" and not cfg[6]:  # the head-loop dK kernel takes any BM, BN and CHUNK
+        pass
+    elif (bm % bn if name == "fwd" else bn % bm) or (name == "dk" and cfg[3] % bn):
         raise ValueError(f"noise_once.CONFIGS[{name!r}] = {cfg}: block sizes do not nest")
     g = max(1, min(g, h))
     if name != "dk" or cfg[6]:
@@ -416,8 +493,93 @@ def _config(name: str, h: int, dv: int):
     return (bm, bn, g) + tuple(cfg[3:])
 
 
+_TABLES: dict = {}
+
+
+def _dk_table(t: int, bn: int, chunk: int, order: int, device) -> torch.Tensor:
+    """int32 [2 * pairs]: the (key block, query chunk) pairs with work, in launch order (cached)."""
+    key = (t, bn, chunk, order, str(device))
+    tb = _TABLES.get(key)
+    if tb is None:
+        nb, nc = triton.cdiv(t, bn), triton.cdiv(t, chunk)
+        live = lambda n, c: min(c * chunk + chunk, t) > n * bn  # noqa: E731
+        if order <= 0:
+            pairs = [(n, c) for c in range(nc) for n in range(nb) if live(n, c)]
+        else:
+            pairs = [(n, c) for n0 in range(0, nb, order) for c in range(nc)
+                     for n in range(n0, min(n0 + order, nb)) if live(n, c)]
+        tb = torch.tensor(pairs, dtype=torch.int32).reshape(-1).to(device)
+        if len(_TABLES) > 64:
+            _TABLES.clear()
+        _TABLES[key] = tb
+    return tb
+
+
 def _vstr(x):  # (batch, head, time) strides of a [B, H, T, D] tensor
     return x.stride(0), x.stride(1), x.stride(2)
+
+
+def _align(x):
+    return x.data_ptr() % 16
+
+
+def _fit(go, kernel, grid, args, num_warps, num_stages):
+    """Launch with num_stages, or fewer where the GPU's shared memory does not hold that many
+    (wider heads than the 128 the configs were measured at). Only the slow path gets here: the
+    replay repeats the launch that fitted."""
+    for s in range(num_stages, 0, -1):
+        try:
+            return go(kernel, grid, args, num_warps=num_warps, num_stages=s)
+        except OutOfResources:
+            if s == 1:
+                raise
+
+
+# Launching: the kernels go through latent.py's launch replay (``_launch``): the first call of a
+# shape records its launches, later calls replay them into the compiled kernels' launchers with the
+# new data pointers (no Triton argument binding; see latent.py). The bodies below are the slow path.
+
+def _fwd_body(go, q2, k2, v, aa, lam32, out, n, lse, scale, combine):
+    b, t, d = q2.shape
+    h, dv = v.shape[1], v.shape[-1]
+    bm, bn, g, w, s, major = _config("fwd", h, dv)
+    ng = triton.cdiv(h, g)
+    grid = (b * ng, triton.cdiv(t, bm)) if major else (triton.cdiv(t, bm), b * ng)
+    _fit(go, _noise_fwd_kernel, grid,
+       (q2, k2, v, aa, lam32, out, n, lse,
+        q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), *_vstr(v), *_vstr(aa), *_vstr(out), *_vstr(n),
+        h, ng, t, scale * LOG2E, d, _pow2(d), dv, _pow2(dv), g, bm, bn, combine, bool(major)), w, s)
+
+
+def _bwd_body(go, dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dqk16, dvo, tbl, scale, combine, merged, cfg):
+    b, t, d = q2.shape
+    h, dv = v.shape[1], v.shape[-1]
+    hs, split = cfg
+    btd = b * t * d
+    dq32, dk32, dlam = ws32[:btd], ws32[btd:2 * btd], ws32[2 * btd:]
+    pbm = 16 if _interpret() else 32
+    go(_noise_bwd_pre_kernel, (triton.cdiv(t, pbm), b),
+       (dout, n, lam32, dn, delta, dlam, *_vstr(dout), *_vstr(n), h, hs, split, t, dv, _pow2(dv), pbm, combine))
+    if merged:
+        bm, bn, g, w, s = _config("merged", h, dv)
+        _fit(go, _noise_bwd_merged_kernel, (triton.cdiv(t, bn), b * split),
+           (q2, k2, v, dn, lse, delta, dk32, dq32, dvo,
+            q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), *_vstr(v), *_vstr(dvo),
+            h, split, t, scale * LOG2E, scale, d, _pow2(d), dv, _pow2(dv), hs, bm, bn), w, s)
+        return
+    bm, bn, _, chunk, w, s, grouped, late, _, kc = _config("dk", h, dv, d)
+    kc = _pow2(dv) if kc <= 0 else min(kc, _pow2(dv))
+    _fit(go, _noise_bwd_dk_kernel, (tbl.numel() // 2, b * split),
+       (q2, k2, v, dn, lse, delta, dk32, dq32, tbl,
+        q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), *_vstr(v),
+        h, hs, split, t, scale * LOG2E, scale, d, _pow2(d), dv, _pow2(dv), bm, bn, chunk,
+        grouped, hs if grouped else 1, late, kc), w, s)
+    bm, bn, g, w, s, major = _config("dv", h, dv)
+    ng = triton.cdiv(h, g)
+    grid = (b * ng, triton.cdiv(t, bn)) if major else (triton.cdiv(t, bn), b * ng)
+    _fit(go, _noise_bwd_dv_kernel, grid,
+       (q2, k2, dn, lse, dvo, ws32, dqk16, q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), *_vstr(dvo),
+        h, ng, t, btd, scale * LOG2E, d, _pow2(d), dv, _pow2(dv), g, bm, bn, True, bool(major)), w, s)
 
 
 class _NoiseOnce(torch.autograd.Function):
@@ -426,6 +588,8 @@ class _NoiseOnce(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, a, q2, k2, v, lam, scale):
+        from .latent import _launch, _sharing
+
         combine = a is not None
         b, t, d = q2.shape
         h, dv = v.shape[1], v.shape[-1]
@@ -435,29 +599,34 @@ class _NoiseOnce(torch.autograd.Function):
             k2 = k2.contiguous()
         if v.stride(-1) != 1:
             v = v.contiguous()
-        lam32 = lam.detach().float().contiguous() if combine else torch.zeros(1, device=v.device)
-        n = torch.empty(b, h, t, dv, device=v.device, dtype=v.dtype)
-        lse = torch.empty(b, t, device=v.device, dtype=torch.float32)
+        dev = v.device
+        if combine:
+            lam32 = lam.detach()
+            if lam32.dtype != torch.float32 or lam32.stride(0) != 1:
+                lam32 = lam32.float().contiguous()
+        else:
+            lam32 = torch.zeros(1, device=dev)
+        n = torch.empty(b, h, t, dv, device=dev, dtype=v.dtype)
+        lse = torch.empty(b, t, device=dev, dtype=torch.float32)
         if combine:
             if a.stride(-1) != 1:
                 a = a.contiguous()
-            out = torch.empty(b, h, t, dv, device=v.device, dtype=a.dtype)
+            out = torch.empty(b, h, t, dv, device=dev, dtype=a.dtype)
         else:
-            out = n
-        bm, bn, g, w, s = _config("fwd", h, dv)
-        ng = triton.cdiv(h, g)
-        aa = a if combine else n
-        _noise_fwd_kernel[(triton.cdiv(t, bm), b * ng)](
-            q2, k2, v, aa, lam32, out, n, lse,
-            q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), *_vstr(v), *_vstr(aa), *_vstr(out), *_vstr(n),
-            h, ng, t, scale * LOG2E, d, _pow2(d), dv, _pow2(dv), g, bm, bn, combine,
-            num_warps=w, num_stages=s)
+            a = out = n
+        roots = (q2, k2, v, a, lam32, out, n, lse)
+        key = (q2.shape, q2.stride(), k2.stride(), v.shape, v.stride(), a.stride(), q2.dtype, k2.dtype, v.dtype,
+               a.dtype, dev, _align(q2), _align(k2), _align(v), _align(a), _align(lam32), scale, combine,
+               CONFIGS["fwd"], _sharing(roots))
+        _launch(key, roots, _fwd_body, scale, combine)
         ctx.save_for_backward(q2, k2, v, lam32, n, lse)
-        ctx.scale, ctx.combine = scale, combine
+        ctx.scale, ctx.combine, ctx.key = scale, combine, key
         return out
 
     @staticmethod
     def backward(ctx, dout):
+        from .latent import _launch, _sharing
+
         q2, k2, v, lam32, n, lse = ctx.saved_tensors
         scale, combine = ctx.scale, ctx.combine
         b, t, d = q2.shape
@@ -465,44 +634,29 @@ class _NoiseOnce(torch.autograd.Function):
         if dout.stride(-1) != 1:
             dout = dout.contiguous()
         dev = v.device
-        f32 = torch.float32
         merged = BWD_MODE == "merged"
         if merged:
-            bm, bn, hs, w, s = _config("merged", h, dv)
+            hs = _config("merged", h, dv)[2]
+            tbl = lse  # unused
         else:
-            bm, bn, split, chunk, w, s, grouped = _config("dk", h, dv)
+            bm, bn, split, chunk, _, _, grouped, _, order, _ = _config("dk", h, dv, d)
             hs = split if grouped else triton.cdiv(h, split)  # heads per split
+            tbl = _dk_table(t, bn, chunk, order, dev)
         split = triton.cdiv(h, hs)
         dn = torch.empty(b, h, t, dv, device=dev, dtype=v.dtype)
-        delta = torch.empty(b, split, t, device=dev, dtype=f32)
-        r = torch.empty(b, h, t, device=dev, dtype=f32) if combine else delta
-        pbm = 16 if _interpret() else 32
-        _noise_bwd_pre_kernel[(triton.cdiv(t, pbm), b)](
-            dout, n, lam32, dn, delta, r, *_vstr(dout), *_vstr(n), h, hs, split, t,
-            dv, _pow2(dv), pbm, combine)
-        dqk = torch.zeros(2, b, t, d, device=dev, dtype=f32)  # dQ2, dK2 (float32 atomics)
+        delta = torch.empty(b, split, t, device=dev, dtype=torch.float32)
+        btd = b * t * d
+        ws32 = torch.zeros(2 * btd + h, device=dev, dtype=torch.float32)  # dQ2, dK2 (atomics), dlam
+        dqk16 = torch.empty(2, b, t, d, device=dev, dtype=q2.dtype)  # written by the dV kernel (split)
         dvo = torch.empty(b, h, t, dv, device=dev, dtype=v.dtype)
-        dlam = -r.sum((0, 2)) if combine and ctx.needs_input_grad[4] else None
+        roots = (dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dqk16, dvo, tbl)
+        key = (ctx.key, dout.stride(), _align(dout), BWD_MODE, CONFIGS["dk"], CONFIGS["dv"], CONFIGS["merged"],
+               _sharing(roots))
+        _launch(key, roots, _bwd_body, scale, combine, merged, (hs, split))
         if merged:
-            _noise_bwd_merged_kernel[(triton.cdiv(t, bn), b * split)](
-                q2, k2, v, dn, lse, delta, dqk[1], dqk[0], dvo,
-                q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), *_vstr(v), *_vstr(dvo),
-                h, split, t, scale * LOG2E, scale, d, _pow2(d), dv, _pow2(dv), hs, bm, bn,
-                num_warps=w, num_stages=s)
-            dqk = dqk.to(q2.dtype)
-            return (dout if combine else None, dqk[0], dqk[1], dvo, dlam, None)
-        _noise_bwd_dk_kernel[(triton.cdiv(t, bn), triton.cdiv(t, chunk), b * split)](
-            q2, k2, v, dn, lse, delta, dqk[1], dqk[0],
-            q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), *_vstr(v),
-            h, hs, split, t, scale * LOG2E, scale, d, _pow2(d), dv, _pow2(dv), bm, bn, chunk,
-            grouped, hs if grouped else 1, num_warps=w, num_stages=s)
-        bm, bn, g, w, s = _config("dv", h, dv)
-        ng = triton.cdiv(h, g)
-        _noise_bwd_dv_kernel[(triton.cdiv(t, bn), b * ng)](
-            q2, k2, dn, lse, dvo, q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), *_vstr(dvo),
-            h, ng, t, scale * LOG2E, d, _pow2(d), dv, _pow2(dv), g, bm, bn, num_warps=w, num_stages=s)
-        dqk = dqk.to(q2.dtype)
-        return (dout if combine else None, dqk[0], dqk[1], dvo, dlam, None)
+            dqk16 = ws32[:2 * btd].view(2, b, t, d).to(q2.dtype)
+        dlam = ws32[2 * btd:] if combine else None
+        return (dout if combine else None, dqk16[0], dqk16[1], dvo, dlam, None)
 
 
 # ------------------------------------------------------------------------------------------
@@ -519,7 +673,7 @@ def _squeeze_head(x, name):
     if x.dim() == 4:
         if x.shape[1] != 1:
             raise ValueError(f"{name} must have ONE head (the shared noise head); got shape {tuple(x.shape)}")
-        return x[:, 0]
+        return x.squeeze(1)  # a view whose backward is a view too (x[:, 0] would allocate and copy)
     return x
 
 
