@@ -596,24 +596,31 @@ if HAS_TRITON:
         tl.store(PL + part_row, l_i, mask=gmask)
         tl.store(PACC + part_row[:, None] * DV + offs_dv[None, :], acc, mask=gmask[:, None] & dvmask[None, :])
         if FUSED:
-            # one launch in all: the last program of each group of GRP splits to finish merges the
-            # group's partials into a group partial, the last group of this (b, h) merges those
-            # into the output (two short rounds of loads at the tail instead of n_splits / SCH)
-            grp = pid_s // GRP
-            gsize = tl.minimum(GRP, n_splits - grp * GRP)
-            cbase = CNT + pid_bh * (n_groups + 1)
-            tl.debug_barrier()  # every thread's partial stores precede the release below
-            done = tl.atomic_add(cbase + grp, 1, sem="acq_rel", scope="gpu")
-            if done == gsize - 1:
-                _merge_rows(PM, PL, PACC, pid_bh * n_splits + grp * GRP, gsize, PM2, PL2, PACC2,
-                            pid_bh * n_groups + grp, 0, False, G, GQ, DV, DVP, GRP)
-                tl.atomic_xchg(cbase + grp, 0, sem="relaxed", scope="gpu")  # ready for the next call
-                tl.debug_barrier()
-                done2 = tl.atomic_add(cbase + n_groups, 1, sem="acq_rel", scope="gpu")
-                if done2 == n_groups - 1:
-                    _merge_rows(PM2, PL2, PACC2, pid_bh * n_groups, n_groups, PM2, PL2, O, pid_bh * G, 0, True,
-                                G, GQ, DV, DVP, SCH)
-                    tl.atomic_xchg(cbase + n_groups, 0, sem="relaxed", scope="gpu")
+            _fused_tail(PM, PL, PACC, PM2, PL2, PACC2, O, CNT, pid_bh, pid_s, n_splits, n_groups, G, GQ, DV, DVP,
+                        GRP, SCH)
+
+    @triton.jit
+    def _fused_tail(PM, PL, PACC, PM2, PL2, PACC2, O, CNT, pid_bh, pid_s, n_splits, n_groups, G: tl.constexpr,
+                    GQ: tl.constexpr, DV: tl.constexpr, DVP: tl.constexpr, GRP: tl.constexpr, SCH: tl.constexpr):
+        """The fused merge of v2/v3, after a program stored its partial: the last program of each group
+        of GRP splits to finish merges the group's partials into a group partial, the last group of
+        this (b, h) merges those into the output (two short rounds of loads at the tail instead of
+        n_splits / SCH). The counters are left at zero for the next call."""
+        grp = pid_s // GRP
+        gsize = tl.minimum(GRP, n_splits - grp * GRP)
+        cbase = CNT + pid_bh * (n_groups + 1)
+        tl.debug_barrier()  # every thread's partial stores precede the release below
+        done = tl.atomic_add(cbase + grp, 1, sem="acq_rel", scope="gpu")
+        if done == gsize - 1:
+            _merge_rows(PM, PL, PACC, pid_bh * n_splits + grp * GRP, gsize, PM2, PL2, PACC2,
+                        pid_bh * n_groups + grp, 0, False, G, GQ, DV, DVP, GRP)
+            tl.atomic_xchg(cbase + grp, 0, sem="relaxed", scope="gpu")  # ready for the next call
+            tl.debug_barrier()
+            done2 = tl.atomic_add(cbase + n_groups, 1, sem="acq_rel", scope="gpu")
+            if done2 == n_groups - 1:
+                _merge_rows(PM2, PL2, PACC2, pid_bh * n_groups, n_groups, PM2, PL2, O, pid_bh * G, 0, True,
+                            G, GQ, DV, DVP, SCH)
+                tl.atomic_xchg(cbase + n_groups, 0, sem="relaxed", scope="gpu")
 
     @triton.jit(do_not_specialize=["n_splits"])
     def _merge_v2_kernel(PM, PL, PACC, O, n_splits, G: tl.constexpr, GQ: tl.constexpr, DV: tl.constexpr,
@@ -621,6 +628,200 @@ if HAS_TRITON:
         bh = tl.program_id(0)
         _merge_rows(PM, PL, PACC, bh * n_splits, n_splits, PM, PL, O, bh * G, tl.program_id(1) * DVB, True,
                     G, GQ, DV, DVB, SCH)
+
+
+# ---------------------------------------------------------------------------------------------
+# v3: latency-lean block programs (the query-dependent math at the G real query heads)
+# ---------------------------------------------------------------------------------------------
+if HAS_TRITON:
+
+    @triton.jit
+    def _i8_to_f32(x, FASTCVT: tl.constexpr):
+        """int8 -> fp32 (exact). FASTCVT: each byte, biased by 128, becomes the low mantissa byte of
+        2**23 (PRMT), then 2**23 + 128 is subtracted (FADD): 9 full-rate instructions per 4 values
+        instead of 4 quarter-rate I2F."""
+        if FASTCVT:
+            return tl.inline_asm_elementwise(
+                asm="""{
+                .reg .b32 t;
+                xor.b32 t, $4, 0x80808080;
+                prmt.b32 $0, t, 0x4B000000, 0x7540;
+                prmt.b32 $1, t, 0x4B000000, 0x7541;
+                prmt.b32 $2, t, 0x4B000000, 0x7542;
+                prmt.b32 $3, t, 0x4B000000, 0x7543;
+                sub.f32 $0, $0, 0f4B000080;
+                sub.f32 $1, $1, 0f4B000080;
+                sub.f32 $2, $2, 0f4B000080;
+                sub.f32 $3, $3, 0f4B000080;
+                }""",
+                constraints="=f,=f,=f,=f,r", args=[x], dtype=tl.float32, is_pure=True, pack=4)
+        else:
+            return x.to(tl.float32)
+
+    @triton.jit
+    def _pad_rows(x, GQ: tl.constexpr, MP: tl.constexpr, N: tl.constexpr):
+        """x [GQ, N] -> [MP, N]: x in rows 0 .. GQ-1, zeros below (a dot needs 16 rows or more)."""
+        if GQ == MP:
+            out = x
+        else:
+            xb = tl.broadcast_to(x[None, :, :], (MP // GQ, GQ, N))
+            c = tl.arange(0, MP // GQ)[:, None, None]
+            out = tl.reshape(tl.where(c == 0, xb, tl.zeros_like(xb)), (MP, N))
+        return out
+
+    @triton.jit
+    def _rows(x, GQ: tl.constexpr, MP: tl.constexpr, N: tl.constexpr):
+        """x [MP, N] with zeros past row GQ -> its first GQ rows [GQ, N]."""
+        if GQ == MP:
+            out = x
+        else:
+            out = tl.sum(tl.reshape(x, (MP // GQ, GQ, N)), 0)
+        return out
+
+    @triton.jit
+    def _pad_vec(x, GQ: tl.constexpr, MP: tl.constexpr):
+        """x [GQ] -> [MP]: x in entries 0 .. GQ-1, zeros after."""
+        if GQ == MP:
+            out = x
+        else:
+            xb = tl.broadcast_to(x[None, :], (MP // GQ, GQ))
+            c = tl.arange(0, MP // GQ)[:, None]
+            out = tl.reshape(tl.where(c == 0, xb, tl.zeros_like(xb)), (MP,))
+        return out
+
+    @triton.jit(do_not_specialize=["n_blocks", "hot_len"])
+    def _spectral_v3(
+        Q, CK, SK, BK, CV, SV, BV, HKP, HVP, PM, PL, PACC, CNT, O, PM2, PL2, PACC2,
+        n_blocks, nb_cap, hot_len, hot_cap, n_comp, n_splits, n_groups, qk_scale,
+        G: tl.constexpr, GP: tl.constexpr, GQ: tl.constexpr,
+        D: tl.constexpr, DP: tl.constexpr, DV: tl.constexpr, DVP: tl.constexpr,
+        RK: tl.constexpr, RKP: tl.constexpr, RV: tl.constexpr, RVP: tl.constexpr,
+        BS: tl.constexpr, SPLIT: tl.constexpr, BPP: tl.constexpr, NW: tl.constexpr, TW: tl.constexpr,
+        HOT_PER_SPLIT: tl.constexpr, HT: tl.constexpr,
+        QUANT: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr,
+        FUSED: tl.constexpr, GRP: tl.constexpr, SCH: tl.constexpr, FASTCVT: tl.constexpr, I64: tl.constexpr,
+    ):
+        """v3 block program: BS // SPLIT tokens of BPP consecutive blocks (one step per block, all
+        its loads first). The query-side math runs at the GQ real query heads in fp32 FMAs
+        (qb = q @ B_K^T, s = qb @ C_K^T reduced inside each thread: a thread holds a token's ranks,
+        softmax statistics over [GQ, tokens]); only the token reduction p @ C_V (fp16 tensor-core
+        dot, p padded to GP rows) and the basis projection (tf32 dot) use tensor cores.
+        Same arguments and partial layout as v2 (so the same launcher, replay and merges)."""
+        pid_bh = tl.program_id(0)
+        pid_s = tl.program_id(1)
+        offs_d = tl.arange(0, DP)
+        offs_dv = tl.arange(0, DVP)
+        dmask = offs_d < D
+        dvmask = offs_dv < DV
+        if pid_s < n_comp:
+            TPP: tl.constexpr = BS // SPLIT
+            offs_q = tl.arange(0, GQ)
+            qmask = offs_q < G
+            offs_p = tl.arange(0, GP)
+            pmask = offs_p < G
+            offs_rk = tl.arange(0, RKP)
+            offs_rv = tl.arange(0, RVP)
+            offs_t = tl.arange(0, TPP)
+            rkmask = offs_rk < RK
+            rvmask = offs_rv < RV
+            # q in GP rows (zeros past G) for the tensor-core dot q @ B_K^T
+            q = tl.load(Q + (pid_bh * G + offs_p)[:, None] * D + offs_d[None, :], mask=pmask[:, None] & dmask[None, :],
+                        other=0.0)
+            if not LOWP:
+                q = q.to(tl.float32)
+            m_i = tl.full([GQ], -1.0e30, tl.float32)
+            l_i = tl.zeros([GQ], tl.float32)
+            acc = tl.zeros([GP, DVP], tl.float32)
+            n0 = (pid_s // SPLIT) * BPP
+            n1 = tl.minimum(n0 + BPP, n_blocks)
+            part = pid_s % SPLIT
+            for n in range(n0, n1):
+                blk = pid_bh * nb_cap + n
+                if I64:
+                    blk = blk.to(tl.int64)
+                tok = blk * BS + part * TPP + offs_t
+                # every load of the block first
+                ck_ptr = CK + tok[None, :] * RK + offs_rk[:, None]  # C_K^T [RKP, TPP]
+                cv_ptr = CV + tok[:, None] * RV + offs_rv[None, :]
+                bk_ptr = BK + blk * (RK * D) + offs_rk[:, None] * D + offs_d[None, :]
+                bv_ptr = BV + blk * (RV * DV) + offs_rv[:, None] * DV + offs_dv[None, :]
+                if RK == RKP:
+                    ck = tl.load(ck_ptr)
+                else:
+                    ck = tl.load(ck_ptr, mask=rkmask[:, None], other=0)
+                if RV == RVP:
+                    cv = tl.load(cv_ptr)
+                else:
+                    cv = tl.load(cv_ptr, mask=rvmask[None, :], other=0)
+                if QUANT:
+                    sk = tl.load(SK + tok)
+                    sv = tl.load(SV + tok)
+                if RK == RKP and D == DP:
+                    bk = tl.load(bk_ptr)
+                else:
+                    bk = tl.load(bk_ptr, mask=rkmask[:, None] & dmask[None, :], other=0.0)
+                if RV == RVP and DV == DVP:
+                    bv = tl.load(bv_ptr)
+                else:
+                    bv = tl.load(bv_ptr, mask=rvmask[:, None] & dvmask[None, :], other=0.0)
+                if LOWP:
+                    qb16 = tl.dot(q, tl.trans(bk.to(q.dtype)))  # [GP, RKP], rows >= G zero
+                else:
+                    qb16 = tl.dot(q, tl.trans(bk.to(tl.float32)), input_precision=PREC)
+                # (q @ B_K^T)^T at the GQ real rows, [RKP, GQ]: the transposed operands of the
+                # score product keep the rank dimension inside each thread (no shuffles)
+                qbT = tl.trans(_rows(qb16, GQ, GP, RKP)) * qk_scale
+                if QUANT:
+                    ckf = _i8_to_f32(ck, FASTCVT)
+                else:
+                    ckf = ck.to(tl.float32)
+                s = tl.sum(qbT[:, :, None] * ckf[:, None, :], 0)  # [GQ, TPP]
+                if QUANT:
+                    s = s * sk[None, :]
+                m_b = tl.max(s, 1)
+                p = tl.exp2(s - m_b[:, None])
+                l_b = tl.sum(p, 1)
+                if QUANT:
+                    p = p * sv[None, :]  # the value scales, on p
+                if LOWP:
+                    if QUANT:
+                        cvf = _i8_to_f16(cv, FASTCVT)
+                    else:
+                        cvf = cv.to(tl.float16)
+                    pc = tl.dot(_pad_rows(p.to(tl.float16), GQ, GP, TPP), cvf)  # [GP, RVP]
+                else:
+                    pc = tl.dot(_pad_rows(p, GQ, GP, TPP), cv.to(tl.float32), input_precision=PREC)
+                o_b = tl.dot(pc, bv.to(tl.float32), input_precision=PREC)  # [GP, DVP]
+                m_new = tl.maximum(m_i, m_b)
+                wa = tl.exp2(m_i - m_new)
+                wb = tl.exp2(m_b - m_new)
+                acc = acc * _pad_vec(wa, GQ, GP)[:, None] + o_b * _pad_vec(wb, GQ, GP)[:, None]
+                l_i = l_i * wa + l_b * wb
+                m_i = m_new
+            prow = (pid_bh * n_splits + pid_s) * GQ
+            tl.store(PM + prow + offs_q, m_i, mask=qmask)
+            tl.store(PL + prow + offs_q, l_i, mask=qmask)
+            tl.store(PACC + (prow + offs_p)[:, None] * DV + offs_dv[None, :], acc, mask=pmask[:, None] & dvmask[None, :])
+        else:
+            offs_g = tl.arange(0, GP)
+            gmask = offs_g < G
+            q_ptr = Q + (pid_bh * G + offs_g)[:, None] * D + offs_d[None, :]
+            qh = tl.load(q_ptr, mask=gmask[:, None] & dmask[None, :], other=0.0)
+            if not LOWP:
+                qh = qh.to(tl.float32)
+            m_h = tl.full([GP], -1.0e30, tl.float32)
+            l_h = tl.zeros([GP], tl.float32)
+            acc_h = tl.zeros([GP, DVP], tl.float32)
+            m_h, l_h, acc_h = _hot_window(qh, HKP, HVP, (pid_s - n_comp) * HOT_PER_SPLIT, hot_len, pid_bh * hot_cap,
+                                          offs_d, offs_dv, dmask, dvmask, qk_scale, m_h, l_h, acc_h,
+                                          HOT_PER_SPLIT, HT, D, DV, LOWP, PREC)
+            hrow = (pid_bh * n_splits + pid_s) * GQ + offs_g
+            tl.store(PM + hrow, m_h, mask=gmask)
+            tl.store(PL + hrow, l_h, mask=gmask)
+            tl.store(PACC + hrow[:, None] * DV + offs_dv[None, :], acc_h, mask=gmask[:, None] & dvmask[None, :])
+        if FUSED:
+            _fused_tail(PM, PL, PACC, PM2, PL2, PACC2, O, CNT, pid_bh, pid_s, n_splits, n_groups, G, GQ, DV, DVP,
+                        GRP, SCH)
 
 
 @functools.lru_cache(maxsize=None)
@@ -985,13 +1186,19 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
                                    blocks_per_program=blocks_per_program, hot_per_split=hot_per_split,
                                    fused_merge=fused_merge, num_warps=num_warps, num_stages=num_stages,
                                    maxnreg=maxnreg, **v1_options)
-    if impl != "v2":
-        raise ValueError(f"impl must be 'auto', 'v1' or 'v2'; got {impl!r}")
+    if impl not in ("v2", "v3"):
+        raise ValueError(f"impl must be 'auto', 'v1', 'v2' or 'v3'; got {impl!r}")
     if v1_options:
         bad = sorted(set(v1_options) - set(_V1_ONLY))
         if bad:
             raise TypeError(f"spectral_decode: unexpected option(s) {', '.join(bad)}")
         raise ValueError(f"option(s) {', '.join(sorted(v1_options))} belong to impl='v1'")
+    if impl == "v3":
+        return _spectral_decode_v3(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale, split=split,
+                                   blocks_per_program=blocks_per_program, hot_per_split=hot_per_split,
+                                   fused_merge=fused_merge, fast_cvt=fast_cvt, merge_group=merge_group,
+                                   num_warps=num_warps, num_stages=num_stages, maxnreg=maxnreg,
+                                   warp_slices=warp_slices, slice_tile=slice_tile)
     if not HAS_TRITON:
         raise RuntimeError("the spectral decode kernel needs triton (pip install triton)")
     b, hq, t, d = q.shape
@@ -1028,8 +1235,74 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
     return out
 
 
+def default_config_v3(n_bh: int, n_blocks: int, block_size: int, n_sms: int, elem_size: int = 2) -> dict:
+    """v3 launch parameters: split (programs per block, block_size / split tokens each),
+    blocks_per_program (split 1 only), num_warps, num_stages, fused_merge, merge_group."""
+    if elem_size >= 4:
+        cfg = dict(split=4 if block_size >= 256 else 1, num_warps=4, num_stages=1, fused_merge=False)
+    elif n_bh * max(n_blocks, 1) >= 8 * n_sms:  # many blocks (B = 8 at 16K+): whole blocks, pipelined
+        cfg = dict(split=1, blocks_per_program=2, num_warps=8, num_stages=2, fused_merge=False)
+    else:  # few blocks (B = 1): a quarter block per program, many programs resident per SM
+        cfg = dict(split=4 if block_size >= 256 else 1, num_warps=4, num_stages=1, fused_merge=False)
+    cfg.setdefault("blocks_per_program", 1)
+    cfg.update(merge_group=8)
+    return cfg
+
+
+def _spectral_decode_v3(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale, *, split=None,
+                        blocks_per_program=None, hot_per_split=256, fused_merge=None, fast_cvt=None,
+                        merge_group=None, num_warps=None, num_stages=None, maxnreg=None, warp_slices=None,
+                        slice_tile=None):
+    """The v3 kernel (``_spectral_v3``) through v2's launcher (plans, replay, merges)."""
+    if warp_slices or slice_tile:
+        raise ValueError("warp_slices / slice_tile belong to impl='v2'")
+    if not HAS_TRITON:
+        raise RuntimeError("the spectral decode kernel needs triton (pip install triton)")
+    b, hq, t, d = q.shape
+    if t != 1:
+        raise ValueError(f"spectral_decode takes one query token; got {t}")
+    bs = ck.shape[3]
+    if bs % KERNEL_TILE:
+        raise ValueError(f"block_size {bs} must be a multiple of the kernel tile {KERNEL_TILE}")
+    for name, x in (("ck", ck), ("sk", sk), ("bk", bk), ("cv", cv), ("sv", sv), ("bv", bv), ("hot_k", hot_k),
+                    ("hot_v", hot_v)):
+        if x is not None and not x.is_contiguous():
+            raise ValueError(f"spectral_decode: {name} must be contiguous")
+    if not q.is_contiguous():
+        q = q.contiguous()
+    dev = q.device
+    cfg = default_config_v3(b * ck.shape[1], n_blocks, bs, _num_sms(dev), q.element_size())
+    sp = split or cfg["split"]
+    while sp > 1 and (bs % sp or (bs // sp) % 16):
+        sp //= 2
+    bpp = 1 if sp > 1 else (blocks_per_program or cfg["blocks_per_program"])
+    first = (sp, 1, bs // sp, num_warps or cfg["num_warps"], num_stages or cfg["num_stages"],
+             cfg["fused_merge"] if fused_merge is None else bool(fused_merge),
+             (dev.type == "cuda" and not _interpreting()) if fast_cvt is None else bool(fast_cvt),
+             merge_group or cfg["merge_group"], bpp, maxnreg)
+    scale = d**-0.5 if scale is None else scale
+    out = torch.empty(b, hq, 1, bv.shape[-1], device=dev, dtype=q.dtype)
+    args = (q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale, out, hot_per_split)
+
+    def fallbacks():
+        cands = [first]
+        for c in ((*first[:4], 1, *first[5:]), (min(bs // 16, sp * 2), 1, bs // min(bs // 16, sp * 2), first[3], 1,
+                                                   *first[5:8], 1, first[9])):
+            if c not in cands:
+                cands.append(c)
+        return cands, ("v3", dev, q.dtype, ck.dtype, bk.dtype, hot_k.dtype, bs, ck.shape[-1], cv.shape[-1], d,
+                       bv.shape[-1], hq // ck.shape[1], first)
+
+    _launch_fitting(_launch_v3, args, first, fallbacks)
+    return out
+
+
+def _launch_v3(*args):
+    return _launch_v2(*args, kernel="v3")
+
+
 def _launch_v2(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale, out, hot_per_split,
-               sp, nw, tw, num_warps, num_stages, fused, fast, grp, bpp, maxnreg):
+               sp, nw, tw, num_warps, num_stages, fused, fast, grp, bpp, maxnreg, kernel="v2"):
     global _FAST_LAUNCH
     dev = q.device
     cuda = dev.type == "cuda"
@@ -1044,7 +1317,7 @@ def _launch_v2(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale
     tensors = (q, ck, sk, bk, cv, sv, bv, hot_k, hot_v)
     key = (skey, q.shape, q.dtype, ck.shape, ck.dtype, bk.shape, bk.dtype, cv.shape, bv.shape, bv.dtype, hot_k.shape,
            hot_k.dtype, hot_v.shape, quant, n_blocks, n_hot, hot_per_split, sp, nw, tw, num_warps, num_stages, fused,
-           fast, grp, bpp, maxnreg, tuple(x is None or x.data_ptr() % 16 == 0 for x in tensors))
+           fast, grp, bpp, maxnreg, kernel, tuple(x is None or x.data_ptr() % 16 == 0 for x in tensors))
     plan = _V2_PLANS.get(key)
     if plan is not None and plan[0] is not None and not _hooks_active():  # replay: compiled launchers, new pointers
         try:
@@ -1075,7 +1348,8 @@ def _launch_v2(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale
          pacc2, n_blocks, nb_cap, hot_len, hot_cap, n_comp, n_splits, n_groups, scale * 1.4426950408889634,
          *consts.values()]
     opts = {} if maxnreg is None else {"maxnreg": maxnreg}
-    k1 = _spectral_v2[grid](*a, num_warps=num_warps, num_stages=num_stages, **opts)
+    k1 = (_spectral_v3 if kernel == "v3" else _spectral_v2)[grid](*a, num_warps=num_warps, num_stages=num_stages,
+                                                                   **opts)
     LAUNCH_STATS["jit"] += 1
     launches = [(k1, grid, a)]
     if mgrid is not None:
