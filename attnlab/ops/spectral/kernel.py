@@ -631,62 +631,17 @@ if HAS_TRITON:
 
 
 # ---------------------------------------------------------------------------------------------
-# v3: latency-lean block programs (the query-dependent math at the G real query heads)
+# v3: token slices packed into the rows of the dots (no padded query rows)
 # ---------------------------------------------------------------------------------------------
 if HAS_TRITON:
 
     @triton.jit
-    def _i8_to_f32(x, FASTCVT: tl.constexpr):
-        """int8 -> fp32 (exact). FASTCVT: each byte, biased by 128, becomes the low mantissa byte of
-        2**23 (PRMT), then 2**23 + 128 is subtracted (FADD): 9 full-rate instructions per 4 values
-        instead of 4 quarter-rate I2F."""
-        if FASTCVT:
-            return tl.inline_asm_elementwise(
-                asm="""{
-                .reg .b32 t;
-                xor.b32 t, $4, 0x80808080;
-                prmt.b32 $0, t, 0x4B000000, 0x7540;
-                prmt.b32 $1, t, 0x4B000000, 0x7541;
-                prmt.b32 $2, t, 0x4B000000, 0x7542;
-                prmt.b32 $3, t, 0x4B000000, 0x7543;
-                sub.f32 $0, $0, 0f4B000080;
-                sub.f32 $1, $1, 0f4B000080;
-                sub.f32 $2, $2, 0f4B000080;
-                sub.f32 $3, $3, 0f4B000080;
-                }""",
-                constraints="=f,=f,=f,=f,r", args=[x], dtype=tl.float32, is_pure=True, pack=4)
+    def _rows_of_slices(x, diag, NW: tl.constexpr, GQ: tl.constexpr, GP: tl.constexpr, TW: tl.constexpr):
+        """x [NW, TW] (one row per token slice) -> [GP, TW], row j*GQ + g = x[j] (rows past NW*GQ: 0)."""
+        if NW * GQ == GP:
+            out = tl.reshape(tl.broadcast_to(x[:, None, :], (NW, GQ, TW)), (GP, TW))
         else:
-            return x.to(tl.float32)
-
-    @triton.jit
-    def _pad_rows(x, GQ: tl.constexpr, MP: tl.constexpr, N: tl.constexpr):
-        """x [GQ, N] -> [MP, N]: x in rows 0 .. GQ-1, zeros below (a dot needs 16 rows or more)."""
-        if GQ == MP:
-            out = x
-        else:
-            xb = tl.broadcast_to(x[None, :, :], (MP // GQ, GQ, N))
-            c = tl.arange(0, MP // GQ)[:, None, None]
-            out = tl.reshape(tl.where(c == 0, xb, tl.zeros_like(xb)), (MP, N))
-        return out
-
-    @triton.jit
-    def _rows(x, GQ: tl.constexpr, MP: tl.constexpr, N: tl.constexpr):
-        """x [MP, N] with zeros past row GQ -> its first GQ rows [GQ, N]."""
-        if GQ == MP:
-            out = x
-        else:
-            out = tl.sum(tl.reshape(x, (MP // GQ, GQ, N)), 0)
-        return out
-
-    @triton.jit
-    def _pad_vec(x, GQ: tl.constexpr, MP: tl.constexpr):
-        """x [GQ] -> [MP]: x in entries 0 .. GQ-1, zeros after."""
-        if GQ == MP:
-            out = x
-        else:
-            xb = tl.broadcast_to(x[None, :], (MP // GQ, GQ))
-            c = tl.arange(0, MP // GQ)[:, None]
-            out = tl.reshape(tl.where(c == 0, xb, tl.zeros_like(xb)), (MP,))
+            out = tl.sum(tl.where(diag, x[None, :, :], 0.0), 1)
         return out
 
     @triton.jit(do_not_specialize=["n_blocks", "hot_len"])
@@ -701,12 +656,20 @@ if HAS_TRITON:
         QUANT: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr,
         FUSED: tl.constexpr, GRP: tl.constexpr, SCH: tl.constexpr, FASTCVT: tl.constexpr, I64: tl.constexpr,
     ):
-        """v3 block program: BS // SPLIT tokens of BPP consecutive blocks (one step per block, all
-        its loads first). The query-side math runs at the GQ real query heads in fp32 FMAs
-        (qb = q @ B_K^T, s = qb @ C_K^T reduced inside each thread: a thread holds a token's ranks,
-        softmax statistics over [GQ, tokens]); only the token reduction p @ C_V (fp16 tensor-core
-        dot, p padded to GP rows) and the basis projection (tf32 dot) use tensor cores.
-        Same arguments and partial layout as v2 (so the same launcher, replay and merges)."""
+        """v3 block program: BS // SPLIT tokens of each of BPP consecutive blocks, cut into NW slices
+        of TW tokens. The GP rows of every dot are (slice j, query head g) pairs, row j*GQ + g, so
+        no row is padding when G < 16 (v1/v2 pad the G = 4 query heads of a kv head to 16 rows,
+        and their softmax work is 3/4 padding):
+
+            qb   = q_rep @ B_K^T                                  [GP, rk]  (q repeated per slice)
+            s    = blockdiag_j(qb) @ [C_K(slice 0)^T; ...; C_K(slice NW-1)^T]      [GP, TW]
+            p    = exp2(s - m_row)  (each row its own online softmax across the blocks)
+            pcf  = (p * s_V) @ [C_V(slice 0) | ... | C_V(slice NW-1)]             [GP, NW*rv]
+            pc   = the diagonal blocks of pcf (row j*GQ+g, columns j*rv ..)       [GP, rv]
+            acc += pc @ B_V                                                       [GP, dv]
+
+        (the zero blocks cost tensor-core work only), then the NW rows of each head are merged
+        once per program. Same arguments and partial layout as v2 (same launcher, replay, merges)."""
         pid_bh = tl.program_id(0)
         pid_s = tl.program_id(1)
         offs_d = tl.arange(0, DP)
@@ -715,44 +678,45 @@ if HAS_TRITON:
         dvmask = offs_dv < DV
         if pid_s < n_comp:
             TPP: tl.constexpr = BS // SPLIT
-            offs_q = tl.arange(0, GQ)
-            qmask = offs_q < G
-            offs_p = tl.arange(0, GP)
-            pmask = offs_p < G
+            offs_r = tl.arange(0, GP)
+            jr = offs_r // GQ  # the slice of each row
+            gr = offs_r % GQ  # the query head of each row
+            rvalid = (jr < NW) & (gr < G)
+            offs_j = tl.arange(0, NW)
+            offs_t = tl.arange(0, TW)
             offs_rk = tl.arange(0, RKP)
             offs_rv = tl.arange(0, RVP)
-            offs_t = tl.arange(0, TPP)
             rkmask = offs_rk < RK
             rvmask = offs_rv < RV
-            # q in GP rows (zeros past G) for the tensor-core dot q @ B_K^T
-            q = tl.load(Q + (pid_bh * G + offs_p)[:, None] * D + offs_d[None, :], mask=pmask[:, None] & dmask[None, :],
+            q = tl.load(Q + (pid_bh * G + gr)[:, None] * D + offs_d[None, :], mask=rvalid[:, None] & dmask[None, :],
                         other=0.0)
             if not LOWP:
                 q = q.to(tl.float32)
-            m_i = tl.full([GQ], -1.0e30, tl.float32)
-            l_i = tl.zeros([GQ], tl.float32)
+            m_i = tl.full([GP], -1.0e30, tl.float32)
+            l_i = tl.zeros([GP], tl.float32)
             acc = tl.zeros([GP, DVP], tl.float32)
             n0 = (pid_s // SPLIT) * BPP
             n1 = tl.minimum(n0 + BPP, n_blocks)
             part = pid_s % SPLIT
+            diag = jr[:, None, None] == offs_j[None, :, None]  # [GP, NW, 1]: row block j of slice j
             for n in range(n0, n1):
                 blk = pid_bh * nb_cap + n
                 if I64:
                     blk = blk.to(tl.int64)
-                tok = blk * BS + part * TPP + offs_t
+                tok = blk * BS + part * TPP + offs_j[:, None] * TW + offs_t[None, :]  # [NW, TW]
                 # every load of the block first
-                ck_ptr = CK + tok[None, :] * RK + offs_rk[:, None]  # C_K^T [RKP, TPP]
-                cv_ptr = CV + tok[:, None] * RV + offs_rv[None, :]
+                ck_ptr = CK + tok[:, None, :] * RK + offs_rk[None, :, None]  # C_K^T per slice [NW, RKP, TW]
+                cv_ptr = CV + tok[:, :, None] * RV + offs_rv[None, None, :]  # [NW, TW, RVP]
                 bk_ptr = BK + blk * (RK * D) + offs_rk[:, None] * D + offs_d[None, :]
                 bv_ptr = BV + blk * (RV * DV) + offs_rv[:, None] * DV + offs_dv[None, :]
                 if RK == RKP:
                     ck = tl.load(ck_ptr)
                 else:
-                    ck = tl.load(ck_ptr, mask=rkmask[:, None], other=0)
+                    ck = tl.load(ck_ptr, mask=rkmask[None, :, None], other=0)
                 if RV == RVP:
                     cv = tl.load(cv_ptr)
                 else:
-                    cv = tl.load(cv_ptr, mask=rvmask[None, :], other=0)
+                    cv = tl.load(cv_ptr, mask=rvmask[None, None, :], other=0)
                 if QUANT:
                     sk = tl.load(SK + tok)
                     sv = tl.load(SV + tok)
@@ -765,60 +729,71 @@ if HAS_TRITON:
                 else:
                     bv = tl.load(bv_ptr, mask=rvmask[:, None] & dvmask[None, :], other=0.0)
                 if LOWP:
-                    qb16 = tl.dot(q, tl.trans(bk.to(q.dtype)))  # [GP, RKP], rows >= G zero
-                else:
-                    qb16 = tl.dot(q, tl.trans(bk.to(tl.float32)), input_precision=PREC)
-                # (q @ B_K^T)^T at the GQ real rows, [RKP, GQ]: the transposed operands of the
-                # score product keep the rank dimension inside each thread (no shuffles)
-                qbT = tl.trans(_rows(qb16, GQ, GP, RKP)) * qk_scale
-                if QUANT:
-                    ckf = _i8_to_f32(ck, FASTCVT)
-                else:
-                    ckf = ck.to(tl.float32)
-                s = tl.sum(qbT[:, :, None] * ckf[:, None, :], 0)  # [GQ, TPP]
-                if QUANT:
-                    s = s * sk[None, :]
-                m_b = tl.max(s, 1)
-                p = tl.exp2(s - m_b[:, None])
-                l_b = tl.sum(p, 1)
-                if QUANT:
-                    p = p * sv[None, :]  # the value scales, on p
-                if LOWP:
+                    qb = tl.dot(q, tl.trans(bk.to(q.dtype))) * qk_scale  # [GP, RKP]
                     if QUANT:
+                        ckf = _i8_to_f16(ck, FASTCVT)
                         cvf = _i8_to_f16(cv, FASTCVT)
                     else:
+                        ckf = ck.to(tl.float16)
                         cvf = cv.to(tl.float16)
-                    pc = tl.dot(_pad_rows(p.to(tl.float16), GQ, GP, TPP), cvf)  # [GP, RVP]
                 else:
-                    pc = tl.dot(_pad_rows(p, GQ, GP, TPP), cv.to(tl.float32), input_precision=PREC)
-                o_b = tl.dot(pc, bv.to(tl.float32), input_precision=PREC)  # [GP, DVP]
-                m_new = tl.maximum(m_i, m_b)
-                wa = tl.exp2(m_i - m_new)
-                wb = tl.exp2(m_b - m_new)
-                acc = acc * _pad_vec(wa, GQ, GP)[:, None] + o_b * _pad_vec(wb, GQ, GP)[:, None]
-                l_i = l_i * wa + l_b * wb
+                    qb = tl.dot(q, tl.trans(bk.to(tl.float32)), input_precision=PREC) * qk_scale
+                    ckf = ck.to(tl.float32)
+                    cvf = cv.to(tl.float32)
+                # block-diagonal query operand [GP, NW*RKP]: row (j, g) holds qb[g] in column block j
+                qd = tl.reshape(tl.where(diag, qb[:, None, :], 0.0), (GP, NW * RKP))
+                ckc = tl.reshape(ckf, (NW * RKP, TW))
+                if LOWP:
+                    s = tl.dot(qd.to(tl.float16), ckc)  # [GP, TW]
+                else:
+                    s = tl.dot(qd, ckc, input_precision=PREC)
+                if QUANT:  # per-token scales of row (j, g): the scales of slice j
+                    s = s * _rows_of_slices(sk, diag, NW, GQ, GP, TW)
+                m_new = tl.maximum(m_i, tl.max(s, 1))
+                alpha = tl.exp2(m_i - m_new)
+                p = tl.exp2(s - m_new[:, None])
+                l_i = l_i * alpha + tl.sum(p, 1)
+                if QUANT:
+                    p = p * _rows_of_slices(sv, diag, NW, GQ, GP, TW)
+                cvc = tl.reshape(tl.permute(cvf, (1, 0, 2)), (TW, NW * RVP))  # [C_V(slice 0) | ...]
+                if LOWP:
+                    pcf = tl.dot(p.to(tl.float16), cvc)  # [GP, NW*RVP]
+                else:
+                    pcf = tl.dot(p, cvc, input_precision=PREC)
+                pc = tl.sum(tl.where(diag, tl.reshape(pcf, (GP, NW, RVP)), 0.0), 1)  # [GP, RVP]
+                acc = acc * alpha[:, None] + tl.dot(pc, bv.to(tl.float32), input_precision=PREC)
                 m_i = m_new
-            prow = (pid_bh * n_splits + pid_s) * GQ
-            tl.store(PM + prow + offs_q, m_i, mask=qmask)
-            tl.store(PL + prow + offs_q, l_i, mask=qmask)
-            tl.store(PACC + (prow + offs_p)[:, None] * DV + offs_dv[None, :], acc, mask=pmask[:, None] & dvmask[None, :])
+            # merge the NW slice rows of each query head
+            m_i = tl.where(rvalid, m_i, -1.0e30)
+            m3 = tl.reshape(m_i, (GP // GQ, GQ))
+            m_h = tl.max(m3, 0)
+            w3 = tl.exp2(m3 - m_h[None, :])
+            l_h = tl.sum(tl.reshape(tl.where(rvalid, l_i, 0.0), (GP // GQ, GQ)) * w3, 0)
+            acc3 = tl.reshape(tl.where(rvalid[:, None], acc, 0.0), (GP // GQ, GQ, DVP))
+            acc_h = tl.sum(acc3 * w3[:, :, None], 0)  # [GQ, DVP]
+            offs_q = tl.arange(0, GQ)
+            qmask = offs_q < G
+            prow = (pid_bh * n_splits + pid_s) * GQ + offs_q
+            tl.store(PM + prow, m_h, mask=qmask)
+            tl.store(PL + prow, l_h, mask=qmask)
+            tl.store(PACC + prow[:, None] * DV + offs_dv[None, :], acc_h, mask=qmask[:, None] & dvmask[None, :])
         else:
             offs_g = tl.arange(0, GP)
             gmask = offs_g < G
-            q_ptr = Q + (pid_bh * G + offs_g)[:, None] * D + offs_d[None, :]
-            qh = tl.load(q_ptr, mask=gmask[:, None] & dmask[None, :], other=0.0)
+            qh = tl.load(Q + (pid_bh * G + offs_g)[:, None] * D + offs_d[None, :], mask=gmask[:, None] & dmask[None, :],
+                         other=0.0)
             if not LOWP:
                 qh = qh.to(tl.float32)
-            m_h = tl.full([GP], -1.0e30, tl.float32)
-            l_h = tl.zeros([GP], tl.float32)
-            acc_h = tl.zeros([GP, DVP], tl.float32)
-            m_h, l_h, acc_h = _hot_window(qh, HKP, HVP, (pid_s - n_comp) * HOT_PER_SPLIT, hot_len, pid_bh * hot_cap,
-                                          offs_d, offs_dv, dmask, dvmask, qk_scale, m_h, l_h, acc_h,
+            hm = tl.full([GP], -1.0e30, tl.float32)
+            hl = tl.zeros([GP], tl.float32)
+            hacc = tl.zeros([GP, DVP], tl.float32)
+            hm, hl, hacc = _hot_window(qh, HKP, HVP, (pid_s - n_comp) * HOT_PER_SPLIT, hot_len, pid_bh * hot_cap,
+                                          offs_d, offs_dv, dmask, dvmask, qk_scale, hm, hl, hacc,
                                           HOT_PER_SPLIT, HT, D, DV, LOWP, PREC)
             hrow = (pid_bh * n_splits + pid_s) * GQ + offs_g
-            tl.store(PM + hrow, m_h, mask=gmask)
-            tl.store(PL + hrow, l_h, mask=gmask)
-            tl.store(PACC + hrow[:, None] * DV + offs_dv[None, :], acc_h, mask=gmask[:, None] & dvmask[None, :])
+            tl.store(PM + hrow, hm, mask=gmask)
+            tl.store(PL + hrow, hl, mask=gmask)
+            tl.store(PACC + hrow[:, None] * DV + offs_dv[None, :], hacc, mask=gmask[:, None] & dvmask[None, :])
         if FUSED:
             _fused_tail(PM, PL, PACC, PM2, PL2, PACC2, O, CNT, pid_bh, pid_s, n_splits, n_groups, G, GQ, DV, DVP,
                         GRP, SCH)
@@ -1240,10 +1215,11 @@ def default_config_v3(n_bh: int, n_blocks: int, block_size: int, n_sms: int, ele
     blocks_per_program (split 1 only), num_warps, num_stages, fused_merge, merge_group."""
     if elem_size >= 4:
         cfg = dict(split=4 if block_size >= 256 else 1, num_warps=4, num_stages=1, fused_merge=False)
-    elif n_bh * max(n_blocks, 1) >= 8 * n_sms:  # many blocks (B = 8 at 16K+): whole blocks, pipelined
-        cfg = dict(split=1, blocks_per_program=2, num_warps=8, num_stages=2, fused_merge=False)
-    else:  # few blocks (B = 1): a quarter block per program, many programs resident per SM
-        cfg = dict(split=4 if block_size >= 256 else 1, num_warps=4, num_stages=1, fused_merge=False)
+    elif n_bh * max(n_blocks, 1) >= 8 * n_sms:  # many blocks (B = 8 at 16K+): half blocks of 2 blocks, pipelined
+        cfg = dict(split=2 if block_size >= 128 else 1, blocks_per_program=2, num_warps=4, num_stages=2,
+                   fused_merge=False)
+    else:  # few blocks (B = 1): half a block per program, ~4 programs resident per SM
+        cfg = dict(split=2 if block_size >= 128 else 1, num_warps=4, num_stages=1, fused_merge=False)
     cfg.setdefault("blocks_per_program", 1)
     cfg.update(merge_group=8)
     return cfg
@@ -1275,8 +1251,14 @@ def _spectral_decode_v3(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_l
     sp = split or cfg["split"]
     while sp > 1 and (bs % sp or (bs // sp) % 16):
         sp //= 2
-    bpp = 1 if sp > 1 else (blocks_per_program or cfg["blocks_per_program"])
-    first = (sp, 1, bs // sp, num_warps or cfg["num_warps"], num_stages or cfg["num_stages"],
+    bpp = blocks_per_program or cfg["blocks_per_program"]  # with split > 1: that part of bpp blocks
+    g = hq // ck.shape[1]
+    gq, gp = next_pow2(g), _p2(g)
+    tpp = bs // sp
+    nsl = max(1, min(gp // gq, tpp // 16))  # token slices packed into the dot rows
+    while tpp % (nsl * 16):
+        nsl //= 2
+    first = (sp, nsl, tpp // nsl, num_warps or cfg["num_warps"], num_stages or cfg["num_stages"],
              cfg["fused_merge"] if fused_merge is None else bool(fused_merge),
              (dev.type == "cuda" and not _interpreting()) if fast_cvt is None else bool(fast_cvt),
              merge_group or cfg["merge_group"], bpp, maxnreg)
@@ -1286,8 +1268,7 @@ def _spectral_decode_v3(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_l
 
     def fallbacks():
         cands = [first]
-        for c in ((*first[:4], 1, *first[5:]), (min(bs // 16, sp * 2), 1, bs // min(bs // 16, sp * 2), first[3], 1,
-                                                   *first[5:8], 1, first[9])):
+        for c in ((*first[:4], 1, *first[5:]),):
             if c not in cands:
                 cands.append(c)
         return cands, ("v3", dev, q.dtype, ck.dtype, bk.dtype, hot_k.dtype, bs, ck.shape[-1], cv.shape[-1], d,
@@ -1381,7 +1362,7 @@ def _make_plan_v2(q, ck, bk, cv, bv, hot_k, n_blocks, n_hot, hot_per_split, quan
     g = hq // hk
     gq = next_pow2(g)
     n_bh = b * hk
-    n_comp = n_blocks * sp if sp > 1 else -(-n_blocks // bpp)
+    n_comp = -(-n_blocks // bpp) * sp  # programs of `bpp` blocks, `sp` per block group
     n_splits = max(1, n_comp + n_hot)
     n_groups = -(-n_splits // grp)
     n1, n2 = n_bh * n_splits * gq, n_bh * n_groups * gq  # partial rows of the two merge levels
