@@ -164,7 +164,7 @@ def parse_configs(spec: str):
     "v1", "v2"                                  one kernel with its defaults (v1: the session-2 baseline)
     "v2:split:slices:tile[:warps[:stages[:fused[:fastcvt[:group[:blocks[:maxnreg]]]]]]]"   v2 launch parameters
     "v1:tile:blocks_per_program:fused[:warps[:stages[:maxnreg[:vmerge]]]]"   v1 launch parameters
-    "v3:split[:warps[:stages[:fused[:blocks[:maxnreg]]]]]"                     v3 launch parameters
+    "v3:split[:warps[:stages[:fused[:blocks[:maxnreg[:group]]]]]]"             v3 launch parameters
     (0 or absent = the launcher's default)."""
     out = []
     for item in spec.split(","):
@@ -190,10 +190,10 @@ def parse_configs(spec: str):
             out.append(kw)
             continue
         if head == "v3":
-            vals = [int(x) for x in rest.split(":")] + [-1] * 6
+            vals = [int(x) for x in rest.split(":")] + [-1] * 7
             kw = {"impl": "v3"}
-            for key, val in zip(("split", "num_warps", "num_stages", "fused_merge", "blocks_per_program", "maxnreg"),
-                                vals[:6]):
+            for key, val in zip(("split", "num_warps", "num_stages", "fused_merge", "blocks_per_program", "maxnreg",
+                                 "merge_group"), vals[:7]):
                 if val > 0 or (key == "fused_merge" and val == 0):
                     kw[key] = bool(val) if key == "fused_merge" else val
             out.append(kw)
@@ -220,7 +220,7 @@ def config_name(kw: dict) -> str:
         return kw["impl"]
     if kw.get("impl") == "v3":
         return "v3:" + ":".join(str(int(kw[key])) if key in kw else "-" for key in (
-            "split", "num_warps", "num_stages", "fused_merge", "blocks_per_program", "maxnreg"))
+            "split", "num_warps", "num_stages", "fused_merge", "blocks_per_program", "maxnreg", "merge_group"))
     if kw.get("impl") == "v1":
         return "v1:" + ":".join(str(int(kw.get(key, dflt))) for key, dflt in (
             ("block_tile", 0), ("blocks_per_program", 0), ("fused_merge", False), ("num_warps", 0),

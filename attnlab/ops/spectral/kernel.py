@@ -1,9 +1,19 @@
 """Triton decode kernels for the spectral KV cache (one query token per sequence).
 
-``spectral_decode(impl="auto")`` picks v2 for up to AUTO_V2_MAX_BLOCKS blocks per (b, h) and v1
-above (the faster kernel in the session-4 H100 measurements, benchmarks/RESULTS.md), except when
-launched eagerly (no CUDA graph capture): then v2's replayed launch, ~35 us of host time against
-v1's 70-130, wins up to AUTO_EAGER_V2_MAX_TOTAL_BLOCKS blocks in all.
+``spectral_decode(impl="auto")`` picks v2 for up to AUTO_V2_MAX_BLOCKS blocks per (b, h) and v3
+above (the faster kernels in the session-4/5 H100 measurements, benchmarks/RESULTS.md); v2 and v3
+share one launcher whose launches are replayed (~35 us of host time eagerly, against 70-130 for
+v1's Triton launch).
+
+v3 (``_spectral_v3``, session 5): like v2 a program takes ``block_size / split`` tokens (of each
+of ``blocks_per_program`` consecutive blocks, pipelined), cut into token slices, but the slices
+are packed into the ROWS of the dots: row ``j*G + g`` is (slice j, query head g), the score dot's
+left operand is block diagonal (``qb`` of slice j in column block j, against the slices' key
+coefficients stacked along K), the aggregation dot's right operand is the slices' value
+coefficients side by side (its off-diagonal blocks are discarded). With G = 4 the 16 rows of a
+tensor-core dot carry 4 slices instead of 12 padding rows, so the softmax and its layout changes
+do 4x less work (v1/v2: ``[G -> 16, tokens]``, 3/4 padding). Half the instructions per token of
+v2 (sm_90 SASS); fastest at 16 blocks and more in the session-5 H100 sweep.
 
 v2 (``_spectral_v2``): a program takes half a block (``split`` 2) or ``blocks_per_program`` whole
 blocks; its tokens are cut into ``warp_slices`` slices that are the batch dimension of 3-D dots
@@ -1038,13 +1048,7 @@ def _make_plan(skey, q, ck, cv, bv, hot_k, n_blocks, hot_len, hot_per_split, vme
 # v2 launcher
 # ---------------------------------------------------------------------------------------------
 _V1_ONLY = ("block_tile", "value_proj")
-AUTO_V2_MAX_BLOCKS = 16  # impl="auto": v2 up to this many compressed blocks per (b, h), else v1
-# impl="auto" launched eagerly (no CUDA graph being captured) with the replayed launcher: v2 up to this
-# many compressed blocks in all (b, h) rows. Eagerly, decode is host bound: v2's replay costs ~35 us of
-# host time per call against ~70-130 us for v1's Triton launch, which outweighs v1's faster kernel
-# below ~2K blocks (H100, session 4: B=1 32K ranks 16 57.6 vs 92.1 us per call; B=8 16K 129 vs 158;
-# B=8 32K, 4096 blocks: 178 vs 176, so v1 there).
-AUTO_EAGER_V2_MAX_TOTAL_BLOCKS = 2048
+AUTO_V2_MAX_BLOCKS = 16  # impl="auto": v2 up to this many compressed blocks per (b, h), else v3
 
 try:
     from triton import knobs as _knobs
@@ -1059,12 +1063,6 @@ LAUNCH_STATS = {"replayed": 0, "jit": 0, "replay_unavailable": 0}  # v2 launches
 
 def _replay_ok(dev) -> bool:
     return dev.type == "cuda" and not _interpreting()
-
-
-def _eager_replay(dev) -> bool:
-    """v2's launches will be replayed and no CUDA graph is being captured (the host-bound case)."""
-    return (_FAST_LAUNCH and _replay_ok(dev) and not torch.cuda.is_current_stream_capturing()
-            and not _hooks_active())
 
 
 def _current_stream(dev) -> int:
@@ -1132,10 +1130,12 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
     hot_k/hot_v [B, Hk, hot_cap, d] hold hot_len exact tokens after the blocks.
     Returns [B, Hq, 1, dv] in q's dtype.
 
-    impl="auto" (default): v2 for up to AUTO_V2_MAX_BLOCKS blocks per (b, h), v1 above (the faster
-    kernel in the session-4 H100 measurements), except when launched eagerly on CUDA (no graph
-    capture), where v2's replayed launch wins up to AUTO_EAGER_V2_MAX_TOTAL_BLOCKS blocks in all;
-    options of one kernel select that kernel.
+    impl="auto" (default): v2 for up to AUTO_V2_MAX_BLOCKS blocks per (b, h), v3 above (the faster
+    kernels in the session-4/5 H100 measurements); options of one kernel (v1's block_tile,
+    value_proj; v2's warp_slices, slice_tile) select that kernel.
+    impl="v3": launch parameters left None come from ``default_config_v3``: split,
+    blocks_per_program (with split > 1: that part of each of them), num_warps, num_stages,
+    fused_merge, merge_group, fast_cvt, maxnreg.
     impl="v2": launch parameters left None come from ``default_config_v2``: split (programs per
     block), warp_slices, slice_tile, blocks_per_program (split 1 only), num_warps, num_stages,
     fused_merge (True: the partials are merged in the same launch), merge_group, fast_cvt (int8 ->
@@ -1144,18 +1144,17 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
     blocks_per_program, value_proj, maxnreg besides the shared options.
     """
     if impl == "auto":
-        # the faster kernel of the session-4 H100 measurements (benchmarks/RESULTS.md): v2 up to 16
-        # blocks per (b, h) (T <= 8K at block 512), v1 above; options of one kernel select it
+        # the faster kernel of the H100 measurements (benchmarks/RESULTS.md, sessions 4 and 5): v2 up
+        # to AUTO_V2_MAX_BLOCKS blocks per (b, h), v3 above (graph-captured or eager: both go through
+        # the same replayed launcher); options of one kernel select it
         if v1_options:
             impl = "v1"
-        elif split or warp_slices or slice_tile or fast_cvt is not None or merge_group or maxnreg:
+        elif warp_slices or slice_tile:
             impl = "v2"
         elif n_blocks <= AUTO_V2_MAX_BLOCKS:
             impl = "v2"
-        elif _eager_replay(q.device) and q.shape[0] * ck.shape[1] * n_blocks <= AUTO_EAGER_V2_MAX_TOTAL_BLOCKS:
-            impl = "v2"
         else:
-            impl = "v1"
+            impl = "v3"
     if impl == "v1":
         return _spectral_decode_v1(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale,
                                    blocks_per_program=blocks_per_program, hot_per_split=hot_per_split,
@@ -1215,11 +1214,16 @@ def default_config_v3(n_bh: int, n_blocks: int, block_size: int, n_sms: int, ele
     blocks_per_program (split 1 only), num_warps, num_stages, fused_merge, merge_group."""
     if elem_size >= 4:
         cfg = dict(split=4 if block_size >= 256 else 1, num_warps=4, num_stages=1, fused_merge=False)
-    elif n_bh * max(n_blocks, 1) >= 8 * n_sms:  # many blocks (B = 8 at 16K+): half blocks of 2 blocks, pipelined
-        cfg = dict(split=2 if block_size >= 128 else 1, blocks_per_program=2, num_warps=4, num_stages=2,
-                   fused_merge=False)
-    else:  # few blocks (B = 1): half a block per program, ~4 programs resident per SM
-        cfg = dict(split=2 if block_size >= 128 else 1, num_warps=4, num_stages=1, fused_merge=False)
+    else:
+        # session-5 H100 sweep at 32K (benchmarks/RESULTS.md), fastest at B = 1 and 8, ranks 16 and 32:
+        # half a block per program, 4 warps, the blocks of a program pipelined (num_stages 2), up to 4
+        # blocks per program while that leaves >= one program per SM, separate merge launch
+        sp = 2 if block_size >= 128 else 1
+        per_sm = n_bh * max(n_blocks, 1) * sp // max(n_sms, 1)
+        bpp = 1
+        while bpp < 4 and bpp * 2 <= per_sm:
+            bpp *= 2
+        cfg = dict(split=sp, blocks_per_program=bpp, num_warps=4, num_stages=2, fused_merge=False)
     cfg.setdefault("blocks_per_program", 1)
     cfg.update(merge_group=8)
     return cfg
@@ -1266,11 +1270,17 @@ def _spectral_decode_v3(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_l
     out = torch.empty(b, hq, 1, bv.shape[-1], device=dev, dtype=q.dtype)
     args = (q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale, out, hot_per_split)
 
-    def fallbacks():
-        cands = [first]
-        for c in ((*first[:4], 1, *first[5:]),):
-            if c not in cands:
-                cands.append(c)
+    def fallbacks():  # large ranks: no pipelining, then smaller programs (less shared memory per step)
+        cands = [first, (*first[:4], 1, *first[5:8], 1, first[9])]
+        sp2 = sp
+        while sp2 * 2 <= bs // 16 and sp2 < 8 * sp:
+            sp2 *= 2
+            t2 = bs // sp2
+            n2 = max(1, min(gp // gq, t2 // 16))
+            while t2 % (n2 * 16):
+                n2 //= 2
+            cands.append((sp2, n2, t2 // n2, first[3], 1, *first[5:8], 1, first[9]))
+        cands = list(dict.fromkeys(cands))
         return cands, ("v3", dev, q.dtype, ck.dtype, bk.dtype, hot_k.dtype, bs, ck.shape[-1], cv.shape[-1], d,
                        bv.shape[-1], hq // ck.shape[1], first)
 
@@ -1381,5 +1391,5 @@ def _make_plan_v2(q, ck, bk, cv, bv, hot_k, n_blocks, n_hot, hot_per_split, quan
     if not fused:
         dvb = min(32, dvp)
         mgrid = (n_bh, triton.cdiv(dv, dvb))
-        mconsts = dict(G=g, GQ=gq, DV=dv, DVB=dvb, SCH=32)
+        mconsts = dict(G=g, GQ=gq, DV=dv, DVB=dvb, SCH=min(64, max(8, next_pow2(n_splits))))  # one round up to 64
     return (n_bh, n_splits), mgrid, work, cnt, consts, mconsts, (nb_cap, hot_cap, n_comp, n_splits, n_groups)
