@@ -686,7 +686,6 @@ if HAS_TRITON:
         offs_dv = tl.arange(0, DVP)
         dmask = offs_d < D
         dvmask = offs_dv < DV
-        FLAT: tl.constexpr = (RK == RKP) and (RV == RVP) and (D == DP) and (DV == DVP)
         if pid_s < n_comp:
             TPP: tl.constexpr = BS // SPLIT
             offs_r = tl.arange(0, GP)
@@ -714,29 +713,31 @@ if HAS_TRITON:
                 blk = pid_bh * nb_cap + n
                 if I64:
                     blk = blk.to(tl.int64)
-                t0 = blk * BS + part * TPP  # the program's first token of this block
+                tok = blk * BS + part * TPP + offs_j[:, None] * TW + offs_t[None, :]  # [NW, TW]
                 # every load of the block first
-                if FLAT:  # unpadded ranks and head dims: each tile is one contiguous run of memory
-                    ck = tl.permute(tl.reshape(tl.load(CK + t0 * RK + tl.arange(0, TPP * RK)), (NW, TW, RK)), (0, 2, 1))
-                    cv = tl.reshape(tl.load(CV + t0 * RV + tl.arange(0, TPP * RV)), (NW, TW, RV))
-                    if QUANT:
-                        sk = tl.reshape(tl.load(SK + t0 + tl.arange(0, TPP)), (NW, TW))
-                        sv = tl.reshape(tl.load(SV + t0 + tl.arange(0, TPP)), (NW, TW))
-                    bk = tl.reshape(tl.load(BK + blk * (RK * D) + tl.arange(0, RK * D)), (RK, D))
-                    bv = tl.reshape(tl.load(BV + blk * (RV * DV) + tl.arange(0, RV * DV)), (RV, DV))
+                ck_ptr = CK + tok[:, None, :] * RK + offs_rk[None, :, None]  # C_K^T per slice [NW, RKP, TW]
+                cv_ptr = CV + tok[:, :, None] * RV + offs_rv[None, None, :]  # [NW, TW, RVP]
+                bk_ptr = BK + blk * (RK * D) + offs_rk[:, None] * D + offs_d[None, :]
+                bv_ptr = BV + blk * (RV * DV) + offs_rv[:, None] * DV + offs_dv[None, :]
+                if RK == RKP:
+                    ck = tl.load(ck_ptr)
                 else:
-                    tok = t0 + offs_j[:, None] * TW + offs_t[None, :]  # [NW, TW]
-                    ck_ptr = CK + tok[:, None, :] * RK + offs_rk[None, :, None]  # C_K^T per slice [NW, RKP, TW]
-                    cv_ptr = CV + tok[:, :, None] * RV + offs_rv[None, None, :]  # [NW, TW, RVP]
                     ck = tl.load(ck_ptr, mask=rkmask[None, :, None], other=0)
+                if RV == RVP:
+                    cv = tl.load(cv_ptr)
+                else:
                     cv = tl.load(cv_ptr, mask=rvmask[None, None, :], other=0)
-                    if QUANT:
-                        sk = tl.load(SK + tok)
-                        sv = tl.load(SV + tok)
-                    bk = tl.load(BK + blk * (RK * D) + offs_rk[:, None] * D + offs_d[None, :],
-                                 mask=rkmask[:, None] & dmask[None, :], other=0.0)
-                    bv = tl.load(BV + blk * (RV * DV) + offs_rv[:, None] * DV + offs_dv[None, :],
-                                 mask=rvmask[:, None] & dvmask[None, :], other=0.0)
+                if QUANT:
+                    sk = tl.load(SK + tok)
+                    sv = tl.load(SV + tok)
+                if RK == RKP and D == DP:
+                    bk = tl.load(bk_ptr)
+                else:
+                    bk = tl.load(bk_ptr, mask=rkmask[:, None] & dmask[None, :], other=0.0)
+                if RV == RVP and DV == DVP:
+                    bv = tl.load(bv_ptr)
+                else:
+                    bv = tl.load(bv_ptr, mask=rvmask[:, None] & dvmask[None, :], other=0.0)
                 if LOWP:
                     qb = tl.dot(q, tl.trans(bk.to(q.dtype))) * qk_scale  # [GP, RKP]
                     if QUANT:
