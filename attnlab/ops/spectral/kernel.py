@@ -1210,8 +1210,9 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
 
 
 def default_config_v3(n_bh: int, n_blocks: int, block_size: int, n_sms: int, elem_size: int = 2) -> dict:
-    """v3 launch parameters: split (programs per block, block_size / split tokens each),
-    blocks_per_program (split 1 only), num_warps, num_stages, fused_merge, merge_group."""
+    """v3 launch parameters: split (programs per block group, block_size / split tokens of each
+    block), blocks_per_program (consecutive blocks per program, pipelined), num_warps, num_stages,
+    fused_merge, merge_group."""
     if elem_size >= 4:
         cfg = dict(split=4 if block_size >= 256 else 1, num_warps=4, num_stages=1, fused_merge=False)
     else:
