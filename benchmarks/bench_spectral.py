@@ -8,11 +8,17 @@ CUDA graph, and replayed after flushing the L2 cache ("cold": a compressed B = 1
 L2 and would otherwise be re-read from it). The K/V are synthetic, with a decaying spectrum over
 time (rank-structured like trained models' caches, plus noise); fidelity on real models is in
 benchmarks/spectral_fidelity.py. --configs times several kernel launch configurations per row
-(default: the launcher's default, v2, and the session-2 kernel "v1" as the baseline, both in the
+(default: the launcher's default and the session-2 kernel "v1" as the baseline, both in the
 same run; the row reports both, the JSON's "sweep" holds every configuration). The roofline
 columns give the time each path needs to stream the bytes it must read at HBM_TBPS (2.5 TB/s).
 
+Besides the single-call graph figure (which includes the fixed cost of launching a graph, 13-19 us on
+an H100 even for an empty kernel: --floor measures it), --multi N times N calls captured in one graph
+over N/2 copies of the cache (per call; as a model's decode graph runs its layers) and --profile
+records each kernel's device time (torch.profiler).
+
     python benchmarks/bench_spectral.py                                   # GPU, default launch
+    python benchmarks/bench_spectral.py --lengths 32768 --multi 16 --profile --floor --configs default,v1,v2
     python benchmarks/bench_spectral.py --lengths 32768 --configs sweep   # GPU, config sweep
     python benchmarks/bench_spectral.py --quick                           # CPU smoke test (interpreter)
 """
