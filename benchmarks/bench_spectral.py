@@ -8,11 +8,17 @@ CUDA graph, and replayed after flushing the L2 cache ("cold": a compressed B = 1
 L2 and would otherwise be re-read from it). The K/V are synthetic, with a decaying spectrum over
 time (rank-structured like trained models' caches, plus noise); fidelity on real models is in
 benchmarks/spectral_fidelity.py. --configs times several kernel launch configurations per row
-(default: the launcher's default, v2, and the session-2 kernel "v1" as the baseline, both in the
+(default: the launcher's default and the session-2 kernel "v1" as the baseline, both in the
 same run; the row reports both, the JSON's "sweep" holds every configuration). The roofline
 columns give the time each path needs to stream the bytes it must read at HBM_TBPS (2.5 TB/s).
 
+Besides the single-call graph figure (which includes the fixed cost of launching a graph, 13-19 us on
+an H100 even for an empty kernel: --floor measures it), --multi N times N calls captured in one graph
+over N/2 copies of the cache (per call; as a model's decode graph runs its layers) and --profile
+records each kernel's device time (torch.profiler).
+
     python benchmarks/bench_spectral.py                                   # GPU, default launch
+    python benchmarks/bench_spectral.py --lengths 32768 --multi 16 --profile --floor --configs default,v1,v2
     python benchmarks/bench_spectral.py --lengths 32768 --configs sweep   # GPU, config sweep
     python benchmarks/bench_spectral.py --quick                           # CPU smoke test (interpreter)
 """
@@ -77,6 +83,54 @@ def graphed(fn):
     return g.replay
 
 
+def kernel_times_us(fn, calls: int = 10) -> dict:
+    """Device microseconds per call of each kernel fn launches (torch.profiler, CUDA activity)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    out = {}
+    for e in prof.key_averages():
+        t = getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
+        if t > 0:
+            out[e.key[:60]] = round(t / calls, 2)
+    return out
+
+
+def launch_floor(warmup: int, repeats: int) -> dict:
+    """The fixed cost of this timing method: graphs of 1, 2 and 16 empty Triton kernel launches,
+    timed like every variant (CUDA events around one replay), in microseconds."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _empty(x):
+        pid = tl.program_id(0)
+        if pid < 0:  # never: the kernel does nothing, but keeps its argument
+            tl.store(x, 0.0)
+
+    x = torch.zeros(1, device="cuda")
+    out = {}
+    for n, grid in ((1, 1), (2, 1), (1, 528), (2, 528), (16, 528)):
+        fn = lambda n=n, grid=grid: [_empty[(grid,)](x) for _ in range(n)]  # noqa: E731
+        out[f"graph_{n}x{grid}_us"] = round(time_ms(graphed(fn), warmup, repeats) * 1e3, 2)
+    out["per_launch_in_graph16_us"] = round(out["graph_16x528_us"] / 16, 2)
+    return out
+
+
+def multi_graph_ms(one, n: int, warmup: int, repeats: int) -> float:
+    """Median ms per call of one(0) .. one(n-1) captured back to back in one CUDA graph: the
+    graph's launch cost is shared by n calls, as in a model's decode step that captures every
+    layer; one(i) reads its own copy of the data (i modulo the copies), so no call re-reads what
+    the previous one left in L2."""
+    fn = lambda: [one(i) for i in range(n)]  # noqa: E731
+    return time_ms(graphed(fn), warmup, repeats) / n
+
+
 def time_cold_ms(fn, flush: torch.Tensor, warmup: int, repeats: int) -> float:
     """Median ms of fn() with the L2 cache flushed before every call (a write of `flush`, larger
     than L2, then a sync; the events then time fn alone, launch included, as time_ms does).
@@ -116,13 +170,14 @@ def parse_configs(spec: str):
     "v1", "v2"                                  one kernel with its defaults (v1: the session-2 baseline)
     "v2:split:slices:tile[:warps[:stages[:fused[:fastcvt[:group[:blocks[:maxnreg]]]]]]]"   v2 launch parameters
     "v1:tile:blocks_per_program:fused[:warps[:stages[:maxnreg[:vmerge]]]]"   v1 launch parameters
+    "v3:split[:warps[:stages[:fused[:blocks[:maxnreg[:group]]]]]]"             v3 launch parameters
     (0 or absent = the launcher's default)."""
     out = []
     for item in spec.split(","):
         if item == "default":
             out.append({})
             continue
-        if item in ("v1", "v2"):
+        if item in ("v1", "v2", "v3"):
             out.append({"impl": item})
             continue
         head, _, rest = item.partition(":")
@@ -138,6 +193,15 @@ def parse_configs(spec: str):
             for key, val in (("fused_merge", fused), ("fast_cvt", fast)):
                 if val >= 0:
                     kw[key] = bool(val)
+            out.append(kw)
+            continue
+        if head == "v3":
+            vals = [int(x) for x in rest.split(":")] + [-1] * 7
+            kw = {"impl": "v3"}
+            for key, val in zip(("split", "num_warps", "num_stages", "fused_merge", "blocks_per_program", "maxnreg",
+                                 "merge_group"), vals[:7]):
+                if val > 0 or (key == "fused_merge" and val == 0):
+                    kw[key] = bool(val) if key == "fused_merge" else val
             out.append(kw)
             continue
         if head != "v1":
@@ -158,8 +222,11 @@ def parse_configs(spec: str):
 def config_name(kw: dict) -> str:
     if not kw:
         return "default"
-    if kw in ({"impl": "v1"}, {"impl": "v2"}):
+    if kw in ({"impl": "v1"}, {"impl": "v2"}, {"impl": "v3"}):
         return kw["impl"]
+    if kw.get("impl") == "v3":
+        return "v3:" + ":".join(str(int(kw[key])) if key in kw else "-" for key in (
+            "split", "num_warps", "num_stages", "fused_merge", "blocks_per_program", "maxnreg", "merge_group"))
     if kw.get("impl") == "v1":
         return "v1:" + ":".join(str(int(kw.get(key, dflt))) for key, dflt in (
             ("block_tile", 0), ("blocks_per_program", 0), ("fused_merge", False), ("num_warps", 0),
@@ -191,6 +258,14 @@ def main(argv=None) -> int:
     p.add_argument("--no-cold", action="store_true", help="skip the L2-flushed timings")
     p.add_argument("--no-ref", action="store_true", help="skip timing the PyTorch reference")
     p.add_argument("--repeats", type=int, default=50)
+    p.add_argument("--multi", type=int, default=0,
+                   help="also time N calls captured in one CUDA graph, cycling over N/2 copies of the cache "
+                        "(as a model's layers are: no L2 reuse between calls); reported per call (graphN_ms)")
+    p.add_argument("--no-eager", action="store_true", help="skip the eager and host timings")
+    p.add_argument("--profile", action="store_true",
+                   help="device time per kernel (torch.profiler, 10 eager calls) of dense and every config")
+    p.add_argument("--floor", action="store_true",
+                   help="first time empty Triton kernels replayed from CUDA graphs (the fixed cost of a launch)")
     p.add_argument("--name", default="bench_spectral")
     args = p.parse_args(argv)
 
@@ -201,7 +276,7 @@ def main(argv=None) -> int:
         batches, lengths, bs = args.batch or [2], args.lengths or [96], args.block_size or 32
         ranks = args.ranks or "8:16"
         repeats, warmup = 2, 1
-        configs = parse_configs("default,v1,v2:2:2:16:0:0:0")
+        configs = parse_configs("default,v1,v2:2:2:16:0:0:0,v3:2")
     else:
         hk, hq, d, dtype = 8, 32, 128, torch.bfloat16
         batches, lengths, bs = args.batch or [1, 8], args.lengths or [4096, 8192, 16384, 32768], args.block_size or 512
@@ -214,6 +289,9 @@ def main(argv=None) -> int:
     flush = torch.zeros(64 << 20, device=dev, dtype=torch.float32) if cold else None  # 256 MB > L2
     scale = d**-0.5
     rows, sweep = [], []
+    floor = launch_floor(warmup, repeats) if args.floor and cuda else None
+    if floor:
+        print("launch floor (us):", floor, flush=True)
     for b in batches:
         for t in lengths:
             k = synthetic_kv(b, hk, t + 1, d, dev, dtype, seed=1)
@@ -226,7 +304,16 @@ def main(argv=None) -> int:
             dense_g = graphed(dense) if use_graphs else None
             t_dense_g = time_ms(dense_g, warmup, repeats) if use_graphs else None
             t_dense_cold = time_cold_ms(dense_g or dense, flush, warmup, repeats) if cold else None
+            dense_prof = kernel_times_us(dense) if args.profile and cuda else None
             dense_bytes = 2 * k.numel() * k.element_size()
+            n_multi = args.multi if use_graphs else 0
+            t_dense_multi = None
+            if n_multi:
+                copies = [(k, v)] + [(k.clone(), v.clone()) for _ in range(max(2, n_multi // 2) - 1)]
+                t_dense_multi = multi_graph_ms(
+                    lambda i: F.scaled_dot_product_attention(q, *copies[i % len(copies)], scale=scale, enable_gqa=True),
+                    n_multi, warmup, repeats)
+                del copies
             for rk, rv in rank_pairs:
                 cache = SpectralCache(b, t + 1, hk, d, device=dev, dtype=dtype, key_rank=rk, value_rank=rv,
                                       block_size=bs)
@@ -249,6 +336,13 @@ def main(argv=None) -> int:
                     row["dense_graph_ms"] = t_dense_g
                 if cold:
                     row["dense_cold_ms"] = t_dense_cold
+                if dense_prof:
+                    row["dense_kernels_us"] = dense_prof
+                if n_multi:
+                    row[f"dense_graph{n_multi}_ms"] = t_dense_multi
+                    bufs = (cache.ck, cache.sk, cache.bk, cache.cv, cache.sv, cache.bv, cache.hot_k, cache.hot_v)
+                    ccopies = [bufs] + [tuple(x.clone() if x is not None else None for x in bufs)
+                                        for _ in range(max(2, n_multi // 2) - 1)]
                 if HAS_TRITON:
                     for kw in configs:
                         name = config_name(kw)
@@ -257,16 +351,30 @@ def main(argv=None) -> int:
                                 spectral_decode, q, cache.ck, cache.sk, cache.bk, cache.cv, cache.sv, cache.bv,
                                 cache.n_blocks, cache.hot_k, cache.hot_v, cache.hot_len, scale, **kw)
                             err = rel_err(kern().float(), out_ref)
-                            ms = time_ms(kern, warmup, repeats)
-                            host_us = host_time_us(kern, 200) if cuda else None
+                            ms = None if args.no_eager else time_ms(kern, warmup, repeats)
+                            host_us = host_time_us(kern, 200) if cuda and not args.no_eager else None
                             kern_g = graphed(kern) if use_graphs else None
                             ms_g = time_ms(kern_g, warmup, repeats) if use_graphs else None
                             ms_c = time_cold_ms(kern_g or kern, flush, warmup, repeats) if cold else None
+                            ms_m = None
+                            if n_multi:
+                                def one(i, kw=kw):
+                                    ck_, sk_, bk_, cv_, sv_, bv_, hk_, hv_ = ccopies[i % len(ccopies)]
+                                    return spectral_decode(q, ck_, sk_, bk_, cv_, sv_, bv_, cache.n_blocks, hk_, hv_,
+                                                           cache.hot_len, scale, **kw)
+                                ms_m = multi_graph_ms(one, n_multi, warmup, repeats)
                         except Exception as e:  # keep measuring the other variants
                             print(f"kernel config {name} failed: {e!r}", flush=True)
                             continue
                         rec = {"B": b, "T": t, "key_rank": rk, "value_rank": rv, "config": name, "err": err,
                                "eager_ms": ms, "graph_ms": ms_g, "cold_ms": ms_c, "host_us": host_us}
+                        if args.profile and cuda:
+                            rec["kernels_us"] = kernel_times_us(kern)
+                        if n_multi:
+                            rec[f"graph{n_multi}_ms"] = ms_m
+                            rec[f"x_dense_graph{n_multi}"] = t_dense_multi / ms_m
+                        if use_graphs:
+                            rec["x_dense_graph"] = t_dense_g / ms_g
                         sweep.append(rec)
                         if len(configs) > 1:
                             print("  ", rec, flush=True)
@@ -281,7 +389,10 @@ def main(argv=None) -> int:
                         if not kw or "kernel_ms" not in row:  # the launcher's default config
                             row["kernel_ms"] = ms
                             row["kernel_host_us"] = host_us
-                            row["speedup_eager"] = t_dense / ms
+                            row["speedup_eager"] = t_dense / ms if ms else None
+                            if n_multi:
+                                row[f"kernel_graph{n_multi}_ms"] = ms_m
+                                row[f"speedup_graph{n_multi}"] = t_dense_multi / ms_m
                             if use_graphs:
                                 row["kernel_graph_ms"] = ms_g
                                 row["speedup_graph"] = t_dense_g / ms_g
@@ -295,6 +406,10 @@ def main(argv=None) -> int:
                     if len(mine) > 1 and use_graphs:
                         best = min(mine, key=lambda r: r["graph_ms"])
                         row["best_config"], row["best_graph_ms"] = best["config"], best["graph_ms"]
+                        if n_multi:
+                            best = min(mine, key=lambda r: r[f"graph{n_multi}_ms"])
+                            row[f"best_config_graph{n_multi}"] = best["config"]
+                            row[f"best_graph{n_multi}_ms"] = best[f"graph{n_multi}_ms"]
                 if not args.no_ref:
                     row["torch_ref_ms"] = time_ms(ref, warmup, max(3, repeats // 5))
                 row["compression"] = st["compression_ratio"]
@@ -313,13 +428,14 @@ def main(argv=None) -> int:
                 partial.parent.mkdir(parents=True, exist_ok=True)
                 partial.write_text(json.dumps({"rows": rows, "sweep": sweep}, indent=1))
                 del cache
+                ccopies = None
             del k, v
             if cuda:
                 torch.cuda.empty_cache()
     extra = {"config": {"kv_heads": hk, "q_heads": hq, "head_dim": d, "dtype": str(dtype), "block_size": bs,
                         "graphs": use_graphs, "cold_l2": cold, "kernel_configs": [config_name(c) for c in configs],
                         "data": "synthetic rank-structured K/V (see docstring)"},
-             "sweep": sweep}
+             "sweep": sweep, "launch_floor_us": floor}
     try:
         from attnlab.ops.spectral.kernel import LAUNCH_STATS
         extra["launch_stats"] = dict(LAUNCH_STATS)

@@ -209,6 +209,17 @@ def test_bad_options():
      {"warp_slices": 1, "slice_tile": 16, "split": 1}),
     (torch.float16, True, dict(b=2, hq=4, hk=2, d=32, rk=8, rv=16, bs=32, t=170, hw=0),  # 3 blocks per program
      {"split": 1, "blocks_per_program": 3, "warp_slices": 2, "slice_tile": 16}),
+    # v3 (slices packed into the dot rows): padded slices (G = 3, 6; 1 slice), 2-4 slices per program,
+    # odd block counts with blocks_per_program, fused merge, G = 1 and 8, fp32 / fp16, quantized or not
+    (torch.float32, True, dict(b=1, hq=6, hk=2, d=24, rk=5, rv=7, bs=16, t=75, hw=9), {"impl": "v3"}),
+    (torch.float32, False, dict(b=2, hq=4, hk=2, d=32, rk=32, rv=32, bs=32, t=70, hw=0), {"impl": "v3", "split": 2}),
+    (torch.float16, True, dict(b=2, hq=8, hk=2, d=32, rk=8, rv=16, bs=64, t=330, hw=5),
+     {"impl": "v3", "split": 2, "blocks_per_program": 3}),
+    (torch.float32, True, dict(b=2, hq=8, hk=2, d=32, rk=8, rv=16, bs=64, t=330, hw=5),
+     {"impl": "v3", "split": 2, "blocks_per_program": 2, "fused_merge": True}),
+    (torch.float16, True, dict(b=2, hq=16, hk=2, d=32, rk=8, rv=16, bs=64, t=200, hw=5), {"impl": "v3", "split": 1}),
+    (torch.float32, True, dict(b=1, hq=2, hk=2, d=16, rk=4, rv=8, bs=64, t=140, hw=0), {"impl": "v3", "split": 4}),
+    (torch.float16, False, dict(b=1, hq=3, hk=1, d=32, rk=8, rv=16, bs=32, t=170, hw=0), {"impl": "v3"}),
     # v1 (the session-2 kernel, kept as the baseline)
     (torch.float32, True, dict(b=1, hq=6, hk=2, d=24, rk=5, rv=7, bs=16, t=75, hw=9), {"impl": "v1", "fused_merge": True}),
     (torch.float16, True, dict(b=2, hq=4, hk=1, d=64, rk=16, rv=32, bs=32, t=100, hw=0), {"impl": "v1"}),
@@ -298,6 +309,35 @@ def test_kernel_v2_falls_back_when_out_of_shared_memory(monkeypatch):
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
+def test_kernel_v3_falls_back_when_out_of_shared_memory(monkeypatch):
+    from attnlab.ops.spectral import kernel as K
+
+    real, tried = K._launch_v3, []
+
+    def launch(*args):
+        sp, stages = args[-10], args[-6]  # (..., split, slices, tile, warps, stages, fused, fast, group, blocks, maxnreg)
+        tried.append((sp, stages))
+        if sp < 4:
+            raise K.OutOfResources(300000, 232448, "shared memory")
+        return real(*args)
+
+    monkeypatch.setattr(K, "_launch_v3", launch)
+    monkeypatch.setattr(K, "_FALLBACK", {})
+    b, hq, hk, d, t = 1, 4, 2, 32, 150
+    c = make_cache(b, t + 1, hk, d, key_rank=8, value_rank=16, block_size=64)
+    c.append(torch.randn(b, hk, t + 1, d), torch.randn(b, hk, t + 1, d))
+    q = torch.randn(b, hq, 1, d)
+    ref = spectral_attention(q, c.blocks(), c.hot_k[:, :, :c.hot_len], c.hot_v[:, :, :c.hot_len], c.seen - 1, 0.3)
+    args = (q, c.ck, c.sk, c.bk, c.cv, c.sv, c.bv, c.n_blocks, c.hot_k, c.hot_v, c.hot_len, 0.3)
+    out = spectral_decode(*args, impl="v3", split=1, num_stages=2)
+    assert rel_err(out, ref) <= 1e-5
+    assert tried == [(1, 2), (1, 1), (2, 1), (4, 1)]
+    out = spectral_decode(*args, impl="v3", split=1, num_stages=2)  # remembered
+    assert tried[-1] == (4, 1) and len(tried) == 5
+    assert rel_err(out, ref) <= 1e-5
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
 def test_launch_replay_patches_the_arguments(monkeypatch):
     """The replayed launch (a shape's second call onwards) passes the compiled launcher exactly the
     arguments Triton's JIT launch would get for that call (new tensors, hot_len, scale), checked
@@ -326,6 +366,7 @@ def test_launch_replay_patches_the_arguments(monkeypatch):
             return launch
 
     monkeypatch.setattr(K, "_spectral_v2", JIT("split"))
+    monkeypatch.setattr(K, "_spectral_v3", JIT("split"))
     monkeypatch.setattr(K, "_merge_v2_kernel", JIT("merge"))
     monkeypatch.setattr(K, "_replay_ok", lambda dev: True)
     monkeypatch.setattr(K, "_current_stream", lambda dev: 7)
@@ -340,20 +381,20 @@ def test_launch_replay_patches_the_arguments(monkeypatch):
         caches.append(c)
     assert caches[0].n_blocks == caches[1].n_blocks and caches[0].hot_len != caches[1].hot_len
 
-    def call(c, q, scale, fused):
+    def call(c, q, scale, fused, impl):
         return spectral_decode(q, c.ck, c.sk, c.bk, c.cv, c.sv, c.bv, c.n_blocks, c.hot_k, c.hot_v, c.hot_len, scale,
-                               fused_merge=fused)
+                               fused_merge=fused, impl=impl)
 
-    for fused in (True, False):
+    for fused, impl in ((True, "v2"), (False, "v2"), (False, "v3")):
         calls.clear()
-        call(caches[0], torch.randn(b, hq, 1, d), 0.3, fused)
+        call(caches[0], torch.randn(b, hq, 1, d), 0.3, fused, impl)
         q = torch.randn(b, hq, 1, d)
-        out = call(caches[1], q, 0.4, fused)
+        out = call(caches[1], q, 0.4, fused, impl)
         assert [x[0] for x in calls] == ["jit"] * (1 if fused else 2) + ["replay"] * (1 if fused else 2)
         replayed = [x for x in calls if x[0] == "replay"]
         monkeypatch.setattr(K, "_V2_PLANS", {})  # the JIT launch of the same call, for comparison
         calls.clear()
-        out2 = call(caches[1], q, 0.4, fused)
+        out2 = call(caches[1], q, 0.4, fused, impl)
         for (_, name, grid, args), (_, name2, grid2, args2) in zip(replayed, calls):
             assert name == name2 and grid == grid2 and len(args) == len(args2)
             for x, y in zip(args, args2):
@@ -374,20 +415,12 @@ def test_auto_picks_the_kernel(monkeypatch):
     q = torch.zeros(1, 2, 1, 16)
     z = torch.zeros(1, 1, 40, 32, 4)
     h = torch.zeros(1, 1, 32, 16)
-    for n, kw, want in ((16, {}, "v2"), (17, {}, "v1"), (17, {"split": 2}, "v2"), (3, {"block_tile": 16}, "v1"),
-                        (3, {"fused_merge": True}, "v2")):
+    monkeypatch.setattr(K, "_launch_v3", lambda *a: picked.append("v3"))
+    for n, kw, want in ((16, {}, "v2"), (17, {}, "v3"), (17, {"split": 2}, "v3"), (17, {"slice_tile": 16}, "v2"),
+                        (3, {"block_tile": 16}, "v1"), (3, {"fused_merge": True}, "v2"), (40, {"impl": "v1"}, "v1"),
+                        (3, {"impl": "v3"}, "v3")):
         spectral_decode(q, z, None, z, z, None, z, n, h, h, 1, **kw)
         assert picked[-1] == want, (n, kw)
-    # launched eagerly with the replayed launcher (host bound): v2 up to the total-block limit
-    monkeypatch.setattr(K, "_eager_replay", lambda dev: True)
-    monkeypatch.setattr(K, "AUTO_EAGER_V2_MAX_TOTAL_BLOCKS", 30)
-    for n, kw, want in ((17, {}, "v2"), (30, {}, "v2"), (31, {}, "v1"), (20, {"block_tile": 16}, "v1")):
-        spectral_decode(q, z, None, z, z, None, z, n, h, h, 1, **kw)
-        assert picked[-1] == want, ("eager", n, kw)
-    zb = torch.zeros(2, 1, 40, 32, 4)  # batch 2: twice the blocks in all
-    spectral_decode(torch.zeros(2, 2, 1, 16), zb, None, zb, zb, None, zb, 17, h.expand(2, -1, -1, -1).contiguous(),
-                    h.expand(2, -1, -1, -1).contiguous(), 1)
-    assert picked[-1] == "v1"
 
 
 def test_kernel_options_are_checked():
@@ -396,7 +429,9 @@ def test_kernel_options_are_checked():
     with pytest.raises(ValueError, match="impl='v1'"):
         spectral_decode(q, z, None, z, z, None, z, 1, z[..., 0, :], z[..., 0, :], 0, block_tile=16, impl="v2")
     with pytest.raises(ValueError, match="impl must be"):
-        spectral_decode(q, z, None, z, z, None, z, 1, z[..., 0, :], z[..., 0, :], 0, impl="v3")
+        spectral_decode(q, z, None, z, z, None, z, 1, z[..., 0, :], z[..., 0, :], 0, impl="v4")
+    with pytest.raises(ValueError, match="impl='v2'"):
+        spectral_decode(q, z, None, z, z, None, z, 1, z[..., 0, :], z[..., 0, :], 0, slice_tile=16, impl="v3")
     with pytest.raises(TypeError, match="unexpected"):
         spectral_decode(q, z, None, z, z, None, z, 1, z[..., 0, :], z[..., 0, :], 0, tile=16)
 
@@ -420,13 +455,17 @@ _GPU_KW = [{}, {"fused_merge": False}, {"split": 2, "num_stages": 1}, {"split": 
             "fused_merge": False},
            {"split": 1, "warp_slices": 4, "slice_tile": 32, "blocks_per_program": 2},  # 2 steps per slice
            {"maxnreg": 128}, {"fast_cvt": False},
+           {"impl": "v3"}, {"impl": "v3", "fused_merge": True}, {"impl": "v3", "split": 1, "num_warps": 8},
+           {"impl": "v3", "split": 4, "blocks_per_program": 3, "num_stages": 1}, {"impl": "v3", "maxnreg": 128},
+           {"impl": "v3", "fast_cvt": False},
            {"impl": "v1"}, {"impl": "v1", "fused_merge": True},
            {"impl": "v1", "blocks_per_program": 4, "block_tile": 128, "num_warps": 4, "num_stages": 2},
            {"impl": "v1", "value_proj": "merge"}]
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("kw,ranks", [(kw, (16, 32)) for kw in _GPU_KW] + [({}, (32, 32))])
+@pytest.mark.parametrize("kw,ranks", [(kw, (16, 32)) for kw in _GPU_KW] + [({}, (32, 32)), ({"impl": "v3"}, (32, 32)),
+                                                                          ({"impl": "v3"}, (16, 16))])
 def test_kernel_bf16_gpu(kw, ranks):
     dev = torch.device("cuda")
     b, hq, hk, d, t = 2, 32, 8, 128, 2100
@@ -449,7 +488,7 @@ def test_kernel_bf16_gpu(kw, ranks):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("quantize", [True, False])
-@pytest.mark.parametrize("value_proj", ["v2", "block", "merge"])
+@pytest.mark.parametrize("value_proj", ["v2", "v3", "block", "merge"])
 def test_kernel_fp32_gpu(quantize, value_proj):
     """fp32 caches on the GPU (IEEE dots; launch parameters that fit in shared memory)."""
     dev = torch.device("cuda")
@@ -461,15 +500,16 @@ def test_kernel_fp32_gpu(quantize, value_proj):
     c.append(torch.randn(b, hk, 1, d, device=dev), torch.randn(b, hk, 1, d, device=dev))
     q = torch.randn(b, hq, 1, d, device=dev)
     ref = spectral_attention(q, c.blocks(), c.hot_k[:, :, :c.hot_len], c.hot_v[:, :, :c.hot_len], c.seen - 1, d**-0.5)
-    kw = {} if value_proj == "v2" else {"impl": "v1", "value_proj": value_proj}
+    kw = {"impl": value_proj} if value_proj in ("v2", "v3") else {"impl": "v1", "value_proj": value_proj}
     out = spectral_decode(q, c.ck, c.sk, c.bk, c.cv, c.sv, c.bv, c.n_blocks, c.hot_k, c.hot_v, c.hot_len, d**-0.5,
                           **kw)
     assert rel_err(out, ref) <= 1e-4
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("impl", ["auto", "v3"])
 @pytest.mark.parametrize("quantize", [True, False])
-def test_kernel_full_rank_bf16_gpu(quantize):
+def test_kernel_full_rank_bf16_gpu(quantize, impl):
     """Ranks = head dim: the default launch needs more shared memory than an H100 has and must
     fall back to a smaller configuration."""
     dev = torch.device("cuda")
@@ -483,12 +523,14 @@ def test_kernel_full_rank_bf16_gpu(quantize):
     q = torch.randn(b, hq, 1, d, device=dev, dtype=torch.bfloat16)
     ref = spectral_attention(q.float(), c.blocks(), c.hot_k[:, :, :c.hot_len].float(),
                              c.hot_v[:, :, :c.hot_len].float(), c.seen - 1, d**-0.5)
-    out = spectral_decode(q, c.ck, c.sk, c.bk, c.cv, c.sv, c.bv, c.n_blocks, c.hot_k, c.hot_v, c.hot_len, d**-0.5)
+    out = spectral_decode(q, c.ck, c.sk, c.bk, c.cv, c.sv, c.bv, c.n_blocks, c.hot_k, c.hot_v, c.hot_len, d**-0.5,
+                          impl=impl)
     assert rel_err(out, ref) <= 1e-2
 
 
 @pytest.mark.gpu
-def test_kernel_replay_and_cuda_graph_gpu():
+@pytest.mark.parametrize("impl", ["auto", "v3"])
+def test_kernel_replay_and_cuda_graph_gpu(impl):
     """Replayed launches (second call of a shape onwards) take the new tensors' pointers: two
     caches of one shape, called alternately; and a CUDA-graph capture replays with new queries."""
     dev = torch.device("cuda")
@@ -504,7 +546,7 @@ def test_kernel_replay_and_cuda_graph_gpu():
 
     def call(c, q):
         return spectral_decode(q, c.ck, c.sk, c.bk, c.cv, c.sv, c.bv, c.n_blocks, c.hot_k, c.hot_v, c.hot_len,
-                               d**-0.5)
+                               d**-0.5, impl=impl)
 
     def ref(c, q):
         return spectral_attention(q.float(), c.blocks(), c.hot_k[:, :, :c.hot_len].float(),

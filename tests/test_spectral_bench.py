@@ -27,11 +27,15 @@ def _one_thread():
 
 def test_bench_spectral_quick(tmp_path, monkeypatch):
     monkeypatch.setenv("ATTNLAB_BENCH_DIR", str(tmp_path))
-    assert load("bench_spectral").main(["--quick", "--name", "t"]) == 0
-    rows = json.loads((tmp_path / "t.json").read_text())["rows"]
+    # the GPU-only measures (--multi, --profile, --floor) are parsed and skipped on CPU
+    assert load("bench_spectral").main(["--quick", "--name", "t", "--multi", "4", "--profile", "--floor"]) == 0
+    data = json.loads((tmp_path / "t.json").read_text())
+    rows = data["rows"]
     assert rows and rows[0]["compression"] > 1
     if "kernel_vs_ref_err" in rows[0]:
         assert rows[0]["kernel_vs_ref_err"] < 1e-4
+    assert {"default", "v1", "v3:2:-:-:-:-:-:-"} <= {r["config"] for r in data["sweep"]}
+    assert all(r["err"] < 1e-4 for r in data["sweep"])
 
 
 def test_spectral_fidelity_quick(tmp_path, monkeypatch):

@@ -1,9 +1,19 @@
 """Triton decode kernels for the spectral KV cache (one query token per sequence).
 
-``spectral_decode(impl="auto")`` picks v2 for up to AUTO_V2_MAX_BLOCKS blocks per (b, h) and v1
-above (the faster kernel in the session-4 H100 measurements, benchmarks/RESULTS.md), except when
-launched eagerly (no CUDA graph capture): then v2's replayed launch, ~35 us of host time against
-v1's 70-130, wins up to AUTO_EAGER_V2_MAX_TOTAL_BLOCKS blocks in all.
+``spectral_decode(impl="auto")`` picks v2 for up to AUTO_V2_MAX_BLOCKS blocks per (b, h) and v3
+above (the faster kernels in the session-4/5 H100 measurements, benchmarks/RESULTS.md); v2 and v3
+share one launcher whose launches are replayed (~35 us of host time eagerly, against 70-130 for
+v1's Triton launch).
+
+v3 (``_spectral_v3``, session 5): like v2 a program takes ``block_size / split`` tokens (of each
+of ``blocks_per_program`` consecutive blocks, pipelined), cut into token slices, but the slices
+are packed into the ROWS of the dots: row ``j*G + g`` is (slice j, query head g), the score dot's
+left operand is block diagonal (``qb`` of slice j in column block j, against the slices' key
+coefficients stacked along K), the aggregation dot's right operand is the slices' value
+coefficients side by side (its off-diagonal blocks are discarded). With G = 4 the 16 rows of a
+tensor-core dot carry 4 slices instead of 12 padding rows, so the softmax and its layout changes
+do 4x less work (v1/v2: ``[G -> 16, tokens]``, 3/4 padding). Half the instructions per token of
+v2 (sm_90 SASS); fastest at 16 blocks and more in the session-5 H100 sweep.
 
 v2 (``_spectral_v2``): a program takes half a block (``split`` 2) or ``blocks_per_program`` whole
 blocks; its tokens are cut into ``warp_slices`` slices that are the batch dimension of 3-D dots
@@ -596,24 +606,31 @@ if HAS_TRITON:
         tl.store(PL + part_row, l_i, mask=gmask)
         tl.store(PACC + part_row[:, None] * DV + offs_dv[None, :], acc, mask=gmask[:, None] & dvmask[None, :])
         if FUSED:
-            # one launch in all: the last program of each group of GRP splits to finish merges the
-            # group's partials into a group partial, the last group of this (b, h) merges those
-            # into the output (two short rounds of loads at the tail instead of n_splits / SCH)
-            grp = pid_s // GRP
-            gsize = tl.minimum(GRP, n_splits - grp * GRP)
-            cbase = CNT + pid_bh * (n_groups + 1)
-            tl.debug_barrier()  # every thread's partial stores precede the release below
-            done = tl.atomic_add(cbase + grp, 1, sem="acq_rel", scope="gpu")
-            if done == gsize - 1:
-                _merge_rows(PM, PL, PACC, pid_bh * n_splits + grp * GRP, gsize, PM2, PL2, PACC2,
-                            pid_bh * n_groups + grp, 0, False, G, GQ, DV, DVP, GRP)
-                tl.atomic_xchg(cbase + grp, 0, sem="relaxed", scope="gpu")  # ready for the next call
-                tl.debug_barrier()
-                done2 = tl.atomic_add(cbase + n_groups, 1, sem="acq_rel", scope="gpu")
-                if done2 == n_groups - 1:
-                    _merge_rows(PM2, PL2, PACC2, pid_bh * n_groups, n_groups, PM2, PL2, O, pid_bh * G, 0, True,
-                                G, GQ, DV, DVP, SCH)
-                    tl.atomic_xchg(cbase + n_groups, 0, sem="relaxed", scope="gpu")
+            _fused_tail(PM, PL, PACC, PM2, PL2, PACC2, O, CNT, pid_bh, pid_s, n_splits, n_groups, G, GQ, DV, DVP,
+                        GRP, SCH)
+
+    @triton.jit
+    def _fused_tail(PM, PL, PACC, PM2, PL2, PACC2, O, CNT, pid_bh, pid_s, n_splits, n_groups, G: tl.constexpr,
+                    GQ: tl.constexpr, DV: tl.constexpr, DVP: tl.constexpr, GRP: tl.constexpr, SCH: tl.constexpr):
+        """The fused merge of v2/v3, after a program stored its partial: the last program of each group
+        of GRP splits to finish merges the group's partials into a group partial, the last group of
+        this (b, h) merges those into the output (two short rounds of loads at the tail instead of
+        n_splits / SCH). The counters are left at zero for the next call."""
+        grp = pid_s // GRP
+        gsize = tl.minimum(GRP, n_splits - grp * GRP)
+        cbase = CNT + pid_bh * (n_groups + 1)
+        tl.debug_barrier()  # every thread's partial stores precede the release below
+        done = tl.atomic_add(cbase + grp, 1, sem="acq_rel", scope="gpu")
+        if done == gsize - 1:
+            _merge_rows(PM, PL, PACC, pid_bh * n_splits + grp * GRP, gsize, PM2, PL2, PACC2,
+                        pid_bh * n_groups + grp, 0, False, G, GQ, DV, DVP, GRP)
+            tl.atomic_xchg(cbase + grp, 0, sem="relaxed", scope="gpu")  # ready for the next call
+            tl.debug_barrier()
+            done2 = tl.atomic_add(cbase + n_groups, 1, sem="acq_rel", scope="gpu")
+            if done2 == n_groups - 1:
+                _merge_rows(PM2, PL2, PACC2, pid_bh * n_groups, n_groups, PM2, PL2, O, pid_bh * G, 0, True,
+                            G, GQ, DV, DVP, SCH)
+                tl.atomic_xchg(cbase + n_groups, 0, sem="relaxed", scope="gpu")
 
     @triton.jit(do_not_specialize=["n_splits"])
     def _merge_v2_kernel(PM, PL, PACC, O, n_splits, G: tl.constexpr, GQ: tl.constexpr, DV: tl.constexpr,
@@ -621,6 +638,175 @@ if HAS_TRITON:
         bh = tl.program_id(0)
         _merge_rows(PM, PL, PACC, bh * n_splits, n_splits, PM, PL, O, bh * G, tl.program_id(1) * DVB, True,
                     G, GQ, DV, DVB, SCH)
+
+
+# ---------------------------------------------------------------------------------------------
+# v3: token slices packed into the rows of the dots (no padded query rows)
+# ---------------------------------------------------------------------------------------------
+if HAS_TRITON:
+
+    @triton.jit
+    def _rows_of_slices(x, diag, NW: tl.constexpr, GQ: tl.constexpr, GP: tl.constexpr, TW: tl.constexpr):
+        """x [NW, TW] (one row per token slice) -> [GP, TW], row j*GQ + g = x[j] (rows past NW*GQ: 0)."""
+        if NW * GQ == GP:
+            out = tl.reshape(tl.broadcast_to(x[:, None, :], (NW, GQ, TW)), (GP, TW))
+        else:
+            out = tl.sum(tl.where(diag, x[None, :, :], 0.0), 1)
+        return out
+
+    @triton.jit(do_not_specialize=["n_blocks", "hot_len"])
+    def _spectral_v3(
+        Q, CK, SK, BK, CV, SV, BV, HKP, HVP, PM, PL, PACC, CNT, O, PM2, PL2, PACC2,
+        n_blocks, nb_cap, hot_len, hot_cap, n_comp, n_splits, n_groups, qk_scale,
+        G: tl.constexpr, GP: tl.constexpr, GQ: tl.constexpr,
+        D: tl.constexpr, DP: tl.constexpr, DV: tl.constexpr, DVP: tl.constexpr,
+        RK: tl.constexpr, RKP: tl.constexpr, RV: tl.constexpr, RVP: tl.constexpr,
+        BS: tl.constexpr, SPLIT: tl.constexpr, BPP: tl.constexpr, NW: tl.constexpr, TW: tl.constexpr,
+        HOT_PER_SPLIT: tl.constexpr, HT: tl.constexpr,
+        QUANT: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr,
+        FUSED: tl.constexpr, GRP: tl.constexpr, SCH: tl.constexpr, FASTCVT: tl.constexpr, I64: tl.constexpr,
+    ):
+        """v3 block program: BS // SPLIT tokens of each of BPP consecutive blocks, cut into NW slices
+        of TW tokens. The GP rows of every dot are (slice j, query head g) pairs, row j*GQ + g, so
+        no row is padding when G < 16 (v1/v2 pad the G = 4 query heads of a kv head to 16 rows,
+        and their softmax work is 3/4 padding):
+
+            qb   = q_rep @ B_K^T                                  [GP, rk]  (q repeated per slice)
+            s    = blockdiag_j(qb) @ [C_K(slice 0)^T; ...; C_K(slice NW-1)^T]      [GP, TW]
+            p    = exp2(s - m_row)  (each row its own online softmax across the blocks)
+            pcf  = (p * s_V) @ [C_V(slice 0) | ... | C_V(slice NW-1)]             [GP, NW*rv]
+            pc   = the diagonal blocks of pcf (row j*GQ+g, columns j*rv ..)       [GP, rv]
+            acc += pc @ B_V                                                       [GP, dv]
+
+        (the zero blocks cost tensor-core work only), then the NW rows of each head are merged
+        once per program. Same arguments and partial layout as v2 (same launcher, replay, merges)."""
+        pid_bh = tl.program_id(0)
+        pid_s = tl.program_id(1)
+        offs_d = tl.arange(0, DP)
+        offs_dv = tl.arange(0, DVP)
+        dmask = offs_d < D
+        dvmask = offs_dv < DV
+        if pid_s < n_comp:
+            TPP: tl.constexpr = BS // SPLIT
+            offs_r = tl.arange(0, GP)
+            jr = offs_r // GQ  # the slice of each row
+            gr = offs_r % GQ  # the query head of each row
+            rvalid = (jr < NW) & (gr < G)
+            offs_j = tl.arange(0, NW)
+            offs_t = tl.arange(0, TW)
+            offs_rk = tl.arange(0, RKP)
+            offs_rv = tl.arange(0, RVP)
+            rkmask = offs_rk < RK
+            rvmask = offs_rv < RV
+            q = tl.load(Q + (pid_bh * G + gr)[:, None] * D + offs_d[None, :], mask=rvalid[:, None] & dmask[None, :],
+                        other=0.0)
+            if not LOWP:
+                q = q.to(tl.float32)
+            m_i = tl.full([GP], -1.0e30, tl.float32)
+            l_i = tl.zeros([GP], tl.float32)
+            acc = tl.zeros([GP, DVP], tl.float32)
+            n0 = (pid_s // SPLIT) * BPP
+            n1 = tl.minimum(n0 + BPP, n_blocks)
+            part = pid_s % SPLIT
+            diag = jr[:, None, None] == offs_j[None, :, None]  # [GP, NW, 1]: row block j of slice j
+            for n in range(n0, n1):
+                blk = pid_bh * nb_cap + n
+                if I64:
+                    blk = blk.to(tl.int64)
+                tok = blk * BS + part * TPP + offs_j[:, None] * TW + offs_t[None, :]  # [NW, TW]
+                # every load of the block first
+                ck_ptr = CK + tok[:, None, :] * RK + offs_rk[None, :, None]  # C_K^T per slice [NW, RKP, TW]
+                cv_ptr = CV + tok[:, :, None] * RV + offs_rv[None, None, :]  # [NW, TW, RVP]
+                bk_ptr = BK + blk * (RK * D) + offs_rk[:, None] * D + offs_d[None, :]
+                bv_ptr = BV + blk * (RV * DV) + offs_rv[:, None] * DV + offs_dv[None, :]
+                if RK == RKP:
+                    ck = tl.load(ck_ptr)
+                else:
+                    ck = tl.load(ck_ptr, mask=rkmask[None, :, None], other=0)
+                if RV == RVP:
+                    cv = tl.load(cv_ptr)
+                else:
+                    cv = tl.load(cv_ptr, mask=rvmask[None, None, :], other=0)
+                if QUANT:
+                    sk = tl.load(SK + tok)
+                    sv = tl.load(SV + tok)
+                if RK == RKP and D == DP:
+                    bk = tl.load(bk_ptr)
+                else:
+                    bk = tl.load(bk_ptr, mask=rkmask[:, None] & dmask[None, :], other=0.0)
+                if RV == RVP and DV == DVP:
+                    bv = tl.load(bv_ptr)
+                else:
+                    bv = tl.load(bv_ptr, mask=rvmask[:, None] & dvmask[None, :], other=0.0)
+                if LOWP:
+                    qb = tl.dot(q, tl.trans(bk.to(q.dtype))) * qk_scale  # [GP, RKP]
+                    if QUANT:
+                        ckf = _i8_to_f16(ck, FASTCVT)
+                        cvf = _i8_to_f16(cv, FASTCVT)
+                    else:
+                        ckf = ck.to(tl.float16)
+                        cvf = cv.to(tl.float16)
+                else:
+                    qb = tl.dot(q, tl.trans(bk.to(tl.float32)), input_precision=PREC) * qk_scale
+                    ckf = ck.to(tl.float32)
+                    cvf = cv.to(tl.float32)
+                # block-diagonal query operand [GP, NW*RKP]: row (j, g) holds qb[g] in column block j
+                qd = tl.reshape(tl.where(diag, qb[:, None, :], 0.0), (GP, NW * RKP))
+                ckc = tl.reshape(ckf, (NW * RKP, TW))
+                if LOWP:
+                    s = tl.dot(qd.to(tl.float16), ckc)  # [GP, TW]
+                else:
+                    s = tl.dot(qd, ckc, input_precision=PREC)
+                if QUANT:  # per-token scales of row (j, g): the scales of slice j
+                    s = s * _rows_of_slices(sk, diag, NW, GQ, GP, TW)
+                m_new = tl.maximum(m_i, tl.max(s, 1))
+                alpha = tl.exp2(m_i - m_new)
+                p = tl.exp2(s - m_new[:, None])
+                l_i = l_i * alpha + tl.sum(p, 1)
+                if QUANT:
+                    p = p * _rows_of_slices(sv, diag, NW, GQ, GP, TW)
+                cvc = tl.reshape(tl.permute(cvf, (1, 0, 2)), (TW, NW * RVP))  # [C_V(slice 0) | ...]
+                if LOWP:
+                    pcf = tl.dot(p.to(tl.float16), cvc)  # [GP, NW*RVP]
+                else:
+                    pcf = tl.dot(p, cvc, input_precision=PREC)
+                pc = tl.sum(tl.where(diag, tl.reshape(pcf, (GP, NW, RVP)), 0.0), 1)  # [GP, RVP]
+                acc = acc * alpha[:, None] + tl.dot(pc, bv.to(tl.float32), input_precision=PREC)
+                m_i = m_new
+            # merge the NW slice rows of each query head
+            m_i = tl.where(rvalid, m_i, -1.0e30)
+            m3 = tl.reshape(m_i, (GP // GQ, GQ))
+            m_h = tl.max(m3, 0)
+            w3 = tl.exp2(m3 - m_h[None, :])
+            l_h = tl.sum(tl.reshape(tl.where(rvalid, l_i, 0.0), (GP // GQ, GQ)) * w3, 0)
+            acc3 = tl.reshape(tl.where(rvalid[:, None], acc, 0.0), (GP // GQ, GQ, DVP))
+            acc_h = tl.sum(acc3 * w3[:, :, None], 0)  # [GQ, DVP]
+            offs_q = tl.arange(0, GQ)
+            qmask = offs_q < G
+            prow = (pid_bh * n_splits + pid_s) * GQ + offs_q
+            tl.store(PM + prow, m_h, mask=qmask)
+            tl.store(PL + prow, l_h, mask=qmask)
+            tl.store(PACC + prow[:, None] * DV + offs_dv[None, :], acc_h, mask=qmask[:, None] & dvmask[None, :])
+        else:
+            offs_g = tl.arange(0, GP)
+            gmask = offs_g < G
+            qh = tl.load(Q + (pid_bh * G + offs_g)[:, None] * D + offs_d[None, :], mask=gmask[:, None] & dmask[None, :],
+                         other=0.0)
+            if not LOWP:
+                qh = qh.to(tl.float32)
+            hm = tl.full([GP], -1.0e30, tl.float32)
+            hl = tl.zeros([GP], tl.float32)
+            hacc = tl.zeros([GP, DVP], tl.float32)
+            hm, hl, hacc = _hot_window(qh, HKP, HVP, (pid_s - n_comp) * HOT_PER_SPLIT, hot_len, pid_bh * hot_cap,
+                                          offs_d, offs_dv, dmask, dvmask, qk_scale, hm, hl, hacc,
+                                          HOT_PER_SPLIT, HT, D, DV, LOWP, PREC)
+            hrow = (pid_bh * n_splits + pid_s) * GQ + offs_g
+            tl.store(PM + hrow, hm, mask=gmask)
+            tl.store(PL + hrow, hl, mask=gmask)
+            tl.store(PACC + hrow[:, None] * DV + offs_dv[None, :], hacc, mask=gmask[:, None] & dvmask[None, :])
+        if FUSED:
+            _fused_tail(PM, PL, PACC, PM2, PL2, PACC2, O, CNT, pid_bh, pid_s, n_splits, n_groups, G, GQ, DV, DVP,
+                        GRP, SCH)
 
 
 @functools.lru_cache(maxsize=None)
@@ -862,13 +1048,7 @@ def _make_plan(skey, q, ck, cv, bv, hot_k, n_blocks, hot_len, hot_per_split, vme
 # v2 launcher
 # ---------------------------------------------------------------------------------------------
 _V1_ONLY = ("block_tile", "value_proj")
-AUTO_V2_MAX_BLOCKS = 16  # impl="auto": v2 up to this many compressed blocks per (b, h), else v1
-# impl="auto" launched eagerly (no CUDA graph being captured) with the replayed launcher: v2 up to this
-# many compressed blocks in all (b, h) rows. Eagerly, decode is host bound: v2's replay costs ~35 us of
-# host time per call against ~70-130 us for v1's Triton launch, which outweighs v1's faster kernel
-# below ~2K blocks (H100, session 4: B=1 32K ranks 16 57.6 vs 92.1 us per call; B=8 16K 129 vs 158;
-# B=8 32K, 4096 blocks: 178 vs 176, so v1 there).
-AUTO_EAGER_V2_MAX_TOTAL_BLOCKS = 2048
+AUTO_V2_MAX_BLOCKS = 16  # impl="auto": v2 up to this many compressed blocks per (b, h), else v3
 
 try:
     from triton import knobs as _knobs
@@ -883,12 +1063,6 @@ LAUNCH_STATS = {"replayed": 0, "jit": 0, "replay_unavailable": 0}  # v2 launches
 
 def _replay_ok(dev) -> bool:
     return dev.type == "cuda" and not _interpreting()
-
-
-def _eager_replay(dev) -> bool:
-    """v2's launches will be replayed and no CUDA graph is being captured (the host-bound case)."""
-    return (_FAST_LAUNCH and _replay_ok(dev) and not torch.cuda.is_current_stream_capturing()
-            and not _hooks_active())
 
 
 def _current_stream(dev) -> int:
@@ -956,10 +1130,12 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
     hot_k/hot_v [B, Hk, hot_cap, d] hold hot_len exact tokens after the blocks.
     Returns [B, Hq, 1, dv] in q's dtype.
 
-    impl="auto" (default): v2 for up to AUTO_V2_MAX_BLOCKS blocks per (b, h), v1 above (the faster
-    kernel in the session-4 H100 measurements), except when launched eagerly on CUDA (no graph
-    capture), where v2's replayed launch wins up to AUTO_EAGER_V2_MAX_TOTAL_BLOCKS blocks in all;
-    options of one kernel select that kernel.
+    impl="auto" (default): v2 for up to AUTO_V2_MAX_BLOCKS blocks per (b, h), v3 above (the faster
+    kernels in the session-4/5 H100 measurements); options of one kernel (v1's block_tile,
+    value_proj; v2's warp_slices, slice_tile) select that kernel.
+    impl="v3": launch parameters left None come from ``default_config_v3``: split,
+    blocks_per_program (with split > 1: that part of each of them), num_warps, num_stages,
+    fused_merge, merge_group, fast_cvt, maxnreg.
     impl="v2": launch parameters left None come from ``default_config_v2``: split (programs per
     block), warp_slices, slice_tile, blocks_per_program (split 1 only), num_warps, num_stages,
     fused_merge (True: the partials are merged in the same launch), merge_group, fast_cvt (int8 ->
@@ -968,30 +1144,35 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
     blocks_per_program, value_proj, maxnreg besides the shared options.
     """
     if impl == "auto":
-        # the faster kernel of the session-4 H100 measurements (benchmarks/RESULTS.md): v2 up to 16
-        # blocks per (b, h) (T <= 8K at block 512), v1 above; options of one kernel select it
+        # the faster kernel of the H100 measurements (benchmarks/RESULTS.md, sessions 4 and 5): v2 up
+        # to AUTO_V2_MAX_BLOCKS blocks per (b, h), v3 above (graph-captured or eager: both go through
+        # the same replayed launcher); options of one kernel select it
         if v1_options:
             impl = "v1"
-        elif split or warp_slices or slice_tile or fast_cvt is not None or merge_group or maxnreg:
+        elif warp_slices or slice_tile:
             impl = "v2"
         elif n_blocks <= AUTO_V2_MAX_BLOCKS:
             impl = "v2"
-        elif _eager_replay(q.device) and q.shape[0] * ck.shape[1] * n_blocks <= AUTO_EAGER_V2_MAX_TOTAL_BLOCKS:
-            impl = "v2"
         else:
-            impl = "v1"
+            impl = "v3"
     if impl == "v1":
         return _spectral_decode_v1(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale,
                                    blocks_per_program=blocks_per_program, hot_per_split=hot_per_split,
                                    fused_merge=fused_merge, num_warps=num_warps, num_stages=num_stages,
                                    maxnreg=maxnreg, **v1_options)
-    if impl != "v2":
-        raise ValueError(f"impl must be 'auto', 'v1' or 'v2'; got {impl!r}")
+    if impl not in ("v2", "v3"):
+        raise ValueError(f"impl must be 'auto', 'v1', 'v2' or 'v3'; got {impl!r}")
     if v1_options:
         bad = sorted(set(v1_options) - set(_V1_ONLY))
         if bad:
             raise TypeError(f"spectral_decode: unexpected option(s) {', '.join(bad)}")
         raise ValueError(f"option(s) {', '.join(sorted(v1_options))} belong to impl='v1'")
+    if impl == "v3":
+        return _spectral_decode_v3(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale, split=split,
+                                   blocks_per_program=blocks_per_program, hot_per_split=hot_per_split,
+                                   fused_merge=fused_merge, fast_cvt=fast_cvt, merge_group=merge_group,
+                                   num_warps=num_warps, num_stages=num_stages, maxnreg=maxnreg,
+                                   warp_slices=warp_slices, slice_tile=slice_tile)
     if not HAS_TRITON:
         raise RuntimeError("the spectral decode kernel needs triton (pip install triton)")
     b, hq, t, d = q.shape
@@ -1028,8 +1209,92 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
     return out
 
 
+def default_config_v3(n_bh: int, n_blocks: int, block_size: int, n_sms: int, elem_size: int = 2) -> dict:
+    """v3 launch parameters: split (programs per block group, block_size / split tokens of each
+    block), blocks_per_program (consecutive blocks per program, pipelined), num_warps, num_stages,
+    fused_merge, merge_group."""
+    if elem_size >= 4:
+        cfg = dict(split=4 if block_size >= 256 else 1, num_warps=4, num_stages=1, fused_merge=False)
+    else:
+        # session-5 H100 sweep at 32K (benchmarks/RESULTS.md), fastest at B = 1 and 8, ranks 16 and 32:
+        # half a block per program, 4 warps, the blocks of a program pipelined (num_stages 2), up to 4
+        # blocks per program while that leaves >= one program per SM, separate merge launch
+        sp = 2 if block_size >= 128 else 1
+        per_sm = n_bh * max(n_blocks, 1) * sp // max(n_sms, 1)
+        bpp = 1
+        while bpp < 4 and bpp * 2 <= per_sm:
+            bpp *= 2
+        cfg = dict(split=sp, blocks_per_program=bpp, num_warps=4, num_stages=2, fused_merge=False)
+    cfg.setdefault("blocks_per_program", 1)
+    cfg.update(merge_group=8)
+    return cfg
+
+
+def _spectral_decode_v3(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale, *, split=None,
+                        blocks_per_program=None, hot_per_split=256, fused_merge=None, fast_cvt=None,
+                        merge_group=None, num_warps=None, num_stages=None, maxnreg=None, warp_slices=None,
+                        slice_tile=None):
+    """The v3 kernel (``_spectral_v3``) through v2's launcher (plans, replay, merges)."""
+    if warp_slices or slice_tile:
+        raise ValueError("warp_slices / slice_tile belong to impl='v2'")
+    if not HAS_TRITON:
+        raise RuntimeError("the spectral decode kernel needs triton (pip install triton)")
+    b, hq, t, d = q.shape
+    if t != 1:
+        raise ValueError(f"spectral_decode takes one query token; got {t}")
+    bs = ck.shape[3]
+    if bs % KERNEL_TILE:
+        raise ValueError(f"block_size {bs} must be a multiple of the kernel tile {KERNEL_TILE}")
+    for name, x in (("ck", ck), ("sk", sk), ("bk", bk), ("cv", cv), ("sv", sv), ("bv", bv), ("hot_k", hot_k),
+                    ("hot_v", hot_v)):
+        if x is not None and not x.is_contiguous():
+            raise ValueError(f"spectral_decode: {name} must be contiguous")
+    if not q.is_contiguous():
+        q = q.contiguous()
+    dev = q.device
+    cfg = default_config_v3(b * ck.shape[1], n_blocks, bs, _num_sms(dev), q.element_size())
+    sp = split or cfg["split"]
+    while sp > 1 and (bs % sp or (bs // sp) % 16):
+        sp //= 2
+    bpp = blocks_per_program or cfg["blocks_per_program"]  # with split > 1: that part of bpp blocks
+    g = hq // ck.shape[1]
+    gq, gp = next_pow2(g), _p2(g)
+    tpp = bs // sp
+    nsl = max(1, min(gp // gq, tpp // 16))  # token slices packed into the dot rows
+    while tpp % (nsl * 16):
+        nsl //= 2
+    first = (sp, nsl, tpp // nsl, num_warps or cfg["num_warps"], num_stages or cfg["num_stages"],
+             cfg["fused_merge"] if fused_merge is None else bool(fused_merge),
+             (dev.type == "cuda" and not _interpreting()) if fast_cvt is None else bool(fast_cvt),
+             merge_group or cfg["merge_group"], bpp, maxnreg)
+    scale = d**-0.5 if scale is None else scale
+    out = torch.empty(b, hq, 1, bv.shape[-1], device=dev, dtype=q.dtype)
+    args = (q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale, out, hot_per_split)
+
+    def fallbacks():  # large ranks: no pipelining, then smaller programs (less shared memory per step)
+        cands = [first, (*first[:4], 1, *first[5:8], 1, first[9])]
+        sp2 = sp
+        while sp2 * 2 <= bs // 16 and sp2 < 8 * sp:
+            sp2 *= 2
+            t2 = bs // sp2
+            n2 = max(1, min(gp // gq, t2 // 16))
+            while t2 % (n2 * 16):
+                n2 //= 2
+            cands.append((sp2, n2, t2 // n2, first[3], 1, *first[5:8], 1, first[9]))
+        cands = list(dict.fromkeys(cands))
+        return cands, ("v3", dev, q.dtype, ck.dtype, bk.dtype, hot_k.dtype, bs, ck.shape[-1], cv.shape[-1], d,
+                       bv.shape[-1], hq // ck.shape[1], first)
+
+    _launch_fitting(_launch_v3, args, first, fallbacks)
+    return out
+
+
+def _launch_v3(*args):
+    return _launch_v2(*args, kernel="v3")
+
+
 def _launch_v2(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale, out, hot_per_split,
-               sp, nw, tw, num_warps, num_stages, fused, fast, grp, bpp, maxnreg):
+               sp, nw, tw, num_warps, num_stages, fused, fast, grp, bpp, maxnreg, kernel="v2"):
     global _FAST_LAUNCH
     dev = q.device
     cuda = dev.type == "cuda"
@@ -1044,7 +1309,7 @@ def _launch_v2(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale
     tensors = (q, ck, sk, bk, cv, sv, bv, hot_k, hot_v)
     key = (skey, q.shape, q.dtype, ck.shape, ck.dtype, bk.shape, bk.dtype, cv.shape, bv.shape, bv.dtype, hot_k.shape,
            hot_k.dtype, hot_v.shape, quant, n_blocks, n_hot, hot_per_split, sp, nw, tw, num_warps, num_stages, fused,
-           fast, grp, bpp, maxnreg, tuple(x is None or x.data_ptr() % 16 == 0 for x in tensors))
+           fast, grp, bpp, maxnreg, kernel, tuple(x is None or x.data_ptr() % 16 == 0 for x in tensors))
     plan = _V2_PLANS.get(key)
     if plan is not None and plan[0] is not None and not _hooks_active():  # replay: compiled launchers, new pointers
         try:
@@ -1075,7 +1340,8 @@ def _launch_v2(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale
          pacc2, n_blocks, nb_cap, hot_len, hot_cap, n_comp, n_splits, n_groups, scale * 1.4426950408889634,
          *consts.values()]
     opts = {} if maxnreg is None else {"maxnreg": maxnreg}
-    k1 = _spectral_v2[grid](*a, num_warps=num_warps, num_stages=num_stages, **opts)
+    k1 = (_spectral_v3 if kernel == "v3" else _spectral_v2)[grid](*a, num_warps=num_warps, num_stages=num_stages,
+                                                                   **opts)
     LAUNCH_STATS["jit"] += 1
     launches = [(k1, grid, a)]
     if mgrid is not None:
@@ -1107,7 +1373,7 @@ def _make_plan_v2(q, ck, bk, cv, bv, hot_k, n_blocks, n_hot, hot_per_split, quan
     g = hq // hk
     gq = next_pow2(g)
     n_bh = b * hk
-    n_comp = n_blocks * sp if sp > 1 else -(-n_blocks // bpp)
+    n_comp = -(-n_blocks // bpp) * sp  # programs of `bpp` blocks, `sp` per block group
     n_splits = max(1, n_comp + n_hot)
     n_groups = -(-n_splits // grp)
     n1, n2 = n_bh * n_splits * gq, n_bh * n_groups * gq  # partial rows of the two merge levels
@@ -1126,5 +1392,5 @@ def _make_plan_v2(q, ck, bk, cv, bv, hot_k, n_blocks, n_hot, hot_per_split, quan
     if not fused:
         dvb = min(32, dvp)
         mgrid = (n_bh, triton.cdiv(dv, dvb))
-        mconsts = dict(G=g, GQ=gq, DV=dv, DVB=dvb, SCH=32)
+        mconsts = dict(G=g, GQ=gq, DV=dv, DVB=dvb, SCH=min(64, max(8, next_pow2(n_splits))))  # one round up to 64
     return (n_bh, n_splits), mgrid, work, cnt, consts, mconsts, (nb_cap, hot_cap, n_comp, n_splits, n_groups)
