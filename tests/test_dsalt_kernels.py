@@ -208,12 +208,16 @@ def test_gpu_fp32_triton_matches_reference_tightly():
 
 @needs_triton
 @pytest.mark.parametrize("t,k,block,key32", [(50, 6, 16, True), (37, 40, 16, False), (64, 3, 32, True),
-                                             (700, 5, 16, True), (700, 5, 16, False)])
-def test_stable_slot_selection_kernel(t, k, block, key32):
+                                             (700, 5, 16, True), (700, 5, 16, False), (900, 16, 16, True)])
+@pytest.mark.parametrize("sel", [(0, 1), (1, 4)], ids=["serial", "batched"])
+def test_stable_slot_selection_kernel(t, k, block, key32, sel, monkeypatch):
     """The kernel's stable-slot sets equal the prefix top-k scan; each token is one run of one slot
-    (t=700: several chunks of blocks, most blocks skipped; int32 and int64 rank keys)."""
+    (t=700: several chunks of blocks, most blocks skipped; int32 and int64 rank keys); serial
+    insertion (one candidate at a time) and batched (a block's insertions at once)."""
     from attnlab.ops.dsalt import INVALID_KEY, key_positions, select_landmarks
-    from attnlab.ops.dsalt.kernel import _FAST_LM, _pow2, _select_stable
+    from attnlab.ops.dsalt.kernel import _FAST_LM, OPTS, _pow2, _select_stable
+
+    monkeypatch.setitem(OPTS, "select", sel)
 
     e = torch.randn(2, 3, t, device=DEV)
     e[:, :, 5:9] = e[:, :, 4:5]  # ties in the float16-rounded energy

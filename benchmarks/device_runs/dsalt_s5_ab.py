@@ -102,6 +102,7 @@ def main():
                 x.grad = None
 
         BASE = dict(K.OPTS)
+        ALL = {"select": (1, 4), "lc_fwd": 32}
         variants = {
             "flex_window": flex_step,
             "window": mk(0),
@@ -112,7 +113,16 @@ def main():
             "dsalt_lcdq32": mk(n_lm, opts={"lc_dq": 32}),
             "dsalt_delta128x8": mk(n_lm, opts={"delta": (128, 8)}),
             "dsalt_delta32x4": mk(n_lm, opts={"delta": (32, 4)}),
+            "dsalt_selb4": mk(n_lm, opts={"select": (1, 4)}),
+            "dsalt_selb8": mk(n_lm, opts={"select": (1, 8)}),
+            "dsalt_all": mk(n_lm, opts=ALL),
         }
+        for name, sel in (("select_serial", (0, 1)), ("select_b4", (1, 4)), ("select_b8", (1, 8))):
+            def sstep(sel=sel):
+                K.OPTS["select"] = sel
+                K.landmark_slots(e.detach(), n_lm, block)
+                K.OPTS.update(BASE)
+            variants[name] = sstep
         times = {name: [] for name in variants}
         hosts = {name: [] for name in variants}
         with warnings.catch_warnings():
@@ -132,6 +142,13 @@ def main():
             row[name] = statistics.median(times[name])
             row[name + "_host"] = statistics.median(hosts[name])
         fl = row["flex_window"]
+        # the batched selection's sets equal the serial kernel's (slots too, checked on CPU)
+        K.OPTS["select"] = (1, 4)
+        a = K.landmark_slots(e.detach(), n_lm, block)[0]
+        K.OPTS.update(BASE)
+        b_ = K.landmark_slots(e.detach(), n_lm, block)[0]
+        row["select_batched_equal"] = bool(torch.equal(a, b_))
+        print(f"  batched selection == serial: {row['select_batched_equal']}", flush=True)
         print(f"== T={t}", flush=True)
         for name in variants:
             print(f"  {name:20s} {row[name]:7.3f} ms ({row[name] / fl:5.2f}x flex)  host {row[name + '_host']:6.3f} ms"

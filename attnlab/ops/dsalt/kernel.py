@@ -83,6 +83,11 @@ if HAVE_TRITON:
         return tl.where(out, float("-inf"), gate[None, :] * 1.4426950408889634)
 
     @triton.jit
+    def _logsigmoid(e):
+        """The landmark gate log(sigmoid(e)) (fp32), computed where it is used (GT: the energies)."""
+        return tl.minimum(e, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(e)))
+
+    @triton.jit
     def _tile_ranges(m0, w, T, n_max, edge, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
         """Key block starts: [lo, full_lo) edge (masked), [full_lo, m0) full, [m0, hi) diagonal
         (causal test only up to causal_hi, masked from there)."""
@@ -169,7 +174,7 @@ if HAVE_TRITON:
                 nbc = m0 // SEL_BLOCK + offs_c // KP
                 lpos = tl.load(LPOS + (bhk * NB + nbc) * KP + offs_c % KP, mask=nbc < NB, other=-1)
                 lp0 = tl.maximum(lpos, 0)
-                gate = tl.load(GT + bhk * T + lp0)
+                gate = _logsigmoid(tl.load(GT + bhk * T + lp0).to(tl.float32))
                 # landmark K/V rows loaded by position (no gathered copy)
                 lk = tl.load(kbase + lp0[:, None] * sk_t + offs_d[None, :])
                 s = tl.dot(q, tl.trans(lk), input_precision=PREC) * qk_scale
@@ -259,7 +264,7 @@ if HAVE_TRITON:
                 offs_k = c0 + tl.arange(0, LC)
                 lpos = tl.load(LPOS + (bhk * NB + nb) * KP + offs_k)
                 lp0 = tl.maximum(lpos, 0)
-                gate = tl.load(GT + bhk * T + lp0)
+                gate = _logsigmoid(tl.load(GT + bhk * T + lp0).to(tl.float32))
                 lk = tl.load(kbase + lp0[:, None] * sk_t + offs_d[None, :])
                 lv = tl.load(vbase + lp0[:, None] * sk_t + offs_d[None, :])
                 s = tl.dot(q, tl.trans(lk), input_precision=PREC) * qk_scale
@@ -389,8 +394,32 @@ if HAVE_TRITON:
         return key
 
     @triton.jit
+    def _insert_batch(cur, cand, m, kmin, KP: tl.constexpr, BS: tl.constexpr):
+        """All of one block's insertions at once: the new set is the top-KP of cur and the valid
+        candidates (those > m; cur holds the padding slots at the largest key, so they are never
+        evicted); the n inserted candidates (the n best) replace the n smallest entries of cur, in
+        the same slots (evicted slot of ascending rank e <- inserted candidate of descending rank
+        e). Same set as inserting best first, each replacing the minimum (the serial loop)."""
+        offs_k = tl.arange(0, KP)
+        offs_s = tl.arange(0, BS)
+        valid = cand > m
+        # descending rank of each valid candidate among the candidates and in the union
+        gt_cc = (cand[None, :] > cand[:, None]) & valid[None, :]  # [BS (j), BS (j')]: cand j' > cand j
+        rank_c = tl.sum(gt_cc.to(tl.int32), 1)
+        in_union = rank_c + tl.sum((cur[None, :] > cand[:, None]).to(tl.int32), 1)  # [BS]
+        ins = valid & (in_union < KP)
+        n_ins = tl.sum(ins.to(tl.int32), 0)
+        # ascending rank of each slot of cur (ties, e.g. empty slots, by slot index)
+        lt = (cur[None, :] < cur[:, None]) | ((cur[None, :] == cur[:, None]) & (offs_k[None, :] < offs_k[:, None]))
+        rank_k = tl.sum(lt.to(tl.int32), 1)  # [KP]
+        ev = rank_k < n_ins
+        match = ins[None, :] & (rank_c[None, :] == rank_k[:, None])  # [KP, BS]
+        new = tl.max(tl.where(match, cand[None, :], kmin), 1)
+        return tl.where(ev, new, cur)
+
+    @triton.jit
     def _select_kernel(E, LPOS, T, NB, S, K: tl.constexpr, KP: tl.constexpr, BS: tl.constexpr,
-                       CB: tl.constexpr, KEY32: tl.constexpr):
+                       CB: tl.constexpr, KEY32: tl.constexpr, BATCH: tl.constexpr = 0):
         """Causal landmark sets with stable slots, one program per (batch, kv head); see the
         module docstring. Chunk c holds the candidate blocks c*CB .. c*CB+CB-1; row r's output is
         the set of block c*CB + r + 1 (the set after that block's tokens were offered). The rank
@@ -430,14 +459,18 @@ if HAVE_TRITON:
                 tl.store(LPOS + pid * NB * KP + out_rows[:, None] + offs_k[None, :],
                          tl.broadcast_to(lp[None, :], (CB, KP)), mask=smask)
                 cand = tl.max(tl.where(rows[:, None] == nxt, ck, tl.min(kmin, 0)), 0)  # [BS] block nxt's keys
-                cand = tl.where(cand > m, cand, tl.min(kmin, 0))
-                best = tl.max(cand, 0)
-                while best > m:
-                    am = tl.argmin(cur, 0)
-                    cur = tl.where(offs_k == am, best, cur)
-                    cand = tl.where(cand == best, tl.min(kmin, 0), cand)
+                if BATCH:
+                    cur = _insert_batch(cur, cand, m, tl.min(kmin, 0), KP, BS)
                     m = tl.min(cur, 0)
+                else:
+                    cand = tl.where(cand > m, cand, tl.min(kmin, 0))
                     best = tl.max(cand, 0)
+                    while best > m:
+                        am = tl.argmin(cur, 0)
+                        cur = tl.where(offs_k == am, best, cur)
+                        cand = tl.where(cand == best, tl.min(kmin, 0), cand)
+                        m = tl.min(cur, 0)
+                        best = tl.max(cand, 0)
                 r0 = nxt
                 nxt = tl.min(tl.where((bmax > m) & (rows > r0), rows, CB), 0)
             lp = tl.where((offs_k < K) & (cur != kmin), pm - (cur & pm), none).to(tl.int32)
@@ -452,7 +485,7 @@ if HAVE_TRITON:
         return tl.where(f2 != 0, v2, v1 + v2), f1 | f2
 
     @triton.jit
-    def _lm_reduce_kernel(DLK, DLV, DG, LPOS, DK, DV, DGT, NB, T,
+    def _lm_reduce_kernel(DLK, DLV, DG, LPOS, DK, DV, DGT, E, NB, T,
                           KP: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, CB: tl.constexpr):
         """Add per-block landmark gradients [B*Hk, NB, KP, D] (and gate gradients [.., KP]) into
         dK/dV rows (and the per-token gate gradient): one program per (batch*kv head, slot,
@@ -498,7 +531,9 @@ if HAVE_TRITON:
                 xg = tl.load(DG + (base + blk) * KP + sl, mask=valid, other=0.0)
                 xg = xg + tl.where((rows == 0) & (start == 0), carry_g, 0.0)
                 sg, _fg = tl.associative_scan((xg, start), 0, _seg_add)
-                tl.store(DGT + pid * T + tl.maximum(tok, 0), sg, mask=end)
+                # the energy gradient: d logsigmoid(e) / de = sigmoid(-e)
+                et = tl.load(E + pid * T + tl.maximum(tok, 0), mask=end, other=0.0).to(tl.float32)
+                tl.store(DGT + pid * T + tl.maximum(tok, 0), sg / (1.0 + tl.exp(et)), mask=end)
                 carry_g = tl.broadcast_to(tl.sum(tl.where(rows == CB - 1, sg, 0.0), 0), (CB,))
 
 
@@ -517,8 +552,9 @@ def _select_stable(energy, k: int, kp: int, block: int, key32: bool | None = Non
     e = energy.detach().float().contiguous()
     out = torch.empty(b, hk, nb, kp, dtype=torch.int32, device=energy.device)
     cb = 16 if block <= 128 else 4
+    batch, warps = OPTS["select"]
     _LAUNCH(_select_kernel, (b * hk,), e, out, t, nb, block, K=k, KP=kp, BS=_pow2(block), CB=cb,
-            KEY32=(t <= 65536) if key32 is None else key32, num_warps=1)
+            KEY32=(t <= 65536) if key32 is None else key32, BATCH=batch, num_warps=warps)
     return out
 
 
@@ -559,7 +595,8 @@ def _blocks(block: int, d: int, device) -> tuple[int, int, int]:
 
 # kernel options (session 5): lc_fwd / lc_dq: landmark columns per chunk in the forward / dQ
 # kernels' landmark pass; delta: (rows per program, warps) of the delta = rowsum(O * dO) pass
-OPTS = {"lc_fwd": 16, "lc_dq": 16, "delta": (64, 4)}
+# select: (BATCH, warps) of the selection kernel (BATCH=1: each block's insertions at once)
+OPTS = {"lc_fwd": 16, "lc_dq": 16, "delta": (64, 4), "select": (0, 1)}
 
 _TUNED: dict = {}
 _FWD_BM_OVERRIDE: dict = {}
@@ -676,30 +713,31 @@ def _autotuned(name, block, key, grid, kernel, args, meta):
 REDUCE_CONFIGS = [(32, 64, 4), (16, 64, 4), (64, 32, 4), (32, 32, 2), (64, 64, 8)]
 
 
-def _reduce_landmark_grads(plk, plv, pg, lpos, dk, dv, dgt, nb, t, kp, d):
-    """Per-run sums of the per-block landmark partials into dK, dV (added) and dgt (written)."""
+def _reduce_landmark_grads(plk, plv, pg, lpos, dk, dv, dgt, nb, t, kp, d, energy):
+    """Per-run sums of the per-block landmark partials into dK, dV (added) and dgt (written: the
+    energy gradient, the gate gradient sum times sigmoid(-e))."""
     bhk = lpos.shape[0] * lpos.shape[1]
     if _interpreting() or not plk.is_cuda:
         bd = min(d, 64)
-        return _lm_reduce_kernel[(bhk, kp, d // bd)](plk, plv, pg, lpos, dk, dv, dgt, nb, t,
+        return _lm_reduce_kernel[(bhk, kp, d // bd)](plk, plv, pg, lpos, dk, dv, dgt, energy, nb, t,
                                                       KP=kp, D=d, BD=bd, CB=16, num_warps=4)
     cfg = _forced("reduce")
     if cfg is not None:
         cb, bd, w = cfg
         bd = min(bd, d)
-        return _LAUNCH(_lm_reduce_kernel, (bhk, kp, d // bd), plk, plv, pg, lpos, dk, dv, dgt, nb, t,
+        return _LAUNCH(_lm_reduce_kernel, (bhk, kp, d // bd), plk, plv, pg, lpos, dk, dv, dgt, energy, nb, t,
                        KP=kp, D=d, BD=bd, CB=cb, num_warps=w)
     grid = lambda m: (bhk, kp, d // m["BD"])  # noqa: E731
     best = _BEST.get(("reduce", nb, kp, d)) if DIRECT["on"] else None
     if best is not None:  # the autotuner's pick, launched directly
-        return _LAUNCH(_lm_reduce_kernel, grid(best), plk, plv, pg, lpos, dk, dv, dgt, nb, t, KP=kp, D=d, **best)
+        return _LAUNCH(_lm_reduce_kernel, grid(best), plk, plv, pg, lpos, dk, dv, dgt, energy, nb, t, KP=kp, D=d, **best)
     tag = ("reduce", d)
     if tag not in _TUNED:
         lst = list(dict.fromkeys((cb, min(bd, d), w) for cb, bd, w in REDUCE_CONFIGS))
         cfgs = [triton.Config({"CB": cb, "BD": bd}, num_warps=w) for cb, bd, w in lst]
         # the kernel adds into dK/dV: the autotuner restores them between its trial runs
         _TUNED[tag] = triton.autotune(cfgs, key=["NB", "KP", "D"], restore_value=["DK", "DV"])(_lm_reduce_kernel)
-    out = _TUNED[tag][grid](plk, plv, pg, lpos, dk, dv, dgt, nb, t, KP=kp, D=d)
+    out = _TUNED[tag][grid](plk, plv, pg, lpos, dk, dv, dgt, energy, nb, t, KP=kp, D=d)
     cfg = getattr(_TUNED[tag], "best_config", None)
     if cfg is not None:
         _BEST[("reduce", nb, kp, d)] = {a: b for a, b in cfg.all_kwargs().items() if b is not None}
@@ -722,11 +760,11 @@ class _DSALTFn(torch.autograd.Function):
         if has_lm:
             lpos, stable = landmark_slots(energy.detach(), n_lm, block)
             kp, nb = lpos.shape[-1], lpos.shape[2]
-            gt = F.logsigmoid(energy.detach().float()).contiguous()
+            gt = energy.detach()  # the kernels compute the gate logsigmoid(e)
         else:
             kp, nb, stable = 16, 1, False
             lpos = torch.full((1, 1, 1, kp), -1, dtype=torch.int32, device=q.device)
-            gt = torch.zeros(1, device=q.device)
+            gt = win  # unused
         o = torch.empty_like(q)
         lse = torch.empty(b, h, t, device=q.device, dtype=torch.float32)
         _launch("fwd", _fwd_kernel, t, b * h, bm, bn, warps, block,
@@ -793,7 +831,7 @@ class _DSALTFn(torch.autograd.Function):
             done = False
             if ctx.stable:
                 try:
-                    _reduce_landmark_grads(plk, plv, pg, lpos, dk, dv, dgt, nb, t, kp, d)
+                    _reduce_landmark_grads(plk, plv, pg, lpos, dk, dv, dgt, nb, t, kp, d, gt)
                     done = True
                 except Exception as e:  # pragma: no cover - compiler trouble: the sort-based path below
                     import warnings
@@ -807,8 +845,9 @@ class _DSALTFn(torch.autograd.Function):
                 dk.view(-1, d).index_put_((rows,), plk.reshape(-1, d)[valid].to(dk.dtype), accumulate=True)
                 dv.view(-1, d).index_put_((rows,), plv.reshape(-1, d)[valid].to(dv.dtype), accumulate=True)
                 dgt.view(-1).index_put_((rows,), pg.reshape(-1)[valid].float(), accumulate=True)
-            # d logsigmoid(e) / de = sigmoid(-e)
-            denergy = (dgt * torch.sigmoid(-energy.detach().float())).to(energy.dtype)
+                # d logsigmoid(e) / de = sigmoid(-e)
+                dgt = dgt * torch.sigmoid(-energy.detach().float())
+            denergy = dgt.to(energy.dtype)
         return dq, dk, dv, dw, denergy, None
 
 
