@@ -719,8 +719,8 @@ def _reduce_landmark_grads(plk, plv, pg, lpos, dk, dv, dgt, nb, t, kp, d, energy
     bhk = lpos.shape[0] * lpos.shape[1]
     if _interpreting() or not plk.is_cuda:
         bd = min(d, 64)
-        return _lm_reduce_kernel[(bhk, kp, d // bd)](plk, plv, pg, lpos, dk, dv, dgt, energy, nb, t,
-                                                      KP=kp, D=d, BD=bd, CB=16, num_warps=4)
+        return _LAUNCH(_lm_reduce_kernel, (bhk, kp, d // bd), plk, plv, pg, lpos, dk, dv, dgt, energy, nb, t,
+                       KP=kp, D=d, BD=bd, CB=16, num_warps=4)
     cfg = _forced("reduce")
     if cfg is not None:
         cb, bd, w = cfg
