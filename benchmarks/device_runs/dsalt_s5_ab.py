@@ -1,7 +1,9 @@
-"""Session-5 DSALT A/B on the device, one process (same inputs, round robin):
-flex window-only vs attnlab window-only / DSALT with launch replay on and off, landmark chunk
-widths (LC) 16/32 in the forward and dQ kernels, delta-pass configs; host enqueue times; a kernel
-timeline of one synchronised 32K step (where the GPU idles).
+"""Session-5 DSALT A/B on the device, one process (same inputs, round robin), host enqueue times.
+--set call1: flex window-only vs attnlab window-only / DSALT with launch replay on and off,
+landmark chunk widths (LC) 16/32 in the forward and dQ kernels, delta-pass configs (run with
+ATTNLAB_DSALT_AUTOTUNE=0; --timeline: kernel timeline of one synchronised 32K step).
+--set call2: the landmark backward kernel (_lm_bwd_kernel, its launch configs) vs the per-tile
+partials + reduction path.
 
     python benchmarks/device_runs/dsalt_s5_ab.py --lengths 32768,16384,4096 --rounds 3
 """
@@ -64,6 +66,8 @@ def main():
     ap.add_argument("--lengths", default="32768,16384,4096")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default=os.environ.get("ATTNLAB_BENCH_DIR", "."))
+    ap.add_argument("--set", default="call2", choices=["call1", "call2"])
+    ap.add_argument("--timeline", action="store_true")
     args = ap.parse_args()
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
@@ -102,27 +106,35 @@ def main():
                 x.grad = None
 
         BASE = dict(K.OPTS)
-        ALL = {"select": (1, 4), "lc_fwd": 32}
-        variants = {
-            "flex_window": flex_step,
-            "window": mk(0),
-            "window_noreplay": mk(0, env="0"),
-            "dsalt": mk(n_lm),
-            "dsalt_noreplay": mk(n_lm, env="0"),
-            "dsalt_lcfwd32": mk(n_lm, opts={"lc_fwd": 32}),
-            "dsalt_lcdq32": mk(n_lm, opts={"lc_dq": 32}),
-            "dsalt_delta128x8": mk(n_lm, opts={"delta": (128, 8)}),
-            "dsalt_delta32x4": mk(n_lm, opts={"delta": (32, 4)}),
-            "dsalt_selb4": mk(n_lm, opts={"select": (1, 4)}),
-            "dsalt_selb8": mk(n_lm, opts={"select": (1, 8)}),
-            "dsalt_all": mk(n_lm, opts=ALL),
-        }
-        for name, sel in (("select_serial", (0, 1)), ("select_b4", (1, 4)), ("select_b8", (1, 8))):
-            def sstep(sel=sel):
-                K.OPTS["select"] = sel
-                K.landmark_slots(e.detach(), n_lm, block)
-                K.OPTS.update(BASE)
-            variants[name] = sstep
+        def lm(cfg):
+            def step():
+                K.FORCE_CONFIG["lm_bwd"] = cfg
+                mk(n_lm)()
+                K.FORCE_CONFIG.pop("lm_bwd", None)
+            return step
+
+        if args.set == "call1":  # session-5 call 1 (forced configs)
+            variants = {
+                "flex_window": flex_step,
+                "window": mk(0),
+                "window_noreplay": mk(0, env="0"),
+                "dsalt": mk(n_lm),
+                "dsalt_noreplay": mk(n_lm, env="0"),
+                "dsalt_lcfwd32": mk(n_lm, opts={"lc_fwd": 32}),
+                "dsalt_lcdq32": mk(n_lm, opts={"lc_dq": 32}),
+                "dsalt_delta128x8": mk(n_lm, opts={"delta": (128, 8)}),
+                "dsalt_delta32x4": mk(n_lm, opts={"delta": (32, 4)}),
+            }
+        else:  # call 2: the landmark backward (atomic kernel, its configs) vs partials + reduction
+            variants = {
+                "flex_window": flex_step,
+                "window": mk(0),
+                "dsalt": mk(n_lm),
+                "dsalt_reduce": mk(n_lm, opts={"lm_bwd": "reduce"}),
+                "dsalt_reduce_lc16": mk(n_lm, opts={"lm_bwd": "reduce", "lc_fwd": 16, "lc_dq": 16}),
+                "dsalt_lm1": lm(K.LM_BWD_CONFIGS[1]),
+                "dsalt_lm2": lm(K.LM_BWD_CONFIGS[2]),
+            }
         times = {name: [] for name in variants}
         hosts = {name: [] for name in variants}
         with warnings.catch_warnings():
@@ -142,19 +154,13 @@ def main():
             row[name] = statistics.median(times[name])
             row[name + "_host"] = statistics.median(hosts[name])
         fl = row["flex_window"]
-        # the batched selection's sets equal the serial kernel's (slots too, checked on CPU)
-        K.OPTS["select"] = (1, 4)
-        a = K.landmark_slots(e.detach(), n_lm, block)[0]
-        K.OPTS.update(BASE)
-        b_ = K.landmark_slots(e.detach(), n_lm, block)[0]
-        row["select_batched_equal"] = bool(torch.equal(a, b_))
-        print(f"  batched selection == serial: {row['select_batched_equal']}", flush=True)
         print(f"== T={t}", flush=True)
         for name in variants:
             print(f"  {name:20s} {row[name]:7.3f} ms ({row[name] / fl:5.2f}x flex)  host {row[name + '_host']:6.3f} ms"
                   f"  rounds {[round(x, 3) for x in times[name]]}", flush=True)
         print(f"  replay stats {K._LAUNCH.stats}", flush=True)
-        if t == 32768:
+        print(f"  options after the run: {K.OPTS}", flush=True)
+        if t == 32768 and args.timeline:
             row["timeline_dsalt"] = timeline(variants["dsalt"], f"dsalt T={t}")
             row["timeline_window"] = timeline(variants["window"], f"window T={t}")
             row["timeline_flex"] = timeline(flex_step, f"flex T={t}")

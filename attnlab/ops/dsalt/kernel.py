@@ -200,7 +200,10 @@ if HAVE_TRITON:
                    sq_b, sq_h, sq_t, sk_b, sk_h, sk_t,
                    H, G, T, NB, NT, n_max, edge, inv_edge, qk_scale, sm_scale, SEL_BLOCK,
                    D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                   KP: tl.constexpr, HAS_LM: tl.constexpr, PREC: tl.constexpr, LC: tl.constexpr = 16):
+                   KP: tl.constexpr, HAS_LM: tl.constexpr, PREC: tl.constexpr, LC: tl.constexpr = 16,
+                   PARTIALS: tl.constexpr = 1):
+        """PARTIALS=0: the landmark pass adds only its dQ part (the landmark dK/dV/gate gradients
+        come from _lm_bwd_kernel); 1: it also stores per-tile partials for _lm_reduce_kernel."""
         pid_m = tl.program_id(0)
         pid_bh = tl.program_id(1)
         b = pid_bh // H
@@ -273,14 +276,88 @@ if HAVE_TRITON:
                 dp = tl.dot(do, tl.trans(lv), input_precision=PREC)
                 ds = p * (dp - delta[:, None])
                 dq += tl.dot(ds.to(lk.dtype), lk, input_precision=PREC)
-                # per-tile partial landmark gradients [LC, D], [LC]
-                dlk = tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC) * sm_scale
-                dlv = tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
-                tl.store(DLK + (toff + offs_k[:, None]) * D + offs_d[None, :], dlk.to(DLK.dtype.element_ty))
-                tl.store(DLV + (toff + offs_k[:, None]) * D + offs_d[None, :], dlv.to(DLV.dtype.element_ty))
-                tl.store(DGATE + toff + offs_k, tl.sum(ds, 0))
+                if PARTIALS:
+                    # per-tile partial landmark gradients [LC, D], [LC]
+                    dlk = tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC) * sm_scale
+                    dlv = tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
+                    tl.store(DLK + (toff + offs_k[:, None]) * D + offs_d[None, :], dlk.to(DLK.dtype.element_ty))
+                    tl.store(DLV + (toff + offs_k[:, None]) * D + offs_d[None, :], dlv.to(DLV.dtype.element_ty))
+                    tl.store(DGATE + toff + offs_k, tl.sum(ds, 0))
         tl.store(DQ + qoff, (dq * sm_scale).to(DQ.dtype.element_ty), mask=mrow[:, None])
         tl.store(DW + pid_bh * T + offs_m, dw * inv_edge, mask=mrow)
+
+    @triton.jit
+    def _lm_bwd_kernel(Q, K, V, W, E, LPOS, DO, LSE, DELTA, DK, DV, DGT,
+                       sq_b, sq_h, sq_t, sk_b, sk_h, sk_t,
+                       H, G, T, NB, NT, n_max, edge, inv_edge, qk_scale, sm_scale, SEL_BLOCK,
+                       D: tl.constexpr, BLOCK_M: tl.constexpr, KP: tl.constexpr, LC: tl.constexpr,
+                       SEG: tl.constexpr, PREC: tl.constexpr):
+        """Landmark dK, dV and energy gradients. Program (segment, slot chunk, batch*kv head) walks
+        SEG query tiles (BLOCK_M rows, within one selection block each) in order, for LC slots of
+        the tiles' landmark sets: recomputes P and dS against the slots' landmarks (every head of
+        the kv group) and sums dS^T Q, P^T dO and the gate gradient per slot in registers. A slot's
+        sums are added (atomically) into its token's dK / dV rows (after the window kernel stored
+        them) and into the energy gradient when the slot's token changes at the next block, and at
+        the segment's end, so a landmark run spanning segments gets one add per segment."""
+        pid_s = tl.program_id(0)
+        pid_c = tl.program_id(1)
+        bhk = tl.program_id(2)
+        hkv = H // G
+        b = bhk // hkv
+        hk = bhk % hkv
+        offs_k = pid_c * LC + tl.arange(0, LC)
+        offs_d = tl.arange(0, D)
+        offs_r = tl.arange(0, BLOCK_M)
+        kbase = K + b * sk_b + hk * sk_h
+        vbase = V + b * sk_b + hk * sk_h
+        acc_k = tl.zeros([LC, D], tl.float32)
+        acc_v = tl.zeros([LC, D], tl.float32)
+        acc_g = tl.zeros([LC], tl.float32)
+        i0 = pid_s * SEG
+        i1 = tl.minimum(i0 + SEG, NT)
+        for i in range(i0, i1):
+            m0 = i * BLOCK_M
+            nb = m0 // SEL_BLOCK
+            offs_m = m0 + offs_r
+            mrow = offs_m < T
+            lpos = tl.load(LPOS + (bhk * NB + nb) * KP + offs_k)
+            lp0 = tl.maximum(lpos, 0)
+            et = tl.load(E + bhk * T + lp0).to(tl.float32)
+            gate = _logsigmoid(et)
+            lk = tl.load(kbase + lp0[:, None] * sk_t + offs_d[None, :])
+            lv = tl.load(vbase + lp0[:, None] * sk_t + offs_d[None, :])
+            for g in range(0, G):
+                h = hk * G + g
+                bh = b * H + h
+                qoff = b * sq_b + h * sq_h + offs_m[:, None] * sq_t + offs_d[None, :]
+                q = tl.load(Q + qoff, mask=mrow[:, None], other=0.0)
+                do = tl.load(DO + qoff, mask=mrow[:, None], other=0.0)
+                w = tl.load(W + bh * T + offs_m, mask=mrow, other=1.0)
+                lse = tl.load(LSE + bh * T + offs_m, mask=mrow, other=0.0)
+                delta = tl.load(DELTA + bh * T + offs_m, mask=mrow, other=0.0)
+                s = tl.dot(q, tl.trans(lk), input_precision=PREC) * qk_scale
+                s = s + _lm_bias(offs_m, lpos, gate, w, T, n_max, inv_edge)
+                p = tl.exp2(s - lse[:, None])
+                dp = tl.dot(do, tl.trans(lv), input_precision=PREC)
+                ds = p * (dp - delta[:, None])
+                acc_k += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC)
+                acc_v += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
+                acc_g += tl.sum(ds, 0)
+            # flush the slots whose token changes after this tile (or at the segment's end)
+            last = (i + 1 == i1) | ((i + 1) * BLOCK_M >= (nb + 1) * SEL_BLOCK)
+            nxt = tl.load(LPOS + (bhk * NB + tl.minimum(nb + 1, NB - 1)) * KP + offs_k)
+            nxt = tl.where((nb + 1 < NB) & (i + 1 < i1), nxt, -2)
+            nxt = tl.where(last, nxt, lpos)  # not the block's last tile: no flush
+            fl = (nxt != lpos) & (lpos >= 0)
+            rows = b * sk_b + hk * sk_h + lp0[:, None] * sk_t + offs_d[None, :]
+            fl2 = tl.broadcast_to(fl[:, None], (LC, D))
+            tl.atomic_add(DK + rows, (acc_k * sm_scale).to(DK.dtype.element_ty), mask=fl2, sem="relaxed")
+            tl.atomic_add(DV + rows, acc_v.to(DV.dtype.element_ty), mask=fl2, sem="relaxed")
+            # d logsigmoid(e) / de = sigmoid(-e)
+            tl.atomic_add(DGT + bhk * T + lp0, acc_g / (1.0 + tl.exp(et)), mask=fl, sem="relaxed")
+            acc_k = tl.where(fl[:, None], 0.0, acc_k)
+            acc_v = tl.where(fl[:, None], 0.0, acc_v)
+            acc_g = tl.where(fl, 0.0, acc_g)
 
     @triton.jit
     def _win_rT(offs_n, offs_m, w, T, n_max, inv_edge):
@@ -394,32 +471,8 @@ if HAVE_TRITON:
         return key
 
     @triton.jit
-    def _insert_batch(cur, cand, m, kmin, KP: tl.constexpr, BS: tl.constexpr):
-        """All of one block's insertions at once: the new set is the top-KP of cur and the valid
-        candidates (those > m; cur holds the padding slots at the largest key, so they are never
-        evicted); the n inserted candidates (the n best) replace the n smallest entries of cur, in
-        the same slots (evicted slot of ascending rank e <- inserted candidate of descending rank
-        e). Same set as inserting best first, each replacing the minimum (the serial loop)."""
-        offs_k = tl.arange(0, KP)
-        offs_s = tl.arange(0, BS)
-        valid = cand > m
-        # descending rank of each valid candidate among the candidates and in the union
-        gt_cc = (cand[None, :] > cand[:, None]) & valid[None, :]  # [BS (j), BS (j')]: cand j' > cand j
-        rank_c = tl.sum(gt_cc.to(tl.int32), 1)
-        in_union = rank_c + tl.sum((cur[None, :] > cand[:, None]).to(tl.int32), 1)  # [BS]
-        ins = valid & (in_union < KP)
-        n_ins = tl.sum(ins.to(tl.int32), 0)
-        # ascending rank of each slot of cur (ties, e.g. empty slots, by slot index)
-        lt = (cur[None, :] < cur[:, None]) | ((cur[None, :] == cur[:, None]) & (offs_k[None, :] < offs_k[:, None]))
-        rank_k = tl.sum(lt.to(tl.int32), 1)  # [KP]
-        ev = rank_k < n_ins
-        match = ins[None, :] & (rank_c[None, :] == rank_k[:, None])  # [KP, BS]
-        new = tl.max(tl.where(match, cand[None, :], kmin), 1)
-        return tl.where(ev, new, cur)
-
-    @triton.jit
     def _select_kernel(E, LPOS, T, NB, S, K: tl.constexpr, KP: tl.constexpr, BS: tl.constexpr,
-                       CB: tl.constexpr, KEY32: tl.constexpr, BATCH: tl.constexpr = 0):
+                       CB: tl.constexpr, KEY32: tl.constexpr):
         """Causal landmark sets with stable slots, one program per (batch, kv head); see the
         module docstring. Chunk c holds the candidate blocks c*CB .. c*CB+CB-1; row r's output is
         the set of block c*CB + r + 1 (the set after that block's tokens were offered). The rank
@@ -459,18 +512,15 @@ if HAVE_TRITON:
                 tl.store(LPOS + pid * NB * KP + out_rows[:, None] + offs_k[None, :],
                          tl.broadcast_to(lp[None, :], (CB, KP)), mask=smask)
                 cand = tl.max(tl.where(rows[:, None] == nxt, ck, tl.min(kmin, 0)), 0)  # [BS] block nxt's keys
-                if BATCH:
-                    cur = _insert_batch(cur, cand, m, tl.min(kmin, 0), KP, BS)
-                    m = tl.min(cur, 0)
-                else:
-                    cand = tl.where(cand > m, cand, tl.min(kmin, 0))
-                    best = tl.max(cand, 0)
-                    while best > m:
-                        am = tl.argmin(cur, 0)
-                        cur = tl.where(offs_k == am, best, cur)
-                        cand = tl.where(cand == best, tl.min(kmin, 0), cand)
-                        m = tl.min(cur, 0)
-                        best = tl.max(cand, 0)
+                cand = tl.where(cand > m, cand, tl.min(kmin, 0))
+                # two independent value+index reductions per insertion (was argmin, min and max)
+                m, am = tl.min(cur, 0, return_indices=True)
+                best, bj = tl.max(cand, 0, return_indices=True)
+                while best > m:
+                    cur = tl.where(offs_k == am, best, cur)
+                    cand = tl.where(offs_s == bj, tl.min(kmin, 0), cand)
+                    m, am = tl.min(cur, 0, return_indices=True)
+                    best, bj = tl.max(cand, 0, return_indices=True)
                 r0 = nxt
                 nxt = tl.min(tl.where((bmax > m) & (rows > r0), rows, CB), 0)
             lp = tl.where((offs_k < K) & (cur != kmin), pm - (cur & pm), none).to(tl.int32)
@@ -552,9 +602,8 @@ def _select_stable(energy, k: int, kp: int, block: int, key32: bool | None = Non
     e = energy.detach().float().contiguous()
     out = torch.empty(b, hk, nb, kp, dtype=torch.int32, device=energy.device)
     cb = 16 if block <= 128 else 4
-    batch, warps = OPTS["select"]
     _LAUNCH(_select_kernel, (b * hk,), e, out, t, nb, block, K=k, KP=kp, BS=_pow2(block), CB=cb,
-            KEY32=(t <= 65536) if key32 is None else key32, BATCH=batch, num_warps=warps)
+            KEY32=(t <= 65536) if key32 is None else key32, num_warps=1)
     return out
 
 
@@ -594,9 +643,10 @@ def _blocks(block: int, d: int, device) -> tuple[int, int, int]:
 
 
 # kernel options (session 5): lc_fwd / lc_dq: landmark columns per chunk in the forward / dQ
-# kernels' landmark pass; delta: (rows per program, warps) of the delta = rowsum(O * dO) pass
-# select: (BATCH, warps) of the selection kernel (BATCH=1: each block's insertions at once)
-OPTS = {"lc_fwd": 16, "lc_dq": 16, "delta": (64, 4), "select": (0, 1)}
+# kernels' landmark pass (at most KP); delta: (rows per program, warps) of the delta = rowsum(O * dO)
+# pass; lm_bwd: the landmark backward, "atomic" = _lm_bwd_kernel (no per-tile partials), "reduce" =
+# per-tile partials stored by the dQ kernel + _lm_reduce_kernel (sessions 2-4)
+OPTS = {"lc_fwd": 32, "lc_dq": 32, "delta": (64, 4), "lm_bwd": "atomic"}
 
 _TUNED: dict = {}
 _FWD_BM_OVERRIDE: dict = {}
@@ -627,7 +677,7 @@ def _tuned(name: str, block: int):
         else:
             cfgs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st)
                     for m, n, w, st in DQ_CONFIGS]
-            _TUNED[tag] = triton.autotune(cfgs, key=key + ["KP", "HAS_LM"])(_dq_kernel)
+            _TUNED[tag] = triton.autotune(cfgs, key=key + ["KP", "HAS_LM", "PARTIALS"])(_dq_kernel)
     return _TUNED[tag]
 
 
@@ -673,7 +723,7 @@ def _launch(name, kernel, grid_m, rows, bm, bn, warps, block, *args, **meta):
             grid = lambda m: (triton.cdiv(grid_m, m["BLOCK_N"]), rows)  # noqa: E731
         else:
             grid = lambda m: (triton.cdiv(grid_m, m["BLOCK_M"]), rows)  # noqa: E731
-        key = (grid_m, args[0].dtype, args[0].shape[-1], meta.get("KP"), meta.get("HAS_LM"))
+        key = (grid_m, args[0].dtype, args[0].shape[-1], meta.get("KP"), meta.get("HAS_LM"), meta.get("PARTIALS"))
         return _autotuned(name, block, key, grid, kernel, args, meta)
     if name == "dkdv":
         meta["TRANS"] = _FWD_BM_OVERRIDE.get("dkdv_trans", 0)  # tests: the transposed formulation
@@ -744,6 +794,50 @@ def _reduce_landmark_grads(plk, plv, pg, lpos, dk, dv, dgt, nb, t, kp, d, energy
     return out
 
 
+# _lm_bwd_kernel launch on CUDA: (BLOCK_M query rows per tile, LC slots per program, SEG tiles per
+# program, warps, stages); register use checked offline (ptxas, sm_90): 32 x 32 with 8 warps 220
+# registers, no spills; 64-row tiles spill heavily (536-1528 bytes)
+LM_BWD_CONFIGS = [(32, 32, 32, 8, 2), (32, 64, 32, 8, 2), (32, 16, 32, 4, 2)]
+
+
+def _lm_bwd_config(q, block, bm):
+    if _interpreting() or not q.is_cuda:
+        return bm, 16, 2, 4, 1  # short segments: runs spanning segments are tested
+    m, lc, seg, w, st = FORCE_CONFIG.get("lm_bwd") or LM_BWD_CONFIGS[0]
+    return (m if block % m == 0 else bm), lc, seg, w, st
+
+
+def _landmark_grads_from_partials(parts, lpos, dk, dv, dgt, energy, stable, b, hk, g, nb, nt, t, kp, d, tpb):
+    """The partials path: per-tile landmark partials [B, H, NT, KP, ...] summed per run into dK, dV
+    and the energy gradient (returned)."""
+    def per_block(x):  # [B, H, NT, ...] -> [B, Hk, NB, ...] contiguous, summed over group heads and tiles
+        pad = nb * tpb - nt
+        if pad:
+            x = torch.cat([x, x.new_zeros(x.shape[:2] + (pad,) + x.shape[3:])], 2)
+        if g * tpb == 1:
+            return x.contiguous()
+        return x.float().view(b, hk, g, nb, tpb, *x.shape[3:]).sum((2, 4)).contiguous()
+
+    plk, plv, pg = (per_block(x) for x in parts)
+    if stable:
+        try:
+            _reduce_landmark_grads(plk, plv, pg, lpos, dk, dv, dgt, nb, t, kp, d, energy)
+            return dgt
+        except Exception as e:  # pragma: no cover - compiler trouble: the sort-based path below
+            import warnings
+
+            warnings.warn(f"dsalt: landmark-gradient reduction kernel unavailable ({type(e).__name__}: {e})")
+    # a landmark token sits in many blocks' sets: the sort-based accumulating index_put_
+    valid = (lpos >= 0).view(-1)
+    rows = (lpos.long().clamp_min(0) + torch.arange(b * hk, device=dk.device).view(b, hk, 1, 1) * t)
+    rows = rows.view(-1)[valid]
+    dk.view(-1, d).index_put_((rows,), plk.reshape(-1, d)[valid].to(dk.dtype), accumulate=True)
+    dv.view(-1, d).index_put_((rows,), plv.reshape(-1, d)[valid].to(dv.dtype), accumulate=True)
+    dgt.view(-1).index_put_((rows,), pg.reshape(-1)[valid].float(), accumulate=True)
+    # d logsigmoid(e) / de = sigmoid(-e)
+    return dgt * torch.sigmoid(-energy.detach().float())
+
+
 class _DSALTFn(torch.autograd.Function):
     """Inputs: q [B,H,T,D], k, v [B,Hk,T,D], win [B,H,T] fp32, energy [B,Hk,T]. The landmark sets
     are selected inside (no gradient through the discrete choice); the gate logsigmoid(e_j) gets
@@ -772,7 +866,7 @@ class _DSALTFn(torch.autograd.Function):
                 q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                 o.stride(0), o.stride(1), o.stride(2),
                 h, g, t, nb, n_max, float(edge), 1.0 / float(edge), scale * LOG2E, block,
-                D=d, KP=kp, HAS_LM=has_lm, PREC=_prec(q), LC=OPTS["lc_fwd"])
+                D=d, KP=kp, HAS_LM=has_lm, PREC=_prec(q), LC=min(OPTS["lc_fwd"], kp))
         ctx.save_for_backward(q, k, v, win, energy, gt, lpos, o, lse)
         ctx.meta = meta
         ctx.stable = stable
@@ -797,56 +891,56 @@ class _DSALTFn(torch.autograd.Function):
         nt = triton.cdiv(t, bm)
         dq = torch.empty_like(q)
         dw = torch.empty(b, h, t, device=q.device, dtype=torch.float32)
-        if has_lm:
-            dlk_t = torch.empty(b, h, nt, kp, d, device=q.device, dtype=q.dtype)
-            dlv_t = torch.empty(b, h, nt, kp, d, device=q.device, dtype=q.dtype)
-            dgate_t = torch.empty(b, h, nt, kp, device=q.device, dtype=torch.float32)
-        else:
-            dlk_t = dlv_t = dgate_t = dq  # unused
-        _launch("dq", _dq_kernel, t, b * h, bm, bn, warps, block,
-                q, k, v, win, gt, lpos, do, lse, delta, dq, dw, dlk_t, dlv_t, dgate_t,
-                q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-                h, g, t, nb, nt, n_max, float(edge), 1.0 / float(edge), scale * LOG2E, scale, block,
-                D=d, KP=kp, HAS_LM=has_lm, PREC=_prec(q), LC=OPTS["lc_dq"])
+        strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2))
+        fargs = (n_max, float(edge), 1.0 / float(edge), scale * LOG2E, scale)
+        atomic = has_lm and OPTS["lm_bwd"] == "atomic"
+
+        def dq_pass(partials):
+            if partials:
+                parts = (torch.empty(b, h, nt, kp, d, device=q.device, dtype=q.dtype),
+                         torch.empty(b, h, nt, kp, d, device=q.device, dtype=q.dtype),
+                         torch.empty(b, h, nt, kp, device=q.device, dtype=torch.float32))
+            else:
+                parts = (dq, dq, dq)  # unused
+            _launch("dq", _dq_kernel, t, b * h, bm, bn, warps, block,
+                    q, k, v, win, gt, lpos, do, lse, delta, dq, dw, *parts, *strides,
+                    h, g, t, nb, nt, *fargs, block,
+                    D=d, KP=kp, HAS_LM=has_lm, PREC=_prec(q), LC=min(OPTS["lc_dq"], kp), PARTIALS=int(partials))
+            return parts
+
+        parts = dq_pass(has_lm and not atomic)
         dk = torch.empty_like(k)
         dv = torch.empty_like(v)
         _launch("dkdv", _dkdv_kernel, t, b * hk, bm, bn, warps, block,
-                q, k, v, win, do, lse, delta, dk, dv,
-                q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-                h, g, t, n_max, float(edge), 1.0 / float(edge), scale * LOG2E, scale, D=d, PREC=_prec(q))
+                q, k, v, win, do, lse, delta, dk, dv, *strides, h, g, t, *fargs, D=d, PREC=_prec(q))
         denergy = None
         if has_lm:
-            tpb = block // bm
-
-            def per_block(x):  # [B, H, NT, ...] -> [B, Hk, NB, ...] contiguous, summed over group heads and tiles
-                pad = nb * tpb - nt
-                if pad:
-                    x = torch.cat([x, x.new_zeros(x.shape[:2] + (pad,) + x.shape[3:])], 2)
-                if g * tpb == 1:
-                    return x.contiguous()
-                return x.float().view(b, hk, g, nb, tpb, *x.shape[3:]).sum((2, 4)).contiguous()
-
-            plk, plv, pg = per_block(dlk_t), per_block(dlv_t), per_block(dgate_t)
             dgt = torch.zeros(b, hk, t, device=q.device, dtype=torch.float32)
-            done = False
-            if ctx.stable:
+            if atomic:
                 try:
-                    _reduce_landmark_grads(plk, plv, pg, lpos, dk, dv, dgt, nb, t, kp, d, gt)
-                    done = True
-                except Exception as e:  # pragma: no cover - compiler trouble: the sort-based path below
+                    lm, lc, seg, lw, lst = _lm_bwd_config(q, block, bm)
+                    lc = min(lc, kp)
+                    nt_l = triton.cdiv(t, lm)
+                    _LAUNCH(_lm_bwd_kernel, (triton.cdiv(nt_l, seg), kp // lc, b * hk),
+                            q, k, v, win, gt, lpos, do, lse, delta, dk, dv, dgt, *strides,
+                            h, g, t, nb, nt_l, *fargs, block, D=d, BLOCK_M=lm, KP=kp, LC=lc, SEG=seg,
+                            PREC=_prec(q), num_warps=lw, num_stages=lst)
+                except Exception as e:  # pragma: no cover - compiler trouble (atomics): the partials path
                     import warnings
 
-                    warnings.warn(f"dsalt: landmark-gradient reduction kernel unavailable ({type(e).__name__}: {e})")
-            if not done:
-                # a landmark token sits in many blocks' sets: the sort-based accumulating index_put_
-                valid = (lpos >= 0).view(-1)
-                rows = (lpos.long().clamp_min(0) + torch.arange(b * hk, device=q.device).view(b, hk, 1, 1) * t)
-                rows = rows.view(-1)[valid]
-                dk.view(-1, d).index_put_((rows,), plk.reshape(-1, d)[valid].to(dk.dtype), accumulate=True)
-                dv.view(-1, d).index_put_((rows,), plv.reshape(-1, d)[valid].to(dv.dtype), accumulate=True)
-                dgt.view(-1).index_put_((rows,), pg.reshape(-1)[valid].float(), accumulate=True)
-                # d logsigmoid(e) / de = sigmoid(-e)
-                dgt = dgt * torch.sigmoid(-energy.detach().float())
+                    warnings.warn(f"dsalt: landmark backward kernel unavailable ({type(e).__name__}: {e}); "
+                                  "using per-tile partials and the reduction")
+                    OPTS["lm_bwd"] = "reduce"
+                    dk = torch.empty_like(k)
+                    dv = torch.empty_like(v)
+                    _launch("dkdv", _dkdv_kernel, t, b * hk, bm, bn, warps, block,
+                            q, k, v, win, do, lse, delta, dk, dv, *strides, h, g, t, *fargs, D=d, PREC=_prec(q))
+                    dgt.zero_()
+                    parts = dq_pass(True)
+                    atomic = False
+            if not atomic:
+                dgt = _landmark_grads_from_partials(parts, lpos, dk, dv, dgt, gt, ctx.stable, b, hk, g, nb, nt, t,
+                                                    kp, d, block // bm)
             denergy = dgt.to(energy.dtype)
         return dq, dk, dv, dw, denergy, None
 
