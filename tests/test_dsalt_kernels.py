@@ -93,8 +93,9 @@ def test_triton_partials_landmark_backward_path(monkeypatch):
     ref = dsalt_reference(*ins, **kw)
     do = torch.randn_like(ref)
     gr = grads(ref, ins, do)
-    for mode in ("reduce", "atomic"):
+    for mode, fuse in (("reduce", False), ("atomic", True)):  # and delta computed in the dQ kernel
         monkeypatch.setitem(kernel.OPTS, "lm_bwd", mode)
+        monkeypatch.setitem(kernel.OPTS, "fuse_delta", fuse)
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # no fallback
             out = dsalt_attention(*ins, impl="triton", **kw)
@@ -178,8 +179,10 @@ def test_gpu_bf16_every_launch_config_matches_reference(i, monkeypatch):
            (("fwd", kernel.FWD_CONFIGS), ("dq", kernel.DQ_CONFIGS), ("dkdv", kernel.DKDV_CONFIGS),
             ("reduce", kernel.REDUCE_CONFIGS), ("lm_bwd", kernel.LM_BWD_CONFIGS))}
     monkeypatch.setattr(kernel, "FORCE_CONFIG", cfg)
-    # odd configs: the partials + reduction landmark backward; even: _lm_bwd_kernel (atomics)
+    # odd configs: the partials + reduction landmark backward; even: _lm_bwd_kernel (atomics);
+    # i = 1, 2: delta computed in the dQ kernel
     monkeypatch.setitem(kernel.OPTS, "lm_bwd", "reduce" if i % 2 else "atomic")
+    monkeypatch.setitem(kernel.OPTS, "fuse_delta", i in (1, 2))
     torch.manual_seed(i)
     b, h, hk, t, d = 1, 4, 2 if i % 2 else 4, 1000 + 37 * i, 128
     ins = make(b, h, hk, t, d, 48.0, 300, torch.bfloat16, "cuda")

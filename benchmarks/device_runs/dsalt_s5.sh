@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Session-5 DSALT device call, from the repo root on the device:
 #   bash benchmarks/device_runs/dsalt_s5.sh OUT MODE
-# MODE ab: the A/B script (forced launch configs) first, then the launch-replay and DSALT GPU tests;
-# MODE final: bench_dsalt.py (DSALT, attnlab window-only, flex window-only; phases, profile), then tests.
+# MODE ab: the A/B script (call-1 set, forced launch configs) first, then the launch-replay and DSALT
+# GPU tests; MODE final: the A/B script's call-2 set (autotuned: flex window-only, attnlab window-only,
+# DSALT and its landmark-backward / delta variants, host times, 32K kernel timeline), then the tests;
+# MODE bench: bench_dsalt.py (DSALT, attnlab window-only, flex window-only; phases, profile), then tests.
 set -u
 OUT=$1; MODE=${2:-ab}; BS=${3:-200}; TS=${4:-130}
 mkdir -p "$OUT"
@@ -12,7 +14,12 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.g
 python -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
 if [ "$MODE" = ab ]; then
   echo "== A/B (t=$(( $(date +%s)-T0 ))s)"
-  ATTNLAB_DSALT_AUTOTUNE=0 timeout "$BS" python benchmarks/device_runs/dsalt_s5_ab.py --lengths 32768,4096,16384 --rounds 3 --out "$OUT"
+  ATTNLAB_DSALT_AUTOTUNE=0 timeout "$BS" python benchmarks/device_runs/dsalt_s5_ab.py --set call1 --timeline --lengths 32768,4096,16384 --rounds 3 --out "$OUT"
+  echo "== A/B rc=$? (t=$(( $(date +%s)-T0 ))s)"
+elif [ "$MODE" = final ]; then
+  echo "== A/B, autotuned (t=$(( $(date +%s)-T0 ))s)"
+  timeout "$BS" python benchmarks/device_runs/dsalt_s5_ab.py --set call2 --lengths 32768,16384,4096 --rounds 3 \
+    --timeline --out "$OUT"
   echo "== A/B rc=$? (t=$(( $(date +%s)-T0 ))s)"
 else
   echo "== bench (t=$(( $(date +%s)-T0 ))s)"

@@ -131,14 +131,14 @@ def main():
                 "window": mk(0),
                 "dsalt": mk(n_lm),
                 "dsalt_reduce": mk(n_lm, opts={"lm_bwd": "reduce"}),
-                "dsalt_reduce_lc16": mk(n_lm, opts={"lm_bwd": "reduce", "lc_fwd": 16, "lc_dq": 16}),
                 "dsalt_lm1": lm(K.LM_BWD_CONFIGS[1]),
-                "dsalt_lm2": lm(K.LM_BWD_CONFIGS[2]),
+                "dsalt_lm_seg64": lm((32, 32, 64, 8, 2)),
+                "dsalt_fusedelta": mk(n_lm, opts={"fuse_delta": True}),
             }
         times = {name: [] for name in variants}
         hosts = {name: [] for name in variants}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             for name, st in variants.items():
                 t0 = time.time()
                 st()
@@ -149,7 +149,9 @@ def main():
                 for name, st in variants.items():
                     times[name].append(time_ms(st, warmup=2, repeats=10))
                     hosts[name].append(host_ms(st, 5))
-        row = {}
+        msgs = sorted({str(w.message)[:200] for w in caught if "dsalt" in str(w.message)})
+        print(f"  dsalt warnings: {msgs if msgs else 'none'}", flush=True)
+        row = {"warnings": msgs}
         for name in variants:
             row[name] = statistics.median(times[name])
             row[name + "_host"] = statistics.median(hosts[name])

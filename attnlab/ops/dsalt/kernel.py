@@ -196,14 +196,16 @@ if HAVE_TRITON:
         tl.store(LSE + pid_bh * T + offs_m, m_i + tl.log2(l_safe), mask=mrow)
 
     @triton.jit
-    def _dq_kernel(Q, K, V, W, GT, LPOS, DO, LSE, DELTA, DQ, DW, DLK, DLV, DGATE,
+    def _dq_kernel(Q, K, V, W, GT, LPOS, DO, LSE, DELTA, DQ, DW, DLK, DLV, DGATE, O,
                    sq_b, sq_h, sq_t, sk_b, sk_h, sk_t,
                    H, G, T, NB, NT, n_max, edge, inv_edge, qk_scale, sm_scale, SEL_BLOCK,
                    D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    KP: tl.constexpr, HAS_LM: tl.constexpr, PREC: tl.constexpr, LC: tl.constexpr = 16,
-                   PARTIALS: tl.constexpr = 1):
+                   PARTIALS: tl.constexpr = 1, FUSE_DELTA: tl.constexpr = 0):
         """PARTIALS=0: the landmark pass adds only its dQ part (the landmark dK/dV/gate gradients
-        come from _lm_bwd_kernel); 1: it also stores per-tile partials for _lm_reduce_kernel."""
+        come from _lm_bwd_kernel); 1: it also stores per-tile partials for _lm_reduce_kernel.
+        FUSE_DELTA=1: the tile's delta = rowsum(O * dO) is computed here (32-column chunks) and
+        stored for the kernels that run after this one (no separate delta pass)."""
         pid_m = tl.program_id(0)
         pid_bh = tl.program_id(1)
         b = pid_bh // H
@@ -220,7 +222,18 @@ if HAVE_TRITON:
         do = tl.load(DO + qoff, mask=mrow[:, None], other=0.0)
         w = tl.load(W + pid_bh * T + offs_m, mask=mrow, other=1.0)
         lse = tl.load(LSE + pid_bh * T + offs_m, mask=mrow, other=0.0)
-        delta = tl.load(DELTA + pid_bh * T + offs_m, mask=mrow, other=0.0)
+        if FUSE_DELTA:
+            delta = tl.zeros([BLOCK_M], tl.float32)
+            for dc in tl.static_range(0, D, 32):
+                cols = dc + tl.arange(0, 32)
+                coff = b * sq_b + h * sq_h + offs_m[:, None] * sq_t + cols[None, :]
+                cm = mrow[:, None] & (cols[None, :] < D)
+                oc = tl.load(O + coff, mask=cm, other=0.0).to(tl.float32)
+                doc = tl.load(DO + coff, mask=cm, other=0.0).to(tl.float32)
+                delta += tl.sum(oc * doc, 1)
+            tl.store(DELTA + pid_bh * T + offs_m, delta, mask=mrow)
+        else:
+            delta = tl.load(DELTA + pid_bh * T + offs_m, mask=mrow, other=0.0)
         kbase = K + b * sk_b + hk * sk_h
         vbase = V + b * sk_b + hk * sk_h
         dq = tl.zeros([BLOCK_M, D], tl.float32)
@@ -645,8 +658,9 @@ def _blocks(block: int, d: int, device) -> tuple[int, int, int]:
 # kernel options (session 5): lc_fwd / lc_dq: landmark columns per chunk in the forward / dQ
 # kernels' landmark pass (at most KP); delta: (rows per program, warps) of the delta = rowsum(O * dO)
 # pass; lm_bwd: the landmark backward, "atomic" = _lm_bwd_kernel (no per-tile partials), "reduce" =
-# per-tile partials stored by the dQ kernel + _lm_reduce_kernel (sessions 2-4)
-OPTS = {"lc_fwd": 32, "lc_dq": 32, "delta": (64, 4), "lm_bwd": "atomic"}
+# per-tile partials stored by the dQ kernel + _lm_reduce_kernel (sessions 2-4); fuse_delta: the dQ
+# kernel computes delta itself (no delta pass; ptxas: 160-680 bytes of spills in its prologue)
+OPTS = {"lc_fwd": 32, "lc_dq": 32, "delta": (64, 4), "lm_bwd": "atomic", "fuse_delta": False}
 
 _TUNED: dict = {}
 _FWD_BM_OVERRIDE: dict = {}
@@ -677,7 +691,7 @@ def _tuned(name: str, block: int):
         else:
             cfgs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st)
                     for m, n, w, st in DQ_CONFIGS]
-            _TUNED[tag] = triton.autotune(cfgs, key=key + ["KP", "HAS_LM", "PARTIALS"])(_dq_kernel)
+            _TUNED[tag] = triton.autotune(cfgs, key=key + ["KP", "HAS_LM", "PARTIALS", "FUSE_DELTA"])(_dq_kernel)
     return _TUNED[tag]
 
 
@@ -723,7 +737,8 @@ def _launch(name, kernel, grid_m, rows, bm, bn, warps, block, *args, **meta):
             grid = lambda m: (triton.cdiv(grid_m, m["BLOCK_N"]), rows)  # noqa: E731
         else:
             grid = lambda m: (triton.cdiv(grid_m, m["BLOCK_M"]), rows)  # noqa: E731
-        key = (grid_m, args[0].dtype, args[0].shape[-1], meta.get("KP"), meta.get("HAS_LM"), meta.get("PARTIALS"))
+        key = (grid_m, args[0].dtype, args[0].shape[-1], meta.get("KP"), meta.get("HAS_LM"), meta.get("PARTIALS"),
+               meta.get("FUSE_DELTA"))
         return _autotuned(name, block, key, grid, kernel, args, meta)
     if name == "dkdv":
         meta["TRANS"] = _FWD_BM_OVERRIDE.get("dkdv_trans", 0)  # tests: the transposed formulation
@@ -886,8 +901,11 @@ class _DSALTFn(torch.autograd.Function):
         delta = torch.empty(b, h, t, device=q.device, dtype=torch.float32)
         # a separate pass: computed in the dQ kernel (whole tile or 32-column chunks, stored and
         # read back) it made every dQ config spill (ptxas, session 5: 160-830 bytes of stack)
-        db, dw_ = OPTS["delta"]
-        _LAUNCH(_delta_kernel, (triton.cdiv(b * h * t, db),), o, do, delta, b * h * t, D=d, BLOCK=db, num_warps=dw_)
+        fuse = OPTS["fuse_delta"]
+        if not fuse:
+            db, dw_ = OPTS["delta"]
+            _LAUNCH(_delta_kernel, (triton.cdiv(b * h * t, db),), o, do, delta, b * h * t, D=d, BLOCK=db,
+                    num_warps=dw_)
         nt = triton.cdiv(t, bm)
         dq = torch.empty_like(q)
         dw = torch.empty(b, h, t, device=q.device, dtype=torch.float32)
@@ -903,9 +921,10 @@ class _DSALTFn(torch.autograd.Function):
             else:
                 parts = (dq, dq, dq)  # unused
             _launch("dq", _dq_kernel, t, b * h, bm, bn, warps, block,
-                    q, k, v, win, gt, lpos, do, lse, delta, dq, dw, *parts, *strides,
+                    q, k, v, win, gt, lpos, do, lse, delta, dq, dw, *parts, o, *strides,
                     h, g, t, nb, nt, *fargs, block,
-                    D=d, KP=kp, HAS_LM=has_lm, PREC=_prec(q), LC=min(OPTS["lc_dq"], kp), PARTIALS=int(partials))
+                    D=d, KP=kp, HAS_LM=has_lm, PREC=_prec(q), LC=min(OPTS["lc_dq"], kp), PARTIALS=int(partials),
+                    FUSE_DELTA=int(fuse))
             return parts
 
         parts = dq_pass(has_lm and not atomic)
