@@ -145,13 +145,23 @@ def main():
                 st()
                 torch.cuda.synchronize()
                 print(f"T={t} warm {name}: {time.time() - t0:.1f} s", flush=True)
+            peaks = {}
+            for name in ("flex_window", "window", "dsalt", "dsalt_reduce"):
+                if name in variants:
+                    torch.cuda.synchronize()
+                    torch.cuda.reset_peak_memory_stats()
+                    base = torch.cuda.memory_allocated()
+                    variants[name]()
+                    torch.cuda.synchronize()
+                    peaks[name] = (torch.cuda.max_memory_allocated() - base) / 2**20
+            print(f"  peak MiB above inputs: {({a: round(b, 1) for a, b in peaks.items()})}", flush=True)
             for _ in range(args.rounds):
                 for name, st in variants.items():
                     times[name].append(time_ms(st, warmup=2, repeats=10))
                     hosts[name].append(host_ms(st, 5))
         msgs = sorted({str(w.message)[:200] for w in caught if "dsalt" in str(w.message)})
         print(f"  dsalt warnings: {msgs if msgs else 'none'}", flush=True)
-        row = {"warnings": msgs}
+        row = {"warnings": msgs, "peak_MiB": peaks}
         for name in variants:
             row[name] = statistics.median(times[name])
             row[name + "_host"] = statistics.median(hosts[name])
