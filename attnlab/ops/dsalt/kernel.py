@@ -659,8 +659,10 @@ def _blocks(block: int, d: int, device) -> tuple[int, int, int]:
 # kernels' landmark pass (at most KP); delta: (rows per program, warps) of the delta = rowsum(O * dO)
 # pass; lm_bwd: the landmark backward, "atomic" = _lm_bwd_kernel (no per-tile partials), "reduce" =
 # per-tile partials stored by the dQ kernel + _lm_reduce_kernel (sessions 2-4); fuse_delta: the dQ
-# kernel computes delta itself (no delta pass; ptxas: 160-680 bytes of spills in its prologue)
-OPTS = {"lc_fwd": 32, "lc_dq": 32, "delta": (64, 4), "lm_bwd": "atomic", "fuse_delta": False}
+# kernel computes delta itself (no delta pass; with the landmark partials every dQ config spilled in
+# ptxas, without them the 8-warp configs do not). Session 5 on the H100 (same run, vs the separate
+# pass): DSALT fwd+bwd -0.06 / -0.04 / -0.01 ms at 32K / 16K / 4K
+OPTS = {"lc_fwd": 32, "lc_dq": 32, "delta": (64, 4), "lm_bwd": "atomic", "fuse_delta": True}
 
 _TUNED: dict = {}
 _FWD_BM_OVERRIDE: dict = {}
@@ -810,9 +812,11 @@ def _reduce_landmark_grads(plk, plv, pg, lpos, dk, dv, dgt, nb, t, kp, d, energy
 
 
 # _lm_bwd_kernel launch on CUDA: (BLOCK_M query rows per tile, LC slots per program, SEG tiles per
-# program, warps, stages); register use checked offline (ptxas, sm_90): 32 x 32 with 8 warps 220
-# registers, no spills; 64-row tiles spill heavily (536-1528 bytes)
-LM_BWD_CONFIGS = [(32, 32, 32, 8, 2), (32, 64, 32, 8, 2), (32, 16, 32, 4, 2)]
+# program, warps, stages); register use checked offline (ptxas, sm_90): 32 rows x 32 slots, 8 warps:
+# 220 registers, no spills; 32 x 64: 8 bytes of stack; 64-row tiles spill heavily (536-1528 bytes).
+# First = the default: 32 x 64 (all 64 slots in one program, Q/dO read once per tile) was the fastest
+# on the H100 (session 5: DSALT fwd+bwd at 32K 3.39 ms vs 3.53 with 32 x 32, 3.45 with SEG 64)
+LM_BWD_CONFIGS = [(32, 64, 32, 8, 2), (32, 32, 32, 8, 2), (32, 16, 32, 4, 2)]
 
 
 def _lm_bwd_config(q, block, bm):
