@@ -20,19 +20,27 @@ Pipeline (``dsalt_triton``):
    blocks where every causal pair is at full weight (the usual case: windows longer than a tile)
    take the causal test only (also in the dQ and dK/dV kernels). Then one
    pass over the tile's landmark K/V (rows loaded by position straight from K/V, in chunks of
-   LC = 16 columns: one 64-column pass made the kernel spill registers): bias
-   logsigmoid(e_j) (the gate), -inf where the landmark is inside the row's soft window. Both
+   LC = 32 columns: one 64-column pass made the kernel spill registers): bias logsigmoid(e_j)
+   (the gate, computed in the kernel), -inf where the landmark is inside the row's soft window. Both
    passes feed one running max / sum (exp2 domain); the tile stores O and the log-sum-exp.
    Scattered landmarks therefore never turn window blocks into partial blocks.
-2. **Backward**: ``_dq_kernel`` (per query tile) recomputes P and accumulates dQ, the window-size
-   gradient dW (d ln r / dw = 1 / (edge r) on the ramp, so the term is p / r / edge = 2^(s-lse) /
-   edge: no division) and, for the tile's landmark set, per-tile partial dK_lm, dV_lm and gate
-   gradients; ``_dkdv_kernel`` (per key tile, looping over the heads of its kv group)
-   accumulates the window part of dK and dV (no atomics). ``_lm_reduce_kernel`` then adds the
-   landmark partials into dK/dV and the per-token gate gradient: one program per (batch*kv head,
-   slot, D chunk) walks its slot column a chunk of blocks at a time; with stable slots each
-   landmark token is one contiguous run of one column, summed by a segmented scan and written
-   once (no atomics, no sort). The energy gradient is gate' = sigmoid(-e) times that sum.
+2. **Backward**: ``_dq_kernel`` (per query tile) computes the tile's delta = rowsum(O * dO) (stored
+   for the kernels after it; ``OPTS["fuse_delta"]=False``: the separate ``_delta_kernel``),
+   recomputes P and accumulates dQ (window and landmarks) and the window-size gradient dW
+   (d ln r / dw = 1 / (edge r) on the ramp, so the term is p / r / edge = 2^(s-lse) / edge: no
+   division); ``_dkdv_kernel`` (per key tile, looping over the heads of its kv group) stores the
+   window part of dK and dV (no atomics); ``_lm_bwd_kernel`` (per segment of query tiles x chunk of
+   slots x batch*kv head) recomputes P and dS against the slots' landmarks, sums dS^T Q, P^T dO and
+   the gate gradient per slot in registers and adds them atomically into the token's dK/dV rows and
+   energy gradient (gate' = sigmoid(-e) times the sum) whenever the slot's token changes and at the
+   segment's end. ``OPTS["lm_bwd"] = "reduce"`` (and the fallback if that kernel fails to compile):
+   the dQ kernel also stores per-tile partial dK_lm, dV_lm and gate gradients and
+   ``_lm_reduce_kernel`` adds them: one program per (batch*kv head, slot, D chunk) walks its slot
+   column a chunk of blocks at a time; with stable slots each landmark token is one contiguous run
+   of one column, summed by a segmented scan and written once (no atomics, no sort).
+
+Launches go through ``attnlab.ops.launch_replay.ReplayLauncher`` (the compiled launcher is called
+directly from the second launch of a shape on).
 """
 
 from __future__ import annotations
