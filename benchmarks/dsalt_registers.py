@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="selection kernel only")
-    ap.add_argument("--only", type=str, default=None, help="comma-separated subset: reduce,fwd,dq,dkdv")
+    ap.add_argument("--only", type=str, default=None, help="comma-separated subset: reduce,fwd,dq,dkdv,lm_bwd")
     ap.add_argument("--arch", type=int, default=90, help="CUDA compute capability (default 90)")
     args = ap.parse_args(argv)
     import triton
@@ -66,17 +66,25 @@ def main(argv=None):
     for cb, bd, w in K.REDUCE_CONFIGS if want("reduce") else []:
         report(K._lm_reduce_kernel, {"KP": 64, "D": 128, "BD": bd, "CB": cb},
                {"DLK": "*bf16", "DLV": "*bf16", "DG": "*fp32", "LPOS": "*i32", "DK": "*bf16", "DV": "*bf16",
-                "DGT": "*fp32"}, {"num_warps": w}, f"CB {cb} BD {bd}")
+                "DGT": "*fp32", "E": "*fp32"}, {"num_warps": w}, f"CB {cb} BD {bd}")
     for bm, bn, w, st in K.FWD_CONFIGS if want("fwd") else []:
         report(K._fwd_kernel, {"D": 128, "BLOCK_M": bm, "BLOCK_N": bn, "KP": 64, "HAS_LM": True, "PREC": "tf32",
-                               "NSET": max(1, bm // 64), "LC": 16},
+                               "NSET": max(1, bm // 64), "LC": 32},
                {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "W": "*fp32", "GT": "*fp32", "LPOS": "*i32", "O": "*bf16",
                 "LSE": "*fp32", **fl}, {"num_warps": w, "num_stages": st}, f"BLOCK_M {bm} BLOCK_N {bn}")
     for bm, bn, w, st in K.DQ_CONFIGS if want("dq") else []:
-        report(K._dq_kernel, {"D": 128, "BLOCK_M": bm, "BLOCK_N": bn, "KP": 64, "HAS_LM": True, "PREC": "tf32", "LC": 16},
-               {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "W": "*fp32", "GT": "*fp32", "LPOS": "*i32", "DO": "*bf16",
-                "LSE": "*fp32", "DELTA": "*fp32", "DQ": "*bf16", "DW": "*fp32", "DLK": "*bf16", "DLV": "*bf16",
-                "DGATE": "*fp32", **fl}, {"num_warps": w, "num_stages": st}, f"BLOCK_M {bm} BLOCK_N {bn}")
+        for partials, fuse in ((0, 1), (1, 0)):  # the default path; the partials path
+            report(K._dq_kernel, {"D": 128, "BLOCK_M": bm, "BLOCK_N": bn, "KP": 64, "HAS_LM": True, "PREC": "tf32",
+                                  "LC": 32, "PARTIALS": partials, "FUSE_DELTA": fuse},
+                   {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "W": "*fp32", "GT": "*fp32", "LPOS": "*i32",
+                    "DO": "*bf16", "LSE": "*fp32", "DELTA": "*fp32", "DQ": "*bf16", "DW": "*fp32", "DLK": "*bf16",
+                    "DLV": "*bf16", "DGATE": "*fp32", "O": "*bf16", **fl}, {"num_warps": w, "num_stages": st},
+                   f"BLOCK_M {bm} BLOCK_N {bn} partials {partials} fused delta {fuse}")
+    for bm, lc, seg, w, st in K.LM_BWD_CONFIGS if want("lm_bwd") else []:
+        report(K._lm_bwd_kernel, {"D": 128, "BLOCK_M": bm, "KP": 64, "LC": lc, "SEG": seg, "PREC": "tf32"},
+               {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "W": "*fp32", "E": "*fp32", "LPOS": "*i32", "DO": "*bf16",
+                "LSE": "*fp32", "DELTA": "*fp32", "DK": "*bf16", "DV": "*bf16", "DGT": "*fp32", **fl},
+               {"num_warps": w, "num_stages": st}, f"BLOCK_M {bm} LC {lc} SEG {seg}")
     for bm, bn, w, st, tr in K.DKDV_CONFIGS if want("dkdv") else []:
         report(K._dkdv_kernel, {"D": 128, "BLOCK_M": bm, "BLOCK_N": bn, "PREC": "tf32", "TRANS": tr},
                {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "W": "*fp32", "DO": "*bf16", "LSE": "*fp32", "DELTA": "*fp32",

@@ -81,6 +81,31 @@ def test_triton_forward_tile_spanning_two_selection_blocks(monkeypatch):
         assert rel_err(a, r) <= 3e-5, name
 
 
+@needs_triton
+def test_triton_partials_landmark_backward_path(monkeypatch):
+    """The landmark backward through per-tile partials + the reduction kernel (lm_bwd="reduce", the
+    sessions 2-4 path) and through _lm_bwd_kernel (default "atomic") give the reference's gradients
+    (GQA, a selection block of two tiles)."""
+    from attnlab.ops.dsalt import kernel
+
+    ins = make(1, 4, 2, 101, 16, 3.0, 30, torch.float32, DEV)
+    kw = dict(n_max=30, edge=2.0, n_landmarks=7, block=32, scale=0.3)
+    ref = dsalt_reference(*ins, **kw)
+    do = torch.randn_like(ref)
+    gr = grads(ref, ins, do)
+    for mode, fuse in (("reduce", False), ("atomic", True)):  # and delta computed in the dQ kernel
+        monkeypatch.setitem(kernel.OPTS, "lm_bwd", mode)
+        monkeypatch.setitem(kernel.OPTS, "fuse_delta", fuse)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no fallback
+            out = dsalt_attention(*ins, impl="triton", **kw)
+            ga = grads(out, ins, do)
+        assert rel_err(out, ref) <= 1e-5
+        for name, a, r in zip("q k v win energy".split(), ga, gr):
+            assert rel_err(a, r) <= 3e-5, (mode, name)
+        assert kernel.OPTS["lm_bwd"] == mode
+
+
 def _causal_check(fn, t=37, device="cpu"):
     ins = [x.detach() for x in make(1, 2, 1, t, 16, 1.0, 9.0, torch.float32, device)]
     out = fn(*ins)
@@ -152,8 +177,12 @@ def test_gpu_bf16_every_launch_config_matches_reference(i, monkeypatch):
 
     cfg = {name: lst[i % len(lst)] for name, lst in
            (("fwd", kernel.FWD_CONFIGS), ("dq", kernel.DQ_CONFIGS), ("dkdv", kernel.DKDV_CONFIGS),
-            ("reduce", kernel.REDUCE_CONFIGS))}
+            ("reduce", kernel.REDUCE_CONFIGS), ("lm_bwd", kernel.LM_BWD_CONFIGS))}
     monkeypatch.setattr(kernel, "FORCE_CONFIG", cfg)
+    # odd configs: the partials + reduction landmark backward; even: _lm_bwd_kernel (atomics);
+    # i = 1, 2: delta computed in the dQ kernel
+    monkeypatch.setitem(kernel.OPTS, "lm_bwd", "reduce" if i % 2 else "atomic")
+    monkeypatch.setitem(kernel.OPTS, "fuse_delta", i in (1, 2))
     torch.manual_seed(i)
     b, h, hk, t, d = 1, 4, 2 if i % 2 else 4, 1000 + 37 * i, 128
     ins = make(b, h, hk, t, d, 48.0, 300, torch.bfloat16, "cuda")
@@ -162,7 +191,10 @@ def test_gpu_bf16_every_launch_config_matches_reference(i, monkeypatch):
     ref = dsalt_reference(*[x.float() if j < 3 else x for j, x in enumerate(ins)], **kw)
     do = torch.randn_like(out)
     assert rel_err(out, ref) <= 1e-2, cfg
-    for name, a, r in zip("q k v win energy".split(), grads(out, ins, do), grads(ref, ins, do.float())):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback to another path
+        ga = grads(out, ins, do)
+    for name, a, r in zip("q k v win energy".split(), ga, grads(ref, ins, do.float())):
         assert rel_err(a, r) <= 3e-2, (cfg, name, rel_err(a, r))
 
 
@@ -208,7 +240,7 @@ def test_gpu_fp32_triton_matches_reference_tightly():
 
 @needs_triton
 @pytest.mark.parametrize("t,k,block,key32", [(50, 6, 16, True), (37, 40, 16, False), (64, 3, 32, True),
-                                             (700, 5, 16, True), (700, 5, 16, False)])
+                                             (700, 5, 16, True), (700, 5, 16, False), (900, 16, 16, True)])
 def test_stable_slot_selection_kernel(t, k, block, key32):
     """The kernel's stable-slot sets equal the prefix top-k scan; each token is one run of one slot
     (t=700: several chunks of blocks, most blocks skipped; int32 and int64 rank keys)."""

@@ -20,19 +20,27 @@ Pipeline (``dsalt_triton``):
    blocks where every causal pair is at full weight (the usual case: windows longer than a tile)
    take the causal test only (also in the dQ and dK/dV kernels). Then one
    pass over the tile's landmark K/V (rows loaded by position straight from K/V, in chunks of
-   LC = 16 columns: one 64-column pass made the kernel spill registers): bias
-   logsigmoid(e_j) (the gate), -inf where the landmark is inside the row's soft window. Both
+   LC = 32 columns: one 64-column pass made the kernel spill registers): bias logsigmoid(e_j)
+   (the gate, computed in the kernel), -inf where the landmark is inside the row's soft window. Both
    passes feed one running max / sum (exp2 domain); the tile stores O and the log-sum-exp.
    Scattered landmarks therefore never turn window blocks into partial blocks.
-2. **Backward**: ``_dq_kernel`` (per query tile) recomputes P and accumulates dQ, the window-size
-   gradient dW (d ln r / dw = 1 / (edge r) on the ramp, so the term is p / r / edge = 2^(s-lse) /
-   edge: no division) and, for the tile's landmark set, per-tile partial dK_lm, dV_lm and gate
-   gradients; ``_dkdv_kernel`` (per key tile, looping over the heads of its kv group)
-   accumulates the window part of dK and dV (no atomics). ``_lm_reduce_kernel`` then adds the
-   landmark partials into dK/dV and the per-token gate gradient: one program per (batch*kv head,
-   slot, D chunk) walks its slot column a chunk of blocks at a time; with stable slots each
-   landmark token is one contiguous run of one column, summed by a segmented scan and written
-   once (no atomics, no sort). The energy gradient is gate' = sigmoid(-e) times that sum.
+2. **Backward**: ``_dq_kernel`` (per query tile) computes the tile's delta = rowsum(O * dO) (stored
+   for the kernels after it; ``OPTS["fuse_delta"]=False``: the separate ``_delta_kernel``),
+   recomputes P and accumulates dQ (window and landmarks) and the window-size gradient dW
+   (d ln r / dw = 1 / (edge r) on the ramp, so the term is p / r / edge = 2^(s-lse) / edge: no
+   division); ``_dkdv_kernel`` (per key tile, looping over the heads of its kv group) stores the
+   window part of dK and dV (no atomics); ``_lm_bwd_kernel`` (per segment of query tiles x chunk of
+   slots x batch*kv head) recomputes P and dS against the slots' landmarks, sums dS^T Q, P^T dO and
+   the gate gradient per slot in registers and adds them atomically into the token's dK/dV rows and
+   energy gradient (gate' = sigmoid(-e) times the sum) whenever the slot's token changes and at the
+   segment's end. ``OPTS["lm_bwd"] = "reduce"`` (and the fallback if that kernel fails to compile):
+   the dQ kernel also stores per-tile partial dK_lm, dV_lm and gate gradients and
+   ``_lm_reduce_kernel`` adds them: one program per (batch*kv head, slot, D chunk) walks its slot
+   column a chunk of blocks at a time; with stable slots each landmark token is one contiguous run
+   of one column, summed by a segmented scan and written once (no atomics, no sort).
+
+Launches go through ``attnlab.ops.launch_replay.ReplayLauncher`` (the compiled launcher is called
+directly from the second launch of a shape on).
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ import os
 import torch
 import torch.nn.functional as F
 
+from ..launch_replay import ReplayLauncher
 from .reference import INVALID_KEY, check_args, key_positions, select_landmarks
 
 try:
@@ -80,6 +89,11 @@ if HAVE_TRITON:
         inwin = (dd >= 0) & (dd < n_max) & (r > 0)
         out = inwin | (offs_m[:, None] >= T) | (lpos[None, :] < 0)
         return tl.where(out, float("-inf"), gate[None, :] * 1.4426950408889634)
+
+    @triton.jit
+    def _logsigmoid(e):
+        """The landmark gate log(sigmoid(e)) (fp32), computed where it is used (GT: the energies)."""
+        return tl.minimum(e, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(e)))
 
     @triton.jit
     def _tile_ranges(m0, w, T, n_max, edge, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -168,7 +182,7 @@ if HAVE_TRITON:
                 nbc = m0 // SEL_BLOCK + offs_c // KP
                 lpos = tl.load(LPOS + (bhk * NB + nbc) * KP + offs_c % KP, mask=nbc < NB, other=-1)
                 lp0 = tl.maximum(lpos, 0)
-                gate = tl.load(GT + bhk * T + lp0)
+                gate = _logsigmoid(tl.load(GT + bhk * T + lp0).to(tl.float32))
                 # landmark K/V rows loaded by position (no gathered copy)
                 lk = tl.load(kbase + lp0[:, None] * sk_t + offs_d[None, :])
                 s = tl.dot(q, tl.trans(lk), input_precision=PREC) * qk_scale
@@ -190,11 +204,16 @@ if HAVE_TRITON:
         tl.store(LSE + pid_bh * T + offs_m, m_i + tl.log2(l_safe), mask=mrow)
 
     @triton.jit
-    def _dq_kernel(Q, K, V, W, GT, LPOS, DO, LSE, DELTA, DQ, DW, DLK, DLV, DGATE,
+    def _dq_kernel(Q, K, V, W, GT, LPOS, DO, LSE, DELTA, DQ, DW, DLK, DLV, DGATE, O,
                    sq_b, sq_h, sq_t, sk_b, sk_h, sk_t,
                    H, G, T, NB, NT, n_max, edge, inv_edge, qk_scale, sm_scale, SEL_BLOCK,
                    D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                   KP: tl.constexpr, HAS_LM: tl.constexpr, PREC: tl.constexpr, LC: tl.constexpr = 16):
+                   KP: tl.constexpr, HAS_LM: tl.constexpr, PREC: tl.constexpr, LC: tl.constexpr = 16,
+                   PARTIALS: tl.constexpr = 1, FUSE_DELTA: tl.constexpr = 0):
+        """PARTIALS=0: the landmark pass adds only its dQ part (the landmark dK/dV/gate gradients
+        come from _lm_bwd_kernel); 1: it also stores per-tile partials for _lm_reduce_kernel.
+        FUSE_DELTA=1: the tile's delta = rowsum(O * dO) is computed here (32-column chunks) and
+        stored for the kernels that run after this one (no separate delta pass)."""
         pid_m = tl.program_id(0)
         pid_bh = tl.program_id(1)
         b = pid_bh // H
@@ -211,7 +230,18 @@ if HAVE_TRITON:
         do = tl.load(DO + qoff, mask=mrow[:, None], other=0.0)
         w = tl.load(W + pid_bh * T + offs_m, mask=mrow, other=1.0)
         lse = tl.load(LSE + pid_bh * T + offs_m, mask=mrow, other=0.0)
-        delta = tl.load(DELTA + pid_bh * T + offs_m, mask=mrow, other=0.0)
+        if FUSE_DELTA:
+            delta = tl.zeros([BLOCK_M], tl.float32)
+            for dc in tl.static_range(0, D, 32):
+                cols = dc + tl.arange(0, 32)
+                coff = b * sq_b + h * sq_h + offs_m[:, None] * sq_t + cols[None, :]
+                cm = mrow[:, None] & (cols[None, :] < D)
+                oc = tl.load(O + coff, mask=cm, other=0.0).to(tl.float32)
+                doc = tl.load(DO + coff, mask=cm, other=0.0).to(tl.float32)
+                delta += tl.sum(oc * doc, 1)
+            tl.store(DELTA + pid_bh * T + offs_m, delta, mask=mrow)
+        else:
+            delta = tl.load(DELTA + pid_bh * T + offs_m, mask=mrow, other=0.0)
         kbase = K + b * sk_b + hk * sk_h
         vbase = V + b * sk_b + hk * sk_h
         dq = tl.zeros([BLOCK_M, D], tl.float32)
@@ -258,7 +288,7 @@ if HAVE_TRITON:
                 offs_k = c0 + tl.arange(0, LC)
                 lpos = tl.load(LPOS + (bhk * NB + nb) * KP + offs_k)
                 lp0 = tl.maximum(lpos, 0)
-                gate = tl.load(GT + bhk * T + lp0)
+                gate = _logsigmoid(tl.load(GT + bhk * T + lp0).to(tl.float32))
                 lk = tl.load(kbase + lp0[:, None] * sk_t + offs_d[None, :])
                 lv = tl.load(vbase + lp0[:, None] * sk_t + offs_d[None, :])
                 s = tl.dot(q, tl.trans(lk), input_precision=PREC) * qk_scale
@@ -267,14 +297,88 @@ if HAVE_TRITON:
                 dp = tl.dot(do, tl.trans(lv), input_precision=PREC)
                 ds = p * (dp - delta[:, None])
                 dq += tl.dot(ds.to(lk.dtype), lk, input_precision=PREC)
-                # per-tile partial landmark gradients [LC, D], [LC]
-                dlk = tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC) * sm_scale
-                dlv = tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
-                tl.store(DLK + (toff + offs_k[:, None]) * D + offs_d[None, :], dlk.to(DLK.dtype.element_ty))
-                tl.store(DLV + (toff + offs_k[:, None]) * D + offs_d[None, :], dlv.to(DLV.dtype.element_ty))
-                tl.store(DGATE + toff + offs_k, tl.sum(ds, 0))
+                if PARTIALS:
+                    # per-tile partial landmark gradients [LC, D], [LC]
+                    dlk = tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC) * sm_scale
+                    dlv = tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
+                    tl.store(DLK + (toff + offs_k[:, None]) * D + offs_d[None, :], dlk.to(DLK.dtype.element_ty))
+                    tl.store(DLV + (toff + offs_k[:, None]) * D + offs_d[None, :], dlv.to(DLV.dtype.element_ty))
+                    tl.store(DGATE + toff + offs_k, tl.sum(ds, 0))
         tl.store(DQ + qoff, (dq * sm_scale).to(DQ.dtype.element_ty), mask=mrow[:, None])
         tl.store(DW + pid_bh * T + offs_m, dw * inv_edge, mask=mrow)
+
+    @triton.jit
+    def _lm_bwd_kernel(Q, K, V, W, E, LPOS, DO, LSE, DELTA, DK, DV, DGT,
+                       sq_b, sq_h, sq_t, sk_b, sk_h, sk_t,
+                       H, G, T, NB, NT, n_max, edge, inv_edge, qk_scale, sm_scale, SEL_BLOCK,
+                       D: tl.constexpr, BLOCK_M: tl.constexpr, KP: tl.constexpr, LC: tl.constexpr,
+                       SEG: tl.constexpr, PREC: tl.constexpr):
+        """Landmark dK, dV and energy gradients. Program (segment, slot chunk, batch*kv head) walks
+        SEG query tiles (BLOCK_M rows, within one selection block each) in order, for LC slots of
+        the tiles' landmark sets: recomputes P and dS against the slots' landmarks (every head of
+        the kv group) and sums dS^T Q, P^T dO and the gate gradient per slot in registers. A slot's
+        sums are added (atomically) into its token's dK / dV rows (after the window kernel stored
+        them) and into the energy gradient when the slot's token changes at the next block, and at
+        the segment's end, so a landmark run spanning segments gets one add per segment."""
+        pid_s = tl.program_id(0)
+        pid_c = tl.program_id(1)
+        bhk = tl.program_id(2)
+        hkv = H // G
+        b = bhk // hkv
+        hk = bhk % hkv
+        offs_k = pid_c * LC + tl.arange(0, LC)
+        offs_d = tl.arange(0, D)
+        offs_r = tl.arange(0, BLOCK_M)
+        kbase = K + b * sk_b + hk * sk_h
+        vbase = V + b * sk_b + hk * sk_h
+        acc_k = tl.zeros([LC, D], tl.float32)
+        acc_v = tl.zeros([LC, D], tl.float32)
+        acc_g = tl.zeros([LC], tl.float32)
+        i0 = pid_s * SEG
+        i1 = tl.minimum(i0 + SEG, NT)
+        for i in range(i0, i1):
+            m0 = i * BLOCK_M
+            nb = m0 // SEL_BLOCK
+            offs_m = m0 + offs_r
+            mrow = offs_m < T
+            lpos = tl.load(LPOS + (bhk * NB + nb) * KP + offs_k)
+            lp0 = tl.maximum(lpos, 0)
+            et = tl.load(E + bhk * T + lp0).to(tl.float32)
+            gate = _logsigmoid(et)
+            lk = tl.load(kbase + lp0[:, None] * sk_t + offs_d[None, :])
+            lv = tl.load(vbase + lp0[:, None] * sk_t + offs_d[None, :])
+            for g in range(0, G):
+                h = hk * G + g
+                bh = b * H + h
+                qoff = b * sq_b + h * sq_h + offs_m[:, None] * sq_t + offs_d[None, :]
+                q = tl.load(Q + qoff, mask=mrow[:, None], other=0.0)
+                do = tl.load(DO + qoff, mask=mrow[:, None], other=0.0)
+                w = tl.load(W + bh * T + offs_m, mask=mrow, other=1.0)
+                lse = tl.load(LSE + bh * T + offs_m, mask=mrow, other=0.0)
+                delta = tl.load(DELTA + bh * T + offs_m, mask=mrow, other=0.0)
+                s = tl.dot(q, tl.trans(lk), input_precision=PREC) * qk_scale
+                s = s + _lm_bias(offs_m, lpos, gate, w, T, n_max, inv_edge)
+                p = tl.exp2(s - lse[:, None])
+                dp = tl.dot(do, tl.trans(lv), input_precision=PREC)
+                ds = p * (dp - delta[:, None])
+                acc_k += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC)
+                acc_v += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
+                acc_g += tl.sum(ds, 0)
+            # flush the slots whose token changes after this tile (or at the segment's end)
+            last = (i + 1 == i1) | ((i + 1) * BLOCK_M >= (nb + 1) * SEL_BLOCK)
+            nxt = tl.load(LPOS + (bhk * NB + tl.minimum(nb + 1, NB - 1)) * KP + offs_k)
+            nxt = tl.where((nb + 1 < NB) & (i + 1 < i1), nxt, -2)
+            nxt = tl.where(last, nxt, lpos)  # not the block's last tile: no flush
+            fl = (nxt != lpos) & (lpos >= 0)
+            rows = b * sk_b + hk * sk_h + lp0[:, None] * sk_t + offs_d[None, :]
+            fl2 = tl.broadcast_to(fl[:, None], (LC, D))
+            tl.atomic_add(DK + rows, (acc_k * sm_scale).to(DK.dtype.element_ty), mask=fl2, sem="relaxed")
+            tl.atomic_add(DV + rows, acc_v.to(DV.dtype.element_ty), mask=fl2, sem="relaxed")
+            # d logsigmoid(e) / de = sigmoid(-e)
+            tl.atomic_add(DGT + bhk * T + lp0, acc_g / (1.0 + tl.exp(et)), mask=fl, sem="relaxed")
+            acc_k = tl.where(fl[:, None], 0.0, acc_k)
+            acc_v = tl.where(fl[:, None], 0.0, acc_v)
+            acc_g = tl.where(fl, 0.0, acc_g)
 
     @triton.jit
     def _win_rT(offs_n, offs_m, w, T, n_max, inv_edge):
@@ -430,13 +534,14 @@ if HAVE_TRITON:
                          tl.broadcast_to(lp[None, :], (CB, KP)), mask=smask)
                 cand = tl.max(tl.where(rows[:, None] == nxt, ck, tl.min(kmin, 0)), 0)  # [BS] block nxt's keys
                 cand = tl.where(cand > m, cand, tl.min(kmin, 0))
-                best = tl.max(cand, 0)
+                # two independent value+index reductions per insertion (was argmin, min and max)
+                m, am = tl.min(cur, 0, return_indices=True)
+                best, bj = tl.max(cand, 0, return_indices=True)
                 while best > m:
-                    am = tl.argmin(cur, 0)
                     cur = tl.where(offs_k == am, best, cur)
-                    cand = tl.where(cand == best, tl.min(kmin, 0), cand)
-                    m = tl.min(cur, 0)
-                    best = tl.max(cand, 0)
+                    cand = tl.where(offs_s == bj, tl.min(kmin, 0), cand)
+                    m, am = tl.min(cur, 0, return_indices=True)
+                    best, bj = tl.max(cand, 0, return_indices=True)
                 r0 = nxt
                 nxt = tl.min(tl.where((bmax > m) & (rows > r0), rows, CB), 0)
             lp = tl.where((offs_k < K) & (cur != kmin), pm - (cur & pm), none).to(tl.int32)
@@ -451,7 +556,7 @@ if HAVE_TRITON:
         return tl.where(f2 != 0, v2, v1 + v2), f1 | f2
 
     @triton.jit
-    def _lm_reduce_kernel(DLK, DLV, DG, LPOS, DK, DV, DGT, NB, T,
+    def _lm_reduce_kernel(DLK, DLV, DG, LPOS, DK, DV, DGT, E, NB, T,
                           KP: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, CB: tl.constexpr):
         """Add per-block landmark gradients [B*Hk, NB, KP, D] (and gate gradients [.., KP]) into
         dK/dV rows (and the per-token gate gradient): one program per (batch*kv head, slot,
@@ -497,7 +602,9 @@ if HAVE_TRITON:
                 xg = tl.load(DG + (base + blk) * KP + sl, mask=valid, other=0.0)
                 xg = xg + tl.where((rows == 0) & (start == 0), carry_g, 0.0)
                 sg, _fg = tl.associative_scan((xg, start), 0, _seg_add)
-                tl.store(DGT + pid * T + tl.maximum(tok, 0), sg, mask=end)
+                # the energy gradient: d logsigmoid(e) / de = sigmoid(-e)
+                et = tl.load(E + pid * T + tl.maximum(tok, 0), mask=end, other=0.0).to(tl.float32)
+                tl.store(DGT + pid * T + tl.maximum(tok, 0), sg / (1.0 + tl.exp(et)), mask=end)
                 carry_g = tl.broadcast_to(tl.sum(tl.where(rows == CB - 1, sg, 0.0), 0), (CB,))
 
 
@@ -516,8 +623,8 @@ def _select_stable(energy, k: int, kp: int, block: int, key32: bool | None = Non
     e = energy.detach().float().contiguous()
     out = torch.empty(b, hk, nb, kp, dtype=torch.int32, device=energy.device)
     cb = 16 if block <= 128 else 4
-    _select_kernel[(b * hk,)](e, out, t, nb, block, K=k, KP=kp, BS=_pow2(block), CB=cb, KEY32=(t <= 65536) if key32 is None else key32,
-                              num_warps=1)
+    _LAUNCH(_select_kernel, (b * hk,), e, out, t, nb, block, K=k, KP=kp, BS=_pow2(block), CB=cb,
+            KEY32=(t <= 65536) if key32 is None else key32, num_warps=1)
     return out
 
 
@@ -556,6 +663,15 @@ def _blocks(block: int, d: int, device) -> tuple[int, int, int]:
     return bm, bm, 4 if d <= 64 else 8
 
 
+# kernel options (session 5): lc_fwd / lc_dq: landmark columns per chunk in the forward / dQ
+# kernels' landmark pass (at most KP); delta: (rows per program, warps) of the delta = rowsum(O * dO)
+# pass; lm_bwd: the landmark backward, "atomic" = _lm_bwd_kernel (no per-tile partials), "reduce" =
+# per-tile partials stored by the dQ kernel + _lm_reduce_kernel (sessions 2-4); fuse_delta: the dQ
+# kernel computes delta itself (no delta pass; with the landmark partials every dQ config spilled in
+# ptxas, without them the 8-warp configs do not). Session 5 on the H100 (same run, vs the separate
+# pass): DSALT fwd+bwd -0.06 / -0.04 / -0.01 ms at 32K / 16K / 4K
+OPTS = {"lc_fwd": 32, "lc_dq": 32, "delta": (64, 4), "lm_bwd": "atomic", "fuse_delta": True}
+
 _TUNED: dict = {}
 _FWD_BM_OVERRIDE: dict = {}
 # launch configs tried by the autotuner on CUDA: fwd (BLOCK_M, BLOCK_N, warps, stages) (BLOCK_M 128
@@ -585,7 +701,7 @@ def _tuned(name: str, block: int):
         else:
             cfgs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st)
                     for m, n, w, st in DQ_CONFIGS]
-            _TUNED[tag] = triton.autotune(cfgs, key=key + ["KP", "HAS_LM"])(_dq_kernel)
+            _TUNED[tag] = triton.autotune(cfgs, key=key + ["KP", "HAS_LM", "PARTIALS", "FUSE_DELTA"])(_dq_kernel)
     return _TUNED[tag]
 
 
@@ -624,25 +740,29 @@ def _launch(name, kernel, grid_m, rows, bm, bn, warps, block, *args, **meta):
         if name == "fwd":
             meta["NSET"] = max(1, m // block)
         grid_n = n if name == "dkdv" else m
-        return kernel[(triton.cdiv(grid_m, grid_n), rows)](*args, BLOCK_M=m, BLOCK_N=n, num_warps=w,
-                                                          num_stages=st, **meta)
+        return _LAUNCH(kernel, (triton.cdiv(grid_m, grid_n), rows), *args, BLOCK_M=m, BLOCK_N=n, num_warps=w,
+                       num_stages=st, **meta)
     if tuned:
         if name == "dkdv":
             grid = lambda m: (triton.cdiv(grid_m, m["BLOCK_N"]), rows)  # noqa: E731
         else:
             grid = lambda m: (triton.cdiv(grid_m, m["BLOCK_M"]), rows)  # noqa: E731
-        key = (grid_m, args[0].dtype, args[0].shape[-1], meta.get("KP"), meta.get("HAS_LM"))
+        key = (grid_m, args[0].dtype, args[0].shape[-1], meta.get("KP"), meta.get("HAS_LM"), meta.get("PARTIALS"),
+               meta.get("FUSE_DELTA"))
         return _autotuned(name, block, key, grid, kernel, args, meta)
     if name == "dkdv":
         meta["TRANS"] = _FWD_BM_OVERRIDE.get("dkdv_trans", 0)  # tests: the transposed formulation
-        return kernel[(triton.cdiv(grid_m, bn), rows)](*args, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, **meta)
+        return _LAUNCH(kernel, (triton.cdiv(grid_m, bn), rows), *args, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, **meta)
     if name == "fwd":
         bm = _FWD_BM_OVERRIDE.get("bm") or bm  # tests: a forward tile spanning several selection blocks
         meta["NSET"] = max(1, bm // block)
-    return kernel[(triton.cdiv(grid_m, bm), rows)](*args, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, **meta)
+    return _LAUNCH(kernel, (triton.cdiv(grid_m, bm), rows), *args, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, **meta)
 
 
 _BEST: dict = {}
+_CFG_KW: dict = {}  # id(picked config) -> its launch keywords
+# the kernels' launches: replayed from the second call of a shape on (attnlab/ops/launch_replay.py)
+_LAUNCH = ReplayLauncher("dsalt")
 # an autotuned kernel goes through triton's Autotuner once per shape (key); later calls launch the
 # config it picked directly: the Autotuner's per-call argument handling cost host time, which
 # counts where a step is launch-bound (B=1, T=4K)
@@ -658,35 +778,91 @@ def _autotuned(name, block, key, grid, kernel, args, meta):
         if getattr(tuner, "best_config", None) is not None:
             _BEST[k] = tuner.best_config
         return out
-    kw = cfg.all_kwargs()
-    return kernel[grid(kw)](*args, **meta, **kw)
+    kw = _CFG_KW.get(id(cfg))
+    if kw is None:
+        kw = _CFG_KW[id(cfg)] = {a: b for a, b in cfg.all_kwargs().items() if b is not None}
+    return _LAUNCH(kernel, grid(kw), *args, **meta, **kw)
 
 
 # landmark-gradient reduction launch configs (CB blocks per step, BD columns, warps)
 REDUCE_CONFIGS = [(32, 64, 4), (16, 64, 4), (64, 32, 4), (32, 32, 2), (64, 64, 8)]
 
 
-def _reduce_landmark_grads(plk, plv, pg, lpos, dk, dv, dgt, nb, t, kp, d):
-    """Per-run sums of the per-block landmark partials into dK, dV (added) and dgt (written)."""
+def _reduce_landmark_grads(plk, plv, pg, lpos, dk, dv, dgt, nb, t, kp, d, energy):
+    """Per-run sums of the per-block landmark partials into dK, dV (added) and dgt (written: the
+    energy gradient, the gate gradient sum times sigmoid(-e))."""
     bhk = lpos.shape[0] * lpos.shape[1]
     if _interpreting() or not plk.is_cuda:
         bd = min(d, 64)
-        return _lm_reduce_kernel[(bhk, kp, d // bd)](plk, plv, pg, lpos, dk, dv, dgt, nb, t,
-                                                      KP=kp, D=d, BD=bd, CB=16, num_warps=4)
+        return _LAUNCH(_lm_reduce_kernel, (bhk, kp, d // bd), plk, plv, pg, lpos, dk, dv, dgt, energy, nb, t,
+                       KP=kp, D=d, BD=bd, CB=16, num_warps=4)
     cfg = _forced("reduce")
     if cfg is not None:
         cb, bd, w = cfg
         bd = min(bd, d)
-        return _lm_reduce_kernel[(bhk, kp, d // bd)](plk, plv, pg, lpos, dk, dv, dgt, nb, t,
-                                                      KP=kp, D=d, BD=bd, CB=cb, num_warps=w)
+        return _LAUNCH(_lm_reduce_kernel, (bhk, kp, d // bd), plk, plv, pg, lpos, dk, dv, dgt, energy, nb, t,
+                       KP=kp, D=d, BD=bd, CB=cb, num_warps=w)
+    grid = lambda m: (bhk, kp, d // m["BD"])  # noqa: E731
+    best = _BEST.get(("reduce", nb, kp, d)) if DIRECT["on"] else None
+    if best is not None:  # the autotuner's pick, launched directly
+        return _LAUNCH(_lm_reduce_kernel, grid(best), plk, plv, pg, lpos, dk, dv, dgt, energy, nb, t, KP=kp, D=d, **best)
     tag = ("reduce", d)
     if tag not in _TUNED:
         lst = list(dict.fromkeys((cb, min(bd, d), w) for cb, bd, w in REDUCE_CONFIGS))
         cfgs = [triton.Config({"CB": cb, "BD": bd}, num_warps=w) for cb, bd, w in lst]
         # the kernel adds into dK/dV: the autotuner restores them between its trial runs
         _TUNED[tag] = triton.autotune(cfgs, key=["NB", "KP", "D"], restore_value=["DK", "DV"])(_lm_reduce_kernel)
-    grid = lambda m: (bhk, kp, d // m["BD"])  # noqa: E731
-    return _TUNED[tag][grid](plk, plv, pg, lpos, dk, dv, dgt, nb, t, KP=kp, D=d)
+    out = _TUNED[tag][grid](plk, plv, pg, lpos, dk, dv, dgt, energy, nb, t, KP=kp, D=d)
+    cfg = getattr(_TUNED[tag], "best_config", None)
+    if cfg is not None:
+        _BEST[("reduce", nb, kp, d)] = {a: b for a, b in cfg.all_kwargs().items() if b is not None}
+    return out
+
+
+# _lm_bwd_kernel launch on CUDA: (BLOCK_M query rows per tile, LC slots per program, SEG tiles per
+# program, warps, stages); register use checked offline (ptxas, sm_90): 32 rows x 32 slots, 8 warps:
+# 220 registers, no spills; 32 x 64: 8 bytes of stack; 64-row tiles spill heavily (536-1528 bytes).
+# First = the default: 32 x 64 (all 64 slots in one program, Q/dO read once per tile) was the fastest
+# on the H100 (session 5: DSALT fwd+bwd at 32K 3.39 ms vs 3.53 with 32 x 32, 3.45 with SEG 64)
+LM_BWD_CONFIGS = [(32, 64, 32, 8, 2), (32, 32, 32, 8, 2), (32, 16, 32, 4, 2)]
+
+
+def _lm_bwd_config(q, block, bm):
+    if _interpreting() or not q.is_cuda:
+        return bm, 16, 2, 4, 1  # short segments: runs spanning segments are tested
+    m, lc, seg, w, st = FORCE_CONFIG.get("lm_bwd") or LM_BWD_CONFIGS[0]
+    return (m if block % m == 0 else bm), lc, seg, w, st
+
+
+def _landmark_grads_from_partials(parts, lpos, dk, dv, dgt, energy, stable, b, hk, g, nb, nt, t, kp, d, tpb):
+    """The partials path: per-tile landmark partials [B, H, NT, KP, ...] summed per run into dK, dV
+    and the energy gradient (returned)."""
+    def per_block(x):  # [B, H, NT, ...] -> [B, Hk, NB, ...] contiguous, summed over group heads and tiles
+        pad = nb * tpb - nt
+        if pad:
+            x = torch.cat([x, x.new_zeros(x.shape[:2] + (pad,) + x.shape[3:])], 2)
+        if g * tpb == 1:
+            return x.contiguous()
+        return x.float().view(b, hk, g, nb, tpb, *x.shape[3:]).sum((2, 4)).contiguous()
+
+    plk, plv, pg = (per_block(x) for x in parts)
+    if stable:
+        try:
+            _reduce_landmark_grads(plk, plv, pg, lpos, dk, dv, dgt, nb, t, kp, d, energy)
+            return dgt
+        except Exception as e:  # pragma: no cover - compiler trouble: the sort-based path below
+            import warnings
+
+            warnings.warn(f"dsalt: landmark-gradient reduction kernel unavailable ({type(e).__name__}: {e})")
+    # a landmark token sits in many blocks' sets: the sort-based accumulating index_put_
+    valid = (lpos >= 0).view(-1)
+    rows = (lpos.long().clamp_min(0) + torch.arange(b * hk, device=dk.device).view(b, hk, 1, 1) * t)
+    rows = rows.view(-1)[valid]
+    dk.view(-1, d).index_put_((rows,), plk.reshape(-1, d)[valid].to(dk.dtype), accumulate=True)
+    dv.view(-1, d).index_put_((rows,), plv.reshape(-1, d)[valid].to(dv.dtype), accumulate=True)
+    dgt.view(-1).index_put_((rows,), pg.reshape(-1)[valid].float(), accumulate=True)
+    # d logsigmoid(e) / de = sigmoid(-e)
+    return dgt * torch.sigmoid(-energy.detach().float())
 
 
 class _DSALTFn(torch.autograd.Function):
@@ -705,11 +881,11 @@ class _DSALTFn(torch.autograd.Function):
         if has_lm:
             lpos, stable = landmark_slots(energy.detach(), n_lm, block)
             kp, nb = lpos.shape[-1], lpos.shape[2]
-            gt = F.logsigmoid(energy.detach().float()).contiguous()
+            gt = energy.detach()  # the kernels compute the gate logsigmoid(e)
         else:
             kp, nb, stable = 16, 1, False
             lpos = torch.full((1, 1, 1, kp), -1, dtype=torch.int32, device=q.device)
-            gt = torch.zeros(1, device=q.device)
+            gt = win  # unused
         o = torch.empty_like(q)
         lse = torch.empty(b, h, t, device=q.device, dtype=torch.float32)
         _launch("fwd", _fwd_kernel, t, b * h, bm, bn, warps, block,
@@ -717,7 +893,7 @@ class _DSALTFn(torch.autograd.Function):
                 q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                 o.stride(0), o.stride(1), o.stride(2),
                 h, g, t, nb, n_max, float(edge), 1.0 / float(edge), scale * LOG2E, block,
-                D=d, KP=kp, HAS_LM=has_lm, PREC=_prec(q))
+                D=d, KP=kp, HAS_LM=has_lm, PREC=_prec(q), LC=min(OPTS["lc_fwd"], kp))
         ctx.save_for_backward(q, k, v, win, energy, gt, lpos, o, lse)
         ctx.meta = meta
         ctx.stable = stable
@@ -735,61 +911,68 @@ class _DSALTFn(torch.autograd.Function):
         bm, bn, warps = _blocks(block, d, q.device)
         do = do.contiguous()
         delta = torch.empty(b, h, t, device=q.device, dtype=torch.float32)
-        # a separate pass: fused into the dQ kernel it made that kernel spill registers (ptxas)
-        _delta_kernel[(triton.cdiv(b * h * t, 64),)](o, do, delta, b * h * t, D=d, BLOCK=64)
+        # a separate pass: computed in the dQ kernel (whole tile or 32-column chunks, stored and
+        # read back) it made every dQ config spill (ptxas, session 5: 160-830 bytes of stack)
+        fuse = OPTS["fuse_delta"]
+        if not fuse:
+            db, dw_ = OPTS["delta"]
+            _LAUNCH(_delta_kernel, (triton.cdiv(b * h * t, db),), o, do, delta, b * h * t, D=d, BLOCK=db,
+                    num_warps=dw_)
         nt = triton.cdiv(t, bm)
         dq = torch.empty_like(q)
         dw = torch.empty(b, h, t, device=q.device, dtype=torch.float32)
-        if has_lm:
-            dlk_t = torch.empty(b, h, nt, kp, d, device=q.device, dtype=q.dtype)
-            dlv_t = torch.empty(b, h, nt, kp, d, device=q.device, dtype=q.dtype)
-            dgate_t = torch.empty(b, h, nt, kp, device=q.device, dtype=torch.float32)
-        else:
-            dlk_t = dlv_t = dgate_t = dq  # unused
-        _launch("dq", _dq_kernel, t, b * h, bm, bn, warps, block,
-                q, k, v, win, gt, lpos, do, lse, delta, dq, dw, dlk_t, dlv_t, dgate_t,
-                q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-                h, g, t, nb, nt, n_max, float(edge), 1.0 / float(edge), scale * LOG2E, scale, block,
-                D=d, KP=kp, HAS_LM=has_lm, PREC=_prec(q))
+        strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2))
+        fargs = (n_max, float(edge), 1.0 / float(edge), scale * LOG2E, scale)
+        atomic = has_lm and OPTS["lm_bwd"] == "atomic"
+
+        def dq_pass(partials):
+            if partials:
+                parts = (torch.empty(b, h, nt, kp, d, device=q.device, dtype=q.dtype),
+                         torch.empty(b, h, nt, kp, d, device=q.device, dtype=q.dtype),
+                         torch.empty(b, h, nt, kp, device=q.device, dtype=torch.float32))
+            else:
+                parts = (dq, dq, dq)  # unused
+            _launch("dq", _dq_kernel, t, b * h, bm, bn, warps, block,
+                    q, k, v, win, gt, lpos, do, lse, delta, dq, dw, *parts, o, *strides,
+                    h, g, t, nb, nt, *fargs, block,
+                    D=d, KP=kp, HAS_LM=has_lm, PREC=_prec(q), LC=min(OPTS["lc_dq"], kp), PARTIALS=int(partials),
+                    FUSE_DELTA=int(fuse))
+            return parts
+
+        parts = dq_pass(has_lm and not atomic)
         dk = torch.empty_like(k)
         dv = torch.empty_like(v)
         _launch("dkdv", _dkdv_kernel, t, b * hk, bm, bn, warps, block,
-                q, k, v, win, do, lse, delta, dk, dv,
-                q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-                h, g, t, n_max, float(edge), 1.0 / float(edge), scale * LOG2E, scale, D=d, PREC=_prec(q))
+                q, k, v, win, do, lse, delta, dk, dv, *strides, h, g, t, *fargs, D=d, PREC=_prec(q))
         denergy = None
         if has_lm:
-            tpb = block // bm
-
-            def per_block(x):  # [B, H, NT, ...] -> [B, Hk, NB, ...] contiguous, summed over group heads and tiles
-                pad = nb * tpb - nt
-                if pad:
-                    x = torch.cat([x, x.new_zeros(x.shape[:2] + (pad,) + x.shape[3:])], 2)
-                if g * tpb == 1:
-                    return x.contiguous()
-                return x.float().view(b, hk, g, nb, tpb, *x.shape[3:]).sum((2, 4)).contiguous()
-
-            plk, plv, pg = per_block(dlk_t), per_block(dlv_t), per_block(dgate_t)
             dgt = torch.zeros(b, hk, t, device=q.device, dtype=torch.float32)
-            done = False
-            if ctx.stable:
+            if atomic:
                 try:
-                    _reduce_landmark_grads(plk, plv, pg, lpos, dk, dv, dgt, nb, t, kp, d)
-                    done = True
-                except Exception as e:  # pragma: no cover - compiler trouble: the sort-based path below
+                    lm, lc, seg, lw, lst = _lm_bwd_config(q, block, bm)
+                    lc = min(lc, kp)
+                    nt_l = triton.cdiv(t, lm)
+                    _LAUNCH(_lm_bwd_kernel, (triton.cdiv(nt_l, seg), kp // lc, b * hk),
+                            q, k, v, win, gt, lpos, do, lse, delta, dk, dv, dgt, *strides,
+                            h, g, t, nb, nt_l, *fargs, block, D=d, BLOCK_M=lm, KP=kp, LC=lc, SEG=seg,
+                            PREC=_prec(q), num_warps=lw, num_stages=lst)
+                except Exception as e:  # pragma: no cover - compiler trouble (atomics): the partials path
                     import warnings
 
-                    warnings.warn(f"dsalt: landmark-gradient reduction kernel unavailable ({type(e).__name__}: {e})")
-            if not done:
-                # a landmark token sits in many blocks' sets: the sort-based accumulating index_put_
-                valid = (lpos >= 0).view(-1)
-                rows = (lpos.long().clamp_min(0) + torch.arange(b * hk, device=q.device).view(b, hk, 1, 1) * t)
-                rows = rows.view(-1)[valid]
-                dk.view(-1, d).index_put_((rows,), plk.reshape(-1, d)[valid].to(dk.dtype), accumulate=True)
-                dv.view(-1, d).index_put_((rows,), plv.reshape(-1, d)[valid].to(dv.dtype), accumulate=True)
-                dgt.view(-1).index_put_((rows,), pg.reshape(-1)[valid].float(), accumulate=True)
-            # d logsigmoid(e) / de = sigmoid(-e)
-            denergy = (dgt * torch.sigmoid(-energy.detach().float())).to(energy.dtype)
+                    warnings.warn(f"dsalt: landmark backward kernel unavailable ({type(e).__name__}: {e}); "
+                                  "using per-tile partials and the reduction")
+                    OPTS["lm_bwd"] = "reduce"
+                    dk = torch.empty_like(k)
+                    dv = torch.empty_like(v)
+                    _launch("dkdv", _dkdv_kernel, t, b * hk, bm, bn, warps, block,
+                            q, k, v, win, do, lse, delta, dk, dv, *strides, h, g, t, *fargs, D=d, PREC=_prec(q))
+                    dgt.zero_()
+                    parts = dq_pass(True)
+                    atomic = False
+            if not atomic:
+                dgt = _landmark_grads_from_partials(parts, lpos, dk, dv, dgt, gt, ctx.stable, b, hk, g, nb, nt, t,
+                                                    kp, d, block // bm)
+            denergy = dgt.to(energy.dtype)
         return dq, dk, dv, dw, denergy, None
 
 
