@@ -162,14 +162,16 @@ def test_hook_chains_of_current_triton():
     "no hook" (the bug that kept the replay off on every GPU run before session 4), a chain with a
     call is a hook."""
     knobs = pytest.importorskip("triton.knobs")
+    from attnlab.ops.launch_replay import hook_set
+
     chain = getattr(knobs, "HookChain", None)
-    assert not K._hook_set(None) and K._hook_set(lambda *a: None)
+    assert not hook_set(None) and hook_set(lambda *a: None)
     if chain is not None:
         c = chain()
-        assert not K._hook_set(c)
+        assert not hook_set(c)
         c.add(print)
-        assert K._hook_set(c)
-        assert not K._hook_set(knobs.runtime.launch_enter_hook), "a launch hook is installed by default?"
+        assert hook_set(c)
+        assert not hook_set(knobs.runtime.launch_enter_hook), "a launch hook is installed by default?"
 
 
 @pytest.mark.gpu

@@ -3,7 +3,8 @@
 landmark chunk widths (LC) 16/32 in the forward and dQ kernels, delta-pass configs (run with
 ATTNLAB_DSALT_AUTOTUNE=0; --timeline: kernel timeline of one synchronised 32K step).
 --set call2: the landmark backward kernel (_lm_bwd_kernel, its launch configs) vs the per-tile
-partials + reduction path.
+partials + reduction path. --set final: flex window-only, attnlab window-only, DSALT with the
+final defaults and DSALT with the separate delta pass, timed together (the lead's check).
 
     python benchmarks/device_runs/dsalt_s5_ab.py --lengths 32768,16384,4096 --rounds 3
 """
@@ -66,7 +67,7 @@ def main():
     ap.add_argument("--lengths", default="32768,16384,4096")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default=os.environ.get("ATTNLAB_BENCH_DIR", "."))
-    ap.add_argument("--set", default="call2", choices=["call1", "call2"])
+    ap.add_argument("--set", default="call2", choices=["call1", "call2", "final"])
     ap.add_argument("--timeline", action="store_true")
     args = ap.parse_args()
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
@@ -124,6 +125,13 @@ def main():
                 "dsalt_lcdq32": mk(n_lm, opts={"lc_dq": 32}),
                 "dsalt_delta128x8": mk(n_lm, opts={"delta": (128, 8)}),
                 "dsalt_delta32x4": mk(n_lm, opts={"delta": (32, 4)}),
+            }
+        elif args.set == "final":  # the lead's check of the final defaults, timed together
+            variants = {
+                "flex_window": flex_step,
+                "window": mk(0),
+                "dsalt": mk(n_lm),
+                "dsalt_separate_delta": mk(n_lm, opts={"fuse_delta": False}),
             }
         else:  # call 2: the landmark backward (atomic kernel, its configs) vs partials + reduction
             variants = {

@@ -435,6 +435,8 @@ except ImportError:  # older triton: no replay
     _knobs = _driver = None
 
 _FAST = os.environ.get("ATTNLAB_FAST_LAUNCH", "1") != "0" and _knobs is not None
+from ..launch_replay import hook_set  # the launch-hook check shared with DSALT and spectral
+
 _PLANS: dict = {}  # key -> list of recorded launches, or None (this shape is not replayable)
 _ALIGN = 256  # byte alignment of the blocks carved out of one workspace
 
@@ -491,17 +493,8 @@ def _make_plan(launches, roots):
         return None
 
 
-def _hook_set(hook) -> bool:
-    """Whether a Triton launch hook is installed: a HookChain (triton >= 3.4) with calls, or (older
-    triton) any non-None hook."""
-    if hook is None:
-        return False
-    calls = getattr(hook, "calls", None)
-    return bool(calls) if isinstance(calls, list) else True
-
-
 def _replay(plan, roots) -> bool:
-    if _hook_set(_knobs.runtime.launch_enter_hook) or _hook_set(_knobs.runtime.launch_exit_hook):
+    if hook_set(_knobs.runtime.launch_enter_hook) or hook_set(_knobs.runtime.launch_exit_hook):
         return False
     ptrs = [r.data_ptr() for r in roots]
     dev = _driver.active.get_current_device()

@@ -74,6 +74,7 @@ except ImportError:  # pragma: no cover - CPU users without triton
     HAS_TRITON = False
 
 from .reference import KERNEL_TILE, next_pow2
+from ..launch_replay import hooks_set
 
 
 def _p2(x: int) -> int:
@@ -1070,12 +1071,8 @@ def _current_stream(dev) -> int:
 
 
 def _hooks_active() -> bool:
-    """A launch hook (profiler) is set: launch through Triton. Triton >= 3.5 keeps the hooks in
-    (never None) HookChain objects, empty unless something registered."""
-    for h in (_knobs.runtime.launch_enter_hook, _knobs.runtime.launch_exit_hook):
-        if h is not None and getattr(h, "calls", True):
-            return True
-    return False
+    """A launch hook (profiler) is set: launch through Triton (the check shared with latent and DSALT)."""
+    return hooks_set()
 
 
 def _interpreting() -> bool:
@@ -1173,20 +1170,7 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
                                    fused_merge=fused_merge, fast_cvt=fast_cvt, merge_group=merge_group,
                                    num_warps=num_warps, num_stages=num_stages, maxnreg=maxnreg,
                                    warp_slices=warp_slices, slice_tile=slice_tile)
-    if not HAS_TRITON:
-        raise RuntimeError("the spectral decode kernel needs triton (pip install triton)")
-    b, hq, t, d = q.shape
-    if t != 1:
-        raise ValueError(f"spectral_decode takes one query token; got {t}")
-    bs = ck.shape[3]
-    if bs % KERNEL_TILE:
-        raise ValueError(f"block_size {bs} must be a multiple of the kernel tile {KERNEL_TILE}")
-    for name, x in (("ck", ck), ("sk", sk), ("bk", bk), ("cv", cv), ("sv", sv), ("bv", bv), ("hot_k", hot_k),
-                    ("hot_v", hot_v)):
-        if x is not None and not x.is_contiguous():
-            raise ValueError(f"spectral_decode: {name} must be contiguous")
-    if not q.is_contiguous():
-        q = q.contiguous()
+    q, (b, hq, d, bs) = _checked_inputs(q, ck, sk, bk, cv, sv, bv, hot_k, hot_v)
     dev = q.device
     cfg = default_config_v2(b * ck.shape[1], n_blocks, bs, _num_sms(dev), q.element_size())
     sp, nw, tw = _fit_v2(bs, split or cfg["split"], warp_slices or cfg["warp_slices"], slice_tile or cfg["slice_tile"])
@@ -1207,6 +1191,25 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
 
     _launch_fitting(_launch_v2, args, first, fallbacks)
     return out
+
+
+def _checked_inputs(q, ck, sk, bk, cv, sv, bv, hot_k, hot_v):
+    """The v2/v3 entry checks; returns (q made contiguous, (batch, query heads, head dim, block size))."""
+    if not HAS_TRITON:
+        raise RuntimeError("the spectral decode kernel needs triton (pip install triton)")
+    b, hq, t, d = q.shape
+    if t != 1:
+        raise ValueError(f"spectral_decode takes one query token; got {t}")
+    bs = ck.shape[3]
+    if bs % KERNEL_TILE:
+        raise ValueError(f"block_size {bs} must be a multiple of the kernel tile {KERNEL_TILE}")
+    for name, x in (("ck", ck), ("sk", sk), ("bk", bk), ("cv", cv), ("sv", sv), ("bv", bv), ("hot_k", hot_k),
+                    ("hot_v", hot_v)):
+        if x is not None and not x.is_contiguous():
+            raise ValueError(f"spectral_decode: {name} must be contiguous")
+    if not q.is_contiguous():
+        q = q.contiguous()
+    return q, (b, hq, d, bs)
 
 
 def default_config_v3(n_bh: int, n_blocks: int, block_size: int, n_sms: int, elem_size: int = 2) -> dict:
@@ -1237,20 +1240,7 @@ def _spectral_decode_v3(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_l
     """The v3 kernel (``_spectral_v3``) through v2's launcher (plans, replay, merges)."""
     if warp_slices or slice_tile:
         raise ValueError("warp_slices / slice_tile belong to impl='v2'")
-    if not HAS_TRITON:
-        raise RuntimeError("the spectral decode kernel needs triton (pip install triton)")
-    b, hq, t, d = q.shape
-    if t != 1:
-        raise ValueError(f"spectral_decode takes one query token; got {t}")
-    bs = ck.shape[3]
-    if bs % KERNEL_TILE:
-        raise ValueError(f"block_size {bs} must be a multiple of the kernel tile {KERNEL_TILE}")
-    for name, x in (("ck", ck), ("sk", sk), ("bk", bk), ("cv", cv), ("sv", sv), ("bv", bv), ("hot_k", hot_k),
-                    ("hot_v", hot_v)):
-        if x is not None and not x.is_contiguous():
-            raise ValueError(f"spectral_decode: {name} must be contiguous")
-    if not q.is_contiguous():
-        q = q.contiguous()
+    q, (b, hq, d, bs) = _checked_inputs(q, ck, sk, bk, cv, sv, bv, hot_k, hot_v)
     dev = q.device
     cfg = default_config_v3(b * ck.shape[1], n_blocks, bs, _num_sms(dev), q.element_size())
     sp = split or cfg["split"]
