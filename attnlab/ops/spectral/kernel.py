@@ -1097,7 +1097,12 @@ _V2_PLANS: dict = {}
 LAUNCH_STATS = {"replayed": 0, "jit": 0, "replay_unavailable": 0}  # v2 launches by path (diagnostics)
 
 
-DEFAULT_PDL = os.environ.get("ATTNLAB_SPECTRAL_PDL", "0") == "1"  # v2/v3 default for ``pdl`` (see _pdl_ok)
+_ENV_PDL = os.environ.get("ATTNLAB_SPECTRAL_PDL")  # "1" / "0": the v2/v3 default of ``pdl``, else per kernel
+V3_PDL = False  # v3's default ``pdl`` (v2: off)
+
+
+def _default_pdl(kernel_default: bool) -> bool:
+    return kernel_default if _ENV_PDL not in ("0", "1") else _ENV_PDL == "1"
 
 
 @functools.lru_cache(maxsize=None)
@@ -1147,7 +1152,7 @@ def default_config_v2(n_bh: int, n_blocks: int, block_size: int, n_sms: int, ele
         cfg = dict(split=2 if block_size >= 128 else 1, warp_slices=4, slice_tile=64, num_warps=4, num_stages=2,
                    fused_merge=False)
     cfg.setdefault("blocks_per_program", 1)
-    cfg.update(merge_group=8, pdl=DEFAULT_PDL)
+    cfg.update(merge_group=8, pdl=_default_pdl(False))
     return cfg
 
 
@@ -1282,7 +1287,7 @@ def default_config_v3(n_bh: int, n_blocks: int, block_size: int, n_sms: int, ele
             bpp *= 2
         cfg = dict(split=sp, blocks_per_program=bpp, num_warps=4, num_stages=2, fused_merge=False)
     cfg.setdefault("blocks_per_program", 1)
-    cfg.update(merge_group=8, pdl=DEFAULT_PDL)
+    cfg.update(merge_group=8, pdl=_default_pdl(V3_PDL))
     return cfg
 
 
