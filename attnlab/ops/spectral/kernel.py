@@ -3,7 +3,10 @@
 ``spectral_decode(impl="auto")`` picks v2 for up to AUTO_V2_MAX_BLOCKS blocks per (b, h) and v3
 above (the faster kernels in the session-4/5 H100 measurements, benchmarks/RESULTS.md); v2 and v3
 share one launcher whose launches are replayed (~35 us of host time eagerly, against 70-130 for
-v1's Triton launch).
+v1's Triton launch). v3 launches by default (v2 on request, ``pdl``) as programmatic dependent
+launches on sm_90+ (session 5b): each kernel starts with griddepcontrol.wait and then lets the next
+kernel launch, so the merge kernel's launch overlaps the split kernel, and the next call's split
+kernel overlaps the merge.
 
 v3 (``_spectral_v3``, session 5): like v2 a program takes ``block_size / split`` tokens (of each
 of ``blocks_per_program`` consecutive blocks, pipelined), cut into token slices, but the slices
@@ -1098,7 +1101,9 @@ LAUNCH_STATS = {"replayed": 0, "jit": 0, "replay_unavailable": 0}  # v2 launches
 
 
 _ENV_PDL = os.environ.get("ATTNLAB_SPECTRAL_PDL")  # "1" / "0": the v2/v3 default of ``pdl``, else per kernel
-V3_PDL = False  # v3's default ``pdl`` (v2: off)
+# v3's default ``pdl`` (v2: off, not timed with it): on since session 5b, where it took 0.6-0.9 us off a
+# B = 1 call at 32K in a graph of 16 calls (H100; B = 8 unchanged; benchmarks/RESULTS.md "Session 5b")
+V3_PDL = True
 
 
 def _default_pdl(kernel_default: bool) -> bool:
@@ -1189,7 +1194,12 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
     value_proj; v2's warp_slices, slice_tile) select that kernel.
     impl="v3": launch parameters left None come from ``default_config_v3``: split,
     blocks_per_program (with split > 1: that part of each of them), num_warps, num_stages,
-    fused_merge, merge_group, fast_cvt, maxnreg.
+    fused_merge, merge_group, fast_cvt, maxnreg, pdl.
+    pdl (v2/v3): programmatic dependent launch (sm_90+, CUDA, compiled; else ignored): the kernel
+    and the merge kernel are launched with ``launch_pdl`` and start with griddepcontrol.wait, so a
+    kernel's launch overlaps the previous one's work (merge after split, the next call's split after
+    the merge) while every load and store still follows the previous kernel. Default: v3 on, v2 off;
+    the environment variable ATTNLAB_SPECTRAL_PDL=1/0 sets both.
     impl="v2": launch parameters left None come from ``default_config_v2``: split (programs per
     block), warp_slices, slice_tile, blocks_per_program (split 1 only), num_warps, num_stages,
     fused_merge (True: the partials are merged in the same launch), merge_group, fast_cvt (int8 ->
@@ -1273,7 +1283,7 @@ def _checked_inputs(q, ck, sk, bk, cv, sv, bv, hot_k, hot_v):
 def default_config_v3(n_bh: int, n_blocks: int, block_size: int, n_sms: int, elem_size: int = 2) -> dict:
     """v3 launch parameters: split (programs per block group, block_size / split tokens of each
     block), blocks_per_program (consecutive blocks per program, pipelined), num_warps, num_stages,
-    fused_merge, merge_group."""
+    fused_merge, merge_group, pdl (programmatic dependent launch: ``V3_PDL``)."""
     if elem_size >= 4:
         cfg = dict(split=4 if block_size >= 256 else 1, num_warps=4, num_stages=1, fused_merge=False)
     else:
