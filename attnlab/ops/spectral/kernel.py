@@ -86,7 +86,7 @@ def _p2(x: int) -> int:
 
 
 if HAS_TRITON:
-    try:  # grid dependency control (programmatic dependent launch, sm_90+; triton >= 3.3)
+    try:  # grid dependency control (programmatic dependent launch, sm_90+; used with triton 3.6 and 3.9)
         from triton.language.extra.cuda import gdc_launch_dependents as _gdc_launch_dependents
         from triton.language.extra.cuda import gdc_wait as _gdc_wait
 
