@@ -286,7 +286,7 @@ def test_kernel_v2_falls_back_when_out_of_shared_memory(monkeypatch):
     real, tried = K._launch_v2, []
 
     def launch(*args):
-        tw = args[-8]  # (..., split, slices, tile, warps, stages, fused, fast, group, blocks, maxnreg)
+        tw = args[-9]  # (..., split, slices, tile, warps, stages, fused, fast, group, blocks, maxnreg, pdl)
         tried.append(tw)
         if tw > 16:
             raise K.OutOfResources(300000, 232448, "shared memory")
@@ -315,7 +315,7 @@ def test_kernel_v3_falls_back_when_out_of_shared_memory(monkeypatch):
     real, tried = K._launch_v3, []
 
     def launch(*args):
-        sp, stages = args[-10], args[-6]  # (..., split, slices, tile, warps, stages, fused, fast, group, blocks, maxnreg)
+        sp, stages = args[-11], args[-7]  # (..., split, slices, tile, warps, stages, fused, fast, group, blocks, maxnreg, pdl)
         tried.append((sp, stages))
         if sp < 4:
             raise K.OutOfResources(300000, 232448, "shared memory")
@@ -423,6 +423,22 @@ def test_auto_picks_the_kernel(monkeypatch):
         assert picked[-1] == want, (n, kw)
 
 
+@pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
+def test_pdl_falls_back_off_gpu():
+    """pdl=True where programmatic dependent launch is impossible (CPU, the interpreter) launches
+    ordinarily: same result as pdl=False."""
+    from attnlab.ops.spectral import kernel as K
+
+    assert not K._pdl_ok(torch.device("cpu"), True) and not K._pdl_ok(torch.device("cpu"), False)
+    b, hq, hk, d, t = 1, 4, 2, 16, 40
+    c = make_cache(b, t + 1, hk, d, key_rank=4, value_rank=8, block_size=16)
+    c.append(torch.randn(b, hk, t, d), torch.randn(b, hk, t, d))
+    q = torch.randn(b, hq, 1, d)
+    outs = [spectral_decode(q, c.ck, c.sk, c.bk, c.cv, c.sv, c.bv, c.n_blocks, c.hot_k, c.hot_v, c.hot_len,
+                            impl="v3", pdl=pdl) for pdl in (False, True)]
+    assert torch.equal(outs[0], outs[1])
+
+
 def test_kernel_options_are_checked():
     q = torch.zeros(1, 2, 1, 16)
     z = torch.zeros(1, 1, 1, 16, 4)
@@ -458,6 +474,7 @@ _GPU_KW = [{}, {"fused_merge": False}, {"split": 2, "num_stages": 1}, {"split": 
            {"impl": "v3"}, {"impl": "v3", "fused_merge": True}, {"impl": "v3", "split": 1, "num_warps": 8},
            {"impl": "v3", "split": 4, "blocks_per_program": 3, "num_stages": 1}, {"impl": "v3", "maxnreg": 128},
            {"impl": "v3", "fast_cvt": False},
+           {"pdl": True}, {"impl": "v3", "pdl": True}, {"impl": "v3", "pdl": True, "fused_merge": True},
            {"impl": "v1"}, {"impl": "v1", "fused_merge": True},
            {"impl": "v1", "blocks_per_program": 4, "block_tile": 128, "num_warps": 4, "num_stages": 2},
            {"impl": "v1", "value_proj": "merge"}]
@@ -576,6 +593,52 @@ def test_kernel_replay_and_cuda_graph_gpu(impl):
         g.replay()
         torch.cuda.synchronize()
         assert rel_err(out_static, ref(c, q_static)) <= 1e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("impl", ["v2", "v3"])
+def test_kernel_pdl_chain_gpu(impl):
+    """Programmatic dependent launch: each call's query is the previous call's output, so a split
+    kernel that read q before the previous merge finished (or a merge that read partials before
+    its split kernel finished) would differ from the ordinary launches. Eager (JIT then replayed)
+    and in one CUDA graph of 4 chained calls."""
+    dev = torch.device("cuda")
+    b, hq, hk, d, t = 1, 32, 8, 128, 9000
+    torch.manual_seed(0)
+    c = SpectralCache(b, t + 1, hk, d, device=dev, dtype=torch.bfloat16, key_rank=16, value_rank=32,
+                      block_size=512)
+    c.append(structured_kv(b, hk, t + 1, d).to(dev, torch.bfloat16) * 4,
+             structured_kv(b, hk, t + 1, d).to(dev, torch.bfloat16) * 4)
+
+    def chain(q, pdl, n=4):
+        outs = []
+        for _ in range(n):
+            q = spectral_decode(q, c.ck, c.sk, c.bk, c.cv, c.sv, c.bv, c.n_blocks, c.hot_k, c.hot_v, c.hot_len,
+                                d**-0.5, impl=impl, pdl=pdl) * 8
+            outs.append(q)
+        return outs
+
+    q0 = torch.randn(b, hq, 1, d, device=dev, dtype=torch.bfloat16)
+    ref = chain(q0, False)
+    for _ in range(3):  # JIT launch, then replayed launches
+        got = chain(q0, True)
+        for x, y in zip(got, ref):
+            assert rel_err(x, y) <= 1e-3
+    q_static = q0.clone()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        chain(q_static, True)
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        outs = chain(q_static, True)
+    for _ in range(3):
+        q_static.copy_(torch.randn_like(q_static))
+        g.replay()
+        torch.cuda.synchronize()
+        for x, y in zip(outs, chain(q_static, False)):
+            assert rel_err(x, y) <= 1e-3
 
 
 @pytest.mark.gpu

@@ -3,7 +3,10 @@
 ``spectral_decode(impl="auto")`` picks v2 for up to AUTO_V2_MAX_BLOCKS blocks per (b, h) and v3
 above (the faster kernels in the session-4/5 H100 measurements, benchmarks/RESULTS.md); v2 and v3
 share one launcher whose launches are replayed (~35 us of host time eagerly, against 70-130 for
-v1's Triton launch).
+v1's Triton launch). v3 launches by default (v2 on request, ``pdl``) as programmatic dependent
+launches on sm_90+ (session 5b): each kernel starts with griddepcontrol.wait and then lets the next
+kernel launch, so the merge kernel's launch overlaps the split kernel, and the next call's split
+kernel overlaps the merge.
 
 v3 (``_spectral_v3``, session 5): like v2 a program takes ``block_size / split`` tokens (of each
 of ``blocks_per_program`` consecutive blocks, pipelined), cut into token slices, but the slices
@@ -72,6 +75,7 @@ try:
     HAS_TRITON = True
 except ImportError:  # pragma: no cover - CPU users without triton
     HAS_TRITON = False
+    HAS_GDC = False
 
 from .reference import KERNEL_TILE, next_pow2
 from ..launch_replay import hooks_set
@@ -82,6 +86,31 @@ def _p2(x: int) -> int:
 
 
 if HAS_TRITON:
+    try:  # grid dependency control (programmatic dependent launch, sm_90+; used with triton 3.6 and 3.9)
+        from triton.language.extra.cuda import gdc_launch_dependents as _gdc_launch_dependents
+        from triton.language.extra.cuda import gdc_wait as _gdc_wait
+
+        HAS_GDC = True
+    except ImportError:  # pragma: no cover - older triton: no PDL
+        HAS_GDC = False
+
+        @triton.jit
+        def _gdc_wait():
+            pass
+
+        @triton.jit
+        def _gdc_launch_dependents():
+            pass
+
+    @triton.jit
+    def _gdc_enter():
+        """First thing of a kernel launched with ``launch_pdl``: wait until the kernels before it on
+        the stream have completed and their writes are visible (griddepcontrol.wait; every load and
+        store of this kernel comes after it, so reusing the partials' scratch stays ordered), then
+        allow the next kernel, if launched with PDL too, to be scheduled now (its programs block in
+        their own wait; its launch latency overlaps this kernel's work)."""
+        _gdc_wait()
+        _gdc_launch_dependents()
 
     @triton.jit
     def _hot_window(q, HKP, HVP, j0, hot_len, row0, offs_d, offs_dv, dmask, dvmask, qk_scale, m_i, l_i, acc,
@@ -511,7 +540,10 @@ if HAS_TRITON:
         HOT_PER_SPLIT: tl.constexpr, HT: tl.constexpr,
         QUANT: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr,
         FUSED: tl.constexpr, GRP: tl.constexpr, SCH: tl.constexpr, FASTCVT: tl.constexpr, I64: tl.constexpr,
+        PDL: tl.constexpr = False,
     ):
+        if PDL:  # programmatic dependent launch: wait for the previous kernel, let the merge launch early
+            _gdc_enter()
         pid_bh = tl.program_id(0)
         pid_s = tl.program_id(1)
         offs_g = tl.arange(0, GP)
@@ -635,7 +667,9 @@ if HAS_TRITON:
 
     @triton.jit(do_not_specialize=["n_splits"])
     def _merge_v2_kernel(PM, PL, PACC, O, n_splits, G: tl.constexpr, GQ: tl.constexpr, DV: tl.constexpr,
-                         DVB: tl.constexpr, SCH: tl.constexpr):
+                         DVB: tl.constexpr, SCH: tl.constexpr, PDL: tl.constexpr = False):
+        if PDL:  # launched early (while the split kernel runs): wait until its partials are written
+            _gdc_enter()
         bh = tl.program_id(0)
         _merge_rows(PM, PL, PACC, bh * n_splits, n_splits, PM, PL, O, bh * G, tl.program_id(1) * DVB, True,
                     G, GQ, DV, DVB, SCH)
@@ -666,6 +700,7 @@ if HAS_TRITON:
         HOT_PER_SPLIT: tl.constexpr, HT: tl.constexpr,
         QUANT: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr,
         FUSED: tl.constexpr, GRP: tl.constexpr, SCH: tl.constexpr, FASTCVT: tl.constexpr, I64: tl.constexpr,
+        PDL: tl.constexpr = False,
     ):
         """v3 block program: BS // SPLIT tokens of each of BPP consecutive blocks, cut into NW slices
         of TW tokens. The GP rows of every dot are (slice j, query head g) pairs, row j*GQ + g, so
@@ -680,7 +715,10 @@ if HAS_TRITON:
             acc += pc @ B_V                                                       [GP, dv]
 
         (the zero blocks cost tensor-core work only), then the NW rows of each head are merged
-        once per program. Same arguments and partial layout as v2 (same launcher, replay, merges)."""
+        once per program. Same arguments and partial layout as v2 (same launcher, replay, merges).
+        PDL: launched as a programmatic dependent launch (see ``_gdc_enter``)."""
+        if PDL:
+            _gdc_enter()
         pid_bh = tl.program_id(0)
         pid_s = tl.program_id(1)
         offs_d = tl.arange(0, DP)
@@ -1062,6 +1100,29 @@ _V2_PLANS: dict = {}
 LAUNCH_STATS = {"replayed": 0, "jit": 0, "replay_unavailable": 0}  # v2 launches by path (diagnostics)
 
 
+_ENV_PDL = os.environ.get("ATTNLAB_SPECTRAL_PDL")  # "1" / "0": the v2/v3 default of ``pdl``, else per kernel
+# v3's default ``pdl`` (v2: off, not timed with it): on since session 5b, where it took 0.6-0.9 us off a
+# B = 1 call at 32K in a graph of 16 calls (H100; B = 8 unchanged; benchmarks/RESULTS.md "Session 5b")
+V3_PDL = True
+
+
+def _default_pdl(kernel_default: bool) -> bool:
+    return kernel_default if _ENV_PDL not in ("0", "1") else _ENV_PDL == "1"
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_major(index: int) -> int:
+    return torch.cuda.get_device_capability(index)[0]
+
+
+def _pdl_ok(dev, want) -> bool:
+    """Programmatic dependent launch where asked for and possible: CUDA, compiled (not the
+    interpreter), sm_90+, a triton with grid dependency control; else ordinary launches."""
+    if not want or not HAS_GDC or dev.type != "cuda" or _interpreting():
+        return False
+    return _sm_major(dev.index if dev.index is not None else torch.cuda.current_device()) >= 9
+
+
 def _replay_ok(dev) -> bool:
     return dev.type == "cuda" and not _interpreting()
 
@@ -1096,7 +1157,7 @@ def default_config_v2(n_bh: int, n_blocks: int, block_size: int, n_sms: int, ele
         cfg = dict(split=2 if block_size >= 128 else 1, warp_slices=4, slice_tile=64, num_warps=4, num_stages=2,
                    fused_merge=False)
     cfg.setdefault("blocks_per_program", 1)
-    cfg.update(merge_group=8)
+    cfg.update(merge_group=8, pdl=_default_pdl(False))
     return cfg
 
 
@@ -1119,7 +1180,8 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
                     blocks_per_program: int | None = None, hot_per_split: int = 256,
                     fused_merge: bool | None = None, fast_cvt: bool | None = None,
                     merge_group: int | None = None, num_warps: int | None = None,
-                    num_stages: int | None = None, maxnreg: int | None = None, **v1_options) -> torch.Tensor:
+                    num_stages: int | None = None, maxnreg: int | None = None, pdl: bool | None = None,
+                    **v1_options) -> torch.Tensor:
     """Decode attention of q [B, Hq, 1, d] over a spectral cache's buffers.
 
     ck [B, Hk, NBcap, bs, rk] int8 (or float when sk is None), sk [B, Hk, NBcap, bs] float32,
@@ -1132,7 +1194,12 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
     value_proj; v2's warp_slices, slice_tile) select that kernel.
     impl="v3": launch parameters left None come from ``default_config_v3``: split,
     blocks_per_program (with split > 1: that part of each of them), num_warps, num_stages,
-    fused_merge, merge_group, fast_cvt, maxnreg.
+    fused_merge, merge_group, fast_cvt, maxnreg, pdl.
+    pdl (v2/v3): programmatic dependent launch (sm_90+, CUDA, compiled; else ignored): the kernel
+    and the merge kernel are launched with ``launch_pdl`` and start with griddepcontrol.wait, so a
+    kernel's launch overlaps the previous one's work (merge after split, the next call's split after
+    the merge) while every load and store still follows the previous kernel. Default: v3 on, v2 off;
+    the environment variable ATTNLAB_SPECTRAL_PDL=1/0 sets both.
     impl="v2": launch parameters left None come from ``default_config_v2``: split (programs per
     block), warp_slices, slice_tile, blocks_per_program (split 1 only), num_warps, num_stages,
     fused_merge (True: the partials are merged in the same launch), merge_group, fast_cvt (int8 ->
@@ -1169,7 +1236,7 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
                                    blocks_per_program=blocks_per_program, hot_per_split=hot_per_split,
                                    fused_merge=fused_merge, fast_cvt=fast_cvt, merge_group=merge_group,
                                    num_warps=num_warps, num_stages=num_stages, maxnreg=maxnreg,
-                                   warp_slices=warp_slices, slice_tile=slice_tile)
+                                   warp_slices=warp_slices, slice_tile=slice_tile, pdl=pdl)
     q, (b, hq, d, bs) = _checked_inputs(q, ck, sk, bk, cv, sv, bv, hot_k, hot_v)
     dev = q.device
     cfg = default_config_v2(b * ck.shape[1], n_blocks, bs, _num_sms(dev), q.element_size())
@@ -1177,7 +1244,8 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
     first = (sp, nw, tw, num_warps or cfg["num_warps"], num_stages or cfg["num_stages"],
              cfg["fused_merge"] if fused_merge is None else bool(fused_merge),
              (dev.type == "cuda" and not _interpreting()) if fast_cvt is None else bool(fast_cvt),
-             merge_group or cfg["merge_group"], 1 if sp > 1 else (blocks_per_program or cfg["blocks_per_program"]), maxnreg)
+             merge_group or cfg["merge_group"], 1 if sp > 1 else (blocks_per_program or cfg["blocks_per_program"]), maxnreg,
+             _pdl_ok(dev, cfg["pdl"] if pdl is None else pdl))
     scale = d**-0.5 if scale is None else scale
     out = torch.empty(b, hq, 1, bv.shape[-1], device=dev, dtype=q.dtype)
     args = (q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale, out, hot_per_split)
@@ -1215,7 +1283,7 @@ def _checked_inputs(q, ck, sk, bk, cv, sv, bv, hot_k, hot_v):
 def default_config_v3(n_bh: int, n_blocks: int, block_size: int, n_sms: int, elem_size: int = 2) -> dict:
     """v3 launch parameters: split (programs per block group, block_size / split tokens of each
     block), blocks_per_program (consecutive blocks per program, pipelined), num_warps, num_stages,
-    fused_merge, merge_group."""
+    fused_merge, merge_group, pdl (programmatic dependent launch: ``V3_PDL``)."""
     if elem_size >= 4:
         cfg = dict(split=4 if block_size >= 256 else 1, num_warps=4, num_stages=1, fused_merge=False)
     else:
@@ -1229,14 +1297,14 @@ def default_config_v3(n_bh: int, n_blocks: int, block_size: int, n_sms: int, ele
             bpp *= 2
         cfg = dict(split=sp, blocks_per_program=bpp, num_warps=4, num_stages=2, fused_merge=False)
     cfg.setdefault("blocks_per_program", 1)
-    cfg.update(merge_group=8)
+    cfg.update(merge_group=8, pdl=_default_pdl(V3_PDL))
     return cfg
 
 
 def _spectral_decode_v3(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale, *, split=None,
                         blocks_per_program=None, hot_per_split=256, fused_merge=None, fast_cvt=None,
                         merge_group=None, num_warps=None, num_stages=None, maxnreg=None, warp_slices=None,
-                        slice_tile=None):
+                        slice_tile=None, pdl=None):
     """The v3 kernel (``_spectral_v3``) through v2's launcher (plans, replay, merges)."""
     if warp_slices or slice_tile:
         raise ValueError("warp_slices / slice_tile belong to impl='v2'")
@@ -1256,13 +1324,13 @@ def _spectral_decode_v3(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_l
     first = (sp, nsl, tpp // nsl, num_warps or cfg["num_warps"], num_stages or cfg["num_stages"],
              cfg["fused_merge"] if fused_merge is None else bool(fused_merge),
              (dev.type == "cuda" and not _interpreting()) if fast_cvt is None else bool(fast_cvt),
-             merge_group or cfg["merge_group"], bpp, maxnreg)
+             merge_group or cfg["merge_group"], bpp, maxnreg, _pdl_ok(dev, cfg["pdl"] if pdl is None else pdl))
     scale = d**-0.5 if scale is None else scale
     out = torch.empty(b, hq, 1, bv.shape[-1], device=dev, dtype=q.dtype)
     args = (q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale, out, hot_per_split)
 
     def fallbacks():  # large ranks: no pipelining, then smaller programs (less shared memory per step)
-        cands = [first, (*first[:4], 1, *first[5:8], 1, first[9])]
+        cands = [first, (*first[:4], 1, *first[5:8], 1, *first[9:])]
         sp2 = sp
         while sp2 * 2 <= bs // 16 and sp2 < 8 * sp:
             sp2 *= 2
@@ -1270,7 +1338,7 @@ def _spectral_decode_v3(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_l
             n2 = max(1, min(gp // gq, t2 // 16))
             while t2 % (n2 * 16):
                 n2 //= 2
-            cands.append((sp2, n2, t2 // n2, first[3], 1, *first[5:8], 1, first[9]))
+            cands.append((sp2, n2, t2 // n2, first[3], 1, *first[5:8], 1, *first[9:]))
         cands = list(dict.fromkeys(cands))
         return cands, ("v3", dev, q.dtype, ck.dtype, bk.dtype, hot_k.dtype, bs, ck.shape[-1], cv.shape[-1], d,
                        bv.shape[-1], hq // ck.shape[1], first)
@@ -1284,7 +1352,7 @@ def _launch_v3(*args):
 
 
 def _launch_v2(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale, out, hot_per_split,
-               sp, nw, tw, num_warps, num_stages, fused, fast, grp, bpp, maxnreg, kernel="v2"):
+               sp, nw, tw, num_warps, num_stages, fused, fast, grp, bpp, maxnreg, pdl=False, kernel="v2"):
     global _FAST_LAUNCH
     dev = q.device
     cuda = dev.type == "cuda"
@@ -1299,7 +1367,7 @@ def _launch_v2(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale
     tensors = (q, ck, sk, bk, cv, sv, bv, hot_k, hot_v)
     key = (skey, q.shape, q.dtype, ck.shape, ck.dtype, bk.shape, bk.dtype, cv.shape, bv.shape, bv.dtype, hot_k.shape,
            hot_k.dtype, hot_v.shape, quant, n_blocks, n_hot, hot_per_split, sp, nw, tw, num_warps, num_stages, fused,
-           fast, grp, bpp, maxnreg, kernel, tuple(x is None or x.data_ptr() % 16 == 0 for x in tensors))
+           fast, grp, bpp, maxnreg, pdl, kernel, tuple(x is None or x.data_ptr() % 16 == 0 for x in tensors))
     plan = _V2_PLANS.get(key)
     if plan is not None and plan[0] is not None and not _hooks_active():  # replay: compiled launchers, new pointers
         try:
@@ -1323,20 +1391,23 @@ def _launch_v2(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale
             replay = False
     if plan is None:
         plan = (None, _make_plan_v2(q, ck, bk, cv, bv, hot_k, n_blocks, n_hot, hot_per_split, quant, sp, nw, tw, fused,
-                                    fast, grp, bpp))
+                                    fast, grp, bpp, pdl))
     grid, mgrid, work, cnt, consts, mconsts, (nb_cap, hot_cap, n_comp, n_splits, n_groups) = plan[1]
     pm, pl, pacc, pm2, pl2, pacc2 = work
     a = [q, ck, sk if quant else pm, bk, cv, sv if quant else pm, bv, hot_k, hot_v, pm, pl, pacc, cnt, out, pm2, pl2,
          pacc2, n_blocks, nb_cap, hot_len, hot_cap, n_comp, n_splits, n_groups, scale * 1.4426950408889634,
          *consts.values()]
     opts = {} if maxnreg is None else {"maxnreg": maxnreg}
+    if pdl:  # launch attribute of the compiled launcher: the replayed launches below carry it too
+        opts["launch_pdl"] = True
     k1 = (_spectral_v3 if kernel == "v3" else _spectral_v2)[grid](*a, num_warps=num_warps, num_stages=num_stages,
                                                                    **opts)
     LAUNCH_STATS["jit"] += 1
     launches = [(k1, grid, a)]
     if mgrid is not None:
         am = [pm, pl, pacc, out, n_splits, *mconsts.values()]
-        launches.append((_merge_v2_kernel[mgrid](*am, num_warps=4), mgrid, am))
+        launches.append((_merge_v2_kernel[mgrid](*am, num_warps=4, **({"launch_pdl": True} if pdl else {})), mgrid,
+                         am))
     rec = None
     if replay:
         try:
@@ -1355,7 +1426,7 @@ def _launch_v2(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale
 
 
 def _make_plan_v2(q, ck, bk, cv, bv, hot_k, n_blocks, n_hot, hot_per_split, quant, sp, nw, tw, fused, fast, grp,
-                  bpp):
+                  bpp, pdl=False):
     b, hq, _, d = q.shape
     _, hk, nb_cap, bs, rk = ck.shape
     rv, dv = cv.shape[-1], bv.shape[-1]
@@ -1377,10 +1448,11 @@ def _make_plan_v2(q, ck, bk, cv, bv, hot_k, n_blocks, n_hot, hot_per_split, quan
                   BS=bs, SPLIT=sp, BPP=bpp, NW=nw, TW=tw, HOT_PER_SPLIT=hot_per_split, HT=64, QUANT=quant,
                   LOWP=lowp and (quant or ck.dtype == torch.float16), PREC="ieee" if not lowp else "tf32",
                   FUSED=fused, GRP=grp, SCH=8, FASTCVT=fast and quant,
-                  I64=max(ck.numel(), cv.numel(), bk.numel(), bv.numel()) >= 2**31)
+                  I64=max(ck.numel(), cv.numel(), bk.numel(), bv.numel()) >= 2**31, PDL=pdl)
     mgrid = mconsts = None
     if not fused:
         dvb = min(32, dvp)
         mgrid = (n_bh, triton.cdiv(dv, dvb))
-        mconsts = dict(G=g, GQ=gq, DV=dv, DVB=dvb, SCH=min(64, max(8, next_pow2(n_splits))))  # one round up to 64
+        mconsts = dict(G=g, GQ=gq, DV=dv, DVB=dvb, SCH=min(64, max(8, next_pow2(n_splits))),  # one round up to 64
+                       PDL=pdl)
     return (n_bh, n_splits), mgrid, work, cnt, consts, mconsts, (nb_cap, hot_cap, n_comp, n_splits, n_groups)
