@@ -136,8 +136,9 @@ def test_triton_parallel_selection_paths(monkeypatch):
 @pytest.mark.parametrize("pre", [1, 2])
 def test_triton_landmark_prefetch_options(pre, monkeypatch):
     """Session 5b: the landmark passes with positions / gates (pre=1) and K/V rows (pre=2; the
-    landmark backward: rows kept over a block's tiles) loaded ahead, over two landmark chunks (KP 32, LC 16), GQA, a selection block of two dQ / landmark
-    backward tiles, and (CPU) a forward tile spanning two selection blocks; fp32 and fp16."""
+    landmark backward: rows kept over a block's tiles) loaded ahead, over two landmark chunks
+    (KP 32, LC 16), GQA, a selection block of two dQ / landmark backward tiles, and (CPU) a forward
+    tile spanning two selection blocks; fp32 and fp16."""
     from attnlab.ops.dsalt import kernel
 
     monkeypatch.setitem(kernel.OPTS, "lm_pre_fwd", pre)

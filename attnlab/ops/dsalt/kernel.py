@@ -41,6 +41,11 @@ Pipeline (``dsalt_triton``):
 
 Launches go through ``attnlab.ops.launch_replay.ReplayLauncher`` (the compiled launcher is called
 directly from the second launch of a shape on).
+
+Options measured in session 5b and kept off (no gain beyond noise on the H100; tested):
+``OPTS["lm_pre_fwd"/"lm_pre_dq"/"lm_pre_bwd"]`` load the landmark positions / gates (1) and K/V rows
+(2) ahead in the landmark passes; ``OPTS["sel_chunk"]`` runs the selection in parallel chunks of
+candidate blocks (two passes + a torch start-set step; slots stable only within a chunk).
 """
 
 from __future__ import annotations
