@@ -53,8 +53,8 @@ def main(argv=None):
         print(f"{fn.__name__:18s} {label:40s} warps {opts['num_warps']} stages {opts.get('num_stages', '-')}: {usage}",
               flush=True)
 
-    report(K._select_kernel, {"K": 64, "KP": 64, "BS": 64, "CB": 16, "KEY32": True},
-           {"E": "*fp32", "LPOS": "*i32"}, {"num_warps": 1}, "int32 keys")
+    report(K._select_kernel, {"K": 64, "KP": 64, "BS": 64, "CB": 16, "KEY32": True, "MODE": 0},
+           {"E": "*fp32", "LPOS": "*i32", "INIT": "*i32", "TOPK": "*i32"}, {"num_warps": 1}, "int32 keys")
     if args.quick:
         return rows
     fl = {"edge": "fp32", "inv_edge": "fp32", "qk_scale": "fp32", "sm_scale": "fp32"}
@@ -69,19 +69,19 @@ def main(argv=None):
                 "DGT": "*fp32", "E": "*fp32"}, {"num_warps": w}, f"CB {cb} BD {bd}")
     for bm, bn, w, st in K.FWD_CONFIGS if want("fwd") else []:
         report(K._fwd_kernel, {"D": 128, "BLOCK_M": bm, "BLOCK_N": bn, "KP": 64, "HAS_LM": True, "PREC": "tf32",
-                               "NSET": max(1, bm // 64), "LC": 32},
+                               "NSET": max(1, bm // 64), "LC": 32, "PRE": 0},
                {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "W": "*fp32", "GT": "*fp32", "LPOS": "*i32", "O": "*bf16",
                 "LSE": "*fp32", **fl}, {"num_warps": w, "num_stages": st}, f"BLOCK_M {bm} BLOCK_N {bn}")
     for bm, bn, w, st in K.DQ_CONFIGS if want("dq") else []:
         for partials, fuse in ((0, 1), (1, 0)):  # the default path; the partials path
             report(K._dq_kernel, {"D": 128, "BLOCK_M": bm, "BLOCK_N": bn, "KP": 64, "HAS_LM": True, "PREC": "tf32",
-                                  "LC": 32, "PARTIALS": partials, "FUSE_DELTA": fuse},
+                                  "LC": 32, "PARTIALS": partials, "FUSE_DELTA": fuse, "PRE": 0},
                    {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "W": "*fp32", "GT": "*fp32", "LPOS": "*i32",
                     "DO": "*bf16", "LSE": "*fp32", "DELTA": "*fp32", "DQ": "*bf16", "DW": "*fp32", "DLK": "*bf16",
                     "DLV": "*bf16", "DGATE": "*fp32", "O": "*bf16", **fl}, {"num_warps": w, "num_stages": st},
                    f"BLOCK_M {bm} BLOCK_N {bn} partials {partials} fused delta {fuse}")
     for bm, lc, seg, w, st in K.LM_BWD_CONFIGS if want("lm_bwd") else []:
-        report(K._lm_bwd_kernel, {"D": 128, "BLOCK_M": bm, "KP": 64, "LC": lc, "SEG": seg, "PREC": "tf32"},
+        report(K._lm_bwd_kernel, {"D": 128, "BLOCK_M": bm, "KP": 64, "LC": lc, "SEG": seg, "PREC": "tf32", "PRE": 0},
                {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "W": "*fp32", "E": "*fp32", "LPOS": "*i32", "DO": "*bf16",
                 "LSE": "*fp32", "DELTA": "*fp32", "DK": "*bf16", "DV": "*bf16", "DGT": "*fp32", **fl},
                {"num_warps": w, "num_stages": st}, f"BLOCK_M {bm} LC {lc} SEG {seg}")

@@ -106,6 +106,65 @@ def test_triton_partials_landmark_backward_path(monkeypatch):
         assert kernel.OPTS["lm_bwd"] == mode
 
 
+@needs_triton
+def test_triton_parallel_selection_paths(monkeypatch):
+    """Session 5b: the parallel landmark selection (slots laid out again at each chunk start) gives
+    the reference's outputs and gradients through the atomic landmark backward and through the
+    partials path (sort-based accumulation: the slots are not stable across chunks)."""
+    from attnlab.ops.dsalt import kernel
+
+    monkeypatch.setitem(kernel.OPTS, "sel_chunk", 2)
+    monkeypatch.setitem(kernel.OPTS, "sel_par_min_t", 1)
+    ins = make(1, 4, 2, 150, 16, 2.0, 12, torch.float32, DEV)
+    kw = dict(n_max=12, edge=2.0, n_landmarks=6, block=16, scale=0.3)
+    ref = dsalt_reference(*ins, **kw)
+    do = torch.randn_like(ref)
+    gr = grads(ref, ins, do)
+    assert not kernel.landmark_slots(ins[4].detach(), 6, 16)[1]
+    for mode in ("atomic", "reduce"):
+        monkeypatch.setitem(kernel.OPTS, "lm_bwd", mode)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no fallback
+            out = dsalt_attention(*ins, impl="triton", **kw)
+            ga = grads(out, ins, do)
+        assert rel_err(out, ref) <= 1e-5
+        for name, a, r in zip("q k v win energy".split(), ga, gr):
+            assert rel_err(a, r) <= 3e-5, (mode, name)
+
+
+@needs_triton
+@pytest.mark.parametrize("pre", [1, 2])
+def test_triton_landmark_prefetch_options(pre, monkeypatch):
+    """Session 5b: the landmark passes with positions / gates (pre=1) and K/V rows (pre=2; the
+    landmark backward: rows kept over a block's tiles) loaded ahead, over two landmark chunks
+    (KP 32, LC 16), GQA, a selection block of two dQ / landmark backward tiles, and (CPU) a forward
+    tile spanning two selection blocks; fp32 and fp16."""
+    from attnlab.ops.dsalt import kernel
+
+    monkeypatch.setitem(kernel.OPTS, "lm_pre_fwd", pre)
+    monkeypatch.setitem(kernel.OPTS, "lm_pre_dq", pre)
+    monkeypatch.setitem(kernel.OPTS, "lm_pre_bwd", pre)
+    monkeypatch.setitem(kernel.OPTS, "lc_fwd", 16)
+    monkeypatch.setitem(kernel.OPTS, "lc_dq", 16)
+    cases = [(torch.float32, 32, 1e-5, None), (torch.float16, 32, 3e-3, None)]
+    if not ON_GPU:
+        cases.append((torch.float32, 16, 1e-5, 32))  # forward tile = two selection blocks
+    for dtype, block, tol, bm in cases:
+        if bm:
+            monkeypatch.setitem(kernel._FWD_BM_OVERRIDE, "bm", bm)
+        ins = make(1, 4, 2, 83, 16, 2.0, 24, dtype, DEV)
+        kw = dict(n_max=24, edge=2.0, n_landmarks=20, block=block, scale=0.3)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no fallback
+            out = dsalt_attention(*ins, impl="triton", **kw)
+            do = torch.randn_like(out)
+            ga = grads(out, ins, do)
+        ref = dsalt_reference(*ins, **kw)
+        assert rel_err(out, ref) <= tol
+        for name, a, r in zip("q k v win energy".split(), ga, grads(ref, ins, do)):
+            assert rel_err(a, r) <= tol * 3, (dtype, block, name)
+
+
 def _causal_check(fn, t=37, device="cpu"):
     ins = [x.detach() for x in make(1, 2, 1, t, 16, 1.0, 9.0, torch.float32, device)]
     out = fn(*ins)
@@ -199,6 +258,52 @@ def test_gpu_bf16_every_launch_config_matches_reference(i, monkeypatch):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("i", range(3))
+def test_gpu_bf16_landmark_latency_options_match_reference(i, monkeypatch):
+    """Session 5b options on the GPU: landmark positions / gates (pre 1) or also K/V rows (pre 2)
+    loaded ahead in the forward and dQ kernels, the next tile's set loaded ahead in _lm_bwd_kernel,
+    the parallel selection (chunks of 4 candidate blocks); launch configs of test i (i = 1: forward
+    tiles of two selection blocks), bf16, head dim 128, 64 landmarks, GQA."""
+    from attnlab.ops.dsalt import kernel
+
+    cfg = {name: lst[i % len(lst)] for name, lst in
+           (("fwd", kernel.FWD_CONFIGS), ("dq", kernel.DQ_CONFIGS), ("dkdv", kernel.DKDV_CONFIGS),
+            ("lm_bwd", kernel.LM_BWD_CONFIGS))}
+    monkeypatch.setattr(kernel, "FORCE_CONFIG", cfg)
+    pre = 1 + i % 2
+    for name, val in (("lm_pre_fwd", pre), ("lm_pre_dq", pre), ("lm_pre_bwd", pre), ("sel_chunk", 4),
+                      ("sel_par_min_t", 1)):
+        monkeypatch.setitem(kernel.OPTS, name, val)
+    torch.manual_seed(10 + i)
+    ins = make(1, 4, 2, 1000 + 37 * i, 128, 48.0, 300, torch.bfloat16, "cuda")
+    kw = dict(n_max=300, edge=4.0, n_landmarks=64, block=64, scale=128**-0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback to another path
+        out = dsalt_attention(*ins, impl="triton", **kw)
+        do = torch.randn_like(out)
+        ga = grads(out, ins, do)
+    ref = dsalt_reference(*[x.float() if j < 3 else x for j, x in enumerate(ins)], **kw)
+    assert rel_err(out, ref) <= 1e-2, cfg
+    for name, a, r in zip("q k v win energy".split(), ga, grads(ref, ins, do.float())):
+        assert rel_err(a, r) <= 3e-2, (cfg, name, rel_err(a, r))
+
+
+@pytest.mark.gpu
+def test_gpu_parallel_selection_long_sequence():
+    """The parallel selection at the benchmark's size class (T = 16K, 64 landmarks, block 64,
+    chunks of 32 blocks) selects the prefix top-k scan's sets."""
+    from attnlab.ops.dsalt import INVALID_KEY, key_positions, select_landmarks
+    from attnlab.ops.dsalt.kernel import _select_stable
+
+    e = torch.randn(1, 4, 16384, device="cuda")
+    want = select_landmarks(e, 64, 64)
+    want = torch.where(want != INVALID_KEY, key_positions(want), torch.full_like(want, -1))
+    for chunk in (16, 32):
+        got = _select_stable(e, 64, 64, 64, chunk=chunk).long()
+        assert torch.equal(got.sort(-1).values, want.sort(-1).values), chunk
+
+
+@pytest.mark.gpu
 def test_gpu_bf16_autotuned_path_matches_reference():
     """The launch path the benchmarks and training take: autotuned on the first call, the picked
     configs launched directly on later calls (kernel._autotuned); both calls match the reference."""
@@ -239,11 +344,18 @@ def test_gpu_fp32_triton_matches_reference_tightly():
 
 
 @needs_triton
-@pytest.mark.parametrize("t,k,block,key32", [(50, 6, 16, True), (37, 40, 16, False), (64, 3, 32, True),
-                                             (700, 5, 16, True), (700, 5, 16, False), (900, 16, 16, True)])
-def test_stable_slot_selection_kernel(t, k, block, key32):
+@pytest.mark.parametrize("t,k,block,key32,chunk", [
+    (50, 6, 16, True, None), (37, 40, 16, False, None), (64, 3, 32, True, None), (700, 5, 16, True, None),
+    (700, 5, 16, False, None), (900, 16, 16, True, None),
+    # the parallel selection (chunks of candidate blocks): chunk sizes not multiples of the 16-row
+    # step, a chunk of one block, many landmarks (start sets not full), int64 keys
+    (700, 5, 16, True, 7), (900, 16, 16, True, 16), (700, 5, 16, False, 5), (300, 40, 16, True, 3),
+    (200, 6, 16, True, 1)])
+def test_stable_slot_selection_kernel(t, k, block, key32, chunk):
     """The kernel's stable-slot sets equal the prefix top-k scan; each token is one run of one slot
-    (t=700: several chunks of blocks, most blocks skipped; int32 and int64 rank keys)."""
+    (t=700: several chunks of blocks, most blocks skipped; int32 and int64 rank keys). chunk: the
+    parallel selection: same sets; a token's slot may change only at a chunk start (block
+    1 + a multiple of chunk), where the set is laid out again."""
     from attnlab.ops.dsalt import INVALID_KEY, key_positions, select_landmarks
     from attnlab.ops.dsalt.kernel import _FAST_LM, _pow2, _select_stable
 
@@ -251,7 +363,7 @@ def test_stable_slot_selection_kernel(t, k, block, key32):
     e[:, :, 5:9] = e[:, :, 4:5]  # ties in the float16-rounded energy
     e[:, :, 10:14] = torch.tensor([-0.0, -1e-9, 0.0, 1e6])  # signed zeros (one after rounding), clamping
     kp = max(16, _pow2(k))
-    got = _select_stable(e, k, kp, block, key32).long()  # positions, -1 empty
+    got = _select_stable(e, k, kp, block, key32, chunk=chunk).long()  # positions, -1 empty
     want = select_landmarks(e, k, block)
     want = torch.where(want != INVALID_KEY, key_positions(want), torch.full_like(want, -1))
     assert torch.equal(got[..., :k].sort(-1).values, want.sort(-1).values)
@@ -266,7 +378,8 @@ def test_stable_slot_selection_kernel(t, k, block, key32):
                     if tok < 0:
                         continue
                     first, slot, last = seen.get(tok, (blk, s, blk - 1))
-                    assert slot == s and last == blk - 1  # same slot, contiguous blocks
+                    restart = chunk is not None and blk > 1 and (blk - 1) % chunk == 0
+                    assert (slot == s or restart) and last == blk - 1  # same slot, contiguous blocks
                     seen[tok] = (first, s, blk)
     assert _FAST_LM["on"]
 

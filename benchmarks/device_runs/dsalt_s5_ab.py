@@ -5,6 +5,9 @@ ATTNLAB_DSALT_AUTOTUNE=0; --timeline: kernel timeline of one synchronised 32K st
 --set call2: the landmark backward kernel (_lm_bwd_kernel, its launch configs) vs the per-tile
 partials + reduction path. --set final: flex window-only, attnlab window-only, DSALT with the
 final defaults and DSALT with the separate delta pass, timed together (the lead's check).
+--set s5b (session 5b): the landmark-latency options (positions / gates / K-V rows loaded ahead:
+lm_pre_*) and the parallel selection (sel_chunk) vs the session-5 defaults, plus the selection
+alone (serial vs parallel, kernel time).
 
     python benchmarks/device_runs/dsalt_s5_ab.py --lengths 32768,16384,4096 --rounds 3
 """
@@ -67,7 +70,7 @@ def main():
     ap.add_argument("--lengths", default="32768,16384,4096")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default=os.environ.get("ATTNLAB_BENCH_DIR", "."))
-    ap.add_argument("--set", default="call2", choices=["call1", "call2", "final"])
+    ap.add_argument("--set", default="call2", choices=["call1", "call2", "final", "s5b"])
     ap.add_argument("--timeline", action="store_true")
     args = ap.parse_args()
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
@@ -133,6 +136,24 @@ def main():
                 "dsalt": mk(n_lm),
                 "dsalt_separate_delta": mk(n_lm, opts={"fuse_delta": False}),
             }
+        elif args.set == "s5b":  # session 5b: every option off = the session-5 defaults
+            off = {"lm_pre_fwd": 0, "lm_pre_dq": 0, "lm_pre_bwd": 0, "sel_chunk": 0}
+            pre1 = {"lm_pre_fwd": 1, "lm_pre_dq": 1, "lm_pre_bwd": 1}
+            pre2 = {"lm_pre_fwd": 2, "lm_pre_dq": 2, "lm_pre_bwd": 2}
+            par = {"sel_chunk": 32, "sel_par_min_t": 0}
+            variants = {
+                "flex_window": flex_step,
+                "window": mk(0),
+                "dsalt": mk(n_lm, opts=off),
+                "dsalt_pre1": mk(n_lm, opts={**off, **pre1}),
+                "dsalt_pre2": mk(n_lm, opts={**off, **pre2}),
+                "dsalt_prebwd1": mk(n_lm, opts={**off, "lm_pre_bwd": 1}),
+                "dsalt_prebwd2": mk(n_lm, opts={**off, "lm_pre_bwd": 2}),
+                "dsalt_par32": mk(n_lm, opts={**off, **par}),
+                "dsalt_par16": mk(n_lm, opts={**off, **par, "sel_chunk": 16}),
+                "dsalt_pre1_par32": mk(n_lm, opts={**off, **pre1, **par}),
+                "dsalt_pre2_par32": mk(n_lm, opts={**off, **pre2, **par}),
+            }
         else:  # call 2: the landmark backward (atomic kernel, its configs) vs partials + reduction
             variants = {
                 "flex_window": flex_step,
@@ -167,6 +188,13 @@ def main():
                 for name, st in variants.items():
                     times[name].append(time_ms(st, warmup=2, repeats=10))
                     hosts[name].append(host_ms(st, 5))
+            if args.set == "s5b":  # the selection alone: serial vs parallel (kernel time)
+                ed = e.detach().contiguous()  # the step's energies (16 kv heads)
+                for ch in (0, 32, 16, 8):
+                    sel = lambda ch=ch: K._select_stable(ed, n_lm, 64, block, chunk=ch)  # noqa: E731
+                    times["select_chunk%d" % ch] = [time_ms(sel, warmup=3, repeats=20)]
+                    hosts["select_chunk%d" % ch] = [host_ms(sel, 5)]
+                    variants["select_chunk%d" % ch] = sel
         msgs = sorted({str(w.message)[:200] for w in caught if "dsalt" in str(w.message)})
         print(f"  dsalt warnings: {msgs if msgs else 'none'}", flush=True)
         row = {"warnings": msgs, "peak_MiB": peaks}

@@ -41,6 +41,11 @@ Pipeline (``dsalt_triton``):
 
 Launches go through ``attnlab.ops.launch_replay.ReplayLauncher`` (the compiled launcher is called
 directly from the second launch of a shape on).
+
+Options measured in session 5b and kept off (no gain beyond noise on the H100; tested):
+``OPTS["lm_pre_fwd"/"lm_pre_dq"/"lm_pre_bwd"]`` load the landmark positions / gates (1) and K/V rows
+(2) ahead in the landmark passes; ``OPTS["sel_chunk"]`` runs the selection in parallel chunks of
+candidate blocks (two passes + a torch start-set step; slots stable only within a chunk).
 """
 
 from __future__ import annotations
@@ -121,7 +126,10 @@ if HAVE_TRITON:
                     H, G, T, NB, n_max, edge, inv_edge, qk_scale, SEL_BLOCK,
                     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                     KP: tl.constexpr, HAS_LM: tl.constexpr, PREC: tl.constexpr, NSET: tl.constexpr = 1,
-                    LC: tl.constexpr = 16):
+                    LC: tl.constexpr = 16, PRE: tl.constexpr = 0):
+        """PRE=1: the landmark pass's positions and gates are loaded ahead (the first chunk's at
+        program start, behind the window loop; the next chunk's while the current one computes);
+        PRE=2: also the next chunk's K/V rows."""
         pid_m = tl.program_id(0)
         pid_bh = tl.program_id(1)
         b = pid_bh // H
@@ -140,6 +148,13 @@ if HAVE_TRITON:
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, D], tl.float32)
+        if HAS_LM and PRE > 0:
+            # the first chunk's landmark positions and gates, loaded now: their latency hides
+            # behind the window loop
+            offs_c = tl.arange(0, LC)
+            nbc = m0 // SEL_BLOCK + offs_c // KP
+            lpos_n = tl.load(LPOS + (bhk * NB + nbc) * KP + offs_c % KP, mask=nbc < NB, other=-1)
+            et_n = tl.load(GT + bhk * T + tl.maximum(lpos_n, 0))
         lo, full_lo, causal_hi, hi = _tile_ranges(m0, w, T, n_max, edge, BLOCK_M, BLOCK_N)
         for phase in tl.static_range(4):
             if phase == 0:
@@ -177,14 +192,38 @@ if HAVE_TRITON:
         if HAS_LM:
             # the landmark columns in chunks of LC (register pressure); NSET > 1: the tile spans
             # NSET selection blocks, their sets side by side, each row masked to its own block's set
+            if PRE == 2:
+                lk_n = tl.load(kbase + tl.maximum(lpos_n, 0)[:, None] * sk_t + offs_d[None, :])
+                lv_n = tl.load(vbase + tl.maximum(lpos_n, 0)[:, None] * sk_t + offs_d[None, :])
             for c0 in range(0, NSET * KP, LC):
                 offs_c = c0 + tl.arange(0, LC)
                 nbc = m0 // SEL_BLOCK + offs_c // KP
-                lpos = tl.load(LPOS + (bhk * NB + nbc) * KP + offs_c % KP, mask=nbc < NB, other=-1)
-                lp0 = tl.maximum(lpos, 0)
-                gate = _logsigmoid(tl.load(GT + bhk * T + lp0).to(tl.float32))
-                # landmark K/V rows loaded by position (no gathered copy)
-                lk = tl.load(kbase + lp0[:, None] * sk_t + offs_d[None, :])
+                if PRE > 0:
+                    lpos = lpos_n
+                    lp0 = tl.maximum(lpos, 0)
+                    gate = _logsigmoid(et_n.to(tl.float32))
+                    if PRE == 2:
+                        lk = lk_n
+                        lv = lv_n
+                    else:
+                        lk = tl.load(kbase + lp0[:, None] * sk_t + offs_d[None, :])
+                        lv = tl.load(vbase + lp0[:, None] * sk_t + offs_d[None, :])
+                    # the next chunk's positions and gates (and rows), loaded while this one computes
+                    offs_c2 = offs_c + LC
+                    nbc2 = m0 // SEL_BLOCK + offs_c2 // KP
+                    lpos_n = tl.load(LPOS + (bhk * NB + nbc2) * KP + offs_c2 % KP,
+                                     mask=(nbc2 < NB) & (offs_c2 < NSET * KP), other=-1)
+                    et_n = tl.load(GT + bhk * T + tl.maximum(lpos_n, 0))
+                    if PRE == 2:
+                        lk_n = tl.load(kbase + tl.maximum(lpos_n, 0)[:, None] * sk_t + offs_d[None, :])
+                        lv_n = tl.load(vbase + tl.maximum(lpos_n, 0)[:, None] * sk_t + offs_d[None, :])
+                else:
+                    lpos = tl.load(LPOS + (bhk * NB + nbc) * KP + offs_c % KP, mask=nbc < NB, other=-1)
+                    lp0 = tl.maximum(lpos, 0)
+                    gate = _logsigmoid(tl.load(GT + bhk * T + lp0).to(tl.float32))
+                    # landmark K/V rows loaded by position (no gathered copy)
+                    lk = tl.load(kbase + lp0[:, None] * sk_t + offs_d[None, :])
+                    lv = tl.load(vbase + lp0[:, None] * sk_t + offs_d[None, :])
                 s = tl.dot(q, tl.trans(lk), input_precision=PREC) * qk_scale
                 s = s + _lm_bias(offs_m, lpos, gate, w, T, n_max, inv_edge)
                 if NSET > 1:
@@ -194,7 +233,6 @@ if HAVE_TRITON:
                 p = tl.exp2(s - m_safe[:, None])
                 alpha = tl.exp2(m_i - m_safe)
                 l_i = l_i * alpha + tl.sum(p, 1)
-                lv = tl.load(vbase + lp0[:, None] * sk_t + offs_d[None, :])
                 acc = acc * alpha[:, None] + tl.dot(p.to(lv.dtype), lv, input_precision=PREC)
                 m_i = m_new
         l_safe = tl.where(l_i > 0, l_i, 1.0)
@@ -209,11 +247,12 @@ if HAVE_TRITON:
                    H, G, T, NB, NT, n_max, edge, inv_edge, qk_scale, sm_scale, SEL_BLOCK,
                    D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    KP: tl.constexpr, HAS_LM: tl.constexpr, PREC: tl.constexpr, LC: tl.constexpr = 16,
-                   PARTIALS: tl.constexpr = 1, FUSE_DELTA: tl.constexpr = 0):
+                   PARTIALS: tl.constexpr = 1, FUSE_DELTA: tl.constexpr = 0, PRE: tl.constexpr = 0):
         """PARTIALS=0: the landmark pass adds only its dQ part (the landmark dK/dV/gate gradients
         come from _lm_bwd_kernel); 1: it also stores per-tile partials for _lm_reduce_kernel.
         FUSE_DELTA=1: the tile's delta = rowsum(O * dO) is computed here (32-column chunks) and
-        stored for the kernels that run after this one (no separate delta pass)."""
+        stored for the kernels that run after this one (no separate delta pass). PRE: as in
+        _fwd_kernel (landmark positions and gates loaded ahead; 2: also the next chunk's rows)."""
         pid_m = tl.program_id(0)
         pid_bh = tl.program_id(1)
         b = pid_bh // H
@@ -244,6 +283,9 @@ if HAVE_TRITON:
             delta = tl.load(DELTA + pid_bh * T + offs_m, mask=mrow, other=0.0)
         kbase = K + b * sk_b + hk * sk_h
         vbase = V + b * sk_b + hk * sk_h
+        if HAS_LM and PRE > 0:
+            lpos_n = tl.load(LPOS + (bhk * NB + m0 // SEL_BLOCK) * KP + tl.arange(0, LC))
+            et_n = tl.load(GT + bhk * T + tl.maximum(lpos_n, 0))
         dq = tl.zeros([BLOCK_M, D], tl.float32)
         dw = tl.zeros([BLOCK_M], tl.float32)
         lo, full_lo, causal_hi, hi = _tile_ranges(m0, w, T, n_max, edge, BLOCK_M, BLOCK_N)
@@ -284,13 +326,33 @@ if HAVE_TRITON:
         if HAS_LM:
             nb = m0 // SEL_BLOCK
             toff = (pid_bh * NT + pid_m) * KP
+            if PRE == 2:
+                lk_n = tl.load(kbase + tl.maximum(lpos_n, 0)[:, None] * sk_t + offs_d[None, :])
+                lv_n = tl.load(vbase + tl.maximum(lpos_n, 0)[:, None] * sk_t + offs_d[None, :])
             for c0 in range(0, KP, LC):  # chunks of LC landmarks (register pressure)
                 offs_k = c0 + tl.arange(0, LC)
-                lpos = tl.load(LPOS + (bhk * NB + nb) * KP + offs_k)
-                lp0 = tl.maximum(lpos, 0)
-                gate = _logsigmoid(tl.load(GT + bhk * T + lp0).to(tl.float32))
-                lk = tl.load(kbase + lp0[:, None] * sk_t + offs_d[None, :])
-                lv = tl.load(vbase + lp0[:, None] * sk_t + offs_d[None, :])
+                if PRE > 0:
+                    lpos = lpos_n
+                    lp0 = tl.maximum(lpos, 0)
+                    gate = _logsigmoid(et_n.to(tl.float32))
+                    if PRE == 2:
+                        lk = lk_n
+                        lv = lv_n
+                    else:
+                        lk = tl.load(kbase + lp0[:, None] * sk_t + offs_d[None, :])
+                        lv = tl.load(vbase + lp0[:, None] * sk_t + offs_d[None, :])
+                    offs_k2 = offs_k + LC
+                    lpos_n = tl.load(LPOS + (bhk * NB + nb) * KP + offs_k2, mask=offs_k2 < KP, other=-1)
+                    et_n = tl.load(GT + bhk * T + tl.maximum(lpos_n, 0))
+                    if PRE == 2:
+                        lk_n = tl.load(kbase + tl.maximum(lpos_n, 0)[:, None] * sk_t + offs_d[None, :])
+                        lv_n = tl.load(vbase + tl.maximum(lpos_n, 0)[:, None] * sk_t + offs_d[None, :])
+                else:
+                    lpos = tl.load(LPOS + (bhk * NB + nb) * KP + offs_k)
+                    lp0 = tl.maximum(lpos, 0)
+                    gate = _logsigmoid(tl.load(GT + bhk * T + lp0).to(tl.float32))
+                    lk = tl.load(kbase + lp0[:, None] * sk_t + offs_d[None, :])
+                    lv = tl.load(vbase + lp0[:, None] * sk_t + offs_d[None, :])
                 s = tl.dot(q, tl.trans(lk), input_precision=PREC) * qk_scale
                 s = s + _lm_bias(offs_m, lpos, gate, w, T, n_max, inv_edge)
                 p = tl.exp2(s - lse[:, None])
@@ -312,7 +374,7 @@ if HAVE_TRITON:
                        sq_b, sq_h, sq_t, sk_b, sk_h, sk_t,
                        H, G, T, NB, NT, n_max, edge, inv_edge, qk_scale, sm_scale, SEL_BLOCK,
                        D: tl.constexpr, BLOCK_M: tl.constexpr, KP: tl.constexpr, LC: tl.constexpr,
-                       SEG: tl.constexpr, PREC: tl.constexpr):
+                       SEG: tl.constexpr, PREC: tl.constexpr, PRE: tl.constexpr = 0):
         """Landmark dK, dV and energy gradients. Program (segment, slot chunk, batch*kv head) walks
         SEG query tiles (BLOCK_M rows, within one selection block each) in order, for LC slots of
         the tiles' landmark sets: recomputes P and dS against the slots' landmarks (every head of
@@ -336,17 +398,39 @@ if HAVE_TRITON:
         acc_g = tl.zeros([LC], tl.float32)
         i0 = pid_s * SEG
         i1 = tl.minimum(i0 + SEG, NT)
+        if PRE:
+            lpos_n = tl.load(LPOS + (bhk * NB + (i0 * BLOCK_M) // SEL_BLOCK) * KP + offs_k)
+            et_n = tl.load(E + bhk * T + tl.maximum(lpos_n, 0))
+        if PRE == 2:
+            lk = tl.zeros([LC, D], K.dtype.element_ty)
+            lv = tl.zeros([LC, D], V.dtype.element_ty)
         for i in range(i0, i1):
             m0 = i * BLOCK_M
             nb = m0 // SEL_BLOCK
             offs_m = m0 + offs_r
             mrow = offs_m < T
-            lpos = tl.load(LPOS + (bhk * NB + nb) * KP + offs_k)
-            lp0 = tl.maximum(lpos, 0)
-            et = tl.load(E + bhk * T + lp0).to(tl.float32)
+            if PRE:
+                lpos = lpos_n
+                lp0 = tl.maximum(lpos, 0)
+                et = et_n.to(tl.float32)
+                # the next tile's set (its block: this one or the next), loaded ahead
+                nb2 = tl.minimum(((i + 1) * BLOCK_M) // SEL_BLOCK, NB - 1)
+                lpos_n = tl.load(LPOS + (bhk * NB + nb2) * KP + offs_k)
+                et_n = tl.load(E + bhk * T + tl.maximum(lpos_n, 0))
+            else:
+                lpos = tl.load(LPOS + (bhk * NB + nb) * KP + offs_k)
+                lp0 = tl.maximum(lpos, 0)
+                et = tl.load(E + bhk * T + lp0).to(tl.float32)
             gate = _logsigmoid(et)
-            lk = tl.load(kbase + lp0[:, None] * sk_t + offs_d[None, :])
-            lv = tl.load(vbase + lp0[:, None] * sk_t + offs_d[None, :])
+            if PRE == 2:
+                # the landmark rows only at a block's first tile (or the segment's): a block's tiles
+                # share its set
+                if (i == i0) | (m0 % SEL_BLOCK == 0):
+                    lk = tl.load(kbase + lp0[:, None] * sk_t + offs_d[None, :])
+                    lv = tl.load(vbase + lp0[:, None] * sk_t + offs_d[None, :])
+            else:
+                lk = tl.load(kbase + lp0[:, None] * sk_t + offs_d[None, :])
+                lv = tl.load(vbase + lp0[:, None] * sk_t + offs_d[None, :])
             for g in range(0, G):
                 h = hk * G + g
                 bh = b * H + h
@@ -366,7 +450,10 @@ if HAVE_TRITON:
                 acc_g += tl.sum(ds, 0)
             # flush the slots whose token changes after this tile (or at the segment's end)
             last = (i + 1 == i1) | ((i + 1) * BLOCK_M >= (nb + 1) * SEL_BLOCK)
-            nxt = tl.load(LPOS + (bhk * NB + tl.minimum(nb + 1, NB - 1)) * KP + offs_k)
+            if PRE:
+                nxt = lpos_n  # at a block's last tile (and not the segment's): the next block's set
+            else:
+                nxt = tl.load(LPOS + (bhk * NB + tl.minimum(nb + 1, NB - 1)) * KP + offs_k)
             nxt = tl.where((nb + 1 < NB) & (i + 1 < i1), nxt, -2)
             nxt = tl.where(last, nxt, lpos)  # not the block's last tile: no flush
             fl = (nxt != lpos) & (lpos >= 0)
@@ -492,35 +579,49 @@ if HAVE_TRITON:
         return key
 
     @triton.jit
-    def _select_kernel(E, LPOS, T, NB, S, K: tl.constexpr, KP: tl.constexpr, BS: tl.constexpr,
-                       CB: tl.constexpr, KEY32: tl.constexpr):
-        """Causal landmark sets with stable slots, one program per (batch, kv head); see the
-        module docstring. Chunk c holds the candidate blocks c*CB .. c*CB+CB-1; row r's output is
-        the set of block c*CB + r + 1 (the set after that block's tokens were offered). The rank
-        keys are computed here from the energies (int32 keys when T <= 65536: cheaper reductions)."""
+    def _select_kernel(E, LPOS, INIT, TOPK, T, NB, S, CH, K: tl.constexpr, KP: tl.constexpr, BS: tl.constexpr,
+                       CB: tl.constexpr, KEY32: tl.constexpr, MODE: tl.constexpr = 0):
+        """Causal landmark sets with stable slots, one program per (batch, kv head) and chunk of CH
+        candidate blocks; see the module docstring. Chunk c holds the candidate blocks c*CB ..
+        c*CB+CB-1; row r's output is the set of block c*CB + r + 1 (the set after that block's
+        tokens were offered). The rank keys are computed here from the energies (int32 keys when
+        T <= 65536: cheaper reductions). MODE 0: one chunk (CH >= NB), from the empty set; 1: no
+        output, the chunk's own top-k keys stored to TOPK [B*Hk, chunks, KP] (empty: the minimum
+        key); 2: from the start set INIT [B*Hk, chunks, KP] (the top-k of the tokens before the
+        chunk, in key order), sets stored."""
         pid = tl.program_id(0)
+        j = tl.program_id(1)
+        nch = tl.num_programs(1)
+        blo = j * CH
+        bhi = tl.minimum(blo + CH, NB - 1)
         offs_k = tl.arange(0, KP)
         offs_s = tl.arange(0, BS)
         rows = tl.arange(0, CB)
         if KEY32:
             kmin = tl.full([KP], -2147483648, tl.int32)
-            cur = tl.where(offs_k < K, kmin, tl.full([KP], 2147483647, tl.int32))  # padding: never the min
+            kpad = tl.full([KP], 2147483647, tl.int32)  # padding: never the min
             pm = tl.full([KP], 65535, tl.int32)
             none = tl.full([KP], -1, tl.int32)
         else:
             kmin = tl.full([KP], -9223372036854775808, tl.int64)
-            cur = tl.where(offs_k < K, kmin, tl.full([KP], 9223372036854775807, tl.int64))
+            kpad = tl.full([KP], 9223372036854775807, tl.int64)
             pm = tl.full([KP], 4294967295, tl.int64)
             none = tl.full([KP], -1, tl.int64)
-        tl.store(LPOS + pid * NB * KP + offs_k, tl.full([KP], -1, tl.int32))  # block 0: empty set
+        if MODE == 2:
+            cur = tl.where(offs_k < K, tl.load(INIT + (pid * nch + j) * KP + offs_k), kpad)
+        else:
+            cur = tl.where(offs_k < K, kmin, kpad)
+        if MODE != 1:
+            # block 0: the empty set (chunk 0 only)
+            tl.store(LPOS + pid * NB * KP + offs_k, tl.full([KP], -1, tl.int32), mask=offs_k + j * KP < KP)
         ebase = E + pid * T
         # prefetched chunk of candidate keys [CB, BS]
-        pos = rows[:, None] * S + offs_s[None, :]
-        ck = _keys_tile(ebase, pos, (offs_s[None, :] < S) & (pos < T) & (rows[:, None] < NB - 1), KEY32)
-        for c0 in range(0, NB - 1, CB):
+        pos = (blo + rows)[:, None] * S + offs_s[None, :]
+        ck = _keys_tile(ebase, pos, (offs_s[None, :] < S) & (pos < T) & (blo + rows[:, None] < bhi), KEY32)
+        for c0 in range(blo, bhi, CB):
             blk_n = c0 + CB + rows
             pos_n = blk_n[:, None] * S + offs_s[None, :]
-            ck_n = _keys_tile(ebase, pos_n, (offs_s[None, :] < S) & (pos_n < T) & (blk_n[:, None] < NB - 1), KEY32)
+            ck_n = _keys_tile(ebase, pos_n, (offs_s[None, :] < S) & (pos_n < T) & (blk_n[:, None] < bhi), KEY32)
             bmax = tl.max(ck, 1)  # [CB] best key of each candidate block
             out_rows = (c0 + rows + 1) * KP  # [CB] output set offsets (block c0 + r + 1)
             m = tl.min(cur, 0)
@@ -528,10 +629,11 @@ if HAVE_TRITON:
             nxt = tl.min(tl.where((bmax > m) & (rows >= r0), rows, CB), 0)
             while nxt < CB:
                 # rows r0 .. nxt-1 inserted nothing: their sets are the current one
-                lp = tl.where((offs_k < K) & (cur != kmin), pm - (cur & pm), none).to(tl.int32)
-                smask = (rows[:, None] >= r0) & (rows[:, None] < nxt) & (c0 + rows[:, None] + 1 < NB)
-                tl.store(LPOS + pid * NB * KP + out_rows[:, None] + offs_k[None, :],
-                         tl.broadcast_to(lp[None, :], (CB, KP)), mask=smask)
+                if MODE != 1:
+                    lp = tl.where((offs_k < K) & (cur != kmin), pm - (cur & pm), none).to(tl.int32)
+                    smask = (rows[:, None] >= r0) & (rows[:, None] < nxt) & (c0 + rows[:, None] < bhi)
+                    tl.store(LPOS + pid * NB * KP + out_rows[:, None] + offs_k[None, :],
+                             tl.broadcast_to(lp[None, :], (CB, KP)), mask=smask)
                 cand = tl.max(tl.where(rows[:, None] == nxt, ck, tl.min(kmin, 0)), 0)  # [BS] block nxt's keys
                 cand = tl.where(cand > m, cand, tl.min(kmin, 0))
                 # two independent value+index reductions per insertion (was argmin, min and max)
@@ -544,11 +646,14 @@ if HAVE_TRITON:
                     best, bj = tl.max(cand, 0, return_indices=True)
                 r0 = nxt
                 nxt = tl.min(tl.where((bmax > m) & (rows > r0), rows, CB), 0)
-            lp = tl.where((offs_k < K) & (cur != kmin), pm - (cur & pm), none).to(tl.int32)
-            smask = (rows[:, None] >= r0) & (c0 + rows[:, None] + 1 < NB)
-            tl.store(LPOS + pid * NB * KP + out_rows[:, None] + offs_k[None, :],
-                     tl.broadcast_to(lp[None, :], (CB, KP)), mask=smask)
+            if MODE != 1:
+                lp = tl.where((offs_k < K) & (cur != kmin), pm - (cur & pm), none).to(tl.int32)
+                smask = (rows[:, None] >= r0) & (c0 + rows[:, None] < bhi)
+                tl.store(LPOS + pid * NB * KP + out_rows[:, None] + offs_k[None, :],
+                         tl.broadcast_to(lp[None, :], (CB, KP)), mask=smask)
             ck = ck_n
+        if MODE == 1:
+            tl.store(TOPK + (pid * nch + j) * KP + offs_k, tl.where(offs_k < K, cur, kmin))
 
 
     @triton.jit
@@ -615,16 +720,37 @@ def _pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def _select_stable(energy, k: int, kp: int, block: int, key32: bool | None = None):
-    """Stable-slot landmark positions [B, Hk, NB, KP] int32 (-1: empty slot or padding); key32:
-    int32 rank keys (default where T <= 65536), else int64."""
+def _select_stable(energy, k: int, kp: int, block: int, key32: bool | None = None, chunk: int | None = None):
+    """Landmark positions [B, Hk, NB, KP] int32 (-1: empty slot or padding); key32: int32 rank
+    keys (default where T <= 65536), else int64. chunk (candidate blocks per program; default
+    OPTS["sel_chunk"] where T >= OPTS["sel_par_min_t"], else serial): the parallel selection, C
+    chunks of the block axis at once: pass 1 the chunks' own top-k keys, then each chunk's start
+    set (the top-k of the chunks before it, torch), pass 2 the stable-slot insertion from it.
+    Slots are stable within a chunk; at a chunk start the set is laid out again in key order."""
     b, hk, t = energy.shape
     nb = -(-t // block)
     e = energy.detach().float().contiguous()
     out = torch.empty(b, hk, nb, kp, dtype=torch.int32, device=energy.device)
     cb = 16 if block <= 128 else 4
-    _LAUNCH(_select_kernel, (b * hk,), e, out, t, nb, block, K=k, KP=kp, BS=_pow2(block), CB=cb,
-            KEY32=(t <= 65536) if key32 is None else key32, num_warps=1)
+    key32 = (t <= 65536) if key32 is None else key32
+    if chunk is None:
+        chunk = OPTS["sel_chunk"] if (OPTS["sel_chunk"] and t >= OPTS["sel_par_min_t"]) else 0
+    nch = -(-(nb - 1) // chunk) if chunk else 1
+    if nch <= 1:
+        _LAUNCH(_select_kernel, (b * hk, 1), e, out, out, out, t, nb, block, max(nb, 1), K=k, KP=kp,
+                BS=_pow2(block), CB=cb, KEY32=key32, MODE=0, num_warps=1)
+        return out
+    kdt = torch.int32 if key32 else torch.int64
+    kmin = torch.iinfo(kdt).min
+    loc = torch.empty(b * hk, nch, kp, dtype=kdt, device=energy.device)
+    _LAUNCH(_select_kernel, (b * hk, nch), e, out, loc, loc, t, nb, block, chunk, K=k, KP=kp,
+            BS=_pow2(block), CB=cb, KEY32=key32, MODE=1, num_warps=1)
+    # chunk j starts from the top-k of the chunks before it (their own top-k keys suffice)
+    before = torch.arange(nch * kp, device=energy.device) // kp < torch.arange(nch, device=energy.device)[:, None]
+    cand = torch.where(before, loc.view(b * hk, 1, nch * kp), kmin)
+    init = cand.topk(kp, -1).values.contiguous()  # [B*Hk, C, KP], key order; the kernel pads past k
+    _LAUNCH(_select_kernel, (b * hk, nch), e, out, init, init, t, nb, block, chunk, K=k, KP=kp,
+            BS=_pow2(block), CB=cb, KEY32=key32, MODE=2, num_warps=1)
     return out
 
 
@@ -632,11 +758,15 @@ def landmark_slots(energy, n_landmarks: int, block: int):
     """(positions [B, Hk, NB, KP] int32 with -1 in empty slots, stable): the causal landmark sets.
 
     stable=True: the selection kernel's stable slots (each token one run of one slot column);
-    False (the kernel failed to compile here): the torch prefix scan, slots in key order."""
+    False: the parallel selection (a token's run may change slot at a chunk start) or (the kernel
+    failed to compile here) the torch prefix scan, slots in key order; the landmark backward's
+    partials path then accumulates by sorting (the atomic _lm_bwd_kernel needs no stability)."""
     kp = max(16, _pow2(n_landmarks))
     if _FAST_LM["on"]:
         try:
-            return _select_stable(energy, n_landmarks, kp, block), True
+            t, nb = energy.shape[-1], -(-energy.shape[-1] // block)
+            chunked = bool(OPTS["sel_chunk"]) and t >= OPTS["sel_par_min_t"] and nb - 1 > OPTS["sel_chunk"]
+            return _select_stable(energy, n_landmarks, kp, block), not chunked
         except Exception as e:  # pragma: no cover - compiler trouble: fall back, once
             import warnings
 
@@ -670,7 +800,14 @@ def _blocks(block: int, d: int, device) -> tuple[int, int, int]:
 # kernel computes delta itself (no delta pass; with the landmark partials every dQ config spilled in
 # ptxas, without them the 8-warp configs do not). Session 5 on the H100 (same run, vs the separate
 # pass): DSALT fwd+bwd -0.06 / -0.04 / -0.01 ms at 32K / 16K / 4K
-OPTS = {"lc_fwd": 32, "lc_dq": 32, "delta": (64, 4), "lm_bwd": "atomic", "fuse_delta": True}
+# lm_pre_fwd / lm_pre_dq (session 5b): the landmark pass's positions and gates loaded ahead (1;
+# 2: also the next chunk's K/V rows), see _fwd_kernel; lm_pre_bwd: _lm_bwd_kernel loads the next
+# tile's positions and energies while the current tile computes (2: and loads a block's landmark
+# K/V rows once, at its first tile); sel_chunk: candidate blocks per
+# program of the parallel landmark selection (0: serial, one program per (batch, kv head)), used
+# where T >= sel_par_min_t (_select_stable)
+OPTS = {"lc_fwd": 32, "lc_dq": 32, "delta": (64, 4), "lm_bwd": "atomic", "fuse_delta": True,
+        "lm_pre_fwd": 0, "lm_pre_dq": 0, "lm_pre_bwd": 0, "sel_chunk": 0, "sel_par_min_t": 8192}
 
 _TUNED: dict = {}
 _FWD_BM_OVERRIDE: dict = {}
@@ -893,7 +1030,7 @@ class _DSALTFn(torch.autograd.Function):
                 q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                 o.stride(0), o.stride(1), o.stride(2),
                 h, g, t, nb, n_max, float(edge), 1.0 / float(edge), scale * LOG2E, block,
-                D=d, KP=kp, HAS_LM=has_lm, PREC=_prec(q), LC=min(OPTS["lc_fwd"], kp))
+                D=d, KP=kp, HAS_LM=has_lm, PREC=_prec(q), LC=min(OPTS["lc_fwd"], kp), PRE=OPTS["lm_pre_fwd"])
         ctx.save_for_backward(q, k, v, win, energy, gt, lpos, o, lse)
         ctx.meta = meta
         ctx.stable = stable
@@ -936,7 +1073,7 @@ class _DSALTFn(torch.autograd.Function):
                     q, k, v, win, gt, lpos, do, lse, delta, dq, dw, *parts, o, *strides,
                     h, g, t, nb, nt, *fargs, block,
                     D=d, KP=kp, HAS_LM=has_lm, PREC=_prec(q), LC=min(OPTS["lc_dq"], kp), PARTIALS=int(partials),
-                    FUSE_DELTA=int(fuse))
+                    FUSE_DELTA=int(fuse), PRE=OPTS["lm_pre_dq"])
             return parts
 
         parts = dq_pass(has_lm and not atomic)
@@ -955,7 +1092,7 @@ class _DSALTFn(torch.autograd.Function):
                     _LAUNCH(_lm_bwd_kernel, (triton.cdiv(nt_l, seg), kp // lc, b * hk),
                             q, k, v, win, gt, lpos, do, lse, delta, dk, dv, dgt, *strides,
                             h, g, t, nb, nt_l, *fargs, block, D=d, BLOCK_M=lm, KP=kp, LC=lc, SEG=seg,
-                            PREC=_prec(q), num_warps=lw, num_stages=lst)
+                            PREC=_prec(q), PRE=OPTS["lm_pre_bwd"], num_warps=lw, num_stages=lst)
                 except Exception as e:  # pragma: no cover - compiler trouble (atomics): the partials path
                     import warnings
 
