@@ -1,0 +1,180 @@
+"""v3 spectral decode kernel (session 5): token slices packed into the rows of the dots, no padded
+query rows (design: ``kernel.py``'s docstring and ``_spectral_v3``'s)."""
+
+from __future__ import annotations
+
+from .jit_common import HAS_TRITON
+
+if HAS_TRITON:
+    import triton
+    import triton.language as tl
+
+    from .jit_common import _gdc_enter, _hot_window
+    from .jit_v2 import _fused_tail, _i8_to_f16
+
+    @triton.jit
+    def _rows_of_slices(x, diag, NW: tl.constexpr, GQ: tl.constexpr, GP: tl.constexpr, TW: tl.constexpr):
+        """x [NW, TW] (one row per token slice) -> [GP, TW], row j*GQ + g = x[j] (rows past NW*GQ: 0)."""
+        if NW * GQ == GP:
+            out = tl.reshape(tl.broadcast_to(x[:, None, :], (NW, GQ, TW)), (GP, TW))
+        else:
+            out = tl.sum(tl.where(diag, x[None, :, :], 0.0), 1)
+        return out
+
+    @triton.jit(do_not_specialize=["n_blocks", "hot_len"])
+    def _spectral_v3(
+        Q, CK, SK, BK, CV, SV, BV, HKP, HVP, PM, PL, PACC, CNT, O, PM2, PL2, PACC2,
+        n_blocks, nb_cap, hot_len, hot_cap, n_comp, n_splits, n_groups, qk_scale,
+        G: tl.constexpr, GP: tl.constexpr, GQ: tl.constexpr,
+        D: tl.constexpr, DP: tl.constexpr, DV: tl.constexpr, DVP: tl.constexpr,
+        RK: tl.constexpr, RKP: tl.constexpr, RV: tl.constexpr, RVP: tl.constexpr,
+        BS: tl.constexpr, SPLIT: tl.constexpr, BPP: tl.constexpr, NW: tl.constexpr, TW: tl.constexpr,
+        HOT_PER_SPLIT: tl.constexpr, HT: tl.constexpr,
+        QUANT: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr,
+        FUSED: tl.constexpr, GRP: tl.constexpr, SCH: tl.constexpr, FASTCVT: tl.constexpr, I64: tl.constexpr,
+        PDL: tl.constexpr = False,
+    ):
+        """v3 block program: BS // SPLIT tokens of each of BPP consecutive blocks, cut into NW slices
+        of TW tokens. The GP rows of every dot are (slice j, query head g) pairs, row j*GQ + g, so
+        no row is padding when G < 16 (v1/v2 pad the G = 4 query heads of a kv head to 16 rows,
+        and their softmax work is 3/4 padding):
+
+            qb   = q_rep @ B_K^T                                  [GP, rk]  (q repeated per slice)
+            s    = blockdiag_j(qb) @ [C_K(slice 0)^T; ...; C_K(slice NW-1)^T]      [GP, TW]
+            p    = exp2(s - m_row)  (each row its own online softmax across the blocks)
+            pcf  = (p * s_V) @ [C_V(slice 0) | ... | C_V(slice NW-1)]             [GP, NW*rv]
+            pc   = the diagonal blocks of pcf (row j*GQ+g, columns j*rv ..)       [GP, rv]
+            acc += pc @ B_V                                                       [GP, dv]
+
+        (the zero blocks cost tensor-core work only), then the NW rows of each head are merged
+        once per program. Same arguments and partial layout as v2 (same launcher, replay, merges).
+        PDL: launched as a programmatic dependent launch (see ``_gdc_enter``)."""
+        if PDL:
+            _gdc_enter()
+        pid_bh = tl.program_id(0)
+        pid_s = tl.program_id(1)
+        offs_d = tl.arange(0, DP)
+        offs_dv = tl.arange(0, DVP)
+        dmask = offs_d < D
+        dvmask = offs_dv < DV
+        if pid_s < n_comp:
+            TPP: tl.constexpr = BS // SPLIT
+            offs_r = tl.arange(0, GP)
+            jr = offs_r // GQ  # the slice of each row
+            gr = offs_r % GQ  # the query head of each row
+            rvalid = (jr < NW) & (gr < G)
+            offs_j = tl.arange(0, NW)
+            offs_t = tl.arange(0, TW)
+            offs_rk = tl.arange(0, RKP)
+            offs_rv = tl.arange(0, RVP)
+            rkmask = offs_rk < RK
+            rvmask = offs_rv < RV
+            q = tl.load(Q + (pid_bh * G + gr)[:, None] * D + offs_d[None, :], mask=rvalid[:, None] & dmask[None, :],
+                        other=0.0)
+            if not LOWP:
+                q = q.to(tl.float32)
+            m_i = tl.full([GP], -1.0e30, tl.float32)
+            l_i = tl.zeros([GP], tl.float32)
+            acc = tl.zeros([GP, DVP], tl.float32)
+            n0 = (pid_s // SPLIT) * BPP
+            n1 = tl.minimum(n0 + BPP, n_blocks)
+            part = pid_s % SPLIT
+            diag = jr[:, None, None] == offs_j[None, :, None]  # [GP, NW, 1]: row block j of slice j
+            for n in range(n0, n1):
+                blk = pid_bh * nb_cap + n
+                if I64:
+                    blk = blk.to(tl.int64)
+                tok = blk * BS + part * TPP + offs_j[:, None] * TW + offs_t[None, :]  # [NW, TW]
+                # every load of the block first
+                ck_ptr = CK + tok[:, None, :] * RK + offs_rk[None, :, None]  # C_K^T per slice [NW, RKP, TW]
+                cv_ptr = CV + tok[:, :, None] * RV + offs_rv[None, None, :]  # [NW, TW, RVP]
+                bk_ptr = BK + blk * (RK * D) + offs_rk[:, None] * D + offs_d[None, :]
+                bv_ptr = BV + blk * (RV * DV) + offs_rv[:, None] * DV + offs_dv[None, :]
+                if RK == RKP:
+                    ck = tl.load(ck_ptr)
+                else:
+                    ck = tl.load(ck_ptr, mask=rkmask[None, :, None], other=0)
+                if RV == RVP:
+                    cv = tl.load(cv_ptr)
+                else:
+                    cv = tl.load(cv_ptr, mask=rvmask[None, None, :], other=0)
+                if QUANT:
+                    sk = tl.load(SK + tok)
+                    sv = tl.load(SV + tok)
+                if RK == RKP and D == DP:
+                    bk = tl.load(bk_ptr)
+                else:
+                    bk = tl.load(bk_ptr, mask=rkmask[:, None] & dmask[None, :], other=0.0)
+                if RV == RVP and DV == DVP:
+                    bv = tl.load(bv_ptr)
+                else:
+                    bv = tl.load(bv_ptr, mask=rvmask[:, None] & dvmask[None, :], other=0.0)
+                if LOWP:
+                    qb = tl.dot(q, tl.trans(bk.to(q.dtype))) * qk_scale  # [GP, RKP]
+                    if QUANT:
+                        ckf = _i8_to_f16(ck, FASTCVT)
+                        cvf = _i8_to_f16(cv, FASTCVT)
+                    else:
+                        ckf = ck.to(tl.float16)
+                        cvf = cv.to(tl.float16)
+                else:
+                    qb = tl.dot(q, tl.trans(bk.to(tl.float32)), input_precision=PREC) * qk_scale
+                    ckf = ck.to(tl.float32)
+                    cvf = cv.to(tl.float32)
+                # block-diagonal query operand [GP, NW*RKP]: row (j, g) holds qb[g] in column block j
+                qd = tl.reshape(tl.where(diag, qb[:, None, :], 0.0), (GP, NW * RKP))
+                ckc = tl.reshape(ckf, (NW * RKP, TW))
+                if LOWP:
+                    s = tl.dot(qd.to(tl.float16), ckc)  # [GP, TW]
+                else:
+                    s = tl.dot(qd, ckc, input_precision=PREC)
+                if QUANT:  # per-token scales of row (j, g): the scales of slice j
+                    s = s * _rows_of_slices(sk, diag, NW, GQ, GP, TW)
+                m_new = tl.maximum(m_i, tl.max(s, 1))
+                alpha = tl.exp2(m_i - m_new)
+                p = tl.exp2(s - m_new[:, None])
+                l_i = l_i * alpha + tl.sum(p, 1)
+                if QUANT:
+                    p = p * _rows_of_slices(sv, diag, NW, GQ, GP, TW)
+                cvc = tl.reshape(tl.permute(cvf, (1, 0, 2)), (TW, NW * RVP))  # [C_V(slice 0) | ...]
+                if LOWP:
+                    pcf = tl.dot(p.to(tl.float16), cvc)  # [GP, NW*RVP]
+                else:
+                    pcf = tl.dot(p, cvc, input_precision=PREC)
+                pc = tl.sum(tl.where(diag, tl.reshape(pcf, (GP, NW, RVP)), 0.0), 1)  # [GP, RVP]
+                acc = acc * alpha[:, None] + tl.dot(pc, bv.to(tl.float32), input_precision=PREC)
+                m_i = m_new
+            # merge the NW slice rows of each query head
+            m_i = tl.where(rvalid, m_i, -1.0e30)
+            m3 = tl.reshape(m_i, (GP // GQ, GQ))
+            m_h = tl.max(m3, 0)
+            w3 = tl.exp2(m3 - m_h[None, :])
+            l_h = tl.sum(tl.reshape(tl.where(rvalid, l_i, 0.0), (GP // GQ, GQ)) * w3, 0)
+            acc3 = tl.reshape(tl.where(rvalid[:, None], acc, 0.0), (GP // GQ, GQ, DVP))
+            acc_h = tl.sum(acc3 * w3[:, :, None], 0)  # [GQ, DVP]
+            offs_q = tl.arange(0, GQ)
+            qmask = offs_q < G
+            prow = (pid_bh * n_splits + pid_s) * GQ + offs_q
+            tl.store(PM + prow, m_h, mask=qmask)
+            tl.store(PL + prow, l_h, mask=qmask)
+            tl.store(PACC + prow[:, None] * DV + offs_dv[None, :], acc_h, mask=qmask[:, None] & dvmask[None, :])
+        else:
+            offs_g = tl.arange(0, GP)
+            gmask = offs_g < G
+            qh = tl.load(Q + (pid_bh * G + offs_g)[:, None] * D + offs_d[None, :], mask=gmask[:, None] & dmask[None, :],
+                         other=0.0)
+            if not LOWP:
+                qh = qh.to(tl.float32)
+            hm = tl.full([GP], -1.0e30, tl.float32)
+            hl = tl.zeros([GP], tl.float32)
+            hacc = tl.zeros([GP, DVP], tl.float32)
+            hm, hl, hacc = _hot_window(qh, HKP, HVP, (pid_s - n_comp) * HOT_PER_SPLIT, hot_len, pid_bh * hot_cap,
+                                          offs_d, offs_dv, dmask, dvmask, qk_scale, hm, hl, hacc,
+                                          HOT_PER_SPLIT, HT, D, DV, LOWP, PREC)
+            hrow = (pid_bh * n_splits + pid_s) * GQ + offs_g
+            tl.store(PM + hrow, hm, mask=gmask)
+            tl.store(PL + hrow, hl, mask=gmask)
+            tl.store(PACC + hrow[:, None] * DV + offs_dv[None, :], hacc, mask=gmask[:, None] & dvmask[None, :])
+        if FUSED:
+            _fused_tail(PM, PL, PACC, PM2, PL2, PACC2, O, CNT, pid_bh, pid_s, n_splits, n_groups, G, GQ, DV, DVP,
+                        GRP, SCH)
