@@ -1,0 +1,497 @@
+"""DSALT attention kernels: forward, dQ (+ delta), dK/dV (window part), the landmark backward and
+their tile helpers. Design and launch order: ``kernel.py``'s docstring, which launches them."""
+
+from __future__ import annotations
+
+try:
+    import triton
+    import triton.language as tl
+
+    HAVE_TRITON = True
+except ImportError:  # pragma: no cover
+    HAVE_TRITON = False
+
+if HAVE_TRITON:
+
+    @triton.jit
+    def _win_r(offs_m, offs_n, w, T, n_max, inv_edge):
+        """Soft-window weight r in (0, 1] inside the window (0 outside) and the in-window mask."""
+        dd = offs_m[:, None] - offs_n[None, :]
+        r = (w[:, None] - dd.to(tl.float32) - 0.5) * inv_edge + 0.5
+        r = tl.minimum(r, 1.0)
+        ok = (dd >= 0) & (dd < n_max) & (r > 0) & (offs_n[None, :] < T) & (offs_m[:, None] < T)
+        return tl.where(ok, r, 0.0), ok
+
+    @triton.jit
+    def _lm_bias(offs_m, lpos, gate, w, T, n_max, inv_edge):
+        """Landmark bias (log2 units): the gate; -inf for empty slots and where the landmark is
+        inside the row's soft window."""
+        dd = offs_m[:, None] - lpos[None, :]
+        r = (w[:, None] - dd.to(tl.float32) - 0.5) * inv_edge + 0.5
+        inwin = (dd >= 0) & (dd < n_max) & (r > 0)
+        out = inwin | (offs_m[:, None] >= T) | (lpos[None, :] < 0)
+        return tl.where(out, float("-inf"), gate[None, :] * 1.4426950408889634)
+
+    @triton.jit
+    def _logsigmoid(e):
+        """The landmark gate log(sigmoid(e)) (fp32), computed where it is used (GT: the energies)."""
+        return tl.minimum(e, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(e)))
+
+    @triton.jit
+    def _tile_ranges(m0, w, T, n_max, edge, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        """Key block starts: [lo, full_lo) edge (masked), [full_lo, m0) full, [m0, hi) diagonal
+        (causal test only up to causal_hi, masked from there)."""
+        wmax = tl.max(w, 0)
+        wmin = tl.min(w, 0)
+        # one key of slack on both sides: boundary keys always go through the exact masked path
+        reach = tl.minimum((wmax - 0.5 + edge * 0.5).to(tl.int32) + 2, n_max)
+        lo = tl.maximum(m0 - reach + 1, 0)
+        lo = (lo // BLOCK_N) * BLOCK_N
+        full = tl.minimum(tl.floor(wmin - 0.5 - edge * 0.5).to(tl.int32) - 1, n_max - 1)
+        full_lo = m0 + BLOCK_M - 1 - full
+        full_lo = ((full_lo + BLOCK_N - 1) // BLOCK_N) * BLOCK_N
+        full_lo = tl.minimum(tl.maximum(full_lo, lo), m0)
+        hi = tl.minimum(m0 + BLOCK_M, T)
+        # diagonal blocks need only the causal test when every pair there (distance <= BLOCK_M - 1)
+        # is at full weight for every row: then [m0, hi) is phase 2, else phase 3 (masked)
+        causal_hi = tl.where(full >= BLOCK_M - 1, hi, m0)
+        return lo, full_lo, causal_hi, hi
+
+    @triton.jit
+    def _fwd_kernel(Q, K, V, W, GT, LPOS, O, LSE,
+                    sq_b, sq_h, sq_t, sk_b, sk_h, sk_t, so_b, so_h, so_t,
+                    H, G, T, NB, n_max, edge, inv_edge, qk_scale, SEL_BLOCK,
+                    D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                    KP: tl.constexpr, HAS_LM: tl.constexpr, PREC: tl.constexpr, NSET: tl.constexpr = 1,
+                    LC: tl.constexpr = 16, PRE: tl.constexpr = 0):
+        """PRE=1: the landmark pass's positions and gates are loaded ahead (the first chunk's at
+        program start, behind the window loop; the next chunk's while the current one computes);
+        PRE=2: also the next chunk's K/V rows."""
+        pid_m = tl.program_id(0)
+        pid_bh = tl.program_id(1)
+        b = pid_bh // H
+        h = pid_bh % H
+        hk = h // G
+        bhk = b * (H // G) + hk
+        m0 = pid_m * BLOCK_M
+        offs_m = m0 + tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, D)
+        offs_n0 = tl.arange(0, BLOCK_N)
+        mrow = offs_m < T
+        q = tl.load(Q + b * sq_b + h * sq_h + offs_m[:, None] * sq_t + offs_d[None, :], mask=mrow[:, None], other=0.0)
+        w = tl.load(W + pid_bh * T + offs_m, mask=mrow, other=1.0)
+        kbase = K + b * sk_b + hk * sk_h
+        vbase = V + b * sk_b + hk * sk_h
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, D], tl.float32)
+        if HAS_LM and PRE > 0:
+            # the first chunk's landmark positions and gates, loaded now: their latency hides
+            # behind the window loop
+            offs_c = tl.arange(0, LC)
+            nbc = m0 // SEL_BLOCK + offs_c // KP
+            lpos_n = tl.load(LPOS + (bhk * NB + nbc) * KP + offs_c % KP, mask=nbc < NB, other=-1)
+            et_n = tl.load(GT + bhk * T + tl.maximum(lpos_n, 0))
+        lo, full_lo, causal_hi, hi = _tile_ranges(m0, w, T, n_max, edge, BLOCK_M, BLOCK_N)
+        for phase in tl.static_range(4):
+            if phase == 0:
+                s_lo = lo
+                s_hi = full_lo
+            elif phase == 1:
+                s_lo = full_lo
+                s_hi = m0
+            elif phase == 2:
+                s_lo = m0
+                s_hi = causal_hi
+            else:
+                s_lo = causal_hi
+                s_hi = hi
+            for start_n in range(s_lo, s_hi, BLOCK_N):
+                offs_n = start_n + offs_n0
+                nmask = offs_n < T
+                kt = tl.load(kbase + offs_n[:, None] * sk_t + offs_d[None, :], mask=nmask[:, None], other=0.0)
+                s = tl.dot(q, tl.trans(kt), input_precision=PREC) * qk_scale
+                if phase == 0 or phase == 3:
+                    r, ok = _win_r(offs_m, offs_n, w, T, n_max, inv_edge)
+                    s = tl.where(ok, s, float("-inf"))
+                elif phase == 2:
+                    s = tl.where(offs_m[:, None] >= offs_n[None, :], s, float("-inf"))
+                m_new = tl.maximum(m_i, tl.max(s, 1))
+                m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+                p = tl.exp2(s - m_safe[:, None])
+                if phase == 0 or phase == 3:
+                    p = p * r
+                alpha = tl.exp2(m_i - m_safe)
+                l_i = l_i * alpha + tl.sum(p, 1)
+                vt = tl.load(vbase + offs_n[:, None] * sk_t + offs_d[None, :], mask=nmask[:, None], other=0.0)
+                acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt, input_precision=PREC)
+                m_i = m_new
+        if HAS_LM:
+            # the landmark columns in chunks of LC (register pressure); NSET > 1: the tile spans
+            # NSET selection blocks, their sets side by side, each row masked to its own block's set
+            if PRE == 2:
+                lk_n = tl.load(kbase + tl.maximum(lpos_n, 0)[:, None] * sk_t + offs_d[None, :])
+                lv_n = tl.load(vbase + tl.maximum(lpos_n, 0)[:, None] * sk_t + offs_d[None, :])
+            for c0 in range(0, NSET * KP, LC):
+                offs_c = c0 + tl.arange(0, LC)
+                nbc = m0 // SEL_BLOCK + offs_c // KP
+                if PRE > 0:
+                    lpos = lpos_n
+                    lp0 = tl.maximum(lpos, 0)
+                    gate = _logsigmoid(et_n.to(tl.float32))
+                    if PRE == 2:
+                        lk = lk_n
+                        lv = lv_n
+                    else:
+                        lk = tl.load(kbase + lp0[:, None] * sk_t + offs_d[None, :])
+                        lv = tl.load(vbase + lp0[:, None] * sk_t + offs_d[None, :])
+                    # the next chunk's positions and gates (and rows), loaded while this one computes
+                    offs_c2 = offs_c + LC
+                    nbc2 = m0 // SEL_BLOCK + offs_c2 // KP
+                    lpos_n = tl.load(LPOS + (bhk * NB + nbc2) * KP + offs_c2 % KP,
+                                     mask=(nbc2 < NB) & (offs_c2 < NSET * KP), other=-1)
+                    et_n = tl.load(GT + bhk * T + tl.maximum(lpos_n, 0))
+                    if PRE == 2:
+                        lk_n = tl.load(kbase + tl.maximum(lpos_n, 0)[:, None] * sk_t + offs_d[None, :])
+                        lv_n = tl.load(vbase + tl.maximum(lpos_n, 0)[:, None] * sk_t + offs_d[None, :])
+                else:
+                    lpos = tl.load(LPOS + (bhk * NB + nbc) * KP + offs_c % KP, mask=nbc < NB, other=-1)
+                    lp0 = tl.maximum(lpos, 0)
+                    gate = _logsigmoid(tl.load(GT + bhk * T + lp0).to(tl.float32))
+                    # landmark K/V rows loaded by position (no gathered copy)
+                    lk = tl.load(kbase + lp0[:, None] * sk_t + offs_d[None, :])
+                    lv = tl.load(vbase + lp0[:, None] * sk_t + offs_d[None, :])
+                s = tl.dot(q, tl.trans(lk), input_precision=PREC) * qk_scale
+                s = s + _lm_bias(offs_m, lpos, gate, w, T, n_max, inv_edge)
+                if NSET > 1:
+                    s = tl.where((offs_m // SEL_BLOCK)[:, None] == nbc[None, :], s, float("-inf"))
+                m_new = tl.maximum(m_i, tl.max(s, 1))
+                m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+                p = tl.exp2(s - m_safe[:, None])
+                alpha = tl.exp2(m_i - m_safe)
+                l_i = l_i * alpha + tl.sum(p, 1)
+                acc = acc * alpha[:, None] + tl.dot(p.to(lv.dtype), lv, input_precision=PREC)
+                m_i = m_new
+        l_safe = tl.where(l_i > 0, l_i, 1.0)
+        o = acc / l_safe[:, None]
+        tl.store(O + b * so_b + h * so_h + offs_m[:, None] * so_t + offs_d[None, :], o.to(O.dtype.element_ty),
+                 mask=mrow[:, None])
+        tl.store(LSE + pid_bh * T + offs_m, m_i + tl.log2(l_safe), mask=mrow)
+
+    @triton.jit
+    def _dq_kernel(Q, K, V, W, GT, LPOS, DO, LSE, DELTA, DQ, DW, DLK, DLV, DGATE, O,
+                   sq_b, sq_h, sq_t, sk_b, sk_h, sk_t,
+                   H, G, T, NB, NT, n_max, edge, inv_edge, qk_scale, sm_scale, SEL_BLOCK,
+                   D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                   KP: tl.constexpr, HAS_LM: tl.constexpr, PREC: tl.constexpr, LC: tl.constexpr = 16,
+                   PARTIALS: tl.constexpr = 1, FUSE_DELTA: tl.constexpr = 0, PRE: tl.constexpr = 0):
+        """PARTIALS=0: the landmark pass adds only its dQ part (the landmark dK/dV/gate gradients
+        come from _lm_bwd_kernel); 1: it also stores per-tile partials for _lm_reduce_kernel.
+        FUSE_DELTA=1: the tile's delta = rowsum(O * dO) is computed here (32-column chunks) and
+        stored for the kernels that run after this one (no separate delta pass). PRE: as in
+        _fwd_kernel (landmark positions and gates loaded ahead; 2: also the next chunk's rows)."""
+        pid_m = tl.program_id(0)
+        pid_bh = tl.program_id(1)
+        b = pid_bh // H
+        h = pid_bh % H
+        hk = h // G
+        bhk = b * (H // G) + hk
+        m0 = pid_m * BLOCK_M
+        offs_m = m0 + tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, D)
+        offs_n0 = tl.arange(0, BLOCK_N)
+        mrow = offs_m < T
+        qoff = b * sq_b + h * sq_h + offs_m[:, None] * sq_t + offs_d[None, :]
+        q = tl.load(Q + qoff, mask=mrow[:, None], other=0.0)
+        do = tl.load(DO + qoff, mask=mrow[:, None], other=0.0)
+        w = tl.load(W + pid_bh * T + offs_m, mask=mrow, other=1.0)
+        lse = tl.load(LSE + pid_bh * T + offs_m, mask=mrow, other=0.0)
+        if FUSE_DELTA:
+            delta = tl.zeros([BLOCK_M], tl.float32)
+            for dc in tl.static_range(0, D, 32):
+                cols = dc + tl.arange(0, 32)
+                coff = b * sq_b + h * sq_h + offs_m[:, None] * sq_t + cols[None, :]
+                cm = mrow[:, None] & (cols[None, :] < D)
+                oc = tl.load(O + coff, mask=cm, other=0.0).to(tl.float32)
+                doc = tl.load(DO + coff, mask=cm, other=0.0).to(tl.float32)
+                delta += tl.sum(oc * doc, 1)
+            tl.store(DELTA + pid_bh * T + offs_m, delta, mask=mrow)
+        else:
+            delta = tl.load(DELTA + pid_bh * T + offs_m, mask=mrow, other=0.0)
+        kbase = K + b * sk_b + hk * sk_h
+        vbase = V + b * sk_b + hk * sk_h
+        if HAS_LM and PRE > 0:
+            lpos_n = tl.load(LPOS + (bhk * NB + m0 // SEL_BLOCK) * KP + tl.arange(0, LC))
+            et_n = tl.load(GT + bhk * T + tl.maximum(lpos_n, 0))
+        dq = tl.zeros([BLOCK_M, D], tl.float32)
+        dw = tl.zeros([BLOCK_M], tl.float32)
+        lo, full_lo, causal_hi, hi = _tile_ranges(m0, w, T, n_max, edge, BLOCK_M, BLOCK_N)
+        for phase in tl.static_range(4):
+            if phase == 0:
+                s_lo = lo
+                s_hi = full_lo
+            elif phase == 1:
+                s_lo = full_lo
+                s_hi = m0
+            elif phase == 2:
+                s_lo = m0
+                s_hi = causal_hi
+            else:
+                s_lo = causal_hi
+                s_hi = hi
+            for start_n in range(s_lo, s_hi, BLOCK_N):
+                offs_n = start_n + offs_n0
+                nmask = offs_n < T
+                kt = tl.load(kbase + offs_n[:, None] * sk_t + offs_d[None, :], mask=nmask[:, None], other=0.0)
+                vt = tl.load(vbase + offs_n[:, None] * sk_t + offs_d[None, :], mask=nmask[:, None], other=0.0)
+                s = tl.dot(q, tl.trans(kt), input_precision=PREC) * qk_scale
+                dp = tl.dot(do, tl.trans(vt), input_precision=PREC)
+                if phase == 0 or phase == 3:
+                    r, ok = _win_r(offs_m, offs_n, w, T, n_max, inv_edge)
+                    p0 = tl.exp2(tl.where(ok, s, float("-inf")) - lse[:, None])
+                    g0 = p0 * (dp - delta[:, None])
+                    ds = g0 * r
+                    # d ln r / dw = 1 / (edge r) on the ramp: p r / (edge r) = p0 / edge
+                    dw += tl.sum(tl.where(r < 1.0, g0, 0.0), 1)
+                elif phase == 2:
+                    p = tl.exp2(tl.where(offs_m[:, None] >= offs_n[None, :], s, float("-inf")) - lse[:, None])
+                    ds = p * (dp - delta[:, None])
+                else:
+                    p = tl.exp2(s - lse[:, None])
+                    ds = p * (dp - delta[:, None])
+                dq += tl.dot(ds.to(kt.dtype), kt, input_precision=PREC)
+        if HAS_LM:
+            nb = m0 // SEL_BLOCK
+            toff = (pid_bh * NT + pid_m) * KP
+            if PRE == 2:
+                lk_n = tl.load(kbase + tl.maximum(lpos_n, 0)[:, None] * sk_t + offs_d[None, :])
+                lv_n = tl.load(vbase + tl.maximum(lpos_n, 0)[:, None] * sk_t + offs_d[None, :])
+            for c0 in range(0, KP, LC):  # chunks of LC landmarks (register pressure)
+                offs_k = c0 + tl.arange(0, LC)
+                if PRE > 0:
+                    lpos = lpos_n
+                    lp0 = tl.maximum(lpos, 0)
+                    gate = _logsigmoid(et_n.to(tl.float32))
+                    if PRE == 2:
+                        lk = lk_n
+                        lv = lv_n
+                    else:
+                        lk = tl.load(kbase + lp0[:, None] * sk_t + offs_d[None, :])
+                        lv = tl.load(vbase + lp0[:, None] * sk_t + offs_d[None, :])
+                    offs_k2 = offs_k + LC
+                    lpos_n = tl.load(LPOS + (bhk * NB + nb) * KP + offs_k2, mask=offs_k2 < KP, other=-1)
+                    et_n = tl.load(GT + bhk * T + tl.maximum(lpos_n, 0))
+                    if PRE == 2:
+                        lk_n = tl.load(kbase + tl.maximum(lpos_n, 0)[:, None] * sk_t + offs_d[None, :])
+                        lv_n = tl.load(vbase + tl.maximum(lpos_n, 0)[:, None] * sk_t + offs_d[None, :])
+                else:
+                    lpos = tl.load(LPOS + (bhk * NB + nb) * KP + offs_k)
+                    lp0 = tl.maximum(lpos, 0)
+                    gate = _logsigmoid(tl.load(GT + bhk * T + lp0).to(tl.float32))
+                    lk = tl.load(kbase + lp0[:, None] * sk_t + offs_d[None, :])
+                    lv = tl.load(vbase + lp0[:, None] * sk_t + offs_d[None, :])
+                s = tl.dot(q, tl.trans(lk), input_precision=PREC) * qk_scale
+                s = s + _lm_bias(offs_m, lpos, gate, w, T, n_max, inv_edge)
+                p = tl.exp2(s - lse[:, None])
+                dp = tl.dot(do, tl.trans(lv), input_precision=PREC)
+                ds = p * (dp - delta[:, None])
+                dq += tl.dot(ds.to(lk.dtype), lk, input_precision=PREC)
+                if PARTIALS:
+                    # per-tile partial landmark gradients [LC, D], [LC]
+                    dlk = tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC) * sm_scale
+                    dlv = tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
+                    tl.store(DLK + (toff + offs_k[:, None]) * D + offs_d[None, :], dlk.to(DLK.dtype.element_ty))
+                    tl.store(DLV + (toff + offs_k[:, None]) * D + offs_d[None, :], dlv.to(DLV.dtype.element_ty))
+                    tl.store(DGATE + toff + offs_k, tl.sum(ds, 0))
+        tl.store(DQ + qoff, (dq * sm_scale).to(DQ.dtype.element_ty), mask=mrow[:, None])
+        tl.store(DW + pid_bh * T + offs_m, dw * inv_edge, mask=mrow)
+
+    @triton.jit
+    def _lm_bwd_kernel(Q, K, V, W, E, LPOS, DO, LSE, DELTA, DK, DV, DGT,
+                       sq_b, sq_h, sq_t, sk_b, sk_h, sk_t,
+                       H, G, T, NB, NT, n_max, edge, inv_edge, qk_scale, sm_scale, SEL_BLOCK,
+                       D: tl.constexpr, BLOCK_M: tl.constexpr, KP: tl.constexpr, LC: tl.constexpr,
+                       SEG: tl.constexpr, PREC: tl.constexpr, PRE: tl.constexpr = 0):
+        """Landmark dK, dV and energy gradients. Program (segment, slot chunk, batch*kv head) walks
+        SEG query tiles (BLOCK_M rows, within one selection block each) in order, for LC slots of
+        the tiles' landmark sets: recomputes P and dS against the slots' landmarks (every head of
+        the kv group) and sums dS^T Q, P^T dO and the gate gradient per slot in registers. A slot's
+        sums are added (atomically) into its token's dK / dV rows (after the window kernel stored
+        them) and into the energy gradient when the slot's token changes at the next block, and at
+        the segment's end, so a landmark run spanning segments gets one add per segment."""
+        pid_s = tl.program_id(0)
+        pid_c = tl.program_id(1)
+        bhk = tl.program_id(2)
+        hkv = H // G
+        b = bhk // hkv
+        hk = bhk % hkv
+        offs_k = pid_c * LC + tl.arange(0, LC)
+        offs_d = tl.arange(0, D)
+        offs_r = tl.arange(0, BLOCK_M)
+        kbase = K + b * sk_b + hk * sk_h
+        vbase = V + b * sk_b + hk * sk_h
+        acc_k = tl.zeros([LC, D], tl.float32)
+        acc_v = tl.zeros([LC, D], tl.float32)
+        acc_g = tl.zeros([LC], tl.float32)
+        i0 = pid_s * SEG
+        i1 = tl.minimum(i0 + SEG, NT)
+        if PRE:
+            lpos_n = tl.load(LPOS + (bhk * NB + (i0 * BLOCK_M) // SEL_BLOCK) * KP + offs_k)
+            et_n = tl.load(E + bhk * T + tl.maximum(lpos_n, 0))
+        if PRE == 2:
+            lk = tl.zeros([LC, D], K.dtype.element_ty)
+            lv = tl.zeros([LC, D], V.dtype.element_ty)
+        for i in range(i0, i1):
+            m0 = i * BLOCK_M
+            nb = m0 // SEL_BLOCK
+            offs_m = m0 + offs_r
+            mrow = offs_m < T
+            if PRE:
+                lpos = lpos_n
+                lp0 = tl.maximum(lpos, 0)
+                et = et_n.to(tl.float32)
+                # the next tile's set (its block: this one or the next), loaded ahead
+                nb2 = tl.minimum(((i + 1) * BLOCK_M) // SEL_BLOCK, NB - 1)
+                lpos_n = tl.load(LPOS + (bhk * NB + nb2) * KP + offs_k)
+                et_n = tl.load(E + bhk * T + tl.maximum(lpos_n, 0))
+            else:
+                lpos = tl.load(LPOS + (bhk * NB + nb) * KP + offs_k)
+                lp0 = tl.maximum(lpos, 0)
+                et = tl.load(E + bhk * T + lp0).to(tl.float32)
+            gate = _logsigmoid(et)
+            if PRE == 2:
+                # the landmark rows only at a block's first tile (or the segment's): a block's tiles
+                # share its set
+                if (i == i0) | (m0 % SEL_BLOCK == 0):
+                    lk = tl.load(kbase + lp0[:, None] * sk_t + offs_d[None, :])
+                    lv = tl.load(vbase + lp0[:, None] * sk_t + offs_d[None, :])
+            else:
+                lk = tl.load(kbase + lp0[:, None] * sk_t + offs_d[None, :])
+                lv = tl.load(vbase + lp0[:, None] * sk_t + offs_d[None, :])
+            for g in range(0, G):
+                h = hk * G + g
+                bh = b * H + h
+                qoff = b * sq_b + h * sq_h + offs_m[:, None] * sq_t + offs_d[None, :]
+                q = tl.load(Q + qoff, mask=mrow[:, None], other=0.0)
+                do = tl.load(DO + qoff, mask=mrow[:, None], other=0.0)
+                w = tl.load(W + bh * T + offs_m, mask=mrow, other=1.0)
+                lse = tl.load(LSE + bh * T + offs_m, mask=mrow, other=0.0)
+                delta = tl.load(DELTA + bh * T + offs_m, mask=mrow, other=0.0)
+                s = tl.dot(q, tl.trans(lk), input_precision=PREC) * qk_scale
+                s = s + _lm_bias(offs_m, lpos, gate, w, T, n_max, inv_edge)
+                p = tl.exp2(s - lse[:, None])
+                dp = tl.dot(do, tl.trans(lv), input_precision=PREC)
+                ds = p * (dp - delta[:, None])
+                acc_k += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC)
+                acc_v += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
+                acc_g += tl.sum(ds, 0)
+            # flush the slots whose token changes after this tile (or at the segment's end)
+            last = (i + 1 == i1) | ((i + 1) * BLOCK_M >= (nb + 1) * SEL_BLOCK)
+            if PRE:
+                nxt = lpos_n  # at a block's last tile (and not the segment's): the next block's set
+            else:
+                nxt = tl.load(LPOS + (bhk * NB + tl.minimum(nb + 1, NB - 1)) * KP + offs_k)
+            nxt = tl.where((nb + 1 < NB) & (i + 1 < i1), nxt, -2)
+            nxt = tl.where(last, nxt, lpos)  # not the block's last tile: no flush
+            fl = (nxt != lpos) & (lpos >= 0)
+            rows = b * sk_b + hk * sk_h + lp0[:, None] * sk_t + offs_d[None, :]
+            fl2 = tl.broadcast_to(fl[:, None], (LC, D))
+            tl.atomic_add(DK + rows, (acc_k * sm_scale).to(DK.dtype.element_ty), mask=fl2, sem="relaxed")
+            tl.atomic_add(DV + rows, acc_v.to(DV.dtype.element_ty), mask=fl2, sem="relaxed")
+            # d logsigmoid(e) / de = sigmoid(-e)
+            tl.atomic_add(DGT + bhk * T + lp0, acc_g / (1.0 + tl.exp(et)), mask=fl, sem="relaxed")
+            acc_k = tl.where(fl[:, None], 0.0, acc_k)
+            acc_v = tl.where(fl[:, None], 0.0, acc_v)
+            acc_g = tl.where(fl, 0.0, acc_g)
+
+    @triton.jit
+    def _win_rT(offs_n, offs_m, w, T, n_max, inv_edge):
+        """_win_r transposed: [keys, queries]."""
+        dd = offs_m[None, :] - offs_n[:, None]
+        r = (w[None, :] - dd.to(tl.float32) - 0.5) * inv_edge + 0.5
+        r = tl.minimum(r, 1.0)
+        ok = (dd >= 0) & (dd < n_max) & (r > 0) & (offs_n[:, None] < T) & (offs_m[None, :] < T)
+        return tl.where(ok, r, 0.0), ok
+
+    @triton.jit
+    def _dkdv_kernel(Q, K, V, W, DO, LSE, DELTA, DK, DV,
+                     sq_b, sq_h, sq_t, sk_b, sk_h, sk_t,
+                     H, G, T, n_max, edge, inv_edge, qk_scale, sm_scale,
+                     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr,
+                     TRANS: tl.constexpr = 0):
+        """Window dK, dV of one key tile (BLOCK_N keys), over the query tiles that can see it.
+        TRANS=1: scores computed transposed ([keys, queries]: keys are the dots' M dimension), so
+        P^T and dS^T feed the dV and dK products straight from the accumulator layout; TRANS=0:
+        [queries, keys] scores, transposed for those products (the autotuner picks)."""
+        pid_n = tl.program_id(0)
+        pid_bh = tl.program_id(1)  # over batch * kv heads
+        hkv = H // G
+        b = pid_bh // hkv
+        hk = pid_bh % hkv
+        n0 = pid_n * BLOCK_N
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, D)
+        offs_m0 = tl.arange(0, BLOCK_M)
+        nmask = offs_n < T
+        koff = b * sk_b + hk * sk_h + offs_n[:, None] * sk_t + offs_d[None, :]
+        kt = tl.load(K + koff, mask=nmask[:, None], other=0.0)
+        vt = tl.load(V + koff, mask=nmask[:, None], other=0.0)
+        dk = tl.zeros([BLOCK_N, D], tl.float32)
+        dv = tl.zeros([BLOCK_N, D], tl.float32)
+        m_lo = (n0 // BLOCK_M) * BLOCK_M
+        m_hi = tl.minimum(n0 + BLOCK_N - 1 + n_max, T)
+        for g in range(0, G):
+            h = hk * G + g
+            bh = b * H + h
+            for start_m in range(m_lo, m_hi, BLOCK_M):
+                offs_m = start_m + offs_m0
+                mrow = offs_m < T
+                qoff = b * sq_b + h * sq_h + offs_m[:, None] * sq_t + offs_d[None, :]
+                q = tl.load(Q + qoff, mask=mrow[:, None], other=0.0)
+                do = tl.load(DO + qoff, mask=mrow[:, None], other=0.0)
+                w = tl.load(W + bh * T + offs_m, mask=mrow, other=1.0)
+                lse = tl.load(LSE + bh * T + offs_m, mask=mrow, other=0.0)
+                delta = tl.load(DELTA + bh * T + offs_m, mask=mrow, other=0.0)
+                # full block: every (key, row) is causal, inside n_max and at full weight
+                fr = tl.minimum(tl.floor(tl.min(w, 0) - 0.5 - edge * 0.5).to(tl.int32) - 1, n_max - 1)
+                # edge: some pair beyond full weight (or rows past T): the soft-window weight;
+                # diag (else): some pair non-causal, the rest at full weight: the causal test only
+                on_edge = (start_m + BLOCK_M - 1 - n0 > fr) | (start_m + BLOCK_M > T)
+                on_diag = start_m < n0 + BLOCK_N - 1
+                if TRANS:
+                    sT = tl.dot(kt, tl.trans(q), input_precision=PREC) * qk_scale  # [BN, BM]
+                    if on_edge:
+                        rT, okT = _win_rT(offs_n, offs_m, w, T, n_max, inv_edge)
+                        pT = tl.exp2(tl.where(okT, sT, float("-inf")) - lse[None, :]) * rT
+                    elif on_diag:
+                        pT = tl.exp2(tl.where(offs_m[None, :] >= offs_n[:, None], sT, float("-inf")) - lse[None, :])
+                    else:
+                        pT = tl.exp2(sT - lse[None, :])
+                    dv += tl.dot(pT.to(do.dtype), do, input_precision=PREC)
+                    dpT = tl.dot(vt, tl.trans(do), input_precision=PREC)
+                    dsT = pT * (dpT - delta[None, :])
+                    dk += tl.dot(dsT.to(q.dtype), q, input_precision=PREC)
+                else:
+                    s = tl.dot(q, tl.trans(kt), input_precision=PREC) * qk_scale  # [BM, BN]
+                    if on_edge:
+                        r, ok = _win_r(offs_m, offs_n, w, T, n_max, inv_edge)
+                        p = tl.exp2(tl.where(ok, s, float("-inf")) - lse[:, None]) * r
+                    elif on_diag:
+                        p = tl.exp2(tl.where(offs_m[:, None] >= offs_n[None, :], s, float("-inf")) - lse[:, None])
+                    else:
+                        p = tl.exp2(s - lse[:, None])
+                    dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
+                    dp = tl.dot(do, tl.trans(vt), input_precision=PREC)
+                    ds = p * (dp - delta[:, None])
+                    dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC)
+        tl.store(DK + koff, (dk * sm_scale).to(DK.dtype.element_ty), mask=nmask[:, None])
+        tl.store(DV + koff, dv.to(DV.dtype.element_ty), mask=nmask[:, None])
+
+    @triton.jit
+    def _delta_kernel(O, DO, DELTA, N, D: tl.constexpr, BLOCK: tl.constexpr):
+        rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        cols = tl.arange(0, D)
+        m = rows < N
+        o = tl.load(O + rows[:, None] * D + cols[None, :], mask=m[:, None], other=0.0).to(tl.float32)
+        do = tl.load(DO + rows[:, None] * D + cols[None, :], mask=m[:, None], other=0.0).to(tl.float32)
+        tl.store(DELTA + rows, tl.sum(o * do, 1), mask=m)
