@@ -53,11 +53,12 @@ class _FakeKernel:
         return launch
 
 
-@pytest.fixture
-def fake(monkeypatch):
+def fake_replay(monkeypatch, module, kernels):
+    """Fake kernels (logging their launches) in ``module`` for ``kernels``, latent.py's replay forced on
+    with a fake driver and no launch hooks; returns (log, roots), roots = the tensors of each replay."""
     log = []
-    for k in KERNELS:
-        monkeypatch.setattr(K, k, _FakeKernel(k, log))
+    for k in kernels:
+        monkeypatch.setattr(module, k, _FakeKernel(k, log))
     monkeypatch.setattr(K, "_PLANS", {})
     monkeypatch.setattr(K, "_fast_ok", lambda: True)
     active = types.SimpleNamespace(get_current_device=lambda: 0, get_current_stream=lambda d: 0)
@@ -72,6 +73,11 @@ def fake(monkeypatch):
         return replay(plan, rts)
     monkeypatch.setattr(K, "_replay", spy)
     return log, roots
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    return fake_replay(monkeypatch, K, KERNELS)
 
 
 def _call(g, b=2, t=13, lam_shared=False):

@@ -274,23 +274,11 @@ NO_KERNELS = ("_noise_fwd_kernel", "_noise_bwd_pre_kernel", "_noise_bwd_dk_kerne
 def test_noise_once_replay_passes_the_slow_paths_arguments(monkeypatch, combine):
     """noise-once launches through latent.py's replay: on CPU with fake kernels, a replayed call
     passes exactly the grid, scalars and data pointers that the slow path passes for its tensors."""
-    import types
+    from test_diff_latent_launch import fake_replay
 
     from attnlab.ops.diff_attention import latent as K
 
-    from test_diff_latent_launch import _FakeKernel
-
-    log = []
-    for k in NO_KERNELS:
-        monkeypatch.setattr(NO, k, _FakeKernel(k, log))
-    monkeypatch.setattr(K, "_PLANS", {})
-    monkeypatch.setattr(K, "_fast_ok", lambda: True)
-    active = types.SimpleNamespace(get_current_device=lambda: 0, get_current_stream=lambda d: 0)
-    monkeypatch.setattr(K, "_driver", types.SimpleNamespace(active=active))
-    monkeypatch.setattr(K, "_knobs", types.SimpleNamespace(
-        runtime=types.SimpleNamespace(launch_enter_hook=None, launch_exit_hook=None)))
-    roots, replay = [], K._replay
-    monkeypatch.setattr(K, "_replay", lambda plan, rts: roots.append(rts) or replay(plan, rts))
+    log, roots = fake_replay(monkeypatch, NO, NO_KERNELS)
     b, h, t, d = 2, 3, 29, 16
     scale = 0.3
 
