@@ -247,6 +247,17 @@ def test_kernel_matches_reference(dtype, quantize, shape, kw):
     assert rel_err(out, ref) <= (1e-5 if dtype == torch.float32 else 2e-3)
 
 
+def _small_decode_case():
+    """(spectral_decode arguments, reference output) of a small GQA cache: 2 compressed blocks + hot part."""
+    b, hq, hk, d, t = 1, 4, 2, 32, 150
+    c = make_cache(b, t + 1, hk, d, key_rank=8, value_rank=16, block_size=64)
+    c.append(torch.randn(b, hk, t + 1, d), torch.randn(b, hk, t + 1, d))
+    q = torch.randn(b, hq, 1, d)
+    ref = spectral_attention(q, c.blocks(), c.hot_k[:, :, :c.hot_len], c.hot_v[:, :, :c.hot_len], c.seen - 1, 0.3)
+    args = (q, c.ck, c.sk, c.bk, c.cv, c.sv, c.bv, c.n_blocks, c.hot_k, c.hot_v, c.hot_len, 0.3)
+    return args, ref
+
+
 @pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
 def test_kernel_falls_back_when_out_of_shared_memory(monkeypatch):
     """A launch configuration the GPU cannot fit (large ranks) falls back to smaller ones, and the
@@ -264,12 +275,7 @@ def test_kernel_falls_back_when_out_of_shared_memory(monkeypatch):
 
     monkeypatch.setattr(K, "_launch", launch)
     monkeypatch.setattr(K, "_FALLBACK", {})
-    b, hq, hk, d, t = 1, 4, 2, 32, 150
-    c = make_cache(b, t + 1, hk, d, key_rank=8, value_rank=16, block_size=64)
-    c.append(torch.randn(b, hk, t + 1, d), torch.randn(b, hk, t + 1, d))
-    q = torch.randn(b, hq, 1, d)
-    ref = spectral_attention(q, c.blocks(), c.hot_k[:, :, :c.hot_len], c.hot_v[:, :, :c.hot_len], c.seen - 1, 0.3)
-    args = (q, c.ck, c.sk, c.bk, c.cv, c.sv, c.bv, c.n_blocks, c.hot_k, c.hot_v, c.hot_len, 0.3)
+    args, ref = _small_decode_case()
     out = spectral_decode(*args, impl="v1")
     assert rel_err(out, ref) <= 1e-5
     assert tried[-1][0] == 16 and len(tried) >= 2
@@ -294,12 +300,7 @@ def test_kernel_v2_falls_back_when_out_of_shared_memory(monkeypatch):
 
     monkeypatch.setattr(K, "_launch_v2", launch)
     monkeypatch.setattr(K, "_FALLBACK", {})
-    b, hq, hk, d, t = 1, 4, 2, 32, 150
-    c = make_cache(b, t + 1, hk, d, key_rank=8, value_rank=16, block_size=64)
-    c.append(torch.randn(b, hk, t + 1, d), torch.randn(b, hk, t + 1, d))
-    q = torch.randn(b, hq, 1, d)
-    ref = spectral_attention(q, c.blocks(), c.hot_k[:, :, :c.hot_len], c.hot_v[:, :, :c.hot_len], c.seen - 1, 0.3)
-    args = (q, c.ck, c.sk, c.bk, c.cv, c.sv, c.bv, c.n_blocks, c.hot_k, c.hot_v, c.hot_len, 0.3)
+    args, ref = _small_decode_case()
     out = spectral_decode(*args, warp_slices=1, slice_tile=64)
     assert rel_err(out, ref) <= 1e-5
     assert tried == [64, 32, 16]
@@ -323,12 +324,7 @@ def test_kernel_v3_falls_back_when_out_of_shared_memory(monkeypatch):
 
     monkeypatch.setattr(K, "_launch_v3", launch)
     monkeypatch.setattr(K, "_FALLBACK", {})
-    b, hq, hk, d, t = 1, 4, 2, 32, 150
-    c = make_cache(b, t + 1, hk, d, key_rank=8, value_rank=16, block_size=64)
-    c.append(torch.randn(b, hk, t + 1, d), torch.randn(b, hk, t + 1, d))
-    q = torch.randn(b, hq, 1, d)
-    ref = spectral_attention(q, c.blocks(), c.hot_k[:, :, :c.hot_len], c.hot_v[:, :, :c.hot_len], c.seen - 1, 0.3)
-    args = (q, c.ck, c.sk, c.bk, c.cv, c.sv, c.bv, c.n_blocks, c.hot_k, c.hot_v, c.hot_len, 0.3)
+    args, ref = _small_decode_case()
     out = spectral_decode(*args, impl="v3", split=1, num_stages=2)
     assert rel_err(out, ref) <= 1e-5
     assert tried == [(1, 2), (1, 1), (2, 1), (4, 1)]
