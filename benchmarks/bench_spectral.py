@@ -170,8 +170,8 @@ def parse_configs(spec: str):
     "v1", "v2"                                  one kernel with its defaults (v1: the session-2 baseline)
     "v2:split:slices:tile[:warps[:stages[:fused[:fastcvt[:group[:blocks[:maxnreg]]]]]]]"   v2 launch parameters
     "v1:tile:blocks_per_program:fused[:warps[:stages[:maxnreg[:vmerge]]]]"   v1 launch parameters
-    "v3:split[:warps[:stages[:fused[:blocks[:maxnreg[:group[:pdl]]]]]]]"       v3 launch parameters
-    (0 or absent = the launcher's default; fused and pdl: 0 = off, 1 = on, absent = default)."""
+    "v3:split[:warps[:stages[:fused[:blocks[:maxnreg[:group[:pdl[:prefetch]]]]]]]]"   v3 launch parameters
+    (0 or absent = the launcher's default; fused, pdl, prefetch: 0 = off, 1 = on, absent = default)."""
     out = []
     for item in spec.split(","):
         if item == "default":
@@ -196,12 +196,13 @@ def parse_configs(spec: str):
             out.append(kw)
             continue
         if head == "v3":
-            vals = [int(x) for x in rest.split(":")] + [-1] * 8
+            vals = [int(x) for x in rest.split(":")] + [-1] * 9
             kw = {"impl": "v3"}
+            flags = ("fused_merge", "pdl", "prefetch")
             for key, val in zip(("split", "num_warps", "num_stages", "fused_merge", "blocks_per_program", "maxnreg",
-                                 "merge_group", "pdl"), vals[:8]):
-                if val > 0 or (key in ("fused_merge", "pdl") and val == 0):
-                    kw[key] = bool(val) if key in ("fused_merge", "pdl") else val
+                                 "merge_group", "pdl", "prefetch"), vals[:9]):
+                if val > 0 or (key in flags and val == 0):
+                    kw[key] = bool(val) if key in flags else val
             out.append(kw)
             continue
         if head != "v1":
@@ -227,7 +228,7 @@ def config_name(kw: dict) -> str:
     if kw.get("impl") == "v3":
         return "v3:" + ":".join(str(int(kw[key])) if key in kw else "-" for key in (
             "split", "num_warps", "num_stages", "fused_merge", "blocks_per_program", "maxnreg", "merge_group")) + (
-            f":{int(kw['pdl'])}" if "pdl" in kw else "")
+            f":{int(kw['pdl'])}" if "pdl" in kw else "") + (f":{int(kw['prefetch'])}" if "prefetch" in kw else "")
     if kw.get("impl") == "v1":
         return "v1:" + ":".join(str(int(kw.get(key, dflt))) for key, dflt in (
             ("block_tile", 0), ("blocks_per_program", 0), ("fused_merge", False), ("num_warps", 0),

@@ -220,6 +220,16 @@ def test_bad_options():
     (torch.float16, True, dict(b=2, hq=16, hk=2, d=32, rk=8, rv=16, bs=64, t=200, hw=5), {"impl": "v3", "split": 1}),
     (torch.float32, True, dict(b=1, hq=2, hk=2, d=16, rk=4, rv=8, bs=64, t=140, hw=0), {"impl": "v3", "split": 4}),
     (torch.float16, False, dict(b=1, hq=3, hk=1, d=32, rk=8, rv=16, bs=32, t=170, hw=0), {"impl": "v3"}),
+    # v3 with the register prefetch (session 6): odd block counts per program, padded ranks / slices, fp32 /
+    # fp16, quantized or not; and the one-level fused merge (merge_group >= the splits of a (b, h))
+    (torch.float16, True, dict(b=2, hq=8, hk=2, d=32, rk=8, rv=16, bs=64, t=330, hw=5),
+     {"impl": "v3", "split": 2, "blocks_per_program": 3, "prefetch": True, "num_stages": 1}),
+    (torch.float32, True, dict(b=1, hq=6, hk=2, d=24, rk=5, rv=7, bs=16, t=75, hw=9),
+     {"impl": "v3", "prefetch": True, "blocks_per_program": 2}),
+    (torch.float32, False, dict(b=1, hq=4, hk=2, d=32, rk=16, rv=8, bs=32, t=130, hw=0),
+     {"impl": "v3", "prefetch": True, "fused_merge": True, "merge_group": 64, "blocks_per_program": 4}),
+    (torch.float16, True, dict(b=2, hq=8, hk=2, d=32, rk=8, rv=16, bs=64, t=330, hw=5),
+     {"impl": "v3", "split": 2, "fused_merge": True, "merge_group": 64}),
     # v1 (the session-2 kernel, kept as the baseline)
     (torch.float32, True, dict(b=1, hq=6, hk=2, d=24, rk=5, rv=7, bs=16, t=75, hw=9), {"impl": "v1", "fused_merge": True}),
     (torch.float16, True, dict(b=2, hq=4, hk=1, d=64, rk=16, rv=32, bs=32, t=100, hw=0), {"impl": "v1"}),
