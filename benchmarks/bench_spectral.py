@@ -171,7 +171,8 @@ def parse_configs(spec: str):
     "v2:split:slices:tile[:warps[:stages[:fused[:fastcvt[:group[:blocks[:maxnreg]]]]]]]"   v2 launch parameters
     "v1:tile:blocks_per_program:fused[:warps[:stages[:maxnreg[:vmerge]]]]"   v1 launch parameters
     "v3:split[:warps[:stages[:fused[:blocks[:maxnreg[:group[:pdl[:prefetch]]]]]]]]"   v3 launch parameters
-    (0 or absent = the launcher's default; fused, pdl, prefetch: 0 = off, 1 = on, absent = default)."""
+    (0 or absent = the launcher's default; fused, pdl: 0 = off, 1 = on, absent = default; prefetch: 0 = off,
+    1 = every tile of the next block in registers, 2 = all but the value coefficients)."""
     out = []
     for item in spec.split(","):
         if item == "default":
@@ -198,10 +199,10 @@ def parse_configs(spec: str):
         if head == "v3":
             vals = [int(x) for x in rest.split(":")] + [-1] * 9
             kw = {"impl": "v3"}
-            flags = ("fused_merge", "pdl", "prefetch")
+            flags = ("fused_merge", "pdl")
             for key, val in zip(("split", "num_warps", "num_stages", "fused_merge", "blocks_per_program", "maxnreg",
                                  "merge_group", "pdl", "prefetch"), vals[:9]):
-                if val > 0 or (key in flags and val == 0):
+                if val > 0 or (key in flags + ("prefetch",) and val == 0):
                     kw[key] = bool(val) if key in flags else val
             out.append(kw)
             continue

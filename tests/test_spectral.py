@@ -225,7 +225,7 @@ def test_bad_options():
     (torch.float16, True, dict(b=2, hq=8, hk=2, d=32, rk=8, rv=16, bs=64, t=330, hw=5),
      {"impl": "v3", "split": 2, "blocks_per_program": 3, "prefetch": True, "num_stages": 1}),
     (torch.float32, True, dict(b=1, hq=6, hk=2, d=24, rk=5, rv=7, bs=16, t=75, hw=9),
-     {"impl": "v3", "prefetch": True, "blocks_per_program": 2}),
+     {"impl": "v3", "prefetch": 2, "blocks_per_program": 2}),
     (torch.float32, False, dict(b=1, hq=4, hk=2, d=32, rk=16, rv=8, bs=32, t=130, hw=0),
      {"impl": "v3", "prefetch": True, "fused_merge": True, "merge_group": 64, "blocks_per_program": 4}),
     (torch.float16, True, dict(b=2, hq=8, hk=2, d=32, rk=8, rv=16, bs=64, t=330, hw=5),

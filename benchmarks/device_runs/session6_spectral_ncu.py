@@ -4,7 +4,7 @@ listed configuration, for Nsight Compute to profile (run under ``ncu -k regex:_s
     ncu --clock-control none --set full -k regex:"_spectral_v3|_merge_v2" -c 8 -o rep \
         python benchmarks/device_runs/session6_spectral_ncu.py 16:16:base 32:32:base 16:32:base 16:16:pre
 
-Each item is key_rank:value_rank:variant (base = the session-5b default launch, pre = prefetch on,
+Each item is key_rank:value_rank:variant (base = the session-5b default launch, pre / pre2 = prefetch 1 / 2, s3 = 3 stages,
 fused = one-level fused merge). Also prints the compiled kernels' registers / spills."""
 
 import sys
@@ -21,7 +21,9 @@ from attnlab.caches.spectral import SpectralCache  # noqa: E402
 from attnlab.ops.spectral import spectral_decode  # noqa: E402
 
 VARIANTS = {"base": dict(impl="v3", split=2, num_warps=4, num_stages=2, blocks_per_program=4, pdl=True),
-            "pre": dict(impl="v3", split=2, num_warps=4, num_stages=1, blocks_per_program=4, pdl=True, prefetch=True),
+            "pre": dict(impl="v3", split=2, num_warps=4, num_stages=1, blocks_per_program=4, pdl=True, prefetch=1),
+            "pre2": dict(impl="v3", split=2, num_warps=4, num_stages=1, blocks_per_program=4, pdl=True, prefetch=2),
+            "s3": dict(impl="v3", split=2, num_warps=4, num_stages=3, blocks_per_program=4, pdl=True),
             "fused": dict(impl="v3", split=2, num_warps=4, num_stages=2, blocks_per_program=4, pdl=True,
                           fused_merge=True, merge_group=64)}
 

@@ -57,6 +57,15 @@ if HAS_TRITON:
         return ck, cv, sk, sv, bk, bv
 
     @triton.jit
+    def _v3_cv(CV, tok, offs_rv, rvmask, RV: tl.constexpr, RVP: tl.constexpr):
+        cv_ptr = CV + tok[:, :, None] * RV + offs_rv[None, None, :]  # [NW, TW, RVP]
+        if RV == RVP:
+            cv = tl.load(cv_ptr)
+        else:
+            cv = tl.load(cv_ptr, mask=rvmask[None, None, :], other=0)
+        return cv
+
+    @triton.jit
     def _v3_step(q, ck, cv, sk, sv, bk, bv, m_i, l_i, acc, diag, qk_scale, GP: tl.constexpr, GQ: tl.constexpr,
                  NW: tl.constexpr, TW: tl.constexpr, RKP: tl.constexpr, RVP: tl.constexpr, QUANT: tl.constexpr,
                  LOWP: tl.constexpr, PREC: tl.constexpr, FASTCVT: tl.constexpr):
@@ -127,7 +136,8 @@ if HAS_TRITON:
         once per program. Same arguments and partial layout as v2 (same launcher, replay, merges).
         PDL: launched as a programmatic dependent launch (see ``_gdc_enter``).
         PRE (session 6): the next block step's tiles are loaded into registers before this step's math
-        (a hand-written two-deep pipeline; run it with num_stages=1), and the first step's tiles are
+        (a hand-written two-deep pipeline; run it with num_stages=1; PRE == 2: all but the value
+        coefficients, which are loaded at the top of their own step, fewer registers), and the first step's tiles are
         loaded before the PDL wait: they overlap the previous kernel (the merge of the previous call or
         layer, which never writes a cache). q and everything written (partials, output, counters)
         still come after the wait."""
@@ -180,6 +190,11 @@ if HAS_TRITON:
                     ck2, cv2, sk2, sv2, bk2, bv2 = _v3_tiles(CK, SK, BK, CV, SV, BV, blk2, blk2 * BS + tok_off, offs_rk,
                                                              offs_rv, offs_d, offs_dv, rkmask, rvmask, dmask, dvmask,
                                                              D, DP, DV, DVP, RK, RKP, RV, RVP, QUANT)
+                    if PRE == 2:  # value coefficients loaded in their own step (fewer registers held across steps)
+                        blk = pid_bh * nb_cap + n
+                        if I64:
+                            blk = blk.to(tl.int64)
+                        cv = _v3_cv(CV, blk * BS + tok_off, offs_rv, rvmask, RV, RVP)
                     m_i, l_i, acc = _v3_step(q, ck, cv, sk, sv, bk, bv, m_i, l_i, acc, diag, qk_scale, GP, GQ, NW, TW,
                                              RKP, RVP, QUANT, LOWP, PREC, FASTCVT)
                     ck, cv, sk, sv, bk, bv = ck2, cv2, sk2, sv2, bk2, bv2

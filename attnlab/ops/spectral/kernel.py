@@ -543,7 +543,7 @@ def default_config_v3(n_bh: int, n_blocks: int, block_size: int, n_sms: int, ele
             bpp *= 2
         cfg = dict(split=sp, blocks_per_program=bpp, num_warps=4, num_stages=2, fused_merge=False)
     cfg.setdefault("blocks_per_program", 1)
-    cfg.update(merge_group=8, pdl=_default_pdl(V3_PDL), prefetch=False)
+    cfg.update(merge_group=8, pdl=_default_pdl(V3_PDL), prefetch=0)
     return cfg
 
 
@@ -571,7 +571,7 @@ def _spectral_decode_v3(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_l
              cfg["fused_merge"] if fused_merge is None else bool(fused_merge),
              (dev.type == "cuda" and not _interpreting()) if fast_cvt is None else bool(fast_cvt),
              merge_group or cfg["merge_group"], bpp, maxnreg, _pdl_ok(dev, cfg["pdl"] if pdl is None else pdl),
-             bool(cfg["prefetch"] if prefetch is None else prefetch))
+             int(cfg["prefetch"] if prefetch is None else prefetch))
     scale = d**-0.5 if scale is None else scale
     out = torch.empty(b, hq, 1, bv.shape[-1], device=dev, dtype=q.dtype)
     args = (q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale, out, hot_per_split)
@@ -697,7 +697,7 @@ def _make_plan_v2(q, ck, bk, cv, bv, hot_k, n_blocks, n_hot, hot_per_split, quan
                   FUSED=fused, GRP=grp, SCH=8, FASTCVT=fast and quant,
                   I64=max(ck.numel(), cv.numel(), bk.numel(), bv.numel()) >= 2**31, PDL=pdl)
     if pre is not None:  # v3 only (the kernel's last argument)
-        consts["PRE"] = bool(pre)
+        consts["PRE"] = int(pre)
     mgrid = mconsts = None
     if not fused:
         dvb = min(32, dvp)
