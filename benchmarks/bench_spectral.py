@@ -170,9 +170,10 @@ def parse_configs(spec: str):
     "v1", "v2"                                  one kernel with its defaults (v1: the session-2 baseline)
     "v2:split:slices:tile[:warps[:stages[:fused[:fastcvt[:group[:blocks[:maxnreg]]]]]]]"   v2 launch parameters
     "v1:tile:blocks_per_program:fused[:warps[:stages[:maxnreg[:vmerge]]]]"   v1 launch parameters
-    "v3:split[:warps[:stages[:fused[:blocks[:maxnreg[:group[:pdl[:prefetch]]]]]]]]"   v3 launch parameters
+    "v3:split[:warps[:stages[:fused[:blocks[:maxnreg[:group[:pdl[:prefetch[:l2pf]]]]]]]]]"   v3 launch parameters
     (0 or absent = the launcher's default; fused, pdl: 0 = off, 1 = on, absent = default; prefetch: 0 = off,
-    1 = every tile of the next block in registers, 2 = all but the value coefficients)."""
+    1 = every tile of the next block in registers, 2 = all but the value coefficients; l2pf: 1 = the program's
+    blocks requested from L2 at its start)."""
     out = []
     for item in spec.split(","):
         if item == "default":
@@ -197,11 +198,11 @@ def parse_configs(spec: str):
             out.append(kw)
             continue
         if head == "v3":
-            vals = [int(x) for x in rest.split(":")] + [-1] * 9
+            vals = [int(x) for x in rest.split(":")] + [-1] * 10
             kw = {"impl": "v3"}
-            flags = ("fused_merge", "pdl")
+            flags = ("fused_merge", "pdl", "l2_prefetch")
             for key, val in zip(("split", "num_warps", "num_stages", "fused_merge", "blocks_per_program", "maxnreg",
-                                 "merge_group", "pdl", "prefetch"), vals[:9]):
+                                 "merge_group", "pdl", "prefetch", "l2_prefetch"), vals[:10]):
                 if val > 0 or (key in flags + ("prefetch",) and val == 0):
                     kw[key] = bool(val) if key in flags else val
             out.append(kw)
@@ -229,7 +230,8 @@ def config_name(kw: dict) -> str:
     if kw.get("impl") == "v3":
         return "v3:" + ":".join(str(int(kw[key])) if key in kw else "-" for key in (
             "split", "num_warps", "num_stages", "fused_merge", "blocks_per_program", "maxnreg", "merge_group")) + (
-            f":{int(kw['pdl'])}" if "pdl" in kw else "") + (f":{int(kw['prefetch'])}" if "prefetch" in kw else "")
+            f":{int(kw['pdl'])}" if "pdl" in kw else "") + (f":{int(kw['prefetch'])}" if "prefetch" in kw else "") + (
+            f":{int(kw['l2_prefetch'])}" if "l2_prefetch" in kw else "")
     if kw.get("impl") == "v1":
         return "v1:" + ":".join(str(int(kw.get(key, dflt))) for key, dflt in (
             ("block_tile", 0), ("blocks_per_program", 0), ("fused_merge", False), ("num_warps", 0),

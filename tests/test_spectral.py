@@ -230,6 +230,8 @@ def test_bad_options():
      {"impl": "v3", "prefetch": True, "fused_merge": True, "merge_group": 64, "blocks_per_program": 4}),
     (torch.float16, True, dict(b=2, hq=8, hk=2, d=32, rk=8, rv=16, bs=64, t=330, hw=5),
      {"impl": "v3", "split": 2, "fused_merge": True, "merge_group": 64}),
+    (torch.float16, True, dict(b=1, hq=4, hk=1, d=32, rk=8, rv=16, bs=64, t=140, hw=0),
+     {"impl": "v3", "l2_prefetch": True}),
     # v1 (the session-2 kernel, kept as the baseline)
     (torch.float32, True, dict(b=1, hq=6, hk=2, d=24, rk=5, rv=7, bs=16, t=75, hw=9), {"impl": "v1", "fused_merge": True}),
     (torch.float16, True, dict(b=2, hq=4, hk=1, d=64, rk=16, rv=32, bs=32, t=100, hw=0), {"impl": "v1"}),
@@ -326,7 +328,8 @@ def test_kernel_v3_falls_back_when_out_of_shared_memory(monkeypatch):
     real, tried = K._launch_v3, []
 
     def launch(*args):
-        sp, stages = args[-11], args[-7]  # (..., split, slices, tile, warps, stages, fused, fast, group, blocks, maxnreg, pdl)
+        sp, stages = args[-13], args[-9]  # (..., split, slices, tile, warps, stages, fused, fast, group, blocks, maxnreg, pdl,
+        #                                    prefetch, l2_prefetch)
         tried.append((sp, stages))
         if sp < 4:
             raise K.OutOfResources(300000, 232448, "shared memory")
@@ -481,6 +484,13 @@ _GPU_KW = [{}, {"fused_merge": False}, {"split": 2, "num_stages": 1}, {"split": 
            {"impl": "v3", "split": 4, "blocks_per_program": 3, "num_stages": 1}, {"impl": "v3", "maxnreg": 128},
            {"impl": "v3", "fast_cvt": False},
            {"pdl": True}, {"impl": "v3", "pdl": True}, {"impl": "v3", "pdl": True, "fused_merge": True},
+           # session 6: register prefetch (all tiles / all but the value coefficients), L2 bulk prefetch, and
+           # the session-5 launch with both off (the default turns them on for one-wave grids like this one)
+           {"impl": "v3", "prefetch": 1, "num_stages": 1}, {"impl": "v3", "prefetch": 2, "num_stages": 1},
+           {"impl": "v3", "l2_prefetch": True, "prefetch": 0, "num_stages": 2},
+           {"impl": "v3", "l2_prefetch": True, "prefetch": 2, "num_stages": 1, "blocks_per_program": 3},
+           {"impl": "v3", "l2_prefetch": True, "prefetch": 0, "split": 1, "blocks_per_program": 2},
+           {"impl": "v3", "l2_prefetch": False, "prefetch": 0, "num_stages": 2},
            {"impl": "v1"}, {"impl": "v1", "fused_merge": True},
            {"impl": "v1", "blocks_per_program": 4, "block_tile": 128, "num_warps": 4, "num_stages": 2},
            {"impl": "v1", "value_proj": "merge"}]
@@ -488,7 +498,11 @@ _GPU_KW = [{}, {"fused_merge": False}, {"split": 2, "num_stages": 1}, {"split": 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("kw,ranks", [(kw, (16, 32)) for kw in _GPU_KW] + [({}, (32, 32)), ({"impl": "v3"}, (32, 32)),
-                                                                          ({"impl": "v3"}, (16, 16))])
+                                                                          ({"impl": "v3"}, (16, 16)),
+                                                                          ({"impl": "v3", "prefetch": 1,
+                                                                            "l2_prefetch": True}, (16, 16)),
+                                                                          ({"impl": "v3", "prefetch": 2,
+                                                                            "l2_prefetch": True}, (32, 32))])
 def test_kernel_bf16_gpu(kw, ranks):
     dev = torch.device("cuda")
     b, hq, hk, d, t = 2, 32, 8, 128, 2100
@@ -602,12 +616,15 @@ def test_kernel_replay_and_cuda_graph_gpu(impl):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("impl", ["v2", "v3"])
-def test_kernel_pdl_chain_gpu(impl):
+@pytest.mark.parametrize("impl,extra", [("v2", {}), ("v3", {}),
+                                        ("v3", {"prefetch": 1, "l2_prefetch": True, "num_stages": 1}),
+                                        ("v3", {"prefetch": 0, "l2_prefetch": True, "num_stages": 2})])
+def test_kernel_pdl_chain_gpu(impl, extra):
     """Programmatic dependent launch: each call's query is the previous call's output, so a split
     kernel that read q before the previous merge finished (or a merge that read partials before
     its split kernel finished) would differ from the ordinary launches. Eager (JIT then replayed)
-    and in one CUDA graph of 4 chained calls."""
+    and in one CUDA graph of 4 chained calls. The session-6 prefetches (first tiles in registers, every
+    block in L2, both before the PDL wait) read only the cache there, never q."""
     dev = torch.device("cuda")
     b, hq, hk, d, t = 1, 32, 8, 128, 9000
     torch.manual_seed(0)
@@ -620,7 +637,7 @@ def test_kernel_pdl_chain_gpu(impl):
         outs = []
         for _ in range(n):
             q = spectral_decode(q, c.ck, c.sk, c.bk, c.cv, c.sv, c.bv, c.n_blocks, c.hot_k, c.hot_v, c.hot_len,
-                                d**-0.5, impl=impl, pdl=pdl) * 8
+                                d**-0.5, impl=impl, pdl=pdl, **extra) * 8
             outs.append(q)
         return outs
 

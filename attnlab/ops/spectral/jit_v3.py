@@ -22,24 +22,28 @@ if HAS_TRITON:
         return out
 
     @triton.jit
-    def _v3_tiles(CK, SK, BK, CV, SV, BV, blk, tok, offs_rk, offs_rv, offs_d, offs_dv, rkmask, rvmask, dmask, dvmask,
+    def _v3_tiles(CK, SK, BK, CV, SV, BV, blk, tokb, tok, offs_rk, offs_rv, offs_d, offs_dv, rkmask, rvmask, dmask, dvmask,
                   D: tl.constexpr, DP: tl.constexpr, DV: tl.constexpr, DVP: tl.constexpr, RK: tl.constexpr,
-                  RKP: tl.constexpr, RV: tl.constexpr, RVP: tl.constexpr, QUANT: tl.constexpr):
+                  RKP: tl.constexpr, RV: tl.constexpr, RVP: tl.constexpr, QUANT: tl.constexpr, NW: tl.constexpr,
+                  TW: tl.constexpr, CV2D: tl.constexpr):
         """Every load of one block step: the slices' key coefficients transposed [NW, RKP, TW], value
-        coefficients [NW, TW, RVP], their per-token scales [NW, TW] (zeros without QUANT), and the
-        block's bases [RKP, DP], [RVP, DVP]."""
+        coefficients [NW, TW, RVP] (CV2D: side by side, [TW, NW*RVP], ``_v3_cv``), their per-token scales
+        [NW, TW] (zeros without QUANT), and the block's bases [RKP, DP], [RVP, DVP]."""
         ck_ptr = CK + tok[:, None, :] * RK + offs_rk[None, :, None]  # C_K^T per slice [NW, RKP, TW]
-        cv_ptr = CV + tok[:, :, None] * RV + offs_rv[None, None, :]  # [NW, TW, RVP]
         bk_ptr = BK + blk * (RK * D) + offs_rk[:, None] * D + offs_d[None, :]
         bv_ptr = BV + blk * (RV * DV) + offs_rv[:, None] * DV + offs_dv[None, :]
         if RK == RKP:
             ck = tl.load(ck_ptr)
         else:
             ck = tl.load(ck_ptr, mask=rkmask[None, :, None], other=0)
-        if RV == RVP:
-            cv = tl.load(cv_ptr)
+        if CV2D:
+            cv = _v3_cv(CV, tokb, RV, RVP, NW, TW)
         else:
-            cv = tl.load(cv_ptr, mask=rvmask[None, None, :], other=0)
+            cv_ptr = CV + tok[:, :, None] * RV + offs_rv[None, None, :]  # [NW, TW, RVP]
+            if RV == RVP:
+                cv = tl.load(cv_ptr)
+            else:
+                cv = tl.load(cv_ptr, mask=rvmask[None, None, :], other=0)
         if QUANT:
             sk = tl.load(SK + tok)
             sv = tl.load(SV + tok)
@@ -57,18 +61,76 @@ if HAS_TRITON:
         return ck, cv, sk, sv, bk, bv
 
     @triton.jit
-    def _v3_cv(CV, tok, offs_rv, rvmask, RV: tl.constexpr, RVP: tl.constexpr):
-        cv_ptr = CV + tok[:, :, None] * RV + offs_rv[None, None, :]  # [NW, TW, RVP]
+    def _v3_cv(CV, tokb, RV: tl.constexpr, RVP: tl.constexpr, NW: tl.constexpr, TW: tl.constexpr):
+        """The value coefficients of the token slices side by side, [TW, NW*RVP]: column j*RVP + r holds
+        rank r of slice j (slice j: tokens tokb + j*TW ..), loaded straight into the shape the aggregation
+        dot takes (no permute / reshape of the tile)."""
+        offs_c = tl.arange(0, NW * RVP)
+        offs_t = tl.arange(0, TW)
+        r = offs_c % RVP
+        cv_ptr = CV + (tokb + (offs_c // RVP)[None, :] * TW + offs_t[:, None]) * RV + r[None, :]
         if RV == RVP:
             cv = tl.load(cv_ptr)
         else:
-            cv = tl.load(cv_ptr, mask=rvmask[None, None, :], other=0)
+            cv = tl.load(cv_ptr, mask=(r < RV)[None, :], other=0)
         return cv
+
+    @triton.jit
+    def _l2_prefetch_ranges(addr, nbytes):
+        """cp.async.bulk.prefetch.L2 (sm_90) of the byte ranges [addr, addr + nbytes) (int64 / int32 tensors,
+        one range per element; ranges of <= 0 bytes are skipped), shrunk to 16-byte alignment. A hint: it
+        changes no value, and the loads that follow hit L2 instead of waiting for DRAM."""
+        return tl.inline_asm_elementwise(
+            asm="""{
+            .reg .pred p;
+            .reg .b64 a, e, n;
+            add.s64 a, $1, 15;
+            and.b64 a, a, -16;
+            cvt.s64.s32 n, $2;
+            add.s64 e, $1, n;
+            and.b64 e, e, -16;
+            sub.s64 n, e, a;
+            setp.gt.s64 p, n, 0;
+            cvt.u32.u64 $0, n;
+            @p cp.async.bulk.prefetch.L2.global [a], $0;
+            }""",
+            constraints="=r,l,r", args=[addr, nbytes], dtype=tl.int32, is_pure=False, pack=1)
+
+    @triton.jit
+    def _v3_prefetch(CK, SK, BK, CV, SV, BV, pid_bh, nb_cap, n0, n1, part, TPP: tl.constexpr, BS: tl.constexpr,
+                     D: tl.constexpr, DV: tl.constexpr, RK: tl.constexpr, RV: tl.constexpr, BPP: tl.constexpr,
+                     QUANT: tl.constexpr):
+        """Ask L2 for every byte this program will read from the compressed blocks (its part of blocks
+        n0 .. n1-1: coefficients, scales, bases; 6 ranges per block, one per thread)."""
+        L: tl.constexpr = 128
+        lane = tl.arange(0, L)
+        c = (lane % 32) * 4 + lane // 32  # range c on warp c % 4 (4 warps): the per-warp issue loops stay short
+        kind = c % 8
+        n = n0 + c // 8
+        ok = (n < n1) & (c < BPP * 8)
+        blk = (pid_bh * nb_cap + n).to(tl.int64)
+        tok0 = blk * BS + part * TPP
+        eck: tl.constexpr = CK.dtype.element_ty.primitive_bitwidth // 8
+        ebk: tl.constexpr = BK.dtype.element_ty.primitive_bitwidth // 8
+        addr = tl.where(kind == 0, CK.to(tl.int64, bitcast=True) + tok0 * (RK * eck),
+               tl.where(kind == 1, CV.to(tl.int64, bitcast=True) + tok0 * (RV * eck),
+               tl.where(kind == 4, BK.to(tl.int64, bitcast=True) + blk * (RK * D * ebk),
+               BV.to(tl.int64, bitcast=True) + blk * (RV * DV * ebk))))
+        size = tl.where(kind == 0, TPP * RK * eck, tl.where(kind == 1, TPP * RV * eck,
+               tl.where(kind == 4, RK * D * ebk, RV * DV * ebk)))
+        if QUANT:
+            addr = tl.where(kind == 2, SK.to(tl.int64, bitcast=True) + tok0 * 4,
+                   tl.where(kind == 3, SV.to(tl.int64, bitcast=True) + tok0 * 4, addr))
+            size = tl.where((kind == 2) | (kind == 3), TPP * 4, size)
+            ok = ok & (kind < 6)
+        else:
+            ok = ok & (kind < 6) & (kind != 2) & (kind != 3)
+        _l2_prefetch_ranges(addr, tl.where(ok, size, 0))
 
     @triton.jit
     def _v3_step(q, ck, cv, sk, sv, bk, bv, m_i, l_i, acc, diag, qk_scale, GP: tl.constexpr, GQ: tl.constexpr,
                  NW: tl.constexpr, TW: tl.constexpr, RKP: tl.constexpr, RVP: tl.constexpr, QUANT: tl.constexpr,
-                 LOWP: tl.constexpr, PREC: tl.constexpr, FASTCVT: tl.constexpr):
+                 LOWP: tl.constexpr, PREC: tl.constexpr, FASTCVT: tl.constexpr, CV2D: tl.constexpr):
         """The math of one block step (see ``_spectral_v3``): rows (slice j, head g) each with its own
         online softmax (m_i, l_i, acc [GP, DVP]) in the log2 domain."""
         if LOWP:
@@ -98,7 +160,10 @@ if HAS_TRITON:
         l_i = l_i * alpha + tl.sum(p, 1)
         if QUANT:
             p = p * _rows_of_slices(sv, diag, NW, GQ, GP, TW)
-        cvc = tl.reshape(tl.permute(cvf, (1, 0, 2)), (TW, NW * RVP))  # [C_V(slice 0) | ...]
+        if CV2D:
+            cvc = cvf  # [TW, NW*RVP]: [C_V(slice 0) | ...]
+        else:
+            cvc = tl.reshape(tl.permute(cvf, (1, 0, 2)), (TW, NW * RVP))
         if LOWP:
             pcf = tl.dot(p.to(tl.float16), cvc)  # [GP, NW*RVP]
         else:
@@ -118,7 +183,7 @@ if HAS_TRITON:
         HOT_PER_SPLIT: tl.constexpr, HT: tl.constexpr,
         QUANT: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr,
         FUSED: tl.constexpr, GRP: tl.constexpr, SCH: tl.constexpr, FASTCVT: tl.constexpr, I64: tl.constexpr,
-        PDL: tl.constexpr = False, PRE: tl.constexpr = False,
+        PDL: tl.constexpr = False, PRE: tl.constexpr = False, L2PF: tl.constexpr = False,
     ):
         """v3 block program: BS // SPLIT tokens of each of BPP consecutive blocks, cut into NW slices
         of TW tokens. The GP rows of every dot are (slice j, query head g) pairs, row j*GQ + g, so
@@ -140,8 +205,10 @@ if HAS_TRITON:
         coefficients, which are loaded at the top of their own step, fewer registers), and the first step's tiles are
         loaded before the PDL wait: they overlap the previous kernel (the merge of the previous call or
         layer, which never writes a cache). q and everything written (partials, output, counters)
-        still come after the wait."""
-        if PDL and not PRE:
+        still come after the wait.
+        L2PF (session 6): at its start a program asks L2 (cp.async.bulk.prefetch.L2, sm_90+, compiled only)
+        for every byte of its blocks (before the PDL wait), so its loads wait for L2, not DRAM."""
+        if PDL and PRE == 0 and not L2PF:
             _gdc_enter()
         pid_bh = tl.program_id(0)
         pid_s = tl.program_id(1)
@@ -151,6 +218,10 @@ if HAS_TRITON:
         dvmask = offs_dv < DV
         if pid_s < n_comp:
             TPP: tl.constexpr = BS // SPLIT
+            # session 6: the value coefficients loaded side by side (cp.async-pipelined like the key
+            # coefficients, no permute through shared memory) on the session-6 paths; the session-5
+            # launch (no prefetch) keeps its code
+            CV2D: tl.constexpr = PRE > 0 or L2PF
             offs_r = tl.arange(0, GP)
             jr = offs_r // GQ  # the slice of each row
             gr = offs_r % GQ  # the query head of each row
@@ -169,34 +240,38 @@ if HAS_TRITON:
             m_i = tl.full([GP], -1.0e30, tl.float32)
             l_i = tl.zeros([GP], tl.float32)
             acc = tl.zeros([GP, DVP], tl.float32)
-            if PRE:
+            if L2PF:  # every byte of the program's blocks requested from L2 up front (before the PDL wait)
+                _v3_prefetch(CK, SK, BK, CV, SV, BV, pid_bh, nb_cap, n0, n1, part, TPP, BS, D, DV, RK, RV, BPP, QUANT)
+                if PDL and PRE == 0:
+                    _gdc_enter()
+            if PRE > 0:
                 blk = pid_bh * nb_cap + n0
                 if I64:
                     blk = blk.to(tl.int64)
-                ck, cv, sk, sv, bk, bv = _v3_tiles(CK, SK, BK, CV, SV, BV, blk, blk * BS + tok_off, offs_rk, offs_rv,
+                ck, cv, sk, sv, bk, bv = _v3_tiles(CK, SK, BK, CV, SV, BV, blk, blk * BS + part * TPP, blk * BS + tok_off, offs_rk, offs_rv,
                                                    offs_d, offs_dv, rkmask, rvmask, dmask, dvmask, D, DP, DV, DVP, RK,
-                                                   RKP, RV, RVP, QUANT)
+                                                   RKP, RV, RVP, QUANT, NW, TW, CV2D)
                 if PDL:
                     _gdc_enter()
             q = tl.load(Q + (pid_bh * G + gr)[:, None] * D + offs_d[None, :], mask=rvalid[:, None] & dmask[None, :],
                         other=0.0)
             if not LOWP:
                 q = q.to(tl.float32)
-            if PRE:
+            if PRE > 0:
                 for n in range(n0, n1):
                     blk2 = pid_bh * nb_cap + tl.minimum(n + 1, n1 - 1)  # the last step reloads its own (cached)
                     if I64:
                         blk2 = blk2.to(tl.int64)
-                    ck2, cv2, sk2, sv2, bk2, bv2 = _v3_tiles(CK, SK, BK, CV, SV, BV, blk2, blk2 * BS + tok_off, offs_rk,
+                    ck2, cv2, sk2, sv2, bk2, bv2 = _v3_tiles(CK, SK, BK, CV, SV, BV, blk2, blk2 * BS + part * TPP, blk2 * BS + tok_off, offs_rk,
                                                              offs_rv, offs_d, offs_dv, rkmask, rvmask, dmask, dvmask,
-                                                             D, DP, DV, DVP, RK, RKP, RV, RVP, QUANT)
+                                                             D, DP, DV, DVP, RK, RKP, RV, RVP, QUANT, NW, TW, CV2D)
                     if PRE == 2:  # value coefficients loaded in their own step (fewer registers held across steps)
                         blk = pid_bh * nb_cap + n
                         if I64:
                             blk = blk.to(tl.int64)
-                        cv = _v3_cv(CV, blk * BS + tok_off, offs_rv, rvmask, RV, RVP)
+                        cv = _v3_cv(CV, blk * BS + part * TPP, RV, RVP, NW, TW)
                     m_i, l_i, acc = _v3_step(q, ck, cv, sk, sv, bk, bv, m_i, l_i, acc, diag, qk_scale, GP, GQ, NW, TW,
-                                             RKP, RVP, QUANT, LOWP, PREC, FASTCVT)
+                                             RKP, RVP, QUANT, LOWP, PREC, FASTCVT, CV2D)
                     ck, cv, sk, sv, bk, bv = ck2, cv2, sk2, sv2, bk2, bv2
             else:
                 for n in range(n0, n1):
@@ -204,11 +279,11 @@ if HAS_TRITON:
                     if I64:
                         blk = blk.to(tl.int64)
                     # every load of the block first (Triton pipelines them across blocks, num_stages 2)
-                    ck, cv, sk, sv, bk, bv = _v3_tiles(CK, SK, BK, CV, SV, BV, blk, blk * BS + tok_off, offs_rk,
+                    ck, cv, sk, sv, bk, bv = _v3_tiles(CK, SK, BK, CV, SV, BV, blk, blk * BS + part * TPP, blk * BS + tok_off, offs_rk,
                                                        offs_rv, offs_d, offs_dv, rkmask, rvmask, dmask, dvmask, D, DP,
-                                                       DV, DVP, RK, RKP, RV, RVP, QUANT)
+                                                       DV, DVP, RK, RKP, RV, RVP, QUANT, NW, TW, CV2D)
                     m_i, l_i, acc = _v3_step(q, ck, cv, sk, sv, bk, bv, m_i, l_i, acc, diag, qk_scale, GP, GQ, NW, TW,
-                                             RKP, RVP, QUANT, LOWP, PREC, FASTCVT)
+                                             RKP, RVP, QUANT, LOWP, PREC, FASTCVT, CV2D)
             # merge the NW slice rows of each query head
             m_i = tl.where(rvalid, m_i, -1.0e30)
             m3 = tl.reshape(m_i, (GP // GQ, GQ))
@@ -224,7 +299,7 @@ if HAS_TRITON:
             tl.store(PL + prow, l_h, mask=qmask)
             tl.store(PACC + prow[:, None] * DV + offs_dv[None, :], acc_h, mask=qmask[:, None] & dvmask[None, :])
         else:
-            if PDL and PRE:
+            if PDL and (PRE > 0 or L2PF):
                 _gdc_enter()
             offs_g = tl.arange(0, GP)
             gmask = offs_g < G

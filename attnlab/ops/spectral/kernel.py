@@ -365,6 +365,13 @@ def _pdl_ok(dev, want) -> bool:
     return _sm_major(dev.index if dev.index is not None else torch.cuda.current_device()) >= 9
 
 
+def _l2pf_ok(dev, want) -> bool:
+    """The L2 bulk prefetch (inline PTX, sm_90+) where asked for and possible: CUDA, compiled."""
+    if not want or dev.type != "cuda" or _interpreting():
+        return False
+    return _sm_major(dev.index if dev.index is not None else torch.cuda.current_device()) >= 9
+
+
 def _replay_ok(dev) -> bool:
     return dev.type == "cuda" and not _interpreting()
 
@@ -423,7 +430,8 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
                     fused_merge: bool | None = None, fast_cvt: bool | None = None,
                     merge_group: int | None = None, num_warps: int | None = None,
                     num_stages: int | None = None, maxnreg: int | None = None, pdl: bool | None = None,
-                    prefetch: bool | None = None, **v1_options) -> torch.Tensor:
+                    prefetch: int | None = None, l2_prefetch: bool | None = None,
+                    **v1_options) -> torch.Tensor:
     """Decode attention of q [B, Hq, 1, d] over a spectral cache's buffers.
 
     ck [B, Hk, NBcap, bs, rk] int8 (or float when sk is None), sk [B, Hk, NBcap, bs] float32,
@@ -457,7 +465,7 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
             impl = "v1"
         elif warp_slices or slice_tile:
             impl = "v2"
-        elif prefetch:
+        elif prefetch or l2_prefetch:
             impl = "v3"
         elif n_blocks <= AUTO_V2_MAX_BLOCKS:
             impl = "v2"
@@ -480,9 +488,10 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
                                    blocks_per_program=blocks_per_program, hot_per_split=hot_per_split,
                                    fused_merge=fused_merge, fast_cvt=fast_cvt, merge_group=merge_group,
                                    num_warps=num_warps, num_stages=num_stages, maxnreg=maxnreg,
-                                   warp_slices=warp_slices, slice_tile=slice_tile, pdl=pdl, prefetch=prefetch)
-    if prefetch:  # v1 / v2
-        raise ValueError("prefetch belongs to impl='v3'")
+                                   warp_slices=warp_slices, slice_tile=slice_tile, pdl=pdl, prefetch=prefetch,
+                                   l2_prefetch=l2_prefetch)
+    if prefetch or l2_prefetch:  # v1 / v2
+        raise ValueError("prefetch / l2_prefetch belong to impl='v3'")
     q, (b, hq, d, bs) = _checked_inputs(q, ck, sk, bk, cv, sv, bv, hot_k, hot_v)
     dev = q.device
     cfg = default_config_v2(b * ck.shape[1], n_blocks, bs, _num_sms(dev), q.element_size())
@@ -526,10 +535,12 @@ def _checked_inputs(q, ck, sk, bk, cv, sv, bv, hot_k, hot_v):
     return q, (b, hq, d, bs)
 
 
-def default_config_v3(n_bh: int, n_blocks: int, block_size: int, n_sms: int, elem_size: int = 2) -> dict:
+def default_config_v3(n_bh: int, n_blocks: int, block_size: int, n_sms: int, elem_size: int = 2, key_rank: int = 0,
+                      value_rank: int = 0, head_dim: int = 128) -> dict:
     """v3 launch parameters: split (programs per block group, block_size / split tokens of each
     block), blocks_per_program (consecutive blocks per program, pipelined), num_warps, num_stages,
-    fused_merge, merge_group, pdl (programmatic dependent launch: ``V3_PDL``)."""
+    fused_merge, merge_group, pdl (programmatic dependent launch: ``V3_PDL``), prefetch and
+    l2_prefetch (session 6, one-wave grids: see ``V3_ONE_WAVE``)."""
     if elem_size >= 4:
         cfg = dict(split=4 if block_size >= 256 else 1, num_warps=4, num_stages=1, fused_merge=False)
     else:
@@ -543,20 +554,41 @@ def default_config_v3(n_bh: int, n_blocks: int, block_size: int, n_sms: int, ele
             bpp *= 2
         cfg = dict(split=sp, blocks_per_program=bpp, num_warps=4, num_stages=2, fused_merge=False)
     cfg.setdefault("blocks_per_program", 1)
-    cfg.update(merge_group=8, pdl=_default_pdl(V3_PDL), prefetch=0)
+    cfg.update(merge_group=8, pdl=_default_pdl(V3_PDL), prefetch=0, l2_prefetch=False)
+    if elem_size < 4 and V3_ONE_WAVE:
+        # session 6 (benchmarks/RESULTS.md "Session 6"): when every program fits on the GPU at once (B = 1
+        # at 32K: 264 programs, 2 per SM), the programs are latency bound (Nsight Compute: 2 warps per
+        # scheduler, long-scoreboard stalls first): request the program's blocks from L2 at its start and
+        # load the next block's tiles into registers during this block's math (all tiles up to ranks 16,
+        # all but the value coefficients above: no spills at d <= 128, ranks <= 32)
+        n_prog = n_bh * (-(-max(n_blocks, 1) // cfg["blocks_per_program"])) * cfg["split"]
+        if n_prog <= 2 * n_sms:
+            cfg.update(V3_ONE_WAVE)
+            if cfg.get("prefetch") == -1:  # by size: all tiles in registers only when they are small
+                small = max(key_rank, value_rank) <= 16 and head_dim <= 128
+                fits = max(key_rank, value_rank) <= 32 and head_dim <= 128
+                cfg["prefetch"] = 1 if small else (2 if fits else 0)
+                if cfg["prefetch"] == 0:
+                    cfg["num_stages"] = 2
     return cfg
+
+
+# session 6: the v3 launch for one-wave grids (at most 2 programs per SM; B = 1 at 32K), chosen on the H100
+# (benchmarks/RESULTS.md "Session 6"); {} keeps the session-5 launch. prefetch -1: by the tile sizes.
+V3_ONE_WAVE = dict(l2_prefetch=True, prefetch=-1, num_stages=1)
 
 
 def _spectral_decode_v3(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale, *, split=None,
                         blocks_per_program=None, hot_per_split=256, fused_merge=None, fast_cvt=None,
                         merge_group=None, num_warps=None, num_stages=None, maxnreg=None, warp_slices=None,
-                        slice_tile=None, pdl=None, prefetch=None):
+                        slice_tile=None, pdl=None, prefetch=None, l2_prefetch=None):
     """The v3 kernel (``_spectral_v3``) through v2's launcher (plans, replay, merges)."""
     if warp_slices or slice_tile:
         raise ValueError("warp_slices / slice_tile belong to impl='v2'")
     q, (b, hq, d, bs) = _checked_inputs(q, ck, sk, bk, cv, sv, bv, hot_k, hot_v)
     dev = q.device
-    cfg = default_config_v3(b * ck.shape[1], n_blocks, bs, _num_sms(dev), q.element_size())
+    cfg = default_config_v3(b * ck.shape[1], n_blocks, bs, _num_sms(dev), q.element_size(), ck.shape[-1], cv.shape[-1],
+                            max(d, bv.shape[-1]))
     sp = split or cfg["split"]
     while sp > 1 and (bs % sp or (bs // sp) % 16):
         sp //= 2
@@ -571,7 +603,8 @@ def _spectral_decode_v3(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_l
              cfg["fused_merge"] if fused_merge is None else bool(fused_merge),
              (dev.type == "cuda" and not _interpreting()) if fast_cvt is None else bool(fast_cvt),
              merge_group or cfg["merge_group"], bpp, maxnreg, _pdl_ok(dev, cfg["pdl"] if pdl is None else pdl),
-             int(cfg["prefetch"] if prefetch is None else prefetch))
+             int(cfg["prefetch"] if prefetch is None else prefetch),
+             _l2pf_ok(dev, cfg["l2_prefetch"] if l2_prefetch is None else l2_prefetch))
     scale = d**-0.5 if scale is None else scale
     out = torch.empty(b, hq, 1, bv.shape[-1], device=dev, dtype=q.dtype)
     args = (q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale, out, hot_per_split)
@@ -599,7 +632,8 @@ def _launch_v3(*args):
 
 
 def _launch_v2(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale, out, hot_per_split,
-               sp, nw, tw, num_warps, num_stages, fused, fast, grp, bpp, maxnreg, pdl=False, pre=False, kernel="v2"):
+               sp, nw, tw, num_warps, num_stages, fused, fast, grp, bpp, maxnreg, pdl=False, pre=0, l2pf=False,
+               kernel="v2"):
     global _FAST_LAUNCH
     dev = q.device
     cuda = dev.type == "cuda"
@@ -614,7 +648,7 @@ def _launch_v2(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale
     tensors = (q, ck, sk, bk, cv, sv, bv, hot_k, hot_v)
     key = (skey, q.shape, q.dtype, ck.shape, ck.dtype, bk.shape, bk.dtype, cv.shape, bv.shape, bv.dtype, hot_k.shape,
            hot_k.dtype, hot_v.shape, quant, n_blocks, n_hot, hot_per_split, sp, nw, tw, num_warps, num_stages, fused,
-           fast, grp, bpp, maxnreg, pdl, pre, kernel, tuple(x is None or x.data_ptr() % 16 == 0 for x in tensors))
+           fast, grp, bpp, maxnreg, pdl, pre, l2pf, kernel, tuple(x is None or x.data_ptr() % 16 == 0 for x in tensors))
     plan = _V2_PLANS.get(key)
     if plan is not None and plan[0] is not None and not _hooks_active():  # replay: compiled launchers, new pointers
         try:
@@ -638,7 +672,7 @@ def _launch_v2(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale
             replay = False
     if plan is None:
         plan = (None, _make_plan_v2(q, ck, bk, cv, bv, hot_k, n_blocks, n_hot, hot_per_split, quant, sp, nw, tw, fused,
-                                    fast, grp, bpp, pdl, pre if kernel == "v3" else None))
+                                    fast, grp, bpp, pdl, (pre, l2pf) if kernel == "v3" else None))
     grid, mgrid, work, cnt, consts, mconsts, (nb_cap, hot_cap, n_comp, n_splits, n_groups) = plan[1]
     pm, pl, pacc, pm2, pl2, pacc2 = work
     a = [q, ck, sk if quant else pm, bk, cv, sv if quant else pm, bv, hot_k, hot_v, pm, pl, pacc, cnt, out, pm2, pl2,
@@ -696,8 +730,9 @@ def _make_plan_v2(q, ck, bk, cv, bv, hot_k, n_blocks, n_hot, hot_per_split, quan
                   LOWP=lowp and (quant or ck.dtype == torch.float16), PREC="ieee" if not lowp else "tf32",
                   FUSED=fused, GRP=grp, SCH=8, FASTCVT=fast and quant,
                   I64=max(ck.numel(), cv.numel(), bk.numel(), bv.numel()) >= 2**31, PDL=pdl)
-    if pre is not None:  # v3 only (the kernel's last argument)
-        consts["PRE"] = int(pre)
+    if pre is not None:  # v3 only (its last arguments): (prefetch, l2_prefetch)
+        consts["PRE"] = int(pre[0])
+        consts["L2PF"] = bool(pre[1])
     mgrid = mconsts = None
     if not fused:
         dvb = min(32, dvp)
