@@ -232,6 +232,14 @@ def test_bad_options():
      {"impl": "v3", "split": 2, "fused_merge": True, "merge_group": 64}),
     (torch.float16, True, dict(b=1, hq=4, hk=1, d=32, rk=8, rv=16, bs=64, t=140, hw=0),
      {"impl": "v3", "l2_prefetch": True}),
+    # v4 (session 6, experimental: warps as the batch dimension, slices in the rows): G = 4, 3 (padded rows),
+    # 8 and 1, padded ranks, several blocks per program, fp32 / fp16, quantized or not
+    (torch.float16, True, dict(b=2, hq=8, hk=2, d=32, rk=8, rv=16, bs=128, t=600, hw=5),
+     {"impl": "v4", "split": 2, "blocks_per_program": 2}),
+    (torch.float32, True, dict(b=1, hq=6, hk=2, d=24, rk=5, rv=7, bs=64, t=200, hw=9), {"impl": "v4", "split": 1}),
+    (torch.float32, False, dict(b=1, hq=16, hk=2, d=32, rk=8, rv=8, bs=128, t=300, hw=0),
+     {"impl": "v4", "split": 2, "num_warps": 2}),
+    (torch.float16, True, dict(b=1, hq=2, hk=2, d=32, rk=16, rv=16, bs=64, t=140, hw=3), {"impl": "v4", "split": 1}),
     # v1 (the session-2 kernel, kept as the baseline)
     (torch.float32, True, dict(b=1, hq=6, hk=2, d=24, rk=5, rv=7, bs=16, t=75, hw=9), {"impl": "v1", "fused_merge": True}),
     (torch.float16, True, dict(b=2, hq=4, hk=1, d=64, rk=16, rv=32, bs=32, t=100, hw=0), {"impl": "v1"}),
@@ -454,7 +462,7 @@ def test_kernel_options_are_checked():
     with pytest.raises(ValueError, match="impl='v1'"):
         spectral_decode(q, z, None, z, z, None, z, 1, z[..., 0, :], z[..., 0, :], 0, block_tile=16, impl="v2")
     with pytest.raises(ValueError, match="impl must be"):
-        spectral_decode(q, z, None, z, z, None, z, 1, z[..., 0, :], z[..., 0, :], 0, impl="v4")
+        spectral_decode(q, z, None, z, z, None, z, 1, z[..., 0, :], z[..., 0, :], 0, impl="v5")
     with pytest.raises(ValueError, match="impl='v2'"):
         spectral_decode(q, z, None, z, z, None, z, 1, z[..., 0, :], z[..., 0, :], 0, slice_tile=16, impl="v3")
     with pytest.raises(TypeError, match="unexpected"):
@@ -491,6 +499,7 @@ _GPU_KW = [{}, {"fused_merge": False}, {"split": 2, "num_stages": 1}, {"split": 
            {"impl": "v3", "l2_prefetch": True, "prefetch": 2, "num_stages": 1, "blocks_per_program": 3},
            {"impl": "v3", "l2_prefetch": True, "prefetch": 0, "split": 1, "blocks_per_program": 2},
            {"impl": "v3", "l2_prefetch": False, "prefetch": 0, "num_stages": 2},
+           {"impl": "v4"}, {"impl": "v4", "l2_prefetch": True, "num_stages": 3, "split": 1},
            {"impl": "v1"}, {"impl": "v1", "fused_merge": True},
            {"impl": "v1", "blocks_per_program": 4, "block_tile": 128, "num_warps": 4, "num_stages": 2},
            {"impl": "v1", "value_proj": "merge"}]
@@ -502,7 +511,9 @@ _GPU_KW = [{}, {"fused_merge": False}, {"split": 2, "num_stages": 1}, {"split": 
                                                                           ({"impl": "v3", "prefetch": 1,
                                                                             "l2_prefetch": True}, (16, 16)),
                                                                           ({"impl": "v3", "prefetch": 2,
-                                                                            "l2_prefetch": True}, (32, 32))])
+                                                                            "l2_prefetch": True}, (32, 32)),
+                                                                          ({"impl": "v4", "l2_prefetch": True},
+                                                                           (16, 16))])
 def test_kernel_bf16_gpu(kw, ranks):
     dev = torch.device("cuda")
     b, hq, hk, d, t = 2, 32, 8, 128, 2100

@@ -24,7 +24,8 @@ VARIANTS = {"base": dict(impl="v3", split=2, num_warps=4, num_stages=2, blocks_p
             "pre": dict(impl="v3", split=2, num_warps=4, num_stages=1, blocks_per_program=4, pdl=True, prefetch=1),
             "pre2": dict(impl="v3", split=2, num_warps=4, num_stages=1, blocks_per_program=4, pdl=True, prefetch=2),
             "s3": dict(impl="v3", split=2, num_warps=4, num_stages=3, blocks_per_program=4, pdl=True),
-            "new": dict(impl="v3"),  # the launcher's default (session 6: prefetch and L2 prefetch at one wave)
+            "new": dict(impl="v3"),
+            "v4": dict(impl="v4", l2_prefetch=True),  # the launcher's default (session 6: prefetch and L2 prefetch at one wave)
             "fused": dict(impl="v3", split=2, num_warps=4, num_stages=2, blocks_per_program=4, pdl=True,
                           fused_merge=True, merge_group=64)}
 

@@ -132,7 +132,9 @@ if HAS_TRITON:
                  NW: tl.constexpr, TW: tl.constexpr, RKP: tl.constexpr, RVP: tl.constexpr, QUANT: tl.constexpr,
                  LOWP: tl.constexpr, PREC: tl.constexpr, FASTCVT: tl.constexpr, CV2D: tl.constexpr):
         """The math of one block step (see ``_spectral_v3``): rows (slice j, head g) each with its own
-        online softmax (m_i, l_i, acc [GP, DVP]) in the log2 domain."""
+        online softmax (m_i, l_i, acc [GP, DVP]) in the log2 domain. CV2D (the session-6 path) also keeps
+        l_i per row AND token column ([GP, TW], summed once after the program's last block): no
+        cross-warp row sum per step (the tokens of a row are spread over the warps)."""
         if LOWP:
             qb = tl.dot(q, tl.trans(bk.to(q.dtype))) * qk_scale  # [GP, RKP]
             if QUANT:
@@ -157,7 +159,10 @@ if HAS_TRITON:
         m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
+        if CV2D:
+            l_i = l_i * alpha[:, None] + p
+        else:
+            l_i = l_i * alpha + tl.sum(p, 1)
         if QUANT:
             p = p * _rows_of_slices(sv, diag, NW, GQ, GP, TW)
         if CV2D:
@@ -238,7 +243,10 @@ if HAS_TRITON:
             tok_off = part * TPP + offs_j[:, None] * TW + offs_t[None, :]  # [NW, TW] within a block
             diag = jr[:, None, None] == offs_j[None, :, None]  # [GP, NW, 1]: row block j of slice j
             m_i = tl.full([GP], -1.0e30, tl.float32)
-            l_i = tl.zeros([GP], tl.float32)
+            if CV2D:
+                l_i = tl.zeros([GP, TW], tl.float32)  # summed over the tokens after the last block
+            else:
+                l_i = tl.zeros([GP], tl.float32)
             acc = tl.zeros([GP, DVP], tl.float32)
             if L2PF:  # every byte of the program's blocks requested from L2 up front (before the PDL wait)
                 _v3_prefetch(CK, SK, BK, CV, SV, BV, pid_bh, nb_cap, n0, n1, part, TPP, BS, D, DV, RK, RV, BPP, QUANT)
@@ -284,6 +292,8 @@ if HAS_TRITON:
                                                        DV, DVP, RK, RKP, RV, RVP, QUANT, NW, TW, CV2D)
                     m_i, l_i, acc = _v3_step(q, ck, cv, sk, sv, bk, bv, m_i, l_i, acc, diag, qk_scale, GP, GQ, NW, TW,
                                              RKP, RVP, QUANT, LOWP, PREC, FASTCVT, CV2D)
+            if CV2D:
+                l_i = tl.sum(l_i, 1)
             # merge the NW slice rows of each query head
             m_i = tl.where(rvalid, m_i, -1.0e30)
             m3 = tl.reshape(m_i, (GP // GQ, GQ))
