@@ -440,6 +440,23 @@ def test_auto_picks_the_kernel(monkeypatch):
         assert picked[-1] == want, (n, kw)
 
 
+def test_default_config_v3_session6():
+    """The session-6 launch rules (benchmarks/RESULTS.md "Session 6"): B = 1 at 32K (one wave, <= 2 programs
+    per SM) takes whole blocks per program, half as many blocks each, and the L2 prefetch; B = 8 keeps the
+    session-5 launch, plus the L2 prefetch at ranks <= 16; fp32 and unmeasured shapes keep the old launch."""
+    from attnlab.ops.spectral.kernel import default_config_v3 as cfg
+
+    b1 = cfg(8, 64, 512, 132, 2, 16, 32, 128, 4)
+    assert (b1["split"], b1["blocks_per_program"], b1["l2_prefetch"], b1["prefetch"], b1["num_stages"]) == (1, 2, True, 0, 2)
+    for rk, rv, l2 in ((16, 16, True), (16, 32, False), (32, 32, False)):
+        b8 = cfg(64, 64, 512, 132, 2, rk, rv, 128, 4)
+        assert (b8["split"], b8["blocks_per_program"], b8["l2_prefetch"]) == (2, 4, l2)
+    for args in ((8, 64, 512, 132, 4, 16, 32, 128, 4), (8, 64, 512, 132, 2, 64, 64, 128, 4),
+                 (8, 64, 512, 132, 2, 16, 32, 128, 8), (8, 64, 512, 132, 2, 16, 32, 256, 4)):
+        c = cfg(*args)
+        assert not c["l2_prefetch"] and c["split"] == (4 if args[4] == 4 else 2)
+
+
 @pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
 def test_pdl_falls_back_off_gpu():
     """pdl=True where programmatic dependent launch is impossible (CPU, the interpreter) launches

@@ -8,6 +8,12 @@ launches on sm_90+ (session 5b): each kernel starts with griddepcontrol.wait and
 kernel launch, so the merge kernel's launch overlaps the split kernel, and the next call's split
 kernel overlaps the merge.
 
+Session 6 (B = 1): when every program is resident at once (B = 1 at 32K), v3 takes whole blocks per
+program (split 1, half as many blocks each) and requests each program's blocks from L2 before the PDL
+wait (``l2_prefetch``); the programs were latency bound (Nsight Compute: ~2 warps per scheduler,
+long-scoreboard first, ~20 block-wide barriers per block step). ``prefetch`` (next block's tiles in
+registers) and the v4 kernel (warps as the dots' batch dimension) are tested options, slower there.
+
 v3 (``_spectral_v3``, session 5): like v2 a program takes ``block_size / split`` tokens (of each
 of ``blocks_per_program`` consecutive blocks, pipelined), cut into token slices, but the slices
 are packed into the ROWS of the dots: row ``j*G + g`` is (slice j, query head g), the score dot's
@@ -445,7 +451,17 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
     value_proj; v2's warp_slices, slice_tile) select that kernel.
     impl="v3": launch parameters left None come from ``default_config_v3``: split,
     blocks_per_program (with split > 1: that part of each of them), num_warps, num_stages,
-    fused_merge, merge_group, fast_cvt, maxnreg, pdl.
+    fused_merge, merge_group, fast_cvt, maxnreg, pdl, prefetch, l2_prefetch.
+    l2_prefetch (v3/v4, session 6; sm_90+, compiled, else ignored): each program first asks L2 for
+    every byte of its blocks (cp.async.bulk.prefetch.L2), before the PDL wait, so its loads wait for
+    L2 rather than DRAM and the requests overlap the previous kernel. Default: on where measured faster
+    (one-wave grids such as B = 1 at 32K; ranks <= 16 otherwise), see ``default_config_v3``.
+    prefetch (v3, session 6; default 0): 1 = the next block's tiles are loaded into registers during
+    this block's math (and the first block's before the PDL wait); 2 = all but the value coefficients.
+    Use with num_stages=1. Measured faster than the session-5 launch at ranks 16 only (B = 1).
+    impl="v4" (session 6, experimental, slower on the H100): v3's rows with the warps as the batch
+    dimension of the dots (8 block-wide barriers per block step instead of ~20); same options as v3
+    except fused_merge and prefetch.
     pdl (v2/v3): programmatic dependent launch (sm_90+, CUDA, compiled; else ignored): the kernel
     and the merge kernel are launched with ``launch_pdl`` and start with griddepcontrol.wait, so a
     kernel's launch overlaps the previous one's work (merge after split, the next call's split after
@@ -537,11 +553,11 @@ def _checked_inputs(q, ck, sk, bk, cv, sv, bv, hot_k, hot_v):
 
 
 def default_config_v3(n_bh: int, n_blocks: int, block_size: int, n_sms: int, elem_size: int = 2, key_rank: int = 0,
-                      value_rank: int = 0, head_dim: int = 128) -> dict:
+                      value_rank: int = 0, head_dim: int = 128, group: int = 4) -> dict:
     """v3 launch parameters: split (programs per block group, block_size / split tokens of each
     block), blocks_per_program (consecutive blocks per program, pipelined), num_warps, num_stages,
-    fused_merge, merge_group, pdl (programmatic dependent launch: ``V3_PDL``), prefetch and
-    l2_prefetch (session 6, one-wave grids: see ``V3_ONE_WAVE``)."""
+    fused_merge, merge_group, pdl (programmatic dependent launch: ``V3_PDL``), prefetch (registers;
+    off by default) and l2_prefetch (session 6: see ``V3_SESSION6``)."""
     if elem_size >= 4:
         cfg = dict(split=4 if block_size >= 256 else 1, num_warps=4, num_stages=1, fused_merge=False)
     else:
@@ -556,27 +572,26 @@ def default_config_v3(n_bh: int, n_blocks: int, block_size: int, n_sms: int, ele
         cfg = dict(split=sp, blocks_per_program=bpp, num_warps=4, num_stages=2, fused_merge=False)
     cfg.setdefault("blocks_per_program", 1)
     cfg.update(merge_group=8, pdl=_default_pdl(V3_PDL), prefetch=0, l2_prefetch=False)
-    if elem_size < 4 and V3_ONE_WAVE:
-        # session 6 (benchmarks/RESULTS.md "Session 6"): when every program fits on the GPU at once (B = 1
-        # at 32K: 264 programs, 2 per SM), the programs are latency bound (Nsight Compute: 2 warps per
-        # scheduler, long-scoreboard stalls first): request the program's blocks from L2 at its start and
-        # load the next block's tiles into registers during this block's math (all tiles up to ranks 16,
-        # all but the value coefficients above: no spills at d <= 128, ranks <= 32)
+    measured = (elem_size < 4 and max(key_rank, value_rank) <= 32 and head_dim <= 128 and group <= 4
+                and block_size >= 128 and V3_SESSION6)
+    if measured:
+        # session 6 (benchmarks/RESULTS.md "Session 6"; H100, 32K): when every program is resident at once
+        # (<= 2 per SM; B = 1: 264 programs) the programs are latency bound (Nsight Compute: ~2 warps per
+        # scheduler, long-scoreboard stalls first, 20+ block-wide barriers per block step): whole blocks
+        # per program (half the steps and barriers per token, no basis work repeated by two programs), as
+        # many programs as before, and each program's blocks requested from L2 before the PDL wait.
+        # With more programs than that (B = 8), only the L2 prefetch, at ranks <= 16 (faster there; at
+        # ranks 32 it costs registers and was slower)
         n_prog = n_bh * (-(-max(n_blocks, 1) // cfg["blocks_per_program"])) * cfg["split"]
-        if n_prog <= 2 * n_sms:
-            cfg.update(V3_ONE_WAVE)
-            if cfg.get("prefetch") == -1:  # by size: all tiles in registers only when they are small
-                small = max(key_rank, value_rank) <= 16 and head_dim <= 128
-                fits = max(key_rank, value_rank) <= 32 and head_dim <= 128
-                cfg["prefetch"] = 1 if small else (2 if fits else 0)
-                if cfg["prefetch"] == 0:
-                    cfg["num_stages"] = 2
+        if n_prog <= 2 * n_sms and cfg["blocks_per_program"] >= 2 and cfg["split"] == 2:
+            cfg.update(split=1, blocks_per_program=cfg["blocks_per_program"] // 2, l2_prefetch=True)
+        elif n_prog > 2 * n_sms and max(key_rank, value_rank) <= 16:
+            cfg.update(l2_prefetch=True)
     return cfg
 
 
-# session 6: the v3 launch for one-wave grids (at most 2 programs per SM; B = 1 at 32K), chosen on the H100
-# (benchmarks/RESULTS.md "Session 6"); {} keeps the session-5 launch. prefetch -1: by the tile sizes.
-V3_ONE_WAVE = dict(l2_prefetch=True, prefetch=-1, num_stages=1)
+# session 6: False keeps the session-5 launch everywhere (the rules are in ``default_config_v3``)
+V3_SESSION6 = True
 
 
 def _spectral_decode_v3(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale, *, split=None,
@@ -590,7 +605,7 @@ def _spectral_decode_v3(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_l
     q, (b, hq, d, bs) = _checked_inputs(q, ck, sk, bk, cv, sv, bv, hot_k, hot_v)
     dev = q.device
     cfg = default_config_v3(b * ck.shape[1], n_blocks, bs, _num_sms(dev), q.element_size(), ck.shape[-1], cv.shape[-1],
-                            max(d, bv.shape[-1]))
+                            max(d, bv.shape[-1]), hq // ck.shape[1])
     sp = split or cfg["split"]
     while sp > 1 and (bs % sp or (bs // sp) % 16):
         sp //= 2
