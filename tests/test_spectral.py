@@ -448,6 +448,8 @@ def test_default_config_v3_session6():
 
     b1 = cfg(8, 64, 512, 132, 2, 16, 32, 128, 4)
     assert (b1["split"], b1["blocks_per_program"], b1["l2_prefetch"], b1["prefetch"], b1["num_stages"]) == (1, 2, True, 0, 2)
+    b1 = cfg(8, 32, 512, 132, 2, 16, 32, 128, 4)  # B = 1 at 16K: 2-block programs, not measured: session-5 launch
+    assert (b1["split"], b1["blocks_per_program"], b1["l2_prefetch"]) == (2, 2, False)
     for rk, rv, l2 in ((16, 16, True), (16, 32, False), (32, 32, False)):
         b8 = cfg(64, 64, 512, 132, 2, rk, rv, 128, 4)
         assert (b8["split"], b8["blocks_per_program"], b8["l2_prefetch"]) == (2, 4, l2)

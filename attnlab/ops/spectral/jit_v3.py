@@ -1,5 +1,7 @@
 """v3 spectral decode kernel (session 5): token slices packed into the rows of the dots, no padded
-query rows (design: ``kernel.py``'s docstring and ``_spectral_v3``'s)."""
+query rows (design: ``kernel.py``'s docstring and ``_spectral_v3``'s). Session 6: the L2 bulk prefetch of
+a program's blocks before the PDL wait (``L2PF``), the register prefetch option (``PRE``), and on those
+paths the value coefficients loaded side by side and the row sums kept per token column (``CV2D``)."""
 
 from __future__ import annotations
 
@@ -101,7 +103,8 @@ if HAS_TRITON:
                      D: tl.constexpr, DV: tl.constexpr, RK: tl.constexpr, RV: tl.constexpr, BPP: tl.constexpr,
                      QUANT: tl.constexpr):
         """Ask L2 for every byte this program will read from the compressed blocks (its part of blocks
-        n0 .. n1-1: coefficients, scales, bases; 6 ranges per block, one per thread)."""
+        n0 .. n1-1, at most 16 blocks: coefficients, scales, bases; 6 ranges per block, one per thread,
+        spread over 4 warps; with more warps some ranges are requested twice, harmlessly)."""
         L: tl.constexpr = 128
         lane = tl.arange(0, L)
         c = (lane % 32) * 4 + lane // 32  # range c on warp c % 4 (4 warps): the per-warp issue loops stay short

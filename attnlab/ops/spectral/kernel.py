@@ -583,7 +583,7 @@ def default_config_v3(n_bh: int, n_blocks: int, block_size: int, n_sms: int, ele
         # With more programs than that (B = 8), only the L2 prefetch, at ranks <= 16 (faster there; at
         # ranks 32 it costs registers and was slower)
         n_prog = n_bh * (-(-max(n_blocks, 1) // cfg["blocks_per_program"])) * cfg["split"]
-        if n_prog <= 2 * n_sms and cfg["blocks_per_program"] >= 2 and cfg["split"] == 2:
+        if n_prog <= 2 * n_sms and cfg["blocks_per_program"] == 4 and cfg["split"] == 2:  # as measured (32K, B = 1)
             cfg.update(split=1, blocks_per_program=cfg["blocks_per_program"] // 2, l2_prefetch=True)
         elif n_prog > 2 * n_sms and max(key_rank, value_rank) <= 16:
             cfg.update(l2_prefetch=True)
