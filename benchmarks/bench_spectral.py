@@ -170,14 +170,17 @@ def parse_configs(spec: str):
     "v1", "v2"                                  one kernel with its defaults (v1: the session-2 baseline)
     "v2:split:slices:tile[:warps[:stages[:fused[:fastcvt[:group[:blocks[:maxnreg]]]]]]]"   v2 launch parameters
     "v1:tile:blocks_per_program:fused[:warps[:stages[:maxnreg[:vmerge]]]]"   v1 launch parameters
-    "v3:split[:warps[:stages[:fused[:blocks[:maxnreg[:group[:pdl]]]]]]]"       v3 launch parameters
-    (0 or absent = the launcher's default; fused and pdl: 0 = off, 1 = on, absent = default)."""
+    "v3:split[:warps[:stages[:fused[:blocks[:maxnreg[:group[:pdl[:prefetch[:l2pf]]]]]]]]]"   v3 launch parameters
+    "v4:..."                                    the same for v4 (session 6, experimental; fused and prefetch unused)
+    (0 or absent = the launcher's default; fused, pdl: 0 = off, 1 = on, absent = default; prefetch: 0 = off,
+    1 = every tile of the next block in registers, 2 = all but the value coefficients; l2pf: 1 = the program's
+    blocks requested from L2 at its start)."""
     out = []
     for item in spec.split(","):
         if item == "default":
             out.append({})
             continue
-        if item in ("v1", "v2", "v3"):
+        if item in ("v1", "v2", "v3", "v4"):
             out.append({"impl": item})
             continue
         head, _, rest = item.partition(":")
@@ -195,13 +198,14 @@ def parse_configs(spec: str):
                     kw[key] = bool(val)
             out.append(kw)
             continue
-        if head == "v3":
-            vals = [int(x) for x in rest.split(":")] + [-1] * 8
-            kw = {"impl": "v3"}
+        if head in ("v3", "v4"):
+            vals = [int(x) for x in rest.split(":")] + [-1] * 10
+            kw = {"impl": head}
+            flags = ("fused_merge", "pdl", "l2_prefetch")
             for key, val in zip(("split", "num_warps", "num_stages", "fused_merge", "blocks_per_program", "maxnreg",
-                                 "merge_group", "pdl"), vals[:8]):
-                if val > 0 or (key in ("fused_merge", "pdl") and val == 0):
-                    kw[key] = bool(val) if key in ("fused_merge", "pdl") else val
+                                 "merge_group", "pdl", "prefetch", "l2_prefetch"), vals[:10]):
+                if val > 0 or (key in flags + ("prefetch",) and val == 0):
+                    kw[key] = bool(val) if key in flags else val
             out.append(kw)
             continue
         if head != "v1":
@@ -222,12 +226,13 @@ def parse_configs(spec: str):
 def config_name(kw: dict) -> str:
     if not kw:
         return "default"
-    if kw in ({"impl": "v1"}, {"impl": "v2"}, {"impl": "v3"}):
+    if kw in ({"impl": "v1"}, {"impl": "v2"}, {"impl": "v3"}, {"impl": "v4"}):
         return kw["impl"]
-    if kw.get("impl") == "v3":
-        return "v3:" + ":".join(str(int(kw[key])) if key in kw else "-" for key in (
+    if kw.get("impl") in ("v3", "v4"):
+        return kw["impl"] + ":" + ":".join(str(int(kw[key])) if key in kw else "-" for key in (
             "split", "num_warps", "num_stages", "fused_merge", "blocks_per_program", "maxnreg", "merge_group")) + (
-            f":{int(kw['pdl'])}" if "pdl" in kw else "")
+            f":{int(kw['pdl'])}" if "pdl" in kw else "") + (f":{int(kw['prefetch'])}" if "prefetch" in kw else "") + (
+            f":{int(kw['l2_prefetch'])}" if "l2_prefetch" in kw else "")
     if kw.get("impl") == "v1":
         return "v1:" + ":".join(str(int(kw.get(key, dflt))) for key, dflt in (
             ("block_tile", 0), ("blocks_per_program", 0), ("fused_merge", False), ("num_warps", 0),

@@ -220,6 +220,26 @@ def test_bad_options():
     (torch.float16, True, dict(b=2, hq=16, hk=2, d=32, rk=8, rv=16, bs=64, t=200, hw=5), {"impl": "v3", "split": 1}),
     (torch.float32, True, dict(b=1, hq=2, hk=2, d=16, rk=4, rv=8, bs=64, t=140, hw=0), {"impl": "v3", "split": 4}),
     (torch.float16, False, dict(b=1, hq=3, hk=1, d=32, rk=8, rv=16, bs=32, t=170, hw=0), {"impl": "v3"}),
+    # v3 with the register prefetch (session 6): odd block counts per program, padded ranks / slices, fp32 /
+    # fp16, quantized or not; and the one-level fused merge (merge_group >= the splits of a (b, h))
+    (torch.float16, True, dict(b=2, hq=8, hk=2, d=32, rk=8, rv=16, bs=64, t=330, hw=5),
+     {"impl": "v3", "split": 2, "blocks_per_program": 3, "prefetch": True, "num_stages": 1}),
+    (torch.float32, True, dict(b=1, hq=6, hk=2, d=24, rk=5, rv=7, bs=16, t=75, hw=9),
+     {"impl": "v3", "prefetch": 2, "blocks_per_program": 2}),
+    (torch.float32, False, dict(b=1, hq=4, hk=2, d=32, rk=16, rv=8, bs=32, t=130, hw=0),
+     {"impl": "v3", "prefetch": True, "fused_merge": True, "merge_group": 64, "blocks_per_program": 4}),
+    (torch.float16, True, dict(b=2, hq=8, hk=2, d=32, rk=8, rv=16, bs=64, t=330, hw=5),
+     {"impl": "v3", "split": 2, "fused_merge": True, "merge_group": 64}),
+    (torch.float16, True, dict(b=1, hq=4, hk=1, d=32, rk=8, rv=16, bs=64, t=140, hw=0),
+     {"impl": "v3", "l2_prefetch": True}),
+    # v4 (session 6, experimental: warps as the batch dimension, slices in the rows): G = 4, 3 (padded rows),
+    # 8 and 1, padded ranks, several blocks per program, fp32 / fp16, quantized or not
+    (torch.float16, True, dict(b=2, hq=8, hk=2, d=32, rk=8, rv=16, bs=128, t=600, hw=5),
+     {"impl": "v4", "split": 2, "blocks_per_program": 2}),
+    (torch.float32, True, dict(b=1, hq=6, hk=2, d=24, rk=5, rv=7, bs=64, t=200, hw=9), {"impl": "v4", "split": 1}),
+    (torch.float32, False, dict(b=1, hq=16, hk=2, d=32, rk=8, rv=8, bs=128, t=300, hw=0),
+     {"impl": "v4", "split": 2, "num_warps": 2}),
+    (torch.float16, True, dict(b=1, hq=2, hk=2, d=32, rk=16, rv=16, bs=64, t=140, hw=3), {"impl": "v4", "split": 1}),
     # v1 (the session-2 kernel, kept as the baseline)
     (torch.float32, True, dict(b=1, hq=6, hk=2, d=24, rk=5, rv=7, bs=16, t=75, hw=9), {"impl": "v1", "fused_merge": True}),
     (torch.float16, True, dict(b=2, hq=4, hk=1, d=64, rk=16, rv=32, bs=32, t=100, hw=0), {"impl": "v1"}),
@@ -316,7 +336,8 @@ def test_kernel_v3_falls_back_when_out_of_shared_memory(monkeypatch):
     real, tried = K._launch_v3, []
 
     def launch(*args):
-        sp, stages = args[-11], args[-7]  # (..., split, slices, tile, warps, stages, fused, fast, group, blocks, maxnreg, pdl)
+        sp, stages = args[-13], args[-9]  # (..., split, slices, tile, warps, stages, fused, fast, group, blocks, maxnreg, pdl,
+        #                                    prefetch, l2_prefetch)
         tried.append((sp, stages))
         if sp < 4:
             raise K.OutOfResources(300000, 232448, "shared memory")
@@ -419,6 +440,25 @@ def test_auto_picks_the_kernel(monkeypatch):
         assert picked[-1] == want, (n, kw)
 
 
+def test_default_config_v3_session6():
+    """The session-6 launch rules (benchmarks/RESULTS.md "Session 6"): B = 1 at 32K (one wave, <= 2 programs
+    per SM) takes whole blocks per program, half as many blocks each, and the L2 prefetch; B = 8 keeps the
+    session-5 launch, plus the L2 prefetch at ranks <= 16; fp32 and unmeasured shapes keep the old launch."""
+    from attnlab.ops.spectral.kernel import default_config_v3 as cfg
+
+    b1 = cfg(8, 64, 512, 132, 2, 16, 32, 128, 4)
+    assert (b1["split"], b1["blocks_per_program"], b1["l2_prefetch"], b1["prefetch"], b1["num_stages"]) == (1, 2, True, 0, 2)
+    b1 = cfg(8, 32, 512, 132, 2, 16, 32, 128, 4)  # B = 1 at 16K: 2-block programs, not measured: session-5 launch
+    assert (b1["split"], b1["blocks_per_program"], b1["l2_prefetch"]) == (2, 2, False)
+    for rk, rv, l2 in ((16, 16, True), (16, 32, False), (32, 32, False)):
+        b8 = cfg(64, 64, 512, 132, 2, rk, rv, 128, 4)
+        assert (b8["split"], b8["blocks_per_program"], b8["l2_prefetch"]) == (2, 4, l2)
+    for args in ((8, 64, 512, 132, 4, 16, 32, 128, 4), (8, 64, 512, 132, 2, 64, 64, 128, 4),
+                 (8, 64, 512, 132, 2, 16, 32, 128, 8), (8, 64, 512, 132, 2, 16, 32, 256, 4)):
+        c = cfg(*args)
+        assert not c["l2_prefetch"] and c["split"] == (4 if args[4] == 4 else 2)
+
+
 @pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
 def test_pdl_falls_back_off_gpu():
     """pdl=True where programmatic dependent launch is impossible (CPU, the interpreter) launches
@@ -441,7 +481,7 @@ def test_kernel_options_are_checked():
     with pytest.raises(ValueError, match="impl='v1'"):
         spectral_decode(q, z, None, z, z, None, z, 1, z[..., 0, :], z[..., 0, :], 0, block_tile=16, impl="v2")
     with pytest.raises(ValueError, match="impl must be"):
-        spectral_decode(q, z, None, z, z, None, z, 1, z[..., 0, :], z[..., 0, :], 0, impl="v4")
+        spectral_decode(q, z, None, z, z, None, z, 1, z[..., 0, :], z[..., 0, :], 0, impl="v5")
     with pytest.raises(ValueError, match="impl='v2'"):
         spectral_decode(q, z, None, z, z, None, z, 1, z[..., 0, :], z[..., 0, :], 0, slice_tile=16, impl="v3")
     with pytest.raises(TypeError, match="unexpected"):
@@ -471,6 +511,14 @@ _GPU_KW = [{}, {"fused_merge": False}, {"split": 2, "num_stages": 1}, {"split": 
            {"impl": "v3", "split": 4, "blocks_per_program": 3, "num_stages": 1}, {"impl": "v3", "maxnreg": 128},
            {"impl": "v3", "fast_cvt": False},
            {"pdl": True}, {"impl": "v3", "pdl": True}, {"impl": "v3", "pdl": True, "fused_merge": True},
+           # session 6: register prefetch (all tiles / all but the value coefficients), L2 bulk prefetch, and
+           # the session-5 launch with both off (the default turns them on for one-wave grids like this one)
+           {"impl": "v3", "prefetch": 1, "num_stages": 1}, {"impl": "v3", "prefetch": 2, "num_stages": 1},
+           {"impl": "v3", "l2_prefetch": True, "prefetch": 0, "num_stages": 2},
+           {"impl": "v3", "l2_prefetch": True, "prefetch": 2, "num_stages": 1, "blocks_per_program": 3},
+           {"impl": "v3", "l2_prefetch": True, "prefetch": 0, "split": 1, "blocks_per_program": 2},
+           {"impl": "v3", "l2_prefetch": False, "prefetch": 0, "num_stages": 2},
+           {"impl": "v4"}, {"impl": "v4", "l2_prefetch": True, "num_stages": 3, "split": 1},
            {"impl": "v1"}, {"impl": "v1", "fused_merge": True},
            {"impl": "v1", "blocks_per_program": 4, "block_tile": 128, "num_warps": 4, "num_stages": 2},
            {"impl": "v1", "value_proj": "merge"}]
@@ -478,7 +526,13 @@ _GPU_KW = [{}, {"fused_merge": False}, {"split": 2, "num_stages": 1}, {"split": 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("kw,ranks", [(kw, (16, 32)) for kw in _GPU_KW] + [({}, (32, 32)), ({"impl": "v3"}, (32, 32)),
-                                                                          ({"impl": "v3"}, (16, 16))])
+                                                                          ({"impl": "v3"}, (16, 16)),
+                                                                          ({"impl": "v3", "prefetch": 1,
+                                                                            "l2_prefetch": True}, (16, 16)),
+                                                                          ({"impl": "v3", "prefetch": 2,
+                                                                            "l2_prefetch": True}, (32, 32)),
+                                                                          ({"impl": "v4", "l2_prefetch": True},
+                                                                           (16, 16))])
 def test_kernel_bf16_gpu(kw, ranks):
     dev = torch.device("cuda")
     b, hq, hk, d, t = 2, 32, 8, 128, 2100
@@ -592,12 +646,15 @@ def test_kernel_replay_and_cuda_graph_gpu(impl):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("impl", ["v2", "v3"])
-def test_kernel_pdl_chain_gpu(impl):
+@pytest.mark.parametrize("impl,extra", [("v2", {}), ("v3", {}),
+                                        ("v3", {"prefetch": 1, "l2_prefetch": True, "num_stages": 1}),
+                                        ("v3", {"prefetch": 0, "l2_prefetch": True, "num_stages": 2})])
+def test_kernel_pdl_chain_gpu(impl, extra):
     """Programmatic dependent launch: each call's query is the previous call's output, so a split
     kernel that read q before the previous merge finished (or a merge that read partials before
     its split kernel finished) would differ from the ordinary launches. Eager (JIT then replayed)
-    and in one CUDA graph of 4 chained calls."""
+    and in one CUDA graph of 4 chained calls. The session-6 prefetches (first tiles in registers, every
+    block in L2, both before the PDL wait) read only the cache there, never q."""
     dev = torch.device("cuda")
     b, hq, hk, d, t = 1, 32, 8, 128, 9000
     torch.manual_seed(0)
@@ -610,7 +667,7 @@ def test_kernel_pdl_chain_gpu(impl):
         outs = []
         for _ in range(n):
             q = spectral_decode(q, c.ck, c.sk, c.bk, c.cv, c.sv, c.bv, c.n_blocks, c.hot_k, c.hot_v, c.hot_len,
-                                d**-0.5, impl=impl, pdl=pdl) * 8
+                                d**-0.5, impl=impl, pdl=pdl, **extra) * 8
             outs.append(q)
         return outs
 

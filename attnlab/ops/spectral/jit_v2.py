@@ -241,13 +241,20 @@ if HAS_TRITON:
         """The fused merge of v2/v3, after a program stored its partial: the last program of each group
         of GRP splits to finish merges the group's partials into a group partial, the last group of
         this (b, h) merges those into the output (two short rounds of loads at the tail instead of
-        n_splits / SCH). The counters are left at zero for the next call."""
+        n_splits / SCH). With one group (merge_group >= n_splits, session 6) the last program of the
+        (b, h) merges every partial into the output directly (SCH partials per round, one atomic). The
+        counters are left at zero for the next call."""
         grp = pid_s // GRP
         gsize = tl.minimum(GRP, n_splits - grp * GRP)
         cbase = CNT + pid_bh * (n_groups + 1)
         tl.debug_barrier()  # every thread's partial stores precede the release below
         done = tl.atomic_add(cbase + grp, 1, sem="acq_rel", scope="gpu")
-        if done == gsize - 1:
+        if n_groups == 1:  # one group (merge_group >= n_splits): the last program merges straight into O
+            if done == n_splits - 1:
+                _merge_rows(PM, PL, PACC, pid_bh * n_splits, n_splits, PM2, PL2, O, pid_bh * G, 0, True,
+                            G, GQ, DV, DVP, SCH)
+                tl.atomic_xchg(cbase, 0, sem="relaxed", scope="gpu")
+        elif done == gsize - 1:
             _merge_rows(PM, PL, PACC, pid_bh * n_splits + grp * GRP, gsize, PM2, PL2, PACC2,
                         pid_bh * n_groups + grp, 0, False, G, GQ, DV, DVP, GRP)
             tl.atomic_xchg(cbase + grp, 0, sem="relaxed", scope="gpu")  # ready for the next call

@@ -1,5 +1,7 @@
 """v3 spectral decode kernel (session 5): token slices packed into the rows of the dots, no padded
-query rows (design: ``kernel.py``'s docstring and ``_spectral_v3``'s)."""
+query rows (design: ``kernel.py``'s docstring and ``_spectral_v3``'s). Session 6: the L2 bulk prefetch of
+a program's blocks before the PDL wait (``L2PF``), the register prefetch option (``PRE``), and on those
+paths the value coefficients loaded side by side and the row sums kept per token column (``CV2D``)."""
 
 from __future__ import annotations
 
@@ -21,6 +23,163 @@ if HAS_TRITON:
             out = tl.sum(tl.where(diag, x[None, :, :], 0.0), 1)
         return out
 
+    @triton.jit
+    def _v3_tiles(CK, SK, BK, CV, SV, BV, blk, tokb, tok, offs_rk, offs_rv, offs_d, offs_dv, rkmask, rvmask, dmask, dvmask,
+                  D: tl.constexpr, DP: tl.constexpr, DV: tl.constexpr, DVP: tl.constexpr, RK: tl.constexpr,
+                  RKP: tl.constexpr, RV: tl.constexpr, RVP: tl.constexpr, QUANT: tl.constexpr, NW: tl.constexpr,
+                  TW: tl.constexpr, CV2D: tl.constexpr):
+        """Every load of one block step: the slices' key coefficients transposed [NW, RKP, TW], value
+        coefficients [NW, TW, RVP] (CV2D: side by side, [TW, NW*RVP], ``_v3_cv``), their per-token scales
+        [NW, TW] (zeros without QUANT), and the block's bases [RKP, DP], [RVP, DVP]."""
+        ck_ptr = CK + tok[:, None, :] * RK + offs_rk[None, :, None]  # C_K^T per slice [NW, RKP, TW]
+        bk_ptr = BK + blk * (RK * D) + offs_rk[:, None] * D + offs_d[None, :]
+        bv_ptr = BV + blk * (RV * DV) + offs_rv[:, None] * DV + offs_dv[None, :]
+        if RK == RKP:
+            ck = tl.load(ck_ptr)
+        else:
+            ck = tl.load(ck_ptr, mask=rkmask[None, :, None], other=0)
+        if CV2D:
+            cv = _v3_cv(CV, tokb, RV, RVP, NW, TW)
+        else:
+            cv_ptr = CV + tok[:, :, None] * RV + offs_rv[None, None, :]  # [NW, TW, RVP]
+            if RV == RVP:
+                cv = tl.load(cv_ptr)
+            else:
+                cv = tl.load(cv_ptr, mask=rvmask[None, None, :], other=0)
+        if QUANT:
+            sk = tl.load(SK + tok)
+            sv = tl.load(SV + tok)
+        else:
+            sk = tl.zeros(tok.shape, tl.float32)
+            sv = sk
+        if RK == RKP and D == DP:
+            bk = tl.load(bk_ptr)
+        else:
+            bk = tl.load(bk_ptr, mask=rkmask[:, None] & dmask[None, :], other=0.0)
+        if RV == RVP and DV == DVP:
+            bv = tl.load(bv_ptr)
+        else:
+            bv = tl.load(bv_ptr, mask=rvmask[:, None] & dvmask[None, :], other=0.0)
+        return ck, cv, sk, sv, bk, bv
+
+    @triton.jit
+    def _v3_cv(CV, tokb, RV: tl.constexpr, RVP: tl.constexpr, NW: tl.constexpr, TW: tl.constexpr):
+        """The value coefficients of the token slices side by side, [TW, NW*RVP]: column j*RVP + r holds
+        rank r of slice j (slice j: tokens tokb + j*TW ..), loaded straight into the shape the aggregation
+        dot takes (no permute / reshape of the tile)."""
+        offs_c = tl.arange(0, NW * RVP)
+        offs_t = tl.arange(0, TW)
+        r = offs_c % RVP
+        cv_ptr = CV + (tokb + (offs_c // RVP)[None, :] * TW + offs_t[:, None]) * RV + r[None, :]
+        if RV == RVP:
+            cv = tl.load(cv_ptr)
+        else:
+            cv = tl.load(cv_ptr, mask=(r < RV)[None, :], other=0)
+        return cv
+
+    @triton.jit
+    def _l2_prefetch_ranges(addr, nbytes):
+        """cp.async.bulk.prefetch.L2 (sm_90) of the byte ranges [addr, addr + nbytes) (int64 / int32 tensors,
+        one range per element; ranges of <= 0 bytes are skipped), shrunk to 16-byte alignment. A hint: it
+        changes no value, and the loads that follow hit L2 instead of waiting for DRAM."""
+        return tl.inline_asm_elementwise(
+            asm="""{
+            .reg .pred p;
+            .reg .b64 a, e, n;
+            add.s64 a, $1, 15;
+            and.b64 a, a, -16;
+            cvt.s64.s32 n, $2;
+            add.s64 e, $1, n;
+            and.b64 e, e, -16;
+            sub.s64 n, e, a;
+            setp.gt.s64 p, n, 0;
+            cvt.u32.u64 $0, n;
+            @p cp.async.bulk.prefetch.L2.global [a], $0;
+            }""",
+            constraints="=r,l,r", args=[addr, nbytes], dtype=tl.int32, is_pure=False, pack=1)
+
+    @triton.jit
+    def _v3_prefetch(CK, SK, BK, CV, SV, BV, pid_bh, nb_cap, n0, n1, part, TPP: tl.constexpr, BS: tl.constexpr,
+                     D: tl.constexpr, DV: tl.constexpr, RK: tl.constexpr, RV: tl.constexpr, BPP: tl.constexpr,
+                     QUANT: tl.constexpr):
+        """Ask L2 for every byte this program will read from the compressed blocks (its part of blocks
+        n0 .. n1-1, at most 16 blocks: coefficients, scales, bases; 6 ranges per block, one per thread,
+        spread over 4 warps; with more warps some ranges are requested twice, harmlessly)."""
+        L: tl.constexpr = 128
+        lane = tl.arange(0, L)
+        c = (lane % 32) * 4 + lane // 32  # range c on warp c % 4 (4 warps): the per-warp issue loops stay short
+        kind = c % 8
+        n = n0 + c // 8
+        ok = (n < n1) & (c < BPP * 8)
+        blk = (pid_bh * nb_cap + n).to(tl.int64)
+        tok0 = blk * BS + part * TPP
+        eck: tl.constexpr = CK.dtype.element_ty.primitive_bitwidth // 8
+        ebk: tl.constexpr = BK.dtype.element_ty.primitive_bitwidth // 8
+        addr = tl.where(kind == 0, CK.to(tl.int64, bitcast=True) + tok0 * (RK * eck),
+               tl.where(kind == 1, CV.to(tl.int64, bitcast=True) + tok0 * (RV * eck),
+               tl.where(kind == 4, BK.to(tl.int64, bitcast=True) + blk * (RK * D * ebk),
+               BV.to(tl.int64, bitcast=True) + blk * (RV * DV * ebk))))
+        size = tl.where(kind == 0, TPP * RK * eck, tl.where(kind == 1, TPP * RV * eck,
+               tl.where(kind == 4, RK * D * ebk, RV * DV * ebk)))
+        if QUANT:
+            addr = tl.where(kind == 2, SK.to(tl.int64, bitcast=True) + tok0 * 4,
+                   tl.where(kind == 3, SV.to(tl.int64, bitcast=True) + tok0 * 4, addr))
+            size = tl.where((kind == 2) | (kind == 3), TPP * 4, size)
+            ok = ok & (kind < 6)
+        else:
+            ok = ok & (kind < 6) & (kind != 2) & (kind != 3)
+        _l2_prefetch_ranges(addr, tl.where(ok, size, 0))
+
+    @triton.jit
+    def _v3_step(q, ck, cv, sk, sv, bk, bv, m_i, l_i, acc, diag, qk_scale, GP: tl.constexpr, GQ: tl.constexpr,
+                 NW: tl.constexpr, TW: tl.constexpr, RKP: tl.constexpr, RVP: tl.constexpr, QUANT: tl.constexpr,
+                 LOWP: tl.constexpr, PREC: tl.constexpr, FASTCVT: tl.constexpr, CV2D: tl.constexpr):
+        """The math of one block step (see ``_spectral_v3``): rows (slice j, head g) each with its own
+        online softmax (m_i, l_i, acc [GP, DVP]) in the log2 domain. CV2D (the session-6 path) also keeps
+        l_i per row AND token column ([GP, TW], summed once after the program's last block): no
+        cross-warp row sum per step (the tokens of a row are spread over the warps)."""
+        if LOWP:
+            qb = tl.dot(q, tl.trans(bk.to(q.dtype))) * qk_scale  # [GP, RKP]
+            if QUANT:
+                ckf = _i8_to_f16(ck, FASTCVT)
+                cvf = _i8_to_f16(cv, FASTCVT)
+            else:
+                ckf = ck.to(tl.float16)
+                cvf = cv.to(tl.float16)
+        else:
+            qb = tl.dot(q, tl.trans(bk.to(tl.float32)), input_precision=PREC) * qk_scale
+            ckf = ck.to(tl.float32)
+            cvf = cv.to(tl.float32)
+        # block-diagonal query operand [GP, NW*RKP]: row (j, g) holds qb[g] in column block j
+        qd = tl.reshape(tl.where(diag, qb[:, None, :], 0.0), (GP, NW * RKP))
+        ckc = tl.reshape(ckf, (NW * RKP, TW))
+        if LOWP:
+            s = tl.dot(qd.to(tl.float16), ckc)  # [GP, TW]
+        else:
+            s = tl.dot(qd, ckc, input_precision=PREC)
+        if QUANT:  # per-token scales of row (j, g): the scales of slice j
+            s = s * _rows_of_slices(sk, diag, NW, GQ, GP, TW)
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        if CV2D:
+            l_i = l_i * alpha[:, None] + p
+        else:
+            l_i = l_i * alpha + tl.sum(p, 1)
+        if QUANT:
+            p = p * _rows_of_slices(sv, diag, NW, GQ, GP, TW)
+        if CV2D:
+            cvc = cvf  # [TW, NW*RVP]: [C_V(slice 0) | ...]
+        else:
+            cvc = tl.reshape(tl.permute(cvf, (1, 0, 2)), (TW, NW * RVP))
+        if LOWP:
+            pcf = tl.dot(p.to(tl.float16), cvc)  # [GP, NW*RVP]
+        else:
+            pcf = tl.dot(p, cvc, input_precision=PREC)
+        pc = tl.sum(tl.where(diag, tl.reshape(pcf, (GP, NW, RVP)), 0.0), 1)  # [GP, RVP]
+        acc = acc * alpha[:, None] + tl.dot(pc, bv.to(tl.float32), input_precision=PREC)
+        return m_new, l_i, acc
+
     @triton.jit(do_not_specialize=["n_blocks", "hot_len"])
     def _spectral_v3(
         Q, CK, SK, BK, CV, SV, BV, HKP, HVP, PM, PL, PACC, CNT, O, PM2, PL2, PACC2,
@@ -32,7 +191,7 @@ if HAS_TRITON:
         HOT_PER_SPLIT: tl.constexpr, HT: tl.constexpr,
         QUANT: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr,
         FUSED: tl.constexpr, GRP: tl.constexpr, SCH: tl.constexpr, FASTCVT: tl.constexpr, I64: tl.constexpr,
-        PDL: tl.constexpr = False,
+        PDL: tl.constexpr = False, PRE: tl.constexpr = False, L2PF: tl.constexpr = False,
     ):
         """v3 block program: BS // SPLIT tokens of each of BPP consecutive blocks, cut into NW slices
         of TW tokens. The GP rows of every dot are (slice j, query head g) pairs, row j*GQ + g, so
@@ -48,8 +207,16 @@ if HAS_TRITON:
 
         (the zero blocks cost tensor-core work only), then the NW rows of each head are merged
         once per program. Same arguments and partial layout as v2 (same launcher, replay, merges).
-        PDL: launched as a programmatic dependent launch (see ``_gdc_enter``)."""
-        if PDL:
+        PDL: launched as a programmatic dependent launch (see ``_gdc_enter``).
+        PRE (session 6): the next block step's tiles are loaded into registers before this step's math
+        (a hand-written two-deep pipeline; run it with num_stages=1; PRE == 2: all but the value
+        coefficients, which are loaded at the top of their own step, fewer registers), and the first step's tiles are
+        loaded before the PDL wait: they overlap the previous kernel (the merge of the previous call or
+        layer, which never writes a cache). q and everything written (partials, output, counters)
+        still come after the wait.
+        L2PF (session 6): at its start a program asks L2 (cp.async.bulk.prefetch.L2, sm_90+, compiled only)
+        for every byte of its blocks (before the PDL wait), so its loads wait for L2, not DRAM."""
+        if PDL and PRE == 0 and not L2PF:
             _gdc_enter()
         pid_bh = tl.program_id(0)
         pid_s = tl.program_id(1)
@@ -59,6 +226,10 @@ if HAS_TRITON:
         dvmask = offs_dv < DV
         if pid_s < n_comp:
             TPP: tl.constexpr = BS // SPLIT
+            # session 6: the value coefficients loaded side by side (cp.async-pipelined like the key
+            # coefficients, no permute through shared memory) on the session-6 paths; the session-5
+            # launch (no prefetch) keeps its code
+            CV2D: tl.constexpr = PRE > 0 or L2PF
             offs_r = tl.arange(0, GP)
             jr = offs_r // GQ  # the slice of each row
             gr = offs_r % GQ  # the query head of each row
@@ -69,81 +240,63 @@ if HAS_TRITON:
             offs_rv = tl.arange(0, RVP)
             rkmask = offs_rk < RK
             rvmask = offs_rv < RV
+            n0 = (pid_s // SPLIT) * BPP
+            n1 = tl.minimum(n0 + BPP, n_blocks)
+            part = pid_s % SPLIT
+            tok_off = part * TPP + offs_j[:, None] * TW + offs_t[None, :]  # [NW, TW] within a block
+            diag = jr[:, None, None] == offs_j[None, :, None]  # [GP, NW, 1]: row block j of slice j
+            m_i = tl.full([GP], -1.0e30, tl.float32)
+            if CV2D:
+                l_i = tl.zeros([GP, TW], tl.float32)  # summed over the tokens after the last block
+            else:
+                l_i = tl.zeros([GP], tl.float32)
+            acc = tl.zeros([GP, DVP], tl.float32)
+            if L2PF:  # every byte of the program's blocks requested from L2 up front (before the PDL wait)
+                _v3_prefetch(CK, SK, BK, CV, SV, BV, pid_bh, nb_cap, n0, n1, part, TPP, BS, D, DV, RK, RV, BPP, QUANT)
+                if PDL and PRE == 0:
+                    _gdc_enter()
+            if PRE > 0:
+                blk = pid_bh * nb_cap + n0
+                if I64:
+                    blk = blk.to(tl.int64)
+                ck, cv, sk, sv, bk, bv = _v3_tiles(CK, SK, BK, CV, SV, BV, blk, blk * BS + part * TPP, blk * BS + tok_off, offs_rk, offs_rv,
+                                                   offs_d, offs_dv, rkmask, rvmask, dmask, dvmask, D, DP, DV, DVP, RK,
+                                                   RKP, RV, RVP, QUANT, NW, TW, CV2D)
+                if PDL:
+                    _gdc_enter()
             q = tl.load(Q + (pid_bh * G + gr)[:, None] * D + offs_d[None, :], mask=rvalid[:, None] & dmask[None, :],
                         other=0.0)
             if not LOWP:
                 q = q.to(tl.float32)
-            m_i = tl.full([GP], -1.0e30, tl.float32)
-            l_i = tl.zeros([GP], tl.float32)
-            acc = tl.zeros([GP, DVP], tl.float32)
-            n0 = (pid_s // SPLIT) * BPP
-            n1 = tl.minimum(n0 + BPP, n_blocks)
-            part = pid_s % SPLIT
-            diag = jr[:, None, None] == offs_j[None, :, None]  # [GP, NW, 1]: row block j of slice j
-            for n in range(n0, n1):
-                blk = pid_bh * nb_cap + n
-                if I64:
-                    blk = blk.to(tl.int64)
-                tok = blk * BS + part * TPP + offs_j[:, None] * TW + offs_t[None, :]  # [NW, TW]
-                # every load of the block first
-                ck_ptr = CK + tok[:, None, :] * RK + offs_rk[None, :, None]  # C_K^T per slice [NW, RKP, TW]
-                cv_ptr = CV + tok[:, :, None] * RV + offs_rv[None, None, :]  # [NW, TW, RVP]
-                bk_ptr = BK + blk * (RK * D) + offs_rk[:, None] * D + offs_d[None, :]
-                bv_ptr = BV + blk * (RV * DV) + offs_rv[:, None] * DV + offs_dv[None, :]
-                if RK == RKP:
-                    ck = tl.load(ck_ptr)
-                else:
-                    ck = tl.load(ck_ptr, mask=rkmask[None, :, None], other=0)
-                if RV == RVP:
-                    cv = tl.load(cv_ptr)
-                else:
-                    cv = tl.load(cv_ptr, mask=rvmask[None, None, :], other=0)
-                if QUANT:
-                    sk = tl.load(SK + tok)
-                    sv = tl.load(SV + tok)
-                if RK == RKP and D == DP:
-                    bk = tl.load(bk_ptr)
-                else:
-                    bk = tl.load(bk_ptr, mask=rkmask[:, None] & dmask[None, :], other=0.0)
-                if RV == RVP and DV == DVP:
-                    bv = tl.load(bv_ptr)
-                else:
-                    bv = tl.load(bv_ptr, mask=rvmask[:, None] & dvmask[None, :], other=0.0)
-                if LOWP:
-                    qb = tl.dot(q, tl.trans(bk.to(q.dtype))) * qk_scale  # [GP, RKP]
-                    if QUANT:
-                        ckf = _i8_to_f16(ck, FASTCVT)
-                        cvf = _i8_to_f16(cv, FASTCVT)
-                    else:
-                        ckf = ck.to(tl.float16)
-                        cvf = cv.to(tl.float16)
-                else:
-                    qb = tl.dot(q, tl.trans(bk.to(tl.float32)), input_precision=PREC) * qk_scale
-                    ckf = ck.to(tl.float32)
-                    cvf = cv.to(tl.float32)
-                # block-diagonal query operand [GP, NW*RKP]: row (j, g) holds qb[g] in column block j
-                qd = tl.reshape(tl.where(diag, qb[:, None, :], 0.0), (GP, NW * RKP))
-                ckc = tl.reshape(ckf, (NW * RKP, TW))
-                if LOWP:
-                    s = tl.dot(qd.to(tl.float16), ckc)  # [GP, TW]
-                else:
-                    s = tl.dot(qd, ckc, input_precision=PREC)
-                if QUANT:  # per-token scales of row (j, g): the scales of slice j
-                    s = s * _rows_of_slices(sk, diag, NW, GQ, GP, TW)
-                m_new = tl.maximum(m_i, tl.max(s, 1))
-                alpha = tl.exp2(m_i - m_new)
-                p = tl.exp2(s - m_new[:, None])
-                l_i = l_i * alpha + tl.sum(p, 1)
-                if QUANT:
-                    p = p * _rows_of_slices(sv, diag, NW, GQ, GP, TW)
-                cvc = tl.reshape(tl.permute(cvf, (1, 0, 2)), (TW, NW * RVP))  # [C_V(slice 0) | ...]
-                if LOWP:
-                    pcf = tl.dot(p.to(tl.float16), cvc)  # [GP, NW*RVP]
-                else:
-                    pcf = tl.dot(p, cvc, input_precision=PREC)
-                pc = tl.sum(tl.where(diag, tl.reshape(pcf, (GP, NW, RVP)), 0.0), 1)  # [GP, RVP]
-                acc = acc * alpha[:, None] + tl.dot(pc, bv.to(tl.float32), input_precision=PREC)
-                m_i = m_new
+            if PRE > 0:
+                for n in range(n0, n1):
+                    blk2 = pid_bh * nb_cap + tl.minimum(n + 1, n1 - 1)  # the last step reloads its own (cached)
+                    if I64:
+                        blk2 = blk2.to(tl.int64)
+                    ck2, cv2, sk2, sv2, bk2, bv2 = _v3_tiles(CK, SK, BK, CV, SV, BV, blk2, blk2 * BS + part * TPP, blk2 * BS + tok_off, offs_rk,
+                                                             offs_rv, offs_d, offs_dv, rkmask, rvmask, dmask, dvmask,
+                                                             D, DP, DV, DVP, RK, RKP, RV, RVP, QUANT, NW, TW, CV2D)
+                    if PRE == 2:  # value coefficients loaded in their own step (fewer registers held across steps)
+                        blk = pid_bh * nb_cap + n
+                        if I64:
+                            blk = blk.to(tl.int64)
+                        cv = _v3_cv(CV, blk * BS + part * TPP, RV, RVP, NW, TW)
+                    m_i, l_i, acc = _v3_step(q, ck, cv, sk, sv, bk, bv, m_i, l_i, acc, diag, qk_scale, GP, GQ, NW, TW,
+                                             RKP, RVP, QUANT, LOWP, PREC, FASTCVT, CV2D)
+                    ck, cv, sk, sv, bk, bv = ck2, cv2, sk2, sv2, bk2, bv2
+            else:
+                for n in range(n0, n1):
+                    blk = pid_bh * nb_cap + n
+                    if I64:
+                        blk = blk.to(tl.int64)
+                    # every load of the block first (Triton pipelines them across blocks, num_stages 2)
+                    ck, cv, sk, sv, bk, bv = _v3_tiles(CK, SK, BK, CV, SV, BV, blk, blk * BS + part * TPP, blk * BS + tok_off, offs_rk,
+                                                       offs_rv, offs_d, offs_dv, rkmask, rvmask, dmask, dvmask, D, DP,
+                                                       DV, DVP, RK, RKP, RV, RVP, QUANT, NW, TW, CV2D)
+                    m_i, l_i, acc = _v3_step(q, ck, cv, sk, sv, bk, bv, m_i, l_i, acc, diag, qk_scale, GP, GQ, NW, TW,
+                                             RKP, RVP, QUANT, LOWP, PREC, FASTCVT, CV2D)
+            if CV2D:
+                l_i = tl.sum(l_i, 1)
             # merge the NW slice rows of each query head
             m_i = tl.where(rvalid, m_i, -1.0e30)
             m3 = tl.reshape(m_i, (GP // GQ, GQ))
@@ -159,6 +312,8 @@ if HAS_TRITON:
             tl.store(PL + prow, l_h, mask=qmask)
             tl.store(PACC + prow[:, None] * DV + offs_dv[None, :], acc_h, mask=qmask[:, None] & dvmask[None, :])
         else:
+            if PDL and (PRE > 0 or L2PF):
+                _gdc_enter()
             offs_g = tl.arange(0, GP)
             gmask = offs_g < G
             qh = tl.load(Q + (pid_bh * G + offs_g)[:, None] * D + offs_d[None, :], mask=gmask[:, None] & dmask[None, :],

@@ -8,6 +8,12 @@ launches on sm_90+ (session 5b): each kernel starts with griddepcontrol.wait and
 kernel launch, so the merge kernel's launch overlaps the split kernel, and the next call's split
 kernel overlaps the merge.
 
+Session 6 (B = 1): when every program is resident at once (B = 1 at 32K), v3 takes whole blocks per
+program (split 1, half as many blocks each) and requests each program's blocks from L2 before the PDL
+wait (``l2_prefetch``); the programs were latency bound (Nsight Compute: ~2 warps per scheduler,
+long-scoreboard first, ~20 block-wide barriers per block step). ``prefetch`` (next block's tiles in
+registers) and the v4 kernel (warps as the dots' batch dimension) are tested options, slower there.
+
 v3 (``_spectral_v3``, session 5): like v2 a program takes ``block_size / split`` tokens (of each
 of ``blocks_per_program`` consecutive blocks, pipelined), cut into token slices, but the slices
 are packed into the ROWS of the dots: row ``j*G + g`` is (slice j, query head g), the score dot's
@@ -84,6 +90,7 @@ if HAS_TRITON:  # the Triton kernels live in jit_v1/v2/v3.py; the launchers belo
     from .jit_v1 import _spectral_split, _spectral_merge_proj, _spectral_merge
     from .jit_v2 import _spectral_v2, _merge_v2_kernel
     from .jit_v3 import _spectral_v3
+    from .jit_v4 import _spectral_v4
 
 
 def _p2(x: int) -> int:
@@ -365,6 +372,13 @@ def _pdl_ok(dev, want) -> bool:
     return _sm_major(dev.index if dev.index is not None else torch.cuda.current_device()) >= 9
 
 
+def _l2pf_ok(dev, want) -> bool:
+    """The L2 bulk prefetch (inline PTX, sm_90+) where asked for and possible: CUDA, compiled."""
+    if not want or dev.type != "cuda" or _interpreting():
+        return False
+    return _sm_major(dev.index if dev.index is not None else torch.cuda.current_device()) >= 9
+
+
 def _replay_ok(dev) -> bool:
     return dev.type == "cuda" and not _interpreting()
 
@@ -423,6 +437,7 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
                     fused_merge: bool | None = None, fast_cvt: bool | None = None,
                     merge_group: int | None = None, num_warps: int | None = None,
                     num_stages: int | None = None, maxnreg: int | None = None, pdl: bool | None = None,
+                    prefetch: int | None = None, l2_prefetch: bool | None = None,
                     **v1_options) -> torch.Tensor:
     """Decode attention of q [B, Hq, 1, d] over a spectral cache's buffers.
 
@@ -436,7 +451,17 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
     value_proj; v2's warp_slices, slice_tile) select that kernel.
     impl="v3": launch parameters left None come from ``default_config_v3``: split,
     blocks_per_program (with split > 1: that part of each of them), num_warps, num_stages,
-    fused_merge, merge_group, fast_cvt, maxnreg, pdl.
+    fused_merge, merge_group, fast_cvt, maxnreg, pdl, prefetch, l2_prefetch.
+    l2_prefetch (v3/v4, session 6; sm_90+, compiled, else ignored): each program first asks L2 for
+    every byte of its blocks (cp.async.bulk.prefetch.L2), before the PDL wait, so its loads wait for
+    L2 rather than DRAM and the requests overlap the previous kernel. Default: on where measured faster
+    (one-wave grids such as B = 1 at 32K; ranks <= 16 otherwise), see ``default_config_v3``.
+    prefetch (v3, session 6; default 0): 1 = the next block's tiles are loaded into registers during
+    this block's math (and the first block's before the PDL wait); 2 = all but the value coefficients.
+    Use with num_stages=1. Measured faster than the session-5 launch at ranks 16 only (B = 1).
+    impl="v4" (session 6, experimental, slower on the H100): v3's rows with the warps as the batch
+    dimension of the dots (8 block-wide barriers per block step instead of ~20); same options as v3
+    except fused_merge and prefetch.
     pdl (v2/v3): programmatic dependent launch (sm_90+, CUDA, compiled; else ignored): the kernel
     and the merge kernel are launched with ``launch_pdl`` and start with griddepcontrol.wait, so a
     kernel's launch overlaps the previous one's work (merge after split, the next call's split after
@@ -457,6 +482,8 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
             impl = "v1"
         elif warp_slices or slice_tile:
             impl = "v2"
+        elif prefetch or l2_prefetch:
+            impl = "v3"
         elif n_blocks <= AUTO_V2_MAX_BLOCKS:
             impl = "v2"
         else:
@@ -466,19 +493,22 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
                                    blocks_per_program=blocks_per_program, hot_per_split=hot_per_split,
                                    fused_merge=fused_merge, num_warps=num_warps, num_stages=num_stages,
                                    maxnreg=maxnreg, **v1_options)
-    if impl not in ("v2", "v3"):
-        raise ValueError(f"impl must be 'auto', 'v1', 'v2' or 'v3'; got {impl!r}")
+    if impl not in ("v2", "v3", "v4"):
+        raise ValueError(f"impl must be 'auto', 'v1', 'v2', 'v3' or 'v4'; got {impl!r}")
     if v1_options:
         bad = sorted(set(v1_options) - set(_V1_ONLY))
         if bad:
             raise TypeError(f"spectral_decode: unexpected option(s) {', '.join(bad)}")
         raise ValueError(f"option(s) {', '.join(sorted(v1_options))} belong to impl='v1'")
-    if impl == "v3":
+    if impl in ("v3", "v4"):
         return _spectral_decode_v3(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale, split=split,
                                    blocks_per_program=blocks_per_program, hot_per_split=hot_per_split,
                                    fused_merge=fused_merge, fast_cvt=fast_cvt, merge_group=merge_group,
                                    num_warps=num_warps, num_stages=num_stages, maxnreg=maxnreg,
-                                   warp_slices=warp_slices, slice_tile=slice_tile, pdl=pdl)
+                                   warp_slices=warp_slices, slice_tile=slice_tile, pdl=pdl, prefetch=prefetch,
+                                   l2_prefetch=l2_prefetch, kernel=impl)
+    if prefetch or l2_prefetch:  # v1 / v2
+        raise ValueError("prefetch / l2_prefetch belong to impl='v3'")
     q, (b, hq, d, bs) = _checked_inputs(q, ck, sk, bk, cv, sv, bv, hot_k, hot_v)
     dev = q.device
     cfg = default_config_v2(b * ck.shape[1], n_blocks, bs, _num_sms(dev), q.element_size())
@@ -522,10 +552,12 @@ def _checked_inputs(q, ck, sk, bk, cv, sv, bv, hot_k, hot_v):
     return q, (b, hq, d, bs)
 
 
-def default_config_v3(n_bh: int, n_blocks: int, block_size: int, n_sms: int, elem_size: int = 2) -> dict:
+def default_config_v3(n_bh: int, n_blocks: int, block_size: int, n_sms: int, elem_size: int = 2, key_rank: int = 0,
+                      value_rank: int = 0, head_dim: int = 128, group: int = 4) -> dict:
     """v3 launch parameters: split (programs per block group, block_size / split tokens of each
     block), blocks_per_program (consecutive blocks per program, pipelined), num_warps, num_stages,
-    fused_merge, merge_group, pdl (programmatic dependent launch: ``V3_PDL``)."""
+    fused_merge, merge_group, pdl (programmatic dependent launch: ``V3_PDL``), prefetch (registers;
+    off by default) and l2_prefetch (session 6: see ``V3_SESSION6``)."""
     if elem_size >= 4:
         cfg = dict(split=4 if block_size >= 256 else 1, num_warps=4, num_stages=1, fused_merge=False)
     else:
@@ -539,20 +571,41 @@ def default_config_v3(n_bh: int, n_blocks: int, block_size: int, n_sms: int, ele
             bpp *= 2
         cfg = dict(split=sp, blocks_per_program=bpp, num_warps=4, num_stages=2, fused_merge=False)
     cfg.setdefault("blocks_per_program", 1)
-    cfg.update(merge_group=8, pdl=_default_pdl(V3_PDL))
+    cfg.update(merge_group=8, pdl=_default_pdl(V3_PDL), prefetch=0, l2_prefetch=False)
+    measured = (elem_size < 4 and max(key_rank, value_rank) <= 32 and head_dim <= 128 and group <= 4
+                and block_size >= 128 and V3_SESSION6)
+    if measured:
+        # session 6 (benchmarks/RESULTS.md "Session 6"; H100, 32K): when every program is resident at once
+        # (<= 2 per SM; B = 1: 264 programs) the programs are latency bound (Nsight Compute: ~2 warps per
+        # scheduler, long-scoreboard stalls first, 20+ block-wide barriers per block step): whole blocks
+        # per program (half the steps and barriers per token, no basis work repeated by two programs), as
+        # many programs as before, and each program's blocks requested from L2 before the PDL wait.
+        # With more programs than that (B = 8), only the L2 prefetch, at ranks <= 16 (faster there; at
+        # ranks 32 it costs registers and was slower)
+        n_prog = n_bh * (-(-max(n_blocks, 1) // cfg["blocks_per_program"])) * cfg["split"]
+        if n_prog <= 2 * n_sms and cfg["blocks_per_program"] == 4 and cfg["split"] == 2:  # as measured (32K, B = 1)
+            cfg.update(split=1, blocks_per_program=cfg["blocks_per_program"] // 2, l2_prefetch=True)
+        elif n_prog > 2 * n_sms and max(key_rank, value_rank) <= 16:
+            cfg.update(l2_prefetch=True)
     return cfg
+
+
+# session 6: False keeps the session-5 launch everywhere (the rules are in ``default_config_v3``)
+V3_SESSION6 = True
 
 
 def _spectral_decode_v3(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale, *, split=None,
                         blocks_per_program=None, hot_per_split=256, fused_merge=None, fast_cvt=None,
                         merge_group=None, num_warps=None, num_stages=None, maxnreg=None, warp_slices=None,
-                        slice_tile=None, pdl=None):
-    """The v3 kernel (``_spectral_v3``) through v2's launcher (plans, replay, merges)."""
+                        slice_tile=None, pdl=None, prefetch=None, l2_prefetch=None, kernel="v3"):
+    """The v3 kernel (``_spectral_v3``; kernel="v4": ``_spectral_v4``, session 6, experimental: warps as the
+    batch dimension of the dots) through v2's launcher (plans, replay, merges)."""
     if warp_slices or slice_tile:
         raise ValueError("warp_slices / slice_tile belong to impl='v2'")
     q, (b, hq, d, bs) = _checked_inputs(q, ck, sk, bk, cv, sv, bv, hot_k, hot_v)
     dev = q.device
-    cfg = default_config_v3(b * ck.shape[1], n_blocks, bs, _num_sms(dev), q.element_size())
+    cfg = default_config_v3(b * ck.shape[1], n_blocks, bs, _num_sms(dev), q.element_size(), ck.shape[-1], cv.shape[-1],
+                            max(d, bv.shape[-1]), hq // ck.shape[1])
     sp = split or cfg["split"]
     while sp > 1 and (bs % sp or (bs // sp) % 16):
         sp //= 2
@@ -563,17 +616,34 @@ def _spectral_decode_v3(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_l
     nsl = max(1, min(gp // gq, tpp // 16))  # token slices packed into the dot rows
     while tpp % (nsl * 16):
         nsl //= 2
-    first = (sp, nsl, tpp // nsl, num_warps or cfg["num_warps"], num_stages or cfg["num_stages"],
+    tw = tpp // nsl
+    if kernel == "v4":  # the warps are a batch dimension: tpp = warps * slices * tw, tw >= 16
+        wb = num_warps or cfg["num_warps"]
+        nsl = max(1, gp // gq)
+        while nsl > 1 and (tpp // (wb * nsl) < 16 or nsl * _p2(max(ck.shape[-1], cv.shape[-1])) > 64):
+            nsl //= 2  # and at most 64 columns in the block-diagonal dots (registers: no spills at ranks 32)
+            nsl //= 2
+        while wb > 1 and tpp // (wb * nsl) < 16:
+            wb //= 2
+        tw = tpp // (wb * nsl)
+        if tw < 16 or tpp % (wb * nsl * 16):
+            raise ValueError(f"impl='v4' needs block_size / split >= 16 * num_warps; got {tpp}")
+        if fused_merge:
+            raise ValueError("impl='v4' has no fused merge (fused_merge=False)")
+        fused_merge = False
+    first = (sp, nsl, tw, num_warps or cfg["num_warps"], num_stages or cfg["num_stages"],
              cfg["fused_merge"] if fused_merge is None else bool(fused_merge),
              (dev.type == "cuda" and not _interpreting()) if fast_cvt is None else bool(fast_cvt),
-             merge_group or cfg["merge_group"], bpp, maxnreg, _pdl_ok(dev, cfg["pdl"] if pdl is None else pdl))
+             merge_group or cfg["merge_group"], bpp, maxnreg, _pdl_ok(dev, cfg["pdl"] if pdl is None else pdl),
+             int(cfg["prefetch"] if prefetch is None else prefetch),
+             _l2pf_ok(dev, cfg["l2_prefetch"] if l2_prefetch is None else l2_prefetch))
     scale = d**-0.5 if scale is None else scale
     out = torch.empty(b, hq, 1, bv.shape[-1], device=dev, dtype=q.dtype)
     args = (q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale, out, hot_per_split)
 
     def fallbacks():  # large ranks: no pipelining, then smaller programs (less shared memory per step)
         cands = [first, (*first[:4], 1, *first[5:8], 1, *first[9:])]
-        sp2 = sp
+        sp2 = sp if kernel == "v3" else 8 * sp  # v4: no smaller programs
         while sp2 * 2 <= bs // 16 and sp2 < 8 * sp:
             sp2 *= 2
             t2 = bs // sp2
@@ -582,10 +652,10 @@ def _spectral_decode_v3(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_l
                 n2 //= 2
             cands.append((sp2, n2, t2 // n2, first[3], 1, *first[5:8], 1, *first[9:]))
         cands = list(dict.fromkeys(cands))
-        return cands, ("v3", dev, q.dtype, ck.dtype, bk.dtype, hot_k.dtype, bs, ck.shape[-1], cv.shape[-1], d,
+        return cands, (kernel, dev, q.dtype, ck.dtype, bk.dtype, hot_k.dtype, bs, ck.shape[-1], cv.shape[-1], d,
                        bv.shape[-1], hq // ck.shape[1], first)
 
-    _launch_fitting(_launch_v3, args, first, fallbacks)
+    _launch_fitting(_launch_v4 if kernel == "v4" else _launch_v3, args, first, fallbacks)
     return out
 
 
@@ -593,8 +663,13 @@ def _launch_v3(*args):
     return _launch_v2(*args, kernel="v3")
 
 
+def _launch_v4(*args):
+    return _launch_v2(*args, kernel="v4")
+
+
 def _launch_v2(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale, out, hot_per_split,
-               sp, nw, tw, num_warps, num_stages, fused, fast, grp, bpp, maxnreg, pdl=False, kernel="v2"):
+               sp, nw, tw, num_warps, num_stages, fused, fast, grp, bpp, maxnreg, pdl=False, pre=0, l2pf=False,
+               kernel="v2"):
     global _FAST_LAUNCH
     dev = q.device
     cuda = dev.type == "cuda"
@@ -609,7 +684,7 @@ def _launch_v2(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale
     tensors = (q, ck, sk, bk, cv, sv, bv, hot_k, hot_v)
     key = (skey, q.shape, q.dtype, ck.shape, ck.dtype, bk.shape, bk.dtype, cv.shape, bv.shape, bv.dtype, hot_k.shape,
            hot_k.dtype, hot_v.shape, quant, n_blocks, n_hot, hot_per_split, sp, nw, tw, num_warps, num_stages, fused,
-           fast, grp, bpp, maxnreg, pdl, kernel, tuple(x is None or x.data_ptr() % 16 == 0 for x in tensors))
+           fast, grp, bpp, maxnreg, pdl, pre, l2pf, kernel, tuple(x is None or x.data_ptr() % 16 == 0 for x in tensors))
     plan = _V2_PLANS.get(key)
     if plan is not None and plan[0] is not None and not _hooks_active():  # replay: compiled launchers, new pointers
         try:
@@ -633,7 +708,7 @@ def _launch_v2(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale
             replay = False
     if plan is None:
         plan = (None, _make_plan_v2(q, ck, bk, cv, bv, hot_k, n_blocks, n_hot, hot_per_split, quant, sp, nw, tw, fused,
-                                    fast, grp, bpp, pdl))
+                                    fast, grp, bpp, pdl, (pre, l2pf) if kernel in ("v3", "v4") else None))
     grid, mgrid, work, cnt, consts, mconsts, (nb_cap, hot_cap, n_comp, n_splits, n_groups) = plan[1]
     pm, pl, pacc, pm2, pl2, pacc2 = work
     a = [q, ck, sk if quant else pm, bk, cv, sv if quant else pm, bv, hot_k, hot_v, pm, pl, pacc, cnt, out, pm2, pl2,
@@ -642,7 +717,7 @@ def _launch_v2(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale
     opts = {} if maxnreg is None else {"maxnreg": maxnreg}
     if pdl:  # launch attribute of the compiled launcher: the replayed launches below carry it too
         opts["launch_pdl"] = True
-    k1 = (_spectral_v3 if kernel == "v3" else _spectral_v2)[grid](*a, num_warps=num_warps, num_stages=num_stages,
+    k1 = {"v2": _spectral_v2, "v3": _spectral_v3, "v4": _spectral_v4}[kernel][grid](*a, num_warps=num_warps, num_stages=num_stages,
                                                                    **opts)
     LAUNCH_STATS["jit"] += 1
     launches = [(k1, grid, a)]
@@ -668,7 +743,7 @@ def _launch_v2(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale
 
 
 def _make_plan_v2(q, ck, bk, cv, bv, hot_k, n_blocks, n_hot, hot_per_split, quant, sp, nw, tw, fused, fast, grp,
-                  bpp, pdl=False):
+                  bpp, pdl=False, pre=None):
     b, hq, _, d = q.shape
     _, hk, nb_cap, bs, rk = ck.shape
     rv, dv = cv.shape[-1], bv.shape[-1]
@@ -691,6 +766,9 @@ def _make_plan_v2(q, ck, bk, cv, bv, hot_k, n_blocks, n_hot, hot_per_split, quan
                   LOWP=lowp and (quant or ck.dtype == torch.float16), PREC="ieee" if not lowp else "tf32",
                   FUSED=fused, GRP=grp, SCH=8, FASTCVT=fast and quant,
                   I64=max(ck.numel(), cv.numel(), bk.numel(), bv.numel()) >= 2**31, PDL=pdl)
+    if pre is not None:  # v3 only (its last arguments): (prefetch, l2_prefetch)
+        consts["PRE"] = int(pre[0])
+        consts["L2PF"] = bool(pre[1])
     mgrid = mconsts = None
     if not fused:
         dvb = min(32, dvp)
