@@ -165,6 +165,46 @@ def test_triton_landmark_prefetch_options(pre, monkeypatch):
             assert rel_err(a, r) <= tol * 3, (dtype, block, name)
 
 
+S6_OPTS = [  # session 6: (lm_bwd, lm_dq, fwd_split)
+    ("trans", False, 0),
+    ("trans", True, 1),
+    ("trans", True, 2),
+]
+
+
+@needs_triton
+@pytest.mark.parametrize("opts", S6_OPTS)
+def test_triton_session6_landmark_paths(opts, monkeypatch):
+    """Session 6: the transposed landmark backward (_lm_bwd_t_kernel: segments of whole selection
+    blocks, runs spanning segments), with the landmark dQ added there (the dQ kernel without its
+    landmark pass), and the forward's landmark pass as its own kernel after the window kernel
+    (fwd_split 1; 2: the selection on a side stream where CUDA runs): reference outputs and
+    gradients. GQA with a selection block of two tiles (nested loop) and one head per kv head
+    with a block of one tile (the flat loop), two landmark chunks; fp32 and fp16."""
+    from attnlab.ops.dsalt import kernel
+
+    mode, lm_dq, split = opts
+    monkeypatch.setitem(kernel.OPTS, "lm_bwd", mode)
+    monkeypatch.setitem(kernel.OPTS, "lm_dq", lm_dq)
+    monkeypatch.setitem(kernel.OPTS, "fwd_split", split)
+    bm = 64 if ON_GPU else 16
+    cases = [((1, 4, 2, 83, 16), 2 * bm, 20, torch.float32, 1e-5),
+             ((1, 2, 2, 70, 16), bm, 24, torch.float32, 1e-5),
+             ((1, 2, 1, 61, 16), bm, 5, torch.float16, 3e-3)]
+    for (b, h, hk, t, d), block, n_lm, dtype, tol in cases:
+        ins = make(b, h, hk, t, d, 2.0, 24, dtype, DEV)
+        kw = dict(n_max=24, edge=2.0, n_landmarks=n_lm, block=block, scale=0.3)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no fallback
+            out = dsalt_attention(*ins, impl="triton", **kw)
+            do = torch.randn_like(out)
+            ga = grads(out, ins, do)
+        ref = dsalt_reference(*ins, **kw)
+        assert rel_err(out, ref) <= tol, (block, dtype)
+        for name, a, r in zip("q k v win energy".split(), ga, grads(ref, ins, do)):
+            assert rel_err(a, r) <= tol * 3, (block, dtype, name)
+
+
 def _causal_check(fn, t=37, device="cpu"):
     ins = [x.detach() for x in make(1, 2, 1, t, 16, 1.0, 9.0, torch.float32, device)]
     out = fn(*ins)

@@ -76,6 +76,7 @@ def _interpreting() -> bool:
 
 if HAVE_TRITON:  # the Triton kernels live in jit_attention.py and jit_select.py
     from .jit_attention import _fwd_kernel, _dq_kernel, _lm_bwd_kernel, _dkdv_kernel, _delta_kernel
+    from .jit_attention import _lm_bwd_t_kernel, _fwd_lm_kernel
     from .jit_select import _select_kernel, _lm_reduce_kernel
 
 
@@ -172,8 +173,14 @@ def _blocks(block: int, d: int, device) -> tuple[int, int, int]:
 # K/V rows once, at its first tile); sel_chunk: candidate blocks per
 # program of the parallel landmark selection (0: serial, one program per (batch, kv head)), used
 # where T >= sel_par_min_t (_select_stable)
+# Session 6: lm_bwd "trans" = _lm_bwd_t_kernel (slots as the dots' M dimension, one load of a
+# block's landmark rows, segments of whole selection blocks); lm_dq (with "trans"): the landmark
+# dQ is added by _lm_bwd_t_kernel, the dQ kernel runs without its landmark pass; fwd_split: the
+# forward's landmark pass in its own kernel (_fwd_lm_kernel) after the window kernel (1), and
+# with the selection on a side stream beside the window kernel (2).
 OPTS = {"lc_fwd": 32, "lc_dq": 32, "delta": (64, 4), "lm_bwd": "atomic", "fuse_delta": True,
-        "lm_pre_fwd": 0, "lm_pre_dq": 0, "lm_pre_bwd": 0, "sel_chunk": 0, "sel_par_min_t": 8192}
+        "lm_pre_fwd": 0, "lm_pre_dq": 0, "lm_pre_bwd": 0, "sel_chunk": 0, "sel_par_min_t": 8192,
+        "lm_dq": False, "fwd_split": 0}
 
 _TUNED: dict = {}
 _FWD_BM_OVERRIDE: dict = {}
@@ -330,6 +337,40 @@ def _reduce_landmark_grads(plk, plv, pg, lpos, dk, dv, dgt, nb, t, kp, d, energy
 LM_BWD_CONFIGS = [(32, 64, 32, 8, 2), (32, 32, 32, 8, 2), (32, 16, 32, 4, 2)]
 
 
+# _lm_bwd_t_kernel launch on CUDA: (BLOCK_M rows per tile, LC slots per program, SEG selection
+# blocks per program, warps, stages); BLOCK_M divides the selection block
+LM_BWD_T_CONFIGS = [(64, 64, 16, 8, 2), (64, 64, 8, 8, 2), (64, 64, 32, 8, 2), (64, 64, 16, 4, 2),
+                    (32, 64, 16, 8, 2), (64, 32, 16, 4, 2)]
+# _fwd_lm_kernel launch on CUDA: (BLOCK_M, LC, warps, stages)
+FWD_LM_CONFIGS = [(64, 32, 4, 2), (64, 64, 4, 2), (64, 64, 8, 2), (32, 32, 4, 2)]
+
+
+def _lm_bwd_t_config(q, block, bm, kp, add_dq):
+    if _interpreting() or not q.is_cuda:
+        m, lc, seg, w, st = bm, 16, 2, 4, 1  # short segments: runs spanning segments are tested
+    else:
+        m, lc, seg, w, st = FORCE_CONFIG.get("lm_bwd_t") or LM_BWD_T_CONFIGS[0]
+        m = m if block % m == 0 else bm
+    lc = kp if add_dq else min(lc, kp)  # the landmark dQ needs every slot of a tile in one program
+    return m, lc, seg, w, st
+
+
+def _fwd_lm_config(q, block, bm, kp):
+    if _interpreting() or not q.is_cuda:
+        return bm, 16, 4, 1
+    m, lc, w, st = FORCE_CONFIG.get("fwd_lm") or FWD_LM_CONFIGS[0]
+    return (m if block % m == 0 else bm), min(lc, kp), w, st
+
+
+_SIDE: dict = {}
+
+
+def _side_stream(device):
+    if device not in _SIDE:
+        _SIDE[device] = torch.cuda.Stream(device)
+    return _SIDE[device]
+
+
 def _lm_bwd_config(q, block, bm):
     if _interpreting() or not q.is_cuda:
         return bm, 16, 2, 4, 1  # short segments: runs spanning segments are tested
@@ -381,8 +422,17 @@ class _DSALTFn(torch.autograd.Function):
         g = h // hk
         bm, bn, warps = _blocks(block, d, q.device)
         has_lm = n_lm > 0
+        split = has_lm and OPTS["fwd_split"]
+        side = split == 2 and q.is_cuda and not torch.cuda.is_current_stream_capturing()
+        if side:  # the selection beside the window kernel, on a side stream
+            cur = torch.cuda.current_stream(q.device)
+            sst = _side_stream(q.device)
+            sst.wait_stream(cur)
+            with torch.cuda.stream(sst):
+                lpos, stable = landmark_slots(energy.detach(), n_lm, block)
         if has_lm:
-            lpos, stable = landmark_slots(energy.detach(), n_lm, block)
+            if not side:
+                lpos, stable = landmark_slots(energy.detach(), n_lm, block)
             kp, nb = lpos.shape[-1], lpos.shape[2]
             gt = energy.detach()  # the kernels compute the gate logsigmoid(e)
         else:
@@ -391,12 +441,21 @@ class _DSALTFn(torch.autograd.Function):
             gt = win  # unused
         o = torch.empty_like(q)
         lse = torch.empty(b, h, t, device=q.device, dtype=torch.float32)
+        fwd_args = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+                    o.stride(0), o.stride(1), o.stride(2))
         _launch("fwd", _fwd_kernel, t, b * h, bm, bn, warps, block,
-                q, k, v, win, gt, lpos, o, lse,
-                q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-                o.stride(0), o.stride(1), o.stride(2),
+                q, k, v, win, gt, win if split else lpos, o, lse, *fwd_args,
                 h, g, t, nb, n_max, float(edge), 1.0 / float(edge), scale * LOG2E, block,
-                D=d, KP=kp, HAS_LM=has_lm, PREC=_prec(q), LC=min(OPTS["lc_fwd"], kp), PRE=OPTS["lm_pre_fwd"])
+                D=d, KP=kp, HAS_LM=has_lm and not split, PREC=_prec(q), LC=min(OPTS["lc_fwd"], kp),
+                PRE=OPTS["lm_pre_fwd"])
+        if split:
+            if side:
+                cur.wait_stream(sst)
+                lpos.record_stream(cur)
+            fm, flc, fw, fst = _fwd_lm_config(q, block, bm, kp)
+            _LAUNCH(_fwd_lm_kernel, (triton.cdiv(t, fm), b * h), q, k, v, win, gt, lpos, o, lse, *fwd_args,
+                    h, g, t, nb, n_max, 1.0 / float(edge), scale * LOG2E, block,
+                    D=d, BLOCK_M=fm, KP=kp, PREC=_prec(q), LC=flc, num_warps=fw, num_stages=fst)
         ctx.save_for_backward(q, k, v, win, energy, gt, lpos, o, lse)
         ctx.meta = meta
         ctx.stable = stable
@@ -426,7 +485,9 @@ class _DSALTFn(torch.autograd.Function):
         dw = torch.empty(b, h, t, device=q.device, dtype=torch.float32)
         strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2))
         fargs = (n_max, float(edge), 1.0 / float(edge), scale * LOG2E, scale)
-        atomic = has_lm and OPTS["lm_bwd"] == "atomic"
+        atomic = has_lm and OPTS["lm_bwd"] in ("atomic", "trans")
+        trans = has_lm and OPTS["lm_bwd"] == "trans"
+        lm_dq = trans and OPTS["lm_dq"]
 
         def dq_pass(partials):
             if partials:
@@ -438,7 +499,8 @@ class _DSALTFn(torch.autograd.Function):
             _launch("dq", _dq_kernel, t, b * h, bm, bn, warps, block,
                     q, k, v, win, gt, lpos, do, lse, delta, dq, dw, *parts, o, *strides,
                     h, g, t, nb, nt, *fargs, block,
-                    D=d, KP=kp, HAS_LM=has_lm, PREC=_prec(q), LC=min(OPTS["lc_dq"], kp), PARTIALS=int(partials),
+                    D=d, KP=kp, HAS_LM=has_lm and not lm_dq, PREC=_prec(q), LC=min(OPTS["lc_dq"], kp),
+                    PARTIALS=int(partials),
                     FUSE_DELTA=int(fuse), PRE=OPTS["lm_pre_dq"])
             return parts
 
@@ -450,7 +512,14 @@ class _DSALTFn(torch.autograd.Function):
         denergy = None
         if has_lm:
             dgt = torch.zeros(b, hk, t, device=q.device, dtype=torch.float32)
-            if atomic:
+            if trans:
+                lm, lc, seg, lw, lst = _lm_bwd_t_config(q, block, bm, kp, lm_dq)
+                _LAUNCH(_lm_bwd_t_kernel, (triton.cdiv(nb, seg), kp // lc, b * hk),
+                        q, k, v, win, gt, lpos, do, lse, delta, dk, dv, dgt, dq, *strides,
+                        h, g, t, nb, n_max, 1.0 / float(edge), scale * LOG2E, scale, block,
+                        D=d, BLOCK_M=lm, KP=kp, LC=lc, SEG=seg, PREC=_prec(q), ADD_DQ=int(lm_dq),
+                        FLAT=int(lm == block and g == 1), num_warps=lw, num_stages=lst)
+            elif atomic:
                 try:
                     lm, lc, seg, lw, lst = _lm_bwd_config(q, block, bm)
                     lc = min(lc, kp)
