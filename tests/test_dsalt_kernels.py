@@ -329,6 +329,35 @@ def test_gpu_bf16_landmark_latency_options_match_reference(i, monkeypatch):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("i", range(6))
+def test_gpu_bf16_session6_paths_match_reference(i, monkeypatch):
+    """Session 6 on the GPU, every _lm_bwd_t_kernel launch config (i) with a _fwd_lm_kernel config:
+    even i the landmark dQ in that kernel and the selection on a side stream (fwd_split 2), odd i
+    the dQ kernel's landmark pass and fwd_split 1; i = 0, 3 one head per kv head (the flat loop
+    where BLOCK_M = 64), else GQA; bf16, head dim 128, 64 landmarks."""
+    from attnlab.ops.dsalt import kernel
+
+    cfg = {name: lst[i % len(lst)] for name, lst in
+           (("fwd", kernel.FWD_CONFIGS), ("dq", kernel.DQ_CONFIGS), ("dkdv", kernel.DKDV_CONFIGS),
+            ("lm_bwd_t", kernel.LM_BWD_T_CONFIGS), ("fwd_lm", kernel.FWD_LM_CONFIGS))}
+    monkeypatch.setattr(kernel, "FORCE_CONFIG", cfg)
+    for name, val in (("lm_bwd", "trans"), ("lm_dq", i % 2 == 0), ("fwd_split", 2 if i % 2 == 0 else 1)):
+        monkeypatch.setitem(kernel.OPTS, name, val)
+    torch.manual_seed(20 + i)
+    ins = make(1, 4, 4 if i % 3 == 0 else 2, 1000 + 37 * i, 128, 48.0, 300, torch.bfloat16, "cuda")
+    kw = dict(n_max=300, edge=4.0, n_landmarks=64, block=64, scale=128**-0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback to another path
+        out = dsalt_attention(*ins, impl="triton", **kw)
+        do = torch.randn_like(out)
+        ga = grads(out, ins, do)
+    ref = dsalt_reference(*[x.float() if j < 3 else x for j, x in enumerate(ins)], **kw)
+    assert rel_err(out, ref) <= 1e-2, cfg
+    for name, a, r in zip("q k v win energy".split(), ga, grads(ref, ins, do.float())):
+        assert rel_err(a, r) <= 3e-2, (cfg, name, rel_err(a, r))
+
+
+@pytest.mark.gpu
 def test_gpu_parallel_selection_long_sequence():
     """The parallel selection at the benchmark's size class (T = 16K, 64 landmarks, block 64,
     chunks of 32 blocks) selects the prefix top-k scan's sets."""
