@@ -84,7 +84,7 @@ def test_triton_forward_tile_spanning_two_selection_blocks(monkeypatch):
 @needs_triton
 def test_triton_partials_landmark_backward_path(monkeypatch):
     """The landmark backward through per-tile partials + the reduction kernel (lm_bwd="reduce", the
-    sessions 2-4 path) and through _lm_bwd_kernel (default "atomic") give the reference's gradients
+    sessions 2-4 path) and through _lm_bwd_kernel (session 5's "atomic") give the reference's gradients
     (GQA, a selection block of two tiles)."""
     from attnlab.ops.dsalt import kernel
 
@@ -121,7 +121,7 @@ def test_triton_parallel_selection_paths(monkeypatch):
     do = torch.randn_like(ref)
     gr = grads(ref, ins, do)
     assert not kernel.landmark_slots(ins[4].detach(), 6, 16)[1]
-    for mode in ("atomic", "reduce"):
+    for mode in ("atomic", "reduce", "trans"):
         monkeypatch.setitem(kernel.OPTS, "lm_bwd", mode)
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # no fallback
@@ -141,6 +141,8 @@ def test_triton_landmark_prefetch_options(pre, monkeypatch):
     tile spanning two selection blocks; fp32 and fp16."""
     from attnlab.ops.dsalt import kernel
 
+    monkeypatch.setitem(kernel.OPTS, "lm_bwd", "atomic")  # the kernel with the lm_pre_bwd option
+    monkeypatch.setitem(kernel.OPTS, "lm_dq", False)  # the dQ kernel's landmark pass (lm_pre_dq)
     monkeypatch.setitem(kernel.OPTS, "lm_pre_fwd", pre)
     monkeypatch.setitem(kernel.OPTS, "lm_pre_dq", pre)
     monkeypatch.setitem(kernel.OPTS, "lm_pre_bwd", pre)
@@ -169,6 +171,7 @@ S6_OPTS = [  # session 6: (lm_bwd, lm_dq, fwd_split)
     ("trans", False, 0),
     ("trans", True, 1),
     ("trans", True, 2),
+    ("atomic", False, 3),
 ]
 
 
@@ -311,7 +314,8 @@ def test_gpu_bf16_landmark_latency_options_match_reference(i, monkeypatch):
             ("lm_bwd", kernel.LM_BWD_CONFIGS))}
     monkeypatch.setattr(kernel, "FORCE_CONFIG", cfg)
     pre = 1 + i % 2
-    for name, val in (("lm_pre_fwd", pre), ("lm_pre_dq", pre), ("lm_pre_bwd", pre), ("sel_chunk", 4),
+    for name, val in (("lm_bwd", "atomic"), ("lm_dq", False),
+                      ("lm_pre_fwd", pre), ("lm_pre_dq", pre), ("lm_pre_bwd", pre), ("sel_chunk", 4),
                       ("sel_par_min_t", 1)):
         monkeypatch.setitem(kernel.OPTS, name, val)
     torch.manual_seed(10 + i)
@@ -332,8 +336,8 @@ def test_gpu_bf16_landmark_latency_options_match_reference(i, monkeypatch):
 @pytest.mark.parametrize("i", range(6))
 def test_gpu_bf16_session6_paths_match_reference(i, monkeypatch):
     """Session 6 on the GPU, every _lm_bwd_t_kernel launch config (i) with a _fwd_lm_kernel config:
-    even i the landmark dQ in that kernel and the selection on a side stream (fwd_split 2), odd i
-    the dQ kernel's landmark pass and fwd_split 1; i = 0, 3 one head per kv head (the flat loop
+    even i the landmark dQ in that kernel and the selection on a side stream (fwd_split 3 at i = 0, 4,
+    else 2), odd i the dQ kernel's landmark pass and fwd_split 1; i = 0, 3 one head per kv head (the flat loop
     where BLOCK_M = 64), else GQA; bf16, head dim 128, 64 landmarks."""
     from attnlab.ops.dsalt import kernel
 
@@ -341,7 +345,8 @@ def test_gpu_bf16_session6_paths_match_reference(i, monkeypatch):
            (("fwd", kernel.FWD_CONFIGS), ("dq", kernel.DQ_CONFIGS), ("dkdv", kernel.DKDV_CONFIGS),
             ("lm_bwd_t", kernel.LM_BWD_T_CONFIGS), ("fwd_lm", kernel.FWD_LM_CONFIGS))}
     monkeypatch.setattr(kernel, "FORCE_CONFIG", cfg)
-    for name, val in (("lm_bwd", "trans"), ("lm_dq", i % 2 == 0), ("fwd_split", 2 if i % 2 == 0 else 1)):
+    split = (3 if i % 4 == 0 else 2) if i % 2 == 0 else 1
+    for name, val in (("lm_bwd", "trans"), ("lm_dq", i % 2 == 0), ("fwd_split", split)):
         monkeypatch.setitem(kernel.OPTS, name, val)
     torch.manual_seed(20 + i)
     ins = make(1, 4, 4 if i % 3 == 0 else 2, 1000 + 37 * i, 128, 48.0, 300, torch.bfloat16, "cuda")

@@ -87,7 +87,8 @@ def _pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def _select_stable(energy, k: int, kp: int, block: int, key32: bool | None = None, chunk: int | None = None):
+def _select_stable(energy, k: int, kp: int, block: int, key32: bool | None = None, chunk: int | None = None,
+                   out=None):
     """Landmark positions [B, Hk, NB, KP] int32 (-1: empty slot or padding); key32: int32 rank
     keys (default where T <= 65536), else int64. chunk (candidate blocks per program; default
     OPTS["sel_chunk"] where T >= OPTS["sel_par_min_t"], else serial): the parallel selection, C
@@ -97,7 +98,8 @@ def _select_stable(energy, k: int, kp: int, block: int, key32: bool | None = Non
     b, hk, t = energy.shape
     nb = -(-t // block)
     e = energy.detach().float().contiguous()
-    out = torch.empty(b, hk, nb, kp, dtype=torch.int32, device=energy.device)
+    if out is None:
+        out = torch.empty(b, hk, nb, kp, dtype=torch.int32, device=energy.device)
     cb = 16 if block <= 128 else 4
     key32 = (t <= 65536) if key32 is None else key32
     if chunk is None:
@@ -178,9 +180,10 @@ def _blocks(block: int, d: int, device) -> tuple[int, int, int]:
 # dQ is added by _lm_bwd_t_kernel, the dQ kernel runs without its landmark pass; fwd_split: the
 # forward's landmark pass in its own kernel (_fwd_lm_kernel) after the window kernel (1), and
 # with the selection on a side stream beside the window kernel (2).
-OPTS = {"lc_fwd": 32, "lc_dq": 32, "delta": (64, 4), "lm_bwd": "atomic", "fuse_delta": True,
+# Defaults from session 6's H100 A/B (benchmarks/RESULTS.md, "Session 6: DSALT"): "trans" + lm_dq.
+OPTS = {"lc_fwd": 32, "lc_dq": 32, "delta": (64, 4), "lm_bwd": "trans", "fuse_delta": True,
         "lm_pre_fwd": 0, "lm_pre_dq": 0, "lm_pre_bwd": 0, "sel_chunk": 0, "sel_par_min_t": 8192,
-        "lm_dq": False, "fwd_split": 0}
+        "lm_dq": True, "fwd_split": 0}
 
 _TUNED: dict = {}
 _FWD_BM_OVERRIDE: dict = {}
@@ -366,9 +369,19 @@ _SIDE: dict = {}
 
 
 def _side_stream(device):
+    """(high-priority side stream, fork event, join event) of a device, made once: the selection
+    runs there beside the window forward kernel (OPTS["fwd_split"] 2 / 3); high priority, so its
+    programs take the first free slots while the window kernel's programs fill the GPU."""
     if device not in _SIDE:
-        _SIDE[device] = torch.cuda.Stream(device)
+        _SIDE[device] = (torch.cuda.Stream(device, priority=-8), torch.cuda.Event(), torch.cuda.Event())
     return _SIDE[device]
+
+
+def _side_ok(q, t: int) -> bool:
+    """Whether the selection may run on the side stream: CUDA, not during CUDA-graph capture, the
+    serial selection kernel (the parallel selection has torch steps between its launches)."""
+    return (q.is_cuda and _FAST_LM["on"] and not (OPTS["sel_chunk"] and t >= OPTS["sel_par_min_t"])
+            and not torch.cuda.is_current_stream_capturing())
 
 
 def _lm_bwd_config(q, block, bm):
@@ -422,17 +435,29 @@ class _DSALTFn(torch.autograd.Function):
         g = h // hk
         bm, bn, warps = _blocks(block, d, q.device)
         has_lm = n_lm > 0
-        split = has_lm and OPTS["fwd_split"]
-        side = split == 2 and q.is_cuda and not torch.cuda.is_current_stream_capturing()
-        if side:  # the selection beside the window kernel, on a side stream
+        split = OPTS["fwd_split"] if has_lm else 0
+        side = split >= 2 and _side_ok(q, t)
+        if has_lm and side:
+            # the selection on a side stream: 2 launched before the window kernel, 3 after it (the
+            # host's time between the two launches then overlaps too); lpos is allocated on the
+            # current stream, which waits for the side stream before the landmark pass reads it
+            kp, nb, stable = max(16, _pow2(n_lm)), -(-t // block), True
             cur = torch.cuda.current_stream(q.device)
-            sst = _side_stream(q.device)
-            sst.wait_stream(cur)
-            with torch.cuda.stream(sst):
-                lpos, stable = landmark_slots(energy.detach(), n_lm, block)
-        if has_lm:
-            if not side:
-                lpos, stable = landmark_slots(energy.detach(), n_lm, block)
+            sst, ev_fork, ev_join = _side_stream(q.device)
+            ev_fork.record(cur)
+            lpos = torch.empty(b, hk, nb, kp, dtype=torch.int32, device=q.device)
+            gt = energy.detach()
+
+            def select_aside():
+                sst.wait_event(ev_fork)
+                with torch.cuda.stream(sst):
+                    _select_stable(gt, n_lm, kp, block, chunk=0, out=lpos)
+                ev_join.record(sst)
+
+            if split == 2:
+                select_aside()
+        elif has_lm:
+            lpos, stable = landmark_slots(energy.detach(), n_lm, block)
             kp, nb = lpos.shape[-1], lpos.shape[2]
             gt = energy.detach()  # the kernels compute the gate logsigmoid(e)
         else:
@@ -450,8 +475,9 @@ class _DSALTFn(torch.autograd.Function):
                 PRE=OPTS["lm_pre_fwd"])
         if split:
             if side:
-                cur.wait_stream(sst)
-                lpos.record_stream(cur)
+                if split == 3:
+                    select_aside()
+                cur.wait_event(ev_join)
             fm, flc, fw, fst = _fwd_lm_config(q, block, bm, kp)
             _LAUNCH(_fwd_lm_kernel, (triton.cdiv(t, fm), b * h), q, k, v, win, gt, lpos, o, lse, *fwd_args,
                     h, g, t, nb, n_max, 1.0 / float(edge), scale * LOG2E, block,
@@ -514,11 +540,19 @@ class _DSALTFn(torch.autograd.Function):
             dgt = torch.zeros(b, hk, t, device=q.device, dtype=torch.float32)
             if trans:
                 lm, lc, seg, lw, lst = _lm_bwd_t_config(q, block, bm, kp, lm_dq)
-                _LAUNCH(_lm_bwd_t_kernel, (triton.cdiv(nb, seg), kp // lc, b * hk),
-                        q, k, v, win, gt, lpos, do, lse, delta, dk, dv, dgt, dq, *strides,
-                        h, g, t, nb, n_max, 1.0 / float(edge), scale * LOG2E, scale, block,
-                        D=d, BLOCK_M=lm, KP=kp, LC=lc, SEG=seg, PREC=_prec(q), ADD_DQ=int(lm_dq),
-                        FLAT=int(lm == block and g == 1), num_warps=lw, num_stages=lst)
+                try:
+                    _LAUNCH(_lm_bwd_t_kernel, (triton.cdiv(nb, seg), kp // lc, b * hk),
+                            q, k, v, win, gt, lpos, do, lse, delta, dk, dv, dgt, dq, *strides,
+                            h, g, t, nb, n_max, 1.0 / float(edge), scale * LOG2E, scale, block,
+                            D=d, BLOCK_M=lm, KP=kp, LC=lc, SEG=seg, PREC=_prec(q), ADD_DQ=int(lm_dq),
+                            FLAT=int(lm == block and g == 1), num_warps=lw, num_stages=lst)
+                except Exception as e:  # pragma: no cover - compiler trouble: the session-5 path, from scratch
+                    import warnings
+
+                    warnings.warn(f"dsalt: transposed landmark backward kernel unavailable ({type(e).__name__}: "
+                                  f"{e}); using _lm_bwd_kernel")
+                    OPTS["lm_bwd"], OPTS["lm_dq"] = "atomic", False
+                    return _DSALTFn.backward(ctx, do)
             elif atomic:
                 try:
                     lm, lc, seg, lw, lst = _lm_bwd_config(q, block, bm)
