@@ -6,7 +6,8 @@ peak memory, optionally the 32K kernel timeline.
 kernel (lm_bwd "trans", its launch configs), the landmark dQ moved into it (lm_dq), the forward's
 landmark pass as its own kernel (fwd_split 1) with the selection on a side stream (fwd_split 2),
 dK/dV launch configs with 3 stages. --set final: flex window-only, attnlab window-only, DSALT with
-the defaults of this tree and with the session-5 defaults, timed together.
+the defaults of this tree, with the selection on a side stream (fwd_split 3: after the window
+kernel's launch; 2: before it), without the flush skip, and with the session-5 defaults, timed together.
 
     python benchmarks/device_runs/dsalt_s6_ab.py --set call1 --lengths 32768,16384 --rounds 3
 """
@@ -37,7 +38,7 @@ _s5 = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_s5)
 host_ms, timeline = _s5.host_ms, _s5.timeline
 
-S5 = {"lm_bwd": "atomic", "lm_dq": False, "fwd_split": 0}  # the session-5 defaults (landmark options)
+S5 = {"lm_bwd": "atomic", "lm_dq": False, "fwd_split": 0}  # noqa: E501  # the session-5 defaults (landmark options)
 
 
 def main():
@@ -120,6 +121,9 @@ def main():
                 "flex_window": flex_step,
                 "window": mk(0),
                 "dsalt": mk(n_lm),  # this tree's defaults
+                "dsalt_split3": mk(n_lm, {"fwd_split": 3}),
+                "dsalt_split2": mk(n_lm, {"fwd_split": 2}),
+                "dsalt_noskip": mk(n_lm, {"lm_skip": False}),
                 "dsalt_s5": mk(n_lm, S5),
             }
         times = {name: [] for name in variants}
@@ -133,7 +137,7 @@ def main():
                 torch.cuda.synchronize()
                 print(f"T={t} warm {name}: {time.time() - t0:.1f} s", flush=True)
             peaks = {}
-            for name in ("flex_window", "window", "dsalt", "dsalt_s5", "combo", "tdq"):
+            for name in ("flex_window", "window", "dsalt", "dsalt_split3", "dsalt_s5", "combo", "tdq"):
                 if name in variants:
                     torch.cuda.synchronize()
                     torch.cuda.reset_peak_memory_stats()
@@ -159,7 +163,7 @@ def main():
                   f"  rounds {[round(x, 3) for x in times[name]]}", flush=True)
         print(f"  options: {K.OPTS}; autotuned: {K.tuned_configs()}", flush=True)
         if t == max(int(x) for x in args.lengths.split(",")) and args.timeline:
-            for name in ("dsalt_s5", "combo", "dsalt", "window"):
+            for name in ("dsalt_s5", "combo", "dsalt", "dsalt_split3", "window"):
                 if name in variants:
                     row["timeline_" + name] = timeline(variants[name], f"{name} T={t}")
         res[t] = row

@@ -541,7 +541,8 @@ if HAVE_TRITON:
                          sq_b, sq_h, sq_t, sk_b, sk_h, sk_t,
                          H, G, T, NB, n_max, inv_edge, qk_scale, sm_scale, SEL_BLOCK,
                          D: tl.constexpr, BLOCK_M: tl.constexpr, KP: tl.constexpr, LC: tl.constexpr,
-                         SEG: tl.constexpr, PREC: tl.constexpr, ADD_DQ: tl.constexpr = 0, FLAT: tl.constexpr = 0):
+                         SEG: tl.constexpr, PREC: tl.constexpr, ADD_DQ: tl.constexpr = 0, FLAT: tl.constexpr = 0,
+                         SKIP: tl.constexpr = 1):
         """Landmark backward, transposed like _dkdv_kernel's TRANS=1: the LC slots are the dots' M
         dimension, so P^T dO and dS^T Q come straight from the accumulator layout (no transposes
         of the [queries, slots] tiles). Program (segment of SEG selection blocks, slot chunk,
@@ -589,15 +590,17 @@ if HAVE_TRITON:
                                                            sm_scale, m0, sq_b, sq_h, sq_t, D, BLOCK_M, PREC, ADD_DQ)
             nxt = tl.where(nb + 1 < b1, nxt, -2)
             fl = (nxt != lpos) & (lpos >= 0)
-            rows = b * sk_b + hk * sk_h + lp0[:, None] * sk_t + offs_d[None, :]
-            fl2 = tl.broadcast_to(fl[:, None], (LC, D))
-            tl.atomic_add(DK + rows, (acc_k * sm_scale).to(DK.dtype.element_ty), mask=fl2, sem="relaxed")
-            tl.atomic_add(DV + rows, acc_v.to(DV.dtype.element_ty), mask=fl2, sem="relaxed")
-            # d logsigmoid(e) / de = sigmoid(-e)
-            tl.atomic_add(DGT + bhk * T + lp0, acc_g / (1.0 + tl.exp(et)), mask=fl, sem="relaxed")
-            acc_k = tl.where(fl[:, None], 0.0, acc_k)
-            acc_v = tl.where(fl[:, None], 0.0, acc_v)
-            acc_g = tl.where(fl, 0.0, acc_g)
+            # SKIP: blocks where no slot changes (most, once the set has settled) skip the flush
+            if (SKIP == 0) | (tl.max(fl.to(tl.int32), 0) > 0):
+                rows = b * sk_b + hk * sk_h + lp0[:, None] * sk_t + offs_d[None, :]
+                fl2 = tl.broadcast_to(fl[:, None], (LC, D))
+                tl.atomic_add(DK + rows, (acc_k * sm_scale).to(DK.dtype.element_ty), mask=fl2, sem="relaxed")
+                tl.atomic_add(DV + rows, acc_v.to(DV.dtype.element_ty), mask=fl2, sem="relaxed")
+                # d logsigmoid(e) / de = sigmoid(-e)
+                tl.atomic_add(DGT + bhk * T + lp0, acc_g / (1.0 + tl.exp(et)), mask=fl, sem="relaxed")
+                acc_k = tl.where(fl[:, None], 0.0, acc_k)
+                acc_v = tl.where(fl[:, None], 0.0, acc_v)
+                acc_g = tl.where(fl, 0.0, acc_g)
             lpos = nxt
 
     @triton.jit
