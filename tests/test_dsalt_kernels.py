@@ -167,11 +167,12 @@ def test_triton_landmark_prefetch_options(pre, monkeypatch):
             assert rel_err(a, r) <= tol * 3, (dtype, block, name)
 
 
-S6_OPTS = [  # session 6: (lm_bwd, lm_dq, fwd_split)
+S6_OPTS = [  # session 6: (lm_bwd, lm_dq ("early": and dQ rows loaded early, no flush skip), fwd_split)
     ("trans", False, 0),
     ("trans", True, 1),
     ("trans", True, 2),
     ("atomic", False, 3),
+    ("trans", "early", 0),
 ]
 
 
@@ -188,7 +189,9 @@ def test_triton_session6_landmark_paths(opts, monkeypatch):
 
     mode, lm_dq, split = opts
     monkeypatch.setitem(kernel.OPTS, "lm_bwd", mode)
-    monkeypatch.setitem(kernel.OPTS, "lm_dq", lm_dq)
+    monkeypatch.setitem(kernel.OPTS, "lm_dq", bool(lm_dq))
+    monkeypatch.setitem(kernel.OPTS, "lm_dq_early", lm_dq == "early")
+    monkeypatch.setitem(kernel.OPTS, "lm_skip", lm_dq != "early")  # and without the flush skip
     monkeypatch.setitem(kernel.OPTS, "fwd_split", split)
     bm = 64 if ON_GPU else 16
     cases = [((1, 4, 2, 83, 16), 2 * bm, 20, torch.float32, 1e-5),
@@ -338,7 +341,8 @@ def test_gpu_bf16_session6_paths_match_reference(i, monkeypatch):
     """Session 6 on the GPU, every _lm_bwd_t_kernel launch config (i) with a _fwd_lm_kernel config:
     even i the landmark dQ in that kernel and the selection on a side stream (fwd_split 3 at i = 0, 4,
     else 2), odd i the dQ kernel's landmark pass and fwd_split 1; i = 0, 3 one head per kv head (the flat loop
-    where BLOCK_M = 64), else GQA; bf16, head dim 128, 64 landmarks."""
+    where BLOCK_M = 64), else GQA; i = 2 without the flush skip, i = 2, 4 the dQ rows loaded early;
+    bf16, head dim 128, 64 landmarks."""
     from attnlab.ops.dsalt import kernel
 
     cfg = {name: lst[i % len(lst)] for name, lst in
@@ -346,7 +350,8 @@ def test_gpu_bf16_session6_paths_match_reference(i, monkeypatch):
             ("lm_bwd_t", kernel.LM_BWD_T_CONFIGS), ("fwd_lm", kernel.FWD_LM_CONFIGS))}
     monkeypatch.setattr(kernel, "FORCE_CONFIG", cfg)
     split = (3 if i % 4 == 0 else 2) if i % 2 == 0 else 1
-    for name, val in (("lm_bwd", "trans"), ("lm_dq", i % 2 == 0), ("fwd_split", split)):
+    for name, val in (("lm_bwd", "trans"), ("lm_dq", i % 2 == 0), ("fwd_split", split), ("lm_skip", i != 2),
+                      ("lm_dq_early", i in (2, 4))):
         monkeypatch.setitem(kernel.OPTS, name, val)
     torch.manual_seed(20 + i)
     ins = make(1, 4, 4 if i % 3 == 0 else 2, 1000 + 37 * i, 128, 48.0, 300, torch.bfloat16, "cuda")

@@ -124,6 +124,9 @@ def main():
                 "dsalt_split3": mk(n_lm, {"fwd_split": 3}),
                 "dsalt_split2": mk(n_lm, {"fwd_split": 2}),
                 "dsalt_noskip": mk(n_lm, {"lm_skip": False}),
+                "dsalt_dqearly": mk(n_lm, {"lm_dq_early": True}),
+                "dsalt_lmt_st3": mk(n_lm, None, {"lm_bwd_t": (64, 64, 16, 8, 3)}),
+                "dsalt_split3_flm32": mk(n_lm, {"fwd_split": 3}, {"fwd_lm": K.FWD_LM_CONFIGS[3]}),
                 "dsalt_s5": mk(n_lm, S5),
             }
         times = {name: [] for name in variants}

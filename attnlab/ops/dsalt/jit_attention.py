@@ -510,8 +510,10 @@ if HAVE_TRITON:
     @triton.jit
     def _lm_bwd_tile(Q, W, DO, LSE, DELTA, DQ, lk, lv, lpos, gate, acc_k, acc_v, acc_g,
                      b, h, H, T, n_max, inv_edge, qk_scale, sm_scale, m0, sq_b, sq_h, sq_t,
-                     D: tl.constexpr, BLOCK_M: tl.constexpr, PREC: tl.constexpr, ADD_DQ: tl.constexpr):
-        """One query tile (BLOCK_M rows of head h) against the slots' landmarks, transposed."""
+                     D: tl.constexpr, BLOCK_M: tl.constexpr, PREC: tl.constexpr, ADD_DQ: tl.constexpr,
+                     DQ_EARLY: tl.constexpr = 0):
+        """One query tile (BLOCK_M rows of head h) against the slots' landmarks, transposed.
+        DQ_EARLY: the tile's dQ rows (ADD_DQ) are loaded with Q and dO, ahead of the dots."""
         offs_m = m0 + tl.arange(0, BLOCK_M)
         offs_d = tl.arange(0, D)
         mrow = offs_m < T
@@ -522,6 +524,8 @@ if HAVE_TRITON:
         w = tl.load(W + bh * T + offs_m, mask=mrow, other=1.0)
         lse = tl.load(LSE + bh * T + offs_m, mask=mrow, other=0.0)
         delta = tl.load(DELTA + bh * T + offs_m, mask=mrow, other=0.0)
+        if ADD_DQ and DQ_EARLY:
+            dq0 = tl.load(DQ + qoff, mask=mrow[:, None], other=0.0)
         sT = tl.dot(lk, tl.trans(q), input_precision=PREC) * qk_scale  # [LC, BM]
         sT = sT + _lm_biasT(offs_m, lpos, gate, w, T, n_max, inv_edge)
         pT = tl.exp2(sT - lse[None, :])
@@ -532,8 +536,9 @@ if HAVE_TRITON:
         acc_g += tl.sum(dsT, 1)
         if ADD_DQ:
             dql = tl.dot(tl.trans(dsT.to(lk.dtype)), lk, input_precision=PREC)  # [BM, D]
-            dq0 = tl.load(DQ + qoff, mask=mrow[:, None], other=0.0).to(tl.float32)
-            tl.store(DQ + qoff, (dq0 + dql * sm_scale).to(DQ.dtype.element_ty), mask=mrow[:, None])
+            if not DQ_EARLY:
+                dq0 = tl.load(DQ + qoff, mask=mrow[:, None], other=0.0)
+            tl.store(DQ + qoff, (dq0.to(tl.float32) + dql * sm_scale).to(DQ.dtype.element_ty), mask=mrow[:, None])
         return acc_k, acc_v, acc_g
 
     @triton.jit
@@ -542,7 +547,7 @@ if HAVE_TRITON:
                          H, G, T, NB, n_max, inv_edge, qk_scale, sm_scale, SEL_BLOCK,
                          D: tl.constexpr, BLOCK_M: tl.constexpr, KP: tl.constexpr, LC: tl.constexpr,
                          SEG: tl.constexpr, PREC: tl.constexpr, ADD_DQ: tl.constexpr = 0, FLAT: tl.constexpr = 0,
-                         SKIP: tl.constexpr = 1):
+                         SKIP: tl.constexpr = 1, DQ_EARLY: tl.constexpr = 0):
         """Landmark backward, transposed like _dkdv_kernel's TRANS=1: the LC slots are the dots' M
         dimension, so P^T dO and dS^T Q come straight from the accumulator layout (no transposes
         of the [queries, slots] tiles). Program (segment of SEG selection blocks, slot chunk,
@@ -581,13 +586,15 @@ if HAVE_TRITON:
             if FLAT:  # BLOCK_M == SEL_BLOCK and G == 1: one tile per block, a flat loop
                 acc_k, acc_v, acc_g = _lm_bwd_tile(Q, W, DO, LSE, DELTA, DQ, lk, lv, lpos, gate, acc_k, acc_v, acc_g,
                                                    b, hk, H, T, n_max, inv_edge, qk_scale, sm_scale,
-                                                   nb * SEL_BLOCK, sq_b, sq_h, sq_t, D, BLOCK_M, PREC, ADD_DQ)
+                                                   nb * SEL_BLOCK, sq_b, sq_h, sq_t, D, BLOCK_M, PREC, ADD_DQ,
+                                                   DQ_EARLY)
             else:
                 for m0 in range(nb * SEL_BLOCK, m_end, BLOCK_M):
                     for g in range(0, G):
                         acc_k, acc_v, acc_g = _lm_bwd_tile(Q, W, DO, LSE, DELTA, DQ, lk, lv, lpos, gate, acc_k, acc_v,
                                                            acc_g, b, hk * G + g, H, T, n_max, inv_edge, qk_scale,
-                                                           sm_scale, m0, sq_b, sq_h, sq_t, D, BLOCK_M, PREC, ADD_DQ)
+                                                           sm_scale, m0, sq_b, sq_h, sq_t, D, BLOCK_M, PREC, ADD_DQ,
+                                                           DQ_EARLY)
             nxt = tl.where(nb + 1 < b1, nxt, -2)
             fl = (nxt != lpos) & (lpos >= 0)
             # SKIP: blocks where no slot changes (most, once the set has settled) skip the flush

@@ -183,7 +183,7 @@ def _blocks(block: int, d: int, device) -> tuple[int, int, int]:
 # Defaults from session 6's H100 A/B (benchmarks/RESULTS.md, "Session 6: DSALT"): "trans" + lm_dq.
 OPTS = {"lc_fwd": 32, "lc_dq": 32, "delta": (64, 4), "lm_bwd": "trans", "fuse_delta": True,
         "lm_pre_fwd": 0, "lm_pre_dq": 0, "lm_pre_bwd": 0, "sel_chunk": 0, "sel_par_min_t": 8192,
-        "lm_dq": True, "fwd_split": 0, "lm_skip": True}
+        "lm_dq": True, "fwd_split": 0, "lm_skip": True, "lm_dq_early": False}
 
 _TUNED: dict = {}
 _FWD_BM_OVERRIDE: dict = {}
@@ -545,7 +545,8 @@ class _DSALTFn(torch.autograd.Function):
                             q, k, v, win, gt, lpos, do, lse, delta, dk, dv, dgt, dq, *strides,
                             h, g, t, nb, n_max, 1.0 / float(edge), scale * LOG2E, scale, block,
                             D=d, BLOCK_M=lm, KP=kp, LC=lc, SEG=seg, PREC=_prec(q), ADD_DQ=int(lm_dq),
-                            FLAT=int(lm == block and g == 1), SKIP=int(OPTS["lm_skip"]), num_warps=lw,
+                            FLAT=int(lm == block and g == 1), SKIP=int(OPTS["lm_skip"]),
+                            DQ_EARLY=int(OPTS["lm_dq_early"]), num_warps=lw,
                             num_stages=lst)
                 except Exception as e:  # pragma: no cover - compiler trouble: the session-5 path, from scratch
                     import warnings
