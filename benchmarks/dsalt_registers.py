@@ -90,7 +90,7 @@ def main(argv=None):
     for bm, lc, seg, w, st in K.LM_BWD_T_CONFIGS if want("lm_bwd_t") else []:  # session 6
         for add_dq in ((0, 1) if lc == 64 else (0,)):
             report(K._lm_bwd_t_kernel, {"D": 128, "BLOCK_M": bm, "KP": 64, "LC": lc, "SEG": seg, "PREC": "tf32",
-                                        "ADD_DQ": add_dq, "FLAT": int(bm == 64)},
+                                        "ADD_DQ": add_dq, "FLAT": int(bm == 64), "SKIP": 1, "DQ_EARLY": 0},
                    lm_t, {"num_warps": w, "num_stages": st}, f"BLOCK_M {bm} LC {lc} SEG {seg} dQ {add_dq}")
     for bm, lc, w, st in K.FWD_LM_CONFIGS if want("fwd_lm") else []:
         report(K._fwd_lm_kernel, {"D": 128, "BLOCK_M": bm, "KP": 64, "PREC": "tf32", "LC": lc},

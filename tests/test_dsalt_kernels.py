@@ -193,6 +193,7 @@ def test_triton_session6_landmark_paths(opts, monkeypatch):
     monkeypatch.setitem(kernel.OPTS, "lm_dq_early", lm_dq == "early")
     monkeypatch.setitem(kernel.OPTS, "lm_skip", lm_dq != "early")  # and without the flush skip
     monkeypatch.setitem(kernel.OPTS, "fwd_split", split)
+    monkeypatch.setitem(kernel.OPTS, "split_min_t", 1)
     bm = 64 if ON_GPU else 16
     cases = [((1, 4, 2, 83, 16), 2 * bm, 20, torch.float32, 1e-5),
              ((1, 2, 2, 70, 16), bm, 24, torch.float32, 1e-5),
@@ -351,7 +352,7 @@ def test_gpu_bf16_session6_paths_match_reference(i, monkeypatch):
     monkeypatch.setattr(kernel, "FORCE_CONFIG", cfg)
     split = (3 if i % 4 == 0 else 2) if i % 2 == 0 else 1
     for name, val in (("lm_bwd", "trans"), ("lm_dq", i % 2 == 0), ("fwd_split", split), ("lm_skip", i != 2),
-                      ("lm_dq_early", i in (2, 4))):
+                      ("lm_dq_early", i in (2, 4)), ("split_min_t", 1)):
         monkeypatch.setitem(kernel.OPTS, name, val)
     torch.manual_seed(20 + i)
     ins = make(1, 4, 4 if i % 3 == 0 else 2, 1000 + 37 * i, 128, 48.0, 300, torch.bfloat16, "cuda")

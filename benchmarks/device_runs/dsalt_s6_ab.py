@@ -6,8 +6,9 @@ peak memory, optionally the 32K kernel timeline.
 kernel (lm_bwd "trans", its launch configs), the landmark dQ moved into it (lm_dq), the forward's
 landmark pass as its own kernel (fwd_split 1) with the selection on a side stream (fwd_split 2),
 dK/dV launch configs with 3 stages. --set final: flex window-only, attnlab window-only, DSALT with
-the defaults of this tree, with the selection on a side stream (fwd_split 3: after the window
-kernel's launch; 2: before it), without the flush skip, and with the session-5 defaults, timed together.
+the defaults of this tree and its options (the selection on a side stream after the window kernel's
+launch: fwd_split 3, with _fwd_lm_kernel configs; no flush skip; dQ rows loaded early; window dQ
+tiles of 128 rows), and with the session-5 defaults, timed together.
 
     python benchmarks/device_runs/dsalt_s6_ab.py --set call1 --lengths 32768,16384 --rounds 3
 """
@@ -122,11 +123,12 @@ def main():
                 "window": mk(0),
                 "dsalt": mk(n_lm),  # this tree's defaults
                 "dsalt_split3": mk(n_lm, {"fwd_split": 3}),
-                "dsalt_split2": mk(n_lm, {"fwd_split": 2}),
                 "dsalt_noskip": mk(n_lm, {"lm_skip": False}),
                 "dsalt_dqearly": mk(n_lm, {"lm_dq_early": True}),
-                "dsalt_lmt_st3": mk(n_lm, None, {"lm_bwd_t": (64, 64, 16, 8, 3)}),
                 "dsalt_split3_flm32": mk(n_lm, {"fwd_split": 3}, {"fwd_lm": K.FWD_LM_CONFIGS[3]}),
+                "dsalt_split3_flm32r128": mk(n_lm, {"fwd_split": 3}, {"fwd_lm": K.FWD_LM_CONFIGS[4]}),
+                "window_dq128": mk(0, None, {"dq": (128, 64, 8, 3)}),
+                "dsalt_dq128": mk(n_lm, None, {"dq": (128, 64, 8, 3)}),
                 "dsalt_s5": mk(n_lm, S5),
             }
         times = {name: [] for name in variants}

@@ -183,7 +183,7 @@ def _blocks(block: int, d: int, device) -> tuple[int, int, int]:
 # Defaults from session 6's H100 A/B (benchmarks/RESULTS.md, "Session 6: DSALT"): "trans" + lm_dq.
 OPTS = {"lc_fwd": 32, "lc_dq": 32, "delta": (64, 4), "lm_bwd": "trans", "fuse_delta": True,
         "lm_pre_fwd": 0, "lm_pre_dq": 0, "lm_pre_bwd": 0, "sel_chunk": 0, "sel_par_min_t": 8192,
-        "lm_dq": True, "fwd_split": 0, "lm_skip": True, "lm_dq_early": False}
+        "lm_dq": True, "fwd_split": 0, "split_min_t": 8192, "lm_skip": True, "lm_dq_early": False}
 
 _TUNED: dict = {}
 _FWD_BM_OVERRIDE: dict = {}
@@ -344,25 +344,31 @@ LM_BWD_CONFIGS = [(32, 64, 32, 8, 2), (32, 32, 32, 8, 2), (32, 16, 32, 4, 2)]
 # blocks per program, warps, stages); BLOCK_M divides the selection block
 LM_BWD_T_CONFIGS = [(64, 64, 16, 8, 2), (64, 64, 8, 8, 2), (64, 64, 32, 8, 2), (64, 64, 16, 4, 2),
                     (32, 64, 16, 8, 2), (64, 32, 16, 4, 2)]
-# _fwd_lm_kernel launch on CUDA: (BLOCK_M, LC, warps, stages)
-FWD_LM_CONFIGS = [(64, 32, 4, 2), (64, 64, 4, 2), (64, 64, 8, 2), (32, 32, 4, 2)]
+# _fwd_lm_kernel launch on CUDA: (BLOCK_M, LC, warps, stages[, maxnreg]); the lm_bwd_t tuples may
+# also end in a maxnreg (registers per thread: more programs per SM, with spills)
+FWD_LM_CONFIGS = [(64, 32, 4, 2), (64, 64, 4, 2), (64, 64, 8, 2), (32, 32, 4, 2), (32, 32, 4, 2, 128)]
 
 
 def _lm_bwd_t_config(q, block, bm, kp, add_dq):
+    """(BLOCK_M, LC, SEG, warps, stages, launch options: maxnreg where a config names one)."""
     if _interpreting() or not q.is_cuda:
-        m, lc, seg, w, st = bm, 16, 2, 4, 1  # short segments: runs spanning segments are tested
+        m, lc, seg, w, st, extra = bm, 16, 2, 4, 1, {}  # short segments: runs spanning segments are tested
     else:
-        m, lc, seg, w, st = FORCE_CONFIG.get("lm_bwd_t") or LM_BWD_T_CONFIGS[0]
+        cfg = FORCE_CONFIG.get("lm_bwd_t") or LM_BWD_T_CONFIGS[0]
+        m, lc, seg, w, st = cfg[:5]
+        extra = {"maxnreg": cfg[5]} if len(cfg) > 5 else {}
         m = m if block % m == 0 else bm
     lc = kp if add_dq else min(lc, kp)  # the landmark dQ needs every slot of a tile in one program
-    return m, lc, seg, w, st
+    return m, lc, seg, w, st, extra
 
 
 def _fwd_lm_config(q, block, bm, kp):
+    """(BLOCK_M, LC, warps, stages, launch options: maxnreg where a config names one)."""
     if _interpreting() or not q.is_cuda:
-        return bm, 16, 4, 1
-    m, lc, w, st = FORCE_CONFIG.get("fwd_lm") or FWD_LM_CONFIGS[0]
-    return (m if block % m == 0 else bm), min(lc, kp), w, st
+        return bm, 16, 4, 1, {}
+    cfg = FORCE_CONFIG.get("fwd_lm") or FWD_LM_CONFIGS[0]
+    m, lc, w, st = cfg[:4]
+    return (m if block % m == 0 else bm), min(lc, kp), w, st, ({"maxnreg": cfg[4]} if len(cfg) > 4 else {})
 
 
 _SIDE: dict = {}
@@ -435,7 +441,7 @@ class _DSALTFn(torch.autograd.Function):
         g = h // hk
         bm, bn, warps = _blocks(block, d, q.device)
         has_lm = n_lm > 0
-        split = OPTS["fwd_split"] if has_lm else 0
+        split = OPTS["fwd_split"] if has_lm and t >= OPTS["split_min_t"] else 0
         side = split >= 2 and _side_ok(q, t)
         if has_lm and side:
             # the selection on a side stream: 2 launched before the window kernel, 3 after it (the
@@ -478,10 +484,10 @@ class _DSALTFn(torch.autograd.Function):
                 if split == 3:
                     select_aside()
                 cur.wait_event(ev_join)
-            fm, flc, fw, fst = _fwd_lm_config(q, block, bm, kp)
+            fm, flc, fw, fst, fx = _fwd_lm_config(q, block, bm, kp)
             _LAUNCH(_fwd_lm_kernel, (triton.cdiv(t, fm), b * h), q, k, v, win, gt, lpos, o, lse, *fwd_args,
                     h, g, t, nb, n_max, 1.0 / float(edge), scale * LOG2E, block,
-                    D=d, BLOCK_M=fm, KP=kp, PREC=_prec(q), LC=flc, num_warps=fw, num_stages=fst)
+                    D=d, BLOCK_M=fm, KP=kp, PREC=_prec(q), LC=flc, num_warps=fw, num_stages=fst, **fx)
         ctx.save_for_backward(q, k, v, win, energy, gt, lpos, o, lse)
         ctx.meta = meta
         ctx.stable = stable
@@ -539,7 +545,7 @@ class _DSALTFn(torch.autograd.Function):
         if has_lm:
             dgt = torch.zeros(b, hk, t, device=q.device, dtype=torch.float32)
             if trans:
-                lm, lc, seg, lw, lst = _lm_bwd_t_config(q, block, bm, kp, lm_dq)
+                lm, lc, seg, lw, lst, lx = _lm_bwd_t_config(q, block, bm, kp, lm_dq)
                 try:
                     _LAUNCH(_lm_bwd_t_kernel, (triton.cdiv(nb, seg), kp // lc, b * hk),
                             q, k, v, win, gt, lpos, do, lse, delta, dk, dv, dgt, dq, *strides,
@@ -547,7 +553,7 @@ class _DSALTFn(torch.autograd.Function):
                             D=d, BLOCK_M=lm, KP=kp, LC=lc, SEG=seg, PREC=_prec(q), ADD_DQ=int(lm_dq),
                             FLAT=int(lm == block and g == 1), SKIP=int(OPTS["lm_skip"]),
                             DQ_EARLY=int(OPTS["lm_dq_early"]), num_warps=lw,
-                            num_stages=lst)
+                            num_stages=lst, **lx)
                 except Exception as e:  # pragma: no cover - compiler trouble: the session-5 path, from scratch
                     import warnings
 
