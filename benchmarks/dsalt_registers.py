@@ -69,9 +69,9 @@ def main(argv=None):
                 "DGT": "*fp32", "E": "*fp32"}, {"num_warps": w}, f"CB {cb} BD {bd}")
     for bm, bn, w, st in K.FWD_CONFIGS if want("fwd") else []:
         report(K._fwd_kernel, {"D": 128, "BLOCK_M": bm, "BLOCK_N": bn, "KP": 64, "HAS_LM": True, "PREC": "tf32",
-                               "NSET": max(1, bm // 64), "LC": 32, "PRE": 0},
+                               "NSET": max(1, bm // 64), "LC": 32, "PRE": 0, "STORE_WMIN": 0},
                {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "W": "*fp32", "GT": "*fp32", "LPOS": "*i32", "O": "*bf16",
-                "LSE": "*fp32", **fl}, {"num_warps": w, "num_stages": st}, f"BLOCK_M {bm} BLOCK_N {bn}")
+                "LSE": "*fp32", "WMIN": "*fp32", **fl}, {"num_warps": w, "num_stages": st}, f"BLOCK_M {bm} BLOCK_N {bn}")
     for bm, bn, w, st in K.DQ_CONFIGS if want("dq") else []:
         for partials, fuse in ((0, 1), (1, 0)):  # the default path; the partials path
             report(K._dq_kernel, {"D": 128, "BLOCK_M": bm, "BLOCK_N": bn, "KP": 64, "HAS_LM": True, "PREC": "tf32",
@@ -98,10 +98,11 @@ def main(argv=None):
                 "LSE": "*fp32", "inv_edge": "fp32", "qk_scale": "fp32"}, {"num_warps": w, "num_stages": st},
                f"BLOCK_M {bm} LC {lc}")
     for bm, bn, w, st, tr in K.DKDV_CONFIGS if want("dkdv") else []:
-        report(K._dkdv_kernel, {"D": 128, "BLOCK_M": bm, "BLOCK_N": bn, "PREC": "tf32", "TRANS": tr},
-               {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "W": "*fp32", "DO": "*bf16", "LSE": "*fp32", "DELTA": "*fp32",
-                "DK": "*bf16", "DV": "*bf16", **fl}, {"num_warps": w, "num_stages": st},
-               f"BLOCK_M {bm} BLOCK_N {bn} TRANS {tr}")
+        for ph in (0, 1):
+            report(K._dkdv_kernel, {"D": 128, "BLOCK_M": bm, "BLOCK_N": bn, "PREC": "tf32", "TRANS": tr, "PHASED": ph},
+                   {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "W": "*fp32", "DO": "*bf16", "LSE": "*fp32",
+                    "DELTA": "*fp32", "DK": "*bf16", "DV": "*bf16", "WMIN": "*fp32", **fl},
+                   {"num_warps": w, "num_stages": st}, f"BLOCK_M {bm} BLOCK_N {bn} TRANS {tr} phased {ph}")
     return rows
 
 

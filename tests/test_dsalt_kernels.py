@@ -212,6 +212,29 @@ def test_triton_session6_landmark_paths(opts, monkeypatch):
             assert rel_err(a, r) <= tol * 3, (block, dtype, name)
 
 
+@needs_triton
+@pytest.mark.parametrize("trans", [0, 1])
+def test_triton_phased_dkdv(trans, monkeypatch):
+    """Session 6: the phased dK/dV kernel (diagonal / unmasked / masked query-tile ranges from the
+    per-16-row smallest window the forward stores): reference gradients with windows where the
+    unmasked range is empty (short windows) and where it is long, GQA, both formulations (CPU)."""
+    from attnlab.ops.dsalt import kernel
+
+    monkeypatch.setitem(kernel.OPTS, "dkdv_phased", True)
+    if not ON_GPU:
+        monkeypatch.setitem(kernel._FWD_BM_OVERRIDE, "dkdv_trans", trans)
+    elif trans:
+        pytest.skip("the GPU tests run the autotuned formulations")
+    for t, n_min, n_max, edge, hk in ((150, 40.0, 40, 4.0, 2), (61, 2.0, 24, 2.0, 1), (97, 30.0, 70, 3.0, 1)):
+        ins = make(1, 2, hk, t, 16, n_min, n_max, torch.float32, DEV)
+        kw = dict(n_max=n_max, edge=edge, n_landmarks=5, block=16 if not ON_GPU else 64, scale=0.3)
+        out, ref = dsalt_attention(*ins, impl="triton", **kw), dsalt_reference(*ins, **kw)
+        do = torch.randn_like(out)
+        assert rel_err(out, ref) <= 1e-5
+        for name, a, r in zip("q k v win energy".split(), grads(out, ins, do), grads(ref, ins, do)):
+            assert rel_err(a, r) <= 3e-5, (t, name)
+
+
 def _causal_check(fn, t=37, device="cpu"):
     ins = [x.detach() for x in make(1, 2, 1, t, 16, 1.0, 9.0, torch.float32, device)]
     out = fn(*ins)
@@ -343,7 +366,7 @@ def test_gpu_bf16_session6_paths_match_reference(i, monkeypatch):
     even i the landmark dQ in that kernel and the selection on a side stream (fwd_split 3 at i = 0, 4,
     else 2), odd i the dQ kernel's landmark pass and fwd_split 1; i = 0, 3 one head per kv head (the flat loop
     where BLOCK_M = 64), else GQA; i = 2 without the flush skip, i = 2, 4 the dQ rows loaded early;
-    bf16, head dim 128, 64 landmarks."""
+    i = 0, 1, 3, 5 the phased dK/dV kernel; bf16, head dim 128, 64 landmarks."""
     from attnlab.ops.dsalt import kernel
 
     cfg = {name: lst[i % len(lst)] for name, lst in
@@ -352,7 +375,7 @@ def test_gpu_bf16_session6_paths_match_reference(i, monkeypatch):
     monkeypatch.setattr(kernel, "FORCE_CONFIG", cfg)
     split = (3 if i % 4 == 0 else 2) if i % 2 == 0 else 1
     for name, val in (("lm_bwd", "trans"), ("lm_dq", i % 2 == 0), ("fwd_split", split), ("lm_skip", i != 2),
-                      ("lm_dq_early", i in (2, 4)), ("split_min_t", 1)):
+                      ("lm_dq_early", i in (2, 4)), ("split_min_t", 1), ("dkdv_phased", i in (0, 1, 3, 5))):
         monkeypatch.setitem(kernel.OPTS, name, val)
     torch.manual_seed(20 + i)
     ins = make(1, 4, 4 if i % 3 == 0 else 2, 1000 + 37 * i, 128, 48.0, 300, torch.bfloat16, "cuda")

@@ -8,7 +8,7 @@ landmark pass as its own kernel (fwd_split 1) with the selection on a side strea
 dK/dV launch configs with 3 stages. --set final: flex window-only, attnlab window-only, DSALT with
 the defaults of this tree and its options (the selection on a side stream after the window kernel's
 launch: fwd_split 3, with _fwd_lm_kernel configs; no flush skip; dQ rows loaded early; window dQ
-tiles of 128 rows), and with the session-5 defaults, timed together.
+tiles of 128 rows; the phased dK/dV kernel), and with the session-5 defaults, timed together.
 
     python benchmarks/device_runs/dsalt_s6_ab.py --set call1 --lengths 32768,16384 --rounds 3
 """
@@ -127,6 +127,8 @@ def main():
                 "dsalt_dqearly": mk(n_lm, {"lm_dq_early": True}),
                 "dsalt_split3_flm32": mk(n_lm, {"fwd_split": 3}, {"fwd_lm": K.FWD_LM_CONFIGS[3]}),
                 "dsalt_split3_flm32r128": mk(n_lm, {"fwd_split": 3}, {"fwd_lm": K.FWD_LM_CONFIGS[4]}),
+                "window_phased": mk(0, {"dkdv_phased": True}),
+                "dsalt_phased": mk(n_lm, {"dkdv_phased": True}),
                 "window_dq128": mk(0, None, {"dq": (128, 64, 8, 3)}),
                 "dsalt_dq128": mk(n_lm, None, {"dq": (128, 64, 8, 3)}),
                 "dsalt_s5": mk(n_lm, S5),

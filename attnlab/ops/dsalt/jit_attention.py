@@ -58,15 +58,16 @@ if HAVE_TRITON:
         return lo, full_lo, causal_hi, hi
 
     @triton.jit
-    def _fwd_kernel(Q, K, V, W, GT, LPOS, O, LSE,
+    def _fwd_kernel(Q, K, V, W, GT, LPOS, O, LSE, WMIN,
                     sq_b, sq_h, sq_t, sk_b, sk_h, sk_t, so_b, so_h, so_t,
                     H, G, T, NB, n_max, edge, inv_edge, qk_scale, SEL_BLOCK,
                     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                     KP: tl.constexpr, HAS_LM: tl.constexpr, PREC: tl.constexpr, NSET: tl.constexpr = 1,
-                    LC: tl.constexpr = 16, PRE: tl.constexpr = 0):
+                    LC: tl.constexpr = 16, PRE: tl.constexpr = 0, STORE_WMIN: tl.constexpr = 0):
         """PRE=1: the landmark pass's positions and gates are loaded ahead (the first chunk's at
         program start, behind the window loop; the next chunk's while the current one computes);
-        PRE=2: also the next chunk's K/V rows."""
+        PRE=2: also the next chunk's K/V rows. STORE_WMIN: the smallest window of each 16 rows is
+        stored to WMIN [B*H, cdiv(T, 16)] (the phased dK/dV kernel's full-weight bound)."""
         pid_m = tl.program_id(0)
         pid_bh = tl.program_id(1)
         b = pid_bh // H
@@ -80,6 +81,10 @@ if HAVE_TRITON:
         mrow = offs_m < T
         q = tl.load(Q + b * sq_b + h * sq_h + offs_m[:, None] * sq_t + offs_d[None, :], mask=mrow[:, None], other=0.0)
         w = tl.load(W + pid_bh * T + offs_m, mask=mrow, other=1.0)
+        if STORE_WMIN:
+            wg = tl.min(tl.reshape(tl.where(mrow, w, 1e30), [BLOCK_M // 16, 16]), 1)
+            offs_g = m0 // 16 + tl.arange(0, BLOCK_M // 16)
+            tl.store(WMIN + pid_bh * tl.cdiv(T, 16) + offs_g, wg, mask=offs_g * 16 < T)
         kbase = K + b * sk_b + hk * sk_h
         vbase = V + b * sk_b + hk * sk_h
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -414,11 +419,56 @@ if HAVE_TRITON:
         return tl.where(ok, r, 0.0), ok
 
     @triton.jit
-    def _dkdv_kernel(Q, K, V, W, DO, LSE, DELTA, DK, DV,
+    def _dkdv_tile(Q, W, DO, LSE, DELTA, kt, vt, dk, dv, offs_n, start_m, b, h, H, T, n_max, inv_edge, qk_scale,
+                   sq_b, sq_h, sq_t, D: tl.constexpr, BLOCK_M: tl.constexpr, PREC: tl.constexpr,
+                   TRANS: tl.constexpr, MODE: tl.constexpr):
+        """One query tile's window dK/dV terms. MODE 0: no mask (every pair causal, at full weight,
+        rows < T); 1: the causal test only; 2: the soft-window weight and every bound."""
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, D)
+        mrow = offs_m < T
+        bh = b * H + h
+        qoff = b * sq_b + h * sq_h + offs_m[:, None] * sq_t + offs_d[None, :]
+        q = tl.load(Q + qoff, mask=mrow[:, None], other=0.0)
+        do = tl.load(DO + qoff, mask=mrow[:, None], other=0.0)
+        lse = tl.load(LSE + bh * T + offs_m, mask=mrow, other=0.0)
+        delta = tl.load(DELTA + bh * T + offs_m, mask=mrow, other=0.0)
+        if TRANS:
+            sT = tl.dot(kt, tl.trans(q), input_precision=PREC) * qk_scale  # [BN, BM]
+            if MODE == 2:
+                w = tl.load(W + bh * T + offs_m, mask=mrow, other=1.0)
+                rT, okT = _win_rT(offs_n, offs_m, w, T, n_max, inv_edge)
+                pT = tl.exp2(tl.where(okT, sT, float("-inf")) - lse[None, :]) * rT
+            elif MODE == 1:
+                pT = tl.exp2(tl.where(offs_m[None, :] >= offs_n[:, None], sT, float("-inf")) - lse[None, :])
+            else:
+                pT = tl.exp2(sT - lse[None, :])
+            dv += tl.dot(pT.to(do.dtype), do, input_precision=PREC)
+            dpT = tl.dot(vt, tl.trans(do), input_precision=PREC)
+            dsT = pT * (dpT - delta[None, :])
+            dk += tl.dot(dsT.to(q.dtype), q, input_precision=PREC)
+        else:
+            s = tl.dot(q, tl.trans(kt), input_precision=PREC) * qk_scale  # [BM, BN]
+            if MODE == 2:
+                w = tl.load(W + bh * T + offs_m, mask=mrow, other=1.0)
+                r, ok = _win_r(offs_m, offs_n, w, T, n_max, inv_edge)
+                p = tl.exp2(tl.where(ok, s, float("-inf")) - lse[:, None]) * r
+            elif MODE == 1:
+                p = tl.exp2(tl.where(offs_m[:, None] >= offs_n[None, :], s, float("-inf")) - lse[:, None])
+            else:
+                p = tl.exp2(s - lse[:, None])
+            dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
+            dp = tl.dot(do, tl.trans(vt), input_precision=PREC)
+            ds = p * (dp - delta[:, None])
+            dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC)
+        return dk, dv
+
+    @triton.jit
+    def _dkdv_kernel(Q, K, V, W, DO, LSE, DELTA, DK, DV, WMIN,
                      sq_b, sq_h, sq_t, sk_b, sk_h, sk_t,
                      H, G, T, n_max, edge, inv_edge, qk_scale, sm_scale,
                      D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr,
-                     TRANS: tl.constexpr = 0):
+                     TRANS: tl.constexpr = 0, PHASED: tl.constexpr = 0):
         """Window dK, dV of one key tile (BLOCK_N keys), over the query tiles that can see it.
         TRANS=1: scores computed transposed ([keys, queries]: keys are the dots' M dimension), so
         P^T and dS^T feed the dV and dK products straight from the accumulator layout; TRANS=0:
@@ -440,7 +490,56 @@ if HAVE_TRITON:
         dv = tl.zeros([BLOCK_N, D], tl.float32)
         m_lo = (n0 // BLOCK_M) * BLOCK_M
         m_hi = tl.minimum(n0 + BLOCK_N - 1 + n_max, T)
-        for g in range(0, G):
+        for g in range(0, G * PHASED):
+            # PHASED: the query tiles in three ranges with no branch in a loop body (the forward's
+            # design): diagonal tiles (causal test, or the full mask), tiles where every pair is
+            # causal and at full weight for the smallest window of every row the key tile can see
+            # (WMIN, stored by the forward kernel: no mask), the rest (full mask)
+            h = hk * G + g
+            bh = b * H + h
+            ng = tl.cdiv(T, 16)
+            wv = tl.full([64], 1e30, tl.float32)
+            for c in range(m_lo // 16, tl.cdiv(m_hi, 16), 64):
+                offs_g = c + tl.arange(0, 64)
+                wv = tl.minimum(wv, tl.load(WMIN + bh * ng + offs_g, mask=offs_g < tl.cdiv(m_hi, 16), other=1e30))
+            wm = tl.min(wv, 0)
+            fr = tl.minimum(tl.floor(wm - 0.5 - edge * 0.5).to(tl.int32) - 1, n_max - 1)
+            nj = tl.cdiv(m_hi - m_lo, BLOCK_M)
+            jc = tl.minimum(tl.cdiv(tl.maximum(n0 + BLOCK_N - 1 - m_lo, 0), BLOCK_M), nj)  # first all-causal tile
+            xw = n0 + fr - BLOCK_M + 1 - m_lo  # tiles j <= xw // BLOCK_M: every pair at full weight
+            jw = tl.where(xw >= 0, xw // BLOCK_M + 1, 0)
+            xt = T - BLOCK_M - m_lo  # tiles j <= xt // BLOCK_M: every row < T
+            jt = tl.where(xt >= 0, xt // BLOCK_M + 1, 0)
+            jf = tl.maximum(jc, tl.minimum(tl.minimum(jw, jt), nj))
+            diag_ok = (jw >= jc) & (jt >= jc)  # the diagonal tiles need only the causal test
+            jd = tl.where(diag_ok, jc, 0)
+            for phase in tl.static_range(4):
+                if phase == 0:
+                    j_lo = 0
+                    j_hi = jd
+                elif phase == 1:
+                    j_lo = jd
+                    j_hi = jc
+                elif phase == 2:
+                    j_lo = jc
+                    j_hi = jf
+                else:
+                    j_lo = jf
+                    j_hi = nj
+                for j in range(j_lo, j_hi):
+                    if phase == 0:
+                        dk, dv = _dkdv_tile(Q, W, DO, LSE, DELTA, kt, vt, dk, dv, offs_n, m_lo + j * BLOCK_M, b, h,
+                                            H, T, n_max, inv_edge, qk_scale, sq_b, sq_h, sq_t, D, BLOCK_M, PREC,
+                                            TRANS, 1)
+                    elif phase == 2:
+                        dk, dv = _dkdv_tile(Q, W, DO, LSE, DELTA, kt, vt, dk, dv, offs_n, m_lo + j * BLOCK_M, b, h,
+                                            H, T, n_max, inv_edge, qk_scale, sq_b, sq_h, sq_t, D, BLOCK_M, PREC,
+                                            TRANS, 0)
+                    else:
+                        dk, dv = _dkdv_tile(Q, W, DO, LSE, DELTA, kt, vt, dk, dv, offs_n, m_lo + j * BLOCK_M, b, h,
+                                            H, T, n_max, inv_edge, qk_scale, sq_b, sq_h, sq_t, D, BLOCK_M, PREC,
+                                            TRANS, 2)
+        for g in range(0, G - G * PHASED):
             h = hk * G + g
             bh = b * H + h
             for start_m in range(m_lo, m_hi, BLOCK_M):

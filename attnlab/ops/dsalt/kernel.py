@@ -183,7 +183,8 @@ def _blocks(block: int, d: int, device) -> tuple[int, int, int]:
 # Defaults from session 6's H100 A/B (benchmarks/RESULTS.md, "Session 6: DSALT"): "trans" + lm_dq.
 OPTS = {"lc_fwd": 32, "lc_dq": 32, "delta": (64, 4), "lm_bwd": "trans", "fuse_delta": True,
         "lm_pre_fwd": 0, "lm_pre_dq": 0, "lm_pre_bwd": 0, "sel_chunk": 0, "sel_par_min_t": 8192,
-        "lm_dq": True, "fwd_split": 0, "split_min_t": 8192, "lm_skip": True, "lm_dq_early": False}
+        "lm_dq": True, "fwd_split": 0, "split_min_t": 8192, "lm_skip": True, "lm_dq_early": False,
+        "dkdv_phased": False}
 
 _TUNED: dict = {}
 _FWD_BM_OVERRIDE: dict = {}
@@ -206,7 +207,7 @@ def _tuned(name: str, block: int):
         if name == "dkdv":
             cfgs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "TRANS": tr}, num_warps=w, num_stages=st)
                     for m, n, w, st, tr in DKDV_CONFIGS]
-            _TUNED[tag] = triton.autotune(cfgs, key=key)(_dkdv_kernel)
+            _TUNED[tag] = triton.autotune(cfgs, key=key + ["PHASED"])(_dkdv_kernel)
         elif name == "fwd":
             cfgs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "NSET": max(1, m // block)}, num_warps=w, num_stages=st)
                     for m, n, w, st in FWD_CONFIGS if m % block == 0 or block % m == 0]
@@ -261,7 +262,7 @@ def _launch(name, kernel, grid_m, rows, bm, bn, warps, block, *args, **meta):
         else:
             grid = lambda m: (triton.cdiv(grid_m, m["BLOCK_M"]), rows)  # noqa: E731
         key = (grid_m, args[0].dtype, args[0].shape[-1], meta.get("KP"), meta.get("HAS_LM"), meta.get("PARTIALS"),
-               meta.get("FUSE_DELTA"))
+               meta.get("FUSE_DELTA"), meta.get("PHASED"))
         return _autotuned(name, block, key, grid, kernel, args, meta)
     if name == "dkdv":
         meta["TRANS"] = _FWD_BM_OVERRIDE.get("dkdv_trans", 0)  # tests: the transposed formulation
@@ -474,11 +475,13 @@ class _DSALTFn(torch.autograd.Function):
         lse = torch.empty(b, h, t, device=q.device, dtype=torch.float32)
         fwd_args = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                     o.stride(0), o.stride(1), o.stride(2))
+        phased = bool(OPTS["dkdv_phased"])
+        wmin = torch.empty(b * h, -(-t // 16), device=q.device, dtype=torch.float32) if phased else lse
         _launch("fwd", _fwd_kernel, t, b * h, bm, bn, warps, block,
-                q, k, v, win, gt, win if split else lpos, o, lse, *fwd_args,
+                q, k, v, win, gt, win if split else lpos, o, lse, wmin, *fwd_args,
                 h, g, t, nb, n_max, float(edge), 1.0 / float(edge), scale * LOG2E, block,
                 D=d, KP=kp, HAS_LM=has_lm and not split, PREC=_prec(q), LC=min(OPTS["lc_fwd"], kp),
-                PRE=OPTS["lm_pre_fwd"])
+                PRE=OPTS["lm_pre_fwd"], STORE_WMIN=int(phased))
         if split:
             if side:
                 if split == 3:
@@ -488,14 +491,15 @@ class _DSALTFn(torch.autograd.Function):
             _LAUNCH(_fwd_lm_kernel, (triton.cdiv(t, fm), b * h), q, k, v, win, gt, lpos, o, lse, *fwd_args,
                     h, g, t, nb, n_max, 1.0 / float(edge), scale * LOG2E, block,
                     D=d, BLOCK_M=fm, KP=kp, PREC=_prec(q), LC=flc, num_warps=fw, num_stages=fst, **fx)
-        ctx.save_for_backward(q, k, v, win, energy, gt, lpos, o, lse)
+        ctx.save_for_backward(q, k, v, win, energy, gt, lpos, o, lse, wmin)
+        ctx.phased = phased
         ctx.meta = meta
         ctx.stable = stable
         return o
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, win, energy, gt, lpos, o, lse = ctx.saved_tensors
+        q, k, v, win, energy, gt, lpos, o, lse, wmin = ctx.saved_tensors
         n_max, edge, block, scale, n_lm = ctx.meta
         has_lm = n_lm > 0
         b, h, t, d = q.shape
@@ -540,7 +544,8 @@ class _DSALTFn(torch.autograd.Function):
         dk = torch.empty_like(k)
         dv = torch.empty_like(v)
         _launch("dkdv", _dkdv_kernel, t, b * hk, bm, bn, warps, block,
-                q, k, v, win, do, lse, delta, dk, dv, *strides, h, g, t, *fargs, D=d, PREC=_prec(q))
+                q, k, v, win, do, lse, delta, dk, dv, wmin, *strides, h, g, t, *fargs, D=d, PREC=_prec(q),
+                PHASED=int(ctx.phased))
         denergy = None
         if has_lm:
             dgt = torch.zeros(b, hk, t, device=q.device, dtype=torch.float32)
@@ -579,7 +584,8 @@ class _DSALTFn(torch.autograd.Function):
                     dk = torch.empty_like(k)
                     dv = torch.empty_like(v)
                     _launch("dkdv", _dkdv_kernel, t, b * hk, bm, bn, warps, block,
-                            q, k, v, win, do, lse, delta, dk, dv, *strides, h, g, t, *fargs, D=d, PREC=_prec(q))
+                            q, k, v, win, do, lse, delta, dk, dv, wmin, *strides, h, g, t, *fargs, D=d,
+                            PREC=_prec(q), PHASED=int(ctx.phased))
                     dgt.zero_()
                     parts = dq_pass(True)
                     atomic = False
