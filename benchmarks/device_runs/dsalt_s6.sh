@@ -6,7 +6,7 @@
 # 2. `pytest -m gpu -x -v tests/test_dsalt_kernels.py tests/test_launch_replay.py` split into four
 #    groups run side by side (the Triton compiles are CPU bound; 16 cores).
 set -u
-OUT=$1; BS=${2:-120}; TS=${3:-100}
+OUT=$1; BS=${2:-145}; TS=${3:-85}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 ATTNLAB_BENCH_DIR="$OUT"
 T0=$(date +%s)

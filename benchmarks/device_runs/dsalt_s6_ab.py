@@ -39,7 +39,9 @@ _s5 = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_s5)
 host_ms, timeline = _s5.host_ms, _s5.timeline
 
-S5 = {"lm_bwd": "atomic", "lm_dq": False, "fwd_split": 0}  # noqa: E501  # the session-5 defaults (landmark options)
+S5 = {"lm_bwd": "atomic", "lm_dq": False, "fwd_split": 0}
+CORE = ("flex_window", "window", "dsalt", "dsalt_split3", "dsalt_phased", "dsalt_combo", "window_combo", "dsalt_s5",
+        "t", "tdq", "combo")  # the session-5 defaults (landmark options)
 
 
 def main():
@@ -49,6 +51,7 @@ def main():
     ap.add_argument("--out", default=os.environ.get("ATTNLAB_BENCH_DIR", "."))
     ap.add_argument("--set", default="call1", choices=["call1", "final"])
     ap.add_argument("--timeline", action="store_true")
+    ap.add_argument("--full-from", type=int, default=8192, help="every variant only where T >= this")
     ap.add_argument("--quick", action="store_true", help="tiny CPU smoke run (interpreter), no timing")
     args = ap.parse_args()
     if args.quick:
@@ -131,8 +134,13 @@ def main():
                 "dsalt_phased": mk(n_lm, {"dkdv_phased": True}),
                 "window_dq128": mk(0, None, {"dq": (128, 64, 8, 3)}),
                 "dsalt_dq128": mk(n_lm, None, {"dq": (128, 64, 8, 3)}),
+                "window_combo": mk(0, {"dkdv_phased": True}, {"dq": (128, 64, 8, 3)}),
+                "dsalt_combo": mk(n_lm, {"dkdv_phased": True, "fwd_split": 3}, {"dq": (128, 64, 8, 3)}),
+                "dsalt_lmt_st3": mk(n_lm, None, {"lm_bwd_t": (64, 64, 16, 8, 3)}),
                 "dsalt_s5": mk(n_lm, S5),
             }
+        if t < args.full_from:  # short sequences (host bound): the core variants only
+            variants = {a: b for a, b in variants.items() if a in CORE}
         times = {name: [] for name in variants}
         hosts = {name: [] for name in variants}
         with warnings.catch_warnings(record=True) as caught:
@@ -170,7 +178,7 @@ def main():
                   f"  rounds {[round(x, 3) for x in times[name]]}", flush=True)
         print(f"  options: {K.OPTS}; autotuned: {K.tuned_configs()}", flush=True)
         if t == max(int(x) for x in args.lengths.split(",")) and args.timeline:
-            for name in ("dsalt_s5", "combo", "dsalt", "dsalt_split3", "window"):
+            for name in ("dsalt_s5", "combo", "dsalt", "dsalt_split3", "dsalt_combo", "window"):
                 if name in variants:
                     row["timeline_" + name] = timeline(variants[name], f"{name} T={t}")
         res[t] = row
