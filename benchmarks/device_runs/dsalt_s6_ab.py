@@ -145,11 +145,19 @@ def main():
         hosts = {name: [] for name in variants}
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            for name, st in variants.items():
+            for name, st in list(variants.items()):
                 t0 = time.time()
-                st()
-                st()
-                torch.cuda.synchronize()
+                try:
+                    st()
+                    st()
+                    torch.cuda.synchronize()
+                except Exception as e:  # noqa: BLE001 - a failing candidate is reported and dropped
+                    print(f"T={t} {name} FAILED: {type(e).__name__}: {str(e)[:300]}", flush=True)
+                    K.OPTS.clear()
+                    K.OPTS.update(base_opts)
+                    K.FORCE_CONFIG.clear()
+                    del variants[name]
+                    continue
                 print(f"T={t} warm {name}: {time.time() - t0:.1f} s", flush=True)
             peaks = {}
             for name in ("flex_window", "window", "dsalt", "dsalt_split3", "dsalt_s5", "combo", "tdq"):
