@@ -180,10 +180,12 @@ def _blocks(block: int, d: int, device) -> tuple[int, int, int]:
 # dQ is added by _lm_bwd_t_kernel, the dQ kernel runs without its landmark pass; fwd_split: the
 # forward's landmark pass in its own kernel (_fwd_lm_kernel) after the window kernel (1), and
 # with the selection on a side stream beside the window kernel (2).
-# Defaults from session 6's H100 A/B (benchmarks/RESULTS.md, "Session 6: DSALT"): "trans" + lm_dq.
+# Defaults from session 6's two H100 A/B calls (benchmarks/RESULTS.md, "Session 6: DSALT"): "trans"
+# + lm_dq (32K fwd+bwd 3.20-3.25 ms vs 3.38-3.45 for the session-5 defaults, same runs); lm_skip,
+# fwd_split, lm_dq_early and dkdv_phased measured no better (kept as tested options, off).
 OPTS = {"lc_fwd": 32, "lc_dq": 32, "delta": (64, 4), "lm_bwd": "trans", "fuse_delta": True,
         "lm_pre_fwd": 0, "lm_pre_dq": 0, "lm_pre_bwd": 0, "sel_chunk": 0, "sel_par_min_t": 8192,
-        "lm_dq": True, "fwd_split": 0, "split_min_t": 8192, "lm_skip": True, "lm_dq_early": False,
+        "lm_dq": True, "fwd_split": 0, "split_min_t": 8192, "lm_skip": False, "lm_dq_early": False,
         "dkdv_phased": False}
 
 _TUNED: dict = {}
