@@ -39,6 +39,20 @@ Pipeline (``dsalt_triton``):
    column a chunk of blocks at a time; with stable slots each landmark token is one contiguous run
    of one column, summed by a segmented scan and written once (no atomics, no sort).
 
+Session 6 (the defaults now, ``OPTS["lm_bwd"] = "trans"``, ``OPTS["lm_dq"] = True``): the dQ kernel
+runs without its landmark pass (window dQ and dW only) and ``_lm_bwd_t_kernel`` does all the
+landmark backward work: per (segment of 16 selection blocks, all KP slots, batch*kv head) it loads
+a block's landmark K/V rows once and, with the slots as the dots' M dimension (transposed like the
+dK/dV kernel: S^T = K_lm Q^T, P^T dO and dS^T Q straight from the accumulator layout), adds the
+block's P^T dO, dS^T Q and gate sums into per-slot registers (flushed atomically when a slot's token
+changes, as before) and the block's landmark dQ = dS K_lm into dQ (read, add, store: one program
+owns a tile's slots, so no atomics). Options measured and kept off: ``OPTS["fwd_split"]`` (the
+forward's landmark pass as ``_fwd_lm_kernel`` after a window-only forward, the selection on a
+high-priority side stream beside it), ``OPTS["lm_skip"]`` (skip the flush code at blocks with no
+slot change: its per-block cross-warp reduction cost more than the skipped work),
+``OPTS["lm_dq_early"]``, ``OPTS["dkdv_phased"]`` (the dK/dV kernel's query tiles in branch-free
+phases from a per-16-row smallest window the forward stores).
+
 Launches go through ``attnlab.ops.launch_replay.ReplayLauncher`` (the compiled launcher is called
 directly from the second launch of a shape on).
 
