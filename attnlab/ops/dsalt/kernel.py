@@ -192,8 +192,13 @@ def _blocks(block: int, d: int, device) -> tuple[int, int, int]:
 # Session 6: lm_bwd "trans" = _lm_bwd_t_kernel (slots as the dots' M dimension, one load of a
 # block's landmark rows, segments of whole selection blocks); lm_dq (with "trans"): the landmark
 # dQ is added by _lm_bwd_t_kernel, the dQ kernel runs without its landmark pass; fwd_split: the
-# forward's landmark pass in its own kernel (_fwd_lm_kernel) after the window kernel (1), and
-# with the selection on a side stream beside the window kernel (2).
+# forward's landmark pass in its own kernel (_fwd_lm_kernel) after the window kernel (1), with the
+# selection on a high-priority side stream beside the window kernel, launched before it (2) or
+# after it (3), where T >= split_min_t; lm_skip: _lm_bwd_t_kernel skips the flush code at blocks
+# where no slot's token changes (a cross-warp test per block); lm_dq_early: it loads a tile's dQ
+# rows with Q and dO instead of after the dots; dkdv_phased: the dK/dV kernel walks its query tiles
+# in branch-free phases (diagonal, unmasked, masked) from a per-16-row smallest window that the
+# forward kernel stores.
 # Defaults from session 6's two H100 A/B calls (benchmarks/RESULTS.md, "Session 6: DSALT"): "trans"
 # + lm_dq (32K fwd+bwd 3.20-3.25 ms vs 3.38-3.45 for the session-5 defaults, same runs); lm_skip,
 # fwd_split, lm_dq_early and dkdv_phased measured no better (kept as tested options, off).
