@@ -49,7 +49,7 @@ changes, as before) and the block's landmark dQ = dS K_lm into dQ (read, add, st
 owns a tile's slots, so no atomics). Options measured and kept off: ``OPTS["fwd_split"]`` (the
 forward's landmark pass as ``_fwd_lm_kernel`` after a window-only forward, the selection on a
 high-priority side stream beside it), ``OPTS["lm_skip"]`` (skip the flush code at blocks with no
-slot change: its per-block cross-warp reduction cost more than the skipped work),
+slot change: with its per-block cross-warp test and branch the kernel was slower, 585 vs 391 us),
 ``OPTS["lm_dq_early"]``, ``OPTS["dkdv_phased"]`` (the dK/dV kernel's query tiles in branch-free
 phases from a per-16-row smallest window the forward stores).
 
