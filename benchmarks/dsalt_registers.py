@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="selection kernel only")
-    ap.add_argument("--only", type=str, default=None, help="comma-separated subset: reduce,fwd,dq,dkdv,lm_bwd")
+    ap.add_argument("--only", type=str, default=None, help="comma-separated subset: reduce,fwd,dq,dkdv,lm_bwd,lm_bwd_t,fwd_lm")
     ap.add_argument("--arch", type=int, default=90, help="CUDA compute capability (default 90)")
     args = ap.parse_args(argv)
     import triton
@@ -69,9 +69,9 @@ def main(argv=None):
                 "DGT": "*fp32", "E": "*fp32"}, {"num_warps": w}, f"CB {cb} BD {bd}")
     for bm, bn, w, st in K.FWD_CONFIGS if want("fwd") else []:
         report(K._fwd_kernel, {"D": 128, "BLOCK_M": bm, "BLOCK_N": bn, "KP": 64, "HAS_LM": True, "PREC": "tf32",
-                               "NSET": max(1, bm // 64), "LC": 32, "PRE": 0},
+                               "NSET": max(1, bm // 64), "LC": 32, "PRE": 0, "STORE_WMIN": 0},
                {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "W": "*fp32", "GT": "*fp32", "LPOS": "*i32", "O": "*bf16",
-                "LSE": "*fp32", **fl}, {"num_warps": w, "num_stages": st}, f"BLOCK_M {bm} BLOCK_N {bn}")
+                "LSE": "*fp32", "WMIN": "*fp32", **fl}, {"num_warps": w, "num_stages": st}, f"BLOCK_M {bm} BLOCK_N {bn}")
     for bm, bn, w, st in K.DQ_CONFIGS if want("dq") else []:
         for partials, fuse in ((0, 1), (1, 0)):  # the default path; the partials path
             report(K._dq_kernel, {"D": 128, "BLOCK_M": bm, "BLOCK_N": bn, "KP": 64, "HAS_LM": True, "PREC": "tf32",
@@ -85,11 +85,24 @@ def main(argv=None):
                {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "W": "*fp32", "E": "*fp32", "LPOS": "*i32", "DO": "*bf16",
                 "LSE": "*fp32", "DELTA": "*fp32", "DK": "*bf16", "DV": "*bf16", "DGT": "*fp32", **fl},
                {"num_warps": w, "num_stages": st}, f"BLOCK_M {bm} LC {lc} SEG {seg}")
+    lm_t = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "W": "*fp32", "E": "*fp32", "LPOS": "*i32", "DO": "*bf16",
+            "LSE": "*fp32", "DELTA": "*fp32", "DK": "*bf16", "DV": "*bf16", "DGT": "*fp32", "DQ": "*bf16", **fl}
+    for bm, lc, seg, w, st in K.LM_BWD_T_CONFIGS if want("lm_bwd_t") else []:  # session 6
+        for add_dq in ((0, 1) if lc == 64 else (0,)):
+            report(K._lm_bwd_t_kernel, {"D": 128, "BLOCK_M": bm, "KP": 64, "LC": lc, "SEG": seg, "PREC": "tf32",
+                                        "ADD_DQ": add_dq, "FLAT": int(bm == 64), "SKIP": 1, "DQ_EARLY": 0},
+                   lm_t, {"num_warps": w, "num_stages": st}, f"BLOCK_M {bm} LC {lc} SEG {seg} dQ {add_dq}")
+    for bm, lc, w, st in K.FWD_LM_CONFIGS if want("fwd_lm") else []:
+        report(K._fwd_lm_kernel, {"D": 128, "BLOCK_M": bm, "KP": 64, "PREC": "tf32", "LC": lc},
+               {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "W": "*fp32", "GT": "*fp32", "LPOS": "*i32", "O": "*bf16",
+                "LSE": "*fp32", "inv_edge": "fp32", "qk_scale": "fp32"}, {"num_warps": w, "num_stages": st},
+               f"BLOCK_M {bm} LC {lc}")
     for bm, bn, w, st, tr in K.DKDV_CONFIGS if want("dkdv") else []:
-        report(K._dkdv_kernel, {"D": 128, "BLOCK_M": bm, "BLOCK_N": bn, "PREC": "tf32", "TRANS": tr},
-               {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "W": "*fp32", "DO": "*bf16", "LSE": "*fp32", "DELTA": "*fp32",
-                "DK": "*bf16", "DV": "*bf16", **fl}, {"num_warps": w, "num_stages": st},
-               f"BLOCK_M {bm} BLOCK_N {bn} TRANS {tr}")
+        for ph in (0, 1):
+            report(K._dkdv_kernel, {"D": 128, "BLOCK_M": bm, "BLOCK_N": bn, "PREC": "tf32", "TRANS": tr, "PHASED": ph},
+                   {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "W": "*fp32", "DO": "*bf16", "LSE": "*fp32",
+                    "DELTA": "*fp32", "DK": "*bf16", "DV": "*bf16", "WMIN": "*fp32", **fl},
+                   {"num_warps": w, "num_stages": st}, f"BLOCK_M {bm} BLOCK_N {bn} TRANS {tr} phased {ph}")
     return rows
 
 

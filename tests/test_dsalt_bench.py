@@ -45,3 +45,20 @@ def test_dsalt_register_report_quick():
         pytest.skip(f"triton cannot compile for sm_90 here: {out.stderr[-300:]}")
     assert out.returncode == 0, out.stderr[-2000:]
     assert "_select_kernel" in out.stdout
+
+
+def test_dsalt_s6_ab_quick():
+    """The session-6 device A/B script's CPU smoke run (the interpreter, both landmark paths)."""
+    import os
+    import subprocess
+    import sys
+
+    import pytest
+
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "device_runs" / "dsalt_s6_ab.py"
+    out = subprocess.run([sys.executable, str(script), "--quick"], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "'lm_bwd': 'trans'" in out.stdout

@@ -84,7 +84,7 @@ def test_triton_forward_tile_spanning_two_selection_blocks(monkeypatch):
 @needs_triton
 def test_triton_partials_landmark_backward_path(monkeypatch):
     """The landmark backward through per-tile partials + the reduction kernel (lm_bwd="reduce", the
-    sessions 2-4 path) and through _lm_bwd_kernel (default "atomic") give the reference's gradients
+    sessions 2-4 path) and through _lm_bwd_kernel (session 5's "atomic") give the reference's gradients
     (GQA, a selection block of two tiles)."""
     from attnlab.ops.dsalt import kernel
 
@@ -121,7 +121,7 @@ def test_triton_parallel_selection_paths(monkeypatch):
     do = torch.randn_like(ref)
     gr = grads(ref, ins, do)
     assert not kernel.landmark_slots(ins[4].detach(), 6, 16)[1]
-    for mode in ("atomic", "reduce"):
+    for mode in ("atomic", "reduce", "trans"):
         monkeypatch.setitem(kernel.OPTS, "lm_bwd", mode)
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # no fallback
@@ -141,6 +141,8 @@ def test_triton_landmark_prefetch_options(pre, monkeypatch):
     tile spanning two selection blocks; fp32 and fp16."""
     from attnlab.ops.dsalt import kernel
 
+    monkeypatch.setitem(kernel.OPTS, "lm_bwd", "atomic")  # the kernel with the lm_pre_bwd option
+    monkeypatch.setitem(kernel.OPTS, "lm_dq", False)  # the dQ kernel's landmark pass (lm_pre_dq)
     monkeypatch.setitem(kernel.OPTS, "lm_pre_fwd", pre)
     monkeypatch.setitem(kernel.OPTS, "lm_pre_dq", pre)
     monkeypatch.setitem(kernel.OPTS, "lm_pre_bwd", pre)
@@ -163,6 +165,77 @@ def test_triton_landmark_prefetch_options(pre, monkeypatch):
         assert rel_err(out, ref) <= tol
         for name, a, r in zip("q k v win energy".split(), ga, grads(ref, ins, do)):
             assert rel_err(a, r) <= tol * 3, (dtype, block, name)
+
+
+S6_OPTS = [  # session 6: (lm_bwd, lm_dq ("early": and dQ rows loaded early, no flush skip), fwd_split)
+    ("trans", False, 0),
+    ("trans", True, 1),
+    pytest.param(("trans", True, 2), marks=pytest.mark.skipif(not ON_GPU, reason="= split 1 without CUDA")),
+    ("atomic", False, 3),
+    ("trans", "early", 0),
+]
+
+
+@needs_triton
+@pytest.mark.parametrize("opts", S6_OPTS)
+def test_triton_session6_landmark_paths(opts, monkeypatch):
+    """Session 6: the transposed landmark backward (_lm_bwd_t_kernel: segments of whole selection
+    blocks, runs spanning segments), with the landmark dQ added there (the dQ kernel without its
+    landmark pass), and the forward's landmark pass as its own kernel after the window kernel
+    (fwd_split 1; 2: the selection on a side stream where CUDA runs): reference outputs and
+    gradients. GQA with a selection block of two tiles (nested loop) and one head per kv head
+    with a block of one tile (the flat loop), two landmark chunks; fp32 and fp16."""
+    from attnlab.ops.dsalt import kernel
+
+    mode, lm_dq, split = opts
+    monkeypatch.setitem(kernel.OPTS, "lm_bwd", mode)
+    monkeypatch.setitem(kernel.OPTS, "lm_dq", bool(lm_dq))
+    monkeypatch.setitem(kernel.OPTS, "lm_dq_early", lm_dq == "early")
+    monkeypatch.setitem(kernel.OPTS, "lm_skip", lm_dq != "early")  # and without the flush skip
+    monkeypatch.setitem(kernel.OPTS, "fwd_split", split)
+    monkeypatch.setitem(kernel.OPTS, "split_min_t", 1)
+    bm = 64 if ON_GPU else 16
+    cases = [((1, 4, 2, 83, 16), 2 * bm, 20, torch.float32, 1e-5),
+             ((1, 2, 2, 70, 16), bm, 24, torch.float32, 1e-5),
+             ((1, 2, 1, 61, 16), bm, 5, torch.float16, 3e-3)]
+    if opts != S6_OPTS[0]:
+        cases = cases[:2]  # fp16: one option set is enough in the (slow) interpreter
+    for (b, h, hk, t, d), block, n_lm, dtype, tol in cases:
+        ins = make(b, h, hk, t, d, 2.0, 24, dtype, DEV)
+        kw = dict(n_max=24, edge=2.0, n_landmarks=n_lm, block=block, scale=0.3)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no fallback
+            out = dsalt_attention(*ins, impl="triton", **kw)
+            do = torch.randn_like(out)
+            ga = grads(out, ins, do)
+        ref = dsalt_reference(*ins, **kw)
+        assert rel_err(out, ref) <= tol, (block, dtype)
+        for name, a, r in zip("q k v win energy".split(), ga, grads(ref, ins, do)):
+            assert rel_err(a, r) <= tol * 3, (block, dtype, name)
+
+
+@needs_triton
+@pytest.mark.parametrize("trans", [0, 1])
+def test_triton_phased_dkdv(trans, monkeypatch):
+    """Session 6: the phased dK/dV kernel (diagonal / unmasked / masked query-tile ranges from the
+    per-16-row smallest window the forward stores): reference gradients with windows where the
+    unmasked range is empty (short windows) and where it is long, GQA, both formulations (CPU)."""
+    from attnlab.ops.dsalt import kernel
+
+    monkeypatch.setitem(kernel.OPTS, "dkdv_phased", True)
+    if not ON_GPU:
+        monkeypatch.setitem(kernel._FWD_BM_OVERRIDE, "dkdv_trans", trans)
+    elif trans:
+        pytest.skip("the GPU tests run the autotuned formulations")
+    cases = ((150, 40.0, 40, 4.0, 2), (61, 2.0, 24, 2.0, 1), (97, 30.0, 70, 3.0, 1))
+    for t, n_min, n_max, edge, hk in cases if trans else cases[:1]:
+        ins = make(1, 2, hk, t, 16, n_min, n_max, torch.float32, DEV)
+        kw = dict(n_max=n_max, edge=edge, n_landmarks=5, block=16 if not ON_GPU else 64, scale=0.3)
+        out, ref = dsalt_attention(*ins, impl="triton", **kw), dsalt_reference(*ins, **kw)
+        do = torch.randn_like(out)
+        assert rel_err(out, ref) <= 1e-5
+        for name, a, r in zip("q k v win energy".split(), grads(out, ins, do), grads(ref, ins, do)):
+            assert rel_err(a, r) <= 3e-5, (t, name)
 
 
 def _causal_check(fn, t=37, device="cpu"):
@@ -271,11 +344,44 @@ def test_gpu_bf16_landmark_latency_options_match_reference(i, monkeypatch):
             ("lm_bwd", kernel.LM_BWD_CONFIGS))}
     monkeypatch.setattr(kernel, "FORCE_CONFIG", cfg)
     pre = 1 + i % 2
-    for name, val in (("lm_pre_fwd", pre), ("lm_pre_dq", pre), ("lm_pre_bwd", pre), ("sel_chunk", 4),
+    for name, val in (("lm_bwd", "atomic"), ("lm_dq", False),
+                      ("lm_pre_fwd", pre), ("lm_pre_dq", pre), ("lm_pre_bwd", pre), ("sel_chunk", 4),
                       ("sel_par_min_t", 1)):
         monkeypatch.setitem(kernel.OPTS, name, val)
     torch.manual_seed(10 + i)
     ins = make(1, 4, 2, 1000 + 37 * i, 128, 48.0, 300, torch.bfloat16, "cuda")
+    kw = dict(n_max=300, edge=4.0, n_landmarks=64, block=64, scale=128**-0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback to another path
+        out = dsalt_attention(*ins, impl="triton", **kw)
+        do = torch.randn_like(out)
+        ga = grads(out, ins, do)
+    ref = dsalt_reference(*[x.float() if j < 3 else x for j, x in enumerate(ins)], **kw)
+    assert rel_err(out, ref) <= 1e-2, cfg
+    for name, a, r in zip("q k v win energy".split(), ga, grads(ref, ins, do.float())):
+        assert rel_err(a, r) <= 3e-2, (cfg, name, rel_err(a, r))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("i", range(6))
+def test_gpu_bf16_session6_paths_match_reference(i, monkeypatch):
+    """Session 6 on the GPU, every _lm_bwd_t_kernel launch config (i) with a _fwd_lm_kernel config:
+    even i the landmark dQ in that kernel and the selection on a side stream (fwd_split 3 at i = 0, 4,
+    else 2), odd i the dQ kernel's landmark pass and fwd_split 1; i = 0, 3 one head per kv head (the flat loop
+    where BLOCK_M = 64), else GQA; i = 2 without the flush skip, i = 2, 4 the dQ rows loaded early;
+    i = 0, 1, 3, 5 the phased dK/dV kernel; bf16, head dim 128, 64 landmarks."""
+    from attnlab.ops.dsalt import kernel
+
+    cfg = {name: lst[i % len(lst)] for name, lst in
+           (("fwd", kernel.FWD_CONFIGS), ("dq", kernel.DQ_CONFIGS), ("dkdv", kernel.DKDV_CONFIGS),
+            ("lm_bwd_t", kernel.LM_BWD_T_CONFIGS), ("fwd_lm", kernel.FWD_LM_CONFIGS))}
+    monkeypatch.setattr(kernel, "FORCE_CONFIG", cfg)
+    split = (3 if i % 4 == 0 else 2) if i % 2 == 0 else 1
+    for name, val in (("lm_bwd", "trans"), ("lm_dq", i % 2 == 0), ("fwd_split", split), ("lm_skip", i != 2),
+                      ("lm_dq_early", i in (2, 4)), ("split_min_t", 1), ("dkdv_phased", i in (0, 1, 3, 5))):
+        monkeypatch.setitem(kernel.OPTS, name, val)
+    torch.manual_seed(20 + i)
+    ins = make(1, 4, 4 if i % 3 == 0 else 2, 1000 + 37 * i, 128, 48.0, 300, torch.bfloat16, "cuda")
     kw = dict(n_max=300, edge=4.0, n_landmarks=64, block=64, scale=128**-0.5)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no fallback to another path

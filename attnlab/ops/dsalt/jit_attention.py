@@ -58,15 +58,16 @@ if HAVE_TRITON:
         return lo, full_lo, causal_hi, hi
 
     @triton.jit
-    def _fwd_kernel(Q, K, V, W, GT, LPOS, O, LSE,
+    def _fwd_kernel(Q, K, V, W, GT, LPOS, O, LSE, WMIN,
                     sq_b, sq_h, sq_t, sk_b, sk_h, sk_t, so_b, so_h, so_t,
                     H, G, T, NB, n_max, edge, inv_edge, qk_scale, SEL_BLOCK,
                     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                     KP: tl.constexpr, HAS_LM: tl.constexpr, PREC: tl.constexpr, NSET: tl.constexpr = 1,
-                    LC: tl.constexpr = 16, PRE: tl.constexpr = 0):
+                    LC: tl.constexpr = 16, PRE: tl.constexpr = 0, STORE_WMIN: tl.constexpr = 0):
         """PRE=1: the landmark pass's positions and gates are loaded ahead (the first chunk's at
         program start, behind the window loop; the next chunk's while the current one computes);
-        PRE=2: also the next chunk's K/V rows."""
+        PRE=2: also the next chunk's K/V rows. STORE_WMIN: the smallest window of each 16 rows is
+        stored to WMIN [B*H, cdiv(T, 16)] (the phased dK/dV kernel's full-weight bound)."""
         pid_m = tl.program_id(0)
         pid_bh = tl.program_id(1)
         b = pid_bh // H
@@ -80,6 +81,10 @@ if HAVE_TRITON:
         mrow = offs_m < T
         q = tl.load(Q + b * sq_b + h * sq_h + offs_m[:, None] * sq_t + offs_d[None, :], mask=mrow[:, None], other=0.0)
         w = tl.load(W + pid_bh * T + offs_m, mask=mrow, other=1.0)
+        if STORE_WMIN:
+            wg = tl.min(tl.reshape(tl.where(mrow, w, 1e30), [BLOCK_M // 16, 16]), 1)
+            offs_g = m0 // 16 + tl.arange(0, BLOCK_M // 16)
+            tl.store(WMIN + pid_bh * tl.cdiv(T, 16) + offs_g, wg, mask=offs_g * 16 < T)
         kbase = K + b * sk_b + hk * sk_h
         vbase = V + b * sk_b + hk * sk_h
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -414,11 +419,56 @@ if HAVE_TRITON:
         return tl.where(ok, r, 0.0), ok
 
     @triton.jit
-    def _dkdv_kernel(Q, K, V, W, DO, LSE, DELTA, DK, DV,
+    def _dkdv_tile(Q, W, DO, LSE, DELTA, kt, vt, dk, dv, offs_n, start_m, b, h, H, T, n_max, inv_edge, qk_scale,
+                   sq_b, sq_h, sq_t, D: tl.constexpr, BLOCK_M: tl.constexpr, PREC: tl.constexpr,
+                   TRANS: tl.constexpr, MODE: tl.constexpr):
+        """One query tile's window dK/dV terms. MODE 0: no mask (every pair causal, at full weight,
+        rows < T); 1: the causal test only; 2: the soft-window weight and every bound."""
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, D)
+        mrow = offs_m < T
+        bh = b * H + h
+        qoff = b * sq_b + h * sq_h + offs_m[:, None] * sq_t + offs_d[None, :]
+        q = tl.load(Q + qoff, mask=mrow[:, None], other=0.0)
+        do = tl.load(DO + qoff, mask=mrow[:, None], other=0.0)
+        lse = tl.load(LSE + bh * T + offs_m, mask=mrow, other=0.0)
+        delta = tl.load(DELTA + bh * T + offs_m, mask=mrow, other=0.0)
+        if TRANS:
+            sT = tl.dot(kt, tl.trans(q), input_precision=PREC) * qk_scale  # [BN, BM]
+            if MODE == 2:
+                w = tl.load(W + bh * T + offs_m, mask=mrow, other=1.0)
+                rT, okT = _win_rT(offs_n, offs_m, w, T, n_max, inv_edge)
+                pT = tl.exp2(tl.where(okT, sT, float("-inf")) - lse[None, :]) * rT
+            elif MODE == 1:
+                pT = tl.exp2(tl.where(offs_m[None, :] >= offs_n[:, None], sT, float("-inf")) - lse[None, :])
+            else:
+                pT = tl.exp2(sT - lse[None, :])
+            dv += tl.dot(pT.to(do.dtype), do, input_precision=PREC)
+            dpT = tl.dot(vt, tl.trans(do), input_precision=PREC)
+            dsT = pT * (dpT - delta[None, :])
+            dk += tl.dot(dsT.to(q.dtype), q, input_precision=PREC)
+        else:
+            s = tl.dot(q, tl.trans(kt), input_precision=PREC) * qk_scale  # [BM, BN]
+            if MODE == 2:
+                w = tl.load(W + bh * T + offs_m, mask=mrow, other=1.0)
+                r, ok = _win_r(offs_m, offs_n, w, T, n_max, inv_edge)
+                p = tl.exp2(tl.where(ok, s, float("-inf")) - lse[:, None]) * r
+            elif MODE == 1:
+                p = tl.exp2(tl.where(offs_m[:, None] >= offs_n[None, :], s, float("-inf")) - lse[:, None])
+            else:
+                p = tl.exp2(s - lse[:, None])
+            dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
+            dp = tl.dot(do, tl.trans(vt), input_precision=PREC)
+            ds = p * (dp - delta[:, None])
+            dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC)
+        return dk, dv
+
+    @triton.jit
+    def _dkdv_kernel(Q, K, V, W, DO, LSE, DELTA, DK, DV, WMIN,
                      sq_b, sq_h, sq_t, sk_b, sk_h, sk_t,
                      H, G, T, n_max, edge, inv_edge, qk_scale, sm_scale,
                      D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr,
-                     TRANS: tl.constexpr = 0):
+                     TRANS: tl.constexpr = 0, PHASED: tl.constexpr = 0):
         """Window dK, dV of one key tile (BLOCK_N keys), over the query tiles that can see it.
         TRANS=1: scores computed transposed ([keys, queries]: keys are the dots' M dimension), so
         P^T and dS^T feed the dV and dK products straight from the accumulator layout; TRANS=0:
@@ -440,7 +490,56 @@ if HAVE_TRITON:
         dv = tl.zeros([BLOCK_N, D], tl.float32)
         m_lo = (n0 // BLOCK_M) * BLOCK_M
         m_hi = tl.minimum(n0 + BLOCK_N - 1 + n_max, T)
-        for g in range(0, G):
+        for g in range(0, G * PHASED):
+            # PHASED: the query tiles in three ranges with no branch in a loop body (the forward's
+            # design): diagonal tiles (causal test, or the full mask), tiles where every pair is
+            # causal and at full weight for the smallest window of every row the key tile can see
+            # (WMIN, stored by the forward kernel: no mask), the rest (full mask)
+            h = hk * G + g
+            bh = b * H + h
+            ng = tl.cdiv(T, 16)
+            wv = tl.full([64], 1e30, tl.float32)
+            for c in range(m_lo // 16, tl.cdiv(m_hi, 16), 64):
+                offs_g = c + tl.arange(0, 64)
+                wv = tl.minimum(wv, tl.load(WMIN + bh * ng + offs_g, mask=offs_g < tl.cdiv(m_hi, 16), other=1e30))
+            wm = tl.min(wv, 0)
+            fr = tl.minimum(tl.floor(wm - 0.5 - edge * 0.5).to(tl.int32) - 1, n_max - 1)
+            nj = tl.cdiv(m_hi - m_lo, BLOCK_M)
+            jc = tl.minimum(tl.cdiv(tl.maximum(n0 + BLOCK_N - 1 - m_lo, 0), BLOCK_M), nj)  # first all-causal tile
+            xw = n0 + fr - BLOCK_M + 1 - m_lo  # tiles j <= xw // BLOCK_M: every pair at full weight
+            jw = tl.where(xw >= 0, xw // BLOCK_M + 1, 0)
+            xt = T - BLOCK_M - m_lo  # tiles j <= xt // BLOCK_M: every row < T
+            jt = tl.where(xt >= 0, xt // BLOCK_M + 1, 0)
+            jf = tl.maximum(jc, tl.minimum(tl.minimum(jw, jt), nj))
+            diag_ok = (jw >= jc) & (jt >= jc)  # the diagonal tiles need only the causal test
+            jd = tl.where(diag_ok, jc, 0)
+            for phase in tl.static_range(4):
+                if phase == 0:
+                    j_lo = 0
+                    j_hi = jd
+                elif phase == 1:
+                    j_lo = jd
+                    j_hi = jc
+                elif phase == 2:
+                    j_lo = jc
+                    j_hi = jf
+                else:
+                    j_lo = jf
+                    j_hi = nj
+                for j in range(j_lo, j_hi):
+                    if phase == 0:
+                        dk, dv = _dkdv_tile(Q, W, DO, LSE, DELTA, kt, vt, dk, dv, offs_n, m_lo + j * BLOCK_M, b, h,
+                                            H, T, n_max, inv_edge, qk_scale, sq_b, sq_h, sq_t, D, BLOCK_M, PREC,
+                                            TRANS, 1)
+                    elif phase == 2:
+                        dk, dv = _dkdv_tile(Q, W, DO, LSE, DELTA, kt, vt, dk, dv, offs_n, m_lo + j * BLOCK_M, b, h,
+                                            H, T, n_max, inv_edge, qk_scale, sq_b, sq_h, sq_t, D, BLOCK_M, PREC,
+                                            TRANS, 0)
+                    else:
+                        dk, dv = _dkdv_tile(Q, W, DO, LSE, DELTA, kt, vt, dk, dv, offs_n, m_lo + j * BLOCK_M, b, h,
+                                            H, T, n_max, inv_edge, qk_scale, sq_b, sq_h, sq_t, D, BLOCK_M, PREC,
+                                            TRANS, 2)
+        for g in range(0, G - G * PHASED):
             h = hk * G + g
             bh = b * H + h
             for start_m in range(m_lo, m_hi, BLOCK_M):
@@ -495,3 +594,167 @@ if HAVE_TRITON:
         o = tl.load(O + rows[:, None] * D + cols[None, :], mask=m[:, None], other=0.0).to(tl.float32)
         do = tl.load(DO + rows[:, None] * D + cols[None, :], mask=m[:, None], other=0.0).to(tl.float32)
         tl.store(DELTA + rows, tl.sum(o * do, 1), mask=m)
+
+    # ---- session 6: landmark kernels in the transposed ([slots, queries]) formulation ----
+
+    @triton.jit
+    def _lm_biasT(offs_m, lpos, gate, w, T, n_max, inv_edge):
+        """_lm_bias transposed: [slots, queries] (log2 units)."""
+        dd = offs_m[None, :] - lpos[:, None]
+        r = (w[None, :] - dd.to(tl.float32) - 0.5) * inv_edge + 0.5
+        inwin = (dd >= 0) & (dd < n_max) & (r > 0)
+        out = inwin | (offs_m[None, :] >= T) | (lpos[:, None] < 0)
+        return tl.where(out, float("-inf"), gate[:, None] * 1.4426950408889634)
+
+    @triton.jit
+    def _lm_bwd_tile(Q, W, DO, LSE, DELTA, DQ, lk, lv, lpos, gate, acc_k, acc_v, acc_g,
+                     b, h, H, T, n_max, inv_edge, qk_scale, sm_scale, m0, sq_b, sq_h, sq_t,
+                     D: tl.constexpr, BLOCK_M: tl.constexpr, PREC: tl.constexpr, ADD_DQ: tl.constexpr,
+                     DQ_EARLY: tl.constexpr = 0):
+        """One query tile (BLOCK_M rows of head h) against the slots' landmarks, transposed.
+        DQ_EARLY: the tile's dQ rows (ADD_DQ) are loaded with Q and dO, ahead of the dots."""
+        offs_m = m0 + tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, D)
+        mrow = offs_m < T
+        bh = b * H + h
+        qoff = b * sq_b + h * sq_h + offs_m[:, None] * sq_t + offs_d[None, :]
+        q = tl.load(Q + qoff, mask=mrow[:, None], other=0.0)
+        do = tl.load(DO + qoff, mask=mrow[:, None], other=0.0)
+        w = tl.load(W + bh * T + offs_m, mask=mrow, other=1.0)
+        lse = tl.load(LSE + bh * T + offs_m, mask=mrow, other=0.0)
+        delta = tl.load(DELTA + bh * T + offs_m, mask=mrow, other=0.0)
+        if ADD_DQ and DQ_EARLY:
+            dq0 = tl.load(DQ + qoff, mask=mrow[:, None], other=0.0)
+        sT = tl.dot(lk, tl.trans(q), input_precision=PREC) * qk_scale  # [LC, BM]
+        sT = sT + _lm_biasT(offs_m, lpos, gate, w, T, n_max, inv_edge)
+        pT = tl.exp2(sT - lse[None, :])
+        acc_v += tl.dot(pT.to(do.dtype), do, input_precision=PREC)
+        dpT = tl.dot(lv, tl.trans(do), input_precision=PREC)
+        dsT = pT * (dpT - delta[None, :])
+        acc_k += tl.dot(dsT.to(q.dtype), q, input_precision=PREC)
+        acc_g += tl.sum(dsT, 1)
+        if ADD_DQ:
+            dql = tl.dot(tl.trans(dsT.to(lk.dtype)), lk, input_precision=PREC)  # [BM, D]
+            if not DQ_EARLY:
+                dq0 = tl.load(DQ + qoff, mask=mrow[:, None], other=0.0)
+            tl.store(DQ + qoff, (dq0.to(tl.float32) + dql * sm_scale).to(DQ.dtype.element_ty), mask=mrow[:, None])
+        return acc_k, acc_v, acc_g
+
+    @triton.jit
+    def _lm_bwd_t_kernel(Q, K, V, W, E, LPOS, DO, LSE, DELTA, DK, DV, DGT, DQ,
+                         sq_b, sq_h, sq_t, sk_b, sk_h, sk_t,
+                         H, G, T, NB, n_max, inv_edge, qk_scale, sm_scale, SEL_BLOCK,
+                         D: tl.constexpr, BLOCK_M: tl.constexpr, KP: tl.constexpr, LC: tl.constexpr,
+                         SEG: tl.constexpr, PREC: tl.constexpr, ADD_DQ: tl.constexpr = 0, FLAT: tl.constexpr = 0,
+                         SKIP: tl.constexpr = 1, DQ_EARLY: tl.constexpr = 0):
+        """Landmark backward, transposed like _dkdv_kernel's TRANS=1: the LC slots are the dots' M
+        dimension, so P^T dO and dS^T Q come straight from the accumulator layout (no transposes
+        of the [queries, slots] tiles). Program (segment of SEG selection blocks, slot chunk,
+        batch*kv head): per block, the slots' token rows are loaded once and every BLOCK_M-row
+        query tile of the block (every head of the kv group) adds into the per-slot sums in
+        registers; a slot's sums are added atomically into its token's dK / dV rows and energy
+        gradient when the next block's set has another token in the slot, and at the segment's end.
+        ADD_DQ (LC == KP: one program holds every slot of a tile): the tile's landmark dQ = dS K_lm
+        is added here into DQ (read, add, store: no atomics), so the dQ kernel runs without its
+        landmark pass."""
+        pid_s = tl.program_id(0)
+        pid_c = tl.program_id(1)
+        bhk = tl.program_id(2)
+        hkv = H // G
+        b = bhk // hkv
+        hk = bhk % hkv
+        offs_k = pid_c * LC + tl.arange(0, LC)
+        offs_d = tl.arange(0, D)
+        kbase = K + b * sk_b + hk * sk_h
+        vbase = V + b * sk_b + hk * sk_h
+        acc_k = tl.zeros([LC, D], tl.float32)
+        acc_v = tl.zeros([LC, D], tl.float32)
+        acc_g = tl.zeros([LC], tl.float32)
+        b0 = pid_s * SEG
+        b1 = tl.minimum(b0 + SEG, NB)
+        lpos = tl.load(LPOS + (bhk * NB + b0) * KP + offs_k)
+        for nb in range(b0, b1):
+            lp0 = tl.maximum(lpos, 0)
+            et = tl.load(E + bhk * T + lp0).to(tl.float32)
+            gate = _logsigmoid(et)
+            lk = tl.load(kbase + lp0[:, None] * sk_t + offs_d[None, :])
+            lv = tl.load(vbase + lp0[:, None] * sk_t + offs_d[None, :])
+            # the next block's set: the flush test after this block
+            nxt = tl.load(LPOS + (bhk * NB + tl.minimum(nb + 1, NB - 1)) * KP + offs_k)
+            m_end = tl.minimum((nb + 1) * SEL_BLOCK, T)
+            if FLAT:  # BLOCK_M == SEL_BLOCK and G == 1: one tile per block, a flat loop
+                acc_k, acc_v, acc_g = _lm_bwd_tile(Q, W, DO, LSE, DELTA, DQ, lk, lv, lpos, gate, acc_k, acc_v, acc_g,
+                                                   b, hk, H, T, n_max, inv_edge, qk_scale, sm_scale,
+                                                   nb * SEL_BLOCK, sq_b, sq_h, sq_t, D, BLOCK_M, PREC, ADD_DQ,
+                                                   DQ_EARLY)
+            else:
+                for m0 in range(nb * SEL_BLOCK, m_end, BLOCK_M):
+                    for g in range(0, G):
+                        acc_k, acc_v, acc_g = _lm_bwd_tile(Q, W, DO, LSE, DELTA, DQ, lk, lv, lpos, gate, acc_k, acc_v,
+                                                           acc_g, b, hk * G + g, H, T, n_max, inv_edge, qk_scale,
+                                                           sm_scale, m0, sq_b, sq_h, sq_t, D, BLOCK_M, PREC, ADD_DQ,
+                                                           DQ_EARLY)
+            nxt = tl.where(nb + 1 < b1, nxt, -2)
+            fl = (nxt != lpos) & (lpos >= 0)
+            # SKIP: blocks where no slot changes (most, once the set has settled) skip the flush
+            if (SKIP == 0) | (tl.max(fl.to(tl.int32), 0) > 0):
+                rows = b * sk_b + hk * sk_h + lp0[:, None] * sk_t + offs_d[None, :]
+                fl2 = tl.broadcast_to(fl[:, None], (LC, D))
+                tl.atomic_add(DK + rows, (acc_k * sm_scale).to(DK.dtype.element_ty), mask=fl2, sem="relaxed")
+                tl.atomic_add(DV + rows, acc_v.to(DV.dtype.element_ty), mask=fl2, sem="relaxed")
+                # d logsigmoid(e) / de = sigmoid(-e)
+                tl.atomic_add(DGT + bhk * T + lp0, acc_g / (1.0 + tl.exp(et)), mask=fl, sem="relaxed")
+                acc_k = tl.where(fl[:, None], 0.0, acc_k)
+                acc_v = tl.where(fl[:, None], 0.0, acc_v)
+                acc_g = tl.where(fl, 0.0, acc_g)
+            lpos = nxt
+
+    @triton.jit
+    def _fwd_lm_kernel(Q, K, V, W, GT, LPOS, O, LSE,
+                       sq_b, sq_h, sq_t, sk_b, sk_h, sk_t, so_b, so_h, so_t,
+                       H, G, T, NB, n_max, inv_edge, qk_scale, SEL_BLOCK,
+                       D: tl.constexpr, BLOCK_M: tl.constexpr, KP: tl.constexpr, PREC: tl.constexpr,
+                       LC: tl.constexpr = 32):
+        """The forward's landmark pass as its own kernel (OPTS["fwd_split"]): O and LSE hold the
+        window pass's normalised output and log-sum-exp (log2); (m, l, acc) = (lse, 1, O) is the
+        same online-softmax state, continued over the tile's landmark columns (chunks of LC) and
+        stored back. The window kernel needs no landmark set, so the selection can run beside it
+        (another stream). BLOCK_M divides the selection block."""
+        pid_m = tl.program_id(0)
+        pid_bh = tl.program_id(1)
+        b = pid_bh // H
+        h = pid_bh % H
+        hk = h // G
+        bhk = b * (H // G) + hk
+        m0 = pid_m * BLOCK_M
+        nb = m0 // SEL_BLOCK
+        offs_m = m0 + tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, D)
+        mrow = offs_m < T
+        q = tl.load(Q + b * sq_b + h * sq_h + offs_m[:, None] * sq_t + offs_d[None, :], mask=mrow[:, None], other=0.0)
+        w = tl.load(W + pid_bh * T + offs_m, mask=mrow, other=1.0)
+        ooff = b * so_b + h * so_h + offs_m[:, None] * so_t + offs_d[None, :]
+        acc = tl.load(O + ooff, mask=mrow[:, None], other=0.0).to(tl.float32)
+        m_i = tl.load(LSE + pid_bh * T + offs_m, mask=mrow, other=float("-inf"))
+        l_i = tl.where(m_i == float("-inf"), 0.0, 1.0)
+        kbase = K + b * sk_b + hk * sk_h
+        vbase = V + b * sk_b + hk * sk_h
+        for c0 in range(0, KP, LC):
+            offs_c = c0 + tl.arange(0, LC)
+            lpos = tl.load(LPOS + (bhk * NB + nb) * KP + offs_c)
+            lp0 = tl.maximum(lpos, 0)
+            gate = _logsigmoid(tl.load(GT + bhk * T + lp0).to(tl.float32))
+            lk = tl.load(kbase + lp0[:, None] * sk_t + offs_d[None, :])
+            lv = tl.load(vbase + lp0[:, None] * sk_t + offs_d[None, :])
+            s = tl.dot(q, tl.trans(lk), input_precision=PREC) * qk_scale
+            s = s + _lm_bias(offs_m, lpos, gate, w, T, n_max, inv_edge)
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            p = tl.exp2(s - m_safe[:, None])
+            alpha = tl.exp2(m_i - m_safe)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(lv.dtype), lv, input_precision=PREC)
+            m_i = m_new
+        l_safe = tl.where(l_i > 0, l_i, 1.0)
+        tl.store(O + ooff, (acc / l_safe[:, None]).to(O.dtype.element_ty), mask=mrow[:, None])
+        tl.store(LSE + pid_bh * T + offs_m, m_i + tl.log2(l_safe), mask=mrow)

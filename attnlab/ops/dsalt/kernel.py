@@ -39,6 +39,20 @@ Pipeline (``dsalt_triton``):
    column a chunk of blocks at a time; with stable slots each landmark token is one contiguous run
    of one column, summed by a segmented scan and written once (no atomics, no sort).
 
+Session 6 (the defaults now, ``OPTS["lm_bwd"] = "trans"``, ``OPTS["lm_dq"] = True``): the dQ kernel
+runs without its landmark pass (window dQ and dW only) and ``_lm_bwd_t_kernel`` does all the
+landmark backward work: per (segment of 16 selection blocks, all KP slots, batch*kv head) it loads
+a block's landmark K/V rows once and, with the slots as the dots' M dimension (transposed like the
+dK/dV kernel: S^T = K_lm Q^T, P^T dO and dS^T Q straight from the accumulator layout), adds the
+block's P^T dO, dS^T Q and gate sums into per-slot registers (flushed atomically when a slot's token
+changes, as before) and the block's landmark dQ = dS K_lm into dQ (read, add, store: one program
+owns a tile's slots, so no atomics). Options measured and kept off: ``OPTS["fwd_split"]`` (the
+forward's landmark pass as ``_fwd_lm_kernel`` after a window-only forward, the selection on a
+high-priority side stream beside it), ``OPTS["lm_skip"]`` (skip the flush code at blocks with no
+slot change: with its per-block cross-warp test and branch the kernel was slower, 585 vs 391 us),
+``OPTS["lm_dq_early"]``, ``OPTS["dkdv_phased"]`` (the dK/dV kernel's query tiles in branch-free
+phases from a per-16-row smallest window the forward stores).
+
 Launches go through ``attnlab.ops.launch_replay.ReplayLauncher`` (the compiled launcher is called
 directly from the second launch of a shape on).
 
@@ -76,6 +90,7 @@ def _interpreting() -> bool:
 
 if HAVE_TRITON:  # the Triton kernels live in jit_attention.py and jit_select.py
     from .jit_attention import _fwd_kernel, _dq_kernel, _lm_bwd_kernel, _dkdv_kernel, _delta_kernel
+    from .jit_attention import _lm_bwd_t_kernel, _fwd_lm_kernel
     from .jit_select import _select_kernel, _lm_reduce_kernel
 
 
@@ -86,7 +101,8 @@ def _pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def _select_stable(energy, k: int, kp: int, block: int, key32: bool | None = None, chunk: int | None = None):
+def _select_stable(energy, k: int, kp: int, block: int, key32: bool | None = None, chunk: int | None = None,
+                   out=None):
     """Landmark positions [B, Hk, NB, KP] int32 (-1: empty slot or padding); key32: int32 rank
     keys (default where T <= 65536), else int64. chunk (candidate blocks per program; default
     OPTS["sel_chunk"] where T >= OPTS["sel_par_min_t"], else serial): the parallel selection, C
@@ -96,7 +112,8 @@ def _select_stable(energy, k: int, kp: int, block: int, key32: bool | None = Non
     b, hk, t = energy.shape
     nb = -(-t // block)
     e = energy.detach().float().contiguous()
-    out = torch.empty(b, hk, nb, kp, dtype=torch.int32, device=energy.device)
+    if out is None:
+        out = torch.empty(b, hk, nb, kp, dtype=torch.int32, device=energy.device)
     cb = 16 if block <= 128 else 4
     key32 = (t <= 65536) if key32 is None else key32
     if chunk is None:
@@ -172,8 +189,23 @@ def _blocks(block: int, d: int, device) -> tuple[int, int, int]:
 # K/V rows once, at its first tile); sel_chunk: candidate blocks per
 # program of the parallel landmark selection (0: serial, one program per (batch, kv head)), used
 # where T >= sel_par_min_t (_select_stable)
-OPTS = {"lc_fwd": 32, "lc_dq": 32, "delta": (64, 4), "lm_bwd": "atomic", "fuse_delta": True,
-        "lm_pre_fwd": 0, "lm_pre_dq": 0, "lm_pre_bwd": 0, "sel_chunk": 0, "sel_par_min_t": 8192}
+# Session 6: lm_bwd "trans" = _lm_bwd_t_kernel (slots as the dots' M dimension, one load of a
+# block's landmark rows, segments of whole selection blocks); lm_dq (with "trans"): the landmark
+# dQ is added by _lm_bwd_t_kernel, the dQ kernel runs without its landmark pass; fwd_split: the
+# forward's landmark pass in its own kernel (_fwd_lm_kernel) after the window kernel (1), with the
+# selection on a high-priority side stream beside the window kernel, launched before it (2) or
+# after it (3), where T >= split_min_t; lm_skip: _lm_bwd_t_kernel skips the flush code at blocks
+# where no slot's token changes (a cross-warp test per block); lm_dq_early: it loads a tile's dQ
+# rows with Q and dO instead of after the dots; dkdv_phased: the dK/dV kernel walks its query tiles
+# in branch-free phases (diagonal, unmasked, masked) from a per-16-row smallest window that the
+# forward kernel stores.
+# Defaults from session 6's two H100 A/B calls (benchmarks/RESULTS.md, "Session 6: DSALT"): "trans"
+# + lm_dq (32K fwd+bwd 3.20-3.25 ms vs 3.38-3.45 for the session-5 defaults, same runs); lm_skip,
+# fwd_split, lm_dq_early and dkdv_phased measured no better (kept as tested options, off).
+OPTS = {"lc_fwd": 32, "lc_dq": 32, "delta": (64, 4), "lm_bwd": "trans", "fuse_delta": True,
+        "lm_pre_fwd": 0, "lm_pre_dq": 0, "lm_pre_bwd": 0, "sel_chunk": 0, "sel_par_min_t": 8192,
+        "lm_dq": True, "fwd_split": 0, "split_min_t": 8192, "lm_skip": False, "lm_dq_early": False,
+        "dkdv_phased": False}
 
 _TUNED: dict = {}
 _FWD_BM_OVERRIDE: dict = {}
@@ -196,7 +228,7 @@ def _tuned(name: str, block: int):
         if name == "dkdv":
             cfgs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "TRANS": tr}, num_warps=w, num_stages=st)
                     for m, n, w, st, tr in DKDV_CONFIGS]
-            _TUNED[tag] = triton.autotune(cfgs, key=key)(_dkdv_kernel)
+            _TUNED[tag] = triton.autotune(cfgs, key=key + ["PHASED"])(_dkdv_kernel)
         elif name == "fwd":
             cfgs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "NSET": max(1, m // block)}, num_warps=w, num_stages=st)
                     for m, n, w, st in FWD_CONFIGS if m % block == 0 or block % m == 0]
@@ -251,7 +283,7 @@ def _launch(name, kernel, grid_m, rows, bm, bn, warps, block, *args, **meta):
         else:
             grid = lambda m: (triton.cdiv(grid_m, m["BLOCK_M"]), rows)  # noqa: E731
         key = (grid_m, args[0].dtype, args[0].shape[-1], meta.get("KP"), meta.get("HAS_LM"), meta.get("PARTIALS"),
-               meta.get("FUSE_DELTA"))
+               meta.get("FUSE_DELTA"), meta.get("PHASED"))
         return _autotuned(name, block, key, grid, kernel, args, meta)
     if name == "dkdv":
         meta["TRANS"] = _FWD_BM_OVERRIDE.get("dkdv_trans", 0)  # tests: the transposed formulation
@@ -330,6 +362,56 @@ def _reduce_landmark_grads(plk, plv, pg, lpos, dk, dv, dgt, nb, t, kp, d, energy
 LM_BWD_CONFIGS = [(32, 64, 32, 8, 2), (32, 32, 32, 8, 2), (32, 16, 32, 4, 2)]
 
 
+# _lm_bwd_t_kernel launch on CUDA: (BLOCK_M rows per tile, LC slots per program, SEG selection
+# blocks per program, warps, stages); BLOCK_M divides the selection block
+LM_BWD_T_CONFIGS = [(64, 64, 16, 8, 2), (64, 64, 8, 8, 2), (64, 64, 32, 8, 2), (64, 64, 16, 4, 2),
+                    (32, 64, 16, 8, 2), (64, 32, 16, 4, 2)]
+# _fwd_lm_kernel launch on CUDA: (BLOCK_M, LC, warps, stages[, maxnreg]); the lm_bwd_t tuples may
+# also end in a maxnreg (registers per thread: more programs per SM, with spills)
+FWD_LM_CONFIGS = [(64, 32, 4, 2), (64, 64, 4, 2), (64, 64, 8, 2), (32, 32, 4, 2), (32, 32, 4, 2, 128)]
+
+
+def _lm_bwd_t_config(q, block, bm, kp, add_dq):
+    """(BLOCK_M, LC, SEG, warps, stages, launch options: maxnreg where a config names one)."""
+    if _interpreting() or not q.is_cuda:
+        m, lc, seg, w, st, extra = bm, 16, 2, 4, 1, {}  # short segments: runs spanning segments are tested
+    else:
+        cfg = FORCE_CONFIG.get("lm_bwd_t") or LM_BWD_T_CONFIGS[0]
+        m, lc, seg, w, st = cfg[:5]
+        extra = {"maxnreg": cfg[5]} if len(cfg) > 5 else {}
+        m = m if block % m == 0 else bm
+    lc = kp if add_dq else min(lc, kp)  # the landmark dQ needs every slot of a tile in one program
+    return m, lc, seg, w, st, extra
+
+
+def _fwd_lm_config(q, block, bm, kp):
+    """(BLOCK_M, LC, warps, stages, launch options: maxnreg where a config names one)."""
+    if _interpreting() or not q.is_cuda:
+        return bm, 16, 4, 1, {}
+    cfg = FORCE_CONFIG.get("fwd_lm") or FWD_LM_CONFIGS[0]
+    m, lc, w, st = cfg[:4]
+    return (m if block % m == 0 else bm), min(lc, kp), w, st, ({"maxnreg": cfg[4]} if len(cfg) > 4 else {})
+
+
+_SIDE: dict = {}
+
+
+def _side_stream(device):
+    """(high-priority side stream, fork event, join event) of a device, made once: the selection
+    runs there beside the window forward kernel (OPTS["fwd_split"] 2 / 3); high priority, so its
+    programs take the first free slots while the window kernel's programs fill the GPU."""
+    if device not in _SIDE:
+        _SIDE[device] = (torch.cuda.Stream(device, priority=-8), torch.cuda.Event(), torch.cuda.Event())
+    return _SIDE[device]
+
+
+def _side_ok(q, t: int) -> bool:
+    """Whether the selection may run on the side stream: CUDA, not during CUDA-graph capture, the
+    serial selection kernel (the parallel selection has torch steps between its launches)."""
+    return (q.is_cuda and _FAST_LM["on"] and not (OPTS["sel_chunk"] and t >= OPTS["sel_par_min_t"])
+            and not torch.cuda.is_current_stream_capturing())
+
+
 def _lm_bwd_config(q, block, bm):
     if _interpreting() or not q.is_cuda:
         return bm, 16, 2, 4, 1  # short segments: runs spanning segments are tested
@@ -381,7 +463,28 @@ class _DSALTFn(torch.autograd.Function):
         g = h // hk
         bm, bn, warps = _blocks(block, d, q.device)
         has_lm = n_lm > 0
-        if has_lm:
+        split = OPTS["fwd_split"] if has_lm and t >= OPTS["split_min_t"] else 0
+        side = split >= 2 and _side_ok(q, t)
+        if has_lm and side:
+            # the selection on a side stream: 2 launched before the window kernel, 3 after it (the
+            # host's time between the two launches then overlaps too); lpos is allocated on the
+            # current stream, which waits for the side stream before the landmark pass reads it
+            kp, nb, stable = max(16, _pow2(n_lm)), -(-t // block), True
+            cur = torch.cuda.current_stream(q.device)
+            sst, ev_fork, ev_join = _side_stream(q.device)
+            ev_fork.record(cur)
+            lpos = torch.empty(b, hk, nb, kp, dtype=torch.int32, device=q.device)
+            gt = energy.detach()
+
+            def select_aside():
+                sst.wait_event(ev_fork)
+                with torch.cuda.stream(sst):
+                    _select_stable(gt, n_lm, kp, block, chunk=0, out=lpos)
+                ev_join.record(sst)
+
+            if split == 2:
+                select_aside()
+        elif has_lm:
             lpos, stable = landmark_slots(energy.detach(), n_lm, block)
             kp, nb = lpos.shape[-1], lpos.shape[2]
             gt = energy.detach()  # the kernels compute the gate logsigmoid(e)
@@ -391,20 +494,33 @@ class _DSALTFn(torch.autograd.Function):
             gt = win  # unused
         o = torch.empty_like(q)
         lse = torch.empty(b, h, t, device=q.device, dtype=torch.float32)
+        fwd_args = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+                    o.stride(0), o.stride(1), o.stride(2))
+        phased = bool(OPTS["dkdv_phased"])
+        wmin = torch.empty(b * h, -(-t // 16), device=q.device, dtype=torch.float32) if phased else lse
         _launch("fwd", _fwd_kernel, t, b * h, bm, bn, warps, block,
-                q, k, v, win, gt, lpos, o, lse,
-                q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-                o.stride(0), o.stride(1), o.stride(2),
+                q, k, v, win, gt, win if split else lpos, o, lse, wmin, *fwd_args,
                 h, g, t, nb, n_max, float(edge), 1.0 / float(edge), scale * LOG2E, block,
-                D=d, KP=kp, HAS_LM=has_lm, PREC=_prec(q), LC=min(OPTS["lc_fwd"], kp), PRE=OPTS["lm_pre_fwd"])
-        ctx.save_for_backward(q, k, v, win, energy, gt, lpos, o, lse)
+                D=d, KP=kp, HAS_LM=has_lm and not split, PREC=_prec(q), LC=min(OPTS["lc_fwd"], kp),
+                PRE=OPTS["lm_pre_fwd"], STORE_WMIN=int(phased))
+        if split:
+            if side:
+                if split == 3:
+                    select_aside()
+                cur.wait_event(ev_join)
+            fm, flc, fw, fst, fx = _fwd_lm_config(q, block, bm, kp)
+            _LAUNCH(_fwd_lm_kernel, (triton.cdiv(t, fm), b * h), q, k, v, win, gt, lpos, o, lse, *fwd_args,
+                    h, g, t, nb, n_max, 1.0 / float(edge), scale * LOG2E, block,
+                    D=d, BLOCK_M=fm, KP=kp, PREC=_prec(q), LC=flc, num_warps=fw, num_stages=fst, **fx)
+        ctx.save_for_backward(q, k, v, win, energy, gt, lpos, o, lse, wmin)
+        ctx.phased = phased
         ctx.meta = meta
         ctx.stable = stable
         return o
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, win, energy, gt, lpos, o, lse = ctx.saved_tensors
+        q, k, v, win, energy, gt, lpos, o, lse, wmin = ctx.saved_tensors
         n_max, edge, block, scale, n_lm = ctx.meta
         has_lm = n_lm > 0
         b, h, t, d = q.shape
@@ -426,7 +542,9 @@ class _DSALTFn(torch.autograd.Function):
         dw = torch.empty(b, h, t, device=q.device, dtype=torch.float32)
         strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2))
         fargs = (n_max, float(edge), 1.0 / float(edge), scale * LOG2E, scale)
-        atomic = has_lm and OPTS["lm_bwd"] == "atomic"
+        atomic = has_lm and OPTS["lm_bwd"] in ("atomic", "trans")
+        trans = has_lm and OPTS["lm_bwd"] == "trans"
+        lm_dq = trans and OPTS["lm_dq"]
 
         def dq_pass(partials):
             if partials:
@@ -438,7 +556,8 @@ class _DSALTFn(torch.autograd.Function):
             _launch("dq", _dq_kernel, t, b * h, bm, bn, warps, block,
                     q, k, v, win, gt, lpos, do, lse, delta, dq, dw, *parts, o, *strides,
                     h, g, t, nb, nt, *fargs, block,
-                    D=d, KP=kp, HAS_LM=has_lm, PREC=_prec(q), LC=min(OPTS["lc_dq"], kp), PARTIALS=int(partials),
+                    D=d, KP=kp, HAS_LM=has_lm and not lm_dq, PREC=_prec(q), LC=min(OPTS["lc_dq"], kp),
+                    PARTIALS=int(partials),
                     FUSE_DELTA=int(fuse), PRE=OPTS["lm_pre_dq"])
             return parts
 
@@ -446,11 +565,29 @@ class _DSALTFn(torch.autograd.Function):
         dk = torch.empty_like(k)
         dv = torch.empty_like(v)
         _launch("dkdv", _dkdv_kernel, t, b * hk, bm, bn, warps, block,
-                q, k, v, win, do, lse, delta, dk, dv, *strides, h, g, t, *fargs, D=d, PREC=_prec(q))
+                q, k, v, win, do, lse, delta, dk, dv, wmin, *strides, h, g, t, *fargs, D=d, PREC=_prec(q),
+                PHASED=int(ctx.phased))
         denergy = None
         if has_lm:
             dgt = torch.zeros(b, hk, t, device=q.device, dtype=torch.float32)
-            if atomic:
+            if trans:
+                lm, lc, seg, lw, lst, lx = _lm_bwd_t_config(q, block, bm, kp, lm_dq)
+                try:
+                    _LAUNCH(_lm_bwd_t_kernel, (triton.cdiv(nb, seg), kp // lc, b * hk),
+                            q, k, v, win, gt, lpos, do, lse, delta, dk, dv, dgt, dq, *strides,
+                            h, g, t, nb, n_max, 1.0 / float(edge), scale * LOG2E, scale, block,
+                            D=d, BLOCK_M=lm, KP=kp, LC=lc, SEG=seg, PREC=_prec(q), ADD_DQ=int(lm_dq),
+                            FLAT=int(lm == block and g == 1), SKIP=int(OPTS["lm_skip"]),
+                            DQ_EARLY=int(OPTS["lm_dq_early"]), num_warps=lw,
+                            num_stages=lst, **lx)
+                except Exception as e:  # pragma: no cover - compiler trouble: the session-5 path, from scratch
+                    import warnings
+
+                    warnings.warn(f"dsalt: transposed landmark backward kernel unavailable ({type(e).__name__}: "
+                                  f"{e}); using _lm_bwd_kernel")
+                    OPTS["lm_bwd"], OPTS["lm_dq"] = "atomic", False
+                    return _DSALTFn.backward(ctx, do)
+            elif atomic:
                 try:
                     lm, lc, seg, lw, lst = _lm_bwd_config(q, block, bm)
                     lc = min(lc, kp)
@@ -468,7 +605,8 @@ class _DSALTFn(torch.autograd.Function):
                     dk = torch.empty_like(k)
                     dv = torch.empty_like(v)
                     _launch("dkdv", _dkdv_kernel, t, b * hk, bm, bn, warps, block,
-                            q, k, v, win, do, lse, delta, dk, dv, *strides, h, g, t, *fargs, D=d, PREC=_prec(q))
+                            q, k, v, win, do, lse, delta, dk, dv, wmin, *strides, h, g, t, *fargs, D=d,
+                            PREC=_prec(q), PHASED=int(ctx.phased))
                     dgt.zero_()
                     parts = dq_pass(True)
                     atomic = False
