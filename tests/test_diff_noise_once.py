@@ -90,6 +90,22 @@ def test_noise_once_contraction_chunks(monkeypatch, kc):
     _check((1, 3, 35, 16, 24, 40), torch.float32, TOL32, TOL32)
 
 
+@pytest.mark.skipif(DEV == "cuda", reason="interpreter launch configs")
+@pytest.mark.parametrize("lean", [
+    (16, 16, 2, 1, 1, 2, 0, 1, False),   # two query tiles per program sharing each V chunk
+    (16, 32, 1, 1, 1, 3, 0, 2, True),    # one tile, key block wider than the tile, 2 head splits, early K
+    (32, 16, 2, 1, 1, 0, 16, 1, False),  # query tiles wider than the key block, 16-column contraction
+    (16, 16, 2, 1, 1, 8, 16, 3, True),   # 3 splits of 5 heads, chunked contraction
+])
+def test_noise_once_lean_dk(monkeypatch, lean):
+    """DK_MODE="lean" (session 6): the dK/dQ kernel whose contraction runs before its epilogue; NT=2
+    query tiles share each V chunk; odd lengths (tiles past T, half-empty diagonal pairs)."""
+    monkeypatch.setattr(NO, "DK_MODE", "lean")
+    monkeypatch.setitem(NO._INTERP, "lean", lean)
+    _check((1, 5, 45, 16, 16, 16), torch.float32, TOL32, TOL32)
+    _check((2, 3, 37, 16, 24, 20), torch.float32, TOL32, TOL32)
+
+
 def test_dk_table_covers_every_pair_once():
     """The dK kernel's program table: each (key block, chunk) pair with work exactly once, any order."""
     for t, bn, chunk in ((45, 16, 32), (4096, 128, 256), (1000, 64, 64)):
@@ -168,7 +184,10 @@ def test_noise_once_dispatch_and_errors():
 GPU_DK = {"default": None, "grouped": (64, 64, 2, 512, 4, 2, True), "session-4-dk": (128, 128, 1, 1024, 8, 2, False),
           "dk-kc32-order16": (128, 128, 1, 256, 8, 4, False, True, 16, 32), "dv-128": "dv", "merged": "merged",
           "g4-16-warps": "g4", "128x128-16-warps": "w16",
-          "dk-256x128-16-warps": (256, 128, 1, 256, 16, 2, False, True, 8, 64)}
+          "dk-256x128-16-warps": (256, 128, 1, 256, 16, 2, False, True, 8, 64),
+          "lean-nt1": ("lean", (128, 128, 1, 8, 3, 8, 64, 1, False)),
+          "lean-nt2": ("lean", (128, 128, 2, 8, 3, 8, 64, 1, True)),
+          "lean-nt2-kc32-split2": ("lean", (128, 128, 2, 8, 4, 4, 32, 2, False))}
 
 
 @pytest.mark.gpu
@@ -186,7 +205,11 @@ def test_noise_once_variants_bf16_gpu(monkeypatch, variant):
     elif GPU_DK[variant] == "w16":
         monkeypatch.setitem(NO.CONFIGS, "dv", (128, 128, 2, 16, 2, 1))
         monkeypatch.setitem(NO.CONFIGS, "fwd", (128, 128, 2, 16, 2, 1))
+    elif isinstance(GPU_DK[variant], tuple) and GPU_DK[variant][0] in ("lean", "loop"):
+        monkeypatch.setattr(NO, "DK_MODE", GPU_DK[variant][0])
+        monkeypatch.setitem(NO.CONFIGS, "lean", GPU_DK[variant][1])
     elif GPU_DK[variant] is not None:
+        monkeypatch.setattr(NO, "DK_MODE", "loop")
         monkeypatch.setitem(NO.CONFIGS, "dk", GPU_DK[variant])
     test_noise_once_bf16_gpu((1, 16, 1000, 128, 128, 128))
 

@@ -363,6 +363,83 @@ def _noise_bwd_dk_kernel(Q, K, V, DN, LSE, DELTA, DK, DQ, TBL,
 
 
 @triton.jit
+def _dk_lean_tile(dpt, k, q_base, sqt, LSE, DELTA, DQ, DKB, start_m, offs_n, T, qk, scale,
+                  D: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr):
+    """The epilogue of one query tile of the lean dK kernel: its q, lse and Delta are loaded only
+    now (not live during the contraction), dS2^T = P2^T (dP2^T - Delta), then dQ2 and dK2 by
+    float32 atomics straight from the dots (no accumulator kept across tiles)."""
+    offs_m = start_m + tl.arange(0, BM)
+    rmask = offs_m < T
+    q = _rows(q_base, offs_m, sqt, T, D, BD)
+    lse = tl.load(LSE + offs_m, mask=rmask, other=float("inf"))
+    delta = tl.load(DELTA + offs_m, mask=rmask, other=0.0)
+    pt = tl.math.exp2(tl.dot(k, tl.trans(q)) * qk - lse[None, :])  # [BN, BM]
+    pt = tl.where(offs_m[None, :] >= offs_n[:, None], pt, 0.0)  # causal; also keys >= T, rows above
+    dst = (pt * (dpt - delta[None, :])).to(q.dtype)
+    offs_d = tl.arange(0, BD)
+    dmask = (offs_d < D)[None, :]
+    tl.atomic_add(DQ + offs_m[:, None] * D + offs_d[None, :], tl.dot(tl.trans(dst), k) * scale,
+                  mask=rmask[:, None] & dmask, sem="relaxed")
+    tl.atomic_add(DKB + offs_n[:, None] * D + offs_d[None, :], tl.dot(dst, q) * scale,
+                  mask=(offs_n < T)[:, None] & dmask, sem="relaxed")
+
+
+@triton.jit
+def _noise_bwd_dk_lean_kernel(Q, K, V, DN, LSE, DELTA, DK, DQ, TBL,
+                              sqb, sqt, skb, skt, svb, svh, svt,
+                              H, HS, SPLIT, T, qk, scale,
+                              D: tl.constexpr, BD: tl.constexpr, DV: tl.constexpr, BDV: tl.constexpr,
+                              BM: tl.constexpr, BN: tl.constexpr, NT: tl.constexpr, KC: tl.constexpr,
+                              EARLY_K: tl.constexpr):
+    """The lean dK/dQ kernel (DK_MODE="lean"): program = one (key block, NT query tiles) entry of
+    the table TBL (chunks of NT * BM rows) x split of heads. The contraction dP2^T = sum_h V_h dN_h^T
+    (the split's heads x DV columns in KC-column chunks) runs first with ONLY its accumulators live
+    (one per query tile; NT = 2: both tiles share each V chunk, 3 operand tiles per 2 products
+    instead of 4, i.e. 25% fewer L2 bytes per unit of work); the scores, dS2 and the dQ2/dK2 atomics
+    follow per tile (``_dk_lean_tile``). EARLY_K: the key tile is loaded before the contraction."""
+    pid = tl.program_id(0)
+    bs = tl.program_id(1)
+    pid_n = tl.load(TBL + 2 * pid)
+    c = tl.load(TBL + 2 * pid + 1)
+    b = bs // SPLIT
+    s = bs % SPLIT
+    hs0 = s * HS
+    hs1 = tl.minimum(hs0 + HS, H)
+    start_n = pid_n * BN
+    start_m = c * (NT * BM)
+    offs_n = start_n + tl.arange(0, BN)
+    offs_ma = start_m + tl.arange(0, BM)
+    offs_mb = offs_ma + BM
+    v_base = V + b * svb
+    dn_base = DN + b * H * T * DV
+    if EARLY_K:
+        k = _rows(K + b * skb, offs_n, skt, T, D, BD)
+    dpa = tl.zeros([BN, BM], dtype=tl.float32)
+    if NT == 2:
+        dpb = tl.zeros([BN, BM], dtype=tl.float32)
+    NKC: tl.constexpr = BDV // KC
+    for j in range(hs0 * NKC, hs1 * NKC):
+        h = j // NKC
+        c0 = (j % NKC) * KC
+        v = _cols(v_base + h * svh, offs_n, svt, T, c0, DV, BDV, KC)
+        dnh = dn_base + h * T * DV
+        dpa = tl.dot(v, tl.trans(_cols(dnh, offs_ma, DV, T, c0, DV, BDV, KC)), dpa)
+        if NT == 2:
+            dpb = tl.dot(v, tl.trans(_cols(dnh, offs_mb, DV, T, c0, DV, BDV, KC)), dpb)
+    if not EARLY_K:
+        k = _rows(K + b * skb, offs_n, skt, T, D, BD)
+    q_base = Q + b * sqb
+    lse_b = LSE + b * T
+    delta_b = DELTA + bs * T
+    dq_b = DQ + b * T * D
+    dk_b = DK + b * T * D
+    _dk_lean_tile(dpa, k, q_base, sqt, lse_b, delta_b, dq_b, dk_b, start_m, offs_n, T, qk, scale, D, BD, BM)
+    if NT == 2:
+        _dk_lean_tile(dpb, k, q_base, sqt, lse_b, delta_b, dq_b, dk_b, start_m + BM, offs_n, T, qk, scale,
+                      D, BD, BM)
+
+
+@triton.jit
 def _merged_step(k, vg, dv, dk, q_base, sqt, dn_base, dcol, cmask, LSE, DELTA, DQ, start_m, offs_n, T, qk, scale,
                  D: tl.constexpr, BD: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, MASK: tl.constexpr):
     offs_m = start_m + tl.arange(0, BM)
@@ -467,13 +544,24 @@ CONFIGS = {
 CONFIGS["merged"] = (64, 64, 2, 8, 2)
 # "split": the dK kernel + the dV kernel; "merged": the one kernel above
 BWD_MODE = os.environ.get("ATTNLAB_NOISE_BWD", "split")
+# lean: the dK/dQ kernel of session 6 (``_noise_bwd_dk_lean_kernel``): (BM, BN, NT query tiles per
+# program sharing each V chunk, warps, stages, order, kc, split of heads, early_k). Compiled for sm_90
+# it keeps no spill slots at NT = 1 (session 5's kernel: 632 bytes of stack per thread, its scores'
+# operands and accumulators live during the contraction); NT = 2 reads 25% fewer L2 bytes per product.
+CONFIGS["lean"] = (128, 128, 1, 8, 3, 8, 64, 1, False)
+# which dK/dQ kernel the split backward takes: "loop" (session 5's ``CONFIGS["dk"]``) or "lean"
+DK_MODE = os.environ.get("ATTNLAB_NOISE_DK", "loop")
 _INTERP = {"fwd": (16, 16, 2, 1, 1), "dv": (16, 16, 2, 1, 1), "dk": (16, 16, 2, 16, 1, 1, True),
-           "merged": (16, 16, 2, 1, 1)}
+           "merged": (16, 16, 2, 1, 1), "lean": (16, 16, 2, 1, 1, 2, 0, 1, False)}
 _DK_DEFAULTS = (False, 0, 0)  # late, order, kc
 
 
 def _config(name: str, h: int, dv: int, d: int = 0):
     cfg = tuple((_INTERP if _interpret() else CONFIGS)[name])
+    if name == "lean":
+        if max(d, dv) > 128 and not _interpret():  # wide heads: one 64-row query tile per program
+            cfg = (64, cfg[1], 1) + cfg[3:]
+        return cfg
     if name == "dk":
         cfg = cfg + _DK_DEFAULTS[len(cfg) - 7:]
         if max(d, dv) > 128 and cfg[0] > 64 and not _interpret():  # wide heads: 64-row query tiles
@@ -551,6 +639,17 @@ def _fwd_body(go, q2, k2, v, aa, lam32, out, n, lse, scale, combine):
         h, ng, t, scale * LOG2E, d, _pow2(d), dv, _pow2(dv), g, bm, bn, combine, bool(major)), w, s)
 
 
+def _dk_loop(go, q2, k2, v, dn, lse, delta, dk32, dq32, tbl, h, hs, split, t, d, dv, scale):
+    """Session 5's dK/dQ kernel (DK_MODE="loop")."""
+    bm, bn, _, chunk, w, s, grouped, late, _, kc = _config("dk", h, dv, d)
+    kc = _pow2(dv) if kc <= 0 else min(kc, _pow2(dv))
+    _fit(go, _noise_bwd_dk_kernel, (tbl.numel() // 2, q2.shape[0] * split),
+       (q2, k2, v, dn, lse, delta, dk32, dq32, tbl,
+        q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), *_vstr(v),
+        h, hs, split, t, scale * LOG2E, scale, d, _pow2(d), dv, _pow2(dv), bm, bn, chunk,
+        grouped, hs if grouped else 1, late, kc), w, s)
+
+
 def _bwd_body(go, dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dqk16, dvo, tbl, scale, combine, merged, cfg):
     b, t, d = q2.shape
     h, dv = v.shape[1], v.shape[-1]
@@ -567,13 +666,15 @@ def _bwd_body(go, dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dqk16, dvo, t
             q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), *_vstr(v), *_vstr(dvo),
             h, split, t, scale * LOG2E, scale, d, _pow2(d), dv, _pow2(dv), hs, bm, bn), w, s)
         return
-    bm, bn, _, chunk, w, s, grouped, late, _, kc = _config("dk", h, dv, d)
-    kc = _pow2(dv) if kc <= 0 else min(kc, _pow2(dv))
-    _fit(go, _noise_bwd_dk_kernel, (tbl.numel() // 2, b * split),
-       (q2, k2, v, dn, lse, delta, dk32, dq32, tbl,
-        q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), *_vstr(v),
-        h, hs, split, t, scale * LOG2E, scale, d, _pow2(d), dv, _pow2(dv), bm, bn, chunk,
-        grouped, hs if grouped else 1, late, kc), w, s)
+    if DK_MODE == "lean":
+        bm, bn, nt, w, s, _, kc, _, early = _config("lean", h, dv, d)
+        kc = _pow2(dv) if kc <= 0 else min(kc, _pow2(dv))
+        _fit(go, _noise_bwd_dk_lean_kernel, (tbl.numel() // 2, b * split),
+           (q2, k2, v, dn, lse, delta, dk32, dq32, tbl,
+            q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), *_vstr(v),
+            h, hs, split, t, scale * LOG2E, scale, d, _pow2(d), dv, _pow2(dv), bm, bn, nt, kc, bool(early)), w, s)
+    else:
+        _dk_loop(go, q2, k2, v, dn, lse, delta, dk32, dq32, tbl, h, hs, split, t, d, dv, scale)
     bm, bn, g, w, s, major = _config("dv", h, dv)
     ng = triton.cdiv(h, g)
     grid = (b * ng, triton.cdiv(t, bn)) if major else (triton.cdiv(t, bn), b * ng)
@@ -639,9 +740,14 @@ class _NoiseOnce(torch.autograd.Function):
             hs = _config("merged", h, dv)[2]
             tbl = lse  # unused
         else:
-            bm, bn, split, chunk, _, _, grouped, _, order, _ = _config("dk", h, dv, d)
-            hs = split if grouped else triton.cdiv(h, split)  # heads per split
-            tbl = _dk_table(t, bn, chunk, order, dev)
+            if DK_MODE == "lean":
+                bm, bn, nt, _, _, order, _, split, _ = _config("lean", h, dv, d)
+                hs = triton.cdiv(h, split)
+                tbl = _dk_table(t, bn, bm * nt, order, dev)
+            else:
+                bm, bn, split, chunk, _, _, grouped, _, order, _ = _config("dk", h, dv, d)
+                hs = split if grouped else triton.cdiv(h, split)  # heads per split
+                tbl = _dk_table(t, bn, chunk, order, dev)
         split = triton.cdiv(h, hs)
         dn = torch.empty(b, h, t, dv, device=dev, dtype=v.dtype)
         delta = torch.empty(b, split, t, device=dev, dtype=torch.float32)
@@ -650,7 +756,8 @@ class _NoiseOnce(torch.autograd.Function):
         dqk16 = torch.empty(2, b, t, d, device=dev, dtype=q2.dtype)  # written by the dV kernel (split)
         dvo = torch.empty(b, h, t, dv, device=dev, dtype=v.dtype)
         roots = (dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dqk16, dvo, tbl)
-        key = (ctx.key, dout.stride(), _align(dout), BWD_MODE, CONFIGS["dk"], CONFIGS["dv"], CONFIGS["merged"],
+        key = (ctx.key, dout.stride(), _align(dout), BWD_MODE, DK_MODE, CONFIGS["dk"], CONFIGS["lean"], CONFIGS["dv"],
+               CONFIGS["merged"],
                _sharing(roots))
         _launch(key, roots, _bwd_body, scale, combine, merged, (hs, split))
         if merged:
