@@ -96,6 +96,8 @@ def test_noise_once_contraction_chunks(monkeypatch, kc):
     (16, 32, 1, 1, 1, 3, 0, 2, True),    # one tile, key block wider than the tile, 2 head splits, early K
     (32, 16, 2, 1, 1, 0, 16, 1, False),  # query tiles wider than the key block, 16-column contraction
     (16, 16, 2, 1, 1, 8, 16, 3, True),   # 3 splits of 5 heads, chunked contraction
+    (16, 16, 2, 1, 1, 2, 0, 1, True, True),   # both tiles' dK2 summed in registers, one atomic
+    (16, 32, 2, 1, 1, 0, 16, 2, False, True),
 ])
 def test_noise_once_lean_dk(monkeypatch, lean):
     """DK_MODE="lean" (session 6): the dK/dQ kernel whose contraction runs before its epilogue; NT=2
@@ -187,6 +189,7 @@ GPU_DK = {"default": None, "grouped": (64, 64, 2, 512, 4, 2, True), "session-4-d
           "dk-256x128-16-warps": (256, 128, 1, 256, 16, 2, False, True, 8, 64),
           "lean-nt1": ("lean", (128, 128, 1, 8, 3, 8, 64, 1, False)),
           "lean-nt2": ("lean", (128, 128, 2, 8, 3, 8, 64, 1, True)),
+          "lean-nt2-acc": ("lean", (128, 128, 2, 8, 3, 8, 64, 1, True, True)),
           "lean-nt2-kc32-split2": ("lean", (128, 128, 2, 8, 4, 4, 32, 2, False))}
 
 

@@ -363,11 +363,12 @@ def _noise_bwd_dk_kernel(Q, K, V, DN, LSE, DELTA, DK, DQ, TBL,
 
 
 @triton.jit
-def _dk_lean_tile(dpt, k, q_base, sqt, LSE, DELTA, DQ, DKB, start_m, offs_n, T, qk, scale,
-                  D: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr):
+def _dk_lean_tile(dpt, k, dk, q_base, sqt, LSE, DELTA, DQ, DKB, start_m, offs_n, T, qk, scale,
+                  D: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, ACC: tl.constexpr):
     """The epilogue of one query tile of the lean dK kernel: its q, lse and Delta are loaded only
-    now (not live during the contraction), dS2^T = P2^T (dP2^T - Delta), then dQ2 and dK2 by
-    float32 atomics straight from the dots (no accumulator kept across tiles)."""
+    now (not live during the contraction), dS2^T = P2^T (dP2^T - Delta), then dQ2 by float32
+    atomics straight from the dot; dK2 likewise, or (ACC) accumulated into dk (returned) for one
+    atomic per program."""
     offs_m = start_m + tl.arange(0, BM)
     rmask = offs_m < T
     q = _rows(q_base, offs_m, sqt, T, D, BD)
@@ -380,8 +381,12 @@ def _dk_lean_tile(dpt, k, q_base, sqt, LSE, DELTA, DQ, DKB, start_m, offs_n, T, 
     dmask = (offs_d < D)[None, :]
     tl.atomic_add(DQ + offs_m[:, None] * D + offs_d[None, :], tl.dot(tl.trans(dst), k) * scale,
                   mask=rmask[:, None] & dmask, sem="relaxed")
-    tl.atomic_add(DKB + offs_n[:, None] * D + offs_d[None, :], tl.dot(dst, q) * scale,
-                  mask=(offs_n < T)[:, None] & dmask, sem="relaxed")
+    if ACC:
+        dk = tl.dot(dst, q, dk)
+    else:
+        tl.atomic_add(DKB + offs_n[:, None] * D + offs_d[None, :], tl.dot(dst, q) * scale,
+                      mask=(offs_n < T)[:, None] & dmask, sem="relaxed")
+    return dk
 
 
 @triton.jit
@@ -390,13 +395,14 @@ def _noise_bwd_dk_lean_kernel(Q, K, V, DN, LSE, DELTA, DK, DQ, TBL,
                               H, HS, SPLIT, T, qk, scale,
                               D: tl.constexpr, BD: tl.constexpr, DV: tl.constexpr, BDV: tl.constexpr,
                               BM: tl.constexpr, BN: tl.constexpr, NT: tl.constexpr, KC: tl.constexpr,
-                              EARLY_K: tl.constexpr):
+                              EARLY_K: tl.constexpr, ACC: tl.constexpr):
     """The lean dK/dQ kernel (DK_MODE="lean"): program = one (key block, NT query tiles) entry of
     the table TBL (chunks of NT * BM rows) x split of heads. The contraction dP2^T = sum_h V_h dN_h^T
     (the split's heads x DV columns in KC-column chunks) runs first with ONLY its accumulators live
     (one per query tile; NT = 2: both tiles share each V chunk, 3 operand tiles per 2 products
     instead of 4, i.e. 25% fewer L2 bytes per unit of work); the scores, dS2 and the dQ2/dK2 atomics
-    follow per tile (``_dk_lean_tile``). EARLY_K: the key tile is loaded before the contraction."""
+    follow per tile (``_dk_lean_tile``). EARLY_K: the key tile is loaded before the contraction.
+    ACC (NT = 2): dK2 of both tiles accumulated in registers, one atomic per program."""
     pid = tl.program_id(0)
     bs = tl.program_id(1)
     pid_n = tl.load(TBL + 2 * pid)
@@ -433,10 +439,16 @@ def _noise_bwd_dk_lean_kernel(Q, K, V, DN, LSE, DELTA, DK, DQ, TBL,
     delta_b = DELTA + bs * T
     dq_b = DQ + b * T * D
     dk_b = DK + b * T * D
-    _dk_lean_tile(dpa, k, q_base, sqt, lse_b, delta_b, dq_b, dk_b, start_m, offs_n, T, qk, scale, D, BD, BM)
+    dk = tl.zeros([BN, BD], dtype=tl.float32)
+    dk = _dk_lean_tile(dpa, k, dk, q_base, sqt, lse_b, delta_b, dq_b, dk_b, start_m, offs_n, T, qk, scale,
+                       D, BD, BM, ACC)
     if NT == 2:
-        _dk_lean_tile(dpb, k, q_base, sqt, lse_b, delta_b, dq_b, dk_b, start_m + BM, offs_n, T, qk, scale,
-                      D, BD, BM)
+        dk = _dk_lean_tile(dpb, k, dk, q_base, sqt, lse_b, delta_b, dq_b, dk_b, start_m + BM, offs_n, T, qk, scale,
+                           D, BD, BM, ACC)
+    if ACC:
+        offs_d = tl.arange(0, BD)
+        tl.atomic_add(dk_b + offs_n[:, None] * D + offs_d[None, :], dk * scale,
+                      mask=(offs_n < T)[:, None] & (offs_d < D)[None, :], sem="relaxed")
 
 
 @triton.jit
@@ -545,10 +557,11 @@ CONFIGS["merged"] = (64, 64, 2, 8, 2)
 # "split": the dK kernel + the dV kernel; "merged": the one kernel above
 BWD_MODE = os.environ.get("ATTNLAB_NOISE_BWD", "split")
 # lean: the dK/dQ kernel of session 6 (``_noise_bwd_dk_lean_kernel``): (BM, BN, NT query tiles per
-# program sharing each V chunk, warps, stages, order, kc, split of heads, early_k). Compiled for sm_90
+# program sharing each V chunk, warps, stages, order, kc, split of heads, early_k, acc: NT = 2 sums
+# both tiles' dK2 in registers, one atomic per program; a missing acc is False). Compiled for sm_90
 # it keeps no spill slots at NT = 1 (session 5's kernel: 632 bytes of stack per thread, its scores'
 # operands and accumulators live during the contraction); NT = 2 reads 25% fewer L2 bytes per product.
-CONFIGS["lean"] = (128, 128, 1, 8, 3, 8, 64, 1, False)
+CONFIGS["lean"] = (128, 128, 1, 8, 3, 8, 64, 1, False, False)
 # which dK/dQ kernel the split backward takes: "loop" (session 5's ``CONFIGS["dk"]``) or "lean"
 DK_MODE = os.environ.get("ATTNLAB_NOISE_DK", "loop")
 _INTERP = {"fwd": (16, 16, 2, 1, 1), "dv": (16, 16, 2, 1, 1), "dk": (16, 16, 2, 16, 1, 1, True),
@@ -561,7 +574,7 @@ def _config(name: str, h: int, dv: int, d: int = 0):
     if name == "lean":
         if max(d, dv) > 128 and not _interpret():  # wide heads: one 64-row query tile per program
             cfg = (64, cfg[1], 1) + cfg[3:]
-        return cfg
+        return cfg + (False,) * (10 - len(cfg))
     if name == "dk":
         cfg = cfg + _DK_DEFAULTS[len(cfg) - 7:]
         if max(d, dv) > 128 and cfg[0] > 64 and not _interpret():  # wide heads: 64-row query tiles
@@ -667,12 +680,12 @@ def _bwd_body(go, dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dqk16, dvo, t
             h, split, t, scale * LOG2E, scale, d, _pow2(d), dv, _pow2(dv), hs, bm, bn), w, s)
         return
     if DK_MODE == "lean":
-        bm, bn, nt, w, s, _, kc, _, early = _config("lean", h, dv, d)
+        bm, bn, nt, w, s, _, kc, _, early, acc = _config("lean", h, dv, d)
         kc = _pow2(dv) if kc <= 0 else min(kc, _pow2(dv))
         _fit(go, _noise_bwd_dk_lean_kernel, (tbl.numel() // 2, b * split),
            (q2, k2, v, dn, lse, delta, dk32, dq32, tbl,
             q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), *_vstr(v),
-            h, hs, split, t, scale * LOG2E, scale, d, _pow2(d), dv, _pow2(dv), bm, bn, nt, kc, bool(early)), w, s)
+            h, hs, split, t, scale * LOG2E, scale, d, _pow2(d), dv, _pow2(dv), bm, bn, nt, kc, bool(early), bool(acc)), w, s)
     else:
         _dk_loop(go, q2, k2, v, dn, lse, delta, dk32, dq32, tbl, h, hs, split, t, d, dv, scale)
     bm, bn, g, w, s, major = _config("dv", h, dv)
@@ -741,7 +754,7 @@ class _NoiseOnce(torch.autograd.Function):
             tbl = lse  # unused
         else:
             if DK_MODE == "lean":
-                bm, bn, nt, _, _, order, _, split, _ = _config("lean", h, dv, d)
+                bm, bn, nt, _, _, order, _, split, _, _ = _config("lean", h, dv, d)
                 hs = triton.cdiv(h, split)
                 tbl = _dk_table(t, bn, bm * nt, order, dev)
             else:
