@@ -68,6 +68,7 @@ def test_noise_once_fp32(shape):
 ])
 def test_noise_once_configs(monkeypatch, cfg):
     monkeypatch.setattr(NO, "_INTERP", cfg)
+    monkeypatch.setattr(NO, "DK_MODE", "loop")  # session 5's dK kernel: its "dk" configs
     _check((1, 5, 45, 16, 16, 16), torch.float32, TOL32, TOL32)
 
 
@@ -86,6 +87,7 @@ def test_noise_once_merged_backward(monkeypatch, merged):
 def test_noise_once_contraction_chunks(monkeypatch, kc):
     """dK kernel with the head loop's contraction in chunks of kc columns (dv 40 -> 64 padded:
     4 or 2 chunks per head, the last partly masked)."""
+    monkeypatch.setattr(NO, "DK_MODE", "loop")
     monkeypatch.setitem(NO._INTERP, "dk", (16, 16, 2, 32, 1, 1, False, True, 3, kc))
     _check((1, 3, 35, 16, 24, 40), torch.float32, TOL32, TOL32)
 
@@ -293,7 +295,8 @@ def test_noise_once_only_for_cmd():
                                     mixer_options={name: {**opts, "impl": "noise-once"}}))
 
 
-NO_KERNELS = ("_noise_fwd_kernel", "_noise_bwd_pre_kernel", "_noise_bwd_dk_kernel", "_noise_bwd_dv_kernel")
+NO_KERNELS = ("_noise_fwd_kernel", "_noise_bwd_pre_kernel", "_noise_bwd_dk_kernel", "_noise_bwd_dk_lean_kernel",
+              "_noise_bwd_dv_kernel")
 
 
 @pytest.mark.parametrize("combine", [True, False])
@@ -330,9 +333,8 @@ def test_noise_once_replay_passes_the_slow_paths_arguments(monkeypatch, combine)
     replayed = list(log)
     log.clear()
     NO._fwd_body(K._Recorder(False), *roots[0], scale, combine)
-    bm, bn, split, chunk, w, s, grouped, late, order, kc = NO._config("dk", h, d)
-    hs = split if grouped else -(-h // split)
-    NO._bwd_body(K._Recorder(False), *roots[1], scale, combine, False, (hs, -(-h // hs)))
+    hs, split, _ = NO._bwd_plan(h, d, d)
+    NO._bwd_body(K._Recorder(False), *roots[1], scale, combine, False, (hs, split))
     assert len(log) == len(replayed)
     for (_, name, grid, args), (_, name2, grid2, args2) in zip(log, replayed):
         assert (name, grid) == (name2, grid2)

@@ -561,9 +561,9 @@ BWD_MODE = os.environ.get("ATTNLAB_NOISE_BWD", "split")
 # both tiles' dK2 in registers, one atomic per program; a missing acc is False). Compiled for sm_90
 # it keeps no spill slots at NT = 1 (session 5's kernel: 632 bytes of stack per thread, its scores'
 # operands and accumulators live during the contraction); NT = 2 reads 25% fewer L2 bytes per product.
-CONFIGS["lean"] = (128, 128, 1, 8, 3, 8, 64, 1, False, False)
+CONFIGS["lean"] = (128, 128, 2, 8, 3, 8, 64, 1, True, False)
 # which dK/dQ kernel the split backward takes: "loop" (session 5's ``CONFIGS["dk"]``) or "lean"
-DK_MODE = os.environ.get("ATTNLAB_NOISE_DK", "loop")
+DK_MODE = os.environ.get("ATTNLAB_NOISE_DK", "lean")
 _INTERP = {"fwd": (16, 16, 2, 1, 1), "dv": (16, 16, 2, 1, 1), "dk": (16, 16, 2, 16, 1, 1, True),
            "merged": (16, 16, 2, 1, 1), "lean": (16, 16, 2, 1, 1, 2, 0, 1, False)}
 _DK_DEFAULTS = (False, 0, 0)  # late, order, kc
@@ -696,6 +696,21 @@ def _bwd_body(go, dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dqk16, dvo, t
         h, ng, t, btd, scale * LOG2E, d, _pow2(d), dv, _pow2(dv), g, bm, bn, True, bool(major)), w, s)
 
 
+def _bwd_plan(h, dv, d):
+    """(heads per split, splits, the dK table's (key block, chunk rows, order) or None) of the
+    backward under the current BWD_MODE / DK_MODE / CONFIGS."""
+    if BWD_MODE == "merged":
+        hs = _config("merged", h, dv)[2]
+        return hs, triton.cdiv(h, hs), None
+    if DK_MODE == "lean":
+        bm, bn, nt, _, _, order, _, split, _, _ = _config("lean", h, dv, d)
+        hs = triton.cdiv(h, split)
+        return hs, triton.cdiv(h, hs), (bn, bm * nt, order)
+    bm, bn, split, chunk, _, _, grouped, _, order, _ = _config("dk", h, dv, d)
+    hs = split if grouped else triton.cdiv(h, split)  # heads per split
+    return hs, triton.cdiv(h, hs), (bn, chunk, order)
+
+
 class _NoiseOnce(torch.autograd.Function):
     """a (signal output or None), q2 [B, T, D], k2 [B, T, D], v [B, H, T, DV], lam [H] ->
     a - lam N (combine) or N."""
@@ -749,19 +764,8 @@ class _NoiseOnce(torch.autograd.Function):
             dout = dout.contiguous()
         dev = v.device
         merged = BWD_MODE == "merged"
-        if merged:
-            hs = _config("merged", h, dv)[2]
-            tbl = lse  # unused
-        else:
-            if DK_MODE == "lean":
-                bm, bn, nt, _, _, order, _, split, _, _ = _config("lean", h, dv, d)
-                hs = triton.cdiv(h, split)
-                tbl = _dk_table(t, bn, bm * nt, order, dev)
-            else:
-                bm, bn, split, chunk, _, _, grouped, _, order, _ = _config("dk", h, dv, d)
-                hs = split if grouped else triton.cdiv(h, split)  # heads per split
-                tbl = _dk_table(t, bn, chunk, order, dev)
-        split = triton.cdiv(h, hs)
+        hs, split, tb = _bwd_plan(h, dv, d)
+        tbl = _dk_table(t, *tb, dev) if tb else lse  # lse: unused (merged)
         dn = torch.empty(b, h, t, dv, device=dev, dtype=v.dtype)
         delta = torch.empty(b, split, t, device=dev, dtype=torch.float32)
         btd = b * t * d
