@@ -452,6 +452,62 @@ def _noise_bwd_dk_lean_kernel(Q, K, V, DN, LSE, DELTA, DK, DQ, TBL,
 
 
 @triton.jit
+def _noise_bwd_dk_tma_kernel(Q, K, V, DN, LSE, DELTA, DK, DQ, TBL,
+                             sqb, sqt, skb, skt, svb, svh, svt,
+                             NB, H, HS, SPLIT, T, qk, scale,
+                             D: tl.constexpr, BD: tl.constexpr, DV: tl.constexpr, BDV: tl.constexpr,
+                             BM: tl.constexpr, BN: tl.constexpr, NT: tl.constexpr, KC: tl.constexpr,
+                             EARLY_K: tl.constexpr, ACC: tl.constexpr):
+    """The lean kernel with the contraction's operands (V and dN chunks) loaded by the Hopper tensor
+    memory accelerator (device-side tensor descriptors over [B, H, T, DV]; rows past T and columns past
+    DV come back as zeros): DK_MODE="tma". Strides must be multiples of 16 bytes (the launcher checks)."""
+    pid = tl.program_id(0)
+    bs = tl.program_id(1)
+    pid_n = tl.load(TBL + 2 * pid)
+    c = tl.load(TBL + 2 * pid + 1)
+    b = bs // SPLIT
+    s = bs % SPLIT
+    hs0 = s * HS
+    hs1 = tl.minimum(hs0 + HS, H)
+    start_n = pid_n * BN
+    start_m = c * (NT * BM)
+    offs_n = start_n + tl.arange(0, BN)
+    vd = tl.make_tensor_descriptor(V, shape=[NB, H, T, DV], strides=[svb, svh, svt, 1], block_shape=[1, 1, BN, KC])
+    dd = tl.make_tensor_descriptor(DN, shape=[NB, H, T, DV], strides=[H * T * DV, T * DV, DV, 1],
+                                   block_shape=[1, 1, BM, KC])
+    if EARLY_K:
+        k = _rows(K + b * skb, offs_n, skt, T, D, BD)
+    dpa = tl.zeros([BN, BM], dtype=tl.float32)
+    if NT == 2:
+        dpb = tl.zeros([BN, BM], dtype=tl.float32)
+    NKC: tl.constexpr = BDV // KC
+    for j in range(hs0 * NKC, hs1 * NKC):
+        h = j // NKC
+        c0 = (j % NKC) * KC
+        v = vd.load([b, h, start_n, c0]).reshape(BN, KC)
+        dpa = tl.dot(v, tl.trans(dd.load([b, h, start_m, c0]).reshape(BM, KC)), dpa)
+        if NT == 2:
+            dpb = tl.dot(v, tl.trans(dd.load([b, h, start_m + BM, c0]).reshape(BM, KC)), dpb)
+    if not EARLY_K:
+        k = _rows(K + b * skb, offs_n, skt, T, D, BD)
+    q_base = Q + b * sqb
+    lse_b = LSE + b * T
+    delta_b = DELTA + bs * T
+    dq_b = DQ + b * T * D
+    dk_b = DK + b * T * D
+    dk = tl.zeros([BN, BD], dtype=tl.float32)
+    dk = _dk_lean_tile(dpa, k, dk, q_base, sqt, lse_b, delta_b, dq_b, dk_b, start_m, offs_n, T, qk, scale,
+                       D, BD, BM, ACC)
+    if NT == 2:
+        dk = _dk_lean_tile(dpb, k, dk, q_base, sqt, lse_b, delta_b, dq_b, dk_b, start_m + BM, offs_n, T, qk, scale,
+                           D, BD, BM, ACC)
+    if ACC:
+        offs_d = tl.arange(0, BD)
+        tl.atomic_add(dk_b + offs_n[:, None] * D + offs_d[None, :], dk * scale,
+                      mask=(offs_n < T)[:, None] & (offs_d < D)[None, :], sem="relaxed")
+
+
+@triton.jit
 def _merged_step(k, vg, dv, dk, q_base, sqt, dn_base, dcol, cmask, LSE, DELTA, DQ, start_m, offs_n, T, qk, scale,
                  D: tl.constexpr, BD: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, MASK: tl.constexpr):
     offs_m = start_m + tl.arange(0, BM)
@@ -557,12 +613,16 @@ CONFIGS["merged"] = (64, 64, 2, 8, 2)
 # "split": the dK kernel + the dV kernel; "merged": the one kernel above
 BWD_MODE = os.environ.get("ATTNLAB_NOISE_BWD", "split")
 # lean: the dK/dQ kernel of session 6 (``_noise_bwd_dk_lean_kernel``): (BM, BN, NT query tiles per
-# program sharing each V chunk, warps, stages, order, kc, split of heads, early_k, acc: NT = 2 sums
-# both tiles' dK2 in registers, one atomic per program; a missing acc is False). Compiled for sm_90
-# it keeps no spill slots at NT = 1 (session 5's kernel: 632 bytes of stack per thread, its scores'
-# operands and accumulators live during the contraction); NT = 2 reads 25% fewer L2 bytes per product.
+# program sharing each V chunk, warps, stages, order, kc, split of heads, early_k, acc, maxnreg);
+# acc: NT = 2 sums both tiles' dK2 in registers (one atomic per program); maxnreg: a register cap per
+# thread (0: none; 128 at 8 warps lets two programs share an SM); missing trailing fields take
+# (early_k, acc, maxnreg) = (False, False, 0). Compiled for sm_90 the lean kernel keeps no spill slots
+# at NT = 1 (session 5's kernel: 632 bytes of stack per thread: its scores' operands and accumulators
+# were live during the contraction); NT = 2 reads 25% fewer L2 bytes per product.
 CONFIGS["lean"] = (128, 128, 2, 8, 3, 8, 64, 1, True, False)
-# which dK/dQ kernel the split backward takes: "loop" (session 5's ``CONFIGS["dk"]``) or "lean"
+# which dK/dQ kernel the split backward takes: "loop" (session 5's ``CONFIGS["dk"]``), "lean", or "tma"
+# (the lean kernel with V and dN loaded through tensor descriptors, same CONFIGS["lean"]; the lean kernel
+# where strides do not suit them)
 DK_MODE = os.environ.get("ATTNLAB_NOISE_DK", "lean")
 _INTERP = {"fwd": (16, 16, 2, 1, 1), "dv": (16, 16, 2, 1, 1), "dk": (16, 16, 2, 16, 1, 1, True),
            "merged": (16, 16, 2, 1, 1), "lean": (16, 16, 2, 1, 1, 2, 0, 1, False)}
@@ -574,7 +634,7 @@ def _config(name: str, h: int, dv: int, d: int = 0):
     if name == "lean":
         if max(d, dv) > 128 and not _interpret():  # wide heads: one 64-row query tile per program
             cfg = (64, cfg[1], 1) + cfg[3:]
-        return cfg + (False,) * (10 - len(cfg))
+        return cfg + (False, False, 0)[len(cfg) - 8:]
     if name == "dk":
         cfg = cfg + _DK_DEFAULTS[len(cfg) - 7:]
         if max(d, dv) > 128 and cfg[0] > 64 and not _interpret():  # wide heads: 64-row query tiles
@@ -624,13 +684,13 @@ def _align(x):
     return x.data_ptr() % 16
 
 
-def _fit(go, kernel, grid, args, num_warps, num_stages):
+def _fit(go, kernel, grid, args, num_warps, num_stages, **opts):
     """Launch with num_stages, or fewer where the GPU's shared memory does not hold that many
     (wider heads than the 128 the configs were measured at). Only the slow path gets here: the
-    replay repeats the launch that fitted."""
+    replay repeats the launch that fitted. opts: more launch options (maxnreg)."""
     for s in range(num_stages, 0, -1):
         try:
-            return go(kernel, grid, args, num_warps=num_warps, num_stages=s)
+            return go(kernel, grid, args, num_warps=num_warps, num_stages=s, **opts)
         except OutOfResources:
             if s == 1:
                 raise
@@ -650,6 +710,31 @@ def _fwd_body(go, q2, k2, v, aa, lam32, out, n, lse, scale, combine):
        (q2, k2, v, aa, lam32, out, n, lse,
         q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), *_vstr(v), *_vstr(aa), *_vstr(out), *_vstr(n),
         h, ng, t, scale * LOG2E, d, _pow2(d), dv, _pow2(dv), g, bm, bn, combine, bool(major)), w, s)
+
+
+def _tma_ok(v, dn, kc) -> bool:
+    """Whether V and dN suit tensor descriptors: 16-byte aligned bases and strides, chunks of at
+    least 16 bytes."""
+    e = v.element_size()
+    return (all(x.data_ptr() % 16 == 0 for x in (v, dn)) and all((st * e) % 16 == 0 for st in v.stride()[:3])
+            and (v.shape[-1] * e) % 16 == 0 and kc * e >= 16)
+
+
+def _torch_scratch(size: int, alignment: int, stream):
+    return torch.empty(size, dtype=torch.int8, device="cuda")
+
+
+def _ensure_allocator():
+    """Device-side tensor descriptors need Triton's global scratch allocator, a context variable:
+    set per thread (the backward runs in autograd's thread) unless the caller set one."""
+    try:
+        from triton.runtime import _allocation
+
+        if not isinstance(_allocation._allocator.get(), _allocation.NullAllocator):
+            return
+    except (ImportError, AttributeError):  # pragma: no cover - other triton layouts
+        pass
+    triton.set_allocator(_torch_scratch)
 
 
 def _dk_loop(go, q2, k2, v, dn, lse, delta, dk32, dq32, tbl, h, hs, split, t, d, dv, scale):
@@ -679,13 +764,22 @@ def _bwd_body(go, dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dqk16, dvo, t
             q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), *_vstr(v), *_vstr(dvo),
             h, split, t, scale * LOG2E, scale, d, _pow2(d), dv, _pow2(dv), hs, bm, bn), w, s)
         return
-    if DK_MODE == "lean":
-        bm, bn, nt, w, s, _, kc, _, early, acc = _config("lean", h, dv, d)
+    if DK_MODE in ("lean", "tma"):
+        bm, bn, nt, w, s, _, kc, _, early, acc, maxnreg = _config("lean", h, dv, d)
         kc = _pow2(dv) if kc <= 0 else min(kc, _pow2(dv))
-        _fit(go, _noise_bwd_dk_lean_kernel, (tbl.numel() // 2, b * split),
-           (q2, k2, v, dn, lse, delta, dk32, dq32, tbl,
-            q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), *_vstr(v),
-            h, hs, split, t, scale * LOG2E, scale, d, _pow2(d), dv, _pow2(dv), bm, bn, nt, kc, bool(early), bool(acc)), w, s)
+        opts = {"maxnreg": maxnreg} if maxnreg and not _interpret() else {}
+        if DK_MODE == "tma" and _tma_ok(v, dn, kc):
+            _fit(go, _noise_bwd_dk_tma_kernel, (tbl.numel() // 2, b * split),
+               (q2, k2, v, dn, lse, delta, dk32, dq32, tbl,
+                q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), *_vstr(v),
+                b, h, hs, split, t, scale * LOG2E, scale, d, _pow2(d), dv, _pow2(dv), bm, bn, nt, kc, bool(early),
+                bool(acc)), w, s, **opts)
+        else:
+            _fit(go, _noise_bwd_dk_lean_kernel, (tbl.numel() // 2, b * split),
+               (q2, k2, v, dn, lse, delta, dk32, dq32, tbl,
+                q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), *_vstr(v),
+                h, hs, split, t, scale * LOG2E, scale, d, _pow2(d), dv, _pow2(dv), bm, bn, nt, kc, bool(early),
+                bool(acc)), w, s, **opts)
     else:
         _dk_loop(go, q2, k2, v, dn, lse, delta, dk32, dq32, tbl, h, hs, split, t, d, dv, scale)
     bm, bn, g, w, s, major = _config("dv", h, dv)
@@ -702,8 +796,8 @@ def _bwd_plan(h, dv, d):
     if BWD_MODE == "merged":
         hs = _config("merged", h, dv)[2]
         return hs, triton.cdiv(h, hs), None
-    if DK_MODE == "lean":
-        bm, bn, nt, _, _, order, _, split, _, _ = _config("lean", h, dv, d)
+    if DK_MODE in ("lean", "tma"):
+        bm, bn, nt, _, _, order, _, split, _, _, _ = _config("lean", h, dv, d)
         hs = triton.cdiv(h, split)
         return hs, triton.cdiv(h, hs), (bn, bm * nt, order)
     bm, bn, split, chunk, _, _, grouped, _, order, _ = _config("dk", h, dv, d)
@@ -765,6 +859,8 @@ class _NoiseOnce(torch.autograd.Function):
         dev = v.device
         merged = BWD_MODE == "merged"
         hs, split, tb = _bwd_plan(h, dv, d)
+        if DK_MODE == "tma" and not merged and not _interpret():
+            _ensure_allocator()
         tbl = _dk_table(t, *tb, dev) if tb else lse  # lse: unused (merged)
         dn = torch.empty(b, h, t, dv, device=dev, dtype=v.dtype)
         delta = torch.empty(b, split, t, device=dev, dtype=torch.float32)
