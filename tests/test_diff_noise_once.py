@@ -114,6 +114,16 @@ def test_noise_once_lean_dk(monkeypatch, lean, mode):
     _check((2, 3, 37, 16, 24, 20), torch.float32, TOL32, TOL32)
 
 
+def test_dk_mode_keeps_session_5_kernel_for_wide_heads(monkeypatch):
+    """The lean kernel's configs were measured and GPU-tested at 128-wide heads; wider heads keep
+    session 5's dK kernel (GPU-tested at 256). With the limit lowered, a dv-20 case runs that path."""
+    monkeypatch.setattr(NO, "DK_MODE", "lean")
+    assert NO._dk_mode(128, 128) == "lean" and NO._dk_mode(256, 64) == "loop" and NO._dk_mode(64, 192) == "loop"
+    monkeypatch.setattr(NO, "LEAN_MAX_WIDTH", 16)
+    assert NO._dk_mode(16, 20) == "loop"
+    _check((1, 3, 29, 16, 16, 20), torch.float32, TOL32, TOL32)
+
+
 def test_dk_table_covers_every_pair_once():
     """The dK kernel's program table: each (key block, chunk) pair with work exactly once, any order."""
     for t, bn, chunk in ((45, 16, 32), (4096, 128, 256), (1000, 64, 64)):

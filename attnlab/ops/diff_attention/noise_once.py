@@ -20,19 +20,23 @@ head to every head and calls SDPA twice: 4H forward + 10H backward):
 - backward, with dN_h = -lam_h dO_h (the preprocess also gives Delta = sum_h rowsum(dN_h N_h)):
   * dV kernel (key block x group of G heads): P2^T recomputed once per group, dV_h = P2^T dN_h:
     H/G + H units;
-  * dK kernel (one program per live (key block, query tile) pair of a host-built table, ordered in
+  * dK kernel (one program per live (key block, query tiles) entry of a host-built table, ordered in
     tiles of 8 key blocks so that programs running together share V and dN tiles in L2; x split of
     heads): dP2 = sum_h dN_h V_h^T (ONE accumulator over the split's heads, the 16 x dv columns in
     64-column chunks: the noise map's gradient is shared), dS2 = P2 (dP2 - Delta), dK2 = dS2^T Q2
-    and dQ2 = dS2 K2 by float32 atomics: 3 * SPLIT + H units (not 3H + 2H).
+    and dQ2 = dS2 K2 by float32 atomics: 3 * SPLIT + H units (not 3H + 2H). Session 6's "lean" form
+    (the default, ``DK_MODE``) runs the contraction first with only its accumulators live (session
+    5's kernel kept the scores' operands live through it and spilled 632 bytes per thread) and lets
+    two query tiles share each V chunk (NT = 2: 25% fewer L2 bytes per product).
   So noise fwd+bwd is 3H + 2H/G + 3 SPLIT units instead of the expanded call's 7H (H=16, G=2,
   SPLIT=1: 67 vs 112), on top of the signal's 7H through SDPA: 0.80x the notebook's work in all.
 
-Measured on an H100 (benchmarks/RESULTS.md, issue 3, session 5; B=1, 16 heads, d 128, fwd+bwd):
-0.77x (T=4K) and 0.86x (T=16K) the notebook's time (session 4's version: 1.04x / 0.94x), 0.76x its
-peak memory. At 16K the forward and dV kernels run at about cuDNN's rate per unit of work; the dK/dQ
-kernel at ~55% of it (it reads 1 MB of V and dN per 128 x 128 tile: L2-bandwidth bound). The four
-launches go through latent.py's launch replay. Alternatives kept, tested and swept (slower there):
+Measured on an H100 (benchmarks/RESULTS.md, issue 3, session 6; B=1, 16 heads, d 128, fwd+bwd,
+median of 5 rounds): 0.80x (T=4K) and 0.81x (T=16K) the notebook's time (session 5's version in the
+same run: 0.81x / 0.83x), 0.76x its peak memory. The forward and dV kernels run at about 90% of cuDNN's
+rate per unit of work; the dK/dQ kernel (1.68 ms at 16K, session 5's 2.02) at ~70% (latency at its
+pipeline's barriers, not L2 bandwidth: Nsight Compute, L2 51% busy). The four launches go through
+latent.py's launch replay. Alternatives kept, tested and swept (slower there):
 ``grouped`` dK (the group's V columns resident, one dot over G*dv), ``BWD_MODE="merged"`` (dV, dK
 and dQ in one kernel per key block and head group), 4-head groups and 256 x 128 dK tiles over 16
 warps.
@@ -619,11 +623,21 @@ BWD_MODE = os.environ.get("ATTNLAB_NOISE_BWD", "split")
 # (early_k, acc, maxnreg) = (False, False, 0). Compiled for sm_90 the lean kernel keeps no spill slots
 # at NT = 1 (session 5's kernel: 632 bytes of stack per thread: its scores' operands and accumulators
 # were live during the contraction); NT = 2 reads 25% fewer L2 bytes per product.
-CONFIGS["lean"] = (128, 128, 2, 8, 3, 8, 64, 1, True, False)
+CONFIGS["lean"] = (128, 128, 2, 8, 3, 8, 64, 1, True, True)
 # which dK/dQ kernel the split backward takes: "loop" (session 5's ``CONFIGS["dk"]``), "lean", or "tma"
 # (the lean kernel with V and dN loaded through tensor descriptors, same CONFIGS["lean"]; the lean kernel
 # where strides do not suit them)
 DK_MODE = os.environ.get("ATTNLAB_NOISE_DK", "lean")
+# heads wider than this keep session 5's dK kernel (GPU-tested at 256-wide noise heads; the lean
+# kernel's configs were measured and GPU-tested at 128)
+LEAN_MAX_WIDTH = 128
+
+
+def _dk_mode(d: int, dv: int) -> str:
+    """The dK/dQ kernel the backward takes for these head dims."""
+    if DK_MODE in ("lean", "tma") and max(d, dv) > LEAN_MAX_WIDTH:
+        return "loop"
+    return DK_MODE
 _INTERP = {"fwd": (16, 16, 2, 1, 1), "dv": (16, 16, 2, 1, 1), "dk": (16, 16, 2, 16, 1, 1, True),
            "merged": (16, 16, 2, 1, 1), "lean": (16, 16, 2, 1, 1, 2, 0, 1, False)}
 _DK_DEFAULTS = (False, 0, 0)  # late, order, kc
@@ -764,11 +778,12 @@ def _bwd_body(go, dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dqk16, dvo, t
             q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), *_vstr(v), *_vstr(dvo),
             h, split, t, scale * LOG2E, scale, d, _pow2(d), dv, _pow2(dv), hs, bm, bn), w, s)
         return
-    if DK_MODE in ("lean", "tma"):
+    mode = _dk_mode(d, dv)
+    if mode in ("lean", "tma"):
         bm, bn, nt, w, s, _, kc, _, early, acc, maxnreg = _config("lean", h, dv, d)
         kc = _pow2(dv) if kc <= 0 else min(kc, _pow2(dv))
         opts = {"maxnreg": maxnreg} if maxnreg and not _interpret() else {}
-        if DK_MODE == "tma" and _tma_ok(v, dn, kc):
+        if mode == "tma" and _tma_ok(v, dn, kc):
             _fit(go, _noise_bwd_dk_tma_kernel, (tbl.numel() // 2, b * split),
                (q2, k2, v, dn, lse, delta, dk32, dq32, tbl,
                 q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), *_vstr(v),
@@ -796,7 +811,7 @@ def _bwd_plan(h, dv, d):
     if BWD_MODE == "merged":
         hs = _config("merged", h, dv)[2]
         return hs, triton.cdiv(h, hs), None
-    if DK_MODE in ("lean", "tma"):
+    if _dk_mode(d, dv) in ("lean", "tma"):
         bm, bn, nt, _, _, order, _, split, _, _, _ = _config("lean", h, dv, d)
         hs = triton.cdiv(h, split)
         return hs, triton.cdiv(h, hs), (bn, bm * nt, order)
@@ -859,7 +874,7 @@ class _NoiseOnce(torch.autograd.Function):
         dev = v.device
         merged = BWD_MODE == "merged"
         hs, split, tb = _bwd_plan(h, dv, d)
-        if DK_MODE == "tma" and not merged and not _interpret():
+        if _dk_mode(d, dv) == "tma" and not merged and not _interpret():
             _ensure_allocator()
         tbl = _dk_table(t, *tb, dev) if tb else lse  # lse: unused (merged)
         dn = torch.empty(b, h, t, dv, device=dev, dtype=v.dtype)
@@ -869,7 +884,7 @@ class _NoiseOnce(torch.autograd.Function):
         dqk16 = torch.empty(2, b, t, d, device=dev, dtype=q2.dtype)  # written by the dV kernel (split)
         dvo = torch.empty(b, h, t, dv, device=dev, dtype=v.dtype)
         roots = (dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dqk16, dvo, tbl)
-        key = (ctx.key, dout.stride(), _align(dout), BWD_MODE, DK_MODE, CONFIGS["dk"], CONFIGS["lean"], CONFIGS["dv"],
+        key = (ctx.key, dout.stride(), _align(dout), BWD_MODE, _dk_mode(d, dv), CONFIGS["dk"], CONFIGS["lean"], CONFIGS["dv"],
                CONFIGS["merged"],
                _sharing(roots))
         _launch(key, roots, _bwd_body, scale, combine, merged, (hs, split))
