@@ -34,7 +34,7 @@ head to every head and calls SDPA twice: 4H forward + 10H backward):
 Measured on an H100 (benchmarks/RESULTS.md, issue 3, session 6; B=1, 16 heads, d 128, fwd+bwd,
 median of 5 rounds): 0.80x (T=4K) and 0.81x (T=16K) the notebook's time (session 5's version in the
 same run: 0.81x / 0.83x), 0.76x its peak memory. The forward and dV kernels run at about 90% of cuDNN's
-rate per unit of work; the dK/dQ kernel (1.68 ms at 16K, session 5's 2.02) at ~70% (latency at its
+rate per unit of work; the dK/dQ kernel (1.68 ms at 16K, session 5's 2.02) at ~65% (latency at its
 pipeline's barriers, not L2 bandwidth: Nsight Compute, L2 51% busy). The four launches go through
 latent.py's launch replay. Alternatives kept, tested and swept (slower there):
 ``grouped`` dK (the group's V columns resident, one dot over G*dv), ``BWD_MODE="merged"`` (dV, dK
