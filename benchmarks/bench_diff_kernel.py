@@ -18,9 +18,11 @@ Writes benchmarks/results/bench_diff_kernel.json (or $ATTNLAB_BENCH_DIR).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
+import statistics
 import sys
 
 import torch
@@ -108,14 +110,47 @@ SWEEP = {
 
 
 SWEEP_NOISE = {  # noise_once.py: fwd/dv (BM, BN, G, warps, stages, major),
-    # dk (BM, BN, S, CHUNK, warps, stages, grouped, late, order, kc); the first of each list is the default
-    # (session 5, call 1, H100: benchmarks/results/s5/s5_run1.json)
+    # dk (BM, BN, S, CHUNK, warps, stages, grouped, late, order, kc; swept only with DK_MODE="loop"),
+    # lean (BM, BN, NT, warps, stages, order, kc, split, early_k, acc; with DK_MODE="lean"); the first of
+    # each list is the default (session 5, call 1, H100: benchmarks/results/s5/s5_run1.json; lean: session 6)
     "fwd": [(128, 64, 2, 8, 3, 1), (64, 64, 4, 16, 3, 1), (128, 128, 2, 16, 2, 1), (128, 64, 2, 8, 4, 1)],
     "dk": [(128, 128, 1, 128, 8, 3, False, True, 8, 64), (256, 128, 1, 256, 16, 2, False, True, 8, 64),
            (256, 128, 1, 256, 16, 3, False, True, 8, 32), (256, 128, 1, 512, 16, 2, False, True, 8, 64),
            (128, 128, 1, 128, 8, 4, False, True, 8, 32)],
     "dv": [(64, 128, 2, 8, 3, 1), (64, 64, 4, 16, 3, 1), (128, 128, 2, 16, 2, 1), (64, 128, 2, 8, 4, 1)],
+    "lean": [(128, 128, 2, 8, 3, 8, 64, 1, True, True), (128, 128, 2, 8, 4, 8, 64, 1, True, False),
+             (128, 128, 1, 8, 3, 8, 64, 1, False, False), (64, 128, 2, 8, 3, 8, 64, 1, False, False, 128)],
 }
+
+
+class NoiseState:
+    """A noise-once variant of this tree: DK_MODE and launch configs held for a whole fwd+bwd (the
+    backward reads them too), e.g. NoiseState(NO, "loop") = session 5's dK kernel in this tree."""
+
+    def __init__(self, NO, mode=None, **configs):
+        self.NO, self.mode, self.configs = NO, mode, configs
+
+    def __enter__(self):
+        self.saved = self.NO.DK_MODE, dict(self.NO.CONFIGS)
+        if self.mode:
+            self.NO.DK_MODE = self.mode
+        self.NO.CONFIGS.update(self.configs)
+
+    def __exit__(self, *exc):
+        self.NO.DK_MODE = self.saved[0]
+        self.NO.CONFIGS.clear()
+        self.NO.CONFIGS.update(self.saved[1])
+
+
+def parse_noise_variant(NO, spec):
+    """"label=MODE" or "label=MODE:lean=[...]" (JSON list) -> (label, NoiseState)."""
+    label, _, rest = spec.partition("=")
+    mode, _, cfg = rest.partition(":")
+    configs = {}
+    if cfg:
+        name, _, val = cfg.partition("=")
+        configs[name] = tuple(json.loads(val))
+    return label, NoiseState(NO, mode or None, **configs)
 
 
 def sweep_noise(NO, b, h, t, d, dtype, device, warmup, repeats):
@@ -129,6 +164,8 @@ def sweep_noise(NO, b, h, t, d, dtype, device, warmup, repeats):
     out = fn(*ins)
     want = [out.detach()] + list(torch.autograd.grad(out, ins, dout))
     for name, cands in SWEEP_NOISE.items():
+        if (name == "dk") != (NO.DK_MODE == "loop"):  # only the configs of the dK kernel in use
+            continue
         best = None
         for cfg in cands:
             NO.CONFIGS[name] = cfg
@@ -238,6 +275,12 @@ def main(argv=None):
     ap.add_argument("--compare-module", help="path of another noise_once.py (e.g. session 4's) to time as a variant")
     ap.add_argument("--compare-label", default="noise-once, compared module")
     ap.add_argument("--host", action="store_true", help="also the host time to issue one fwd+bwd")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="time fwd+bwd of every variant this many times round robin; rows give the median "
+                         "and the spread (fwd, memory, host from the first round)")
+    ap.add_argument("--noise-variants", nargs="*", default=[],
+                    help='more noise-once variants of this tree, "label=MODE[:lean=JSON]", e.g. '
+                         '"loop dK=loop" or "lean nt1=lean:lean=[128,128,1,8,3,8,64,1,false,false]"')
     ap.add_argument("--skip-fused", action="store_true", help="leave out the generic fused kernel (sessions 1-3)")
     ap.add_argument("--quick", action="store_true", help="tiny CPU smoke run")
     ap.add_argument("--name", default="bench_diff_kernel")
@@ -287,27 +330,56 @@ def main(argv=None):
             variants.append(("fused triton", diff_attention_triton))
         if OLD is not None and cmd:
             variants.append((args.compare_label, OLD.cmd_attention_noise_once))
+        states = {}
         if NO is not None and cmd:
             variants.append(("noise-once (sdpa signal + shared noise kernel)", NO.cmd_attention_noise_once))
+            for spec in args.noise_variants:
+                label, st = parse_noise_variant(NO, spec)
+                variants.append(("noise-once, " + label, NO.cmd_attention_noise_once))
+                states["noise-once, " + label] = st
         variants.append(("sdpa x1 (plain attention)", one_sdpa))
-        base = None
         with torch.no_grad():
             ref = diff_attention_sdpa(*ins)
+        first, times = {}, {label: [] for label, _ in variants}
+        for r in range(args.rounds):
+            for label, fn in variants:
+                with states.get(label, contextlib.nullcontext()):
+                    if r == 0:
+                        first[label] = measure(fn, ins, dout, warmup, repeats, host=args.host)
+                        times[label].append(first[label][0])
+                    else:
+                        times[label].append(time_ms(fwd_bwd(fn, ins, dout), warmup, repeats))
+        base = None
         for label, fn in variants:
-            res = measure(fn, ins, dout, warmup, repeats, host=args.host)
-            fb, fw, peak = res[:3]
+            res = first[label]
+            fb, fw, peak = statistics.median(times[label]), res[1], res[2]
             base = base or (fb, fw)
             row = {"T": t, "group": group, "variant": label, "fwd_bwd_ms": fb, "fwd_ms": fw,
                    "ratio_fwd_bwd": fb / base[0], "ratio_fwd": fw / base[1]}
+            if args.rounds > 1:
+                row["fwd_bwd_rounds_ms"] = times[label]
+                row["fwd_bwd_min_ms"], row["fwd_bwd_max_ms"] = min(times[label]), max(times[label])
             if args.host:
                 row["host_ms"] = res[3]
             if peak is not None:
                 row["peak_MiB"] = peak
             if label.startswith(("fused", "noise-once")) or fn is getattr(OLD, "cmd_attention_noise_once", 0):
-                with torch.no_grad():
+                with states.get(label, contextlib.nullcontext()), torch.no_grad():
                     row["rel_err_vs_sdpa"] = rel_err(fn(*ins), ref)
             rows.append(row)
             print(row, flush=True)
+    if args.rounds > 1:  # the ratio per round (each round's variants ran back to back) and its spread
+        for t in args.T:
+            rr = [r for r in rows if r["T"] == t and r["group"] == "cmd" and "fwd_bwd_rounds_ms" in r]
+            if not rr:
+                continue
+            nb = rr[0]["fwd_bwd_rounds_ms"]
+            for r in rr[1:]:
+                ratios = [x / y for x, y in zip(r["fwd_bwd_rounds_ms"], nb)]
+                r["ratio_per_round"] = ratios
+                print(f"T={t} {r['variant'][:48]:48s} median {r['fwd_bwd_ms']:8.3f} ms  ratio {r['ratio_fwd_bwd']:.3f}"
+                      f"  per round {min(ratios):.3f}..{max(ratios):.3f} (median {statistics.median(ratios):.3f})",
+                      flush=True)
     extra = {"shape": {"B": b, "H": h, "head_dim": d, "dtype": str(dtype)}}
     if NO is not None and args.profile_noise and device == "cuda":
         extra["noise_once_profile"] = [r for t in args.T for r in profile_noise(NO, b, h, t, d, dtype, device)]

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -39,3 +41,20 @@ def test_bench_diff_latent_quick(tmp_path):
     rows = json.loads((tmp_path / "bench_diff_latent.json").read_text())["rows"]
     assert {r["variant"] for r in rows} == {"sdpa path", "fused latent", "noise-once path"}
     assert all(r["rel_err_vs_sdpa"] < 1e-4 for r in rows)
+
+
+def test_noise_once_resources_quick(tmp_path):
+    """The sm_90 compile report (no GPU): the default lean dK kernel compiles, its contraction loop
+    has matrix instructions and no local-memory traffic."""
+    triton = pytest.importorskip("triton")
+    tools = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+    if not ((tools / "ptxas").exists() and (tools / "cuobjdump").exists()):
+        pytest.skip("this Triton ships no ptxas / cuobjdump")
+    env = {**os.environ, "ATTNLAB_BENCH_DIR": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    env.pop("TRITON_INTERPRET", None)
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "noise_once_resources.py"), "--quick"],
+                   check=True, env=env, cwd=ROOT, capture_output=True, timeout=600)
+    rows = json.loads((tmp_path / "noise_once_resources.json").read_text())["rows"]
+    assert rows[0]["registers"] <= 255 and rows[0]["shared_bytes"] <= 232448
+    inner = [x for x in rows[0]["loops"] if x["HGMMA"]]
+    assert inner and all(x["LDL"] == 0 and x["STL"] == 0 for x in inner)

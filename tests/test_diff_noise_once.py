@@ -68,6 +68,7 @@ def test_noise_once_fp32(shape):
 ])
 def test_noise_once_configs(monkeypatch, cfg):
     monkeypatch.setattr(NO, "_INTERP", cfg)
+    monkeypatch.setattr(NO, "DK_MODE", "loop")  # session 5's dK kernel: its "dk" configs
     _check((1, 5, 45, 16, 16, 16), torch.float32, TOL32, TOL32)
 
 
@@ -86,8 +87,41 @@ def test_noise_once_merged_backward(monkeypatch, merged):
 def test_noise_once_contraction_chunks(monkeypatch, kc):
     """dK kernel with the head loop's contraction in chunks of kc columns (dv 40 -> 64 padded:
     4 or 2 chunks per head, the last partly masked)."""
+    monkeypatch.setattr(NO, "DK_MODE", "loop")
     monkeypatch.setitem(NO._INTERP, "dk", (16, 16, 2, 32, 1, 1, False, True, 3, kc))
     _check((1, 3, 35, 16, 24, 40), torch.float32, TOL32, TOL32)
+
+
+@pytest.mark.skipif(DEV == "cuda", reason="interpreter launch configs")
+@pytest.mark.parametrize("lean", [
+    (16, 16, 2, 1, 1, 2, 0, 1, False),   # two query tiles per program sharing each V chunk
+    (16, 32, 1, 1, 1, 3, 0, 2, True),    # one tile, key block wider than the tile, 2 head splits, early K
+    (32, 16, 2, 1, 1, 0, 16, 1, False),  # query tiles wider than the key block, 16-column contraction
+    (16, 16, 2, 1, 1, 8, 16, 3, True),   # 3 splits of 5 heads, chunked contraction
+    (16, 16, 2, 1, 1, 2, 0, 1, True, True),   # both tiles' dK2 summed in registers, one atomic
+    (16, 32, 2, 1, 1, 0, 16, 2, False, True),
+])
+@pytest.mark.parametrize("mode", ["lean", "tma"])
+def test_noise_once_lean_dk(monkeypatch, lean, mode):
+    """DK_MODE="lean" (session 6): the dK/dQ kernel whose contraction runs before its epilogue; NT=2
+    query tiles share each V chunk; odd lengths (tiles past T, half-empty diagonal pairs). "tma": the
+    same with V and dN through tensor descriptors (rows past T and columns past DV read as zeros)."""
+    if mode == "tma" and lean[2] == 1 and lean[7] == 2:
+        pytest.skip("kept short: the other configs cover the descriptor form")
+    monkeypatch.setattr(NO, "DK_MODE", mode)
+    monkeypatch.setitem(NO._INTERP, "lean", lean)
+    _check((1, 5, 45, 16, 16, 16), torch.float32, TOL32, TOL32)
+    _check((2, 3, 37, 16, 24, 20), torch.float32, TOL32, TOL32)
+
+
+def test_dk_mode_keeps_session_5_kernel_for_wide_heads(monkeypatch):
+    """The lean kernel's configs were measured and GPU-tested at 128-wide heads; wider heads keep
+    session 5's dK kernel (GPU-tested at 256). With the limit lowered, a dv-20 case runs that path."""
+    monkeypatch.setattr(NO, "DK_MODE", "lean")
+    assert NO._dk_mode(128, 128) == "lean" and NO._dk_mode(256, 64) == "loop" and NO._dk_mode(64, 192) == "loop"
+    monkeypatch.setattr(NO, "LEAN_MAX_WIDTH", 16)
+    assert NO._dk_mode(16, 20) == "loop"
+    _check((1, 3, 29, 16, 16, 20), torch.float32, TOL32, TOL32)
 
 
 def test_dk_table_covers_every_pair_once():
@@ -168,7 +202,25 @@ def test_noise_once_dispatch_and_errors():
 GPU_DK = {"default": None, "grouped": (64, 64, 2, 512, 4, 2, True), "session-4-dk": (128, 128, 1, 1024, 8, 2, False),
           "dk-kc32-order16": (128, 128, 1, 256, 8, 4, False, True, 16, 32), "dv-128": "dv", "merged": "merged",
           "g4-16-warps": "g4", "128x128-16-warps": "w16",
-          "dk-256x128-16-warps": (256, 128, 1, 256, 16, 2, False, True, 8, 64)}
+          "dk-256x128-16-warps": (256, 128, 1, 256, 16, 2, False, True, 8, 64),
+          "loop-dk": ("loop", None),  # session 5's dK kernel at its configs
+          **{"lean-" + k: ("lean", v) for k, v in {  # the lean dK kernel's candidates (session 6)
+              "nt2-early-k": (128, 128, 2, 8, 3, 8, 64, 1, True, False),
+              "nt1": (128, 128, 1, 8, 3, 8, 64, 1, False, False),
+              "nt1-4-stages": (128, 128, 1, 8, 4, 8, 64, 1, False, False),
+              "nt2-early-k-acc": (128, 128, 2, 8, 3, 8, 64, 1, True, True),
+              "bm64-nt2-maxnreg128": (64, 128, 2, 8, 3, 8, 64, 1, False, False, 128),
+              "bm64-nt1-maxnreg128": (64, 128, 1, 8, 4, 8, 64, 1, False, False, 128),
+              "nt1-kc32-6-stages": (128, 128, 1, 8, 6, 8, 32, 1, False, False),
+              "nt2-early-k-4-stages": (128, 128, 2, 8, 4, 8, 64, 1, True, False),
+              "nt2-kc32-split2": (128, 128, 2, 8, 4, 4, 32, 2, False, False)}.items()},
+          # its tensor-descriptor (TMA) form
+          **{"tma-" + k: ("tma", v) for k, v in {
+              "nt1": (128, 128, 1, 8, 3, 8, 64, 1, False, False),
+              "nt1-4-stages": (128, 128, 1, 8, 4, 8, 64, 1, False, False),
+              "nt2-early-k-acc": (128, 128, 2, 8, 3, 8, 64, 1, True, True),
+              "nt2-kc32-split2": (128, 128, 2, 8, 4, 4, 32, 2, False, False)}.items()},
+          "tma-nt1-odd-length": ("tma", (128, 128, 1, 8, 3, 8, 64, 1, False, False))}
 
 
 @pytest.mark.gpu
@@ -186,9 +238,17 @@ def test_noise_once_variants_bf16_gpu(monkeypatch, variant):
     elif GPU_DK[variant] == "w16":
         monkeypatch.setitem(NO.CONFIGS, "dv", (128, 128, 2, 16, 2, 1))
         monkeypatch.setitem(NO.CONFIGS, "fwd", (128, 128, 2, 16, 2, 1))
+    elif isinstance(GPU_DK[variant], tuple) and GPU_DK[variant][0] in ("lean", "loop", "tma"):
+        monkeypatch.setattr(NO, "DK_MODE", GPU_DK[variant][0])
+        if GPU_DK[variant][1] is not None:
+            monkeypatch.setitem(NO.CONFIGS, "lean", GPU_DK[variant][1])
     elif GPU_DK[variant] is not None:
+        monkeypatch.setattr(NO, "DK_MODE", "loop")
         monkeypatch.setitem(NO.CONFIGS, "dk", GPU_DK[variant])
-    test_noise_once_bf16_gpu((1, 16, 1000, 128, 128, 128))
+    # the session-6 candidates at T = 1024 (the benchmark's compiled kernels; odd lengths: the default
+    # config in test_noise_once_bf16_gpu, one descriptor case here, every config in the interpreter)
+    t = 1024 if variant.startswith(("lean-", "tma-")) and not variant.endswith("odd-length") else 1000
+    test_noise_once_bf16_gpu((1, 16, t, 128, 128, 128))
 
 
 @pytest.mark.gpu
@@ -267,7 +327,8 @@ def test_noise_once_only_for_cmd():
                                     mixer_options={name: {**opts, "impl": "noise-once"}}))
 
 
-NO_KERNELS = ("_noise_fwd_kernel", "_noise_bwd_pre_kernel", "_noise_bwd_dk_kernel", "_noise_bwd_dv_kernel")
+NO_KERNELS = ("_noise_fwd_kernel", "_noise_bwd_pre_kernel", "_noise_bwd_dk_kernel", "_noise_bwd_dk_lean_kernel",
+              "_noise_bwd_dv_kernel")
 
 
 @pytest.mark.parametrize("combine", [True, False])
@@ -304,9 +365,8 @@ def test_noise_once_replay_passes_the_slow_paths_arguments(monkeypatch, combine)
     replayed = list(log)
     log.clear()
     NO._fwd_body(K._Recorder(False), *roots[0], scale, combine)
-    bm, bn, split, chunk, w, s, grouped, late, order, kc = NO._config("dk", h, d)
-    hs = split if grouped else -(-h // split)
-    NO._bwd_body(K._Recorder(False), *roots[1], scale, combine, False, (hs, -(-h // hs)))
+    hs, split, _ = NO._bwd_plan(h, d, d)
+    NO._bwd_body(K._Recorder(False), *roots[1], scale, combine, False, (hs, split))
     assert len(log) == len(replayed)
     for (_, name, grid, args), (_, name2, grid2, args2) in zip(log, replayed):
         assert (name, grid) == (name2, grid2)
@@ -314,12 +374,14 @@ def test_noise_once_replay_passes_the_slow_paths_arguments(monkeypatch, combine)
 
 
 @pytest.mark.gpu
-def test_noise_once_replay_equals_slow_path_gpu(monkeypatch):
+@pytest.mark.parametrize("mode", ["lean", "tma", "loop"])
+def test_noise_once_replay_equals_slow_path_gpu(monkeypatch, mode):
     """On the GPU: replayed launches give the slow path's results (the forward and the
     deterministic gradients bit for bit; dQ2/dK2/dlam come from float32 atomics), and the replay
     ran."""
     from attnlab.ops.diff_attention import latent as K
 
+    monkeypatch.setattr(NO, "DK_MODE", mode)
     monkeypatch.setattr(K, "_FAST", True)
     monkeypatch.setattr(K, "_PLANS", {})
     replays, real = [], K._replay

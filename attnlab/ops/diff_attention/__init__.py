@@ -39,7 +39,8 @@ AUTO_LATENT = True
 # stream plus the noise stream computed once (noise_once.py) instead of two SDPA calls with the noise
 # head expanded. Session 5 (benchmarks/RESULTS.md, issue 3, "Session 5: differential (CMD kernel)"),
 # H100, fwd+bwd: 0.77x the two-call time at B=1, 16 heads, d 128, T=4K, 0.86x at 16K, and 0.91x
-# the SDPA path of cmd-mla at 128-wide heads (B=2, T=4K), where auto does not take the latent kernel.
+# the SDPA path of cmd-mla at 128-wide heads (B=2, T=4K), where auto does not take the latent kernel;
+# session 6 ("Session 6: CMD noise-once", the lean dK kernel): 0.80x at 4K, 0.81x at 16K.
 # Half precision only (in float32 the kernels' tl.dot runs in TF32; SDPA keeps float32).
 AUTO_NOISE_ONCE = True
 AUTO_LATENT_MAX_WIDTH = 64

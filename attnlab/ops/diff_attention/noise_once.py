@@ -20,19 +20,23 @@ head to every head and calls SDPA twice: 4H forward + 10H backward):
 - backward, with dN_h = -lam_h dO_h (the preprocess also gives Delta = sum_h rowsum(dN_h N_h)):
   * dV kernel (key block x group of G heads): P2^T recomputed once per group, dV_h = P2^T dN_h:
     H/G + H units;
-  * dK kernel (one program per live (key block, query tile) pair of a host-built table, ordered in
+  * dK kernel (one program per live (key block, query tiles) entry of a host-built table, ordered in
     tiles of 8 key blocks so that programs running together share V and dN tiles in L2; x split of
     heads): dP2 = sum_h dN_h V_h^T (ONE accumulator over the split's heads, the 16 x dv columns in
     64-column chunks: the noise map's gradient is shared), dS2 = P2 (dP2 - Delta), dK2 = dS2^T Q2
-    and dQ2 = dS2 K2 by float32 atomics: 3 * SPLIT + H units (not 3H + 2H).
+    and dQ2 = dS2 K2 by float32 atomics: 3 * SPLIT + H units (not 3H + 2H). Session 6's "lean" form
+    (the default, ``DK_MODE``) runs the contraction first with only its accumulators live (session
+    5's kernel kept the scores' operands live through it and spilled 632 bytes per thread) and lets
+    two query tiles share each V chunk (NT = 2: 25% fewer L2 bytes per product).
   So noise fwd+bwd is 3H + 2H/G + 3 SPLIT units instead of the expanded call's 7H (H=16, G=2,
   SPLIT=1: 67 vs 112), on top of the signal's 7H through SDPA: 0.80x the notebook's work in all.
 
-Measured on an H100 (benchmarks/RESULTS.md, issue 3, session 5; B=1, 16 heads, d 128, fwd+bwd):
-0.77x (T=4K) and 0.86x (T=16K) the notebook's time (session 4's version: 1.04x / 0.94x), 0.76x its
-peak memory. At 16K the forward and dV kernels run at about cuDNN's rate per unit of work; the dK/dQ
-kernel at ~55% of it (it reads 1 MB of V and dN per 128 x 128 tile: L2-bandwidth bound). The four
-launches go through latent.py's launch replay. Alternatives kept, tested and swept (slower there):
+Measured on an H100 (benchmarks/RESULTS.md, issue 3, session 6; B=1, 16 heads, d 128, fwd+bwd,
+median of 5 rounds): 0.80x (T=4K) and 0.81x (T=16K) the notebook's time (session 5's version in the
+same run: 0.81x / 0.83x), 0.76x its peak memory. The forward and dV kernels run at about 90% of cuDNN's
+rate per unit of work; the dK/dQ kernel (1.68 ms at 16K, session 5's 2.02) at ~65% (latency at its
+pipeline's barriers, not L2 bandwidth: Nsight Compute, L2 51% busy). The four launches go through
+latent.py's launch replay. Alternatives kept, tested and swept (slower there):
 ``grouped`` dK (the group's V columns resident, one dot over G*dv), ``BWD_MODE="merged"`` (dV, dK
 and dQ in one kernel per key block and head group), 4-head groups and 256 x 128 dK tiles over 16
 warps.
@@ -363,6 +367,151 @@ def _noise_bwd_dk_kernel(Q, K, V, DN, LSE, DELTA, DK, DQ, TBL,
 
 
 @triton.jit
+def _dk_lean_tile(dpt, k, dk, q_base, sqt, LSE, DELTA, DQ, DKB, start_m, offs_n, T, qk, scale,
+                  D: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, ACC: tl.constexpr):
+    """The epilogue of one query tile of the lean dK kernel: its q, lse and Delta are loaded only
+    now (not live during the contraction), dS2^T = P2^T (dP2^T - Delta), then dQ2 by float32
+    atomics straight from the dot; dK2 likewise, or (ACC) accumulated into dk (returned) for one
+    atomic per program."""
+    offs_m = start_m + tl.arange(0, BM)
+    rmask = offs_m < T
+    q = _rows(q_base, offs_m, sqt, T, D, BD)
+    lse = tl.load(LSE + offs_m, mask=rmask, other=float("inf"))
+    delta = tl.load(DELTA + offs_m, mask=rmask, other=0.0)
+    pt = tl.math.exp2(tl.dot(k, tl.trans(q)) * qk - lse[None, :])  # [BN, BM]
+    pt = tl.where(offs_m[None, :] >= offs_n[:, None], pt, 0.0)  # causal; also keys >= T, rows above
+    dst = (pt * (dpt - delta[None, :])).to(q.dtype)
+    offs_d = tl.arange(0, BD)
+    dmask = (offs_d < D)[None, :]
+    tl.atomic_add(DQ + offs_m[:, None] * D + offs_d[None, :], tl.dot(tl.trans(dst), k) * scale,
+                  mask=rmask[:, None] & dmask, sem="relaxed")
+    if ACC:
+        dk = tl.dot(dst, q, dk)
+    else:
+        tl.atomic_add(DKB + offs_n[:, None] * D + offs_d[None, :], tl.dot(dst, q) * scale,
+                      mask=(offs_n < T)[:, None] & dmask, sem="relaxed")
+    return dk
+
+
+@triton.jit
+def _noise_bwd_dk_lean_kernel(Q, K, V, DN, LSE, DELTA, DK, DQ, TBL,
+                              sqb, sqt, skb, skt, svb, svh, svt,
+                              H, HS, SPLIT, T, qk, scale,
+                              D: tl.constexpr, BD: tl.constexpr, DV: tl.constexpr, BDV: tl.constexpr,
+                              BM: tl.constexpr, BN: tl.constexpr, NT: tl.constexpr, KC: tl.constexpr,
+                              EARLY_K: tl.constexpr, ACC: tl.constexpr):
+    """The lean dK/dQ kernel (DK_MODE="lean"): program = one (key block, NT query tiles) entry of
+    the table TBL (chunks of NT * BM rows) x split of heads. The contraction dP2^T = sum_h V_h dN_h^T
+    (the split's heads x DV columns in KC-column chunks) runs first with ONLY its accumulators live
+    (one per query tile; NT = 2: both tiles share each V chunk, 3 operand tiles per 2 products
+    instead of 4, i.e. 25% fewer L2 bytes per unit of work); the scores, dS2 and the dQ2/dK2 atomics
+    follow per tile (``_dk_lean_tile``). EARLY_K: the key tile is loaded before the contraction.
+    ACC (NT = 2): dK2 of both tiles accumulated in registers, one atomic per program."""
+    pid = tl.program_id(0)
+    bs = tl.program_id(1)
+    pid_n = tl.load(TBL + 2 * pid)
+    c = tl.load(TBL + 2 * pid + 1)
+    b = bs // SPLIT
+    s = bs % SPLIT
+    hs0 = s * HS
+    hs1 = tl.minimum(hs0 + HS, H)
+    start_n = pid_n * BN
+    start_m = c * (NT * BM)
+    offs_n = start_n + tl.arange(0, BN)
+    offs_ma = start_m + tl.arange(0, BM)
+    offs_mb = offs_ma + BM
+    v_base = V + b * svb
+    dn_base = DN + b * H * T * DV
+    if EARLY_K:
+        k = _rows(K + b * skb, offs_n, skt, T, D, BD)
+    dpa = tl.zeros([BN, BM], dtype=tl.float32)
+    if NT == 2:
+        dpb = tl.zeros([BN, BM], dtype=tl.float32)
+    NKC: tl.constexpr = BDV // KC
+    for j in range(hs0 * NKC, hs1 * NKC):
+        h = j // NKC
+        c0 = (j % NKC) * KC
+        v = _cols(v_base + h * svh, offs_n, svt, T, c0, DV, BDV, KC)
+        dnh = dn_base + h * T * DV
+        dpa = tl.dot(v, tl.trans(_cols(dnh, offs_ma, DV, T, c0, DV, BDV, KC)), dpa)
+        if NT == 2:
+            dpb = tl.dot(v, tl.trans(_cols(dnh, offs_mb, DV, T, c0, DV, BDV, KC)), dpb)
+    if not EARLY_K:
+        k = _rows(K + b * skb, offs_n, skt, T, D, BD)
+    q_base = Q + b * sqb
+    lse_b = LSE + b * T
+    delta_b = DELTA + bs * T
+    dq_b = DQ + b * T * D
+    dk_b = DK + b * T * D
+    dk = tl.zeros([BN, BD], dtype=tl.float32)
+    dk = _dk_lean_tile(dpa, k, dk, q_base, sqt, lse_b, delta_b, dq_b, dk_b, start_m, offs_n, T, qk, scale,
+                       D, BD, BM, ACC)
+    if NT == 2:
+        dk = _dk_lean_tile(dpb, k, dk, q_base, sqt, lse_b, delta_b, dq_b, dk_b, start_m + BM, offs_n, T, qk, scale,
+                           D, BD, BM, ACC)
+    if ACC:
+        offs_d = tl.arange(0, BD)
+        tl.atomic_add(dk_b + offs_n[:, None] * D + offs_d[None, :], dk * scale,
+                      mask=(offs_n < T)[:, None] & (offs_d < D)[None, :], sem="relaxed")
+
+
+@triton.jit
+def _noise_bwd_dk_tma_kernel(Q, K, V, DN, LSE, DELTA, DK, DQ, TBL,
+                             sqb, sqt, skb, skt, svb, svh, svt,
+                             NB, H, HS, SPLIT, T, qk, scale,
+                             D: tl.constexpr, BD: tl.constexpr, DV: tl.constexpr, BDV: tl.constexpr,
+                             BM: tl.constexpr, BN: tl.constexpr, NT: tl.constexpr, KC: tl.constexpr,
+                             EARLY_K: tl.constexpr, ACC: tl.constexpr):
+    """The lean kernel with the contraction's operands (V and dN chunks) loaded by the Hopper tensor
+    memory accelerator (device-side tensor descriptors over [B, H, T, DV]; rows past T and columns past
+    DV come back as zeros): DK_MODE="tma". Strides must be multiples of 16 bytes (the launcher checks)."""
+    pid = tl.program_id(0)
+    bs = tl.program_id(1)
+    pid_n = tl.load(TBL + 2 * pid)
+    c = tl.load(TBL + 2 * pid + 1)
+    b = bs // SPLIT
+    s = bs % SPLIT
+    hs0 = s * HS
+    hs1 = tl.minimum(hs0 + HS, H)
+    start_n = pid_n * BN
+    start_m = c * (NT * BM)
+    offs_n = start_n + tl.arange(0, BN)
+    vd = tl.make_tensor_descriptor(V, shape=[NB, H, T, DV], strides=[svb, svh, svt, 1], block_shape=[1, 1, BN, KC])
+    dd = tl.make_tensor_descriptor(DN, shape=[NB, H, T, DV], strides=[H * T * DV, T * DV, DV, 1],
+                                   block_shape=[1, 1, BM, KC])
+    if EARLY_K:
+        k = _rows(K + b * skb, offs_n, skt, T, D, BD)
+    dpa = tl.zeros([BN, BM], dtype=tl.float32)
+    if NT == 2:
+        dpb = tl.zeros([BN, BM], dtype=tl.float32)
+    NKC: tl.constexpr = BDV // KC
+    for j in range(hs0 * NKC, hs1 * NKC):
+        h = j // NKC
+        c0 = (j % NKC) * KC
+        v = vd.load([b, h, start_n, c0]).reshape(BN, KC)
+        dpa = tl.dot(v, tl.trans(dd.load([b, h, start_m, c0]).reshape(BM, KC)), dpa)
+        if NT == 2:
+            dpb = tl.dot(v, tl.trans(dd.load([b, h, start_m + BM, c0]).reshape(BM, KC)), dpb)
+    if not EARLY_K:
+        k = _rows(K + b * skb, offs_n, skt, T, D, BD)
+    q_base = Q + b * sqb
+    lse_b = LSE + b * T
+    delta_b = DELTA + bs * T
+    dq_b = DQ + b * T * D
+    dk_b = DK + b * T * D
+    dk = tl.zeros([BN, BD], dtype=tl.float32)
+    dk = _dk_lean_tile(dpa, k, dk, q_base, sqt, lse_b, delta_b, dq_b, dk_b, start_m, offs_n, T, qk, scale,
+                       D, BD, BM, ACC)
+    if NT == 2:
+        dk = _dk_lean_tile(dpb, k, dk, q_base, sqt, lse_b, delta_b, dq_b, dk_b, start_m + BM, offs_n, T, qk, scale,
+                           D, BD, BM, ACC)
+    if ACC:
+        offs_d = tl.arange(0, BD)
+        tl.atomic_add(dk_b + offs_n[:, None] * D + offs_d[None, :], dk * scale,
+                      mask=(offs_n < T)[:, None] & (offs_d < D)[None, :], sem="relaxed")
+
+
+@triton.jit
 def _merged_step(k, vg, dv, dk, q_base, sqt, dn_base, dcol, cmask, LSE, DELTA, DQ, start_m, offs_n, T, qk, scale,
                  D: tl.constexpr, BD: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, MASK: tl.constexpr):
     offs_m = start_m + tl.arange(0, BM)
@@ -467,13 +616,39 @@ CONFIGS = {
 CONFIGS["merged"] = (64, 64, 2, 8, 2)
 # "split": the dK kernel + the dV kernel; "merged": the one kernel above
 BWD_MODE = os.environ.get("ATTNLAB_NOISE_BWD", "split")
+# lean: the dK/dQ kernel of session 6 (``_noise_bwd_dk_lean_kernel``): (BM, BN, NT query tiles per
+# program sharing each V chunk, warps, stages, order, kc, split of heads, early_k, acc, maxnreg);
+# acc: NT = 2 sums both tiles' dK2 in registers (one atomic per program); maxnreg: a register cap per
+# thread (0: none; 128 at 8 warps lets two programs share an SM); missing trailing fields take
+# (early_k, acc, maxnreg) = (False, False, 0). Compiled for sm_90 the lean kernel keeps no spill slots
+# at NT = 1 (session 5's kernel: 632 bytes of stack per thread: its scores' operands and accumulators
+# were live during the contraction); NT = 2 reads 25% fewer L2 bytes per product.
+CONFIGS["lean"] = (128, 128, 2, 8, 3, 8, 64, 1, True, True)
+# which dK/dQ kernel the split backward takes: "loop" (session 5's ``CONFIGS["dk"]``), "lean", or "tma"
+# (the lean kernel with V and dN loaded through tensor descriptors, same CONFIGS["lean"]; the lean kernel
+# where strides do not suit them)
+DK_MODE = os.environ.get("ATTNLAB_NOISE_DK", "lean")
+# heads wider than this keep session 5's dK kernel (GPU-tested at 256-wide noise heads; the lean
+# kernel's configs were measured and GPU-tested at 128)
+LEAN_MAX_WIDTH = 128
+
+
+def _dk_mode(d: int, dv: int) -> str:
+    """The dK/dQ kernel the backward takes for these head dims."""
+    if DK_MODE in ("lean", "tma") and max(d, dv) > LEAN_MAX_WIDTH:
+        return "loop"
+    return DK_MODE
 _INTERP = {"fwd": (16, 16, 2, 1, 1), "dv": (16, 16, 2, 1, 1), "dk": (16, 16, 2, 16, 1, 1, True),
-           "merged": (16, 16, 2, 1, 1)}
+           "merged": (16, 16, 2, 1, 1), "lean": (16, 16, 2, 1, 1, 2, 0, 1, False)}
 _DK_DEFAULTS = (False, 0, 0)  # late, order, kc
 
 
 def _config(name: str, h: int, dv: int, d: int = 0):
     cfg = tuple((_INTERP if _interpret() else CONFIGS)[name])
+    if name == "lean":
+        if max(d, dv) > 128 and not _interpret():  # wide heads: one 64-row query tile per program
+            cfg = (64, cfg[1], 1) + cfg[3:]
+        return cfg + (False, False, 0)[len(cfg) - 8:]
     if name == "dk":
         cfg = cfg + _DK_DEFAULTS[len(cfg) - 7:]
         if max(d, dv) > 128 and cfg[0] > 64 and not _interpret():  # wide heads: 64-row query tiles
@@ -523,13 +698,13 @@ def _align(x):
     return x.data_ptr() % 16
 
 
-def _fit(go, kernel, grid, args, num_warps, num_stages):
+def _fit(go, kernel, grid, args, num_warps, num_stages, **opts):
     """Launch with num_stages, or fewer where the GPU's shared memory does not hold that many
     (wider heads than the 128 the configs were measured at). Only the slow path gets here: the
-    replay repeats the launch that fitted."""
+    replay repeats the launch that fitted. opts: more launch options (maxnreg)."""
     for s in range(num_stages, 0, -1):
         try:
-            return go(kernel, grid, args, num_warps=num_warps, num_stages=s)
+            return go(kernel, grid, args, num_warps=num_warps, num_stages=s, **opts)
         except OutOfResources:
             if s == 1:
                 raise
@@ -551,6 +726,42 @@ def _fwd_body(go, q2, k2, v, aa, lam32, out, n, lse, scale, combine):
         h, ng, t, scale * LOG2E, d, _pow2(d), dv, _pow2(dv), g, bm, bn, combine, bool(major)), w, s)
 
 
+def _tma_ok(v, dn, kc) -> bool:
+    """Whether V and dN suit tensor descriptors: 16-byte aligned bases and strides, chunks of at
+    least 16 bytes."""
+    e = v.element_size()
+    return (all(x.data_ptr() % 16 == 0 for x in (v, dn)) and all((st * e) % 16 == 0 for st in v.stride()[:3])
+            and (v.shape[-1] * e) % 16 == 0 and kc * e >= 16)
+
+
+def _torch_scratch(size: int, alignment: int, stream):
+    return torch.empty(size, dtype=torch.int8, device="cuda")
+
+
+def _ensure_allocator():
+    """Device-side tensor descriptors need Triton's global scratch allocator, a context variable:
+    set per thread (the backward runs in autograd's thread) unless the caller set one."""
+    try:
+        from triton.runtime import _allocation
+
+        if not isinstance(_allocation._allocator.get(), _allocation.NullAllocator):
+            return
+    except (ImportError, AttributeError):  # pragma: no cover - other triton layouts
+        pass
+    triton.set_allocator(_torch_scratch)
+
+
+def _dk_loop(go, q2, k2, v, dn, lse, delta, dk32, dq32, tbl, h, hs, split, t, d, dv, scale):
+    """Session 5's dK/dQ kernel (DK_MODE="loop")."""
+    bm, bn, _, chunk, w, s, grouped, late, _, kc = _config("dk", h, dv, d)
+    kc = _pow2(dv) if kc <= 0 else min(kc, _pow2(dv))
+    _fit(go, _noise_bwd_dk_kernel, (tbl.numel() // 2, q2.shape[0] * split),
+       (q2, k2, v, dn, lse, delta, dk32, dq32, tbl,
+        q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), *_vstr(v),
+        h, hs, split, t, scale * LOG2E, scale, d, _pow2(d), dv, _pow2(dv), bm, bn, chunk,
+        grouped, hs if grouped else 1, late, kc), w, s)
+
+
 def _bwd_body(go, dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dqk16, dvo, tbl, scale, combine, merged, cfg):
     b, t, d = q2.shape
     h, dv = v.shape[1], v.shape[-1]
@@ -567,19 +778,46 @@ def _bwd_body(go, dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dqk16, dvo, t
             q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), *_vstr(v), *_vstr(dvo),
             h, split, t, scale * LOG2E, scale, d, _pow2(d), dv, _pow2(dv), hs, bm, bn), w, s)
         return
-    bm, bn, _, chunk, w, s, grouped, late, _, kc = _config("dk", h, dv, d)
-    kc = _pow2(dv) if kc <= 0 else min(kc, _pow2(dv))
-    _fit(go, _noise_bwd_dk_kernel, (tbl.numel() // 2, b * split),
-       (q2, k2, v, dn, lse, delta, dk32, dq32, tbl,
-        q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), *_vstr(v),
-        h, hs, split, t, scale * LOG2E, scale, d, _pow2(d), dv, _pow2(dv), bm, bn, chunk,
-        grouped, hs if grouped else 1, late, kc), w, s)
+    mode = _dk_mode(d, dv)
+    if mode in ("lean", "tma"):
+        bm, bn, nt, w, s, _, kc, _, early, acc, maxnreg = _config("lean", h, dv, d)
+        kc = _pow2(dv) if kc <= 0 else min(kc, _pow2(dv))
+        opts = {"maxnreg": maxnreg} if maxnreg and not _interpret() else {}
+        if mode == "tma" and _tma_ok(v, dn, kc):
+            _fit(go, _noise_bwd_dk_tma_kernel, (tbl.numel() // 2, b * split),
+               (q2, k2, v, dn, lse, delta, dk32, dq32, tbl,
+                q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), *_vstr(v),
+                b, h, hs, split, t, scale * LOG2E, scale, d, _pow2(d), dv, _pow2(dv), bm, bn, nt, kc, bool(early),
+                bool(acc)), w, s, **opts)
+        else:
+            _fit(go, _noise_bwd_dk_lean_kernel, (tbl.numel() // 2, b * split),
+               (q2, k2, v, dn, lse, delta, dk32, dq32, tbl,
+                q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), *_vstr(v),
+                h, hs, split, t, scale * LOG2E, scale, d, _pow2(d), dv, _pow2(dv), bm, bn, nt, kc, bool(early),
+                bool(acc)), w, s, **opts)
+    else:
+        _dk_loop(go, q2, k2, v, dn, lse, delta, dk32, dq32, tbl, h, hs, split, t, d, dv, scale)
     bm, bn, g, w, s, major = _config("dv", h, dv)
     ng = triton.cdiv(h, g)
     grid = (b * ng, triton.cdiv(t, bn)) if major else (triton.cdiv(t, bn), b * ng)
     _fit(go, _noise_bwd_dv_kernel, grid,
        (q2, k2, dn, lse, dvo, ws32, dqk16, q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), *_vstr(dvo),
         h, ng, t, btd, scale * LOG2E, d, _pow2(d), dv, _pow2(dv), g, bm, bn, True, bool(major)), w, s)
+
+
+def _bwd_plan(h, dv, d):
+    """(heads per split, splits, the dK table's (key block, chunk rows, order) or None) of the
+    backward under the current BWD_MODE / DK_MODE / CONFIGS."""
+    if BWD_MODE == "merged":
+        hs = _config("merged", h, dv)[2]
+        return hs, triton.cdiv(h, hs), None
+    if _dk_mode(d, dv) in ("lean", "tma"):
+        bm, bn, nt, _, _, order, _, split, _, _, _ = _config("lean", h, dv, d)
+        hs = triton.cdiv(h, split)
+        return hs, triton.cdiv(h, hs), (bn, bm * nt, order)
+    bm, bn, split, chunk, _, _, grouped, _, order, _ = _config("dk", h, dv, d)
+    hs = split if grouped else triton.cdiv(h, split)  # heads per split
+    return hs, triton.cdiv(h, hs), (bn, chunk, order)
 
 
 class _NoiseOnce(torch.autograd.Function):
@@ -635,14 +873,10 @@ class _NoiseOnce(torch.autograd.Function):
             dout = dout.contiguous()
         dev = v.device
         merged = BWD_MODE == "merged"
-        if merged:
-            hs = _config("merged", h, dv)[2]
-            tbl = lse  # unused
-        else:
-            bm, bn, split, chunk, _, _, grouped, _, order, _ = _config("dk", h, dv, d)
-            hs = split if grouped else triton.cdiv(h, split)  # heads per split
-            tbl = _dk_table(t, bn, chunk, order, dev)
-        split = triton.cdiv(h, hs)
+        hs, split, tb = _bwd_plan(h, dv, d)
+        if _dk_mode(d, dv) == "tma" and not merged and not _interpret():
+            _ensure_allocator()
+        tbl = _dk_table(t, *tb, dev) if tb else lse  # lse: unused (merged)
         dn = torch.empty(b, h, t, dv, device=dev, dtype=v.dtype)
         delta = torch.empty(b, split, t, device=dev, dtype=torch.float32)
         btd = b * t * d
@@ -650,7 +884,8 @@ class _NoiseOnce(torch.autograd.Function):
         dqk16 = torch.empty(2, b, t, d, device=dev, dtype=q2.dtype)  # written by the dV kernel (split)
         dvo = torch.empty(b, h, t, dv, device=dev, dtype=v.dtype)
         roots = (dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dqk16, dvo, tbl)
-        key = (ctx.key, dout.stride(), _align(dout), BWD_MODE, CONFIGS["dk"], CONFIGS["dv"], CONFIGS["merged"],
+        key = (ctx.key, dout.stride(), _align(dout), BWD_MODE, _dk_mode(d, dv), CONFIGS["dk"], CONFIGS["lean"], CONFIGS["dv"],
+               CONFIGS["merged"],
                _sharing(roots))
         _launch(key, roots, _bwd_body, scale, combine, merged, (hs, split))
         if merged:
