@@ -185,21 +185,33 @@ def _h_fwd_kernel(Q1, K1, Q2, K2, V, LAM, O, O2, LSE1, LSE2,
 # diagonal to the end.
 
 @triton.jit
-def _dq_atomic(DQ, row0, offs_m, T, ds_t, k, scale, D: tl.constexpr, BD: tl.constexpr):
-    od = tl.arange(0, BD)
+def _dq_atomic(DQ, b, h, row0, start_m, T, ds_t, k, scale, BM: tl.constexpr, D: tl.constexpr,
+               BD: tl.constexpr, DESC: tl.constexpr):
+    """dQ[rows] += scale * dS K in float32 (TMA reduce-add with descriptors, else atomics)."""
     dq = tl.dot(tl.trans(ds_t), k) * scale
-    tl.atomic_add(DQ + (row0 + offs_m[:, None]) * D + od[None, :], dq,
-                  mask=(offs_m < T)[:, None] & (od < D)[None, :], sem="relaxed")
+    if DESC:
+        DQ.atomic_add([b, h, start_m, 0], dq.reshape(1, 1, BM, BD))
+    else:
+        offs_m = start_m + tl.arange(0, BM)
+        od = tl.arange(0, BD)
+        tl.atomic_add(DQ + (row0 + offs_m[:, None]) * D + od[None, :], dq,
+                      mask=(offs_m < T)[:, None] & (od < D)[None, :], sem="relaxed")
 
 
 @triton.jit
 def _kv_step(k1, k2, v, dk1, dk2, dv, Q1, Q2, DO, b, hq1, hq2, h, start_m, offs_n, T, row0,
              sq1b, sq1h, sq1t, sq2b, sq2h, sq2t, sdob, sdoh, sdot,
              LSE1, LSE2, DL1, DL2, DQ1, DQ2, lam, qk1, qk2, scale1, scale2,
+             K1, K2, V, hk1, hk2, hv, n0, sk1b, sk1h, sk1t, sk2b, sk2h, sk2t, svb, svh, svt,
              D1: tl.constexpr, D2: tl.constexpr, DV_: tl.constexpr,
-             BD1: tl.constexpr, BD2: tl.constexpr, BDV: tl.constexpr, BM: tl.constexpr,
+             BD1: tl.constexpr, BD2: tl.constexpr, BDV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
              NS: tl.constexpr, NEG: tl.constexpr, ATOMIC: tl.constexpr, MASK: tl.constexpr,
-             DESC: tl.constexpr):
+             DESC: tl.constexpr, RELOAD: tl.constexpr, DQ_DESC: tl.constexpr):
+    if RELOAD:  # the key-block tiles re-read per step (L2 / shared memory) instead of held in registers
+        k1 = _tile(K1, b, hk1, n0, sk1b, sk1h, sk1t, T, BN, D1, BD1, DESC)
+        v = _tile(V, b, hv, n0, svb, svh, svt, T, BN, DV_, BDV, DESC)
+        if NS == 2:
+            k2 = _tile(K2, b, hk2, n0, sk2b, sk2h, sk2t, T, BN, D2, BD2, DESC)
     offs_m = start_m + tl.arange(0, BM)
     rmask = offs_m < T
     q1 = _tile(Q1, b, hq1, start_m, sq1b, sq1h, sq1t, T, BM, D1, BD1, DESC)
@@ -223,8 +235,8 @@ def _kv_step(k1, k2, v, dk1, dk2, dv, Q1, Q2, DO, b, hq1, hq2, h, start_m, offs_
         dk1 = tl.dot(ds1t, q1, dk1)
         dk2 = tl.dot(ds2t, q2, dk2)
         if ATOMIC:
-            _dq_atomic(DQ1, row0, offs_m, T, ds1t, k1, scale1, D1, BD1)
-            _dq_atomic(DQ2, row0, offs_m, T, ds2t, k2, scale2, D2, BD2)
+            _dq_atomic(DQ1, b, h, row0, start_m, T, ds1t, k1, scale1, BM, D1, BD1, DQ_DESC)
+            _dq_atomic(DQ2, b, h, row0, start_m, T, ds2t, k2, scale2, BM, D2, BD2, DQ_DESC)
     else:
         if NEG:
             p1t = (-lam) * p1t
@@ -232,7 +244,7 @@ def _kv_step(k1, k2, v, dk1, dk2, dv, Q1, Q2, DO, b, hq1, hq2, h, start_m, offs_
         ds1t = (p1t * (dpt - dl1[None, :])).to(q1.dtype)
         dk1 = tl.dot(ds1t, q1, dk1)
         if ATOMIC:
-            _dq_atomic(DQ1, row0, offs_m, T, ds1t, k1, scale1, D1, BD1)
+            _dq_atomic(DQ1, b, h, row0, start_m, T, ds1t, k1, scale1, BM, D1, BD1, DQ_DESC)
     return dk1, dk2, dv
 
 
@@ -244,7 +256,8 @@ def _h_bwd_kv_kernel(Q1, K1, Q2, K2, V, LAM, DO, LSE1, LSE2, DL1, DL2, DK1, DK2,
                      D1: tl.constexpr, D2: tl.constexpr, DV_: tl.constexpr,
                      BD1: tl.constexpr, BD2: tl.constexpr, BDV: tl.constexpr,
                      BM: tl.constexpr, BN: tl.constexpr, NS: tl.constexpr, NEG: tl.constexpr,
-                     ADD_DV: tl.constexpr, ATOMIC: tl.constexpr, DESC: tl.constexpr):
+                     ADD_DV: tl.constexpr, ATOMIC: tl.constexpr, DESC: tl.constexpr, RELOAD: tl.constexpr,
+                     DQ_DESC: tl.constexpr):
     """NS=2: both streams (dK1, dK2, dV). NS=1: one stream (its tensors in the *1 slots, heads
     h // GQ1, h // GK1, V h // GV), coefficient -lam_h if NEG else 1; ADD_DV adds the float32 dV of
     an earlier launch (DVIN). Outputs per query head, contiguous [B, H, T, D]."""
@@ -273,26 +286,23 @@ def _h_bwd_kv_kernel(Q1, K1, Q2, K2, V, LAM, DO, LSE1, LSE2, DL1, DL2, DK1, DK2,
         dk1, dk2, dv = _kv_step(k1, k2, v, dk1, dk2, dv, Q1, Q2, DO, b, hq1, hq2, h, start_m, offs_n, T, row0,
                                 sq1b, sq1h, sq1t, sq2b, sq2h, sq2t, sdob, sdoh, sdot,
                                 LSE1, LSE2, DL1, DL2, DQ1, DQ2, lam, qk1, qk2, scale1, scale2,
-                                D1, D2, DV_, BD1, BD2, BDV, BM, NS, NEG, ATOMIC, True, DESC)
+                                K1, K2, V, h // GK1, h // GK2, h // GV, n0, sk1b, sk1h, sk1t, sk2b, sk2h, sk2t,
+                                svb, svh, svt, D1, D2, DV_, BD1, BD2, BDV, BM, BN, NS, NEG, ATOMIC, True, DESC,
+                                RELOAD, DQ_DESC)
     for start_m in range(lo2, T, BM):  # query blocks entirely in the future: no mask
         dk1, dk2, dv = _kv_step(k1, k2, v, dk1, dk2, dv, Q1, Q2, DO, b, hq1, hq2, h, start_m, offs_n, T, row0,
                                 sq1b, sq1h, sq1t, sq2b, sq2h, sq2t, sdob, sdoh, sdot,
                                 LSE1, LSE2, DL1, DL2, DQ1, DQ2, lam, qk1, qk2, scale1, scale2,
-                                D1, D2, DV_, BD1, BD2, BDV, BM, NS, NEG, ATOMIC, False, DESC)
-    nmask = (offs_n < T)[:, None]
-    o1 = tl.arange(0, BD1)
-    ov = tl.arange(0, BDV)
-    vptr = (row0 + offs_n[:, None]) * DV_ + ov[None, :]
-    vmask = nmask & (ov < DV_)[None, :]
+                                K1, K2, V, h // GK1, h // GK2, h // GV, n0, sk1b, sk1h, sk1t, sk2b, sk2h, sk2t,
+                                svb, svh, svt, D1, D2, DV_, BD1, BD2, BDV, BM, BN, NS, NEG, ATOMIC, False, DESC,
+                                RELOAD, DQ_DESC)
+    # outputs per query head, contiguous [B, H, T, D] (strides T*H*D... passed as H*T*D, T*D, D)
     if ADD_DV:
-        dv += tl.load(DVIN + vptr, mask=vmask, other=0.0)
-    tl.store(DV + vptr, dv.to(DV.dtype.element_ty), mask=vmask)
-    tl.store(DK1 + (row0 + offs_n[:, None]) * D1 + o1[None, :], (dk1 * scale1).to(DK1.dtype.element_ty),
-             mask=nmask & (o1 < D1)[None, :])
+        dv += _tile(DVIN, b, h, n0, H * T * DV_, T * DV_, DV_, T, BN, DV_, BDV, DESC)
+    _put(DV, b, h, n0, H * T * DV_, T * DV_, DV_, T, dv, BN, DV_, BDV, DESC)
+    _put(DK1, b, h, n0, H * T * D1, T * D1, D1, T, dk1 * scale1, BN, D1, BD1, DESC)
     if NS == 2:
-        o2 = tl.arange(0, BD2)
-        tl.store(DK2 + (row0 + offs_n[:, None]) * D2 + o2[None, :], (dk2 * scale2).to(DK2.dtype.element_ty),
-                 mask=nmask & (o2 < D2)[None, :])
+        _put(DK2, b, h, n0, H * T * D2, T * D2, D2, T, dk2 * scale2, BN, D2, BD2, DESC)
 
 
 # ------------------------------------------------------------------------------------------
@@ -317,6 +327,7 @@ CONFIGS = {
 FWD_MODE = os.environ.get("ATTNLAB_DIFF_H_FWD", "interleaved")  # or "sequential"
 BWD_MODE = os.environ.get("ATTNLAB_DIFF_H_BWD", "fused")  # "fused", "split", "fused-separate"
 USE_DESC = os.environ.get("ATTNLAB_DIFF_H_DESC", "auto")  # "auto", "1", "0"
+RELOAD = os.environ.get("ATTNLAB_DIFF_H_RELOAD", "0") == "1"  # backward: re-read K/V tiles per step
 
 
 def _config(name: str, width: int):
@@ -400,18 +411,24 @@ def _bwd_kv(q1, k1, q2, k2, v, lam, dout, lse1, lse2, dl1, dl2, dk1, dk2, dv, dv
     d2, dv_ = q2.shape[-1], v.shape[-1]
     bm, bn, w, s = _config(name, max(d1, d2, dv_))
     bd1, bd2, bdv = _pow2(d1), _pow2(d2), _pow2(dv_)
-    desc = _desc_ok(q1, k1, q2, k2, v, dout)
+    desc = _desc_ok(q1, k1, q2, k2, v, dout, dk1, dk2, dv, dvin, dq1, dq2)
     if desc:
         a = (_desc(q1, bm, bd1), _desc(k1, bn, bd1), _desc(q2, bm, bd2), _desc(k2, bn, bd2), _desc(v, bn, bdv))
         ado = _desc(dout, bm, bdv)
+        outs = (_desc(dk1, bn, bd1), _desc(dk2, bn, bd2), _desc(dv, bn, bdv), _desc(dvin, bn, bdv))
+        # dQ by TMA reduce-add (the interpreter has none: float32 atomics there)
+        dq_desc = not _interpret()
+        outs += (_desc(dq1, bm, bd1), _desc(dq2, bm, bd2)) if dq_desc else (dq1, dq2)
     else:
-        a, ado = (q1, k1, q2, k2, v), dout
+        dq_desc = False
+        a, ado, outs = (q1, k1, q2, k2, v), dout, (dk1, dk2, dv, dvin, dq1, dq2)
     g = [h // x.shape[1] for x in (q1, k1, v, q2, k2)]
     _h_bwd_kv_kernel[(b * h, triton.cdiv(t, bn))](
-        *a, lam, ado, lse1, lse2, dl1, dl2, dk1, dk2, dv, dvin, dq1, dq2,
+        *a, lam, ado, lse1, lse2, dl1, dl2, *outs,
         *_strides(q1), *_strides(k1), *_strides(q2), *_strides(k2), *_strides(v), *_strides(dout),
         h, t, *g, scale1 * LOG2E, scale2 * LOG2E, scale1, scale2,
-        d1, d2, dv_, bd1, bd2, bdv, bm, bn, ns, neg, add_dv, atomic, desc, num_warps=w, num_stages=s)
+        d1, d2, dv_, bd1, bd2, bdv, bm, bn, ns, neg, add_dv, atomic, desc, RELOAD, dq_desc,
+        num_warps=w, num_stages=s)
 
 
 class DiffAttentionHopper(torch.autograd.Function):
