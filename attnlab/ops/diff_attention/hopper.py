@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .kernel import _diff_bwd_pre_kernel, _diff_bwd_q_kernel
+from .kernel import _diff_bwd_pre_kernel, _diff_bwd_q_kernel  # shared with the first design
 
 try:  # Triton >= 3.4
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -305,6 +305,70 @@ def _h_bwd_kv_kernel(Q1, K1, Q2, K2, V, LAM, DO, LSE1, LSE2, DL1, DL2, DK1, DK2,
         _put(DK2, b, h, n0, H * T * D2, T * D2, D2, T, dk2 * scale2, BN, D2, BD2, DESC)
 
 
+@triton.jit
+def _q_step(q1, q2, do, dq1, dq2, lse1, lse2, dl1, dl2, lam, K1, K2, V, b, hk1, hk2, start_n, offs_m, T,
+            sk1b, sk1h, sk1t, sk2b, sk2h, sk2t, svb, svh, svt, qk1, qk2,
+            D1: tl.constexpr, D2: tl.constexpr, DV: tl.constexpr, BD1: tl.constexpr, BD2: tl.constexpr,
+            BDV: tl.constexpr, BN: tl.constexpr, MASK: tl.constexpr, DESC: tl.constexpr):
+    offs_n = start_n + tl.arange(0, BN)
+    k1 = _tile(K1, b, hk1, start_n, sk1b, sk1h, sk1t, T, BN, D1, BD1, DESC)
+    v = _tile(V, b, hk1, start_n, svb, svh, svt, T, BN, DV, BDV, DESC)
+    k2 = _tile(K2, b, hk2, start_n, sk2b, sk2h, sk2t, T, BN, D2, BD2, DESC)
+    p1 = tl.math.exp2(tl.dot(q1, tl.trans(k1)) * qk1 - lse1[:, None])
+    p2 = tl.math.exp2(tl.dot(q2, tl.trans(k2)) * qk2 - lse2[:, None])
+    if MASK:
+        causal = offs_m[:, None] >= offs_n[None, :]
+        p1 = tl.where(causal, p1, 0.0)
+        p2 = tl.where(causal, p2, 0.0)
+    dp = tl.dot(do, tl.trans(v))
+    ds1 = p1 * (dp - dl1[:, None])
+    ds2 = (-lam) * p2 * (dp - dl2[:, None])
+    dq1 = tl.dot(ds1.to(k1.dtype), k1, dq1)
+    dq2 = tl.dot(ds2.to(k2.dtype), k2, dq2)
+    return dq1, dq2
+
+
+@triton.jit
+def _h_bwd_q_kernel(Q1, K1, Q2, K2, V, LAM, DO, LSE1, LSE2, DL1, DL2, DQ1, DQ2,
+                    sq1b, sq1h, sq1t, sk1b, sk1h, sk1t, sq2b, sq2h, sq2t, sk2b, sk2h, sk2t,
+                    svb, svh, svt, sdob, sdoh, sdot,
+                    H, T, NM, GQ2, GK1, GK2, qk1, qk2, scale1, scale2,
+                    D1: tl.constexpr, D2: tl.constexpr, DV: tl.constexpr,
+                    BD1: tl.constexpr, BD2: tl.constexpr, BDV: tl.constexpr,
+                    BM: tl.constexpr, BN: tl.constexpr, DESC: tl.constexpr):
+    """dQ1, dQ2 of one query block (both streams, dP = dO V^T shared), longest blocks first;
+    written per query head, contiguous [B, H, T, D]."""
+    bh = tl.program_id(0)
+    pid_m = NM - 1 - tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    m0 = pid_m * BM
+    offs_m = m0 + tl.arange(0, BM)
+    rmask = offs_m < T
+    q1 = _tile(Q1, b, h, m0, sq1b, sq1h, sq1t, T, BM, D1, BD1, DESC)
+    q2 = _tile(Q2, b, h // GQ2, m0, sq2b, sq2h, sq2t, T, BM, D2, BD2, DESC)
+    do = _tile(DO, b, h, m0, sdob, sdoh, sdot, T, BM, DV, BDV, DESC)
+    lse1 = tl.load(LSE1 + bh * T + offs_m, mask=rmask, other=float("inf"))
+    lse2 = tl.load(LSE2 + bh * T + offs_m, mask=rmask, other=float("inf"))
+    dl1 = tl.load(DL1 + bh * T + offs_m, mask=rmask, other=0.0)
+    dl2 = tl.load(DL2 + bh * T + offs_m, mask=rmask, other=0.0)
+    lam = tl.load(LAM + h)
+    hk1 = h // GK1
+    hk2 = h // GK2
+    dq1 = tl.zeros([BM, BD1], tl.float32)
+    dq2 = tl.zeros([BM, BD2], tl.float32)
+    for start_n in range(0, m0, BN):
+        dq1, dq2 = _q_step(q1, q2, do, dq1, dq2, lse1, lse2, dl1, dl2, lam, K1, K2, V, b, hk1, hk2, start_n,
+                           offs_m, T, sk1b, sk1h, sk1t, sk2b, sk2h, sk2t, svb, svh, svt, qk1, qk2,
+                           D1, D2, DV, BD1, BD2, BDV, BN, False, DESC)
+    for start_n in range(m0, tl.minimum(m0 + BM, T), BN):
+        dq1, dq2 = _q_step(q1, q2, do, dq1, dq2, lse1, lse2, dl1, dl2, lam, K1, K2, V, b, hk1, hk2, start_n,
+                           offs_m, T, sk1b, sk1h, sk1t, sk2b, sk2h, sk2t, svb, svh, svt, qk1, qk2,
+                           D1, D2, DV, BD1, BD2, BDV, BN, True, DESC)
+    _put(DQ1, b, h, m0, H * T * D1, T * D1, D1, T, dq1 * scale1, BM, D1, BD1, DESC)
+    _put(DQ2, b, h, m0, H * T * D2, T * D2, D2, T, dq2 * scale2, BM, D2, BD2, DESC)
+
+
 # ------------------------------------------------------------------------------------------
 def _interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -322,10 +386,15 @@ CONFIGS = {
     "bwd_fused": (64, 64, 8, 2),
     "bwd_split": (64, 128, 8, 2),
     "bwd_single": (64, 128, 8, 2),
-    "bwd_q": (64, 32, 4, 2),  # kernel.py's dQ kernel (BWD_MODE "fused-separate")
+    "bwd_kv": (32, 128, 8, 2),  # the key-block kernel without dQ ("*-separate" modes)
+    "bwd_kv1": (64, 128, 8, 2),  # its single-stream form ("split-separate")
+    "bwd_q": (64, 32, 4, 2),  # the dQ kernel of the "*-separate" modes
 }
 FWD_MODE = os.environ.get("ATTNLAB_DIFF_H_FWD", "interleaved")  # or "sequential"
-BWD_MODE = os.environ.get("ATTNLAB_DIFF_H_BWD", "fused")  # "fused", "split", "fused-separate"
+# "fused" / "split": dQ by reduce-add inside the key-block kernel(s); "fused-separate" /
+# "split-separate": the key-block kernel(s) without dQ, then one dQ kernel per query block
+BWD_MODE = os.environ.get("ATTNLAB_DIFF_H_BWD", "fused-separate")
+Q_KERNEL = os.environ.get("ATTNLAB_DIFF_H_QK", "hopper")  # dQ kernel: "hopper" (this file) or "v1" (kernel.py)
 USE_DESC = os.environ.get("ATTNLAB_DIFF_H_DESC", "auto")  # "auto", "1", "0"
 RELOAD = os.environ.get("ATTNLAB_DIFF_H_RELOAD", "0") == "1"  # backward: re-read K/V tiles per step
 
@@ -431,6 +500,32 @@ def _bwd_kv(q1, k1, q2, k2, v, lam, dout, lse1, lse2, dl1, dl2, dk1, dk2, dv, dv
         num_warps=w, num_stages=s)
 
 
+def _bwd_q(q1, k1, q2, k2, v, lam, dout, lse1, lse2, dl1, dl2, dq1, dq2, scale1, scale2):
+    b, h, t, d1 = q1.shape
+    hk, h2, hk2, d2, dv_ = k1.shape[1], q2.shape[1], k2.shape[1], q2.shape[-1], v.shape[-1]
+    bm, bn, w, s = _config("bwd_q", max(d1, d2, dv_))
+    bd1, bd2, bdv = _pow2(d1), _pow2(d2), _pow2(dv_)
+    if Q_KERNEL == "v1":
+        sq2 = (q2.stride(0), 0 if h2 == 1 else q2.stride(1), q2.stride(2))
+        _diff_bwd_q_kernel[(triton.cdiv(t, bm), b * h)](
+            q1, k1, q2, k2, v, lam, dout, lse1, lse2, dl1, dl2, dq1, dq2,
+            *_strides(q1), *_strides(k1), *sq2, *_strides(k2), *_strides(v), *_strides(dout),
+            h, t, h // hk, h // hk2, scale1 * LOG2E, scale2 * LOG2E, scale1, scale2,
+            d1, d2, dv_, bd1, bd2, bdv, bm, bn, num_warps=w, num_stages=s)
+        return
+    desc = _desc_ok(q1, k1, q2, k2, v, dout, dq1, dq2)
+    if desc:
+        a = (_desc(q1, bm, bd1), _desc(k1, bn, bd1), _desc(q2, bm, bd2), _desc(k2, bn, bd2), _desc(v, bn, bdv),
+             lam, _desc(dout, bm, bdv), lse1, lse2, dl1, dl2, _desc(dq1, bm, bd1), _desc(dq2, bm, bd2))
+    else:
+        a = (q1, k1, q2, k2, v, lam, dout, lse1, lse2, dl1, dl2, dq1, dq2)
+    nm = triton.cdiv(t, bm)
+    _h_bwd_q_kernel[(b * h, nm)](
+        *a, *_strides(q1), *_strides(k1), *_strides(q2), *_strides(k2), *_strides(v), *_strides(dout),
+        h, t, nm, h // h2, h // hk, h // hk2, scale1 * LOG2E, scale2 * LOG2E, scale1, scale2,
+        d1, d2, dv_, bd1, bd2, bdv, bm, bn, desc, num_warps=w, num_stages=s)
+
+
 class DiffAttentionHopper(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q1, k1, q2, k2, v, lam, scale1, scale2):
@@ -464,7 +559,7 @@ class DiffAttentionHopper(torch.autograd.Function):
         dk1, dk2 = buf(d1, g1 == 1), buf(d2, g2 == 1)
         dv = buf(dv_, g1 == 1)
         mode = BWD_MODE
-        atomic = mode != "fused-separate"
+        atomic = mode in ("fused", "split")
         if atomic:
             dq1 = torch.zeros(b, h, t, d1, device=dev, dtype=f32)
             dq2 = torch.zeros(b, h, t, d2, device=dev, dtype=f32)
@@ -472,25 +567,19 @@ class DiffAttentionHopper(torch.autograd.Function):
             dq1 = torch.empty(b, h, t, d1, device=dev, dtype=q1.dtype)
             dq2 = torch.empty(b, h, t, d2, device=dev, dtype=q1.dtype if h2 == h else f32)
         sc = (scale1, scale2)
-        if mode == "split":
+        if mode.startswith("split"):
             dva = torch.empty(b, h, t, dv_, device=dev, dtype=f32)
+            name = "bwd_split" if atomic else "bwd_kv1"
             # stream 1 alone (its tensors in the *1 slots), then stream 2 with -lam, adding dV
             _bwd_kv(q1, k1, q1, k1, v, lam, dout, lse1, lse1, dl1, dl1, dk1, dk1, dva, dva, dq1, dq1,
-                    scale1, scale1, 1, False, False, True, "bwd_split", h)
+                    scale1, scale1, 1, False, False, atomic, name, h)
             _bwd_kv(q2, k2, q2, k2, v, lam, dout, lse2, lse2, dl2, dl2, dk2, dk2, dv, dva, dq2, dq2,
-                    scale2, scale2, 1, True, True, True, "bwd_split", h)
+                    scale2, scale2, 1, True, True, atomic, name, h)
         else:
-            name = "bwd_fused"
             _bwd_kv(q1, k1, q2, k2, v, lam, dout, lse1, lse2, dl1, dl2, dk1, dk2, dv, dv, dq1, dq2,
-                    *sc, 2, False, False, atomic, name, h)
-            if not atomic:
-                bm, bn, w, s = _config("bwd_q", max(d1, d2, dv_))
-                sq2 = (q2.stride(0), 0 if h2 == 1 else q2.stride(1), q2.stride(2))
-                _diff_bwd_q_kernel[(triton.cdiv(t, bm), b * h)](
-                    q1, k1, q2, k2, v, lam, dout, lse1, lse2, dl1, dl2, dq1, dq2,
-                    *_strides(q1), *_strides(k1), *sq2, *_strides(k2), *_strides(v), *_strides(dout),
-                    h, t, g1, g2, scale1 * LOG2E, scale2 * LOG2E, scale1, scale2,
-                    d1, d2, dv_, _pow2(d1), _pow2(d2), _pow2(dv_), bm, bn, num_warps=w, num_stages=s)
+                    *sc, 2, False, False, atomic, "bwd_fused" if atomic else "bwd_kv", h)
+        if not atomic:
+            _bwd_q(q1, k1, q2, k2, v, lam, dout, lse1, lse2, dl1, dl2, dq1, dq2, scale1, scale2)
 
         def reduce(x, heads, like):
             if heads == h:
