@@ -2,9 +2,11 @@
 
 ``diff_attention(..., impl=)`` dispatches to
 - ``"sdpa"``: two SDPA calls sharing V (``reference.diff_attention_sdpa``), any device;
-- ``"triton"``: the fused kernel (``kernel.py``): K/V streamed once, two online-softmax states
-  sharing each V tile, forward and backward; the CMD case (one noise head) reads the shared noise
-  head directly instead of an expanded copy;
+- ``"triton"``: a fused kernel, K/V streamed once, two online-softmax states sharing each V tile,
+  forward and backward; the CMD case (one noise head) reads the shared noise head directly instead
+  of an expanded copy. ``FUSED_KERNEL`` picks which: ``"hopper"`` (``hopper.py``, session 6: TMA
+  descriptors on sm_90+, separate or atomic dQ, measured faster) or ``"v1"`` (``kernel.py``);
+- ``"triton-v1"``: always ``kernel.py``'s fused kernel (sessions 1-5);
 - ``"noise-once"`` (CMD only: one noise head): the signal stream through SDPA and the shared noise
   stream computed ONCE for all heads by ``noise_once.py``'s kernels (out = A - lam N fused);
 - ``"reference"``: explicit float32 softmax maps (tests);
@@ -27,7 +29,8 @@ import torch
 from .latent_reference import LatentGeometry, latent_diff_reference
 from .reference import diff_attention_reference, diff_attention_sdpa, lam_per_head
 
-IMPLS = ("auto", "sdpa", "triton", "noise-once", "reference")
+IMPLS = ("auto", "sdpa", "triton", "triton-v1", "noise-once", "reference")
+FUSED_KERNEL = "hopper"  # what impl="triton" runs: "hopper" (hopper.py) or "v1" (kernel.py)
 AUTO_TRITON = False  # measured: fused 1.37-1.45x the time of two SDPA calls (H100, bf16)
 # diff-mla / cmd-mla training through latent.py's kernel under impl="auto" (CUDA), for heads up to
 # AUTO_LATENT_MAX_WIDTH wide (dn, dv and the noise width). Measured on an H100 (benchmarks/RESULTS.md,
@@ -108,6 +111,11 @@ def diff_attention(q1, k1, q2, k2, v, lam, scale1=None, scale2=None, impl: str =
         from .noise_once import cmd_attention_noise_once
 
         return cmd_attention_noise_once(q1, k1, q2, k2, v, lam, scale1, scale2)
+    positive = all(x is None or float(x) > 0 for x in (scale1, scale2))  # hopper.py needs scale > 0
+    if impl == "triton" and FUSED_KERNEL == "hopper" and positive:
+        from .hopper import diff_attention_hopper
+
+        return diff_attention_hopper(q1, k1, q2, k2, v, lam, scale1, scale2)
     from .kernel import diff_attention_triton
 
     return diff_attention_triton(q1, k1, q2, k2, v, lam, scale1, scale2)

@@ -389,6 +389,7 @@ CONFIGS = {
     "bwd_kv": (32, 128, 8, 2),  # the key-block kernel without dQ ("*-separate" modes)
     "bwd_kv1": (64, 128, 8, 2),  # its single-stream form ("split-separate")
     "bwd_q": (64, 32, 4, 2),  # the dQ kernel of the "*-separate" modes
+    "bwd_q_v1": (64, 32, 4, 2),  # kernel.py's dQ kernel in those modes (Q_KERNEL = "v1")
 }
 FWD_MODE = os.environ.get("ATTNLAB_DIFF_H_FWD", "interleaved")  # or "sequential"
 # "fused" / "split": dQ by reduce-add inside the key-block kernel(s); "fused-separate" /
@@ -406,6 +407,39 @@ def _config(name: str, width: int):
     if width > 128:
         bm, bn = min(bm, 64), min(bn, 32)
     return bm, bn, w, s
+
+
+_FITTED = {}  # (pass, width, element size, configured tiles) -> the config that launched
+
+
+def _smaller(cfg):
+    """The next config to try when one does not fit the shared memory: fewer stages (down to 2),
+    then half the key tile, then half the query tile, then one stage."""
+    bm, bn, w, s = cfg
+    if s > 2:
+        return bm, bn, w, s - 1
+    if bn > 16:
+        return bm, bn // 2, w, s
+    if bm > 16:
+        return bm // 2, bn, w, s
+    return (bm, bn, w, 1) if s > 1 else None
+
+
+def _run_fitted(name: str, width: int, es: int, launch):
+    """launch(bm, bn, num_warps, num_stages) with CONFIGS[name], stepping down (``_smaller``) while
+    the kernel needs more shared memory than the GPU has (float32 tiles, smaller GPUs)."""
+    key = (name, width, es, CONFIGS.get(name))
+    cfg = _FITTED.get(key) or _config(name, width)
+    while True:
+        try:
+            launch(*cfg)
+        except triton.runtime.errors.OutOfResources:
+            cfg = _smaller(cfg)
+            if cfg is None:
+                raise
+            continue
+        _FITTED[key] = cfg
+        return
 
 
 def _desc_ok(*xs) -> bool:
@@ -454,21 +488,23 @@ def _forward(q1, k1, q2, k2, v, lam, scale1, scale2, aux: bool, ns: int = 2):
     lse2 = torch.empty_like(lse1) if ns == 2 else lse1
     seq = FWD_MODE == "sequential"
     name = "fwd_single" if ns == 1 else ("fwd_seq" if seq else "fwd")
-    bm, bn, w, s = _config(name, max(d1, d2, dv))
     bd1, bd2, bdv = _pow2(d1), _pow2(d2), _pow2(dv)
     desc = _desc_ok(q1, k1, q2, k2, v, out)
-    if desc:
-        a = (_desc(q1, bm, bd1), _desc(k1, bn, bd1), _desc(q2, bm, bd2), _desc(k2, bn, bd2), _desc(v, bn, bdv))
-        oa = (_desc(out, bm, bdv), _desc(o2, bm, bdv))
-    else:
-        a, oa = (q1, k1, q2, k2, v), (out, o2)
-    nm = triton.cdiv(t, bm)
-    gq2 = h // q2.shape[1]
-    _h_fwd_kernel[(b * h, nm)](
-        *a, lam, *oa, lse1, lse2,
-        *_strides(q1), *_strides(k1), *_strides(q2), *_strides(k2), *_strides(v), *_strides(out),
-        h, t, nm, gq2, h // hk, h // k2.shape[1], scale1 * LOG2E, scale2 * LOG2E,
-        d1, d2, dv, bd1, bd2, bdv, bm, bn, ns, seq, aux, desc, num_warps=w, num_stages=s)
+
+    def launch(bm, bn, w, s):
+        if desc:
+            a = (_desc(q1, bm, bd1), _desc(k1, bn, bd1), _desc(q2, bm, bd2), _desc(k2, bn, bd2), _desc(v, bn, bdv))
+            oa = (_desc(out, bm, bdv), _desc(o2, bm, bdv))
+        else:
+            a, oa = (q1, k1, q2, k2, v), (out, o2)
+        nm = triton.cdiv(t, bm)
+        _h_fwd_kernel[(b * h, nm)](
+            *a, lam, *oa, lse1, lse2,
+            *_strides(q1), *_strides(k1), *_strides(q2), *_strides(k2), *_strides(v), *_strides(out),
+            h, t, nm, h // q2.shape[1], h // hk, h // k2.shape[1], scale1 * LOG2E, scale2 * LOG2E,
+            d1, d2, dv, bd1, bd2, bdv, bm, bn, ns, seq, aux, desc, num_warps=w, num_stages=s)
+
+    _run_fitted(name, max(d1, d2, dv), q1.element_size(), launch)
     return out, o2, lse1, lse2
 
 
@@ -478,52 +514,59 @@ def _bwd_kv(q1, k1, q2, k2, v, lam, dout, lse1, lse2, dl1, dl2, dk1, dk2, dv, dv
     h // (h / k1 heads), and likewise for q2, k2, v."""
     b, _, t, d1 = q1.shape
     d2, dv_ = q2.shape[-1], v.shape[-1]
-    bm, bn, w, s = _config(name, max(d1, d2, dv_))
     bd1, bd2, bdv = _pow2(d1), _pow2(d2), _pow2(dv_)
     desc = _desc_ok(q1, k1, q2, k2, v, dout, dk1, dk2, dv, dvin, dq1, dq2)
-    if desc:
-        a = (_desc(q1, bm, bd1), _desc(k1, bn, bd1), _desc(q2, bm, bd2), _desc(k2, bn, bd2), _desc(v, bn, bdv))
-        ado = _desc(dout, bm, bdv)
-        outs = (_desc(dk1, bn, bd1), _desc(dk2, bn, bd2), _desc(dv, bn, bdv), _desc(dvin, bn, bdv))
-        # dQ by TMA reduce-add (the interpreter has none: float32 atomics there)
-        dq_desc = not _interpret()
-        outs += (_desc(dq1, bm, bd1), _desc(dq2, bm, bd2)) if dq_desc else (dq1, dq2)
-    else:
-        dq_desc = False
-        a, ado, outs = (q1, k1, q2, k2, v), dout, (dk1, dk2, dv, dvin, dq1, dq2)
     g = [h // x.shape[1] for x in (q1, k1, v, q2, k2)]
-    _h_bwd_kv_kernel[(b * h, triton.cdiv(t, bn))](
-        *a, lam, ado, lse1, lse2, dl1, dl2, *outs,
-        *_strides(q1), *_strides(k1), *_strides(q2), *_strides(k2), *_strides(v), *_strides(dout),
-        h, t, *g, scale1 * LOG2E, scale2 * LOG2E, scale1, scale2,
-        d1, d2, dv_, bd1, bd2, bdv, bm, bn, ns, neg, add_dv, atomic, desc, RELOAD, dq_desc,
-        num_warps=w, num_stages=s)
+
+    def launch(bm, bn, w, s):
+        dq_desc = False
+        if desc:
+            a = (_desc(q1, bm, bd1), _desc(k1, bn, bd1), _desc(q2, bm, bd2), _desc(k2, bn, bd2), _desc(v, bn, bdv))
+            ado = _desc(dout, bm, bdv)
+            outs = (_desc(dk1, bn, bd1), _desc(dk2, bn, bd2), _desc(dv, bn, bdv), _desc(dvin, bn, bdv))
+            # dQ by TMA reduce-add (the interpreter has none: float32 atomics there)
+            dq_desc = not _interpret()
+            outs += (_desc(dq1, bm, bd1), _desc(dq2, bm, bd2)) if dq_desc else (dq1, dq2)
+        else:
+            a, ado, outs = (q1, k1, q2, k2, v), dout, (dk1, dk2, dv, dvin, dq1, dq2)
+        _h_bwd_kv_kernel[(b * h, triton.cdiv(t, bn))](
+            *a, lam, ado, lse1, lse2, dl1, dl2, *outs,
+            *_strides(q1), *_strides(k1), *_strides(q2), *_strides(k2), *_strides(v), *_strides(dout),
+            h, t, *g, scale1 * LOG2E, scale2 * LOG2E, scale1, scale2,
+            d1, d2, dv_, bd1, bd2, bdv, bm, bn, ns, neg, add_dv, atomic, desc, RELOAD, dq_desc,
+            num_warps=w, num_stages=s)
+
+    _run_fitted(name, max(d1, d2, dv_), q1.element_size(), launch)
 
 
 def _bwd_q(q1, k1, q2, k2, v, lam, dout, lse1, lse2, dl1, dl2, dq1, dq2, scale1, scale2):
     b, h, t, d1 = q1.shape
     hk, h2, hk2, d2, dv_ = k1.shape[1], q2.shape[1], k2.shape[1], q2.shape[-1], v.shape[-1]
-    bm, bn, w, s = _config("bwd_q", max(d1, d2, dv_))
     bd1, bd2, bdv = _pow2(d1), _pow2(d2), _pow2(dv_)
-    if Q_KERNEL == "v1":
-        sq2 = (q2.stride(0), 0 if h2 == 1 else q2.stride(1), q2.stride(2))
-        _diff_bwd_q_kernel[(triton.cdiv(t, bm), b * h)](
-            q1, k1, q2, k2, v, lam, dout, lse1, lse2, dl1, dl2, dq1, dq2,
-            *_strides(q1), *_strides(k1), *sq2, *_strides(k2), *_strides(v), *_strides(dout),
-            h, t, h // hk, h // hk2, scale1 * LOG2E, scale2 * LOG2E, scale1, scale2,
-            d1, d2, dv_, bd1, bd2, bdv, bm, bn, num_warps=w, num_stages=s)
-        return
-    desc = _desc_ok(q1, k1, q2, k2, v, dout, dq1, dq2)
-    if desc:
-        a = (_desc(q1, bm, bd1), _desc(k1, bn, bd1), _desc(q2, bm, bd2), _desc(k2, bn, bd2), _desc(v, bn, bdv),
-             lam, _desc(dout, bm, bdv), lse1, lse2, dl1, dl2, _desc(dq1, bm, bd1), _desc(dq2, bm, bd2))
-    else:
-        a = (q1, k1, q2, k2, v, lam, dout, lse1, lse2, dl1, dl2, dq1, dq2)
-    nm = triton.cdiv(t, bm)
-    _h_bwd_q_kernel[(b * h, nm)](
-        *a, *_strides(q1), *_strides(k1), *_strides(q2), *_strides(k2), *_strides(v), *_strides(dout),
-        h, t, nm, h // h2, h // hk, h // hk2, scale1 * LOG2E, scale2 * LOG2E, scale1, scale2,
-        d1, d2, dv_, bd1, bd2, bdv, bm, bn, desc, num_warps=w, num_stages=s)
+    desc = Q_KERNEL != "v1" and _desc_ok(q1, k1, q2, k2, v, dout, dq1, dq2)
+
+    def launch(bm, bn, w, s):
+        if Q_KERNEL == "v1":
+            sq2 = (q2.stride(0), 0 if h2 == 1 else q2.stride(1), q2.stride(2))
+            _diff_bwd_q_kernel[(triton.cdiv(t, bm), b * h)](
+                q1, k1, q2, k2, v, lam, dout, lse1, lse2, dl1, dl2, dq1, dq2,
+                *_strides(q1), *_strides(k1), *sq2, *_strides(k2), *_strides(v), *_strides(dout),
+                h, t, h // hk, h // hk2, scale1 * LOG2E, scale2 * LOG2E, scale1, scale2,
+                d1, d2, dv_, bd1, bd2, bdv, bm, bn, num_warps=w, num_stages=s)
+            return
+        if desc:
+            a = (_desc(q1, bm, bd1), _desc(k1, bn, bd1), _desc(q2, bm, bd2), _desc(k2, bn, bd2),
+                 _desc(v, bn, bdv), lam, _desc(dout, bm, bdv), lse1, lse2, dl1, dl2,
+                 _desc(dq1, bm, bd1), _desc(dq2, bm, bd2))
+        else:
+            a = (q1, k1, q2, k2, v, lam, dout, lse1, lse2, dl1, dl2, dq1, dq2)
+        nm = triton.cdiv(t, bm)
+        _h_bwd_q_kernel[(b * h, nm)](
+            *a, *_strides(q1), *_strides(k1), *_strides(q2), *_strides(k2), *_strides(v), *_strides(dout),
+            h, t, nm, h // h2, h // hk, h // hk2, scale1 * LOG2E, scale2 * LOG2E, scale1, scale2,
+            d1, d2, dv_, bd1, bd2, bdv, bm, bn, desc, num_warps=w, num_stages=s)
+
+    _run_fitted("bwd_q" if Q_KERNEL != "v1" else "bwd_q_v1", max(d1, d2, dv_), q1.element_size(), launch)
 
 
 class DiffAttentionHopper(torch.autograd.Function):
