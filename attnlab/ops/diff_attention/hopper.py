@@ -25,12 +25,14 @@ can reach with this Triton.
 
 from __future__ import annotations
 
+import inspect
 import os
 
 import torch
 import triton
 import triton.language as tl
 
+from ..launch_replay import ReplayLauncher, available as _replay_available, hooks_set as _hooks_set
 from .kernel import _diff_bwd_pre_kernel, _diff_bwd_q_kernel  # shared with the first design
 
 try:  # Triton >= 3.4
@@ -442,13 +444,22 @@ def _run_fitted(name: str, width: int, es: int, launch):
         return
 
 
+_MAJOR: dict = {}
+
+
+def _major(index) -> int:
+    if index not in _MAJOR:
+        _MAJOR[index] = torch.cuda.get_device_capability(index)[0]
+    return _MAJOR[index]
+
+
 def _desc_ok(*xs) -> bool:
     """TMA descriptors: sm_90+, Triton with TensorDescriptor, 16-byte aligned bases and strides,
     no broadcast (stride-0) dimension of size > 1."""
     if USE_DESC == "0" or TensorDescriptor is None:
         return False
     if USE_DESC != "1":
-        if _interpret() or not xs[0].is_cuda or torch.cuda.get_device_capability(xs[0].device)[0] < 9:
+        if _interpret() or not xs[0].is_cuda or _major(xs[0].device.index) < 9:
             return False
     for x in xs:
         es = x.element_size()
@@ -460,6 +471,24 @@ def _desc_ok(*xs) -> bool:
     return True
 
 
+class _Desc:
+    """A tensor descriptor's fields without TensorDescriptor's checks (``_desc_ok`` made them once):
+    turned into a TensorDescriptor for a normal launch; a replayed launch hands it to the compiled
+    launcher as is (which reads base, shape, strides and padding)."""
+
+    __slots__ = ("base", "shape", "strides", "block_shape", "padding")
+
+    def __init__(self, base, shape, strides, block_shape):
+        self.base, self.shape, self.strides, self.block_shape, self.padding = base, shape, strides, block_shape, "zero"
+
+    def key(self):
+        return ("desc", self.base.dtype, self.base.device.index, tuple(self.shape), tuple(self.strides),
+                tuple(self.block_shape), self.base.data_ptr() % 16 == 0)
+
+    def real(self):
+        return TensorDescriptor(self.base, self.shape, self.strides, self.block_shape)
+
+
 def _desc(x, rows: int, bd: int):
     """A 4-D descriptor over x [B, H, T, D] with block [1, 1, rows, bd]; a dimension of size 1 gets
     a stride the copy engine accepts (its value is never used)."""
@@ -467,7 +496,69 @@ def _desc(x, rows: int, bd: int):
     for i in (1, 0):
         if shape[i] == 1:
             strides[i] = max(16 // x.element_size(), shape[i + 1] * strides[i + 1])
-    return TensorDescriptor(x, shape, strides, [1, 1, rows, bd])
+    return _Desc(x, shape, strides, [1, 1, rows, bd])
+
+
+class _DescLauncher(ReplayLauncher):
+    """``launch_replay.ReplayLauncher`` that also takes descriptor arguments (``_Desc``): they are
+    keyed by dtype, shape, strides, block and alignment, converted to TensorDescriptor for a normal
+    launch and passed as they are to a replayed one."""
+
+    def __call__(self, kernel, grid, *args, **kwargs):
+        fast = not self.broken and _replay_available() and not _interpret()
+        key = plan = None
+        if fast:
+            key = (id(kernel), tuple(grid), tuple(a.key() if isinstance(a, _Desc) else
+                                                  (a.dtype, a.device.index, a.data_ptr() % 16 == 0)
+                                                  if isinstance(a, torch.Tensor) else a for a in args),
+                   tuple(kwargs.items()))
+            plan = self.plans.get(key, False)
+            if plan and not _hooks_set():
+                try:
+                    run, fn, meta, (g0, g1, g2), tpl, slots = plan
+                    full = tpl.copy()
+                    for j in slots:
+                        a = args[j]
+                        full[j] = a if isinstance(a, _Desc) else a.data_ptr()
+                    dev = torch.cuda.current_device()
+                    run(g0, g1, g2, torch.cuda.current_stream(dev).cuda_stream, fn, meta, None, None, None, *full)
+                    self.stats["replayed"] += 1
+                    return None
+                except Exception as e:  # noqa: BLE001 - normal launches from now on
+                    import warnings
+
+                    warnings.warn(f"{self.name}: launch replay failed ({e!r}); using normal launches")
+                    self.broken = True
+        real = [a.real() if isinstance(a, _Desc) else a for a in args]
+        compiled = kernel[grid](*real, **kwargs)
+        self.stats["normal"] += 1
+        if fast and plan is False and compiled is not None:
+            if len(self.plans) >= self.max_plans:
+                self.plans.clear()
+            self.plans[key] = self._plan(kernel, compiled, grid, args, kwargs)
+        return compiled
+
+    @staticmethod
+    def _plan(kernel, compiled, grid, args, kwargs):
+        try:
+            if hasattr(compiled, "result"):
+                compiled = compiled.result()
+            sig = inspect.signature(kernel.fn)
+            bound = sig.bind(*args, **{k: v for k, v in kwargs.items() if k in sig.parameters})
+            bound.apply_defaults()
+            full = list(bound.arguments.values())
+            if len(full) != len(kernel.arg_names) or len(args) > len(full):
+                return None
+            slots = tuple(j for j, a in enumerate(args) if isinstance(a, (torch.Tensor, _Desc)))
+            for j in slots:
+                full[j] = None
+            g = tuple(grid) + (1, 1)
+            return (compiled.run, compiled.function, compiled.packed_metadata, g[:3], full, slots)
+        except Exception:  # noqa: BLE001 - never replay this key
+            return None
+
+
+_GO = _DescLauncher("diff_attention hopper.py")
 
 
 def _strides(x):
@@ -498,7 +589,7 @@ def _forward(q1, k1, q2, k2, v, lam, scale1, scale2, aux: bool, ns: int = 2):
         else:
             a, oa = (q1, k1, q2, k2, v), (out, o2)
         nm = triton.cdiv(t, bm)
-        _h_fwd_kernel[(b * h, nm)](
+        _GO(_h_fwd_kernel, (b * h, nm),
             *a, lam, *oa, lse1, lse2,
             *_strides(q1), *_strides(k1), *_strides(q2), *_strides(k2), *_strides(v), *_strides(out),
             h, t, nm, h // q2.shape[1], h // hk, h // k2.shape[1], scale1 * LOG2E, scale2 * LOG2E,
@@ -529,7 +620,7 @@ def _bwd_kv(q1, k1, q2, k2, v, lam, dout, lse1, lse2, dl1, dl2, dk1, dk2, dv, dv
             outs += (_desc(dq1, bm, bd1), _desc(dq2, bm, bd2)) if dq_desc else (dq1, dq2)
         else:
             a, ado, outs = (q1, k1, q2, k2, v), dout, (dk1, dk2, dv, dvin, dq1, dq2)
-        _h_bwd_kv_kernel[(b * h, triton.cdiv(t, bn))](
+        _GO(_h_bwd_kv_kernel, (b * h, triton.cdiv(t, bn)),
             *a, lam, ado, lse1, lse2, dl1, dl2, *outs,
             *_strides(q1), *_strides(k1), *_strides(q2), *_strides(k2), *_strides(v), *_strides(dout),
             h, t, *g, scale1 * LOG2E, scale2 * LOG2E, scale1, scale2,
@@ -548,7 +639,7 @@ def _bwd_q(q1, k1, q2, k2, v, lam, dout, lse1, lse2, dl1, dl2, dq1, dq2, scale1,
     def launch(bm, bn, w, s):
         if Q_KERNEL == "v1":
             sq2 = (q2.stride(0), 0 if h2 == 1 else q2.stride(1), q2.stride(2))
-            _diff_bwd_q_kernel[(triton.cdiv(t, bm), b * h)](
+            _GO(_diff_bwd_q_kernel, (triton.cdiv(t, bm), b * h),
                 q1, k1, q2, k2, v, lam, dout, lse1, lse2, dl1, dl2, dq1, dq2,
                 *_strides(q1), *_strides(k1), *sq2, *_strides(k2), *_strides(v), *_strides(dout),
                 h, t, h // hk, h // hk2, scale1 * LOG2E, scale2 * LOG2E, scale1, scale2,
@@ -561,7 +652,7 @@ def _bwd_q(q1, k1, q2, k2, v, lam, dout, lse1, lse2, dl1, dl2, dq1, dq2, scale1,
         else:
             a = (q1, k1, q2, k2, v, lam, dout, lse1, lse2, dl1, dl2, dq1, dq2)
         nm = triton.cdiv(t, bm)
-        _h_bwd_q_kernel[(b * h, nm)](
+        _GO(_h_bwd_q_kernel, (b * h, nm),
             *a, *_strides(q1), *_strides(k1), *_strides(q2), *_strides(k2), *_strides(v), *_strides(dout),
             h, t, nm, h // h2, h // hk, h // hk2, scale1 * LOG2E, scale2 * LOG2E, scale1, scale2,
             d1, d2, dv_, bd1, bd2, bdv, bm, bn, desc, num_warps=w, num_stages=s)
@@ -592,7 +683,7 @@ class DiffAttentionHopper(torch.autograd.Function):
         dl1 = torch.empty_like(lse1)
         dl2 = torch.empty_like(lse1)
         bm = 16 if _interpret() else 64
-        _diff_bwd_pre_kernel[(triton.cdiv(t, bm), b * h)](dout, out, o2, lam, dl1, dl2, h, t, dv_, _pow2(dv_), bm)
+        _GO(_diff_bwd_pre_kernel, (triton.cdiv(t, bm), b * h), dout, out, o2, lam, dl1, dl2, h, t, dv_, _pow2(dv_), bm)
         dlam = -dl2.sum((0, 2))
         g1, g2 = h // hk, h // hk2
 
@@ -652,7 +743,7 @@ class FlashSingle(torch.autograd.Function):
         b, h, t, d = q.shape
         dl = torch.empty_like(lse)
         bm = 16 if _interpret() else 64
-        _diff_bwd_pre_kernel[(triton.cdiv(t, bm), b * h)](dout, out, out, lam, dl, dl, h, t, d, _pow2(d), bm)
+        _GO(_diff_bwd_pre_kernel, (triton.cdiv(t, bm), b * h), dout, out, out, lam, dl, dl, h, t, d, _pow2(d), bm)
         dq = torch.zeros(b, h, t, d, device=q.device, dtype=torch.float32)
         dk = torch.empty(b, h, t, d, device=q.device, dtype=q.dtype)
         dv = torch.empty_like(dk)
