@@ -380,15 +380,17 @@ def _pow2(d: int) -> int:
     return max(16, triton.next_power_of_2(d))
 
 
-# Launch configs (BM, BN, num_warps, num_stages), keyed by pass; wide heads (> 128) halve the tiles.
+# Launch configs (BM, BN, num_warps, num_stages), keyed by pass; heads wider than 128 take smaller
+# tiles (``_config``), and a config that does not fit the shared memory steps down (``_run_fitted``).
+# bf16/fp16 at head dim 128 on an H100: see benchmarks/RESULTS.md, "Session 6: diff fused kernel".
 CONFIGS = {
     "fwd": (128, 64, 8, 3),
-    "fwd_seq": (128, 128, 8, 3),
+    "fwd_seq": (128, 64, 8, 4),
     "fwd_single": (128, 128, 8, 3),
-    "bwd_fused": (64, 64, 8, 2),
+    "bwd_fused": (32, 64, 8, 2),
     "bwd_split": (64, 128, 8, 2),
     "bwd_single": (64, 128, 8, 2),
-    "bwd_kv": (32, 128, 8, 2),  # the key-block kernel without dQ ("*-separate" modes)
+    "bwd_kv": (32, 64, 8, 2),  # the key-block kernel without dQ ("*-separate" modes)
     "bwd_kv1": (64, 128, 8, 2),  # its single-stream form ("split-separate")
     "bwd_q": (64, 32, 4, 2),  # the dQ kernel of the "*-separate" modes
     "bwd_q_v1": (64, 32, 4, 2),  # kernel.py's dQ kernel in those modes (Q_KERNEL = "v1")
