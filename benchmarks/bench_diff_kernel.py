@@ -178,9 +178,11 @@ def profile_noise(NO, b, h, t, d, dtype, device, n=5):
 # hopper.py candidates, tried in stages (each keeps the best so far): forward (forward-only time), then the
 # backward modes with their launch configs (fwd+bwd time), then descriptors vs pointer loads.
 SWEEP_HOPPER = {
-    "fwd": [("interleaved", "fwd", (128, 64, 8, 3)), ("sequential", "fwd_seq", (128, 64, 8, 4))],
+    "fwd": [("interleaved", "fwd", (128, 64, 8, 3)), ("sequential", "fwd_seq", (128, 64, 8, 4)),
+            ("interleaved", "fwd", (128, 32, 8, 4))],
     "bwd": [  # (mode, {config name: config}, dQ kernel); "best": keep the best so far
         ("fused-separate", {"bwd_kv": (32, 64, 8, 2), "bwd_q": (64, 32, 4, 2)}, "hopper"),
+        ("fused-separate", {"bwd_kv": (16, 64, 8, 2), "bwd_q": (64, 32, 4, 2)}, "hopper"),
         ("fused-separate", {"bwd_kv": (16, 128, 8, 2), "bwd_q": (64, 32, 4, 2)}, "hopper"),
         ("fused-separate", {"bwd_kv": (32, 128, 8, 2), "bwd_q": (64, 32, 4, 2)}, "hopper"),
         ("fused-separate", {"bwd_kv": "best", "bwd_q": (128, 32, 8, 2)}, "hopper"),
