@@ -14,9 +14,12 @@ Same function as ``kernel.py`` (see there for the algebra): causal
   ``"sequential"`` (stream 1 over all key tiles, its normalised output kept in registers, then
   stream 2: fewer live registers, V read twice, mostly from L2);
 - backward modes: ``"fused"`` (one program per key block keeps dK1, dK2, dV; dP = dO V^T and dV
-  shared by the streams, dQ1/dQ2 by float32 atomics: 8 matmuls per tile pair, the fewest) or
+  shared by the streams, dQ1/dQ2 by float32 TMA reduce-adds: 8 matmuls per tile pair, the fewest),
   ``"split"`` (one single-stream FlashAttention-2 backward per stream, dV of the second added to
-  the first's: 10 matmuls, two accumulators per program instead of three).
+  the first's: 10 matmuls, two accumulators per program instead of three), and their
+  ``"-separate"`` forms without dQ in the key-block kernels, followed by one dQ kernel per query
+  block (both streams, dP shared; 5 matmuls). The default, ``"split-separate"`` (13 matmuls), was
+  measured fastest: its kernels fit the register file and need no atomics.
 
 ``NS=1`` turns every kernel into plain single-stream causal attention (``flash_single``): the same
 code's rate on one stream, compared with SDPA in the benchmark, is the ceiling the fused kernels
@@ -382,7 +385,8 @@ def _pow2(d: int) -> int:
 
 # Launch configs (BM, BN, num_warps, num_stages), keyed by pass; heads wider than 128 take smaller
 # tiles (``_config``), and a config that does not fit the shared memory steps down (``_run_fitted``).
-# bf16/fp16 at head dim 128 on an H100: see benchmarks/RESULTS.md, "Session 6: diff fused kernel".
+# Defaults: the winners of session 6's sweep (H100, bf16, B=1, 16 heads, head dim 128, T=16K;
+# benchmarks/RESULTS.md, "Session 6: diff fused kernel"; benchmarks/results/s6_diff/).
 CONFIGS = {
     "fwd": (128, 64, 8, 3),
     "fwd_seq": (128, 64, 8, 4),
@@ -390,16 +394,20 @@ CONFIGS = {
     "bwd_fused": (32, 64, 8, 2),
     "bwd_split": (64, 128, 8, 2),
     "bwd_single": (64, 128, 8, 2),
-    "bwd_kv": (32, 64, 8, 2),  # the key-block kernel without dQ ("*-separate" modes)
-    "bwd_kv1": (64, 128, 8, 2),  # its single-stream form ("split-separate")
-    "bwd_q": (64, 32, 4, 2),  # the dQ kernel of the "*-separate" modes
-    "bwd_q_v1": (64, 32, 4, 2),  # kernel.py's dQ kernel in those modes (Q_KERNEL = "v1")
+    "bwd_kv": (16, 128, 8, 2),  # the key-block kernel without dQ ("fused-separate")
+    "bwd_kv1": (64, 128, 8, 2),  # its single-stream form ("split-separate", the default)
+    "bwd_q": (64, 32, 4, 2),  # this file's dQ kernel (Q_KERNEL = "hopper")
+    "bwd_q_v1": (64, 32, 4, 2),  # kernel.py's dQ kernel (Q_KERNEL = "v1", the default)
 }
 FWD_MODE = os.environ.get("ATTNLAB_DIFF_H_FWD", "interleaved")  # or "sequential"
 # "fused" / "split": dQ by reduce-add inside the key-block kernel(s); "fused-separate" /
-# "split-separate": the key-block kernel(s) without dQ, then one dQ kernel per query block
-BWD_MODE = os.environ.get("ATTNLAB_DIFF_H_BWD", "fused-separate")
-Q_KERNEL = os.environ.get("ATTNLAB_DIFF_H_QK", "hopper")  # dQ kernel: "hopper" (this file) or "v1" (kernel.py)
+# "split-separate": the key-block kernel(s) without dQ, then one dQ kernel per query block.
+# Measured at T=16K (fwd+bwd ms): split-separate 18.33, split 20.26, fused-separate 21.60 (fused,
+# 3 accumulators + atomics: 29.7 in call 1): the split key-block kernels (two accumulators each,
+# no atomics) run at ~96% of cuDNN's backward rate per matmul, the fused ones do not fit the registers.
+BWD_MODE = os.environ.get("ATTNLAB_DIFF_H_BWD", "split-separate")
+# dQ kernel: "v1" (kernel.py's, pointer loads; measured faster: 21.60 vs 21.84 ms) or "hopper" (this file)
+Q_KERNEL = os.environ.get("ATTNLAB_DIFF_H_QK", "v1")
 USE_DESC = os.environ.get("ATTNLAB_DIFF_H_DESC", "auto")  # "auto", "1", "0"
 RELOAD = os.environ.get("ATTNLAB_DIFF_H_RELOAD", "0") == "1"  # backward: re-read K/V tiles per step
 
