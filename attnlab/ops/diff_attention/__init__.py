@@ -13,7 +13,8 @@
 - ``"auto"``: on CUDA with ONE noise head (CMD), ``"noise-once"`` (``AUTO_NOISE_ONCE``, measured
   faster than two SDPA calls, session 5); otherwise sdpa. On an H100 the generic fused kernel is
   correct and uses less memory but is slower than two SDPA calls (benchmarks/RESULTS.md, issue 3),
-  so auto does not pick it; set ``AUTO_TRITON = True`` (or ``impl="triton"``) to use it.
+  so auto does not pick it; set ``AUTO_TRITON = True`` (or ``impl="triton"``) to use it. Session 6's
+  ``hopper.py`` narrowed the gap (1.06x at T=4K, 1.28x at 16K), not enough to switch.
 
 ``latent_diff_attention`` (``latent.py``) is the training path of diff-mla and cmd-mla: it reads
 their projection outputs in place (no concatenation, padding or expanded noise head) and is what
@@ -31,7 +32,9 @@ from .reference import diff_attention_reference, diff_attention_sdpa, lam_per_he
 
 IMPLS = ("auto", "sdpa", "triton", "triton-v1", "noise-once", "reference")
 FUSED_KERNEL = "hopper"  # what impl="triton" runs: "hopper" (hopper.py) or "v1" (kernel.py)
-AUTO_TRITON = False  # measured: fused 1.37-1.45x the time of two SDPA calls (H100, bf16)
+# measured (H100, bf16, B=1, 16 heads, d 128, fwd+bwd): kernel.py 1.31-1.45x the time of two SDPA
+# calls (cuDNN); hopper.py (session 6) 1.06x at T=4K, 1.28x at 16K: still slower, so auto keeps SDPA
+AUTO_TRITON = False
 # diff-mla / cmd-mla training through latent.py's kernel under impl="auto" (CUDA), for heads up to
 # AUTO_LATENT_MAX_WIDTH wide (dn, dv and the noise width). Measured on an H100 (benchmarks/RESULTS.md,
 # issue 3, session 2): at dn = dv = 64, dr = 32 (shakespeare-384) the fused path takes 0.68x (diff)
