@@ -4,9 +4,13 @@
     python benchmarks/bench_diff_kernel.py --sweep         # also try launch configs first (picks the best)
     python benchmarks/bench_diff_kernel.py --quick         # tiny CPU smoke run (CI)
     python benchmarks/bench_diff_kernel.py --sweep-noise --groups cmd   # noise-once launch configs first
+    python benchmarks/bench_diff_kernel.py --groups diff --sweep-hopper --profile   # hopper.py modes/configs first
 
 Variants, one run, ratios against the baseline of their group:
-- diff: fused kernel (two full streams, K/V streamed once) vs two SDPA calls sharing V;
+- diff: fused kernels (two full streams, K/V streamed once) vs two SDPA calls sharing V: kernel.py
+        (sessions 1-5, "fused triton") and hopper.py (session 6: TMA descriptors, separate or
+        atomic dQ; "fused triton hopper.py"), plus hopper.py's kernels on ONE stream next to one
+        SDPA call (the rate this Triton reaches on plain attention: the fused kernels' ceiling);
 - cmd:  the research notebook's version (two SDPA calls with the noise head expanded to every
         head) vs attnlab's fused per-head kernel (noise head read in place, its map recomputed per
         head) vs noise-once (noise_once.py: signal by SDPA, the shared noise stream computed ONCE
@@ -208,6 +212,116 @@ def profile_noise(NO, b, h, t, d, dtype, device, n=5):
     return [{"T": t, "kernel": k, "ms": ms, "count": c} for k, ms, c in rows]
 
 
+# hopper.py candidates, tried in stages (each keeps the best so far): forward (forward-only time), then the
+# backward modes with their launch configs (fwd+bwd time), then descriptors vs pointer loads.
+SWEEP_HOPPER = {
+    "fwd": [("interleaved", "fwd", (128, 64, 8, 3)), ("sequential", "fwd_seq", (128, 64, 8, 4)),
+            ("interleaved", "fwd", (128, 32, 8, 4))],
+    "bwd": [  # (mode, {config name: config}, dQ kernel); "best": keep the best so far
+        ("fused-separate", {"bwd_kv": (32, 64, 8, 2), "bwd_q": (64, 32, 4, 2)}, "hopper"),
+        ("fused-separate", {"bwd_kv": (16, 64, 8, 2), "bwd_q": (64, 32, 4, 2)}, "hopper"),
+        ("fused-separate", {"bwd_kv": (16, 128, 8, 2), "bwd_q": (64, 32, 4, 2)}, "hopper"),
+        ("fused-separate", {"bwd_kv": (32, 128, 8, 2), "bwd_q": (64, 32, 4, 2)}, "hopper"),
+        ("fused-separate", {"bwd_kv": "best", "bwd_q": (128, 32, 8, 2)}, "hopper"),
+        ("fused-separate", {"bwd_kv": "best", "bwd_q_v1": (64, 32, 4, 2)}, "v1"),
+        ("split-separate", {"bwd_kv1": (32, 128, 8, 2), "bwd_q": "best"}, "best"),
+        ("split-separate", {"bwd_kv1": (64, 128, 8, 2), "bwd_q": "best"}, "best"),
+        ("split", {"bwd_split": (64, 128, 8, 2)}, "best"),
+    ],
+}
+
+
+def sweep_hopper(Hp, b, h, t, d, dtype, device, warmup, repeats):
+    """Pick hopper.py's forward mode, backward mode and launch configs by measured time (the
+    module's globals are left at the winners); a candidate whose output or gradients differ from
+    the SDPA path's by more than 2e-2 (rel. err) is rejected."""
+    log = []
+    ins = make(b, h, t, d, dtype, device, False)
+    dout = torch.randn(b, h, t, d, device=device, dtype=dtype)
+    fn = Hp.diff_attention_hopper
+    ref = diff_attention_sdpa(*ins)
+    want = [ref.detach()] + list(torch.autograd.grad(ref, ins, dout))
+
+    def err():
+        out = fn(*ins)
+        got = [out.detach()] + list(torch.autograd.grad(out, ins, dout))
+        return max(rel_err(x.float(), y.float()) for x, y in zip(got, want))
+
+    best = None
+    for mode, name, cfg in SWEEP_HOPPER["fwd"]:
+        saved = (Hp.FWD_MODE, dict(Hp.CONFIGS))
+        Hp.FWD_MODE, Hp.CONFIGS[name] = mode, cfg
+        try:
+            with torch.no_grad():
+                ms = time_ms(lambda: fn(*ins), warmup, repeats)
+        except Exception as e:
+            print(f"sweep hopper fwd {mode} {cfg}: failed ({type(e).__name__}: {str(e)[:100]})", flush=True)
+            Hp.FWD_MODE, Hp.CONFIGS = saved[0], saved[1]
+            continue
+        print(f"sweep hopper fwd {mode} {cfg}: {ms:.3f} ms (forward)", flush=True)
+        log.append({"kernel": "hopper_fwd", "mode": mode, "config": list(cfg), "fwd_ms": ms, "T": t})
+        if best is None or ms < best[1]:
+            best = ((mode, name, cfg), ms)
+        Hp.FWD_MODE, Hp.CONFIGS = saved[0], saved[1]
+    if best:
+        mode, name, cfg = best[0]
+        Hp.FWD_MODE, Hp.CONFIGS[name] = mode, cfg
+    best = None  # candidates build on the best so far ("best" keeps its value)
+    for mode, cfgs, qk in SWEEP_HOPPER["bwd"]:
+        saved = (Hp.BWD_MODE, Hp.Q_KERNEL, dict(Hp.CONFIGS))
+        Hp.BWD_MODE = mode
+        Hp.Q_KERNEL = saved[1] if qk == "best" else qk
+        for k, v in cfgs.items():
+            if v != "best":
+                Hp.CONFIGS[k] = v
+        label = f"{mode} {cfgs} dQ kernel {Hp.Q_KERNEL}"
+        try:
+            e = err()
+            ms = time_ms(fwd_bwd(fn, ins, dout), warmup, repeats)
+        except Exception as ex:
+            print(f"sweep hopper bwd {label}: failed ({type(ex).__name__}: {str(ex)[:100]})", flush=True)
+            Hp.BWD_MODE, Hp.Q_KERNEL, Hp.CONFIGS = saved
+            continue
+        ok = e <= 2e-2
+        print(f"sweep hopper bwd {label}: {ms:.3f} ms fwd+bwd, max rel err vs sdpa {e:.2e}"
+              + ("" if ok else " REJECTED"), flush=True)
+        log.append({"kernel": "hopper_bwd", "mode": mode, "configs": {k: list(Hp.CONFIGS[k]) for k in cfgs},
+                    "q_kernel": Hp.Q_KERNEL, "fwd_bwd_ms": ms, "err_vs_sdpa": e, "T": t})
+        if ok and (best is None or ms < best):
+            best = ms  # keep this state
+        else:
+            Hp.BWD_MODE, Hp.Q_KERNEL, Hp.CONFIGS = saved
+    print(f"sweep hopper: kept fwd {Hp.FWD_MODE}, bwd {Hp.BWD_MODE}, dQ kernel {Hp.Q_KERNEL}, {Hp.CONFIGS}", flush=True)
+    res = {}
+    for desc in ("1", "0"):  # TMA descriptors vs pointer loads (host cost vs copy engine)
+        Hp.USE_DESC = desc
+        res[desc] = time_ms(fwd_bwd(fn, ins, dout), warmup, repeats)
+        print(f"sweep hopper USE_DESC={desc}: {res[desc]:.3f} ms fwd+bwd", flush=True)
+        log.append({"kernel": "hopper_desc", "config": desc, "fwd_bwd_ms": res[desc], "T": t})
+    Hp.USE_DESC = "auto" if res["1"] <= res["0"] else "0"
+    return log
+
+
+def profile_kernels(label, fn, ins, dout, n=5):
+    """GPU time per kernel of one fwd+bwd (torch.profiler, mean over n calls)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    run = fwd_bwd(fn, ins, dout)
+    run()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as p:
+        for _ in range(n):
+            run()
+        torch.cuda.synchronize()
+    rows = sorted(((e.key[:60], e.self_device_time_total / n / 1e3, e.count // n) for e in p.key_averages()
+                   if e.self_device_time_total > 0), key=lambda r: -r[1])
+    t = ins[0].shape[2]
+    print(f"{label} kernels, T={t} (ms per fwd+bwd, total {sum(r[1] for r in rows):.3f}):")
+    for k, ms, c in rows[:10]:
+        print(f"   {ms:8.3f}  x{c}  {k}")
+    return [{"T": t, "variant": label, "kernel": k, "ms": ms, "count": c} for k, ms, c in rows]
+
+
 def sweep(K, b, h, t, d, dtype, device, warmup, repeats, only=None):
     """Try launch configs one kernel family at a time (others at their current setting)."""
     from attnlab.ops.diff_attention.kernel import diff_attention_triton
@@ -270,6 +384,8 @@ def main(argv=None):
     ap.add_argument("--sweep-noise", action="store_true", help="try noise-once launch configs first")
     ap.add_argument("--sweep-T", type=int, help="sequence length of the noise-once sweep (default: the smallest --T)")
     ap.add_argument("--profile-noise", action="store_true", help="print the noise-once kernels' GPU times")
+    ap.add_argument("--sweep-hopper", action="store_true", help="pick hopper.py's modes and configs first")
+    ap.add_argument("--profile", action="store_true", help="print the diff group's GPU times per kernel")
     ap.add_argument("--groups", default="diff,cmd", help="comma list of groups to time (diff, cmd)")
     ap.add_argument("--configs", help="JSON of launch configs to use (from a --sweep run)")
     ap.add_argument("--compare-module", help="path of another noise_once.py (e.g. session 4's) to time as a variant")
@@ -309,6 +425,11 @@ def main(argv=None):
     if K is not None and args.sweep and device == "cuda":
         only = set(args.sweep_kernels.split(",")) if args.sweep_kernels else None
         sweep_log = sweep(K, b, h, min(args.T), d, dtype, device, warmup, repeats, only)
+    Hp = None
+    if K is not None:
+        from attnlab.ops.diff_attention import hopper as Hp
+    if Hp is not None and args.sweep_hopper and device == "cuda":
+        sweep_log += sweep_hopper(Hp, b, h, args.sweep_T or max(args.T), d, dtype, device, warmup, repeats)
     NO = None
     if K is not None:
         from attnlab.ops.diff_attention import noise_once as NO
@@ -319,7 +440,10 @@ def main(argv=None):
     def one_sdpa(q1, k1, q2, k2, v, lam):
         return F.scaled_dot_product_attention(q1, k1, v, is_causal=True)
 
-    rows = []
+    def one_triton(q1, k1, q2, k2, v, lam):
+        return Hp.flash_single(q1, k1, v)
+
+    rows, profiles = [], []
     groups = [g for g in ("diff", "cmd") if g in args.groups.split(",")]
     for t, group in itertools.product(args.T, groups):
         cmd = group == "cmd"
@@ -328,6 +452,8 @@ def main(argv=None):
         variants = [("sdpa x2 (noise expanded, notebook)" if cmd else "sdpa x2", diff_attention_sdpa)]
         if K is not None and not args.skip_fused:
             variants.append(("fused triton", diff_attention_triton))
+        if Hp is not None and not cmd:
+            variants.append(("fused triton hopper.py", Hp.diff_attention_hopper))
         if OLD is not None and cmd:
             variants.append((args.compare_label, OLD.cmd_attention_noise_once))
         states = {}
@@ -338,6 +464,8 @@ def main(argv=None):
                 variants.append(("noise-once, " + label, NO.cmd_attention_noise_once))
                 states["noise-once, " + label] = st
         variants.append(("sdpa x1 (plain attention)", one_sdpa))
+        if Hp is not None and not cmd:
+            variants.append(("triton x1 (hopper.py on one stream)", one_triton))
         with torch.no_grad():
             ref = diff_attention_sdpa(*ins)
         first, times = {}, {label: [] for label, _ in variants}
@@ -368,6 +496,10 @@ def main(argv=None):
                     row["rel_err_vs_sdpa"] = rel_err(fn(*ins), ref)
             rows.append(row)
             print(row, flush=True)
+        if args.profile and device == "cuda" and not cmd:
+            for label, fn in variants:
+                if label.startswith(("sdpa x2", "fused triton")):
+                    profiles.extend(profile_kernels(label, fn, ins, dout))
     if args.rounds > 1:  # the ratio per round (each round's variants ran back to back) and its spread
         for t in args.T:
             rr = [r for r in rows if r["T"] == t and r["group"] == "cmd" and "fwd_bwd_rounds_ms" in r]
@@ -383,6 +515,11 @@ def main(argv=None):
     extra = {"shape": {"B": b, "H": h, "head_dim": d, "dtype": str(dtype)}}
     if NO is not None and args.profile_noise and device == "cuda":
         extra["noise_once_profile"] = [r for t in args.T for r in profile_noise(NO, b, h, t, d, dtype, device)]
+    if profiles:
+        extra["profile"] = profiles
+    if Hp is not None:
+        extra["hopper"] = {"configs": {k: list(v) for k, v in Hp.CONFIGS.items()}, "fwd_mode": Hp.FWD_MODE,
+                           "bwd_mode": Hp.BWD_MODE, "q_kernel": Hp.Q_KERNEL, "use_desc": Hp.USE_DESC}
     if K is not None:
         extra["configs"] = {k: list(v) for k, v in K.CONFIGS.items()}
         extra["dq_mode"], extra["cmd_mode"] = K.DQ_MODE, K.CMD_MODE

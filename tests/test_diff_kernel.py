@@ -37,7 +37,7 @@ def _inputs(case, dtype, device=DEV):
 def _check(case, dtype, tol_out, tol_grad, **kw):
     ins = _inputs(case, dtype)
     s1, s2 = 0.7 * case[6] ** -0.5, 1.3 * case[7] ** -0.5
-    out = diff_attention(*ins, s1, s2, impl="triton")
+    out = diff_attention(*ins, s1, s2, impl="triton-v1")
     ref = diff_attention_reference(*[x.float() for x in ins], s1, s2)
     assert out.dtype == dtype and out.shape == ref.shape
     assert rel_err(out, ref) <= tol_out
@@ -75,7 +75,7 @@ def test_kernel_strided_inputs():
     qk2 = mk(b, t, 2 * h, d).transpose(1, 2)
     q2, k2 = qk2[:, :h], qk2[:, h:]
     ins = [x.requires_grad_() for x in (q1, k1, q2, k2, v)] + [(0.2 + torch.rand(h, device=DEV)).requires_grad_()]
-    out = diff_attention(*ins, impl="triton")
+    out = diff_attention(*ins, impl="triton-v1")
     ref = diff_attention_reference(*ins)
     assert rel_err(out, ref) <= TOL32
     g = torch.randn_like(ref)
@@ -86,7 +86,7 @@ def test_kernel_strided_inputs():
 def test_kernel_scalar_lambda_grad():
     ins = _inputs((1, 2, 2, 2, 2, 17, 16, 16, 16), torch.float32)
     lam = torch.tensor(0.4, requires_grad=True)
-    out = diff_attention(*ins[:5], lam, impl="triton")
+    out = diff_attention(*ins[:5], lam, impl="triton-v1")
     ref = diff_attention_reference(*ins[:5], lam)
     g = torch.randn_like(out)
     assert rel_err(torch.autograd.grad(out, lam, g)[0], torch.autograd.grad(ref, lam, g)[0]) <= TOL32
@@ -152,12 +152,12 @@ def _compare_with_sdpa(case, dtype, tol):
     g = torch.randn_like(ref)
     want = torch.autograd.grad(ref, ins, g)
     errs = {}
-    for impl in ("triton", "sdpa"):
+    for impl in ("triton-v1", "sdpa"):
         out = diff_attention(*ins, s1, s2, impl=impl)
         got = torch.autograd.grad(out, ins, g.to(dtype))
         errs[impl] = [rel_err(out, ref)] + [rel_err(x, y) for x, y in zip(got, want)]
     names = ("out", "q1", "k1", "q2", "k2", "v", "lam")
-    for name, e, e_sdpa in zip(names, errs["triton"], errs["sdpa"]):
+    for name, e, e_sdpa in zip(names, errs["triton-v1"], errs["sdpa"]):
         assert e <= max(tol, 2 * e_sdpa), (name, e, e_sdpa)
 
 

@@ -127,7 +127,7 @@ class DiffOptions:
     lambda_mode: str = "layer"  # "layer": one lam per layer (paper) | "head": one per head
     lambda_scale: bool = False  # learnable layer-scale gamma on lam
     head_norm: bool = True  # headwise RMSNorm then * (1 - lam_init)
-    impl: str = "auto"  # training path: "auto" | "sdpa" | "triton" | "noise-once" (cmd-mla) | "reference"
+    impl: str = "auto"  # training path: "auto" | "sdpa" | "triton" | "triton-v1" | "noise-once" (cmd-mla) | "reference"
 
 
 def validate_diff_options(opts, where: str, cmd: bool = False) -> None:

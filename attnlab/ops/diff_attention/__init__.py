@@ -2,16 +2,19 @@
 
 ``diff_attention(..., impl=)`` dispatches to
 - ``"sdpa"``: two SDPA calls sharing V (``reference.diff_attention_sdpa``), any device;
-- ``"triton"``: the fused kernel (``kernel.py``): K/V streamed once, two online-softmax states
-  sharing each V tile, forward and backward; the CMD case (one noise head) reads the shared noise
-  head directly instead of an expanded copy;
+- ``"triton"``: a fused kernel, K/V streamed once, two online-softmax states sharing each V tile,
+  forward and backward; the CMD case (one noise head) reads the shared noise head directly instead
+  of an expanded copy. ``FUSED_KERNEL`` picks which: ``"hopper"`` (``hopper.py``, session 6: TMA
+  descriptors on sm_90+, separate or atomic dQ, measured faster) or ``"v1"`` (``kernel.py``);
+- ``"triton-v1"``: always ``kernel.py``'s fused kernel (sessions 1-5);
 - ``"noise-once"`` (CMD only: one noise head): the signal stream through SDPA and the shared noise
   stream computed ONCE for all heads by ``noise_once.py``'s kernels (out = A - lam N fused);
 - ``"reference"``: explicit float32 softmax maps (tests);
 - ``"auto"``: on CUDA with ONE noise head (CMD), ``"noise-once"`` (``AUTO_NOISE_ONCE``, measured
   faster than two SDPA calls, session 5); otherwise sdpa. On an H100 the generic fused kernel is
   correct and uses less memory but is slower than two SDPA calls (benchmarks/RESULTS.md, issue 3),
-  so auto does not pick it; set ``AUTO_TRITON = True`` (or ``impl="triton"``) to use it.
+  so auto does not pick it; set ``AUTO_TRITON = True`` (or ``impl="triton"``) to use it. Session 6's
+  ``hopper.py`` narrowed the gap (1.06x at T=4K, 1.28x at 16K), not enough to switch.
 
 ``latent_diff_attention`` (``latent.py``) is the training path of diff-mla and cmd-mla: it reads
 their projection outputs in place (no concatenation, padding or expanded noise head) and is what
@@ -27,8 +30,11 @@ import torch
 from .latent_reference import LatentGeometry, latent_diff_reference
 from .reference import diff_attention_reference, diff_attention_sdpa, lam_per_head
 
-IMPLS = ("auto", "sdpa", "triton", "noise-once", "reference")
-AUTO_TRITON = False  # measured: fused 1.37-1.45x the time of two SDPA calls (H100, bf16)
+IMPLS = ("auto", "sdpa", "triton", "triton-v1", "noise-once", "reference")
+FUSED_KERNEL = "hopper"  # what impl="triton" runs: "hopper" (hopper.py) or "v1" (kernel.py)
+# measured (H100, bf16, B=1, 16 heads, d 128, fwd+bwd): kernel.py 1.31-1.45x the time of two SDPA
+# calls (cuDNN); hopper.py (session 6) 1.06x at T=4K, 1.28x at 16K: still slower, so auto keeps SDPA
+AUTO_TRITON = False
 # diff-mla / cmd-mla training through latent.py's kernel under impl="auto" (CUDA), for heads up to
 # AUTO_LATENT_MAX_WIDTH wide (dn, dv and the noise width). Measured on an H100 (benchmarks/RESULTS.md,
 # issue 3, session 2): at dn = dv = 64, dr = 32 (shakespeare-384) the fused path takes 0.68x (diff)
@@ -109,6 +115,11 @@ def diff_attention(q1, k1, q2, k2, v, lam, scale1=None, scale2=None, impl: str =
         from .noise_once import cmd_attention_noise_once
 
         return cmd_attention_noise_once(q1, k1, q2, k2, v, lam, scale1, scale2)
+    positive = all(x is None or float(x) > 0 for x in (scale1, scale2))  # hopper.py needs scale > 0
+    if impl == "triton" and FUSED_KERNEL == "hopper" and positive:
+        from .hopper import diff_attention_hopper
+
+        return diff_attention_hopper(q1, k1, q2, k2, v, lam, scale1, scale2)
     from .kernel import diff_attention_triton
 
     return diff_attention_triton(q1, k1, q2, k2, v, lam, scale1, scale2)
