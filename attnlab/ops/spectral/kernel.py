@@ -91,6 +91,7 @@ if HAS_TRITON:  # the Triton kernels live in jit_v1/v2/v3.py; the launchers belo
     from .jit_v2 import _spectral_v2, _merge_v2_kernel
     from .jit_v3 import _spectral_v3
     from .jit_v4 import _spectral_v4
+    from .jit_v5 import _spectral_v5
 
 
 def _p2(x: int) -> int:
@@ -493,14 +494,14 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
                                    blocks_per_program=blocks_per_program, hot_per_split=hot_per_split,
                                    fused_merge=fused_merge, num_warps=num_warps, num_stages=num_stages,
                                    maxnreg=maxnreg, **v1_options)
-    if impl not in ("v2", "v3", "v4"):
-        raise ValueError(f"impl must be 'auto', 'v1', 'v2', 'v3' or 'v4'; got {impl!r}")
+    if impl not in ("v2", "v3", "v4", "v5"):
+        raise ValueError(f"impl must be 'auto', 'v1', 'v2', 'v3', 'v4' or 'v5'; got {impl!r}")
     if v1_options:
         bad = sorted(set(v1_options) - set(_V1_ONLY))
         if bad:
             raise TypeError(f"spectral_decode: unexpected option(s) {', '.join(bad)}")
         raise ValueError(f"option(s) {', '.join(sorted(v1_options))} belong to impl='v1'")
-    if impl in ("v3", "v4"):
+    if impl in ("v3", "v4", "v5"):
         return _spectral_decode_v3(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale, split=split,
                                    blocks_per_program=blocks_per_program, hot_per_split=hot_per_split,
                                    fused_merge=fused_merge, fast_cvt=fast_cvt, merge_group=merge_group,
@@ -600,8 +601,8 @@ def _spectral_decode_v3(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_l
                         slice_tile=None, pdl=None, prefetch=None, l2_prefetch=None, kernel="v3"):
     """The v3 kernel (``_spectral_v3``; kernel="v4": ``_spectral_v4``, session 6, experimental: warps as the
     batch dimension of the dots) through v2's launcher (plans, replay, merges)."""
-    if warp_slices or slice_tile:
-        raise ValueError("warp_slices / slice_tile belong to impl='v2'")
+    if slice_tile or (warp_slices and kernel == "v3"):
+        raise ValueError("warp_slices / slice_tile belong to impl='v2' (warp_slices also to 'v4' / 'v5')")
     q, (b, hq, d, bs) = _checked_inputs(q, ck, sk, bk, cv, sv, bv, hot_k, hot_v)
     dev = q.device
     cfg = default_config_v3(b * ck.shape[1], n_blocks, bs, _num_sms(dev), q.element_size(), ck.shape[-1], cv.shape[-1],
@@ -617,19 +618,23 @@ def _spectral_decode_v3(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_l
     while tpp % (nsl * 16):
         nsl //= 2
     tw = tpp // nsl
-    if kernel == "v4":  # the warps are a batch dimension: tpp = warps * slices * tw, tw >= 16
+    if kernel in ("v4", "v5"):  # the warps are a batch dimension: tpp = warps * slices * tw, tw >= 16
         wb = num_warps or cfg["num_warps"]
         nsl = max(1, gp // gq)
-        while nsl > 1 and (tpp // (wb * nsl) < 16 or nsl * _p2(max(ck.shape[-1], cv.shape[-1])) > 64):
-            nsl //= 2  # and at most 64 columns in the block-diagonal dots (registers: no spills at ranks 32)
-            nsl //= 2
+        if warp_slices:  # slices per warp (rows of the dots), at most the rows' room
+            nsl = min(nsl, next_pow2(warp_slices))
+        # v4: at most 64 columns in the block-diagonal dots (registers: no spills at ranks 32); v5 (its
+        # accumulator in coefficient space) 128
+        cols = 64 if kernel == "v4" else 128
+        while nsl > 1 and (tpp // (wb * nsl) < 16 or nsl * _p2(max(ck.shape[-1], cv.shape[-1])) > cols):
+            nsl //= 2 if kernel == "v5" else 4  # (v4 as measured in session 6: by 4, e.g. 1 slice at ranks 32)
         while wb > 1 and tpp // (wb * nsl) < 16:
             wb //= 2
         tw = tpp // (wb * nsl)
         if tw < 16 or tpp % (wb * nsl * 16):
-            raise ValueError(f"impl='v4' needs block_size / split >= 16 * num_warps; got {tpp}")
+            raise ValueError(f"impl='{kernel}' needs block_size / split >= 16 * num_warps; got {tpp}")
         if fused_merge:
-            raise ValueError("impl='v4' has no fused merge (fused_merge=False)")
+            raise ValueError(f"impl='{kernel}' has no fused merge (fused_merge=False)")
         fused_merge = False
     first = (sp, nsl, tw, num_warps or cfg["num_warps"], num_stages or cfg["num_stages"],
              cfg["fused_merge"] if fused_merge is None else bool(fused_merge),
@@ -643,7 +648,7 @@ def _spectral_decode_v3(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_l
 
     def fallbacks():  # large ranks: no pipelining, then smaller programs (less shared memory per step)
         cands = [first, (*first[:4], 1, *first[5:8], 1, *first[9:])]
-        sp2 = sp if kernel == "v3" else 8 * sp  # v4: no smaller programs
+        sp2 = sp if kernel == "v3" else 8 * sp  # v4 / v5: no smaller programs
         while sp2 * 2 <= bs // 16 and sp2 < 8 * sp:
             sp2 *= 2
             t2 = bs // sp2
@@ -655,7 +660,7 @@ def _spectral_decode_v3(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_l
         return cands, (kernel, dev, q.dtype, ck.dtype, bk.dtype, hot_k.dtype, bs, ck.shape[-1], cv.shape[-1], d,
                        bv.shape[-1], hq // ck.shape[1], first)
 
-    _launch_fitting(_launch_v4 if kernel == "v4" else _launch_v3, args, first, fallbacks)
+    _launch_fitting({"v3": _launch_v3, "v4": _launch_v4, "v5": _launch_v5}[kernel], args, first, fallbacks)
     return out
 
 
@@ -665,6 +670,10 @@ def _launch_v3(*args):
 
 def _launch_v4(*args):
     return _launch_v2(*args, kernel="v4")
+
+
+def _launch_v5(*args):
+    return _launch_v2(*args, kernel="v5")
 
 
 def _launch_v2(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale, out, hot_per_split,
@@ -708,7 +717,7 @@ def _launch_v2(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale
             replay = False
     if plan is None:
         plan = (None, _make_plan_v2(q, ck, bk, cv, bv, hot_k, n_blocks, n_hot, hot_per_split, quant, sp, nw, tw, fused,
-                                    fast, grp, bpp, pdl, (pre, l2pf) if kernel in ("v3", "v4") else None))
+                                    fast, grp, bpp, pdl, (pre, l2pf) if kernel in ("v3", "v4", "v5") else None))
     grid, mgrid, work, cnt, consts, mconsts, (nb_cap, hot_cap, n_comp, n_splits, n_groups) = plan[1]
     pm, pl, pacc, pm2, pl2, pacc2 = work
     a = [q, ck, sk if quant else pm, bk, cv, sv if quant else pm, bv, hot_k, hot_v, pm, pl, pacc, cnt, out, pm2, pl2,
@@ -717,7 +726,7 @@ def _launch_v2(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale
     opts = {} if maxnreg is None else {"maxnreg": maxnreg}
     if pdl:  # launch attribute of the compiled launcher: the replayed launches below carry it too
         opts["launch_pdl"] = True
-    k1 = {"v2": _spectral_v2, "v3": _spectral_v3, "v4": _spectral_v4}[kernel][grid](*a, num_warps=num_warps, num_stages=num_stages,
+    k1 = {"v2": _spectral_v2, "v3": _spectral_v3, "v4": _spectral_v4, "v5": _spectral_v5}[kernel][grid](*a, num_warps=num_warps, num_stages=num_stages,
                                                                    **opts)
     LAUNCH_STATS["jit"] += 1
     launches = [(k1, grid, a)]
