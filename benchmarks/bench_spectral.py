@@ -171,6 +171,7 @@ def parse_configs(spec: str):
     "v2:split:slices:tile[:warps[:stages[:fused[:fastcvt[:group[:blocks[:maxnreg]]]]]]]"   v2 launch parameters
     "v1:tile:blocks_per_program:fused[:warps[:stages[:maxnreg[:vmerge]]]]"   v1 launch parameters
     "v3:split[:warps[:stages[:fused[:blocks[:maxnreg[:group[:pdl[:prefetch[:l2pf]]]]]]]]]"   v3 launch parameters
+    "v3:...:l2pf:cvw"                           cvw: 1 = value coefficients as int32 words (session 6 round 2)
     "v4:...[:slices]", "v5:...[:slices]"          the same for v4 / v5 (session 6; fused and prefetch unused), plus
                                                 token slices per warp (the dots' rows; 0 / absent = the default)
     (0 or absent = the launcher's default; fused, pdl: 0 = off, 1 = on, absent = default; prefetch: 0 = off,
@@ -204,6 +205,8 @@ def parse_configs(spec: str):
             kw = {"impl": head}
             if head != "v3" and vals[10] > 0:
                 kw["warp_slices"] = vals[10]
+            if head == "v3" and vals[10] >= 0:
+                kw["cv_words"] = bool(vals[10])
             flags = ("fused_merge", "pdl", "l2_prefetch")
             for key, val in zip(("split", "num_warps", "num_stages", "fused_merge", "blocks_per_program", "maxnreg",
                                  "merge_group", "pdl", "prefetch", "l2_prefetch"), vals[:10]):
@@ -236,7 +239,8 @@ def config_name(kw: dict) -> str:
             "split", "num_warps", "num_stages", "fused_merge", "blocks_per_program", "maxnreg", "merge_group")) + (
             f":{int(kw['pdl'])}" if "pdl" in kw else "") + (f":{int(kw['prefetch'])}" if "prefetch" in kw else "") + (
             f":{int(kw['l2_prefetch'])}" if "l2_prefetch" in kw else "") + (
-            f":{int(kw['warp_slices'])}" if "warp_slices" in kw else "")
+            f":{int(kw['warp_slices'])}" if "warp_slices" in kw else "") + (
+            f":{int(kw['cv_words'])}" if "cv_words" in kw else "")
     if kw.get("impl") == "v1":
         return "v1:" + ":".join(str(int(kw.get(key, dflt))) for key, dflt in (
             ("block_tile", 0), ("blocks_per_program", 0), ("fused_merge", False), ("num_warps", 0),

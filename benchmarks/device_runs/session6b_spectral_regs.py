@@ -46,6 +46,8 @@ def compile_one(spec):
     consts = dict(G=4, GP=16, GQ=4, D=128, DP=128, DV=128, DVP=128, RK=rk, RKP=p2(rk), RV=rv, RVP=p2(rv), BS=512,
                   SPLIT=sp, BPP=bpp, NW=nsl, TW=tw, HOT_PER_SPLIT=256, HT=64, QUANT=True, LOWP=True, PREC="tf32",
                   FUSED=False, GRP=8, SCH=8, FASTCVT=True, I64=False, PDL=True, PRE=0, L2PF=l2pf, **extra)
+    if kern == "v3":
+        consts.setdefault("CVWORDS", False)
     opts = {"num_warps": w, "num_stages": st, **opts_extra}
     names = inspect.signature(fn.fn).parameters
     sig = {n: ("constexpr" if n in consts else TYPES.get(n, "i32")) for n in names}

@@ -438,7 +438,7 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
                     fused_merge: bool | None = None, fast_cvt: bool | None = None,
                     merge_group: int | None = None, num_warps: int | None = None,
                     num_stages: int | None = None, maxnreg: int | None = None, pdl: bool | None = None,
-                    prefetch: int | None = None, l2_prefetch: bool | None = None,
+                    prefetch: int | None = None, l2_prefetch: bool | None = None, cv_words: bool | None = None,
                     **v1_options) -> torch.Tensor:
     """Decode attention of q [B, Hq, 1, d] over a spectral cache's buffers.
 
@@ -460,6 +460,11 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
     prefetch (v3, session 6; default 0): 1 = the next block's tiles are loaded into registers during
     this block's math (and the first block's before the PDL wait); 2 = all but the value coefficients.
     Use with num_stages=1. Measured faster than the session-5 launch at ranks 16 only (B = 1).
+    cv_words (v3, session 6 round 2): on the L2-prefetch / register-prefetch paths, the int8 value coefficients
+    are loaded as int32 words and converted to fp16 word by word (then moved into the dot's layout through
+    shared memory), instead of being read byte by byte out of shared memory in the dot's layout (quantized
+    low-precision caches with a power-of-two value rank >= 16; ignored otherwise). Default: see
+    ``default_config_v3``.
     impl="v4" (session 6, experimental, slower on the H100): v3's rows with the warps as the batch
     dimension of the dots (8 block-wide barriers per block step instead of ~20); same options as v3
     except fused_merge and prefetch.
@@ -483,7 +488,7 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
             impl = "v1"
         elif warp_slices or slice_tile:
             impl = "v2"
-        elif prefetch or l2_prefetch:
+        elif prefetch or l2_prefetch or cv_words:
             impl = "v3"
         elif n_blocks <= AUTO_V2_MAX_BLOCKS:
             impl = "v2"
@@ -507,9 +512,9 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
                                    fused_merge=fused_merge, fast_cvt=fast_cvt, merge_group=merge_group,
                                    num_warps=num_warps, num_stages=num_stages, maxnreg=maxnreg,
                                    warp_slices=warp_slices, slice_tile=slice_tile, pdl=pdl, prefetch=prefetch,
-                                   l2_prefetch=l2_prefetch, kernel=impl)
-    if prefetch or l2_prefetch:  # v1 / v2
-        raise ValueError("prefetch / l2_prefetch belong to impl='v3'")
+                                   l2_prefetch=l2_prefetch, cv_words=cv_words, kernel=impl)
+    if prefetch or l2_prefetch or cv_words:  # v1 / v2
+        raise ValueError("prefetch / l2_prefetch / cv_words belong to impl='v3'")
     q, (b, hq, d, bs) = _checked_inputs(q, ck, sk, bk, cv, sv, bv, hot_k, hot_v)
     dev = q.device
     cfg = default_config_v2(b * ck.shape[1], n_blocks, bs, _num_sms(dev), q.element_size())
@@ -572,7 +577,7 @@ def default_config_v3(n_bh: int, n_blocks: int, block_size: int, n_sms: int, ele
             bpp *= 2
         cfg = dict(split=sp, blocks_per_program=bpp, num_warps=4, num_stages=2, fused_merge=False)
     cfg.setdefault("blocks_per_program", 1)
-    cfg.update(merge_group=8, pdl=_default_pdl(V3_PDL), prefetch=0, l2_prefetch=False)
+    cfg.update(merge_group=8, pdl=_default_pdl(V3_PDL), prefetch=0, l2_prefetch=False, cv_words=False)
     measured = (elem_size < 4 and max(key_rank, value_rank) <= 32 and head_dim <= 128 and group <= 4
                 and block_size >= 128 and V3_SESSION6)
     if measured:
@@ -598,7 +603,7 @@ V3_SESSION6 = True
 def _spectral_decode_v3(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale, *, split=None,
                         blocks_per_program=None, hot_per_split=256, fused_merge=None, fast_cvt=None,
                         merge_group=None, num_warps=None, num_stages=None, maxnreg=None, warp_slices=None,
-                        slice_tile=None, pdl=None, prefetch=None, l2_prefetch=None, kernel="v3"):
+                        slice_tile=None, pdl=None, prefetch=None, l2_prefetch=None, cv_words=None, kernel="v3"):
     """The v3 kernel (``_spectral_v3``; kernel="v4": ``_spectral_v4``, session 6, experimental: warps as the
     batch dimension of the dots) through v2's launcher (plans, replay, merges)."""
     if slice_tile or (warp_slices and kernel == "v3"):
@@ -642,6 +647,10 @@ def _spectral_decode_v3(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_l
              merge_group or cfg["merge_group"], bpp, maxnreg, _pdl_ok(dev, cfg["pdl"] if pdl is None else pdl),
              int(cfg["prefetch"] if prefetch is None else prefetch),
              _l2pf_ok(dev, cfg["l2_prefetch"] if l2_prefetch is None else l2_prefetch))
+    if kernel == "v3":
+        first = (*first, bool(cfg.get("cv_words", False) if cv_words is None else cv_words))
+    elif cv_words:
+        raise ValueError("cv_words belongs to impl='v3'")
     scale = d**-0.5 if scale is None else scale
     out = torch.empty(b, hq, 1, bv.shape[-1], device=dev, dtype=q.dtype)
     args = (q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale, out, hot_per_split)
@@ -678,7 +687,7 @@ def _launch_v5(*args):
 
 def _launch_v2(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale, out, hot_per_split,
                sp, nw, tw, num_warps, num_stages, fused, fast, grp, bpp, maxnreg, pdl=False, pre=0, l2pf=False,
-               kernel="v2"):
+               cvw=False, kernel="v2"):
     global _FAST_LAUNCH
     dev = q.device
     cuda = dev.type == "cuda"
@@ -693,7 +702,7 @@ def _launch_v2(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale
     tensors = (q, ck, sk, bk, cv, sv, bv, hot_k, hot_v)
     key = (skey, q.shape, q.dtype, ck.shape, ck.dtype, bk.shape, bk.dtype, cv.shape, bv.shape, bv.dtype, hot_k.shape,
            hot_k.dtype, hot_v.shape, quant, n_blocks, n_hot, hot_per_split, sp, nw, tw, num_warps, num_stages, fused,
-           fast, grp, bpp, maxnreg, pdl, pre, l2pf, kernel, tuple(x is None or x.data_ptr() % 16 == 0 for x in tensors))
+           fast, grp, bpp, maxnreg, pdl, pre, l2pf, cvw, kernel, tuple(x is None or x.data_ptr() % 16 == 0 for x in tensors))
     plan = _V2_PLANS.get(key)
     if plan is not None and plan[0] is not None and not _hooks_active():  # replay: compiled launchers, new pointers
         try:
@@ -717,7 +726,8 @@ def _launch_v2(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale
             replay = False
     if plan is None:
         plan = (None, _make_plan_v2(q, ck, bk, cv, bv, hot_k, n_blocks, n_hot, hot_per_split, quant, sp, nw, tw, fused,
-                                    fast, grp, bpp, pdl, (pre, l2pf) if kernel in ("v3", "v4", "v5") else None))
+                                    fast, grp, bpp, pdl, (pre, l2pf, cvw) if kernel == "v3" else
+                                    (pre, l2pf) if kernel in ("v4", "v5") else None))
     grid, mgrid, work, cnt, consts, mconsts, (nb_cap, hot_cap, n_comp, n_splits, n_groups) = plan[1]
     pm, pl, pacc, pm2, pl2, pacc2 = work
     a = [q, ck, sk if quant else pm, bk, cv, sv if quant else pm, bv, hot_k, hot_v, pm, pl, pacc, cnt, out, pm2, pl2,
@@ -775,9 +785,11 @@ def _make_plan_v2(q, ck, bk, cv, bv, hot_k, n_blocks, n_hot, hot_per_split, quan
                   LOWP=lowp and (quant or ck.dtype == torch.float16), PREC="ieee" if not lowp else "tf32",
                   FUSED=fused, GRP=grp, SCH=8, FASTCVT=fast and quant,
                   I64=max(ck.numel(), cv.numel(), bk.numel(), bv.numel()) >= 2**31, PDL=pdl)
-    if pre is not None:  # v3 only (its last arguments): (prefetch, l2_prefetch)
+    if pre is not None:  # v3 / v4 / v5 only (their last arguments): (prefetch, l2_prefetch[, cv_words: v3])
         consts["PRE"] = int(pre[0])
         consts["L2PF"] = bool(pre[1])
+        if len(pre) > 2:
+            consts["CVWORDS"] = bool(pre[2])
     mgrid = mconsts = None
     if not fused:
         dvb = min(32, dvp)
