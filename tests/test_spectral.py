@@ -500,7 +500,13 @@ def test_kernel_options_are_checked():
     with pytest.raises(ValueError, match="impl='v1'"):
         spectral_decode(q, z, None, z, z, None, z, 1, z[..., 0, :], z[..., 0, :], 0, block_tile=16, impl="v2")
     with pytest.raises(ValueError, match="impl must be"):
-        spectral_decode(q, z, None, z, z, None, z, 1, z[..., 0, :], z[..., 0, :], 0, impl="v5")
+        spectral_decode(q, z, None, z, z, None, z, 1, z[..., 0, :], z[..., 0, :], 0, impl="v9")
+    with pytest.raises(ValueError, match="cv_words belong"):
+        spectral_decode(q, z, None, z, z, None, z, 1, z[..., 0, :], z[..., 0, :], 0, cv_words=True, impl="v2")
+    with pytest.raises(ValueError, match="cv_words belongs to impl='v3'"):
+        spectral_decode(q, z, None, z, z, None, z, 1, z[..., 0, :], z[..., 0, :], 0, cv_words=True, impl="v5")
+    with pytest.raises(ValueError, match="impl='v2'"):
+        spectral_decode(q, z, None, z, z, None, z, 1, z[..., 0, :], z[..., 0, :], 0, warp_slices=2, impl="v3")
     with pytest.raises(ValueError, match="impl='v2'"):
         spectral_decode(q, z, None, z, z, None, z, 1, z[..., 0, :], z[..., 0, :], 0, slice_tile=16, impl="v3")
     with pytest.raises(TypeError, match="unexpected"):

@@ -13,6 +13,8 @@ program (split 1, half as many blocks each) and requests each program's blocks f
 wait (``l2_prefetch``); the programs were latency bound (Nsight Compute: ~2 warps per scheduler,
 long-scoreboard first, ~20 block-wide barriers per block step). ``prefetch`` (next block's tiles in
 registers) and the v4 kernel (warps as the dots' batch dimension) are tested options, slower there.
+Session 6 round 2: the v5 kernel (per-warp softmax, coefficient-space accumulator) and ``cv_words`` (int8 value
+coefficients as int32 words) are tested options, also slower there (benchmarks/RESULTS.md).
 
 v3 (``_spectral_v3``, session 5): like v2 a program takes ``block_size / split`` tokens (of each
 of ``blocks_per_program`` consecutive blocks, pipelined), cut into token slices, but the slices
@@ -468,6 +470,9 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
     impl="v4" (session 6, experimental, slower on the H100): v3's rows with the warps as the batch
     dimension of the dots (8 block-wide barriers per block step instead of ~20); same options as v3
     except fused_merge and prefetch.
+    impl="v5" (session 6 round 2, experimental, slower on the H100): v4's per-warp softmax with the accumulator
+    in coefficient space within a block (the warps' [rows, r_v] combined once per block step, one 2-D
+    projection by the block's value basis); same options as v4, plus warp_slices (token slices per warp).
     pdl (v2/v3): programmatic dependent launch (sm_90+, CUDA, compiled; else ignored): the kernel
     and the merge kernel are launched with ``launch_pdl`` and start with griddepcontrol.wait, so a
     kernel's launch overlaps the previous one's work (merge after split, the next call's split after
