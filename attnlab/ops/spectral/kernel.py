@@ -465,8 +465,8 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
     cv_words (v3, session 6 round 2): on the L2-prefetch / register-prefetch paths, the int8 value coefficients
     are loaded as int32 words and converted to fp16 word by word (then moved into the dot's layout through
     shared memory), instead of being read byte by byte out of shared memory in the dot's layout (quantized
-    low-precision caches with a power-of-two value rank >= 16; ignored otherwise). Default: see
-    ``default_config_v3``.
+    low-precision caches with a power-of-two value rank >= 16; ignored otherwise). Default off: fewer
+    instructions, but 0.6-1.5 us slower per call on the H100 (benchmarks/RESULTS.md, "Session 6 round 2").
     impl="v4" (session 6, experimental, slower on the H100): v3's rows with the warps as the batch
     dimension of the dots (8 block-wide barriers per block step instead of ~20); same options as v3
     except fused_merge and prefetch.
@@ -610,7 +610,8 @@ def _spectral_decode_v3(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_l
                         merge_group=None, num_warps=None, num_stages=None, maxnreg=None, warp_slices=None,
                         slice_tile=None, pdl=None, prefetch=None, l2_prefetch=None, cv_words=None, kernel="v3"):
     """The v3 kernel (``_spectral_v3``; kernel="v4": ``_spectral_v4``, session 6, experimental: warps as the
-    batch dimension of the dots) through v2's launcher (plans, replay, merges)."""
+    batch dimension of the dots; kernel="v5": ``_spectral_v5``, session 6 round 2, experimental: v4 with the
+    accumulator in coefficient space within a block) through v2's launcher (plans, replay, merges)."""
     if slice_tile or (warp_slices and kernel == "v3"):
         raise ValueError("warp_slices / slice_tile belong to impl='v2' (warp_slices also to 'v4' / 'v5')")
     q, (b, hq, d, bs) = _checked_inputs(q, ck, sk, bk, cv, sv, bv, hot_k, hot_v)
