@@ -240,6 +240,25 @@ def test_bad_options():
     (torch.float32, False, dict(b=1, hq=16, hk=2, d=32, rk=8, rv=8, bs=128, t=300, hw=0),
      {"impl": "v4", "split": 2, "num_warps": 2}),
     (torch.float16, True, dict(b=1, hq=2, hk=2, d=32, rk=16, rv=16, bs=64, t=140, hw=3), {"impl": "v4", "split": 1}),
+    # v5 (session 6 round 2: v4's per-warp softmax, accumulator in coefficient space within a block): padded rows
+    # (G = 3), G = 8 / 1, padded ranks, several blocks per program, 8 warps, fewer slices per warp
+    (torch.float16, True, dict(b=2, hq=8, hk=2, d=32, rk=8, rv=16, bs=128, t=600, hw=5),
+     {"impl": "v5", "split": 2, "blocks_per_program": 2}),
+    (torch.float32, True, dict(b=1, hq=6, hk=2, d=24, rk=5, rv=7, bs=64, t=200, hw=9), {"impl": "v5", "split": 1}),
+    (torch.float32, False, dict(b=1, hq=16, hk=2, d=32, rk=8, rv=8, bs=128, t=300, hw=0),
+     {"impl": "v5", "split": 2, "num_warps": 2}),
+    (torch.float16, True, dict(b=1, hq=2, hk=2, d=32, rk=16, rv=32, bs=128, t=500, hw=3),
+     {"impl": "v5", "split": 1, "blocks_per_program": 3, "num_warps": 8}),
+    (torch.float16, True, dict(b=1, hq=12, hk=4, d=32, rk=13, rv=32, bs=128, t=400, hw=3),
+     {"impl": "v5", "split": 1, "warp_slices": 2}),
+    # v3 with the value coefficients as int32 words (session 6 round 2; under the interpreter only the register-
+    # prefetch path takes them: the L2 prefetch is compiled-only), ranks 16 / 32; an odd value rank ignores it
+    (torch.float16, True, dict(b=1, hq=8, hk=2, d=32, rk=8, rv=16, bs=64, t=330, hw=5),
+     {"impl": "v3", "split": 1, "blocks_per_program": 3, "prefetch": 1, "num_stages": 1, "cv_words": True}),
+    (torch.float16, True, dict(b=1, hq=4, hk=1, d=64, rk=16, rv=32, bs=128, t=300, hw=0),
+     {"impl": "v3", "split": 2, "prefetch": 1, "num_stages": 1, "cv_words": True}),
+    (torch.float16, True, dict(b=1, hq=6, hk=2, d=24, rk=5, rv=7, bs=32, t=100, hw=9),
+     {"impl": "v3", "prefetch": 1, "cv_words": True}),
     # v1 (the session-2 kernel, kept as the baseline)
     (torch.float32, True, dict(b=1, hq=6, hk=2, d=24, rk=5, rv=7, bs=16, t=75, hw=9), {"impl": "v1", "fused_merge": True}),
     (torch.float16, True, dict(b=2, hq=4, hk=1, d=64, rk=16, rv=32, bs=32, t=100, hw=0), {"impl": "v1"}),
@@ -336,8 +355,8 @@ def test_kernel_v3_falls_back_when_out_of_shared_memory(monkeypatch):
     real, tried = K._launch_v3, []
 
     def launch(*args):
-        sp, stages = args[-13], args[-9]  # (..., split, slices, tile, warps, stages, fused, fast, group, blocks, maxnreg, pdl,
-        #                                    prefetch, l2_prefetch)
+        sp, stages = args[-14], args[-10]  # (..., split, slices, tile, warps, stages, fused, fast, group, blocks, maxnreg,
+        #                                     pdl, prefetch, l2_prefetch, cv_words)
         tried.append((sp, stages))
         if sp < 4:
             raise K.OutOfResources(300000, 232448, "shared memory")
@@ -481,7 +500,13 @@ def test_kernel_options_are_checked():
     with pytest.raises(ValueError, match="impl='v1'"):
         spectral_decode(q, z, None, z, z, None, z, 1, z[..., 0, :], z[..., 0, :], 0, block_tile=16, impl="v2")
     with pytest.raises(ValueError, match="impl must be"):
-        spectral_decode(q, z, None, z, z, None, z, 1, z[..., 0, :], z[..., 0, :], 0, impl="v5")
+        spectral_decode(q, z, None, z, z, None, z, 1, z[..., 0, :], z[..., 0, :], 0, impl="v9")
+    with pytest.raises(ValueError, match="cv_words belong"):
+        spectral_decode(q, z, None, z, z, None, z, 1, z[..., 0, :], z[..., 0, :], 0, cv_words=True, impl="v2")
+    with pytest.raises(ValueError, match="cv_words belongs to impl='v3'"):
+        spectral_decode(q, z, None, z, z, None, z, 1, z[..., 0, :], z[..., 0, :], 0, cv_words=True, impl="v5")
+    with pytest.raises(ValueError, match="impl='v2'"):
+        spectral_decode(q, z, None, z, z, None, z, 1, z[..., 0, :], z[..., 0, :], 0, warp_slices=2, impl="v3")
     with pytest.raises(ValueError, match="impl='v2'"):
         spectral_decode(q, z, None, z, z, None, z, 1, z[..., 0, :], z[..., 0, :], 0, slice_tile=16, impl="v3")
     with pytest.raises(TypeError, match="unexpected"):
@@ -519,6 +544,14 @@ _GPU_KW = [{}, {"fused_merge": False}, {"split": 2, "num_stages": 1}, {"split": 
            {"impl": "v3", "l2_prefetch": True, "prefetch": 0, "split": 1, "blocks_per_program": 2},
            {"impl": "v3", "l2_prefetch": False, "prefetch": 0, "num_stages": 2},
            {"impl": "v4"}, {"impl": "v4", "l2_prefetch": True, "num_stages": 3, "split": 1},
+           # session 6 round 2: value coefficients as int32 words (L2-prefetch and register-prefetch paths), v5
+           {"impl": "v3", "l2_prefetch": True, "cv_words": True, "split": 1, "blocks_per_program": 2},
+           {"impl": "v3", "l2_prefetch": True, "cv_words": True, "split": 2, "blocks_per_program": 4},
+           {"impl": "v3", "l2_prefetch": True, "cv_words": True, "split": 2, "blocks_per_program": 4, "maxnreg": 168},
+           {"impl": "v3", "prefetch": 1, "num_stages": 1, "cv_words": True},
+           {"impl": "v3", "prefetch": 2, "num_stages": 1, "cv_words": True, "l2_prefetch": True},
+           {"impl": "v5"}, {"impl": "v5", "l2_prefetch": True, "split": 1, "blocks_per_program": 2},
+           {"impl": "v5", "split": 1, "num_warps": 8, "maxnreg": 128},
            {"impl": "v1"}, {"impl": "v1", "fused_merge": True},
            {"impl": "v1", "blocks_per_program": 4, "block_tile": 128, "num_warps": 4, "num_stages": 2},
            {"impl": "v1", "value_proj": "merge"}]
@@ -531,6 +564,16 @@ _GPU_KW = [{}, {"fused_merge": False}, {"split": 2, "num_stages": 1}, {"split": 
                                                                             "l2_prefetch": True}, (16, 16)),
                                                                           ({"impl": "v3", "prefetch": 2,
                                                                             "l2_prefetch": True}, (32, 32)),
+                                                                          ({"impl": "v3", "l2_prefetch": True,
+                                                                            "cv_words": True, "split": 1,
+                                                                            "blocks_per_program": 2}, (32, 32)),
+                                                                          ({"impl": "v3", "l2_prefetch": True,
+                                                                            "cv_words": True, "split": 1,
+                                                                            "blocks_per_program": 2}, (16, 16)),
+                                                                          ({"impl": "v3", "l2_prefetch": True,
+                                                                            "cv_words": True}, (32, 32)),
+                                                                          ({"impl": "v5", "l2_prefetch": True},
+                                                                           (32, 32)),
                                                                           ({"impl": "v4", "l2_prefetch": True},
                                                                            (16, 16))])
 def test_kernel_bf16_gpu(kw, ranks):
@@ -648,7 +691,10 @@ def test_kernel_replay_and_cuda_graph_gpu(impl):
 @pytest.mark.gpu
 @pytest.mark.parametrize("impl,extra", [("v2", {}), ("v3", {}),
                                         ("v3", {"prefetch": 1, "l2_prefetch": True, "num_stages": 1}),
-                                        ("v3", {"prefetch": 0, "l2_prefetch": True, "num_stages": 2})])
+                                        ("v3", {"prefetch": 0, "l2_prefetch": True, "num_stages": 2}),
+                                        ("v3", {"prefetch": 0, "l2_prefetch": True, "cv_words": True, "split": 1,
+                                                "blocks_per_program": 2}),
+                                        ("v5", {"l2_prefetch": True})])
 def test_kernel_pdl_chain_gpu(impl, extra):
     """Programmatic dependent launch: each call's query is the previous call's output, so a split
     kernel that read q before the previous merge finished (or a merge that read partials before

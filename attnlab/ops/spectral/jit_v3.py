@@ -27,7 +27,7 @@ if HAS_TRITON:
     def _v3_tiles(CK, SK, BK, CV, SV, BV, blk, tokb, tok, offs_rk, offs_rv, offs_d, offs_dv, rkmask, rvmask, dmask, dvmask,
                   D: tl.constexpr, DP: tl.constexpr, DV: tl.constexpr, DVP: tl.constexpr, RK: tl.constexpr,
                   RKP: tl.constexpr, RV: tl.constexpr, RVP: tl.constexpr, QUANT: tl.constexpr, NW: tl.constexpr,
-                  TW: tl.constexpr, CV2D: tl.constexpr):
+                  TW: tl.constexpr, CV2D: tl.constexpr, CVW: tl.constexpr = False):
         """Every load of one block step: the slices' key coefficients transposed [NW, RKP, TW], value
         coefficients [NW, TW, RVP] (CV2D: side by side, [TW, NW*RVP], ``_v3_cv``), their per-token scales
         [NW, TW] (zeros without QUANT), and the block's bases [RKP, DP], [RVP, DVP]."""
@@ -38,7 +38,9 @@ if HAS_TRITON:
             ck = tl.load(ck_ptr)
         else:
             ck = tl.load(ck_ptr, mask=rkmask[None, :, None], other=0)
-        if CV2D:
+        if CVW:
+            cv = _v3_cv_words(CV, tokb, RV, NW, TW)  # int32 [TW, NW*RV/4]
+        elif CV2D:
             cv = _v3_cv(CV, tokb, RV, RVP, NW, TW)
         else:
             cv_ptr = CV + tok[:, :, None] * RV + offs_rv[None, None, :]  # [NW, TW, RVP]
@@ -76,6 +78,47 @@ if HAS_TRITON:
         else:
             cv = tl.load(cv_ptr, mask=(r < RV)[None, :], other=0)
         return cv
+
+    @triton.jit
+    def _v3_cv_words(CV, tokb, RV: tl.constexpr, NW: tl.constexpr, TW: tl.constexpr):
+        """Session 6 round 2 (CVW): the value coefficients side by side as int32 words of 4 ranks,
+        [TW, NW*RV/4] (RV a power of two >= 16): a tile no dot-operand layout can be assigned to, so the
+        int8 -> fp16 conversion runs on whole words (``_words_to_f16``) instead of on bytes read one by
+        one out of shared memory in the dot's layout (128 LDS.U8 + their packing per thread and block
+        step at rank 32 in the sm_90 SASS)."""
+        RW: tl.constexpr = RV // 4
+        offs_c = tl.arange(0, NW * RW)
+        offs_t = tl.arange(0, TW)
+        cvi = CV.to(tl.pointer_type(tl.int32), bitcast=True)
+        return tl.load(cvi + (tokb + (offs_c // RW)[None, :] * TW + offs_t[:, None]) * RW + (offs_c % RW)[None, :])
+
+    @triton.jit
+    def _words_to_f16(w, FASTCVT: tl.constexpr):
+        """int32 words of 4 int8 values [T, C] -> fp16 [T, 4*C] (byte i of word c is column 4c + i), exact.
+        FASTCVT: 4 values per 5 ALU instructions (as ``_i8_to_f16``); else shifts and conversions."""
+        if FASTCVT:
+            b0, b1, b2, b3 = tl.inline_asm_elementwise(
+                asm="""{
+                .reg .b32 t, c, lo, hi;
+                xor.b32 t, $4, 0x80808080;
+                prmt.b32 lo, t, 0x64646464, 0x4140;
+                prmt.b32 hi, t, 0x64646464, 0x4342;
+                mov.b32 c, 0x64806480;
+                sub.f16x2 lo, lo, c;
+                sub.f16x2 hi, hi, c;
+                mov.b32 {$0, $1}, lo;
+                mov.b32 {$2, $3}, hi;
+                }""",
+                constraints="=h,=h,=h,=h,r", args=[w], dtype=(tl.float16, tl.float16, tl.float16, tl.float16),
+                is_pure=True, pack=1)
+        else:
+            b0 = ((w << 24) >> 24).to(tl.float16)
+            b1 = ((w << 16) >> 24).to(tl.float16)
+            b2 = ((w << 8) >> 24).to(tl.float16)
+            b3 = (w >> 24).to(tl.float16)
+        x = tl.join(tl.join(b0, b2), tl.join(b1, b3))  # [T, C, 2, 2]: join's new axis is the last, so byte
+        # 2j + i sits at [.., j, i]
+        return tl.reshape(x, (w.shape[0], w.shape[1] * 4))
 
     @triton.jit
     def _l2_prefetch_ranges(addr, nbytes):
@@ -133,7 +176,8 @@ if HAS_TRITON:
     @triton.jit
     def _v3_step(q, ck, cv, sk, sv, bk, bv, m_i, l_i, acc, diag, qk_scale, GP: tl.constexpr, GQ: tl.constexpr,
                  NW: tl.constexpr, TW: tl.constexpr, RKP: tl.constexpr, RVP: tl.constexpr, QUANT: tl.constexpr,
-                 LOWP: tl.constexpr, PREC: tl.constexpr, FASTCVT: tl.constexpr, CV2D: tl.constexpr):
+                 LOWP: tl.constexpr, PREC: tl.constexpr, FASTCVT: tl.constexpr, CV2D: tl.constexpr,
+                 CVW: tl.constexpr = False):
         """The math of one block step (see ``_spectral_v3``): rows (slice j, head g) each with its own
         online softmax (m_i, l_i, acc [GP, DVP]) in the log2 domain. CV2D (the session-6 path) also keeps
         l_i per row AND token column ([GP, TW], summed once after the program's last block): no
@@ -142,7 +186,10 @@ if HAS_TRITON:
             qb = tl.dot(q, tl.trans(bk.to(q.dtype))) * qk_scale  # [GP, RKP]
             if QUANT:
                 ckf = _i8_to_f16(ck, FASTCVT)
-                cvf = _i8_to_f16(cv, FASTCVT)
+                if CVW:
+                    cvf = _words_to_f16(cv, FASTCVT)  # [TW, NW*RVP]
+                else:
+                    cvf = _i8_to_f16(cv, FASTCVT)
             else:
                 ckf = ck.to(tl.float16)
                 cvf = cv.to(tl.float16)
@@ -191,7 +238,7 @@ if HAS_TRITON:
         HOT_PER_SPLIT: tl.constexpr, HT: tl.constexpr,
         QUANT: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr,
         FUSED: tl.constexpr, GRP: tl.constexpr, SCH: tl.constexpr, FASTCVT: tl.constexpr, I64: tl.constexpr,
-        PDL: tl.constexpr = False, PRE: tl.constexpr = False, L2PF: tl.constexpr = False,
+        PDL: tl.constexpr = False, PRE: tl.constexpr = False, L2PF: tl.constexpr = False, CVWORDS: tl.constexpr = False,
     ):
         """v3 block program: BS // SPLIT tokens of each of BPP consecutive blocks, cut into NW slices
         of TW tokens. The GP rows of every dot are (slice j, query head g) pairs, row j*GQ + g, so
@@ -230,6 +277,9 @@ if HAS_TRITON:
             # coefficients, no permute through shared memory) on the session-6 paths; the session-5
             # launch (no prefetch) keeps its code
             CV2D: tl.constexpr = PRE > 0 or L2PF
+            # session 6 round 2: value coefficients as int32 words (CV2D paths, quantized, low precision,
+            # RV a power of two >= 16, no register prefetch of the value tile)
+            CVW: tl.constexpr = CVWORDS and CV2D and QUANT and LOWP and RV == RVP and PRE != 2
             offs_r = tl.arange(0, GP)
             jr = offs_r // GQ  # the slice of each row
             gr = offs_r % GQ  # the query head of each row
@@ -261,7 +311,7 @@ if HAS_TRITON:
                     blk = blk.to(tl.int64)
                 ck, cv, sk, sv, bk, bv = _v3_tiles(CK, SK, BK, CV, SV, BV, blk, blk * BS + part * TPP, blk * BS + tok_off, offs_rk, offs_rv,
                                                    offs_d, offs_dv, rkmask, rvmask, dmask, dvmask, D, DP, DV, DVP, RK,
-                                                   RKP, RV, RVP, QUANT, NW, TW, CV2D)
+                                                   RKP, RV, RVP, QUANT, NW, TW, CV2D, CVW)
                 if PDL:
                     _gdc_enter()
             q = tl.load(Q + (pid_bh * G + gr)[:, None] * D + offs_d[None, :], mask=rvalid[:, None] & dmask[None, :],
@@ -275,14 +325,14 @@ if HAS_TRITON:
                         blk2 = blk2.to(tl.int64)
                     ck2, cv2, sk2, sv2, bk2, bv2 = _v3_tiles(CK, SK, BK, CV, SV, BV, blk2, blk2 * BS + part * TPP, blk2 * BS + tok_off, offs_rk,
                                                              offs_rv, offs_d, offs_dv, rkmask, rvmask, dmask, dvmask,
-                                                             D, DP, DV, DVP, RK, RKP, RV, RVP, QUANT, NW, TW, CV2D)
+                                                             D, DP, DV, DVP, RK, RKP, RV, RVP, QUANT, NW, TW, CV2D, CVW)
                     if PRE == 2:  # value coefficients loaded in their own step (fewer registers held across steps)
                         blk = pid_bh * nb_cap + n
                         if I64:
                             blk = blk.to(tl.int64)
                         cv = _v3_cv(CV, blk * BS + part * TPP, RV, RVP, NW, TW)
                     m_i, l_i, acc = _v3_step(q, ck, cv, sk, sv, bk, bv, m_i, l_i, acc, diag, qk_scale, GP, GQ, NW, TW,
-                                             RKP, RVP, QUANT, LOWP, PREC, FASTCVT, CV2D)
+                                             RKP, RVP, QUANT, LOWP, PREC, FASTCVT, CV2D, CVW)
                     ck, cv, sk, sv, bk, bv = ck2, cv2, sk2, sv2, bk2, bv2
             else:
                 for n in range(n0, n1):
@@ -292,9 +342,9 @@ if HAS_TRITON:
                     # every load of the block first (Triton pipelines them across blocks, num_stages 2)
                     ck, cv, sk, sv, bk, bv = _v3_tiles(CK, SK, BK, CV, SV, BV, blk, blk * BS + part * TPP, blk * BS + tok_off, offs_rk,
                                                        offs_rv, offs_d, offs_dv, rkmask, rvmask, dmask, dvmask, D, DP,
-                                                       DV, DVP, RK, RKP, RV, RVP, QUANT, NW, TW, CV2D)
+                                                       DV, DVP, RK, RKP, RV, RVP, QUANT, NW, TW, CV2D, CVW)
                     m_i, l_i, acc = _v3_step(q, ck, cv, sk, sv, bk, bv, m_i, l_i, acc, diag, qk_scale, GP, GQ, NW, TW,
-                                             RKP, RVP, QUANT, LOWP, PREC, FASTCVT, CV2D)
+                                             RKP, RVP, QUANT, LOWP, PREC, FASTCVT, CV2D, CVW)
             if CV2D:
                 l_i = tl.sum(l_i, 1)
             # merge the NW slice rows of each query head
