@@ -153,6 +153,37 @@ def test_noise_once_backward_twice_and_lam_without_grad():
         assert rel_err(x, y) <= TOL32
 
 
+@pytest.mark.parametrize("fuse,zero,merged", [(True, True, False), (False, True, False), (True, False, False),
+                                              (False, False, False), (True, True, True)])
+def test_noise_once_fused_signal_and_zeroing(monkeypatch, fuse, zero, merged):
+    """Session 6b: the op as one autograd node (signal backward first, the noise dV added in the dV
+    kernel's epilogue), the workspace zeroed by the forward kernel, and each off; the merged backward
+    (no epilogue add: a torch sum) too."""
+    monkeypatch.setattr(NO, "OVERLAP", True)  # a CUDA-only option: ignored here
+    monkeypatch.setattr(NO, "FUSE_SIGNAL", fuse)
+    monkeypatch.setattr(NO, "ZERO_IN_FWD", zero)
+    if merged:
+        monkeypatch.setattr(NO, "BWD_MODE", "merged")
+    _check((2, 3, 21, 16, 16, 16), torch.float32, TOL32, TOL32)
+
+
+def test_noise_once_fused_signal_partial_grads():
+    """The fused node with only some inputs requiring grad (q1 / v frozen), and under no_grad."""
+    ins = _inputs(1, 2, 19, 16, 16, 16, torch.float32)
+    q1, k1, q2, k2, v, lam = ins
+    for frozen in ("q1", "v", "q1v"):
+        xs = [x.detach() if (n in frozen and n in ("q1", "v")) else x for n, x in zip(NAMES, ins)]
+        out = NO.cmd_attention_noise_once(*xs)
+        ref = diff_attention_reference(*xs)
+        assert rel_err(out, ref) <= TOL32
+        live = [x for x in xs if x.requires_grad]
+        g = torch.randn_like(ref)
+        for x, y in zip(torch.autograd.grad(out, live, g), torch.autograd.grad(ref, live, g)):
+            assert rel_err(x, y) <= TOL32
+    with torch.no_grad():
+        assert rel_err(NO.cmd_attention_noise_once(*ins), diff_attention_reference(*ins)) <= TOL32
+
+
 def test_noise_once_fp16():
     _check((1, 4, 29, 16, 16, 32), torch.float16, 3e-3, 1e-2)
 
@@ -220,7 +251,11 @@ GPU_DK = {"default": None, "grouped": (64, 64, 2, 512, 4, 2, True), "session-4-d
               "nt1-4-stages": (128, 128, 1, 8, 4, 8, 64, 1, False, False),
               "nt2-early-k-acc": (128, 128, 2, 8, 3, 8, 64, 1, True, True),
               "nt2-kc32-split2": (128, 128, 2, 8, 4, 4, 32, 2, False, False)}.items()},
-          "tma-nt1-odd-length": ("tma", (128, 128, 1, 8, 3, 8, 64, 1, False, False))}
+          "tma-nt1-odd-length": ("tma", (128, 128, 1, 8, 3, 8, 64, 1, False, False)),
+          # session 6b: module flags (the op as two autograd nodes / the memset in the backward / the
+          # preprocess and dK kernel on a side stream during the signal's backward)
+          "two-nodes": {"FUSE_SIGNAL": False, "ZERO_IN_FWD": False}, "memset": {"ZERO_IN_FWD": False},
+          "overlap": {"OVERLAP": True}}
 
 
 @pytest.mark.gpu
@@ -228,7 +263,10 @@ GPU_DK = {"default": None, "grouped": (64, 64, 2, 512, 4, 2, True), "session-4-d
 def test_noise_once_variants_bf16_gpu(monkeypatch, variant):
     """The other launch configurations the benchmark sweeps (grouped dK, session 4's dK, contraction
     chunks, groups of 4 heads over 16 warps, the merged backward), bf16."""
-    if GPU_DK[variant] == "merged":
+    if isinstance(GPU_DK[variant], dict):
+        for name, val in GPU_DK[variant].items():
+            monkeypatch.setattr(NO, name, val)
+    elif GPU_DK[variant] == "merged":
         monkeypatch.setattr(NO, "BWD_MODE", "merged")
     elif GPU_DK[variant] == "dv":
         monkeypatch.setitem(NO.CONFIGS, "dv", (32, 128, 2, 8, 2))
@@ -364,9 +402,10 @@ def test_noise_once_replay_passes_the_slow_paths_arguments(monkeypatch, combine)
     assert len(roots) == 2
     replayed = list(log)
     log.clear()
-    NO._fwd_body(K._Recorder(False), *roots[0], scale, combine)
+    NO._fwd_body(K._Recorder(False), *roots[0], scale, combine, NO.ZERO_IN_FWD)
     hs, split, _ = NO._bwd_plan(h, d, d)
-    NO._bwd_body(K._Recorder(False), *roots[1], scale, combine, False, (hs, split))
+    add = combine and NO.FUSE_SIGNAL  # the signal's dV is added in the dV kernel's epilogue
+    NO._bwd_body(K._Recorder(False), *roots[1], scale, combine, False, (hs, split), add)
     assert len(log) == len(replayed)
     for (_, name, grid, args), (_, name2, grid2, args2) in zip(log, replayed):
         assert (name, grid) == (name2, grid2)
