@@ -4,7 +4,7 @@
 set -o pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD ATTNLAB_BENCH_DIR=$OUT
 nvidia-smi -L
-timeout 40 python benchmarks/device_runs/s6b_cmd_check.py --T 4096 1000 2>&1 | grep -v -i warn | tee $OUT/check.log
+timeout 50 python benchmarks/device_runs/s6b_cmd_check.py --T 4096 1000 2>&1 | grep -v -i warn | tee $OUT/check.log
 nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw,clocks_throttle_reasons.active --format=csv -lms 500 \
   > $OUT/smi1.csv 2>&1 &
 SMI=$!
@@ -17,6 +17,8 @@ timeout 140 python benchmarks/bench_diff_kernel.py --groups cmd --T 16384 4096 -
   "fused + overlap=:OVERLAP=true" \
   "fused + overlap, lean 4 stages=:OVERLAP=true:${L}[128,128,2,8,4,8,64,1,true,true]" \
   "fused, lean 4 stages=:${L}[128,128,2,8,4,8,64,1,true,true]" \
+  "fused, fwd 4-head groups bm64 8 warps=:fwd=[64,64,4,8,3,1]" \
+  "fused, dV 4-head groups bn64 8 warps=:dv=[64,64,4,8,3,1]" \
   --name s6b_cmd_call1 2>&1 | grep -v -i warn | tee $OUT/bench.log | grep -E "^T=|kernels|^ +[0-9]"
 kill $SMI
-timeout 45 python -m pytest -m gpu -v -x tests/test_diff_noise_once.py -k "two-nodes or memset or overlap or replay" 2>&1 | tee $OUT/tests.log | grep -E "PASS|FAIL|Error|passed|failed"
+timeout 38 python -m pytest -m gpu -v -x tests/test_diff_noise_once.py -k "two-nodes or memset or overlap or replay" 2>&1 | tee $OUT/tests.log | grep -E "PASS|FAIL|Error|passed|failed"

@@ -20,6 +20,8 @@ VARIANTS = {
     "two nodes, zero": {"FUSE_SIGNAL": False},
     "fused+zero+overlap": {"OVERLAP": True},
     "fused+overlap, lean 4 stages": {"OVERLAP": True, "lean": (128, 128, 2, 8, 4, 8, 64, 1, True, True)},
+    "fwd g4 bm64 8 warps": {"fwd": (64, 64, 4, 8, 3, 1)},
+    "dv g4 bn64 8 warps": {"dv": (64, 64, 4, 8, 3, 1)},
 }
 BASE = {"FUSE_SIGNAL": False, "ZERO_IN_FWD": False, "OVERLAP": False}
 
