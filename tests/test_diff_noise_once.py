@@ -134,9 +134,12 @@ def test_dk_table_covers_every_pair_once():
             assert len(got) == len(want) and {tuple(p) for p in got} == want
 
 
-def test_noise_once_backward_twice_and_lam_without_grad():
+@pytest.mark.parametrize("fuse", [False, True])
+def test_noise_once_backward_twice_and_lam_without_grad(monkeypatch, fuse):
     """The backward's float32 workspace (dQ2/dK2 atomics, dlam) is fresh per call: a second backward
-    through the same graph gives the same gradients; lam without grad works."""
+    through the same graph gives the same gradients (the fused node records its signal stream again);
+    lam without grad works."""
+    monkeypatch.setattr(NO, "FUSE_SIGNAL", fuse)
     ins = _inputs(1, 3, 23, 16, 16, 16, torch.float32)
     out = NO.cmd_attention_noise_once(*ins)
     g = torch.randn_like(out)
@@ -167,8 +170,11 @@ def test_noise_once_fused_signal_and_zeroing(monkeypatch, fuse, zero, merged):
     _check((2, 3, 21, 16, 16, 16), torch.float32, TOL32, TOL32)
 
 
-def test_noise_once_fused_signal_partial_grads():
-    """The fused node with only some inputs requiring grad (q1 / v frozen), and under no_grad."""
+@pytest.mark.parametrize("fuse", [True, False])
+def test_noise_once_fused_signal_partial_grads(monkeypatch, fuse):
+    """Only some inputs requiring grad (q1 / v frozen), and under no_grad, with the op as one autograd
+    node (the signal recorded on the inputs that need a gradient) or two."""
+    monkeypatch.setattr(NO, "FUSE_SIGNAL", fuse)
     ins = _inputs(1, 2, 19, 16, 16, 16, torch.float32)
     q1, k1, q2, k2, v, lam = ins
     for frozen in ("q1", "v", "q1v"):
@@ -255,7 +261,7 @@ GPU_DK = {"default": None, "grouped": (64, 64, 2, 512, 4, 2, True), "session-4-d
           # session 6b: module flags (the op as two autograd nodes / the memset in the backward / the
           # preprocess and dK kernel on a side stream during the signal's backward)
           "two-nodes": {"FUSE_SIGNAL": False, "ZERO_IN_FWD": False}, "memset": {"ZERO_IN_FWD": False},
-          "overlap": {"OVERLAP": True}}
+          "fused": {"FUSE_SIGNAL": True}, "overlap": {"FUSE_SIGNAL": True, "OVERLAP": True}}
 
 
 @pytest.mark.gpu

@@ -4,7 +4,7 @@
 set -o pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD ATTNLAB_BENCH_DIR=$OUT
 nvidia-smi -L
-timeout 50 python benchmarks/device_runs/s6b_cmd_check.py --T 4096 1000 2>&1 | grep -v -i warn | tee $OUT/check.log
+timeout 50 python benchmarks/device_runs/s6b_cmd_check.py --T 4096 1000 --set 1 2>&1 | grep -v -i warn | tee $OUT/check.log
 nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw,clocks_throttle_reasons.active --format=csv -lms 500 \
   > $OUT/smi1.csv 2>&1 &
 SMI=$!

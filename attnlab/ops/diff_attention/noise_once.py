@@ -653,13 +653,17 @@ LEAN_MAX_WIDTH = 128
 
 
 # FUSE_SIGNAL: cmd_attention_noise_once is one autograd node (``_CMDFused``): the signal's SDPA backward
-# runs first and the noise dV kernel adds into its dV (False: SDPA and the noise stream as two nodes,
-# autograd sums the two dV tensors). ZERO_IN_FWD: the noise forward zeroes the backward's float32
-# workspace (dQ2/dK2 atomics, dlam) in its epilogue (False: a memset in the backward).
-FUSE_SIGNAL = os.environ.get("ATTNLAB_NOISE_FUSE", "1") == "1"
+# runs first and the noise dV kernel adds into its dV (False, the default: SDPA and the noise stream as two
+# nodes, autograd sums the two dV tensors). Measured (session 6b, H100, benchmarks/results/s6b_cmd/): at
+# T=16K within noise of two nodes (12.68 vs 12.70 ms), at T=4K slower (1.56 vs 1.44 ms: the nested
+# autograd call's host time) and +64 MiB peak at 16K (dN lives through the signal's backward).
+# ZERO_IN_FWD: the noise forward zeroes the backward's float32 workspace (dQ2/dK2 atomics, dlam) in its
+# epilogue (False: a memset in the backward).
+FUSE_SIGNAL = os.environ.get("ATTNLAB_NOISE_FUSE", "0") == "1"
 ZERO_IN_FWD = os.environ.get("ATTNLAB_NOISE_ZERO", "1") == "1"
 # OVERLAP (with FUSE_SIGNAL, CUDA): the noise preprocess and dK/dQ kernel run on a side stream during the
-# signal's SDPA backward (they fill each other's tails); the dV kernel follows both on the main stream.
+# signal's SDPA backward (to fill each other's tails); the dV kernel follows both on the main stream.
+# Measured no faster (16K: 12.82 vs 12.68 ms fused without it).
 OVERLAP = os.environ.get("ATTNLAB_NOISE_OVERLAP", "0") == "1"
 
 
