@@ -5,12 +5,12 @@
 set -o pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD ATTNLAB_BENCH_DIR=$OUT
 nvidia-smi -L
-timeout 45 python benchmarks/device_runs/s6b_cmd_check.py --T 4096 1000 --set 2 2>&1 | grep -v -i warn | tee $OUT/check.log
+timeout 50 python benchmarks/device_runs/s6b_cmd_check.py --T 4096 1000 --set 2 2>&1 | grep -v -i warn | tee $OUT/check.log
 nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw,clocks_throttle_reasons.active --format=csv -lms 500 \
   > $OUT/smi2.csv 2>&1 &
 SMI=$!
 L='lean='
-timeout 120 python benchmarks/bench_diff_kernel.py --groups cmd --T 16384 4096 --skip-fused --rounds 5 --host \
+timeout 125 python benchmarks/bench_diff_kernel.py --groups cmd --T 16384 4096 --skip-fused --rounds 5 --host \
   --profile-noise --noise-variants \
   "round-1 form (two nodes, memset)=:ZERO_IN_FWD=false" \
   "fused node (signal dV summed in the dV kernel)=:FUSE_SIGNAL=true" \
@@ -19,7 +19,9 @@ timeout 120 python benchmarks/bench_diff_kernel.py --groups cmd --T 16384 4096 -
   "lean bn64=:${L}[128,64,2,8,3,8,64,1,true,true]" \
   "lean order 4=:${L}[128,128,2,8,3,4,64,1,true,true]" \
   "lean order 16=:${L}[128,128,2,8,3,16,64,1,true,true]" \
+  "lean 4 warps bn64 2 stages=:${L}[128,64,2,4,2,8,64,1,true,true]" \
+  "lean 4 warps bm64 3 stages=:${L}[64,128,2,4,3,8,64,1,true,true]" \
   --name s6b_cmd_final 2>&1 | grep -v -i warn | tee $OUT/bench.log | grep -E "^T=|kernels|^ +[0-9]"
 kill $SMI
-timeout 60 python -m pytest -m gpu -v -n 4 tests/test_diff_noise_once.py tests/test_diff_latent_launch.py \
+timeout 55 python -m pytest -m gpu -v -n 4 tests/test_diff_noise_once.py tests/test_diff_latent_launch.py \
   -k "not variants_bf16_gpu or fused or overlap" 2>&1 | tee $OUT/tests.log | grep -E "PASS|FAIL|Error|passed|failed"

@@ -32,6 +32,9 @@ VARIANTS2 = {  # call 2: the lean dK kernel's untried configs (two nodes, worksp
     "lean bn64": {**Z, "lean": (128, 64, 2, 8, 3, 8, 64, 1, True, True)},
     "lean order 4": {**Z, "lean": (128, 128, 2, 8, 3, 4, 64, 1, True, True)},
     "lean order 16": {**Z, "lean": (128, 128, 2, 8, 3, 16, 64, 1, True, True)},
+    # one warpgroup per program: up to 255 registers with two programs per SM
+    "lean 4 warps bn64 2 stages": {**Z, "lean": (128, 64, 2, 4, 2, 8, 64, 1, True, True)},
+    "lean 4 warps bm64 3 stages": {**Z, "lean": (64, 128, 2, 4, 3, 8, 64, 1, True, True)},
 }
 BASE = {"FUSE_SIGNAL": False, "ZERO_IN_FWD": False, "OVERLAP": False}  # the round-1 form
 
