@@ -124,6 +124,16 @@ def test_dk_mode_keeps_session_5_kernel_for_wide_heads(monkeypatch):
     _check((1, 3, 29, 16, 16, 20), torch.float32, TOL32, TOL32)
 
 
+def test_zero_in_fwd_only_up_to_the_tested_width(monkeypatch):
+    """The forward kernel zeroes the backward's workspace for heads up to LEAN_MAX_WIDTH; wider heads
+    keep the memset (not GPU-tested with the zeroing epilogue)."""
+    monkeypatch.setattr(NO, "ZERO_IN_FWD", True)
+    x = lambda d: torch.empty(1, 4, d)  # noqa: E731
+    assert NO._zero_in_fwd(x(128), x(128)) and not NO._zero_in_fwd(x(128), x(256))
+    monkeypatch.setattr(NO, "ZERO_IN_FWD", False)
+    assert not NO._zero_in_fwd(x(64), x(64))
+
+
 def test_dk_table_covers_every_pair_once():
     """The dK kernel's program table: each (key block, chunk) pair with work exactly once, any order."""
     for t, bn, chunk in ((45, 16, 32), (4096, 128, 256), (1000, 64, 64)):

@@ -36,7 +36,10 @@ median of 5 rounds): 0.80x (T=4K) and 0.81x (T=16K) the notebook's time (session
 same run: 0.81x / 0.83x), 0.76x its peak memory. The forward and dV kernels run at about 90% of cuDNN's
 rate per unit of work; the dK/dQ kernel (1.68 ms at 16K, session 5's 2.02) at ~65% (latency at its
 pipeline's barriers, not L2 bandwidth: Nsight Compute, L2 51% busy). The four launches go through
-latent.py's launch replay. Alternatives kept, tested and swept (slower there):
+latent.py's launch replay. Session 6b: the forward zeroes the backward's float32 workspace (no memset);
+``FUSE_SIGNAL`` (off: no faster at 16K, slower at 4K) makes the op one autograd node whose dV kernel adds
+the signal's dV in its epilogue, ``OVERLAP`` (off: no faster) runs the dK kernel beside the signal's
+backward on a side stream; measured 0.81x (16K) / 0.81-0.82x (4K) the notebook's time. Alternatives kept, tested and swept (slower there):
 ``grouped`` dK (the group's V columns resident, one dot over G*dv), ``BWD_MODE="merged"`` (dV, dK
 and dQ in one kernel per key block and head group), 4-head groups and 256 x 128 dK tiles over 16
 warps.
@@ -658,13 +661,20 @@ LEAN_MAX_WIDTH = 128
 # T=16K within noise of two nodes (12.68 vs 12.70 ms), at T=4K slower (1.56 vs 1.44 ms: the nested
 # autograd call's host time) and +64 MiB peak at 16K (dN lives through the signal's backward).
 # ZERO_IN_FWD: the noise forward zeroes the backward's float32 workspace (dQ2/dK2 atomics, dlam) in its
-# epilogue (False: a memset in the backward).
+# epilogue (False: a memset in the backward; heads wider than LEAN_MAX_WIDTH keep the memset). Measured
+# (two device calls, 5 rounds each): T=4K 0.810x / 0.819x vs 0.824x / 0.827x with the memset (one launch
+# and its host time fewer), T=16K 0.815x / 0.816x vs 0.812x / 0.819x (within noise).
 FUSE_SIGNAL = os.environ.get("ATTNLAB_NOISE_FUSE", "0") == "1"
 ZERO_IN_FWD = os.environ.get("ATTNLAB_NOISE_ZERO", "1") == "1"
 # OVERLAP (with FUSE_SIGNAL, CUDA): the noise preprocess and dK/dQ kernel run on a side stream during the
 # signal's SDPA backward (to fill each other's tails); the dV kernel follows both on the main stream.
 # Measured no faster (16K: 12.82 vs 12.68 ms fused without it).
 OVERLAP = os.environ.get("ATTNLAB_NOISE_OVERLAP", "0") == "1"
+
+
+def _zero_in_fwd(q2, v) -> bool:
+    """ZERO_IN_FWD where it was GPU-tested: heads up to LEAN_MAX_WIDTH wide (wider: the memset)."""
+    return ZERO_IN_FWD and max(q2.shape[-1], v.shape[-1]) <= LEAN_MAX_WIDTH
 
 
 def _dk_mode(d: int, dv: int) -> str:
@@ -984,7 +994,7 @@ class _NoiseOnce(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, a, q2, k2, v, lam, scale):
-        zero = ZERO_IN_FWD and any(ctx.needs_input_grad)
+        zero = _zero_in_fwd(q2, v) and any(ctx.needs_input_grad)
         out, saved, key, ws32 = _noise_forward(a, q2, k2, v, lam, scale, zero)
         ctx.save_for_backward(*saved)
         ctx.scale, ctx.combine, ctx.key, ctx.ws32 = scale, a is not None, key, ws32
@@ -1009,7 +1019,7 @@ class _CMDFused(torch.autograd.Function):
     def forward(ctx, q1, k1, q2, k2, v, lam, scale1, scale2):
         need = ctx.needs_input_grad
         a, sig = _signal(q1, k1, v, scale1, (need[0], need[1], need[4]))
-        zero = ZERO_IN_FWD and any(need)
+        zero = _zero_in_fwd(q2, v) and any(need)
         out, saved, key, ws32 = _noise_forward(a.detach(), q2, k2, v, lam, scale2, zero)
         ctx.save_for_backward(*saved, q1, k1)
         ctx.scale, ctx.scale1, ctx.key, ctx.ws32, ctx.sig = scale2, scale1, key, ws32, (a, sig)
