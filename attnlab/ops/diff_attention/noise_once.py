@@ -813,7 +813,6 @@ def _bwd_body(go, dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dqk16, dvo, t
     h, dv = v.shape[1], v.shape[-1]
     hs, split = cfg
     btd = b * t * d
-    dq32, dk32, dlam = ws32[:btd], ws32[btd:2 * btd], ws32[2 * btd:]
     if part & 1:
         _bwd_part1(go, dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dvo, tbl, scale, combine, merged, cfg)
     if part & 2 and not merged:
