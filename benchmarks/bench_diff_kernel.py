@@ -128,33 +128,47 @@ SWEEP_NOISE = {  # noise_once.py: fwd/dv (BM, BN, G, warps, stages, major),
 
 
 class NoiseState:
-    """A noise-once variant of this tree: DK_MODE and launch configs held for a whole fwd+bwd (the
-    backward reads them too), e.g. NoiseState(NO, "loop") = session 5's dK kernel in this tree."""
+    """A noise-once variant of this tree: DK_MODE, module flags (FUSE_SIGNAL, ZERO_IN_FWD, BWD_MODE) and
+    launch configs held for a whole fwd+bwd (the backward reads them too), e.g. NoiseState(NO, "loop") =
+    session 5's dK kernel in this tree."""
 
-    def __init__(self, NO, mode=None, **configs):
+    FLAGS = ("DK_MODE", "FUSE_SIGNAL", "ZERO_IN_FWD", "OVERLAP", "BWD_MODE")
+
+    def __init__(self, NO, mode=None, flags=None, **configs):
         self.NO, self.mode, self.configs = NO, mode, configs
+        self.flags = dict(flags or {})
+        if mode:
+            self.flags["DK_MODE"] = mode
 
     def __enter__(self):
-        self.saved = self.NO.DK_MODE, dict(self.NO.CONFIGS)
-        if self.mode:
-            self.NO.DK_MODE = self.mode
+        self.saved = {f: getattr(self.NO, f) for f in self.FLAGS if hasattr(self.NO, f)}, dict(self.NO.CONFIGS)
+        for f, val in self.flags.items():
+            setattr(self.NO, f, val)
         self.NO.CONFIGS.update(self.configs)
 
     def __exit__(self, *exc):
-        self.NO.DK_MODE = self.saved[0]
+        for f, val in self.saved[0].items():
+            setattr(self.NO, f, val)
         self.NO.CONFIGS.clear()
         self.NO.CONFIGS.update(self.saved[1])
 
 
 def parse_noise_variant(NO, spec):
-    """"label=MODE" or "label=MODE:lean=[...]" (JSON list) -> (label, NoiseState)."""
+    """"label=MODE[:name=JSON]..." -> (label, NoiseState): MODE a DK_MODE (or empty: the default);
+    name a key of CONFIGS (a JSON list: its launch config) or a module flag (FUSE_SIGNAL, ZERO_IN_FWD:
+    JSON true/false; BWD_MODE: a JSON string)."""
     label, _, rest = spec.partition("=")
-    mode, _, cfg = rest.partition(":")
-    configs = {}
-    if cfg:
-        name, _, val = cfg.partition("=")
-        configs[name] = tuple(json.loads(val))
-    return label, NoiseState(NO, mode or None, **configs)
+    mode, *parts = rest.split(":")
+    configs, flags = {}, {}
+    for part in parts:
+        name, _, val = part.partition("=")
+        if name in NO.CONFIGS:
+            configs[name] = tuple(json.loads(val))
+        elif name in NoiseState.FLAGS:
+            flags[name] = json.loads(val)
+        else:
+            raise ValueError(f"--noise-variants: unknown field {name!r} in {spec!r}")
+    return label, NoiseState(NO, mode or None, flags, **configs)
 
 
 def sweep_noise(NO, b, h, t, d, dtype, device, warmup, repeats):
@@ -395,8 +409,9 @@ def main(argv=None):
                     help="time fwd+bwd of every variant this many times round robin; rows give the median "
                          "and the spread (fwd, memory, host from the first round)")
     ap.add_argument("--noise-variants", nargs="*", default=[],
-                    help='more noise-once variants of this tree, "label=MODE[:lean=JSON]", e.g. '
-                         '"loop dK=loop" or "lean nt1=lean:lean=[128,128,1,8,3,8,64,1,false,false]"')
+                    help='more noise-once variants of this tree, "label=MODE[:name=JSON]...", e.g. '
+                         '"loop dK=loop", "lean nt1=lean:lean=[128,128,1,8,3,8,64,1,false,false]" or '
+                         '"two nodes=:FUSE_SIGNAL=false:ZERO_IN_FWD=false"')
     ap.add_argument("--skip-fused", action="store_true", help="leave out the generic fused kernel (sessions 1-3)")
     ap.add_argument("--quick", action="store_true", help="tiny CPU smoke run")
     ap.add_argument("--name", default="bench_diff_kernel")

@@ -124,6 +124,16 @@ def test_dk_mode_keeps_session_5_kernel_for_wide_heads(monkeypatch):
     _check((1, 3, 29, 16, 16, 20), torch.float32, TOL32, TOL32)
 
 
+def test_zero_in_fwd_only_up_to_the_tested_width(monkeypatch):
+    """The forward kernel zeroes the backward's workspace for heads up to LEAN_MAX_WIDTH; wider heads
+    keep the memset (not GPU-tested with the zeroing epilogue)."""
+    monkeypatch.setattr(NO, "ZERO_IN_FWD", True)
+    x = lambda d: torch.empty(1, 4, d)  # noqa: E731
+    assert NO._zero_in_fwd(x(128), x(128)) and not NO._zero_in_fwd(x(128), x(256))
+    monkeypatch.setattr(NO, "ZERO_IN_FWD", False)
+    assert not NO._zero_in_fwd(x(64), x(64))
+
+
 def test_dk_table_covers_every_pair_once():
     """The dK kernel's program table: each (key block, chunk) pair with work exactly once, any order."""
     for t, bn, chunk in ((45, 16, 32), (4096, 128, 256), (1000, 64, 64)):
@@ -134,9 +144,12 @@ def test_dk_table_covers_every_pair_once():
             assert len(got) == len(want) and {tuple(p) for p in got} == want
 
 
-def test_noise_once_backward_twice_and_lam_without_grad():
+@pytest.mark.parametrize("fuse", [False, True])
+def test_noise_once_backward_twice_and_lam_without_grad(monkeypatch, fuse):
     """The backward's float32 workspace (dQ2/dK2 atomics, dlam) is fresh per call: a second backward
-    through the same graph gives the same gradients; lam without grad works."""
+    through the same graph gives the same gradients (the fused node records its signal stream again);
+    lam without grad works."""
+    monkeypatch.setattr(NO, "FUSE_SIGNAL", fuse)
     ins = _inputs(1, 3, 23, 16, 16, 16, torch.float32)
     out = NO.cmd_attention_noise_once(*ins)
     g = torch.randn_like(out)
@@ -151,6 +164,40 @@ def test_noise_once_backward_twice_and_lam_without_grad():
     want = torch.autograd.grad(ref, ins[:-1], g)
     for x, y in zip(got, want):
         assert rel_err(x, y) <= TOL32
+
+
+@pytest.mark.parametrize("fuse,zero,merged", [(True, True, False), (False, True, False), (True, False, False),
+                                              (False, False, False), (True, True, True)])
+def test_noise_once_fused_signal_and_zeroing(monkeypatch, fuse, zero, merged):
+    """Session 6b: the op as one autograd node (signal backward first, the noise dV added in the dV
+    kernel's epilogue), the workspace zeroed by the forward kernel, and each off; the merged backward
+    (no epilogue add: a torch sum) too."""
+    monkeypatch.setattr(NO, "OVERLAP", True)  # a CUDA-only option: ignored here
+    monkeypatch.setattr(NO, "FUSE_SIGNAL", fuse)
+    monkeypatch.setattr(NO, "ZERO_IN_FWD", zero)
+    if merged:
+        monkeypatch.setattr(NO, "BWD_MODE", "merged")
+    _check((2, 3, 21, 16, 16, 16), torch.float32, TOL32, TOL32)
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+def test_noise_once_fused_signal_partial_grads(monkeypatch, fuse):
+    """Only some inputs requiring grad (q1 / v frozen), and under no_grad, with the op as one autograd
+    node (the signal recorded on the inputs that need a gradient) or two."""
+    monkeypatch.setattr(NO, "FUSE_SIGNAL", fuse)
+    ins = _inputs(1, 2, 19, 16, 16, 16, torch.float32)
+    q1, k1, q2, k2, v, lam = ins
+    for frozen in ("q1", "v", "q1v"):
+        xs = [x.detach() if (n in frozen and n in ("q1", "v")) else x for n, x in zip(NAMES, ins)]
+        out = NO.cmd_attention_noise_once(*xs)
+        ref = diff_attention_reference(*xs)
+        assert rel_err(out, ref) <= TOL32
+        live = [x for x in xs if x.requires_grad]
+        g = torch.randn_like(ref)
+        for x, y in zip(torch.autograd.grad(out, live, g), torch.autograd.grad(ref, live, g)):
+            assert rel_err(x, y) <= TOL32
+    with torch.no_grad():
+        assert rel_err(NO.cmd_attention_noise_once(*ins), diff_attention_reference(*ins)) <= TOL32
 
 
 def test_noise_once_fp16():
@@ -220,7 +267,11 @@ GPU_DK = {"default": None, "grouped": (64, 64, 2, 512, 4, 2, True), "session-4-d
               "nt1-4-stages": (128, 128, 1, 8, 4, 8, 64, 1, False, False),
               "nt2-early-k-acc": (128, 128, 2, 8, 3, 8, 64, 1, True, True),
               "nt2-kc32-split2": (128, 128, 2, 8, 4, 4, 32, 2, False, False)}.items()},
-          "tma-nt1-odd-length": ("tma", (128, 128, 1, 8, 3, 8, 64, 1, False, False))}
+          "tma-nt1-odd-length": ("tma", (128, 128, 1, 8, 3, 8, 64, 1, False, False)),
+          # session 6b: module flags (the op as two autograd nodes / the memset in the backward / the
+          # preprocess and dK kernel on a side stream during the signal's backward)
+          "two-nodes": {"FUSE_SIGNAL": False, "ZERO_IN_FWD": False}, "memset": {"ZERO_IN_FWD": False},
+          "fused": {"FUSE_SIGNAL": True}, "overlap": {"FUSE_SIGNAL": True, "OVERLAP": True}}
 
 
 @pytest.mark.gpu
@@ -228,7 +279,10 @@ GPU_DK = {"default": None, "grouped": (64, 64, 2, 512, 4, 2, True), "session-4-d
 def test_noise_once_variants_bf16_gpu(monkeypatch, variant):
     """The other launch configurations the benchmark sweeps (grouped dK, session 4's dK, contraction
     chunks, groups of 4 heads over 16 warps, the merged backward), bf16."""
-    if GPU_DK[variant] == "merged":
+    if isinstance(GPU_DK[variant], dict):
+        for name, val in GPU_DK[variant].items():
+            monkeypatch.setattr(NO, name, val)
+    elif GPU_DK[variant] == "merged":
         monkeypatch.setattr(NO, "BWD_MODE", "merged")
     elif GPU_DK[variant] == "dv":
         monkeypatch.setitem(NO.CONFIGS, "dv", (32, 128, 2, 8, 2))
@@ -364,9 +418,10 @@ def test_noise_once_replay_passes_the_slow_paths_arguments(monkeypatch, combine)
     assert len(roots) == 2
     replayed = list(log)
     log.clear()
-    NO._fwd_body(K._Recorder(False), *roots[0], scale, combine)
+    NO._fwd_body(K._Recorder(False), *roots[0], scale, combine, NO.ZERO_IN_FWD)
     hs, split, _ = NO._bwd_plan(h, d, d)
-    NO._bwd_body(K._Recorder(False), *roots[1], scale, combine, False, (hs, split))
+    add = combine and NO.FUSE_SIGNAL  # the signal's dV is added in the dV kernel's epilogue
+    NO._bwd_body(K._Recorder(False), *roots[1], scale, combine, False, (hs, split), add)
     assert len(log) == len(replayed)
     for (_, name, grid, args), (_, name2, grid2, args2) in zip(log, replayed):
         assert (name, grid) == (name2, grid2)

@@ -36,7 +36,10 @@ median of 5 rounds): 0.80x (T=4K) and 0.81x (T=16K) the notebook's time (session
 same run: 0.81x / 0.83x), 0.76x its peak memory. The forward and dV kernels run at about 90% of cuDNN's
 rate per unit of work; the dK/dQ kernel (1.68 ms at 16K, session 5's 2.02) at ~65% (latency at its
 pipeline's barriers, not L2 bandwidth: Nsight Compute, L2 51% busy). The four launches go through
-latent.py's launch replay. Alternatives kept, tested and swept (slower there):
+latent.py's launch replay. Session 6b: the forward zeroes the backward's float32 workspace (no memset);
+``FUSE_SIGNAL`` (off: no faster at 16K, slower at 4K) makes the op one autograd node whose dV kernel adds
+the signal's dV in its epilogue, ``OVERLAP`` (off: no faster) runs the dK kernel beside the signal's
+backward on a side stream; measured 0.81x (16K) / 0.81-0.82x (4K) the notebook's time. Alternatives kept, tested and swept (slower there):
 ``grouped`` dK (the group's V columns resident, one dot over G*dv), ``BWD_MODE="merged"`` (dV, dK
 and dQ in one kernel per key block and head group), 4-head groups and 256 x 128 dK tiles over 16
 warps.
@@ -86,14 +89,16 @@ def _fwd_step(q, k_base, skt, v_base, svt, vcol, cmask, start_n, offs_m, T, m, l
 
 
 @triton.jit
-def _noise_fwd_kernel(Q, K, V, A, LAM, O, N, LSE,
+def _noise_fwd_kernel(Q, K, V, A, LAM, O, N, LSE, WS,
                       sqb, sqt, skb, skt, svb, svh, svt, sab, sah, sat, sob, soh, sot, snb, snh, snt,
-                      H, NG, T, qk,
+                      H, NG, T, BTD, qk,
                       D: tl.constexpr, BD: tl.constexpr, DV: tl.constexpr, BDV: tl.constexpr,
                       G: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, COMBINE: tl.constexpr,
-                      MAJOR: tl.constexpr):
+                      MAJOR: tl.constexpr, ZERO: tl.constexpr):
     """Program = (query block, batch x group of G heads). acc [BM, G*BDV] holds the group's
-    value columns; the noise scores and softmax state are computed once for the group."""
+    value columns; the noise scores and softmax state are computed once for the group.
+    ZERO: the first group's programs also zero their rows of the backward's float32 workspace WS
+    (dQ2 [B, T, D], dK2 [B, T, D], then dlam [H]: atomics targets), instead of a memset there."""
     # the longest (last) query blocks first; MAJOR: the grid is (groups, blocks), so the programs
     # start in order of length over all groups (longest processing time first)
     if MAJOR:
@@ -135,6 +140,18 @@ def _noise_fwd_kernel(Q, K, V, A, LAM, O, N, LSE,
                  mask=omask)
     if h0 == 0:  # one log-sum-exp per (batch, row), log2 units
         tl.store(LSE + b * T + offs_m, m + tl.math.log2(l), mask=rmask)
+        if ZERO:
+            offs_d = tl.arange(0, BD)
+            idx = (b * T + offs_m[:, None]) * D + offs_d[None, :]
+            zmask = rmask[:, None] & (offs_d < D)[None, :]
+            zero = tl.zeros([BM, BD], tl.float32)
+            tl.store(WS + idx, zero, mask=zmask)
+            tl.store(WS + BTD + idx, zero, mask=zmask)
+            if pid_m == 0:
+                if b == 0:
+                    for i in range(0, H, 16):
+                        offs_h = i + tl.arange(0, 16)
+                        tl.store(WS + 2 * BTD + offs_h, tl.zeros([16], tl.float32), mask=offs_h < H)
 
 
 @triton.jit
@@ -187,12 +204,14 @@ def _noise_bwd_dv_kernel(Q, K, DN, LSE, DVO, DQK, DQK16,
                          H, NG, T, BTD, qk,
                          D: tl.constexpr, BD: tl.constexpr, DV: tl.constexpr, BDV: tl.constexpr,
                          G: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, CAST: tl.constexpr,
-                         MAJOR: tl.constexpr):
+                         MAJOR: tl.constexpr, ADD: tl.constexpr):
     """Program = (key block, batch x group of G heads): dV_h = P2^T dN_h for the group's heads,
     P2 recomputed once per group. dN is [B, H, T, DV] contiguous. CAST: the first group's programs
     also convert their key block's rows of the float32 dQ2/dK2 (DQK [2, B, T, D], complete: the
     dK/dQ kernel ran before on the stream) to the output dtype (DQK16), instead of a torch cast.
-    MAJOR: the grid is (groups, key blocks): the first (longest) key block of every group first."""
+    MAJOR: the grid is (groups, key blocks): the first (longest) key block of every group first.
+    ADD: DVO holds the signal stream's dV on entry (its backward ran first); the program adds its
+    tile in place (the final dV written once, no torch sum of the two streams' dV)."""
     if MAJOR:
         pid_n = tl.program_id(1)
         bg = tl.program_id(0)
@@ -217,8 +236,11 @@ def _noise_bwd_dv_kernel(Q, K, DN, LSE, DVO, DQK, DQK16,
         acc = _dv_step(k, acc, q_base, sqt, dn_base, col, cmask, lse_b, start_m, offs_n, T, qk, D, BD, DV, BM, True)
     for start_m in range(start_n + BN, T, BM):
         acc = _dv_step(k, acc, q_base, sqt, dn_base, col, cmask, lse_b, start_m, offs_n, T, qk, D, BD, DV, BM, False)
-    tl.store(DVO + b * sdvb + offs_n[:, None] * sdvt + (ch * sdvh + cd)[None, :], acc.to(DVO.dtype.element_ty),
-             mask=(offs_n < T)[:, None] & cmask[None, :])
+    dv_ptrs = DVO + b * sdvb + offs_n[:, None] * sdvt + (ch * sdvh + cd)[None, :]
+    dv_mask = (offs_n < T)[:, None] & cmask[None, :]
+    if ADD:
+        acc += tl.load(dv_ptrs, mask=dv_mask, other=0.0).to(tl.float32)
+    tl.store(dv_ptrs, acc.to(DVO.dtype.element_ty), mask=dv_mask)
     if CAST:
         if h0 == 0:
             offs_d = tl.arange(0, BD)
@@ -633,6 +655,28 @@ DK_MODE = os.environ.get("ATTNLAB_NOISE_DK", "lean")
 LEAN_MAX_WIDTH = 128
 
 
+# FUSE_SIGNAL: cmd_attention_noise_once is one autograd node (``_CMDFused``): the signal's SDPA backward
+# runs first and the noise dV kernel adds into its dV (False, the default: SDPA and the noise stream as two
+# nodes, autograd sums the two dV tensors). Measured (session 6b, H100, benchmarks/results/s6b_cmd/): at
+# T=16K within noise of two nodes (12.68 vs 12.70 ms), at T=4K slower (1.56 vs 1.44 ms: the nested
+# autograd call's host time) and +64 MiB peak at 16K (dN lives through the signal's backward).
+# ZERO_IN_FWD: the noise forward zeroes the backward's float32 workspace (dQ2/dK2 atomics, dlam) in its
+# epilogue (False: a memset in the backward; heads wider than LEAN_MAX_WIDTH keep the memset). Measured
+# (two device calls, 5 rounds each): T=4K 0.810x / 0.819x vs 0.824x / 0.827x with the memset (one launch
+# and its host time fewer), T=16K 0.815x / 0.816x vs 0.812x / 0.819x (within noise).
+FUSE_SIGNAL = os.environ.get("ATTNLAB_NOISE_FUSE", "0") == "1"
+ZERO_IN_FWD = os.environ.get("ATTNLAB_NOISE_ZERO", "1") == "1"
+# OVERLAP (with FUSE_SIGNAL, CUDA): the noise preprocess and dK/dQ kernel run on a side stream during the
+# signal's SDPA backward (to fill each other's tails); the dV kernel follows both on the main stream.
+# Measured no faster (16K: 12.82 vs 12.68 ms fused without it).
+OVERLAP = os.environ.get("ATTNLAB_NOISE_OVERLAP", "0") == "1"
+
+
+def _zero_in_fwd(q2, v) -> bool:
+    """ZERO_IN_FWD where it was GPU-tested: heads up to LEAN_MAX_WIDTH wide (wider: the memset)."""
+    return ZERO_IN_FWD and max(q2.shape[-1], v.shape[-1]) <= LEAN_MAX_WIDTH
+
+
 def _dk_mode(d: int, dv: int) -> str:
     """The dK/dQ kernel the backward takes for these head dims."""
     if DK_MODE in ("lean", "tma") and max(d, dv) > LEAN_MAX_WIDTH:
@@ -714,16 +758,16 @@ def _fit(go, kernel, grid, args, num_warps, num_stages, **opts):
 # shape records its launches, later calls replay them into the compiled kernels' launchers with the
 # new data pointers (no Triton argument binding; see latent.py). The bodies below are the slow path.
 
-def _fwd_body(go, q2, k2, v, aa, lam32, out, n, lse, scale, combine):
+def _fwd_body(go, q2, k2, v, aa, lam32, out, n, lse, ws32, scale, combine, zero):
     b, t, d = q2.shape
     h, dv = v.shape[1], v.shape[-1]
     bm, bn, g, w, s, major = _config("fwd", h, dv)
     ng = triton.cdiv(h, g)
     grid = (b * ng, triton.cdiv(t, bm)) if major else (triton.cdiv(t, bm), b * ng)
     _fit(go, _noise_fwd_kernel, grid,
-       (q2, k2, v, aa, lam32, out, n, lse,
+       (q2, k2, v, aa, lam32, out, n, lse, ws32,
         q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), *_vstr(v), *_vstr(aa), *_vstr(out), *_vstr(n),
-        h, ng, t, scale * LOG2E, d, _pow2(d), dv, _pow2(dv), g, bm, bn, combine, bool(major)), w, s)
+        h, ng, t, b * t * d, scale * LOG2E, d, _pow2(d), dv, _pow2(dv), g, bm, bn, combine, bool(major), zero), w, s)
 
 
 def _tma_ok(v, dn, kc) -> bool:
@@ -762,7 +806,25 @@ def _dk_loop(go, q2, k2, v, dn, lse, delta, dk32, dq32, tbl, h, hs, split, t, d,
         grouped, hs if grouped else 1, late, kc), w, s)
 
 
-def _bwd_body(go, dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dqk16, dvo, tbl, scale, combine, merged, cfg):
+def _bwd_body(go, dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dqk16, dvo, tbl, scale, combine, merged, cfg,
+              add, part=3):
+    """part: 1 = the preprocess and the dK/dQ kernel (or the merged kernel), 2 = the dV kernel, 3 = all."""
+    b, t, d = q2.shape
+    h, dv = v.shape[1], v.shape[-1]
+    hs, split = cfg
+    btd = b * t * d
+    if part & 1:
+        _bwd_part1(go, dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dvo, tbl, scale, combine, merged, cfg)
+    if part & 2 and not merged:
+        bm, bn, g, w, s, major = _config("dv", h, dv)
+        ng = triton.cdiv(h, g)
+        grid = (b * ng, triton.cdiv(t, bn)) if major else (triton.cdiv(t, bn), b * ng)
+        _fit(go, _noise_bwd_dv_kernel, grid,
+           (q2, k2, dn, lse, dvo, ws32, dqk16, q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), *_vstr(dvo),
+            h, ng, t, btd, scale * LOG2E, d, _pow2(d), dv, _pow2(dv), g, bm, bn, True, bool(major), add), w, s)
+
+
+def _bwd_part1(go, dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dvo, tbl, scale, combine, merged, cfg):
     b, t, d = q2.shape
     h, dv = v.shape[1], v.shape[-1]
     hs, split = cfg
@@ -797,12 +859,6 @@ def _bwd_body(go, dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dqk16, dvo, t
                 bool(acc)), w, s, **opts)
     else:
         _dk_loop(go, q2, k2, v, dn, lse, delta, dk32, dq32, tbl, h, hs, split, t, d, dv, scale)
-    bm, bn, g, w, s, major = _config("dv", h, dv)
-    ng = triton.cdiv(h, g)
-    grid = (b * ng, triton.cdiv(t, bn)) if major else (triton.cdiv(t, bn), b * ng)
-    _fit(go, _noise_bwd_dv_kernel, grid,
-       (q2, k2, dn, lse, dvo, ws32, dqk16, q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), *_vstr(dvo),
-        h, ng, t, btd, scale * LOG2E, d, _pow2(d), dv, _pow2(dv), g, bm, bn, True, bool(major)), w, s)
 
 
 def _bwd_plan(h, dv, d):
@@ -820,78 +876,186 @@ def _bwd_plan(h, dv, d):
     return hs, triton.cdiv(h, hs), (bn, chunk, order)
 
 
+def _noise_forward(a, q2, k2, v, lam, scale, zero):
+    """The noise stream's forward: a - lam N (a given) or N. zero: also return the backward's float32
+    workspace, zeroed by the forward kernel. Returns (out, saved tensors, replay key, workspace)."""
+    from .latent import _launch, _sharing
+
+    combine = a is not None
+    b, t, d = q2.shape
+    h, dv = v.shape[1], v.shape[-1]
+    if q2.stride(-1) != 1:
+        q2 = q2.contiguous()
+    if k2.stride(-1) != 1:
+        k2 = k2.contiguous()
+    if v.stride(-1) != 1:
+        v = v.contiguous()
+    dev = v.device
+    if combine:
+        lam32 = lam.detach()
+        if lam32.dtype != torch.float32 or lam32.stride(0) != 1:
+            lam32 = lam32.float().contiguous()
+    else:
+        lam32 = torch.zeros(1, device=dev)
+    n = torch.empty(b, h, t, dv, device=dev, dtype=v.dtype)
+    lse = torch.empty(b, t, device=dev, dtype=torch.float32)
+    ws32 = torch.empty(2 * b * t * d + h, device=dev, dtype=torch.float32) if zero else lse
+    if combine:
+        if a.stride(-1) != 1:
+            a = a.contiguous()
+        out = torch.empty(b, h, t, dv, device=dev, dtype=a.dtype)
+    else:
+        a = out = n
+    roots = (q2, k2, v, a, lam32, out, n, lse, ws32)
+    key = (q2.shape, q2.stride(), k2.stride(), v.shape, v.stride(), a.stride(), q2.dtype, k2.dtype, v.dtype,
+           a.dtype, dev, _align(q2), _align(k2), _align(v), _align(a), _align(lam32), scale, combine, zero,
+           CONFIGS["fwd"], _sharing(roots))
+    _launch(key, roots, _fwd_body, scale, combine, zero)
+    return out, (q2, k2, v, lam32, n, lse), key, (ws32 if zero else None)
+
+
+_SIDE: dict = {}
+
+
+def _side_stream(dev):
+    st = _SIDE.get(dev)
+    if st is None:
+        st = _SIDE[dev] = torch.cuda.Stream(device=dev)
+    return st
+
+
+def _noise_backward(saved, key, scale, combine, dout, ws32, signal=None):
+    """The noise stream's backward: (dq2, dk2, dv, dlam, signal's result). ws32: the zeroed float32
+    workspace from the forward (None: zeroed here). signal: a callable run before the noise kernels
+    that returns (dq1, dk1, dv1) of the signal stream; the noise dV is added to dv1 in place by the dV
+    kernel's epilogue (the returned dv is then that tensor). With ``OVERLAP`` (CUDA), the preprocess
+    and the dK/dQ kernel run on a side stream while the signal's backward runs."""
+    from .latent import _launch, _sharing
+
+    q2, k2, v, lam32, n, lse = saved
+    b, t, d = q2.shape
+    h, dv = v.shape[1], v.shape[-1]
+    if dout.stride(-1) != 1:
+        dout = dout.contiguous()
+    dev = v.device
+    merged = BWD_MODE == "merged"
+    hs, split, tb = _bwd_plan(h, dv, d)
+    if _dk_mode(d, dv) == "tma" and not merged and not _interpret():
+        _ensure_allocator()
+    tbl = _dk_table(t, *tb, dev) if tb else lse  # lse: unused (merged)
+    dn = torch.empty(b, h, t, dv, device=dev, dtype=v.dtype)
+    delta = torch.empty(b, split, t, device=dev, dtype=torch.float32)
+    btd = b * t * d
+    if ws32 is None:
+        ws32 = torch.zeros(2 * btd + h, device=dev, dtype=torch.float32)  # dQ2, dK2 (atomics), dlam
+    dqk16 = torch.empty(2, b, t, d, device=dev, dtype=q2.dtype)  # written by the dV kernel (split)
+    overlap = OVERLAP and signal is not None and not merged and dev.type == "cuda" and not _interpret()
+    g1 = (None, None, None)
+    if overlap:  # every buffer is allocated above on the main stream, which waits for the side one below
+        side = _side_stream(dev)
+        main = torch.cuda.current_stream(dev)
+        side.wait_stream(main)
+    elif signal is not None:
+        g1 = signal()
+    dv_signal = g1[2]
+
+    def roots_key(dvo, add):
+        roots = (dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dqk16, dvo, tbl)
+        return roots, (key, dout.stride(), _align(dout), BWD_MODE, _dk_mode(d, dv), CONFIGS["dk"], CONFIGS["lean"],
+                       CONFIGS["dv"], CONFIGS["merged"], add, dvo.stride(), _align(dvo), _sharing(roots))
+
+    if overlap:
+        roots, k1 = roots_key(dn, False)  # dvo unused by part 1
+        with torch.cuda.stream(side):
+            _launch(k1 + ("part1",), roots, _bwd_body, scale, combine, merged, (hs, split), False, 1)
+        g1 = signal()
+        dv_signal = g1[2]
+        main.wait_stream(side)
+    add = (dv_signal is not None and not merged and dv_signal.dtype == v.dtype and dv_signal.shape == v.shape
+           and dv_signal.stride(-1) == 1)
+    dvo = dv_signal if add else torch.empty(b, h, t, dv, device=dev, dtype=v.dtype)
+    roots, k2_ = roots_key(dvo, add)
+    if overlap:
+        _launch(k2_ + ("part2",), roots, _bwd_body, scale, combine, merged, (hs, split), add, 2)
+    else:
+        _launch(k2_, roots, _bwd_body, scale, combine, merged, (hs, split), add)
+    if merged:
+        dqk16 = ws32[:2 * btd].view(2, b, t, d).to(q2.dtype)
+    if dv_signal is not None and not add:
+        dvo = dvo + dv_signal
+    dlam = ws32[2 * btd:] if combine else None
+    return dqk16[0], dqk16[1], dvo, dlam, g1
+
+
 class _NoiseOnce(torch.autograd.Function):
     """a (signal output or None), q2 [B, T, D], k2 [B, T, D], v [B, H, T, DV], lam [H] ->
     a - lam N (combine) or N."""
 
     @staticmethod
     def forward(ctx, a, q2, k2, v, lam, scale):
-        from .latent import _launch, _sharing
-
-        combine = a is not None
-        b, t, d = q2.shape
-        h, dv = v.shape[1], v.shape[-1]
-        if q2.stride(-1) != 1:
-            q2 = q2.contiguous()
-        if k2.stride(-1) != 1:
-            k2 = k2.contiguous()
-        if v.stride(-1) != 1:
-            v = v.contiguous()
-        dev = v.device
-        if combine:
-            lam32 = lam.detach()
-            if lam32.dtype != torch.float32 or lam32.stride(0) != 1:
-                lam32 = lam32.float().contiguous()
-        else:
-            lam32 = torch.zeros(1, device=dev)
-        n = torch.empty(b, h, t, dv, device=dev, dtype=v.dtype)
-        lse = torch.empty(b, t, device=dev, dtype=torch.float32)
-        if combine:
-            if a.stride(-1) != 1:
-                a = a.contiguous()
-            out = torch.empty(b, h, t, dv, device=dev, dtype=a.dtype)
-        else:
-            a = out = n
-        roots = (q2, k2, v, a, lam32, out, n, lse)
-        key = (q2.shape, q2.stride(), k2.stride(), v.shape, v.stride(), a.stride(), q2.dtype, k2.dtype, v.dtype,
-               a.dtype, dev, _align(q2), _align(k2), _align(v), _align(a), _align(lam32), scale, combine,
-               CONFIGS["fwd"], _sharing(roots))
-        _launch(key, roots, _fwd_body, scale, combine)
-        ctx.save_for_backward(q2, k2, v, lam32, n, lse)
-        ctx.scale, ctx.combine, ctx.key = scale, combine, key
+        zero = _zero_in_fwd(q2, v) and any(ctx.needs_input_grad)
+        out, saved, key, ws32 = _noise_forward(a, q2, k2, v, lam, scale, zero)
+        ctx.save_for_backward(*saved)
+        ctx.scale, ctx.combine, ctx.key, ctx.ws32 = scale, a is not None, key, ws32
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        from .latent import _launch, _sharing
+        ws32, ctx.ws32 = ctx.ws32, None  # zeroed for ONE backward (a second one zeroes its own)
+        dq2, dk2, dv, dlam, _ = _noise_backward(ctx.saved_tensors, ctx.key, ctx.scale, ctx.combine, dout, ws32)
+        return (dout if ctx.combine else None, dq2, dk2, dv, dlam, None)
 
-        q2, k2, v, lam32, n, lse = ctx.saved_tensors
-        scale, combine = ctx.scale, ctx.combine
-        b, t, d = q2.shape
-        h, dv = v.shape[1], v.shape[-1]
-        if dout.stride(-1) != 1:
-            dout = dout.contiguous()
-        dev = v.device
-        merged = BWD_MODE == "merged"
-        hs, split, tb = _bwd_plan(h, dv, d)
-        if _dk_mode(d, dv) == "tma" and not merged and not _interpret():
-            _ensure_allocator()
-        tbl = _dk_table(t, *tb, dev) if tb else lse  # lse: unused (merged)
-        dn = torch.empty(b, h, t, dv, device=dev, dtype=v.dtype)
-        delta = torch.empty(b, split, t, device=dev, dtype=torch.float32)
-        btd = b * t * d
-        ws32 = torch.zeros(2 * btd + h, device=dev, dtype=torch.float32)  # dQ2, dK2 (atomics), dlam
-        dqk16 = torch.empty(2, b, t, d, device=dev, dtype=q2.dtype)  # written by the dV kernel (split)
-        dvo = torch.empty(b, h, t, dv, device=dev, dtype=v.dtype)
-        roots = (dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dqk16, dvo, tbl)
-        key = (ctx.key, dout.stride(), _align(dout), BWD_MODE, _dk_mode(d, dv), CONFIGS["dk"], CONFIGS["lean"], CONFIGS["dv"],
-               CONFIGS["merged"],
-               _sharing(roots))
-        _launch(key, roots, _bwd_body, scale, combine, merged, (hs, split))
-        if merged:
-            dqk16 = ws32[:2 * btd].view(2, b, t, d).to(q2.dtype)
-        dlam = ws32[2 * btd:] if combine else None
-        return (dout if combine else None, dqk16[0], dqk16[1], dvo, dlam, None)
+
+class _CMDFused(torch.autograd.Function):
+    """The whole CMD op as ONE autograd node (``FUSE_SIGNAL``): the signal stream through SDPA
+    (recorded on detached inputs inside the forward), the noise stream through the kernels above.
+    Its backward runs the signal's SDPA backward first, then the noise backward, whose dV kernel
+    adds the noise dV into the signal's dV tile by tile (no separate sum of the two dV tensors).
+    The recorded signal graph is used once; a second backward through a retained graph records it
+    again from the saved inputs."""
+
+    @staticmethod
+    def forward(ctx, q1, k1, q2, k2, v, lam, scale1, scale2):
+        need = ctx.needs_input_grad
+        a, sig = _signal(q1, k1, v, scale1, (need[0], need[1], need[4]))
+        zero = _zero_in_fwd(q2, v) and any(need)
+        out, saved, key, ws32 = _noise_forward(a.detach(), q2, k2, v, lam, scale2, zero)
+        ctx.save_for_backward(*saved, q1, k1)
+        ctx.scale, ctx.scale1, ctx.key, ctx.ws32, ctx.sig = scale2, scale1, key, ws32, (a, sig)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        saved = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        if ctx.sig is None:  # a second backward (retained graph): record the signal stream again
+            ctx.sig = _signal(saved[6], saved[7], saved[2], ctx.scale1, (need[0], need[1], need[4]))
+        (a, sig), ctx.sig = ctx.sig, None
+
+        def signal():
+            g1 = [None, None, None]
+            if sig is not None:
+                idx = [i for i, x in enumerate(sig) if x.requires_grad]
+                for i, g in zip(idx, torch.autograd.grad(a, [sig[i] for i in idx], dout)):
+                    g1[i] = g
+            return g1
+
+        ws32, ctx.ws32 = ctx.ws32, None  # zeroed for ONE backward (a second one zeroes its own)
+        dq2, dk2, dv, dlam, g1 = _noise_backward(saved[:6], ctx.key, ctx.scale, True, dout, ws32, signal)
+        return g1[0], g1[1], dq2, dk2, dv, dlam, None, None
+
+
+def _signal(q1, k1, v, scale1, need):
+    """The signal stream A = SDPA(q1, k1, v) and, where a gradient is needed, the detached inputs it
+    was recorded on (their graph is A's)."""
+    from ..attention import causal_attention
+
+    if not any(need):
+        with torch.no_grad():
+            return causal_attention(q1, k1, v, scale=scale1), None
+    with torch.enable_grad():
+        sig = tuple(x.detach().requires_grad_(r) for x, r in zip((q1, k1, v), need))
+        return causal_attention(*sig, scale=scale1), sig
 
 
 # ------------------------------------------------------------------------------------------
@@ -934,8 +1098,10 @@ def cmd_attention_noise_once(q1, k1, q2, k2, v, lam, scale1=None, scale2=None):
     _check_dims(q2, v)
     scale1 = q1.shape[-1] ** -0.5 if scale1 is None else float(scale1)
     scale2 = q2.shape[-1] ** -0.5 if scale2 is None else float(scale2)
-    a = causal_attention(q1, k1, v, scale=scale1)
     lam = lam_per_head(lam, h, q1.device)
+    if FUSE_SIGNAL:
+        return _CMDFused.apply(q1, k1, _squeeze_head(q2, "q2"), _squeeze_head(k2, "k2"), v, lam, scale1, scale2)
+    a = causal_attention(q1, k1, v, scale=scale1)
     return _NoiseOnce.apply(a, _squeeze_head(q2, "q2"), _squeeze_head(k2, "k2"), v, lam, scale2)
 
 
