@@ -49,7 +49,7 @@ def main():
     ap.add_argument("--lengths", default="32768,16384,4096")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default=os.environ.get("ATTNLAB_BENCH_DIR", "."))
-    ap.add_argument("--set", default="call1", choices=["call1", "final"])
+    ap.add_argument("--set", default="call1", choices=["call1", "final", "lead"])
     ap.add_argument("--timeline", action="store_true")
     ap.add_argument("--full-from", type=int, default=8192, help="every variant only where T >= this")
     ap.add_argument("--quick", action="store_true", help="tiny CPU smoke run (interpreter), no timing")
@@ -119,6 +119,14 @@ def main():
                 "window_dkdv3": mk(0, None, {"dkdv": (64, 128, 8, 3, 1)}),
                 "combo_dkdv3": mk(n_lm, combo, {"dkdv": (64, 128, 8, 3, 1)}),
                 "window_dkdv64": mk(0, None, {"dkdv": (64, 64, 4, 3, 1)}),
+            }
+        elif args.set == "lead":  # the lead's check: this tree's defaults against flex, window-only, session 5
+            variants = {
+                "flex_window": flex_step,
+                "window": mk(0),
+                "dsalt": mk(n_lm),  # this tree's defaults
+                "tdq": mk(n_lm, trdq),  # session 6 round 1's default
+                "dsalt_s5": mk(n_lm, S5),
             }
         else:
             variants = {
