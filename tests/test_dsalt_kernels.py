@@ -491,6 +491,49 @@ def test_stable_slot_selection_kernel(t, k, block, key32, chunk):
 
 
 @needs_triton
+@pytest.mark.parametrize("t,k,block,key32,chunk", [
+    (50, 6, 16, True, None), (37, 40, 16, False, None), (700, 5, 16, True, None), (300, 40, 16, True, 3),
+    (200, 20, 32, True, None)])
+def test_selection_bulk_merge_equals_insertions(t, k, block, key32, chunk, monkeypatch):
+    """Session 6b: the selection's one-step merge of a block's candidates (OPTS["sel_bulk"] = the
+    fewest candidates that take it: 1 = every inserting block, 3 = a mix of both paths; by sorts
+    where the keys are int32 and the candidates per block as many as the slots, else, and with
+    sel_sorted = 0, by rank matrices) gives the one-by-one insertions' slots exactly (ties, empty
+    slots, int64 keys, the parallel chunks)."""
+    from attnlab.ops.dsalt import kernel
+    from attnlab.ops.dsalt.kernel import _pow2, _select_stable
+
+    e = torch.randn(2, 3, t, device=DEV)
+    e[:, :, 5:9] = e[:, :, 4:5]  # ties in the float16-rounded energy
+    kp = max(16, _pow2(k))
+    want = _select_stable(e, k, kp, block, key32, chunk=chunk)
+    for bulk, srt in ((1, 1), (3, 1), (1, 0)):
+        monkeypatch.setitem(kernel.OPTS, "sel_bulk", bulk)
+        monkeypatch.setitem(kernel.OPTS, "sel_sorted", srt)
+        assert torch.equal(_select_stable(e, k, kp, block, key32, chunk=chunk), want), (bulk, srt)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bulk,warps,srt", [(1, 1, 1), (4, 1, 1), (8, 1, 1), (1, 2, 1), (1, 4, 0), (4, 1, 0)])
+def test_gpu_selection_bulk_merge_long_sequence(bulk, warps, srt, monkeypatch):
+    """The bulk merge at the benchmark's size class (T = 32K and 4K, 64 landmarks, block 64):
+    the serial insertions' slots, bit for bit, with 1, 2 and 4 warps, by sorts and by rank matrices."""
+    from attnlab.ops.dsalt import kernel
+    from attnlab.ops.dsalt.kernel import _select_stable
+
+    for t in (32768, 4096):
+        e = torch.randn(1, 16, t, device="cuda")
+        want = _select_stable(e, 64, 64, 64)
+        monkeypatch.setitem(kernel.OPTS, "sel_bulk", bulk)
+        monkeypatch.setitem(kernel.OPTS, "sel_warps", warps)
+        monkeypatch.setitem(kernel.OPTS, "sel_sorted", srt)
+        got = _select_stable(e, 64, 64, 64)
+        monkeypatch.setitem(kernel.OPTS, "sel_bulk", 0)
+        monkeypatch.setitem(kernel.OPTS, "sel_warps", 1)
+        assert torch.equal(got, want), t
+
+
+@needs_triton
 def test_triton_fallback_selection_path(monkeypatch):
     """Without the stable-slot kernel (torch scan + sort-based accumulation): same results."""
     from attnlab.ops.dsalt import kernel
