@@ -15,7 +15,7 @@ if [ "$SET" = call1 ]; then  # first, alone (not beside the timings)
   timeout "$TS" $P tests/test_dsalt_kernels.py -k "bulk" > "$OUT/tests_bulk.log" 2>&1
 fi
 echo "== A/B $SET (t=$(( $(date +%s)-T0 ))s)"
-timeout "$BS" python benchmarks/device_runs/dsalt_s6b_ab.py --set "$SET" --lengths 32768,16384,4096 --rounds 3 \
+timeout "$BS" python benchmarks/device_runs/dsalt_s6b_ab.py --set "$SET" --lengths 32768,16384,4096 --rounds "${ROUNDS:-3}" \
   --timeline --out "$OUT"
 echo "== A/B rc=$? (t=$(( $(date +%s)-T0 ))s)"
 if [ "$SET" = final ]; then
@@ -31,3 +31,8 @@ for f in "$OUT"/tests_*.log; do
   echo "== $f"; grep -E "PASSED|FAILED|ERROR|Error|assert|passed|failed|skipped" "$f" | tail -25
 done
 echo "== done (t=$(( $(date +%s)-T0 ))s)"
+if [ "$SET" = final ] && command -v ncu > /dev/null; then  # stall reasons of the serial selection (one launch)
+  timeout 45 ncu --clock-control none --section WarpStateStats --section SourceCounters --section LaunchStats \
+    -k regex:_select_kernel -c 1 python benchmarks/device_runs/dsalt_s6b_ncu.py > "$OUT/ncu_select.txt" 2>&1
+  echo "== ncu rc=$? (t=$(( $(date +%s)-T0 ))s)"; grep -E "Stall|Warp Cycles|Issued|Duration|Registers" "$OUT/ncu_select.txt" | head -30
+fi

@@ -2,9 +2,10 @@
 robin (median of rounds, each the median of 10 CUDA-event timings after 2 warm-ups), host enqueue
 times, peak memory, the selection kernel alone, and the kernel timeline at the longest length.
 
-Variants: flex window-only, attnlab window-only, DSALT with this tree's defaults, and the
-selection's bulk merge (OPTS["sel_bulk"] = the fewest candidates above the set's minimum that take
-the one-step merge; OPTS["sel_warps"]; OPTS["sel_sorted"] 1 = by sorts, 0 = by rank matrices).
+Variants: flex window-only, attnlab window-only, DSALT with this tree's defaults, and (--set
+call1) the selection's bulk merge (OPTS["sel_bulk"] = the fewest candidates above the set's minimum that take
+the one-step merge; OPTS["sel_warps"]; OPTS["sel_sorted"] 1 = by sorts, 0 = by rank matrices), or
+(--set final) the selection on a side stream beside the window forward (OPTS["fwd_split"] = 3).
 
     python benchmarks/device_runs/dsalt_s6b_ab.py --lengths 32768,16384,4096 --rounds 3 --timeline
 """
@@ -100,6 +101,8 @@ def main():
         variants = {"flex_window": flex_step, "window": mk(0), "dsalt": mk(n_lm), "dsalt_seq": mk(n_lm, SEQ)}
         for name, o in cands.items():
             variants[name] = mk(n_lm, o)
+        if args.set == "final":  # the selection beside the window forward (session 6 option), at T >= 8192
+            variants["dsalt_split3"] = mk(n_lm, {"fwd_split": 3})
         sels = {"sel_default": sel(None), "sel_seq": sel(SEQ)}
         for name, o in cands.items():
             sels["sel_" + name] = sel(o)
@@ -147,7 +150,7 @@ def main():
         print(f"  options: {K.OPTS}; autotuned: {K.tuned_configs()}", flush=True)
         if t == max(int(x) for x in args.lengths.split(",")) and args.timeline:
             best = min(cands, key=lambda n: row.get(n, 1e9)) if cands else None
-            for name in ("dsalt_seq", "dsalt", best, "window"):
+            for name in ("dsalt_seq", "dsalt", best, "dsalt_split3", "window"):
                 if name in variants:
                     row["timeline_" + name] = timeline(variants[name], f"{name} T={t}")
         res[t] = row
