@@ -35,7 +35,8 @@ if HAVE_TRITON:
     @triton.jit
     def _insert_seq(cur, cand, offs_k, offs_s, kmin_s):
         """Candidates inserted best first, each replacing the set's minimum (the smallest slot
-        among equal minima): a token keeps its slot from insertion to eviction."""
+        among equal minima): a token keeps its slot from insertion to eviction. Returns the set
+        and its minimum."""
         # two independent value+index reductions per insertion (was argmin, min and max)
         m, am = tl.min(cur, 0, return_indices=True)
         best, bj = tl.max(cand, 0, return_indices=True)
@@ -44,7 +45,7 @@ if HAVE_TRITON:
             cand = tl.where(offs_s == bj, kmin_s, cand)
             m, am = tl.min(cur, 0, return_indices=True)
             best, bj = tl.max(cand, 0, return_indices=True)
-        return cur
+        return cur, m
 
     @triton.jit
     def _bulk_merge(cur, cand, offs_k, offs_s, kmin_s):
@@ -142,11 +143,11 @@ if HAVE_TRITON:
                             cur = _bulk_merge_sorted(cur, cand, offs_k, LOGKP)
                         else:
                             cur = _bulk_merge(cur, cand, offs_k, offs_s, tl.min(kmin, 0))
+                        m = tl.min(cur, 0)
                     else:
-                        cur = _insert_seq(cur, cand, offs_k, offs_s, tl.min(kmin, 0))
+                        cur, m = _insert_seq(cur, cand, offs_k, offs_s, tl.min(kmin, 0))
                 else:
-                    cur = _insert_seq(cur, cand, offs_k, offs_s, tl.min(kmin, 0))
-                m = tl.min(cur, 0)
+                    cur, m = _insert_seq(cur, cand, offs_k, offs_s, tl.min(kmin, 0))
                 r0 = nxt
                 nxt = tl.min(tl.where((bmax > m) & (rows > r0), rows, CB), 0)
             if MODE != 1:
