@@ -5,7 +5,8 @@ times, peak memory, the selection kernel alone, and the kernel timeline at the l
 Variants: flex window-only, attnlab window-only, DSALT with this tree's defaults, and (--set
 call1) the selection's bulk merge (OPTS["sel_bulk"] = the fewest candidates above the set's minimum that take
 the one-step merge; OPTS["sel_warps"]; OPTS["sel_sorted"] 1 = by sorts, 0 = by rank matrices), or
-(--set final) the selection on a side stream beside the window forward (OPTS["fwd_split"] = 3).
+(--set final) the sets stored row by row (OPTS["sel_rowst"]) and the selection on a side stream
+beside the window forward (OPTS["fwd_split"] = 3).
 
     python benchmarks/device_runs/dsalt_s6b_ab.py --lengths 32768,16384,4096 --rounds 3 --timeline
 """
@@ -35,10 +36,14 @@ _s5 = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_s5)
 host_ms, timeline = _s5.host_ms, _s5.timeline
 
-SEQ = {"sel_bulk": 0, "sel_warps": 1, "sel_sorted": 1}
+SEQ = {"sel_bulk": 0, "sel_warps": 1, "sel_sorted": 1, "sel_rowst": 0}
 CANDS = {"bulk1": {"sel_bulk": 1}, "bulk2": {"sel_bulk": 2}, "bulk4": {"sel_bulk": 4}, "bulk8": {"sel_bulk": 8},
          "bulk1_w2": {"sel_bulk": 1, "sel_warps": 2}, "bulk4_mat": {"sel_bulk": 4, "sel_sorted": 0},
          "bulk1_mat_w4": {"sel_bulk": 1, "sel_sorted": 0, "sel_warps": 4}}
+# --set final: the row-by-row set stores (1 / 2 warps), the selection beside the window forward
+# (session-6 option fwd_split 3, where T >= 8192), both
+FINAL = {"rowst": {"sel_rowst": 1}, "rowst_w2": {"sel_rowst": 1, "sel_warps": 2}, "split3": {"fwd_split": 3},
+         "split3_rowst": {"fwd_split": 3, "sel_rowst": 1}}
 
 
 def main():
@@ -58,7 +63,7 @@ def main():
     heads, d, window, n_lm, block = 16, 128, 512, 64, 64
     base_opts = dict(K.OPTS)
     res = {}
-    cands = CANDS if args.set == "call1" else {}
+    cands = CANDS if args.set == "call1" else FINAL
     for t in [int(x) for x in args.lengths.split(",")]:
         torch.manual_seed(0)
         q, k, v = (torch.randn(1, heads, t, d, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
@@ -101,8 +106,6 @@ def main():
         variants = {"flex_window": flex_step, "window": mk(0), "dsalt": mk(n_lm), "dsalt_seq": mk(n_lm, SEQ)}
         for name, o in cands.items():
             variants[name] = mk(n_lm, o)
-        if args.set == "final":  # the selection beside the window forward (session 6 option), at T >= 8192
-            variants["dsalt_split3"] = mk(n_lm, {"fwd_split": 3})
         sels = {"sel_default": sel(None), "sel_seq": sel(SEQ)}
         for name, o in cands.items():
             sels["sel_" + name] = sel(o)
@@ -150,7 +153,7 @@ def main():
         print(f"  options: {K.OPTS}; autotuned: {K.tuned_configs()}", flush=True)
         if t == max(int(x) for x in args.lengths.split(",")) and args.timeline:
             best = min(cands, key=lambda n: row.get(n, 1e9)) if cands else None
-            for name in ("dsalt_seq", "dsalt", best, "dsalt_split3", "window"):
+            for name in ("dsalt", best, "split3", "window"):
                 if name in variants:
                     row["timeline_" + name] = timeline(variants[name], f"{name} T={t}")
         res[t] = row

@@ -79,7 +79,7 @@ if HAVE_TRITON:
     @triton.jit
     def _select_kernel(E, LPOS, INIT, TOPK, T, NB, S, CH, K: tl.constexpr, KP: tl.constexpr, BS: tl.constexpr,
                        CB: tl.constexpr, KEY32: tl.constexpr, MODE: tl.constexpr = 0, BULK: tl.constexpr = 0,
-                       SORTED: tl.constexpr = 1, LOGKP: tl.constexpr = 6):
+                       SORTED: tl.constexpr = 1, LOGKP: tl.constexpr = 6, ROWST: tl.constexpr = 0):
         """Causal landmark sets with stable slots, one program per (batch, kv head) and chunk of CH
         candidate blocks; see the module docstring. Chunk c holds the candidate blocks c*CB ..
         c*CB+CB-1; row r's output is the set of block c*CB + r + 1 (the set after that block's
@@ -130,9 +130,15 @@ if HAVE_TRITON:
                 # rows r0 .. nxt-1 inserted nothing: their sets are the current one
                 if MODE != 1:
                     lp = tl.where((offs_k < K) & (cur != kmin), pm - (cur & pm), none).to(tl.int32)
-                    smask = (rows[:, None] >= r0) & (rows[:, None] < nxt) & (c0 + rows[:, None] < bhi)
-                    tl.store(LPOS + pid * NB * KP + out_rows[:, None] + offs_k[None, :],
-                             tl.broadcast_to(lp[None, :], (CB, KP)), mask=smask)
+                    if ROWST:
+                        # session 6b: one [KP] store per row (each row is stored once in all), not a
+                        # masked [CB, KP] tile per inserting block (one warp: ~CB*KP/32 lanes' work)
+                        for r in range(r0, nxt):
+                            tl.store(LPOS + pid * NB * KP + (c0 + r + 1) * KP + offs_k, lp)
+                    else:
+                        smask = (rows[:, None] >= r0) & (rows[:, None] < nxt) & (c0 + rows[:, None] < bhi)
+                        tl.store(LPOS + pid * NB * KP + out_rows[:, None] + offs_k[None, :],
+                                 tl.broadcast_to(lp[None, :], (CB, KP)), mask=smask)
                 cand = tl.max(tl.where(rows[:, None] == nxt, ck, tl.min(kmin, 0)), 0)  # [BS] block nxt's keys
                 cand = tl.where(cand > m, cand, tl.min(kmin, 0))
                 if BULK > 0:
@@ -152,9 +158,13 @@ if HAVE_TRITON:
                 nxt = tl.min(tl.where((bmax > m) & (rows > r0), rows, CB), 0)
             if MODE != 1:
                 lp = tl.where((offs_k < K) & (cur != kmin), pm - (cur & pm), none).to(tl.int32)
-                smask = (rows[:, None] >= r0) & (c0 + rows[:, None] < bhi)
-                tl.store(LPOS + pid * NB * KP + out_rows[:, None] + offs_k[None, :],
-                         tl.broadcast_to(lp[None, :], (CB, KP)), mask=smask)
+                if ROWST:
+                    for r in range(r0, tl.minimum(CB, bhi - c0)):
+                        tl.store(LPOS + pid * NB * KP + (c0 + r + 1) * KP + offs_k, lp)
+                else:
+                    smask = (rows[:, None] >= r0) & (c0 + rows[:, None] < bhi)
+                    tl.store(LPOS + pid * NB * KP + out_rows[:, None] + offs_k[None, :],
+                             tl.broadcast_to(lp[None, :], (CB, KP)), mask=smask)
             ck = ck_n
         if MODE == 1:
             tl.store(TOPK + (pid * nch + j) * KP + offs_k, tl.where(offs_k < K, cur, kmin))

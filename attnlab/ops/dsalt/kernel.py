@@ -119,25 +119,25 @@ def _select_stable(energy, k: int, kp: int, block: int, key32: bool | None = Non
     if chunk is None:
         chunk = OPTS["sel_chunk"] if (OPTS["sel_chunk"] and t >= OPTS["sel_par_min_t"]) else 0
     nch = -(-(nb - 1) // chunk) if chunk else 1
-    bulk, sw, srt = int(OPTS["sel_bulk"]), int(OPTS["sel_warps"]), int(OPTS["sel_sorted"])
+    bulk, sw, srt, rst = int(OPTS["sel_bulk"]), int(OPTS["sel_warps"]), int(OPTS["sel_sorted"]), int(OPTS["sel_rowst"])
     if nch <= 1:
         _LAUNCH(_select_kernel, (b * hk, 1), e, out, out, out, t, nb, block, max(nb, 1), K=k, KP=kp,
                 BS=_pow2(block), CB=cb, KEY32=key32, MODE=0, BULK=bulk, SORTED=srt,
-                LOGKP=kp.bit_length() - 1, num_warps=sw)
+                LOGKP=kp.bit_length() - 1, ROWST=rst, num_warps=sw)
         return out
     kdt = torch.int32 if key32 else torch.int64
     kmin = torch.iinfo(kdt).min
     loc = torch.empty(b * hk, nch, kp, dtype=kdt, device=energy.device)
     _LAUNCH(_select_kernel, (b * hk, nch), e, out, loc, loc, t, nb, block, chunk, K=k, KP=kp,
             BS=_pow2(block), CB=cb, KEY32=key32, MODE=1, BULK=bulk, SORTED=srt, LOGKP=kp.bit_length() - 1,
-            num_warps=sw)
+            ROWST=rst, num_warps=sw)
     # chunk j starts from the top-k of the chunks before it (their own top-k keys suffice)
     before = torch.arange(nch * kp, device=energy.device) // kp < torch.arange(nch, device=energy.device)[:, None]
     cand = torch.where(before, loc.view(b * hk, 1, nch * kp), kmin)
     init = cand.topk(kp, -1).values.contiguous()  # [B*Hk, C, KP], key order; the kernel pads past k
     _LAUNCH(_select_kernel, (b * hk, nch), e, out, init, init, t, nb, block, chunk, K=k, KP=kp,
             BS=_pow2(block), CB=cb, KEY32=key32, MODE=2, BULK=bulk, SORTED=srt, LOGKP=kp.bit_length() - 1,
-            num_warps=sw)
+            ROWST=rst, num_warps=sw)
     return out
 
 
@@ -207,14 +207,16 @@ def _blocks(block: int, d: int, device) -> tuple[int, int, int]:
 # number at least sel_bulk in one rank-matching step (_bulk_merge: the same slots as the one-by-one
 # insertions, which a block with fewer candidates still uses); sel_warps: the selection's warps;
 # sel_sorted: the merge by three sorts (int32 keys and as many candidates per block as slots), else
-# by rank matrices ([KP, KP] and [BS, BS] comparisons).
+# by rank matrices ([KP, KP] and [BS, BS] comparisons); sel_rowst: the sets stored one [KP] row at a
+# time (each row once) instead of a masked [CB, KP] tile per inserting block.
 # Defaults from session 6's two H100 A/B calls (benchmarks/RESULTS.md, "Session 6: DSALT"): "trans"
 # + lm_dq (32K fwd+bwd 3.20-3.25 ms vs 3.38-3.45 for the session-5 defaults, same runs); lm_skip,
 # fwd_split, lm_dq_early and dkdv_phased measured no better (kept as tested options, off).
 OPTS = {"lc_fwd": 32, "lc_dq": 32, "delta": (64, 4), "lm_bwd": "trans", "fuse_delta": True,
         "lm_pre_fwd": 0, "lm_pre_dq": 0, "lm_pre_bwd": 0, "sel_chunk": 0, "sel_par_min_t": 8192,
         "lm_dq": True, "fwd_split": 0, "split_min_t": 8192, "lm_skip": False, "lm_dq_early": False,
-        "dkdv_phased": False, "sel_bulk": 0, "sel_warps": 1, "sel_sorted": 1}
+        "dkdv_phased": False, "sel_bulk": 0, "sel_warps": 1, "sel_sorted": 1,
+        "sel_rowst": 0}
 
 _TUNED: dict = {}
 _FWD_BM_OVERRIDE: dict = {}
