@@ -32,7 +32,7 @@ for f in "$OUT"/tests_*.log; do
 done
 echo "== done (t=$(( $(date +%s)-T0 ))s)"
 if [ "$SET" = final ] && command -v ncu > /dev/null; then  # stall reasons of the serial selection (one launch)
-  timeout 45 ncu --clock-control none --section WarpStateStats --section SourceCounters --section LaunchStats \
+  timeout 25 ncu --clock-control none --section WarpStateStats --section SourceCounters --section LaunchStats \
     -k regex:_select_kernel -c 1 python benchmarks/device_runs/dsalt_s6b_ncu.py > "$OUT/ncu_select.txt" 2>&1
   echo "== ncu rc=$? (t=$(( $(date +%s)-T0 ))s)"; grep -E "Stall|Warp Cycles|Issued|Duration|Registers" "$OUT/ncu_select.txt" | head -30
 fi
