@@ -53,6 +53,11 @@ slot change: with its per-block cross-warp test and branch the kernel was slower
 ``OPTS["lm_dq_early"]``, ``OPTS["dkdv_phased"]`` (the dK/dV kernel's query tiles in branch-free
 phases from a per-16-row smallest window the forward stores).
 
+Session 6 round 2: ``OPTS["fwd_split"] = 3`` is the default where T >= ``OPTS["split_min_t"]``
+(32768; measured faster at 32K, slower at 16K). Selection options measured and kept off:
+``OPTS["sel_bulk"]`` (a block's candidates merged in one rank-matching step, by sorts or rank
+matrices: the same slots as the insertions), ``OPTS["sel_rowst"]``, ``OPTS["sel_warps"]``.
+
 Launches go through ``attnlab.ops.launch_replay.ReplayLauncher`` (the compiled launcher is called
 directly from the second launch of a shape on).
 
@@ -209,12 +214,17 @@ def _blocks(block: int, d: int, device) -> tuple[int, int, int]:
 # sel_sorted: the merge by three sorts (int32 keys and as many candidates per block as slots), else
 # by rank matrices ([KP, KP] and [BS, BS] comparisons); sel_rowst: the sets stored one [KP] row at a
 # time (each row once) instead of a masked [CB, KP] tile per inserting block.
+# Session 6b (H100, benchmarks/RESULTS.md "Session 6 round 2: DSALT"): fwd_split 3 (the selection on a
+# high-priority side stream, launched after the window forward, and the forward's landmark pass as its
+# own kernel) where T >= 32768: 32K fwd+bwd 3.19 ms vs 3.24-3.28 for fwd_split 0 in the same run
+# (session 6: -0.08 ms); at 16K it was slower in both sessions' runs (+0.07 / +0.23 ms), hence the
+# threshold. sel_bulk and sel_rowst measured slower or equal: off.
 # Defaults from session 6's two H100 A/B calls (benchmarks/RESULTS.md, "Session 6: DSALT"): "trans"
 # + lm_dq (32K fwd+bwd 3.20-3.25 ms vs 3.38-3.45 for the session-5 defaults, same runs); lm_skip,
 # fwd_split, lm_dq_early and dkdv_phased measured no better (kept as tested options, off).
 OPTS = {"lc_fwd": 32, "lc_dq": 32, "delta": (64, 4), "lm_bwd": "trans", "fuse_delta": True,
         "lm_pre_fwd": 0, "lm_pre_dq": 0, "lm_pre_bwd": 0, "sel_chunk": 0, "sel_par_min_t": 8192,
-        "lm_dq": True, "fwd_split": 0, "split_min_t": 8192, "lm_skip": False, "lm_dq_early": False,
+        "lm_dq": True, "fwd_split": 3, "split_min_t": 32768, "lm_skip": False, "lm_dq_early": False,
         "dkdv_phased": False, "sel_bulk": 0, "sel_warps": 1, "sel_sorted": 1,
         "sel_rowst": 0}
 
