@@ -491,6 +491,53 @@ def test_stable_slot_selection_kernel(t, k, block, key32, chunk):
 
 
 @needs_triton
+@pytest.mark.parametrize("t,k,block,key32,chunk", [
+    (50, 6, 16, True, None), (37, 40, 16, False, None), (200, 5, 16, True, None), (150, 40, 16, True, 3),
+    (130, 20, 32, True, None)])
+def test_selection_bulk_merge_equals_insertions(t, k, block, key32, chunk, monkeypatch):
+    """Session 6b: the selection's one-step merge of a block's candidates (OPTS["sel_bulk"] = the
+    fewest candidates that take it: 1 = every inserting block, 3 = a mix of both paths; by sorts
+    where the keys are int32 and the candidates per block as many as the slots, else, and with
+    sel_sorted = 0, by rank matrices) gives the one-by-one insertions' slots exactly (ties, empty
+    slots, int64 keys, the parallel chunks); so do the row-by-row set stores (OPTS["sel_rowst"])."""
+    from attnlab.ops.dsalt import kernel
+    from attnlab.ops.dsalt.kernel import _pow2, _select_stable
+
+    e = torch.randn(2, 3, t, device=DEV)
+    e[:, :, 5:9] = e[:, :, 4:5]  # ties in the float16-rounded energy
+    kp = max(16, _pow2(k))
+    for name in ("sel_bulk", "sel_rowst"):
+        monkeypatch.setitem(kernel.OPTS, name, 0)
+    want = _select_stable(e, k, kp, block, key32, chunk=chunk)
+    for bulk, srt, rst in ((1, 1, 0), (3, 0, 0), (3, 1, 1)):
+        monkeypatch.setitem(kernel.OPTS, "sel_bulk", bulk)
+        monkeypatch.setitem(kernel.OPTS, "sel_sorted", srt)
+        monkeypatch.setitem(kernel.OPTS, "sel_rowst", rst)
+        assert torch.equal(_select_stable(e, k, kp, block, key32, chunk=chunk), want), (bulk, srt, rst)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bulk,warps,srt,rst", [(1, 1, 1, 0), (4, 1, 1, 0), (8, 1, 1, 0), (1, 2, 1, 0), (1, 4, 0, 0),
+                                               (4, 1, 0, 0), (0, 1, 1, 1), (0, 2, 1, 1), (8, 1, 1, 1)])
+def test_gpu_selection_bulk_merge_long_sequence(bulk, warps, srt, rst, monkeypatch):
+    """The bulk merge at the benchmark's size class (T = 32K and 4K, 64 landmarks, block 64):
+    the serial insertions' slots, bit for bit, with 1, 2 and 4 warps, by sorts and by rank matrices,
+    and with the row-by-row set stores."""
+    from attnlab.ops.dsalt import kernel
+    from attnlab.ops.dsalt.kernel import _select_stable
+
+    base = {"sel_bulk": 0, "sel_warps": 1, "sel_sorted": 1, "sel_rowst": 0}  # the serial insertions
+    for t in (32768, 4096):
+        e = torch.randn(1, 16, t, device="cuda")
+        for name, val in base.items():
+            monkeypatch.setitem(kernel.OPTS, name, val)
+        want = _select_stable(e, 64, 64, 64)
+        for name, val in (("sel_bulk", bulk), ("sel_warps", warps), ("sel_sorted", srt), ("sel_rowst", rst)):
+            monkeypatch.setitem(kernel.OPTS, name, val)
+        assert torch.equal(_select_stable(e, 64, 64, 64), want), t
+
+
+@needs_triton
 def test_triton_fallback_selection_path(monkeypatch):
     """Without the stable-slot kernel (torch scan + sort-based accumulation): same results."""
     from attnlab.ops.dsalt import kernel

@@ -33,8 +33,53 @@ if HAVE_TRITON:
         return key
 
     @triton.jit
+    def _insert_seq(cur, cand, offs_k, offs_s, kmin_s):
+        """Candidates inserted best first, each replacing the set's minimum (the smallest slot
+        among equal minima): a token keeps its slot from insertion to eviction. Returns the set
+        and its minimum."""
+        # two independent value+index reductions per insertion (was argmin, min and max)
+        m, am = tl.min(cur, 0, return_indices=True)
+        best, bj = tl.max(cand, 0, return_indices=True)
+        while best > m:
+            cur = tl.where(offs_k == am, best, cur)
+            cand = tl.where(offs_s == bj, kmin_s, cand)
+            m, am = tl.min(cur, 0, return_indices=True)
+            best, bj = tl.max(cand, 0, return_indices=True)
+        return cur, m
+
+    @triton.jit
+    def _bulk_merge(cur, cand, offs_k, offs_s, kmin_s):
+        """_insert_seq's result in one step. Within one block an inserted candidate is never evicted
+        again (the next candidates are smaller), so the j-th best candidate replaces the j-th
+        smallest set entry (equal entries, the empty slots, in slot order) as long as it is larger:
+        with r = the ascending rank of each slot's key and s = the descending rank of each
+        candidate, slot i takes the candidate with s == r_i where that candidate is the larger."""
+        ci = cur[:, None]
+        cj = cur[None, :]
+        r = tl.sum(((cj < ci) | ((cj == ci) & (offs_k[None, :] < offs_k[:, None]))).to(tl.int32), 1)
+        ca = cand[:, None]
+        cb = cand[None, :]
+        s = tl.sum(((cb > ca) | ((cb == ca) & (offs_s[None, :] < offs_s[:, None]))).to(tl.int32), 1)
+        v = tl.max(tl.where(r[:, None] == s[None, :], cand[None, :], kmin_s), 1)
+        return tl.where(v > cur, v, cur)
+
+    @triton.jit
+    def _bulk_merge_sorted(cur, cand, offs_k, LOGKP: tl.constexpr):
+        """_bulk_merge by three sorts of KP values (int32 keys, as many candidates as slots): the
+        set ascending with its slots packed below the keys, the candidates descending, pairwise
+        the larger, then back into slot order by a sort with the slots packed above the keys."""
+        sc = tl.sort(cur.to(tl.int64) * (1 << LOGKP) + offs_k, 0)
+        cval = (sc >> LOGKP).to(tl.int32)
+        cslot = sc & ((1 << LOGKP) - 1)
+        cd = tl.sort(cand, 0, descending=True)
+        newv = tl.where(cd > cval, cd, cval)
+        ps = tl.sort(cslot * 4294967296 + (newv.to(tl.int64) & 4294967295), 0)
+        return (ps & 4294967295).to(tl.int32)
+
+    @triton.jit
     def _select_kernel(E, LPOS, INIT, TOPK, T, NB, S, CH, K: tl.constexpr, KP: tl.constexpr, BS: tl.constexpr,
-                       CB: tl.constexpr, KEY32: tl.constexpr, MODE: tl.constexpr = 0):
+                       CB: tl.constexpr, KEY32: tl.constexpr, MODE: tl.constexpr = 0, BULK: tl.constexpr = 0,
+                       SORTED: tl.constexpr = 1, LOGKP: tl.constexpr = 6, ROWST: tl.constexpr = 0):
         """Causal landmark sets with stable slots, one program per (batch, kv head) and chunk of CH
         candidate blocks; see the module docstring. Chunk c holds the candidate blocks c*CB ..
         c*CB+CB-1; row r's output is the set of block c*CB + r + 1 (the set after that block's
@@ -85,26 +130,41 @@ if HAVE_TRITON:
                 # rows r0 .. nxt-1 inserted nothing: their sets are the current one
                 if MODE != 1:
                     lp = tl.where((offs_k < K) & (cur != kmin), pm - (cur & pm), none).to(tl.int32)
-                    smask = (rows[:, None] >= r0) & (rows[:, None] < nxt) & (c0 + rows[:, None] < bhi)
-                    tl.store(LPOS + pid * NB * KP + out_rows[:, None] + offs_k[None, :],
-                             tl.broadcast_to(lp[None, :], (CB, KP)), mask=smask)
+                    if ROWST:
+                        # session 6b: one [KP] store per row (each row is stored once in all), not a
+                        # masked [CB, KP] tile per inserting block (one warp: ~CB*KP/32 lanes' work)
+                        for r in range(r0, nxt):
+                            tl.store(LPOS + pid * NB * KP + (c0 + r + 1) * KP + offs_k, lp)
+                    else:
+                        smask = (rows[:, None] >= r0) & (rows[:, None] < nxt) & (c0 + rows[:, None] < bhi)
+                        tl.store(LPOS + pid * NB * KP + out_rows[:, None] + offs_k[None, :],
+                                 tl.broadcast_to(lp[None, :], (CB, KP)), mask=smask)
                 cand = tl.max(tl.where(rows[:, None] == nxt, ck, tl.min(kmin, 0)), 0)  # [BS] block nxt's keys
                 cand = tl.where(cand > m, cand, tl.min(kmin, 0))
-                # two independent value+index reductions per insertion (was argmin, min and max)
-                m, am = tl.min(cur, 0, return_indices=True)
-                best, bj = tl.max(cand, 0, return_indices=True)
-                while best > m:
-                    cur = tl.where(offs_k == am, best, cur)
-                    cand = tl.where(offs_s == bj, tl.min(kmin, 0), cand)
-                    m, am = tl.min(cur, 0, return_indices=True)
-                    best, bj = tl.max(cand, 0, return_indices=True)
+                if BULK > 0:
+                    # session 6b: a block with many candidates above the set's minimum is merged in
+                    # one step (rank matching, see _bulk_merge: the same slots as the insertions)
+                    if tl.sum((cand > m).to(tl.int32), 0) >= BULK:
+                        if KEY32 and BS == KP and SORTED:
+                            cur = _bulk_merge_sorted(cur, cand, offs_k, LOGKP)
+                        else:
+                            cur = _bulk_merge(cur, cand, offs_k, offs_s, tl.min(kmin, 0))
+                        m = tl.min(cur, 0)
+                    else:
+                        cur, m = _insert_seq(cur, cand, offs_k, offs_s, tl.min(kmin, 0))
+                else:
+                    cur, m = _insert_seq(cur, cand, offs_k, offs_s, tl.min(kmin, 0))
                 r0 = nxt
                 nxt = tl.min(tl.where((bmax > m) & (rows > r0), rows, CB), 0)
             if MODE != 1:
                 lp = tl.where((offs_k < K) & (cur != kmin), pm - (cur & pm), none).to(tl.int32)
-                smask = (rows[:, None] >= r0) & (c0 + rows[:, None] < bhi)
-                tl.store(LPOS + pid * NB * KP + out_rows[:, None] + offs_k[None, :],
-                         tl.broadcast_to(lp[None, :], (CB, KP)), mask=smask)
+                if ROWST:
+                    for r in range(r0, tl.minimum(CB, bhi - c0)):
+                        tl.store(LPOS + pid * NB * KP + (c0 + r + 1) * KP + offs_k, lp)
+                else:
+                    smask = (rows[:, None] >= r0) & (c0 + rows[:, None] < bhi)
+                    tl.store(LPOS + pid * NB * KP + out_rows[:, None] + offs_k[None, :],
+                             tl.broadcast_to(lp[None, :], (CB, KP)), mask=smask)
             ck = ck_n
         if MODE == 1:
             tl.store(TOPK + (pid * nch + j) * KP + offs_k, tl.where(offs_k < K, cur, kmin))

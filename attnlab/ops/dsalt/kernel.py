@@ -53,6 +53,11 @@ slot change: with its per-block cross-warp test and branch the kernel was slower
 ``OPTS["lm_dq_early"]``, ``OPTS["dkdv_phased"]`` (the dK/dV kernel's query tiles in branch-free
 phases from a per-16-row smallest window the forward stores).
 
+Session 6 round 2: ``OPTS["fwd_split"] = 3`` is the default where T >= ``OPTS["split_min_t"]``
+(32768; measured faster at 32K, slower at 16K). Selection options measured and kept off:
+``OPTS["sel_bulk"]`` (a block's candidates merged in one rank-matching step, by sorts or rank
+matrices: the same slots as the insertions), ``OPTS["sel_rowst"]``, ``OPTS["sel_warps"]``.
+
 Launches go through ``attnlab.ops.launch_replay.ReplayLauncher`` (the compiled launcher is called
 directly from the second launch of a shape on).
 
@@ -119,21 +124,25 @@ def _select_stable(energy, k: int, kp: int, block: int, key32: bool | None = Non
     if chunk is None:
         chunk = OPTS["sel_chunk"] if (OPTS["sel_chunk"] and t >= OPTS["sel_par_min_t"]) else 0
     nch = -(-(nb - 1) // chunk) if chunk else 1
+    bulk, sw, srt, rst = int(OPTS["sel_bulk"]), int(OPTS["sel_warps"]), int(OPTS["sel_sorted"]), int(OPTS["sel_rowst"])
     if nch <= 1:
         _LAUNCH(_select_kernel, (b * hk, 1), e, out, out, out, t, nb, block, max(nb, 1), K=k, KP=kp,
-                BS=_pow2(block), CB=cb, KEY32=key32, MODE=0, num_warps=1)
+                BS=_pow2(block), CB=cb, KEY32=key32, MODE=0, BULK=bulk, SORTED=srt,
+                LOGKP=kp.bit_length() - 1, ROWST=rst, num_warps=sw)
         return out
     kdt = torch.int32 if key32 else torch.int64
     kmin = torch.iinfo(kdt).min
     loc = torch.empty(b * hk, nch, kp, dtype=kdt, device=energy.device)
     _LAUNCH(_select_kernel, (b * hk, nch), e, out, loc, loc, t, nb, block, chunk, K=k, KP=kp,
-            BS=_pow2(block), CB=cb, KEY32=key32, MODE=1, num_warps=1)
+            BS=_pow2(block), CB=cb, KEY32=key32, MODE=1, BULK=bulk, SORTED=srt, LOGKP=kp.bit_length() - 1,
+            ROWST=rst, num_warps=sw)
     # chunk j starts from the top-k of the chunks before it (their own top-k keys suffice)
     before = torch.arange(nch * kp, device=energy.device) // kp < torch.arange(nch, device=energy.device)[:, None]
     cand = torch.where(before, loc.view(b * hk, 1, nch * kp), kmin)
     init = cand.topk(kp, -1).values.contiguous()  # [B*Hk, C, KP], key order; the kernel pads past k
     _LAUNCH(_select_kernel, (b * hk, nch), e, out, init, init, t, nb, block, chunk, K=k, KP=kp,
-            BS=_pow2(block), CB=cb, KEY32=key32, MODE=2, num_warps=1)
+            BS=_pow2(block), CB=cb, KEY32=key32, MODE=2, BULK=bulk, SORTED=srt, LOGKP=kp.bit_length() - 1,
+            ROWST=rst, num_warps=sw)
     return out
 
 
@@ -199,13 +208,25 @@ def _blocks(block: int, d: int, device) -> tuple[int, int, int]:
 # rows with Q and dO instead of after the dots; dkdv_phased: the dK/dV kernel walks its query tiles
 # in branch-free phases (diagonal, unmasked, masked) from a per-16-row smallest window that the
 # forward kernel stores.
+# Session 6b: sel_bulk (>0): the selection merges a block whose candidates above the set's minimum
+# number at least sel_bulk in one rank-matching step (_bulk_merge: the same slots as the one-by-one
+# insertions, which a block with fewer candidates still uses); sel_warps: the selection's warps;
+# sel_sorted: the merge by three sorts (int32 keys and as many candidates per block as slots), else
+# by rank matrices ([KP, KP] and [BS, BS] comparisons); sel_rowst: the sets stored one [KP] row at a
+# time (each row once) instead of a masked [CB, KP] tile per inserting block.
+# Session 6b (H100, benchmarks/RESULTS.md "Session 6 round 2: DSALT"): fwd_split 3 (the selection on a
+# high-priority side stream, launched after the window forward, and the forward's landmark pass as its
+# own kernel) where T >= 32768: 32K fwd+bwd 3.19 ms vs 3.24-3.28 for fwd_split 0 in the same run
+# (session 6: -0.08 ms); at 16K it was slower in both sessions' runs (+0.07 / +0.23 ms), hence the
+# threshold. sel_bulk and sel_rowst measured slower or equal: off.
 # Defaults from session 6's two H100 A/B calls (benchmarks/RESULTS.md, "Session 6: DSALT"): "trans"
 # + lm_dq (32K fwd+bwd 3.20-3.25 ms vs 3.38-3.45 for the session-5 defaults, same runs); lm_skip,
 # fwd_split, lm_dq_early and dkdv_phased measured no better (kept as tested options, off).
 OPTS = {"lc_fwd": 32, "lc_dq": 32, "delta": (64, 4), "lm_bwd": "trans", "fuse_delta": True,
         "lm_pre_fwd": 0, "lm_pre_dq": 0, "lm_pre_bwd": 0, "sel_chunk": 0, "sel_par_min_t": 8192,
-        "lm_dq": True, "fwd_split": 0, "split_min_t": 8192, "lm_skip": False, "lm_dq_early": False,
-        "dkdv_phased": False}
+        "lm_dq": True, "fwd_split": 3, "split_min_t": 32768, "lm_skip": False, "lm_dq_early": False,
+        "dkdv_phased": False, "sel_bulk": 0, "sel_warps": 1, "sel_sorted": 1,
+        "sel_rowst": 0}
 
 _TUNED: dict = {}
 _FWD_BM_OVERRIDE: dict = {}
