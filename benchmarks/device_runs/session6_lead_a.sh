@@ -8,5 +8,5 @@ T0=$(date +%s)
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader | tee $L
 python -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)" | tee -a $L
 timeout ${TESTS_S:-400} python -m pytest -m gpu -n 12 -p no:cacheprovider -q -rfE --tb=short tests/ 2>&1 \
-  | grep -v -i "warning" | tail -80 | tee -a $L
+  | grep -v -i "warning: \|warnings.warn" | tail -80 | tee -a $L
 echo "== done rc=$? (t=$(( $(date +%s)-T0 ))s)" | tee -a $L
