@@ -172,8 +172,6 @@ def parse_configs(spec: str):
     "v1:tile:blocks_per_program:fused[:warps[:stages[:maxnreg[:vmerge]]]]"   v1 launch parameters
     "v3:split[:warps[:stages[:fused[:blocks[:maxnreg[:group[:pdl[:prefetch[:l2pf]]]]]]]]]"   v3 launch parameters
     "v3:...:l2pf:cvw"                           cvw: 1 = value coefficients as int32 words (session 6 round 2)
-    "v4:...[:slices]", "v5:...[:slices]"          the same for v4 / v5 (session 6; fused and prefetch unused), plus
-                                                token slices per warp (the dots' rows; 0 / absent = the default)
     (0 or absent = the launcher's default; fused, pdl: 0 = off, 1 = on, absent = default; prefetch: 0 = off,
     1 = every tile of the next block in registers, 2 = all but the value coefficients; l2pf: 1 = the program's
     blocks requested from L2 at its start)."""
@@ -182,7 +180,7 @@ def parse_configs(spec: str):
         if item == "default":
             out.append({})
             continue
-        if item in ("v1", "v2", "v3", "v4", "v5"):
+        if item in ("v1", "v2", "v3"):
             out.append({"impl": item})
             continue
         head, _, rest = item.partition(":")
@@ -200,12 +198,10 @@ def parse_configs(spec: str):
                     kw[key] = bool(val)
             out.append(kw)
             continue
-        if head in ("v3", "v4", "v5"):
+        if head == "v3":
             vals = [int(x) for x in rest.split(":")] + [-1] * 11
             kw = {"impl": head}
-            if head != "v3" and vals[10] > 0:
-                kw["warp_slices"] = vals[10]
-            if head == "v3" and vals[10] >= 0:
+            if vals[10] >= 0:
                 kw["cv_words"] = bool(vals[10])
             flags = ("fused_merge", "pdl", "l2_prefetch")
             for key, val in zip(("split", "num_warps", "num_stages", "fused_merge", "blocks_per_program", "maxnreg",
@@ -232,14 +228,13 @@ def parse_configs(spec: str):
 def config_name(kw: dict) -> str:
     if not kw:
         return "default"
-    if kw in ({"impl": "v1"}, {"impl": "v2"}, {"impl": "v3"}, {"impl": "v4"}, {"impl": "v5"}):
+    if kw in ({"impl": "v1"}, {"impl": "v2"}, {"impl": "v3"}):
         return kw["impl"]
-    if kw.get("impl") in ("v3", "v4", "v5"):
+    if kw.get("impl") == "v3":
         return kw["impl"] + ":" + ":".join(str(int(kw[key])) if key in kw else "-" for key in (
             "split", "num_warps", "num_stages", "fused_merge", "blocks_per_program", "maxnreg", "merge_group")) + (
             f":{int(kw['pdl'])}" if "pdl" in kw else "") + (f":{int(kw['prefetch'])}" if "prefetch" in kw else "") + (
             f":{int(kw['l2_prefetch'])}" if "l2_prefetch" in kw else "") + (
-            f":{int(kw['warp_slices'])}" if "warp_slices" in kw else "") + (
             f":{int(kw['cv_words'])}" if "cv_words" in kw else "")
     if kw.get("impl") == "v1":
         return "v1:" + ":".join(str(int(kw.get(key, dflt))) for key, dflt in (

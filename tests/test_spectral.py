@@ -232,25 +232,6 @@ def test_bad_options():
      {"impl": "v3", "split": 2, "fused_merge": True, "merge_group": 64}),
     (torch.float16, True, dict(b=1, hq=4, hk=1, d=32, rk=8, rv=16, bs=64, t=140, hw=0),
      {"impl": "v3", "l2_prefetch": True}),
-    # v4 (session 6, experimental: warps as the batch dimension, slices in the rows): G = 4, 3 (padded rows),
-    # 8 and 1, padded ranks, several blocks per program, fp32 / fp16, quantized or not
-    (torch.float16, True, dict(b=2, hq=8, hk=2, d=32, rk=8, rv=16, bs=128, t=600, hw=5),
-     {"impl": "v4", "split": 2, "blocks_per_program": 2}),
-    (torch.float32, True, dict(b=1, hq=6, hk=2, d=24, rk=5, rv=7, bs=64, t=200, hw=9), {"impl": "v4", "split": 1}),
-    (torch.float32, False, dict(b=1, hq=16, hk=2, d=32, rk=8, rv=8, bs=128, t=300, hw=0),
-     {"impl": "v4", "split": 2, "num_warps": 2}),
-    (torch.float16, True, dict(b=1, hq=2, hk=2, d=32, rk=16, rv=16, bs=64, t=140, hw=3), {"impl": "v4", "split": 1}),
-    # v5 (session 6 round 2: v4's per-warp softmax, accumulator in coefficient space within a block): padded rows
-    # (G = 3), G = 8 / 1, padded ranks, several blocks per program, 8 warps, fewer slices per warp
-    (torch.float16, True, dict(b=2, hq=8, hk=2, d=32, rk=8, rv=16, bs=128, t=600, hw=5),
-     {"impl": "v5", "split": 2, "blocks_per_program": 2}),
-    (torch.float32, True, dict(b=1, hq=6, hk=2, d=24, rk=5, rv=7, bs=64, t=200, hw=9), {"impl": "v5", "split": 1}),
-    (torch.float32, False, dict(b=1, hq=16, hk=2, d=32, rk=8, rv=8, bs=128, t=300, hw=0),
-     {"impl": "v5", "split": 2, "num_warps": 2}),
-    (torch.float16, True, dict(b=1, hq=2, hk=2, d=32, rk=16, rv=32, bs=128, t=500, hw=3),
-     {"impl": "v5", "split": 1, "blocks_per_program": 3, "num_warps": 8}),
-    (torch.float16, True, dict(b=1, hq=12, hk=4, d=32, rk=13, rv=32, bs=128, t=400, hw=3),
-     {"impl": "v5", "split": 1, "warp_slices": 2}),
     # v3 with the value coefficients as int32 words (session 6 round 2; under the interpreter only the register-
     # prefetch path takes them: the L2 prefetch is compiled-only), ranks 16 / 32; an odd value rank ignores it
     (torch.float16, True, dict(b=1, hq=8, hk=2, d=32, rk=8, rv=16, bs=64, t=330, hw=5),
@@ -503,8 +484,6 @@ def test_kernel_options_are_checked():
         spectral_decode(q, z, None, z, z, None, z, 1, z[..., 0, :], z[..., 0, :], 0, impl="v9")
     with pytest.raises(ValueError, match="cv_words belong"):
         spectral_decode(q, z, None, z, z, None, z, 1, z[..., 0, :], z[..., 0, :], 0, cv_words=True, impl="v2")
-    with pytest.raises(ValueError, match="cv_words belongs to impl='v3'"):
-        spectral_decode(q, z, None, z, z, None, z, 1, z[..., 0, :], z[..., 0, :], 0, cv_words=True, impl="v5")
     with pytest.raises(ValueError, match="impl='v2'"):
         spectral_decode(q, z, None, z, z, None, z, 1, z[..., 0, :], z[..., 0, :], 0, warp_slices=2, impl="v3")
     with pytest.raises(ValueError, match="impl='v2'"):
@@ -543,15 +522,12 @@ _GPU_KW = [{}, {"fused_merge": False}, {"split": 2, "num_stages": 1}, {"split": 
            {"impl": "v3", "l2_prefetch": True, "prefetch": 2, "num_stages": 1, "blocks_per_program": 3},
            {"impl": "v3", "l2_prefetch": True, "prefetch": 0, "split": 1, "blocks_per_program": 2},
            {"impl": "v3", "l2_prefetch": False, "prefetch": 0, "num_stages": 2},
-           {"impl": "v4"}, {"impl": "v4", "l2_prefetch": True, "num_stages": 3, "split": 1},
-           # session 6 round 2: value coefficients as int32 words (L2-prefetch and register-prefetch paths), v5
+           # session 6 round 2: value coefficients as int32 words (L2-prefetch and register-prefetch paths)
            {"impl": "v3", "l2_prefetch": True, "cv_words": True, "split": 1, "blocks_per_program": 2},
            {"impl": "v3", "l2_prefetch": True, "cv_words": True, "split": 2, "blocks_per_program": 4},
            {"impl": "v3", "l2_prefetch": True, "cv_words": True, "split": 2, "blocks_per_program": 4, "maxnreg": 168},
            {"impl": "v3", "prefetch": 1, "num_stages": 1, "cv_words": True},
            {"impl": "v3", "prefetch": 2, "num_stages": 1, "cv_words": True, "l2_prefetch": True},
-           {"impl": "v5"}, {"impl": "v5", "l2_prefetch": True, "split": 1, "blocks_per_program": 2},
-           {"impl": "v5", "split": 1, "num_warps": 8, "maxnreg": 128},
            {"impl": "v1"}, {"impl": "v1", "fused_merge": True},
            {"impl": "v1", "blocks_per_program": 4, "block_tile": 128, "num_warps": 4, "num_stages": 2},
            {"impl": "v1", "value_proj": "merge"}]
@@ -571,11 +547,7 @@ _GPU_KW = [{}, {"fused_merge": False}, {"split": 2, "num_stages": 1}, {"split": 
                                                                             "cv_words": True, "split": 1,
                                                                             "blocks_per_program": 2}, (16, 16)),
                                                                           ({"impl": "v3", "l2_prefetch": True,
-                                                                            "cv_words": True}, (32, 32)),
-                                                                          ({"impl": "v5", "l2_prefetch": True},
-                                                                           (32, 32)),
-                                                                          ({"impl": "v4", "l2_prefetch": True},
-                                                                           (16, 16))])
+                                                                            "cv_words": True}, (32, 32))])
 def test_kernel_bf16_gpu(kw, ranks):
     dev = torch.device("cuda")
     b, hq, hk, d, t = 2, 32, 8, 128, 2100
@@ -693,8 +665,7 @@ def test_kernel_replay_and_cuda_graph_gpu(impl):
                                         ("v3", {"prefetch": 1, "l2_prefetch": True, "num_stages": 1}),
                                         ("v3", {"prefetch": 0, "l2_prefetch": True, "num_stages": 2}),
                                         ("v3", {"prefetch": 0, "l2_prefetch": True, "cv_words": True, "split": 1,
-                                                "blocks_per_program": 2}),
-                                        ("v5", {"l2_prefetch": True})])
+                                                "blocks_per_program": 2})])
 def test_kernel_pdl_chain_gpu(impl, extra):
     """Programmatic dependent launch: each call's query is the previous call's output, so a split
     kernel that read q before the previous merge finished (or a merge that read partials before

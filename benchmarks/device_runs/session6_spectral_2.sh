@@ -1,4 +1,6 @@
 # Session 6, call 2 (issue 7, B = 1 decode speed): the final table (new default beside the session-5b default
+# Note: the v4 / v5 configurations named below were removed in session 6's review (measured slower); this
+# script records the call as it ran (at commit d8d6fae) and needs that commit to run again.
 # "v3:2:4:2:0:4:0:8:1:0:0" and the candidates, one process, 32K, B = 1: graph16, profiler), the spectral GPU tests
 # on the final code, B = 8 (new default vs session-5b default), then Nsight Compute counters of the new
 # default (B = 1, 32K, ranks 16/16 and 32/32). From the tree root: OUT=... bash benchmarks/device_runs/session6_spectral_2.sh

@@ -1,4 +1,6 @@
 # Session 6 round 2, call 1 (issue 7, B = 1 decode speed): candidates timed against the session-6 round-1 default in
+# Note: the v4 / v5 configurations named below were removed in session 6's review (measured slower); this
+# script records the call as it ran (at commit d8d6fae) and needs that commit to run again.
 # one process (32K, B = 1, ranks 16/16, 32/32, 16/32; graph16 + profiler; every output checked against the PyTorch
 # reference), then Nsight Compute (a few sections) of the default and the 8-warp candidate.
 # From the tree root: OUT=... bash benchmarks/device_runs/session6b_spectral_1.sh

@@ -32,8 +32,8 @@ def main():
         torch.cuda.synchronize()
         print(item, kw, "out norm", out.float().norm().item(), flush=True)
         del c
-    from attnlab.ops.spectral import jit_v3, jit_v5
-    for fn in (jit_v3._spectral_v3, jit_v5._spectral_v5):
+    from attnlab.ops.spectral import jit_v3
+    for fn in (jit_v3._spectral_v3,):
         for key, kern in getattr(fn, "device_caches", {}).items():
             try:
                 for kk, compiled in kern[0].items():

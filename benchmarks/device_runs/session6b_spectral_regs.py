@@ -1,8 +1,10 @@
-"""Compile the v3 / v4 / v5 spectral block kernels for sm_90 without a GPU (Triton's bundled ptxas) and print
+"""Compile the v3 spectral block kernel for sm_90 without a GPU (Triton's bundled ptxas) and print
 registers, spills, shared memory, barriers and cp.async counts per launch configuration (B = 1, 32K, d = 128,
 G = 4, block 512, int8 coefficients, bf16): a free resource report before a device call.
+(Session 6 round 2 also compiled the experimental v4 / v5 kernels with it; they were removed in the session's
+review, their figures are in benchmarks/RESULTS.md.)
 
-    python benchmarks/device_runs/session6b_spectral_regs.py v5:16:16:1:2:4:2 v3:32:32:1:2:4:2 ...
+    python benchmarks/device_runs/session6b_spectral_regs.py v3:16:16:1:2:4:2 v3:32:32:1:2:4:2 ...
     (kernel:rk:rv:split:bpp:warps:stages[:slices[:l2pf]][:NAME=int constexpr, e.g. CKT=1])
 """
 import inspect
@@ -17,7 +19,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from attnlab.ops.spectral import jit_v3, jit_v4, jit_v5  # noqa: E402
+from attnlab.ops.spectral import jit_v3  # noqa: E402
 
 BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
 TYPES = dict(Q="*bf16", CK="*i8", SK="*fp32", BK="*bf16", CV="*i8", SV="*fp32", BV="*bf16", HKP="*bf16", HVP="*bf16",
@@ -30,24 +32,17 @@ def compile_one(spec):
     parts = [x for x in spec.split(":") if "=" not in x]
     opts_extra = {"maxnreg": extra.pop("MAXNREG")} if "MAXNREG" in extra else {}
     kern, rk, rv, sp, bpp, w, st = parts[0], *map(int, parts[1:7])
-    nsl_req = int(parts[7]) if len(parts) > 7 else 0
     l2pf = bool(int(parts[8])) if len(parts) > 8 else True
-    fn = {"v3": jit_v3._spectral_v3, "v4": jit_v4._spectral_v4, "v5": jit_v5._spectral_v5}[kern]
+    if kern != "v3":
+        raise SystemExit(f"only v3 is compiled here (v4 / v5 were removed); got {kern!r}")
+    fn = jit_v3._spectral_v3
     tpp = 512 // sp
     p2 = lambda x: max(16, 1 << (x - 1).bit_length())  # noqa: E731
-    if kern == "v3":
-        nsl, tw = 4, tpp // 4
-    else:
-        nsl = 4 if not nsl_req else nsl_req
-        cols = 64 if kern == "v4" else 128
-        while nsl > 1 and (tpp // (w * nsl) < 16 or nsl * p2(max(rk, rv)) > cols) and not nsl_req:
-            nsl //= 2 if kern == "v5" else 4
-        tw = tpp // (w * nsl)
+    nsl, tw = 4, tpp // 4
     consts = dict(G=4, GP=16, GQ=4, D=128, DP=128, DV=128, DVP=128, RK=rk, RKP=p2(rk), RV=rv, RVP=p2(rv), BS=512,
                   SPLIT=sp, BPP=bpp, NW=nsl, TW=tw, HOT_PER_SPLIT=256, HT=64, QUANT=True, LOWP=True, PREC="tf32",
                   FUSED=False, GRP=8, SCH=8, FASTCVT=True, I64=False, PDL=True, PRE=0, L2PF=l2pf, **extra)
-    if kern == "v3":
-        consts.setdefault("CVWORDS", False)
+    consts.setdefault("CVWORDS", False)
     opts = {"num_warps": w, "num_stages": st, **opts_extra}
     names = inspect.signature(fn.fn).parameters
     sig = {n: ("constexpr" if n in consts else TYPES.get(n, "i32")) for n in names}

@@ -12,9 +12,10 @@ Session 6 (B = 1): when every program is resident at once (B = 1 at 32K), v3 tak
 program (split 1, half as many blocks each) and requests each program's blocks from L2 before the PDL
 wait (``l2_prefetch``); the programs were latency bound (Nsight Compute: ~2 warps per scheduler,
 long-scoreboard first, ~20 block-wide barriers per block step). ``prefetch`` (next block's tiles in
-registers) and the v4 kernel (warps as the dots' batch dimension) are tested options, slower there.
-Session 6 round 2: the v5 kernel (per-warp softmax, coefficient-space accumulator) and ``cv_words`` (int8 value
-coefficients as int32 words) are tested options, also slower there (benchmarks/RESULTS.md).
+registers) and, from round 2, ``cv_words`` (int8 value coefficients as int32 words) are tested options, slower
+there. Two experimental kernels of session 6, v4 (warps as the dots' batch dimension) and v5 (v4 with a
+per-warp softmax and a coefficient-space accumulator), measured slower everywhere and were removed in the
+session's review; their figures stay in benchmarks/RESULTS.md ("Session 6", "Session 6 round 2").
 
 v3 (``_spectral_v3``, session 5): like v2 a program takes ``block_size / split`` tokens (of each
 of ``blocks_per_program`` consecutive blocks, pipelined), cut into token slices, but the slices
@@ -92,8 +93,6 @@ if HAS_TRITON:  # the Triton kernels live in jit_v1/v2/v3.py; the launchers belo
     from .jit_v1 import _spectral_split, _spectral_merge_proj, _spectral_merge
     from .jit_v2 import _spectral_v2, _merge_v2_kernel
     from .jit_v3 import _spectral_v3
-    from .jit_v4 import _spectral_v4
-    from .jit_v5 import _spectral_v5
 
 
 def _p2(x: int) -> int:
@@ -455,7 +454,7 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
     impl="v3": launch parameters left None come from ``default_config_v3``: split,
     blocks_per_program (with split > 1: that part of each of them), num_warps, num_stages,
     fused_merge, merge_group, fast_cvt, maxnreg, pdl, prefetch, l2_prefetch.
-    l2_prefetch (v3/v4, session 6; sm_90+, compiled, else ignored): each program first asks L2 for
+    l2_prefetch (v3, session 6; sm_90+, compiled, else ignored): each program first asks L2 for
     every byte of its blocks (cp.async.bulk.prefetch.L2), before the PDL wait, so its loads wait for
     L2 rather than DRAM and the requests overlap the previous kernel. Default: on where measured faster
     (one-wave grids such as B = 1 at 32K; ranks <= 16 otherwise), see ``default_config_v3``.
@@ -467,12 +466,6 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
     shared memory), instead of being read byte by byte out of shared memory in the dot's layout (quantized
     low-precision caches with a power-of-two value rank >= 16; ignored otherwise). Default off: fewer
     instructions, but 0.6-1.5 us slower per call on the H100 (benchmarks/RESULTS.md, "Session 6 round 2").
-    impl="v4" (session 6, experimental, slower on the H100): v3's rows with the warps as the batch
-    dimension of the dots (8 block-wide barriers per block step instead of ~20); same options as v3
-    except fused_merge and prefetch.
-    impl="v5" (session 6 round 2, experimental, slower on the H100): v4's per-warp softmax with the accumulator
-    in coefficient space within a block (the warps' [rows, r_v] combined once per block step, one 2-D
-    projection by the block's value basis); same options as v4, plus warp_slices (token slices per warp).
     pdl (v2/v3): programmatic dependent launch (sm_90+, CUDA, compiled; else ignored): the kernel
     and the merge kernel are launched with ``launch_pdl`` and start with griddepcontrol.wait, so a
     kernel's launch overlaps the previous one's work (merge after split, the next call's split after
@@ -504,20 +497,20 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
                                    blocks_per_program=blocks_per_program, hot_per_split=hot_per_split,
                                    fused_merge=fused_merge, num_warps=num_warps, num_stages=num_stages,
                                    maxnreg=maxnreg, **v1_options)
-    if impl not in ("v2", "v3", "v4", "v5"):
-        raise ValueError(f"impl must be 'auto', 'v1', 'v2', 'v3', 'v4' or 'v5'; got {impl!r}")
+    if impl not in ("v2", "v3"):
+        raise ValueError(f"impl must be 'auto', 'v1', 'v2' or 'v3'; got {impl!r}")
     if v1_options:
         bad = sorted(set(v1_options) - set(_V1_ONLY))
         if bad:
             raise TypeError(f"spectral_decode: unexpected option(s) {', '.join(bad)}")
         raise ValueError(f"option(s) {', '.join(sorted(v1_options))} belong to impl='v1'")
-    if impl in ("v3", "v4", "v5"):
+    if impl == "v3":
         return _spectral_decode_v3(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale, split=split,
                                    blocks_per_program=blocks_per_program, hot_per_split=hot_per_split,
                                    fused_merge=fused_merge, fast_cvt=fast_cvt, merge_group=merge_group,
                                    num_warps=num_warps, num_stages=num_stages, maxnreg=maxnreg,
                                    warp_slices=warp_slices, slice_tile=slice_tile, pdl=pdl, prefetch=prefetch,
-                                   l2_prefetch=l2_prefetch, cv_words=cv_words, kernel=impl)
+                                   l2_prefetch=l2_prefetch, cv_words=cv_words)
     if prefetch or l2_prefetch or cv_words:  # v1 / v2
         raise ValueError("prefetch / l2_prefetch / cv_words belong to impl='v3'")
     q, (b, hq, d, bs) = _checked_inputs(q, ck, sk, bk, cv, sv, bv, hot_k, hot_v)
@@ -608,12 +601,10 @@ V3_SESSION6 = True
 def _spectral_decode_v3(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale, *, split=None,
                         blocks_per_program=None, hot_per_split=256, fused_merge=None, fast_cvt=None,
                         merge_group=None, num_warps=None, num_stages=None, maxnreg=None, warp_slices=None,
-                        slice_tile=None, pdl=None, prefetch=None, l2_prefetch=None, cv_words=None, kernel="v3"):
-    """The v3 kernel (``_spectral_v3``; kernel="v4": ``_spectral_v4``, session 6, experimental: warps as the
-    batch dimension of the dots; kernel="v5": ``_spectral_v5``, session 6 round 2, experimental: v4 with the
-    accumulator in coefficient space within a block) through v2's launcher (plans, replay, merges)."""
-    if slice_tile or (warp_slices and kernel == "v3"):
-        raise ValueError("warp_slices / slice_tile belong to impl='v2' (warp_slices also to 'v4' / 'v5')")
+                        slice_tile=None, pdl=None, prefetch=None, l2_prefetch=None, cv_words=None):
+    """The v3 kernel (``_spectral_v3``) through v2's launcher (plans, replay, merges)."""
+    if slice_tile or warp_slices:
+        raise ValueError("warp_slices / slice_tile belong to impl='v2'")
     q, (b, hq, d, bs) = _checked_inputs(q, ck, sk, bk, cv, sv, bv, hot_k, hot_v)
     dev = q.device
     cfg = default_config_v3(b * ck.shape[1], n_blocks, bs, _num_sms(dev), q.element_size(), ck.shape[-1], cv.shape[-1],
@@ -629,41 +620,20 @@ def _spectral_decode_v3(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_l
     while tpp % (nsl * 16):
         nsl //= 2
     tw = tpp // nsl
-    if kernel in ("v4", "v5"):  # the warps are a batch dimension: tpp = warps * slices * tw, tw >= 16
-        wb = num_warps or cfg["num_warps"]
-        nsl = max(1, gp // gq)
-        if warp_slices:  # slices per warp (rows of the dots), at most the rows' room
-            nsl = min(nsl, next_pow2(warp_slices))
-        # v4: at most 64 columns in the block-diagonal dots (registers: no spills at ranks 32); v5 (its
-        # accumulator in coefficient space) 128
-        cols = 64 if kernel == "v4" else 128
-        while nsl > 1 and (tpp // (wb * nsl) < 16 or nsl * _p2(max(ck.shape[-1], cv.shape[-1])) > cols):
-            nsl //= 2 if kernel == "v5" else 4  # (v4 as measured in session 6: by 4, e.g. 1 slice at ranks 32)
-        while wb > 1 and tpp // (wb * nsl) < 16:
-            wb //= 2
-        tw = tpp // (wb * nsl)
-        if tw < 16 or tpp % (wb * nsl * 16):
-            raise ValueError(f"impl='{kernel}' needs block_size / split >= 16 * num_warps; got {tpp}")
-        if fused_merge:
-            raise ValueError(f"impl='{kernel}' has no fused merge (fused_merge=False)")
-        fused_merge = False
     first = (sp, nsl, tw, num_warps or cfg["num_warps"], num_stages or cfg["num_stages"],
              cfg["fused_merge"] if fused_merge is None else bool(fused_merge),
              (dev.type == "cuda" and not _interpreting()) if fast_cvt is None else bool(fast_cvt),
              merge_group or cfg["merge_group"], bpp, maxnreg, _pdl_ok(dev, cfg["pdl"] if pdl is None else pdl),
              int(cfg["prefetch"] if prefetch is None else prefetch),
-             _l2pf_ok(dev, cfg["l2_prefetch"] if l2_prefetch is None else l2_prefetch))
-    if kernel == "v3":
-        first = (*first, bool(cfg.get("cv_words", False) if cv_words is None else cv_words))
-    elif cv_words:
-        raise ValueError("cv_words belongs to impl='v3'")
+             _l2pf_ok(dev, cfg["l2_prefetch"] if l2_prefetch is None else l2_prefetch),
+             bool(cfg.get("cv_words", False) if cv_words is None else cv_words))
     scale = d**-0.5 if scale is None else scale
     out = torch.empty(b, hq, 1, bv.shape[-1], device=dev, dtype=q.dtype)
     args = (q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale, out, hot_per_split)
 
     def fallbacks():  # large ranks: no pipelining, then smaller programs (less shared memory per step)
         cands = [first, (*first[:4], 1, *first[5:8], 1, *first[9:])]
-        sp2 = sp if kernel == "v3" else 8 * sp  # v4 / v5: no smaller programs
+        sp2 = sp
         while sp2 * 2 <= bs // 16 and sp2 < 8 * sp:
             sp2 *= 2
             t2 = bs // sp2
@@ -672,23 +642,15 @@ def _spectral_decode_v3(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_l
                 n2 //= 2
             cands.append((sp2, n2, t2 // n2, first[3], 1, *first[5:8], 1, *first[9:]))
         cands = list(dict.fromkeys(cands))
-        return cands, (kernel, dev, q.dtype, ck.dtype, bk.dtype, hot_k.dtype, bs, ck.shape[-1], cv.shape[-1], d,
+        return cands, ("v3", dev, q.dtype, ck.dtype, bk.dtype, hot_k.dtype, bs, ck.shape[-1], cv.shape[-1], d,
                        bv.shape[-1], hq // ck.shape[1], first)
 
-    _launch_fitting({"v3": _launch_v3, "v4": _launch_v4, "v5": _launch_v5}[kernel], args, first, fallbacks)
+    _launch_fitting(_launch_v3, args, first, fallbacks)
     return out
 
 
 def _launch_v3(*args):
     return _launch_v2(*args, kernel="v3")
-
-
-def _launch_v4(*args):
-    return _launch_v2(*args, kernel="v4")
-
-
-def _launch_v5(*args):
-    return _launch_v2(*args, kernel="v5")
 
 
 def _launch_v2(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale, out, hot_per_split,
@@ -732,8 +694,7 @@ def _launch_v2(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale
             replay = False
     if plan is None:
         plan = (None, _make_plan_v2(q, ck, bk, cv, bv, hot_k, n_blocks, n_hot, hot_per_split, quant, sp, nw, tw, fused,
-                                    fast, grp, bpp, pdl, (pre, l2pf, cvw) if kernel == "v3" else
-                                    (pre, l2pf) if kernel in ("v4", "v5") else None))
+                                    fast, grp, bpp, pdl, (pre, l2pf, cvw) if kernel == "v3" else None))
     grid, mgrid, work, cnt, consts, mconsts, (nb_cap, hot_cap, n_comp, n_splits, n_groups) = plan[1]
     pm, pl, pacc, pm2, pl2, pacc2 = work
     a = [q, ck, sk if quant else pm, bk, cv, sv if quant else pm, bv, hot_k, hot_v, pm, pl, pacc, cnt, out, pm2, pl2,
@@ -742,8 +703,8 @@ def _launch_v2(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale
     opts = {} if maxnreg is None else {"maxnreg": maxnreg}
     if pdl:  # launch attribute of the compiled launcher: the replayed launches below carry it too
         opts["launch_pdl"] = True
-    k1 = {"v2": _spectral_v2, "v3": _spectral_v3, "v4": _spectral_v4, "v5": _spectral_v5}[kernel][grid](*a, num_warps=num_warps, num_stages=num_stages,
-                                                                   **opts)
+    k1 = {"v2": _spectral_v2, "v3": _spectral_v3}[kernel][grid](*a, num_warps=num_warps, num_stages=num_stages,
+                                                                **opts)
     LAUNCH_STATS["jit"] += 1
     launches = [(k1, grid, a)]
     if mgrid is not None:
@@ -791,11 +752,10 @@ def _make_plan_v2(q, ck, bk, cv, bv, hot_k, n_blocks, n_hot, hot_per_split, quan
                   LOWP=lowp and (quant or ck.dtype == torch.float16), PREC="ieee" if not lowp else "tf32",
                   FUSED=fused, GRP=grp, SCH=8, FASTCVT=fast and quant,
                   I64=max(ck.numel(), cv.numel(), bk.numel(), bv.numel()) >= 2**31, PDL=pdl)
-    if pre is not None:  # v3 / v4 / v5 only (their last arguments): (prefetch, l2_prefetch[, cv_words: v3])
+    if pre is not None:  # v3 only (its last arguments): (prefetch, l2_prefetch, cv_words)
         consts["PRE"] = int(pre[0])
         consts["L2PF"] = bool(pre[1])
-        if len(pre) > 2:
-            consts["CVWORDS"] = bool(pre[2])
+        consts["CVWORDS"] = bool(pre[2])
     mgrid = mconsts = None
     if not fused:
         dvb = min(32, dvp)
