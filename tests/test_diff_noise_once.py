@@ -101,14 +101,10 @@ def test_noise_once_contraction_chunks(monkeypatch, kc):
     (16, 16, 2, 1, 1, 2, 0, 1, True, True),   # both tiles' dK2 summed in registers, one atomic
     (16, 32, 2, 1, 1, 0, 16, 2, False, True),
 ])
-@pytest.mark.parametrize("mode", ["lean", "tma"])
-def test_noise_once_lean_dk(monkeypatch, lean, mode):
+def test_noise_once_lean_dk(monkeypatch, lean):
     """DK_MODE="lean" (session 6): the dK/dQ kernel whose contraction runs before its epilogue; NT=2
-    query tiles share each V chunk; odd lengths (tiles past T, half-empty diagonal pairs). "tma": the
-    same with V and dN through tensor descriptors (rows past T and columns past DV read as zeros)."""
-    if mode == "tma" and lean[2] == 1 and lean[7] == 2:
-        pytest.skip("kept short: the other configs cover the descriptor form")
-    monkeypatch.setattr(NO, "DK_MODE", mode)
+    query tiles share each V chunk; odd lengths (tiles past T, half-empty diagonal pairs)."""
+    monkeypatch.setattr(NO, "DK_MODE", "lean")
     monkeypatch.setitem(NO._INTERP, "lean", lean)
     _check((1, 5, 45, 16, 16, 16), torch.float32, TOL32, TOL32)
     _check((2, 3, 37, 16, 24, 20), torch.float32, TOL32, TOL32)
@@ -261,13 +257,6 @@ GPU_DK = {"default": None, "grouped": (64, 64, 2, 512, 4, 2, True), "session-4-d
               "nt1-kc32-6-stages": (128, 128, 1, 8, 6, 8, 32, 1, False, False),
               "nt2-early-k-4-stages": (128, 128, 2, 8, 4, 8, 64, 1, True, False),
               "nt2-kc32-split2": (128, 128, 2, 8, 4, 4, 32, 2, False, False)}.items()},
-          # its tensor-descriptor (TMA) form
-          **{"tma-" + k: ("tma", v) for k, v in {
-              "nt1": (128, 128, 1, 8, 3, 8, 64, 1, False, False),
-              "nt1-4-stages": (128, 128, 1, 8, 4, 8, 64, 1, False, False),
-              "nt2-early-k-acc": (128, 128, 2, 8, 3, 8, 64, 1, True, True),
-              "nt2-kc32-split2": (128, 128, 2, 8, 4, 4, 32, 2, False, False)}.items()},
-          "tma-nt1-odd-length": ("tma", (128, 128, 1, 8, 3, 8, 64, 1, False, False)),
           # session 6b: module flags (the op as two autograd nodes / the memset in the backward / the
           # preprocess and dK kernel on a side stream during the signal's backward)
           "two-nodes": {"FUSE_SIGNAL": False, "ZERO_IN_FWD": False}, "memset": {"ZERO_IN_FWD": False},
@@ -292,7 +281,7 @@ def test_noise_once_variants_bf16_gpu(monkeypatch, variant):
     elif GPU_DK[variant] == "w16":
         monkeypatch.setitem(NO.CONFIGS, "dv", (128, 128, 2, 16, 2, 1))
         monkeypatch.setitem(NO.CONFIGS, "fwd", (128, 128, 2, 16, 2, 1))
-    elif isinstance(GPU_DK[variant], tuple) and GPU_DK[variant][0] in ("lean", "loop", "tma"):
+    elif isinstance(GPU_DK[variant], tuple) and GPU_DK[variant][0] in ("lean", "loop"):
         monkeypatch.setattr(NO, "DK_MODE", GPU_DK[variant][0])
         if GPU_DK[variant][1] is not None:
             monkeypatch.setitem(NO.CONFIGS, "lean", GPU_DK[variant][1])
@@ -300,8 +289,8 @@ def test_noise_once_variants_bf16_gpu(monkeypatch, variant):
         monkeypatch.setattr(NO, "DK_MODE", "loop")
         monkeypatch.setitem(NO.CONFIGS, "dk", GPU_DK[variant])
     # the session-6 candidates at T = 1024 (the benchmark's compiled kernels; odd lengths: the default
-    # config in test_noise_once_bf16_gpu, one descriptor case here, every config in the interpreter)
-    t = 1024 if variant.startswith(("lean-", "tma-")) and not variant.endswith("odd-length") else 1000
+    # config in test_noise_once_bf16_gpu, every config in the interpreter)
+    t = 1024 if variant.startswith("lean-") else 1000
     test_noise_once_bf16_gpu((1, 16, t, 128, 128, 128))
 
 
@@ -429,7 +418,7 @@ def test_noise_once_replay_passes_the_slow_paths_arguments(monkeypatch, combine)
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("mode", ["lean", "tma", "loop"])
+@pytest.mark.parametrize("mode", ["lean", "loop"])
 def test_noise_once_replay_equals_slow_path_gpu(monkeypatch, mode):
     """On the GPU: replayed launches give the slow path's results (the forward and the
     deterministic gradients bit for bit; dQ2/dK2/dlam come from float32 atomics), and the replay

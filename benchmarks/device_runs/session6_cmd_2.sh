@@ -1,4 +1,6 @@
 # Session 6, issue 3 (CMD noise-once), device call 2: the final table (every lean dK candidate, session 5's
+# Note: the "tma" DK_MODE named below was removed in session 6's review (measured no faster); this script
+# records the call as it ran (at commit a3f8573) and needs that commit to run again.
 # module and the notebook in one process, 5 rounds round robin) first, then the GPU tests. Run from the
 # carry dir, which holds noise_once_s5.py = `git show 3b9a62d:attnlab/ops/diff_attention/noise_once.py`.
 set -o pipefail

@@ -478,62 +478,6 @@ def _noise_bwd_dk_lean_kernel(Q, K, V, DN, LSE, DELTA, DK, DQ, TBL,
 
 
 @triton.jit
-def _noise_bwd_dk_tma_kernel(Q, K, V, DN, LSE, DELTA, DK, DQ, TBL,
-                             sqb, sqt, skb, skt, svb, svh, svt,
-                             NB, H, HS, SPLIT, T, qk, scale,
-                             D: tl.constexpr, BD: tl.constexpr, DV: tl.constexpr, BDV: tl.constexpr,
-                             BM: tl.constexpr, BN: tl.constexpr, NT: tl.constexpr, KC: tl.constexpr,
-                             EARLY_K: tl.constexpr, ACC: tl.constexpr):
-    """The lean kernel with the contraction's operands (V and dN chunks) loaded by the Hopper tensor
-    memory accelerator (device-side tensor descriptors over [B, H, T, DV]; rows past T and columns past
-    DV come back as zeros): DK_MODE="tma". Strides must be multiples of 16 bytes (the launcher checks)."""
-    pid = tl.program_id(0)
-    bs = tl.program_id(1)
-    pid_n = tl.load(TBL + 2 * pid)
-    c = tl.load(TBL + 2 * pid + 1)
-    b = bs // SPLIT
-    s = bs % SPLIT
-    hs0 = s * HS
-    hs1 = tl.minimum(hs0 + HS, H)
-    start_n = pid_n * BN
-    start_m = c * (NT * BM)
-    offs_n = start_n + tl.arange(0, BN)
-    vd = tl.make_tensor_descriptor(V, shape=[NB, H, T, DV], strides=[svb, svh, svt, 1], block_shape=[1, 1, BN, KC])
-    dd = tl.make_tensor_descriptor(DN, shape=[NB, H, T, DV], strides=[H * T * DV, T * DV, DV, 1],
-                                   block_shape=[1, 1, BM, KC])
-    if EARLY_K:
-        k = _rows(K + b * skb, offs_n, skt, T, D, BD)
-    dpa = tl.zeros([BN, BM], dtype=tl.float32)
-    if NT == 2:
-        dpb = tl.zeros([BN, BM], dtype=tl.float32)
-    NKC: tl.constexpr = BDV // KC
-    for j in range(hs0 * NKC, hs1 * NKC):
-        h = j // NKC
-        c0 = (j % NKC) * KC
-        v = vd.load([b, h, start_n, c0]).reshape(BN, KC)
-        dpa = tl.dot(v, tl.trans(dd.load([b, h, start_m, c0]).reshape(BM, KC)), dpa)
-        if NT == 2:
-            dpb = tl.dot(v, tl.trans(dd.load([b, h, start_m + BM, c0]).reshape(BM, KC)), dpb)
-    if not EARLY_K:
-        k = _rows(K + b * skb, offs_n, skt, T, D, BD)
-    q_base = Q + b * sqb
-    lse_b = LSE + b * T
-    delta_b = DELTA + bs * T
-    dq_b = DQ + b * T * D
-    dk_b = DK + b * T * D
-    dk = tl.zeros([BN, BD], dtype=tl.float32)
-    dk = _dk_lean_tile(dpa, k, dk, q_base, sqt, lse_b, delta_b, dq_b, dk_b, start_m, offs_n, T, qk, scale,
-                       D, BD, BM, ACC)
-    if NT == 2:
-        dk = _dk_lean_tile(dpb, k, dk, q_base, sqt, lse_b, delta_b, dq_b, dk_b, start_m + BM, offs_n, T, qk, scale,
-                           D, BD, BM, ACC)
-    if ACC:
-        offs_d = tl.arange(0, BD)
-        tl.atomic_add(dk_b + offs_n[:, None] * D + offs_d[None, :], dk * scale,
-                      mask=(offs_n < T)[:, None] & (offs_d < D)[None, :], sem="relaxed")
-
-
-@triton.jit
 def _merged_step(k, vg, dv, dk, q_base, sqt, dn_base, dcol, cmask, LSE, DELTA, DQ, start_m, offs_n, T, qk, scale,
                  D: tl.constexpr, BD: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, MASK: tl.constexpr):
     offs_m = start_m + tl.arange(0, BM)
@@ -646,9 +590,8 @@ BWD_MODE = os.environ.get("ATTNLAB_NOISE_BWD", "split")
 # at NT = 1 (session 5's kernel: 632 bytes of stack per thread: its scores' operands and accumulators
 # were live during the contraction); NT = 2 reads 25% fewer L2 bytes per product.
 CONFIGS["lean"] = (128, 128, 2, 8, 3, 8, 64, 1, True, True)
-# which dK/dQ kernel the split backward takes: "loop" (session 5's ``CONFIGS["dk"]``), "lean", or "tma"
-# (the lean kernel with V and dN loaded through tensor descriptors, same CONFIGS["lean"]; the lean kernel
-# where strides do not suit them)
+# which dK/dQ kernel the split backward takes: "loop" (session 5's ``CONFIGS["dk"]``) or "lean" (a variant
+# loading V and dN through device-side tensor descriptors measured no faster in session 6 and was removed)
 DK_MODE = os.environ.get("ATTNLAB_NOISE_DK", "lean")
 # heads wider than this keep session 5's dK kernel (GPU-tested at 256-wide noise heads; the lean
 # kernel's configs were measured and GPU-tested at 128)
@@ -679,7 +622,7 @@ def _zero_in_fwd(q2, v) -> bool:
 
 def _dk_mode(d: int, dv: int) -> str:
     """The dK/dQ kernel the backward takes for these head dims."""
-    if DK_MODE in ("lean", "tma") and max(d, dv) > LEAN_MAX_WIDTH:
+    if DK_MODE == "lean" and max(d, dv) > LEAN_MAX_WIDTH:
         return "loop"
     return DK_MODE
 _INTERP = {"fwd": (16, 16, 2, 1, 1), "dv": (16, 16, 2, 1, 1), "dk": (16, 16, 2, 16, 1, 1, True),
@@ -770,31 +713,6 @@ def _fwd_body(go, q2, k2, v, aa, lam32, out, n, lse, ws32, scale, combine, zero)
         h, ng, t, b * t * d, scale * LOG2E, d, _pow2(d), dv, _pow2(dv), g, bm, bn, combine, bool(major), zero), w, s)
 
 
-def _tma_ok(v, dn, kc) -> bool:
-    """Whether V and dN suit tensor descriptors: 16-byte aligned bases and strides, chunks of at
-    least 16 bytes."""
-    e = v.element_size()
-    return (all(x.data_ptr() % 16 == 0 for x in (v, dn)) and all((st * e) % 16 == 0 for st in v.stride()[:3])
-            and (v.shape[-1] * e) % 16 == 0 and kc * e >= 16)
-
-
-def _torch_scratch(size: int, alignment: int, stream):
-    return torch.empty(size, dtype=torch.int8, device="cuda")
-
-
-def _ensure_allocator():
-    """Device-side tensor descriptors need Triton's global scratch allocator, a context variable:
-    set per thread (the backward runs in autograd's thread) unless the caller set one."""
-    try:
-        from triton.runtime import _allocation
-
-        if not isinstance(_allocation._allocator.get(), _allocation.NullAllocator):
-            return
-    except (ImportError, AttributeError):  # pragma: no cover - other triton layouts
-        pass
-    triton.set_allocator(_torch_scratch)
-
-
 def _dk_loop(go, q2, k2, v, dn, lse, delta, dk32, dq32, tbl, h, hs, split, t, d, dv, scale):
     """Session 5's dK/dQ kernel (DK_MODE="loop")."""
     bm, bn, _, chunk, w, s, grouped, late, _, kc = _config("dk", h, dv, d)
@@ -841,22 +759,15 @@ def _bwd_part1(go, dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dvo, tbl, sc
             h, split, t, scale * LOG2E, scale, d, _pow2(d), dv, _pow2(dv), hs, bm, bn), w, s)
         return
     mode = _dk_mode(d, dv)
-    if mode in ("lean", "tma"):
+    if mode == "lean":
         bm, bn, nt, w, s, _, kc, _, early, acc, maxnreg = _config("lean", h, dv, d)
         kc = _pow2(dv) if kc <= 0 else min(kc, _pow2(dv))
         opts = {"maxnreg": maxnreg} if maxnreg and not _interpret() else {}
-        if mode == "tma" and _tma_ok(v, dn, kc):
-            _fit(go, _noise_bwd_dk_tma_kernel, (tbl.numel() // 2, b * split),
-               (q2, k2, v, dn, lse, delta, dk32, dq32, tbl,
-                q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), *_vstr(v),
-                b, h, hs, split, t, scale * LOG2E, scale, d, _pow2(d), dv, _pow2(dv), bm, bn, nt, kc, bool(early),
-                bool(acc)), w, s, **opts)
-        else:
-            _fit(go, _noise_bwd_dk_lean_kernel, (tbl.numel() // 2, b * split),
-               (q2, k2, v, dn, lse, delta, dk32, dq32, tbl,
-                q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), *_vstr(v),
-                h, hs, split, t, scale * LOG2E, scale, d, _pow2(d), dv, _pow2(dv), bm, bn, nt, kc, bool(early),
-                bool(acc)), w, s, **opts)
+        _fit(go, _noise_bwd_dk_lean_kernel, (tbl.numel() // 2, b * split),
+           (q2, k2, v, dn, lse, delta, dk32, dq32, tbl,
+            q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), *_vstr(v),
+            h, hs, split, t, scale * LOG2E, scale, d, _pow2(d), dv, _pow2(dv), bm, bn, nt, kc, bool(early),
+            bool(acc)), w, s, **opts)
     else:
         _dk_loop(go, q2, k2, v, dn, lse, delta, dk32, dq32, tbl, h, hs, split, t, d, dv, scale)
 
@@ -867,7 +778,7 @@ def _bwd_plan(h, dv, d):
     if BWD_MODE == "merged":
         hs = _config("merged", h, dv)[2]
         return hs, triton.cdiv(h, hs), None
-    if _dk_mode(d, dv) in ("lean", "tma"):
+    if _dk_mode(d, dv) == "lean":
         bm, bn, nt, _, _, order, _, split, _, _, _ = _config("lean", h, dv, d)
         hs = triton.cdiv(h, split)
         return hs, triton.cdiv(h, hs), (bn, bm * nt, order)
@@ -940,8 +851,6 @@ def _noise_backward(saved, key, scale, combine, dout, ws32, signal=None):
     dev = v.device
     merged = BWD_MODE == "merged"
     hs, split, tb = _bwd_plan(h, dv, d)
-    if _dk_mode(d, dv) == "tma" and not merged and not _interpret():
-        _ensure_allocator()
     tbl = _dk_table(t, *tb, dev) if tb else lse  # lse: unused (merged)
     dn = torch.empty(b, h, t, dv, device=dev, dtype=v.dtype)
     delta = torch.empty(b, split, t, device=dev, dtype=torch.float32)
