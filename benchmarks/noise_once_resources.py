@@ -94,11 +94,9 @@ def sass_loops(sass):
     return loops
 
 
-def dk_args(lean: bool, bm=128, bn=128, nt=1, kc=64, early=False, acc=False, tma=False):
+def dk_args(lean: bool, bm=128, bn=128, nt=1, kc=64, early=False, acc=False):
     a = dict(Q="bf16", K="bf16", V="bf16", DN="bf16", LSE="fp32", DELTA="fp32", DK="fp32", DQ="fp32", TBL="i32",
              sqb=T * D, sqt=D, skb=T * D, skt=D, svb=H * T * D, svh=T * D, svt=D)
-    if tma:
-        a["NB"] = 1
     a.update(H=H, HS=H, SPLIT=1, T=T, qk=0.1, scale=0.1, D=C(D), BD=C(D), DV=C(D), BDV=C(D), BM=C(bm), BN=C(bn))
     if lean:
         a.update(NT=C(nt), KC=C(kc), EARLY_K=C(early), ACC=C(acc))
@@ -133,7 +131,6 @@ def cases(quick: bool):
         ("dK lean NT=1", NO._noise_bwd_dk_lean_kernel, dk_args(True), 8, 3, {}),
         ("dK lean BM 64 NT=2 maxnreg 128", NO._noise_bwd_dk_lean_kernel, dk_args(True, bm=64, nt=2), 8, 3,
          {"maxnreg": 128}),
-        ("dK TMA NT=1", NO._noise_bwd_dk_tma_kernel, dk_args(True, tma=True), 8, 3, {}),
         ("noise forward", NO._noise_fwd_kernel, fwd_args(*NO.CONFIGS["fwd"][:3]), *NO.CONFIGS["fwd"][3:5], {}),
         ("noise dV", NO._noise_bwd_dv_kernel, dv_args(*NO.CONFIGS["dv"][:3]), *NO.CONFIGS["dv"][3:5], {}),
     ]
