@@ -101,7 +101,7 @@ def dk_args(lean: bool, bm=128, bn=128, nt=1, kc=64, early=False, acc=False):
     if lean:
         a.update(NT=C(nt), KC=C(kc), EARLY_K=C(early), ACC=C(acc))
     else:  # session 5's kernel at its config
-        a.update(CHUNK=C(128), GROUPED=C(False), G=C(1), LATE=C(True), KC=C(kc))
+        a.update(CHUNK=C(128), KC=C(kc))
     return a
 
 
@@ -127,7 +127,7 @@ def cases(quick: bool):
     if quick:
         return out
     out += [
-        ("dK session 5 (DK_MODE=loop)", NO._noise_bwd_dk_kernel, dk_args(False), 8, 3, {}),
+        ("dK session 5 (wide heads)", NO._noise_bwd_dk_kernel, dk_args(False), 8, 3, {}),
         ("dK lean NT=1", NO._noise_bwd_dk_lean_kernel, dk_args(True), 8, 3, {}),
         ("dK lean BM 64 NT=2 maxnreg 128", NO._noise_bwd_dk_lean_kernel, dk_args(True, bm=64, nt=2), 8, 3,
          {"maxnreg": 128}),
