@@ -98,6 +98,25 @@ def test_noise_once_lean_dk(monkeypatch, lean):
     _check((2, 3, 37, 16, 24, 20), torch.float32, TOL32, TOL32)
 
 
+@pytest.mark.skipif(DEV == "cuda", reason="interpreter launch configs")
+@pytest.mark.parametrize("persist", [
+    (16, 16, 2, 1, 1, 2, 0, 1, True, 3),    # 3 programs over the table, both tiles' dK2 in registers
+    (16, 32, 1, 1, 1, 0, 16, 2, False, 2),  # one tile, wider key block, 2 head splits, 16-column chunks
+    (32, 16, 2, 1, 1, 8, 16, 3, False, 5),  # query tiles wider than the key block, 3 splits
+    (16, 16, 2, 1, 1, 2, 0, 1, True, 1000),  # more programs than table entries (one entry each)
+])
+def test_noise_once_persistent_dk(monkeypatch, persist):
+    """DK_PERSIST (session 7): the lean dK/dQ kernel as a persistent loop over (table entry, contraction
+    chunk) steps with the epilogue on each entry's last step; odd lengths, splits, fp32 and fp16."""
+    monkeypatch.setattr(NO, "DK_PERSIST", True)
+    monkeypatch.setitem(NO._INTERP, "persist", persist)
+    assert NO._dk_mode(16, 16) == "persist"
+    _check((1, 5, 45, 16, 16, 16), torch.float32, TOL32, TOL32)
+    _check((2, 3, 37, 16, 24, 20), torch.float32, TOL32, TOL32)
+    if persist[-1] == 3:
+        _check((1, 4, 29, 16, 16, 32), torch.float16, 3e-3, 1e-2)
+
+
 def test_dk_mode_keeps_session_5_kernel_for_wide_heads(monkeypatch):
     """The lean kernel's configs were measured and GPU-tested at 128-wide heads; wider heads keep
     session 5's dK kernel (GPU-tested at 256). With the limit lowered, a dv-20 case runs that path."""
@@ -218,6 +237,10 @@ def test_noise_once_dispatch_and_errors():
 GPU_DK = {"default": None,
           "memset": {"ZERO_IN_FWD": False},
           "wide-head-path": {"LEAN_MAX_WIDTH": 0},  # session 5's dK kernel + the memset, at 128-wide heads
+          "persist": {"DK_PERSIST": True},  # session 7: the persistent lean dK kernel and its candidates
+          **{"persist-" + k: {"DK_PERSIST": True, "CONFIGS": {**NO.CONFIGS, "persist": v}} for k, v in {
+              "nt2-st2": (128, 128, 2, 8, 2, 8, 64, 1, False, 1),
+              "nt1": (128, 128, 1, 8, 3, 8, 64, 1, False, 1)}.items()},
           **{"lean-" + k: v for k, v in {  # lean dK kernel candidates (session 6)
               "nt1": (128, 128, 1, 8, 3, 8, 64, 1, False, False),
               "nt2-early-k-4-stages": (128, 128, 2, 8, 4, 8, 64, 1, True, False),
@@ -314,17 +337,19 @@ def test_noise_once_only_for_cmd():
 
 
 NO_KERNELS = ("_noise_fwd_kernel", "_noise_bwd_pre_kernel", "_noise_bwd_dk_kernel", "_noise_bwd_dk_lean_kernel",
+              "_noise_bwd_dk_persist_kernel",
               "_noise_bwd_dv_kernel")
 
 
-@pytest.mark.parametrize("combine", [True, False])
-def test_noise_once_replay_passes_the_slow_paths_arguments(monkeypatch, combine):
+@pytest.mark.parametrize("combine,persist", [(True, False), (False, False), (True, True)])
+def test_noise_once_replay_passes_the_slow_paths_arguments(monkeypatch, combine, persist):
     """noise-once launches through latent.py's replay: on CPU with fake kernels, a replayed call
     passes exactly the grid, scalars and data pointers that the slow path passes for its tensors."""
     from test_diff_latent_launch import fake_replay
 
     from attnlab.ops.diff_attention import latent as K
 
+    monkeypatch.setattr(NO, "DK_PERSIST", persist)
     log, roots = fake_replay(monkeypatch, NO, NO_KERNELS)
     b, h, t, d = 2, 3, 29, 16
     scale = 0.3
