@@ -159,8 +159,8 @@ def parse_noise_variant(NO, spec):
     """"label=MODE[:name=JSON]..." -> (label, NoiseState): MODE the dK kernel ("lean", "loop", or empty:
     the default); name a key of CONFIGS (a JSON list: its launch config) or a module flag (ZERO_IN_FWD,
     DK_PERSIST: JSON true/false; LEAN_MAX_WIDTH: an int)."""
-    label, _, rest = spec.partition("=")
-    mode, *parts = rest.split(":")
+    head, *parts = spec.split(":")
+    label, _, mode = head.rpartition("=")  # the label may hold "=" (e.g. "NT=1"), the mode does not
     configs, flags = {}, {}
     for part in parts:
         name, _, val = part.partition("=")
@@ -243,25 +243,40 @@ def sweep_noise(NO, b, h, t, d, dtype, device, warmup, repeats):
     return log
 
 
-def profile_noise(NO, b, h, t, d, dtype, device, n=5):
-    """GPU time per kernel of one noise-once fwd+bwd (torch.profiler, mean over n calls)."""
+def profile_noise(NO, b, h, t, d, dtype, device, n=5, label="default", state=None):
+    """GPU time per kernel of one noise-once fwd+bwd (torch.profiler, mean over n calls), with the
+    achieved TFLOP/s of the matmul kernels (units of one causal T x T x d product, 2 T^2 d / 2 FLOP:
+    cuDNN forward 2H, backward 5H; noise forward and dV H + H/G each, dK/dQ H + 3 x splits)."""
     from torch.profiler import ProfilerActivity, profile
 
     ins = make(b, h, t, d, dtype, device, True)
     dout = torch.randn(b, h, t, d, device=device, dtype=dtype)
     run = fwd_bwd(NO.cmd_attention_noise_once, ins, dout)
-    run()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as p:
-        for _ in range(n):
-            run()
-        torch.cuda.synchronize()
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    with state or contextlib.nullcontext():
+        run()
+        sync()
+        with profile(activities=[ProfilerActivity.CUDA if torch.cuda.is_available() else ProfilerActivity.CPU]) as p:
+            for _ in range(n):
+                run()
+            sync()
+        g = NO._config("fwd", h, d)[2]
+        split = NO._bwd_plan(h, d, d)[1]
+    unit = b * t * t * d  # FLOP of one causal T x T x d product (2 T^2 d / 2)
+    units = {"_noise_fwd_kernel": h + h / g, "_noise_bwd_dv_kernel": h + h / g, "_noise_bwd_dk": h + 3 * split,
+             "fprop": 2 * h, "dgrad": 5 * h, "bprop": 5 * h}
     rows = sorted(((e.key[:60], e.self_device_time_total / n / 1e3, e.count // n) for e in p.key_averages()),
                   key=lambda r: -r[1])
-    print(f"noise-once kernels, T={t} (ms per fwd+bwd, total {sum(r[1] for r in rows):.3f}):")
-    for k, ms, c in rows[:12]:
-        print(f"   {ms:8.3f}  x{c}  {k}")
-    return [{"T": t, "kernel": k, "ms": ms, "count": c} for k, ms, c in rows]
+    print(f"noise-once ({label}) kernels, T={t} (ms per fwd+bwd, total {sum(r[1] for r in rows):.3f}):")
+    out = []
+    for k, ms, c in rows:
+        u = next((x for key, x in units.items() if key in k), None)
+        tf = u * unit / (ms * 1e9) if u and ms > 0 else None
+        out.append({"T": t, "variant": label, "kernel": k, "ms": ms, "count": c, "units": u, "TFLOPs": tf})
+    for r in out[:12]:
+        tf = f"  {r['TFLOPs']:6.0f} TFLOP/s ({r['units']:g} units)" if r["TFLOPs"] else ""
+        print(f"   {r['ms']:8.3f}  x{r['count']}  {r['kernel']}{tf}")
+    return out
 
 
 # hopper.py candidates, tried in stages (each keeps the best so far): forward (forward-only time), then the
@@ -436,6 +451,7 @@ def main(argv=None):
     ap.add_argument("--sweep-noise", action="store_true", help="try noise-once launch configs first")
     ap.add_argument("--sweep-T", type=int, help="sequence length of the noise-once sweep (default: the smallest --T)")
     ap.add_argument("--profile-noise", action="store_true", help="print the noise-once kernels' GPU times")
+    ap.add_argument("--profile-variants", action="store_true", help="with --profile-noise: the noise variants too")
     ap.add_argument("--sweep-hopper", action="store_true", help="pick hopper.py's modes and configs first")
     ap.add_argument("--profile", action="store_true", help="print the diff group's GPU times per kernel")
     ap.add_argument("--groups", default="diff,cmd", help="comma list of groups to time (diff, cmd)")
@@ -598,6 +614,10 @@ def main(argv=None):
     extra = {"shape": {"B": b, "H": h, "head_dim": d, "dtype": str(dtype)}}
     if NO is not None and args.profile_noise and device == "cuda":
         extra["noise_once_profile"] = [r for t in args.T for r in profile_noise(NO, b, h, t, d, dtype, device)]
+        for spec in args.noise_variants if args.profile_variants else []:
+            label, st = parse_noise_variant(NO, spec)
+            extra["noise_once_profile"] += [r for t in args.T
+                                            for r in profile_noise(NO, b, h, t, d, dtype, device, label=label, state=st)]
     if profiles:
         extra["profile"] = profiles
     if Hp is not None:

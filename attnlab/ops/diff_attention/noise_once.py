@@ -508,8 +508,8 @@ def _pow2(d: int) -> int:
 # the grid's first axis is the head group, so programs start longest first over all groups (0 or
 # missing: session 4's order, blocks first); fwd needs BM % BN == 0, dv BN % BM == 0.
 # lean: the dK/dQ kernel of session 6 (``_noise_bwd_dk_lean_kernel``, heads up to LEAN_MAX_WIDTH):
-# (BM, BN, NT query tiles per program sharing each V chunk, warps, stages, order, kc, split of heads,
-# early_k, acc, maxnreg); order: the program order of the (key block, chunk) pairs: 0 chunk-major (all
+# (BM, BN, NT query tiles per program sharing each V chunk (0: 1 or 2 by the T and GPU, ``_auto_nt``),
+# warps, stages, order, kc, split of heads, early_k, acc, maxnreg); order: the program order of the (key block, chunk) pairs: 0 chunk-major (all
 # key blocks of chunk 0, then chunk 1, ...), k > 0 tiles of k key blocks (for each tile: every chunk,
 # its k key blocks); kc: the contraction's chunk (columns of V / dN per dot; 0: a whole head); acc:
 # NT = 2 sums both tiles' dK2 in registers (one atomic per program); maxnreg: a register cap per
@@ -576,15 +576,46 @@ def _num_sms(dev) -> int:
     return n
 
 
-def _config(name: str, h: int, dv: int, d: int = 0):
+# NT2_COST: the time of one dK/dQ table entry with two query tiles over one with a single tile (the
+# contraction's V chunks shared: a little under 2; session 6 at T=16K: NT=2 about 3% faster in all)
+NT2_COST = 1.9
+_ENTRIES: dict = {}
+
+
+def _entries(t: int, bn: int, chunk: int) -> int:
+    """Live (key block, chunk) pairs of the dK table: sum over chunks of the key blocks before its end."""
+    key = (t, bn, chunk)
+    n = _ENTRIES.get(key)
+    if n is None:
+        n = _ENTRIES[key] = sum(triton.cdiv(min(c * chunk + chunk, t), bn) for c in range(triton.cdiv(t, chunk)))
+    return n
+
+
+def _auto_nt(t: int, bm: int, bn: int, slots: int) -> int:
+    """NT = 0 in a lean / persist config: the query tiles per entry (1 or 2) whose table runs in fewer
+    waves of ``slots`` concurrent programs, a wave of NT = 2 entries costing NT2_COST of NT = 1's (e.g.
+    T=4K, 132 SMs: 272 entries (3 waves) vs 528 (4.0 waves): NT = 1; T=16K: 4160 vs 8256: NT = 2)."""
+    if t <= 0:
+        return 2
+    w1 = triton.cdiv(_entries(t, bn, bm), slots)
+    w2 = triton.cdiv(_entries(t, bn, 2 * bm), slots) * NT2_COST
+    return 1 if w1 < w2 else 2
+
+
+def _config(name: str, h: int, dv: int, d: int = 0, t: int = 0, dev=None):
+    """A kernel's launch config (CONFIGS, or _INTERP in the interpreter) for these heads; t and dev
+    resolve NT = 0 (auto) of the lean / persist dK configs."""
     cfg = tuple((_INTERP if _interpret() else CONFIGS)[name])
     wide = max(d, dv) > 128 and not _interpret()
-    if name == "lean":
-        if wide:  # wide heads: one 64-row query tile per program
+    if name in ("lean", "persist"):
+        if name == "lean" and wide:  # wide heads: one 64-row query tile per program
             cfg = (64, cfg[1], 1) + cfg[3:]
-        return cfg + (False, False, 0)[len(cfg) - 8:]
-    if name == "persist":
-        return cfg
+        if cfg[2] == 0:
+            slots = _num_sms(dev) if dev is not None else 1
+            if name == "persist":
+                slots *= cfg[9]
+            cfg = cfg[:2] + (_auto_nt(t, cfg[0], cfg[1], slots),) + cfg[3:]
+        return cfg + (False, False, 0)[len(cfg) - 8:] if name == "lean" else cfg
     if name == "dk":  # the head-loop dK kernel takes any BM, BN and CHUNK
         if wide and cfg[0] > 64:  # wide heads: 64-row query tiles
             cfg = (64,) + cfg[1:]
@@ -681,7 +712,7 @@ def _bwd_body(go, dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dqk16, dvo, t
        num_warps=pw)
     mode = _dk_mode(d, dv)
     if mode == "lean":
-        bm, bn, nt, w, s, _, kc, _, early, acc, maxnreg = _config("lean", h, dv, d)
+        bm, bn, nt, w, s, _, kc, _, early, acc, maxnreg = _config("lean", h, dv, d, t, q2.device)
         kc = _pow2(dv) if kc <= 0 else min(kc, _pow2(dv))
         opts = {"maxnreg": maxnreg} if maxnreg and not _interpret() else {}
         _fit(go, _noise_bwd_dk_lean_kernel, (tbl.numel() // 2, b * split),
@@ -690,7 +721,7 @@ def _bwd_body(go, dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dqk16, dvo, t
             h, hs, split, t, scale * LOG2E, scale, d, _pow2(d), dv, _pow2(dv), bm, bn, nt, kc, bool(early),
             bool(acc)), w, s, **opts)
     elif mode == "persist":
-        bm, bn, nt, w, s, _, kc, _, acc, per_sm = _config("persist", h, dv, d)
+        bm, bn, nt, w, s, _, kc, _, acc, per_sm = _config("persist", h, dv, d, t, q2.device)
         kc = _pow2(dv) if kc <= 0 else min(kc, _pow2(dv))
         npair = tbl.numel() // 2
         _fit(go, _noise_bwd_dk_persist_kernel, (min(npair, per_sm * _num_sms(q2.device)), b * split),
@@ -707,12 +738,12 @@ def _bwd_body(go, dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dqk16, dvo, t
         h, ng, t, btd, scale * LOG2E, d, _pow2(d), dv, _pow2(dv), g, bm, bn, True, bool(major)), w, s)
 
 
-def _bwd_plan(h, dv, d):
+def _bwd_plan(h, dv, d, t=0, dev=None):
     """(heads per split, splits, the dK table's (key block, chunk rows, order)) of the backward under
-    the current CONFIGS."""
+    the current CONFIGS (t, dev: for NT = 0, see ``_auto_nt``)."""
     mode = _dk_mode(d, dv)
     if mode in ("lean", "persist"):
-        bm, bn, nt, _, _, order, _, split = _config(mode, h, dv, d)[:8]
+        bm, bn, nt, _, _, order, _, split = _config(mode, h, dv, d, t, dev)[:8]
         hs = triton.cdiv(h, split)
         return hs, triton.cdiv(h, hs), (bn, bm * nt, order)
     bm, bn, split, chunk, _, _, order, _ = _config("dk", h, dv, d)
@@ -769,7 +800,7 @@ def _noise_backward(saved, key, scale, combine, dout, ws32):
     if dout.stride(-1) != 1:
         dout = dout.contiguous()
     dev = v.device
-    hs, split, tb = _bwd_plan(h, dv, d)
+    hs, split, tb = _bwd_plan(h, dv, d, t, dev)
     tbl = _dk_table(t, *tb, dev)
     dn = torch.empty(b, h, t, dv, device=dev, dtype=v.dtype)
     delta = torch.empty(b, split, t, device=dev, dtype=torch.float32)
