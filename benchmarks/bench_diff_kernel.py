@@ -132,7 +132,7 @@ class NoiseState:
     held for a whole fwd+bwd (the backward reads them too), e.g. NoiseState(NO, "loop") = session 5's
     dK kernel (the wide-head path) at 128-wide heads."""
 
-    FLAGS = ("ZERO_IN_FWD", "LEAN_MAX_WIDTH", "DK_PERSIST")
+    FLAGS = ("ZERO_IN_FWD", "LEAN_MAX_WIDTH")
 
     def __init__(self, NO, mode=None, flags=None, **configs):
         self.NO, self.mode, self.configs = NO, mode, configs
@@ -157,8 +157,8 @@ class NoiseState:
 
 def parse_noise_variant(NO, spec):
     """"label=MODE[:name=JSON]..." -> (label, NoiseState): MODE the dK kernel ("lean", "loop", or empty:
-    the default); name a key of CONFIGS (a JSON list: its launch config) or a module flag (ZERO_IN_FWD,
-    DK_PERSIST: JSON true/false; LEAN_MAX_WIDTH: an int)."""
+    the default); name a key of CONFIGS (a JSON list: its launch config) or a module flag (ZERO_IN_FWD:
+    JSON true/false; LEAN_MAX_WIDTH: an int)."""
     head, *parts = spec.split(":")
     label, _, mode = head.rpartition("=")  # the label may hold "=" (e.g. "NT=1"), the mode does not
     configs, flags = {}, {}

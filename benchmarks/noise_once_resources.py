@@ -105,13 +105,6 @@ def dk_args(lean: bool, bm=128, bn=128, nt=1, kc=64, early=False, acc=False):
     return a
 
 
-def persist_args(bm=128, bn=128, nt=2, kc=64, acc=True):
-    a = dk_args(True, bm, bn, nt, kc, False, acc)
-    del a["EARLY_K"]
-    a["NPAIR"] = 4160
-    return a
-
-
 def fwd_args(bm=128, bn=64, g=2):
     return dict(Q="bf16", K="bf16", V="bf16", A="bf16", LAM="fp32", O="bf16", N="bf16", LSE="fp32", WS="fp32",
                 sqb=T * D, sqt=D, skb=T * D, skt=D, svb=H * T * D, svh=T * D, svt=D, sab=H * T * D, sah=T * D, sat=D,
@@ -127,10 +120,6 @@ def dv_args(bm=64, bn=128, g=2):
                 MAJOR=C(True))
 
 
-def _persist():
-    return NO.CONFIGS["persist"]
-
-
 def cases(quick: bool):
     lean = NO.CONFIGS["lean"]
     bm, bn, nt, w, s, _, kc, _, early, acc = lean[:10]
@@ -143,9 +132,6 @@ def cases(quick: bool):
         ("dK lean NT=1", NO._noise_bwd_dk_lean_kernel, dk_args(True), 8, 3, {}),
         ("dK lean BM 64 NT=2 maxnreg 128", NO._noise_bwd_dk_lean_kernel, dk_args(True, bm=64, nt=2), 8, 3,
          {"maxnreg": 128}),
-        ("dK persistent (DK_PERSIST)", NO._noise_bwd_dk_persist_kernel, persist_args(*_persist()[:3], _persist()[6],
-                                                                                 _persist()[8]),
-         _persist()[3], _persist()[4], {}),
         ("noise forward", NO._noise_fwd_kernel, fwd_args(*NO.CONFIGS["fwd"][:3]), *NO.CONFIGS["fwd"][3:5], {}),
         ("noise dV", NO._noise_bwd_dv_kernel, dv_args(*NO.CONFIGS["dv"][:3]), *NO.CONFIGS["dv"][3:5], {}),
     ]

@@ -98,50 +98,6 @@ def test_noise_once_lean_dk(monkeypatch, lean):
     _check((2, 3, 37, 16, 24, 20), torch.float32, TOL32, TOL32)
 
 
-@pytest.mark.skipif(DEV == "cuda", reason="interpreter launch configs")
-@pytest.mark.parametrize("persist", [
-    (16, 16, 2, 1, 1, 2, 0, 1, True, 3),    # 3 programs over the table, both tiles' dK2 in registers
-    (16, 32, 1, 1, 1, 0, 16, 2, False, 2),  # one tile, wider key block, 2 head splits, 16-column chunks
-    (32, 16, 2, 1, 1, 8, 16, 3, False, 5),  # query tiles wider than the key block, 3 splits
-    (16, 16, 2, 1, 1, 2, 0, 1, True, 1000),  # more programs than table entries (one entry each)
-])
-def test_noise_once_persistent_dk(monkeypatch, persist):
-    """DK_PERSIST (session 7): the lean dK/dQ kernel as a persistent loop over (table entry, contraction
-    chunk) steps with the epilogue on each entry's last step; odd lengths, splits, fp32 and fp16."""
-    monkeypatch.setattr(NO, "DK_PERSIST", True)
-    monkeypatch.setitem(NO._INTERP, "persist", persist)
-    assert NO._dk_mode(16, 16) == "persist"
-    _check((1, 5, 45, 16, 16, 16), torch.float32, TOL32, TOL32)
-    _check((2, 3, 37, 16, 24, 20), torch.float32, TOL32, TOL32)
-    if persist[-1] == 3:
-        _check((1, 4, 29, 16, 16, 32), torch.float16, 3e-3, 1e-2)
-
-
-def test_auto_nt_by_waves():
-    """NT = 0: one or two query tiles per dK table entry, whichever table runs in fewer (weighted)
-    waves; the entry count matches the table's."""
-    for t, bn, chunk in ((45, 16, 32), (4096, 128, 256), (1000, 64, 64), (16384, 128, 128)):
-        assert NO._entries(t, bn, chunk) == NO._dk_table(t, bn, chunk, 0, "cpu").numel() // 2
-    assert NO._auto_nt(4096, 128, 128, 132) == 1   # 528 entries = 4.0 waves vs 272 = 3 waves of pairs
-    assert NO._auto_nt(16384, 128, 128, 132) == 2  # 8256 (63 waves) vs 4160 (32 waves of pairs)
-    assert NO._auto_nt(0, 128, 128, 132) == 2
-    cfg = NO._config("lean", 16, 128, 128, 4096, torch.device("cpu"))
-    assert cfg[2] in (1, 2)
-
-
-@pytest.mark.skipif(DEV == "cuda", reason="interpreter launch configs")
-@pytest.mark.parametrize("name", ["lean", "persist"])
-def test_noise_once_auto_nt(monkeypatch, name):
-    """The lean and persistent dK kernels with NT = 0 (resolved per call) equal the reference."""
-    cfg = {"lean": (16, 16, 0, 1, 1, 2, 0, 1, True, True), "persist": (16, 16, 0, 1, 1, 2, 0, 1, True, 3)}[name]
-    monkeypatch.setitem(NO._INTERP, name, cfg)
-    monkeypatch.setattr(NO, "DK_PERSIST", name == "persist")
-    monkeypatch.setattr(NO, "NT2_COST", 1.0)  # one slot: NT = 2 (half the entries) wins
-    _check((1, 5, 45, 16, 16, 16), torch.float32, TOL32, TOL32)
-    monkeypatch.setattr(NO, "NT2_COST", 4.0)  # NT = 1 wins
-    _check((1, 5, 45, 16, 16, 16), torch.float32, TOL32, TOL32)
-
-
 def test_dk_mode_keeps_session_5_kernel_for_wide_heads(monkeypatch):
     """The lean kernel's configs were measured and GPU-tested at 128-wide heads; wider heads keep
     session 5's dK kernel (GPU-tested at 256). With the limit lowered, a dv-20 case runs that path."""
@@ -262,13 +218,8 @@ def test_noise_once_dispatch_and_errors():
 GPU_DK = {"default": None,
           "memset": {"ZERO_IN_FWD": False},
           "wide-head-path": {"LEAN_MAX_WIDTH": 0},  # session 5's dK kernel + the memset, at 128-wide heads
-          "persist": {"DK_PERSIST": True},  # session 7: the persistent lean dK kernel and its candidates
-          **{"persist-" + k: {"DK_PERSIST": True, "CONFIGS": {**NO.CONFIGS, "persist": v}} for k, v in {
-              "nt2-st2": (128, 128, 2, 8, 2, 8, 64, 1, False, 1),
-              "nt1": (128, 128, 1, 8, 3, 8, 64, 1, False, 1)}.items()},
           **{"lean-" + k: v for k, v in {  # lean dK kernel candidates (session 6)
               "nt1": (128, 128, 1, 8, 3, 8, 64, 1, False, False),
-              "auto-nt": (128, 128, 0, 8, 3, 8, 64, 1, True, True),  # session 7
               "nt2-early-k-4-stages": (128, 128, 2, 8, 4, 8, 64, 1, True, False),
               "bm64-nt2-maxnreg128": (64, 128, 2, 8, 3, 8, 64, 1, False, False, 128)}.items()}}
 
@@ -304,18 +255,6 @@ def test_noise_once_bf16_gpu(shape):
         errs[impl] = [rel_err(out, ref)] + [rel_err(x, y) for x, y in zip(got, want)]
     for name, e, e_sdpa in zip(("out",) + NAMES, errs["noise-once"], errs["sdpa"]):
         assert e <= max(2e-2, 2 * e_sdpa), (name, e, e_sdpa)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("persist", [None, (128, 128, 1, 8, 3, 8, 64, 1, False, 1)])
-@pytest.mark.parametrize("shape", [(1, 16, 1000, 128, 128, 128), (2, 6, 777, 96, 64, 64), (1, 3, 300, 64, 64, 64)])
-def test_noise_once_persistent_bf16_gpu(monkeypatch, shape, persist):
-    """The persistent dK/dQ kernel (DK_PERSIST) at odd lengths and head dims, bf16, its default config
-    and one query tile per entry."""
-    monkeypatch.setattr(NO, "DK_PERSIST", True)
-    if persist is not None:
-        monkeypatch.setitem(NO.CONFIGS, "persist", persist)
-    test_noise_once_bf16_gpu(shape)
 
 
 def _cmd_mixer(impl, noise_rope=False):
@@ -375,19 +314,17 @@ def test_noise_once_only_for_cmd():
 
 
 NO_KERNELS = ("_noise_fwd_kernel", "_noise_bwd_pre_kernel", "_noise_bwd_dk_kernel", "_noise_bwd_dk_lean_kernel",
-              "_noise_bwd_dk_persist_kernel",
               "_noise_bwd_dv_kernel")
 
 
-@pytest.mark.parametrize("combine,persist", [(True, False), (False, False), (True, True)])
-def test_noise_once_replay_passes_the_slow_paths_arguments(monkeypatch, combine, persist):
+@pytest.mark.parametrize("combine", [True, False])
+def test_noise_once_replay_passes_the_slow_paths_arguments(monkeypatch, combine):
     """noise-once launches through latent.py's replay: on CPU with fake kernels, a replayed call
     passes exactly the grid, scalars and data pointers that the slow path passes for its tensors."""
     from test_diff_latent_launch import fake_replay
 
     from attnlab.ops.diff_attention import latent as K
 
-    monkeypatch.setattr(NO, "DK_PERSIST", persist)
     log, roots = fake_replay(monkeypatch, NO, NO_KERNELS)
     b, h, t, d = 2, 3, 29, 16
     scale = 0.3

@@ -1,6 +1,8 @@
 # Session 7, issue 3 (CMD noise-once), device call 1: the benchmark (rounds in alternating order plus
 # interleaved pairs against the notebook) with the persistent dK kernel and config candidates,
 # per-kernel profile, then the GPU tests.
+# The persistent dK kernel (DK_PERSIST, CONFIGS["persist"]), NT = 0 (auto) and CONFIGS["pre"] named here were
+# measured slower or not faster in call 2 and removed afterwards (benchmarks/RESULTS.md, issue 3, session 7).
 set -o pipefail
 P=persist
 ATTNLAB_BENCH_DIR=$OUT timeout 200 python benchmarks/bench_diff_kernel.py --groups cmd --T 16384 4096 --skip-fused --rounds 5 --paired 40 \

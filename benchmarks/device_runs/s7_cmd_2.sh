@@ -2,6 +2,8 @@
 # interleaved pairs per candidate against the notebook, 1 s cool-downs) with the persistent dK kernel and
 # config candidates, per-kernel profiles with TFLOP/s, then the GPU tests not run in call 1.
 # (Call 1, s7_cmd_1.sh, ran the GPU tests of the persistent kernel; its benchmark stopped at a label parse.)
+# The persistent dK kernel (DK_PERSIST, CONFIGS["persist"]), NT = 0 (auto) and CONFIGS["pre"] named here were
+# measured slower or not faster in call 2 and removed afterwards (benchmarks/RESULTS.md, issue 3, session 7).
 set -o pipefail
 P=persist
 ATTNLAB_BENCH_DIR=$OUT timeout 225 python benchmarks/bench_diff_kernel.py --groups cmd --T 16384 4096 --skip-fused \

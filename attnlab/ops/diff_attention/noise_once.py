@@ -428,71 +428,6 @@ def _noise_bwd_dk_lean_kernel(Q, K, V, DN, LSE, DELTA, DK, DQ, TBL,
                       mask=(offs_n < T)[:, None] & (offs_d < D)[None, :], sem="relaxed")
 
 
-@triton.jit
-def _noise_bwd_dk_persist_kernel(Q, K, V, DN, LSE, DELTA, DK, DQ, TBL, NPAIR,
-                                 sqb, sqt, skb, skt, svb, svh, svt,
-                                 H, HS, SPLIT, T, qk, scale,
-                                 D: tl.constexpr, BD: tl.constexpr, DV: tl.constexpr, BDV: tl.constexpr,
-                                 BM: tl.constexpr, BN: tl.constexpr, NT: tl.constexpr, KC: tl.constexpr,
-                                 ACC: tl.constexpr):
-    """The lean dK/dQ kernel made persistent (session 7): a grid of (about one program per SM) x
-    (batch x split of heads); program p takes the table entries p, p + P, p + 2P, ... Its work is
-    ONE loop over (entry, contraction chunk) steps, the entries' contractions back to back, the
-    epilogue (``_dk_lean_tile``) under ``if`` on an entry's last step: the software pipeline of the
-    loop loads the next entry's first V / dN chunks while the current entry's epilogue runs (the
-    one-entry-per-program kernel starts every program with an empty pipeline)."""
-    pid = tl.program_id(0)
-    nprog = tl.num_programs(0)
-    bs = tl.program_id(1)
-    b = bs // SPLIT
-    s = bs % SPLIT
-    hs0 = s * HS
-    hs1 = tl.minimum(hs0 + HS, H)
-    NKC: tl.constexpr = BDV // KC
-    steps = (hs1 - hs0) * NKC  # contraction steps per entry
-    n_items = (NPAIR - pid + nprog - 1) // nprog
-    v_base = V + b * svb
-    dn_base = DN + b * H * T * DV
-    q_base = Q + b * sqb
-    k_base = K + b * skb
-    lse_b = LSE + b * T
-    delta_b = DELTA + bs * T
-    dq_b = DQ + b * T * D
-    dk_b = DK + b * T * D
-    dpa = tl.zeros([BN, BM], dtype=tl.float32)
-    if NT == 2:
-        dpb = tl.zeros([BN, BM], dtype=tl.float32)
-    for it in range(0, n_items * steps):
-        idx = it // steps
-        j = it - idx * steps
-        e = pid + idx * nprog
-        start_n = tl.load(TBL + 2 * e) * BN
-        start_m = tl.load(TBL + 2 * e + 1) * (NT * BM)
-        offs_n = start_n + tl.arange(0, BN)
-        offs_ma = start_m + tl.arange(0, BM)
-        h = hs0 + j // NKC
-        c0 = (j % NKC) * KC
-        v = _cols(v_base + h * svh, offs_n, svt, T, c0, DV, BDV, KC)
-        dnh = dn_base + h * T * DV
-        dpa = tl.dot(v, tl.trans(_cols(dnh, offs_ma, DV, T, c0, DV, BDV, KC)), dpa)
-        if NT == 2:
-            dpb = tl.dot(v, tl.trans(_cols(dnh, offs_ma + BM, DV, T, c0, DV, BDV, KC)), dpb)
-        if j == steps - 1:  # the entry's epilogue
-            k = _rows(k_base, offs_n, skt, T, D, BD)
-            dk = tl.zeros([BN, BD], dtype=tl.float32)
-            dk = _dk_lean_tile(dpa, k, dk, q_base, sqt, lse_b, delta_b, dq_b, dk_b, start_m, offs_n, T, qk,
-                               scale, D, BD, BM, ACC)
-            if NT == 2:
-                dk = _dk_lean_tile(dpb, k, dk, q_base, sqt, lse_b, delta_b, dq_b, dk_b, start_m + BM, offs_n, T,
-                                   qk, scale, D, BD, BM, ACC)
-                dpb = tl.zeros([BN, BM], dtype=tl.float32)
-            if ACC:
-                offs_d = tl.arange(0, BD)
-                tl.atomic_add(dk_b + offs_n[:, None] * D + offs_d[None, :], dk * scale,
-                              mask=(offs_n < T)[:, None] & (offs_d < D)[None, :], sem="relaxed")
-            dpa = tl.zeros([BN, BM], dtype=tl.float32)
-
-
 # ------------------------------------------------------------------------------------------
 # launch
 
@@ -508,8 +443,8 @@ def _pow2(d: int) -> int:
 # the grid's first axis is the head group, so programs start longest first over all groups (0 or
 # missing: session 4's order, blocks first); fwd needs BM % BN == 0, dv BN % BM == 0.
 # lean: the dK/dQ kernel of session 6 (``_noise_bwd_dk_lean_kernel``, heads up to LEAN_MAX_WIDTH):
-# (BM, BN, NT query tiles per program sharing each V chunk (0: 1 or 2 by the T and GPU, ``_auto_nt``),
-# warps, stages, order, kc, split of heads, early_k, acc, maxnreg); order: the program order of the (key block, chunk) pairs: 0 chunk-major (all
+# (BM, BN, NT query tiles per program sharing each V chunk, warps, stages, order, kc, split of heads,
+# early_k, acc, maxnreg); order: the program order of the (key block, chunk) pairs: 0 chunk-major (all
 # key blocks of chunk 0, then chunk 1, ...), k > 0 tiles of k key blocks (for each tile: every chunk,
 # its k key blocks); kc: the contraction's chunk (columns of V / dN per dot; 0: a whole head); acc:
 # NT = 2 sums both tiles' dK2 in registers (one atomic per program); maxnreg: a register cap per
@@ -530,13 +465,7 @@ CONFIGS = {
     "dv": (64, 128, 2, 8, 4, 1),
     "lean": (128, 128, 2, 8, 3, 8, 64, 1, True, True),
     "dk": (128, 128, 1, 128, 8, 3, 8, 64),
-    "pre": (32, 4),  # the backward's preprocess (dN, Delta, dlam): (rows per program, num_warps)
-    # persist (``_noise_bwd_dk_persist_kernel``, with DK_PERSIST): (BM, BN, NT, warps, stages, order, kc,
-    # split, acc, programs per SM)
-    "persist": (128, 128, 2, 8, 3, 8, 64, 1, True, 1),
 }
-# DK_PERSIST: the lean dK/dQ kernel as a persistent kernel (heads up to LEAN_MAX_WIDTH)
-DK_PERSIST = False
 # heads wider than this take session 5's dK kernel and the memset (GPU-tested at 256-wide noise heads;
 # the lean kernel's configs and the zeroing epilogue were measured and GPU-tested at 128)
 LEAN_MAX_WIDTH = 128
@@ -553,69 +482,21 @@ def _zero_in_fwd(q2, v) -> bool:
 
 
 def _dk_mode(d: int, dv: int) -> str:
-    """The dK/dQ kernel the backward takes for these head dims: "lean" ("persist" with DK_PERSIST) or
-    (wide heads) "loop"."""
-    if max(d, dv) > LEAN_MAX_WIDTH:
-        return "loop"
-    return "persist" if DK_PERSIST else "lean"
+    """The dK/dQ kernel the backward takes for these head dims: "lean" or (wide heads) "loop"."""
+    return "loop" if max(d, dv) > LEAN_MAX_WIDTH else "lean"
 
 
 _INTERP = {"fwd": (16, 16, 2, 1, 1), "dv": (16, 16, 2, 1, 1), "dk": (16, 16, 2, 16, 1, 1, 0, 0),
-           "lean": (16, 16, 2, 1, 1, 2, 0, 1, False), "persist": (16, 16, 2, 1, 1, 2, 0, 1, True, 3)}
-_SMS: dict = {}
+           "lean": (16, 16, 2, 1, 1, 2, 0, 1, False)}
 
 
-def _num_sms(dev) -> int:
-    """Streaming multiprocessors of a CUDA device (1 elsewhere: the interpreter's "programs per SM"
-    is the program count)."""
-    if dev.type != "cuda":
-        return 1
-    n = _SMS.get(dev.index)
-    if n is None:
-        n = _SMS[dev.index] = torch.cuda.get_device_properties(dev).multi_processor_count
-    return n
-
-
-# NT2_COST: the time of one dK/dQ table entry with two query tiles over one with a single tile (the
-# contraction's V chunks shared: a little under 2; session 6 at T=16K: NT=2 about 3% faster in all)
-NT2_COST = 1.9
-_ENTRIES: dict = {}
-
-
-def _entries(t: int, bn: int, chunk: int) -> int:
-    """Live (key block, chunk) pairs of the dK table: sum over chunks of the key blocks before its end."""
-    key = (t, bn, chunk)
-    n = _ENTRIES.get(key)
-    if n is None:
-        n = _ENTRIES[key] = sum(triton.cdiv(min(c * chunk + chunk, t), bn) for c in range(triton.cdiv(t, chunk)))
-    return n
-
-
-def _auto_nt(t: int, bm: int, bn: int, slots: int) -> int:
-    """NT = 0 in a lean / persist config: the query tiles per entry (1 or 2) whose table runs in fewer
-    waves of ``slots`` concurrent programs, a wave of NT = 2 entries costing NT2_COST of NT = 1's (e.g.
-    T=4K, 132 SMs: 272 entries (3 waves) vs 528 (4.0 waves): NT = 1; T=16K: 4160 vs 8256: NT = 2)."""
-    if t <= 0:
-        return 2
-    w1 = triton.cdiv(_entries(t, bn, bm), slots)
-    w2 = triton.cdiv(_entries(t, bn, 2 * bm), slots) * NT2_COST
-    return 1 if w1 < w2 else 2
-
-
-def _config(name: str, h: int, dv: int, d: int = 0, t: int = 0, dev=None):
-    """A kernel's launch config (CONFIGS, or _INTERP in the interpreter) for these heads; t and dev
-    resolve NT = 0 (auto) of the lean / persist dK configs."""
+def _config(name: str, h: int, dv: int, d: int = 0):
     cfg = tuple((_INTERP if _interpret() else CONFIGS)[name])
     wide = max(d, dv) > 128 and not _interpret()
-    if name in ("lean", "persist"):
-        if name == "lean" and wide:  # wide heads: one 64-row query tile per program
+    if name == "lean":
+        if wide:  # wide heads: one 64-row query tile per program
             cfg = (64, cfg[1], 1) + cfg[3:]
-        if cfg[2] == 0:
-            slots = _num_sms(dev) if dev is not None else 1
-            if name == "persist":
-                slots *= cfg[9]
-            cfg = cfg[:2] + (_auto_nt(t, cfg[0], cfg[1], slots),) + cfg[3:]
-        return cfg + (False, False, 0)[len(cfg) - 8:] if name == "lean" else cfg
+        return cfg + (False, False, 0)[len(cfg) - 8:]
     if name == "dk":  # the head-loop dK kernel takes any BM, BN and CHUNK
         if wide and cfg[0] > 64:  # wide heads: 64-row query tiles
             cfg = (64,) + cfg[1:]
@@ -706,13 +587,11 @@ def _bwd_body(go, dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dqk16, dvo, t
     hs, split = cfg
     btd = b * t * d
     dq32, dk32, dlam = ws32[:btd], ws32[btd:2 * btd], ws32[2 * btd:]
-    pbm, pw = (16, 1) if _interpret() else CONFIGS["pre"]
+    pbm = 16 if _interpret() else 32
     go(_noise_bwd_pre_kernel, (triton.cdiv(t, pbm), b),
-       (dout, n, lam32, dn, delta, dlam, *_vstr(dout), *_vstr(n), h, hs, split, t, dv, _pow2(dv), pbm, combine),
-       num_warps=pw)
-    mode = _dk_mode(d, dv)
-    if mode == "lean":
-        bm, bn, nt, w, s, _, kc, _, early, acc, maxnreg = _config("lean", h, dv, d, t, q2.device)
+       (dout, n, lam32, dn, delta, dlam, *_vstr(dout), *_vstr(n), h, hs, split, t, dv, _pow2(dv), pbm, combine))
+    if _dk_mode(d, dv) == "lean":
+        bm, bn, nt, w, s, _, kc, _, early, acc, maxnreg = _config("lean", h, dv, d)
         kc = _pow2(dv) if kc <= 0 else min(kc, _pow2(dv))
         opts = {"maxnreg": maxnreg} if maxnreg and not _interpret() else {}
         _fit(go, _noise_bwd_dk_lean_kernel, (tbl.numel() // 2, b * split),
@@ -720,14 +599,6 @@ def _bwd_body(go, dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dqk16, dvo, t
             q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), *_vstr(v),
             h, hs, split, t, scale * LOG2E, scale, d, _pow2(d), dv, _pow2(dv), bm, bn, nt, kc, bool(early),
             bool(acc)), w, s, **opts)
-    elif mode == "persist":
-        bm, bn, nt, w, s, _, kc, _, acc, per_sm = _config("persist", h, dv, d, t, q2.device)
-        kc = _pow2(dv) if kc <= 0 else min(kc, _pow2(dv))
-        npair = tbl.numel() // 2
-        _fit(go, _noise_bwd_dk_persist_kernel, (min(npair, per_sm * _num_sms(q2.device)), b * split),
-           (q2, k2, v, dn, lse, delta, dk32, dq32, tbl, npair,
-            q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), *_vstr(v),
-            h, hs, split, t, scale * LOG2E, scale, d, _pow2(d), dv, _pow2(dv), bm, bn, nt, kc, bool(acc)), w, s)
     else:
         _dk_loop(go, q2, k2, v, dn, lse, delta, dk32, dq32, tbl, h, hs, split, t, d, dv, scale)
     bm, bn, g, w, s, major = _config("dv", h, dv)
@@ -738,12 +609,11 @@ def _bwd_body(go, dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dqk16, dvo, t
         h, ng, t, btd, scale * LOG2E, d, _pow2(d), dv, _pow2(dv), g, bm, bn, True, bool(major)), w, s)
 
 
-def _bwd_plan(h, dv, d, t=0, dev=None):
+def _bwd_plan(h, dv, d):
     """(heads per split, splits, the dK table's (key block, chunk rows, order)) of the backward under
-    the current CONFIGS (t, dev: for NT = 0, see ``_auto_nt``)."""
-    mode = _dk_mode(d, dv)
-    if mode in ("lean", "persist"):
-        bm, bn, nt, _, _, order, _, split = _config(mode, h, dv, d, t, dev)[:8]
+    the current CONFIGS."""
+    if _dk_mode(d, dv) == "lean":
+        bm, bn, nt, _, _, order, _, split, _, _, _ = _config("lean", h, dv, d)
         hs = triton.cdiv(h, split)
         return hs, triton.cdiv(h, hs), (bn, bm * nt, order)
     bm, bn, split, chunk, _, _, order, _ = _config("dk", h, dv, d)
@@ -800,7 +670,7 @@ def _noise_backward(saved, key, scale, combine, dout, ws32):
     if dout.stride(-1) != 1:
         dout = dout.contiguous()
     dev = v.device
-    hs, split, tb = _bwd_plan(h, dv, d, t, dev)
+    hs, split, tb = _bwd_plan(h, dv, d)
     tbl = _dk_table(t, *tb, dev)
     dn = torch.empty(b, h, t, dv, device=dev, dtype=v.dtype)
     delta = torch.empty(b, split, t, device=dev, dtype=torch.float32)
@@ -811,7 +681,6 @@ def _noise_backward(saved, key, scale, combine, dout, ws32):
     dvo = torch.empty(b, h, t, dv, device=dev, dtype=v.dtype)
     roots = (dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dqk16, dvo, tbl)
     bkey = (key, dout.stride(), _align(dout), _dk_mode(d, dv), CONFIGS["dk"], CONFIGS["lean"], CONFIGS["dv"],
-            CONFIGS["pre"], CONFIGS["persist"],
             dvo.stride(), _align(dvo), _sharing(roots))
     _launch(bkey, roots, _bwd_body, scale, combine, (hs, split))
     dlam = ws32[2 * btd:] if combine else None
