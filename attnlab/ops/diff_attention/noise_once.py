@@ -32,15 +32,17 @@ head to every head and calls SDPA twice: 4H forward + 10H backward):
   SPLIT=1: 67 vs 112), on top of the signal's 7H through SDPA: 0.80x the notebook's work in all.
 
 Measured on an H100 (benchmarks/RESULTS.md, issue 3, sessions 6-7; B=1, 16 heads, d 128, fwd+bwd):
-about 0.81x the notebook's time at T=16K and 0.80-0.82x at T=4K, 0.76x its peak memory. The forward and
-dV kernels run at about 90% of cuDNN's rate per unit of work; the dK/dQ kernel at ~70% (latency at its
+0.81-0.83x the notebook's time at T=16K and 0.76-0.82x at T=4K (session 7: 0.825x / 0.764x by the ratio of
+medians, 0.828x / 0.793x by the median of 30 interleaved pairs), 0.76x its peak memory. The forward and dV
+kernels run at 90-98% of cuDNN's rate per unit of work; the dK/dQ kernel at ~71% (latency at its
 pipeline's barriers, not L2 bandwidth: Nsight Compute, L2 51% busy). The launches go through
 latent.py's launch replay; the forward zeroes the backward's float32 workspace (no memset).
 Alternatives measured slower in sessions 4-6 and removed in session 7 (their figures stay in
 RESULTS.md): a grouped dK kernel (V columns of a head group resident), one merged backward kernel
 (dV, dK and dQ per key block and head group), the op as one autograd node adding the signal's dV in
 the dV kernel's epilogue, the dK kernel on a side stream beside the signal's backward, a TMA-descriptor
-form of the lean kernel, and session 5's dK kernel as an option at 128-wide heads.
+form of the lean kernel, and session 5's dK kernel as an option at 128-wide heads; session 7's persistent
+form of the lean kernel (slower: spills in its pipelined loop) and an automatic choice of NT by waves.
 
 ``cmd_attention_noise_once(q1, k1, q2, k2, v, lam)`` is the op (signal by SDPA + this noise path);
 ``shared_noise_attention`` is the noise stream alone (no combination, for tests and reuse);
