@@ -28,6 +28,7 @@ import json
 import os
 import statistics
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
@@ -99,7 +100,7 @@ def measure(fn, ins, dout, warmup, repeats, host=False):
         torch.cuda.synchronize()
         peak = (torch.cuda.max_memory_allocated() - base) / 2**20
     if host:
-        return fb, fw, peak, host_ms(fwd_bwd(fn, ins, dout))
+        return fb, fw, peak, host_ms(fwd_bwd(fn, ins, dout), repeats=max(repeats, 20) if torch.cuda.is_available() else 2)
     return fb, fw, peak
 
 
@@ -114,13 +115,12 @@ SWEEP = {
 
 
 SWEEP_NOISE = {  # noise_once.py: fwd/dv (BM, BN, G, warps, stages, major),
-    # dk (BM, BN, S, CHUNK, warps, stages, grouped, late, order, kc; swept only with DK_MODE="loop"),
-    # lean (BM, BN, NT, warps, stages, order, kc, split, early_k, acc; with DK_MODE="lean"); the first of
+    # dk (BM, BN, S, CHUNK, warps, stages, order, kc; session 5's kernel, swept only where it runs: wide heads),
+    # lean (BM, BN, NT, warps, stages, order, kc, split, early_k, acc; the default dK kernel); the first of
     # each list is the default (session 5, call 1, H100: benchmarks/results/s5/s5_run1.json; lean: session 6)
     "fwd": [(128, 64, 2, 8, 3, 1), (64, 64, 4, 16, 3, 1), (128, 128, 2, 16, 2, 1), (128, 64, 2, 8, 4, 1)],
-    "dk": [(128, 128, 1, 128, 8, 3, False, True, 8, 64), (256, 128, 1, 256, 16, 2, False, True, 8, 64),
-           (256, 128, 1, 256, 16, 3, False, True, 8, 32), (256, 128, 1, 512, 16, 2, False, True, 8, 64),
-           (128, 128, 1, 128, 8, 4, False, True, 8, 32)],
+    "dk": [(128, 128, 1, 128, 8, 3, 8, 64), (256, 128, 1, 256, 16, 2, 8, 64),
+           (256, 128, 1, 256, 16, 3, 8, 32), (256, 128, 1, 512, 16, 2, 8, 64), (128, 128, 1, 128, 8, 4, 8, 32)],
     "dv": [(64, 128, 2, 8, 3, 1), (64, 64, 4, 16, 3, 1), (128, 128, 2, 16, 2, 1), (64, 128, 2, 8, 4, 1)],
     "lean": [(128, 128, 2, 8, 3, 8, 64, 1, True, True), (128, 128, 2, 8, 4, 8, 64, 1, True, False),
              (128, 128, 1, 8, 3, 8, 64, 1, False, False), (64, 128, 2, 8, 3, 8, 64, 1, False, False, 128)],
@@ -128,17 +128,19 @@ SWEEP_NOISE = {  # noise_once.py: fwd/dv (BM, BN, G, warps, stages, major),
 
 
 class NoiseState:
-    """A noise-once variant of this tree: DK_MODE, module flags (FUSE_SIGNAL, ZERO_IN_FWD, BWD_MODE) and
-    launch configs held for a whole fwd+bwd (the backward reads them too), e.g. NoiseState(NO, "loop") =
-    session 5's dK kernel in this tree."""
+    """A noise-once variant of this tree: module flags (ZERO_IN_FWD, LEAN_MAX_WIDTH) and launch configs
+    held for a whole fwd+bwd (the backward reads them too), e.g. NoiseState(NO, "loop") = session 5's
+    dK kernel (the wide-head path) at 128-wide heads."""
 
-    FLAGS = ("DK_MODE", "FUSE_SIGNAL", "ZERO_IN_FWD", "OVERLAP", "BWD_MODE")
+    FLAGS = ("ZERO_IN_FWD", "LEAN_MAX_WIDTH")
 
     def __init__(self, NO, mode=None, flags=None, **configs):
         self.NO, self.mode, self.configs = NO, mode, configs
         self.flags = dict(flags or {})
-        if mode:
-            self.flags["DK_MODE"] = mode
+        if mode == "loop":
+            self.flags["LEAN_MAX_WIDTH"] = 0
+        elif mode not in (None, "lean"):
+            raise ValueError(f"noise-once dK kernel {mode!r}: 'lean' (the default) or 'loop'")
 
     def __enter__(self):
         self.saved = {f: getattr(self.NO, f) for f in self.FLAGS if hasattr(self.NO, f)}, dict(self.NO.CONFIGS)
@@ -154,11 +156,11 @@ class NoiseState:
 
 
 def parse_noise_variant(NO, spec):
-    """"label=MODE[:name=JSON]..." -> (label, NoiseState): MODE a DK_MODE (or empty: the default);
-    name a key of CONFIGS (a JSON list: its launch config) or a module flag (FUSE_SIGNAL, ZERO_IN_FWD:
-    JSON true/false; BWD_MODE: a JSON string)."""
-    label, _, rest = spec.partition("=")
-    mode, *parts = rest.split(":")
+    """"label=MODE[:name=JSON]..." -> (label, NoiseState): MODE the dK kernel ("lean", "loop", or empty:
+    the default); name a key of CONFIGS (a JSON list: its launch config) or a module flag (ZERO_IN_FWD:
+    JSON true/false; LEAN_MAX_WIDTH: an int)."""
+    head, *parts = spec.split(":")
+    label, _, mode = head.rpartition("=")  # the label may hold "=" (e.g. "NT=1"), the mode does not
     configs, flags = {}, {}
     for part in parts:
         name, _, val = part.partition("=")
@@ -171,6 +173,43 @@ def parse_noise_variant(NO, spec):
     return label, NoiseState(NO, mode or None, flags, **configs)
 
 
+def paired(fn_a, fn_b, state_a, state_b, pairs, warmup):
+    """Interleaved paired timing of two fwd+bwd callables: per pair both run back to back (CUDA events,
+    synchronised after each call), in alternating order (a b, b a, ...), so that both see the same GPU
+    clock and power state; returns (times a, times b) in ms."""
+    def one(fn, st):
+        with st:
+            if not torch.cuda.is_available():
+                t0 = time.perf_counter()
+                fn()
+                return (time.perf_counter() - t0) * 1e3
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            return start.elapsed_time(end)
+
+    for _ in range(warmup):
+        one(fn_a, state_a)
+        one(fn_b, state_b)
+    ta, tb = [], []
+    for i in range(pairs):
+        if i % 2 == 0:
+            ta.append(one(fn_a, state_a))
+            tb.append(one(fn_b, state_b))
+        else:
+            tb.append(one(fn_b, state_b))
+            ta.append(one(fn_a, state_a))
+    return ta, tb
+
+
+def quantiles(xs):
+    """(25th percentile, median, 75th percentile)."""
+    q = statistics.quantiles(xs, n=4) if len(xs) > 1 else [xs[0]] * 3
+    return q[0], statistics.median(xs), q[2]
+
+
 def sweep_noise(NO, b, h, t, d, dtype, device, warmup, repeats):
     """Try noise-once launch configs, one kernel family at a time, by fwd+bwd time of the whole op;
     a config whose gradients differ from the default's by more than 2e-2 (rel. err) is rejected."""
@@ -178,11 +217,10 @@ def sweep_noise(NO, b, h, t, d, dtype, device, warmup, repeats):
     ins = make(b, h, t, d, dtype, device, True)
     dout = torch.randn(b, h, t, d, device=device, dtype=dtype)
     fn = NO.cmd_attention_noise_once
-    NO.BWD_MODE = "split"
     out = fn(*ins)
     want = [out.detach()] + list(torch.autograd.grad(out, ins, dout))
     for name, cands in SWEEP_NOISE.items():
-        if (name == "dk") != (NO.DK_MODE == "loop"):  # only the configs of the dK kernel in use
+        if (name == "dk") != (NO._dk_mode(d, d) == "loop"):  # only the configs of the dK kernel in use
             continue
         best = None
         for cfg in cands:
@@ -205,25 +243,40 @@ def sweep_noise(NO, b, h, t, d, dtype, device, warmup, repeats):
     return log
 
 
-def profile_noise(NO, b, h, t, d, dtype, device, n=5):
-    """GPU time per kernel of one noise-once fwd+bwd (torch.profiler, mean over n calls)."""
+def profile_noise(NO, b, h, t, d, dtype, device, n=5, label="default", state=None):
+    """GPU time per kernel of one noise-once fwd+bwd (torch.profiler, mean over n calls), with the
+    achieved TFLOP/s of the matmul kernels (units of one causal T x T x d product, 2 T^2 d / 2 FLOP:
+    cuDNN forward 2H, backward 5H; noise forward and dV H + H/G each, dK/dQ H + 3 x splits)."""
     from torch.profiler import ProfilerActivity, profile
 
     ins = make(b, h, t, d, dtype, device, True)
     dout = torch.randn(b, h, t, d, device=device, dtype=dtype)
     run = fwd_bwd(NO.cmd_attention_noise_once, ins, dout)
-    run()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as p:
-        for _ in range(n):
-            run()
-        torch.cuda.synchronize()
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    with state or contextlib.nullcontext():
+        run()
+        sync()
+        with profile(activities=[ProfilerActivity.CUDA if torch.cuda.is_available() else ProfilerActivity.CPU]) as p:
+            for _ in range(n):
+                run()
+            sync()
+        g = NO._config("fwd", h, d)[2]
+        split = NO._bwd_plan(h, d, d)[1]
+    unit = b * t * t * d  # FLOP of one causal T x T x d product (2 T^2 d / 2)
+    units = {"_noise_fwd_kernel": h + h / g, "_noise_bwd_dv_kernel": h + h / g, "_noise_bwd_dk": h + 3 * split,
+             "fprop": 2 * h, "dgrad": 5 * h, "bprop": 5 * h}
     rows = sorted(((e.key[:60], e.self_device_time_total / n / 1e3, e.count // n) for e in p.key_averages()),
                   key=lambda r: -r[1])
-    print(f"noise-once kernels, T={t} (ms per fwd+bwd, total {sum(r[1] for r in rows):.3f}):")
-    for k, ms, c in rows[:12]:
-        print(f"   {ms:8.3f}  x{c}  {k}")
-    return [{"T": t, "kernel": k, "ms": ms, "count": c} for k, ms, c in rows]
+    print(f"noise-once ({label}) kernels, T={t} (ms per fwd+bwd, total {sum(r[1] for r in rows):.3f}):")
+    out = []
+    for k, ms, c in rows:
+        u = next((x for key, x in units.items() if key in k), None)
+        tf = u * unit / (ms * 1e9) if u and ms > 0 else None
+        out.append({"T": t, "variant": label, "kernel": k, "ms": ms, "count": c, "units": u, "TFLOPs": tf})
+    for r in out[:12]:
+        tf = f"  {r['TFLOPs']:6.0f} TFLOP/s ({r['units']:g} units)" if r["TFLOPs"] else ""
+        print(f"   {r['ms']:8.3f}  x{r['count']}  {r['kernel']}{tf}")
+    return out
 
 
 # hopper.py candidates, tried in stages (each keeps the best so far): forward (forward-only time), then the
@@ -398,6 +451,7 @@ def main(argv=None):
     ap.add_argument("--sweep-noise", action="store_true", help="try noise-once launch configs first")
     ap.add_argument("--sweep-T", type=int, help="sequence length of the noise-once sweep (default: the smallest --T)")
     ap.add_argument("--profile-noise", action="store_true", help="print the noise-once kernels' GPU times")
+    ap.add_argument("--profile-variants", action="store_true", help="with --profile-noise: the noise variants too")
     ap.add_argument("--sweep-hopper", action="store_true", help="pick hopper.py's modes and configs first")
     ap.add_argument("--profile", action="store_true", help="print the diff group's GPU times per kernel")
     ap.add_argument("--groups", default="diff,cmd", help="comma list of groups to time (diff, cmd)")
@@ -408,10 +462,15 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=1,
                     help="time fwd+bwd of every variant this many times round robin; rows give the median "
                          "and the spread (fwd, memory, host from the first round)")
+    ap.add_argument("--paired", type=int, default=0,
+                    help="cmd group: also time each candidate against the baseline in N interleaved pairs "
+                         "(alternating order, one call each); rows get the median ratio and its quartiles")
+    ap.add_argument("--cooldown", type=float, default=0.0,
+                    help="seconds of GPU idle between rounds and before each paired series (power-capped GPUs)")
     ap.add_argument("--noise-variants", nargs="*", default=[],
                     help='more noise-once variants of this tree, "label=MODE[:name=JSON]...", e.g. '
                          '"loop dK=loop", "lean nt1=lean:lean=[128,128,1,8,3,8,64,1,false,false]" or '
-                         '"two nodes=:FUSE_SIGNAL=false:ZERO_IN_FWD=false"')
+                         '"memset=:ZERO_IN_FWD=false"')
     ap.add_argument("--skip-fused", action="store_true", help="leave out the generic fused kernel (sessions 1-3)")
     ap.add_argument("--quick", action="store_true", help="tiny CPU smoke run")
     ap.add_argument("--name", default="bench_diff_kernel")
@@ -485,7 +544,11 @@ def main(argv=None):
             ref = diff_attention_sdpa(*ins)
         first, times = {}, {label: [] for label, _ in variants}
         for r in range(args.rounds):
-            for label, fn in variants:
+            if r and args.cooldown and device == "cuda":
+                torch.cuda.synchronize()
+                time.sleep(args.cooldown)
+            # odd rounds in reverse order: no variant always runs right after the same neighbour
+            for label, fn in (variants if r % 2 == 0 else variants[::-1]):
                 with states.get(label, contextlib.nullcontext()):
                     if r == 0:
                         first[label] = measure(fn, ins, dout, warmup, repeats, host=args.host)
@@ -511,6 +574,26 @@ def main(argv=None):
                     row["rel_err_vs_sdpa"] = rel_err(fn(*ins), ref)
             rows.append(row)
             print(row, flush=True)
+        if args.paired and cmd:  # each candidate against the baseline, interleaved call by call
+            base_label, base_fn = variants[0]
+            null = contextlib.nullcontext()
+            for label, fn in variants[1:]:
+                if label.startswith("sdpa x1"):
+                    continue
+                if args.cooldown and device == "cuda":
+                    torch.cuda.synchronize()
+                    time.sleep(args.cooldown)
+                ta, tb = paired(fwd_bwd(fn, ins, dout), fwd_bwd(base_fn, ins, dout), states.get(label, null), null,
+                                args.paired, warmup)
+                ratios = [x / y for x, y in zip(ta, tb)]
+                q25, med, q75 = quantiles(ratios)
+                row = next(r for r in rows if r["T"] == t and r["group"] == group and r["variant"] == label)
+                row.update({"paired_pairs": args.paired, "paired_ratio_median": med, "paired_ratio_q25": q25,
+                            "paired_ratio_q75": q75, "paired_ms": statistics.median(ta),
+                            "paired_base_ms": statistics.median(tb),
+                            "paired_ratio_of_medians": statistics.median(ta) / statistics.median(tb)})
+                print(f"T={t} paired x{args.paired} {label[:48]:48s} ratio median {med:.3f} (IQR {q25:.3f}-{q75:.3f}),"
+                      f" {statistics.median(ta):.3f} vs {statistics.median(tb):.3f} ms", flush=True)
         if args.profile and device == "cuda" and not cmd:
             for label, fn in variants:
                 if label.startswith(("sdpa x2", "fused triton")):
@@ -524,12 +607,17 @@ def main(argv=None):
             for r in rr[1:]:
                 ratios = [x / y for x, y in zip(r["fwd_bwd_rounds_ms"], nb)]
                 r["ratio_per_round"] = ratios
+                r["ratio_per_round_median"] = statistics.median(ratios)
                 print(f"T={t} {r['variant'][:48]:48s} median {r['fwd_bwd_ms']:8.3f} ms  ratio {r['ratio_fwd_bwd']:.3f}"
                       f"  per round {min(ratios):.3f}..{max(ratios):.3f} (median {statistics.median(ratios):.3f})",
                       flush=True)
     extra = {"shape": {"B": b, "H": h, "head_dim": d, "dtype": str(dtype)}}
     if NO is not None and args.profile_noise and device == "cuda":
         extra["noise_once_profile"] = [r for t in args.T for r in profile_noise(NO, b, h, t, d, dtype, device)]
+        for spec in args.noise_variants if args.profile_variants else []:
+            label, st = parse_noise_variant(NO, spec)
+            extra["noise_once_profile"] += [r for t in args.T
+                                            for r in profile_noise(NO, b, h, t, d, dtype, device, label=label, state=st)]
     if profiles:
         extra["profile"] = profiles
     if Hp is not None:
@@ -541,7 +629,6 @@ def main(argv=None):
         extra["sweep"] = sweep_log
     if NO is not None:
         extra["noise_once_configs"] = {k: list(v) for k, v in NO.CONFIGS.items()}
-        extra["noise_once_bwd_mode"] = NO.BWD_MODE
     write_results(args.name, rows, extra)
 
 

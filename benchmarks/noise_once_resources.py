@@ -101,15 +101,16 @@ def dk_args(lean: bool, bm=128, bn=128, nt=1, kc=64, early=False, acc=False):
     if lean:
         a.update(NT=C(nt), KC=C(kc), EARLY_K=C(early), ACC=C(acc))
     else:  # session 5's kernel at its config
-        a.update(CHUNK=C(128), GROUPED=C(False), G=C(1), LATE=C(True), KC=C(kc))
+        a.update(CHUNK=C(128), KC=C(kc))
     return a
 
 
 def fwd_args(bm=128, bn=64, g=2):
-    return dict(Q="bf16", K="bf16", V="bf16", A="bf16", LAM="fp32", O="bf16", N="bf16", LSE="fp32",
+    return dict(Q="bf16", K="bf16", V="bf16", A="bf16", LAM="fp32", O="bf16", N="bf16", LSE="fp32", WS="fp32",
                 sqb=T * D, sqt=D, skb=T * D, skt=D, svb=H * T * D, svh=T * D, svt=D, sab=H * T * D, sah=T * D, sat=D,
-                sob=H * T * D, soh=T * D, sot=D, snb=H * T * D, snh=T * D, snt=D, H=H, NG=H // g, T=T, qk=0.1,
-                D=C(D), BD=C(D), DV=C(D), BDV=C(D), G=C(g), BM=C(bm), BN=C(bn), COMBINE=C(True), MAJOR=C(True))
+                sob=H * T * D, soh=T * D, sot=D, snb=H * T * D, snh=T * D, snt=D, H=H, NG=H // g, T=T, BTD=T * D,
+                qk=0.1, D=C(D), BD=C(D), DV=C(D), BDV=C(D), G=C(g), BM=C(bm), BN=C(bn), COMBINE=C(True),
+                MAJOR=C(True), ZERO=C(True))
 
 
 def dv_args(bm=64, bn=128, g=2):
@@ -127,7 +128,7 @@ def cases(quick: bool):
     if quick:
         return out
     out += [
-        ("dK session 5 (DK_MODE=loop)", NO._noise_bwd_dk_kernel, dk_args(False), 8, 3, {}),
+        ("dK session 5 (wide heads)", NO._noise_bwd_dk_kernel, dk_args(False), 8, 3, {}),
         ("dK lean NT=1", NO._noise_bwd_dk_lean_kernel, dk_args(True), 8, 3, {}),
         ("dK lean BM 64 NT=2 maxnreg 128", NO._noise_bwd_dk_lean_kernel, dk_args(True, bm=64, nt=2), 8, 3,
          {"maxnreg": 128}),

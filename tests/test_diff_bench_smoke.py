@@ -15,7 +15,8 @@ def test_bench_diff_kernel_quick(tmp_path):
     env = {**os.environ, "ATTNLAB_BENCH_DIR": str(tmp_path), "PYTHONPATH": str(ROOT)}
     old = ROOT / "attnlab" / "ops" / "diff_attention" / "noise_once.py"  # stands in for another commit's file
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_diff_kernel.py"), "--quick", "--host",
-                    "--compare-module", str(old), "--compare-label", "noise-once, other"],
+                    "--compare-module", str(old), "--compare-label", "noise-once, other", "--groups", "cmd,diff",
+                    "--rounds", "2", "--paired", "2", "--noise-variants", "loop dK=loop:dk=[16,16,2,16,1,1,0,0]"],
                    check=True, env=env, cwd=ROOT, capture_output=True, timeout=600)
     data = json.loads((tmp_path / "bench_diff_kernel.json").read_text())
     variants = {r["variant"] for r in data["rows"]}
@@ -23,6 +24,9 @@ def test_bench_diff_kernel_quick(tmp_path):
     assert {"noise-once (sdpa signal + shared noise kernel)", "noise-once, other"} <= variants
     assert all(r["host_ms"] > 0 for r in data["rows"])
     assert all(r.get("rel_err_vs_sdpa", 0) < 1e-4 for r in data["rows"])
+    loop = next(r for r in data["rows"] if r["variant"] == "noise-once, loop dK")
+    assert loop["paired_pairs"] == 2 and loop["paired_ratio_q25"] <= loop["paired_ratio_median"] <= loop["paired_ratio_q75"]
+    assert len(loop["ratio_per_round"]) == 2
 
 
 def test_bench_train_step_diff_mixers_quick(tmp_path):

@@ -50,45 +50,34 @@ def test_noise_once_fp32(shape):
 
 @pytest.mark.skipif(DEV == "cuda", reason="interpreter launch configs")
 @pytest.mark.parametrize("cfg", [
-    {"fwd": (32, 16, 4, 1, 1), "dv": (16, 32, 4, 1, 1), "dk": (16, 32, 3, 64, 1, 1, False)},  # 3 head-loop splits
-    {"fwd": (16, 16, 1, 1, 1), "dv": (16, 16, 1, 1, 1), "dk": (16, 16, 1, 32, 1, 1, False)},  # one split
-    {"fwd": (16, 16, 2, 1, 1), "dv": (16, 16, 2, 1, 1), "dk": (16, 32, 4, 32, 1, 1, True)},   # grouped dK, 4 heads
-    # session 5: scores after the head loop, pairs in tiles of 2 / 3 key blocks, one-tile chunks
-    {"fwd": (32, 16, 2, 1, 1), "dv": (16, 32, 2, 1, 1), "dk": (16, 32, 1, 32, 1, 1, False, True, 2)},
-    {"fwd": (16, 16, 4, 1, 1), "dv": (16, 16, 4, 1, 1), "dk": (16, 16, 2, 16, 1, 1, False, True, 3)},
-    {"fwd": (16, 16, 2, 1, 1), "dv": (16, 16, 2, 1, 1), "dk": (16, 16, 2, 48, 1, 1, False, False, 0)},
+    # dk (session 5's kernel, heads wider than LEAN_MAX_WIDTH): (BM, BN, S, CHUNK, warps, stages, order, kc)
+    {"fwd": (32, 16, 4, 1, 1), "dv": (16, 32, 4, 1, 1), "dk": (16, 32, 3, 64, 1, 1, 0, 0)},  # 3 head-loop splits
+    {"fwd": (16, 16, 1, 1, 1), "dv": (16, 16, 1, 1, 1), "dk": (16, 16, 1, 32, 1, 1, 0, 0)},  # one split
+    # pairs in tiles of 2 / 3 key blocks, one-tile chunks
+    {"fwd": (32, 16, 2, 1, 1), "dv": (16, 32, 2, 1, 1), "dk": (16, 32, 1, 32, 1, 1, 2, 0)},
+    {"fwd": (16, 16, 4, 1, 1), "dv": (16, 16, 4, 1, 1), "dk": (16, 16, 2, 16, 1, 1, 3, 0)},
     # the head loop's contraction in 16-column chunks (head dim 16 here: one chunk; see the next test)
-    {"fwd": (16, 16, 2, 1, 1), "dv": (16, 16, 2, 1, 1), "dk": (16, 32, 1, 32, 1, 1, False, True, 2, 16)},
+    {"fwd": (16, 16, 2, 1, 1), "dv": (16, 16, 2, 1, 1), "dk": (16, 32, 1, 32, 1, 1, 2, 16)},
     # query tiles larger than the key block, chunks not multiples of either (rows masked at the chunk end)
-    {"fwd": (16, 16, 2, 1, 1, 1), "dv": (16, 16, 2, 1, 1, 1), "dk": (32, 16, 1, 32, 1, 1, False, True, 2, 16)},
-    {"fwd": (16, 16, 2, 1, 1, 1), "dv": (16, 16, 2, 1, 1, 1), "dk": (32, 16, 1, 48, 1, 1, False, False, 3, 0)},
-    {"fwd": (16, 16, 2, 1, 1, 1), "dv": (16, 16, 2, 1, 1, 1), "dk": (16, 32, 2, 24, 1, 1, False, True, 0, 0)},
+    {"fwd": (16, 16, 2, 1, 1, 1), "dv": (16, 16, 2, 1, 1, 1), "dk": (32, 16, 1, 32, 1, 1, 2, 16)},
+    {"fwd": (16, 16, 2, 1, 1, 1), "dv": (16, 16, 2, 1, 1, 1), "dk": (32, 16, 1, 48, 1, 1, 3, 0)},
+    {"fwd": (16, 16, 2, 1, 1, 1), "dv": (16, 16, 2, 1, 1, 1), "dk": (16, 32, 2, 24, 1, 1, 0, 0)},
     # groups-major grids (longest blocks of every group first)
-    {"fwd": (32, 16, 2, 1, 1, 1), "dv": (16, 16, 4, 1, 1, 1), "dk": (16, 32, 1, 32, 1, 1, False, True, 2)},
+    {"fwd": (32, 16, 2, 1, 1, 1), "dv": (16, 16, 4, 1, 1, 1), "dk": (16, 32, 1, 32, 1, 1, 2, 0)},
 ])
 def test_noise_once_configs(monkeypatch, cfg):
-    monkeypatch.setattr(NO, "_INTERP", cfg)
-    monkeypatch.setattr(NO, "DK_MODE", "loop")  # session 5's dK kernel: its "dk" configs
-    _check((1, 5, 45, 16, 16, 16), torch.float32, TOL32, TOL32)
-
-
-@pytest.mark.skipif(DEV == "cuda", reason="interpreter launch configs")
-@pytest.mark.parametrize("merged", [(16, 16, 2, 1, 1), (16, 32, 4, 1, 1)])
-def test_noise_once_merged_backward(monkeypatch, merged):
-    """BWD_MODE="merged": one backward kernel per key block and head group."""
-    monkeypatch.setattr(NO, "BWD_MODE", "merged")
-    monkeypatch.setitem(NO._INTERP, "merged", merged)
-    _check((2, 3, 37, 16, 24, 20), torch.float32, TOL32, TOL32)
+    monkeypatch.setattr(NO, "_INTERP", {**NO._INTERP, **cfg})
+    monkeypatch.setattr(NO, "LEAN_MAX_WIDTH", 0)  # session 5's dK kernel (the wide-head path): its "dk" configs
     _check((1, 5, 45, 16, 16, 16), torch.float32, TOL32, TOL32)
 
 
 @pytest.mark.skipif(DEV == "cuda", reason="interpreter launch configs")
 @pytest.mark.parametrize("kc", [16, 32])
 def test_noise_once_contraction_chunks(monkeypatch, kc):
-    """dK kernel with the head loop's contraction in chunks of kc columns (dv 40 -> 64 padded:
-    4 or 2 chunks per head, the last partly masked)."""
-    monkeypatch.setattr(NO, "DK_MODE", "loop")
-    monkeypatch.setitem(NO._INTERP, "dk", (16, 16, 2, 32, 1, 1, False, True, 3, kc))
+    """Session 5's dK kernel with the head loop's contraction in chunks of kc columns (dv 40 -> 64
+    padded: 4 or 2 chunks per head, the last partly masked)."""
+    monkeypatch.setattr(NO, "LEAN_MAX_WIDTH", 0)
+    monkeypatch.setitem(NO._INTERP, "dk", (16, 16, 2, 32, 1, 1, 3, kc))
     _check((1, 3, 35, 16, 24, 40), torch.float32, TOL32, TOL32)
 
 
@@ -102,9 +91,8 @@ def test_noise_once_contraction_chunks(monkeypatch, kc):
     (16, 32, 2, 1, 1, 0, 16, 2, False, True),
 ])
 def test_noise_once_lean_dk(monkeypatch, lean):
-    """DK_MODE="lean" (session 6): the dK/dQ kernel whose contraction runs before its epilogue; NT=2
+    """The lean dK/dQ kernel (session 6, the default): the contraction runs before its epilogue; NT=2
     query tiles share each V chunk; odd lengths (tiles past T, half-empty diagonal pairs)."""
-    monkeypatch.setattr(NO, "DK_MODE", "lean")
     monkeypatch.setitem(NO._INTERP, "lean", lean)
     _check((1, 5, 45, 16, 16, 16), torch.float32, TOL32, TOL32)
     _check((2, 3, 37, 16, 24, 20), torch.float32, TOL32, TOL32)
@@ -113,7 +101,6 @@ def test_noise_once_lean_dk(monkeypatch, lean):
 def test_dk_mode_keeps_session_5_kernel_for_wide_heads(monkeypatch):
     """The lean kernel's configs were measured and GPU-tested at 128-wide heads; wider heads keep
     session 5's dK kernel (GPU-tested at 256). With the limit lowered, a dv-20 case runs that path."""
-    monkeypatch.setattr(NO, "DK_MODE", "lean")
     assert NO._dk_mode(128, 128) == "lean" and NO._dk_mode(256, 64) == "loop" and NO._dk_mode(64, 192) == "loop"
     monkeypatch.setattr(NO, "LEAN_MAX_WIDTH", 16)
     assert NO._dk_mode(16, 20) == "loop"
@@ -140,12 +127,9 @@ def test_dk_table_covers_every_pair_once():
             assert len(got) == len(want) and {tuple(p) for p in got} == want
 
 
-@pytest.mark.parametrize("fuse", [False, True])
-def test_noise_once_backward_twice_and_lam_without_grad(monkeypatch, fuse):
+def test_noise_once_backward_twice_and_lam_without_grad():
     """The backward's float32 workspace (dQ2/dK2 atomics, dlam) is fresh per call: a second backward
-    through the same graph gives the same gradients (the fused node records its signal stream again);
-    lam without grad works."""
-    monkeypatch.setattr(NO, "FUSE_SIGNAL", fuse)
+    through the same graph gives the same gradients; lam without grad works."""
     ins = _inputs(1, 3, 23, 16, 16, 16, torch.float32)
     out = NO.cmd_attention_noise_once(*ins)
     g = torch.randn_like(out)
@@ -162,27 +146,16 @@ def test_noise_once_backward_twice_and_lam_without_grad(monkeypatch, fuse):
         assert rel_err(x, y) <= TOL32
 
 
-@pytest.mark.parametrize("fuse,zero,merged", [(True, True, False), (False, True, False), (True, False, False),
-                                              (False, False, False), (True, True, True)])
-def test_noise_once_fused_signal_and_zeroing(monkeypatch, fuse, zero, merged):
-    """Session 6b: the op as one autograd node (signal backward first, the noise dV added in the dV
-    kernel's epilogue), the workspace zeroed by the forward kernel, and each off; the merged backward
-    (no epilogue add: a torch sum) too."""
-    monkeypatch.setattr(NO, "OVERLAP", True)  # a CUDA-only option: ignored here
-    monkeypatch.setattr(NO, "FUSE_SIGNAL", fuse)
+@pytest.mark.parametrize("zero", [True, False])
+def test_noise_once_zeroing(monkeypatch, zero):
+    """The backward's workspace zeroed by the forward kernel (default), or by a memset."""
     monkeypatch.setattr(NO, "ZERO_IN_FWD", zero)
-    if merged:
-        monkeypatch.setattr(NO, "BWD_MODE", "merged")
     _check((2, 3, 21, 16, 16, 16), torch.float32, TOL32, TOL32)
 
 
-@pytest.mark.parametrize("fuse", [True, False])
-def test_noise_once_fused_signal_partial_grads(monkeypatch, fuse):
-    """Only some inputs requiring grad (q1 / v frozen), and under no_grad, with the op as one autograd
-    node (the signal recorded on the inputs that need a gradient) or two."""
-    monkeypatch.setattr(NO, "FUSE_SIGNAL", fuse)
+def test_noise_once_partial_grads():
+    """Only some inputs requiring grad (q1 / v frozen), and under no_grad."""
     ins = _inputs(1, 2, 19, 16, 16, 16, torch.float32)
-    q1, k1, q2, k2, v, lam = ins
     for frozen in ("q1", "v", "q1v"):
         xs = [x.detach() if (n in frozen and n in ("q1", "v")) else x for n, x in zip(NAMES, ins)]
         out = NO.cmd_attention_noise_once(*xs)
@@ -242,56 +215,26 @@ def test_noise_once_dispatch_and_errors():
         NO.cmd_attention_noise_once(ins[0], ins[1][:, :1], *ins[2:])
 
 
-GPU_DK = {"default": None, "grouped": (64, 64, 2, 512, 4, 2, True), "session-4-dk": (128, 128, 1, 1024, 8, 2, False),
-          "dk-kc32-order16": (128, 128, 1, 256, 8, 4, False, True, 16, 32), "dv-128": "dv", "merged": "merged",
-          "g4-16-warps": "g4", "128x128-16-warps": "w16",
-          "dk-256x128-16-warps": (256, 128, 1, 256, 16, 2, False, True, 8, 64),
-          "loop-dk": ("loop", None),  # session 5's dK kernel at its configs
-          **{"lean-" + k: ("lean", v) for k, v in {  # the lean dK kernel's candidates (session 6)
-              "nt2-early-k": (128, 128, 2, 8, 3, 8, 64, 1, True, False),
+GPU_DK = {"default": None,
+          "memset": {"ZERO_IN_FWD": False},
+          "wide-head-path": {"LEAN_MAX_WIDTH": 0},  # session 5's dK kernel + the memset, at 128-wide heads
+          **{"lean-" + k: v for k, v in {  # lean dK kernel candidates (session 6)
               "nt1": (128, 128, 1, 8, 3, 8, 64, 1, False, False),
-              "nt1-4-stages": (128, 128, 1, 8, 4, 8, 64, 1, False, False),
-              "nt2-early-k-acc": (128, 128, 2, 8, 3, 8, 64, 1, True, True),
-              "bm64-nt2-maxnreg128": (64, 128, 2, 8, 3, 8, 64, 1, False, False, 128),
-              "bm64-nt1-maxnreg128": (64, 128, 1, 8, 4, 8, 64, 1, False, False, 128),
-              "nt1-kc32-6-stages": (128, 128, 1, 8, 6, 8, 32, 1, False, False),
               "nt2-early-k-4-stages": (128, 128, 2, 8, 4, 8, 64, 1, True, False),
-              "nt2-kc32-split2": (128, 128, 2, 8, 4, 4, 32, 2, False, False)}.items()},
-          # session 6b: module flags (the op as two autograd nodes / the memset in the backward / the
-          # preprocess and dK kernel on a side stream during the signal's backward)
-          "two-nodes": {"FUSE_SIGNAL": False, "ZERO_IN_FWD": False}, "memset": {"ZERO_IN_FWD": False},
-          "fused": {"FUSE_SIGNAL": True}, "overlap": {"FUSE_SIGNAL": True, "OVERLAP": True}}
+              "bm64-nt2-maxnreg128": (64, 128, 2, 8, 3, 8, 64, 1, False, False, 128)}.items()}}
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("variant", list(GPU_DK))
 def test_noise_once_variants_bf16_gpu(monkeypatch, variant):
-    """The other launch configurations the benchmark sweeps (grouped dK, session 4's dK, contraction
-    chunks, groups of 4 heads over 16 warps, the merged backward), bf16."""
-    if isinstance(GPU_DK[variant], dict):
-        for name, val in GPU_DK[variant].items():
-            monkeypatch.setattr(NO, name, val)
-    elif GPU_DK[variant] == "merged":
-        monkeypatch.setattr(NO, "BWD_MODE", "merged")
-    elif GPU_DK[variant] == "dv":
-        monkeypatch.setitem(NO.CONFIGS, "dv", (32, 128, 2, 8, 2))
-    elif GPU_DK[variant] == "g4":
-        monkeypatch.setitem(NO.CONFIGS, "dv", (64, 64, 4, 16, 3, 1))
-        monkeypatch.setitem(NO.CONFIGS, "fwd", (64, 64, 4, 16, 3, 1))
-    elif GPU_DK[variant] == "w16":
-        monkeypatch.setitem(NO.CONFIGS, "dv", (128, 128, 2, 16, 2, 1))
-        monkeypatch.setitem(NO.CONFIGS, "fwd", (128, 128, 2, 16, 2, 1))
-    elif isinstance(GPU_DK[variant], tuple) and GPU_DK[variant][0] in ("lean", "loop"):
-        monkeypatch.setattr(NO, "DK_MODE", GPU_DK[variant][0])
-        if GPU_DK[variant][1] is not None:
-            monkeypatch.setitem(NO.CONFIGS, "lean", GPU_DK[variant][1])
-    elif GPU_DK[variant] is not None:
-        monkeypatch.setattr(NO, "DK_MODE", "loop")
-        monkeypatch.setitem(NO.CONFIGS, "dk", GPU_DK[variant])
-    # the session-6 candidates at T = 1024 (the benchmark's compiled kernels; odd lengths: the default
-    # config in test_noise_once_bf16_gpu, every config in the interpreter)
-    t = 1024 if variant.startswith("lean-") else 1000
-    test_noise_once_bf16_gpu((1, 16, t, 128, 128, 128))
+    """Other launch configurations and the wide-head path at 128-wide heads, bf16, T = 1024."""
+    val = GPU_DK[variant]
+    if isinstance(val, dict):
+        for name, x in val.items():
+            monkeypatch.setattr(NO, name, x)
+    elif val is not None:
+        monkeypatch.setitem(NO.CONFIGS, "lean", val)
+    test_noise_once_bf16_gpu((1, 16, 1024, 128, 128, 128))
 
 
 @pytest.mark.gpu
@@ -409,8 +352,7 @@ def test_noise_once_replay_passes_the_slow_paths_arguments(monkeypatch, combine)
     log.clear()
     NO._fwd_body(K._Recorder(False), *roots[0], scale, combine, NO.ZERO_IN_FWD)
     hs, split, _ = NO._bwd_plan(h, d, d)
-    add = combine and NO.FUSE_SIGNAL  # the signal's dV is added in the dV kernel's epilogue
-    NO._bwd_body(K._Recorder(False), *roots[1], scale, combine, False, (hs, split), add)
+    NO._bwd_body(K._Recorder(False), *roots[1], scale, combine, (hs, split))
     assert len(log) == len(replayed)
     for (_, name, grid, args), (_, name2, grid2, args2) in zip(log, replayed):
         assert (name, grid) == (name2, grid2)
@@ -425,7 +367,8 @@ def test_noise_once_replay_equals_slow_path_gpu(monkeypatch, mode):
     ran."""
     from attnlab.ops.diff_attention import latent as K
 
-    monkeypatch.setattr(NO, "DK_MODE", mode)
+    if mode == "loop":
+        monkeypatch.setattr(NO, "LEAN_MAX_WIDTH", 0)
     monkeypatch.setattr(K, "_FAST", True)
     monkeypatch.setattr(K, "_PLANS", {})
     replays, real = [], K._replay

@@ -25,24 +25,24 @@ head to every head and calls SDPA twice: 4H forward + 10H backward):
     heads): dP2 = sum_h dN_h V_h^T (ONE accumulator over the split's heads, the 16 x dv columns in
     64-column chunks: the noise map's gradient is shared), dS2 = P2 (dP2 - Delta), dK2 = dS2^T Q2
     and dQ2 = dS2 K2 by float32 atomics: 3 * SPLIT + H units (not 3H + 2H). Session 6's "lean" form
-    (the default, ``DK_MODE``) runs the contraction first with only its accumulators live (session
-    5's kernel kept the scores' operands live through it and spilled 632 bytes per thread) and lets
-    two query tiles share each V chunk (NT = 2: 25% fewer L2 bytes per product).
+    runs the contraction first with only its accumulators live (session 5's kernel, kept for heads
+    wider than ``LEAN_MAX_WIDTH``, kept the scores' operands live through it and spilled 632 bytes per
+    thread) and lets two query tiles share each V chunk (NT = 2: 25% fewer L2 bytes per product).
   So noise fwd+bwd is 3H + 2H/G + 3 SPLIT units instead of the expanded call's 7H (H=16, G=2,
   SPLIT=1: 67 vs 112), on top of the signal's 7H through SDPA: 0.80x the notebook's work in all.
 
-Measured on an H100 (benchmarks/RESULTS.md, issue 3, session 6; B=1, 16 heads, d 128, fwd+bwd,
-median of 5 rounds): 0.80x (T=4K) and 0.81x (T=16K) the notebook's time (session 5's version in the
-same run: 0.81x / 0.83x), 0.76x its peak memory. The forward and dV kernels run at about 90% of cuDNN's
-rate per unit of work; the dK/dQ kernel (1.68 ms at 16K, session 5's 2.02) at ~65% (latency at its
-pipeline's barriers, not L2 bandwidth: Nsight Compute, L2 51% busy). The four launches go through
-latent.py's launch replay. Session 6b: the forward zeroes the backward's float32 workspace (no memset);
-``FUSE_SIGNAL`` (off: no faster at 16K, slower at 4K) makes the op one autograd node whose dV kernel adds
-the signal's dV in its epilogue, ``OVERLAP`` (off: no faster) runs the dK kernel beside the signal's
-backward on a side stream; measured 0.81x (16K) / 0.81-0.82x (4K) the notebook's time. Alternatives kept, tested and swept (slower there):
-``grouped`` dK (the group's V columns resident, one dot over G*dv), ``BWD_MODE="merged"`` (dV, dK
-and dQ in one kernel per key block and head group), 4-head groups and 256 x 128 dK tiles over 16
-warps.
+Measured on an H100 (benchmarks/RESULTS.md, issue 3, sessions 6-7; B=1, 16 heads, d 128, fwd+bwd):
+0.81-0.83x the notebook's time at T=16K and 0.76-0.82x at T=4K (session 7: 0.825x / 0.764x by the ratio of
+medians, 0.828x / 0.793x by the median of 30 interleaved pairs), 0.76x its peak memory. The forward and dV
+kernels run at 90-98% of cuDNN's rate per unit of work; the dK/dQ kernel at ~71% (latency at its
+pipeline's barriers, not L2 bandwidth: Nsight Compute, L2 51% busy). The launches go through
+latent.py's launch replay; the forward zeroes the backward's float32 workspace (no memset).
+Alternatives measured slower in sessions 4-6 and removed in session 7 (their figures stay in
+RESULTS.md): a grouped dK kernel (V columns of a head group resident), one merged backward kernel
+(dV, dK and dQ per key block and head group), the op as one autograd node adding the signal's dV in
+the dV kernel's epilogue, the dK kernel on a side stream beside the signal's backward, a TMA-descriptor
+form of the lean kernel, and session 5's dK kernel as an option at 128-wide heads; session 7's persistent
+form of the lean kernel (slower: spills in its pipelined loop) and an automatic choice of NT by waves.
 
 ``cmd_attention_noise_once(q1, k1, q2, k2, v, lam)`` is the op (signal by SDPA + this noise path);
 ``shared_noise_attention`` is the noise stream alone (no combination, for tests and reuse);
@@ -204,14 +204,12 @@ def _noise_bwd_dv_kernel(Q, K, DN, LSE, DVO, DQK, DQK16,
                          H, NG, T, BTD, qk,
                          D: tl.constexpr, BD: tl.constexpr, DV: tl.constexpr, BDV: tl.constexpr,
                          G: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, CAST: tl.constexpr,
-                         MAJOR: tl.constexpr, ADD: tl.constexpr):
+                         MAJOR: tl.constexpr):
     """Program = (key block, batch x group of G heads): dV_h = P2^T dN_h for the group's heads,
     P2 recomputed once per group. dN is [B, H, T, DV] contiguous. CAST: the first group's programs
     also convert their key block's rows of the float32 dQ2/dK2 (DQK [2, B, T, D], complete: the
     dK/dQ kernel ran before on the stream) to the output dtype (DQK16), instead of a torch cast.
-    MAJOR: the grid is (groups, key blocks): the first (longest) key block of every group first.
-    ADD: DVO holds the signal stream's dV on entry (its backward ran first); the program adds its
-    tile in place (the final dV written once, no torch sum of the two streams' dV)."""
+    MAJOR: the grid is (groups, key blocks): the first (longest) key block of every group first."""
     if MAJOR:
         pid_n = tl.program_id(1)
         bg = tl.program_id(0)
@@ -238,8 +236,6 @@ def _noise_bwd_dv_kernel(Q, K, DN, LSE, DVO, DQK, DQK16,
         acc = _dv_step(k, acc, q_base, sqt, dn_base, col, cmask, lse_b, start_m, offs_n, T, qk, D, BD, DV, BM, False)
     dv_ptrs = DVO + b * sdvb + offs_n[:, None] * sdvt + (ch * sdvh + cd)[None, :]
     dv_mask = (offs_n < T)[:, None] & cmask[None, :]
-    if ADD:
-        acc += tl.load(dv_ptrs, mask=dv_mask, other=0.0).to(tl.float32)
     tl.store(dv_ptrs, acc.to(DVO.dtype.element_ty), mask=dv_mask)
     if CAST:
         if h0 == 0:
@@ -265,16 +261,15 @@ def _cols(base, offs_t, stride_t, T, c0, DV: tl.constexpr, BDV: tl.constexpr, KC
 def _dk_step(k, v_base, svh, svt, dk, q_base, sqt, dn_base, LSE, DELTA, DQ, hs0, hs1,
              start_m, offs_n, T, TQ, qk, scale,
              D: tl.constexpr, BD: tl.constexpr, DV: tl.constexpr, BDV: tl.constexpr,
-             BM: tl.constexpr, BN: tl.constexpr, MASK: tl.constexpr, LATE: tl.constexpr, KC: tl.constexpr):
+             BM: tl.constexpr, BN: tl.constexpr, MASK: tl.constexpr, KC: tl.constexpr):
     """One query tile (rows start_m .. start_m + BM, those >= TQ masked: the end of the program's
-    chunk) against the key block; keys masked at T."""
+    chunk) against the key block; keys masked at T. The scores come after the head loop (fewer live
+    registers while it runs)."""
     offs_m = start_m + tl.arange(0, BM)
     rmask = offs_m < TQ
     q = _rows(q_base, offs_m, sqt, TQ, D, BD)
     lse = tl.load(LSE + offs_m, mask=rmask, other=float("inf"))
     delta = tl.load(DELTA + offs_m, mask=rmask, other=0.0)
-    if not LATE:
-        pt = tl.math.exp2(tl.dot(k, tl.trans(q)) * qk - lse[None, :])  # [BN, BM]
     # dP2^T = sum over the split's heads of V_h dN_h^T: one accumulator, the heads as its inner loop
     dpt = tl.zeros([BN, BM], dtype=tl.float32)
     if KC == BDV:
@@ -290,8 +285,7 @@ def _dk_step(k, v_base, svh, svt, dk, q_base, sqt, dn_base, LSE, DELTA, DQ, hs0,
             v = _cols(v_base + h * svh, offs_n, svt, T, c0, DV, BDV, KC)
             dn = _cols(dn_base + h * T * DV, offs_m, DV, TQ, c0, DV, BDV, KC)
             dpt = tl.dot(v, tl.trans(dn), dpt)
-    if LATE:  # the scores after the head loop: fewer live registers while it runs
-        pt = tl.math.exp2(tl.dot(k, tl.trans(q)) * qk - lse[None, :])
+    pt = tl.math.exp2(tl.dot(k, tl.trans(q)) * qk - lse[None, :])  # [BN, BM]
     if MASK:
         pt = tl.where(offs_m[None, :] >= offs_n[:, None], pt, 0.0)
     dst = (pt * (dpt - delta[None, :])).to(q.dtype)
@@ -303,41 +297,16 @@ def _dk_step(k, v_base, svh, svt, dk, q_base, sqt, dn_base, LSE, DELTA, DQ, hs0,
 
 
 @triton.jit
-def _dk_step_grouped(k, vg, dk, q_base, sqt, dn_base, dcol, cmask, LSE, DELTA, DQ, start_m, offs_n, T, qk, scale,
-                     D: tl.constexpr, BD: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, MASK: tl.constexpr):
-    """The grouped form: the program's G heads' V columns vg [BN, G*BDV] stay resident; per query
-    tile ONE dot over G*DV gives the group's share of dP2 (no per-head reload of V)."""
-    offs_m = start_m + tl.arange(0, BM)
-    rmask = offs_m < T
-    q = _rows(q_base, offs_m, sqt, T, D, BD)
-    lse = tl.load(LSE + offs_m, mask=rmask, other=float("inf"))
-    delta = tl.load(DELTA + offs_m, mask=rmask, other=0.0)
-    p = tl.math.exp2(tl.dot(q, tl.trans(k)) * qk - lse[:, None])  # [BM, BN]
-    if MASK:
-        p = tl.where(offs_m[:, None] >= offs_n[None, :], p, 0.0)
-    dn = tl.load(dn_base + offs_m[:, None] * DV + dcol[None, :], mask=rmask[:, None] & cmask[None, :], other=0.0)
-    dp = tl.dot(dn, tl.trans(vg))
-    ds = (p * (dp - delta[:, None])).to(q.dtype)
-    dk = tl.dot(tl.trans(ds), q, dk)
-    offs_d = tl.arange(0, BD)
-    tl.atomic_add(DQ + offs_m[:, None] * D + offs_d[None, :], tl.dot(ds, k) * scale,
-                  mask=rmask[:, None] & (offs_d < D)[None, :], sem="relaxed")
-    return dk
-
-
-@triton.jit
 def _noise_bwd_dk_kernel(Q, K, V, DN, LSE, DELTA, DK, DQ, TBL,
                          sqb, sqt, skb, skt, svb, svh, svt,
                          H, HS, SPLIT, T, qk, scale,
                          D: tl.constexpr, BD: tl.constexpr, DV: tl.constexpr, BDV: tl.constexpr,
-                         BM: tl.constexpr, BN: tl.constexpr, CHUNK: tl.constexpr,
-                         GROUPED: tl.constexpr, G: tl.constexpr, LATE: tl.constexpr, KC: tl.constexpr):
-    """Program = (one (key block, chunk of CHUNK query rows) pair of the table TBL, batch x split
-    of heads): dK2 and dQ2 by float32 atomics from dS2 = P2 (sum_h dN_h V_h^T - Delta). TBL lists
-    only the pairs with work (query rows at or after the key block), in the order the host chose
-    (tiles of key blocks x chunks, so that programs running together share V and dN tiles in L2).
-    GROUPED: the split is G heads whose V columns stay resident ([BN, G*BDV]), one dot over G*DV
-    per query tile; else the split's heads are an inner loop reloading V_h."""
+                         BM: tl.constexpr, BN: tl.constexpr, CHUNK: tl.constexpr, KC: tl.constexpr):
+    """Session 5's dK/dQ kernel, kept for heads wider than LEAN_MAX_WIDTH. Program = (one (key
+    block, chunk of CHUNK query rows) pair of the table TBL, batch x split of heads): dK2 and dQ2 by
+    float32 atomics from dS2 = P2 (sum_h dN_h V_h^T - Delta), the split's heads an inner loop. TBL
+    lists only the pairs with work (query rows at or after the key block), in the order the host
+    chose (tiles of key blocks x chunks, so that programs running together share V and dN tiles in L2)."""
     pid = tl.program_id(0)
     bs = tl.program_id(1)
     pid_n = tl.load(TBL + 2 * pid)
@@ -358,31 +327,15 @@ def _noise_bwd_dk_kernel(Q, K, V, DN, LSE, DELTA, DK, DQ, TBL,
     delta_b = DELTA + bs * T
     dq_b = DQ + b * T * D
     dk = tl.zeros([BN, BD], tl.float32)
-    # CHUNK is a multiple of BN: the diagonal block lies wholly inside one chunk
-    d_hi = tl.where(lo <= start_n, start_n + BN, start_n)
-    if GROUPED:
-        offs_c = tl.arange(0, G * BDV)
-        ch = hs0 + offs_c // BDV
-        cd = offs_c % BDV
-        cmask = (ch < H) & (cd < DV)
-        vg = tl.load(v_base + offs_n[:, None] * svt + (ch * svh + cd)[None, :],
-                     mask=(offs_n < T)[:, None] & cmask[None, :], other=0.0)
-        dcol = ch * (T * DV) + cd
-        for start_m in range(start_n, d_hi, BM):
-            dk = _dk_step_grouped(k, vg, dk, q_base, sqt, dn_base, dcol, cmask, lse_b, delta_b, dq_b,
-                                  start_m, offs_n, T, qk, scale, D, BD, DV, BM, True)
-        for start_m in range(tl.maximum(lo, start_n + BN), hi, BM):
-            dk = _dk_step_grouped(k, vg, dk, q_base, sqt, dn_base, dcol, cmask, lse_b, delta_b, dq_b,
-                                  start_m, offs_n, T, qk, scale, D, BD, DV, BM, False)
-    else:  # query tiles from max(lo, start_n) in steps of BM (any BM, BN); rows >= hi masked
-        first = tl.maximum(lo, start_n)
-        d_end = first + tl.cdiv(tl.maximum(tl.minimum(hi, start_n + BN) - first, 0), BM) * BM
-        for start_m in range(first, tl.minimum(d_end, hi), BM):  # tiles reaching into the diagonal block
-            dk = _dk_step(k, v_base, svh, svt, dk, q_base, sqt, dn_base, lse_b, delta_b, dq_b, hs0, hs1,
-                          start_m, offs_n, T, hi, qk, scale, D, BD, DV, BDV, BM, BN, True, LATE, KC)
-        for start_m in range(d_end, hi, BM):
-            dk = _dk_step(k, v_base, svh, svt, dk, q_base, sqt, dn_base, lse_b, delta_b, dq_b, hs0, hs1,
-                          start_m, offs_n, T, hi, qk, scale, D, BD, DV, BDV, BM, BN, False, LATE, KC)
+    # query tiles from max(lo, start_n) in steps of BM (any BM, BN); rows >= hi masked
+    first = tl.maximum(lo, start_n)
+    d_end = first + tl.cdiv(tl.maximum(tl.minimum(hi, start_n + BN) - first, 0), BM) * BM
+    for start_m in range(first, tl.minimum(d_end, hi), BM):  # tiles reaching into the diagonal block
+        dk = _dk_step(k, v_base, svh, svt, dk, q_base, sqt, dn_base, lse_b, delta_b, dq_b, hs0, hs1,
+                      start_m, offs_n, T, hi, qk, scale, D, BD, DV, BDV, BM, BN, True, KC)
+    for start_m in range(d_end, hi, BM):
+        dk = _dk_step(k, v_base, svh, svt, dk, q_base, sqt, dn_base, lse_b, delta_b, dq_b, hs0, hs1,
+                      start_m, offs_n, T, hi, qk, scale, D, BD, DV, BDV, BM, BN, False, KC)
     offs_d = tl.arange(0, BD)
     tl.atomic_add(DK + (b * T + offs_n[:, None]) * D + offs_d[None, :], dk * scale,
                   mask=(offs_n < T)[:, None] & (offs_d < D)[None, :], sem="relaxed")
@@ -422,7 +375,7 @@ def _noise_bwd_dk_lean_kernel(Q, K, V, DN, LSE, DELTA, DK, DQ, TBL,
                               D: tl.constexpr, BD: tl.constexpr, DV: tl.constexpr, BDV: tl.constexpr,
                               BM: tl.constexpr, BN: tl.constexpr, NT: tl.constexpr, KC: tl.constexpr,
                               EARLY_K: tl.constexpr, ACC: tl.constexpr):
-    """The lean dK/dQ kernel (DK_MODE="lean"): program = one (key block, NT query tiles) entry of
+    """The lean dK/dQ kernel (heads up to LEAN_MAX_WIDTH): program = one (key block, NT query tiles) entry of
     the table TBL (chunks of NT * BM rows) x split of heads. The contraction dP2^T = sum_h V_h dN_h^T
     (the split's heads x DV columns in KC-column chunks) runs first with ONLY its accumulators live
     (one per query tile; NT = 2: both tiles share each V chunk, 3 operand tiles per 2 products
@@ -477,74 +430,6 @@ def _noise_bwd_dk_lean_kernel(Q, K, V, DN, LSE, DELTA, DK, DQ, TBL,
                       mask=(offs_n < T)[:, None] & (offs_d < D)[None, :], sem="relaxed")
 
 
-@triton.jit
-def _merged_step(k, vg, dv, dk, q_base, sqt, dn_base, dcol, cmask, LSE, DELTA, DQ, start_m, offs_n, T, qk, scale,
-                 D: tl.constexpr, BD: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, MASK: tl.constexpr):
-    offs_m = start_m + tl.arange(0, BM)
-    rmask = offs_m < T
-    q = _rows(q_base, offs_m, sqt, T, D, BD)
-    lse = tl.load(LSE + offs_m, mask=rmask, other=float("inf"))
-    delta = tl.load(DELTA + offs_m, mask=rmask, other=0.0)
-    pt = tl.math.exp2(tl.dot(k, tl.trans(q)) * qk - lse[None, :])  # [BN, BM]
-    if MASK:
-        pt = tl.where(offs_m[None, :] >= offs_n[:, None], pt, 0.0)
-    dn = tl.load(dn_base + offs_m[:, None] * DV + dcol[None, :], mask=rmask[:, None] & cmask[None, :], other=0.0)
-    dv = tl.dot(pt.to(dn.dtype), dn, dv)
-    dpt = tl.dot(vg, tl.trans(dn))  # [BN, BM]: the group's share of dP2^T
-    dst = (pt * (dpt - delta[None, :])).to(q.dtype)
-    dk = tl.dot(dst, q, dk)
-    offs_d = tl.arange(0, BD)
-    tl.atomic_add(DQ + offs_m[:, None] * D + offs_d[None, :], tl.dot(tl.trans(dst), k) * scale,
-                  mask=rmask[:, None] & (offs_d < D)[None, :], sem="relaxed")
-    return dv, dk
-
-
-@triton.jit
-def _noise_bwd_merged_kernel(Q, K, V, DN, LSE, DELTA, DK, DQ, DVO,
-                             sqb, sqt, skb, skt, svb, svh, svt, sdvb, sdvh, sdvt,
-                             H, NG, T, qk, scale,
-                             D: tl.constexpr, BD: tl.constexpr, DV: tl.constexpr, BDV: tl.constexpr,
-                             G: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
-    """One backward kernel (BWD_MODE="merged"): program = (key block, batch x group of G heads).
-    The group's V columns stay resident; per query tile: P2^T once, dV_g += P2^T dN_g, the group's
-    share of dP2^T = V_g dN_g^T (one dot over G*DV), dS2, dK2 (the group's share, float32 atomics
-    at the end) and dQ2 (float32 atomics)."""
-    pid_n = tl.program_id(0)
-    bg = tl.program_id(1)
-    b = bg // NG
-    g = bg % NG
-    h0 = g * G
-    start_n = pid_n * BN
-    offs_n = start_n + tl.arange(0, BN)
-    offs_c = tl.arange(0, G * BDV)
-    ch = h0 + offs_c // BDV
-    cd = offs_c % BDV
-    cmask = (ch < H) & (cd < DV)
-    nmask = offs_n < T
-    k = _rows(K + b * skb, offs_n, skt, T, D, BD)
-    vg = tl.load(V + b * svb + offs_n[:, None] * svt + (ch * svh + cd)[None, :], mask=nmask[:, None] & cmask[None, :],
-                 other=0.0)
-    q_base = Q + b * sqb
-    dn_base = DN + b * H * T * DV
-    dcol = ch * (T * DV) + cd
-    lse_b = LSE + b * T
-    delta_b = DELTA + bg * T
-    dq_b = DQ + b * T * D
-    dv = tl.zeros([BN, G * BDV], tl.float32)
-    dk = tl.zeros([BN, BD], tl.float32)
-    for start_m in range(start_n, start_n + BN, BM):
-        dv, dk = _merged_step(k, vg, dv, dk, q_base, sqt, dn_base, dcol, cmask, lse_b, delta_b, dq_b, start_m,
-                              offs_n, T, qk, scale, D, BD, DV, BM, True)
-    for start_m in range(start_n + BN, T, BM):
-        dv, dk = _merged_step(k, vg, dv, dk, q_base, sqt, dn_base, dcol, cmask, lse_b, delta_b, dq_b, start_m,
-                              offs_n, T, qk, scale, D, BD, DV, BM, False)
-    tl.store(DVO + b * sdvb + offs_n[:, None] * sdvt + (ch * sdvh + cd)[None, :], dv.to(DVO.dtype.element_ty),
-             mask=nmask[:, None] & cmask[None, :])
-    offs_d = tl.arange(0, BD)
-    tl.atomic_add(DK + (b * T + offs_n[:, None]) * D + offs_d[None, :], dk * scale,
-                  mask=nmask[:, None] & (offs_d < D)[None, :], sem="relaxed")
-
-
 # ------------------------------------------------------------------------------------------
 # launch
 
@@ -558,61 +443,39 @@ def _pow2(d: int) -> int:
 
 # Launch configs. fwd / dv: (BM, BN, G heads per program, num_warps, num_stages, major): major=1:
 # the grid's first axis is the head group, so programs start longest first over all groups (0 or
-# missing: session 4's order, blocks first);
-# dk: (BM, BN, S, CHUNK query rows, num_warps, num_stages, grouped, late, order): grouped=False:
-# S splits of the heads, each an inner loop over its heads; grouped=True: groups of S heads (a power
-# of two) whose V columns stay resident; late: the dK step computes the scores after its head loop;
-# order: the program order of the (key block, chunk) pairs: 0 chunk-major (all key blocks of chunk 0,
-# then chunk 1, ...), k > 0 tiles of k key blocks (for each tile: every chunk, its k key blocks).
-# kc: the head loop's contraction chunk (columns of V / dN per dot; 0: a whole head).
-# Missing trailing dk fields take (late=False, order=0, kc=0), session 4's kernel.
-# fwd needs BM % BN == 0; dv and the grouped dk need BN % BM == 0, and CHUNK % BN == 0 (the
-# head-loop dk takes any; BM > BN with 16 warps: a larger dP2 tile, fewer bytes per product).
-# The best of two sweeps on an H100 at B=1, 16 heads, d 128 (session 5: benchmarks/device_runs/
-# s5_run1.py at T=4096 and 16384, then bench_diff_kernel.py --sweep-noise --sweep-T 16384;
-# benchmarks/results/s5/; session 4's sweep of the grouped dK and the merged backward:
-# benchmarks/results/s4/diff_kernel_s4b.json, slower). Configs that do not fit
-# the shared memory (wider heads) drop pipeline stages (``_fit``).
-CONFIGS = {
-    "fwd": (128, 64, 2, 8, 4, 1),
-    "dv": (64, 128, 2, 8, 4, 1),
-    "dk": (128, 128, 1, 128, 8, 3, False, True, 8, 64),
-}
-# merged: one backward kernel (dV, dK, dQ per key block and group of G heads): (BM, BN, G, warps, stages)
-CONFIGS["merged"] = (64, 64, 2, 8, 2)
-# "split": the dK kernel + the dV kernel; "merged": the one kernel above
-BWD_MODE = os.environ.get("ATTNLAB_NOISE_BWD", "split")
-# lean: the dK/dQ kernel of session 6 (``_noise_bwd_dk_lean_kernel``): (BM, BN, NT query tiles per
-# program sharing each V chunk, warps, stages, order, kc, split of heads, early_k, acc, maxnreg);
-# acc: NT = 2 sums both tiles' dK2 in registers (one atomic per program); maxnreg: a register cap per
+# missing: session 4's order, blocks first); fwd needs BM % BN == 0, dv BN % BM == 0.
+# lean: the dK/dQ kernel of session 6 (``_noise_bwd_dk_lean_kernel``, heads up to LEAN_MAX_WIDTH):
+# (BM, BN, NT query tiles per program sharing each V chunk, warps, stages, order, kc, split of heads,
+# early_k, acc, maxnreg); order: the program order of the (key block, chunk) pairs: 0 chunk-major (all
+# key blocks of chunk 0, then chunk 1, ...), k > 0 tiles of k key blocks (for each tile: every chunk,
+# its k key blocks); kc: the contraction's chunk (columns of V / dN per dot; 0: a whole head); acc:
+# NT = 2 sums both tiles' dK2 in registers (one atomic per program); maxnreg: a register cap per
 # thread (0: none; 128 at 8 warps lets two programs share an SM); missing trailing fields take
 # (early_k, acc, maxnreg) = (False, False, 0). Compiled for sm_90 the lean kernel keeps no spill slots
 # at NT = 1 (session 5's kernel: 632 bytes of stack per thread: its scores' operands and accumulators
 # were live during the contraction); NT = 2 reads 25% fewer L2 bytes per product.
-CONFIGS["lean"] = (128, 128, 2, 8, 3, 8, 64, 1, True, True)
-# which dK/dQ kernel the split backward takes: "loop" (session 5's ``CONFIGS["dk"]``) or "lean" (a variant
-# loading V and dN through device-side tensor descriptors measured no faster in session 6 and was removed)
-DK_MODE = os.environ.get("ATTNLAB_NOISE_DK", "lean")
-# heads wider than this keep session 5's dK kernel (GPU-tested at 256-wide noise heads; the lean
-# kernel's configs were measured and GPU-tested at 128)
+# dk: session 5's dK/dQ kernel (``_noise_bwd_dk_kernel``), taken for heads wider than LEAN_MAX_WIDTH:
+# (BM, BN, S splits of the heads, CHUNK query rows, num_warps, num_stages, order, kc), any BM, BN, CHUNK.
+# The best of the sweeps on an H100 at B=1, 16 heads, d 128 (sessions 5-6: benchmarks/results/s5/,
+# s6_cmd/, s6b_cmd/ and benchmarks/RESULTS.md). Configs that do not fit the shared memory (wider
+# heads) drop pipeline stages (``_fit``). Removed in session 7 (measured slower, see RESULTS.md,
+# issue 3, sessions 4-6): the grouped dK kernel, the merged backward (BWD_MODE="merged"), the op as one
+# autograd node (FUSE_SIGNAL) and its side-stream overlap (OVERLAP), session 5's dK kernel as an
+# option at 128-wide heads (DK_MODE="loop").
+CONFIGS = {
+    "fwd": (128, 64, 2, 8, 4, 1),
+    "dv": (64, 128, 2, 8, 4, 1),
+    "lean": (128, 128, 2, 8, 3, 8, 64, 1, True, True),
+    "dk": (128, 128, 1, 128, 8, 3, 8, 64),
+}
+# heads wider than this take session 5's dK kernel and the memset (GPU-tested at 256-wide noise heads;
+# the lean kernel's configs and the zeroing epilogue were measured and GPU-tested at 128)
 LEAN_MAX_WIDTH = 128
-
-
-# FUSE_SIGNAL: cmd_attention_noise_once is one autograd node (``_CMDFused``): the signal's SDPA backward
-# runs first and the noise dV kernel adds into its dV (False, the default: SDPA and the noise stream as two
-# nodes, autograd sums the two dV tensors). Measured (session 6b, H100, benchmarks/results/s6b_cmd/): at
-# T=16K within noise of two nodes (12.68 vs 12.70 ms), at T=4K slower (1.56 vs 1.44 ms: the nested
-# autograd call's host time) and +64 MiB peak at 16K (dN lives through the signal's backward).
 # ZERO_IN_FWD: the noise forward zeroes the backward's float32 workspace (dQ2/dK2 atomics, dlam) in its
 # epilogue (False: a memset in the backward; heads wider than LEAN_MAX_WIDTH keep the memset). Measured
 # (two device calls, 5 rounds each): T=4K 0.810x / 0.819x vs 0.824x / 0.827x with the memset (one launch
 # and its host time fewer), T=16K 0.815x / 0.816x vs 0.812x / 0.819x (within noise).
-FUSE_SIGNAL = os.environ.get("ATTNLAB_NOISE_FUSE", "0") == "1"
 ZERO_IN_FWD = os.environ.get("ATTNLAB_NOISE_ZERO", "1") == "1"
-# OVERLAP (with FUSE_SIGNAL, CUDA): the noise preprocess and dK/dQ kernel run on a side stream during the
-# signal's SDPA backward (to fill each other's tails); the dV kernel follows both on the main stream.
-# Measured no faster (16K: 12.82 vs 12.68 ms fused without it).
-OVERLAP = os.environ.get("ATTNLAB_NOISE_OVERLAP", "0") == "1"
 
 
 def _zero_in_fwd(q2, v) -> bool:
@@ -621,37 +484,33 @@ def _zero_in_fwd(q2, v) -> bool:
 
 
 def _dk_mode(d: int, dv: int) -> str:
-    """The dK/dQ kernel the backward takes for these head dims."""
-    if DK_MODE == "lean" and max(d, dv) > LEAN_MAX_WIDTH:
-        return "loop"
-    return DK_MODE
-_INTERP = {"fwd": (16, 16, 2, 1, 1), "dv": (16, 16, 2, 1, 1), "dk": (16, 16, 2, 16, 1, 1, True),
-           "merged": (16, 16, 2, 1, 1), "lean": (16, 16, 2, 1, 1, 2, 0, 1, False)}
-_DK_DEFAULTS = (False, 0, 0)  # late, order, kc
+    """The dK/dQ kernel the backward takes for these head dims: "lean" or (wide heads) "loop"."""
+    return "loop" if max(d, dv) > LEAN_MAX_WIDTH else "lean"
+
+
+_INTERP = {"fwd": (16, 16, 2, 1, 1), "dv": (16, 16, 2, 1, 1), "dk": (16, 16, 2, 16, 1, 1, 0, 0),
+           "lean": (16, 16, 2, 1, 1, 2, 0, 1, False)}
 
 
 def _config(name: str, h: int, dv: int, d: int = 0):
     cfg = tuple((_INTERP if _interpret() else CONFIGS)[name])
+    wide = max(d, dv) > 128 and not _interpret()
     if name == "lean":
-        if max(d, dv) > 128 and not _interpret():  # wide heads: one 64-row query tile per program
+        if wide:  # wide heads: one 64-row query tile per program
             cfg = (64, cfg[1], 1) + cfg[3:]
         return cfg + (False, False, 0)[len(cfg) - 8:]
-    if name == "dk":
-        cfg = cfg + _DK_DEFAULTS[len(cfg) - 7:]
-        if max(d, dv) > 128 and cfg[0] > 64 and not _interpret():  # wide heads: 64-row query tiles
+    if name == "dk":  # the head-loop dK kernel takes any BM, BN and CHUNK
+        if wide and cfg[0] > 64:  # wide heads: 64-row query tiles
             cfg = (64,) + cfg[1:]
-    elif name in ("fwd", "dv") and len(cfg) == 5:
+        return cfg
+    if len(cfg) == 5:
         cfg = cfg + (0,)
     bm, bn, g = cfg[:3]
-    if name == "dk" and not cfg[6]:  # the head-loop dK kernel takes any BM, BN and CHUNK
-        pass
-    elif (bm % bn if name == "fwd" else bn % bm) or (name == "dk" and cfg[3] % bn):
+    if bm % bn if name == "fwd" else bn % bm:
         raise ValueError(f"noise_once.CONFIGS[{name!r}] = {cfg}: block sizes do not nest")
-    g = max(1, min(g, h))
-    if name != "dk" or cfg[6]:
-        g = 1 << (g.bit_length() - 1)  # the group's columns are one power-of-two wide tile
-        while g > 1 and g * _pow2(dv) > 512:
-            g //= 2
+    g = 1 << (max(1, min(g, h)).bit_length() - 1)  # the group's columns are one power-of-two wide tile
+    while g > 1 and g * _pow2(dv) > 512:
+        g //= 2
     return (bm, bn, g) + tuple(cfg[3:])
 
 
@@ -714,35 +573,17 @@ def _fwd_body(go, q2, k2, v, aa, lam32, out, n, lse, ws32, scale, combine, zero)
 
 
 def _dk_loop(go, q2, k2, v, dn, lse, delta, dk32, dq32, tbl, h, hs, split, t, d, dv, scale):
-    """Session 5's dK/dQ kernel (DK_MODE="loop")."""
-    bm, bn, _, chunk, w, s, grouped, late, _, kc = _config("dk", h, dv, d)
+    """Session 5's dK/dQ kernel (heads wider than LEAN_MAX_WIDTH)."""
+    bm, bn, _, chunk, w, s, _, kc = _config("dk", h, dv, d)
     kc = _pow2(dv) if kc <= 0 else min(kc, _pow2(dv))
     _fit(go, _noise_bwd_dk_kernel, (tbl.numel() // 2, q2.shape[0] * split),
        (q2, k2, v, dn, lse, delta, dk32, dq32, tbl,
         q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), *_vstr(v),
-        h, hs, split, t, scale * LOG2E, scale, d, _pow2(d), dv, _pow2(dv), bm, bn, chunk,
-        grouped, hs if grouped else 1, late, kc), w, s)
+        h, hs, split, t, scale * LOG2E, scale, d, _pow2(d), dv, _pow2(dv), bm, bn, chunk, kc), w, s)
 
 
-def _bwd_body(go, dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dqk16, dvo, tbl, scale, combine, merged, cfg,
-              add, part=3):
-    """part: 1 = the preprocess and the dK/dQ kernel (or the merged kernel), 2 = the dV kernel, 3 = all."""
-    b, t, d = q2.shape
-    h, dv = v.shape[1], v.shape[-1]
-    hs, split = cfg
-    btd = b * t * d
-    if part & 1:
-        _bwd_part1(go, dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dvo, tbl, scale, combine, merged, cfg)
-    if part & 2 and not merged:
-        bm, bn, g, w, s, major = _config("dv", h, dv)
-        ng = triton.cdiv(h, g)
-        grid = (b * ng, triton.cdiv(t, bn)) if major else (triton.cdiv(t, bn), b * ng)
-        _fit(go, _noise_bwd_dv_kernel, grid,
-           (q2, k2, dn, lse, dvo, ws32, dqk16, q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), *_vstr(dvo),
-            h, ng, t, btd, scale * LOG2E, d, _pow2(d), dv, _pow2(dv), g, bm, bn, True, bool(major), add), w, s)
-
-
-def _bwd_part1(go, dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dvo, tbl, scale, combine, merged, cfg):
+def _bwd_body(go, dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dqk16, dvo, tbl, scale, combine, cfg):
+    """The preprocess, the dK/dQ kernel, then the dV kernel (which also casts dQ2/dK2)."""
     b, t, d = q2.shape
     h, dv = v.shape[1], v.shape[-1]
     hs, split = cfg
@@ -751,15 +592,7 @@ def _bwd_part1(go, dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dvo, tbl, sc
     pbm = 16 if _interpret() else 32
     go(_noise_bwd_pre_kernel, (triton.cdiv(t, pbm), b),
        (dout, n, lam32, dn, delta, dlam, *_vstr(dout), *_vstr(n), h, hs, split, t, dv, _pow2(dv), pbm, combine))
-    if merged:
-        bm, bn, g, w, s = _config("merged", h, dv)
-        _fit(go, _noise_bwd_merged_kernel, (triton.cdiv(t, bn), b * split),
-           (q2, k2, v, dn, lse, delta, dk32, dq32, dvo,
-            q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), *_vstr(v), *_vstr(dvo),
-            h, split, t, scale * LOG2E, scale, d, _pow2(d), dv, _pow2(dv), hs, bm, bn), w, s)
-        return
-    mode = _dk_mode(d, dv)
-    if mode == "lean":
+    if _dk_mode(d, dv) == "lean":
         bm, bn, nt, w, s, _, kc, _, early, acc, maxnreg = _config("lean", h, dv, d)
         kc = _pow2(dv) if kc <= 0 else min(kc, _pow2(dv))
         opts = {"maxnreg": maxnreg} if maxnreg and not _interpret() else {}
@@ -770,20 +603,23 @@ def _bwd_part1(go, dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dvo, tbl, sc
             bool(acc)), w, s, **opts)
     else:
         _dk_loop(go, q2, k2, v, dn, lse, delta, dk32, dq32, tbl, h, hs, split, t, d, dv, scale)
+    bm, bn, g, w, s, major = _config("dv", h, dv)
+    ng = triton.cdiv(h, g)
+    grid = (b * ng, triton.cdiv(t, bn)) if major else (triton.cdiv(t, bn), b * ng)
+    _fit(go, _noise_bwd_dv_kernel, grid,
+       (q2, k2, dn, lse, dvo, ws32, dqk16, q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), *_vstr(dvo),
+        h, ng, t, btd, scale * LOG2E, d, _pow2(d), dv, _pow2(dv), g, bm, bn, True, bool(major)), w, s)
 
 
 def _bwd_plan(h, dv, d):
-    """(heads per split, splits, the dK table's (key block, chunk rows, order) or None) of the
-    backward under the current BWD_MODE / DK_MODE / CONFIGS."""
-    if BWD_MODE == "merged":
-        hs = _config("merged", h, dv)[2]
-        return hs, triton.cdiv(h, hs), None
+    """(heads per split, splits, the dK table's (key block, chunk rows, order)) of the backward under
+    the current CONFIGS."""
     if _dk_mode(d, dv) == "lean":
         bm, bn, nt, _, _, order, _, split, _, _, _ = _config("lean", h, dv, d)
         hs = triton.cdiv(h, split)
         return hs, triton.cdiv(h, hs), (bn, bm * nt, order)
-    bm, bn, split, chunk, _, _, grouped, _, order, _ = _config("dk", h, dv, d)
-    hs = split if grouped else triton.cdiv(h, split)  # heads per split
+    bm, bn, split, chunk, _, _, order, _ = _config("dk", h, dv, d)
+    hs = triton.cdiv(h, split)  # heads per split
     return hs, triton.cdiv(h, hs), (bn, chunk, order)
 
 
@@ -825,22 +661,9 @@ def _noise_forward(a, q2, k2, v, lam, scale, zero):
     return out, (q2, k2, v, lam32, n, lse), key, (ws32 if zero else None)
 
 
-_SIDE: dict = {}
-
-
-def _side_stream(dev):
-    st = _SIDE.get(dev)
-    if st is None:
-        st = _SIDE[dev] = torch.cuda.Stream(device=dev)
-    return st
-
-
-def _noise_backward(saved, key, scale, combine, dout, ws32, signal=None):
-    """The noise stream's backward: (dq2, dk2, dv, dlam, signal's result). ws32: the zeroed float32
-    workspace from the forward (None: zeroed here). signal: a callable run before the noise kernels
-    that returns (dq1, dk1, dv1) of the signal stream; the noise dV is added to dv1 in place by the dV
-    kernel's epilogue (the returned dv is then that tensor). With ``OVERLAP`` (CUDA), the preprocess
-    and the dK/dQ kernel run on a side stream while the signal's backward runs."""
+def _noise_backward(saved, key, scale, combine, dout, ws32):
+    """The noise stream's backward: (dq2, dk2, dv, dlam). ws32: the zeroed float32 workspace from the
+    forward (None: zeroed here)."""
     from .latent import _launch, _sharing
 
     q2, k2, v, lam32, n, lse = saved
@@ -849,51 +672,21 @@ def _noise_backward(saved, key, scale, combine, dout, ws32, signal=None):
     if dout.stride(-1) != 1:
         dout = dout.contiguous()
     dev = v.device
-    merged = BWD_MODE == "merged"
     hs, split, tb = _bwd_plan(h, dv, d)
-    tbl = _dk_table(t, *tb, dev) if tb else lse  # lse: unused (merged)
+    tbl = _dk_table(t, *tb, dev)
     dn = torch.empty(b, h, t, dv, device=dev, dtype=v.dtype)
     delta = torch.empty(b, split, t, device=dev, dtype=torch.float32)
     btd = b * t * d
     if ws32 is None:
         ws32 = torch.zeros(2 * btd + h, device=dev, dtype=torch.float32)  # dQ2, dK2 (atomics), dlam
     dqk16 = torch.empty(2, b, t, d, device=dev, dtype=q2.dtype)  # written by the dV kernel (split)
-    overlap = OVERLAP and signal is not None and not merged and dev.type == "cuda" and not _interpret()
-    g1 = (None, None, None)
-    if overlap:  # every buffer is allocated above on the main stream, which waits for the side one below
-        side = _side_stream(dev)
-        main = torch.cuda.current_stream(dev)
-        side.wait_stream(main)
-    elif signal is not None:
-        g1 = signal()
-    dv_signal = g1[2]
-
-    def roots_key(dvo, add):
-        roots = (dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dqk16, dvo, tbl)
-        return roots, (key, dout.stride(), _align(dout), BWD_MODE, _dk_mode(d, dv), CONFIGS["dk"], CONFIGS["lean"],
-                       CONFIGS["dv"], CONFIGS["merged"], add, dvo.stride(), _align(dvo), _sharing(roots))
-
-    if overlap:
-        roots, k1 = roots_key(dn, False)  # dvo unused by part 1
-        with torch.cuda.stream(side):
-            _launch(k1 + ("part1",), roots, _bwd_body, scale, combine, merged, (hs, split), False, 1)
-        g1 = signal()
-        dv_signal = g1[2]
-        main.wait_stream(side)
-    add = (dv_signal is not None and not merged and dv_signal.dtype == v.dtype and dv_signal.shape == v.shape
-           and dv_signal.stride(-1) == 1)
-    dvo = dv_signal if add else torch.empty(b, h, t, dv, device=dev, dtype=v.dtype)
-    roots, k2_ = roots_key(dvo, add)
-    if overlap:
-        _launch(k2_ + ("part2",), roots, _bwd_body, scale, combine, merged, (hs, split), add, 2)
-    else:
-        _launch(k2_, roots, _bwd_body, scale, combine, merged, (hs, split), add)
-    if merged:
-        dqk16 = ws32[:2 * btd].view(2, b, t, d).to(q2.dtype)
-    if dv_signal is not None and not add:
-        dvo = dvo + dv_signal
+    dvo = torch.empty(b, h, t, dv, device=dev, dtype=v.dtype)
+    roots = (dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dqk16, dvo, tbl)
+    bkey = (key, dout.stride(), _align(dout), _dk_mode(d, dv), CONFIGS["dk"], CONFIGS["lean"], CONFIGS["dv"],
+            dvo.stride(), _align(dvo), _sharing(roots))
+    _launch(bkey, roots, _bwd_body, scale, combine, (hs, split))
     dlam = ws32[2 * btd:] if combine else None
-    return dqk16[0], dqk16[1], dvo, dlam, g1
+    return dqk16[0], dqk16[1], dvo, dlam
 
 
 class _NoiseOnce(torch.autograd.Function):
@@ -911,60 +704,8 @@ class _NoiseOnce(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         ws32, ctx.ws32 = ctx.ws32, None  # zeroed for ONE backward (a second one zeroes its own)
-        dq2, dk2, dv, dlam, _ = _noise_backward(ctx.saved_tensors, ctx.key, ctx.scale, ctx.combine, dout, ws32)
+        dq2, dk2, dv, dlam = _noise_backward(ctx.saved_tensors, ctx.key, ctx.scale, ctx.combine, dout, ws32)
         return (dout if ctx.combine else None, dq2, dk2, dv, dlam, None)
-
-
-class _CMDFused(torch.autograd.Function):
-    """The whole CMD op as ONE autograd node (``FUSE_SIGNAL``): the signal stream through SDPA
-    (recorded on detached inputs inside the forward), the noise stream through the kernels above.
-    Its backward runs the signal's SDPA backward first, then the noise backward, whose dV kernel
-    adds the noise dV into the signal's dV tile by tile (no separate sum of the two dV tensors).
-    The recorded signal graph is used once; a second backward through a retained graph records it
-    again from the saved inputs."""
-
-    @staticmethod
-    def forward(ctx, q1, k1, q2, k2, v, lam, scale1, scale2):
-        need = ctx.needs_input_grad
-        a, sig = _signal(q1, k1, v, scale1, (need[0], need[1], need[4]))
-        zero = _zero_in_fwd(q2, v) and any(need)
-        out, saved, key, ws32 = _noise_forward(a.detach(), q2, k2, v, lam, scale2, zero)
-        ctx.save_for_backward(*saved, q1, k1)
-        ctx.scale, ctx.scale1, ctx.key, ctx.ws32, ctx.sig = scale2, scale1, key, ws32, (a, sig)
-        return out
-
-    @staticmethod
-    def backward(ctx, dout):
-        saved = ctx.saved_tensors
-        need = ctx.needs_input_grad
-        if ctx.sig is None:  # a second backward (retained graph): record the signal stream again
-            ctx.sig = _signal(saved[6], saved[7], saved[2], ctx.scale1, (need[0], need[1], need[4]))
-        (a, sig), ctx.sig = ctx.sig, None
-
-        def signal():
-            g1 = [None, None, None]
-            if sig is not None:
-                idx = [i for i, x in enumerate(sig) if x.requires_grad]
-                for i, g in zip(idx, torch.autograd.grad(a, [sig[i] for i in idx], dout)):
-                    g1[i] = g
-            return g1
-
-        ws32, ctx.ws32 = ctx.ws32, None  # zeroed for ONE backward (a second one zeroes its own)
-        dq2, dk2, dv, dlam, g1 = _noise_backward(saved[:6], ctx.key, ctx.scale, True, dout, ws32, signal)
-        return g1[0], g1[1], dq2, dk2, dv, dlam, None, None
-
-
-def _signal(q1, k1, v, scale1, need):
-    """The signal stream A = SDPA(q1, k1, v) and, where a gradient is needed, the detached inputs it
-    was recorded on (their graph is A's)."""
-    from ..attention import causal_attention
-
-    if not any(need):
-        with torch.no_grad():
-            return causal_attention(q1, k1, v, scale=scale1), None
-    with torch.enable_grad():
-        sig = tuple(x.detach().requires_grad_(r) for x, r in zip((q1, k1, v), need))
-        return causal_attention(*sig, scale=scale1), sig
 
 
 # ------------------------------------------------------------------------------------------
@@ -1008,8 +749,6 @@ def cmd_attention_noise_once(q1, k1, q2, k2, v, lam, scale1=None, scale2=None):
     scale1 = q1.shape[-1] ** -0.5 if scale1 is None else float(scale1)
     scale2 = q2.shape[-1] ** -0.5 if scale2 is None else float(scale2)
     lam = lam_per_head(lam, h, q1.device)
-    if FUSE_SIGNAL:
-        return _CMDFused.apply(q1, k1, _squeeze_head(q2, "q2"), _squeeze_head(k2, "k2"), v, lam, scale1, scale2)
     a = causal_attention(q1, k1, v, scale=scale1)
     return _NoiseOnce.apply(a, _squeeze_head(q2, "q2"), _squeeze_head(k2, "k2"), v, lam, scale2)
 
