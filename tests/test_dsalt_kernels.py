@@ -172,6 +172,56 @@ def test_triton_dkdv_windows(trans, monkeypatch):
             assert rel_err(a, r) <= 3e-5, (t, name)
 
 
+LOOP1_CASES = [  # session 7: (b, h, hk, t, d, n_min, n_max, edge, k, block, dtype, forward tile rows (CPU))
+    (1, 2, 1, 37, 16, 2.0, 20, 3.0, 5, 16, torch.float32, None),   # odd length, GQA, edge + diagonal blocks
+    (1, 1, 1, 90, 16, 40.0, 60, 2.0, 6, 32, torch.float32, None),  # long windows: unmasked full blocks
+    (2, 2, 2, 29, 16, 1.0, 1, 0.5, 40, 16, torch.float32, None),   # window 1, more landmarks than tokens
+    (1, 2, 1, 75, 16, 2.0, 30, 2.0, 6, 16, torch.float32, 32),     # forward tile over two selection blocks
+    (1, 2, 1, 40, 16, 1.0, 12, 2.0, 0, 16, torch.float16, None),   # window only, fp16
+    (1, 4, 2, 61, 16, 3.0, 24, 2.0, 20, 32, torch.float16, None),  # fp16, GQA, two landmark iterations
+]
+
+
+@needs_triton
+@pytest.mark.parametrize("case", LOOP1_CASES)
+def test_triton_one_loop_kernels(case, monkeypatch):
+    """Session 7: the one-loop forward (window blocks, then the landmark slots BLOCK_N at a time, one
+    software pipeline; OPTS["loop1_fwd"]) and dQ kernel (OPTS["loop1_dq"]; with the landmark dQ:
+    the landmark slots as its last iterations too), with the fused forward (no split): reference
+    outputs and gradients (q, k, v, window sizes -> predictor, energies -> alpha)."""
+    from attnlab.ops.dsalt import kernel
+
+    b, h, hk, t, d, n_min, n_max, edge, k, block, dtype, bm = case
+    if ON_GPU and bm:
+        pytest.skip("the GPU test covers forward tiles of two selection blocks through its launch configs")
+    monkeypatch.setitem(kernel.OPTS, "loop1_fwd", True)
+    monkeypatch.setitem(kernel.OPTS, "loop1_dq", True)
+    monkeypatch.setitem(kernel.OPTS, "fwd_split", False)
+    if bm:
+        monkeypatch.setitem(kernel._FWD_BM_OVERRIDE, "bm", bm)
+    if case is LOOP1_CASES[1]:
+        monkeypatch.setitem(kernel.OPTS, "lm_bwd", "atomic")  # the landmark dQ in the dQ kernel's loop
+    if case in (LOOP1_CASES[0], LOOP1_CASES[5]):
+        monkeypatch.setitem(kernel.OPTS, "lm_dq", False)  # the same with _lm_bwd_t_kernel (no dQ there)
+    ins = make(b, h, hk, t, d, n_min, n_max, dtype, DEV)
+    kw = dict(n_max=n_max, edge=edge, n_landmarks=k, block=block, scale=d**-0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback
+        out = dsalt_attention(*ins, impl="triton", **kw)
+        do = torch.randn_like(out)
+        ga = grads(out, ins, do)
+    ref = dsalt_reference(*ins, **kw)
+    tol = 1e-5 if dtype == torch.float32 else 3e-3
+    assert rel_err(out, ref) <= tol
+    for name, a, r in zip("q k v win energy".split(), ga, grads(ref, ins, do)):
+        if r.abs().sum() == 0:
+            assert a.abs().sum() == 0, name
+        else:
+            assert rel_err(a, r) <= tol * 3, name
+    if n_min < n_max:
+        assert ga[3].abs().sum() > 0
+
+
 def _causal_check(fn, t=37, device="cpu"):
     ins = [x.detach() for x in make(1, 2, 1, t, 16, 1.0, 9.0, torch.float32, device)]
     out = fn(*ins)
@@ -281,6 +331,37 @@ def test_gpu_bf16_session6_paths_match_reference(i, monkeypatch):
     torch.manual_seed(20 + i)
     ins = make(1, 4, 4 if i % 3 == 0 else 2, 1000 + 37 * i, 128, 48.0, 300, torch.bfloat16, "cuda")
     kw = dict(n_max=300, edge=4.0, n_landmarks=64, block=64, scale=128**-0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback to another path
+        out = dsalt_attention(*ins, impl="triton", **kw)
+        do = torch.randn_like(out)
+        ga = grads(out, ins, do)
+    ref = dsalt_reference(*[x.float() if j < 3 else x for j, x in enumerate(ins)], **kw)
+    assert rel_err(out, ref) <= 1e-2, cfg
+    for name, a, r in zip("q k v win energy".split(), ga, grads(ref, ins, do.float())):
+        assert rel_err(a, r) <= 3e-2, (cfg, name, rel_err(a, r))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("i", range(4))
+def test_gpu_bf16_one_loop_kernels_match_reference(i, monkeypatch):
+    """Session 7 on the GPU: the one-loop forward and dQ kernels (OPTS["loop1_fwd"/"loop1_dq"]) with
+    every forward / dQ launch config (i; BLOCK_M 128 forward tiles over two selection blocks
+    included), the fused forward with its landmark iterations (even i) or the split forward (odd
+    i), 64 landmarks (i < 3: GQA / one head per kv head) or 5 (i = 3: fewer slots than a key block),
+    the landmark dQ in the dQ kernel's loop at i = 2 (lm_dq off) and i = 3 ("atomic"), bf16, head dim 128."""
+    from attnlab.ops.dsalt import kernel
+
+    cfg = {name: lst[i % len(lst)] for name, lst in
+           (("fwd", kernel.FWD_CONFIGS), ("dq", kernel.DQ_CONFIGS), ("dkdv", kernel.DKDV_CONFIGS))}
+    monkeypatch.setattr(kernel, "FORCE_CONFIG", cfg)
+    for name, val in (("loop1_fwd", True), ("loop1_dq", True), ("fwd_split", i % 2 == 1), ("split_min_t", 1),
+                      ("lm_dq", i != 2), ("lm_bwd", "atomic" if i == 3 else "trans")):
+        monkeypatch.setitem(kernel.OPTS, name, val)
+    torch.manual_seed(40 + i)
+    n_lm = 5 if i == 3 else 64
+    ins = make(1, 4, 4 if i % 2 else 2, 1000 + 37 * i, 128, 48.0, 300, torch.bfloat16, "cuda")
+    kw = dict(n_max=300, edge=4.0, n_landmarks=n_lm, block=64, scale=128**-0.5)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no fallback to another path
         out = dsalt_attention(*ins, impl="triton", **kw)

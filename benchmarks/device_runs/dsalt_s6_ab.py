@@ -31,7 +31,7 @@ from attnlab.ops.dsalt import dsalt_attention  # noqa: E402
 from attnlab.ops.dsalt import kernel as K  # noqa: E402
 
 S5 = {"lm_bwd": "atomic", "lm_dq": False, "fwd_split": False}  # the session-5 landmark path
-CORE = ("flex_window", "window", "dsalt", "dsalt_s5")
+CORE = ("flex_window", "window", "dsalt", "dsalt_s5", "window_l1", "dsalt_l1", "dsalt_l1_nosplit", "dsalt_l1_lmdq")
 
 
 def host_ms(step, n=10):
@@ -67,9 +67,24 @@ def timeline(step, label):
     return {"first": rows[0][1], "span": span, "busy": busy, "kernels": rows}
 
 
+L1 = {"loop1_fwd": True, "loop1_dq": True}
+TIMELINES = ("flex_window", "window", "dsalt", "window_l1", "dsalt_l1", "dsalt_l1_nosplit", "dsalt_l1_lmdq")
+
+
 def s7_variants(mk, n_lm):
-    """Session 7's candidates: {name: step}."""
-    return {}
+    """Session 7's candidates: {name: step}: the one-loop forward / dQ kernels (window-only and
+    DSALT; with the split forward (the default at 32K) and with the fused one-loop forward whose
+    last iterations are the landmark slots)."""
+    return {
+        "window_l1": mk(0, L1),
+        "window_l1f": mk(0, {"loop1_fwd": True}),
+        "window_l1q": mk(0, {"loop1_dq": True}),
+        "dsalt_l1": mk(n_lm, L1),
+        "dsalt_l1q": mk(n_lm, {"loop1_dq": True}),
+        "dsalt_l1_nosplit": mk(n_lm, {**L1, "fwd_split": False}),
+        "dsalt_l1_split": mk(n_lm, {**L1, "split_min_t": 1}),
+        "dsalt_l1_lmdq": mk(n_lm, {**L1, "fwd_split": False, "lm_dq": False}),
+    }
 
 
 def main():
@@ -127,8 +142,9 @@ def main():
             "flex_window": flex_step,
             "window": mk(0),
             "dsalt": mk(n_lm),  # this tree's defaults
-            "dsalt_s5": mk(n_lm, S5),
         }
+        if args.set == "lead":
+            variants["dsalt_s5"] = mk(n_lm, S5)
         if args.set == "s7":
             variants.update(s7_variants(mk, n_lm))
         if t < args.full_from:  # short sequences (host bound): the core variants only
@@ -178,7 +194,7 @@ def main():
                   f"  rounds {[round(x, 3) for x in times[name]]}", flush=True)
         print(f"  options: {K.OPTS}; autotuned: {K.tuned_configs()}", flush=True)
         if t == max(int(x) for x in args.lengths.split(",")) and args.timeline:
-            for name in ["flex_window", "window", "dsalt"] + [x for x in variants if x.startswith("tl_")]:
+            for name in TIMELINES:
                 if name in variants:
                     row["timeline_" + name] = timeline(variants[name], f"{name} T={t}")
         res[t] = row
@@ -195,7 +211,8 @@ def quick():
     q, k, v = (torch.randn(1, 2, 40, 16, requires_grad=True) for _ in range(3))
     win = torch.full((1, 2, 40), 8.0, requires_grad=True)
     e = torch.randn(1, 2, 40, requires_grad=True)
-    for opts in (S5, {"lm_bwd": "trans", "lm_dq": True, "fwd_split": True, "split_min_t": 1}):
+    for opts in (S5, {"lm_bwd": "trans", "lm_dq": True, "fwd_split": True, "split_min_t": 1},
+                 {"fwd_split": False, "loop1_fwd": True, "loop1_dq": True}):
         K.OPTS.update(opts)
         out = dsalt_attention(q, k, v, win, e, n_max=8, n_landmarks=4, edge=2.0, block=16, impl="triton")
         out.sum().backward()

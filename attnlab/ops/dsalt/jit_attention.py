@@ -106,14 +106,40 @@ if HAVE_TRITON:
         return s_lo, s_hi
 
     @triton.jit
+    def _sm_step(s, m_i):
+        """Online-softmax step on log2-domain scores: (new running max, its finite stand-in, p)."""
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        return m_new, m_safe, tl.exp2(s - m_safe[:, None])
+
+    @triton.jit
+    def _fwd_win_step(s, m_i, offs_m, offs_n, w, T, n_max, inv_edge, masked, diag):
+        """One window key block of the one-loop forward (LOOP1): the soft-window mask and weight
+        where ``masked`` (edge blocks, diagonal blocks not all at full weight), the causal test where
+        ``diag``, else nothing (runtime branches, uniform per block). Returns (m_new, m_safe, p)."""
+        if masked:
+            r, ok = _win_r(offs_m, offs_n, w, T, n_max, inv_edge)
+            m_new, m_safe, p = _sm_step(tl.where(ok, s, float("-inf")), m_i)
+            p = p * r
+        elif diag:
+            m_new, m_safe, p = _sm_step(tl.where(offs_m[:, None] >= offs_n[None, :], s, float("-inf")), m_i)
+        else:
+            m_new, m_safe, p = _sm_step(s, m_i)
+        return m_new, m_safe, p
+
+    @triton.jit
     def _fwd_kernel(Q, K, V, W, GT, LPOS, O, LSE,
                     sq_b, sq_h, sq_t, sk_b, sk_h, sk_t, so_b, so_h, so_t,
                     H, G, T, NB, n_max, edge, inv_edge, qk_scale, SEL_BLOCK,
                     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                     KP: tl.constexpr, HAS_LM: tl.constexpr, PREC: tl.constexpr, NSET: tl.constexpr = 1,
-                    LC: tl.constexpr = 16):
+                    LC: tl.constexpr = 16, LOOP1: tl.constexpr = 0):
         """Forward of one query tile: the window's key blocks in four phases, then (HAS_LM) the
-        tile's landmark slots in chunks of LC, one online softmax (exp2 domain)."""
+        tile's landmark slots in chunks of LC, one online softmax (exp2 domain). LOOP1 (session 7):
+        one loop over the window's key blocks and then the landmark slots in chunks of BLOCK_N
+        (rows gathered by position), the mask chosen per block by a uniform branch: one software
+        pipeline (the landmark rows' loads issued while the last window blocks compute) instead of
+        four window loops and the landmark loop, each with its own pipeline fill."""
         pid_bh, b, h, hk, bhk, m0, offs_m, offs_d, mrow, qoff, q, w = _q_tile(Q, W, sq_b, sq_h, sq_t, H, G, T,
                                                                               D, BLOCK_M)
         offs_n0 = tl.arange(0, BLOCK_N)
@@ -123,7 +149,47 @@ if HAVE_TRITON:
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, D], tl.float32)
         lo, full_lo, causal_hi, hi = _tile_ranges(m0, w, T, n_max, edge, BLOCK_M, BLOCK_N)
-        for phase in tl.static_range(4):
+        if LOOP1:
+            n_win = tl.cdiv(hi - lo, BLOCK_N)
+            n_lm = 0
+            if HAS_LM:
+                n_lm = tl.cdiv(NSET * KP, BLOCK_N)
+            for it in range(0, n_win + n_lm):
+                start_n = lo + it * BLOCK_N
+                offs_n = start_n + offs_n0
+                if HAS_LM:
+                    is_lm = it >= n_win
+                    offs_c = (it - n_win) * BLOCK_N + offs_n0
+                    nbc = m0 // SEL_BLOCK + offs_c // KP
+                    lcol = offs_c >= 0  # a landmark iteration (it >= n_win), as a vector
+                    lpos = tl.load(LPOS + (bhk * NB + nbc) * KP + offs_c % KP,
+                                   mask=lcol & (offs_c < NSET * KP) & (nbc < NB), other=-1)
+                    rows = tl.where(lcol, tl.maximum(lpos, 0), offs_n)
+                    rmask = lcol | (offs_n < T)
+                else:
+                    rows = offs_n
+                    rmask = offs_n < T
+                kt = tl.load(kbase + rows[:, None] * sk_t + offs_d[None, :], mask=rmask[:, None], other=0.0)
+                s = tl.dot(q, tl.trans(kt), input_precision=PREC) * qk_scale
+                masked = (start_n < full_lo) | (start_n >= causal_hi)
+                diag = start_n >= m0
+                if HAS_LM:
+                    if is_lm:
+                        gate = _logsigmoid(tl.load(GT + bhk * T + tl.maximum(lpos, 0)).to(tl.float32))
+                        s = s + _lm_bias(offs_m, lpos, gate, w, T, n_max, inv_edge)
+                        if NSET > 1:
+                            s = tl.where((offs_m // SEL_BLOCK)[:, None] == nbc[None, :], s, float("-inf"))
+                        m_new, m_safe, p = _sm_step(s, m_i)
+                    else:
+                        m_new, m_safe, p = _fwd_win_step(s, m_i, offs_m, offs_n, w, T, n_max, inv_edge, masked, diag)
+                else:
+                    m_new, m_safe, p = _fwd_win_step(s, m_i, offs_m, offs_n, w, T, n_max, inv_edge, masked, diag)
+                alpha = tl.exp2(m_i - m_safe)
+                l_i = l_i * alpha + tl.sum(p, 1)
+                vt = tl.load(vbase + rows[:, None] * sk_t + offs_d[None, :], mask=rmask[:, None], other=0.0)
+                acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt, input_precision=PREC)
+                m_i = m_new
+        for phase in tl.static_range(4 * (1 - LOOP1)):
             s_lo, s_hi = _phase_range(phase, lo, full_lo, m0, causal_hi, hi)
             for start_n in range(s_lo, s_hi, BLOCK_N):
                 offs_n = start_n + offs_n0
@@ -145,7 +211,7 @@ if HAVE_TRITON:
                 vt = tl.load(vbase + offs_n[:, None] * sk_t + offs_d[None, :], mask=nmask[:, None], other=0.0)
                 acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt, input_precision=PREC)
                 m_i = m_new
-        if HAS_LM:
+        if HAS_LM and not LOOP1:
             # the landmark columns in chunks of LC (register pressure); NSET > 1: the tile spans
             # NSET selection blocks, their sets side by side, each row masked to its own block's set
             for c0 in range(0, NSET * KP, LC):
@@ -176,11 +242,13 @@ if HAVE_TRITON:
                    H, G, T, NB, n_max, edge, inv_edge, qk_scale, sm_scale, SEL_BLOCK,
                    D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    KP: tl.constexpr, HAS_LM: tl.constexpr, PREC: tl.constexpr, LC: tl.constexpr = 16,
-                   FUSE_DELTA: tl.constexpr = 0):
+                   FUSE_DELTA: tl.constexpr = 0, LOOP1: tl.constexpr = 0):
         """dQ and the window-size gradient dW of one query tile (window; HAS_LM: and its landmark
         slots, the dQ part only: the landmark dK/dV/gate gradients come from _lm_bwd_kernel).
         FUSE_DELTA=1: the tile's delta = rowsum(O * dO) is computed here (32-column chunks) and
-        stored for the kernels that run after this one (no separate delta pass)."""
+        stored for the kernels that run after this one (no separate delta pass). LOOP1 (session 7):
+        the window's key blocks in one loop, the mask chosen per block by a uniform branch (one
+        software pipeline instead of four)."""
         pid_bh, b, h, hk, bhk, m0, offs_m, offs_d, mrow, qoff, q, w = _q_tile(Q, W, sq_b, sq_h, sq_t, H, G, T,
                                                                               D, BLOCK_M)
         offs_n0 = tl.arange(0, BLOCK_N)
@@ -203,7 +271,51 @@ if HAVE_TRITON:
         dq = tl.zeros([BLOCK_M, D], tl.float32)
         dw = tl.zeros([BLOCK_M], tl.float32)
         lo, full_lo, causal_hi, hi = _tile_ranges(m0, w, T, n_max, edge, BLOCK_M, BLOCK_N)
-        for phase in tl.static_range(4):
+        if LOOP1:
+            n_win = tl.cdiv(hi - lo, BLOCK_N)
+            n_lm = 0
+            if HAS_LM:
+                n_lm = tl.cdiv(KP, BLOCK_N)
+            for it in range(0, n_win + n_lm):
+                start_n = lo + it * BLOCK_N
+                offs_n = start_n + offs_n0
+                if HAS_LM:  # the last iterations: the tile's landmark slots, rows gathered by position
+                    offs_c = (it - n_win) * BLOCK_N + offs_n0
+                    lcol = offs_c >= 0
+                    lpos = tl.load(LPOS + (bhk * NB + m0 // SEL_BLOCK) * KP + offs_c, mask=lcol & (offs_c < KP),
+                                   other=-1)
+                    rows = tl.where(lcol, tl.maximum(lpos, 0), offs_n)
+                    rmask = lcol | (offs_n < T)
+                else:
+                    rows = offs_n
+                    rmask = offs_n < T
+                kt = tl.load(kbase + rows[:, None] * sk_t + offs_d[None, :], mask=rmask[:, None], other=0.0)
+                vt = tl.load(vbase + rows[:, None] * sk_t + offs_d[None, :], mask=rmask[:, None], other=0.0)
+                s = tl.dot(q, tl.trans(kt), input_precision=PREC) * qk_scale
+                dp = tl.dot(do, tl.trans(vt), input_precision=PREC)
+                masked = ((start_n < full_lo) | (start_n >= causal_hi)) & (it < n_win)
+                # mask and soft-edge weight only where needed: (masked s, r) from a uniform branch
+                if masked:
+                    r, ok = _win_r(offs_m, offs_n, w, T, n_max, inv_edge)
+                    sm = tl.where(ok, s, float("-inf"))
+                else:
+                    r = tl.full([BLOCK_M, BLOCK_N], 1.0, tl.float32)
+                    if HAS_LM:
+                        if it >= n_win:
+                            gate = _logsigmoid(tl.load(GT + bhk * T + tl.maximum(lpos, 0)).to(tl.float32))
+                            sm = s + _lm_bias(offs_m, lpos, gate, w, T, n_max, inv_edge)
+                        else:
+                            sm = tl.where((start_n >= m0) & (offs_m[:, None] < offs_n[None, :]), float("-inf"), s)
+                    else:
+                        sm = tl.where((start_n >= m0) & (offs_m[:, None] < offs_n[None, :]), float("-inf"), s)
+                p0 = tl.exp2(sm - lse[:, None])
+                g0 = p0 * (dp - delta[:, None])
+                ds = g0 * r
+                if masked:
+                    # d ln r / dw = 1 / (edge r) on the ramp: p r / (edge r) = p0 / edge
+                    dw += tl.sum(tl.where(r < 1.0, g0, 0.0), 1)
+                dq += tl.dot(ds.to(kt.dtype), kt, input_precision=PREC)
+        for phase in tl.static_range(4 * (1 - LOOP1)):
             s_lo, s_hi = _phase_range(phase, lo, full_lo, m0, causal_hi, hi)
             for start_n in range(s_lo, s_hi, BLOCK_N):
                 offs_n = start_n + offs_n0
@@ -226,7 +338,7 @@ if HAVE_TRITON:
                     p = tl.exp2(s - lse[:, None])
                     ds = p * (dp - delta[:, None])
                 dq += tl.dot(ds.to(kt.dtype), kt, input_precision=PREC)
-        if HAS_LM:
+        if HAS_LM and not LOOP1:
             nb = m0 // SEL_BLOCK
             for c0 in range(0, KP, LC):  # chunks of LC landmarks (register pressure)
                 offs_k = c0 + tl.arange(0, LC)

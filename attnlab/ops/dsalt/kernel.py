@@ -163,8 +163,11 @@ def _blocks(block: int, d: int, device) -> tuple[int, int, int]:
 # lm_bwd "reduce" (per-tile partials + a segmented-scan reduction), lm_pre_* (landmark inputs loaded
 # ahead), sel_chunk (parallel selection), lm_skip, lm_dq_early, dkdv_phased, fwd_split 1 / 2,
 # sel_bulk / sel_sorted / sel_rowst / sel_warps.
+# loop1_fwd / loop1_dq (session 7): the forward / dQ kernel's window blocks (the forward: and then
+# its landmark slots, BLOCK_N at a time) in one loop with the mask picked per block by a uniform
+# branch (one software pipeline), instead of four phase loops (and the landmark loop).
 OPTS = {"lc_fwd": 32, "lc_dq": 32, "delta": (64, 4), "lm_bwd": "trans", "fuse_delta": True,
-        "lm_dq": True, "fwd_split": True, "split_min_t": 32768}
+        "lm_dq": True, "fwd_split": True, "split_min_t": 32768, "loop1_fwd": False, "loop1_dq": False}
 
 _TUNED: dict = {}
 _FWD_BM_OVERRIDE: dict = {}
@@ -191,11 +194,11 @@ def _tuned(name: str, block: int):
         elif name == "fwd":
             cfgs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "NSET": max(1, m // block)}, num_warps=w, num_stages=st)
                     for m, n, w, st in FWD_CONFIGS if m % block == 0 or block % m == 0]
-            _TUNED[tag] = triton.autotune(cfgs, key=key + ["KP", "HAS_LM"])(_fwd_kernel)
+            _TUNED[tag] = triton.autotune(cfgs, key=key + ["KP", "HAS_LM", "LOOP1"])(_fwd_kernel)
         else:
             cfgs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st)
                     for m, n, w, st in DQ_CONFIGS]
-            _TUNED[tag] = triton.autotune(cfgs, key=key + ["KP", "HAS_LM", "FUSE_DELTA"])(_dq_kernel)
+            _TUNED[tag] = triton.autotune(cfgs, key=key + ["KP", "HAS_LM", "FUSE_DELTA", "LOOP1"])(_dq_kernel)
     return _TUNED[tag]
 
 
@@ -242,7 +245,8 @@ def _launch(name, kernel, grid_m, rows, bm, bn, warps, block, *args, **meta):
             grid = lambda m: (triton.cdiv(grid_m, m["BLOCK_N"]), rows)  # noqa: E731
         else:
             grid = lambda m: (triton.cdiv(grid_m, m["BLOCK_M"]), rows)  # noqa: E731
-        key = (grid_m, args[0].dtype, args[0].shape[-1], meta.get("KP"), meta.get("HAS_LM"), meta.get("FUSE_DELTA"))
+        key = (grid_m, args[0].dtype, args[0].shape[-1], meta.get("KP"), meta.get("HAS_LM"), meta.get("FUSE_DELTA"),
+               meta.get("LOOP1"))
         return _autotuned(name, block, key, grid, kernel, args, meta)
     if name == "dkdv":
         meta["TRANS"] = _FWD_BM_OVERRIDE.get("dkdv_trans", 0)  # tests: the transposed formulation
@@ -380,7 +384,8 @@ class _DSALTFn(torch.autograd.Function):
         _launch("fwd", _fwd_kernel, t, b * h, bm, bn, warps, block,
                 q, k, v, win, gt, win if split else lpos, o, lse, *fwd_args,
                 h, g, t, nb, n_max, float(edge), 1.0 / float(edge), scale * LOG2E, block,
-                D=d, KP=kp, HAS_LM=has_lm and not split, PREC=_prec(q), LC=min(OPTS["lc_fwd"], kp))
+                D=d, KP=kp, HAS_LM=has_lm and not split, PREC=_prec(q), LC=min(OPTS["lc_fwd"], kp),
+                LOOP1=int(bool(OPTS["loop1_fwd"])))
         if split:
             if side:
                 sst.wait_event(ev_fork)
@@ -423,7 +428,7 @@ class _DSALTFn(torch.autograd.Function):
                 q, k, v, win, gt, lpos, do, lse, delta, dq, dw, o, *strides,
                 h, g, t, nb, *fargs, block,
                 D=d, KP=kp, HAS_LM=has_lm and not lm_dq, PREC=_prec(q), LC=min(OPTS["lc_dq"], kp),
-                FUSE_DELTA=int(fuse))
+                FUSE_DELTA=int(fuse), LOOP1=int(bool(OPTS["loop1_dq"])))
         dk = torch.empty_like(k)
         dv = torch.empty_like(v)
         _launch("dkdv", _dkdv_kernel, t, b * hk, bm, bn, warps, block,
