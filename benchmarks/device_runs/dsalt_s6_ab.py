@@ -31,7 +31,8 @@ from attnlab.ops.dsalt import dsalt_attention  # noqa: E402
 from attnlab.ops.dsalt import kernel as K  # noqa: E402
 
 S5 = {"lm_bwd": "atomic", "lm_dq": False, "fwd_split": False}  # the session-5 landmark path
-CORE = ("flex_window", "window", "dsalt", "dsalt_s5", "window_l1", "dsalt_l1", "dsalt_l1_nosplit", "dsalt_l1_lmdq")
+CORE = ("flex_window", "window", "dsalt", "dsalt_s5", "window_l1f", "dsalt_l1f", "dsalt_u", "dsalt_u_lmdq",
+        "dsalt_l1f_lmdq")
 
 
 def host_ms(step, n=10):
@@ -68,22 +69,20 @@ def timeline(step, label):
 
 
 L1 = {"loop1_fwd": True, "loop1_dq": True}
-TIMELINES = ("flex_window", "window", "dsalt", "window_l1", "dsalt_l1", "dsalt_l1_nosplit", "dsalt_l1_lmdq")
+U = {"loop1_fwd": True, "fwd_split": False}  # the one-loop forward with its landmark iterations, at every T
+TIMELINES = ("flex_window", "window", "dsalt", "dsalt_l1f", "dsalt_u", "dsalt_u_lmdq", "dsalt_l1f_lmdq")
 
 
 def s7_variants(mk, n_lm):
-    """Session 7's candidates: {name: step}: the one-loop forward / dQ kernels (window-only and
-    DSALT; with the split forward (the default at 32K) and with the fused one-loop forward whose
-    last iterations are the landmark slots)."""
+    """Session 7's candidates: {name: step}: the one-loop forward (loop1_fwd; with the split forward
+    where T >= split_min_t, the default, or fused at every T: "u") and the one-loop dQ kernel with
+    the landmark dQ as its last iterations (loop1_dq, lm_dq off: "lmdq")."""
     return {
-        "window_l1": mk(0, L1),
         "window_l1f": mk(0, {"loop1_fwd": True}),
-        "window_l1q": mk(0, {"loop1_dq": True}),
-        "dsalt_l1": mk(n_lm, L1),
-        "dsalt_l1q": mk(n_lm, {"loop1_dq": True}),
-        "dsalt_l1_nosplit": mk(n_lm, {**L1, "fwd_split": False}),
-        "dsalt_l1_split": mk(n_lm, {**L1, "split_min_t": 1}),
-        "dsalt_l1_lmdq": mk(n_lm, {**L1, "fwd_split": False, "lm_dq": False}),
+        "dsalt_l1f": mk(n_lm, {"loop1_fwd": True}),
+        "dsalt_u": mk(n_lm, U),
+        "dsalt_u_lmdq": mk(n_lm, {**U, "loop1_dq": True, "lm_dq": False}),
+        "dsalt_l1f_lmdq": mk(n_lm, {**L1, "lm_dq": False}),
     }
 
 

@@ -106,6 +106,16 @@ if HAVE_TRITON:
         return s_lo, s_hi
 
     @triton.jit
+    def _lm_chunk(LPOS, GT, bhk, NB, T, m0, SEL_BLOCK, c, KP: tl.constexpr, NSET: tl.constexpr, BLOCK_N: tl.constexpr):
+        """Landmark chunk c (BLOCK_N slots of the tile's NSET sets side by side) of the one-loop
+        kernels: positions (-1 empty / padding), gates logsigmoid(e), each slot's selection block."""
+        offs_c = c * BLOCK_N + tl.arange(0, BLOCK_N)
+        nbc = m0 // SEL_BLOCK + offs_c // KP
+        lpos = tl.load(LPOS + (bhk * NB + nbc) * KP + offs_c % KP, mask=(offs_c < NSET * KP) & (nbc < NB), other=-1)
+        gate = _logsigmoid(tl.load(GT + bhk * T + tl.maximum(lpos, 0)).to(tl.float32))
+        return lpos, gate, nbc
+
+    @triton.jit
     def _sm_step(s, m_i):
         """Online-softmax step on log2-domain scores: (new running max, its finite stand-in, p)."""
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -152,18 +162,30 @@ if HAVE_TRITON:
         if LOOP1:
             n_win = tl.cdiv(hi - lo, BLOCK_N)
             n_lm = 0
+            NCH: tl.constexpr = (NSET * KP + BLOCK_N - 1) // BLOCK_N  # landmark iterations
             if HAS_LM:
-                n_lm = tl.cdiv(NSET * KP, BLOCK_N)
+                n_lm = NCH
+                if NCH <= 2:
+                    # the chunks' positions and gates loaded before the loop: the landmark rows'
+                    # addresses then depend on no load inside the loop, so the software pipeline
+                    # prefetches them like the window's blocks
+                    lpos0, gate0, nbc0 = _lm_chunk(LPOS, GT, bhk, NB, T, m0, SEL_BLOCK, 0, KP, NSET, BLOCK_N)
+                    lpos1, gate1, nbc1 = _lm_chunk(LPOS, GT, bhk, NB, T, m0, SEL_BLOCK, NCH - 1, KP, NSET, BLOCK_N)
             for it in range(0, n_win + n_lm):
                 start_n = lo + it * BLOCK_N
                 offs_n = start_n + offs_n0
                 if HAS_LM:
                     is_lm = it >= n_win
                     offs_c = (it - n_win) * BLOCK_N + offs_n0
-                    nbc = m0 // SEL_BLOCK + offs_c // KP
                     lcol = offs_c >= 0  # a landmark iteration (it >= n_win), as a vector
-                    lpos = tl.load(LPOS + (bhk * NB + nbc) * KP + offs_c % KP,
-                                   mask=lcol & (offs_c < NSET * KP) & (nbc < NB), other=-1)
+                    if NCH <= 2:
+                        last = offs_c >= (NCH - 1) * BLOCK_N
+                        lpos = tl.where(last, lpos1, lpos0)
+                        gate = tl.where(last, gate1, gate0)
+                        nbc = tl.where(last, nbc1, nbc0)
+                    else:  # more chunks (interpreter tests with 16-wide blocks): loaded here
+                        lpos, gate, nbc = _lm_chunk(LPOS, GT, bhk, NB, T, m0, SEL_BLOCK, tl.maximum(it - n_win, 0), KP,
+                                                    NSET, BLOCK_N)
                     rows = tl.where(lcol, tl.maximum(lpos, 0), offs_n)
                     rmask = lcol | (offs_n < T)
                 else:
@@ -175,7 +197,6 @@ if HAVE_TRITON:
                 diag = start_n >= m0
                 if HAS_LM:
                     if is_lm:
-                        gate = _logsigmoid(tl.load(GT + bhk * T + tl.maximum(lpos, 0)).to(tl.float32))
                         s = s + _lm_bias(offs_m, lpos, gate, w, T, n_max, inv_edge)
                         if NSET > 1:
                             s = tl.where((offs_m // SEL_BLOCK)[:, None] == nbc[None, :], s, float("-inf"))
@@ -274,16 +295,25 @@ if HAVE_TRITON:
         if LOOP1:
             n_win = tl.cdiv(hi - lo, BLOCK_N)
             n_lm = 0
+            NCH: tl.constexpr = (KP + BLOCK_N - 1) // BLOCK_N
             if HAS_LM:
-                n_lm = tl.cdiv(KP, BLOCK_N)
+                n_lm = NCH
+                if NCH <= 2:  # positions and gates before the loop (see _fwd_kernel)
+                    lpos0, gate0, nbc0 = _lm_chunk(LPOS, GT, bhk, NB, T, m0, SEL_BLOCK, 0, KP, 1, BLOCK_N)
+                    lpos1, gate1, nbc1 = _lm_chunk(LPOS, GT, bhk, NB, T, m0, SEL_BLOCK, NCH - 1, KP, 1, BLOCK_N)
             for it in range(0, n_win + n_lm):
                 start_n = lo + it * BLOCK_N
                 offs_n = start_n + offs_n0
                 if HAS_LM:  # the last iterations: the tile's landmark slots, rows gathered by position
                     offs_c = (it - n_win) * BLOCK_N + offs_n0
                     lcol = offs_c >= 0
-                    lpos = tl.load(LPOS + (bhk * NB + m0 // SEL_BLOCK) * KP + offs_c, mask=lcol & (offs_c < KP),
-                                   other=-1)
+                    if NCH <= 2:
+                        last = offs_c >= (NCH - 1) * BLOCK_N
+                        lpos = tl.where(last, lpos1, lpos0)
+                        gate = tl.where(last, gate1, gate0)
+                    else:
+                        lpos, gate, nbc = _lm_chunk(LPOS, GT, bhk, NB, T, m0, SEL_BLOCK, tl.maximum(it - n_win, 0), KP, 1,
+                                                    BLOCK_N)
                     rows = tl.where(lcol, tl.maximum(lpos, 0), offs_n)
                     rmask = lcol | (offs_n < T)
                 else:
@@ -302,7 +332,6 @@ if HAVE_TRITON:
                     r = tl.full([BLOCK_M, BLOCK_N], 1.0, tl.float32)
                     if HAS_LM:
                         if it >= n_win:
-                            gate = _logsigmoid(tl.load(GT + bhk * T + tl.maximum(lpos, 0)).to(tl.float32))
                             sm = s + _lm_bias(offs_m, lpos, gate, w, T, n_max, inv_edge)
                         else:
                             sm = tl.where((start_n >= m0) & (offs_m[:, None] < offs_n[None, :]), float("-inf"), s)
