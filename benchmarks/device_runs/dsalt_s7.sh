@@ -12,6 +12,6 @@ echo "bench rc=$?"
 if [ -n "$KEXPR" ]; then
   timeout $TS python -m pytest -m gpu -x -v -p no:cacheprovider tests/test_dsalt_kernels.py tests/test_dsalt.py -k "$KEXPR" 2>&1 | tail -40 | tee $OUT/tests.log
 else
-  timeout $TS python -m pytest -m gpu -x -v -p no:cacheprovider tests/test_dsalt_kernels.py tests/test_dsalt.py tests/test_launch_replay.py 2>&1 | tail -40 | tee $OUT/tests.log
+  timeout $TS python -m pytest -m gpu -n ${XDIST:-6} -v -p no:cacheprovider tests/test_dsalt_kernels.py tests/test_dsalt.py tests/test_launch_replay.py 2>&1 | grep -v "Warning\|warn" | tail -60 | tee $OUT/tests.log
 fi
 echo "tests rc=$?"
