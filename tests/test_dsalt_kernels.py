@@ -185,9 +185,9 @@ LOOP1_CASES = [  # session 7: (b, h, hk, t, d, n_min, n_max, edge, k, block, dty
 @needs_triton
 @pytest.mark.parametrize("case", LOOP1_CASES)
 def test_triton_one_loop_kernels(case, monkeypatch):
-    """Session 7: the one-loop forward (window blocks, then the landmark slots BLOCK_N at a time, one
-    software pipeline; OPTS["loop1_fwd"]) and dQ kernel (OPTS["loop1_dq"]; with the landmark dQ:
-    the landmark slots as its last iterations too), with the fused forward (no split): reference
+    """Session 7: the one-loop forward kernel (window blocks, then the landmark slots BLOCK_N at a
+    time, one software pipeline; OPTS["loop1_fwd"] = True, the fused forward; one case "split": the
+    window-only one-loop kernel before _fwd_lm_kernel, the default where T >= split_min_t): reference
     outputs and gradients (q, k, v, window sizes -> predictor, energies -> alpha)."""
     from attnlab.ops.dsalt import kernel
 
@@ -195,14 +195,13 @@ def test_triton_one_loop_kernels(case, monkeypatch):
     if ON_GPU and bm:
         pytest.skip("the GPU test covers forward tiles of two selection blocks through its launch configs")
     monkeypatch.setitem(kernel.OPTS, "loop1_fwd", True)
-    monkeypatch.setitem(kernel.OPTS, "loop1_dq", True)
     monkeypatch.setitem(kernel.OPTS, "fwd_split", False)
     if bm:
         monkeypatch.setitem(kernel._FWD_BM_OVERRIDE, "bm", bm)
-    if case is LOOP1_CASES[1]:
-        monkeypatch.setitem(kernel.OPTS, "lm_bwd", "atomic")  # the landmark dQ in the dQ kernel's loop
-    if case in (LOOP1_CASES[0], LOOP1_CASES[5]):
-        monkeypatch.setitem(kernel.OPTS, "lm_dq", False)  # the same with _lm_bwd_t_kernel (no dQ there)
+    if case is LOOP1_CASES[1]:  # the default split forward: the one-loop window-only kernel + _fwd_lm_kernel
+        monkeypatch.setitem(kernel.OPTS, "loop1_fwd", "split")
+        monkeypatch.setitem(kernel.OPTS, "fwd_split", True)
+        monkeypatch.setitem(kernel.OPTS, "split_min_t", 1)
     ins = make(b, h, hk, t, d, n_min, n_max, dtype, DEV)
     kw = dict(n_max=n_max, edge=edge, n_landmarks=k, block=block, scale=d**-0.5)
     with warnings.catch_warnings():
@@ -345,17 +344,18 @@ def test_gpu_bf16_session6_paths_match_reference(i, monkeypatch):
 @pytest.mark.gpu
 @pytest.mark.parametrize("i", range(4))
 def test_gpu_bf16_one_loop_kernels_match_reference(i, monkeypatch):
-    """Session 7 on the GPU: the one-loop forward and dQ kernels (OPTS["loop1_fwd"/"loop1_dq"]) with
-    every forward / dQ launch config (i; BLOCK_M 128 forward tiles over two selection blocks
-    included), the fused forward with its landmark iterations (even i) or the split forward (odd
-    i), 64 landmarks (i < 3: GQA / one head per kv head) or 5 (i = 3: fewer slots than a key block),
-    the landmark dQ in the dQ kernel's loop at i = 2 (lm_dq off) and i = 3 ("atomic"), bf16, head dim 128."""
+    """Session 7 on the GPU: the one-loop forward kernel (OPTS["loop1_fwd"] = True) with every forward
+    launch config (i; BLOCK_M 128 forward tiles over two selection blocks included), the fused
+    forward with its landmark iterations (even i) or the split forward (odd i), 64 landmarks (i < 3:
+    GQA / one head per kv head) or 5 (i = 3: fewer slots than a key block), i = 2 with lm_dq off,
+    i = 3 with the "atomic" landmark backward, bf16, head dim 128 (call 2 of session 7 ran it with
+    the one-loop dQ kernel of that time, since removed)."""
     from attnlab.ops.dsalt import kernel
 
     cfg = {name: lst[i % len(lst)] for name, lst in
            (("fwd", kernel.FWD_CONFIGS), ("dq", kernel.DQ_CONFIGS), ("dkdv", kernel.DKDV_CONFIGS))}
     monkeypatch.setattr(kernel, "FORCE_CONFIG", cfg)
-    for name, val in (("loop1_fwd", True), ("loop1_dq", True), ("fwd_split", i % 2 == 1), ("split_min_t", 1),
+    for name, val in (("loop1_fwd", True), ("fwd_split", i % 2 == 1), ("split_min_t", 1),
                       ("lm_dq", i != 2), ("lm_bwd", "atomic" if i == 3 else "trans")):
         monkeypatch.setitem(kernel.OPTS, name, val)
     torch.manual_seed(40 + i)

@@ -31,8 +31,7 @@ from attnlab.ops.dsalt import dsalt_attention  # noqa: E402
 from attnlab.ops.dsalt import kernel as K  # noqa: E402
 
 S5 = {"lm_bwd": "atomic", "lm_dq": False, "fwd_split": False}  # the session-5 landmark path
-CORE = ("flex_window", "window", "dsalt", "dsalt_s5", "window_l1f", "dsalt_l1f", "dsalt_u", "dsalt_u_lmdq",
-        "dsalt_l1f_lmdq")
+CORE = ("flex_window", "window", "dsalt", "dsalt_s5", "window_4loop", "dsalt_4loop", "dsalt_u")
 
 
 def host_ms(step, n=10):
@@ -68,21 +67,18 @@ def timeline(step, label):
     return {"first": rows[0][1], "span": span, "busy": busy, "kernels": rows}
 
 
-L1 = {"loop1_fwd": True, "loop1_dq": True}
-U = {"loop1_fwd": True, "fwd_split": False}  # the one-loop forward with its landmark iterations, at every T
-TIMELINES = ("flex_window", "window", "dsalt", "dsalt_l1f", "dsalt_u", "dsalt_u_lmdq", "dsalt_l1f_lmdq")
+U = {"loop1_fwd": True, "fwd_split": False}  # the fused one-loop forward with its landmark iterations
+TIMELINES = ("flex_window", "window", "dsalt", "dsalt_4loop", "dsalt_u")
 
 
 def s7_variants(mk, n_lm):
-    """Session 7's candidates: {name: step}: the one-loop forward (loop1_fwd; with the split forward
-    where T >= split_min_t, the default, or fused at every T: "u") and the one-loop dQ kernel with
-    the landmark dQ as its last iterations (loop1_dq, lm_dq off: "lmdq")."""
+    """Session 7's candidates (after call 2; the one-loop dQ kernel of calls 1-2 was removed):
+    {name: step}: the four-loop window forward under the split ("4loop", the session-6 default),
+    the fused one-loop forward at every T ("u")."""
     return {
-        "window_l1f": mk(0, {"loop1_fwd": True}),
-        "dsalt_l1f": mk(n_lm, {"loop1_fwd": True}),
+        "window_4loop": mk(0, {"loop1_fwd": False}),
+        "dsalt_4loop": mk(n_lm, {"loop1_fwd": False}),
         "dsalt_u": mk(n_lm, U),
-        "dsalt_u_lmdq": mk(n_lm, {**U, "loop1_dq": True, "lm_dq": False}),
-        "dsalt_l1f_lmdq": mk(n_lm, {**L1, "lm_dq": False}),
     }
 
 
@@ -211,7 +207,7 @@ def quick():
     win = torch.full((1, 2, 40), 8.0, requires_grad=True)
     e = torch.randn(1, 2, 40, requires_grad=True)
     for opts in (S5, {"lm_bwd": "trans", "lm_dq": True, "fwd_split": True, "split_min_t": 1},
-                 {"fwd_split": False, "loop1_fwd": True, "loop1_dq": True}):
+                 {"fwd_split": False, "loop1_fwd": True}):
         K.OPTS.update(opts)
         out = dsalt_attention(q, k, v, win, e, n_max=8, n_landmarks=4, edge=2.0, block=16, impl="triton")
         out.sum().backward()

@@ -263,13 +263,11 @@ if HAVE_TRITON:
                    H, G, T, NB, n_max, edge, inv_edge, qk_scale, sm_scale, SEL_BLOCK,
                    D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    KP: tl.constexpr, HAS_LM: tl.constexpr, PREC: tl.constexpr, LC: tl.constexpr = 16,
-                   FUSE_DELTA: tl.constexpr = 0, LOOP1: tl.constexpr = 0):
+                   FUSE_DELTA: tl.constexpr = 0):
         """dQ and the window-size gradient dW of one query tile (window; HAS_LM: and its landmark
         slots, the dQ part only: the landmark dK/dV/gate gradients come from _lm_bwd_kernel).
         FUSE_DELTA=1: the tile's delta = rowsum(O * dO) is computed here (32-column chunks) and
-        stored for the kernels that run after this one (no separate delta pass). LOOP1 (session 7):
-        the window's key blocks in one loop, the mask chosen per block by a uniform branch (one
-        software pipeline instead of four)."""
+        stored for the kernels that run after this one (no separate delta pass)."""
         pid_bh, b, h, hk, bhk, m0, offs_m, offs_d, mrow, qoff, q, w = _q_tile(Q, W, sq_b, sq_h, sq_t, H, G, T,
                                                                               D, BLOCK_M)
         offs_n0 = tl.arange(0, BLOCK_N)
@@ -292,59 +290,7 @@ if HAVE_TRITON:
         dq = tl.zeros([BLOCK_M, D], tl.float32)
         dw = tl.zeros([BLOCK_M], tl.float32)
         lo, full_lo, causal_hi, hi = _tile_ranges(m0, w, T, n_max, edge, BLOCK_M, BLOCK_N)
-        if LOOP1:
-            n_win = tl.cdiv(hi - lo, BLOCK_N)
-            n_lm = 0
-            NCH: tl.constexpr = (KP + BLOCK_N - 1) // BLOCK_N
-            if HAS_LM:
-                n_lm = NCH
-                if NCH <= 2:  # positions and gates before the loop (see _fwd_kernel)
-                    lpos0, gate0, nbc0 = _lm_chunk(LPOS, GT, bhk, NB, T, m0, SEL_BLOCK, 0, KP, 1, BLOCK_N)
-                    lpos1, gate1, nbc1 = _lm_chunk(LPOS, GT, bhk, NB, T, m0, SEL_BLOCK, NCH - 1, KP, 1, BLOCK_N)
-            for it in range(0, n_win + n_lm):
-                start_n = lo + it * BLOCK_N
-                offs_n = start_n + offs_n0
-                if HAS_LM:  # the last iterations: the tile's landmark slots, rows gathered by position
-                    offs_c = (it - n_win) * BLOCK_N + offs_n0
-                    lcol = offs_c >= 0
-                    if NCH <= 2:
-                        last = offs_c >= (NCH - 1) * BLOCK_N
-                        lpos = tl.where(last, lpos1, lpos0)
-                        gate = tl.where(last, gate1, gate0)
-                    else:
-                        lpos, gate, nbc = _lm_chunk(LPOS, GT, bhk, NB, T, m0, SEL_BLOCK, tl.maximum(it - n_win, 0), KP, 1,
-                                                    BLOCK_N)
-                    rows = tl.where(lcol, tl.maximum(lpos, 0), offs_n)
-                    rmask = lcol | (offs_n < T)
-                else:
-                    rows = offs_n
-                    rmask = offs_n < T
-                kt = tl.load(kbase + rows[:, None] * sk_t + offs_d[None, :], mask=rmask[:, None], other=0.0)
-                vt = tl.load(vbase + rows[:, None] * sk_t + offs_d[None, :], mask=rmask[:, None], other=0.0)
-                s = tl.dot(q, tl.trans(kt), input_precision=PREC) * qk_scale
-                dp = tl.dot(do, tl.trans(vt), input_precision=PREC)
-                masked = ((start_n < full_lo) | (start_n >= causal_hi)) & (it < n_win)
-                # mask and soft-edge weight only where needed: (masked s, r) from a uniform branch
-                if masked:
-                    r, ok = _win_r(offs_m, offs_n, w, T, n_max, inv_edge)
-                    sm = tl.where(ok, s, float("-inf"))
-                else:
-                    r = tl.full([BLOCK_M, BLOCK_N], 1.0, tl.float32)
-                    if HAS_LM:
-                        if it >= n_win:
-                            sm = s + _lm_bias(offs_m, lpos, gate, w, T, n_max, inv_edge)
-                        else:
-                            sm = tl.where((start_n >= m0) & (offs_m[:, None] < offs_n[None, :]), float("-inf"), s)
-                    else:
-                        sm = tl.where((start_n >= m0) & (offs_m[:, None] < offs_n[None, :]), float("-inf"), s)
-                p0 = tl.exp2(sm - lse[:, None])
-                g0 = p0 * (dp - delta[:, None])
-                ds = g0 * r
-                if masked:
-                    # d ln r / dw = 1 / (edge r) on the ramp: p r / (edge r) = p0 / edge
-                    dw += tl.sum(tl.where(r < 1.0, g0, 0.0), 1)
-                dq += tl.dot(ds.to(kt.dtype), kt, input_precision=PREC)
-        for phase in tl.static_range(4 * (1 - LOOP1)):
+        for phase in tl.static_range(4):
             s_lo, s_hi = _phase_range(phase, lo, full_lo, m0, causal_hi, hi)
             for start_n in range(s_lo, s_hi, BLOCK_N):
                 offs_n = start_n + offs_n0
@@ -367,7 +313,7 @@ if HAVE_TRITON:
                     p = tl.exp2(s - lse[:, None])
                     ds = p * (dp - delta[:, None])
                 dq += tl.dot(ds.to(kt.dtype), kt, input_precision=PREC)
-        if HAS_LM and not LOOP1:
+        if HAS_LM:
             nb = m0 // SEL_BLOCK
             for c0 in range(0, KP, LC):  # chunks of LC landmarks (register pressure)
                 offs_k = c0 + tl.arange(0, LC)

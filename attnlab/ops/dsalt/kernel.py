@@ -163,11 +163,18 @@ def _blocks(block: int, d: int, device) -> tuple[int, int, int]:
 # lm_bwd "reduce" (per-tile partials + a segmented-scan reduction), lm_pre_* (landmark inputs loaded
 # ahead), sel_chunk (parallel selection), lm_skip, lm_dq_early, dkdv_phased, fwd_split 1 / 2,
 # sel_bulk / sel_sorted / sel_rowst / sel_warps.
-# loop1_fwd / loop1_dq (session 7): the forward / dQ kernel's window blocks (the forward: and then
-# its landmark slots, BLOCK_N at a time) in one loop with the mask picked per block by a uniform
-# branch (one software pipeline), instead of four phase loops (and the landmark loop).
+# loop1_fwd (session 7): the forward kernel's window blocks (and then, fused, its landmark slots,
+# BLOCK_N at a time, positions and gates loaded before the loop) in one loop with the mask picked per
+# block by a uniform branch (one software pipeline) instead of four phase loops and a landmark loop:
+# "split" (the default) where the split forward runs (window-only forward kernel, T >= split_min_t),
+# True at every T, False never. H100, session 7 call 2 (same run): 32K 3.127 ms vs 3.242 (split
+# forward with the four-loop window kernel); the fused one-loop forward with landmark iterations
+# took 587 us vs 703 for the four-loop one (32K timelines) but measured no faster end to end at 16K
+# (1.811-1.827 vs 1.768 ms, noisy rounds) or at 32K against the split (3.168 ms), hence "split".
+# A one-loop dQ kernel (also with the landmark dQ as its last iterations) measured no faster
+# (32K: 3.176 / 3.184 ms vs 3.112-3.168) and was removed.
 OPTS = {"lc_fwd": 32, "lc_dq": 32, "delta": (64, 4), "lm_bwd": "trans", "fuse_delta": True,
-        "lm_dq": True, "fwd_split": True, "split_min_t": 32768, "loop1_fwd": False, "loop1_dq": False}
+        "lm_dq": True, "fwd_split": True, "split_min_t": 32768, "loop1_fwd": "split"}
 
 _TUNED: dict = {}
 _FWD_BM_OVERRIDE: dict = {}
@@ -198,7 +205,7 @@ def _tuned(name: str, block: int):
         else:
             cfgs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st)
                     for m, n, w, st in DQ_CONFIGS]
-            _TUNED[tag] = triton.autotune(cfgs, key=key + ["KP", "HAS_LM", "FUSE_DELTA", "LOOP1"])(_dq_kernel)
+            _TUNED[tag] = triton.autotune(cfgs, key=key + ["KP", "HAS_LM", "FUSE_DELTA"])(_dq_kernel)
     return _TUNED[tag]
 
 
@@ -385,7 +392,7 @@ class _DSALTFn(torch.autograd.Function):
                 q, k, v, win, gt, win if split else lpos, o, lse, *fwd_args,
                 h, g, t, nb, n_max, float(edge), 1.0 / float(edge), scale * LOG2E, block,
                 D=d, KP=kp, HAS_LM=has_lm and not split, PREC=_prec(q), LC=min(OPTS["lc_fwd"], kp),
-                LOOP1=int(bool(OPTS["loop1_fwd"])))
+                LOOP1=int(OPTS["loop1_fwd"] is True or (OPTS["loop1_fwd"] == "split" and bool(split))))
         if split:
             if side:
                 sst.wait_event(ev_fork)
@@ -428,7 +435,7 @@ class _DSALTFn(torch.autograd.Function):
                 q, k, v, win, gt, lpos, do, lse, delta, dq, dw, o, *strides,
                 h, g, t, nb, *fargs, block,
                 D=d, KP=kp, HAS_LM=has_lm and not lm_dq, PREC=_prec(q), LC=min(OPTS["lc_dq"], kp),
-                FUSE_DELTA=int(fuse), LOOP1=int(bool(OPTS["loop1_dq"])))
+                FUSE_DELTA=int(fuse))
         dk = torch.empty_like(k)
         dv = torch.empty_like(v)
         _launch("dkdv", _dkdv_kernel, t, b * hk, bm, bn, warps, block,
