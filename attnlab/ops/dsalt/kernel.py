@@ -24,6 +24,10 @@ Pipeline (``dsalt_triton``):
    (the gate, computed in the kernel), -inf where the landmark is inside the row's soft window. Both
    passes feed one running max / sum (exp2 domain); the tile stores O and the log-sum-exp.
    Scattered landmarks therefore never turn window blocks into partial blocks.
+   ``OPTS["loop1_fwd"]`` (session 7; default ``"split"``: where the split forward below runs):
+   the same in one loop (``LOOP1``), window blocks then landmark slots BLOCK_N at a time (their
+   positions and gates loaded before the loop, so the pipeline prefetches the gathered rows), the
+   mask picked per block by a uniform branch: one software pipeline instead of five loops.
 2. **Backward**: ``_dq_kernel`` (per query tile) computes the tile's delta = rowsum(O * dO) (stored
    for the kernels after it; ``OPTS["fuse_delta"]=False``: the separate ``_delta_kernel``) and
    accumulates the window dQ and the window-size gradient dW (d ln r / dw = 1 / (edge r) on the
