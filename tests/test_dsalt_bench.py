@@ -63,19 +63,3 @@ def test_dsalt_s6_ab_quick():
     assert out.returncode == 0, out.stderr[-2000:]
     assert "'lm_bwd': 'trans'" in out.stdout
 
-
-def test_dsalt_s6b_ab_quick():
-    """The session-6 round-2 device A/B script's CPU smoke run (the interpreter, bulk-merge selection)."""
-    import os
-    import subprocess
-    import sys
-
-    import pytest
-
-    pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "device_runs" / "dsalt_s6b_ab.py"
-    out = subprocess.run([sys.executable, str(script), "--quick"], env=env, capture_output=True, text=True,
-                         timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert "'sel_bulk': 1" in out.stdout

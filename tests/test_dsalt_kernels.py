@@ -82,10 +82,10 @@ def test_triton_forward_tile_spanning_two_selection_blocks(monkeypatch):
 
 
 @needs_triton
-def test_triton_partials_landmark_backward_path(monkeypatch):
-    """The landmark backward through per-tile partials + the reduction kernel (lm_bwd="reduce", the
-    sessions 2-4 path) and through _lm_bwd_kernel (session 5's "atomic") give the reference's gradients
-    (GQA, a selection block of two tiles)."""
+def test_triton_separate_delta_pass(monkeypatch):
+    """With delta = rowsum(O * dO) from the separate _delta_kernel (fuse_delta off), through
+    _lm_bwd_kernel (the "atomic" fallback) and _lm_bwd_t_kernel: the reference's gradients (GQA, a
+    selection block of two tiles)."""
     from attnlab.ops.dsalt import kernel
 
     ins = make(1, 4, 2, 101, 16, 3.0, 30, torch.float32, DEV)
@@ -93,7 +93,7 @@ def test_triton_partials_landmark_backward_path(monkeypatch):
     ref = dsalt_reference(*ins, **kw)
     do = torch.randn_like(ref)
     gr = grads(ref, ins, do)
-    for mode, fuse in (("reduce", False), ("atomic", True)):  # and delta computed in the dQ kernel
+    for mode, fuse in (("atomic", False), ("trans", False)):
         monkeypatch.setitem(kernel.OPTS, "lm_bwd", mode)
         monkeypatch.setitem(kernel.OPTS, "fuse_delta", fuse)
         with warnings.catch_warnings():
@@ -106,73 +106,10 @@ def test_triton_partials_landmark_backward_path(monkeypatch):
         assert kernel.OPTS["lm_bwd"] == mode
 
 
-@needs_triton
-def test_triton_parallel_selection_paths(monkeypatch):
-    """Session 5b: the parallel landmark selection (slots laid out again at each chunk start) gives
-    the reference's outputs and gradients through the atomic landmark backward and through the
-    partials path (sort-based accumulation: the slots are not stable across chunks)."""
-    from attnlab.ops.dsalt import kernel
-
-    monkeypatch.setitem(kernel.OPTS, "sel_chunk", 2)
-    monkeypatch.setitem(kernel.OPTS, "sel_par_min_t", 1)
-    ins = make(1, 4, 2, 150, 16, 2.0, 12, torch.float32, DEV)
-    kw = dict(n_max=12, edge=2.0, n_landmarks=6, block=16, scale=0.3)
-    ref = dsalt_reference(*ins, **kw)
-    do = torch.randn_like(ref)
-    gr = grads(ref, ins, do)
-    assert not kernel.landmark_slots(ins[4].detach(), 6, 16)[1]
-    for mode in ("atomic", "reduce", "trans"):
-        monkeypatch.setitem(kernel.OPTS, "lm_bwd", mode)
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")  # no fallback
-            out = dsalt_attention(*ins, impl="triton", **kw)
-            ga = grads(out, ins, do)
-        assert rel_err(out, ref) <= 1e-5
-        for name, a, r in zip("q k v win energy".split(), ga, gr):
-            assert rel_err(a, r) <= 3e-5, (mode, name)
-
-
-@needs_triton
-@pytest.mark.parametrize("pre", [1, 2])
-def test_triton_landmark_prefetch_options(pre, monkeypatch):
-    """Session 5b: the landmark passes with positions / gates (pre=1) and K/V rows (pre=2; the
-    landmark backward: rows kept over a block's tiles) loaded ahead, over two landmark chunks
-    (KP 32, LC 16), GQA, a selection block of two dQ / landmark backward tiles, and (CPU) a forward
-    tile spanning two selection blocks; fp32 and fp16."""
-    from attnlab.ops.dsalt import kernel
-
-    monkeypatch.setitem(kernel.OPTS, "lm_bwd", "atomic")  # the kernel with the lm_pre_bwd option
-    monkeypatch.setitem(kernel.OPTS, "lm_dq", False)  # the dQ kernel's landmark pass (lm_pre_dq)
-    monkeypatch.setitem(kernel.OPTS, "lm_pre_fwd", pre)
-    monkeypatch.setitem(kernel.OPTS, "lm_pre_dq", pre)
-    monkeypatch.setitem(kernel.OPTS, "lm_pre_bwd", pre)
-    monkeypatch.setitem(kernel.OPTS, "lc_fwd", 16)
-    monkeypatch.setitem(kernel.OPTS, "lc_dq", 16)
-    cases = [(torch.float32, 32, 1e-5, None), (torch.float16, 32, 3e-3, None)]
-    if not ON_GPU:
-        cases.append((torch.float32, 16, 1e-5, 32))  # forward tile = two selection blocks
-    for dtype, block, tol, bm in cases:
-        if bm:
-            monkeypatch.setitem(kernel._FWD_BM_OVERRIDE, "bm", bm)
-        ins = make(1, 4, 2, 83, 16, 2.0, 24, dtype, DEV)
-        kw = dict(n_max=24, edge=2.0, n_landmarks=20, block=block, scale=0.3)
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")  # no fallback
-            out = dsalt_attention(*ins, impl="triton", **kw)
-            do = torch.randn_like(out)
-            ga = grads(out, ins, do)
-        ref = dsalt_reference(*ins, **kw)
-        assert rel_err(out, ref) <= tol
-        for name, a, r in zip("q k v win energy".split(), ga, grads(ref, ins, do)):
-            assert rel_err(a, r) <= tol * 3, (dtype, block, name)
-
-
-S6_OPTS = [  # session 6: (lm_bwd, lm_dq ("early": and dQ rows loaded early, no flush skip), fwd_split)
-    ("trans", False, 0),
-    ("trans", True, 1),
-    pytest.param(("trans", True, 2), marks=pytest.mark.skipif(not ON_GPU, reason="= split 1 without CUDA")),
-    ("atomic", False, 3),
-    ("trans", "early", 0),
+S6_OPTS = [  # session 6: (lm_bwd, lm_dq, fwd_split)
+    ("trans", False, False),
+    ("trans", True, True),
+    ("atomic", False, True),
 ]
 
 
@@ -182,16 +119,14 @@ def test_triton_session6_landmark_paths(opts, monkeypatch):
     """Session 6: the transposed landmark backward (_lm_bwd_t_kernel: segments of whole selection
     blocks, runs spanning segments), with the landmark dQ added there (the dQ kernel without its
     landmark pass), and the forward's landmark pass as its own kernel after the window kernel
-    (fwd_split 1; 2: the selection on a side stream where CUDA runs): reference outputs and
+    (fwd_split; with the selection on a side stream where CUDA runs): reference outputs and
     gradients. GQA with a selection block of two tiles (nested loop) and one head per kv head
     with a block of one tile (the flat loop), two landmark chunks; fp32 and fp16."""
     from attnlab.ops.dsalt import kernel
 
     mode, lm_dq, split = opts
     monkeypatch.setitem(kernel.OPTS, "lm_bwd", mode)
-    monkeypatch.setitem(kernel.OPTS, "lm_dq", bool(lm_dq))
-    monkeypatch.setitem(kernel.OPTS, "lm_dq_early", lm_dq == "early")
-    monkeypatch.setitem(kernel.OPTS, "lm_skip", lm_dq != "early")  # and without the flush skip
+    monkeypatch.setitem(kernel.OPTS, "lm_dq", lm_dq)
     monkeypatch.setitem(kernel.OPTS, "fwd_split", split)
     monkeypatch.setitem(kernel.OPTS, "split_min_t", 1)
     bm = 64 if ON_GPU else 16
@@ -216,13 +151,12 @@ def test_triton_session6_landmark_paths(opts, monkeypatch):
 
 @needs_triton
 @pytest.mark.parametrize("trans", [0, 1])
-def test_triton_phased_dkdv(trans, monkeypatch):
-    """Session 6: the phased dK/dV kernel (diagonal / unmasked / masked query-tile ranges from the
-    per-16-row smallest window the forward stores): reference gradients with windows where the
-    unmasked range is empty (short windows) and where it is long, GQA, both formulations (CPU)."""
+def test_triton_dkdv_windows(trans, monkeypatch):
+    """The dK/dV kernel's unmasked / causal-only / masked query tiles: reference gradients with
+    windows where the unmasked range is empty (short windows) and where it is long, GQA, both
+    formulations (CPU)."""
     from attnlab.ops.dsalt import kernel
 
-    monkeypatch.setitem(kernel.OPTS, "dkdv_phased", True)
     if not ON_GPU:
         monkeypatch.setitem(kernel._FWD_BM_OVERRIDE, "dkdv_trans", trans)
     elif trans:
@@ -236,6 +170,55 @@ def test_triton_phased_dkdv(trans, monkeypatch):
         assert rel_err(out, ref) <= 1e-5
         for name, a, r in zip("q k v win energy".split(), grads(out, ins, do), grads(ref, ins, do)):
             assert rel_err(a, r) <= 3e-5, (t, name)
+
+
+LOOP1_CASES = [  # session 7: (b, h, hk, t, d, n_min, n_max, edge, k, block, dtype, forward tile rows (CPU))
+    (1, 2, 1, 37, 16, 2.0, 20, 3.0, 5, 16, torch.float32, None),   # odd length, GQA, edge + diagonal blocks
+    (1, 1, 1, 90, 16, 40.0, 60, 2.0, 6, 32, torch.float32, None),  # long windows: unmasked full blocks
+    (2, 2, 2, 29, 16, 1.0, 1, 0.5, 40, 16, torch.float32, None),   # window 1, more landmarks than tokens
+    (1, 2, 1, 75, 16, 2.0, 30, 2.0, 6, 16, torch.float32, 32),     # forward tile over two selection blocks
+    (1, 2, 1, 40, 16, 1.0, 12, 2.0, 0, 16, torch.float16, None),   # window only, fp16
+    (1, 4, 2, 61, 16, 3.0, 24, 2.0, 20, 32, torch.float16, None),  # fp16, GQA, two landmark iterations
+]
+
+
+@needs_triton
+@pytest.mark.parametrize("case", LOOP1_CASES)
+def test_triton_one_loop_kernels(case, monkeypatch):
+    """Session 7: the one-loop forward kernel (window blocks, then the landmark slots BLOCK_N at a
+    time, one software pipeline; OPTS["loop1_fwd"] = True, the fused forward; one case "split": the
+    window-only one-loop kernel before _fwd_lm_kernel, the default where T >= split_min_t): reference
+    outputs and gradients (q, k, v, window sizes -> predictor, energies -> alpha)."""
+    from attnlab.ops.dsalt import kernel
+
+    b, h, hk, t, d, n_min, n_max, edge, k, block, dtype, bm = case
+    if ON_GPU and bm:
+        pytest.skip("the GPU test covers forward tiles of two selection blocks through its launch configs")
+    monkeypatch.setitem(kernel.OPTS, "loop1_fwd", True)
+    monkeypatch.setitem(kernel.OPTS, "fwd_split", False)
+    if bm:
+        monkeypatch.setitem(kernel._FWD_BM_OVERRIDE, "bm", bm)
+    if case is LOOP1_CASES[1]:  # the default split forward: the one-loop window-only kernel + _fwd_lm_kernel
+        monkeypatch.setitem(kernel.OPTS, "loop1_fwd", "split")
+        monkeypatch.setitem(kernel.OPTS, "fwd_split", True)
+        monkeypatch.setitem(kernel.OPTS, "split_min_t", 1)
+    ins = make(b, h, hk, t, d, n_min, n_max, dtype, DEV)
+    kw = dict(n_max=n_max, edge=edge, n_landmarks=k, block=block, scale=d**-0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback
+        out = dsalt_attention(*ins, impl="triton", **kw)
+        do = torch.randn_like(out)
+        ga = grads(out, ins, do)
+    ref = dsalt_reference(*ins, **kw)
+    tol = 1e-5 if dtype == torch.float32 else 3e-3
+    assert rel_err(out, ref) <= tol
+    for name, a, r in zip("q k v win energy".split(), ga, grads(ref, ins, do)):
+        if r.abs().sum() == 0:
+            assert a.abs().sum() == 0, name
+        else:
+            assert rel_err(a, r) <= tol * 3, name
+    if n_min < n_max:
+        assert ga[3].abs().sum() > 0
 
 
 def _causal_check(fn, t=37, device="cpu"):
@@ -302,18 +285,17 @@ def test_gpu_bf16_flex_matches_reference():
 @pytest.mark.gpu
 @pytest.mark.parametrize("i", range(5))
 def test_gpu_bf16_every_launch_config_matches_reference(i, monkeypatch):
-    """Each CUDA launch config the autotuner may pick (fwd, dq, dkdv, landmark-gradient reduction;
-    BLOCK_M 128 forward tiles spanning two selection blocks included), bf16, head dim 128, 64
-    landmarks, GQA."""
+    """Each CUDA launch config the autotuner may pick (fwd, dq, dkdv; BLOCK_M 128 forward tiles
+    spanning two selection blocks included) with the "atomic" landmark path (the dQ kernel's
+    landmark pass, _lm_bwd_kernel's configs), bf16, head dim 128, 64 landmarks, GQA."""
     from attnlab.ops.dsalt import kernel
 
     cfg = {name: lst[i % len(lst)] for name, lst in
            (("fwd", kernel.FWD_CONFIGS), ("dq", kernel.DQ_CONFIGS), ("dkdv", kernel.DKDV_CONFIGS),
-            ("reduce", kernel.REDUCE_CONFIGS), ("lm_bwd", kernel.LM_BWD_CONFIGS))}
+            ("lm_bwd", kernel.LM_BWD_CONFIGS))}
     monkeypatch.setattr(kernel, "FORCE_CONFIG", cfg)
-    # odd configs: the partials + reduction landmark backward; even: _lm_bwd_kernel (atomics);
     # i = 1, 2: delta computed in the dQ kernel
-    monkeypatch.setitem(kernel.OPTS, "lm_bwd", "reduce" if i % 2 else "atomic")
+    monkeypatch.setitem(kernel.OPTS, "lm_bwd", "atomic")
     monkeypatch.setitem(kernel.OPTS, "fuse_delta", i in (1, 2))
     torch.manual_seed(i)
     b, h, hk, t, d = 1, 4, 2 if i % 2 else 4, 1000 + 37 * i, 128
@@ -331,54 +313,19 @@ def test_gpu_bf16_every_launch_config_matches_reference(i, monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("i", range(3))
-def test_gpu_bf16_landmark_latency_options_match_reference(i, monkeypatch):
-    """Session 5b options on the GPU: landmark positions / gates (pre 1) or also K/V rows (pre 2)
-    loaded ahead in the forward and dQ kernels, the next tile's set loaded ahead in _lm_bwd_kernel,
-    the parallel selection (chunks of 4 candidate blocks); launch configs of test i (i = 1: forward
-    tiles of two selection blocks), bf16, head dim 128, 64 landmarks, GQA."""
-    from attnlab.ops.dsalt import kernel
-
-    cfg = {name: lst[i % len(lst)] for name, lst in
-           (("fwd", kernel.FWD_CONFIGS), ("dq", kernel.DQ_CONFIGS), ("dkdv", kernel.DKDV_CONFIGS),
-            ("lm_bwd", kernel.LM_BWD_CONFIGS))}
-    monkeypatch.setattr(kernel, "FORCE_CONFIG", cfg)
-    pre = 1 + i % 2
-    for name, val in (("lm_bwd", "atomic"), ("lm_dq", False),
-                      ("lm_pre_fwd", pre), ("lm_pre_dq", pre), ("lm_pre_bwd", pre), ("sel_chunk", 4),
-                      ("sel_par_min_t", 1)):
-        monkeypatch.setitem(kernel.OPTS, name, val)
-    torch.manual_seed(10 + i)
-    ins = make(1, 4, 2, 1000 + 37 * i, 128, 48.0, 300, torch.bfloat16, "cuda")
-    kw = dict(n_max=300, edge=4.0, n_landmarks=64, block=64, scale=128**-0.5)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no fallback to another path
-        out = dsalt_attention(*ins, impl="triton", **kw)
-        do = torch.randn_like(out)
-        ga = grads(out, ins, do)
-    ref = dsalt_reference(*[x.float() if j < 3 else x for j, x in enumerate(ins)], **kw)
-    assert rel_err(out, ref) <= 1e-2, cfg
-    for name, a, r in zip("q k v win energy".split(), ga, grads(ref, ins, do.float())):
-        assert rel_err(a, r) <= 3e-2, (cfg, name, rel_err(a, r))
-
-
-@pytest.mark.gpu
 @pytest.mark.parametrize("i", range(6))
 def test_gpu_bf16_session6_paths_match_reference(i, monkeypatch):
     """Session 6 on the GPU, every _lm_bwd_t_kernel launch config (i) with a _fwd_lm_kernel config:
-    even i the landmark dQ in that kernel and the selection on a side stream (fwd_split 3 at i = 0, 4,
-    else 2), odd i the dQ kernel's landmark pass and fwd_split 1; i = 0, 3 one head per kv head (the flat loop
-    where BLOCK_M = 64), else GQA; i = 2 without the flush skip, i = 2, 4 the dQ rows loaded early;
-    i = 0, 1, 3, 5 the phased dK/dV kernel; bf16, head dim 128, 64 landmarks."""
+    even i the landmark dQ in that kernel and the selection on a side stream (fwd_split), odd i the
+    dQ kernel's landmark pass and one fused forward; i = 0, 3 one head per kv head (the flat loop
+    where BLOCK_M = 64), else GQA; bf16, head dim 128, 64 landmarks."""
     from attnlab.ops.dsalt import kernel
 
     cfg = {name: lst[i % len(lst)] for name, lst in
            (("fwd", kernel.FWD_CONFIGS), ("dq", kernel.DQ_CONFIGS), ("dkdv", kernel.DKDV_CONFIGS),
             ("lm_bwd_t", kernel.LM_BWD_T_CONFIGS), ("fwd_lm", kernel.FWD_LM_CONFIGS))}
     monkeypatch.setattr(kernel, "FORCE_CONFIG", cfg)
-    split = (3 if i % 4 == 0 else 2) if i % 2 == 0 else 1
-    for name, val in (("lm_bwd", "trans"), ("lm_dq", i % 2 == 0), ("fwd_split", split), ("lm_skip", i != 2),
-                      ("lm_dq_early", i in (2, 4)), ("split_min_t", 1), ("dkdv_phased", i in (0, 1, 3, 5))):
+    for name, val in (("lm_bwd", "trans"), ("lm_dq", i % 2 == 0), ("fwd_split", i % 2 == 0), ("split_min_t", 1)):
         monkeypatch.setitem(kernel.OPTS, name, val)
     torch.manual_seed(20 + i)
     ins = make(1, 4, 4 if i % 3 == 0 else 2, 1000 + 37 * i, 128, 48.0, 300, torch.bfloat16, "cuda")
@@ -395,18 +342,49 @@ def test_gpu_bf16_session6_paths_match_reference(i, monkeypatch):
 
 
 @pytest.mark.gpu
-def test_gpu_parallel_selection_long_sequence():
-    """The parallel selection at the benchmark's size class (T = 16K, 64 landmarks, block 64,
-    chunks of 32 blocks) selects the prefix top-k scan's sets."""
+@pytest.mark.parametrize("i", range(4))
+def test_gpu_bf16_one_loop_kernels_match_reference(i, monkeypatch):
+    """Session 7 on the GPU: the one-loop forward kernel (OPTS["loop1_fwd"] = True) with every forward
+    launch config (i; BLOCK_M 128 forward tiles over two selection blocks included), the fused
+    forward with its landmark iterations (even i) or the split forward (odd i), 64 landmarks (i < 3:
+    GQA / one head per kv head) or 5 (i = 3: fewer slots than a key block), i = 2 with lm_dq off,
+    i = 3 with the "atomic" landmark backward, bf16, head dim 128 (call 2 of session 7 ran it with
+    the one-loop dQ kernel of that time, since removed)."""
+    from attnlab.ops.dsalt import kernel
+
+    cfg = {name: lst[i % len(lst)] for name, lst in
+           (("fwd", kernel.FWD_CONFIGS), ("dq", kernel.DQ_CONFIGS), ("dkdv", kernel.DKDV_CONFIGS))}
+    monkeypatch.setattr(kernel, "FORCE_CONFIG", cfg)
+    for name, val in (("loop1_fwd", True), ("fwd_split", i % 2 == 1), ("split_min_t", 1),
+                      ("lm_dq", i != 2), ("lm_bwd", "atomic" if i == 3 else "trans")):
+        monkeypatch.setitem(kernel.OPTS, name, val)
+    torch.manual_seed(40 + i)
+    n_lm = 5 if i == 3 else 64
+    ins = make(1, 4, 4 if i % 2 else 2, 1000 + 37 * i, 128, 48.0, 300, torch.bfloat16, "cuda")
+    kw = dict(n_max=300, edge=4.0, n_landmarks=n_lm, block=64, scale=128**-0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback to another path
+        out = dsalt_attention(*ins, impl="triton", **kw)
+        do = torch.randn_like(out)
+        ga = grads(out, ins, do)
+    ref = dsalt_reference(*[x.float() if j < 3 else x for j, x in enumerate(ins)], **kw)
+    assert rel_err(out, ref) <= 1e-2, cfg
+    for name, a, r in zip("q k v win energy".split(), ga, grads(ref, ins, do.float())):
+        assert rel_err(a, r) <= 3e-2, (cfg, name, rel_err(a, r))
+
+
+@pytest.mark.gpu
+def test_gpu_selection_long_sequence():
+    """The selection kernel at the benchmark's size class (T = 16K, 64 landmarks, block 64) selects
+    the prefix top-k scan's sets."""
     from attnlab.ops.dsalt import INVALID_KEY, key_positions, select_landmarks
     from attnlab.ops.dsalt.kernel import _select_stable
 
     e = torch.randn(1, 4, 16384, device="cuda")
     want = select_landmarks(e, 64, 64)
     want = torch.where(want != INVALID_KEY, key_positions(want), torch.full_like(want, -1))
-    for chunk in (16, 32):
-        got = _select_stable(e, 64, 64, 64, chunk=chunk).long()
-        assert torch.equal(got.sort(-1).values, want.sort(-1).values), chunk
+    got = _select_stable(e, 64, 64, 64).long()
+    assert torch.equal(got.sort(-1).values, want.sort(-1).values)
 
 
 @pytest.mark.gpu
@@ -450,18 +428,12 @@ def test_gpu_fp32_triton_matches_reference_tightly():
 
 
 @needs_triton
-@pytest.mark.parametrize("t,k,block,key32,chunk", [
-    (50, 6, 16, True, None), (37, 40, 16, False, None), (64, 3, 32, True, None), (700, 5, 16, True, None),
-    (700, 5, 16, False, None), (900, 16, 16, True, None),
-    # the parallel selection (chunks of candidate blocks): chunk sizes not multiples of the 16-row
-    # step, a chunk of one block, many landmarks (start sets not full), int64 keys
-    (700, 5, 16, True, 7), (900, 16, 16, True, 16), (700, 5, 16, False, 5), (300, 40, 16, True, 3),
-    (200, 6, 16, True, 1)])
-def test_stable_slot_selection_kernel(t, k, block, key32, chunk):
+@pytest.mark.parametrize("t,k,block,key32", [
+    (50, 6, 16, True), (37, 40, 16, False), (64, 3, 32, True), (700, 5, 16, True),
+    (700, 5, 16, False), (900, 16, 16, True)])
+def test_stable_slot_selection_kernel(t, k, block, key32):
     """The kernel's stable-slot sets equal the prefix top-k scan; each token is one run of one slot
-    (t=700: several chunks of blocks, most blocks skipped; int32 and int64 rank keys). chunk: the
-    parallel selection: same sets; a token's slot may change only at a chunk start (block
-    1 + a multiple of chunk), where the set is laid out again."""
+    (t=700: several chunks of blocks, most blocks skipped; int32 and int64 rank keys)."""
     from attnlab.ops.dsalt import INVALID_KEY, key_positions, select_landmarks
     from attnlab.ops.dsalt.kernel import _FAST_LM, _pow2, _select_stable
 
@@ -469,7 +441,7 @@ def test_stable_slot_selection_kernel(t, k, block, key32, chunk):
     e[:, :, 5:9] = e[:, :, 4:5]  # ties in the float16-rounded energy
     e[:, :, 10:14] = torch.tensor([-0.0, -1e-9, 0.0, 1e6])  # signed zeros (one after rounding), clamping
     kp = max(16, _pow2(k))
-    got = _select_stable(e, k, kp, block, key32, chunk=chunk).long()  # positions, -1 empty
+    got = _select_stable(e, k, kp, block, key32).long()  # positions, -1 empty
     want = select_landmarks(e, k, block)
     want = torch.where(want != INVALID_KEY, key_positions(want), torch.full_like(want, -1))
     assert torch.equal(got[..., :k].sort(-1).values, want.sort(-1).values)
@@ -484,62 +456,14 @@ def test_stable_slot_selection_kernel(t, k, block, key32, chunk):
                     if tok < 0:
                         continue
                     first, slot, last = seen.get(tok, (blk, s, blk - 1))
-                    restart = chunk is not None and blk > 1 and (blk - 1) % chunk == 0
-                    assert (slot == s or restart) and last == blk - 1  # same slot, contiguous blocks
+                    assert slot == s and last == blk - 1  # same slot, contiguous blocks
                     seen[tok] = (first, s, blk)
     assert _FAST_LM["on"]
 
 
 @needs_triton
-@pytest.mark.parametrize("t,k,block,key32,chunk", [
-    (50, 6, 16, True, None), (37, 40, 16, False, None), (200, 5, 16, True, None), (150, 40, 16, True, 3),
-    (130, 20, 32, True, None)])
-def test_selection_bulk_merge_equals_insertions(t, k, block, key32, chunk, monkeypatch):
-    """Session 6b: the selection's one-step merge of a block's candidates (OPTS["sel_bulk"] = the
-    fewest candidates that take it: 1 = every inserting block, 3 = a mix of both paths; by sorts
-    where the keys are int32 and the candidates per block as many as the slots, else, and with
-    sel_sorted = 0, by rank matrices) gives the one-by-one insertions' slots exactly (ties, empty
-    slots, int64 keys, the parallel chunks); so do the row-by-row set stores (OPTS["sel_rowst"])."""
-    from attnlab.ops.dsalt import kernel
-    from attnlab.ops.dsalt.kernel import _pow2, _select_stable
-
-    e = torch.randn(2, 3, t, device=DEV)
-    e[:, :, 5:9] = e[:, :, 4:5]  # ties in the float16-rounded energy
-    kp = max(16, _pow2(k))
-    for name in ("sel_bulk", "sel_rowst"):
-        monkeypatch.setitem(kernel.OPTS, name, 0)
-    want = _select_stable(e, k, kp, block, key32, chunk=chunk)
-    for bulk, srt, rst in ((1, 1, 0), (3, 0, 0), (3, 1, 1)):
-        monkeypatch.setitem(kernel.OPTS, "sel_bulk", bulk)
-        monkeypatch.setitem(kernel.OPTS, "sel_sorted", srt)
-        monkeypatch.setitem(kernel.OPTS, "sel_rowst", rst)
-        assert torch.equal(_select_stable(e, k, kp, block, key32, chunk=chunk), want), (bulk, srt, rst)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("bulk,warps,srt,rst", [(1, 1, 1, 0), (4, 1, 1, 0), (8, 1, 1, 0), (1, 2, 1, 0), (1, 4, 0, 0),
-                                               (4, 1, 0, 0), (0, 1, 1, 1), (0, 2, 1, 1), (8, 1, 1, 1)])
-def test_gpu_selection_bulk_merge_long_sequence(bulk, warps, srt, rst, monkeypatch):
-    """The bulk merge at the benchmark's size class (T = 32K and 4K, 64 landmarks, block 64):
-    the serial insertions' slots, bit for bit, with 1, 2 and 4 warps, by sorts and by rank matrices,
-    and with the row-by-row set stores."""
-    from attnlab.ops.dsalt import kernel
-    from attnlab.ops.dsalt.kernel import _select_stable
-
-    base = {"sel_bulk": 0, "sel_warps": 1, "sel_sorted": 1, "sel_rowst": 0}  # the serial insertions
-    for t in (32768, 4096):
-        e = torch.randn(1, 16, t, device="cuda")
-        for name, val in base.items():
-            monkeypatch.setitem(kernel.OPTS, name, val)
-        want = _select_stable(e, 64, 64, 64)
-        for name, val in (("sel_bulk", bulk), ("sel_warps", warps), ("sel_sorted", srt), ("sel_rowst", rst)):
-            monkeypatch.setitem(kernel.OPTS, name, val)
-        assert torch.equal(_select_stable(e, 64, 64, 64), want), t
-
-
-@needs_triton
 def test_triton_fallback_selection_path(monkeypatch):
-    """Without the stable-slot kernel (torch scan + sort-based accumulation): same results."""
+    """Without the stable-slot kernel (torch scan, slots in key order): same results."""
     from attnlab.ops.dsalt import kernel
 
     monkeypatch.setitem(kernel._FAST_LM, "on", False)

@@ -73,13 +73,12 @@ def test_gpu_replay_runs_and_equals_normal_launch(monkeypatch):
 
 @pytest.mark.gpu
 def test_gpu_dsalt_replayed_launches_equal_normal_launches(monkeypatch):
-    """The DSALT kernels' launches (selection, forward, delta, dQ, dK/dV, reduction) replayed from
-    the second call on: bit-equal outputs and gradients to the normal launch path (the landmark
-    backward through the partials path: the atomic kernel's add order is not deterministic)."""
+    """The DSALT kernels' launches (selection, forward, dQ, dK/dV, landmark backward) replayed from
+    the second call on: bit-equal outputs and dQ / window gradients to the normal launch path; dK,
+    dV and the energy gradient (the landmark backward's atomic adds, whose order is not
+    deterministic) to rounding."""
     from attnlab.ops.dsalt import dsalt_attention
     from attnlab.ops.dsalt import kernel as K
-
-    monkeypatch.setitem(K.OPTS, "lm_bwd", "reduce")
 
     torch.manual_seed(0)
     b, h, hk, t, d = 1, 4, 2, 700, 128
@@ -101,5 +100,8 @@ def test_gpu_dsalt_replayed_launches_equal_normal_launches(monkeypatch):
     assert K._LAUNCH.stats["replayed"] - before >= 5, K._LAUNCH.stats
     monkeypatch.setenv("ATTNLAB_FAST_LAUNCH", "0")
     slow = step()
-    for a, r in zip(fast, slow):
-        assert torch.equal(a, r)
+    for i, (a, r) in enumerate(zip(fast, slow)):
+        if i in (0, 1, 4):  # out, dq, dwin
+            assert torch.equal(a, r), i
+        else:
+            assert (a.float() - r.float()).norm() <= 1e-2 * r.float().norm(), i

@@ -1,22 +1,18 @@
-"""Session-6 DSALT A/B on the device: one process, every variant on the same inputs, round robin
+"""DSALT A/B on the device (sessions 6-7): one process, every variant on the same inputs, round robin
 (median of rounds, each the median of 10 CUDA-event timings after 2 warm-ups), host enqueue times,
-peak memory, optionally the 32K kernel timeline.
+peak memory, optionally the kernel timeline at the longest length (flex's kernels included).
 
---set call1: the session-5 defaults vs the session-6 candidates: the transposed landmark backward
-kernel (lm_bwd "trans", its launch configs), the landmark dQ moved into it (lm_dq), the forward's
-landmark pass as its own kernel (fwd_split 1) with the selection on a side stream (fwd_split 2),
-dK/dV launch configs with 3 stages. --set final: flex window-only, attnlab window-only, DSALT with
-the defaults of this tree and its options (the selection on a side stream after the window kernel's
-launch: fwd_split 3, with _fwd_lm_kernel configs; no flush skip; dQ rows loaded early; window dQ
-tiles of 128 rows; the phased dK/dV kernel), and with the session-5 defaults, timed together.
+--set lead: this tree's defaults against flex window-only, attnlab window-only and the session-5
+landmark path (lm_bwd "atomic", the dQ kernel's landmark pass). --set s7: the same plus session 7's
+candidates (benchmarks/RESULTS.md, "Session 7: DSALT"). The session-6 sets (call1 / final) timed
+options that session 7 removed; their figures stay in RESULTS.md.
 
-    python benchmarks/device_runs/dsalt_s6_ab.py --set call1 --lengths 32768,16384 --rounds 3
+    python benchmarks/device_runs/dsalt_s6_ab.py --set lead --lengths 32768,16384,4096 --rounds 3
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import statistics
@@ -34,14 +30,56 @@ from attnlab.bench import time_ms  # noqa: E402
 from attnlab.ops.dsalt import dsalt_attention  # noqa: E402
 from attnlab.ops.dsalt import kernel as K  # noqa: E402
 
-_spec = importlib.util.spec_from_file_location("dsalt_s5_ab", Path(__file__).with_name("dsalt_s5_ab.py"))
-_s5 = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_s5)
-host_ms, timeline = _s5.host_ms, _s5.timeline
+S5 = {"lm_bwd": "atomic", "lm_dq": False, "fwd_split": False}  # the session-5 landmark path
+CORE = ("flex_window", "window", "dsalt", "dsalt_s5", "window_4loop", "dsalt_4loop", "dsalt_u")
 
-S5 = {"lm_bwd": "atomic", "lm_dq": False, "fwd_split": 0}
-CORE = ("flex_window", "window", "dsalt", "dsalt_split3", "dsalt_phased", "dsalt_combo", "window_combo", "dsalt_s5",
-        "t", "tdq", "combo")  # the session-5 defaults (landmark options)
+
+def host_ms(step, n=10):
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        step()
+    dt = (time.perf_counter() - t0) * 1e3 / n
+    torch.cuda.synchronize()
+    return dt
+
+
+def timeline(step, label):
+    """Kernels of one synchronised step: (name, start us from the step's start, duration us)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    evs = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    cpu0 = min(e.time_range.start for e in prof.events() if e.device_type == torch.autograd.DeviceType.CPU)
+    evs.sort(key=lambda e: e.time_range.start)
+    rows = [(e.name[:60], e.time_range.start - cpu0, e.time_range.end - e.time_range.start) for e in evs]
+    busy = sum(r[2] for r in rows)
+    span = rows[-1][1] + rows[-1][2] if rows else 0
+    print(f"timeline {label}: first kernel at {rows[0][1]:.0f} us, last end {span:.0f} us, busy {busy:.0f} us",
+          flush=True)
+    prev = 0.0
+    for name, st, du in rows:
+        print(f"   {st:8.0f} (+gap {st - prev:6.0f}) {du:7.0f}  {name}", flush=True)
+        prev = st + du
+    return {"first": rows[0][1], "span": span, "busy": busy, "kernels": rows}
+
+
+U = {"loop1_fwd": True, "fwd_split": False}  # the fused one-loop forward with its landmark iterations
+TIMELINES = ("flex_window", "window", "dsalt", "dsalt_4loop", "dsalt_u")
+
+
+def s7_variants(mk, n_lm):
+    """Session 7's candidates (after call 2; the one-loop dQ kernel of calls 1-2 was removed):
+    {name: step}: the four-loop window forward under the split ("4loop", the session-6 default),
+    the fused one-loop forward at every T ("u")."""
+    return {
+        "window_4loop": mk(0, {"loop1_fwd": False}),
+        "dsalt_4loop": mk(n_lm, {"loop1_fwd": False}),
+        "dsalt_u": mk(n_lm, U),
+    }
 
 
 def main():
@@ -49,7 +87,7 @@ def main():
     ap.add_argument("--lengths", default="32768,16384,4096")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default=os.environ.get("ATTNLAB_BENCH_DIR", "."))
-    ap.add_argument("--set", default="call1", choices=["call1", "final", "lead"])
+    ap.add_argument("--set", default="lead", choices=["lead", "s7"])
     ap.add_argument("--timeline", action="store_true")
     ap.add_argument("--full-from", type=int, default=8192, help="every variant only where T >= this")
     ap.add_argument("--quick", action="store_true", help="tiny CPU smoke run (interpreter), no timing")
@@ -95,58 +133,15 @@ def main():
             for x in (q, k, v):
                 x.grad = None
 
-        tr = {"lm_bwd": "trans", "lm_dq": False, "fwd_split": 0}
-        trdq = {"lm_bwd": "trans", "lm_dq": True, "fwd_split": 0}
-        combo = {"lm_bwd": "trans", "lm_dq": True, "fwd_split": 2}
-        LT = K.LM_BWD_T_CONFIGS
-        if args.set == "call1":
-            variants = {
-                "flex_window": flex_step,
-                "window": mk(0),
-                "dsalt_s5": mk(n_lm, S5),
-                "t": mk(n_lm, tr),
-                "t_seg8": mk(n_lm, tr, {"lm_bwd_t": LT[1]}),
-                "t_seg32": mk(n_lm, tr, {"lm_bwd_t": LT[2]}),
-                "t_w4": mk(n_lm, tr, {"lm_bwd_t": LT[3]}),
-                "t_bm32": mk(n_lm, tr, {"lm_bwd_t": LT[4]}),
-                "t_lc32w4": mk(n_lm, tr, {"lm_bwd_t": LT[5]}),
-                "tdq": mk(n_lm, trdq),
-                "split1": mk(n_lm, {**S5, "fwd_split": 1}),
-                "split2": mk(n_lm, {**S5, "fwd_split": 2}),
-                "split2_lc64": mk(n_lm, {**S5, "fwd_split": 2}, {"fwd_lm": K.FWD_LM_CONFIGS[1]}),
-                "split2_lc64w8": mk(n_lm, {**S5, "fwd_split": 2}, {"fwd_lm": K.FWD_LM_CONFIGS[2]}),
-                "combo": mk(n_lm, combo),
-                "window_dkdv3": mk(0, None, {"dkdv": (64, 128, 8, 3, 1)}),
-                "combo_dkdv3": mk(n_lm, combo, {"dkdv": (64, 128, 8, 3, 1)}),
-                "window_dkdv64": mk(0, None, {"dkdv": (64, 64, 4, 3, 1)}),
-            }
-        elif args.set == "lead":  # the lead's check: this tree's defaults against flex, window-only, session 5
-            variants = {
-                "flex_window": flex_step,
-                "window": mk(0),
-                "dsalt": mk(n_lm),  # this tree's defaults
-                "tdq": mk(n_lm, trdq),  # session 6 round 1's default
-                "dsalt_s5": mk(n_lm, S5),
-            }
-        else:
-            variants = {
-                "flex_window": flex_step,
-                "window": mk(0),
-                "dsalt": mk(n_lm),  # this tree's defaults
-                "dsalt_split3": mk(n_lm, {"fwd_split": 3}),
-                "dsalt_noskip": mk(n_lm, {"lm_skip": False}),
-                "dsalt_dqearly": mk(n_lm, {"lm_dq_early": True}),
-                "dsalt_split3_flm32": mk(n_lm, {"fwd_split": 3}, {"fwd_lm": K.FWD_LM_CONFIGS[3]}),
-                "dsalt_split3_flm32r128": mk(n_lm, {"fwd_split": 3}, {"fwd_lm": K.FWD_LM_CONFIGS[4]}),
-                "window_phased": mk(0, {"dkdv_phased": True}),
-                "dsalt_phased": mk(n_lm, {"dkdv_phased": True}),
-                "window_dq128": mk(0, None, {"dq": (128, 64, 8, 3)}),
-                "dsalt_dq128": mk(n_lm, None, {"dq": (128, 64, 8, 3)}),
-                "window_combo": mk(0, {"dkdv_phased": True}, {"dq": (128, 64, 8, 3)}),
-                "dsalt_combo": mk(n_lm, {"dkdv_phased": True, "fwd_split": 3}, {"dq": (128, 64, 8, 3)}),
-                "dsalt_lmt_st3": mk(n_lm, None, {"lm_bwd_t": (64, 64, 16, 8, 3)}),
-                "dsalt_s5": mk(n_lm, S5),
-            }
+        variants = {
+            "flex_window": flex_step,
+            "window": mk(0),
+            "dsalt": mk(n_lm),  # this tree's defaults
+        }
+        if args.set == "lead":
+            variants["dsalt_s5"] = mk(n_lm, S5)
+        if args.set == "s7":
+            variants.update(s7_variants(mk, n_lm))
         if t < args.full_from:  # short sequences (host bound): the core variants only
             variants = {a: b for a, b in variants.items() if a in CORE}
         times = {name: [] for name in variants}
@@ -168,7 +163,7 @@ def main():
                     continue
                 print(f"T={t} warm {name}: {time.time() - t0:.1f} s", flush=True)
             peaks = {}
-            for name in ("flex_window", "window", "dsalt", "dsalt_split3", "dsalt_s5", "combo", "tdq"):
+            for name in ("flex_window", "window", "dsalt", "dsalt_s5"):
                 if name in variants:
                     torch.cuda.synchronize()
                     torch.cuda.reset_peak_memory_stats()
@@ -194,7 +189,7 @@ def main():
                   f"  rounds {[round(x, 3) for x in times[name]]}", flush=True)
         print(f"  options: {K.OPTS}; autotuned: {K.tuned_configs()}", flush=True)
         if t == max(int(x) for x in args.lengths.split(",")) and args.timeline:
-            for name in ("dsalt_s5", "combo", "dsalt", "dsalt_split3", "dsalt_combo", "window"):
+            for name in TIMELINES:
                 if name in variants:
                     row["timeline_" + name] = timeline(variants[name], f"{name} T={t}")
         res[t] = row
@@ -205,13 +200,14 @@ def main():
 
 
 def quick():
-    """CPU smoke run: the session-6 paths once each at a tiny size (interpreter)."""
+    """CPU smoke run: both landmark paths and the split forward once each at a tiny size (interpreter)."""
     os.environ.setdefault("TRITON_INTERPRET", "1")
     torch.manual_seed(0)
     q, k, v = (torch.randn(1, 2, 40, 16, requires_grad=True) for _ in range(3))
     win = torch.full((1, 2, 40), 8.0, requires_grad=True)
     e = torch.randn(1, 2, 40, requires_grad=True)
-    for opts in (S5, {"lm_bwd": "trans", "lm_dq": True, "fwd_split": 1}):
+    for opts in (S5, {"lm_bwd": "trans", "lm_dq": True, "fwd_split": True, "split_min_t": 1},
+                 {"fwd_split": False, "loop1_fwd": True}):
         K.OPTS.update(opts)
         out = dsalt_attention(q, k, v, win, e, n_max=8, n_landmarks=4, edge=2.0, block=16, impl="triton")
         out.sum().backward()

@@ -1,5 +1,5 @@
 """DSALT attention kernels: forward, dQ (+ delta), dK/dV (window part), the landmark backward and
-their tile helpers. Design and launch order: ``kernel.py``'s docstring, which launches them."""
+their tile helpers (the per-query-tile kernels share _q_tile, _phase_range and _lm_rows). Design and launch order: ``kernel.py``'s docstring, which launches them."""
 
 from __future__ import annotations
 
@@ -58,16 +58,9 @@ if HAVE_TRITON:
         return lo, full_lo, causal_hi, hi
 
     @triton.jit
-    def _fwd_kernel(Q, K, V, W, GT, LPOS, O, LSE, WMIN,
-                    sq_b, sq_h, sq_t, sk_b, sk_h, sk_t, so_b, so_h, so_t,
-                    H, G, T, NB, n_max, edge, inv_edge, qk_scale, SEL_BLOCK,
-                    D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                    KP: tl.constexpr, HAS_LM: tl.constexpr, PREC: tl.constexpr, NSET: tl.constexpr = 1,
-                    LC: tl.constexpr = 16, PRE: tl.constexpr = 0, STORE_WMIN: tl.constexpr = 0):
-        """PRE=1: the landmark pass's positions and gates are loaded ahead (the first chunk's at
-        program start, behind the window loop; the next chunk's while the current one computes);
-        PRE=2: also the next chunk's K/V rows. STORE_WMIN: the smallest window of each 16 rows is
-        stored to WMIN [B*H, cdiv(T, 16)] (the phased dK/dV kernel's full-weight bound)."""
+    def _q_tile(Q, W, sq_b, sq_h, sq_t, H, G, T, D: tl.constexpr, BLOCK_M: tl.constexpr):
+        """Prologue of the per-query-tile kernels (grid: query tiles x batch*heads): the program's
+        indices, its rows' offsets and mask, the Q tile and the rows' window sizes."""
         pid_m = tl.program_id(0)
         pid_bh = tl.program_id(1)
         b = pid_bh // H
@@ -77,40 +70,148 @@ if HAVE_TRITON:
         m0 = pid_m * BLOCK_M
         offs_m = m0 + tl.arange(0, BLOCK_M)
         offs_d = tl.arange(0, D)
-        offs_n0 = tl.arange(0, BLOCK_N)
         mrow = offs_m < T
-        q = tl.load(Q + b * sq_b + h * sq_h + offs_m[:, None] * sq_t + offs_d[None, :], mask=mrow[:, None], other=0.0)
+        qoff = b * sq_b + h * sq_h + offs_m[:, None] * sq_t + offs_d[None, :]
+        q = tl.load(Q + qoff, mask=mrow[:, None], other=0.0)
         w = tl.load(W + pid_bh * T + offs_m, mask=mrow, other=1.0)
-        if STORE_WMIN:
-            wg = tl.min(tl.reshape(tl.where(mrow, w, 1e30), [BLOCK_M // 16, 16]), 1)
-            offs_g = m0 // 16 + tl.arange(0, BLOCK_M // 16)
-            tl.store(WMIN + pid_bh * tl.cdiv(T, 16) + offs_g, wg, mask=offs_g * 16 < T)
+        return pid_bh, b, h, hk, bhk, m0, offs_m, offs_d, mrow, qoff, q, w
+
+    @triton.jit
+    def _lm_rows(LPOS, GT, kbase, vbase, lidx, lmask, bhk, T, sk_t, offs_d):
+        """A chunk of landmark slots (flat indices lidx into LPOS, masked by lmask): positions (-1
+        empty), gates logsigmoid(e) and the K/V rows loaded by position (no gathered copy)."""
+        lpos = tl.load(LPOS + lidx, mask=lmask, other=-1)
+        lp0 = tl.maximum(lpos, 0)
+        gate = _logsigmoid(tl.load(GT + bhk * T + lp0).to(tl.float32))
+        lk = tl.load(kbase + lp0[:, None] * sk_t + offs_d[None, :])
+        lv = tl.load(vbase + lp0[:, None] * sk_t + offs_d[None, :])
+        return lpos, gate, lk, lv
+
+    @triton.jit
+    def _phase_range(phase: tl.constexpr, lo, full_lo, m0, causal_hi, hi):
+        """Key block range of phase 0 (edge, masked), 1 (full), 2 (diagonal, causal test) or 3
+        (diagonal, masked): see _tile_ranges."""
+        if phase == 0:
+            s_lo = lo
+            s_hi = full_lo
+        elif phase == 1:
+            s_lo = full_lo
+            s_hi = m0
+        elif phase == 2:
+            s_lo = m0
+            s_hi = causal_hi
+        else:
+            s_lo = causal_hi
+            s_hi = hi
+        return s_lo, s_hi
+
+    @triton.jit
+    def _lm_chunk(LPOS, GT, bhk, NB, T, m0, SEL_BLOCK, c, KP: tl.constexpr, NSET: tl.constexpr, BLOCK_N: tl.constexpr):
+        """Landmark chunk c (BLOCK_N slots of the tile's NSET sets side by side) of the one-loop
+        kernels: positions (-1 empty / padding), gates logsigmoid(e), each slot's selection block."""
+        offs_c = c * BLOCK_N + tl.arange(0, BLOCK_N)
+        nbc = m0 // SEL_BLOCK + offs_c // KP
+        lpos = tl.load(LPOS + (bhk * NB + nbc) * KP + offs_c % KP, mask=(offs_c < NSET * KP) & (nbc < NB), other=-1)
+        gate = _logsigmoid(tl.load(GT + bhk * T + tl.maximum(lpos, 0)).to(tl.float32))
+        return lpos, gate, nbc
+
+    @triton.jit
+    def _sm_step(s, m_i):
+        """Online-softmax step on log2-domain scores: (new running max, its finite stand-in, p)."""
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        return m_new, m_safe, tl.exp2(s - m_safe[:, None])
+
+    @triton.jit
+    def _fwd_win_step(s, m_i, offs_m, offs_n, w, T, n_max, inv_edge, masked, diag):
+        """One window key block of the one-loop forward (LOOP1): the soft-window mask and weight
+        where ``masked`` (edge blocks, diagonal blocks not all at full weight), the causal test where
+        ``diag``, else nothing (runtime branches, uniform per block). Returns (m_new, m_safe, p)."""
+        if masked:
+            r, ok = _win_r(offs_m, offs_n, w, T, n_max, inv_edge)
+            m_new, m_safe, p = _sm_step(tl.where(ok, s, float("-inf")), m_i)
+            p = p * r
+        elif diag:
+            m_new, m_safe, p = _sm_step(tl.where(offs_m[:, None] >= offs_n[None, :], s, float("-inf")), m_i)
+        else:
+            m_new, m_safe, p = _sm_step(s, m_i)
+        return m_new, m_safe, p
+
+    @triton.jit
+    def _fwd_kernel(Q, K, V, W, GT, LPOS, O, LSE,
+                    sq_b, sq_h, sq_t, sk_b, sk_h, sk_t, so_b, so_h, so_t,
+                    H, G, T, NB, n_max, edge, inv_edge, qk_scale, SEL_BLOCK,
+                    D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                    KP: tl.constexpr, HAS_LM: tl.constexpr, PREC: tl.constexpr, NSET: tl.constexpr = 1,
+                    LC: tl.constexpr = 16, LOOP1: tl.constexpr = 0):
+        """Forward of one query tile: the window's key blocks in four phases, then (HAS_LM) the
+        tile's landmark slots in chunks of LC, one online softmax (exp2 domain). LOOP1 (session 7):
+        one loop over the window's key blocks and then the landmark slots in chunks of BLOCK_N
+        (rows gathered by position), the mask chosen per block by a uniform branch: one software
+        pipeline (the landmark rows' loads issued while the last window blocks compute) instead of
+        four window loops and the landmark loop, each with its own pipeline fill."""
+        pid_bh, b, h, hk, bhk, m0, offs_m, offs_d, mrow, qoff, q, w = _q_tile(Q, W, sq_b, sq_h, sq_t, H, G, T,
+                                                                              D, BLOCK_M)
+        offs_n0 = tl.arange(0, BLOCK_N)
         kbase = K + b * sk_b + hk * sk_h
         vbase = V + b * sk_b + hk * sk_h
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, D], tl.float32)
-        if HAS_LM and PRE > 0:
-            # the first chunk's landmark positions and gates, loaded now: their latency hides
-            # behind the window loop
-            offs_c = tl.arange(0, LC)
-            nbc = m0 // SEL_BLOCK + offs_c // KP
-            lpos_n = tl.load(LPOS + (bhk * NB + nbc) * KP + offs_c % KP, mask=nbc < NB, other=-1)
-            et_n = tl.load(GT + bhk * T + tl.maximum(lpos_n, 0))
         lo, full_lo, causal_hi, hi = _tile_ranges(m0, w, T, n_max, edge, BLOCK_M, BLOCK_N)
-        for phase in tl.static_range(4):
-            if phase == 0:
-                s_lo = lo
-                s_hi = full_lo
-            elif phase == 1:
-                s_lo = full_lo
-                s_hi = m0
-            elif phase == 2:
-                s_lo = m0
-                s_hi = causal_hi
-            else:
-                s_lo = causal_hi
-                s_hi = hi
+        if LOOP1:
+            n_win = tl.cdiv(hi - lo, BLOCK_N)
+            n_lm = 0
+            NCH: tl.constexpr = (NSET * KP + BLOCK_N - 1) // BLOCK_N  # landmark iterations
+            if HAS_LM:
+                n_lm = NCH
+                if NCH <= 2:
+                    # the chunks' positions and gates loaded before the loop: the landmark rows'
+                    # addresses then depend on no load inside the loop, so the software pipeline
+                    # prefetches them like the window's blocks
+                    lpos0, gate0, nbc0 = _lm_chunk(LPOS, GT, bhk, NB, T, m0, SEL_BLOCK, 0, KP, NSET, BLOCK_N)
+                    lpos1, gate1, nbc1 = _lm_chunk(LPOS, GT, bhk, NB, T, m0, SEL_BLOCK, NCH - 1, KP, NSET, BLOCK_N)
+            for it in range(0, n_win + n_lm):
+                start_n = lo + it * BLOCK_N
+                offs_n = start_n + offs_n0
+                if HAS_LM:
+                    is_lm = it >= n_win
+                    offs_c = (it - n_win) * BLOCK_N + offs_n0
+                    lcol = offs_c >= 0  # a landmark iteration (it >= n_win), as a vector
+                    if NCH <= 2:
+                        last = offs_c >= (NCH - 1) * BLOCK_N
+                        lpos = tl.where(last, lpos1, lpos0)
+                        gate = tl.where(last, gate1, gate0)
+                        nbc = tl.where(last, nbc1, nbc0)
+                    else:  # more chunks (interpreter tests with 16-wide blocks): loaded here
+                        lpos, gate, nbc = _lm_chunk(LPOS, GT, bhk, NB, T, m0, SEL_BLOCK, tl.maximum(it - n_win, 0), KP,
+                                                    NSET, BLOCK_N)
+                    rows = tl.where(lcol, tl.maximum(lpos, 0), offs_n)
+                    rmask = lcol | (offs_n < T)
+                else:
+                    rows = offs_n
+                    rmask = offs_n < T
+                kt = tl.load(kbase + rows[:, None] * sk_t + offs_d[None, :], mask=rmask[:, None], other=0.0)
+                s = tl.dot(q, tl.trans(kt), input_precision=PREC) * qk_scale
+                masked = (start_n < full_lo) | (start_n >= causal_hi)
+                diag = start_n >= m0
+                if HAS_LM:
+                    if is_lm:
+                        s = s + _lm_bias(offs_m, lpos, gate, w, T, n_max, inv_edge)
+                        if NSET > 1:
+                            s = tl.where((offs_m // SEL_BLOCK)[:, None] == nbc[None, :], s, float("-inf"))
+                        m_new, m_safe, p = _sm_step(s, m_i)
+                    else:
+                        m_new, m_safe, p = _fwd_win_step(s, m_i, offs_m, offs_n, w, T, n_max, inv_edge, masked, diag)
+                else:
+                    m_new, m_safe, p = _fwd_win_step(s, m_i, offs_m, offs_n, w, T, n_max, inv_edge, masked, diag)
+                alpha = tl.exp2(m_i - m_safe)
+                l_i = l_i * alpha + tl.sum(p, 1)
+                vt = tl.load(vbase + rows[:, None] * sk_t + offs_d[None, :], mask=rmask[:, None], other=0.0)
+                acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt, input_precision=PREC)
+                m_i = m_new
+        for phase in tl.static_range(4 * (1 - LOOP1)):
+            s_lo, s_hi = _phase_range(phase, lo, full_lo, m0, causal_hi, hi)
             for start_n in range(s_lo, s_hi, BLOCK_N):
                 offs_n = start_n + offs_n0
                 nmask = offs_n < T
@@ -131,41 +232,14 @@ if HAVE_TRITON:
                 vt = tl.load(vbase + offs_n[:, None] * sk_t + offs_d[None, :], mask=nmask[:, None], other=0.0)
                 acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt, input_precision=PREC)
                 m_i = m_new
-        if HAS_LM:
+        if HAS_LM and not LOOP1:
             # the landmark columns in chunks of LC (register pressure); NSET > 1: the tile spans
             # NSET selection blocks, their sets side by side, each row masked to its own block's set
-            if PRE == 2:
-                lk_n = tl.load(kbase + tl.maximum(lpos_n, 0)[:, None] * sk_t + offs_d[None, :])
-                lv_n = tl.load(vbase + tl.maximum(lpos_n, 0)[:, None] * sk_t + offs_d[None, :])
             for c0 in range(0, NSET * KP, LC):
                 offs_c = c0 + tl.arange(0, LC)
                 nbc = m0 // SEL_BLOCK + offs_c // KP
-                if PRE > 0:
-                    lpos = lpos_n
-                    lp0 = tl.maximum(lpos, 0)
-                    gate = _logsigmoid(et_n.to(tl.float32))
-                    if PRE == 2:
-                        lk = lk_n
-                        lv = lv_n
-                    else:
-                        lk = tl.load(kbase + lp0[:, None] * sk_t + offs_d[None, :])
-                        lv = tl.load(vbase + lp0[:, None] * sk_t + offs_d[None, :])
-                    # the next chunk's positions and gates (and rows), loaded while this one computes
-                    offs_c2 = offs_c + LC
-                    nbc2 = m0 // SEL_BLOCK + offs_c2 // KP
-                    lpos_n = tl.load(LPOS + (bhk * NB + nbc2) * KP + offs_c2 % KP,
-                                     mask=(nbc2 < NB) & (offs_c2 < NSET * KP), other=-1)
-                    et_n = tl.load(GT + bhk * T + tl.maximum(lpos_n, 0))
-                    if PRE == 2:
-                        lk_n = tl.load(kbase + tl.maximum(lpos_n, 0)[:, None] * sk_t + offs_d[None, :])
-                        lv_n = tl.load(vbase + tl.maximum(lpos_n, 0)[:, None] * sk_t + offs_d[None, :])
-                else:
-                    lpos = tl.load(LPOS + (bhk * NB + nbc) * KP + offs_c % KP, mask=nbc < NB, other=-1)
-                    lp0 = tl.maximum(lpos, 0)
-                    gate = _logsigmoid(tl.load(GT + bhk * T + lp0).to(tl.float32))
-                    # landmark K/V rows loaded by position (no gathered copy)
-                    lk = tl.load(kbase + lp0[:, None] * sk_t + offs_d[None, :])
-                    lv = tl.load(vbase + lp0[:, None] * sk_t + offs_d[None, :])
+                lpos, gate, lk, lv = _lm_rows(LPOS, GT, kbase, vbase, (bhk * NB + nbc) * KP + offs_c % KP, nbc < NB,
+                                              bhk, T, sk_t, offs_d)
                 s = tl.dot(q, tl.trans(lk), input_precision=PREC) * qk_scale
                 s = s + _lm_bias(offs_m, lpos, gate, w, T, n_max, inv_edge)
                 if NSET > 1:
@@ -184,32 +258,20 @@ if HAVE_TRITON:
         tl.store(LSE + pid_bh * T + offs_m, m_i + tl.log2(l_safe), mask=mrow)
 
     @triton.jit
-    def _dq_kernel(Q, K, V, W, GT, LPOS, DO, LSE, DELTA, DQ, DW, DLK, DLV, DGATE, O,
+    def _dq_kernel(Q, K, V, W, GT, LPOS, DO, LSE, DELTA, DQ, DW, O,
                    sq_b, sq_h, sq_t, sk_b, sk_h, sk_t,
-                   H, G, T, NB, NT, n_max, edge, inv_edge, qk_scale, sm_scale, SEL_BLOCK,
+                   H, G, T, NB, n_max, edge, inv_edge, qk_scale, sm_scale, SEL_BLOCK,
                    D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    KP: tl.constexpr, HAS_LM: tl.constexpr, PREC: tl.constexpr, LC: tl.constexpr = 16,
-                   PARTIALS: tl.constexpr = 1, FUSE_DELTA: tl.constexpr = 0, PRE: tl.constexpr = 0):
-        """PARTIALS=0: the landmark pass adds only its dQ part (the landmark dK/dV/gate gradients
-        come from _lm_bwd_kernel); 1: it also stores per-tile partials for _lm_reduce_kernel.
+                   FUSE_DELTA: tl.constexpr = 0):
+        """dQ and the window-size gradient dW of one query tile (window; HAS_LM: and its landmark
+        slots, the dQ part only: the landmark dK/dV/gate gradients come from _lm_bwd_kernel).
         FUSE_DELTA=1: the tile's delta = rowsum(O * dO) is computed here (32-column chunks) and
-        stored for the kernels that run after this one (no separate delta pass). PRE: as in
-        _fwd_kernel (landmark positions and gates loaded ahead; 2: also the next chunk's rows)."""
-        pid_m = tl.program_id(0)
-        pid_bh = tl.program_id(1)
-        b = pid_bh // H
-        h = pid_bh % H
-        hk = h // G
-        bhk = b * (H // G) + hk
-        m0 = pid_m * BLOCK_M
-        offs_m = m0 + tl.arange(0, BLOCK_M)
-        offs_d = tl.arange(0, D)
+        stored for the kernels that run after this one (no separate delta pass)."""
+        pid_bh, b, h, hk, bhk, m0, offs_m, offs_d, mrow, qoff, q, w = _q_tile(Q, W, sq_b, sq_h, sq_t, H, G, T,
+                                                                              D, BLOCK_M)
         offs_n0 = tl.arange(0, BLOCK_N)
-        mrow = offs_m < T
-        qoff = b * sq_b + h * sq_h + offs_m[:, None] * sq_t + offs_d[None, :]
-        q = tl.load(Q + qoff, mask=mrow[:, None], other=0.0)
         do = tl.load(DO + qoff, mask=mrow[:, None], other=0.0)
-        w = tl.load(W + pid_bh * T + offs_m, mask=mrow, other=1.0)
         lse = tl.load(LSE + pid_bh * T + offs_m, mask=mrow, other=0.0)
         if FUSE_DELTA:
             delta = tl.zeros([BLOCK_M], tl.float32)
@@ -225,25 +287,11 @@ if HAVE_TRITON:
             delta = tl.load(DELTA + pid_bh * T + offs_m, mask=mrow, other=0.0)
         kbase = K + b * sk_b + hk * sk_h
         vbase = V + b * sk_b + hk * sk_h
-        if HAS_LM and PRE > 0:
-            lpos_n = tl.load(LPOS + (bhk * NB + m0 // SEL_BLOCK) * KP + tl.arange(0, LC))
-            et_n = tl.load(GT + bhk * T + tl.maximum(lpos_n, 0))
         dq = tl.zeros([BLOCK_M, D], tl.float32)
         dw = tl.zeros([BLOCK_M], tl.float32)
         lo, full_lo, causal_hi, hi = _tile_ranges(m0, w, T, n_max, edge, BLOCK_M, BLOCK_N)
         for phase in tl.static_range(4):
-            if phase == 0:
-                s_lo = lo
-                s_hi = full_lo
-            elif phase == 1:
-                s_lo = full_lo
-                s_hi = m0
-            elif phase == 2:
-                s_lo = m0
-                s_hi = causal_hi
-            else:
-                s_lo = causal_hi
-                s_hi = hi
+            s_lo, s_hi = _phase_range(phase, lo, full_lo, m0, causal_hi, hi)
             for start_n in range(s_lo, s_hi, BLOCK_N):
                 offs_n = start_n + offs_n0
                 nmask = offs_n < T
@@ -267,47 +315,16 @@ if HAVE_TRITON:
                 dq += tl.dot(ds.to(kt.dtype), kt, input_precision=PREC)
         if HAS_LM:
             nb = m0 // SEL_BLOCK
-            toff = (pid_bh * NT + pid_m) * KP
-            if PRE == 2:
-                lk_n = tl.load(kbase + tl.maximum(lpos_n, 0)[:, None] * sk_t + offs_d[None, :])
-                lv_n = tl.load(vbase + tl.maximum(lpos_n, 0)[:, None] * sk_t + offs_d[None, :])
             for c0 in range(0, KP, LC):  # chunks of LC landmarks (register pressure)
                 offs_k = c0 + tl.arange(0, LC)
-                if PRE > 0:
-                    lpos = lpos_n
-                    lp0 = tl.maximum(lpos, 0)
-                    gate = _logsigmoid(et_n.to(tl.float32))
-                    if PRE == 2:
-                        lk = lk_n
-                        lv = lv_n
-                    else:
-                        lk = tl.load(kbase + lp0[:, None] * sk_t + offs_d[None, :])
-                        lv = tl.load(vbase + lp0[:, None] * sk_t + offs_d[None, :])
-                    offs_k2 = offs_k + LC
-                    lpos_n = tl.load(LPOS + (bhk * NB + nb) * KP + offs_k2, mask=offs_k2 < KP, other=-1)
-                    et_n = tl.load(GT + bhk * T + tl.maximum(lpos_n, 0))
-                    if PRE == 2:
-                        lk_n = tl.load(kbase + tl.maximum(lpos_n, 0)[:, None] * sk_t + offs_d[None, :])
-                        lv_n = tl.load(vbase + tl.maximum(lpos_n, 0)[:, None] * sk_t + offs_d[None, :])
-                else:
-                    lpos = tl.load(LPOS + (bhk * NB + nb) * KP + offs_k)
-                    lp0 = tl.maximum(lpos, 0)
-                    gate = _logsigmoid(tl.load(GT + bhk * T + lp0).to(tl.float32))
-                    lk = tl.load(kbase + lp0[:, None] * sk_t + offs_d[None, :])
-                    lv = tl.load(vbase + lp0[:, None] * sk_t + offs_d[None, :])
+                lpos, gate, lk, lv = _lm_rows(LPOS, GT, kbase, vbase, (bhk * NB + nb) * KP + offs_k, offs_k < KP,
+                                              bhk, T, sk_t, offs_d)
                 s = tl.dot(q, tl.trans(lk), input_precision=PREC) * qk_scale
                 s = s + _lm_bias(offs_m, lpos, gate, w, T, n_max, inv_edge)
                 p = tl.exp2(s - lse[:, None])
                 dp = tl.dot(do, tl.trans(lv), input_precision=PREC)
                 ds = p * (dp - delta[:, None])
                 dq += tl.dot(ds.to(lk.dtype), lk, input_precision=PREC)
-                if PARTIALS:
-                    # per-tile partial landmark gradients [LC, D], [LC]
-                    dlk = tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC) * sm_scale
-                    dlv = tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
-                    tl.store(DLK + (toff + offs_k[:, None]) * D + offs_d[None, :], dlk.to(DLK.dtype.element_ty))
-                    tl.store(DLV + (toff + offs_k[:, None]) * D + offs_d[None, :], dlv.to(DLV.dtype.element_ty))
-                    tl.store(DGATE + toff + offs_k, tl.sum(ds, 0))
         tl.store(DQ + qoff, (dq * sm_scale).to(DQ.dtype.element_ty), mask=mrow[:, None])
         tl.store(DW + pid_bh * T + offs_m, dw * inv_edge, mask=mrow)
 
@@ -316,14 +333,15 @@ if HAVE_TRITON:
                        sq_b, sq_h, sq_t, sk_b, sk_h, sk_t,
                        H, G, T, NB, NT, n_max, edge, inv_edge, qk_scale, sm_scale, SEL_BLOCK,
                        D: tl.constexpr, BLOCK_M: tl.constexpr, KP: tl.constexpr, LC: tl.constexpr,
-                       SEG: tl.constexpr, PREC: tl.constexpr, PRE: tl.constexpr = 0):
-        """Landmark dK, dV and energy gradients. Program (segment, slot chunk, batch*kv head) walks
-        SEG query tiles (BLOCK_M rows, within one selection block each) in order, for LC slots of
-        the tiles' landmark sets: recomputes P and dS against the slots' landmarks (every head of
-        the kv group) and sums dS^T Q, P^T dO and the gate gradient per slot in registers. A slot's
-        sums are added (atomically) into its token's dK / dV rows (after the window kernel stored
-        them) and into the energy gradient when the slot's token changes at the next block, and at
-        the segment's end, so a landmark run spanning segments gets one add per segment."""
+                       SEG: tl.constexpr, PREC: tl.constexpr):
+        """Landmark dK, dV and energy gradients (the fallback of _lm_bwd_t_kernel). Program (segment,
+        slot chunk, batch*kv head) walks SEG query tiles (BLOCK_M rows, within one selection block
+        each) in order, for LC slots of the tiles' landmark sets: recomputes P and dS against the
+        slots' landmarks (every head of the kv group) and sums dS^T Q, P^T dO and the gate gradient
+        per slot in registers. A slot's sums are added (atomically) into its token's dK / dV rows
+        (after the window kernel stored them) and into the energy gradient when the slot's token
+        changes at the next block, and at the segment's end, so a landmark run spanning segments
+        gets one add per segment."""
         pid_s = tl.program_id(0)
         pid_c = tl.program_id(1)
         bhk = tl.program_id(2)
@@ -340,39 +358,17 @@ if HAVE_TRITON:
         acc_g = tl.zeros([LC], tl.float32)
         i0 = pid_s * SEG
         i1 = tl.minimum(i0 + SEG, NT)
-        if PRE:
-            lpos_n = tl.load(LPOS + (bhk * NB + (i0 * BLOCK_M) // SEL_BLOCK) * KP + offs_k)
-            et_n = tl.load(E + bhk * T + tl.maximum(lpos_n, 0))
-        if PRE == 2:
-            lk = tl.zeros([LC, D], K.dtype.element_ty)
-            lv = tl.zeros([LC, D], V.dtype.element_ty)
         for i in range(i0, i1):
             m0 = i * BLOCK_M
             nb = m0 // SEL_BLOCK
             offs_m = m0 + offs_r
             mrow = offs_m < T
-            if PRE:
-                lpos = lpos_n
-                lp0 = tl.maximum(lpos, 0)
-                et = et_n.to(tl.float32)
-                # the next tile's set (its block: this one or the next), loaded ahead
-                nb2 = tl.minimum(((i + 1) * BLOCK_M) // SEL_BLOCK, NB - 1)
-                lpos_n = tl.load(LPOS + (bhk * NB + nb2) * KP + offs_k)
-                et_n = tl.load(E + bhk * T + tl.maximum(lpos_n, 0))
-            else:
-                lpos = tl.load(LPOS + (bhk * NB + nb) * KP + offs_k)
-                lp0 = tl.maximum(lpos, 0)
-                et = tl.load(E + bhk * T + lp0).to(tl.float32)
+            lpos = tl.load(LPOS + (bhk * NB + nb) * KP + offs_k)
+            lp0 = tl.maximum(lpos, 0)
+            et = tl.load(E + bhk * T + lp0).to(tl.float32)
             gate = _logsigmoid(et)
-            if PRE == 2:
-                # the landmark rows only at a block's first tile (or the segment's): a block's tiles
-                # share its set
-                if (i == i0) | (m0 % SEL_BLOCK == 0):
-                    lk = tl.load(kbase + lp0[:, None] * sk_t + offs_d[None, :])
-                    lv = tl.load(vbase + lp0[:, None] * sk_t + offs_d[None, :])
-            else:
-                lk = tl.load(kbase + lp0[:, None] * sk_t + offs_d[None, :])
-                lv = tl.load(vbase + lp0[:, None] * sk_t + offs_d[None, :])
+            lk = tl.load(kbase + lp0[:, None] * sk_t + offs_d[None, :])
+            lv = tl.load(vbase + lp0[:, None] * sk_t + offs_d[None, :])
             for g in range(0, G):
                 h = hk * G + g
                 bh = b * H + h
@@ -392,10 +388,7 @@ if HAVE_TRITON:
                 acc_g += tl.sum(ds, 0)
             # flush the slots whose token changes after this tile (or at the segment's end)
             last = (i + 1 == i1) | ((i + 1) * BLOCK_M >= (nb + 1) * SEL_BLOCK)
-            if PRE:
-                nxt = lpos_n  # at a block's last tile (and not the segment's): the next block's set
-            else:
-                nxt = tl.load(LPOS + (bhk * NB + tl.minimum(nb + 1, NB - 1)) * KP + offs_k)
+            nxt = tl.load(LPOS + (bhk * NB + tl.minimum(nb + 1, NB - 1)) * KP + offs_k)
             nxt = tl.where((nb + 1 < NB) & (i + 1 < i1), nxt, -2)
             nxt = tl.where(last, nxt, lpos)  # not the block's last tile: no flush
             fl = (nxt != lpos) & (lpos >= 0)
@@ -419,56 +412,11 @@ if HAVE_TRITON:
         return tl.where(ok, r, 0.0), ok
 
     @triton.jit
-    def _dkdv_tile(Q, W, DO, LSE, DELTA, kt, vt, dk, dv, offs_n, start_m, b, h, H, T, n_max, inv_edge, qk_scale,
-                   sq_b, sq_h, sq_t, D: tl.constexpr, BLOCK_M: tl.constexpr, PREC: tl.constexpr,
-                   TRANS: tl.constexpr, MODE: tl.constexpr):
-        """One query tile's window dK/dV terms. MODE 0: no mask (every pair causal, at full weight,
-        rows < T); 1: the causal test only; 2: the soft-window weight and every bound."""
-        offs_m = start_m + tl.arange(0, BLOCK_M)
-        offs_d = tl.arange(0, D)
-        mrow = offs_m < T
-        bh = b * H + h
-        qoff = b * sq_b + h * sq_h + offs_m[:, None] * sq_t + offs_d[None, :]
-        q = tl.load(Q + qoff, mask=mrow[:, None], other=0.0)
-        do = tl.load(DO + qoff, mask=mrow[:, None], other=0.0)
-        lse = tl.load(LSE + bh * T + offs_m, mask=mrow, other=0.0)
-        delta = tl.load(DELTA + bh * T + offs_m, mask=mrow, other=0.0)
-        if TRANS:
-            sT = tl.dot(kt, tl.trans(q), input_precision=PREC) * qk_scale  # [BN, BM]
-            if MODE == 2:
-                w = tl.load(W + bh * T + offs_m, mask=mrow, other=1.0)
-                rT, okT = _win_rT(offs_n, offs_m, w, T, n_max, inv_edge)
-                pT = tl.exp2(tl.where(okT, sT, float("-inf")) - lse[None, :]) * rT
-            elif MODE == 1:
-                pT = tl.exp2(tl.where(offs_m[None, :] >= offs_n[:, None], sT, float("-inf")) - lse[None, :])
-            else:
-                pT = tl.exp2(sT - lse[None, :])
-            dv += tl.dot(pT.to(do.dtype), do, input_precision=PREC)
-            dpT = tl.dot(vt, tl.trans(do), input_precision=PREC)
-            dsT = pT * (dpT - delta[None, :])
-            dk += tl.dot(dsT.to(q.dtype), q, input_precision=PREC)
-        else:
-            s = tl.dot(q, tl.trans(kt), input_precision=PREC) * qk_scale  # [BM, BN]
-            if MODE == 2:
-                w = tl.load(W + bh * T + offs_m, mask=mrow, other=1.0)
-                r, ok = _win_r(offs_m, offs_n, w, T, n_max, inv_edge)
-                p = tl.exp2(tl.where(ok, s, float("-inf")) - lse[:, None]) * r
-            elif MODE == 1:
-                p = tl.exp2(tl.where(offs_m[:, None] >= offs_n[None, :], s, float("-inf")) - lse[:, None])
-            else:
-                p = tl.exp2(s - lse[:, None])
-            dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
-            dp = tl.dot(do, tl.trans(vt), input_precision=PREC)
-            ds = p * (dp - delta[:, None])
-            dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC)
-        return dk, dv
-
-    @triton.jit
-    def _dkdv_kernel(Q, K, V, W, DO, LSE, DELTA, DK, DV, WMIN,
+    def _dkdv_kernel(Q, K, V, W, DO, LSE, DELTA, DK, DV,
                      sq_b, sq_h, sq_t, sk_b, sk_h, sk_t,
                      H, G, T, n_max, edge, inv_edge, qk_scale, sm_scale,
                      D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr,
-                     TRANS: tl.constexpr = 0, PHASED: tl.constexpr = 0):
+                     TRANS: tl.constexpr = 0):
         """Window dK, dV of one key tile (BLOCK_N keys), over the query tiles that can see it.
         TRANS=1: scores computed transposed ([keys, queries]: keys are the dots' M dimension), so
         P^T and dS^T feed the dV and dK products straight from the accumulator layout; TRANS=0:
@@ -490,56 +438,7 @@ if HAVE_TRITON:
         dv = tl.zeros([BLOCK_N, D], tl.float32)
         m_lo = (n0 // BLOCK_M) * BLOCK_M
         m_hi = tl.minimum(n0 + BLOCK_N - 1 + n_max, T)
-        for g in range(0, G * PHASED):
-            # PHASED: the query tiles in three ranges with no branch in a loop body (the forward's
-            # design): diagonal tiles (causal test, or the full mask), tiles where every pair is
-            # causal and at full weight for the smallest window of every row the key tile can see
-            # (WMIN, stored by the forward kernel: no mask), the rest (full mask)
-            h = hk * G + g
-            bh = b * H + h
-            ng = tl.cdiv(T, 16)
-            wv = tl.full([64], 1e30, tl.float32)
-            for c in range(m_lo // 16, tl.cdiv(m_hi, 16), 64):
-                offs_g = c + tl.arange(0, 64)
-                wv = tl.minimum(wv, tl.load(WMIN + bh * ng + offs_g, mask=offs_g < tl.cdiv(m_hi, 16), other=1e30))
-            wm = tl.min(wv, 0)
-            fr = tl.minimum(tl.floor(wm - 0.5 - edge * 0.5).to(tl.int32) - 1, n_max - 1)
-            nj = tl.cdiv(m_hi - m_lo, BLOCK_M)
-            jc = tl.minimum(tl.cdiv(tl.maximum(n0 + BLOCK_N - 1 - m_lo, 0), BLOCK_M), nj)  # first all-causal tile
-            xw = n0 + fr - BLOCK_M + 1 - m_lo  # tiles j <= xw // BLOCK_M: every pair at full weight
-            jw = tl.where(xw >= 0, xw // BLOCK_M + 1, 0)
-            xt = T - BLOCK_M - m_lo  # tiles j <= xt // BLOCK_M: every row < T
-            jt = tl.where(xt >= 0, xt // BLOCK_M + 1, 0)
-            jf = tl.maximum(jc, tl.minimum(tl.minimum(jw, jt), nj))
-            diag_ok = (jw >= jc) & (jt >= jc)  # the diagonal tiles need only the causal test
-            jd = tl.where(diag_ok, jc, 0)
-            for phase in tl.static_range(4):
-                if phase == 0:
-                    j_lo = 0
-                    j_hi = jd
-                elif phase == 1:
-                    j_lo = jd
-                    j_hi = jc
-                elif phase == 2:
-                    j_lo = jc
-                    j_hi = jf
-                else:
-                    j_lo = jf
-                    j_hi = nj
-                for j in range(j_lo, j_hi):
-                    if phase == 0:
-                        dk, dv = _dkdv_tile(Q, W, DO, LSE, DELTA, kt, vt, dk, dv, offs_n, m_lo + j * BLOCK_M, b, h,
-                                            H, T, n_max, inv_edge, qk_scale, sq_b, sq_h, sq_t, D, BLOCK_M, PREC,
-                                            TRANS, 1)
-                    elif phase == 2:
-                        dk, dv = _dkdv_tile(Q, W, DO, LSE, DELTA, kt, vt, dk, dv, offs_n, m_lo + j * BLOCK_M, b, h,
-                                            H, T, n_max, inv_edge, qk_scale, sq_b, sq_h, sq_t, D, BLOCK_M, PREC,
-                                            TRANS, 0)
-                    else:
-                        dk, dv = _dkdv_tile(Q, W, DO, LSE, DELTA, kt, vt, dk, dv, offs_n, m_lo + j * BLOCK_M, b, h,
-                                            H, T, n_max, inv_edge, qk_scale, sq_b, sq_h, sq_t, D, BLOCK_M, PREC,
-                                            TRANS, 2)
-        for g in range(0, G - G * PHASED):
+        for g in range(0, G):
             h = hk * G + g
             bh = b * H + h
             for start_m in range(m_lo, m_hi, BLOCK_M):
@@ -609,10 +508,8 @@ if HAVE_TRITON:
     @triton.jit
     def _lm_bwd_tile(Q, W, DO, LSE, DELTA, DQ, lk, lv, lpos, gate, acc_k, acc_v, acc_g,
                      b, h, H, T, n_max, inv_edge, qk_scale, sm_scale, m0, sq_b, sq_h, sq_t,
-                     D: tl.constexpr, BLOCK_M: tl.constexpr, PREC: tl.constexpr, ADD_DQ: tl.constexpr,
-                     DQ_EARLY: tl.constexpr = 0):
-        """One query tile (BLOCK_M rows of head h) against the slots' landmarks, transposed.
-        DQ_EARLY: the tile's dQ rows (ADD_DQ) are loaded with Q and dO, ahead of the dots."""
+                     D: tl.constexpr, BLOCK_M: tl.constexpr, PREC: tl.constexpr, ADD_DQ: tl.constexpr):
+        """One query tile (BLOCK_M rows of head h) against the slots' landmarks, transposed."""
         offs_m = m0 + tl.arange(0, BLOCK_M)
         offs_d = tl.arange(0, D)
         mrow = offs_m < T
@@ -623,8 +520,6 @@ if HAVE_TRITON:
         w = tl.load(W + bh * T + offs_m, mask=mrow, other=1.0)
         lse = tl.load(LSE + bh * T + offs_m, mask=mrow, other=0.0)
         delta = tl.load(DELTA + bh * T + offs_m, mask=mrow, other=0.0)
-        if ADD_DQ and DQ_EARLY:
-            dq0 = tl.load(DQ + qoff, mask=mrow[:, None], other=0.0)
         sT = tl.dot(lk, tl.trans(q), input_precision=PREC) * qk_scale  # [LC, BM]
         sT = sT + _lm_biasT(offs_m, lpos, gate, w, T, n_max, inv_edge)
         pT = tl.exp2(sT - lse[None, :])
@@ -635,8 +530,7 @@ if HAVE_TRITON:
         acc_g += tl.sum(dsT, 1)
         if ADD_DQ:
             dql = tl.dot(tl.trans(dsT.to(lk.dtype)), lk, input_precision=PREC)  # [BM, D]
-            if not DQ_EARLY:
-                dq0 = tl.load(DQ + qoff, mask=mrow[:, None], other=0.0)
+            dq0 = tl.load(DQ + qoff, mask=mrow[:, None], other=0.0)
             tl.store(DQ + qoff, (dq0.to(tl.float32) + dql * sm_scale).to(DQ.dtype.element_ty), mask=mrow[:, None])
         return acc_k, acc_v, acc_g
 
@@ -645,8 +539,7 @@ if HAVE_TRITON:
                          sq_b, sq_h, sq_t, sk_b, sk_h, sk_t,
                          H, G, T, NB, n_max, inv_edge, qk_scale, sm_scale, SEL_BLOCK,
                          D: tl.constexpr, BLOCK_M: tl.constexpr, KP: tl.constexpr, LC: tl.constexpr,
-                         SEG: tl.constexpr, PREC: tl.constexpr, ADD_DQ: tl.constexpr = 0, FLAT: tl.constexpr = 0,
-                         SKIP: tl.constexpr = 1, DQ_EARLY: tl.constexpr = 0):
+                         SEG: tl.constexpr, PREC: tl.constexpr, ADD_DQ: tl.constexpr = 0, FLAT: tl.constexpr = 0):
         """Landmark backward, transposed like _dkdv_kernel's TRANS=1: the LC slots are the dots' M
         dimension, so P^T dO and dS^T Q come straight from the accumulator layout (no transposes
         of the [queries, slots] tiles). Program (segment of SEG selection blocks, slot chunk,
@@ -685,28 +578,26 @@ if HAVE_TRITON:
             if FLAT:  # BLOCK_M == SEL_BLOCK and G == 1: one tile per block, a flat loop
                 acc_k, acc_v, acc_g = _lm_bwd_tile(Q, W, DO, LSE, DELTA, DQ, lk, lv, lpos, gate, acc_k, acc_v, acc_g,
                                                    b, hk, H, T, n_max, inv_edge, qk_scale, sm_scale,
-                                                   nb * SEL_BLOCK, sq_b, sq_h, sq_t, D, BLOCK_M, PREC, ADD_DQ,
-                                                   DQ_EARLY)
+                                                   nb * SEL_BLOCK, sq_b, sq_h, sq_t, D, BLOCK_M, PREC, ADD_DQ)
             else:
                 for m0 in range(nb * SEL_BLOCK, m_end, BLOCK_M):
                     for g in range(0, G):
                         acc_k, acc_v, acc_g = _lm_bwd_tile(Q, W, DO, LSE, DELTA, DQ, lk, lv, lpos, gate, acc_k, acc_v,
                                                            acc_g, b, hk * G + g, H, T, n_max, inv_edge, qk_scale,
-                                                           sm_scale, m0, sq_b, sq_h, sq_t, D, BLOCK_M, PREC, ADD_DQ,
-                                                           DQ_EARLY)
+                                                           sm_scale, m0, sq_b, sq_h, sq_t, D, BLOCK_M, PREC, ADD_DQ)
             nxt = tl.where(nb + 1 < b1, nxt, -2)
             fl = (nxt != lpos) & (lpos >= 0)
-            # SKIP: blocks where no slot changes (most, once the set has settled) skip the flush
-            if (SKIP == 0) | (tl.max(fl.to(tl.int32), 0) > 0):
-                rows = b * sk_b + hk * sk_h + lp0[:, None] * sk_t + offs_d[None, :]
-                fl2 = tl.broadcast_to(fl[:, None], (LC, D))
-                tl.atomic_add(DK + rows, (acc_k * sm_scale).to(DK.dtype.element_ty), mask=fl2, sem="relaxed")
-                tl.atomic_add(DV + rows, acc_v.to(DV.dtype.element_ty), mask=fl2, sem="relaxed")
-                # d logsigmoid(e) / de = sigmoid(-e)
-                tl.atomic_add(DGT + bhk * T + lp0, acc_g / (1.0 + tl.exp(et)), mask=fl, sem="relaxed")
-                acc_k = tl.where(fl[:, None], 0.0, acc_k)
-                acc_v = tl.where(fl[:, None], 0.0, acc_v)
-                acc_g = tl.where(fl, 0.0, acc_g)
+            # flushed without a test for "any slot changed?" (session 6: that per-block cross-warp
+            # test and branch made the kernel slower, 585 vs 391 us at 32K)
+            rows = b * sk_b + hk * sk_h + lp0[:, None] * sk_t + offs_d[None, :]
+            fl2 = tl.broadcast_to(fl[:, None], (LC, D))
+            tl.atomic_add(DK + rows, (acc_k * sm_scale).to(DK.dtype.element_ty), mask=fl2, sem="relaxed")
+            tl.atomic_add(DV + rows, acc_v.to(DV.dtype.element_ty), mask=fl2, sem="relaxed")
+            # d logsigmoid(e) / de = sigmoid(-e)
+            tl.atomic_add(DGT + bhk * T + lp0, acc_g / (1.0 + tl.exp(et)), mask=fl, sem="relaxed")
+            acc_k = tl.where(fl[:, None], 0.0, acc_k)
+            acc_v = tl.where(fl[:, None], 0.0, acc_v)
+            acc_g = tl.where(fl, 0.0, acc_g)
             lpos = nxt
 
     @triton.jit
@@ -720,19 +611,9 @@ if HAVE_TRITON:
         same online-softmax state, continued over the tile's landmark columns (chunks of LC) and
         stored back. The window kernel needs no landmark set, so the selection can run beside it
         (another stream). BLOCK_M divides the selection block."""
-        pid_m = tl.program_id(0)
-        pid_bh = tl.program_id(1)
-        b = pid_bh // H
-        h = pid_bh % H
-        hk = h // G
-        bhk = b * (H // G) + hk
-        m0 = pid_m * BLOCK_M
+        pid_bh, b, h, hk, bhk, m0, offs_m, offs_d, mrow, qoff, q, w = _q_tile(Q, W, sq_b, sq_h, sq_t, H, G, T,
+                                                                              D, BLOCK_M)
         nb = m0 // SEL_BLOCK
-        offs_m = m0 + tl.arange(0, BLOCK_M)
-        offs_d = tl.arange(0, D)
-        mrow = offs_m < T
-        q = tl.load(Q + b * sq_b + h * sq_h + offs_m[:, None] * sq_t + offs_d[None, :], mask=mrow[:, None], other=0.0)
-        w = tl.load(W + pid_bh * T + offs_m, mask=mrow, other=1.0)
         ooff = b * so_b + h * so_h + offs_m[:, None] * so_t + offs_d[None, :]
         acc = tl.load(O + ooff, mask=mrow[:, None], other=0.0).to(tl.float32)
         m_i = tl.load(LSE + pid_bh * T + offs_m, mask=mrow, other=float("-inf"))
@@ -741,11 +622,8 @@ if HAVE_TRITON:
         vbase = V + b * sk_b + hk * sk_h
         for c0 in range(0, KP, LC):
             offs_c = c0 + tl.arange(0, LC)
-            lpos = tl.load(LPOS + (bhk * NB + nb) * KP + offs_c)
-            lp0 = tl.maximum(lpos, 0)
-            gate = _logsigmoid(tl.load(GT + bhk * T + lp0).to(tl.float32))
-            lk = tl.load(kbase + lp0[:, None] * sk_t + offs_d[None, :])
-            lv = tl.load(vbase + lp0[:, None] * sk_t + offs_d[None, :])
+            lpos, gate, lk, lv = _lm_rows(LPOS, GT, kbase, vbase, (bhk * NB + nb) * KP + offs_c, offs_c < KP,
+                                          bhk, T, sk_t, offs_d)
             s = tl.dot(q, tl.trans(lk), input_precision=PREC) * qk_scale
             s = s + _lm_bias(offs_m, lpos, gate, w, T, n_max, inv_edge)
             m_new = tl.maximum(m_i, tl.max(s, 1))

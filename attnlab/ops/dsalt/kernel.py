@@ -24,47 +24,40 @@ Pipeline (``dsalt_triton``):
    (the gate, computed in the kernel), -inf where the landmark is inside the row's soft window. Both
    passes feed one running max / sum (exp2 domain); the tile stores O and the log-sum-exp.
    Scattered landmarks therefore never turn window blocks into partial blocks.
+   ``OPTS["loop1_fwd"]`` (session 7; default ``"split"``: where the split forward below runs):
+   the same in one loop (``LOOP1``), window blocks then landmark slots BLOCK_N at a time (their
+   positions and gates loaded before the loop, so the pipeline prefetches the gathered rows), the
+   mask picked per block by a uniform branch: one software pipeline instead of five loops.
 2. **Backward**: ``_dq_kernel`` (per query tile) computes the tile's delta = rowsum(O * dO) (stored
-   for the kernels after it; ``OPTS["fuse_delta"]=False``: the separate ``_delta_kernel``),
-   recomputes P and accumulates dQ (window and landmarks) and the window-size gradient dW
-   (d ln r / dw = 1 / (edge r) on the ramp, so the term is p / r / edge = 2^(s-lse) / edge: no
-   division); ``_dkdv_kernel`` (per key tile, looping over the heads of its kv group) stores the
-   window part of dK and dV (no atomics); ``_lm_bwd_kernel`` (per segment of query tiles x chunk of
-   slots x batch*kv head) recomputes P and dS against the slots' landmarks, sums dS^T Q, P^T dO and
-   the gate gradient per slot in registers and adds them atomically into the token's dK/dV rows and
-   energy gradient (gate' = sigmoid(-e) times the sum) whenever the slot's token changes and at the
-   segment's end. ``OPTS["lm_bwd"] = "reduce"`` (and the fallback if that kernel fails to compile):
-   the dQ kernel also stores per-tile partial dK_lm, dV_lm and gate gradients and
-   ``_lm_reduce_kernel`` adds them: one program per (batch*kv head, slot, D chunk) walks its slot
-   column a chunk of blocks at a time; with stable slots each landmark token is one contiguous run
-   of one column, summed by a segmented scan and written once (no atomics, no sort).
+   for the kernels after it; ``OPTS["fuse_delta"]=False``: the separate ``_delta_kernel``) and
+   accumulates the window dQ and the window-size gradient dW (d ln r / dw = 1 / (edge r) on the
+   ramp, so the term is p / r / edge = 2^(s-lse) / edge: no division); ``_dkdv_kernel`` (per key
+   tile, looping over the heads of its kv group) stores the window part of dK and dV (no atomics).
+   The landmark backward (default ``OPTS["lm_bwd"] = "trans"``, ``OPTS["lm_dq"] = True``, session
+   6): ``_lm_bwd_t_kernel``, per (segment of 16 selection blocks, all KP slots, batch*kv head),
+   loads a block's landmark K/V rows once and, with the slots as the dots' M dimension (transposed
+   like the dK/dV kernel: S^T = K_lm Q^T, P^T dO and dS^T Q straight from the accumulator layout),
+   adds the block's P^T dO, dS^T Q and gate sums into per-slot registers, flushed atomically into
+   the token's dK/dV rows and energy gradient (gate' = sigmoid(-e) times the sum) when a slot's
+   token changes and at the segment's end (stable slots: one add per run and segment), and adds the
+   block's landmark dQ = dS K_lm into dQ (read, add, store: one program owns a tile's slots, so no
+   atomics). Fallback where that kernel does not compile (``"atomic"``, session 5): the dQ kernel
+   with its landmark pass and ``_lm_bwd_kernel`` (per segment of query tiles x chunk of slots).
 
-Session 6 (the defaults now, ``OPTS["lm_bwd"] = "trans"``, ``OPTS["lm_dq"] = True``): the dQ kernel
-runs without its landmark pass (window dQ and dW only) and ``_lm_bwd_t_kernel`` does all the
-landmark backward work: per (segment of 16 selection blocks, all KP slots, batch*kv head) it loads
-a block's landmark K/V rows once and, with the slots as the dots' M dimension (transposed like the
-dK/dV kernel: S^T = K_lm Q^T, P^T dO and dS^T Q straight from the accumulator layout), adds the
-block's P^T dO, dS^T Q and gate sums into per-slot registers (flushed atomically when a slot's token
-changes, as before) and the block's landmark dQ = dS K_lm into dQ (read, add, store: one program
-owns a tile's slots, so no atomics). Options measured and kept off: ``OPTS["fwd_split"]`` (the
-forward's landmark pass as ``_fwd_lm_kernel`` after a window-only forward, the selection on a
-high-priority side stream beside it), ``OPTS["lm_skip"]`` (skip the flush code at blocks with no
-slot change: with its per-block cross-warp test and branch the kernel was slower, 585 vs 391 us),
-``OPTS["lm_dq_early"]``, ``OPTS["dkdv_phased"]`` (the dK/dV kernel's query tiles in branch-free
-phases from a per-16-row smallest window the forward stores).
-
-Session 6 round 2: ``OPTS["fwd_split"] = 3`` is the default where T >= ``OPTS["split_min_t"]``
-(32768; measured faster at 32K, slower at 16K). Selection options measured and kept off:
-``OPTS["sel_bulk"]`` (a block's candidates merged in one rank-matching step, by sorts or rank
-matrices: the same slots as the insertions), ``OPTS["sel_rowst"]``, ``OPTS["sel_warps"]``.
+At T >= ``OPTS["split_min_t"]`` (32768; session 6 round 2: faster at 32K, slower at 16K)
+``OPTS["fwd_split"]`` runs the forward as a window-only ``_fwd_kernel`` followed by
+``_fwd_lm_kernel`` (the landmark pass continuing the online softmax from (lse, 1, O)), with the
+selection on a high-priority side stream launched right after the window kernel, beside it.
 
 Launches go through ``attnlab.ops.launch_replay.ReplayLauncher`` (the compiled launcher is called
 directly from the second launch of a shape on).
 
-Options measured in session 5b and kept off (no gain beyond noise on the H100; tested):
-``OPTS["lm_pre_fwd"/"lm_pre_dq"/"lm_pre_bwd"]`` load the landmark positions / gates (1) and K/V rows
-(2) ahead in the landmark passes; ``OPTS["sel_chunk"]`` runs the selection in parallel chunks of
-candidate blocks (two passes + a torch start-set step; slots stable only within a chunk).
+Options measured slower in sessions 2-6 and removed in session 7 (figures in benchmarks/RESULTS.md):
+the per-tile partials + segmented-scan reduction landmark backward (``lm_bwd="reduce"``), landmark
+inputs loaded ahead (``lm_pre_*``), the parallel selection (``sel_chunk``), the flush skip
+(``lm_skip``: 585 vs 391 us), dQ rows loaded early, the phased dK/dV kernel, the side-stream
+selection launched before the window kernel and the split forward without it (``fwd_split`` 1 / 2),
+the selection's bulk merge, row-by-row stores and more warps (``sel_*``).
 """
 
 from __future__ import annotations
@@ -96,7 +89,7 @@ def _interpreting() -> bool:
 if HAVE_TRITON:  # the Triton kernels live in jit_attention.py and jit_select.py
     from .jit_attention import _fwd_kernel, _dq_kernel, _lm_bwd_kernel, _dkdv_kernel, _delta_kernel
     from .jit_attention import _lm_bwd_t_kernel, _fwd_lm_kernel
-    from .jit_select import _select_kernel, _lm_reduce_kernel
+    from .jit_select import _select_kernel
 
 
 _FAST_LM = {"on": True}
@@ -106,14 +99,10 @@ def _pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def _select_stable(energy, k: int, kp: int, block: int, key32: bool | None = None, chunk: int | None = None,
-                   out=None):
-    """Landmark positions [B, Hk, NB, KP] int32 (-1: empty slot or padding); key32: int32 rank
-    keys (default where T <= 65536), else int64. chunk (candidate blocks per program; default
-    OPTS["sel_chunk"] where T >= OPTS["sel_par_min_t"], else serial): the parallel selection, C
-    chunks of the block axis at once: pass 1 the chunks' own top-k keys, then each chunk's start
-    set (the top-k of the chunks before it, torch), pass 2 the stable-slot insertion from it.
-    Slots are stable within a chunk; at a chunk start the set is laid out again in key order."""
+def _select_stable(energy, k: int, kp: int, block: int, key32: bool | None = None, out=None):
+    """Landmark positions [B, Hk, NB, KP] int32 (-1: empty slot or padding), stable slots (the serial
+    selection kernel, one program per (batch, kv head)); key32: int32 rank keys (default where
+    T <= 65536), else int64."""
     b, hk, t = energy.shape
     nb = -(-t // block)
     e = energy.detach().float().contiguous()
@@ -121,44 +110,20 @@ def _select_stable(energy, k: int, kp: int, block: int, key32: bool | None = Non
         out = torch.empty(b, hk, nb, kp, dtype=torch.int32, device=energy.device)
     cb = 16 if block <= 128 else 4
     key32 = (t <= 65536) if key32 is None else key32
-    if chunk is None:
-        chunk = OPTS["sel_chunk"] if (OPTS["sel_chunk"] and t >= OPTS["sel_par_min_t"]) else 0
-    nch = -(-(nb - 1) // chunk) if chunk else 1
-    bulk, sw, srt, rst = int(OPTS["sel_bulk"]), int(OPTS["sel_warps"]), int(OPTS["sel_sorted"]), int(OPTS["sel_rowst"])
-    if nch <= 1:
-        _LAUNCH(_select_kernel, (b * hk, 1), e, out, out, out, t, nb, block, max(nb, 1), K=k, KP=kp,
-                BS=_pow2(block), CB=cb, KEY32=key32, MODE=0, BULK=bulk, SORTED=srt,
-                LOGKP=kp.bit_length() - 1, ROWST=rst, num_warps=sw)
-        return out
-    kdt = torch.int32 if key32 else torch.int64
-    kmin = torch.iinfo(kdt).min
-    loc = torch.empty(b * hk, nch, kp, dtype=kdt, device=energy.device)
-    _LAUNCH(_select_kernel, (b * hk, nch), e, out, loc, loc, t, nb, block, chunk, K=k, KP=kp,
-            BS=_pow2(block), CB=cb, KEY32=key32, MODE=1, BULK=bulk, SORTED=srt, LOGKP=kp.bit_length() - 1,
-            ROWST=rst, num_warps=sw)
-    # chunk j starts from the top-k of the chunks before it (their own top-k keys suffice)
-    before = torch.arange(nch * kp, device=energy.device) // kp < torch.arange(nch, device=energy.device)[:, None]
-    cand = torch.where(before, loc.view(b * hk, 1, nch * kp), kmin)
-    init = cand.topk(kp, -1).values.contiguous()  # [B*Hk, C, KP], key order; the kernel pads past k
-    _LAUNCH(_select_kernel, (b * hk, nch), e, out, init, init, t, nb, block, chunk, K=k, KP=kp,
-            BS=_pow2(block), CB=cb, KEY32=key32, MODE=2, BULK=bulk, SORTED=srt, LOGKP=kp.bit_length() - 1,
-            ROWST=rst, num_warps=sw)
+    _LAUNCH(_select_kernel, (b * hk,), e, out, t, nb, block, K=k, KP=kp, BS=_pow2(block), CB=cb, KEY32=key32,
+            num_warps=1)
     return out
 
 
 def landmark_slots(energy, n_landmarks: int, block: int):
-    """(positions [B, Hk, NB, KP] int32 with -1 in empty slots, stable): the causal landmark sets.
-
-    stable=True: the selection kernel's stable slots (each token one run of one slot column);
-    False: the parallel selection (a token's run may change slot at a chunk start) or (the kernel
-    failed to compile here) the torch prefix scan, slots in key order; the landmark backward's
-    partials path then accumulates by sorting (the atomic _lm_bwd_kernel needs no stability)."""
+    """Positions [B, Hk, NB, KP] int32 with -1 in empty slots: the causal landmark sets, from the
+    stable-slot selection kernel, or (the kernel failed to compile here) the torch prefix scan with
+    the slots in key order (the landmark backward kernels flush a slot whenever its token changes,
+    so they need no stability, only fewer flushes with it)."""
     kp = max(16, _pow2(n_landmarks))
     if _FAST_LM["on"]:
         try:
-            t, nb = energy.shape[-1], -(-energy.shape[-1] // block)
-            chunked = bool(OPTS["sel_chunk"]) and t >= OPTS["sel_par_min_t"] and nb - 1 > OPTS["sel_chunk"]
-            return _select_stable(energy, n_landmarks, kp, block), not chunked
+            return _select_stable(energy, n_landmarks, kp, block)
         except Exception as e:  # pragma: no cover - compiler trouble: fall back, once
             import warnings
 
@@ -169,7 +134,7 @@ def landmark_slots(energy, n_landmarks: int, block: int):
     if kp > n_landmarks:
         keys = F.pad(keys, (0, kp - n_landmarks), value=INVALID_KEY)
     pos = torch.where(keys != INVALID_KEY, key_positions(keys), torch.full_like(keys, -1))
-    return pos.to(torch.int32).contiguous(), False
+    return pos.to(torch.int32).contiguous()
 
 
 def _prec(q) -> str:
@@ -185,48 +150,35 @@ def _blocks(block: int, d: int, device) -> tuple[int, int, int]:
     return bm, bm, 4 if d <= 64 else 8
 
 
-# kernel options (session 5): lc_fwd / lc_dq: landmark columns per chunk in the forward / dQ
-# kernels' landmark pass (at most KP); delta: (rows per program, warps) of the delta = rowsum(O * dO)
-# pass; lm_bwd: the landmark backward, "atomic" = _lm_bwd_kernel (no per-tile partials), "reduce" =
-# per-tile partials stored by the dQ kernel + _lm_reduce_kernel (sessions 2-4); fuse_delta: the dQ
-# kernel computes delta itself (no delta pass; with the landmark partials every dQ config spilled in
-# ptxas, without them the 8-warp configs do not). Session 5 on the H100 (same run, vs the separate
-# pass): DSALT fwd+bwd -0.06 / -0.04 / -0.01 ms at 32K / 16K / 4K
-# lm_pre_fwd / lm_pre_dq (session 5b): the landmark pass's positions and gates loaded ahead (1;
-# 2: also the next chunk's K/V rows), see _fwd_kernel; lm_pre_bwd: _lm_bwd_kernel loads the next
-# tile's positions and energies while the current tile computes (2: and loads a block's landmark
-# K/V rows once, at its first tile); sel_chunk: candidate blocks per
-# program of the parallel landmark selection (0: serial, one program per (batch, kv head)), used
-# where T >= sel_par_min_t (_select_stable)
-# Session 6: lm_bwd "trans" = _lm_bwd_t_kernel (slots as the dots' M dimension, one load of a
-# block's landmark rows, segments of whole selection blocks); lm_dq (with "trans"): the landmark
-# dQ is added by _lm_bwd_t_kernel, the dQ kernel runs without its landmark pass; fwd_split: the
-# forward's landmark pass in its own kernel (_fwd_lm_kernel) after the window kernel (1), with the
-# selection on a high-priority side stream beside the window kernel, launched before it (2) or
-# after it (3), where T >= split_min_t; lm_skip: _lm_bwd_t_kernel skips the flush code at blocks
-# where no slot's token changes (a cross-warp test per block); lm_dq_early: it loads a tile's dQ
-# rows with Q and dO instead of after the dots; dkdv_phased: the dK/dV kernel walks its query tiles
-# in branch-free phases (diagonal, unmasked, masked) from a per-16-row smallest window that the
-# forward kernel stores.
-# Session 6b: sel_bulk (>0): the selection merges a block whose candidates above the set's minimum
-# number at least sel_bulk in one rank-matching step (_bulk_merge: the same slots as the one-by-one
-# insertions, which a block with fewer candidates still uses); sel_warps: the selection's warps;
-# sel_sorted: the merge by three sorts (int32 keys and as many candidates per block as slots), else
-# by rank matrices ([KP, KP] and [BS, BS] comparisons); sel_rowst: the sets stored one [KP] row at a
-# time (each row once) instead of a masked [CB, KP] tile per inserting block.
-# Session 6b (H100, benchmarks/RESULTS.md "Session 6 round 2: DSALT"): fwd_split 3 (the selection on a
-# high-priority side stream, launched after the window forward, and the forward's landmark pass as its
-# own kernel) where T >= 32768: 32K fwd+bwd 3.19 ms vs 3.24-3.28 for fwd_split 0 in the same run
-# (session 6: -0.08 ms); at 16K it was slower in both sessions' runs (+0.07 / +0.23 ms), hence the
-# threshold. sel_bulk and sel_rowst measured slower or equal: off.
-# Defaults from session 6's two H100 A/B calls (benchmarks/RESULTS.md, "Session 6: DSALT"): "trans"
-# + lm_dq (32K fwd+bwd 3.20-3.25 ms vs 3.38-3.45 for the session-5 defaults, same runs); lm_skip,
-# fwd_split, lm_dq_early and dkdv_phased measured no better (kept as tested options, off).
+# kernel options. lc_fwd / lc_dq: landmark columns per chunk in the forward / dQ kernels' landmark
+# pass (at most KP); delta: (rows per program, warps) of the separate delta = rowsum(O * dO) pass
+# (fuse_delta=False); fuse_delta: the dQ kernel computes delta itself (session 5 on the H100, vs the
+# separate pass: DSALT fwd+bwd -0.06 / -0.04 / -0.01 ms at 32K / 16K / 4K).
+# lm_bwd: the landmark backward, "trans" = _lm_bwd_t_kernel (session 6: slots as the dots' M
+# dimension, one load of a block's landmark rows, segments of whole selection blocks), "atomic" =
+# _lm_bwd_kernel (session 5; the fallback where "trans" fails to compile); lm_dq (with "trans"): the
+# landmark dQ is added by _lm_bwd_t_kernel and the dQ kernel runs without its landmark pass.
+# fwd_split: where T >= split_min_t, the forward's landmark pass as its own kernel (_fwd_lm_kernel)
+# after the window-only forward, with the selection on a high-priority side stream launched after
+# the window kernel (CUDA, not during graph capture), so that it runs beside it (session 6b, H100:
+# 32K 3.19 ms vs 3.24-3.28 without it in the same run; slower at 16K, hence split_min_t = 32768).
+# Defaults from session 6's H100 A/B calls (benchmarks/RESULTS.md, "Session 6: DSALT" and "Session 6
+# round 2"). Options measured slower and removed in session 7 (their figures stay in RESULTS.md):
+# lm_bwd "reduce" (per-tile partials + a segmented-scan reduction), lm_pre_* (landmark inputs loaded
+# ahead), sel_chunk (parallel selection), lm_skip, lm_dq_early, dkdv_phased, fwd_split 1 / 2,
+# sel_bulk / sel_sorted / sel_rowst / sel_warps.
+# loop1_fwd (session 7): the forward kernel's window blocks (and then, fused, its landmark slots,
+# BLOCK_N at a time, positions and gates loaded before the loop) in one loop with the mask picked per
+# block by a uniform branch (one software pipeline) instead of four phase loops and a landmark loop:
+# "split" (the default) where the split forward runs (window-only forward kernel, T >= split_min_t),
+# True at every T, False never. H100, session 7 call 2 (same run): 32K 3.127 ms vs 3.242 (split
+# forward with the four-loop window kernel); the fused one-loop forward with landmark iterations
+# took 587 us vs 703 for the four-loop one (32K timelines) but measured no faster end to end at 16K
+# (1.811-1.827 vs 1.768 ms, noisy rounds) or at 32K against the split (3.168 ms), hence "split".
+# A one-loop dQ kernel (also with the landmark dQ as its last iterations) measured no faster
+# (32K: 3.176 / 3.184 ms vs 3.112-3.168) and was removed.
 OPTS = {"lc_fwd": 32, "lc_dq": 32, "delta": (64, 4), "lm_bwd": "trans", "fuse_delta": True,
-        "lm_pre_fwd": 0, "lm_pre_dq": 0, "lm_pre_bwd": 0, "sel_chunk": 0, "sel_par_min_t": 8192,
-        "lm_dq": True, "fwd_split": 3, "split_min_t": 32768, "lm_skip": False, "lm_dq_early": False,
-        "dkdv_phased": False, "sel_bulk": 0, "sel_warps": 1, "sel_sorted": 1,
-        "sel_rowst": 0}
+        "lm_dq": True, "fwd_split": True, "split_min_t": 32768, "loop1_fwd": "split"}
 
 _TUNED: dict = {}
 _FWD_BM_OVERRIDE: dict = {}
@@ -249,15 +201,15 @@ def _tuned(name: str, block: int):
         if name == "dkdv":
             cfgs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "TRANS": tr}, num_warps=w, num_stages=st)
                     for m, n, w, st, tr in DKDV_CONFIGS]
-            _TUNED[tag] = triton.autotune(cfgs, key=key + ["PHASED"])(_dkdv_kernel)
+            _TUNED[tag] = triton.autotune(cfgs, key=key)(_dkdv_kernel)
         elif name == "fwd":
             cfgs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "NSET": max(1, m // block)}, num_warps=w, num_stages=st)
                     for m, n, w, st in FWD_CONFIGS if m % block == 0 or block % m == 0]
-            _TUNED[tag] = triton.autotune(cfgs, key=key + ["KP", "HAS_LM"])(_fwd_kernel)
+            _TUNED[tag] = triton.autotune(cfgs, key=key + ["KP", "HAS_LM", "LOOP1"])(_fwd_kernel)
         else:
             cfgs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st)
                     for m, n, w, st in DQ_CONFIGS]
-            _TUNED[tag] = triton.autotune(cfgs, key=key + ["KP", "HAS_LM", "PARTIALS", "FUSE_DELTA"])(_dq_kernel)
+            _TUNED[tag] = triton.autotune(cfgs, key=key + ["KP", "HAS_LM", "FUSE_DELTA"])(_dq_kernel)
     return _TUNED[tag]
 
 
@@ -270,7 +222,8 @@ def tuned_configs() -> dict:
 
 
 # CUDA launch configs forced instead of autotuning: {"fwd": (BM, BN, warps, stages), "dq": (BM, BN,
-# warps, stages), "dkdv": (BM, BN, warps, stages, TRANS), "reduce": (CB, BD, warps)} (tests of every
+# warps, stages), "dkdv": (BM, BN, warps, stages, TRANS), "lm_bwd" / "lm_bwd_t" / "fwd_lm": see their
+# config lists} (tests of every
 # config; ATTNLAB_DSALT_AUTOTUNE=0 forces each list's first entry, which skips the autotuner's
 # compile-and-time of every config)
 FORCE_CONFIG: dict = {}
@@ -280,7 +233,7 @@ def _forced(name):
     if name in FORCE_CONFIG:
         return FORCE_CONFIG[name]
     if os.environ.get("ATTNLAB_DSALT_AUTOTUNE", "1") == "0":
-        return {"fwd": FWD_CONFIGS, "dq": DQ_CONFIGS, "dkdv": DKDV_CONFIGS, "reduce": REDUCE_CONFIGS}[name][0]
+        return {"fwd": FWD_CONFIGS, "dq": DQ_CONFIGS, "dkdv": DKDV_CONFIGS}[name][0]
     return None
 
 
@@ -303,8 +256,8 @@ def _launch(name, kernel, grid_m, rows, bm, bn, warps, block, *args, **meta):
             grid = lambda m: (triton.cdiv(grid_m, m["BLOCK_N"]), rows)  # noqa: E731
         else:
             grid = lambda m: (triton.cdiv(grid_m, m["BLOCK_M"]), rows)  # noqa: E731
-        key = (grid_m, args[0].dtype, args[0].shape[-1], meta.get("KP"), meta.get("HAS_LM"), meta.get("PARTIALS"),
-               meta.get("FUSE_DELTA"), meta.get("PHASED"))
+        key = (grid_m, args[0].dtype, args[0].shape[-1], meta.get("KP"), meta.get("HAS_LM"), meta.get("FUSE_DELTA"),
+               meta.get("LOOP1"))
         return _autotuned(name, block, key, grid, kernel, args, meta)
     if name == "dkdv":
         meta["TRANS"] = _FWD_BM_OVERRIDE.get("dkdv_trans", 0)  # tests: the transposed formulation
@@ -338,41 +291,6 @@ def _autotuned(name, block, key, grid, kernel, args, meta):
     if kw is None:
         kw = _CFG_KW[id(cfg)] = {a: b for a, b in cfg.all_kwargs().items() if b is not None}
     return _LAUNCH(kernel, grid(kw), *args, **meta, **kw)
-
-
-# landmark-gradient reduction launch configs (CB blocks per step, BD columns, warps)
-REDUCE_CONFIGS = [(32, 64, 4), (16, 64, 4), (64, 32, 4), (32, 32, 2), (64, 64, 8)]
-
-
-def _reduce_landmark_grads(plk, plv, pg, lpos, dk, dv, dgt, nb, t, kp, d, energy):
-    """Per-run sums of the per-block landmark partials into dK, dV (added) and dgt (written: the
-    energy gradient, the gate gradient sum times sigmoid(-e))."""
-    bhk = lpos.shape[0] * lpos.shape[1]
-    if _interpreting() or not plk.is_cuda:
-        bd = min(d, 64)
-        return _LAUNCH(_lm_reduce_kernel, (bhk, kp, d // bd), plk, plv, pg, lpos, dk, dv, dgt, energy, nb, t,
-                       KP=kp, D=d, BD=bd, CB=16, num_warps=4)
-    cfg = _forced("reduce")
-    if cfg is not None:
-        cb, bd, w = cfg
-        bd = min(bd, d)
-        return _LAUNCH(_lm_reduce_kernel, (bhk, kp, d // bd), plk, plv, pg, lpos, dk, dv, dgt, energy, nb, t,
-                       KP=kp, D=d, BD=bd, CB=cb, num_warps=w)
-    grid = lambda m: (bhk, kp, d // m["BD"])  # noqa: E731
-    best = _BEST.get(("reduce", nb, kp, d)) if DIRECT["on"] else None
-    if best is not None:  # the autotuner's pick, launched directly
-        return _LAUNCH(_lm_reduce_kernel, grid(best), plk, plv, pg, lpos, dk, dv, dgt, energy, nb, t, KP=kp, D=d, **best)
-    tag = ("reduce", d)
-    if tag not in _TUNED:
-        lst = list(dict.fromkeys((cb, min(bd, d), w) for cb, bd, w in REDUCE_CONFIGS))
-        cfgs = [triton.Config({"CB": cb, "BD": bd}, num_warps=w) for cb, bd, w in lst]
-        # the kernel adds into dK/dV: the autotuner restores them between its trial runs
-        _TUNED[tag] = triton.autotune(cfgs, key=["NB", "KP", "D"], restore_value=["DK", "DV"])(_lm_reduce_kernel)
-    out = _TUNED[tag][grid](plk, plv, pg, lpos, dk, dv, dgt, energy, nb, t, KP=kp, D=d)
-    cfg = getattr(_TUNED[tag], "best_config", None)
-    if cfg is not None:
-        _BEST[("reduce", nb, kp, d)] = {a: b for a, b in cfg.all_kwargs().items() if b is not None}
-    return out
 
 
 # _lm_bwd_kernel launch on CUDA: (BLOCK_M query rows per tile, LC slots per program, SEG tiles per
@@ -419,7 +337,7 @@ _SIDE: dict = {}
 
 def _side_stream(device):
     """(high-priority side stream, fork event, join event) of a device, made once: the selection
-    runs there beside the window forward kernel (OPTS["fwd_split"] 2 / 3); high priority, so its
+    runs there beside the window forward kernel (OPTS["fwd_split"]); high priority, so its
     programs take the first free slots while the window kernel's programs fill the GPU."""
     if device not in _SIDE:
         _SIDE[device] = (torch.cuda.Stream(device, priority=-8), torch.cuda.Event(), torch.cuda.Event())
@@ -428,9 +346,8 @@ def _side_stream(device):
 
 def _side_ok(q, t: int) -> bool:
     """Whether the selection may run on the side stream: CUDA, not during CUDA-graph capture, the
-    serial selection kernel (the parallel selection has torch steps between its launches)."""
-    return (q.is_cuda and _FAST_LM["on"] and not (OPTS["sel_chunk"] and t >= OPTS["sel_par_min_t"])
-            and not torch.cuda.is_current_stream_capturing())
+    selection kernel (not the torch scan)."""
+    return q.is_cuda and _FAST_LM["on"] and not torch.cuda.is_current_stream_capturing()
 
 
 def _lm_bwd_config(q, block, bm):
@@ -438,37 +355,6 @@ def _lm_bwd_config(q, block, bm):
         return bm, 16, 2, 4, 1  # short segments: runs spanning segments are tested
     m, lc, seg, w, st = FORCE_CONFIG.get("lm_bwd") or LM_BWD_CONFIGS[0]
     return (m if block % m == 0 else bm), lc, seg, w, st
-
-
-def _landmark_grads_from_partials(parts, lpos, dk, dv, dgt, energy, stable, b, hk, g, nb, nt, t, kp, d, tpb):
-    """The partials path: per-tile landmark partials [B, H, NT, KP, ...] summed per run into dK, dV
-    and the energy gradient (returned)."""
-    def per_block(x):  # [B, H, NT, ...] -> [B, Hk, NB, ...] contiguous, summed over group heads and tiles
-        pad = nb * tpb - nt
-        if pad:
-            x = torch.cat([x, x.new_zeros(x.shape[:2] + (pad,) + x.shape[3:])], 2)
-        if g * tpb == 1:
-            return x.contiguous()
-        return x.float().view(b, hk, g, nb, tpb, *x.shape[3:]).sum((2, 4)).contiguous()
-
-    plk, plv, pg = (per_block(x) for x in parts)
-    if stable:
-        try:
-            _reduce_landmark_grads(plk, plv, pg, lpos, dk, dv, dgt, nb, t, kp, d, energy)
-            return dgt
-        except Exception as e:  # pragma: no cover - compiler trouble: the sort-based path below
-            import warnings
-
-            warnings.warn(f"dsalt: landmark-gradient reduction kernel unavailable ({type(e).__name__}: {e})")
-    # a landmark token sits in many blocks' sets: the sort-based accumulating index_put_
-    valid = (lpos >= 0).view(-1)
-    rows = (lpos.long().clamp_min(0) + torch.arange(b * hk, device=dk.device).view(b, hk, 1, 1) * t)
-    rows = rows.view(-1)[valid]
-    dk.view(-1, d).index_put_((rows,), plk.reshape(-1, d)[valid].to(dk.dtype), accumulate=True)
-    dv.view(-1, d).index_put_((rows,), plv.reshape(-1, d)[valid].to(dv.dtype), accumulate=True)
-    dgt.view(-1).index_put_((rows,), pg.reshape(-1)[valid].float(), accumulate=True)
-    # d logsigmoid(e) / de = sigmoid(-e)
-    return dgt * torch.sigmoid(-energy.detach().float())
 
 
 class _DSALTFn(torch.autograd.Function):
@@ -484,64 +370,51 @@ class _DSALTFn(torch.autograd.Function):
         g = h // hk
         bm, bn, warps = _blocks(block, d, q.device)
         has_lm = n_lm > 0
-        split = OPTS["fwd_split"] if has_lm and t >= OPTS["split_min_t"] else 0
-        side = split >= 2 and _side_ok(q, t)
-        if has_lm and side:
-            # the selection on a side stream: 2 launched before the window kernel, 3 after it (the
-            # host's time between the two launches then overlaps too); lpos is allocated on the
-            # current stream, which waits for the side stream before the landmark pass reads it
-            kp, nb, stable = max(16, _pow2(n_lm)), -(-t // block), True
+        split = has_lm and bool(OPTS["fwd_split"]) and t >= OPTS["split_min_t"]
+        side = split and _side_ok(q, t)
+        if side:
+            # the selection on a side stream, launched after the window kernel (the host's time
+            # between the two launches then overlaps too); lpos is allocated on the current stream,
+            # which waits for the side stream before the landmark pass reads it
+            kp, nb = max(16, _pow2(n_lm)), -(-t // block)
             cur = torch.cuda.current_stream(q.device)
             sst, ev_fork, ev_join = _side_stream(q.device)
             ev_fork.record(cur)
             lpos = torch.empty(b, hk, nb, kp, dtype=torch.int32, device=q.device)
-            gt = energy.detach()
-
-            def select_aside():
-                sst.wait_event(ev_fork)
-                with torch.cuda.stream(sst):
-                    _select_stable(gt, n_lm, kp, block, chunk=0, out=lpos)
-                ev_join.record(sst)
-
-            if split == 2:
-                select_aside()
         elif has_lm:
-            lpos, stable = landmark_slots(energy.detach(), n_lm, block)
+            lpos = landmark_slots(energy.detach(), n_lm, block)
             kp, nb = lpos.shape[-1], lpos.shape[2]
-            gt = energy.detach()  # the kernels compute the gate logsigmoid(e)
         else:
-            kp, nb, stable = 16, 1, False
+            kp, nb = 16, 1
             lpos = torch.full((1, 1, 1, kp), -1, dtype=torch.int32, device=q.device)
-            gt = win  # unused
+        gt = energy.detach() if has_lm else win  # the kernels compute the gate logsigmoid(e)
         o = torch.empty_like(q)
         lse = torch.empty(b, h, t, device=q.device, dtype=torch.float32)
         fwd_args = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                     o.stride(0), o.stride(1), o.stride(2))
-        phased = bool(OPTS["dkdv_phased"])
-        wmin = torch.empty(b * h, -(-t // 16), device=q.device, dtype=torch.float32) if phased else lse
         _launch("fwd", _fwd_kernel, t, b * h, bm, bn, warps, block,
-                q, k, v, win, gt, win if split else lpos, o, lse, wmin, *fwd_args,
+                q, k, v, win, gt, win if split else lpos, o, lse, *fwd_args,
                 h, g, t, nb, n_max, float(edge), 1.0 / float(edge), scale * LOG2E, block,
                 D=d, KP=kp, HAS_LM=has_lm and not split, PREC=_prec(q), LC=min(OPTS["lc_fwd"], kp),
-                PRE=OPTS["lm_pre_fwd"], STORE_WMIN=int(phased))
+                LOOP1=int(OPTS["loop1_fwd"] is True or (OPTS["loop1_fwd"] == "split" and bool(split))))
         if split:
             if side:
-                if split == 3:
-                    select_aside()
+                sst.wait_event(ev_fork)
+                with torch.cuda.stream(sst):
+                    _select_stable(gt, n_lm, kp, block, out=lpos)
+                ev_join.record(sst)
                 cur.wait_event(ev_join)
             fm, flc, fw, fst, fx = _fwd_lm_config(q, block, bm, kp)
             _LAUNCH(_fwd_lm_kernel, (triton.cdiv(t, fm), b * h), q, k, v, win, gt, lpos, o, lse, *fwd_args,
                     h, g, t, nb, n_max, 1.0 / float(edge), scale * LOG2E, block,
                     D=d, BLOCK_M=fm, KP=kp, PREC=_prec(q), LC=flc, num_warps=fw, num_stages=fst, **fx)
-        ctx.save_for_backward(q, k, v, win, energy, gt, lpos, o, lse, wmin)
-        ctx.phased = phased
+        ctx.save_for_backward(q, k, v, win, energy, gt, lpos, o, lse)
         ctx.meta = meta
-        ctx.stable = stable
         return o
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, win, energy, gt, lpos, o, lse, wmin = ctx.saved_tensors
+        q, k, v, win, energy, gt, lpos, o, lse = ctx.saved_tensors
         n_max, edge, block, scale, n_lm = ctx.meta
         has_lm = n_lm > 0
         b, h, t, d = q.shape
@@ -551,43 +424,26 @@ class _DSALTFn(torch.autograd.Function):
         bm, bn, warps = _blocks(block, d, q.device)
         do = do.contiguous()
         delta = torch.empty(b, h, t, device=q.device, dtype=torch.float32)
-        # a separate pass: computed in the dQ kernel (whole tile or 32-column chunks, stored and
-        # read back) it made every dQ config spill (ptxas, session 5: 160-830 bytes of stack)
         fuse = OPTS["fuse_delta"]
         if not fuse:
             db, dw_ = OPTS["delta"]
             _LAUNCH(_delta_kernel, (triton.cdiv(b * h * t, db),), o, do, delta, b * h * t, D=d, BLOCK=db,
                     num_warps=dw_)
-        nt = triton.cdiv(t, bm)
         dq = torch.empty_like(q)
         dw = torch.empty(b, h, t, device=q.device, dtype=torch.float32)
         strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2))
         fargs = (n_max, float(edge), 1.0 / float(edge), scale * LOG2E, scale)
-        atomic = has_lm and OPTS["lm_bwd"] in ("atomic", "trans")
         trans = has_lm and OPTS["lm_bwd"] == "trans"
         lm_dq = trans and OPTS["lm_dq"]
-
-        def dq_pass(partials):
-            if partials:
-                parts = (torch.empty(b, h, nt, kp, d, device=q.device, dtype=q.dtype),
-                         torch.empty(b, h, nt, kp, d, device=q.device, dtype=q.dtype),
-                         torch.empty(b, h, nt, kp, device=q.device, dtype=torch.float32))
-            else:
-                parts = (dq, dq, dq)  # unused
-            _launch("dq", _dq_kernel, t, b * h, bm, bn, warps, block,
-                    q, k, v, win, gt, lpos, do, lse, delta, dq, dw, *parts, o, *strides,
-                    h, g, t, nb, nt, *fargs, block,
-                    D=d, KP=kp, HAS_LM=has_lm and not lm_dq, PREC=_prec(q), LC=min(OPTS["lc_dq"], kp),
-                    PARTIALS=int(partials),
-                    FUSE_DELTA=int(fuse), PRE=OPTS["lm_pre_dq"])
-            return parts
-
-        parts = dq_pass(has_lm and not atomic)
+        _launch("dq", _dq_kernel, t, b * h, bm, bn, warps, block,
+                q, k, v, win, gt, lpos, do, lse, delta, dq, dw, o, *strides,
+                h, g, t, nb, *fargs, block,
+                D=d, KP=kp, HAS_LM=has_lm and not lm_dq, PREC=_prec(q), LC=min(OPTS["lc_dq"], kp),
+                FUSE_DELTA=int(fuse))
         dk = torch.empty_like(k)
         dv = torch.empty_like(v)
         _launch("dkdv", _dkdv_kernel, t, b * hk, bm, bn, warps, block,
-                q, k, v, win, do, lse, delta, dk, dv, wmin, *strides, h, g, t, *fargs, D=d, PREC=_prec(q),
-                PHASED=int(ctx.phased))
+                q, k, v, win, do, lse, delta, dk, dv, *strides, h, g, t, *fargs, D=d, PREC=_prec(q))
         denergy = None
         if has_lm:
             dgt = torch.zeros(b, hk, t, device=q.device, dtype=torch.float32)
@@ -598,9 +454,7 @@ class _DSALTFn(torch.autograd.Function):
                             q, k, v, win, gt, lpos, do, lse, delta, dk, dv, dgt, dq, *strides,
                             h, g, t, nb, n_max, 1.0 / float(edge), scale * LOG2E, scale, block,
                             D=d, BLOCK_M=lm, KP=kp, LC=lc, SEG=seg, PREC=_prec(q), ADD_DQ=int(lm_dq),
-                            FLAT=int(lm == block and g == 1), SKIP=int(OPTS["lm_skip"]),
-                            DQ_EARLY=int(OPTS["lm_dq_early"]), num_warps=lw,
-                            num_stages=lst, **lx)
+                            FLAT=int(lm == block and g == 1), num_warps=lw, num_stages=lst, **lx)
                 except Exception as e:  # pragma: no cover - compiler trouble: the session-5 path, from scratch
                     import warnings
 
@@ -608,32 +462,14 @@ class _DSALTFn(torch.autograd.Function):
                                   f"{e}); using _lm_bwd_kernel")
                     OPTS["lm_bwd"], OPTS["lm_dq"] = "atomic", False
                     return _DSALTFn.backward(ctx, do)
-            elif atomic:
-                try:
-                    lm, lc, seg, lw, lst = _lm_bwd_config(q, block, bm)
-                    lc = min(lc, kp)
-                    nt_l = triton.cdiv(t, lm)
-                    _LAUNCH(_lm_bwd_kernel, (triton.cdiv(nt_l, seg), kp // lc, b * hk),
-                            q, k, v, win, gt, lpos, do, lse, delta, dk, dv, dgt, *strides,
-                            h, g, t, nb, nt_l, *fargs, block, D=d, BLOCK_M=lm, KP=kp, LC=lc, SEG=seg,
-                            PREC=_prec(q), PRE=OPTS["lm_pre_bwd"], num_warps=lw, num_stages=lst)
-                except Exception as e:  # pragma: no cover - compiler trouble (atomics): the partials path
-                    import warnings
-
-                    warnings.warn(f"dsalt: landmark backward kernel unavailable ({type(e).__name__}: {e}); "
-                                  "using per-tile partials and the reduction")
-                    OPTS["lm_bwd"] = "reduce"
-                    dk = torch.empty_like(k)
-                    dv = torch.empty_like(v)
-                    _launch("dkdv", _dkdv_kernel, t, b * hk, bm, bn, warps, block,
-                            q, k, v, win, do, lse, delta, dk, dv, wmin, *strides, h, g, t, *fargs, D=d,
-                            PREC=_prec(q), PHASED=int(ctx.phased))
-                    dgt.zero_()
-                    parts = dq_pass(True)
-                    atomic = False
-            if not atomic:
-                dgt = _landmark_grads_from_partials(parts, lpos, dk, dv, dgt, gt, ctx.stable, b, hk, g, nb, nt, t,
-                                                    kp, d, block // bm)
+            else:
+                lm, lc, seg, lw, lst = _lm_bwd_config(q, block, bm)
+                lc = min(lc, kp)
+                nt_l = triton.cdiv(t, lm)
+                _LAUNCH(_lm_bwd_kernel, (triton.cdiv(nt_l, seg), kp // lc, b * hk),
+                        q, k, v, win, gt, lpos, do, lse, delta, dk, dv, dgt, *strides,
+                        h, g, t, nb, nt_l, *fargs, block, D=d, BLOCK_M=lm, KP=kp, LC=lc, SEG=seg,
+                        PREC=_prec(q), num_warps=lw, num_stages=lst)
             denergy = dgt.to(energy.dtype)
         return dq, dk, dv, dw, denergy, None
 
