@@ -170,6 +170,24 @@ def test_unbounded_storage_grows():
     assert c.n_blocks == 12 and c.block_capacity >= 12 and c.seen == 200
 
 
+@pytest.mark.parametrize("quantize", [True, False])
+def test_value_layouts_agree(quantize):
+    """value_layout "token" (C_V^T stored per block) and "rank" hold the same coefficients and give the same
+    attention, through growth of unbounded storage, batch > 1 and a hot window; "token" stores cv transposed."""
+    torch.manual_seed(3)
+    k, v = structured_kv(2, 2, 150, 16), structured_kv(2, 2, 150, 16)
+    q = torch.randn(2, 4, 1, 16)
+    caches = [SpectralCache(2, None, 2, 16, key_rank=4, value_rank=6, block_size=16, hot_window=5, quantize=quantize,
+                            value_layout=lay) for lay in ("token", "rank")]
+    for c in caches:
+        c.append(k[:, :, :149], v[:, :, :149])
+    tok, rank = caches
+    assert tok.cv.shape == rank.cv.shape and tok.cv.transpose(-1, -2).is_contiguous() and rank.cv.is_contiguous()
+    assert tok.block_capacity >= 8 and torch.equal(tok.cv, rank.cv) and tok.nbytes() == rank.nbytes()
+    o1, o2 = (c.attend(q, k[:, :, 149:], v[:, :, 149:]) for c in caches)
+    assert rel_err(o1, o2) <= 1e-6
+
+
 def test_bad_options():
     model = tiny_model()
     with pytest.raises(ConfigError, match="key_rank"):
@@ -184,6 +202,8 @@ def test_bad_options():
         SpectralCache(1, 64, 1, 16, key_rank=4, value_rank=4, block_size=16, svd="qr")
     with pytest.raises(ConfigError, match="allowed: key_rank"):
         SpectralCache(1, 64, 1, 16, key_rank=4, value_rank=4, block_size=16, rank=3)
+    with pytest.raises(ConfigError, match="value_layout.*'token', 'rank'"):
+        SpectralCache(1, 64, 1, 16, key_rank=4, value_rank=4, block_size=16, value_layout="col")
     c = SpectralCache(1, 20, 1, 16, key_rank=4, value_rank=4, block_size=16)
     with pytest.raises(InputError):
         c.append(torch.randn(1, 1, 21, 16), torch.randn(1, 1, 21, 16))
@@ -240,6 +260,20 @@ def test_bad_options():
      {"impl": "v3", "split": 2, "prefetch": 1, "num_stages": 1, "cv_words": True}),
     (torch.float16, True, dict(b=1, hq=6, hk=2, d=24, rk=5, rv=7, bs=32, t=100, hw=9),
      {"impl": "v3", "prefetch": 1, "cv_words": True}),
+    # session 7: value coefficients stored token-major (the cache's value_layout="token"): v3 on the session-5
+    # path (split 2, padded ranks, G = 3), the session-6 paths (register prefetch 2: whole-block tiles loaded
+    # with ``_v3_cv``), v2 and v1 (a rank-major copy), fp32 / fp16, quantized or not
+    (torch.float32, True, dict(b=1, hq=6, hk=2, d=24, rk=5, rv=7, bs=16, t=75, hw=9), {"impl": "v3", "_layout": "token"}),
+    (torch.float16, True, dict(b=2, hq=8, hk=2, d=32, rk=8, rv=16, bs=64, t=330, hw=5),
+     {"impl": "v3", "split": 2, "blocks_per_program": 3, "_layout": "token"}),
+    (torch.float16, False, dict(b=1, hq=3, hk=1, d=32, rk=8, rv=16, bs=32, t=170, hw=0),
+     {"impl": "v3", "split": 1, "_layout": "token"}),
+    (torch.float32, True, dict(b=1, hq=4, hk=2, d=32, rk=8, rv=32, bs=64, t=330, hw=0),
+     {"impl": "v3", "split": 1, "blocks_per_program": 2, "prefetch": 2, "num_stages": 1, "_layout": "token"}),
+    (torch.float16, True, dict(b=2, hq=4, hk=2, d=32, rk=8, rv=16, bs=32, t=170, hw=0),
+     {"split": 1, "blocks_per_program": 3, "warp_slices": 2, "slice_tile": 16, "_layout": "token"}),
+    (torch.float32, False, dict(b=2, hq=4, hk=2, d=32, rk=32, rv=24, bs=32, t=70, hw=0), {"_layout": "token"}),
+    (torch.float16, True, dict(b=2, hq=4, hk=1, d=64, rk=16, rv=32, bs=32, t=100, hw=0), {"impl": "v1", "_layout": "token"}),
     # v1 (the session-2 kernel, kept as the baseline)
     (torch.float32, True, dict(b=1, hq=6, hk=2, d=24, rk=5, rv=7, bs=16, t=75, hw=9), {"impl": "v1", "fused_merge": True}),
     (torch.float16, True, dict(b=2, hq=4, hk=1, d=64, rk=16, rv=32, bs=32, t=100, hw=0), {"impl": "v1"}),
@@ -250,10 +284,13 @@ def test_bad_options():
 ])
 def test_kernel_matches_reference(dtype, quantize, shape, kw):
     s = shape
+    kw = dict(kw)
+    layout = kw.pop("_layout", "rank")
     k = structured_kv(s["b"], s["hk"], s["t"], s["d"], dtype=dtype)
     v = structured_kv(s["b"], s["hk"], s["t"], s["d"], dtype=dtype)
     c = make_cache(s["b"], s["t"] + 1, s["hk"], s["d"], dtype=dtype, key_rank=s["rk"], value_rank=s["rv"],
-                   block_size=s["bs"], hot_window=s["hw"], quantize=quantize)
+                   block_size=s["bs"], hot_window=s["hw"], quantize=quantize, value_layout=layout)
+    assert c.cv.is_contiguous() == (layout == "rank")
     c.append(k, v)
     q = torch.randn(s["b"], s["hq"], 1, s["d"], dtype=dtype)
     kn, vn = torch.randn(s["b"], s["hk"], 1, s["d"], dtype=dtype), torch.randn(s["b"], s["hk"], 1, s["d"], dtype=dtype)
@@ -568,6 +605,42 @@ def test_kernel_bf16_gpu(kw, ranks):
         assert rel_err(out, ref) <= 1e-2
 
 
+# session 7: the value coefficients stored token-major (value_layout="token"): the launches the defaults pick at B = 1
+# and 8 (32K: split 1 / 2 blocks + L2 prefetch; split 2 / 4 blocks with and without it, at 168 registers), 3 stages,
+# the session-5 path, the register prefetch, v2 and v1 (a rank-major copy), at ranks 16/16, 16/32, 32/32
+_GPU_TOKEN_KW = [{}, {"impl": "v3"},
+                 {"impl": "v3", "split": 1, "blocks_per_program": 2, "l2_prefetch": True, "prefetch": 0},
+                 {"impl": "v3", "split": 1, "blocks_per_program": 2, "l2_prefetch": True, "num_stages": 3},
+                 {"impl": "v3", "split": 2, "blocks_per_program": 4, "l2_prefetch": True, "maxnreg": 168},
+                 {"impl": "v3", "split": 2, "blocks_per_program": 4, "l2_prefetch": False, "maxnreg": 168},
+                 {"impl": "v3", "prefetch": 2, "num_stages": 1, "l2_prefetch": True},
+                 {"impl": "v2"}, {"impl": "v1"}]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("ranks", [(16, 16), (16, 32), (32, 32)])
+@pytest.mark.parametrize("kw", _GPU_TOKEN_KW)
+def test_kernel_bf16_token_major_gpu(kw, ranks):
+    dev = torch.device("cuda")
+    b, hq, hk, d, t = 2, 32, 8, 128, 9000
+    k = structured_kv(b, hk, t, d).to(dev, torch.bfloat16)
+    v = structured_kv(b, hk, t, d).to(dev, torch.bfloat16)
+    c = SpectralCache(b, t + 1, hk, d, device=dev, dtype=torch.bfloat16, key_rank=ranks[0], value_rank=ranks[1],
+                      block_size=512, value_layout="token")
+    c.append(k, v)
+    c.append(torch.randn(b, hk, 1, d, device=dev, dtype=torch.bfloat16),
+             torch.randn(b, hk, 1, d, device=dev, dtype=torch.bfloat16))
+    assert not c.cv.is_contiguous() and c.cv.transpose(-1, -2).is_contiguous()
+    for _ in range(3):
+        q = torch.randn(b, hq, 1, d, device=dev, dtype=torch.bfloat16)
+        ref = spectral_attention(q.float(), c.blocks(), c.hot_k[:, :, :c.hot_len].float(),
+                                 c.hot_v[:, :, :c.hot_len].float(), c.seen - 1, d**-0.5)
+        out = spectral_decode(q, c.ck, c.sk, c.bk, c.cv, c.sv, c.bv, c.n_blocks, c.hot_k, c.hot_v, c.hot_len,
+                              d**-0.5, **kw)
+        assert torch.isfinite(out).all()
+        assert rel_err(out, ref) <= 1e-2
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("quantize", [True, False])
 @pytest.mark.parametrize("value_proj", ["v2", "v3", "block", "merge"])
@@ -665,7 +738,10 @@ def test_kernel_replay_and_cuda_graph_gpu(impl):
                                         ("v3", {"prefetch": 1, "l2_prefetch": True, "num_stages": 1}),
                                         ("v3", {"prefetch": 0, "l2_prefetch": True, "num_stages": 2}),
                                         ("v3", {"prefetch": 0, "l2_prefetch": True, "cv_words": True, "split": 1,
-                                                "blocks_per_program": 2})])
+                                                "blocks_per_program": 2}),
+                                        ("v3", {"_layout": "token"}), ("v2", {"_layout": "token"}),
+                                        ("v3", {"prefetch": 0, "l2_prefetch": True, "split": 1,
+                                                "blocks_per_program": 2, "_layout": "token"})])
 def test_kernel_pdl_chain_gpu(impl, extra):
     """Programmatic dependent launch: each call's query is the previous call's output, so a split
     kernel that read q before the previous merge finished (or a merge that read partials before
@@ -675,8 +751,9 @@ def test_kernel_pdl_chain_gpu(impl, extra):
     dev = torch.device("cuda")
     b, hq, hk, d, t = 1, 32, 8, 128, 9000
     torch.manual_seed(0)
+    extra = dict(extra)
     c = SpectralCache(b, t + 1, hk, d, device=dev, dtype=torch.bfloat16, key_rank=16, value_rank=32,
-                      block_size=512)
+                      block_size=512, value_layout=extra.pop("_layout", "rank"))
     c.append(structured_kv(b, hk, t + 1, d).to(dev, torch.bfloat16) * 4,
              structured_kv(b, hk, t + 1, d).to(dev, torch.bfloat16) * 4)
 

@@ -27,7 +27,8 @@ if HAS_TRITON:
     def _v3_tiles(CK, SK, BK, CV, SV, BV, blk, tokb, tok, offs_rk, offs_rv, offs_d, offs_dv, rkmask, rvmask, dmask, dvmask,
                   D: tl.constexpr, DP: tl.constexpr, DV: tl.constexpr, DVP: tl.constexpr, RK: tl.constexpr,
                   RKP: tl.constexpr, RV: tl.constexpr, RVP: tl.constexpr, QUANT: tl.constexpr, NW: tl.constexpr,
-                  TW: tl.constexpr, CV2D: tl.constexpr, CVW: tl.constexpr = False):
+                  TW: tl.constexpr, CV2D: tl.constexpr, CVW: tl.constexpr = False, CVT: tl.constexpr = False,
+                  BS: tl.constexpr = 1):
         """Every load of one block step: the slices' key coefficients transposed [NW, RKP, TW], value
         coefficients [NW, TW, RVP] (CV2D: side by side, [TW, NW*RVP], ``_v3_cv``), their per-token scales
         [NW, TW] (zeros without QUANT), and the block's bases [RKP, DP], [RVP, DVP]."""
@@ -40,10 +41,13 @@ if HAS_TRITON:
             ck = tl.load(ck_ptr, mask=rkmask[None, :, None], other=0)
         if CVW:
             cv = _v3_cv_words(CV, tokb, RV, NW, TW)  # int32 [TW, NW*RV/4]
-        elif CV2D:
-            cv = _v3_cv(CV, tokb, RV, RVP, NW, TW)
+        elif CV2D or CVT:
+            cv = _v3_cv(CV, tokb, RV, RVP, NW, TW, CVT, blk, BS)
         else:
-            cv_ptr = CV + tok[:, :, None] * RV + offs_rv[None, None, :]  # [NW, TW, RVP]
+            if CVT:  # token-major storage (C_V^T per block, [RV, BS])
+                cv_ptr = CV + blk * (BS * RV) + (tok - blk * BS)[:, :, None] + offs_rv[None, None, :] * BS
+            else:
+                cv_ptr = CV + tok[:, :, None] * RV + offs_rv[None, None, :]  # [NW, TW, RVP]
             if RV == RVP:
                 cv = tl.load(cv_ptr)
             else:
@@ -65,14 +69,21 @@ if HAS_TRITON:
         return ck, cv, sk, sv, bk, bv
 
     @triton.jit
-    def _v3_cv(CV, tokb, RV: tl.constexpr, RVP: tl.constexpr, NW: tl.constexpr, TW: tl.constexpr):
+    def _v3_cv(CV, tokb, RV: tl.constexpr, RVP: tl.constexpr, NW: tl.constexpr, TW: tl.constexpr,
+               CVT: tl.constexpr = False, blk=0, BS: tl.constexpr = 1):
         """The value coefficients of the token slices side by side, [TW, NW*RVP]: column j*RVP + r holds
         rank r of slice j (slice j: tokens tokb + j*TW ..), loaded straight into the shape the aggregation
-        dot takes (no permute / reshape of the tile)."""
+        dot takes (no permute / reshape of the tile). CVT (session 7): the cache stores each block's value
+        coefficients token-major (C_V^T, [RV, BS], block ``blk``): the tile's tokens (the dot's K axis) are
+        contiguous, so its int8 -> fp16 conversion reads words out of shared memory, not single bytes."""
         offs_c = tl.arange(0, NW * RVP)
         offs_t = tl.arange(0, TW)
         r = offs_c % RVP
-        cv_ptr = CV + (tokb + (offs_c // RVP)[None, :] * TW + offs_t[:, None]) * RV + r[None, :]
+        if CVT:  # token-major: C_V^T of each block, [RV, BS]
+            cv_ptr = (CV + blk * (BS * RV) + (tokb - blk * BS) + r[None, :] * BS + (offs_c // RVP)[None, :] * TW
+                      + offs_t[:, None])
+        else:
+            cv_ptr = CV + (tokb + (offs_c // RVP)[None, :] * TW + offs_t[:, None]) * RV + r[None, :]
         if RV == RVP:
             cv = tl.load(cv_ptr)
         else:
@@ -144,10 +155,11 @@ if HAS_TRITON:
     @triton.jit
     def _v3_prefetch(CK, SK, BK, CV, SV, BV, pid_bh, nb_cap, n0, n1, part, TPP: tl.constexpr, BS: tl.constexpr,
                      D: tl.constexpr, DV: tl.constexpr, RK: tl.constexpr, RV: tl.constexpr, BPP: tl.constexpr,
-                     QUANT: tl.constexpr):
+                     QUANT: tl.constexpr, CVT: tl.constexpr = False):
         """Ask L2 for every byte this program will read from the compressed blocks (its part of blocks
         n0 .. n1-1, at most 16 blocks: coefficients, scales, bases; 6 ranges per block, one per thread,
-        spread over 4 warps; with more warps some ranges are requested twice, harmlessly)."""
+        spread over 4 warps; with more warps some ranges are requested twice, harmlessly). CVT: the value
+        coefficients stored token-major, one range from the program's first to its last byte."""
         L: tl.constexpr = 128
         lane = tl.arange(0, L)
         c = (lane % 32) * 4 + lane // 32  # range c on warp c % 4 (4 warps): the per-warp issue loops stay short
@@ -158,11 +170,17 @@ if HAS_TRITON:
         tok0 = blk * BS + part * TPP
         eck: tl.constexpr = CK.dtype.element_ty.primitive_bitwidth // 8
         ebk: tl.constexpr = BK.dtype.element_ty.primitive_bitwidth // 8
+        if CVT:  # RV rows of TPP bytes, BS apart
+            cv0 = blk * (BS * RV) + part * TPP
+            cvn: tl.constexpr = ((RV - 1) * BS + TPP) * eck
+        else:
+            cv0 = tok0 * RV
+            cvn: tl.constexpr = TPP * RV * eck
         addr = tl.where(kind == 0, CK.to(tl.int64, bitcast=True) + tok0 * (RK * eck),
-               tl.where(kind == 1, CV.to(tl.int64, bitcast=True) + tok0 * (RV * eck),
+               tl.where(kind == 1, CV.to(tl.int64, bitcast=True) + cv0 * eck,
                tl.where(kind == 4, BK.to(tl.int64, bitcast=True) + blk * (RK * D * ebk),
                BV.to(tl.int64, bitcast=True) + blk * (RV * DV * ebk))))
-        size = tl.where(kind == 0, TPP * RK * eck, tl.where(kind == 1, TPP * RV * eck,
+        size = tl.where(kind == 0, TPP * RK * eck, tl.where(kind == 1, cvn,
                tl.where(kind == 4, RK * D * ebk, RV * DV * ebk)))
         if QUANT:
             addr = tl.where(kind == 2, SK.to(tl.int64, bitcast=True) + tok0 * 4,
@@ -177,7 +195,7 @@ if HAS_TRITON:
     def _v3_step(q, ck, cv, sk, sv, bk, bv, m_i, l_i, acc, diag, qk_scale, GP: tl.constexpr, GQ: tl.constexpr,
                  NW: tl.constexpr, TW: tl.constexpr, RKP: tl.constexpr, RVP: tl.constexpr, QUANT: tl.constexpr,
                  LOWP: tl.constexpr, PREC: tl.constexpr, FASTCVT: tl.constexpr, CV2D: tl.constexpr,
-                 CVW: tl.constexpr = False):
+                 CVW: tl.constexpr = False, CVT: tl.constexpr = False):
         """The math of one block step (see ``_spectral_v3``): rows (slice j, head g) each with its own
         online softmax (m_i, l_i, acc [GP, DVP]) in the log2 domain. CV2D (the session-6 path) also keeps
         l_i per row AND token column ([GP, TW], summed once after the program's last block): no
@@ -215,7 +233,7 @@ if HAS_TRITON:
             l_i = l_i * alpha + tl.sum(p, 1)
         if QUANT:
             p = p * _rows_of_slices(sv, diag, NW, GQ, GP, TW)
-        if CV2D:
+        if CV2D or CVT:
             cvc = cvf  # [TW, NW*RVP]: [C_V(slice 0) | ...]
         else:
             cvc = tl.reshape(tl.permute(cvf, (1, 0, 2)), (TW, NW * RVP))
@@ -239,6 +257,7 @@ if HAS_TRITON:
         QUANT: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr,
         FUSED: tl.constexpr, GRP: tl.constexpr, SCH: tl.constexpr, FASTCVT: tl.constexpr, I64: tl.constexpr,
         PDL: tl.constexpr = False, PRE: tl.constexpr = False, L2PF: tl.constexpr = False, CVWORDS: tl.constexpr = False,
+        CVT: tl.constexpr = False,
     ):
         """v3 block program: BS // SPLIT tokens of each of BPP consecutive blocks, cut into NW slices
         of TW tokens. The GP rows of every dot are (slice j, query head g) pairs, row j*GQ + g, so
@@ -279,7 +298,7 @@ if HAS_TRITON:
             CV2D: tl.constexpr = PRE > 0 or L2PF
             # session 6 round 2: value coefficients as int32 words (CV2D paths, quantized, low precision,
             # RV a power of two >= 16, no register prefetch of the value tile)
-            CVW: tl.constexpr = CVWORDS and CV2D and QUANT and LOWP and RV == RVP and PRE != 2
+            CVW: tl.constexpr = CVWORDS and CV2D and QUANT and LOWP and RV == RVP and PRE != 2 and not CVT
             offs_r = tl.arange(0, GP)
             jr = offs_r // GQ  # the slice of each row
             gr = offs_r % GQ  # the query head of each row
@@ -302,7 +321,8 @@ if HAS_TRITON:
                 l_i = tl.zeros([GP], tl.float32)
             acc = tl.zeros([GP, DVP], tl.float32)
             if L2PF:  # every byte of the program's blocks requested from L2 up front (before the PDL wait)
-                _v3_prefetch(CK, SK, BK, CV, SV, BV, pid_bh, nb_cap, n0, n1, part, TPP, BS, D, DV, RK, RV, BPP, QUANT)
+                _v3_prefetch(CK, SK, BK, CV, SV, BV, pid_bh, nb_cap, n0, n1, part, TPP, BS, D, DV, RK, RV, BPP, QUANT,
+                             CVT)
                 if PDL and PRE == 0:
                     _gdc_enter()
             if PRE > 0:
@@ -311,7 +331,7 @@ if HAS_TRITON:
                     blk = blk.to(tl.int64)
                 ck, cv, sk, sv, bk, bv = _v3_tiles(CK, SK, BK, CV, SV, BV, blk, blk * BS + part * TPP, blk * BS + tok_off, offs_rk, offs_rv,
                                                    offs_d, offs_dv, rkmask, rvmask, dmask, dvmask, D, DP, DV, DVP, RK,
-                                                   RKP, RV, RVP, QUANT, NW, TW, CV2D, CVW)
+                                                   RKP, RV, RVP, QUANT, NW, TW, CV2D, CVW, CVT, BS)
                 if PDL:
                     _gdc_enter()
             q = tl.load(Q + (pid_bh * G + gr)[:, None] * D + offs_d[None, :], mask=rvalid[:, None] & dmask[None, :],
@@ -325,14 +345,14 @@ if HAS_TRITON:
                         blk2 = blk2.to(tl.int64)
                     ck2, cv2, sk2, sv2, bk2, bv2 = _v3_tiles(CK, SK, BK, CV, SV, BV, blk2, blk2 * BS + part * TPP, blk2 * BS + tok_off, offs_rk,
                                                              offs_rv, offs_d, offs_dv, rkmask, rvmask, dmask, dvmask,
-                                                             D, DP, DV, DVP, RK, RKP, RV, RVP, QUANT, NW, TW, CV2D, CVW)
+                                                             D, DP, DV, DVP, RK, RKP, RV, RVP, QUANT, NW, TW, CV2D, CVW, CVT, BS)
                     if PRE == 2:  # value coefficients loaded in their own step (fewer registers held across steps)
                         blk = pid_bh * nb_cap + n
                         if I64:
                             blk = blk.to(tl.int64)
-                        cv = _v3_cv(CV, blk * BS + part * TPP, RV, RVP, NW, TW)
+                        cv = _v3_cv(CV, blk * BS + part * TPP, RV, RVP, NW, TW, CVT, blk, BS)
                     m_i, l_i, acc = _v3_step(q, ck, cv, sk, sv, bk, bv, m_i, l_i, acc, diag, qk_scale, GP, GQ, NW, TW,
-                                             RKP, RVP, QUANT, LOWP, PREC, FASTCVT, CV2D, CVW)
+                                             RKP, RVP, QUANT, LOWP, PREC, FASTCVT, CV2D, CVW, CVT)
                     ck, cv, sk, sv, bk, bv = ck2, cv2, sk2, sv2, bk2, bv2
             else:
                 for n in range(n0, n1):
@@ -342,9 +362,9 @@ if HAS_TRITON:
                     # every load of the block first (Triton pipelines them across blocks, num_stages 2)
                     ck, cv, sk, sv, bk, bv = _v3_tiles(CK, SK, BK, CV, SV, BV, blk, blk * BS + part * TPP, blk * BS + tok_off, offs_rk,
                                                        offs_rv, offs_d, offs_dv, rkmask, rvmask, dmask, dvmask, D, DP,
-                                                       DV, DVP, RK, RKP, RV, RVP, QUANT, NW, TW, CV2D, CVW)
+                                                       DV, DVP, RK, RKP, RV, RVP, QUANT, NW, TW, CV2D, CVW, CVT, BS)
                     m_i, l_i, acc = _v3_step(q, ck, cv, sk, sv, bk, bv, m_i, l_i, acc, diag, qk_scale, GP, GQ, NW, TW,
-                                             RKP, RVP, QUANT, LOWP, PREC, FASTCVT, CV2D, CVW)
+                                             RKP, RVP, QUANT, LOWP, PREC, FASTCVT, CV2D, CVW, CVT)
             if CV2D:
                 l_i = tl.sum(l_i, 1)
             # merge the NW slice rows of each query head

@@ -214,6 +214,8 @@ def _spectral_decode_v1(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, 
     hot_cap = hot_k.shape[2]
     g = hq // hk
     quant = sk is not None
+    if cv_token_major(cv):  # v1 reads rank-major value coefficients: a copy (v2 / v3 read both layouts)
+        cv = cv.contiguous()
     if not (ck.is_contiguous() and bk.is_contiguous() and cv.is_contiguous() and bv.is_contiguous()
             and hot_k.is_contiguous() and hot_v.is_contiguous()):
         raise ValueError("spectral_decode: ck, bk, cv, bv, hot_k and hot_v must be contiguous")
@@ -537,6 +539,13 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
     return out
 
 
+def cv_token_major(cv: torch.Tensor) -> bool:
+    """Whether the value coefficients cv [B, Hk, NBcap, bs, rv] are stored token-major: a transposed view
+    of a contiguous [B, Hk, NBcap, rv, bs] tensor (C_V^T per block; the spectral cache's default layout since
+    session 7, ``SpectralCache(value_layout=...)``), rather than contiguous (rank-major)."""
+    return not cv.is_contiguous() and cv.dim() == 5 and cv.transpose(-1, -2).is_contiguous()
+
+
 def _checked_inputs(q, ck, sk, bk, cv, sv, bv, hot_k, hot_v):
     """The v2/v3 entry checks; returns (q made contiguous, (batch, query heads, head dim, block size))."""
     if not HAS_TRITON:
@@ -549,8 +558,10 @@ def _checked_inputs(q, ck, sk, bk, cv, sv, bv, hot_k, hot_v):
         raise ValueError(f"block_size {bs} must be a multiple of the kernel tile {KERNEL_TILE}")
     for name, x in (("ck", ck), ("sk", sk), ("bk", bk), ("cv", cv), ("sv", sv), ("bv", bv), ("hot_k", hot_k),
                     ("hot_v", hot_v)):
-        if x is not None and not x.is_contiguous():
-            raise ValueError(f"spectral_decode: {name} must be contiguous")
+        if x is not None and not x.is_contiguous() and not (x is cv and cv_token_major(cv)):
+            raise ValueError(f"spectral_decode: {name} must be contiguous"
+                             + (" (or, cv, a transposed view of a contiguous [B, Hk, NBcap, rv, bs] tensor)"
+                                if x is cv else ""))
     if not q.is_contiguous():
         q = q.contiguous()
     return q, (b, hq, d, bs)
@@ -670,7 +681,8 @@ def _launch_v2(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale
     tensors = (q, ck, sk, bk, cv, sv, bv, hot_k, hot_v)
     key = (skey, q.shape, q.dtype, ck.shape, ck.dtype, bk.shape, bk.dtype, cv.shape, bv.shape, bv.dtype, hot_k.shape,
            hot_k.dtype, hot_v.shape, quant, n_blocks, n_hot, hot_per_split, sp, nw, tw, num_warps, num_stages, fused,
-           fast, grp, bpp, maxnreg, pdl, pre, l2pf, cvw, kernel, tuple(x is None or x.data_ptr() % 16 == 0 for x in tensors))
+           fast, grp, bpp, maxnreg, pdl, pre, l2pf, cvw, kernel, cv.stride(-1),
+           tuple(x is None or x.data_ptr() % 16 == 0 for x in tensors))
     plan = _V2_PLANS.get(key)
     if plan is not None and plan[0] is not None and not _hooks_active():  # replay: compiled launchers, new pointers
         try:
@@ -697,7 +709,8 @@ def _launch_v2(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale
                                     fast, grp, bpp, pdl, (pre, l2pf, cvw) if kernel == "v3" else None))
     grid, mgrid, work, cnt, consts, mconsts, (nb_cap, hot_cap, n_comp, n_splits, n_groups) = plan[1]
     pm, pl, pacc, pm2, pl2, pacc2 = work
-    a = [q, ck, sk if quant else pm, bk, cv, sv if quant else pm, bv, hot_k, hot_v, pm, pl, pacc, cnt, out, pm2, pl2,
+    cvb = cv.transpose(-1, -2) if consts["CVT"] else cv  # token-major: the contiguous storage (same pointer)
+    a = [q, ck, sk if quant else pm, bk, cvb, sv if quant else pm, bv, hot_k, hot_v, pm, pl, pacc, cnt, out, pm2, pl2,
          pacc2, n_blocks, nb_cap, hot_len, hot_cap, n_comp, n_splits, n_groups, scale * 1.4426950408889634,
          *consts.values()]
     opts = {} if maxnreg is None else {"maxnreg": maxnreg}
@@ -756,6 +769,7 @@ def _make_plan_v2(q, ck, bk, cv, bv, hot_k, n_blocks, n_hot, hot_per_split, quan
         consts["PRE"] = int(pre[0])
         consts["L2PF"] = bool(pre[1])
         consts["CVWORDS"] = bool(pre[2])
+    consts["CVT"] = cv_token_major(cv)  # session 7: value coefficients stored token-major (passed positionally: last)
     mgrid = mconsts = None
     if not fused:
         dvb = min(32, dvp)
