@@ -274,6 +274,16 @@ def test_bad_options():
      {"split": 1, "blocks_per_program": 3, "warp_slices": 2, "slice_tile": 16, "_layout": "token"}),
     (torch.float32, False, dict(b=2, hq=4, hk=2, d=32, rk=32, rv=24, bs=32, t=70, hw=0), {"_layout": "token"}),
     (torch.float16, True, dict(b=2, hq=4, hk=1, d=64, rk=16, rv=32, bs=32, t=100, hw=0), {"impl": "v1", "_layout": "token"}),
+    # session 7: the value bases applied once per program (late_vproj): 2 and 4 blocks per program with an odd
+    # block count (a program with fewer valid blocks), padded ranks / G = 3, split 1 / 2, both layouts, fp32 / fp16
+    (torch.float32, True, dict(b=1, hq=6, hk=2, d=24, rk=5, rv=7, bs=16, t=75, hw=9),
+     {"impl": "v3", "late_vproj": True, "blocks_per_program": 2, "_layout": "token"}),
+    (torch.float16, True, dict(b=2, hq=8, hk=2, d=32, rk=8, rv=16, bs=64, t=330, hw=5),
+     {"impl": "v3", "split": 1, "blocks_per_program": 4, "late_vproj": True, "_layout": "token"}),
+    (torch.float32, False, dict(b=1, hq=4, hk=2, d=32, rk=16, rv=32, bs=32, t=170, hw=0),
+     {"impl": "v3", "split": 2, "blocks_per_program": 2, "late_vproj": True}),
+    (torch.float16, True, dict(b=1, hq=4, hk=1, d=32, rk=8, rv=16, bs=64, t=200, hw=0),
+     {"impl": "v3", "blocks_per_program": 3, "late_vproj": True}),  # 3 blocks: the per-step projection
     # v1 (the session-2 kernel, kept as the baseline)
     (torch.float32, True, dict(b=1, hq=6, hk=2, d=24, rk=5, rv=7, bs=16, t=75, hw=9), {"impl": "v1", "fused_merge": True}),
     (torch.float16, True, dict(b=2, hq=4, hk=1, d=64, rk=16, rv=32, bs=32, t=100, hw=0), {"impl": "v1"}),
@@ -373,8 +383,8 @@ def test_kernel_v3_falls_back_when_out_of_shared_memory(monkeypatch):
     real, tried = K._launch_v3, []
 
     def launch(*args):
-        sp, stages = args[-14], args[-10]  # (..., split, slices, tile, warps, stages, fused, fast, group, blocks, maxnreg,
-        #                                     pdl, prefetch, l2_prefetch, cv_words)
+        sp, stages = args[-15], args[-11]  # (..., split, slices, tile, warps, stages, fused, fast, group, blocks, maxnreg,
+        #                                     pdl, prefetch, l2_prefetch, cv_words, late_vproj)
         tried.append((sp, stages))
         if sp < 4:
             raise K.OutOfResources(300000, 232448, "shared memory")
@@ -494,6 +504,13 @@ def test_default_config_v3_session6():
                  (8, 64, 512, 132, 2, 16, 32, 128, 8), (8, 64, 512, 132, 2, 16, 32, 256, 4)):
         c = cfg(*args)
         assert not c["l2_prefetch"] and c["split"] == (4 if args[4] == 4 else 2)
+    # session 7: token-major value coefficients at B = 8: 168 registers at ranks > 16; B = 1 and ranks 16 unchanged
+    for rk, rv, l2, mr in ((16, 16, True, None), (16, 32, False, 168), (32, 32, False, 168)):
+        b8 = cfg(64, 64, 512, 132, 2, rk, rv, 128, 4, True)
+        assert (b8["split"], b8["blocks_per_program"], b8["l2_prefetch"], b8.get("maxnreg")) == (2, 4, l2, mr)
+        assert cfg(64, 64, 512, 132, 2, rk, rv, 128, 4, False).get("maxnreg") is None
+        b1 = cfg(8, 64, 512, 132, 2, rk, rv, 128, 4, True)
+        assert (b1["split"], b1["blocks_per_program"], b1["l2_prefetch"], b1.get("maxnreg")) == (1, 2, True, None)
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
@@ -519,8 +536,10 @@ def test_kernel_options_are_checked():
         spectral_decode(q, z, None, z, z, None, z, 1, z[..., 0, :], z[..., 0, :], 0, block_tile=16, impl="v2")
     with pytest.raises(ValueError, match="impl must be"):
         spectral_decode(q, z, None, z, z, None, z, 1, z[..., 0, :], z[..., 0, :], 0, impl="v9")
-    with pytest.raises(ValueError, match="cv_words belong"):
+    with pytest.raises(ValueError, match="cv_words .*belong"):
         spectral_decode(q, z, None, z, z, None, z, 1, z[..., 0, :], z[..., 0, :], 0, cv_words=True, impl="v2")
+    with pytest.raises(ValueError, match="late_vproj belong"):
+        spectral_decode(q, z, None, z, z, None, z, 1, z[..., 0, :], z[..., 0, :], 0, late_vproj=True, impl="v2")
     with pytest.raises(ValueError, match="impl='v2'"):
         spectral_decode(q, z, None, z, z, None, z, 1, z[..., 0, :], z[..., 0, :], 0, warp_slices=2, impl="v3")
     with pytest.raises(ValueError, match="impl='v2'"):
@@ -614,6 +633,18 @@ _GPU_TOKEN_KW = [{}, {"impl": "v3"},
                  {"impl": "v3", "split": 2, "blocks_per_program": 4, "l2_prefetch": True, "maxnreg": 168},
                  {"impl": "v3", "split": 2, "blocks_per_program": 4, "l2_prefetch": False, "maxnreg": 168},
                  {"impl": "v3", "prefetch": 2, "num_stages": 1, "l2_prefetch": True},
+                 {"impl": "v3", "split": 1, "blocks_per_program": 2, "l2_prefetch": True, "late_vproj": True},
+                 {"impl": "v3", "split": 2, "blocks_per_program": 4, "late_vproj": True, "maxnreg": 168},
+                 {"impl": "v3", "split": 2, "blocks_per_program": 4, "l2_prefetch": True, "late_vproj": True,
+                  "maxnreg": 168},
+                 {"impl": "v3", "split": 1, "blocks_per_program": 2, "l2_prefetch": True, "late_vproj": True,
+                  "num_stages": 3},
+                 {"impl": "v3", "split": 2, "blocks_per_program": 2, "l2_prefetch": True, "late_vproj": True,
+                  "maxnreg": 128},
+                 {"impl": "v3", "split": 2, "blocks_per_program": 2, "l2_prefetch": False, "late_vproj": True,
+                  "maxnreg": 128},
+                 {"impl": "v3", "split": 2, "blocks_per_program": 4, "l2_prefetch": True, "late_vproj": True,
+                  "maxnreg": 128},
                  {"impl": "v2"}, {"impl": "v1"}]
 
 
@@ -741,6 +772,8 @@ def test_kernel_replay_and_cuda_graph_gpu(impl):
                                                 "blocks_per_program": 2}),
                                         ("v3", {"_layout": "token"}), ("v2", {"_layout": "token"}),
                                         ("v3", {"prefetch": 0, "l2_prefetch": True, "split": 1,
+                                                "blocks_per_program": 2, "_layout": "token"}),
+                                        ("v3", {"prefetch": 0, "l2_prefetch": True, "split": 1, "late_vproj": True,
                                                 "blocks_per_program": 2, "_layout": "token"})])
 def test_kernel_pdl_chain_gpu(impl, extra):
     """Programmatic dependent launch: each call's query is the previous call's output, so a split

@@ -37,12 +37,13 @@ RankSpec = int | Sequence[int] | Callable[[int], int]
 SPECTRAL_OPTIONS = ("key_rank", "value_rank", "block_size", "hot_window", "quantize", "svd",
                     "oversample", "power_iters", "basis_dtype", "backend", "seed", "value_layout")
 
-# session 7: how the value coefficients are stored per block. "token": C_V^T [value_rank, block_size] (tokens
-# contiguous; ``cache.cv`` is a transposed view with the logical shape [B, Hk, NBcap, block_size, value_rank]),
-# the layout the v3 decode kernel's aggregation dot reads without byte-wise conversions; "rank": C_V
-# [block_size, value_rank] contiguous (sessions 1-6). Both give the same attention.
+# session 7: how the value coefficients are stored per block. "token" (default): C_V^T [value_rank, block_size]
+# (tokens contiguous; ``cache.cv`` is a transposed view with the logical shape [B, Hk, NBcap, block_size,
+# value_rank]), the layout the decode kernels' aggregation dot reads without byte-wise int8 conversions (H100,
+# 32K: 4-8 % faster at B = 1, 4-19 % at B = 8; benchmarks/RESULTS.md "Session 7"); "rank": C_V [block_size,
+# value_rank] contiguous (sessions 1-6). Both hold the same values and give the same attention.
 VALUE_LAYOUTS = ("token", "rank")
-DEFAULT_VALUE_LAYOUT = "rank"
+DEFAULT_VALUE_LAYOUT = "token"
 
 
 def resolve_rank(spec: RankSpec, layer_idx: int, field: str) -> int:

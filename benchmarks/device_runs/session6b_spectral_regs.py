@@ -45,6 +45,7 @@ def compile_one(spec):
     consts.setdefault("PRE", 0)
     consts.setdefault("CVWORDS", False)
     consts.setdefault("CVT", False)
+    consts.setdefault("LATE_VPROJ", False)
     opts = {"num_warps": w, "num_stages": st, **opts_extra}
     names = inspect.signature(fn.fn).parameters
     sig = {n: ("constexpr" if n in consts else TYPES.get(n, "i32")) for n in names}

@@ -442,7 +442,7 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
                     merge_group: int | None = None, num_warps: int | None = None,
                     num_stages: int | None = None, maxnreg: int | None = None, pdl: bool | None = None,
                     prefetch: int | None = None, l2_prefetch: bool | None = None, cv_words: bool | None = None,
-                    **v1_options) -> torch.Tensor:
+                    late_vproj: bool | None = None, **v1_options) -> torch.Tensor:
     """Decode attention of q [B, Hq, 1, d] over a spectral cache's buffers.
 
     ck [B, Hk, NBcap, bs, rk] int8 (or float when sk is None), sk [B, Hk, NBcap, bs] float32,
@@ -468,6 +468,14 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
     shared memory), instead of being read byte by byte out of shared memory in the dot's layout (quantized
     low-precision caches with a power-of-two value rank >= 16; ignored otherwise). Default off: fewer
     instructions, but 0.6-1.5 us slower per call on the H100 (benchmarks/RESULTS.md, "Session 6 round 2").
+    With token-major value coefficients (the cache's default since session 7) it is ignored.
+    late_vproj (v3, session 7; power-of-two blocks_per_program, not with prefetch): each program keeps its rows'
+    value sums per block in coefficient space ([rows, blocks, rv], rescaled by the online softmax) and applies
+    the blocks' value bases once, after its last block (one dot of K = blocks * rv), instead of one projection
+    dot per block step (fewer instructions, barriers and registers per step).
+    Value coefficients: cv may be contiguous ([.., bs, rv], rank-major) or a transposed view of a contiguous
+    [.., rv, bs] tensor (token-major, ``SpectralCache(value_layout="token")``, the default; v2 and v3 read it
+    directly, v1 takes a rank-major copy).
     pdl (v2/v3): programmatic dependent launch (sm_90+, CUDA, compiled; else ignored): the kernel
     and the merge kernel are launched with ``launch_pdl`` and start with griddepcontrol.wait, so a
     kernel's launch overlaps the previous one's work (merge after split, the next call's split after
@@ -488,7 +496,7 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
             impl = "v1"
         elif warp_slices or slice_tile:
             impl = "v2"
-        elif prefetch or l2_prefetch or cv_words:
+        elif prefetch or l2_prefetch or cv_words or late_vproj:
             impl = "v3"
         elif n_blocks <= AUTO_V2_MAX_BLOCKS:
             impl = "v2"
@@ -512,9 +520,9 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
                                    fused_merge=fused_merge, fast_cvt=fast_cvt, merge_group=merge_group,
                                    num_warps=num_warps, num_stages=num_stages, maxnreg=maxnreg,
                                    warp_slices=warp_slices, slice_tile=slice_tile, pdl=pdl, prefetch=prefetch,
-                                   l2_prefetch=l2_prefetch, cv_words=cv_words)
-    if prefetch or l2_prefetch or cv_words:  # v1 / v2
-        raise ValueError("prefetch / l2_prefetch / cv_words belong to impl='v3'")
+                                   l2_prefetch=l2_prefetch, cv_words=cv_words, late_vproj=late_vproj)
+    if prefetch or l2_prefetch or cv_words or late_vproj:  # v1 / v2
+        raise ValueError("prefetch / l2_prefetch / cv_words / late_vproj belong to impl='v3'")
     q, (b, hq, d, bs) = _checked_inputs(q, ck, sk, bk, cv, sv, bv, hot_k, hot_v)
     dev = q.device
     cfg = default_config_v2(b * ck.shape[1], n_blocks, bs, _num_sms(dev), q.element_size())
@@ -568,11 +576,12 @@ def _checked_inputs(q, ck, sk, bk, cv, sv, bv, hot_k, hot_v):
 
 
 def default_config_v3(n_bh: int, n_blocks: int, block_size: int, n_sms: int, elem_size: int = 2, key_rank: int = 0,
-                      value_rank: int = 0, head_dim: int = 128, group: int = 4) -> dict:
+                      value_rank: int = 0, head_dim: int = 128, group: int = 4, token_major: bool = False) -> dict:
     """v3 launch parameters: split (programs per block group, block_size / split tokens of each
     block), blocks_per_program (consecutive blocks per program, pipelined), num_warps, num_stages,
     fused_merge, merge_group, pdl (programmatic dependent launch: ``V3_PDL``), prefetch (registers;
-    off by default) and l2_prefetch (session 6: see ``V3_SESSION6``)."""
+    off by default), l2_prefetch (session 6: see ``V3_SESSION6``) and maxnreg (session 7: None, or 168 for
+    token-major value coefficients (``token_major``) on multi-wave grids at ranks > 16)."""
     if elem_size >= 4:
         cfg = dict(split=4 if block_size >= 256 else 1, num_warps=4, num_stages=1, fused_merge=False)
     else:
@@ -586,7 +595,8 @@ def default_config_v3(n_bh: int, n_blocks: int, block_size: int, n_sms: int, ele
             bpp *= 2
         cfg = dict(split=sp, blocks_per_program=bpp, num_warps=4, num_stages=2, fused_merge=False)
     cfg.setdefault("blocks_per_program", 1)
-    cfg.update(merge_group=8, pdl=_default_pdl(V3_PDL), prefetch=0, l2_prefetch=False, cv_words=False)
+    cfg.update(merge_group=8, pdl=_default_pdl(V3_PDL), prefetch=0, l2_prefetch=False, cv_words=False,
+               late_vproj=False)
     measured = (elem_size < 4 and max(key_rank, value_rank) <= 32 and head_dim <= 128 and group <= 4
                 and block_size >= 128 and V3_SESSION6)
     if measured:
@@ -602,6 +612,11 @@ def default_config_v3(n_bh: int, n_blocks: int, block_size: int, n_sms: int, ele
             cfg.update(split=1, blocks_per_program=cfg["blocks_per_program"] // 2, l2_prefetch=True)
         elif n_prog > 2 * n_sms and max(key_rank, value_rank) <= 16:
             cfg.update(l2_prefetch=True)
+        elif n_prog > 2 * n_sms and token_major and cfg["split"] == 2 and cfg["blocks_per_program"] == 4:
+            # session 7 (benchmarks/RESULTS.md "Session 7"; H100, B = 8 at 32K): reading token-major value
+            # coefficients takes 177-196 registers at ranks 32 (2 programs per SM); capped at 168 (3 per SM, no
+            # spills in the sm_90 SASS) the 16/32 and 32/32 steps ran 13 % and 8 % faster than uncapped
+            cfg.update(maxnreg=168)
     return cfg
 
 
@@ -612,14 +627,14 @@ V3_SESSION6 = True
 def _spectral_decode_v3(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale, *, split=None,
                         blocks_per_program=None, hot_per_split=256, fused_merge=None, fast_cvt=None,
                         merge_group=None, num_warps=None, num_stages=None, maxnreg=None, warp_slices=None,
-                        slice_tile=None, pdl=None, prefetch=None, l2_prefetch=None, cv_words=None):
+                        slice_tile=None, pdl=None, prefetch=None, l2_prefetch=None, cv_words=None, late_vproj=None):
     """The v3 kernel (``_spectral_v3``) through v2's launcher (plans, replay, merges)."""
     if slice_tile or warp_slices:
         raise ValueError("warp_slices / slice_tile belong to impl='v2'")
     q, (b, hq, d, bs) = _checked_inputs(q, ck, sk, bk, cv, sv, bv, hot_k, hot_v)
     dev = q.device
     cfg = default_config_v3(b * ck.shape[1], n_blocks, bs, _num_sms(dev), q.element_size(), ck.shape[-1], cv.shape[-1],
-                            max(d, bv.shape[-1]), hq // ck.shape[1])
+                            max(d, bv.shape[-1]), hq // ck.shape[1], cv_token_major(cv))
     sp = split or cfg["split"]
     while sp > 1 and (bs % sp or (bs // sp) % 16):
         sp //= 2
@@ -634,10 +649,14 @@ def _spectral_decode_v3(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_l
     first = (sp, nsl, tw, num_warps or cfg["num_warps"], num_stages or cfg["num_stages"],
              cfg["fused_merge"] if fused_merge is None else bool(fused_merge),
              (dev.type == "cuda" and not _interpreting()) if fast_cvt is None else bool(fast_cvt),
-             merge_group or cfg["merge_group"], bpp, maxnreg, _pdl_ok(dev, cfg["pdl"] if pdl is None else pdl),
+             merge_group or cfg["merge_group"], bpp,
+             maxnreg if maxnreg is not None else (cfg.get("maxnreg") if (sp, bpp) == (cfg["split"], cfg["blocks_per_program"])
+                                                  else None),
+             _pdl_ok(dev, cfg["pdl"] if pdl is None else pdl),
              int(cfg["prefetch"] if prefetch is None else prefetch),
              _l2pf_ok(dev, cfg["l2_prefetch"] if l2_prefetch is None else l2_prefetch),
-             bool(cfg.get("cv_words", False) if cv_words is None else cv_words))
+             bool(cfg.get("cv_words", False) if cv_words is None else cv_words),
+             bool(cfg.get("late_vproj", False) if late_vproj is None else late_vproj))
     scale = d**-0.5 if scale is None else scale
     out = torch.empty(b, hq, 1, bv.shape[-1], device=dev, dtype=q.dtype)
     args = (q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale, out, hot_per_split)
@@ -666,7 +685,7 @@ def _launch_v3(*args):
 
 def _launch_v2(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale, out, hot_per_split,
                sp, nw, tw, num_warps, num_stages, fused, fast, grp, bpp, maxnreg, pdl=False, pre=0, l2pf=False,
-               cvw=False, kernel="v2"):
+               cvw=False, late=False, kernel="v2"):
     global _FAST_LAUNCH
     dev = q.device
     cuda = dev.type == "cuda"
@@ -681,7 +700,7 @@ def _launch_v2(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale
     tensors = (q, ck, sk, bk, cv, sv, bv, hot_k, hot_v)
     key = (skey, q.shape, q.dtype, ck.shape, ck.dtype, bk.shape, bk.dtype, cv.shape, bv.shape, bv.dtype, hot_k.shape,
            hot_k.dtype, hot_v.shape, quant, n_blocks, n_hot, hot_per_split, sp, nw, tw, num_warps, num_stages, fused,
-           fast, grp, bpp, maxnreg, pdl, pre, l2pf, cvw, kernel, cv.stride(-1),
+           fast, grp, bpp, maxnreg, pdl, pre, l2pf, cvw, late, kernel, cv.stride(-1),
            tuple(x is None or x.data_ptr() % 16 == 0 for x in tensors))
     plan = _V2_PLANS.get(key)
     if plan is not None and plan[0] is not None and not _hooks_active():  # replay: compiled launchers, new pointers
@@ -689,7 +708,8 @@ def _launch_v2(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale
             (run, fn, meta, g0, g1, tpl), merge = plan[0]
             a = list(tpl)
             a[0], a[1], a[3], a[4], a[6], a[7], a[8], a[13], a[19], a[24] = (
-                q, ck, bk, cv, bv, hot_k, hot_v, out, hot_len, scale * 1.4426950408889634)
+                q, ck, bk, cv.transpose(-1, -2) if plan[1][4]["CVT"] else cv, bv, hot_k, hot_v, out, hot_len,
+                scale * 1.4426950408889634)
             if quant:
                 a[2], a[5] = sk, sv
             run(g0, g1, 1, stream, fn, meta, None, None, None, *a)
@@ -706,7 +726,7 @@ def _launch_v2(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale
             replay = False
     if plan is None:
         plan = (None, _make_plan_v2(q, ck, bk, cv, bv, hot_k, n_blocks, n_hot, hot_per_split, quant, sp, nw, tw, fused,
-                                    fast, grp, bpp, pdl, (pre, l2pf, cvw) if kernel == "v3" else None))
+                                    fast, grp, bpp, pdl, (pre, l2pf, cvw, late) if kernel == "v3" else None))
     grid, mgrid, work, cnt, consts, mconsts, (nb_cap, hot_cap, n_comp, n_splits, n_groups) = plan[1]
     pm, pl, pacc, pm2, pl2, pacc2 = work
     cvb = cv.transpose(-1, -2) if consts["CVT"] else cv  # token-major: the contiguous storage (same pointer)
@@ -765,11 +785,13 @@ def _make_plan_v2(q, ck, bk, cv, bv, hot_k, n_blocks, n_hot, hot_per_split, quan
                   LOWP=lowp and (quant or ck.dtype == torch.float16), PREC="ieee" if not lowp else "tf32",
                   FUSED=fused, GRP=grp, SCH=8, FASTCVT=fast and quant,
                   I64=max(ck.numel(), cv.numel(), bk.numel(), bv.numel()) >= 2**31, PDL=pdl)
-    if pre is not None:  # v3 only (its last arguments): (prefetch, l2_prefetch, cv_words)
+    if pre is not None:  # v3 only (its last arguments): (prefetch, l2_prefetch, cv_words, late_vproj)
         consts["PRE"] = int(pre[0])
         consts["L2PF"] = bool(pre[1])
         consts["CVWORDS"] = bool(pre[2])
     consts["CVT"] = cv_token_major(cv)  # session 7: value coefficients stored token-major (passed positionally: last)
+    if pre is not None:
+        consts["LATE_VPROJ"] = bool(pre[3])  # session 7 (v3): value bases applied once per program
     mgrid = mconsts = None
     if not fused:
         dvb = min(32, dvp)
