@@ -183,8 +183,7 @@ def parse_configs(spec: str):
     "v2:split:slices:tile[:warps[:stages[:fused[:fastcvt[:group[:blocks[:maxnreg]]]]]]]"   v2 launch parameters
     "v1:tile:blocks_per_program:fused[:warps[:stages[:maxnreg[:vmerge]]]]"   v1 launch parameters
     "v3:split[:warps[:stages[:fused[:blocks[:maxnreg[:group[:pdl[:prefetch[:l2pf]]]]]]]]]"   v3 launch parameters
-    "v3:...:l2pf:cvw[:late]"                    cvw: 1 = value coefficients as int32 words (session 6 round 2);
-                                                late: 1 = value bases applied once per program (session 7)
+    "v3:...:l2pf:late"                          late: 1 = value bases applied once per program (session 7)
     (0 or absent = the launcher's default; fused, pdl: 0 = off, 1 = on, absent = default; prefetch: 0 = off,
     1 = every tile of the next block in registers, 2 = all but the value coefficients; l2pf: 1 = the program's
     blocks requested from L2 at its start).
@@ -218,12 +217,10 @@ def parse_configs(spec: str):
             out.append({**kw, **lay})
             continue
         if head == "v3":
-            vals = [int(x) for x in rest.split(":")] + [-1] * 12
+            vals = [int(x) for x in rest.split(":")] + [-1] * 11
             kw = {"impl": head}
             if vals[10] >= 0:
-                kw["cv_words"] = bool(vals[10])
-            if vals[11] >= 0:
-                kw["late_vproj"] = bool(vals[11])
+                kw["late_vproj"] = bool(vals[10])
             flags = ("fused_merge", "pdl", "l2_prefetch")
             for key, val in zip(("split", "num_warps", "num_stages", "fused_merge", "blocks_per_program", "maxnreg",
                                  "merge_group", "pdl", "prefetch", "l2_prefetch"), vals[:10]):
@@ -258,7 +255,6 @@ def config_name(kw: dict) -> str:
             "split", "num_warps", "num_stages", "fused_merge", "blocks_per_program", "maxnreg", "merge_group")) + (
             f":{int(kw['pdl'])}" if "pdl" in kw else "") + (f":{int(kw['prefetch'])}" if "prefetch" in kw else "") + (
             f":{int(kw['l2_prefetch'])}" if "l2_prefetch" in kw else "") + (
-            f":{int(kw['cv_words'])}" if "cv_words" in kw else "") + (
             f":{int(kw['late_vproj'])}" if "late_vproj" in kw else "")
     if kw.get("impl") == "v1":
         return "v1:" + ":".join(str(int(kw.get(key, dflt))) for key, dflt in (
@@ -309,7 +305,7 @@ def main(argv=None) -> int:
         batches, lengths, bs = args.batch or [2], args.lengths or [96], args.block_size or 32
         ranks = args.ranks or "8:16"
         repeats, warmup = 2, 1
-        configs = parse_configs("default,v1,v2:2:2:16:0:0:0,v3:2,v3:2@rank,v3:1:4:2:0:2:0:8:1:0:0:0:1")
+        configs = parse_configs("default,v1,v2:2:2:16:0:0:0,v3:2,v3:2@rank,v3:1:4:2:0:2:0:8:1:0:0:1")
     else:
         hk, hq, d, dtype = 8, 32, 128, torch.bfloat16
         batches, lengths, bs = args.batch or [1, 8], args.lengths or [4096, 8192, 16384, 32768], args.block_size or 512

@@ -252,14 +252,6 @@ def test_bad_options():
      {"impl": "v3", "split": 2, "fused_merge": True, "merge_group": 64}),
     (torch.float16, True, dict(b=1, hq=4, hk=1, d=32, rk=8, rv=16, bs=64, t=140, hw=0),
      {"impl": "v3", "l2_prefetch": True}),
-    # v3 with the value coefficients as int32 words (session 6 round 2; under the interpreter only the register-
-    # prefetch path takes them: the L2 prefetch is compiled-only), ranks 16 / 32; an odd value rank ignores it
-    (torch.float16, True, dict(b=1, hq=8, hk=2, d=32, rk=8, rv=16, bs=64, t=330, hw=5),
-     {"impl": "v3", "split": 1, "blocks_per_program": 3, "prefetch": 1, "num_stages": 1, "cv_words": True}),
-    (torch.float16, True, dict(b=1, hq=4, hk=1, d=64, rk=16, rv=32, bs=128, t=300, hw=0),
-     {"impl": "v3", "split": 2, "prefetch": 1, "num_stages": 1, "cv_words": True}),
-    (torch.float16, True, dict(b=1, hq=6, hk=2, d=24, rk=5, rv=7, bs=32, t=100, hw=9),
-     {"impl": "v3", "prefetch": 1, "cv_words": True}),
     # session 7: value coefficients stored token-major (the cache's value_layout="token"): v3 on the session-5
     # path (split 2, padded ranks, G = 3), the session-6 paths (register prefetch 2: whole-block tiles loaded
     # with ``_v3_cv``), v2 and v1 (a rank-major copy), fp32 / fp16, quantized or not
@@ -383,8 +375,8 @@ def test_kernel_v3_falls_back_when_out_of_shared_memory(monkeypatch):
     real, tried = K._launch_v3, []
 
     def launch(*args):
-        sp, stages = args[-15], args[-11]  # (..., split, slices, tile, warps, stages, fused, fast, group, blocks, maxnreg,
-        #                                     pdl, prefetch, l2_prefetch, cv_words, late_vproj)
+        sp, stages = args[-14], args[-10]  # (..., split, slices, tile, warps, stages, fused, fast, group, blocks, maxnreg,
+        #                                     pdl, prefetch, l2_prefetch, late_vproj)
         tried.append((sp, stages))
         if sp < 4:
             raise K.OutOfResources(300000, 232448, "shared memory")
@@ -536,8 +528,6 @@ def test_kernel_options_are_checked():
         spectral_decode(q, z, None, z, z, None, z, 1, z[..., 0, :], z[..., 0, :], 0, block_tile=16, impl="v2")
     with pytest.raises(ValueError, match="impl must be"):
         spectral_decode(q, z, None, z, z, None, z, 1, z[..., 0, :], z[..., 0, :], 0, impl="v9")
-    with pytest.raises(ValueError, match="cv_words .*belong"):
-        spectral_decode(q, z, None, z, z, None, z, 1, z[..., 0, :], z[..., 0, :], 0, cv_words=True, impl="v2")
     with pytest.raises(ValueError, match="late_vproj belong"):
         spectral_decode(q, z, None, z, z, None, z, 1, z[..., 0, :], z[..., 0, :], 0, late_vproj=True, impl="v2")
     with pytest.raises(ValueError, match="impl='v2'"):
@@ -578,12 +568,6 @@ _GPU_KW = [{}, {"fused_merge": False}, {"split": 2, "num_stages": 1}, {"split": 
            {"impl": "v3", "l2_prefetch": True, "prefetch": 2, "num_stages": 1, "blocks_per_program": 3},
            {"impl": "v3", "l2_prefetch": True, "prefetch": 0, "split": 1, "blocks_per_program": 2},
            {"impl": "v3", "l2_prefetch": False, "prefetch": 0, "num_stages": 2},
-           # session 6 round 2: value coefficients as int32 words (L2-prefetch and register-prefetch paths)
-           {"impl": "v3", "l2_prefetch": True, "cv_words": True, "split": 1, "blocks_per_program": 2},
-           {"impl": "v3", "l2_prefetch": True, "cv_words": True, "split": 2, "blocks_per_program": 4},
-           {"impl": "v3", "l2_prefetch": True, "cv_words": True, "split": 2, "blocks_per_program": 4, "maxnreg": 168},
-           {"impl": "v3", "prefetch": 1, "num_stages": 1, "cv_words": True},
-           {"impl": "v3", "prefetch": 2, "num_stages": 1, "cv_words": True, "l2_prefetch": True},
            {"impl": "v1"}, {"impl": "v1", "fused_merge": True},
            {"impl": "v1", "blocks_per_program": 4, "block_tile": 128, "num_warps": 4, "num_stages": 2},
            {"impl": "v1", "value_proj": "merge"}]
@@ -595,15 +579,7 @@ _GPU_KW = [{}, {"fused_merge": False}, {"split": 2, "num_stages": 1}, {"split": 
                                                                           ({"impl": "v3", "prefetch": 1,
                                                                             "l2_prefetch": True}, (16, 16)),
                                                                           ({"impl": "v3", "prefetch": 2,
-                                                                            "l2_prefetch": True}, (32, 32)),
-                                                                          ({"impl": "v3", "l2_prefetch": True,
-                                                                            "cv_words": True, "split": 1,
-                                                                            "blocks_per_program": 2}, (32, 32)),
-                                                                          ({"impl": "v3", "l2_prefetch": True,
-                                                                            "cv_words": True, "split": 1,
-                                                                            "blocks_per_program": 2}, (16, 16)),
-                                                                          ({"impl": "v3", "l2_prefetch": True,
-                                                                            "cv_words": True}, (32, 32))])
+                                                                            "l2_prefetch": True}, (32, 32))])
 def test_kernel_bf16_gpu(kw, ranks):
     dev = torch.device("cuda")
     b, hq, hk, d, t = 2, 32, 8, 128, 2100
@@ -768,8 +744,6 @@ def test_kernel_replay_and_cuda_graph_gpu(impl):
 @pytest.mark.parametrize("impl,extra", [("v2", {}), ("v3", {}),
                                         ("v3", {"prefetch": 1, "l2_prefetch": True, "num_stages": 1}),
                                         ("v3", {"prefetch": 0, "l2_prefetch": True, "num_stages": 2}),
-                                        ("v3", {"prefetch": 0, "l2_prefetch": True, "cv_words": True, "split": 1,
-                                                "blocks_per_program": 2}),
                                         ("v3", {"_layout": "token"}), ("v2", {"_layout": "token"}),
                                         ("v3", {"prefetch": 0, "l2_prefetch": True, "split": 1,
                                                 "blocks_per_program": 2, "_layout": "token"}),

@@ -5,7 +5,9 @@ G = 4, block 512, int8 coefficients, bf16): a free resource report before a devi
 review, their figures are in benchmarks/RESULTS.md.)
 
     python benchmarks/device_runs/session6b_spectral_regs.py v3:16:16:1:2:4:2 v3:32:32:1:2:4:2 ...
-    (kernel:rk:rv:split:bpp:warps:stages[:slices[:l2pf]][:NAME=int constexpr, e.g. CKT=1])
+    (kernel:rk:rv:split:bpp:warps:stages[:slices[:l2pf]][:NAME=int constexpr, e.g. CVT=1, LATE_VPROJ=1, PRE=1,
+    MAXNREG=168]; session 7: CVT = token-major value coefficients, LATE_VPROJ = value bases once per program;
+    ``benchmarks/device_runs/session7_loop_sass.py`` counts the block loop's instructions per step)
 """
 import inspect
 import os
@@ -43,9 +45,10 @@ def compile_one(spec):
                   SPLIT=sp, BPP=bpp, NW=nsl, TW=tw, HOT_PER_SPLIT=256, HT=64, QUANT=True, LOWP=True, PREC="tf32",
                   FUSED=False, GRP=8, SCH=8, FASTCVT=True, I64=False, PDL=True, L2PF=l2pf, **extra)
     consts.setdefault("PRE", 0)
-    consts.setdefault("CVWORDS", False)
-    consts.setdefault("CVT", False)
-    consts.setdefault("LATE_VPROJ", False)
+    names = inspect.signature(fn.fn).parameters
+    for opt in ("CVWORDS", "CVT", "LATE_VPROJ"):  # options of some versions of the kernel: off unless named
+        if opt in names:
+            consts.setdefault(opt, False)
     opts = {"num_warps": w, "num_stages": st, **opts_extra}
     names = inspect.signature(fn.fn).parameters
     sig = {n: ("constexpr" if n in consts else TYPES.get(n, "i32")) for n in names}

@@ -1,5 +1,5 @@
 # Session 7, call 2 (issue 7, decode speed at 32K): with the token-major value coefficients (the cache default after
-# call 1), the value bases applied once per program ("late": ...:0:1) on the B = 1 launch, with 3 stages, and in
+# call 1), the value bases applied once per program ("late": ...:1) on the B = 1 launch, with 3 stages, and in
 # token-split programs (split 2, 2 blocks, 128 registers: 4 programs per SM, one wave of 520 programs), against the
 # default and the session-6 layout ("@rank"), one process, B = 1 then B = 8, ranks 16/16, 32/32, 16/32 (graph16 +
 # profiler; every output checked against the PyTorch reference); then every spectral GPU test.
@@ -13,13 +13,13 @@ python -c "import torch, triton; print('torch', torch.__version__, 'triton', tri
 echo "== bench B=1 (t=$(( $(date +%s)-T0 ))s)" | tee -a $L
 timeout 100 python benchmarks/bench_spectral.py --batch 1 --lengths 32768 --ranks 16:16,32:32,16:32 --no-ref --no-cold \
   --no-eager --repeats 30 --multi 16 --profile --name s7_final32k_b1 \
-  --configs default,default@rank,v3:1:4:2:0:2:0:8:1:0:1:0:1,v3:1:4:3:0:2:0:8:1:0:1:0:1,v3:2:4:2:0:2:128:8:1:0:1:0:1,v3:2:4:2:0:2:128:8:1:0:0:0:1,v3:1:4:2:0:2:0:8:1:0:1:0:1,default \
+  --configs default,default@rank,v3:1:4:2:0:2:0:8:1:0:1:1,v3:1:4:3:0:2:0:8:1:0:1:1,v3:2:4:2:0:2:128:8:1:0:1:1,v3:2:4:2:0:2:128:8:1:0:0:1,v3:1:4:2:0:2:0:8:1:0:1:1,default \
   2>&1 | grep -v -i warn >> $L
 echo "== bench rc=$? (t=$(( $(date +%s)-T0 ))s)" | tee -a $L
 echo "== bench B=8 (t=$(( $(date +%s)-T0 ))s)" | tee -a $L
 timeout 75 python benchmarks/bench_spectral.py --batch 8 --lengths 32768 --ranks 16:16,32:32,16:32 --no-ref --no-eager \
   --no-cold --repeats 20 --multi 16 --profile --name s7_final32k_b8 \
-  --configs default,default@rank,v3:2:4:2:0:4:168:8:1:0:0:0:1,v3:2:4:2:0:4:168:8:1:0:1:0:1,v3:2:4:2:0:4:128:8:1:0:1:0:1,default \
+  --configs default,default@rank,v3:2:4:2:0:4:168:8:1:0:0:1,v3:2:4:2:0:4:168:8:1:0:1:1,v3:2:4:2:0:4:128:8:1:0:1:1,default \
   2>&1 | grep -v -i warn >> $L
 echo "== bench B=8 rc=$? (t=$(( $(date +%s)-T0 ))s)" | tee -a $L
 echo "== spectral gpu tests (t=$(( $(date +%s)-T0 ))s)" | tee -a $L

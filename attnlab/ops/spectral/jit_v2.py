@@ -9,7 +9,7 @@ if HAS_TRITON:
     import triton
     import triton.language as tl
 
-    from .jit_common import _gdc_enter, _hot_window
+    from .jit_common import _gdc_enter, _hot_program, _store_partial
 
     @triton.jit
     def _i8_to_f16(x, FASTCVT: tl.constexpr):
@@ -224,18 +224,12 @@ if HAS_TRITON:
                 acc = acc * wa[:, None] + o_b * wb[:, None]
                 l_i = l_i * wa + l_b * wb
                 m_i = m_new
+            # partial rows [B*Hk, n_splits, GQ]
+            _store_partial(PM, PL, PACC, (pid_bh * n_splits + pid_s) * GQ + offs_g, m_i, l_i, acc, gmask, offs_dv,
+                           dvmask, DV)
         else:
-            m_i = tl.full([GP], -1.0e30, tl.float32)
-            l_i = tl.zeros([GP], tl.float32)
-            acc = tl.zeros([GP, DVP], tl.float32)
-            m_i, l_i, acc = _hot_window(q, HKP, HVP, (pid_s - n_comp) * HOT_PER_SPLIT, hot_len, pid_bh * hot_cap,
-                                        offs_d, offs_dv, dmask, dvmask, qk_scale, m_i, l_i, acc,
-                                        HOT_PER_SPLIT, HT, D, DV, LOWP, PREC)
-
-        part_row = (pid_bh * n_splits + pid_s) * GQ + offs_g  # partial rows [B*Hk, n_splits, GQ]
-        tl.store(PM + part_row, m_i, mask=gmask)
-        tl.store(PL + part_row, l_i, mask=gmask)
-        tl.store(PACC + part_row[:, None] * DV + offs_dv[None, :], acc, mask=gmask[:, None] & dvmask[None, :])
+            _hot_program(Q, HKP, HVP, PM, PL, PACC, pid_bh, pid_s, n_comp, n_splits, hot_len, hot_cap, qk_scale,
+                         G, GP, GQ, D, DP, DV, DVP, HOT_PER_SPLIT, HT, LOWP, PREC)
         if FUSED:
             _fused_tail(PM, PL, PACC, PM2, PL2, PACC2, O, CNT, pid_bh, pid_s, n_splits, n_groups, G, GQ, DV, DVP,
                         GRP, SCH)

@@ -11,7 +11,7 @@ if HAS_TRITON:
     import triton
     import triton.language as tl
 
-    from .jit_common import _gdc_enter, _hot_window
+    from .jit_common import _gdc_enter, _hot_program, _store_partial
     from .jit_v2 import _fused_tail, _i8_to_f16
 
     @triton.jit
@@ -27,7 +27,7 @@ if HAS_TRITON:
     def _v3_tiles(CK, SK, BK, CV, SV, BV, blk, tokb, tok, offs_rk, offs_rv, offs_d, offs_dv, rkmask, rvmask, dmask, dvmask,
                   D: tl.constexpr, DP: tl.constexpr, DV: tl.constexpr, DVP: tl.constexpr, RK: tl.constexpr,
                   RKP: tl.constexpr, RV: tl.constexpr, RVP: tl.constexpr, QUANT: tl.constexpr, NW: tl.constexpr,
-                  TW: tl.constexpr, CV2D: tl.constexpr, CVW: tl.constexpr = False, CVT: tl.constexpr = False,
+                  TW: tl.constexpr, CV2D: tl.constexpr, CVT: tl.constexpr = False,
                   BS: tl.constexpr = 1, LATEV: tl.constexpr = False):
         """Every load of one block step: the slices' key coefficients transposed [NW, RKP, TW], value
         coefficients [NW, TW, RVP] (CV2D: side by side, [TW, NW*RVP], ``_v3_cv``), their per-token scales
@@ -39,9 +39,7 @@ if HAS_TRITON:
             ck = tl.load(ck_ptr)
         else:
             ck = tl.load(ck_ptr, mask=rkmask[None, :, None], other=0)
-        if CVW:
-            cv = _v3_cv_words(CV, tokb, RV, NW, TW)  # int32 [TW, NW*RV/4]
-        elif CV2D or CVT:
+        if CV2D or CVT:
             cv = _v3_cv(CV, tokb, RV, RVP, NW, TW, CVT, blk, BS)
         else:
             if CVT:  # token-major storage (C_V^T per block, [RV, BS])
@@ -91,47 +89,6 @@ if HAS_TRITON:
         else:
             cv = tl.load(cv_ptr, mask=(r < RV)[None, :], other=0)
         return cv
-
-    @triton.jit
-    def _v3_cv_words(CV, tokb, RV: tl.constexpr, NW: tl.constexpr, TW: tl.constexpr):
-        """Session 6 round 2 (CVW): the value coefficients side by side as int32 words of 4 ranks,
-        [TW, NW*RV/4] (RV a power of two >= 16): a tile no dot-operand layout can be assigned to, so the
-        int8 -> fp16 conversion runs on whole words (``_words_to_f16``) instead of on bytes read one by
-        one out of shared memory in the dot's layout (128 LDS.U8 + their packing per thread and block
-        step at rank 32 in the sm_90 SASS)."""
-        RW: tl.constexpr = RV // 4
-        offs_c = tl.arange(0, NW * RW)
-        offs_t = tl.arange(0, TW)
-        cvi = CV.to(tl.pointer_type(tl.int32), bitcast=True)
-        return tl.load(cvi + (tokb + (offs_c // RW)[None, :] * TW + offs_t[:, None]) * RW + (offs_c % RW)[None, :])
-
-    @triton.jit
-    def _words_to_f16(w, FASTCVT: tl.constexpr):
-        """int32 words of 4 int8 values [T, C] -> fp16 [T, 4*C] (byte i of word c is column 4c + i), exact.
-        FASTCVT: 4 values per 5 ALU instructions (as ``_i8_to_f16``); else shifts and conversions."""
-        if FASTCVT:
-            b0, b1, b2, b3 = tl.inline_asm_elementwise(
-                asm="""{
-                .reg .b32 t, c, lo, hi;
-                xor.b32 t, $4, 0x80808080;
-                prmt.b32 lo, t, 0x64646464, 0x4140;
-                prmt.b32 hi, t, 0x64646464, 0x4342;
-                mov.b32 c, 0x64806480;
-                sub.f16x2 lo, lo, c;
-                sub.f16x2 hi, hi, c;
-                mov.b32 {$0, $1}, lo;
-                mov.b32 {$2, $3}, hi;
-                }""",
-                constraints="=h,=h,=h,=h,r", args=[w], dtype=(tl.float16, tl.float16, tl.float16, tl.float16),
-                is_pure=True, pack=1)
-        else:
-            b0 = ((w << 24) >> 24).to(tl.float16)
-            b1 = ((w << 16) >> 24).to(tl.float16)
-            b2 = ((w << 8) >> 24).to(tl.float16)
-            b3 = (w >> 24).to(tl.float16)
-        x = tl.join(tl.join(b0, b2), tl.join(b1, b3))  # [T, C, 2, 2]: join's new axis is the last, so byte
-        # 2j + i sits at [.., j, i]
-        return tl.reshape(x, (w.shape[0], w.shape[1] * 4))
 
     @triton.jit
     def _l2_prefetch_ranges(addr, nbytes):
@@ -197,7 +154,7 @@ if HAS_TRITON:
     def _v3_step(q, ck, cv, sk, sv, bk, bv, m_i, l_i, acc, diag, qk_scale, GP: tl.constexpr, GQ: tl.constexpr,
                  NW: tl.constexpr, TW: tl.constexpr, RKP: tl.constexpr, RVP: tl.constexpr, QUANT: tl.constexpr,
                  LOWP: tl.constexpr, PREC: tl.constexpr, FASTCVT: tl.constexpr, CV2D: tl.constexpr,
-                 CVW: tl.constexpr = False, CVT: tl.constexpr = False, LATEV: tl.constexpr = False, i=0,
+                 CVT: tl.constexpr = False, LATEV: tl.constexpr = False, i=0,
                  BPP: tl.constexpr = 1):
         """The math of one block step (see ``_spectral_v3``): rows (slice j, head g) each with its own
         online softmax (m_i, l_i, acc [GP, DVP]) in the log2 domain. CV2D (the session-6 path) also keeps
@@ -210,10 +167,7 @@ if HAS_TRITON:
             qb = tl.dot(q, tl.trans(bk.to(q.dtype))) * qk_scale  # [GP, RKP]
             if QUANT:
                 ckf = _i8_to_f16(ck, FASTCVT)
-                if CVW:
-                    cvf = _words_to_f16(cv, FASTCVT)  # [TW, NW*RVP]
-                else:
-                    cvf = _i8_to_f16(cv, FASTCVT)
+                cvf = _i8_to_f16(cv, FASTCVT)
             else:
                 ckf = ck.to(tl.float16)
                 cvf = cv.to(tl.float16)
@@ -280,7 +234,7 @@ if HAS_TRITON:
         HOT_PER_SPLIT: tl.constexpr, HT: tl.constexpr,
         QUANT: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr,
         FUSED: tl.constexpr, GRP: tl.constexpr, SCH: tl.constexpr, FASTCVT: tl.constexpr, I64: tl.constexpr,
-        PDL: tl.constexpr = False, PRE: tl.constexpr = False, L2PF: tl.constexpr = False, CVWORDS: tl.constexpr = False,
+        PDL: tl.constexpr = False, PRE: tl.constexpr = False, L2PF: tl.constexpr = False,
         CVT: tl.constexpr = False, LATE_VPROJ: tl.constexpr = False,
     ):
         """v3 block program: BS // SPLIT tokens of each of BPP consecutive blocks, cut into NW slices
@@ -320,9 +274,6 @@ if HAS_TRITON:
             # coefficients, no permute through shared memory) on the session-6 paths; the session-5
             # launch (no prefetch) keeps its code
             CV2D: tl.constexpr = PRE > 0 or L2PF
-            # session 6 round 2: value coefficients as int32 words (CV2D paths, quantized, low precision,
-            # RV a power of two >= 16, no register prefetch of the value tile)
-            CVW: tl.constexpr = CVWORDS and CV2D and QUANT and LOWP and RV == RVP and PRE != 2 and not CVT
             offs_r = tl.arange(0, GP)
             jr = offs_r // GQ  # the slice of each row
             gr = offs_r % GQ  # the query head of each row
@@ -361,7 +312,7 @@ if HAS_TRITON:
                     blk = blk.to(tl.int64)
                 ck, cv, sk, sv, bk, bv = _v3_tiles(CK, SK, BK, CV, SV, BV, blk, blk * BS + part * TPP, blk * BS + tok_off, offs_rk, offs_rv,
                                                    offs_d, offs_dv, rkmask, rvmask, dmask, dvmask, D, DP, DV, DVP, RK,
-                                                   RKP, RV, RVP, QUANT, NW, TW, CV2D, CVW, CVT, BS)
+                                                   RKP, RV, RVP, QUANT, NW, TW, CV2D, CVT, BS)
                 if PDL:
                     _gdc_enter()
             q = tl.load(Q + (pid_bh * G + gr)[:, None] * D + offs_d[None, :], mask=rvalid[:, None] & dmask[None, :],
@@ -375,14 +326,14 @@ if HAS_TRITON:
                         blk2 = blk2.to(tl.int64)
                     ck2, cv2, sk2, sv2, bk2, bv2 = _v3_tiles(CK, SK, BK, CV, SV, BV, blk2, blk2 * BS + part * TPP, blk2 * BS + tok_off, offs_rk,
                                                              offs_rv, offs_d, offs_dv, rkmask, rvmask, dmask, dvmask,
-                                                             D, DP, DV, DVP, RK, RKP, RV, RVP, QUANT, NW, TW, CV2D, CVW, CVT, BS)
+                                                             D, DP, DV, DVP, RK, RKP, RV, RVP, QUANT, NW, TW, CV2D, CVT, BS)
                     if PRE == 2:  # value coefficients loaded in their own step (fewer registers held across steps)
                         blk = pid_bh * nb_cap + n
                         if I64:
                             blk = blk.to(tl.int64)
                         cv = _v3_cv(CV, blk * BS + part * TPP, RV, RVP, NW, TW, CVT, blk, BS)
                     m_i, l_i, acc = _v3_step(q, ck, cv, sk, sv, bk, bv, m_i, l_i, acc, diag, qk_scale, GP, GQ, NW, TW,
-                                             RKP, RVP, QUANT, LOWP, PREC, FASTCVT, CV2D, CVW, CVT)
+                                             RKP, RVP, QUANT, LOWP, PREC, FASTCVT, CV2D, CVT)
                     ck, cv, sk, sv, bk, bv = ck2, cv2, sk2, sv2, bk2, bv2
             else:
                 for n in range(n0, n1):
@@ -392,9 +343,9 @@ if HAS_TRITON:
                     # every load of the block first (Triton pipelines them across blocks, num_stages 2)
                     ck, cv, sk, sv, bk, bv = _v3_tiles(CK, SK, BK, CV, SV, BV, blk, blk * BS + part * TPP, blk * BS + tok_off, offs_rk,
                                                        offs_rv, offs_d, offs_dv, rkmask, rvmask, dmask, dvmask, D, DP,
-                                                       DV, DVP, RK, RKP, RV, RVP, QUANT, NW, TW, CV2D, CVW, CVT, BS, LATEV)
+                                                       DV, DVP, RK, RKP, RV, RVP, QUANT, NW, TW, CV2D, CVT, BS, LATEV)
                     m_i, l_i, acc = _v3_step(q, ck, cv, sk, sv, bk, bv, m_i, l_i, acc, diag, qk_scale, GP, GQ, NW, TW,
-                                             RKP, RVP, QUANT, LOWP, PREC, FASTCVT, CV2D, CVW, CVT, LATEV, n - n0, BPP)
+                                             RKP, RVP, QUANT, LOWP, PREC, FASTCVT, CV2D, CVT, LATEV, n - n0, BPP)
                 if LATEV:
                     blk0 = pid_bh * nb_cap + n0
                     if I64:
@@ -413,28 +364,12 @@ if HAS_TRITON:
             offs_q = tl.arange(0, GQ)
             qmask = offs_q < G
             prow = (pid_bh * n_splits + pid_s) * GQ + offs_q
-            tl.store(PM + prow, m_h, mask=qmask)
-            tl.store(PL + prow, l_h, mask=qmask)
-            tl.store(PACC + prow[:, None] * DV + offs_dv[None, :], acc_h, mask=qmask[:, None] & dvmask[None, :])
+            _store_partial(PM, PL, PACC, prow, m_h, l_h, acc_h, qmask, offs_dv, dvmask, DV)
         else:
             if PDL and (PRE > 0 or L2PF):
                 _gdc_enter()
-            offs_g = tl.arange(0, GP)
-            gmask = offs_g < G
-            qh = tl.load(Q + (pid_bh * G + offs_g)[:, None] * D + offs_d[None, :], mask=gmask[:, None] & dmask[None, :],
-                         other=0.0)
-            if not LOWP:
-                qh = qh.to(tl.float32)
-            hm = tl.full([GP], -1.0e30, tl.float32)
-            hl = tl.zeros([GP], tl.float32)
-            hacc = tl.zeros([GP, DVP], tl.float32)
-            hm, hl, hacc = _hot_window(qh, HKP, HVP, (pid_s - n_comp) * HOT_PER_SPLIT, hot_len, pid_bh * hot_cap,
-                                          offs_d, offs_dv, dmask, dvmask, qk_scale, hm, hl, hacc,
-                                          HOT_PER_SPLIT, HT, D, DV, LOWP, PREC)
-            hrow = (pid_bh * n_splits + pid_s) * GQ + offs_g
-            tl.store(PM + hrow, hm, mask=gmask)
-            tl.store(PL + hrow, hl, mask=gmask)
-            tl.store(PACC + hrow[:, None] * DV + offs_dv[None, :], hacc, mask=gmask[:, None] & dvmask[None, :])
+            _hot_program(Q, HKP, HVP, PM, PL, PACC, pid_bh, pid_s, n_comp, n_splits, hot_len, hot_cap, qk_scale,
+                         G, GP, GQ, D, DP, DV, DVP, HOT_PER_SPLIT, HT, LOWP, PREC)
         if FUSED:
             _fused_tail(PM, PL, PACC, PM2, PL2, PACC2, O, CNT, pid_bh, pid_s, n_splits, n_groups, G, GQ, DV, DVP,
                         GRP, SCH)

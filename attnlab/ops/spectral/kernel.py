@@ -12,7 +12,8 @@ Session 6 (B = 1): when every program is resident at once (B = 1 at 32K), v3 tak
 program (split 1, half as many blocks each) and requests each program's blocks from L2 before the PDL
 wait (``l2_prefetch``); the programs were latency bound (Nsight Compute: ~2 warps per scheduler,
 long-scoreboard first, ~20 block-wide barriers per block step). ``prefetch`` (next block's tiles in
-registers) and, from round 2, ``cv_words`` (int8 value coefficients as int32 words) are tested options, slower
+registers) is a tested option, slower there (round 2's ``cv_words``, the value coefficients as int32 words, also
+slower, was removed in session 7: token-major value coefficients remove the byte-wise conversion it worked around)
 there. Two experimental kernels of session 6, v4 (warps as the dots' batch dimension) and v5 (v4 with a
 per-warp softmax and a coefficient-space accumulator), measured slower everywhere and were removed in the
 session's review; their figures stay in benchmarks/RESULTS.md ("Session 6", "Session 6 round 2").
@@ -441,8 +442,7 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
                     fused_merge: bool | None = None, fast_cvt: bool | None = None,
                     merge_group: int | None = None, num_warps: int | None = None,
                     num_stages: int | None = None, maxnreg: int | None = None, pdl: bool | None = None,
-                    prefetch: int | None = None, l2_prefetch: bool | None = None, cv_words: bool | None = None,
-                    late_vproj: bool | None = None, **v1_options) -> torch.Tensor:
+                    prefetch: int | None = None, l2_prefetch: bool | None = None, late_vproj: bool | None = None, **v1_options) -> torch.Tensor:
     """Decode attention of q [B, Hq, 1, d] over a spectral cache's buffers.
 
     ck [B, Hk, NBcap, bs, rk] int8 (or float when sk is None), sk [B, Hk, NBcap, bs] float32,
@@ -463,12 +463,6 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
     prefetch (v3, session 6; default 0): 1 = the next block's tiles are loaded into registers during
     this block's math (and the first block's before the PDL wait); 2 = all but the value coefficients.
     Use with num_stages=1. Measured faster than the session-5 launch at ranks 16 only (B = 1).
-    cv_words (v3, session 6 round 2): on the L2-prefetch / register-prefetch paths, the int8 value coefficients
-    are loaded as int32 words and converted to fp16 word by word (then moved into the dot's layout through
-    shared memory), instead of being read byte by byte out of shared memory in the dot's layout (quantized
-    low-precision caches with a power-of-two value rank >= 16; ignored otherwise). Default off: fewer
-    instructions, but 0.6-1.5 us slower per call on the H100 (benchmarks/RESULTS.md, "Session 6 round 2").
-    With token-major value coefficients (the cache's default since session 7) it is ignored.
     late_vproj (v3, session 7; power-of-two blocks_per_program, not with prefetch): each program keeps its rows'
     value sums per block in coefficient space ([rows, blocks, rv], rescaled by the online softmax) and applies
     the blocks' value bases once, after its last block (one dot of K = blocks * rv), instead of one projection
@@ -496,7 +490,7 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
             impl = "v1"
         elif warp_slices or slice_tile:
             impl = "v2"
-        elif prefetch or l2_prefetch or cv_words or late_vproj:
+        elif prefetch or l2_prefetch or late_vproj:
             impl = "v3"
         elif n_blocks <= AUTO_V2_MAX_BLOCKS:
             impl = "v2"
@@ -520,9 +514,9 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
                                    fused_merge=fused_merge, fast_cvt=fast_cvt, merge_group=merge_group,
                                    num_warps=num_warps, num_stages=num_stages, maxnreg=maxnreg,
                                    warp_slices=warp_slices, slice_tile=slice_tile, pdl=pdl, prefetch=prefetch,
-                                   l2_prefetch=l2_prefetch, cv_words=cv_words, late_vproj=late_vproj)
-    if prefetch or l2_prefetch or cv_words or late_vproj:  # v1 / v2
-        raise ValueError("prefetch / l2_prefetch / cv_words / late_vproj belong to impl='v3'")
+                                   l2_prefetch=l2_prefetch, late_vproj=late_vproj)
+    if prefetch or l2_prefetch or late_vproj:  # v1 / v2
+        raise ValueError("prefetch / l2_prefetch / late_vproj belong to impl='v3'")
     q, (b, hq, d, bs) = _checked_inputs(q, ck, sk, bk, cv, sv, bv, hot_k, hot_v)
     dev = q.device
     cfg = default_config_v2(b * ck.shape[1], n_blocks, bs, _num_sms(dev), q.element_size())
@@ -595,8 +589,7 @@ def default_config_v3(n_bh: int, n_blocks: int, block_size: int, n_sms: int, ele
             bpp *= 2
         cfg = dict(split=sp, blocks_per_program=bpp, num_warps=4, num_stages=2, fused_merge=False)
     cfg.setdefault("blocks_per_program", 1)
-    cfg.update(merge_group=8, pdl=_default_pdl(V3_PDL), prefetch=0, l2_prefetch=False, cv_words=False,
-               late_vproj=False)
+    cfg.update(merge_group=8, pdl=_default_pdl(V3_PDL), prefetch=0, l2_prefetch=False, late_vproj=False)
     measured = (elem_size < 4 and max(key_rank, value_rank) <= 32 and head_dim <= 128 and group <= 4
                 and block_size >= 128 and V3_SESSION6)
     if measured:
@@ -627,7 +620,7 @@ V3_SESSION6 = True
 def _spectral_decode_v3(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale, *, split=None,
                         blocks_per_program=None, hot_per_split=256, fused_merge=None, fast_cvt=None,
                         merge_group=None, num_warps=None, num_stages=None, maxnreg=None, warp_slices=None,
-                        slice_tile=None, pdl=None, prefetch=None, l2_prefetch=None, cv_words=None, late_vproj=None):
+                        slice_tile=None, pdl=None, prefetch=None, l2_prefetch=None, late_vproj=None):
     """The v3 kernel (``_spectral_v3``) through v2's launcher (plans, replay, merges)."""
     if slice_tile or warp_slices:
         raise ValueError("warp_slices / slice_tile belong to impl='v2'")
@@ -655,7 +648,6 @@ def _spectral_decode_v3(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_l
              _pdl_ok(dev, cfg["pdl"] if pdl is None else pdl),
              int(cfg["prefetch"] if prefetch is None else prefetch),
              _l2pf_ok(dev, cfg["l2_prefetch"] if l2_prefetch is None else l2_prefetch),
-             bool(cfg.get("cv_words", False) if cv_words is None else cv_words),
              bool(cfg.get("late_vproj", False) if late_vproj is None else late_vproj))
     scale = d**-0.5 if scale is None else scale
     out = torch.empty(b, hq, 1, bv.shape[-1], device=dev, dtype=q.dtype)
@@ -685,7 +677,7 @@ def _launch_v3(*args):
 
 def _launch_v2(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale, out, hot_per_split,
                sp, nw, tw, num_warps, num_stages, fused, fast, grp, bpp, maxnreg, pdl=False, pre=0, l2pf=False,
-               cvw=False, late=False, kernel="v2"):
+               late=False, kernel="v2"):
     global _FAST_LAUNCH
     dev = q.device
     cuda = dev.type == "cuda"
@@ -700,7 +692,7 @@ def _launch_v2(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale
     tensors = (q, ck, sk, bk, cv, sv, bv, hot_k, hot_v)
     key = (skey, q.shape, q.dtype, ck.shape, ck.dtype, bk.shape, bk.dtype, cv.shape, bv.shape, bv.dtype, hot_k.shape,
            hot_k.dtype, hot_v.shape, quant, n_blocks, n_hot, hot_per_split, sp, nw, tw, num_warps, num_stages, fused,
-           fast, grp, bpp, maxnreg, pdl, pre, l2pf, cvw, late, kernel, cv.stride(-1),
+           fast, grp, bpp, maxnreg, pdl, pre, l2pf, late, kernel, cv.stride(-1),
            tuple(x is None or x.data_ptr() % 16 == 0 for x in tensors))
     plan = _V2_PLANS.get(key)
     if plan is not None and plan[0] is not None and not _hooks_active():  # replay: compiled launchers, new pointers
@@ -726,7 +718,7 @@ def _launch_v2(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale
             replay = False
     if plan is None:
         plan = (None, _make_plan_v2(q, ck, bk, cv, bv, hot_k, n_blocks, n_hot, hot_per_split, quant, sp, nw, tw, fused,
-                                    fast, grp, bpp, pdl, (pre, l2pf, cvw, late) if kernel == "v3" else None))
+                                    fast, grp, bpp, pdl, (pre, l2pf, late) if kernel == "v3" else None))
     grid, mgrid, work, cnt, consts, mconsts, (nb_cap, hot_cap, n_comp, n_splits, n_groups) = plan[1]
     pm, pl, pacc, pm2, pl2, pacc2 = work
     cvb = cv.transpose(-1, -2) if consts["CVT"] else cv  # token-major: the contiguous storage (same pointer)
@@ -785,13 +777,12 @@ def _make_plan_v2(q, ck, bk, cv, bv, hot_k, n_blocks, n_hot, hot_per_split, quan
                   LOWP=lowp and (quant or ck.dtype == torch.float16), PREC="ieee" if not lowp else "tf32",
                   FUSED=fused, GRP=grp, SCH=8, FASTCVT=fast and quant,
                   I64=max(ck.numel(), cv.numel(), bk.numel(), bv.numel()) >= 2**31, PDL=pdl)
-    if pre is not None:  # v3 only (its last arguments): (prefetch, l2_prefetch, cv_words, late_vproj)
+    if pre is not None:  # v3 only (its last arguments): (prefetch, l2_prefetch, late_vproj)
         consts["PRE"] = int(pre[0])
         consts["L2PF"] = bool(pre[1])
-        consts["CVWORDS"] = bool(pre[2])
     consts["CVT"] = cv_token_major(cv)  # session 7: value coefficients stored token-major (passed positionally: last)
     if pre is not None:
-        consts["LATE_VPROJ"] = bool(pre[3])  # session 7 (v3): value bases applied once per program
+        consts["LATE_VPROJ"] = bool(pre[2])  # session 7 (v3): value bases applied once per program
     mgrid = mconsts = None
     if not fused:
         dvb = min(32, dvp)
