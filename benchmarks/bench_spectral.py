@@ -184,9 +184,9 @@ def parse_configs(spec: str):
     "v1:tile:blocks_per_program:fused[:warps[:stages[:maxnreg[:vmerge]]]]"   v1 launch parameters
     "v3:split[:warps[:stages[:fused[:blocks[:maxnreg[:group[:pdl[:prefetch[:l2pf]]]]]]]]]"   v3 launch parameters
     "v3:...:l2pf:late"                          late: 1 = value bases applied once per program (session 7)
-    (0 or absent = the launcher's default; fused, pdl: 0 = off, 1 = on, absent = default; prefetch: 0 = off,
-    1 = every tile of the next block in registers, 2 = all but the value coefficients; l2pf: 1 = the program's
-    blocks requested from L2 at its start).
+    (0 or absent = the launcher's default; fused, pdl: 0 = off, 1 = on, absent = default; prefetch: 0 only (the
+    slot of session 6's register prefetch, removed in session 7); l2pf: 1 = the program's blocks requested from L2
+    at its start).
     Any item may end in "@token" or "@rank" (session 7): the value coefficients handed to the kernel in that
     storage layout (``SpectralCache(value_layout=...)``; without it: the cache's default layout)."""
     out = []
@@ -224,7 +224,11 @@ def parse_configs(spec: str):
             flags = ("fused_merge", "pdl", "l2_prefetch")
             for key, val in zip(("split", "num_warps", "num_stages", "fused_merge", "blocks_per_program", "maxnreg",
                                  "merge_group", "pdl", "prefetch", "l2_prefetch"), vals[:10]):
-                if val > 0 or (key in flags + ("prefetch",) and val == 0):
+                if key == "prefetch":  # the register prefetch was removed in session 7: its slot stays, 0 only
+                    if val > 0:
+                        raise SystemExit(f"--configs: {item!r}: the register prefetch was removed (session 7); use 0")
+                    continue
+                if val > 0 or (key in flags and val == 0):
                     kw[key] = bool(val) if key in flags else val
             out.append({**kw, **lay})
             continue
@@ -253,7 +257,7 @@ def config_name(kw: dict) -> str:
     if kw.get("impl") == "v3":
         return kw["impl"] + ":" + ":".join(str(int(kw[key])) if key in kw else "-" for key in (
             "split", "num_warps", "num_stages", "fused_merge", "blocks_per_program", "maxnreg", "merge_group")) + (
-            f":{int(kw['pdl'])}" if "pdl" in kw else "") + (f":{int(kw['prefetch'])}" if "prefetch" in kw else "") + (
+            f":{int(kw['pdl'])}" if "pdl" in kw else "") + (":0" if "l2_prefetch" in kw else "") + (
             f":{int(kw['l2_prefetch'])}" if "l2_prefetch" in kw else "") + (
             f":{int(kw['late_vproj'])}" if "late_vproj" in kw else "")
     if kw.get("impl") == "v1":

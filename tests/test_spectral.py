@@ -240,28 +240,28 @@ def test_bad_options():
     (torch.float16, True, dict(b=2, hq=16, hk=2, d=32, rk=8, rv=16, bs=64, t=200, hw=5), {"impl": "v3", "split": 1}),
     (torch.float32, True, dict(b=1, hq=2, hk=2, d=16, rk=4, rv=8, bs=64, t=140, hw=0), {"impl": "v3", "split": 4}),
     (torch.float16, False, dict(b=1, hq=3, hk=1, d=32, rk=8, rv=16, bs=32, t=170, hw=0), {"impl": "v3"}),
-    # v3 with the register prefetch (session 6): odd block counts per program, padded ranks / slices, fp32 /
-    # fp16, quantized or not; and the one-level fused merge (merge_group >= the splits of a (b, h))
+    # v3: odd block counts per program, padded ranks / slices, fp32 / fp16, quantized or not, one stage; and the
+    # one-level fused merge (merge_group >= the splits of a (b, h))
     (torch.float16, True, dict(b=2, hq=8, hk=2, d=32, rk=8, rv=16, bs=64, t=330, hw=5),
-     {"impl": "v3", "split": 2, "blocks_per_program": 3, "prefetch": True, "num_stages": 1}),
+     {"impl": "v3", "split": 2, "blocks_per_program": 3, "num_stages": 1}),
     (torch.float32, True, dict(b=1, hq=6, hk=2, d=24, rk=5, rv=7, bs=16, t=75, hw=9),
-     {"impl": "v3", "prefetch": 2, "blocks_per_program": 2}),
+     {"impl": "v3", "blocks_per_program": 2}),
     (torch.float32, False, dict(b=1, hq=4, hk=2, d=32, rk=16, rv=8, bs=32, t=130, hw=0),
-     {"impl": "v3", "prefetch": True, "fused_merge": True, "merge_group": 64, "blocks_per_program": 4}),
+     {"impl": "v3", "fused_merge": True, "merge_group": 64, "blocks_per_program": 4}),
     (torch.float16, True, dict(b=2, hq=8, hk=2, d=32, rk=8, rv=16, bs=64, t=330, hw=5),
      {"impl": "v3", "split": 2, "fused_merge": True, "merge_group": 64}),
     (torch.float16, True, dict(b=1, hq=4, hk=1, d=32, rk=8, rv=16, bs=64, t=140, hw=0),
      {"impl": "v3", "l2_prefetch": True}),
     # session 7: value coefficients stored token-major (the cache's value_layout="token"): v3 on the session-5
-    # path (split 2, padded ranks, G = 3), the session-6 paths (register prefetch 2: whole-block tiles loaded
-    # with ``_v3_cv``), v2 and v1 (a rank-major copy), fp32 / fp16, quantized or not
+    # path (split 2, padded ranks, G = 3), whole-block programs (split 1, one stage), v2 and v1 (a rank-major
+    # copy), fp32 / fp16, quantized or not
     (torch.float32, True, dict(b=1, hq=6, hk=2, d=24, rk=5, rv=7, bs=16, t=75, hw=9), {"impl": "v3", "_layout": "token"}),
     (torch.float16, True, dict(b=2, hq=8, hk=2, d=32, rk=8, rv=16, bs=64, t=330, hw=5),
      {"impl": "v3", "split": 2, "blocks_per_program": 3, "_layout": "token"}),
     (torch.float16, False, dict(b=1, hq=3, hk=1, d=32, rk=8, rv=16, bs=32, t=170, hw=0),
      {"impl": "v3", "split": 1, "_layout": "token"}),
     (torch.float32, True, dict(b=1, hq=4, hk=2, d=32, rk=8, rv=32, bs=64, t=330, hw=0),
-     {"impl": "v3", "split": 1, "blocks_per_program": 2, "prefetch": 2, "num_stages": 1, "_layout": "token"}),
+     {"impl": "v3", "split": 1, "blocks_per_program": 2, "num_stages": 1, "_layout": "token"}),
     (torch.float16, True, dict(b=2, hq=4, hk=2, d=32, rk=8, rv=16, bs=32, t=170, hw=0),
      {"split": 1, "blocks_per_program": 3, "warp_slices": 2, "slice_tile": 16, "_layout": "token"}),
     (torch.float32, False, dict(b=2, hq=4, hk=2, d=32, rk=32, rv=24, bs=32, t=70, hw=0), {"_layout": "token"}),
@@ -375,8 +375,8 @@ def test_kernel_v3_falls_back_when_out_of_shared_memory(monkeypatch):
     real, tried = K._launch_v3, []
 
     def launch(*args):
-        sp, stages = args[-14], args[-10]  # (..., split, slices, tile, warps, stages, fused, fast, group, blocks, maxnreg,
-        #                                     pdl, prefetch, l2_prefetch, late_vproj)
+        sp, stages = args[-13], args[-9]  # (..., split, slices, tile, warps, stages, fused, fast, group, blocks, maxnreg,
+        #                                    pdl, l2_prefetch, late_vproj)
         tried.append((sp, stages))
         if sp < 4:
             raise K.OutOfResources(300000, 232448, "shared memory")
@@ -486,7 +486,7 @@ def test_default_config_v3_session6():
     from attnlab.ops.spectral.kernel import default_config_v3 as cfg
 
     b1 = cfg(8, 64, 512, 132, 2, 16, 32, 128, 4)
-    assert (b1["split"], b1["blocks_per_program"], b1["l2_prefetch"], b1["prefetch"], b1["num_stages"]) == (1, 2, True, 0, 2)
+    assert (b1["split"], b1["blocks_per_program"], b1["l2_prefetch"], b1["num_stages"]) == (1, 2, True, 2)
     b1 = cfg(8, 32, 512, 132, 2, 16, 32, 128, 4)  # B = 1 at 16K: 2-block programs, not measured: session-5 launch
     assert (b1["split"], b1["blocks_per_program"], b1["l2_prefetch"]) == (2, 2, False)
     for rk, rv, l2 in ((16, 16, True), (16, 32, False), (32, 32, False)):
@@ -561,13 +561,12 @@ _GPU_KW = [{}, {"fused_merge": False}, {"split": 2, "num_stages": 1}, {"split": 
            {"impl": "v3", "split": 4, "blocks_per_program": 3, "num_stages": 1}, {"impl": "v3", "maxnreg": 128},
            {"impl": "v3", "fast_cvt": False},
            {"pdl": True}, {"impl": "v3", "pdl": True}, {"impl": "v3", "pdl": True, "fused_merge": True},
-           # session 6: register prefetch (all tiles / all but the value coefficients), L2 bulk prefetch, and
-           # the session-5 launch with both off (the default turns them on for one-wave grids like this one)
-           {"impl": "v3", "prefetch": 1, "num_stages": 1}, {"impl": "v3", "prefetch": 2, "num_stages": 1},
-           {"impl": "v3", "l2_prefetch": True, "prefetch": 0, "num_stages": 2},
-           {"impl": "v3", "l2_prefetch": True, "prefetch": 2, "num_stages": 1, "blocks_per_program": 3},
-           {"impl": "v3", "l2_prefetch": True, "prefetch": 0, "split": 1, "blocks_per_program": 2},
-           {"impl": "v3", "l2_prefetch": False, "prefetch": 0, "num_stages": 2},
+           # session 6: L2 bulk prefetch, and the session-5 launch without it (the default turns it on for
+           # one-wave grids like this one)
+           {"impl": "v3", "l2_prefetch": True, "num_stages": 2},
+           {"impl": "v3", "l2_prefetch": True, "num_stages": 1, "blocks_per_program": 3},
+           {"impl": "v3", "l2_prefetch": True, "split": 1, "blocks_per_program": 2},
+           {"impl": "v3", "l2_prefetch": False, "num_stages": 2},
            {"impl": "v1"}, {"impl": "v1", "fused_merge": True},
            {"impl": "v1", "blocks_per_program": 4, "block_tile": 128, "num_warps": 4, "num_stages": 2},
            {"impl": "v1", "value_proj": "merge"}]
@@ -576,9 +575,9 @@ _GPU_KW = [{}, {"fused_merge": False}, {"split": 2, "num_stages": 1}, {"split": 
 @pytest.mark.gpu
 @pytest.mark.parametrize("kw,ranks", [(kw, (16, 32)) for kw in _GPU_KW] + [({}, (32, 32)), ({"impl": "v3"}, (32, 32)),
                                                                           ({"impl": "v3"}, (16, 16)),
-                                                                          ({"impl": "v3", "prefetch": 1,
+                                                                          ({"impl": "v3",
                                                                             "l2_prefetch": True}, (16, 16)),
-                                                                          ({"impl": "v3", "prefetch": 2,
+                                                                          ({"impl": "v3",
                                                                             "l2_prefetch": True}, (32, 32))])
 def test_kernel_bf16_gpu(kw, ranks):
     dev = torch.device("cuda")
@@ -602,13 +601,12 @@ def test_kernel_bf16_gpu(kw, ranks):
 
 # session 7: the value coefficients stored token-major (value_layout="token"): the launches the defaults pick at B = 1
 # and 8 (32K: split 1 / 2 blocks + L2 prefetch; split 2 / 4 blocks with and without it, at 168 registers), 3 stages,
-# the session-5 path, the register prefetch, v2 and v1 (a rank-major copy), at ranks 16/16, 16/32, 32/32
+# the session-5 path, v2 and v1 (a rank-major copy), late_vproj, at ranks 16/16, 16/32, 32/32
 _GPU_TOKEN_KW = [{}, {"impl": "v3"},
-                 {"impl": "v3", "split": 1, "blocks_per_program": 2, "l2_prefetch": True, "prefetch": 0},
+                 {"impl": "v3", "split": 1, "blocks_per_program": 2, "l2_prefetch": True},
                  {"impl": "v3", "split": 1, "blocks_per_program": 2, "l2_prefetch": True, "num_stages": 3},
                  {"impl": "v3", "split": 2, "blocks_per_program": 4, "l2_prefetch": True, "maxnreg": 168},
                  {"impl": "v3", "split": 2, "blocks_per_program": 4, "l2_prefetch": False, "maxnreg": 168},
-                 {"impl": "v3", "prefetch": 2, "num_stages": 1, "l2_prefetch": True},
                  {"impl": "v3", "split": 1, "blocks_per_program": 2, "l2_prefetch": True, "late_vproj": True},
                  {"impl": "v3", "split": 2, "blocks_per_program": 4, "late_vproj": True, "maxnreg": 168},
                  {"impl": "v3", "split": 2, "blocks_per_program": 4, "l2_prefetch": True, "late_vproj": True,
@@ -742,19 +740,18 @@ def test_kernel_replay_and_cuda_graph_gpu(impl):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("impl,extra", [("v2", {}), ("v3", {}),
-                                        ("v3", {"prefetch": 1, "l2_prefetch": True, "num_stages": 1}),
-                                        ("v3", {"prefetch": 0, "l2_prefetch": True, "num_stages": 2}),
+                                        ("v3", {"l2_prefetch": True, "num_stages": 2}),
                                         ("v3", {"_layout": "token"}), ("v2", {"_layout": "token"}),
-                                        ("v3", {"prefetch": 0, "l2_prefetch": True, "split": 1,
+                                        ("v3", {"l2_prefetch": True, "split": 1,
                                                 "blocks_per_program": 2, "_layout": "token"}),
-                                        ("v3", {"prefetch": 0, "l2_prefetch": True, "split": 1, "late_vproj": True,
+                                        ("v3", {"l2_prefetch": True, "split": 1, "late_vproj": True,
                                                 "blocks_per_program": 2, "_layout": "token"})])
 def test_kernel_pdl_chain_gpu(impl, extra):
     """Programmatic dependent launch: each call's query is the previous call's output, so a split
     kernel that read q before the previous merge finished (or a merge that read partials before
     its split kernel finished) would differ from the ordinary launches. Eager (JIT then replayed)
-    and in one CUDA graph of 4 chained calls. The session-6 prefetches (first tiles in registers, every
-    block in L2, both before the PDL wait) read only the cache there, never q."""
+    and in one CUDA graph of 4 chained calls. The session-6 L2 prefetch (every block, before the PDL wait)
+    reads only the cache there, never q. Both value-coefficient layouts."""
     dev = torch.device("cuda")
     b, hq, hk, d, t = 1, 32, 8, 128, 9000
     torch.manual_seed(0)

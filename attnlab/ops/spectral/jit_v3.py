@@ -1,7 +1,9 @@
 """v3 spectral decode kernel (session 5): token slices packed into the rows of the dots, no padded
 query rows (design: ``kernel.py``'s docstring and ``_spectral_v3``'s). Session 6: the L2 bulk prefetch of
-a program's blocks before the PDL wait (``L2PF``), the register prefetch option (``PRE``), and on those
-paths the value coefficients loaded side by side and the row sums kept per token column (``CV2D``)."""
+a program's blocks before the PDL wait (``L2PF``), and on that path the value coefficients loaded side by side
+and the row sums kept per token column (``CV2D``). Session 7: token-major value coefficients (``CVT``), the value
+bases applied once per program (``LATE_VPROJ``); the register prefetch (session 6, ``PRE``) and the int32-word
+value tiles (round 2, ``CVWORDS``), both measured slower, were removed."""
 
 from __future__ import annotations
 
@@ -234,7 +236,7 @@ if HAS_TRITON:
         HOT_PER_SPLIT: tl.constexpr, HT: tl.constexpr,
         QUANT: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr,
         FUSED: tl.constexpr, GRP: tl.constexpr, SCH: tl.constexpr, FASTCVT: tl.constexpr, I64: tl.constexpr,
-        PDL: tl.constexpr = False, PRE: tl.constexpr = False, L2PF: tl.constexpr = False,
+        PDL: tl.constexpr = False, L2PF: tl.constexpr = False,
         CVT: tl.constexpr = False, LATE_VPROJ: tl.constexpr = False,
     ):
         """v3 block program: BS // SPLIT tokens of each of BPP consecutive blocks, cut into NW slices
@@ -252,15 +254,11 @@ if HAS_TRITON:
         (the zero blocks cost tensor-core work only), then the NW rows of each head are merged
         once per program. Same arguments and partial layout as v2 (same launcher, replay, merges).
         PDL: launched as a programmatic dependent launch (see ``_gdc_enter``).
-        PRE (session 6): the next block step's tiles are loaded into registers before this step's math
-        (a hand-written two-deep pipeline; run it with num_stages=1; PRE == 2: all but the value
-        coefficients, which are loaded at the top of their own step, fewer registers), and the first step's tiles are
-        loaded before the PDL wait: they overlap the previous kernel (the merge of the previous call or
-        layer, which never writes a cache). q and everything written (partials, output, counters)
-        still come after the wait.
         L2PF (session 6): at its start a program asks L2 (cp.async.bulk.prefetch.L2, sm_90+, compiled only)
-        for every byte of its blocks (before the PDL wait), so its loads wait for L2, not DRAM."""
-        if PDL and PRE == 0 and not L2PF:
+        for every byte of its blocks (before the PDL wait), so its loads wait for L2, not DRAM; the requests
+        overlap the previous kernel (the merge of the previous call or layer, which never writes a cache);
+        q and everything written (partials, output, counters) come after the wait."""
+        if PDL and not L2PF:
             _gdc_enter()
         pid_bh = tl.program_id(0)
         pid_s = tl.program_id(1)
@@ -270,10 +268,9 @@ if HAS_TRITON:
         dvmask = offs_dv < DV
         if pid_s < n_comp:
             TPP: tl.constexpr = BS // SPLIT
-            # session 6: the value coefficients loaded side by side (cp.async-pipelined like the key
-            # coefficients, no permute through shared memory) on the session-6 paths; the session-5
-            # launch (no prefetch) keeps its code
-            CV2D: tl.constexpr = PRE > 0 or L2PF
+            # session 6: the row sums kept per token column on the L2-prefetch path (the session-5 launch keeps
+            # its code)
+            CV2D: tl.constexpr = L2PF
             offs_r = tl.arange(0, GP)
             jr = offs_r // GQ  # the slice of each row
             gr = offs_r % GQ  # the query head of each row
@@ -295,8 +292,8 @@ if HAS_TRITON:
             else:
                 l_i = tl.zeros([GP], tl.float32)
             # session 7 (LATE_VPROJ): value sums kept per block in coefficient space, projected once at the end
-            # (the register-prefetch loop and non-power-of-two BPP keep the per-step projection)
-            LATEV: tl.constexpr = LATE_VPROJ and PRE == 0 and (BPP & (BPP - 1)) == 0
+            # (a non-power-of-two BPP keeps the per-step projection)
+            LATEV: tl.constexpr = LATE_VPROJ and (BPP & (BPP - 1)) == 0
             if LATEV:
                 acc = tl.zeros([GP, BPP, RVP], tl.float32)
             else:
@@ -304,53 +301,27 @@ if HAS_TRITON:
             if L2PF:  # every byte of the program's blocks requested from L2 up front (before the PDL wait)
                 _v3_prefetch(CK, SK, BK, CV, SV, BV, pid_bh, nb_cap, n0, n1, part, TPP, BS, D, DV, RK, RV, BPP, QUANT,
                              CVT)
-                if PDL and PRE == 0:
-                    _gdc_enter()
-            if PRE > 0:
-                blk = pid_bh * nb_cap + n0
-                if I64:
-                    blk = blk.to(tl.int64)
-                ck, cv, sk, sv, bk, bv = _v3_tiles(CK, SK, BK, CV, SV, BV, blk, blk * BS + part * TPP, blk * BS + tok_off, offs_rk, offs_rv,
-                                                   offs_d, offs_dv, rkmask, rvmask, dmask, dvmask, D, DP, DV, DVP, RK,
-                                                   RKP, RV, RVP, QUANT, NW, TW, CV2D, CVT, BS)
                 if PDL:
                     _gdc_enter()
             q = tl.load(Q + (pid_bh * G + gr)[:, None] * D + offs_d[None, :], mask=rvalid[:, None] & dmask[None, :],
                         other=0.0)
             if not LOWP:
                 q = q.to(tl.float32)
-            if PRE > 0:
-                for n in range(n0, n1):
-                    blk2 = pid_bh * nb_cap + tl.minimum(n + 1, n1 - 1)  # the last step reloads its own (cached)
-                    if I64:
-                        blk2 = blk2.to(tl.int64)
-                    ck2, cv2, sk2, sv2, bk2, bv2 = _v3_tiles(CK, SK, BK, CV, SV, BV, blk2, blk2 * BS + part * TPP, blk2 * BS + tok_off, offs_rk,
-                                                             offs_rv, offs_d, offs_dv, rkmask, rvmask, dmask, dvmask,
-                                                             D, DP, DV, DVP, RK, RKP, RV, RVP, QUANT, NW, TW, CV2D, CVT, BS)
-                    if PRE == 2:  # value coefficients loaded in their own step (fewer registers held across steps)
-                        blk = pid_bh * nb_cap + n
-                        if I64:
-                            blk = blk.to(tl.int64)
-                        cv = _v3_cv(CV, blk * BS + part * TPP, RV, RVP, NW, TW, CVT, blk, BS)
-                    m_i, l_i, acc = _v3_step(q, ck, cv, sk, sv, bk, bv, m_i, l_i, acc, diag, qk_scale, GP, GQ, NW, TW,
-                                             RKP, RVP, QUANT, LOWP, PREC, FASTCVT, CV2D, CVT)
-                    ck, cv, sk, sv, bk, bv = ck2, cv2, sk2, sv2, bk2, bv2
-            else:
-                for n in range(n0, n1):
-                    blk = pid_bh * nb_cap + n
-                    if I64:
-                        blk = blk.to(tl.int64)
-                    # every load of the block first (Triton pipelines them across blocks, num_stages 2)
-                    ck, cv, sk, sv, bk, bv = _v3_tiles(CK, SK, BK, CV, SV, BV, blk, blk * BS + part * TPP, blk * BS + tok_off, offs_rk,
-                                                       offs_rv, offs_d, offs_dv, rkmask, rvmask, dmask, dvmask, D, DP,
-                                                       DV, DVP, RK, RKP, RV, RVP, QUANT, NW, TW, CV2D, CVT, BS, LATEV)
-                    m_i, l_i, acc = _v3_step(q, ck, cv, sk, sv, bk, bv, m_i, l_i, acc, diag, qk_scale, GP, GQ, NW, TW,
-                                             RKP, RVP, QUANT, LOWP, PREC, FASTCVT, CV2D, CVT, LATEV, n - n0, BPP)
-                if LATEV:
-                    blk0 = pid_bh * nb_cap + n0
-                    if I64:
-                        blk0 = blk0.to(tl.int64)
-                    acc = _v3_late_proj(BV, acc, blk0, n1 - n0, GP, BPP, RV, RVP, DV, DVP, PREC)
+            for n in range(n0, n1):
+                blk = pid_bh * nb_cap + n
+                if I64:
+                    blk = blk.to(tl.int64)
+                # every load of the block first (Triton pipelines them across blocks, num_stages 2)
+                ck, cv, sk, sv, bk, bv = _v3_tiles(CK, SK, BK, CV, SV, BV, blk, blk * BS + part * TPP, blk * BS + tok_off, offs_rk,
+                                                   offs_rv, offs_d, offs_dv, rkmask, rvmask, dmask, dvmask, D, DP,
+                                                   DV, DVP, RK, RKP, RV, RVP, QUANT, NW, TW, CV2D, CVT, BS, LATEV)
+                m_i, l_i, acc = _v3_step(q, ck, cv, sk, sv, bk, bv, m_i, l_i, acc, diag, qk_scale, GP, GQ, NW, TW,
+                                         RKP, RVP, QUANT, LOWP, PREC, FASTCVT, CV2D, CVT, LATEV, n - n0, BPP)
+            if LATEV:
+                blk0 = pid_bh * nb_cap + n0
+                if I64:
+                    blk0 = blk0.to(tl.int64)
+                acc = _v3_late_proj(BV, acc, blk0, n1 - n0, GP, BPP, RV, RVP, DV, DVP, PREC)
             if CV2D:
                 l_i = tl.sum(l_i, 1)
             # merge the NW slice rows of each query head
@@ -366,7 +337,7 @@ if HAS_TRITON:
             prow = (pid_bh * n_splits + pid_s) * GQ + offs_q
             _store_partial(PM, PL, PACC, prow, m_h, l_h, acc_h, qmask, offs_dv, dvmask, DV)
         else:
-            if PDL and (PRE > 0 or L2PF):
+            if PDL and L2PF:
                 _gdc_enter()
             _hot_program(Q, HKP, HVP, PM, PL, PACC, pid_bh, pid_s, n_comp, n_splits, hot_len, hot_cap, qk_scale,
                          G, GP, GQ, D, DP, DV, DVP, HOT_PER_SPLIT, HT, LOWP, PREC)

@@ -11,10 +11,10 @@ kernel overlaps the merge.
 Session 6 (B = 1): when every program is resident at once (B = 1 at 32K), v3 takes whole blocks per
 program (split 1, half as many blocks each) and requests each program's blocks from L2 before the PDL
 wait (``l2_prefetch``); the programs were latency bound (Nsight Compute: ~2 warps per scheduler,
-long-scoreboard first, ~20 block-wide barriers per block step). ``prefetch`` (next block's tiles in
-registers) is a tested option, slower there (round 2's ``cv_words``, the value coefficients as int32 words, also
-slower, was removed in session 7: token-major value coefficients remove the byte-wise conversion it worked around)
-there. Two experimental kernels of session 6, v4 (warps as the dots' batch dimension) and v5 (v4 with a
+long-scoreboard first, ~20 block-wide barriers per block step). Two options of session 6 measured slower there
+were removed in session 7: ``prefetch`` (the next block's tiles in registers: spills at ranks 32) and round 2's
+``cv_words`` (the value coefficients as int32 words; token-major value coefficients now remove the byte-wise
+conversion it worked around). Two experimental kernels of session 6, v4 (warps as the dots' batch dimension) and v5 (v4 with a
 per-warp softmax and a coefficient-space accumulator), measured slower everywhere and were removed in the
 session's review; their figures stay in benchmarks/RESULTS.md ("Session 6", "Session 6 round 2").
 
@@ -442,7 +442,7 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
                     fused_merge: bool | None = None, fast_cvt: bool | None = None,
                     merge_group: int | None = None, num_warps: int | None = None,
                     num_stages: int | None = None, maxnreg: int | None = None, pdl: bool | None = None,
-                    prefetch: int | None = None, l2_prefetch: bool | None = None, late_vproj: bool | None = None, **v1_options) -> torch.Tensor:
+                    l2_prefetch: bool | None = None, late_vproj: bool | None = None, **v1_options) -> torch.Tensor:
     """Decode attention of q [B, Hq, 1, d] over a spectral cache's buffers.
 
     ck [B, Hk, NBcap, bs, rk] int8 (or float when sk is None), sk [B, Hk, NBcap, bs] float32,
@@ -455,15 +455,12 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
     value_proj; v2's warp_slices, slice_tile) select that kernel.
     impl="v3": launch parameters left None come from ``default_config_v3``: split,
     blocks_per_program (with split > 1: that part of each of them), num_warps, num_stages,
-    fused_merge, merge_group, fast_cvt, maxnreg, pdl, prefetch, l2_prefetch.
+    fused_merge, merge_group, fast_cvt, maxnreg, pdl, l2_prefetch, late_vproj.
     l2_prefetch (v3, session 6; sm_90+, compiled, else ignored): each program first asks L2 for
     every byte of its blocks (cp.async.bulk.prefetch.L2), before the PDL wait, so its loads wait for
     L2 rather than DRAM and the requests overlap the previous kernel. Default: on where measured faster
     (one-wave grids such as B = 1 at 32K; ranks <= 16 otherwise), see ``default_config_v3``.
-    prefetch (v3, session 6; default 0): 1 = the next block's tiles are loaded into registers during
-    this block's math (and the first block's before the PDL wait); 2 = all but the value coefficients.
-    Use with num_stages=1. Measured faster than the session-5 launch at ranks 16 only (B = 1).
-    late_vproj (v3, session 7; power-of-two blocks_per_program, not with prefetch): each program keeps its rows'
+    late_vproj (v3, session 7; power-of-two blocks_per_program): each program keeps its rows'
     value sums per block in coefficient space ([rows, blocks, rv], rescaled by the online softmax) and applies
     the blocks' value bases once, after its last block (one dot of K = blocks * rv), instead of one projection
     dot per block step (fewer instructions, barriers and registers per step).
@@ -490,7 +487,7 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
             impl = "v1"
         elif warp_slices or slice_tile:
             impl = "v2"
-        elif prefetch or l2_prefetch or late_vproj:
+        elif l2_prefetch or late_vproj:
             impl = "v3"
         elif n_blocks <= AUTO_V2_MAX_BLOCKS:
             impl = "v2"
@@ -513,10 +510,10 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
                                    blocks_per_program=blocks_per_program, hot_per_split=hot_per_split,
                                    fused_merge=fused_merge, fast_cvt=fast_cvt, merge_group=merge_group,
                                    num_warps=num_warps, num_stages=num_stages, maxnreg=maxnreg,
-                                   warp_slices=warp_slices, slice_tile=slice_tile, pdl=pdl, prefetch=prefetch,
+                                   warp_slices=warp_slices, slice_tile=slice_tile, pdl=pdl,
                                    l2_prefetch=l2_prefetch, late_vproj=late_vproj)
-    if prefetch or l2_prefetch or late_vproj:  # v1 / v2
-        raise ValueError("prefetch / l2_prefetch / late_vproj belong to impl='v3'")
+    if l2_prefetch or late_vproj:  # v1 / v2
+        raise ValueError("l2_prefetch / late_vproj belong to impl='v3'")
     q, (b, hq, d, bs) = _checked_inputs(q, ck, sk, bk, cv, sv, bv, hot_k, hot_v)
     dev = q.device
     cfg = default_config_v2(b * ck.shape[1], n_blocks, bs, _num_sms(dev), q.element_size())
@@ -573,8 +570,7 @@ def default_config_v3(n_bh: int, n_blocks: int, block_size: int, n_sms: int, ele
                       value_rank: int = 0, head_dim: int = 128, group: int = 4, token_major: bool = False) -> dict:
     """v3 launch parameters: split (programs per block group, block_size / split tokens of each
     block), blocks_per_program (consecutive blocks per program, pipelined), num_warps, num_stages,
-    fused_merge, merge_group, pdl (programmatic dependent launch: ``V3_PDL``), prefetch (registers;
-    off by default), l2_prefetch (session 6: see ``V3_SESSION6``) and maxnreg (session 7: None, or 168 for
+    fused_merge, merge_group, pdl (programmatic dependent launch: ``V3_PDL``), l2_prefetch (session 6: see ``V3_SESSION6``) and maxnreg (session 7: None, or 168 for
     token-major value coefficients (``token_major``) on multi-wave grids at ranks > 16)."""
     if elem_size >= 4:
         cfg = dict(split=4 if block_size >= 256 else 1, num_warps=4, num_stages=1, fused_merge=False)
@@ -589,7 +585,7 @@ def default_config_v3(n_bh: int, n_blocks: int, block_size: int, n_sms: int, ele
             bpp *= 2
         cfg = dict(split=sp, blocks_per_program=bpp, num_warps=4, num_stages=2, fused_merge=False)
     cfg.setdefault("blocks_per_program", 1)
-    cfg.update(merge_group=8, pdl=_default_pdl(V3_PDL), prefetch=0, l2_prefetch=False, late_vproj=False)
+    cfg.update(merge_group=8, pdl=_default_pdl(V3_PDL), l2_prefetch=False, late_vproj=False)
     measured = (elem_size < 4 and max(key_rank, value_rank) <= 32 and head_dim <= 128 and group <= 4
                 and block_size >= 128 and V3_SESSION6)
     if measured:
@@ -620,7 +616,7 @@ V3_SESSION6 = True
 def _spectral_decode_v3(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale, *, split=None,
                         blocks_per_program=None, hot_per_split=256, fused_merge=None, fast_cvt=None,
                         merge_group=None, num_warps=None, num_stages=None, maxnreg=None, warp_slices=None,
-                        slice_tile=None, pdl=None, prefetch=None, l2_prefetch=None, late_vproj=None):
+                        slice_tile=None, pdl=None, l2_prefetch=None, late_vproj=None):
     """The v3 kernel (``_spectral_v3``) through v2's launcher (plans, replay, merges)."""
     if slice_tile or warp_slices:
         raise ValueError("warp_slices / slice_tile belong to impl='v2'")
@@ -646,7 +642,6 @@ def _spectral_decode_v3(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_l
              maxnreg if maxnreg is not None else (cfg.get("maxnreg") if (sp, bpp) == (cfg["split"], cfg["blocks_per_program"])
                                                   else None),
              _pdl_ok(dev, cfg["pdl"] if pdl is None else pdl),
-             int(cfg["prefetch"] if prefetch is None else prefetch),
              _l2pf_ok(dev, cfg["l2_prefetch"] if l2_prefetch is None else l2_prefetch),
              bool(cfg.get("late_vproj", False) if late_vproj is None else late_vproj))
     scale = d**-0.5 if scale is None else scale
@@ -676,7 +671,7 @@ def _launch_v3(*args):
 
 
 def _launch_v2(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale, out, hot_per_split,
-               sp, nw, tw, num_warps, num_stages, fused, fast, grp, bpp, maxnreg, pdl=False, pre=0, l2pf=False,
+               sp, nw, tw, num_warps, num_stages, fused, fast, grp, bpp, maxnreg, pdl=False, l2pf=False,
                late=False, kernel="v2"):
     global _FAST_LAUNCH
     dev = q.device
@@ -692,7 +687,7 @@ def _launch_v2(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale
     tensors = (q, ck, sk, bk, cv, sv, bv, hot_k, hot_v)
     key = (skey, q.shape, q.dtype, ck.shape, ck.dtype, bk.shape, bk.dtype, cv.shape, bv.shape, bv.dtype, hot_k.shape,
            hot_k.dtype, hot_v.shape, quant, n_blocks, n_hot, hot_per_split, sp, nw, tw, num_warps, num_stages, fused,
-           fast, grp, bpp, maxnreg, pdl, pre, l2pf, late, kernel, cv.stride(-1),
+           fast, grp, bpp, maxnreg, pdl, l2pf, late, kernel, cv.stride(-1),
            tuple(x is None or x.data_ptr() % 16 == 0 for x in tensors))
     plan = _V2_PLANS.get(key)
     if plan is not None and plan[0] is not None and not _hooks_active():  # replay: compiled launchers, new pointers
@@ -718,7 +713,7 @@ def _launch_v2(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale
             replay = False
     if plan is None:
         plan = (None, _make_plan_v2(q, ck, bk, cv, bv, hot_k, n_blocks, n_hot, hot_per_split, quant, sp, nw, tw, fused,
-                                    fast, grp, bpp, pdl, (pre, l2pf, late) if kernel == "v3" else None))
+                                    fast, grp, bpp, pdl, (l2pf, late) if kernel == "v3" else None))
     grid, mgrid, work, cnt, consts, mconsts, (nb_cap, hot_cap, n_comp, n_splits, n_groups) = plan[1]
     pm, pl, pacc, pm2, pl2, pacc2 = work
     cvb = cv.transpose(-1, -2) if consts["CVT"] else cv  # token-major: the contiguous storage (same pointer)
@@ -777,12 +772,11 @@ def _make_plan_v2(q, ck, bk, cv, bv, hot_k, n_blocks, n_hot, hot_per_split, quan
                   LOWP=lowp and (quant or ck.dtype == torch.float16), PREC="ieee" if not lowp else "tf32",
                   FUSED=fused, GRP=grp, SCH=8, FASTCVT=fast and quant,
                   I64=max(ck.numel(), cv.numel(), bk.numel(), bv.numel()) >= 2**31, PDL=pdl)
-    if pre is not None:  # v3 only (its last arguments): (prefetch, l2_prefetch, late_vproj)
-        consts["PRE"] = int(pre[0])
-        consts["L2PF"] = bool(pre[1])
+    if pre is not None:  # v3 only (its last arguments): (l2_prefetch, late_vproj)
+        consts["L2PF"] = bool(pre[0])
     consts["CVT"] = cv_token_major(cv)  # session 7: value coefficients stored token-major (passed positionally: last)
     if pre is not None:
-        consts["LATE_VPROJ"] = bool(pre[2])  # session 7 (v3): value bases applied once per program
+        consts["LATE_VPROJ"] = bool(pre[1])  # session 7 (v3): value bases applied once per program
     mgrid = mconsts = None
     if not fused:
         dvb = min(32, dvp)
