@@ -23,7 +23,7 @@ timeout 75 python benchmarks/bench_spectral.py --batch 8 --lengths 32768 --ranks
   2>&1 | grep -v -i warn >> $L
 echo "== bench B=8 rc=$? (t=$(( $(date +%s)-T0 ))s)" | tee -a $L
 echo "== spectral gpu tests (t=$(( $(date +%s)-T0 ))s)" | tee -a $L
-timeout 100 python -m pytest -v -x -n 8 -m gpu -p no:cacheprovider --tb=short tests/test_spectral.py 2>&1 \
+timeout 130 python -m pytest -v -x -n 8 -m gpu -p no:cacheprovider --tb=short tests/test_spectral.py 2>&1 \
   | grep -E "PASSED|FAILED|ERROR|Error|assert|passed|failed" | tail -150 >> $L
 echo "== tests rc=$? (t=$(( $(date +%s)-T0 ))s)" | tee -a $L
 grep -E "passed|failed" $L | tail -2
