@@ -183,7 +183,6 @@ def parse_configs(spec: str):
     "v2:split:slices:tile[:warps[:stages[:fused[:fastcvt[:group[:blocks[:maxnreg]]]]]]]"   v2 launch parameters
     "v1:tile:blocks_per_program:fused[:warps[:stages[:maxnreg[:vmerge]]]]"   v1 launch parameters
     "v3:split[:warps[:stages[:fused[:blocks[:maxnreg[:group[:pdl[:prefetch[:l2pf]]]]]]]]]"   v3 launch parameters
-    "v3:...:l2pf:late"                          late: 1 = value bases applied once per program (session 7)
     (0 or absent = the launcher's default; fused, pdl: 0 = off, 1 = on, absent = default; prefetch: 0 only (the
     slot of session 6's register prefetch, removed in session 7); l2pf: 1 = the program's blocks requested from L2
     at its start).
@@ -219,8 +218,6 @@ def parse_configs(spec: str):
         if head == "v3":
             vals = [int(x) for x in rest.split(":")] + [-1] * 11
             kw = {"impl": head}
-            if vals[10] >= 0:
-                kw["late_vproj"] = bool(vals[10])
             flags = ("fused_merge", "pdl", "l2_prefetch")
             for key, val in zip(("split", "num_warps", "num_stages", "fused_merge", "blocks_per_program", "maxnreg",
                                  "merge_group", "pdl", "prefetch", "l2_prefetch"), vals[:10]):
@@ -258,8 +255,7 @@ def config_name(kw: dict) -> str:
         return kw["impl"] + ":" + ":".join(str(int(kw[key])) if key in kw else "-" for key in (
             "split", "num_warps", "num_stages", "fused_merge", "blocks_per_program", "maxnreg", "merge_group")) + (
             f":{int(kw['pdl'])}" if "pdl" in kw else "") + (":0" if "l2_prefetch" in kw else "") + (
-            f":{int(kw['l2_prefetch'])}" if "l2_prefetch" in kw else "") + (
-            f":{int(kw['late_vproj'])}" if "late_vproj" in kw else "")
+            f":{int(kw['l2_prefetch'])}" if "l2_prefetch" in kw else "")
     if kw.get("impl") == "v1":
         return "v1:" + ":".join(str(int(kw.get(key, dflt))) for key, dflt in (
             ("block_tile", 0), ("blocks_per_program", 0), ("fused_merge", False), ("num_warps", 0),
@@ -309,7 +305,7 @@ def main(argv=None) -> int:
         batches, lengths, bs = args.batch or [2], args.lengths or [96], args.block_size or 32
         ranks = args.ranks or "8:16"
         repeats, warmup = 2, 1
-        configs = parse_configs("default,v1,v2:2:2:16:0:0:0,v3:2,v3:2@rank,v3:1:4:2:0:2:0:8:1:0:0:1")
+        configs = parse_configs("default,v1,v2:2:2:16:0:0:0,v3:2,v3:2@rank,v3:1:4:2:0:2:0:8:1:0:0")
     else:
         hk, hq, d, dtype = 8, 32, 128, torch.bfloat16
         batches, lengths, bs = args.batch or [1, 8], args.lengths or [4096, 8192, 16384, 32768], args.block_size or 512

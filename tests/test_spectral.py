@@ -266,16 +266,6 @@ def test_bad_options():
      {"split": 1, "blocks_per_program": 3, "warp_slices": 2, "slice_tile": 16, "_layout": "token"}),
     (torch.float32, False, dict(b=2, hq=4, hk=2, d=32, rk=32, rv=24, bs=32, t=70, hw=0), {"_layout": "token"}),
     (torch.float16, True, dict(b=2, hq=4, hk=1, d=64, rk=16, rv=32, bs=32, t=100, hw=0), {"impl": "v1", "_layout": "token"}),
-    # session 7: the value bases applied once per program (late_vproj): 2 and 4 blocks per program with an odd
-    # block count (a program with fewer valid blocks), padded ranks / G = 3, split 1 / 2, both layouts, fp32 / fp16
-    (torch.float32, True, dict(b=1, hq=6, hk=2, d=24, rk=5, rv=7, bs=16, t=75, hw=9),
-     {"impl": "v3", "late_vproj": True, "blocks_per_program": 2, "_layout": "token"}),
-    (torch.float16, True, dict(b=2, hq=8, hk=2, d=32, rk=8, rv=16, bs=64, t=330, hw=5),
-     {"impl": "v3", "split": 1, "blocks_per_program": 4, "late_vproj": True, "_layout": "token"}),
-    (torch.float32, False, dict(b=1, hq=4, hk=2, d=32, rk=16, rv=32, bs=32, t=170, hw=0),
-     {"impl": "v3", "split": 2, "blocks_per_program": 2, "late_vproj": True}),
-    (torch.float16, True, dict(b=1, hq=4, hk=1, d=32, rk=8, rv=16, bs=64, t=200, hw=0),
-     {"impl": "v3", "blocks_per_program": 3, "late_vproj": True}),  # 3 blocks: the per-step projection
     # v1 (the session-2 kernel, kept as the baseline)
     (torch.float32, True, dict(b=1, hq=6, hk=2, d=24, rk=5, rv=7, bs=16, t=75, hw=9), {"impl": "v1", "fused_merge": True}),
     (torch.float16, True, dict(b=2, hq=4, hk=1, d=64, rk=16, rv=32, bs=32, t=100, hw=0), {"impl": "v1"}),
@@ -375,8 +365,8 @@ def test_kernel_v3_falls_back_when_out_of_shared_memory(monkeypatch):
     real, tried = K._launch_v3, []
 
     def launch(*args):
-        sp, stages = args[-13], args[-9]  # (..., split, slices, tile, warps, stages, fused, fast, group, blocks, maxnreg,
-        #                                    pdl, l2_prefetch, late_vproj)
+        sp, stages = args[-12], args[-8]  # (..., split, slices, tile, warps, stages, fused, fast, group, blocks, maxnreg,
+        #                                    pdl, l2_prefetch)
         tried.append((sp, stages))
         if sp < 4:
             raise K.OutOfResources(300000, 232448, "shared memory")
@@ -528,8 +518,8 @@ def test_kernel_options_are_checked():
         spectral_decode(q, z, None, z, z, None, z, 1, z[..., 0, :], z[..., 0, :], 0, block_tile=16, impl="v2")
     with pytest.raises(ValueError, match="impl must be"):
         spectral_decode(q, z, None, z, z, None, z, 1, z[..., 0, :], z[..., 0, :], 0, impl="v9")
-    with pytest.raises(ValueError, match="late_vproj belong"):
-        spectral_decode(q, z, None, z, z, None, z, 1, z[..., 0, :], z[..., 0, :], 0, late_vproj=True, impl="v2")
+    with pytest.raises(ValueError, match="l2_prefetch belongs"):
+        spectral_decode(q, z, None, z, z, None, z, 1, z[..., 0, :], z[..., 0, :], 0, l2_prefetch=True, impl="v2")
     with pytest.raises(ValueError, match="impl='v2'"):
         spectral_decode(q, z, None, z, z, None, z, 1, z[..., 0, :], z[..., 0, :], 0, warp_slices=2, impl="v3")
     with pytest.raises(ValueError, match="impl='v2'"):
@@ -601,24 +591,14 @@ def test_kernel_bf16_gpu(kw, ranks):
 
 # session 7: the value coefficients stored token-major (value_layout="token"): the launches the defaults pick at B = 1
 # and 8 (32K: split 1 / 2 blocks + L2 prefetch; split 2 / 4 blocks with and without it, at 168 registers), 3 stages,
-# the session-5 path, v2 and v1 (a rank-major copy), late_vproj, at ranks 16/16, 16/32, 32/32
+# the session-5 path, 4 programs per SM (split 2, 128 registers), v2 and v1 (a rank-major copy), at ranks 16/16, 16/32,
+# 32/32
 _GPU_TOKEN_KW = [{}, {"impl": "v3"},
                  {"impl": "v3", "split": 1, "blocks_per_program": 2, "l2_prefetch": True},
                  {"impl": "v3", "split": 1, "blocks_per_program": 2, "l2_prefetch": True, "num_stages": 3},
                  {"impl": "v3", "split": 2, "blocks_per_program": 4, "l2_prefetch": True, "maxnreg": 168},
                  {"impl": "v3", "split": 2, "blocks_per_program": 4, "l2_prefetch": False, "maxnreg": 168},
-                 {"impl": "v3", "split": 1, "blocks_per_program": 2, "l2_prefetch": True, "late_vproj": True},
-                 {"impl": "v3", "split": 2, "blocks_per_program": 4, "late_vproj": True, "maxnreg": 168},
-                 {"impl": "v3", "split": 2, "blocks_per_program": 4, "l2_prefetch": True, "late_vproj": True,
-                  "maxnreg": 168},
-                 {"impl": "v3", "split": 1, "blocks_per_program": 2, "l2_prefetch": True, "late_vproj": True,
-                  "num_stages": 3},
-                 {"impl": "v3", "split": 2, "blocks_per_program": 2, "l2_prefetch": True, "late_vproj": True,
-                  "maxnreg": 128},
-                 {"impl": "v3", "split": 2, "blocks_per_program": 2, "l2_prefetch": False, "late_vproj": True,
-                  "maxnreg": 128},
-                 {"impl": "v3", "split": 2, "blocks_per_program": 4, "l2_prefetch": True, "late_vproj": True,
-                  "maxnreg": 128},
+                 {"impl": "v3", "split": 2, "blocks_per_program": 2, "l2_prefetch": True, "maxnreg": 128},
                  {"impl": "v2"}, {"impl": "v1"}]
 
 
@@ -743,8 +723,6 @@ def test_kernel_replay_and_cuda_graph_gpu(impl):
                                         ("v3", {"l2_prefetch": True, "num_stages": 2}),
                                         ("v3", {"_layout": "token"}), ("v2", {"_layout": "token"}),
                                         ("v3", {"l2_prefetch": True, "split": 1,
-                                                "blocks_per_program": 2, "_layout": "token"}),
-                                        ("v3", {"l2_prefetch": True, "split": 1, "late_vproj": True,
                                                 "blocks_per_program": 2, "_layout": "token"})])
 def test_kernel_pdl_chain_gpu(impl, extra):
     """Programmatic dependent launch: each call's query is the previous call's output, so a split

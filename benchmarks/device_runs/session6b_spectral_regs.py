@@ -5,8 +5,8 @@ G = 4, block 512, int8 coefficients, bf16): a free resource report before a devi
 review, their figures are in benchmarks/RESULTS.md.)
 
     python benchmarks/device_runs/session6b_spectral_regs.py v3:16:16:1:2:4:2 v3:32:32:1:2:4:2 ...
-    (kernel:rk:rv:split:bpp:warps:stages[:slices[:l2pf]][:NAME=int constexpr, e.g. CVT=1, LATE_VPROJ=1, PRE=1,
-    MAXNREG=168]; session 7: CVT = token-major value coefficients, LATE_VPROJ = value bases once per program;
+    (kernel:rk:rv:split:bpp:warps:stages[:slices[:l2pf]][:NAME=int constexpr, e.g. CVT=1, MAXNREG=168]; session 7:
+    CVT = token-major value coefficients (PRE, CVWORDS and LATE_VPROJ need the commits that had them, see RESULTS.md);
     ``benchmarks/device_runs/session7_loop_sass.py`` counts the block loop's instructions per step)
 """
 import inspect

@@ -3,6 +3,8 @@
 # token-split programs (split 2, 2 blocks, 128 registers: 4 programs per SM, one wave of 520 programs), against the
 # default and the session-6 layout ("@rank"), one process, B = 1 then B = 8, ranks 16/16, 32/32, 16/32 (graph16 +
 # profiler; every output checked against the PyTorch reference); then every spectral GPU test.
+# Note: the late value projection (the configurations ending in ":1" after the l2pf field, ``late_vproj``) was removed
+# after this call (no faster); this script records the call as it ran (commit c61f89f) and needs that commit to run again.
 # From the tree root: OUT=... bash benchmarks/device_runs/session7_spectral_2.sh
 set -o pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD ATTNLAB_BENCH_DIR=$OUT

@@ -2,8 +2,8 @@
 query rows (design: ``kernel.py``'s docstring and ``_spectral_v3``'s). Session 6: the L2 bulk prefetch of
 a program's blocks before the PDL wait (``L2PF``), and on that path the value coefficients loaded side by side
 and the row sums kept per token column (``CV2D``). Session 7: token-major value coefficients (``CVT``), the value
-bases applied once per program (``LATE_VPROJ``); the register prefetch (session 6, ``PRE``) and the int32-word
-value tiles (round 2, ``CVWORDS``), both measured slower, were removed."""
+the register prefetch (session 6, ``PRE``), the int32-word value tiles (round 2, ``CVWORDS``) and the value bases
+applied once per program (session 7, ``LATE_VPROJ``, commit c61f89f), measured slower or no faster, were removed."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ if HAS_TRITON:
                   D: tl.constexpr, DP: tl.constexpr, DV: tl.constexpr, DVP: tl.constexpr, RK: tl.constexpr,
                   RKP: tl.constexpr, RV: tl.constexpr, RVP: tl.constexpr, QUANT: tl.constexpr, NW: tl.constexpr,
                   TW: tl.constexpr, CV2D: tl.constexpr, CVT: tl.constexpr = False,
-                  BS: tl.constexpr = 1, LATEV: tl.constexpr = False):
+                  BS: tl.constexpr = 1):
         """Every load of one block step: the slices' key coefficients transposed [NW, RKP, TW], value
         coefficients [NW, TW, RVP] (CV2D: side by side, [TW, NW*RVP], ``_v3_cv``), their per-token scales
         [NW, TW] (zeros without QUANT), and the block's bases [RKP, DP], [RVP, DVP]."""
@@ -62,9 +62,7 @@ if HAS_TRITON:
             bk = tl.load(bk_ptr)
         else:
             bk = tl.load(bk_ptr, mask=rkmask[:, None] & dmask[None, :], other=0.0)
-        if LATEV:  # the value bases are read once after the last block (``_v3_late_proj``)
-            bv = sk
-        elif RV == RVP and DV == DVP:
+        if RV == RVP and DV == DVP:
             bv = tl.load(bv_ptr)
         else:
             bv = tl.load(bv_ptr, mask=rvmask[:, None] & dvmask[None, :], other=0.0)
@@ -156,15 +154,11 @@ if HAS_TRITON:
     def _v3_step(q, ck, cv, sk, sv, bk, bv, m_i, l_i, acc, diag, qk_scale, GP: tl.constexpr, GQ: tl.constexpr,
                  NW: tl.constexpr, TW: tl.constexpr, RKP: tl.constexpr, RVP: tl.constexpr, QUANT: tl.constexpr,
                  LOWP: tl.constexpr, PREC: tl.constexpr, FASTCVT: tl.constexpr, CV2D: tl.constexpr,
-                 CVT: tl.constexpr = False, LATEV: tl.constexpr = False, i=0,
-                 BPP: tl.constexpr = 1):
+                 CVT: tl.constexpr = False):
         """The math of one block step (see ``_spectral_v3``): rows (slice j, head g) each with its own
         online softmax (m_i, l_i, acc [GP, DVP]) in the log2 domain. CV2D (the session-6 path) also keeps
         l_i per row AND token column ([GP, TW], summed once after the program's last block): no
-        cross-warp row sum per step (the tokens of a row are spread over the warps).
-        LATEV (session 7): acc is [GP, BPP, RVP], the rows' value sums in each block's coefficient space
-        (block i of the program in slot i, rescaled like acc), projected by the blocks' value bases once
-        after the last block (``_v3_late_proj``), not per step (bv unused)."""
+        cross-warp row sum per step (the tokens of a row are spread over the warps)."""
         if LOWP:
             qb = tl.dot(q, tl.trans(bk.to(q.dtype))) * qk_scale  # [GP, RKP]
             if QUANT:
@@ -204,26 +198,8 @@ if HAS_TRITON:
         else:
             pcf = tl.dot(p, cvc, input_precision=PREC)
         pc = tl.sum(tl.where(diag, tl.reshape(pcf, (GP, NW, RVP)), 0.0), 1)  # [GP, RVP]
-        if LATEV:
-            slot = tl.arange(0, BPP)[None, :, None] == i
-            acc = acc * alpha[:, None, None] + tl.where(slot, pc[:, None, :], 0.0)
-        else:
-            acc = acc * alpha[:, None] + tl.dot(pc, bv.to(tl.float32), input_precision=PREC)
+        acc = acc * alpha[:, None] + tl.dot(pc, bv.to(tl.float32), input_precision=PREC)
         return m_new, l_i, acc
-
-    @triton.jit
-    def _v3_late_proj(BV, pcs, blk0, nvalid, GP: tl.constexpr, BPP: tl.constexpr, RV: tl.constexpr,
-                      RVP: tl.constexpr, DV: tl.constexpr, DVP: tl.constexpr, PREC: tl.constexpr):
-        """LATEV: acc [GP, DVP] = the program's per-block coefficient sums pcs [GP, BPP, RVP] (blocks blk0 ..
-        blk0 + nvalid - 1 valid) @ their value bases, stacked [BPP*RVP, DVP] (consecutive blocks' bases are
-        contiguous): one dot of K = BPP*RVP instead of BPP dots of K = RVP."""
-        offs_c = tl.arange(0, BPP * RVP)
-        b = offs_c // RVP
-        r = offs_c % RVP
-        offs_dv = tl.arange(0, DVP)
-        bvs = tl.load(BV + (blk0 + b)[:, None] * (RV * DV) + r[:, None] * DV + offs_dv[None, :],
-                      mask=((b < nvalid) & (r < RV))[:, None] & (offs_dv < DV)[None, :], other=0.0)
-        return tl.dot(tl.reshape(pcs, (GP, BPP * RVP)), bvs.to(tl.float32), input_precision=PREC)
 
     @triton.jit(do_not_specialize=["n_blocks", "hot_len"])
     def _spectral_v3(
@@ -237,7 +213,7 @@ if HAS_TRITON:
         QUANT: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr,
         FUSED: tl.constexpr, GRP: tl.constexpr, SCH: tl.constexpr, FASTCVT: tl.constexpr, I64: tl.constexpr,
         PDL: tl.constexpr = False, L2PF: tl.constexpr = False,
-        CVT: tl.constexpr = False, LATE_VPROJ: tl.constexpr = False,
+        CVT: tl.constexpr = False,
     ):
         """v3 block program: BS // SPLIT tokens of each of BPP consecutive blocks, cut into NW slices
         of TW tokens. The GP rows of every dot are (slice j, query head g) pairs, row j*GQ + g, so
@@ -291,13 +267,7 @@ if HAS_TRITON:
                 l_i = tl.zeros([GP, TW], tl.float32)  # summed over the tokens after the last block
             else:
                 l_i = tl.zeros([GP], tl.float32)
-            # session 7 (LATE_VPROJ): value sums kept per block in coefficient space, projected once at the end
-            # (a non-power-of-two BPP keeps the per-step projection)
-            LATEV: tl.constexpr = LATE_VPROJ and (BPP & (BPP - 1)) == 0
-            if LATEV:
-                acc = tl.zeros([GP, BPP, RVP], tl.float32)
-            else:
-                acc = tl.zeros([GP, DVP], tl.float32)
+            acc = tl.zeros([GP, DVP], tl.float32)
             if L2PF:  # every byte of the program's blocks requested from L2 up front (before the PDL wait)
                 _v3_prefetch(CK, SK, BK, CV, SV, BV, pid_bh, nb_cap, n0, n1, part, TPP, BS, D, DV, RK, RV, BPP, QUANT,
                              CVT)
@@ -314,14 +284,9 @@ if HAS_TRITON:
                 # every load of the block first (Triton pipelines them across blocks, num_stages 2)
                 ck, cv, sk, sv, bk, bv = _v3_tiles(CK, SK, BK, CV, SV, BV, blk, blk * BS + part * TPP, blk * BS + tok_off, offs_rk,
                                                    offs_rv, offs_d, offs_dv, rkmask, rvmask, dmask, dvmask, D, DP,
-                                                   DV, DVP, RK, RKP, RV, RVP, QUANT, NW, TW, CV2D, CVT, BS, LATEV)
+                                                   DV, DVP, RK, RKP, RV, RVP, QUANT, NW, TW, CV2D, CVT, BS)
                 m_i, l_i, acc = _v3_step(q, ck, cv, sk, sv, bk, bv, m_i, l_i, acc, diag, qk_scale, GP, GQ, NW, TW,
-                                         RKP, RVP, QUANT, LOWP, PREC, FASTCVT, CV2D, CVT, LATEV, n - n0, BPP)
-            if LATEV:
-                blk0 = pid_bh * nb_cap + n0
-                if I64:
-                    blk0 = blk0.to(tl.int64)
-                acc = _v3_late_proj(BV, acc, blk0, n1 - n0, GP, BPP, RV, RVP, DV, DVP, PREC)
+                                         RKP, RVP, QUANT, LOWP, PREC, FASTCVT, CV2D, CVT)
             if CV2D:
                 l_i = tl.sum(l_i, 1)
             # merge the NW slice rows of each query head

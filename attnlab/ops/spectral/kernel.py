@@ -442,7 +442,7 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
                     fused_merge: bool | None = None, fast_cvt: bool | None = None,
                     merge_group: int | None = None, num_warps: int | None = None,
                     num_stages: int | None = None, maxnreg: int | None = None, pdl: bool | None = None,
-                    l2_prefetch: bool | None = None, late_vproj: bool | None = None, **v1_options) -> torch.Tensor:
+                    l2_prefetch: bool | None = None, **v1_options) -> torch.Tensor:
     """Decode attention of q [B, Hq, 1, d] over a spectral cache's buffers.
 
     ck [B, Hk, NBcap, bs, rk] int8 (or float when sk is None), sk [B, Hk, NBcap, bs] float32,
@@ -455,15 +455,11 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
     value_proj; v2's warp_slices, slice_tile) select that kernel.
     impl="v3": launch parameters left None come from ``default_config_v3``: split,
     blocks_per_program (with split > 1: that part of each of them), num_warps, num_stages,
-    fused_merge, merge_group, fast_cvt, maxnreg, pdl, l2_prefetch, late_vproj.
+    fused_merge, merge_group, fast_cvt, maxnreg, pdl, l2_prefetch.
     l2_prefetch (v3, session 6; sm_90+, compiled, else ignored): each program first asks L2 for
     every byte of its blocks (cp.async.bulk.prefetch.L2), before the PDL wait, so its loads wait for
     L2 rather than DRAM and the requests overlap the previous kernel. Default: on where measured faster
     (one-wave grids such as B = 1 at 32K; ranks <= 16 otherwise), see ``default_config_v3``.
-    late_vproj (v3, session 7; power-of-two blocks_per_program): each program keeps its rows'
-    value sums per block in coefficient space ([rows, blocks, rv], rescaled by the online softmax) and applies
-    the blocks' value bases once, after its last block (one dot of K = blocks * rv), instead of one projection
-    dot per block step (fewer instructions, barriers and registers per step).
     Value coefficients: cv may be contiguous ([.., bs, rv], rank-major) or a transposed view of a contiguous
     [.., rv, bs] tensor (token-major, ``SpectralCache(value_layout="token")``, the default; v2 and v3 read it
     directly, v1 takes a rank-major copy).
@@ -487,7 +483,7 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
             impl = "v1"
         elif warp_slices or slice_tile:
             impl = "v2"
-        elif l2_prefetch or late_vproj:
+        elif l2_prefetch:
             impl = "v3"
         elif n_blocks <= AUTO_V2_MAX_BLOCKS:
             impl = "v2"
@@ -511,9 +507,9 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
                                    fused_merge=fused_merge, fast_cvt=fast_cvt, merge_group=merge_group,
                                    num_warps=num_warps, num_stages=num_stages, maxnreg=maxnreg,
                                    warp_slices=warp_slices, slice_tile=slice_tile, pdl=pdl,
-                                   l2_prefetch=l2_prefetch, late_vproj=late_vproj)
-    if l2_prefetch or late_vproj:  # v1 / v2
-        raise ValueError("l2_prefetch / late_vproj belong to impl='v3'")
+                                   l2_prefetch=l2_prefetch)
+    if l2_prefetch:  # v1 / v2
+        raise ValueError("l2_prefetch belongs to impl='v3'")
     q, (b, hq, d, bs) = _checked_inputs(q, ck, sk, bk, cv, sv, bv, hot_k, hot_v)
     dev = q.device
     cfg = default_config_v2(b * ck.shape[1], n_blocks, bs, _num_sms(dev), q.element_size())
@@ -585,7 +581,7 @@ def default_config_v3(n_bh: int, n_blocks: int, block_size: int, n_sms: int, ele
             bpp *= 2
         cfg = dict(split=sp, blocks_per_program=bpp, num_warps=4, num_stages=2, fused_merge=False)
     cfg.setdefault("blocks_per_program", 1)
-    cfg.update(merge_group=8, pdl=_default_pdl(V3_PDL), l2_prefetch=False, late_vproj=False)
+    cfg.update(merge_group=8, pdl=_default_pdl(V3_PDL), l2_prefetch=False)
     measured = (elem_size < 4 and max(key_rank, value_rank) <= 32 and head_dim <= 128 and group <= 4
                 and block_size >= 128 and V3_SESSION6)
     if measured:
@@ -616,7 +612,7 @@ V3_SESSION6 = True
 def _spectral_decode_v3(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale, *, split=None,
                         blocks_per_program=None, hot_per_split=256, fused_merge=None, fast_cvt=None,
                         merge_group=None, num_warps=None, num_stages=None, maxnreg=None, warp_slices=None,
-                        slice_tile=None, pdl=None, l2_prefetch=None, late_vproj=None):
+                        slice_tile=None, pdl=None, l2_prefetch=None):
     """The v3 kernel (``_spectral_v3``) through v2's launcher (plans, replay, merges)."""
     if slice_tile or warp_slices:
         raise ValueError("warp_slices / slice_tile belong to impl='v2'")
@@ -642,8 +638,7 @@ def _spectral_decode_v3(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_l
              maxnreg if maxnreg is not None else (cfg.get("maxnreg") if (sp, bpp) == (cfg["split"], cfg["blocks_per_program"])
                                                   else None),
              _pdl_ok(dev, cfg["pdl"] if pdl is None else pdl),
-             _l2pf_ok(dev, cfg["l2_prefetch"] if l2_prefetch is None else l2_prefetch),
-             bool(cfg.get("late_vproj", False) if late_vproj is None else late_vproj))
+             _l2pf_ok(dev, cfg["l2_prefetch"] if l2_prefetch is None else l2_prefetch))
     scale = d**-0.5 if scale is None else scale
     out = torch.empty(b, hq, 1, bv.shape[-1], device=dev, dtype=q.dtype)
     args = (q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale, out, hot_per_split)
@@ -672,7 +667,7 @@ def _launch_v3(*args):
 
 def _launch_v2(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale, out, hot_per_split,
                sp, nw, tw, num_warps, num_stages, fused, fast, grp, bpp, maxnreg, pdl=False, l2pf=False,
-               late=False, kernel="v2"):
+               kernel="v2"):
     global _FAST_LAUNCH
     dev = q.device
     cuda = dev.type == "cuda"
@@ -687,7 +682,7 @@ def _launch_v2(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale
     tensors = (q, ck, sk, bk, cv, sv, bv, hot_k, hot_v)
     key = (skey, q.shape, q.dtype, ck.shape, ck.dtype, bk.shape, bk.dtype, cv.shape, bv.shape, bv.dtype, hot_k.shape,
            hot_k.dtype, hot_v.shape, quant, n_blocks, n_hot, hot_per_split, sp, nw, tw, num_warps, num_stages, fused,
-           fast, grp, bpp, maxnreg, pdl, l2pf, late, kernel, cv.stride(-1),
+           fast, grp, bpp, maxnreg, pdl, l2pf, kernel, cv.stride(-1),
            tuple(x is None or x.data_ptr() % 16 == 0 for x in tensors))
     plan = _V2_PLANS.get(key)
     if plan is not None and plan[0] is not None and not _hooks_active():  # replay: compiled launchers, new pointers
@@ -713,7 +708,7 @@ def _launch_v2(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale
             replay = False
     if plan is None:
         plan = (None, _make_plan_v2(q, ck, bk, cv, bv, hot_k, n_blocks, n_hot, hot_per_split, quant, sp, nw, tw, fused,
-                                    fast, grp, bpp, pdl, (l2pf, late) if kernel == "v3" else None))
+                                    fast, grp, bpp, pdl, (l2pf,) if kernel == "v3" else None))
     grid, mgrid, work, cnt, consts, mconsts, (nb_cap, hot_cap, n_comp, n_splits, n_groups) = plan[1]
     pm, pl, pacc, pm2, pl2, pacc2 = work
     cvb = cv.transpose(-1, -2) if consts["CVT"] else cv  # token-major: the contiguous storage (same pointer)
@@ -772,11 +767,9 @@ def _make_plan_v2(q, ck, bk, cv, bv, hot_k, n_blocks, n_hot, hot_per_split, quan
                   LOWP=lowp and (quant or ck.dtype == torch.float16), PREC="ieee" if not lowp else "tf32",
                   FUSED=fused, GRP=grp, SCH=8, FASTCVT=fast and quant,
                   I64=max(ck.numel(), cv.numel(), bk.numel(), bv.numel()) >= 2**31, PDL=pdl)
-    if pre is not None:  # v3 only (its last arguments): (l2_prefetch, late_vproj)
+    if pre is not None:  # v3 only (its last argument): (l2_prefetch,)
         consts["L2PF"] = bool(pre[0])
     consts["CVT"] = cv_token_major(cv)  # session 7: value coefficients stored token-major (passed positionally: last)
-    if pre is not None:
-        consts["LATE_VPROJ"] = bool(pre[1])  # session 7 (v3): value bases applied once per program
     mgrid = mconsts = None
     if not fused:
         dvb = min(32, dvp)
