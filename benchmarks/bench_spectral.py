@@ -164,6 +164,18 @@ def host_time_us(fn, n: int) -> float:
     return t
 
 
+def in_layout(cv: torch.Tensor, layout: str | None) -> torch.Tensor:
+    """cv [B, Hk, NBcap, bs, rv] stored token-major ("token": a transposed view of a contiguous
+    [.., rv, bs] tensor) or rank-major ("rank": contiguous); None: as given (a copy only if it differs)."""
+    if layout is None:
+        return cv
+    if layout == "rank":
+        return cv.contiguous()
+    if cv.transpose(-1, -2).is_contiguous() and not cv.is_contiguous():
+        return cv
+    return cv.transpose(-1, -2).contiguous().transpose(-1, -2)
+
+
 def parse_configs(spec: str):
     """Comma list of kernel configurations:
     "default"                                   the launcher's defaults (impl="auto": v2 or v1 by length)
@@ -171,17 +183,22 @@ def parse_configs(spec: str):
     "v2:split:slices:tile[:warps[:stages[:fused[:fastcvt[:group[:blocks[:maxnreg]]]]]]]"   v2 launch parameters
     "v1:tile:blocks_per_program:fused[:warps[:stages[:maxnreg[:vmerge]]]]"   v1 launch parameters
     "v3:split[:warps[:stages[:fused[:blocks[:maxnreg[:group[:pdl[:prefetch[:l2pf]]]]]]]]]"   v3 launch parameters
-    "v3:...:l2pf:cvw"                           cvw: 1 = value coefficients as int32 words (session 6 round 2)
-    (0 or absent = the launcher's default; fused, pdl: 0 = off, 1 = on, absent = default; prefetch: 0 = off,
-    1 = every tile of the next block in registers, 2 = all but the value coefficients; l2pf: 1 = the program's
-    blocks requested from L2 at its start)."""
+    (0 or absent = the launcher's default; fused, pdl: 0 = off, 1 = on, absent = default; prefetch: 0 only (the
+    slot of session 6's register prefetch, removed in session 7); l2pf: 1 = the program's blocks requested from L2
+    at its start).
+    Any item may end in "@token" or "@rank" (session 7): the value coefficients handed to the kernel in that
+    storage layout (``SpectralCache(value_layout=...)``; without it: the cache's default layout)."""
     out = []
     for item in spec.split(","):
+        item, _, layout = item.partition("@")
+        if layout not in ("", "token", "rank"):
+            raise SystemExit(f"--configs: bad layout {layout!r} in {item!r} (token or rank)")
+        lay = {"_cv_layout": layout} if layout else {}
         if item == "default":
-            out.append({})
+            out.append(lay)
             continue
         if item in ("v1", "v2", "v3"):
-            out.append({"impl": item})
+            out.append({"impl": item, **lay})
             continue
         head, _, rest = item.partition(":")
         if head == "v2":
@@ -196,19 +213,21 @@ def parse_configs(spec: str):
             for key, val in (("fused_merge", fused), ("fast_cvt", fast)):
                 if val >= 0:
                     kw[key] = bool(val)
-            out.append(kw)
+            out.append({**kw, **lay})
             continue
         if head == "v3":
             vals = [int(x) for x in rest.split(":")] + [-1] * 11
             kw = {"impl": head}
-            if vals[10] >= 0:
-                kw["cv_words"] = bool(vals[10])
             flags = ("fused_merge", "pdl", "l2_prefetch")
             for key, val in zip(("split", "num_warps", "num_stages", "fused_merge", "blocks_per_program", "maxnreg",
                                  "merge_group", "pdl", "prefetch", "l2_prefetch"), vals[:10]):
-                if val > 0 or (key in flags + ("prefetch",) and val == 0):
+                if key == "prefetch":  # the register prefetch was removed in session 7: its slot stays, 0 only
+                    if val > 0:
+                        raise SystemExit(f"--configs: {item!r}: the register prefetch was removed (session 7); use 0")
+                    continue
+                if val > 0 or (key in flags and val == 0):
                     kw[key] = bool(val) if key in flags else val
-            out.append(kw)
+            out.append({**kw, **lay})
             continue
         if head != "v1":
             raise SystemExit(f"--configs: bad item {item!r} (see --help)")
@@ -221,11 +240,13 @@ def parse_configs(spec: str):
                          ("num_stages", stages), ("maxnreg", maxnreg)):
             if val:
                 kw[key] = val
-        out.append(kw)
+        out.append({**kw, **lay})
     return out
 
 
 def config_name(kw: dict) -> str:
+    if "_cv_layout" in kw:
+        return config_name({k: v for k, v in kw.items() if k != "_cv_layout"}) + "@" + kw["_cv_layout"]
     if not kw:
         return "default"
     if kw in ({"impl": "v1"}, {"impl": "v2"}, {"impl": "v3"}):
@@ -233,9 +254,8 @@ def config_name(kw: dict) -> str:
     if kw.get("impl") == "v3":
         return kw["impl"] + ":" + ":".join(str(int(kw[key])) if key in kw else "-" for key in (
             "split", "num_warps", "num_stages", "fused_merge", "blocks_per_program", "maxnreg", "merge_group")) + (
-            f":{int(kw['pdl'])}" if "pdl" in kw else "") + (f":{int(kw['prefetch'])}" if "prefetch" in kw else "") + (
-            f":{int(kw['l2_prefetch'])}" if "l2_prefetch" in kw else "") + (
-            f":{int(kw['cv_words'])}" if "cv_words" in kw else "")
+            f":{int(kw['pdl'])}" if "pdl" in kw else "") + (":0" if "l2_prefetch" in kw else "") + (
+            f":{int(kw['l2_prefetch'])}" if "l2_prefetch" in kw else "")
     if kw.get("impl") == "v1":
         return "v1:" + ":".join(str(int(kw.get(key, dflt))) for key, dflt in (
             ("block_tile", 0), ("blocks_per_program", 0), ("fused_merge", False), ("num_warps", 0),
@@ -285,7 +305,7 @@ def main(argv=None) -> int:
         batches, lengths, bs = args.batch or [2], args.lengths or [96], args.block_size or 32
         ranks = args.ranks or "8:16"
         repeats, warmup = 2, 1
-        configs = parse_configs("default,v1,v2:2:2:16:0:0:0,v3:2")
+        configs = parse_configs("default,v1,v2:2:2:16:0:0:0,v3:2,v3:2@rank,v3:1:4:2:0:2:0:8:1:0:0")
     else:
         hk, hq, d, dtype = 8, 32, 128, torch.bfloat16
         batches, lengths, bs = args.batch or [1, 8], args.lengths or [4096, 8192, 16384, 32768], args.block_size or 512
@@ -355,10 +375,12 @@ def main(argv=None) -> int:
                 if HAS_TRITON:
                     for kw in configs:
                         name = config_name(kw)
+                        kw = dict(kw)
+                        lay = kw.pop("_cv_layout", None)
                         try:
                             kern = functools.partial(
-                                spectral_decode, q, cache.ck, cache.sk, cache.bk, cache.cv, cache.sv, cache.bv,
-                                cache.n_blocks, cache.hot_k, cache.hot_v, cache.hot_len, scale, **kw)
+                                spectral_decode, q, cache.ck, cache.sk, cache.bk, in_layout(cache.cv, lay), cache.sv,
+                                cache.bv, cache.n_blocks, cache.hot_k, cache.hot_v, cache.hot_len, scale, **kw)
                             err = rel_err(kern().float(), out_ref)
                             ms = None if args.no_eager else time_ms(kern, warmup, repeats)
                             host_us = host_time_us(kern, 200) if cuda and not args.no_eager else None
@@ -367,10 +389,12 @@ def main(argv=None) -> int:
                             ms_c = time_cold_ms(kern_g or kern, flush, warmup, repeats) if cold else None
                             ms_m = None
                             if n_multi:
-                                def one(i, kw=kw):
-                                    ck_, sk_, bk_, cv_, sv_, bv_, hk_, hv_ = ccopies[i % len(ccopies)]
-                                    return spectral_decode(q, ck_, sk_, bk_, cv_, sv_, bv_, cache.n_blocks, hk_, hv_,
-                                                           cache.hot_len, scale, **kw)
+                                cvs = [in_layout(c[3], lay) for c in ccopies]
+
+                                def one(i, kw=kw, cvs=cvs):
+                                    ck_, sk_, bk_, _, sv_, bv_, hk_, hv_ = ccopies[i % len(ccopies)]
+                                    return spectral_decode(q, ck_, sk_, bk_, cvs[i % len(ccopies)], sv_, bv_,
+                                                           cache.n_blocks, hk_, hv_, cache.hot_len, scale, **kw)
                                 ms_m = multi_graph_ms(one, n_multi, warmup, repeats)
                         except Exception as e:  # keep measuring the other variants
                             print(f"kernel config {name} failed: {e!r}", flush=True)
@@ -387,7 +411,7 @@ def main(argv=None) -> int:
                         sweep.append(rec)
                         if len(configs) > 1:
                             print("  ", rec, flush=True)
-                        if kw == {"impl": "v1"}:  # the baseline: session 2's kernel and launch defaults
+                        if kw == {"impl": "v1"} and lay is None:  # the baseline: session 2's kernel and launch defaults
                             row["v1_ms"] = ms
                             row["v1_host_us"] = host_us
                             if use_graphs:
@@ -395,7 +419,7 @@ def main(argv=None) -> int:
                                 row["v1_speedup_graph"] = t_dense_g / ms_g
                             if cold:
                                 row["v1_cold_ms"] = ms_c
-                        if not kw or "kernel_ms" not in row:  # the launcher's default config
+                        if (not kw and lay is None) or "kernel_ms" not in row:  # the launcher's default config
                             row["kernel_ms"] = ms
                             row["kernel_host_us"] = host_us
                             row["speedup_eager"] = t_dense / ms if ms else None

@@ -170,6 +170,24 @@ def test_unbounded_storage_grows():
     assert c.n_blocks == 12 and c.block_capacity >= 12 and c.seen == 200
 
 
+@pytest.mark.parametrize("quantize", [True, False])
+def test_value_layouts_agree(quantize):
+    """value_layout "token" (C_V^T stored per block) and "rank" hold the same coefficients and give the same
+    attention, through growth of unbounded storage, batch > 1 and a hot window; "token" stores cv transposed."""
+    torch.manual_seed(3)
+    k, v = structured_kv(2, 2, 150, 16), structured_kv(2, 2, 150, 16)
+    q = torch.randn(2, 4, 1, 16)
+    caches = [SpectralCache(2, None, 2, 16, key_rank=4, value_rank=6, block_size=16, hot_window=5, quantize=quantize,
+                            value_layout=lay) for lay in ("token", "rank")]
+    for c in caches:
+        c.append(k[:, :, :149], v[:, :, :149])
+    tok, rank = caches
+    assert tok.cv.shape == rank.cv.shape and tok.cv.transpose(-1, -2).is_contiguous() and rank.cv.is_contiguous()
+    assert tok.block_capacity >= 8 and torch.equal(tok.cv, rank.cv) and tok.nbytes() == rank.nbytes()
+    o1, o2 = (c.attend(q, k[:, :, 149:], v[:, :, 149:]) for c in caches)
+    assert rel_err(o1, o2) <= 1e-6
+
+
 def test_bad_options():
     model = tiny_model()
     with pytest.raises(ConfigError, match="key_rank"):
@@ -184,6 +202,8 @@ def test_bad_options():
         SpectralCache(1, 64, 1, 16, key_rank=4, value_rank=4, block_size=16, svd="qr")
     with pytest.raises(ConfigError, match="allowed: key_rank"):
         SpectralCache(1, 64, 1, 16, key_rank=4, value_rank=4, block_size=16, rank=3)
+    with pytest.raises(ConfigError, match="value_layout.*'token', 'rank'"):
+        SpectralCache(1, 64, 1, 16, key_rank=4, value_rank=4, block_size=16, value_layout="col")
     c = SpectralCache(1, 20, 1, 16, key_rank=4, value_rank=4, block_size=16)
     with pytest.raises(InputError):
         c.append(torch.randn(1, 1, 21, 16), torch.randn(1, 1, 21, 16))
@@ -220,26 +240,32 @@ def test_bad_options():
     (torch.float16, True, dict(b=2, hq=16, hk=2, d=32, rk=8, rv=16, bs=64, t=200, hw=5), {"impl": "v3", "split": 1}),
     (torch.float32, True, dict(b=1, hq=2, hk=2, d=16, rk=4, rv=8, bs=64, t=140, hw=0), {"impl": "v3", "split": 4}),
     (torch.float16, False, dict(b=1, hq=3, hk=1, d=32, rk=8, rv=16, bs=32, t=170, hw=0), {"impl": "v3"}),
-    # v3 with the register prefetch (session 6): odd block counts per program, padded ranks / slices, fp32 /
-    # fp16, quantized or not; and the one-level fused merge (merge_group >= the splits of a (b, h))
+    # v3: odd block counts per program, padded ranks / slices, fp32 / fp16, quantized or not, one stage; and the
+    # one-level fused merge (merge_group >= the splits of a (b, h))
     (torch.float16, True, dict(b=2, hq=8, hk=2, d=32, rk=8, rv=16, bs=64, t=330, hw=5),
-     {"impl": "v3", "split": 2, "blocks_per_program": 3, "prefetch": True, "num_stages": 1}),
+     {"impl": "v3", "split": 2, "blocks_per_program": 3, "num_stages": 1}),
     (torch.float32, True, dict(b=1, hq=6, hk=2, d=24, rk=5, rv=7, bs=16, t=75, hw=9),
-     {"impl": "v3", "prefetch": 2, "blocks_per_program": 2}),
+     {"impl": "v3", "blocks_per_program": 2}),
     (torch.float32, False, dict(b=1, hq=4, hk=2, d=32, rk=16, rv=8, bs=32, t=130, hw=0),
-     {"impl": "v3", "prefetch": True, "fused_merge": True, "merge_group": 64, "blocks_per_program": 4}),
+     {"impl": "v3", "fused_merge": True, "merge_group": 64, "blocks_per_program": 4}),
     (torch.float16, True, dict(b=2, hq=8, hk=2, d=32, rk=8, rv=16, bs=64, t=330, hw=5),
      {"impl": "v3", "split": 2, "fused_merge": True, "merge_group": 64}),
     (torch.float16, True, dict(b=1, hq=4, hk=1, d=32, rk=8, rv=16, bs=64, t=140, hw=0),
      {"impl": "v3", "l2_prefetch": True}),
-    # v3 with the value coefficients as int32 words (session 6 round 2; under the interpreter only the register-
-    # prefetch path takes them: the L2 prefetch is compiled-only), ranks 16 / 32; an odd value rank ignores it
-    (torch.float16, True, dict(b=1, hq=8, hk=2, d=32, rk=8, rv=16, bs=64, t=330, hw=5),
-     {"impl": "v3", "split": 1, "blocks_per_program": 3, "prefetch": 1, "num_stages": 1, "cv_words": True}),
-    (torch.float16, True, dict(b=1, hq=4, hk=1, d=64, rk=16, rv=32, bs=128, t=300, hw=0),
-     {"impl": "v3", "split": 2, "prefetch": 1, "num_stages": 1, "cv_words": True}),
-    (torch.float16, True, dict(b=1, hq=6, hk=2, d=24, rk=5, rv=7, bs=32, t=100, hw=9),
-     {"impl": "v3", "prefetch": 1, "cv_words": True}),
+    # session 7: value coefficients stored token-major (the cache's value_layout="token"): v3 on the session-5
+    # path (split 2, padded ranks, G = 3), whole-block programs (split 1, one stage), v2 and v1 (a rank-major
+    # copy), fp32 / fp16, quantized or not
+    (torch.float32, True, dict(b=1, hq=6, hk=2, d=24, rk=5, rv=7, bs=16, t=75, hw=9), {"impl": "v3", "_layout": "token"}),
+    (torch.float16, True, dict(b=2, hq=8, hk=2, d=32, rk=8, rv=16, bs=64, t=330, hw=5),
+     {"impl": "v3", "split": 2, "blocks_per_program": 3, "_layout": "token"}),
+    (torch.float16, False, dict(b=1, hq=3, hk=1, d=32, rk=8, rv=16, bs=32, t=170, hw=0),
+     {"impl": "v3", "split": 1, "_layout": "token"}),
+    (torch.float32, True, dict(b=1, hq=4, hk=2, d=32, rk=8, rv=32, bs=64, t=330, hw=0),
+     {"impl": "v3", "split": 1, "blocks_per_program": 2, "num_stages": 1, "_layout": "token"}),
+    (torch.float16, True, dict(b=2, hq=4, hk=2, d=32, rk=8, rv=16, bs=32, t=170, hw=0),
+     {"split": 1, "blocks_per_program": 3, "warp_slices": 2, "slice_tile": 16, "_layout": "token"}),
+    (torch.float32, False, dict(b=2, hq=4, hk=2, d=32, rk=32, rv=24, bs=32, t=70, hw=0), {"_layout": "token"}),
+    (torch.float16, True, dict(b=2, hq=4, hk=1, d=64, rk=16, rv=32, bs=32, t=100, hw=0), {"impl": "v1", "_layout": "token"}),
     # v1 (the session-2 kernel, kept as the baseline)
     (torch.float32, True, dict(b=1, hq=6, hk=2, d=24, rk=5, rv=7, bs=16, t=75, hw=9), {"impl": "v1", "fused_merge": True}),
     (torch.float16, True, dict(b=2, hq=4, hk=1, d=64, rk=16, rv=32, bs=32, t=100, hw=0), {"impl": "v1"}),
@@ -250,10 +276,13 @@ def test_bad_options():
 ])
 def test_kernel_matches_reference(dtype, quantize, shape, kw):
     s = shape
+    kw = dict(kw)
+    layout = kw.pop("_layout", "rank")
     k = structured_kv(s["b"], s["hk"], s["t"], s["d"], dtype=dtype)
     v = structured_kv(s["b"], s["hk"], s["t"], s["d"], dtype=dtype)
     c = make_cache(s["b"], s["t"] + 1, s["hk"], s["d"], dtype=dtype, key_rank=s["rk"], value_rank=s["rv"],
-                   block_size=s["bs"], hot_window=s["hw"], quantize=quantize)
+                   block_size=s["bs"], hot_window=s["hw"], quantize=quantize, value_layout=layout)
+    assert c.cv.is_contiguous() == (layout == "rank")
     c.append(k, v)
     q = torch.randn(s["b"], s["hq"], 1, s["d"], dtype=dtype)
     kn, vn = torch.randn(s["b"], s["hk"], 1, s["d"], dtype=dtype), torch.randn(s["b"], s["hk"], 1, s["d"], dtype=dtype)
@@ -336,8 +365,8 @@ def test_kernel_v3_falls_back_when_out_of_shared_memory(monkeypatch):
     real, tried = K._launch_v3, []
 
     def launch(*args):
-        sp, stages = args[-14], args[-10]  # (..., split, slices, tile, warps, stages, fused, fast, group, blocks, maxnreg,
-        #                                     pdl, prefetch, l2_prefetch, cv_words)
+        sp, stages = args[-12], args[-8]  # (..., split, slices, tile, warps, stages, fused, fast, group, blocks, maxnreg,
+        #                                    pdl, l2_prefetch)
         tried.append((sp, stages))
         if sp < 4:
             raise K.OutOfResources(300000, 232448, "shared memory")
@@ -447,7 +476,7 @@ def test_default_config_v3_session6():
     from attnlab.ops.spectral.kernel import default_config_v3 as cfg
 
     b1 = cfg(8, 64, 512, 132, 2, 16, 32, 128, 4)
-    assert (b1["split"], b1["blocks_per_program"], b1["l2_prefetch"], b1["prefetch"], b1["num_stages"]) == (1, 2, True, 0, 2)
+    assert (b1["split"], b1["blocks_per_program"], b1["l2_prefetch"], b1["num_stages"]) == (1, 2, True, 2)
     b1 = cfg(8, 32, 512, 132, 2, 16, 32, 128, 4)  # B = 1 at 16K: 2-block programs, not measured: session-5 launch
     assert (b1["split"], b1["blocks_per_program"], b1["l2_prefetch"]) == (2, 2, False)
     for rk, rv, l2 in ((16, 16, True), (16, 32, False), (32, 32, False)):
@@ -457,6 +486,13 @@ def test_default_config_v3_session6():
                  (8, 64, 512, 132, 2, 16, 32, 128, 8), (8, 64, 512, 132, 2, 16, 32, 256, 4)):
         c = cfg(*args)
         assert not c["l2_prefetch"] and c["split"] == (4 if args[4] == 4 else 2)
+    # session 7: token-major value coefficients at B = 8: 168 registers at ranks > 16; B = 1 and ranks 16 unchanged
+    for rk, rv, l2, mr in ((16, 16, True, None), (16, 32, False, 168), (32, 32, False, 168)):
+        b8 = cfg(64, 64, 512, 132, 2, rk, rv, 128, 4, True)
+        assert (b8["split"], b8["blocks_per_program"], b8["l2_prefetch"], b8.get("maxnreg")) == (2, 4, l2, mr)
+        assert cfg(64, 64, 512, 132, 2, rk, rv, 128, 4, False).get("maxnreg") is None
+        b1 = cfg(8, 64, 512, 132, 2, rk, rv, 128, 4, True)
+        assert (b1["split"], b1["blocks_per_program"], b1["l2_prefetch"], b1.get("maxnreg")) == (1, 2, True, None)
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
@@ -482,8 +518,8 @@ def test_kernel_options_are_checked():
         spectral_decode(q, z, None, z, z, None, z, 1, z[..., 0, :], z[..., 0, :], 0, block_tile=16, impl="v2")
     with pytest.raises(ValueError, match="impl must be"):
         spectral_decode(q, z, None, z, z, None, z, 1, z[..., 0, :], z[..., 0, :], 0, impl="v9")
-    with pytest.raises(ValueError, match="cv_words belong"):
-        spectral_decode(q, z, None, z, z, None, z, 1, z[..., 0, :], z[..., 0, :], 0, cv_words=True, impl="v2")
+    with pytest.raises(ValueError, match="l2_prefetch belongs"):
+        spectral_decode(q, z, None, z, z, None, z, 1, z[..., 0, :], z[..., 0, :], 0, l2_prefetch=True, impl="v2")
     with pytest.raises(ValueError, match="impl='v2'"):
         spectral_decode(q, z, None, z, z, None, z, 1, z[..., 0, :], z[..., 0, :], 0, warp_slices=2, impl="v3")
     with pytest.raises(ValueError, match="impl='v2'"):
@@ -515,19 +551,12 @@ _GPU_KW = [{}, {"fused_merge": False}, {"split": 2, "num_stages": 1}, {"split": 
            {"impl": "v3", "split": 4, "blocks_per_program": 3, "num_stages": 1}, {"impl": "v3", "maxnreg": 128},
            {"impl": "v3", "fast_cvt": False},
            {"pdl": True}, {"impl": "v3", "pdl": True}, {"impl": "v3", "pdl": True, "fused_merge": True},
-           # session 6: register prefetch (all tiles / all but the value coefficients), L2 bulk prefetch, and
-           # the session-5 launch with both off (the default turns them on for one-wave grids like this one)
-           {"impl": "v3", "prefetch": 1, "num_stages": 1}, {"impl": "v3", "prefetch": 2, "num_stages": 1},
-           {"impl": "v3", "l2_prefetch": True, "prefetch": 0, "num_stages": 2},
-           {"impl": "v3", "l2_prefetch": True, "prefetch": 2, "num_stages": 1, "blocks_per_program": 3},
-           {"impl": "v3", "l2_prefetch": True, "prefetch": 0, "split": 1, "blocks_per_program": 2},
-           {"impl": "v3", "l2_prefetch": False, "prefetch": 0, "num_stages": 2},
-           # session 6 round 2: value coefficients as int32 words (L2-prefetch and register-prefetch paths)
-           {"impl": "v3", "l2_prefetch": True, "cv_words": True, "split": 1, "blocks_per_program": 2},
-           {"impl": "v3", "l2_prefetch": True, "cv_words": True, "split": 2, "blocks_per_program": 4},
-           {"impl": "v3", "l2_prefetch": True, "cv_words": True, "split": 2, "blocks_per_program": 4, "maxnreg": 168},
-           {"impl": "v3", "prefetch": 1, "num_stages": 1, "cv_words": True},
-           {"impl": "v3", "prefetch": 2, "num_stages": 1, "cv_words": True, "l2_prefetch": True},
+           # session 6: L2 bulk prefetch, and the session-5 launch without it (the default turns it on for
+           # one-wave grids like this one)
+           {"impl": "v3", "l2_prefetch": True, "num_stages": 2},
+           {"impl": "v3", "l2_prefetch": True, "num_stages": 1, "blocks_per_program": 3},
+           {"impl": "v3", "l2_prefetch": True, "split": 1, "blocks_per_program": 2},
+           {"impl": "v3", "l2_prefetch": False, "num_stages": 2},
            {"impl": "v1"}, {"impl": "v1", "fused_merge": True},
            {"impl": "v1", "blocks_per_program": 4, "block_tile": 128, "num_warps": 4, "num_stages": 2},
            {"impl": "v1", "value_proj": "merge"}]
@@ -536,18 +565,10 @@ _GPU_KW = [{}, {"fused_merge": False}, {"split": 2, "num_stages": 1}, {"split": 
 @pytest.mark.gpu
 @pytest.mark.parametrize("kw,ranks", [(kw, (16, 32)) for kw in _GPU_KW] + [({}, (32, 32)), ({"impl": "v3"}, (32, 32)),
                                                                           ({"impl": "v3"}, (16, 16)),
-                                                                          ({"impl": "v3", "prefetch": 1,
+                                                                          ({"impl": "v3",
                                                                             "l2_prefetch": True}, (16, 16)),
-                                                                          ({"impl": "v3", "prefetch": 2,
-                                                                            "l2_prefetch": True}, (32, 32)),
-                                                                          ({"impl": "v3", "l2_prefetch": True,
-                                                                            "cv_words": True, "split": 1,
-                                                                            "blocks_per_program": 2}, (32, 32)),
-                                                                          ({"impl": "v3", "l2_prefetch": True,
-                                                                            "cv_words": True, "split": 1,
-                                                                            "blocks_per_program": 2}, (16, 16)),
-                                                                          ({"impl": "v3", "l2_prefetch": True,
-                                                                            "cv_words": True}, (32, 32))])
+                                                                          ({"impl": "v3",
+                                                                            "l2_prefetch": True}, (32, 32))])
 def test_kernel_bf16_gpu(kw, ranks):
     dev = torch.device("cuda")
     b, hq, hk, d, t = 2, 32, 8, 128, 2100
@@ -559,6 +580,43 @@ def test_kernel_bf16_gpu(kw, ranks):
     kn, vn = torch.randn(b, hk, 1, d, device=dev, dtype=torch.bfloat16), torch.randn(b, hk, 1, d, device=dev, dtype=torch.bfloat16)
     c.append(kn, vn)
     for _ in range(3):  # fresh queries each call: the fused merge's counters and scratch are reused
+        q = torch.randn(b, hq, 1, d, device=dev, dtype=torch.bfloat16)
+        ref = spectral_attention(q.float(), c.blocks(), c.hot_k[:, :, :c.hot_len].float(),
+                                 c.hot_v[:, :, :c.hot_len].float(), c.seen - 1, d**-0.5)
+        out = spectral_decode(q, c.ck, c.sk, c.bk, c.cv, c.sv, c.bv, c.n_blocks, c.hot_k, c.hot_v, c.hot_len,
+                              d**-0.5, **kw)
+        assert torch.isfinite(out).all()
+        assert rel_err(out, ref) <= 1e-2
+
+
+# session 7: the value coefficients stored token-major (value_layout="token"): the launches the defaults pick at B = 1
+# and 8 (32K: split 1 / 2 blocks + L2 prefetch; split 2 / 4 blocks with and without it, at 168 registers), 3 stages,
+# the session-5 path, 4 programs per SM (split 2, 128 registers), v2 and v1 (a rank-major copy), at ranks 16/16, 16/32,
+# 32/32
+_GPU_TOKEN_KW = [{}, {"impl": "v3"},
+                 {"impl": "v3", "split": 1, "blocks_per_program": 2, "l2_prefetch": True},
+                 {"impl": "v3", "split": 1, "blocks_per_program": 2, "l2_prefetch": True, "num_stages": 3},
+                 {"impl": "v3", "split": 2, "blocks_per_program": 4, "l2_prefetch": True, "maxnreg": 168},
+                 {"impl": "v3", "split": 2, "blocks_per_program": 4, "l2_prefetch": False, "maxnreg": 168},
+                 {"impl": "v3", "split": 2, "blocks_per_program": 2, "l2_prefetch": True, "maxnreg": 128},
+                 {"impl": "v2"}, {"impl": "v1"}]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("ranks", [(16, 16), (16, 32), (32, 32)])
+@pytest.mark.parametrize("kw", _GPU_TOKEN_KW)
+def test_kernel_bf16_token_major_gpu(kw, ranks):
+    dev = torch.device("cuda")
+    b, hq, hk, d, t = 2, 32, 8, 128, 9000
+    k = structured_kv(b, hk, t, d).to(dev, torch.bfloat16)
+    v = structured_kv(b, hk, t, d).to(dev, torch.bfloat16)
+    c = SpectralCache(b, t + 1, hk, d, device=dev, dtype=torch.bfloat16, key_rank=ranks[0], value_rank=ranks[1],
+                      block_size=512, value_layout="token")
+    c.append(k, v)
+    c.append(torch.randn(b, hk, 1, d, device=dev, dtype=torch.bfloat16),
+             torch.randn(b, hk, 1, d, device=dev, dtype=torch.bfloat16))
+    assert not c.cv.is_contiguous() and c.cv.transpose(-1, -2).is_contiguous()
+    for _ in range(3):
         q = torch.randn(b, hq, 1, d, device=dev, dtype=torch.bfloat16)
         ref = spectral_attention(q.float(), c.blocks(), c.hot_k[:, :, :c.hot_len].float(),
                                  c.hot_v[:, :, :c.hot_len].float(), c.seen - 1, d**-0.5)
@@ -662,21 +720,22 @@ def test_kernel_replay_and_cuda_graph_gpu(impl):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("impl,extra", [("v2", {}), ("v3", {}),
-                                        ("v3", {"prefetch": 1, "l2_prefetch": True, "num_stages": 1}),
-                                        ("v3", {"prefetch": 0, "l2_prefetch": True, "num_stages": 2}),
-                                        ("v3", {"prefetch": 0, "l2_prefetch": True, "cv_words": True, "split": 1,
-                                                "blocks_per_program": 2})])
+                                        ("v3", {"l2_prefetch": True, "num_stages": 2}),
+                                        ("v3", {"_layout": "token"}), ("v2", {"_layout": "token"}),
+                                        ("v3", {"l2_prefetch": True, "split": 1,
+                                                "blocks_per_program": 2, "_layout": "token"})])
 def test_kernel_pdl_chain_gpu(impl, extra):
     """Programmatic dependent launch: each call's query is the previous call's output, so a split
     kernel that read q before the previous merge finished (or a merge that read partials before
     its split kernel finished) would differ from the ordinary launches. Eager (JIT then replayed)
-    and in one CUDA graph of 4 chained calls. The session-6 prefetches (first tiles in registers, every
-    block in L2, both before the PDL wait) read only the cache there, never q."""
+    and in one CUDA graph of 4 chained calls. The session-6 L2 prefetch (every block, before the PDL wait)
+    reads only the cache there, never q. Both value-coefficient layouts."""
     dev = torch.device("cuda")
     b, hq, hk, d, t = 1, 32, 8, 128, 9000
     torch.manual_seed(0)
+    extra = dict(extra)
     c = SpectralCache(b, t + 1, hk, d, device=dev, dtype=torch.bfloat16, key_rank=16, value_rank=32,
-                      block_size=512)
+                      block_size=512, value_layout=extra.pop("_layout", "rank"))
     c.append(structured_kv(b, hk, t + 1, d).to(dev, torch.bfloat16) * 4,
              structured_kv(b, hk, t + 1, d).to(dev, torch.bfloat16) * 4)
 

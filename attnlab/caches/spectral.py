@@ -35,7 +35,15 @@ from .kv import register_kv_cache
 RankSpec = int | Sequence[int] | Callable[[int], int]
 
 SPECTRAL_OPTIONS = ("key_rank", "value_rank", "block_size", "hot_window", "quantize", "svd",
-                    "oversample", "power_iters", "basis_dtype", "backend", "seed")
+                    "oversample", "power_iters", "basis_dtype", "backend", "seed", "value_layout")
+
+# session 7: how the value coefficients are stored per block. "token" (default): C_V^T [value_rank, block_size]
+# (tokens contiguous; ``cache.cv`` is a transposed view with the logical shape [B, Hk, NBcap, block_size,
+# value_rank]), the layout the decode kernels' aggregation dot reads without byte-wise int8 conversions (H100,
+# 32K: 4-8 % faster at B = 1, 4-19 % at B = 8; benchmarks/RESULTS.md "Session 7"); "rank": C_V [block_size,
+# value_rank] contiguous (sessions 1-6). Both hold the same values and give the same attention.
+VALUE_LAYOUTS = ("token", "rank")
+DEFAULT_VALUE_LAYOUT = "token"
 
 
 def resolve_rank(spec: RankSpec, layer_idx: int, field: str) -> int:
@@ -55,7 +63,7 @@ def resolve_rank(spec: RankSpec, layer_idx: int, field: str) -> int:
 
 def validate_spectral_options(head_dim: int, v_head_dim: int, layer_idx: int, key_rank: RankSpec,
                               value_rank: RankSpec, block_size: int, hot_window: int, svd: str,
-                              backend: str, basis_dtype) -> tuple[int, int]:
+                              backend: str, basis_dtype, value_layout: str = "token") -> tuple[int, int]:
     """Raise ConfigError naming the field for bad options; return this layer's (key_rank, value_rank)."""
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < KERNEL_TILE \
             or block_size % KERNEL_TILE:
@@ -77,6 +85,8 @@ def validate_spectral_options(head_dim: int, v_head_dim: int, layer_idx: int, ke
         raise ConfigError("backend", f"must be 'auto', 'torch' or 'triton'; got {backend!r}")
     if basis_dtype not in (None, torch.float16, torch.bfloat16, torch.float32):
         raise ConfigError("basis_dtype", f"must be None, torch.float16, torch.bfloat16 or torch.float32; got {basis_dtype!r}")
+    if value_layout not in VALUE_LAYOUTS:
+        raise ConfigError("value_layout", f"must be one of {', '.join(map(repr, VALUE_LAYOUTS))}; got {value_layout!r}")
     return rk, rv
 
 
@@ -88,7 +98,8 @@ class SpectralCache(LayerCache):
     is exact), quantize (True: int8 coefficients + per-token scales, fp16/bf16 bases), svd
     ("exact" | "randomized"), oversample/power_iters (randomized SVD), basis_dtype (None: bf16
     for a bf16 cache, else fp16 when quantized; the cache dtype otherwise), backend ("auto":
-    Triton decode kernel on CUDA, PyTorch elsewhere | "torch" | "triton"), seed.
+    Triton decode kernel on CUDA, PyTorch elsewhere | "torch" | "triton"), seed, value_layout (None:
+    ``DEFAULT_VALUE_LAYOUT``; "token" | "rank": how the value coefficients are stored, see ``VALUE_LAYOUTS``).
     ``max_len=None`` makes the block storage grow on demand (used by the Hugging Face cache).
     """
 
@@ -97,15 +108,18 @@ class SpectralCache(LayerCache):
                  v_head_dim: int | None = None, key_rank: RankSpec = 16, value_rank: RankSpec = 32,
                  block_size: int = 512, hot_window: int = 0, quantize: bool = True, svd: str = "exact",
                  oversample: int = 8, power_iters: int = 2, basis_dtype=None, backend: str = "auto",
-                 seed: int = 0, **unknown):
+                 seed: int = 0, value_layout: str | None = None, **unknown):
         if unknown:
             raise ConfigError("cache options", f"unknown spectral cache option(s) {', '.join(sorted(unknown))}; "
                               f"allowed: {', '.join(SPECTRAL_OPTIONS)}")
         if v_heads is not None and v_heads != n_kv_heads:
             raise ConfigError("v_heads", f"the spectral cache needs as many value heads as key heads ({n_kv_heads}); got {v_heads}")
         dv = v_head_dim or head_dim
+        value_layout = DEFAULT_VALUE_LAYOUT if value_layout is None else value_layout
         self.key_rank, self.value_rank = validate_spectral_options(
-            head_dim, dv, layer_idx, key_rank, value_rank, block_size, hot_window, svd, backend, basis_dtype)
+            head_dim, dv, layer_idx, key_rank, value_rank, block_size, hot_window, svd, backend, basis_dtype,
+            value_layout)
+        self.value_layout = value_layout
         super().__init__(batch_size, max_len)
         dtype = dtype or torch.get_default_dtype()
         self.dtype, self.device = dtype, torch.device(device) if device is not None else torch.device("cpu")
@@ -129,7 +143,10 @@ class SpectralCache(LayerCache):
         self.hot_v = torch.zeros(b, h, self.hot_cap, dv, dtype=dtype, **kw)
         self.ck = torch.zeros(b, h, nb_cap, bs, self.key_rank, dtype=self.coef_dtype, **kw)
         self.bk = torch.zeros(b, h, nb_cap, self.key_rank, head_dim, dtype=basis_dtype, **kw)
-        self.cv = torch.zeros(b, h, nb_cap, bs, self.value_rank, dtype=self.coef_dtype, **kw)
+        if value_layout == "token":  # stored [.., value_rank, bs]; self.cv is its transposed view
+            self.cv = torch.zeros(b, h, nb_cap, self.value_rank, bs, dtype=self.coef_dtype, **kw).transpose(-1, -2)
+        else:
+            self.cv = torch.zeros(b, h, nb_cap, bs, self.value_rank, dtype=self.coef_dtype, **kw)
         self.bv = torch.zeros(b, h, nb_cap, self.value_rank, dv, dtype=basis_dtype, **kw)
         self.sk = torch.zeros(b, h, nb_cap, bs, dtype=torch.float32, **kw) if self.quantize else None
         self.sv = torch.zeros(b, h, nb_cap, bs, dtype=torch.float32, **kw) if self.quantize else None
@@ -167,7 +184,12 @@ class SpectralCache(LayerCache):
 
     def _grow(self) -> None:
         def grow(t):
-            return None if t is None else torch.cat([t, torch.zeros_like(t)], dim=2)
+            if t is None:
+                return None
+            if t is self.cv and self.value_layout == "token":  # grow the token-major storage
+                base = t.transpose(-1, -2)
+                return torch.cat([base, torch.zeros_like(base)], dim=2).transpose(-1, -2)
+            return torch.cat([t, torch.zeros_like(t)], dim=2)
 
         self.ck, self.sk, self.bk = grow(self.ck), grow(self.sk), grow(self.bk)
         self.cv, self.sv, self.bv = grow(self.cv), grow(self.sv), grow(self.bv)

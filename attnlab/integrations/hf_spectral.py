@@ -140,7 +140,7 @@ class SpectralHFCache(Cache):
         for i in range(n_layers):  # bad options fail here, before any tensor exists
             validate_spectral_options(head_dim, head_dim, i, opts["key_rank"], opts["value_rank"],
                                       opts["block_size"], opts["hot_window"], opts["svd"], opts["backend"],
-                                      opts["basis_dtype"])
+                                      opts["basis_dtype"], opts.get("value_layout") or "token")
         super().__init__(layers=[SpectralHFLayer(i, opts, max_cache_len) for i in range(n_layers)])
 
     def spectral_caches(self) -> list[SpectralCache]:

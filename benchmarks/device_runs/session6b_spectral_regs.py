@@ -5,7 +5,9 @@ G = 4, block 512, int8 coefficients, bf16): a free resource report before a devi
 review, their figures are in benchmarks/RESULTS.md.)
 
     python benchmarks/device_runs/session6b_spectral_regs.py v3:16:16:1:2:4:2 v3:32:32:1:2:4:2 ...
-    (kernel:rk:rv:split:bpp:warps:stages[:slices[:l2pf]][:NAME=int constexpr, e.g. CKT=1])
+    (kernel:rk:rv:split:bpp:warps:stages[:slices[:l2pf]][:NAME=int constexpr, e.g. CVT=1, MAXNREG=168]; session 7:
+    CVT = token-major value coefficients (PRE, CVWORDS and LATE_VPROJ need the commits that had them, see RESULTS.md);
+    ``benchmarks/device_runs/session7_loop_sass.py`` counts the block loop's instructions per step)
 """
 import inspect
 import os
@@ -41,8 +43,11 @@ def compile_one(spec):
     nsl, tw = 4, tpp // 4
     consts = dict(G=4, GP=16, GQ=4, D=128, DP=128, DV=128, DVP=128, RK=rk, RKP=p2(rk), RV=rv, RVP=p2(rv), BS=512,
                   SPLIT=sp, BPP=bpp, NW=nsl, TW=tw, HOT_PER_SPLIT=256, HT=64, QUANT=True, LOWP=True, PREC="tf32",
-                  FUSED=False, GRP=8, SCH=8, FASTCVT=True, I64=False, PDL=True, PRE=0, L2PF=l2pf, **extra)
-    consts.setdefault("CVWORDS", False)
+                  FUSED=False, GRP=8, SCH=8, FASTCVT=True, I64=False, PDL=True, L2PF=l2pf, **extra)
+    names = inspect.signature(fn.fn).parameters
+    for opt in ("PRE", "CVWORDS", "CVT", "LATE_VPROJ"):  # options of some versions of the kernel: off unless named
+        if opt in names:
+            consts.setdefault(opt, False)
     opts = {"num_warps": w, "num_stages": st, **opts_extra}
     names = inspect.signature(fn.fn).parameters
     sig = {n: ("constexpr" if n in consts else TYPES.get(n, "i32")) for n in names}
@@ -61,7 +66,7 @@ def compile_one(spec):
     ptx = c.asm["ptx"]
     print(f"{spec:28s} NW={nsl} TW={tw} {reg} smem={c.metadata.shared} BAR={len(re.findall(r'BAR.SYNC', sass))} "
           f"LDGSTS={len(re.findall(r'LDGSTS', sass))} LDG={len(re.findall(r' LDG', sass))} "
-          f"HMMA={len(re.findall(r'HMMA', sass))} STL={len(re.findall(r'STL', sass))} sass_lines={sass.count(chr(10))}",
+          f"HMMA={len(re.findall(r'HMMA', sass))} LDSU8={len(re.findall(r'LDS.U8', sass))} LDS={len(re.findall(r' LDS', sass))} LDSM={len(re.findall(r'LDSM', sass))} STL={len(re.findall(r'STL', sass))} sass_lines={sass.count(chr(10))}",
           flush=True)
     return c
 
@@ -71,4 +76,4 @@ if __name__ == "__main__":
         try:
             compile_one(s)
         except Exception as e:  # noqa: BLE001
-            print(s, "FAILED", repr(e)[:300], flush=True)
+            print(s, "FAILED", str(e)[-1500:], flush=True)

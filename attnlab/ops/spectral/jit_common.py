@@ -1,5 +1,6 @@
 """Triton helpers shared by the spectral decode kernels (v1, v2, v3): programmatic dependent launch
-(grid dependency control) and the exact hot window's online softmax. The host side is ``kernel.py``."""
+(grid dependency control), the exact hot window's online softmax, the hot-window program and the partials'
+store (session 7: shared by v2 and v3 instead of near-copies). The host side is ``kernel.py``."""
 
 from __future__ import annotations
 
@@ -74,3 +75,35 @@ if HAS_TRITON:
                 acc = acc * ah[:, None] + tl.dot(ph, v.to(tl.float32), input_precision=PREC)
             m_i = mh_new
         return m_i, l_i, acc
+
+    @triton.jit
+    def _store_partial(PM, PL, PACC, row, m, l, acc, rmask, offs_dv, dvmask, DV: tl.constexpr):
+        """Partial rows ``row`` [R] of a split (log2-domain max m, sum l, unnormalised output acc [R, DVP])
+        into the workspace the merge reads (rows [B*Hk, n_splits, GQ]); rows outside rmask are skipped."""
+        tl.store(PM + row, m, mask=rmask)
+        tl.store(PL + row, l, mask=rmask)
+        tl.store(PACC + row[:, None] * DV + offs_dv[None, :], acc, mask=rmask[:, None] & dvmask[None, :])
+
+    @triton.jit
+    def _hot_program(Q, HKP, HVP, PM, PL, PACC, pid_bh, pid_s, n_comp, n_splits, hot_len, hot_cap, qk_scale,
+                     G: tl.constexpr, GP: tl.constexpr, GQ: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
+                     DV: tl.constexpr, DVP: tl.constexpr, HOT_PER_SPLIT: tl.constexpr, HT: tl.constexpr,
+                     LOWP: tl.constexpr, PREC: tl.constexpr):
+        """A hot-window program of v2 / v3 (split pid_s >= n_comp): the G query heads of kv head pid_bh over
+        its part of the exact hot tokens, stored as that split's partial rows."""
+        offs_g = tl.arange(0, GP)
+        offs_d = tl.arange(0, DP)
+        offs_dv = tl.arange(0, DVP)
+        gmask = offs_g < G
+        dmask = offs_d < D
+        dvmask = offs_dv < DV
+        q = tl.load(Q + (pid_bh * G + offs_g)[:, None] * D + offs_d[None, :], mask=gmask[:, None] & dmask[None, :],
+                    other=0.0)
+        if not LOWP:
+            q = q.to(tl.float32)
+        m = tl.full([GP], -1.0e30, tl.float32)
+        l = tl.zeros([GP], tl.float32)
+        acc = tl.zeros([GP, DVP], tl.float32)
+        m, l, acc = _hot_window(q, HKP, HVP, (pid_s - n_comp) * HOT_PER_SPLIT, hot_len, pid_bh * hot_cap, offs_d,
+                                offs_dv, dmask, dvmask, qk_scale, m, l, acc, HOT_PER_SPLIT, HT, D, DV, LOWP, PREC)
+        _store_partial(PM, PL, PACC, (pid_bh * n_splits + pid_s) * GQ + offs_g, m, l, acc, gmask, offs_dv, dvmask, DV)

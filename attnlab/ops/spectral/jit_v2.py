@@ -9,7 +9,7 @@ if HAS_TRITON:
     import triton
     import triton.language as tl
 
-    from .jit_common import _gdc_enter, _hot_window
+    from .jit_common import _gdc_enter, _hot_program, _store_partial
 
     @triton.jit
     def _i8_to_f16(x, FASTCVT: tl.constexpr):
@@ -72,10 +72,15 @@ if HAS_TRITON:
 
     @triton.jit
     def _slices_load(tok, CK, SK, CV, SV, offs_rk, offs_rv, rkmask, rvmask, RK: tl.constexpr, RKP: tl.constexpr,
-                     RV: tl.constexpr, RVP: tl.constexpr, QUANT: tl.constexpr):
-        """The coefficient tiles [NW, TW, r] (and scales [NW, TW]) of tokens tok [NW, TW]."""
+                     RV: tl.constexpr, RVP: tl.constexpr, QUANT: tl.constexpr, CVT: tl.constexpr = False,
+                     BS: tl.constexpr = 1):
+        """The coefficient tiles [NW, TW, r] (and scales [NW, TW]) of tokens tok [NW, TW]. CVT: the value
+        coefficients stored token-major (C_V^T per block of BS tokens, [RV, BS])."""
         ck_ptr = CK + tok[:, :, None] * RK + offs_rk[None, None, :]
-        cv_ptr = CV + tok[:, :, None] * RV + offs_rv[None, None, :]
+        if CVT:
+            cv_ptr = CV + ((tok // BS) * (BS * RV) + tok % BS)[:, :, None] + offs_rv[None, None, :] * BS
+        else:
+            cv_ptr = CV + tok[:, :, None] * RV + offs_rv[None, None, :]
         if RK == RKP:
             ck = tl.load(ck_ptr)
         else:
@@ -133,7 +138,7 @@ if HAS_TRITON:
         HOT_PER_SPLIT: tl.constexpr, HT: tl.constexpr,
         QUANT: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr,
         FUSED: tl.constexpr, GRP: tl.constexpr, SCH: tl.constexpr, FASTCVT: tl.constexpr, I64: tl.constexpr,
-        PDL: tl.constexpr = False,
+        PDL: tl.constexpr = False, CVT: tl.constexpr = False,
     ):
         if PDL:  # programmatic dependent launch: wait for the previous kernel, let the merge launch early
             _gdc_enter()
@@ -180,7 +185,7 @@ if HAS_TRITON:
                 # every global load first (layout changes go through shared memory behind barriers,
                 # and loads after a barrier wait for it)
                 ck, cv, sk, sv = _slices_load(tok0, CK, SK, CV, SV, offs_rk, offs_rv, rkmask, rvmask, RK, RKP, RV,
-                                              RVP, QUANT)
+                                              RVP, QUANT, CVT, BS)
                 bk_ptr = BK + blk * (RK * D) + offs_rk[:, None] * D + offs_d[None, :]
                 bv_ptr = BV + blk * (RV * DV) + offs_rv[:, None] * DV + offs_dv[None, :]
                 if RK == RKP and D == DP:
@@ -205,7 +210,7 @@ if HAS_TRITON:
                     for t0 in range(TW, TPW + TW, TW):
                         nt = tl.minimum(t0, TPW - TW)  # the last step reloads its own tiles (cached)
                         ck2, cv2, sk2, sv2 = _slices_load(tok0 + nt, CK, SK, CV, SV, offs_rk, offs_rv, rkmask,
-                                                          rvmask, RK, RKP, RV, RVP, QUANT)
+                                                          rvmask, RK, RKP, RV, RVP, QUANT, CVT, BS)
                         m3, l3, pc3 = _slices_compute(ck, cv, sk, sv, qb3, m3, l3, pc3, QUANT, LOWP, PREC, FASTCVT)
                         ck, cv, sk, sv = ck2, cv2, sk2, sv2
                 m_b = tl.max(m3, 0)
@@ -219,18 +224,12 @@ if HAS_TRITON:
                 acc = acc * wa[:, None] + o_b * wb[:, None]
                 l_i = l_i * wa + l_b * wb
                 m_i = m_new
+            # partial rows [B*Hk, n_splits, GQ]
+            _store_partial(PM, PL, PACC, (pid_bh * n_splits + pid_s) * GQ + offs_g, m_i, l_i, acc, gmask, offs_dv,
+                           dvmask, DV)
         else:
-            m_i = tl.full([GP], -1.0e30, tl.float32)
-            l_i = tl.zeros([GP], tl.float32)
-            acc = tl.zeros([GP, DVP], tl.float32)
-            m_i, l_i, acc = _hot_window(q, HKP, HVP, (pid_s - n_comp) * HOT_PER_SPLIT, hot_len, pid_bh * hot_cap,
-                                        offs_d, offs_dv, dmask, dvmask, qk_scale, m_i, l_i, acc,
-                                        HOT_PER_SPLIT, HT, D, DV, LOWP, PREC)
-
-        part_row = (pid_bh * n_splits + pid_s) * GQ + offs_g  # partial rows [B*Hk, n_splits, GQ]
-        tl.store(PM + part_row, m_i, mask=gmask)
-        tl.store(PL + part_row, l_i, mask=gmask)
-        tl.store(PACC + part_row[:, None] * DV + offs_dv[None, :], acc, mask=gmask[:, None] & dvmask[None, :])
+            _hot_program(Q, HKP, HVP, PM, PL, PACC, pid_bh, pid_s, n_comp, n_splits, hot_len, hot_cap, qk_scale,
+                         G, GP, GQ, D, DP, DV, DVP, HOT_PER_SPLIT, HT, LOWP, PREC)
         if FUSED:
             _fused_tail(PM, PL, PACC, PM2, PL2, PACC2, O, CNT, pid_bh, pid_s, n_splits, n_groups, G, GQ, DV, DVP,
                         GRP, SCH)

@@ -1,7 +1,9 @@
 """v3 spectral decode kernel (session 5): token slices packed into the rows of the dots, no padded
 query rows (design: ``kernel.py``'s docstring and ``_spectral_v3``'s). Session 6: the L2 bulk prefetch of
-a program's blocks before the PDL wait (``L2PF``), the register prefetch option (``PRE``), and on those
-paths the value coefficients loaded side by side and the row sums kept per token column (``CV2D``)."""
+a program's blocks before the PDL wait (``L2PF``), and on that path the value coefficients loaded side by side
+and the row sums kept per token column (``CV2D``). Session 7: token-major value coefficients (``CVT``), the value
+the register prefetch (session 6, ``PRE``), the int32-word value tiles (round 2, ``CVWORDS``) and the value bases
+applied once per program (session 7, ``LATE_VPROJ``, commit c61f89f), measured slower or no faster, were removed."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ if HAS_TRITON:
     import triton
     import triton.language as tl
 
-    from .jit_common import _gdc_enter, _hot_window
+    from .jit_common import _gdc_enter, _hot_program, _store_partial
     from .jit_v2 import _fused_tail, _i8_to_f16
 
     @triton.jit
@@ -27,7 +29,8 @@ if HAS_TRITON:
     def _v3_tiles(CK, SK, BK, CV, SV, BV, blk, tokb, tok, offs_rk, offs_rv, offs_d, offs_dv, rkmask, rvmask, dmask, dvmask,
                   D: tl.constexpr, DP: tl.constexpr, DV: tl.constexpr, DVP: tl.constexpr, RK: tl.constexpr,
                   RKP: tl.constexpr, RV: tl.constexpr, RVP: tl.constexpr, QUANT: tl.constexpr, NW: tl.constexpr,
-                  TW: tl.constexpr, CV2D: tl.constexpr, CVW: tl.constexpr = False):
+                  TW: tl.constexpr, CV2D: tl.constexpr, CVT: tl.constexpr = False,
+                  BS: tl.constexpr = 1):
         """Every load of one block step: the slices' key coefficients transposed [NW, RKP, TW], value
         coefficients [NW, TW, RVP] (CV2D: side by side, [TW, NW*RVP], ``_v3_cv``), their per-token scales
         [NW, TW] (zeros without QUANT), and the block's bases [RKP, DP], [RVP, DVP]."""
@@ -38,12 +41,13 @@ if HAS_TRITON:
             ck = tl.load(ck_ptr)
         else:
             ck = tl.load(ck_ptr, mask=rkmask[None, :, None], other=0)
-        if CVW:
-            cv = _v3_cv_words(CV, tokb, RV, NW, TW)  # int32 [TW, NW*RV/4]
-        elif CV2D:
-            cv = _v3_cv(CV, tokb, RV, RVP, NW, TW)
+        if CV2D or CVT:
+            cv = _v3_cv(CV, tokb, RV, RVP, NW, TW, CVT, blk, BS)
         else:
-            cv_ptr = CV + tok[:, :, None] * RV + offs_rv[None, None, :]  # [NW, TW, RVP]
+            if CVT:  # token-major storage (C_V^T per block, [RV, BS])
+                cv_ptr = CV + blk * (BS * RV) + (tok - blk * BS)[:, :, None] + offs_rv[None, None, :] * BS
+            else:
+                cv_ptr = CV + tok[:, :, None] * RV + offs_rv[None, None, :]  # [NW, TW, RVP]
             if RV == RVP:
                 cv = tl.load(cv_ptr)
             else:
@@ -65,60 +69,26 @@ if HAS_TRITON:
         return ck, cv, sk, sv, bk, bv
 
     @triton.jit
-    def _v3_cv(CV, tokb, RV: tl.constexpr, RVP: tl.constexpr, NW: tl.constexpr, TW: tl.constexpr):
+    def _v3_cv(CV, tokb, RV: tl.constexpr, RVP: tl.constexpr, NW: tl.constexpr, TW: tl.constexpr,
+               CVT: tl.constexpr = False, blk=0, BS: tl.constexpr = 1):
         """The value coefficients of the token slices side by side, [TW, NW*RVP]: column j*RVP + r holds
         rank r of slice j (slice j: tokens tokb + j*TW ..), loaded straight into the shape the aggregation
-        dot takes (no permute / reshape of the tile)."""
+        dot takes (no permute / reshape of the tile). CVT (session 7): the cache stores each block's value
+        coefficients token-major (C_V^T, [RV, BS], block ``blk``): the tile's tokens (the dot's K axis) are
+        contiguous, so its int8 -> fp16 conversion reads words out of shared memory, not single bytes."""
         offs_c = tl.arange(0, NW * RVP)
         offs_t = tl.arange(0, TW)
         r = offs_c % RVP
-        cv_ptr = CV + (tokb + (offs_c // RVP)[None, :] * TW + offs_t[:, None]) * RV + r[None, :]
+        if CVT:  # token-major: C_V^T of each block, [RV, BS]
+            cv_ptr = (CV + blk * (BS * RV) + (tokb - blk * BS) + r[None, :] * BS + (offs_c // RVP)[None, :] * TW
+                      + offs_t[:, None])
+        else:
+            cv_ptr = CV + (tokb + (offs_c // RVP)[None, :] * TW + offs_t[:, None]) * RV + r[None, :]
         if RV == RVP:
             cv = tl.load(cv_ptr)
         else:
             cv = tl.load(cv_ptr, mask=(r < RV)[None, :], other=0)
         return cv
-
-    @triton.jit
-    def _v3_cv_words(CV, tokb, RV: tl.constexpr, NW: tl.constexpr, TW: tl.constexpr):
-        """Session 6 round 2 (CVW): the value coefficients side by side as int32 words of 4 ranks,
-        [TW, NW*RV/4] (RV a power of two >= 16): a tile no dot-operand layout can be assigned to, so the
-        int8 -> fp16 conversion runs on whole words (``_words_to_f16``) instead of on bytes read one by
-        one out of shared memory in the dot's layout (128 LDS.U8 + their packing per thread and block
-        step at rank 32 in the sm_90 SASS)."""
-        RW: tl.constexpr = RV // 4
-        offs_c = tl.arange(0, NW * RW)
-        offs_t = tl.arange(0, TW)
-        cvi = CV.to(tl.pointer_type(tl.int32), bitcast=True)
-        return tl.load(cvi + (tokb + (offs_c // RW)[None, :] * TW + offs_t[:, None]) * RW + (offs_c % RW)[None, :])
-
-    @triton.jit
-    def _words_to_f16(w, FASTCVT: tl.constexpr):
-        """int32 words of 4 int8 values [T, C] -> fp16 [T, 4*C] (byte i of word c is column 4c + i), exact.
-        FASTCVT: 4 values per 5 ALU instructions (as ``_i8_to_f16``); else shifts and conversions."""
-        if FASTCVT:
-            b0, b1, b2, b3 = tl.inline_asm_elementwise(
-                asm="""{
-                .reg .b32 t, c, lo, hi;
-                xor.b32 t, $4, 0x80808080;
-                prmt.b32 lo, t, 0x64646464, 0x4140;
-                prmt.b32 hi, t, 0x64646464, 0x4342;
-                mov.b32 c, 0x64806480;
-                sub.f16x2 lo, lo, c;
-                sub.f16x2 hi, hi, c;
-                mov.b32 {$0, $1}, lo;
-                mov.b32 {$2, $3}, hi;
-                }""",
-                constraints="=h,=h,=h,=h,r", args=[w], dtype=(tl.float16, tl.float16, tl.float16, tl.float16),
-                is_pure=True, pack=1)
-        else:
-            b0 = ((w << 24) >> 24).to(tl.float16)
-            b1 = ((w << 16) >> 24).to(tl.float16)
-            b2 = ((w << 8) >> 24).to(tl.float16)
-            b3 = (w >> 24).to(tl.float16)
-        x = tl.join(tl.join(b0, b2), tl.join(b1, b3))  # [T, C, 2, 2]: join's new axis is the last, so byte
-        # 2j + i sits at [.., j, i]
-        return tl.reshape(x, (w.shape[0], w.shape[1] * 4))
 
     @triton.jit
     def _l2_prefetch_ranges(addr, nbytes):
@@ -144,10 +114,11 @@ if HAS_TRITON:
     @triton.jit
     def _v3_prefetch(CK, SK, BK, CV, SV, BV, pid_bh, nb_cap, n0, n1, part, TPP: tl.constexpr, BS: tl.constexpr,
                      D: tl.constexpr, DV: tl.constexpr, RK: tl.constexpr, RV: tl.constexpr, BPP: tl.constexpr,
-                     QUANT: tl.constexpr):
+                     QUANT: tl.constexpr, CVT: tl.constexpr = False):
         """Ask L2 for every byte this program will read from the compressed blocks (its part of blocks
         n0 .. n1-1, at most 16 blocks: coefficients, scales, bases; 6 ranges per block, one per thread,
-        spread over 4 warps; with more warps some ranges are requested twice, harmlessly)."""
+        spread over 4 warps; with more warps some ranges are requested twice, harmlessly). CVT: the value
+        coefficients stored token-major, one range from the program's first to its last byte."""
         L: tl.constexpr = 128
         lane = tl.arange(0, L)
         c = (lane % 32) * 4 + lane // 32  # range c on warp c % 4 (4 warps): the per-warp issue loops stay short
@@ -158,11 +129,17 @@ if HAS_TRITON:
         tok0 = blk * BS + part * TPP
         eck: tl.constexpr = CK.dtype.element_ty.primitive_bitwidth // 8
         ebk: tl.constexpr = BK.dtype.element_ty.primitive_bitwidth // 8
+        if CVT:  # RV rows of TPP bytes, BS apart
+            cv0 = blk * (BS * RV) + part * TPP
+            cvn: tl.constexpr = ((RV - 1) * BS + TPP) * eck
+        else:
+            cv0 = tok0 * RV
+            cvn: tl.constexpr = TPP * RV * eck
         addr = tl.where(kind == 0, CK.to(tl.int64, bitcast=True) + tok0 * (RK * eck),
-               tl.where(kind == 1, CV.to(tl.int64, bitcast=True) + tok0 * (RV * eck),
+               tl.where(kind == 1, CV.to(tl.int64, bitcast=True) + cv0 * eck,
                tl.where(kind == 4, BK.to(tl.int64, bitcast=True) + blk * (RK * D * ebk),
                BV.to(tl.int64, bitcast=True) + blk * (RV * DV * ebk))))
-        size = tl.where(kind == 0, TPP * RK * eck, tl.where(kind == 1, TPP * RV * eck,
+        size = tl.where(kind == 0, TPP * RK * eck, tl.where(kind == 1, cvn,
                tl.where(kind == 4, RK * D * ebk, RV * DV * ebk)))
         if QUANT:
             addr = tl.where(kind == 2, SK.to(tl.int64, bitcast=True) + tok0 * 4,
@@ -177,7 +154,7 @@ if HAS_TRITON:
     def _v3_step(q, ck, cv, sk, sv, bk, bv, m_i, l_i, acc, diag, qk_scale, GP: tl.constexpr, GQ: tl.constexpr,
                  NW: tl.constexpr, TW: tl.constexpr, RKP: tl.constexpr, RVP: tl.constexpr, QUANT: tl.constexpr,
                  LOWP: tl.constexpr, PREC: tl.constexpr, FASTCVT: tl.constexpr, CV2D: tl.constexpr,
-                 CVW: tl.constexpr = False):
+                 CVT: tl.constexpr = False):
         """The math of one block step (see ``_spectral_v3``): rows (slice j, head g) each with its own
         online softmax (m_i, l_i, acc [GP, DVP]) in the log2 domain. CV2D (the session-6 path) also keeps
         l_i per row AND token column ([GP, TW], summed once after the program's last block): no
@@ -186,10 +163,7 @@ if HAS_TRITON:
             qb = tl.dot(q, tl.trans(bk.to(q.dtype))) * qk_scale  # [GP, RKP]
             if QUANT:
                 ckf = _i8_to_f16(ck, FASTCVT)
-                if CVW:
-                    cvf = _words_to_f16(cv, FASTCVT)  # [TW, NW*RVP]
-                else:
-                    cvf = _i8_to_f16(cv, FASTCVT)
+                cvf = _i8_to_f16(cv, FASTCVT)
             else:
                 ckf = ck.to(tl.float16)
                 cvf = cv.to(tl.float16)
@@ -215,7 +189,7 @@ if HAS_TRITON:
             l_i = l_i * alpha + tl.sum(p, 1)
         if QUANT:
             p = p * _rows_of_slices(sv, diag, NW, GQ, GP, TW)
-        if CV2D:
+        if CV2D or CVT:
             cvc = cvf  # [TW, NW*RVP]: [C_V(slice 0) | ...]
         else:
             cvc = tl.reshape(tl.permute(cvf, (1, 0, 2)), (TW, NW * RVP))
@@ -238,7 +212,8 @@ if HAS_TRITON:
         HOT_PER_SPLIT: tl.constexpr, HT: tl.constexpr,
         QUANT: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr,
         FUSED: tl.constexpr, GRP: tl.constexpr, SCH: tl.constexpr, FASTCVT: tl.constexpr, I64: tl.constexpr,
-        PDL: tl.constexpr = False, PRE: tl.constexpr = False, L2PF: tl.constexpr = False, CVWORDS: tl.constexpr = False,
+        PDL: tl.constexpr = False, L2PF: tl.constexpr = False,
+        CVT: tl.constexpr = False,
     ):
         """v3 block program: BS // SPLIT tokens of each of BPP consecutive blocks, cut into NW slices
         of TW tokens. The GP rows of every dot are (slice j, query head g) pairs, row j*GQ + g, so
@@ -255,15 +230,11 @@ if HAS_TRITON:
         (the zero blocks cost tensor-core work only), then the NW rows of each head are merged
         once per program. Same arguments and partial layout as v2 (same launcher, replay, merges).
         PDL: launched as a programmatic dependent launch (see ``_gdc_enter``).
-        PRE (session 6): the next block step's tiles are loaded into registers before this step's math
-        (a hand-written two-deep pipeline; run it with num_stages=1; PRE == 2: all but the value
-        coefficients, which are loaded at the top of their own step, fewer registers), and the first step's tiles are
-        loaded before the PDL wait: they overlap the previous kernel (the merge of the previous call or
-        layer, which never writes a cache). q and everything written (partials, output, counters)
-        still come after the wait.
         L2PF (session 6): at its start a program asks L2 (cp.async.bulk.prefetch.L2, sm_90+, compiled only)
-        for every byte of its blocks (before the PDL wait), so its loads wait for L2, not DRAM."""
-        if PDL and PRE == 0 and not L2PF:
+        for every byte of its blocks (before the PDL wait), so its loads wait for L2, not DRAM; the requests
+        overlap the previous kernel (the merge of the previous call or layer, which never writes a cache);
+        q and everything written (partials, output, counters) come after the wait."""
+        if PDL and not L2PF:
             _gdc_enter()
         pid_bh = tl.program_id(0)
         pid_s = tl.program_id(1)
@@ -273,13 +244,9 @@ if HAS_TRITON:
         dvmask = offs_dv < DV
         if pid_s < n_comp:
             TPP: tl.constexpr = BS // SPLIT
-            # session 6: the value coefficients loaded side by side (cp.async-pipelined like the key
-            # coefficients, no permute through shared memory) on the session-6 paths; the session-5
-            # launch (no prefetch) keeps its code
-            CV2D: tl.constexpr = PRE > 0 or L2PF
-            # session 6 round 2: value coefficients as int32 words (CV2D paths, quantized, low precision,
-            # RV a power of two >= 16, no register prefetch of the value tile)
-            CVW: tl.constexpr = CVWORDS and CV2D and QUANT and LOWP and RV == RVP and PRE != 2
+            # session 6: the row sums kept per token column on the L2-prefetch path (the session-5 launch keeps
+            # its code)
+            CV2D: tl.constexpr = L2PF
             offs_r = tl.arange(0, GP)
             jr = offs_r // GQ  # the slice of each row
             gr = offs_r % GQ  # the query head of each row
@@ -302,49 +269,24 @@ if HAS_TRITON:
                 l_i = tl.zeros([GP], tl.float32)
             acc = tl.zeros([GP, DVP], tl.float32)
             if L2PF:  # every byte of the program's blocks requested from L2 up front (before the PDL wait)
-                _v3_prefetch(CK, SK, BK, CV, SV, BV, pid_bh, nb_cap, n0, n1, part, TPP, BS, D, DV, RK, RV, BPP, QUANT)
-                if PDL and PRE == 0:
-                    _gdc_enter()
-            if PRE > 0:
-                blk = pid_bh * nb_cap + n0
-                if I64:
-                    blk = blk.to(tl.int64)
-                ck, cv, sk, sv, bk, bv = _v3_tiles(CK, SK, BK, CV, SV, BV, blk, blk * BS + part * TPP, blk * BS + tok_off, offs_rk, offs_rv,
-                                                   offs_d, offs_dv, rkmask, rvmask, dmask, dvmask, D, DP, DV, DVP, RK,
-                                                   RKP, RV, RVP, QUANT, NW, TW, CV2D, CVW)
+                _v3_prefetch(CK, SK, BK, CV, SV, BV, pid_bh, nb_cap, n0, n1, part, TPP, BS, D, DV, RK, RV, BPP, QUANT,
+                             CVT)
                 if PDL:
                     _gdc_enter()
             q = tl.load(Q + (pid_bh * G + gr)[:, None] * D + offs_d[None, :], mask=rvalid[:, None] & dmask[None, :],
                         other=0.0)
             if not LOWP:
                 q = q.to(tl.float32)
-            if PRE > 0:
-                for n in range(n0, n1):
-                    blk2 = pid_bh * nb_cap + tl.minimum(n + 1, n1 - 1)  # the last step reloads its own (cached)
-                    if I64:
-                        blk2 = blk2.to(tl.int64)
-                    ck2, cv2, sk2, sv2, bk2, bv2 = _v3_tiles(CK, SK, BK, CV, SV, BV, blk2, blk2 * BS + part * TPP, blk2 * BS + tok_off, offs_rk,
-                                                             offs_rv, offs_d, offs_dv, rkmask, rvmask, dmask, dvmask,
-                                                             D, DP, DV, DVP, RK, RKP, RV, RVP, QUANT, NW, TW, CV2D, CVW)
-                    if PRE == 2:  # value coefficients loaded in their own step (fewer registers held across steps)
-                        blk = pid_bh * nb_cap + n
-                        if I64:
-                            blk = blk.to(tl.int64)
-                        cv = _v3_cv(CV, blk * BS + part * TPP, RV, RVP, NW, TW)
-                    m_i, l_i, acc = _v3_step(q, ck, cv, sk, sv, bk, bv, m_i, l_i, acc, diag, qk_scale, GP, GQ, NW, TW,
-                                             RKP, RVP, QUANT, LOWP, PREC, FASTCVT, CV2D, CVW)
-                    ck, cv, sk, sv, bk, bv = ck2, cv2, sk2, sv2, bk2, bv2
-            else:
-                for n in range(n0, n1):
-                    blk = pid_bh * nb_cap + n
-                    if I64:
-                        blk = blk.to(tl.int64)
-                    # every load of the block first (Triton pipelines them across blocks, num_stages 2)
-                    ck, cv, sk, sv, bk, bv = _v3_tiles(CK, SK, BK, CV, SV, BV, blk, blk * BS + part * TPP, blk * BS + tok_off, offs_rk,
-                                                       offs_rv, offs_d, offs_dv, rkmask, rvmask, dmask, dvmask, D, DP,
-                                                       DV, DVP, RK, RKP, RV, RVP, QUANT, NW, TW, CV2D, CVW)
-                    m_i, l_i, acc = _v3_step(q, ck, cv, sk, sv, bk, bv, m_i, l_i, acc, diag, qk_scale, GP, GQ, NW, TW,
-                                             RKP, RVP, QUANT, LOWP, PREC, FASTCVT, CV2D, CVW)
+            for n in range(n0, n1):
+                blk = pid_bh * nb_cap + n
+                if I64:
+                    blk = blk.to(tl.int64)
+                # every load of the block first (Triton pipelines them across blocks, num_stages 2)
+                ck, cv, sk, sv, bk, bv = _v3_tiles(CK, SK, BK, CV, SV, BV, blk, blk * BS + part * TPP, blk * BS + tok_off, offs_rk,
+                                                   offs_rv, offs_d, offs_dv, rkmask, rvmask, dmask, dvmask, D, DP,
+                                                   DV, DVP, RK, RKP, RV, RVP, QUANT, NW, TW, CV2D, CVT, BS)
+                m_i, l_i, acc = _v3_step(q, ck, cv, sk, sv, bk, bv, m_i, l_i, acc, diag, qk_scale, GP, GQ, NW, TW,
+                                         RKP, RVP, QUANT, LOWP, PREC, FASTCVT, CV2D, CVT)
             if CV2D:
                 l_i = tl.sum(l_i, 1)
             # merge the NW slice rows of each query head
@@ -358,28 +300,12 @@ if HAS_TRITON:
             offs_q = tl.arange(0, GQ)
             qmask = offs_q < G
             prow = (pid_bh * n_splits + pid_s) * GQ + offs_q
-            tl.store(PM + prow, m_h, mask=qmask)
-            tl.store(PL + prow, l_h, mask=qmask)
-            tl.store(PACC + prow[:, None] * DV + offs_dv[None, :], acc_h, mask=qmask[:, None] & dvmask[None, :])
+            _store_partial(PM, PL, PACC, prow, m_h, l_h, acc_h, qmask, offs_dv, dvmask, DV)
         else:
-            if PDL and (PRE > 0 or L2PF):
+            if PDL and L2PF:
                 _gdc_enter()
-            offs_g = tl.arange(0, GP)
-            gmask = offs_g < G
-            qh = tl.load(Q + (pid_bh * G + offs_g)[:, None] * D + offs_d[None, :], mask=gmask[:, None] & dmask[None, :],
-                         other=0.0)
-            if not LOWP:
-                qh = qh.to(tl.float32)
-            hm = tl.full([GP], -1.0e30, tl.float32)
-            hl = tl.zeros([GP], tl.float32)
-            hacc = tl.zeros([GP, DVP], tl.float32)
-            hm, hl, hacc = _hot_window(qh, HKP, HVP, (pid_s - n_comp) * HOT_PER_SPLIT, hot_len, pid_bh * hot_cap,
-                                          offs_d, offs_dv, dmask, dvmask, qk_scale, hm, hl, hacc,
-                                          HOT_PER_SPLIT, HT, D, DV, LOWP, PREC)
-            hrow = (pid_bh * n_splits + pid_s) * GQ + offs_g
-            tl.store(PM + hrow, hm, mask=gmask)
-            tl.store(PL + hrow, hl, mask=gmask)
-            tl.store(PACC + hrow[:, None] * DV + offs_dv[None, :], hacc, mask=gmask[:, None] & dvmask[None, :])
+            _hot_program(Q, HKP, HVP, PM, PL, PACC, pid_bh, pid_s, n_comp, n_splits, hot_len, hot_cap, qk_scale,
+                         G, GP, GQ, D, DP, DV, DVP, HOT_PER_SPLIT, HT, LOWP, PREC)
         if FUSED:
             _fused_tail(PM, PL, PACC, PM2, PL2, PACC2, O, CNT, pid_bh, pid_s, n_splits, n_groups, G, GQ, DV, DVP,
                         GRP, SCH)

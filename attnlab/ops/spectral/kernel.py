@@ -11,9 +11,10 @@ kernel overlaps the merge.
 Session 6 (B = 1): when every program is resident at once (B = 1 at 32K), v3 takes whole blocks per
 program (split 1, half as many blocks each) and requests each program's blocks from L2 before the PDL
 wait (``l2_prefetch``); the programs were latency bound (Nsight Compute: ~2 warps per scheduler,
-long-scoreboard first, ~20 block-wide barriers per block step). ``prefetch`` (next block's tiles in
-registers) and, from round 2, ``cv_words`` (int8 value coefficients as int32 words) are tested options, slower
-there. Two experimental kernels of session 6, v4 (warps as the dots' batch dimension) and v5 (v4 with a
+long-scoreboard first, ~20 block-wide barriers per block step). Two options of session 6 measured slower there
+were removed in session 7: ``prefetch`` (the next block's tiles in registers: spills at ranks 32) and round 2's
+``cv_words`` (the value coefficients as int32 words; token-major value coefficients now remove the byte-wise
+conversion it worked around). Two experimental kernels of session 6, v4 (warps as the dots' batch dimension) and v5 (v4 with a
 per-warp softmax and a coefficient-space accumulator), measured slower everywhere and were removed in the
 session's review; their figures stay in benchmarks/RESULTS.md ("Session 6", "Session 6 round 2").
 
@@ -214,6 +215,8 @@ def _spectral_decode_v1(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, 
     hot_cap = hot_k.shape[2]
     g = hq // hk
     quant = sk is not None
+    if cv_token_major(cv):  # v1 reads rank-major value coefficients: a copy (v2 / v3 read both layouts)
+        cv = cv.contiguous()
     if not (ck.is_contiguous() and bk.is_contiguous() and cv.is_contiguous() and bv.is_contiguous()
             and hot_k.is_contiguous() and hot_v.is_contiguous()):
         raise ValueError("spectral_decode: ck, bk, cv, bv, hot_k and hot_v must be contiguous")
@@ -439,8 +442,7 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
                     fused_merge: bool | None = None, fast_cvt: bool | None = None,
                     merge_group: int | None = None, num_warps: int | None = None,
                     num_stages: int | None = None, maxnreg: int | None = None, pdl: bool | None = None,
-                    prefetch: int | None = None, l2_prefetch: bool | None = None, cv_words: bool | None = None,
-                    **v1_options) -> torch.Tensor:
+                    l2_prefetch: bool | None = None, **v1_options) -> torch.Tensor:
     """Decode attention of q [B, Hq, 1, d] over a spectral cache's buffers.
 
     ck [B, Hk, NBcap, bs, rk] int8 (or float when sk is None), sk [B, Hk, NBcap, bs] float32,
@@ -453,19 +455,14 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
     value_proj; v2's warp_slices, slice_tile) select that kernel.
     impl="v3": launch parameters left None come from ``default_config_v3``: split,
     blocks_per_program (with split > 1: that part of each of them), num_warps, num_stages,
-    fused_merge, merge_group, fast_cvt, maxnreg, pdl, prefetch, l2_prefetch.
+    fused_merge, merge_group, fast_cvt, maxnreg, pdl, l2_prefetch.
     l2_prefetch (v3, session 6; sm_90+, compiled, else ignored): each program first asks L2 for
     every byte of its blocks (cp.async.bulk.prefetch.L2), before the PDL wait, so its loads wait for
     L2 rather than DRAM and the requests overlap the previous kernel. Default: on where measured faster
     (one-wave grids such as B = 1 at 32K; ranks <= 16 otherwise), see ``default_config_v3``.
-    prefetch (v3, session 6; default 0): 1 = the next block's tiles are loaded into registers during
-    this block's math (and the first block's before the PDL wait); 2 = all but the value coefficients.
-    Use with num_stages=1. Measured faster than the session-5 launch at ranks 16 only (B = 1).
-    cv_words (v3, session 6 round 2): on the L2-prefetch / register-prefetch paths, the int8 value coefficients
-    are loaded as int32 words and converted to fp16 word by word (then moved into the dot's layout through
-    shared memory), instead of being read byte by byte out of shared memory in the dot's layout (quantized
-    low-precision caches with a power-of-two value rank >= 16; ignored otherwise). Default off: fewer
-    instructions, but 0.6-1.5 us slower per call on the H100 (benchmarks/RESULTS.md, "Session 6 round 2").
+    Value coefficients: cv may be contiguous ([.., bs, rv], rank-major) or a transposed view of a contiguous
+    [.., rv, bs] tensor (token-major, ``SpectralCache(value_layout="token")``, the default; v2 and v3 read it
+    directly, v1 takes a rank-major copy).
     pdl (v2/v3): programmatic dependent launch (sm_90+, CUDA, compiled; else ignored): the kernel
     and the merge kernel are launched with ``launch_pdl`` and start with griddepcontrol.wait, so a
     kernel's launch overlaps the previous one's work (merge after split, the next call's split after
@@ -486,7 +483,7 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
             impl = "v1"
         elif warp_slices or slice_tile:
             impl = "v2"
-        elif prefetch or l2_prefetch or cv_words:
+        elif l2_prefetch:
             impl = "v3"
         elif n_blocks <= AUTO_V2_MAX_BLOCKS:
             impl = "v2"
@@ -509,10 +506,10 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
                                    blocks_per_program=blocks_per_program, hot_per_split=hot_per_split,
                                    fused_merge=fused_merge, fast_cvt=fast_cvt, merge_group=merge_group,
                                    num_warps=num_warps, num_stages=num_stages, maxnreg=maxnreg,
-                                   warp_slices=warp_slices, slice_tile=slice_tile, pdl=pdl, prefetch=prefetch,
-                                   l2_prefetch=l2_prefetch, cv_words=cv_words)
-    if prefetch or l2_prefetch or cv_words:  # v1 / v2
-        raise ValueError("prefetch / l2_prefetch / cv_words belong to impl='v3'")
+                                   warp_slices=warp_slices, slice_tile=slice_tile, pdl=pdl,
+                                   l2_prefetch=l2_prefetch)
+    if l2_prefetch:  # v1 / v2
+        raise ValueError("l2_prefetch belongs to impl='v3'")
     q, (b, hq, d, bs) = _checked_inputs(q, ck, sk, bk, cv, sv, bv, hot_k, hot_v)
     dev = q.device
     cfg = default_config_v2(b * ck.shape[1], n_blocks, bs, _num_sms(dev), q.element_size())
@@ -537,6 +534,13 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
     return out
 
 
+def cv_token_major(cv: torch.Tensor) -> bool:
+    """Whether the value coefficients cv [B, Hk, NBcap, bs, rv] are stored token-major: a transposed view
+    of a contiguous [B, Hk, NBcap, rv, bs] tensor (C_V^T per block; the spectral cache's default layout since
+    session 7, ``SpectralCache(value_layout=...)``), rather than contiguous (rank-major)."""
+    return not cv.is_contiguous() and cv.dim() == 5 and cv.transpose(-1, -2).is_contiguous()
+
+
 def _checked_inputs(q, ck, sk, bk, cv, sv, bv, hot_k, hot_v):
     """The v2/v3 entry checks; returns (q made contiguous, (batch, query heads, head dim, block size))."""
     if not HAS_TRITON:
@@ -549,19 +553,21 @@ def _checked_inputs(q, ck, sk, bk, cv, sv, bv, hot_k, hot_v):
         raise ValueError(f"block_size {bs} must be a multiple of the kernel tile {KERNEL_TILE}")
     for name, x in (("ck", ck), ("sk", sk), ("bk", bk), ("cv", cv), ("sv", sv), ("bv", bv), ("hot_k", hot_k),
                     ("hot_v", hot_v)):
-        if x is not None and not x.is_contiguous():
-            raise ValueError(f"spectral_decode: {name} must be contiguous")
+        if x is not None and not x.is_contiguous() and not (x is cv and cv_token_major(cv)):
+            raise ValueError(f"spectral_decode: {name} must be contiguous"
+                             + (" (or, cv, a transposed view of a contiguous [B, Hk, NBcap, rv, bs] tensor)"
+                                if x is cv else ""))
     if not q.is_contiguous():
         q = q.contiguous()
     return q, (b, hq, d, bs)
 
 
 def default_config_v3(n_bh: int, n_blocks: int, block_size: int, n_sms: int, elem_size: int = 2, key_rank: int = 0,
-                      value_rank: int = 0, head_dim: int = 128, group: int = 4) -> dict:
+                      value_rank: int = 0, head_dim: int = 128, group: int = 4, token_major: bool = False) -> dict:
     """v3 launch parameters: split (programs per block group, block_size / split tokens of each
     block), blocks_per_program (consecutive blocks per program, pipelined), num_warps, num_stages,
-    fused_merge, merge_group, pdl (programmatic dependent launch: ``V3_PDL``), prefetch (registers;
-    off by default) and l2_prefetch (session 6: see ``V3_SESSION6``)."""
+    fused_merge, merge_group, pdl (programmatic dependent launch: ``V3_PDL``), l2_prefetch (session 6: see ``V3_SESSION6``) and maxnreg (session 7: None, or 168 for
+    token-major value coefficients (``token_major``) on multi-wave grids at ranks > 16)."""
     if elem_size >= 4:
         cfg = dict(split=4 if block_size >= 256 else 1, num_warps=4, num_stages=1, fused_merge=False)
     else:
@@ -575,7 +581,7 @@ def default_config_v3(n_bh: int, n_blocks: int, block_size: int, n_sms: int, ele
             bpp *= 2
         cfg = dict(split=sp, blocks_per_program=bpp, num_warps=4, num_stages=2, fused_merge=False)
     cfg.setdefault("blocks_per_program", 1)
-    cfg.update(merge_group=8, pdl=_default_pdl(V3_PDL), prefetch=0, l2_prefetch=False, cv_words=False)
+    cfg.update(merge_group=8, pdl=_default_pdl(V3_PDL), l2_prefetch=False)
     measured = (elem_size < 4 and max(key_rank, value_rank) <= 32 and head_dim <= 128 and group <= 4
                 and block_size >= 128 and V3_SESSION6)
     if measured:
@@ -591,6 +597,11 @@ def default_config_v3(n_bh: int, n_blocks: int, block_size: int, n_sms: int, ele
             cfg.update(split=1, blocks_per_program=cfg["blocks_per_program"] // 2, l2_prefetch=True)
         elif n_prog > 2 * n_sms and max(key_rank, value_rank) <= 16:
             cfg.update(l2_prefetch=True)
+        elif n_prog > 2 * n_sms and token_major and cfg["split"] == 2 and cfg["blocks_per_program"] == 4:
+            # session 7 (benchmarks/RESULTS.md "Session 7"; H100, B = 8 at 32K): reading token-major value
+            # coefficients takes 177-196 registers at ranks 32 (2 programs per SM); capped at 168 (3 per SM, no
+            # spills in the sm_90 SASS) the 16/32 and 32/32 steps ran 13 % and 8 % faster than uncapped
+            cfg.update(maxnreg=168)
     return cfg
 
 
@@ -601,14 +612,14 @@ V3_SESSION6 = True
 def _spectral_decode_v3(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale, *, split=None,
                         blocks_per_program=None, hot_per_split=256, fused_merge=None, fast_cvt=None,
                         merge_group=None, num_warps=None, num_stages=None, maxnreg=None, warp_slices=None,
-                        slice_tile=None, pdl=None, prefetch=None, l2_prefetch=None, cv_words=None):
+                        slice_tile=None, pdl=None, l2_prefetch=None):
     """The v3 kernel (``_spectral_v3``) through v2's launcher (plans, replay, merges)."""
     if slice_tile or warp_slices:
         raise ValueError("warp_slices / slice_tile belong to impl='v2'")
     q, (b, hq, d, bs) = _checked_inputs(q, ck, sk, bk, cv, sv, bv, hot_k, hot_v)
     dev = q.device
     cfg = default_config_v3(b * ck.shape[1], n_blocks, bs, _num_sms(dev), q.element_size(), ck.shape[-1], cv.shape[-1],
-                            max(d, bv.shape[-1]), hq // ck.shape[1])
+                            max(d, bv.shape[-1]), hq // ck.shape[1], cv_token_major(cv))
     sp = split or cfg["split"]
     while sp > 1 and (bs % sp or (bs // sp) % 16):
         sp //= 2
@@ -623,10 +634,11 @@ def _spectral_decode_v3(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_l
     first = (sp, nsl, tw, num_warps or cfg["num_warps"], num_stages or cfg["num_stages"],
              cfg["fused_merge"] if fused_merge is None else bool(fused_merge),
              (dev.type == "cuda" and not _interpreting()) if fast_cvt is None else bool(fast_cvt),
-             merge_group or cfg["merge_group"], bpp, maxnreg, _pdl_ok(dev, cfg["pdl"] if pdl is None else pdl),
-             int(cfg["prefetch"] if prefetch is None else prefetch),
-             _l2pf_ok(dev, cfg["l2_prefetch"] if l2_prefetch is None else l2_prefetch),
-             bool(cfg.get("cv_words", False) if cv_words is None else cv_words))
+             merge_group or cfg["merge_group"], bpp,
+             maxnreg if maxnreg is not None else (cfg.get("maxnreg") if (sp, bpp) == (cfg["split"], cfg["blocks_per_program"])
+                                                  else None),
+             _pdl_ok(dev, cfg["pdl"] if pdl is None else pdl),
+             _l2pf_ok(dev, cfg["l2_prefetch"] if l2_prefetch is None else l2_prefetch))
     scale = d**-0.5 if scale is None else scale
     out = torch.empty(b, hq, 1, bv.shape[-1], device=dev, dtype=q.dtype)
     args = (q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale, out, hot_per_split)
@@ -654,8 +666,8 @@ def _launch_v3(*args):
 
 
 def _launch_v2(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale, out, hot_per_split,
-               sp, nw, tw, num_warps, num_stages, fused, fast, grp, bpp, maxnreg, pdl=False, pre=0, l2pf=False,
-               cvw=False, kernel="v2"):
+               sp, nw, tw, num_warps, num_stages, fused, fast, grp, bpp, maxnreg, pdl=False, l2pf=False,
+               kernel="v2"):
     global _FAST_LAUNCH
     dev = q.device
     cuda = dev.type == "cuda"
@@ -670,14 +682,16 @@ def _launch_v2(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale
     tensors = (q, ck, sk, bk, cv, sv, bv, hot_k, hot_v)
     key = (skey, q.shape, q.dtype, ck.shape, ck.dtype, bk.shape, bk.dtype, cv.shape, bv.shape, bv.dtype, hot_k.shape,
            hot_k.dtype, hot_v.shape, quant, n_blocks, n_hot, hot_per_split, sp, nw, tw, num_warps, num_stages, fused,
-           fast, grp, bpp, maxnreg, pdl, pre, l2pf, cvw, kernel, tuple(x is None or x.data_ptr() % 16 == 0 for x in tensors))
+           fast, grp, bpp, maxnreg, pdl, l2pf, kernel, cv.stride(-1),
+           tuple(x is None or x.data_ptr() % 16 == 0 for x in tensors))
     plan = _V2_PLANS.get(key)
     if plan is not None and plan[0] is not None and not _hooks_active():  # replay: compiled launchers, new pointers
         try:
             (run, fn, meta, g0, g1, tpl), merge = plan[0]
             a = list(tpl)
             a[0], a[1], a[3], a[4], a[6], a[7], a[8], a[13], a[19], a[24] = (
-                q, ck, bk, cv, bv, hot_k, hot_v, out, hot_len, scale * 1.4426950408889634)
+                q, ck, bk, cv.transpose(-1, -2) if plan[1][4]["CVT"] else cv, bv, hot_k, hot_v, out, hot_len,
+                scale * 1.4426950408889634)
             if quant:
                 a[2], a[5] = sk, sv
             run(g0, g1, 1, stream, fn, meta, None, None, None, *a)
@@ -694,10 +708,11 @@ def _launch_v2(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale
             replay = False
     if plan is None:
         plan = (None, _make_plan_v2(q, ck, bk, cv, bv, hot_k, n_blocks, n_hot, hot_per_split, quant, sp, nw, tw, fused,
-                                    fast, grp, bpp, pdl, (pre, l2pf, cvw) if kernel == "v3" else None))
+                                    fast, grp, bpp, pdl, (l2pf,) if kernel == "v3" else None))
     grid, mgrid, work, cnt, consts, mconsts, (nb_cap, hot_cap, n_comp, n_splits, n_groups) = plan[1]
     pm, pl, pacc, pm2, pl2, pacc2 = work
-    a = [q, ck, sk if quant else pm, bk, cv, sv if quant else pm, bv, hot_k, hot_v, pm, pl, pacc, cnt, out, pm2, pl2,
+    cvb = cv.transpose(-1, -2) if consts["CVT"] else cv  # token-major: the contiguous storage (same pointer)
+    a = [q, ck, sk if quant else pm, bk, cvb, sv if quant else pm, bv, hot_k, hot_v, pm, pl, pacc, cnt, out, pm2, pl2,
          pacc2, n_blocks, nb_cap, hot_len, hot_cap, n_comp, n_splits, n_groups, scale * 1.4426950408889634,
          *consts.values()]
     opts = {} if maxnreg is None else {"maxnreg": maxnreg}
@@ -752,10 +767,9 @@ def _make_plan_v2(q, ck, bk, cv, bv, hot_k, n_blocks, n_hot, hot_per_split, quan
                   LOWP=lowp and (quant or ck.dtype == torch.float16), PREC="ieee" if not lowp else "tf32",
                   FUSED=fused, GRP=grp, SCH=8, FASTCVT=fast and quant,
                   I64=max(ck.numel(), cv.numel(), bk.numel(), bv.numel()) >= 2**31, PDL=pdl)
-    if pre is not None:  # v3 only (its last arguments): (prefetch, l2_prefetch, cv_words)
-        consts["PRE"] = int(pre[0])
-        consts["L2PF"] = bool(pre[1])
-        consts["CVWORDS"] = bool(pre[2])
+    if pre is not None:  # v3 only (its last argument): (l2_prefetch,)
+        consts["L2PF"] = bool(pre[0])
+    consts["CVT"] = cv_token_major(cv)  # session 7: value coefficients stored token-major (passed positionally: last)
     mgrid = mconsts = None
     if not fused:
         dvb = min(32, dvp)
