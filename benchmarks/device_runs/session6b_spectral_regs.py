@@ -43,7 +43,7 @@ def compile_one(spec):
     nsl, tw = 4, tpp // 4
     consts = dict(G=4, GP=16, GQ=4, D=128, DP=128, DV=128, DVP=128, RK=rk, RKP=p2(rk), RV=rv, RVP=p2(rv), BS=512,
                   SPLIT=sp, BPP=bpp, NW=nsl, TW=tw, HOT_PER_SPLIT=256, HT=64, QUANT=True, LOWP=True, PREC="tf32",
-                  FUSED=False, GRP=8, SCH=8, FASTCVT=True, I64=False, PDL=True, L2PF=l2pf, **extra)
+                  FUSED=False, GRP=8, SCH=8, I64=False, PDL=True, L2PF=l2pf, **{"FASTCVT": True, **extra})
     names = inspect.signature(fn.fn).parameters
     for opt in ("PRE", "CVWORDS", "CVT", "LATE_VPROJ"):  # options of some versions of the kernel: off unless named
         if opt in names:

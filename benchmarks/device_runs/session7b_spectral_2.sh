@@ -1,5 +1,5 @@
 # Session 7 round 2, call 2 (issue 7, B = 1 at 32K, ranks 32/32 below 3x): the L2 prefetch of each program's first
-# block only before the PDL wait (l2pf 2: the others after it; 3: not at all) and two steps per block (sub_steps 2:
+# block only before the PDL wait (l2pf 2: the others after it; 3: not at all) and two (or four) steps per block (sub_steps:
 # 256-token steps, smaller last step after the data arrives), against the default (timed first and last), B = 1 and
 # B = 8, one process each; then every spectral GPU test of this tree.
 # From the tree root: OUT=... bash benchmarks/device_runs/session7b_spectral_2.sh
@@ -12,7 +12,7 @@ python -c "import torch, triton; print('torch', torch.__version__, 'triton', tri
 echo "== bench B=1 (t=$(( $(date +%s)-T0 ))s)" | tee -a $L
 timeout 75 python benchmarks/bench_spectral.py --batch 1 --lengths 32768 --ranks 32:32,16:32,16:16 --no-ref --no-cold \
   --no-eager --repeats 30 --multi 16 --profile --name s7b_run2_b1 \
-  --configs default,v3:1:4:2:0:2:0:0:1:0:2,v3:1:4:2:0:2:0:0:1:0:3,v3:1:4:2:0:2:0:0:1:0:1:2,v3:1:4:2:0:2:0:0:1:0:2:2,v3:1:4:3:0:2:0:0:1:0:1:2,default \
+  --configs default,v3:1:4:2:0:2:0:0:1:0:2,v3:1:4:2:0:2:0:0:1:0:3,v3:1:4:2:0:2:0:0:1:0:1:2,v3:1:4:2:0:2:0:0:1:0:2:2,v3:1:4:3:0:2:0:0:1:0:1:2,v3:1:4:2:0:2:0:0:1:0:2:4,default \
   2>&1 | grep -v -i warn >> $L
 echo "== bench rc=$? (t=$(( $(date +%s)-T0 ))s)" | tee -a $L
 timeout 45 python benchmarks/bench_spectral.py --batch 8 --lengths 32768 --ranks 32:32,16:32,16:16 --no-ref --no-eager \
