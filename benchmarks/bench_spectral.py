@@ -182,11 +182,10 @@ def parse_configs(spec: str):
     "v1", "v2"                                  one kernel with its defaults (v1: the session-2 baseline)
     "v2:split:slices:tile[:warps[:stages[:fused[:fastcvt[:group[:blocks[:maxnreg]]]]]]]"   v2 launch parameters
     "v1:tile:blocks_per_program:fused[:warps[:stages[:maxnreg[:vmerge]]]]"   v1 launch parameters
-    "v3:split[:warps[:stages[:fused[:blocks[:maxnreg[:group[:pdl[:prefetch[:l2pf[:sub]]]]]]]]]]"   v3 launch parameters
+    "v3:split[:warps[:stages[:fused[:blocks[:maxnreg[:group[:pdl[:prefetch[:l2pf]]]]]]]]]"   v3 launch parameters
     (0 or absent = the launcher's default; fused, pdl: 0 = off, 1 = on, absent = default; prefetch: 0 only (the
     slot of session 6's register prefetch, removed in session 7); l2pf: 1 = the program's blocks requested from L2
-    at its start, 2 / 3 = its first block before the PDL wait and the others after it / not (session 7 round 2);
-    sub: block steps per block (``sub_steps``, session 7 round 2)).
+    at its start).
     Any item may end in "@token" or "@rank" (session 7): the value coefficients handed to the kernel in that
     storage layout (``SpectralCache(value_layout=...)``; without it: the cache's default layout)."""
     out = []
@@ -217,17 +216,17 @@ def parse_configs(spec: str):
             out.append({**kw, **lay})
             continue
         if head == "v3":
-            vals = [int(x) for x in rest.split(":")] + [-1] * 12
+            vals = [int(x) for x in rest.split(":")] + [-1] * 11
             kw = {"impl": head}
             flags = ("fused_merge", "pdl", "l2_prefetch")
             for key, val in zip(("split", "num_warps", "num_stages", "fused_merge", "blocks_per_program", "maxnreg",
-                                 "merge_group", "pdl", "prefetch", "l2_prefetch", "sub_steps"), vals[:11]):
+                                 "merge_group", "pdl", "prefetch", "l2_prefetch"), vals[:10]):
                 if key == "prefetch":  # the register prefetch was removed in session 7: its slot stays, 0 only
                     if val > 0:
                         raise SystemExit(f"--configs: {item!r}: the register prefetch was removed (session 7); use 0")
                     continue
                 if val > 0 or (key in flags and val == 0):
-                    kw[key] = bool(val) if key in flags and not (key == "l2_prefetch" and val > 1) else val
+                    kw[key] = bool(val) if key in flags else val
             out.append({**kw, **lay})
             continue
         if head != "v1":
@@ -256,8 +255,7 @@ def config_name(kw: dict) -> str:
         return kw["impl"] + ":" + ":".join(str(int(kw[key])) if key in kw else "-" for key in (
             "split", "num_warps", "num_stages", "fused_merge", "blocks_per_program", "maxnreg", "merge_group")) + (
             f":{int(kw['pdl'])}" if "pdl" in kw else "") + (":0" if "l2_prefetch" in kw else "") + (
-            f":{int(kw['l2_prefetch'])}" if "l2_prefetch" in kw else "") + (
-            f":{int(kw['sub_steps'])}" if "sub_steps" in kw else "")
+            f":{int(kw['l2_prefetch'])}" if "l2_prefetch" in kw else "")
     if kw.get("impl") == "v1":
         return "v1:" + ":".join(str(int(kw.get(key, dflt))) for key, dflt in (
             ("block_tile", 0), ("blocks_per_program", 0), ("fused_merge", False), ("num_warps", 0),

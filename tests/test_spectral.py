@@ -266,15 +266,6 @@ def test_bad_options():
      {"split": 1, "blocks_per_program": 3, "warp_slices": 2, "slice_tile": 16, "_layout": "token"}),
     (torch.float32, False, dict(b=2, hq=4, hk=2, d=32, rk=32, rv=24, bs=32, t=70, hw=0), {"_layout": "token"}),
     (torch.float16, True, dict(b=2, hq=4, hk=1, d=64, rk=16, rv=32, bs=32, t=100, hw=0), {"impl": "v1", "_layout": "token"}),
-    # session 7 round 2: sub_steps (each block of a program in 2 or 4 steps): whole-block programs over 2 / 3 blocks,
-    # split 2, padded ranks and G = 3, fp32 / fp16, both value layouts
-    (torch.float32, True, dict(b=1, hq=4, hk=2, d=32, rk=8, rv=32, bs=64, t=330, hw=0),
-     {"impl": "v3", "split": 1, "blocks_per_program": 2, "sub_steps": 2, "_layout": "token"}),
-    (torch.float16, True, dict(b=2, hq=8, hk=2, d=32, rk=8, rv=16, bs=64, t=330, hw=5),
-     {"impl": "v3", "split": 1, "blocks_per_program": 3, "sub_steps": 2, "_layout": "token"}),
-    (torch.float32, False, dict(b=1, hq=6, hk=2, d=24, rk=5, rv=7, bs=64, t=200, hw=9), {"split": 2, "sub_steps": 2}),
-    (torch.float16, True, dict(b=1, hq=4, hk=1, d=32, rk=8, rv=16, bs=64, t=140, hw=0),
-     {"impl": "v3", "split": 1, "sub_steps": 4, "_layout": "token"}),
     # v1 (the session-2 kernel, kept as the baseline)
     (torch.float32, True, dict(b=1, hq=6, hk=2, d=24, rk=5, rv=7, bs=16, t=75, hw=9), {"impl": "v1", "fused_merge": True}),
     (torch.float16, True, dict(b=2, hq=4, hk=1, d=64, rk=16, rv=32, bs=32, t=100, hw=0), {"impl": "v1"}),
@@ -541,16 +532,8 @@ def test_kernel_options_are_checked():
         spectral_decode(q, z, None, z, z, None, z, 1, z[..., 0, :], z[..., 0, :], 0, block_tile=16, impl="v2")
     with pytest.raises(ValueError, match="impl must be"):
         spectral_decode(q, z, None, z, z, None, z, 1, z[..., 0, :], z[..., 0, :], 0, impl="v9")
-    with pytest.raises(ValueError, match="l2_prefetch / sub_steps belong to impl='v3'"):
+    with pytest.raises(ValueError, match="l2_prefetch belongs"):
         spectral_decode(q, z, None, z, z, None, z, 1, z[..., 0, :], z[..., 0, :], 0, l2_prefetch=True, impl="v2")
-    with pytest.raises(ValueError, match="belong to impl='v3'"):
-        spectral_decode(q, z, None, z, z, None, z, 1, z[..., 0, :], z[..., 0, :], 0, sub_steps=2, impl="v2")
-    with pytest.raises(ValueError, match="sub_steps belongs to impl='v3'"):
-        spectral_decode(q, z, None, z, z, None, z, 1, z[..., 0, :], z[..., 0, :], 0, sub_steps=2, impl="v1")
-    with pytest.raises(ValueError, match="sub_steps must be"):
-        spectral_decode(q, z, None, z, z, None, z, 1, z[..., 0, :], z[..., 0, :], 0, sub_steps=0.5, impl="v3")
-    with pytest.raises(ValueError, match="l2_prefetch must be"):
-        spectral_decode(q, z, None, z, z, None, z, 1, z[..., 0, :], z[..., 0, :], 0, l2_prefetch=5, impl="v3")
     with pytest.raises(ValueError, match="impl='v2'"):
         spectral_decode(q, z, None, z, z, None, z, 1, z[..., 0, :], z[..., 0, :], 0, warp_slices=2, impl="v3")
     with pytest.raises(ValueError, match="impl='v2'"):
@@ -630,17 +613,6 @@ _GPU_TOKEN_KW = [{}, {"impl": "v3"},
                  {"impl": "v3", "split": 2, "blocks_per_program": 4, "l2_prefetch": True, "maxnreg": 168},
                  {"impl": "v3", "split": 2, "blocks_per_program": 4, "l2_prefetch": False, "maxnreg": 168},
                  {"impl": "v3", "split": 2, "blocks_per_program": 2, "l2_prefetch": True, "maxnreg": 128},
-                 # session 7 round 2: the B = 1 launch with 8 warps per program at 128 registers
-                 {"impl": "v3", "split": 1, "blocks_per_program": 2, "l2_prefetch": True, "num_warps": 8,
-                  "maxnreg": 128},
-                 # session 7 round 2: the L2 prefetch of the first block only before the PDL wait (2: the others
-                 # after it, 3: not), and two steps per block (sub_steps) on the B = 1 and B = 8 launches
-                 {"impl": "v3", "split": 1, "blocks_per_program": 2, "l2_prefetch": 2},
-                 {"impl": "v3", "split": 1, "blocks_per_program": 2, "l2_prefetch": 3},
-                 {"impl": "v3", "split": 1, "blocks_per_program": 2, "l2_prefetch": True, "sub_steps": 2},
-                 {"impl": "v3", "split": 1, "blocks_per_program": 2, "l2_prefetch": 2, "sub_steps": 2, "num_stages": 3},
-                 {"impl": "v3", "split": 2, "blocks_per_program": 4, "l2_prefetch": False, "maxnreg": 168,
-                  "sub_steps": 2},
                  {"impl": "v2"}, {"impl": "v1"}]
 
 

@@ -34,22 +34,20 @@ def compile_one(spec):
     parts = [x for x in spec.split(":") if "=" not in x]
     opts_extra = {"maxnreg": extra.pop("MAXNREG")} if "MAXNREG" in extra else {}
     kern, rk, rv, sp, bpp, w, st = parts[0], *map(int, parts[1:7])
-    l2pf = int(parts[8]) if len(parts) > 8 else 1
+    l2pf = bool(int(parts[8])) if len(parts) > 8 else True
     if kern != "v3":
         raise SystemExit(f"only v3 is compiled here (v4 / v5 were removed); got {kern!r}")
     fn = jit_v3._spectral_v3
-    tpp = 512 // (sp * extra.get("SUB", 1))  # session 7 round 2: SUB block steps per block
+    tpp = 512 // sp
     p2 = lambda x: max(16, 1 << (x - 1).bit_length())  # noqa: E731
     nsl, tw = 4, tpp // 4
     consts = dict(G=4, GP=16, GQ=4, D=128, DP=128, DV=128, DVP=128, RK=rk, RKP=p2(rk), RV=rv, RVP=p2(rv), BS=512,
                   SPLIT=sp, BPP=bpp, NW=nsl, TW=tw, HOT_PER_SPLIT=256, HT=64, QUANT=True, LOWP=True, PREC="tf32",
-                  FUSED=False, GRP=8, SCH=8, I64=False, PDL=True, L2PF=l2pf, **{"FASTCVT": True, **extra})
+                  FUSED=False, GRP=8, SCH=8, FASTCVT=True, I64=False, PDL=True, L2PF=l2pf, **extra)
     names = inspect.signature(fn.fn).parameters
     for opt in ("PRE", "CVWORDS", "CVT", "LATE_VPROJ"):  # options of some versions of the kernel: off unless named
         if opt in names:
             consts.setdefault(opt, False)
-    if "SUB" in names:  # session 7 round 2: block steps per block (a constexpr, default 1)
-        consts.setdefault("SUB", 1)
     opts = {"num_warps": w, "num_stages": st, **opts_extra}
     names = inspect.signature(fn.fn).parameters
     sig = {n: ("constexpr" if n in consts else TYPES.get(n, "i32")) for n in names}

@@ -2,6 +2,7 @@
 # ("8w": 2 programs / 16 warps per SM instead of 2 / 8) against the default, B = 1 and 8, one process each;
 # the merge launch's cost on the critical path (session7b_merge_cost.py: graph16 with and without the merge launch,
 # merge launch variants); then every spectral GPU test of this tree.
+# ("8w" is plain launch options: v3:1:8:2:0:2:128:0:1:0:1; measured slower, its GPU test entry was removed after call 2.)
 # From the tree root: OUT=... bash benchmarks/device_runs/session7b_spectral_1.sh
 set -o pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD ATTNLAB_BENCH_DIR=$OUT

@@ -2,6 +2,8 @@
 # block only before the PDL wait (l2pf 2: the others after it; 3: not at all) and two (or four) steps per block (sub_steps:
 # 256-token steps, smaller last step after the data arrives), against the default (timed first and last), B = 1 and
 # B = 8, one process each; then every spectral GPU test of this tree.
+# Note: sub_steps and the l2_prefetch modes 2 / 3 (the configurations' 11th field and l2pf values 2 / 3) were removed
+# after this call (slower everywhere); this script records the call as it ran and needs commit 8ef644b to run again.
 # From the tree root: OUT=... bash benchmarks/device_runs/session7b_spectral_2.sh
 set -o pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD ATTNLAB_BENCH_DIR=$OUT

@@ -213,7 +213,7 @@ if HAS_TRITON:
         QUANT: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr,
         FUSED: tl.constexpr, GRP: tl.constexpr, SCH: tl.constexpr, FASTCVT: tl.constexpr, I64: tl.constexpr,
         PDL: tl.constexpr = False, L2PF: tl.constexpr = False,
-        CVT: tl.constexpr = False, SUB: tl.constexpr = 1,
+        CVT: tl.constexpr = False,
     ):
         """v3 block program: BS // SPLIT tokens of each of BPP consecutive blocks, cut into NW slices
         of TW tokens. The GP rows of every dot are (slice j, query head g) pairs, row j*GQ + g, so
@@ -243,10 +243,10 @@ if HAS_TRITON:
         dmask = offs_d < D
         dvmask = offs_dv < DV
         if pid_s < n_comp:
-            TPP: tl.constexpr = BS // (SPLIT * SUB)  # tokens of a block step (SUB steps per block and program)
+            TPP: tl.constexpr = BS // SPLIT
             # session 6: the row sums kept per token column on the L2-prefetch path (the session-5 launch keeps
             # its code)
-            CV2D: tl.constexpr = L2PF != 0
+            CV2D: tl.constexpr = L2PF
             offs_r = tl.arange(0, GP)
             jr = offs_r // GQ  # the slice of each row
             gr = offs_r % GQ  # the query head of each row
@@ -260,9 +260,7 @@ if HAS_TRITON:
             n0 = (pid_s // SPLIT) * BPP
             n1 = tl.minimum(n0 + BPP, n_blocks)
             part = pid_s % SPLIT
-            tok_off = offs_j[:, None] * TW + offs_t[None, :]  # [NW, TW] within a block step
-            if SUB == 1:  # (the session-7 expressions: the loads' alignment analysis and SASS as measured there)
-                tok_off = part * TPP + tok_off
+            tok_off = part * TPP + offs_j[:, None] * TW + offs_t[None, :]  # [NW, TW] within a block
             diag = jr[:, None, None] == offs_j[None, :, None]  # [GP, NW, 1]: row block j of slice j
             m_i = tl.full([GP], -1.0e30, tl.float32)
             if CV2D:
@@ -270,42 +268,21 @@ if HAS_TRITON:
             else:
                 l_i = tl.zeros([GP], tl.float32)
             acc = tl.zeros([GP, DVP], tl.float32)
-            if L2PF:  # the program's blocks requested from L2 up front (before the PDL wait)
-                # L2PF 1: every block before the wait; 2 (session 7 round 2): the first block before the wait, the
-                # others after it (every program's first block ahead in the memory queues); 3: the first block only
-                _v3_prefetch(CK, SK, BK, CV, SV, BV, pid_bh, nb_cap, n0, n1 if L2PF == 1 else tl.minimum(n0 + 1, n1),
-                             part, TPP * SUB, BS, D, DV, RK, RV, BPP, QUANT, CVT)
+            if L2PF:  # every byte of the program's blocks requested from L2 up front (before the PDL wait)
+                _v3_prefetch(CK, SK, BK, CV, SV, BV, pid_bh, nb_cap, n0, n1, part, TPP, BS, D, DV, RK, RV, BPP, QUANT,
+                             CVT)
                 if PDL:
                     _gdc_enter()
-                if L2PF == 2:
-                    _v3_prefetch(CK, SK, BK, CV, SV, BV, pid_bh, nb_cap, n0 + 1, n1, part, TPP * SUB, BS, D, DV, RK, RV,
-                                 BPP, QUANT, CVT)
             q = tl.load(Q + (pid_bh * G + gr)[:, None] * D + offs_d[None, :], mask=rvalid[:, None] & dmask[None, :],
                         other=0.0)
             if not LOWP:
                 q = q.to(tl.float32)
-            if SUB == 1:
-                it0 = n0
-                it1 = n1
-            else:
-                it0 = n0 * SUB
-                it1 = n1 * SUB
-            for it in range(it0, it1):  # SUB (session 7 round 2): SUB steps of TPP tokens per block
-                if SUB == 1:
-                    n = it
-                else:
-                    n = it // SUB
+            for n in range(n0, n1):
                 blk = pid_bh * nb_cap + n
                 if I64:
                     blk = blk.to(tl.int64)
-                if SUB == 1:
-                    tokb = blk * BS + part * TPP  # the step's first token
-                    tok = blk * BS + tok_off
-                else:
-                    tokb = blk * BS + (part * SUB + it % SUB) * TPP
-                    tok = tokb + tok_off
-                # every load of the step first (Triton pipelines them across steps, num_stages 2)
-                ck, cv, sk, sv, bk, bv = _v3_tiles(CK, SK, BK, CV, SV, BV, blk, tokb, tok, offs_rk,
+                # every load of the block first (Triton pipelines them across blocks, num_stages 2)
+                ck, cv, sk, sv, bk, bv = _v3_tiles(CK, SK, BK, CV, SV, BV, blk, blk * BS + part * TPP, blk * BS + tok_off, offs_rk,
                                                    offs_rv, offs_d, offs_dv, rkmask, rvmask, dmask, dvmask, D, DP,
                                                    DV, DVP, RK, RKP, RV, RVP, QUANT, NW, TW, CV2D, CVT, BS)
                 m_i, l_i, acc = _v3_step(q, ck, cv, sk, sv, bk, bv, m_i, l_i, acc, diag, qk_scale, GP, GQ, NW, TW,

@@ -379,15 +379,11 @@ def _pdl_ok(dev, want) -> bool:
     return _sm_major(dev.index if dev.index is not None else torch.cuda.current_device()) >= 9
 
 
-def _l2pf_ok(dev, want) -> int:
-    """The L2 bulk prefetch mode (inline PTX, sm_90+) where asked for and possible (CUDA, compiled), else 0:
-    1 (or True) every block of a program before the PDL wait; 2 (session 7 round 2) its first block before the
-    wait and the others after it; 3 its first block only (the block loop's own loads fetch the others)."""
-    if want not in (None, False, True, 0, 1, 2, 3):
-        raise ValueError(f"l2_prefetch must be a bool or 0-3; got {want!r}")
+def _l2pf_ok(dev, want) -> bool:
+    """The L2 bulk prefetch (inline PTX, sm_90+) where asked for and possible: CUDA, compiled."""
     if not want or dev.type != "cuda" or _interpreting():
-        return 0
-    return int(want) if _sm_major(dev.index if dev.index is not None else torch.cuda.current_device()) >= 9 else 0
+        return False
+    return _sm_major(dev.index if dev.index is not None else torch.cuda.current_device()) >= 9
 
 
 def _replay_ok(dev) -> bool:
@@ -448,8 +444,7 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
                     fused_merge: bool | None = None, fast_cvt: bool | None = None,
                     merge_group: int | None = None, num_warps: int | None = None,
                     num_stages: int | None = None, maxnreg: int | None = None, pdl: bool | None = None,
-                    l2_prefetch: bool | int | None = None, sub_steps: int | None = None,
-                    **v1_options) -> torch.Tensor:
+                    l2_prefetch: bool | None = None, **v1_options) -> torch.Tensor:
     """Decode attention of q [B, Hq, 1, d] over a spectral cache's buffers.
 
     ck [B, Hk, NBcap, bs, rk] int8 (or float when sk is None), sk [B, Hk, NBcap, bs] float32,
@@ -470,11 +465,6 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
     Value coefficients: cv may be contiguous ([.., bs, rv], rank-major) or a transposed view of a contiguous
     [.., rv, bs] tensor (token-major, ``SpectralCache(value_layout="token")``, the default; v2 and v3 read it
     directly, v1 takes a rank-major copy).
-    l2_prefetch may also be 2 (session 7 round 2: each program's first block requested before the PDL wait, its
-    other blocks after it) or 3 (the first block only; the block loop's own loads fetch the others).
-    sub_steps (v3, session 7 round 2): a program takes each of its blocks (its part of it with split > 1) in
-    this many steps of block_size / (split * sub_steps) tokens (default 1: one step per block); the block's
-    bases are re-read and its query projection redone per step.
     pdl (v2/v3): programmatic dependent launch (sm_90+, CUDA, compiled; else ignored): the kernel
     and the merge kernel are launched with ``launch_pdl`` and start with griddepcontrol.wait, so a
     kernel's launch overlaps the previous one's work (merge after split, the next call's split after
@@ -495,15 +485,13 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
             impl = "v1"
         elif warp_slices or slice_tile:
             impl = "v2"
-        elif l2_prefetch or sub_steps:
+        elif l2_prefetch:
             impl = "v3"
         elif n_blocks <= AUTO_V2_MAX_BLOCKS:
             impl = "v2"
         else:
             impl = "v3"
     if impl == "v1":
-        if sub_steps:
-            raise ValueError("sub_steps belongs to impl='v3'")
         return _spectral_decode_v1(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale,
                                    blocks_per_program=blocks_per_program, hot_per_split=hot_per_split,
                                    fused_merge=fused_merge, num_warps=num_warps, num_stages=num_stages,
@@ -521,9 +509,9 @@ def spectral_decode(q: torch.Tensor, ck, sk, bk, cv, sv, bv, n_blocks: int, hot_
                                    fused_merge=fused_merge, fast_cvt=fast_cvt, merge_group=merge_group,
                                    num_warps=num_warps, num_stages=num_stages, maxnreg=maxnreg,
                                    warp_slices=warp_slices, slice_tile=slice_tile, pdl=pdl,
-                                   l2_prefetch=l2_prefetch, sub_steps=sub_steps)
-    if l2_prefetch or sub_steps:  # v1 / v2
-        raise ValueError("l2_prefetch / sub_steps belong to impl='v3'")
+                                   l2_prefetch=l2_prefetch)
+    if l2_prefetch:  # v1 / v2
+        raise ValueError("l2_prefetch belongs to impl='v3'")
     q, (b, hq, d, bs) = _checked_inputs(q, ck, sk, bk, cv, sv, bv, hot_k, hot_v)
     dev = q.device
     cfg = default_config_v2(b * ck.shape[1], n_blocks, bs, _num_sms(dev), q.element_size())
@@ -626,7 +614,7 @@ V3_SESSION6 = True
 def _spectral_decode_v3(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale, *, split=None,
                         blocks_per_program=None, hot_per_split=256, fused_merge=None, fast_cvt=None,
                         merge_group=None, num_warps=None, num_stages=None, maxnreg=None, warp_slices=None,
-                        slice_tile=None, pdl=None, l2_prefetch=None, sub_steps=None):
+                        slice_tile=None, pdl=None, l2_prefetch=None):
     """The v3 kernel (``_spectral_v3``) through v2's launcher (plans, replay, merges)."""
     if slice_tile or warp_slices:
         raise ValueError("warp_slices / slice_tile belong to impl='v2'")
@@ -638,14 +626,9 @@ def _spectral_decode_v3(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_l
     while sp > 1 and (bs % sp or (bs // sp) % 16):
         sp //= 2
     bpp = blocks_per_program or cfg["blocks_per_program"]  # with split > 1: that part of bpp blocks
-    sub = sub_steps or cfg.get("sub_steps", 1)
-    if not isinstance(sub, int) or sub < 1:
-        raise ValueError(f"sub_steps must be a positive int; got {sub_steps!r}")
-    while sub > 1 and (bs % (sp * sub) or (bs // (sp * sub)) % 16):
-        sub //= 2
     g = hq // ck.shape[1]
     gq, gp = next_pow2(g), _p2(g)
-    tpp = bs // (sp * sub)  # tokens per block step
+    tpp = bs // sp
     nsl = max(1, min(gp // gq, tpp // 16))  # token slices packed into the dot rows
     while tpp % (nsl * 16):
         nsl //= 2
@@ -657,13 +640,13 @@ def _spectral_decode_v3(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_l
              maxnreg if maxnreg is not None else (cfg.get("maxnreg") if (sp, bpp) == (cfg["split"], cfg["blocks_per_program"])
                                                   else None),
              _pdl_ok(dev, cfg["pdl"] if pdl is None else pdl),
-             _l2pf_ok(dev, cfg["l2_prefetch"] if l2_prefetch is None else l2_prefetch), sub)
+             _l2pf_ok(dev, cfg["l2_prefetch"] if l2_prefetch is None else l2_prefetch))
     scale = d**-0.5 if scale is None else scale
     out = torch.empty(b, hq, 1, bv.shape[-1], device=dev, dtype=q.dtype)
     args = (q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale, out, hot_per_split)
 
     def fallbacks():  # large ranks: no pipelining, then smaller programs (less shared memory per step)
-        cands = [first, (*first[:4], 1, *first[5:8], 1, *first[9:])] if sub == 1 else [first]
+        cands = [first, (*first[:4], 1, *first[5:8], 1, *first[9:])]
         sp2 = sp
         while sp2 * 2 <= bs // 16 and sp2 < 8 * sp:
             sp2 *= 2
@@ -671,7 +654,7 @@ def _spectral_decode_v3(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_l
             n2 = max(1, min(gp // gq, t2 // 16))
             while t2 % (n2 * 16):
                 n2 //= 2
-            cands.append((sp2, n2, t2 // n2, first[3], 1, *first[5:8], 1, *first[9:-1], 1))
+            cands.append((sp2, n2, t2 // n2, first[3], 1, *first[5:8], 1, *first[9:]))
         cands = list(dict.fromkeys(cands))
         return cands, ("v3", dev, q.dtype, ck.dtype, bk.dtype, hot_k.dtype, bs, ck.shape[-1], cv.shape[-1], d,
                        bv.shape[-1], hq // ck.shape[1], first)
@@ -685,7 +668,7 @@ def _launch_v3(*args):
 
 
 def _launch_v2(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale, out, hot_per_split,
-               sp, nw, tw, num_warps, num_stages, fused, fast, grp, bpp, maxnreg, pdl=False, l2pf=False, sub=1,
+               sp, nw, tw, num_warps, num_stages, fused, fast, grp, bpp, maxnreg, pdl=False, l2pf=False,
                kernel="v2"):
     global _FAST_LAUNCH
     dev = q.device
@@ -701,7 +684,7 @@ def _launch_v2(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale
     tensors = (q, ck, sk, bk, cv, sv, bv, hot_k, hot_v)
     key = (skey, q.shape, q.dtype, ck.shape, ck.dtype, bk.shape, bk.dtype, cv.shape, bv.shape, bv.dtype, hot_k.shape,
            hot_k.dtype, hot_v.shape, quant, n_blocks, n_hot, hot_per_split, sp, nw, tw, num_warps, num_stages, fused,
-           fast, grp, bpp, maxnreg, pdl, l2pf, sub, kernel, cv.stride(-1),
+           fast, grp, bpp, maxnreg, pdl, l2pf, kernel, cv.stride(-1),
            tuple(x is None or x.data_ptr() % 16 == 0 for x in tensors))
     plan = _V2_PLANS.get(key)
     if plan is not None and plan[0] is not None and not _hooks_active():  # replay: compiled launchers, new pointers
@@ -727,7 +710,7 @@ def _launch_v2(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale
             replay = False
     if plan is None:
         plan = (None, _make_plan_v2(q, ck, bk, cv, bv, hot_k, n_blocks, n_hot, hot_per_split, quant, sp, nw, tw, fused,
-                                    fast, grp, bpp, pdl, (l2pf, sub) if kernel == "v3" else None))
+                                    fast, grp, bpp, pdl, (l2pf,) if kernel == "v3" else None))
     grid, mgrid, work, cnt, consts, mconsts, (nb_cap, hot_cap, n_comp, n_splits, n_groups) = plan[1]
     pm, pl, pacc, pm2, pl2, pacc2 = work
     cvb = cv.transpose(-1, -2) if consts["CVT"] else cv  # token-major: the contiguous storage (same pointer)
@@ -787,10 +770,8 @@ def _make_plan_v2(q, ck, bk, cv, bv, hot_k, n_blocks, n_hot, hot_per_split, quan
                   FUSED=fused, GRP=grp, SCH=8, FASTCVT=fast and quant,
                   I64=max(ck.numel(), cv.numel(), bk.numel(), bv.numel()) >= 2**31, PDL=pdl)
     if pre is not None:  # v3 only (its last argument): (l2_prefetch,)
-        consts["L2PF"] = int(pre[0])
-    consts["CVT"] = cv_token_major(cv)  # session 7: value coefficients stored token-major (passed positionally)
-    if pre is not None:  # v3 (session 7 round 2): block steps per block and program (positionally: last)
-        consts["SUB"] = int(pre[1])
+        consts["L2PF"] = bool(pre[0])
+    consts["CVT"] = cv_token_major(cv)  # session 7: value coefficients stored token-major (passed positionally: last)
     mgrid = mconsts = None
     if not fused:
         dvb = min(MERGE_LAUNCH[0], dvp)
