@@ -308,6 +308,20 @@ def _small_decode_case():
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
+@pytest.mark.parametrize("merge_launch", [(16, 2), (8, 1)])
+def test_merge_launch_variants(monkeypatch, merge_launch):
+    """Session 7 round 2: the v2/v3 merge launch with other value-column chunks per program and warps
+    (``kernel.MERGE_LAUNCH``) merges the partials the same."""
+    from attnlab.ops.spectral import kernel as K
+
+    monkeypatch.setattr(K, "MERGE_LAUNCH", merge_launch)
+    monkeypatch.setattr(K, "_V2_PLANS", {})
+    args, ref = _small_decode_case()
+    out = spectral_decode(*args, impl="v3", fused_merge=False, hot_per_split=32)
+    assert rel_err(out, ref) <= 1e-5
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
 def test_kernel_falls_back_when_out_of_shared_memory(monkeypatch):
     """A launch configuration the GPU cannot fit (large ranks) falls back to smaller ones, and the
     choice is remembered (simulated: the interpreter never runs out of shared memory)."""

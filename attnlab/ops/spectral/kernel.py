@@ -351,6 +351,10 @@ except ImportError:  # pragma: no cover - triton without knobs (older than 3.4) 
 
 _FAST_LAUNCH = os.environ.get("ATTNLAB_FAST_LAUNCH", "1") != "0" and _knobs is not None
 _V2_PLANS: dict = {}
+# the v2/v3 merge launch (``_merge_v2_kernel``): value columns per program (grid (B*Hk, dv / that)) and warps.
+# Not part of a plan's key: clear _V2_PLANS after changing it (session 7 round 2 timed (16, 4), (16, 2), (128, 4):
+# none faster; the merge is hidden behind the next call's prefetch at B = 1, benchmarks/RESULTS.md)
+MERGE_LAUNCH = (32, 4)
 LAUNCH_STATS = {"replayed": 0, "jit": 0, "replay_unavailable": 0}  # v2 launches by path (diagnostics)
 
 
@@ -724,8 +728,8 @@ def _launch_v2(q, ck, sk, bk, cv, sv, bv, n_blocks, hot_k, hot_v, hot_len, scale
     launches = [(k1, grid, a)]
     if mgrid is not None:
         am = [pm, pl, pacc, out, n_splits, *mconsts.values()]
-        launches.append((_merge_v2_kernel[mgrid](*am, num_warps=4, **({"launch_pdl": True} if pdl else {})), mgrid,
-                         am))
+        launches.append((_merge_v2_kernel[mgrid](*am, num_warps=MERGE_LAUNCH[1],
+                                                 **({"launch_pdl": True} if pdl else {})), mgrid, am))
     rec = None
     if replay:
         try:
@@ -772,7 +776,7 @@ def _make_plan_v2(q, ck, bk, cv, bv, hot_k, n_blocks, n_hot, hot_per_split, quan
     consts["CVT"] = cv_token_major(cv)  # session 7: value coefficients stored token-major (passed positionally: last)
     mgrid = mconsts = None
     if not fused:
-        dvb = min(32, dvp)
+        dvb = min(MERGE_LAUNCH[0], dvp)
         mgrid = (n_bh, triton.cdiv(dv, dvb))
         mconsts = dict(G=g, GQ=gq, DV=dv, DVB=dvb, SCH=min(64, max(8, next_pow2(n_splits))),  # one round up to 64
                        PDL=pdl)
