@@ -4,7 +4,7 @@ peak memory, optionally the kernel timeline at the longest length (flex's kernel
 
 --set lead: this tree's defaults against flex window-only, attnlab window-only and the session-5
 landmark path (lm_bwd "atomic", the dQ kernel's landmark pass). --set s7: the same plus session 7's
-candidates (benchmarks/RESULTS.md, "Session 7: DSALT"). The session-6 sets (call1 / final) timed
+candidates (benchmarks/RESULTS.md, "Session 7: DSALT"); --set s7b: round 2's (dK/dV and dQ variants). The session-6 sets (call1 / final) timed
 options that session 7 removed; their figures stay in RESULTS.md.
 
     python benchmarks/device_runs/dsalt_s6_ab.py --set lead --lengths 32768,16384,4096 --rounds 3
@@ -68,7 +68,7 @@ def timeline(step, label):
 
 
 U = {"loop1_fwd": True, "fwd_split": False}  # the fused one-loop forward with its landmark iterations
-TIMELINES = ("flex_window", "window", "dsalt", "dsalt_4loop", "dsalt_u")
+TIMELINES = ("flex_window", "window", "dsalt", "dsalt_4loop", "dsalt_u", "dsalt_logr", "dsalt_kv32", "dsalt_q128")
 
 
 def s7_variants(mk, n_lm):
@@ -82,12 +82,26 @@ def s7_variants(mk, n_lm):
     }
 
 
+def s7b_variants(mk, n_lm):
+    """Session 7 round 2's candidates: the dK/dV kernel with the log2-r scores (dkdv_logr), forced
+    dK/dV configs (3 stages; the 32 x 128 tile without spills), the window-only dQ kernel with
+    128-row tiles (DQ_CONFIGS_W)."""
+    return {
+        "dsalt_logr": mk(n_lm, {"dkdv_logr": 1}),
+        "dsalt_kv3": mk(n_lm, None, {"dkdv": (64, 128, 8, 3, 1)}),
+        "dsalt_kv32": mk(n_lm, None, {"dkdv": (32, 128, 8, 2, 1)}),
+        "dsalt_q128": mk(n_lm, None, {"dq": (128, 64, 8, 2)}),
+        "dsalt_q128n32": mk(n_lm, None, {"dq": (128, 32, 8, 3)}),
+        "window_q128": mk(0, None, {"dq": (128, 64, 8, 2)}),
+    }
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--lengths", default="32768,16384,4096")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default=os.environ.get("ATTNLAB_BENCH_DIR", "."))
-    ap.add_argument("--set", default="lead", choices=["lead", "s7"])
+    ap.add_argument("--set", default="lead", choices=["lead", "s7", "s7b"])
     ap.add_argument("--timeline", action="store_true")
     ap.add_argument("--full-from", type=int, default=8192, help="every variant only where T >= this")
     ap.add_argument("--quick", action="store_true", help="tiny CPU smoke run (interpreter), no timing")
@@ -142,6 +156,8 @@ def main():
             variants["dsalt_s5"] = mk(n_lm, S5)
         if args.set == "s7":
             variants.update(s7_variants(mk, n_lm))
+        if args.set == "s7b":
+            variants.update(s7b_variants(mk, n_lm))
         if t < args.full_from:  # short sequences (host bound): the core variants only
             variants = {a: b for a, b in variants.items() if a in CORE}
         times = {name: [] for name in variants}

@@ -178,7 +178,7 @@ def _blocks(block: int, d: int, device) -> tuple[int, int, int]:
 # A one-loop dQ kernel (also with the landmark dQ as its last iterations) measured no faster
 # (32K: 3.176 / 3.184 ms vs 3.112-3.168) and was removed.
 OPTS = {"lc_fwd": 32, "lc_dq": 32, "delta": (64, 4), "lm_bwd": "trans", "fuse_delta": True,
-        "lm_dq": True, "fwd_split": True, "split_min_t": 32768, "loop1_fwd": "split"}
+        "lm_dq": True, "fwd_split": True, "split_min_t": 32768, "loop1_fwd": "split", "dkdv_logr": 0}
 
 _TUNED: dict = {}
 _FWD_BM_OVERRIDE: dict = {}
@@ -190,6 +190,9 @@ _FWD_BM_OVERRIDE: dict = {}
 # triton.compile for sm_90: benchmarks/dsalt_registers.py).
 FWD_CONFIGS = [(64, 64, 4, 3), (128, 64, 8, 3), (64, 64, 8, 2), (64, 32, 4, 3)]
 DQ_CONFIGS = [(64, 32, 4, 3), (64, 64, 8, 2), (64, 32, 8, 2), (64, 32, 4, 2)]
+# window-only dQ kernel (HAS_LM=0: the default, the landmark dQ is added by _lm_bwd_t_kernel): 128-row
+# tiles allowed (session 7 round 2 candidates; forced through FORCE_CONFIG["dq"])
+DQ_CONFIGS_W = [(128, 64, 8, 2), (128, 32, 8, 3)]
 DKDV_CONFIGS = [(64, 128, 8, 2, 1), (32, 128, 8, 2, 1), (32, 128, 8, 3, 1), (64, 64, 8, 2, 0)]
 
 
@@ -248,6 +251,8 @@ def _launch(name, kernel, grid_m, rows, bm, bn, warps, block, *args, **meta):
             m, n, w, st = cfg
         if name == "fwd":
             meta["NSET"] = max(1, m // block)
+        if name == "dq" and meta.get("HAS_LM") and m != 64:
+            raise ValueError(f"dsalt: the dQ kernel's landmark pass needs 64-row tiles; got {cfg}")
         grid_n = n if name == "dkdv" else m
         return _LAUNCH(kernel, (triton.cdiv(grid_m, grid_n), rows), *args, BLOCK_M=m, BLOCK_N=n, num_warps=w,
                        num_stages=st, **meta)
@@ -257,7 +262,7 @@ def _launch(name, kernel, grid_m, rows, bm, bn, warps, block, *args, **meta):
         else:
             grid = lambda m: (triton.cdiv(grid_m, m["BLOCK_M"]), rows)  # noqa: E731
         key = (grid_m, args[0].dtype, args[0].shape[-1], meta.get("KP"), meta.get("HAS_LM"), meta.get("FUSE_DELTA"),
-               meta.get("LOOP1"))
+               meta.get("LOOP1"), meta.get("LOGR"))
         return _autotuned(name, block, key, grid, kernel, args, meta)
     if name == "dkdv":
         meta["TRANS"] = _FWD_BM_OVERRIDE.get("dkdv_trans", 0)  # tests: the transposed formulation
@@ -443,7 +448,8 @@ class _DSALTFn(torch.autograd.Function):
         dk = torch.empty_like(k)
         dv = torch.empty_like(v)
         _launch("dkdv", _dkdv_kernel, t, b * hk, bm, bn, warps, block,
-                q, k, v, win, do, lse, delta, dk, dv, *strides, h, g, t, *fargs, D=d, PREC=_prec(q))
+                q, k, v, win, do, lse, delta, dk, dv, *strides, h, g, t, *fargs, D=d, PREC=_prec(q),
+                LOGR=int(OPTS["dkdv_logr"]))
         denergy = None
         if has_lm:
             dgt = torch.zeros(b, hk, t, device=q.device, dtype=torch.float32)
