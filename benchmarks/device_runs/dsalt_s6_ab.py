@@ -68,7 +68,7 @@ def timeline(step, label):
 
 
 U = {"loop1_fwd": True, "fwd_split": False}  # the fused one-loop forward with its landmark iterations
-TIMELINES = ("flex_window", "window", "dsalt", "dsalt_4loop", "dsalt_u", "dsalt_logr", "dsalt_kv32", "dsalt_q128")
+TIMELINES = ("flex_window", "window", "dsalt", "dsalt_4loop", "dsalt_u", "dsalt_wmin", "dsalt_q128")
 
 
 def s7_variants(mk, n_lm):
@@ -83,16 +83,18 @@ def s7_variants(mk, n_lm):
 
 
 def s7b_variants(mk, n_lm):
-    """Session 7 round 2's candidates: the dK/dV kernel with the log2-r scores (dkdv_logr), forced
-    dK/dV configs (3 stages; the 32 x 128 tile without spills), the window-only dQ kernel with
-    128-row tiles (DQ_CONFIGS_W)."""
+    """Session 7 round 2's candidates: the dK/dV kernel with the log2-r scores (dkdv_logr) or with
+    the query tiles' smallest windows stored by the dQ kernel (dkdv_wmin), the 32 x 128 dK/dV tile
+    (no spills), the window-only dQ kernel with 128-row tiles (DQ_CONFIGS_W)."""
+    wm = {"dkdv_wmin": 1}
     return {
         "dsalt_logr": mk(n_lm, {"dkdv_logr": 1}),
-        "dsalt_kv3": mk(n_lm, None, {"dkdv": (64, 128, 8, 3, 1)}),
+        "dsalt_wmin": mk(n_lm, wm),
+        "window_wmin": mk(0, wm),
         "dsalt_kv32": mk(n_lm, None, {"dkdv": (32, 128, 8, 2, 1)}),
         "dsalt_q128": mk(n_lm, None, {"dq": (128, 64, 8, 2)}),
         "dsalt_q128n32": mk(n_lm, None, {"dq": (128, 32, 8, 3)}),
-        "window_q128": mk(0, None, {"dq": (128, 64, 8, 2)}),
+        "dsalt_wmin_q128": mk(n_lm, wm, {"dq": (128, 64, 8, 2)}),
     }
 
 

@@ -178,7 +178,8 @@ def _blocks(block: int, d: int, device) -> tuple[int, int, int]:
 # A one-loop dQ kernel (also with the landmark dQ as its last iterations) measured no faster
 # (32K: 3.176 / 3.184 ms vs 3.112-3.168) and was removed.
 OPTS = {"lc_fwd": 32, "lc_dq": 32, "delta": (64, 4), "lm_bwd": "trans", "fuse_delta": True,
-        "lm_dq": True, "fwd_split": True, "split_min_t": 32768, "loop1_fwd": "split", "dkdv_logr": 0}
+        "lm_dq": True, "fwd_split": True, "split_min_t": 32768, "loop1_fwd": "split", "dkdv_logr": 0,
+        "dkdv_wmin": 0}
 
 _TUNED: dict = {}
 _FWD_BM_OVERRIDE: dict = {}
@@ -262,7 +263,7 @@ def _launch(name, kernel, grid_m, rows, bm, bn, warps, block, *args, **meta):
         else:
             grid = lambda m: (triton.cdiv(grid_m, m["BLOCK_M"]), rows)  # noqa: E731
         key = (grid_m, args[0].dtype, args[0].shape[-1], meta.get("KP"), meta.get("HAS_LM"), meta.get("FUSE_DELTA"),
-               meta.get("LOOP1"), meta.get("LOGR"))
+               meta.get("LOOP1"), meta.get("LOGR"), meta.get("WG"))
         return _autotuned(name, block, key, grid, kernel, args, meta)
     if name == "dkdv":
         meta["TRANS"] = _FWD_BM_OVERRIDE.get("dkdv_trans", 0)  # tests: the transposed formulation
@@ -440,16 +441,18 @@ class _DSALTFn(torch.autograd.Function):
         fargs = (n_max, float(edge), 1.0 / float(edge), scale * LOG2E, scale)
         trans = has_lm and OPTS["lm_bwd"] == "trans"
         lm_dq = trans and OPTS["lm_dq"]
+        wg = (16 if bm == 16 else 32) if OPTS["dkdv_wmin"] else 0  # rows per stored window minimum
+        wmin = torch.empty(b * h, -(-t // wg), device=q.device, dtype=torch.float32) if wg else dw
         _launch("dq", _dq_kernel, t, b * h, bm, bn, warps, block,
-                q, k, v, win, gt, lpos, do, lse, delta, dq, dw, o, *strides,
+                q, k, v, win, gt, lpos, do, lse, delta, dq, dw, o, wmin, *strides,
                 h, g, t, nb, *fargs, block,
                 D=d, KP=kp, HAS_LM=has_lm and not lm_dq, PREC=_prec(q), LC=min(OPTS["lc_dq"], kp),
-                FUSE_DELTA=int(fuse))
+                FUSE_DELTA=int(fuse), WG=wg)
         dk = torch.empty_like(k)
         dv = torch.empty_like(v)
         _launch("dkdv", _dkdv_kernel, t, b * hk, bm, bn, warps, block,
-                q, k, v, win, do, lse, delta, dk, dv, *strides, h, g, t, *fargs, D=d, PREC=_prec(q),
-                LOGR=int(OPTS["dkdv_logr"]))
+                q, k, v, win, do, lse, delta, dk, dv, wmin, *strides, h, g, t, *fargs, D=d, PREC=_prec(q),
+                LOGR=int(OPTS["dkdv_logr"]), WG=wg)
         denergy = None
         if has_lm:
             dgt = torch.zeros(b, hk, t, device=q.device, dtype=torch.float32)
