@@ -93,7 +93,6 @@ def s7b_variants(mk, n_lm):
         "window_wmin": mk(0, wm),
         "dsalt_kv32": mk(n_lm, None, {"dkdv": (32, 128, 8, 2, 1)}),
         "dsalt_q128": mk(n_lm, None, {"dq": (128, 64, 8, 2)}),
-        "dsalt_q128n32": mk(n_lm, None, {"dq": (128, 32, 8, 3)}),
         "dsalt_wmin_q128": mk(n_lm, wm, {"dq": (128, 64, 8, 2)}),
     }
 
