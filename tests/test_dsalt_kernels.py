@@ -172,24 +172,21 @@ def test_triton_dkdv_windows(trans, monkeypatch):
             assert rel_err(a, r) <= 3e-5, (t, name)
 
 
-ROUND2_OPTS = [({"dkdv_logr": 1}, 0, torch.float32), ({"dkdv_logr": 1}, 1, torch.float32),
-               ({"dkdv_logr": 1}, 0, torch.float16), ({"dkdv_logr": 1}, 1, torch.float16),
-               ({"dkdv_wmin": 1}, 0, torch.float32), ({"dkdv_wmin": 1}, 1, torch.float32),
-               ({"dkdv_wmin": 1, "dkdv_logr": 1}, 1, torch.float16)]
+ROUND2_OPTS = [(True, 0, torch.float32), (True, 1, torch.float32), (True, 1, torch.float16),
+               (False, 1, torch.float32), (False, 0, torch.float16)]
 
 
 @needs_triton
-@pytest.mark.parametrize("opts,trans,dtype", ROUND2_OPTS)
-def test_triton_dkdv_round2_options(opts, trans, dtype, monkeypatch):
-    """Session 7 round 2: the dK/dV kernel with OPTS["dkdv_logr"] (mask and log2 r folded into the
-    scores, one exp2 after the per-tile branch) and OPTS["dkdv_wmin"] (the query tiles' smallest
-    windows stored by the dQ kernel), both formulations, edge / causal-only / unmasked query tiles,
-    GQA, fp32 and fp16 (CPU; bf16 on the GPU below): outputs and gradients, the window predictor's
-    (win) and the energies' (alpha) included."""
+@pytest.mark.parametrize("wmin,trans,dtype", ROUND2_OPTS)
+def test_triton_dkdv_window_minima(wmin, trans, dtype, monkeypatch):
+    """Session 7 round 2: the dK/dV kernel with (OPTS["dkdv_wmin"], the default) and without the
+    query tiles' smallest windows stored by the dQ kernel, both formulations, edge / causal-only /
+    unmasked query tiles (windows varying per row, so tiles of one key block differ), GQA, fp32 and
+    fp16 (CPU; bf16 on the GPU below): outputs and gradients, the window predictor's (win) and the
+    energies' (alpha) included."""
     from attnlab.ops.dsalt import kernel
 
-    for name, val in opts.items():
-        monkeypatch.setitem(kernel.OPTS, name, val)
+    monkeypatch.setitem(kernel.OPTS, "dkdv_wmin", wmin)
     if not ON_GPU:
         monkeypatch.setitem(kernel._FWD_BM_OVERRIDE, "dkdv_trans", trans)
     elif trans:
@@ -412,17 +409,14 @@ def test_gpu_bf16_one_loop_kernels_match_reference(i, monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("i", range(4))
-def test_gpu_bf16_dkdv_round2_and_dq_tiles(i, monkeypatch):
-    """Session 7 round 2 on the GPU: the dK/dV kernel with OPTS["dkdv_logr"] (i != 1) and / or
-    OPTS["dkdv_wmin"] (i >= 1) at every dK/dV launch config (i) and the window-only dQ kernel with
-    128-row tiles (DQ_CONFIGS_W), bf16, head dim 128, 64 landmarks, GQA (odd i)."""
+def test_gpu_bf16_dkdv_window_minima_off(i, monkeypatch):
+    """Session 7 round 2 on the GPU: the dK/dV kernel without the stored window minima
+    (OPTS["dkdv_wmin"] = False: the per-tile reduction; the default path with them is in every test
+    above) at every dK/dV launch config (i), bf16, head dim 128, 64 landmarks, GQA (odd i)."""
     from attnlab.ops.dsalt import kernel
 
-    cfg = {"dkdv": kernel.DKDV_CONFIGS[i % len(kernel.DKDV_CONFIGS)],
-           "dq": kernel.DQ_CONFIGS_W[i % len(kernel.DQ_CONFIGS_W)]}
-    monkeypatch.setattr(kernel, "FORCE_CONFIG", cfg)
-    monkeypatch.setitem(kernel.OPTS, "dkdv_logr", int(i != 1))
-    monkeypatch.setitem(kernel.OPTS, "dkdv_wmin", int(i >= 1))
+    monkeypatch.setattr(kernel, "FORCE_CONFIG", {"dkdv": kernel.DKDV_CONFIGS[i % len(kernel.DKDV_CONFIGS)]})
+    monkeypatch.setitem(kernel.OPTS, "dkdv_wmin", False)
     torch.manual_seed(60 + i)
     ins = make(1, 4, 2 if i % 2 else 4, 1000 + 37 * i, 128, 48.0, 300, torch.bfloat16, "cuda")
     kw = dict(n_max=300, edge=4.0, n_landmarks=64, block=64, scale=128**-0.5)

@@ -4,7 +4,8 @@ peak memory, optionally the kernel timeline at the longest length (flex's kernel
 
 --set lead: this tree's defaults against flex window-only, attnlab window-only and the session-5
 landmark path (lm_bwd "atomic", the dQ kernel's landmark pass). --set s7: the same plus session 7's
-candidates (benchmarks/RESULTS.md, "Session 7: DSALT"); --set s7b: round 2's (dK/dV and dQ variants). The session-6 sets (call1 / final) timed
+candidates (benchmarks/RESULTS.md, "Session 7: DSALT"); --set s7b: round 2's (the dK/dV kernel with
+and without the stored window minima). The session-6 sets (call1 / final) timed
 options that session 7 removed; their figures stay in RESULTS.md.
 
     python benchmarks/device_runs/dsalt_s6_ab.py --set lead --lengths 32768,16384,4096 --rounds 3
@@ -68,7 +69,7 @@ def timeline(step, label):
 
 
 U = {"loop1_fwd": True, "fwd_split": False}  # the fused one-loop forward with its landmark iterations
-TIMELINES = ("flex_window", "window", "dsalt", "dsalt_4loop", "dsalt_u", "dsalt_wmin", "dsalt_q128")
+TIMELINES = ("flex_window", "window", "dsalt", "dsalt_4loop", "dsalt_u", "dsalt_nowmin")
 
 
 def s7_variants(mk, n_lm):
@@ -83,18 +84,13 @@ def s7_variants(mk, n_lm):
 
 
 def s7b_variants(mk, n_lm):
-    """Session 7 round 2's candidates: the dK/dV kernel with the log2-r scores (dkdv_logr) or with
-    the query tiles' smallest windows stored by the dQ kernel (dkdv_wmin), the 32 x 128 dK/dV tile
-    (no spills), the window-only dQ kernel with 128-row tiles (DQ_CONFIGS_W)."""
-    wm = {"dkdv_wmin": 1}
-    return {
-        "dsalt_logr": mk(n_lm, {"dkdv_logr": 1}),
-        "dsalt_wmin": mk(n_lm, wm),
-        "window_wmin": mk(0, wm),
-        "dsalt_kv32": mk(n_lm, None, {"dkdv": (32, 128, 8, 2, 1)}),
-        "dsalt_q128": mk(n_lm, None, {"dq": (128, 64, 8, 2)}),
-        "dsalt_wmin_q128": mk(n_lm, wm, {"dq": (128, 64, 8, 2)}),
-    }
+    """Session 7 round 2: the dK/dV kernel without the window minima stored by the dQ kernel
+    (dkdv_wmin off: the session-7 round-1 kernel). Call 1 of round 2 also timed the options
+    removed after it (the log2-r dK/dV scores, forced 32 x 128 dK/dV tiles, 128-row dQ tiles):
+    benchmarks/RESULTS.md, "Session 7 round 2: DSALT"."""
+    off = {"dkdv_wmin": False}
+    return {"window_nowmin": mk(0, off), "dsalt_nowmin": mk(n_lm, off),
+            "dsalt_l1": mk(n_lm, {"loop1_fwd": True})}  # below 32K: the fused one-loop forward
 
 
 def main():

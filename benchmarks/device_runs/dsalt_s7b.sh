@@ -6,7 +6,7 @@
 set -o pipefail
 OUT=${1:-.}; LENGTHS=${2:-32768,16384,4096}; BS=${3:-120}; TS=${4:-100}; KEXPR=${5:-}
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm --format=csv,noheader
-timeout $BS python benchmarks/device_runs/dsalt_s6_ab.py --set s7b --lengths $LENGTHS --rounds 3 --timeline \
+timeout $BS python benchmarks/device_runs/dsalt_s6_ab.py --set s7b --lengths $LENGTHS --rounds ${ROUNDS:-5} --full-from 0 --timeline \
     --out $OUT 2>&1 | grep -v "Warning\|warn(" | tee $OUT/bench.log
 echo "bench rc=$?"
 timeout $TS python -m pytest -m gpu -x -n ${XDIST:-8} -v -p no:cacheprovider tests/test_dsalt_kernels.py tests/test_dsalt.py \

@@ -273,6 +273,7 @@ if HAVE_TRITON:
         pid_bh, b, h, hk, bhk, m0, offs_m, offs_d, mrow, qoff, q, w = _q_tile(Q, W, sq_b, sq_h, sq_t, H, G, T,
                                                                               D, BLOCK_M)
         if WG > 0:
+            tl.static_assert(BLOCK_M % WG == 0)
             ntw = (T + WG - 1) // WG
             gi = m0 // WG + tl.arange(0, BLOCK_M // WG)
             tl.store(WMIN + pid_bh * ntw + gi, tl.min(tl.reshape(w, (BLOCK_M // WG, WG)), 1), mask=gi < ntw)
@@ -422,15 +423,11 @@ if HAVE_TRITON:
                      sq_b, sq_h, sq_t, sk_b, sk_h, sk_t,
                      H, G, T, n_max, edge, inv_edge, qk_scale, sm_scale,
                      D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr,
-                     TRANS: tl.constexpr = 0, LOGR: tl.constexpr = 0, WG: tl.constexpr = 0):
+                     TRANS: tl.constexpr = 0, WG: tl.constexpr = 0):
         """Window dK, dV of one key tile (BLOCK_N keys), over the query tiles that can see it.
         TRANS=1: scores computed transposed ([keys, queries]: keys are the dots' M dimension), so
         P^T and dS^T feed the dV and dK products straight from the accumulator layout; TRANS=0:
-        [queries, keys] scores, transposed for those products (the autotuner picks). LOGR=1
-        (session 7 round 2): the per-tile branch only rewrites the scores (edge tiles: -inf outside
-        the window, + log2 r inside, i.e. p = 2^(s + log2 r - lse) = 2^(s - lse) r; diagonal: the
-        causal -inf) and one exp2 follows it, so the branch yields one tensor in the scores' layout
-        (LOGR=0: P itself, which the compiler kept in two layouts across the branch: spills).
+        [queries, keys] scores, transposed for those products (the autotuner picks).
         WG > 0 (OPTS["dkdv_wmin"]): a query tile's smallest window comes from the dQ kernel's WMIN
         (BLOCK_M // WG scalar loads) instead of a cross-warp reduction of its rows' windows in
         every iteration."""
@@ -465,6 +462,7 @@ if HAVE_TRITON:
                 delta = tl.load(DELTA + bh * T + offs_m, mask=mrow, other=0.0)
                 # full block: every (key, row) is causal, inside n_max and at full weight
                 if WG > 0:
+                    tl.static_assert(BLOCK_M % WG == 0)
                     ntw = (T + WG - 1) // WG
                     wlo = tl.load(WMIN + bh * ntw + start_m // WG)
                     for gi in tl.static_range(1, BLOCK_M // WG):
@@ -478,14 +476,7 @@ if HAVE_TRITON:
                 on_diag = start_m < n0 + BLOCK_N - 1
                 if TRANS:
                     sT = tl.dot(kt, tl.trans(q), input_precision=PREC) * qk_scale  # [BN, BM]
-                    if LOGR:
-                        if on_edge:
-                            rT, okT = _win_rT(offs_n, offs_m, w, T, n_max, inv_edge)
-                            sT = tl.where(okT, sT + tl.log2(rT), float("-inf"))
-                        elif on_diag:
-                            sT = tl.where(offs_m[None, :] >= offs_n[:, None], sT, float("-inf"))
-                        pT = tl.exp2(sT - lse[None, :])
-                    elif on_edge:
+                    if on_edge:
                         rT, okT = _win_rT(offs_n, offs_m, w, T, n_max, inv_edge)
                         pT = tl.exp2(tl.where(okT, sT, float("-inf")) - lse[None, :]) * rT
                     elif on_diag:
@@ -498,14 +489,7 @@ if HAVE_TRITON:
                     dk += tl.dot(dsT.to(q.dtype), q, input_precision=PREC)
                 else:
                     s = tl.dot(q, tl.trans(kt), input_precision=PREC) * qk_scale  # [BM, BN]
-                    if LOGR:
-                        if on_edge:
-                            r, ok = _win_r(offs_m, offs_n, w, T, n_max, inv_edge)
-                            s = tl.where(ok, s + tl.log2(r), float("-inf"))
-                        elif on_diag:
-                            s = tl.where(offs_m[:, None] >= offs_n[None, :], s, float("-inf"))
-                        p = tl.exp2(s - lse[:, None])
-                    elif on_edge:
+                    if on_edge:
                         r, ok = _win_r(offs_m, offs_n, w, T, n_max, inv_edge)
                         p = tl.exp2(tl.where(ok, s, float("-inf")) - lse[:, None]) * r
                     elif on_diag:

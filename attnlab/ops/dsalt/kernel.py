@@ -178,8 +178,8 @@ def _blocks(block: int, d: int, device) -> tuple[int, int, int]:
 # A one-loop dQ kernel (also with the landmark dQ as its last iterations) measured no faster
 # (32K: 3.176 / 3.184 ms vs 3.112-3.168) and was removed.
 OPTS = {"lc_fwd": 32, "lc_dq": 32, "delta": (64, 4), "lm_bwd": "trans", "fuse_delta": True,
-        "lm_dq": True, "fwd_split": True, "split_min_t": 32768, "loop1_fwd": "split", "dkdv_logr": 0,
-        "dkdv_wmin": 0}
+        "lm_dq": True, "fwd_split": True, "split_min_t": 32768, "loop1_fwd": "split",
+        "dkdv_wmin": True}
 
 _TUNED: dict = {}
 _FWD_BM_OVERRIDE: dict = {}
@@ -191,9 +191,6 @@ _FWD_BM_OVERRIDE: dict = {}
 # triton.compile for sm_90: benchmarks/dsalt_registers.py).
 FWD_CONFIGS = [(64, 64, 4, 3), (128, 64, 8, 3), (64, 64, 8, 2), (64, 32, 4, 3)]
 DQ_CONFIGS = [(64, 32, 4, 3), (64, 64, 8, 2), (64, 32, 8, 2), (64, 32, 4, 2)]
-# window-only dQ kernel (HAS_LM=0: the default, the landmark dQ is added by _lm_bwd_t_kernel): 128-row
-# tiles allowed (session 7 round 2 candidates; forced through FORCE_CONFIG["dq"])
-DQ_CONFIGS_W = [(128, 64, 8, 2), (128, 32, 8, 3)]
 DKDV_CONFIGS = [(64, 128, 8, 2, 1), (32, 128, 8, 2, 1), (32, 128, 8, 3, 1), (64, 64, 8, 2, 0)]
 
 
@@ -252,8 +249,6 @@ def _launch(name, kernel, grid_m, rows, bm, bn, warps, block, *args, **meta):
             m, n, w, st = cfg
         if name == "fwd":
             meta["NSET"] = max(1, m // block)
-        if name == "dq" and meta.get("HAS_LM") and m != 64:
-            raise ValueError(f"dsalt: the dQ kernel's landmark pass needs 64-row tiles; got {cfg}")
         grid_n = n if name == "dkdv" else m
         return _LAUNCH(kernel, (triton.cdiv(grid_m, grid_n), rows), *args, BLOCK_M=m, BLOCK_N=n, num_warps=w,
                        num_stages=st, **meta)
@@ -263,7 +258,7 @@ def _launch(name, kernel, grid_m, rows, bm, bn, warps, block, *args, **meta):
         else:
             grid = lambda m: (triton.cdiv(grid_m, m["BLOCK_M"]), rows)  # noqa: E731
         key = (grid_m, args[0].dtype, args[0].shape[-1], meta.get("KP"), meta.get("HAS_LM"), meta.get("FUSE_DELTA"),
-               meta.get("LOOP1"), meta.get("LOGR"), meta.get("WG"))
+               meta.get("LOOP1"), meta.get("WG"))
         return _autotuned(name, block, key, grid, kernel, args, meta)
     if name == "dkdv":
         meta["TRANS"] = _FWD_BM_OVERRIDE.get("dkdv_trans", 0)  # tests: the transposed formulation
@@ -429,7 +424,11 @@ class _DSALTFn(torch.autograd.Function):
         kp, nb = lpos.shape[-1], lpos.shape[2]
         bm, bn, warps = _blocks(block, d, q.device)
         do = do.contiguous()
-        delta = torch.empty(b, h, t, device=q.device, dtype=torch.float32)
+        wg = (16 if bm == 16 else 32) if OPTS["dkdv_wmin"] else 0  # rows per stored window minimum
+        # delta [B, H, T] and the window minima [B*H, cdiv(T, wg)] in one allocation (host time)
+        buf = torch.empty(b * h * (t + (-(-t // wg) if wg else 0)), device=q.device, dtype=torch.float32)
+        delta = buf[:b * h * t].view(b, h, t)
+        wmin = buf[b * h * t:] if wg else buf
         fuse = OPTS["fuse_delta"]
         if not fuse:
             db, dw_ = OPTS["delta"]
@@ -441,8 +440,6 @@ class _DSALTFn(torch.autograd.Function):
         fargs = (n_max, float(edge), 1.0 / float(edge), scale * LOG2E, scale)
         trans = has_lm and OPTS["lm_bwd"] == "trans"
         lm_dq = trans and OPTS["lm_dq"]
-        wg = (16 if bm == 16 else 32) if OPTS["dkdv_wmin"] else 0  # rows per stored window minimum
-        wmin = torch.empty(b * h, -(-t // wg), device=q.device, dtype=torch.float32) if wg else dw
         _launch("dq", _dq_kernel, t, b * h, bm, bn, warps, block,
                 q, k, v, win, gt, lpos, do, lse, delta, dq, dw, o, wmin, *strides,
                 h, g, t, nb, *fargs, block,
@@ -452,7 +449,7 @@ class _DSALTFn(torch.autograd.Function):
         dv = torch.empty_like(v)
         _launch("dkdv", _dkdv_kernel, t, b * hk, bm, bn, warps, block,
                 q, k, v, win, do, lse, delta, dk, dv, wmin, *strides, h, g, t, *fargs, D=d, PREC=_prec(q),
-                LOGR=int(OPTS["dkdv_logr"]), WG=wg)
+                WG=wg)
         denergy = None
         if has_lm:
             dgt = torch.zeros(b, hk, t, device=q.device, dtype=torch.float32)
