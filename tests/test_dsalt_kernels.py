@@ -187,6 +187,7 @@ def test_triton_dkdv_window_minima(wmin, trans, dtype, monkeypatch):
     from attnlab.ops.dsalt import kernel
 
     monkeypatch.setitem(kernel.OPTS, "dkdv_wmin", wmin)
+    monkeypatch.setitem(kernel.OPTS, "wmin_min_t", 1)  # at every length (the default: T >= 8192)
     if not ON_GPU:
         monkeypatch.setitem(kernel._FWD_BM_OVERRIDE, "dkdv_trans", trans)
     elif trans:
@@ -409,14 +410,17 @@ def test_gpu_bf16_one_loop_kernels_match_reference(i, monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("i", range(4))
-def test_gpu_bf16_dkdv_window_minima_off(i, monkeypatch):
-    """Session 7 round 2 on the GPU: the dK/dV kernel without the stored window minima
-    (OPTS["dkdv_wmin"] = False: the per-tile reduction; the default path with them is in every test
-    above) at every dK/dV launch config (i), bf16, head dim 128, 64 landmarks, GQA (odd i)."""
+def test_gpu_bf16_dkdv_window_minima(i, monkeypatch):
+    """Session 7 round 2 on the GPU: the dK/dV kernel with the window minima stored by the dQ kernel
+    (OPTS["dkdv_wmin"], the default where T >= OPTS["wmin_min_t"] = 8192, forced here at T ~ 1000;
+    the tests above run these lengths without them: the per-tile reduction) at every dK/dV launch
+    config (i), bf16, head dim 128, 64 landmarks, GQA (odd i). Call 2 of round 2 ran the GPU tests
+    with the minima at every length (then the default) and this test with them off."""
     from attnlab.ops.dsalt import kernel
 
     monkeypatch.setattr(kernel, "FORCE_CONFIG", {"dkdv": kernel.DKDV_CONFIGS[i % len(kernel.DKDV_CONFIGS)]})
-    monkeypatch.setitem(kernel.OPTS, "dkdv_wmin", False)
+    monkeypatch.setitem(kernel.OPTS, "dkdv_wmin", True)
+    monkeypatch.setitem(kernel.OPTS, "wmin_min_t", 1)
     torch.manual_seed(60 + i)
     ins = make(1, 4, 2 if i % 2 else 4, 1000 + 37 * i, 128, 48.0, 300, torch.bfloat16, "cuda")
     kw = dict(n_max=300, edge=4.0, n_landmarks=64, block=64, scale=128**-0.5)
