@@ -439,9 +439,11 @@ class _DSALTFn(torch.autograd.Function):
         # rows per stored window minimum (0: the dK/dV kernel reduces its tiles' windows itself)
         wg = (16 if bm == 16 else 32) if OPTS["dkdv_wmin"] and t >= OPTS["wmin_min_t"] else 0
         # delta [B, H, T] and the window minima [B*H, cdiv(T, wg)] in one allocation (host time)
-        buf = torch.empty(b * h * (t + (-(-t // wg) if wg else 0)), device=q.device, dtype=torch.float32)
-        delta = buf[:b * h * t].view(b, h, t)
-        wmin = buf[b * h * t:] if wg else buf
+        if wg:
+            buf = torch.empty(b * h * (t + -(-t // wg)), device=q.device, dtype=torch.float32)
+            delta, wmin = buf[:b * h * t].view(b, h, t), buf[b * h * t:]
+        else:
+            delta = wmin = torch.empty(b, h, t, device=q.device, dtype=torch.float32)
         fuse = OPTS["fuse_delta"]
         if not fuse:
             db, dw_ = OPTS["delta"]
