@@ -76,9 +76,9 @@ def main(argv=None):
     for bm, bn, w, st in K.DQ_CONFIGS if want("dq") else []:
         for has_lm in (0, 1):  # the default (window only: the landmark dQ is in _lm_bwd_t_kernel); "atomic"
             report(K._dq_kernel, {"D": 128, "BLOCK_M": bm, "BLOCK_N": bn, "KP": 64, "HAS_LM": has_lm, "PREC": "tf32",
-                                  "LC": 32, "FUSE_DELTA": 1},
+                                  "LC": 32, "FUSE_DELTA": 1, "WG": 32},
                    {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "W": "*fp32", "GT": "*fp32", "LPOS": "*i32",
-                    "DO": "*bf16", "LSE": "*fp32", "DELTA": "*fp32", "DQ": "*bf16", "DW": "*fp32", "O": "*bf16",
+                    "DO": "*bf16", "LSE": "*fp32", "DELTA": "*fp32", "DQ": "*bf16", "DW": "*fp32", "O": "*bf16", "WMIN": "*fp32",
                     **fl}, {"num_warps": w, "num_stages": st}, f"BLOCK_M {bm} BLOCK_N {bn} landmarks {has_lm}")
     for bm, lc, seg, w, st in K.LM_BWD_CONFIGS if want("lm_bwd") else []:
         report(K._lm_bwd_kernel, {"D": 128, "BLOCK_M": bm, "KP": 64, "LC": lc, "SEG": seg, "PREC": "tf32"},
@@ -98,9 +98,9 @@ def main(argv=None):
                 "LSE": "*fp32", "inv_edge": "fp32", "qk_scale": "fp32"}, {"num_warps": w, "num_stages": st},
                f"BLOCK_M {bm} LC {lc}")
     for bm, bn, w, st, tr in K.DKDV_CONFIGS if want("dkdv") else []:
-        report(K._dkdv_kernel, {"D": 128, "BLOCK_M": bm, "BLOCK_N": bn, "PREC": "tf32", "TRANS": tr},
+        report(K._dkdv_kernel, {"D": 128, "BLOCK_M": bm, "BLOCK_N": bn, "PREC": "tf32", "TRANS": tr, "WG": 32},
                {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "W": "*fp32", "DO": "*bf16", "LSE": "*fp32",
-                "DELTA": "*fp32", "DK": "*bf16", "DV": "*bf16", **fl},
+                "DELTA": "*fp32", "DK": "*bf16", "DV": "*bf16", "WMIN": "*fp32", **fl},
                {"num_warps": w, "num_stages": st}, f"BLOCK_M {bm} BLOCK_N {bn} TRANS {tr}")
     return rows
 

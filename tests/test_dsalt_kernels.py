@@ -172,6 +172,41 @@ def test_triton_dkdv_windows(trans, monkeypatch):
             assert rel_err(a, r) <= 3e-5, (t, name)
 
 
+ROUND2_OPTS = [(True, 0, torch.float32), (True, 1, torch.float32), (True, 1, torch.float16),
+               (False, 1, torch.float32), (False, 0, torch.float16)]
+
+
+@needs_triton
+@pytest.mark.parametrize("wmin,trans,dtype", ROUND2_OPTS)
+def test_triton_dkdv_window_minima(wmin, trans, dtype, monkeypatch):
+    """Session 7 round 2: the dK/dV kernel with (OPTS["dkdv_wmin"], the default) and without the
+    query tiles' smallest windows stored by the dQ kernel, both formulations, edge / causal-only /
+    unmasked query tiles (windows varying per row, so tiles of one key block differ), GQA, fp32 and
+    fp16 (CPU; bf16 on the GPU below): outputs and gradients, the window predictor's (win) and the
+    energies' (alpha) included."""
+    from attnlab.ops.dsalt import kernel
+
+    monkeypatch.setitem(kernel.OPTS, "dkdv_wmin", wmin)
+    monkeypatch.setitem(kernel.OPTS, "wmin_min_t", 1)  # at every length (the default: T >= 8192)
+    if not ON_GPU:
+        monkeypatch.setitem(kernel._FWD_BM_OVERRIDE, "dkdv_trans", trans)
+    elif trans:
+        pytest.skip("the GPU tests run the autotuned formulations")
+    cases = ((150, 40.0, 40, 4.0, 2), (61, 2.0, 24, 2.0, 1), (97, 30.0, 70, 3.0, 1))
+    if dtype == torch.float16:
+        cases = ((77, 3.0, 30, 2.0, 1),)
+    tol = 1e-5 if dtype == torch.float32 else 2e-3
+    for t, n_min, n_max, edge, hk in cases:
+        ins = make(1, 2, hk, t, 16, n_min, n_max, dtype, DEV)
+        kw = dict(n_max=n_max, edge=edge, n_landmarks=5, block=16 if not ON_GPU else 64, scale=0.3)
+        out = dsalt_attention(*ins, impl="triton", **kw)
+        ref = dsalt_reference(*[x.float() if j < 3 else x for j, x in enumerate(ins)], **kw)
+        do = torch.randn_like(out)
+        assert rel_err(out, ref) <= tol
+        for name, a, r in zip("q k v win energy".split(), grads(out, ins, do), grads(ref, ins, do.float())):
+            assert rel_err(a, r) <= 3 * tol, (t, name, rel_err(a, r))
+
+
 LOOP1_CASES = [  # session 7: (b, h, hk, t, d, n_min, n_max, edge, k, block, dtype, forward tile rows (CPU))
     (1, 2, 1, 37, 16, 2.0, 20, 3.0, 5, 16, torch.float32, None),   # odd length, GQA, edge + diagonal blocks
     (1, 1, 1, 90, 16, 40.0, 60, 2.0, 6, 32, torch.float32, None),  # long windows: unmasked full blocks
@@ -362,6 +397,33 @@ def test_gpu_bf16_one_loop_kernels_match_reference(i, monkeypatch):
     n_lm = 5 if i == 3 else 64
     ins = make(1, 4, 4 if i % 2 else 2, 1000 + 37 * i, 128, 48.0, 300, torch.bfloat16, "cuda")
     kw = dict(n_max=300, edge=4.0, n_landmarks=n_lm, block=64, scale=128**-0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback to another path
+        out = dsalt_attention(*ins, impl="triton", **kw)
+        do = torch.randn_like(out)
+        ga = grads(out, ins, do)
+    ref = dsalt_reference(*[x.float() if j < 3 else x for j, x in enumerate(ins)], **kw)
+    assert rel_err(out, ref) <= 1e-2, cfg
+    for name, a, r in zip("q k v win energy".split(), ga, grads(ref, ins, do.float())):
+        assert rel_err(a, r) <= 3e-2, (cfg, name, rel_err(a, r))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("i", range(4))
+def test_gpu_bf16_dkdv_window_minima(i, monkeypatch):
+    """Session 7 round 2 on the GPU: the dK/dV kernel with the window minima stored by the dQ kernel
+    (OPTS["dkdv_wmin"], the default where T >= OPTS["wmin_min_t"] = 8192, forced here at T ~ 1000;
+    the tests above run these lengths without them: the per-tile reduction) at every dK/dV launch
+    config (i), bf16, head dim 128, 64 landmarks, GQA (odd i). Call 2 of round 2 ran the GPU tests
+    with the minima at every length (then the default) and this test with them off."""
+    from attnlab.ops.dsalt import kernel
+
+    monkeypatch.setattr(kernel, "FORCE_CONFIG", {"dkdv": kernel.DKDV_CONFIGS[i % len(kernel.DKDV_CONFIGS)]})
+    monkeypatch.setitem(kernel.OPTS, "dkdv_wmin", True)
+    monkeypatch.setitem(kernel.OPTS, "wmin_min_t", 1)
+    torch.manual_seed(60 + i)
+    ins = make(1, 4, 2 if i % 2 else 4, 1000 + 37 * i, 128, 48.0, 300, torch.bfloat16, "cuda")
+    kw = dict(n_max=300, edge=4.0, n_landmarks=64, block=64, scale=128**-0.5)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no fallback to another path
         out = dsalt_attention(*ins, impl="triton", **kw)

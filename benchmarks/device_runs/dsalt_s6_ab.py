@@ -4,7 +4,8 @@ peak memory, optionally the kernel timeline at the longest length (flex's kernel
 
 --set lead: this tree's defaults against flex window-only, attnlab window-only and the session-5
 landmark path (lm_bwd "atomic", the dQ kernel's landmark pass). --set s7: the same plus session 7's
-candidates (benchmarks/RESULTS.md, "Session 7: DSALT"). The session-6 sets (call1 / final) timed
+candidates (benchmarks/RESULTS.md, "Session 7: DSALT"); --set s7b: round 2's (the dK/dV kernel with
+and without the stored window minima). The session-6 sets (call1 / final) timed
 options that session 7 removed; their figures stay in RESULTS.md.
 
     python benchmarks/device_runs/dsalt_s6_ab.py --set lead --lengths 32768,16384,4096 --rounds 3
@@ -68,7 +69,7 @@ def timeline(step, label):
 
 
 U = {"loop1_fwd": True, "fwd_split": False}  # the fused one-loop forward with its landmark iterations
-TIMELINES = ("flex_window", "window", "dsalt", "dsalt_4loop", "dsalt_u")
+TIMELINES = ("flex_window", "window", "dsalt", "dsalt_4loop", "dsalt_u", "dsalt_nowmin")
 
 
 def s7_variants(mk, n_lm):
@@ -82,12 +83,22 @@ def s7_variants(mk, n_lm):
     }
 
 
+def s7b_variants(mk, n_lm):
+    """Session 7 round 2: the dK/dV kernel without the window minima stored by the dQ kernel
+    (dkdv_wmin off: the session-7 round-1 kernel). Call 1 of round 2 also timed the options
+    removed after it (the log2-r dK/dV scores, forced 32 x 128 dK/dV tiles, 128-row dQ tiles):
+    benchmarks/RESULTS.md, "Session 7 round 2: DSALT"."""
+    off = {"dkdv_wmin": False}
+    return {"window_nowmin": mk(0, off), "dsalt_nowmin": mk(n_lm, off),
+            "dsalt_l1": mk(n_lm, {"loop1_fwd": True})}  # below 32K: the fused one-loop forward
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--lengths", default="32768,16384,4096")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default=os.environ.get("ATTNLAB_BENCH_DIR", "."))
-    ap.add_argument("--set", default="lead", choices=["lead", "s7"])
+    ap.add_argument("--set", default="lead", choices=["lead", "s7", "s7b"])
     ap.add_argument("--timeline", action="store_true")
     ap.add_argument("--full-from", type=int, default=8192, help="every variant only where T >= this")
     ap.add_argument("--quick", action="store_true", help="tiny CPU smoke run (interpreter), no timing")
@@ -142,6 +153,8 @@ def main():
             variants["dsalt_s5"] = mk(n_lm, S5)
         if args.set == "s7":
             variants.update(s7_variants(mk, n_lm))
+        if args.set == "s7b":
+            variants.update(s7b_variants(mk, n_lm))
         if t < args.full_from:  # short sequences (host bound): the core variants only
             variants = {a: b for a, b in variants.items() if a in CORE}
         times = {name: [] for name in variants}

@@ -258,18 +258,25 @@ if HAVE_TRITON:
         tl.store(LSE + pid_bh * T + offs_m, m_i + tl.log2(l_safe), mask=mrow)
 
     @triton.jit
-    def _dq_kernel(Q, K, V, W, GT, LPOS, DO, LSE, DELTA, DQ, DW, O,
+    def _dq_kernel(Q, K, V, W, GT, LPOS, DO, LSE, DELTA, DQ, DW, O, WMIN,
                    sq_b, sq_h, sq_t, sk_b, sk_h, sk_t,
                    H, G, T, NB, n_max, edge, inv_edge, qk_scale, sm_scale, SEL_BLOCK,
                    D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    KP: tl.constexpr, HAS_LM: tl.constexpr, PREC: tl.constexpr, LC: tl.constexpr = 16,
-                   FUSE_DELTA: tl.constexpr = 0):
+                   FUSE_DELTA: tl.constexpr = 0, WG: tl.constexpr = 0):
         """dQ and the window-size gradient dW of one query tile (window; HAS_LM: and its landmark
         slots, the dQ part only: the landmark dK/dV/gate gradients come from _lm_bwd_kernel).
         FUSE_DELTA=1: the tile's delta = rowsum(O * dO) is computed here (32-column chunks) and
-        stored for the kernels that run after this one (no separate delta pass)."""
+        stored for the kernels that run after this one (no separate delta pass). WG > 0 (session 7
+        round 2, OPTS["dkdv_wmin"]): the minimum window of every WG rows is stored in WMIN
+        [B*H, cdiv(T, WG)] for the dK/dV kernel (rows past T count as window 1: a lower bound)."""
         pid_bh, b, h, hk, bhk, m0, offs_m, offs_d, mrow, qoff, q, w = _q_tile(Q, W, sq_b, sq_h, sq_t, H, G, T,
                                                                               D, BLOCK_M)
+        if WG > 0:
+            tl.static_assert(BLOCK_M % WG == 0)
+            ntw = (T + WG - 1) // WG
+            gi = m0 // WG + tl.arange(0, BLOCK_M // WG)
+            tl.store(WMIN + pid_bh * ntw + gi, tl.min(tl.reshape(w, (BLOCK_M // WG, WG)), 1), mask=gi < ntw)
         offs_n0 = tl.arange(0, BLOCK_N)
         do = tl.load(DO + qoff, mask=mrow[:, None], other=0.0)
         lse = tl.load(LSE + pid_bh * T + offs_m, mask=mrow, other=0.0)
@@ -412,15 +419,18 @@ if HAVE_TRITON:
         return tl.where(ok, r, 0.0), ok
 
     @triton.jit
-    def _dkdv_kernel(Q, K, V, W, DO, LSE, DELTA, DK, DV,
+    def _dkdv_kernel(Q, K, V, W, DO, LSE, DELTA, DK, DV, WMIN,
                      sq_b, sq_h, sq_t, sk_b, sk_h, sk_t,
                      H, G, T, n_max, edge, inv_edge, qk_scale, sm_scale,
                      D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr,
-                     TRANS: tl.constexpr = 0):
+                     TRANS: tl.constexpr = 0, WG: tl.constexpr = 0):
         """Window dK, dV of one key tile (BLOCK_N keys), over the query tiles that can see it.
         TRANS=1: scores computed transposed ([keys, queries]: keys are the dots' M dimension), so
         P^T and dS^T feed the dV and dK products straight from the accumulator layout; TRANS=0:
-        [queries, keys] scores, transposed for those products (the autotuner picks)."""
+        [queries, keys] scores, transposed for those products (the autotuner picks).
+        WG > 0 (OPTS["dkdv_wmin"]): a query tile's smallest window comes from the dQ kernel's WMIN
+        (BLOCK_M // WG scalar loads) instead of a cross-warp reduction of its rows' windows in
+        every iteration."""
         pid_n = tl.program_id(0)
         pid_bh = tl.program_id(1)  # over batch * kv heads
         hkv = H // G
@@ -451,7 +461,15 @@ if HAVE_TRITON:
                 lse = tl.load(LSE + bh * T + offs_m, mask=mrow, other=0.0)
                 delta = tl.load(DELTA + bh * T + offs_m, mask=mrow, other=0.0)
                 # full block: every (key, row) is causal, inside n_max and at full weight
-                fr = tl.minimum(tl.floor(tl.min(w, 0) - 0.5 - edge * 0.5).to(tl.int32) - 1, n_max - 1)
+                if WG > 0:
+                    tl.static_assert(BLOCK_M % WG == 0)
+                    ntw = (T + WG - 1) // WG
+                    wlo = tl.load(WMIN + bh * ntw + start_m // WG)
+                    for gi in tl.static_range(1, BLOCK_M // WG):
+                        wlo = tl.minimum(wlo, tl.load(WMIN + bh * ntw + tl.minimum(start_m // WG + gi, ntw - 1)))
+                else:
+                    wlo = tl.min(w, 0)
+                fr = tl.minimum(tl.floor(wlo - 0.5 - edge * 0.5).to(tl.int32) - 1, n_max - 1)
                 # edge: some pair beyond full weight (or rows past T): the soft-window weight;
                 # diag (else): some pair non-causal, the rest at full weight: the causal test only
                 on_edge = (start_m + BLOCK_M - 1 - n0 > fr) | (start_m + BLOCK_M > T)

@@ -32,7 +32,10 @@ Pipeline (``dsalt_triton``):
    for the kernels after it; ``OPTS["fuse_delta"]=False``: the separate ``_delta_kernel``) and
    accumulates the window dQ and the window-size gradient dW (d ln r / dw = 1 / (edge r) on the
    ramp, so the term is p / r / edge = 2^(s-lse) / edge: no division); ``_dkdv_kernel`` (per key
-   tile, looping over the heads of its kv group) stores the window part of dK and dV (no atomics).
+   tile, looping over the heads of its kv group) stores the window part of dK and dV (no atomics);
+   ``OPTS["dkdv_wmin"]`` (session 7 round 2, default where T >= ``OPTS["wmin_min_t"]``): the dQ
+   kernel also stores the smallest window of every 32 rows, and the dK/dV kernel reads those
+   scalars instead of reducing its query tile's windows across warps in every iteration.
    The landmark backward (default ``OPTS["lm_bwd"] = "trans"``, ``OPTS["lm_dq"] = True``, session
    6): ``_lm_bwd_t_kernel``, per (segment of 16 selection blocks, all KP slots, batch*kv head),
    loads a block's landmark K/V rows once and, with the slots as the dots' M dimension (transposed
@@ -57,7 +60,8 @@ the per-tile partials + segmented-scan reduction landmark backward (``lm_bwd="re
 inputs loaded ahead (``lm_pre_*``), the parallel selection (``sel_chunk``), the flush skip
 (``lm_skip``: 585 vs 391 us), dQ rows loaded early, the phased dK/dV kernel, the side-stream
 selection launched before the window kernel and the split forward without it (``fwd_split`` 1 / 2),
-the selection's bulk merge, row-by-row stores and more warps (``sel_*``).
+the selection's bulk merge, row-by-row stores and more warps (``sel_*``). Session 7 round 2 removed
+the dK/dV kernel's log2-r scores (``dkdv_logr``) and 128-row window-only dQ tiles (both slower).
 """
 
 from __future__ import annotations
@@ -177,8 +181,17 @@ def _blocks(block: int, d: int, device) -> tuple[int, int, int]:
 # (1.811-1.827 vs 1.768 ms, noisy rounds) or at 32K against the split (3.168 ms), hence "split".
 # A one-loop dQ kernel (also with the landmark dQ as its last iterations) measured no faster
 # (32K: 3.176 / 3.184 ms vs 3.112-3.168) and was removed.
+# dkdv_wmin (session 7 round 2): the dQ kernel stores every 32 rows' smallest window (WMIN, one
+# allocation with delta) and the dK/dV kernel tests its query tiles' full-weight range from those
+# instead of a per-iteration cross-warp tl.min over the tile's windows (ptxas: 64 x 128 dK/dV spills
+# 152 -> 56 bytes). H100, two calls: dK/dV at 32K 1061 -> 981 / 1066 -> 1010 us; fwd+bwd 32K
+# 2.974 vs 2.985 / 3.138 vs 3.197 ms, 16K 1.691 vs 1.726 / 1.782 vs 1.813; 4K (host bound) 0.818 vs
+# 0.753 / 0.990 vs 0.975, hence only where T >= wmin_min_t. Measured slower and removed: the dK/dV
+# scores rewritten in the per-tile branch (p = 2^(s + log2 r - lse), more spills: 32K 3.523 vs
+# 2.985 ms) and 128-row window-only dQ tiles (3.240).
 OPTS = {"lc_fwd": 32, "lc_dq": 32, "delta": (64, 4), "lm_bwd": "trans", "fuse_delta": True,
-        "lm_dq": True, "fwd_split": True, "split_min_t": 32768, "loop1_fwd": "split"}
+        "lm_dq": True, "fwd_split": True, "split_min_t": 32768, "loop1_fwd": "split",
+        "dkdv_wmin": True, "wmin_min_t": 8192}
 
 _TUNED: dict = {}
 _FWD_BM_OVERRIDE: dict = {}
@@ -257,7 +270,7 @@ def _launch(name, kernel, grid_m, rows, bm, bn, warps, block, *args, **meta):
         else:
             grid = lambda m: (triton.cdiv(grid_m, m["BLOCK_M"]), rows)  # noqa: E731
         key = (grid_m, args[0].dtype, args[0].shape[-1], meta.get("KP"), meta.get("HAS_LM"), meta.get("FUSE_DELTA"),
-               meta.get("LOOP1"))
+               meta.get("LOOP1"), meta.get("WG"))
         return _autotuned(name, block, key, grid, kernel, args, meta)
     if name == "dkdv":
         meta["TRANS"] = _FWD_BM_OVERRIDE.get("dkdv_trans", 0)  # tests: the transposed formulation
@@ -423,7 +436,14 @@ class _DSALTFn(torch.autograd.Function):
         kp, nb = lpos.shape[-1], lpos.shape[2]
         bm, bn, warps = _blocks(block, d, q.device)
         do = do.contiguous()
-        delta = torch.empty(b, h, t, device=q.device, dtype=torch.float32)
+        # rows per stored window minimum (0: the dK/dV kernel reduces its tiles' windows itself)
+        wg = (16 if bm == 16 else 32) if OPTS["dkdv_wmin"] and t >= OPTS["wmin_min_t"] else 0
+        # delta [B, H, T] and the window minima [B*H, cdiv(T, wg)] in one allocation (host time)
+        if wg:
+            buf = torch.empty(b * h * (t + -(-t // wg)), device=q.device, dtype=torch.float32)
+            delta, wmin = buf[:b * h * t].view(b, h, t), buf[b * h * t:]
+        else:
+            delta = wmin = torch.empty(b, h, t, device=q.device, dtype=torch.float32)
         fuse = OPTS["fuse_delta"]
         if not fuse:
             db, dw_ = OPTS["delta"]
@@ -436,14 +456,15 @@ class _DSALTFn(torch.autograd.Function):
         trans = has_lm and OPTS["lm_bwd"] == "trans"
         lm_dq = trans and OPTS["lm_dq"]
         _launch("dq", _dq_kernel, t, b * h, bm, bn, warps, block,
-                q, k, v, win, gt, lpos, do, lse, delta, dq, dw, o, *strides,
+                q, k, v, win, gt, lpos, do, lse, delta, dq, dw, o, wmin, *strides,
                 h, g, t, nb, *fargs, block,
                 D=d, KP=kp, HAS_LM=has_lm and not lm_dq, PREC=_prec(q), LC=min(OPTS["lc_dq"], kp),
-                FUSE_DELTA=int(fuse))
+                FUSE_DELTA=int(fuse), WG=wg)
         dk = torch.empty_like(k)
         dv = torch.empty_like(v)
         _launch("dkdv", _dkdv_kernel, t, b * hk, bm, bn, warps, block,
-                q, k, v, win, do, lse, delta, dk, dv, *strides, h, g, t, *fargs, D=d, PREC=_prec(q))
+                q, k, v, win, do, lse, delta, dk, dv, wmin, *strides, h, g, t, *fargs, D=d, PREC=_prec(q),
+                WG=wg)
         denergy = None
         if has_lm:
             dgt = torch.zeros(b, hk, t, device=q.device, dtype=torch.float32)
