@@ -185,31 +185,39 @@ def _noise_bwd_pre_kernel(DO, N, LAM, DN, DELTA, DLAM,
 
 
 @triton.jit
-def _dv_step(k, acc, q_base, sqt, dn_base, col, cmask, LSE, start_m, offs_n, T, qk,
-             D: tl.constexpr, BD: tl.constexpr, DVG: tl.constexpr, BM: tl.constexpr, MASK: tl.constexpr):
+def _dv_step(k, acc, q_base, sqt, dn_base, col, cmask, LSE, start_m, offs_n, T, qk, PTB, pid_n,
+             D: tl.constexpr, BD: tl.constexpr, DVG: tl.constexpr, BM: tl.constexpr, MASK: tl.constexpr,
+             BN: tl.constexpr, USE_P: tl.constexpr):
     offs_m = start_m + tl.arange(0, BM)
-    q = _rows(q_base, offs_m, sqt, T, D, BD)
-    lse = tl.load(LSE + offs_m, mask=offs_m < T, other=float("inf"))
-    pt = tl.math.exp2(tl.dot(k, tl.trans(q)) * qk - lse[None, :])  # [BN, BM]
-    if MASK:
-        pt = tl.where(offs_m[None, :] >= offs_n[:, None], pt, 0.0)
+    if USE_P:  # P2^T read from the dK kernel's tiles (BN x BN each, see _dk_lean_tile), not recomputed
+        mb = start_m // BN
+        off = (mb * (mb + 1) // 2 + pid_n).to(tl.int64) * (BN * BN) + start_m % BN
+        pt = tl.load(PTB + off + tl.arange(0, BN)[:, None] * BN + tl.arange(0, BM)[None, :])
+    else:
+        q = _rows(q_base, offs_m, sqt, T, D, BD)
+        lse = tl.load(LSE + offs_m, mask=offs_m < T, other=float("inf"))
+        pt = tl.math.exp2(tl.dot(k, tl.trans(q)) * qk - lse[None, :])  # [BN, BM]
+        if MASK:
+            pt = tl.where(offs_m[None, :] >= offs_n[:, None], pt, 0.0)
     dn = tl.load(dn_base + offs_m[:, None] * DVG + col[None, :], mask=(offs_m < T)[:, None] & cmask[None, :],
                  other=0.0)
     return tl.dot(pt.to(dn.dtype), dn, acc)
 
 
 @triton.jit
-def _noise_bwd_dv_kernel(Q, K, DN, LSE, DVO, DQK, DQK16,
+def _noise_bwd_dv_kernel(Q, K, DN, LSE, DVO, DQK, DQK16, PT,
                          sqb, sqt, skb, skt, sdvb, sdvh, sdvt,
                          H, NG, T, BTD, qk,
                          D: tl.constexpr, BD: tl.constexpr, DV: tl.constexpr, BDV: tl.constexpr,
                          G: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, CAST: tl.constexpr,
-                         MAJOR: tl.constexpr):
+                         MAJOR: tl.constexpr, USE_P: tl.constexpr):
     """Program = (key block, batch x group of G heads): dV_h = P2^T dN_h for the group's heads,
     P2 recomputed once per group. dN is [B, H, T, DV] contiguous. CAST: the first group's programs
     also convert their key block's rows of the float32 dQ2/dK2 (DQK [2, B, T, D], complete: the
     dK/dQ kernel ran before on the stream) to the output dtype (DQK16), instead of a torch cast.
-    MAJOR: the grid is (groups, key blocks): the first (longest) key block of every group first."""
+    MAJOR: the grid is (groups, key blocks): the first (longest) key block of every group first.
+    USE_P: P2^T is read from the tiles the dK kernel stored in PT (``P_CACHE``; BN = the dK kernel's
+    BM = BN), not recomputed from Q2, K2 and the LSE: H units of work per key block instead of H + H/G."""
     if MAJOR:
         pid_n = tl.program_id(1)
         bg = tl.program_id(0)
@@ -224,16 +232,23 @@ def _noise_bwd_dv_kernel(Q, K, DN, LSE, DVO, DQK, DQK16,
     ch = h0 + offs_c // BDV
     cd = offs_c % BDV
     cmask = (ch < H) & (cd < DV)
-    k = _rows(K + b * skb, offs_n, skt, T, D, BD)
+    if USE_P:
+        k = 0.0
+    else:
+        k = _rows(K + b * skb, offs_n, skt, T, D, BD)
+    nbk = tl.cdiv(T, BN)
+    ptb = PT + b * (nbk * (nbk + 1) // 2).to(tl.int64) * (BN * BN)
     q_base = Q + b * sqb
     dn_base = DN + b * H * T * DV
     col = ch * (T * DV) + cd  # dN row stride is DV
     lse_b = LSE + b * T
     acc = tl.zeros([BN, G * BDV], tl.float32)
     for start_m in range(start_n, start_n + BN, BM):  # query blocks on the diagonal
-        acc = _dv_step(k, acc, q_base, sqt, dn_base, col, cmask, lse_b, start_m, offs_n, T, qk, D, BD, DV, BM, True)
+        acc = _dv_step(k, acc, q_base, sqt, dn_base, col, cmask, lse_b, start_m, offs_n, T, qk, ptb, pid_n,
+                       D, BD, DV, BM, True, BN, USE_P)
     for start_m in range(start_n + BN, T, BM):
-        acc = _dv_step(k, acc, q_base, sqt, dn_base, col, cmask, lse_b, start_m, offs_n, T, qk, D, BD, DV, BM, False)
+        acc = _dv_step(k, acc, q_base, sqt, dn_base, col, cmask, lse_b, start_m, offs_n, T, qk, ptb, pid_n,
+                       D, BD, DV, BM, False, BN, USE_P)
     dv_ptrs = DVO + b * sdvb + offs_n[:, None] * sdvt + (ch * sdvh + cd)[None, :]
     dv_mask = (offs_n < T)[:, None] & cmask[None, :]
     tl.store(dv_ptrs, acc.to(DVO.dtype.element_ty), mask=dv_mask)
@@ -342,12 +357,14 @@ def _noise_bwd_dk_kernel(Q, K, V, DN, LSE, DELTA, DK, DQ, TBL,
 
 
 @triton.jit
-def _dk_lean_tile(dpt, k, dk, q_base, sqt, LSE, DELTA, DQ, DKB, start_m, offs_n, T, qk, scale,
-                  D: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, ACC: tl.constexpr):
+def _dk_lean_tile(dpt, k, dk, q_base, sqt, LSE, DELTA, DQ, DKB, start_m, offs_n, T, qk, scale, PTB, pid_n,
+                  D: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, ACC: tl.constexpr,
+                  STORE_P: tl.constexpr):
     """The epilogue of one query tile of the lean dK kernel: its q, lse and Delta are loaded only
     now (not live during the contraction), dS2^T = P2^T (dP2^T - Delta), then dQ2 by float32
     atomics straight from the dot; dK2 likewise, or (ACC) accumulated into dk (returned) for one
-    atomic per program."""
+    atomic per program. STORE_P (BM = BN): P2^T of the tile is also stored for the dV
+    kernel."""
     offs_m = start_m + tl.arange(0, BM)
     rmask = offs_m < T
     q = _rows(q_base, offs_m, sqt, T, D, BD)
@@ -355,6 +372,12 @@ def _dk_lean_tile(dpt, k, dk, q_base, sqt, LSE, DELTA, DQ, DKB, start_m, offs_n,
     delta = tl.load(DELTA + offs_m, mask=rmask, other=0.0)
     pt = tl.math.exp2(tl.dot(k, tl.trans(q)) * qk - lse[None, :])  # [BN, BM]
     pt = tl.where(offs_m[None, :] >= offs_n[:, None], pt, 0.0)  # causal; also keys >= T, rows above
+    if STORE_P:
+        mb = start_m // BM
+        if (mb >= pid_n) & (start_m < T):  # a tile on or below the diagonal, inside the sequence
+            off = (mb * (mb + 1) // 2 + pid_n).to(tl.int64) * (BM * BM)
+            tl.store(PTB + off + tl.arange(0, BM)[:, None] * BM + tl.arange(0, BM)[None, :],
+                     pt.to(PTB.dtype.element_ty))
     dst = (pt * (dpt - delta[None, :])).to(q.dtype)
     offs_d = tl.arange(0, BD)
     dmask = (offs_d < D)[None, :]
@@ -369,19 +392,22 @@ def _dk_lean_tile(dpt, k, dk, q_base, sqt, LSE, DELTA, DQ, DKB, start_m, offs_n,
 
 
 @triton.jit
-def _noise_bwd_dk_lean_kernel(Q, K, V, DN, LSE, DELTA, DK, DQ, TBL,
+def _noise_bwd_dk_lean_kernel(Q, K, V, DN, LSE, DELTA, DK, DQ, TBL, PT,
                               sqb, sqt, skb, skt, svb, svh, svt,
                               H, HS, SPLIT, T, qk, scale,
                               D: tl.constexpr, BD: tl.constexpr, DV: tl.constexpr, BDV: tl.constexpr,
                               BM: tl.constexpr, BN: tl.constexpr, NT: tl.constexpr, KC: tl.constexpr,
-                              EARLY_K: tl.constexpr, ACC: tl.constexpr):
+                              EARLY_K: tl.constexpr, ACC: tl.constexpr, STORE_P: tl.constexpr = False):
     """The lean dK/dQ kernel (heads up to LEAN_MAX_WIDTH): program = one (key block, NT query tiles) entry of
     the table TBL (chunks of NT * BM rows) x split of heads. The contraction dP2^T = sum_h V_h dN_h^T
     (the split's heads x DV columns in KC-column chunks) runs first with ONLY its accumulators live
     (one per query tile; NT = 2: both tiles share each V chunk, 3 operand tiles per 2 products
     instead of 4, i.e. 25% fewer L2 bytes per unit of work); the scores, dS2 and the dQ2/dK2 atomics
     follow per tile (``_dk_lean_tile``). EARLY_K: the key tile is loaded before the contraction.
-    ACC (NT = 2): dK2 of both tiles accumulated in registers, one atomic per program."""
+    ACC (NT = 2): dK2 of both tiles accumulated in registers, one atomic per program.
+    STORE_P (BM = BN, SPLIT = 1): every tile's P2^T (bf16 for bf16 inputs, already masked) is also stored
+    into PT, tile (key block n, query block m >= n) at index m (m + 1) / 2 + n of the batch's
+    T/BN (T/BN + 1) / 2 tiles, for the dV kernel (``P_CACHE``)."""
     pid = tl.program_id(0)
     bs = tl.program_id(1)
     pid_n = tl.load(TBL + 2 * pid)
@@ -418,12 +444,14 @@ def _noise_bwd_dk_lean_kernel(Q, K, V, DN, LSE, DELTA, DK, DQ, TBL,
     delta_b = DELTA + bs * T
     dq_b = DQ + b * T * D
     dk_b = DK + b * T * D
+    nbk = tl.cdiv(T, BN)
+    ptb = PT + b * (nbk * (nbk + 1) // 2).to(tl.int64) * (BN * BN)
     dk = tl.zeros([BN, BD], dtype=tl.float32)
     dk = _dk_lean_tile(dpa, k, dk, q_base, sqt, lse_b, delta_b, dq_b, dk_b, start_m, offs_n, T, qk, scale,
-                       D, BD, BM, ACC)
+                       ptb, pid_n, D, BD, BM, ACC, STORE_P)
     if NT == 2:
         dk = _dk_lean_tile(dpb, k, dk, q_base, sqt, lse_b, delta_b, dq_b, dk_b, start_m + BM, offs_n, T, qk, scale,
-                           D, BD, BM, ACC)
+                           ptb, pid_n, D, BD, BM, ACC, STORE_P)
     if ACC:
         offs_d = tl.arange(0, BD)
         tl.atomic_add(dk_b + offs_n[:, None] * D + offs_d[None, :], dk * scale,
@@ -476,6 +504,13 @@ LEAN_MAX_WIDTH = 128
 # (two device calls, 5 rounds each): T=4K 0.810x / 0.819x vs 0.824x / 0.827x with the memset (one launch
 # and its host time fewer), T=16K 0.815x / 0.816x vs 0.812x / 0.819x (within noise).
 ZERO_IN_FWD = os.environ.get("ATTNLAB_NOISE_ZERO", "1") == "1"
+# P_CACHE (session 7 round 2): the lean dK kernel also stores each tile's P2^T (it computes it anyway) into a
+# [B, T/BN (T/BN + 1) / 2 tiles, BN, BN] buffer in v's dtype, and the dV kernel reads it instead of
+# recomputing P2^T from Q2, K2 and the LSE per group of heads: the dV kernel's work goes from H + H/G to H
+# units, for T^2/2 elements of memory during the backward (268 MB at T=16K in bf16) and one write + 8 reads
+# of it. Taken where the buffer is at most P_CACHE_MAX_BYTES (else the recompute, no extra memory).
+P_CACHE = os.environ.get("ATTNLAB_NOISE_PCACHE", "0") == "1"
+P_CACHE_MAX_BYTES = int(os.environ.get("ATTNLAB_NOISE_PCACHE_MAX_MB", "1024")) << 20
 
 
 def _zero_in_fwd(q2, v) -> bool:
@@ -582,11 +617,12 @@ def _dk_loop(go, q2, k2, v, dn, lse, delta, dk32, dq32, tbl, h, hs, split, t, d,
         h, hs, split, t, scale * LOG2E, scale, d, _pow2(d), dv, _pow2(dv), bm, bn, chunk, kc), w, s)
 
 
-def _bwd_body(go, dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dqk16, dvo, tbl, scale, combine, cfg):
-    """The preprocess, the dK/dQ kernel, then the dV kernel (which also casts dQ2/dK2)."""
+def _bwd_body(go, dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dqk16, dvo, tbl, ptc, scale, combine, cfg):
+    """The preprocess, the dK/dQ kernel, then the dV kernel (which also casts dQ2/dK2). cfg: (heads per
+    split, splits, P cache on): with the P cache the dK kernel stores P2^T tiles into ptc for the dV kernel."""
     b, t, d = q2.shape
     h, dv = v.shape[1], v.shape[-1]
-    hs, split = cfg
+    hs, split, pcache = cfg
     btd = b * t * d
     dq32, dk32, dlam = ws32[:btd], ws32[btd:2 * btd], ws32[2 * btd:]
     pbm = 16 if _interpret() else 32
@@ -597,18 +633,19 @@ def _bwd_body(go, dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dqk16, dvo, t
         kc = _pow2(dv) if kc <= 0 else min(kc, _pow2(dv))
         opts = {"maxnreg": maxnreg} if maxnreg and not _interpret() else {}
         _fit(go, _noise_bwd_dk_lean_kernel, (tbl.numel() // 2, b * split),
-           (q2, k2, v, dn, lse, delta, dk32, dq32, tbl,
+           (q2, k2, v, dn, lse, delta, dk32, dq32, tbl, ptc,
             q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), *_vstr(v),
             h, hs, split, t, scale * LOG2E, scale, d, _pow2(d), dv, _pow2(dv), bm, bn, nt, kc, bool(early),
-            bool(acc)), w, s, **opts)
+            bool(acc), bool(pcache)), w, s, **opts)
     else:
         _dk_loop(go, q2, k2, v, dn, lse, delta, dk32, dq32, tbl, h, hs, split, t, d, dv, scale)
     bm, bn, g, w, s, major = _config("dv", h, dv)
     ng = triton.cdiv(h, g)
     grid = (b * ng, triton.cdiv(t, bn)) if major else (triton.cdiv(t, bn), b * ng)
     _fit(go, _noise_bwd_dv_kernel, grid,
-       (q2, k2, dn, lse, dvo, ws32, dqk16, q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), *_vstr(dvo),
-        h, ng, t, btd, scale * LOG2E, d, _pow2(d), dv, _pow2(dv), g, bm, bn, True, bool(major)), w, s)
+       (q2, k2, dn, lse, dvo, ws32, dqk16, ptc, q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1),
+        *_vstr(dvo), h, ng, t, btd, scale * LOG2E, d, _pow2(d), dv, _pow2(dv), g, bm, bn, True, bool(major),
+        bool(pcache)), w, s)
 
 
 def _bwd_plan(h, dv, d):
@@ -621,6 +658,19 @@ def _bwd_plan(h, dv, d):
     bm, bn, split, chunk, _, _, order, _ = _config("dk", h, dv, d)
     hs = triton.cdiv(h, split)  # heads per split
     return hs, triton.cdiv(h, hs), (bn, chunk, order)
+
+
+def _p_cache_tiles(h, t, d, dv, split) -> int:
+    """Tiles of the P cache per batch row (0: off): P_CACHE on, the lean dK kernel with BM = BN (its tiles)
+    equal to the dV kernel's key block, one split of heads, and the cache within P_CACHE_MAX_BYTES."""
+    if not P_CACHE or _dk_mode(d, dv) != "lean" or split != 1:
+        return 0
+    bm, bn = _config("lean", h, dv, d)[:2]
+    dbm, dbn = _config("dv", h, dv)[:2]
+    if not (bm == bn == dbn and dbn % dbm == 0):
+        return 0
+    nb = triton.cdiv(t, bn)
+    return nb * (nb + 1) // 2
 
 
 def _noise_forward(a, q2, k2, v, lam, scale, zero):
@@ -681,10 +731,18 @@ def _noise_backward(saved, key, scale, combine, dout, ws32):
         ws32 = torch.zeros(2 * btd + h, device=dev, dtype=torch.float32)  # dQ2, dK2 (atomics), dlam
     dqk16 = torch.empty(2, b, t, d, device=dev, dtype=q2.dtype)  # written by the dV kernel (split)
     dvo = torch.empty(b, h, t, dv, device=dev, dtype=v.dtype)
-    roots = (dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dqk16, dvo, tbl)
+    ntiles = _p_cache_tiles(h, t, d, dv, split)
+    if ntiles:
+        pb = _config("lean", h, dv, d)[1]
+        nbytes = b * ntiles * pb * pb * v.element_size()
+        if nbytes > P_CACHE_MAX_BYTES:
+            ntiles = 0
+    # P cache: b x ntiles tiles of P2^T [BN, BN] in v's dtype (written by the dK kernel, read by dV)
+    ptc = torch.empty(b * ntiles * pb * pb, device=dev, dtype=v.dtype) if ntiles else lse
+    roots = (dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dqk16, dvo, tbl, ptc)
     bkey = (key, dout.stride(), _align(dout), _dk_mode(d, dv), CONFIGS["dk"], CONFIGS["lean"], CONFIGS["dv"],
-            dvo.stride(), _align(dvo), _sharing(roots))
-    _launch(bkey, roots, _bwd_body, scale, combine, (hs, split))
+            dvo.stride(), _align(dvo), bool(ntiles), _sharing(roots))
+    _launch(bkey, roots, _bwd_body, scale, combine, (hs, split, bool(ntiles)))
     dlam = ws32[2 * btd:] if combine else None
     return dqk16[0], dqk16[1], dvo, dlam
 
