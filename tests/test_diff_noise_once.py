@@ -117,6 +117,25 @@ def test_noise_once_p_cache(monkeypatch, cfg):
         _check((1, 4, 50, 16, 16, 16), torch.float16, 5e-3, 1e-2)
 
 
+@pytest.mark.skipif(DEV == "cuda", reason="interpreter launch configs")
+@pytest.mark.parametrize("cfg", [
+    {},  # P2 in 16 x 16 tiles, 16-row programs, the product in 16 x 16 steps, groups of 2
+    {"pfwd": (8, 1, 1), "pv": (8, 16, 4, 1, 1, 0)},  # half-tile rows, groups of 4, blocks-major grid
+    {"lean": (32, 32, 2, 1, 1, 2, 0, 1, False), "pv": (16, 32, 1, 1, 1, 1)},  # 32-wide tiles
+])
+def test_noise_once_fwd_p_cache(monkeypatch, cfg):
+    """FWD_P_CACHE (session 7 round 2): the forward as P2 written once, then N = P2 V per head group;
+    with and without the backward's P cache; odd lengths, batch 2, fp32 (and fp16 once)."""
+    monkeypatch.setattr(NO, "FWD_P_CACHE", True)
+    monkeypatch.setattr(NO, "_INTERP", {**NO._INTERP, **cfg})
+    assert NO._fwd_p_cache_tiles(1, 5, 45, 16, 16) > 0
+    _check((1, 5, 45, 16, 16, 16), torch.float32, TOL32, TOL32)
+    monkeypatch.setattr(NO, "P_CACHE", True)
+    _check((2, 3, 37, 16, 24, 20), torch.float32, TOL32, TOL32)
+    if not cfg:
+        _check((1, 4, 50, 16, 16, 16), torch.float16, 5e-3, 1e-2)
+
+
 def test_p_cache_falls_back(monkeypatch):
     """The P cache is off where its tiles do not match (split heads, BM != BN) or it is too large."""
     monkeypatch.setattr(NO, "P_CACHE", True)
@@ -252,6 +271,8 @@ GPU_DK = {"default": None,
           "memset": {"ZERO_IN_FWD": False},
           "wide-head-path": {"LEAN_MAX_WIDTH": 0},  # session 5's dK kernel + the memset, at 128-wide heads
           "p-cache": {"P_CACHE": True},  # session 7 round 2: dV reads the dK kernel's P2^T tiles
+          "fwd-p-cache": {"FWD_P_CACHE": True},  # session 7 round 2: the forward as P2 once, then P2 V
+          "both-p-caches": {"FWD_P_CACHE": True, "P_CACHE": True},
           **{"lean-" + k: v for k, v in {  # lean dK kernel candidates (session 6)
               "nt1": (128, 128, 1, 8, 3, 8, 64, 1, False, False),
               "nt2-early-k-4-stages": (128, 128, 2, 8, 4, 8, 64, 1, True, False),
@@ -384,7 +405,8 @@ def test_noise_once_replay_passes_the_slow_paths_arguments(monkeypatch, combine)
     assert len(roots) == 2
     replayed = list(log)
     log.clear()
-    NO._fwd_body(K._Recorder(False), *roots[0], scale, combine, NO.ZERO_IN_FWD)
+    NO._fwd_body(K._Recorder(False), *roots[0], scale, combine, NO.ZERO_IN_FWD,
+                 NO._fwd_p_cache_tiles(b, h, t, d, d) > 0)
     hs, split, _ = NO._bwd_plan(h, d, d)
     NO._bwd_body(K._Recorder(False), *roots[1], scale, combine, (hs, split, NO._p_cache_tiles(h, t, d, d, split) > 0))
     assert len(log) == len(replayed)

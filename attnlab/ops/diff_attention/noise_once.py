@@ -155,6 +155,112 @@ def _noise_fwd_kernel(Q, K, V, A, LAM, O, N, LSE, WS,
 
 
 @triton.jit
+def _p_scores(q, k_base, skt, start_n, offs_m, T, qk, D: tl.constexpr, BD: tl.constexpr, PB: tl.constexpr,
+              MASK: tl.constexpr):
+    offs_n = start_n + tl.arange(0, PB)
+    s = tl.dot(q, tl.trans(_rows(k_base, offs_n, skt, T, D, BD))) * qk
+    if MASK:
+        s = tl.where(offs_m[:, None] >= offs_n[None, :], s, float("-inf"))
+    return s
+
+
+@triton.jit
+def _noise_p_kernel(Q, K, LSE, PT, WS, sqb, sqt, skb, skt, H, T, BTD, qk,
+                    D: tl.constexpr, BD: tl.constexpr, PB: tl.constexpr, RB: tl.constexpr, ZERO: tl.constexpr):
+    """The forward P cache (``FWD_P_CACHE``), part 1: program = (RB query rows, batch). Two passes over
+    the causal keys in tiles of PB: the softmax statistics (LSE, log2 units), then P2 = exp2(S - LSE)
+    written in the input dtype into PT, tile (query block m, key block n <= m) at index m (m + 1) / 2 + n
+    of the batch's tiles, [PB query rows, PB keys] row-major (masked entries 0). ZERO as the forward."""
+    pid = tl.num_programs(0) - 1 - tl.program_id(0)  # the longest rows first
+    b = tl.program_id(1)
+    start_m = pid * RB
+    mb = start_m // PB
+    offs_m = start_m + tl.arange(0, RB)
+    rmask = offs_m < T
+    q = _rows(Q + b * sqb, offs_m, sqt, T, D, BD)
+    k_base = K + b * skb
+    m = tl.full([RB], float("-inf"), tl.float32)
+    l = tl.zeros([RB], tl.float32)
+    for start_n in range(0, mb * PB, PB):
+        s = _p_scores(q, k_base, skt, start_n, offs_m, T, qk, D, BD, PB, False)
+        mn = tl.maximum(m, tl.max(s, 1))
+        l = l * tl.math.exp2(m - mn) + tl.sum(tl.math.exp2(s - mn[:, None]), 1)
+        m = mn
+    s = _p_scores(q, k_base, skt, mb * PB, offs_m, T, qk, D, BD, PB, True)
+    mn = tl.maximum(m, tl.max(s, 1))
+    l = l * tl.math.exp2(m - mn) + tl.sum(tl.math.exp2(s - mn[:, None]), 1)
+    lse = mn + tl.math.log2(l)
+    tl.store(LSE + b * T + offs_m, lse, mask=rmask)
+    nbk = tl.cdiv(T, PB)
+    row = mb * (mb + 1) // 2
+    ptb = PT + (b * (nbk * (nbk + 1) // 2) + row).to(tl.int64) * (PB * PB) + (start_m % PB) * PB
+    tile = tl.arange(0, RB)[:, None] * PB + tl.arange(0, PB)[None, :]
+    for nb in range(0, mb):
+        s = _p_scores(q, k_base, skt, nb * PB, offs_m, T, qk, D, BD, PB, False)
+        tl.store(ptb + nb * (PB * PB) + tile, tl.math.exp2(s - lse[:, None]).to(PT.dtype.element_ty))
+    s = _p_scores(q, k_base, skt, mb * PB, offs_m, T, qk, D, BD, PB, True)
+    tl.store(ptb + mb * (PB * PB) + tile, tl.math.exp2(s - lse[:, None]).to(PT.dtype.element_ty))
+    if ZERO:
+        offs_d = tl.arange(0, BD)
+        idx = (b * T + offs_m[:, None]) * D + offs_d[None, :]
+        zmask = rmask[:, None] & (offs_d < D)[None, :]
+        zero = tl.zeros([RB, BD], tl.float32)
+        tl.store(WS + idx, zero, mask=zmask)
+        tl.store(WS + BTD + idx, zero, mask=zmask)
+        if pid == 0:
+            if b == 0:
+                for i in range(0, H, 16):
+                    offs_h = i + tl.arange(0, 16)
+                    tl.store(WS + 2 * BTD + offs_h, tl.zeros([16], tl.float32), mask=offs_h < H)
+
+
+@triton.jit
+def _noise_pv_kernel(PT, V, A, LAM, O, N, svb, svh, svt, sab, sah, sat, sob, soh, sot, snb, snh, snt,
+                     H, NG, T,
+                     DV: tl.constexpr, BDV: tl.constexpr, G: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                     PB: tl.constexpr, COMBINE: tl.constexpr, MAJOR: tl.constexpr):
+    """The forward P cache, part 2: program = (BM query rows, batch x group of G heads): N = P2 V for the
+    group's value columns with P2 read from PT (``_noise_p_kernel``): a plain product, no scores, no
+    softmax, no recompute of the noise map per group; the epilogue as the forward's (out = A - lam N)."""
+    if MAJOR:
+        pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
+        bg = tl.program_id(0)
+    else:
+        pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
+        bg = tl.program_id(1)
+    b = bg // NG
+    h0 = (bg % NG) * G
+    start_m = pid_m * BM
+    mb = start_m // PB
+    offs_m = start_m + tl.arange(0, BM)
+    offs_c = tl.arange(0, G * BDV)
+    ch = h0 + offs_c // BDV
+    cd = offs_c % BDV
+    cmask = (ch < H) & (cd < DV)
+    v_base = V + b * svb
+    vcol = ch * svh + cd
+    nbk = tl.cdiv(T, PB)
+    ptb = PT + (b * (nbk * (nbk + 1) // 2) + mb * (mb + 1) // 2).to(tl.int64) * (PB * PB) + (start_m % PB) * PB
+    tile = tl.arange(0, BM)[:, None] * PB + tl.arange(0, BN)[None, :]
+    acc = tl.zeros([BM, G * BDV], tl.float32)
+    for start_n in range(0, start_m + BM, BN):  # keys up to the program's last row (the rest of P is 0)
+        offs_n = start_n + tl.arange(0, BN)
+        p = tl.load(ptb + (start_n // PB) * (PB * PB) + start_n % PB + tile)
+        v = tl.load(v_base + offs_n[:, None] * svt + vcol[None, :], mask=(offs_n < T)[:, None] & cmask[None, :],
+                    other=0.0)
+        acc = tl.dot(p, v, acc)
+    rmask = offs_m < T
+    omask = rmask[:, None] & cmask[None, :]
+    tl.store(N + b * snb + offs_m[:, None] * snt + (ch * snh + cd)[None, :], acc.to(N.dtype.element_ty), mask=omask)
+    if COMBINE:
+        lam = tl.load(LAM + ch, mask=ch < H, other=0.0)
+        a = tl.load(A + b * sab + offs_m[:, None] * sat + (ch * sah + cd)[None, :], mask=omask, other=0.0)
+        out = a.to(tl.float32) - lam[None, :] * acc
+        tl.store(O + b * sob + offs_m[:, None] * sot + (ch * soh + cd)[None, :], out.to(O.dtype.element_ty),
+                 mask=omask)
+
+
+@triton.jit
 def _noise_bwd_pre_kernel(DO, N, LAM, DN, DELTA, DLAM,
                           sdob, sdoh, sdot, snb, snh, snt, H, HS, SPLIT, T,
                           DV: tl.constexpr, BDV: tl.constexpr, BM: tl.constexpr, COMBINE: tl.constexpr):
@@ -492,6 +598,10 @@ def _pow2(d: int) -> int:
 # option at 128-wide heads (DK_MODE="loop").
 CONFIGS = {
     "fwd": (128, 64, 2, 8, 4, 1),
+    # FWD_P_CACHE: "pfwd" (RB rows per program, warps, stages) of _noise_p_kernel, "pv" (BM, BN, G, warps,
+    # stages, major) of _noise_pv_kernel; the cached tiles are the lean dK kernel's BN wide (BM, BN, RB divide it)
+    "pfwd": (64, 4, 2),
+    "pv": (128, 64, 2, 8, 4, 1),
     "dv": (64, 128, 2, 8, 4, 1),
     "lean": (128, 128, 2, 8, 3, 8, 64, 1, True, True),
     "dk": (128, 128, 1, 128, 8, 3, 8, 64),
@@ -510,6 +620,10 @@ ZERO_IN_FWD = os.environ.get("ATTNLAB_NOISE_ZERO", "1") == "1"
 # units, for T^2/2 elements of memory during the backward (268 MB at T=16K in bf16) and one write + 8 reads
 # of it. Taken where the buffer is at most P_CACHE_MAX_BYTES (else the recompute, no extra memory).
 P_CACHE = os.environ.get("ATTNLAB_NOISE_PCACHE", "0") == "1"
+# FWD_P_CACHE: the forward in two kernels, the noise map P2 written once into a transient tile buffer (same
+# layout, not transposed; freed when the forward returns) by _noise_p_kernel (its LSE and P2: 2 units of
+# scores), then N = P2 V by _noise_pv_kernel (H units: no recompute per group). Same size cap.
+FWD_P_CACHE = os.environ.get("ATTNLAB_NOISE_FWD_PCACHE", "0") == "1"
 P_CACHE_MAX_BYTES = int(os.environ.get("ATTNLAB_NOISE_PCACHE_MAX_MB", "1024")) << 20
 
 
@@ -523,7 +637,7 @@ def _dk_mode(d: int, dv: int) -> str:
     return "loop" if max(d, dv) > LEAN_MAX_WIDTH else "lean"
 
 
-_INTERP = {"fwd": (16, 16, 2, 1, 1), "dv": (16, 16, 2, 1, 1), "dk": (16, 16, 2, 16, 1, 1, 0, 0),
+_INTERP = {"fwd": (16, 16, 2, 1, 1), "pfwd": (16, 1, 1), "pv": (16, 16, 2, 1, 1, 1), "dv": (16, 16, 2, 1, 1), "dk": (16, 16, 2, 16, 1, 1, 0, 0),
            "lean": (16, 16, 2, 1, 1, 2, 0, 1, False)}
 
 
@@ -534,6 +648,8 @@ def _config(name: str, h: int, dv: int, d: int = 0):
         if wide:  # wide heads: one 64-row query tile per program
             cfg = (64, cfg[1], 1) + cfg[3:]
         return cfg + (False, False, 0)[len(cfg) - 8:]
+    if name == "pfwd":
+        return cfg
     if name == "dk":  # the head-loop dK kernel takes any BM, BN and CHUNK
         if wide and cfg[0] > 64:  # wide heads: 64-row query tiles
             cfg = (64,) + cfg[1:]
@@ -541,7 +657,7 @@ def _config(name: str, h: int, dv: int, d: int = 0):
     if len(cfg) == 5:
         cfg = cfg + (0,)
     bm, bn, g = cfg[:3]
-    if bm % bn if name == "fwd" else bn % bm:
+    if name != "pv" and (bm % bn if name == "fwd" else bn % bm):
         raise ValueError(f"noise_once.CONFIGS[{name!r}] = {cfg}: block sizes do not nest")
     g = 1 << (max(1, min(g, h)).bit_length() - 1)  # the group's columns are one power-of-two wide tile
     while g > 1 and g * _pow2(dv) > 512:
@@ -595,9 +711,22 @@ def _fit(go, kernel, grid, args, num_warps, num_stages, **opts):
 # shape records its launches, later calls replay them into the compiled kernels' launchers with the
 # new data pointers (no Triton argument binding; see latent.py). The bodies below are the slow path.
 
-def _fwd_body(go, q2, k2, v, aa, lam32, out, n, lse, ws32, scale, combine, zero):
+def _fwd_body(go, q2, k2, v, aa, lam32, out, n, lse, ws32, ptc, scale, combine, zero, pcache):
     b, t, d = q2.shape
     h, dv = v.shape[1], v.shape[-1]
+    if pcache:  # P2 written once (scores, LSE), then N = P2 V per head group
+        pb = _config("lean", h, dv, d)[1]
+        rb, w, s = _config("pfwd", h, dv)[:3]
+        go(_noise_p_kernel, (triton.cdiv(t, rb), b),
+           (q2, k2, lse, ptc, ws32, q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), h, t, b * t * d,
+            scale * LOG2E, d, _pow2(d), pb, rb, zero), num_warps=w, num_stages=s)
+        bm, bn, g, w, s, major = _config("pv", h, dv)
+        ng = triton.cdiv(h, g)
+        grid = (b * ng, triton.cdiv(t, bm)) if major else (triton.cdiv(t, bm), b * ng)
+        _fit(go, _noise_pv_kernel, grid,
+           (ptc, v, aa, lam32, out, n, *_vstr(v), *_vstr(aa), *_vstr(out), *_vstr(n), h, ng, t, dv, _pow2(dv), g,
+            bm, bn, pb, combine, bool(major)), w, s)
+        return
     bm, bn, g, w, s, major = _config("fwd", h, dv)
     ng = triton.cdiv(h, g)
     grid = (b * ng, triton.cdiv(t, bm)) if major else (triton.cdiv(t, bm), b * ng)
@@ -673,6 +802,21 @@ def _p_cache_tiles(h, t, d, dv, split) -> int:
     return nb * (nb + 1) // 2
 
 
+def _fwd_p_cache_tiles(b, h, t, d, dv) -> int:
+    """Tiles of the forward's P cache per batch row (0: off): FWD_P_CACHE, the lean dK kernel's BN as the
+    tile (BM, BN of "pv" and RB of "pfwd" divide it), the buffer within P_CACHE_MAX_BYTES (2 bytes each)."""
+    if not FWD_P_CACHE or _dk_mode(d, dv) != "lean":
+        return 0
+    pb = _config("lean", h, dv, d)[1]
+    bm, bn = _config("pv", h, dv)[:2]
+    rb = _config("pfwd", h, dv)[0]
+    if pb % bm or pb % bn or pb % rb:
+        return 0
+    nb = triton.cdiv(t, pb)
+    tiles = nb * (nb + 1) // 2
+    return tiles if b * tiles * pb * pb * 2 <= P_CACHE_MAX_BYTES else 0
+
+
 def _noise_forward(a, q2, k2, v, lam, scale, zero):
     """The noise stream's forward: a - lam N (a given) or N. zero: also return the backward's float32
     workspace, zeroed by the forward kernel. Returns (out, saved tensors, replay key, workspace)."""
@@ -703,11 +847,17 @@ def _noise_forward(a, q2, k2, v, lam, scale, zero):
         out = torch.empty(b, h, t, dv, device=dev, dtype=a.dtype)
     else:
         a = out = n
-    roots = (q2, k2, v, a, lam32, out, n, lse, ws32)
+    ntiles = _fwd_p_cache_tiles(b, h, t, d, dv)
+    if ntiles:  # transient: the forward's P2 tiles, in v's dtype
+        pb = _config("lean", h, dv, d)[1]
+        ptc = torch.empty(b * ntiles * pb * pb, device=dev, dtype=v.dtype)
+    else:
+        ptc = lse
+    roots = (q2, k2, v, a, lam32, out, n, lse, ws32, ptc)
     key = (q2.shape, q2.stride(), k2.stride(), v.shape, v.stride(), a.stride(), q2.dtype, k2.dtype, v.dtype,
            a.dtype, dev, _align(q2), _align(k2), _align(v), _align(a), _align(lam32), scale, combine, zero,
-           CONFIGS["fwd"], _sharing(roots))
-    _launch(key, roots, _fwd_body, scale, combine, zero)
+           CONFIGS["fwd"], bool(ntiles), CONFIGS["pfwd"], CONFIGS["pv"], _sharing(roots))
+    _launch(key, roots, _fwd_body, scale, combine, zero, bool(ntiles))
     return out, (q2, k2, v, lam32, n, lse), key, (ws32 if zero else None)
 
 
