@@ -136,6 +136,15 @@ def test_noise_once_fwd_p_cache(monkeypatch, cfg):
         _check((1, 4, 50, 16, 16, 16), torch.float16, 5e-3, 1e-2)
 
 
+def test_dk_tma_only_on_the_gpu(monkeypatch):
+    """DK_TMA needs the bulk reduce-add, which the interpreter lacks: off there (the pointer atomics run)."""
+    monkeypatch.setattr(NO, "DK_TMA", True)
+    assert not NO._dk_tma(96)
+    if DEV == "cpu":
+        assert not NO._dk_tma(64)
+        _check((1, 3, 33, 16, 16, 16), torch.float32, TOL32, TOL32)
+
+
 def test_p_cache_falls_back(monkeypatch):
     """The P cache is off where its tiles do not match (split heads, BM != BN) or it is too large."""
     monkeypatch.setattr(NO, "P_CACHE", True)
@@ -273,6 +282,7 @@ GPU_DK = {"default": None,
           "p-cache": {"P_CACHE": True},  # session 7 round 2: dV reads the dK kernel's P2^T tiles
           "fwd-p-cache": {"FWD_P_CACHE": True},  # session 7 round 2: the forward as P2 once, then P2 V
           "both-p-caches": {"FWD_P_CACHE": True, "P_CACHE": True},
+          "dk-tma": {"DK_TMA": True},  # session 7 round 2: dQ2 / dK2 by TMA bulk reduce-add
           **{"lean-" + k: v for k, v in {  # lean dK kernel candidates (session 6)
               "nt1": (128, 128, 1, 8, 3, 8, 64, 1, False, False),
               "nt2-early-k-4-stages": (128, 128, 2, 8, 4, 8, 64, 1, True, False),
@@ -416,7 +426,7 @@ def test_noise_once_replay_passes_the_slow_paths_arguments(monkeypatch, combine)
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("mode", ["lean", "loop"])
+@pytest.mark.parametrize("mode", ["lean", "loop", "tma"])
 def test_noise_once_replay_equals_slow_path_gpu(monkeypatch, mode):
     """On the GPU: replayed launches give the slow path's results (the forward and the
     deterministic gradients bit for bit; dQ2/dK2/dlam come from float32 atomics), and the replay
@@ -425,6 +435,9 @@ def test_noise_once_replay_equals_slow_path_gpu(monkeypatch, mode):
 
     if mode == "loop":
         monkeypatch.setattr(NO, "LEAN_MAX_WIDTH", 0)
+    if mode == "tma":
+        monkeypatch.setattr(NO, "DK_TMA", True)
+        assert NO._dk_tma(64)
     monkeypatch.setattr(K, "_FAST", True)
     monkeypatch.setattr(K, "_PLANS", {})
     replays, real = [], K._replay

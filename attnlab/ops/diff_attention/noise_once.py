@@ -465,7 +465,7 @@ def _noise_bwd_dk_kernel(Q, K, V, DN, LSE, DELTA, DK, DQ, TBL,
 @triton.jit
 def _dk_lean_tile(dpt, k, dk, q_base, sqt, LSE, DELTA, DQ, DKB, start_m, offs_n, T, qk, scale, PTB, pid_n,
                   D: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, ACC: tl.constexpr,
-                  STORE_P: tl.constexpr):
+                  STORE_P: tl.constexpr, TMA: tl.constexpr):
     """The epilogue of one query tile of the lean dK kernel: its q, lse and Delta are loaded only
     now (not live during the contraction), dS2^T = P2^T (dP2^T - Delta), then dQ2 by float32
     atomics straight from the dot; dK2 likewise, or (ACC) accumulated into dk (returned) for one
@@ -487,8 +487,12 @@ def _dk_lean_tile(dpt, k, dk, q_base, sqt, LSE, DELTA, DQ, DKB, start_m, offs_n,
     dst = (pt * (dpt - delta[None, :])).to(q.dtype)
     offs_d = tl.arange(0, BD)
     dmask = (offs_d < D)[None, :]
-    tl.atomic_add(DQ + offs_m[:, None] * D + offs_d[None, :], tl.dot(tl.trans(dst), k) * scale,
-                  mask=rmask[:, None] & dmask, sem="relaxed")
+    if TMA:  # one bulk reduce-add by the tensor memory accelerator (rows past T clipped)
+        dqd = tl.make_tensor_descriptor(DQ, shape=[T, D], strides=[D, 1], block_shape=[BM, BD])
+        dqd.atomic_add([start_m, 0], tl.dot(tl.trans(dst), k) * scale)
+    else:
+        tl.atomic_add(DQ + offs_m[:, None] * D + offs_d[None, :], tl.dot(tl.trans(dst), k) * scale,
+                      mask=rmask[:, None] & dmask, sem="relaxed")
     if ACC:
         dk = tl.dot(dst, q, dk)
     else:
@@ -503,7 +507,8 @@ def _noise_bwd_dk_lean_kernel(Q, K, V, DN, LSE, DELTA, DK, DQ, TBL, PT,
                               H, HS, SPLIT, T, qk, scale,
                               D: tl.constexpr, BD: tl.constexpr, DV: tl.constexpr, BDV: tl.constexpr,
                               BM: tl.constexpr, BN: tl.constexpr, NT: tl.constexpr, KC: tl.constexpr,
-                              EARLY_K: tl.constexpr, ACC: tl.constexpr, STORE_P: tl.constexpr = False):
+                              EARLY_K: tl.constexpr, ACC: tl.constexpr, STORE_P: tl.constexpr = False,
+                              TMA: tl.constexpr = False):
     """The lean dK/dQ kernel (heads up to LEAN_MAX_WIDTH): program = one (key block, NT query tiles) entry of
     the table TBL (chunks of NT * BM rows) x split of heads. The contraction dP2^T = sum_h V_h dN_h^T
     (the split's heads x DV columns in KC-column chunks) runs first with ONLY its accumulators live
@@ -554,14 +559,18 @@ def _noise_bwd_dk_lean_kernel(Q, K, V, DN, LSE, DELTA, DK, DQ, TBL, PT,
     ptb = PT + b * (nbk * (nbk + 1) // 2).to(tl.int64) * (BN * BN)
     dk = tl.zeros([BN, BD], dtype=tl.float32)
     dk = _dk_lean_tile(dpa, k, dk, q_base, sqt, lse_b, delta_b, dq_b, dk_b, start_m, offs_n, T, qk, scale,
-                       ptb, pid_n, D, BD, BM, ACC, STORE_P)
+                       ptb, pid_n, D, BD, BM, ACC, STORE_P, TMA)
     if NT == 2:
         dk = _dk_lean_tile(dpb, k, dk, q_base, sqt, lse_b, delta_b, dq_b, dk_b, start_m + BM, offs_n, T, qk, scale,
-                           ptb, pid_n, D, BD, BM, ACC, STORE_P)
+                           ptb, pid_n, D, BD, BM, ACC, STORE_P, TMA)
     if ACC:
-        offs_d = tl.arange(0, BD)
-        tl.atomic_add(dk_b + offs_n[:, None] * D + offs_d[None, :], dk * scale,
-                      mask=(offs_n < T)[:, None] & (offs_d < D)[None, :], sem="relaxed")
+        if TMA:
+            dkd = tl.make_tensor_descriptor(dk_b, shape=[T, D], strides=[D, 1], block_shape=[BN, BD])
+            dkd.atomic_add([start_n, 0], dk * scale)
+        else:
+            offs_d = tl.arange(0, BD)
+            tl.atomic_add(dk_b + offs_n[:, None] * D + offs_d[None, :], dk * scale,
+                          mask=(offs_n < T)[:, None] & (offs_d < D)[None, :], sem="relaxed")
 
 
 # ------------------------------------------------------------------------------------------
@@ -624,6 +633,32 @@ P_CACHE = os.environ.get("ATTNLAB_NOISE_PCACHE", "0") == "1"
 # layout, not transposed; freed when the forward returns) by _noise_p_kernel (its LSE and P2: 2 units of
 # scores), then N = P2 V by _noise_pv_kernel (H units: no recompute per group). Same size cap.
 FWD_P_CACHE = os.environ.get("ATTNLAB_NOISE_FWD_PCACHE", "0") == "1"
+# DK_TMA (session 7 round 2): the lean dK kernel adds its dQ2 tiles (and, with acc, its dK2 tile) into the float32
+# workspace by the tensor memory accelerator's bulk reduce-add (device-side tensor descriptors, Triton's scratch
+# allocator) instead of per-thread float32 atomics; where the head dim is a multiple of 4 (16-byte rows).
+DK_TMA = os.environ.get("ATTNLAB_NOISE_DK_TMA", "0") == "1"
+
+
+def _torch_scratch(size: int, alignment: int, stream):
+    return torch.empty(size, dtype=torch.int8, device="cuda")
+
+
+def _ensure_allocator():
+    """Device-side tensor descriptors need Triton's global scratch allocator, a context variable:
+    set per thread (the backward runs in autograd's thread) unless the caller set one."""
+    try:
+        from triton.runtime import _allocation
+
+        if not isinstance(_allocation._allocator.get(), _allocation.NullAllocator):
+            return
+    except (ImportError, AttributeError):  # pragma: no cover - other triton layouts
+        pass
+    triton.set_allocator(_torch_scratch)
+
+
+def _dk_tma(d: int) -> bool:
+    """DK_TMA where it applies: a GPU (the interpreter has no bulk reduce), power-of-two head dims."""
+    return DK_TMA and not _interpret() and d % 4 == 0 and d == _pow2(d) and hasattr(tl, "make_tensor_descriptor")
 P_CACHE_MAX_BYTES = int(os.environ.get("ATTNLAB_NOISE_PCACHE_MAX_MB", "1024")) << 20
 
 
@@ -761,11 +796,12 @@ def _bwd_body(go, dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dqk16, dvo, t
         bm, bn, nt, w, s, _, kc, _, early, acc, maxnreg = _config("lean", h, dv, d)
         kc = _pow2(dv) if kc <= 0 else min(kc, _pow2(dv))
         opts = {"maxnreg": maxnreg} if maxnreg and not _interpret() else {}
+        tma = _dk_tma(d)
         _fit(go, _noise_bwd_dk_lean_kernel, (tbl.numel() // 2, b * split),
            (q2, k2, v, dn, lse, delta, dk32, dq32, tbl, ptc,
             q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), *_vstr(v),
             h, hs, split, t, scale * LOG2E, scale, d, _pow2(d), dv, _pow2(dv), bm, bn, nt, kc, bool(early),
-            bool(acc), bool(pcache)), w, s, **opts)
+            bool(acc), bool(pcache), tma), w, s, **opts)
     else:
         _dk_loop(go, q2, k2, v, dn, lse, delta, dk32, dq32, tbl, h, hs, split, t, d, dv, scale)
     bm, bn, g, w, s, major = _config("dv", h, dv)
@@ -891,7 +927,9 @@ def _noise_backward(saved, key, scale, combine, dout, ws32):
     ptc = torch.empty(b * ntiles * pb * pb, device=dev, dtype=v.dtype) if ntiles else lse
     roots = (dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dqk16, dvo, tbl, ptc)
     bkey = (key, dout.stride(), _align(dout), _dk_mode(d, dv), CONFIGS["dk"], CONFIGS["lean"], CONFIGS["dv"],
-            dvo.stride(), _align(dvo), bool(ntiles), _sharing(roots))
+            dvo.stride(), _align(dvo), bool(ntiles), _dk_tma(d), _sharing(roots))
+    if _dk_tma(d) and _dk_mode(d, dv) == "lean":
+        _ensure_allocator()  # the replay allocates the descriptors' scratch through it too
     _launch(bkey, roots, _bwd_body, scale, combine, (hs, split, bool(ntiles)))
     dlam = ws32[2 * btd:] if combine else None
     return dqk16[0], dqk16[1], dvo, dlam
