@@ -94,12 +94,12 @@ def sass_loops(sass):
     return loops
 
 
-def dk_args(lean: bool, bm=128, bn=128, nt=1, kc=64, early=False, acc=False, store_p=False):
+def dk_args(lean: bool, bm=128, bn=128, nt=1, kc=64, early=False, acc=False, tma=False):
     a = dict(Q="bf16", K="bf16", V="bf16", DN="bf16", LSE="fp32", DELTA="fp32", DK="fp32", DQ="fp32", TBL="i32",
              sqb=T * D, sqt=D, skb=T * D, skt=D, svb=H * T * D, svh=T * D, svt=D)
     a.update(H=H, HS=H, SPLIT=1, T=T, qk=0.1, scale=0.1, D=C(D), BD=C(D), DV=C(D), BDV=C(D), BM=C(bm), BN=C(bn))
     if lean:
-        a.update(PT="bf16", NT=C(nt), KC=C(kc), EARLY_K=C(early), ACC=C(acc), STORE_P=C(store_p))
+        a.update(NT=C(nt), KC=C(kc), EARLY_K=C(early), ACC=C(acc), TMA=C(tma))
     else:  # session 5's kernel at its config
         a.update(CHUNK=C(128), KC=C(kc))
     return a
@@ -113,11 +113,11 @@ def fwd_args(bm=128, bn=64, g=2):
                 MAJOR=C(True), ZERO=C(True))
 
 
-def dv_args(bm=64, bn=128, g=2, use_p=False):
-    return dict(Q="bf16", K="bf16", DN="bf16", LSE="fp32", DVO="bf16", DQK="fp32", DQK16="bf16", PT="bf16",
+def dv_args(bm=64, bn=128, g=2):
+    return dict(Q="bf16", K="bf16", DN="bf16", LSE="fp32", DVO="bf16", DQK="fp32", DQK16="bf16",
                 sqb=T * D, sqt=D, skb=T * D, skt=D, sdvb=H * T * D, sdvh=T * D, sdvt=D, H=H, NG=H // g, T=T,
                 BTD=T * D, qk=0.1, D=C(D), BD=C(D), DV=C(D), BDV=C(D), G=C(g), BM=C(bm), BN=C(bn), CAST=C(True),
-                MAJOR=C(True), USE_P=C(use_p))
+                MAJOR=C(True))
 
 
 def cases(quick: bool):
@@ -134,10 +134,8 @@ def cases(quick: bool):
          {"maxnreg": 128}),
         ("noise forward", NO._noise_fwd_kernel, fwd_args(*NO.CONFIGS["fwd"][:3]), *NO.CONFIGS["fwd"][3:5], {}),
         ("noise dV", NO._noise_bwd_dv_kernel, dv_args(*NO.CONFIGS["dv"][:3]), *NO.CONFIGS["dv"][3:5], {}),
-        ("dK lean + P cache store", NO._noise_bwd_dk_lean_kernel, dk_args(True, bm, bn, nt, kc, early, acc, True),
-         w, s, {}),
-        ("noise dV from the P cache", NO._noise_bwd_dv_kernel, dv_args(*NO.CONFIGS["dv"][:3], use_p=True),
-         *NO.CONFIGS["dv"][3:5], {}),
+        ("dK lean, TMA reduce-add (DK_TMA)", NO._noise_bwd_dk_lean_kernel,
+         dk_args(True, bm, bn, nt, kc, early, acc, True), w, s, {}),
     ]
     return out
 

@@ -98,44 +98,6 @@ def test_noise_once_lean_dk(monkeypatch, lean):
     _check((2, 3, 37, 16, 24, 20), torch.float32, TOL32, TOL32)
 
 
-@pytest.mark.skipif(DEV == "cuda", reason="interpreter launch configs")
-@pytest.mark.parametrize("cfg", [
-    {},  # the interpreter's default configs (lean 16 x 16 tiles, NT = 2; dV key block 16)
-    {"lean": (16, 16, 1, 1, 1, 3, 0, 1, True, True), "dv": (16, 16, 4, 1, 1, 1)},  # NT = 1, groups of 4
-    {"dv": (8, 16, 2, 1, 1, 1)},  # dV query tiles half the cached tile
-])
-def test_noise_once_p_cache(monkeypatch, cfg):
-    """P_CACHE (session 7 round 2): the dK kernel stores P2^T tiles, the dV kernel reads them; odd
-    lengths (the last tile partly past T, NT = 2 tiles past T or above the diagonal), batch 2, fp32 and
-    fp16; the cache is really taken."""
-    monkeypatch.setattr(NO, "P_CACHE", True)
-    monkeypatch.setattr(NO, "_INTERP", {**NO._INTERP, **cfg})
-    assert NO._p_cache_tiles(5, 45, 16, 16, 1) == 6
-    _check((1, 5, 45, 16, 16, 16), torch.float32, TOL32, TOL32)
-    _check((2, 3, 37, 16, 24, 20), torch.float32, TOL32, TOL32)
-    if not cfg:
-        _check((1, 4, 50, 16, 16, 16), torch.float16, 5e-3, 1e-2)
-
-
-@pytest.mark.skipif(DEV == "cuda", reason="interpreter launch configs")
-@pytest.mark.parametrize("cfg", [
-    {},  # P2 in 16 x 16 tiles, 16-row programs, the product in 16 x 16 steps, groups of 2
-    {"pfwd": (8, 1, 1), "pv": (8, 16, 4, 1, 1, 0)},  # half-tile rows, groups of 4, blocks-major grid
-    {"lean": (32, 32, 2, 1, 1, 2, 0, 1, False), "pv": (16, 32, 1, 1, 1, 1)},  # 32-wide tiles
-])
-def test_noise_once_fwd_p_cache(monkeypatch, cfg):
-    """FWD_P_CACHE (session 7 round 2): the forward as P2 written once, then N = P2 V per head group;
-    with and without the backward's P cache; odd lengths, batch 2, fp32 (and fp16 once)."""
-    monkeypatch.setattr(NO, "FWD_P_CACHE", True)
-    monkeypatch.setattr(NO, "_INTERP", {**NO._INTERP, **cfg})
-    assert NO._fwd_p_cache_tiles(1, 5, 45, 16, 16) > 0
-    _check((1, 5, 45, 16, 16, 16), torch.float32, TOL32, TOL32)
-    monkeypatch.setattr(NO, "P_CACHE", True)
-    _check((2, 3, 37, 16, 24, 20), torch.float32, TOL32, TOL32)
-    if not cfg:
-        _check((1, 4, 50, 16, 16, 16), torch.float16, 5e-3, 1e-2)
-
-
 def test_dk_tma_only_on_the_gpu(monkeypatch):
     """DK_TMA needs the bulk reduce-add, which the interpreter lacks: off there (the pointer atomics run)."""
     monkeypatch.setattr(NO, "DK_TMA", True)
@@ -143,20 +105,6 @@ def test_dk_tma_only_on_the_gpu(monkeypatch):
     if DEV == "cpu":
         assert not NO._dk_tma(64)
         _check((1, 3, 33, 16, 16, 16), torch.float32, TOL32, TOL32)
-
-
-def test_p_cache_falls_back(monkeypatch):
-    """The P cache is off where its tiles do not match (split heads, BM != BN) or it is too large."""
-    monkeypatch.setattr(NO, "P_CACHE", True)
-    assert NO._p_cache_tiles(4, 100, 16, 16, 2) == 0
-    monkeypatch.setitem(NO._INTERP, "lean", (32, 16, 2, 1, 1, 2, 0, 1, False))
-    assert NO._p_cache_tiles(4, 100, 16, 16, 1) == 0
-    monkeypatch.setattr(NO, "P_CACHE", False)
-    monkeypatch.setitem(NO._INTERP, "lean", (16, 16, 2, 1, 1, 2, 0, 1, False))
-    assert NO._p_cache_tiles(4, 100, 16, 16, 1) == 0
-    monkeypatch.setattr(NO, "P_CACHE", True)
-    monkeypatch.setattr(NO, "P_CACHE_MAX_BYTES", 0)  # too large: the recompute, still correct
-    _check((1, 3, 40, 16, 16, 16), torch.float32, TOL32, TOL32)
 
 
 def test_dk_mode_keeps_session_5_kernel_for_wide_heads(monkeypatch):
@@ -279,9 +227,6 @@ def test_noise_once_dispatch_and_errors():
 GPU_DK = {"default": None,
           "memset": {"ZERO_IN_FWD": False},
           "wide-head-path": {"LEAN_MAX_WIDTH": 0},  # session 5's dK kernel + the memset, at 128-wide heads
-          "p-cache": {"P_CACHE": True},  # session 7 round 2: dV reads the dK kernel's P2^T tiles
-          "fwd-p-cache": {"FWD_P_CACHE": True},  # session 7 round 2: the forward as P2 once, then P2 V
-          "both-p-caches": {"FWD_P_CACHE": True, "P_CACHE": True},
           "dk-tma": {"DK_TMA": True},  # session 7 round 2: dQ2 / dK2 by TMA bulk reduce-add
           **{"lean-" + k: v for k, v in {  # lean dK kernel candidates (session 6)
               "nt1": (128, 128, 1, 8, 3, 8, 64, 1, False, False),
@@ -320,6 +265,15 @@ def test_noise_once_bf16_gpu(shape):
         errs[impl] = [rel_err(out, ref)] + [rel_err(x, y) for x, y in zip(got, want)]
     for name, e, e_sdpa in zip(("out",) + NAMES, errs["noise-once"], errs["sdpa"]):
         assert e <= max(2e-2, 2 * e_sdpa), (name, e, e_sdpa)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", [(1, 16, 1000, 128, 128, 128), (2, 6, 777, 96, 64, 64)])
+def test_noise_once_dk_tma_bf16_gpu(monkeypatch, shape):
+    """DK_TMA at odd lengths (the bulk reduce-adds clip the rows past T), batch 2."""
+    monkeypatch.setattr(NO, "DK_TMA", True)
+    assert NO._dk_tma(shape[4])
+    test_noise_once_bf16_gpu(shape)
 
 
 def _cmd_mixer(impl, noise_rope=False):
@@ -415,10 +369,9 @@ def test_noise_once_replay_passes_the_slow_paths_arguments(monkeypatch, combine)
     assert len(roots) == 2
     replayed = list(log)
     log.clear()
-    NO._fwd_body(K._Recorder(False), *roots[0], scale, combine, NO.ZERO_IN_FWD,
-                 NO._fwd_p_cache_tiles(b, h, t, d, d) > 0)
+    NO._fwd_body(K._Recorder(False), *roots[0], scale, combine, NO.ZERO_IN_FWD)
     hs, split, _ = NO._bwd_plan(h, d, d)
-    NO._bwd_body(K._Recorder(False), *roots[1], scale, combine, (hs, split, NO._p_cache_tiles(h, t, d, d, split) > 0))
+    NO._bwd_body(K._Recorder(False), *roots[1], scale, combine, (hs, split))
     assert len(log) == len(replayed)
     for (_, name, grid, args), (_, name2, grid2, args2) in zip(log, replayed):
         assert (name, grid) == (name2, grid2)

@@ -155,112 +155,6 @@ def _noise_fwd_kernel(Q, K, V, A, LAM, O, N, LSE, WS,
 
 
 @triton.jit
-def _p_scores(q, k_base, skt, start_n, offs_m, T, qk, D: tl.constexpr, BD: tl.constexpr, PB: tl.constexpr,
-              MASK: tl.constexpr):
-    offs_n = start_n + tl.arange(0, PB)
-    s = tl.dot(q, tl.trans(_rows(k_base, offs_n, skt, T, D, BD))) * qk
-    if MASK:
-        s = tl.where(offs_m[:, None] >= offs_n[None, :], s, float("-inf"))
-    return s
-
-
-@triton.jit
-def _noise_p_kernel(Q, K, LSE, PT, WS, sqb, sqt, skb, skt, H, T, BTD, qk,
-                    D: tl.constexpr, BD: tl.constexpr, PB: tl.constexpr, RB: tl.constexpr, ZERO: tl.constexpr):
-    """The forward P cache (``FWD_P_CACHE``), part 1: program = (RB query rows, batch). Two passes over
-    the causal keys in tiles of PB: the softmax statistics (LSE, log2 units), then P2 = exp2(S - LSE)
-    written in the input dtype into PT, tile (query block m, key block n <= m) at index m (m + 1) / 2 + n
-    of the batch's tiles, [PB query rows, PB keys] row-major (masked entries 0). ZERO as the forward."""
-    pid = tl.num_programs(0) - 1 - tl.program_id(0)  # the longest rows first
-    b = tl.program_id(1)
-    start_m = pid * RB
-    mb = start_m // PB
-    offs_m = start_m + tl.arange(0, RB)
-    rmask = offs_m < T
-    q = _rows(Q + b * sqb, offs_m, sqt, T, D, BD)
-    k_base = K + b * skb
-    m = tl.full([RB], float("-inf"), tl.float32)
-    l = tl.zeros([RB], tl.float32)
-    for start_n in range(0, mb * PB, PB):
-        s = _p_scores(q, k_base, skt, start_n, offs_m, T, qk, D, BD, PB, False)
-        mn = tl.maximum(m, tl.max(s, 1))
-        l = l * tl.math.exp2(m - mn) + tl.sum(tl.math.exp2(s - mn[:, None]), 1)
-        m = mn
-    s = _p_scores(q, k_base, skt, mb * PB, offs_m, T, qk, D, BD, PB, True)
-    mn = tl.maximum(m, tl.max(s, 1))
-    l = l * tl.math.exp2(m - mn) + tl.sum(tl.math.exp2(s - mn[:, None]), 1)
-    lse = mn + tl.math.log2(l)
-    tl.store(LSE + b * T + offs_m, lse, mask=rmask)
-    nbk = tl.cdiv(T, PB)
-    row = mb * (mb + 1) // 2
-    ptb = PT + (b * (nbk * (nbk + 1) // 2) + row).to(tl.int64) * (PB * PB) + (start_m % PB) * PB
-    tile = tl.arange(0, RB)[:, None] * PB + tl.arange(0, PB)[None, :]
-    for nb in range(0, mb):
-        s = _p_scores(q, k_base, skt, nb * PB, offs_m, T, qk, D, BD, PB, False)
-        tl.store(ptb + nb * (PB * PB) + tile, tl.math.exp2(s - lse[:, None]).to(PT.dtype.element_ty))
-    s = _p_scores(q, k_base, skt, mb * PB, offs_m, T, qk, D, BD, PB, True)
-    tl.store(ptb + mb * (PB * PB) + tile, tl.math.exp2(s - lse[:, None]).to(PT.dtype.element_ty))
-    if ZERO:
-        offs_d = tl.arange(0, BD)
-        idx = (b * T + offs_m[:, None]) * D + offs_d[None, :]
-        zmask = rmask[:, None] & (offs_d < D)[None, :]
-        zero = tl.zeros([RB, BD], tl.float32)
-        tl.store(WS + idx, zero, mask=zmask)
-        tl.store(WS + BTD + idx, zero, mask=zmask)
-        if pid == 0:
-            if b == 0:
-                for i in range(0, H, 16):
-                    offs_h = i + tl.arange(0, 16)
-                    tl.store(WS + 2 * BTD + offs_h, tl.zeros([16], tl.float32), mask=offs_h < H)
-
-
-@triton.jit
-def _noise_pv_kernel(PT, V, A, LAM, O, N, svb, svh, svt, sab, sah, sat, sob, soh, sot, snb, snh, snt,
-                     H, NG, T,
-                     DV: tl.constexpr, BDV: tl.constexpr, G: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-                     PB: tl.constexpr, COMBINE: tl.constexpr, MAJOR: tl.constexpr):
-    """The forward P cache, part 2: program = (BM query rows, batch x group of G heads): N = P2 V for the
-    group's value columns with P2 read from PT (``_noise_p_kernel``): a plain product, no scores, no
-    softmax, no recompute of the noise map per group; the epilogue as the forward's (out = A - lam N)."""
-    if MAJOR:
-        pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
-        bg = tl.program_id(0)
-    else:
-        pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
-        bg = tl.program_id(1)
-    b = bg // NG
-    h0 = (bg % NG) * G
-    start_m = pid_m * BM
-    mb = start_m // PB
-    offs_m = start_m + tl.arange(0, BM)
-    offs_c = tl.arange(0, G * BDV)
-    ch = h0 + offs_c // BDV
-    cd = offs_c % BDV
-    cmask = (ch < H) & (cd < DV)
-    v_base = V + b * svb
-    vcol = ch * svh + cd
-    nbk = tl.cdiv(T, PB)
-    ptb = PT + (b * (nbk * (nbk + 1) // 2) + mb * (mb + 1) // 2).to(tl.int64) * (PB * PB) + (start_m % PB) * PB
-    tile = tl.arange(0, BM)[:, None] * PB + tl.arange(0, BN)[None, :]
-    acc = tl.zeros([BM, G * BDV], tl.float32)
-    for start_n in range(0, start_m + BM, BN):  # keys up to the program's last row (the rest of P is 0)
-        offs_n = start_n + tl.arange(0, BN)
-        p = tl.load(ptb + (start_n // PB) * (PB * PB) + start_n % PB + tile)
-        v = tl.load(v_base + offs_n[:, None] * svt + vcol[None, :], mask=(offs_n < T)[:, None] & cmask[None, :],
-                    other=0.0)
-        acc = tl.dot(p, v, acc)
-    rmask = offs_m < T
-    omask = rmask[:, None] & cmask[None, :]
-    tl.store(N + b * snb + offs_m[:, None] * snt + (ch * snh + cd)[None, :], acc.to(N.dtype.element_ty), mask=omask)
-    if COMBINE:
-        lam = tl.load(LAM + ch, mask=ch < H, other=0.0)
-        a = tl.load(A + b * sab + offs_m[:, None] * sat + (ch * sah + cd)[None, :], mask=omask, other=0.0)
-        out = a.to(tl.float32) - lam[None, :] * acc
-        tl.store(O + b * sob + offs_m[:, None] * sot + (ch * soh + cd)[None, :], out.to(O.dtype.element_ty),
-                 mask=omask)
-
-
-@triton.jit
 def _noise_bwd_pre_kernel(DO, N, LAM, DN, DELTA, DLAM,
                           sdob, sdoh, sdot, snb, snh, snt, H, HS, SPLIT, T,
                           DV: tl.constexpr, BDV: tl.constexpr, BM: tl.constexpr, COMBINE: tl.constexpr):
@@ -291,39 +185,31 @@ def _noise_bwd_pre_kernel(DO, N, LAM, DN, DELTA, DLAM,
 
 
 @triton.jit
-def _dv_step(k, acc, q_base, sqt, dn_base, col, cmask, LSE, start_m, offs_n, T, qk, PTB, pid_n,
-             D: tl.constexpr, BD: tl.constexpr, DVG: tl.constexpr, BM: tl.constexpr, MASK: tl.constexpr,
-             BN: tl.constexpr, USE_P: tl.constexpr):
+def _dv_step(k, acc, q_base, sqt, dn_base, col, cmask, LSE, start_m, offs_n, T, qk,
+             D: tl.constexpr, BD: tl.constexpr, DVG: tl.constexpr, BM: tl.constexpr, MASK: tl.constexpr):
     offs_m = start_m + tl.arange(0, BM)
-    if USE_P:  # P2^T read from the dK kernel's tiles (BN x BN each, see _dk_lean_tile), not recomputed
-        mb = start_m // BN
-        off = (mb * (mb + 1) // 2 + pid_n).to(tl.int64) * (BN * BN) + start_m % BN
-        pt = tl.load(PTB + off + tl.arange(0, BN)[:, None] * BN + tl.arange(0, BM)[None, :])
-    else:
-        q = _rows(q_base, offs_m, sqt, T, D, BD)
-        lse = tl.load(LSE + offs_m, mask=offs_m < T, other=float("inf"))
-        pt = tl.math.exp2(tl.dot(k, tl.trans(q)) * qk - lse[None, :])  # [BN, BM]
-        if MASK:
-            pt = tl.where(offs_m[None, :] >= offs_n[:, None], pt, 0.0)
+    q = _rows(q_base, offs_m, sqt, T, D, BD)
+    lse = tl.load(LSE + offs_m, mask=offs_m < T, other=float("inf"))
+    pt = tl.math.exp2(tl.dot(k, tl.trans(q)) * qk - lse[None, :])  # [BN, BM]
+    if MASK:
+        pt = tl.where(offs_m[None, :] >= offs_n[:, None], pt, 0.0)
     dn = tl.load(dn_base + offs_m[:, None] * DVG + col[None, :], mask=(offs_m < T)[:, None] & cmask[None, :],
                  other=0.0)
     return tl.dot(pt.to(dn.dtype), dn, acc)
 
 
 @triton.jit
-def _noise_bwd_dv_kernel(Q, K, DN, LSE, DVO, DQK, DQK16, PT,
+def _noise_bwd_dv_kernel(Q, K, DN, LSE, DVO, DQK, DQK16,
                          sqb, sqt, skb, skt, sdvb, sdvh, sdvt,
                          H, NG, T, BTD, qk,
                          D: tl.constexpr, BD: tl.constexpr, DV: tl.constexpr, BDV: tl.constexpr,
                          G: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, CAST: tl.constexpr,
-                         MAJOR: tl.constexpr, USE_P: tl.constexpr):
+                         MAJOR: tl.constexpr):
     """Program = (key block, batch x group of G heads): dV_h = P2^T dN_h for the group's heads,
     P2 recomputed once per group. dN is [B, H, T, DV] contiguous. CAST: the first group's programs
     also convert their key block's rows of the float32 dQ2/dK2 (DQK [2, B, T, D], complete: the
     dK/dQ kernel ran before on the stream) to the output dtype (DQK16), instead of a torch cast.
-    MAJOR: the grid is (groups, key blocks): the first (longest) key block of every group first.
-    USE_P: P2^T is read from the tiles the dK kernel stored in PT (``P_CACHE``; BN = the dK kernel's
-    BM = BN), not recomputed from Q2, K2 and the LSE: H units of work per key block instead of H + H/G."""
+    MAJOR: the grid is (groups, key blocks): the first (longest) key block of every group first."""
     if MAJOR:
         pid_n = tl.program_id(1)
         bg = tl.program_id(0)
@@ -338,23 +224,16 @@ def _noise_bwd_dv_kernel(Q, K, DN, LSE, DVO, DQK, DQK16, PT,
     ch = h0 + offs_c // BDV
     cd = offs_c % BDV
     cmask = (ch < H) & (cd < DV)
-    if USE_P:
-        k = 0.0
-    else:
-        k = _rows(K + b * skb, offs_n, skt, T, D, BD)
-    nbk = tl.cdiv(T, BN)
-    ptb = PT + b * (nbk * (nbk + 1) // 2).to(tl.int64) * (BN * BN)
+    k = _rows(K + b * skb, offs_n, skt, T, D, BD)
     q_base = Q + b * sqb
     dn_base = DN + b * H * T * DV
     col = ch * (T * DV) + cd  # dN row stride is DV
     lse_b = LSE + b * T
     acc = tl.zeros([BN, G * BDV], tl.float32)
     for start_m in range(start_n, start_n + BN, BM):  # query blocks on the diagonal
-        acc = _dv_step(k, acc, q_base, sqt, dn_base, col, cmask, lse_b, start_m, offs_n, T, qk, ptb, pid_n,
-                       D, BD, DV, BM, True, BN, USE_P)
+        acc = _dv_step(k, acc, q_base, sqt, dn_base, col, cmask, lse_b, start_m, offs_n, T, qk, D, BD, DV, BM, True)
     for start_m in range(start_n + BN, T, BM):
-        acc = _dv_step(k, acc, q_base, sqt, dn_base, col, cmask, lse_b, start_m, offs_n, T, qk, ptb, pid_n,
-                       D, BD, DV, BM, False, BN, USE_P)
+        acc = _dv_step(k, acc, q_base, sqt, dn_base, col, cmask, lse_b, start_m, offs_n, T, qk, D, BD, DV, BM, False)
     dv_ptrs = DVO + b * sdvb + offs_n[:, None] * sdvt + (ch * sdvh + cd)[None, :]
     dv_mask = (offs_n < T)[:, None] & cmask[None, :]
     tl.store(dv_ptrs, acc.to(DVO.dtype.element_ty), mask=dv_mask)
@@ -463,14 +342,13 @@ def _noise_bwd_dk_kernel(Q, K, V, DN, LSE, DELTA, DK, DQ, TBL,
 
 
 @triton.jit
-def _dk_lean_tile(dpt, k, dk, q_base, sqt, LSE, DELTA, DQ, DKB, start_m, offs_n, T, qk, scale, PTB, pid_n,
-                  D: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, ACC: tl.constexpr,
-                  STORE_P: tl.constexpr, TMA: tl.constexpr):
+def _dk_lean_tile(dpt, k, dk, q_base, sqt, LSE, DELTA, DQ, DKB, start_m, offs_n, T, qk, scale,
+                  D: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, ACC: tl.constexpr, TMA: tl.constexpr):
     """The epilogue of one query tile of the lean dK kernel: its q, lse and Delta are loaded only
     now (not live during the contraction), dS2^T = P2^T (dP2^T - Delta), then dQ2 by float32
     atomics straight from the dot; dK2 likewise, or (ACC) accumulated into dk (returned) for one
-    atomic per program. STORE_P (BM = BN): P2^T of the tile is also stored for the dV
-    kernel."""
+    atomic per program. TMA: dQ2 by one bulk reduce-add of the tensor memory accelerator (rows past T
+    clipped) instead of per-thread float32 atomics."""
     offs_m = start_m + tl.arange(0, BM)
     rmask = offs_m < T
     q = _rows(q_base, offs_m, sqt, T, D, BD)
@@ -478,16 +356,10 @@ def _dk_lean_tile(dpt, k, dk, q_base, sqt, LSE, DELTA, DQ, DKB, start_m, offs_n,
     delta = tl.load(DELTA + offs_m, mask=rmask, other=0.0)
     pt = tl.math.exp2(tl.dot(k, tl.trans(q)) * qk - lse[None, :])  # [BN, BM]
     pt = tl.where(offs_m[None, :] >= offs_n[:, None], pt, 0.0)  # causal; also keys >= T, rows above
-    if STORE_P:
-        mb = start_m // BM
-        if (mb >= pid_n) & (start_m < T):  # a tile on or below the diagonal, inside the sequence
-            off = (mb * (mb + 1) // 2 + pid_n).to(tl.int64) * (BM * BM)
-            tl.store(PTB + off + tl.arange(0, BM)[:, None] * BM + tl.arange(0, BM)[None, :],
-                     pt.to(PTB.dtype.element_ty))
     dst = (pt * (dpt - delta[None, :])).to(q.dtype)
     offs_d = tl.arange(0, BD)
     dmask = (offs_d < D)[None, :]
-    if TMA:  # one bulk reduce-add by the tensor memory accelerator (rows past T clipped)
+    if TMA:
         dqd = tl.make_tensor_descriptor(DQ, shape=[T, D], strides=[D, 1], block_shape=[BM, BD])
         dqd.atomic_add([start_m, 0], tl.dot(tl.trans(dst), k) * scale)
     else:
@@ -502,13 +374,12 @@ def _dk_lean_tile(dpt, k, dk, q_base, sqt, LSE, DELTA, DQ, DKB, start_m, offs_n,
 
 
 @triton.jit
-def _noise_bwd_dk_lean_kernel(Q, K, V, DN, LSE, DELTA, DK, DQ, TBL, PT,
+def _noise_bwd_dk_lean_kernel(Q, K, V, DN, LSE, DELTA, DK, DQ, TBL,
                               sqb, sqt, skb, skt, svb, svh, svt,
                               H, HS, SPLIT, T, qk, scale,
                               D: tl.constexpr, BD: tl.constexpr, DV: tl.constexpr, BDV: tl.constexpr,
                               BM: tl.constexpr, BN: tl.constexpr, NT: tl.constexpr, KC: tl.constexpr,
-                              EARLY_K: tl.constexpr, ACC: tl.constexpr, STORE_P: tl.constexpr = False,
-                              TMA: tl.constexpr = False):
+                              EARLY_K: tl.constexpr, ACC: tl.constexpr, TMA: tl.constexpr = False):
     """The lean dK/dQ kernel (heads up to LEAN_MAX_WIDTH): program = one (key block, NT query tiles) entry of
     the table TBL (chunks of NT * BM rows) x split of heads. The contraction dP2^T = sum_h V_h dN_h^T
     (the split's heads x DV columns in KC-column chunks) runs first with ONLY its accumulators live
@@ -516,9 +387,8 @@ def _noise_bwd_dk_lean_kernel(Q, K, V, DN, LSE, DELTA, DK, DQ, TBL, PT,
     instead of 4, i.e. 25% fewer L2 bytes per unit of work); the scores, dS2 and the dQ2/dK2 atomics
     follow per tile (``_dk_lean_tile``). EARLY_K: the key tile is loaded before the contraction.
     ACC (NT = 2): dK2 of both tiles accumulated in registers, one atomic per program.
-    STORE_P (BM = BN, SPLIT = 1): every tile's P2^T (bf16 for bf16 inputs, already masked) is also stored
-    into PT, tile (key block n, query block m >= n) at index m (m + 1) / 2 + n of the batch's
-    T/BN (T/BN + 1) / 2 tiles, for the dV kernel (``P_CACHE``)."""
+    TMA (``DK_TMA``): the dQ2 tiles and (ACC) the dK2 tile go into the float32 workspace by bulk
+    reduce-adds of the tensor memory accelerator (device-side tensor descriptors)."""
     pid = tl.program_id(0)
     bs = tl.program_id(1)
     pid_n = tl.load(TBL + 2 * pid)
@@ -555,14 +425,12 @@ def _noise_bwd_dk_lean_kernel(Q, K, V, DN, LSE, DELTA, DK, DQ, TBL, PT,
     delta_b = DELTA + bs * T
     dq_b = DQ + b * T * D
     dk_b = DK + b * T * D
-    nbk = tl.cdiv(T, BN)
-    ptb = PT + b * (nbk * (nbk + 1) // 2).to(tl.int64) * (BN * BN)
     dk = tl.zeros([BN, BD], dtype=tl.float32)
     dk = _dk_lean_tile(dpa, k, dk, q_base, sqt, lse_b, delta_b, dq_b, dk_b, start_m, offs_n, T, qk, scale,
-                       ptb, pid_n, D, BD, BM, ACC, STORE_P, TMA)
+                       D, BD, BM, ACC, TMA)
     if NT == 2:
         dk = _dk_lean_tile(dpb, k, dk, q_base, sqt, lse_b, delta_b, dq_b, dk_b, start_m + BM, offs_n, T, qk, scale,
-                           ptb, pid_n, D, BD, BM, ACC, STORE_P, TMA)
+                           D, BD, BM, ACC, TMA)
     if ACC:
         if TMA:
             dkd = tl.make_tensor_descriptor(dk_b, shape=[T, D], strides=[D, 1], block_shape=[BN, BD])
@@ -607,10 +475,6 @@ def _pow2(d: int) -> int:
 # option at 128-wide heads (DK_MODE="loop").
 CONFIGS = {
     "fwd": (128, 64, 2, 8, 4, 1),
-    # FWD_P_CACHE: "pfwd" (RB rows per program, warps, stages) of _noise_p_kernel, "pv" (BM, BN, G, warps,
-    # stages, major) of _noise_pv_kernel; the cached tiles are the lean dK kernel's BN wide (BM, BN, RB divide it)
-    "pfwd": (64, 4, 2),
-    "pv": (128, 64, 2, 8, 4, 1),
     "dv": (64, 128, 2, 8, 4, 1),
     "lean": (128, 128, 2, 8, 3, 8, 64, 1, True, True),
     "dk": (128, 128, 1, 128, 8, 3, 8, 64),
@@ -623,19 +487,9 @@ LEAN_MAX_WIDTH = 128
 # (two device calls, 5 rounds each): T=4K 0.810x / 0.819x vs 0.824x / 0.827x with the memset (one launch
 # and its host time fewer), T=16K 0.815x / 0.816x vs 0.812x / 0.819x (within noise).
 ZERO_IN_FWD = os.environ.get("ATTNLAB_NOISE_ZERO", "1") == "1"
-# P_CACHE (session 7 round 2): the lean dK kernel also stores each tile's P2^T (it computes it anyway) into a
-# [B, T/BN (T/BN + 1) / 2 tiles, BN, BN] buffer in v's dtype, and the dV kernel reads it instead of
-# recomputing P2^T from Q2, K2 and the LSE per group of heads: the dV kernel's work goes from H + H/G to H
-# units, for T^2/2 elements of memory during the backward (268 MB at T=16K in bf16) and one write + 8 reads
-# of it. Taken where the buffer is at most P_CACHE_MAX_BYTES (else the recompute, no extra memory).
-P_CACHE = os.environ.get("ATTNLAB_NOISE_PCACHE", "0") == "1"
-# FWD_P_CACHE: the forward in two kernels, the noise map P2 written once into a transient tile buffer (same
-# layout, not transposed; freed when the forward returns) by _noise_p_kernel (its LSE and P2: 2 units of
-# scores), then N = P2 V by _noise_pv_kernel (H units: no recompute per group). Same size cap.
-FWD_P_CACHE = os.environ.get("ATTNLAB_NOISE_FWD_PCACHE", "0") == "1"
 # DK_TMA (session 7 round 2): the lean dK kernel adds its dQ2 tiles (and, with acc, its dK2 tile) into the float32
 # workspace by the tensor memory accelerator's bulk reduce-add (device-side tensor descriptors, Triton's scratch
-# allocator) instead of per-thread float32 atomics; where the head dim is a multiple of 4 (16-byte rows).
+# allocator) instead of per-thread float32 atomics; on a GPU, at power-of-two head dims.
 DK_TMA = os.environ.get("ATTNLAB_NOISE_DK_TMA", "0") == "1"
 
 
@@ -659,7 +513,6 @@ def _ensure_allocator():
 def _dk_tma(d: int) -> bool:
     """DK_TMA where it applies: a GPU (the interpreter has no bulk reduce), power-of-two head dims."""
     return DK_TMA and not _interpret() and d % 4 == 0 and d == _pow2(d) and hasattr(tl, "make_tensor_descriptor")
-P_CACHE_MAX_BYTES = int(os.environ.get("ATTNLAB_NOISE_PCACHE_MAX_MB", "1024")) << 20
 
 
 def _zero_in_fwd(q2, v) -> bool:
@@ -672,7 +525,7 @@ def _dk_mode(d: int, dv: int) -> str:
     return "loop" if max(d, dv) > LEAN_MAX_WIDTH else "lean"
 
 
-_INTERP = {"fwd": (16, 16, 2, 1, 1), "pfwd": (16, 1, 1), "pv": (16, 16, 2, 1, 1, 1), "dv": (16, 16, 2, 1, 1), "dk": (16, 16, 2, 16, 1, 1, 0, 0),
+_INTERP = {"fwd": (16, 16, 2, 1, 1), "dv": (16, 16, 2, 1, 1), "dk": (16, 16, 2, 16, 1, 1, 0, 0),
            "lean": (16, 16, 2, 1, 1, 2, 0, 1, False)}
 
 
@@ -683,8 +536,6 @@ def _config(name: str, h: int, dv: int, d: int = 0):
         if wide:  # wide heads: one 64-row query tile per program
             cfg = (64, cfg[1], 1) + cfg[3:]
         return cfg + (False, False, 0)[len(cfg) - 8:]
-    if name == "pfwd":
-        return cfg
     if name == "dk":  # the head-loop dK kernel takes any BM, BN and CHUNK
         if wide and cfg[0] > 64:  # wide heads: 64-row query tiles
             cfg = (64,) + cfg[1:]
@@ -692,7 +543,7 @@ def _config(name: str, h: int, dv: int, d: int = 0):
     if len(cfg) == 5:
         cfg = cfg + (0,)
     bm, bn, g = cfg[:3]
-    if name != "pv" and (bm % bn if name == "fwd" else bn % bm):
+    if bm % bn if name == "fwd" else bn % bm:
         raise ValueError(f"noise_once.CONFIGS[{name!r}] = {cfg}: block sizes do not nest")
     g = 1 << (max(1, min(g, h)).bit_length() - 1)  # the group's columns are one power-of-two wide tile
     while g > 1 and g * _pow2(dv) > 512:
@@ -746,22 +597,9 @@ def _fit(go, kernel, grid, args, num_warps, num_stages, **opts):
 # shape records its launches, later calls replay them into the compiled kernels' launchers with the
 # new data pointers (no Triton argument binding; see latent.py). The bodies below are the slow path.
 
-def _fwd_body(go, q2, k2, v, aa, lam32, out, n, lse, ws32, ptc, scale, combine, zero, pcache):
+def _fwd_body(go, q2, k2, v, aa, lam32, out, n, lse, ws32, scale, combine, zero):
     b, t, d = q2.shape
     h, dv = v.shape[1], v.shape[-1]
-    if pcache:  # P2 written once (scores, LSE), then N = P2 V per head group
-        pb = _config("lean", h, dv, d)[1]
-        rb, w, s = _config("pfwd", h, dv)[:3]
-        go(_noise_p_kernel, (triton.cdiv(t, rb), b),
-           (q2, k2, lse, ptc, ws32, q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), h, t, b * t * d,
-            scale * LOG2E, d, _pow2(d), pb, rb, zero), num_warps=w, num_stages=s)
-        bm, bn, g, w, s, major = _config("pv", h, dv)
-        ng = triton.cdiv(h, g)
-        grid = (b * ng, triton.cdiv(t, bm)) if major else (triton.cdiv(t, bm), b * ng)
-        _fit(go, _noise_pv_kernel, grid,
-           (ptc, v, aa, lam32, out, n, *_vstr(v), *_vstr(aa), *_vstr(out), *_vstr(n), h, ng, t, dv, _pow2(dv), g,
-            bm, bn, pb, combine, bool(major)), w, s)
-        return
     bm, bn, g, w, s, major = _config("fwd", h, dv)
     ng = triton.cdiv(h, g)
     grid = (b * ng, triton.cdiv(t, bm)) if major else (triton.cdiv(t, bm), b * ng)
@@ -781,12 +619,11 @@ def _dk_loop(go, q2, k2, v, dn, lse, delta, dk32, dq32, tbl, h, hs, split, t, d,
         h, hs, split, t, scale * LOG2E, scale, d, _pow2(d), dv, _pow2(dv), bm, bn, chunk, kc), w, s)
 
 
-def _bwd_body(go, dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dqk16, dvo, tbl, ptc, scale, combine, cfg):
-    """The preprocess, the dK/dQ kernel, then the dV kernel (which also casts dQ2/dK2). cfg: (heads per
-    split, splits, P cache on): with the P cache the dK kernel stores P2^T tiles into ptc for the dV kernel."""
+def _bwd_body(go, dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dqk16, dvo, tbl, scale, combine, cfg):
+    """The preprocess, the dK/dQ kernel, then the dV kernel (which also casts dQ2/dK2)."""
     b, t, d = q2.shape
     h, dv = v.shape[1], v.shape[-1]
-    hs, split, pcache = cfg
+    hs, split = cfg
     btd = b * t * d
     dq32, dk32, dlam = ws32[:btd], ws32[btd:2 * btd], ws32[2 * btd:]
     pbm = 16 if _interpret() else 32
@@ -796,21 +633,19 @@ def _bwd_body(go, dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dqk16, dvo, t
         bm, bn, nt, w, s, _, kc, _, early, acc, maxnreg = _config("lean", h, dv, d)
         kc = _pow2(dv) if kc <= 0 else min(kc, _pow2(dv))
         opts = {"maxnreg": maxnreg} if maxnreg and not _interpret() else {}
-        tma = _dk_tma(d)
         _fit(go, _noise_bwd_dk_lean_kernel, (tbl.numel() // 2, b * split),
-           (q2, k2, v, dn, lse, delta, dk32, dq32, tbl, ptc,
+           (q2, k2, v, dn, lse, delta, dk32, dq32, tbl,
             q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), *_vstr(v),
             h, hs, split, t, scale * LOG2E, scale, d, _pow2(d), dv, _pow2(dv), bm, bn, nt, kc, bool(early),
-            bool(acc), bool(pcache), tma), w, s, **opts)
+            bool(acc), _dk_tma(d)), w, s, **opts)
     else:
         _dk_loop(go, q2, k2, v, dn, lse, delta, dk32, dq32, tbl, h, hs, split, t, d, dv, scale)
     bm, bn, g, w, s, major = _config("dv", h, dv)
     ng = triton.cdiv(h, g)
     grid = (b * ng, triton.cdiv(t, bn)) if major else (triton.cdiv(t, bn), b * ng)
     _fit(go, _noise_bwd_dv_kernel, grid,
-       (q2, k2, dn, lse, dvo, ws32, dqk16, ptc, q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1),
-        *_vstr(dvo), h, ng, t, btd, scale * LOG2E, d, _pow2(d), dv, _pow2(dv), g, bm, bn, True, bool(major),
-        bool(pcache)), w, s)
+       (q2, k2, dn, lse, dvo, ws32, dqk16, q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), *_vstr(dvo),
+        h, ng, t, btd, scale * LOG2E, d, _pow2(d), dv, _pow2(dv), g, bm, bn, True, bool(major)), w, s)
 
 
 def _bwd_plan(h, dv, d):
@@ -823,34 +658,6 @@ def _bwd_plan(h, dv, d):
     bm, bn, split, chunk, _, _, order, _ = _config("dk", h, dv, d)
     hs = triton.cdiv(h, split)  # heads per split
     return hs, triton.cdiv(h, hs), (bn, chunk, order)
-
-
-def _p_cache_tiles(h, t, d, dv, split) -> int:
-    """Tiles of the P cache per batch row (0: off): P_CACHE on, the lean dK kernel with BM = BN (its tiles)
-    equal to the dV kernel's key block, one split of heads, and the cache within P_CACHE_MAX_BYTES."""
-    if not P_CACHE or _dk_mode(d, dv) != "lean" or split != 1:
-        return 0
-    bm, bn = _config("lean", h, dv, d)[:2]
-    dbm, dbn = _config("dv", h, dv)[:2]
-    if not (bm == bn == dbn and dbn % dbm == 0):
-        return 0
-    nb = triton.cdiv(t, bn)
-    return nb * (nb + 1) // 2
-
-
-def _fwd_p_cache_tiles(b, h, t, d, dv) -> int:
-    """Tiles of the forward's P cache per batch row (0: off): FWD_P_CACHE, the lean dK kernel's BN as the
-    tile (BM, BN of "pv" and RB of "pfwd" divide it), the buffer within P_CACHE_MAX_BYTES (2 bytes each)."""
-    if not FWD_P_CACHE or _dk_mode(d, dv) != "lean":
-        return 0
-    pb = _config("lean", h, dv, d)[1]
-    bm, bn = _config("pv", h, dv)[:2]
-    rb = _config("pfwd", h, dv)[0]
-    if pb % bm or pb % bn or pb % rb:
-        return 0
-    nb = triton.cdiv(t, pb)
-    tiles = nb * (nb + 1) // 2
-    return tiles if b * tiles * pb * pb * 2 <= P_CACHE_MAX_BYTES else 0
 
 
 def _noise_forward(a, q2, k2, v, lam, scale, zero):
@@ -883,17 +690,11 @@ def _noise_forward(a, q2, k2, v, lam, scale, zero):
         out = torch.empty(b, h, t, dv, device=dev, dtype=a.dtype)
     else:
         a = out = n
-    ntiles = _fwd_p_cache_tiles(b, h, t, d, dv)
-    if ntiles:  # transient: the forward's P2 tiles, in v's dtype
-        pb = _config("lean", h, dv, d)[1]
-        ptc = torch.empty(b * ntiles * pb * pb, device=dev, dtype=v.dtype)
-    else:
-        ptc = lse
-    roots = (q2, k2, v, a, lam32, out, n, lse, ws32, ptc)
+    roots = (q2, k2, v, a, lam32, out, n, lse, ws32)
     key = (q2.shape, q2.stride(), k2.stride(), v.shape, v.stride(), a.stride(), q2.dtype, k2.dtype, v.dtype,
            a.dtype, dev, _align(q2), _align(k2), _align(v), _align(a), _align(lam32), scale, combine, zero,
-           CONFIGS["fwd"], bool(ntiles), CONFIGS["pfwd"], CONFIGS["pv"], _sharing(roots))
-    _launch(key, roots, _fwd_body, scale, combine, zero, bool(ntiles))
+           CONFIGS["fwd"], _sharing(roots))
+    _launch(key, roots, _fwd_body, scale, combine, zero)
     return out, (q2, k2, v, lam32, n, lse), key, (ws32 if zero else None)
 
 
@@ -917,20 +718,12 @@ def _noise_backward(saved, key, scale, combine, dout, ws32):
         ws32 = torch.zeros(2 * btd + h, device=dev, dtype=torch.float32)  # dQ2, dK2 (atomics), dlam
     dqk16 = torch.empty(2, b, t, d, device=dev, dtype=q2.dtype)  # written by the dV kernel (split)
     dvo = torch.empty(b, h, t, dv, device=dev, dtype=v.dtype)
-    ntiles = _p_cache_tiles(h, t, d, dv, split)
-    if ntiles:
-        pb = _config("lean", h, dv, d)[1]
-        nbytes = b * ntiles * pb * pb * v.element_size()
-        if nbytes > P_CACHE_MAX_BYTES:
-            ntiles = 0
-    # P cache: b x ntiles tiles of P2^T [BN, BN] in v's dtype (written by the dK kernel, read by dV)
-    ptc = torch.empty(b * ntiles * pb * pb, device=dev, dtype=v.dtype) if ntiles else lse
-    roots = (dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dqk16, dvo, tbl, ptc)
+    roots = (dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dqk16, dvo, tbl)
     bkey = (key, dout.stride(), _align(dout), _dk_mode(d, dv), CONFIGS["dk"], CONFIGS["lean"], CONFIGS["dv"],
-            dvo.stride(), _align(dvo), bool(ntiles), _dk_tma(d), _sharing(roots))
+            dvo.stride(), _align(dvo), _dk_tma(d), _sharing(roots))
     if _dk_tma(d) and _dk_mode(d, dv) == "lean":
         _ensure_allocator()  # the replay allocates the descriptors' scratch through it too
-    _launch(bkey, roots, _bwd_body, scale, combine, (hs, split, bool(ntiles)))
+    _launch(bkey, roots, _bwd_body, scale, combine, (hs, split))
     dlam = ws32[2 * btd:] if combine else None
     return dqk16[0], dqk16[1], dvo, dlam
 
