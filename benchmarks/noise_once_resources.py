@@ -94,12 +94,12 @@ def sass_loops(sass):
     return loops
 
 
-def dk_args(lean: bool, bm=128, bn=128, nt=1, kc=64, early=False, acc=False, tma=False):
+def dk_args(lean: bool, bm=128, bn=128, nt=1, kc=64, early=False, acc=False):
     a = dict(Q="bf16", K="bf16", V="bf16", DN="bf16", LSE="fp32", DELTA="fp32", DK="fp32", DQ="fp32", TBL="i32",
              sqb=T * D, sqt=D, skb=T * D, skt=D, svb=H * T * D, svh=T * D, svt=D)
     a.update(H=H, HS=H, SPLIT=1, T=T, qk=0.1, scale=0.1, D=C(D), BD=C(D), DV=C(D), BDV=C(D), BM=C(bm), BN=C(bn))
     if lean:
-        a.update(NT=C(nt), KC=C(kc), EARLY_K=C(early), ACC=C(acc), TMA=C(tma))
+        a.update(NT=C(nt), KC=C(kc), EARLY_K=C(early), ACC=C(acc))
     else:  # session 5's kernel at its config
         a.update(CHUNK=C(128), KC=C(kc))
     return a
@@ -134,8 +134,6 @@ def cases(quick: bool):
          {"maxnreg": 128}),
         ("noise forward", NO._noise_fwd_kernel, fwd_args(*NO.CONFIGS["fwd"][:3]), *NO.CONFIGS["fwd"][3:5], {}),
         ("noise dV", NO._noise_bwd_dv_kernel, dv_args(*NO.CONFIGS["dv"][:3]), *NO.CONFIGS["dv"][3:5], {}),
-        ("dK lean, TMA reduce-add (DK_TMA)", NO._noise_bwd_dk_lean_kernel,
-         dk_args(True, bm, bn, nt, kc, early, acc, True), w, s, {}),
     ]
     return out
 

@@ -98,15 +98,6 @@ def test_noise_once_lean_dk(monkeypatch, lean):
     _check((2, 3, 37, 16, 24, 20), torch.float32, TOL32, TOL32)
 
 
-def test_dk_tma_only_on_the_gpu(monkeypatch):
-    """DK_TMA needs the bulk reduce-add, which the interpreter lacks: off there (the pointer atomics run)."""
-    monkeypatch.setattr(NO, "DK_TMA", True)
-    assert not NO._dk_tma(96)
-    if DEV == "cpu":
-        assert not NO._dk_tma(64)
-        _check((1, 3, 33, 16, 16, 16), torch.float32, TOL32, TOL32)
-
-
 def test_dk_mode_keeps_session_5_kernel_for_wide_heads(monkeypatch):
     """The lean kernel's configs were measured and GPU-tested at 128-wide heads; wider heads keep
     session 5's dK kernel (GPU-tested at 256). With the limit lowered, a dv-20 case runs that path."""
@@ -227,7 +218,6 @@ def test_noise_once_dispatch_and_errors():
 GPU_DK = {"default": None,
           "memset": {"ZERO_IN_FWD": False},
           "wide-head-path": {"LEAN_MAX_WIDTH": 0},  # session 5's dK kernel + the memset, at 128-wide heads
-          "dk-tma": {"DK_TMA": True},  # session 7 round 2: dQ2 / dK2 by TMA bulk reduce-add
           **{"lean-" + k: v for k, v in {  # lean dK kernel candidates (session 6)
               "nt1": (128, 128, 1, 8, 3, 8, 64, 1, False, False),
               "nt2-early-k-4-stages": (128, 128, 2, 8, 4, 8, 64, 1, True, False),
@@ -265,15 +255,6 @@ def test_noise_once_bf16_gpu(shape):
         errs[impl] = [rel_err(out, ref)] + [rel_err(x, y) for x, y in zip(got, want)]
     for name, e, e_sdpa in zip(("out",) + NAMES, errs["noise-once"], errs["sdpa"]):
         assert e <= max(2e-2, 2 * e_sdpa), (name, e, e_sdpa)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("shape", [(1, 16, 1000, 128, 128, 128), (2, 6, 777, 96, 64, 64)])
-def test_noise_once_dk_tma_bf16_gpu(monkeypatch, shape):
-    """DK_TMA at odd lengths (the bulk reduce-adds clip the rows past T), batch 2."""
-    monkeypatch.setattr(NO, "DK_TMA", True)
-    assert NO._dk_tma(shape[4])
-    test_noise_once_bf16_gpu(shape)
 
 
 def _cmd_mixer(impl, noise_rope=False):
@@ -379,7 +360,7 @@ def test_noise_once_replay_passes_the_slow_paths_arguments(monkeypatch, combine)
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("mode", ["lean", "loop", "tma"])
+@pytest.mark.parametrize("mode", ["lean", "loop"])
 def test_noise_once_replay_equals_slow_path_gpu(monkeypatch, mode):
     """On the GPU: replayed launches give the slow path's results (the forward and the
     deterministic gradients bit for bit; dQ2/dK2/dlam come from float32 atomics), and the replay
@@ -388,9 +369,6 @@ def test_noise_once_replay_equals_slow_path_gpu(monkeypatch, mode):
 
     if mode == "loop":
         monkeypatch.setattr(NO, "LEAN_MAX_WIDTH", 0)
-    if mode == "tma":
-        monkeypatch.setattr(NO, "DK_TMA", True)
-        assert NO._dk_tma(64)
     monkeypatch.setattr(K, "_FAST", True)
     monkeypatch.setattr(K, "_PLANS", {})
     replays, real = [], K._replay

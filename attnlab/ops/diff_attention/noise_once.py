@@ -43,6 +43,11 @@ RESULTS.md): a grouped dK kernel (V columns of a head group resident), one merge
 the dV kernel's epilogue, the dK kernel on a side stream beside the signal's backward, a TMA-descriptor
 form of the lean kernel, and session 5's dK kernel as an option at 128-wide heads; session 7's persistent
 form of the lean kernel (slower: spills in its pipelined loop) and an automatic choice of NT by waves.
+Session 7 round 2 measured and removed (RESULTS.md): P2 materialised in bf16 tiles so that the noise map is
+not recomputed per head group (the dK kernel storing its P2^T tiles for the dV kernel, and a two-kernel
+forward: P2 written once, then N = P2 V): the kernels reading P2 ran at about half their recomputing
+forms' rate (dV 1.90 vs 1.40 ms, forward 1.99 + 0.40 vs 1.44 ms at T=16K), and the dK/dQ kernel adding
+its dQ2/dK2 tiles by TMA bulk reduce-add instead of float32 atomics (1.585 vs 1.537 ms).
 
 ``cmd_attention_noise_once(q1, k1, q2, k2, v, lam)`` is the op (signal by SDPA + this noise path);
 ``shared_noise_attention`` is the noise stream alone (no combination, for tests and reuse);
@@ -343,12 +348,11 @@ def _noise_bwd_dk_kernel(Q, K, V, DN, LSE, DELTA, DK, DQ, TBL,
 
 @triton.jit
 def _dk_lean_tile(dpt, k, dk, q_base, sqt, LSE, DELTA, DQ, DKB, start_m, offs_n, T, qk, scale,
-                  D: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, ACC: tl.constexpr, TMA: tl.constexpr):
+                  D: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, ACC: tl.constexpr):
     """The epilogue of one query tile of the lean dK kernel: its q, lse and Delta are loaded only
     now (not live during the contraction), dS2^T = P2^T (dP2^T - Delta), then dQ2 by float32
     atomics straight from the dot; dK2 likewise, or (ACC) accumulated into dk (returned) for one
-    atomic per program. TMA: dQ2 by one bulk reduce-add of the tensor memory accelerator (rows past T
-    clipped) instead of per-thread float32 atomics."""
+    atomic per program."""
     offs_m = start_m + tl.arange(0, BM)
     rmask = offs_m < T
     q = _rows(q_base, offs_m, sqt, T, D, BD)
@@ -359,12 +363,8 @@ def _dk_lean_tile(dpt, k, dk, q_base, sqt, LSE, DELTA, DQ, DKB, start_m, offs_n,
     dst = (pt * (dpt - delta[None, :])).to(q.dtype)
     offs_d = tl.arange(0, BD)
     dmask = (offs_d < D)[None, :]
-    if TMA:
-        dqd = tl.make_tensor_descriptor(DQ, shape=[T, D], strides=[D, 1], block_shape=[BM, BD])
-        dqd.atomic_add([start_m, 0], tl.dot(tl.trans(dst), k) * scale)
-    else:
-        tl.atomic_add(DQ + offs_m[:, None] * D + offs_d[None, :], tl.dot(tl.trans(dst), k) * scale,
-                      mask=rmask[:, None] & dmask, sem="relaxed")
+    tl.atomic_add(DQ + offs_m[:, None] * D + offs_d[None, :], tl.dot(tl.trans(dst), k) * scale,
+                  mask=rmask[:, None] & dmask, sem="relaxed")
     if ACC:
         dk = tl.dot(dst, q, dk)
     else:
@@ -379,16 +379,14 @@ def _noise_bwd_dk_lean_kernel(Q, K, V, DN, LSE, DELTA, DK, DQ, TBL,
                               H, HS, SPLIT, T, qk, scale,
                               D: tl.constexpr, BD: tl.constexpr, DV: tl.constexpr, BDV: tl.constexpr,
                               BM: tl.constexpr, BN: tl.constexpr, NT: tl.constexpr, KC: tl.constexpr,
-                              EARLY_K: tl.constexpr, ACC: tl.constexpr, TMA: tl.constexpr = False):
+                              EARLY_K: tl.constexpr, ACC: tl.constexpr):
     """The lean dK/dQ kernel (heads up to LEAN_MAX_WIDTH): program = one (key block, NT query tiles) entry of
     the table TBL (chunks of NT * BM rows) x split of heads. The contraction dP2^T = sum_h V_h dN_h^T
     (the split's heads x DV columns in KC-column chunks) runs first with ONLY its accumulators live
     (one per query tile; NT = 2: both tiles share each V chunk, 3 operand tiles per 2 products
     instead of 4, i.e. 25% fewer L2 bytes per unit of work); the scores, dS2 and the dQ2/dK2 atomics
     follow per tile (``_dk_lean_tile``). EARLY_K: the key tile is loaded before the contraction.
-    ACC (NT = 2): dK2 of both tiles accumulated in registers, one atomic per program.
-    TMA (``DK_TMA``): the dQ2 tiles and (ACC) the dK2 tile go into the float32 workspace by bulk
-    reduce-adds of the tensor memory accelerator (device-side tensor descriptors)."""
+    ACC (NT = 2): dK2 of both tiles accumulated in registers, one atomic per program."""
     pid = tl.program_id(0)
     bs = tl.program_id(1)
     pid_n = tl.load(TBL + 2 * pid)
@@ -427,18 +425,14 @@ def _noise_bwd_dk_lean_kernel(Q, K, V, DN, LSE, DELTA, DK, DQ, TBL,
     dk_b = DK + b * T * D
     dk = tl.zeros([BN, BD], dtype=tl.float32)
     dk = _dk_lean_tile(dpa, k, dk, q_base, sqt, lse_b, delta_b, dq_b, dk_b, start_m, offs_n, T, qk, scale,
-                       D, BD, BM, ACC, TMA)
+                       D, BD, BM, ACC)
     if NT == 2:
         dk = _dk_lean_tile(dpb, k, dk, q_base, sqt, lse_b, delta_b, dq_b, dk_b, start_m + BM, offs_n, T, qk, scale,
-                           D, BD, BM, ACC, TMA)
+                           D, BD, BM, ACC)
     if ACC:
-        if TMA:
-            dkd = tl.make_tensor_descriptor(dk_b, shape=[T, D], strides=[D, 1], block_shape=[BN, BD])
-            dkd.atomic_add([start_n, 0], dk * scale)
-        else:
-            offs_d = tl.arange(0, BD)
-            tl.atomic_add(dk_b + offs_n[:, None] * D + offs_d[None, :], dk * scale,
-                          mask=(offs_n < T)[:, None] & (offs_d < D)[None, :], sem="relaxed")
+        offs_d = tl.arange(0, BD)
+        tl.atomic_add(dk_b + offs_n[:, None] * D + offs_d[None, :], dk * scale,
+                      mask=(offs_n < T)[:, None] & (offs_d < D)[None, :], sem="relaxed")
 
 
 # ------------------------------------------------------------------------------------------
@@ -487,32 +481,6 @@ LEAN_MAX_WIDTH = 128
 # (two device calls, 5 rounds each): T=4K 0.810x / 0.819x vs 0.824x / 0.827x with the memset (one launch
 # and its host time fewer), T=16K 0.815x / 0.816x vs 0.812x / 0.819x (within noise).
 ZERO_IN_FWD = os.environ.get("ATTNLAB_NOISE_ZERO", "1") == "1"
-# DK_TMA (session 7 round 2): the lean dK kernel adds its dQ2 tiles (and, with acc, its dK2 tile) into the float32
-# workspace by the tensor memory accelerator's bulk reduce-add (device-side tensor descriptors, Triton's scratch
-# allocator) instead of per-thread float32 atomics; on a GPU, at power-of-two head dims.
-DK_TMA = os.environ.get("ATTNLAB_NOISE_DK_TMA", "0") == "1"
-
-
-def _torch_scratch(size: int, alignment: int, stream):
-    return torch.empty(size, dtype=torch.int8, device="cuda")
-
-
-def _ensure_allocator():
-    """Device-side tensor descriptors need Triton's global scratch allocator, a context variable:
-    set per thread (the backward runs in autograd's thread) unless the caller set one."""
-    try:
-        from triton.runtime import _allocation
-
-        if not isinstance(_allocation._allocator.get(), _allocation.NullAllocator):
-            return
-    except (ImportError, AttributeError):  # pragma: no cover - other triton layouts
-        pass
-    triton.set_allocator(_torch_scratch)
-
-
-def _dk_tma(d: int) -> bool:
-    """DK_TMA where it applies: a GPU (the interpreter has no bulk reduce), power-of-two head dims."""
-    return DK_TMA and not _interpret() and d % 4 == 0 and d == _pow2(d) and hasattr(tl, "make_tensor_descriptor")
 
 
 def _zero_in_fwd(q2, v) -> bool:
@@ -637,7 +605,7 @@ def _bwd_body(go, dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dqk16, dvo, t
            (q2, k2, v, dn, lse, delta, dk32, dq32, tbl,
             q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), *_vstr(v),
             h, hs, split, t, scale * LOG2E, scale, d, _pow2(d), dv, _pow2(dv), bm, bn, nt, kc, bool(early),
-            bool(acc), _dk_tma(d)), w, s, **opts)
+            bool(acc)), w, s, **opts)
     else:
         _dk_loop(go, q2, k2, v, dn, lse, delta, dk32, dq32, tbl, h, hs, split, t, d, dv, scale)
     bm, bn, g, w, s, major = _config("dv", h, dv)
@@ -720,9 +688,7 @@ def _noise_backward(saved, key, scale, combine, dout, ws32):
     dvo = torch.empty(b, h, t, dv, device=dev, dtype=v.dtype)
     roots = (dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dqk16, dvo, tbl)
     bkey = (key, dout.stride(), _align(dout), _dk_mode(d, dv), CONFIGS["dk"], CONFIGS["lean"], CONFIGS["dv"],
-            dvo.stride(), _align(dvo), _dk_tma(d), _sharing(roots))
-    if _dk_tma(d) and _dk_mode(d, dv) == "lean":
-        _ensure_allocator()  # the replay allocates the descriptors' scratch through it too
+            dvo.stride(), _align(dvo), _sharing(roots))
     _launch(bkey, roots, _bwd_body, scale, combine, (hs, split))
     dlam = ws32[2 * btd:] if combine else None
     return dqk16[0], dqk16[1], dvo, dlam
