@@ -43,6 +43,11 @@ RESULTS.md): a grouped dK kernel (V columns of a head group resident), one merge
 the dV kernel's epilogue, the dK kernel on a side stream beside the signal's backward, a TMA-descriptor
 form of the lean kernel, and session 5's dK kernel as an option at 128-wide heads; session 7's persistent
 form of the lean kernel (slower: spills in its pipelined loop) and an automatic choice of NT by waves.
+Session 7 round 2 measured and removed (RESULTS.md): P2 materialised in bf16 tiles so that the noise map is
+not recomputed per head group (the dK kernel storing its P2^T tiles for the dV kernel, and a two-kernel
+forward: P2 written once, then N = P2 V): the kernels reading P2 ran at about half their recomputing
+forms' rate (dV 1.90 vs 1.40 ms, forward 1.99 + 0.40 vs 1.44 ms at T=16K), and the dK/dQ kernel adding
+its dQ2/dK2 tiles by TMA bulk reduce-add instead of float32 atomics (1.585 vs 1.537 ms).
 
 ``cmd_attention_noise_once(q1, k1, q2, k2, v, lam)`` is the op (signal by SDPA + this noise path);
 ``shared_noise_attention`` is the noise stream alone (no combination, for tests and reuse);
