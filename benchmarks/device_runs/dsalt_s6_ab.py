@@ -195,10 +195,13 @@ def main():
         for name in variants:
             row[name] = statistics.median(times[name])
             row[name + "_host"] = statistics.median(hosts[name])
+            # each round times every variant back to back: the per-round ratio cancels clock drift
+            row[name + "_round_ratio"] = statistics.median(a / b for a, b in zip(times[name], times["flex_window"]))
         fl = row["flex_window"]
         print(f"== T={t}", flush=True)
         for name in variants:
-            print(f"  {name:16s} {row[name]:7.3f} ms ({row[name] / fl:5.2f}x flex)  host {row[name + '_host']:6.3f} ms"
+            print(f"  {name:16s} {row[name]:7.3f} ms ({row[name] / fl:5.2f}x flex; per-round median "
+                  f"{row[name + '_round_ratio']:5.3f}x)  host {row[name + '_host']:6.3f} ms"
                   f"  rounds {[round(x, 3) for x in times[name]]}", flush=True)
         print(f"  options: {K.OPTS}; autotuned: {K.tuned_configs()}", flush=True)
         if t == max(int(x) for x in args.lengths.split(",")) and args.timeline:
