@@ -347,6 +347,23 @@ def test_gpu_bf16_every_launch_config_matches_reference(i, monkeypatch):
         assert rel_err(a, r) <= 3e-2, (cfg, name, rel_err(a, r))
 
 
+def _gpu_bf16_matches_reference(seed, h_kv, t, n_lm, cfg):
+    """bf16 DSALT on the GPU (4 query heads, head dim 128, window 300, selection block 64) against the
+    float32 reference, forward and every gradient, with no fallback to another path allowed."""
+    torch.manual_seed(seed)
+    ins = make(1, 4, h_kv, t, 128, 48.0, 300, torch.bfloat16, "cuda")
+    kw = dict(n_max=300, edge=4.0, n_landmarks=n_lm, block=64, scale=128**-0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback to another path
+        out = dsalt_attention(*ins, impl="triton", **kw)
+        do = torch.randn_like(out)
+        ga = grads(out, ins, do)
+    ref = dsalt_reference(*[x.float() if j < 3 else x for j, x in enumerate(ins)], **kw)
+    assert rel_err(out, ref) <= 1e-2, cfg
+    for name, a, r in zip("q k v win energy".split(), ga, grads(ref, ins, do.float())):
+        assert rel_err(a, r) <= 3e-2, (cfg, name, rel_err(a, r))
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("i", range(6))
 def test_gpu_bf16_session6_paths_match_reference(i, monkeypatch):
@@ -362,18 +379,7 @@ def test_gpu_bf16_session6_paths_match_reference(i, monkeypatch):
     monkeypatch.setattr(kernel, "FORCE_CONFIG", cfg)
     for name, val in (("lm_bwd", "trans"), ("lm_dq", i % 2 == 0), ("fwd_split", i % 2 == 0), ("split_min_t", 1)):
         monkeypatch.setitem(kernel.OPTS, name, val)
-    torch.manual_seed(20 + i)
-    ins = make(1, 4, 4 if i % 3 == 0 else 2, 1000 + 37 * i, 128, 48.0, 300, torch.bfloat16, "cuda")
-    kw = dict(n_max=300, edge=4.0, n_landmarks=64, block=64, scale=128**-0.5)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no fallback to another path
-        out = dsalt_attention(*ins, impl="triton", **kw)
-        do = torch.randn_like(out)
-        ga = grads(out, ins, do)
-    ref = dsalt_reference(*[x.float() if j < 3 else x for j, x in enumerate(ins)], **kw)
-    assert rel_err(out, ref) <= 1e-2, cfg
-    for name, a, r in zip("q k v win energy".split(), ga, grads(ref, ins, do.float())):
-        assert rel_err(a, r) <= 3e-2, (cfg, name, rel_err(a, r))
+    _gpu_bf16_matches_reference(20 + i, 4 if i % 3 == 0 else 2, 1000 + 37 * i, 64, cfg)
 
 
 @pytest.mark.gpu
@@ -393,19 +399,7 @@ def test_gpu_bf16_one_loop_kernels_match_reference(i, monkeypatch):
     for name, val in (("loop1_fwd", True), ("fwd_split", i % 2 == 1), ("split_min_t", 1),
                       ("lm_dq", i != 2), ("lm_bwd", "atomic" if i == 3 else "trans")):
         monkeypatch.setitem(kernel.OPTS, name, val)
-    torch.manual_seed(40 + i)
-    n_lm = 5 if i == 3 else 64
-    ins = make(1, 4, 4 if i % 2 else 2, 1000 + 37 * i, 128, 48.0, 300, torch.bfloat16, "cuda")
-    kw = dict(n_max=300, edge=4.0, n_landmarks=n_lm, block=64, scale=128**-0.5)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no fallback to another path
-        out = dsalt_attention(*ins, impl="triton", **kw)
-        do = torch.randn_like(out)
-        ga = grads(out, ins, do)
-    ref = dsalt_reference(*[x.float() if j < 3 else x for j, x in enumerate(ins)], **kw)
-    assert rel_err(out, ref) <= 1e-2, cfg
-    for name, a, r in zip("q k v win energy".split(), ga, grads(ref, ins, do.float())):
-        assert rel_err(a, r) <= 3e-2, (cfg, name, rel_err(a, r))
+    _gpu_bf16_matches_reference(40 + i, 4 if i % 2 else 2, 1000 + 37 * i, 5 if i == 3 else 64, cfg)
 
 
 @pytest.mark.gpu
@@ -418,21 +412,11 @@ def test_gpu_bf16_dkdv_window_minima(i, monkeypatch):
     with the minima at every length (then the default) and this test with them off."""
     from attnlab.ops.dsalt import kernel
 
-    monkeypatch.setattr(kernel, "FORCE_CONFIG", {"dkdv": kernel.DKDV_CONFIGS[i % len(kernel.DKDV_CONFIGS)]})
+    cfg = {"dkdv": kernel.DKDV_CONFIGS[i % len(kernel.DKDV_CONFIGS)]}
+    monkeypatch.setattr(kernel, "FORCE_CONFIG", cfg)
     monkeypatch.setitem(kernel.OPTS, "dkdv_wmin", True)
     monkeypatch.setitem(kernel.OPTS, "wmin_min_t", 1)
-    torch.manual_seed(60 + i)
-    ins = make(1, 4, 2 if i % 2 else 4, 1000 + 37 * i, 128, 48.0, 300, torch.bfloat16, "cuda")
-    kw = dict(n_max=300, edge=4.0, n_landmarks=64, block=64, scale=128**-0.5)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no fallback to another path
-        out = dsalt_attention(*ins, impl="triton", **kw)
-        do = torch.randn_like(out)
-        ga = grads(out, ins, do)
-    ref = dsalt_reference(*[x.float() if j < 3 else x for j, x in enumerate(ins)], **kw)
-    assert rel_err(out, ref) <= 1e-2, cfg
-    for name, a, r in zip("q k v win energy".split(), ga, grads(ref, ins, do.float())):
-        assert rel_err(a, r) <= 3e-2, (cfg, name, rel_err(a, r))
+    _gpu_bf16_matches_reference(60 + i, 2 if i % 2 else 4, 1000 + 37 * i, 64, cfg)
 
 
 @pytest.mark.gpu

@@ -576,6 +576,33 @@ _GPU_KW = [{}, {"fused_merge": False}, {"split": 2, "num_stages": 1}, {"split": 
            {"impl": "v1", "value_proj": "merge"}]
 
 
+def _gpu_cache(t, ranks, **cache_kw):
+    """A bf16 spectral cache on the GPU (B = 2, 8 kv heads, head dim 128, blocks of 512) holding t
+    structured tokens as one prefill plus one decode append."""
+    dev = torch.device("cuda")
+    b, hk, d = 2, 8, 128
+    c = SpectralCache(b, t + 1, hk, d, device=dev, dtype=torch.bfloat16, key_rank=ranks[0], value_rank=ranks[1],
+                      block_size=512, **cache_kw)
+    c.append(structured_kv(b, hk, t, d).to(dev, torch.bfloat16), structured_kv(b, hk, t, d).to(dev, torch.bfloat16))
+    c.append(torch.randn(b, hk, 1, d, device=dev, dtype=torch.bfloat16),
+             torch.randn(b, hk, 1, d, device=dev, dtype=torch.bfloat16))
+    return c
+
+
+def _gpu_decode_matches_reference(c, kw, hq=32):
+    """The kernel (launch options kw) against the PyTorch reference over the same compressed blocks,
+    fresh queries each call (the fused merge's counters and scratch are reused between calls)."""
+    b, d = c.hot_k.shape[0], c.hot_k.shape[-1]
+    for _ in range(3):
+        q = torch.randn(b, hq, 1, d, device=c.hot_k.device, dtype=torch.bfloat16)
+        ref = spectral_attention(q.float(), c.blocks(), c.hot_k[:, :, :c.hot_len].float(),
+                                 c.hot_v[:, :, :c.hot_len].float(), c.seen - 1, d**-0.5)
+        out = spectral_decode(q, c.ck, c.sk, c.bk, c.cv, c.sv, c.bv, c.n_blocks, c.hot_k, c.hot_v, c.hot_len,
+                              d**-0.5, **kw)
+        assert torch.isfinite(out).all()
+        assert rel_err(out, ref) <= 1e-2
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("kw,ranks", [(kw, (16, 32)) for kw in _GPU_KW] + [({}, (32, 32)), ({"impl": "v3"}, (32, 32)),
                                                                           ({"impl": "v3"}, (16, 16)),
@@ -584,23 +611,7 @@ _GPU_KW = [{}, {"fused_merge": False}, {"split": 2, "num_stages": 1}, {"split": 
                                                                           ({"impl": "v3",
                                                                             "l2_prefetch": True}, (32, 32))])
 def test_kernel_bf16_gpu(kw, ranks):
-    dev = torch.device("cuda")
-    b, hq, hk, d, t = 2, 32, 8, 128, 2100
-    k = structured_kv(b, hk, t, d).to(dev, torch.bfloat16)
-    v = structured_kv(b, hk, t, d).to(dev, torch.bfloat16)
-    c = SpectralCache(b, t + 1, hk, d, device=dev, dtype=torch.bfloat16, key_rank=ranks[0], value_rank=ranks[1],
-                      block_size=512)
-    c.append(k, v)
-    kn, vn = torch.randn(b, hk, 1, d, device=dev, dtype=torch.bfloat16), torch.randn(b, hk, 1, d, device=dev, dtype=torch.bfloat16)
-    c.append(kn, vn)
-    for _ in range(3):  # fresh queries each call: the fused merge's counters and scratch are reused
-        q = torch.randn(b, hq, 1, d, device=dev, dtype=torch.bfloat16)
-        ref = spectral_attention(q.float(), c.blocks(), c.hot_k[:, :, :c.hot_len].float(),
-                                 c.hot_v[:, :, :c.hot_len].float(), c.seen - 1, d**-0.5)
-        out = spectral_decode(q, c.ck, c.sk, c.bk, c.cv, c.sv, c.bv, c.n_blocks, c.hot_k, c.hot_v, c.hot_len,
-                              d**-0.5, **kw)
-        assert torch.isfinite(out).all()
-        assert rel_err(out, ref) <= 1e-2
+    _gpu_decode_matches_reference(_gpu_cache(2100, ranks), kw)
 
 
 # session 7: the value coefficients stored token-major (value_layout="token"): the launches the defaults pick at B = 1
@@ -620,24 +631,9 @@ _GPU_TOKEN_KW = [{}, {"impl": "v3"},
 @pytest.mark.parametrize("ranks", [(16, 16), (16, 32), (32, 32)])
 @pytest.mark.parametrize("kw", _GPU_TOKEN_KW)
 def test_kernel_bf16_token_major_gpu(kw, ranks):
-    dev = torch.device("cuda")
-    b, hq, hk, d, t = 2, 32, 8, 128, 9000
-    k = structured_kv(b, hk, t, d).to(dev, torch.bfloat16)
-    v = structured_kv(b, hk, t, d).to(dev, torch.bfloat16)
-    c = SpectralCache(b, t + 1, hk, d, device=dev, dtype=torch.bfloat16, key_rank=ranks[0], value_rank=ranks[1],
-                      block_size=512, value_layout="token")
-    c.append(k, v)
-    c.append(torch.randn(b, hk, 1, d, device=dev, dtype=torch.bfloat16),
-             torch.randn(b, hk, 1, d, device=dev, dtype=torch.bfloat16))
+    c = _gpu_cache(9000, ranks, value_layout="token")
     assert not c.cv.is_contiguous() and c.cv.transpose(-1, -2).is_contiguous()
-    for _ in range(3):
-        q = torch.randn(b, hq, 1, d, device=dev, dtype=torch.bfloat16)
-        ref = spectral_attention(q.float(), c.blocks(), c.hot_k[:, :, :c.hot_len].float(),
-                                 c.hot_v[:, :, :c.hot_len].float(), c.seen - 1, d**-0.5)
-        out = spectral_decode(q, c.ck, c.sk, c.bk, c.cv, c.sv, c.bv, c.n_blocks, c.hot_k, c.hot_v, c.hot_len,
-                              d**-0.5, **kw)
-        assert torch.isfinite(out).all()
-        assert rel_err(out, ref) <= 1e-2
+    _gpu_decode_matches_reference(c, kw)
 
 
 @pytest.mark.gpu
