@@ -5,7 +5,7 @@ peak memory, optionally the kernel timeline at the longest length (flex's kernel
 --set lead: this tree's defaults against flex window-only, attnlab window-only and the session-5
 landmark path (lm_bwd "atomic", the dQ kernel's landmark pass). --set s7: the same plus session 7's
 candidates (benchmarks/RESULTS.md, "Session 7: DSALT"); --set s7b: round 2's (the dK/dV kernel with
-and without the stored window minima). The session-6 sets (call1 / final) timed
+and without the stored window minima); --set s7c: the lead's check of the T >= 32K path from 16K on. The session-6 sets (call1 / final) timed
 options that session 7 removed; their figures stay in RESULTS.md.
 
     python benchmarks/device_runs/dsalt_s6_ab.py --set lead --lengths 32768,16384,4096 --rounds 3
@@ -93,12 +93,18 @@ def s7b_variants(mk, n_lm):
             "dsalt_l1": mk(n_lm, {"loop1_fwd": True})}  # below 32K: the fused one-loop forward
 
 
+def s7c_variants(mk, n_lm):
+    """Session 7, lead: the T >= 32K defaults (selection on a side stream, the split forward with the one-loop
+    window kernel) from 16K on ("split16"), and the fused one-loop forward ("u")."""
+    return {"dsalt_split16": mk(n_lm, {"split_min_t": 16384}), "dsalt_u": mk(n_lm, U)}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--lengths", default="32768,16384,4096")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default=os.environ.get("ATTNLAB_BENCH_DIR", "."))
-    ap.add_argument("--set", default="lead", choices=["lead", "s7", "s7b"])
+    ap.add_argument("--set", default="lead", choices=["lead", "s7", "s7b", "s7c"])
     ap.add_argument("--timeline", action="store_true")
     ap.add_argument("--full-from", type=int, default=8192, help="every variant only where T >= this")
     ap.add_argument("--quick", action="store_true", help="tiny CPU smoke run (interpreter), no timing")
@@ -155,6 +161,8 @@ def main():
             variants.update(s7_variants(mk, n_lm))
         if args.set == "s7b":
             variants.update(s7b_variants(mk, n_lm))
+        if args.set == "s7c":
+            variants.update(s7c_variants(mk, n_lm))
         if t < args.full_from:  # short sequences (host bound): the core variants only
             variants = {a: b for a, b in variants.items() if a in CORE}
         times = {name: [] for name in variants}
