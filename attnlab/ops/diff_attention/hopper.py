@@ -36,7 +36,7 @@ import triton
 import triton.language as tl
 
 from ..launch_replay import ReplayLauncher, available as _replay_available, hooks_set as _hooks_set
-from .kernel import _diff_bwd_pre_kernel, _diff_bwd_q_kernel  # shared with the first design
+from .kernel import _diff_bwd_pre_kernel, _diff_bwd_q_kernel, _dq_tile, _interpret, _pow2  # shared with kernel.py
 
 try:  # Triton >= 3.4
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -319,18 +319,7 @@ def _q_step(q1, q2, do, dq1, dq2, lse1, lse2, dl1, dl2, lam, K1, K2, V, b, hk1, 
     k1 = _tile(K1, b, hk1, start_n, sk1b, sk1h, sk1t, T, BN, D1, BD1, DESC)
     v = _tile(V, b, hk1, start_n, svb, svh, svt, T, BN, DV, BDV, DESC)
     k2 = _tile(K2, b, hk2, start_n, sk2b, sk2h, sk2t, T, BN, D2, BD2, DESC)
-    p1 = tl.math.exp2(tl.dot(q1, tl.trans(k1)) * qk1 - lse1[:, None])
-    p2 = tl.math.exp2(tl.dot(q2, tl.trans(k2)) * qk2 - lse2[:, None])
-    if MASK:
-        causal = offs_m[:, None] >= offs_n[None, :]
-        p1 = tl.where(causal, p1, 0.0)
-        p2 = tl.where(causal, p2, 0.0)
-    dp = tl.dot(do, tl.trans(v))
-    ds1 = p1 * (dp - dl1[:, None])
-    ds2 = (-lam) * p2 * (dp - dl2[:, None])
-    dq1 = tl.dot(ds1.to(k1.dtype), k1, dq1)
-    dq2 = tl.dot(ds2.to(k2.dtype), k2, dq2)
-    return dq1, dq2
+    return _dq_tile(q1, q2, do, dq1, dq2, lse1, lse2, dl1, dl2, lam, k1, k2, v, offs_m, offs_n, qk1, qk2, MASK)
 
 
 @triton.jit
@@ -375,14 +364,6 @@ def _h_bwd_q_kernel(Q1, K1, Q2, K2, V, LAM, DO, LSE1, LSE2, DL1, DL2, DQ1, DQ2,
 
 
 # ------------------------------------------------------------------------------------------
-def _interpret() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def _pow2(d: int) -> int:
-    return max(16, triton.next_power_of_2(d))
-
-
 # Launch configs (BM, BN, num_warps, num_stages), keyed by pass; heads wider than 128 take smaller
 # tiles (``_config``), and a config that does not fit the shared memory steps down (``_run_fitted``).
 # Defaults: the winners of session 6's sweep (H100, bf16, B=1, 16 heads, head dim 128, T=16K;

@@ -218,6 +218,14 @@ def _bwd_q_step(q1, q2, do, dq1, dq2, lse1, lse2, dl1, dl2, k1_base, k2_base, v_
     k1 = _load_rows(k1_base, offs_n, sk1t, tl.arange(0, BD1), T, D1, BD1)
     k2 = _load_rows(k2_base, offs_n, sk2t, tl.arange(0, BD2), T, D2, BD2)
     v = _load_rows(v_base, offs_n, svt, tl.arange(0, BDV), T, DV, BDV)
+    return _dq_tile(q1, q2, do, dq1, dq2, lse1, lse2, dl1, dl2, lam, k1, k2, v, offs_m, offs_n, qk1, qk2, MASK)
+
+
+@triton.jit
+def _dq_tile(q1, q2, do, dq1, dq2, lse1, lse2, dl1, dl2, lam, k1, k2, v, offs_m, offs_n, qk1, qk2,
+             MASK: tl.constexpr):
+    """One key tile's share of dQ1, dQ2 (both streams, dP = dO V^T shared); used by this file's and
+    hopper.py's dQ kernels, which differ only in how they load the tiles."""
     p1 = tl.math.exp2(tl.dot(q1, tl.trans(k1)) * qk1 - lse1[:, None])
     p2 = tl.math.exp2(tl.dot(q2, tl.trans(k2)) * qk2 - lse2[:, None])
     if MASK:
