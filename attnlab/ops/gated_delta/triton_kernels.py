@@ -34,16 +34,26 @@ def _decay(g_ptr, rows, oc):
 
 
 @triton.jit
+def _kv_index(iv, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    """Column offsets of the full K range and of V tile ``iv``, chunk rows, and their masks."""
+    ok = tl.arange(0, BK)
+    ov = iv * BV + tl.arange(0, BV)
+    return ok, ov, tl.arange(0, C), ok < K, ov < V
+
+
+@triton.jit
+def _tile(base, rows, cols, mcols, W: tl.constexpr):
+    """The [rows, cols] tile of a row-major [T, W] slice (columns masked, zeros outside)."""
+    return tl.load(base + rows[:, None] * W + cols[None, :], mask=mcols[None, :], other=0.0)
+
+
+@triton.jit
 def _fwd_h(k_ptr, w_ptr, u_ptr, gam_ptr, gk_ptr, h0_ptr, st_ptr, vn_ptr, fin_ptr, T, N,
            K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
            HAS_H0: tl.constexpr, PREC: tl.constexpr):
     iv = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
-    ok = tl.arange(0, BK)
-    ov = iv * BV + tl.arange(0, BV)
-    oc = tl.arange(0, C)
-    mk = ok < K
-    mv = ov < V
+    ok, ov, oc, mk, mv = _kv_index(iv, K, V, C, BK, BV)
     mkv = mk[:, None] & mv[None, :]
     kv_off = ok[:, None] * V + ov[None, :]
     k_base = k_ptr + bh * T * K
@@ -59,14 +69,14 @@ def _fwd_h(k_ptr, w_ptr, u_ptr, gam_ptr, gk_ptr, h0_ptr, st_ptr, vn_ptr, fin_ptr
     for n in range(N):
         tl.store(st_base + n * K * V + kv_off, h.to(st_ptr.dtype.element_ty), mask=mkv)
         rows = n * C + oc
-        w = tl.load(w_base + rows[:, None] * K + ok[None, :], mask=mk[None, :], other=0.0)
-        u = tl.load(u_base + rows[:, None] * V + ov[None, :], mask=mv[None, :], other=0.0)
+        w = _tile(w_base, rows, ok, mk, K)
+        u = _tile(u_base, rows, ov, mv, V)
         vn = u.to(tl.float32) - tl.dot(w, h.to(w.dtype), input_precision=PREC)
         vn = vn.to(vn_ptr.dtype.element_ty)
         tl.store(vn_base + rows[:, None] * V + ov[None, :], vn, mask=mv[None, :])
         g_last = tl.load(g_base + n * C + C - 1)
         gk = tl.load(gk_ptr + bh * T + rows)
-        k = tl.load(k_base + rows[:, None] * K + ok[None, :], mask=mk[None, :], other=0.0)
+        k = _tile(k_base, rows, ok, mk, K)
         kd = (k * tl.exp(gk)[:, None]).to(k.dtype)
         h = h * tl.exp(g_last) + tl.dot(tl.trans(kd), vn.to(k.dtype), input_precision=PREC)
     tl.store(fin_ptr + bh * K * V + kv_off, h, mask=mkv)
@@ -79,17 +89,13 @@ def _fwd_o(q_ptr, k_ptr, gam_ptr, g_ptr, st_ptr, vn_ptr, o_ptr, scale, T, N,
     iv = tl.program_id(0)
     n = tl.program_id(1)
     bh = tl.program_id(2).to(tl.int64)
-    ok = tl.arange(0, BK)
-    ov = iv * BV + tl.arange(0, BV)
-    oc = tl.arange(0, C)
-    mk = ok < K
-    mv = ov < V
+    ok, ov, oc, mk, mv = _kv_index(iv, K, V, C, BK, BV)
     rows = n * C + oc
-    q = tl.load(q_ptr + bh * T * K + rows[:, None] * K + ok[None, :], mask=mk[None, :], other=0.0)
-    k = tl.load(k_ptr + bh * T * K + rows[:, None] * K + ok[None, :], mask=mk[None, :], other=0.0)
+    q = _tile(q_ptr + bh * T * K, rows, ok, mk, K)
+    k = _tile(k_ptr + bh * T * K, rows, ok, mk, K)
     h = tl.load(st_ptr + bh * N * K * V + n * K * V + ok[:, None] * V + ov[None, :],
                 mask=mk[:, None] & mv[None, :], other=0.0)
-    vn = tl.load(vn_ptr + bh * T * V + rows[:, None] * V + ov[None, :], mask=mv[None, :], other=0.0)
+    vn = _tile(vn_ptr + bh * T * V, rows, ov, mv, V)
     gam = tl.load(gam_ptr + bh * T + rows)
     o = tl.dot(q, h.to(q.dtype), input_precision=PREC) * (scale * tl.exp(gam))[:, None]
     dec = _decay(g_ptr + bh * T, rows, oc)
@@ -107,15 +113,11 @@ def _bwd_dv_local(q_ptr, k_ptr, g_ptr, do_ptr, dvl_ptr, scale, T,
     iv = tl.program_id(0)
     n = tl.program_id(1)
     bh = tl.program_id(2).to(tl.int64)
-    ok = tl.arange(0, BK)
-    ov = iv * BV + tl.arange(0, BV)
-    oc = tl.arange(0, C)
-    mk = ok < K
-    mv = ov < V
+    ok, ov, oc, mk, mv = _kv_index(iv, K, V, C, BK, BV)
     rows = n * C + oc
-    q = tl.load(q_ptr + bh * T * K + rows[:, None] * K + ok[None, :], mask=mk[None, :], other=0.0)
-    k = tl.load(k_ptr + bh * T * K + rows[:, None] * K + ok[None, :], mask=mk[None, :], other=0.0)
-    do = tl.load(do_ptr + bh * T * V + rows[:, None] * V + ov[None, :], mask=mv[None, :], other=0.0)
+    q = _tile(q_ptr + bh * T * K, rows, ok, mk, K)
+    k = _tile(k_ptr + bh * T * K, rows, ok, mk, K)
+    do = _tile(do_ptr + bh * T * V, rows, ov, mv, V)
     dec = _decay(g_ptr + bh * T, rows, oc)
     st = tl.dot(k, tl.trans(q), input_precision=PREC) * tl.trans(dec) * scale
     dvl = tl.dot(st.to(do.dtype), do, input_precision=PREC)
@@ -131,11 +133,7 @@ def _bwd_dh(q_ptr, k_ptr, w_ptr, gam_ptr, gk_ptr, do_ptr, dvl_ptr, dfin_ptr, gs_
     dL/dS_n = e^gam_C G + (scale q e^gam)^T dO - w^T dvn."""
     iv = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
-    ok = tl.arange(0, BK)
-    ov = iv * BV + tl.arange(0, BV)
-    oc = tl.arange(0, C)
-    mk = ok < K
-    mv = ov < V
+    ok, ov, oc, mk, mv = _kv_index(iv, K, V, C, BK, BV)
     mkv = mk[:, None] & mv[None, :]
     kv_off = ok[:, None] * V + ov[None, :]
     g_base = gam_ptr + bh * T
@@ -250,7 +248,7 @@ def _wy_fwd(k_ptr, v_ptr, b_ptr, g_ptr, w_ptr, u_ptr, ti_ptr, gam_ptr, gk_ptr, T
     tl.store(gam_ptr + bh * T + rows, gam)
     tl.store(gk_ptr + bh * T + rows, gk)
     strict = oc[:, None] > oc[None, :]
-    k = tl.load(k_ptr + bh * T * K + rows[:, None] * K + ok[None, :], mask=mk[None, :], other=0.0)
+    k = _tile(k_ptr + bh * T * K, rows, ok, mk, K)
     kk = tl.dot(k, tl.trans(k), input_precision=PREC)
     lm = tl.where(strict, beta[:, None] * kk * tl.exp(seg), 0.0)
     ti = tl.where(oc[:, None] == oc[None, :], 1.0, 0.0)
