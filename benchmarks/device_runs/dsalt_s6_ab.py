@@ -5,7 +5,8 @@ peak memory, optionally the kernel timeline at the longest length (flex's kernel
 --set lead: this tree's defaults against flex window-only, attnlab window-only and the session-5
 landmark path (lm_bwd "atomic", the dQ kernel's landmark pass). --set s7: the same plus session 7's
 candidates (benchmarks/RESULTS.md, "Session 7: DSALT"); --set s7b: round 2's (the dK/dV kernel with
-and without the stored window minima); --set s7c: the lead's check of the T >= 32K path from 16K on. The session-6 sets (call1 / final) timed
+and without the stored window minima); --set s7c: the lead's check of the T >= 32K path from 16K on;
+--set s8: session 8's pipelined landmark backward (_lm_bwd_p_kernel) at its launch configs. The session-6 sets (call1 / final) timed
 options that session 7 removed; their figures stay in RESULTS.md.
 
     python benchmarks/device_runs/dsalt_s6_ab.py --set lead --lengths 32768,16384,4096 --rounds 3
@@ -69,7 +70,8 @@ def timeline(step, label):
 
 
 U = {"loop1_fwd": True, "fwd_split": False}  # the fused one-loop forward with its landmark iterations
-TIMELINES = ("flex_window", "window", "dsalt", "dsalt_4loop", "dsalt_u", "dsalt_nowmin")
+TIMELINES = ("flex_window", "window", "dsalt", "dsalt_4loop", "dsalt_u", "dsalt_nowmin", "dsalt_pipe",
+             "dsalt_pipe_early")
 
 
 def s7_variants(mk, n_lm):
@@ -99,12 +101,24 @@ def s7c_variants(mk, n_lm):
     return {"dsalt_split16": mk(n_lm, {"split_min_t": 16384}), "dsalt_u": mk(n_lm, U)}
 
 
+def s8_variants(mk, n_lm):
+    """Session 8: the landmark backward as one flat, software-pipelined tile loop (_lm_bwd_p_kernel,
+    lm_bwd "pipe") at its launch configs (BLOCK_M, LC, SEG, warps, stages, DQ_EARLY): the default
+    (64 x 64, 16 blocks per program, 8 warps, 5 stages), 8 blocks per program, the dQ rows loaded
+    before the dots, 2 stages (the flat loop without copies in flight during the compute)."""
+    pipe = {"lm_bwd": "pipe"}
+    return {"dsalt_pipe": mk(n_lm, pipe),
+            "dsalt_pipe_seg8": mk(n_lm, pipe, {"lm_bwd_p": (64, 64, 8, 8, 5, 0)}),
+            "dsalt_pipe_early": mk(n_lm, pipe, {"lm_bwd_p": (64, 64, 16, 8, 5, 1)}),
+            "dsalt_pipe_st2": mk(n_lm, pipe, {"lm_bwd_p": (64, 64, 16, 8, 2, 0)})}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--lengths", default="32768,16384,4096")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default=os.environ.get("ATTNLAB_BENCH_DIR", "."))
-    ap.add_argument("--set", default="lead", choices=["lead", "s7", "s7b", "s7c"])
+    ap.add_argument("--set", default="lead", choices=["lead", "s7", "s7b", "s7c", "s8"])
     ap.add_argument("--timeline", action="store_true")
     ap.add_argument("--full-from", type=int, default=8192, help="every variant only where T >= this")
     ap.add_argument("--quick", action="store_true", help="tiny CPU smoke run (interpreter), no timing")
@@ -163,6 +177,8 @@ def main():
             variants.update(s7b_variants(mk, n_lm))
         if args.set == "s7c":
             variants.update(s7c_variants(mk, n_lm))
+        if args.set == "s8":
+            variants.update(s8_variants(mk, n_lm))
         if t < args.full_from:  # short sequences (host bound): the core variants only
             variants = {a: b for a, b in variants.items() if a in CORE}
         times = {name: [] for name in variants}
