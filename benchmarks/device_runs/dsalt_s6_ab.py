@@ -6,7 +6,8 @@ peak memory, optionally the kernel timeline at the longest length (flex's kernel
 landmark path (lm_bwd "atomic", the dQ kernel's landmark pass). --set s7: the same plus session 7's
 candidates (benchmarks/RESULTS.md, "Session 7: DSALT"); --set s7b: round 2's (the dK/dV kernel with
 and without the stored window minima); --set s7c: the lead's check of the T >= 32K path from 16K on;
---set s8: session 8's pipelined landmark backward (_lm_bwd_p_kernel) at its launch configs. The session-6 sets (call1 / final) timed
+--set s8: session 8's pipelined landmark backward (_lm_bwd_p_kernel) at its launch configs; --set s8b:
+session 8's run-wise landmark backward (_lm_bwd_r_kernel). The session-6 sets (call1 / final) timed
 options that session 7 removed; their figures stay in RESULTS.md.
 
     python benchmarks/device_runs/dsalt_s6_ab.py --set lead --lengths 32768,16384,4096 --rounds 3
@@ -71,7 +72,7 @@ def timeline(step, label):
 
 U = {"loop1_fwd": True, "fwd_split": False}  # the fused one-loop forward with its landmark iterations
 TIMELINES = ("flex_window", "window", "dsalt", "dsalt_4loop", "dsalt_u", "dsalt_nowmin", "dsalt_pipe",
-             "dsalt_pipe_early")
+             "dsalt_pipe_early", "dsalt_runs", "dsalt_runs_st2", "dsalt_runs_seg32")
 
 
 def s7_variants(mk, n_lm):
@@ -113,12 +114,24 @@ def s8_variants(mk, n_lm):
             "dsalt_pipe_st2": mk(n_lm, pipe, {"lm_bwd_p": (64, 64, 16, 8, 2, 0)})}
 
 
+def s8b_variants(mk, n_lm):
+    """Session 8, call 2: the landmark backward by runs of blocks with one set (_lm_bwd_r_kernel,
+    lm_bwd "runs") at its launch configs (BLOCK_M, LC, SEG, warps, stages, DQ_EARLY): the default
+    (3 stages), 2 stages, 32 blocks per program, dQ rows loaded early; and call 1's "pipe"."""
+    runs = {"lm_bwd": "runs"}
+    return {"dsalt_runs": mk(n_lm, runs),
+            "dsalt_runs_st2": mk(n_lm, runs, {"lm_bwd_r": (64, 64, 16, 8, 2, 0)}),
+            "dsalt_runs_seg32": mk(n_lm, runs, {"lm_bwd_r": (64, 64, 32, 8, 3, 0)}),
+            "dsalt_runs_early": mk(n_lm, runs, {"lm_bwd_r": (64, 64, 16, 8, 3, 1)}),
+            "dsalt_pipe": mk(n_lm, {"lm_bwd": "pipe"})}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--lengths", default="32768,16384,4096")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default=os.environ.get("ATTNLAB_BENCH_DIR", "."))
-    ap.add_argument("--set", default="lead", choices=["lead", "s7", "s7b", "s7c", "s8"])
+    ap.add_argument("--set", default="lead", choices=["lead", "s7", "s7b", "s7c", "s8", "s8b"])
     ap.add_argument("--timeline", action="store_true")
     ap.add_argument("--full-from", type=int, default=8192, help="every variant only where T >= this")
     ap.add_argument("--quick", action="store_true", help="tiny CPU smoke run (interpreter), no timing")
@@ -179,6 +192,8 @@ def main():
             variants.update(s7c_variants(mk, n_lm))
         if args.set == "s8":
             variants.update(s8_variants(mk, n_lm))
+        if args.set == "s8b":
+            variants.update(s8b_variants(mk, n_lm))
         if t < args.full_from:  # short sequences (host bound): the core variants only
             variants = {a: b for a, b in variants.items() if a in CORE}
         times = {name: [] for name in variants}

@@ -1,21 +1,26 @@
 #!/bin/bash
-# Session 8 device call: A/B (--set s8, round robin) with the 32K timeline, the session-8 GPU tests,
-# then Nsight Compute on the two landmark backward kernels at 32K (one launch each).
-#   bash benchmarks/device_runs/dsalt_s8.sh OUTDIR AB_SECONDS ROUNDS
+# Session 8 device calls: A/B (--set SET, round robin) with the 32K timeline, the session-8 GPU tests,
+# then Nsight Compute on landmark backward kernels at 32K (one launch each; reports packed in a tar).
+#   bash benchmarks/device_runs/dsalt_s8.sh OUTDIR AB_SECONDS ROUNDS SET "MODES"
 set -o pipefail
-OUT=${1:-.}; AB=${2:-170}; ROUNDS=${3:-5}
+OUT=${1:-.}; AB=${2:-170}; ROUNDS=${3:-5}; SET=${4:-s8}; MODES=${5:-"trans pipe"}
 export ATTNLAB_BENCH_DIR=$OUT
-timeout $AB python benchmarks/device_runs/dsalt_s6_ab.py --set s8 --lengths 32768,16384,4096 --rounds $ROUNDS \
+timeout $AB python benchmarks/device_runs/dsalt_s6_ab.py --set $SET --lengths 32768,16384,4096 --rounds $ROUNDS \
     --timeline --full-from 4096 --out $OUT 2>&1 | tee $OUT/ab.log
-timeout ${TESTS:-45} python -m pytest -m gpu -x -v tests/test_dsalt_kernels.py -k "session8" 2>&1 | tail -12 | tee $OUT/tests.log
-for mode in trans pipe; do
+timeout ${TESTS:-45} python -m pytest -m gpu -x -v tests/test_dsalt_kernels.py -k "${TESTK:-session8}" 2>&1 \
+    | grep -E "PASS|FAIL|Error|passed|failed|assert" | tee $OUT/tests.log
+mkdir -p $OUT/ncu
+for mode in $MODES; do
   ATTNLAB_DSALT_AUTOTUNE=0 timeout ${NCU:-40} ncu --clock-control none --section WarpStateStats --section LaunchStats \
       --section Occupancy --section SpeedOfLight --section MemoryWorkloadAnalysis --section SchedulerStats \
-      -k regex:_lm_bwd -s 1 -c 1 -o $OUT/ncu_$mode python benchmarks/device_runs/dsalt_s8_ncu.py $mode > $OUT/ncu_$mode.log 2>&1
-  echo "ncu $mode rc=$?"; tail -3 $OUT/ncu_$mode.log
-  if [ -f $OUT/ncu_$mode.ncu-rep ]; then
-    ncu -i $OUT/ncu_$mode.ncu-rep --page details --print-details all > $OUT/ncu_${mode}_details.txt 2>&1
-    ncu -i $OUT/ncu_$mode.ncu-rep --page raw --csv > $OUT/ncu_${mode}_raw.csv 2>&1
-    grep -E "Duration|Registers|Shared Memory Config|Achieved Occupancy|Warp Cycles Per Issued|Issue Slots Busy|Memory Throughput|DRAM Throughput|Stall|stall" $OUT/ncu_${mode}_details.txt | head -40
+      --section InstructionStats -k regex:_lm_bwd -s 1 -c 1 -o $OUT/ncu/$mode python benchmarks/device_runs/dsalt_s8_ncu.py $mode \
+      > $OUT/ncu/$mode.log 2>&1
+  echo "ncu $mode rc=$?"
+  if [ -f $OUT/ncu/$mode.ncu-rep ]; then
+    ncu -i $OUT/ncu/$mode.ncu-rep --page details --print-details all > $OUT/ncu/${mode}_details.txt 2>&1
+    grep -E "^  _lm|Duration|Registers Per|Dynamic Shared|Achieved Occupancy|Warp Cycles Per Issued|Issue Slots Busy|Instructions Executed|Local Memory Spilling Requests  |DRAM Throughput|Stall (Barrier|Long|Wait|Short|Math|MIO|LG)" \
+        $OUT/ncu/${mode}_details.txt | sed 's/^ */  /' | head -24
   fi
 done
+rm -f $OUT/ncu/*.ncu-rep
+tar czf $OUT/ncu.tgz -C $OUT ncu && rm -rf $OUT/ncu
