@@ -447,17 +447,17 @@ def test_gpu_bf16_session8_pipelined_landmark_backward(i, monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("i", range(5))
+@pytest.mark.parametrize("i", range(6))
 def test_gpu_bf16_session8_landmark_runs(i, monkeypatch):
     """Session 8 on the GPU: _lm_bwd_r_kernel (OPTS["lm_bwd"] = "runs") at every launch config (i),
-    with the landmark dQ (i < 4) or the dQ kernel's landmark pass (i = 4); GQA for odd i; 5
+    with the landmark dQ (i != 4) or the dQ kernel's landmark pass (i = 4); GQA for odd i; 5
     landmarks for even i (over 16+ blocks: runs of several blocks with one set), else 64; bf16,
     head dim 128."""
     from attnlab.ops.dsalt import kernel
 
     monkeypatch.setattr(kernel, "FORCE_CONFIG", {"lm_bwd_r": kernel.LM_BWD_R_CONFIGS[i]})
     monkeypatch.setitem(kernel.OPTS, "lm_bwd", "runs")
-    monkeypatch.setitem(kernel.OPTS, "lm_dq", i < 4)
+    monkeypatch.setitem(kernel.OPTS, "lm_dq", i != 4)
     _gpu_bf16_matches_reference(90 + i, 2 if i % 2 else 4, 1000 + 37 * i, 5 if i % 2 == 0 else 64,
                                 kernel.LM_BWD_R_CONFIGS[i])
 

@@ -72,7 +72,7 @@ def timeline(step, label):
 
 U = {"loop1_fwd": True, "fwd_split": False}  # the fused one-loop forward with its landmark iterations
 TIMELINES = ("flex_window", "window", "dsalt", "dsalt_4loop", "dsalt_u", "dsalt_nowmin", "dsalt_pipe",
-             "dsalt_pipe_early", "dsalt_runs", "dsalt_runs_st2", "dsalt_runs_seg32")
+             "dsalt_pipe_early", "dsalt_runs", "dsalt_runs_st2", "dsalt_runs_m32", "dsalt_runs_m32s4")
 
 
 def s7_variants(mk, n_lm):
@@ -117,12 +117,15 @@ def s8_variants(mk, n_lm):
 def s8b_variants(mk, n_lm):
     """Session 8, call 2: the landmark backward by runs of blocks with one set (_lm_bwd_r_kernel,
     lm_bwd "runs") at its launch configs (BLOCK_M, LC, SEG, warps, stages, DQ_EARLY): the default
-    (3 stages), 2 stages, 32 blocks per program, dQ rows loaded early; and call 1's "pipe"."""
+    (3 stages), 2 stages, 32 blocks per program, dQ rows loaded early, 32-row tiles (3 / 4 stages:
+    no spills); and call 1's "pipe"."""
     runs = {"lm_bwd": "runs"}
     return {"dsalt_runs": mk(n_lm, runs),
             "dsalt_runs_st2": mk(n_lm, runs, {"lm_bwd_r": (64, 64, 16, 8, 2, 0)}),
             "dsalt_runs_seg32": mk(n_lm, runs, {"lm_bwd_r": (64, 64, 32, 8, 3, 0)}),
             "dsalt_runs_early": mk(n_lm, runs, {"lm_bwd_r": (64, 64, 16, 8, 3, 1)}),
+            "dsalt_runs_m32": mk(n_lm, runs, {"lm_bwd_r": (32, 64, 16, 8, 3, 0)}),
+            "dsalt_runs_m32s4": mk(n_lm, runs, {"lm_bwd_r": (32, 64, 16, 8, 4, 0)}),
             "dsalt_pipe": mk(n_lm, {"lm_bwd": "pipe"})}
 
 

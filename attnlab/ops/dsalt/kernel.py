@@ -328,9 +328,9 @@ LM_BWD_P_CONFIGS = [(64, 64, 16, 8, 5, 0), (64, 64, 8, 8, 5, 0), (64, 64, 16, 8,
 # _lm_bwd_r_kernel launch on CUDA (OPTS["lm_bwd"] = "runs", session 8): (BLOCK_M, LC, SEG, warps,
 # stages, DQ_EARLY); SEG a power of two (the run ends are found in one [SEG, KP] comparison). ptxas,
 # sm_90, 64 x 64, 8 warps: 2 stages 255 registers, 72 bytes of stack, 113 KB shared; 3 stages (one
-# tile's copies in flight during the compute): 136 bytes, 146 KB
+# tile's copies in flight during the compute): 136 bytes, 146 KB; 32-row tiles, 3 / 4 stages: no stack
 LM_BWD_R_CONFIGS = [(64, 64, 16, 8, 3, 0), (64, 64, 16, 8, 2, 0), (64, 64, 32, 8, 3, 0), (64, 64, 16, 8, 3, 1),
-                    (32, 64, 16, 8, 3, 0)]
+                    (32, 64, 16, 8, 3, 0), (32, 64, 16, 8, 4, 0)]
 # _fwd_lm_kernel launch on CUDA: (BLOCK_M, LC, warps, stages[, maxnreg]); the lm_bwd_t tuples may
 # also end in a maxnreg (registers per thread: more programs per SM, with spills)
 FWD_LM_CONFIGS = [(64, 32, 4, 2), (64, 64, 4, 2), (64, 64, 8, 2), (32, 32, 4, 2), (32, 32, 4, 2, 128)]
