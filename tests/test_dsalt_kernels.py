@@ -149,55 +149,6 @@ def test_triton_session6_landmark_paths(opts, monkeypatch):
             assert rel_err(a, r) <= tol * 3, (block, dtype, name)
 
 
-S8_OPTS = [  # session 8: (lm_bwd, lm_dq, DQ_EARLY): _lm_bwd_p_kernel ("pipe"), _lm_bwd_r_kernel ("runs")
-    ("pipe", True, 0),
-    ("pipe", True, 1),
-    ("pipe", False, 0),
-    ("runs", True, 0),
-    ("runs", True, 1),
-    ("runs", False, 0),
-]
-
-
-@needs_triton
-@pytest.mark.parametrize("opts", S8_OPTS)
-def test_triton_session8_pipelined_landmark_backward(opts, monkeypatch):
-    """Session 8: the landmark backward as one flat tile loop (_lm_bwd_p_kernel, OPTS["lm_bwd"] =
-    "pipe") and by runs of blocks with one landmark set (_lm_bwd_r_kernel, "runs"; runs spanning
-    the 4-block segments' ends and 1-block runs), with the landmark dQ added there (dQ rows loaded after or before the dots) or in the dQ
-    kernel: reference outputs and every gradient (q, k, v, window sizes, energies). GQA with a
-    selection block of two row tiles (four tiles per block), one head per kv head with a block of
-    one tile, odd lengths, runs of a slot spanning segments (2 blocks per segment here), slot
-    chunks of 16 (without the dQ), fp32 and fp16."""
-    from attnlab.ops.dsalt import kernel
-
-    mode, lm_dq, early = opts
-    monkeypatch.setitem(kernel.OPTS, "lm_bwd", mode)
-    monkeypatch.setitem(kernel.OPTS, "lm_dq", lm_dq)
-    monkeypatch.setattr(kernel, "FORCE_CONFIG", {"lm_bwd_p": (64, 64, 16, 8, 5, early),
-                                                 "lm_bwd_r": (64, 64, 16, 8, 3, early)})
-    bm = 64 if ON_GPU else 16
-    cases = [((1, 4, 2, 83, 16), 2 * bm, 20, torch.float32, 1e-5),
-             ((1, 2, 2, 70, 16), bm, 24, torch.float32, 1e-5),
-             ((1, 2, 1, 61, 16), bm, 5, torch.float16, 3e-3)]
-    if opts not in (S8_OPTS[0], S8_OPTS[3]):
-        cases = cases[:2]  # fp16: one option set is enough in the (slow) interpreter
-    if mode == "runs":  # 3 landmarks over 10 blocks: the last blocks keep their set (runs of several blocks)
-        cases = cases + [((1, 2, 1, 150, 16), bm, 3, torch.float32, 1e-5)]
-    for (b, h, hk, t, d), block, n_lm, dtype, tol in cases:
-        ins = make(b, h, hk, t, d, 2.0, 24, dtype, DEV)
-        kw = dict(n_max=24, edge=2.0, n_landmarks=n_lm, block=block, scale=0.3)
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")  # no fallback
-            out = dsalt_attention(*ins, impl="triton", **kw)
-            do = torch.randn_like(out)
-            ga = grads(out, ins, do)
-        ref = dsalt_reference(*ins, **kw)
-        assert rel_err(out, ref) <= tol, (block, dtype)
-        for name, a, r in zip("q k v win energy".split(), ga, grads(ref, ins, do)):
-            assert rel_err(a, r) <= tol * 3, (block, dtype, name)
-
-
 @needs_triton
 @pytest.mark.parametrize("trans", [0, 1])
 def test_triton_dkdv_windows(trans, monkeypatch):
@@ -429,37 +380,6 @@ def test_gpu_bf16_session6_paths_match_reference(i, monkeypatch):
     for name, val in (("lm_bwd", "trans"), ("lm_dq", i % 2 == 0), ("fwd_split", i % 2 == 0), ("split_min_t", 1)):
         monkeypatch.setitem(kernel.OPTS, name, val)
     _gpu_bf16_matches_reference(20 + i, 4 if i % 3 == 0 else 2, 1000 + 37 * i, 64, cfg)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("i", range(5))
-def test_gpu_bf16_session8_pipelined_landmark_backward(i, monkeypatch):
-    """Session 8 on the GPU: _lm_bwd_p_kernel (OPTS["lm_bwd"] = "pipe") at every launch config (i),
-    with the landmark dQ (i < 4) or the dQ kernel's landmark pass (i = 4); GQA for odd i, else one
-    head per kv head; bf16, head dim 128, 64 landmarks (i = 3: 5)."""
-    from attnlab.ops.dsalt import kernel
-
-    monkeypatch.setattr(kernel, "FORCE_CONFIG", {"lm_bwd_p": kernel.LM_BWD_P_CONFIGS[i]})
-    monkeypatch.setitem(kernel.OPTS, "lm_bwd", "pipe")
-    monkeypatch.setitem(kernel.OPTS, "lm_dq", i < 4)
-    _gpu_bf16_matches_reference(80 + i, 2 if i % 2 else 4, 1000 + 37 * i, 5 if i == 3 else 64,
-                                kernel.LM_BWD_P_CONFIGS[i])
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("i", range(6))
-def test_gpu_bf16_session8_landmark_runs(i, monkeypatch):
-    """Session 8 on the GPU: _lm_bwd_r_kernel (OPTS["lm_bwd"] = "runs") at every launch config (i),
-    with the landmark dQ (i != 4) or the dQ kernel's landmark pass (i = 4); GQA for odd i; 5
-    landmarks for even i (over 16+ blocks: runs of several blocks with one set), else 64; bf16,
-    head dim 128."""
-    from attnlab.ops.dsalt import kernel
-
-    monkeypatch.setattr(kernel, "FORCE_CONFIG", {"lm_bwd_r": kernel.LM_BWD_R_CONFIGS[i]})
-    monkeypatch.setitem(kernel.OPTS, "lm_bwd", "runs")
-    monkeypatch.setitem(kernel.OPTS, "lm_dq", i != 4)
-    _gpu_bf16_matches_reference(90 + i, 2 if i % 2 else 4, 1000 + 37 * i, 5 if i % 2 == 0 else 64,
-                                kernel.LM_BWD_R_CONFIGS[i])
 
 
 @pytest.mark.gpu

@@ -6,8 +6,8 @@ peak memory, optionally the kernel timeline at the longest length (flex's kernel
 landmark path (lm_bwd "atomic", the dQ kernel's landmark pass). --set s7: the same plus session 7's
 candidates (benchmarks/RESULTS.md, "Session 7: DSALT"); --set s7b: round 2's (the dK/dV kernel with
 and without the stored window minima); --set s7c: the lead's check of the T >= 32K path from 16K on;
---set s8: session 8's pipelined landmark backward (_lm_bwd_p_kernel) at its launch configs; --set s8b:
-session 8's run-wise landmark backward (_lm_bwd_r_kernel). The session-6 sets (call1 / final) timed
+session 8's sets s8 / s8b timed two landmark backward kernels that were slower and removed (code at
+commit 3ef7b56; figures in benchmarks/RESULTS.md, "Session 8: DSALT landmark backward"). The session-6 sets (call1 / final) timed
 options that session 7 removed; their figures stay in RESULTS.md.
 
     python benchmarks/device_runs/dsalt_s6_ab.py --set lead --lengths 32768,16384,4096 --rounds 3
@@ -71,8 +71,7 @@ def timeline(step, label):
 
 
 U = {"loop1_fwd": True, "fwd_split": False}  # the fused one-loop forward with its landmark iterations
-TIMELINES = ("flex_window", "window", "dsalt", "dsalt_4loop", "dsalt_u", "dsalt_nowmin", "dsalt_pipe",
-             "dsalt_pipe_early", "dsalt_runs", "dsalt_runs_st2", "dsalt_runs_m32", "dsalt_runs_m32s4")
+TIMELINES = ("flex_window", "window", "dsalt", "dsalt_4loop", "dsalt_u", "dsalt_nowmin")
 
 
 def s7_variants(mk, n_lm):
@@ -102,39 +101,12 @@ def s7c_variants(mk, n_lm):
     return {"dsalt_split16": mk(n_lm, {"split_min_t": 16384}), "dsalt_u": mk(n_lm, U)}
 
 
-def s8_variants(mk, n_lm):
-    """Session 8: the landmark backward as one flat, software-pipelined tile loop (_lm_bwd_p_kernel,
-    lm_bwd "pipe") at its launch configs (BLOCK_M, LC, SEG, warps, stages, DQ_EARLY): the default
-    (64 x 64, 16 blocks per program, 8 warps, 5 stages), 8 blocks per program, the dQ rows loaded
-    before the dots, 2 stages (the flat loop without copies in flight during the compute)."""
-    pipe = {"lm_bwd": "pipe"}
-    return {"dsalt_pipe": mk(n_lm, pipe),
-            "dsalt_pipe_seg8": mk(n_lm, pipe, {"lm_bwd_p": (64, 64, 8, 8, 5, 0)}),
-            "dsalt_pipe_early": mk(n_lm, pipe, {"lm_bwd_p": (64, 64, 16, 8, 5, 1)}),
-            "dsalt_pipe_st2": mk(n_lm, pipe, {"lm_bwd_p": (64, 64, 16, 8, 2, 0)})}
-
-
-def s8b_variants(mk, n_lm):
-    """Session 8, call 2: the landmark backward by runs of blocks with one set (_lm_bwd_r_kernel,
-    lm_bwd "runs") at its launch configs (BLOCK_M, LC, SEG, warps, stages, DQ_EARLY): the default
-    (3 stages), 2 stages, 32 blocks per program, dQ rows loaded early, 32-row tiles (3 / 4 stages:
-    no spills); and call 1's "pipe"."""
-    runs = {"lm_bwd": "runs"}
-    return {"dsalt_runs": mk(n_lm, runs),
-            "dsalt_runs_st2": mk(n_lm, runs, {"lm_bwd_r": (64, 64, 16, 8, 2, 0)}),
-            "dsalt_runs_seg32": mk(n_lm, runs, {"lm_bwd_r": (64, 64, 32, 8, 3, 0)}),
-            "dsalt_runs_early": mk(n_lm, runs, {"lm_bwd_r": (64, 64, 16, 8, 3, 1)}),
-            "dsalt_runs_m32": mk(n_lm, runs, {"lm_bwd_r": (32, 64, 16, 8, 3, 0)}),
-            "dsalt_runs_m32s4": mk(n_lm, runs, {"lm_bwd_r": (32, 64, 16, 8, 4, 0)}),
-            "dsalt_pipe": mk(n_lm, {"lm_bwd": "pipe"})}
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--lengths", default="32768,16384,4096")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default=os.environ.get("ATTNLAB_BENCH_DIR", "."))
-    ap.add_argument("--set", default="lead", choices=["lead", "s7", "s7b", "s7c", "s8", "s8b"])
+    ap.add_argument("--set", default="lead", choices=["lead", "s7", "s7b", "s7c"])
     ap.add_argument("--timeline", action="store_true")
     ap.add_argument("--full-from", type=int, default=8192, help="every variant only where T >= this")
     ap.add_argument("--quick", action="store_true", help="tiny CPU smoke run (interpreter), no timing")
@@ -193,10 +165,6 @@ def main():
             variants.update(s7b_variants(mk, n_lm))
         if args.set == "s7c":
             variants.update(s7c_variants(mk, n_lm))
-        if args.set == "s8":
-            variants.update(s8_variants(mk, n_lm))
-        if args.set == "s8b":
-            variants.update(s8b_variants(mk, n_lm))
         if t < args.full_from:  # short sequences (host bound): the core variants only
             variants = {a: b for a, b in variants.items() if a in CORE}
         times = {name: [] for name in variants}

@@ -526,17 +526,13 @@ if HAVE_TRITON:
     @triton.jit
     def _lm_bwd_tile(Q, W, DO, LSE, DELTA, DQ, lk, lv, lpos, gate, acc_k, acc_v, acc_g,
                      b, h, H, T, n_max, inv_edge, qk_scale, sm_scale, m0, sq_b, sq_h, sq_t,
-                     D: tl.constexpr, BLOCK_M: tl.constexpr, PREC: tl.constexpr, ADD_DQ: tl.constexpr,
-                     DQ_EARLY: tl.constexpr = 0):
-        """One query tile (BLOCK_M rows of head h) against the slots' landmarks, transposed.
-        DQ_EARLY (with ADD_DQ): the tile's dQ rows are loaded before the dots, not after them."""
+                     D: tl.constexpr, BLOCK_M: tl.constexpr, PREC: tl.constexpr, ADD_DQ: tl.constexpr):
+        """One query tile (BLOCK_M rows of head h) against the slots' landmarks, transposed."""
         offs_m = m0 + tl.arange(0, BLOCK_M)
         offs_d = tl.arange(0, D)
         mrow = offs_m < T
         bh = b * H + h
         qoff = b * sq_b + h * sq_h + offs_m[:, None] * sq_t + offs_d[None, :]
-        if ADD_DQ and DQ_EARLY:
-            dq0 = tl.load(DQ + qoff, mask=mrow[:, None], other=0.0)
         q = tl.load(Q + qoff, mask=mrow[:, None], other=0.0)
         do = tl.load(DO + qoff, mask=mrow[:, None], other=0.0)
         w = tl.load(W + bh * T + offs_m, mask=mrow, other=1.0)
@@ -552,8 +548,7 @@ if HAVE_TRITON:
         acc_g += tl.sum(dsT, 1)
         if ADD_DQ:
             dql = tl.dot(tl.trans(dsT.to(lk.dtype)), lk, input_precision=PREC)  # [BM, D]
-            if not DQ_EARLY:
-                dq0 = tl.load(DQ + qoff, mask=mrow[:, None], other=0.0)
+            dq0 = tl.load(DQ + qoff, mask=mrow[:, None], other=0.0)
             tl.store(DQ + qoff, (dq0.to(tl.float32) + dql * sm_scale).to(DQ.dtype.element_ty), mask=mrow[:, None])
         return acc_k, acc_v, acc_g
 
@@ -659,138 +654,3 @@ if HAVE_TRITON:
         l_safe = tl.where(l_i > 0, l_i, 1.0)
         tl.store(O + ooff, (acc / l_safe[:, None]).to(O.dtype.element_ty), mask=mrow[:, None])
         tl.store(LSE + pid_bh * T + offs_m, m_i + tl.log2(l_safe), mask=mrow)
-
-    # ---- session 8: the landmark backward as one flat, software-pipelined tile loop ----
-
-    @triton.jit
-    def _lm_bwd_p_kernel(Q, K, V, W, E, LPOS, DO, LSE, DELTA, DK, DV, DGT, DQ,
-                         sq_b, sq_h, sq_t, sk_b, sk_h, sk_t,
-                         H, G, T, NB, n_max, inv_edge, qk_scale, sm_scale, SEL_BLOCK,
-                         D: tl.constexpr, BLOCK_M: tl.constexpr, KP: tl.constexpr, LC: tl.constexpr,
-                         SEG: tl.constexpr, PREC: tl.constexpr, ADD_DQ: tl.constexpr = 0,
-                         DQ_EARLY: tl.constexpr = 0):
-        """_lm_bwd_t_kernel's work (same grid, same sums, same flushes) as one flat loop over the
-        segment's query tiles (tile j: selection block j // (tiles per block * G), row tile, head of
-        the kv group), with every load's address a function of the loop index: the slots' positions
-        are loaded from LPOS by the block index in each iteration (not carried from the previous
-        iteration), so the software pipeline can issue the next tiles' position load and, one stage
-        later, their landmark row gathers, Q and dO copies while the current tile computes
-        (session 8: _lm_bwd_t_kernel's carried positions left its copies unpipelined: issued at the
-        end of an iteration and waited for at the top of the next). A slot's sums are flushed at
-        the last tile of a block where the next block's set has another token in the slot (and at
-        the segment's end): masked atomics, no branch."""
-        pid_s = tl.program_id(0)
-        pid_c = tl.program_id(1)
-        bhk = tl.program_id(2)
-        hkv = H // G
-        b = bhk // hkv
-        hk = bhk % hkv
-        offs_k = pid_c * LC + tl.arange(0, LC)
-        offs_d = tl.arange(0, D)
-        kbase = K + b * sk_b + hk * sk_h
-        vbase = V + b * sk_b + hk * sk_h
-        acc_k = tl.zeros([LC, D], tl.float32)
-        acc_v = tl.zeros([LC, D], tl.float32)
-        acc_g = tl.zeros([LC], tl.float32)
-        per = (SEL_BLOCK // BLOCK_M) * G  # tiles per selection block
-        b0 = pid_s * SEG
-        b1 = tl.minimum(b0 + SEG, NB)
-        for j in range(b0 * per, b1 * per):
-            nb = j // per
-            r = j - nb * per
-            mt = r // G
-            g = r - mt * G
-            lpos = tl.load(LPOS + (bhk * NB + nb) * KP + offs_k)
-            lp0 = tl.maximum(lpos, 0)
-            et = tl.load(E + bhk * T + lp0).to(tl.float32)
-            gate = _logsigmoid(et)
-            lk = tl.load(kbase + lp0[:, None] * sk_t + offs_d[None, :])
-            lv = tl.load(vbase + lp0[:, None] * sk_t + offs_d[None, :])
-            nxt = tl.load(LPOS + (bhk * NB + tl.minimum(nb + 1, NB - 1)) * KP + offs_k)
-            acc_k, acc_v, acc_g = _lm_bwd_tile(Q, W, DO, LSE, DELTA, DQ, lk, lv, lpos, gate, acc_k, acc_v, acc_g,
-                                               b, hk * G + g, H, T, n_max, inv_edge, qk_scale, sm_scale,
-                                               nb * SEL_BLOCK + mt * BLOCK_M, sq_b, sq_h, sq_t, D, BLOCK_M, PREC,
-                                               ADD_DQ, DQ_EARLY)
-            nxt = tl.where(nb + 1 < b1, nxt, -2)
-            nxt = tl.where(r == per - 1, nxt, lpos)  # not the block's last tile: no flush
-            fl = (nxt != lpos) & (lpos >= 0)
-            rows = b * sk_b + hk * sk_h + lp0[:, None] * sk_t + offs_d[None, :]
-            fl2 = tl.broadcast_to(fl[:, None], (LC, D))
-            tl.atomic_add(DK + rows, (acc_k * sm_scale).to(DK.dtype.element_ty), mask=fl2, sem="relaxed")
-            tl.atomic_add(DV + rows, acc_v.to(DV.dtype.element_ty), mask=fl2, sem="relaxed")
-            tl.atomic_add(DGT + bhk * T + lp0, acc_g / (1.0 + tl.exp(et)), mask=fl, sem="relaxed")
-            acc_k = tl.where(fl[:, None], 0.0, acc_k)
-            acc_v = tl.where(fl[:, None], 0.0, acc_v)
-            acc_g = tl.where(fl, 0.0, acc_g)
-
-    # ---- session 8: the landmark backward by runs of blocks with one landmark set ----
-
-    @triton.jit
-    def _lm_bwd_r_kernel(Q, K, V, W, E, LPOS, DO, LSE, DELTA, DK, DV, DGT, DQ,
-                         sq_b, sq_h, sq_t, sk_b, sk_h, sk_t,
-                         H, G, T, NB, n_max, inv_edge, qk_scale, sm_scale, SEL_BLOCK,
-                         D: tl.constexpr, BLOCK_M: tl.constexpr, KP: tl.constexpr, LC: tl.constexpr,
-                         SEG: tl.constexpr, PREC: tl.constexpr, ADD_DQ: tl.constexpr = 0,
-                         DQ_EARLY: tl.constexpr = 0):
-        """_lm_bwd_t_kernel's sums (same grid, same atomics) walked by *runs*: maximal stretches of
-        the segment's selection blocks whose slot sets are equal (stable slots: once the set has
-        settled most blocks change no slot). Per run the slots' landmark rows are gathered once
-        (loop-invariant in the run: no gather, no position load in the inner loop), the run's query
-        tiles (every head of the kv group) are one flat inner loop whose loads (Q, dO rows, window,
-        lse, delta) depend on the loop index only, so the software pipeline keeps the next tiles'
-        copies in flight during the compute, and the flush (atomics, conversions, zeroing) runs once
-        per run, not per block. The runs' ends: one [SEG, KP] comparison of consecutive sets at the
-        program's start."""
-        pid_s = tl.program_id(0)
-        pid_c = tl.program_id(1)
-        bhk = tl.program_id(2)
-        hkv = H // G
-        b = bhk // hkv
-        hk = bhk % hkv
-        offs_k = pid_c * LC + tl.arange(0, LC)
-        offs_d = tl.arange(0, D)
-        kbase = K + b * sk_b + hk * sk_h
-        vbase = V + b * sk_b + hk * sk_h
-        acc_k = tl.zeros([LC, D], tl.float32)
-        acc_v = tl.zeros([LC, D], tl.float32)
-        acc_g = tl.zeros([LC], tl.float32)
-        b0 = pid_s * SEG
-        b1 = tl.minimum(b0 + SEG, NB)
-        # chg[i] = 1 where block b0 + i is a run's last block (the next block's set differs, or the
-        # segment ends there)
-        blk = b0 + tl.arange(0, SEG)
-        cur = tl.load(LPOS + (bhk * NB + blk)[:, None] * KP + offs_k[None, :], mask=(blk < b1)[:, None], other=-3)
-        nx = tl.load(LPOS + (bhk * NB + blk + 1)[:, None] * KP + offs_k[None, :], mask=(blk + 1 < b1)[:, None],
-                     other=-2)
-        chg = tl.max((cur != nx).to(tl.int32), 1)
-        per = (SEL_BLOCK // BLOCK_M) * G  # tiles per selection block
-        nb = b0
-        while nb < b1:
-            e = tl.min(tl.where((blk >= nb) & (chg > 0), blk, b1 - 1), 0) + 1  # the run: blocks nb .. e-1
-            lpos = tl.load(LPOS + (bhk * NB + nb) * KP + offs_k)
-            lp0 = tl.maximum(lpos, 0)
-            et = tl.load(E + bhk * T + lp0).to(tl.float32)
-            gate = _logsigmoid(et)
-            lk = tl.load(kbase + lp0[:, None] * sk_t + offs_d[None, :])
-            lv = tl.load(vbase + lp0[:, None] * sk_t + offs_d[None, :])
-            for j in range(nb * per, e * per):
-                nbj = j // per
-                r = j - nbj * per
-                mt = r // G
-                g = r - mt * G
-                acc_k, acc_v, acc_g = _lm_bwd_tile(Q, W, DO, LSE, DELTA, DQ, lk, lv, lpos, gate, acc_k, acc_v, acc_g,
-                                                   b, hk * G + g, H, T, n_max, inv_edge, qk_scale, sm_scale,
-                                                   nbj * SEL_BLOCK + mt * BLOCK_M, sq_b, sq_h, sq_t, D, BLOCK_M,
-                                                   PREC, ADD_DQ, DQ_EARLY)
-            nxt = tl.load(LPOS + (bhk * NB + tl.minimum(e, NB - 1)) * KP + offs_k)
-            nxt = tl.where(e < b1, nxt, -2)
-            fl = (nxt != lpos) & (lpos >= 0)
-            rows = b * sk_b + hk * sk_h + lp0[:, None] * sk_t + offs_d[None, :]
-            fl2 = tl.broadcast_to(fl[:, None], (LC, D))
-            tl.atomic_add(DK + rows, (acc_k * sm_scale).to(DK.dtype.element_ty), mask=fl2, sem="relaxed")
-            tl.atomic_add(DV + rows, acc_v.to(DV.dtype.element_ty), mask=fl2, sem="relaxed")
-            tl.atomic_add(DGT + bhk * T + lp0, acc_g / (1.0 + tl.exp(et)), mask=fl, sem="relaxed")
-            acc_k = tl.where(fl[:, None], 0.0, acc_k)
-            acc_v = tl.where(fl[:, None], 0.0, acc_v)
-            acc_g = tl.where(fl, 0.0, acc_g)
-            nb = e

@@ -92,7 +92,7 @@ def _interpreting() -> bool:
 
 if HAVE_TRITON:  # the Triton kernels live in jit_attention.py and jit_select.py
     from .jit_attention import _fwd_kernel, _dq_kernel, _lm_bwd_kernel, _dkdv_kernel, _delta_kernel
-    from .jit_attention import _lm_bwd_t_kernel, _fwd_lm_kernel, _lm_bwd_p_kernel, _lm_bwd_r_kernel
+    from .jit_attention import _lm_bwd_t_kernel, _fwd_lm_kernel
     from .jit_select import _select_kernel
 
 
@@ -318,19 +318,6 @@ LM_BWD_CONFIGS = [(32, 64, 32, 8, 2), (32, 32, 32, 8, 2), (32, 16, 32, 4, 2)]
 # blocks per program, warps, stages); BLOCK_M divides the selection block
 LM_BWD_T_CONFIGS = [(64, 64, 16, 8, 2), (64, 64, 8, 8, 2), (64, 64, 32, 8, 2), (64, 64, 16, 4, 2),
                     (32, 64, 16, 8, 2), (64, 32, 16, 4, 2)]
-# _lm_bwd_p_kernel launch on CUDA (OPTS["lm_bwd"] = "pipe", session 8): (BLOCK_M, LC, SEG, warps,
-# stages, DQ_EARLY); the pipeline needs 5 stages for one tile's copies in flight during the compute
-# (the position load takes one level of the loads' indirection: triton 3.6 gives each level
-# (stages - 1) // 2 iterations of lead): ptxas, sm_90, 64 x 64, 8 warps, 5 stages: 255 registers,
-# 144 bytes of stack, 211 KB of shared memory (three buffers of Q, dO, K_lm, V_lm)
-LM_BWD_P_CONFIGS = [(64, 64, 16, 8, 5, 0), (64, 64, 8, 8, 5, 0), (64, 64, 16, 8, 5, 1), (64, 64, 16, 8, 2, 0),
-                    (32, 64, 16, 8, 5, 0)]
-# _lm_bwd_r_kernel launch on CUDA (OPTS["lm_bwd"] = "runs", session 8): (BLOCK_M, LC, SEG, warps,
-# stages, DQ_EARLY); SEG a power of two (the run ends are found in one [SEG, KP] comparison). ptxas,
-# sm_90, 64 x 64, 8 warps: 2 stages 255 registers, 72 bytes of stack, 113 KB shared; 3 stages (one
-# tile's copies in flight during the compute): 136 bytes, 146 KB; 32-row tiles, 3 / 4 stages: no stack
-LM_BWD_R_CONFIGS = [(64, 64, 16, 8, 3, 0), (64, 64, 16, 8, 2, 0), (64, 64, 32, 8, 3, 0), (64, 64, 16, 8, 3, 1),
-                    (32, 64, 16, 8, 3, 0), (32, 64, 16, 8, 4, 0)]
 # _fwd_lm_kernel launch on CUDA: (BLOCK_M, LC, warps, stages[, maxnreg]); the lm_bwd_t tuples may
 # also end in a maxnreg (registers per thread: more programs per SM, with spills)
 FWD_LM_CONFIGS = [(64, 32, 4, 2), (64, 64, 4, 2), (64, 64, 8, 2), (32, 32, 4, 2), (32, 32, 4, 2, 128)]
@@ -347,26 +334,6 @@ def _lm_bwd_t_config(q, block, bm, kp, add_dq):
         m = m if block % m == 0 else bm
     lc = kp if add_dq else min(lc, kp)  # the landmark dQ needs every slot of a tile in one program
     return m, lc, seg, w, st, extra
-
-
-def _lm_bwd_p_config(q, block, bm, kp, add_dq):
-    """(BLOCK_M, LC, SEG, warps, stages, DQ_EARLY) of _lm_bwd_p_kernel."""
-    if _interpreting() or not q.is_cuda:
-        early = (FORCE_CONFIG.get("lm_bwd_p") or (0,) * 6)[5]  # tests: both dQ load orders
-        return bm, (kp if add_dq else min(16, kp)), 2, 4, 1, int(early and add_dq)
-    m, lc, seg, w, st, early = FORCE_CONFIG.get("lm_bwd_p") or LM_BWD_P_CONFIGS[0]
-    m = m if block % m == 0 else bm
-    return m, (kp if add_dq else min(lc, kp)), seg, w, st, int(early and add_dq)
-
-
-def _lm_bwd_r_config(q, block, bm, kp, add_dq):
-    """(BLOCK_M, LC, SEG, warps, stages, DQ_EARLY) of _lm_bwd_r_kernel."""
-    if _interpreting() or not q.is_cuda:
-        early = (FORCE_CONFIG.get("lm_bwd_r") or (0,) * 6)[5]  # tests: both dQ load orders
-        return bm, (kp if add_dq else min(16, kp)), 4, 4, 1, int(early and add_dq)
-    m, lc, seg, w, st, early = FORCE_CONFIG.get("lm_bwd_r") or LM_BWD_R_CONFIGS[0]
-    m = m if block % m == 0 else bm
-    return m, (kp if add_dq else min(lc, kp)), seg, w, st, int(early and add_dq)
 
 
 def _fwd_lm_config(q, block, bm, kp):
@@ -486,7 +453,7 @@ class _DSALTFn(torch.autograd.Function):
         dw = torch.empty(b, h, t, device=q.device, dtype=torch.float32)
         strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2))
         fargs = (n_max, float(edge), 1.0 / float(edge), scale * LOG2E, scale)
-        trans = has_lm and OPTS["lm_bwd"] in ("trans", "pipe", "runs")
+        trans = has_lm and OPTS["lm_bwd"] == "trans"
         lm_dq = trans and OPTS["lm_dq"]
         _launch("dq", _dq_kernel, t, b * h, bm, bn, warps, block,
                 q, k, v, win, gt, lpos, do, lse, delta, dq, dw, o, wmin, *strides,
@@ -501,15 +468,7 @@ class _DSALTFn(torch.autograd.Function):
         denergy = None
         if has_lm:
             dgt = torch.zeros(b, hk, t, device=q.device, dtype=torch.float32)
-            if trans and OPTS["lm_bwd"] in ("pipe", "runs"):
-                runs = OPTS["lm_bwd"] == "runs"
-                lm, lc, seg, lw, lst, early = (_lm_bwd_r_config if runs else _lm_bwd_p_config)(q, block, bm, kp, lm_dq)
-                _LAUNCH(_lm_bwd_r_kernel if runs else _lm_bwd_p_kernel, (triton.cdiv(nb, seg), kp // lc, b * hk),
-                        q, k, v, win, gt, lpos, do, lse, delta, dk, dv, dgt, dq, *strides,
-                        h, g, t, nb, n_max, 1.0 / float(edge), scale * LOG2E, scale, block,
-                        D=d, BLOCK_M=lm, KP=kp, LC=lc, SEG=seg, PREC=_prec(q), ADD_DQ=int(lm_dq),
-                        DQ_EARLY=early, num_warps=lw, num_stages=lst)
-            elif trans:
+            if trans:
                 lm, lc, seg, lw, lst, lx = _lm_bwd_t_config(q, block, bm, kp, lm_dq)
                 try:
                     _LAUNCH(_lm_bwd_t_kernel, (triton.cdiv(nb, seg), kp // lc, b * hk),
