@@ -63,3 +63,21 @@ def test_dsalt_s6_ab_quick():
     assert out.returncode == 0, out.stderr[-2000:]
     assert "'lm_bwd': 'trans'" in out.stdout
 
+
+
+def test_dsalt_s8_ncu_quick():
+    """The session-8 Nsight Compute driver's CPU smoke run (interpreter, tiny size, the default landmark
+    backward)."""
+    import os
+    import subprocess
+    import sys
+
+    import pytest
+
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "device_runs" / "dsalt_s8_ncu.py"
+    out = subprocess.run([sys.executable, str(script), "trans", "--quick"], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.startswith("ok trans 40")

@@ -5,7 +5,9 @@ peak memory, optionally the kernel timeline at the longest length (flex's kernel
 --set lead: this tree's defaults against flex window-only, attnlab window-only and the session-5
 landmark path (lm_bwd "atomic", the dQ kernel's landmark pass). --set s7: the same plus session 7's
 candidates (benchmarks/RESULTS.md, "Session 7: DSALT"); --set s7b: round 2's (the dK/dV kernel with
-and without the stored window minima); --set s7c: the lead's check of the T >= 32K path from 16K on. The session-6 sets (call1 / final) timed
+and without the stored window minima); --set s7c: the lead's check of the T >= 32K path from 16K on;
+session 8's sets s8 / s8b timed two landmark backward kernels that were slower and removed (code at
+commit 3ef7b56; figures in benchmarks/RESULTS.md, "Session 8: DSALT landmark backward"). The session-6 sets (call1 / final) timed
 options that session 7 removed; their figures stay in RESULTS.md.
 
     python benchmarks/device_runs/dsalt_s6_ab.py --set lead --lengths 32768,16384,4096 --rounds 3
