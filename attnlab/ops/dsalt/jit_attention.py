@@ -58,11 +58,19 @@ if HAVE_TRITON:
         return lo, full_lo, causal_hi, hi
 
     @triton.jit
-    def _q_tile(Q, W, sq_b, sq_h, sq_t, H, G, T, D: tl.constexpr, BLOCK_M: tl.constexpr):
+    def _q_tile(Q, W, sq_b, sq_h, sq_t, H, G, T, D: tl.constexpr, BLOCK_M: tl.constexpr, HEADFAST: tl.constexpr = 0):
         """Prologue of the per-query-tile kernels (grid: query tiles x batch*heads): the program's
-        indices, its rows' offsets and mask, the Q tile and the rows' window sizes."""
+        indices, its rows' offsets and mask, the Q tile and the rows' window sizes. HEADFAST
+        (session 8, the forward beside the selection): program ids remapped so that launch order
+        runs the first query tile of every (batch, head), then the second, ... (the selection
+        finishes the sets in block order)."""
         pid_m = tl.program_id(0)
         pid_bh = tl.program_id(1)
+        if HEADFAST:
+            nbh = tl.num_programs(1)
+            lin = pid_bh * tl.num_programs(0) + pid_m
+            pid_m = lin // nbh
+            pid_bh = lin % nbh
         b = pid_bh // H
         h = pid_bh % H
         hk = h // G
@@ -138,20 +146,61 @@ if HAVE_TRITON:
         return m_new, m_safe, p
 
     @triton.jit
-    def _fwd_kernel(Q, K, V, W, GT, LPOS, O, LSE,
+    def _nanosleep():
+        tl.inline_asm_elementwise("nanosleep.u32 200; // dummy $0", "=r", [], dtype=tl.int32, is_pure=False, pack=1)
+
+    @triton.jit
+    def _globaltimer():
+        return tl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l", [], dtype=tl.int64, is_pure=False,
+                                         pack=1)
+
+    @triton.jit
+    def _wait_sets(PROG, bhk, need, NPROG, SLEEP: tl.constexpr, STATS: tl.constexpr):
+        """Session 8 (OPTS["sel_pdl"]): spin until the selection has published at least ``need``
+        finished rows of this (batch, kv head) (acquire: the rows' stores are then visible). Exits
+        at once where the selection already ended (stream order: no PDL, the interpreter). SLEEP:
+        back off 200 ns between polls; STATS: count the waiting tiles, polls and nanoseconds in
+        PROG[NPROG .. NPROG + 2]."""
+        done = tl.atomic_add(PROG + bhk, 0, sem="acquire", scope="gpu")
+        polls = tl.zeros([], tl.int32)
+        if STATS:
+            t0 = _globaltimer()
+        while done < need:
+            if SLEEP:
+                _nanosleep()
+            done = tl.atomic_add(PROG + bhk, 0, sem="acquire", scope="gpu")
+            polls += 1
+        tl.debug_barrier()
+        if STATS:
+            if polls > 0:
+                tl.atomic_add(PROG + NPROG, 1, sem="relaxed")
+                tl.atomic_add(PROG + NPROG + 1, polls, sem="relaxed")
+                tl.atomic_add(PROG + NPROG + 2, ((_globaltimer() - t0) // 1000).to(tl.int32), sem="relaxed")
+
+    @triton.jit
+    def _fwd_kernel(Q, K, V, W, GT, LPOS, O, LSE, PROG,
                     sq_b, sq_h, sq_t, sk_b, sk_h, sk_t, so_b, so_h, so_t,
-                    H, G, T, NB, n_max, edge, inv_edge, qk_scale, SEL_BLOCK,
+                    H, G, T, NB, n_max, edge, inv_edge, qk_scale, SEL_BLOCK, NPROG,
                     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                     KP: tl.constexpr, HAS_LM: tl.constexpr, PREC: tl.constexpr, NSET: tl.constexpr = 1,
-                    LC: tl.constexpr = 16, LOOP1: tl.constexpr = 0):
+                    LC: tl.constexpr = 16, LOOP1: tl.constexpr = 0, WAIT: tl.constexpr = 0,
+                    SLEEP: tl.constexpr = 0, STATS: tl.constexpr = 0):
         """Forward of one query tile: the window's key blocks in four phases, then (HAS_LM) the
         tile's landmark slots in chunks of LC, one online softmax (exp2 domain). LOOP1 (session 7):
         one loop over the window's key blocks and then the landmark slots in chunks of BLOCK_N
         (rows gathered by position), the mask chosen per block by a uniform branch: one software
         pipeline (the landmark rows' loads issued while the last window blocks compute) instead of
-        four window loops and the landmark loop, each with its own pipeline fill."""
+        four window loops and the landmark loop, each with its own pipeline fill.
+        WAIT (session 8, OPTS["sel_pdl"]: the selection runs beside this kernel, which was launched
+        with launch_pdl): the tile waits for its sets in PROG (_wait_sets), at its start (WAIT=1,
+        then the LOOP1 landmark iterations) or after its window blocks (WAIT=2, then the chunked
+        landmark loop); program ids head-fastest (_q_tile's HEADFAST)."""
         pid_bh, b, h, hk, bhk, m0, offs_m, offs_d, mrow, qoff, q, w = _q_tile(Q, W, sq_b, sq_h, sq_t, H, G, T,
-                                                                              D, BLOCK_M)
+                                                                              D, BLOCK_M, WAIT > 0)
+        # the landmark slots as the LOOP1 loop's last iterations (else the chunked loop after it)
+        LM_LOOP: tl.constexpr = (HAS_LM and LOOP1) and (WAIT != 2)
+        if WAIT == 1 and HAS_LM:
+            _wait_sets(PROG, bhk, tl.minimum(m0 // SEL_BLOCK + NSET, NB), NPROG, SLEEP, STATS)
         offs_n0 = tl.arange(0, BLOCK_N)
         kbase = K + b * sk_b + hk * sk_h
         vbase = V + b * sk_b + hk * sk_h
@@ -163,7 +212,7 @@ if HAVE_TRITON:
             n_win = tl.cdiv(hi - lo, BLOCK_N)
             n_lm = 0
             NCH: tl.constexpr = (NSET * KP + BLOCK_N - 1) // BLOCK_N  # landmark iterations
-            if HAS_LM:
+            if LM_LOOP:
                 n_lm = NCH
                 if NCH <= 2:
                     # the chunks' positions and gates loaded before the loop: the landmark rows'
@@ -174,7 +223,7 @@ if HAVE_TRITON:
             for it in range(0, n_win + n_lm):
                 start_n = lo + it * BLOCK_N
                 offs_n = start_n + offs_n0
-                if HAS_LM:
+                if LM_LOOP:
                     is_lm = it >= n_win
                     offs_c = (it - n_win) * BLOCK_N + offs_n0
                     lcol = offs_c >= 0  # a landmark iteration (it >= n_win), as a vector
@@ -195,7 +244,7 @@ if HAVE_TRITON:
                 s = tl.dot(q, tl.trans(kt), input_precision=PREC) * qk_scale
                 masked = (start_n < full_lo) | (start_n >= causal_hi)
                 diag = start_n >= m0
-                if HAS_LM:
+                if LM_LOOP:
                     if is_lm:
                         s = s + _lm_bias(offs_m, lpos, gate, w, T, n_max, inv_edge)
                         if NSET > 1:
@@ -232,7 +281,9 @@ if HAVE_TRITON:
                 vt = tl.load(vbase + offs_n[:, None] * sk_t + offs_d[None, :], mask=nmask[:, None], other=0.0)
                 acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt, input_precision=PREC)
                 m_i = m_new
-        if HAS_LM and not LOOP1:
+        if HAS_LM and not LM_LOOP:
+            if WAIT == 2:
+                _wait_sets(PROG, bhk, tl.minimum(m0 // SEL_BLOCK + NSET, NB), NPROG, SLEEP, STATS)
             # the landmark columns in chunks of LC (register pressure); NSET > 1: the tile spans
             # NSET selection blocks, their sets side by side, each row masked to its own block's set
             for c0 in range(0, NSET * KP, LC):

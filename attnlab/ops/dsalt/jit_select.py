@@ -7,6 +7,10 @@ try:
     import triton.language as tl
 
     HAVE_TRITON = True
+    try:
+        from triton.language.extra.cuda import gdc_launch_dependents
+    except ImportError:  # pragma: no cover - older triton: no PDL (kernel.py then never sets PDL)
+        gdc_launch_dependents = None
 except ImportError:  # pragma: no cover
     HAVE_TRITON = False
 
@@ -47,14 +51,34 @@ if HAVE_TRITON:
         return cur, m
 
     @triton.jit
-    def _select_kernel(E, LPOS, T, NB, S, K: tl.constexpr, KP: tl.constexpr, BS: tl.constexpr,
-                       CB: tl.constexpr, KEY32: tl.constexpr):
+    def _publish(PROG, pid, new, done, PUB: tl.constexpr):
+        """PUB (session 8): the number of finished output rows (sets) of this (batch, kv head),
+        stored with release semantics after a barrier (every thread's earlier row stores are
+        visible to a reader that acquires the count). Returns the count published."""
+        if PUB:
+            if new > done:
+                tl.debug_barrier()
+                tl.atomic_xchg(PROG + pid, new, sem="release", scope="gpu")
+        return tl.maximum(new, done)
+
+    @triton.jit
+    def _select_kernel(E, LPOS, PROG, T, NB, S, K: tl.constexpr, KP: tl.constexpr, BS: tl.constexpr,
+                       CB: tl.constexpr, KEY32: tl.constexpr, PUB: tl.constexpr = 0, PDL: tl.constexpr = 0):
         """Causal landmark sets with stable slots, one program per (batch, kv head); see the module
         docstring. Candidate blocks are read CB at a time (row r of a chunk: block c0 + r, whose
         output row is the set of block c0 + r + 1, the set after that block's tokens were offered).
         The rank keys are computed here from the energies (int32 keys when T <= 65536: cheaper
-        reductions)."""
+        reductions).
+        Session 8 (OPTS["sel_pdl"]): PDL=1 lets the dependent forward grid (launched with
+        launch_pdl) start as soon as every program of this one runs; PUB=1 publishes the number of
+        finished rows in PROG[pid] (release) so the forward's tiles wait only for their own block's
+        set. A row group is published just before the next group is stored (the barrier and the
+        release then find the earlier stores long done: no stall on the serial chain), and at the end."""
         pid = tl.program_id(0)
+        if PDL:
+            gdc_launch_dependents()
+        done = tl.zeros([], tl.int32)  # rows published
+        stored = tl.full([], 1, tl.int32)  # rows stored (row 0: below)
         bhi = NB - 1
         offs_k = tl.arange(0, KP)
         offs_s = tl.arange(0, BS)
@@ -89,8 +113,10 @@ if HAVE_TRITON:
                 # rows r0 .. nxt-1 inserted nothing: their sets are the current one
                 lp = tl.where((offs_k < K) & (cur != kmin), pm - (cur & pm), none).to(tl.int32)
                 smask = (rows[:, None] >= r0) & (rows[:, None] < nxt) & (c0 + rows[:, None] < bhi)
+                done = _publish(PROG, pid, stored, done, PUB)
                 tl.store(LPOS + pid * NB * KP + out_rows[:, None] + offs_k[None, :],
                          tl.broadcast_to(lp[None, :], (CB, KP)), mask=smask)
+                stored = tl.maximum(stored, tl.minimum(c0 + nxt, bhi) + 1)
                 cand = tl.max(tl.where(rows[:, None] == nxt, ck, tl.min(kmin, 0)), 0)  # [BS] block nxt's keys
                 cand = tl.where(cand > m, cand, tl.min(kmin, 0))
                 cur, m = _insert_seq(cur, cand, offs_k, offs_s, tl.min(kmin, 0))
@@ -98,6 +124,9 @@ if HAVE_TRITON:
                 nxt = tl.min(tl.where((bmax > m) & (rows > r0), rows, CB), 0)
             lp = tl.where((offs_k < K) & (cur != kmin), pm - (cur & pm), none).to(tl.int32)
             smask = (rows[:, None] >= r0) & (c0 + rows[:, None] < bhi)
+            done = _publish(PROG, pid, stored, done, PUB)
             tl.store(LPOS + pid * NB * KP + out_rows[:, None] + offs_k[None, :],
                      tl.broadcast_to(lp[None, :], (CB, KP)), mask=smask)
+            stored = tl.minimum(c0 + CB, bhi) + 1
             ck = ck_n
+        done = _publish(PROG, pid, NB, done, PUB)

@@ -93,7 +93,9 @@ def _interpreting() -> bool:
 if HAVE_TRITON:  # the Triton kernels live in jit_attention.py and jit_select.py
     from .jit_attention import _fwd_kernel, _dq_kernel, _lm_bwd_kernel, _dkdv_kernel, _delta_kernel
     from .jit_attention import _lm_bwd_t_kernel, _fwd_lm_kernel
-    from .jit_select import _select_kernel
+    from .jit_select import _select_kernel, gdc_launch_dependents
+else:  # pragma: no cover
+    gdc_launch_dependents = None
 
 
 _FAST_LM = {"on": True}
@@ -114,9 +116,34 @@ def _select_stable(energy, k: int, kp: int, block: int, key32: bool | None = Non
         out = torch.empty(b, hk, nb, kp, dtype=torch.int32, device=energy.device)
     cb = 16 if block <= 128 else 4
     key32 = (t <= 65536) if key32 is None else key32
-    _LAUNCH(_select_kernel, (b * hk,), e, out, t, nb, block, K=k, KP=kp, BS=_pow2(block), CB=cb, KEY32=key32,
+    _LAUNCH(_select_kernel, (b * hk,), e, out, out, t, nb, block, K=k, KP=kp, BS=_pow2(block), CB=cb, KEY32=key32,
             num_warps=1)
     return out
+
+
+def _select_publish(energy, k: int, kp: int, block: int, out, prog, pdl: bool):
+    """The selection for the forward beside it (OPTS["sel_pdl"], session 8): as _select_stable, and
+    it publishes its finished rows per (batch, kv head) in prog (zeroed by the caller); pdl: it lets
+    the next kernel of the stream (launched with launch_pdl) start while it runs. Returns the fp32
+    energies it reads (the caller keeps them alive until the forward is launched: the forward ends
+    only after the selection's last row is published, after its last read)."""
+    b, hk, t = energy.shape
+    nb = -(-t // block)
+    e = energy.detach().float().contiguous()
+    _LAUNCH(_select_kernel, (b * hk,), e, out, prog, t, nb, block, K=k, KP=kp, BS=_pow2(block),
+            CB=16 if block <= 128 else 4, KEY32=t <= 65536, PUB=1, PDL=int(pdl), num_warps=1)
+    return e
+
+
+# session 8: launch_pdl where the device and triton allow it (off for good after a failed launch)
+_PDL_OK = {"on": True}
+# OPTS["pdl_stats"]: the last forward's wait counters [tiles that waited, polls, microseconds]
+PDL_STATS: dict = {}
+
+
+def _pdl_possible(q) -> bool:
+    return (_PDL_OK["on"] and q.is_cuda and not _interpreting() and gdc_launch_dependents is not None
+            and torch.cuda.get_device_capability(q.device) >= (9, 0))
 
 
 def landmark_slots(energy, n_landmarks: int, block: int):
@@ -191,7 +218,8 @@ def _blocks(block: int, d: int, device) -> tuple[int, int, int]:
 # 2.985 ms) and 128-row window-only dQ tiles (3.240).
 OPTS = {"lc_fwd": 32, "lc_dq": 32, "delta": (64, 4), "lm_bwd": "trans", "fuse_delta": True,
         "lm_dq": True, "fwd_split": True, "split_min_t": 32768, "loop1_fwd": "split",
-        "dkdv_wmin": True, "wmin_min_t": 8192}
+        "dkdv_wmin": True, "wmin_min_t": 8192,
+        "sel_pdl": 0, "pdl_min_t": 0, "pdl_sleep": True, "pdl_stats": False}
 
 _TUNED: dict = {}
 _FWD_BM_OVERRIDE: dict = {}
@@ -383,9 +411,28 @@ class _DSALTFn(torch.autograd.Function):
         g = h // hk
         bm, bn, warps = _blocks(block, d, q.device)
         has_lm = n_lm > 0
-        split = has_lm and bool(OPTS["fwd_split"]) and t >= OPTS["split_min_t"]
+        wait = int(OPTS["sel_pdl"]) if has_lm and _FAST_LM["on"] and t >= OPTS["pdl_min_t"] else 0
+        split = has_lm and not wait and bool(OPTS["fwd_split"]) and t >= OPTS["split_min_t"]
         side = split and _side_ok(q, t)
-        if side:
+        prog, keep, pdl = None, None, False
+        if wait:
+            # the selection publishes its rows per (batch, kv head) in prog; the forward (PDL: started
+            # while the selection runs) waits per tile for its own block's set
+            kp, nb = max(16, _pow2(n_lm)), -(-t // block)
+            lpos = torch.empty(b, hk, nb, kp, dtype=torch.int32, device=q.device)
+            prog = torch.zeros(b * hk + 3, dtype=torch.int32, device=q.device)
+            pdl = _pdl_possible(q)
+            try:
+                keep = _select_publish(energy, n_lm, kp, block, lpos, prog, pdl)
+            except Exception as e:  # pragma: no cover - compiler trouble: the stream-ordered paths
+                import warnings
+
+                warnings.warn(f"dsalt: publishing selection kernel unavailable ({type(e).__name__}: {e})")
+                OPTS["sel_pdl"] = 0
+                wait, lpos = 0, None
+        if wait:
+            pass  # lpos, kp, nb: above
+        elif side:
             # the selection on a side stream, launched after the window kernel (the host's time
             # between the two launches then overlaps too); lpos is allocated on the current stream,
             # which waits for the side stream before the landmark pass reads it
@@ -405,11 +452,27 @@ class _DSALTFn(torch.autograd.Function):
         lse = torch.empty(b, h, t, device=q.device, dtype=torch.float32)
         fwd_args = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                     o.stride(0), o.stride(1), o.stride(2))
-        _launch("fwd", _fwd_kernel, t, b * h, bm, bn, warps, block,
-                q, k, v, win, gt, win if split else lpos, o, lse, *fwd_args,
-                h, g, t, nb, n_max, float(edge), 1.0 / float(edge), scale * LOG2E, block,
-                D=d, KP=kp, HAS_LM=has_lm and not split, PREC=_prec(q), LC=min(OPTS["lc_fwd"], kp),
-                LOOP1=int(OPTS["loop1_fwd"] is True or (OPTS["loop1_fwd"] == "split" and bool(split))))
+        fwd = dict(D=d, KP=kp, HAS_LM=has_lm and not split, PREC=_prec(q), LC=min(OPTS["lc_fwd"], kp),
+                   LOOP1=int(OPTS["loop1_fwd"] is True or (OPTS["loop1_fwd"] == "split" and bool(split)) or wait > 0))
+        if wait:
+            stats = int(bool(OPTS["pdl_stats"]) and q.is_cuda)
+            fwd.update(WAIT=wait, SLEEP=int(pdl and bool(OPTS["pdl_sleep"])), STATS=stats)
+        fa = (q, k, v, win, gt, win if split else lpos, o, lse, lse if prog is None else prog, *fwd_args,
+              h, g, t, nb, n_max, float(edge), 1.0 / float(edge), scale * LOG2E, block, b * hk)
+        if pdl:
+            try:
+                _launch("fwd", _fwd_kernel, t, b * h, bm, bn, warps, block, *fa, **fwd, launch_pdl=True)
+            except Exception as e:  # pragma: no cover - launch_pdl refused: stream order (same results)
+                import warnings
+
+                warnings.warn(f"dsalt: launch_pdl unavailable ({type(e).__name__}: {e}); stream-ordered forward")
+                _PDL_OK["on"] = False
+                _launch("fwd", _fwd_kernel, t, b * h, bm, bn, warps, block, *fa, **fwd)
+        else:
+            _launch("fwd", _fwd_kernel, t, b * h, bm, bn, warps, block, *fa, **fwd)
+        del keep
+        if wait and fwd["STATS"]:
+            PDL_STATS["last"] = prog[b * hk:]
         if split:
             if side:
                 sst.wait_event(ev_fork)
