@@ -77,9 +77,9 @@ def main(argv=None):
                 "LSE": "*fp32", "PROG": "*i32", **fl}, {"num_warps": w, "num_stages": st},
                f"BLOCK_M {bm} BLOCK_N {bn} one loop {lp}")
     for bm, bn, w, st in K.FWD_CONFIGS if want("fwd") else []:  # session 8: waiting for the sets (sel_pdl)
-        for wait in (1, 2):
+        for wait in (1, 2, 3, 4):
             report(K._fwd_kernel, {"D": 128, "BLOCK_M": bm, "BLOCK_N": bn, "KP": 64, "HAS_LM": True, "PREC": "tf32",
-                                   "NSET": max(1, bm // 64), "LC": 32, "LOOP1": 1, "WAIT": wait, "SLEEP": 1},
+                                   "NSET": max(1, bm // 64), "LC": 32, "LOOP1": 1, "WAIT": wait, "SLEEP": 200, "PS": 32},
                    {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "W": "*fp32", "GT": "*fp32", "LPOS": "*i32", "O": "*bf16",
                     "LSE": "*fp32", "PROG": "*i32", **fl}, {"num_warps": w, "num_stages": st, "launch_pdl": True},
                    f"BLOCK_M {bm} BLOCK_N {bn} sel_pdl {wait}")

@@ -41,10 +41,11 @@ def check(ins, kw, tol_out, tol_grad, up=False):
 
 
 CPU_CASES = [  # b, h, hk, t, d, n_min, n_max, edge, k, block, dtype, forward tile rows, sel_pdl
-    (1, 2, 1, 75, 16, 2.0, 30, 2.0, 6, 16, torch.float32, None, 1),   # odd length, GQA
-    (2, 2, 2, 53, 16, 1.0, 12, 2.0, 20, 16, torch.float32, None, 2),  # batch 2, window first
-    (1, 2, 1, 75, 16, 2.0, 30, 2.0, 6, 16, torch.float32, 32, 1),     # a forward tile over two blocks
-    (1, 4, 2, 61, 16, 3.0, 24, 2.0, 20, 32, torch.float16, None, 2),  # fp16, GQA
+    (1, 2, 1, 75, 16, 2.0, 30, 2.0, 6, 16, torch.float32, None, 1),   # odd length, GQA, count at start
+    (2, 2, 2, 53, 16, 1.0, 12, 2.0, 20, 16, torch.float32, None, 2),  # batch 2, count after the window
+    (1, 2, 1, 75, 16, 2.0, 30, 2.0, 6, 16, torch.float32, 32, 3),     # a tile over two blocks, sets polled
+    (1, 4, 2, 61, 16, 3.0, 24, 2.0, 20, 32, torch.float16, None, 4),  # fp16, GQA, sets after the window
+    (1, 2, 1, 45, 16, 2.0, 30, 2.0, 40, 16, torch.float32, None, 3),  # four landmark chunks per tile
 ]
 
 
@@ -99,18 +100,20 @@ def _gpu_case(seed, h, hk, t, n_lm, mode, monkeypatch, cfg=None):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("i", range(4))
+@pytest.mark.parametrize("i", range(8))
 def test_gpu_bf16_sel_pdl_matches_reference(i, monkeypatch):
-    """bf16, head dim 128, every forward launch config (i; BLOCK_M 128: tiles over two selection
-    blocks), sel_pdl 1 (even i) / 2 (odd i), GQA (odd i), 64 landmarks (i = 3: 5)."""
+    """bf16, head dim 128, every forward launch config (i % 4; BLOCK_M 128: tiles over two selection
+    blocks), sel_pdl 1 + i % 4 (the published count / the sets polled, at the tile's start / after
+    the window), GQA (odd i), 64 landmarks (i = 3, 7: 5; i = 6: 16, sets sharing a 128-byte line)."""
     from attnlab.ops.dsalt import kernel
 
     cfg = {"fwd": kernel.FWD_CONFIGS[i % len(kernel.FWD_CONFIGS)]}
-    _gpu_case(80 + i, 4, 2 if i % 2 else 4, 1000 + 37 * i, 5 if i == 3 else 64, 1 + i % 2, monkeypatch, cfg)
+    n_lm = {3: 5, 7: 5, 6: 16}.get(i, 64)
+    _gpu_case(80 + i, 4, 2 if i % 2 else 4, 1000 + 37 * i, n_lm, 1 + i % 4, monkeypatch, cfg)
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("mode", [1, 2])
+@pytest.mark.parametrize("mode", [1, 2, 3, 4])
 def test_gpu_bf16_sel_pdl_slow_selection(mode, monkeypatch):
     """A selection slow against the forward (one head, T = 6000: the forward's tiles run ahead and
     wait): still the reference; with PDL the wait counters show tiles that waited."""
@@ -123,12 +126,13 @@ def test_gpu_bf16_sel_pdl_slow_selection(mode, monkeypatch):
 
 
 @pytest.mark.gpu
-def test_gpu_sel_pdl_cuda_graph_replay(monkeypatch):
-    """The PDL path captured in a CUDA graph (the zeroed counters, the selection, the forward
+@pytest.mark.parametrize("mode", [1, 3])
+def test_gpu_sel_pdl_cuda_graph_replay(mode, monkeypatch):
+    """The PDL path captured in a CUDA graph (the zeroed counters / the sets filled with -2, the selection, the forward
     launched with launch_pdl, the backward) and replayed on new inputs equals the eager step."""
     from attnlab.ops.dsalt import kernel
 
-    monkeypatch.setitem(kernel.OPTS, "sel_pdl", 1)
+    monkeypatch.setitem(kernel.OPTS, "sel_pdl", mode)
     monkeypatch.setenv("ATTNLAB_DSALT_AUTOTUNE", "0")
     torch.manual_seed(7)
     ins = make(1, 4, 2, 3000, 128, 48.0, 300, torch.bfloat16, "cuda")

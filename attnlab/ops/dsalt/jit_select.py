@@ -52,13 +52,15 @@ if HAVE_TRITON:
 
     @triton.jit
     def _publish(PROG, pid, new, done, PUB: tl.constexpr):
-        """PUB (session 8): the number of finished output rows (sets) of this (batch, kv head),
-        stored with release semantics after a barrier (every thread's earlier row stores are
-        visible to a reader that acquires the count). Returns the count published."""
-        if PUB:
+        """PUB > 0 (session 8): the number of finished output rows (sets) of this (batch, kv head),
+        stored in PROG[pid * PUB] with release semantics after a barrier (every thread's earlier
+        row stores are visible to a reader that acquires the count); PUB is the counters' stride
+        (32: one 128-byte line each, so the forward's polls of one counter do not queue behind
+        another's in one L2 slice). Returns the count published."""
+        if PUB > 0:
             if new > done:
                 tl.debug_barrier()
-                tl.atomic_xchg(PROG + pid, new, sem="release", scope="gpu")
+                tl.atomic_xchg(PROG + pid * PUB, new, sem="release", scope="gpu")
         return tl.maximum(new, done)
 
     @triton.jit
@@ -70,8 +72,8 @@ if HAVE_TRITON:
         The rank keys are computed here from the energies (int32 keys when T <= 65536: cheaper
         reductions).
         Session 8 (OPTS["sel_pdl"]): PDL=1 lets the dependent forward grid (launched with
-        launch_pdl) start as soon as every program of this one runs; PUB=1 publishes the number of
-        finished rows in PROG[pid] (release) so the forward's tiles wait only for their own block's
+        launch_pdl) start as soon as every program of this one runs; PUB > 0 publishes the number of
+        finished rows in PROG[pid * PUB] (release) so the forward's tiles wait only for their own block's
         set. A row group is published just before the next group is stored (the barrier and the
         release then find the earlier stores long done: no stall on the serial chain), and at the end."""
         pid = tl.program_id(0)

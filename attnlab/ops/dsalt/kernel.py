@@ -121,9 +121,9 @@ def _select_stable(energy, k: int, kp: int, block: int, key32: bool | None = Non
     return out
 
 
-def _select_publish(energy, k: int, kp: int, block: int, out, prog, pdl: bool):
+def _select_publish(energy, k: int, kp: int, block: int, out, prog, pdl: bool, stride: int = 1):
     """The selection for the forward beside it (OPTS["sel_pdl"], session 8): as _select_stable, and
-    it publishes its finished rows per (batch, kv head) in prog (zeroed by the caller); pdl: it lets
+    it publishes its finished rows per (batch, kv head) in prog[i * stride] (zeroed by the caller); pdl: it lets
     the next kernel of the stream (launched with launch_pdl) start while it runs. Returns the fp32
     energies it reads (the caller keeps them alive until the forward is launched: the forward ends
     only after the selection's last row is published, after its last read)."""
@@ -131,7 +131,7 @@ def _select_publish(energy, k: int, kp: int, block: int, out, prog, pdl: bool):
     nb = -(-t // block)
     e = energy.detach().float().contiguous()
     _LAUNCH(_select_kernel, (b * hk,), e, out, prog, t, nb, block, K=k, KP=kp, BS=_pow2(block),
-            CB=16 if block <= 128 else 4, KEY32=t <= 65536, PUB=1, PDL=int(pdl), num_warps=1)
+            CB=16 if block <= 128 else 4, KEY32=t <= 65536, PUB=stride, PDL=int(pdl), num_warps=1)
     return e
 
 
@@ -141,9 +141,16 @@ _PDL_OK = {"on": True}
 PDL_STATS: dict = {}
 
 
+_CAP: dict = {}
+
+
 def _pdl_possible(q) -> bool:
-    return (_PDL_OK["on"] and q.is_cuda and not _interpreting() and gdc_launch_dependents is not None
-            and torch.cuda.get_device_capability(q.device) >= (9, 0))
+    """PDL launches: CUDA, compute capability >= 9.0 (griddepcontrol), triton with gdc, not refused."""
+    if not (_PDL_OK["on"] and q.is_cuda and not _interpreting() and gdc_launch_dependents is not None):
+        return False
+    if q.device not in _CAP:
+        _CAP[q.device] = torch.cuda.get_device_capability(q.device) >= (9, 0)
+    return _CAP[q.device]
 
 
 def landmark_slots(energy, n_landmarks: int, block: int):
@@ -219,7 +226,7 @@ def _blocks(block: int, d: int, device) -> tuple[int, int, int]:
 OPTS = {"lc_fwd": 32, "lc_dq": 32, "delta": (64, 4), "lm_bwd": "trans", "fuse_delta": True,
         "lm_dq": True, "fwd_split": True, "split_min_t": 32768, "loop1_fwd": "split",
         "dkdv_wmin": True, "wmin_min_t": 8192,
-        "sel_pdl": 0, "pdl_min_t": 0, "pdl_sleep": True, "pdl_stats": False}
+        "sel_pdl": 0, "pdl_min_t": 0, "pdl_sleep": 200, "pdl_stride": 1, "pdl_stats": False}
 
 _TUNED: dict = {}
 _FWD_BM_OVERRIDE: dict = {}
@@ -414,16 +421,24 @@ class _DSALTFn(torch.autograd.Function):
         wait = int(OPTS["sel_pdl"]) if has_lm and _FAST_LM["on"] and t >= OPTS["pdl_min_t"] else 0
         split = has_lm and not wait and bool(OPTS["fwd_split"]) and t >= OPTS["split_min_t"]
         side = split and _side_ok(q, t)
-        prog, keep, pdl = None, None, False
+        prog, keep, pdl, nprog = None, None, False, 0
         if wait:
             # the selection publishes its rows per (batch, kv head) in prog; the forward (PDL: started
             # while the selection runs) waits per tile for its own block's set
             kp, nb = max(16, _pow2(n_lm)), -(-t // block)
-            lpos = torch.empty(b, hk, nb, kp, dtype=torch.int32, device=q.device)
-            prog = torch.zeros(b * hk + 3, dtype=torch.int32, device=q.device)
+            rows = wait >= 3  # the forward polls the sets themselves: filled with -2, no counters
+            ps = 1 if rows else int(OPTS["pdl_stride"])
+            nprog = 0 if rows else b * hk
+            if rows:
+                lpos = torch.full((b, hk, nb, kp), -2, dtype=torch.int32, device=q.device)
+            else:
+                lpos = torch.empty(b, hk, nb, kp, dtype=torch.int32, device=q.device)
+            if not rows or OPTS["pdl_stats"]:
+                prog = torch.zeros(nprog * ps + 3, dtype=torch.int32, device=q.device)
             pdl = _pdl_possible(q)
             try:
-                keep = _select_publish(energy, n_lm, kp, block, lpos, prog, pdl)
+                keep = _select_publish(energy, n_lm, kp, block, lpos, prog if not rows else lpos, pdl,
+                                       0 if rows else ps)
             except Exception as e:  # pragma: no cover - compiler trouble: the stream-ordered paths
                 import warnings
 
@@ -456,9 +471,9 @@ class _DSALTFn(torch.autograd.Function):
                    LOOP1=int(OPTS["loop1_fwd"] is True or (OPTS["loop1_fwd"] == "split" and bool(split)) or wait > 0))
         if wait:
             stats = int(bool(OPTS["pdl_stats"]) and q.is_cuda)
-            fwd.update(WAIT=wait, SLEEP=int(pdl and bool(OPTS["pdl_sleep"])), STATS=stats)
+            fwd.update(WAIT=wait, SLEEP=int(OPTS["pdl_sleep"]) if pdl else 0, STATS=stats, PS=ps)
         fa = (q, k, v, win, gt, win if split else lpos, o, lse, lse if prog is None else prog, *fwd_args,
-              h, g, t, nb, n_max, float(edge), 1.0 / float(edge), scale * LOG2E, block, b * hk)
+              h, g, t, nb, n_max, float(edge), 1.0 / float(edge), scale * LOG2E, block, nprog)
         if pdl:
             try:
                 _launch("fwd", _fwd_kernel, t, b * h, bm, bn, warps, block, *fa, **fwd, launch_pdl=True)
@@ -472,7 +487,7 @@ class _DSALTFn(torch.autograd.Function):
             _launch("fwd", _fwd_kernel, t, b * h, bm, bn, warps, block, *fa, **fwd)
         del keep
         if wait and fwd["STATS"]:
-            PDL_STATS["last"] = prog[b * hk:]
+            PDL_STATS["last"] = prog[nprog * ps:]
         if split:
             if side:
                 sst.wait_event(ev_fork)
