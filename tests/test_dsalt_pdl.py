@@ -161,3 +161,26 @@ def test_gpu_sel_pdl_cuda_graph_replay(mode, monkeypatch):
         eager = step()
         for j, (a, r) in enumerate(zip(static, eager)):
             assert (a.float() - r.float()).norm() <= 1e-2 * r.float().norm(), j
+
+
+@pytest.mark.parametrize("t,k,block,key32", [(1000, 64, 64, True), (300, 5, 16, False), (333, 16, 16, True),
+                                             (50, 64, 64, True), (40, 10, 16, True)])
+def test_selection_first_block_sorted_fill(t, k, block, key32, monkeypatch):
+    """OPTS["sel_fill"]: block 0's candidates sorted into the empty set at once give the very sets
+    (slots included) of the one-by-one insertion; ties in the energies, lengths not a multiple of
+    the block, fewer tokens than landmarks, int64 keys."""
+    from attnlab.ops.dsalt import kernel
+
+    if not ON_GPU:
+        import os
+
+        if os.environ.get("TRITON_INTERPRET") != "1":
+            pytest.skip("needs CUDA or the interpreter")
+    kp = max(16, kernel._pow2(k))
+    e = torch.randn(2, 2, t, device="cuda" if ON_GPU else "cpu")
+    e[1, 0, 3:20] = 0.25  # ties
+    monkeypatch.setitem(kernel.OPTS, "sel_fill", False)
+    want = kernel._select_stable(e, k, kp, block, key32)
+    monkeypatch.setitem(kernel.OPTS, "sel_fill", True)
+    assert kernel._fill(kp, block) == int(kernel._pow2(block) == kp)
+    assert torch.equal(kernel._select_stable(e, k, kp, block, key32), want)

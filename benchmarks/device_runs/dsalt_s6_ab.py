@@ -36,7 +36,7 @@ from attnlab.ops.dsalt import kernel as K  # noqa: E402
 
 S5 = {"lm_bwd": "atomic", "lm_dq": False, "fwd_split": False}  # the session-5 landmark path
 CORE = ("flex_window", "window", "dsalt", "dsalt_s5", "window_4loop", "dsalt_4loop", "dsalt_u", "dsalt_p1",
-        "dsalt_p2", "dsalt_p3", "dsalt_p4")
+        "dsalt_p2", "dsalt_p3", "dsalt_p4", "dsalt_fill", "dsalt_p3_fill")
 
 
 def host_ms(step, n=10):
@@ -74,7 +74,7 @@ def timeline(step, label):
 
 U = {"loop1_fwd": True, "fwd_split": False}  # the fused one-loop forward with its landmark iterations
 TIMELINES = ("flex_window", "window", "dsalt", "dsalt_4loop", "dsalt_u", "dsalt_nowmin", "dsalt_p1", "dsalt_p2",
-             "dsalt_p3", "dsalt_p4")
+             "dsalt_p3", "dsalt_p3_fill")
 
 
 def s7_variants(mk, n_lm):
@@ -121,13 +121,16 @@ def s8b_variants(mk, n_lm):
     forward no faster): "p3" / "p4": the forward polls the sets themselves (LPOS filled with -2, the
     selection publishes nothing: no fence on its serial chain), at the tile's start / after the
     window blocks; "1k": 1000 ns between polls; "pad": the published counters one 128-byte line
-    apart (pdl_stride 32)."""
+    apart (pdl_stride 32); "fill": block 0's candidates sorted into the empty set at once
+    (OPTS["sel_fill"]; "dsalt_fill": the defaults with it)."""
     return {"dsalt_u": mk(n_lm, U),
             "dsalt_p1": mk(n_lm, {"sel_pdl": 1}),
             "dsalt_p1_pad": mk(n_lm, {"sel_pdl": 1, "pdl_stride": 32}),
             "dsalt_p3": mk(n_lm, {"sel_pdl": 3}),
             "dsalt_p3_1k": mk(n_lm, {"sel_pdl": 3, "pdl_sleep": 1000}),
-            "dsalt_p4": mk(n_lm, {"sel_pdl": 4})}
+            "dsalt_p4": mk(n_lm, {"sel_pdl": 4}),
+            "dsalt_fill": mk(n_lm, {"sel_fill": True}),
+            "dsalt_p3_fill": mk(n_lm, {"sel_pdl": 3, "sel_fill": True})}
 
 
 def pdl_stats(mk, n_lm, t, extra):

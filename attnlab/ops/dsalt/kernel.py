@@ -117,8 +117,14 @@ def _select_stable(energy, k: int, kp: int, block: int, key32: bool | None = Non
     cb = 16 if block <= 128 else 4
     key32 = (t <= 65536) if key32 is None else key32
     _LAUNCH(_select_kernel, (b * hk,), e, out, out, t, nb, block, K=k, KP=kp, BS=_pow2(block), CB=cb, KEY32=key32,
-            num_warps=1)
+            FILL=_fill(kp, block), num_warps=1)
     return out
+
+
+def _fill(kp: int, block: int) -> int:
+    """OPTS["sel_fill"]: block 0's candidates sorted into the empty set at once (where a block's
+    candidate vector and the set have one width)."""
+    return int(bool(OPTS["sel_fill"]) and _pow2(block) == kp)
 
 
 def _select_publish(energy, k: int, kp: int, block: int, out, prog, pdl: bool, stride: int = 1):
@@ -131,7 +137,8 @@ def _select_publish(energy, k: int, kp: int, block: int, out, prog, pdl: bool, s
     nb = -(-t // block)
     e = energy.detach().float().contiguous()
     _LAUNCH(_select_kernel, (b * hk,), e, out, prog, t, nb, block, K=k, KP=kp, BS=_pow2(block),
-            CB=16 if block <= 128 else 4, KEY32=t <= 65536, PUB=stride, PDL=int(pdl), num_warps=1)
+            CB=16 if block <= 128 else 4, KEY32=t <= 65536, PUB=stride, PDL=int(pdl), FILL=_fill(kp, block),
+            num_warps=1)
     return e
 
 
@@ -226,7 +233,8 @@ def _blocks(block: int, d: int, device) -> tuple[int, int, int]:
 OPTS = {"lc_fwd": 32, "lc_dq": 32, "delta": (64, 4), "lm_bwd": "trans", "fuse_delta": True,
         "lm_dq": True, "fwd_split": True, "split_min_t": 32768, "loop1_fwd": "split",
         "dkdv_wmin": True, "wmin_min_t": 8192,
-        "sel_pdl": 0, "pdl_min_t": 0, "pdl_sleep": 200, "pdl_stride": 1, "pdl_stats": False}
+        "sel_pdl": 0, "pdl_min_t": 0, "pdl_sleep": 200, "pdl_stride": 1, "pdl_stats": False,
+        "sel_fill": False}
 
 _TUNED: dict = {}
 _FWD_BM_OVERRIDE: dict = {}
