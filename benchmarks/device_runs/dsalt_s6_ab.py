@@ -291,7 +291,8 @@ def quick():
     win = torch.full((1, 2, 40), 8.0, requires_grad=True)
     e = torch.randn(1, 2, 40, requires_grad=True)
     for opts in (S5, {"lm_bwd": "trans", "lm_dq": True, "fwd_split": True, "split_min_t": 1},
-                 {"fwd_split": False, "loop1_fwd": True}, {"sel_pdl": 1}, {"sel_pdl": 2, "pdl_stride": 32}, {"sel_pdl": 3}, {"sel_pdl": 4}):
+                 {"fwd_split": False, "loop1_fwd": True}, {"sel_pdl": 1}, {"sel_pdl": 2, "pdl_stride": 32},
+                 {"sel_pdl": 3}, {"sel_pdl": 4}):
         K.OPTS.update(opts)
         out = dsalt_attention(q, k, v, win, e, n_max=8, n_landmarks=4, edge=2.0, block=16, impl="triton")
         out.sum().backward()

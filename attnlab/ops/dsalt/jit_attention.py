@@ -180,6 +180,7 @@ if HAVE_TRITON:
         microseconds added in PROG[NPROG * PS .. + 2]."""
         nb0 = m0 // SEL_BLOCK
         polls = tl.zeros([], tl.int32)
+        t0 = tl.zeros([], tl.int64)
         if STATS:
             t0 = _globaltimer()
         if ROWS:

@@ -52,6 +52,15 @@ At T >= ``OPTS["split_min_t"]`` (32768; session 6 round 2: faster at 32K, slower
 ``_fwd_lm_kernel`` (the landmark pass continuing the online softmax from (lse, 1, O)), with the
 selection on a high-priority side stream launched right after the window kernel, beside it.
 
+``OPTS["sel_pdl"]`` (session 8, off by default: not measured faster): the selection beside the
+fused one-loop forward at every T through programmatic dependent launch. The selection kernel calls
+``gdc_launch_dependents()`` first; the forward, launched with ``launch_pdl=True``, starts once every
+selection program runs, orders its programs head-fastest and each tile waits only for its own
+block's set (1 / 2: a count of finished rows published by the selection with release semantics,
+polled at the tile's start / after its window blocks; 3 / 4: the sets themselves, LPOS filled with
+-2). Without PDL the stream orders the two kernels and the waits exit at once.
+``OPTS["sel_fill"]`` (off): block 0's candidates sorted into the empty set at once.
+
 Launches go through ``attnlab.ops.launch_replay.ReplayLauncher`` (the compiled launcher is called
 directly from the second launch of a shape on).
 
@@ -128,8 +137,9 @@ def _fill(kp: int, block: int) -> int:
 
 
 def _select_publish(energy, k: int, kp: int, block: int, out, prog, pdl: bool, stride: int = 1):
-    """The selection for the forward beside it (OPTS["sel_pdl"], session 8): as _select_stable, and
-    it publishes its finished rows per (batch, kv head) in prog[i * stride] (zeroed by the caller); pdl: it lets
+    """The selection for the forward beside it (OPTS["sel_pdl"], session 8): as _select_stable; with
+    stride > 0 it publishes its finished rows per (batch, kv head) in prog[i * stride] (zeroed by the
+    caller; stride 0: nothing published, the forward polls the sets); pdl: it lets
     the next kernel of the stream (launched with launch_pdl) start while it runs. Returns the fp32
     energies it reads (the caller keeps them alive until the forward is launched: the forward ends
     only after the selection's last row is published, after its last read)."""
@@ -230,6 +240,16 @@ def _blocks(block: int, d: int, device) -> tuple[int, int, int]:
 # 0.753 / 0.990 vs 0.975, hence only where T >= wmin_min_t. Measured slower and removed: the dK/dV
 # scores rewritten in the per-tile branch (p = 2^(s + log2 r - lse), more spills: 32K 3.523 vs
 # 2.985 ms) and 128-row window-only dQ tiles (3.240).
+# sel_pdl (session 8): 0 off; 1 / 2 the forward's tiles poll the selection's published count of
+# finished rows (at the tile's start / after its window blocks); 3 / 4 they poll the sets themselves
+# (LPOS filled with -2: no fences in the selection); the forward is the fused one-loop kernel, launched
+# with launch_pdl where _pdl_possible (sm_90+, triton with gdc), where T >= pdl_min_t. pdl_sleep: ns
+# between polls (0: none); pdl_stride: int32s between the counters of 1 / 2 (32: one 128-byte line
+# each); pdl_stats: the wait counters of the last forward in PDL_STATS (tiles that waited, polls, us).
+# H100, one call (RESULTS.md "Session 8"): 32K 3.022 (1) vs 3.075 (defaults) vs 3.090 (fused forward
+# after the selection), a second run 3.007 vs 3.078 vs 2.966; 16K 1.641 vs 1.704 vs 1.645; 4K 1.025 vs
+# 0.925 (host bound): not a clear win, so off. sel_fill: block 0's candidates sorted into the empty set
+# at once (bit-equal sets; not measured on the GPU).
 OPTS = {"lc_fwd": 32, "lc_dq": 32, "delta": (64, 4), "lm_bwd": "trans", "fuse_delta": True,
         "lm_dq": True, "fwd_split": True, "split_min_t": 32768, "loop1_fwd": "split",
         "dkdv_wmin": True, "wmin_min_t": 8192,
