@@ -481,6 +481,11 @@ LEAN_MAX_WIDTH = 128
 # (two device calls, 5 rounds each): T=4K 0.810x / 0.819x vs 0.824x / 0.827x with the memset (one launch
 # and its host time fewer), T=16K 0.815x / 0.816x vs 0.812x / 0.819x (within noise).
 ZERO_IN_FWD = os.environ.get("ATTNLAB_NOISE_ZERO", "1") == "1"
+# GLUON_DK: the dK/dQ kernel written in Gluon (noise_gluon.py: TMA ring + mbarriers + async wgmma) instead of
+# the Triton lean kernel, where ``noise_gluon.available`` says it can run (Hopper GPU, bf16/fp16, 128-wide
+# heads, the lean config's tiles); anywhere else (CPU, interpreter, other widths) the lean kernel runs.
+# Session 8 (RESULTS.md): off by default unless measured faster.
+GLUON_DK = os.environ.get("ATTNLAB_NOISE_GLUON", "0") == "1"
 
 
 def _zero_in_fwd(q2, v) -> bool:
@@ -587,6 +592,17 @@ def _dk_loop(go, q2, k2, v, dn, lse, delta, dk32, dq32, tbl, h, hs, split, t, d,
         h, hs, split, t, scale * LOG2E, scale, d, _pow2(d), dv, _pow2(dv), bm, bn, chunk, kc), w, s)
 
 
+def _gluon_dk(go, q2, k2, v, dn, lse, delta, dk32, dq32, tbl, h, hs, split, t, scale, bm, bn, nt) -> bool:
+    """The Gluon dK/dQ kernel where it can run (returns True), else nothing (False: the lean kernel)."""
+    from . import noise_gluon as ng
+    d, dv = q2.shape[-1], v.shape[-1]
+    if not (ng.available(q2, v, d, dv, bm, bn, nt) and dn.is_contiguous()):
+        return False
+    go.on = False  # its tensor descriptors hold the data pointers: this shape is not replayed
+    ng.noise_bwd_dk_gluon(q2, k2, v, dn, lse, delta, dk32, dq32, tbl, h, hs, split, t, scale * LOG2E, scale, bm, bn)
+    return True
+
+
 def _bwd_body(go, dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dqk16, dvo, tbl, scale, combine, cfg):
     """The preprocess, the dK/dQ kernel, then the dV kernel (which also casts dQ2/dK2)."""
     b, t, d = q2.shape
@@ -599,9 +615,11 @@ def _bwd_body(go, dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dqk16, dvo, t
        (dout, n, lam32, dn, delta, dlam, *_vstr(dout), *_vstr(n), h, hs, split, t, dv, _pow2(dv), pbm, combine))
     if _dk_mode(d, dv) == "lean":
         bm, bn, nt, w, s, _, kc, _, early, acc, maxnreg = _config("lean", h, dv, d)
+        gluon = GLUON_DK and _gluon_dk(go, q2, k2, v, dn, lse, delta, dk32, dq32, tbl, h, hs, split, t, scale,
+                                       bm, bn, nt)
         kc = _pow2(dv) if kc <= 0 else min(kc, _pow2(dv))
         opts = {"maxnreg": maxnreg} if maxnreg and not _interpret() else {}
-        _fit(go, _noise_bwd_dk_lean_kernel, (tbl.numel() // 2, b * split),
+        gluon or _fit(go, _noise_bwd_dk_lean_kernel, (tbl.numel() // 2, b * split),
            (q2, k2, v, dn, lse, delta, dk32, dq32, tbl,
             q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), *_vstr(v),
             h, hs, split, t, scale * LOG2E, scale, d, _pow2(d), dv, _pow2(dv), bm, bn, nt, kc, bool(early),
@@ -687,7 +705,7 @@ def _noise_backward(saved, key, scale, combine, dout, ws32):
     dqk16 = torch.empty(2, b, t, d, device=dev, dtype=q2.dtype)  # written by the dV kernel (split)
     dvo = torch.empty(b, h, t, dv, device=dev, dtype=v.dtype)
     roots = (dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dqk16, dvo, tbl)
-    bkey = (key, dout.stride(), _align(dout), _dk_mode(d, dv), CONFIGS["dk"], CONFIGS["lean"], CONFIGS["dv"],
+    bkey = (key, dout.stride(), _align(dout), _dk_mode(d, dv), GLUON_DK, CONFIGS["dk"], CONFIGS["lean"], CONFIGS["dv"],
             dvo.stride(), _align(dvo), _sharing(roots))
     _launch(bkey, roots, _bwd_body, scale, combine, (hs, split))
     dlam = ws32[2 * btd:] if combine else None

@@ -1,0 +1,91 @@
+"""The Gluon dK/dQ kernel of the noise-once CMD path (noise_gluon.py). Gluon has no interpreter: on
+CPU only the dispatch is tested (GLUON_DK on falls back to the Triton lean kernel, same results); the
+kernel itself runs in the tests marked gpu (bf16 on a Hopper GPU, vs the fp32 reference and the lean
+kernel, the full op's forward and every gradient)."""
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from attnlab.ops.diff_attention import noise_gluon as NG  # noqa: E402
+from attnlab.ops.diff_attention import noise_once as NO  # noqa: E402
+from attnlab.testing import rel_err  # noqa: E402
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _hopper():
+    return DEV == "cuda" and torch.cuda.get_device_capability()[0] == 9 and NG.HAVE_GLUON
+
+
+def test_gluon_unavailable_falls_back(monkeypatch):
+    """Where Gluon cannot run (CPU / interpreter / other widths), GLUON_DK on takes the lean kernel:
+    the same gradients as with it off."""
+    if DEV == "cuda":
+        x = torch.zeros(1, 4, 16, dtype=torch.float32, device=DEV)
+        assert not NG.available(x, x[:, None], 16, 16, 128, 128, 2)  # fp32, 16-wide: never Gluon
+        return
+    x = torch.zeros(1, 4, 16)
+    assert not NG.available(x, x[:, None], 128, 128, 128, 128, 2)
+    torch.manual_seed(0)
+    q2, k2 = torch.randn(1, 1, 21, 16, requires_grad=True), torch.randn(1, 1, 21, 16, requires_grad=True)
+    v = torch.randn(1, 2, 21, 16, requires_grad=True)
+    g = torch.randn(1, 2, 21, 16)
+    res = []
+    for flag in (False, True):
+        monkeypatch.setattr(NO, "GLUON_DK", flag)
+        out = NO.shared_noise_attention(q2, k2, v)
+        res.append([out, *torch.autograd.grad(out, (q2, k2, v), g)])
+    for a, b in zip(*res):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _hopper(), reason="Gluon kernel: Hopper GPU only")
+@pytest.mark.parametrize("t", [1024, 999])
+def test_gluon_dk_kernel_gpu(t):
+    """The kernel alone: dQ2/dK2 vs the float32 reference and vs the Triton lean kernel (bf16)."""
+    import importlib.util, pathlib, sys  # noqa: E401
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench_noise_gluon.py"
+    spec = importlib.util.spec_from_file_location("bench_noise_gluon", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rows = mod.main(["--T", str(t), "--repeats", "2"])
+    by = {r["kernel"]: r for r in rows}
+    gl = [r for k, r in by.items() if k.startswith("gluon")]
+    assert gl, "Gluon kernel did not run"
+    for r in gl + [by["triton lean"]]:
+        assert r["finite"]
+        assert r["dq rel vs fp32"] < 1e-2 and r["dk rel vs fp32"] < 1e-2, r
+    for r in gl:
+        assert r["dq rel vs fp32"] <= 1.5 * by["triton lean"]["dq rel vs fp32"] + 1e-3, r
+        assert r["dk rel vs fp32"] <= 1.5 * by["triton lean"]["dk rel vs fp32"] + 1e-3, r
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _hopper(), reason="Gluon kernel: Hopper GPU only")
+@pytest.mark.parametrize("shape", [(1, 16, 1024), (2, 5, 777)])
+def test_gluon_dk_op_gpu(monkeypatch, shape):
+    """The CMD op with GLUON_DK on vs off (bf16, 128-wide heads): forward and every gradient vs the
+    float32 reference, no worse than the lean kernel's error."""
+    from attnlab.ops.diff_attention import diff_attention_reference
+
+    b, h, t = shape
+    mk = lambda *s: torch.randn(*s, device=DEV, dtype=torch.bfloat16)  # noqa: E731
+    ins = [mk(b, h, t, 128), mk(b, h, t, 128), mk(b, 1, t, 128), mk(b, 1, t, 128), mk(b, h, t, 128),
+           0.2 + torch.rand(h, device=DEV)]
+    ins = [x.requires_grad_() for x in ins]
+    ref = diff_attention_reference(*[x.float() for x in ins])
+    g = torch.randn_like(ref)
+    want = torch.autograd.grad(ref, ins, g)
+    errs, calls, real = {}, [], NG.noise_bwd_dk_gluon
+    monkeypatch.setattr(NG, "noise_bwd_dk_gluon", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for flag in (False, True):
+        monkeypatch.setattr(NO, "GLUON_DK", flag)
+        out = NO.cmd_attention_noise_once(*ins)
+        got = torch.autograd.grad(out, ins, g.to(torch.bfloat16))
+        errs[flag] = [rel_err(out, ref)] + [rel_err(x, y) for x, y in zip(got, want)]
+    assert calls, "the Gluon kernel did not run"
+    for name, e, e0 in zip(("out", "q1", "k1", "q2", "k2", "v", "lam"), errs[True], errs[False]):
+        assert e <= max(1e-2, 1.5 * e0), (name, e, e0)
