@@ -56,7 +56,7 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--ref-max", type=int, default=4096)
     ap.add_argument("--repeats", type=int, default=50)
-    ap.add_argument("--configs", nargs="*", default=[], help="more Gluon configs 'KC,STAGES,WARPS'")
+    ap.add_argument("--configs", nargs="*", default=[], help="more Gluon configs 'KC,STAGES,WARPS,EARLY_Q,ROWS'")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--name", default="bench_noise_gluon")
     args = ap.parse_args(argv)

@@ -28,8 +28,10 @@ except Exception:  # pragma: no cover - depends on the installed triton
     HAVE_GLUON = False
 
 
-# (KC columns per contraction step, STAGES of the ring, num_warps)
-GLUON_CONFIG = (64, 2, 8)
+# (KC columns per contraction step, STAGES of the ring, num_warps, EARLY_Q: the Q2 tiles loaded before the
+# contraction (else after it, in the ring's memory), ROWS: dP2 and the scores as [query rows, keys] (else
+# transposed, as the Triton lean kernel))
+GLUON_CONFIG = (64, 4, 8, 0, 1)
 
 
 def _interpret() -> bool:
@@ -37,10 +39,11 @@ def _interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def available(q2, v, d: int, dv: int, bm: int, bn: int, nt: int) -> bool:
+def available(q2, v, d: int, dv: int, bm: int, bn: int, nt: int, others=()) -> bool:
     """True where the Gluon kernel can take this backward: CUDA tensors on an sm_90 GPU (Hopper),
     Gluon importable, not the interpreter, bf16/fp16, head dims 128 (the measured shape), 2 tiles of
-    128 query rows per 128-key block (the lean config), TMA-compatible strides."""
+    128 query rows per 128-key block (the lean config), TMA-compatible strides (q2, v and ``others``:
+    k2, dN)."""
     if not HAVE_GLUON or _interpret() or not q2.is_cuda:
         return False
     if torch.cuda.get_device_capability(q2.device)[0] != 9:
@@ -50,8 +53,8 @@ def available(q2, v, d: int, dv: int, bm: int, bn: int, nt: int) -> bool:
     if (d, dv, bm, bn, nt) != (128, 128, 128, 128, 2):
         return False
     esz = q2.element_size()
-    for x in (q2, v):
-        if x.stride(-1) != 1 or x.data_ptr() % 16 or any((s * esz) % 16 for s in x.stride()[:-1]):
+    for x in (q2, v, *others):
+        if x.dtype != q2.dtype or x.stride(-1) != 1 or x.data_ptr() % 16 or any((s * esz) % 16 for s in x.stride()[:-1]):
             return False
     return True
 
@@ -73,44 +76,60 @@ if HAVE_GLUON:
         tma.async_copy_global_to_shared(dn_desc, [b, h, start_m + BM, c0], bar, db_s.index(st), pred=pred)
 
     @gluon.jit
-    def _dk_gluon_tile(dpt, k_s, q_s, dst_s, dk, LSE, DELTA, DQ, start_m, start_n, T, qk, scale,
+    def _dk_gluon_tile(dp, k_s, q_s, ds_s, dk, LSE, DELTA, DQ, start_m, start_n, T, qk, scale,
                        BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr, ACC_L: gl.constexpr,
-                       FIRST: gl.constexpr):
-        """Epilogue of one query tile (rows start_m ..): S2^T, P2^T, dS2^T -> dst_s (bf16), dQ2 atomics,
-        dk (+)= dS2^T Q2 (returned)."""
-        s = warpgroup_mma(k_s, q_s.permute((1, 0)), gl.zeros([BN, BM], gl.float32, ACC_L), use_acc=False,
-                          is_async=True)
-        offs_m = start_m + gl.arange(0, BM, layout=gl.SliceLayout(0, ACC_L))
-        offs_n = start_n + gl.arange(0, BN, layout=gl.SliceLayout(1, ACC_L))
+                       FIRST: gl.constexpr, ROWS: gl.constexpr):
+        """Epilogue of one query tile (rows start_m ..): S2, P2, dS2 -> ds_s (bf16), dQ2 atomics,
+        dk (+)= dS2^T Q2 (returned). ROWS: dp and the scores are [BM query rows, BN keys] (each thread
+        holds 2 rows' LSE/Delta), else transposed [BN, BM] (each thread holds 32 columns' LSE/Delta)."""
+        if ROWS:
+            s = warpgroup_mma(q_s, k_s.permute((1, 0)), gl.zeros([BM, BN], gl.float32, ACC_L), use_acc=False,
+                              is_async=True)
+            offs_m = start_m + gl.arange(0, BM, layout=gl.SliceLayout(1, ACC_L))
+            offs_n = start_n + gl.arange(0, BN, layout=gl.SliceLayout(0, ACC_L))
+        else:
+            s = warpgroup_mma(k_s, q_s.permute((1, 0)), gl.zeros([BN, BM], gl.float32, ACC_L), use_acc=False,
+                              is_async=True)
+            offs_m = start_m + gl.arange(0, BM, layout=gl.SliceLayout(0, ACC_L))
+            offs_n = start_n + gl.arange(0, BN, layout=gl.SliceLayout(1, ACC_L))
         rmask = offs_m < T
         lse = gl.load(LSE + offs_m, mask=rmask, other=float("inf"))
         delta = gl.load(DELTA + offs_m, mask=rmask, other=0.0)
         s = warpgroup_mma_wait(num_outstanding=0, deps=(s, ))
-        pt = gl.exp2(s * qk - lse[None, :])
-        pt = gl.where(offs_m[None, :] >= offs_n[:, None], pt, 0.0)  # causal; also keys >= T, rows >= T
-        dst = (pt * (dpt - delta[None, :])).to(dst_s.dtype)
-        dst_s.store(dst)
-        fence_async_shared()
-        gl.thread_barrier()  # both warpgroups' halves of dS2^T before either reads it by wgmma
-        dq = warpgroup_mma(dst_s.permute((1, 0)), k_s, gl.zeros([BM, D], gl.float32, ACC_L), use_acc=False,
-                           is_async=True)
-        if FIRST:  # dk starts here (no registers held for it during the contraction)
-            dk = warpgroup_mma(dst_s, q_s, gl.zeros([BN, D], gl.float32, ACC_L), use_acc=False, is_async=True)
+        # causal; this also zeroes keys >= T (after every valid row) and rows >= T (LSE = inf)
+        if ROWS:
+            p = gl.exp2(s * qk - lse[:, None])
+            p = gl.where(offs_m[:, None] >= offs_n[None, :], p, 0.0)
+            ds = (p * (dp - delta[:, None])).to(ds_s.dtype)
         else:
-            dk = warpgroup_mma(dst_s, q_s, dk, is_async=True)
+            p = gl.exp2(s * qk - lse[None, :])
+            p = gl.where(offs_m[None, :] >= offs_n[:, None], p, 0.0)
+            ds = (p * (dp - delta[None, :])).to(ds_s.dtype)
+        ds_s.store(ds)
+        fence_async_shared()
+        gl.thread_barrier()  # both warpgroups' halves of dS2 before either reads it by wgmma
+        ds_t = ds_s.permute((1, 0))
+        dsq = ds_s if ROWS else ds_t   # dS2 [BM, BN]
+        dsk = ds_t if ROWS else ds_s   # dS2^T [BN, BM]
+        dq = warpgroup_mma(dsq, k_s, gl.zeros([BM, D], gl.float32, ACC_L), use_acc=False, is_async=True)
+        if FIRST:  # dk starts here (no registers held for it during the contraction)
+            dk = warpgroup_mma(dsk, q_s, gl.zeros([BN, D], gl.float32, ACC_L), use_acc=False, is_async=True)
+        else:
+            dk = warpgroup_mma(dsk, q_s, dk, is_async=True)
         dq, dk = warpgroup_mma_wait(num_outstanding=0, deps=(dq, dk))
         offs_mq = start_m + gl.arange(0, BM, layout=gl.SliceLayout(1, ACC_L))
         offs_d = gl.arange(0, D, layout=gl.SliceLayout(0, ACC_L))
         gl.atomic_add(DQ + offs_mq[:, None] * D + offs_d[None, :], dq * scale,
                       mask=(offs_mq < T)[:, None], sem="relaxed")
-        gl.thread_barrier()  # dst_s is rewritten by the next tile
+        gl.thread_barrier()  # ds_s is rewritten by the next tile
         return dk
 
     @gluon.jit
     def _noise_bwd_dk_gluon_kernel(q_desc, k_desc, v_desc, dn_desc, LSE, DELTA, DK, DQ, TBL,
                                    H, HS, SPLIT, T, qk, scale,
                                    D: gl.constexpr, DV: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr,
-                                   KC: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr):
+                                   KC: gl.constexpr, STAGES: gl.constexpr, EARLY_Q: gl.constexpr, ROWS: gl.constexpr,
+                                   num_warps: gl.constexpr):
         pid = gl.program_id(0)
         bs = gl.program_id(1)
         pid_n = gl.load(TBL + 2 * pid)
@@ -134,18 +153,21 @@ if HAVE_GLUON:
         bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         for i in gl.static_range(STAGES):
             mbarrier.init(bars.index(i), count=1)
-        # K2 and the first query tile's Q2 land during the contraction
+        # K2 (and, EARLY_Q, both query tiles' Q2) land during the contraction; otherwise the Q2 tiles take
+        # the ring's memory after it (a deeper ring fits)
         k_s = gl.allocate_shared_memory(dt, k_desc.block_type.shape, k_desc.layout)
-        qa_s = gl.allocate_shared_memory(dt, q_desc.block_type.shape, q_desc.layout)
-        qb_s = gl.allocate_shared_memory(dt, q_desc.block_type.shape, q_desc.layout)
-        kbar = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-        mbarrier.init(kbar.index(0), count=1)
-        mbarrier.init(kbar.index(1), count=1)
-        mbarrier.expect(kbar.index(0), k_desc.block_type.nbytes + q_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(k_desc, [b, start_n, 0], kbar.index(0), k_s)
-        tma.async_copy_global_to_shared(q_desc, [b, start_m, 0], kbar.index(0), qa_s)
-        mbarrier.expect(kbar.index(1), q_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(q_desc, [b, start_m + BM, 0], kbar.index(1), qb_s)
+        kbar = gl.allocate_shared_memory(gl.int64, [3, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(3):
+            mbarrier.init(kbar.index(i), count=1)
+        mbarrier.expect(kbar.index(2), k_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(k_desc, [b, start_n, 0], kbar.index(2), k_s)
+        if EARLY_Q:
+            qa_s = gl.allocate_shared_memory(dt, q_desc.block_type.shape, q_desc.layout)
+            qb_s = gl.allocate_shared_memory(dt, q_desc.block_type.shape, q_desc.layout)
+            mbarrier.expect(kbar.index(0), q_desc.block_type.nbytes)
+            tma.async_copy_global_to_shared(q_desc, [b, start_m, 0], kbar.index(0), qa_s)
+            mbarrier.expect(kbar.index(1), q_desc.block_type.nbytes)
+            tma.async_copy_global_to_shared(q_desc, [b, start_m + BM, 0], kbar.index(1), qb_s)
 
         for i in gl.static_range(STAGES - 1):
             _dk_gluon_load(v_desc, dn_desc, bars, v_s, da_s, db_s, i, n_steps, b, hs0, start_n, start_m,
@@ -156,29 +178,43 @@ if HAVE_GLUON:
             st = i % STAGES
             mbarrier.wait(bars.index(st), (i // STAGES) & 1)
             vv = v_s.index(st).reshape([BN, KC])
-            dpa = warpgroup_mma(vv, da_s.index(st).reshape([BM, KC]).permute((1, 0)), dpa, is_async=True)
-            dpb = warpgroup_mma(vv, db_s.index(st).reshape([BM, KC]).permute((1, 0)), dpb, is_async=True)
+            if ROWS:  # dP2 [BM, BN] += dN chunk [BM, KC] . V chunk^T
+                vt = vv.permute((1, 0))
+                dpa = warpgroup_mma(da_s.index(st).reshape([BM, KC]), vt, dpa, is_async=True)
+                dpb = warpgroup_mma(db_s.index(st).reshape([BM, KC]), vt, dpb, is_async=True)
+            else:  # dP2^T [BN, BM] += V chunk [BN, KC] . dN chunk^T
+                dpa = warpgroup_mma(vv, da_s.index(st).reshape([BM, KC]).permute((1, 0)), dpa, is_async=True)
+                dpb = warpgroup_mma(vv, db_s.index(st).reshape([BM, KC]).permute((1, 0)), dpb, is_async=True)
             # step i - 1's products are done: its slot takes step i + STAGES - 1
             dpa, dpb = warpgroup_mma_wait(num_outstanding=2, deps=(dpa, dpb))
             _dk_gluon_load(v_desc, dn_desc, bars, v_s, da_s, db_s, i + STAGES - 1, n_steps, b, hs0, start_n,
                            start_m, NKC, KC, STAGES, BM)
         dpa, dpb = warpgroup_mma_wait(num_outstanding=0, deps=(dpa, dpb))
+        gl.thread_barrier()  # both warpgroups are done with the ring (later buffers may take its memory)
         for i in gl.static_range(STAGES):
             mbarrier.invalidate(bars.index(i))
+        if not EARLY_Q:
+            qa_s = gl.allocate_shared_memory(dt, q_desc.block_type.shape, q_desc.layout)
+            qb_s = gl.allocate_shared_memory(dt, q_desc.block_type.shape, q_desc.layout)
+            mbarrier.expect(kbar.index(0), q_desc.block_type.nbytes)
+            tma.async_copy_global_to_shared(q_desc, [b, start_m, 0], kbar.index(0), qa_s)
+            mbarrier.expect(kbar.index(1), q_desc.block_type.nbytes)
+            tma.async_copy_global_to_shared(q_desc, [b, start_m + BM, 0], kbar.index(1), qb_s)
 
         k2 = k_s.reshape([BN, D])
-        dst_s = gl.allocate_shared_memory(dt, [BN, BM], gl.NVMMASharedLayout.get_default_for([BN, BM], dt))
+        ds_s = gl.allocate_shared_memory(dt, [BM, BN], gl.NVMMASharedLayout.get_default_for([BM, BN], dt))
         lse_b = LSE + b * T
         delta_b = DELTA + bs * T
         dq_b = DQ + b * T * D
+        mbarrier.wait(kbar.index(2), 0)
         mbarrier.wait(kbar.index(0), 0)
-        dk = _dk_gluon_tile(dpa, k2, qa_s.reshape([BM, D]), dst_s, dpa, lse_b, delta_b, dq_b, start_m, start_n,
-                            T, qk, scale, BM, BN, D, ACC_L, True)
+        dk = _dk_gluon_tile(dpa, k2, qa_s.reshape([BM, D]), ds_s, dpa, lse_b, delta_b, dq_b, start_m, start_n,
+                            T, qk, scale, BM, BN, D, ACC_L, True, ROWS)
         mbarrier.wait(kbar.index(1), 0)
-        dk = _dk_gluon_tile(dpb, k2, qb_s.reshape([BM, D]), dst_s, dk, lse_b, delta_b, dq_b, start_m + BM,
-                            start_n, T, qk, scale, BM, BN, D, ACC_L, False)
-        mbarrier.invalidate(kbar.index(0))
-        mbarrier.invalidate(kbar.index(1))
+        dk = _dk_gluon_tile(dpb, k2, qb_s.reshape([BM, D]), ds_s, dk, lse_b, delta_b, dq_b, start_m + BM,
+                            start_n, T, qk, scale, BM, BN, D, ACC_L, False, ROWS)
+        for i in gl.static_range(3):
+            mbarrier.invalidate(kbar.index(i))
         offs_n = start_n + gl.arange(0, BN, layout=gl.SliceLayout(1, ACC_L))
         offs_d = gl.arange(0, D, layout=gl.SliceLayout(0, ACC_L))
         gl.atomic_add(DK + (b * T + offs_n[:, None]) * D + offs_d[None, :], dk * scale,
@@ -203,9 +239,9 @@ def descriptors(q2, k2, v, dn, bm: int, bn: int, kc: int):
 def noise_bwd_dk_gluon(q2, k2, v, dn, lse, delta, dk32, dq32, tbl, h, hs, split, t, scale_log2, scale,
                        bm=128, bn=128, config=None):
     """Launch the Gluon dK/dQ kernel (same arguments as the lean kernel's launch)."""
-    kc, stages, w = config or GLUON_CONFIG
+    kc, stages, w, early_q, rows = config or GLUON_CONFIG
     qd, kd, vd, dd = descriptors(q2, k2, v, dn, bm, bn, kc)
     grid = (tbl.numel() // 2, q2.shape[0] * split)
     return _noise_bwd_dk_gluon_kernel[grid](qd, kd, vd, dd, lse, delta, dk32, dq32, tbl, h, hs, split, t,
                                             scale_log2, scale, q2.shape[-1], v.shape[-1], bm, bn, kc, stages,
-                                            num_warps=w)
+                                            bool(early_q), bool(rows), num_warps=w)

@@ -486,6 +486,7 @@ ZERO_IN_FWD = os.environ.get("ATTNLAB_NOISE_ZERO", "1") == "1"
 # heads, the lean config's tiles); anywhere else (CPU, interpreter, other widths) the lean kernel runs.
 # Session 8 (RESULTS.md): off by default unless measured faster.
 GLUON_DK = os.environ.get("ATTNLAB_NOISE_GLUON", "0") == "1"
+GLUON_DK_CONFIG = None  # (KC, STAGES, num_warps, EARLY_Q, ROWS); None: noise_gluon.GLUON_CONFIG
 
 
 def _zero_in_fwd(q2, v) -> bool:
@@ -596,10 +597,11 @@ def _gluon_dk(go, q2, k2, v, dn, lse, delta, dk32, dq32, tbl, h, hs, split, t, s
     """The Gluon dK/dQ kernel where it can run (returns True), else nothing (False: the lean kernel)."""
     from . import noise_gluon as ng
     d, dv = q2.shape[-1], v.shape[-1]
-    if not (ng.available(q2, v, d, dv, bm, bn, nt) and dn.is_contiguous()):
+    if not (ng.available(q2, v, d, dv, bm, bn, nt, (k2, dn)) and dn.is_contiguous()):
         return False
     go.on = False  # its tensor descriptors hold the data pointers: this shape is not replayed
-    ng.noise_bwd_dk_gluon(q2, k2, v, dn, lse, delta, dk32, dq32, tbl, h, hs, split, t, scale * LOG2E, scale, bm, bn)
+    ng.noise_bwd_dk_gluon(q2, k2, v, dn, lse, delta, dk32, dq32, tbl, h, hs, split, t, scale * LOG2E, scale, bm, bn,
+                          config=GLUON_DK_CONFIG)
     return True
 
 
