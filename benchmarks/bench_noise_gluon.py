@@ -2,7 +2,8 @@
 
 Per T: both kernels on the same inputs (q2, k2 [B, T, D]; v, dN [B, H, T, DV]; the softmax LSE of the
 causal noise map; Delta = sum_h rowsum(dN_h N_h)), their float32 dQ2 / dK2 vs each other and vs a float32
-PyTorch reference (T <= --ref-max), then the kernel time (CUDA events, median) and TFLOP/s counted as
+PyTorch reference (T <= --ref-max), then the kernel time (CUDA events, median; "ms": replays of a CUDA
+graph of 10 launches, "ms eager": plain launches, host cost included) and TFLOP/s ("ms") counted as
 19 matmul units (one unit = a causal T x T x d product = T^2 d FLOP; RESULTS.md, issue 3). Without a
 Hopper GPU (``--quick`` on CPU) the Gluon kernel is reported unavailable and only the lean kernel runs
 (in the interpreter) against the reference.
@@ -47,6 +48,32 @@ def reference(q2, k2, v, dn, delta, scale, p):
 
 def rel(a, b):
     return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30)).item()
+
+
+def graph_ms(fn, repeats, per_graph=10):
+    """Median ms per call of fn replayed from a CUDA graph of per_graph calls (no host launch cost:
+    at small T the eager launch path, not the kernel, sets the time)."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(per_graph):
+            fn()
+    for _ in range(3):
+        g.replay()
+    times = []
+    for _ in range(max(3, repeats // per_graph * 2)):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b) / per_graph)
+    times.sort()
+    return times[len(times) // 2]
 
 
 def main(argv=None):
@@ -119,8 +146,9 @@ def main(argv=None):
                 row["dq rel vs fp32"], row["dk rel vs fp32"] = rel(dq, ref[0]), rel(dk, ref[1])
             if base is not None:
                 row["dq rel vs lean"], row["dk rel vs lean"] = rel(dq, base[0]), rel(dk, base[1])
-            ms = time_ms(fn, warmup=5, repeats=args.repeats)
-            row["ms"] = ms
+            ms_eager = time_ms(fn, warmup=5, repeats=args.repeats)
+            ms = graph_ms(fn, args.repeats) if cuda else ms_eager
+            row["ms"], row["ms eager"] = ms, ms_eager
             row["TFLOP/s (19 units)"] = 19 * args.batch * t * t * d / (ms * 1e-3) / 1e12 if h == 16 else None
             rows.append(row)
         lean_ms = [r["ms"] for r in rows if r["T"] == t and r["kernel"] == "triton lean"]

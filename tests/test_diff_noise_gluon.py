@@ -44,14 +44,15 @@ def test_gluon_unavailable_falls_back(monkeypatch):
 @pytest.mark.gpu
 @pytest.mark.skipif(not _hopper(), reason="Gluon kernel: Hopper GPU only")
 @pytest.mark.parametrize("t", [1024, 999])
-def test_gluon_dk_kernel_gpu(t):
+def test_gluon_dk_kernel_gpu(t, tmp_path, monkeypatch):
     """The kernel alone: dQ2/dK2 vs the float32 reference and vs the Triton lean kernel (bf16)."""
     import importlib.util, pathlib, sys  # noqa: E401
     path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench_noise_gluon.py"
     spec = importlib.util.spec_from_file_location("bench_noise_gluon", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    rows = mod.main(["--T", str(t), "--repeats", "2"])
+    monkeypatch.setenv("ATTNLAB_BENCH_DIR", str(tmp_path))
+    rows = mod.main(["--T", str(t), "--repeats", "2", "--name", f"test_noise_gluon_{t}"])
     by = {r["kernel"]: r for r in rows}
     gl = [r for k, r in by.items() if k.startswith("gluon")]
     assert gl, "Gluon kernel did not run"
@@ -89,3 +90,62 @@ def test_gluon_dk_op_gpu(monkeypatch, shape):
     assert calls, "the Gluon kernel did not run"
     for name, e, e0 in zip(("out", "q1", "k1", "q2", "k2", "v", "lam"), errs[True], errs[False]):
         assert e <= max(1e-2, 1.5 * e0), (name, e, e0)
+
+
+def test_replay_rebuilds_descriptors(monkeypatch):
+    """The launch replay (latent.py) keeps a host tensor descriptor argument as a slot on its root
+    tensor and rebuilds it on the new data pointer (what the launcher reads: base.data_ptr(), shape,
+    strides, padding); plain tensors stay pointer slots. CPU: a stand-in compiled kernel."""
+    from types import SimpleNamespace
+
+    from attnlab.ops.diff_attention import latent as K
+
+    calls = []
+    compiled = SimpleNamespace(run=lambda *a: calls.append(a), function="fn", packed_metadata="meta")
+    a, b = torch.zeros(4, 8), torch.zeros(16)
+    desc = SimpleNamespace(base=a[1:], shape=[3, 8], strides=[8, 1], block_shape=[1, 8], padding="zero")
+    plan = K._make_plan([(compiled, (5,), (desc, b[4:], 7))], (a, b))
+    assert plan is not None
+    monkeypatch.setattr(K, "hook_set", lambda h: False)
+    monkeypatch.setattr(K, "_driver", SimpleNamespace(active=SimpleNamespace(get_current_device=lambda: 0,
+                                                                          get_current_stream=lambda d: 0)))
+    a2, b2 = torch.zeros(4, 8), torch.zeros(16)
+    assert K._replay(plan, (a2, b2))
+    args = calls[-1][9:]
+    assert args[0].base.data_ptr() == a2[1:].data_ptr() and args[0].shape == [3, 8] and args[0].strides == [8, 1]
+    assert args[0].padding == "zero" and args[1] == b2[4:].data_ptr() and args[2] == 7
+    assert calls[-1][:3] == (5, 1, 1)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _hopper(), reason="Gluon kernel: Hopper GPU only")
+def test_gluon_replay_equals_slow_path_gpu(monkeypatch):
+    """GLUON_DK on, launch replay on: a replayed backward on NEW tensors (new pointers in the rebuilt
+    descriptors) gives the slow path's gradients on those tensors, and the replay ran."""
+    from attnlab.ops.diff_attention import latent as K
+
+    monkeypatch.setattr(NO, "GLUON_DK", True)
+    monkeypatch.setattr(K, "_FAST", True)
+    monkeypatch.setattr(K, "_PLANS", {})
+    replays, real = [], K._replay
+    monkeypatch.setattr(K, "_replay", lambda plan, roots: replays.append(real(plan, roots)) or replays[-1])
+
+    def inputs():
+        mk = lambda *s: torch.randn(*s, device=DEV, dtype=torch.bfloat16)  # noqa: E731
+        ins = [mk(1, 4, 515, 128), mk(1, 4, 515, 128), mk(1, 1, 515, 128), mk(1, 1, 515, 128),
+               mk(1, 4, 515, 128), 0.2 + torch.rand(4, device=DEV)]
+        return [x.requires_grad_() for x in ins], mk(1, 4, 515, 128)
+
+    def run(ins, dout):
+        out = NO.cmd_attention_noise_once(*ins)
+        return [out, *torch.autograd.grad(out, ins, dout)]
+
+    run(*inputs())  # records the plans
+    ins, dout = inputs()
+    fast = run(ins, dout)
+    assert replays and all(replays), f"the replay did not run: {replays}"
+    monkeypatch.setattr(K, "_FAST", False)
+    slow = run(ins, dout)
+    assert torch.equal(fast[0], slow[0])
+    for name, x, y in zip(("q1", "k1", "q2", "k2", "v", "lam"), fast[1:], slow[1:]):
+        assert rel_err(x, y) <= 1e-2, name

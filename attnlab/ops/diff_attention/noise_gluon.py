@@ -237,11 +237,14 @@ def descriptors(q2, k2, v, dn, bm: int, bn: int, kc: int):
 
 
 def noise_bwd_dk_gluon(q2, k2, v, dn, lse, delta, dk32, dq32, tbl, h, hs, split, t, scale_log2, scale,
-                       bm=128, bn=128, config=None):
-    """Launch the Gluon dK/dQ kernel (same arguments as the lean kernel's launch)."""
+                       bm=128, bn=128, config=None, go=None):
+    """Launch the Gluon dK/dQ kernel (same arguments as the lean kernel's launch). go: a launcher
+    ``go(kernel, grid, args, **opts)`` (noise_once's recorder for the launch replay), else direct."""
     kc, stages, w, early_q, rows = config or GLUON_CONFIG
     qd, kd, vd, dd = descriptors(q2, k2, v, dn, bm, bn, kc)
     grid = (tbl.numel() // 2, q2.shape[0] * split)
-    return _noise_bwd_dk_gluon_kernel[grid](qd, kd, vd, dd, lse, delta, dk32, dq32, tbl, h, hs, split, t,
-                                            scale_log2, scale, q2.shape[-1], v.shape[-1], bm, bn, kc, stages,
-                                            bool(early_q), bool(rows), num_warps=w)
+    args = (qd, kd, vd, dd, lse, delta, dk32, dq32, tbl, h, hs, split, t, scale_log2, scale, q2.shape[-1],
+            v.shape[-1], bm, bn, kc, stages, bool(early_q), bool(rows))
+    if go is not None:
+        return go(_noise_bwd_dk_gluon_kernel, grid, args, num_warps=w)
+    return _noise_bwd_dk_gluon_kernel[grid](*args, num_warps=w)
