@@ -149,3 +149,19 @@ def test_gluon_replay_equals_slow_path_gpu(monkeypatch):
     assert torch.equal(fast[0], slow[0])
     for name, x, y in zip(("q1", "k1", "q2", "k2", "v", "lam"), fast[1:], slow[1:]):
         assert rel_err(x, y) <= 1e-2, name
+
+
+def test_gluon_failure_falls_back(monkeypatch):
+    """A Gluon kernel that fails (e.g. another Triton's Gluon API) is switched off with a warning and the
+    backward takes the lean kernel (``_gluon_dk`` returns False)."""
+    def boom(*a, **k):
+        raise RuntimeError("no such Gluon op")
+
+    monkeypatch.setattr(NG, "available", lambda *a, **k: True)
+    monkeypatch.setattr(NG, "noise_bwd_dk_gluon", boom)
+    monkeypatch.setattr(NG, "BROKEN", "")
+    x = torch.zeros(1, 8, 128)
+    v = torch.zeros(1, 2, 8, 128)
+    with pytest.warns(UserWarning, match="Gluon dK/dQ kernel failed"):
+        assert NO._gluon_dk(None, x, x, v, v, None, None, None, None, None, 2, 2, 1, 8, 0.1, 128, 128, 2) is False
+    assert "no such Gluon op" in NG.BROKEN

@@ -1,16 +1,25 @@
 """The noise-once dK/dQ kernel written in Gluon (Hopper: TMA ring + mbarriers + async wgmma).
 
-Same function as ``noise_once._noise_bwd_dk_lean_kernel`` (same inputs, same float32 workspace for the
-dQ2/dK2 atomics): a program = one (key block, 2 query tiles) entry of the host-built table x split of
-heads. The contraction dP2^T = sum_h V_h dN_h^T over the split's heads x DV columns runs through a
-STAGES-deep ring of shared-memory buffers filled by the tensor memory accelerator (one mbarrier per
-stage, loads STAGES - 1 steps ahead) and two asynchronous wgmma chains (one accumulator per query tile;
-each V chunk serves both tiles). The epilogue per query tile: S2^T = K2 Q2^T by wgmma, P2^T, dS2^T =
-P2^T (dP2^T - Delta) stored once in shared memory as bf16, then dQ2 = dS2 K2 (float32 atomics) and dK2 +=
-dS2^T Q2 (one atomic per program).
+Same function as ``noise_once._noise_bwd_dk_lean_kernel`` (same inputs, same table of (key block, query
+chunk) entries, same float32 workspace for the dQ2/dK2 atomics): a program = one (key block of 128 keys,
+2 query tiles of 128 rows) entry x split of heads. The contraction dP2 = sum_h dN_h V_h^T over the split's
+heads x DV columns (KC columns per step) runs through a STAGES-deep ring of shared-memory buffers filled
+by the tensor memory accelerator (host tensor descriptors; one mbarrier per slot; the loads of step
+i + STAGES - 1 issued once step i - 1's products are done) and two chains of asynchronous wgmma (one
+accumulator per query tile; each V chunk serves both tiles). K2 is loaded at the start; the two Q2
+tiles either too (EARLY_Q) or after the contraction into the ring's memory (the default: a 4-deep ring
+of 64-column steps fits in 224 KB). The epilogue per query tile: S2 = Q2 K2^T by wgmma, P2 =
+exp2(S2 - LSE) (causal), dS2 = P2 (dP2 - Delta) stored in shared memory as bf16, then dQ2 = dS2 K2
+(float32 atomics) and dK2 += dS2^T Q2 (one atomic per program). ROWS=0 is the transposed orientation
+of the Triton lean kernel (dP2^T [keys, rows]: each thread then holds 32 query rows' LSE/Delta).
 
-Gluon compiles only for NVIDIA GPUs (sm_90+): there is no interpreter path. ``available()`` says whether
-this kernel can run for given tensors; otherwise ``noise_once`` takes the Triton lean kernel.
+Gluon has no interpreter and compiles only for NVIDIA GPUs: ``available()`` says whether this kernel
+can take a backward (Hopper, bf16/fp16, 128-wide heads, the lean config's tiles, TMA-compatible
+strides); everywhere else ``noise_once`` runs the Triton lean kernel. Written for Triton 3.6 (the GPU
+machine's); the two names that moved in later versions are aliased below, and a kernel that fails to
+compile or launch switches itself off (``BROKEN``) with a warning.
+
+Measured (benchmarks/RESULTS.md, "Session 8: CMD dK/dQ in Gluon"): see there.
 """
 
 from __future__ import annotations
@@ -23,6 +32,9 @@ try:  # Gluon ships with triton >= 3.5; CPU-only installs may lack it
     from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma,
                                                                   warpgroup_mma, warpgroup_mma_wait)
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+    # the TMA load is tma.async_copy_global_to_shared in Triton 3.6 (the GPU machine's), tma.async_load later
+    _tma_load = tma.async_load if hasattr(tma, "async_load") else tma.async_copy_global_to_shared
+    _cta_barrier = gl.thread_barrier if hasattr(gl, "thread_barrier") else gl.barrier  # renamed after 3.6
     HAVE_GLUON = True
 except Exception:  # pragma: no cover - depends on the installed triton
     HAVE_GLUON = False
@@ -32,6 +44,9 @@ except Exception:  # pragma: no cover - depends on the installed triton
 # contraction (else after it, in the ring's memory), ROWS: dP2 and the scores as [query rows, keys] (else
 # transposed, as the Triton lean kernel))
 GLUON_CONFIG = (64, 4, 8, 0, 1)
+
+
+BROKEN = ""  # set (the error) if the kernel failed to compile or launch here: the lean kernel from then on
 
 
 def _interpret() -> bool:
@@ -44,7 +59,7 @@ def available(q2, v, d: int, dv: int, bm: int, bn: int, nt: int, others=()) -> b
     Gluon importable, not the interpreter, bf16/fp16, head dims 128 (the measured shape), 2 tiles of
     128 query rows per 128-key block (the lean config), TMA-compatible strides (q2, v and ``others``:
     k2, dN)."""
-    if not HAVE_GLUON or _interpret() or not q2.is_cuda:
+    if not HAVE_GLUON or BROKEN or _interpret() or not q2.is_cuda:
         return False
     if torch.cuda.get_device_capability(q2.device)[0] != 9:
         return False
@@ -54,7 +69,9 @@ def available(q2, v, d: int, dv: int, bm: int, bn: int, nt: int, others=()) -> b
         return False
     esz = q2.element_size()
     for x in (q2, v, *others):
-        if x.dtype != q2.dtype or x.stride(-1) != 1 or x.data_ptr() % 16 or any((s * esz) % 16 for s in x.stride()[:-1]):
+        if x.dtype != q2.dtype or x.stride(-1) != 1 or x.data_ptr() % 16:
+            return False
+        if any((s * esz) % 16 for s in x.stride()[:-1]):
             return False
     return True
 
@@ -71,9 +88,9 @@ if HAVE_GLUON:
         c0 = (j % NKC) * KC
         bar = bars.index(st)
         mbarrier.expect(bar, v_desc.block_type.nbytes + 2 * dn_desc.block_type.nbytes, pred=pred)
-        tma.async_copy_global_to_shared(v_desc, [b, h, start_n, c0], bar, v_s.index(st), pred=pred)
-        tma.async_copy_global_to_shared(dn_desc, [b, h, start_m, c0], bar, da_s.index(st), pred=pred)
-        tma.async_copy_global_to_shared(dn_desc, [b, h, start_m + BM, c0], bar, db_s.index(st), pred=pred)
+        _tma_load(v_desc, [b, h, start_n, c0], bar, v_s.index(st), pred=pred)
+        _tma_load(dn_desc, [b, h, start_m, c0], bar, da_s.index(st), pred=pred)
+        _tma_load(dn_desc, [b, h, start_m + BM, c0], bar, db_s.index(st), pred=pred)
 
     @gluon.jit
     def _dk_gluon_tile(dp, k_s, q_s, ds_s, dk, LSE, DELTA, DQ, start_m, start_n, T, qk, scale,
@@ -107,7 +124,7 @@ if HAVE_GLUON:
             ds = (p * (dp - delta[None, :])).to(ds_s.dtype)
         ds_s.store(ds)
         fence_async_shared()
-        gl.thread_barrier()  # both warpgroups' halves of dS2 before either reads it by wgmma
+        _cta_barrier()  # both warpgroups' halves of dS2 before either reads it by wgmma
         ds_t = ds_s.permute((1, 0))
         dsq = ds_s if ROWS else ds_t   # dS2 [BM, BN]
         dsk = ds_t if ROWS else ds_s   # dS2^T [BN, BM]
@@ -121,7 +138,7 @@ if HAVE_GLUON:
         offs_d = gl.arange(0, D, layout=gl.SliceLayout(0, ACC_L))
         gl.atomic_add(DQ + offs_mq[:, None] * D + offs_d[None, :], dq * scale,
                       mask=(offs_mq < T)[:, None], sem="relaxed")
-        gl.thread_barrier()  # ds_s is rewritten by the next tile
+        _cta_barrier()  # ds_s is rewritten by the next tile
         return dk
 
     @gluon.jit
@@ -160,14 +177,14 @@ if HAVE_GLUON:
         for i in gl.static_range(3):
             mbarrier.init(kbar.index(i), count=1)
         mbarrier.expect(kbar.index(2), k_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(k_desc, [b, start_n, 0], kbar.index(2), k_s)
+        _tma_load(k_desc, [b, start_n, 0], kbar.index(2), k_s)
         if EARLY_Q:
             qa_s = gl.allocate_shared_memory(dt, q_desc.block_type.shape, q_desc.layout)
             qb_s = gl.allocate_shared_memory(dt, q_desc.block_type.shape, q_desc.layout)
             mbarrier.expect(kbar.index(0), q_desc.block_type.nbytes)
-            tma.async_copy_global_to_shared(q_desc, [b, start_m, 0], kbar.index(0), qa_s)
+            _tma_load(q_desc, [b, start_m, 0], kbar.index(0), qa_s)
             mbarrier.expect(kbar.index(1), q_desc.block_type.nbytes)
-            tma.async_copy_global_to_shared(q_desc, [b, start_m + BM, 0], kbar.index(1), qb_s)
+            _tma_load(q_desc, [b, start_m + BM, 0], kbar.index(1), qb_s)
 
         for i in gl.static_range(STAGES - 1):
             _dk_gluon_load(v_desc, dn_desc, bars, v_s, da_s, db_s, i, n_steps, b, hs0, start_n, start_m,
@@ -190,16 +207,16 @@ if HAVE_GLUON:
             _dk_gluon_load(v_desc, dn_desc, bars, v_s, da_s, db_s, i + STAGES - 1, n_steps, b, hs0, start_n,
                            start_m, NKC, KC, STAGES, BM)
         dpa, dpb = warpgroup_mma_wait(num_outstanding=0, deps=(dpa, dpb))
-        gl.thread_barrier()  # both warpgroups are done with the ring (later buffers may take its memory)
+        _cta_barrier()  # both warpgroups are done with the ring (later buffers may take its memory)
         for i in gl.static_range(STAGES):
             mbarrier.invalidate(bars.index(i))
         if not EARLY_Q:
             qa_s = gl.allocate_shared_memory(dt, q_desc.block_type.shape, q_desc.layout)
             qb_s = gl.allocate_shared_memory(dt, q_desc.block_type.shape, q_desc.layout)
             mbarrier.expect(kbar.index(0), q_desc.block_type.nbytes)
-            tma.async_copy_global_to_shared(q_desc, [b, start_m, 0], kbar.index(0), qa_s)
+            _tma_load(q_desc, [b, start_m, 0], kbar.index(0), qa_s)
             mbarrier.expect(kbar.index(1), q_desc.block_type.nbytes)
-            tma.async_copy_global_to_shared(q_desc, [b, start_m + BM, 0], kbar.index(1), qb_s)
+            _tma_load(q_desc, [b, start_m + BM, 0], kbar.index(1), qb_s)
 
         k2 = k_s.reshape([BN, D])
         ds_s = gl.allocate_shared_memory(dt, [BM, BN], gl.NVMMASharedLayout.get_default_for([BM, BN], dt))
