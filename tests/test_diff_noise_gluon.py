@@ -165,3 +165,21 @@ def test_gluon_failure_falls_back(monkeypatch):
     with pytest.warns(UserWarning, match="Gluon dK/dQ kernel failed"):
         assert NO._gluon_dk(None, x, x, v, v, None, None, None, None, None, 2, 2, 1, 8, 0.1, 128, 128, 2) is False
     assert "no such Gluon op" in NG.BROKEN
+
+
+def test_bench_noise_gluon_quick(tmp_path):
+    """The kernel benchmark runs at a tiny size (CPU: the lean kernel vs the reference only)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "ATTNLAB_BENCH_DIR": str(tmp_path), "PYTHONPATH": str(root)}
+    subprocess.run([sys.executable, str(root / "benchmarks" / "bench_noise_gluon.py"), "--quick"], check=True,
+                   env=env, cwd=root, capture_output=True, timeout=600)
+    rows = json.loads((tmp_path / "bench_noise_gluon.json").read_text())["rows"]
+    lean = next(r for r in rows if r["kernel"] == "triton lean")
+    if DEV == "cpu":
+        assert lean["dq rel vs fp32"] < 1e-5 and lean["dk rel vs fp32"] < 1e-5
