@@ -84,7 +84,7 @@ def compile_gluon_sm90(config):
              "dn_desc": mangle_type(dd), "LSE": "*fp32", "DELTA": "*fp32", "DK": "*fp32", "DQ": "*fp32",
              "TBL": "*i32", "qk": "fp32", "scale": "fp32"}
     consts = {"D": D, "DV": D, "BM": 128, "BN": 128, "KC": kc, "STAGES": stages, "EARLY_Q": bool(early_q),
-              "ROWS": bool(rows), "num_warps": w}
+              "ROWS": bool(rows)}
     sig = {n: ("constexpr" if n in consts else types.get(n, "i32")) for n in kernel.arg_names}
     k = triton.compile(GluonASTSource(fn=kernel, signature=sig, constexprs=consts), target=TARGET,
                        options={"num_warps": w})

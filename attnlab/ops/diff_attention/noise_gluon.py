@@ -145,8 +145,9 @@ if HAVE_GLUON:
     def _noise_bwd_dk_gluon_kernel(q_desc, k_desc, v_desc, dn_desc, LSE, DELTA, DK, DQ, TBL,
                                    H, HS, SPLIT, T, qk, scale,
                                    D: gl.constexpr, DV: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr,
-                                   KC: gl.constexpr, STAGES: gl.constexpr, EARLY_Q: gl.constexpr, ROWS: gl.constexpr,
-                                   num_warps: gl.constexpr):
+                                   KC: gl.constexpr, STAGES: gl.constexpr, EARLY_Q: gl.constexpr, ROWS: gl.constexpr):
+        # num_warps is read with gl.num_warps(), not taken as a parameter: a launch's positional arguments
+        # are then all of the kernel's parameters, as the launch replay (latent.py) passes them
         pid = gl.program_id(0)
         bs = gl.program_id(1)
         pid_n = gl.load(TBL + 2 * pid)
@@ -160,7 +161,8 @@ if HAVE_GLUON:
         NKC: gl.constexpr = DV // KC
         n_steps = (hs1 - hs0) * NKC
 
-        ACC_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+        NW: gl.constexpr = gl.num_warps()
+        ACC_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NW, 1],
                                                          instr_shape=[16, BM, 16])
         dt: gl.constexpr = v_desc.dtype
         # the ring: V chunk [BN, KC] and both query tiles' dN chunks [BM, KC] per stage
