@@ -19,7 +19,10 @@ strides); everywhere else ``noise_once`` runs the Triton lean kernel. Written fo
 machine's); the two names that moved in later versions are aliased below, and a kernel that fails to
 compile or launch switches itself off (``BROKEN``) with a warning.
 
-Measured (benchmarks/RESULTS.md, "Session 8: CMD dK/dQ in Gluon"): see there.
+Measured on an H100 (benchmarks/RESULTS.md, "Session 8: CMD dK/dQ in Gluon"): 0.76-0.82x the lean kernel's
+time at T = 1K-16K (504 vs 415 TFLOP/s at 16K); the CMD op at 16K 0.795x the notebook's time with it
+(0.827x without). Off by default (``noise_once.GLUON_DK``): at 4K the op was slower in both device calls
+through the launch path (see RESULTS.md).
 """
 
 from __future__ import annotations
@@ -57,16 +60,16 @@ def _interpret() -> bool:
 def available(q2, v, d: int, dv: int, bm: int, bn: int, nt: int, others=()) -> bool:
     """True where the Gluon kernel can take this backward: CUDA tensors on an sm_90 GPU (Hopper),
     Gluon importable, not the interpreter, bf16/fp16, head dims 128 (the measured shape), 2 tiles of
-    128 query rows per 128-key block (the lean config), TMA-compatible strides (q2, v and ``others``:
-    k2, dN)."""
+    128 query rows per 128-key block (the lean config), T >= 256, TMA-compatible strides (q2, v and
+    ``others``: k2, dN)."""
     if not HAVE_GLUON or BROKEN or _interpret() or not q2.is_cuda:
         return False
     if torch.cuda.get_device_capability(q2.device)[0] != 9:
         return False
     if q2.dtype not in (torch.bfloat16, torch.float16) or v.dtype != q2.dtype:
         return False
-    if (d, dv, bm, bn, nt) != (128, 128, 128, 128, 2):
-        return False
+    if (d, dv, bm, bn, nt) != (128, 128, 128, 128, 2) or q2.shape[-2] < 2 * bm:
+        return False  # the measured shape; sequences shorter than one program's rows: untested, no gain
     esz = q2.element_size()
     for x in (q2, v, *others):
         if x.dtype != q2.dtype or x.stride(-1) != 1 or x.data_ptr() % 16:

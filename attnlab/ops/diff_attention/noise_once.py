@@ -49,6 +49,10 @@ forward: P2 written once, then N = P2 V): the kernels reading P2 ran at about ha
 forms' rate (dV 1.90 vs 1.40 ms, forward 1.99 + 0.40 vs 1.44 ms at T=16K), and the dK/dQ kernel adding
 its dQ2/dK2 tiles by TMA bulk reduce-add instead of float32 atomics (1.585 vs 1.537 ms).
 
+Session 8: ``GLUON_DK`` (off by default) runs the dK/dQ kernel written in Gluon (noise_gluon.py: a 4-slot TMA
+ring with mbarriers and async wgmma) on Hopper GPUs: 0.76-0.82x the lean kernel's time; the op at 16K 0.795x
+the notebook with it (RESULTS.md, "Session 8: CMD dK/dQ in Gluon").
+
 ``cmd_attention_noise_once(q1, k1, q2, k2, v, lam)`` is the op (signal by SDPA + this noise path);
 ``shared_noise_attention`` is the noise stream alone (no combination, for tests and reuse);
 ``noise_once_reference`` the plain PyTorch reference with explicit maps.
@@ -484,7 +488,8 @@ ZERO_IN_FWD = os.environ.get("ATTNLAB_NOISE_ZERO", "1") == "1"
 # GLUON_DK: the dK/dQ kernel written in Gluon (noise_gluon.py: TMA ring + mbarriers + async wgmma) instead of
 # the Triton lean kernel, where ``noise_gluon.available`` says it can run (Hopper GPU, bf16/fp16, 128-wide
 # heads, the lean config's tiles); anywhere else (CPU, interpreter, other widths) the lean kernel runs.
-# Session 8 (RESULTS.md): off by default unless measured faster.
+# Session 8 (RESULTS.md): off by default: faster at 16K in both device calls, slower at 4K in both (the launch
+# path: outside the replay in call 1, a replay failure in call 2, since fixed but not re-measured).
 GLUON_DK = os.environ.get("ATTNLAB_NOISE_GLUON", "0") == "1"
 GLUON_DK_CONFIG = None  # (KC, STAGES, num_warps, EARLY_Q, ROWS); None: noise_gluon.GLUON_CONFIG
 
@@ -713,7 +718,8 @@ def _noise_backward(saved, key, scale, combine, dout, ws32):
     dqk16 = torch.empty(2, b, t, d, device=dev, dtype=q2.dtype)  # written by the dV kernel (split)
     dvo = torch.empty(b, h, t, dv, device=dev, dtype=v.dtype)
     roots = (dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dqk16, dvo, tbl)
-    bkey = (key, dout.stride(), _align(dout), _dk_mode(d, dv), GLUON_DK, CONFIGS["dk"], CONFIGS["lean"], CONFIGS["dv"],
+    bkey = (key, dout.stride(), _align(dout), _dk_mode(d, dv), GLUON_DK,
+            tuple(GLUON_DK_CONFIG or ()), CONFIGS["dk"], CONFIGS["lean"], CONFIGS["dv"],
             dvo.stride(), _align(dvo), _sharing(roots))
     _launch(bkey, roots, _bwd_body, scale, combine, (hs, split))
     dlam = ws32[2 * btd:] if combine else None
