@@ -132,7 +132,7 @@ class NoiseState:
     held for a whole fwd+bwd (the backward reads them too), e.g. NoiseState(NO, "loop") = session 5's
     dK kernel (the wide-head path) at 128-wide heads."""
 
-    FLAGS = ("ZERO_IN_FWD", "LEAN_MAX_WIDTH")
+    FLAGS = ("ZERO_IN_FWD", "LEAN_MAX_WIDTH", "GLUON_DK", "GLUON_DK_CONFIG")
 
     def __init__(self, NO, mode=None, flags=None, **configs):
         self.NO, self.mode, self.configs = NO, mode, configs

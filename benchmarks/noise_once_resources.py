@@ -2,7 +2,7 @@
 the compiler made of them: registers and stack (spill) bytes per thread, shared memory, and per loop
 of the SASS its instruction count, local loads/stores, matrix (HGMMA) and copy (LDGSTS / TMA) ops.
 
-    python benchmarks/noise_once_resources.py                 # every dK/dQ form + forward + dV
+    python benchmarks/noise_once_resources.py                 # every dK/dQ form (+ Gluon's) + forward + dV
     python benchmarks/noise_once_resources.py --quick         # one kernel (CI smoke run)
 
 Uses Triton's own compiler and its bundled ptxas / cuobjdump, with the arguments specialised as the
@@ -63,6 +63,35 @@ def compile_sm90(kernel, args, num_warps, num_stages, **options):
             sig[n] = "fp32"
     k = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts, attrs=attrs), target=TARGET,
                        options=dict(num_warps=num_warps, num_stages=num_stages, **options))
+    return _report(k)
+
+
+def compile_gluon_sm90(config):
+    """The Gluon dK/dQ kernel (noise_gluon.py) at config (KC, STAGES, num_warps, EARLY_Q, ROWS): its host
+    tensor descriptors' signatures taken from CPU stand-in tensors of the benchmark's shape."""
+    import torch
+    from triton.experimental.gluon._runtime import GluonASTSource
+    from triton.runtime.jit import mangle_type
+
+    from attnlab.ops.diff_attention import noise_gluon as NG
+
+    kc, stages, w, early_q, rows = config
+    q = torch.empty(1, 64, D, dtype=torch.bfloat16)  # shapes do not enter the signature, only block + layout
+    v = torch.empty(1, 2, 64, D, dtype=torch.bfloat16)
+    qd, kd, vd, dd = NG.descriptors(q, q, v, v, 128, 128, kc)
+    kernel = NG._noise_bwd_dk_gluon_kernel
+    types = {"q_desc": mangle_type(qd), "k_desc": mangle_type(kd), "v_desc": mangle_type(vd),
+             "dn_desc": mangle_type(dd), "LSE": "*fp32", "DELTA": "*fp32", "DK": "*fp32", "DQ": "*fp32",
+             "TBL": "*i32", "qk": "fp32", "scale": "fp32"}
+    consts = {"D": D, "DV": D, "BM": 128, "BN": 128, "KC": kc, "STAGES": stages, "EARLY_Q": bool(early_q),
+              "ROWS": bool(rows)}
+    sig = {n: ("constexpr" if n in consts else types.get(n, "i32")) for n in kernel.arg_names}
+    k = triton.compile(GluonASTSource(fn=kernel, signature=sig, constexprs=consts), target=TARGET,
+                       options={"num_warps": w})
+    return _report(k)
+
+
+def _report(k):
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "k.cubin")
         with open(path, "wb") as f:
@@ -135,6 +164,10 @@ def cases(quick: bool):
         ("noise forward", NO._noise_fwd_kernel, fwd_args(*NO.CONFIGS["fwd"][:3]), *NO.CONFIGS["fwd"][3:5], {}),
         ("noise dV", NO._noise_bwd_dv_kernel, dv_args(*NO.CONFIGS["dv"][:3]), *NO.CONFIGS["dv"][3:5], {}),
     ]
+    from attnlab.ops.diff_attention import noise_gluon as NG
+    if NG.HAVE_GLUON:  # session 8: the Gluon dK/dQ kernel at its default and the other measured configs
+        for cfg in (NG.GLUON_CONFIG, (64, 2, 8, 1, 1), (64, 2, 8, 1, 0), (32, 5, 8, 1, 1), (64, 3, 8, 0, 1)):
+            out.append((f"dK Gluon {tuple(cfg)}", "gluon", cfg, cfg[2], cfg[1], {}))
     return out
 
 
@@ -145,7 +178,13 @@ def main(argv=None):
     args = ap.parse_args(argv)
     rows = []
     for label, kernel, kargs, warps, stages, opts in cases(args.quick):
-        r = compile_sm90(kernel, kargs, warps, stages, **opts)
+        try:
+            r = compile_gluon_sm90(kargs) if kernel == "gluon" else compile_sm90(kernel, kargs, warps, stages, **opts)
+        except Exception as e:  # noqa: BLE001 - Gluon's API moves between Triton versions
+            if kernel != "gluon":
+                raise
+            print(f"{label}: not compiled with triton {triton.__version__}: {type(e).__name__}: {str(e)[:300]}")
+            continue
         row = {"kernel": label, "num_warps": warps, "num_stages": stages, **opts,
                **{k: v for k, v in r.items() if k != "loops"}, "loops": r["loops"]}
         rows.append(row)

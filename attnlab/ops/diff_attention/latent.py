@@ -480,17 +480,40 @@ def _make_plan(launches, roots):
             if hasattr(compiled, "result"):
                 compiled = compiled.result()
             run, fn, meta = compiled.run, compiled.function, compiled.packed_metadata
-            tpl, slots = list(args), []
+            tpl, slots, dslots = list(args), [], []
             for i, a in enumerate(args):
                 if isinstance(a, torch.Tensor):
                     j = sp.index(a.untyped_storage().data_ptr())
                     slots.append((i, j, a.data_ptr() - roots[j].data_ptr()))
                     tpl[i] = None
+                elif hasattr(a, "block_shape") and isinstance(getattr(a, "base", None), torch.Tensor):
+                    # a host TMA descriptor (Gluon kernels): rebuilt on the new pointer at each replay
+                    j = sp.index(a.base.untyped_storage().data_ptr())
+                    dslots.append((i, j, a.base.data_ptr() - roots[j].data_ptr(), list(a.shape), list(a.strides),
+                                   a.padding))
+                    tpl[i] = None
             grid = tuple(grid) + (1, 1)
-            plan.append((run, fn, meta, grid[0], grid[1], grid[2], tpl, tuple(slots)))
+            plan.append((run, fn, meta, grid[0], grid[1], grid[2], tpl, tuple(slots), tuple(dslots)))
         return plan
     except Exception:  # noqa: BLE001 - any surprise: never replay this key
         return None
+
+
+class _DescArg:
+    """A replayed launch's host tensor descriptor: what the launcher reads of one (``base.data_ptr()``,
+    ``shape``, ``strides``, ``padding``), on the new data pointer."""
+
+    __slots__ = ("ptr", "shape", "strides", "padding")
+
+    def __init__(self, ptr, shape, strides, padding):
+        self.ptr, self.shape, self.strides, self.padding = ptr, shape, strides, padding
+
+    @property
+    def base(self):
+        return self
+
+    def data_ptr(self):
+        return self.ptr
 
 
 def _replay(plan, roots) -> bool:
@@ -499,10 +522,12 @@ def _replay(plan, roots) -> bool:
     ptrs = [r.data_ptr() for r in roots]
     dev = _driver.active.get_current_device()
     stream = _driver.active.get_current_stream(dev)
-    for run, fn, meta, g0, g1, g2, tpl, slots in plan:
+    for run, fn, meta, g0, g1, g2, tpl, slots, dslots in plan:
         args = tpl.copy()
         for i, j, off in slots:
             args[i] = ptrs[j] + off
+        for i, j, off, shape, strides, padding in dslots:
+            args[i] = _DescArg(ptrs[j] + off, shape, strides, padding)
         run(g0, g1, g2, stream, fn, meta, None, None, None, *args)
     return True
 

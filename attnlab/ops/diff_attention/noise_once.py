@@ -49,6 +49,10 @@ forward: P2 written once, then N = P2 V): the kernels reading P2 ran at about ha
 forms' rate (dV 1.90 vs 1.40 ms, forward 1.99 + 0.40 vs 1.44 ms at T=16K), and the dK/dQ kernel adding
 its dQ2/dK2 tiles by TMA bulk reduce-add instead of float32 atomics (1.585 vs 1.537 ms).
 
+Session 8: ``GLUON_DK`` (off by default) runs the dK/dQ kernel written in Gluon (noise_gluon.py: a 4-slot TMA
+ring with mbarriers and async wgmma) on Hopper GPUs: 0.76-0.82x the lean kernel's time; the op at 16K 0.795x
+the notebook with it (RESULTS.md, "Session 8: CMD dK/dQ in Gluon").
+
 ``cmd_attention_noise_once(q1, k1, q2, k2, v, lam)`` is the op (signal by SDPA + this noise path);
 ``shared_noise_attention`` is the noise stream alone (no combination, for tests and reuse);
 ``noise_once_reference`` the plain PyTorch reference with explicit maps.
@@ -481,6 +485,13 @@ LEAN_MAX_WIDTH = 128
 # (two device calls, 5 rounds each): T=4K 0.810x / 0.819x vs 0.824x / 0.827x with the memset (one launch
 # and its host time fewer), T=16K 0.815x / 0.816x vs 0.812x / 0.819x (within noise).
 ZERO_IN_FWD = os.environ.get("ATTNLAB_NOISE_ZERO", "1") == "1"
+# GLUON_DK: the dK/dQ kernel written in Gluon (noise_gluon.py: TMA ring + mbarriers + async wgmma) instead of
+# the Triton lean kernel, where ``noise_gluon.available`` says it can run (Hopper GPU, bf16/fp16, 128-wide
+# heads, the lean config's tiles); anywhere else (CPU, interpreter, other widths) the lean kernel runs.
+# Session 8 (RESULTS.md): off by default: faster at 16K in both device calls, slower at 4K in both (the launch
+# path: outside the replay in call 1, a replay failure in call 2, since fixed but not re-measured).
+GLUON_DK = os.environ.get("ATTNLAB_NOISE_GLUON", "0") == "1"
+GLUON_DK_CONFIG = None  # (KC, STAGES, num_warps, EARLY_Q, ROWS); None: noise_gluon.GLUON_CONFIG
 
 
 def _zero_in_fwd(q2, v) -> bool:
@@ -587,6 +598,24 @@ def _dk_loop(go, q2, k2, v, dn, lse, delta, dk32, dq32, tbl, h, hs, split, t, d,
         h, hs, split, t, scale * LOG2E, scale, d, _pow2(d), dv, _pow2(dv), bm, bn, chunk, kc), w, s)
 
 
+def _gluon_dk(go, q2, k2, v, dn, lse, delta, dk32, dq32, tbl, h, hs, split, t, scale, bm, bn, nt) -> bool:
+    """The Gluon dK/dQ kernel where it can run (returns True), else nothing (False: the lean kernel)."""
+    from . import noise_gluon as ng
+    d, dv = q2.shape[-1], v.shape[-1]
+    if not (ng.available(q2, v, d, dv, bm, bn, nt, (k2, dn)) and dn.is_contiguous()):
+        return False
+    # the launch replay rebuilds its host tensor descriptors on the new pointers (latent._DescArg)
+    try:
+        ng.noise_bwd_dk_gluon(q2, k2, v, dn, lse, delta, dk32, dq32, tbl, h, hs, split, t, scale * LOG2E, scale,
+                              bm, bn, config=GLUON_DK_CONFIG, go=go)
+    except Exception as e:  # noqa: BLE001 - Gluon is experimental: its API moves between Triton versions
+        import warnings
+        ng.BROKEN = f"{type(e).__name__}: {e}"[:500]
+        warnings.warn(f"noise-once: the Gluon dK/dQ kernel failed ({ng.BROKEN}); using the Triton lean kernel")
+        return False
+    return True
+
+
 def _bwd_body(go, dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dqk16, dvo, tbl, scale, combine, cfg):
     """The preprocess, the dK/dQ kernel, then the dV kernel (which also casts dQ2/dK2)."""
     b, t, d = q2.shape
@@ -599,9 +628,11 @@ def _bwd_body(go, dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dqk16, dvo, t
        (dout, n, lam32, dn, delta, dlam, *_vstr(dout), *_vstr(n), h, hs, split, t, dv, _pow2(dv), pbm, combine))
     if _dk_mode(d, dv) == "lean":
         bm, bn, nt, w, s, _, kc, _, early, acc, maxnreg = _config("lean", h, dv, d)
+        gluon = GLUON_DK and _gluon_dk(go, q2, k2, v, dn, lse, delta, dk32, dq32, tbl, h, hs, split, t, scale,
+                                       bm, bn, nt)
         kc = _pow2(dv) if kc <= 0 else min(kc, _pow2(dv))
         opts = {"maxnreg": maxnreg} if maxnreg and not _interpret() else {}
-        _fit(go, _noise_bwd_dk_lean_kernel, (tbl.numel() // 2, b * split),
+        gluon or _fit(go, _noise_bwd_dk_lean_kernel, (tbl.numel() // 2, b * split),
            (q2, k2, v, dn, lse, delta, dk32, dq32, tbl,
             q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), *_vstr(v),
             h, hs, split, t, scale * LOG2E, scale, d, _pow2(d), dv, _pow2(dv), bm, bn, nt, kc, bool(early),
@@ -687,7 +718,8 @@ def _noise_backward(saved, key, scale, combine, dout, ws32):
     dqk16 = torch.empty(2, b, t, d, device=dev, dtype=q2.dtype)  # written by the dV kernel (split)
     dvo = torch.empty(b, h, t, dv, device=dev, dtype=v.dtype)
     roots = (dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dqk16, dvo, tbl)
-    bkey = (key, dout.stride(), _align(dout), _dk_mode(d, dv), CONFIGS["dk"], CONFIGS["lean"], CONFIGS["dv"],
+    bkey = (key, dout.stride(), _align(dout), _dk_mode(d, dv), GLUON_DK,
+            tuple(GLUON_DK_CONFIG or ()), CONFIGS["dk"], CONFIGS["lean"], CONFIGS["dv"],
             dvo.stride(), _align(dvo), _sharing(roots))
     _launch(bkey, roots, _bwd_body, scale, combine, (hs, split))
     dlam = ws32[2 * btd:] if combine else None
