@@ -58,10 +58,8 @@ def main(argv=None):
         print(f"{fn.__name__:18s} {label:40s} warps {opts['num_warps']} stages {opts.get('num_stages', '-')}: {usage}",
               flush=True)
 
-    report(K._select_kernel, {"K": 64, "KP": 64, "BS": 64, "CB": 16, "KEY32": True, "PUB": 0, "PDL": 0, "FILL": 0},
-           {"E": "*fp32", "LPOS": "*i32", "PROG": "*i32"}, {"num_warps": 1}, "int32 keys")
-    report(K._select_kernel, {"K": 64, "KP": 64, "BS": 64, "CB": 16, "KEY32": True, "PUB": 1, "PDL": 1, "FILL": 1},
-           {"E": "*fp32", "LPOS": "*i32", "PROG": "*i32"}, {"num_warps": 1}, "int32 keys, published rows, PDL, sorted fill")
+    report(K._select_kernel, {"K": 64, "KP": 64, "BS": 64, "CB": 16, "KEY32": True},
+           {"E": "*fp32", "LPOS": "*i32"}, {"num_warps": 1}, "int32 keys")
     if args.quick:
         return rows
     fl = {"edge": "fp32", "inv_edge": "fp32", "qk_scale": "fp32", "sm_scale": "fp32"}
@@ -72,19 +70,9 @@ def main(argv=None):
            "PK": "*fp32", "PV": "*fp32", "PG": "*fp32"}
     for bm, bn, w, st, lp in [c + (lp,) for c in K.FWD_CONFIGS for lp in (0, 1)] if want("fwd") else []:
         report(K._fwd_kernel, {"D": 128, "BLOCK_M": bm, "BLOCK_N": bn, "KP": 64, "HAS_LM": True, "PREC": "tf32",
-                               "NSET": max(1, bm // 64), "LC": 32, "LOOP1": lp, "WAIT": 0, "SLEEP": 0, "STATS": 0,
-                               "PS": 1},
+                               "NSET": max(1, bm // 64), "LC": 32, "LOOP1": lp},
                {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "W": "*fp32", "GT": "*fp32", "LPOS": "*i32", "O": "*bf16",
-                "LSE": "*fp32", "PROG": "*i32", **fl}, {"num_warps": w, "num_stages": st},
-               f"BLOCK_M {bm} BLOCK_N {bn} one loop {lp}")
-    for bm, bn, w, st in K.FWD_CONFIGS if want("fwd") else []:  # session 8: waiting for the sets (sel_pdl)
-        for wait in (1, 2, 3, 4):
-            report(K._fwd_kernel, {"D": 128, "BLOCK_M": bm, "BLOCK_N": bn, "KP": 64, "HAS_LM": True, "PREC": "tf32",
-                                   "NSET": max(1, bm // 64), "LC": 32, "LOOP1": 1, "WAIT": wait, "SLEEP": 200,
-                                   "STATS": 0, "PS": 32},
-                   {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "W": "*fp32", "GT": "*fp32", "LPOS": "*i32", "O": "*bf16",
-                    "LSE": "*fp32", "PROG": "*i32", **fl}, {"num_warps": w, "num_stages": st, "launch_pdl": True},
-                   f"BLOCK_M {bm} BLOCK_N {bn} sel_pdl {wait}")
+                "LSE": "*fp32", **fl}, {"num_warps": w, "num_stages": st}, f"BLOCK_M {bm} BLOCK_N {bn} one loop {lp}")
     for bm, bn, w, st in K.DQ_CONFIGS if want("dq") else []:
         for has_lm in (0, 1):  # the default (window only: the landmark dQ is in _lm_bwd_t_kernel); "atomic"
             report(K._dq_kernel, {"D": 128, "BLOCK_M": bm, "BLOCK_N": bn, "KP": 64, "HAS_LM": has_lm, "PREC": "tf32",

@@ -1,4 +1,4 @@
-"""DSALT A/B on the device (sessions 6-8): one process, every variant on the same inputs, round robin
+"""DSALT A/B on the device (sessions 6-7): one process, every variant on the same inputs, round robin
 (median of rounds, each the median of 10 CUDA-event timings after 2 warm-ups), host enqueue times,
 peak memory, optionally the kernel timeline at the longest length (flex's kernels included).
 
@@ -6,11 +6,10 @@ peak memory, optionally the kernel timeline at the longest length (flex's kernel
 landmark path (lm_bwd "atomic", the dQ kernel's landmark pass). --set s7: the same plus session 7's
 candidates (benchmarks/RESULTS.md, "Session 7: DSALT"); --set s7b: round 2's (the dK/dV kernel with
 and without the stored window minima); --set s7c: the lead's check of the T >= 32K path from 16K on;
---set s8 / s8b: session 8's selection beside the forward through PDL (OPTS["sel_pdl"], spin counters;
-s8b: the forward polling the sets themselves, counters on their own lines). Session 8's landmark
-backward helper used the same two names for sets timing two kernels that were slower and were removed
-(code at commit 3ef7b56; figures in benchmarks/RESULTS.md, "Session 8: DSALT landmark backward").
-The session-6 sets (call1 / final) timed
+session 8's sets s8 / s8b (two landmark backward kernels; then, under the same names, the selection
+beside the forward through PDL) timed options that were no faster and were removed (code at commits
+3ef7b56 and 1560476; figures in benchmarks/RESULTS.md, "Session 8: DSALT landmark backward" / "PDL
+selection"). The session-6 sets (call1 / final) timed
 options that session 7 removed; their figures stay in RESULTS.md.
 
     python benchmarks/device_runs/dsalt_s6_ab.py --set lead --lengths 32768,16384,4096 --rounds 3
@@ -37,8 +36,7 @@ from attnlab.ops.dsalt import dsalt_attention  # noqa: E402
 from attnlab.ops.dsalt import kernel as K  # noqa: E402
 
 S5 = {"lm_bwd": "atomic", "lm_dq": False, "fwd_split": False}  # the session-5 landmark path
-CORE = ("flex_window", "window", "dsalt", "dsalt_s5", "window_4loop", "dsalt_4loop", "dsalt_u", "dsalt_p1",
-        "dsalt_p2", "dsalt_p3", "dsalt_p4", "dsalt_fill", "dsalt_p3_fill")
+CORE = ("flex_window", "window", "dsalt", "dsalt_s5", "window_4loop", "dsalt_4loop", "dsalt_u")
 
 
 def host_ms(step, n=10):
@@ -75,8 +73,7 @@ def timeline(step, label):
 
 
 U = {"loop1_fwd": True, "fwd_split": False}  # the fused one-loop forward with its landmark iterations
-TIMELINES = ("flex_window", "window", "dsalt", "dsalt_4loop", "dsalt_u", "dsalt_nowmin", "dsalt_p1", "dsalt_p2",
-             "dsalt_p3", "dsalt_p3_fill")
+TIMELINES = ("flex_window", "window", "dsalt", "dsalt_4loop", "dsalt_u", "dsalt_nowmin")
 
 
 def s7_variants(mk, n_lm):
@@ -106,60 +103,12 @@ def s7c_variants(mk, n_lm):
     return {"dsalt_split16": mk(n_lm, {"split_min_t": 16384}), "dsalt_u": mk(n_lm, U)}
 
 
-def s8_variants(mk, n_lm):
-    """Session 8 (benchmarks/RESULTS.md, "Session 8: DSALT PDL selection"): the selection beside the
-    fused one-loop forward through programmatic dependent launch, the forward's tiles waiting for
-    their own block's set (OPTS["sel_pdl"] 1: at the tile's start, then the landmark iterations of
-    the one loop; 2: after the window blocks, then the chunked landmark loop); "nosleep": polls
-    without the 200 ns back-off; "u": the fused forward after the selection (stream order)."""
-    return {"dsalt_u": mk(n_lm, U),
-            "dsalt_p1": mk(n_lm, {"sel_pdl": 1}),
-            "dsalt_p2": mk(n_lm, {"sel_pdl": 2}),
-            "dsalt_p1_nosleep": mk(n_lm, {"sel_pdl": 1, "pdl_sleep": 0})}
-
-
-def s8b_variants(mk, n_lm):
-    """Session 8, after call 1 (the selection ran 235 -> 335 us beside the forward at 32K, the
-    forward no faster): "p3" / "p4": the forward polls the sets themselves (LPOS filled with -2, the
-    selection publishes nothing: no fence on its serial chain), at the tile's start / after the
-    window blocks; "1k": 1000 ns between polls; "pad": the published counters one 128-byte line
-    apart (pdl_stride 32); "fill": block 0's candidates sorted into the empty set at once
-    (OPTS["sel_fill"]; "dsalt_fill": the defaults with it)."""
-    return {"dsalt_u": mk(n_lm, U),
-            "dsalt_p1": mk(n_lm, {"sel_pdl": 1}),
-            "dsalt_p1_pad": mk(n_lm, {"sel_pdl": 1, "pdl_stride": 32}),
-            "dsalt_p3": mk(n_lm, {"sel_pdl": 3}),
-            "dsalt_p3_1k": mk(n_lm, {"sel_pdl": 3, "pdl_sleep": 1000}),
-            "dsalt_p4": mk(n_lm, {"sel_pdl": 4}),
-            "dsalt_fill": mk(n_lm, {"sel_fill": True}),
-            "dsalt_p3_fill": mk(n_lm, {"sel_pdl": 3, "sel_fill": True})}
-
-
-def pdl_stats(mk, n_lm, t, extra):
-    """One step of each PDL variant with the wait counters on: tiles that waited, polls, total
-    microseconds spent waiting (summed over tiles)."""
-    out = {}
-    for mode in ((1, 2) if not extra else (1, 3, 4)):
-        step = mk(n_lm, {"sel_pdl": mode, "pdl_stats": True})
-        step()  # compiles the STATS variant: the selection is long done before the forward starts
-        torch.cuda.synchronize()
-        step()  # counted: launched right behind the selection, like in the timed steps
-        torch.cuda.synchronize()
-        st = K.PDL_STATS.get("last")
-        if st is not None:
-            out[mode] = [int(x) for x in st.tolist()]
-            print(f"  T={t} sel_pdl={mode}: tiles waited {out[mode][0]}, polls {out[mode][1]}, "
-                  f"wait us (sum over tiles) {out[mode][2]}", flush=True)
-    return out
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--lengths", default="32768,16384,4096")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default=os.environ.get("ATTNLAB_BENCH_DIR", "."))
-    ap.add_argument("--set", default="lead", choices=["lead", "s7", "s7b", "s7c", "s8", "s8b"])
-    ap.add_argument("--timeline-at", default="", help="comma-separated lengths for --timeline (default: the longest)")
+    ap.add_argument("--set", default="lead", choices=["lead", "s7", "s7b", "s7c"])
     ap.add_argument("--timeline", action="store_true")
     ap.add_argument("--full-from", type=int, default=8192, help="every variant only where T >= this")
     ap.add_argument("--quick", action="store_true", help="tiny CPU smoke run (interpreter), no timing")
@@ -218,10 +167,6 @@ def main():
             variants.update(s7b_variants(mk, n_lm))
         if args.set == "s7c":
             variants.update(s7c_variants(mk, n_lm))
-        if args.set == "s8":
-            variants.update(s8_variants(mk, n_lm))
-        if args.set == "s8b":
-            variants.update(s8b_variants(mk, n_lm))
         if t < args.full_from:  # short sequences (host bound): the core variants only
             variants = {a: b for a, b in variants.items() if a in CORE}
         times = {name: [] for name in variants}
@@ -271,10 +216,7 @@ def main():
                   f"{row[name + '_round_ratio']:5.3f}x)  host {row[name + '_host']:6.3f} ms"
                   f"  rounds {[round(x, 3) for x in times[name]]}", flush=True)
         print(f"  options: {K.OPTS}; autotuned: {K.tuned_configs()}", flush=True)
-        if args.set in ("s8", "s8b"):
-            row["pdl_stats"] = pdl_stats(mk, n_lm, t, args.set == "s8b")
-        tl_at = [int(x) for x in args.timeline_at.split(",") if x] or [max(int(x) for x in args.lengths.split(","))]
-        if t in tl_at and args.timeline:
+        if t == max(int(x) for x in args.lengths.split(",")) and args.timeline:
             for name in TIMELINES:
                 if name in variants:
                     row["timeline_" + name] = timeline(variants[name], f"{name} T={t}")
@@ -293,14 +235,12 @@ def quick():
     win = torch.full((1, 2, 40), 8.0, requires_grad=True)
     e = torch.randn(1, 2, 40, requires_grad=True)
     for opts in (S5, {"lm_bwd": "trans", "lm_dq": True, "fwd_split": True, "split_min_t": 1},
-                 {"fwd_split": False, "loop1_fwd": True}, {"sel_pdl": 1}, {"sel_pdl": 2, "pdl_stride": 32},
-                 {"sel_pdl": 3}, {"sel_pdl": 4}):
+                 {"fwd_split": False, "loop1_fwd": True}):
         K.OPTS.update(opts)
         out = dsalt_attention(q, k, v, win, e, n_max=8, n_landmarks=4, edge=2.0, block=16, impl="triton")
         out.sum().backward()
         print(opts, float(out.detach().float().abs().mean()))
     K.OPTS.update(S5)
-    K.OPTS.update(sel_pdl=0, pdl_stride=1)
 
 
 if __name__ == "__main__":

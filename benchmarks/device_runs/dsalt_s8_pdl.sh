@@ -1,4 +1,5 @@
 #!/bin/bash
+# (Record: after session 8 the sets s8 / s8b and OPTS["sel_pdl"] were removed; code at merge commit 1560476.)
 # Session 8 DSALT device call (the selection beside the forward through PDL): the A/B benchmark first
 # (one process: flex window-only, attnlab window-only, this tree's defaults, the fused forward after
 # the selection and the PDL variants; --set s8 = call 1's variants, s8b = the follow-up: the forward

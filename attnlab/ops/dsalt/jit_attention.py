@@ -58,19 +58,11 @@ if HAVE_TRITON:
         return lo, full_lo, causal_hi, hi
 
     @triton.jit
-    def _q_tile(Q, W, sq_b, sq_h, sq_t, H, G, T, D: tl.constexpr, BLOCK_M: tl.constexpr, HEADFAST: tl.constexpr = 0):
+    def _q_tile(Q, W, sq_b, sq_h, sq_t, H, G, T, D: tl.constexpr, BLOCK_M: tl.constexpr):
         """Prologue of the per-query-tile kernels (grid: query tiles x batch*heads): the program's
-        indices, its rows' offsets and mask, the Q tile and the rows' window sizes. HEADFAST
-        (session 8, the forward beside the selection): program ids remapped so that launch order
-        runs the first query tile of every (batch, head), then the second, ... (the selection
-        finishes the sets in block order)."""
+        indices, its rows' offsets and mask, the Q tile and the rows' window sizes."""
         pid_m = tl.program_id(0)
         pid_bh = tl.program_id(1)
-        if HEADFAST:
-            nbh = tl.num_programs(1)
-            lin = pid_bh * tl.num_programs(0) + pid_m
-            pid_m = lin // nbh
-            pid_bh = lin % nbh
         b = pid_bh // H
         h = pid_bh % H
         hk = h // G
@@ -85,15 +77,10 @@ if HAVE_TRITON:
         return pid_bh, b, h, hk, bhk, m0, offs_m, offs_d, mrow, qoff, q, w
 
     @triton.jit
-    def _lm_rows(LPOS, GT, kbase, vbase, lidx, lmask, bhk, T, sk_t, offs_d, CG: tl.constexpr = 0):
+    def _lm_rows(LPOS, GT, kbase, vbase, lidx, lmask, bhk, T, sk_t, offs_d):
         """A chunk of landmark slots (flat indices lidx into LPOS, masked by lmask): positions (-1
-        empty), gates logsigmoid(e) and the K/V rows loaded by position (no gathered copy). CG: the
-        positions read through L2 only (written by the selection running beside the forward: an
-        L1 line loaded by another tile could hold a neighbouring set that was not final yet)."""
-        if CG:
-            lpos = tl.load(LPOS + lidx, mask=lmask, other=-1, cache_modifier=".cg")
-        else:
-            lpos = tl.load(LPOS + lidx, mask=lmask, other=-1)
+        empty), gates logsigmoid(e) and the K/V rows loaded by position (no gathered copy)."""
+        lpos = tl.load(LPOS + lidx, mask=lmask, other=-1)
         lp0 = tl.maximum(lpos, 0)
         gate = _logsigmoid(tl.load(GT + bhk * T + lp0).to(tl.float32))
         lk = tl.load(kbase + lp0[:, None] * sk_t + offs_d[None, :])
@@ -119,18 +106,12 @@ if HAVE_TRITON:
         return s_lo, s_hi
 
     @triton.jit
-    def _lm_chunk(LPOS, GT, bhk, NB, T, m0, SEL_BLOCK, c, KP: tl.constexpr, NSET: tl.constexpr, BLOCK_N: tl.constexpr,
-                  CG: tl.constexpr = 0):
+    def _lm_chunk(LPOS, GT, bhk, NB, T, m0, SEL_BLOCK, c, KP: tl.constexpr, NSET: tl.constexpr, BLOCK_N: tl.constexpr):
         """Landmark chunk c (BLOCK_N slots of the tile's NSET sets side by side) of the one-loop
-        kernels: positions (-1 empty / padding), gates logsigmoid(e), each slot's selection block
-        (CG: positions through L2 only, see _lm_rows)."""
+        kernels: positions (-1 empty / padding), gates logsigmoid(e), each slot's selection block."""
         offs_c = c * BLOCK_N + tl.arange(0, BLOCK_N)
         nbc = m0 // SEL_BLOCK + offs_c // KP
-        lmask = (offs_c < NSET * KP) & (nbc < NB)
-        if CG:
-            lpos = tl.load(LPOS + (bhk * NB + nbc) * KP + offs_c % KP, mask=lmask, other=-1, cache_modifier=".cg")
-        else:
-            lpos = tl.load(LPOS + (bhk * NB + nbc) * KP + offs_c % KP, mask=lmask, other=-1)
+        lpos = tl.load(LPOS + (bhk * NB + nbc) * KP + offs_c % KP, mask=(offs_c < NSET * KP) & (nbc < NB), other=-1)
         gate = _logsigmoid(tl.load(GT + bhk * T + tl.maximum(lpos, 0)).to(tl.float32))
         return lpos, gate, nbc
 
@@ -157,83 +138,20 @@ if HAVE_TRITON:
         return m_new, m_safe, p
 
     @triton.jit
-    def _nanosleep(ns):
-        tl.inline_asm_elementwise("nanosleep.u32 $1; mov.u32 $0, 0;", "=r,r", [ns], dtype=tl.int32, is_pure=False,
-                                  pack=1)
-
-    @triton.jit
-    def _globaltimer():
-        return tl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l", [], dtype=tl.int64, is_pure=False,
-                                         pack=1)
-
-    @triton.jit
-    def _wait_tile(PROG, LPOS, bhk, NB, m0, SEL_BLOCK, NPROG, KP: tl.constexpr, NSET: tl.constexpr,
-                   PS: tl.constexpr, SLEEP: tl.constexpr, STATS: tl.constexpr, ROWS: tl.constexpr):
-        """Session 8 (OPTS["sel_pdl"]): wait until the selection running beside this kernel has
-        written the tile's NSET landmark sets. ROWS=0: poll the count of finished rows that the
-        selection publishes in PROG[bhk * PS] (release / acquire: the compiler makes the atomic add
-        of 0 an ld.acquire.gpu) until it covers the tile's last block. ROWS=1: poll the sets
-        themselves (volatile loads: LPOS was filled with -2, every slot is written once with a
-        position or -1, so a set with no -2 left is final; the selection needs no fence). Exits at
-        once where the selection already ended (stream order: no PDL, the interpreter).
-        SLEEP > 0: back off SLEEP ns between polls; STATS: the waiting tiles, polls and
-        microseconds added in PROG[NPROG * PS .. + 2]."""
-        nb0 = m0 // SEL_BLOCK
-        polls = tl.zeros([], tl.int32)
-        t0 = tl.zeros([], tl.int64)
-        if STATS:
-            t0 = _globaltimer()
-        if ROWS:
-            offs = tl.arange(0, NSET * KP)
-            ok = nb0 + offs // KP < NB
-            ptr = LPOS + (bhk * NB + nb0) * KP + offs
-            lp = tl.load(ptr, mask=ok, other=-1, volatile=True)
-            while tl.min(lp, 0) < -1:
-                if SLEEP > 0:
-                    _nanosleep(tl.full([], SLEEP, tl.int32))
-                lp = tl.load(ptr, mask=ok, other=-1, volatile=True)
-                polls += 1
-        else:
-            need = tl.minimum(nb0 + NSET, NB)
-            done = tl.atomic_add(PROG + bhk * PS, 0, sem="acquire", scope="gpu")
-            while done < need:
-                if SLEEP > 0:
-                    _nanosleep(tl.full([], SLEEP, tl.int32))
-                done = tl.atomic_add(PROG + bhk * PS, 0, sem="acquire", scope="gpu")
-                polls += 1
-        tl.debug_barrier()
-        if STATS:
-            if polls > 0:
-                tl.atomic_add(PROG + NPROG * PS, 1, sem="relaxed")
-                tl.atomic_add(PROG + NPROG * PS + 1, polls, sem="relaxed")
-                tl.atomic_add(PROG + NPROG * PS + 2, ((_globaltimer() - t0) // 1000).to(tl.int32), sem="relaxed")
-
-    @triton.jit
-    def _fwd_kernel(Q, K, V, W, GT, LPOS, O, LSE, PROG,
+    def _fwd_kernel(Q, K, V, W, GT, LPOS, O, LSE,
                     sq_b, sq_h, sq_t, sk_b, sk_h, sk_t, so_b, so_h, so_t,
-                    H, G, T, NB, n_max, edge, inv_edge, qk_scale, SEL_BLOCK, NPROG,
+                    H, G, T, NB, n_max, edge, inv_edge, qk_scale, SEL_BLOCK,
                     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                     KP: tl.constexpr, HAS_LM: tl.constexpr, PREC: tl.constexpr, NSET: tl.constexpr = 1,
-                    LC: tl.constexpr = 16, LOOP1: tl.constexpr = 0, WAIT: tl.constexpr = 0,
-                    SLEEP: tl.constexpr = 0, STATS: tl.constexpr = 0, PS: tl.constexpr = 1):
+                    LC: tl.constexpr = 16, LOOP1: tl.constexpr = 0):
         """Forward of one query tile: the window's key blocks in four phases, then (HAS_LM) the
         tile's landmark slots in chunks of LC, one online softmax (exp2 domain). LOOP1 (session 7):
         one loop over the window's key blocks and then the landmark slots in chunks of BLOCK_N
         (rows gathered by position), the mask chosen per block by a uniform branch: one software
         pipeline (the landmark rows' loads issued while the last window blocks compute) instead of
-        four window loops and the landmark loop, each with its own pipeline fill.
-        WAIT (session 8, OPTS["sel_pdl"]: the selection runs beside this kernel, which was launched
-        with launch_pdl): the tile waits for its sets (_wait_tile; WAIT 1 / 2: the published
-        count, 3 / 4: the sets themselves) at its start (WAIT 1 / 3, then the LOOP1 landmark
-        iterations) or after its window blocks (WAIT 2 / 4, then the chunked landmark loop);
-        program ids head-fastest (_q_tile's HEADFAST)."""
+        four window loops and the landmark loop, each with its own pipeline fill."""
         pid_bh, b, h, hk, bhk, m0, offs_m, offs_d, mrow, qoff, q, w = _q_tile(Q, W, sq_b, sq_h, sq_t, H, G, T,
-                                                                              D, BLOCK_M, WAIT > 0)
-        W_AFTER: tl.constexpr = (WAIT == 2) or (WAIT == 4)
-        # the landmark slots as the LOOP1 loop's last iterations (else the chunked loop after it)
-        LM_LOOP: tl.constexpr = (HAS_LM and LOOP1) and (not W_AFTER)
-        if HAS_LM and (WAIT == 1 or WAIT == 3):
-            _wait_tile(PROG, LPOS, bhk, NB, m0, SEL_BLOCK, NPROG, KP, NSET, PS, SLEEP, STATS, WAIT == 3)
+                                                                              D, BLOCK_M)
         offs_n0 = tl.arange(0, BLOCK_N)
         kbase = K + b * sk_b + hk * sk_h
         vbase = V + b * sk_b + hk * sk_h
@@ -245,19 +163,18 @@ if HAVE_TRITON:
             n_win = tl.cdiv(hi - lo, BLOCK_N)
             n_lm = 0
             NCH: tl.constexpr = (NSET * KP + BLOCK_N - 1) // BLOCK_N  # landmark iterations
-            if LM_LOOP:
+            if HAS_LM:
                 n_lm = NCH
                 if NCH <= 2:
                     # the chunks' positions and gates loaded before the loop: the landmark rows'
                     # addresses then depend on no load inside the loop, so the software pipeline
                     # prefetches them like the window's blocks
-                    lpos0, gate0, nbc0 = _lm_chunk(LPOS, GT, bhk, NB, T, m0, SEL_BLOCK, 0, KP, NSET, BLOCK_N, WAIT > 0)
-                    lpos1, gate1, nbc1 = _lm_chunk(LPOS, GT, bhk, NB, T, m0, SEL_BLOCK, NCH - 1, KP, NSET, BLOCK_N,
-                                                   WAIT > 0)
+                    lpos0, gate0, nbc0 = _lm_chunk(LPOS, GT, bhk, NB, T, m0, SEL_BLOCK, 0, KP, NSET, BLOCK_N)
+                    lpos1, gate1, nbc1 = _lm_chunk(LPOS, GT, bhk, NB, T, m0, SEL_BLOCK, NCH - 1, KP, NSET, BLOCK_N)
             for it in range(0, n_win + n_lm):
                 start_n = lo + it * BLOCK_N
                 offs_n = start_n + offs_n0
-                if LM_LOOP:
+                if HAS_LM:
                     is_lm = it >= n_win
                     offs_c = (it - n_win) * BLOCK_N + offs_n0
                     lcol = offs_c >= 0  # a landmark iteration (it >= n_win), as a vector
@@ -268,7 +185,7 @@ if HAVE_TRITON:
                         nbc = tl.where(last, nbc1, nbc0)
                     else:  # more chunks (interpreter tests with 16-wide blocks): loaded here
                         lpos, gate, nbc = _lm_chunk(LPOS, GT, bhk, NB, T, m0, SEL_BLOCK, tl.maximum(it - n_win, 0), KP,
-                                                    NSET, BLOCK_N, WAIT > 0)
+                                                    NSET, BLOCK_N)
                     rows = tl.where(lcol, tl.maximum(lpos, 0), offs_n)
                     rmask = lcol | (offs_n < T)
                 else:
@@ -278,7 +195,7 @@ if HAVE_TRITON:
                 s = tl.dot(q, tl.trans(kt), input_precision=PREC) * qk_scale
                 masked = (start_n < full_lo) | (start_n >= causal_hi)
                 diag = start_n >= m0
-                if LM_LOOP:
+                if HAS_LM:
                     if is_lm:
                         s = s + _lm_bias(offs_m, lpos, gate, w, T, n_max, inv_edge)
                         if NSET > 1:
@@ -315,16 +232,14 @@ if HAVE_TRITON:
                 vt = tl.load(vbase + offs_n[:, None] * sk_t + offs_d[None, :], mask=nmask[:, None], other=0.0)
                 acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt, input_precision=PREC)
                 m_i = m_new
-        if HAS_LM and not LM_LOOP:
-            if W_AFTER:
-                _wait_tile(PROG, LPOS, bhk, NB, m0, SEL_BLOCK, NPROG, KP, NSET, PS, SLEEP, STATS, WAIT == 4)
+        if HAS_LM and not LOOP1:
             # the landmark columns in chunks of LC (register pressure); NSET > 1: the tile spans
             # NSET selection blocks, their sets side by side, each row masked to its own block's set
             for c0 in range(0, NSET * KP, LC):
                 offs_c = c0 + tl.arange(0, LC)
                 nbc = m0 // SEL_BLOCK + offs_c // KP
                 lpos, gate, lk, lv = _lm_rows(LPOS, GT, kbase, vbase, (bhk * NB + nbc) * KP + offs_c % KP, nbc < NB,
-                                              bhk, T, sk_t, offs_d, WAIT > 0)
+                                              bhk, T, sk_t, offs_d)
                 s = tl.dot(q, tl.trans(lk), input_precision=PREC) * qk_scale
                 s = s + _lm_bias(offs_m, lpos, gate, w, T, n_max, inv_edge)
                 if NSET > 1:

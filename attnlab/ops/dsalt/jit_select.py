@@ -7,10 +7,6 @@ try:
     import triton.language as tl
 
     HAVE_TRITON = True
-    try:
-        from triton.language.extra.cuda import gdc_launch_dependents
-    except ImportError:  # pragma: no cover - older triton: no PDL (kernel.py then never sets PDL)
-        gdc_launch_dependents = None
 except ImportError:  # pragma: no cover
     HAVE_TRITON = False
 
@@ -51,41 +47,14 @@ if HAVE_TRITON:
         return cur, m
 
     @triton.jit
-    def _publish(PROG, pid, new, done, PUB: tl.constexpr):
-        """PUB > 0 (session 8): the number of finished output rows (sets) of this (batch, kv head),
-        stored in PROG[pid * PUB] with release semantics after a barrier (every thread's earlier
-        row stores are visible to a reader that acquires the count); PUB is the counters' stride
-        (32: one 128-byte line each, so the forward's polls of one counter do not queue behind
-        another's in one L2 slice). Returns the count published."""
-        if PUB > 0:
-            if new > done:
-                tl.debug_barrier()
-                tl.atomic_xchg(PROG + pid * PUB, new, sem="release", scope="gpu")
-        return tl.maximum(new, done)
-
-    @triton.jit
-    def _select_kernel(E, LPOS, PROG, T, NB, S, K: tl.constexpr, KP: tl.constexpr, BS: tl.constexpr,
-                       CB: tl.constexpr, KEY32: tl.constexpr, PUB: tl.constexpr = 0, PDL: tl.constexpr = 0,
-                       FILL: tl.constexpr = 0):
+    def _select_kernel(E, LPOS, T, NB, S, K: tl.constexpr, KP: tl.constexpr, BS: tl.constexpr,
+                       CB: tl.constexpr, KEY32: tl.constexpr):
         """Causal landmark sets with stable slots, one program per (batch, kv head); see the module
         docstring. Candidate blocks are read CB at a time (row r of a chunk: block c0 + r, whose
         output row is the set of block c0 + r + 1, the set after that block's tokens were offered).
         The rank keys are computed here from the energies (int32 keys when T <= 65536: cheaper
-        reductions).
-        Session 8 (OPTS["sel_pdl"]): PDL=1 lets the dependent forward grid (launched with
-        launch_pdl) start as soon as every program of this one runs; PUB > 0 publishes the number of
-        finished rows in PROG[pid * PUB] (release) so the forward's tiles wait only for their own block's
-        set. A row group is published just before the next group is stored (the barrier and the
-        release then find the earlier stores long done: no stall on the serial chain), and at the end.
-        FILL (OPTS["sel_fill"], BS == KP): block 0's candidates enter the empty set in one sort
-        (descending: slot j gets the j-th best key, what the one-by-one insertion into the smallest
-        empty slot gives) instead of up to K serial insertions (~15-20% of the selection's
-        insertions at 32K / 4K)."""
+        reductions)."""
         pid = tl.program_id(0)
-        if PDL:
-            gdc_launch_dependents()
-        done = tl.zeros([], tl.int32)  # rows published
-        stored = tl.full([], 1, tl.int32)  # rows stored (row 0: below)
         bhi = NB - 1
         offs_k = tl.arange(0, KP)
         offs_s = tl.arange(0, BS)
@@ -107,11 +76,6 @@ if HAVE_TRITON:
         # prefetched chunk of candidate keys [CB, BS]
         pos = rows[:, None] * S + offs_s[None, :]
         ck = _keys_tile(ebase, pos, (offs_s[None, :] < S) & (pos < T) & (rows[:, None] < bhi), KEY32)
-        if FILL:
-            tl.static_assert(BS == KP)
-            first = tl.max(tl.where(rows[:, None] == 0, ck, tl.min(kmin, 0)), 0)  # [BS] block 0's keys
-            cur = tl.where(offs_k < K, tl.sort(first, descending=True), kpad)
-            ck = tl.where(rows[:, None] == 0, tl.min(kmin, 0), ck)  # block 0: offered
         for c0 in range(0, bhi, CB):
             blk_n = c0 + CB + rows
             pos_n = blk_n[:, None] * S + offs_s[None, :]
@@ -125,10 +89,8 @@ if HAVE_TRITON:
                 # rows r0 .. nxt-1 inserted nothing: their sets are the current one
                 lp = tl.where((offs_k < K) & (cur != kmin), pm - (cur & pm), none).to(tl.int32)
                 smask = (rows[:, None] >= r0) & (rows[:, None] < nxt) & (c0 + rows[:, None] < bhi)
-                done = _publish(PROG, pid, stored, done, PUB)
                 tl.store(LPOS + pid * NB * KP + out_rows[:, None] + offs_k[None, :],
                          tl.broadcast_to(lp[None, :], (CB, KP)), mask=smask)
-                stored = tl.maximum(stored, tl.minimum(c0 + nxt, bhi) + 1)
                 cand = tl.max(tl.where(rows[:, None] == nxt, ck, tl.min(kmin, 0)), 0)  # [BS] block nxt's keys
                 cand = tl.where(cand > m, cand, tl.min(kmin, 0))
                 cur, m = _insert_seq(cur, cand, offs_k, offs_s, tl.min(kmin, 0))
@@ -136,9 +98,6 @@ if HAVE_TRITON:
                 nxt = tl.min(tl.where((bmax > m) & (rows > r0), rows, CB), 0)
             lp = tl.where((offs_k < K) & (cur != kmin), pm - (cur & pm), none).to(tl.int32)
             smask = (rows[:, None] >= r0) & (c0 + rows[:, None] < bhi)
-            done = _publish(PROG, pid, stored, done, PUB)
             tl.store(LPOS + pid * NB * KP + out_rows[:, None] + offs_k[None, :],
                      tl.broadcast_to(lp[None, :], (CB, KP)), mask=smask)
-            stored = tl.minimum(c0 + CB, bhi) + 1
             ck = ck_n
-        done = _publish(PROG, pid, NB, done, PUB)

@@ -52,15 +52,6 @@ At T >= ``OPTS["split_min_t"]`` (32768; session 6 round 2: faster at 32K, slower
 ``_fwd_lm_kernel`` (the landmark pass continuing the online softmax from (lse, 1, O)), with the
 selection on a high-priority side stream launched right after the window kernel, beside it.
 
-``OPTS["sel_pdl"]`` (session 8, off by default: not measured faster): the selection beside the
-fused one-loop forward at every T through programmatic dependent launch. The selection kernel calls
-``gdc_launch_dependents()`` first; the forward, launched with ``launch_pdl=True``, starts once every
-selection program runs, orders its programs head-fastest and each tile waits only for its own
-block's set (1 / 2: a count of finished rows published by the selection with release semantics,
-polled at the tile's start / after its window blocks; 3 / 4: the sets themselves, LPOS filled with
--2). Without PDL the stream orders the two kernels and the waits exit at once.
-``OPTS["sel_fill"]`` (off): block 0's candidates sorted into the empty set at once.
-
 Launches go through ``attnlab.ops.launch_replay.ReplayLauncher`` (the compiled launcher is called
 directly from the second launch of a shape on).
 
@@ -102,9 +93,7 @@ def _interpreting() -> bool:
 if HAVE_TRITON:  # the Triton kernels live in jit_attention.py and jit_select.py
     from .jit_attention import _fwd_kernel, _dq_kernel, _lm_bwd_kernel, _dkdv_kernel, _delta_kernel
     from .jit_attention import _lm_bwd_t_kernel, _fwd_lm_kernel
-    from .jit_select import _select_kernel, gdc_launch_dependents
-else:  # pragma: no cover
-    gdc_launch_dependents = None
+    from .jit_select import _select_kernel
 
 
 _FAST_LM = {"on": True}
@@ -125,49 +114,9 @@ def _select_stable(energy, k: int, kp: int, block: int, key32: bool | None = Non
         out = torch.empty(b, hk, nb, kp, dtype=torch.int32, device=energy.device)
     cb = 16 if block <= 128 else 4
     key32 = (t <= 65536) if key32 is None else key32
-    _LAUNCH(_select_kernel, (b * hk,), e, out, out, t, nb, block, K=k, KP=kp, BS=_pow2(block), CB=cb, KEY32=key32,
-            FILL=_fill(kp, block), num_warps=1)
-    return out
-
-
-def _fill(kp: int, block: int) -> int:
-    """OPTS["sel_fill"]: block 0's candidates sorted into the empty set at once (where a block's
-    candidate vector and the set have one width)."""
-    return int(bool(OPTS["sel_fill"]) and _pow2(block) == kp)
-
-
-def _select_publish(energy, k: int, kp: int, block: int, out, prog, pdl: bool, stride: int = 1):
-    """The selection for the forward beside it (OPTS["sel_pdl"], session 8): as _select_stable; with
-    stride > 0 it publishes its finished rows per (batch, kv head) in prog[i * stride] (zeroed by the
-    caller; stride 0: nothing published, the forward polls the sets); pdl: it lets
-    the next kernel of the stream (launched with launch_pdl) start while it runs. Returns the fp32
-    energies it reads (the caller keeps them alive until the forward is launched: the forward ends
-    only after the selection's last row is published, after its last read)."""
-    b, hk, t = energy.shape
-    nb = -(-t // block)
-    e = energy.detach().float().contiguous()
-    _LAUNCH(_select_kernel, (b * hk,), e, out, prog, t, nb, block, K=k, KP=kp, BS=_pow2(block),
-            CB=16 if block <= 128 else 4, KEY32=t <= 65536, PUB=stride, PDL=int(pdl), FILL=_fill(kp, block),
+    _LAUNCH(_select_kernel, (b * hk,), e, out, t, nb, block, K=k, KP=kp, BS=_pow2(block), CB=cb, KEY32=key32,
             num_warps=1)
-    return e
-
-
-# session 8: launch_pdl where the device and triton allow it (off for good after a failed launch)
-_PDL_OK = {"on": True}
-# OPTS["pdl_stats"]: the last forward's wait counters [tiles that waited, polls, microseconds]
-PDL_STATS: dict = {}
-
-
-_CAP: dict = {}
-
-
-def _pdl_possible(q) -> bool:
-    """PDL launches: CUDA, compute capability >= 9.0 (griddepcontrol), triton with gdc, not refused."""
-    if not (_PDL_OK["on"] and q.is_cuda and not _interpreting() and gdc_launch_dependents is not None):
-        return False
-    if q.device not in _CAP:
-        _CAP[q.device] = torch.cuda.get_device_capability(q.device) >= (9, 0)
-    return _CAP[q.device]
+    return out
 
 
 def landmark_slots(energy, n_landmarks: int, block: int):
@@ -240,21 +189,9 @@ def _blocks(block: int, d: int, device) -> tuple[int, int, int]:
 # 0.753 / 0.990 vs 0.975, hence only where T >= wmin_min_t. Measured slower and removed: the dK/dV
 # scores rewritten in the per-tile branch (p = 2^(s + log2 r - lse), more spills: 32K 3.523 vs
 # 2.985 ms) and 128-row window-only dQ tiles (3.240).
-# sel_pdl (session 8): 0 off; 1 / 2 the forward's tiles poll the selection's published count of
-# finished rows (at the tile's start / after its window blocks); 3 / 4 they poll the sets themselves
-# (LPOS filled with -2: no fences in the selection); the forward is the fused one-loop kernel, launched
-# with launch_pdl where _pdl_possible (sm_90+, triton with gdc), where T >= pdl_min_t. pdl_sleep: ns
-# between polls (0: none); pdl_stride: int32s between the counters of 1 / 2 (32: one 128-byte line
-# each); pdl_stats: the wait counters of the last forward in PDL_STATS (tiles that waited, polls, us).
-# H100, one call (RESULTS.md "Session 8"): 32K 3.022 (1) vs 3.075 (defaults) vs 3.090 (fused forward
-# after the selection), a second run 3.007 vs 3.078 vs 2.966; 16K 1.641 vs 1.704 vs 1.645; 4K 1.025 vs
-# 0.925 (host bound): not a clear win, so off. sel_fill: block 0's candidates sorted into the empty set
-# at once (bit-equal sets; not measured on the GPU).
 OPTS = {"lc_fwd": 32, "lc_dq": 32, "delta": (64, 4), "lm_bwd": "trans", "fuse_delta": True,
         "lm_dq": True, "fwd_split": True, "split_min_t": 32768, "loop1_fwd": "split",
-        "dkdv_wmin": True, "wmin_min_t": 8192,
-        "sel_pdl": 0, "pdl_min_t": 0, "pdl_sleep": 200, "pdl_stride": 1, "pdl_stats": False,
-        "sel_fill": False}
+        "dkdv_wmin": True, "wmin_min_t": 8192}
 
 _TUNED: dict = {}
 _FWD_BM_OVERRIDE: dict = {}
@@ -446,36 +383,9 @@ class _DSALTFn(torch.autograd.Function):
         g = h // hk
         bm, bn, warps = _blocks(block, d, q.device)
         has_lm = n_lm > 0
-        wait = int(OPTS["sel_pdl"]) if has_lm and _FAST_LM["on"] and t >= OPTS["pdl_min_t"] else 0
-        split = has_lm and not wait and bool(OPTS["fwd_split"]) and t >= OPTS["split_min_t"]
+        split = has_lm and bool(OPTS["fwd_split"]) and t >= OPTS["split_min_t"]
         side = split and _side_ok(q, t)
-        prog, keep, pdl, nprog = None, None, False, 0
-        if wait:
-            # the selection publishes its rows per (batch, kv head) in prog; the forward (PDL: started
-            # while the selection runs) waits per tile for its own block's set
-            kp, nb = max(16, _pow2(n_lm)), -(-t // block)
-            rows = wait >= 3  # the forward polls the sets themselves: filled with -2, no counters
-            ps = 1 if rows else int(OPTS["pdl_stride"])
-            nprog = 0 if rows else b * hk
-            if rows:
-                lpos = torch.full((b, hk, nb, kp), -2, dtype=torch.int32, device=q.device)
-            else:
-                lpos = torch.empty(b, hk, nb, kp, dtype=torch.int32, device=q.device)
-            if not rows or OPTS["pdl_stats"]:
-                prog = torch.zeros(nprog * ps + 3, dtype=torch.int32, device=q.device)
-            pdl = _pdl_possible(q)
-            try:
-                keep = _select_publish(energy, n_lm, kp, block, lpos, prog if not rows else lpos, pdl,
-                                       0 if rows else ps)
-            except Exception as e:  # pragma: no cover - compiler trouble: the stream-ordered paths
-                import warnings
-
-                warnings.warn(f"dsalt: publishing selection kernel unavailable ({type(e).__name__}: {e})")
-                OPTS["sel_pdl"] = 0
-                wait, lpos = 0, None
-        if wait:
-            pass  # lpos, kp, nb: above
-        elif side:
+        if side:
             # the selection on a side stream, launched after the window kernel (the host's time
             # between the two launches then overlaps too); lpos is allocated on the current stream,
             # which waits for the side stream before the landmark pass reads it
@@ -495,27 +405,11 @@ class _DSALTFn(torch.autograd.Function):
         lse = torch.empty(b, h, t, device=q.device, dtype=torch.float32)
         fwd_args = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                     o.stride(0), o.stride(1), o.stride(2))
-        fwd = dict(D=d, KP=kp, HAS_LM=has_lm and not split, PREC=_prec(q), LC=min(OPTS["lc_fwd"], kp),
-                   LOOP1=int(OPTS["loop1_fwd"] is True or (OPTS["loop1_fwd"] == "split" and bool(split)) or wait > 0))
-        if wait:
-            stats = int(bool(OPTS["pdl_stats"]) and q.is_cuda)
-            fwd.update(WAIT=wait, SLEEP=int(OPTS["pdl_sleep"]) if pdl else 0, STATS=stats, PS=ps)
-        fa = (q, k, v, win, gt, win if split else lpos, o, lse, lse if prog is None else prog, *fwd_args,
-              h, g, t, nb, n_max, float(edge), 1.0 / float(edge), scale * LOG2E, block, nprog)
-        if pdl:
-            try:
-                _launch("fwd", _fwd_kernel, t, b * h, bm, bn, warps, block, *fa, **fwd, launch_pdl=True)
-            except Exception as e:  # pragma: no cover - launch_pdl refused: stream order (same results)
-                import warnings
-
-                warnings.warn(f"dsalt: launch_pdl unavailable ({type(e).__name__}: {e}); stream-ordered forward")
-                _PDL_OK["on"] = False
-                _launch("fwd", _fwd_kernel, t, b * h, bm, bn, warps, block, *fa, **fwd)
-        else:
-            _launch("fwd", _fwd_kernel, t, b * h, bm, bn, warps, block, *fa, **fwd)
-        del keep
-        if wait and fwd["STATS"]:
-            PDL_STATS["last"] = prog[nprog * ps:]
+        _launch("fwd", _fwd_kernel, t, b * h, bm, bn, warps, block,
+                q, k, v, win, gt, win if split else lpos, o, lse, *fwd_args,
+                h, g, t, nb, n_max, float(edge), 1.0 / float(edge), scale * LOG2E, block,
+                D=d, KP=kp, HAS_LM=has_lm and not split, PREC=_prec(q), LC=min(OPTS["lc_fwd"], kp),
+                LOOP1=int(OPTS["loop1_fwd"] is True or (OPTS["loop1_fwd"] == "split" and bool(split))))
         if split:
             if side:
                 sst.wait_event(ev_fork)
