@@ -99,14 +99,15 @@ def compile_gluon_dv_sm90(config):
 
     from attnlab.ops.diff_attention import noise_dv_gluon as NG
 
-    g, bm, bn, stages, w = config
+    g, bm, bn, stages, w, *ov = config
     q = torch.empty(1, 256, D, dtype=torch.bfloat16)  # shapes do not enter the signature, only block + layout
     dn = torch.empty(1, 4, 256, D, dtype=torch.bfloat16)
     qd, kd, dd = NG.descriptors(q, q, dn, bm, bn)
     kernel = NG._noise_bwd_dv_gluon_kernel
     types = {"q_desc": mangle_type(qd), "k_desc": mangle_type(kd), "dn_desc": mangle_type(dd), "LSE": "*fp32",
              "DVO": "*bf16", "DQK": "*fp32", "DQK16": "*bf16", "qk": "fp32"}
-    consts = {"D": D, "DV": D, "G": g, "BM": bm, "BN": bn, "STAGES": stages, "CAST": True, "MAJOR": True}
+    consts = {"D": D, "DV": D, "G": g, "BM": bm, "BN": bn, "STAGES": stages, "OVERLAP": bool(ov and ov[0]),
+              "CAST": True, "MAJOR": True}
     sig = {n: ("constexpr" if n in consts else types.get(n, "i32")) for n in kernel.arg_names}
     k = triton.compile(GluonASTSource(fn=kernel, signature=sig, constexprs=consts), target=TARGET,
                        options={"num_warps": w})
@@ -192,7 +193,7 @@ def cases(quick: bool):
             out.append((f"dK Gluon {tuple(cfg)}", "gluon", cfg, cfg[2], cfg[1], {}))
     from attnlab.ops.diff_attention import noise_dv_gluon as NDV
     if NDV.HAVE_GLUON:  # session 8 round 2: the Gluon dV kernel, (G, BM, BN, STAGES, warps)
-        for cfg in dict.fromkeys((NDV.GLUON_DV_CONFIG, *NDV.CONFIGS, (4, 32, 64, 4, 8))):
+        for cfg in dict.fromkeys((NDV.GLUON_DV_CONFIG, *NDV.CONFIGS, (4, 32, 64, 5, 8, 1), (2, 64, 128, 3, 8, 1))):
             out.append((f"dV Gluon {tuple(cfg)}", "gluon-dv", cfg, cfg[4], cfg[3], {}))
     return out
 

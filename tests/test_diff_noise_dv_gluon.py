@@ -59,7 +59,7 @@ def test_gluon_dv_failure_falls_back(monkeypatch):
 
 
 @pytest.mark.skipif(not NG.HAVE_GLUON, reason="this Triton has no Gluon")
-@pytest.mark.parametrize("config", [None, (2, 64, 128, 3, 8)])
+@pytest.mark.parametrize("config", [None, (2, 64, 128, 3, 8, 0), (4, 64, 64, 2, 8)])
 def test_gluon_dv_launch_binds_every_parameter(config):
     """The recorded launch passes one positional argument per kernel parameter (what the launch replay
     hands the launcher) and the grid covers (batch x head groups, key blocks). CPU: descriptors of CPU
@@ -71,7 +71,7 @@ def test_gluon_dv_launch_binds_every_parameter(config):
     NG.noise_bwd_dv_gluon(q, q, dn, f, dn, f, q, 5, 200, 2 * 200 * 128, 0.1, config=config,
                           go=lambda kernel, grid, args, **opts: seen.append((kernel, grid, args, opts)))
     kernel, grid, args, opts = seen[0]
-    g, _, bn, _, w = config or NG.GLUON_DV_CONFIG
+    g, _, bn, _, w, *_ = config or NG.GLUON_DV_CONFIG
     assert len(args) == len(kernel.arg_names) and opts == {"num_warps": w}
     assert grid == (2 * -(-5 // g), -(-200 // bn))
 

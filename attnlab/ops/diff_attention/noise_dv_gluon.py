@@ -43,10 +43,12 @@ except Exception:  # pragma: no cover - depends on the installed triton
     HAVE_GLUON = False
 
 
-# (G heads per program, BM query rows per step, BN keys per program, STAGES of the ring, num_warps)
-GLUON_DV_CONFIG = (4, 64, 64, 2, 8)
+# (G heads per program, BM query rows per step, BN keys per program, STAGES of the ring, num_warps, OVERLAP:
+# S2^T of the next step issued before this step's products, which then cover its exponentials; needs
+# STAGES >= 3)
+GLUON_DV_CONFIG = (4, 32, 64, 4, 8, 1)
 # the measured alternatives (benchmarks/bench_noise_dv_gluon.py)
-CONFIGS = ((4, 64, 64, 2, 8), (2, 64, 128, 3, 8), (2, 64, 128, 4, 8))
+CONFIGS = ((4, 32, 64, 4, 8, 1), (4, 64, 64, 2, 8, 0), (2, 64, 128, 3, 8, 0), (2, 64, 128, 4, 8, 1))
 
 BROKEN = ""  # set (the error) if the kernel failed to compile or launch here: the Triton kernel from then on
 
@@ -94,6 +96,17 @@ if HAVE_GLUON:
             _tma_load(dn_desc, [b, h0 + g, start_m, 0], bar, dn_s.index(st * G + g), pred=pred)
 
     @gluon.jit
+    def _dv_gluon_p(s, lse_b, start_m, offs_n, T, qk, BM: gl.constexpr, S_L: gl.constexpr, P_L: gl.constexpr,
+                    dt: gl.constexpr):
+        """P2^T of the query tile at start_m from its scores S2^T [BN, BM], causal (rows >= T have
+        LSE = inf: P2 = 0; keys >= T only meet zero-filled dN rows' columns), as a wgmma A operand."""
+        offs_m = start_m + gl.arange(0, BM, layout=gl.SliceLayout(0, S_L))
+        lse = gl.load(lse_b + offs_m, mask=offs_m < T, other=float("inf"))
+        p = gl.exp2(s * qk - lse[None, :])
+        p = gl.where(offs_m[None, :] >= offs_n[:, None], p, 0.0)
+        return gl.convert_layout(p.to(dt), P_L)
+
+    @gluon.jit
     def _dv_gluon_store(acc, DVO, b, h, H, offs_n, offs_d, sdvb, sdvh, sdvt, T):
         ptrs = DVO + b * sdvb + h * sdvh + offs_n[:, None] * sdvt + offs_d[None, :]
         gl.store(ptrs, acc.to(DVO.dtype.element_ty), mask=(offs_n < T)[:, None] & (h < H))
@@ -102,8 +115,8 @@ if HAVE_GLUON:
     def _noise_bwd_dv_gluon_kernel(q_desc, k_desc, dn_desc, LSE, DVO, DQK, DQK16, sdvb, sdvh, sdvt,
                                    H, NG, T, BTD, qk,
                                    D: gl.constexpr, DV: gl.constexpr, G: gl.constexpr, BM: gl.constexpr,
-                                   BN: gl.constexpr, STAGES: gl.constexpr, CAST: gl.constexpr,
-                                   MAJOR: gl.constexpr):
+                                   BN: gl.constexpr, STAGES: gl.constexpr, OVERLAP: gl.constexpr,
+                                   CAST: gl.constexpr, MAJOR: gl.constexpr):
         # num_warps is read with gl.num_warps(), not taken as a parameter: a launch's positional arguments
         # are then all of the kernel's parameters, as the launch replay (latent.py) passes them
         if MAJOR:
@@ -148,35 +161,78 @@ if HAVE_GLUON:
         acc2 = gl.zeros([BN, DV], gl.float32, O_L)
         acc3 = gl.zeros([BN, DV], gl.float32, O_L)
         mbarrier.wait(kbar.index(0), 0)
-        for i in range(n_steps):
-            st = i % STAGES
-            mbarrier.wait(bars.index(st), (i // STAGES) & 1)
-            start_m = start_n + i * BM
-            s = warpgroup_mma(k2, q_s.index(st).reshape([BM, D]).permute((1, 0)),
+        if OVERLAP:
+            # software-pipelined: S2^T of step i + 1 is issued before step i's products, whose tensor-core
+            # time then covers step i + 1's exponentials (P2^T of step i stays in registers meanwhile)
+            mbarrier.wait(bars.index(0), 0)
+            s = warpgroup_mma(k2, q_s.index(0).reshape([BM, D]).permute((1, 0)),
                               gl.zeros([BN, BM], gl.float32, S_L), use_acc=False, is_async=True)
-            offs_m = start_m + gl.arange(0, BM, layout=gl.SliceLayout(0, S_L))
-            lse = gl.load(lse_b + offs_m, mask=offs_m < T, other=float("inf"))
-            # this also retires the previous step's products (wgmma groups complete in order)
             s = warpgroup_mma_wait(num_outstanding=0, deps=(s, ))
-            # causal; rows >= T have LSE = inf (P2 = 0), keys >= T only meet zero-filled dN rows' columns
-            p = gl.exp2(s * qk - lse[None, :])
-            p = gl.where(offs_m[None, :] >= offs_n[:, None], p, 0.0)
-            pa = gl.convert_layout(p.to(dt), P_L)
-            _cta_barrier()  # every warpgroup is past step i - 1's products: its slot takes step i + STAGES - 1
-            _dv_gluon_load(q_desc, dn_desc, bars, q_s, dn_s, i + STAGES - 1, n_steps, b, h0, start_n, G, BM,
-                           STAGES)
+            pa = _dv_gluon_p(s, lse_b, start_n, offs_n, T, qk, BM, S_L, P_L, dt)
+            for i in range(n_steps - 1):
+                st = i % STAGES
+                stn = (i + 1) % STAGES
+                offs_m = start_n + (i + 1) * BM + gl.arange(0, BM, layout=gl.SliceLayout(0, S_L))
+                lse = gl.load(lse_b + offs_m, mask=offs_m < T, other=float("inf"))
+                mbarrier.wait(bars.index(stn), ((i + 1) // STAGES) & 1)
+                s = warpgroup_mma(k2, q_s.index(stn).reshape([BM, D]).permute((1, 0)),
+                                  gl.zeros([BN, BM], gl.float32, S_L), use_acc=False, is_async=True)
+                acc0 = warpgroup_mma(pa, dn_s.index(st * G).reshape([BM, DV]), acc0, is_async=True)
+                acc1 = warpgroup_mma(pa, dn_s.index(st * G + 1).reshape([BM, DV]), acc1, is_async=True)
+                if G == 4:
+                    acc2 = warpgroup_mma(pa, dn_s.index(st * G + 2).reshape([BM, DV]), acc2, is_async=True)
+                    acc3 = warpgroup_mma(pa, dn_s.index(st * G + 3).reshape([BM, DV]), acc3, is_async=True)
+                    s = warpgroup_mma_wait(num_outstanding=4, deps=(s, ))
+                else:
+                    s = warpgroup_mma_wait(num_outstanding=2, deps=(s, ))
+                # S2^T of step i + 1 is done, so are step i - 1's products (in order), in every warpgroup
+                # after the barrier: that slot takes step i + STAGES - 1 (needs STAGES >= 3)
+                _cta_barrier()
+                _dv_gluon_load(q_desc, dn_desc, bars, q_s, dn_s, i + STAGES - 1, n_steps, b, h0, start_n, G,
+                               BM, STAGES)
+                p = gl.exp2(s * qk - lse[None, :])
+                p = gl.where(offs_m[None, :] >= offs_n[:, None], p, 0.0)
+                pn = gl.convert_layout(p.to(dt), P_L)
+                # step i's products retire here (pa in the deps keeps its registers allocated until then:
+                # ptxas serialises every wgmma if registers an in-flight wgmma reads are redefined)
+                if G == 4:
+                    acc0, acc1, acc2, acc3, pa = warpgroup_mma_wait(num_outstanding=0,
+                                                                    deps=(acc0, acc1, acc2, acc3, pa))
+                else:
+                    acc0, acc1, pa = warpgroup_mma_wait(num_outstanding=0, deps=(acc0, acc1, pa))
+                pa = pn
+            st = (n_steps - 1) % STAGES
             acc0 = warpgroup_mma(pa, dn_s.index(st * G).reshape([BM, DV]), acc0, is_async=True)
             acc1 = warpgroup_mma(pa, dn_s.index(st * G + 1).reshape([BM, DV]), acc1, is_async=True)
             if G == 4:
                 acc2 = warpgroup_mma(pa, dn_s.index(st * G + 2).reshape([BM, DV]), acc2, is_async=True)
                 acc3 = warpgroup_mma(pa, dn_s.index(st * G + 3).reshape([BM, DV]), acc3, is_async=True)
-                acc0, acc1, acc2, acc3 = warpgroup_mma_wait(num_outstanding=4, deps=(acc0, acc1, acc2, acc3))
+            if G == 4:
+                acc0, acc1, acc2, acc3, pa = warpgroup_mma_wait(num_outstanding=0, deps=(acc0, acc1, acc2, acc3, pa))
             else:
-                acc0, acc1 = warpgroup_mma_wait(num_outstanding=2, deps=(acc0, acc1))
-        if G == 4:
-            acc0, acc1, acc2, acc3 = warpgroup_mma_wait(num_outstanding=0, deps=(acc0, acc1, acc2, acc3))
+                acc0, acc1, pa = warpgroup_mma_wait(num_outstanding=0, deps=(acc0, acc1, pa))
         else:
-            acc0, acc1 = warpgroup_mma_wait(num_outstanding=0, deps=(acc0, acc1))
+            for i in range(n_steps):
+                st = i % STAGES
+                mbarrier.wait(bars.index(st), (i // STAGES) & 1)
+                start_m = start_n + i * BM
+                s = warpgroup_mma(k2, q_s.index(st).reshape([BM, D]).permute((1, 0)),
+                                  gl.zeros([BN, BM], gl.float32, S_L), use_acc=False, is_async=True)
+                # this also retires the previous step's products (wgmma groups complete in order)
+                s = warpgroup_mma_wait(num_outstanding=0, deps=(s, ))
+                pa = _dv_gluon_p(s, lse_b, start_m, offs_n, T, qk, BM, S_L, P_L, dt)
+                _cta_barrier()  # every warpgroup is past step i - 1's products: its slot takes step i + STAGES - 1
+                _dv_gluon_load(q_desc, dn_desc, bars, q_s, dn_s, i + STAGES - 1, n_steps, b, h0, start_n, G, BM,
+                               STAGES)
+                acc0 = warpgroup_mma(pa, dn_s.index(st * G).reshape([BM, DV]), acc0, is_async=True)
+                acc1 = warpgroup_mma(pa, dn_s.index(st * G + 1).reshape([BM, DV]), acc1, is_async=True)
+                if G == 4:
+                    acc2 = warpgroup_mma(pa, dn_s.index(st * G + 2).reshape([BM, DV]), acc2, is_async=True)
+                    acc3 = warpgroup_mma(pa, dn_s.index(st * G + 3).reshape([BM, DV]), acc3, is_async=True)
+                    acc0, acc1, acc2, acc3, pa = warpgroup_mma_wait(num_outstanding=0,
+                                                                    deps=(acc0, acc1, acc2, acc3, pa))
+                else:
+                    acc0, acc1, pa = warpgroup_mma_wait(num_outstanding=0, deps=(acc0, acc1, pa))
         for i in gl.static_range(STAGES):
             mbarrier.invalidate(bars.index(i))
         mbarrier.invalidate(kbar.index(0))
@@ -219,14 +275,17 @@ def noise_bwd_dv_gluon(q2, k2, dn, lse, dvo, dqk32, dqk16, h, t, btd, scale_log2
     """Launch the Gluon dV kernel (the Triton dV kernel's arguments: dqk32 the float32 [dQ2 | dK2]
     workspace, dqk16 the [2, B, T, D] output it is cast into when ``cast``). go: a launcher
     ``go(kernel, grid, args, **opts)`` (noise_once's recorder for the launch replay), else direct."""
-    g, bm, bn, stages, w = config or GLUON_DV_CONFIG
+    g, bm, bn, stages, w, *rest = config or GLUON_DV_CONFIG
+    overlap = bool(rest[0]) if rest else False
+    if overlap and stages < 3:
+        raise ValueError(f"noise_dv_gluon config {tuple(config)}: the overlapped pipeline needs STAGES >= 3")
     qd, kd, dd = descriptors(q2, k2, dn, bm, bn)
     b = q2.shape[0]
     ng = -(-h // g)
     nb = -(-t // bn)
     grid = (b * ng, nb) if major else (nb, b * ng)
     args = (qd, kd, dd, lse, dvo, dqk32, dqk16, dvo.stride(0), dvo.stride(1), dvo.stride(2), h, ng, t, btd,
-            scale_log2, q2.shape[-1], dn.shape[-1], g, bm, bn, stages, bool(cast), bool(major))
+            scale_log2, q2.shape[-1], dn.shape[-1], g, bm, bn, stages, overlap, bool(cast), bool(major))
     if go is not None:
         return go(_noise_bwd_dv_gluon_kernel, grid, args, num_warps=w)
     return _noise_bwd_dv_gluon_kernel[grid](*args, num_warps=w)
