@@ -10,14 +10,26 @@ layout of a wgmma A operand held in registers, then G async wgmma dV_h += P2^T d
 The next slot's loads are issued once every warpgroup has its S2^T (a CTA barrier), i.e. once the previous
 step's products are done.
 
-Two shapes (``GLUON_DV_CONFIG`` = (G, BM, BN, STAGES, num_warps)):
-- G = 4, BN = 64 (the default candidate): the noise map is recomputed once per 4 heads (20 work units
+Two shapes (``GLUON_DV_CONFIG`` = (G, BM, BN, STAGES, num_warps, OVERLAP)):
+- G = 4, BN = 64 (the default config): the noise map is recomputed once per 4 heads (20 work units
   instead of the Triton kernel's 24 at H = 16); the G [64, 128] float32 accumulators (128 registers per
   thread at 8 warps) are split by columns between the two warpgroups (warps [4, 2]): each warpgroup
   computes half of S2^T's columns, and P2^T reaches both through shared memory (the layout conversion).
   The cost: half the keys per program, so twice the L2 bytes per FLOP (Q2 and dN tiles) of BN = 128.
 - G = 2, BN = 128: the Triton kernel's shape (warps [8, 1], each warpgroup owns 64 keys; P2^T stays in
   registers), as the TMA-ring pipeline alone.
+
+OVERLAP: the software-pipelined loop (S2^T of step i + 1 issued before step i's products; step i + 1's
+exponentials run while the tensor cores do step i's products). Every loop retires its products at the
+step's end with P2^T among the wait's ``deps``: the register allocator does not see an async wgmma's
+register operand as live until the wait, reused its registers for the next P2^T, and ptxas then serialised
+every wgmma of the kernel (C7513/C7514; the kernels of device call 1 were).
+
+Measured on an H100 (benchmarks/RESULTS.md, "Session 8 round 2"): correct (dV bit-identical to the Triton
+kernel's), but SLOWER than the Triton dV kernel at every T >= 4K in every config: at T = 16K the best 4-head
+config 1.165x its time, the 2-head form 1.14x; the 4-head form is bound by L2 bandwidth (twice the Q2/dN
+bytes per FLOP of 128-key blocks: ~5.5 TB/s at 16K); the CMD op with it 0.819x the notebook (paired) against
+0.798x with the Gluon dK/dQ kernel alone. Off by default (``noise_once.GLUON_DV``).
 
 ``CAST``: the first group's programs also convert their key block's rows of the float32 dQ2/dK2 workspace to
 the output dtype (as the Triton kernel). Gluon has no interpreter and compiles only for NVIDIA GPUs:
@@ -46,9 +58,9 @@ except Exception:  # pragma: no cover - depends on the installed triton
 # (G heads per program, BM query rows per step, BN keys per program, STAGES of the ring, num_warps, OVERLAP:
 # S2^T of the next step issued before this step's products, which then cover its exponentials; needs
 # STAGES >= 3)
-GLUON_DV_CONFIG = (4, 32, 64, 4, 8, 1)
-# the measured alternatives (benchmarks/bench_noise_dv_gluon.py)
-CONFIGS = ((4, 32, 64, 4, 8, 1), (4, 64, 64, 2, 8, 0), (2, 64, 128, 3, 8, 0), (2, 64, 128, 4, 8, 1))
+GLUON_DV_CONFIG = (4, 32, 64, 5, 8, 1)  # the fastest 4-head config measured (still 1.165x the Triton kernel)
+# the measured alternatives (benchmarks/bench_noise_dv_gluon.py; RESULTS.md "Session 8 round 2")
+CONFIGS = ((4, 32, 64, 5, 8, 1), (4, 64, 64, 2, 8, 0), (2, 64, 128, 3, 8, 0), (2, 64, 128, 4, 8, 1))
 
 BROKEN = ""  # set (the error) if the kernel failed to compile or launch here: the Triton kernel from then on
 

@@ -51,7 +51,9 @@ its dQ2/dK2 tiles by TMA bulk reduce-add instead of float32 atomics (1.585 vs 1.
 
 Session 8: ``GLUON_DK`` (off by default) runs the dK/dQ kernel written in Gluon (noise_gluon.py: a 4-slot TMA
 ring with mbarriers and async wgmma) on Hopper GPUs: 0.76-0.82x the lean kernel's time; the op at 16K 0.795x
-the notebook with it (RESULTS.md, "Session 8: CMD dK/dQ in Gluon").
+the notebook with it (RESULTS.md, "Session 8: CMD dK/dQ in Gluon"). Round 2: ``GLUON_DV`` (off by default) runs
+the dV kernel in Gluon (noise_dv_gluon.py, 4-head groups: 20 units instead of 24): measured slower (1.165x the
+Triton dV kernel at 16K: 64-key blocks double the L2 bytes per FLOP; RESULTS.md, "Session 8 round 2").
 
 ``cmd_attention_noise_once(q1, k1, q2, k2, v, lam)`` is the op (signal by SDPA + this noise path);
 ``shared_noise_attention`` is the noise stream alone (no combination, for tests and reuse);
@@ -494,7 +496,8 @@ GLUON_DK = os.environ.get("ATTNLAB_NOISE_GLUON", "0") == "1"
 GLUON_DK_CONFIG = None  # (KC, STAGES, num_warps, EARLY_Q, ROWS); None: noise_gluon.GLUON_CONFIG
 # GLUON_DV: the dV kernel written in Gluon (noise_dv_gluon.py: 4-head groups, TMA ring + async wgmma) instead of
 # the Triton dV kernel, where ``noise_dv_gluon.available`` says it can run (Hopper GPU, bf16/fp16, 128-wide
-# heads); anywhere else the Triton kernel runs. Session 8 round 2: off by default (RESULTS.md).
+# heads); anywhere else the Triton kernel runs. Session 8 round 2: off by default: correct but slower than the
+# Triton dV kernel (16K: 1.165x its time at G = 4, L2-bandwidth bound; 1.14x at G = 2; RESULTS.md).
 GLUON_DV = os.environ.get("ATTNLAB_NOISE_GLUON_DV", "0") == "1"
 GLUON_DV_CONFIG = None  # (G, BM, BN, STAGES, num_warps); None: noise_dv_gluon.GLUON_DV_CONFIG
 
