@@ -745,7 +745,8 @@ def _noise_backward(saved, key, scale, combine, dout, ws32):
     dvo = torch.empty(b, h, t, dv, device=dev, dtype=v.dtype)
     roots = (dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dqk16, dvo, tbl)
     bkey = (key, dout.stride(), _align(dout), _dk_mode(d, dv), GLUON_DK,
-            tuple(GLUON_DK_CONFIG or ()), GLUON_DV, tuple(GLUON_DV_CONFIG or ()), CONFIGS["dk"], CONFIGS["lean"], CONFIGS["dv"],
+            tuple(GLUON_DK_CONFIG or ()), GLUON_DV, tuple(GLUON_DV_CONFIG or ()), CONFIGS["dk"], CONFIGS["lean"],
+            CONFIGS["dv"],
             dvo.stride(), _align(dvo), _sharing(roots))
     _launch(bkey, roots, _bwd_body, scale, combine, (hs, split))
     dlam = ws32[2 * btd:] if combine else None
