@@ -492,6 +492,12 @@ ZERO_IN_FWD = os.environ.get("ATTNLAB_NOISE_ZERO", "1") == "1"
 # path: outside the replay in call 1, a replay failure in call 2, since fixed but not re-measured).
 GLUON_DK = os.environ.get("ATTNLAB_NOISE_GLUON", "0") == "1"
 GLUON_DK_CONFIG = None  # (KC, STAGES, num_warps, EARLY_Q, ROWS); None: noise_gluon.GLUON_CONFIG
+# GLUON_FWD: the noise forward written in Gluon with 4-head groups (noise_fwd_gluon.py: 64-row query blocks,
+# TMA ring, async wgmma; H + H/4 units instead of H + H/2) where ``noise_fwd_gluon.available`` says it can run
+# (Hopper GPU, bf16/fp16, 128-wide heads); anywhere else the Triton forward kernel. Off by default until
+# measured (RESULTS.md, "Session 8 round 2").
+GLUON_FWD = os.environ.get("ATTNLAB_NOISE_GLUON_FWD", "0") == "1"
+GLUON_FWD_CONFIG = None  # (BM, BN, STAGES, num_warps); None: noise_fwd_gluon.GLUON_FWD_CONFIG
 
 
 def _zero_in_fwd(q2, v) -> bool:
@@ -576,7 +582,25 @@ def _fit(go, kernel, grid, args, num_warps, num_stages, **opts):
 # shape records its launches, later calls replay them into the compiled kernels' launchers with the
 # new data pointers (no Triton argument binding; see latent.py). The bodies below are the slow path.
 
+def _gluon_fwd(go, q2, k2, v, aa, lam32, out, n, lse, ws32, scale, combine, zero) -> bool:
+    """The Gluon forward where it can run (returns True), else nothing (False: the Triton kernel)."""
+    from . import noise_fwd_gluon as nf
+    if not nf.available(q2, k2, v, aa if combine else None):
+        return False
+    try:  # the launch replay rebuilds its host tensor descriptors on the new pointers (latent._DescArg)
+        nf.noise_fwd_gluon(q2, k2, v, aa, lam32, out, n, lse, ws32, scale * LOG2E, combine, zero,
+                           config=GLUON_FWD_CONFIG, go=go)
+    except Exception as e:  # noqa: BLE001 - Gluon is experimental: its API moves between Triton versions
+        import warnings
+        nf.BROKEN = f"{type(e).__name__}: {e}"[:500]
+        warnings.warn(f"noise-once: the Gluon forward failed ({nf.BROKEN}); using the Triton forward kernel")
+        return False
+    return True
+
+
 def _fwd_body(go, q2, k2, v, aa, lam32, out, n, lse, ws32, scale, combine, zero):
+    if GLUON_FWD and _gluon_fwd(go, q2, k2, v, aa, lam32, out, n, lse, ws32, scale, combine, zero):
+        return
     b, t, d = q2.shape
     h, dv = v.shape[1], v.shape[-1]
     bm, bn, g, w, s, major = _config("fwd", h, dv)
@@ -692,7 +716,7 @@ def _noise_forward(a, q2, k2, v, lam, scale, zero):
     roots = (q2, k2, v, a, lam32, out, n, lse, ws32)
     key = (q2.shape, q2.stride(), k2.stride(), v.shape, v.stride(), a.stride(), q2.dtype, k2.dtype, v.dtype,
            a.dtype, dev, _align(q2), _align(k2), _align(v), _align(a), _align(lam32), scale, combine, zero,
-           CONFIGS["fwd"], _sharing(roots))
+           CONFIGS["fwd"], GLUON_FWD, tuple(GLUON_FWD_CONFIG or ()), _sharing(roots))
     _launch(key, roots, _fwd_body, scale, combine, zero)
     return out, (q2, k2, v, lam32, n, lse), key, (ws32 if zero else None)
 
