@@ -1,4 +1,4 @@
-"""The noise-once forward kernel alone: Triton (2-head groups) vs Gluon (4-head groups, noise_fwd_gluon.py).
+"""The noise-once forward kernel alone: Triton (2-head groups) vs Gluon (noise_fwd_gluon.py: 2 or 4-head groups).
 
 Per T: both kernels on the same inputs (q2, k2 [B, T, D]; v, a [B, H, T, DV]; lam [H]), every output
 (N, out = A - lam N, the log2-unit LSE, the zeroed float32 workspace) vs each other and vs a float32
@@ -40,7 +40,7 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--ref-max", type=int, default=4096)
     ap.add_argument("--repeats", type=int, default=50)
-    ap.add_argument("--configs", nargs="*", default=[], help="more Gluon configs 'BM,BN,STAGES,WARPS'")
+    ap.add_argument("--configs", nargs="*", default=[], help="more Gluon configs 'BM,BN,STAGES,WARPS,EARLY,G'")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--name", default="bench_noise_fwd_gluon")
     args = ap.parse_args(argv)
@@ -77,7 +77,7 @@ def main(argv=None):
         variants = [("triton G=2", triton_fwd)]
         if nf.available(q2, k2, v, a):
             for cfg in configs:
-                variants.append((f"gluon G=4 {cfg}", lambda cfg=cfg: nf.noise_fwd_gluon(
+                variants.append((f"gluon G={cfg[5]} {cfg}", lambda cfg=cfg: nf.noise_fwd_gluon(
                     q2, k2, v, a, lam, o_buf, n_buf, lse, ws, scale * LOG2E, True, True, config=cfg)))
         else:
             print(f"T={t}: Gluon forward unavailable here (needs a Hopper GPU, bf16/fp16, 128-wide heads)")

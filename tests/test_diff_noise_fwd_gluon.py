@@ -1,4 +1,4 @@
-"""The Gluon noise forward with 4-head groups (noise_fwd_gluon.py). Gluon has no interpreter: on CPU only
+"""The Gluon noise forward (noise_fwd_gluon.py: 2-head groups, the default, and 4-head groups). Gluon has no interpreter: on CPU only
 the dispatch and fallback are tested (GLUON_FWD on takes the Triton forward kernel, same results; a failing
 Gluon launch is switched off with a warning; the recorded launch binds every parameter positionally); the
 kernel itself runs in the tests marked gpu (bf16 on a Hopper GPU: every output vs the fp32 reference and the
@@ -74,11 +74,15 @@ def test_gluon_fwd_launch_binds_every_parameter():
     q = torch.zeros(2, 64, 128, dtype=torch.bfloat16)
     v = torch.zeros(2, 5, 64, 128, dtype=torch.bfloat16)
     f = torch.zeros(64)
-    NF.noise_fwd_gluon(q, q, v, v, f, v, v, f, f, 0.1, True, True,
-                       go=lambda kernel, grid, args, **opts: seen.append((kernel, grid, args, opts)))
-    kernel, grid, args, opts = seen[0]
-    assert len(args) == len(kernel.arg_names) and set(opts) == {"num_warps"}
-    assert grid == (2 * 2, 1)
+    go = lambda kernel, grid, args, **opts: seen.append((kernel, grid, args, opts))  # noqa: E731
+    NF.noise_fwd_gluon(q, q, v, v, f, v, v, f, f, 0.1, True, True, go=go)  # default: 2-head groups
+    NF.noise_fwd_gluon(q, q, v, v, f, v, v, f, f, 0.1, True, True, config=NF.G4_CONFIG, go=go)
+    for (kernel, grid, args, opts), want in zip(seen, [(2 * 3, 1), (2 * 2, 1)]):
+        assert len(args) == len(kernel.arg_names) and set(opts) == {"num_warps"}
+        assert grid == want
+    assert seen[0][0] is NF._noise_fwd_gluon2_kernel and seen[1][0] is NF._noise_fwd_gluon_kernel
+    with pytest.raises(ValueError, match="BM"):
+        NF.noise_fwd_gluon(q, q, v, v, f, v, v, f, f, 0.1, True, True, config=(128, 64, 2, 8, 0, 4), go=go)
 
 
 def test_bench_noise_fwd_gluon_quick(tmp_path):
@@ -105,10 +109,10 @@ def test_bench_noise_fwd_gluon_quick(tmp_path):
 @pytest.mark.parametrize("t,h,b", [(1024, 16, 1), (999, 5, 2)])
 def test_gluon_fwd_kernel_gpu(t, h, b, tmp_path, monkeypatch):
     """The kernel alone: N, out, LSE vs the float32 reference and the Triton kernel (bf16), workspace zeroed
-    (odd T, heads not a multiple of the group of 4, two batches)."""
+    (both forms; odd T, heads not a multiple of the group, two batches)."""
     monkeypatch.setenv("ATTNLAB_BENCH_DIR", str(tmp_path))
     rows = _bench().main(["--T", str(t), "--heads", str(h), "--batch", str(b), "--repeats", "2",
-                          "--name", f"test_noise_fwd_gluon_{t}"])
+                          "--configs", ",".join(map(str, NF.G4_CONFIG)), "--name", f"test_noise_fwd_gluon_{t}"])
     by = {r["kernel"]: r for r in rows}
     gl = [r for k, r in by.items() if k.startswith("gluon")]
     assert gl, "Gluon kernel did not run"

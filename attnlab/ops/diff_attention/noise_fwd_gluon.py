@@ -42,11 +42,13 @@ if HAVE_GLUON:
     from .noise_gluon import _cta_barrier, _tma_load
 
 
-# (BM query rows, BN keys per step, STAGES of the K/V ring, num_warps, EARLY: each block's rescale of the
-# accumulators while the next block's scores are computed, else after its products); G = 4 heads per program
-GLUON_FWD_CONFIG = (64, 64, 2, 8, 1)
-G_HEADS = 4
-
+# (BM query rows, BN keys per step, STAGES of the K/V ring, num_warps, EARLY, G heads per program).
+# G = 4: ``_noise_fwd_gluon_kernel`` (BM 64; EARLY: each block's rescale of the accumulators while the next
+# block's scores are computed, else after its products); G = 2: ``_noise_fwd_gluon2_kernel`` (BM 128, the
+# Triton kernel's work; EARLY unused). The default is the 2-head form: the 4-head form was measured 1.41x the
+# Triton kernel's time at T = 16K (RESULTS.md, "Session 8 round 2": 64-row blocks read twice the V bytes).
+GLUON_FWD_CONFIG = (128, 64, 4, 8, 0, 2)
+G4_CONFIG = (64, 64, 2, 8, 1, 4)
 BROKEN = ""  # set (the error) if the kernel failed to compile or launch here: the Triton kernel from then on
 
 
@@ -250,6 +252,119 @@ if HAVE_GLUON:
                             gl.store(WS + 2 * BTD + offs_h, gl.zeros([32 * NW], gl.float32, ZL), mask=offs_h < H)
 
 
+    @gluon.jit
+    def _fwd2_softmax(s, m, l, offs_m, start_n, qk, S_L: gl.constexpr, BN: gl.constexpr):
+        """Online softmax of one score tile, each warpgroup its own 64 rows (no cross-warpgroup reduction)."""
+        offs_n = start_n + gl.arange(0, BN, layout=gl.SliceLayout(0, S_L))
+        s = gl.where(offs_m[:, None] >= offs_n[None, :], s * qk, float("-inf"))
+        mn = gl.maximum(m, gl.max(s, 1))
+        p = gl.exp2(s - mn[:, None])
+        alpha = gl.exp2(m - mn)
+        l = l * alpha + gl.sum(p, 1)
+        return p, mn, l, alpha
+
+    @gluon.jit
+    def _noise_fwd_gluon2_kernel(q_desc, k_desc, v_desc, A, LAM, O, N, LSE, WS,
+                                 sab, sah, sat, sob, soh, sot, snb, snh, snt,
+                                 H, NG, T, BTD, qk,
+                                 D: gl.constexpr, DV: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr,
+                                 STAGES: gl.constexpr, EARLY: gl.constexpr, COMBINE: gl.constexpr,
+                                 ZERO: gl.constexpr):
+        """The 2-head-group form (the Triton kernel's work, H + H/2 units): 128 query rows, each warpgroup
+        its own 64 rows with both heads' [64, 128] accumulators; P2 stays in registers as the A operand of
+        the P2 V wgmma (FlashAttention-3's layout); K2 / V tiles through the TMA ring. EARLY is unused
+        (same signature as the 4-head kernel)."""
+        G: gl.constexpr = 2
+        pid_m = gl.num_programs(1) - 1 - gl.program_id(1)
+        bg = gl.program_id(0)
+        b = bg // NG
+        h0 = (bg % NG) * G
+        start_m = pid_m * BM
+        n_steps = gl.cdiv(gl.minimum(start_m + BM, T), BN)
+
+        NW: gl.constexpr = gl.num_warps()
+        S_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NW, 1],
+                                                       instr_shape=[16, BN, 16])
+        ACC_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NW, 1],
+                                                         instr_shape=[16, DV, 16])
+        P_L: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=ACC_L, k_width=2)
+        dt: gl.constexpr = v_desc.dtype
+        q_s = gl.allocate_shared_memory(dt, q_desc.block_type.shape, q_desc.layout)
+        k_s = gl.allocate_shared_memory(dt, [STAGES] + k_desc.block_type.shape, k_desc.layout)
+        v_s = gl.allocate_shared_memory(dt, [STAGES * G] + v_desc.block_type.shape, v_desc.layout)
+        bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(STAGES):
+            mbarrier.init(bars.index(i), count=1)
+        qbar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        mbarrier.init(qbar, count=1)
+        mbarrier.expect(qbar, q_desc.block_type.nbytes)
+        _tma_load(q_desc, [b, start_m, 0], qbar, q_s)
+        for i in gl.static_range(STAGES):
+            _fwd_load(k_desc, v_desc, bars, k_s, v_s, i, n_steps, b, h0, BN, STAGES, G)
+
+        q2 = q_s.reshape([BM, D])
+        offs_m = start_m + gl.arange(0, BM, layout=gl.SliceLayout(1, S_L))
+        m = gl.full([BM], float("-inf"), gl.float32, gl.SliceLayout(1, S_L))
+        l = gl.zeros([BM], gl.float32, gl.SliceLayout(1, S_L))
+        a0 = gl.zeros([BM, DV], gl.float32, ACC_L)
+        a1 = gl.zeros([BM, DV], gl.float32, ACC_L)
+
+        mbarrier.wait(qbar, 0)
+        mbarrier.wait(bars.index(0), 0)
+        s = warpgroup_mma(q2, k_s.index(0).reshape([BN, D]).permute((1, 0)), gl.zeros([BM, BN], gl.float32, S_L),
+                          use_acc=False)
+        p, m, l, alpha = _fwd2_softmax(s, m, l, offs_m, 0, qk, S_L, BN)
+        for j in range(n_steps - 1):
+            st = j % STAGES
+            st1 = (j + 1) % STAGES
+            mbarrier.wait(bars.index(st1), ((j + 1) // STAGES) & 1)
+            s = warpgroup_mma(q2, k_s.index(st1).reshape([BN, D]).permute((1, 0)),
+                              gl.zeros([BM, BN], gl.float32, S_L), use_acc=False, is_async=True)
+            al = gl.convert_layout(alpha, gl.SliceLayout(1, ACC_L))[:, None]
+            pa = gl.convert_layout(p.to(dt), P_L)
+            a0 = warpgroup_mma(pa, v_s.index(st * G).reshape([BN, DV]), a0 * al, is_async=True)
+            a1 = warpgroup_mma(pa, v_s.index(st * G + 1).reshape([BN, DV]), a1 * al, is_async=True)
+            s = warpgroup_mma_wait(num_outstanding=2, deps=(s, ))
+            p, m, l, alpha = _fwd2_softmax(s, m, l, offs_m, (j + 1) * BN, qk, S_L, BN)
+            a0, a1 = warpgroup_mma_wait(num_outstanding=0, deps=(a0, a1, pa))
+            _cta_barrier()  # both warpgroups are done with slot st
+            _fwd_load(k_desc, v_desc, bars, k_s, v_s, j + STAGES, n_steps, b, h0, BN, STAGES, G)
+        j = n_steps - 1
+        st = j % STAGES
+        al = gl.convert_layout(alpha, gl.SliceLayout(1, ACC_L))[:, None]
+        pa = gl.convert_layout(p.to(dt), P_L)
+        a0 = warpgroup_mma(pa, v_s.index(st * G).reshape([BN, DV]), a0 * al, is_async=True)
+        a1 = warpgroup_mma(pa, v_s.index(st * G + 1).reshape([BN, DV]), a1 * al, is_async=True)
+        a0, a1 = warpgroup_mma_wait(num_outstanding=0, deps=(a0, a1, pa))
+        for i in gl.static_range(STAGES):
+            mbarrier.invalidate(bars.index(i))
+        mbarrier.invalidate(qbar)
+
+        lr = gl.convert_layout(l, gl.SliceLayout(1, ACC_L))
+        offs_mo = start_m + gl.arange(0, BM, layout=gl.SliceLayout(1, ACC_L))
+        offs_c = gl.arange(0, DV, layout=gl.SliceLayout(0, ACC_L))
+        rmask = offs_mo < T
+        _fwd_epi_head(a0, lr, 0, h0, b, offs_mo, offs_c, rmask, A, LAM, O, N, H, sab, sah, sat, sob, soh, sot,
+                      snb, snh, snt, COMBINE)
+        _fwd_epi_head(a1, lr, 1, h0, b, offs_mo, offs_c, rmask, A, LAM, O, N, H, sab, sah, sat, sob, soh, sot,
+                      snb, snh, snt, COMBINE)
+        if h0 == 0:  # one log-sum-exp per (batch, row), log2 units
+            gl.store(LSE + b * T + offs_m, m + gl.log2(l), mask=offs_m < T)
+            if ZERO:  # this block's rows of the backward's float32 dQ2 / dK2 workspace, and dlam
+                offs_d = gl.arange(0, D, layout=gl.SliceLayout(0, ACC_L))
+                idx = (b * T + offs_mo[:, None]) * D + offs_d[None, :]
+                zmask = rmask[:, None] & (offs_d < D)[None, :]
+                zero = gl.zeros([BM, D], gl.float32, ACC_L)
+                gl.store(WS + idx, zero, mask=zmask)
+                gl.store(WS + BTD + idx, zero, mask=zmask)
+                if pid_m == 0:
+                    if b == 0:
+                        ZL: gl.constexpr = gl.BlockedLayout([1], [32], [NW], [0])
+                        for hz in range(0, H, 32 * NW):
+                            offs_h = hz + gl.arange(0, 32 * NW, layout=ZL)
+                            gl.store(WS + 2 * BTD + offs_h, gl.zeros([32 * NW], gl.float32, ZL), mask=offs_h < H)
+
+
 def _layout(block, dtype):
     return gl.NVMMASharedLayout.get_default_for(block, gl.bfloat16 if dtype == torch.bfloat16 else gl.float16)
 
@@ -273,14 +388,17 @@ def noise_fwd_gluon(q2, k2, v, a, lam32, out, n, lse, ws32, scale_log2, combine:
     """Launch the Gluon forward (same tensors as noise_once's ``_noise_fwd_kernel``: a / out are n when
     not combining; ws32 is lse when not zeroing). go: a launcher ``go(kernel, grid, args, **opts)`` (the
     launch replay's recorder), else direct."""
-    bm, bn, stages, w, early = config or GLUON_FWD_CONFIG
+    bm, bn, stages, w, early, g = config or GLUON_FWD_CONFIG
+    if g not in (2, 4) or bm != (64 if g == 4 else 128):
+        raise ValueError(f"noise_fwd_gluon config {tuple(config)}: G = 4 takes BM = 64, G = 2 BM = 128")
+    kernel = _noise_fwd_gluon_kernel if g == 4 else _noise_fwd_gluon2_kernel
     b, t, d = q2.shape
     h, dv = v.shape[1], v.shape[-1]
-    ng = -(-h // G_HEADS)
+    ng = -(-h // g)
     qd, kd, vd = descriptors(q2, k2, v, bm, bn)
     grid = (b * ng, -(-t // bm))
     args = (qd, kd, vd, a, lam32, out, n, lse, ws32, *_vstr(a), *_vstr(out), *_vstr(n), h, ng, t, b * t * d,
             scale_log2, d, dv, bm, bn, stages, bool(early), bool(combine), bool(zero))
     if go is not None:
-        return go(_noise_fwd_gluon_kernel, grid, args, num_warps=w)
-    return _noise_fwd_gluon_kernel[grid](*args, num_warps=w)
+        return go(kernel, grid, args, num_warps=w)
+    return kernel[grid](*args, num_warps=w)
