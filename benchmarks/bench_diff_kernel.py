@@ -246,7 +246,7 @@ def sweep_noise(NO, b, h, t, d, dtype, device, warmup, repeats):
 def profile_noise(NO, b, h, t, d, dtype, device, n=5, label="default", state=None):
     """GPU time per kernel of one noise-once fwd+bwd (torch.profiler, mean over n calls), with the
     achieved TFLOP/s of the matmul kernels (units of one causal T x T x d product, 2 T^2 d / 2 FLOP:
-    cuDNN forward 2H, backward 5H; noise forward and dV H + H/G each (the Gluon forward: G = 4), dK/dQ
+    cuDNN forward 2H, backward 5H; noise forward and dV H + H/G each (Gluon forward: G = 2 or 4), dK/dQ
     H + 3 x splits)."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -265,7 +265,8 @@ def profile_noise(NO, b, h, t, d, dtype, device, n=5, label="default", state=Non
         split = NO._bwd_plan(h, d, d)[1]
     unit = b * t * t * d  # FLOP of one causal T x T x d product (2 T^2 d / 2)
     units = {"_noise_fwd_kernel": h + h / g, "_noise_bwd_dv_kernel": h + h / g, "_noise_bwd_dk": h + 3 * split,
-             "_noise_fwd_gluon": h + -(-h // 4),  # the Gluon forward: 4-head groups
+             # the Gluon forwards (the 2-head form first: its name contains the 4-head form's)
+             "_noise_fwd_gluon2": h + -(-h // 2), "_noise_fwd_gluon": h + -(-h // 4),
              "fprop": 2 * h, "dgrad": 5 * h, "bprop": 5 * h}
     rows = sorted(((e.key[:60], e.self_device_time_total / n / 1e3, e.count // n) for e in p.key_averages()),
                   key=lambda r: -r[1])

@@ -2,7 +2,7 @@
 the compiler made of them: registers and stack (spill) bytes per thread, shared memory, and per loop
 of the SASS its instruction count, local loads/stores, matrix (HGMMA) and copy (LDGSTS / TMA) ops.
 
-    python benchmarks/noise_once_resources.py                 # every dK/dQ form (+ Gluon's) + forward + dV
+    python benchmarks/noise_once_resources.py                 # every dK/dQ form (+ Gluon's) + forwards + dV
     python benchmarks/noise_once_resources.py --quick         # one kernel (CI smoke run)
 
 Uses Triton's own compiler and its bundled ptxas / cuobjdump, with the arguments specialised as the
@@ -91,6 +91,29 @@ def compile_gluon_sm90(config):
     return _report(k)
 
 
+def compile_gluon_fwd_sm90(config):
+    """The Gluon noise forward (noise_fwd_gluon.py) at config (BM, BN, STAGES, num_warps, EARLY, G)."""
+    import torch
+    from triton.experimental.gluon._runtime import GluonASTSource
+    from triton.runtime.jit import mangle_type
+
+    from attnlab.ops.diff_attention import noise_fwd_gluon as NF
+
+    bm, bn, stages, w, early, g = config
+    q = torch.empty(1, 64, D, dtype=torch.bfloat16)
+    v = torch.empty(1, 4, 64, D, dtype=torch.bfloat16)
+    qd, kd, vd = NF.descriptors(q, q, v, bm, bn)
+    kernel = NF._noise_fwd_gluon_kernel if g == 4 else NF._noise_fwd_gluon2_kernel
+    types = {"q_desc": mangle_type(qd), "k_desc": mangle_type(kd), "v_desc": mangle_type(vd), "A": "*bf16",
+             "LAM": "*fp32", "O": "*bf16", "N": "*bf16", "LSE": "*fp32", "WS": "*fp32", "qk": "fp32"}
+    consts = {"D": D, "DV": D, "BM": bm, "BN": bn, "STAGES": stages, "EARLY": bool(early), "COMBINE": True,
+              "ZERO": True}
+    sig = {n: ("constexpr" if n in consts else types.get(n, "i32")) for n in kernel.arg_names}
+    k = triton.compile(GluonASTSource(fn=kernel, signature=sig, constexprs=consts), target=TARGET,
+                       options={"num_warps": w})
+    return _report(k)
+
+
 def _report(k):
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "k.cubin")
@@ -168,6 +191,10 @@ def cases(quick: bool):
     if NG.HAVE_GLUON:  # session 8: the Gluon dK/dQ kernel at its default and the other measured configs
         for cfg in (NG.GLUON_CONFIG, (64, 2, 8, 1, 1), (64, 2, 8, 1, 0), (32, 5, 8, 1, 1), (64, 3, 8, 0, 1)):
             out.append((f"dK Gluon {tuple(cfg)}", "gluon", cfg, cfg[2], cfg[1], {}))
+        from attnlab.ops.diff_attention import noise_fwd_gluon as NF
+        # session 8 round 2: the Gluon forward, 2-head form (default + the measured configs) and 4-head form
+        for cfg in (NF.GLUON_FWD_CONFIG, (128, 64, 3, 8, 0, 2), (128, 128, 2, 8, 0, 2), NF.G4_CONFIG):
+            out.append((f"forward Gluon {tuple(cfg)}", "gluon_fwd", cfg, cfg[3], cfg[2], {}))
     return out
 
 
@@ -179,9 +206,14 @@ def main(argv=None):
     rows = []
     for label, kernel, kargs, warps, stages, opts in cases(args.quick):
         try:
-            r = compile_gluon_sm90(kargs) if kernel == "gluon" else compile_sm90(kernel, kargs, warps, stages, **opts)
+            if kernel == "gluon":
+                r = compile_gluon_sm90(kargs)
+            elif kernel == "gluon_fwd":
+                r = compile_gluon_fwd_sm90(kargs)
+            else:
+                r = compile_sm90(kernel, kargs, warps, stages, **opts)
         except Exception as e:  # noqa: BLE001 - Gluon's API moves between Triton versions
-            if kernel != "gluon":
+            if kernel not in ("gluon", "gluon_fwd"):
                 raise
             print(f"{label}: not compiled with triton {triton.__version__}: {type(e).__name__}: {str(e)[:300]}")
             continue

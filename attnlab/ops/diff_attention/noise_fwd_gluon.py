@@ -1,24 +1,34 @@
-"""The noise-once FORWARD kernel written in Gluon (Hopper), with 4-head groups.
+"""The noise-once FORWARD kernel written in Gluon (Hopper): a 4-head-group form and a 2-head-group form.
 
 Same function as ``noise_once._noise_fwd_kernel`` (same inputs and outputs: N_h = P2 V_h for every value
 head, the combination out_h = A_h - lam_h N_h in the epilogue, the log2-unit LSE of the noise map, and the
-zeroing of the backward's float32 workspace by the first group's programs), but one program owns a
-64-row query block and a group of G = 4 heads (not 2): the noise scores S2 = Q2 K2^T are computed once
-per 4 heads, so the kernel does H + H/4 = 20 matmul units instead of H + H/2 = 24 at H = 16.
+zeroing of the backward's float32 workspace by the first group's programs). K2 and the group's V_h tiles
+of each key block go through a STAGES-deep ring of shared-memory slots filled by TMA (host tensor
+descriptors, one mbarrier per slot; Q2 loaded once); the matmuls are async wgmma.
 
-Why 64 rows: a [rows, G x 128] float32 accumulator must fit in registers. With 8 warps (2 warpgroups)
-and the accumulators' layout ``warps_per_cta = [4, 2]``, each warpgroup holds the 64 rows x half of every
-head's 128 columns: 4 heads x [64, 64] = 128 registers per thread. The score tile S2 [64, BN] is one
-wgmma split the same way (each warpgroup computes BN/2 key columns; the row max / row sum across the two
-halves are reductions the compiler lowers through shared memory). P2 goes to shared memory as bf16 and is
-the A operand of the four P2 V_h wgmma (each warpgroup: its half of each head's columns).
+``_noise_fwd_gluon_kernel`` (G = 4, ``G4_CONFIG``): one program = a 64-row query block x 4 heads, so the
+noise scores S2 = Q2 K2^T are computed once per 4 heads: H + H/4 = 20 matmul units at H = 16 instead of
+the Triton kernel's H + H/2 = 24. A [64, 4 x 128] float32 accumulator fits in registers split over the
+two warpgroups (layout ``warps_per_cta = [4, 2]``: each holds the 64 rows x half of every head's columns,
+4 x [64, 64] = 128 registers per thread); S2 [64, BN] is one wgmma split the same way (the row max / sum
+across the halves are reductions the compiler lowers through shared memory); P2 goes to shared memory
+(bf16, double-buffered) as the A operand of the four P2 V_h wgmma. Step j issues S2_{j+1} and then the
+P2_j V_j products, waits for the scores only and does block j + 1's softmax while the products run
+(FlashAttention-3's intra-warpgroup overlap). 202 registers, no spills, 197 KB shared memory (sm_90).
 
-Pipeline (``_noise_fwd_gluon_kernel``): Q2 is loaded once by TMA; K2 and the group's four V_h tiles of a
-key block through a STAGES-deep ring of shared-memory slots filled by TMA (host tensor descriptors, one
-mbarrier per slot). As in FlashAttention-3's intra-warpgroup overlap, step j issues S2_{j+1} = Q2
-K_{j+1}^T and then the P2_j V_j products (async), waits for the scores only, does the softmax of block
-j + 1 while the P2 V products run (P2 double-buffered in shared memory), then waits for the products,
-rescales the accumulators and refills the slot of block j.
+``_noise_fwd_gluon2_kernel`` (G = 2, the default ``GLUON_FWD_CONFIG``): the Triton kernel's work (128-row
+blocks x 2 heads), each warpgroup its own 64 rows with both heads' [64, 128] accumulators, P2 kept in
+registers as the wgmma A operand (no shared-memory round trip, no cross-warpgroup reduction), one CTA
+barrier per step (the ring slot's release). 255 registers, no spills, 229 KB (4 slots).
+
+Measured on an H100 (benchmarks/RESULTS.md, "Session 8 round 2"): both forms are correct (every output,
+bf16, vs the fp32 reference and the Triton kernel) and both are SLOWER than the Triton kernel: at T = 16K
+the 4-head form 2.26-2.33 ms vs 1.58-1.60 (1.41-1.47x: with 64-row blocks every V tile serves half as many
+rows, so the kernel reads ~10.8 GB of K/V tiles instead of ~6.5 GB: 4.7 TB/s, consistent with an
+L2-bandwidth bound), the 2-head form
+1.77 ms (1.12x; 1.2x at 4K: the compiler sinks the softmax's exponentials below the wait for the P2 V
+products, and the per-step barrier keeps the warpgroups in lockstep, so the softmax does not overlap the
+tensor cores). Hence ``noise_once.GLUON_FWD`` is off by default.
 
 Gluon has no interpreter and compiles only for NVIDIA GPUs: ``available()`` says where it can run
 (Hopper, bf16/fp16, 128-wide heads, TMA-compatible strides); everywhere else ``noise_once`` runs the

@@ -51,7 +51,9 @@ its dQ2/dK2 tiles by TMA bulk reduce-add instead of float32 atomics (1.585 vs 1.
 
 Session 8: ``GLUON_DK`` (off by default) runs the dK/dQ kernel written in Gluon (noise_gluon.py: a 4-slot TMA
 ring with mbarriers and async wgmma) on Hopper GPUs: 0.76-0.82x the lean kernel's time; the op at 16K 0.795x
-the notebook with it (RESULTS.md, "Session 8: CMD dK/dQ in Gluon").
+the notebook with it (RESULTS.md, "Session 8: CMD dK/dQ in Gluon"). Session 8 round 2: ``GLUON_FWD`` (off) runs
+the forward written in Gluon (noise_fwd_gluon.py; 4-head groups or 2-head groups): measured slower than the
+Triton forward (RESULTS.md, "Session 8 round 2: CMD noise forward in Gluon").
 
 ``cmd_attention_noise_once(q1, k1, q2, k2, v, lam)`` is the op (signal by SDPA + this noise path);
 ``shared_noise_attention`` is the noise stream alone (no combination, for tests and reuse);
@@ -492,12 +494,13 @@ ZERO_IN_FWD = os.environ.get("ATTNLAB_NOISE_ZERO", "1") == "1"
 # path: outside the replay in call 1, a replay failure in call 2, since fixed but not re-measured).
 GLUON_DK = os.environ.get("ATTNLAB_NOISE_GLUON", "0") == "1"
 GLUON_DK_CONFIG = None  # (KC, STAGES, num_warps, EARLY_Q, ROWS); None: noise_gluon.GLUON_CONFIG
-# GLUON_FWD: the noise forward written in Gluon with 4-head groups (noise_fwd_gluon.py: 64-row query blocks,
-# TMA ring, async wgmma; H + H/4 units instead of H + H/2) where ``noise_fwd_gluon.available`` says it can run
-# (Hopper GPU, bf16/fp16, 128-wide heads); anywhere else the Triton forward kernel. Off by default until
-# measured (RESULTS.md, "Session 8 round 2").
+# GLUON_FWD: the noise forward written in Gluon (noise_fwd_gluon.py: TMA ring + async wgmma; 2-head groups by
+# default, 4-head groups = H + H/4 units instead of H + H/2 with noise_fwd_gluon.G4_CONFIG) where
+# ``noise_fwd_gluon.available`` says it can run (Hopper GPU, bf16/fp16, 128-wide heads); anywhere else the
+# Triton forward kernel. Session 8 round 2 (RESULTS.md): OFF, measured slower than the Triton kernel (T=16K:
+# 4-head form 1.41-1.47x its time, L2-bound; 2-head form 1.12x; the op 0.818x paired vs 0.798x without it).
 GLUON_FWD = os.environ.get("ATTNLAB_NOISE_GLUON_FWD", "0") == "1"
-GLUON_FWD_CONFIG = None  # (BM, BN, STAGES, num_warps); None: noise_fwd_gluon.GLUON_FWD_CONFIG
+GLUON_FWD_CONFIG = None  # (BM, BN, STAGES, num_warps, EARLY, G); None: noise_fwd_gluon.GLUON_FWD_CONFIG
 
 
 def _zero_in_fwd(q2, v) -> bool:
