@@ -132,7 +132,7 @@ class NoiseState:
     held for a whole fwd+bwd (the backward reads them too), e.g. NoiseState(NO, "loop") = session 5's
     dK kernel (the wide-head path) at 128-wide heads."""
 
-    FLAGS = ("ZERO_IN_FWD", "LEAN_MAX_WIDTH", "GLUON_DK", "GLUON_DK_CONFIG", "GLUON_DV", "GLUON_DV_CONFIG")
+    FLAGS = ("ZERO_IN_FWD", "LEAN_MAX_WIDTH", "GLUON_DK", "GLUON_DK_CONFIG")
 
     def __init__(self, NO, mode=None, flags=None, **configs):
         self.NO, self.mode, self.configs = NO, mode, configs
@@ -153,14 +153,6 @@ class NoiseState:
             setattr(self.NO, f, val)
         self.NO.CONFIGS.clear()
         self.NO.CONFIGS.update(self.saved[1])
-
-
-def _gluon_dv_config():
-    try:
-        from attnlab.ops.diff_attention import noise_dv_gluon
-        return noise_dv_gluon.GLUON_DV_CONFIG
-    except ImportError:  # pragma: no cover
-        return (2,)
 
 
 def parse_noise_variant(NO, spec):
@@ -270,10 +262,8 @@ def profile_noise(NO, b, h, t, d, dtype, device, n=5, label="default", state=Non
             sync()
         g = NO._config("fwd", h, d)[2]
         split = NO._bwd_plan(h, d, d)[1]
-        gdv = (getattr(NO, "GLUON_DV_CONFIG", None) or _gluon_dv_config())[0]
     unit = b * t * t * d  # FLOP of one causal T x T x d product (2 T^2 d / 2)
     units = {"_noise_fwd_kernel": h + h / g, "_noise_bwd_dv_kernel": h + h / g, "_noise_bwd_dk": h + 3 * split,
-             "_noise_bwd_dv_gluon": h + -(-h // gdv),
              "fprop": 2 * h, "dgrad": 5 * h, "bprop": 5 * h}
     rows = sorted(((e.key[:60], e.self_device_time_total / n / 1e3, e.count // n) for e in p.key_averages()),
                   key=lambda r: -r[1])

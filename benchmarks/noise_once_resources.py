@@ -91,29 +91,6 @@ def compile_gluon_sm90(config):
     return _report(k)
 
 
-def compile_gluon_dv_sm90(config):
-    """The Gluon dV kernel (noise_dv_gluon.py) at config (G, BM, BN, STAGES, num_warps)."""
-    import torch
-    from triton.experimental.gluon._runtime import GluonASTSource
-    from triton.runtime.jit import mangle_type
-
-    from attnlab.ops.diff_attention import noise_dv_gluon as NG
-
-    g, bm, bn, stages, w, *ov = config
-    q = torch.empty(1, 256, D, dtype=torch.bfloat16)  # shapes do not enter the signature, only block + layout
-    dn = torch.empty(1, 4, 256, D, dtype=torch.bfloat16)
-    qd, kd, dd = NG.descriptors(q, q, dn, bm, bn)
-    kernel = NG._noise_bwd_dv_gluon_kernel
-    types = {"q_desc": mangle_type(qd), "k_desc": mangle_type(kd), "dn_desc": mangle_type(dd), "LSE": "*fp32",
-             "DVO": "*bf16", "DQK": "*fp32", "DQK16": "*bf16", "qk": "fp32"}
-    consts = {"D": D, "DV": D, "G": g, "BM": bm, "BN": bn, "STAGES": stages, "OVERLAP": bool(ov and ov[0]),
-              "CAST": True, "MAJOR": True}
-    sig = {n: ("constexpr" if n in consts else types.get(n, "i32")) for n in kernel.arg_names}
-    k = triton.compile(GluonASTSource(fn=kernel, signature=sig, constexprs=consts), target=TARGET,
-                       options={"num_warps": w})
-    return _report(k)
-
-
 def _report(k):
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "k.cubin")
@@ -191,10 +168,6 @@ def cases(quick: bool):
     if NG.HAVE_GLUON:  # session 8: the Gluon dK/dQ kernel at its default and the other measured configs
         for cfg in (NG.GLUON_CONFIG, (64, 2, 8, 1, 1), (64, 2, 8, 1, 0), (32, 5, 8, 1, 1), (64, 3, 8, 0, 1)):
             out.append((f"dK Gluon {tuple(cfg)}", "gluon", cfg, cfg[2], cfg[1], {}))
-    from attnlab.ops.diff_attention import noise_dv_gluon as NDV
-    if NDV.HAVE_GLUON:  # session 8 round 2: the Gluon dV kernel, (G, BM, BN, STAGES, warps)
-        for cfg in dict.fromkeys((NDV.GLUON_DV_CONFIG, *NDV.CONFIGS, (4, 32, 64, 5, 8, 1), (2, 64, 128, 3, 8, 1))):
-            out.append((f"dV Gluon {tuple(cfg)}", "gluon-dv", cfg, cfg[4], cfg[3], {}))
     return out
 
 
@@ -206,14 +179,9 @@ def main(argv=None):
     rows = []
     for label, kernel, kargs, warps, stages, opts in cases(args.quick):
         try:
-            if kernel == "gluon":
-                r = compile_gluon_sm90(kargs)
-            elif kernel == "gluon-dv":
-                r = compile_gluon_dv_sm90(kargs)
-            else:
-                r = compile_sm90(kernel, kargs, warps, stages, **opts)
+            r = compile_gluon_sm90(kargs) if kernel == "gluon" else compile_sm90(kernel, kargs, warps, stages, **opts)
         except Exception as e:  # noqa: BLE001 - Gluon's API moves between Triton versions
-            if not str(kernel).startswith("gluon"):
+            if kernel != "gluon":
                 raise
             print(f"{label}: not compiled with triton {triton.__version__}: {type(e).__name__}: {str(e)[:300]}")
             continue

@@ -1,4 +1,5 @@
 #!/bin/bash
+# (Record: the Gluon kernel this ran was removed after session 8, measured slower; code at its branch merge.)
 # Session 8 round 2, issue 3 (Gluon dV kernel, 4-head groups), device call 1: the kernel alone vs the Triton dV
 # kernel (correctness vs fp32 and vs Triton, CUDA-graph timing, every config), the GPU tests of the new file,
 # then a short CMD op read at 16K (default / Gluon dK/dQ / Gluon dK/dQ + Gluon dV).

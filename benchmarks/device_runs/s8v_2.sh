@@ -1,4 +1,5 @@
 #!/bin/bash
+# (Record: the Gluon kernel this ran was removed after session 8, measured slower; code at its branch merge.)
 # Session 8 round 2, issue 3 (Gluon dV kernel), device call 2: the kernel alone (every config incl. the
 # overlapped pipeline, after call 1's kernels were found serialised by ptxas (C7514)), the GPU tests, then the
 # CMD op: default / Gluon dK/dQ / Gluon dK/dQ + the fastest Gluon dV config at 16K (G = 4 and G = 2).

@@ -21,8 +21,8 @@ compile or launch switches itself off (``BROKEN``) with a warning.
 
 Measured on an H100 (benchmarks/RESULTS.md, "Session 8: CMD dK/dQ in Gluon"): 0.76-0.82x the lean kernel's
 time at T = 1K-16K (504 vs 415 TFLOP/s at 16K); the CMD op at 16K 0.795x the notebook's time with it
-(0.827x without). Off by default (``noise_once.GLUON_DK``): at 4K the op was slower in both device calls
-through the launch path (see RESULTS.md).
+(0.827x without). On by default since the session's merge (``noise_once.GLUON_DK``; the helper's 4K runs had
+gone through the slow launch path, fixed; see RESULTS.md).
 """
 
 from __future__ import annotations

@@ -49,11 +49,9 @@ forward: P2 written once, then N = P2 V): the kernels reading P2 ran at about ha
 forms' rate (dV 1.90 vs 1.40 ms, forward 1.99 + 0.40 vs 1.44 ms at T=16K), and the dK/dQ kernel adding
 its dQ2/dK2 tiles by TMA bulk reduce-add instead of float32 atomics (1.585 vs 1.537 ms).
 
-Session 8: ``GLUON_DK`` (off by default) runs the dK/dQ kernel written in Gluon (noise_gluon.py: a 4-slot TMA
+Session 8: ``GLUON_DK`` (on by default where Gluon runs) runs the dK/dQ kernel written in Gluon (noise_gluon.py: a 4-slot TMA
 ring with mbarriers and async wgmma) on Hopper GPUs: 0.76-0.82x the lean kernel's time; the op at 16K 0.795x
-the notebook with it (RESULTS.md, "Session 8: CMD dK/dQ in Gluon"). Round 2: ``GLUON_DV`` (off by default) runs
-the dV kernel in Gluon (noise_dv_gluon.py, 4-head groups: 20 units instead of 24): measured slower (1.165x the
-Triton dV kernel at 16K: 64-key blocks double the L2 bytes per FLOP; RESULTS.md, "Session 8 round 2").
+the notebook with it (RESULTS.md, "Session 8: CMD dK/dQ in Gluon").
 
 ``cmd_attention_noise_once(q1, k1, q2, k2, v, lam)`` is the op (signal by SDPA + this noise path);
 ``shared_noise_attention`` is the noise stream alone (no combination, for tests and reuse);
@@ -490,16 +488,12 @@ ZERO_IN_FWD = os.environ.get("ATTNLAB_NOISE_ZERO", "1") == "1"
 # GLUON_DK: the dK/dQ kernel written in Gluon (noise_gluon.py: TMA ring + mbarriers + async wgmma) instead of
 # the Triton lean kernel, where ``noise_gluon.available`` says it can run (Hopper GPU, bf16/fp16, 128-wide
 # heads, the lean config's tiles); anywhere else (CPU, interpreter, other widths) the lean kernel runs.
-# Session 8 (RESULTS.md): off by default: faster at 16K in both device calls, slower at 4K in both (the launch
-# path: outside the replay in call 1, a replay failure in call 2, since fixed but not re-measured).
-GLUON_DK = os.environ.get("ATTNLAB_NOISE_GLUON", "0") == "1"
+# Session 8 (RESULTS.md): on by default since the lead's merge: the kernel is faster at every T measured
+# (0.76-0.82x the lean kernel's time); the CMD op at 16K 0.795-0.804x the notebook in five device calls
+# (lean: 0.825-0.833x); at 4K (host bound) faster in three of the four calls with the working replay.
+# ATTNLAB_NOISE_GLUON=0 runs the lean kernel everywhere.
+GLUON_DK = os.environ.get("ATTNLAB_NOISE_GLUON", "1") == "1"
 GLUON_DK_CONFIG = None  # (KC, STAGES, num_warps, EARLY_Q, ROWS); None: noise_gluon.GLUON_CONFIG
-# GLUON_DV: the dV kernel written in Gluon (noise_dv_gluon.py: 4-head groups, TMA ring + async wgmma) instead of
-# the Triton dV kernel, where ``noise_dv_gluon.available`` says it can run (Hopper GPU, bf16/fp16, 128-wide
-# heads); anywhere else the Triton kernel runs. Session 8 round 2: off by default: correct but slower than the
-# Triton dV kernel (16K: 1.165x its time at G = 4, L2-bandwidth bound; 1.14x at G = 2; RESULTS.md).
-GLUON_DV = os.environ.get("ATTNLAB_NOISE_GLUON_DV", "0") == "1"
-GLUON_DV_CONFIG = None  # (G, BM, BN, STAGES, num_warps); None: noise_dv_gluon.GLUON_DV_CONFIG
 
 
 def _zero_in_fwd(q2, v) -> bool:
@@ -624,22 +618,6 @@ def _gluon_dk(go, q2, k2, v, dn, lse, delta, dk32, dq32, tbl, h, hs, split, t, s
     return True
 
 
-def _gluon_dv(go, q2, k2, dn, lse, dvo, ws32, dqk16, h, t, btd, scale, major) -> bool:
-    """The Gluon dV kernel where it can run (returns True), else nothing (False: the Triton dV kernel)."""
-    from . import noise_dv_gluon as ng
-    if not ng.available(q2, k2, dn, dvo, q2.shape[-1], dn.shape[-1]):
-        return False
-    try:  # the launch replay rebuilds its host tensor descriptors on the new pointers (latent._DescArg)
-        ng.noise_bwd_dv_gluon(q2, k2, dn, lse, dvo, ws32, dqk16, h, t, btd, scale * LOG2E, cast=True,
-                              major=major, config=GLUON_DV_CONFIG, go=go)
-    except Exception as e:  # noqa: BLE001 - Gluon is experimental: its API moves between Triton versions
-        import warnings
-        ng.BROKEN = f"{type(e).__name__}: {e}"[:500]
-        warnings.warn(f"noise-once: the Gluon dV kernel failed ({ng.BROKEN}); using the Triton dV kernel")
-        return False
-    return True
-
-
 def _bwd_body(go, dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dqk16, dvo, tbl, scale, combine, cfg):
     """The preprocess, the dK/dQ kernel, then the dV kernel (which also casts dQ2/dK2)."""
     b, t, d = q2.shape
@@ -664,8 +642,6 @@ def _bwd_body(go, dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dqk16, dvo, t
     else:
         _dk_loop(go, q2, k2, v, dn, lse, delta, dk32, dq32, tbl, h, hs, split, t, d, dv, scale)
     bm, bn, g, w, s, major = _config("dv", h, dv)
-    if GLUON_DV and _gluon_dv(go, q2, k2, dn, lse, dvo, ws32, dqk16, h, t, btd, scale, major):
-        return
     ng = triton.cdiv(h, g)
     grid = (b * ng, triton.cdiv(t, bn)) if major else (triton.cdiv(t, bn), b * ng)
     _fit(go, _noise_bwd_dv_kernel, grid,
@@ -745,8 +721,7 @@ def _noise_backward(saved, key, scale, combine, dout, ws32):
     dvo = torch.empty(b, h, t, dv, device=dev, dtype=v.dtype)
     roots = (dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dqk16, dvo, tbl)
     bkey = (key, dout.stride(), _align(dout), _dk_mode(d, dv), GLUON_DK,
-            tuple(GLUON_DK_CONFIG or ()), GLUON_DV, tuple(GLUON_DV_CONFIG or ()), CONFIGS["dk"], CONFIGS["lean"],
-            CONFIGS["dv"],
+            tuple(GLUON_DK_CONFIG or ()), CONFIGS["dk"], CONFIGS["lean"], CONFIGS["dv"],
             dvo.stride(), _align(dvo), _sharing(roots))
     _launch(bkey, roots, _bwd_body, scale, combine, (hs, split))
     dlam = ws32[2 * btd:] if combine else None
