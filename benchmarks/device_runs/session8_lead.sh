@@ -11,7 +11,7 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv,
 python -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)" | tee -a $L
 stamp "cmd"
 timeout 150 python benchmarks/bench_diff_kernel.py --groups cmd --T 16384 4096 --skip-fused --rounds 5 --paired 30 \
-  --cooldown 1 --profile-noise --profile-variants --name s8_lead_cmd --noise-variants "${CMD_VARIANTS}" 2>&1 \
+  --cooldown 1 --profile-noise --profile-variants --name s8_lead_cmd --noise-variants "${CMD_VARIANTS:-lean=:GLUON_DK=false}" 2>&1 \
   | grep -v -i warn | grep -E "^T=|^\||paired|pair|TFLOP" | tee -a $L
 stamp "dsalt"
 timeout 170 python benchmarks/device_runs/dsalt_s6_ab.py --set lead --lengths 32768,16384,4096 --rounds 7 \
