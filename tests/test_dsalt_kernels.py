@@ -106,10 +106,12 @@ def test_triton_separate_delta_pass(monkeypatch):
         assert kernel.OPTS["lm_bwd"] == mode
 
 
-S6_OPTS = [  # session 6: (lm_bwd, lm_dq, fwd_split)
-    ("trans", False, False),
-    ("trans", True, True),
-    ("atomic", False, True),
+S6_OPTS = [  # session 6: (lm_bwd, lm_dq, fwd_split, lm_lean: session 8)
+    ("trans", False, False, False),
+    ("trans", True, True, False),
+    ("atomic", False, True, False),
+    ("trans", True, False, True),
+    ("trans", False, True, True),
 ]
 
 
@@ -124,7 +126,8 @@ def test_triton_session6_landmark_paths(opts, monkeypatch):
     with a block of one tile (the flat loop), two landmark chunks; fp32 and fp16."""
     from attnlab.ops.dsalt import kernel
 
-    mode, lm_dq, split = opts
+    mode, lm_dq, split, lean = opts
+    monkeypatch.setitem(kernel.OPTS, "lm_lean", lean)
     monkeypatch.setitem(kernel.OPTS, "lm_bwd", mode)
     monkeypatch.setitem(kernel.OPTS, "lm_dq", lm_dq)
     monkeypatch.setitem(kernel.OPTS, "fwd_split", split)
@@ -377,7 +380,8 @@ def test_gpu_bf16_session6_paths_match_reference(i, monkeypatch):
            (("fwd", kernel.FWD_CONFIGS), ("dq", kernel.DQ_CONFIGS), ("dkdv", kernel.DKDV_CONFIGS),
             ("lm_bwd_t", kernel.LM_BWD_T_CONFIGS), ("fwd_lm", kernel.FWD_LM_CONFIGS))}
     monkeypatch.setattr(kernel, "FORCE_CONFIG", cfg)
-    for name, val in (("lm_bwd", "trans"), ("lm_dq", i % 2 == 0), ("fwd_split", i % 2 == 0), ("split_min_t", 1)):
+    for name, val in (("lm_bwd", "trans"), ("lm_dq", i % 2 == 0), ("fwd_split", i % 2 == 0), ("split_min_t", 1),
+                      ("lm_lean", i >= 3)):  # session 8: the lean landmark backward at i = 3, 4, 5
         monkeypatch.setitem(kernel.OPTS, name, val)
     _gpu_bf16_matches_reference(20 + i, 4 if i % 3 == 0 else 2, 1000 + 37 * i, 64, cfg)
 

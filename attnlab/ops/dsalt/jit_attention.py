@@ -526,8 +526,12 @@ if HAVE_TRITON:
     @triton.jit
     def _lm_bwd_tile(Q, W, DO, LSE, DELTA, DQ, lk, lv, lpos, gate, acc_k, acc_v, acc_g,
                      b, h, H, T, n_max, inv_edge, qk_scale, sm_scale, m0, sq_b, sq_h, sq_t,
-                     D: tl.constexpr, BLOCK_M: tl.constexpr, PREC: tl.constexpr, ADD_DQ: tl.constexpr):
-        """One query tile (BLOCK_M rows of head h) against the slots' landmarks, transposed."""
+                     D: tl.constexpr, BLOCK_M: tl.constexpr, PREC: tl.constexpr, ADD_DQ: tl.constexpr,
+                     LEAN: tl.constexpr = 0):
+        """One query tile (BLOCK_M rows of head h) against the slots' landmarks, transposed.
+        LEAN (session 8): the landmark bias as one select inside the exp2 (rows past T need no test:
+        their dO is zero, so dS is too; landmarks precede the block: d >= 0), and sm_scale folded
+        into dS, so the sums and the landmark dQ come out scaled (the flush then skips a multiply)."""
         offs_m = m0 + tl.arange(0, BLOCK_M)
         offs_d = tl.arange(0, D)
         mrow = offs_m < T
@@ -538,18 +542,31 @@ if HAVE_TRITON:
         w = tl.load(W + bh * T + offs_m, mask=mrow, other=1.0)
         lse = tl.load(LSE + bh * T + offs_m, mask=mrow, other=0.0)
         delta = tl.load(DELTA + bh * T + offs_m, mask=mrow, other=0.0)
-        sT = tl.dot(lk, tl.trans(q), input_precision=PREC) * qk_scale  # [LC, BM]
-        sT = sT + _lm_biasT(offs_m, lpos, gate, w, T, n_max, inv_edge)
-        pT = tl.exp2(sT - lse[None, :])
+        if LEAN:
+            sT = tl.dot(lk, tl.trans(q), input_precision=PREC)  # [LC, BM]
+            dd = offs_m[None, :] - lpos[:, None]
+            r = ((w - 0.5) * inv_edge + 0.5)[None, :] - dd.to(tl.float32) * inv_edge
+            out = ((dd < n_max) & (r > 0)) | (lpos[:, None] < 0)
+            pT = tl.exp2(tl.where(out, float("-inf"),
+                                  sT * qk_scale + (gate * 1.4426950408889634)[:, None] - lse[None, :]))
+        else:
+            sT = tl.dot(lk, tl.trans(q), input_precision=PREC) * qk_scale  # [LC, BM]
+            sT = sT + _lm_biasT(offs_m, lpos, gate, w, T, n_max, inv_edge)
+            pT = tl.exp2(sT - lse[None, :])
         acc_v += tl.dot(pT.to(do.dtype), do, input_precision=PREC)
         dpT = tl.dot(lv, tl.trans(do), input_precision=PREC)
-        dsT = pT * (dpT - delta[None, :])
+        if LEAN:
+            dsT = pT * (dpT * sm_scale - (delta * sm_scale)[None, :])
+        else:
+            dsT = pT * (dpT - delta[None, :])
         acc_k += tl.dot(dsT.to(q.dtype), q, input_precision=PREC)
         acc_g += tl.sum(dsT, 1)
         if ADD_DQ:
             dql = tl.dot(tl.trans(dsT.to(lk.dtype)), lk, input_precision=PREC)  # [BM, D]
+            if not LEAN:
+                dql = dql * sm_scale
             dq0 = tl.load(DQ + qoff, mask=mrow[:, None], other=0.0)
-            tl.store(DQ + qoff, (dq0.to(tl.float32) + dql * sm_scale).to(DQ.dtype.element_ty), mask=mrow[:, None])
+            tl.store(DQ + qoff, (dq0.to(tl.float32) + dql).to(DQ.dtype.element_ty), mask=mrow[:, None])
         return acc_k, acc_v, acc_g
 
     @triton.jit
@@ -557,7 +574,8 @@ if HAVE_TRITON:
                          sq_b, sq_h, sq_t, sk_b, sk_h, sk_t,
                          H, G, T, NB, n_max, inv_edge, qk_scale, sm_scale, SEL_BLOCK,
                          D: tl.constexpr, BLOCK_M: tl.constexpr, KP: tl.constexpr, LC: tl.constexpr,
-                         SEG: tl.constexpr, PREC: tl.constexpr, ADD_DQ: tl.constexpr = 0, FLAT: tl.constexpr = 0):
+                         SEG: tl.constexpr, PREC: tl.constexpr, ADD_DQ: tl.constexpr = 0, FLAT: tl.constexpr = 0,
+                         LEAN: tl.constexpr = 0):
         """Landmark backward, transposed like _dkdv_kernel's TRANS=1: the LC slots are the dots' M
         dimension, so P^T dO and dS^T Q come straight from the accumulator layout (no transposes
         of the [queries, slots] tiles). Program (segment of SEG selection blocks, slot chunk,
@@ -596,23 +614,29 @@ if HAVE_TRITON:
             if FLAT:  # BLOCK_M == SEL_BLOCK and G == 1: one tile per block, a flat loop
                 acc_k, acc_v, acc_g = _lm_bwd_tile(Q, W, DO, LSE, DELTA, DQ, lk, lv, lpos, gate, acc_k, acc_v, acc_g,
                                                    b, hk, H, T, n_max, inv_edge, qk_scale, sm_scale,
-                                                   nb * SEL_BLOCK, sq_b, sq_h, sq_t, D, BLOCK_M, PREC, ADD_DQ)
+                                                   nb * SEL_BLOCK, sq_b, sq_h, sq_t, D, BLOCK_M, PREC, ADD_DQ, LEAN)
             else:
                 for m0 in range(nb * SEL_BLOCK, m_end, BLOCK_M):
                     for g in range(0, G):
                         acc_k, acc_v, acc_g = _lm_bwd_tile(Q, W, DO, LSE, DELTA, DQ, lk, lv, lpos, gate, acc_k, acc_v,
                                                            acc_g, b, hk * G + g, H, T, n_max, inv_edge, qk_scale,
-                                                           sm_scale, m0, sq_b, sq_h, sq_t, D, BLOCK_M, PREC, ADD_DQ)
+                                                           sm_scale, m0, sq_b, sq_h, sq_t, D, BLOCK_M, PREC, ADD_DQ,
+                                                           LEAN)
             nxt = tl.where(nb + 1 < b1, nxt, -2)
             fl = (nxt != lpos) & (lpos >= 0)
             # flushed without a test for "any slot changed?" (session 6: that per-block cross-warp
             # test and branch made the kernel slower, 585 vs 391 us at 32K)
             rows = b * sk_b + hk * sk_h + lp0[:, None] * sk_t + offs_d[None, :]
             fl2 = tl.broadcast_to(fl[:, None], (LC, D))
-            tl.atomic_add(DK + rows, (acc_k * sm_scale).to(DK.dtype.element_ty), mask=fl2, sem="relaxed")
+            if LEAN:  # the sums carry sm_scale already
+                tl.atomic_add(DK + rows, acc_k.to(DK.dtype.element_ty), mask=fl2, sem="relaxed")
+                gsc = sm_scale
+            else:
+                tl.atomic_add(DK + rows, (acc_k * sm_scale).to(DK.dtype.element_ty), mask=fl2, sem="relaxed")
+                gsc = 1.0
             tl.atomic_add(DV + rows, acc_v.to(DV.dtype.element_ty), mask=fl2, sem="relaxed")
             # d logsigmoid(e) / de = sigmoid(-e)
-            tl.atomic_add(DGT + bhk * T + lp0, acc_g / (1.0 + tl.exp(et)), mask=fl, sem="relaxed")
+            tl.atomic_add(DGT + bhk * T + lp0, acc_g / (gsc * (1.0 + tl.exp(et))), mask=fl, sem="relaxed")
             acc_k = tl.where(fl[:, None], 0.0, acc_k)
             acc_v = tl.where(fl[:, None], 0.0, acc_v)
             acc_g = tl.where(fl, 0.0, acc_g)

@@ -189,9 +189,11 @@ def _blocks(block: int, d: int, device) -> tuple[int, int, int]:
 # 0.753 / 0.990 vs 0.975, hence only where T >= wmin_min_t. Measured slower and removed: the dK/dV
 # scores rewritten in the per-tile branch (p = 2^(s + log2 r - lse), more spills: 32K 3.523 vs
 # 2.985 ms) and 128-row window-only dQ tiles (3.240).
+# lm_lean (session 8, helper 6b's offline patch): _lm_bwd_t_kernel's landmark bias as one select inside
+# the exp2 and sm_scale folded into dS (11% fewer SASS instructions in its loop, ptxas sm_90).
 OPTS = {"lc_fwd": 32, "lc_dq": 32, "delta": (64, 4), "lm_bwd": "trans", "fuse_delta": True,
         "lm_dq": True, "fwd_split": True, "split_min_t": 32768, "loop1_fwd": "split",
-        "dkdv_wmin": True, "wmin_min_t": 8192}
+        "dkdv_wmin": True, "wmin_min_t": 8192, "lm_lean": False}
 
 _TUNED: dict = {}
 _FWD_BM_OVERRIDE: dict = {}
@@ -474,7 +476,7 @@ class _DSALTFn(torch.autograd.Function):
                     _LAUNCH(_lm_bwd_t_kernel, (triton.cdiv(nb, seg), kp // lc, b * hk),
                             q, k, v, win, gt, lpos, do, lse, delta, dk, dv, dgt, dq, *strides,
                             h, g, t, nb, n_max, 1.0 / float(edge), scale * LOG2E, scale, block,
-                            D=d, BLOCK_M=lm, KP=kp, LC=lc, SEG=seg, PREC=_prec(q), ADD_DQ=int(lm_dq),
+                            D=d, BLOCK_M=lm, KP=kp, LC=lc, SEG=seg, PREC=_prec(q), ADD_DQ=int(lm_dq), LEAN=int(OPTS["lm_lean"]),
                             FLAT=int(lm == block and g == 1), num_warps=lw, num_stages=lst, **lx)
                 except Exception as e:  # pragma: no cover - compiler trouble: the session-5 path, from scratch
                     import warnings
