@@ -168,8 +168,9 @@ def main():
             variants.update(s7b_variants(mk, n_lm))
         if args.set == "s7c":
             variants.update(s7c_variants(mk, n_lm))
-        if args.set == "s8c":  # session 8, lead: the lean landmark backward (OPTS["lm_lean"])
+        if args.set == "s8c":  # session 8, lead: the lean landmark backward (OPTS["lm_lean"], the default since)
             variants["dsalt_lean"] = mk(n_lm, {"lm_lean": True})
+            variants["dsalt_notlean"] = mk(n_lm, {"lm_lean": False})
         if t < args.full_from:  # short sequences (host bound): the core variants only
             variants = {a: b for a, b in variants.items() if a in CORE}
         times = {name: [] for name in variants}

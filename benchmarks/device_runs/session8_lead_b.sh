@@ -1,6 +1,7 @@
 # Session 8, the lead's third call: the lean landmark backward (OPTS["lm_lean"], helper 6b's offline patch)
 # A/B against the defaults in one process (7 rounds, every length, kernel timeline at 32K), then the DSALT
 # GPU tests that run it (bf16, every _lm_bwd_t_kernel launch config).
+# (At the call "dsalt" was the non-lean default; lm_lean is the default since, and set s8c adds dsalt_notlean.)
 #   bash benchmarks/device_runs/session8_lead_b.sh      (from the tree root; $OUT from the device tool)
 set -o pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD ATTNLAB_BENCH_DIR=$OUT/res

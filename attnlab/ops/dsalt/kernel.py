@@ -189,11 +189,13 @@ def _blocks(block: int, d: int, device) -> tuple[int, int, int]:
 # 0.753 / 0.990 vs 0.975, hence only where T >= wmin_min_t. Measured slower and removed: the dK/dV
 # scores rewritten in the per-tile branch (p = 2^(s + log2 r - lse), more spills: 32K 3.523 vs
 # 2.985 ms) and 128-row window-only dQ tiles (3.240).
-# lm_lean (session 8, helper 6b's offline patch): _lm_bwd_t_kernel's landmark bias as one select inside
-# the exp2 and sm_scale folded into dS (11% fewer SASS instructions in its loop, ptxas sm_90).
+# lm_lean (session 8, helper 6b's offline patch; default since the lead's A/B): _lm_bwd_t_kernel's landmark
+# bias as one select inside the exp2 and sm_scale folded into dS (11% fewer SASS instructions in its loop,
+# ptxas sm_90). H100, one call, same process, 7 rounds: the kernel 364 vs 394 us at 32K; fwd+bwd 32K 3.087 vs
+# 3.081 ms (equal), 16K 1.751 vs 1.825, 4K 0.965 vs 1.029 (host bound).
 OPTS = {"lc_fwd": 32, "lc_dq": 32, "delta": (64, 4), "lm_bwd": "trans", "fuse_delta": True,
         "lm_dq": True, "fwd_split": True, "split_min_t": 32768, "loop1_fwd": "split",
-        "dkdv_wmin": True, "wmin_min_t": 8192, "lm_lean": False}
+        "dkdv_wmin": True, "wmin_min_t": 8192, "lm_lean": True}
 
 _TUNED: dict = {}
 _FWD_BM_OVERRIDE: dict = {}
