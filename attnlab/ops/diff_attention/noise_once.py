@@ -630,15 +630,15 @@ def _bwd_body(go, dout, q2, k2, v, lam32, n, lse, dn, delta, ws32, dqk16, dvo, t
        (dout, n, lam32, dn, delta, dlam, *_vstr(dout), *_vstr(n), h, hs, split, t, dv, _pow2(dv), pbm, combine))
     if _dk_mode(d, dv) == "lean":
         bm, bn, nt, w, s, _, kc, _, early, acc, maxnreg = _config("lean", h, dv, d)
-        gluon = GLUON_DK and _gluon_dk(go, q2, k2, v, dn, lse, delta, dk32, dq32, tbl, h, hs, split, t, scale,
-                                       bm, bn, nt)
-        kc = _pow2(dv) if kc <= 0 else min(kc, _pow2(dv))
-        opts = {"maxnreg": maxnreg} if maxnreg and not _interpret() else {}
-        gluon or _fit(go, _noise_bwd_dk_lean_kernel, (tbl.numel() // 2, b * split),
-           (q2, k2, v, dn, lse, delta, dk32, dq32, tbl,
-            q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), *_vstr(v),
-            h, hs, split, t, scale * LOG2E, scale, d, _pow2(d), dv, _pow2(dv), bm, bn, nt, kc, bool(early),
-            bool(acc)), w, s, **opts)
+        if not (GLUON_DK and _gluon_dk(go, q2, k2, v, dn, lse, delta, dk32, dq32, tbl, h, hs, split, t, scale,
+                                       bm, bn, nt)):
+            kc = _pow2(dv) if kc <= 0 else min(kc, _pow2(dv))
+            opts = {"maxnreg": maxnreg} if maxnreg and not _interpret() else {}
+            _fit(go, _noise_bwd_dk_lean_kernel, (tbl.numel() // 2, b * split),
+                 (q2, k2, v, dn, lse, delta, dk32, dq32, tbl,
+                  q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1), *_vstr(v),
+                  h, hs, split, t, scale * LOG2E, scale, d, _pow2(d), dv, _pow2(dv), bm, bn, nt, kc, bool(early),
+                  bool(acc)), w, s, **opts)
     else:
         _dk_loop(go, q2, k2, v, dn, lse, delta, dk32, dq32, tbl, h, hs, split, t, d, dv, scale)
     bm, bn, g, w, s, major = _config("dv", h, dv)
