@@ -29,18 +29,9 @@ from __future__ import annotations
 
 import torch
 
-try:  # Gluon ships with triton >= 3.5; CPU-only installs may lack it
-    from triton.experimental import gluon
-    from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma,
-                                                                  warpgroup_mma, warpgroup_mma_wait)
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-    # the TMA load is tma.async_copy_global_to_shared in Triton 3.6 (the GPU machine's), tma.async_load later
-    _tma_load = tma.async_load if hasattr(tma, "async_load") else tma.async_copy_global_to_shared
-    _cta_barrier = gl.thread_barrier if hasattr(gl, "thread_barrier") else gl.barrier  # renamed after 3.6
-    HAVE_GLUON = True
-except Exception:  # pragma: no cover - depends on the installed triton
-    HAVE_GLUON = False
+from ..gluon_compat import (HAVE_GLUON, TensorDescriptor, fence_async_shared, gl, gluon,  # noqa: F401
+                            hopper_ready, mbarrier, nvmma_layout, tma_ok, warpgroup_mma, warpgroup_mma_wait)
+from ..gluon_compat import cta_barrier as _cta_barrier, tma_load as _tma_load
 
 
 # (KC columns per contraction step, STAGES of the ring, num_warps, EARLY_Q: the Q2 tiles loaded before the
@@ -52,31 +43,18 @@ GLUON_CONFIG = (64, 4, 8, 0, 1)
 BROKEN = ""  # set (the error) if the kernel failed to compile or launch here: the lean kernel from then on
 
 
-def _interpret() -> bool:
-    import os
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 def available(q2, v, d: int, dv: int, bm: int, bn: int, nt: int, others=()) -> bool:
     """True where the Gluon kernel can take this backward: CUDA tensors on an sm_90 GPU (Hopper),
     Gluon importable, not the interpreter, bf16/fp16, head dims 128 (the measured shape), 2 tiles of
     128 query rows per 128-key block (the lean config), T >= 256, TMA-compatible strides (q2, v and
     ``others``: k2, dN)."""
-    if not HAVE_GLUON or BROKEN or _interpret() or not q2.is_cuda:
-        return False
-    if torch.cuda.get_device_capability(q2.device)[0] != 9:
+    if BROKEN or not hopper_ready(q2):
         return False
     if q2.dtype not in (torch.bfloat16, torch.float16) or v.dtype != q2.dtype:
         return False
     if (d, dv, bm, bn, nt) != (128, 128, 128, 128, 2) or q2.shape[-2] < 2 * bm:
         return False  # the measured shape; sequences shorter than one program's rows: untested, no gain
-    esz = q2.element_size()
-    for x in (q2, v, *others):
-        if x.dtype != q2.dtype or x.stride(-1) != 1 or x.data_ptr() % 16:
-            return False
-        if any((s * esz) % 16 for s in x.stride()[:-1]):
-            return False
-    return True
+    return tma_ok(q2, v, *others)
 
 
 if HAVE_GLUON:
@@ -243,18 +221,14 @@ if HAVE_GLUON:
                       mask=(offs_n < T)[:, None], sem="relaxed")
 
 
-def _layout(block, dtype):
-    return gl.NVMMASharedLayout.get_default_for(block, gl.bfloat16 if dtype == torch.bfloat16 else gl.float16)
-
-
 def descriptors(q2, k2, v, dn, bm: int, bn: int, kc: int):
     """Host tensor descriptors: Q2/K2 [B, T, D] in [1, rows, D] blocks, V/dN [B, H, T, DV] in
     [1, 1, rows, KC] blocks (the T boundary of each head is the descriptor's, zero-filled)."""
     d, dv = q2.shape[-1], v.shape[-1]
-    qd = TensorDescriptor(q2, list(q2.shape), list(q2.stride()), [1, bm, d], _layout([1, bm, d], q2.dtype))
-    kd = TensorDescriptor(k2, list(k2.shape), list(k2.stride()), [1, bn, d], _layout([1, bn, d], k2.dtype))
-    vd = TensorDescriptor(v, list(v.shape), list(v.stride()), [1, 1, bn, kc], _layout([1, 1, bn, kc], v.dtype))
-    dd = TensorDescriptor(dn, list(dn.shape), list(dn.stride()), [1, 1, bm, kc], _layout([1, 1, bm, kc], dn.dtype))
+    qd = TensorDescriptor(q2, list(q2.shape), list(q2.stride()), [1, bm, d], nvmma_layout([1, bm, d], q2.dtype))
+    kd = TensorDescriptor(k2, list(k2.shape), list(k2.stride()), [1, bn, d], nvmma_layout([1, bn, d], k2.dtype))
+    vd = TensorDescriptor(v, list(v.shape), list(v.stride()), [1, 1, bn, kc], nvmma_layout([1, 1, bn, kc], v.dtype))
+    dd = TensorDescriptor(dn, list(dn.shape), list(dn.stride()), [1, 1, bm, kc], nvmma_layout([1, 1, bm, kc], dn.dtype))
     return qd, kd, vd, dd
 
 
