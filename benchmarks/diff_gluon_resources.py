@@ -26,7 +26,7 @@ TARGET = GPUTarget("cuda", 90, 32)
 BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
 
 
-def compile_diff_gluon(regs=None, stages=None, maxnreg=None):
+def compile_diff_gluon(regs=None, stages=None, maxnreg=None, vec=None):
     from triton.experimental.gluon._runtime import GluonASTSource
     from triton.runtime.jit import mangle_type
 
@@ -38,13 +38,17 @@ def compile_diff_gluon(regs=None, stages=None, maxnreg=None):
     kernel = G._diff_bwd_gluon_kernel
     types = {n: mangle_type(dsc) for n, dsc in zip(("q1_desc", "k1_desc", "q2_desc", "k2_desc", "v_desc", "do_desc"),
                                                      descs)}
+    xf = torch.empty(1, 2, 64, 128, dtype=torch.float32)
+    for n in ("dq1_desc", "dq2_desc"):
+        types[n] = mangle_type(G.TensorDescriptor(xf, list(xf.shape), list(xf.stride()), [1, 1, G.BM, 64],
+                                                  G.gl.NVMMASharedLayout.get_default_for([1, 1, G.BM, 64], G.gl.float32)))
     for n in ("LAM", "LSE1", "LSE2", "DL1", "DL2", "DQ1", "DQ2"):
         types[n] = "*fp32"
     for n in ("DK1", "DK2", "DV"):
         types[n] = "*bf16"
     for n in ("qk1", "qk2", "scale1", "scale2"):
         types[n] = "fp32"
-    consts = {"D": 128, "BM": G.BM, "BN": G.BN, "STAGES": stages or G.STAGES, "R_STREAM": regs[0], "R_LOAD": regs[1], "DQ_ON": True}
+    consts = {"D": 128, "BM": G.BM, "BN": G.BN, "STAGES": stages or G.STAGES, "R_STREAM": regs[0], "R_LOAD": regs[1], "DQ_ON": True, "VEC": vec if vec is not None else G.DQ_VEC}
     sig = {n: ("constexpr" if n in consts else types.get(n, "i32")) for n in kernel.arg_names}
     k = triton.compile(GluonASTSource(fn=kernel, signature=sig, constexprs=consts), target=TARGET,
                        options={"num_warps": 4, "maxnreg": maxnreg or G.MAXNREG})
@@ -75,10 +79,11 @@ def main(argv=None):
     ap.add_argument("--regs", default=None)
     ap.add_argument("--stages", type=int, default=None)
     ap.add_argument("--maxnreg", type=int, default=None)
+    ap.add_argument("--vec", type=int, default=None)
     ap.add_argument("--sass", default=None, help="write the SASS here")
     a = ap.parse_args(argv)
     regs = tuple(int(v) for v in a.regs.split(",")) if a.regs else None
-    k = compile_diff_gluon(regs, a.stages, a.maxnreg)
+    k = compile_diff_gluon(regs, a.stages, a.maxnreg, a.vec)
     r = report(k)
     if a.sass:
         with open(a.sass, "w") as f:

@@ -57,6 +57,7 @@ BM = 64  # query rows per step
 BN = 64  # keys per program
 STAGES = 2  # ring depth (Q1, Q2, dO per stage)
 REGS = (168, 24)  # registers per thread: each stream partition, the producer (the dV partition: the rest)
+DQ_VEC = 2  # dQ reductions: 2 = 8-byte red.global.add.v2.f32 (inline PTX), 1 = gl.atomic_add (4-byte)
 MAXNREG = 128  # the kernel's register cap at entry (16 warps x 32 x 128 = 64 K)
 BROKEN = ""  # set (the error) if the kernel failed to compile or launch here: hopper.py from then on
 
@@ -75,6 +76,24 @@ def available(q1, k1, q2, k2, v, dout) -> bool:
 
 
 if HAVE_GLUON:
+    from triton._C.libtriton import ir as _ir
+    from triton.experimental.gluon.language._core import builtin as _builtin
+    from triton.experimental.gluon.language.nvidia.hopper import tma as _tma
+
+    @_builtin
+    def _tma_reduce_add(desc, coord, src, _semantic=None):
+        """global[desc box at coord] += shared src (cp.reduce.async.bulk.tensor .add; one thread issues it,
+        completion of its read of src: ``tma.store_wait``). Not wrapped by Triton 3.6's Gluon."""
+        coord = _semantic._convert_to_ir_values(coord, require_i64=False)
+        _semantic.builder.create_async_tma_reduce(_ir.DESCRIPTOR_REDUCE_KIND.ADD, desc.handle, coord, src.handle)
+
+    @gluon.jit
+    def _red_add_v2(ptrs, vals):
+        """*ptrs += vals (float32), two consecutive elements per thread as one 8-byte reduction (sm_90
+        red.global.add.v2.f32); ptrs and vals in a layout holding column pairs (the wgmma accumulator's)."""
+        gl.inline_asm_elementwise("red.global.add.v2.f32 [$2], {$4, $5};\n\tmov.b32 $0, 0;\n\tmov.b32 $1, 0;",
+                                  "=r,=r,l,l,f,f", [ptrs.to(gl.int64, bitcast=True), vals], dtype=gl.int32,
+                                  is_pure=False, pack=2)
 
     @gluon.jit
     def _producer(q1_desc, q2_desc, do_desc, k1_desc, k2_desc, v_desc, q1_r, q2_r, do_r, k1_s, k2_s, v_s,
@@ -95,9 +114,10 @@ if HAVE_GLUON:
             _tma_load(do_desc, [b, h, row, 0], bar, do_r.index(st))
 
     @gluon.jit
-    def _stream(k_s, q_r, p_s, ds_s, dp_s, ready, empty, kv_bar, p_ready, p_free, dp_ready, dp_free,
-                LSE, DL, DQ, DK, row0, start_n, n_steps, T, qk, scale, coef,
-                BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr, DQ_ON: gl.constexpr):
+    def _stream(k_s, q_r, p_s, ds_s, dp_s, dq_s, dq_desc, b, h, ready, empty, kv_bar, p_ready, p_free, dp_ready, dp_free,
+                LSE, DL, DQ, DK, row0, q_row0, start_n, n_steps, T, qk, scale, coef,
+                BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr, DQ_ON: gl.constexpr,
+                VEC: gl.constexpr):
         """4 warps, one stream: S^T, P^T (x coef: 1 or -lam) -> p_s; dS^T with dP^T from dp_s; dK (kept),
         dQ (atomics)."""
         LS: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BM, 16])
@@ -134,16 +154,44 @@ if HAVE_GLUON:
             fence_async_shared()
             _cta_barrier()
             dk = warpgroup_mma(ds_s, q, dk, is_async=True)
-            dq = warpgroup_mma(ds_s.permute((1, 0)), k2d, gl.zeros([BM, D], gl.float32, LA), use_acc=False,
-                               is_async=True)
-            dk, dq = warpgroup_mma_wait(num_outstanding=0, deps=(dk, dq))
-            _cta_barrier()  # (the partition's 4 warps) done with q and ds_s
-            mbarrier.arrive(empty.index(st), count=1)
-            if DQ_ON:  # (off: a timing probe of the atomics' cost; dQ is then not computed)
+            if VEC == 3:  # dQ in two 64-column halves, each reduce-added by TMA from a 16 KB staging tile
+                dst = ds_s.permute((1, 0))
+                dqa = warpgroup_mma(dst, k2d.slice(0, D // 2, dim=1), gl.zeros([BM, D // 2], gl.float32, LS),
+                                    use_acc=False, is_async=True)
+                dqb = warpgroup_mma(dst, k2d.slice(D // 2, D // 2, dim=1), gl.zeros([BM, D // 2], gl.float32, LS),
+                                    use_acc=False, is_async=True)
+                dk, dqa, dqb = warpgroup_mma_wait(num_outstanding=0, deps=(dk, dqa, dqb))
+                _cta_barrier()
+                mbarrier.arrive(empty.index(st), count=1)
+                stage = dq_s.reshape([BM, D // 2])
+                _tma.store_wait(0)  # the previous reduce has read the staging tile
+                _cta_barrier()
+                stage.store(dqa * scale)
+                fence_async_shared()
+                _cta_barrier()
+                _tma_reduce_add(dq_desc, [b, h, start_m, 0], dq_s)
+                _tma.store_wait(0)
+                _cta_barrier()
+                stage.store(dqb * scale)
+                fence_async_shared()
+                _cta_barrier()
+                _tma_reduce_add(dq_desc, [b, h, start_m, D // 2], dq_s)
+            else:
+                dq = warpgroup_mma(ds_s.permute((1, 0)), k2d, gl.zeros([BM, D], gl.float32, LA), use_acc=False,
+                                   is_async=True)
+                dk, dq = warpgroup_mma_wait(num_outstanding=0, deps=(dk, dq))
+                _cta_barrier()  # (the partition's 4 warps) done with q and ds_s
+                mbarrier.arrive(empty.index(st), count=1)
+            if DQ_ON and VEC != 3:  # (off: a timing probe of the atomics' cost; dQ is then not computed)
                 offs_mq = start_m + gl.arange(0, BM, layout=gl.SliceLayout(1, LA))
                 offs_d = gl.arange(0, D, layout=gl.SliceLayout(0, LA))
-                gl.atomic_add(DQ + (row0 + offs_mq[:, None]) * D + offs_d[None, :], dq * scale,
-                              mask=(offs_mq < T)[:, None], sem="relaxed")
+                ptrs = DQ + (q_row0 + offs_mq[:, None]) * D + offs_d[None, :]
+                if VEC == 2:  # 8-byte reductions (each thread holds column pairs); the workspace is padded
+                    _red_add_v2(ptrs, dq * scale)
+                else:
+                    gl.atomic_add(ptrs, dq * scale, mask=(offs_mq < T)[:, None], sem="relaxed")
+        if VEC == 3:
+            _tma.store_wait(0)
         offs_nk = start_n + gl.arange(0, BN, layout=gl.SliceLayout(1, LA))
         offs_d = gl.arange(0, D, layout=gl.SliceLayout(0, LA))
         gl.store(DK + (row0 + offs_nk[:, None]) * D + offs_d[None, :], (dk * scale).to(DK.dtype.element_ty),
@@ -186,10 +234,11 @@ if HAVE_GLUON:
                  mask=(offs_n < T)[:, None])
 
     @gluon.jit
-    def _diff_bwd_gluon_kernel(q1_desc, k1_desc, q2_desc, k2_desc, v_desc, do_desc, LAM,
+    def _diff_bwd_gluon_kernel(q1_desc, k1_desc, q2_desc, k2_desc, v_desc, do_desc, dq1_desc, dq2_desc, LAM,
                                LSE1, LSE2, DL1, DL2, DK1, DK2, DV, DQ1, DQ2, H, T, qk1, qk2, scale1, scale2,
                                D: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr, STAGES: gl.constexpr,
-                               R_STREAM: gl.constexpr, R_LOAD: gl.constexpr, DQ_ON: gl.constexpr):
+                               R_STREAM: gl.constexpr, R_LOAD: gl.constexpr, DQ_ON: gl.constexpr,
+                               VEC: gl.constexpr):
         pid_n = gl.program_id(0)  # key block 0 (the longest) first
         bh = gl.program_id(1)
         b = bh // H
@@ -197,6 +246,7 @@ if HAVE_GLUON:
         start_n = pid_n * BN
         n_steps = gl.cdiv(T - start_n, BM)
         row0 = bh * T
+        q_row0 = bh * (gl.cdiv(T, BM) * BM)  # the dQ workspace: T padded to whole query blocks per head
         lam = gl.load(LAM + h)
         dt: gl.constexpr = q1_desc.dtype
         blk: gl.constexpr = q1_desc.block_type.shape
@@ -213,6 +263,12 @@ if HAVE_GLUON:
         ds1_s = gl.allocate_shared_memory(dt, [BN, BM], tl_)
         ds2_s = gl.allocate_shared_memory(dt, [BN, BM], tl_)
         dp_s = gl.allocate_shared_memory(gl.float32, [BN, BM], gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))
+        if VEC == 3:  # dQ staging tiles [BM, D/2] float32 per stream (TMA reduce-add)
+            dq1_s = gl.allocate_shared_memory(gl.float32, dq1_desc.block_type.shape, dq1_desc.layout)
+            dq2_s = gl.allocate_shared_memory(gl.float32, dq2_desc.block_type.shape, dq2_desc.layout)
+        else:
+            dq1_s = dp_s
+            dq2_s = dp_s
         ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         bars = gl.allocate_shared_memory(gl.int64, [5, 1], mbarrier.MBarrierLayout())
@@ -232,10 +288,12 @@ if HAVE_GLUON:
         gl.warp_specialize([
             (_dv_part, (v_s, do_r, p1_s, p2_s, dp_s, ready, empty, kv_bar, p_ready, p_free, dp_ready, dp_free,
                         DV, row0, start_n, n_steps, T, BM, BN, D, STAGES)),
-            (_stream, (k1_s, q1_r, p1_s, ds1_s, dp_s, ready, empty, kv_bar, p_ready, p_free, dp_ready, dp_free,
-                       LSE1, DL1, DQ1, DK1, row0, start_n, n_steps, T, qk1, scale1, 1.0, BM, BN, D, STAGES, DQ_ON)),
-            (_stream, (k2_s, q2_r, p2_s, ds2_s, dp_s, ready, empty, kv_bar, p_ready, p_free, dp_ready, dp_free,
-                       LSE2, DL2, DQ2, DK2, row0, start_n, n_steps, T, qk2, scale2, -lam, BM, BN, D, STAGES, DQ_ON)),
+            (_stream, (k1_s, q1_r, p1_s, ds1_s, dp_s, dq1_s, dq1_desc, b, h, ready, empty, kv_bar, p_ready, p_free, dp_ready, dp_free,
+                       LSE1, DL1, DQ1, DK1, row0, q_row0, start_n, n_steps, T, qk1, scale1, 1.0, BM, BN, D, STAGES, DQ_ON,
+                       VEC)),
+            (_stream, (k2_s, q2_r, p2_s, ds2_s, dp_s, dq2_s, dq2_desc, b, h, ready, empty, kv_bar, p_ready, p_free, dp_ready, dp_free,
+                       LSE2, DL2, DQ2, DK2, row0, q_row0, start_n, n_steps, T, qk2, scale2, -lam, BM, BN, D, STAGES, DQ_ON,
+                       VEC)),
             (_producer, (q1_desc, q2_desc, do_desc, k1_desc, k2_desc, v_desc, q1_r, q2_r, do_r, k1_s, k2_s, v_s,
                          ready, empty, kv_bar, b, h, start_n, n_steps, BM, STAGES)),
         ], [4, 4, 1], [R_STREAM, R_STREAM, R_LOAD])
@@ -247,16 +305,23 @@ def _desc4(x, rows: int):
     return TensorDescriptor(x, list(x.shape), list(x.stride()), blk, nvmma_layout(blk, x.dtype))
 
 
+def dq_rows(t: int) -> int:
+    """Rows per head of the float32 dQ workspaces: T padded to whole query blocks."""
+    return -(-t // BM) * BM
+
+
 def descriptors(q1, k1, q2, k2, v, dout):
     return tuple(_desc4(x, BM) for x in (q1, k1, q2, k2, v, dout))
 
 
 def diff_bwd_gluon(q1, k1, q2, k2, v, lam, dout, lse1, lse2, dl1, dl2, dk1, dk2, dv, dq1, dq2, scale1, scale2,
                    log2e=1.4426950408889634, dq_on=True):
-    """Launch the kernel: dk1, dk2, dv [B, H, T, 128] in the inputs' dtype (written), dq1, dq2 float32
-    (zeroed by the caller; reduce-added, scaled)."""
+    """Launch the kernel: dk1, dk2, dv [B, H, T, 128] in the inputs' dtype (written); dq1, dq2 float32
+    [B, H, dq_rows(T), 128] (zeroed by the caller; reduce-added, scaled; rows past T are scratch)."""
     b, h, t, d = q1.shape
     grid = (-(-t // BN), b * h)
-    args = (*descriptors(q1, k1, q2, k2, v, dout), lam, lse1, lse2, dl1, dl2, dk1, dk2, dv, dq1, dq2, h, t,
-            scale1 * log2e, scale2 * log2e, scale1, scale2, d, BM, BN, STAGES, REGS[0], REGS[1], bool(dq_on))
+    dqd = tuple(TensorDescriptor(x, list(x.shape), list(x.stride()), [1, 1, BM, d // 2],
+                                 gl.NVMMASharedLayout.get_default_for([1, 1, BM, d // 2], gl.float32)) for x in (dq1, dq2))
+    args = (*descriptors(q1, k1, q2, k2, v, dout), *dqd, lam, lse1, lse2, dl1, dl2, dk1, dk2, dv, dq1, dq2, h, t,
+            scale1 * log2e, scale2 * log2e, scale1, scale2, d, BM, BN, STAGES, REGS[0], REGS[1], bool(dq_on), DQ_VEC)
     return _diff_bwd_gluon_kernel[grid](*args, num_warps=4, maxnreg=MAXNREG)

@@ -663,7 +663,7 @@ def _gluon_bwd(q1, k1, q2, k2, v, lam, dout, lse1, lse2, dl1, dl2, scale1, scale
         return None
     b, h, t, d = q1.shape
     dk1, dk2, dv = torch.empty_like(q1), torch.empty_like(q1), torch.empty_like(q1)
-    dq = torch.zeros(2, b, h, t, d, device=q1.device, dtype=torch.float32)
+    dq = torch.zeros(2, b, h, G.dq_rows(t), d, device=q1.device, dtype=torch.float32)  # T padded to whole blocks
     try:
         G.diff_bwd_gluon(q1, k1, q2, k2, v, lam, dout, lse1, lse2, dl1, dl2, dk1, dk2, dv, dq[0], dq[1],
                          scale1, scale2)
@@ -673,7 +673,7 @@ def _gluon_bwd(q1, k1, q2, k2, v, lam, dout, lse1, lse2, dl1, dl2, scale1, scale
         G.BROKEN = f"{type(e).__name__}: {e}"
         warnings.warn(f"diff_gluon backward off: {G.BROKEN[:300]}")
         return None
-    dq = dq.to(q1.dtype)
+    dq = dq[:, :, :, :t].to(q1.dtype)
     return dq[0], dk1, dq[1], dk2, dv
 
 
