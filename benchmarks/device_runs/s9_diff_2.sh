@@ -6,11 +6,11 @@
 set -o pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD ATTNLAB_BENCH_DIR=${OUT:-/tmp}
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu --format=csv
-timeout 110 python benchmarks/diff_gluon_check.py --T 4096 16384 --check-T 1000 1024 2>&1 | tee $OUT/check.log
+timeout 120 python benchmarks/diff_gluon_check.py --T 4096 16384 --check-T 1000 1024 2>&1 | tee $OUT/check.log
 echo "check rc=$?"
 BEST=$(grep -o "^BEST_DQ [a-z0-9]*" $OUT/check.log | awk '{print $2}')
 echo "best dQ reduction: ${BEST:=tma}"
-timeout 100 python benchmarks/bench_diff_kernel.py --groups diff --T 4096 16384 --rounds 3 --skip-fused \
+timeout 95 python benchmarks/bench_diff_kernel.py --groups diff --T 4096 16384 --rounds 3 --skip-fused \
     --gluon-bwd $BEST 2>&1 | tail -12 | tee $OUT/bench.log
 echo "bench rc=$?"
-timeout 50 python -m pytest -x -v -m gpu tests/test_diff_gluon.py 2>&1 | tail -14 | tee $OUT/tests.log
+timeout 45 python -m pytest -x -v -m gpu tests/test_diff_gluon.py 2>&1 | tail -14 | tee $OUT/tests.log

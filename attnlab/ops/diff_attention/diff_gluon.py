@@ -20,16 +20,25 @@ reallocated per partition by ``gl.warp_specialize`` (setmaxnreg):
 
     partition            warps  regs  live tensors (float32 registers per thread; [64, N] over 128 threads
                                       = N/2)
-    dV  (default)          4    152   dV acc [64,128] 64 + dP^T [64,64] 32 + P^T operand (bf16) 16 + ...
-    stream 1 (worker)      4    168   dK1 acc 64 + S1^T/P1^T 32 + dP^T 32 + LSE/DL slices 2 x 16, then
+    dV  (default)          4    136   dV acc [64,128] 64 + dP^T [64,64] 32 + P^T operand (bf16) 16 + ...
+    stream 1 (worker)      4    176   dK1 acc 64 + S1^T/P1^T 32 + dP^T 32 + LSE/DL slices 2 x 16, then
                                       dK1 64 + dQ1 [64,128] 64 (S/P/dP dead by then)
-    stream 2 (worker)      4    168   the same for dK2, dQ2
+    stream 2 (worker)      4    176   the same for dK2, dQ2
     TMA producer           1     24   (its warpgroup's 3 other warps idle)
-    total: 128 x (152 + 168 + 168 + 24) = 65536 = the register file (``maxnreg=128`` at launch).
+    total: 128 x (136 + 176 + 176 + 24) = 65536 = the register file (``maxnreg=128`` at launch).
+    Offline sm_90 compile (benchmarks/diff_gluon_resources.py, Triton 3.6): no spills with the atomics /
+    red.v2 dQ; 4 spilled words (LDL/STL) per stream with the TMA dQ; 168/152 spilled a few words, 152 for
+    the streams several hundred. 44 HGMMA (52 with the TMA dQ's 64-column halves).
 
 Shared memory (bf16 unless said): K1, K2, V [64,128] 48 KB; a ring of STAGES x (Q1, Q2, dO) [64,128]
 (48 KB a stage; 2 stages: 96 KB); dP^T [64,64] float32 16 KB; P1^T, P2n^T, dS1^T, dS2^T [64,64] 32 KB;
-barriers. 192 KB with 2 stages (of 227 KB).
+barriers: 197 KB with 2 stages (of 227 KB); the TMA dQ adds two [64, 64] float32 staging tiles: 230 KB.
+
+dQ reductions (``DQ_VEC``): 1 = ``gl.atomic_add`` (4-byte red per element: 64 per thread per step), 2 =
+``red.global.add.v2.f32`` by inline PTX (8 bytes: the accumulator layout holds column pairs; 32 per
+thread per step; the workspace is padded to whole 64-row blocks so no mask is needed), 3 = TMA
+reduce-add (``cp.reduce.async.bulk.tensor``, not wrapped by 3.6's Gluon: ``_tma_reduce_add``) of two
+[64, 64] halves through one staging tile per stream.
 
 Exchanges (mbarriers; phases per step i: ``i & 1``): ready[s]/empty[s] (ring, TMA tx / 3 consumers),
 dp_ready (dV partition -> streams: dP^T stored) / dp_free (2 streams read it), p_ready (2 streams stored
@@ -56,7 +65,7 @@ from ..gluon_compat import cta_barrier as _cta_barrier, tma_load as _tma_load
 BM = 64  # query rows per step
 BN = 64  # keys per program
 STAGES = 2  # ring depth (Q1, Q2, dO per stage)
-REGS = (168, 24)  # registers per thread: each stream partition, the producer (the dV partition: the rest)
+REGS = (176, 24)  # registers per thread: each stream partition, the producer (the dV partition: the rest, 136)
 DQ_VEC = 2  # dQ reductions: 2 = 8-byte red.global.add.v2.f32 (inline PTX), 1 = gl.atomic_add (4-byte)
 MAXNREG = 128  # the kernel's register cap at entry (16 warps x 32 x 128 = 64 K)
 BROKEN = ""  # set (the error) if the kernel failed to compile or launch here: hopper.py from then on
@@ -137,6 +146,7 @@ if HAVE_GLUON:
             offs_m = start_m + gl.arange(0, BM, layout=gl.SliceLayout(0, LS))
             rmask = offs_m < T
             lse = gl.load(LSE + row0 + offs_m, mask=rmask, other=float("inf"))
+            dl = gl.load(DL + row0 + offs_m, mask=rmask, other=0.0)  # both loads under the S matmul
             s = warpgroup_mma_wait(num_outstanding=0, deps=(s, ))
             p = gl.exp2(s * qk - lse[None, :])
             p = gl.where(offs_m[None, :] >= offs_n[:, None], p, 0.0) * coef  # causal (also keys/rows >= T)
@@ -144,7 +154,6 @@ if HAVE_GLUON:
             p_s.store(p.to(p_s.dtype))
             _cta_barrier()
             mbarrier.arrive(p_ready, count=1)
-            dl = gl.load(DL + row0 + offs_m, mask=rmask, other=0.0)
             mbarrier.wait(dp_ready, ph)
             dp = dp_s.load(LS)
             _cta_barrier()
