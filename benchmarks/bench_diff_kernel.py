@@ -500,7 +500,7 @@ def main(argv=None):
                     help='more noise-once variants of this tree, "label=MODE[:name=JSON]...", e.g. '
                          '"loop dK=loop", "lean nt1=lean:lean=[128,128,1,8,3,8,64,1,false,false]" or '
                          '"memset=:ZERO_IN_FWD=false"')
-    ap.add_argument("--gluon-bwd", choices=["default", "atomic", "v2", "tma"],
+    ap.add_argument("--gluon-bwd", choices=["default", "atomic", "v2", "tma", "tma-pipe"],
                     help="diff group: also hopper.py with the Gluon fused backward (session 9; its dQ reduction)")
     ap.add_argument("--skip-fused", action="store_true", help="leave out the generic fused kernel (sessions 1-3)")
     ap.add_argument("--quick", action="store_true", help="tiny CPU smoke run")
@@ -566,8 +566,8 @@ def main(argv=None):
             from attnlab.ops.diff_attention import diff_gluon as DG
             states[label] = FlagState(Hp, GLUON_BWD=True)
             if args.gluon_bwd != "default":
-                states[label] = _Both(FlagState(Hp, GLUON_BWD=True),
-                                      FlagState(DG, DQ_VEC={"atomic": 1, "v2": 2, "tma": 3}[args.gluon_bwd]))
+                vec, pipe = {"atomic": (1, False), "v2": (2, False), "tma": (3, False), "tma-pipe": (3, True)}[args.gluon_bwd]
+                states[label] = _Both(FlagState(Hp, GLUON_BWD=True), FlagState(DG, DQ_VEC=vec, PIPE=pipe))
         if OLD is not None and cmd:
             variants.append((args.compare_label, OLD.cmd_attention_noise_once))
         if NO is not None and cmd:

@@ -29,9 +29,18 @@ from attnlab.ops.diff_attention.reference import diff_attention_reference, diff_
 from attnlab.testing import rel_err  # noqa: E402
 
 NAMES = ("q1", "k1", "q2", "k2", "v", "lam")
-VEC_NAMES = {1: "atomic", 2: "v2", 3: "tma"}
-VECS = (1, 2, 3)
-DEFAULT_VEC = G.DQ_VEC
+# the dQ reductions (diff_gluon.DQ_VEC, diff_gluon.PIPE): float32 atomics, 8-byte red.v2, TMA reduce-add,
+# TMA reduce-add with the stream partitions software-pipelined
+VARIANTS = {"atomic": (1, False), "v2": (2, False), "tma": (3, False), "tma-pipe": (3, True)}
+DEFAULT = (G.DQ_VEC, G.PIPE)
+
+
+def set_variant(name):
+    G.DQ_VEC, G.PIPE = VARIANTS[name] if name else DEFAULT
+
+
+def variant_name():
+    return next((k for k, v in VARIANTS.items() if v == (G.DQ_VEC, G.PIPE)), f"{G.DQ_VEC}/{G.PIPE}")
 
 
 def make(b, h, t, d, dtype, device):
@@ -50,28 +59,28 @@ def with_gluon(flag):
     Hp.GLUON_BWD = flag
 
 
-def check(b, h, t, d, dtype, device, vec=None):
+def check(b, h, t, d, dtype, device, variant=None):
     ins = make(b, h, t, d, dtype, device)
     dout = torch.randn(b, h, t, d, device=device, dtype=dtype)
     ref_in = [x.detach().float().requires_grad_() for x in ins]
     ref = grads(diff_attention_reference, ref_in, dout.float())
     with_gluon(False)
     tri = grads(Hp.diff_attention_hopper, ins, dout)
-    saved = G.DQ_VEC
-    G.DQ_VEC = vec or saved
+    set_variant(variant)
+    name = variant_name()
     with_gluon(True)
     glu = grads(Hp.diff_attention_hopper, ins, dout)
     glu2 = grads(Hp.diff_attention_hopper, ins, dout)
     with_gluon(False)
-    G.DQ_VEC = saved
+    set_variant(None)
     rows = []
     for i, n in enumerate(("out",) + NAMES):
-        r = {"T": t, "vec": vec or G.DQ_VEC, "tensor": n, "gluon_vs_ref": rel_err(glu[i].float(), ref[i]),
+        r = {"T": t, "variant": name, "tensor": n, "gluon_vs_ref": rel_err(glu[i].float(), ref[i]),
              "triton_vs_ref": rel_err(tri[i].float(), ref[i]), "gluon_vs_triton": rel_err(glu[i].float(), tri[i].float()),
              "gluon_rerun": rel_err(glu2[i].float(), glu[i].float()),
              "finite": bool(torch.isfinite(glu[i]).all())}
         rows.append(r)
-        print(f"check T={t} vec {r['vec']} {n:4s} gluon/ref {r['gluon_vs_ref']:.2e}  triton/ref {r['triton_vs_ref']:.2e}  "
+        print(f"check T={t} {name:8s} {n:4s} gluon/ref {r['gluon_vs_ref']:.2e}  triton/ref {r['triton_vs_ref']:.2e}  "
               f"gluon/triton {r['gluon_vs_triton']:.2e}  rerun {r['gluon_rerun']:.1e}  finite {r['finite']}", flush=True)
     return rows
 
@@ -134,10 +143,10 @@ def timing(b, h, t, d, dtype, device, warmup, repeats):
         def kern():
             G.diff_bwd_gluon(q1, k1, q2, k2, v, lam, dout, lse1, lse2, dl1, dl2, dk1, dk2, dv, dq[0], dq[1],
                              d ** -0.5, d ** -0.5)
-        for vec in VECS:
-            G.DQ_VEC = vec
-            add(f"Gluon kernel alone, dQ by {VEC_NAMES[vec]}", time_ms(kern, warmup, repeats), 8)
-        G.DQ_VEC = DEFAULT_VEC
+        for name in VARIANTS:
+            set_variant(name)
+            add(f"Gluon kernel alone, dQ by {name}", time_ms(kern, warmup, repeats), 8)
+        set_variant(None)
 
         def kern_nodq():
             G.diff_bwd_gluon(q1, k1, q2, k2, v, lam, dout, lse1, lse2, dl1, dl2, dk1, dk2, dv, dq[0], dq[1],
@@ -181,20 +190,20 @@ def main(argv=None):
         print("device:", torch.cuda.get_device_name(), "gluon:", G.HAVE_GLUON, flush=True)
         if not a.skip_check:
             for t in a.check_T:
-                for vec in VECS:
-                    rows += check(1, a.heads, t, 128, dtype, device, vec)
+                for name in VARIANTS:
+                    rows += check(1, a.heads, t, 128, dtype, device, name)
         print("BROKEN:", repr(G.BROKEN), flush=True)
         for t in a.T:
             rows += timing(1, a.heads, t, 128, dtype, device, 5 if t > 8192 else 10, 15 if t > 8192 else 30)
         # the fastest dQ reduction at the largest T whose check passed (rel err vs reference <= 2e-2, finite)
-        ok = {r["vec"] for r in rows if "tensor" in r} - {r["vec"] for r in rows if "tensor" in r and
-                                                           (not r["finite"] or r["gluon_vs_ref"] > 2e-2)}
+        ok = {r["variant"] for r in rows if "tensor" in r} - {
+            r["variant"] for r in rows if "tensor" in r and (not r["finite"] or r["gluon_vs_ref"] > 2e-2)}
         tk = [r for r in rows if r.get("what", "").startswith("Gluon kernel alone, dQ by") and r["T"] == max(a.T)]
-        best = min((r for r in tk if int([k for k, v in VEC_NAMES.items() if r["what"].endswith(v)][0]) in ok),
-                   key=lambda r: r["ms"], default=None)
+        best = min((r for r in tk if r["what"].rsplit(" ", 1)[-1] in ok), key=lambda r: r["ms"], default=None)
         if best is not None:
             print("BEST_DQ", best["what"].rsplit(" ", 1)[-1], flush=True)
-    write_results(a.name, rows, {"kernel": "diff_gluon", "BM": G.BM, "BN": G.BN, "STAGES": G.STAGES, "REGS": G.REGS})
+    write_results(a.name, rows, {"kernel": "diff_gluon", "BM": G.BM, "BN": G.BN, "STAGES": G.STAGES, "REGS": G.REGS,
+                                 "default": variant_name()})
 
 
 if __name__ == "__main__":

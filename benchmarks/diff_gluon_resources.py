@@ -26,7 +26,7 @@ TARGET = GPUTarget("cuda", 90, 32)
 BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
 
 
-def compile_diff_gluon(regs=None, stages=None, maxnreg=None, vec=None):
+def compile_diff_gluon(regs=None, stages=None, maxnreg=None, vec=None, pipe=False):
     from triton.experimental.gluon._runtime import GluonASTSource
     from triton.runtime.jit import mangle_type
 
@@ -48,7 +48,7 @@ def compile_diff_gluon(regs=None, stages=None, maxnreg=None, vec=None):
         types[n] = "*bf16"
     for n in ("qk1", "qk2", "scale1", "scale2"):
         types[n] = "fp32"
-    consts = {"D": 128, "BM": G.BM, "BN": G.BN, "STAGES": stages or G.STAGES, "R_STREAM": regs[0], "R_LOAD": regs[1], "DQ_ON": True, "VEC": vec if vec is not None else G.DQ_VEC}
+    consts = {"D": 128, "BM": G.BM, "BN": G.BN, "STAGES": stages or G.STAGES, "R_STREAM": regs[0], "R_LOAD": regs[1], "DQ_ON": True, "VEC": vec if vec is not None else G.DQ_VEC, "PIPE": bool(pipe)}
     sig = {n: ("constexpr" if n in consts else types.get(n, "i32")) for n in kernel.arg_names}
     k = triton.compile(GluonASTSource(fn=kernel, signature=sig, constexprs=consts), target=TARGET,
                        options={"num_warps": 4, "maxnreg": maxnreg or G.MAXNREG})
@@ -80,10 +80,11 @@ def main(argv=None):
     ap.add_argument("--stages", type=int, default=None)
     ap.add_argument("--maxnreg", type=int, default=None)
     ap.add_argument("--vec", type=int, default=None)
+    ap.add_argument("--pipe", action="store_true")
     ap.add_argument("--sass", default=None, help="write the SASS here")
     a = ap.parse_args(argv)
     regs = tuple(int(v) for v in a.regs.split(",")) if a.regs else None
-    k = compile_diff_gluon(regs, a.stages, a.maxnreg, a.vec)
+    k = compile_diff_gluon(regs, a.stages, a.maxnreg, a.vec, a.pipe)
     r = report(k)
     if a.sass:
         with open(a.sass, "w") as f:

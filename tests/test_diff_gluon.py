@@ -59,14 +59,19 @@ def test_gluon_flag_falls_back(monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not _hopper(), reason="needs a Hopper GPU and Gluon")
-@pytest.mark.parametrize("t,vec", [(1024, None), (1000, None), (64, None), (130, 1), (130, 2), (130, 3), (1000, 3)])
+@pytest.mark.parametrize("t,vec", [(1024, None), (1000, None), (64, None), (130, 1), (130, 2), (130, 3), (1000, 3),
+                                   (130, "pipe"), (1000, "pipe")])
 def test_gluon_bwd_bf16_gpu(monkeypatch, t, vec):
     """bf16: every gradient (q1, k1, q2, k2, v, lam) vs the float32 reference and vs the Triton backward;
     T not a multiple of the 64-key block included; non-default scales; each dQ reduction (vec: 1 float32
-    atomics, 2 8-byte red.v2, 3 TMA reduce-add; None: the default)."""
+    atomics, 2 8-byte red.v2, 3 TMA reduce-add, pipe: 3 with the pipelined stream partitions; None: the default)."""
     torch.manual_seed(t)
-    if vec is not None:
+    if vec == "pipe":
+        monkeypatch.setattr(G, "DQ_VEC", 3)
+        monkeypatch.setattr(G, "PIPE", True)
+    elif vec is not None:
         monkeypatch.setattr(G, "DQ_VEC", vec)
+        monkeypatch.setattr(G, "PIPE", False)
     ins = _inputs(1, 4, t, 128, torch.bfloat16)
     g = torch.randn(1, 4, t, 128, device=DEV, dtype=torch.bfloat16)
     s1, s2 = 0.8 * 128 ** -0.5, 1.2 * 128 ** -0.5

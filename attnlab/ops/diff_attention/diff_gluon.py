@@ -67,6 +67,7 @@ BN = 64  # keys per program
 STAGES = 2  # ring depth (Q1, Q2, dO per stage)
 REGS = (176, 24)  # registers per thread: each stream partition, the producer (the dV partition: the rest, 136)
 DQ_VEC = 2  # dQ reductions: 2 = 8-byte red.global.add.v2.f32 (inline PTX), 1 = gl.atomic_add (4-byte)
+PIPE = False  # the TMA dQ (DQ_VEC = 3) with the stream partitions software-pipelined (``_stream_pipe``)
 MAXNREG = 128  # the kernel's register cap at entry (16 warps x 32 x 128 = 64 K)
 BROKEN = ""  # set (the error) if the kernel failed to compile or launch here: hopper.py from then on
 
@@ -207,6 +208,83 @@ if HAVE_GLUON:
                  mask=(offs_nk < T)[:, None])
 
     @gluon.jit
+    def _stage_dq(dq_s, dq_desc, dq, b, h, start_m, col, scale):
+        """dq (one [BM, D/2] half, float32) -> the staging tile -> TMA reduce-add at column col."""
+        _tma.store_wait(0)  # the previous reduce has read the staging tile
+        _cta_barrier()
+        dq_s.reshape(dq.shape).store(dq * scale)
+        fence_async_shared()
+        _cta_barrier()
+        _tma_reduce_add(dq_desc, [b, h, start_m, col], dq_s)
+
+    @gluon.jit
+    def _stream_pipe(k_s, q_r, p_s, ds_s, dp_s, dq_s, dq_desc, b, h, ready, empty, kv_bar, p_ready, p_free,
+                     dp_ready, dp_free, LSE, DL, DQ, DK, row0, q_row0, start_n, n_steps, T, qk, scale, coef,
+                     BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr, DQ_ON: gl.constexpr,
+                     VEC: gl.constexpr):
+        """``_stream`` software-pipelined (the TMA dQ only): the next step's S^T matmul and its LSE/DL loads
+        are issued before this step's dK / dQ matmuls are waited for; dQ in two sequential halves."""
+        LS: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BM, 16])
+        LA: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, D, 16])
+        offs_n = start_n + gl.arange(0, BN, layout=gl.SliceLayout(1, LS))
+        k2d = k_s.reshape([BN, D])
+        k_lo = k2d.slice(0, D // 2, dim=1)
+        k_hi = k2d.slice(D // 2, D // 2, dim=1)
+        dk = gl.zeros([BN, D], gl.float32, LA)
+        mbarrier.wait(kv_bar, 0)
+        mbarrier.wait(ready.index(0), 0)
+        s_acc = warpgroup_mma(k2d, q_r.index(0).reshape([BM, D]).permute((1, 0)), gl.zeros([BN, BM], gl.float32, LS),
+                              use_acc=False, is_async=True)
+        offs_m = start_n + gl.arange(0, BM, layout=gl.SliceLayout(0, LS))
+        lse = gl.load(LSE + row0 + offs_m, mask=offs_m < T, other=float("inf"))
+        dl = gl.load(DL + row0 + offs_m, mask=offs_m < T, other=0.0)
+        s_acc = warpgroup_mma_wait(num_outstanding=0, deps=(s_acc, ))
+        for i in range(n_steps):
+            st = i % STAGES
+            ph = i & 1
+            start_m = start_n + i * BM
+            q = q_r.index(st).reshape([BM, D])
+            offs_m = start_m + gl.arange(0, BM, layout=gl.SliceLayout(0, LS))
+            p = gl.exp2(s_acc * qk - lse[None, :])
+            p = gl.where(offs_m[None, :] >= offs_n[:, None], p, 0.0) * coef
+            mbarrier.wait(p_free, ph ^ 1)
+            p_s.store(p.to(p_s.dtype))
+            _cta_barrier()
+            mbarrier.arrive(p_ready, count=1)
+            mbarrier.wait(dp_ready, ph)
+            dp = dp_s.load(LS)
+            _cta_barrier()
+            mbarrier.arrive(dp_free, count=1)
+            ds = (p * (dp - dl[None, :])).to(ds_s.dtype)
+            ds_s.store(ds)
+            fence_async_shared()
+            _cta_barrier()
+            dst = ds_s.permute((1, 0))
+            dk = warpgroup_mma(ds_s, q, dk, is_async=True)
+            dqa = warpgroup_mma(dst, k_lo, gl.zeros([BM, D // 2], gl.float32, LS), use_acc=False, is_async=True)
+            # the next step's S^T (a stale ring slot after the last step: computed, never used)
+            nxt = i + 1
+            st2 = nxt % STAGES
+            mbarrier.wait(ready.index(st2), (nxt // STAGES) & 1, pred=nxt < n_steps)
+            s_acc = warpgroup_mma(k2d, q_r.index(st2).reshape([BM, D]).permute((1, 0)),
+                                  gl.zeros([BN, BM], gl.float32, LS), use_acc=False, is_async=True)
+            dk, dqa, s_acc = warpgroup_mma_wait(num_outstanding=1, deps=(dk, dqa, s_acc))
+            _cta_barrier()  # the partition's warps are done with q
+            mbarrier.arrive(empty.index(st), count=1)
+            _stage_dq(dq_s, dq_desc, dqa, b, h, start_m, 0, scale)
+            dqb = warpgroup_mma(dst, k_hi, gl.zeros([BM, D // 2], gl.float32, LS), use_acc=False, is_async=True)
+            dqb, s_acc = warpgroup_mma_wait(num_outstanding=0, deps=(dqb, s_acc))
+            offs_m2 = start_m + BM + gl.arange(0, BM, layout=gl.SliceLayout(0, LS))
+            lse = gl.load(LSE + row0 + offs_m2, mask=offs_m2 < T, other=float("inf"))  # the next step's rows
+            dl = gl.load(DL + row0 + offs_m2, mask=offs_m2 < T, other=0.0)
+            _stage_dq(dq_s, dq_desc, dqb, b, h, start_m, D // 2, scale)
+        _tma.store_wait(0)
+        offs_nk = start_n + gl.arange(0, BN, layout=gl.SliceLayout(1, LA))
+        offs_d = gl.arange(0, D, layout=gl.SliceLayout(0, LA))
+        gl.store(DK + (row0 + offs_nk[:, None]) * D + offs_d[None, :], (dk * scale).to(DK.dtype.element_ty),
+                 mask=(offs_nk < T)[:, None])
+
+    @gluon.jit
     def _dv_part(v_s, do_r, p1_s, p2_s, dp_s, ready, empty, kv_bar, p_ready, p_free, dp_ready, dp_free,
                  DV, row0, start_n, n_steps, T, BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr,
                  STAGES: gl.constexpr):
@@ -247,7 +325,7 @@ if HAVE_GLUON:
                                LSE1, LSE2, DL1, DL2, DK1, DK2, DV, DQ1, DQ2, H, T, qk1, qk2, scale1, scale2,
                                D: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr, STAGES: gl.constexpr,
                                R_STREAM: gl.constexpr, R_LOAD: gl.constexpr, DQ_ON: gl.constexpr,
-                               VEC: gl.constexpr):
+                               VEC: gl.constexpr, PIPE: gl.constexpr):
         pid_n = gl.program_id(0)  # key block 0 (the longest) first
         bh = gl.program_id(1)
         b = bh // H
@@ -294,18 +372,32 @@ if HAVE_GLUON:
         mbarrier.init(p_free, count=1)
         mbarrier.init(dp_ready, count=1)
         mbarrier.init(dp_free, count=2)
-        gl.warp_specialize([
-            (_dv_part, (v_s, do_r, p1_s, p2_s, dp_s, ready, empty, kv_bar, p_ready, p_free, dp_ready, dp_free,
-                        DV, row0, start_n, n_steps, T, BM, BN, D, STAGES)),
-            (_stream, (k1_s, q1_r, p1_s, ds1_s, dp_s, dq1_s, dq1_desc, b, h, ready, empty, kv_bar, p_ready, p_free, dp_ready, dp_free,
-                       LSE1, DL1, DQ1, DK1, row0, q_row0, start_n, n_steps, T, qk1, scale1, 1.0, BM, BN, D, STAGES, DQ_ON,
-                       VEC)),
-            (_stream, (k2_s, q2_r, p2_s, ds2_s, dp_s, dq2_s, dq2_desc, b, h, ready, empty, kv_bar, p_ready, p_free, dp_ready, dp_free,
-                       LSE2, DL2, DQ2, DK2, row0, q_row0, start_n, n_steps, T, qk2, scale2, -lam, BM, BN, D, STAGES, DQ_ON,
-                       VEC)),
-            (_producer, (q1_desc, q2_desc, do_desc, k1_desc, k2_desc, v_desc, q1_r, q2_r, do_r, k1_s, k2_s, v_s,
-                         ready, empty, kv_bar, b, h, start_n, n_steps, BM, STAGES)),
-        ], [4, 4, 1], [R_STREAM, R_STREAM, R_LOAD])
+        if PIPE:  # (the TMA dQ only)
+            gl.warp_specialize([
+                (_dv_part, (v_s, do_r, p1_s, p2_s, dp_s, ready, empty, kv_bar, p_ready, p_free, dp_ready, dp_free,
+                            DV, row0, start_n, n_steps, T, BM, BN, D, STAGES)),
+                (_stream_pipe, (k1_s, q1_r, p1_s, ds1_s, dp_s, dq1_s, dq1_desc, b, h, ready, empty, kv_bar, p_ready, p_free,
+                      dp_ready, dp_free, LSE1, DL1, DQ1, DK1, row0, q_row0, start_n, n_steps, T, qk1, scale1, 1.0,
+                      BM, BN, D, STAGES, DQ_ON, VEC)),
+                (_stream_pipe, (k2_s, q2_r, p2_s, ds2_s, dp_s, dq2_s, dq2_desc, b, h, ready, empty, kv_bar, p_ready, p_free,
+                      dp_ready, dp_free, LSE2, DL2, DQ2, DK2, row0, q_row0, start_n, n_steps, T, qk2, scale2, -lam,
+                      BM, BN, D, STAGES, DQ_ON, VEC)),
+                (_producer, (q1_desc, q2_desc, do_desc, k1_desc, k2_desc, v_desc, q1_r, q2_r, do_r, k1_s, k2_s, v_s,
+                             ready, empty, kv_bar, b, h, start_n, n_steps, BM, STAGES)),
+            ], [4, 4, 1], [R_STREAM, R_STREAM, R_LOAD])
+        else:
+            gl.warp_specialize([
+                (_dv_part, (v_s, do_r, p1_s, p2_s, dp_s, ready, empty, kv_bar, p_ready, p_free, dp_ready, dp_free,
+                            DV, row0, start_n, n_steps, T, BM, BN, D, STAGES)),
+                (_stream, (k1_s, q1_r, p1_s, ds1_s, dp_s, dq1_s, dq1_desc, b, h, ready, empty, kv_bar, p_ready, p_free,
+                      dp_ready, dp_free, LSE1, DL1, DQ1, DK1, row0, q_row0, start_n, n_steps, T, qk1, scale1, 1.0,
+                      BM, BN, D, STAGES, DQ_ON, VEC)),
+                (_stream, (k2_s, q2_r, p2_s, ds2_s, dp_s, dq2_s, dq2_desc, b, h, ready, empty, kv_bar, p_ready, p_free,
+                      dp_ready, dp_free, LSE2, DL2, DQ2, DK2, row0, q_row0, start_n, n_steps, T, qk2, scale2, -lam,
+                      BM, BN, D, STAGES, DQ_ON, VEC)),
+                (_producer, (q1_desc, q2_desc, do_desc, k1_desc, k2_desc, v_desc, q1_r, q2_r, do_r, k1_s, k2_s, v_s,
+                             ready, empty, kv_bar, b, h, start_n, n_steps, BM, STAGES)),
+            ], [4, 4, 1], [R_STREAM, R_STREAM, R_LOAD])
 
 
 def _desc4(x, rows: int):
@@ -332,5 +424,6 @@ def diff_bwd_gluon(q1, k1, q2, k2, v, lam, dout, lse1, lse2, dl1, dl2, dk1, dk2,
     dqd = tuple(TensorDescriptor(x, list(x.shape), list(x.stride()), [1, 1, BM, d // 2],
                                  gl.NVMMASharedLayout.get_default_for([1, 1, BM, d // 2], gl.float32)) for x in (dq1, dq2))
     args = (*descriptors(q1, k1, q2, k2, v, dout), *dqd, lam, lse1, lse2, dl1, dl2, dk1, dk2, dv, dq1, dq2, h, t,
-            scale1 * log2e, scale2 * log2e, scale1, scale2, d, BM, BN, STAGES, REGS[0], REGS[1], bool(dq_on), DQ_VEC)
+            scale1 * log2e, scale2 * log2e, scale1, scale2, d, BM, BN, STAGES, REGS[0], REGS[1], bool(dq_on), DQ_VEC,
+            bool(PIPE and DQ_VEC == 3))
     return _diff_bwd_gluon_kernel[grid](*args, num_warps=4, maxnreg=MAXNREG)
