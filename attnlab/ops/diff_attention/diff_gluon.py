@@ -48,6 +48,13 @@ two matmuls: dK += dS^T Q, dQ = dS K with dS^T read transposed).
 BN = BM = 64 (one diagonal query block per key block, the causal mask applied on it only). The dQ
 atomics: 2 x [64, 128] float32 per pair (twice a BN=128 kernel's per stream: measured, see RESULTS).
 
+Measured (H100, B=1, 16 heads, d 128, bf16; benchmarks/RESULTS.md "Session 9: diff backward in Gluon"):
+correct (every gradient at the Triton backward's error vs the float32 reference; dK1/dK2 bit-equal to it), but
+slower than hopper.py's default Triton backward: the kernel alone 15.3 ms at 16K (TMA dQ) against 14.5 ms for
+hopper.py's whole split-separate backward and 10.5 ms for cuDNN's two backwards; without the dQ reductions it
+ran 9.8 ms. The dQ reduce-add traffic of 64-key blocks (2 x 32 KB per (key block, query block) pair, 34.5 GB
+at 16K) is what costs: float32 atomics and red.v2 19.3 / 19.5 ms. So ``hopper.GLUON_BWD`` stays off.
+
 Gluon has no interpreter and compiles only for NVIDIA GPUs: ``available()`` says where this kernel
 can take the backward (Hopper, Gluon importable, bf16/fp16, 128-wide heads, the same heads for every
 tensor, TMA-compatible strides); everywhere else ``hopper.py``'s Triton kernels run. A kernel that fails
@@ -66,8 +73,12 @@ BM = 64  # query rows per step
 BN = 64  # keys per program
 STAGES = 2  # ring depth (Q1, Q2, dO per stage)
 REGS = (176, 24)  # registers per thread: each stream partition, the producer (the dV partition: the rest, 136)
-DQ_VEC = 2  # dQ reductions: 2 = 8-byte red.global.add.v2.f32 (inline PTX), 1 = gl.atomic_add (4-byte)
-PIPE = False  # the TMA dQ (DQ_VEC = 3) with the stream partitions software-pipelined (``_stream_pipe``)
+# dQ reductions: 3 = TMA reduce-add (measured fastest: 15.3 ms at 16K vs 19.3 / 19.5 for 1 / 2), 2 = 8-byte
+# red.global.add.v2.f32 (inline PTX), 1 = gl.atomic_add (4-byte)
+DQ_VEC = 3
+# the TMA dQ (DQ_VEC = 3) with the stream partitions software-pipelined (``_stream_pipe``): ~60 spilled words
+# per step per stream at 176 registers; measured slower (16.8 vs 15.3 ms at 16K), off
+PIPE = False
 MAXNREG = 128  # the kernel's register cap at entry (16 warps x 32 x 128 = 64 K)
 BROKEN = ""  # set (the error) if the kernel failed to compile or launch here: hopper.py from then on
 

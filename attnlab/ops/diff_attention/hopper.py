@@ -392,7 +392,8 @@ Q_KERNEL = os.environ.get("ATTNLAB_DIFF_H_QK", "v1")
 USE_DESC = os.environ.get("ATTNLAB_DIFF_H_DESC", "auto")  # "auto", "1", "0"
 RELOAD = os.environ.get("ATTNLAB_DIFF_H_RELOAD", "0") == "1"  # backward: re-read K/V tiles per step
 # Session 9: the fused backward as one warp-specialised Gluon kernel (diff_gluon.py) where it can run
-# (Hopper, bf16/fp16, 16-bit heads of 128, the same heads for every tensor); else BWD_MODE's Triton kernels.
+# (Hopper, bf16/fp16, heads of 128, the same heads for every tensor); else BWD_MODE's Triton kernels. Off:
+# measured slower than the default (fwd+bwd 19.91 vs 18.87 ms at 16K, 2.085 vs 1.851 at 4K; RESULTS.md).
 GLUON_BWD = os.environ.get("ATTNLAB_DIFF_H_GLUON", "0") == "1"
 
 
