@@ -87,3 +87,24 @@ def test_gluon_bwd_bf16_gpu(monkeypatch, t, vec):
         assert torch.isfinite(a).all(), name
         e, e_tri = rel_err(a.float(), r), rel_err(b.float(), r)
         assert e <= max(2e-2, 1.5 * e_tri), (name, e, e_tri)
+
+
+def test_gluon_scripts_quick(tmp_path):
+    """diff_gluon_check.py --quick (the fallback on CPU) and the benchmark's --gluon-bwd row run end to end."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "ATTNLAB_BENCH_DIR": str(tmp_path), "PYTHONPATH": str(root)}
+    subprocess.run([sys.executable, str(root / "benchmarks" / "diff_gluon_check.py"), "--quick"], check=True,
+                   env=env, cwd=root, capture_output=True, timeout=600)
+    assert json.loads((tmp_path / "diff_gluon_check.json").read_text())["rows"][0]["fallback_ok"]
+    subprocess.run([sys.executable, str(root / "benchmarks" / "bench_diff_kernel.py"), "--quick", "--groups", "diff",
+                    "--skip-fused", "--gluon-bwd", "tma"], check=True, env=env, cwd=root, capture_output=True,
+                   timeout=600)
+    rows = json.loads((tmp_path / "bench_diff_kernel.json").read_text())["rows"]
+    row = next(r for r in rows if r["variant"] == "fused triton hopper.py + Gluon bwd (dQ tma)")
+    assert row["rel_err_vs_sdpa"] < 1e-4
