@@ -32,6 +32,7 @@ from attnlab.ops.dsalt import kernel as K  # noqa: E402
 from attnlab.testing import rel_err  # noqa: E402
 
 OUT: dict = {"check": [], "e2e": [], "kernel": [], "step": []}
+POISON = {"on": True}
 
 
 def inputs(b, h, hk, t, n_max, wmode, seed, dtype=torch.bfloat16):
@@ -50,7 +51,7 @@ def inputs(b, h, hk, t, n_max, wmode, seed, dtype=torch.bfloat16):
     return q, k, v, do, e, win
 
 
-def check(b, h, hk, t, n_max, wmode, seed, ref=False):
+def check(b, h, hk, t, n_max, wmode, seed, ref=False, cfgs=None):
     edge = 4.0
     q, k, v, do, e, win = inputs(b, h, hk, t, n_max, wmode, seed)
     o, lse, _ = K.forward_saved(q, k, v, win, e, n_max=n_max, edge=edge, n_landmarks=0, block=64)
@@ -63,6 +64,8 @@ def check(b, h, hk, t, n_max, wmode, seed, ref=False):
         r.backward(do.double())
         rdq, rdw = qq.grad, ww.grad
     for name, cfg in GD.CONFIGS.items():
+        if cfgs is not None and name not in cfgs:
+            continue
         K.OPTS["gluon_dq_config"] = cfg
         try:
             glu = K.window_dq(q, k, v, win, do, lse, o, n_max=n_max, edge=edge, wg=32, gluon=True)
@@ -121,16 +124,20 @@ def graph_ms(fn, n=10, reps=20):
     return time_ms(gr.replay, warmup=3, repeats=reps) / n
 
 
-def kernel_times(t):
+def kernel_times(t, cfgs=None):
     q, k, v, do, e, win = inputs(1, 16, 16, t, 512, "full", 1)
     o, lse, _ = K.forward_saved(q, k, v, win, e, n_max=512, edge=4.0, n_landmarks=0, block=64)
     row = {"T": t}
-    row["triton"] = graph_ms(lambda: K.window_dq(q, k, v, win, do, lse, o, n_max=512, edge=4.0, wg=32, gluon=False))
+    pz = POISON["on"]  # call 1: the NaN fills inside the timed region (both kernels); call 2: without
+    row["triton"] = graph_ms(lambda: K.window_dq(q, k, v, win, do, lse, o, n_max=512, edge=4.0, wg=32, gluon=False,
+                                                 poison=pz))
     for name, cfg in GD.CONFIGS.items():
+        if cfgs is not None and name not in cfgs:
+            continue
         K.OPTS["gluon_dq_config"] = cfg
         try:
             row[name] = graph_ms(lambda: K.window_dq(q, k, v, win, do, lse, o, n_max=512, edge=4.0, wg=32,
-                                                     gluon=True))
+                                                     gluon=True, poison=pz))
         except Exception as ex:
             row[name] = f"{type(ex).__name__}: {ex}"[:200]
             GD.BROKEN = ""

@@ -412,17 +412,18 @@ def _gluon_dq(q, k, v, win, do, lse, delta, dq, dw, o, wmin, n_max, edge, scale,
 
 
 def window_dq(q, k, v, win, do, lse, o, *, n_max: int, edge: float, scale: float | None = None, wg: int = 32,
-              gluon: bool | None = None):
+              gluon: bool | None = None, poison: bool = True):
     """The backward's window dQ pass alone (no landmark part), for tests and benchmarks: (dq, dw, delta,
     wmin) from the Gluon kernel (gluon True; None: OPTS["gluon_dq"]) or the Triton _dq_kernel. q, do, o
     [B, H, T, D]; k, v [B, Hk, T, D]; win [B, H, T] fp32; lse [B, H, T] (log2, the forward's)."""
     b, h, t, d = q.shape
     scale = d**-0.5 if scale is None else scale
-    # outputs poisoned (NaN): an element the kernel leaves unwritten shows
-    delta = torch.full((b, h, t), float("nan"), device=q.device, dtype=torch.float32)
-    wmin = torch.full((b * h * max(1, -(-t // max(wg, 1))),), float("nan"), device=q.device, dtype=torch.float32)
-    dq = torch.full_like(q, float("nan"))
-    dw = torch.full((b, h, t), float("nan"), device=q.device, dtype=torch.float32)
+    # outputs poisoned (NaN): an element the kernel leaves unwritten shows (poison=False: timing)
+    fill = (lambda x: x.fill_(float("nan"))) if poison else (lambda x: x)
+    delta = fill(torch.empty((b, h, t), device=q.device, dtype=torch.float32))
+    wmin = fill(torch.empty((b * h * max(1, -(-t // max(wg, 1))),), device=q.device, dtype=torch.float32))
+    dq = fill(torch.empty_like(q))
+    dw = fill(torch.empty((b, h, t), device=q.device, dtype=torch.float32))
     saved = OPTS["gluon_dq"], OPTS["fuse_delta"]
     OPTS["gluon_dq"], OPTS["fuse_delta"] = (saved[0] if gluon is None else bool(gluon)), True
     try:
