@@ -99,6 +99,7 @@ def test_gluon_failure_falls_back(monkeypatch):
     monkeypatch.setattr(GD, "dq_gluon", boom)
     monkeypatch.setattr(GD, "BROKEN", "")
     monkeypatch.setitem(K.OPTS, "gluon_dq", True)
+    monkeypatch.setitem(K.OPTS, "gluon_dq_min_t", 0)
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
         got = grads()
@@ -116,9 +117,46 @@ def test_gluon_dq_lm_part_keeps_triton(monkeypatch):
 
     q, k, v, do, e, win = _inputs(1, 2, 1, 16, 128, 8, torch.bfloat16, "cpu")
     monkeypatch.setitem(K.OPTS, "gluon_dq", True)
+    monkeypatch.setitem(K.OPTS, "gluon_dq_min_t", 0)
     assert not K.gluon_dq_ready(q, k, v, do, q, lm_part=True)
     monkeypatch.setitem(K.OPTS, "fuse_delta", False)
     assert not K.gluon_dq_ready(q, k, v, do, q)
+
+
+@needs_triton
+def test_gluon_dq_length_gate(monkeypatch):
+    """On by default only from OPTS["gluon_dq_min_t"] on (where it measured faster); the explicit
+    window_dq(gluon=True) entry ignores the gate (tests of short sequences)."""
+    from attnlab.ops.dsalt import gluon_dq as GD
+    from attnlab.ops.dsalt import kernel as K
+
+    assert K.OPTS["gluon_dq"] and K.OPTS["gluon_dq_min_t"] == 32768
+    q, k, v, do, e, win = _inputs(1, 2, 1, 16, 128, 8, torch.bfloat16, "cpu")
+    monkeypatch.setattr(GD, "available", lambda *a: True)
+    assert not K.gluon_dq_ready(q, k, v, do, q)
+    assert K.gluon_dq_ready(q, k, v, do, q, min_t=0)
+    monkeypatch.setitem(K.OPTS, "gluon_dq_min_t", 16)
+    assert K.gluon_dq_ready(q, k, v, do, q)
+
+
+def test_gluon_dq_resources_quick():
+    """The offline sm_90 compile report of the Gluon dQ kernel (no GPU needed) runs for the default config."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "dsalt_gluon_dq_resources.py"
+    out = subprocess.run([sys.executable, str(script), "--quick"], env=env, capture_output=True, text=True,
+                         timeout=600)
+    if "no Gluon" in out.stdout:
+        pytest.skip("this triton has no Gluon")
+    if out.returncode and ("GPUTarget" in out.stderr or "ptxas" in out.stderr):
+        pytest.skip(f"triton cannot compile for sm_90 here: {out.stderr[-300:]}")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "bm64_s2" in out.stdout and "registers" in out.stdout
 
 
 # ---- the Gluon kernel itself (Hopper GPU) ----
@@ -185,6 +223,7 @@ def test_gluon_dq_whole_op(shape, monkeypatch):
     res = {}
     for on in (False, True):
         monkeypatch.setitem(K.OPTS, "gluon_dq", on)
+        monkeypatch.setitem(K.OPTS, "gluon_dq_min_t", 0)
         xs = [x.detach().clone().requires_grad_() for x in (q, k, v, win, e)]
         out = dsalt_attention(*xs, n_max=512, n_landmarks=64, edge=4.0, block=64, impl="triton")
         out.backward(do)

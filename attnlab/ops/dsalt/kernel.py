@@ -198,10 +198,15 @@ def _blocks(block: int, d: int, device) -> tuple[int, int, int]:
 # _dq_kernel, where it can run (gluon_dq.available: Hopper, bf16/fp16, head dim 128) and the dQ pass has no
 # landmark part (the default lm_dq path, or no landmarks) and delta is fused; a compile or launch failure
 # switches it off for the process (gluon_dq.BROKEN) with a warning. gluon_dq_config: None (the module's
-# GLUON_DQ_CONFIG) or (BM, BN, STAGES, DEFER).
+# GLUON_DQ_CONFIG) or a gluon_dq.CONFIGS tuple. On by default where T >= gluon_dq_min_t (32768): H100, session 9,
+# two calls (benchmarks/RESULTS.md, "Session 9: DSALT dQ in Gluon"): the kernel alone 0.565 vs 0.663 ms at 32K
+# (0.294 vs 0.336 at 16K, 0.081 vs 0.094 at 4K); DSALT fwd+bwd 32K 2.887 vs 3.090 ms / 2.889 vs 3.033 (faster in
+# both calls), 16K 1.701 vs 1.751 / 1.870 vs 1.802 (mixed), 4K (host bound) 1.265 vs 1.199 / 1.157 vs 1.005
+# (slower: its launch costs more host time), hence only from 32K on.
 OPTS = {"lc_fwd": 32, "lc_dq": 32, "delta": (64, 4), "lm_bwd": "trans", "fuse_delta": True,
         "lm_dq": True, "fwd_split": True, "split_min_t": 32768, "loop1_fwd": "split",
-        "dkdv_wmin": True, "wmin_min_t": 8192, "lm_lean": True, "gluon_dq": False, "gluon_dq_config": None}
+        "dkdv_wmin": True, "wmin_min_t": 8192, "lm_lean": True, "gluon_dq": True, "gluon_dq_min_t": 32768,
+        "gluon_dq_config": None}
 
 _TUNED: dict = {}
 _FWD_BM_OVERRIDE: dict = {}
@@ -380,10 +385,12 @@ def _lm_bwd_config(q, block, bm):
     return (m if block % m == 0 else bm), lc, seg, w, st
 
 
-def gluon_dq_ready(q, k, v, do, o, lm_part: bool = False) -> bool:
-    """Whether the window dQ pass goes through the Gluon kernel (OPTS["gluon_dq"] on, no landmark part in
-    the dQ pass, delta fused, gluon_dq.available: Hopper GPU, bf16/fp16, head dim 128, TMA-compatible)."""
-    if not OPTS["gluon_dq"] or lm_part or not OPTS["fuse_delta"]:
+def gluon_dq_ready(q, k, v, do, o, lm_part: bool = False, min_t: int | None = None) -> bool:
+    """Whether the window dQ pass goes through the Gluon kernel (OPTS["gluon_dq"] on, T >= min_t (default
+    OPTS["gluon_dq_min_t"]), no landmark part in the dQ pass, delta fused, gluon_dq.available: Hopper GPU,
+    bf16/fp16, head dim 128, TMA-compatible)."""
+    min_t = OPTS["gluon_dq_min_t"] if min_t is None else min_t
+    if not OPTS["gluon_dq"] or lm_part or not OPTS["fuse_delta"] or q.shape[2] < min_t:
         return False
     try:
         from . import gluon_dq as GD
@@ -392,10 +399,11 @@ def gluon_dq_ready(q, k, v, do, o, lm_part: bool = False) -> bool:
     return GD.available(q, k, v, do, o)
 
 
-def _gluon_dq(q, k, v, win, do, lse, delta, dq, dw, o, wmin, n_max, edge, scale, wg, lm_part=False) -> bool:
+def _gluon_dq(q, k, v, win, do, lse, delta, dq, dw, o, wmin, n_max, edge, scale, wg, lm_part=False,
+              min_t=None) -> bool:
     """The window dQ pass by the Gluon kernel where gluon_dq_ready; False: the caller launches _dq_kernel
     (also after a compile or launch failure, which switches the Gluon kernel off with a warning)."""
-    if not gluon_dq_ready(q, k, v, do, o, lm_part):
+    if not gluon_dq_ready(q, k, v, do, o, lm_part, min_t):
         return False
     from . import gluon_dq as GD
 
@@ -427,7 +435,7 @@ def window_dq(q, k, v, win, do, lse, o, *, n_max: int, edge: float, scale: float
     saved = OPTS["gluon_dq"], OPTS["fuse_delta"]
     OPTS["gluon_dq"], OPTS["fuse_delta"] = (saved[0] if gluon is None else bool(gluon)), True
     try:
-        if not _gluon_dq(q, k, v, win, do, lse, delta, dq, dw, o, wmin, n_max, edge, scale, wg):
+        if not _gluon_dq(q, k, v, win, do, lse, delta, dq, dw, o, wmin, n_max, edge, scale, wg, min_t=0):
             if gluon:
                 raise RuntimeError("dsalt: the Gluon dQ kernel cannot run here")
             bm, bn, warps = _blocks(64, d, q.device)
