@@ -46,6 +46,9 @@ Pipeline (``dsalt_triton``):
    block's landmark dQ = dS K_lm into dQ (read, add, store: one program owns a tile's slots, so no
    atomics). Fallback where that kernel does not compile (``"atomic"``, session 5): the dQ kernel
    with its landmark pass and ``_lm_bwd_kernel`` (per segment of query tiles x chunk of slots).
+   Session 9 (``OPTS["gluon_dq"]``, where T >= ``OPTS["gluon_dq_min_t"]``): the window dQ pass (dQ, dW,
+   delta, WMIN) by the Gluon kernel of ``gluon_dq.py`` on Hopper (TMA ring, async wgmma), ``_dq_kernel``
+   elsewhere.
 
 At T >= ``OPTS["split_min_t"]`` (32768; session 6 round 2: faster at 32K, slower at 16K)
 ``OPTS["fwd_split"]`` runs the forward as a window-only ``_fwd_kernel`` followed by
