@@ -176,10 +176,13 @@ def main():
             variants["dsalt_notlean"] = mk(n_lm, {"lm_lean": False})
         if args.set == "s9q":  # session 9: the window dQ pass in Gluon (OPTS["gluon_dq"], gluon_dq.py)
             variants.pop("window")  # not part of this comparison (its compile time is needed elsewhere)
-            variants["dsalt_gq"] = mk(n_lm, {"gluon_dq": True})
+            # (call 2 ran with gluon_dq off by default: "dsalt" then was the Triton dQ pass at every length)
+            variants["dsalt_nogq"] = mk(n_lm, {"gluon_dq": False})
+            variants["dsalt_gq"] = mk(n_lm, {"gluon_dq": True, "gluon_dq_min_t": 0})
             if args.gq_ws:
                 from attnlab.ops.dsalt import gluon_dq as GD
-                variants["dsalt_gq_ws"] = mk(n_lm, {"gluon_dq": True, "gluon_dq_config": GD.CONFIGS[args.gq_ws]})
+                variants["dsalt_gq_ws"] = mk(n_lm, {"gluon_dq": True, "gluon_dq_min_t": 0,
+                                                    "gluon_dq_config": GD.CONFIGS[args.gq_ws]})
         if t < args.full_from:  # short sequences (host bound): the core variants only
             variants = {a: b for a, b in variants.items() if a in CORE}
         times = {name: [] for name in variants}
