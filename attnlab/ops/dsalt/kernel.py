@@ -198,7 +198,7 @@ def _blocks(block: int, d: int, device) -> tuple[int, int, int]:
 # 3.081 ms (equal), 16K 1.751 vs 1.825, 4K 0.965 vs 1.029 (host bound).
 # gluon_dq (session 9): the window dQ pass (dQ, dW, the fused delta, the window minima) by the Gluon kernel
 # (gluon_dq.py: TMA ring of K/V tiles, async wgmma, dS as the register operand of dQ += dS K) instead of
-# _dq_kernel, where it can run (gluon_dq.available: Hopper, bf16/fp16, head dim 128) and the dQ pass has no
+# _dq_kernel, where it can run (gluon_dq.available: Hopper, bf16, head dim 128) and the dQ pass has no
 # landmark part (the default lm_dq path, or no landmarks) and delta is fused; a compile or launch failure
 # switches it off for the process (gluon_dq.BROKEN) with a warning. gluon_dq_config: None (the module's
 # GLUON_DQ_CONFIG) or a gluon_dq.CONFIGS tuple. On by default where T >= gluon_dq_min_t (32768): H100, session 9,
@@ -391,7 +391,7 @@ def _lm_bwd_config(q, block, bm):
 def gluon_dq_ready(q, k, v, do, o, lm_part: bool = False, min_t: int | None = None) -> bool:
     """Whether the window dQ pass goes through the Gluon kernel (OPTS["gluon_dq"] on, T >= min_t (default
     OPTS["gluon_dq_min_t"]), no landmark part in the dQ pass, delta fused, gluon_dq.available: Hopper GPU,
-    bf16/fp16, head dim 128, TMA-compatible)."""
+    bf16, head dim 128, TMA-compatible)."""
     min_t = OPTS["gluon_dq_min_t"] if min_t is None else min_t
     if not OPTS["gluon_dq"] or lm_part or not OPTS["fuse_delta"] or q.shape[2] < min_t:
         return False
