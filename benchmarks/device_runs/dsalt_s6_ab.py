@@ -6,7 +6,8 @@ peak memory, optionally the kernel timeline at the longest length (flex's kernel
 landmark path (lm_bwd "atomic", the dQ kernel's landmark pass). --set s7: the same plus session 7's
 candidates (benchmarks/RESULTS.md, "Session 7: DSALT"); --set s7b: round 2's (the dK/dV kernel with
 and without the stored window minima); --set s7c: the lead's check of the T >= 32K path from 16K on; --set s8c: the lean landmark backward
-(OPTS["lm_lean"], session 8);
+(OPTS["lm_lean"], session 8); --set s9q: the window dQ pass in Gluon (OPTS["gluon_dq"], session 9; --gq-ws NAME adds a
+gluon_dq.CONFIGS entry, e.g. the warp-specialised ws3);
 session 8's sets s8 / s8b (two landmark backward kernels; then, under the same names, the selection
 beside the forward through PDL) timed options that were no faster and were removed (code at commits
 3ef7b56 and 1560476; figures in benchmarks/RESULTS.md, "Session 8: DSALT landmark backward" / "PDL
@@ -74,7 +75,8 @@ def timeline(step, label):
 
 
 U = {"loop1_fwd": True, "fwd_split": False}  # the fused one-loop forward with its landmark iterations
-TIMELINES = ("flex_window", "window", "dsalt", "dsalt_4loop", "dsalt_u", "dsalt_nowmin", "dsalt_lean")
+TIMELINES = ("flex_window", "window", "dsalt", "dsalt_4loop", "dsalt_u", "dsalt_nowmin", "dsalt_lean",
+             "dsalt_gq", "dsalt_gq_ws")
 
 
 def s7_variants(mk, n_lm):
@@ -109,7 +111,8 @@ def main():
     ap.add_argument("--lengths", default="32768,16384,4096")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default=os.environ.get("ATTNLAB_BENCH_DIR", "."))
-    ap.add_argument("--set", default="lead", choices=["lead", "s7", "s7b", "s7c", "s8c"])
+    ap.add_argument("--set", default="lead", choices=["lead", "s7", "s7b", "s7c", "s8c", "s9q"])
+    ap.add_argument("--gq-ws", default="", help="s9q: also a gluon_dq config from gluon_dq.CONFIGS (e.g. ws3)")
     ap.add_argument("--timeline", action="store_true")
     ap.add_argument("--full-from", type=int, default=8192, help="every variant only where T >= this")
     ap.add_argument("--quick", action="store_true", help="tiny CPU smoke run (interpreter), no timing")
@@ -171,6 +174,15 @@ def main():
         if args.set == "s8c":  # session 8, lead: the lean landmark backward (OPTS["lm_lean"], the default since)
             variants["dsalt_lean"] = mk(n_lm, {"lm_lean": True})
             variants["dsalt_notlean"] = mk(n_lm, {"lm_lean": False})
+        if args.set == "s9q":  # session 9: the window dQ pass in Gluon (OPTS["gluon_dq"], gluon_dq.py)
+            variants.pop("window")  # not part of this comparison (its compile time is needed elsewhere)
+            # (call 2 ran with gluon_dq off by default: "dsalt" then was the Triton dQ pass at every length)
+            variants["dsalt_nogq"] = mk(n_lm, {"gluon_dq": False})
+            variants["dsalt_gq"] = mk(n_lm, {"gluon_dq": True, "gluon_dq_min_t": 0})
+            if args.gq_ws:
+                from attnlab.ops.dsalt import gluon_dq as GD
+                variants["dsalt_gq_ws"] = mk(n_lm, {"gluon_dq": True, "gluon_dq_min_t": 0,
+                                                    "gluon_dq_config": GD.CONFIGS[args.gq_ws]})
         if t < args.full_from:  # short sequences (host bound): the core variants only
             variants = {a: b for a, b in variants.items() if a in CORE}
         times = {name: [] for name in variants}

@@ -46,6 +46,9 @@ Pipeline (``dsalt_triton``):
    block's landmark dQ = dS K_lm into dQ (read, add, store: one program owns a tile's slots, so no
    atomics). Fallback where that kernel does not compile (``"atomic"``, session 5): the dQ kernel
    with its landmark pass and ``_lm_bwd_kernel`` (per segment of query tiles x chunk of slots).
+   Session 9 (``OPTS["gluon_dq"]``, where T >= ``OPTS["gluon_dq_min_t"]``): the window dQ pass (dQ, dW,
+   delta, WMIN) by the Gluon kernel of ``gluon_dq.py`` on Hopper (TMA ring, async wgmma), ``_dq_kernel``
+   elsewhere.
 
 At T >= ``OPTS["split_min_t"]`` (32768; session 6 round 2: faster at 32K, slower at 16K)
 ``OPTS["fwd_split"]`` runs the forward as a window-only ``_fwd_kernel`` followed by
@@ -193,9 +196,20 @@ def _blocks(block: int, d: int, device) -> tuple[int, int, int]:
 # bias as one select inside the exp2 and sm_scale folded into dS (11% fewer SASS instructions in its loop,
 # ptxas sm_90). H100, one call, same process, 7 rounds: the kernel 364 vs 394 us at 32K; fwd+bwd 32K 3.087 vs
 # 3.081 ms (equal), 16K 1.751 vs 1.825, 4K 0.965 vs 1.029 (host bound).
+# gluon_dq (session 9): the window dQ pass (dQ, dW, the fused delta, the window minima) by the Gluon kernel
+# (gluon_dq.py: TMA ring of K/V tiles, async wgmma, dS as the register operand of dQ += dS K) instead of
+# _dq_kernel, where it can run (gluon_dq.available: Hopper, bf16, head dim 128) and the dQ pass has no
+# landmark part (the default lm_dq path, or no landmarks) and delta is fused; a compile or launch failure
+# switches it off for the process (gluon_dq.BROKEN) with a warning. gluon_dq_config: None (the module's
+# GLUON_DQ_CONFIG) or a gluon_dq.CONFIGS tuple. On by default where T >= gluon_dq_min_t (32768): H100, session 9,
+# two calls (benchmarks/RESULTS.md, "Session 9: DSALT dQ in Gluon"): the kernel alone 0.565 vs 0.663 ms at 32K
+# (0.294 vs 0.336 at 16K, 0.081 vs 0.094 at 4K); DSALT fwd+bwd 32K 2.887 vs 3.090 ms / 2.889 vs 3.033 (faster in
+# both calls), 16K 1.701 vs 1.751 / 1.870 vs 1.802 (mixed), 4K (host bound) 1.265 vs 1.199 / 1.157 vs 1.005
+# (slower: its launch costs more host time), hence only from 32K on.
 OPTS = {"lc_fwd": 32, "lc_dq": 32, "delta": (64, 4), "lm_bwd": "trans", "fuse_delta": True,
         "lm_dq": True, "fwd_split": True, "split_min_t": 32768, "loop1_fwd": "split",
-        "dkdv_wmin": True, "wmin_min_t": 8192, "lm_lean": True}
+        "dkdv_wmin": True, "wmin_min_t": 8192, "lm_lean": True, "gluon_dq": True, "gluon_dq_min_t": 32768,
+        "gluon_dq_config": None}
 
 _TUNED: dict = {}
 _FWD_BM_OVERRIDE: dict = {}
@@ -374,6 +388,88 @@ def _lm_bwd_config(q, block, bm):
     return (m if block % m == 0 else bm), lc, seg, w, st
 
 
+def gluon_dq_ready(q, k, v, do, o, lm_part: bool = False, min_t: int | None = None) -> bool:
+    """Whether the window dQ pass goes through the Gluon kernel (OPTS["gluon_dq"] on, T >= min_t (default
+    OPTS["gluon_dq_min_t"]), no landmark part in the dQ pass, delta fused, gluon_dq.available: Hopper GPU,
+    bf16, head dim 128, TMA-compatible)."""
+    min_t = OPTS["gluon_dq_min_t"] if min_t is None else min_t
+    if not OPTS["gluon_dq"] or lm_part or not OPTS["fuse_delta"] or q.shape[2] < min_t:
+        return False
+    try:
+        from . import gluon_dq as GD
+    except Exception:  # pragma: no cover - a triton without Gluon
+        return False
+    return GD.available(q, k, v, do, o)
+
+
+def _gluon_dq(q, k, v, win, do, lse, delta, dq, dw, o, wmin, n_max, edge, scale, wg, lm_part=False,
+              min_t=None) -> bool:
+    """The window dQ pass by the Gluon kernel where gluon_dq_ready; False: the caller launches _dq_kernel
+    (also after a compile or launch failure, which switches the Gluon kernel off with a warning)."""
+    if not gluon_dq_ready(q, k, v, do, o, lm_part, min_t):
+        return False
+    from . import gluon_dq as GD
+
+    try:
+        GD.dq_gluon(q, k, v, do, o, win, lse, delta, dq, dw, wmin, n_max, edge, scale * LOG2E, scale, wg,
+                    config=OPTS["gluon_dq_config"])
+    except Exception as e:  # compiler or driver trouble: the Triton kernel from now on
+        import warnings
+
+        GD.BROKEN = f"{type(e).__name__}: {e}"
+        warnings.warn(f"dsalt: Gluon dQ kernel unavailable ({GD.BROKEN}); using _dq_kernel")
+        return False
+    return True
+
+
+def window_dq(q, k, v, win, do, lse, o, *, n_max: int, edge: float, scale: float | None = None, wg: int = 32,
+              gluon: bool | None = None, poison: bool = True):
+    """The backward's window dQ pass alone (no landmark part), for tests and benchmarks: (dq, dw, delta,
+    wmin) from the Gluon kernel (gluon True; None: OPTS["gluon_dq"]) or the Triton _dq_kernel. q, do, o
+    [B, H, T, D]; k, v [B, Hk, T, D]; win [B, H, T] fp32; lse [B, H, T] (log2, the forward's)."""
+    b, h, t, d = q.shape
+    scale = d**-0.5 if scale is None else scale
+    # outputs poisoned (NaN): an element the kernel leaves unwritten shows (poison=False: timing)
+    fill = (lambda x: x.fill_(float("nan"))) if poison else (lambda x: x)
+    delta = fill(torch.empty((b, h, t), device=q.device, dtype=torch.float32))
+    wmin = fill(torch.empty((b * h * max(1, -(-t // max(wg, 1))),), device=q.device, dtype=torch.float32))
+    dq = fill(torch.empty_like(q))
+    dw = fill(torch.empty((b, h, t), device=q.device, dtype=torch.float32))
+    saved = OPTS["gluon_dq"], OPTS["fuse_delta"]
+    OPTS["gluon_dq"], OPTS["fuse_delta"] = (saved[0] if gluon is None else bool(gluon)), True
+    try:
+        if not _gluon_dq(q, k, v, win, do, lse, delta, dq, dw, o, wmin, n_max, edge, scale, wg, min_t=0):
+            if gluon:
+                raise RuntimeError("dsalt: the Gluon dQ kernel cannot run here")
+            bm, bn, warps = _blocks(64, d, q.device)
+            strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2))
+            lpos = torch.full((1, 1, 1, 16), -1, dtype=torch.int32, device=q.device)
+            _launch("dq", _dq_kernel, t, b * h, bm, bn, warps, 64,
+                    q, k, v, win, win, lpos, do, lse, delta, dq, dw, o, wmin, *strides,
+                    h, h // k.shape[1], t, 1, n_max, float(edge), 1.0 / float(edge), scale * LOG2E, scale, 64,
+                    D=d, KP=16, HAS_LM=False, PREC=_prec(q), LC=16, FUSE_DELTA=1, WG=wg)
+    finally:
+        OPTS["gluon_dq"], OPTS["fuse_delta"] = saved
+    return dq, dw, delta, wmin
+
+
+class _SavedCtx:
+    """A stand-in autograd context: what _DSALTFn.forward saves (tests and benchmarks of the backward's passes)."""
+
+    def save_for_backward(self, *tensors):
+        self.saved_tensors = tensors
+
+
+def forward_saved(q, k, v, win, energy, *, n_max: int, edge: float, n_landmarks: int, block: int,
+                  scale: float | None = None):
+    """Run the Triton forward and return (o, lse [B, H, T] log2, lpos): the backward's inputs."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    ctx = _SavedCtx()
+    o = _DSALTFn.forward(ctx, q.contiguous(), k.contiguous(), v.contiguous(), win.float().contiguous(),
+                         energy.contiguous(), (n_max, float(edge), block, float(scale), n_landmarks))
+    return o, ctx.saved_tensors[8], ctx.saved_tensors[6]
+
+
 class _DSALTFn(torch.autograd.Function):
     """Inputs: q [B,H,T,D], k, v [B,Hk,T,D], win [B,H,T] fp32, energy [B,Hk,T]. The landmark sets
     are selected inside (no gradient through the discrete choice); the gate logsigmoid(e_j) gets
@@ -459,11 +555,13 @@ class _DSALTFn(torch.autograd.Function):
         fargs = (n_max, float(edge), 1.0 / float(edge), scale * LOG2E, scale)
         trans = has_lm and OPTS["lm_bwd"] == "trans"
         lm_dq = trans and OPTS["lm_dq"]
-        _launch("dq", _dq_kernel, t, b * h, bm, bn, warps, block,
-                q, k, v, win, gt, lpos, do, lse, delta, dq, dw, o, wmin, *strides,
-                h, g, t, nb, *fargs, block,
-                D=d, KP=kp, HAS_LM=has_lm and not lm_dq, PREC=_prec(q), LC=min(OPTS["lc_dq"], kp),
-                FUSE_DELTA=int(fuse), WG=wg)
+        if not _gluon_dq(q, k, v, win, do, lse, delta, dq, dw, o, wmin, n_max, edge, scale, wg,
+                         lm_part=has_lm and not lm_dq):
+            _launch("dq", _dq_kernel, t, b * h, bm, bn, warps, block,
+                    q, k, v, win, gt, lpos, do, lse, delta, dq, dw, o, wmin, *strides,
+                    h, g, t, nb, *fargs, block,
+                    D=d, KP=kp, HAS_LM=has_lm and not lm_dq, PREC=_prec(q), LC=min(OPTS["lc_dq"], kp),
+                    FUSE_DELTA=int(fuse), WG=wg)
         dk = torch.empty_like(k)
         dv = torch.empty_like(v)
         _launch("dkdv", _dkdv_kernel, t, b * hk, bm, bn, warps, block,

@@ -1,0 +1,25 @@
+# Session 9 (helper 6q): the follow-up call the helper had no device time for (for the lead): the warp-specialised
+# Gluon dQ configs checked with the Triton reference kernels' first configs (no autotuning: call 2's checks ran out
+# of time compiling them), each in its own process with a timeout (a hang is a failure), the kernel alone for
+# the passing ones vs bm64_s2 and _dq_kernel, the DSALT A/B with the fastest passing ws config, the GPU tests.
+#   bash benchmarks/device_runs/s9q_3.sh      (from the tree root; $OUT from the device tool; ~4 min)
+set -o pipefail
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD ATTNLAB_BENCH_DIR=$OUT/res
+mkdir -p $OUT/res
+L=$OUT/log
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader | tee $L
+for c in ws3 ws4; do
+  echo "== check $c" | tee -a $L
+  timeout 60 python benchmarks/device_runs/s9q_2.py --out $OUT/res --check $c 2>&1 | grep -v -i "warn" | tail -3 | tee -a $L
+done
+echo "== kernel alone (ws passing: $(cat $OUT/res/ws_ok 2>/dev/null | tr '\n' ' '))" | tee -a $L
+timeout 40 python benchmarks/device_runs/s9q_2.py --out $OUT/res --time bm64_s2$(sed 's/^/,/' $OUT/res/ws_ok 2>/dev/null | tr -d '\n') 2>&1 \
+  | grep -v -i "warn" | tail -6 | tee -a $L
+OK=$(cat $OUT/res/ws_best 2>/dev/null)
+echo "== dsalt s9q (ws: ${OK:-none})" | tee -a $L
+timeout 100 python benchmarks/device_runs/dsalt_s6_ab.py --set s9q ${OK:+--gq-ws $OK} --lengths 32768,16384,4096 --rounds 5 \
+  --full-from 0 --out $OUT/res 2>&1 | grep -v -i warn | grep -v "autotuned\|options:" | tee -a $L
+echo "== gpu tests" | tee -a $L
+K="not ws3"; grep -q ws3 $OUT/res/ws_ok 2>/dev/null && K="ws3 or not ws3"
+timeout 60 python -m pytest -m gpu -x -p no:cacheprovider -q -rfE --tb=short -k "$K" tests/test_dsalt_gluon_dq.py 2>&1 \
+  | grep -v -i "warning: \|warnings.warn" | tail -8 | tee -a $L
