@@ -155,35 +155,6 @@ class NoiseState:
         self.NO.CONFIGS.update(self.saved[1])
 
 
-class FlagState:
-    """Module attributes set for a whole fwd+bwd and restored after (e.g. hopper.GLUON_BWD)."""
-
-    def __init__(self, mod, **flags):
-        self.mod, self.flags = mod, flags
-
-    def __enter__(self):
-        self.saved = {f: getattr(self.mod, f) for f in self.flags}
-        for f, val in self.flags.items():
-            setattr(self.mod, f, val)
-
-    def __exit__(self, *exc):
-        for f, val in self.saved.items():
-            setattr(self.mod, f, val)
-
-
-class _Both:
-    def __init__(self, *states):
-        self.states = states
-
-    def __enter__(self):
-        for st in self.states:
-            st.__enter__()
-
-    def __exit__(self, *exc):
-        for st in reversed(self.states):
-            st.__exit__(*exc)
-
-
 def parse_noise_variant(NO, spec):
     """"label=MODE[:name=JSON]..." -> (label, NoiseState): MODE the dK kernel ("lean", "loop", or empty:
     the default); name a key of CONFIGS (a JSON list: its launch config) or a module flag (ZERO_IN_FWD:
@@ -500,8 +471,6 @@ def main(argv=None):
                     help='more noise-once variants of this tree, "label=MODE[:name=JSON]...", e.g. '
                          '"loop dK=loop", "lean nt1=lean:lean=[128,128,1,8,3,8,64,1,false,false]" or '
                          '"memset=:ZERO_IN_FWD=false"')
-    ap.add_argument("--gluon-bwd", choices=["default", "atomic", "v2", "tma", "tma-pipe"],
-                    help="diff group: also hopper.py with the Gluon fused backward (session 9; its dQ reduction)")
     ap.add_argument("--skip-fused", action="store_true", help="leave out the generic fused kernel (sessions 1-3)")
     ap.add_argument("--quick", action="store_true", help="tiny CPU smoke run")
     ap.add_argument("--name", default="bench_diff_kernel")
@@ -559,17 +528,9 @@ def main(argv=None):
             variants.append(("fused triton", diff_attention_triton))
         if Hp is not None and not cmd:
             variants.append(("fused triton hopper.py", Hp.diff_attention_hopper))
-        states = {}
-        if Hp is not None and not cmd and args.gluon_bwd:  # session 9: the Gluon fused backward (diff_gluon.py)
-            label = f"fused triton hopper.py + Gluon bwd (dQ {args.gluon_bwd})"
-            variants.append((label, Hp.diff_attention_hopper))
-            from attnlab.ops.diff_attention import diff_gluon as DG
-            states[label] = FlagState(Hp, GLUON_BWD=True)
-            if args.gluon_bwd != "default":
-                vec, pipe = {"atomic": (1, False), "v2": (2, False), "tma": (3, False), "tma-pipe": (3, True)}[args.gluon_bwd]
-                states[label] = _Both(FlagState(Hp, GLUON_BWD=True), FlagState(DG, DQ_VEC=vec, PIPE=pipe))
         if OLD is not None and cmd:
             variants.append((args.compare_label, OLD.cmd_attention_noise_once))
+        states = {}
         if NO is not None and cmd:
             variants.append(("noise-once (sdpa signal + shared noise kernel)", NO.cmd_attention_noise_once))
             for spec in args.noise_variants:

@@ -1,4 +1,5 @@
 #!/bin/bash
+# RECORD: the Gluon diff backward and its scripts were removed at the session-9 merge (code at merge ad87269).
 # Session 9, diff Gluon backward, device call 1: correctness (bf16 vs fp32 reference and hopper.py's Triton
 # backward, T = 1024 / 1000) and backward / fwd+bwd times at T = 4K / 16K (B=1, 16 heads, d 128), then the
 # GPU tests of tests/test_diff_gluon.py. Run from the repository root (the carried tree).

@@ -1,4 +1,5 @@
 #!/bin/bash
+# RECORD: the Gluon diff backward and its scripts were removed at the session-9 merge (code at merge ad87269).
 # Session 9, diff Gluon backward, device call 2: the four dQ variants (float32 atomics, red.v2, TMA
 # reduce-add, TMA + pipelined streams): bf16 checks at T = 1000 / 1024 and kernel times at 4K / 16K (diff_gluon_check.py), then the
 # diff group of bench_diff_kernel.py with hopper.py's default vs hopper.py + the Gluon backward (the fastest

@@ -391,10 +391,6 @@ BWD_MODE = os.environ.get("ATTNLAB_DIFF_H_BWD", "split-separate")
 Q_KERNEL = os.environ.get("ATTNLAB_DIFF_H_QK", "v1")
 USE_DESC = os.environ.get("ATTNLAB_DIFF_H_DESC", "auto")  # "auto", "1", "0"
 RELOAD = os.environ.get("ATTNLAB_DIFF_H_RELOAD", "0") == "1"  # backward: re-read K/V tiles per step
-# Session 9: the fused backward as one warp-specialised Gluon kernel (diff_gluon.py) where it can run
-# (Hopper, bf16/fp16, heads of 128, the same heads for every tensor); else BWD_MODE's Triton kernels. Off:
-# measured slower than the default (fwd+bwd 19.91 vs 18.87 ms at 16K, 2.085 vs 1.851 at 4K; RESULTS.md).
-GLUON_BWD = os.environ.get("ATTNLAB_DIFF_H_GLUON", "0") == "1"
 
 
 def _config(name: str, width: int):
@@ -655,29 +651,6 @@ def _bwd_q(q1, k1, q2, k2, v, lam, dout, lse1, lse2, dl1, dl2, dq1, dq2, scale1,
     _run_fitted("bwd_q" if Q_KERNEL != "v1" else "bwd_q_v1", max(d1, d2, dv_), q1.element_size(), launch)
 
 
-def _gluon_bwd(q1, k1, q2, k2, v, lam, dout, lse1, lse2, dl1, dl2, scale1, scale2):
-    """The Gluon fused backward (``diff_gluon.py``) if it can take this call: (dq1, dk1, dq2, dk2, dv);
-    None where it cannot (then BWD_MODE's Triton kernels run)."""
-    from . import diff_gluon as G
-
-    if not G.available(q1, k1, q2, k2, v, dout):
-        return None
-    b, h, t, d = q1.shape
-    dk1, dk2, dv = torch.empty_like(q1), torch.empty_like(q1), torch.empty_like(q1)
-    dq = torch.zeros(2, b, h, G.dq_rows(t), d, device=q1.device, dtype=torch.float32)  # T padded to whole blocks
-    try:
-        G.diff_bwd_gluon(q1, k1, q2, k2, v, lam, dout, lse1, lse2, dl1, dl2, dk1, dk2, dv, dq[0], dq[1],
-                         scale1, scale2)
-    except Exception as e:  # noqa: BLE001 - compile/launch failure: the Triton kernels from now on
-        import warnings
-
-        G.BROKEN = f"{type(e).__name__}: {e}"
-        warnings.warn(f"diff_gluon backward off: {G.BROKEN[:300]}")
-        return None
-    dq = dq[:, :, :, :t].to(q1.dtype)
-    return dq[0], dk1, dq[1], dk2, dv
-
-
 class DiffAttentionHopper(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q1, k1, q2, k2, v, lam, scale1, scale2):
@@ -710,9 +683,6 @@ class DiffAttentionHopper(torch.autograd.Function):
 
         dk1, dk2 = buf(d1, g1 == 1), buf(d2, g2 == 1)
         dv = buf(dv_, g1 == 1)
-        grads = _gluon_bwd(q1, k1, q2, k2, v, lam, dout, lse1, lse2, dl1, dl2, scale1, scale2) if GLUON_BWD else None
-        if grads is not None:
-            return (*grads, dlam, None, None)
         mode = BWD_MODE
         atomic = mode in ("fused", "split")
         if atomic:
