@@ -73,6 +73,7 @@ import torch
 import torch.nn.functional as F
 
 from ..launch_replay import ReplayLauncher
+from . import gluon_dkdv as _GD
 from .reference import INVALID_KEY, check_args, key_positions, select_landmarks
 
 try:
@@ -193,9 +194,12 @@ def _blocks(block: int, d: int, device) -> tuple[int, int, int]:
 # bias as one select inside the exp2 and sm_scale folded into dS (11% fewer SASS instructions in its loop,
 # ptxas sm_90). H100, one call, same process, 7 rounds: the kernel 364 vs 394 us at 32K; fwd+bwd 32K 3.087 vs
 # 3.081 ms (equal), 16K 1.751 vs 1.825, 4K 0.965 vs 1.029 (host bound).
+# gluon_dkdv (session 9): the window dK/dV through the Gluon kernel of gluon_dkdv.py (TMA ring, async wgmma)
+# where it can run (Hopper, bf16/fp16, d = 128), _dkdv_kernel elsewhere; figures in benchmarks/RESULTS.md,
+# "Session 9: DSALT dK/dV in Gluon".
 OPTS = {"lc_fwd": 32, "lc_dq": 32, "delta": (64, 4), "lm_bwd": "trans", "fuse_delta": True,
         "lm_dq": True, "fwd_split": True, "split_min_t": 32768, "loop1_fwd": "split",
-        "dkdv_wmin": True, "wmin_min_t": 8192, "lm_lean": True}
+        "dkdv_wmin": True, "wmin_min_t": 8192, "lm_lean": True, "gluon_dkdv": False}
 
 _TUNED: dict = {}
 _FWD_BM_OVERRIDE: dict = {}
@@ -374,6 +378,25 @@ def _lm_bwd_config(q, block, bm):
     return (m if block % m == 0 else bm), lc, seg, w, st
 
 
+def _gluon_dkdv(q, k, v, win, do, lse, delta, dk, dv, wmin, h, g, t, fargs, wg) -> bool:
+    """The window dK/dV through the Gluon kernel (gluon_dkdv.py, session 9) where OPTS["gluon_dkdv"] is on
+    and it can run (Hopper, bf16/fp16, head dim 128, TMA-compatible tensors); False: the caller launches
+    the Triton _dkdv_kernel. A compile / launch error switches it off for good (warning)."""
+    if not OPTS.get("gluon_dkdv") or not _GD.available(q, k, v, do):
+        return False
+    n_max, edge, inv_edge, qk_scale, sm_scale = fargs
+    try:
+        _GD.dkdv_gluon(q, k, v, win, do, lse, delta, dk, dv, wmin, h, g, t, n_max, edge, inv_edge, qk_scale,
+                       sm_scale, wg)
+        return True
+    except Exception as e:  # compiler / driver trouble: the Triton kernel from now on
+        import warnings
+
+        _GD.BROKEN = f"{type(e).__name__}: {e}"
+        warnings.warn(f"dsalt: Gluon dK/dV kernel unavailable ({_GD.BROKEN[:300]}); using _dkdv_kernel")
+        return False
+
+
 class _DSALTFn(torch.autograd.Function):
     """Inputs: q [B,H,T,D], k, v [B,Hk,T,D], win [B,H,T] fp32, energy [B,Hk,T]. The landmark sets
     are selected inside (no gradient through the discrete choice); the gate logsigmoid(e_j) gets
@@ -466,9 +489,10 @@ class _DSALTFn(torch.autograd.Function):
                 FUSE_DELTA=int(fuse), WG=wg)
         dk = torch.empty_like(k)
         dv = torch.empty_like(v)
-        _launch("dkdv", _dkdv_kernel, t, b * hk, bm, bn, warps, block,
-                q, k, v, win, do, lse, delta, dk, dv, wmin, *strides, h, g, t, *fargs, D=d, PREC=_prec(q),
-                WG=wg)
+        if not _gluon_dkdv(q, k, v, win, do, lse, delta, dk, dv, wmin, h, g, t, fargs, wg):
+            _launch("dkdv", _dkdv_kernel, t, b * hk, bm, bn, warps, block,
+                    q, k, v, win, do, lse, delta, dk, dv, wmin, *strides, h, g, t, *fargs, D=d, PREC=_prec(q),
+                    WG=wg)
         denergy = None
         if has_lm:
             dgt = torch.zeros(b, hk, t, device=q.device, dtype=torch.float32)
