@@ -21,7 +21,7 @@ from attnlab.bench import write_results  # noqa: E402
 from attnlab.ops.dsalt import gluon_dkdv as GD  # noqa: E402
 
 
-def compile_dkdv_sm90(config, wg=32, dtype="bf16", p16=False, late=False, late_load=False, end_wait=False, rows=False):
+def compile_dkdv_sm90(config, wg=32, dtype="bf16", p16=False, late=False, late_load=False, end_wait=False, rows=False, lean_bar=False):
     """The Gluon dK/dV kernel at config (BM, BN, STAGES, num_warps): its host descriptors' signatures
     from CPU stand-in tensors."""
     import torch
@@ -32,7 +32,7 @@ def compile_dkdv_sm90(config, wg=32, dtype="bf16", p16=False, late=False, late_l
 
     from noise_once_resources import _report  # noqa: E402 - the shared cuobjdump report
 
-    bm, bn, stages, w = config
+    bm, bn, stages, w = config[:4]
     tdt = torch.bfloat16 if dtype == "bf16" else torch.float16
     x = torch.empty(1, 2, 256, 128, dtype=tdt)
     qd, kd, vd, dd = GD.descriptors(x, x, x, x, bm, bn)
@@ -41,7 +41,7 @@ def compile_dkdv_sm90(config, wg=32, dtype="bf16", p16=False, late=False, late_l
              "do_desc": mangle_type(dd), "W": "*fp32", "LSE": "*fp32", "DELTA": "*fp32", "DK": "*" + dtype,
              "DV": "*" + dtype, "WMIN": "*fp32", "edge": "fp32", "inv_edge": "fp32", "qk_scale": "fp32",
              "sm_scale": "fp32"}
-    consts = {"D": 128, "BM": bm, "BN": bn, "STAGES": stages, "WG": wg, "P16": bool(p16), "LATE_DELTA": bool(late), "LATE_LOAD": bool(late_load), "END_WAIT": bool(end_wait)}
+    consts = {"D": 128, "BM": bm, "BN": bn, "STAGES": stages, "WG": wg, "P16": bool(p16), "LATE_DELTA": bool(late), "LATE_LOAD": bool(late_load), "END_WAIT": bool(end_wait), "LEAN_BAR": bool(lean_bar)}
     consts = {a: b for a, b in consts.items() if a in kernel.arg_names}
     sig = {n: ("constexpr" if n in consts else types.get(n, "i32")) for n in kernel.arg_names}
     k = triton.compile(GluonASTSource(fn=kernel, signature=sig, constexprs=consts),

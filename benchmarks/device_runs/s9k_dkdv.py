@@ -34,7 +34,8 @@ from attnlab.ops.dsalt import gluon_dkdv as GD  # noqa: E402
 from attnlab.ops.dsalt import kernel as K  # noqa: E402
 from attnlab.testing import rel_err  # noqa: E402
 
-CONFIGS = {"rows_s3": (64, 128, 3, 8, 1), "rows_s2": (64, 128, 2, 8, 1), "trans_s3": (64, 128, 3, 8, 0)}
+CONFIGS = {"rows_s3": (64, 128, 3, 8, 1), "rows_s2": (64, 128, 2, 8, 1), "trans_s3": (64, 128, 3, 8, 0),
+           "rows_lean": (64, 128, 3, 8, 1, 1), "rows_lean_p16": (64, 128, 3, 8, 1, 1, 1)}
 
 
 def make(b, h, hk, t, d, n_min, n_max, dtype=torch.bfloat16):

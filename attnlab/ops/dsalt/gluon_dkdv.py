@@ -210,7 +210,7 @@ if HAVE_GLUON:
     def _dkdv_gluon_rows_kernel(q_desc, k_desc, v_desc, do_desc, W, LSE, DELTA, DK, DV, WMIN,
                                 H, G, T, n_max, edge, inv_edge, qk_scale, sm_scale,
                                 D: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr, STAGES: gl.constexpr,
-                                WG: gl.constexpr):
+                                WG: gl.constexpr, LEAN_BAR: gl.constexpr = False, P16: gl.constexpr = False):
         """ROWS form: S = Q K^T and dP = dO V^T as [BM query rows, BN keys] (the two warpgroups split the
         keys: each thread holds 2 rows' LSE / Delta instead of 16 columns'), P and dS through shared
         memory (bf16) as the transposed A operands of dV += P^T dO and dK += dS^T Q."""
@@ -288,10 +288,12 @@ if HAVE_GLUON:
             on_diag = start_m < n0 + BN - 1
             # S ready; the previous tile's dV and dK products are done (in order)
             s, dk, dv = warpgroup_mma_wait(num_outstanding=1, deps=(s, dk, dv))
-            # both warpgroups are past tile i - 1: P / dS may be rewritten, its ring slot takes tile
-            # i + STAGES - 1
-            _cta_barrier()
-            _dkdv_gluon_load(q_desc, do_desc, bars, q_s, do_s, i + STAGES - 1, n_it, n_m, m_lo, bh0, STAGES, BM)
+            if not LEAN_BAR:
+                # both warpgroups are past tile i - 1: P / dS may be rewritten, its ring slot takes tile
+                # i + STAGES - 1
+                _cta_barrier()
+                _dkdv_gluon_load(q_desc, do_desc, bars, q_s, do_s, i + STAGES - 1, n_it, n_m, m_lo, bh0, STAGES,
+                                 BM)
             if on_edge:
                 w = gl.load(W + bh * T + offs_m, mask=mrow, other=1.0)
                 dd = offs_m[:, None] - offs_n[None, :]
@@ -303,12 +305,22 @@ if HAVE_GLUON:
                 p = gl.where(offs_m[:, None] >= offs_n[None, :], gl.exp2(s * qk_scale - lse[:, None]), 0.0)
             else:
                 p = gl.exp2(s * qk_scale - lse[:, None])
-            p_s.store(p.to(dt))
+            if P16:  # P rounded to bf16 / fp16 for dS too (16 fewer live registers)
+                p = p.to(dt)
+                p_s.store(p)
+            else:
+                p_s.store(p.to(dt))
             fence_async_shared()
             _cta_barrier()
+            if LEAN_BAR:
+                # each warpgroup writes and reads only its own keys' columns of P / dS (S_L splits the keys
+                # between the warpgroups as A_L does), so the barrier above also tells that both are past
+                # tile i - 1: its ring slot takes tile i + STAGES - 1
+                _dkdv_gluon_load(q_desc, do_desc, bars, q_s, do_s, i + STAGES - 1, n_it, n_m, m_lo, bh0, STAGES,
+                                 BM)
             dv = warpgroup_mma(pT_s, dot_, dv, is_async=True)
             dp, dv = warpgroup_mma_wait(num_outstanding=1, deps=(dp, dv))
-            ds_s.store((p * (dp - delta[:, None])).to(dt))
+            ds_s.store((p.to(gl.float32) * (dp - delta[:, None])).to(dt))
             fence_async_shared()
             _cta_barrier()
             dk = warpgroup_mma(dsT_s, qt, dk, is_async=True)
@@ -339,12 +351,13 @@ def descriptors(q, k, v, do, bm: int, bn: int):
 def dkdv_gluon(q, k, v, win, do, lse, delta, dk, dv, wmin, h, g, t, n_max, edge, inv_edge, qk_scale, sm_scale,
                wg, config=None):
     """Launch the Gluon dK/dV kernel (the arguments of _dkdv_kernel's launch, tensors contiguous)."""
-    bm, bn, stages, w, rows = config or GLUON_CONFIG
+    bm, bn, stages, w, rows = (config or GLUON_CONFIG)[:5]
+    extra = tuple(bool(x) for x in (config or GLUON_CONFIG)[5:]) if rows else ()  # LEAN_BAR, P16
     qd, kd, vd, dd = descriptors(q, k, v, do, bm, bn)
     grid = (triton_cdiv(t, bn), k.shape[0] * k.shape[1])
     kern = _dkdv_gluon_rows_kernel if rows else _dkdv_gluon_kernel
     return kern[grid](qd, kd, vd, dd, win, lse, delta, dk, dv, wmin, h, g, t, n_max, float(edge), float(inv_edge),
-                      float(qk_scale), float(sm_scale), q.shape[-1], bm, bn, stages, wg, num_warps=w)
+                      float(qk_scale), float(sm_scale), q.shape[-1], bm, bn, stages, wg, *extra, num_warps=w)
 
 
 def triton_cdiv(a: int, b: int) -> int:
