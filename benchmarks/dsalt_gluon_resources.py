@@ -21,7 +21,7 @@ from attnlab.bench import write_results  # noqa: E402
 from attnlab.ops.dsalt import gluon_dkdv as GD  # noqa: E402
 
 
-def compile_dkdv_sm90(config, wg=32, dtype="bf16", p16=False, late=False, late_load=False, end_wait=False, rows=False, lean_bar=False):
+def compile_dkdv_sm90(config, wg=32, dtype="bf16", p16=False, late=False, late_load=False, end_wait=False, rows=False, lean_bar=False, ws=False, regs=240):
     """The Gluon dK/dV kernel at config (BM, BN, STAGES, num_warps): its host descriptors' signatures
     from CPU stand-in tensors."""
     import torch
@@ -35,17 +35,19 @@ def compile_dkdv_sm90(config, wg=32, dtype="bf16", p16=False, late=False, late_l
     bm, bn, stages, w = config[:4]
     tdt = torch.bfloat16 if dtype == "bf16" else torch.float16
     x = torch.empty(1, 2, 256, 128, dtype=tdt)
-    qd, kd, vd, dd = GD.descriptors(x, x, x, x, bm, bn)
-    kernel = GD._dkdv_gluon_rows_kernel if rows else GD._dkdv_gluon_kernel
+    qd, kd, vd, dd = GD.descriptors(x, x, x, x, bm, bn // 2 if ws else bn)
+    kernel = GD._dkdv_gluon_ws_kernel if ws else (GD._dkdv_gluon_rows_kernel if rows else GD._dkdv_gluon_kernel)
     types = {"q_desc": mangle_type(qd), "k_desc": mangle_type(kd), "v_desc": mangle_type(vd),
              "do_desc": mangle_type(dd), "W": "*fp32", "LSE": "*fp32", "DELTA": "*fp32", "DK": "*" + dtype,
              "DV": "*" + dtype, "WMIN": "*fp32", "edge": "fp32", "inv_edge": "fp32", "qk_scale": "fp32",
              "sm_scale": "fp32"}
     consts = {"D": 128, "BM": bm, "BN": bn, "STAGES": stages, "WG": wg, "P16": bool(p16), "LATE_DELTA": bool(late), "LATE_LOAD": bool(late_load), "END_WAIT": bool(end_wait), "LEAN_BAR": bool(lean_bar)}
+    consts["CONSUMER_REGS"] = regs
     consts = {a: b for a, b in consts.items() if a in kernel.arg_names}
     sig = {n: ("constexpr" if n in consts else types.get(n, "i32")) for n in kernel.arg_names}
     k = triton.compile(GluonASTSource(fn=kernel, signature=sig, constexprs=consts),
-                       target=GPUTarget("cuda", 90, 32), options={"num_warps": w})
+                       target=GPUTarget("cuda", 90, 32),
+                       options={"num_warps": 4, "maxnreg": 168} if ws else {"num_warps": w})
     return _report(k)
 
 

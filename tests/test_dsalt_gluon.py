@@ -131,6 +131,15 @@ def test_gpu_gluon_dkdv_matches_triton_and_reference(i, dtype, monkeypatch):
                 do = torch.randn_like(out)
             res[on] = torch.autograd.grad(out, ins[:3], do)
     assert launched, "the Gluon kernel did not run"
+    # a second backward: the launch replay (same key) gives the same gradients
+    n0 = GD.REPLAY["stats"][1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = dsalt_attention(*ins, impl="triton", **kw)
+        again = torch.autograd.grad(out, ins[:3], do)
+    assert GD.REPLAY["stats"][1] > n0, "the launch was not replayed"
+    for a, b2 in zip(res[True], again):
+        assert torch.equal(a, b2)
     ref = dsalt_reference(*[x.float() if j < 3 else x for j, x in enumerate(ins)], **kw)
     gr = torch.autograd.grad(ref, ins[:3], do.float())
     for name, a, tr, r in zip("qkv", res[True], res[False], gr):

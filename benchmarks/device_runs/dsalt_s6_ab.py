@@ -6,7 +6,8 @@ peak memory, optionally the kernel timeline at the longest length (flex's kernel
 landmark path (lm_bwd "atomic", the dQ kernel's landmark pass). --set s7: the same plus session 7's
 candidates (benchmarks/RESULTS.md, "Session 7: DSALT"); --set s7b: round 2's (the dK/dV kernel with
 and without the stored window minima); --set s7c: the lead's check of the T >= 32K path from 16K on; --set s8c: the lean landmark backward
-(OPTS["lm_lean"], session 8);
+(OPTS["lm_lean"], session 8); --set s9k: the window dK/dV through the Gluon kernel (OPTS["gluon_dkdv"],
+session 9; default config and the one-barrier-less "lean" config);
 session 8's sets s8 / s8b (two landmark backward kernels; then, under the same names, the selection
 beside the forward through PDL) timed options that were no faster and were removed (code at commits
 3ef7b56 and 1560476; figures in benchmarks/RESULTS.md, "Session 8: DSALT landmark backward" / "PDL
@@ -74,7 +75,8 @@ def timeline(step, label):
 
 
 U = {"loop1_fwd": True, "fwd_split": False}  # the fused one-loop forward with its landmark iterations
-TIMELINES = ("flex_window", "window", "dsalt", "dsalt_4loop", "dsalt_u", "dsalt_nowmin", "dsalt_lean")
+TIMELINES = ("flex_window", "window", "dsalt", "dsalt_4loop", "dsalt_u", "dsalt_nowmin", "dsalt_lean",
+             "dsalt_gluon_dkdv")
 
 
 def s7_variants(mk, n_lm):
@@ -109,7 +111,7 @@ def main():
     ap.add_argument("--lengths", default="32768,16384,4096")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default=os.environ.get("ATTNLAB_BENCH_DIR", "."))
-    ap.add_argument("--set", default="lead", choices=["lead", "s7", "s7b", "s7c", "s8c"])
+    ap.add_argument("--set", default="lead", choices=["lead", "s7", "s7b", "s7c", "s8c", "s9k"])
     ap.add_argument("--timeline", action="store_true")
     ap.add_argument("--full-from", type=int, default=8192, help="every variant only where T >= this")
     ap.add_argument("--quick", action="store_true", help="tiny CPU smoke run (interpreter), no timing")
@@ -168,6 +170,11 @@ def main():
             variants.update(s7b_variants(mk, n_lm))
         if args.set == "s7c":
             variants.update(s7c_variants(mk, n_lm))
+        if args.set == "s9k":  # session 9, helper 6k: the window dK/dV through the Gluon kernel (gluon_dkdv.py)
+            variants["dsalt_gluon_dkdv"] = mk(n_lm, {"gluon_dkdv": True})
+            variants["dsalt_gluon_lean"] = mk(n_lm, {"gluon_dkdv": True}, {"gluon_dkdv": (64, 128, 3, 8, 1, 1)})
+            if os.environ.get("S9K_WS") == "1":  # the warp-specialized config passed its check in this call
+                variants["dsalt_gluon_ws"] = mk(n_lm, {"gluon_dkdv": True}, {"gluon_dkdv": (64, 128, 3, 8, 2)})
         if args.set == "s8c":  # session 8, lead: the lean landmark backward (OPTS["lm_lean"], the default since)
             variants["dsalt_lean"] = mk(n_lm, {"lm_lean": True})
             variants["dsalt_notlean"] = mk(n_lm, {"lm_lean": False})

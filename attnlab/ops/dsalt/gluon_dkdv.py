@@ -336,6 +336,171 @@ if HAVE_GLUON:
         gl.store(DV + off, dv.to(DV.dtype.element_ty), mask=nmask)
 
 
+    @gluon.jit
+    def _ws_producer(q_desc, k_desc, v_desc, do_desc, q_s, do_s, k_s, v_s, ready, empty, kvbar, pid_bh, bh0, n0,
+                     m_lo, n_m, n_it):
+        """WS form, 1-warp partition: K / V once, then every query tile's Q / dO into the ring, a slot
+        refilled once both consumer warpgroups released it (``empty``, two arrivals per use)."""
+        STAGES: gl.constexpr = q_s.shape[0]
+        BM: gl.constexpr = q_s.shape[2]
+        HB: gl.constexpr = k_s.shape[2]
+        mbarrier.expect(kvbar, 4 * k_desc.block_type.nbytes)
+        _tma_load(k_desc, [pid_bh, n0, 0], kvbar, k_s.index(0))
+        _tma_load(k_desc, [pid_bh, n0 + HB, 0], kvbar, k_s.index(1))
+        _tma_load(v_desc, [pid_bh, n0, 0], kvbar, v_s.index(0))
+        _tma_load(v_desc, [pid_bh, n0 + HB, 0], kvbar, v_s.index(1))
+        for j in range(n_it):
+            st = j % STAGES
+            # use u = j // STAGES of the slot waits for the release of use u - 1 (a fresh barrier passes
+            # the parity-1 wait at once)
+            mbarrier.wait(empty.index(st), ((j // STAGES) & 1) ^ 1)
+            g = j // n_m
+            start_m = m_lo + (j % n_m) * BM
+            bar = ready.index(st)
+            mbarrier.expect(bar, 2 * q_desc.block_type.nbytes)
+            _tma_load(q_desc, [bh0 + g, start_m, 0], bar, q_s.index(st))
+            _tma_load(do_desc, [bh0 + g, start_m, 0], bar, do_s.index(st))
+
+    @gluon.jit
+    def _ws_consumer0(q_s, do_s, k_s, v_s, p_all, ds_all, ready, empty, kvbar, W, LSE, DELTA, DK, DV, WMIN,
+                      pid_bh, bh0, n0, m_lo, n_m, n_it, T, n_max, edge, inv_edge, qk_scale, sm_scale, WG):
+        _ws_consumer(q_s, do_s, k_s, v_s, p_all, ds_all, ready, empty, kvbar, W, LSE, DELTA, DK, DV, WMIN,
+                     pid_bh, bh0, n0, m_lo, n_m, n_it, T, n_max, edge, inv_edge, qk_scale, sm_scale, WG, 0)
+
+    @gluon.jit
+    def _ws_consumer1(q_s, do_s, k_s, v_s, p_all, ds_all, ready, empty, kvbar, W, LSE, DELTA, DK, DV, WMIN,
+                      pid_bh, bh0, n0, m_lo, n_m, n_it, T, n_max, edge, inv_edge, qk_scale, sm_scale, WG):
+        _ws_consumer(q_s, do_s, k_s, v_s, p_all, ds_all, ready, empty, kvbar, W, LSE, DELTA, DK, DV, WMIN,
+                     pid_bh, bh0, n0, m_lo, n_m, n_it, T, n_max, edge, inv_edge, qk_scale, sm_scale, WG, 1)
+
+    @gluon.jit
+    def _ws_consumer(q_s, do_s, k_s, v_s, p_all, ds_all, ready, empty, kvbar, W, LSE, DELTA, DK, DV, WMIN,
+                     pid_bh, bh0, n0, m_lo, n_m, n_it, T, n_max, edge, inv_edge, qk_scale, sm_scale, WG,
+                     HALF: gl.constexpr):
+        """WS form, one warpgroup: keys n0 + HALF * BN / 2 .. of the tile, its own dK / dV accumulators,
+        its own P / dS buffers (so its only barriers are its own warpgroup's); the two consumer
+        warpgroups run unsynchronised (one's exp2 / dS beside the other's wgmma). WG (rows per stored
+        window minimum, 0: none) is a runtime value here (partition arguments cannot be constexprs)."""
+        STAGES: gl.constexpr = q_s.shape[0]
+        BM: gl.constexpr = q_s.shape[2]
+        D: gl.constexpr = q_s.shape[3]
+        HB: gl.constexpr = k_s.shape[2]
+        BN: gl.constexpr = 2 * HB
+        S_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, HB, 16])
+        A_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, D, 16])
+        dt: gl.constexpr = q_s.dtype
+        p_s = p_all.index(HALF)
+        ds_s = ds_all.index(HALF)
+        pT_s = p_s.permute((1, 0))
+        dsT_s = ds_s.permute((1, 0))
+        khT = k_s.index(HALF).reshape([HB, D]).permute((1, 0))
+        vhT = v_s.index(HALF).reshape([HB, D]).permute((1, 0))
+        nh0 = n0 + HALF * HB
+        offs_n = nh0 + gl.arange(0, HB, layout=gl.SliceLayout(0, S_L))
+        offs_m0 = gl.arange(0, BM, layout=gl.SliceLayout(1, S_L))
+        dk = warpgroup_mma_init(gl.zeros([HB, D], gl.float32, A_L))
+        dv = gl.zeros([HB, D], gl.float32, A_L)
+        wgs = gl.maximum(WG, 1)
+        ntw = (T + wgs - 1) // wgs
+        mbarrier.wait(kvbar, 0)
+        for i in range(n_it):
+            st = i % STAGES
+            g = i // n_m
+            start_m = m_lo + (i % n_m) * BM
+            bh = bh0 + g
+            qt = q_s.index(st).reshape([BM, D])
+            dot_ = do_s.index(st).reshape([BM, D])
+            mbarrier.wait(ready.index(st), (i // STAGES) & 1)
+            s = warpgroup_mma(qt, khT, gl.zeros([BM, HB], gl.float32, S_L), use_acc=False, is_async=True)
+            dp = warpgroup_mma(dot_, vhT, gl.zeros([BM, HB], gl.float32, S_L), use_acc=False, is_async=True)
+            offs_m = start_m + offs_m0
+            mrow = offs_m < T
+            lse = gl.load(LSE + bh * T + offs_m, mask=mrow, other=0.0)
+            delta = gl.load(DELTA + bh * T + offs_m, mask=mrow, other=0.0)
+            wlo = gl.load(WMIN + bh * ntw + start_m // wgs)
+            for gi in range(1, BM // wgs):
+                wlo = gl.minimum(wlo, gl.load(WMIN + bh * ntw + gl.minimum(start_m // wgs + gi, ntw - 1)))
+            fr = gl.minimum(gl.floor(wlo - 0.5 - edge * 0.5).to(gl.int32) - 1, n_max - 1)
+            # the tile kind as _dkdv_kernel decides it for the whole BN-key tile
+            on_edge = (start_m + BM - 1 - n0 > fr) | (start_m + BM > T)
+            on_diag = start_m < n0 + BN - 1
+            s, dk, dv = warpgroup_mma_wait(num_outstanding=1, deps=(s, dk, dv))
+            if on_edge:
+                w = gl.load(W + bh * T + offs_m, mask=mrow, other=1.0)
+                dd = offs_m[:, None] - offs_n[None, :]
+                r = (w[:, None] - dd.to(gl.float32) - 0.5) * inv_edge + 0.5
+                r = gl.minimum(r, 1.0)
+                ok = (dd >= 0) & (dd < n_max) & (r > 0) & (offs_n[None, :] < T) & mrow[:, None]
+                p = gl.where(ok, gl.exp2(s * qk_scale - lse[:, None]) * r, 0.0)
+            elif on_diag:
+                p = gl.where(offs_m[:, None] >= offs_n[None, :], gl.exp2(s * qk_scale - lse[:, None]), 0.0)
+            else:
+                p = gl.exp2(s * qk_scale - lse[:, None])
+            p_s.store(p.to(dt))
+            fence_async_shared()
+            _cta_barrier()  # this warpgroup's threads (a partition's barrier)
+            # this warpgroup is done with tile i - 1's slot (its products were waited for above)
+            mbarrier.arrive(empty.index((i + STAGES - 1) % STAGES), pred=i > 0)
+            dv = warpgroup_mma(pT_s, dot_, dv, is_async=True)
+            dp, dv = warpgroup_mma_wait(num_outstanding=1, deps=(dp, dv))
+            ds_s.store((p * (dp - delta[:, None])).to(dt))
+            fence_async_shared()
+            _cta_barrier()
+            dk = warpgroup_mma(dsT_s, qt, dk, is_async=True)
+        dk, dv = warpgroup_mma_wait(num_outstanding=0, deps=(dk, dv))
+        offs_nk = nh0 + gl.arange(0, HB, layout=gl.SliceLayout(1, A_L))
+        offs_d = gl.arange(0, D, layout=gl.SliceLayout(0, A_L))
+        off = (pid_bh * T + offs_nk[:, None]) * D + offs_d[None, :]
+        nmask = (offs_nk < T)[:, None]
+        gl.store(DK + off, (dk * sm_scale).to(DK.dtype.element_ty), mask=nmask)
+        gl.store(DV + off, dv.to(DV.dtype.element_ty), mask=nmask)
+
+    @gluon.jit
+    def _dkdv_gluon_ws_kernel(q_desc, k_desc, v_desc, do_desc, W, LSE, DELTA, DK, DV, WMIN,
+                              H, G, T, n_max, edge, inv_edge, qk_scale, sm_scale,
+                              D: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr, STAGES: gl.constexpr,
+                              WG: gl.constexpr, CONSUMER_REGS: gl.constexpr = 240):
+        """WS form (warp_specialize): launched with num_warps=4 (the default partition: consumer
+        warpgroup 0), a 4-warp worker (consumer warpgroup 1) and a 1-warp TMA producer."""
+        pid_n = gl.program_id(0)
+        pid_bh = gl.program_id(1)
+        hkv = H // G
+        b = pid_bh // hkv
+        hk = pid_bh % hkv
+        bh0 = b * H + hk * G
+        n0 = pid_n * BN
+        m_lo = (n0 // BM) * BM
+        m_hi = gl.minimum(n0 + BN - 1 + n_max, T)
+        n_m = (m_hi - m_lo + BM - 1) // BM
+        n_it = G * n_m
+        dt: gl.constexpr = q_desc.dtype
+        # K / V as two halves of BN / 2 keys (k_desc, v_desc blocks: [1, BN / 2, D]), one per consumer
+        k_s = gl.allocate_shared_memory(dt, [2] + k_desc.block_type.shape, k_desc.layout)
+        v_s = gl.allocate_shared_memory(dt, [2] + v_desc.block_type.shape, v_desc.layout)
+        q_s = gl.allocate_shared_memory(dt, [STAGES] + q_desc.block_type.shape, q_desc.layout)
+        do_s = gl.allocate_shared_memory(dt, [STAGES] + do_desc.block_type.shape, do_desc.layout)
+        PS_L: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BM, BN // 2], dt)
+        p_all = gl.allocate_shared_memory(dt, [2, BM, BN // 2], PS_L)
+        ds_all = gl.allocate_shared_memory(dt, [2, BM, BN // 2], PS_L)
+        ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        kvbar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(STAGES):
+            mbarrier.init(ready.index(i), count=1)
+            mbarrier.init(empty.index(i), count=2)
+        mbarrier.init(kvbar, count=1)
+        cargs = (q_s, do_s, k_s, v_s, p_all, ds_all, ready, empty, kvbar, W, LSE, DELTA, DK, DV, WMIN,
+                 pid_bh, bh0, n0, m_lo, n_m, n_it, T, n_max, edge, inv_edge, qk_scale, sm_scale)
+        wg_rt = WG + 0 * T  # a runtime value (partition arguments are not constexprs)
+        gl.warp_specialize([(_ws_consumer0, cargs + (wg_rt, )),
+                            (_ws_consumer1, cargs + (wg_rt, )),
+                            (_ws_producer, (q_desc, k_desc, v_desc, do_desc, q_s, do_s, k_s, v_s, ready, empty,
+                                            kvbar, pid_bh, bh0, n0, m_lo, n_m, n_it))],
+                           [4, 1], [CONSUMER_REGS, 24])
+
+
 def descriptors(q, k, v, do, bm: int, bn: int):
     """Host tensor descriptors over [B*H, T, D] (Q, dO: [1, BM, D] blocks) and [B*Hk, T, D] (K, V:
     [1, BN, D] blocks); rows past T read as zeros."""
@@ -348,16 +513,114 @@ def descriptors(q, k, v, do, bm: int, bn: int):
     return desc(q, bm), desc(k, bn), desc(v, bn), desc(do, bm)
 
 
+class _Desc:
+    """A replayed launch's host tensor descriptor: what the launcher reads of one (``base.data_ptr()``,
+    ``shape``, ``strides``, ``padding``) on the new data pointer (as latent._DescArg)."""
+
+    __slots__ = ("ptr", "shape", "strides", "padding")
+
+    def __init__(self, ptr, shape, strides, padding):
+        self.ptr, self.shape, self.strides, self.padding = ptr, shape, strides, padding
+
+    @property
+    def base(self):
+        return self
+
+    def data_ptr(self):
+        return self.ptr
+
+
+# launch replay (host time: B=1, T=4K steps are launch bound): key -> (run, function, metadata, grid, argument
+# template, tensor slots, descriptor slots); REPLAY["on"] False: normal launches only
+_PLANS: dict = {}
+REPLAY = {"on": True, "stats": [0, 0]}  # [normal launches, replays]
+
+
+def _plan(kern, compiled, grid, args):
+    import inspect
+
+    if hasattr(compiled, "result"):
+        compiled = compiled.result()
+    bound = inspect.signature(kern.fn).bind(*args)
+    bound.apply_defaults()
+    full = list(bound.arguments.values())
+    if len(full) != len(kern.arg_names):
+        return None
+    slots, dslots = [], []
+    for i, a in enumerate(full):
+        if isinstance(a, torch.Tensor):
+            slots.append((i, i))
+            full[i] = None
+        elif isinstance(a, TensorDescriptor):
+            dslots.append((i, i, list(a.shape), list(a.strides), a.padding))
+            full[i] = None
+    g = tuple(grid) + (1, 1)
+    return compiled.run, compiled.function, compiled.packed_metadata, g[:3], full, tuple(slots), tuple(dslots)
+
+
+def _replay(plan, args):
+    from triton.runtime.driver import driver
+
+    run, fn, meta, (g0, g1, g2), tpl, slots, dslots = plan
+    full = tpl.copy()
+    for i, j in slots:
+        full[i] = args[j].data_ptr()
+    for i, j, shape, strides, padding in dslots:
+        full[i] = _Desc(args[j].base.data_ptr(), shape, strides, padding)
+    dev = driver.active.get_current_device()
+    run(g0, g1, g2, driver.active.get_current_stream(dev), fn, meta, None, None, None, *full)
+
+
+def _go(kern, grid, args, **opts):
+    """kern[grid](*args, **opts), replayed from the second launch of a key on (the key: every non-tensor
+    argument, the tensors' dtypes / devices / 16-byte alignment, the descriptors' shapes / strides / blocks)."""
+    from ..launch_replay import available as _replay_ok, hooks_set
+
+    fast = REPLAY["on"] and _replay_ok()
+    if fast:
+        key = (id(kern), tuple(grid), tuple(opts.items())) + tuple(
+            (a.dtype, a.device.index, a.data_ptr() % 16 == 0) if isinstance(a, torch.Tensor) else
+            (tuple(a.shape), tuple(a.strides), tuple(a.block_shape), a.base.dtype, a.base.data_ptr() % 16 == 0)
+            if isinstance(a, TensorDescriptor) else a for a in args)
+        plan = _PLANS.get(key, False)
+        if plan and not hooks_set():
+            try:
+                _replay(plan, args)
+                REPLAY["stats"][1] += 1
+                return None
+            except Exception as e:  # noqa: BLE001 - the launcher rejected it: normal launches from now on
+                import warnings
+
+                warnings.warn(f"dsalt: Gluon dK/dV launch replay failed ({e!r}); using normal launches")
+                REPLAY["on"] = False
+    compiled = kern[grid](*args, **opts)
+    REPLAY["stats"][0] += 1
+    if fast and plan is False:
+        if len(_PLANS) > 256:
+            _PLANS.clear()
+        try:
+            _PLANS[key] = _plan(kern, compiled, grid, args)
+        except Exception:  # noqa: BLE001 - not replayable: normal launches for this key
+            _PLANS[key] = None
+    return compiled
+
+
 def dkdv_gluon(q, k, v, win, do, lse, delta, dk, dv, wmin, h, g, t, n_max, edge, inv_edge, qk_scale, sm_scale,
                wg, config=None):
     """Launch the Gluon dK/dV kernel (the arguments of _dkdv_kernel's launch, tensors contiguous)."""
-    bm, bn, stages, w, rows = (config or GLUON_CONFIG)[:5]
-    extra = tuple(bool(x) for x in (config or GLUON_CONFIG)[5:]) if rows else ()  # LEAN_BAR, P16
-    qd, kd, vd, dd = descriptors(q, k, v, do, bm, bn)
+    config = config or GLUON_CONFIG
+    if config[4] == 2 and not wg:  # the WS form reads the stored window minima only
+        config = GLUON_CONFIG if GLUON_CONFIG[4] != 2 else (64, 128, 3, 8, 1)
+    bm, bn, stages, w, rows = config[:5]
+    extra = tuple(bool(x) for x in config[5:]) if rows == 1 else ()  # LEAN_BAR, P16
+    qd, kd, vd, dd = descriptors(q, k, v, do, bm, bn // 2 if rows == 2 else bn)
     grid = (triton_cdiv(t, bn), k.shape[0] * k.shape[1])
+    args = (qd, kd, vd, dd, win, lse, delta, dk, dv, wmin, h, g, t, n_max, float(edge), float(inv_edge),
+            float(qk_scale), float(sm_scale), q.shape[-1], bm, bn, stages, wg)
+    if rows == 2:  # warp-specialized: 4 + 4 + 1 warps (12 allocated), 168 registers each at launch
+        return _go(_dkdv_gluon_ws_kernel, grid, args + tuple(config[5:]), num_warps=4, maxnreg=168)
     kern = _dkdv_gluon_rows_kernel if rows else _dkdv_gluon_kernel
-    return kern[grid](qd, kd, vd, dd, win, lse, delta, dk, dv, wmin, h, g, t, n_max, float(edge), float(inv_edge),
-                      float(qk_scale), float(sm_scale), q.shape[-1], bm, bn, stages, wg, *extra, num_warps=w)
+    return _go(kern, grid, args + extra, num_warps=w)
 
 
 def triton_cdiv(a: int, b: int) -> int:

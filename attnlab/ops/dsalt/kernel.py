@@ -387,7 +387,7 @@ def _gluon_dkdv(q, k, v, win, do, lse, delta, dk, dv, wmin, h, g, t, fargs, wg) 
     n_max, edge, inv_edge, qk_scale, sm_scale = fargs
     try:
         _GD.dkdv_gluon(q, k, v, win, do, lse, delta, dk, dv, wmin, h, g, t, n_max, edge, inv_edge, qk_scale,
-                       sm_scale, wg)
+                       sm_scale, wg, config=FORCE_CONFIG.get("gluon_dkdv"))
         return True
     except Exception as e:  # compiler / driver trouble: the Triton kernel from now on
         import warnings
