@@ -21,9 +21,11 @@ from attnlab.bench import write_results  # noqa: E402
 from attnlab.ops.dsalt import gluon_dkdv as GD  # noqa: E402
 
 
-def compile_dkdv_sm90(config, wg=32, dtype="bf16", p16=False, late=False, late_load=False, end_wait=False, rows=False, lean_bar=False, ws=False, regs=240):
-    """The Gluon dK/dV kernel at config (BM, BN, STAGES, num_warps): its host descriptors' signatures
-    from CPU stand-in tensors."""
+def compile_dkdv_sm90(config, wg=32, dtype="bf16", regs=240, **flags):
+    """The Gluon dK/dV kernel at config (BM, BN, STAGES, num_warps[, form[, LEAN_BAR[, P16]]]) (form 0:
+    transposed, 1: rows, 2: warp-specialized), WG rows per window minimum (0: none); flags: the kernels'
+    other constexpr switches by name (e.g. LATE_DELTA=True, the transposed form's experiments). The host
+    descriptors' signatures come from CPU stand-in tensors."""
     import torch
     import triton
     from triton.backends.compiler import GPUTarget
@@ -33,6 +35,11 @@ def compile_dkdv_sm90(config, wg=32, dtype="bf16", p16=False, late=False, late_l
     from noise_once_resources import _report  # noqa: E402 - the shared cuobjdump report
 
     bm, bn, stages, w = config[:4]
+    form = config[4] if len(config) > 4 else 1
+    rows, ws = form == 1, form == 2
+    flags = dict(flags)
+    for name, val in zip(("LEAN_BAR", "P16"), config[5:]):
+        flags[name] = bool(val)
     tdt = torch.bfloat16 if dtype == "bf16" else torch.float16
     x = torch.empty(1, 2, 256, 128, dtype=tdt)
     qd, kd, vd, dd = GD.descriptors(x, x, x, x, bm, bn // 2 if ws else bn)
@@ -41,8 +48,7 @@ def compile_dkdv_sm90(config, wg=32, dtype="bf16", p16=False, late=False, late_l
              "do_desc": mangle_type(dd), "W": "*fp32", "LSE": "*fp32", "DELTA": "*fp32", "DK": "*" + dtype,
              "DV": "*" + dtype, "WMIN": "*fp32", "edge": "fp32", "inv_edge": "fp32", "qk_scale": "fp32",
              "sm_scale": "fp32"}
-    consts = {"D": 128, "BM": bm, "BN": bn, "STAGES": stages, "WG": wg, "P16": bool(p16), "LATE_DELTA": bool(late), "LATE_LOAD": bool(late_load), "END_WAIT": bool(end_wait), "LEAN_BAR": bool(lean_bar)}
-    consts["CONSUMER_REGS"] = regs
+    consts = {"D": 128, "BM": bm, "BN": bn, "STAGES": stages, "WG": wg, "CONSUMER_REGS": regs, **flags}
     consts = {a: b for a, b in consts.items() if a in kernel.arg_names}
     sig = {n: ("constexpr" if n in consts else types.get(n, "i32")) for n in kernel.arg_names}
     k = triton.compile(GluonASTSource(fn=kernel, signature=sig, constexprs=consts),
@@ -60,8 +66,9 @@ def main(argv=None):
     if not GD.HAVE_GLUON:
         print("Gluon not importable here: nothing compiled")
         return
-    cases = [(GD.GLUON_CONFIG, 32)] if args.quick else [(GD.GLUON_CONFIG, 32), (GD.GLUON_CONFIG, 0),
-                                                        ((64, 128, 4, 8), 32), ((64, 128, 2, 8), 32)]
+    cases = [(GD.GLUON_CONFIG, 32)] if args.quick else [
+        (GD.GLUON_CONFIG, 32), (GD.GLUON_CONFIG, 0), ((64, 128, 3, 8, 1, 1), 32), ((64, 128, 2, 8, 1), 32),
+        ((64, 128, 3, 8, 0), 32), ((64, 128, 3, 8, 0), 0), ((64, 128, 3, 8, 2), 32)]
     rows = []
     for cfg, wg in cases:
         try:

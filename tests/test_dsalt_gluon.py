@@ -146,3 +146,64 @@ def test_gpu_gluon_dkdv_matches_triton_and_reference(i, dtype, monkeypatch):
         assert torch.isfinite(a).all(), name
         assert rel_err(a.float(), tr.float()) <= 1e-2, (name, rel_err(a.float(), tr.float()))
         assert rel_err(a.float(), r) <= 3e-2, (name, rel_err(a.float(), r))
+
+
+def test_launch_replay_rebuilds_pointers_and_descriptors(monkeypatch):
+    """The Gluon launch replay (CPU, a stand-in compiled kernel): the first launch builds host descriptors
+    and records a plan, the second replays it with the new tensors' pointers in the pointer slots and
+    descriptors (base pointer, [B*H, T, D] shape and strides) equal to what descriptors() would build."""
+    from attnlab.ops import launch_replay
+    from attnlab.ops.dsalt import gluon_dkdv as GD
+
+    if not GD.HAVE_GLUON:
+        pytest.skip("Gluon not importable")
+    real = GD._dkdv_gluon_rows_kernel
+    calls = {"normal": [], "run": []}
+
+    class Compiled:
+        function, packed_metadata = "fn", "meta"
+
+        @staticmethod
+        def run(*a):
+            calls["run"].append(a)
+
+    class Kern:
+        def __init__(self):
+            self.fn, self.arg_names = real.fn, real.arg_names  # instance attributes (not bound methods)
+
+        def __getitem__(self, grid):
+            def go(*args, **opts):
+                calls["normal"].append((grid, args, opts))
+                return Compiled()
+            return go
+
+    kern = Kern()
+    monkeypatch.setattr(launch_replay, "available", lambda: True)
+    monkeypatch.setattr(launch_replay, "hooks_set", lambda: False)
+    monkeypatch.setattr(GD, "_stream", lambda: 7)
+    monkeypatch.setattr(GD, "_PLANS", {})
+    monkeypatch.setattr(GD, "REPLAY", {"on": True, "stats": [0, 0]})
+
+    def inputs():
+        q = torch.randn(1, 4, 96, 128, dtype=torch.bfloat16)
+        k = torch.randn(1, 2, 96, 128, dtype=torch.bfloat16)
+        small = [torch.randn(4 * 96) for _ in range(6)]
+        return (q, k, k.clone(), q.clone()), tuple(small)
+
+    scal = (4, 2, 96, 64, 4.0, 0.25, 0.1, 0.08, 128, 64, 128, 3, 32)
+    for rep in range(2):
+        descs, tensors = inputs()
+        GD._launch(kern, (1, 2), ("k", scal), lambda: GD.descriptors(*descs, 64, 128) + tensors + scal + (True, False),
+                   tensors, descs, num_warps=8)
+    assert len(calls["normal"]) == 1 and len(calls["run"]) == 1 and GD.REPLAY["stats"] == [1, 1]
+    a = calls["run"][0]
+    assert a[:9] == (1, 2, 1, 7, "fn", "meta", None, None, None)
+    full = a[9:]
+    assert len(full) == len(real.arg_names)
+    ref = GD.descriptors(*descs, 64, 128)
+    for i in range(4):  # the descriptors, on the second call's tensors
+        assert full[i].base.data_ptr() == descs[i].data_ptr() == ref[i].base.data_ptr()
+        assert list(full[i].shape) == list(ref[i].shape) and list(full[i].strides) == list(ref[i].strides)
+        assert full[i].padding == ref[i].padding
+    assert list(full[4:10]) == [x.data_ptr() for x in tensors]
+    assert tuple(full[10:23]) == scal and tuple(full[23:25]) == (True, False)
