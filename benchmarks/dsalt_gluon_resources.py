@@ -11,6 +11,7 @@ Writes dsalt_gluon_resources.json (attnlab.bench.write_results).
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import sys
 
@@ -50,6 +51,9 @@ def compile_dkdv_sm90(config, wg=32, dtype="bf16", regs=240, **flags):
              "sm_scale": "fp32"}
     consts = {"D": 128, "BM": bm, "BN": bn, "STAGES": stages, "WG": wg, "CONSUMER_REGS": regs, **flags}
     consts = {a: b for a, b in consts.items() if a in kernel.arg_names}
+    for name, prm in inspect.signature(kernel.fn).parameters.items():  # constexprs left at their defaults
+        if name not in consts and prm.default is not inspect.Parameter.empty:
+            consts[name] = prm.default
     sig = {n: ("constexpr" if n in consts else types.get(n, "i32")) for n in kernel.arg_names}
     k = triton.compile(GluonASTSource(fn=kernel, signature=sig, constexprs=consts),
                        target=GPUTarget("cuda", 90, 32),

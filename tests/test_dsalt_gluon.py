@@ -207,3 +207,18 @@ def test_launch_replay_rebuilds_pointers_and_descriptors(monkeypatch):
         assert full[i].padding == ref[i].padding
     assert list(full[4:10]) == [x.data_ptr() for x in tensors]
     assert tuple(full[10:23]) == scal and tuple(full[23:25]) == (True, False)
+
+
+def test_resource_script_quick(tmp_path, monkeypatch):
+    """benchmarks/dsalt_gluon_resources.py --quick (the offline sm_90 compile of the default config; with a
+    Triton whose Gluon API differs it prints that and goes on)."""
+    import importlib.util
+    import os
+
+    monkeypatch.setenv("ATTNLAB_BENCH_DIR", str(tmp_path))
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks",
+                        "dsalt_gluon_resources.py")
+    spec = importlib.util.spec_from_file_location("dsalt_gluon_resources", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.main(["--quick"])
