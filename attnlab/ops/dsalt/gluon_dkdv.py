@@ -1,31 +1,39 @@
 """DSALT's window dK/dV kernel written in Gluon (Hopper: TMA ring + mbarriers + async wgmma).
 
-Same function as ``jit_attention._dkdv_kernel`` (TRANS=1, the formulation the H100 autotuner picks):
-same inputs (Q, K, V, the windows W, dO, LSE and DELTA in log2 units as the forward / dQ kernel store
-them, the window minima WMIN of every WG rows where the dQ kernel stored them), same outputs (the
-window part of dK and dV, stored, no atomics). A program = one key tile of BN = 128 keys (two
-warpgroups of 64 keys: the keys are the wgmma M dimension) x one (batch, kv head); it walks the query
-tiles (BM = 64 rows) that can see its keys, for every head of the kv group, in the Triton kernel's
-order. Per query tile (4 wgmma):
+Same function as ``jit_attention._dkdv_kernel``: same inputs (Q, K, V, the windows W, dO, LSE and DELTA in log2
+units as the forward / dQ kernels store them, the window minima WMIN of every WG rows where the dQ kernel stored
+them, else the tile's windows reduced here), same outputs (the window part of dK and dV, stored, no atomics;
+the landmark kernel adds into them afterwards). A program = one key tile of BN = 128 keys (two warpgroups of 64
+keys) x one (batch, kv head); it walks the query tiles (BM = 64 rows) that can see its keys, for every head of
+the kv group, in the Triton kernel's order, and decides each tile's kind as that kernel does (edge: the soft
+weight r and the window test; diagonal: the causal test; full: no mask).
 
-    S^T  = K Q^T            (async; keys x queries, fp32 registers)
-    dP^T = V dO^T           (async, runs while P^T is computed)
-    P^T  = 2^(S^T qk - LSE) [x r on edge tiles; causal test on diagonal tiles; no mask on full tiles]
-    dV  += P^T dO           (P^T from registers, bf16)
-    dS^T = P^T (dP^T - Delta)
-    dK  += dS^T Q           (dS^T from registers; stays in flight into the next tile's S^T / dP^T)
+Forms (``GLUON_CONFIG`` = (BM, BN, STAGES, num_warps, form[, LEAN_BAR]); form 1 is the default):
 
-The Q / dO tiles come through a STAGES-deep ring of shared-memory slots filled by the tensor memory
-accelerator (host tensor descriptors over [B*H, T, D]: the T boundary is the descriptor's,
-zero-filled), one mbarrier per slot; a slot is refilled (tile i + STAGES - 1) once both warpgroups
-are past tile i - 1's products (a CTA barrier after the wgmma wait). K and V are loaded once.
-The three tile kinds are uniform runtime branches, decided exactly as in the Triton kernel (the
-tile's smallest window from WMIN, or reduced from the rows' windows where WG = 0).
+* form 1, ``_dkdv_gluon_rows_kernel``: per query tile S = Q K^T and dP = dO V^T as [BM rows, BN keys] (async
+  wgmma; the warpgroups split the keys, each thread holds 2 rows' LSE / Delta), P = 2^(S qk - LSE) (masked per
+  tile kind) and dS = P (dP - Delta) stored to shared memory as bf16 / fp16, dV += P^T dO and dK += dS^T Q
+  (the transposed shared-memory views as A operands), left in flight until the next tile's S is ready;
+* form 0, ``_dkdv_gluon_kernel``: the Triton kernel's orientation, S^T [keys, rows], P^T / dS^T as register A
+  operands (no shared-memory round trip, but 16 columns' LSE / Delta per thread: ptxas spills ~200 bytes);
+* form 2, ``_dkdv_gluon_ws_kernel`` (WMIN only): ``gl.warp_specialize`` with a 1-warp TMA producer
+  (ready / empty mbarriers) and the two 64-key halves as separate 4-warp consumer partitions, each with its own
+  P / dS buffers and partition-local barriers (the warpgroups run unsynchronised); 240 registers per consumer
+  thread (spills).
 
-Gluon has no interpreter and compiles only for NVIDIA GPUs: ``available()`` says whether this kernel
-can take a backward (Hopper, bf16/fp16, head dim 128, TMA-compatible contiguous tensors); everywhere
-else ``kernel.py`` runs the Triton kernel, and a compile / launch failure switches this one off
-(``BROKEN``) with a warning. Written for Triton 3.6 (the GPU machine's).
+The Q / dO tiles come through a STAGES-deep ring of shared-memory slots filled by the tensor memory accelerator
+(host tensor descriptors over [B*H, T, D]: the T boundary is the descriptor's, zero-filled), one mbarrier per
+slot; K and V are loaded once. Launches are replayed from the second call of a key on (``_launch``: the
+compiled launcher called with descriptor stand-ins on the new pointers, no host descriptors built).
+
+Measured on an H100 (benchmarks/RESULTS.md, "Session 9: DSALT dK/dV in Gluon"): form 1 939 us vs the Triton
+kernel's 989 us at T = 32K (5% faster on the GPU); DSALT fwd+bwd no faster end to end, so
+``kernel.OPTS["gluon_dkdv"]`` is off by default.
+
+Gluon has no interpreter and compiles only for NVIDIA GPUs: ``available()`` says whether this kernel can take a
+backward (Hopper, bf16/fp16, head dim 128, TMA-compatible contiguous tensors); everywhere else ``kernel.py`` runs
+the Triton kernel, and a compile / launch failure switches this one off (``BROKEN``) with a warning. Written for
+Triton 3.6 (the GPU machine's).
 """
 
 from __future__ import annotations

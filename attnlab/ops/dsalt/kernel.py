@@ -194,9 +194,11 @@ def _blocks(block: int, d: int, device) -> tuple[int, int, int]:
 # bias as one select inside the exp2 and sm_scale folded into dS (11% fewer SASS instructions in its loop,
 # ptxas sm_90). H100, one call, same process, 7 rounds: the kernel 364 vs 394 us at 32K; fwd+bwd 32K 3.087 vs
 # 3.081 ms (equal), 16K 1.751 vs 1.825, 4K 0.965 vs 1.029 (host bound).
-# gluon_dkdv (session 9): the window dK/dV through the Gluon kernel of gluon_dkdv.py (TMA ring, async wgmma)
-# where it can run (Hopper, bf16/fp16, d = 128), _dkdv_kernel elsewhere; figures in benchmarks/RESULTS.md,
-# "Session 9: DSALT dK/dV in Gluon".
+# gluon_dkdv (session 9, off): the window dK/dV through the Gluon kernel of gluon_dkdv.py (TMA ring, async wgmma)
+# where it can run (Hopper, bf16/fp16, d = 128), _dkdv_kernel elsewhere (FORCE_CONFIG["gluon_dkdv"]: another
+# config). H100, one call, 5 rounds: the kernel 939 vs 989 us at 32K; fwd+bwd 2.990 vs 3.020 ms at 32K, 1.736 vs
+# 1.747 at 16K, 1.222 vs 0.984 at 4K (host bound; the launch then built host descriptors each call, the replay
+# without them came after); benchmarks/RESULTS.md, "Session 9: DSALT dK/dV in Gluon".
 OPTS = {"lc_fwd": 32, "lc_dq": 32, "delta": (64, 4), "lm_bwd": "trans", "fuse_delta": True,
         "lm_dq": True, "fwd_split": True, "split_min_t": 32768, "loop1_fwd": "split",
         "dkdv_wmin": True, "wmin_min_t": 8192, "lm_lean": True, "gluon_dkdv": False}
