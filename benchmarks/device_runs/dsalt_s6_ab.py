@@ -7,7 +7,9 @@ landmark path (lm_bwd "atomic", the dQ kernel's landmark pass). --set s7: the sa
 candidates (benchmarks/RESULTS.md, "Session 7: DSALT"); --set s7b: round 2's (the dK/dV kernel with
 and without the stored window minima); --set s7c: the lead's check of the T >= 32K path from 16K on; --set s8c: the lean landmark backward
 (OPTS["lm_lean"], session 8); --set s9q: the window dQ pass in Gluon (OPTS["gluon_dq"], session 9; --gq-ws NAME adds a
-gluon_dq.CONFIGS entry, e.g. the warp-specialised ws3);
+gluon_dq.CONFIGS entry, e.g. the warp-specialised ws3); --set s9k: the window dK/dV through the Gluon kernel
+(OPTS["gluon_dkdv"], session 9; default config and the one-barrier-less "lean" config); --set s9: the lead's
+session-9 A/B of both Gluon passes at every length;
 session 8's sets s8 / s8b (two landmark backward kernels; then, under the same names, the selection
 beside the forward through PDL) timed options that were no faster and were removed (code at commits
 3ef7b56 and 1560476; figures in benchmarks/RESULTS.md, "Session 8: DSALT landmark backward" / "PDL
@@ -76,7 +78,7 @@ def timeline(step, label):
 
 U = {"loop1_fwd": True, "fwd_split": False}  # the fused one-loop forward with its landmark iterations
 TIMELINES = ("flex_window", "window", "dsalt", "dsalt_4loop", "dsalt_u", "dsalt_nowmin", "dsalt_lean",
-             "dsalt_gq", "dsalt_gq_ws")
+             "dsalt_gq", "dsalt_gq_ws", "dsalt_gluon_dkdv", "dsalt_tri", "dsalt_dkdv", "dsalt_both")
 
 
 def s7_variants(mk, n_lm):
@@ -111,7 +113,7 @@ def main():
     ap.add_argument("--lengths", default="32768,16384,4096")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default=os.environ.get("ATTNLAB_BENCH_DIR", "."))
-    ap.add_argument("--set", default="lead", choices=["lead", "s7", "s7b", "s7c", "s8c", "s9q"])
+    ap.add_argument("--set", default="lead", choices=["lead", "s7", "s7b", "s7c", "s8c", "s9q", "s9k", "s9"])
     ap.add_argument("--gq-ws", default="", help="s9q: also a gluon_dq config from gluon_dq.CONFIGS (e.g. ws3)")
     ap.add_argument("--timeline", action="store_true")
     ap.add_argument("--full-from", type=int, default=8192, help="every variant only where T >= this")
@@ -171,6 +173,11 @@ def main():
             variants.update(s7b_variants(mk, n_lm))
         if args.set == "s7c":
             variants.update(s7c_variants(mk, n_lm))
+        if args.set == "s9k":  # session 9, helper 6k: the window dK/dV through the Gluon kernel (gluon_dkdv.py)
+            variants["dsalt_gluon_dkdv"] = mk(n_lm, {"gluon_dkdv": True})
+            variants["dsalt_gluon_lean"] = mk(n_lm, {"gluon_dkdv": True}, {"gluon_dkdv": (64, 128, 3, 8, 1, 1)})
+            if os.environ.get("S9K_WS") == "1":  # the warp-specialized config passed its check in this call
+                variants["dsalt_gluon_ws"] = mk(n_lm, {"gluon_dkdv": True}, {"gluon_dkdv": (64, 128, 3, 8, 2)})
         if args.set == "s8c":  # session 8, lead: the lean landmark backward (OPTS["lm_lean"], the default since)
             variants["dsalt_lean"] = mk(n_lm, {"lm_lean": True})
             variants["dsalt_notlean"] = mk(n_lm, {"lm_lean": False})
@@ -183,6 +190,12 @@ def main():
                 from attnlab.ops.dsalt import gluon_dq as GD
                 variants["dsalt_gq_ws"] = mk(n_lm, {"gluon_dq": True, "gluon_dq_min_t": 0,
                                                     "gluon_dq_config": GD.CONFIGS[args.gq_ws]})
+        if args.set == "s9":  # session 9, lead: both Gluon passes, alone and together, at every length
+            variants.pop("window")
+            variants["dsalt_tri"] = mk(n_lm, {"gluon_dq": False, "gluon_dkdv": False})
+            variants["dsalt_gq"] = mk(n_lm, {"gluon_dq": True, "gluon_dq_min_t": 0})
+            variants["dsalt_dkdv"] = mk(n_lm, {"gluon_dkdv": True})
+            variants["dsalt_both"] = mk(n_lm, {"gluon_dq": True, "gluon_dq_min_t": 0, "gluon_dkdv": True})
         if t < args.full_from:  # short sequences (host bound): the core variants only
             variants = {a: b for a, b in variants.items() if a in CORE}
         times = {name: [] for name in variants}

@@ -76,6 +76,7 @@ import torch
 import torch.nn.functional as F
 
 from ..launch_replay import ReplayLauncher
+from . import gluon_dkdv as _GD
 from .reference import INVALID_KEY, check_args, key_positions, select_landmarks
 
 try:
@@ -206,10 +207,15 @@ def _blocks(block: int, d: int, device) -> tuple[int, int, int]:
 # (0.294 vs 0.336 at 16K, 0.081 vs 0.094 at 4K); DSALT fwd+bwd 32K 2.887 vs 3.090 ms / 2.889 vs 3.033 (faster in
 # both calls), 16K 1.701 vs 1.751 / 1.870 vs 1.802 (mixed), 4K (host bound) 1.265 vs 1.199 / 1.157 vs 1.005
 # (slower: its launch costs more host time), hence only from 32K on.
+# gluon_dkdv (session 9, off): the window dK/dV through the Gluon kernel of gluon_dkdv.py (TMA ring, async wgmma)
+# where it can run (Hopper, bf16/fp16, d = 128), _dkdv_kernel elsewhere (FORCE_CONFIG["gluon_dkdv"]: another
+# config). H100, one call, 5 rounds: the kernel 939 vs 989 us at 32K; fwd+bwd 2.990 vs 3.020 ms at 32K, 1.736 vs
+# 1.747 at 16K, 1.222 vs 0.984 at 4K (host bound; the launch then built host descriptors each call, the replay
+# without them came after); benchmarks/RESULTS.md, "Session 9: DSALT dK/dV in Gluon".
 OPTS = {"lc_fwd": 32, "lc_dq": 32, "delta": (64, 4), "lm_bwd": "trans", "fuse_delta": True,
         "lm_dq": True, "fwd_split": True, "split_min_t": 32768, "loop1_fwd": "split",
         "dkdv_wmin": True, "wmin_min_t": 8192, "lm_lean": True, "gluon_dq": True, "gluon_dq_min_t": 32768,
-        "gluon_dq_config": None}
+        "gluon_dq_config": None, "gluon_dkdv": False}
 
 _TUNED: dict = {}
 _FWD_BM_OVERRIDE: dict = {}
@@ -470,6 +476,25 @@ def forward_saved(q, k, v, win, energy, *, n_max: int, edge: float, n_landmarks:
     return o, ctx.saved_tensors[8], ctx.saved_tensors[6]
 
 
+def _gluon_dkdv(q, k, v, win, do, lse, delta, dk, dv, wmin, h, g, t, fargs, wg) -> bool:
+    """The window dK/dV through the Gluon kernel (gluon_dkdv.py, session 9) where OPTS["gluon_dkdv"] is on
+    and it can run (Hopper, bf16/fp16, head dim 128, TMA-compatible tensors); False: the caller launches
+    the Triton _dkdv_kernel. A compile / launch error switches it off for good (warning)."""
+    if not OPTS.get("gluon_dkdv") or not _GD.available(q, k, v, do):
+        return False
+    n_max, edge, inv_edge, qk_scale, sm_scale = fargs
+    try:
+        _GD.dkdv_gluon(q, k, v, win, do, lse, delta, dk, dv, wmin, h, g, t, n_max, edge, inv_edge, qk_scale,
+                       sm_scale, wg, config=FORCE_CONFIG.get("gluon_dkdv"))
+        return True
+    except Exception as e:  # compiler / driver trouble: the Triton kernel from now on
+        import warnings
+
+        _GD.BROKEN = f"{type(e).__name__}: {e}"
+        warnings.warn(f"dsalt: Gluon dK/dV kernel unavailable ({_GD.BROKEN[:300]}); using _dkdv_kernel")
+        return False
+
+
 class _DSALTFn(torch.autograd.Function):
     """Inputs: q [B,H,T,D], k, v [B,Hk,T,D], win [B,H,T] fp32, energy [B,Hk,T]. The landmark sets
     are selected inside (no gradient through the discrete choice); the gate logsigmoid(e_j) gets
@@ -564,9 +589,10 @@ class _DSALTFn(torch.autograd.Function):
                     FUSE_DELTA=int(fuse), WG=wg)
         dk = torch.empty_like(k)
         dv = torch.empty_like(v)
-        _launch("dkdv", _dkdv_kernel, t, b * hk, bm, bn, warps, block,
-                q, k, v, win, do, lse, delta, dk, dv, wmin, *strides, h, g, t, *fargs, D=d, PREC=_prec(q),
-                WG=wg)
+        if not _gluon_dkdv(q, k, v, win, do, lse, delta, dk, dv, wmin, h, g, t, fargs, wg):
+            _launch("dkdv", _dkdv_kernel, t, b * hk, bm, bn, warps, block,
+                    q, k, v, win, do, lse, delta, dk, dv, wmin, *strides, h, g, t, *fargs, D=d, PREC=_prec(q),
+                    WG=wg)
         denergy = None
         if has_lm:
             dgt = torch.zeros(b, hk, t, device=q.device, dtype=torch.float32)
