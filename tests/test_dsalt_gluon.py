@@ -40,6 +40,7 @@ def test_option_on_cpu_runs_the_triton_kernel(monkeypatch):
     from attnlab.ops.dsalt import kernel
 
     monkeypatch.setitem(kernel.OPTS, "gluon_dkdv", True)
+    monkeypatch.setitem(kernel.OPTS, "gluon_dkdv_min_t", 0)
     torch.manual_seed(0)
     ins = make(1, 2, 1, 37, 16, 2.0, 20, torch.float32)
     kw = dict(n_max=20, edge=3.0, n_landmarks=5, block=16)
@@ -51,6 +52,24 @@ def test_option_on_cpu_runs_the_triton_kernel(monkeypatch):
         ga = torch.autograd.grad(out, ins[:3], do)
     for a, r in zip(ga, torch.autograd.grad(ref, ins[:3], do)):
         assert rel_err(a, r) <= 1e-4
+
+
+def test_length_gate(monkeypatch):
+    """On by default, from OPTS["gluon_dkdv_min_t"] (16384) on, where the H100 A/B measured it faster (session 9
+    lead); shorter sequences never ask whether the Gluon kernel is available."""
+    from attnlab.ops.dsalt import gluon_dkdv as GD
+    from attnlab.ops.dsalt import kernel
+
+    assert kernel.OPTS["gluon_dkdv"] and kernel.OPTS["gluon_dkdv_min_t"] == 16384
+    asked = []
+    monkeypatch.setattr(GD, "available", lambda *a: asked.append(1) or False)
+    x = torch.zeros(1, 1, 8, 128)
+    fargs = (8, 1.0, 1.0, 1.0, 1.0)
+    assert not kernel._gluon_dkdv(x, x, x, None, x, None, None, None, None, None, 1, 1, 8, fargs, 0)
+    assert not asked
+    monkeypatch.setitem(kernel.OPTS, "gluon_dkdv_min_t", 8)
+    assert not kernel._gluon_dkdv(x, x, x, None, x, None, None, None, None, None, 1, 1, 8, fargs, 0)
+    assert asked
 
 
 @needs_triton
@@ -66,6 +85,7 @@ def test_gluon_failure_falls_back_with_a_warning(monkeypatch):
         raise RuntimeError("no sm_90 here")
 
     monkeypatch.setitem(kernel.OPTS, "gluon_dkdv", True)
+    monkeypatch.setitem(kernel.OPTS, "gluon_dkdv_min_t", 0)
     monkeypatch.setattr(GD, "available", lambda *a: not GD.BROKEN)
     monkeypatch.setattr(GD, "dkdv_gluon", boom)
     monkeypatch.setattr(GD, "BROKEN", "")
@@ -124,6 +144,7 @@ def test_gpu_gluon_dkdv_matches_triton_and_reference(i, dtype, monkeypatch):
     res = {}
     for on in (False, True):
         monkeypatch.setitem(kernel.OPTS, "gluon_dkdv", on)
+        monkeypatch.setitem(kernel.OPTS, "gluon_dkdv_min_t", 0)
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # no fallback
             out = dsalt_attention(*ins, impl="triton", **kw)
@@ -139,7 +160,10 @@ def test_gpu_gluon_dkdv_matches_triton_and_reference(i, dtype, monkeypatch):
         again = torch.autograd.grad(out, ins[:3], do)
     assert GD.REPLAY["stats"][1] > n0, "the launch was not replayed"
     for a, b2 in zip(res[True], again):
-        assert torch.equal(a, b2)
+        if n_lm:  # the landmark backward adds into dK/dV by atomics: the order of the adds varies
+            assert rel_err(a.float(), b2.float()) <= 2e-3
+        else:
+            assert torch.equal(a, b2)
     ref = dsalt_reference(*[x.float() if j < 3 else x for j, x in enumerate(ins)], **kw)
     gr = torch.autograd.grad(ref, ins[:3], do.float())
     for name, a, tr, r in zip("qkv", res[True], res[False], gr):

@@ -130,7 +130,7 @@ def test_gluon_dq_length_gate(monkeypatch):
     from attnlab.ops.dsalt import gluon_dq as GD
     from attnlab.ops.dsalt import kernel as K
 
-    assert K.OPTS["gluon_dq"] and K.OPTS["gluon_dq_min_t"] == 32768
+    assert K.OPTS["gluon_dq"] and K.OPTS["gluon_dq_min_t"] == 16384
     q, k, v, do, e, win = _inputs(1, 2, 1, 16, 128, 8, torch.bfloat16, "cpu")
     monkeypatch.setattr(GD, "available", lambda *a: True)
     assert not K.gluon_dq_ready(q, k, v, do, q)

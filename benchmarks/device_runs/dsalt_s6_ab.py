@@ -174,10 +174,10 @@ def main():
         if args.set == "s7c":
             variants.update(s7c_variants(mk, n_lm))
         if args.set == "s9k":  # session 9, helper 6k: the window dK/dV through the Gluon kernel (gluon_dkdv.py)
-            variants["dsalt_gluon_dkdv"] = mk(n_lm, {"gluon_dkdv": True})
-            variants["dsalt_gluon_lean"] = mk(n_lm, {"gluon_dkdv": True}, {"gluon_dkdv": (64, 128, 3, 8, 1, 1)})
+            variants["dsalt_gluon_dkdv"] = mk(n_lm, {"gluon_dkdv": True, "gluon_dkdv_min_t": 0})
+            variants["dsalt_gluon_lean"] = mk(n_lm, {"gluon_dkdv": True, "gluon_dkdv_min_t": 0}, {"gluon_dkdv": (64, 128, 3, 8, 1, 1)})
             if os.environ.get("S9K_WS") == "1":  # the warp-specialized config passed its check in this call
-                variants["dsalt_gluon_ws"] = mk(n_lm, {"gluon_dkdv": True}, {"gluon_dkdv": (64, 128, 3, 8, 2)})
+                variants["dsalt_gluon_ws"] = mk(n_lm, {"gluon_dkdv": True, "gluon_dkdv_min_t": 0}, {"gluon_dkdv": (64, 128, 3, 8, 2)})
         if args.set == "s8c":  # session 8, lead: the lean landmark backward (OPTS["lm_lean"], the default since)
             variants["dsalt_lean"] = mk(n_lm, {"lm_lean": True})
             variants["dsalt_notlean"] = mk(n_lm, {"lm_lean": False})
@@ -194,8 +194,9 @@ def main():
             variants.pop("window")
             variants["dsalt_tri"] = mk(n_lm, {"gluon_dq": False, "gluon_dkdv": False})
             variants["dsalt_gq"] = mk(n_lm, {"gluon_dq": True, "gluon_dq_min_t": 0})
-            variants["dsalt_dkdv"] = mk(n_lm, {"gluon_dkdv": True})
-            variants["dsalt_both"] = mk(n_lm, {"gluon_dq": True, "gluon_dq_min_t": 0, "gluon_dkdv": True})
+            variants["dsalt_dkdv"] = mk(n_lm, {"gluon_dkdv": True, "gluon_dkdv_min_t": 0})
+            variants["dsalt_both"] = mk(n_lm, {"gluon_dq": True, "gluon_dq_min_t": 0, "gluon_dkdv": True,
+                                                 "gluon_dkdv_min_t": 0})
         if t < args.full_from:  # short sequences (host bound): the core variants only
             variants = {a: b for a, b in variants.items() if a in CORE}
         times = {name: [] for name in variants}

@@ -214,8 +214,8 @@ def _blocks(block: int, d: int, device) -> tuple[int, int, int]:
 # without them came after); benchmarks/RESULTS.md, "Session 9: DSALT dK/dV in Gluon".
 OPTS = {"lc_fwd": 32, "lc_dq": 32, "delta": (64, 4), "lm_bwd": "trans", "fuse_delta": True,
         "lm_dq": True, "fwd_split": True, "split_min_t": 32768, "loop1_fwd": "split",
-        "dkdv_wmin": True, "wmin_min_t": 8192, "lm_lean": True, "gluon_dq": True, "gluon_dq_min_t": 32768,
-        "gluon_dq_config": None, "gluon_dkdv": False}
+        "dkdv_wmin": True, "wmin_min_t": 8192, "lm_lean": True, "gluon_dq": True, "gluon_dq_min_t": 16384,
+        "gluon_dq_config": None, "gluon_dkdv": True, "gluon_dkdv_min_t": 16384}
 
 _TUNED: dict = {}
 _FWD_BM_OVERRIDE: dict = {}
@@ -477,10 +477,10 @@ def forward_saved(q, k, v, win, energy, *, n_max: int, edge: float, n_landmarks:
 
 
 def _gluon_dkdv(q, k, v, win, do, lse, delta, dk, dv, wmin, h, g, t, fargs, wg) -> bool:
-    """The window dK/dV through the Gluon kernel (gluon_dkdv.py, session 9) where OPTS["gluon_dkdv"] is on
-    and it can run (Hopper, bf16/fp16, head dim 128, TMA-compatible tensors); False: the caller launches
+    """The window dK/dV through the Gluon kernel (gluon_dkdv.py, session 9) where OPTS["gluon_dkdv"] is on,
+    T >= OPTS["gluon_dkdv_min_t"] and it can run (Hopper, bf16/fp16, head dim 128, TMA-compatible tensors); False: the caller launches
     the Triton _dkdv_kernel. A compile / launch error switches it off for good (warning)."""
-    if not OPTS.get("gluon_dkdv") or not _GD.available(q, k, v, do):
+    if not OPTS.get("gluon_dkdv") or t < OPTS["gluon_dkdv_min_t"] or not _GD.available(q, k, v, do):
         return False
     n_max, edge, inv_edge, qk_scale, sm_scale = fargs
     try:
