@@ -27,8 +27,9 @@ slot; K and V are loaded once. Launches are replayed from the second call of a k
 compiled launcher called with descriptor stand-ins on the new pointers, no host descriptors built).
 
 Measured on an H100 (benchmarks/RESULTS.md, "Session 9: DSALT dK/dV in Gluon"): form 1 939 us vs the Triton
-kernel's 989 us at T = 32K (5% faster on the GPU); DSALT fwd+bwd no faster end to end, so
-``kernel.OPTS["gluon_dkdv"]`` is off by default.
+kernel's 989 us at T = 32K (5% faster on the GPU); DSALT fwd+bwd no faster end to end in the helper's call; in the
+lead's two calls (with the launch replay and the Gluon dQ pass) faster at 16K and 32K, slower at 4K (host
+bound): ``kernel.OPTS["gluon_dkdv"]`` is on where T >= ``OPTS["gluon_dkdv_min_t"]`` (16384).
 
 Gluon has no interpreter and compiles only for NVIDIA GPUs: ``available()`` says whether this kernel can take a
 backward (Hopper, bf16/fp16, head dim 128, TMA-compatible contiguous tensors); everywhere else ``kernel.py`` runs

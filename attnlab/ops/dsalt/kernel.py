@@ -48,7 +48,9 @@ Pipeline (``dsalt_triton``):
    with its landmark pass and ``_lm_bwd_kernel`` (per segment of query tiles x chunk of slots).
    Session 9 (``OPTS["gluon_dq"]``, where T >= ``OPTS["gluon_dq_min_t"]``): the window dQ pass (dQ, dW,
    delta, WMIN) by the Gluon kernel of ``gluon_dq.py`` on Hopper (TMA ring, async wgmma), ``_dq_kernel``
-   elsewhere.
+   elsewhere; likewise the window dK/dV (``OPTS["gluon_dkdv"]``, T >= ``OPTS["gluon_dkdv_min_t"]``) by
+   ``gluon_dkdv.py``, ``_dkdv_kernel`` elsewhere. Both from 16K on (the H100 A/B: faster there, slower at 4K
+   where the step is host bound).
 
 At T >= ``OPTS["split_min_t"]`` (32768; session 6 round 2: faster at 32K, slower at 16K)
 ``OPTS["fwd_split"]`` runs the forward as a window-only ``_fwd_kernel`` followed by
@@ -202,16 +204,19 @@ def _blocks(block: int, d: int, device) -> tuple[int, int, int]:
 # _dq_kernel, where it can run (gluon_dq.available: Hopper, bf16, head dim 128) and the dQ pass has no
 # landmark part (the default lm_dq path, or no landmarks) and delta is fused; a compile or launch failure
 # switches it off for the process (gluon_dq.BROKEN) with a warning. gluon_dq_config: None (the module's
-# GLUON_DQ_CONFIG) or a gluon_dq.CONFIGS tuple. On by default where T >= gluon_dq_min_t (32768): H100, session 9,
+# GLUON_DQ_CONFIG) or a gluon_dq.CONFIGS tuple. On by default where T >= gluon_dq_min_t (16384): H100, session 9,
 # two calls (benchmarks/RESULTS.md, "Session 9: DSALT dQ in Gluon"): the kernel alone 0.565 vs 0.663 ms at 32K
 # (0.294 vs 0.336 at 16K, 0.081 vs 0.094 at 4K); DSALT fwd+bwd 32K 2.887 vs 3.090 ms / 2.889 vs 3.033 (faster in
 # both calls), 16K 1.701 vs 1.751 / 1.870 vs 1.802 (mixed), 4K (host bound) 1.265 vs 1.199 / 1.157 vs 1.005
-# (slower: its launch costs more host time), hence only from 32K on.
-# gluon_dkdv (session 9, off): the window dK/dV through the Gluon kernel of gluon_dkdv.py (TMA ring, async wgmma)
+# (slower: its launch costs more host time), hence only from 32K on after the helper's calls; from 16K on after
+# the lead's two calls (with gluon_dkdv: see below).
+# gluon_dkdv (session 9; on where T >= gluon_dkdv_min_t): the window dK/dV through the Gluon kernel of gluon_dkdv.py (TMA ring, async wgmma)
 # where it can run (Hopper, bf16/fp16, d = 128), _dkdv_kernel elsewhere (FORCE_CONFIG["gluon_dkdv"]: another
 # config). H100, one call, 5 rounds: the kernel 939 vs 989 us at 32K; fwd+bwd 2.990 vs 3.020 ms at 32K, 1.736 vs
 # 1.747 at 16K, 1.222 vs 0.984 at 4K (host bound; the launch then built host descriptors each call, the replay
-# without them came after); benchmarks/RESULTS.md, "Session 9: DSALT dK/dV in Gluon".
+# without them came after); benchmarks/RESULTS.md, "Session 9: DSALT dK/dV in Gluon". The lead's two calls (7
+# rounds, both Gluon passes vs the Triton ones, "Session 9 lead check"): 32K 2.874 / 2.812 vs 3.038 / 2.984 ms,
+# 16K 1.720 / 1.629 vs 1.791 / 1.686, 4K 1.133 / 1.211 vs 1.015 / 1.008 (host bound): both on from 16K.
 OPTS = {"lc_fwd": 32, "lc_dq": 32, "delta": (64, 4), "lm_bwd": "trans", "fuse_delta": True,
         "lm_dq": True, "fwd_split": True, "split_min_t": 32768, "loop1_fwd": "split",
         "dkdv_wmin": True, "wmin_min_t": 8192, "lm_lean": True, "gluon_dq": True, "gluon_dq_min_t": 16384,
