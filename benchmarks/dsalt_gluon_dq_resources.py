@@ -27,20 +27,17 @@ def compile_dq(config, wg=32):
     from benchmarks.noise_once_resources import TARGET, _report
 
     bm, bn, stages, defer = config[:4]
-    ws = len(config) > 4 and config[4]
     x = torch.empty(1, 2, 256, 128, dtype=torch.bfloat16)
-    qd, kd, vd, dd = GD.descriptors(x, x, x, x, 64 if ws else bm, bn)
-    kern = GD._dq_ws_kernel if ws else GD._dq_gluon_kernel
+    qd, kd, vd, dd = GD.descriptors(x, x, x, x, bm, bn)
+    kern = GD._dq_gluon_kernel
     types = {"q_desc": mangle_type(qd), "k_desc": mangle_type(kd), "v_desc": mangle_type(vd),
              "do_desc": mangle_type(dd), "O": "*bf16", "DO": "*bf16", "W": "*fp32", "LSE": "*fp32",
              "DELTA": "*fp32", "DQ": "*bf16", "DW": "*fp32", "WMIN": "*fp32", "edge": "fp32", "inv_edge": "fp32",
              "qk_scale": "fp32", "sm_scale": "fp32"}
     consts = {"D": 128, "BM": bm, "BN": bn, "STAGES": stages, "WG": wg, "DEFER": defer}
-    if ws:
-        consts.update(REGS=config[5], PREGS=24, PRODUCER=config[6])
     sig = {n: ("constexpr" if n in consts else types.get(n, "i32")) for n in kern.arg_names}
     k = triton.compile(GluonASTSource(fn=kern, signature=sig, constexprs=consts), target=TARGET,
-                       options={"num_warps": 4 if ws else bm // 16})
+                       options={"num_warps": bm // 16})
     out = _report(k)
     out["ptxas"] = ptxas_warnings(k)
     out["depbar"] = sum("WARPGROUP.DEPBAR" in ln for ln in sass(k).splitlines())

@@ -22,10 +22,10 @@ from attnlab.bench import write_results  # noqa: E402
 from attnlab.ops.dsalt import gluon_dkdv as GD  # noqa: E402
 
 
-def compile_dkdv_sm90(config, wg=32, dtype="bf16", regs=240, **flags):
-    """The Gluon dK/dV kernel at config (BM, BN, STAGES, num_warps[, form[, LEAN_BAR[, P16]]]) (form 0:
-    transposed, 1: rows, 2: warp-specialized), WG rows per window minimum (0: none); flags: the kernels'
-    other constexpr switches by name (e.g. LATE_DELTA=True, the transposed form's experiments). The host
+def compile_dkdv_sm90(config, wg=32, dtype="bf16", **flags):
+    """The Gluon dK/dV kernel at config (BM, BN, STAGES, num_warps[, form[, LEAN_BAR[, P16]]]) (form 1, the
+    rows form: the transposed and warp-specialised forms were removed at the session-9 merge, code at merge
+    da6482d), WG rows per window minimum (0: none); flags: other constexpr switches by name. The host
     descriptors' signatures come from CPU stand-in tensors."""
     import torch
     import triton
@@ -36,20 +36,18 @@ def compile_dkdv_sm90(config, wg=32, dtype="bf16", regs=240, **flags):
     from noise_once_resources import _report  # noqa: E402 - the shared cuobjdump report
 
     bm, bn, stages, w = config[:4]
-    form = config[4] if len(config) > 4 else 1
-    rows, ws = form == 1, form == 2
     flags = dict(flags)
     for name, val in zip(("LEAN_BAR", "P16"), config[5:]):
         flags[name] = bool(val)
     tdt = torch.bfloat16 if dtype == "bf16" else torch.float16
     x = torch.empty(1, 2, 256, 128, dtype=tdt)
-    qd, kd, vd, dd = GD.descriptors(x, x, x, x, bm, bn // 2 if ws else bn)
-    kernel = GD._dkdv_gluon_ws_kernel if ws else (GD._dkdv_gluon_rows_kernel if rows else GD._dkdv_gluon_kernel)
+    qd, kd, vd, dd = GD.descriptors(x, x, x, x, bm, bn)
+    kernel = GD._dkdv_gluon_rows_kernel
     types = {"q_desc": mangle_type(qd), "k_desc": mangle_type(kd), "v_desc": mangle_type(vd),
              "do_desc": mangle_type(dd), "W": "*fp32", "LSE": "*fp32", "DELTA": "*fp32", "DK": "*" + dtype,
              "DV": "*" + dtype, "WMIN": "*fp32", "edge": "fp32", "inv_edge": "fp32", "qk_scale": "fp32",
              "sm_scale": "fp32"}
-    consts = {"D": 128, "BM": bm, "BN": bn, "STAGES": stages, "WG": wg, "CONSUMER_REGS": regs, **flags}
+    consts = {"D": 128, "BM": bm, "BN": bn, "STAGES": stages, "WG": wg, **flags}
     consts = {a: b for a, b in consts.items() if a in kernel.arg_names}
     for name, prm in inspect.signature(kernel.fn).parameters.items():  # constexprs left at their defaults
         if name not in consts and prm.default is not inspect.Parameter.empty:
@@ -57,7 +55,7 @@ def compile_dkdv_sm90(config, wg=32, dtype="bf16", regs=240, **flags):
     sig = {n: ("constexpr" if n in consts else types.get(n, "i32")) for n in kernel.arg_names}
     k = triton.compile(GluonASTSource(fn=kernel, signature=sig, constexprs=consts),
                        target=GPUTarget("cuda", 90, 32),
-                       options={"num_warps": 4, "maxnreg": 168} if ws else {"num_warps": w})
+                       options={"num_warps": w})
     return _report(k)
 
 
@@ -71,8 +69,7 @@ def main(argv=None):
         print("Gluon not importable here: nothing compiled")
         return
     cases = [(GD.GLUON_CONFIG, 32)] if args.quick else [
-        (GD.GLUON_CONFIG, 32), (GD.GLUON_CONFIG, 0), ((64, 128, 3, 8, 1, 1), 32), ((64, 128, 2, 8, 1), 32),
-        ((64, 128, 3, 8, 0), 32), ((64, 128, 3, 8, 0), 0), ((64, 128, 3, 8, 2), 32)]
+        (GD.GLUON_CONFIG, 32), (GD.GLUON_CONFIG, 0), ((64, 128, 3, 8, 1, 1), 32), ((64, 128, 2, 8, 1), 32)]
     rows = []
     for cfg, wg in cases:
         try:

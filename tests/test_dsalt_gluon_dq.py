@@ -183,7 +183,7 @@ def _gluon_or_skip():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("case", GPU_CASES)
-@pytest.mark.parametrize("cfg", ["bm64_s2", "bm64_nodefer", "bm128", "ws3"])
+@pytest.mark.parametrize("cfg", ["bm64_s2", "bm64_nodefer", "bm128"])
 def test_gluon_dq_matches_triton_and_reference(case, cfg, monkeypatch):
     GD = _gluon_or_skip()
     from attnlab.ops.dsalt import kernel as K

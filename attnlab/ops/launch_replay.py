@@ -67,6 +67,24 @@ def _arg_key(a):
     return a
 
 
+class DescArg:
+    """A replayed launch's host tensor descriptor (TMA): what a compiled launcher reads of one
+    (``base.data_ptr()``, ``shape``, ``strides``, ``padding``), on a new data pointer. Replays of kernels
+    taking host ``TensorDescriptor`` arguments pass these instead of building descriptors in Python."""
+
+    __slots__ = ("ptr", "shape", "strides", "padding")
+
+    def __init__(self, ptr, shape, strides, padding):
+        self.ptr, self.shape, self.strides, self.padding = ptr, shape, strides, padding
+
+    @property
+    def base(self):
+        return self
+
+    def data_ptr(self):
+        return self.ptr
+
+
 class ReplayLauncher:
     """``launcher(kernel, grid, *args, **kwargs)`` = ``kernel[grid](*args, **kwargs)``, replayed
     from the second call of each key on (see the module docstring). ``stats`` counts normal

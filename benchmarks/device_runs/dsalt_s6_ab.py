@@ -7,7 +7,7 @@ landmark path (lm_bwd "atomic", the dQ kernel's landmark pass). --set s7: the sa
 candidates (benchmarks/RESULTS.md, "Session 7: DSALT"); --set s7b: round 2's (the dK/dV kernel with
 and without the stored window minima); --set s7c: the lead's check of the T >= 32K path from 16K on; --set s8c: the lean landmark backward
 (OPTS["lm_lean"], session 8); --set s9q: the window dQ pass in Gluon (OPTS["gluon_dq"], session 9; --gq-ws NAME adds a
-gluon_dq.CONFIGS entry, e.g. the warp-specialised ws3); --set s9k: the window dK/dV through the Gluon kernel
+gluon_dq.CONFIGS entry; the warp-specialised ws* entries were removed at the session-9 merge); --set s9k: the window dK/dV through the Gluon kernel
 (OPTS["gluon_dkdv"], session 9; default config and the one-barrier-less "lean" config); --set s9: the lead's
 session-9 A/B of both Gluon passes at every length;
 session 8's sets s8 / s8b (two landmark backward kernels; then, under the same names, the selection
@@ -176,8 +176,7 @@ def main():
         if args.set == "s9k":  # session 9, helper 6k: the window dK/dV through the Gluon kernel (gluon_dkdv.py)
             variants["dsalt_gluon_dkdv"] = mk(n_lm, {"gluon_dkdv": True, "gluon_dkdv_min_t": 0})
             variants["dsalt_gluon_lean"] = mk(n_lm, {"gluon_dkdv": True, "gluon_dkdv_min_t": 0}, {"gluon_dkdv": (64, 128, 3, 8, 1, 1)})
-            if os.environ.get("S9K_WS") == "1":  # the warp-specialized config passed its check in this call
-                variants["dsalt_gluon_ws"] = mk(n_lm, {"gluon_dkdv": True, "gluon_dkdv_min_t": 0}, {"gluon_dkdv": (64, 128, 3, 8, 2)})
+            # (S9K_WS=1 added the warp-specialised form, removed at the session-9 merge: code at da6482d)
         if args.set == "s8c":  # session 8, lead: the lean landmark backward (OPTS["lm_lean"], the default since)
             variants["dsalt_lean"] = mk(n_lm, {"lm_lean": True})
             variants["dsalt_notlean"] = mk(n_lm, {"lm_lean": False})

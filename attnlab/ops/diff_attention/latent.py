@@ -435,7 +435,7 @@ except ImportError:  # older triton: no replay
     _knobs = _driver = None
 
 _FAST = os.environ.get("ATTNLAB_FAST_LAUNCH", "1") != "0" and _knobs is not None
-from ..launch_replay import hook_set  # the launch-hook check shared with DSALT and spectral
+from ..launch_replay import DescArg as _DescArg, hook_set  # the launch-hook check shared with DSALT and spectral
 
 _PLANS: dict = {}  # key -> list of recorded launches, or None (this shape is not replayable)
 _ALIGN = 256  # byte alignment of the blocks carved out of one workspace
@@ -497,23 +497,6 @@ def _make_plan(launches, roots):
         return plan
     except Exception:  # noqa: BLE001 - any surprise: never replay this key
         return None
-
-
-class _DescArg:
-    """A replayed launch's host tensor descriptor: what the launcher reads of one (``base.data_ptr()``,
-    ``shape``, ``strides``, ``padding``), on the new data pointer."""
-
-    __slots__ = ("ptr", "shape", "strides", "padding")
-
-    def __init__(self, ptr, shape, strides, padding):
-        self.ptr, self.shape, self.strides, self.padding = ptr, shape, strides, padding
-
-    @property
-    def base(self):
-        return self
-
-    def data_ptr(self):
-        return self.ptr
 
 
 def _replay(plan, roots) -> bool:

@@ -606,7 +606,7 @@ def _gluon_dk(go, q2, k2, v, dn, lse, delta, dk32, dq32, tbl, h, hs, split, t, s
     d, dv = q2.shape[-1], v.shape[-1]
     if not (ng.available(q2, v, d, dv, bm, bn, nt, (k2, dn)) and dn.is_contiguous()):
         return False
-    # the launch replay rebuilds its host tensor descriptors on the new pointers (latent._DescArg)
+    # the launch replay rebuilds its host tensor descriptors on the new pointers (launch_replay.DescArg)
     try:
         ng.noise_bwd_dk_gluon(q2, k2, v, dn, lse, delta, dk32, dq32, tbl, h, hs, split, t, scale * LOG2E, scale,
                               bm, bn, config=GLUON_DK_CONFIG, go=go)

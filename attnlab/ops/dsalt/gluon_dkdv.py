@@ -8,18 +8,14 @@ keys) x one (batch, kv head); it walks the query tiles (BM = 64 rows) that can s
 the kv group, in the Triton kernel's order, and decides each tile's kind as that kernel does (edge: the soft
 weight r and the window test; diagonal: the causal test; full: no mask).
 
-Forms (``GLUON_CONFIG`` = (BM, BN, STAGES, num_warps, form[, LEAN_BAR]); form 1 is the default):
-
-* form 1, ``_dkdv_gluon_rows_kernel``: per query tile S = Q K^T and dP = dO V^T as [BM rows, BN keys] (async
-  wgmma; the warpgroups split the keys, each thread holds 2 rows' LSE / Delta), P = 2^(S qk - LSE) (masked per
-  tile kind) and dS = P (dP - Delta) stored to shared memory as bf16 / fp16, dV += P^T dO and dK += dS^T Q
-  (the transposed shared-memory views as A operands), left in flight until the next tile's S is ready;
-* form 0, ``_dkdv_gluon_kernel``: the Triton kernel's orientation, S^T [keys, rows], P^T / dS^T as register A
-  operands (no shared-memory round trip, but 16 columns' LSE / Delta per thread: ptxas spills ~200 bytes);
-* form 2, ``_dkdv_gluon_ws_kernel`` (WMIN only): ``gl.warp_specialize`` with a 1-warp TMA producer
-  (ready / empty mbarriers) and the two 64-key halves as separate 4-warp consumer partitions, each with its own
-  P / dS buffers and partition-local barriers (the warpgroups run unsynchronised); 240 registers per consumer
-  thread (spills).
+``GLUON_CONFIG`` = (BM, BN, STAGES, num_warps, form[, LEAN_BAR[, P16]]); ``_dkdv_gluon_rows_kernel`` (form 1):
+per query tile S = Q K^T and dP = dO V^T as [BM rows, BN keys] (async wgmma; the warpgroups split the keys, each
+thread holds 2 rows' LSE / Delta), P = 2^(S qk - LSE) (masked per tile kind) and dS = P (dP - Delta) stored to
+shared memory as bf16 / fp16, dV += P^T dO and dK += dS^T Q (the transposed shared-memory views as A operands),
+left in flight until the next tile's S is ready. Two other forms were measured and removed at the session-9
+merge (code at merge da6482d): form 0, the Triton kernel's transposed orientation with P^T / dS^T as register
+operands (spilled ~200 bytes, slowest), and form 2, a warp-specialised one (1-warp TMA producer, the two 64-key
+halves as unsynchronised consumer partitions: 8% slower than form 1).
 
 The Q / dO tiles come through a STAGES-deep ring of shared-memory slots filled by the tensor memory accelerator
 (host tensor descriptors over [B*H, T, D]: the T boundary is the descriptor's, zero-filled), one mbarrier per
@@ -44,13 +40,13 @@ import torch
 from ..gluon_compat import (HAVE_GLUON, TensorDescriptor, fence_async_shared, gl, gluon,  # noqa: F401
                             hopper_ready, mbarrier, nvmma_layout, tma_ok, warpgroup_mma, warpgroup_mma_wait)
 from ..gluon_compat import cta_barrier as _cta_barrier, tma_load as _tma_load
+from ..launch_replay import DescArg
 
 if HAVE_GLUON:
     from triton.experimental.gluon.language.nvidia.hopper import warpgroup_mma_init
 
-# (BM query rows per tile, BN keys per program, STAGES of the Q/dO ring, num_warps, ROWS: the
-# [query rows, keys] form with P / dS through shared memory (else the transposed [keys, query rows] form
-# with P^T / dS^T as register operands: ptxas sm_90 spills ~200 bytes there, 24 with ROWS))
+# (BM query rows per tile, BN keys per program, STAGES of the Q/dO ring, num_warps, form 1: the [query rows,
+# keys] form with P / dS through shared memory (the only form kept))
 GLUON_CONFIG = (64, 128, 3, 8, 1)
 
 BROKEN = ""  # set (the error) if the kernel failed to compile or launch here: the Triton kernel from then on
@@ -85,135 +81,6 @@ if HAVE_GLUON:
         mbarrier.expect(bar, 2 * q_desc.block_type.nbytes, pred=pred)
         _tma_load(q_desc, [bh0 + g, start_m, 0], bar, q_s.index(st), pred=pred)
         _tma_load(do_desc, [bh0 + g, start_m, 0], bar, do_s.index(st), pred=pred)
-
-    @gluon.jit
-    def _dkdv_gluon_kernel(q_desc, k_desc, v_desc, do_desc, W, LSE, DELTA, DK, DV, WMIN,
-                           H, G, T, n_max, edge, inv_edge, qk_scale, sm_scale,
-                           D: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr, STAGES: gl.constexpr,
-                           WG: gl.constexpr, P16: gl.constexpr = False,
-                           LATE_DELTA: gl.constexpr = False, LATE_LOAD: gl.constexpr = False,
-                           END_WAIT: gl.constexpr = False):
-        pid_n = gl.program_id(0)
-        pid_bh = gl.program_id(1)  # over batch * kv heads
-        hkv = H // G
-        b = pid_bh // hkv
-        hk = pid_bh % hkv
-        bh0 = b * H + hk * G  # the kv group's first (batch, head) row of Q / dO / LSE / ...
-        n0 = pid_n * BN
-        m_lo = (n0 // BM) * BM
-        m_hi = gl.minimum(n0 + BN - 1 + n_max, T)
-        n_m = (m_hi - m_lo + BM - 1) // BM
-        n_it = G * n_m
-
-        NW: gl.constexpr = gl.num_warps()
-        S_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NW, 1],
-                                                       instr_shape=[16, BM, 16])
-        A_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NW, 1],
-                                                       instr_shape=[16, D, 16])
-        OP_L: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=A_L, k_width=2)
-        dt: gl.constexpr = q_desc.dtype
-
-        k_s = gl.allocate_shared_memory(dt, k_desc.block_type.shape, k_desc.layout)
-        v_s = gl.allocate_shared_memory(dt, v_desc.block_type.shape, v_desc.layout)
-        q_s = gl.allocate_shared_memory(dt, [STAGES] + q_desc.block_type.shape, q_desc.layout)
-        do_s = gl.allocate_shared_memory(dt, [STAGES] + do_desc.block_type.shape, do_desc.layout)
-        bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        kvbar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-        for i in gl.static_range(STAGES):
-            mbarrier.init(bars.index(i), count=1)
-        mbarrier.init(kvbar, count=1)
-        mbarrier.expect(kvbar, 2 * k_desc.block_type.nbytes)
-        _tma_load(k_desc, [pid_bh, n0, 0], kvbar, k_s)
-        _tma_load(v_desc, [pid_bh, n0, 0], kvbar, v_s)
-        for i in gl.static_range(STAGES - 1):
-            _dkdv_gluon_load(q_desc, do_desc, bars, q_s, do_s, i, n_it, n_m, m_lo, bh0, STAGES, BM)
-
-        offs_n = n0 + gl.arange(0, BN, layout=gl.SliceLayout(1, S_L))
-        offs_m0 = gl.arange(0, BM, layout=gl.SliceLayout(0, S_L))
-        dk = warpgroup_mma_init(gl.zeros([BN, D], gl.float32, A_L))  # in flight across iterations
-        dv = gl.zeros([BN, D], gl.float32, A_L)
-        # the previous tile's register operands, kept alive while its dV / dK products run
-        p16 = gl.zeros([BN, BM], dt, OP_L)
-        ds16 = gl.zeros([BN, BM], dt, OP_L)
-        ntw = T
-        if WG > 0:
-            ntw = (T + WG - 1) // WG
-        kt = k_s.reshape([BN, D])
-        vt = v_s.reshape([BN, D])
-        mbarrier.wait(kvbar, 0)
-        for i in range(n_it):
-            st = i % STAGES
-            g = i // n_m
-            start_m = m_lo + (i % n_m) * BM
-            bh = bh0 + g
-            qt = q_s.index(st).reshape([BM, D])
-            dot_ = do_s.index(st).reshape([BM, D])
-            mbarrier.wait(bars.index(st), (i // STAGES) & 1)
-            sT = warpgroup_mma(kt, qt.permute((1, 0)), gl.zeros([BN, BM], gl.float32, S_L), use_acc=False,
-                               is_async=True)
-            dpT = warpgroup_mma(vt, dot_.permute((1, 0)), gl.zeros([BN, BM], gl.float32, S_L), use_acc=False,
-                                is_async=True)
-            offs_m = start_m + offs_m0
-            mrow = offs_m < T
-            lse = gl.load(LSE + bh * T + offs_m, mask=mrow, other=0.0)
-            if not LATE_DELTA:
-                delta = gl.load(DELTA + bh * T + offs_m, mask=mrow, other=0.0)
-            # the tile kind (uniform): as _dkdv_kernel
-            if WG > 0:
-                wlo = gl.load(WMIN + bh * ntw + start_m // WG)
-                for gi in gl.static_range(1, BM // WG):
-                    wlo = gl.minimum(wlo, gl.load(WMIN + bh * ntw + gl.minimum(start_m // WG + gi, ntw - 1)))
-            else:
-                wlo = gl.min(gl.load(W + bh * T + offs_m, mask=mrow, other=1.0), 0)
-            fr = gl.minimum(gl.floor(wlo - 0.5 - edge * 0.5).to(gl.int32) - 1, n_max - 1)
-            on_edge = (start_m + BM - 1 - n0 > fr) | (start_m + BM > T)
-            on_diag = start_m < n0 + BN - 1
-            # S^T ready; the previous tile's dV and dK products are done (in order)
-            sT, dk, dv, p16, ds16 = warpgroup_mma_wait(num_outstanding=1, deps=(sT, dk, dv, p16, ds16))
-            if not LATE_LOAD:
-                # both warpgroups are past tile i - 1: its slot takes tile i + STAGES - 1
-                _cta_barrier()
-                _dkdv_gluon_load(q_desc, do_desc, bars, q_s, do_s, i + STAGES - 1, n_it, n_m, m_lo, bh0, STAGES, BM)
-            if on_edge:
-                w = gl.load(W + bh * T + offs_m, mask=mrow, other=1.0)
-                dd = offs_m[None, :] - offs_n[:, None]
-                r = (w[None, :] - dd.to(gl.float32) - 0.5) * inv_edge + 0.5
-                r = gl.minimum(r, 1.0)
-                ok = (dd >= 0) & (dd < n_max) & (r > 0) & (offs_n[:, None] < T) & mrow[None, :]
-                pT = gl.where(ok, gl.exp2(sT * qk_scale - lse[None, :]) * r, 0.0)
-            elif on_diag:
-                pT = gl.where(offs_m[None, :] >= offs_n[:, None], gl.exp2(sT * qk_scale - lse[None, :]), 0.0)
-            else:
-                pT = gl.exp2(sT * qk_scale - lse[None, :])
-            if P16:  # P^T rounded to bf16 / fp16 for dS too: 32 fewer live fp32 registers
-                pT = pT.to(dt)
-                p16 = gl.convert_layout(pT, OP_L)
-            else:
-                p16 = gl.convert_layout(pT.to(dt), OP_L)
-            dv = warpgroup_mma(p16, dot_, dv, is_async=True)
-            if LATE_DELTA:  # loaded while dV runs (not held through the P^T branch)
-                offs_m = start_m + offs_m0
-                delta = gl.load(DELTA + bh * T + offs_m, mask=offs_m < T, other=0.0)
-            dpT, dv, p16 = warpgroup_mma_wait(num_outstanding=1, deps=(dpT, dv, p16))
-            ds16 = gl.convert_layout((pT.to(gl.float32) * (dpT - delta[None, :])).to(dt), OP_L)
-            dk = warpgroup_mma(ds16, qt, dk, is_async=True)
-            if END_WAIT:  # nothing in flight across tiles (fewer live registers)
-                dk, dv = warpgroup_mma_wait(num_outstanding=0, deps=(dk, dv, ds16))
-                dk = warpgroup_mma_init(dk)
-            if LATE_LOAD:  # (fewer live registers here) tile i - 1's products were waited for above
-                _cta_barrier()
-                _dkdv_gluon_load(q_desc, do_desc, bars, q_s, do_s, i + STAGES - 1, n_it, n_m, m_lo, bh0, STAGES, BM)
-        dk, dv, p16, ds16 = warpgroup_mma_wait(num_outstanding=0, deps=(dk, dv, p16, ds16))
-        for i in gl.static_range(STAGES):
-            mbarrier.invalidate(bars.index(i))
-        mbarrier.invalidate(kvbar)
-        offs_nk = n0 + gl.arange(0, BN, layout=gl.SliceLayout(1, A_L))
-        offs_d = gl.arange(0, D, layout=gl.SliceLayout(0, A_L))
-        off = (pid_bh * T + offs_nk[:, None]) * D + offs_d[None, :]
-        nmask = (offs_nk < T)[:, None]
-        gl.store(DK + off, (dk * sm_scale).to(DK.dtype.element_ty), mask=nmask)
-        gl.store(DV + off, dv.to(DV.dtype.element_ty), mask=nmask)
-
 
     @gluon.jit
     def _dkdv_gluon_rows_kernel(q_desc, k_desc, v_desc, do_desc, W, LSE, DELTA, DK, DV, WMIN,
@@ -345,171 +212,6 @@ if HAVE_GLUON:
         gl.store(DV + off, dv.to(DV.dtype.element_ty), mask=nmask)
 
 
-    @gluon.jit
-    def _ws_producer(q_desc, k_desc, v_desc, do_desc, q_s, do_s, k_s, v_s, ready, empty, kvbar, pid_bh, bh0, n0,
-                     m_lo, n_m, n_it):
-        """WS form, 1-warp partition: K / V once, then every query tile's Q / dO into the ring, a slot
-        refilled once both consumer warpgroups released it (``empty``, two arrivals per use)."""
-        STAGES: gl.constexpr = q_s.shape[0]
-        BM: gl.constexpr = q_s.shape[2]
-        HB: gl.constexpr = k_s.shape[2]
-        mbarrier.expect(kvbar, 4 * k_desc.block_type.nbytes)
-        _tma_load(k_desc, [pid_bh, n0, 0], kvbar, k_s.index(0))
-        _tma_load(k_desc, [pid_bh, n0 + HB, 0], kvbar, k_s.index(1))
-        _tma_load(v_desc, [pid_bh, n0, 0], kvbar, v_s.index(0))
-        _tma_load(v_desc, [pid_bh, n0 + HB, 0], kvbar, v_s.index(1))
-        for j in range(n_it):
-            st = j % STAGES
-            # use u = j // STAGES of the slot waits for the release of use u - 1 (a fresh barrier passes
-            # the parity-1 wait at once)
-            mbarrier.wait(empty.index(st), ((j // STAGES) & 1) ^ 1)
-            g = j // n_m
-            start_m = m_lo + (j % n_m) * BM
-            bar = ready.index(st)
-            mbarrier.expect(bar, 2 * q_desc.block_type.nbytes)
-            _tma_load(q_desc, [bh0 + g, start_m, 0], bar, q_s.index(st))
-            _tma_load(do_desc, [bh0 + g, start_m, 0], bar, do_s.index(st))
-
-    @gluon.jit
-    def _ws_consumer0(q_s, do_s, k_s, v_s, p_all, ds_all, ready, empty, kvbar, W, LSE, DELTA, DK, DV, WMIN,
-                      pid_bh, bh0, n0, m_lo, n_m, n_it, T, n_max, edge, inv_edge, qk_scale, sm_scale, WG):
-        _ws_consumer(q_s, do_s, k_s, v_s, p_all, ds_all, ready, empty, kvbar, W, LSE, DELTA, DK, DV, WMIN,
-                     pid_bh, bh0, n0, m_lo, n_m, n_it, T, n_max, edge, inv_edge, qk_scale, sm_scale, WG, 0)
-
-    @gluon.jit
-    def _ws_consumer1(q_s, do_s, k_s, v_s, p_all, ds_all, ready, empty, kvbar, W, LSE, DELTA, DK, DV, WMIN,
-                      pid_bh, bh0, n0, m_lo, n_m, n_it, T, n_max, edge, inv_edge, qk_scale, sm_scale, WG):
-        _ws_consumer(q_s, do_s, k_s, v_s, p_all, ds_all, ready, empty, kvbar, W, LSE, DELTA, DK, DV, WMIN,
-                     pid_bh, bh0, n0, m_lo, n_m, n_it, T, n_max, edge, inv_edge, qk_scale, sm_scale, WG, 1)
-
-    @gluon.jit
-    def _ws_consumer(q_s, do_s, k_s, v_s, p_all, ds_all, ready, empty, kvbar, W, LSE, DELTA, DK, DV, WMIN,
-                     pid_bh, bh0, n0, m_lo, n_m, n_it, T, n_max, edge, inv_edge, qk_scale, sm_scale, WG,
-                     HALF: gl.constexpr):
-        """WS form, one warpgroup: keys n0 + HALF * BN / 2 .. of the tile, its own dK / dV accumulators,
-        its own P / dS buffers (so its only barriers are its own warpgroup's); the two consumer
-        warpgroups run unsynchronised (one's exp2 / dS beside the other's wgmma). WG (rows per stored
-        window minimum, 0: none) is a runtime value here (partition arguments cannot be constexprs)."""
-        STAGES: gl.constexpr = q_s.shape[0]
-        BM: gl.constexpr = q_s.shape[2]
-        D: gl.constexpr = q_s.shape[3]
-        HB: gl.constexpr = k_s.shape[2]
-        BN: gl.constexpr = 2 * HB
-        S_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                       instr_shape=[16, HB, 16])
-        A_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                       instr_shape=[16, D, 16])
-        dt: gl.constexpr = q_s.dtype
-        p_s = p_all.index(HALF)
-        ds_s = ds_all.index(HALF)
-        pT_s = p_s.permute((1, 0))
-        dsT_s = ds_s.permute((1, 0))
-        khT = k_s.index(HALF).reshape([HB, D]).permute((1, 0))
-        vhT = v_s.index(HALF).reshape([HB, D]).permute((1, 0))
-        nh0 = n0 + HALF * HB
-        offs_n = nh0 + gl.arange(0, HB, layout=gl.SliceLayout(0, S_L))
-        offs_m0 = gl.arange(0, BM, layout=gl.SliceLayout(1, S_L))
-        dk = warpgroup_mma_init(gl.zeros([HB, D], gl.float32, A_L))
-        dv = gl.zeros([HB, D], gl.float32, A_L)
-        wgs = gl.maximum(WG, 1)
-        ntw = (T + wgs - 1) // wgs
-        mbarrier.wait(kvbar, 0)
-        for i in range(n_it):
-            st = i % STAGES
-            g = i // n_m
-            start_m = m_lo + (i % n_m) * BM
-            bh = bh0 + g
-            qt = q_s.index(st).reshape([BM, D])
-            dot_ = do_s.index(st).reshape([BM, D])
-            mbarrier.wait(ready.index(st), (i // STAGES) & 1)
-            s = warpgroup_mma(qt, khT, gl.zeros([BM, HB], gl.float32, S_L), use_acc=False, is_async=True)
-            dp = warpgroup_mma(dot_, vhT, gl.zeros([BM, HB], gl.float32, S_L), use_acc=False, is_async=True)
-            offs_m = start_m + offs_m0
-            mrow = offs_m < T
-            lse = gl.load(LSE + bh * T + offs_m, mask=mrow, other=0.0)
-            delta = gl.load(DELTA + bh * T + offs_m, mask=mrow, other=0.0)
-            wlo = gl.load(WMIN + bh * ntw + start_m // wgs)
-            for gi in range(1, BM // wgs):
-                wlo = gl.minimum(wlo, gl.load(WMIN + bh * ntw + gl.minimum(start_m // wgs + gi, ntw - 1)))
-            fr = gl.minimum(gl.floor(wlo - 0.5 - edge * 0.5).to(gl.int32) - 1, n_max - 1)
-            # the tile kind as _dkdv_kernel decides it for the whole BN-key tile
-            on_edge = (start_m + BM - 1 - n0 > fr) | (start_m + BM > T)
-            on_diag = start_m < n0 + BN - 1
-            s, dk, dv = warpgroup_mma_wait(num_outstanding=1, deps=(s, dk, dv))
-            if on_edge:
-                w = gl.load(W + bh * T + offs_m, mask=mrow, other=1.0)
-                dd = offs_m[:, None] - offs_n[None, :]
-                r = (w[:, None] - dd.to(gl.float32) - 0.5) * inv_edge + 0.5
-                r = gl.minimum(r, 1.0)
-                ok = (dd >= 0) & (dd < n_max) & (r > 0) & (offs_n[None, :] < T) & mrow[:, None]
-                p = gl.where(ok, gl.exp2(s * qk_scale - lse[:, None]) * r, 0.0)
-            elif on_diag:
-                p = gl.where(offs_m[:, None] >= offs_n[None, :], gl.exp2(s * qk_scale - lse[:, None]), 0.0)
-            else:
-                p = gl.exp2(s * qk_scale - lse[:, None])
-            p_s.store(p.to(dt))
-            fence_async_shared()
-            _cta_barrier()  # this warpgroup's threads (a partition's barrier)
-            # this warpgroup is done with tile i - 1's slot (its products were waited for above)
-            mbarrier.arrive(empty.index((i + STAGES - 1) % STAGES), pred=i > 0)
-            dv = warpgroup_mma(pT_s, dot_, dv, is_async=True)
-            dp, dv = warpgroup_mma_wait(num_outstanding=1, deps=(dp, dv))
-            ds_s.store((p * (dp - delta[:, None])).to(dt))
-            fence_async_shared()
-            _cta_barrier()
-            dk = warpgroup_mma(dsT_s, qt, dk, is_async=True)
-        dk, dv = warpgroup_mma_wait(num_outstanding=0, deps=(dk, dv))
-        offs_nk = nh0 + gl.arange(0, HB, layout=gl.SliceLayout(1, A_L))
-        offs_d = gl.arange(0, D, layout=gl.SliceLayout(0, A_L))
-        off = (pid_bh * T + offs_nk[:, None]) * D + offs_d[None, :]
-        nmask = (offs_nk < T)[:, None]
-        gl.store(DK + off, (dk * sm_scale).to(DK.dtype.element_ty), mask=nmask)
-        gl.store(DV + off, dv.to(DV.dtype.element_ty), mask=nmask)
-
-    @gluon.jit
-    def _dkdv_gluon_ws_kernel(q_desc, k_desc, v_desc, do_desc, W, LSE, DELTA, DK, DV, WMIN,
-                              H, G, T, n_max, edge, inv_edge, qk_scale, sm_scale,
-                              D: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr, STAGES: gl.constexpr,
-                              WG: gl.constexpr, CONSUMER_REGS: gl.constexpr = 240):
-        """WS form (warp_specialize): launched with num_warps=4 (the default partition: consumer
-        warpgroup 0), a 4-warp worker (consumer warpgroup 1) and a 1-warp TMA producer."""
-        pid_n = gl.program_id(0)
-        pid_bh = gl.program_id(1)
-        hkv = H // G
-        b = pid_bh // hkv
-        hk = pid_bh % hkv
-        bh0 = b * H + hk * G
-        n0 = pid_n * BN
-        m_lo = (n0 // BM) * BM
-        m_hi = gl.minimum(n0 + BN - 1 + n_max, T)
-        n_m = (m_hi - m_lo + BM - 1) // BM
-        n_it = G * n_m
-        dt: gl.constexpr = q_desc.dtype
-        # K / V as two halves of BN / 2 keys (k_desc, v_desc blocks: [1, BN / 2, D]), one per consumer
-        k_s = gl.allocate_shared_memory(dt, [2] + k_desc.block_type.shape, k_desc.layout)
-        v_s = gl.allocate_shared_memory(dt, [2] + v_desc.block_type.shape, v_desc.layout)
-        q_s = gl.allocate_shared_memory(dt, [STAGES] + q_desc.block_type.shape, q_desc.layout)
-        do_s = gl.allocate_shared_memory(dt, [STAGES] + do_desc.block_type.shape, do_desc.layout)
-        PS_L: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BM, BN // 2], dt)
-        p_all = gl.allocate_shared_memory(dt, [2, BM, BN // 2], PS_L)
-        ds_all = gl.allocate_shared_memory(dt, [2, BM, BN // 2], PS_L)
-        ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        kvbar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-        for i in gl.static_range(STAGES):
-            mbarrier.init(ready.index(i), count=1)
-            mbarrier.init(empty.index(i), count=2)
-        mbarrier.init(kvbar, count=1)
-        cargs = (q_s, do_s, k_s, v_s, p_all, ds_all, ready, empty, kvbar, W, LSE, DELTA, DK, DV, WMIN,
-                 pid_bh, bh0, n0, m_lo, n_m, n_it, T, n_max, edge, inv_edge, qk_scale, sm_scale)
-        wg_rt = WG + 0 * T  # a runtime value (partition arguments are not constexprs)
-        gl.warp_specialize([(_ws_consumer0, cargs + (wg_rt, )),
-                            (_ws_consumer1, cargs + (wg_rt, )),
-                            (_ws_producer, (q_desc, k_desc, v_desc, do_desc, q_s, do_s, k_s, v_s, ready, empty,
-                                            kvbar, pid_bh, bh0, n0, m_lo, n_m, n_it))],
-                           [4, 1], [CONSUMER_REGS, 24])
-
-
 _LAYOUTS: dict = {}
 
 
@@ -538,23 +240,6 @@ def descriptors(q, k, v, do, bm: int, bn: int):
     return desc(q, bm), desc(k, bn), desc(v, bn), desc(do, bm)
 
 
-class _Desc:
-    """A replayed launch's host tensor descriptor: what the launcher reads of one (``base.data_ptr()``,
-    ``shape``, ``strides``, ``padding``) on the new data pointer (as latent._DescArg)."""
-
-    __slots__ = ("ptr", "shape", "strides", "padding")
-
-    def __init__(self, ptr, shape, strides, padding):
-        self.ptr, self.shape, self.strides, self.padding = ptr, shape, strides, padding
-
-    @property
-    def base(self):
-        return self
-
-    def data_ptr(self):
-        return self.ptr
-
-
 # launch replay (host time: B=1, T=4K steps are launch bound): key -> (run, function, metadata, grid, argument
 # template, tensor slots, descriptor slots); REPLAY["on"] False: normal launches only
 _PLANS: dict = {}
@@ -563,7 +248,7 @@ REPLAY = {"on": True, "stats": [0, 0]}  # [normal launches, replays]
 
 def _plan(kern, compiled, grid, args):
     """(run, function, metadata, grid, full argument template, tensor slots, descriptor slots): the tensor
-    slots take data pointers, the descriptor slots _Desc objects rebuilt on the new tensors."""
+    slots take data pointers, the descriptor slots DescArg objects rebuilt on the new tensors."""
     import inspect
 
     if hasattr(compiled, "result"):
@@ -596,7 +281,7 @@ def _replay(plan, tensors, descs):
         full[i] = x.data_ptr()
     for i, x in zip(dslots, descs):
         shape, strides = _view3(x)
-        full[i] = _Desc(x.data_ptr(), shape, strides, "zero")
+        full[i] = DescArg(x.data_ptr(), shape, strides, "zero")
     run(g0, g1, g2, _stream(), fn, meta, None, None, None, *full)
 
 
@@ -608,7 +293,7 @@ def _stream():
 
 def _launch(kern, grid, key, make_args, tensors, descs, **opts):
     """kern[grid](*make_args(), **opts) the first time for key, later replayed (no host descriptors built:
-    _Desc objects on the new pointers). key: every scalar argument and the shapes / dtypes / 16-byte
+    DescArg objects on the new pointers). key: every scalar argument and the shapes / dtypes / 16-byte
     alignment of the tensors (tensors: the pointer arguments in order, descs: the descriptors' bases)."""
     from ..launch_replay import available as _replay_ok, hooks_set
 
@@ -650,11 +335,10 @@ def dkdv_gluon(q, k, v, win, do, lse, delta, dk, dv, wmin, h, g, t, n_max, edge,
                wg, config=None):
     """Launch the Gluon dK/dV kernel (the arguments of _dkdv_kernel's launch, tensors contiguous)."""
     config = config or GLUON_CONFIG
-    if config[4] == 2 and not wg:  # the WS form reads the stored window minima only
-        config = GLUON_CONFIG if GLUON_CONFIG[4] != 2 else (64, 128, 3, 8, 1)
-    bm, bn, stages, w, rows = config[:5]
-    extra = tuple(bool(x) for x in config[5:]) if rows == 1 else ()  # LEAN_BAR, P16
-    bnd = bn // 2 if rows == 2 else bn
+    bm, bn, stages, w, form = config[:5]
+    if form != 1:
+        raise ValueError(f"gluon_dkdv config: form must be 1 (the rows form; forms 0 and 2 were removed), got {form}")
+    extra = tuple(bool(x) for x in config[5:])  # LEAN_BAR, P16
     grid = (triton_cdiv(t, bn), k.shape[0] * k.shape[1])
     d = q.shape[-1]
     scal = (h, g, t, n_max, float(edge), float(inv_edge), float(qk_scale), float(sm_scale), d, bm, bn, stages, wg)
@@ -663,13 +347,9 @@ def dkdv_gluon(q, k, v, win, do, lse, delta, dk, dv, wmin, h, g, t, n_max, edge,
     key = (scal, tuple(config), tuple(q.shape), tuple(k.shape))
 
     def make_args():
-        return descriptors(q, k, v, do, bm, bnd) + tensors + scal
+        return descriptors(q, k, v, do, bm, bn) + tensors + scal
 
-    if rows == 2:  # warp-specialized: 4 + 4 + 1 warps (12 allocated), 168 registers each at launch
-        return _launch(_dkdv_gluon_ws_kernel, grid, key, lambda: make_args() + tuple(config[5:]), tensors, descs,
-                       num_warps=4, maxnreg=168)
-    kern = _dkdv_gluon_rows_kernel if rows else _dkdv_gluon_kernel
-    return _launch(kern, grid, key, lambda: make_args() + extra, tensors, descs, num_warps=w)
+    return _launch(_dkdv_gluon_rows_kernel, grid, key, lambda: make_args() + extra, tensors, descs, num_warps=w)
 
 
 def triton_cdiv(a: int, b: int) -> int:

@@ -38,13 +38,11 @@ from ..gluon_compat import cta_barrier as _cta_barrier, tma_load as _tma_load
 GLUON_DQ_CONFIG = (64, 64, 2, 1)
 # the configs timed on the device (benchmarks/device_runs/s9q_*.py); shared memory (ptxas, sm_90): 64-row
 # tiles with 2 slots of 64 keys or 4 of 32 keys take <= 99 KB, two programs per SM
-# (BM, BN, STAGES, DEFER[, WS, REGS, PRODUCER]): WS = the warp-specialised form (BM 128: two 64-row consumer
-# warpgroups; PRODUCER: + a 1-warp TMA producer partition, else the first consumer issues the loads; REGS:
-# registers per thread of the second consumer partition)
+# (BM, BN, STAGES, DEFER). A warp-specialised 128-row form (two 64-row consumer warpgroups sharing each K/V
+# tile, configs ws2/ws3/ws4/ws3p) compiled clean and passed its device checks but was never timed; it was removed
+# at the session-9 merge (code at merge da6482d).
 CONFIGS = {"bm64": (64, 64, 3, 1), "bm64_s2": (64, 64, 2, 1), "bm64_n32": (64, 32, 4, 1),
-           "bm64_nodefer": (64, 64, 2, 0), "bm128": (128, 64, 3, 1), "bm128_s2": (128, 64, 2, 1),
-           "ws3": (128, 64, 3, 1, 1, 232, 0), "ws2": (128, 64, 2, 1, 1, 232, 0), "ws4": (128, 64, 4, 1, 1, 232, 0),
-           "ws3p": (128, 64, 3, 1, 1, 232, 1)}
+           "bm64_nodefer": (64, 64, 2, 0), "bm128": (128, 64, 3, 1), "bm128_s2": (128, 64, 2, 1)}
 
 # dtypes the dispatch takes: bf16 (checked on the H100); fp16 compiles the same (ptxas sm_90: 201 registers, no
 # spills, 98.6 KB) but has not run on a device, so it goes to the Triton kernel unless added here
@@ -223,219 +221,6 @@ if HAVE_GLUON:
         gl.store(DW + pid_bh * T + offs_m, dw * inv_edge, mask=mrow)
 
 
-    # ---- warp-specialised form (WS): one 128-row tile per program, two consumer warpgroups of 64 rows each
-    # (independent: no CTA barrier between them) and a 1-warp TMA producer; each K/V tile serves 128 rows
-    # (half the K/V traffic of 64-row programs), each consumer skips the key blocks outside its own rows' range
-
-    @gluon.jit
-    def _dq_ws_producer(k_desc, v_desc, k_s, v_s, ready, empty, lo, n_steps, b, hk,
-                        BN: gl.constexpr, STAGES: gl.constexpr):
-        for j in range(n_steps):
-            st = j % STAGES
-            # fill j // STAGES of the slot: both consumers released the previous fill
-            mbarrier.wait(empty.index(st), ((j // STAGES) & 1) ^ 1, pred=j >= STAGES)
-            bar = ready.index(st)
-            mbarrier.expect(bar, k_desc.block_type.nbytes + v_desc.block_type.nbytes)
-            _tma_load(k_desc, [b, hk, lo + j * BN, 0], bar, k_s.index(st))
-            _tma_load(v_desc, [b, hk, lo + j * BN, 0], bar, v_s.index(st))
-
-    @gluon.jit
-    def _dq_ws_refill(k_desc, v_desc, k_s, v_s, ready, empty, i, lo, n_steps, b, hk,
-                      BN: gl.constexpr, STAGES: gl.constexpr):
-        """(PRODUCER=0: the first consumer loads) once both consumers released key block i - 1's slot, it
-        takes key block i - 1 + STAGES."""
-        j = i - 1 + STAGES
-        st = (i + STAGES - 1) % STAGES
-        p = (i > 0) & (j < n_steps)
-        mbarrier.wait(empty.index(st), ((i - 1) // STAGES) & 1, pred=p)
-        bar = ready.index(st)
-        mbarrier.expect(bar, k_desc.block_type.nbytes + v_desc.block_type.nbytes, pred=p)
-        _tma_load(k_desc, [b, hk, lo + j * BN, 0], bar, k_s.index(st), pred=p)
-        _tma_load(v_desc, [b, hk, lo + j * BN, 0], bar, v_s.index(st), pred=p)
-
-    @gluon.jit
-    def _dq_ws_consumer(wg: gl.constexpr, q_s, do_s, qbar, k_s, v_s, ready, empty, O, DO, W, LSE, DELTA, DQ, DW,
-                        WMIN, pid_bh, m0t, lo, n_steps, T, n_max, edge, inv_edge, qk_scale, sm_scale,
-                        k_desc, v_desc, b, hk,
-                        D: gl.constexpr, BN: gl.constexpr, STAGES: gl.constexpr, WG: gl.constexpr,
-                        DEFER: gl.constexpr, LOADER: gl.constexpr):
-        BM: gl.constexpr = 64
-        NW: gl.constexpr = gl.num_warps()
-        ACC_S: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NW, 1],
-                                                        instr_shape=[16, BN, 16])
-        ACC_Q: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NW, 1],
-                                                        instr_shape=[16, D, 16])
-        A_OP: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=ACC_Q, k_width=2)
-        ROW: gl.constexpr = gl.SliceLayout(1, ACC_S)
-        COL: gl.constexpr = gl.SliceLayout(0, ACC_S)
-        dt: gl.constexpr = k_s.dtype
-        m0 = m0t + wg * BM
-        offs_m = m0 + gl.arange(0, BM, layout=ROW)
-        mrow = offs_m < T
-        w = gl.load(W + pid_bh * T + offs_m, mask=mrow, other=1.0)
-        wmax = gl.max(w, 0)
-        wmin = gl.min(w, 0)
-        # this warpgroup's own key range and tile kinds (_tile_ranges at 64 rows)
-        reach = gl.minimum((wmax - 0.5 + edge * 0.5).to(gl.int32) + 2, n_max)
-        lo_w = gl.maximum(m0 - reach + 1, 0)
-        lo_w = (lo_w // BN) * BN
-        full = gl.minimum(gl.floor(wmin - 0.5 - edge * 0.5).to(gl.int32) - 1, n_max - 1)
-        full_lo = m0 + BM - 1 - full
-        full_lo = ((full_lo + BN - 1) // BN) * BN
-        full_lo = gl.minimum(gl.maximum(full_lo, lo_w), m0)
-        hi = gl.minimum(m0 + BM, T)
-        causal_hi = gl.where(full >= BM - 1, hi, m0)
-        if WG > 0:
-            WL: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 1], threads_per_warp=[1, 32],
-                                                warps_per_cta=[NW, 1], order=[1, 0])
-            ntw = (T + WG - 1) // WG
-            gi = m0 // WG + gl.arange(0, BM // WG, layout=gl.SliceLayout(1, WL))
-            wr = gi[:, None] * WG + gl.arange(0, WG, layout=gl.SliceLayout(0, WL))[None, :]
-            w2 = gl.load(W + pid_bh * T + wr, mask=wr < T, other=1.0)
-            gl.store(WMIN + pid_bh * ntw + gi, gl.min(w2, 1), mask=gi < ntw)
-        DL: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 8], threads_per_warp=[8, 4],
-                                            warps_per_cta=[NW, 1], order=[1, 0])
-        rows_d = m0 + gl.arange(0, BM, layout=gl.SliceLayout(1, DL))
-        cols_d = gl.arange(0, 32, layout=gl.SliceLayout(0, DL))
-        rmask_d = (rows_d < T)[:, None]
-        base_d = (pid_bh * T + rows_d)[:, None] * D + cols_d[None, :]
-        delta_d = gl.zeros([BM], gl.float32, gl.SliceLayout(1, DL))
-        for dc in gl.static_range(0, D, 32):
-            oc = gl.load(O + base_d + dc, mask=rmask_d, other=0.0).to(gl.float32)
-            doc = gl.load(DO + base_d + dc, mask=rmask_d, other=0.0).to(gl.float32)
-            delta_d += gl.sum(oc * doc, 1)
-        gl.store(DELTA + pid_bh * T + rows_d, delta_d, mask=rows_d < T)
-        delta = gl.convert_layout(delta_d, ROW)
-        lse = gl.load(LSE + pid_bh * T + offs_m, mask=mrow, other=0.0)
-
-        dq = gl.zeros([BM, D], gl.float32, ACC_Q)
-        dw = gl.zeros([BM], gl.float32, ROW)
-        zs = gl.zeros([BM, BN], gl.float32, ACC_S)
-        ds_op = gl.zeros([BM, BN], dt, A_OP)
-        offs_n0 = gl.arange(0, BN, layout=COL)
-        mbarrier.wait(qbar, 0)
-        q2 = q_s.reshape([BM, D])
-        do2 = do_s.reshape([BM, D])
-        for i in range(n_steps):
-            st = i % STAGES
-            start_n = lo + i * BN
-            mbarrier.wait(ready.index(st), (i // STAGES) & 1)
-            if (start_n >= lo_w) & (start_n < hi):
-                kt = k_s.index(st).reshape([BN, D])
-                vt = v_s.index(st).reshape([BN, D])
-                s_t = warpgroup_mma(q2, kt.permute((1, 0)), zs, use_acc=False, is_async=True)
-                dp_t = warpgroup_mma(do2, vt.permute((1, 0)), zs, use_acc=False, is_async=True)
-                s, dq, ds_op = warpgroup_mma_wait(num_outstanding=1, deps=(s_t, dq, ds_op))
-                # the previous key block's products are done here: release its slot
-                mbarrier.arrive(empty.index((i + STAGES - 1) % STAGES), pred=i > 0)
-                if LOADER:
-                    _dq_ws_refill(k_desc, v_desc, k_s, v_s, ready, empty, i, lo, n_steps, b, hk, BN, STAGES)
-                offs_n = start_n + offs_n0
-                masked = (start_n < full_lo) | (start_n >= causal_hi)
-                diag = start_n >= m0
-                if masked:
-                    dd = offs_m[:, None] - offs_n[None, :]
-                    r = (w[:, None] - dd.to(gl.float32) - 0.5) * inv_edge + 0.5
-                    r = gl.minimum(r, 1.0)
-                    ok = (dd >= 0) & (dd < n_max) & (r > 0) & (offs_n < T)[None, :] & mrow[:, None]
-                    p = gl.exp2(gl.where(ok, s * qk_scale - lse[:, None], float("-inf")))
-                    dp = warpgroup_mma_wait(num_outstanding=0, deps=(dp_t, ))
-                    g0 = p * (dp - delta[:, None])
-                    ds = g0 * r
-                    dw += gl.sum(gl.where(r < 1.0, g0, 0.0), 1)
-                elif diag:
-                    p = gl.exp2(gl.where(offs_m[:, None] >= offs_n[None, :], s * qk_scale - lse[:, None],
-                                         float("-inf")))
-                    dp = warpgroup_mma_wait(num_outstanding=0, deps=(dp_t, ))
-                    ds = p * (dp - delta[:, None])
-                else:
-                    p = gl.exp2(s * qk_scale - lse[:, None])
-                    dp = warpgroup_mma_wait(num_outstanding=0, deps=(dp_t, ))
-                    ds = p * (dp - delta[:, None])
-                ds_op = gl.convert_layout(ds.to(dt), A_OP)
-                dq_t = warpgroup_mma(ds_op, kt, dq, is_async=True)
-                if DEFER:
-                    dq, ds_op = warpgroup_mma_wait(num_outstanding=1, deps=(dq_t, ds_op))
-                else:
-                    dq, ds_op = warpgroup_mma_wait(num_outstanding=0, deps=(dq_t, ds_op))
-            else:  # outside this warpgroup's rows' reach: nothing to compute, the slot released all the same
-                dq, ds_op = warpgroup_mma_wait(num_outstanding=0, deps=(dq, ds_op))
-                mbarrier.arrive(empty.index((i + STAGES - 1) % STAGES), pred=i > 0)
-                if LOADER:
-                    _dq_ws_refill(k_desc, v_desc, k_s, v_s, ready, empty, i, lo, n_steps, b, hk, BN, STAGES)
-        dq = warpgroup_mma_wait(num_outstanding=0, deps=(dq, ))
-        offs_mq = m0 + gl.arange(0, BM, layout=gl.SliceLayout(1, ACC_Q))
-        offs_d = gl.arange(0, D, layout=gl.SliceLayout(0, ACC_Q))
-        gl.store(DQ + (pid_bh * T + offs_mq)[:, None] * D + offs_d[None, :], (dq * sm_scale).to(dt),
-                 mask=(offs_mq < T)[:, None])
-        gl.store(DW + pid_bh * T + offs_m, dw * inv_edge, mask=mrow)
-
-    @gluon.jit
-    def _dq_ws_kernel(q_desc, k_desc, v_desc, do_desc, O, DO, W, LSE, DELTA, DQ, DW, WMIN,
-                      H, G, T, n_max, edge, inv_edge, qk_scale, sm_scale,
-                      D: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr, STAGES: gl.constexpr,
-                      WG: gl.constexpr, DEFER: gl.constexpr, REGS: gl.constexpr, PREGS: gl.constexpr = 24,
-                      PRODUCER: gl.constexpr = 1):
-        """BM = 128 rows per program: Q / dO tiles of 64 rows (the descriptors' blocks), one per consumer."""
-        pid_m = gl.program_id(0)
-        pid_bh = gl.program_id(1)
-        b = pid_bh // H
-        h = pid_bh % H
-        hk = h // G
-        m0 = pid_m * BM
-        # the key range of the whole 128-row tile (the producer's), from every row's window
-        LW: gl.constexpr = gl.BlockedLayout(size_per_thread=[1], threads_per_warp=[32], warps_per_cta=[gl.num_warps()],
-                                            order=[0])
-        offs = m0 + gl.arange(0, BM, layout=LW)
-        w = gl.load(W + pid_bh * T + offs, mask=offs < T, other=1.0)
-        reach = gl.minimum((gl.max(w, 0) - 0.5 + edge * 0.5).to(gl.int32) + 2, n_max)
-        lo = gl.maximum(m0 - reach + 1, 0)
-        lo = (lo // BN) * BN
-        hi = gl.minimum(m0 + BM, T)
-        n_steps = (hi - lo + BN - 1) // BN
-        dt: gl.constexpr = q_desc.dtype
-        q_s = gl.allocate_shared_memory(dt, [2] + q_desc.block_type.shape, q_desc.layout)
-        do_s = gl.allocate_shared_memory(dt, [2] + do_desc.block_type.shape, do_desc.layout)
-        k_s = gl.allocate_shared_memory(dt, [STAGES] + k_desc.block_type.shape, k_desc.layout)
-        v_s = gl.allocate_shared_memory(dt, [STAGES] + v_desc.block_type.shape, v_desc.layout)
-        ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        qbar = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-        for i in gl.static_range(STAGES):
-            mbarrier.init(ready.index(i), count=1)
-            mbarrier.init(empty.index(i), count=2)  # one arrive per consumer warpgroup
-        for i in gl.static_range(2):
-            mbarrier.init(qbar.index(i), count=1)
-            mbarrier.expect(qbar.index(i), q_desc.block_type.nbytes + do_desc.block_type.nbytes)
-            _tma_load(q_desc, [b, h, m0 + i * 64, 0], qbar.index(i), q_s.index(i))
-            _tma_load(do_desc, [b, h, m0 + i * 64, 0], qbar.index(i), do_s.index(i))
-        if PRODUCER:
-            gl.warp_specialize([
-                (_dq_ws_consumer, (0, q_s.index(0), do_s.index(0), qbar.index(0), k_s, v_s, ready, empty, O, DO, W, LSE,
-                                   DELTA, DQ, DW, WMIN, pid_bh, m0, lo, n_steps, T, n_max, edge, inv_edge, qk_scale,
-                                   sm_scale, k_desc, v_desc, b, hk, D, BN, STAGES, WG, DEFER, False)),
-                (_dq_ws_consumer, (1, q_s.index(1), do_s.index(1), qbar.index(1), k_s, v_s, ready, empty, O, DO, W, LSE,
-                                   DELTA, DQ, DW, WMIN, pid_bh, m0, lo, n_steps, T, n_max, edge, inv_edge, qk_scale,
-                                   sm_scale, k_desc, v_desc, b, hk, D, BN, STAGES, WG, DEFER, False)),
-                (_dq_ws_producer, (k_desc, v_desc, k_s, v_s, ready, empty, lo, n_steps, b, hk, BN, STAGES)),
-            ], [4, 1], [REGS, PREGS])
-        else:
-            # the first STAGES key blocks now; later ones by the first consumer, as slots are released
-            for i in gl.static_range(STAGES):
-                p = i < n_steps
-                mbarrier.expect(ready.index(i), k_desc.block_type.nbytes + v_desc.block_type.nbytes, pred=p)
-                _tma_load(k_desc, [b, hk, lo + i * BN, 0], ready.index(i), k_s.index(i), pred=p)
-                _tma_load(v_desc, [b, hk, lo + i * BN, 0], ready.index(i), v_s.index(i), pred=p)
-            gl.warp_specialize([
-                (_dq_ws_consumer, (0, q_s.index(0), do_s.index(0), qbar.index(0), k_s, v_s, ready, empty, O, DO, W, LSE,
-                                   DELTA, DQ, DW, WMIN, pid_bh, m0, lo, n_steps, T, n_max, edge, inv_edge, qk_scale,
-                                   sm_scale, k_desc, v_desc, b, hk, D, BN, STAGES, WG, DEFER, True)),
-                (_dq_ws_consumer, (1, q_s.index(1), do_s.index(1), qbar.index(1), k_s, v_s, ready, empty, O, DO, W, LSE,
-                                   DELTA, DQ, DW, WMIN, pid_bh, m0, lo, n_steps, T, n_max, edge, inv_edge, qk_scale,
-                                   sm_scale, k_desc, v_desc, b, hk, D, BN, STAGES, WG, DEFER, False)),
-            ], [4], [REGS])
-
-
 def descriptors(q, k, v, do, bm: int, bn: int):
     """Host tensor descriptors: Q / dO [B, H, T, D] in [1, 1, BM, D] blocks, K / V [B, Hk, T, D] in
     [1, 1, BN, D] blocks (each head's T boundary is the descriptor's: rows past it come in as zeros)."""
@@ -450,7 +235,7 @@ def descriptors(q, k, v, do, bm: int, bn: int):
 
 # launch replay (as latent.py's for the Gluon noise kernel): the first launch of a key goes through
 # ``kernel[grid](...)``; later ones call the compiled launcher directly, the host descriptors rebuilt on
-# the new pointers (latent._DescArg), skipping the JIT's per-call argument handling and TensorDescriptor
+# the new pointers (launch_replay.DescArg), skipping the JIT's per-call argument handling and TensorDescriptor
 # construction (host time counts where a step is launch bound: B=1, T=4K)
 _PLANS: dict = {}
 REPLAY = {"on": True}
@@ -472,24 +257,24 @@ def dq_gluon(q, k, v, do, o, win, lse, delta, dq, dw, wmin, n_max: int, edge: fl
     """Launch the Gluon dQ kernel: fills dq (window part, scaled), dw (d loss / d window), delta and,
     where wg > 0, wmin [B*H, cdiv(T, wg)]."""
     cfg = tuple(config or GLUON_DQ_CONFIG)
-    bm, bn, stages, defer = cfg[:4]
-    ws, regs, producer = (cfg[4], cfg[5], cfg[6]) if len(cfg) > 4 else (0, 0, 0)
+    if len(cfg) != 4:
+        raise ValueError(f"gluon_dq config: (BM, BN, STAGES, DEFER), got {cfg} (the warp-specialised form was removed)")
+    bm, bn, stages, defer = cfg
     b, h, t, d = q.shape
     g = h // k.shape[1]
     grid = ((t + bm - 1) // bm, b * h)
     scal = (h, g, t, int(n_max), float(edge), 1.0 / float(edge), float(qk_scale), float(sm_scale), d, bm, bn,
-            stages, int(wg), int(defer)) + ((int(regs), 24, int(producer)) if ws else ())
+            stages, int(wg), int(defer))
     ptrs = (o, do, win, lse, delta, dq, dw, wmin)
-    qrows = 64 if ws else bm  # the warp-specialised kernel loads Q / dO per 64-row consumer
-    kern = _dq_ws_kernel if ws else _dq_gluon_kernel
-    warps = 4 if ws else bm // 16
-    descs = ((q, qrows), (k, bn), (v, bn), (do, qrows))
+    kern = _dq_gluon_kernel
+    warps = bm // 16
+    descs = ((q, bm), (k, bn), (v, bn), (do, bm))
     key = (grid, q.dtype, q.device, tuple(q.shape), tuple(k.shape), scal,
            tuple(x.data_ptr() % 16 == 0 for x in ptrs))
     fast = _replay_ok()
     plan = _PLANS.get(key) if fast else None
     if plan is not None:
-        from ..diff_attention.latent import _DescArg
+        from ..launch_replay import DescArg as _DescArg
         from triton.runtime.driver import driver
 
         run, fn, meta, padding = plan
@@ -498,7 +283,7 @@ def dq_gluon(q, k, v, do, o, win, lse, delta, dq, dw, wmin, n_max: int, edge: fl
         dev = driver.active.get_current_device()
         run(grid[0], grid[1], 1, driver.active.get_current_stream(dev), fn, meta, None, None, None, *args, *scal)
         return None
-    qd, kd, vd, dd = descriptors(q, k, v, do, qrows, bn)
+    qd, kd, vd, dd = descriptors(q, k, v, do, bm, bn)
     compiled = kern[grid](qd, kd, vd, dd, *ptrs, *scal, num_warps=warps)
     if fast:
         try:
