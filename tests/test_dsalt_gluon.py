@@ -14,17 +14,9 @@ import torch
 
 from attnlab.ops.dsalt import dsalt_attention, dsalt_reference, triton_available
 from attnlab.testing import rel_err
+from test_dsalt_kernels import make  # noqa: E402 - the DSALT kernel tests' input maker
 
 needs_triton = pytest.mark.skipif(not triton_available(), reason="triton not installed")
-
-
-def make(b, h, hk, t, d, n_min, n_max, dtype, device="cpu"):
-    q = torch.randn(b, h, t, d, dtype=dtype, device=device)
-    k = torch.randn(b, hk, t, d, dtype=dtype, device=device)
-    v = torch.randn(b, hk, t, d, dtype=dtype, device=device)
-    win = n_min + torch.rand(b, h, t, device=device) * (n_max - n_min)
-    e = torch.randn(b, hk, t, device=device)
-    return [x.requires_grad_() for x in (q, k, v, win, e)]
 
 
 def test_not_available_on_cpu():
