@@ -145,12 +145,12 @@ def test_gpu_gluon_dkdv_matches_triton_and_reference(i, dtype, monkeypatch):
             res[on] = torch.autograd.grad(out, ins[:3], do)
     assert launched, "the Gluon kernel did not run"
     # a second backward: the launch replay (same key) gives the same gradients
-    n0 = GD.REPLAY["stats"][1]
+    n0 = GD._GO.stats["replayed"]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         out = dsalt_attention(*ins, impl="triton", **kw)
         again = torch.autograd.grad(out, ins[:3], do)
-    assert GD.REPLAY["stats"][1] > n0, "the launch was not replayed"
+    assert GD._GO.stats["replayed"] > n0, "the launch was not replayed"
     for a, b2 in zip(res[True], again):
         if n_lm:  # the landmark backward adds into dK/dV by atomics: the order of the adds varies
             assert rel_err(a.float(), b2.float()) <= 2e-3
@@ -196,9 +196,8 @@ def test_launch_replay_rebuilds_pointers_and_descriptors(monkeypatch):
     kern = Kern()
     monkeypatch.setattr(launch_replay, "available", lambda: True)
     monkeypatch.setattr(launch_replay, "hooks_set", lambda: False)
-    monkeypatch.setattr(GD, "_stream", lambda: 7)
-    monkeypatch.setattr(GD, "_PLANS", {})
-    monkeypatch.setattr(GD, "REPLAY", {"on": True, "stats": [0, 0]})
+    monkeypatch.setattr(launch_replay, "_stream", lambda: 7)
+    go = launch_replay.DescLauncher("test")
 
     def inputs():
         q = torch.randn(1, 4, 96, 128, dtype=torch.bfloat16)
@@ -209,9 +208,8 @@ def test_launch_replay_rebuilds_pointers_and_descriptors(monkeypatch):
     scal = (4, 2, 96, 64, 4.0, 0.25, 0.1, 0.08, 128, 64, 128, 3, 32)
     for rep in range(2):
         descs, tensors = inputs()
-        GD._launch(kern, (1, 2), ("k", scal), lambda: GD.descriptors(*descs, 64, 128) + tensors + scal + (True, False),
-                   tensors, descs, num_warps=8)
-    assert len(calls["normal"]) == 1 and len(calls["run"]) == 1 and GD.REPLAY["stats"] == [1, 1]
+        go(kern, (1, 2), *GD._descs(*descs, 64, 128), *tensors, *scal, True, False, num_warps=8)
+    assert len(calls["normal"]) == 1 and len(calls["run"]) == 1 and go.stats == {"normal": 1, "replayed": 1}
     a = calls["run"][0]
     assert a[:9] == (1, 2, 1, 7, "fn", "meta", None, None, None)
     full = a[9:]

@@ -194,7 +194,7 @@ def test_gluon_dq_matches_triton_and_reference(case, cfg, monkeypatch):
     q, k, v, do, e, win = _inputs(b, h, hk, t, 128, n_max, torch.bfloat16, "cuda", wmode)
     o, lse, _ = K.forward_saved(q, k, v, win, e, n_max=n_max, edge=edge, n_landmarks=0, block=64)
     tri = K.window_dq(q, k, v, win, do, lse, o, n_max=n_max, edge=edge, wg=32, gluon=False)
-    monkeypatch.setitem(K.OPTS, "gluon_dq_config", GD.CONFIGS[cfg])
+    monkeypatch.setitem(K.FORCE_CONFIG, "gluon_dq", GD.CONFIGS[cfg])
     glu = K.window_dq(q, k, v, win, do, lse, o, n_max=n_max, edge=edge, wg=32, gluon=True)
     glu2 = K.window_dq(q, k, v, win, do, lse, o, n_max=n_max, edge=edge, wg=32, gluon=True)  # replayed
     nt = b * h * -(-t // 32)

@@ -29,12 +29,18 @@ except Exception:  # pragma: no cover - depends on the installed triton
     HAVE_GLUON = False
 
 
+_MAJOR: dict = {}  # device index -> compute capability major (asked once: host time on launch-bound steps)
+
+
 def hopper_ready(x: torch.Tensor) -> bool:
     """Whether a Gluon Hopper kernel may run on x's device: Gluon importable, not the Triton
     interpreter, a CUDA tensor on an sm_90 GPU."""
-    if not HAVE_GLUON or os.environ.get("TRITON_INTERPRET", "0") == "1" or not x.is_cuda:
+    if not HAVE_GLUON or not x.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1":
         return False
-    return torch.cuda.get_device_capability(x.device)[0] == 9
+    i = x.device.index if x.device.index is not None else torch.cuda.current_device()
+    if i not in _MAJOR:
+        _MAJOR[i] = torch.cuda.get_device_capability(i)[0]
+    return _MAJOR[i] == 9
 
 
 def tma_ok(*xs: torch.Tensor) -> bool:

@@ -153,3 +153,89 @@ class ReplayLauncher:
         dev = _driver.active.get_current_device()
         stream = _driver.active.get_current_stream(dev)
         run(g0, g1, g2, stream, fn, meta, None, None, None, *full)
+
+
+def _stream():
+    dev = _driver.active.get_current_device()
+    return _driver.active.get_current_stream(dev)
+
+
+class Desc:
+    """A host TMA tensor descriptor's fields over a tensor (``base``), made without TensorDescriptor's
+    checks (the caller checked once): turned into a real descriptor for a normal launch (Triton's
+    ``triton.tools`` one, or Gluon's where a shared-memory ``layout`` is given) and handed as it is to a
+    replayed launch, whose compiled launcher reads base, shape, strides and padding."""
+
+    __slots__ = ("base", "shape", "strides", "block_shape", "layout", "padding")
+
+    def __init__(self, base, shape, strides, block_shape, layout=None):
+        self.base, self.shape, self.strides, self.block_shape = base, shape, strides, block_shape
+        self.layout, self.padding = layout, "zero"
+
+    def key(self):
+        return ("desc", self.base.dtype, self.base.device.index, tuple(self.shape), tuple(self.strides),
+                tuple(self.block_shape), self.base.data_ptr() % 16 == 0)
+
+    def real(self):
+        if self.layout is None:
+            from triton.tools.tensor_descriptor import TensorDescriptor
+
+            return TensorDescriptor(self.base, self.shape, self.strides, self.block_shape)
+        from .gluon_compat import TensorDescriptor
+
+        return TensorDescriptor(self.base, self.shape, self.strides, self.block_shape, self.layout)
+
+
+class DescLauncher(ReplayLauncher):
+    """A ReplayLauncher that also takes descriptor arguments (``Desc``): keyed by dtype, shape, strides,
+    block and alignment, made real for a normal launch and passed as they are to a replayed one (no
+    TensorDescriptor built on the host per call). Used by hopper.py and the Gluon kernels."""
+
+    def __call__(self, kernel, grid, *args, **kwargs):
+        fast = not self.broken and available()
+        key = plan = None
+        if fast:
+            key = (id(kernel), tuple(grid), tuple(a.key() if isinstance(a, Desc) else _arg_key(a) for a in args),
+                   tuple(kwargs.items()))
+            plan = self.plans.get(key, False)
+            if plan and not hooks_set():
+                try:
+                    run, fn, meta, (g0, g1, g2), tpl, slots = plan
+                    full = tpl.copy()
+                    for j in slots:
+                        a = args[j]
+                        full[j] = a if isinstance(a, Desc) else a.data_ptr()
+                    run(g0, g1, g2, _stream(), fn, meta, None, None, None, *full)
+                    self.stats["replayed"] += 1
+                    return None
+                except Exception as e:  # noqa: BLE001 - normal launches from now on
+                    warnings.warn(f"{self.name}: launch replay failed ({e!r}); using normal launches")
+                    self.broken = True
+        compiled = kernel[grid](*[a.real() if isinstance(a, Desc) else a for a in args], **kwargs)
+        self.stats["normal"] += 1
+        if fast and plan is False and compiled is not None:
+            if len(self.plans) >= self.max_plans:
+                self.plans.clear()
+            self.plans[key] = self._desc_plan(kernel, compiled, grid, args, kwargs)
+        return compiled
+
+    @staticmethod
+    def _desc_plan(kernel, compiled, grid, args, kwargs):
+        """(run, function, metadata, grid, full argument template, positional slots of tensors and
+        descriptors) or None (never replay this key)."""
+        try:
+            if hasattr(compiled, "result"):
+                compiled = compiled.result()
+            sig = inspect.signature(kernel.fn)
+            bound = sig.bind(*args, **{k: v for k, v in kwargs.items() if k in sig.parameters})
+            bound.apply_defaults()
+            full = list(bound.arguments.values())
+            if len(full) != len(kernel.arg_names) or len(args) > len(full):
+                return None
+            slots = tuple(j for j, a in enumerate(args) if isinstance(a, (torch.Tensor, Desc)))
+            for j in slots:
+                full[j] = None
+            g = tuple(grid) + (1, 1)
+            return (compiled.run, compiled.function, compiled.packed_metadata, g[:3], full, slots)
+        except Exception:  # noqa: BLE001 - never replay this key
+            return None

@@ -187,8 +187,8 @@ def main():
             variants["dsalt_gq"] = mk(n_lm, {"gluon_dq": True, "gluon_dq_min_t": 0})
             if args.gq_ws:
                 from attnlab.ops.dsalt import gluon_dq as GD
-                variants["dsalt_gq_ws"] = mk(n_lm, {"gluon_dq": True, "gluon_dq_min_t": 0,
-                                                    "gluon_dq_config": GD.CONFIGS[args.gq_ws]})
+                variants["dsalt_gq_ws"] = mk(n_lm, {"gluon_dq": True, "gluon_dq_min_t": 0},
+                                             {"gluon_dq": GD.CONFIGS[args.gq_ws]})
         if args.set == "s9":  # session 9, lead: both Gluon passes, alone and together, at every length
             variants.pop("window")
             variants["dsalt_tri"] = mk(n_lm, {"gluon_dq": False, "gluon_dkdv": False})

@@ -66,7 +66,7 @@ def check(b, h, hk, t, n_max, wmode, seed, ref=False, cfgs=None):
     for name, cfg in GD.CONFIGS.items():
         if cfgs is not None and name not in cfgs:
             continue
-        K.OPTS["gluon_dq_config"] = cfg
+        K.FORCE_CONFIG["gluon_dq"] = cfg
         try:
             glu = K.window_dq(q, k, v, win, do, lse, o, n_max=n_max, edge=edge, wg=32, gluon=True)
             # the second launch of the key goes through the launch replay: the same bits
@@ -77,7 +77,7 @@ def check(b, h, hk, t, n_max, wmode, seed, ref=False, cfgs=None):
             GD.BROKEN = ""
             continue
         finally:
-            K.OPTS["gluon_dq_config"] = None
+            K.FORCE_CONFIG["gluon_dq"] = None
         nt = -(-t // 32)
         row = {"cfg": name, "shape": (b, h, hk, t, n_max, wmode),
                "nan": [bool(torch.isnan(x[:b * h * nt] if i == 3 else x).any()) for i, x in enumerate(glu)],
@@ -134,14 +134,14 @@ def kernel_times(t, cfgs=None):
     for name, cfg in GD.CONFIGS.items():
         if cfgs is not None and name not in cfgs:
             continue
-        K.OPTS["gluon_dq_config"] = cfg
+        K.FORCE_CONFIG["gluon_dq"] = cfg
         try:
             row[name] = graph_ms(lambda: K.window_dq(q, k, v, win, do, lse, o, n_max=512, edge=4.0, wg=32,
                                                      gluon=True, poison=pz))
         except Exception as ex:
             row[name] = f"{type(ex).__name__}: {ex}"[:200]
             GD.BROKEN = ""
-        K.OPTS["gluon_dq_config"] = None
+        K.FORCE_CONFIG["gluon_dq"] = None
     # tile FLOP rate of the triton kernel's useful work: 3 products of 2*T*512*128 per head
     row["useful_tflop"] = 16 * 3 * 2 * t * 512 * 128 / 1e12
     print("kernel ms", row, flush=True)
@@ -154,12 +154,12 @@ def step_times(t, rounds=3, cfgs=("default",)):
 
     def mk(on, cfg=None):
         def step():
-            K.OPTS["gluon_dq"], K.OPTS["gluon_dq_config"] = on, cfg
+            K.OPTS["gluon_dq"], K.FORCE_CONFIG["gluon_dq"] = on, cfg
             out = dsalt_attention(*xs, n_max=512, n_landmarks=64, edge=4.0, block=64, impl="triton")
             out.backward(do)
             for x in xs:
                 x.grad = None
-            K.OPTS["gluon_dq"], K.OPTS["gluon_dq_config"] = False, None
+            K.OPTS["gluon_dq"], K.FORCE_CONFIG["gluon_dq"] = False, None
         return step
 
     variants = {"dsalt": mk(False)}

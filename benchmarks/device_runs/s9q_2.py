@@ -72,10 +72,10 @@ def main():
         from attnlab.ops.dsalt import gluon_dq as GD
 
         for c in cfgs:
-            K.OPTS["gluon_dq_config"] = GD.CONFIGS[c]
+            K.FORCE_CONFIG["gluon_dq"] = GD.CONFIGS[c]
             hosts[c] = host_us(lambda: K.window_dq(q, k, v, win, do, lse, o, n_max=512, edge=4.0, wg=32, gluon=True,
                                                    poison=False))
-            K.OPTS["gluon_dq_config"] = None
+            K.FORCE_CONFIG["gluon_dq"] = None
         print("host us per window_dq call (4 NaN fills included)", {a: round(b, 1) for a, b in hosts.items()},
               "replay plans", len(GD._PLANS), "replay on", GD.REPLAY["on"], flush=True)
         S.OUT["host_us"] = hosts

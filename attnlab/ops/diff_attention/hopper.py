@@ -28,14 +28,13 @@ can reach with this Triton.
 
 from __future__ import annotations
 
-import inspect
 import os
 
 import torch
 import triton
 import triton.language as tl
 
-from ..launch_replay import ReplayLauncher, available as _replay_available, hooks_set as _hooks_set
+from ..launch_replay import Desc as _Desc, DescLauncher as _DescLauncher
 from .kernel import _diff_bwd_pre_kernel, _diff_bwd_q_kernel, _dq_tile, _interpret, _pow2  # shared with kernel.py
 
 try:  # Triton >= 3.4
@@ -462,24 +461,6 @@ def _desc_ok(*xs) -> bool:
     return True
 
 
-class _Desc:
-    """A tensor descriptor's fields without TensorDescriptor's checks (``_desc_ok`` made them once):
-    turned into a TensorDescriptor for a normal launch; a replayed launch hands it to the compiled
-    launcher as is (which reads base, shape, strides and padding)."""
-
-    __slots__ = ("base", "shape", "strides", "block_shape", "padding")
-
-    def __init__(self, base, shape, strides, block_shape):
-        self.base, self.shape, self.strides, self.block_shape, self.padding = base, shape, strides, block_shape, "zero"
-
-    def key(self):
-        return ("desc", self.base.dtype, self.base.device.index, tuple(self.shape), tuple(self.strides),
-                tuple(self.block_shape), self.base.data_ptr() % 16 == 0)
-
-    def real(self):
-        return TensorDescriptor(self.base, self.shape, self.strides, self.block_shape)
-
-
 def _desc(x, rows: int, bd: int):
     """A 4-D descriptor over x [B, H, T, D] with block [1, 1, rows, bd]; a dimension of size 1 gets
     a stride the copy engine accepts (its value is never used)."""
@@ -488,65 +469,6 @@ def _desc(x, rows: int, bd: int):
         if shape[i] == 1:
             strides[i] = max(16 // x.element_size(), shape[i + 1] * strides[i + 1])
     return _Desc(x, shape, strides, [1, 1, rows, bd])
-
-
-class _DescLauncher(ReplayLauncher):
-    """``launch_replay.ReplayLauncher`` that also takes descriptor arguments (``_Desc``): they are
-    keyed by dtype, shape, strides, block and alignment, converted to TensorDescriptor for a normal
-    launch and passed as they are to a replayed one."""
-
-    def __call__(self, kernel, grid, *args, **kwargs):
-        fast = not self.broken and _replay_available() and not _interpret()
-        key = plan = None
-        if fast:
-            key = (id(kernel), tuple(grid), tuple(a.key() if isinstance(a, _Desc) else
-                                                  (a.dtype, a.device.index, a.data_ptr() % 16 == 0)
-                                                  if isinstance(a, torch.Tensor) else a for a in args),
-                   tuple(kwargs.items()))
-            plan = self.plans.get(key, False)
-            if plan and not _hooks_set():
-                try:
-                    run, fn, meta, (g0, g1, g2), tpl, slots = plan
-                    full = tpl.copy()
-                    for j in slots:
-                        a = args[j]
-                        full[j] = a if isinstance(a, _Desc) else a.data_ptr()
-                    dev = torch.cuda.current_device()
-                    run(g0, g1, g2, torch.cuda.current_stream(dev).cuda_stream, fn, meta, None, None, None, *full)
-                    self.stats["replayed"] += 1
-                    return None
-                except Exception as e:  # noqa: BLE001 - normal launches from now on
-                    import warnings
-
-                    warnings.warn(f"{self.name}: launch replay failed ({e!r}); using normal launches")
-                    self.broken = True
-        real = [a.real() if isinstance(a, _Desc) else a for a in args]
-        compiled = kernel[grid](*real, **kwargs)
-        self.stats["normal"] += 1
-        if fast and plan is False and compiled is not None:
-            if len(self.plans) >= self.max_plans:
-                self.plans.clear()
-            self.plans[key] = self._plan(kernel, compiled, grid, args, kwargs)
-        return compiled
-
-    @staticmethod
-    def _plan(kernel, compiled, grid, args, kwargs):
-        try:
-            if hasattr(compiled, "result"):
-                compiled = compiled.result()
-            sig = inspect.signature(kernel.fn)
-            bound = sig.bind(*args, **{k: v for k, v in kwargs.items() if k in sig.parameters})
-            bound.apply_defaults()
-            full = list(bound.arguments.values())
-            if len(full) != len(kernel.arg_names) or len(args) > len(full):
-                return None
-            slots = tuple(j for j, a in enumerate(args) if isinstance(a, (torch.Tensor, _Desc)))
-            for j in slots:
-                full[j] = None
-            g = tuple(grid) + (1, 1)
-            return (compiled.run, compiled.function, compiled.packed_metadata, g[:3], full, slots)
-        except Exception:  # noqa: BLE001 - never replay this key
-            return None
 
 
 _GO = _DescLauncher("diff_attention hopper.py")

@@ -19,8 +19,8 @@ halves as unsynchronised consumer partitions: 8% slower than form 1).
 
 The Q / dO tiles come through a STAGES-deep ring of shared-memory slots filled by the tensor memory accelerator
 (host tensor descriptors over [B*H, T, D]: the T boundary is the descriptor's, zero-filled), one mbarrier per
-slot; K and V are loaded once. Launches are replayed from the second call of a key on (``_launch``: the
-compiled launcher called with descriptor stand-ins on the new pointers, no host descriptors built).
+slot; K and V are loaded once. Launches are replayed from the second call of a key on (``launch_replay.DescLauncher``:
+the compiled launcher called with descriptor stand-ins on the new tensors, no host descriptors built).
 
 Measured on an H100 (benchmarks/RESULTS.md, "Session 9: DSALT dK/dV in Gluon"): form 1 939 us vs the Triton
 kernel's 989 us at T = 32K (5% faster on the GPU); DSALT fwd+bwd no faster end to end in the helper's call; in the
@@ -37,10 +37,10 @@ from __future__ import annotations
 
 import torch
 
-from ..gluon_compat import (HAVE_GLUON, TensorDescriptor, fence_async_shared, gl, gluon,  # noqa: F401
+from ..gluon_compat import (HAVE_GLUON, fence_async_shared, gl, gluon,  # noqa: F401
                             hopper_ready, mbarrier, nvmma_layout, tma_ok, warpgroup_mma, warpgroup_mma_wait)
 from ..gluon_compat import cta_barrier as _cta_barrier, tma_load as _tma_load
-from ..launch_replay import DescArg
+from ..launch_replay import Desc, DescLauncher
 
 if HAVE_GLUON:
     from triton.experimental.gluon.language.nvidia.hopper import warpgroup_mma_init
@@ -228,107 +228,26 @@ def _view3(x):
     return [x.numel() // (t * d), t, d], [t * d, d, 1]
 
 
-def descriptors(q, k, v, do, bm: int, bn: int):
-    """Host tensor descriptors over [B*H, T, D] (Q, dO: [1, BM, D] blocks) and [B*Hk, T, D] (K, V:
-    [1, BN, D] blocks); rows past T read as zeros."""
+def _descs(q, k, v, do, bm: int, bn: int):
+    """Descriptor stand-ins (launch_replay.Desc) over [B*H, T, D] (Q, dO: [1, BM, D] blocks) and [B*Hk, T, D]
+    (K, V: [1, BN, D] blocks); rows past T read as zeros."""
     d = q.shape[-1]
 
     def desc(x, rows):
         shape, strides = _view3(x)
-        return TensorDescriptor(x.view(shape), shape, strides, [1, rows, d], _layout([1, rows, d], x.dtype))
+        return Desc(x.view(shape), shape, strides, [1, rows, d], _layout([1, rows, d], x.dtype))
 
     return desc(q, bm), desc(k, bn), desc(v, bn), desc(do, bm)
 
 
-# launch replay (host time: B=1, T=4K steps are launch bound): key -> (run, function, metadata, grid, argument
-# template, tensor slots, descriptor slots); REPLAY["on"] False: normal launches only
-_PLANS: dict = {}
-REPLAY = {"on": True, "stats": [0, 0]}  # [normal launches, replays]
+def descriptors(q, k, v, do, bm: int, bn: int):
+    """The host tensor descriptors themselves (Gluon TensorDescriptor), as a normal launch gets them."""
+    return tuple(x.real() for x in _descs(q, k, v, do, bm, bn))
 
 
-def _plan(kern, compiled, grid, args):
-    """(run, function, metadata, grid, full argument template, tensor slots, descriptor slots): the tensor
-    slots take data pointers, the descriptor slots DescArg objects rebuilt on the new tensors."""
-    import inspect
-
-    if hasattr(compiled, "result"):
-        compiled = compiled.result()
-    bound = inspect.signature(kern.fn).bind(*args)
-    bound.apply_defaults()
-    full = list(bound.arguments.values())
-    if len(full) != len(kern.arg_names):
-        return None
-    slots, dslots = [], []
-    for i, a in enumerate(full):
-        if isinstance(a, torch.Tensor):
-            slots.append(i)
-            full[i] = None
-        elif isinstance(a, TensorDescriptor):
-            if a.padding != "zero":
-                return None
-            dslots.append(i)
-            full[i] = None
-    g = tuple(grid) + (1, 1)
-    return compiled.run, compiled.function, compiled.packed_metadata, g[:3], full, tuple(slots), tuple(dslots)
-
-
-def _replay(plan, tensors, descs):
-    """Launch a recorded plan on new tensors (in the tensor slots' order) and descriptor bases (the
-    descriptor slots' order, [B, H, T, D] tensors seen as [B*H, T, D])."""
-    run, fn, meta, (g0, g1, g2), tpl, slots, dslots = plan
-    full = tpl.copy()
-    for i, x in zip(slots, tensors):
-        full[i] = x.data_ptr()
-    for i, x in zip(dslots, descs):
-        shape, strides = _view3(x)
-        full[i] = DescArg(x.data_ptr(), shape, strides, "zero")
-    run(g0, g1, g2, _stream(), fn, meta, None, None, None, *full)
-
-
-def _stream():
-    from triton.runtime.driver import driver
-
-    return driver.active.get_current_stream(driver.active.get_current_device())
-
-
-def _launch(kern, grid, key, make_args, tensors, descs, **opts):
-    """kern[grid](*make_args(), **opts) the first time for key, later replayed (no host descriptors built:
-    DescArg objects on the new pointers). key: every scalar argument and the shapes / dtypes / 16-byte
-    alignment of the tensors (tensors: the pointer arguments in order, descs: the descriptors' bases)."""
-    from ..launch_replay import available as _replay_ok, hooks_set
-
-    fast = REPLAY["on"] and _replay_ok()
-    plan = False
-    if fast:
-        key = (id(kern), tuple(grid), tuple(opts.items()), key,
-               tuple((x.dtype, x.device.index, x.data_ptr() % 16 == 0) for x in tensors + descs))
-        plan = _PLANS.get(key, False)
-        if plan and not hooks_set():
-            try:
-                _replay(plan, tensors, descs)
-                REPLAY["stats"][1] += 1
-                return None
-            except Exception as e:  # noqa: BLE001 - the launcher rejected it: normal launches from now on
-                import warnings
-
-                warnings.warn(f"dsalt: Gluon dK/dV launch replay failed ({e!r}); using normal launches")
-                REPLAY["on"] = False
-    args = make_args()
-    compiled = kern[grid](*args, **opts)
-    REPLAY["stats"][0] += 1
-    if fast and plan is False:
-        if len(_PLANS) > 256:
-            _PLANS.clear()
-        try:
-            p = _plan(kern, compiled, grid, args)
-            # the plan's slots must be the tensors / descriptors given, in that order
-            ok = (p is not None and len(p[5]) == len(tensors) and len(p[6]) == len(descs)
-                  and all(args[i] is x for i, x in zip(p[5], tensors))
-                  and all(args[i].base.data_ptr() == x.data_ptr() for i, x in zip(p[6], descs)))
-            _PLANS[key] = p if ok else None
-        except Exception:  # noqa: BLE001 - not replayable: normal launches for this key
-            _PLANS[key] = None
-    return compiled
+# launches replayed from the second of a key on (launch_replay.DescLauncher: the compiled launcher called
+# directly, the descriptors handed over as stand-ins): host time counts where B=1, T=4K steps are launch bound
+_GO = DescLauncher("dsalt gluon_dkdv")
 
 
 def dkdv_gluon(q, k, v, win, do, lse, delta, dk, dv, wmin, h, g, t, n_max, edge, inv_edge, qk_scale, sm_scale,
@@ -342,14 +261,8 @@ def dkdv_gluon(q, k, v, win, do, lse, delta, dk, dv, wmin, h, g, t, n_max, edge,
     grid = (triton_cdiv(t, bn), k.shape[0] * k.shape[1])
     d = q.shape[-1]
     scal = (h, g, t, n_max, float(edge), float(inv_edge), float(qk_scale), float(sm_scale), d, bm, bn, stages, wg)
-    tensors = (win, lse, delta, dk, dv, wmin)
-    descs = (q, k, v, do)
-    key = (scal, tuple(config), tuple(q.shape), tuple(k.shape))
-
-    def make_args():
-        return descriptors(q, k, v, do, bm, bn) + tensors + scal
-
-    return _launch(_dkdv_gluon_rows_kernel, grid, key, lambda: make_args() + extra, tensors, descs, num_warps=w)
+    return _GO(_dkdv_gluon_rows_kernel, grid, *_descs(q, k, v, do, bm, bn), win, lse, delta, dk, dv, wmin, *scal,
+               *extra, num_warps=w)
 
 
 def triton_cdiv(a: int, b: int) -> int:

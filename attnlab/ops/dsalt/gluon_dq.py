@@ -26,13 +26,13 @@ switches itself off (``BROKEN``) with a warning. Written for Triton 3.6 (the GPU
 
 from __future__ import annotations
 
-import os
 
 import torch
 
-from ..gluon_compat import (HAVE_GLUON, TensorDescriptor, gl, gluon,  # noqa: F401
+from ..gluon_compat import (HAVE_GLUON, gl, gluon,  # noqa: F401
                             hopper_ready, mbarrier, nvmma_layout, tma_ok, warpgroup_mma, warpgroup_mma_wait)
 from ..gluon_compat import cta_barrier as _cta_barrier, tma_load as _tma_load
+from ..launch_replay import Desc, DescLauncher
 
 # (BM query rows per program, BN keys per step, STAGES of the K/V ring, DEFER)
 GLUON_DQ_CONFIG = (64, 64, 2, 1)
@@ -47,20 +47,13 @@ CONFIGS = {"bm64": (64, 64, 3, 1), "bm64_s2": (64, 64, 2, 1), "bm64_n32": (64, 3
 # dtypes the dispatch takes: bf16 (checked on the H100); fp16 compiles the same (ptxas sm_90: 201 registers, no
 # spills, 98.6 KB) but has not run on a device, so it goes to the Triton kernel unless added here
 DTYPES = (torch.bfloat16, )
-_READY: dict = {}  # device index -> hopper_ready (checked once: host time)
 BROKEN = ""  # set (the error) if the kernel failed to compile or launch here: the Triton kernel from then on
 
 
 def available(q, k, v, do, o) -> bool:
     """True where the Gluon dQ kernel can run: Hopper GPU (not the interpreter), bf16 (DTYPES), head dim 128,
     contiguous [B, H, T, D] q / do / o and [B, Hk, T, D] k / v, TMA-compatible."""
-    if BROKEN or not q.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1":
-        return False
-    dev = q.device.index if q.device.index is not None else torch.cuda.current_device()
-    ok = _READY.get(dev)
-    if ok is None:
-        ok = _READY[dev] = hopper_ready(q)
-    if not ok:
+    if BROKEN or not hopper_ready(q):
         return False
     if q.dtype not in DTYPES or q.shape[-1] != 128:
         return False
@@ -221,35 +214,27 @@ if HAVE_GLUON:
         gl.store(DW + pid_bh * T + offs_m, dw * inv_edge, mask=mrow)
 
 
-def descriptors(q, k, v, do, bm: int, bn: int):
-    """Host tensor descriptors: Q / dO [B, H, T, D] in [1, 1, BM, D] blocks, K / V [B, Hk, T, D] in
-    [1, 1, BN, D] blocks (each head's T boundary is the descriptor's: rows past it come in as zeros)."""
+def _descs(q, k, v, do, bm: int, bn: int):
+    """Descriptor stand-ins (launch_replay.Desc): Q / dO [B, H, T, D] in [1, 1, BM, D] blocks, K / V
+    [B, Hk, T, D] in [1, 1, BN, D] blocks (each head's T boundary is the descriptor's: rows past it come in
+    as zeros)."""
     d = q.shape[-1]
 
     def desc(x, rows):
         blk = [1, 1, rows, d]
-        return TensorDescriptor(x, list(x.shape), list(x.stride()), blk, nvmma_layout(blk, x.dtype))
+        return Desc(x, list(x.shape), list(x.stride()), blk, nvmma_layout(blk, x.dtype))
 
     return desc(q, bm), desc(k, bn), desc(v, bn), desc(do, bm)
 
 
-# launch replay (as latent.py's for the Gluon noise kernel): the first launch of a key goes through
-# ``kernel[grid](...)``; later ones call the compiled launcher directly, the host descriptors rebuilt on
-# the new pointers (launch_replay.DescArg), skipping the JIT's per-call argument handling and TensorDescriptor
-# construction (host time counts where a step is launch bound: B=1, T=4K)
-_PLANS: dict = {}
-REPLAY = {"on": True}
+def descriptors(q, k, v, do, bm: int, bn: int):
+    """The host tensor descriptors themselves (Gluon TensorDescriptor), as a normal launch gets them."""
+    return tuple(x.real() for x in _descs(q, k, v, do, bm, bn))
 
 
-def _replay_ok() -> bool:
-    from ..launch_replay import available, hook_set
-
-    if not (REPLAY["on"] and available()):
-        return False
-    from triton import knobs
-
-    return not (hook_set(knobs.runtime.launch_enter_hook) or hook_set(knobs.runtime.launch_exit_hook)) and \
-        os.environ.get("ATTNLAB_FAST_LAUNCH", "1") != "0"
+# launches replayed from the second of a key on (launch_replay.DescLauncher: the compiled launcher called
+# directly, the descriptors handed over as stand-ins): host time counts where a step is launch bound (B=1, 4K)
+_GO = DescLauncher("dsalt gluon_dq")
 
 
 def dq_gluon(q, k, v, do, o, win, lse, delta, dq, dw, wmin, n_max: int, edge: float, qk_scale: float,
@@ -265,33 +250,5 @@ def dq_gluon(q, k, v, do, o, win, lse, delta, dq, dw, wmin, n_max: int, edge: fl
     grid = ((t + bm - 1) // bm, b * h)
     scal = (h, g, t, int(n_max), float(edge), 1.0 / float(edge), float(qk_scale), float(sm_scale), d, bm, bn,
             stages, int(wg), int(defer))
-    ptrs = (o, do, win, lse, delta, dq, dw, wmin)
-    kern = _dq_gluon_kernel
-    warps = bm // 16
-    descs = ((q, bm), (k, bn), (v, bn), (do, bm))
-    key = (grid, q.dtype, q.device, tuple(q.shape), tuple(k.shape), scal,
-           tuple(x.data_ptr() % 16 == 0 for x in ptrs))
-    fast = _replay_ok()
-    plan = _PLANS.get(key) if fast else None
-    if plan is not None:
-        from ..launch_replay import DescArg as _DescArg
-        from triton.runtime.driver import driver
-
-        run, fn, meta, padding = plan
-        args = [_DescArg(x.data_ptr(), list(x.shape), list(x.stride()), padding) for x, _ in descs]
-        args += [x.data_ptr() for x in ptrs]
-        dev = driver.active.get_current_device()
-        run(grid[0], grid[1], 1, driver.active.get_current_stream(dev), fn, meta, None, None, None, *args, *scal)
-        return None
-    qd, kd, vd, dd = descriptors(q, k, v, do, bm, bn)
-    compiled = kern[grid](qd, kd, vd, dd, *ptrs, *scal, num_warps=warps)
-    if fast:
-        try:
-            if hasattr(compiled, "result"):
-                compiled = compiled.result()
-            if len(_PLANS) > 256:
-                _PLANS.clear()
-            _PLANS[key] = (compiled.run, compiled.function, compiled.packed_metadata, qd.padding)
-        except Exception:  # noqa: BLE001 - this triton's compiled-kernel object differs: normal launches
-            REPLAY["on"] = False
-    return compiled
+    return _GO(_dq_gluon_kernel, grid, *_descs(q, k, v, do, bm, bn), o, do, win, lse, delta, dq, dw, wmin, *scal,
+               num_warps=bm // 16)

@@ -71,14 +71,13 @@ the dK/dV kernel's log2-r scores (``dkdv_logr``) and 128-row window-only dQ tile
 
 from __future__ import annotations
 
-import math
 import os
 
 import torch
 import torch.nn.functional as F
 
 from ..launch_replay import ReplayLauncher
-from . import gluon_dkdv as _GD
+from . import gluon_dkdv as _GD, gluon_dq as _GQ
 from .reference import INVALID_KEY, check_args, key_positions, select_landmarks
 
 try:
@@ -203,8 +202,8 @@ def _blocks(block: int, d: int, device) -> tuple[int, int, int]:
 # (gluon_dq.py: TMA ring of K/V tiles, async wgmma, dS as the register operand of dQ += dS K) instead of
 # _dq_kernel, where it can run (gluon_dq.available: Hopper, bf16, head dim 128) and the dQ pass has no
 # landmark part (the default lm_dq path, or no landmarks) and delta is fused; a compile or launch failure
-# switches it off for the process (gluon_dq.BROKEN) with a warning. gluon_dq_config: None (the module's
-# GLUON_DQ_CONFIG) or a gluon_dq.CONFIGS tuple. On by default where T >= gluon_dq_min_t (16384): H100, session 9,
+# switches it off for the process (gluon_dq.BROKEN) with a warning. FORCE_CONFIG["gluon_dq"]: a gluon_dq.CONFIGS
+# tuple instead of the module's GLUON_DQ_CONFIG. On by default where T >= gluon_dq_min_t (16384): H100, session 9,
 # two calls (benchmarks/RESULTS.md, "Session 9: DSALT dQ in Gluon"): the kernel alone 0.565 vs 0.663 ms at 32K
 # (0.294 vs 0.336 at 16K, 0.081 vs 0.094 at 4K); DSALT fwd+bwd 32K 2.887 vs 3.090 ms / 2.889 vs 3.033 (faster in
 # both calls), 16K 1.701 vs 1.751 / 1.870 vs 1.802 (mixed), 4K (host bound) 1.265 vs 1.199 / 1.157 vs 1.005
@@ -220,7 +219,7 @@ def _blocks(block: int, d: int, device) -> tuple[int, int, int]:
 OPTS = {"lc_fwd": 32, "lc_dq": 32, "delta": (64, 4), "lm_bwd": "trans", "fuse_delta": True,
         "lm_dq": True, "fwd_split": True, "split_min_t": 32768, "loop1_fwd": "split",
         "dkdv_wmin": True, "wmin_min_t": 8192, "lm_lean": True, "gluon_dq": True, "gluon_dq_min_t": 16384,
-        "gluon_dq_config": None, "gluon_dkdv": True, "gluon_dkdv_min_t": 16384}
+        "gluon_dkdv": True, "gluon_dkdv_min_t": 16384}
 
 _TUNED: dict = {}
 _FWD_BM_OVERRIDE: dict = {}
@@ -406,31 +405,31 @@ def gluon_dq_ready(q, k, v, do, o, lm_part: bool = False, min_t: int | None = No
     min_t = OPTS["gluon_dq_min_t"] if min_t is None else min_t
     if not OPTS["gluon_dq"] or lm_part or not OPTS["fuse_delta"] or q.shape[2] < min_t:
         return False
+    return _GQ.available(q, k, v, do, o)
+
+
+def _gluon_pass(mod, what: str, launch) -> bool:
+    """Run a Gluon pass (``launch()``); a compile or launch failure switches its module off for the process
+    (``mod.BROKEN``) with a warning and returns False: the caller then launches the Triton kernel."""
     try:
-        from . import gluon_dq as GD
-    except Exception:  # pragma: no cover - a triton without Gluon
+        launch()
+    except Exception as e:  # compiler or driver trouble: the Triton kernel from now on
+        import warnings
+
+        mod.BROKEN = f"{type(e).__name__}: {e}"
+        warnings.warn(f"dsalt: Gluon {what} kernel unavailable ({mod.BROKEN[:300]}); using the Triton kernel")
         return False
-    return GD.available(q, k, v, do, o)
+    return True
 
 
 def _gluon_dq(q, k, v, win, do, lse, delta, dq, dw, o, wmin, n_max, edge, scale, wg, lm_part=False,
               min_t=None) -> bool:
-    """The window dQ pass by the Gluon kernel where gluon_dq_ready; False: the caller launches _dq_kernel
-    (also after a compile or launch failure, which switches the Gluon kernel off with a warning)."""
+    """The window dQ pass by the Gluon kernel where gluon_dq_ready; False: the caller launches _dq_kernel."""
     if not gluon_dq_ready(q, k, v, do, o, lm_part, min_t):
         return False
-    from . import gluon_dq as GD
-
-    try:
-        GD.dq_gluon(q, k, v, do, o, win, lse, delta, dq, dw, wmin, n_max, edge, scale * LOG2E, scale, wg,
-                    config=OPTS["gluon_dq_config"])
-    except Exception as e:  # compiler or driver trouble: the Triton kernel from now on
-        import warnings
-
-        GD.BROKEN = f"{type(e).__name__}: {e}"
-        warnings.warn(f"dsalt: Gluon dQ kernel unavailable ({GD.BROKEN}); using _dq_kernel")
-        return False
-    return True
+    return _gluon_pass(_GQ, "dQ", lambda: _GQ.dq_gluon(
+        q, k, v, do, o, win, lse, delta, dq, dw, wmin, n_max, edge, scale * LOG2E, scale, wg,
+        config=FORCE_CONFIG.get("gluon_dq")))
 
 
 def window_dq(q, k, v, win, do, lse, o, *, n_max: int, edge: float, scale: float | None = None, wg: int = 32,
@@ -483,21 +482,12 @@ def forward_saved(q, k, v, win, energy, *, n_max: int, edge: float, n_landmarks:
 
 def _gluon_dkdv(q, k, v, win, do, lse, delta, dk, dv, wmin, h, g, t, fargs, wg) -> bool:
     """The window dK/dV through the Gluon kernel (gluon_dkdv.py, session 9) where OPTS["gluon_dkdv"] is on,
-    T >= OPTS["gluon_dkdv_min_t"] and it can run (Hopper, bf16/fp16, head dim 128, TMA-compatible tensors); False: the caller launches
-    the Triton _dkdv_kernel. A compile / launch error switches it off for good (warning)."""
-    if not OPTS.get("gluon_dkdv") or t < OPTS["gluon_dkdv_min_t"] or not _GD.available(q, k, v, do):
+    T >= OPTS["gluon_dkdv_min_t"] and it can run (Hopper, bf16/fp16, head dim 128, TMA-compatible tensors);
+    False: the caller launches the Triton _dkdv_kernel."""
+    if not OPTS["gluon_dkdv"] or t < OPTS["gluon_dkdv_min_t"] or not _GD.available(q, k, v, do):
         return False
-    n_max, edge, inv_edge, qk_scale, sm_scale = fargs
-    try:
-        _GD.dkdv_gluon(q, k, v, win, do, lse, delta, dk, dv, wmin, h, g, t, n_max, edge, inv_edge, qk_scale,
-                       sm_scale, wg, config=FORCE_CONFIG.get("gluon_dkdv"))
-        return True
-    except Exception as e:  # compiler / driver trouble: the Triton kernel from now on
-        import warnings
-
-        _GD.BROKEN = f"{type(e).__name__}: {e}"
-        warnings.warn(f"dsalt: Gluon dK/dV kernel unavailable ({_GD.BROKEN[:300]}); using _dkdv_kernel")
-        return False
+    return _gluon_pass(_GD, "dK/dV", lambda: _GD.dkdv_gluon(q, k, v, win, do, lse, delta, dk, dv, wmin, h, g, t,
+                                                            *fargs, wg, config=FORCE_CONFIG.get("gluon_dkdv")))
 
 
 class _DSALTFn(torch.autograd.Function):
